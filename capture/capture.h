@@ -1,0 +1,142 @@
+/* capture.h — packet sources (pcap/pcapng files, live libpcap) and the L2–L4 decoder.
+ *
+ * A source hands out frames in bursts; the decoder turns one frame into a cap_packet: offsets into
+ * the caller's bytes plus the few fields the flow table needs. The decoder allocates nothing and
+ * never reads past caplen; a frame it cannot fully decode is reported with a reason, not an error. */
+#ifndef NETLM_CAPTURE_H
+#define NETLM_CAPTURE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Link types (LINKTYPE_* numbers as stored in pcap/pcapng files). */
+enum {
+    CAP_LINK_NULL = 0,
+    CAP_LINK_EN10MB = 1,
+    CAP_LINK_RAW_OLD = 12, /* DLT_RAW on some BSDs */
+    CAP_LINK_RAW_OLD2 = 14,
+    CAP_LINK_RAW = 101,
+    CAP_LINK_LOOP = 108,
+    CAP_LINK_LINUX_SLL = 113,
+    CAP_LINK_IPV4 = 228,
+    CAP_LINK_IPV6 = 229,
+    CAP_LINK_LINUX_SLL2 = 276,
+};
+
+#define CAP_ABSENT UINT32_MAX /* offset of a layer the frame does not have */
+#define CAP_MAX_VLANS 4       /* tags remembered; deeper stacks are still walked */
+
+/* Why a frame was not fully decoded. Counted per reason; never fatal. */
+enum cap_decode_reason {
+    CAP_DECODE_OK = 0,
+    CAP_DECODE_UNSUPPORTED_LINK, /* link type the decoder does not know */
+    CAP_DECODE_TRUNCATED_L2,     /* caplen ends inside the link/VLAN/MPLS/PPPoE headers */
+    CAP_DECODE_NOT_IP,           /* ARP, STP, LLC, PPP control...: valid, just not a flow */
+    CAP_DECODE_TRUNCATED_IP,     /* caplen ends inside the IP header or its extension headers */
+    CAP_DECODE_BAD_IP_VERSION,   /* EtherType says IPv4/IPv6 but the version nibble disagrees */
+    CAP_DECODE_BAD_IP_HEADER,    /* IHL < 5, total length below header, ext headers overrun */
+    CAP_DECODE_FRAGMENT,         /* a non-first IP fragment: no L4 header, so no ports */
+    CAP_DECODE_TRUNCATED_L4,     /* caplen ends inside the TCP/UDP/ICMP header */
+    CAP_DECODE_BAD_L4_HEADER,    /* TCP data offset < 5 */
+    CAP_DECODE_REASON_COUNT
+};
+const char *cap_decode_reason_name(enum cap_decode_reason reason);
+
+enum cap_frag { CAP_FRAG_NONE = 0, CAP_FRAG_FIRST = 1, CAP_FRAG_LATER = 2 };
+
+/* Where each layer starts, as byte offsets from the start of the frame. This is all a consumer
+ * needs to find a header field again in a stored copy of the frame's first bytes. */
+struct cap_layers {
+    uint32_t eth_off;     /* outermost Ethernet header (MAC addresses), or CAP_ABSENT */
+    uint32_t l3_off;      /* IP header of the session layer, or CAP_ABSENT */
+    uint32_t l4_off;      /* TCP/UDP/ICMP header, or CAP_ABSENT (also for later fragments) */
+    uint32_t payload_off; /* first byte after the L4 header, or CAP_ABSENT */
+    uint16_t linktype;
+    uint8_t ip_version;   /* 4, 6, or 0 without an IP layer */
+    uint8_t l4_proto;     /* IPPROTO_* of the session layer (after IPv6 extension headers) */
+};
+
+struct cap_packet {
+    const uint8_t *data; /* the caller's bytes; the view is valid as long as they are */
+    uint32_t caplen;
+    uint32_t wirelen;
+    int64_t ts_ns;
+    struct cap_layers layers;
+    uint32_t payload_len; /* L4 payload bytes present in the frame per the IP length, ≤ caplen */
+    uint8_t reason;       /* enum cap_decode_reason: the first problem met, CAP_DECODE_OK if none */
+    uint8_t frag;         /* enum cap_frag */
+    uint8_t tcp_flags;    /* FIN 0x01 SYN 0x02 RST 0x04 PSH 0x08 ACK 0x10 URG 0x20 ECE 0x40 CWR 0x80 */
+    uint8_t tunnel_depth; /* encapsulations passed to reach the session layer */
+    uint8_t vlan_count;   /* VLAN tags seen (all depths, outer and inner) */
+    uint16_t vlan_ids[CAP_MAX_VLANS]; /* outermost first; 12-bit VIDs */
+    uint8_t src_addr[16];             /* IPv4 uses the first 4 bytes, the rest zero */
+    uint8_t dst_addr[16];
+    uint16_t src_port; /* host order; ICMP/ICMPv6: 0 */
+    uint16_t dst_port;
+};
+
+struct cap_decode_opts {
+    bool innermost; /* follow tunnels (GRE, VXLAN, Geneve, IP-in-IP, 6in4, Teredo) to the inner session */
+};
+
+/* Decodes one frame. Fills *out completely whatever happens (absent layers are CAP_ABSENT) and
+ * returns out->reason. Thread-safe; allocates nothing. */
+enum cap_decode_reason cap_decode(const struct cap_decode_opts *opts, uint16_t linktype,
+                                  const uint8_t *data, uint32_t caplen, uint32_t wirelen,
+                                  int64_t ts_ns, struct cap_packet *out);
+
+/* Per-reason counters, kept by whoever runs the decoder (one per thread, summed for reports). */
+struct cap_decode_stats {
+    uint64_t frames;
+    uint64_t by_reason[CAP_DECODE_REASON_COUNT];
+};
+void cap_decode_stats_add(struct cap_decode_stats *sum, const struct cap_decode_stats *part);
+
+/* ---- packet sources ---- */
+
+struct cap_frame {
+    const uint8_t *data; /* valid until the next cap_next_burst() on the same source */
+    uint32_t caplen;
+    uint32_t wirelen;
+    int64_t ts_ns;
+    uint16_t linktype;
+};
+
+struct cap_source_stats {
+    uint64_t frames;         /* handed out */
+    uint64_t bytes;          /* caplen summed */
+    uint64_t kernel_dropped; /* live only: pcap_stats ps_drop */
+    uint64_t iface_dropped;  /* live only: pcap_stats ps_ifdrop */
+};
+
+struct cap_live_opts {
+    const char *iface;
+    int snaplen;     /* bytes per frame kept; 0 = 262144 */
+    int buffer_mb;   /* kernel ring size; 0 = libpcap default */
+    const char *bpf; /* capture filter, NULL = all */
+    bool promisc;
+    int timeout_ms;  /* how long a burst may wait for packets; 0 = 10 ms */
+};
+
+struct cap_source;
+
+/* Results of cap_next_burst(). */
+enum { CAP_BURST_END = -1, CAP_BURST_ERROR = -2 };
+
+/* Opens a pcap or pcapng file (either byte order, µs or ns). On failure returns NULL and writes
+ * one line naming the file and the problem into err. */
+struct cap_source *cap_open_file(const char *path, char *err, size_t errlen);
+struct cap_source *cap_open_live(const struct cap_live_opts *opts, char *err, size_t errlen);
+
+/* Fills up to max frames. Returns the count (0: nothing yet on a live source), CAP_BURST_END at
+ * the end of a file, CAP_BURST_ERROR on a read error (cap_source_error() says what; for a
+ * truncated or corrupted file the frames before the damage have been handed out already). */
+int cap_next_burst(struct cap_source *src, struct cap_frame *frames, int max);
+const char *cap_source_error(const struct cap_source *src);
+const char *cap_source_name(const struct cap_source *src);
+uint16_t cap_source_linktype(const struct cap_source *src);
+void cap_source_stats(struct cap_source *src, struct cap_source_stats *out);
+void cap_close(struct cap_source *src);
+
+#endif

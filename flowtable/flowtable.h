@@ -1,0 +1,139 @@
+/* flowtable.h — bidirectional sessions from decoded packets.
+ *
+ * Flows live in a liburcu cds_lfht keyed by a canonical bidirectional key; each flow keeps
+ * per-direction counters, TCP state and the first K packets (M bytes each) of its session. The
+ * assembler drives the table from frames: one thread, or one reader dispatching by a symmetric
+ * hash to several workers that each own their flows. A finished session is handed to a callback
+ * as an ft_session view, which is what the tokenizer and the dataset writers consume. */
+#ifndef NETLM_FLOWTABLE_H
+#define NETLM_FLOWTABLE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "capture/capture.h"
+
+/* Canonical bidirectional key: the (address, port) endpoint that sorts lower comes first, so
+ * both directions of a session hash and compare equal. */
+struct ft_key {
+    uint8_t addr_lo[16];
+    uint8_t addr_hi[16];
+    uint16_t port_lo;
+    uint16_t port_hi;
+    uint16_t vlan; /* innermost VLAN ID, 0 if untagged */
+    uint8_t proto; /* IPPROTO_* */
+    uint8_t ip_version;
+};
+
+/* Fills key from a decoded packet; *dir_out = 0 if the packet goes lo→hi, 1 if hi→lo. Returns
+ * false when the packet carries no flow (no IP layer, later fragment, truncated L4 header). */
+bool ft_key_from_packet(const struct cap_packet *pkt, struct ft_key *key, int *dir_out);
+/* Symmetric by construction (hashes the canonical key), seeded per run. */
+uint64_t ft_key_hash(const struct ft_key *key, uint64_t seed);
+
+enum ft_port_reuse {
+    FT_PORT_REUSE_SPLIT = 0, /* a SYN on a closed 5-tuple starts a new session (tshark's tcp.stream) */
+    FT_PORT_REUSE_MERGE = 1, /* one session per 5-tuple for the whole input (SplitCap) */
+};
+
+enum ft_end_reason {
+    FT_END_CLOSED = 0,       /* FIN from both sides, or RST */
+    FT_END_TIMEOUT = 1,      /* idle longer than the timeout for its protocol and state */
+    FT_END_END_OF_INPUT = 2, /* still open when the input ended */
+    FT_END_EVICTED = 3,      /* pushed out because the table was full */
+};
+const char *ft_end_reason_name(enum ft_end_reason reason);
+
+enum ft_tcp_state {
+    FT_TCP_NONE = 0, /* not TCP */
+    FT_TCP_NEW,      /* SYN or first packet seen, not both directions yet */
+    FT_TCP_ESTABLISHED,
+    FT_TCP_CLOSING,  /* FIN from one side */
+    FT_TCP_CLOSED,   /* FIN both ways, or RST */
+};
+
+/* Idle timeouts in seconds of packet time; 0 = never. "new" applies until both directions have
+ * been seen, "established" after, "closed" to TCP after FIN/RST (the session has already ended;
+ * it only bounds how long late packets are still counted into it). */
+struct ft_timeouts {
+    double tcp_new, tcp_established, tcp_closed;
+    double udp_new, udp_established;
+    double other_new, other_established;
+};
+
+struct ft_config {
+    uint32_t max_flows;           /* hard cap on live flows; when full the oldest idle is evicted */
+    uint32_t packets_per_session; /* K: packets kept per session (both directions); 0 = counters only */
+    uint32_t bytes_per_packet;    /* M: bytes kept of each of those packets */
+    enum ft_port_reuse port_reuse;
+    struct ft_timeouts timeouts;
+    struct cap_decode_opts decode;
+    int workers;                  /* 1 = all on the caller's thread */
+    uint64_t hash_seed;           /* 0 = random per run */
+};
+/* Defaults: max_flows 1 M, K 32, M 128, split, Suricata-like timeouts, 1 worker. */
+void ft_config_defaults(struct ft_config *cfg);
+
+/* One of the first K packets of a session, as stored. */
+struct ft_stored_packet {
+    const uint8_t *bytes;    /* the frame's first min(caplen, M) bytes */
+    uint32_t stored_len;
+    uint32_t caplen;
+    uint32_t wirelen;
+    int64_t ts_ns;
+    struct cap_layers layers; /* offsets valid for bytes (they may point past stored_len) */
+    uint8_t dir;              /* 0 = sent by the initiator (src), 1 = by the responder */
+    uint8_t tcp_flags;
+};
+
+/* A finished session. Oriented by its first packet: src is the side that sent it. The view and
+ * everything it points to are valid only during the callback. */
+struct ft_session {
+    uint64_t id;           /* unique within a run */
+    uint64_t first_frame;  /* 1-based frame number of the first packet within its input file */
+    uint8_t ip_version;
+    uint8_t proto;         /* IPPROTO_* */
+    uint16_t vlan;
+    uint8_t src_addr[16], dst_addr[16];
+    uint16_t src_port, dst_port;
+    uint64_t pkts[2];      /* [0] = to server (from src), [1] = to client */
+    uint64_t bytes[2];     /* frame lengths on the wire */
+    int64_t first_ns, last_ns;
+    uint8_t tcp_flags[2];  /* OR of the flags seen each way */
+    uint8_t tcp_state;     /* enum ft_tcp_state at the end */
+    uint8_t reason;        /* enum ft_end_reason */
+    uint16_t linktype;
+    uint32_t n_stored;
+    const struct ft_stored_packet *stored; /* first n_stored packets in arrival order */
+};
+
+/* Called once per finished session. With several workers it is called from each worker's
+ * thread concurrently: the callback must be thread-safe. worker = 0..workers-1. */
+typedef void (*ft_session_fn)(const struct ft_session *session, int worker, void *user);
+
+struct ft_stats {
+    uint64_t frames, bytes;
+    uint64_t flowless;         /* frames that carry no flow (see ft_key_from_packet) */
+    uint64_t flows_created;
+    uint64_t flows_active;     /* at the time of the call */
+    uint64_t flows_evicted;    /* pushed out by max_flows */
+    uint64_t flows_timed_out;
+    uint64_t port_reuse_splits;
+    struct cap_decode_stats decode;
+};
+
+struct ft_assembler;
+
+/* Returns NULL with a message in err if the config is impossible. */
+struct ft_assembler *ft_assembler_create(const struct ft_config *cfg, ft_session_fn on_session,
+                                         void *user, char *err, size_t errlen);
+/* Decodes and assigns frames to sessions. Frames may be reused by the caller on return. */
+void ft_assembler_feed(struct ft_assembler *as, const struct cap_frame *frames, int n);
+/* End of one input: every open session ends (reason end-of-input) and the frame counter
+ * restarts, so the next file is numbered from 1. Waits until all workers are done. */
+void ft_assembler_finish_input(struct ft_assembler *as);
+void ft_assembler_stats(struct ft_assembler *as, struct ft_stats *out);
+void ft_assembler_destroy(struct ft_assembler *as);
+
+#endif
