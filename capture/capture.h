@@ -22,6 +22,12 @@ enum {
     CAP_LINK_IPV4 = 228,
     CAP_LINK_IPV6 = 229,
     CAP_LINK_LINUX_SLL2 = 276,
+    /* also decoded: */
+    CAP_LINK_PPP = 9,
+    CAP_LINK_PPP_HDLC = 50,
+    CAP_LINK_PPI = 192,   /* Per-Packet Information header, then the link type it names */
+    CAP_LINK_NFLOG = 239, /* Linux NFLOG: TLVs, the packet in NFULA_PAYLOAD */
+    CAP_LINK_IPOIB = 242, /* IP over InfiniBand */
 };
 
 #define CAP_ABSENT UINT32_MAX /* offset of a layer the frame does not have */
@@ -41,7 +47,25 @@ enum cap_decode_reason {
     CAP_DECODE_BAD_L4_HEADER,    /* TCP data offset < 5 */
     CAP_DECODE_REASON_COUNT
 };
+/* Short lowercase name ("ok", "truncated_l4", ...) for counters and logs; "unknown" if out of range. */
 const char *cap_decode_reason_name(enum cap_decode_reason reason);
+
+/* What a cap_packet holds for each reason (anything not listed is CAP_ABSENT / zero):
+ * - UNSUPPORTED_LINK, TRUNCATED_L2, NOT_IP: eth_off once the Ethernet header is complete, and the
+ *   VLAN tags met on the way.
+ * - BAD_IP_VERSION: no IP layer.
+ * - TRUNCATED_IP, BAD_IP_HEADER: l3_off and ip_version once the version byte is there; addresses
+ *   and l4_proto once the fixed header (20 / 40 bytes) is.
+ * - FRAGMENT: the IP layer (addresses, l4_proto = the datagram's upper protocol), frag = LATER,
+ *   and payload_off / payload_len = the fragment's data; no l4_off, no ports.
+ * - TRUNCATED_L4, BAD_L4_HEADER: the IP layer; l4_off and the ports once the first 4 bytes of
+ *   the L4 header are there (tcp_flags once 14 are), so a cut last packet still names its flow;
+ *   payload_off absent. Fewer than 4 bytes: l4_off absent, ports 0.
+ * - OK: everything. For upper protocols whose header is not parsed (GRE, ESP, IP-in-IP in the
+ *   default mode, OSPF, ...) l4_off == payload_off and the ports are 0.
+ * In the default mode a tunnel packet is its outer session; with cap_decode_opts.innermost the
+ * innermost IP layer whose header is complete is the session, and eth_off / vlan tags still
+ * describe the outer frame (inner VLAN tags are appended). */
 
 enum cap_frag { CAP_FRAG_NONE = 0, CAP_FRAG_FIRST = 1, CAP_FRAG_LATER = 2 };
 
@@ -77,7 +101,8 @@ struct cap_packet {
 };
 
 struct cap_decode_opts {
-    bool innermost; /* follow tunnels (GRE, VXLAN, Geneve, IP-in-IP, 6in4, Teredo) to the inner session */
+    bool innermost; /* follow tunnels (GRE, VXLAN, Geneve, IP-in-IP, 6in4, Teredo) to the inner session
+                     * (also: 4in6, PPTP GRE, ERSPAN, MPLS-over-UDP, GTP-U) */
 };
 
 /* Decodes one frame. Fills *out completely whatever happens (absent layers are CAP_ABSENT) and

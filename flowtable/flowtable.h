@@ -27,7 +27,9 @@ struct ft_key {
 };
 
 /* Fills key from a decoded packet; *dir_out = 0 if the packet goes lo→hi, 1 if hi→lo. Returns
- * false when the packet carries no flow (no IP layer, later fragment, truncated L4 header). */
+ * false when the packet carries no flow (no IP layer, later fragment, truncated L4 header).
+ * A TCP/UDP header cut by the snap length still carries a flow when its 4 port bytes are there
+ * (the frame is counted in its session; its flags are used only if 16 TCP header bytes are). */
 bool ft_key_from_packet(const struct cap_packet *pkt, struct ft_key *key, int *dir_out);
 /* Symmetric by construction (hashes the canonical key), seeded per run. */
 uint64_t ft_key_hash(const struct ft_key *key, uint64_t seed);
@@ -71,8 +73,13 @@ struct ft_config {
     struct cap_decode_opts decode;
     int workers;                  /* 1 = all on the caller's thread */
     uint64_t hash_seed;           /* 0 = random per run */
+    bool merge_timeouts;          /* merge mode applies the timeouts only when true (SplitCap has
+                                     none: one session per 5-tuple for the whole input) */
 };
-/* Defaults: max_flows 1 M, K 32, M 128, split, Suricata-like timeouts, 1 worker. */
+/* Defaults: max_flows 1 M (2^20), K 32, M 128, split, decode.innermost, 1 worker, random seed,
+ * merge_timeouts false, and the timeouts of Suricata's shipped suricata.yaml: TCP new 60 s,
+ * established 600 s, closed 60 s; UDP new 30 s, established 300 s; other 30 s / 300 s.
+ * With W workers each owns max_flows / W flows (the remainder is unused). */
 void ft_config_defaults(struct ft_config *cfg);
 
 /* One of the first K packets of a session, as stored. */
@@ -120,6 +127,7 @@ struct ft_stats {
     uint64_t flows_evicted;    /* pushed out by max_flows */
     uint64_t flows_timed_out;
     uint64_t port_reuse_splits;
+    uint64_t no_memory;        /* flow packets dropped: no memory for a new flow record */
     struct cap_decode_stats decode;
 };
 

@@ -24,8 +24,14 @@ enum { TOK_PAD = 0, TOK_SEP = 1, TOK_CLS = 2, TOK_UNK = 3, TOK_MASK = 4 }; /* bo
 struct tok_vocab;
 struct tok_vocab *tok_vocab_builtin(void);
 /* UER vocab file: one token per line, id = 0-based line number, first whitespace-separated field
- * of each line; the five special tokens must be present. NULL + one-line message on error. */
+ * of each line; the five special tokens must be present. NULL + one-line message on error.
+ * Read as UER reads it: UTF-8 (invalid UTF-8 or a NUL byte is an error), \n, \r\n or a lone \r
+ * ends a line, an empty or blank line still takes its id (its token matches nothing), and a
+ * token that appears twice maps to its last line (UER's dict keeps the last assignment). */
 struct tok_vocab *tok_vocab_load(const char *path, char *err, size_t errlen);
+/* The same from bytes in memory; name is used in messages. */
+struct tok_vocab *tok_vocab_load_buffer(const char *name, const void *data, size_t size,
+                                        char *err, size_t errlen);
 void tok_vocab_free(struct tok_vocab *v);
 uint32_t tok_vocab_size(const struct tok_vocab *v);
 bool tok_vocab_is_builtin(const struct tok_vocab *v);
@@ -34,9 +40,11 @@ const char *tok_vocab_token(const struct tok_vocab *v, uint32_t id);
 /* The ids of the 4-hex token for value (1 id with the built-in vocab; WordPiece pieces, or
  * [UNK], with a file vocab). Returns the count, ≤ TOK_MAX_PIECES. */
 int tok_vocab_value_ids(const struct tok_vocab *v, uint16_t value, uint32_t ids[TOK_MAX_PIECES]);
-/* Any whitespace-free word (a TSV token): "[CLS]"-style specials by name, otherwise greedy
- * longest-match WordPiece (## continuation; [UNK] when no decomposition, or > 200 chars).
- * Returns the count written (≤ max); *needed gets the full count. */
+/* Any whitespace-free word (a TSV token): the five specials by exact name, otherwise UER's
+ * BertTokenizer: control characters dropped, A-Z lower-cased, each ASCII punctuation character
+ * split off as a word of its own, then greedy longest-match WordPiece on each part (##
+ * continuation; [UNK] when no decomposition, or > 200 chars). Returns the count written
+ * (≤ max, the first max ids); *needed (may be NULL) gets the full count. */
 size_t tok_vocab_word_ids(const struct tok_vocab *v, const char *word, size_t len, uint32_t *ids,
                           size_t max, size_t *needed);
 
@@ -54,7 +62,9 @@ const char *tok_header_mode_name(enum tok_header_mode mode);
 bool tok_header_mode_parse(const char *name, enum tok_header_mode *out);
 
 /* Copies the first min(len, cap) bytes of a frame into out with the mode applied and returns
- * the resulting length (strip: payload bytes only). Fields past len are left alone. */
+ * the resulting length (strip: the L4 payload only, up to the IP length, so without Ethernet
+ * padding; empty without a payload). Nothing at or past len is read or written; a field that
+ * lies partly past len has its bytes before len zeroed. */
 size_t tok_apply_header_mode(enum tok_header_mode mode, const uint8_t *frame, size_t len,
                              const struct cap_layers *layers, uint8_t *out, size_t cap);
 
@@ -101,9 +111,10 @@ uint32_t tok_session_ids(const struct tok_vocab *v, const struct tok_settings *s
 
 /* The seed's corpus document for one packet: the bytes after the port fields (real offsets),
  * split in two halves (first = (n + n % 4) / 2 bytes), each as overlapping tokens, ≤ 256 each.
- * Returns false (nothing to write) when fewer than 5 bytes remain or the packet has no ports.
- * With mode != NONE the frame is masked by that mode first and tokenized whole instead
- * (strip: the payload). half_lens[] get the byte count of each half. */
+ * Returns false (nothing to write) when fewer than 5 bytes remain or the packet has no ports
+ * (TCP, UDP, UDP-Lite, SCTP, DCCP). With use_mode the frame is masked by mode first and
+ * tokenized whole instead (strip: the payload), ports or not. *n1 and *n2 get the token count
+ * of each half (half1/half2 hold TOK_CORPUS_MAX_HALF values). */
 bool tok_corpus_halves(const uint8_t *frame, size_t len, const struct cap_layers *layers,
                        bool use_mode, enum tok_header_mode mode, uint16_t *half1, size_t *n1,
                        uint16_t *half2, size_t *n2);
@@ -150,6 +161,8 @@ struct tok_shard_writer *tok_shard_create(const char *path, uint32_t vocab_size,
                                           char *err, size_t errlen);
 /* One document ([CLS] ... [SEP] as given). */
 int tok_shard_append(struct tok_shard_writer *w, const uint32_t *ids, size_t n);
+/* Both free the writer. Commit fails (and removes the temporary file) if an append failed
+ * (a write error, or an id ≥ vocab_size) and reports that failure. */
 int tok_shard_commit(struct tok_shard_writer *w, char *err, size_t errlen);
 void tok_shard_abort(struct tok_shard_writer *w);
 
@@ -159,7 +172,11 @@ struct tok_shard {
     void *map;
     size_t map_len;
 };
+/* Checks magic, version, header size and that the file is exactly 64 + 4 × n_tokens bytes;
+ * the ids themselves are not read (see tok_shard_check_ids). */
 int tok_shard_open(const char *path, struct tok_shard *out, char *err, size_t errlen);
+/* Reads every id once: -1 and a message if one is ≥ vocab_size. */
+int tok_shard_check_ids(const struct tok_shard *s, char *err, size_t errlen);
 void tok_shard_close(struct tok_shard *s);
 
 #endif

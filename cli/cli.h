@@ -1,0 +1,108 @@
+/* cli.h — private to cli/: the subcommand table, option parsing with the seed's aliases, and
+ * the small helpers every command shares (number parsing, atomic output files, progress). */
+#ifndef NETLM_CLI_H
+#define NETLM_CLI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/* One option of a command. Long names are kebab-case; the seed's snake_case spelling of the
+ * same name is accepted automatically (--seq_length = --seq-length), and alias names a second
+ * spelling where the seed's flag differs. */
+struct cli_opt {
+    const char *name;
+    const char *alias;
+    char short_name;
+    const char *arg;  /* value placeholder for --help; NULL for a flag without value */
+    const char *help;
+    const char *value; /* after parsing: the value, "1" for a given flag, NULL if absent */
+};
+
+enum { CLI_PARSED = 0, CLI_HELP_SHOWN = 1, CLI_BAD_USAGE = 2 };
+
+/* Parses argv (argv[0] is the command name) into opts (terminated by a zeroed entry) and the
+ * positional arguments (pointers into argv, in order). Unknown options, missing values and
+ * --help are handled here: messages go to stderr / stdout. */
+int cli_parse(const char *command, const char *usage, const char *description, struct cli_opt *opts,
+              int argc, char **argv, const char ***positional, int *n_positional);
+const char *cli_get(const struct cli_opt *opts, const char *name);
+bool cli_flag(const struct cli_opt *opts, const char *name);
+
+/* Typed values with range checks; on error print "netlm CMD: --flag: ..." and return false. */
+bool cli_u64(const char *command, const struct cli_opt *opts, const char *name, uint64_t def,
+             uint64_t min, uint64_t max, uint64_t *out);
+bool cli_u32(const char *command, const struct cli_opt *opts, const char *name, uint32_t def,
+             uint32_t min, uint32_t max, uint32_t *out);
+bool cli_double(const char *command, const struct cli_opt *opts, const char *name, double def,
+                double min, double max, double *out);
+/* One of choices (NULL-terminated); returns the index or -1 after printing an error. */
+int cli_choice(const char *command, const struct cli_opt *opts, const char *name, const char *def,
+               const char *const *choices);
+
+/* Prints "netlm CMD: message" to stderr. */
+void cli_error(const char *command, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void cli_warn(const char *command, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* An output written under a temporary name and renamed on success, so no reader ever sees a
+ * half-written file. path "-" or NULL writes to stdout. */
+struct cli_output {
+    FILE *fp;
+    char *path;
+    char *tmp_path;
+};
+bool cli_output_open(const char *command, const char *path, struct cli_output *out);
+bool cli_output_commit(const char *command, struct cli_output *out);
+void cli_output_abort(struct cli_output *out);
+
+/* A status line on stderr with rate and ETA: redrawn in place on a terminal, one line every
+ * 10 s otherwise (or never with quiet). */
+struct cli_progress {
+    const char *what;
+    uint64_t total_bytes;
+    double start, last_print;
+    bool tty, quiet, printed;
+};
+void cli_progress_start(struct cli_progress *p, const char *what, uint64_t total_bytes, bool quiet);
+void cli_progress_update(struct cli_progress *p, uint64_t done_bytes, uint64_t items, const char *unit);
+void cli_progress_end(struct cli_progress *p, uint64_t done_bytes, uint64_t items, const char *unit);
+double cli_now(void);
+
+/* Expands files and folders (recursively, sorted) into capture paths. Folders contribute every
+ * regular file; a missing path is an error. Returns the count or -1. */
+int cli_collect_files(const char *command, const char *const *paths, int n, char ***files_out,
+                      uint64_t *total_bytes);
+void cli_free_files(char **files, int n);
+
+int cmd_sessions(int argc, char **argv);
+int cmd_corpus(int argc, char **argv);
+int cmd_dataset(int argc, char **argv);
+int cmd_preprocess(int argc, char **argv);
+
+#endif
+
+/* ---- capture → sessions, shared by sessions, dataset and corpus ---- */
+#include "flowtable/flowtable.h"
+
+/* The flow-assembly options every session-producing command takes. */
+#define CLI_FLOW_OPTIONS                                                                           \
+    {"workers", NULL, 'w', "N", "worker threads assembling sessions (default 1)", NULL},          \
+    {"port-reuse", NULL, 0, "split|merge",                                                        \
+     "split: a SYN on a closed 5-tuple starts a new session (tshark, default); merge: one "       \
+     "session per 5-tuple (SplitCap)", NULL},                                                     \
+    {"max-flows", NULL, 0, "N", "live flows kept at most; the oldest idle is evicted (default 1048576)", NULL}, \
+    {"tcp-timeout", NULL, 0, "SEC", "idle timeout of established TCP sessions (default 600; 0 = none)", NULL}, \
+    {"udp-timeout", NULL, 0, "SEC", "idle timeout of UDP sessions (default 300; 0 = none)", NULL}, \
+    {"no-timeouts", NULL, 0, NULL, "never end a session for being idle", NULL},                  \
+    {"tunnels", NULL, 0, "outer|inner", "session of a tunnelled packet: the outer one (default) or the innermost", NULL}, \
+    {"quiet", NULL, 'q', NULL, "no progress line", NULL}
+
+/* Reads CLI_FLOW_OPTIONS into cfg (after ft_config_defaults). */
+bool cli_flow_config(const char *command, const struct cli_opt *opts, struct ft_config *cfg);
+
+/* Runs every file through the assembler, one input at a time (sessions never span files).
+ * *current_file tells the session callback which file it is in. Returns 0, or 1 after an
+ * error line (a file that cannot be read); a damaged file's readable part is kept, with a
+ * warning. */
+int cli_assemble_files(const char *command, struct ft_assembler *as, char **files, int n_files,
+                       uint64_t total_bytes, bool quiet, volatile int *current_file);

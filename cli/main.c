@@ -1,0 +1,48 @@
+/* main.c — the netlm binary: dispatches git-style subcommands. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/cli.h"
+
+struct command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+};
+
+static const struct command commands[] = {
+    {"sessions", cmd_sessions, "the sessions of captures, one line each (TSV or JSON)"},
+    {"corpus", cmd_corpus, "captures -> the seed's pretraining corpus text"},
+    {"dataset", cmd_dataset, "class-per-folder captures -> train/valid/test TSVs (understanding|generation)"},
+    {"preprocess", cmd_preprocess, "corpus text or TSV -> token shards for pretraining"},
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: netlm [--version] [--help] COMMAND [OPTIONS] [ARGS]\n\n"
+                 "netlm: a network-traffic language model and the sensor that runs it.\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(out, "  %-12s %s\n", commands[i].name, commands[i].summary);
+    fprintf(out, "\n'netlm COMMAND --help' lists the options of a command.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("netlm %s\n", NETLM_VERSION);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (strcmp(argv[1], commands[i].name) == 0)
+            return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "netlm: unknown command '%s' (see 'netlm --help')\n", argv[1]);
+    return 2;
+}

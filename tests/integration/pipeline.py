@@ -1,0 +1,197 @@
+#!/usr/bin/python3
+"""pipeline.py — corpus, dataset and preprocess end to end on real captures, each checked
+against an expectation computed here independently: tshark's layer offsets plus the seed's
+algorithms restated in Python, tshark's field values, and the files' own counts."""
+import collections
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import pcapfile  # noqa: E402
+
+NETLM = os.environ["NETLM"]
+DATA = os.environ["NETLM_DATA_DIR"]
+PCAPS = os.path.join(DATA, "pcaps")
+USTC = os.path.join(DATA, "labeled", "ustc-tfc2016", "sessions")
+results = {"passed": 0, "failed": 0}
+
+
+def check(name, ok, detail=""):
+    results["passed" if ok else "failed"] += 1
+    print(("ok   " if ok else "FAIL ") + name + ("" if ok else f": {detail}"))
+
+
+def netlm(*args):
+    res = subprocess.run([NETLM, *args], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"netlm {' '.join(args)} exited {res.returncode}: {res.stderr.strip()}")
+    return res
+
+
+def transport_offsets(path):
+    """frame number -> offset of the first TCP/UDP header, from tshark's PDML."""
+    xml = subprocess.run(["tshark", "-n", "-r", path, "-o", "ip.defragment:FALSE", "-T", "pdml"],
+                         check=True, capture_output=True, text=True).stdout
+    offsets = {}
+    for i, packet in enumerate(ET.fromstring(xml).iter("packet"), start=1):
+        for proto in packet.iter("proto"):
+            name = proto.get("name")
+            if name in ("icmp", "icmpv6"):
+                break
+            if name in ("tcp", "udp"):
+                offsets[i] = int(proto.get("pos"))
+                break
+    return offsets
+
+
+def overlapping(b, cap=256):
+    return [b[i:i + 2].hex() for i in range(len(b) - 1)][:cap]
+
+
+def test_corpus(tmp):
+    for name in ("tcpdump-ssh.pcap", "ndpi-dns_fragmented.pcap", "ndpi-ocs.pcap", "tcpdump-vxlan.pcap"):
+        path = os.path.join(PCAPS, name)
+        offs = transport_offsets(path)
+        expected = []
+        for n, (_, data, _) in enumerate(pcapfile.frames(path), start=1):
+            if n not in offs:
+                continue
+            rest = data[offs[n] + 4:]
+            if len(rest) < 5:
+                continue
+            k = (len(rest) + len(rest) % 4) // 2
+            expected.append(" ".join(overlapping(rest[:k])) + " \n" + " ".join(overlapping(rest[k:])) + " \n\n")
+        out = os.path.join(tmp, "corpus.txt")
+        netlm("corpus", "--quiet", "--pcap_path", path, "-o", out)
+        with open(out) as f:
+            got = f.read()
+        docs = got.split("\n\n")[:-1]
+        docs = [d + "\n\n" for d in docs]
+        check(f"corpus {name}: {len(expected)} documents as the seed computes them from tshark's offsets",
+              docs == expected, f"got {len(docs)} documents, expected {len(expected)}; first difference at "
+              f"{next((i for i, (a, b) in enumerate(zip(docs, expected)) if a != b), min(len(docs), len(expected)))}")
+
+
+def read_tsv(path):
+    with open(path) as f:
+        lines = f.read().split("\n")
+    assert lines[-1] == ""
+    return lines[0], [ln.split("\t") for ln in lines[1:-1]]
+
+
+def test_understanding(tmp):
+    out1, out2 = os.path.join(tmp, "ds1"), os.path.join(tmp, "ds2")
+    netlm("dataset", "understanding", "--quiet", "--pcap_path", USTC, "--dataset_dir", out1, "--class_num", "20",
+          "--random_seed", "01")
+    netlm("dataset", "understanding", "--quiet", "--pcap_path", USTC, "--dataset_dir", out2, "--class_num", "20",
+          "--random_seed", "1", "--workers", "2")
+    names = ["train_dataset.tsv", "valid_dataset.tsv", "test_dataset.tsv", "nolabel_test_dataset.tsv",
+             "classes.txt", "dataset_index.tsv"]
+    same = all(open(os.path.join(out1, n), "rb").read() == open(os.path.join(out2, n), "rb").read() for n in names)
+    check("dataset understanding: 2 workers give byte-identical files", same)
+    with open(os.path.join(out1, "classes.txt")) as f:
+        classes = f.read().split()
+    check("dataset understanding: classes.txt = sorted class folders", classes == sorted(os.listdir(USTC)))
+    header, rows = read_tsv(os.path.join(out1, "train_dataset.tsv"))
+    check("dataset understanding: header label\\ttext_a", header == "label\ttext_a")
+    # split by session, stratified: per class 10 % / 10 % / 80 % of sessions, nothing shared
+    idx_header, index = read_tsv(os.path.join(out1, "dataset_index.tsv"))
+    per_class = collections.defaultdict(collections.Counter)
+    where = {}
+    shared = 0
+    for r in index:
+        split, label, cls, file, first = r[0], r[1], r[2], r[3], r[4]
+        per_class[cls][split] += 1
+        k = (file, first)
+        if k in where and where[k] != split:
+            shared += 1
+        where[k] = split
+    check("dataset understanding: no session in two splits", shared == 0, f"{shared} shared")
+    bad = []
+    for cls, c in per_class.items():
+        n = sum(c.values())
+        want = (n + 5) // 10
+        if c["test"] != want or c["valid"] != want:
+            bad.append((cls, dict(c)))
+    check("dataset understanding: each class split 80/10/10 by session", not bad, str(bad[:3]))
+    # sessions per class = tshark's TCP+UDP conversations of the class capture (split mode)
+    sizes = {}
+    for split in ("train", "valid", "test"):
+        _, rows = read_tsv(os.path.join(out1, f"{split}_dataset.tsv"))
+        sizes[split] = len(rows)
+        for label, text in rows:
+            toks = text.split(" ")
+            # header mode full on Ethernet/IPv4: both MACs and both addresses are zero
+            if len(toks) >= 17 and toks[6] == "0800":
+                if toks[0:6] != ["0000"] * 6 or toks[13:17] != ["0000"] * 4:
+                    check("dataset understanding: full mode zeroes MACs and IPv4 addresses", False, text[:120])
+                    return
+    check("dataset understanding: full mode zeroes MACs and IPv4 addresses in every Ethernet/IPv4 row", True)
+    _, nolabel = read_tsv(os.path.join(out1, "nolabel_test_dataset.tsv"))
+    _, test_rows = read_tsv(os.path.join(out1, "test_dataset.tsv"))
+    check("dataset understanding: nolabel = the test texts", [r[0] for r in nolabel] == [r[1] for r in test_rows])
+    total = sum(sizes.values())
+    check(f"dataset understanding: {total} samples = index rows", total == len(index))
+
+
+def test_generation(tmp):
+    # MySQL: 1502 frames, no truncated ones; every frame is Ethernet/IPv4/TCP in a session.
+    root = os.path.join(tmp, "gen-in")
+    os.makedirs(os.path.join(root, "MySQL"))
+    src = os.path.join(USTC, "MySQL", "MySQL.pcap")
+    os.symlink(src, os.path.join(root, "MySQL", "MySQL.pcap"))
+    out = os.path.join(tmp, "gen")
+    netlm("dataset", "generation", "--quiet", "--pcap_path", root, "--dataset_dir", out, "--samples_per_class",
+          "100000", "--header-mode", "seed")
+    targets = []
+    zeroed = True
+    for split in ("train", "valid", "test"):
+        _, rows = read_tsv(os.path.join(out, f"{split}_dataset.tsv"))
+        for target, text in rows:
+            targets.append(target)
+            toks = text.split(" ")
+            zeroed &= toks[8] == "0000"  # IPv4 total length at frame bytes 16-17
+    lens = subprocess.run(["tshark", "-n", "-r", src, "-T", "fields", "-e", "ip.len"], check=True,
+                          capture_output=True, text=True).stdout.split()
+    expected = sorted(f"0000 {int(x):04x}" for x in lens)
+    check(f"dataset generation: {len(targets)} targets = tshark's ip.len of every frame", sorted(targets) == expected,
+          f"{len(targets)} vs {len(expected)}")
+    check("dataset generation: total length zeroed in every input", zeroed)
+
+
+def test_preprocess(tmp):
+    corpus = os.path.join(tmp, "c.txt")
+    netlm("corpus", "--quiet", "--pcap_path", os.path.join(PCAPS, "tcpdump-ssh.pcap"), "-o", corpus)
+    shard = os.path.join(tmp, "c.bin")
+    netlm("preprocess", "--quiet", "--corpus_path", corpus, "--dataset_path", shard, "--seq_length", "128")
+    lines = [ln.split() for ln in open(corpus).read().split("\n") if ln.strip()]
+    with open(shard, "rb") as f:
+        blob = f.read()
+    magic, version, hsize, ntok, ndocs, vocab, seq = struct.unpack("<8sIIQQII", blob[:40])
+    ids = struct.unpack(f"<{ntok}I", blob[64:])
+    expected = []
+    for toks in lines:
+        expected += [2] + [5 + int(t, 16) for t in toks] + [1]
+    check("preprocess: header", (magic, version, hsize, ndocs, vocab, seq) ==
+          (b"NETLMTOK", 1, 64, len(lines), 65541, 128), str((magic, version, hsize, ndocs, vocab, seq)))
+    check("preprocess: ids = [CLS] + 5 + token value + [SEP] per corpus line", list(ids) == expected)
+    check("preprocess: file size", len(blob) == 64 + 4 * ntok)
+
+
+def main():
+    with tempfile.TemporaryDirectory() as tmp:
+        for t in (test_corpus, test_understanding, test_generation, test_preprocess):
+            try:
+                t(tmp)
+            except Exception as e:
+                check(t.__name__, False, repr(e))
+    print(f"{results['passed']} passed, {results['failed']} failed")
+    return 1 if results["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
