@@ -26,6 +26,21 @@ struct class_frames {
     size_t n;
 };
 
+/* mkdir -p: the output folder may be several levels new. */
+static void make_dirs(const char *path)
+{
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p == '/') {
+            *p = '\0';
+            mkdir(buf, 0755);
+            *p = '/';
+        }
+    }
+    mkdir(buf, 0755);
+}
+
 static int cmp_names(const void *a, const void *b)
 {
     return strcmp(((const struct class_frames *)a)->name, ((const struct class_frames *)b)->name);
@@ -121,9 +136,8 @@ int main(int argc, char **argv)
         if (load_class(dir, &classes[c]) != 0)
             return 1;
     char path[4096];
-    mkdir(out, 0755);
     snprintf(path, sizeof path, "%s/classes", out);
-    mkdir(path, 0755);
+    make_dirs(path);
     pcap_t *dead = pcap_open_dead_with_tstamp_precision(DLT_EN10MB, 65535, PCAP_TSTAMP_PRECISION_MICRO);
     snprintf(path, sizeof path, "%s/all.pcap", out);
     pcap_dumper_t *all = pcap_dump_open(dead, path);

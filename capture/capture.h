@@ -44,10 +44,11 @@ enum cap_decode_reason {
     CAP_DECODE_BAD_IP_HEADER,    /* IHL < 5, total length below header, ext headers overrun */
     CAP_DECODE_FRAGMENT,         /* a non-first IP fragment: no L4 header, so no ports */
     CAP_DECODE_TRUNCATED_L4,     /* caplen ends inside the TCP/UDP/ICMP header */
-    CAP_DECODE_BAD_L4_HEADER,    /* TCP data offset < 5 */
+    CAP_DECODE_BAD_L4_HEADER,    /* TCP data offset < 5 (DCCP < 3); L4 header past the datagram */
     CAP_DECODE_REASON_COUNT
 };
-/* Short lowercase name ("ok", "truncated_l4", ...) for counters and logs; "unknown" if out of range. */
+/* Short lowercase name ("ok", "truncated_l4", ...) for counters and logs; "unknown" if out of
+ * range. */
 const char *cap_decode_reason_name(enum cap_decode_reason reason);
 
 /* What a cap_packet holds for each reason (anything not listed is CAP_ABSENT / zero):
@@ -55,7 +56,8 @@ const char *cap_decode_reason_name(enum cap_decode_reason reason);
  *   VLAN tags met on the way.
  * - BAD_IP_VERSION: no IP layer.
  * - TRUNCATED_IP, BAD_IP_HEADER: l3_off and ip_version once the version byte is there; addresses
- *   and l4_proto once the fixed header (20 / 40 bytes) is.
+ *   and l4_proto once the fixed header (20 / 40 bytes) is (inside IPv6 extension headers,
+ *   l4_proto is the last next-header value reached).
  * - FRAGMENT: the IP layer (addresses, l4_proto = the datagram's upper protocol), frag = LATER,
  *   and payload_off / payload_len = the fragment's data; no l4_off, no ports.
  * - TRUNCATED_L4, BAD_L4_HEADER: the IP layer; l4_off and the ports once the first 4 bytes of
@@ -96,17 +98,18 @@ struct cap_packet {
     uint16_t vlan_ids[CAP_MAX_VLANS]; /* outermost first; 12-bit VIDs */
     uint8_t src_addr[16];             /* IPv4 uses the first 4 bytes, the rest zero */
     uint8_t dst_addr[16];
-    uint16_t src_port; /* host order; ICMP/ICMPv6: 0 */
+    uint16_t src_port; /* host order (TCP, UDP, UDP-Lite, SCTP, DCCP); ICMP/ICMPv6 and others: 0 */
     uint16_t dst_port;
 };
 
 struct cap_decode_opts {
-    bool innermost; /* follow tunnels (GRE, VXLAN, Geneve, IP-in-IP, 6in4, Teredo) to the inner session
-                     * (also: 4in6, PPTP GRE, ERSPAN, MPLS-over-UDP, GTP-U) */
+    /* follow tunnels (GRE, VXLAN, Geneve, IP-in-IP, 6in4, Teredo) to the inner session; also
+     * 4in6, PPTP GRE, ERSPAN, MPLS-over-UDP and GTP-U */
+    bool innermost;
 };
 
 /* Decodes one frame. Fills *out completely whatever happens (absent layers are CAP_ABSENT) and
- * returns out->reason. Thread-safe; allocates nothing. */
+ * returns out->reason. Thread-safe; allocates nothing. opts may be NULL (the defaults). */
 enum cap_decode_reason cap_decode(const struct cap_decode_opts *opts, uint16_t linktype,
                                   const uint8_t *data, uint32_t caplen, uint32_t wirelen,
                                   int64_t ts_ns, struct cap_packet *out);

@@ -321,6 +321,23 @@ struct outputs {
     struct cli_output split[3], nolabel, classes, index;
 };
 
+/* Created only once there is something to write, so a failed run leaves nothing behind. */
+static bool make_output_dir(const char *cmd, const char *dir)
+{
+    struct stat st;
+    if (stat(dir, &st) == 0) {
+        if (S_ISDIR(st.st_mode))
+            return true;
+        cli_error(cmd, "%s: exists and is not a folder", dir);
+        return false;
+    }
+    if (mkdir(dir, 0755) != 0) {
+        cli_error(cmd, "%s: cannot create: %s", dir, strerror(errno));
+        return false;
+    }
+    return true;
+}
+
 static bool open_outputs(const char *cmd, const char *dir, struct outputs *o)
 {
     static const char *const names[] = {"train_dataset.tsv", "valid_dataset.tsv", "test_dataset.tsv"};
@@ -481,16 +498,6 @@ int cmd_dataset(int argc, char **argv)
         cli_warn(cmd, "--class_num %u but only %d class folders in %s: labels are 0..%d", class_num, classes.n,
                  pcap_dir, classes.n - 1);
     }
-    struct stat st;
-    if (stat(out_dir, &st) != 0) {
-        if (mkdir(out_dir, 0755) != 0) {
-            cli_error(cmd, "%s: cannot create: %s", out_dir, strerror(errno));
-            goto done;
-        }
-    } else if (!S_ISDIR(st.st_mode)) {
-        cli_error(cmd, "%s: exists and is not a folder", out_dir);
-        goto done;
-    }
     char err[512];
     as = ft_assembler_create(&cfg, on_session, &run, err, sizeof err);
     if (!as) {
@@ -540,8 +547,11 @@ int cmd_dataset(int argc, char **argv)
             cli_error(cmd, "out of memory while collecting samples of %s", path);
             ok = false;
         } else if (run.heap.n == 0) {
-            cli_error(cmd, "%s: no sessions with tokens in %d capture file(s) (%" PRIu64 " sessions, all empty)",
-                      path, nf, run.sessions_seen);
+            if (run.sessions_seen == 0)
+                cli_error(cmd, "%s: no sessions in %d capture file(s)", path, nf);
+            else
+                cli_error(cmd, "%s: %" PRIu64 " sessions in %d capture file(s), none with tokens", path,
+                          run.sessions_seen, nf);
             ok = false;
         }
         if (ok) {
@@ -570,7 +580,7 @@ int cmd_dataset(int argc, char **argv)
     if (ok) {
         /* Rows in sample_key order: a seeded interleaving of the classes. */
         struct sample **order = malloc(n_all * sizeof *order);
-        ok = order != NULL && open_outputs(cmd, out_dir, &outs);
+        ok = order != NULL && make_output_dir(cmd, out_dir) && open_outputs(cmd, out_dir, &outs);
         if (ok) {
             for (size_t i = 0; i < n_all; i++)
                 order[i] = &all[i];

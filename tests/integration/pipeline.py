@@ -34,7 +34,7 @@ def netlm(*args):
 
 def transport_offsets(path):
     """frame number -> offset of the first TCP/UDP header, from tshark's PDML."""
-    xml = subprocess.run(["tshark", "-n", "-r", path, "-o", "ip.defragment:FALSE", "-T", "pdml"],
+    xml = subprocess.run(["tshark", "-n", "-r", path, "-o", "ip.defragment:FALSE", "-o", "ipv6.defragment:FALSE", "-T", "pdml"],
                          check=True, capture_output=True, text=True).stdout
     offsets = {}
     for i, packet in enumerate(ET.fromstring(xml).iter("packet"), start=1):

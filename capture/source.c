@@ -1,0 +1,444 @@
+/* source.c — packet sources behind cap_open_file() / cap_open_live(): libpcap handles that hand
+ * out frames in bursts.
+ *
+ * libpcap reuses one buffer for every frame it returns, so each burst copies its frames into a
+ * per-source arena; the frames stay valid until the next burst on the same source. A source is
+ * owned by one thread at a time; different sources share nothing. */
+#include "capture/capture.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pcap/pcap.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Room for a burst of a few thousand full-size frames, and for 16 of the largest snaplen: a live
+ * burst stops while a maximal frame still fits, a file burst holds back the frame that does not
+ * (a single frame larger than the arena grows it). */
+#define CAP_ARENA_BYTES (4u << 20)
+#define CAP_MAX_SNAPLEN 262144
+#define CAP_DEFAULT_TIMEOUT_MS 10
+#define CAP_STREAM_BUF_BYTES (64u << 10) /* stdio buffer of a capture file: fits in L2 */
+
+struct cap_source {
+    pcap_t *pcap;
+    char *name; /* the path or the interface */
+    bool live;
+    bool ended;      /* file: end reached, every later call says so */
+    bool failed;     /* an error is stored in err; every later call reports it */
+    bool ts_nano;    /* libpcap hands out ns (else µs) in tv_usec */
+    uint16_t linktype;
+    uint32_t snaplen;
+    int poll_fd;     /* live: the descriptor to wait on, -1 where libpcap has none */
+    int timeout_ms;  /* live: how long an empty burst waits */
+
+    char *stream_buf;    /* file: stdio buffer of the capture file; freed after pcap_close */
+    uint8_t *arena;
+    size_t arena_size;
+    size_t arena_used;
+
+    /* file: a frame already read by pcap_next_ex that did not fit in the last burst's arena; its
+     * bytes stay valid in libpcap's buffer until the next pcap_next_ex */
+    const struct pcap_pkthdr *held_hdr;
+    const uint8_t *held_bytes;
+
+    /* live: where the dispatch callback puts the current burst */
+    struct cap_frame *cb_frames;
+    int cb_count;
+
+    uint64_t frames_read; /* frames read without error, for the "after frame N" message */
+    uint64_t frames;
+    uint64_t bytes;
+    char err[PCAP_ERRBUF_SIZE + 512];
+};
+
+static struct cap_source *source_new(const char *name, char *err, size_t errlen)
+{
+    struct cap_source *src = calloc(1, sizeof *src);
+    if (src) {
+        src->name = strdup(name);
+        src->arena_size = CAP_ARENA_BYTES;
+        src->arena = malloc(src->arena_size);
+    }
+    if (!src || !src->name || !src->arena) {
+        if (src) {
+            free(src->name);
+            free(src->arena);
+            free(src);
+        }
+        snprintf(err, errlen, "%s: out of memory", name);
+        return NULL;
+    }
+    return src;
+}
+
+static void source_free(struct cap_source *src)
+{
+    if (!src)
+        return;
+    if (src->pcap)
+        pcap_close(src->pcap);
+    free(src->stream_buf);
+    free(src->arena);
+    free(src->name);
+    free(src);
+}
+
+static bool has_pcap_magic(const uint8_t m[4])
+{
+    static const uint8_t magics[][4] = {
+        {0xa1, 0xb2, 0xc3, 0xd4}, {0xd4, 0xc3, 0xb2, 0xa1}, /* µs */
+        {0xa1, 0xb2, 0x3c, 0x4d}, {0x4d, 0x3c, 0xb2, 0xa1}, /* ns */
+        {0xa1, 0xb2, 0xcd, 0x34}, {0x34, 0xcd, 0xb2, 0xa1}, /* Kuznetzov's modified pcap */
+        {0x0a, 0x0d, 0x0d, 0x0a},                           /* pcapng section header */
+    };
+    for (size_t i = 0; i < sizeof magics / sizeof magics[0]; i++)
+        if (memcmp(m, magics[i], 4) == 0)
+            return true;
+    return false;
+}
+
+/* libpcap's open error ("truncated dump file; tried to read 4 file header bytes...", "unknown
+ * file format") rarely says what the user needs to hear, so look at the file ourselves. */
+static void explain_open_failure(const char *path, const char *pcap_err, char *err, size_t errlen)
+{
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        if (errno == ENOENT || errno == ENOTDIR)
+            snprintf(err, errlen, "%s: no such file", path);
+        else if (errno == EACCES)
+            snprintf(err, errlen, "%s: permission denied", path);
+        else
+            snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        snprintf(err, errlen, "%s: is a directory, not a pcap or pcapng file", path);
+        return;
+    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == EACCES || errno == EPERM)
+            snprintf(err, errlen, "%s: permission denied", path);
+        else
+            snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return;
+    }
+    uint8_t magic[4];
+    ssize_t n = read(fd, magic, sizeof magic);
+    close(fd);
+    if (n == 0 && S_ISREG(st.st_mode))
+        snprintf(err, errlen, "%s: empty file", path);
+    else if (n == 4 && has_pcap_magic(magic))
+        snprintf(err, errlen, "%s: damaged pcap or pcapng header (libpcap: %s)", path, pcap_err);
+    else
+        snprintf(err, errlen, "%s: not a pcap or pcapng file (libpcap: %s)", path, pcap_err);
+}
+
+struct cap_source *cap_open_file(const char *path, char *err, size_t errlen)
+{
+    char pcap_err[PCAP_ERRBUF_SIZE] = "";
+    if (!path || !*path) {
+        snprintf(err, errlen, "(empty path): no such file");
+        return NULL;
+    }
+    /* Opened here rather than by pcap_open_offline() so that the stream gets its buffer before
+     * the first read: libpcap freads record by record, and with stdio's default 4 KiB buffer
+     * every full-size frame was a read() system call of its own (a third slower on 1500-byte
+     * frames). "-" is stdin, as for tcpdump -r, left as it is. */
+    bool is_stdin = strcmp(path, "-") == 0;
+    FILE *fp = is_stdin ? stdin : fopen(path, "rb");
+    if (!fp) {
+        explain_open_failure(path, strerror(errno), err, errlen);
+        return NULL;
+    }
+    struct cap_source *src = source_new(path, err, errlen);
+    if (!src) {
+        if (!is_stdin)
+            fclose(fp);
+        return NULL;
+    }
+    if (!is_stdin) {
+        src->stream_buf = malloc(CAP_STREAM_BUF_BYTES);
+        if (src->stream_buf)
+            setvbuf(fp, src->stream_buf, _IOFBF, CAP_STREAM_BUF_BYTES);
+    }
+    pcap_t *p = pcap_fopen_offline_with_tstamp_precision(fp, PCAP_TSTAMP_PRECISION_NANO, pcap_err);
+    if (!p) {
+        if (!is_stdin)
+            fclose(fp);
+        source_free(src);
+        explain_open_failure(path, pcap_err, err, errlen);
+        return NULL;
+    }
+    src->pcap = p;
+    src->ts_nano = pcap_get_tstamp_precision(p) == PCAP_TSTAMP_PRECISION_NANO;
+    src->linktype = (uint16_t)pcap_datalink(p);
+    src->snaplen = (uint32_t)pcap_snapshot(p);
+    return src;
+}
+
+static const char *activate_problem(int rc)
+{
+    switch (rc) {
+    case PCAP_ERROR_PERM_DENIED:
+        return "permission denied (capturing needs CAP_NET_RAW, e.g. run as the netlm service "
+               "user or as root)";
+    case PCAP_ERROR_PROMISC_PERM_DENIED:
+        return "permission denied for promiscuous mode (needs CAP_NET_ADMIN or turn promisc off)";
+    case PCAP_ERROR_NO_SUCH_DEVICE:
+        return "no such interface";
+    case PCAP_ERROR_IFACE_NOT_UP:
+        return "interface is not up";
+    case PCAP_ERROR_RFMON_NOTSUP:
+        return "monitor mode not supported";
+    default:
+        return NULL;
+    }
+}
+
+struct cap_source *cap_open_live(const struct cap_live_opts *opts, char *err, size_t errlen)
+{
+    char pcap_err[PCAP_ERRBUF_SIZE] = "";
+    const char *iface = opts && opts->iface ? opts->iface : NULL;
+    if (!iface || !*iface) {
+        snprintf(err, errlen, "live capture: no interface given");
+        return NULL;
+    }
+    int snaplen = opts->snaplen > 0 && opts->snaplen <= CAP_MAX_SNAPLEN ? opts->snaplen
+                                                                         : CAP_MAX_SNAPLEN;
+    int timeout = opts->timeout_ms > 0 ? opts->timeout_ms : CAP_DEFAULT_TIMEOUT_MS;
+
+    pcap_t *p = pcap_create(iface, pcap_err);
+    if (!p) {
+        snprintf(err, errlen, "%s: cannot open for capture (libpcap: %s)", iface, pcap_err);
+        return NULL;
+    }
+    /* The setters only fail on an already activated handle, which this is not. */
+    pcap_set_snaplen(p, snaplen);
+    pcap_set_promisc(p, opts->promisc ? 1 : 0);
+    pcap_set_timeout(p, timeout);
+    pcap_set_immediate_mode(p, 0); /* let the kernel batch: bursts, not wakeups per frame */
+    if (opts->buffer_mb > 0)
+        pcap_set_buffer_size(p, opts->buffer_mb > 2047 ? INT32_MAX : opts->buffer_mb << 20);
+    /* ns when the platform has them; a failure just leaves µs, noticed after activation */
+    pcap_set_tstamp_precision(p, PCAP_TSTAMP_PRECISION_NANO);
+
+    int rc = pcap_activate(p);
+    if (rc < 0) {
+        const char *what = activate_problem(rc);
+        if (what)
+            snprintf(err, errlen, "%s: %s (libpcap: %s)", iface, what, pcap_geterr(p));
+        else
+            snprintf(err, errlen, "%s: cannot start capture (libpcap: %s)", iface, pcap_geterr(p));
+        pcap_close(p);
+        return NULL;
+    }
+    if (opts->bpf && *opts->bpf) {
+        struct bpf_program prog;
+        if (pcap_compile(p, &prog, opts->bpf, 1, PCAP_NETMASK_UNKNOWN) != 0) {
+            snprintf(err, errlen, "%s: bad capture filter \"%s\" (libpcap: %s)", iface, opts->bpf,
+                     pcap_geterr(p));
+            pcap_close(p);
+            return NULL;
+        }
+        rc = pcap_setfilter(p, &prog);
+        pcap_freecode(&prog);
+        if (rc != 0) {
+            snprintf(err, errlen, "%s: cannot set capture filter \"%s\" (libpcap: %s)", iface,
+                     opts->bpf, pcap_geterr(p));
+            pcap_close(p);
+            return NULL;
+        }
+    }
+    struct cap_source *src = source_new(iface, err, errlen);
+    if (!src) {
+        pcap_close(p);
+        return NULL;
+    }
+    /* Non-blocking plus our own poll(): with TPACKET_V3 the kernel's block timeout only runs once
+     * a packet has arrived, so a blocking read on a quiet interface would never return. */
+    src->poll_fd = pcap_get_selectable_fd(p);
+    if (src->poll_fd >= 0 && pcap_setnonblock(p, 1, pcap_err) != 0)
+        src->poll_fd = -1;
+    src->timeout_ms = timeout;
+    src->pcap = p;
+    src->live = true;
+    src->ts_nano = pcap_get_tstamp_precision(p) == PCAP_TSTAMP_PRECISION_NANO;
+    src->linktype = (uint16_t)pcap_datalink(p);
+    src->snaplen = (uint32_t)pcap_snapshot(p);
+    return src;
+}
+
+static inline int64_t ts_to_ns(const struct cap_source *src, const struct timeval *tv)
+{
+    return (int64_t)tv->tv_sec * 1000000000 + (int64_t)tv->tv_usec * (src->ts_nano ? 1 : 1000);
+}
+
+static inline void put_frame(struct cap_source *src, struct cap_frame *f,
+                             const struct pcap_pkthdr *h, const uint8_t *bytes, uint32_t caplen)
+{
+    uint8_t *dst = src->arena + src->arena_used;
+    memcpy(dst, bytes, caplen);
+    src->arena_used += caplen;
+    f->data = dst;
+    f->caplen = caplen;
+    f->wirelen = h->len;
+    f->ts_ns = ts_to_ns(src, &h->ts);
+    f->linktype = src->linktype;
+}
+
+/* Only called with the arena empty, so no frame handed out points into the old block. */
+static bool arena_fit(struct cap_source *src, uint32_t caplen)
+{
+    if (caplen <= src->arena_size)
+        return true;
+    uint8_t *bigger = malloc(caplen);
+    if (!bigger)
+        return false;
+    free(src->arena);
+    src->arena = bigger;
+    src->arena_size = caplen;
+    return true;
+}
+
+static int file_burst(struct cap_source *src, struct cap_frame *frames, int max)
+{
+    int n = 0;
+
+    if (src->held_hdr) {
+        const struct pcap_pkthdr *h = src->held_hdr;
+        if (!arena_fit(src, h->caplen)) {
+            snprintf(src->err, sizeof src->err, "%s: out of memory for a %u-byte frame",
+                     src->name, h->caplen);
+            src->failed = true;
+            return CAP_BURST_ERROR;
+        }
+        put_frame(src, &frames[n++], h, src->held_bytes, h->caplen);
+        src->held_hdr = NULL;
+        src->held_bytes = NULL;
+    }
+    while (n < max) {
+        struct pcap_pkthdr *h;
+        const u_char *bytes;
+        int rc = pcap_next_ex(src->pcap, &h, &bytes);
+        if (__builtin_expect(rc == 1, 1)) {
+            src->frames_read++;
+            if (h->caplen > src->arena_size - src->arena_used) {
+                if (n > 0) {
+                    src->held_hdr = h;
+                    src->held_bytes = bytes;
+                    break;
+                }
+                if (!arena_fit(src, h->caplen)) {
+                    snprintf(src->err, sizeof src->err, "%s: out of memory for a %u-byte frame",
+                             src->name, h->caplen);
+                    src->failed = true;
+                    return CAP_BURST_ERROR;
+                }
+            }
+            put_frame(src, &frames[n++], h, bytes, h->caplen);
+        } else if (rc == PCAP_ERROR_BREAK) {
+            src->ended = true;
+            break;
+        } else {
+            snprintf(src->err, sizeof src->err,
+                     "%s: truncated or corrupted after frame %llu (libpcap: %s)", src->name,
+                     (unsigned long long)src->frames_read, pcap_geterr(src->pcap));
+            src->failed = true;
+            break;
+        }
+    }
+    return n;
+}
+
+static void live_frame(u_char *user, const struct pcap_pkthdr *h, const u_char *bytes)
+{
+    struct cap_source *src = (struct cap_source *)user;
+    size_t room = src->arena_size - src->arena_used;
+    /* Cannot exceed room: the burst is stopped below while a maximal frame still fits. */
+    uint32_t caplen = h->caplen <= room ? h->caplen : (uint32_t)room;
+    put_frame(src, &src->cb_frames[src->cb_count++], h, bytes, caplen);
+    if (src->arena_size - src->arena_used < src->snaplen)
+        pcap_breakloop(src->pcap);
+}
+
+static int live_burst(struct cap_source *src, struct cap_frame *frames, int max)
+{
+    src->cb_frames = frames;
+    src->cb_count = 0;
+    int rc = pcap_dispatch(src->pcap, max, live_frame, (u_char *)src);
+    if (rc == 0 && src->cb_count == 0 && src->poll_fd >= 0) {
+        /* Nothing ready: wait up to the timeout. EINTR just ends the burst empty, which lets the
+         * caller look at its signal flags. */
+        struct pollfd pfd = {.fd = src->poll_fd, .events = POLLIN};
+        if (poll(&pfd, 1, src->timeout_ms) > 0)
+            rc = pcap_dispatch(src->pcap, max, live_frame, (u_char *)src);
+    }
+    /* PCAP_ERROR_BREAK is our own pcap_breakloop (arena nearly full): the burst is just short. */
+    if (rc == PCAP_ERROR) {
+        snprintf(src->err, sizeof src->err, "%s: capture failed (libpcap: %s)", src->name,
+                 pcap_geterr(src->pcap));
+        src->failed = true;
+    }
+    src->frames_read += (uint64_t)src->cb_count;
+    return src->cb_count;
+}
+
+int cap_next_burst(struct cap_source *src, struct cap_frame *frames, int max)
+{
+    if (src->failed)
+        return CAP_BURST_ERROR;
+    if (src->ended)
+        return CAP_BURST_END;
+    if (max <= 0)
+        return 0;
+    src->arena_used = 0;
+    int n = src->live ? live_burst(src, frames, max) : file_burst(src, frames, max);
+    if (n > 0) {
+        src->frames += (uint64_t)n;
+        src->bytes += src->arena_used;
+        return n;
+    }
+    if (src->failed)
+        return CAP_BURST_ERROR;
+    if (src->ended)
+        return CAP_BURST_END;
+    return 0;
+}
+
+const char *cap_source_error(const struct cap_source *src)
+{
+    return src->failed ? src->err : "";
+}
+
+const char *cap_source_name(const struct cap_source *src)
+{
+    return src->name;
+}
+
+uint16_t cap_source_linktype(const struct cap_source *src)
+{
+    return src->linktype;
+}
+
+void cap_source_stats(struct cap_source *src, struct cap_source_stats *out)
+{
+    *out = (struct cap_source_stats){.frames = src->frames, .bytes = src->bytes};
+    if (src->live) {
+        struct pcap_stat ps;
+        if (pcap_stats(src->pcap, &ps) == 0) {
+            out->kernel_dropped = ps.ps_drop;
+            out->iface_dropped = ps.ps_ifdrop;
+        }
+    }
+}
+
+void cap_close(struct cap_source *src)
+{
+    source_free(src);
+}
