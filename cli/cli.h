@@ -90,7 +90,7 @@ int cmd_preprocess(int argc, char **argv);
     {"port-reuse", NULL, 0, "split|merge",                                                        \
      "split: a SYN on a closed 5-tuple starts a new session (tshark, default); merge: one "       \
      "session per 5-tuple (SplitCap)", NULL},                                                     \
-    {"max-flows", NULL, 0, "N", "live flows kept at most; the oldest idle is evicted (default 1048576)", NULL}, \
+    {"max-flows", NULL, 0, "N", "live flows kept at most; the oldest idle is evicted (default 1048576; dataset: 262144)", NULL}, \
     {"tcp-timeout", NULL, 0, "SEC", "idle timeout of established TCP sessions (default 600; 0 = none)", NULL}, \
     {"udp-timeout", NULL, 0, "SEC", "idle timeout of UDP sessions (default 300; 0 = none)", NULL}, \
     {"no-timeouts", NULL, 0, NULL, "never end a session for being idle", NULL},                  \

@@ -473,6 +473,7 @@ int cmd_dataset(int argc, char **argv)
     }
     struct ft_config cfg;
     ft_config_defaults(&cfg);
+    cfg.max_flows = 1u << 18; /* each flow holds its first packets here: ~6 KB, so 1.5 GB at most */
     if (!cli_flow_config(cmd, opts, &cfg))
         goto done;
     cfg.packets_per_session = run.tok.packets;

@@ -28,14 +28,17 @@ struct ft_key {
 
 /* Fills key from a decoded packet; *dir_out = 0 if the packet goes lo→hi, 1 if hi→lo. Returns
  * false when the packet carries no flow (no IP layer, later fragment, truncated L4 header).
- * A TCP/UDP header cut by the snap length still carries a flow when its 4 port bytes are there
- * (the frame is counted in its session; its flags are used only if 16 TCP header bytes are). */
+ * A TCP/UDP header cut by the snap length still has a key when its 4 port bytes are there
+ * (whether the assembler counts the frame is cfg.cut_frames' business; TCP flags and sequence
+ * numbers are used only when 16 TCP header bytes are there). */
 bool ft_key_from_packet(const struct cap_packet *pkt, struct ft_key *key, int *dir_out);
 /* Symmetric by construction (hashes the canonical key), seeded per run. */
 uint64_t ft_key_hash(const struct ft_key *key, uint64_t seed);
 
 enum ft_port_reuse {
-    FT_PORT_REUSE_SPLIT = 0, /* a SYN on a closed 5-tuple starts a new session (tshark's tcp.stream) */
+    FT_PORT_REUSE_SPLIT = 0, /* tshark's tcp.stream: a SYN (no ACK) whose sequence number differs
+                                from the first one seen from that side starts a new session; TCP
+                                close and idle timeouts end sessions */
     FT_PORT_REUSE_MERGE = 1, /* one session per 5-tuple for the whole input (SplitCap) */
 };
 
@@ -64,6 +67,20 @@ struct ft_timeouts {
     double other_new, other_established;
 };
 
+/* Frames the snap length cut before their flow is fully known (the last frame of every session
+ * in the USTC-TFC2016 files, for one). */
+enum ft_cut_frames {
+    FT_CUT_FRAMES_AUTO = 0,   /* ATTACH in merge mode, TSHARK in split mode */
+    FT_CUT_FRAMES_ATTACH = 1, /* SplitCap, which saw the uncut packets: a frame cut after its ports
+                                 joins its flow; one cut before them (even inside the Ethernet
+                                 header) joins the flow of the newest of the last 4 flow frames
+                                 whose bytes it agrees with, either direction: link header, IP
+                                 version and protocol, and the IP addresses when a whole one is
+                                 left (the MAC addresses otherwise) */
+    FT_CUT_FRAMES_TSHARK = 2, /* tshark: a TCP header cut before 16 bytes or a UDP header before 8
+                                 carries no flow, nor does a frame cut before its ports */
+};
+
 struct ft_config {
     uint32_t max_flows;           /* hard cap on live flows; when full the oldest idle is evicted */
     uint32_t packets_per_session; /* K: packets kept per session (both directions); 0 = counters only */
@@ -75,10 +92,12 @@ struct ft_config {
     uint64_t hash_seed;           /* 0 = random per run */
     bool merge_timeouts;          /* merge mode applies the timeouts only when true (SplitCap has
                                      none: one session per 5-tuple for the whole input) */
+    enum ft_cut_frames cut_frames;
 };
 /* Defaults: max_flows 1 M (2^20), K 32, M 128, split, decode.innermost, 1 worker, random seed,
- * merge_timeouts false, and the timeouts of Suricata's shipped suricata.yaml: TCP new 60 s,
- * established 600 s, closed 60 s; UDP new 30 s, established 300 s; other 30 s / 300 s.
+ * merge_timeouts false, cut_frames AUTO, and the timeouts of Suricata's shipped suricata.yaml:
+ * TCP new 60 s, established 600 s, closed 60 s; UDP new 30 s, established 300 s; other 30 s /
+ * 300 s.
  * With W workers each owns max_flows / W flows (the remainder is unused). */
 void ft_config_defaults(struct ft_config *cfg);
 
@@ -97,7 +116,7 @@ struct ft_stored_packet {
 /* A finished session. Oriented by its first packet: src is the side that sent it. The view and
  * everything it points to are valid only during the callback. */
 struct ft_session {
-    uint64_t id;           /* unique within a run */
+    uint64_t id;           /* unique within a run: the run-wide ordinal of its first frame */
     uint64_t first_frame;  /* 1-based frame number of the first packet within its input file */
     uint8_t ip_version;
     uint8_t proto;         /* IPPROTO_* */
@@ -106,7 +125,7 @@ struct ft_session {
     uint16_t src_port, dst_port;
     uint64_t pkts[2];      /* [0] = to server (from src), [1] = to client */
     uint64_t bytes[2];     /* frame lengths on the wire */
-    int64_t first_ns, last_ns;
+    int64_t first_ns, last_ns; /* timestamps of its first and last packet in arrival order */
     uint8_t tcp_flags[2];  /* OR of the flags seen each way */
     uint8_t tcp_state;     /* enum ft_tcp_state at the end */
     uint8_t reason;        /* enum ft_end_reason */
@@ -116,16 +135,20 @@ struct ft_session {
 };
 
 /* Called once per finished session. With several workers it is called from each worker's
- * thread concurrently: the callback must be thread-safe. worker = 0..workers-1. */
+ * thread concurrently: the callback must be thread-safe. worker = 0..workers-1. It runs inside
+ * the flow table's RCU read side: it should not block for long (memory of ended flows is
+ * reclaimed only after every worker moves on), and must not call ft_assembler_destroy. */
 typedef void (*ft_session_fn)(const struct ft_session *session, int worker, void *user);
 
 struct ft_stats {
-    uint64_t frames, bytes;
-    uint64_t flowless;         /* frames that carry no flow (see ft_key_from_packet) */
+    uint64_t frames, bytes;    /* frames fed, and their lengths on the wire */
+    uint64_t flowless;         /* frames that carry no flow (see ft_key_from_packet, cut_frames);
+                                  session packets + flowless = frames */
     uint64_t flows_created;
-    uint64_t flows_active;     /* at the time of the call */
+    uint64_t flows_active;     /* at the time of the call (frames still queued to workers not
+                                  yet counted) */
     uint64_t flows_evicted;    /* pushed out by max_flows */
-    uint64_t flows_timed_out;
+    uint64_t flows_timed_out;  /* sessions that ended with reason timeout */
     uint64_t port_reuse_splits;
     uint64_t no_memory;        /* flow packets dropped: no memory for a new flow record */
     struct cap_decode_stats decode;
@@ -133,15 +156,26 @@ struct ft_stats {
 
 struct ft_assembler;
 
-/* Returns NULL with a message in err if the config is impossible. */
+/* Returns NULL with a message in err if the config is impossible. With workers > 1 it starts
+ * the worker threads. Idle timeouts run on packet time: a monotone clock made from the frames'
+ * timestamps (steps back are ignored, a step back of more than 1 s starts a new clock segment),
+ * so capture files that jump back and forth in time neither crash nor split sessions wrongly,
+ * and 1 and N workers give the same sessions (unless max_flows forces evictions, which happen
+ * per worker). feed, finish_input and destroy are called by one thread at a time (any thread);
+ * with workers == 1 that thread is a liburcu QSBR reader only during each call, registered by
+ * the call (or used as it is if it already is an online QSBR reader). */
 struct ft_assembler *ft_assembler_create(const struct ft_config *cfg, ft_session_fn on_session,
                                          void *user, char *err, size_t errlen);
 /* Decodes and assigns frames to sessions. Frames may be reused by the caller on return. */
 void ft_assembler_feed(struct ft_assembler *as, const struct cap_frame *frames, int n);
-/* End of one input: every open session ends (reason end-of-input) and the frame counter
- * restarts, so the next file is numbered from 1. Waits until all workers are done. */
+/* End of one input: every open session ends (reason end-of-input; closed or timeout if that
+ * already applied at the input's last frame) and the frame counter restarts, so the next file is
+ * numbered from 1. Waits until all workers are done. */
 void ft_assembler_finish_input(struct ft_assembler *as);
+/* Safe from any thread at any time (relaxed counters). */
 void ft_assembler_stats(struct ft_assembler *as, struct ft_stats *out);
+/* Stops the workers and frees everything. Sessions still open are dropped without a callback:
+ * call ft_assembler_finish_input first to get them. NULL is accepted. */
 void ft_assembler_destroy(struct ft_assembler *as);
 
 #endif

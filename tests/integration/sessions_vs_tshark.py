@@ -22,6 +22,17 @@ DATA = os.environ["NETLM_DATA_DIR"]
 
 # (file, layer) -> why netlm's sessions differ from tshark's conversations.
 KNOWN = {
+    ("ndpi-4in6tunnel.pcap", "outer"): "IPv4-in-IPv6: netlm's outer session is the IPv6 pair (proto 4, no ports); "
+                                       "tshark counts the inner TCP",
+    ("ndpi-6in4tunnel.pcap", "outer"): "6in4: netlm's outer session is the IPv4 pair (proto 41, no ports); "
+                                       "tshark counts the inner TCP and UDP",
+    ("ndpi-gre.pcapng", "outer"): "GRE: netlm's outer session is the IP pair (proto 47, no ports); "
+                                  "tshark counts the inner UDP",
+    ("ndpi-teredo.pcap", "inner"): "Teredo bubbles (IPv6 with no next header): netlm's inner session is the "
+                                   "IPv6 pair (proto 59); tshark leaves them in the outer UDP conversation",
+    ("tcpdump-of13_ericsson.pcapng", "inner"): "OpenFlow packet-in/out messages carry whole frames; tshark "
+                                               "dissects their TCP/UDP as conversations, netlm does not take "
+                                               "OpenFlow for a tunnel",
 }
 
 

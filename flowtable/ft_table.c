@@ -1,0 +1,456 @@
+/* ft_table.c — one worker's flows: get-or-create in the shared cds_lfht, per-direction counters,
+ * TCP state, the session buffer, idle timeouts, the max_flows cap, and ending a session (callback,
+ * table delete, record back to the pool after a grace period).
+ *
+ * Every decision here depends only on the sequence of packet records a worker receives (key,
+ * direction, TCP fields, input clock), never on wall time or on when sweeps run, so 1 worker and
+ * N workers produce the same sessions as long as no flow is evicted for lack of room. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "flowtable/ft_internal.h"
+
+#define FT_SWEEP_EVERY 256 /* packets between two looks at the LRU heads */
+#define FT_RETIRE_BATCH 256 /* deleted flows per call_rcu at most */
+
+/* ---- LRU lists ---- */
+
+static void ft_lru_unlink(struct ft_lru *l, struct ft_flow *f)
+{
+    if (f->lru_prev)
+        f->lru_prev->lru_next = f->lru_next;
+    else
+        l->head = f->lru_next;
+    if (f->lru_next)
+        f->lru_next->lru_prev = f->lru_prev;
+    else
+        l->tail = f->lru_prev;
+    f->lru_prev = f->lru_next = NULL;
+}
+
+static void ft_lru_append(struct ft_lru *l, struct ft_flow *f)
+{
+    f->lru_next = NULL;
+    f->lru_prev = l->tail;
+    if (l->tail)
+        l->tail->lru_next = f;
+    else
+        l->head = f;
+    l->tail = f;
+}
+
+/* ---- records ---- */
+
+int ft_worker_init(struct ft_worker *w, struct ft_shared *sh, int index, uint32_t cap)
+{
+    memset(w, 0, sizeof *w);
+    w->sh = sh;
+    w->index = index;
+    w->cap = cap;
+    atomic_init(&w->reclaimed, NULL);
+    w->clock = INT64_MIN;
+    w->front = calloc((size_t)1 << FT_FRONT_BITS, sizeof *w->front);
+    return w->front ? 0 : -1;
+}
+
+/* Runs on the call_rcu thread once no reader can still see a batch of deleted records (linked
+ * through free_next from the one whose rcu_head was queued): hands them back to their owner in
+ * one push. The acquire load pairs with the owner's release store before call_rcu, so
+ * everything the owner wrote to the records happens before this thread touches them. */
+static void ft_batch_reclaim(struct rcu_head *head)
+{
+    struct ft_flow *first = caa_container_of(head, struct ft_flow, rcu);
+    (void)atomic_load_explicit(&first->rcu_handoff, memory_order_acquire);
+    struct ft_worker *w = first->owner;
+    struct ft_flow *last = first->batch_tail;
+    struct ft_flow *top = atomic_load_explicit(&w->reclaimed, memory_order_relaxed);
+    do {
+        last->free_next = top;
+    } while (!atomic_compare_exchange_weak_explicit(&w->reclaimed, &top, first,
+                                                    memory_order_release, memory_order_relaxed));
+}
+
+/* Deleted flows wait in a per-worker batch, and one call_rcu covers the batch: call_rcu and its
+ * callback cost more than the rest of ending a flow. Called at the end of every burst. */
+void ft_worker_retire(struct ft_worker *w)
+{
+    struct ft_flow *first = w->retired;
+    if (first == NULL)
+        return;
+    first->batch_tail = w->retired_tail;
+    w->retired = NULL;
+    w->retired_tail = NULL;
+    w->n_retired = 0;
+    atomic_store_explicit(&first->rcu_handoff, 1, memory_order_release);
+    call_rcu(&first->rcu, ft_batch_reclaim);
+}
+
+static struct ft_flow *ft_flow_alloc(struct ft_worker *w)
+{
+    if (w->free_list == NULL)
+        w->free_list = atomic_exchange_explicit(&w->reclaimed, NULL, memory_order_acquire);
+    struct ft_flow *f = w->free_list;
+    if (f) {
+        w->free_list = f->free_next;
+        /* A recycled record has been cold for a grace period: start loading the next one. */
+        if (w->free_list) {
+            const char *n = (const char *)w->free_list;
+            __builtin_prefetch(n, 1, 3);
+            __builtin_prefetch(n + 64, 1, 3);
+            __builtin_prefetch(n + 128, 1, 3);
+            __builtin_prefetch(n + 256, 1, 3); /* the first stored-packet entry */
+        }
+        return f;
+    }
+    const struct ft_shared *sh = w->sh;
+    f = aligned_alloc(64, sh->flow_size);
+    if (f == NULL)
+        return NULL;
+    w->allocated++;
+    uint32_t k = sh->cfg.packets_per_session;
+    uint8_t *data = (uint8_t *)&f->stored[k];
+    for (uint32_t i = 0; i < k; i++)
+        f->stored[i].bytes = data + (size_t)i * sh->cfg.bytes_per_packet;
+    f->owner = w;
+    atomic_init(&f->rcu_handoff, 0);
+    return f;
+}
+
+void ft_worker_release_pool(struct ft_worker *w)
+{
+    free(w->front);
+    w->front = NULL;
+    struct ft_flow *lists[2] = {
+        w->free_list, atomic_exchange_explicit(&w->reclaimed, NULL, memory_order_acquire)};
+    w->free_list = NULL;
+    for (int i = 0; i < 2; i++) {
+        while (lists[i]) {
+            struct ft_flow *next = lists[i]->free_next;
+            free(lists[i]);
+            w->allocated--;
+            lists[i] = next;
+        }
+    }
+}
+
+/* ---- ending a session ---- */
+
+static void ft_emit(struct ft_worker *w, const struct ft_flow *f, enum ft_end_reason reason)
+{
+    struct ft_session *s = &w->out;
+    const struct ft_key *k = &f->key;
+    int a = f->init_dir, b = a ^ 1;
+    s->id = f->id;
+    s->first_frame = f->first_frame;
+    s->ip_version = k->ip_version;
+    s->proto = k->proto;
+    s->vlan = k->vlan;
+    memcpy(s->src_addr, a == 0 ? k->addr_lo : k->addr_hi, 16);
+    memcpy(s->dst_addr, a == 0 ? k->addr_hi : k->addr_lo, 16);
+    s->src_port = a == 0 ? k->port_lo : k->port_hi;
+    s->dst_port = a == 0 ? k->port_hi : k->port_lo;
+    s->pkts[0] = f->pkts[a];
+    s->pkts[1] = f->pkts[b];
+    s->bytes[0] = f->bytes[a];
+    s->bytes[1] = f->bytes[b];
+    s->first_ns = f->first_ns;
+    s->last_ns = f->last_ns;
+    s->tcp_flags[0] = f->tcp_flags[a];
+    s->tcp_flags[1] = f->tcp_flags[b];
+    s->tcp_state = f->tcp_state;
+    s->reason = (uint8_t)reason;
+    s->linktype = f->linktype;
+    s->n_stored = f->n_stored;
+    s->stored = f->stored;
+    w->sh->on_session(s, w->index, w->sh->user);
+}
+
+/* why: what ended it (timeout, evicted, end of input, or closed for a port-reuse split). In
+ * split mode a flow whose TCP state is CLOSED reports "closed" whatever finally pushed it out:
+ * the session had ended, later packets only lingered in it. */
+static void ft_end(struct ft_worker *w, struct ft_flow *f, enum ft_end_reason why, bool report)
+{
+    const struct ft_shared *sh = w->sh;
+    enum ft_end_reason reason = why;
+    if (sh->split && f->tcp_state == FT_TCP_CLOSED)
+        reason = FT_END_CLOSED;
+    if (why == FT_END_EVICTED)
+        ft_count(&w->evicted, 1);
+    if (reason == FT_END_TIMEOUT)
+        ft_count(&w->timed_out, 1);
+    if (report)
+        ft_emit(w, f, reason);
+    struct ft_flow **slot = &w->front[f->hash & ((1u << FT_FRONT_BITS) - 1)];
+    if (*slot == f)
+        *slot = NULL;
+    ft_lru_unlink(&w->lru[f->tclass], f);
+    (void)cds_lfht_del(sh->ht, &f->node); /* only the owner deletes: it always succeeds */
+    f->free_next = w->retired;
+    if (w->retired == NULL)
+        w->retired_tail = f;
+    w->retired = f;
+    if (++w->n_retired >= FT_RETIRE_BATCH)
+        ft_worker_retire(w);
+    w->live--;
+    ft_count(&w->active, (uint64_t)-1);
+}
+
+static inline bool ft_expired(const struct ft_worker *w, const struct ft_flow *f, int64_t now)
+{
+    int64_t to = w->sh->timeout_ns[f->tclass];
+    return to != 0 && now - f->clock_last > to;
+}
+
+void ft_worker_sweep(struct ft_worker *w)
+{
+    w->since_sweep = 0;
+    for (int c = 0; c < FT_TC_COUNT; c++) {
+        if (w->sh->timeout_ns[c] == 0)
+            continue;
+        struct ft_lru *l = &w->lru[c];
+        while (l->head && ft_expired(w, l->head, w->clock))
+            ft_end(w, l->head, FT_END_TIMEOUT, true);
+    }
+}
+
+void ft_worker_flush(struct ft_worker *w, bool report)
+{
+    for (int c = 0; c < FT_TC_COUNT; c++) {
+        struct ft_lru *l = &w->lru[c];
+        while (l->head)
+            ft_end(w, l->head, FT_END_END_OF_INPUT, report);
+    }
+    ft_worker_retire(w);
+    w->clock = INT64_MIN;
+    w->since_sweep = 0;
+}
+
+void ft_worker_finish(struct ft_worker *w, int64_t final_clock)
+{
+    if (final_clock > w->clock)
+        w->clock = final_clock;
+    if (w->clock != INT64_MIN)
+        ft_worker_sweep(w);
+    ft_worker_flush(w, true);
+}
+
+/* The table is full: end a flow that has already timed out if there is one (that is what a
+ * sweep would have done), otherwise evict the least recently seen. */
+static void ft_make_room(struct ft_worker *w)
+{
+    struct ft_flow *oldest = NULL;
+    for (int c = 0; c < FT_TC_COUNT; c++) {
+        struct ft_flow *h = w->lru[c].head;
+        if (h == NULL)
+            continue;
+        if (ft_expired(w, h, w->clock)) {
+            ft_end(w, h, FT_END_TIMEOUT, true);
+            return;
+        }
+        if (oldest == NULL || h->clock_last < oldest->clock_last)
+            oldest = h;
+    }
+    if (oldest)
+        ft_end(w, oldest, FT_END_EVICTED, true);
+}
+
+/* ---- per packet ---- */
+
+static int ft_match(struct cds_lfht_node *node, const void *key)
+{
+    const struct ft_flow *f = caa_container_of(node, struct ft_flow, node);
+    return ft_key_equal(&f->key, key);
+}
+
+static uint8_t ft_tclass_of(const struct ft_flow *f)
+{
+    bool both = f->seen_dirs == 3;
+    switch (f->key.proto) {
+    case 6:
+        if (f->tcp_state == FT_TCP_CLOSED)
+            return FT_TC_TCP_CLOSED;
+        return f->tcp_state == FT_TCP_NEW ? FT_TC_TCP_NEW : FT_TC_TCP_ESTABLISHED;
+    case 17:
+        return both ? FT_TC_UDP_ESTABLISHED : FT_TC_UDP_NEW;
+    default:
+        return both ? FT_TC_OTHER_ESTABLISHED : FT_TC_OTHER_NEW;
+    }
+}
+
+/* A record set up for the packet's flow, not yet in the table. */
+static struct ft_flow *ft_flow_prepare(struct ft_worker *w, const struct ft_pkt *p)
+{
+    struct ft_flow *f = ft_flow_alloc(w);
+    if (f == NULL)
+        return NULL;
+    memset(f, 0, offsetof(struct ft_flow, owner));
+    f->key = p->key;
+    f->hash = p->hash;
+    f->first_ns = p->ts_ns;
+    f->first_frame = p->frame;
+    f->id = p->ordinal;
+    f->linktype = p->layers.linktype;
+    f->init_dir = p->dir;
+    f->tcp_state = p->key.proto == 6 ? FT_TCP_NEW : FT_TCP_NONE;
+    f->tclass = ft_tclass_of(f);
+    return f;
+}
+
+/* Inserts a prepared record. Returns it, or the flow already in the table under its key; the
+ * record was then never visible to anyone and goes straight back to the free list. */
+static struct ft_flow *ft_flow_insert(struct ft_worker *w, struct ft_flow *f, bool *fresh)
+{
+    struct cds_lfht_node *got =
+        cds_lfht_add_unique(w->sh->ht, f->hash, ft_match, &f->key, &f->node);
+    if (got != &f->node) {
+        f->free_next = w->free_list;
+        w->free_list = f;
+        *fresh = false;
+        return caa_container_of(got, struct ft_flow, node);
+    }
+    ft_lru_append(&w->lru[f->tclass], f);
+    w->live++;
+    ft_count(&w->active, 1);
+    ft_count(&w->created, 1);
+    *fresh = true;
+    return f;
+}
+
+/* A new flow for a packet whose key has none (any old one has just ended). */
+static struct ft_flow *ft_flow_new(struct ft_worker *w, const struct ft_pkt *p)
+{
+    if (w->live >= w->cap)
+        ft_make_room(w);
+    struct ft_flow *f = ft_flow_prepare(w, p);
+    if (f == NULL) {
+        ft_count(&w->alloc_failed, 1);
+        return NULL;
+    }
+    bool fresh;
+    return ft_flow_insert(w, f, &fresh); /* fresh: only this worker adds keys that hash to it */
+}
+
+/* tshark's rule for a new tcp.stream on a known 5-tuple: a SYN without ACK whose sequence
+ * number differs from the first one seen in that direction (a retransmitted SYN keeps its
+ * sequence number and stays in the session, whatever the TCP state). */
+static inline bool ft_syn_reuses_ports(const struct ft_flow *f, const struct ft_pkt *p)
+{
+    return p->tcp_ok && (p->tcp_flags & (FT_TCP_SYN | FT_TCP_ACK)) == FT_TCP_SYN &&
+           (f->base_set >> p->dir & 1) && p->tcp_seq != f->base_seq[p->dir];
+}
+
+static void ft_tcp_track(struct ft_flow *f, const struct ft_pkt *p)
+{
+    int d = p->dir;
+    if (p->tcp_ok) {
+        uint8_t fl = p->tcp_flags;
+        f->tcp_flags[d] |= fl;
+        if (!(f->base_set >> d & 1)) {
+            /* As tshark: the ISN for a SYN, else one before the first seq seen. */
+            f->base_seq[d] = (fl & FT_TCP_SYN) ? p->tcp_seq : p->tcp_seq - 1;
+            f->base_set |= (uint8_t)(1u << d);
+        }
+        if (fl & FT_TCP_RST) {
+            f->tcp_state = FT_TCP_CLOSED;
+        } else if (fl & FT_TCP_FIN) {
+            f->fin_dirs |= (uint8_t)(1u << d);
+            if (f->tcp_state != FT_TCP_CLOSED)
+                f->tcp_state = f->fin_dirs == 3 ? FT_TCP_CLOSED : FT_TCP_CLOSING;
+        }
+    }
+    if (f->tcp_state == FT_TCP_NEW && f->seen_dirs == 3)
+        f->tcp_state = FT_TCP_ESTABLISHED;
+}
+
+void ft_worker_packet(struct ft_worker *w, const struct ft_pkt *p)
+{
+    const struct ft_shared *sh = w->sh;
+    if (p->clock_ns > w->clock)
+        w->clock = p->clock_ns;
+
+    struct ft_flow **slot = &w->front[p->hash & ((1u << FT_FRONT_BITS) - 1)];
+    struct ft_flow *f = *slot;
+    bool fresh = false;
+    if (f == NULL || f->hash != p->hash || !ft_key_equal(&f->key, &p->key)) {
+        struct ft_flow *cand = w->live < w->cap ? ft_flow_prepare(w, p) : NULL;
+        if (cand) {
+            /* Get-or-create in one walk of the bucket: most keys missing from the front cache
+             * are new flows. */
+            f = ft_flow_insert(w, cand, &fresh);
+        } else {
+            /* Full (or out of memory): look first, so that only a new flow evicts one. */
+            struct cds_lfht_iter it;
+            cds_lfht_lookup(sh->ht, p->hash, ft_match, &p->key, &it);
+            struct cds_lfht_node *node = cds_lfht_iter_get_node(&it);
+            f = node ? caa_container_of(node, struct ft_flow, node) : NULL;
+        }
+        if (f)
+            *slot = f;
+    }
+    if (f && !fresh) {
+        /* Expiry on the flow's next packet uses the same rule as a sweep, so when sweeps run
+         * does not change any session. */
+        if (ft_expired(w, f, p->clock_ns)) {
+            ft_end(w, f, FT_END_TIMEOUT, true);
+            f = NULL;
+        } else if (sh->split && ft_syn_reuses_ports(f, p)) {
+            ft_end(w, f, FT_END_CLOSED, true);
+            ft_count(&w->splits, 1);
+            f = NULL;
+        }
+    }
+    if (f == NULL) {
+        f = ft_flow_new(w, p);
+        if (f == NULL)
+            return;
+        *slot = f;
+    }
+
+    int d = p->dir;
+    f->pkts[d]++;
+    f->bytes[d] += p->wirelen;
+    f->last_ns = p->ts_ns;
+    f->clock_last = p->clock_ns;
+    f->seen_dirs |= (uint8_t)(1u << d);
+    if (f->key.proto == 6)
+        ft_tcp_track(f, p);
+
+    uint32_t k = sh->cfg.packets_per_session;
+    if (f->n_stored < k) {
+        struct ft_stored_packet *sp = &f->stored[f->n_stored++];
+        uint32_t m = sh->cfg.bytes_per_packet;
+        uint32_t n = p->caplen < m ? p->caplen : m;
+        if (n > p->nbytes)
+            n = p->nbytes;
+        if (n)
+            memcpy((uint8_t *)sp->bytes, p->bytes, n);
+        sp->stored_len = n;
+        sp->caplen = p->caplen;
+        sp->wirelen = p->wirelen;
+        sp->ts_ns = p->ts_ns;
+        sp->layers = p->layers;
+        sp->dir = (uint8_t)(d ^ f->init_dir);
+        sp->tcp_flags = p->tcp_flags;
+    }
+
+    /* Most recently seen goes to the tail of its class's list; the clock never decreases, so
+     * each list stays ordered by idle time. */
+    uint8_t tc = ft_tclass_of(f);
+    if (tc != f->tclass || w->lru[tc].tail != f) {
+        ft_lru_unlink(&w->lru[f->tclass], f);
+        f->tclass = tc;
+        ft_lru_append(&w->lru[tc], f);
+    }
+
+    if (++w->since_sweep >= FT_SWEEP_EVERY)
+        ft_worker_sweep(w);
+}
+
+void ft_worker_packets(struct ft_worker *w, const struct ft_pkt *p, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (i + 1 < n)
+            ft_worker_prefetch_flow(w, &p[i + 1]);
+        ft_worker_packet(w, &p[i]);
+    }
+}
