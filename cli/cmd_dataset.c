@@ -313,7 +313,8 @@ static bool list_classes(const char *cmd, const char *dir, struct class_list *ou
         out->names[out->n++] = strdup(e->d_name);
     }
     closedir(d);
-    qsort(out->names, (size_t)out->n, sizeof *out->names, cmp_str);
+    if (out->n > 0)
+        qsort(out->names, (size_t)out->n, sizeof *out->names, cmp_str);
     return true;
 }
 

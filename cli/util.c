@@ -211,7 +211,7 @@ static bool walk(const char *command, const char *path, struct file_list *l, int
         n++;
     }
     closedir(d);
-    if (ok)
+    if (ok && n > 0)
         qsort(names, (size_t)n, sizeof *names, cmp_str);
     for (int i = 0; i < n; i++) {
         if (ok) {
