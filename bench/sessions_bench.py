@@ -71,6 +71,7 @@ def main():
     ap.add_argument("--big-copies", type=int, default=300)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-peers", action="store_true")
+    ap.add_argument("--memory-only", action="store_true", help="only the max_flows memory runs")
     a = ap.parse_args()
     netlm = os.path.join(a.build, "netlm")
     make = os.path.join(a.build, "netlm_make_capture")
@@ -87,14 +88,15 @@ def main():
                                 "sessions_per_s": round(sessions / wall), "peak_rss_mib": round(rss, 1)}
         print(f"{name}: {wall:.2f} s, {frames / wall / 1e6:.2f} Mpps, {rss:.0f} MiB", file=sys.stderr)
 
-    record("netlm_sessions_w1", [netlm, "sessions", "--quiet", "--workers", "1", cap["file"]])
-    record("netlm_sessions_w2", [netlm, "sessions", "--quiet", "--workers", "2", cap["file"]])
+    runs = [] if a.memory_only else ["1", "2"]
+    for w in runs:
+        record(f"netlm_sessions_w{w}", [netlm, "sessions", "--quiet", "--workers", w, cap["file"]])
     ds_out = os.path.join(a.work, "dataset-out")
-    for w in ("1", "2"):
+    for w in runs:
         record(f"netlm_dataset_understanding_w{w}",
                [netlm, "dataset", "understanding", "--quiet", "--workers", w, "--pcap_path",
                 os.path.join(cap["dir"], "classes"), "--dataset_dir", ds_out, "--random_seed", "1"])
-    if not a.skip_peers:
+    if not a.skip_peers and not a.memory_only:
         record("tshark_conv", ["tshark", "-n", "-q", "-r", cap["file"], "-z", "conv,tcp", "-z", "conv,udp"], repeat=1)
         record("ndpiReader", ["ndpiReader", "-q", "-i", cap["file"]], repeat=1)
         r = result["runs"]
@@ -105,7 +107,8 @@ def main():
             "netlm_w1_vs_ndpiReader": round(r["ndpiReader"]["seconds"] / r["netlm_sessions_w1"]["seconds"], 1),
             "netlm_best_vs_ndpiReader": round(r["ndpiReader"]["seconds"] / best, 1),
         }
-    result["packets_per_s_per_core_w1"] = result["runs"]["netlm_sessions_w1"]["packets_per_s"]
+    if runs:
+        result["packets_per_s_per_core_w1"] = result["runs"]["netlm_sessions_w1"]["packets_per_s"]
 
     # Memory: the same max_flows on a 10x larger capture.
     if a.big_copies:

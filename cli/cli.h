@@ -88,8 +88,8 @@ int cmd_preprocess(int argc, char **argv);
 #define CLI_FLOW_OPTIONS                                                                           \
     {"workers", NULL, 'w', "N", "worker threads assembling sessions (default 1)", NULL},          \
     {"port-reuse", NULL, 0, "split|merge",                                                        \
-     "split: a SYN on a closed 5-tuple starts a new session (tshark, default); merge: one "       \
-     "session per 5-tuple (SplitCap)", NULL},                                                     \
+     "split: a new SYN on a 5-tuple starts a new session, as tshark's tcp.stream (default); "   \
+     "merge: one session per 5-tuple (SplitCap)", NULL},                                                     \
     {"max-flows", NULL, 0, "N", "live flows kept at most; the oldest idle is evicted (default 1048576; dataset: 262144)", NULL}, \
     {"tcp-timeout", NULL, 0, "SEC", "idle timeout of established TCP sessions (default 600; 0 = none)", NULL}, \
     {"udp-timeout", NULL, 0, "SEC", "idle timeout of UDP sessions (default 300; 0 = none)", NULL}, \

@@ -48,11 +48,10 @@ static void print_help(const char *command, const char *usage, const char *descr
     printf("usage: netlm %s %s\n\n%s\n\noptions:\n", command, usage, description);
     for (const struct cli_opt *o = opts; o->name; o++) {
         char left[96];
-        int n = snprintf(left, sizeof left, "%s%c%s--%s%s%s", o->short_name ? "-" : "",
-                         o->short_name ? o->short_name : ' ', o->short_name ? ", " : "  ", o->name,
-                         o->arg ? " " : "", o->arg ? o->arg : "");
-        if (!o->short_name)
-            memmove(left, left + 2, (size_t)n - 1);
+        char short_part[8] = "    ";
+        if (o->short_name)
+            snprintf(short_part, sizeof short_part, "-%c, ", o->short_name);
+        snprintf(left, sizeof left, "%s--%s%s%s", short_part, o->name, o->arg ? " " : "", o->arg ? o->arg : "");
         printf("  %-34s %s", left, o->help);
         if (o->alias)
             printf(" (alias --%s)", o->alias);
