@@ -138,6 +138,56 @@ def test_understanding(tmp):
     check(f"dataset understanding: {total} samples = index rows", total == len(index))
 
 
+def samples_by_origin(out):
+    """(class, file, first_frame) -> (label, text) for every sample of a dataset folder. Rows of
+    dataset_index.tsv follow the rows of the split files in order."""
+    rows = {}
+    for split in ("train", "valid", "test"):
+        _, rows[split] = read_tsv(os.path.join(out, f"{split}_dataset.tsv"))
+    pos = collections.Counter()
+    _, index = read_tsv(os.path.join(out, "dataset_index.tsv"))
+    result = {}
+    for r in index:
+        split = r[0]
+        label, text = rows[split][pos[split]]
+        pos[split] += 1
+        result[(r[2], os.path.basename(r[3]), int(r[4]))] = (label, text)
+    return result
+
+
+def test_splitcap_layout(tmp):
+    """One capture per session (SplitCap's layout) gives the same samples as the class capture."""
+    per_session = os.path.join(tmp, "per-session")
+    whole = os.path.join(tmp, "whole")
+    rows = collections.defaultdict(list)
+    import csv
+    with open(os.path.join(DATA, "labeled", "ustc-tfc2016", "index.csv")) as f:
+        for r in csv.DictReader(f):
+            if r["class"] in ("Facetime", "MySQL", "Zeus") and len(rows[r["class"]]) < 25:
+                rows[r["class"]].append((int(r["first_frame"]), int(r["n_frames"])))
+    wanted = {}
+    for cls, sessions in rows.items():
+        os.makedirs(os.path.join(per_session, cls))
+        os.makedirs(os.path.join(whole, cls))
+        src = os.path.join(USTC, cls, cls + ".pcap")
+        os.symlink(src, os.path.join(whole, cls, cls + ".pcap"))
+        for i, (first, n) in enumerate(sessions):
+            name = f"session{i:03d}.pcap"
+            subprocess.run(["editcap", "-r", src, os.path.join(per_session, cls, name), f"{first}-{first + n - 1}"],
+                           check=True, capture_output=True)
+            wanted[(cls, name)] = first
+    a, b = os.path.join(tmp, "layout-a"), os.path.join(tmp, "layout-b")
+    common = ["--quiet", "--port-reuse", "merge", "--samples_per_class", "100000"]
+    netlm("dataset", "understanding", "--pcap_path", per_session, "--dataset_dir", a, *common)
+    netlm("dataset", "understanding", "--pcap_path", whole, "--dataset_dir", b, *common)
+    sa, sb = samples_by_origin(a), samples_by_origin(b)
+    check(f"dataset SplitCap layout: one sample per session file ({len(wanted)})", len(sa) == len(wanted),
+          f"{len(sa)} samples")
+    differ = [k for k, v in sa.items() if sb.get((k[0], f"{k[0]}.pcap", wanted[(k[0], k[1])])) != v]
+    check("dataset SplitCap layout: each sample equals the same session cut from the class capture", not differ,
+          str(differ[:3]))
+
+
 def test_generation(tmp):
     # MySQL: 1502 frames, no truncated ones; every frame is Ethernet/IPv4/TCP in a session.
     root = os.path.join(tmp, "gen-in")
@@ -184,7 +234,7 @@ def test_preprocess(tmp):
 
 def main():
     with tempfile.TemporaryDirectory() as tmp:
-        for t in (test_corpus, test_understanding, test_generation, test_preprocess):
+        for t in (test_corpus, test_understanding, test_splitcap_layout, test_generation, test_preprocess):
             try:
                 t(tmp)
             except Exception as e:
