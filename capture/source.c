@@ -11,6 +11,7 @@
 #include <pcap/pcap.h>
 #include <poll.h>
 #include <stdio.h>
+#include <stdio_ext.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -166,6 +167,9 @@ struct cap_source *cap_open_file(const char *path, char *err, size_t errlen)
         src->stream_buf = malloc(CAP_STREAM_BUF_BYTES);
         if (src->stream_buf)
             setvbuf(fp, src->stream_buf, _IOFBF, CAP_STREAM_BUF_BYTES);
+        /* Only the thread that owns the source reads the stream, so stdio need not lock it:
+         * libpcap makes two freads per frame, and each took and released the stream's lock. */
+        __fsetlocking(fp, FSETLOCKING_BYCALLER);
     }
     pcap_t *p = pcap_fopen_offline_with_tstamp_precision(fp, PCAP_TSTAMP_PRECISION_NANO, pcap_err);
     if (!p) {

@@ -81,9 +81,15 @@ bool ft_pkt_from_packet(const struct cap_packet *pkt, uint64_t seed, struct ft_p
 uint32_t ft_l4_offset(const struct cap_packet *pkt);
 
 /* One flow. Line 0 is what a lookup touches (table node, key, hash); lines 1 and 2 what every
- * packet updates; line 3 what only deletion uses. The session buffer (K stored-packet entries,
- * then K×M bytes) follows in the same allocation; the entries' byte pointers are set once when
- * the record is allocated and stay valid while it is recycled. */
+ * packet updates, and the record's owner. With K = 0 (counters only) a record is these three
+ * lines: records are the bulk of the table's memory and of its cache misses. The session buffer
+ * (K stored-packet entries, then K×M bytes) follows in the same record; the entries' byte
+ * pointers are set once when the record is carved from its slab and stay valid while it is
+ * recycled.
+ *
+ * A deleted record is still read by other workers' lookups during its grace period, but only
+ * line 0 (node and key), so what reclamation needs (free list link, batch, rcu_head) overlays
+ * the LRU links and times of line 1, which nobody reads once the flow has ended. */
 struct ft_worker;
 struct ft_flow {
     struct cds_lfht_node node;
@@ -91,13 +97,17 @@ struct ft_flow {
     uint64_t hash;
 
     union {
-        struct {
-            struct ft_flow *lru_prev, *lru_next; /* while live */
+        struct { /* while live */
+            struct ft_flow *lru_prev, *lru_next;
+            int64_t clock_last; /* the input clock at its last packet: idle time is measured on it */
+            int64_t last_ns;
         };
-        struct ft_flow *free_next; /* once deleted: free list, reclaimed list or retired batch */
+        struct { /* once deleted: free list, reclaimed list or retired batch */
+            struct ft_flow *free_next;
+            struct ft_flow *batch_tail; /* first record of a retired batch: its last record */
+            struct rcu_head rcu;        /* first record of a retired batch */
+        };
     };
-    int64_t clock_last; /* the input clock at its last packet: idle time is measured on it */
-    int64_t last_ns;
     uint64_t pkts[2];   /* by canonical direction; turned to initiator/responder on output */
     uint64_t bytes[2];
 
@@ -116,12 +126,20 @@ struct ft_flow {
     uint64_t id;
 
     /* Fields below survive recycling (not cleared for a new flow). */
-    _Alignas(64) struct ft_worker *owner;
-    struct ft_flow *batch_tail; /* first record of a retired batch: its last record */
-    struct rcu_head rcu;
+    struct ft_worker *owner;
     atomic_int rcu_handoff; /* release/acquire edge from the deleting worker to the RCU callback */
 
     _Alignas(64) struct ft_stored_packet stored[]; /* K entries, then K×M bytes */
+};
+
+/* Records come from slabs of FT_SLAB_BYTES (more if one record is larger), carved on demand and
+ * never given back before the worker's pool is released: no allocator call and no allocator
+ * header per flow, records packed at a 64-byte stride, and slabs aligned so that the kernel can
+ * back them with transparent huge pages (fewer page faults and TLB misses over a large table). */
+#define FT_SLAB_BYTES ((size_t)2 << 20)
+struct ft_slab {
+    struct ft_slab *next;
+    size_t size;
 };
 
 struct ft_lru {
@@ -131,6 +149,8 @@ struct ft_lru {
 /* What all workers of an assembler share; read-only after creation. */
 struct ft_shared {
     struct cds_lfht *ht;
+    struct cds_lfht_node *(*bucket_at)(struct cds_lfht *ht, unsigned long index);
+    unsigned long bucket_mask; /* buckets - 1 */
     struct ft_config cfg;
     int64_t timeout_ns[FT_TC_COUNT]; /* 0 = never */
     bool split;                      /* FT_PORT_REUSE_SPLIT */
@@ -156,6 +176,12 @@ static inline uint64_t ft_counter_get(ft_counter *c)
  * busy flow is found without walking the cds_lfht bucket (a cache miss per packet on a large
  * table). Private to the owner; an entry is cleared before its flow is deleted. */
 #define FT_FRONT_BITS 13
+/* The slot keeps the flow's hash beside it, so that a packet of another flow (a new flow, most
+ * often) is told apart without loading the cached flow. flow != NULL: hash == flow->hash. */
+struct ft_front {
+    uint64_t hash;
+    struct ft_flow *flow;
+};
 
 /* The flows one worker owns, and its pool of records. */
 struct ft_worker {
@@ -164,7 +190,8 @@ struct ft_worker {
     uint32_t cap;  /* live flows allowed: max_flows / workers */
     uint32_t live;
     struct ft_flow *free_list;
-    uint64_t allocated; /* records obtained from malloc and not yet freed */
+    struct ft_slab *slabs;        /* every slab of this worker, newest first */
+    uint8_t *carve, *carve_end;   /* the part of the newest slab not handed out yet */
     /* Records whose grace period has ended, pushed by the call_rcu thread; the owner takes the
      * whole list at once (exchange with NULL), so there is no ABA problem. */
     _Alignas(64) _Atomic(struct ft_flow *) reclaimed;
@@ -172,7 +199,7 @@ struct ft_worker {
     int64_t clock;
     uint32_t since_sweep;
     struct ft_session out; /* scratch for the callback */
-    struct ft_flow **front; /* 2^FT_FRONT_BITS entries */
+    struct ft_front *front; /* 2^FT_FRONT_BITS entries */
     struct ft_flow *retired; /* deleted, waiting for one call_rcu for the batch */
     struct ft_flow *retired_tail;
     uint32_t n_retired;
@@ -184,20 +211,47 @@ struct ft_worker {
 int ft_worker_init(struct ft_worker *w, struct ft_shared *sh, int index, uint32_t cap);
 /* The calling thread must be a registered QSBR reader inside rcu_read_lock. */
 void ft_worker_packet(struct ft_worker *w, const struct ft_pkt *p);
-/* ft_worker_packet over n records, loading each next flow while the current one runs. */
+/* ft_worker_packet over n records, loading the flow (or bucket) of a later record while the
+ * current one runs. */
 void ft_worker_packets(struct ft_worker *w, const struct ft_pkt *p, int n);
-/* Starts loading the front-cache slot of a packet's key, then (second form) its flow. */
+/* The bucket node that a key hash leads to, as liburcu computes it (hash modulo the bucket
+ * count); only ever read for prefetching. */
+static inline struct cds_lfht_node *ft_bucket_of(const struct ft_shared *sh, uint64_t hash)
+{
+    return sh->bucket_at(sh->ht, (unsigned long)hash & sh->bucket_mask);
+}
+/* Starts loading the first node after a bucket node or a flow's node: what an insertion, a
+ * lookup or a deletion reads next. Other workers may change node->next: a relaxed load. */
+static inline void ft_prefetch_next(struct cds_lfht_node *node)
+{
+    uintptr_t next = __atomic_load_n((uintptr_t *)&node->next, __ATOMIC_RELAXED);
+    __builtin_prefetch((const void *)(next & ~(uintptr_t)7), 0, 3); /* minus liburcu's flags */
+}
+
+static inline struct ft_front *ft_front_slot(const struct ft_worker *w, uint64_t hash)
+{
+    return &w->front[hash & ((1u << FT_FRONT_BITS) - 1)];
+}
+
+/* A pipeline of loads ahead of the packet being handled, so that cache misses overlap. First,
+ * for a packet several positions ahead: its front-cache slot and its bucket node. */
 static inline void ft_worker_prefetch(const struct ft_worker *w, const struct ft_pkt *p)
 {
-    __builtin_prefetch(&w->front[p->hash & ((1u << FT_FRONT_BITS) - 1)], 0, 3);
+    __builtin_prefetch(ft_front_slot(w, p->hash), 0, 3);
+    __builtin_prefetch(ft_bucket_of(w->sh, p->hash), 0, 3);
 }
+/* Then, a few positions ahead: the flow, when its front-cache slot holds it; otherwise (a new
+ * flow, most often) the first node of its bucket, where the insertion's walk starts. */
 static inline void ft_worker_prefetch_flow(const struct ft_worker *w, const struct ft_pkt *p)
 {
-    const struct ft_flow *f = w->front[p->hash & ((1u << FT_FRONT_BITS) - 1)];
-    if (f) {
+    const struct ft_front *slot = ft_front_slot(w, p->hash);
+    const struct ft_flow *f = slot->flow;
+    if (f && slot->hash == p->hash) {
         __builtin_prefetch(f, 1, 3);
         __builtin_prefetch((const char *)f + 64, 1, 3);
         __builtin_prefetch((const char *)f + 128, 1, 3);
+    } else {
+        ft_prefetch_next(ft_bucket_of(w->sh, p->hash));
     }
 }
 /* Queues the batch of deleted flows for reclamation after a grace period (call_rcu). Called at
@@ -211,8 +265,8 @@ void ft_worker_flush(struct ft_worker *w, bool report);
 /* End of input: sweeps at the input's final clock (so a flow already idle for longer than its
  * timeout reports "timeout" whichever worker count ran it), then flushes with report. */
 void ft_worker_finish(struct ft_worker *w, int64_t final_clock);
-/* Frees the records on the free lists and the worker's own memory. Only after rcu_barrier(),
- * with no live flows. */
+/* Frees the worker's slabs (every record it ever had) and its own memory. Only after
+ * rcu_barrier(), with no live flows. */
 void ft_worker_release_pool(struct ft_worker *w);
 
 /* Key equality on the 5 words of a key. */

@@ -7,11 +7,13 @@
  * N workers produce the same sessions as long as no flow is evicted for lack of room. */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "flowtable/ft_internal.h"
 
 #define FT_SWEEP_EVERY 256 /* packets between two looks at the LRU heads */
 #define FT_RETIRE_BATCH 256 /* deleted flows per call_rcu at most */
+#define FT_FLOW_AHEAD 2     /* packets between ft_worker_prefetch_flow and their turn */
 
 /* ---- LRU lists ---- */
 
@@ -85,6 +87,26 @@ void ft_worker_retire(struct ft_worker *w)
     call_rcu(&first->rcu, ft_batch_reclaim);
 }
 
+/* A new slab for at least one record; false when out of memory. */
+static bool ft_slab_add(struct ft_worker *w)
+{
+    size_t need = w->sh->flow_size + 64; /* the slab header takes the first cache line */
+    size_t size = need <= FT_SLAB_BYTES ? FT_SLAB_BYTES
+                                        : (need + FT_SLAB_BYTES - 1) & ~(FT_SLAB_BYTES - 1);
+    struct ft_slab *s = aligned_alloc(FT_SLAB_BYTES, size);
+    if (s == NULL)
+        return false;
+#ifdef MADV_HUGEPAGE
+    (void)madvise(s, size, MADV_HUGEPAGE); /* only advice: small pages work too */
+#endif
+    s->next = w->slabs;
+    s->size = size;
+    w->slabs = s;
+    w->carve = (uint8_t *)s + 64;
+    w->carve_end = (uint8_t *)s + size;
+    return true;
+}
+
 static struct ft_flow *ft_flow_alloc(struct ft_worker *w)
 {
     if (w->free_list == NULL)
@@ -98,15 +120,15 @@ static struct ft_flow *ft_flow_alloc(struct ft_worker *w)
             __builtin_prefetch(n, 1, 3);
             __builtin_prefetch(n + 64, 1, 3);
             __builtin_prefetch(n + 128, 1, 3);
-            __builtin_prefetch(n + 256, 1, 3); /* the first stored-packet entry */
+            __builtin_prefetch(n + 192, 1, 3); /* the first stored-packet entry, if any */
         }
         return f;
     }
     const struct ft_shared *sh = w->sh;
-    f = aligned_alloc(64, sh->flow_size);
-    if (f == NULL)
+    if ((size_t)(w->carve_end - w->carve) < sh->flow_size && !ft_slab_add(w))
         return NULL;
-    w->allocated++;
+    f = (struct ft_flow *)w->carve;
+    w->carve += sh->flow_size;
     uint32_t k = sh->cfg.packets_per_session;
     uint8_t *data = (uint8_t *)&f->stored[k];
     for (uint32_t i = 0; i < k; i++)
@@ -120,17 +142,15 @@ void ft_worker_release_pool(struct ft_worker *w)
 {
     free(w->front);
     w->front = NULL;
-    struct ft_flow *lists[2] = {
-        w->free_list, atomic_exchange_explicit(&w->reclaimed, NULL, memory_order_acquire)};
     w->free_list = NULL;
-    for (int i = 0; i < 2; i++) {
-        while (lists[i]) {
-            struct ft_flow *next = lists[i]->free_next;
-            free(lists[i]);
-            w->allocated--;
-            lists[i] = next;
-        }
+    /* Acquire: the call_rcu thread's last writes to these records happen before the free. */
+    (void)atomic_exchange_explicit(&w->reclaimed, NULL, memory_order_acquire);
+    while (w->slabs) {
+        struct ft_slab *next = w->slabs->next;
+        free(w->slabs);
+        w->slabs = next;
     }
+    w->carve = w->carve_end = NULL;
 }
 
 /* ---- ending a session ---- */
@@ -180,9 +200,9 @@ static void ft_end(struct ft_worker *w, struct ft_flow *f, enum ft_end_reason wh
         ft_count(&w->timed_out, 1);
     if (report)
         ft_emit(w, f, reason);
-    struct ft_flow **slot = &w->front[f->hash & ((1u << FT_FRONT_BITS) - 1)];
-    if (*slot == f)
-        *slot = NULL;
+    struct ft_front *slot = ft_front_slot(w, f->hash);
+    if (slot->flow == f)
+        slot->flow = NULL;
     ft_lru_unlink(&w->lru[f->tclass], f);
     (void)cds_lfht_del(sh->ht, &f->node); /* only the owner deletes: it always succeeds */
     f->free_next = w->retired;
@@ -193,6 +213,27 @@ static void ft_end(struct ft_worker *w, struct ft_flow *f, enum ft_end_reason wh
         ft_worker_retire(w);
     w->live--;
     ft_count(&w->active, (uint64_t)-1);
+}
+
+/* Loads ahead while flows are ended in LRU order (a sweep, the end of the input): what the
+ * deletion of f walks (its bucket's first node), and for the next flows their bucket, the node
+ * after them and the record after that. Ending a flow (output, delete) takes long enough for
+ * these to arrive. */
+static inline void ft_end_prefetch(const struct ft_worker *w, const struct ft_flow *f)
+{
+    const struct ft_shared *sh = w->sh;
+    ft_prefetch_next(ft_bucket_of(sh, f->hash));
+    struct ft_flow *a = f->lru_next;
+    if (a == NULL)
+        return;
+    __builtin_prefetch(ft_bucket_of(sh, a->hash), 0, 3);
+    ft_prefetch_next(&a->node);
+    const struct ft_flow *b = a->lru_next;
+    if (b) {
+        __builtin_prefetch(b, 1, 3);
+        __builtin_prefetch((const char *)b + 64, 1, 3);
+        __builtin_prefetch((const char *)b + 128, 1, 3);
+    }
 }
 
 static inline bool ft_expired(const struct ft_worker *w, const struct ft_flow *f, int64_t now)
@@ -208,8 +249,10 @@ void ft_worker_sweep(struct ft_worker *w)
         if (w->sh->timeout_ns[c] == 0)
             continue;
         struct ft_lru *l = &w->lru[c];
-        while (l->head && ft_expired(w, l->head, w->clock))
+        while (l->head && ft_expired(w, l->head, w->clock)) {
+            ft_end_prefetch(w, l->head);
             ft_end(w, l->head, FT_END_TIMEOUT, true);
+        }
     }
 }
 
@@ -217,8 +260,10 @@ void ft_worker_flush(struct ft_worker *w, bool report)
 {
     for (int c = 0; c < FT_TC_COUNT; c++) {
         struct ft_lru *l = &w->lru[c];
-        while (l->head)
+        while (l->head) {
+            ft_end_prefetch(w, l->head);
             ft_end(w, l->head, FT_END_END_OF_INPUT, report);
+        }
     }
     ft_worker_retire(w);
     w->clock = INT64_MIN;
@@ -368,10 +413,10 @@ void ft_worker_packet(struct ft_worker *w, const struct ft_pkt *p)
     if (p->clock_ns > w->clock)
         w->clock = p->clock_ns;
 
-    struct ft_flow **slot = &w->front[p->hash & ((1u << FT_FRONT_BITS) - 1)];
-    struct ft_flow *f = *slot;
+    struct ft_front *slot = ft_front_slot(w, p->hash);
+    struct ft_flow *f = slot->flow;
     bool fresh = false;
-    if (f == NULL || f->hash != p->hash || !ft_key_equal(&f->key, &p->key)) {
+    if (f == NULL || slot->hash != p->hash || !ft_key_equal(&f->key, &p->key)) {
         struct ft_flow *cand = w->live < w->cap ? ft_flow_prepare(w, p) : NULL;
         if (cand) {
             /* Get-or-create in one walk of the bucket: most keys missing from the front cache
@@ -384,8 +429,10 @@ void ft_worker_packet(struct ft_worker *w, const struct ft_pkt *p)
             struct cds_lfht_node *node = cds_lfht_iter_get_node(&it);
             f = node ? caa_container_of(node, struct ft_flow, node) : NULL;
         }
-        if (f)
-            *slot = f;
+        if (f) {
+            slot->hash = p->hash;
+            slot->flow = f;
+        }
     }
     if (f && !fresh) {
         /* Expiry on the flow's next packet uses the same rule as a sweep, so when sweeps run
@@ -403,7 +450,8 @@ void ft_worker_packet(struct ft_worker *w, const struct ft_pkt *p)
         f = ft_flow_new(w, p);
         if (f == NULL)
             return;
-        *slot = f;
+        slot->hash = p->hash;
+        slot->flow = f;
     }
 
     int d = p->dir;
@@ -448,9 +496,11 @@ void ft_worker_packet(struct ft_worker *w, const struct ft_pkt *p)
 
 void ft_worker_packets(struct ft_worker *w, const struct ft_pkt *p, int n)
 {
+    for (int i = 0; i < n && i < FT_FLOW_AHEAD; i++)
+        ft_worker_prefetch_flow(w, &p[i]);
     for (int i = 0; i < n; i++) {
-        if (i + 1 < n)
-            ft_worker_prefetch_flow(w, &p[i + 1]);
+        if (i + FT_FLOW_AHEAD < n)
+            ft_worker_prefetch_flow(w, &p[i + FT_FLOW_AHEAD]);
         ft_worker_packet(w, &p[i]);
     }
 }
