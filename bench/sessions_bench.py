@@ -109,6 +109,16 @@ def main():
         }
     if runs:
         result["packets_per_s_per_core_w1"] = result["runs"]["netlm_sessions_w1"]["packets_per_s"]
+        # The decode + flow-table stage alone, frames already in memory (bench/flowtable_bench.c).
+        stage = {}
+        for w in ("1", "2"):
+            for k in ("0", "32"):
+                out = subprocess.run([os.path.join(a.build, "netlm_flowtable_bench"), cap["file"], w, k, str(a.repeat)],
+                                     check=True, capture_output=True, text=True).stdout
+                stage[f"workers_{w}_k_{k}"] = json.loads(out)
+                print(f"stage workers={w} K={k}: {stage[f'workers_{w}_k_{k}']['packets_per_s'] / 1e6:.2f} Mpps",
+                      file=sys.stderr)
+        result["decode_flowtable_stage"] = stage
 
     # Memory: the same max_flows on a 10x larger capture.
     if a.big_copies:

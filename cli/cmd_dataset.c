@@ -28,7 +28,12 @@ struct sample {
     uint8_t split;
     char *text;
     char *target; /* generation only */
-    char meta[160]; /* proto and endpoints, for dataset_index.tsv */
+    struct origin {    /* proto and endpoints, for dataset_index.tsv; formatted when written */
+        uint8_t ip_version, proto;
+        uint16_t src_port, dst_port;
+        uint8_t src[16], dst[16];
+        uint64_t packets;
+    } origin;
 };
 
 /* Keeps the `cap` samples with the smallest sample_key: a max-heap, so the selection is the same
@@ -131,23 +136,39 @@ static void truncate_tokens(char *text, uint32_t max_tokens)
         text[0] = '\0';
 }
 
-static void session_meta(const struct ft_session *s, char *out, size_t cap)
+static void session_origin(const struct ft_session *s, struct origin *o)
+{
+    o->ip_version = s->ip_version;
+    o->proto = s->proto;
+    o->src_port = s->src_port;
+    o->dst_port = s->dst_port;
+    memcpy(o->src, s->src_addr, 16);
+    memcpy(o->dst, s->dst_addr, 16);
+    o->packets = s->pkts[0] + s->pkts[1];
+}
+
+static void write_origin(FILE *f, const struct origin *o)
 {
     char a[INET6_ADDRSTRLEN], b[INET6_ADDRSTRLEN];
-    inet_ntop(s->ip_version == 6 ? AF_INET6 : AF_INET, s->src_addr, a, sizeof a);
-    inet_ntop(s->ip_version == 6 ? AF_INET6 : AF_INET, s->dst_addr, b, sizeof b);
-    snprintf(out, cap, "%u\t%s\t%u\t%s\t%u\t%" PRIu64, s->proto, a, s->src_port, b, s->dst_port,
-             s->pkts[0] + s->pkts[1]);
+    inet_ntop(o->ip_version == 6 ? AF_INET6 : AF_INET, o->src, a, sizeof a);
+    inet_ntop(o->ip_version == 6 ? AF_INET6 : AF_INET, o->dst, b, sizeof b);
+    fprintf(f, "%u\t%s\t%u\t%s\t%u\t%" PRIu64, o->proto, a, o->src_port, b, o->dst_port, o->packets);
+}
+
+/* The longest text the settings allow: every token 4 hex digits and a separator, "[SEP] "
+ * between packets. Sizing once avoids tokenizing each session twice. */
+static size_t text_bound(const struct tok_settings *tok, uint32_t packets)
+{
+    return (size_t)packets * ((size_t)tok->tokens_per_packet * 5 + 7) + 1;
 }
 
 static char *session_text(const struct tok_settings *tok, const struct ft_session *s)
 {
-    size_t needed = 0;
-    char probe[1];
-    tok_session_text(tok, s, probe, sizeof probe, &needed);
-    char *text = malloc(needed + 1);
+    uint32_t packets = s->n_stored < tok->packets ? s->n_stored : tok->packets;
+    size_t cap = text_bound(tok, packets), needed = 0;
+    char *text = malloc(cap);
     if (text)
-        tok_session_text(tok, s, text, needed + 1, &needed);
+        tok_session_text(tok, s, text, cap, &needed);
     return text;
 }
 
@@ -176,15 +197,15 @@ static void understanding_session(struct dataset_run *run, const struct ft_sessi
                          .text = text};
     smp.session_key = key_of(run->seed, run->label, file_index, s->first_frame, 0);
     smp.sample_key = smp.session_key;
-    session_meta(s, smp.meta, sizeof smp.meta);
+    session_origin(s, &smp.origin);
     offer_locked(run, &smp);
 }
 
 static void generation_session(struct dataset_run *run, const struct ft_session *s, uint32_t file_index)
 {
     uint64_t session_key = key_of(run->seed, run->label, file_index, s->first_frame, 0);
-    char meta[160];
-    session_meta(s, meta, sizeof meta);
+    struct origin origin;
+    session_origin(s, &origin);
     for (uint32_t p = 0; p < s->n_stored && p < run->tok.packets; p++) {
         const struct ft_stored_packet *sp = &s->stored[p];
         uint8_t bytes[4096];
@@ -203,25 +224,24 @@ static void generation_session(struct dataset_run *run, const struct ft_session 
         struct ft_stored_packet masked = *sp;
         masked.bytes = bytes;
         masked.stored_len = len;
-        size_t needed = 0;
-        char probe[1];
-        tok_packet_text(&run->tok, &masked, probe, sizeof probe, &needed);
-        if (needed == 0)
-            continue;
         struct sample smp = {.label = run->label, .file_index = file_index, .first_frame = s->first_frame,
                              .packet_index = p, .session_key = session_key};
-        smp.text = malloc(needed + 1);
+        size_t cap = text_bound(&run->tok, 1), needed = 0;
+        smp.text = malloc(cap);
         smp.target = strdup(target);
         if (!smp.text || !smp.target) {
             sample_free(&smp);
             run->oom = true;
             return;
         }
-        tok_packet_text(&run->tok, &masked, smp.text, needed + 1, &needed);
+        if (tok_packet_text(&run->tok, &masked, smp.text, cap, &needed) == 0) {
+            sample_free(&smp);
+            continue;
+        }
         if (run->seq_length)
             truncate_tokens(smp.text, run->seq_length >= 2 ? run->seq_length - 2 : 0);
         smp.sample_key = key_of(run->seed, run->label, file_index, s->first_frame, p + 1);
-        memcpy(smp.meta, meta, sizeof meta);
+        smp.origin = origin;
         offer_locked(run, &smp);
     }
 }
@@ -592,11 +612,15 @@ int cmd_dataset(int argc, char **argv)
                 const struct sample *s = order[i];
                 FILE *f = outs.split[s->split].fp;
                 if (run.task == TASK_UNDERSTANDING)
-                    fprintf(f, "%u\t%s\n", s->label, s->text);
+                    fprintf(f, "%u\t", s->label);
                 else
-                    fprintf(f, "%s\t%s\n", s->target, s->text);
-                if (s->split == SPLIT_TEST)
-                    fprintf(outs.nolabel.fp, "%s\n", s->text);
+                    fprintf(f, "%s\t", s->target);
+                fputs(s->text, f);
+                fputc('\n', f);
+                if (s->split == SPLIT_TEST) {
+                    fputs(s->text, outs.nolabel.fp);
+                    fputc('\n', outs.nolabel.fp);
+                }
                 counts[s->split]++;
                 /* file_index is global; find the class-local file name */
                 uint32_t fi = s->file_index;
@@ -608,8 +632,10 @@ int cmd_dataset(int argc, char **argv)
                     }
                     fi -= (uint32_t)class_nfiles[c];
                 }
-                fprintf(outs.index.fp, "%s\t%u\t%s\t%s\t%" PRIu64 "\t%u\t%s\n", split_names[s->split], s->label,
-                        classes.names[s->label], fname, s->first_frame, s->packet_index + 1, s->meta);
+                fprintf(outs.index.fp, "%s\t%u\t%s\t%s\t%" PRIu64 "\t%u\t", split_names[s->split], s->label,
+                        classes.names[s->label], fname, s->first_frame, s->packet_index + 1);
+                write_origin(outs.index.fp, &s->origin);
+                fputc('\n', outs.index.fp);
             }
             for (int c = 0; c < classes.n; c++)
                 fprintf(outs.classes.fp, "%s\n", classes.names[c]);
