@@ -5,7 +5,7 @@ Builds (once, cached in --work) a large capture by replicating the labeled USTC-
 sessions with rewritten addresses, then times in the same run, on the same file:
   netlm sessions (1 and 2 workers), netlm dataset understanding (1 and 2 workers),
   tshark -q -z conv,tcp -z conv,udp, and ndpiReader -i.
-Peak RSS comes from wait4's rusage. A second capture 10x larger shows that netlm's memory is set
+Peak RSS comes from GNU time (/usr/bin/time, Debian package time). A second capture 10x larger shows that netlm's memory is set
 by --max-flows, not by the size of the file. Prints one JSON object.
 
 usage: sessions_bench.py BUILD_DIR DATA_DIR [--work DIR] [--copies N] [--big-copies N] [--skip-peers]
@@ -15,21 +15,23 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 
 def run(cmd, cwd=None):
-    """Runs cmd with stdout discarded; returns (wall seconds, peak RSS in MiB)."""
-    t0 = time.monotonic()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd)
-    _, status, usage = os.wait4(p.pid, 0)
-    wall = time.monotonic() - t0
-    err = p.stderr.read().decode(errors="replace")
-    p.stderr.close()
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {code}: {err[-500:]}")
-    return wall, usage.ru_maxrss / 1024.0
+    """Runs cmd with stdout discarded; returns (wall seconds, peak RSS in MiB). The peak comes
+    from GNU time: the rusage of a child forked from this interpreter would start from the
+    interpreter's own peak, which exec does not reset."""
+    with tempfile.NamedTemporaryFile(mode="r") as rss_file:
+        t0 = time.monotonic()
+        p = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss_file.name, *cmd], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, cwd=cwd)
+        wall = time.monotonic() - t0
+        if p.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} exited {p.returncode}: {p.stderr.decode(errors='replace')[-500:]}")
+        rss_kib = int(rss_file.read().split()[-1])
+    return wall, rss_kib / 1024.0
 
 
 def best_of(n, cmd):
