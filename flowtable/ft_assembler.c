@@ -821,14 +821,7 @@ static bool ft_cut_continues(const struct ft_prev *pv, const struct cap_packet *
     rec->key = pv->key;
     rec->hash = pv->hash;
     rec->dir = (uint8_t)(same ? pv->dir : pv->dir ^ 1);
-    rec->ts_ns = pkt->ts_ns;
-    rec->caplen = pkt->caplen;
-    rec->wirelen = pkt->wirelen;
-    rec->layers = pkt->layers;
-    rec->kind = FT_PKT_PACKET;
-    rec->tcp_flags = 0;
-    rec->tcp_ok = 0;
-    rec->tcp_seq = 0;
+    ft_pkt_fill_frame(rec, pkt);
     return true;
 }
 

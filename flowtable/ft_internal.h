@@ -76,6 +76,8 @@ struct ft_pkt {
 /* Builds the worker's record of a decoded packet (all but clock, frame, ordinal, bytes). Returns
  * false for a frame that carries no flow. */
 bool ft_pkt_from_packet(const struct cap_packet *pkt, uint64_t seed, struct ft_pkt *out);
+/* The frame's own fields of a record (time, lengths, layers), TCP fields cleared. */
+void ft_pkt_fill_frame(struct ft_pkt *rec, const struct cap_packet *pkt);
 /* The packet's L4 offset; for a frame the decoder stopped inside its L4 header, derived from the
  * IP header when nothing lies between them. CAP_ABSENT when unknown. */
 uint32_t ft_l4_offset(const struct cap_packet *pkt);

@@ -163,6 +163,18 @@ uint64_t ft_key_hash(const struct ft_key *key, uint64_t seed)
 
 /* ---- the worker's packet record ---- */
 
+void ft_pkt_fill_frame(struct ft_pkt *rec, const struct cap_packet *pkt)
+{
+    rec->ts_ns = pkt->ts_ns;
+    rec->caplen = pkt->caplen;
+    rec->wirelen = pkt->wirelen;
+    rec->layers = pkt->layers;
+    rec->kind = FT_PKT_PACKET;
+    rec->tcp_flags = 0;
+    rec->tcp_ok = 0;
+    rec->tcp_seq = 0;
+}
+
 bool ft_pkt_from_packet(const struct cap_packet *pkt, uint64_t seed, struct ft_pkt *out)
 {
     int dir;
@@ -170,14 +182,7 @@ bool ft_pkt_from_packet(const struct cap_packet *pkt, uint64_t seed, struct ft_p
         return false;
     out->hash = ft_key_hash(&out->key, seed);
     out->dir = (uint8_t)dir;
-    out->ts_ns = pkt->ts_ns;
-    out->caplen = pkt->caplen;
-    out->wirelen = pkt->wirelen;
-    out->layers = pkt->layers;
-    out->kind = FT_PKT_PACKET;
-    out->tcp_flags = 0;
-    out->tcp_ok = 0;
-    out->tcp_seq = 0;
+    ft_pkt_fill_frame(out, pkt);
     /* A cut L4 header gets its offset in the stored layers too, so that whoever masks header
      * fields in the stored bytes finds the ports of a cut frame as well. */
     uint32_t l4 = ft_l4_offset(pkt);
