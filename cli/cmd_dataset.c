@@ -459,7 +459,7 @@ int cmd_dataset(int argc, char **argv)
     uint32_t samples_cap, class_num, stride;
     tok_settings_defaults(&run.tok);
     if (!cli_u64(cmd, opts, "random-seed", 1, 0, UINT64_MAX, &seed) ||
-        !cli_u32(cmd, opts, "samples-per-class", 5000, 1, 100000000, &samples_cap) ||
+        !cli_u32(cmd, opts, "samples-per-class", 5000, 1, 1u << 20, &samples_cap) ||
         !cli_u32(cmd, opts, "packets", run.task == TASK_GENERATION ? 101 : 32, 1, 100000, &run.tok.packets) ||
         !cli_u32(cmd, opts, "tokens-per-packet", 64, 1, 65536, &run.tok.tokens_per_packet) ||
         !cli_u32(cmd, opts, "stride", 2, 1, 2, &stride) ||
@@ -554,8 +554,8 @@ int cmd_dataset(int argc, char **argv)
         run.label = (uint32_t)c;
         run.file_base = file_base;
         run.sessions_seen = run.empty_sessions = 0;
-        run.heap.items = calloc(samples_cap < 1u << 20 ? samples_cap : 1u << 20, sizeof *run.heap.items);
-        run.heap.cap = samples_cap < 1u << 20 ? samples_cap : 1u << 20;
+        run.heap.items = calloc(samples_cap, sizeof *run.heap.items);
+        run.heap.cap = samples_cap;
         run.heap.n = 0;
         if (!run.heap.items) {
             ok = false;
