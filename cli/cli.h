@@ -97,6 +97,10 @@ int cmd_preprocess(int argc, char **argv);
     {"tunnels", NULL, 0, "outer|inner", "session of a tunnelled packet: the outer one (default) or the innermost", NULL}, \
     {"quiet", NULL, 'q', NULL, "no progress line", NULL}
 
+/* --header-mode (none|seed|full|strict|strip) into *mode when given; false after an error. */
+#include "tokenizer/tokenizer.h"
+bool cli_header_mode(const char *command, const struct cli_opt *opts, enum tok_header_mode *mode);
+
 /* Reads CLI_FLOW_OPTIONS into cfg (after ft_config_defaults). */
 bool cli_flow_config(const char *command, const struct cli_opt *opts, struct ft_config *cfg);
 

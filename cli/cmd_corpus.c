@@ -58,11 +58,8 @@ int cmd_corpus(int argc, char **argv)
         inputs[n_inputs++] = pos[i];
     bool use_mode = cli_get(opts, "header-mode") != NULL;
     enum tok_header_mode mode = TOK_HDR_NONE;
-    if (use_mode && !tok_header_mode_parse(cli_get(opts, "header-mode"), &mode)) {
-        cli_error(cmd, "--header-mode: expected none, seed, full, strict or strip, got '%s'",
-                  cli_get(opts, "header-mode"));
+    if (!cli_header_mode(cmd, opts, &mode))
         goto done;
-    }
     static const char *const tunnels[] = {"outer", "inner", NULL};
     int t = cli_choice(cmd, opts, "tunnels", "outer", tunnels);
     if (t < 0)

@@ -473,10 +473,8 @@ int cmd_dataset(int argc, char **argv)
     run.seed = seed;
     run.tok.stride = (int)stride;
     run.tok.sep_between_packets = cli_flag(opts, "sep-between-packets");
-    if (cli_get(opts, "header-mode") && !tok_header_mode_parse(cli_get(opts, "header-mode"), &run.tok.header_mode)) {
-        cli_error(cmd, "--header-mode: expected none, seed, full, strict or strip, got '%s'", cli_get(opts, "header-mode"));
+    if (!cli_header_mode(cmd, opts, &run.tok.header_mode))
         goto done;
-    }
     if (run.task == TASK_GENERATION) {
         const char *list = cli_get(opts, "fields") ? cli_get(opts, "fields") : "ip_len";
         char buf[256];
@@ -528,9 +526,11 @@ int cmd_dataset(int argc, char **argv)
     }
     char ***class_files = calloc((size_t)classes.n, sizeof *class_files);
     int *class_nfiles = calloc((size_t)classes.n, sizeof *class_nfiles);
-    if (!class_files || !class_nfiles) {
+    uint32_t *class_file_base = calloc((size_t)classes.n, sizeof *class_file_base); /* global index of each class's first file */
+    if (!class_files || !class_nfiles || !class_file_base) {
         free(class_files);
         free(class_nfiles);
+        free(class_file_base);
         goto done;
     }
     bool ok = true;
@@ -553,6 +553,7 @@ int cmd_dataset(int argc, char **argv)
         }
         run.label = (uint32_t)c;
         run.file_base = file_base;
+        class_file_base[c] = file_base;
         run.sessions_seen = run.empty_sessions = 0;
         run.heap.items = calloc(samples_cap, sizeof *run.heap.items);
         run.heap.cap = samples_cap;
@@ -622,16 +623,7 @@ int cmd_dataset(int argc, char **argv)
                     fputc('\n', outs.nolabel.fp);
                 }
                 counts[s->split]++;
-                /* file_index is global; find the class-local file name */
-                uint32_t fi = s->file_index;
-                const char *fname = "?";
-                for (int c = 0; c < classes.n; c++) {
-                    if (fi < (uint32_t)class_nfiles[c]) {
-                        fname = class_files[c][fi];
-                        break;
-                    }
-                    fi -= (uint32_t)class_nfiles[c];
-                }
+                const char *fname = class_files[s->label][s->file_index - class_file_base[s->label]];
                 fprintf(outs.index.fp, "%s\t%u\t%s\t%s\t%" PRIu64 "\t%u\t", split_names[s->split], s->label,
                         classes.names[s->label], fname, s->first_frame, s->packet_index + 1);
                 write_origin(outs.index.fp, &s->origin);
@@ -651,6 +643,7 @@ int cmd_dataset(int argc, char **argv)
         cli_free_files(class_files[c], class_nfiles[c]);
     free(class_files);
     free(class_nfiles);
+    free(class_file_base);
     status = ok ? 0 : 1;
 done:
     for (size_t i = 0; i < n_all; i++)

@@ -5,6 +5,21 @@
 #include "capture/capture.h"
 #include "cli/cli.h"
 
+bool cli_header_mode(const char *command, const struct cli_opt *opts, enum tok_header_mode *mode)
+{
+    if (!cli_get(opts, "header-mode"))
+        return true;
+    const char *names[TOK_HDR_STRIP + 2];
+    for (int m = TOK_HDR_NONE; m <= TOK_HDR_STRIP; m++)
+        names[m] = tok_header_mode_name((enum tok_header_mode)m);
+    names[TOK_HDR_STRIP + 1] = NULL;
+    int m = cli_choice(command, opts, "header-mode", NULL, names);
+    if (m < 0)
+        return false;
+    *mode = (enum tok_header_mode)m;
+    return true;
+}
+
 bool cli_flow_config(const char *command, const struct cli_opt *opts, struct ft_config *cfg)
 {
     uint32_t workers, max_flows;
