@@ -1,0 +1,141 @@
+/* model.h — the traffic transformer: model directories (config.json + model.safetensors), the
+ * GPT-2 and Qwen2 architectures in fp32 on the CPU, the classification and generation heads.
+ *
+ * A model is loaded once (parameters in one allocation) and run through a runner, which owns the
+ * activations sized for (max_batch, max_seq) and the KV cache. Inputs are right-padded batches
+ * with per-sequence lengths; only real tokens are computed, so padding never changes a result.
+ * This folder never sees packets: token ids in, scores and token ids out. */
+#ifndef NETLM_MODEL_H
+#define NETLM_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- configuration (config.json) ---- */
+
+enum model_arch { MODEL_ARCH_GPT2 = 0, MODEL_ARCH_QWEN2 };
+enum model_task { MODEL_TASK_LM = 0, MODEL_TASK_CLASSIFY, MODEL_TASK_GENERATE };
+enum model_pooling { MODEL_POOL_MEAN = 0, MODEL_POOL_FIRST, MODEL_POOL_LAST, MODEL_POOL_MAX };
+enum model_norm { MODEL_NORM_STANDARD = 0, MODEL_NORM_UER }; /* GPT-2 LayerNorm flavour */
+enum model_act { MODEL_ACT_GELU_TANH = 0, MODEL_ACT_GELU_ERF, MODEL_ACT_SILU };
+
+#define MODEL_MAX_LABELS 65536u
+
+/* How the model's inputs were tokenized, so classify/sensor feed it the same way. Plain fields:
+ * the tokenizer folder owns their meaning. */
+struct model_tokenizer {
+    char header_mode[16];       /* "full" */
+    uint32_t stride;            /* 2 */
+    uint32_t tokens_per_packet; /* 64 */
+    uint32_t packets;           /* 32 */
+    bool sep_between_packets;   /* false */
+    char vocab[256];            /* "builtin", or a file name inside the model directory */
+};
+
+struct model_config {
+    enum model_arch arch;
+    uint32_t vocab_size;
+    uint32_t hidden;        /* n_embd / hidden_size */
+    uint32_t layers;
+    uint32_t heads;
+    uint32_t kv_heads;      /* = heads for GPT-2 */
+    uint32_t head_dim;      /* hidden / heads */
+    uint32_t ffn;           /* n_inner (4 × hidden when null) / intermediate_size */
+    uint32_t max_positions; /* n_positions / max_position_embeddings */
+    float norm_eps;
+    double rope_theta;      /* Qwen2 */
+    bool tie_embeddings;    /* always true for GPT-2 */
+    enum model_norm norm;
+    enum model_act act;     /* GPT-2's MLP activation; Qwen2 is SiLU (SwiGLU) */
+    /* the "netlm" object */
+    enum model_task task;
+    enum model_pooling pooling;
+    uint32_t num_labels;    /* classify: > 0 */
+    char **labels;          /* num_labels names ("0", "1", ... when the file has none) */
+    uint32_t seq_length;    /* input ids per sequence, [CLS] and [SEP] included (128) */
+    uint32_t tgt_seq_length; /* generate: [CLS] t1 .. [SEP] as the seed counts it (4) */
+    struct model_tokenizer tokenizer;
+};
+
+/* Defaults for everything optional; arch and sizes zero. */
+void model_config_init(struct model_config *cfg);
+void model_config_release(struct model_config *cfg); /* frees labels */
+/* Deep copy (labels included). */
+bool model_config_copy(struct model_config *dst, const struct model_config *src);
+/* config.json in Hugging Face form (model_type gpt2 | qwen2, plus the netlm object) or the seed's
+ * UER form (emb_size, layers_num, ...). Unknown keys are ignored; a missing required key, a value
+ * of the wrong type or an inconsistent size is one error line naming the file and the key. */
+bool model_config_load(const char *path, struct model_config *cfg, char *err, size_t errlen);
+bool model_config_parse(const char *name, const char *json, size_t len, struct model_config *cfg,
+                        char *err, size_t errlen);
+/* Checks sizes and limits (heads divide hidden, kv_heads divide heads, ...). */
+bool model_config_validate(const struct model_config *cfg, char *err, size_t errlen);
+/* Hugging Face form with the netlm object, written to a temporary name and renamed. */
+bool model_config_write(const struct model_config *cfg, const char *path, char *err, size_t errlen);
+
+const char *model_arch_name(enum model_arch a);       /* "gpt2", "qwen2" */
+const char *model_task_name(enum model_task t);       /* "lm", "classify", "generate" */
+const char *model_pooling_name(enum model_pooling p); /* "mean", "first", "last", "max" */
+bool model_task_parse(const char *name, enum model_task *out);
+bool model_pooling_parse(const char *name, enum model_pooling *out);
+
+/* ---- the model ---- */
+
+struct model;
+/* Random weights as the seed initialises them: N(0, 0.02) for matrices, embeddings and biases,
+ * ones/zeros for norms; deterministic in seed. */
+struct model *model_create(const struct model_config *cfg, uint64_t seed, char *err, size_t errlen);
+/* A model directory: config.json and model.safetensors, or a Hugging Face checkpoint (sharded
+ * ones through model.safetensors.index.json). F16/BF16 tensors become fp32. */
+struct model *model_load(const char *dir, char *err, size_t errlen);
+/* config.json and model.safetensors (Hugging Face names and layouts) into dir, created if
+ * missing; each file written to a temporary name and renamed. */
+bool model_save(const struct model *m, const char *dir, char *err, size_t errlen);
+void model_free(struct model *m);
+const struct model_config *model_get_config(const struct model *m);
+struct model_config *model_config_mut(struct model *m); /* netlm object fields only */
+uint64_t model_parameter_count(const struct model *m);
+/* Replaces the classification head with a fresh one for num_labels classes (N(0, 0.02)). */
+bool model_set_labels(struct model *m, uint32_t num_labels, char **labels, uint64_t seed,
+                      char *err, size_t errlen);
+/* Resize the vocabulary: keep the first min(old, new) embedding rows, new rows N(0, 0.02); with
+ * init_all every row is reinitialised. */
+bool model_resize_vocab(struct model *m, uint32_t vocab_size, bool init_all, uint64_t seed,
+                        char *err, size_t errlen);
+
+/* ---- running it ---- */
+
+struct model_runner;
+/* Activations for up to max_batch sequences of up to max_seq tokens, and (kv_tokens > 0) a KV
+ * cache of max_batch × kv_tokens positions for generation. threads ≥ 1. */
+struct model_runner *model_runner_create(const struct model *m, uint32_t max_batch,
+                                         uint32_t max_seq, uint32_t kv_tokens, uint32_t threads,
+                                         char *err, size_t errlen);
+void model_runner_free(struct model_runner *r);
+size_t model_runner_bytes(const struct model_runner *r);
+
+/* ids: batch rows of seq ids (right-padded), lengths[b] real ids in row b (1..seq).
+ * hidden (optional): final-norm states [batch, seq, hidden], pad rows untouched.
+ * logits (optional): LM head [batch, seq, vocab], pad rows untouched. */
+bool model_forward(struct model_runner *r, const uint32_t *ids, const uint32_t *lengths,
+                   uint32_t batch, uint32_t seq, float *hidden, float *logits);
+/* Classification: pooled states [batch, hidden] (optional) and softmax scores
+ * [batch, num_labels]. */
+bool model_classify(struct model_runner *r, const uint32_t *ids, const uint32_t *lengths,
+                    uint32_t batch, uint32_t seq, float *pooled, float *scores);
+
+struct model_sampling {
+    float temperature; /* 0 = greedy */
+    uint32_t top_k;    /* 0 = all */
+    float top_p;       /* 1 = all */
+    uint64_t seed;
+};
+/* Continues each prompt (its lengths[b] real ids) by up to max_new tokens, stopping a row after
+ * it emits [SEP] (kept in its output). out: [batch, max_new] (unused slots 0), out_len[b] the
+ * count. Needs kv_tokens ≥ seq + max_new. */
+bool model_generate(struct model_runner *r, const uint32_t *ids, const uint32_t *lengths,
+                    uint32_t batch, uint32_t seq, const struct model_sampling *sampling,
+                    uint32_t max_new, uint32_t *out, uint32_t *out_len);
+
+#endif
