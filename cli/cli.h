@@ -78,6 +78,9 @@ int cmd_sessions(int argc, char **argv);
 int cmd_corpus(int argc, char **argv);
 int cmd_dataset(int argc, char **argv);
 int cmd_preprocess(int argc, char **argv);
+int cmd_classify(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
 
 #endif
 

@@ -15,6 +15,9 @@ static const struct command commands[] = {
     {"corpus", cmd_corpus, "captures -> the seed's pretraining corpus text"},
     {"dataset", cmd_dataset, "class-per-folder captures -> train/valid/test TSVs (understanding|generation)"},
     {"preprocess", cmd_preprocess, "corpus text or TSV -> token shards for pretraining"},
+    {"classify", cmd_classify, "a classification model over a dataset TSV or the sessions of captures"},
+    {"generate", cmd_generate, "continue each row of a dataset TSV with a model's LM head"},
+    {"convert", cmd_convert, "Hugging Face GPT-2/Qwen2 checkpoint (or a config) -> netlm model directory"},
 };
 
 static void usage(FILE *out)

@@ -129,7 +129,8 @@ struct model_sampling {
     float temperature; /* 0 = greedy */
     uint32_t top_k;    /* 0 = all */
     float top_p;       /* 1 = all */
-    uint64_t seed;
+    uint64_t seed;      /* each row draws from its own stream (seed, row) */
+    bool ignore_sep;    /* always max_new tokens (benchmarks) */
 };
 /* Continues each prompt (its lengths[b] real ids) by up to max_new tokens, stopping a row after
  * it emits [SEP] (kept in its output). out: [batch, max_new] (unused slots 0), out_len[b] the

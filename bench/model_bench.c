@@ -1,0 +1,226 @@
+/* model_bench.c — forward, classification and generation speed of the CPU model on random
+ * weights, in the shapes bench/model_twin_bench.py times for PyTorch (bench/model.sh runs both
+ * with the same thread count and prints the ratios). One JSON object on stdout.
+ *
+ *   netlm_model_bench --arch gpt2|qwen2 [--threads N] [--runs N]
+ *   netlm_model_bench --qwen05b-rss [--threads N]   (peak RSS of a Qwen2.5-0.5B-sized forward) */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "model/model.h"
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof(double), cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static void random_ids(uint32_t *ids, size_t n, uint32_t vocab, uint64_t *state)
+{
+    for (size_t i = 0; i < n; i++) {
+        *state = *state * 6364136223846793005ull + 1442695040888963407ull;
+        ids[i] = 5 + (uint32_t)((*state >> 33) % (vocab - 5));
+    }
+}
+
+static void config_for(const char *arch, struct model_config *c)
+{
+    model_config_init(c);
+    c->vocab_size = 65541;
+    c->hidden = 256;
+    c->layers = 4;
+    c->heads = 4;
+    c->head_dim = 64;
+    c->max_positions = 256;
+    c->task = MODEL_TASK_CLASSIFY;
+    c->num_labels = 20;
+    c->labels = calloc(20, sizeof(char *));
+    for (int i = 0; i < 20; i++) {
+        char name[8];
+        snprintf(name, sizeof name, "%d", i);
+        c->labels[i] = strdup(name);
+    }
+    if (!strcmp(arch, "gpt2")) {
+        c->arch = MODEL_ARCH_GPT2;
+        c->kv_heads = 4;
+        c->ffn = 1024;
+        c->norm_eps = 1e-5f;
+    } else {
+        c->arch = MODEL_ARCH_QWEN2;
+        c->kv_heads = 2;
+        c->ffn = 688;
+        c->rope_theta = 1e6;
+        c->norm_eps = 1e-6f;
+        c->act = MODEL_ACT_SILU;
+    }
+}
+
+static long peak_rss_kib(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss;
+}
+
+/* Times fn over runs after two warm-ups; returns the median seconds. */
+#define TIME_MEDIAN(runs, out, body)                                                               \
+    do {                                                                                          \
+        double samples_[64];                                                                      \
+        for (int i_ = 0; i_ < 2; i_++) {                                                          \
+            body;                                                                                 \
+        }                                                                                         \
+        for (int i_ = 0; i_ < (runs); i_++) {                                                     \
+            double t0_ = now();                                                                   \
+            body;                                                                                 \
+            samples_[i_] = now() - t0_;                                                           \
+        }                                                                                         \
+        (out) = median(samples_, (runs));                                                         \
+    } while (0)
+
+static int qwen05b_rss(uint32_t threads)
+{
+    struct model_config c;
+    model_config_init(&c);
+    c.arch = MODEL_ARCH_QWEN2;
+    c.vocab_size = 65541;
+    c.hidden = 896;
+    c.layers = 24;
+    c.heads = 14;
+    c.kv_heads = 2;
+    c.head_dim = 64;
+    c.ffn = 4864;
+    c.max_positions = 32768;
+    c.rope_theta = 1e6;
+    c.norm_eps = 1e-6f;
+    c.act = MODEL_ACT_SILU;
+    c.task = MODEL_TASK_CLASSIFY;
+    c.num_labels = 2;
+    c.labels = calloc(2, sizeof(char *));
+    c.labels[0] = strdup("0");
+    c.labels[1] = strdup("1");
+    char err[512];
+    struct model *m = model_create(&c, 1, err, sizeof err);
+    if (!m) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    const uint32_t B = 32, T = 128;
+    struct model_runner *r = model_runner_create(m, B, T, 0, threads, err, sizeof err);
+    uint32_t *ids = malloc((size_t)B * T * sizeof(uint32_t)), lengths[32];
+    uint64_t st = 1;
+    random_ids(ids, (size_t)B * T, c.vocab_size, &st);
+    for (uint32_t b = 0; b < B; b++)
+        lengths[b] = T;
+    float scores[64];
+    double t0 = now();
+    if (!r || !model_classify(r, ids, lengths, B, T, NULL, scores)) {
+        fprintf(stderr, "forward failed\n");
+        return 1;
+    }
+    double secs = now() - t0;
+    printf("{\"mode\":\"qwen05b_rss\",\"threads\":%u,\"parameters\":%llu,\"parameter_mib\":%.1f,"
+           "\"activation_mib\":%.1f,\"batch\":%u,\"seq\":%u,\"forward_s\":%.3f,\"peak_rss_mib\":%.1f}\n",
+           threads, (unsigned long long)model_parameter_count(m),
+           model_parameter_count(m) * 4.0 / 1048576.0, model_runner_bytes(r) / 1048576.0, B, T,
+           secs, peak_rss_kib() / 1024.0);
+    free(ids);
+    model_runner_free(r);
+    model_free(m);
+    model_config_release(&c);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *arch = "gpt2";
+    uint32_t threads = 1;
+    int runs = 7;
+    bool rss_mode = false;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--arch") && i + 1 < argc)
+            arch = argv[++i];
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+            threads = (uint32_t)atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--runs") && i + 1 < argc)
+            runs = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--qwen05b-rss"))
+            rss_mode = true;
+        else {
+            fprintf(stderr, "usage: %s [--arch gpt2|qwen2] [--threads N] [--runs N] [--qwen05b-rss]\n", argv[0]);
+            return 2;
+        }
+    }
+    if (threads < 1 || runs < 1 || runs > 64 || (strcmp(arch, "gpt2") && strcmp(arch, "qwen2"))) {
+        fprintf(stderr, "%s: bad --arch, --threads or --runs (1..64)\n", argv[0]);
+        return 2;
+    }
+    if (rss_mode)
+        return qwen05b_rss(threads);
+
+    struct model_config c;
+    config_for(arch, &c);
+    char err[512];
+    struct model *m = model_create(&c, 1, err, sizeof err);
+    if (!m) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    const uint32_t B = 32, T = 128, GB = 8, GP = 64, GN = 64;
+    struct model_runner *r = model_runner_create(m, B, T, 0, threads, err, sizeof err);
+    struct model_runner *g = model_runner_create(m, GB, GP, GP + GN, threads, err, sizeof err);
+    uint32_t *ids = malloc((size_t)B * T * sizeof(uint32_t)), lengths[32];
+    float *scores = malloc((size_t)B * c.num_labels * sizeof(float));
+    float *logits = malloc((size_t)B * T * c.vocab_size * sizeof(float));
+    uint32_t *gen = malloc((size_t)GB * GN * sizeof(uint32_t)), gen_len[8];
+    if (!r || !g || !ids || !scores || !logits || !gen) {
+        fprintf(stderr, "out of memory\n");
+        return 1;
+    }
+    uint64_t st = 42;
+    random_ids(ids, (size_t)B * T, c.vocab_size, &st);
+    for (uint32_t b = 0; b < B; b++)
+        lengths[b] = T;
+    double classify_s, batch1_s, lm_s, gen_s, gen1_s;
+    TIME_MEDIAN(runs, classify_s, model_classify(r, ids, lengths, B, T, NULL, scores));
+    TIME_MEDIAN(runs, batch1_s, model_classify(r, ids, lengths, 1, T, NULL, scores));
+    TIME_MEDIAN(runs > 3 ? 3 : runs, lm_s, model_forward(r, ids, lengths, B, T, NULL, logits));
+    struct model_sampling greedy = {.ignore_sep = true};
+    uint32_t glen[8];
+    for (uint32_t b = 0; b < GB; b++)
+        glen[b] = GP;
+    TIME_MEDIAN(runs > 3 ? 3 : runs, gen_s, model_generate(g, ids, glen, GB, GP, &greedy, GN, gen, gen_len));
+    TIME_MEDIAN(runs > 3 ? 3 : runs, gen1_s, model_generate(g, ids, glen, 1, GP, &greedy, GN, gen, gen_len));
+    printf("{\"side\":\"netlm\",\"arch\":\"%s\",\"threads\":%u,"
+           "\"config\":{\"layers\":%u,\"hidden\":%u,\"heads\":%u,\"kv_heads\":%u,\"ffn\":%u,\"vocab\":%u},"
+           "\"classify_seq_per_s\":%.2f,\"classify_batch1_ms\":%.3f,\"lm_seq_per_s\":%.2f,"
+           "\"generate_tok_per_s\":%.1f,\"generate_batch1_tok_per_s\":%.1f,\"peak_rss_mib\":%.1f}\n",
+           arch, threads, c.layers, c.hidden, c.heads, c.kv_heads, c.ffn, c.vocab_size,
+           B / classify_s, batch1_s * 1e3, B / lm_s, GB * GN / gen_s, GN / gen1_s,
+           peak_rss_kib() / 1024.0);
+    free(ids);
+    free(scores);
+    free(logits);
+    free(gen);
+    model_runner_free(r);
+    model_runner_free(g);
+    model_free(m);
+    model_config_release(&c);
+    return 0;
+}

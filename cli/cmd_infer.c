@@ -1,0 +1,810 @@
+/* cmd_infer.c — `netlm classify` and `netlm generate`: a model directory run over a dataset TSV
+ * (the seed's label\ttext_a files) or, for classify, over the sessions of captures tokenized with
+ * the model's own tokenizer settings. Rows stream through in batches; metrics go to stderr. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "model/model.h"
+#include "tokenizer/tokenizer.h"
+#include "train/train.h"
+
+/* ---- what both commands share ---- */
+
+struct infer {
+    const char *cmd;
+    struct model *model;
+    const struct model_config *cfg;
+    struct tok_vocab *vocab;
+    struct model_runner *runner;
+    uint32_t batch, seq, threads, top_k;
+    bool json;
+    FILE *out;
+    /* the current batch */
+    uint32_t n;
+    uint32_t *ids, *lengths;
+    int64_t *truth;      /* classify: label id or -1 */
+    char **targets;      /* generate: the target text or NULL */
+    uint64_t *row_no;    /* 1-based TSV line */
+    float *scores;
+    uint32_t *generated, *generated_len;
+    uint32_t max_new;
+    struct model_sampling sampling;
+    struct train_confusion confusion;
+    uint64_t rows, labelled, exact;
+    bool failed;
+};
+
+static uint32_t default_threads(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (uint32_t)n : 1;
+}
+
+/* The model and its vocabulary: --vocab_path, else the one config.json names. */
+static bool open_model(struct infer *in, const char *dir, const char *vocab_path)
+{
+    char err[1024];
+    in->model = model_load(dir, err, sizeof err);
+    if (!in->model) {
+        cli_error(in->cmd, "%s", err);
+        return false;
+    }
+    in->cfg = model_get_config(in->model);
+    char path[4096];
+    if (!vocab_path && strcmp(in->cfg->tokenizer.vocab, "builtin") != 0) {
+        snprintf(path, sizeof path, "%s/%s", dir, in->cfg->tokenizer.vocab);
+        vocab_path = path;
+    }
+    in->vocab = vocab_path ? tok_vocab_load(vocab_path, err, sizeof err) : tok_vocab_builtin();
+    if (!in->vocab) {
+        cli_error(in->cmd, "%s", err);
+        return false;
+    }
+    if (tok_vocab_size(in->vocab) > in->cfg->vocab_size) {
+        cli_error(in->cmd, "%s: the vocabulary has %u tokens but the model only %u (vocab_size)",
+                  vocab_path ? vocab_path : "builtin vocabulary", tok_vocab_size(in->vocab),
+                  in->cfg->vocab_size);
+        return false;
+    }
+    return true;
+}
+
+static bool alloc_batch(struct infer *in, uint32_t kv_tokens)
+{
+    char err[512];
+    in->runner = model_runner_create(in->model, in->batch, in->seq, kv_tokens, in->threads, err,
+                                     sizeof err);
+    if (!in->runner) {
+        cli_error(in->cmd, "%s", err);
+        return false;
+    }
+    size_t slots = (size_t)in->batch * in->seq;
+    in->ids = calloc(slots, sizeof(uint32_t));
+    in->lengths = calloc(in->batch, sizeof(uint32_t));
+    in->truth = calloc(in->batch, sizeof(int64_t));
+    in->targets = calloc(in->batch, sizeof(char *));
+    in->row_no = calloc(in->batch, sizeof(uint64_t));
+    in->scores = calloc((size_t)in->batch * (in->cfg->num_labels ? in->cfg->num_labels : 1), sizeof(float));
+    in->generated = calloc((size_t)in->batch * (in->max_new ? in->max_new : 1), sizeof(uint32_t));
+    in->generated_len = calloc(in->batch, sizeof(uint32_t));
+    if (!in->ids || !in->lengths || !in->truth || !in->targets || !in->row_no || !in->scores ||
+        !in->generated || !in->generated_len ||
+        (in->cfg->num_labels && !train_confusion_init(&in->confusion, in->cfg->num_labels))) {
+        cli_error(in->cmd, "out of memory");
+        return false;
+    }
+    return true;
+}
+
+static void infer_release(struct infer *in)
+{
+    for (uint32_t i = 0; in->targets && i < in->batch; i++)
+        free(in->targets[i]);
+    free(in->ids);
+    free(in->lengths);
+    free(in->truth);
+    free(in->targets);
+    free(in->row_no);
+    free(in->scores);
+    free(in->generated);
+    free(in->generated_len);
+    train_confusion_release(&in->confusion);
+    model_runner_free(in->runner);
+    tok_vocab_free(in->vocab);
+    model_free(in->model);
+}
+
+static void json_string(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\')
+            fprintf(f, "\\%c", ch);
+        else if (ch < 0x20)
+            fprintf(f, "\\u%04x", ch);
+        else
+            fputc(ch, f);
+    }
+    fputc('"', f);
+}
+
+/* The top k of one row's scores, best first (ties: lower id first). */
+static uint32_t top_labels(const float *scores, uint32_t n, uint32_t k, uint32_t *best)
+{
+    if (k > n)
+        k = n;
+    for (uint32_t i = 0; i < k; i++) {
+        uint32_t pick = UINT32_MAX;
+        for (uint32_t j = 0; j < n; j++) {
+            bool taken = false;
+            for (uint32_t t = 0; t < i; t++)
+                taken |= best[t] == j;
+            if (!taken && (pick == UINT32_MAX || scores[j] > scores[pick]))
+                pick = j;
+        }
+        best[i] = pick;
+    }
+    return k;
+}
+
+/* One classification result; prefix is what the row is (already written, tab-ended for TSV,
+ * "{...," for JSON). */
+static void write_classification(struct infer *in, uint32_t b)
+{
+    const float *s = in->scores + (size_t)b * in->cfg->num_labels;
+    uint32_t best[16];
+    uint32_t k = top_labels(s, in->cfg->num_labels, in->top_k, best);
+    const char *const *names = (const char *const *)in->cfg->labels;
+    if (in->json) {
+        fprintf(in->out, "\"label_id\":%u,\"label\":", best[0]);
+        json_string(in->out, names[best[0]]);
+        fprintf(in->out, ",\"score\":%.6f,\"top_k\":[", s[best[0]]);
+        for (uint32_t i = 0; i < k; i++) {
+            fprintf(in->out, "%s{\"label_id\":%u,\"label\":", i ? "," : "", best[i]);
+            json_string(in->out, names[best[i]]);
+            fprintf(in->out, ",\"score\":%.6f}", s[best[i]]);
+        }
+        fputs("]}\n", in->out);
+    } else {
+        fprintf(in->out, "%u\t%s\t%.6f\t", best[0], names[best[0]], s[best[0]]);
+        for (uint32_t i = 0; i < k; i++)
+            fprintf(in->out, "%s%s:%.6f", i ? "," : "", names[best[i]], s[best[i]]);
+        fputc('\n', in->out);
+    }
+    if (in->truth[b] >= 0) {
+        train_confusion_add(&in->confusion, (uint32_t)in->truth[b], best[0]);
+        in->labelled++;
+    }
+}
+
+/* ---- TSV input ---- */
+
+struct tsv {
+    FILE *f;
+    const char *path;
+    int label_col, text_col, columns;
+    char *line;
+    size_t cap;
+    uint64_t line_no;
+    uint64_t size, done;
+};
+
+static bool tsv_open(const char *cmd, const char *path, struct tsv *t)
+{
+    memset(t, 0, sizeof *t);
+    t->path = path;
+    t->f = fopen(path, "r");
+    if (!t->f) {
+        cli_error(cmd, "%s: %s", path, strerror(errno));
+        return false;
+    }
+    fseek(t->f, 0, SEEK_END);
+    t->size = (uint64_t)ftell(t->f);
+    rewind(t->f);
+    ssize_t len = getline(&t->line, &t->cap, t->f);
+    t->line_no = 1;
+    if (len < 0) {
+        cli_error(cmd, "%s: empty file (expected a header line: label\\ttext_a)", path);
+        return false;
+    }
+    t->done = (uint64_t)len;
+    while (len > 0 && (t->line[len - 1] == '\n' || t->line[len - 1] == '\r'))
+        t->line[--len] = '\0';
+    /* columns by header name, as the seed's scripts find them */
+    t->label_col = t->text_col = -1;
+    char *save = NULL;
+    int col = 0;
+    for (char *tok = strtok_r(t->line, "\t", &save); tok; tok = strtok_r(NULL, "\t", &save), col++) {
+        if (!strcmp(tok, "label"))
+            t->label_col = col;
+        else if (!strcmp(tok, "text_a"))
+            t->text_col = col;
+    }
+    t->columns = col;
+    if (t->text_col < 0) {
+        cli_error(cmd, "%s: line 1: the header has no text_a column (expected label\\ttext_a or text_a)", path);
+        return false;
+    }
+    return true;
+}
+
+/* Next row: *label (NULL without a label column) and *text point into the line buffer.
+ * Returns 1, 0 at the end, -1 after an error line. */
+static int tsv_next(const char *cmd, struct tsv *t, char **label, char **text)
+{
+    for (;;) {
+        ssize_t len = getline(&t->line, &t->cap, t->f);
+        if (len < 0)
+            return 0;
+        t->line_no++;
+        t->done += (uint64_t)len;
+        if (memchr(t->line, '\0', (size_t)len)) {
+            cli_error(cmd, "%s:%" PRIu64 ": binary data (NUL byte): not a TSV", t->path, t->line_no);
+            return -1;
+        }
+        while (len > 0 && (t->line[len - 1] == '\n' || t->line[len - 1] == '\r'))
+            t->line[--len] = '\0';
+        if (len == 0)
+            continue;
+        char *fields[64];
+        int n = 0;
+        char *p = t->line;
+        fields[n++] = p;
+        while ((p = strchr(p, '\t')) && n < 64) {
+            *p++ = '\0';
+            fields[n++] = p;
+        }
+        if (n != t->columns) {
+            cli_error(cmd, "%s:%" PRIu64 ": %d columns, the header has %d", t->path, t->line_no, n,
+                      t->columns);
+            return -1;
+        }
+        *label = t->label_col >= 0 ? fields[t->label_col] : NULL;
+        *text = fields[t->text_col];
+        return 1;
+    }
+}
+
+static void tsv_close(struct tsv *t)
+{
+    if (t->f)
+        fclose(t->f);
+    free(t->line);
+}
+
+/* A TSV label: the label id, or a label name of the model. */
+static bool label_id(const struct model_config *cfg, const char *label, int64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(label, &end, 10);
+    if (*label && !*end && !errno && v < cfg->num_labels) {
+        *out = (int64_t)v;
+        return true;
+    }
+    for (uint32_t i = 0; i < cfg->num_labels; i++)
+        if (!strcmp(cfg->labels[i], label)) {
+            *out = i;
+            return true;
+        }
+    return false;
+}
+
+/* ---- classify ---- */
+
+static bool classify_batch(struct infer *in, const char *const *row_prefix)
+{
+    if (in->n == 0)
+        return true;
+    if (!model_classify(in->runner, in->ids, in->lengths, in->n, in->seq, NULL, in->scores)) {
+        cli_error(in->cmd, "the model rejected a batch (token ids outside its vocabulary?)");
+        return false;
+    }
+    for (uint32_t b = 0; b < in->n; b++) {
+        if (in->json)
+            fprintf(in->out, "{%s,", row_prefix[b]);
+        else
+            fprintf(in->out, "%s\t", row_prefix[b]);
+        write_classification(in, b);
+    }
+    in->rows += in->n;
+    in->n = 0;
+    return true;
+}
+
+static void report_metrics(struct infer *in)
+{
+    if (in->labelled == 0) {
+        fprintf(stderr, "netlm %s: %" PRIu64 " rows classified\n", in->cmd, in->rows);
+        return;
+    }
+    double f1 = train_macro_f1(&in->confusion, NULL);
+    fprintf(stderr, "netlm %s: %" PRIu64 " rows, accuracy %.4f, macro-F1 %.4f (%" PRIu64 " labelled)\n",
+            in->cmd, in->rows, train_accuracy(&in->confusion), f1, in->labelled);
+}
+
+/* Sessions of captures, kept until every file is read (then classified in batches). */
+struct session_rows {
+    pthread_mutex_t lock;
+    struct infer *in;
+    const struct tok_settings *tok;
+    char **files;
+    volatile int current_file;
+    uint32_t *ids, *lengths;
+    char **desc;
+    size_t n, cap;
+    bool oom;
+};
+
+static const char *proto_name(uint8_t p, char *buf)
+{
+    switch (p) {
+    case 6: return "TCP";
+    case 17: return "UDP";
+    case 1: return "ICMP";
+    case 58: return "IPv6-ICMP";
+    case 132: return "SCTP";
+    default: snprintf(buf, 8, "%u", p); return buf;
+    }
+}
+
+static void on_session(const struct ft_session *s, int worker, void *user)
+{
+    (void)worker;
+    struct session_rows *sr = user;
+    struct infer *in = sr->in;
+    uint32_t ids_tmp[4096];
+    uint32_t *ids = in->seq <= 4096 ? ids_tmp : malloc(in->seq * sizeof(uint32_t));
+    if (!ids) {
+        sr->oom = true;
+        return;
+    }
+    uint32_t len = tok_session_ids(in->vocab, sr->tok, s, ids);
+    char src[INET6_ADDRSTRLEN] = "", dst[INET6_ADDRSTRLEN] = "", pbuf[8];
+    int af = s->ip_version == 6 ? AF_INET6 : AF_INET;
+    if (s->ip_version) {
+        inet_ntop(af, s->src_addr, src, sizeof src);
+        inet_ntop(af, s->dst_addr, dst, sizeof dst);
+    }
+    const char *file = sr->files[sr->current_file];
+    char desc[8192];
+    if (in->json) {
+        /* the file name is JSON-escaped by hand: it is the one free-form field */
+        char esc[4200];
+        size_t k = 0;
+        for (const char *p = file; *p && k + 7 < sizeof esc; p++) {
+            unsigned char ch = (unsigned char)*p;
+            if (ch == '"' || ch == '\\')
+                k += (size_t)snprintf(esc + k, sizeof esc - k, "\\%c", ch);
+            else if (ch < 0x20)
+                k += (size_t)snprintf(esc + k, sizeof esc - k, "\\u%04x", ch);
+            else
+                esc[k++] = (char)ch;
+        }
+        esc[k] = '\0';
+        snprintf(desc, sizeof desc,
+                 "\"file\":\"%s\",\"first_frame\":%" PRIu64 ",\"proto\":\"%s\",\"src_ip\":\"%s\",\"src_port\":%u,"
+                 "\"dest_ip\":\"%s\",\"dest_port\":%u,\"packets\":%" PRIu64 ",\"tokens\":%u",
+                 esc, s->first_frame, proto_name(s->proto, pbuf), src, s->src_port, dst, s->dst_port,
+                 s->pkts[0] + s->pkts[1], len);
+    } else {
+        snprintf(desc, sizeof desc, "%s\t%" PRIu64 "\t%s\t%s\t%u\t%s\t%u\t%" PRIu64, file, s->first_frame,
+                 proto_name(s->proto, pbuf), src, s->src_port, dst, s->dst_port, s->pkts[0] + s->pkts[1]);
+    }
+    pthread_mutex_lock(&sr->lock);
+    if (sr->n == sr->cap) {
+        size_t ncap = sr->cap ? sr->cap * 2 : 1024;
+        uint32_t *nids = realloc(sr->ids, ncap * in->seq * sizeof(uint32_t));
+        if (nids)
+            sr->ids = nids;
+        uint32_t *nlen = realloc(sr->lengths, ncap * sizeof(uint32_t));
+        if (nlen)
+            sr->lengths = nlen;
+        char **ndesc = realloc(sr->desc, ncap * sizeof(char *));
+        if (ndesc)
+            sr->desc = ndesc;
+        if (nids && nlen && ndesc)
+            sr->cap = ncap;
+    }
+    char *d = sr->n < sr->cap ? strdup(desc) : NULL;
+    if (d) {
+        memcpy(sr->ids + sr->n * in->seq, ids, in->seq * sizeof(uint32_t));
+        sr->lengths[sr->n] = len;
+        sr->desc[sr->n++] = d;
+    } else {
+        sr->oom = true;
+    }
+    pthread_mutex_unlock(&sr->lock);
+    if (ids != ids_tmp)
+        free(ids);
+}
+
+static bool model_tok_settings(struct infer *in, struct tok_settings *tok)
+{
+    const struct model_tokenizer *mt = &in->cfg->tokenizer;
+    tok_settings_defaults(tok);
+    if (!tok_header_mode_parse(mt->header_mode, &tok->header_mode)) {
+        cli_error(in->cmd, "model config: tokenizer.header_mode '%s' is not none|seed|full|strict|strip",
+                  mt->header_mode);
+        return false;
+    }
+    tok->stride = (int)mt->stride;
+    tok->tokens_per_packet = mt->tokens_per_packet;
+    tok->packets = mt->packets;
+    tok->sep_between_packets = mt->sep_between_packets;
+    tok->seq_length = in->seq;
+    return true;
+}
+
+static int classify_captures(struct infer *in, const struct cli_opt *opts, const char **paths,
+                             int n_paths)
+{
+    struct tok_settings tok;
+    if (!model_tok_settings(in, &tok))
+        return 1;
+    struct ft_config fcfg;
+    ft_config_defaults(&fcfg);
+    if (!cli_flow_config(in->cmd, opts, &fcfg))
+        return 2;
+    fcfg.packets_per_session = tok.packets;
+    fcfg.bytes_per_packet = tok.tokens_per_packet * (uint32_t)tok.stride + 1 +
+                            (tok.header_mode == TOK_HDR_STRIP ? 256 : 0);
+    if (fcfg.bytes_per_packet > 4096)
+        fcfg.bytes_per_packet = 4096;
+    char **files = NULL;
+    uint64_t total_bytes = 0;
+    int n_files = cli_collect_files(in->cmd, paths, n_paths, &files, &total_bytes);
+    if (n_files < 0)
+        return 1;
+    struct session_rows sr = {.in = in, .tok = &tok, .files = files};
+    pthread_mutex_init(&sr.lock, NULL);
+    char err[512];
+    struct ft_assembler *as = ft_assembler_create(&fcfg, on_session, &sr, err, sizeof err);
+    int status = 1;
+    if (!as) {
+        cli_error(in->cmd, "%s", err);
+    } else if (cli_assemble_files(in->cmd, as, files, n_files, total_bytes, cli_flag(opts, "quiet"),
+                                  &sr.current_file) == 0) {
+        if (sr.oom) {
+            cli_error(in->cmd, "out of memory while collecting sessions");
+        } else {
+            status = 0;
+            struct cli_progress progress;
+            cli_progress_start(&progress, in->cmd, sr.n, cli_flag(opts, "quiet"));
+            for (size_t i = 0; i < sr.n && status == 0; i += in->batch) {
+                uint32_t n = (uint32_t)(sr.n - i < in->batch ? sr.n - i : in->batch);
+                for (uint32_t b = 0; b < n; b++) {
+                    memcpy(in->ids + (size_t)b * in->seq, sr.ids + (i + b) * in->seq, in->seq * sizeof(uint32_t));
+                    in->lengths[b] = sr.lengths[i + b];
+                    in->truth[b] = -1;
+                }
+                in->n = n;
+                if (!classify_batch(in, (const char *const *)sr.desc + i))
+                    status = 1;
+                cli_progress_update(&progress, i + n, i + n, "sessions");
+            }
+            cli_progress_end(&progress, sr.n, sr.n, "sessions");
+        }
+    }
+    if (as)
+        ft_assembler_destroy(as);
+    for (size_t i = 0; i < sr.n; i++)
+        free(sr.desc[i]);
+    free(sr.desc);
+    free(sr.ids);
+    free(sr.lengths);
+    pthread_mutex_destroy(&sr.lock);
+    cli_free_files(files, n_files);
+    return status;
+}
+
+static int classify_tsv(struct infer *in, const char *path, bool quiet)
+{
+    struct tsv t = {0};
+    int status = 1;
+    char (*prefixes)[32] = malloc((size_t)in->batch * sizeof *prefixes);
+    const char **prefix_ptr = malloc((size_t)in->batch * sizeof *prefix_ptr);
+    if (!prefixes || !prefix_ptr) {
+        cli_error(in->cmd, "out of memory");
+        goto done;
+    }
+    if (!tsv_open(in->cmd, path, &t))
+        goto done;
+    struct cli_progress progress;
+    cli_progress_start(&progress, in->cmd, t.size, quiet);
+    char *label, *text;
+    int r;
+    while ((r = tsv_next(in->cmd, &t, &label, &text)) > 0) {
+        uint32_t b = in->n;
+        in->truth[b] = -1;
+        if (label && *label && !label_id(in->cfg, label, &in->truth[b])) {
+            cli_error(in->cmd, "%s:%" PRIu64 ": label '%s' is neither a label id below %u nor a label name of the model",
+                      path, t.line_no, label, in->cfg->num_labels);
+            goto done;
+        }
+        in->lengths[b] = tok_text_ids(in->vocab, text, strlen(text), in->seq, in->ids + (size_t)b * in->seq);
+        snprintf(prefixes[b], sizeof prefixes[b], in->json ? "\"row\":%" PRIu64 : "%" PRIu64, t.line_no - 1);
+        prefix_ptr[b] = prefixes[b];
+        if (++in->n == in->batch) {
+            if (!classify_batch(in, prefix_ptr))
+                goto done;
+            cli_progress_update(&progress, t.done, in->rows, "rows");
+        }
+    }
+    if (r < 0 || !classify_batch(in, prefix_ptr))
+        goto done;
+    cli_progress_end(&progress, t.done, in->rows, "rows");
+    status = 0;
+done:
+    tsv_close(&t);
+    free(prefixes);
+    free(prefix_ptr);
+    return status;
+}
+
+static const char *const format_choices[] = {"tsv", "json", NULL};
+
+/* Options both commands take. */
+#define INFER_OPTIONS                                                                                        \
+    {"model", "load_model_path", 'm', "DIR", "model directory (config.json + model.safetensors)", NULL},     \
+    {"test-path", NULL, 'i', "FILE", "dataset TSV with a text_a column (label\\ttext_a, or text_a)", NULL},    \
+    {"output", "prediction_path", 'o', "FILE", "results (default: stdout)", NULL},                           \
+    {"format", NULL, 0, "tsv|json", "one TSV line or one JSON object per row (default tsv)", NULL},          \
+    {"vocab-path", NULL, 0, "FILE", "vocabulary (default: the model's own)", NULL},                          \
+    {"seq-length", NULL, 0, "N", "ids per input, [CLS] and [SEP] included (default: the model's)", NULL},    \
+    {"batch-size", NULL, 'b', "N", "rows per forward pass (default 32)", NULL},                               \
+    {"threads", NULL, 't', "N", "CPU threads (default: all online CPUs)", NULL}
+
+static bool infer_common(struct infer *in, const struct cli_opt *opts)
+{
+    const char *dir = cli_get(opts, "model");
+    if (!dir) {
+        cli_error(in->cmd, "--model DIR is required");
+        return false;
+    }
+    int fmt = cli_choice(in->cmd, opts, "format", "tsv", format_choices);
+    if (fmt < 0)
+        return false;
+    in->json = fmt == 1;
+    if (!cli_u32(in->cmd, opts, "batch-size", 32, 1, 4096, &in->batch) ||
+        !cli_u32(in->cmd, opts, "threads", default_threads(), 1, 1024, &in->threads))
+        return false;
+    if (!open_model(in, dir, cli_get(opts, "vocab-path")))
+        return false;
+    return cli_u32(in->cmd, opts, "seq-length", in->cfg->seq_length, 2, 65536, &in->seq);
+}
+
+int cmd_classify(int argc, char **argv)
+{
+    static const char *const cmd = "classify";
+    struct cli_opt opts[] = {
+        INFER_OPTIONS,
+        {"top-k", NULL, 'k', "N", "labels listed per row, best first (default 3, at most 16)", NULL},
+        CLI_FLOW_OPTIONS,
+        {0},
+    };
+    const char **pos = NULL;
+    int npos = 0;
+    int rc = cli_parse(cmd, "netlm classify --model DIR (--test_path FILE.tsv | CAPTURE...) [OPTIONS]",
+                       "Classifies the rows of a dataset TSV, or the sessions of captures (tokenized with the\n"
+                       "model's own tokenizer settings), with a classification model. One line per row:\n"
+                       "TSV: row (or file, first_frame, proto, src, sport, dst, dport, packets), label_id, label,\n"
+                       "score, top-k as label:score,... With labels in the TSV, accuracy and macro-F1 go to stderr.",
+                       opts, argc, argv, &pos, &npos);
+    if (rc != CLI_PARSED)
+        return rc == CLI_HELP_SHOWN ? 0 : 2;
+    struct infer in = {.cmd = cmd};
+    struct cli_output out = {0};
+    int status = 2;
+    const char *test_path = cli_get(opts, "test-path");
+    if ((test_path != NULL) == (npos > 0)) {
+        cli_error(cmd, "give either --test_path FILE.tsv or capture files, not %s", test_path ? "both" : "neither");
+        goto done;
+    }
+    if (!infer_common(&in, opts) || !cli_u32(cmd, opts, "top-k", 3, 1, 16, &in.top_k))
+        goto done;
+    status = 1;
+    if (in.cfg->num_labels == 0) {
+        cli_error(cmd, "%s: not a classification model (no labels; task %s)", cli_get(opts, "model"),
+                  model_task_name(in.cfg->task));
+        goto done;
+    }
+    if (!alloc_batch(&in, 0) || !cli_output_open(cmd, cli_get(opts, "output"), &out))
+        goto done;
+    in.out = out.fp;
+    if (!in.json)
+        fprintf(in.out, "%slabel_id\tlabel\tscore\ttop_k\n",
+                test_path ? "row\t" : "file\tfirst_frame\tproto\tsrc\tsport\tdst\tdport\tpackets\t");
+    status = test_path ? classify_tsv(&in, test_path, cli_flag(opts, "quiet"))
+                       : classify_captures(&in, opts, pos, npos);
+    if (status == 0 && !cli_output_commit(cmd, &out))
+        status = 1;
+    if (status == 0)
+        report_metrics(&in);
+done:
+    if (status != 0 && out.fp)
+        cli_output_abort(&out);
+    free(pos);
+    infer_release(&in);
+    return status;
+}
+
+/* ---- generate ---- */
+
+/* Generated ids as the seed's target text ("0000 003c"): tokens joined by spaces, [SEP] left
+ * out. */
+static void generated_text(const struct infer *in, uint32_t b, char *out, size_t cap)
+{
+    size_t n = 0;
+    out[0] = '\0';
+    for (uint32_t i = 0; i < in->generated_len[b]; i++) {
+        uint32_t id = in->generated[(size_t)b * in->max_new + i];
+        if (id == TOK_SEP)
+            break;
+        const char *tok = tok_vocab_token(in->vocab, id);
+        if (!tok)
+            tok = "[UNK]";
+        if (n + strlen(tok) + 2 >= cap)
+            break;
+        n += (size_t)snprintf(out + n, cap - n, "%s%s", n ? " " : "", tok);
+    }
+}
+
+/* Whitespace-insensitive comparison: "0000  003c" and "0000 003c" are the same target. */
+static bool same_tokens(const char *a, const char *b)
+{
+    for (;;) {
+        while (*a == ' ' || *a == '\t')
+            a++;
+        while (*b == ' ' || *b == '\t')
+            b++;
+        if (!*a || !*b)
+            return !*a && !*b;
+        while (*a && *a != ' ' && *a != '\t' && *a == *b)
+            a++, b++;
+        bool a_end = !*a || *a == ' ' || *a == '\t', b_end = !*b || *b == ' ' || *b == '\t';
+        if (!a_end || !b_end)
+            return false;
+    }
+}
+
+static bool generate_batch(struct infer *in, const uint64_t *rows)
+{
+    if (in->n == 0)
+        return true;
+    if (!model_generate(in->runner, in->ids, in->lengths, in->n, in->seq, &in->sampling, in->max_new,
+                        in->generated, in->generated_len)) {
+        cli_error(in->cmd, "the model rejected a batch (token ids outside its vocabulary?)");
+        return false;
+    }
+    char text[4096];
+    for (uint32_t b = 0; b < in->n; b++) {
+        generated_text(in, b, text, sizeof text);
+        bool has_target = in->targets[b] != NULL;
+        bool match = has_target && same_tokens(text, in->targets[b]);
+        if (in->json) {
+            fprintf(in->out, "{\"row\":%" PRIu64 ",\"generated\":", rows[b]);
+            json_string(in->out, text);
+            if (has_target) {
+                fputs(",\"target\":", in->out);
+                json_string(in->out, in->targets[b]);
+                fprintf(in->out, ",\"exact\":%s", match ? "true" : "false");
+            }
+            fputs("}\n", in->out);
+        } else {
+            fprintf(in->out, "%" PRIu64 "\t%s\t%s\t%s\n", rows[b], text, has_target ? in->targets[b] : "",
+                    has_target ? (match ? "1" : "0") : "");
+        }
+        if (has_target) {
+            in->labelled++;
+            in->exact += match;
+        }
+        free(in->targets[b]);
+        in->targets[b] = NULL;
+    }
+    in->rows += in->n;
+    in->n = 0;
+    return true;
+}
+
+int cmd_generate(int argc, char **argv)
+{
+    static const char *const cmd = "generate";
+    struct cli_opt opts[] = {
+        INFER_OPTIONS,
+        {"tgt-seq-length", NULL, 0, "N", "target length as the seed counts it, [CLS] t1 .. [SEP]: at most N-1 new tokens (default: the model's, 4)", NULL},
+        {"temperature", NULL, 0, "T", "0 = greedy (default); > 0 samples", NULL},
+        {"top-k", NULL, 0, "N", "sample among the N most likely tokens (0 = all)", NULL},
+        {"top-p", NULL, 0, "P", "sample within the smallest set of probability mass P (default 1)", NULL},
+        {"seed", "random_seed", 0, "N", "sampling seed (default 7)", NULL},
+        {"quiet", NULL, 'q', NULL, "no progress line", NULL},
+        {0},
+    };
+    const char **pos = NULL;
+    int npos = 0;
+    int rc = cli_parse(cmd, "netlm generate --model DIR --test_path FILE.tsv [OPTIONS]",
+                       "Continues each row's text_a ([CLS] tokens [SEP]) with the model's LM head and a KV cache,\n"
+                       "until [SEP] or the maximum. The seed's generation TSVs hold the target in the label\n"
+                       "column: then each row says whether the generation matches it exactly, and the\n"
+                       "exact-match accuracy goes to stderr. TSV out: row, generated, target, exact.",
+                       opts, argc, argv, &pos, &npos);
+    if (rc != CLI_PARSED)
+        return rc == CLI_HELP_SHOWN ? 0 : 2;
+    struct infer in = {.cmd = cmd};
+    struct cli_output out = {0};
+    struct tsv t = {0};
+    int status = 2;
+    const char *test_path = cli_get(opts, "test-path");
+    uint32_t tgt;
+    double temperature, top_p;
+    uint64_t seed;
+    if (npos > 0) {
+        cli_error(cmd, "unexpected argument '%s' (the input is --test_path FILE.tsv)", pos[0]);
+        goto done;
+    }
+    if (!test_path) {
+        cli_error(cmd, "--test_path FILE.tsv is required");
+        goto done;
+    }
+    if (!infer_common(&in, opts) ||
+        !cli_u32(cmd, opts, "tgt-seq-length", in.cfg->tgt_seq_length, 2, 4096, &tgt) ||
+        !cli_double(cmd, opts, "temperature", 0.0, 0.0, 100.0, &temperature) ||
+        !cli_u32(cmd, opts, "top-k", 0, 0, UINT32_MAX, &in.sampling.top_k) ||
+        !cli_double(cmd, opts, "top-p", 1.0, 1e-6, 1.0, &top_p) ||
+        !cli_u64(cmd, opts, "seed", 7, 0, UINT64_MAX, &seed))
+        goto done;
+    in.sampling.temperature = (float)temperature;
+    in.sampling.top_p = (float)top_p;
+    in.sampling.seed = seed;
+    in.max_new = tgt - 1;
+    status = 1;
+    if (!alloc_batch(&in, in.seq + in.max_new) || !cli_output_open(cmd, cli_get(opts, "output"), &out))
+        goto done;
+    in.out = out.fp;
+    if (!in.json)
+        fputs("row\tgenerated\ttarget\texact\n", in.out);
+    if (!tsv_open(cmd, test_path, &t))
+        goto done;
+    uint64_t rows[4096];
+    struct cli_progress progress;
+    cli_progress_start(&progress, cmd, t.size, cli_flag(opts, "quiet"));
+    char *label, *text;
+    int r;
+    while ((r = tsv_next(cmd, &t, &label, &text)) > 0) {
+        uint32_t b = in.n;
+        in.targets[b] = label && *label ? strdup(label) : NULL;
+        in.lengths[b] = tok_text_ids(in.vocab, text, strlen(text), in.seq, in.ids + (size_t)b * in.seq);
+        rows[b] = t.line_no - 1;
+        if (++in.n == in.batch) {
+            if (!generate_batch(&in, rows))
+                goto done;
+            cli_progress_update(&progress, t.done, in.rows, "rows");
+        }
+    }
+    if (r < 0 || !generate_batch(&in, rows))
+        goto done;
+    cli_progress_end(&progress, t.done, in.rows, "rows");
+    if (!cli_output_commit(cmd, &out))
+        goto done;
+    status = 0;
+    if (in.labelled)
+        fprintf(stderr, "netlm %s: %" PRIu64 " rows, exact-match accuracy %.4f (%" PRIu64 "/%" PRIu64 ")\n", cmd,
+                in.rows, (double)in.exact / (double)in.labelled, in.exact, in.labelled);
+    else
+        fprintf(stderr, "netlm %s: %" PRIu64 " rows generated\n", cmd, in.rows);
+done:
+    if (status != 0 && out.fp)
+        cli_output_abort(&out);
+    tsv_close(&t);
+    free(pos);
+    infer_release(&in);
+    return status;
+}

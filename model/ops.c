@@ -1,0 +1,275 @@
+/* ops.c — the CPU forward ops: projections through OpenBLAS, everything else plain loops over
+ * rows (OpenMP across rows). This file is the readable reference the CUDA kernels are checked
+ * against; the backward ops of training sit next to their forward in train/. */
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+#include "model/model_internal.h"
+
+/* The elementwise loops are compiled for AVX-512 and AVX2+FMA too, picked at load time by the
+ * CPU (the build itself targets baseline x86-64 so the binary runs anywhere). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define SIMD_CLONES
+#endif
+
+/* e^x to about 2 ulp, written so loops over it vectorise (libm's expf and tanhf are calls the
+ * compiler cannot vectorise, and GELU/SiLU/softmax run them millions of times per batch):
+ * x = n·ln2 + r with |r| ≤ ln2/2, e^r by a degree-6 polynomial, 2^n put in the exponent. */
+static inline float exp_approx(float x)
+{
+    x = x < -87.3f ? -87.3f : x;
+    x = x > 88.7f ? 88.7f : x;
+    /* round to nearest by adding and removing 1.5·2^23 (no floorf call in the loop) */
+    const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = x - n * 0.693145751953125f; /* ln2 split in two for an exact first step */
+    r -= n * 1.428606765330187e-06f;
+    float p = 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union { int32_t i; float f; } scale = {.i = ((int32_t)n + 127) << 23};
+    return p * scale.f;
+}
+
+/* One sgemm on a block of rows or columns; OpenBLAS itself runs single-threaded (see
+ * model_runner_create): the threads are OpenMP's, so two thread pools never spin against each
+ * other on the same cores. */
+static void matmul_block(float *y, size_t ldy, const float *x, size_t ldx, const float *w,
+                         const float *b, size_t n, size_t in, size_t out, bool accumulate)
+{
+    if (b && !accumulate) {
+        /* start from the bias so sgemm adds onto it (beta = 1): no second pass over y */
+        for (size_t i = 0; i < n; i++)
+            memcpy(y + i * ldy, b, out * sizeof(float));
+    }
+    const float beta = (accumulate || b) ? 1.0f : 0.0f;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)out, (int)in, 1.0f, x,
+                (int)ldx, w, (int)in, beta, y, (int)ldy);
+    if (b && accumulate) {
+        for (size_t i = 0; i < n; i++)
+            for (size_t j = 0; j < out; j++)
+                y[i * ldy + j] += b[j];
+    }
+}
+
+void op_matmul(float *y, size_t ldy, const float *x, size_t ldx, const float *w, const float *b,
+               size_t n, size_t in, size_t out, bool accumulate, int threads)
+{
+    if (n == 0 || out == 0)
+        return;
+    /* many rows: split the rows (each thread reads all of W); few rows (decode, the head of a
+     * small batch): split the output features so the weights are read once in total */
+    const bool by_rows = n >= (size_t)threads * 32;
+    const size_t parts = threads > 1 ? (size_t)threads : 1;
+    const size_t span = by_rows ? n : out;
+    if (parts == 1 || span < parts * 16) {
+        matmul_block(y, ldy, x, ldx, w, b, n, in, out, accumulate);
+        return;
+    }
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (size_t p = 0; p < parts; p++) {
+        /* blocks rounded to 16 so every block but the last is a whole number of SIMD tiles */
+        size_t chunk = ((span + parts - 1) / parts + 15) & ~(size_t)15;
+        size_t lo = p * chunk, hi = lo + chunk < span ? lo + chunk : span;
+        if (lo >= hi)
+            continue;
+        if (by_rows)
+            matmul_block(y + lo * ldy, ldy, x + lo * ldx, ldx, w, b, hi - lo, in, out, accumulate);
+        else
+            matmul_block(y + lo, ldy, x, ldx, w + lo * in, b ? b + lo : NULL, n, in, hi - lo,
+                         accumulate);
+    }
+}
+
+SIMD_CLONES static void layernorm_row(float *y, const float *x, const float *w, const float *b,
+                                      size_t c, float eps, enum model_norm flavour)
+{
+    double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+    for (size_t j = 0; j < c; j++)
+        sum += x[j];
+    const double mean = sum / (double)c;
+    double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
+    for (size_t j = 0; j < c; j++) {
+        double dv = x[j] - mean;
+        ss += dv * dv;
+    }
+    /* UER's LayerNorm divides by the unbiased std plus eps; the standard one by
+     * sqrt(biased variance + eps) */
+    const double scale = flavour == MODEL_NORM_UER
+                             ? 1.0 / (sqrt(ss / (double)(c > 1 ? c - 1 : 1)) + eps)
+                             : 1.0 / sqrt(ss / (double)c + eps);
+    const float s = (float)scale, mu = (float)mean;
+    if (b) {
+#pragma omp simd
+        for (size_t j = 0; j < c; j++)
+            y[j] = (x[j] - mu) * s * w[j] + b[j];
+    } else {
+#pragma omp simd
+        for (size_t j = 0; j < c; j++)
+            y[j] = (x[j] - mu) * s * w[j];
+    }
+}
+
+void op_layernorm(float *y, const float *x, const float *w, const float *b, size_t n, size_t c,
+                  float eps, enum model_norm flavour, int threads)
+{
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (size_t i = 0; i < n; i++)
+        layernorm_row(y + i * c, x + i * c, w, b, c, eps, flavour);
+}
+
+SIMD_CLONES static void rmsnorm_row(float *y, const float *x, const float *w, size_t c, float eps)
+{
+    double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
+    for (size_t j = 0; j < c; j++)
+        ss += (double)x[j] * x[j];
+    const float s = (float)(1.0 / sqrt(ss / (double)c + eps));
+#pragma omp simd
+    for (size_t j = 0; j < c; j++)
+        y[j] = x[j] * s * w[j];
+}
+
+void op_rmsnorm(float *y, const float *x, const float *w, size_t n, size_t c, float eps,
+                int threads)
+{
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (size_t i = 0; i < n; i++)
+        rmsnorm_row(y + i * c, x + i * c, w, c, eps);
+}
+
+SIMD_CLONES static void gelu_tanh_span(float *x, size_t n)
+{
+    const float k = 0.7978845608028654f; /* sqrt(2/pi) */
+    /* 0.5·v·(1 + tanh(u)) = v·sigmoid(2u) = v / (1 + e^(−2u)) */
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i];
+        x[i] = v / (1.0f + exp_approx(-2.0f * k * (v + 0.044715f * v * v * v)));
+    }
+}
+
+SIMD_CLONES static void swiglu_row(float *g, const float *u, size_t f)
+{
+#pragma omp simd
+    for (size_t j = 0; j < f; j++)
+        g[j] = g[j] / (1.0f + exp_approx(-g[j])) * u[j];
+}
+
+void op_gelu(float *x, size_t count, enum model_act act, int threads)
+{
+    const size_t parts = threads > 1 ? (size_t)threads * 4 : 1;
+    const size_t chunk = (count + parts - 1) / parts;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (size_t p = 0; p < parts; p++) {
+        size_t lo = p * chunk, hi = lo + chunk < count ? lo + chunk : count;
+        if (lo >= hi)
+            continue;
+        if (act == MODEL_ACT_GELU_ERF) {
+            for (size_t i = lo; i < hi; i++)
+                x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
+        } else {
+            gelu_tanh_span(x + lo, hi - lo);
+        }
+    }
+}
+
+void op_swiglu(float *gate_up, size_t n, size_t f, int threads)
+{
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (size_t i = 0; i < n; i++)
+        swiglu_row(gate_up + i * 2 * f, gate_up + i * 2 * f + f, f);
+}
+
+void op_rope_tables(float *cos_t, float *sin_t, uint32_t positions, uint32_t d, double theta)
+{
+    const uint32_t half = d / 2;
+    for (uint32_t i = 0; i < half; i++) {
+        /* the inverse frequency rounded to fp32 first, as Hugging Face computes it */
+        const float inv_freq = (float)(1.0 / pow(theta, (double)(2 * i) / (double)d));
+        for (uint32_t p = 0; p < positions; p++) {
+            const float angle = (float)p * inv_freq;
+            cos_t[(size_t)p * half + i] = cosf(angle);
+            sin_t[(size_t)p * half + i] = sinf(angle);
+        }
+    }
+}
+
+void op_rope_apply(float *x, uint32_t heads, uint32_t d, uint32_t pos, const float *cos_t,
+                   const float *sin_t)
+{
+    /* half-split pairs (j, j + d/2): x' = x·cos + rotate_half(x)·sin */
+    const uint32_t half = d / 2;
+    const float *c = cos_t + (size_t)pos * half, *s = sin_t + (size_t)pos * half;
+    for (uint32_t h = 0; h < heads; h++) {
+        float *xh = x + (size_t)h * d;
+        for (uint32_t j = 0; j < half; j++) {
+            const float a = xh[j], b = xh[j + half];
+            xh[j] = a * c[j] - b * s[j];
+            xh[j + half] = b * c[j] + a * s[j];
+        }
+    }
+}
+
+SIMD_CLONES void op_softmax(float *x, size_t n)
+{
+    float mx = -INFINITY;
+    for (size_t i = 0; i < n; i++)
+        mx = x[i] > mx ? x[i] : mx;
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (size_t i = 0; i < n; i++) {
+        x[i] = exp_approx(x[i] - mx);
+        sum += x[i];
+    }
+    const float inv = 1.0f / sum;
+    for (size_t i = 0; i < n; i++)
+        x[i] *= inv;
+}
+
+void op_attend_block(float *out, size_t ldo, const float *q, size_t ldq, const float *k,
+                     const float *v, uint32_t start, uint32_t n, uint32_t d, float scale,
+                     float *scores)
+{
+    /* S = Q·Kᵀ over every cached position, then each row masked to its causal prefix, softmax,
+     * O = P·V: two sgemms instead of n·len scalar dot products */
+    const uint32_t len = start + n;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)len, (int)d, scale, q,
+                (int)ldq, k, (int)d, 0.0f, scores, (int)len);
+    for (uint32_t i = 0; i < n; i++) {
+        float *row = scores + (size_t)i * len;
+        const uint32_t visible = start + i + 1;
+        op_softmax(row, visible);
+        memset(row + visible, 0, (len - visible) * sizeof(float));
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)d, (int)len, 1.0f, scores,
+                (int)len, v, (int)d, 0.0f, out, (int)ldo);
+}
+
+void op_attend(float *out, const float *q, const float *k, const float *v, uint32_t len,
+               uint32_t d, float scale, float *scratch)
+{
+    for (uint32_t j = 0; j < len; j++) {
+        const float *kj = k + (size_t)j * d;
+        float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+        for (uint32_t e = 0; e < d; e++)
+            dot += q[e] * kj[e];
+        scratch[j] = dot * scale;
+    }
+    op_softmax(scratch, len);
+    memset(out, 0, d * sizeof(float));
+    for (uint32_t j = 0; j < len; j++) {
+        const float p = scratch[j], *vj = v + (size_t)j * d;
+#pragma omp simd
+        for (uint32_t e = 0; e < d; e++)
+            out[e] += p * vj[e];
+    }
+}
