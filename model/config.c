@@ -851,6 +851,10 @@ static bool cfg_parse_root(const struct cfg_ctx *c, struct json_object *root,
     }
     if (!cfg_layer_norm(c, root, "layer_norm", cfg))
         return false;
+    /* a checkpoint without a netlm object (or without its seq_length) gets the default length,
+     * shortened to what the position table holds */
+    if (cfg->max_positions > 0 && cfg->seq_length > cfg->max_positions)
+        cfg->seq_length = cfg->max_positions;
     struct json_object *n = cfg_get(root, "netlm");
     if (n && !cfg_parse_netlm(c, n, cfg))
         return false;

@@ -41,7 +41,7 @@ size_t st_count(const struct st_file *f);
 const struct st_tensor *st_at(const struct st_file *f, size_t i); /* in file offset order */
 const struct st_tensor *st_find(const struct st_file *f, const char *name);
 const char *st_metadata(const struct st_file *f, const char *key); /* NULL when absent */
-/* Element i..i+n of a float tensor (F32/F16/BF16) as fp32; false for integer dtypes. */
+/* A float tensor (F32/F16/BF16) as fp32 into out (numel floats); false for integer dtypes. */
 bool st_read_f32(const struct st_tensor *t, float *out);
 /* Integer tensors (I32/I64) as int64; false for float dtypes. */
 bool st_read_i64(const struct st_tensor *t, int64_t *out);

@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import modeling as M  # noqa: E402
+import naive  # noqa: E402
 import st  # noqa: E402
 
 VOCAB = 65541
@@ -31,6 +32,7 @@ LABELS = [f"c{i}" for i in range(5)]
 IDS_SEED = 20240601
 GAP_MIN = 1e-3          # top-1/top-2 gap at every greedy step and classifier decision, x max|logit|
 LOGIT_TOL = 1e-4        # what the C side is held to (README)
+NAIVE_TOL = 1e-6        # torch twin (fp64) vs naive.py (fp64); RoPE angles are fp32 in both
 FP32_TOL = 1e-5         # the twin's own fp32 forward must be this close to its fp64 reference
 # A wrong variant of the architecture must move the logits at least this much (x max|logit|), so
 # that a C side making that mistake fails the LOGIT_TOL comparison. The two GELU forms differ by at
@@ -195,6 +197,21 @@ def reference_outputs(m, ids, lengths, variant, changes):
             out[f"pooled_{p}"] = pooled
             out[f"scores_{p}"] = m64.scores(pooled)
 
+        # an independent plain implementation agrees (naive.py)
+        w = {n: p.detach().double().numpy() for n, p in m64.named_parameters()}
+        naive_rel = 0.0
+        for b in range(B):
+            L = int(lengths[b])
+            hn = naive.forward(m.cfg, w, ids[b, :L].tolist())
+            ln = naive.lm_logits(m.cfg, w, hn)
+            naive_rel = max(naive_rel, float(np.abs(ln - logits[b, :L].numpy()).max()) / scale,
+                            float(np.abs(hn - hidden[b, :L].numpy()).max()) / float(hidden.abs().max()))
+            for p in M.POOLINGS:
+                pn, sn = naive.classify(w, hn, p)
+                naive_rel = max(naive_rel, float(np.abs(pn - out[f"pooled_{p}"][b].numpy()).max()) / float(hidden.abs().max()),
+                                float(np.abs(sn - out[f"scores_{p}"][b].numpy()).max()))
+        assert naive_rel <= NAIVE_TOL, f"twin and naive.py differ by {naive_rel:.2e} (relative)"
+
         # padding never changes a real output
         h2 = m64.backbone(variant)
         l2 = m64.lm_logits(h2) * real[:, :, None]
@@ -209,6 +226,10 @@ def reference_outputs(m, ids, lengths, variant, changes):
             for s, lg in enumerate(steps2[b]):
                 d = float((steps[s][b] - lg).abs().max())
                 assert d <= 1e-10 * scale, f"KV-cache logits differ from recomputed ones by {d}"
+        for b in range(B):  # one row alone: the cache path for a uniform batch
+            L = int(lengths[b])
+            g1, glen1, _ = m64.generate(ids[b:b + 1, :L], lengths[b:b + 1], MAX_NEW)
+            assert torch.equal(g1[0], g[b]) and int(glen1[0]) == int(glen[b]), "batch-1 greedy != batched greedy"
         out["greedy"], out["greedy_len"] = g, glen
 
         # the twin's own fp32 path agrees with the fp64 reference
@@ -222,7 +243,7 @@ def reference_outputs(m, ids, lengths, variant, changes):
             s32 = m.scores(M.Model.pool(h32, lengths, p))
             assert torch.equal(s32.argmax(-1), out[f"scores_{p}"].argmax(-1)), "fp32 class != fp64 class"
 
-        meta = {"max_abs_logit": f"{scale:.6g}", "logit_std_real": f"{float(logits[real].std()):.6g}",
+        meta = {"max_abs_logit": f"{scale:.6g}", "naive_max_rel_diff": f"{naive_rel:.3g}", "logit_std_real": f"{float(logits[real].std()):.6g}",
                 "min_greedy_gap_rel": f"{ggap:.6g}", "min_class_gap_rel": f"{classifier_gap(m64, hidden, lengths):.6g}",
                 "fp32_twin_max_rel_diff": f"{fp32_rel:.3g}", "reference_dtype": "float64",
                 "attn_max_prob_mean": f"{attention_peakiness(m64, ids):.3f}"}
@@ -344,7 +365,7 @@ def cmd_fixtures(outdir):
                 assert torch.equal(p, q), f"{case}: {n} did not read back bitwise"
             st.write(os.path.join(cdir, "fixtures.safetensors"), {k: to_np(k, v) for k, v in fx.items()}, meta)
             summary[case] = {k: meta[k] for k in ("weight_seed", "seeds_rejected", "max_abs_logit", "logit_std_real",
-                                                  "min_greedy_gap_rel", "min_class_gap_rel", "fp32_twin_max_rel_diff",
+                                                  "min_greedy_gap_rel", "min_class_gap_rel", "fp32_twin_max_rel_diff", "naive_max_rel_diff",
                                                   "attn_max_prob_mean")}
             summary[case]["greedy_len"] = fx["greedy_len"].tolist()
             for k in meta:
@@ -438,6 +459,9 @@ def cmd_roundtrip(ref_dir, netlm_dir, fixtures):
         n = roundtrip(ref_dir, netlm_dir, fixtures)
     except Fail as e:
         print(f"roundtrip FAILED: {e}")
+        return 1
+    except Exception as e:  # anything unforeseen is still one line and exit 1
+        print(f"roundtrip FAILED: {type(e).__name__}: {e}")
         return 1
     print(f"roundtrip ok: {n} tensors")
     return 0

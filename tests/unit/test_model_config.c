@@ -315,9 +315,13 @@ static void test_hf_gpt2(void **state)
     assert_int_equal(c.act, MODEL_ACT_GELU_TANH);
     assert_int_equal(c.seq_length, 128);
     model_config_release(&c);
-    /* the default seq_length (128) must fit the position table */
-    assert_string_equal(edit_err(min, "n_positions", "64"),
-                        "c.json: seq_length 128 is out of range 2..64");
+    /* the default seq_length (128) is shortened to the position table; a given one must fit */
+    edit_ok(min, "n_positions", "64", &c);
+    assert_int_equal(c.seq_length, 64);
+    model_config_release(&c);
+    char *with_netlm = edit(min, "n_positions", "64, \"netlm\": {\"seq_length\": 128}");
+    assert_string_equal(parse_err(with_netlm), "c.json: seq_length 128 is out of range 2..64");
+    free(with_netlm);
 
     const char *small = "{\"model_type\": \"gpt2\", \"vocab_size\": 100, \"n_embd\": 32,"
                         " \"n_layer\": 2, \"n_head\": 4, \"n_positions\": 256,"
@@ -492,8 +496,9 @@ static void test_uer_seed(void **state)
                         "c.json: untied GPT-2 LM head (tie_weights false) is not supported");
     assert_string_equal(edit_err(uer, "heads_num", "5"),
                         "c.json: heads (5) must divide hidden (64)");
-    assert_string_equal(edit_err(uer, "max_seq_length", "100"),
-                        "c.json: seq_length 128 is out of range 2..100");
+    edit_ok(uer, "max_seq_length", "100", &c);
+    assert_int_equal(c.seq_length, 100);
+    model_config_release(&c);
 
     /* use_qwen: the real Qwen2.5-0.5B shape whatever the UER sizes say */
     char *j = edit(uer, "tie_weights", "true, \"use_qwen\": true, \"qwen_model_name\": "

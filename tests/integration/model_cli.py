@@ -1,0 +1,278 @@
+#!/usr/bin/python3
+"""model_cli.py — netlm classify, generate and convert end to end, against the PyTorch twin's
+fixtures (tests/reference/twin.py): a TSV whose rows are the twin's inputs must come back with
+the twin's class scores and greedy continuations; accuracy and exact match on stderr must count
+what the labels say; captures are classified session by session; a converted checkpoint keeps
+(or, with --resize init, replaces) its embedding rows; bad input is one error line, a non-zero
+exit and no output file."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE = os.environ.get("NETLM_SOURCE_DIR", os.path.join(HERE, "..", ".."))
+sys.path.insert(0, os.path.join(SOURCE, "tests", "reference"))
+import st  # noqa: E402
+
+NETLM = os.environ["NETLM"]
+DATA = os.environ["NETLM_DATA_DIR"]
+results = {"passed": 0, "failed": 0}
+
+
+def check(name, ok, detail=""):
+    results["passed" if ok else "failed"] += 1
+    print(("ok   " if ok else "FAIL ") + name + ("" if ok else f": {detail}"))
+
+
+def netlm(*args, ok=True):
+    res = subprocess.run([NETLM, *args], capture_output=True, text=True)
+    if ok and res.returncode != 0:
+        raise RuntimeError(f"netlm {' '.join(args)} exited {res.returncode}: {res.stderr.strip()}")
+    return res
+
+
+def fixture(case_dir):
+    tensors, _ = st.read(os.path.join(case_dir, "fixtures.safetensors"))
+    return {k: v.to_numpy() for k, v in tensors.items()}
+
+
+def rows_text(ids, lengths):
+    """The TSV text of each fixture row: its ids between [CLS] and [SEP] as 4-hex tokens (the
+    built-in vocabulary maps value v to id 5 + v)."""
+    out = []
+    for row, n in zip(ids, lengths):
+        inner = row[1:n - 1]
+        assert row[0] == 2 and row[n - 1] == 1 and all(i >= 5 for i in inner)
+        out.append(" ".join(f"{int(i) - 5:04x}" for i in inner))
+    return out
+
+
+def token_text(i):
+    return f"{int(i) - 5:04x}" if i >= 5 else ["[PAD]", "[SEP]", "[CLS]", "[UNK]", "[MASK]"][i]
+
+
+def test_classify_tsv(twin, tmp):
+    fx = fixture(os.path.join(twin, "gpt2"))
+    model = os.path.join(twin, "gpt2", "model")
+    texts = rows_text(fx["input_ids"], fx["lengths"])
+    want = fx["scores_mean"]
+    truth = [int(np.argmax(s)) for s in want]
+    labels = list(truth)
+    labels[-1] = (labels[-1] + 1) % 5  # one wrong label: accuracy 3/4
+    tsv = os.path.join(tmp, "test.tsv")
+    with open(tsv, "w", newline="") as f:
+        f.write("label\ttext_a\r\n")
+        for lab, text in zip(labels, texts):
+            f.write(f"{lab}\t{text}\r\n")
+    out = os.path.join(tmp, "pred.tsv")
+    res = netlm("classify", "--model", model, "--test_path", tsv, "--output", out, "--top-k", "5", "-q")
+    lines = open(out).read().splitlines()
+    check("classify: header and one line per row", lines[0] == "row\tlabel_id\tlabel\tscore\ttop_k" and len(lines) == 5,
+          repr(lines[:2]))
+    worst = 0.0
+    for line, w in zip(lines[1:], want):
+        row, label_id, label, score, topk = line.split("\t")
+        scores = {name: float(v) for name, v in (p.split(":") for p in topk.split(","))}
+        got = np.array([scores[f"c{k}"] for k in range(5)])
+        worst = max(worst, float(np.max(np.abs(got - w))))
+        if int(label_id) != int(np.argmax(w)) or label != f"c{label_id}":
+            worst = 1.0
+    check("classify: the twin's class scores and argmax", worst <= 2e-6, f"max |diff| {worst}")
+    check("classify: accuracy 3/4 and macro-F1 on stderr", "accuracy 0.7500" in res.stderr and "macro-F1" in res.stderr,
+          res.stderr.strip())
+    # label names work as labels too; JSON lines parse and carry the same result
+    with open(tsv, "w") as f:
+        f.write("label\ttext_a\n")
+        for t, text in zip(truth, texts):
+            f.write(f"c{t}\t{text}\n")
+    res = netlm("classify", "--model", model, "--test_path", tsv, "--format", "json", "-q")
+    objs = [json.loads(l) for l in res.stdout.splitlines()]
+    check("classify: JSON lines, label names as labels", len(objs) == 4 and all(o["label_id"] == t for o, t in zip(objs, truth))
+          and "accuracy 1.0000" in res.stderr and all(len(o["top_k"]) == 3 for o in objs), res.stderr.strip())
+
+
+def test_generate(twin, tmp):
+    for case in ("gpt2", "qwen2"):
+        fx = fixture(os.path.join(twin, case))
+        model = os.path.join(twin, case, "model")
+        texts = rows_text(fx["input_ids"], fx["lengths"])
+        greedy, glen = fx["greedy"], fx["greedy_len"]
+        targets = []
+        for row, n in zip(greedy, glen):
+            toks = [int(t) for t in row[:n]]
+            if 1 in toks:
+                toks = toks[:toks.index(1)]
+            targets.append(" ".join(token_text(t) for t in toks))
+        tsv = os.path.join(tmp, f"gen-{case}.tsv")
+        with open(tsv, "w") as f:
+            f.write("label\ttext_a\n")
+            for tgt, text in zip(targets, texts):
+                f.write(f"{tgt}\t{text}\n")
+        max_new = greedy.shape[1]
+        res = netlm("generate", "--model", model, "--test_path", tsv, "--tgt_seq_length", str(max_new + 1), "-q")
+        lines = res.stdout.splitlines()[1:]
+        got = [l.split("\t")[1] for l in lines]
+        check(f"generate {case}: the twin's greedy continuations", got == targets, f"{got} vs {targets}")
+        # a row whose continuation is [SEP] at once has an empty target, which means "no target"
+        n = sum(1 for t in targets if t)
+        check(f"generate {case}: exact match {n}/{n} on stderr", n > 0 and f"exact-match accuracy 1.0000 ({n}/{n})" in res.stderr,
+              res.stderr.strip())
+        res = netlm("generate", "--model", model, "--test_path", tsv, "--temperature", "1.5", "--top-k", "40",
+                    "--seed", "3", "--tgt_seq_length", "6", "--format", "json", "-q")
+        a = [json.loads(l)["generated"] for l in res.stdout.splitlines()]
+        res2 = netlm("generate", "--model", model, "--test_path", tsv, "--temperature", "1.5", "--top-k", "40",
+                     "--seed", "3", "--tgt_seq_length", "6", "--format", "json", "-q")
+        b = [json.loads(l)["generated"] for l in res2.stdout.splitlines()]
+        check(f"generate {case}: sampling is reproducible with a seed", a == b and len(a) == 4, f"{a} vs {b}")
+
+
+def test_classify_captures(twin, tmp):
+    model = os.path.join(twin, "gpt2", "model")
+    demo = os.path.join(SOURCE, "data", "demo.pcap")
+    res = netlm("classify", "--model", model, demo, "-q")
+    lines = res.stdout.splitlines()
+    sessions = netlm("sessions", demo, "-q").stdout.splitlines()
+    n_sessions = sum(1 for l in sessions if l and not l.startswith("#") and not l.startswith("file\t")
+                     and not l.startswith("id\t"))
+    check("classify captures: one row per session", len(lines) - 1 == n_sessions and n_sessions > 0,
+          f"{len(lines) - 1} rows, {n_sessions} sessions")
+    cols = lines[0].split("\t")
+    check("classify captures: flow columns then the result", cols[:3] == ["file", "first_frame", "proto"]
+          and cols[-4:] == ["label_id", "label", "score", "top_k"], cols)
+
+
+def test_convert(twin, tmp):
+    src = os.path.join(twin, "qwen2", "model")
+    fx = fixture(os.path.join(twin, "qwen2"))
+    texts = rows_text(fx["input_ids"], fx["lengths"])
+    tsv = os.path.join(tmp, "conv.tsv")
+    with open(tsv, "w") as f:
+        f.write("text_a\n" + "".join(t + "\n" for t in texts))
+    base = netlm("classify", "--model", src, "--test_path", tsv, "-q").stdout
+    # a Hugging Face style checkpoint with a larger vocabulary: the twin's weights, embedding
+    # grown to 70,000 rows (the extra rows random) and no netlm object
+    big = os.path.join(tmp, "hf-big")
+    os.makedirs(big)
+    tensors, _ = st.read(os.path.join(src, "model.safetensors"))
+    arrays = {k: v.to_numpy() for k, v in tensors.items()}
+    emb = arrays["model.embed_tokens.weight"]
+    rng = np.random.default_rng(1)
+    arrays["model.embed_tokens.weight"] = np.concatenate(
+        [emb, rng.normal(0, 0.02, (70000 - emb.shape[0], emb.shape[1])).astype(np.float32)])
+    st.write(os.path.join(big, "model.safetensors"), arrays, metadata={"format": "pt"})
+    cfg = json.load(open(os.path.join(src, "config.json")))
+    cfg["vocab_size"] = 70000
+    netlm_obj = cfg.pop("netlm")
+    json.dump(cfg, open(os.path.join(big, "config.json"), "w"))
+    out = os.path.join(tmp, "converted")
+    res = netlm("convert", "--from", big, "--to", out)
+    conv_cfg = json.load(open(os.path.join(out, "config.json")))
+    check("convert: vocab 70000 -> 65541, first rows kept", conv_cfg["vocab_size"] == 65541 and "first rows kept" in res.stderr,
+          res.stderr.strip())
+    conv, _ = st.read(os.path.join(out, "model.safetensors"))
+    check("convert: embedding = the checkpoint's first 65541 rows",
+          np.array_equal(conv["model.embed_tokens.weight"].to_numpy(), emb), "rows differ")
+    # restore the classifier so the converted backbone can be compared through classify
+    conv_arrays = {k: v.to_numpy() for k, v in conv.items()}
+    for k, v in arrays.items():
+        if k.startswith("classifier."):
+            conv_arrays[k] = v
+    st.write(os.path.join(out, "model.safetensors"), conv_arrays, metadata={"format": "pt"})
+    conv_cfg["netlm"] = dict(conv_cfg.get("netlm", {}), task="classify", labels=netlm_obj["labels"],
+                             seq_length=netlm_obj["seq_length"])
+    json.dump(conv_cfg, open(os.path.join(out, "config.json"), "w"))
+    again = netlm("classify", "--model", out, "--test_path", tsv, "-q").stdout
+    check("convert: the converted model classifies as the original", again == base, "outputs differ")
+    out2 = os.path.join(tmp, "converted-init")
+    res = netlm("convert", "--from", big, "--to", out2, "--resize", "init", "--seed", "5")
+    conv2, _ = st.read(os.path.join(out2, "model.safetensors"))
+    e2 = conv2["model.embed_tokens.weight"].to_numpy()
+    check("convert --resize init: fresh N(0, 0.02) rows", e2.shape == emb.shape and not np.array_equal(e2, emb)
+          and abs(float(e2.std()) - 0.02) < 0.002, f"std {e2.std()}")
+    vocab = os.path.join(DATA, "netgpt", "encryptd_vocab.txt")
+    out3 = os.path.join(tmp, "converted-vocab")
+    netlm("convert", "--from", src, "--to", out3, "--vocab_path", vocab)
+    cfg3 = json.load(open(os.path.join(out3, "config.json")))
+    check("convert --vocab FILE: vocab.txt copied and named in config.json",
+          cfg3["netlm"]["tokenizer"]["vocab"] == "vocab.txt"
+          and open(os.path.join(out3, "vocab.txt"), "rb").read() == open(vocab, "rb").read(), cfg3["netlm"])
+    # the seed's UER config makes a fresh GPT-2 with UER LayerNorm
+    out4 = os.path.join(tmp, "from-uer")
+    small = os.path.join(tmp, "uer-small.json")
+    uer = json.load(open(os.path.join(DATA, "netgpt", "gpt2-config.json")))
+    uer.update(emb_size=64, hidden_size=64, feedforward_size=128, heads_num=4, layers_num=2, max_seq_length=128)
+    json.dump(uer, open(small, "w"))
+    netlm("convert", "--config_path", small, "--to", out4)
+    cfg4 = json.load(open(os.path.join(out4, "config.json")))
+    check("convert --config_path (UER form): GPT-2 with UER LayerNorm",
+          cfg4["model_type"] == "gpt2" and cfg4["n_layer"] == 2 and cfg4["netlm"]["layer_norm"] == "uer", cfg4)
+
+
+def test_bad_input(twin, tmp):
+    model = os.path.join(twin, "gpt2", "model")
+    good = os.path.join(tmp, "good.tsv")
+    with open(good, "w") as f:
+        f.write("label\ttext_a\n0\t0a0b 0c0d\n")
+    cases = {
+        "no header": "0\t0a0b\n",
+        "wrong column count": "label\ttext_a\n0\t0a0b\textra\n",
+        "unknown label": "label\ttext_a\nnot-a-label\t0a0b\n",
+        "binary data": "label\ttext_a\n0\t0a\x000b\n",
+    }
+    for name, content in cases.items():
+        path = os.path.join(tmp, "bad.tsv")
+        with open(path, "w") as f:
+            f.write(content)
+        out = os.path.join(tmp, "bad-out.tsv")
+        res = netlm("classify", "--model", model, "--test_path", path, "--output", out, "-q", ok=False)
+        err = res.stderr.strip().splitlines()
+        check(f"classify bad TSV ({name}): one error line naming the file, no output",
+              res.returncode != 0 and len(err) == 1 and "bad.tsv" in err[0] and not os.path.exists(out), res.stderr)
+    for args, needle in (
+        (["classify", "--test_path", good], "--model"),
+        (["classify", "--model", os.path.join(tmp, "nope"), "--test_path", good], "nope"),
+        (["classify", "--model", model, "--test_path", os.path.join(tmp, "missing.tsv")], "missing.tsv"),
+        (["classify", "--model", model, "--test_path", good, "--format", "xml"], "--format"),
+        (["generate", "--model", model, "--test_path", good, "--tgt_seq_length", "100"], "positions"),
+        (["convert", "--from", os.path.join(tmp, "nope"), "--to", os.path.join(tmp, "x")], "nope"),
+        (["convert", "--to", os.path.join(tmp, "x")], "--from"),
+    ):
+        res = netlm(*args, ok=False)
+        err = res.stderr.strip().splitlines()
+        check(f"bad usage {' '.join(a for a in args if a.startswith('--'))}: one error line",
+              res.returncode != 0 and len(err) == 1 and needle in err[0], res.stderr)
+    # a classify model is required for classify
+    lm = os.path.join(tmp, "lm-only")
+    shutil.copytree(model, lm)
+    cfg = json.load(open(os.path.join(lm, "config.json")))
+    del cfg["netlm"]
+    json.dump(cfg, open(os.path.join(lm, "config.json"), "w"))
+    tensors, _ = st.read(os.path.join(lm, "model.safetensors"))
+    st.write(os.path.join(lm, "model.safetensors"),
+             {k: v.to_numpy() for k, v in tensors.items() if not k.startswith("classifier.")})
+    res = netlm("classify", "--model", lm, "--test_path", good, ok=False)
+    check("classify on a language model: a clear error", res.returncode != 0 and "not a classification model" in res.stderr,
+          res.stderr)
+
+
+def main():
+    with tempfile.TemporaryDirectory() as tmp:
+        twin = os.path.join(tmp, "twin")
+        subprocess.run(["/usr/bin/python3", os.path.join(SOURCE, "tests", "reference", "twin.py"), "fixtures", twin],
+                       check=True, stdout=subprocess.DEVNULL)
+        for test in (test_classify_tsv, test_generate, test_classify_captures, test_convert, test_bad_input):
+            try:
+                test(twin, tmp)
+            except Exception as e:  # a crash of one part is a failure, the others still run
+                check(test.__name__, False, repr(e))
+    print(f"{results['passed']} passed, {results['failed']} failed")
+    sys.exit(1 if results["failed"] else 0)
+
+
+if __name__ == "__main__":
+    main()
