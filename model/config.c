@@ -16,7 +16,7 @@
 
 #include <json-c/json.h>
 
-#include "model/model.h"
+#include "model/model_internal.h"
 
 #define CFG_MAX_FILE (16u << 20)
 #define CFG_MAX_VOCAB 16777216u
@@ -1056,47 +1056,18 @@ bool model_config_write(const struct model_config *cfg, const char *path, char *
     }
     const char *text = json_object_to_json_string_ext(
         o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED | JSON_C_TO_STRING_NOSLASHESCAPE);
-    size_t plen = strlen(path);
-    char *tmp = malloc(plen + 32);
     bool ok = false;
-    FILE *fp = NULL;
-    if (!text || !tmp) {
+    struct model_outfile out;
+    if (!text) {
         cfg_err(&c, "out of memory");
-        goto out;
-    }
-    snprintf(tmp, plen + 32, "%s.tmp.%ld", path, (long)getpid());
-    fp = fopen(tmp, "wbe");
-    if (!fp) {
-        cfg_err(&c, "cannot create %s: %s", tmp, strerror(errno));
-        free(tmp);
-        tmp = NULL;
-        goto out;
-    }
-    size_t len = strlen(text);
-    if (fwrite(text, 1, len, fp) != len || fputc('\n', fp) == EOF || fflush(fp) != 0 ||
-        fsync(fileno(fp)) != 0) {
-        cfg_err(&c, "cannot write %s: %s", tmp, strerror(errno));
-        goto out;
-    }
-    int rc = fclose(fp);
-    fp = NULL;
-    if (rc != 0) {
-        cfg_err(&c, "cannot write %s: %s", tmp, strerror(errno));
-        goto out;
-    }
-    if (rename(tmp, path) != 0) {
-        cfg_err(&c, "cannot rename %s: %s", tmp, strerror(errno));
-        goto out;
-    }
-    free(tmp);
-    tmp = NULL;
-    ok = true;
-out:
-    if (fp)
-        fclose(fp);
-    if (tmp) {
-        unlink(tmp);
-        free(tmp);
+    } else if (model_outfile_open(&out, path, err, errlen)) {
+        size_t len = strlen(text);
+        if (fwrite(text, 1, len, out.fp) != len || fputc('\n', out.fp) == EOF) {
+            cfg_err(&c, "cannot write %s: %s", out.tmp, strerror(errno));
+            model_outfile_abort(&out);
+        } else {
+            ok = model_outfile_commit(&out, err, errlen);
+        }
     }
     json_object_put(o);
     return ok;

@@ -9,6 +9,8 @@
 #ifndef NETLM_MODEL_INTERNAL_H
 #define NETLM_MODEL_INTERNAL_H
 
+#include <stdio.h>
+
 #include "model/model.h"
 
 enum model_tensor_kind {
@@ -72,6 +74,17 @@ struct model *model_create_empty(const struct model_config *cfg, char *err, size
 
 /* Seeded init of one block (the seed's scheme: N(0, 0.02) but norms 1/0). */
 void model_init_block(const struct model_layout *l, float *base, uint64_t seed);
+
+/* ---- output files: PATH.tmp.PID, then fsync and rename (outfile.c) ---- */
+struct model_outfile {
+    FILE *fp;
+    char *tmp;
+    const char *path;
+};
+bool model_outfile_open(struct model_outfile *o, const char *path, char *err, size_t errlen);
+/* Flushes, syncs, closes and renames; on failure the temporary file is removed. */
+bool model_outfile_commit(struct model_outfile *o, char *err, size_t errlen);
+void model_outfile_abort(struct model_outfile *o);
 
 /* ---- random numbers: splitmix64 seeding a xoshiro256** stream ---- */
 struct model_rng { uint64_t s[4]; };

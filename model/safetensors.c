@@ -19,6 +19,7 @@
 
 #include <json-c/json.h>
 
+#include "model/model_internal.h"
 #include "model/safetensors.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -1278,8 +1279,6 @@ bool st_write(const char *path, const struct st_write_tensor *tensors, size_t n,
     uint64_t *sizes = calloc(n ? n : 1, sizeof(*sizes));
     const struct st_write_tensor **sorted = calloc(n ? n : 1, sizeof(*sorted));
     struct st_buf hb = {0};
-    char *tmp = NULL;
-    FILE *fp = NULL;
     bool ok = false;
     if (!sizes || !sorted) {
         st_err(err, errlen, "%s: out of memory", path);
@@ -1378,56 +1377,22 @@ bool st_write(const char *path, const struct st_write_tensor *tensors, size_t n,
         goto out;
     }
 
-    size_t plen = strlen(path);
-    tmp = malloc(plen + 32);
-    if (!tmp) {
-        st_err(err, errlen, "%s: out of memory", path);
+    struct model_outfile outf;
+    if (!model_outfile_open(&outf, path, err, errlen))
         goto out;
-    }
-    snprintf(tmp, plen + 32, "%s.tmp.%ld", path, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-    if (fd < 0) {
-        st_err(err, errlen, "%s: cannot create %s: %s", path, tmp, strerror(errno));
-        free(tmp);
-        tmp = NULL; /* nothing to remove */
-        goto out;
-    }
-    fp = fdopen(fd, "wb");
-    if (!fp) {
-        st_err(err, errlen, "%s: %s", path, strerror(errno));
-        close(fd);
-        goto out;
-    }
     uint8_t lenbytes[8];
     for (int i = 0; i < 8; i++)
         lenbytes[i] = (uint8_t)((uint64_t)hb.len >> (8 * i));
-    bool wrote = fwrite(lenbytes, 1, 8, fp) == 8 && st_write_all(fp, hb.p, hb.len);
+    bool wrote = fwrite(lenbytes, 1, 8, outf.fp) == 8 && st_write_all(outf.fp, hb.p, hb.len);
     for (size_t i = 0; i < n && wrote; i++)
-        wrote = st_write_all(fp, tensors[i].data, sizes[i]);
-    if (!wrote || fflush(fp) != 0 || fsync(fileno(fp)) != 0) {
-        st_err(err, errlen, "%s: cannot write %s: %s", path, tmp, strerror(errno));
+        wrote = st_write_all(outf.fp, tensors[i].data, sizes[i]);
+    if (!wrote) {
+        st_err(err, errlen, "%s: cannot write %s: %s", path, outf.tmp, strerror(errno));
+        model_outfile_abort(&outf);
         goto out;
     }
-    int rc = fclose(fp);
-    fp = NULL;
-    if (rc != 0) {
-        st_err(err, errlen, "%s: cannot write %s: %s", path, tmp, strerror(errno));
-        goto out;
-    }
-    if (rename(tmp, path) != 0) {
-        st_err(err, errlen, "%s: cannot rename %s: %s", path, tmp, strerror(errno));
-        goto out;
-    }
-    free(tmp);
-    tmp = NULL;
-    ok = true;
+    ok = model_outfile_commit(&outf, err, errlen);
 out:
-    if (fp)
-        fclose(fp);
-    if (tmp) {
-        unlink(tmp);
-        free(tmp);
-    }
     free(hb.p);
     free(sizes);
     free(sorted);
