@@ -106,6 +106,8 @@ def rel_gap(logits):
 
 
 def greedy_gaps(m64, ids, lengths):
+    """Greedy run; the smallest top-1/top-2 gap over every live row and step, relative to that
+    step's max|logit|; the steps' logits."""
     out, out_len, steps = m64.generate(ids, lengths, MAX_NEW, keep_logits=True)
     gap = 1.0
     for s, lg in enumerate(steps):
@@ -113,6 +115,15 @@ def greedy_gaps(m64, ids, lengths):
         if bool(live.any()):
             gap = min(gap, rel_gap(lg[live]))
     return out, out_len, gap, steps
+
+
+def abs_gap(steps, out_len):
+    gap = float("inf")
+    for s, lg in enumerate(steps):
+        top = lg[out_len > s].topk(2, dim=-1).values
+        if top.numel():
+            gap = min(gap, float((top[:, 0] - top[:, 1]).min()))
+    return gap
 
 
 def classifier_gap(m64, hidden, lengths):
@@ -243,7 +254,7 @@ def reference_outputs(m, ids, lengths, variant, changes):
             s32 = m.scores(M.Model.pool(h32, lengths, p))
             assert torch.equal(s32.argmax(-1), out[f"scores_{p}"].argmax(-1)), "fp32 class != fp64 class"
 
-        meta = {"max_abs_logit": f"{scale:.6g}", "naive_max_rel_diff": f"{naive_rel:.3g}", "logit_std_real": f"{float(logits[real].std()):.6g}",
+        meta = {"max_abs_logit": f"{scale:.6g}", "min_greedy_gap_abs": f"{abs_gap(steps, glen):.6g}", "naive_max_rel_diff": f"{naive_rel:.3g}", "logit_std_real": f"{float(logits[real].std()):.6g}",
                 "min_greedy_gap_rel": f"{ggap:.6g}", "min_class_gap_rel": f"{classifier_gap(m64, hidden, lengths):.6g}",
                 "fp32_twin_max_rel_diff": f"{fp32_rel:.3g}", "reference_dtype": "float64",
                 "attn_max_prob_mean": f"{attention_peakiness(m64, ids):.3f}"}
@@ -365,7 +376,7 @@ def cmd_fixtures(outdir):
                 assert torch.equal(p, q), f"{case}: {n} did not read back bitwise"
             st.write(os.path.join(cdir, "fixtures.safetensors"), {k: to_np(k, v) for k, v in fx.items()}, meta)
             summary[case] = {k: meta[k] for k in ("weight_seed", "seeds_rejected", "max_abs_logit", "logit_std_real",
-                                                  "min_greedy_gap_rel", "min_class_gap_rel", "fp32_twin_max_rel_diff", "naive_max_rel_diff",
+                                                  "min_greedy_gap_rel", "min_greedy_gap_abs", "min_class_gap_rel", "fp32_twin_max_rel_diff", "naive_max_rel_diff",
                                                   "attn_max_prob_mean")}
             summary[case]["greedy_len"] = fx["greedy_len"].tolist()
             for k in meta:
@@ -408,6 +419,8 @@ def roundtrip(ref_dir, netlm_dir, fixtures):
     except (OSError, ValueError, M.ConfigError) as e:
         raise Fail(f"config.json: {e}")
     a, b = ref_cfg.arch_numbers(), new_cfg.arch_numbers()
+    for c, d in ((ref_cfg, a), (new_cfg, b)):  # the rest of the netlm object survives too
+        d.update(task=c.task, seq_length=c.seq_length, tgt_seq_length=c.tgt_seq_length, tokenizer=c.tokenizer)
     for k in a:
         if a[k] != b[k]:
             raise Fail(f"config.json: {k} is {b[k]!r}, reference has {a[k]!r}")
