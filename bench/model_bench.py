@@ -47,7 +47,7 @@ def main():
     keys = ["classify_seq_per_s", "lm_seq_per_s", "generate_tok_per_s", "generate_batch1_tok_per_s"]
     for arch in ("gpt2", "qwen2"):
         ours, _ = run_json([netlm_bench, "--arch", arch, "--threads", str(args.threads), "--runs", str(args.runs)], env)
-        twin, _ = run_json(["/usr/bin/python3", twin_bench, "--arch", arch, "--threads", str(args.threads)], env)
+        twin, _ = run_json(["/usr/bin/python3", twin_bench, "--arch", arch, "--threads", str(args.threads), "--json"], env)
         ratios = {k: round(ours[k] / twin[k], 2) for k in keys if twin.get(k)}
         if twin.get("classify_batch1_ms"):
             ratios["classify_batch1_speedup"] = round(twin["classify_batch1_ms"] / ours["classify_batch1_ms"], 2)
@@ -55,7 +55,7 @@ def main():
         print(f"{arch}: " + ", ".join(f"{k} x{v}" for k, v in ratios.items()), file=sys.stderr)
     if not args.skip_rss:
         ours, ours_rss = run_json([netlm_bench, "--qwen05b-rss", "--threads", str(args.threads)], env)
-        twin, twin_rss = run_json(["/usr/bin/python3", twin_bench, "--qwen05b-rss", "--threads", str(args.threads)], env)
+        twin, twin_rss = run_json(["/usr/bin/python3", twin_bench, "--qwen05b-rss", "--threads", str(args.threads), "--json"], env)
         result["qwen05b_rss"] = {"netlm": dict(ours, gnu_time_peak_rss_mib=round(ours_rss, 1)),
                                  "pytorch": dict(twin, gnu_time_peak_rss_mib=round(twin_rss, 1))}
         print(f"qwen2.5-0.5B-sized 32x128 classify: peak RSS netlm {ours_rss:.0f} MiB, pytorch {twin_rss:.0f} MiB",

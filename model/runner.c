@@ -261,9 +261,18 @@ bool model_forward(struct model_runner *r, const uint32_t *ids, const uint32_t *
         if (hidden)
             memcpy(hidden + (size_t)b * seq * c->hidden, xn,
                    (size_t)lengths[b] * c->hidden * sizeof(float));
-        if (logits)
-            op_matmul(logits + (size_t)b * seq * c->vocab_size, c->vocab_size, xn, c->hidden, head,
-                      NULL, lengths[b], c->hidden, c->vocab_size, false, (int)r->threads);
+    }
+    /* the LM head: one sgemm per run of rows that are contiguous in the output too (full rows
+     * follow each other without padding between them) */
+    for (uint32_t b = 0; logits && b < batch;) {
+        uint32_t e = b + 1;
+        while (e < batch && lengths[e - 1] == seq)
+            e++;
+        size_t rows = (size_t)r->seq_offset[e - 1] + lengths[e - 1] - r->seq_offset[b];
+        op_matmul(logits + (size_t)b * seq * c->vocab_size, c->vocab_size,
+                  r->xn + (size_t)r->seq_offset[b] * c->hidden, c->hidden, head, NULL, rows,
+                  c->hidden, c->vocab_size, false, (int)r->threads);
+        b = e;
     }
     return true;
 }
