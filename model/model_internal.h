@@ -120,6 +120,32 @@ void op_attend_block(float *out, size_t ldo, const float *q, size_t ldq, const f
                      float *scores);
 void op_softmax(float *x, size_t n);
 
+/* ---- backward ops (training); gradients of weights are accumulated (+=) ---- */
+
+/* dx (= or += with accumulate_dx; NULL to skip) = dy·W, dW += dyᵀ·x, db += Σ dy (db may be
+ * NULL). */
+void op_matmul_backward(float *dx, size_t lddx, float *dw, float *db, const float *dy, size_t ldy,
+                        const float *x, size_t ldx, const float *w, size_t n, size_t in,
+                        size_t out, bool accumulate_dx, int threads);
+/* dx += ∂/∂x; dw, db += (statistics recomputed from x). False when out of memory. */
+bool op_layernorm_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
+                           const float *w, size_t n, size_t c, float eps, enum model_norm flavour,
+                           int threads);
+bool op_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *w,
+                         size_t n, size_t c, float eps, int threads);
+/* d ← d · gelu'(pre), in place. */
+void op_gelu_backward(float *d, const float *pre, size_t count, enum model_act act, int threads);
+/* From dh [n, F] (row stride ldh) and the pre-activation rows [gate | up]: d_gate_up [n, 2F]. */
+void op_swiglu_backward(float *d_gate_up, const float *dh, size_t ldh, const float *gate_up,
+                        size_t n, size_t f, int threads);
+void op_rope_backward(float *dx, uint32_t heads, uint32_t d, uint32_t pos, const float *cos_t,
+                      const float *sin_t);
+/* One head of one sequence of n tokens from position 0: dq (written, stride lddq), dk and dv
+ * ([n, d], accumulated) from dout (stride ldo). scratch ≥ 2·n·n. */
+void op_attend_block_backward(float *dq, size_t lddq, float *dk, float *dv, const float *dout,
+                              size_t ldo, const float *q, size_t ldq, const float *k,
+                              const float *v, uint32_t n, uint32_t d, float scale, float *scratch);
+
 /* ---- runner ---- */
 
 struct model_runner {

@@ -3,6 +3,7 @@
  * against; the backward ops of training sit next to their forward in train/. */
 #include <cblas.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "model/model_internal.h"
@@ -272,4 +273,222 @@ void op_attend(float *out, const float *q, const float *k, const float *v, uint3
         for (uint32_t e = 0; e < d; e++)
             out[e] += p * vj[e];
     }
+}
+
+/* ---- backward ops (training), each the derivative of the forward op above it ---- */
+
+void op_matmul_backward(float *dx, size_t lddx, float *dw, float *db, const float *dy, size_t ldy,
+                        const float *x, size_t ldx, const float *w, size_t n, size_t in,
+                        size_t out, bool accumulate_dx, int threads)
+{
+    if (n == 0 || out == 0)
+        return;
+    const size_t parts = threads > 1 ? (size_t)threads : 1;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (size_t p = 0; p < parts; p++) {
+        /* dx = dy·W by blocks of rows; dW += dyᵀ·x and db by blocks of output features: every
+         * thread owns what it writes, so no reduction and the same sums for the same threads */
+        size_t rchunk = (n + parts - 1) / parts, r0 = p * rchunk, r1 = r0 + rchunk < n ? r0 + rchunk : n;
+        if (dx && r0 < r1)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(r1 - r0), (int)in,
+                        (int)out, 1.0f, dy + r0 * ldy, (int)ldy, w, (int)in,
+                        accumulate_dx ? 1.0f : 0.0f, dx + r0 * lddx, (int)lddx);
+        size_t ochunk = (out + parts - 1) / parts, o0 = p * ochunk, o1 = o0 + ochunk < out ? o0 + ochunk : out;
+        if (o0 >= o1)
+            continue;
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(o1 - o0), (int)in, (int)n, 1.0f,
+                    dy + o0, (int)ldy, x, (int)ldx, 1.0f, dw + o0 * in, (int)in);
+        if (db)
+            for (size_t i = 0; i < n; i++)
+                for (size_t j = o0; j < o1; j++)
+                    db[j] += dy[i * ldy + j];
+    }
+}
+
+/* Per-thread partial sums of the norm weight/bias gradients, added in a fixed order so the
+ * result depends only on the thread count. */
+static float *norm_partials(size_t c, int threads)
+{
+    return calloc((size_t)threads * 2 * c, sizeof(float));
+}
+
+static void norm_reduce(float *dw, float *db, const float *partial, size_t c, int threads)
+{
+    for (int t = 0; t < threads; t++)
+        for (size_t j = 0; j < c; j++) {
+            dw[j] += partial[(size_t)t * 2 * c + j];
+            if (db)
+                db[j] += partial[(size_t)t * 2 * c + c + j];
+        }
+}
+
+bool op_layernorm_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
+                           const float *w, size_t n, size_t c, float eps, enum model_norm flavour,
+                           int threads)
+{
+    float *partial = norm_partials(c, threads);
+    if (!partial)
+        return false;
+    const size_t parts = (size_t)threads;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (size_t p = 0; p < parts; p++) {
+        float *pw = partial + p * 2 * c, *pb = pw + c;
+        size_t chunk = (n + parts - 1) / parts, lo = p * chunk, hi = lo + chunk < n ? lo + chunk : n;
+        for (size_t i = lo; i < hi; i++) {
+            const float *xi = x + i * c, *dyi = dy + i * c;
+            float *dxi = dx + i * c;
+            double sum = 0.0;
+            for (size_t j = 0; j < c; j++)
+                sum += xi[j];
+            const double mean = sum / (double)c;
+            double ss = 0.0;
+            for (size_t j = 0; j < c; j++)
+                ss += (xi[j] - mean) * (xi[j] - mean);
+            double g_sum = 0.0, g_xc = 0.0;
+            for (size_t j = 0; j < c; j++) {
+                double g = (double)dyi[j] * w[j];
+                g_sum += g;
+                g_xc += g * (xi[j] - mean);
+            }
+            if (flavour == MODEL_NORM_UER) {
+                /* y = w·xc/(s + eps), s the unbiased std: d/dxc, then remove the mean */
+                const double s = sqrt(ss / (double)(c > 1 ? c - 1 : 1)), a = 1.0 / (s + eps);
+                const double k = s > 0 ? a * a * g_xc / ((double)(c > 1 ? c - 1 : 1) * s) : 0.0;
+                double dxc_sum = 0.0;
+                for (size_t j = 0; j < c; j++)
+                    dxc_sum += a * dyi[j] * w[j] - k * (xi[j] - mean);
+                const double dxc_mean = dxc_sum / (double)c;
+                for (size_t j = 0; j < c; j++) {
+                    double dxc = a * dyi[j] * w[j] - k * (xi[j] - mean);
+                    dxi[j] += (float)(dxc - dxc_mean);
+                    pw[j] += dyi[j] * (float)((xi[j] - mean) * a);
+                    pb[j] += dyi[j];
+                }
+            } else {
+                const double rstd = 1.0 / sqrt(ss / (double)c + eps);
+                const double m1 = g_sum / (double)c, m2 = g_xc * rstd / (double)c;
+                for (size_t j = 0; j < c; j++) {
+                    double xhat = (xi[j] - mean) * rstd;
+                    dxi[j] += (float)(rstd * ((double)dyi[j] * w[j] - m1 - xhat * m2));
+                    pw[j] += dyi[j] * (float)xhat;
+                    pb[j] += dyi[j];
+                }
+            }
+        }
+    }
+    norm_reduce(dw, db, partial, c, threads);
+    free(partial);
+    return true;
+}
+
+bool op_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *w,
+                         size_t n, size_t c, float eps, int threads)
+{
+    float *partial = norm_partials(c, threads);
+    if (!partial)
+        return false;
+    const size_t parts = (size_t)threads;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (size_t p = 0; p < parts; p++) {
+        float *pw = partial + p * 2 * c;
+        size_t chunk = (n + parts - 1) / parts, lo = p * chunk, hi = lo + chunk < n ? lo + chunk : n;
+        for (size_t i = lo; i < hi; i++) {
+            const float *xi = x + i * c, *dyi = dy + i * c;
+            float *dxi = dx + i * c;
+            double ss = 0.0, g_x = 0.0;
+            for (size_t j = 0; j < c; j++) {
+                ss += (double)xi[j] * xi[j];
+                g_x += (double)dyi[j] * w[j] * xi[j];
+            }
+            const double r = 1.0 / sqrt(ss / (double)c + eps), k = r * r * r * g_x / (double)c;
+            for (size_t j = 0; j < c; j++) {
+                dxi[j] += (float)(r * dyi[j] * w[j] - k * xi[j]);
+                pw[j] += dyi[j] * (float)(xi[j] * r);
+            }
+        }
+    }
+    norm_reduce(dw, NULL, partial, c, threads);
+    free(partial);
+    return true;
+}
+
+void op_gelu_backward(float *d, const float *pre, size_t count, enum model_act act, int threads)
+{
+    const float k = 0.7978845608028654f;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (size_t i = 0; i < count; i++) {
+        const float x = pre[i];
+        float g;
+        if (act == MODEL_ACT_GELU_ERF) {
+            g = 0.5f * (1.0f + erff(x * 0.70710678118654752f)) +
+                x * 0.3989422804014327f * expf(-0.5f * x * x);
+        } else {
+            const float t = tanhf(k * (x + 0.044715f * x * x * x));
+            g = 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k * (1.0f + 3.0f * 0.044715f * x * x);
+        }
+        d[i] *= g;
+    }
+}
+
+void op_swiglu_backward(float *d_gate_up, const float *dh, size_t ldh, const float *gate_up,
+                        size_t n, size_t f, int threads)
+{
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        const float *g = gate_up + i * 2 * f, *u = g + f, *dhi = dh + i * ldh;
+        float *dg = d_gate_up + i * 2 * f, *du = dg + f;
+        for (size_t j = 0; j < f; j++) {
+            const float s = 1.0f / (1.0f + expf(-g[j])), silu = g[j] * s;
+            dg[j] = dhi[j] * u[j] * s * (1.0f + g[j] * (1.0f - s));
+            du[j] = dhi[j] * silu;
+        }
+    }
+}
+
+void op_rope_backward(float *dx, uint32_t heads, uint32_t d, uint32_t pos, const float *cos_t,
+                      const float *sin_t)
+{
+    /* the transpose of a rotation is the rotation by the opposite angle */
+    const uint32_t half = d / 2;
+    const float *c = cos_t + (size_t)pos * half, *s = sin_t + (size_t)pos * half;
+    for (uint32_t h = 0; h < heads; h++) {
+        float *xh = dx + (size_t)h * d;
+        for (uint32_t j = 0; j < half; j++) {
+            const float a = xh[j], b = xh[j + half];
+            xh[j] = a * c[j] + b * s[j];
+            xh[j + half] = b * c[j] - a * s[j];
+        }
+    }
+}
+
+void op_attend_block_backward(float *dq, size_t lddq, float *dk, float *dv, const float *dout,
+                              size_t ldo, const float *q, size_t ldq, const float *k,
+                              const float *v, uint32_t n, uint32_t d, float scale, float *scratch)
+{
+    /* recompute P (cheaper to keep than to store for every layer), then
+     * dP = dO·Vᵀ, dS = P ⊙ (dP − rowsum(dP ⊙ P)), dQ = scale·dS·K, dK += scale·dSᵀ·Q,
+     * dV += Pᵀ·dO */
+    float *p = scratch, *dp = scratch + (size_t)n * n;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)n, (int)d, scale, q, (int)ldq,
+                k, (int)d, 0.0f, p, (int)n);
+    for (uint32_t i = 0; i < n; i++) {
+        op_softmax(p + (size_t)i * n, i + 1);
+        memset(p + (size_t)i * n + i + 1, 0, (n - i - 1) * sizeof(float));
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)n, (int)d, 1.0f, dout,
+                (int)ldo, v, (int)d, 0.0f, dp, (int)n);
+    for (uint32_t i = 0; i < n; i++) {
+        float *pi = p + (size_t)i * n, *dpi = dp + (size_t)i * n;
+        double dot = 0.0;
+        for (uint32_t j = 0; j <= i; j++)
+            dot += (double)pi[j] * dpi[j];
+        for (uint32_t j = 0; j < n; j++)
+            dpi[j] = j <= i ? pi[j] * (dpi[j] - (float)dot) : 0.0f;
+    }
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)n, (int)d, (int)n, 1.0f, p, (int)n,
+                dout, (int)ldo, 1.0f, dv, (int)d);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)d, (int)n, scale, dp, (int)n,
+                k, (int)d, 0.0f, dq, (int)lddq);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)n, (int)d, (int)n, scale, dp, (int)n,
+                q, (int)ldq, 1.0f, dk, (int)d);
 }

@@ -1,10 +1,70 @@
-/* train.h — training and evaluation. So far: the classification metrics (confusion matrix,
- * accuracy, per-class precision/recall/F1, macro-F1) that classify and finetune report. */
+/* train.h — training: gradients of a loss through the model (one gradient block laid out as the
+ * parameters), AdamW and learning-rate schedules, and the classification metrics (confusion
+ * matrix, accuracy, per-class precision/recall/F1, macro-F1) that classify and finetune report. */
 #ifndef NETLM_TRAIN_H
 #define NETLM_TRAIN_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
+
+#include "model/model.h"
+
+/* ---- gradients ---- */
+
+enum train_objective {
+    TRAIN_LM = 0,   /* causal LM: position t − 1 predicts id t, for t ≥ target_start */
+    TRAIN_CLASSIFY, /* the classification head, NLL of labels */
+};
+
+struct train_batch {
+    const uint32_t *ids;          /* batch × seq, right-padded */
+    const uint32_t *lengths;      /* real ids per row */
+    uint32_t batch, seq;
+    const uint32_t *labels;       /* TRAIN_CLASSIFY */
+    const uint32_t *target_start; /* TRAIN_LM: first target index per row (NULL: 1, every next
+                                     id; generation: the first target token's index) */
+};
+
+struct train_runner;
+/* Activations kept for the backward pass and one gradient block, for up to max_batch sequences
+ * of max_seq ids. The model stays owned by the caller (the optimizer updates it in place). */
+struct train_runner *train_runner_create(struct model *m, uint32_t max_batch, uint32_t max_seq,
+                                         uint32_t threads, char *err, size_t errlen);
+void train_runner_free(struct train_runner *r);
+/* Gradients, laid out as the model's parameter block. */
+float *train_runner_grads(struct train_runner *r);
+size_t train_runner_grad_count(const struct train_runner *r);
+void train_zero_grads(struct train_runner *r);
+/* Forward, the mean loss over the batch's targets (*loss), and its gradient added (+=) to the
+ * gradient block. False for a batch outside the runner or the vocabulary. */
+bool train_forward_backward(struct train_runner *r, enum train_objective objective,
+                            const struct train_batch *batch, double *loss);
+
+/* ---- optimizer ---- */
+
+struct train_adamw {
+    float lr, beta1, beta2, eps, weight_decay;
+    bool uer; /* the seed's variant: no bias correction, decay p −= lr·wd·p after the step */
+};
+/* Defaults: standard AdamW (torch.optim.AdamW), β (0.9, 0.999), eps 1e-8, wd 0.01. */
+void train_adamw_defaults(struct train_adamw *o);
+/* The seed's: UER AdamW, eps 1e-6, wd 0.01, no bias correction. */
+void train_adamw_uer(struct train_adamw *o);
+/* One step (step = 1, 2, ...) at learning rate lr over the whole parameter block; weight decay
+ * skips biases and norm weights. m and v are zero-initialised blocks of the same size. */
+void train_adamw_step(struct model *m, const float *grads, float *mom, float *vel, uint64_t step,
+                      float lr, const struct train_adamw *o, int threads);
+/* Global L2 norm of the gradient block; scale multiplies it in place. */
+double train_grad_norm(const float *grads, size_t n);
+void train_grad_scale(float *grads, size_t n, float scale);
+
+enum train_schedule { TRAIN_SCHEDULE_CONSTANT = 0, TRAIN_SCHEDULE_LINEAR, TRAIN_SCHEDULE_COSINE };
+/* Learning rate for the optimizer step with 0-based index step: linear warmup over warmup steps
+ * (from 0), then constant, linear to 0 at total, or cosine to 0 at total (Hugging Face's
+ * get_*_schedule_with_warmup). */
+float train_schedule_lr(enum train_schedule kind, float base_lr, uint64_t step, uint64_t warmup,
+                        uint64_t total);
 
 struct train_confusion {
     uint32_t classes;
