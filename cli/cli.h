@@ -74,6 +74,23 @@ int cli_collect_files(const char *command, const char *const *paths, int n, char
                       uint64_t *total_bytes);
 void cli_free_files(char **files, int n);
 
+/* A dataset TSV: columns found by the header's names (label, text_a). */
+struct cli_tsv {
+    FILE *f;
+    const char *path;
+    int label_col, text_col, columns;
+    char *line;
+    size_t cap;
+    uint64_t line_no;
+    uint64_t size, done; /* bytes, for progress */
+};
+/* Opens path and reads its header; false after an error line. */
+bool cli_tsv_open(const char *command, const char *path, struct cli_tsv *t);
+/* Next row: *label (NULL without a label column) and *text point into the line buffer.
+ * Returns 1, 0 at the end, -1 after an error line naming file and line. */
+int cli_tsv_next(const char *command, struct cli_tsv *t, char **label, char **text);
+void cli_tsv_close(struct cli_tsv *t);
+
 int cmd_sessions(int argc, char **argv);
 int cmd_corpus(int argc, char **argv);
 int cmd_dataset(int argc, char **argv);
@@ -81,6 +98,8 @@ int cmd_preprocess(int argc, char **argv);
 int cmd_classify(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
+int cmd_finetune(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
 
 #endif
 

@@ -45,6 +45,7 @@ int cmd_convert(int argc, char **argv)
         {"vocab", "vocab_path", 0, "builtin|FILE", "vocabulary of the converted model (default builtin: 65,541 tokens)", NULL},
         {"resize", NULL, 0, "keep-first|init", "embedding rows of the new vocabulary: keep the checkpoint's first rows, as the seed does (default), or initialise all N(0, 0.02)", NULL},
         {"seed", "random_seed", 0, "N", "seed of every fresh weight (default 7)", NULL},
+        {"dtype", NULL, 0, "f32|bf16", "weights written as F32 (default) or BF16 (half the size; loads back as fp32)", NULL},
         {0},
     };
     const char **pos = NULL;
@@ -64,6 +65,8 @@ int cmd_convert(int argc, char **argv)
     const char *to = cli_get(opts, "to"), *vocab_arg = cli_get(opts, "vocab");
     static const char *const resize_choices[] = {"keep-first", "init", NULL};
     int resize = cli_choice(cmd, opts, "resize", "keep-first", resize_choices);
+    static const char *const dtype_choices[] = {"f32", "bf16", NULL};
+    int dtype = cli_choice(cmd, opts, "dtype", "f32", dtype_choices);
     uint64_t seed;
     char err[1024];
     if (npos > 0) {
@@ -78,31 +81,36 @@ int cmd_convert(int argc, char **argv)
         cli_error(cmd, "--to OUT_DIR is required");
         goto done;
     }
-    if (resize < 0 || !cli_u64(cmd, opts, "seed", 7, 0, UINT64_MAX, &seed))
+    if (resize < 0 || dtype < 0 || !cli_u64(cmd, opts, "seed", 7, 0, UINT64_MAX, &seed))
         goto done;
     status = 1;
+    struct model_config fresh;
+    model_config_init(&fresh);
+    if (from)
+        m = model_load(from, err, sizeof err);
+    else if (!model_config_load(config_path, &fresh, err, sizeof err))
+        goto fresh_done;
+    if (from && !m)
+        goto fresh_done;
+    /* the vocabulary: --vocab, else the converted model's own vocab.txt, else the built-in one */
+    char from_vocab[4096] = "";
+    if (!vocab_arg && m && strcmp(model_get_config(m)->tokenizer.vocab, "builtin") != 0) {
+        snprintf(from_vocab, sizeof from_vocab, "%s/%s", from, model_get_config(m)->tokenizer.vocab);
+        vocab_arg = from_vocab;
+    }
     bool builtin = !vocab_arg || !strcmp(vocab_arg, "builtin");
     vocab = builtin ? tok_vocab_builtin() : tok_vocab_load(vocab_arg, err, sizeof err);
-    if (!vocab) {
+    if (vocab && !m) {
+        fresh.vocab_size = tok_vocab_size(vocab);
+        m = model_create(&fresh, seed, err, sizeof err);
+    }
+fresh_done:
+    model_config_release(&fresh);
+    if (!m || !vocab) {
         cli_error(cmd, "%s", err);
         goto done;
     }
     uint32_t vocab_size = tok_vocab_size(vocab);
-    if (from) {
-        m = model_load(from, err, sizeof err);
-    } else {
-        struct model_config cfg;
-        model_config_init(&cfg);
-        if (model_config_load(config_path, &cfg, err, sizeof err)) {
-            cfg.vocab_size = vocab_size;
-            m = model_create(&cfg, seed, err, sizeof err);
-        }
-        model_config_release(&cfg);
-    }
-    if (!m) {
-        cli_error(cmd, "%s", err);
-        goto done;
-    }
     const struct model_config *cfg = model_get_config(m);
     uint32_t old_vocab = cfg->vocab_size;
     uint64_t old_params = model_parameter_count(m);
@@ -115,7 +123,7 @@ int cmd_convert(int argc, char **argv)
     cfg = model_get_config(m);
     struct model_tokenizer *tok = &model_config_mut(m)->tokenizer;
     snprintf(tok->vocab, sizeof tok->vocab, "%s", builtin ? "builtin" : "vocab.txt");
-    if (!model_save(m, to, err, sizeof err)) {
+    if (!(dtype == 1 ? model_save_bf16(m, to, err, sizeof err) : model_save(m, to, err, sizeof err))) {
         cli_error(cmd, "%s", err);
         goto done;
     }
@@ -127,7 +135,8 @@ int cmd_convert(int argc, char **argv)
     }
     fprintf(stderr, "netlm %s: %s, %u layers x %u, vocab %u -> %u (%s), %.1fM -> %.1fM parameters, written to %s\n",
             cmd, model_arch_name(cfg->arch), cfg->layers, cfg->hidden, old_vocab, vocab_size,
-            init_all ? "all rows initialised" : old_vocab > vocab_size ? "first rows kept" : "new rows initialised",
+            init_all ? "all rows initialised" : old_vocab > vocab_size ? "first rows kept"
+                                              : old_vocab < vocab_size ? "new rows initialised" : "unchanged",
             old_params / 1e6, model_parameter_count(m) / 1e6, to);
     status = 0;
 done:

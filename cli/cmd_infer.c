@@ -185,101 +185,6 @@ static void write_classification(struct infer *in, uint32_t b)
     }
 }
 
-/* ---- TSV input ---- */
-
-struct tsv {
-    FILE *f;
-    const char *path;
-    int label_col, text_col, columns;
-    char *line;
-    size_t cap;
-    uint64_t line_no;
-    uint64_t size, done;
-};
-
-static bool tsv_open(const char *cmd, const char *path, struct tsv *t)
-{
-    memset(t, 0, sizeof *t);
-    t->path = path;
-    t->f = fopen(path, "r");
-    if (!t->f) {
-        cli_error(cmd, "%s: %s", path, strerror(errno));
-        return false;
-    }
-    fseek(t->f, 0, SEEK_END);
-    t->size = (uint64_t)ftell(t->f);
-    rewind(t->f);
-    ssize_t len = getline(&t->line, &t->cap, t->f);
-    t->line_no = 1;
-    if (len < 0) {
-        cli_error(cmd, "%s: empty file (expected a header line: label\\ttext_a)", path);
-        return false;
-    }
-    t->done = (uint64_t)len;
-    while (len > 0 && (t->line[len - 1] == '\n' || t->line[len - 1] == '\r'))
-        t->line[--len] = '\0';
-    /* columns by header name, as the seed's scripts find them */
-    t->label_col = t->text_col = -1;
-    char *save = NULL;
-    int col = 0;
-    for (char *tok = strtok_r(t->line, "\t", &save); tok; tok = strtok_r(NULL, "\t", &save), col++) {
-        if (!strcmp(tok, "label"))
-            t->label_col = col;
-        else if (!strcmp(tok, "text_a"))
-            t->text_col = col;
-    }
-    t->columns = col;
-    if (t->text_col < 0) {
-        cli_error(cmd, "%s: line 1: the header has no text_a column (expected label\\ttext_a or text_a)", path);
-        return false;
-    }
-    return true;
-}
-
-/* Next row: *label (NULL without a label column) and *text point into the line buffer.
- * Returns 1, 0 at the end, -1 after an error line. */
-static int tsv_next(const char *cmd, struct tsv *t, char **label, char **text)
-{
-    for (;;) {
-        ssize_t len = getline(&t->line, &t->cap, t->f);
-        if (len < 0)
-            return 0;
-        t->line_no++;
-        t->done += (uint64_t)len;
-        if (memchr(t->line, '\0', (size_t)len)) {
-            cli_error(cmd, "%s:%" PRIu64 ": binary data (NUL byte): not a TSV", t->path, t->line_no);
-            return -1;
-        }
-        while (len > 0 && (t->line[len - 1] == '\n' || t->line[len - 1] == '\r'))
-            t->line[--len] = '\0';
-        if (len == 0)
-            continue;
-        char *fields[64];
-        int n = 0;
-        char *p = t->line;
-        fields[n++] = p;
-        while ((p = strchr(p, '\t')) && n < 64) {
-            *p++ = '\0';
-            fields[n++] = p;
-        }
-        if (n != t->columns) {
-            cli_error(cmd, "%s:%" PRIu64 ": %d columns, the header has %d", t->path, t->line_no, n,
-                      t->columns);
-            return -1;
-        }
-        *label = t->label_col >= 0 ? fields[t->label_col] : NULL;
-        *text = fields[t->text_col];
-        return 1;
-    }
-}
-
-static void tsv_close(struct tsv *t)
-{
-    if (t->f)
-        fclose(t->f);
-    free(t->line);
-}
-
 /* A TSV label: the label id, or a label name of the model. */
 static bool label_id(const struct model_config *cfg, const char *label, int64_t *out)
 {
@@ -508,7 +413,7 @@ static int classify_captures(struct infer *in, const struct cli_opt *opts, const
 
 static int classify_tsv(struct infer *in, const char *path, bool quiet)
 {
-    struct tsv t = {0};
+    struct cli_tsv t = {0};
     int status = 1;
     char (*prefixes)[32] = malloc((size_t)in->batch * sizeof *prefixes);
     const char **prefix_ptr = malloc((size_t)in->batch * sizeof *prefix_ptr);
@@ -516,13 +421,13 @@ static int classify_tsv(struct infer *in, const char *path, bool quiet)
         cli_error(in->cmd, "out of memory");
         goto done;
     }
-    if (!tsv_open(in->cmd, path, &t))
+    if (!cli_tsv_open(in->cmd, path, &t))
         goto done;
     struct cli_progress progress;
     cli_progress_start(&progress, in->cmd, t.size, quiet);
     char *label, *text;
     int r;
-    while ((r = tsv_next(in->cmd, &t, &label, &text)) > 0) {
+    while ((r = cli_tsv_next(in->cmd, &t, &label, &text)) > 0) {
         uint32_t b = in->n;
         in->truth[b] = -1;
         if (label && *label && !label_id(in->cfg, label, &in->truth[b])) {
@@ -544,7 +449,7 @@ static int classify_tsv(struct infer *in, const char *path, bool quiet)
     cli_progress_end(&progress, t.done, in->rows, "rows");
     status = 0;
 done:
-    tsv_close(&t);
+    cli_tsv_close(&t);
     free(prefixes);
     free(prefix_ptr);
     return status;
@@ -740,7 +645,7 @@ int cmd_generate(int argc, char **argv)
         return rc == CLI_HELP_SHOWN ? 0 : 2;
     struct infer in = {.cmd = cmd};
     struct cli_output out = {0};
-    struct tsv t = {0};
+    struct cli_tsv t = {0};
     int status = 2;
     const char *test_path = cli_get(opts, "test-path");
     uint32_t tgt;
@@ -771,14 +676,14 @@ int cmd_generate(int argc, char **argv)
     in.out = out.fp;
     if (!in.json)
         fputs("row\tgenerated\ttarget\texact\n", in.out);
-    if (!tsv_open(cmd, test_path, &t))
+    if (!cli_tsv_open(cmd, test_path, &t))
         goto done;
     uint64_t rows[4096];
     struct cli_progress progress;
     cli_progress_start(&progress, cmd, t.size, cli_flag(opts, "quiet"));
     char *label, *text;
     int r;
-    while ((r = tsv_next(cmd, &t, &label, &text)) > 0) {
+    while ((r = cli_tsv_next(cmd, &t, &label, &text)) > 0) {
         uint32_t b = in.n;
         in.targets[b] = label && *label ? strdup(label) : NULL;
         in.lengths[b] = tok_text_ids(in.vocab, text, strlen(text), in.seq, in.ids + (size_t)b * in.seq);
@@ -803,7 +708,7 @@ int cmd_generate(int argc, char **argv)
 done:
     if (status != 0 && out.fp)
         cli_output_abort(&out);
-    tsv_close(&t);
+    cli_tsv_close(&t);
     free(pos);
     infer_release(&in);
     return status;

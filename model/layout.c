@@ -248,6 +248,12 @@ void model_free(struct model *m)
 }
 
 const struct model_config *model_get_config(const struct model *m) { return &m->cfg; }
+
+float *model_params(struct model *m, size_t *floats)
+{
+    *floats = m->layout.total;
+    return m->params;
+}
 struct model_config *model_config_mut(struct model *m) { return &m->cfg; }
 
 uint64_t model_parameter_count(const struct model *m)

@@ -92,10 +92,16 @@ struct model *model_load(const char *dir, char *err, size_t errlen);
 /* config.json and model.safetensors (Hugging Face names and layouts) into dir, created if
  * missing; each file written to a temporary name and renamed. */
 bool model_save(const struct model *m, const char *dir, char *err, size_t errlen);
+/* The same with BF16 weights (round to nearest even): half the size, for shipping a model; it
+ * loads back as fp32. */
+bool model_save_bf16(const struct model *m, const char *dir, char *err, size_t errlen);
 void model_free(struct model *m);
 const struct model_config *model_get_config(const struct model *m);
 struct model_config *model_config_mut(struct model *m); /* netlm object fields only */
 uint64_t model_parameter_count(const struct model *m);
+/* The parameter block (all tensors, aligned, in layout order; *floats its length): what an
+ * optimizer updates and a checkpoint snapshots. */
+float *model_params(struct model *m, size_t *floats);
 /* Replaces the classification head with a fresh one for num_labels classes (N(0, 0.02)). */
 bool model_set_labels(struct model *m, uint32_t num_labels, char **labels, uint64_t seed,
                       char *err, size_t errlen);

@@ -297,7 +297,32 @@ struct model *model_load(const char *dir, char *err, size_t errlen)
     return m;
 }
 
+/* fp32 → bf16, round to nearest even; NaN stays a quiet NaN */
+static void to_bf16(uint16_t *dst, const float *src, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &src[i], 4);
+        if ((u & 0x7fffffffu) > 0x7f800000u)
+            dst[i] = (uint16_t)((u >> 16) | 0x40);
+        else
+            dst[i] = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    }
+}
+
+static bool save_dir(const struct model *m, const char *dir, bool bf16, char *err, size_t errlen);
+
 bool model_save(const struct model *m, const char *dir, char *err, size_t errlen)
+{
+    return save_dir(m, dir, false, err, errlen);
+}
+
+bool model_save_bf16(const struct model *m, const char *dir, char *err, size_t errlen)
+{
+    return save_dir(m, dir, true, err, errlen);
+}
+
+static bool save_dir(const struct model *m, const char *dir, bool bf16, char *err, size_t errlen)
 {
     if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
         snprintf(err, errlen, "%s: cannot create the directory: %s", dir, strerror(errno));
@@ -308,16 +333,20 @@ bool model_save(const struct model *m, const char *dir, char *err, size_t errlen
         snprintf(err, errlen, "%s: out of memory", dir);
         return false;
     }
-    size_t transposed = 0;
-    for (size_t i = 0; i < map.count; i++)
+    size_t transposed = 0, total = 0;
+    for (size_t i = 0; i < map.count; i++) {
+        size_t numel = map.e[i].shape[0] * (map.e[i].ndim == 2 ? map.e[i].shape[1] : 1);
+        total += numel;
         if (map.e[i].transpose)
-            transposed += map.e[i].shape[0] * map.e[i].shape[1];
+            transposed += numel;
+    }
     float *tmp = transposed ? malloc(transposed * sizeof(float)) : NULL;
+    uint16_t *half = bf16 ? malloc(total * sizeof(uint16_t)) : NULL;
     struct st_write_tensor *t = calloc(map.count, sizeof(*t));
-    bool ok = t && (!transposed || tmp);
+    bool ok = t && (!transposed || tmp) && (!bf16 || half);
     if (!ok)
         snprintf(err, errlen, "%s: out of memory", dir);
-    size_t used = 0;
+    size_t used = 0, half_used = 0;
     for (size_t i = 0; ok && i < map.count; i++) {
         const struct hf_entry *e = &map.e[i];
         t[i].name = e->name;
@@ -334,6 +363,13 @@ bool model_save(const struct model *m, const char *dir, char *err, size_t errlen
         } else {
             t[i].data = m->params + e->offset;
         }
+        if (bf16) {
+            size_t numel = e->shape[0] * (e->ndim == 2 ? e->shape[1] : 1);
+            to_bf16(half + half_used, t[i].data, numel);
+            t[i].data = half + half_used;
+            t[i].dtype = ST_BF16;
+            half_used += numel;
+        }
     }
     char path[4096];
     static const char *const meta[] = {"format", "pt"};
@@ -347,6 +383,7 @@ bool model_save(const struct model *m, const char *dir, char *err, size_t errlen
         unlink(path);
     }
     free(tmp);
+    free(half);
     free(t);
     free(map.e);
     return ok;

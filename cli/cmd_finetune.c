@@ -1,0 +1,751 @@
+/* cmd_finetune.c — `netlm finetune understanding`: a classifier trained on the seed's dataset
+ * TSVs, from a pretrained model or a fresh one; the best epoch on dev is kept, test is evaluated
+ * with it, and the metrics, curves and confusion matrix are written next to the model.
+ *
+ * Training is reproducible from its seed: the order of every epoch is a function of (seed,
+ * epoch), so a run resumed from a checkpoint continues exactly as the uninterrupted one. */
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+
+#include "cli/cli.h"
+#include "model/model.h"
+#include "model/safetensors.h"
+#include "tokenizer/tokenizer.h"
+#include "train/train.h"
+
+struct samples {
+    uint32_t *ids, *lengths, *labels;
+    size_t n, cap;
+    uint32_t seq;
+};
+
+static void samples_free(struct samples *s)
+{
+    free(s->ids);
+    free(s->lengths);
+    free(s->labels);
+    memset(s, 0, sizeof *s);
+}
+
+/* Every row of a dataset TSV, tokenized; labels must be ids below max_labels (0 = no limit). */
+static bool samples_load(const char *cmd, const char *path, const struct tok_vocab *vocab,
+                         uint32_t seq, struct samples *s)
+{
+    struct cli_tsv t = {0};
+    s->seq = seq;
+    bool ok = cli_tsv_open(cmd, path, &t);
+    if (ok && t.label_col < 0) {
+        cli_error(cmd, "%s: no label column (the header must be label\\ttext_a)", path);
+        ok = false;
+    }
+    char *label, *text;
+    int r = 0;
+    while (ok && (r = cli_tsv_next(cmd, &t, &label, &text)) > 0) {
+        char *end;
+        errno = 0;
+        unsigned long id = strtoul(label, &end, 10);
+        if (!*label || *end || errno || id >= MODEL_MAX_LABELS) {
+            cli_error(cmd, "%s:%" PRIu64 ": label '%s' is not a label id (0, 1, ...)", path, t.line_no, label);
+            ok = false;
+            break;
+        }
+        if (s->n == s->cap) {
+            size_t ncap = s->cap ? s->cap * 2 : 1024;
+            uint32_t *ids = realloc(s->ids, ncap * seq * sizeof(uint32_t));
+            if (ids)
+                s->ids = ids;
+            uint32_t *len = realloc(s->lengths, ncap * sizeof(uint32_t));
+            if (len)
+                s->lengths = len;
+            uint32_t *lab = realloc(s->labels, ncap * sizeof(uint32_t));
+            if (lab)
+                s->labels = lab;
+            if (!ids || !len || !lab) {
+                cli_error(cmd, "out of memory reading %s", path);
+                ok = false;
+                break;
+            }
+            s->cap = ncap;
+        }
+        s->lengths[s->n] = tok_text_ids(vocab, text, strlen(text), seq, s->ids + s->n * seq);
+        s->labels[s->n++] = (uint32_t)id;
+    }
+    if (r < 0)
+        ok = false;
+    if (ok && s->n == 0) {
+        cli_error(cmd, "%s: no rows", path);
+        ok = false;
+    }
+    cli_tsv_close(&t);
+    return ok;
+}
+
+/* classes.txt next to the TSV (what netlm dataset writes): line n names label n. */
+static char **class_names(const char *tsv_path, uint32_t n)
+{
+    char path[4096];
+    const char *slash = strrchr(tsv_path, '/');
+    snprintf(path, sizeof path, "%.*sclasses.txt", slash ? (int)(slash - tsv_path + 1) : 0, tsv_path);
+    FILE *f = fopen(path, "r");
+    char **names = calloc(n, sizeof(char *));
+    char line[1024];
+    for (uint32_t i = 0; names && f && i < n && fgets(line, sizeof line, f); i++) {
+        line[strcspn(line, "\r\n")] = '\0';
+        names[i] = strdup(line);
+    }
+    if (f)
+        fclose(f);
+    for (uint32_t i = 0; names && i < n; i++)
+        if (!names[i]) {
+            char num[16];
+            snprintf(num, sizeof num, "%u", i);
+            names[i] = strdup(num);
+        }
+    return names;
+}
+
+/* Position i of epoch e's order: a seeded Fisher–Yates permutation, recomputed from (seed, e). */
+static void epoch_order(uint64_t seed, uint64_t epoch, size_t n, uint32_t *order)
+{
+    struct train_rng {
+        uint64_t s;
+    } rng = {seed * 0x9e3779b97f4a7c15ull + epoch * 0xd1b54a32d192ed03ull + 1};
+    for (size_t i = 0; i < n; i++)
+        order[i] = (uint32_t)i;
+    for (size_t i = n; i > 1; i--) {
+        rng.s ^= rng.s << 13;
+        rng.s ^= rng.s >> 7;
+        rng.s ^= rng.s << 17;
+        size_t j = (size_t)(rng.s % i);
+        uint32_t t = order[i - 1];
+        order[i - 1] = order[j];
+        order[j] = t;
+    }
+}
+
+/* Classifies every sample; fills the confusion matrix. */
+static bool evaluate(const char *cmd, struct model *m, const struct samples *s, uint32_t batch,
+                     uint32_t threads, struct train_confusion *cm)
+{
+    char err[512];
+    const uint32_t NL = model_get_config(m)->num_labels;
+    struct model_runner *r = model_runner_create(m, batch, s->seq, 0, threads, err, sizeof err);
+    float *scores = malloc((size_t)batch * NL * sizeof(float));
+    if (!r || !scores || !train_confusion_init(cm, NL)) {
+        cli_error(cmd, "%s", r ? "out of memory" : err);
+        model_runner_free(r);
+        free(scores);
+        return false;
+    }
+    bool ok = true;
+    for (size_t i = 0; ok && i < s->n; i += batch) {
+        uint32_t nb = (uint32_t)(s->n - i < batch ? s->n - i : batch);
+        ok = model_classify(r, s->ids + i * s->seq, s->lengths + i, nb, s->seq, NULL, scores);
+        for (uint32_t b = 0; ok && b < nb; b++) {
+            const float *sc = scores + (size_t)b * NL;
+            uint32_t best = 0;
+            for (uint32_t k = 1; k < NL; k++)
+                if (sc[k] > sc[best])
+                    best = k;
+            train_confusion_add(cm, s->labels[i + b], best);
+        }
+    }
+    if (!ok)
+        cli_error(cmd, "evaluation failed (a label or token id outside the model)");
+    model_runner_free(r);
+    free(scores);
+    return ok;
+}
+
+/* prf.csv (per class), confusion.tsv, metrics.json and the confusion plot for the test set. */
+static bool write_test_report(const char *cmd, const char *dir, const struct train_confusion *cm,
+                              char **names, double seconds)
+{
+    struct train_class_metrics *pc = calloc(cm->classes, sizeof *pc);
+    if (!pc)
+        return false;
+    double f1 = train_macro_f1(cm, pc), acc = train_accuracy(cm);
+    char path[4096];
+    struct cli_output out;
+    bool ok = true;
+    snprintf(path, sizeof path, "%s/prf.csv", dir);
+    if ((ok = cli_output_open(cmd, path, &out))) {
+        fprintf(out.fp, "label_id,label,precision,recall,f1,support\n");
+        for (uint32_t k = 0; k < cm->classes; k++)
+            fprintf(out.fp, "%u,%s,%.4f,%.4f,%.4f,%" PRIu64 "\n", k, names[k], pc[k].precision,
+                    pc[k].recall, pc[k].f1, pc[k].support);
+        ok = cli_output_commit(cmd, &out);
+    }
+    snprintf(path, sizeof path, "%s/confusion.tsv", dir);
+    if (ok && (ok = cli_output_open(cmd, path, &out))) {
+        fprintf(out.fp, "truth\\predicted");
+        for (uint32_t k = 0; k < cm->classes; k++)
+            fprintf(out.fp, "\t%s", names[k]);
+        fputc('\n', out.fp);
+        for (uint32_t i = 0; i < cm->classes; i++) {
+            fprintf(out.fp, "%s", names[i]);
+            for (uint32_t k = 0; k < cm->classes; k++)
+                fprintf(out.fp, "\t%" PRIu64, cm->counts[(size_t)i * cm->classes + k]);
+            fputc('\n', out.fp);
+        }
+        ok = cli_output_commit(cmd, &out);
+    }
+    snprintf(path, sizeof path, "%s/metrics.json", dir);
+    if (ok && (ok = cli_output_open(cmd, path, &out))) {
+        fprintf(out.fp, "{\"split\": \"test\", \"rows\": %" PRIu64 ", \"accuracy\": %.6f, \"macro_f1\": %.6f, "
+                        "\"train_seconds\": %.1f, \"per_class\": [",
+                cm->total, acc, f1, seconds);
+        for (uint32_t k = 0; k < cm->classes; k++)
+            fprintf(out.fp, "%s{\"label\": \"%s\", \"precision\": %.4f, \"recall\": %.4f, \"f1\": %.4f, \"support\": %" PRIu64 "}",
+                    k ? ", " : "", names[k], pc[k].precision, pc[k].recall, pc[k].f1, pc[k].support);
+        fprintf(out.fp, "]}\n");
+        ok = cli_output_commit(cmd, &out);
+    }
+    free(pc);
+    return ok;
+}
+
+/* gnuplot draws the loss curve and the confusion matrix when it is installed; the numbers are
+ * in the CSV/TSV files either way. */
+static void draw_plots(const char *dir, uint32_t classes)
+{
+    if (access("/usr/bin/gnuplot", X_OK) != 0)
+        return;
+    char script[8192];
+    snprintf(script, sizeof script, "%s/loss.csv", dir);
+    const bool have_loss = access(script, R_OK) == 0;
+    snprintf(script, sizeof script,
+             "/usr/bin/gnuplot -e \"set terminal pngcairo size 900,500 noenhanced; set output '%s/loss.png';"
+             " set datafile separator ','; set key autotitle columnhead; set xlabel 'step'; set ylabel 'loss';"
+             " set y2label 'dev accuracy'; set y2tics; set ytics nomirror;"
+             " plot '%s/loss.csv' using 1:2 with lines title 'train loss',"
+             " '%s/loss.csv' using 1:(column(4) >= 0 ? column(4) : 1/0) axes x1y2 with linespoints title 'dev accuracy'\""
+             " >/dev/null 2>&1",
+             dir, dir, dir);
+    if (have_loss && system(script) != 0)
+        return;
+    snprintf(script, sizeof script,
+             "/usr/bin/gnuplot -e \"set terminal pngcairo size 900,800 noenhanced; set output '%s/confusion.png';"
+             " set datafile separator tab; set title 'test confusion (rows: truth, columns: predicted)';"
+             " set bmargin 9; set lmargin 18; set xrange [-0.5:%u-0.5]; set yrange [%u-0.5:-0.5]; set xtics rotate by 90 font ',8'; set ytics font ',8';"
+             " set palette defined (0 'white', 1 'dark-blue'); set cblabel 'rows';"
+             " plot '%s/confusion.tsv' matrix rowheaders columnheaders using 1:2:3 with image notitle\""
+             " >/dev/null 2>&1",
+             dir, classes, classes, dir);
+    if (system(script) != 0)
+        return;
+}
+
+static bool save_optimizer(const char *cmd, const char *dir, const float *mom, const float *vel,
+                           size_t n, uint64_t step, uint64_t epoch, uint64_t seed, double best)
+{
+    char path[4200], err[512];
+    struct st_write_tensor t[2] = {
+        {.name = "adamw.m", .dtype = ST_F32, .ndim = 1, .shape = {n}, .data = mom},
+        {.name = "adamw.v", .dtype = ST_F32, .ndim = 1, .shape = {n}, .data = vel},
+    };
+    snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
+    if (!st_write(path, t, 2, NULL, 0, err, sizeof err)) {
+        cli_error(cmd, "%s", err);
+        return false;
+    }
+    snprintf(path, sizeof path, "%s/state.json", dir);
+    struct cli_output out;
+    if (!cli_output_open(cmd, path, &out))
+        return false;
+    fprintf(out.fp, "{\"step\": %" PRIu64 ", \"epoch\": %" PRIu64 ", \"seed\": %" PRIu64 ", \"best_dev\": %.17g}\n",
+            step, epoch, seed, best);
+    return cli_output_commit(cmd, &out);
+}
+
+static bool load_optimizer(const char *cmd, const char *dir, float *mom, float *vel, size_t n,
+                           uint64_t *step, uint64_t *epoch, uint64_t *seed, double *best)
+{
+    char path[4200], err[512];
+    snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
+    struct st_file *f = st_open(path, err, sizeof err);
+    if (!f) {
+        cli_error(cmd, "%s", err);
+        return false;
+    }
+    const struct st_tensor *tm = st_find(f, "adamw.m"), *tv = st_find(f, "adamw.v");
+    bool ok = tm && tv && tm->numel == n && tv->numel == n && st_read_f32(tm, mom) && st_read_f32(tv, vel);
+    st_close(f);
+    if (!ok) {
+        cli_error(cmd, "%s: not this model's optimizer state", path);
+        return false;
+    }
+    snprintf(path, sizeof path, "%s/state.json", dir);
+    struct json_object *o = json_object_from_file(path), *v;
+    ok = o && json_object_object_get_ex(o, "step", &v) && (*step = (uint64_t)json_object_get_int64(v), true) &&
+         json_object_object_get_ex(o, "epoch", &v) && (*epoch = (uint64_t)json_object_get_int64(v), true) &&
+         json_object_object_get_ex(o, "seed", &v) && (*seed = (uint64_t)json_object_get_int64(v), true) &&
+         json_object_object_get_ex(o, "best_dev", &v) && (*best = json_object_get_double(v), true);
+    json_object_put(o);
+    if (!ok)
+        cli_error(cmd, "%s: missing or malformed (step, epoch, seed, best_dev)", path);
+    return ok;
+}
+
+static int finetune_understanding(int argc, char **argv)
+{
+    static const char *const cmd = "finetune understanding";
+    struct cli_opt opts[] = {
+        {"pretrained-model-path", NULL, 0, "DIR", "start from this model (default: a fresh one from --config_path)", NULL},
+        {"config-path", NULL, 0, "FILE", "config.json of a fresh model (Hugging Face or UER form)", NULL},
+        {"vocab-path", NULL, 0, "FILE", "vocabulary (default: the model's, or the built-in one)", NULL},
+        {"train-path", NULL, 0, "FILE", "training TSV (label\\ttext_a)", NULL},
+        {"dev-path", NULL, 0, "FILE", "validation TSV: the best epoch on it is kept", NULL},
+        {"test-path", NULL, 0, "FILE", "test TSV, evaluated with the best epoch", NULL},
+        {"output-model-path", NULL, 'o', "DIR", "where the model, checkpoint, metrics and plots go", NULL},
+        {"labels-num", NULL, 0, "N", "classes (default: the largest label in train + 1)", NULL},
+        {"pooling", NULL, 0, "mean|first|last|max", "pooling of the final states (default mean)", NULL},
+        {"seq-length", NULL, 0, "N", "ids per input (default 128)", NULL},
+        {"epochs-num", NULL, 0, "N", "epochs (default 10)", NULL},
+        {"batch-size", NULL, 'b', "N", "sequences per step (default 32)", NULL},
+        {"learning-rate", NULL, 0, "LR", "peak learning rate (default 2e-5, the seed's)", NULL},
+        {"warmup", NULL, 0, "FRACTION", "share of the steps with linear warmup (default 0.1)", NULL},
+        {"schedule", NULL, 0, "linear|cosine|constant", "after warmup (default linear to 0)", NULL},
+        {"optimizer", NULL, 0, "adamw|uer", "bias-corrected AdamW (default) or the seed's UER AdamW", NULL},
+        {"weight-decay", NULL, 0, "WD", "decoupled weight decay, not on biases and norms (default 0.01)", NULL},
+        {"clip", NULL, 0, "NORM", "clip the gradient's global norm (default 0 = off)", NULL},
+        {"seed", "seed", 0, "N", "seed of the initialisation and the data order (default 7)", NULL},
+        {"threads", NULL, 't', "N", "CPU threads (default: all online CPUs)", NULL},
+        {"report-steps", NULL, 0, "N", "a status line every N steps (default 100)", NULL},
+        {"resume", NULL, 0, NULL, "continue from OUTPUT/checkpoint, exactly as if never stopped", NULL},
+        {"stop-after", NULL, 0, "N", "end this run after N epochs, checkpoint kept (a time-limited job; --resume goes on)", NULL},
+        {"quiet", NULL, 'q', NULL, "no status lines", NULL},
+        {0},
+    };
+    const char **pos = NULL;
+    int npos = 0;
+    int rc = cli_parse("finetune understanding", "netlm finetune understanding --train_path T --dev_path D --test_path E "
+                       "--output_model_path OUT (--pretrained_model_path M | --config_path C) [OPTIONS]",
+                       "Trains the classification head (and the whole model) on the seed's dataset TSVs. Each epoch\n"
+                       "is evaluated on dev and the best is kept in OUT; test is evaluated with it. OUT also gets\n"
+                       "metrics.json, prf.csv (per-class precision/recall/F1), confusion.tsv, loss.csv and, with\n"
+                       "gnuplot, loss.png and confusion.png. OUT/checkpoint holds the last epoch for --resume.",
+                       opts, argc, argv, &pos, &npos);
+    if (rc != CLI_PARSED)
+        return rc == CLI_HELP_SHOWN ? 0 : 2;
+    free(pos);
+    const char *train_path = cli_get(opts, "train-path"), *dev_path = cli_get(opts, "dev-path");
+    const char *test_path = cli_get(opts, "test-path"), *out_dir = cli_get(opts, "output-model-path");
+    const char *pretrained = cli_get(opts, "pretrained-model-path"), *config_path = cli_get(opts, "config-path");
+    if (!train_path || !dev_path || !test_path || !out_dir) {
+        cli_error(cmd, "--train_path, --dev_path, --test_path and --output_model_path are required");
+        return 2;
+    }
+    if ((pretrained != NULL) == (config_path != NULL)) {
+        cli_error(cmd, "give either --pretrained_model_path DIR or --config_path FILE, not %s", pretrained ? "both" : "neither");
+        return 2;
+    }
+    uint32_t labels_num, seq, epochs, batch, threads, report, stop_after;
+    double lr, warmup, wd, clip;
+    uint64_t seed;
+    static const char *const pool_names[] = {"mean", "first", "last", "max", NULL};
+    static const char *const sched_names[] = {"constant", "linear", "cosine", NULL};
+    static const char *const opt_names[] = {"adamw", "uer", NULL};
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int pooling = cli_choice(cmd, opts, "pooling", "mean", pool_names);
+    int schedule = cli_choice(cmd, opts, "schedule", "linear", sched_names);
+    int optimizer = cli_choice(cmd, opts, "optimizer", "adamw", opt_names);
+    if (pooling < 0 || schedule < 0 || optimizer < 0 ||
+        !cli_u32(cmd, opts, "labels-num", 0, 0, MODEL_MAX_LABELS, &labels_num) ||
+        !cli_u32(cmd, opts, "seq-length", 128, 2, 65536, &seq) ||
+        !cli_u32(cmd, opts, "epochs-num", 10, 1, 100000, &epochs) ||
+        !cli_u32(cmd, opts, "batch-size", 32, 1, 65536, &batch) ||
+        !cli_u32(cmd, opts, "threads", ncpu > 0 ? (uint32_t)ncpu : 1, 1, 1024, &threads) ||
+        !cli_u32(cmd, opts, "report-steps", 100, 1, UINT32_MAX, &report) ||
+        !cli_u32(cmd, opts, "stop-after", 0, 0, UINT32_MAX, &stop_after) ||
+        !cli_double(cmd, opts, "learning-rate", 2e-5, 0.0, 10.0, &lr) ||
+        !cli_double(cmd, opts, "warmup", 0.1, 0.0, 1.0, &warmup) ||
+        !cli_double(cmd, opts, "weight-decay", 0.01, 0.0, 10.0, &wd) ||
+        !cli_double(cmd, opts, "clip", 0.0, 0.0, 1e9, &clip) ||
+        !cli_u64(cmd, opts, "seed", 7, 0, UINT64_MAX, &seed))
+        return 2;
+    const bool quiet = cli_flag(opts, "quiet"), resume = cli_flag(opts, "resume");
+
+    int status = 1;
+    char err[1024], path[4096];
+    struct model *m = NULL;
+    struct tok_vocab *vocab = NULL;
+    struct samples train = {0}, dev = {0}, test = {0};
+    struct train_runner *tr = NULL;
+    float *mom = NULL, *vel = NULL, *best_params = NULL;
+    uint32_t *order = NULL;
+    char **names = NULL;
+    FILE *loss_csv = NULL;
+    char checkpoint[4000];
+    snprintf(checkpoint, sizeof checkpoint, "%s/checkpoint", out_dir);
+
+    /* the model: a checkpoint to resume, a pretrained one, or a fresh one */
+    if (mkdir(out_dir, 0755) != 0 && errno != EEXIST) {
+        cli_error(cmd, "%s: %s", out_dir, strerror(errno));
+        goto done;
+    }
+    if (resume)
+        m = model_load(checkpoint, err, sizeof err);
+    else if (pretrained)
+        m = model_load(pretrained, err, sizeof err);
+    else {
+        struct model_config cfg;
+        model_config_init(&cfg);
+        if (model_config_load(config_path, &cfg, err, sizeof err))
+            m = model_create(&cfg, seed, err, sizeof err);
+        model_config_release(&cfg);
+    }
+    if (!m) {
+        cli_error(cmd, "%s", err);
+        goto done;
+    }
+    const struct model_config *mc = model_get_config(m);
+    const char *vocab_path = cli_get(opts, "vocab-path");
+    if (!vocab_path && strcmp(mc->tokenizer.vocab, "builtin") != 0 && pretrained) {
+        snprintf(path, sizeof path, "%s/%s", pretrained, mc->tokenizer.vocab);
+        vocab_path = path;
+    }
+    vocab = vocab_path ? tok_vocab_load(vocab_path, err, sizeof err) : tok_vocab_builtin();
+    if (!vocab) {
+        cli_error(cmd, "%s", err);
+        goto done;
+    }
+    if (tok_vocab_size(vocab) > mc->vocab_size) {
+        cli_error(cmd, "the vocabulary has %u tokens but the model only %u", tok_vocab_size(vocab), mc->vocab_size);
+        goto done;
+    }
+    if (mc->arch == MODEL_ARCH_GPT2 && seq > mc->max_positions) {
+        cli_error(cmd, "--seq_length %u exceeds the model's %u positions", seq, mc->max_positions);
+        goto done;
+    }
+    if (!samples_load(cmd, train_path, vocab, seq, &train) || !samples_load(cmd, dev_path, vocab, seq, &dev) ||
+        !samples_load(cmd, test_path, vocab, seq, &test))
+        goto done;
+    uint32_t max_label = 0;
+    for (size_t i = 0; i < train.n; i++)
+        max_label = train.labels[i] > max_label ? train.labels[i] : max_label;
+    if (labels_num == 0)
+        labels_num = max_label + 1;
+    struct samples *sets[] = {&train, &dev, &test};
+    const char *set_paths[] = {train_path, dev_path, test_path};
+    for (int k = 0; k < 3; k++)
+        for (size_t i = 0; i < sets[k]->n; i++)
+            if (sets[k]->labels[i] >= labels_num) {
+                cli_error(cmd, "%s: label %u but --labels_num is %u", set_paths[k], sets[k]->labels[i], labels_num);
+                goto done;
+            }
+    names = class_names(train_path, labels_num);
+    if (!names)
+        goto done;
+    if (!resume && (mc->num_labels != labels_num || !pretrained) &&
+        !model_set_labels(m, labels_num, names, seed + 1, err, sizeof err)) {
+        cli_error(cmd, "%s", err);
+        goto done;
+    }
+    mc = model_get_config(m);
+    struct model_config *mut = model_config_mut(m);
+    mut->task = MODEL_TASK_CLASSIFY;
+    mut->pooling = (enum model_pooling)(pooling == 0 ? MODEL_POOL_MEAN : pooling == 1 ? MODEL_POOL_FIRST
+                                                    : pooling == 2 ? MODEL_POOL_LAST : MODEL_POOL_MAX);
+    mut->seq_length = seq;
+    snprintf(mut->tokenizer.vocab, sizeof mut->tokenizer.vocab, "%s", vocab_path ? "vocab.txt" : "builtin");
+
+    tr = train_runner_create(m, batch, seq, threads, err, sizeof err);
+    const size_t n_params = tr ? train_runner_grad_count(tr) : 0;
+    size_t n_floats = 0;
+    mom = calloc(n_params ? n_params : 1, sizeof(float));
+    vel = calloc(n_params ? n_params : 1, sizeof(float));
+    best_params = malloc((n_params ? n_params : 1) * sizeof(float));
+    order = malloc(train.n * sizeof(uint32_t));
+    uint32_t *b_ids = malloc((size_t)batch * seq * sizeof(uint32_t)), *b_len = malloc(batch * sizeof(uint32_t));
+    uint32_t *b_lab = malloc(batch * sizeof(uint32_t));
+    if (!tr || !mom || !vel || !best_params || !order || !b_ids || !b_len || !b_lab) {
+        cli_error(cmd, "%s", tr ? "out of memory" : err);
+        free(b_ids);
+        free(b_len);
+        free(b_lab);
+        goto done;
+    }
+    struct train_adamw adamw;
+    if (optimizer == 1)
+        train_adamw_uer(&adamw);
+    else
+        train_adamw_defaults(&adamw);
+    adamw.weight_decay = (float)wd;
+    const uint64_t steps_per_epoch = (train.n + batch - 1) / batch, total_steps = steps_per_epoch * epochs;
+    const uint64_t warmup_steps = (uint64_t)(warmup * (double)total_steps);
+    uint64_t step = 0, start_epoch = 0, resumed_seed = seed;
+    double best_dev = -1.0;
+    if (resume) {
+        if (!load_optimizer(cmd, checkpoint, mom, vel, n_params, &step, &start_epoch, &resumed_seed, &best_dev))
+            goto done_batch;
+        if (resumed_seed != seed) {
+            cli_error(cmd, "%s: the checkpoint was trained with --seed %" PRIu64 ", not %" PRIu64, checkpoint, resumed_seed, seed);
+            goto done_batch;
+        }
+        char best_dir[4096];
+        snprintf(best_dir, sizeof best_dir, "%s/config.json", out_dir);
+        struct model *best = access(best_dir, R_OK) == 0 ? model_load(out_dir, err, sizeof err) : NULL;
+        size_t nb_floats;
+        memcpy(best_params, model_params(best ? best : m, &nb_floats), n_params * sizeof(float));
+        model_free(best);
+    } else {
+        memcpy(best_params, model_params(m, &n_floats), n_params * sizeof(float));
+    }
+    snprintf(path, sizeof path, "%s/loss.csv", out_dir);
+    loss_csv = fopen(path, resume ? "a" : "w");
+    if (!loss_csv) {
+        cli_error(cmd, "%s: %s", path, strerror(errno));
+        goto done_batch;
+    }
+    if (!resume)
+        fprintf(loss_csv, "step,loss,learning_rate,dev_accuracy,dev_macro_f1\n");
+    if (!quiet)
+        fprintf(stderr, "netlm %s: %s %u x %u, %.2fM parameters, %zu train / %zu dev / %zu test rows, %u labels, "
+                        "%" PRIu64 " steps\n", cmd, model_arch_name(mc->arch), mc->layers, mc->hidden,
+                model_parameter_count(m) / 1e6, train.n, dev.n, test.n, labels_num, total_steps);
+    const double t0 = cli_now();
+    double last_print = t0, loss_sum = 0.0;
+    uint64_t loss_count = 0, tokens = 0;
+    for (uint64_t epoch = start_epoch; epoch < epochs; epoch++) {
+        epoch_order(seed, epoch, train.n, order);
+        for (uint64_t s = 0; s < steps_per_epoch; s++) {
+            uint32_t nb = 0;
+            for (size_t i = s * batch; i < train.n && nb < batch; i++, nb++) {
+                const uint32_t k = order[i];
+                memcpy(b_ids + (size_t)nb * seq, train.ids + (size_t)k * seq, seq * sizeof(uint32_t));
+                b_len[nb] = train.lengths[k];
+                b_lab[nb] = train.labels[k];
+                tokens += b_len[nb];
+            }
+            struct train_batch tb = {.ids = b_ids, .lengths = b_len, .batch = nb, .seq = seq, .labels = b_lab};
+            double loss;
+            train_zero_grads(tr);
+            if (!train_forward_backward(tr, TRAIN_CLASSIFY, &tb, &loss)) {
+                cli_error(cmd, "training step %" PRIu64 " failed (token ids outside the model?)", step + 1);
+                goto done_batch;
+            }
+            float *g = train_runner_grads(tr);
+            if (clip > 0) {
+                double norm = train_grad_norm(g, n_params);
+                if (norm > clip)
+                    train_grad_scale(g, n_params, (float)(clip / (norm + 1e-6)));
+            }
+            const float step_lr = train_schedule_lr((enum train_schedule)schedule, (float)lr, step, warmup_steps, total_steps);
+            train_adamw_step(m, g, mom, vel, step + 1, step_lr, &adamw, (int)threads);
+            step++;
+            loss_sum += loss;
+            loss_count++;
+            fprintf(loss_csv, "%" PRIu64 ",%.6f,%.6g,-1,-1\n", step, loss, step_lr);
+            double now = cli_now();
+            if (!quiet && (step % report == 0 || now - last_print > 30)) {
+                double rate = (double)step / (now - t0), eta = (double)(total_steps - step) / (rate > 0 ? rate : 1);
+                fprintf(stderr, "netlm %s: epoch %" PRIu64 "/%u step %" PRIu64 "/%" PRIu64 " loss %.4f lr %.3g %.0f tokens/s ETA %.0f s\n",
+                        cmd, epoch + 1, epochs, step, total_steps, loss_sum / loss_count, step_lr,
+                        tokens / (now - t0), eta);
+                loss_sum = 0.0;
+                loss_count = 0;
+                last_print = now;
+            }
+        }
+        struct train_confusion cm = {0};
+        if (!evaluate(cmd, m, &dev, batch, threads, &cm))
+            goto done_batch;
+        const double acc = train_accuracy(&cm), f1 = train_macro_f1(&cm, NULL);
+        train_confusion_release(&cm);
+        fprintf(loss_csv, "%" PRIu64 ",,,%.6f,%.6f\n", step, acc, f1);
+        fflush(loss_csv);
+        if (!quiet)
+            fprintf(stderr, "netlm %s: epoch %" PRIu64 "/%u dev accuracy %.4f macro-F1 %.4f%s\n", cmd, epoch + 1, epochs,
+                    acc, f1, acc > best_dev ? " (best)" : "");
+        if (acc > best_dev) {
+            best_dev = acc;
+            memcpy(best_params, model_params(m, &n_floats), n_params * sizeof(float));
+            if (!model_save(m, out_dir, err, sizeof err)) {
+                cli_error(cmd, "%s", err);
+                goto done_batch;
+            }
+        }
+        if (!model_save(m, checkpoint, err, sizeof err)) {
+            cli_error(cmd, "%s", err);
+            goto done_batch;
+        }
+        if (!save_optimizer(cmd, checkpoint, mom, vel, n_params, step, epoch + 1, seed, best_dev))
+            goto done_batch;
+        if (stop_after && epoch + 1 - start_epoch == stop_after && epoch + 1 < epochs) {
+            fprintf(stderr, "netlm %s: stopped after epoch %" PRIu64 " (--stop-after); --resume continues\n", cmd,
+                    epoch + 1);
+            status = 0;
+            goto done_batch;
+        }
+    }
+    const double seconds = cli_now() - t0;
+    /* test with the best epoch */
+    memcpy(model_params(m, &n_floats), best_params, n_params * sizeof(float));
+    struct train_confusion cm = {0};
+    if (!evaluate(cmd, m, &test, batch, threads, &cm))
+        goto done_batch;
+    if (vocab_path) {
+        char dst[4096];
+        snprintf(dst, sizeof dst, "%s/vocab.txt", out_dir);
+        if (strcmp(vocab_path, dst) != 0) {
+            FILE *in = fopen(vocab_path, "rb");
+            struct cli_output out;
+            if (in && cli_output_open(cmd, dst, &out)) {
+                char buf[65536];
+                size_t n;
+                while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+                    fwrite(buf, 1, n, out.fp);
+                cli_output_commit(cmd, &out);
+            }
+            if (in)
+                fclose(in);
+        }
+    }
+    fclose(loss_csv);
+    loss_csv = NULL;
+    if (!write_test_report(cmd, out_dir, &cm, names, seconds)) {
+        train_confusion_release(&cm);
+        goto done_batch;
+    }
+    draw_plots(out_dir, labels_num);
+    fprintf(stderr, "netlm %s: test accuracy %.4f, macro-F1 %.4f (%" PRIu64 " rows; best dev accuracy %.4f; %.0f s)\n",
+            cmd, train_accuracy(&cm), train_macro_f1(&cm, NULL), cm.total, best_dev, seconds);
+    train_confusion_release(&cm);
+    status = 0;
+done_batch:
+    free(b_ids);
+    free(b_len);
+    free(b_lab);
+done:
+    if (loss_csv)
+        fclose(loss_csv);
+    for (uint32_t i = 0; names && i < labels_num; i++)
+        free(names[i]);
+    free(names);
+    free(order);
+    free(mom);
+    free(vel);
+    free(best_params);
+    train_runner_free(tr);
+    samples_free(&train);
+    samples_free(&dev);
+    samples_free(&test);
+    tok_vocab_free(vocab);
+    model_free(m);
+    return status;
+}
+
+int cmd_eval(int argc, char **argv)
+{
+    static const char *const cmd = "eval";
+    struct cli_opt opts[] = {
+        {"model", "load_model_path", 'm', "DIR", "classification model directory", NULL},
+        {"test-path", NULL, 'i', "FILE", "labelled dataset TSV (label\ttext_a)", NULL},
+        {"output-dir", NULL, 'o', "DIR", "also write metrics.json, prf.csv, confusion.tsv (and confusion.png) here", NULL},
+        {"vocab-path", NULL, 0, "FILE", "vocabulary (default: the model's own)", NULL},
+        {"batch-size", NULL, 'b', "N", "rows per forward pass (default 32)", NULL},
+        {"threads", NULL, 't', "N", "CPU threads (default: all online CPUs)", NULL},
+        {0},
+    };
+    const char **pos = NULL;
+    int npos = 0;
+    int rc = cli_parse(cmd, "netlm eval --model DIR --test_path FILE.tsv [--output-dir DIR]",
+                       "Accuracy, macro-F1 and the per-class precision, recall and F1 of a classification model\n"
+                       "on a labelled TSV, as finetune reports them for its test set.",
+                       opts, argc, argv, &pos, &npos);
+    if (rc != CLI_PARSED)
+        return rc == CLI_HELP_SHOWN ? 0 : 2;
+    free(pos);
+    const char *dir = cli_get(opts, "model"), *test_path = cli_get(opts, "test-path");
+    const char *out_dir = cli_get(opts, "output-dir"), *vocab_path = cli_get(opts, "vocab-path");
+    uint32_t batch, threads;
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    if (!dir || !test_path) {
+        cli_error(cmd, "--model and --test_path are required");
+        return 2;
+    }
+    if (!cli_u32(cmd, opts, "batch-size", 32, 1, 4096, &batch) ||
+        !cli_u32(cmd, opts, "threads", ncpu > 0 ? (uint32_t)ncpu : 1, 1, 1024, &threads))
+        return 2;
+    char err[1024], path[4200];
+    int status = 1;
+    struct samples test = {0};
+    struct tok_vocab *vocab = NULL;
+    struct train_confusion cm = {0};
+    struct model *m = model_load(dir, err, sizeof err);
+    if (!m) {
+        cli_error(cmd, "%s", err);
+        return 1;
+    }
+    const struct model_config *mc = model_get_config(m);
+    if (mc->num_labels == 0) {
+        cli_error(cmd, "%s: not a classification model", dir);
+        goto done;
+    }
+    if (!vocab_path && strcmp(mc->tokenizer.vocab, "builtin") != 0) {
+        snprintf(path, sizeof path, "%s/%s", dir, mc->tokenizer.vocab);
+        vocab_path = path;
+    }
+    vocab = vocab_path ? tok_vocab_load(vocab_path, err, sizeof err) : tok_vocab_builtin();
+    if (!vocab) {
+        cli_error(cmd, "%s", err);
+        goto done;
+    }
+    if (!samples_load(cmd, test_path, vocab, mc->seq_length, &test))
+        goto done;
+    for (size_t i = 0; i < test.n; i++)
+        if (test.labels[i] >= mc->num_labels) {
+            cli_error(cmd, "%s: label %u but the model has %u labels", test_path, test.labels[i], mc->num_labels);
+            goto done;
+        }
+    if (!evaluate(cmd, m, &test, batch, threads, &cm))
+        goto done;
+    struct train_class_metrics *pc = calloc(mc->num_labels, sizeof *pc);
+    if (!pc)
+        goto done;
+    double f1 = train_macro_f1(&cm, pc);
+    printf("label_id\tlabel\tprecision\trecall\tf1\tsupport\n");
+    for (uint32_t k = 0; k < mc->num_labels; k++)
+        printf("%u\t%s\t%.4f\t%.4f\t%.4f\t%" PRIu64 "\n", k, mc->labels[k], pc[k].precision, pc[k].recall,
+               pc[k].f1, pc[k].support);
+    free(pc);
+    fprintf(stderr, "netlm %s: %" PRIu64 " rows, accuracy %.4f, macro-F1 %.4f\n", cmd, cm.total,
+            train_accuracy(&cm), f1);
+    if (out_dir) {
+        if (mkdir(out_dir, 0755) != 0 && errno != EEXIST) {
+            cli_error(cmd, "%s: %s", out_dir, strerror(errno));
+            goto done;
+        }
+        if (!write_test_report(cmd, out_dir, &cm, mc->labels, 0.0))
+            goto done;
+        draw_plots(out_dir, mc->num_labels);
+    }
+    status = 0;
+done:
+    train_confusion_release(&cm);
+    samples_free(&test);
+    tok_vocab_free(vocab);
+    model_free(m);
+    return status;
+}
+
+int cmd_finetune(int argc, char **argv)
+{
+    if (argc >= 2 && strcmp(argv[1], "understanding") == 0)
+        return finetune_understanding(argc - 1, argv + 1);
+    if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+        printf("usage: netlm finetune understanding [OPTIONS]\n\n"
+               "  understanding   a classifier on the seed's dataset TSVs ('netlm finetune understanding --help')\n");
+        return 0;
+    }
+    fprintf(stderr, "netlm finetune: expected 'understanding' (see 'netlm finetune --help')\n");
+    return 2;
+}
