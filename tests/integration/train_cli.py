@@ -1,0 +1,91 @@
+#!/usr/bin/python3
+"""train_cli.py — netlm finetune understanding and eval end to end on real labelled traffic (a
+small USTC-TFC2016 sample, a tiny model): it must learn (test accuracy far above chance), write
+its reports consistently with the model it keeps (eval of the saved model gives the metrics
+finetune reported; prf.csv and confusion.tsv agree with metrics.json), and a run stopped after
+one epoch and resumed must end with the same bytes as the uninterrupted run."""
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+NETLM = os.environ["NETLM"]
+DATA = os.environ["NETLM_DATA_DIR"]
+results = {"passed": 0, "failed": 0}
+
+
+def check(name, ok, detail=""):
+    results["passed" if ok else "failed"] += 1
+    print(("ok   " if ok else "FAIL ") + name + ("" if ok else f": {detail}"))
+
+
+def netlm(*args, ok=True):
+    res = subprocess.run([NETLM, *args], capture_output=True, text=True)
+    if ok and res.returncode != 0:
+        raise RuntimeError(f"netlm {' '.join(args)} exited {res.returncode}: {res.stderr.strip()}")
+    return res
+
+
+def finetune(tmp, out, *extra):
+    ds = os.path.join(tmp, "ds")
+    return netlm("finetune", "understanding", "--config_path", os.path.join(tmp, "tiny.json"),
+                 "--train_path", f"{ds}/train_dataset.tsv", "--dev_path", f"{ds}/valid_dataset.tsv",
+                 "--test_path", f"{ds}/test_dataset.tsv", "--output_model_path", out, "--epochs_num", "4",
+                 "--batch_size", "16", "--learning_rate", "3e-3", "--seq_length", "64", "--threads", "2",
+                 "--seed", "3", "-q", *extra)
+
+
+def main():
+    with tempfile.TemporaryDirectory() as tmp:
+        ds = os.path.join(tmp, "ds")
+        netlm("dataset", "understanding", "--pcap_path", os.path.join(DATA, "labeled", "ustc-tfc2016", "sessions"),
+              "--dataset_dir", ds, "--class_num", "20", "--random_seed", "1", "--samples-per-class", "60",
+              "--seq-length", "64", "-q")
+        json.dump({"model_type": "gpt2", "vocab_size": 65541, "n_embd": 64, "n_layer": 1, "n_head": 2,
+                   "n_inner": 128, "n_positions": 64}, open(os.path.join(tmp, "tiny.json"), "w"))
+        a = os.path.join(tmp, "a")
+        res = finetune(tmp, a)
+        m = json.load(open(os.path.join(a, "metrics.json")))
+        check("finetune learns: test accuracy well above chance (0.05)", m["accuracy"] > 0.4, m["accuracy"])
+        check("finetune reports test accuracy and macro-F1 on stderr",
+              f"test accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}" in res.stderr, res.stderr)
+        with open(os.path.join(a, "prf.csv")) as f:
+            rows = list(csv.DictReader(f))
+        names = open(os.path.join(ds, "classes.txt")).read().split("\n")[:20]
+        check("prf.csv: one row per class, named from classes.txt",
+              len(rows) == 20 and [r["label"] for r in rows] == names, rows[:2])
+        support = sum(int(r["support"]) for r in rows)
+        with open(os.path.join(a, "confusion.tsv")) as f:
+            cm = [line.rstrip("\n").split("\t") for line in f][1:]
+        diag = sum(int(r[i + 1]) for i, r in enumerate(cm))
+        total = sum(int(x) for r in cm for x in r[1:])
+        check("confusion.tsv agrees with metrics.json", total == m["rows"] == support
+              and abs(diag / total - m["accuracy"]) < 1e-6, f"{diag}/{total} vs {m}")
+        ev = netlm("eval", "--model", a, "--test_path", os.path.join(ds, "test_dataset.tsv"))
+        check("eval of the saved model gives finetune's test metrics",
+              f"accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}" in ev.stderr, ev.stderr)
+        lines = open(os.path.join(a, "loss.csv")).read().splitlines()
+        dev_rows = [l for l in lines[1:] if l.split(",")[3] != "-1"]
+        check("loss.csv: a row per step and a dev row per epoch", len(dev_rows) == 4 and len(lines) > 20, lines[:3])
+        b = os.path.join(tmp, "b")
+        stopped = finetune(tmp, b, "--stop-after", "1")
+        check("--stop-after 1 ends the run with a checkpoint", "stopped after epoch 1" in stopped.stderr
+              and not os.path.exists(os.path.join(b, "metrics.json")), stopped.stderr)
+        finetune(tmp, b, "--resume")
+        differ = [os.path.join(*p) for p in (("model.safetensors",), ("checkpoint", "model.safetensors"),
+                                             ("checkpoint", "optimizer.safetensors"), ("prf.csv",), ("confusion.tsv",))
+                  if open(os.path.join(a, *p), "rb").read() != open(os.path.join(b, *p), "rb").read()]
+        check("stopped + resumed = uninterrupted, bit for bit", not differ, f"{differ} differ")
+        bad = netlm("finetune", "understanding", "--config_path", os.path.join(tmp, "tiny.json"),
+                                "--train_path", os.path.join(tmp, "missing.tsv"), "--dev_path", "x", "--test_path", "y",
+                                "--output_model_path", os.path.join(tmp, "c"), "--seq_length", "64", ok=False)
+        check("finetune with a missing TSV: one error line", bad.returncode != 0 and
+              len(bad.stderr.strip().splitlines()) == 1 and "missing.tsv" in bad.stderr, bad.stderr)
+    print(f"{results['passed']} passed, {results['failed']} failed")
+    sys.exit(1 if results["failed"] else 0)
+
+
+if __name__ == "__main__":
+    main()
