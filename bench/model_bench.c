@@ -3,7 +3,8 @@
  * with the same thread count and prints the ratios). One JSON object on stdout.
  *
  *   netlm_model_bench --arch gpt2|qwen2 [--threads N] [--runs N]
- *   netlm_model_bench --qwen05b-rss [--threads N]   (peak RSS of a Qwen2.5-0.5B-sized forward) */
+ *   netlm_model_bench --qwen05b-rss [--threads N]   (peak RSS of a Qwen2.5-0.5B-sized forward)
+ *   netlm_model_bench --train --arch gpt2|qwen2 [--threads N]  (training steps, batch 32 x 128) */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@
 #include <time.h>
 
 #include "model/model.h"
+#include "train/train.h"
 
 static double now(void)
 {
@@ -147,12 +149,56 @@ static int qwen05b_rss(uint32_t threads)
     return 0;
 }
 
+/* Training: forward + backward + AdamW on batch 32 × 128, the LM objective (every next token)
+ * and the classification one; tokens/s = 32·128 / median step time. */
+static int train_bench(const char *arch, uint32_t threads, int runs)
+{
+    struct model_config c;
+    config_for(arch, &c);
+    char err[512];
+    struct model *m = model_create(&c, 1, err, sizeof err);
+    const uint32_t B = 32, T = 128;
+    struct train_runner *tr = m ? train_runner_create(m, B, T, threads, err, sizeof err) : NULL;
+    if (!tr) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    size_t n = train_runner_grad_count(tr);
+    float *mom = calloc(n, sizeof(float)), *vel = calloc(n, sizeof(float));
+    uint32_t *ids = malloc((size_t)B * T * sizeof(uint32_t)), lengths[32], labels[32];
+    uint64_t st = 42;
+    random_ids(ids, (size_t)B * T, c.vocab_size, &st);
+    for (uint32_t b = 0; b < B; b++) {
+        lengths[b] = T;
+        labels[b] = b % c.num_labels;
+    }
+    struct train_batch batch = {.ids = ids, .lengths = lengths, .batch = B, .seq = T, .labels = labels};
+    struct train_adamw opt;
+    train_adamw_defaults(&opt);
+    uint64_t step = 0;
+    double loss, lm_s, cls_s;
+    TIME_MEDIAN(runs, lm_s, (train_zero_grads(tr), train_forward_backward(tr, TRAIN_LM, &batch, &loss),
+                              train_adamw_step(m, train_runner_grads(tr), mom, vel, ++step, 1e-4f, &opt, (int)threads)));
+    TIME_MEDIAN(runs, cls_s, (train_zero_grads(tr), train_forward_backward(tr, TRAIN_CLASSIFY, &batch, &loss),
+                               train_adamw_step(m, train_runner_grads(tr), mom, vel, ++step, 1e-4f, &opt, (int)threads)));
+    printf("{\"side\":\"netlm\",\"mode\":\"train\",\"arch\":\"%s\",\"threads\":%u,\"batch\":%u,\"seq\":%u,"
+           "\"lm_train_tok_per_s\":%.1f,\"classify_train_tok_per_s\":%.1f,\"peak_rss_mib\":%.1f}\n",
+           arch, threads, B, T, B * T / lm_s, B * T / cls_s, peak_rss_kib() / 1024.0);
+    free(mom);
+    free(vel);
+    free(ids);
+    train_runner_free(tr);
+    model_free(m);
+    model_config_release(&c);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *arch = "gpt2";
     uint32_t threads = 1;
     int runs = 7;
-    bool rss_mode = false;
+    bool rss_mode = false, train_mode = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--arch") && i + 1 < argc)
             arch = argv[++i];
@@ -162,8 +208,10 @@ int main(int argc, char **argv)
             runs = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--qwen05b-rss"))
             rss_mode = true;
+        else if (!strcmp(argv[i], "--train"))
+            train_mode = true;
         else {
-            fprintf(stderr, "usage: %s [--arch gpt2|qwen2] [--threads N] [--runs N] [--qwen05b-rss]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--arch gpt2|qwen2] [--threads N] [--runs N] [--qwen05b-rss | --train]\n", argv[0]);
             return 2;
         }
     }
@@ -173,6 +221,8 @@ int main(int argc, char **argv)
     }
     if (rss_mode)
         return qwen05b_rss(threads);
+    if (train_mode)
+        return train_bench(arch, threads, runs);
 
     struct model_config c;
     config_for(arch, &c);

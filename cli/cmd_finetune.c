@@ -343,8 +343,9 @@ static int finetune_understanding(int argc, char **argv)
         cli_error(cmd, "--train_path, --dev_path, --test_path and --output_model_path are required");
         return 2;
     }
-    if ((pretrained != NULL) == (config_path != NULL)) {
-        cli_error(cmd, "give either --pretrained_model_path DIR or --config_path FILE, not %s", pretrained ? "both" : "neither");
+    /* the seed passes --config_path with --pretrained_model_path too: the model's own config wins */
+    if (!pretrained && !config_path) {
+        cli_error(cmd, "give --pretrained_model_path DIR or --config_path FILE (a fresh model)");
         return 2;
     }
     uint32_t labels_num, seq, epochs, batch, threads, report, stop_after;

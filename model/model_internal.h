@@ -146,6 +146,10 @@ void op_attend_block_backward(float *dq, size_t lddq, float *dk, float *dv, cons
                               size_t ldo, const float *q, size_t ldq, const float *k,
                               const float *v, uint32_t n, uint32_t d, float scale, float *scratch);
 
+/* Cross-entropy of logits z against target: returns −log softmax(z)[target] and leaves the
+ * gradient scale·(softmax(z) − onehot(target)) in z. */
+double op_softmax_xent(float *z, size_t n, uint32_t target, float scale);
+
 /* ---- runner ---- */
 
 struct model_runner {

@@ -492,3 +492,23 @@ void op_attend_block_backward(float *dq, size_t lddq, float *dk, float *dv, cons
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)n, (int)d, (int)n, scale, dp, (int)n,
                 q, (int)ldq, 1.0f, dk, (int)d);
 }
+
+SIMD_CLONES double op_softmax_xent(float *z, size_t n, uint32_t target, float scale)
+{
+    const float target_logit = z[target];
+    float mx = -INFINITY;
+    for (size_t i = 0; i < n; i++)
+        mx = z[i] > mx ? z[i] : mx;
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (size_t i = 0; i < n; i++) {
+        z[i] = exp_approx(z[i] - mx);
+        sum += z[i];
+    }
+    const float k = scale / sum;
+#pragma omp simd
+    for (size_t i = 0; i < n; i++)
+        z[i] *= k;
+    z[target] -= scale;
+    return log((double)sum) + mx - target_logit;
+}

@@ -357,22 +357,8 @@ static double lm_loss(struct train_runner *r, size_t n_targets)
         op_matmul(r->lm_logits, V, r->lm_rows, C, head, NULL, n, C, V, false, threads);
         double chunk_loss = 0.0;
 #pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : chunk_loss)
-        for (size_t i = 0; i < n; i++) {
-            float *z = r->lm_logits + i * V;
-            const uint32_t t = r->lm_target[start + i];
-            const float target_logit = z[t];
-            float mx = -INFINITY;
-            for (uint32_t j = 0; j < V; j++)
-                mx = z[j] > mx ? z[j] : mx;
-            double sum = 0.0;
-            for (uint32_t j = 0; j < V; j++)
-                sum += exp((double)z[j] - mx);
-            chunk_loss += log(sum) + mx - target_logit;
-            const double norm = 1.0 / sum;
-            for (uint32_t j = 0; j < V; j++)
-                z[j] = (float)(exp((double)z[j] - mx) * norm) * inv;
-            z[t] -= inv;
-        }
+        for (size_t i = 0; i < n; i++)
+            chunk_loss += op_softmax_xent(r->lm_logits + i * V, V, r->lm_target[start + i], inv);
         loss += chunk_loss;
         op_matmul_backward(r->lm_drows, C, dhead, NULL, r->lm_logits, V, r->lm_rows, C, head, n, C,
                            V, false, threads);
@@ -417,19 +403,8 @@ static double classify_loss(struct train_runner *r, uint32_t nseq, const uint32_
     op_matmul(r->cls_logits, NL, r->hidden1, C, m->w.cls_out_w, m->w.cls_out_b, nseq, C, NL, false, threads);
     double loss = 0.0;
     const float inv = 1.0f / (float)nseq;
-    for (uint32_t b = 0; b < nseq; b++) {
-        float *z = r->cls_logits + (size_t)b * NL;
-        float mx = -INFINITY;
-        for (uint32_t j = 0; j < NL; j++)
-            mx = z[j] > mx ? z[j] : mx;
-        double sum = 0.0;
-        for (uint32_t j = 0; j < NL; j++)
-            sum += exp((double)z[j] - mx);
-        loss += log(sum) + mx - z[labels[b]];
-        for (uint32_t j = 0; j < NL; j++)
-            z[j] = (float)(exp((double)z[j] - mx) / sum) * inv;
-        z[labels[b]] -= inv;
-    }
+    for (uint32_t b = 0; b < nseq; b++)
+        loss += op_softmax_xent(r->cls_logits + (size_t)b * NL, NL, labels[b], inv);
     op_matmul_backward(r->dhidden1, C, r->gw.cls_out_w, r->gw.cls_out_b, r->cls_logits, NL,
                        r->hidden1, C, m->w.cls_out_w, nseq, C, NL, false, threads);
     for (size_t i = 0; i < (size_t)nseq * C; i++)
