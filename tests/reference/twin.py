@@ -5,6 +5,7 @@ usage:
   twin.py fixtures OUTDIR                          model dirs + expected outputs for every case
   twin.py roundtrip-check REF_DIR NETLM_DIR FIXTURES   is NETLM_DIR (netlm's rewrite of REF_DIR) the same model?
   twin.py forward MODEL_DIR IDS.safetensors OUT.safetensors [--dtype float32|float64]
+  twin.py train-fixtures OUTDIR                    losses, gradients, optimizer steps (train_ref.py)
 
 Run with /usr/bin/python3 (Debian python3-torch + numpy; no transformers, no safetensors package).
 The twin is written from the architecture definitions in docs/model.md; it never calls netlm.
@@ -23,6 +24,7 @@ import torch  # noqa: E402
 import modeling as M  # noqa: E402
 import naive  # noqa: E402
 import st  # noqa: E402
+import train_ref  # noqa: E402
 
 VOCAB = 65541
 B, T = 4, 24
@@ -387,6 +389,57 @@ def cmd_fixtures(outdir):
     return 0
 
 
+# ---------------------------------------------------------------- train-fixtures
+
+TRAIN_CASES = ["gpt2", "gpt2_uer", "qwen2", "qwen2_untied"]
+FD_CASES = ("gpt2",)  # per-coordinate finite differences (every case gets the directional check)
+UER_CLASS_CASES = ("qwen2_untied",)  # the uer update against UERAdamW (case-independent code; one suffices)
+
+
+def write_model_dir(m, mdir):
+    """config.json + model.safetensors as `fixtures` writes them, checked to read back bitwise."""
+    os.makedirs(mdir, exist_ok=True)
+    for stale in os.listdir(mdir):
+        if stale.endswith((".safetensors", ".json")):
+            os.remove(os.path.join(mdir, stale))
+    M.save_model(m, mdir)
+    back = M.load_model(mdir)
+    for (n, p), (_, q) in zip(back.named_parameters(), m.named_parameters()):
+        assert torch.equal(p, q), f"{mdir}: {n} did not read back bitwise"
+
+
+def cmd_train_fixtures(outdir):
+    t0 = time.time()
+    # one thread: the model is tiny, and OpenMP's second thread costs more than it brings (10x on
+    # the small ops of the backbone, nothing on the large ones when the cores are shared)
+    torch.set_num_threads(1)
+    train_ref.fast_malloc()
+    ids, lengths, _ = make_inputs()
+    labels = train_ref.make_labels(B, len(LABELS))
+    os.makedirs(outdir, exist_ok=True)
+    summary = {}
+    for i, case in enumerate(TRAIN_CASES):
+        t1 = time.time()
+        family = case  # each training case is its family's first case: the same weights as `fixtures`
+        assert FAMILIES[family]["cases"][0] == case
+        seed = FAMILIES[family]["seed"]
+        m = make_model(family, seed)
+        cdir = os.path.join(outdir, case)
+        write_model_dir(m, os.path.join(cdir, "model"))
+        fx, meta, summ = train_ref.train_fixture(m, ids, lengths, labels, fd=case in FD_CASES, fd_seed=IDS_SEED + i,
+                                                  uer_class=case in UER_CLASS_CASES)
+        meta.update(case=case, arch=m.cfg.arch, weight_seed=str(seed), sep_row_scale=str(FAMILIES[family]["sep_scale"]),
+                    init=json.dumps(INIT), ids_seed=str(IDS_SEED))
+        st.write(os.path.join(cdir, "train.safetensors"), {k: to_np(k, v) for k, v in fx.items()}, meta)
+        summ["weight_seed"] = seed
+        summ["seconds"] = round(time.time() - t1, 2)
+        summary[case] = summ
+    summary["labels"] = labels.tolist()
+    summary["seconds"] = round(time.time() - t0, 2)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
 # ---------------------------------------------------------------- roundtrip-check
 
 class Fail(Exception):
@@ -507,6 +560,8 @@ def cmd_forward(model_dir, ids_path, out_path, dtype="float64"):
 def main(argv):
     if len(argv) >= 2 and argv[0] == "fixtures" and len(argv) == 2:
         return cmd_fixtures(argv[1])
+    if len(argv) == 2 and argv[0] == "train-fixtures":
+        return cmd_train_fixtures(argv[1])
     if len(argv) == 4 and argv[0] == "roundtrip-check":
         return cmd_roundtrip(argv[1], argv[2], argv[3])
     if len(argv) >= 4 and argv[0] == "forward":
