@@ -535,9 +535,10 @@ static int finetune_understanding(int argc, char **argv)
             }
             float *g = train_runner_grads(tr);
             if (clip > 0) {
-                double norm = train_grad_norm(g, n_params);
-                if (norm > clip)
-                    train_grad_scale(g, n_params, (float)(clip / (norm + 1e-6)));
+                /* torch's clip_grad_norm_: scale by max/(norm + 1e-6) when that is below 1 */
+                const double coef = clip / (train_grad_norm(g, n_params) + 1e-6);
+                if (coef < 1.0)
+                    train_grad_scale(g, n_params, (float)coef);
             }
             const float step_lr = train_schedule_lr((enum train_schedule)schedule, (float)lr, step, warmup_steps, total_steps);
             train_adamw_step(m, g, mom, vel, step + 1, step_lr, &adamw, (int)threads);

@@ -75,6 +75,13 @@ struct model *model_create_empty(const struct model_config *cfg, char *err, size
 /* Seeded init of one block (the seed's scheme: N(0, 0.02) but norms 1/0). */
 void model_init_block(const struct model_layout *l, float *base, uint64_t seed);
 
+/* The Hugging Face view of a block laid out as m's parameters (its weights, or gradients or
+ * optimizer moments of the same layout): tensor i's name, shape (shape[1] = 1 for vectors) and,
+ * when out is given, its values in the Hugging Face layout. */
+size_t model_hf_count(const struct model *m);
+bool model_hf_tensor(const struct model *m, size_t i, const float *block, char *name,
+                     size_t name_cap, uint32_t *ndim, uint64_t shape[2], float *out);
+
 /* ---- output files: PATH.tmp.PID, then fsync and rename (outfile.c) ---- */
 struct model_outfile {
     FILE *fp;

@@ -297,6 +297,39 @@ struct model *model_load(const char *dir, char *err, size_t errlen)
     return m;
 }
 
+size_t model_hf_count(const struct model *m)
+{
+    struct hf_map map;
+    if (!hf_map_build(m, "transformer.", &map))
+        return 0;
+    size_t n = map.count;
+    free(map.e);
+    return n;
+}
+
+bool model_hf_tensor(const struct model *m, size_t i, const float *block, char *name,
+                     size_t name_cap, uint32_t *ndim, uint64_t shape[2], float *out)
+{
+    struct hf_map map;
+    if (!hf_map_build(m, "transformer.", &map))
+        return false;
+    bool ok = i < map.count;
+    if (ok) {
+        const struct hf_entry *e = &map.e[i];
+        snprintf(name, name_cap, "%s", e->name);
+        *ndim = e->ndim;
+        shape[0] = e->shape[0];
+        shape[1] = e->ndim == 2 ? e->shape[1] : 1;
+        const size_t numel = shape[0] * shape[1];
+        if (out && e->transpose)
+            transpose(out, block + e->offset, e->shape[1], e->shape[0]);
+        else if (out)
+            memcpy(out, block + e->offset, numel * sizeof(float));
+    }
+    free(map.e);
+    return ok;
+}
+
 /* fp32 → bf16, round to nearest even; NaN stays a quiet NaN */
 static void to_bf16(uint16_t *dst, const float *src, size_t n)
 {

@@ -322,6 +322,13 @@ static bool backward(struct train_runner *r, uint32_t nseq, size_t N)
             }
         op_matmul_backward(r->dxn, C, gl->qkv_w, gl->qkv_b, r->dqkv, QKV, s->ln1, C, lw->qkv_w, N, C,
                            QKV, false, threads);
+        if (gpt2) {
+            /* A key bias adds q·b to a whole row of scores, which softmax ignores: its gradient is
+             * exactly zero. Computed, it is rounding noise that AdamW (noise / (√v + eps))
+             * would turn into a random walk of up to lr per step, so it is kept at zero. */
+            for (uint32_t j = 0; j < KV * d; j++)
+                gl->qkv_b[(size_t)H * d + j] = 0.0f;
+        }
         if (!norm_bwd(r, r->dx, gl->ln1_w, gl->ln1_b, r->dxn, s->x_in, lw->ln1_w, N))
             return false;
     }
