@@ -8,7 +8,10 @@ generation with a KV cache (batch 8 and 1, prompt 64, 64 new tokens). Then the p
 Qwen2.5-0.5B-sized model (24 x 896, 14/2 heads, 4864, vocab 65,541) classifying 32 x 128,
 measured by GNU time on each side. Prints one JSON object with both sides and the ratios.
 
-usage: model_bench.py BUILD_DIR [--threads N] [--runs N] [--skip-rss]
+Training: forward + backward + AdamW steps on batch 32 x 128 of the GPT-2 config, causal LM
+(65,541-way cross-entropy on every position) and classification, tokens/s and peak RSS.
+
+usage: model_bench.py BUILD_DIR [--threads N] [--runs N] [--skip-rss] [--only-train]
 """
 import argparse
 import json
@@ -38,6 +41,7 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--only-train", action="store_true", help="only the training steps")
     args = ap.parse_args()
     netlm_bench = os.path.join(args.build, "netlm_model_bench")
     twin_bench = os.path.join(HERE, "model_twin_bench.py")
@@ -45,6 +49,19 @@ def main():
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OPENBLAS_NUM_THREADS=str(args.threads))
     result = {"threads": args.threads, "cpu": cpu_name(), "archs": {}}
     keys = ["classify_seq_per_s", "lm_seq_per_s", "generate_tok_per_s", "generate_batch1_tok_per_s"]
+    for arch in ("gpt2",):
+        ours, ours_rss = run_json([netlm_bench, "--train", "--arch", arch, "--threads", str(args.threads), "--runs", "5"], env)
+        twin, twin_rss = run_json(["/usr/bin/python3", twin_bench, "--train", "--arch", arch, "--threads",
+                                   str(args.threads), "--runs", "5", "--json"], env)
+        ratios = {k: round(ours[k] / twin[k], 2) for k in ("lm_train_tok_per_s", "classify_train_tok_per_s")}
+        result.setdefault("train", {})[arch] = {"netlm": dict(ours, gnu_time_peak_rss_mib=round(ours_rss, 1)),
+                                                "pytorch": dict(twin, gnu_time_peak_rss_mib=round(twin_rss, 1)),
+                                                "netlm_over_pytorch": ratios}
+        print(f"{arch} training: " + ", ".join(f"{k} x{v}" for k, v in ratios.items())
+              + f"; peak RSS netlm {ours_rss:.0f} MiB, pytorch {twin_rss:.0f} MiB", file=sys.stderr)
+    if args.only_train:
+        print(json.dumps(result, indent=1))
+        return
     for arch in ("gpt2", "qwen2"):
         ours, _ = run_json([netlm_bench, "--arch", arch, "--threads", str(args.threads), "--runs", str(args.runs)], env)
         twin, _ = run_json(["/usr/bin/python3", twin_bench, "--arch", arch, "--threads", str(args.threads), "--json"], env)

@@ -12,7 +12,7 @@ Random weights (no files). Prints one JSON object:
   generate_batch1_tok_per_s  the same at batch 1
 Each figure is the median of --runs timed runs (default 5) after 2 warm-ups.
 
-usage: model_twin_bench.py --arch gpt2|qwen2 --threads N [--json] [--runs N]
+usage: model_twin_bench.py --arch gpt2|qwen2 --threads N [--json] [--runs N] [--train]
        model_twin_bench.py --qwen05b-rss --threads N    peak RSS of one classify forward, batch
                                                         32 x 128, Qwen2.5-0.5B-sized weights
 Run with /usr/bin/python3 (Debian python3-torch).
@@ -102,6 +102,44 @@ def bench(arch, threads, runs):
     return res
 
 
+def train_bench(arch, threads, runs):
+    """Training steps as netlm_model_bench --train times them: forward, backward and an AdamW
+    step (torch.optim.AdamW, lr 1e-4, decay 0.01) on batch 32 x 128, for the causal-LM objective
+    (every next token, cross-entropy over the 65,541-token vocabulary) and for classification."""
+    torch.set_num_threads(threads)
+    cfg, model = make(arch)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    ids, lens = batch(cfg, 32, 128)
+    labels = torch.arange(32) % len(cfg.labels)
+
+    def lm_step():
+        opt.zero_grad(set_to_none=True)
+        logits = model.lm_logits(model.backbone(ids))
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, cfg.vocab_size), ids[:, 1:].reshape(-1))
+        loss.backward()
+        opt.step()
+
+    def cls_step():
+        opt.zero_grad(set_to_none=True)
+        out = model.classify(ids, lens, "mean")
+        scores = out[1] if isinstance(out, tuple) else out
+        logits = out[2] if isinstance(out, tuple) and len(out) > 2 else None
+        if logits is None:
+            loss = torch.nn.functional.nll_loss(torch.log(scores), labels)
+        else:
+            loss = torch.nn.functional.cross_entropy(logits, labels)
+        loss.backward()
+        opt.step()
+
+    t_lm = median_time(lm_step, runs)
+    t_cls = median_time(cls_step, runs)
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"side": "pytorch", "mode": "train", "arch": arch, "threads": threads, "batch": 32, "seq": 128,
+            "lm_train_tok_per_s": round(32 * 128 / t_lm, 1), "classify_train_tok_per_s": round(32 * 128 / t_cls, 1),
+            "peak_rss_mib": round(peak_kib / 1024, 1), "torch": torch.__version__}
+
+
 def qwen05b_rss(threads):
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
@@ -127,6 +165,7 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--json", action="store_true", help="one compact JSON line (default: indented)")
     ap.add_argument("--qwen05b-rss", action="store_true")
+    ap.add_argument("--train", action="store_true", help="training steps instead of inference")
     a = ap.parse_args()
     if a.threads < 1 or a.runs < 5:
         ap.error("--threads >= 1 and --runs >= 5")
@@ -139,6 +178,8 @@ def main():
     import modeling as M
     if a.qwen05b_rss:
         res = qwen05b_rss(a.threads)
+    elif a.arch and a.train:
+        res = train_bench(a.arch, a.threads, a.runs)
     elif a.arch:
         res = bench(a.arch, a.threads, a.runs)
     else:
