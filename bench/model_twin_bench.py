@@ -109,6 +109,8 @@ def train_bench(arch, threads, runs):
     torch.set_num_threads(threads)
     cfg, model = make(arch)
     model.train()
+    for p in model.parameters():
+        p.requires_grad_(True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
     ids, lens = batch(cfg, 32, 128)
     labels = torch.arange(32) % len(cfg.labels)

@@ -412,21 +412,36 @@ bool op_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, 
     return true;
 }
 
-void op_gelu_backward(float *d, const float *pre, size_t count, enum model_act act, int threads)
+SIMD_CLONES static void gelu_tanh_backward_span(float *d, const float *pre, size_t n)
 {
     const float k = 0.7978845608028654f;
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) {
+        const float x = pre[i], u = k * (x + 0.044715f * x * x * x);
+        /* tanh(u) = 1 − 2/(1 + e^(2u)), with the vectorising exp */
+        const float t = 1.0f - 2.0f / (1.0f + exp_approx(2.0f * u));
+        d[i] *= 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k * (1.0f + 3.0f * 0.044715f * x * x);
+    }
+}
+
+void op_gelu_backward(float *d, const float *pre, size_t count, enum model_act act, int threads)
+{
+    const size_t parts = threads > 1 ? (size_t)threads * 4 : 1;
+    const size_t chunk = (count + parts - 1) / parts;
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (size_t i = 0; i < count; i++) {
-        const float x = pre[i];
-        float g;
-        if (act == MODEL_ACT_GELU_ERF) {
-            g = 0.5f * (1.0f + erff(x * 0.70710678118654752f)) +
-                x * 0.3989422804014327f * expf(-0.5f * x * x);
-        } else {
-            const float t = tanhf(k * (x + 0.044715f * x * x * x));
-            g = 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k * (1.0f + 3.0f * 0.044715f * x * x);
+    for (size_t p = 0; p < parts; p++) {
+        size_t lo = p * chunk, hi = lo + chunk < count ? lo + chunk : count;
+        if (lo >= hi)
+            continue;
+        if (act != MODEL_ACT_GELU_ERF) {
+            gelu_tanh_backward_span(d + lo, pre + lo, hi - lo);
+            continue;
         }
-        d[i] *= g;
+        for (size_t i = lo; i < hi; i++) {
+            const float x = pre[i];
+            d[i] *= 0.5f * (1.0f + erff(x * 0.70710678118654752f)) +
+                    x * 0.3989422804014327f * expf(-0.5f * x * x);
+        }
     }
 }
 
