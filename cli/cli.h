@@ -4,6 +4,7 @@
 #define NETLM_CLI_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -91,6 +92,47 @@ bool cli_tsv_open(const char *command, const char *path, struct cli_tsv *t);
 int cli_tsv_next(const char *command, struct cli_tsv *t, char **label, char **text);
 void cli_tsv_close(struct cli_tsv *t);
 
+/* ---- training, shared by pretrain and finetune (train_common.c) ---- */
+
+/* The order of epoch `epoch` over n examples: a seeded permutation, a function of (seed, epoch)
+ * only, so a resumed run reads exactly what the uninterrupted one would. */
+void cli_epoch_order(uint64_t seed, uint64_t epoch, size_t n, uint32_t *order);
+
+/* A checkpoint's state.json. */
+struct cli_train_state {
+    uint64_t step;     /* optimizer steps done */
+    uint64_t epoch;    /* finetune: epochs done; pretrain: the epoch being read */
+    uint64_t seed;
+    double best_dev;   /* finetune: the best dev accuracy so far; NAN: not written (pretrain) */
+    uint64_t position; /* pretrain: examples of the epoch already used */
+    char data[512];    /* pretrain: what the position counts (corpus, window, batch); "": neither
+                          this nor position is written */
+};
+/* optimizer.safetensors (the AdamW moments, n floats each) and state.json into dir, each written
+ * to a temporary name and renamed. */
+bool cli_save_optimizer(const char *cmd, const char *dir, const float *mom, const float *vel, size_t n,
+                        const struct cli_train_state *st);
+/* The reverse; false after one error line. Fields that were not written come back as NAN
+ * (best_dev) and "" / 0 (data, position). */
+bool cli_load_optimizer(const char *cmd, const char *dir, float *mom, float *vel, size_t n,
+                        struct cli_train_state *st);
+/* Makes the finished directory staged take dir's place atomically (the old dir is removed).
+ * False after one error line. */
+bool cli_replace_dir(const char *cmd, const char *staged, const char *dir);
+/* Removes a directory holding only files; true when it is gone. */
+bool cli_remove_flat_dir(const char *dir);
+/* Copies a file (to a temporary name, then renamed). False after one error line. */
+bool cli_copy_file(const char *cmd, const char *from, const char *to);
+
+/* Plots: the numbers are always in the CSV/TSV files; gnuplot draws them when it is installed.
+ * cli_gnuplot runs script (gnuplot commands, "@F" standing for the quoted path of dir/file)
+ * with the output dir/png (pngcairo, size "W,H"); false when gnuplot is missing or fails. */
+bool cli_have_gnuplot(void);
+bool cli_gnuplot(const char *dir, const char *png, const char *size, const char *script, const char *file);
+/* loss.png from loss.csv (step,loss,learning_rate[,dev_accuracy,...]): the loss, and dev
+ * accuracy (finetune) or the learning rate (pretrain) on the second axis. */
+bool cli_plot_loss(const char *dir, bool dev_accuracy);
+
 int cmd_sessions(int argc, char **argv);
 int cmd_corpus(int argc, char **argv);
 int cmd_dataset(int argc, char **argv);
@@ -98,6 +140,7 @@ int cmd_preprocess(int argc, char **argv);
 int cmd_classify(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
+int cmd_pretrain(int argc, char **argv);
 int cmd_finetune(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 

@@ -12,11 +12,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <json-c/json.h>
-
 #include "cli/cli.h"
 #include "model/model.h"
-#include "model/safetensors.h"
 #include "tokenizer/tokenizer.h"
 #include "train/train.h"
 
@@ -111,25 +108,6 @@ static char **class_names(const char *tsv_path, uint32_t n)
     return names;
 }
 
-/* Position i of epoch e's order: a seeded Fisher–Yates permutation, recomputed from (seed, e). */
-static void epoch_order(uint64_t seed, uint64_t epoch, size_t n, uint32_t *order)
-{
-    struct train_rng {
-        uint64_t s;
-    } rng = {seed * 0x9e3779b97f4a7c15ull + epoch * 0xd1b54a32d192ed03ull + 1};
-    for (size_t i = 0; i < n; i++)
-        order[i] = (uint32_t)i;
-    for (size_t i = n; i > 1; i--) {
-        rng.s ^= rng.s << 13;
-        rng.s ^= rng.s >> 7;
-        rng.s ^= rng.s << 17;
-        size_t j = (size_t)(rng.s % i);
-        uint32_t t = order[i - 1];
-        order[i - 1] = order[j];
-        order[j] = t;
-    }
-}
-
 /* Classifies every sample; fills the confusion matrix. */
 static bool evaluate(const char *cmd, struct model *m, const struct samples *s, uint32_t batch,
                      uint32_t threads, struct train_confusion *cm)
@@ -216,82 +194,20 @@ static bool write_test_report(const char *cmd, const char *dir, const struct tra
  * in the CSV/TSV files either way. */
 static void draw_plots(const char *dir, uint32_t classes)
 {
-    if (access("/usr/bin/gnuplot", X_OK) != 0)
+    if (!cli_have_gnuplot())
         return;
-    char script[8192];
+    char script[2048];
     snprintf(script, sizeof script, "%s/loss.csv", dir);
     const bool have_loss = access(script, R_OK) == 0;
-    snprintf(script, sizeof script,
-             "/usr/bin/gnuplot -e \"set terminal pngcairo size 900,500 noenhanced; set output '%s/loss.png';"
-             " set datafile separator ','; set key autotitle columnhead; set xlabel 'step'; set ylabel 'loss';"
-             " set y2label 'dev accuracy'; set y2tics; set ytics nomirror;"
-             " plot '%s/loss.csv' using 1:2 with lines title 'train loss',"
-             " '%s/loss.csv' using 1:(column(4) >= 0 ? column(4) : 1/0) axes x1y2 with linespoints title 'dev accuracy'\""
-             " >/dev/null 2>&1",
-             dir, dir, dir);
-    if (have_loss && system(script) != 0)
+    if (have_loss && !cli_plot_loss(dir, true))
         return;
     snprintf(script, sizeof script,
-             "/usr/bin/gnuplot -e \"set terminal pngcairo size 900,800 noenhanced; set output '%s/confusion.png';"
-             " set datafile separator tab; set title 'test confusion (rows: truth, columns: predicted)';"
+             "set datafile separator tab; set title 'test confusion (rows: truth, columns: predicted)';"
              " set bmargin 9; set lmargin 18; set xrange [-0.5:%u-0.5]; set yrange [%u-0.5:-0.5]; set xtics rotate by 90 font ',8'; set ytics font ',8';"
              " set palette defined (0 'white', 1 'dark-blue'); set cblabel 'rows';"
-             " plot '%s/confusion.tsv' matrix rowheaders columnheaders using 1:2:3 with image notitle\""
-             " >/dev/null 2>&1",
-             dir, classes, classes, dir);
-    if (system(script) != 0)
-        return;
-}
-
-static bool save_optimizer(const char *cmd, const char *dir, const float *mom, const float *vel,
-                           size_t n, uint64_t step, uint64_t epoch, uint64_t seed, double best)
-{
-    char path[4200], err[512];
-    struct st_write_tensor t[2] = {
-        {.name = "adamw.m", .dtype = ST_F32, .ndim = 1, .shape = {n}, .data = mom},
-        {.name = "adamw.v", .dtype = ST_F32, .ndim = 1, .shape = {n}, .data = vel},
-    };
-    snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
-    if (!st_write(path, t, 2, NULL, 0, err, sizeof err)) {
-        cli_error(cmd, "%s", err);
-        return false;
-    }
-    snprintf(path, sizeof path, "%s/state.json", dir);
-    struct cli_output out;
-    if (!cli_output_open(cmd, path, &out))
-        return false;
-    fprintf(out.fp, "{\"step\": %" PRIu64 ", \"epoch\": %" PRIu64 ", \"seed\": %" PRIu64 ", \"best_dev\": %.17g}\n",
-            step, epoch, seed, best);
-    return cli_output_commit(cmd, &out);
-}
-
-static bool load_optimizer(const char *cmd, const char *dir, float *mom, float *vel, size_t n,
-                           uint64_t *step, uint64_t *epoch, uint64_t *seed, double *best)
-{
-    char path[4200], err[512];
-    snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
-    struct st_file *f = st_open(path, err, sizeof err);
-    if (!f) {
-        cli_error(cmd, "%s", err);
-        return false;
-    }
-    const struct st_tensor *tm = st_find(f, "adamw.m"), *tv = st_find(f, "adamw.v");
-    bool ok = tm && tv && tm->numel == n && tv->numel == n && st_read_f32(tm, mom) && st_read_f32(tv, vel);
-    st_close(f);
-    if (!ok) {
-        cli_error(cmd, "%s: not this model's optimizer state", path);
-        return false;
-    }
-    snprintf(path, sizeof path, "%s/state.json", dir);
-    struct json_object *o = json_object_from_file(path), *v;
-    ok = o && json_object_object_get_ex(o, "step", &v) && (*step = (uint64_t)json_object_get_int64(v), true) &&
-         json_object_object_get_ex(o, "epoch", &v) && (*epoch = (uint64_t)json_object_get_int64(v), true) &&
-         json_object_object_get_ex(o, "seed", &v) && (*seed = (uint64_t)json_object_get_int64(v), true) &&
-         json_object_object_get_ex(o, "best_dev", &v) && (*best = json_object_get_double(v), true);
-    json_object_put(o);
-    if (!ok)
-        cli_error(cmd, "%s: missing or malformed (step, epoch, seed, best_dev)", path);
-    return ok;
+             " plot @F matrix rowheaders columnheaders using 1:2:3 with image notitle",
+             classes, classes);
+    cli_gnuplot(dir, "confusion.png", "900,800", script, "confusion.tsv");
 }
 
 static int finetune_understanding(int argc, char **argv)
@@ -485,8 +401,17 @@ static int finetune_understanding(int argc, char **argv)
     uint64_t step = 0, start_epoch = 0, resumed_seed = seed;
     double best_dev = -1.0;
     if (resume) {
-        if (!load_optimizer(cmd, checkpoint, mom, vel, n_params, &step, &start_epoch, &resumed_seed, &best_dev))
+        struct cli_train_state st;
+        if (!cli_load_optimizer(cmd, checkpoint, mom, vel, n_params, &st))
             goto done_batch;
+        if (isnan(st.best_dev)) {
+            cli_error(cmd, "%s/state.json: no best_dev (not a finetune checkpoint)", checkpoint);
+            goto done_batch;
+        }
+        step = st.step;
+        start_epoch = st.epoch;
+        resumed_seed = st.seed;
+        best_dev = st.best_dev;
         if (resumed_seed != seed) {
             cli_error(cmd, "%s: the checkpoint was trained with --seed %" PRIu64 ", not %" PRIu64, checkpoint, resumed_seed, seed);
             goto done_batch;
@@ -516,7 +441,7 @@ static int finetune_understanding(int argc, char **argv)
     double last_print = t0, loss_sum = 0.0;
     uint64_t loss_count = 0, tokens = 0;
     for (uint64_t epoch = start_epoch; epoch < epochs; epoch++) {
-        epoch_order(seed, epoch, train.n, order);
+        cli_epoch_order(seed, epoch, train.n, order);
         for (uint64_t s = 0; s < steps_per_epoch; s++) {
             uint32_t nb = 0;
             for (size_t i = s * batch; i < train.n && nb < batch; i++, nb++) {
@@ -579,7 +504,8 @@ static int finetune_understanding(int argc, char **argv)
             cli_error(cmd, "%s", err);
             goto done_batch;
         }
-        if (!save_optimizer(cmd, checkpoint, mom, vel, n_params, step, epoch + 1, seed, best_dev))
+        const struct cli_train_state st = {.step = step, .epoch = epoch + 1, .seed = seed, .best_dev = best_dev};
+        if (!cli_save_optimizer(cmd, checkpoint, mom, vel, n_params, &st))
             goto done_batch;
         if (stop_after && epoch + 1 - start_epoch == stop_after && epoch + 1 < epochs) {
             fprintf(stderr, "netlm %s: stopped after epoch %" PRIu64 " (--stop-after); --resume continues\n", cmd,

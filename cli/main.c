@@ -17,6 +17,7 @@ static const struct command commands[] = {
     {"preprocess", cmd_preprocess, "corpus text or TSV -> token shards for pretraining"},
     {"classify", cmd_classify, "a classification model over a dataset TSV or the sessions of captures"},
     {"generate", cmd_generate, "continue each row of a dataset TSV with a model's LM head"},
+    {"pretrain", cmd_pretrain, "pretrain a causal language model on token shards"},
     {"finetune", cmd_finetune, "train a classifier on dataset TSVs (understanding)"},
     {"eval", cmd_eval, "accuracy, macro-F1 and per-class metrics of a model on a labelled TSV"},
     {"convert", cmd_convert, "Hugging Face GPT-2/Qwen2 checkpoint (or a config) -> netlm model directory"},
