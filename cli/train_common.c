@@ -1,0 +1,275 @@
+/* train_common.c — what the training commands (pretrain, finetune) share: the seeded order of an
+ * epoch, the optimizer state and state.json of a checkpoint, swapping a finished checkpoint
+ * directory into place, copying a vocabulary next to a model, and drawing plots with gnuplot.
+ *
+ * Resuming is exact because everything a run depends on is either a function of its flags (the
+ * data order is one of (seed, epoch)) or stored in the checkpoint (weights, AdamW moments, step,
+ * data position). */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+
+#include "cli/cli.h"
+#include "model/safetensors.h"
+
+/* Position i of epoch e's order: a seeded Fisher–Yates permutation, recomputed from (seed, e). */
+void cli_epoch_order(uint64_t seed, uint64_t epoch, size_t n, uint32_t *order)
+{
+    struct train_rng {
+        uint64_t s;
+    } rng = {seed * 0x9e3779b97f4a7c15ull + epoch * 0xd1b54a32d192ed03ull + 1};
+    for (size_t i = 0; i < n; i++)
+        order[i] = (uint32_t)i;
+    for (size_t i = n; i > 1; i--) {
+        rng.s ^= rng.s << 13;
+        rng.s ^= rng.s >> 7;
+        rng.s ^= rng.s << 17;
+        size_t j = (size_t)(rng.s % i);
+        uint32_t t = order[i - 1];
+        order[i - 1] = order[j];
+        order[j] = t;
+    }
+}
+
+bool cli_save_optimizer(const char *cmd, const char *dir, const float *mom, const float *vel, size_t n,
+                        const struct cli_train_state *st)
+{
+    char path[4200], err[512];
+    struct st_write_tensor t[2] = {
+        {.name = "adamw.m", .dtype = ST_F32, .ndim = 1, .shape = {n}, .data = mom},
+        {.name = "adamw.v", .dtype = ST_F32, .ndim = 1, .shape = {n}, .data = vel},
+    };
+    snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
+    if (!st_write(path, t, 2, NULL, 0, err, sizeof err)) {
+        cli_error(cmd, "%s", err);
+        return false;
+    }
+    snprintf(path, sizeof path, "%s/state.json", dir);
+    struct cli_output out;
+    if (!cli_output_open(cmd, path, &out))
+        return false;
+    /* finetune's fields first, in the order older checkpoints have them */
+    fprintf(out.fp, "{\"step\": %" PRIu64 ", \"epoch\": %" PRIu64 ", \"seed\": %" PRIu64, st->step, st->epoch, st->seed);
+    if (!isnan(st->best_dev))
+        fprintf(out.fp, ", \"best_dev\": %.17g", st->best_dev);
+    if (st->data[0]) {
+        struct json_object *s = json_object_new_string(st->data);
+        fprintf(out.fp, ", \"position\": %" PRIu64 ", \"data\": %s", st->position,
+                s ? json_object_to_json_string_ext(s, JSON_C_TO_STRING_NOSLASHESCAPE) : "\"\"");
+        json_object_put(s);
+    }
+    fprintf(out.fp, "}\n");
+    return cli_output_commit(cmd, &out);
+}
+
+static bool get_u64(struct json_object *o, const char *key, uint64_t *out)
+{
+    struct json_object *v;
+    if (!json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_int))
+        return false;
+    *out = (uint64_t)json_object_get_int64(v);
+    return true;
+}
+
+bool cli_load_optimizer(const char *cmd, const char *dir, float *mom, float *vel, size_t n,
+                        struct cli_train_state *st)
+{
+    char path[4200], err[512];
+    snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
+    struct st_file *f = st_open(path, err, sizeof err);
+    if (!f) {
+        cli_error(cmd, "%s", err);
+        return false;
+    }
+    const struct st_tensor *tm = st_find(f, "adamw.m"), *tv = st_find(f, "adamw.v");
+    bool ok = tm && tv && tm->numel == n && tv->numel == n && st_read_f32(tm, mom) && st_read_f32(tv, vel);
+    st_close(f);
+    if (!ok) {
+        cli_error(cmd, "%s: not this model's optimizer state", path);
+        return false;
+    }
+    snprintf(path, sizeof path, "%s/state.json", dir);
+    memset(st, 0, sizeof *st);
+    st->best_dev = NAN;
+    struct json_object *o = json_object_from_file(path), *v;
+    ok = o && get_u64(o, "step", &st->step) && get_u64(o, "epoch", &st->epoch) && get_u64(o, "seed", &st->seed);
+    if (ok && json_object_object_get_ex(o, "best_dev", &v))
+        st->best_dev = json_object_get_double(v);
+    if (ok && json_object_object_get_ex(o, "data", &v)) {
+        ok = json_object_is_type(v, json_type_string) && get_u64(o, "position", &st->position) &&
+             json_object_get_string_len(v) < (int)sizeof st->data;
+        if (ok)
+            snprintf(st->data, sizeof st->data, "%s", json_object_get_string(v));
+    }
+    json_object_put(o);
+    if (!ok)
+        cli_error(cmd, "%s: missing or malformed (step, epoch, seed)", path);
+    return ok;
+}
+
+/* Removes a directory that holds only files (a checkpoint). */
+bool cli_remove_flat_dir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return errno == ENOENT;
+    struct dirent *e;
+    char path[4400];
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        unlink(path);
+    }
+    closedir(d);
+    return rmdir(dir) == 0;
+}
+
+/* staged (a finished checkpoint) becomes dir in one step: renameat2's exchange swaps the two
+ * directories atomically, so at every instant dir is either the old checkpoint or the new one,
+ * never a mixture of the two (a model from one step and the optimizer of another). */
+bool cli_replace_dir(const char *cmd, const char *staged, const char *dir)
+{
+    struct stat sb;
+    if (stat(dir, &sb) != 0) {
+        if (rename(staged, dir) == 0)
+            return true;
+        cli_error(cmd, "%s: cannot rename %s into place: %s", dir, staged, strerror(errno));
+        return false;
+    }
+    if (renameat2(AT_FDCWD, staged, AT_FDCWD, dir, RENAME_EXCHANGE) == 0) {
+        cli_remove_flat_dir(staged); /* now the old one */
+    } else {
+        /* a file system without the exchange: a short window without a checkpoint (dir.old
+         * holds it) rather than a mixed one */
+        char old[4200];
+        snprintf(old, sizeof old, "%s.old", dir);
+        cli_remove_flat_dir(old);
+        if (rename(dir, old) != 0 || rename(staged, dir) != 0) {
+            cli_error(cmd, "%s: cannot replace it with %s: %s", dir, staged, strerror(errno));
+            return false;
+        }
+        cli_remove_flat_dir(old);
+    }
+    /* the renames are durable once the parent's entries are */
+    char parent[4200];
+    snprintf(parent, sizeof parent, "%s", dir);
+    char *slash = strrchr(parent, '/');
+    if (slash)
+        *slash = '\0';
+    int fd = open(slash ? parent : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+    return true;
+}
+
+bool cli_copy_file(const char *cmd, const char *from, const char *to)
+{
+    FILE *in = fopen(from, "rb");
+    if (!in) {
+        cli_error(cmd, "%s: %s", from, strerror(errno));
+        return false;
+    }
+    struct cli_output out;
+    bool ok = cli_output_open(cmd, to, &out);
+    char buf[65536];
+    size_t n;
+    while (ok && (n = fread(buf, 1, sizeof buf, in)) > 0)
+        ok = fwrite(buf, 1, n, out.fp) == n;
+    if (ok && ferror(in)) {
+        cli_error(cmd, "%s: read error", from);
+        ok = false;
+    }
+    fclose(in);
+    if (ok)
+        return cli_output_commit(cmd, &out);
+    if (out.fp)
+        cli_output_abort(&out);
+    return false;
+}
+
+bool cli_have_gnuplot(void)
+{
+    return access("/usr/bin/gnuplot", X_OK) == 0;
+}
+
+/* A path inside a gnuplot single-quoted string: a quote is written twice. */
+static void put_quoted(FILE *f, const char *dir, const char *name)
+{
+    fputc('\'', f);
+    for (const char *p = dir; *p; p++) {
+        if (*p == '\'')
+            fputc('\'', f);
+        fputc(*p, f);
+    }
+    fprintf(f, "/%s'", name);
+}
+
+/* The script goes to gnuplot's standard input (no shell sees the paths); the image is drawn
+ * under a temporary name and renamed, so a reader never sees half a PNG. */
+bool cli_gnuplot(const char *dir, const char *png, const char *size, const char *script, const char *file)
+{
+    if (!cli_have_gnuplot())
+        return false;
+    char tmp_name[256], path[4400], tmp_path[4400];
+    snprintf(tmp_name, sizeof tmp_name, "%s.tmp.%ld", png, (long)getpid());
+    snprintf(path, sizeof path, "%s/%s", dir, png);
+    snprintf(tmp_path, sizeof tmp_path, "%s/%s", dir, tmp_name);
+    /* a gnuplot that exits before reading its script must not take netlm down with SIGPIPE */
+    struct sigaction ignore = {.sa_handler = SIG_IGN}, saved;
+    sigemptyset(&ignore.sa_mask);
+    sigaction(SIGPIPE, &ignore, &saved);
+    FILE *gp = popen("/usr/bin/gnuplot >/dev/null 2>&1", "w");
+    if (!gp) {
+        sigaction(SIGPIPE, &saved, NULL);
+        return false;
+    }
+    fprintf(gp, "set terminal pngcairo size %s noenhanced\nset output ", size);
+    put_quoted(gp, dir, tmp_name);
+    fputc('\n', gp);
+    for (const char *p = script; *p; p++) {
+        if (p[0] == '@' && p[1] == 'F') {
+            put_quoted(gp, dir, file);
+            p++;
+        } else {
+            fputc(*p, gp);
+        }
+    }
+    fprintf(gp, "\nset output\n");
+    int rc = pclose(gp);
+    sigaction(SIGPIPE, &saved, NULL);
+    if (rc != 0 || rename(tmp_path, path) != 0) {
+        unlink(tmp_path);
+        return false;
+    }
+    return true;
+}
+
+bool cli_plot_loss(const char *dir, bool dev_accuracy)
+{
+    if (dev_accuracy)
+        return cli_gnuplot(dir, "loss.png", "900,500",
+                           "set datafile separator ','; set key autotitle columnhead; set xlabel 'step'; set ylabel 'loss';"
+                           " set y2label 'dev accuracy'; set y2tics; set ytics nomirror;"
+                           " plot @F using 1:2 with lines title 'train loss',"
+                           " @F using 1:(column(4) >= 0 ? column(4) : 1/0) axes x1y2 with linespoints title 'dev accuracy'",
+                           "loss.csv");
+    return cli_gnuplot(dir, "loss.png", "900,500",
+                       "set datafile separator ','; set key autotitle columnhead; set xlabel 'step'; set ylabel 'loss';"
+                       " set y2label 'learning rate'; set y2tics; set ytics nomirror;"
+                       " plot @F using 1:2 with lines title 'train loss',"
+                       " @F using 1:3 axes x1y2 with lines title 'learning rate'",
+                       "loss.csv");
+}

@@ -1,0 +1,145 @@
+#!/usr/bin/python3
+"""pretrain_cli.py — netlm pretrain end to end on real traffic: a corpus from a real capture
+(netlm corpus), tokenized into two shards (netlm preprocess), pretrains a tiny GPT-2 with
+gradient accumulation across an epoch end. It must learn (the reported loss falls clearly),
+accept the seed's command-line flags silently, write a model that netlm generate runs, and a run
+stopped mid-epoch and resumed must end with the same bytes as the uninterrupted one. Bad inputs
+end with one error line and leave no output behind."""
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+NETLM = os.environ["NETLM"]
+DATA = os.environ["NETLM_DATA_DIR"]
+results = {"passed": 0, "failed": 0}
+
+
+def check(name, ok, detail=""):
+    results["passed" if ok else "failed"] += 1
+    print(("ok   " if ok else "FAIL ") + name + ("" if ok else f": {detail}"))
+
+
+def netlm(*args, ok=True):
+    res = subprocess.run([NETLM, *args], capture_output=True, text=True)
+    if ok and res.returncode != 0:
+        raise RuntimeError(f"netlm {' '.join(args)} exited {res.returncode}: {res.stderr.strip()}")
+    return res
+
+
+def pretrain(tmp, out, *extra, ok=True):
+    # 238 windows of 32 ids; 30 steps of 2 x 4 windows read 240: the last step crosses into epoch 2
+    return netlm("pretrain", "--dataset_path", os.path.join(tmp, "a.shard"), os.path.join(tmp, "b.shard"),
+                 "--config_path", os.path.join(tmp, "tiny.json"), "--output_model_path", out,
+                 "--batch_size", "4", "--accumulation_steps", "2", "--total_steps", "30", "--learning_rate", "1e-2",
+                 "--report_steps", "5", "--save_checkpoint_steps", "10", "--threads", "2", "--seed", "3", *extra, ok=ok)
+
+
+def one_error_line(res, *words):
+    lines = res.stderr.strip().splitlines()
+    return res.returncode != 0 and len(lines) == 1 and all(w in lines[0] for w in words)
+
+
+def same_bytes(a, b, *paths):
+    return [os.path.join(*p) for p in paths
+            if open(os.path.join(a, *p), "rb").read() != open(os.path.join(b, *p), "rb").read()]
+
+
+def main():
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = os.path.join(tmp, "corpus.txt")
+        netlm("corpus", os.path.join(DATA, "pcaps", "tcpdump-resp_1_benchmark.pcap"), "-o", corpus, "-q")
+        lines = open(corpus).read().splitlines(keepends=True)
+        # two shards, so windows run across a shard end
+        for name, part in (("a", lines[: len(lines) // 3]), ("b", lines[len(lines) // 3:])):
+            open(os.path.join(tmp, name + ".txt"), "w").writelines(part)
+            netlm("preprocess", "--corpus_path", os.path.join(tmp, name + ".txt"), "--dataset_path",
+                  os.path.join(tmp, name + ".shard"), "--seq_length", "32", "-q")
+        json.dump({"model_type": "gpt2", "vocab_size": 65541, "n_embd": 64, "n_layer": 1, "n_head": 2,
+                   "n_inner": 128, "n_positions": 64}, open(os.path.join(tmp, "tiny.json"), "w"))
+
+        a = os.path.join(tmp, "a")
+        res = pretrain(tmp, a, "--world_size", "1", "--gpu_ranks", "0", "--data_processor", "lm", "--embedding",
+                       "word", "pos", "--encoder", "transformer", "--mask", "causal", "--target", "lm",
+                       "--device", "cpu", "--tie_weights")
+        status = re.findall(r"step (\d+)/30 epoch (\d+) loss ([0-9.]+) lr [0-9.e-]+ \d+ tokens/s ETA \d+ s", res.stderr)
+        check("a status line every 5 steps", [int(s[0]) for s in status] == [5, 10, 15, 20, 25, 30], res.stderr)
+        check("the seed's flags are accepted without a word", all(l.startswith("netlm pretrain: ") and
+              "warning" not in l for l in res.stderr.splitlines()), res.stderr)
+        if status:
+            first, last = float(status[0][2]), float(status[-1][2])
+            check("pretraining learns: the loss falls clearly (first report vs last)",
+                  last < first - 2.0, f"{first} -> {last}")
+            check("the last step runs into epoch 2", status[-1][1] == "2", status[-1])
+        rows = open(os.path.join(a, "loss.csv")).read().splitlines()
+        check("loss.csv: step,loss,learning_rate, a row per step",
+              rows[0] == "step,loss,learning_rate" and [int(r.split(",")[0]) for r in rows[1:]] == list(range(1, 31)),
+              rows[:3])
+        cfg = json.load(open(os.path.join(a, "config.json")))
+        check("config.json: task lm, seq_length 32, built-in vocabulary",
+              cfg["netlm"]["task"] == "lm" and cfg["netlm"]["seq_length"] == 32 and
+              cfg["netlm"]["tokenizer"]["vocab"] == "builtin", cfg["netlm"])
+        state = json.load(open(os.path.join(a, "checkpoint", "state.json")))
+        check("checkpoint/state.json: step 30, epoch 1 (0-based), 2 windows into it",
+              state["step"] == 30 and state["epoch"] == 1 and state["position"] == 2, state)
+        if os.access("/usr/bin/gnuplot", os.X_OK):
+            check("loss.png drawn", os.path.getsize(os.path.join(a, "loss.png")) > 1000)
+        check("no temporary files left", not [f for d in (a, os.path.join(a, "checkpoint")) for f in os.listdir(d)
+                                              if ".tmp" in f or f.endswith(".new")], os.listdir(a))
+
+        prompts = os.path.join(tmp, "prompts.tsv")
+        with open(prompts, "w") as f:
+            f.write("text_a\n" + "".join(" ".join(l.split()[:12]) + "\n" for l in lines[:4] if l.strip()))
+        gen = netlm("generate", "--model", a, "--test_path", prompts, "--threads", "2", ok=False)
+        check("netlm generate runs the pretrained model", gen.returncode == 0 and
+              len(gen.stdout.splitlines()) == 1 + sum(1 for l in lines[:4] if l.strip()), gen.stderr + gen.stdout)
+
+        b = os.path.join(tmp, "b")
+        stopped = pretrain(tmp, b, "-q", "--stop-after", "12")
+        check("--stop-after 12 ends the run with a checkpoint and no model",
+              "stopped after step 12" in stopped.stderr and not os.path.exists(os.path.join(b, "model.safetensors"))
+              and json.load(open(os.path.join(b, "checkpoint", "state.json")))["step"] == 12, stopped.stderr)
+        pretrain(tmp, b, "-q", "--resume")
+        differ = same_bytes(a, b, ("model.safetensors",), ("config.json",), ("loss.csv",),
+                            ("checkpoint", "model.safetensors"), ("checkpoint", "optimizer.safetensors"),
+                            ("checkpoint", "state.json"))
+        check("stopped + resumed = uninterrupted, bit for bit", not differ, f"{differ} differ")
+
+        # bad inputs: one line naming the culprit, non-zero, nothing written
+        c = os.path.join(tmp, "c")
+        shard = os.path.join(tmp, "a.shard")
+        trunc = os.path.join(tmp, "trunc.shard")
+        open(trunc, "wb").write(open(shard, "rb").read()[:100])
+        json.dump({"model_type": "gpt2", "vocab_size": 1000, "n_embd": 64, "n_layer": 1, "n_head": 2,
+                   "n_positions": 64}, open(os.path.join(tmp, "small.json"), "w"))
+        base = ["pretrain", "--config_path", os.path.join(tmp, "tiny.json"), "--output_model_path", c,
+                "--total_steps", "2", "--batch_size", "2", "-q"]
+        cases = [
+            ("a missing shard", ["--dataset_path", os.path.join(tmp, "missing.shard")], ["missing.shard"]),
+            ("a truncated shard", ["--dataset_path", trunc], ["trunc.shard", "truncated"]),
+            ("a text file as shard", ["--dataset_path", corpus], ["corpus.txt"]),
+            ("a shard with more ids than the model", ["--dataset_path", shard, "--config_path",
+                                                      os.path.join(tmp, "small.json")], ["a.shard", "65541", "1000"]),
+            ("--seq_length beyond the positions", ["--dataset_path", shard, "--seq_length", "64"], ["--seq_length", "64"]),
+            ("--device cuda", ["--dataset_path", shard, "--device", "cuda"], ["--device", "CUDA"]),
+            ("--resume without a checkpoint", ["--dataset_path", shard, "--resume"], ["checkpoint"]),
+        ]
+        for name, args, words in cases:
+            res = netlm(*base, *args, ok=False)
+            check(f"{name}: one error line, no output", one_error_line(res, *words) and not os.path.exists(c),
+                  f"rc {res.returncode}: {res.stderr.strip()}")
+        before = open(os.path.join(b, "checkpoint", "optimizer.safetensors"), "rb").read()
+        res = pretrain(tmp, b, "-q", ok=False)
+        check("a fresh run onto a checkpoint: one error line", one_error_line(res, "--resume"), res.stderr)
+        res = pretrain(tmp, b, "-q", "--resume", "--batch_size", "5", ok=False)
+        check("a resume with another --batch_size: one error line, checkpoint kept",
+              one_error_line(res, "--batch_size") and
+              open(os.path.join(b, "checkpoint", "optimizer.safetensors"), "rb").read() == before, res.stderr)
+    print(f"{results['passed']} passed, {results['failed']} failed")
+    sys.exit(1 if results["failed"] else 0)
+
+
+if __name__ == "__main__":
+    main()
