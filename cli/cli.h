@@ -142,6 +142,7 @@ int cmd_generate(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_pretrain(int argc, char **argv);
 int cmd_finetune(int argc, char **argv);
+int finetune_generation(int argc, char **argv); /* cmd_finetune_gen.c */
 int cmd_eval(int argc, char **argv);
 
 #endif

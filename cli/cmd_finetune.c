@@ -669,11 +669,14 @@ int cmd_finetune(int argc, char **argv)
 {
     if (argc >= 2 && strcmp(argv[1], "understanding") == 0)
         return finetune_understanding(argc - 1, argv + 1);
+    if (argc >= 2 && strcmp(argv[1], "generation") == 0)
+        return finetune_generation(argc - 1, argv + 1);
     if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
-        printf("usage: netlm finetune understanding [OPTIONS]\n\n"
-               "  understanding   a classifier on the seed's dataset TSVs ('netlm finetune understanding --help')\n");
+        printf("usage: netlm finetune understanding|generation [OPTIONS]\n\n"
+               "  understanding   a classifier on the seed's dataset TSVs ('netlm finetune understanding --help')\n"
+               "  generation      header-field generation on the seed's generation TSVs ('... generation --help')\n");
         return 0;
     }
-    fprintf(stderr, "netlm finetune: expected 'understanding' (see 'netlm finetune --help')\n");
+    fprintf(stderr, "netlm finetune: expected 'understanding' or 'generation' (see 'netlm finetune --help')\n");
     return 2;
 }

@@ -1,0 +1,468 @@
+/* cmd_finetune_gen.c — `netlm finetune generation`: the seed's header-field generation task as
+ * decoder-only conditional generation. A row is [CLS] packet tokens [SEP] target tokens [SEP];
+ * the loss counts the target tokens (and the closing [SEP]) only. Dev and test are scored by
+ * greedy generation with the KV cache: exact match, as the seed reports, and per field the
+ * Jensen–Shannon divergence between the generated and the true value distributions. */
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "model/model.h"
+#include "tokenizer/tokenizer.h"
+#include "train/train.h"
+
+struct gen_samples {
+    uint32_t *ids;     /* [n][row] prompt then target then [SEP], padded */
+    uint32_t *lengths; /* whole row */
+    uint32_t *prompt;  /* ids before the first target token */
+    size_t n, cap;
+    uint32_t row;      /* seq + tgt_seq_length − 1 */
+};
+
+static void gen_free(struct gen_samples *s)
+{
+    free(s->ids);
+    free(s->lengths);
+    free(s->prompt);
+    memset(s, 0, sizeof *s);
+}
+
+/* Rows of a generation TSV: label = the target tokens ("0000 003c"), text_a = the packet. */
+static bool gen_load(const char *cmd, const char *path, const struct tok_vocab *vocab, uint32_t seq,
+                     uint32_t tgt, struct gen_samples *s)
+{
+    struct cli_tsv t = {0};
+    s->row = seq + tgt - 1;
+    bool ok = cli_tsv_open(cmd, path, &t);
+    if (ok && t.label_col < 0) {
+        cli_error(cmd, "%s: no label column (a generation TSV holds the target in label)", path);
+        ok = false;
+    }
+    char *label, *text;
+    int r = 0;
+    while (ok && (r = cli_tsv_next(cmd, &t, &label, &text)) > 0) {
+        if (s->n == s->cap) {
+            size_t ncap = s->cap ? s->cap * 2 : 1024;
+            uint32_t *ids = realloc(s->ids, ncap * s->row * sizeof(uint32_t));
+            if (ids)
+                s->ids = ids;
+            uint32_t *len = realloc(s->lengths, ncap * sizeof(uint32_t));
+            if (len)
+                s->lengths = len;
+            uint32_t *pr = realloc(s->prompt, ncap * sizeof(uint32_t));
+            if (pr)
+                s->prompt = pr;
+            if (!ids || !len || !pr) {
+                cli_error(cmd, "out of memory reading %s", path);
+                ok = false;
+                break;
+            }
+            s->cap = ncap;
+        }
+        uint32_t *row = s->ids + s->n * s->row;
+        memset(row, 0, s->row * sizeof(uint32_t));
+        uint32_t n = tok_text_ids(vocab, text, strlen(text), seq, row);
+        s->prompt[s->n] = n;
+        /* the target's words, then [SEP]; at most tgt − 1 ids as the seed's [CLS] t1 .. [SEP] */
+        uint32_t room = tgt - 1, used = 0;
+        for (char *p = label; *p && used < room;) {
+            while (*p == ' ')
+                p++;
+            char *start = p;
+            while (*p && *p != ' ')
+                p++;
+            if (p == start)
+                break;
+            size_t needed;
+            used += (uint32_t)tok_vocab_word_ids(vocab, start, (size_t)(p - start), row + n + used,
+                                                 room - used, &needed);
+        }
+        if (used < room)
+            row[n + used++] = TOK_SEP;
+        s->lengths[s->n++] = n + used;
+    }
+    if (r < 0)
+        ok = false;
+    if (ok && s->n == 0) {
+        cli_error(cmd, "%s: no rows", path);
+        ok = false;
+    }
+    cli_tsv_close(&t);
+    return ok;
+}
+
+/* A generated or true target as field values: field k is tokens 2k and 2k+1, four hex digits
+ * each (the seed's "0000 003c"); UINT64_MAX when a token is not four hex digits. */
+static uint64_t field_value(const struct tok_vocab *v, const uint32_t *ids, uint32_t n, uint32_t k)
+{
+    if (2 * k + 1 >= n)
+        return UINT64_MAX;
+    uint64_t value = 0;
+    for (uint32_t i = 2 * k; i <= 2 * k + 1; i++) {
+        const char *t = tok_vocab_token(v, ids[i]);
+        if (!t || strlen(t) != 4 || strspn(t, "0123456789abcdef") != 4)
+            return UINT64_MAX;
+        value = value << 16 | strtoul(t, NULL, 16);
+    }
+    return value;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Jensen–Shannon divergence (base 2, in [0, 1]) of two samples of values of equal size n. */
+static double jsd(uint64_t *p, uint64_t *q, size_t n)
+{
+    qsort(p, n, sizeof *p, cmp_u64);
+    qsort(q, n, sizeof *q, cmp_u64);
+    double d = 0.0;
+    size_t i = 0, j = 0;
+    while (i < n || j < n) {
+        uint64_t v = i < n && (j >= n || p[i] <= q[j]) ? p[i] : q[j];
+        size_t a = 0, b = 0;
+        while (i < n && p[i] == v)
+            i++, a++;
+        while (j < n && q[j] == v)
+            j++, b++;
+        double pa = (double)a / n, qb = (double)b / n, m = 0.5 * (pa + qb);
+        if (pa > 0)
+            d += 0.5 * pa * log2(pa / m);
+        if (qb > 0)
+            d += 0.5 * qb * log2(qb / m);
+    }
+    return d;
+}
+
+struct gen_score {
+    double exact;
+    double jsd[TOK_FIELD_COUNT];
+    uint64_t rows;
+};
+
+/* Greedy generation of every row's target from its prompt. */
+static bool gen_evaluate(const char *cmd, struct model *m, const struct tok_vocab *vocab,
+                         const struct gen_samples *s, uint32_t seq, uint32_t tgt, uint32_t batch,
+                         uint32_t threads, uint32_t n_fields, struct gen_score *score)
+{
+    char err[512];
+    const uint32_t max_new = tgt - 1;
+    struct model_runner *r = model_runner_create(m, batch, s->row, s->row + max_new, threads, err, sizeof err);
+    uint32_t *out = malloc((size_t)batch * max_new * sizeof(uint32_t)), *out_len = malloc(batch * sizeof(uint32_t));
+    uint64_t *truth = malloc(s->n * n_fields * sizeof(uint64_t)), *got = malloc(s->n * n_fields * sizeof(uint64_t));
+    if (!r || !out || !out_len || !truth || !got) {
+        cli_error(cmd, "%s", r ? "out of memory" : err);
+        model_runner_free(r);
+        free(out);
+        free(out_len);
+        free(truth);
+        free(got);
+        return false;
+    }
+    (void)seq;
+    uint64_t exact = 0;
+    bool ok = true;
+    for (size_t i = 0; ok && i < s->n; i += batch) {
+        uint32_t nb = (uint32_t)(s->n - i < batch ? s->n - i : batch);
+        ok = model_generate(r, s->ids + i * s->row, s->prompt + i, nb, s->row, NULL, max_new, out, out_len);
+        for (uint32_t b = 0; ok && b < nb; b++) {
+            const uint32_t *want = s->ids + (i + b) * s->row + s->prompt[i + b];
+            const uint32_t want_n = s->lengths[i + b] - s->prompt[i + b];
+            const uint32_t *gen = out + (size_t)b * max_new;
+            exact += out_len[b] == want_n && !memcmp(gen, want, want_n * sizeof(uint32_t));
+            for (uint32_t k = 0; k < n_fields; k++) {
+                truth[(i + b) * n_fields + k] = field_value(vocab, want, want_n, k);
+                got[(i + b) * n_fields + k] = field_value(vocab, gen, out_len[b], k);
+            }
+        }
+    }
+    if (ok) {
+        score->rows = s->n;
+        score->exact = (double)exact / (double)s->n;
+        uint64_t *p = malloc(s->n * sizeof(uint64_t)), *q = malloc(s->n * sizeof(uint64_t));
+        for (uint32_t k = 0; p && q && k < n_fields; k++) {
+            for (size_t i = 0; i < s->n; i++) {
+                p[i] = truth[i * n_fields + k];
+                q[i] = got[i * n_fields + k];
+            }
+            score->jsd[k] = jsd(p, q, s->n);
+        }
+        free(p);
+        free(q);
+    } else {
+        cli_error(cmd, "generation failed (token ids outside the model?)");
+    }
+    model_runner_free(r);
+    free(out);
+    free(out_len);
+    free(truth);
+    free(got);
+    return ok;
+}
+
+int finetune_generation(int argc, char **argv)
+{
+    static const char *const cmd = "finetune generation";
+    struct cli_opt opts[] = {
+        {"pretrained-model-path", NULL, 0, "DIR", "start from this model (default: a fresh one from --config_path)", NULL},
+        {"config-path", NULL, 0, "FILE", "config.json of a fresh model (Hugging Face or UER form)", NULL},
+        {"vocab-path", NULL, 0, "FILE", "vocabulary (default: the built-in one)", NULL},
+        {"train-path", NULL, 0, "FILE", "training TSV (label = target tokens, text_a = packet)", NULL},
+        {"dev-path", NULL, 0, "FILE", "validation TSV: the best epoch on it is kept", NULL},
+        {"test-path", NULL, 0, "FILE", "test TSV, evaluated with the best epoch", NULL},
+        {"output-model-path", NULL, 'o', "DIR", "where the model, metrics and loss curve go", NULL},
+        {"fields", NULL, 0, "LIST", "the fields the targets hold, in order (as netlm dataset generation --fields; default ip_len)", NULL},
+        {"seq-length", NULL, 0, "N", "prompt ids, [CLS] and [SEP] included (default 256, the seed's)", NULL},
+        {"tgt-seq-length", NULL, 0, "N", "target as the seed counts it, [CLS] t1 .. [SEP] (default 4)", NULL},
+        {"epochs-num", NULL, 0, "N", "epochs (default 10)", NULL},
+        {"batch-size", NULL, 'b', "N", "sequences per step (default 16, the seed's)", NULL},
+        {"learning-rate", NULL, 0, "LR", "peak learning rate (default 1e-5, the seed's)", NULL},
+        {"warmup", NULL, 0, "FRACTION", "share of the steps with linear warmup (default 0.1)", NULL},
+        {"optimizer", NULL, 0, "adamw|uer", "bias-corrected AdamW (default) or the seed's UER AdamW", NULL},
+        {"seed", NULL, 0, "N", "seed of the initialisation and the data order (default 7)", NULL},
+        {"threads", NULL, 't', "N", "CPU threads (default: all online CPUs)", NULL},
+        {"report-steps", NULL, 0, "N", "a status line every N steps (default 100)", NULL},
+        {"quiet", NULL, 'q', NULL, "no status lines", NULL},
+        {0},
+    };
+    const char **pos = NULL;
+    int npos = 0;
+    int rc = cli_parse(cmd, "netlm finetune generation --train_path T --dev_path D --test_path E --output_model_path OUT "
+                       "(--pretrained_model_path M | --config_path C) [OPTIONS]",
+                       "Trains the LM head to produce the seed's header-field targets after each packet: a row is\n"
+                       "[CLS] packet [SEP] target [SEP] and the loss counts the target only. Each epoch is scored on\n"
+                       "dev by greedy generation (exact match); test gets exact match and, per field, the\n"
+                       "Jensen-Shannon divergence of generated against true values (metrics.json in OUT).",
+                       opts, argc, argv, &pos, &npos);
+    if (rc != CLI_PARSED)
+        return rc == CLI_HELP_SHOWN ? 0 : 2;
+    free(pos);
+    const char *train_path = cli_get(opts, "train-path"), *dev_path = cli_get(opts, "dev-path");
+    const char *test_path = cli_get(opts, "test-path"), *out_dir = cli_get(opts, "output-model-path");
+    const char *pretrained = cli_get(opts, "pretrained-model-path"), *config_path = cli_get(opts, "config-path");
+    if (!train_path || !dev_path || !test_path || !out_dir) {
+        cli_error(cmd, "--train_path, --dev_path, --test_path and --output_model_path are required");
+        return 2;
+    }
+    if (!pretrained && !config_path) {
+        cli_error(cmd, "give --pretrained_model_path DIR or --config_path FILE (a fresh model)");
+        return 2;
+    }
+    enum tok_field fields[TOK_FIELD_COUNT];
+    uint32_t n_fields = 0;
+    char list[256];
+    snprintf(list, sizeof list, "%s", cli_get(opts, "fields") ? cli_get(opts, "fields") : "ip_len");
+    for (char *save = NULL, *f = strtok_r(list, ",", &save); f; f = strtok_r(NULL, ",", &save)) {
+        if (n_fields == TOK_FIELD_COUNT || !tok_field_parse(f, &fields[n_fields])) {
+            cli_error(cmd, "--fields: unknown or repeated field '%s' (ip_len, src_port, dst_port, ttl, tcp_window)", f);
+            return 2;
+        }
+        n_fields++;
+    }
+    uint32_t seq, tgt, epochs, batch, threads, report;
+    double lr, warmup;
+    uint64_t seed;
+    static const char *const opt_names[] = {"adamw", "uer", NULL};
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int optimizer = cli_choice(cmd, opts, "optimizer", "adamw", opt_names);
+    if (optimizer < 0 || !cli_u32(cmd, opts, "seq-length", 256, 2, 65536, &seq) ||
+        !cli_u32(cmd, opts, "tgt-seq-length", 4, 2, 4096, &tgt) ||
+        !cli_u32(cmd, opts, "epochs-num", 10, 1, 100000, &epochs) ||
+        !cli_u32(cmd, opts, "batch-size", 16, 1, 65536, &batch) ||
+        !cli_u32(cmd, opts, "threads", ncpu > 0 ? (uint32_t)ncpu : 1, 1, 1024, &threads) ||
+        !cli_u32(cmd, opts, "report-steps", 100, 1, UINT32_MAX, &report) ||
+        !cli_double(cmd, opts, "learning-rate", 1e-5, 0.0, 10.0, &lr) ||
+        !cli_double(cmd, opts, "warmup", 0.1, 0.0, 1.0, &warmup) ||
+        !cli_u64(cmd, opts, "seed", 7, 0, UINT64_MAX, &seed))
+        return 2;
+    if (2 * n_fields + 2 > tgt) {
+        cli_error(cmd, "--tgt_seq_length %u cannot hold %u field(s): it needs [CLS] + 2 tokens per field + [SEP] = %u",
+                  tgt, n_fields, 2 * n_fields + 2);
+        return 2;
+    }
+    const bool quiet = cli_flag(opts, "quiet");
+    int status = 1;
+    char err[1024];
+    struct model *m = NULL;
+    struct tok_vocab *vocab = NULL;
+    struct gen_samples train = {0}, dev = {0}, test = {0};
+    struct train_runner *tr = NULL;
+    float *mom = NULL, *vel = NULL, *best = NULL;
+    uint32_t *order = NULL, *b_ids = NULL, *b_len = NULL, *b_start = NULL;
+    FILE *loss_csv = NULL;
+    if (mkdir(out_dir, 0755) != 0 && errno != EEXIST) {
+        cli_error(cmd, "%s: %s", out_dir, strerror(errno));
+        return 1;
+    }
+    if (pretrained) {
+        m = model_load(pretrained, err, sizeof err);
+    } else {
+        struct model_config cfg;
+        model_config_init(&cfg);
+        if (model_config_load(config_path, &cfg, err, sizeof err))
+            m = model_create(&cfg, seed, err, sizeof err);
+        model_config_release(&cfg);
+    }
+    const char *vocab_path = cli_get(opts, "vocab-path");
+    vocab = !m ? NULL : vocab_path ? tok_vocab_load(vocab_path, err, sizeof err) : tok_vocab_builtin();
+    if (!m || !vocab) {
+        cli_error(cmd, "%s", err);
+        goto done;
+    }
+    const struct model_config *mc = model_get_config(m);
+    const uint32_t row = seq + tgt - 1;
+    if (mc->arch == MODEL_ARCH_GPT2 && row + tgt > mc->max_positions) {
+        cli_error(cmd, "--seq_length %u + --tgt_seq_length %u needs %u positions; the model has %u", seq, tgt,
+                  row + tgt, mc->max_positions);
+        goto done;
+    }
+    if (tok_vocab_size(vocab) > mc->vocab_size) {
+        cli_error(cmd, "the vocabulary has %u tokens but the model only %u", tok_vocab_size(vocab), mc->vocab_size);
+        goto done;
+    }
+    if (!gen_load(cmd, train_path, vocab, seq, tgt, &train) || !gen_load(cmd, dev_path, vocab, seq, tgt, &dev) ||
+        !gen_load(cmd, test_path, vocab, seq, tgt, &test))
+        goto done;
+    struct model_config *mut = model_config_mut(m);
+    mut->task = MODEL_TASK_GENERATE;
+    mut->seq_length = seq;
+    mut->tgt_seq_length = tgt;
+    snprintf(mut->tokenizer.vocab, sizeof mut->tokenizer.vocab, "%s", vocab_path ? "vocab.txt" : "builtin");
+    tr = train_runner_create(m, batch, row, threads, err, sizeof err);
+    const size_t n = tr ? train_runner_grad_count(tr) : 0;
+    size_t n_floats;
+    mom = calloc(n ? n : 1, sizeof(float));
+    vel = calloc(n ? n : 1, sizeof(float));
+    best = malloc((n ? n : 1) * sizeof(float));
+    order = malloc(train.n * sizeof(uint32_t));
+    b_ids = malloc((size_t)batch * row * sizeof(uint32_t));
+    b_len = malloc(batch * sizeof(uint32_t));
+    b_start = malloc(batch * sizeof(uint32_t));
+    if (!tr || !mom || !vel || !best || !order || !b_ids || !b_len || !b_start) {
+        cli_error(cmd, "%s", tr ? "out of memory" : err);
+        goto done;
+    }
+    memcpy(best, model_params(m, &n_floats), n * sizeof(float));
+    struct train_adamw adamw;
+    if (optimizer == 1)
+        train_adamw_uer(&adamw);
+    else
+        train_adamw_defaults(&adamw);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/loss.csv", out_dir);
+    loss_csv = fopen(path, "w");
+    if (!loss_csv) {
+        cli_error(cmd, "%s: %s", path, strerror(errno));
+        goto done;
+    }
+    fprintf(loss_csv, "step,loss,learning_rate,dev_accuracy\n");
+    const uint64_t steps_per_epoch = (train.n + batch - 1) / batch, total = steps_per_epoch * epochs;
+    const uint64_t warm = (uint64_t)(warmup * (double)total);
+    uint64_t step = 0, tokens = 0;
+    double best_dev = -1.0, loss_sum = 0.0, t0 = cli_now();
+    uint64_t loss_count = 0;
+    for (uint64_t epoch = 0; epoch < epochs; epoch++) {
+        cli_epoch_order(seed, epoch, train.n, order);
+        for (uint64_t s = 0; s < steps_per_epoch; s++) {
+            uint32_t nb = 0;
+            for (size_t i = s * batch; i < train.n && nb < batch; i++, nb++) {
+                const uint32_t k = order[i];
+                memcpy(b_ids + (size_t)nb * row, train.ids + (size_t)k * row, row * sizeof(uint32_t));
+                b_len[nb] = train.lengths[k];
+                b_start[nb] = train.prompt[k];
+                tokens += b_len[nb];
+            }
+            struct train_batch tb = {.ids = b_ids, .lengths = b_len, .batch = nb, .seq = row, .target_start = b_start};
+            double loss;
+            train_zero_grads(tr);
+            if (!train_forward_backward(tr, TRAIN_LM, &tb, &loss)) {
+                cli_error(cmd, "training step %" PRIu64 " failed (token ids outside the model?)", step + 1);
+                goto done;
+            }
+            const float step_lr = train_schedule_lr(TRAIN_SCHEDULE_LINEAR, (float)lr, step, warm, total);
+            train_adamw_step(m, train_runner_grads(tr), mom, vel, step + 1, step_lr, &adamw, (int)threads);
+            step++;
+            loss_sum += loss;
+            loss_count++;
+            fprintf(loss_csv, "%" PRIu64 ",%.6f,%.6g,-1\n", step, loss, step_lr);
+            if (!quiet && step % report == 0) {
+                double now = cli_now(), rate = step / (now - t0);
+                fprintf(stderr, "netlm %s: epoch %" PRIu64 "/%u step %" PRIu64 "/%" PRIu64 " loss %.4f lr %.3g %.0f tokens/s ETA %.0f s\n",
+                        cmd, epoch + 1, epochs, step, total, loss_sum / loss_count, step_lr, tokens / (now - t0),
+                        (double)(total - step) / (rate > 0 ? rate : 1));
+                loss_sum = 0.0;
+                loss_count = 0;
+            }
+        }
+        struct gen_score sc = {0};
+        if (!gen_evaluate(cmd, m, vocab, &dev, seq, tgt, batch, threads, n_fields, &sc))
+            goto done;
+        fprintf(loss_csv, "%" PRIu64 ",,,%.6f\n", step, sc.exact);
+        fflush(loss_csv);
+        if (!quiet)
+            fprintf(stderr, "netlm %s: epoch %" PRIu64 "/%u dev exact match %.4f%s\n", cmd, epoch + 1, epochs, sc.exact,
+                    sc.exact > best_dev ? " (best)" : "");
+        if (sc.exact > best_dev) {
+            best_dev = sc.exact;
+            memcpy(best, model_params(m, &n_floats), n * sizeof(float));
+            if (!model_save(m, out_dir, err, sizeof err)) {
+                cli_error(cmd, "%s", err);
+                goto done;
+            }
+        }
+    }
+    const double seconds = cli_now() - t0;
+    memcpy(model_params(m, &n_floats), best, n * sizeof(float));
+    struct gen_score sc = {0};
+    if (!gen_evaluate(cmd, m, vocab, &test, seq, tgt, batch, threads, n_fields, &sc))
+        goto done;
+    fclose(loss_csv);
+    loss_csv = NULL;
+    cli_plot_loss(out_dir, true);
+    snprintf(path, sizeof path, "%s/metrics.json", out_dir);
+    struct cli_output out;
+    if (!cli_output_open(cmd, path, &out))
+        goto done;
+    fprintf(out.fp, "{\"split\": \"test\", \"rows\": %" PRIu64 ", \"exact_match\": %.6f, \"train_seconds\": %.1f, \"jsd\": {",
+            sc.rows, sc.exact, seconds);
+    for (uint32_t k = 0; k < n_fields; k++)
+        fprintf(out.fp, "%s\"%s\": %.6f", k ? ", " : "", tok_field_name(fields[k]), sc.jsd[k]);
+    fprintf(out.fp, "}}\n");
+    if (!cli_output_commit(cmd, &out))
+        goto done;
+    if (vocab_path) {
+        snprintf(path, sizeof path, "%s/vocab.txt", out_dir);
+        if (!cli_copy_file(cmd, vocab_path, path))
+            goto done;
+    }
+    fprintf(stderr, "netlm %s: test exact match %.4f (%" PRIu64 " rows; best dev %.4f; %.0f s)", cmd, sc.exact,
+            sc.rows, best_dev, seconds);
+    for (uint32_t k = 0; k < n_fields; k++)
+        fprintf(stderr, ", JSD %s %.4f", tok_field_name(fields[k]), sc.jsd[k]);
+    fputc('\n', stderr);
+    status = 0;
+done:
+    if (loss_csv)
+        fclose(loss_csv);
+    free(order);
+    free(b_ids);
+    free(b_len);
+    free(b_start);
+    free(mom);
+    free(vel);
+    free(best);
+    train_runner_free(tr);
+    gen_free(&train);
+    gen_free(&dev);
+    gen_free(&test);
+    tok_vocab_free(vocab);
+    model_free(m);
+    return status;
+}
