@@ -83,6 +83,23 @@ def main():
                                 "--output_model_path", os.path.join(tmp, "c"), "--seq_length", "64", ok=False)
         check("finetune with a missing TSV: one error line", bad.returncode != 0 and
               len(bad.stderr.strip().splitlines()) == 1 and "missing.tsv" in bad.stderr, bad.stderr)
+        # generation: the seed's IPv4 total-length task, decoder-only
+        gds = os.path.join(tmp, "gen-ds")
+        netlm("dataset", "generation", "--pcap_path", os.path.join(DATA, "labeled", "ustc-tfc2016", "sessions"),
+              "--dataset_dir", gds, "--random_seed", "1", "--samples-per-class", "15", "-q")
+        json.dump({"model_type": "gpt2", "vocab_size": 65541, "n_embd": 32, "n_layer": 1, "n_head": 2,
+                   "n_inner": 64, "n_positions": 48}, open(os.path.join(tmp, "gen.json"), "w"))
+        g = os.path.join(tmp, "g")
+        res = netlm("finetune", "generation", "--config_path", os.path.join(tmp, "gen.json"),
+                    "--train_path", f"{gds}/train_dataset.tsv", "--dev_path", f"{gds}/valid_dataset.tsv",
+                    "--test_path", f"{gds}/test_dataset.tsv", "--output_model_path", g, "--seq_length", "40",
+                    "--epochs_num", "2", "--batch_size", "16", "--learning_rate", "3e-3", "--threads", "2", "-q")
+        gm = json.load(open(os.path.join(g, "metrics.json")))
+        check("finetune generation: exact match and the ip_len JSD in metrics.json",
+              0.0 <= gm["exact_match"] <= 1.0 and 0.0 <= gm["jsd"]["ip_len"] <= 1.0 and gm["rows"] > 0, gm)
+        gen = netlm("generate", "--model", g, "--test_path", f"{gds}/test_dataset.tsv", "-q")
+        check("generate with the saved model gives finetune's test exact match",
+              f"exact-match accuracy {gm['exact_match']:.4f}" in gen.stderr, f"{gen.stderr.strip()} vs {gm}")
     print(f"{results['passed']} passed, {results['failed']} failed")
     sys.exit(1 if results["failed"] else 0)
 
