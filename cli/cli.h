@@ -133,6 +133,16 @@ bool cli_gnuplot(const char *dir, const char *png, const char *size, const char 
  * accuracy (finetune) or the learning rate (pretrain) on the second axis. */
 bool cli_plot_loss(const char *dir, bool dev_accuracy);
 
+/* ---- multi-process data parallel training (mpi.c) ---- */
+/* Joins the processes mpirun started (rank, world); one process (0, 1) otherwise. False after an
+ * error line. */
+bool cli_mpi_start(const char *command, int *rank, int *world);
+/* Element-wise sums across the processes, in place (no-ops in one process). */
+void cli_mpi_sum_floats(float *x, size_t n);
+void cli_mpi_sum_doubles(double *x, size_t n);
+/* Leaves MPI; failed aborts the other processes too. */
+void cli_mpi_stop(bool failed);
+
 int cmd_sessions(int argc, char **argv);
 int cmd_corpus(int argc, char **argv);
 int cmd_dataset(int argc, char **argv);

@@ -421,8 +421,10 @@ static bool save_checkpoint(const char *out_dir, const struct model *m, const ch
 
 /* ---- the run ---- */
 
-static int pretrain(const struct pt_args *a)
+static int pretrain(const struct pt_args *a, int rank, int world)
 {
+    /* with several processes, rank 0 writes everything and speaks for all */
+    const bool writer = rank == 0, quiet = a->quiet || !writer;
     int status = 1;
     char err[1024], path[4200], checkpoint[4000], vocab_buf[4400];
     struct pt_data data = {0};
@@ -586,13 +588,13 @@ static int pretrain(const struct pt_args *a)
         cli_error(cmd, "%s: %s", a->out_dir, strerror(errno));
         goto done;
     }
-    loss_csv = open_loss_csv(a->out_dir, a->resume, st.step);
+    loss_csv = writer ? open_loss_csv(a->out_dir, a->resume, st.step) : fopen("/dev/null", "w");
     if (!loss_csv)
         goto done;
 
     const uint64_t total = a->total_steps, warmup_steps = (uint64_t)(a->warmup * (double)total);
     const uint64_t start_step = st.step, per_step = (uint64_t)a->batch * a->accum;
-    if (!a->quiet) {
+    if (!quiet) {
         fprintf(stderr, "netlm %s: %s %u x %u, %.2fM parameters; %d shard%s, %" PRIu64 " tokens = %" PRIu64
                         " windows of %u; %" PRIu64 " steps of %u x %u windows (%.2f epochs)\n",
                 cmd, model_arch_name(mc->arch), mc->layers, mc->hidden, model_parameter_count(m) / 1e6, data.n,
@@ -617,15 +619,21 @@ static int pretrain(const struct pt_args *a)
         double loss_weighted = 0.0;
         for (uint32_t micro = 0; micro < a->accum; micro++) {
             uint64_t n_t = 0;
-            for (uint32_t b = 0; b < a->batch; b++) {
-                if (st.position == data.windows) {
-                    st.epoch++;
-                    st.position = 0;
-                    cli_epoch_order(a->seed, st.epoch, data.windows, order);
+            /* a global micro-batch is world × batch windows; process `rank` trains on its slice */
+            for (int slice = 0; slice < world; slice++)
+                for (uint32_t b = 0; b < a->batch; b++) {
+                    if (st.position == data.windows) {
+                        st.epoch++;
+                        st.position = 0;
+                        cli_epoch_order(a->seed, st.epoch, data.windows, order);
+                    }
+                    if (slice != rank) {
+                        st.position++;
+                        continue;
+                    }
+                    b_len[b] = window_ids(&data, order[st.position++], b_ids + (size_t)b * row, a->pad_targets);
+                    n_t += b_len[b] - 1;
                 }
-                b_len[b] = window_ids(&data, order[st.position++], b_ids + (size_t)b * row, a->pad_targets);
-                n_t += b_len[b] - 1;
-            }
             if (micro > 0 && n_t != n_prev)
                 train_grad_scale(g, n_params, (float)((double)n_prev / (double)n_t));
             const struct train_batch tb = {.ids = b_ids, .lengths = b_len, .batch = a->batch, .seq = row};
@@ -640,6 +648,17 @@ static int pretrain(const struct pt_args *a)
         }
         if (n_prev != n_all)
             train_grad_scale(g, n_params, (float)((double)n_prev / (double)n_all));
+        if (world > 1) {
+            /* each process holds the mean gradient of its targets: weight by their count, sum
+             * over the processes, divide by all targets — the gradient of the global batch */
+            double counts[2] = {loss_weighted, (double)n_all};
+            train_grad_scale(g, n_params, (float)n_all);
+            cli_mpi_sum_floats(g, n_params);
+            cli_mpi_sum_doubles(counts, 2);
+            train_grad_scale(g, n_params, (float)(1.0 / counts[1]));
+            loss_weighted = counts[0];
+            n_all = (uint64_t)counts[1];
+        }
         if (a->clip > 0) {
             /* torch's clip_grad_norm_: scale by max/(norm + 1e-6) when that is below 1 */
             const double coef = a->clip / (train_grad_norm(g, n_params) + 1e-6);
@@ -656,7 +675,7 @@ static int pretrain(const struct pt_args *a)
         targets_run += n_all;
         fprintf(loss_csv, "%" PRIu64 ",%.6f,%.6g\n", st.step, loss, step_lr);
         const double now = cli_now();
-        if (!a->quiet && (st.step % a->report == 0 || st.step == total || now - last_print >= 30)) {
+        if (!quiet && (st.step % a->report == 0 || st.step == total || now - last_print >= 30)) {
             const double rate = (double)(st.step - start_step) / (now - t0);
             fprintf(stderr, "netlm %s: step %" PRIu64 "/%" PRIu64 " epoch %" PRIu64 " loss %.4f lr %.3g %.0f tokens/s ETA %.0f s\n",
                     cmd, st.step, total, st.epoch + 1, loss_sum / (double)loss_count, step_lr,
@@ -672,22 +691,27 @@ static int pretrain(const struct pt_args *a)
                 cli_error(cmd, "%s/loss.csv: %s", a->out_dir, strerror(errno));
                 goto done;
             }
-            if (!save_checkpoint(a->out_dir, m, vocab_path, mom, vel, n_params, &st))
+            if (writer && !save_checkpoint(a->out_dir, m, vocab_path, mom, vel, n_params, &st))
                 goto done;
             saved_step = st.step;
         }
         if (stop) {
-            fprintf(stderr, "netlm %s: stopped after step %" PRIu64 " (--stop-after); --resume continues\n", cmd, st.step);
+            if (writer)
+                fprintf(stderr, "netlm %s: stopped after step %" PRIu64 " (--stop-after); --resume continues\n", cmd, st.step);
             status = 0;
             goto done;
         }
     }
-    if (saved_step != st.step && !save_checkpoint(a->out_dir, m, vocab_path, mom, vel, n_params, &st))
+    if (writer && saved_step != st.step && !save_checkpoint(a->out_dir, m, vocab_path, mom, vel, n_params, &st))
         goto done;
     const bool csv_ok = fclose(loss_csv) == 0;
     loss_csv = NULL;
     if (!csv_ok) {
         cli_error(cmd, "%s/loss.csv: %s", a->out_dir, strerror(errno));
+        goto done;
+    }
+    if (!writer) {
+        status = 0;
         goto done;
     }
     if (!model_save(m, a->out_dir, err, sizeof err)) {
@@ -731,8 +755,13 @@ int cmd_pretrain(int argc, char **argv)
     char **rest = NULL;
     int *val_opt = NULL;
     int rc = parse_args(argc, argv, &a, &pos, &rest, &vals, &val_opt);
-    if (rc == 0)
-        rc = pretrain(&a);
+    int rank = 0, world = 1;
+    if (rc == 0 && !cli_mpi_start(cmd, &rank, &world))
+        rc = 1;
+    else if (rc == 0) {
+        rc = pretrain(&a, rank, world);
+        cli_mpi_stop(rc != 0);
+    }
     else if (rc == CLI_HELP_SHOWN)
         rc = 0;
     free(a.shards);

@@ -1,0 +1,87 @@
+/* mpi.c — multi-process data parallel training with Open MPI (`mpirun -np N netlm pretrain ...`):
+ * every process holds the whole model, reads its own slice of each global batch, and the
+ * gradients are summed across processes before every optimizer step, so all processes take the
+ * same step. Started only when mpirun launched the process; otherwise one process, no MPI. */
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "cli/cli.h"
+
+#ifdef NETLM_HAVE_MPI
+#include <mpi.h>
+#endif
+
+static int world_size = 1;
+
+static int launched_size(void)
+{
+    const char *v = getenv("OMPI_COMM_WORLD_SIZE");
+    if (!v)
+        v = getenv("PMI_SIZE");
+    return v ? atoi(v) : 0;
+}
+
+bool cli_mpi_start(const char *cmd, int *rank, int *world)
+{
+    *rank = 0;
+    *world = 1;
+    if (launched_size() == 0)
+        return true;
+#ifdef NETLM_HAVE_MPI
+    int provided;
+    if (MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
+        cli_error(cmd, "MPI_Init failed");
+        return false;
+    }
+    MPI_Comm_rank(MPI_COMM_WORLD, rank);
+    MPI_Comm_size(MPI_COMM_WORLD, world);
+    world_size = *world;
+    return true;
+#else
+    if (launched_size() > 1) {
+        cli_error(cmd, "launched by mpirun with %d processes, but this netlm was built without MPI "
+                       "(apt-get install libopenmpi-dev, then rebuild)", launched_size());
+        return false;
+    }
+    return true;
+#endif
+}
+
+void cli_mpi_sum_floats(float *x, size_t n)
+{
+#ifdef NETLM_HAVE_MPI
+    for (size_t done = 0; world_size > 1 && done < n;) {
+        int chunk = n - done > (size_t)INT_MAX ? INT_MAX : (int)(n - done);
+        MPI_Allreduce(MPI_IN_PLACE, x + done, chunk, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+        done += (size_t)chunk;
+    }
+#else
+    (void)x;
+    (void)n;
+#endif
+}
+
+void cli_mpi_sum_doubles(double *x, size_t n)
+{
+#ifdef NETLM_HAVE_MPI
+    if (world_size > 1)
+        MPI_Allreduce(MPI_IN_PLACE, x, (int)n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+#else
+    (void)x;
+    (void)n;
+#endif
+}
+
+void cli_mpi_stop(bool failed)
+{
+#ifdef NETLM_HAVE_MPI
+    if (world_size > 1 || launched_size() > 0) {
+        if (failed && world_size > 1)
+            MPI_Abort(MPI_COMM_WORLD, 1); /* the others would wait for this one forever */
+        MPI_Finalize();
+    }
+#else
+    (void)failed;
+#endif
+}
