@@ -1,7 +1,6 @@
 /* cmd_convert.c — `netlm convert`: a Hugging Face GPT-2 or Qwen2/Qwen2.5 checkpoint (or a fresh
  * model from a config.json, Hugging Face or the seed's UER form) to a netlm model directory with
  * the traffic vocabulary, as the seed's resize_token_embeddings does. */
-#include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,31 +8,6 @@
 #include "cli/cli.h"
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
-
-static bool copy_file(const char *cmd, const char *from, const char *to)
-{
-    FILE *in = fopen(from, "rb");
-    if (!in) {
-        cli_error(cmd, "%s: %s", from, strerror(errno));
-        return false;
-    }
-    struct cli_output out;
-    bool ok = cli_output_open(cmd, to, &out);
-    char buf[65536];
-    size_t n;
-    while (ok && (n = fread(buf, 1, sizeof buf, in)) > 0)
-        ok = fwrite(buf, 1, n, out.fp) == n;
-    if (ok && ferror(in)) {
-        cli_error(cmd, "%s: read error", from);
-        ok = false;
-    }
-    fclose(in);
-    if (ok)
-        ok = cli_output_commit(cmd, &out);
-    else if (out.fp)
-        cli_output_abort(&out);
-    return ok;
-}
 
 int cmd_convert(int argc, char **argv)
 {
@@ -130,7 +104,7 @@ fresh_done:
     if (!builtin) {
         char path[4096];
         snprintf(path, sizeof path, "%s/vocab.txt", to);
-        if (!copy_file(cmd, vocab_arg, path))
+        if (!cli_copy_file(cmd, vocab_arg, path))
             goto done;
     }
     fprintf(stderr, "netlm %s: %s, %u layers x %u, vocab %u -> %u (%s), %.1fM -> %.1fM parameters, written to %s\n",
