@@ -523,18 +523,9 @@ static int finetune_understanding(int argc, char **argv)
     if (vocab_path) {
         char dst[4096];
         snprintf(dst, sizeof dst, "%s/vocab.txt", out_dir);
-        if (strcmp(vocab_path, dst) != 0) {
-            FILE *in = fopen(vocab_path, "rb");
-            struct cli_output out;
-            if (in && cli_output_open(cmd, dst, &out)) {
-                char buf[65536];
-                size_t n;
-                while ((n = fread(buf, 1, sizeof buf, in)) > 0)
-                    fwrite(buf, 1, n, out.fp);
-                cli_output_commit(cmd, &out);
-            }
-            if (in)
-                fclose(in);
+        if (strcmp(vocab_path, dst) != 0 && !cli_copy_file(cmd, vocab_path, dst)) {
+            train_confusion_release(&cm);
+            goto done_batch;
         }
     }
     fclose(loss_csv);

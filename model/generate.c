@@ -2,7 +2,6 @@
  * prompt, then one decode step per new token for the rows still running; greedy or sampled
  * (temperature, top-k, top-p) from a per-row seeded stream, so a row's output does not depend on
  * the rest of its batch. */
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -132,34 +131,18 @@ bool model_generate(struct model_runner *r, const uint32_t *ids, const uint32_t 
     const struct model_config *c = &r->m->cfg;
     const struct model_sampling greedy = {0};
     const struct model_sampling *s = sampling ? sampling : &greedy;
-    if (max_new == 0 || !r->cache_all_layers || batch == 0 || batch > r->max_batch ||
-        seq > r->max_seq || (uint64_t)seq + max_new > r->kv_capacity)
+    if (max_new == 0 || !r->cache_all_layers || (uint64_t)seq + max_new > r->kv_capacity)
         return false;
     if (c->arch == MODEL_ARCH_GPT2 && (uint64_t)seq + max_new > c->max_positions)
         return false;
-    /* pack the prompts (the same checks as a forward) */
-    uint32_t offset = 0;
-    for (uint32_t b = 0; b < batch; b++) {
-        if (lengths[b] == 0 || lengths[b] > seq)
-            return false;
-        for (uint32_t i = 0; i < lengths[b]; i++) {
-            if (ids[(size_t)b * seq + i] >= c->vocab_size)
-                return false;
-            r->tokens[offset + i] = ids[(size_t)b * seq + i];
-        }
-        r->seq_start[b] = 0;
-        r->seq_count[b] = lengths[b];
-        r->seq_offset[b] = offset;
-        r->seq_slot[b] = b;
-        offset += lengths[b];
-    }
+    if (!model_pack_batch(r, ids, lengths, batch, seq))
+        return false;
     struct model_rng *rngs = malloc(batch * sizeof(*rngs));
     uint32_t *pos = malloc(batch * sizeof(uint32_t)), *active = malloc(batch * sizeof(uint32_t));
     uint32_t *rows = malloc(batch * sizeof(uint32_t));
     struct candidate *cand = s->temperature > 0.0f ? malloc(c->vocab_size * sizeof(*cand)) : NULL;
     bool ok = rngs && pos && active && rows && (s->temperature <= 0.0f || cand);
     if (ok) {
-        openblas_set_num_threads(1);
         memset(out, 0, (size_t)batch * max_new * sizeof(uint32_t));
         for (uint32_t b = 0; b < batch; b++) {
             model_rng_seed(&rngs[b], s->seed ^ (0x9e3779b97f4a7c15ull * (b + 1)));

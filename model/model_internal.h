@@ -184,6 +184,10 @@ struct model_runner {
  * buffers) and uses cache slot seq_slot[b]; keys and values before seq_start[b] must already be
  * in that slot (generation). Leaves the final-norm states in r->xn. */
 void model_run_stack(struct model_runner *r, uint32_t nseq);
+/* Checks a right-padded batch against the runner and the vocabulary and packs its real ids into
+ * r->tokens, each sequence from position 0 in cache slot b. */
+bool model_pack_batch(struct model_runner *r, const uint32_t *ids, const uint32_t *lengths,
+                      uint32_t batch, uint32_t seq);
 /* Logits of chosen rows of r->xn: out[i, V] for row rows[i]. */
 void model_lm_head_rows(struct model_runner *r, const uint32_t *rows, uint32_t n, float *out);
 

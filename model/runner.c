@@ -221,8 +221,7 @@ void model_lm_head_rows(struct model_runner *r, const uint32_t *rows, uint32_t n
               c->vocab_size, false, (int)r->threads);
 }
 
-/* Checks a padded batch against the runner and packs its real ids into r->tokens. */
-static bool pack_batch(struct model_runner *r, const uint32_t *ids, const uint32_t *lengths,
+bool model_pack_batch(struct model_runner *r, const uint32_t *ids, const uint32_t *lengths,
                        uint32_t batch, uint32_t seq)
 {
     const struct model_config *c = &r->m->cfg;
@@ -251,7 +250,7 @@ static bool pack_batch(struct model_runner *r, const uint32_t *ids, const uint32
 bool model_forward(struct model_runner *r, const uint32_t *ids, const uint32_t *lengths,
                    uint32_t batch, uint32_t seq, float *hidden, float *logits)
 {
-    if (!pack_batch(r, ids, lengths, batch, seq))
+    if (!model_pack_batch(r, ids, lengths, batch, seq))
         return false;
     model_run_stack(r, batch);
     const struct model_config *c = &r->m->cfg;
@@ -312,7 +311,7 @@ bool model_classify(struct model_runner *r, const uint32_t *ids, const uint32_t 
 {
     const struct model *m = r->m;
     const struct model_config *c = &m->cfg;
-    if (c->num_labels == 0 || !m->w.cls_dense_w || !pack_batch(r, ids, lengths, batch, seq))
+    if (c->num_labels == 0 || !m->w.cls_dense_w || !model_pack_batch(r, ids, lengths, batch, seq))
         return false;
     model_run_stack(r, batch);
     for (uint32_t b = 0; b < batch; b++)
