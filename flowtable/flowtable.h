@@ -93,6 +93,17 @@ struct ft_config {
     bool merge_timeouts;          /* merge mode applies the timeouts only when true (SplitCap has
                                      none: one session per 5-tuple for the whole input) */
     enum ft_cut_frames cut_frames;
+    /* Early verdicts (the sensor). 0 = off. Otherwise the ready callback (ft_assembler_on_ready)
+     * fires once per session, as soon as it has ready_packets packets (both directions counted)
+     * or at its first FIN or RST; from then on the flow only updates its counters (no more
+     * packets are stored). Must be ≤ packets_per_session. */
+    uint32_t ready_packets;
+    /* Memory pressure (Suricata's emergency mode). When a worker's live flows reach
+     * emergency_enter_pct % of its share of max_flows, it switches to emergency_timeouts (shorter)
+     * until they fall below emergency_leave_pct %. 0 = never. */
+    uint32_t emergency_enter_pct;
+    uint32_t emergency_leave_pct;
+    struct ft_timeouts emergency_timeouts;
 };
 /* Defaults: max_flows 1 M (2^20), K 32, M 128, split, decode.innermost, 1 worker, random seed,
  * merge_timeouts false, cut_frames AUTO, and the timeouts of Suricata's shipped suricata.yaml:
@@ -100,6 +111,15 @@ struct ft_config {
  * 300 s.
  * With W workers each owns max_flows / W flows (the remainder is unused). */
 void ft_config_defaults(struct ft_config *cfg);
+
+/* Why a session was handed to the ready callback. */
+enum ft_ready_trigger {
+    FT_READY_NOT_YET = 0, /* never (in an end callback: no early verdict was given) */
+    FT_READY_PACKETS = 1, /* it reached ready_packets packets */
+    FT_READY_FIN = 2,     /* its first FIN */
+    FT_READY_RST = 3,     /* its first RST */
+};
+const char *ft_ready_trigger_name(enum ft_ready_trigger t); /* "not_yet", "packets", "fin", "rst" */
 
 /* One of the first K packets of a session, as stored. */
 struct ft_stored_packet {
@@ -132,6 +152,9 @@ struct ft_session {
     uint16_t linktype;
     uint32_t n_stored;
     const struct ft_stored_packet *stored; /* first n_stored packets in arrival order */
+    uint64_t payload_pkts; /* packets (both ways) that carried L4 payload (payload_len > 0) */
+    uint8_t ready;         /* enum ft_ready_trigger: in the ready callback why it fires; in the
+                              end callback how the session was readied earlier, or NOT_YET */
 };
 
 /* Called once per finished session. With several workers it is called from each worker's
@@ -151,6 +174,10 @@ struct ft_stats {
     uint64_t flows_timed_out;  /* sessions that ended with reason timeout */
     uint64_t port_reuse_splits;
     uint64_t no_memory;        /* flow packets dropped: no memory for a new flow record */
+    uint64_t flows_ready;      /* ready callbacks made */
+    uint64_t emergency_entered; /* times a worker entered emergency mode */
+    uint64_t emergency_active; /* workers in emergency mode now */
+    uint64_t memory_bytes;     /* bytes of flow records allocated (slabs) */
     struct cap_decode_stats decode;
 };
 
@@ -166,6 +193,13 @@ struct ft_assembler;
  * the call (or used as it is if it already is an online QSBR reader). */
 struct ft_assembler *ft_assembler_create(const struct ft_config *cfg, ft_session_fn on_session,
                                          void *user, char *err, size_t errlen);
+/* Sets the callback of early verdicts (cfg.ready_packets); same threading rules as on_session
+ * (it may run concurrently with itself and with on_session on other workers). Call before the
+ * first feed. */
+void ft_assembler_on_ready(struct ft_assembler *as, ft_session_fn on_ready, void *user);
+/* Live capture with no frames: moves the input clock to now_ns (the same clock as the frames'
+ * timestamps) so that idle flows time out. Same threading rule as feed. */
+void ft_assembler_tick(struct ft_assembler *as, int64_t now_ns);
 /* Decodes and assigns frames to sessions. Frames may be reused by the caller on return. */
 void ft_assembler_feed(struct ft_assembler *as, const struct cap_frame *frames, int n);
 /* End of one input: every open session ends (reason end-of-input; closed or timeout if that

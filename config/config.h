@@ -1,0 +1,107 @@
+/* config.h — the sensor's configuration: a libconfig file (config/netlm.conf is the commented
+ * reference) read into one struct, every key checked.
+ *
+ * Every key is optional; an absent key keeps its default. A key the sensor does not know, a value
+ * of the wrong type or out of range, or an impossible combination is an error whose one-line
+ * message names the file, the line, the key and what was expected, e.g.
+ *   netlm.conf:12: flow.max_flows: expected an integer from 16 to 1073741824, got 3
+ * config/ knows nothing of the other folders: the sensor maps this struct onto theirs. */
+#ifndef NETLM_CONFIG_H
+#define NETLM_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CFG_PATH_MAX 4096
+
+enum cfg_output_kind {
+    CFG_OUTPUT_FILE = 0,        /* append to output.filename; reopened on SIGHUP (logrotate) */
+    CFG_OUTPUT_STDOUT = 1,
+    CFG_OUTPUT_UNIX_STREAM = 2, /* connect to the listening unix socket output.socket */
+};
+
+enum cfg_task {
+    CFG_TASK_AUTO = 0,  /* what the model was trained for (its config.json) */
+    CFG_TASK_CLASSIFY = 1,
+    CFG_TASK_GENERATE = 2,
+};
+
+/* Idle seconds of packet time; 0 = never. */
+struct cfg_timeouts {
+    double tcp_new, tcp_established, tcp_closed;
+    double udp_new, udp_established;
+    double other_new, other_established;
+};
+
+struct cfg_sensor {
+    char path[CFG_PATH_MAX]; /* the file it was read from ("" for defaults), for messages */
+
+    struct {                      /* all [restart] */
+        char interface[64];       /* "eth0" */
+        uint32_t snaplen;         /* 262144 */
+        uint32_t buffer_mb;       /* 64: kernel ring buffer */
+        bool promiscuous;         /* true */
+        char bpf[1024];           /* "" = everything */
+        bool tunnels_inner;       /* tunnels = "outer" (false) | "inner" (true) */
+    } capture;
+
+    struct {                      /* all [restart] */
+        uint32_t max_flows;       /* 1048576 */
+        uint32_t packets_per_session; /* 32: K packets stored per session */
+        uint32_t bytes_per_packet;    /* 128: M bytes stored per packet */
+        bool port_reuse_merge;    /* port_reuse = "split" (false) | "merge" (true) */
+        uint32_t workers;         /* 2: flow worker threads */
+        struct cfg_timeouts timeouts;          /* Suricata's shipped values */
+        uint32_t emergency_enter_pct;          /* 95 */
+        uint32_t emergency_leave_pct;          /* 70; must be < enter */
+        struct cfg_timeouts emergency_timeouts; /* tcp 10/20/5, udp 5/20, other 5/20 */
+    } flow;
+
+    struct {
+        uint32_t ready_packets;   /* 8 [restart]: a session is ready after this many packets */
+        uint32_t queue_size;      /* 4096 [restart]: ready queue slots; full = skipped */
+    } session;
+
+    struct {
+        char path[CFG_PATH_MAX];  /* [SIGUSR2] model directory; default: the bundled model as
+                                     installed (NETLM_DEFAULT_MODEL, a compile-time path) */
+        enum cfg_task task;       /* [SIGUSR2] "auto" | "classify" | "generate" */
+        uint32_t threads;         /* [restart] CPU threads of the model; 0 = all cores */
+        char device[32];          /* [restart] "cpu" | "cuda" | "cuda:N" */
+        uint32_t batch_max;       /* [SIGUSR2] 32 */
+        uint32_t batch_timeout_us; /* [SIGUSR2] 2000 */
+        uint32_t top_k;           /* [SIGUSR2] 3: scores in each classification event */
+        uint32_t max_new_tokens;  /* [SIGUSR2] 0 = the model's tgt_seq_length */
+    } model;
+
+    struct {
+        enum cfg_output_kind kind; /* [restart] type = "file" | "stdout" | "unix_stream" */
+        char filename[CFG_PATH_MAX]; /* [restart] "/var/log/netlm/eve.json" */
+        char socket[108];         /* [restart] unix socket path (sun_path is 108 bytes) */
+        bool flow_events;         /* [restart] true: a `flow` event at each flow's end */
+        double stats_interval;    /* [restart] 10 seconds; 0 = no `stats` events */
+    } output;
+
+    struct {
+        char user[64];            /* [restart] "netlm": run as this user once capture is open
+                                     (when started as root); "" = stay */
+        char group[64];           /* [restart] "" = the user's primary group */
+    } service;
+};
+
+/* Fills every default. */
+void cfg_defaults(struct cfg_sensor *c);
+/* Defaults, then the file. 0, or -1 with one line in err. */
+int cfg_load(const char *path, struct cfg_sensor *out, char *err, size_t errlen);
+/* The same from text in memory; name stands for the file in messages. */
+int cfg_load_buffer(const char *name, const char *text, struct cfg_sensor *out, char *err,
+                    size_t errlen);
+/* Checks combinations that involve several keys (e.g. ready_packets ≤ packets_per_session); call
+ * again after command-line overrides. name is for the message. */
+int cfg_validate(const struct cfg_sensor *c, char *err, size_t errlen);
+
+const char *cfg_task_name(enum cfg_task t);           /* "auto", "classify", "generate" */
+const char *cfg_output_kind_name(enum cfg_output_kind k); /* "file", "stdout", "unix_stream" */
+
+#endif
