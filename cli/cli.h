@@ -98,6 +98,18 @@ void cli_tsv_close(struct cli_tsv *t);
  * only, so a resumed run reads exactly what the uninterrupted one would. */
 void cli_epoch_order(uint64_t seed, uint64_t epoch, size_t n, uint32_t *order);
 
+/* --dropout P (UER's flag) sets the model's three dropout probabilities, which are saved with
+ * it; absent, the model's config decides (0.1 for a GPT-2 config that names none). The runner
+ * then trains with them, its masks drawn from seed. */
+#define CLI_DROPOUT_OPTION                                                                          \
+    {"dropout", NULL, 0, "P",                                                                      \
+     "dropout at the embeddings, attention probabilities and residual branches (default: the "     \
+     "model config's embd/attn/resid_pdrop; 0 = off)", NULL}
+struct model;
+struct train_runner;
+bool cli_dropout_arg(const char *cmd, const struct cli_opt *opts, double *p); /* -1: absent */
+void cli_train_dropout(struct model *m, struct train_runner *tr, double p, uint64_t seed);
+
 /* A checkpoint's state.json. */
 struct cli_train_state {
     uint64_t step;     /* optimizer steps done */
@@ -154,6 +166,8 @@ int cmd_pretrain(int argc, char **argv);
 int cmd_finetune(int argc, char **argv);
 int finetune_generation(int argc, char **argv); /* cmd_finetune_gen.c */
 int cmd_eval(int argc, char **argv);
+int cmd_sensor(int argc, char **argv); /* cmd_sensor.c */
+int cmd_replay(int argc, char **argv);
 
 #endif
 

@@ -232,6 +232,7 @@ static int finetune_understanding(int argc, char **argv)
         {"optimizer", NULL, 0, "adamw|uer", "bias-corrected AdamW (default) or the seed's UER AdamW", NULL},
         {"weight-decay", NULL, 0, "WD", "decoupled weight decay, not on biases and norms (default 0.01)", NULL},
         {"clip", NULL, 0, "NORM", "clip the gradient's global norm (default 0 = off)", NULL},
+        CLI_DROPOUT_OPTION,
         {"seed", "seed", 0, "N", "seed of the initialisation and the data order (default 7)", NULL},
         {"threads", NULL, 't', "N", "CPU threads (default: all online CPUs)", NULL},
         {"report-steps", NULL, 0, "N", "a status line every N steps (default 100)", NULL},
@@ -267,6 +268,7 @@ static int finetune_understanding(int argc, char **argv)
     uint32_t labels_num, seq, epochs, batch, threads, report, stop_after;
     double lr, warmup, wd, clip;
     uint64_t seed;
+    double dropout;
     static const char *const pool_names[] = {"mean", "first", "last", "max", NULL};
     static const char *const sched_names[] = {"constant", "linear", "cosine", NULL};
     static const char *const opt_names[] = {"adamw", "uer", NULL};
@@ -286,7 +288,7 @@ static int finetune_understanding(int argc, char **argv)
         !cli_double(cmd, opts, "warmup", 0.1, 0.0, 1.0, &warmup) ||
         !cli_double(cmd, opts, "weight-decay", 0.01, 0.0, 10.0, &wd) ||
         !cli_double(cmd, opts, "clip", 0.0, 0.0, 1e9, &clip) ||
-        !cli_u64(cmd, opts, "seed", 7, 0, UINT64_MAX, &seed))
+        !cli_u64(cmd, opts, "seed", 7, 0, UINT64_MAX, &seed) || !cli_dropout_arg(cmd, opts, &dropout))
         return 2;
     const bool quiet = cli_flag(opts, "quiet"), resume = cli_flag(opts, "resume");
 
@@ -390,6 +392,7 @@ static int finetune_understanding(int argc, char **argv)
         free(b_lab);
         goto done;
     }
+    cli_train_dropout(m, tr, dropout, seed);
     struct train_adamw adamw;
     if (optimizer == 1)
         train_adamw_uer(&adamw);
@@ -451,7 +454,8 @@ static int finetune_understanding(int argc, char **argv)
                 b_lab[nb] = train.labels[k];
                 tokens += b_len[nb];
             }
-            struct train_batch tb = {.ids = b_ids, .lengths = b_len, .batch = nb, .seq = seq, .labels = b_lab};
+            struct train_batch tb = {.ids = b_ids, .lengths = b_len, .batch = nb, .seq = seq, .labels = b_lab,
+                                     .sample_base = epoch * train.n + s * batch};
             double loss;
             train_zero_grads(tr);
             if (!train_forward_backward(tr, TRAIN_CLASSIFY, &tb, &loss)) {

@@ -226,6 +226,7 @@ int finetune_generation(int argc, char **argv)
         {"learning-rate", NULL, 0, "LR", "peak learning rate (default 1e-5, the seed's)", NULL},
         {"warmup", NULL, 0, "FRACTION", "share of the steps with linear warmup (default 0.1)", NULL},
         {"optimizer", NULL, 0, "adamw|uer", "bias-corrected AdamW (default) or the seed's UER AdamW", NULL},
+        CLI_DROPOUT_OPTION,
         {"seed", NULL, 0, "N", "seed of the initialisation and the data order (default 7)", NULL},
         {"threads", NULL, 't', "N", "CPU threads (default: all online CPUs)", NULL},
         {"report-steps", NULL, 0, "N", "a status line every N steps (default 100)", NULL},
@@ -269,6 +270,7 @@ int finetune_generation(int argc, char **argv)
     uint32_t seq, tgt, epochs, batch, threads, report;
     double lr, warmup;
     uint64_t seed;
+    double dropout;
     static const char *const opt_names[] = {"adamw", "uer", NULL};
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     int optimizer = cli_choice(cmd, opts, "optimizer", "adamw", opt_names);
@@ -280,7 +282,7 @@ int finetune_generation(int argc, char **argv)
         !cli_u32(cmd, opts, "report-steps", 100, 1, UINT32_MAX, &report) ||
         !cli_double(cmd, opts, "learning-rate", 1e-5, 0.0, 10.0, &lr) ||
         !cli_double(cmd, opts, "warmup", 0.1, 0.0, 1.0, &warmup) ||
-        !cli_u64(cmd, opts, "seed", 7, 0, UINT64_MAX, &seed))
+        !cli_u64(cmd, opts, "seed", 7, 0, UINT64_MAX, &seed) || !cli_dropout_arg(cmd, opts, &dropout))
         return 2;
     if (2 * n_fields + 2 > tgt) {
         cli_error(cmd, "--tgt_seq_length %u cannot hold %u field(s): it needs [CLS] + 2 tokens per field + [SEP] = %u",
@@ -349,6 +351,7 @@ int finetune_generation(int argc, char **argv)
         cli_error(cmd, "%s", tr ? "out of memory" : err);
         goto done;
     }
+    cli_train_dropout(m, tr, dropout, seed);
     memcpy(best, model_params(m, &n_floats), n * sizeof(float));
     struct train_adamw adamw;
     if (optimizer == 1)
@@ -379,7 +382,8 @@ int finetune_generation(int argc, char **argv)
                 b_start[nb] = train.prompt[k];
                 tokens += b_len[nb];
             }
-            struct train_batch tb = {.ids = b_ids, .lengths = b_len, .batch = nb, .seq = row, .target_start = b_start};
+            struct train_batch tb = {.ids = b_ids, .lengths = b_len, .batch = nb, .seq = row, .target_start = b_start,
+                                     .sample_base = epoch * train.n + s * batch};
             double loss;
             train_zero_grads(tr);
             if (!train_forward_backward(tr, TRAIN_LM, &tb, &loss)) {

@@ -131,6 +131,7 @@ struct pt_args {
     const char *out_dir, *config_path, *pretrained, *vocab_path;
     uint32_t seq; /* 0: the shards' own */
     uint32_t batch, accum, threads, report, stop_after;
+    double dropout; /* -1: the model config's */
     uint64_t total_steps, save_steps, seed;
     double lr, warmup, wd, clip;
     int schedule, optimizer;
@@ -237,6 +238,7 @@ static int parse_args(int argc, char **argv, struct pt_args *a, const char ***po
         {"clip", NULL, 0, "NORM", "clip the gradient's global norm (default 0 = off)", NULL},
         {"save-checkpoint-steps", NULL, 0, "N", "write OUT/checkpoint every N steps (default 10000) and at the end", NULL},
         {"report-steps", NULL, 0, "N", "a status line every N steps (default 100) and at least every 30 s", NULL},
+        CLI_DROPOUT_OPTION,
         {"seed", NULL, 0, "N", "seed of the initialisation and the data order (default 7)", NULL},
         {"threads", NULL, 't', "N", "CPU threads (default: all online CPUs)", NULL},
         {"count-pad-targets", NULL, 0, NULL, "the [PAD]s that fill the stream's last window are targets too", NULL},
@@ -355,7 +357,7 @@ static int parse_args(int argc, char **argv, struct pt_args *a, const char ***po
         !cli_double(cmd, opts, "warmup", 0.1, 0.0, 1.0, &a->warmup) ||
         !cli_double(cmd, opts, "weight-decay", 0.01, 0.0, 10.0, &a->wd) ||
         !cli_double(cmd, opts, "clip", 0.0, 0.0, 1e9, &a->clip) ||
-        !cli_u64(cmd, opts, "seed", 7, 0, UINT64_MAX, &a->seed))
+        !cli_u64(cmd, opts, "seed", 7, 0, UINT64_MAX, &a->seed) || !cli_dropout_arg(cmd, opts, &a->dropout))
         return 2;
     return 0;
 }
@@ -543,6 +545,7 @@ static int pretrain(const struct pt_args *a, int rank, int world)
         cli_error(cmd, "%s", tr ? "out of memory" : err);
         goto done;
     }
+    cli_train_dropout(m, tr, a->dropout, a->seed);
     struct train_adamw adamw;
     if (a->optimizer == 1)
         train_adamw_uer(&adamw);
@@ -618,7 +621,7 @@ static int pretrain(const struct pt_args *a, int rank, int world)
         uint64_t n_prev = 0, n_all = 0;
         double loss_weighted = 0.0;
         for (uint32_t micro = 0; micro < a->accum; micro++) {
-            uint64_t n_t = 0;
+            uint64_t n_t = 0, first_sample = 0;
             /* a global micro-batch is world × batch windows; process `rank` trains on its slice */
             for (int slice = 0; slice < world; slice++)
                 for (uint32_t b = 0; b < a->batch; b++) {
@@ -631,12 +634,17 @@ static int pretrain(const struct pt_args *a, int rank, int world)
                         st.position++;
                         continue;
                     }
+                    /* a window's place in the whole stream of epochs numbers its dropout masks,
+                     * whichever process reads it */
+                    if (b == 0)
+                        first_sample = st.epoch * data.windows + st.position;
                     b_len[b] = window_ids(&data, order[st.position++], b_ids + (size_t)b * row, a->pad_targets);
                     n_t += b_len[b] - 1;
                 }
             if (micro > 0 && n_t != n_prev)
                 train_grad_scale(g, n_params, (float)((double)n_prev / (double)n_t));
-            const struct train_batch tb = {.ids = b_ids, .lengths = b_len, .batch = a->batch, .seq = row};
+            const struct train_batch tb = {.ids = b_ids, .lengths = b_len, .batch = a->batch, .seq = row,
+                                           .sample_base = first_sample};
             double micro_loss;
             if (!train_forward_backward(tr, TRAIN_LM, &tb, &micro_loss)) {
                 cli_error(cmd, "training step %" PRIu64 " failed (token ids outside the model?)", st.step + 1);

@@ -20,7 +20,9 @@
 #include <json-c/json.h>
 
 #include "cli/cli.h"
+#include "model/model.h"
 #include "model/safetensors.h"
+#include "train/train.h"
 
 /* Position i of epoch e's order: a seeded Fisher–Yates permutation, recomputed from (seed, e). */
 void cli_epoch_order(uint64_t seed, uint64_t epoch, size_t n, uint32_t *order)
@@ -272,4 +274,21 @@ bool cli_plot_loss(const char *dir, bool dev_accuracy)
                        " plot @F using 1:2 with lines title 'train loss',"
                        " @F using 1:3 axes x1y2 with lines title 'learning rate'",
                        "loss.csv");
+}
+
+bool cli_dropout_arg(const char *cmd, const struct cli_opt *opts, double *p)
+{
+    *p = -1.0;
+    return !cli_get(opts, "dropout") || cli_double(cmd, opts, "dropout", 0.0, 0.0, 0.95, p);
+}
+
+void cli_train_dropout(struct model *m, struct train_runner *tr, double p, uint64_t seed)
+{
+    if (p >= 0.0) {
+        struct model_config *mut = model_config_mut(m);
+        mut->dropout_embed = mut->dropout_attn = mut->dropout_resid = (float)p;
+    }
+    struct train_dropout d;
+    train_dropout_from_config(&d, model_get_config(m), seed);
+    train_runner_set_dropout(tr, &d);
 }

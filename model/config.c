@@ -453,6 +453,23 @@ static bool cfg_string(const struct cfg_ctx *c, struct json_object *o, const cha
     return true;
 }
 
+/* A dropout probability in [0, 1); absent keeps *out. */
+static bool cfg_probability(const struct cfg_ctx *c, struct json_object *o, const char *key,
+                            float *out)
+{
+    struct json_object *v = cfg_get(o, key);
+    if (!v)
+        return true;
+    bool num = json_object_is_type(v, json_type_int) || json_object_is_type(v, json_type_double);
+    double d = num ? json_object_get_double(v) : -1.0;
+    if (!num || !(d >= 0.0 && d < 1.0)) {
+        cfg_err(c, "key '%s' must be a probability in [0, 1)", key);
+        return false;
+    }
+    *out = (float)d;
+    return true;
+}
+
 static bool cfg_eps(const struct cfg_ctx *c, struct json_object *o, const char *key,
                     struct model_config *cfg)
 {
@@ -479,8 +496,12 @@ static bool cfg_parse_gpt2(const struct cfg_ctx *c, struct json_object *o,
         return false;
     }
     cfg->ffn = 4 * cfg->hidden;
+    cfg->dropout_embed = cfg->dropout_attn = cfg->dropout_resid = 0.1f;
     if (!cfg_uint(c, o, "n_inner", "n_inner", false, 1, &cfg->ffn) ||
-        !cfg_eps(c, o, "layer_norm_epsilon", cfg))
+        !cfg_eps(c, o, "layer_norm_epsilon", cfg) ||
+        !cfg_probability(c, o, "embd_pdrop", &cfg->dropout_embed) ||
+        !cfg_probability(c, o, "attn_pdrop", &cfg->dropout_attn) ||
+        !cfg_probability(c, o, "resid_pdrop", &cfg->dropout_resid))
         return false;
     cfg->kv_heads = cfg->heads;
     const char *act;
@@ -536,7 +557,8 @@ static bool cfg_parse_qwen2(const struct cfg_ctx *c, struct json_object *o,
         !cfg_number(c, o, "rope_theta", &cfg->rope_theta) || !cfg_eps(c, o, "rms_norm_eps", cfg) ||
         !cfg_uint(c, o, "max_position_embeddings", "max_position_embeddings", false, 1,
                   &cfg->max_positions) ||
-        !cfg_bool(c, o, "tie_word_embeddings", "tie_word_embeddings", &cfg->tie_embeddings))
+        !cfg_bool(c, o, "tie_word_embeddings", "tie_word_embeddings", &cfg->tie_embeddings) ||
+        !cfg_probability(c, o, "attention_dropout", &cfg->dropout_attn))
         return false;
     const char *act;
     if (!cfg_string(c, o, "hidden_act", "hidden_act", &act))
@@ -573,8 +595,11 @@ static bool cfg_parse_uer(const struct cfg_ctx *c, struct json_object *o,
                           struct model_config *cfg)
 {
     bool use_qwen = false;
-    if (!cfg_bool(c, o, "use_qwen", "use_qwen", &use_qwen))
+    float dropout = 0.1f; /* UER's --dropout default */
+    if (!cfg_bool(c, o, "use_qwen", "use_qwen", &use_qwen) ||
+        !cfg_probability(c, o, "dropout", &dropout))
         return false;
+    cfg->dropout_embed = cfg->dropout_attn = cfg->dropout_resid = dropout;
     if (use_qwen) {
         cfg->arch = MODEL_ARCH_QWEN2;
         cfg->vocab_size = CFG_UER_VOCAB;
@@ -994,6 +1019,9 @@ static struct json_object *cfg_to_json(const struct model_config *cfg)
         cfg_add(o, "activation_function",
                 json_object_new_string(cfg->act == MODEL_ACT_GELU_ERF ? "gelu" : "gelu_new"),
                 &ok);
+        cfg_add(o, "embd_pdrop", cfg_json_float(cfg->dropout_embed), &ok);
+        cfg_add(o, "attn_pdrop", cfg_json_float(cfg->dropout_attn), &ok);
+        cfg_add(o, "resid_pdrop", cfg_json_float(cfg->dropout_resid), &ok);
     } else {
         cfg_add(o, "hidden_size", json_object_new_int64(cfg->hidden), &ok);
         cfg_add(o, "num_hidden_layers", json_object_new_int64(cfg->layers), &ok);
@@ -1004,6 +1032,7 @@ static struct json_object *cfg_to_json(const struct model_config *cfg)
         cfg_add(o, "rope_theta", cfg_json_double(cfg->rope_theta), &ok);
         cfg_add(o, "rms_norm_eps", cfg_json_float(cfg->norm_eps), &ok);
         cfg_add(o, "hidden_act", json_object_new_string("silu"), &ok);
+        cfg_add(o, "attention_dropout", cfg_json_float(cfg->dropout_attn), &ok);
         cfg_add(o, "torch_dtype", json_object_new_string("float32"), &ok);
     }
     cfg_add(o, "tie_word_embeddings", json_object_new_boolean(cfg->tie_embeddings), &ok);

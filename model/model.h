@@ -48,6 +48,11 @@ struct model_config {
     bool tie_embeddings;    /* always true for GPT-2 */
     enum model_norm norm;
     enum model_act act;     /* GPT-2's MLP activation; Qwen2 is SiLU (SwiGLU) */
+    /* Dropout probabilities in training (inference ignores them): the embedding output, the
+     * attention probabilities, and each residual branch (attention and MLP output). GPT-2:
+     * embd_pdrop, attn_pdrop, resid_pdrop (0.1 when absent, as transformers reads them);
+     * Qwen2: attention_dropout only (0); the seed's UER config: dropout (0.1) for all three. */
+    float dropout_embed, dropout_attn, dropout_resid;
     /* the "netlm" object */
     enum model_task task;
     enum model_pooling pooling;
@@ -97,7 +102,7 @@ bool model_save(const struct model *m, const char *dir, char *err, size_t errlen
 bool model_save_bf16(const struct model *m, const char *dir, char *err, size_t errlen);
 void model_free(struct model *m);
 const struct model_config *model_get_config(const struct model *m);
-struct model_config *model_config_mut(struct model *m); /* netlm object fields only */
+struct model_config *model_config_mut(struct model *m); /* netlm object and dropout fields only */
 uint64_t model_parameter_count(const struct model *m);
 /* The parameter block (all tensors, aligned, in layout order; *floats its length): what an
  * optimizer updates and a checkpoint snapshots. */

@@ -120,11 +120,39 @@ void op_rope_apply(float *x, uint32_t heads, uint32_t d, uint32_t pos, const flo
 /* out[d] = softmax(q·Kᵀ·scale over positions 0..len-1)·V; k/v rows of stride d. scratch ≥ len. */
 void op_attend(float *out, const float *q, const float *k, const float *v, uint32_t len,
                uint32_t d, float scale, float *scratch);
+/* Dropout without state: whether element `index` of the stream `key` is kept is a hash of the
+ * two, so the forward and the backward pass, any thread count, several processes and a resumed
+ * run all draw the same mask. Kept elements are scaled by 1 / (1 − p). */
+struct op_dropout {
+    uint64_t key;       /* one stream per (sample, layer, site, head): op_dropout_stream */
+    uint32_t threshold; /* dropped when the element's 32-bit hash is below p · 2³² */
+    float scale;        /* 1 / (1 − p) */
+};
+static inline uint64_t op_mix64(uint64_t x)
+{
+    /* splitmix64's finaliser: every input bit reaches every output bit */
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+static inline uint64_t op_dropout_stream(uint64_t parent, uint64_t part)
+{
+    return op_mix64(parent ^ op_mix64(part + 0x9e3779b97f4a7c15ull));
+}
+/* The factor of element index: 0 or scale. */
+static inline float op_dropout_factor(const struct op_dropout *dr, uint64_t index)
+{
+    uint32_t h = (uint32_t)(op_mix64(dr->key + index * 0x9e3779b97f4a7c15ull) >> 32);
+    return h >= dr->threshold ? dr->scale : 0.0f;
+}
 /* The same for n consecutive new tokens at positions start..start+n-1 of one head: q rows of
- * stride ldq, out rows of stride ldo; scores ≥ n × (start + n). */
+ * stride ldq, out rows of stride ldo; scores ≥ n × (start + n). drop (NULL = none) masks the
+ * attention probabilities (training): element (i, j) is index i · (start + n) + j. */
 void op_attend_block(float *out, size_t ldo, const float *q, size_t ldq, const float *k,
                      const float *v, uint32_t start, uint32_t n, uint32_t d, float scale,
-                     float *scores);
+                     float *scores, const struct op_dropout *drop);
 void op_softmax(float *x, size_t n);
 
 /* ---- backward ops (training); gradients of weights are accumulated (+=) ---- */
@@ -148,10 +176,11 @@ void op_swiglu_backward(float *d_gate_up, const float *dh, size_t ldh, const flo
 void op_rope_backward(float *dx, uint32_t heads, uint32_t d, uint32_t pos, const float *cos_t,
                       const float *sin_t);
 /* One head of one sequence of n tokens from position 0: dq (written, stride lddq), dk and dv
- * ([n, d], accumulated) from dout (stride ldo). scratch ≥ 2·n·n. */
+ * ([n, d], accumulated) from dout (stride ldo). scratch ≥ 2·n·n. drop: the forward's mask. */
 void op_attend_block_backward(float *dq, size_t lddq, float *dk, float *dv, const float *dout,
                               size_t ldo, const float *q, size_t ldq, const float *k,
-                              const float *v, uint32_t n, uint32_t d, float scale, float *scratch);
+                              const float *v, uint32_t n, uint32_t d, float scale, float *scratch,
+                              const struct op_dropout *drop);
 
 /* Cross-entropy of logits z against target: returns −log softmax(z)[target] and leaves the
  * gradient scale·(softmax(z) − onehot(target)) in z. */

@@ -237,7 +237,7 @@ SIMD_CLONES void op_softmax(float *x, size_t n)
 
 void op_attend_block(float *out, size_t ldo, const float *q, size_t ldq, const float *k,
                      const float *v, uint32_t start, uint32_t n, uint32_t d, float scale,
-                     float *scores)
+                     float *scores, const struct op_dropout *drop)
 {
     /* S = Q·Kᵀ over every cached position, then each row masked to its causal prefix, softmax,
      * O = P·V: two sgemms instead of n·len scalar dot products */
@@ -249,6 +249,9 @@ void op_attend_block(float *out, size_t ldo, const float *q, size_t ldq, const f
         const uint32_t visible = start + i + 1;
         op_softmax(row, visible);
         memset(row + visible, 0, (len - visible) * sizeof(float));
+        if (drop)
+            for (uint32_t j = 0; j < visible; j++)
+                row[j] *= op_dropout_factor(drop, (uint64_t)i * len + j);
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)d, (int)len, 1.0f, scores,
                 (int)len, v, (int)d, 0.0f, out, (int)ldo);
@@ -478,11 +481,13 @@ void op_rope_backward(float *dx, uint32_t heads, uint32_t d, uint32_t pos, const
 
 void op_attend_block_backward(float *dq, size_t lddq, float *dk, float *dv, const float *dout,
                               size_t ldo, const float *q, size_t ldq, const float *k,
-                              const float *v, uint32_t n, uint32_t d, float scale, float *scratch)
+                              const float *v, uint32_t n, uint32_t d, float scale, float *scratch,
+                              const struct op_dropout *drop)
 {
     /* recompute P (cheaper to keep than to store for every layer), then
      * dP = dO·Vᵀ, dS = P ⊙ (dP − rowsum(dP ⊙ P)), dQ = scale·dS·K, dK += scale·dSᵀ·Q,
-     * dV += Pᵀ·dO */
+     * dV += Pᵀ·dO. With dropout the forward used P ⊙ M: dP is masked first, and dV takes the
+     * masked P (left in p once dS no longer needs P). */
     float *p = scratch, *dp = scratch + (size_t)n * n;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)n, (int)d, scale, q, (int)ldq,
                 k, (int)d, 0.0f, p, (int)n);
@@ -494,11 +499,17 @@ void op_attend_block_backward(float *dq, size_t lddq, float *dk, float *dv, cons
                 (int)ldo, v, (int)d, 0.0f, dp, (int)n);
     for (uint32_t i = 0; i < n; i++) {
         float *pi = p + (size_t)i * n, *dpi = dp + (size_t)i * n;
+        if (drop)
+            for (uint32_t j = 0; j <= i; j++)
+                dpi[j] *= op_dropout_factor(drop, (uint64_t)i * n + j);
         double dot = 0.0;
         for (uint32_t j = 0; j <= i; j++)
             dot += (double)pi[j] * dpi[j];
         for (uint32_t j = 0; j < n; j++)
             dpi[j] = j <= i ? pi[j] * (dpi[j] - (float)dot) : 0.0f;
+        if (drop)
+            for (uint32_t j = 0; j <= i; j++)
+                pi[j] *= op_dropout_factor(drop, (uint64_t)i * n + j);
     }
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)n, (int)d, (int)n, 1.0f, p, (int)n,
                 dout, (int)ldo, 1.0f, dv, (int)d);

@@ -186,7 +186,7 @@ void model_run_stack(struct model_runner *r, uint32_t nseq)
                     if (n >= 4) {
                         op_attend_block(r->att + row * H * d + (size_t)h * d, (size_t)H * d,
                                         r->qkv + row * QKV + (size_t)h * d, QKV, kc, vc,
-                                        r->seq_start[b], n, d, scale, scratch);
+                                        r->seq_start[b], n, d, scale, scratch, NULL);
                         continue;
                     }
                     for (uint32_t i = 0; i < n; i++)

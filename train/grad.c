@@ -5,7 +5,8 @@
  * Like inference, a batch is packed to its real tokens; each sequence starts at position 0 and
  * its keys and values sit in a per-layer cache, so attention forward and backward are sgemms per
  * (sequence, head). The LM head runs over chunks of target rows, so the [tokens, vocab] logits
- * never exist at once. */
+ * never exist at once. Dropout masks are recomputed from their hash in the backward pass rather
+ * than stored. */
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
@@ -17,6 +18,9 @@
 #include "train/train.h"
 
 #define LM_CHUNK_ROWS 128u
+
+/* Where dropout applies; each place of each layer draws its own stream. */
+enum drop_place { DROP_EMBED = 0, DROP_ATTN_PROBS, DROP_ATTN_OUT, DROP_MLP_OUT };
 
 struct layer_stash {
     float *x_in, *ln1, *qkv, *att, *x_mid, *ln2, *ffn_pre, *ffn_act, *kc, *vc;
@@ -37,6 +41,9 @@ struct train_runner {
     float *lm_logits, *lm_rows, *lm_drows; /* [chunk, V], [chunk, C] ×2 */
     float *pooled, *hidden1, *cls_logits, *dpooled, *dhidden1; /* classification head */
     uint32_t *tokens, *seq_offset, *seq_count, *lm_row, *lm_target;
+    struct train_dropout drop;
+    uint64_t *seq_key;       /* dropout stream of each row's sample in the current batch */
+    float *branch, *dbranch; /* a residual branch before its masked add, and its gradient */
 };
 
 static uint32_t qkv_width(const struct model_config *c) { return (c->heads + 2 * c->kv_heads) * c->head_dim; }
@@ -51,6 +58,7 @@ void train_runner_free(struct train_runner *r)
     free(r->block);
     free(r->stash);
     free(r->tokens);
+    free(r->seq_key);
     free(r);
 }
 
@@ -87,13 +95,14 @@ struct train_runner *train_runner_create(struct model *m, uint32_t max_batch, ui
                    + 2 * T * C + T * QKV + T * HD + T * FW + T * F + 2 * cache /* gradients */
                    + 2 * rope + (size_t)threads * 2 * max_seq * max_seq
                    + LM_CHUNK_ROWS * (V + 2 * C)
-                   + (size_t)max_batch * (4 * C + NL);
+                   + (size_t)max_batch * (4 * C + NL) + 2 * T * C;
     r->grads = calloc(m->layout.total, sizeof(float));
     r->glayers = calloc(L, sizeof(*r->glayers));
     r->block = calloc(total, sizeof(float));
     r->stash = calloc(L, sizeof(*r->stash));
     r->tokens = malloc((4 * T + 2 * (size_t)max_batch) * sizeof(uint32_t));
-    if (!r->grads || !r->glayers || !r->block || !r->stash || !r->tokens) {
+    r->seq_key = calloc(max_batch, sizeof(uint64_t));
+    if (!r->grads || !r->glayers || !r->block || !r->stash || !r->tokens || !r->seq_key) {
         snprintf(err, errlen, "train: cannot allocate %zu MiB of activations and gradients",
                  (total + m->layout.total) * 4 >> 20);
         train_runner_free(r);
@@ -136,6 +145,8 @@ struct train_runner *train_runner_create(struct model *m, uint32_t max_batch, ui
     TAKE(r->dpooled, (size_t)max_batch * C);
     TAKE(r->dhidden1, (size_t)max_batch * C);
     TAKE(r->cls_logits, (size_t)max_batch * NL);
+    TAKE(r->branch, T * C);
+    TAKE(r->dbranch, T * C);
 #undef TAKE
     r->seq_offset = r->tokens + T;
     r->seq_count = r->seq_offset + max_batch;
@@ -149,6 +160,50 @@ struct train_runner *train_runner_create(struct model *m, uint32_t max_batch, ui
 float *train_runner_grads(struct train_runner *r) { return r->grads; }
 size_t train_runner_grad_count(const struct train_runner *r) { return r->m->layout.total; }
 void train_zero_grads(struct train_runner *r) { memset(r->grads, 0, r->m->layout.total * sizeof(float)); }
+
+void train_runner_set_dropout(struct train_runner *r, const struct train_dropout *d)
+{
+    r->drop = *d;
+}
+
+void train_dropout_from_config(struct train_dropout *d, const struct model_config *c, uint64_t seed)
+{
+    d->embed = c->dropout_embed;
+    d->attn = c->dropout_attn;
+    d->resid = c->dropout_resid;
+    d->seed = seed;
+}
+
+/* The mask of one place of one layer (and head, for the attention probabilities) of row b. */
+static struct op_dropout drop_stream(const struct train_runner *r, uint32_t b, uint32_t layer,
+                                     enum drop_place place, uint32_t head, float p)
+{
+    struct op_dropout d;
+    d.key = op_dropout_stream(op_dropout_stream(r->seq_key[b], (uint64_t)layer * 4 + place), head);
+    const double t = (double)p * 4294967296.0;
+    d.threshold = t >= 4294967295.0 ? UINT32_MAX : (uint32_t)t;
+    d.scale = 1.0f / (1.0f - p);
+    return d;
+}
+
+/* dst = (base +) mask ⊙ src over the batch's token rows, element (i, j) of row b being index
+ * i·C + j of its stream. base may be NULL; dst may be src. */
+static void drop_rows(const struct train_runner *r, float *dst, const float *base, const float *src,
+                      uint32_t nseq, uint32_t layer, enum drop_place place, float p)
+{
+    const uint32_t C = r->m->cfg.hidden;
+#pragma omp parallel for num_threads((int)r->threads) schedule(static)
+    for (uint32_t b = 0; b < nseq; b++) {
+        const struct op_dropout d = drop_stream(r, b, layer, place, 0, p);
+        for (uint32_t i = 0; i < r->seq_count[b]; i++) {
+            const size_t row = ((size_t)r->seq_offset[b] + i) * C;
+            for (uint32_t j = 0; j < C; j++) {
+                const float v = op_dropout_factor(&d, (uint64_t)i * C + j) * src[row + j];
+                dst[row + j] = base ? base[row + j] + v : v;
+            }
+        }
+    }
+}
 
 static float *cache_head(const struct train_runner *r, float *base, uint32_t b, uint32_t kvh)
 {
@@ -194,6 +249,9 @@ static void forward(struct train_runner *r, uint32_t nseq, size_t N)
             for (uint32_t j = 0; j < C; j++)
                 x[row * C + j] = e[j] + (gpt2 ? w->wpe[(size_t)i * C + j] : 0.0f);
         }
+    const struct train_dropout *dr = &r->drop;
+    if (dr->embed > 0)
+        drop_rows(r, x, NULL, x, nseq, 0, DROP_EMBED, dr->embed);
     for (uint32_t l = 0; l < c->layers; l++) {
         const struct model_layer_weights *lw = &w->layers[l];
         struct layer_stash *s = &r->stash[l];
@@ -220,14 +278,20 @@ static void forward(struct train_runner *r, uint32_t nseq, size_t N)
             for (uint32_t b = 0; b < nseq; b++)
                 for (uint32_t h = 0; h < H; h++) {
                     size_t row = r->seq_offset[b];
+                    struct op_dropout pd = drop_stream(r, b, l, DROP_ATTN_PROBS, h, dr->attn);
                     op_attend_block(s->att + row * H * d + (size_t)h * d, (size_t)H * d,
                                     s->qkv + row * QKV + (size_t)h * d, QKV,
                                     cache_head(r, s->kc, b, h / group), cache_head(r, s->vc, b, h / group),
-                                    0, r->seq_count[b], d, scale, scratch);
+                                    0, r->seq_count[b], d, scale, scratch, dr->attn > 0 ? &pd : NULL);
                 }
         }
-        memcpy(s->x_mid, s->x_in, N * C * sizeof(float));
-        op_matmul(s->x_mid, C, s->att, (size_t)H * d, lw->o_w, lw->o_b, N, (size_t)H * d, C, true, threads);
+        if (dr->resid > 0) {
+            op_matmul(r->branch, C, s->att, (size_t)H * d, lw->o_w, lw->o_b, N, (size_t)H * d, C, false, threads);
+            drop_rows(r, s->x_mid, s->x_in, r->branch, nseq, l, DROP_ATTN_OUT, dr->resid);
+        } else {
+            memcpy(s->x_mid, s->x_in, N * C * sizeof(float));
+            op_matmul(s->x_mid, C, s->att, (size_t)H * d, lw->o_w, lw->o_b, N, (size_t)H * d, C, true, threads);
+        }
         norm_fwd(r, s->ln2, s->x_mid, lw->ln2_w, lw->ln2_b, N);
         op_matmul(s->ffn_pre, FW, s->ln2, C, lw->up_w, lw->up_b, N, C, FW, false, threads);
         if (gpt2) {
@@ -246,8 +310,13 @@ static void forward(struct train_runner *r, uint32_t nseq, size_t N)
             }
         }
         float *next = l + 1 < c->layers ? r->stash[l + 1].x_in : r->x_fin;
-        memcpy(next, s->x_mid, N * C * sizeof(float));
-        op_matmul(next, C, s->ffn_act, c->ffn, lw->down_w, lw->down_b, N, c->ffn, C, true, threads);
+        if (dr->resid > 0) {
+            op_matmul(r->branch, C, s->ffn_act, c->ffn, lw->down_w, lw->down_b, N, c->ffn, C, false, threads);
+            drop_rows(r, next, s->x_mid, r->branch, nseq, l, DROP_MLP_OUT, dr->resid);
+        } else {
+            memcpy(next, s->x_mid, N * C * sizeof(float));
+            op_matmul(next, C, s->ffn_act, c->ffn, lw->down_w, lw->down_b, N, c->ffn, C, true, threads);
+        }
     }
     norm_fwd(r, r->xn, r->x_fin, w->lnf_w, w->lnf_b, N);
 }
@@ -271,8 +340,13 @@ static bool backward(struct train_runner *r, uint32_t nseq, size_t N)
         const struct model_layer_weights *lw = &w->layers[l];
         struct model_layer_weights *gl = &gw->layers[l];
         struct layer_stash *s = &r->stash[l];
-        /* MLP: dx holds d(x_out); x_out = x_mid + down(act(up(ln2(x_mid)))) */
-        op_matmul_backward(r->dffn_act, F, gl->down_w, gl->down_b, r->dx, C, s->ffn_act, F,
+        /* MLP: dx holds d(x_out); x_out = x_mid + mask ⊙ down(act(up(ln2(x_mid)))) */
+        const float *dy = r->dx;
+        if (r->drop.resid > 0) {
+            drop_rows(r, r->dbranch, NULL, r->dx, nseq, l, DROP_MLP_OUT, r->drop.resid);
+            dy = r->dbranch;
+        }
+        op_matmul_backward(r->dffn_act, F, gl->down_w, gl->down_b, dy, C, s->ffn_act, F,
                            lw->down_w, N, F, C, false, threads);
         if (gpt2) {
             memcpy(r->dffn, r->dffn_act, N * F * sizeof(float));
@@ -284,8 +358,13 @@ static bool backward(struct train_runner *r, uint32_t nseq, size_t N)
                            false, threads);
         if (!norm_bwd(r, r->dx, gl->ln2_w, gl->ln2_b, r->dxn, s->x_mid, lw->ln2_w, N))
             return false;
-        /* attention: dx holds d(x_mid); x_mid = x_in + o(attn(qkv(ln1(x_in)))) */
-        op_matmul_backward(r->datt, (size_t)H * d, gl->o_w, gl->o_b, r->dx, C, s->att, (size_t)H * d,
+        /* attention: dx holds d(x_mid); x_mid = x_in + mask ⊙ o(attn(qkv(ln1(x_in)))) */
+        dy = r->dx;
+        if (r->drop.resid > 0) {
+            drop_rows(r, r->dbranch, NULL, r->dx, nseq, l, DROP_ATTN_OUT, r->drop.resid);
+            dy = r->dbranch;
+        }
+        op_matmul_backward(r->datt, (size_t)H * d, gl->o_w, gl->o_b, dy, C, s->att, (size_t)H * d,
                            lw->o_w, N, (size_t)H * d, C, false, threads);
         memset(r->dkc, 0, (size_t)r->max_batch * KV * r->max_seq * d * sizeof(float));
         memset(r->dvc, 0, (size_t)r->max_batch * KV * r->max_seq * d * sizeof(float));
@@ -297,13 +376,16 @@ static bool backward(struct train_runner *r, uint32_t nseq, size_t N)
             for (uint32_t b = 0; b < nseq; b++)
                 for (uint32_t kvh = 0; kvh < KV; kvh++) {
                     size_t row = r->seq_offset[b];
-                    for (uint32_t h = kvh * group; h < (kvh + 1) * group; h++)
+                    for (uint32_t h = kvh * group; h < (kvh + 1) * group; h++) {
+                        struct op_dropout pd = drop_stream(r, b, l, DROP_ATTN_PROBS, h, r->drop.attn);
                         op_attend_block_backward(r->dqkv + row * QKV + (size_t)h * d, QKV,
                                                  cache_head(r, r->dkc, b, kvh), cache_head(r, r->dvc, b, kvh),
                                                  r->datt + row * H * d + (size_t)h * d, (size_t)H * d,
                                                  s->qkv + row * QKV + (size_t)h * d, QKV,
                                                  cache_head(r, s->kc, b, kvh), cache_head(r, s->vc, b, kvh),
-                                                 r->seq_count[b], d, scale, scratch);
+                                                 r->seq_count[b], d, scale, scratch,
+                                                 r->drop.attn > 0 ? &pd : NULL);
+                    }
                 }
         }
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -333,6 +415,8 @@ static bool backward(struct train_runner *r, uint32_t nseq, size_t N)
             return false;
     }
     /* embeddings: rows in a fixed order, so the sums do not depend on threads */
+    if (r->drop.embed > 0)
+        drop_rows(r, r->dx, NULL, r->dx, nseq, 0, DROP_EMBED, r->drop.embed);
     for (uint32_t b = 0; b < nseq; b++)
         for (uint32_t i = 0; i < r->seq_count[b]; i++) {
             size_t row = r->seq_offset[b] + i;
@@ -465,6 +549,7 @@ bool train_forward_backward(struct train_runner *r, enum train_objective objecti
             return false;
         r->seq_offset[b] = (uint32_t)N;
         r->seq_count[b] = len;
+        r->seq_key[b] = op_dropout_stream(r->drop.seed, batch->sample_base + b);
         for (uint32_t i = 0; i < len; i++) {
             const uint32_t id = batch->ids[(size_t)b * T + i];
             if (id >= c->vocab_size)

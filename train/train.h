@@ -24,7 +24,22 @@ struct train_batch {
     const uint32_t *labels;       /* TRAIN_CLASSIFY */
     const uint32_t *target_start; /* TRAIN_LM: first target index per row (NULL: 1, every next
                                      id; generation: the first target token's index) */
+    uint64_t sample_base;         /* dropout: row b's masks are drawn for sample sample_base + b,
+                                     a number no other row of the run shares (e.g. epoch × rows
+                                     per epoch + position in the epoch's order) */
 };
+
+/* Dropout at the seed's four places: the embedding output, the attention probabilities, and
+ * each residual branch before its add (attention output, MLP output). The masks are a function
+ * of (seed, sample, layer, place, element) only, so a run is the same with any thread count,
+ * split over processes, or stopped and resumed. All zero (the default) is off. */
+struct train_dropout {
+    float embed, attn, resid;
+    uint64_t seed;
+};
+/* From the model's config (its embd/attn/resid dropout), with the run's seed. */
+void train_dropout_from_config(struct train_dropout *d, const struct model_config *c,
+                               uint64_t seed);
 
 struct train_runner;
 /* Activations kept for the backward pass and one gradient block, for up to max_batch sequences
@@ -36,6 +51,7 @@ void train_runner_free(struct train_runner *r);
 float *train_runner_grads(struct train_runner *r);
 size_t train_runner_grad_count(const struct train_runner *r);
 void train_zero_grads(struct train_runner *r);
+void train_runner_set_dropout(struct train_runner *r, const struct train_dropout *d);
 /* Forward, the mean loss over the batch's targets (*loss), and its gradient added (+=) to the
  * gradient block. False for a batch outside the runner or the vocabulary. */
 bool train_forward_backward(struct train_runner *r, enum train_objective objective,

@@ -137,7 +137,9 @@ def main():
         check("a resume with another --batch_size: one error line, checkpoint kept",
               one_error_line(res, "--batch_size") and
               open(os.path.join(b, "checkpoint", "optimizer.safetensors"), "rb").read() == before, res.stderr)
-        # data parallel: 2 processes of 4 windows = 1 process of 8 windows, step by step
+        # data parallel: 2 processes of 4 windows = 1 process of 8 windows, step by step; tiny.json
+        # names no dropout, so GPT-2's 0.1 applies and each window's masks must follow it to
+        # whichever process reads it
         mpi_env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                        OMPI_MCA_rmaps_base_oversubscribe="1",
                        ASAN_OPTIONS="detect_leaks=0")  # Open MPI's own allocations outlive MPI_Finalize

@@ -47,6 +47,16 @@ def main():
                    "n_inner": 128, "n_positions": 64}, open(os.path.join(tmp, "tiny.json"), "w"))
         a = os.path.join(tmp, "a")
         res = finetune(tmp, a)
+        # tiny.json names no dropout, so GPT-2's 0.1 applies: the resume check below covers the
+        # dropout masks too
+        cfg = json.load(open(os.path.join(a, "config.json")))
+        check("a GPT-2 config without dropout keys trains with 0.1 and says so in config.json",
+              all(abs(cfg[k] - 0.1) < 1e-6 for k in ("embd_pdrop", "attn_pdrop", "resid_pdrop")), cfg)
+        nodrop = finetune(tmp, os.path.join(tmp, "a0"), "--dropout", "0", "--epochs_num", "1")
+        once = finetune(tmp, os.path.join(tmp, "a1"), "--epochs_num", "1")
+        check("--dropout 0 trains another model than the default 0.1",
+              open(os.path.join(tmp, "a0", "model.safetensors"), "rb").read()
+              != open(os.path.join(tmp, "a1", "model.safetensors"), "rb").read(), nodrop.stderr + once.stderr)
         m = json.load(open(os.path.join(a, "metrics.json")))
         check("finetune learns: test accuracy well above chance (0.05)", m["accuracy"] > 0.4, m["accuracy"])
         check("finetune reports test accuracy and macro-F1 on stderr",
