@@ -173,6 +173,8 @@ static void assert_config_equal(const struct model_config *a, const struct model
     assert_int_equal(a->head_dim, b->head_dim);
     assert_int_equal(a->ffn, b->ffn);
     assert_int_equal(a->max_positions, b->max_positions);
+    assert_true(a->dropout_embed == b->dropout_embed && a->dropout_attn == b->dropout_attn &&
+                a->dropout_resid == b->dropout_resid);
     assert_memory_equal(&a->norm_eps, &b->norm_eps, sizeof(float));
     if (a->arch == MODEL_ARCH_QWEN2)
         assert_memory_equal(&a->rope_theta, &b->rope_theta, sizeof(double));
@@ -899,6 +901,46 @@ static void test_float_round_trip(void **state)
     }
 }
 
+/* Dropout as each form names it, and its defaults where a form names none. */
+static void test_dropout(void **state)
+{
+    (void)state;
+    struct model_config c;
+    const char *gpt2 = "{\"model_type\": \"gpt2\", \"vocab_size\": 10, \"n_embd\": 8, "
+                       "\"n_layer\": 1, \"n_head\": 2, \"n_positions\": 16";
+    char json[512];
+    snprintf(json, sizeof json, "%s}", gpt2); /* transformers' GPT2Config defaults: 0.1 */
+    parse_ok(json, &c);
+    assert_true(c.dropout_embed == 0.1f && c.dropout_attn == 0.1f && c.dropout_resid == 0.1f);
+    model_config_release(&c);
+    snprintf(json, sizeof json, "%s, \"embd_pdrop\": 0.0, \"attn_pdrop\": 0.25, \"resid_pdrop\": 0.5}", gpt2);
+    parse_ok(json, &c);
+    assert_true(c.dropout_embed == 0.0f && c.dropout_attn == 0.25f && c.dropout_resid == 0.5f);
+    round_trip(&c, "d.json");
+    model_config_release(&c);
+    snprintf(json, sizeof json, "%s, \"resid_pdrop\": 1.0}", gpt2);
+    assert_non_null(strstr(parse_err(json), "'resid_pdrop' must be a probability in [0, 1)"));
+    snprintf(json, sizeof json, "%s, \"attn_pdrop\": \"0.1\"}", gpt2);
+    assert_non_null(strstr(parse_err(json), "'attn_pdrop'"));
+    /* Qwen2: attention_dropout only */
+    parse_ok(qwen25_05b, &c);
+    assert_true(c.dropout_embed == 0.0f && c.dropout_attn == 0.0f && c.dropout_resid == 0.0f);
+    c.dropout_attn = 0.125f;
+    round_trip(&c, "q.json");
+    model_config_release(&c);
+    /* the seed's UER file: "dropout" for all three (UER's default 0.1 when absent) */
+    const char *uer = "{\"emb_size\": 8, \"feedforward_size\": 16, \"hidden_size\": 8, "
+                      "\"heads_num\": 2, \"layers_num\": 1, \"layernorm_positioning\": \"pre\"";
+    snprintf(json, sizeof json, "%s, \"dropout\": 0.2}", uer);
+    parse_ok(json, &c);
+    assert_true(c.dropout_embed == 0.2f && c.dropout_attn == 0.2f && c.dropout_resid == 0.2f);
+    model_config_release(&c);
+    snprintf(json, sizeof json, "%s}", uer);
+    parse_ok(json, &c);
+    assert_true(c.dropout_embed == 0.1f && c.dropout_resid == 0.1f);
+    model_config_release(&c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -911,6 +953,7 @@ int main(void)
         cmocka_unit_test(test_netlm_object),
         cmocka_unit_test(test_validate_and_write),
         cmocka_unit_test(test_float_round_trip),
+        cmocka_unit_test(test_dropout),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
