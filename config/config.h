@@ -5,6 +5,8 @@
  * of the wrong type or out of range, or an impossible combination is an error whose one-line
  * message names the file, the line, the key and what was expected, e.g.
  *   netlm.conf:12: flow.max_flows: expected an integer from 16 to 1073741824, got 3
+ * One file is the whole configuration (`@include` is refused). model.path = "" in the file stands
+ * for the default, the bundled model, whose installed path the shipped file cannot know.
  * config/ knows nothing of the other folders: the sensor maps this struct onto theirs. */
 #ifndef NETLM_CONFIG_H
 #define NETLM_CONFIG_H
@@ -55,7 +57,8 @@ struct cfg_sensor {
         struct cfg_timeouts timeouts;          /* Suricata's shipped values */
         uint32_t emergency_enter_pct;          /* 95 */
         uint32_t emergency_leave_pct;          /* 70; must be < enter */
-        struct cfg_timeouts emergency_timeouts; /* tcp 10/20/5, udp 5/20, other 5/20 */
+        struct cfg_timeouts emergency_timeouts; /* Suricata's shipped emergency values: tcp
+                                                   5/100/10, udp 10/100, other 10/100 */
     } flow;
 
     struct {
@@ -92,13 +95,15 @@ struct cfg_sensor {
 
 /* Fills every default. */
 void cfg_defaults(struct cfg_sensor *c);
-/* Defaults, then the file. 0, or -1 with one line in err. */
+/* Defaults, then the file, then cfg_validate's rules. 0, or -1 with one line in err and out
+ * untouched (a SIGUSR2 reload that fails keeps what runs). */
 int cfg_load(const char *path, struct cfg_sensor *out, char *err, size_t errlen);
 /* The same from text in memory; name stands for the file in messages. */
 int cfg_load_buffer(const char *name, const char *text, struct cfg_sensor *out, char *err,
                     size_t errlen);
-/* Checks combinations that involve several keys (e.g. ready_packets ≤ packets_per_session); call
- * again after command-line overrides. name is for the message. */
+/* Checks every field's range and the combinations that involve several keys (e.g. ready_packets
+ * ≤ packets_per_session); call again after command-line overrides. The message starts with
+ * c->path (when set) and names keys as the file does: "netlm.conf: flow.workers: ...". */
 int cfg_validate(const struct cfg_sensor *c, char *err, size_t errlen);
 
 const char *cfg_task_name(enum cfg_task t);           /* "auto", "classify", "generate" */
