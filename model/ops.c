@@ -9,8 +9,9 @@
 #include "model/model_internal.h"
 
 /* The elementwise loops are compiled for AVX-512 and AVX2+FMA too, picked at load time by the
- * CPU (the build itself targets baseline x86-64 so the binary runs anywhere). */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+ * CPU (the build itself targets baseline x86-64 so the binary runs anywhere). Not under
+ * ThreadSanitizer: its runtime is not ready when the ifunc resolvers run at load time. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
 #define SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define SIMD_CLONES
