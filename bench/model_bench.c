@@ -4,7 +4,10 @@
  *
  *   netlm_model_bench --arch gpt2|qwen2 [--threads N] [--runs N]
  *   netlm_model_bench --qwen05b-rss [--threads N]   (peak RSS of a Qwen2.5-0.5B-sized forward)
- *   netlm_model_bench --train --arch gpt2|qwen2 [--threads N]  (training steps, batch 32 x 128) */
+ *   netlm_model_bench --train --arch gpt2|qwen2 [--threads N]  (training steps, batch 32 x 128)
+ *   netlm_model_bench --device cuda[:N] [--only NAME] [--precision bf16|fp32] [--runs N]
+ *       (the CUDA engine on the configs of bench/gpu_bench.py: one JSON line per measurement;
+ *       bench/gpu_check.sh runs it next to PyTorch) */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +16,7 @@
 #include <time.h>
 
 #include "model/model.h"
+#include "model/model_internal.h" /* model_create_empty: the GPU cases' fast random weights */
 #include "train/train.h"
 
 static double now(void)
@@ -193,12 +197,155 @@ static int train_bench(const char *arch, uint32_t threads, int runs)
     return 0;
 }
 
+/* ---- the CUDA engine (bench/gpu_check.sh) ---- */
+
+struct cuda_case {
+    const char *name;
+    enum model_arch arch;
+    uint32_t layers, hidden, heads, kv_heads, ffn, vocab;
+    uint32_t batch, seq;
+    bool graphs; /* latency cases replay CUDA graphs */
+};
+
+/* The issue's table (PyTorch figures in bench/gpu_bench.py): throughput at large batches,
+ * latency at batch 1. */
+static const struct cuda_case cuda_cases[] = {
+    {"gpt2-base-v60005-b256-t256", MODEL_ARCH_GPT2, 12, 768, 12, 12, 3072, 60005, 256, 256, false},
+    {"gpt2-base-v65541-b512-t128", MODEL_ARCH_GPT2, 12, 768, 12, 12, 3072, 65541, 512, 128, false},
+    {"gpt2-base-v65541-b1-t128", MODEL_ARCH_GPT2, 12, 768, 12, 12, 3072, 65541, 1, 128, true},
+    {"gpt2-small-v65541-b4096-t128", MODEL_ARCH_GPT2, 4, 256, 4, 4, 1024, 65541, 4096, 128, false},
+    {"gpt2-small-v65541-b1-t128", MODEL_ARCH_GPT2, 4, 256, 4, 4, 1024, 65541, 1, 128, true},
+    {"qwen05b-v60005-b256-t256", MODEL_ARCH_QWEN2, 24, 896, 14, 2, 4864, 60005, 256, 256, false},
+    {"qwen05b-v60005-b1-t256", MODEL_ARCH_QWEN2, 24, 896, 14, 2, 4864, 60005, 1, 256, true},
+};
+
+/* Forward FLOPs of one full-length sequence through the stack and the classifier (the LM head
+ * is not run): 2 per multiply-add of every projection, and causal attention's
+ * Q·Kᵀ and P·V over (T + 1) / 2 keys on average. The same formula as gpu_bench.py. */
+static double cuda_case_flops(const struct cuda_case *k, uint32_t labels)
+{
+    const double C = k->hidden, d = (double)k->hidden / k->heads, T = k->seq;
+    const double qkv = (k->heads + 2.0 * k->kv_heads) * d, fw = k->arch == MODEL_ARCH_GPT2 ? k->ffn : 2.0 * k->ffn;
+    const double per_token = k->layers * (2 * C * qkv + 2 * k->heads * d * C + 2 * C * fw + 2 * k->ffn * C +
+                                          2 * k->heads * d * (T + 1));
+    return per_token * T + 2 * C * C + 2 * C * labels;
+}
+
+/* Random weights in a fraction of model_create's time (its Box-Muller normals take half a
+ * minute for the 0.5B model): uniform with the seed scheme's standard deviation 0.02, norm
+ * weights 1 and norm biases 0. Speed does not depend on the distribution, only on it not being
+ * all zeros. */
+static struct model *bench_model(const struct model_config *c, char *err, size_t errlen)
+{
+    struct model *m = model_create_empty(c, err, errlen);
+    if (!m)
+        return NULL;
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    const float a = 0.02f * 1.7320508f; /* uniform [-a, a] has standard deviation a / sqrt(3) */
+    for (size_t i = 0; i < m->layout.count; i++) {
+        const struct model_tensor *t = &m->layout.tensors[i];
+        float *p = m->params + t->offset;
+        for (size_t j = 0; j < t->numel; j++) {
+            if (t->kind == MODEL_TENSOR_NORM_WEIGHT || t->kind == MODEL_TENSOR_NORM_BIAS) {
+                p[j] = t->kind == MODEL_TENSOR_NORM_WEIGHT ? 1.0f : 0.0f;
+                continue;
+            }
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            p[j] = a * ((float)(x >> 40) * (2.0f / 16777216.0f) - 1.0f);
+        }
+    }
+    return m;
+}
+
+static int cuda_bench(int device, const char *only, enum model_precision prec, int runs)
+{
+    int status = 0;
+    if (model_cuda_device_count() <= device) {
+        printf("{\"side\":\"netlm\",\"error\":\"no GPU cuda:%d visible\"}\n", device);
+        return 1;
+    }
+    for (size_t ci = 0; ci < sizeof cuda_cases / sizeof cuda_cases[0]; ci++) {
+        const struct cuda_case *k = &cuda_cases[ci];
+        if (only && !strstr(k->name, only))
+            continue;
+        struct model_config c;
+        model_config_init(&c);
+        c.arch = k->arch;
+        c.vocab_size = k->vocab;
+        c.hidden = k->hidden;
+        c.layers = k->layers;
+        c.heads = k->heads;
+        c.kv_heads = k->kv_heads;
+        c.head_dim = k->hidden / k->heads;
+        c.ffn = k->ffn;
+        c.max_positions = 1024;
+        c.task = MODEL_TASK_CLASSIFY;
+        c.num_labels = 20;
+        c.labels = calloc(20, sizeof(char *));
+        for (int i = 0; i < 20; i++) {
+            char name[8];
+            snprintf(name, sizeof name, "%d", i);
+            c.labels[i] = strdup(name);
+        }
+        if (k->arch == MODEL_ARCH_QWEN2) {
+            c.rope_theta = 1e6;
+            c.norm_eps = 1e-6f;
+            c.act = MODEL_ACT_SILU;
+            c.tie_embeddings = true;
+        } else {
+            c.norm_eps = 1e-5f;
+        }
+        char err[512];
+        struct model *m = bench_model(&c, err, sizeof err);
+        struct model_cuda_options o = {.device = device, .precision = prec, .max_batch = k->batch,
+                                       .max_seq = k->seq, .graphs = k->graphs};
+        struct model_cuda *e = m ? model_cuda_create(m, &o, err, sizeof err) : NULL;
+        uint32_t *ids = malloc((size_t)k->batch * k->seq * sizeof(uint32_t));
+        uint32_t *lengths = malloc(k->batch * sizeof(uint32_t));
+        float *scores = malloc((size_t)k->batch * c.num_labels * sizeof(float));
+        if (!e || !ids || !lengths || !scores) {
+            printf("{\"side\":\"netlm\",\"case\":\"%s\",\"error\":\"%s\"}\n", k->name, e ? "out of memory" : err);
+            status = 1;
+        } else {
+            uint64_t st = 42;
+            random_ids(ids, (size_t)k->batch * k->seq, c.vocab_size, &st);
+            for (uint32_t b = 0; b < k->batch; b++)
+                lengths[b] = k->seq;
+            double secs = 0.0;
+            bool ok = true;
+            /* warm-up inside TIME_MEDIAN: plans, and the graph capture of latency cases */
+            TIME_MEDIAN(runs, secs, ok = model_cuda_classify(e, ids, lengths, k->batch, k->seq, NULL, scores) && ok);
+            if (!ok) {
+                printf("{\"side\":\"netlm\",\"case\":\"%s\",\"error\":\"%s\"}\n", k->name, model_cuda_error(e));
+                status = 1;
+            } else {
+                const double flops = cuda_case_flops(k, c.num_labels) * k->batch;
+                printf("{\"side\":\"netlm\",\"case\":\"%s\",\"precision\":\"%s\",\"graphs\":%s,\"batch\":%u,"
+                       "\"seq\":%u,\"ms\":%.4f,\"seq_per_s\":%.1f,\"tok_per_s\":%.1f,\"tflops\":%.2f,"
+                       "\"mfu\":%.4f,\"device_mib\":%.1f}\n",
+                       k->name, prec == MODEL_PRECISION_FP32 ? "fp32" : "bf16", k->graphs ? "true" : "false",
+                       k->batch, k->seq, secs * 1e3, k->batch / secs, (double)k->batch * k->seq / secs,
+                       flops / secs / 1e12, flops / secs / 989e12, model_cuda_bytes(e) / 1048576.0);
+            }
+        }
+        fflush(stdout);
+        free(ids);
+        free(lengths);
+        free(scores);
+        model_cuda_free(e);
+        model_free(m);
+        model_config_release(&c);
+    }
+    return status;
+}
+
 int main(int argc, char **argv)
 {
     const char *arch = "gpt2";
     uint32_t threads = 1;
     int runs = 7;
     bool rss_mode = false, train_mode = false;
+    const char *device_name = "cpu", *only = NULL, *precision = "bf16";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--arch") && i + 1 < argc)
             arch = argv[++i];
@@ -210,8 +357,14 @@ int main(int argc, char **argv)
             rss_mode = true;
         else if (!strcmp(argv[i], "--train"))
             train_mode = true;
+        else if (!strcmp(argv[i], "--device") && i + 1 < argc)
+            device_name = argv[++i];
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc)
+            only = argv[++i];
+        else if (!strcmp(argv[i], "--precision") && i + 1 < argc)
+            precision = argv[++i];
         else {
-            fprintf(stderr, "usage: %s [--arch gpt2|qwen2] [--threads N] [--runs N] [--qwen05b-rss | --train]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--arch gpt2|qwen2] [--threads N] [--runs N] [--qwen05b-rss | --train | --device cuda[:N] [--only NAME] [--precision bf16|fp32]]\n", argv[0]);
             return 2;
         }
     }
@@ -219,6 +372,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s: bad --arch, --threads or --runs (1..64)\n", argv[0]);
         return 2;
     }
+    int device = -1;
+    if (!model_device_parse(device_name, &device) || (strcmp(precision, "bf16") && strcmp(precision, "fp32"))) {
+        fprintf(stderr, "%s: bad --device (cpu, cuda, cuda:N) or --precision (bf16, fp32)\n", argv[0]);
+        return 2;
+    }
+    if (device >= 0)
+        return cuda_bench(device, only, strcmp(precision, "fp32") ? MODEL_PRECISION_BF16 : MODEL_PRECISION_FP32, runs);
     if (rss_mode)
         return qwen05b_rss(threads);
     if (train_mode)

@@ -150,4 +150,42 @@ bool model_generate(struct model_runner *r, const uint32_t *ids, const uint32_t 
                     uint32_t batch, uint32_t seq, const struct model_sampling *sampling,
                     uint32_t max_new, uint32_t *out, uint32_t *out_len);
 
+/* ---- running it on a GPU (model/cuda/) ----
+ *
+ * The inference engine: the model's weights copied to one GPU (bf16, or fp32 for testing),
+ * activations for (max_batch, max_seq) allocated once, pinned host buffers and a stream; no
+ * allocation after the first call of each shape bucket. Same contract as model_classify: a
+ * right-padded batch with per-sequence lengths in, fp32 scores out. Built when nvcc is found
+ * (NETLM_HAVE_CUDA); otherwise every call reports that CUDA is not built in. An engine is used
+ * by one thread at a time and must not outlive its model. */
+
+enum model_precision { MODEL_PRECISION_BF16 = 0, MODEL_PRECISION_FP32 };
+
+struct model_cuda_options {
+    int device;                     /* CUDA ordinal (cuda:N) */
+    enum model_precision precision; /* bf16 weights and activations, fp32 accumulation */
+    uint32_t max_batch, max_seq;
+    bool lm_head;                   /* room for model_cuda_last_logits ([max_batch, vocab]) */
+    bool graphs;                    /* replay a CUDA graph per (batch, tokens, length) bucket */
+};
+
+/* "cpu" → -1, "cuda" → 0, "cuda:N" → N; false for anything else. */
+bool model_device_parse(const char *name, int *device);
+/* GPUs visible to this process; 0 when none or when built without CUDA. */
+int model_cuda_device_count(void);
+
+struct model_cuda;
+struct model_cuda *model_cuda_create(const struct model *m, const struct model_cuda_options *o,
+                                     char *err, size_t errlen);
+void model_cuda_free(struct model_cuda *e);
+size_t model_cuda_bytes(const struct model_cuda *e); /* device memory held */
+/* As model_classify: pooled [batch, hidden] (optional) and softmax scores [batch, num_labels]. */
+bool model_cuda_classify(struct model_cuda *e, const uint32_t *ids, const uint32_t *lengths,
+                         uint32_t batch, uint32_t seq, float *pooled, float *scores);
+/* LM head logits of each row's last real position: logits [batch, vocab]. */
+bool model_cuda_last_logits(struct model_cuda *e, const uint32_t *ids, const uint32_t *lengths,
+                            uint32_t batch, uint32_t seq, float *logits);
+/* Why the last call on e failed (bad input, or the CUDA error and where it happened). */
+const char *model_cuda_error(const struct model_cuda *e);
+
 #endif

@@ -1,0 +1,390 @@
+/* attention.cu — causal self-attention in the flash style: each block owns a tile of one
+ * sequence's queries for one head, walks that sequence's key/value tiles in order through shared
+ * memory and keeps a running maximum and sum per query row (online softmax), so the T×T scores
+ * never reach device memory. Packed rows (sequence b owns rows seq_off[b]..seq_off[b+1]-1),
+ * grouped-query heads (query head h reads key/value head h / (heads / kv_heads)), any length up
+ * to the buffers' (tested to 1024).
+ *
+ * Two kernels:
+ * - attn_tc: bf16 on the tensor cores (mma.sync m16n8k16, fp32 accumulation), FlashAttention-2's
+ *   layout: 4 warps × 16 query rows, 64-key tiles, Q fragments in registers for the whole walk,
+ *   S = Q·Kᵀ accumulators turned into the A operand of P·V without leaving registers. Probabilities
+ *   are rounded to bf16 for P·V (as FA2 does); the row sums use the fp32 values.
+ * - attn_simt: fp32 arithmetic for both element types and any head_dim ≤ 128; the reference the
+ *   fp32 engine runs (1e-5 against the CPU) and the fallback for shapes attn_tc does not take.
+ *
+ * Masking: a query at position i sees keys 0..i. Right padding needs no mask of its own: every
+ * real query's keys are real. Rows past a sequence's length are loaded as zeros and never stored. */
+#include <cuda_bf16.h>
+#include <math.h>
+
+#include "model/cuda/cuda_internal.h"
+
+typedef __nv_bfloat16 bf16;
+
+namespace {
+
+template <typename T> __device__ __forceinline__ float to_f(T v);
+template <> __device__ __forceinline__ float to_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ float to_f<bf16>(bf16 v) { return __bfloat162float(v); }
+
+template <typename T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ bf16 from_f<bf16>(float v) { return __float2bfloat16_rn(v); }
+
+__device__ __forceinline__ float warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * SIMT kernel. Block: 4 warps, 16 queries (4 per warp, one after the other within a key tile);
+ * key/value tiles of 32 rows in shared memory as fp32. For one query, lane j scores key k0 + j,
+ * the warp reduces the tile's maximum, and each lane accumulates output dimensions lane,
+ * lane + 32, ... with the probabilities broadcast by shuffles. */
+
+constexpr uint32_t SIMT_BQ = 16, SIMT_BK = 32, SIMT_THREADS = 128, SIMT_QPW = 4, SIMT_DMAX = 128;
+
+inline size_t simt_smem_bytes(uint32_t d)
+{
+    const uint32_t stride = d | 1u;
+    return ((size_t)SIMT_BQ * d + 2 * (size_t)SIMT_BK * stride) * sizeof(float);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(SIMT_THREADS)
+attn_simt(T *out, uint32_t ldo, const T *qkv, uint32_t ldqkv, const uint32_t *seq_off,
+          uint32_t heads, uint32_t kv_heads, uint32_t d, float scale)
+{
+    extern __shared__ float smem[];
+    const uint32_t b = blockIdx.z, h = blockIdx.y;
+    const uint32_t start = seq_off[b], len = seq_off[b + 1] - start;
+    const uint32_t q0 = (gridDim.x - 1 - blockIdx.x) * SIMT_BQ; /* longest tiles first */
+    if (q0 >= len)
+        return;
+    const uint32_t kvh = h / (heads / kv_heads);
+    /* an odd row stride puts the rows that the 32 lanes read at once in 32 different banks */
+    const uint32_t stride = d | 1u;
+    float *qs = smem;                    /* [BQ][d] */
+    float *ks = qs + SIMT_BQ * d;        /* [BK][stride] */
+    float *vs = ks + SIMT_BK * stride;   /* [BK][stride] */
+    const T *qbase = qkv + (size_t)start * ldqkv + (size_t)h * d;
+    const T *kbase = qkv + (size_t)start * ldqkv + (size_t)(heads + kvh) * d;
+    const T *vbase = qkv + (size_t)start * ldqkv + (size_t)(heads + kv_heads + kvh) * d;
+    const uint32_t q_last = (q0 + SIMT_BQ < len ? q0 + SIMT_BQ : len) - 1;
+
+    for (uint32_t i = threadIdx.x; i < SIMT_BQ * d; i += blockDim.x) {
+        const uint32_t r = i / d, e = i % d;
+        qs[i] = q0 + r < len ? to_f(qbase[(size_t)(q0 + r) * ldqkv + e]) : 0.0f;
+    }
+    const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    float m[SIMT_QPW], l[SIMT_QPW], acc[SIMT_QPW][SIMT_DMAX / 32];
+#pragma unroll
+    for (uint32_t qi = 0; qi < SIMT_QPW; qi++) {
+        m[qi] = -INFINITY;
+        l[qi] = 0.0f;
+#pragma unroll
+        for (uint32_t r = 0; r < SIMT_DMAX / 32; r++)
+            acc[qi][r] = 0.0f;
+    }
+
+    for (uint32_t k0 = 0; k0 <= q_last; k0 += SIMT_BK) {
+        __syncthreads(); /* the previous tile is consumed (and qs is complete) */
+        for (uint32_t i = threadIdx.x; i < SIMT_BK * d; i += blockDim.x) {
+            const uint32_t r = i / d, e = i % d, j = k0 + r;
+            const bool ok = j <= q_last;
+            ks[r * stride + e] = ok ? to_f(kbase[(size_t)j * ldqkv + e]) : 0.0f;
+            vs[r * stride + e] = ok ? to_f(vbase[(size_t)j * ldqkv + e]) : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (uint32_t qi = 0; qi < SIMT_QPW; qi++) {
+            const uint32_t qr = warp * SIMT_QPW + qi, i = q0 + qr;
+            if (i >= len || k0 > i) /* the same for the whole warp */
+                continue;
+            const uint32_t j = k0 + lane;
+            float s = -INFINITY;
+            if (j <= i) {
+                const float *qv = qs + qr * d, *kv = ks + lane * stride;
+                float dot = 0.0f;
+                for (uint32_t e = 0; e < d; e++)
+                    dot += qv[e] * kv[e];
+                s = dot * scale;
+            }
+            /* key k0 ≤ i is visible, so the maximum is finite */
+            const float m_new = fmaxf(m[qi], warp_max(s));
+            const float alpha = expf(m[qi] - m_new); /* 0 on the first tile (m = −inf) */
+            const float p = j <= i ? expf(s - m_new) : 0.0f;
+            l[qi] = l[qi] * alpha + p; /* per-lane partial sums, reduced at the end */
+            m[qi] = m_new;
+#pragma unroll
+            for (uint32_t r = 0; r < SIMT_DMAX / 32; r++)
+                acc[qi][r] *= alpha;
+            const uint32_t nk = i - k0 + 1 < SIMT_BK ? i - k0 + 1 : SIMT_BK;
+            for (uint32_t jj = 0; jj < nk; jj++) {
+                const float pj = __shfl_sync(0xffffffffu, p, jj);
+                const float *vr = vs + jj * stride;
+#pragma unroll
+                for (uint32_t r = 0; r < SIMT_DMAX / 32; r++) {
+                    const uint32_t e = lane + 32 * r;
+                    if (e < d)
+                        acc[qi][r] += pj * vr[e];
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (uint32_t qi = 0; qi < SIMT_QPW; qi++) {
+        const uint32_t i = q0 + warp * SIMT_QPW + qi;
+        if (i >= len)
+            continue;
+        const float inv = 1.0f / warp_sum(l[qi]);
+        T *o = out + (size_t)(start + i) * ldo + (size_t)h * d;
+#pragma unroll
+        for (uint32_t r = 0; r < SIMT_DMAX / 32; r++) {
+            const uint32_t e = lane + 32 * r;
+            if (e < d)
+                o[e] = from_f<T>(acc[qi][r] * inv);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Tensor-core kernel (bf16). Fragment layouts of mma.sync.m16n8k16 (PTX ISA, "Matrix Fragments
+ * for mma.m16n8k16"), with g = lane / 4 and t = lane % 4:
+ *   A (16×16, row-major): reg0 = A[g][2t..2t+1], reg1 = A[g+8][2t..], reg2 = A[g][2t+8..],
+ *                         reg3 = A[g+8][2t+8..]   (lower column in the lower 16 bits)
+ *   B (16×8, k×n):        reg0 = B[2t..2t+1][g], reg1 = B[2t+8..2t+9][g]
+ *   C (16×8, fp32):       c0, c1 = C[g][2t..2t+1], c2, c3 = C[g+8][2t..2t+1]
+ * S = Q·Kᵀ: B[k][n] = K[n][k], two consecutive head dims of one key: one 32-bit shared load.
+ * O += P·V: B[k][n] = V[k][n], the same dim of two consecutive keys: two 16-bit loads.
+ * The C fragments of S tiles 2c and 2c+1 are exactly the A fragment of P for keys 16c..16c+15. */
+
+constexpr uint32_t TC_BQ = 64, TC_BK = 64, TC_THREADS = 128;
+
+__device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
+{
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* .x (lo) in the low half */
+    return *reinterpret_cast<const uint32_t *>(&v);
+}
+
+__device__ __forceinline__ uint32_t pack_bf16_bits(const bf16 *lo, const bf16 *hi)
+{
+    return (uint32_t)*reinterpret_cast<const uint16_t *>(lo) |
+           ((uint32_t)*reinterpret_cast<const uint16_t *>(hi) << 16);
+}
+
+/* rows row0..row0+63 (of the sequence; those ≥ limit as zeros) of one head: 16-byte copies into
+ * a [64][D + 8] tile (the 8-element pad keeps the fragment loads free of bank conflicts). */
+template <uint32_t D>
+__device__ __forceinline__ void load_tile(bf16 *tile, const bf16 *base, uint32_t ld,
+                                          uint32_t row0, uint32_t limit)
+{
+    constexpr uint32_t LD = D + 8, VPR = D / 8; /* 16-byte vectors per row */
+    for (uint32_t i = threadIdx.x; i < 64 * VPR; i += TC_THREADS) {
+        const uint32_t r = i / VPR, cv = i % VPR;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (row0 + r < limit)
+            v = *reinterpret_cast<const uint4 *>(base + (size_t)(row0 + r) * ld + cv * 8);
+        *reinterpret_cast<uint4 *>(tile + r * LD + cv * 8) = v;
+    }
+}
+
+template <uint32_t D>
+__global__ void __launch_bounds__(TC_THREADS)
+attn_tc(bf16 *out, uint32_t ldo, const bf16 *qkv, uint32_t ldqkv, const uint32_t *seq_off,
+        uint32_t heads, uint32_t kv_heads, float scale_log2)
+{
+    constexpr uint32_t LD = D + 8, KD = D / 16, ND = D / 8, NK = TC_BK / 8;
+    __shared__ __align__(16) bf16 ks[TC_BK * LD]; /* holds the Q tile first */
+    __shared__ __align__(16) bf16 vs[TC_BK * LD];
+    const uint32_t b = blockIdx.z, h = blockIdx.y;
+    const uint32_t start = seq_off[b], len = seq_off[b + 1] - start;
+    const uint32_t qt = gridDim.x - 1 - blockIdx.x; /* longest tiles first */
+    const uint32_t q0 = qt * TC_BQ;
+    if (q0 >= len)
+        return;
+    const uint32_t kvh = h / (heads / kv_heads);
+    const bf16 *rows = qkv + (size_t)start * ldqkv;
+    const bf16 *qbase = rows + (size_t)h * D;
+    const bf16 *kbase = rows + (size_t)(heads + kvh) * D;
+    const bf16 *vbase = rows + (size_t)(heads + kv_heads + kvh) * D;
+    const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+
+    load_tile<D>(ks, qbase, ldqkv, q0, len);
+    __syncthreads();
+    uint32_t qa[KD][4];
+#pragma unroll
+    for (uint32_t kk = 0; kk < KD; kk++) {
+        const bf16 *r0 = ks + (warp * 16 + g) * LD + kk * 16 + 2 * t, *r1 = r0 + 8 * LD;
+        qa[kk][0] = *reinterpret_cast<const uint32_t *>(r0);
+        qa[kk][1] = *reinterpret_cast<const uint32_t *>(r1);
+        qa[kk][2] = *reinterpret_cast<const uint32_t *>(r0 + 8);
+        qa[kk][3] = *reinterpret_cast<const uint32_t *>(r1 + 8);
+    }
+
+    float o[ND][4];
+#pragma unroll
+    for (uint32_t dt = 0; dt < ND; dt++)
+        o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+    const uint32_t row0 = q0 + warp * 16 + g, row1 = row0 + 8; /* this thread's two query rows */
+
+    for (uint32_t kt = 0; kt <= qt; kt++) {
+        const uint32_t k0 = kt * TC_BK;
+        __syncthreads(); /* the Q fragments / the previous tile are read */
+        load_tile<D>(ks, kbase, ldqkv, k0, len);
+        load_tile<D>(vs, vbase, ldqkv, k0, len);
+        __syncthreads();
+
+        float s[NK][4];
+#pragma unroll
+        for (uint32_t nt = 0; nt < NK; nt++) {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+            const bf16 *kr = ks + (nt * 8 + g) * LD + 2 * t;
+#pragma unroll
+            for (uint32_t kk = 0; kk < KD; kk++)
+                mma_bf16(s[nt], qa[kk], *reinterpret_cast<const uint32_t *>(kr + kk * 16),
+                         *reinterpret_cast<const uint32_t *>(kr + kk * 16 + 8));
+        }
+        /* scores in the log2 domain; the diagonal tile masks keys after the query */
+        const bool diag = kt == qt;
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+        for (uint32_t nt = 0; nt < NK; nt++) {
+#pragma unroll
+            for (uint32_t e = 0; e < 4; e++) {
+                const uint32_t key = k0 + nt * 8 + 2 * t + (e & 1), qrow = e < 2 ? row0 : row1;
+                float v = s[nt][e] * scale_log2;
+                if (diag && key > qrow)
+                    v = -INFINITY;
+                s[nt][e] = v;
+            }
+            mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
+            mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
+        }
+        /* a row's values are spread over the 4 threads of a quad */
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        /* key k0 ≤ query on every tile walked (key 0 on the first), so these are finite */
+        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+        const float a0 = exp2f(m0 - mn0), a1 = exp2f(m1 - mn1);
+        m0 = mn0;
+        m1 = mn1;
+        float ls0 = 0.0f, ls1 = 0.0f;
+#pragma unroll
+        for (uint32_t nt = 0; nt < NK; nt++) {
+            s[nt][0] = exp2f(s[nt][0] - mn0);
+            s[nt][1] = exp2f(s[nt][1] - mn0);
+            s[nt][2] = exp2f(s[nt][2] - mn1);
+            s[nt][3] = exp2f(s[nt][3] - mn1);
+            ls0 += s[nt][0] + s[nt][1];
+            ls1 += s[nt][2] + s[nt][3];
+        }
+        l0 = l0 * a0 + ls0; /* per-thread partial sums, reduced over the quad at the end */
+        l1 = l1 * a1 + ls1;
+#pragma unroll
+        for (uint32_t dt = 0; dt < ND; dt++) {
+            o[dt][0] *= a0;
+            o[dt][1] *= a0;
+            o[dt][2] *= a1;
+            o[dt][3] *= a1;
+        }
+#pragma unroll
+        for (uint32_t kc = 0; kc < TC_BK / 16; kc++) {
+            const uint32_t pa[4] = {pack_bf16(s[2 * kc][0], s[2 * kc][1]),
+                                    pack_bf16(s[2 * kc][2], s[2 * kc][3]),
+                                    pack_bf16(s[2 * kc + 1][0], s[2 * kc + 1][1]),
+                                    pack_bf16(s[2 * kc + 1][2], s[2 * kc + 1][3])};
+            const bf16 *vr = vs + (kc * 16 + 2 * t) * LD + g;
+#pragma unroll
+            for (uint32_t dt = 0; dt < ND; dt++) {
+                const bf16 *v = vr + dt * 8;
+                mma_bf16(o[dt], pa, pack_bf16_bits(v, v + LD), pack_bf16_bits(v + 8 * LD, v + 9 * LD));
+            }
+        }
+    }
+
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
+    bf16 *o0 = out + (size_t)(start + row0) * ldo + (size_t)h * D + 2 * t;
+    bf16 *o1 = o0 + 8 * (size_t)ldo;
+#pragma unroll
+    for (uint32_t dt = 0; dt < ND; dt++) {
+        if (row0 < len)
+            *reinterpret_cast<uint32_t *>(o0 + dt * 8) = pack_bf16(o[dt][0] * inv0, o[dt][1] * inv0);
+        if (row1 < len)
+            *reinterpret_cast<uint32_t *>(o1 + dt * 8) = pack_bf16(o[dt][2] * inv1, o[dt][3] * inv1);
+    }
+}
+
+template <uint32_t D>
+cudaError_t launch_tc(void *out, uint32_t ldo, const void *qkv, uint32_t ldqkv,
+                      const uint32_t *seq_off, uint32_t nseq, uint32_t max_len, uint32_t heads,
+                      uint32_t kv_heads, float scale, cudaStream_t s)
+{
+    const dim3 grid((max_len + TC_BQ - 1) / TC_BQ, heads, nseq);
+    attn_tc<D><<<grid, TC_THREADS, 0, s>>>((bf16 *)out, ldo, (const bf16 *)qkv, ldqkv, seq_off,
+                                           heads, kv_heads, scale * 1.4426950408889634f);
+    return cudaGetLastError();
+}
+
+} // namespace
+
+extern "C" bool cu_attention_uses_tensor_cores(enum cu_dtype t, uint32_t d)
+{
+    return t == CU_BF16 && (d == 32 || d == 64 || d == 128);
+}
+
+extern "C" cudaError_t cu_attention(void *out, uint32_t ldo, const void *qkv, uint32_t ldqkv,
+                                    enum cu_dtype t, const uint32_t *seq_off, uint32_t nseq,
+                                    uint32_t max_len, uint32_t heads, uint32_t kv_heads,
+                                    uint32_t d, float scale, enum cu_attn_impl impl,
+                                    cudaStream_t s)
+{
+    if (d == 0 || d > SIMT_DMAX || heads == 0 || kv_heads == 0 || heads % kv_heads)
+        return cudaErrorInvalidValue;
+    if (nseq == 0 || max_len == 0)
+        return cudaSuccess;
+    /* the tensor-core kernel copies 16-byte vectors: rows and head offsets must keep them aligned */
+    const bool aligned = ldqkv % 8 == 0 && ldo % 2 == 0 && ((uintptr_t)qkv % 16) == 0 &&
+                         ((uintptr_t)out % 4) == 0;
+    if (impl == CU_ATTN_AUTO && cu_attention_uses_tensor_cores(t, d) && aligned) {
+        if (d == 32)
+            return launch_tc<32>(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, s);
+        if (d == 64)
+            return launch_tc<64>(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, s);
+        return launch_tc<128>(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, s);
+    }
+    const dim3 grid((max_len + SIMT_BQ - 1) / SIMT_BQ, heads, nseq);
+    const size_t smem = simt_smem_bytes(d); /* ≤ 41,216 bytes for d = 128: under the 48 KB default */
+    if (t == CU_BF16)
+        attn_simt<bf16><<<grid, SIMT_THREADS, smem, s>>>((bf16 *)out, ldo, (const bf16 *)qkv, ldqkv,
+                                                         seq_off, heads, kv_heads, d, scale);
+    else
+        attn_simt<float><<<grid, SIMT_THREADS, smem, s>>>((float *)out, ldo, (const float *)qkv, ldqkv,
+                                                          seq_off, heads, kv_heads, d, scale);
+    return cudaGetLastError();
+}

@@ -1,0 +1,139 @@
+/* cuda_internal.h — what the CUDA backend's files (and its tests) share: the element types, the
+ * kernel launchers of kernels.cu and attention.cu, the cuBLASLt wrapper of gemm.c.
+ *
+ * Only built when NETLM_HAVE_CUDA is defined. Kernels live in .cu files; everything that only
+ * orders work on a stream is host C (engine.c, gemm.c). Every launcher enqueues on the stream it
+ * is given and returns the launch's cudaError_t (cudaGetLastError), so callers can check each
+ * step and CUDA graph capture sees the same calls as a plain run.
+ *
+ * Conventions, as in the CPU ops (model_internal.h): rows are tokens, matrices are [out, in]
+ * (nn.Linear), a right-padded batch is packed to its real tokens: sequence b owns rows
+ * seq_off[b] .. seq_off[b + 1] - 1 (seq_off is a device array of nseq + 1 entries; an empty
+ * range is a padding slot of a batch bucket and yields zeros wherever a per-sequence output is
+ * written). Activations are of the engine's element type T (fp32, or bf16 with fp32
+ * arithmetic); the residual stream, norm weights and statistics are always fp32. */
+#ifndef NETLM_MODEL_CUDA_INTERNAL_H
+#define NETLM_MODEL_CUDA_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cublasLt.h>
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum cu_dtype { CU_F32 = 0, CU_BF16 = 1 };
+
+static inline size_t cu_dtype_size(enum cu_dtype t) { return t == CU_BF16 ? 2 : 4; }
+
+/* fp32 → bf16 bits, round to nearest even; NaN stays a quiet NaN (the host side of uploads and
+ * of the tests, which round their inputs the same way the device does). */
+static inline uint16_t cu_f32_to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x007fffffu))
+        return (uint16_t)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static inline float cu_bf16_to_f32(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* Host conversions between fp32 and T (dst and src may not overlap). */
+void cu_host_from_f32(void *dst, enum cu_dtype t, const float *src, size_t n);
+void cu_host_to_f32(float *dst, const void *src, enum cu_dtype t, size_t n);
+
+/* ---- kernels (kernels.cu) ---- */
+
+enum cu_norm_kind { CU_NORM_LAYER = 0, CU_NORM_LAYER_UER, CU_NORM_RMS };
+enum cu_pool_kind { CU_POOL_MEAN = 0, CU_POOL_FIRST, CU_POOL_LAST, CU_POOL_MAX };
+
+/* x[row, C] (fp32) = wte[tokens[row]] (+ wpe[pos[row]] when wpe), tables of type t. */
+cudaError_t cu_embed(float *x, const void *wte, const void *wpe, enum cu_dtype t,
+                     const uint32_t *tokens, const uint32_t *pos, uint32_t n, uint32_t c,
+                     cudaStream_t s);
+/* y[n, c] (type t) = norm(x[n, c] fp32) · w (+ b): LayerNorm (biased variance, eps inside the
+ * sqrt), UER's LayerNorm (unbiased std, eps added to it) or RMSNorm (b unused). */
+cudaError_t cu_norm(void *y, enum cu_dtype t, const float *x, const float *w, const float *b,
+                    uint32_t n, uint32_t c, float eps, enum cu_norm_kind kind, cudaStream_t s);
+/* In place: GELU, tanh form (erf = false) or erf form. */
+cudaError_t cu_gelu(void *x, enum cu_dtype t, size_t count, bool erf, cudaStream_t s);
+/* gate_up rows [gate(f) | up(f)] → gate part = silu(gate) · up, in place (row stride 2f). */
+cudaError_t cu_swiglu(void *gate_up, enum cu_dtype t, uint32_t n, uint32_t f, cudaStream_t s);
+/* Rotates, in place, the first `heads` heads of d values of each row (row stride ld elements):
+ * half-split pairs (j, j + d/2) at position pos[row]; cos/sin tables [positions, d/2] fp32. */
+cudaError_t cu_rope(void *x, enum cu_dtype t, uint32_t n, uint32_t ld, uint32_t heads, uint32_t d,
+                    const uint32_t *pos, const float *cos_t, const float *sin_t, cudaStream_t s);
+/* Fallback epilogue when cuBLASLt has none for a shape: y[n, out] (row stride ld) += bias, then
+ * the tanh GELU when gelu. bias is of y's type (NULL: GELU alone). */
+cudaError_t cu_bias_act(void *y, enum cu_dtype t, size_t ld, const void *bias, uint32_t n,
+                        uint32_t out, bool gelu, cudaStream_t s);
+/* Per sequence: pooled over its rows of xn [rows, c] (type t) into pooled32 [nseq, c] fp32 and
+ * pooled_t [nseq, c] (type t, may be NULL). Empty sequences give zeros. */
+cudaError_t cu_pool(float *pooled32, void *pooled_t, const void *xn, enum cu_dtype t, uint32_t c,
+                    const uint32_t *seq_off, uint32_t nseq, enum cu_pool_kind kind,
+                    cudaStream_t s);
+/* y (type t) = tanh(x) over count values. */
+cudaError_t cu_tanh(void *y, enum cu_dtype t, const float *x, size_t count, cudaStream_t s);
+/* Softmax of each of rows rows of n values (row stride ld), fp32, in place. */
+cudaError_t cu_softmax_rows(float *x, uint32_t rows, uint32_t n, size_t ld, cudaStream_t s);
+/* dst[b, c] = src[last row of sequence b, c] (type t); zeros for an empty sequence. */
+cudaError_t cu_gather_last(void *dst, const void *src, enum cu_dtype t, uint32_t c,
+                           const uint32_t *seq_off, uint32_t nseq, cudaStream_t s);
+
+/* ---- attention (attention.cu) ---- */
+
+enum cu_attn_impl {
+    CU_ATTN_AUTO = 0, /* tensor cores for bf16 with head_dim 32, 64 or 128; else SIMT */
+    CU_ATTN_SIMT,     /* fp32 arithmetic throughout, any head_dim up to 128 */
+};
+/* Causal attention of every sequence and head in the flash style: online softmax over key tiles
+ * staged in shared memory, no score matrix in device memory. qkv rows hold [q (heads·d) | k
+ * (kv_heads·d) | v (kv_heads·d)] (row stride ldqkv, RoPE already applied); query head h reads
+ * key/value head h / (heads / kv_heads). out rows [heads·d] (row stride ldo). max_len bounds
+ * every sequence's length (the grid's query-tile count). Rows of a sequence are written, nothing
+ * else. head_dim ≤ 128. */
+cudaError_t cu_attention(void *out, uint32_t ldo, const void *qkv, uint32_t ldqkv,
+                         enum cu_dtype t, const uint32_t *seq_off, uint32_t nseq,
+                         uint32_t max_len, uint32_t heads, uint32_t kv_heads, uint32_t d,
+                         float scale, enum cu_attn_impl impl, cudaStream_t s);
+/* Whether the tensor-core kernel serves (t, d) under CU_ATTN_AUTO. */
+bool cu_attention_uses_tensor_cores(enum cu_dtype t, uint32_t d);
+
+/* ---- GEMMs through cuBLASLt (gemm.c) ---- */
+
+/* A cache of matmul plans (descriptors, layouts and the heuristic's algorithm) keyed by shape,
+ * types and epilogue, so a steady state (and a graph capture) only sets pointers and calls
+ * cublasLtMatmul. One per engine (not thread-safe); owns the workspace. */
+struct cu_gemm;
+struct cu_gemm *cu_gemm_create(size_t workspace_bytes, char *err, size_t errlen);
+void cu_gemm_free(struct cu_gemm *g);
+/* Disable the bias/GELU epilogues (always run the fallback kernel): for testing and for a
+ * cuBLASLt that rejects them. Also set by the environment NETLM_CUDA_NO_EPILOGUE=1. */
+void cu_gemm_set_epilogues(struct cu_gemm *g, bool enabled);
+
+/* y[n, out] (type yt, row stride ldy) = x[n, in] (type abt, row stride ldx) · w[out, in]ᵀ
+ * (type abt, packed) (+ bias, of type yt) (+ y when accumulate), then the tanh GELU when gelu
+ * (not with accumulate). fp32 inputs compute in true fp32 (no TF32); bf16 inputs accumulate in
+ * fp32. False with err set when cuBLASLt fails. */
+bool cu_gemm_run(struct cu_gemm *g, cudaStream_t s, enum cu_dtype abt, enum cu_dtype yt, void *y,
+                 size_t ldy, const void *x, size_t ldx, const void *w, const void *bias, size_t n,
+                 size_t in, size_t out, bool accumulate, bool gelu, char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

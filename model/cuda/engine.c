@@ -1,0 +1,649 @@
+/* engine.c — the CUDA inference engine (model.h's model_cuda_*): weights on the GPU, one
+ * activation arena sized for (max_batch, max_seq), the transformer stack as a sequence of kernel
+ * launches and cuBLASLt calls on one stream, optionally captured into a CUDA graph per shape
+ * bucket and replayed.
+ *
+ * Layout on the device (all tensors 256-byte aligned, one allocation each for weights and for
+ * activations, none after the first call of a bucket):
+ * - weights: matrices and embeddings in the engine's type T (bf16, or fp32 for testing), the
+ *   vocabulary padded to a multiple of 128 rows (zeros) so the LM head's GEMM has aligned tiles;
+ *   norm weights/biases fp32; a projection's bias in the type of its GEMM's output (cuBLASLt's
+ *   bias epilogue reads the output type): qkv and up biases T, o/down/classifier biases fp32.
+ *   Qwen2's RoPE cos/sin tables (fp32, [max_seq, d/2]) are computed by the CPU's op_rope_tables,
+ *   so both backends rotate by the same numbers.
+ * - activations, packed real tokens as on the CPU (row r of sequence b at seq_off[b] + r): the
+ *   residual stream x fp32 [tokens, C]; xn, qkv, att, ffn of type T; pooled/head/scores fp32.
+ *   The residual adds are the o- and down-projection GEMMs accumulating into x (beta = 1), so
+ *   the stream stays fp32 and no kernel passes over it only to add.
+ * - per call: the packed token ids, their positions and seq_off[batch + 1], copied from pinned
+ *   host memory; scores (and pooled states, logits) copied back into pinned memory.
+ *
+ * CUDA graphs: kernels read every per-call value from those fixed device buffers, so a graph
+ * depends only on the launch shapes: (batch bucket, token bucket, length bucket, head). With
+ * graphs on, a batch is padded to its buckets (padding rows use token 0 at position 0 and belong
+ * to no sequence; padding sequences are empty and give zero rows); the first call of a bucket
+ * runs eagerly (building the GEMM plans) and captures the graph for the next ones. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/cuda/cuda_internal.h"
+#include "model/model_internal.h"
+
+#define ALIGN_BYTES 256
+#define GRAPH_SLOTS 48
+#define WORKSPACE_BYTES ((size_t)32 << 20) /* cuBLASLt's recommendation for Hopper */
+
+void cu_host_from_f32(void *dst, enum cu_dtype t, const float *src, size_t n)
+{
+    if (t == CU_F32) {
+        memcpy(dst, src, n * sizeof(float));
+        return;
+    }
+    uint16_t *h = dst;
+    for (size_t i = 0; i < n; i++)
+        h[i] = cu_f32_to_bf16(src[i]);
+}
+
+void cu_host_to_f32(float *dst, const void *src, enum cu_dtype t, size_t n)
+{
+    if (t == CU_F32) {
+        memcpy(dst, src, n * sizeof(float));
+        return;
+    }
+    const uint16_t *h = src;
+    for (size_t i = 0; i < n; i++)
+        dst[i] = cu_bf16_to_f32(h[i]);
+}
+
+struct cu_layer {
+    float *ln1_w, *ln1_b, *ln2_w, *ln2_b;
+    void *qkv_w, *qkv_b; /* bias T */
+    void *o_w;
+    float *o_b;
+    void *up_w, *up_b;   /* bias T */
+    void *down_w;
+    float *down_b;
+};
+
+enum tail { TAIL_CLASSIFY = 0, TAIL_LAST_LOGITS };
+
+struct graph_slot {
+    bool used;
+    uint32_t nseq, rows, max_len;
+    enum tail tail;
+    cudaGraphExec_t exec;
+};
+
+struct model_cuda {
+    const struct model *m;
+    struct model_cuda_options opt;
+    enum cu_dtype t;
+    size_t ts; /* sizeof T */
+    uint32_t C, H, KV, d, QKV, F, FW, V, Vp, L;
+    bool gpt2, has_cls;
+    enum cu_norm_kind norm;
+    size_t max_tokens;
+
+    cudaStream_t stream;
+    struct cu_gemm *gemm;
+
+    /* weights */
+    void *wblock;
+    size_t wbytes;
+    void *wte, *wpe, *head; /* head: the LM head [Vp, C] (wte when tied) */
+    struct cu_layer *layers;
+    float *lnf_w, *lnf_b;
+    void *cls_dense_w, *cls_out_w;
+    float *cls_dense_b, *cls_out_b;
+    float *rope_cos, *rope_sin;
+
+    /* activations */
+    void *ablock;
+    size_t abytes;
+    float *x;
+    void *xn, *qkv, *att, *ffn;
+    float *pooled32, *head32, *scores, *logits;
+    void *pooled_t, *head_t;
+    uint32_t *d_seq_off, *d_tokens, *d_pos;
+
+    /* pinned host memory */
+    uint32_t *h_in; /* seq_off [max_batch + 1], tokens [max_tokens], pos [max_tokens] */
+    uint32_t *h_seq_off, *h_tokens, *h_pos;
+    float *h_out;
+    size_t h_out_floats;
+
+    /* the current call */
+    uint32_t batch, nseq, rows, max_len; /* real batch; launch shapes (bucketed with graphs) */
+
+    struct graph_slot graphs[GRAPH_SLOTS];
+    unsigned graph_next;
+    char err[320];
+};
+
+static void fail(struct model_cuda *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void fail(struct model_cuda *e, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->err, sizeof e->err, fmt, ap);
+    va_end(ap);
+}
+
+#define CK(call, what)                                                                             \
+    do {                                                                                          \
+        cudaError_t ce_ = (call);                                                                 \
+        if (ce_ != cudaSuccess) {                                                                 \
+            fail(e, "cuda: %s: %s", (what), cudaGetErrorString(ce_));                             \
+            return false;                                                                         \
+        }                                                                                         \
+    } while (0)
+
+static size_t align_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
+
+int model_cuda_device_count(void)
+{
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError(); /* clear the sticky "no device" state for later calls */
+        return 0;
+    }
+    return n;
+}
+
+/* ---- weights ---- */
+
+/* Places tensors one after the other (256-byte aligned); with image set, also writes them there
+ * converted to their device type. Run once to size, once to fill. */
+struct placer {
+    char *image;   /* host image of the device block, NULL while sizing */
+    char *dev;     /* device base, NULL while sizing */
+    size_t used;
+};
+
+static void *place(struct placer *p, const float *src, size_t numel, size_t alloc, enum cu_dtype t)
+{
+    const size_t off = p->used, es = cu_dtype_size(t);
+    p->used = align_up(off + alloc * es, ALIGN_BYTES);
+    if (!p->image)
+        return NULL;
+    if (src)
+        cu_host_from_f32(p->image + off, t, src, numel);
+    memset(p->image + off + numel * es, 0, (alloc - numel) * es); /* vocabulary padding */
+    return p->dev + off;
+}
+
+static void place_weights(struct model_cuda *e, struct placer *p, const float *rope_cos,
+                          const float *rope_sin)
+{
+    const struct model_weights *w = &e->m->w;
+    const enum cu_dtype T = e->t, F32 = CU_F32;
+    const size_t C = e->C;
+    e->wte = place(p, w->wte, (size_t)e->V * C, (size_t)e->Vp * C, T);
+    if (e->gpt2)
+        e->wpe = place(p, w->wpe, (size_t)e->opt.max_seq * C, (size_t)e->opt.max_seq * C, T);
+    for (uint32_t l = 0; l < e->m->cfg.layers; l++) {
+        const struct model_layer_weights *lw = &w->layers[l];
+        struct cu_layer *cl = &e->layers[l];
+        cl->ln1_w = place(p, lw->ln1_w, C, C, F32);
+        cl->ln1_b = lw->ln1_b ? place(p, lw->ln1_b, C, C, F32) : NULL;
+        cl->qkv_w = place(p, lw->qkv_w, (size_t)e->QKV * C, (size_t)e->QKV * C, T);
+        cl->qkv_b = lw->qkv_b ? place(p, lw->qkv_b, e->QKV, e->QKV, T) : NULL;
+        cl->o_w = place(p, lw->o_w, C * e->H * e->d, C * e->H * e->d, T);
+        cl->o_b = lw->o_b ? place(p, lw->o_b, C, C, F32) : NULL;
+        cl->ln2_w = place(p, lw->ln2_w, C, C, F32);
+        cl->ln2_b = lw->ln2_b ? place(p, lw->ln2_b, C, C, F32) : NULL;
+        cl->up_w = place(p, lw->up_w, (size_t)e->FW * C, (size_t)e->FW * C, T);
+        cl->up_b = lw->up_b ? place(p, lw->up_b, e->FW, e->FW, T) : NULL;
+        cl->down_w = place(p, lw->down_w, C * e->F, C * e->F, T);
+        cl->down_b = lw->down_b ? place(p, lw->down_b, C, C, F32) : NULL;
+    }
+    e->lnf_w = place(p, w->lnf_w, C, C, F32);
+    e->lnf_b = w->lnf_b ? place(p, w->lnf_b, C, C, F32) : NULL;
+    e->head = w->lm_head ? place(p, w->lm_head, (size_t)e->V * C, (size_t)e->Vp * C, T) : e->wte;
+    if (e->has_cls) {
+        e->cls_dense_w = place(p, w->cls_dense_w, C * C, C * C, T);
+        e->cls_dense_b = place(p, w->cls_dense_b, C, C, F32);
+        e->cls_out_w = place(p, w->cls_out_w, (size_t)e->L * C, (size_t)e->L * C, T);
+        e->cls_out_b = place(p, w->cls_out_b, e->L, e->L, F32);
+    }
+    if (!e->gpt2) {
+        const size_t n = (size_t)e->opt.max_seq * (e->d / 2);
+        e->rope_cos = place(p, rope_cos, n, n, F32);
+        e->rope_sin = place(p, rope_sin, n, n, F32);
+    }
+}
+
+static bool upload_weights(struct model_cuda *e)
+{
+    struct placer sizing = {0};
+    place_weights(e, &sizing, NULL, NULL);
+    e->wbytes = sizing.used;
+    CK(cudaMalloc(&e->wblock, e->wbytes), "allocating the weights");
+    char *image = malloc(e->wbytes);
+    float *rope = NULL;
+    const size_t rope_n = e->gpt2 ? 0 : (size_t)e->opt.max_seq * (e->d / 2);
+    if (rope_n)
+        rope = malloc(2 * rope_n * sizeof(float));
+    if (!image || (rope_n && !rope)) {
+        free(image);
+        free(rope);
+        fail(e, "cuda: out of host memory staging %zu MiB of weights", e->wbytes >> 20);
+        return false;
+    }
+    if (rope_n)
+        op_rope_tables(rope, rope + rope_n, e->opt.max_seq, e->d, e->m->cfg.rope_theta);
+    memset(image, 0, e->wbytes); /* alignment gaps: no uninitialised bytes on the device */
+    struct placer fill = {.image = image, .dev = e->wblock};
+    place_weights(e, &fill, rope, rope ? rope + rope_n : NULL);
+    cudaError_t ce = cudaMemcpy(e->wblock, image, e->wbytes, cudaMemcpyHostToDevice);
+    free(image);
+    free(rope);
+    CK(ce, "copying the weights");
+    return true;
+}
+
+/* ---- activations ---- */
+
+/* Carves the activation arena; with base NULL only sizes it (offsets kept as integers). */
+static void place_activations(struct model_cuda *e, char *base, size_t *total)
+{
+    const size_t N = e->max_tokens, B = e->opt.max_batch, ts = e->ts, C = e->C;
+    size_t off = 0;
+#define CARVE(field, type, bytes)                                                                  \
+    do {                                                                                          \
+        if (base)                                                                                 \
+            e->field = (type)(base + off);                                                        \
+        const size_t bytes_ = (bytes);                                                            \
+        off = align_up(off + (bytes_ > 0 ? bytes_ : 1), ALIGN_BYTES);                             \
+    } while (0)
+    CARVE(x, float *, N * C * sizeof(float));
+    CARVE(xn, void *, N * C * ts);
+    CARVE(qkv, void *, N * e->QKV * ts);
+    CARVE(att, void *, N * e->H * e->d * ts);
+    CARVE(ffn, void *, N * e->FW * ts);
+    CARVE(pooled32, float *, B * C * sizeof(float));
+    CARVE(pooled_t, void *, B * C * ts);
+    CARVE(head32, float *, B * C * sizeof(float));
+    CARVE(head_t, void *, B * C * ts);
+    CARVE(scores, float *, B * (e->L ? e->L : 1) * sizeof(float));
+    if (e->opt.lm_head)
+        CARVE(logits, float *, B * e->Vp * sizeof(float));
+    CARVE(d_seq_off, uint32_t *, (B + 1) * sizeof(uint32_t));
+    CARVE(d_tokens, uint32_t *, N * sizeof(uint32_t));
+    CARVE(d_pos, uint32_t *, N * sizeof(uint32_t));
+#undef CARVE
+    *total = off;
+}
+
+/* ---- create / free ---- */
+
+void model_cuda_free(struct model_cuda *e)
+{
+    if (!e)
+        return;
+    if (e->opt.device >= 0)
+        cudaSetDevice(e->opt.device);
+    for (unsigned i = 0; i < GRAPH_SLOTS; i++)
+        if (e->graphs[i].used)
+            cudaGraphExecDestroy(e->graphs[i].exec);
+    cu_gemm_free(e->gemm);
+    cudaFree(e->wblock);
+    cudaFree(e->ablock);
+    cudaFreeHost(e->h_in);
+    cudaFreeHost(e->h_out);
+    if (e->stream)
+        cudaStreamDestroy(e->stream);
+    free(e->layers);
+    free(e);
+}
+
+struct model_cuda *model_cuda_create(const struct model *m, const struct model_cuda_options *o,
+                                     char *err, size_t errlen)
+{
+    const struct model_config *c = &m->cfg;
+    if (o->max_batch == 0 || o->max_batch > 65535 || o->max_seq == 0) {
+        snprintf(err, errlen, "cuda: max_batch must be 1..65535 and max_seq at least 1");
+        return NULL;
+    }
+    if (c->arch == MODEL_ARCH_GPT2 && o->max_seq > c->max_positions) {
+        snprintf(err, errlen, "cuda: %u positions asked but the model has %u (n_positions)",
+                 o->max_seq, c->max_positions);
+        return NULL;
+    }
+    if (c->head_dim > 128) {
+        snprintf(err, errlen, "cuda: head_dim %u is not supported (at most 128)", c->head_dim);
+        return NULL;
+    }
+    int count = model_cuda_device_count();
+    if (o->device < 0 || o->device >= count) {
+        if (count == 0)
+            snprintf(err, errlen, "cuda: no GPU is visible (cuda:%d asked)", o->device);
+        else
+            snprintf(err, errlen, "cuda: device cuda:%d does not exist (%d visible)", o->device, count);
+        return NULL;
+    }
+    struct model_cuda *e = calloc(1, sizeof(*e));
+    if (!e || !(e->layers = calloc(c->layers ? c->layers : 1, sizeof(struct cu_layer)))) {
+        free(e);
+        snprintf(err, errlen, "cuda: out of memory");
+        return NULL;
+    }
+    e->m = m;
+    e->opt = *o;
+    e->t = o->precision == MODEL_PRECISION_FP32 ? CU_F32 : CU_BF16;
+    e->ts = cu_dtype_size(e->t);
+    e->gpt2 = c->arch == MODEL_ARCH_GPT2;
+    e->C = c->hidden;
+    e->H = c->heads;
+    e->KV = c->kv_heads;
+    e->d = c->head_dim;
+    e->QKV = (c->heads + 2 * c->kv_heads) * c->head_dim;
+    e->F = c->ffn;
+    e->FW = e->gpt2 ? c->ffn : 2 * c->ffn;
+    e->V = c->vocab_size;
+    e->Vp = (uint32_t)align_up(c->vocab_size, 128);
+    e->has_cls = c->num_labels > 0 && m->w.cls_dense_w;
+    e->L = e->has_cls ? c->num_labels : 0;
+    e->norm = !e->gpt2 ? CU_NORM_RMS : c->norm == MODEL_NORM_UER ? CU_NORM_LAYER_UER : CU_NORM_LAYER;
+    e->max_tokens = (size_t)o->max_batch * o->max_seq;
+
+    bool ok = true;
+    if (cudaSetDevice(o->device) != cudaSuccess ||
+        cudaStreamCreateWithFlags(&e->stream, cudaStreamNonBlocking) != cudaSuccess) {
+        fail(e, "cuda: cannot open cuda:%d: %s", o->device, cudaGetErrorString(cudaGetLastError()));
+        ok = false;
+    }
+    if (ok && !(e->gemm = cu_gemm_create(WORKSPACE_BYTES, e->err, sizeof e->err)))
+        ok = false;
+    ok = ok && upload_weights(e);
+    if (ok) {
+        place_activations(e, NULL, &e->abytes);
+        cudaError_t ce = cudaMalloc(&e->ablock, e->abytes);
+        if (ce != cudaSuccess) {
+            fail(e, "cuda: cannot allocate %zu MiB of activations for %u × %u: %s",
+                 e->abytes >> 20, o->max_batch, o->max_seq, cudaGetErrorString(ce));
+            ok = false;
+        } else {
+            place_activations(e, e->ablock, &e->abytes);
+            /* padding rows of a bucket are never written by attention: keep them finite. On
+             * the engine's stream, then a device-wide wait: the weight copies above went through
+             * the legacy stream, which a non-blocking stream does not wait for. */
+            ce = cudaMemsetAsync(e->ablock, 0, e->abytes, e->stream);
+            if (ce == cudaSuccess)
+                ce = cudaDeviceSynchronize();
+            if (ce != cudaSuccess) {
+                fail(e, "cuda: clearing the activations: %s", cudaGetErrorString(ce));
+                ok = false;
+            }
+        }
+    }
+    if (ok) {
+        const size_t in_words = (size_t)o->max_batch + 1 + 2 * e->max_tokens;
+        e->h_out_floats = (size_t)o->max_batch * (e->L + e->C);
+        if (o->lm_head && (size_t)o->max_batch * e->V > e->h_out_floats)
+            e->h_out_floats = (size_t)o->max_batch * e->V;
+        if (cudaMallocHost((void **)&e->h_in, in_words * sizeof(uint32_t)) != cudaSuccess ||
+            cudaMallocHost((void **)&e->h_out, e->h_out_floats * sizeof(float)) != cudaSuccess) {
+            fail(e, "cuda: cannot allocate pinned host buffers");
+            ok = false;
+        } else {
+            e->h_seq_off = e->h_in;
+            e->h_tokens = e->h_in + o->max_batch + 1;
+            e->h_pos = e->h_tokens + e->max_tokens;
+        }
+    }
+    if (!ok) {
+        snprintf(err, errlen, "%s", e->err);
+        model_cuda_free(e);
+        return NULL;
+    }
+    return e;
+}
+
+size_t model_cuda_bytes(const struct model_cuda *e)
+{
+    return e->wbytes + e->abytes + WORKSPACE_BYTES;
+}
+
+const char *model_cuda_error(const struct model_cuda *e) { return e->err; }
+
+/* ---- the forward pass ---- */
+
+#define GEMM(...)                                                                                  \
+    do {                                                                                          \
+        if (!cu_gemm_run(e->gemm, s, __VA_ARGS__, e->err, sizeof e->err))                         \
+            return false;                                                                         \
+    } while (0)
+
+/* Enqueues the stack and the head for the current launch shapes (e->nseq sequences, e->rows
+ * rows, lengths ≤ e->max_len). No host synchronisation: this is what a graph captures. */
+static bool enqueue(struct model_cuda *e, enum tail tail)
+{
+    const cudaStream_t s = e->stream;
+    const enum cu_dtype T = e->t;
+    const uint32_t n = e->rows, C = e->C, Hd = e->H * e->d;
+    const float eps = e->m->cfg.norm_eps;
+
+    CK(cu_embed(e->x, e->wte, e->gpt2 ? e->wpe : NULL, T, e->d_tokens, e->d_pos, n, C, s), "embedding");
+    for (uint32_t l = 0; l < e->m->cfg.layers; l++) {
+        const struct cu_layer *cl = &e->layers[l];
+        CK(cu_norm(e->xn, T, e->x, cl->ln1_w, cl->ln1_b, n, C, eps, e->norm, s), "norm 1");
+        GEMM(T, T, e->qkv, e->QKV, e->xn, C, cl->qkv_w, cl->qkv_b, n, C, e->QKV, false, false);
+        if (!e->gpt2)
+            CK(cu_rope(e->qkv, T, n, e->QKV, e->H + e->KV, e->d, e->d_pos, e->rope_cos,
+                       e->rope_sin, s), "rope");
+        CK(cu_attention(e->att, Hd, e->qkv, e->QKV, T, e->d_seq_off, e->nseq, e->max_len, e->H,
+                        e->KV, e->d, 1.0f / sqrtf((float)e->d), CU_ATTN_AUTO, s), "attention");
+        GEMM(T, CU_F32, e->x, C, e->att, Hd, cl->o_w, cl->o_b, n, Hd, C, true, false);
+        CK(cu_norm(e->xn, T, e->x, cl->ln2_w, cl->ln2_b, n, C, eps, e->norm, s), "norm 2");
+        if (e->gpt2) {
+            /* cuBLASLt's GELU epilogue is the tanh form but evaluates tanh its own way (~1e-3,
+             * test_cuda_ops): bf16 rounds coarser than that; the fp32 engine uses the kernel */
+            const bool erf = e->m->cfg.act == MODEL_ACT_GELU_ERF, fused = !erf && T == CU_BF16;
+            GEMM(T, T, e->ffn, e->F, e->xn, C, cl->up_w, cl->up_b, n, C, e->F, false, fused);
+            if (!fused)
+                CK(cu_gelu(e->ffn, T, (size_t)n * e->F, erf, s), "gelu");
+        } else {
+            GEMM(T, T, e->ffn, e->FW, e->xn, C, cl->up_w, NULL, n, C, e->FW, false, false);
+            CK(cu_swiglu(e->ffn, T, n, e->F, s), "swiglu");
+        }
+        GEMM(T, CU_F32, e->x, C, e->ffn, e->FW, cl->down_w, cl->down_b, n, e->F, C, true, false);
+    }
+    CK(cu_norm(e->xn, T, e->x, e->lnf_w, e->lnf_b, n, C, eps, e->norm, s), "final norm");
+
+    if (tail == TAIL_CLASSIFY) {
+        const enum cu_pool_kind pk = (enum cu_pool_kind)e->m->cfg.pooling;
+        CK(cu_pool(e->pooled32, e->pooled_t, e->xn, T, C, e->d_seq_off, e->nseq, pk, s), "pooling");
+        GEMM(T, CU_F32, e->head32, C, e->pooled_t, C, e->cls_dense_w, e->cls_dense_b, e->nseq, C,
+             C, false, false);
+        CK(cu_tanh(e->head_t, T, e->head32, (size_t)e->nseq * C, s), "tanh");
+        GEMM(T, CU_F32, e->scores, e->L, e->head_t, C, e->cls_out_w, e->cls_out_b, e->nseq, C,
+             e->L, false, false);
+        CK(cu_softmax_rows(e->scores, e->nseq, e->L, e->L, s), "softmax");
+    } else {
+        CK(cu_gather_last(e->head_t, e->xn, T, C, e->d_seq_off, e->nseq, s), "last rows");
+        GEMM(T, CU_F32, e->logits, e->Vp, e->head_t, C, e->head, NULL, e->nseq, C, e->Vp, false,
+             false);
+    }
+    return true;
+}
+
+/* ---- one call: pack, copy in, run (eager or graph) ---- */
+
+static uint32_t pow2_at_least(uint32_t v)
+{
+    uint32_t p = 1;
+    while (p < v)
+        p <<= 1;
+    return p;
+}
+
+/* Token bucket: at most 1/8 of padding above 128 rows, multiples of 16 below. */
+static size_t token_bucket(size_t n)
+{
+    size_t step = 16;
+    while (step * 8 < n)
+        step <<= 1;
+    return align_up(n, step);
+}
+
+static bool pack(struct model_cuda *e, const uint32_t *ids, const uint32_t *lengths,
+                 uint32_t batch, uint32_t seq)
+{
+    if (batch == 0 || batch > e->opt.max_batch || seq == 0 || seq > e->opt.max_seq) {
+        fail(e, "cuda: batch %u × %u outside the engine's %u × %u", batch, seq, e->opt.max_batch,
+             e->opt.max_seq);
+        return false;
+    }
+    uint32_t off = 0, max_len = 0;
+    for (uint32_t b = 0; b < batch; b++) {
+        const uint32_t len = lengths[b];
+        if (len == 0 || len > seq) {
+            fail(e, "cuda: row %u has length %u (1..%u)", b, len, seq);
+            return false;
+        }
+        e->h_seq_off[b] = off;
+        for (uint32_t i = 0; i < len; i++) {
+            const uint32_t id = ids[(size_t)b * seq + i];
+            if (id >= e->V) {
+                fail(e, "cuda: token id %u in row %u is outside the vocabulary (%u)", id, b, e->V);
+                return false;
+            }
+            e->h_tokens[off + i] = id;
+            e->h_pos[off + i] = i;
+        }
+        off += len;
+        max_len = len > max_len ? len : max_len;
+    }
+    e->batch = batch;
+    e->nseq = batch;
+    e->rows = off;
+    e->max_len = max_len;
+    if (e->opt.graphs) {
+        e->nseq = pow2_at_least(batch);
+        if (e->nseq > e->opt.max_batch)
+            e->nseq = e->opt.max_batch;
+        size_t rows = token_bucket(off);
+        e->rows = (uint32_t)(rows < e->max_tokens ? rows : e->max_tokens);
+        uint32_t len_cap = (uint32_t)align_up(e->opt.max_seq, 64);
+        e->max_len = (uint32_t)align_up(max_len, 64);
+        if (e->max_len > len_cap)
+            e->max_len = len_cap;
+    }
+    for (uint32_t b = batch; b <= e->nseq; b++)
+        e->h_seq_off[b] = off;
+    for (uint32_t r = off; r < e->rows; r++)
+        e->h_tokens[r] = e->h_pos[r] = 0;
+    return true;
+}
+
+static struct graph_slot *graph_find(struct model_cuda *e, enum tail tail)
+{
+    for (unsigned i = 0; i < GRAPH_SLOTS; i++) {
+        struct graph_slot *g = &e->graphs[i];
+        if (g->used && g->nseq == e->nseq && g->rows == e->rows && g->max_len == e->max_len &&
+            g->tail == tail)
+            return g;
+    }
+    return NULL;
+}
+
+/* Captures the current shapes into a graph (after an eager run of them, so every GEMM plan
+ * exists and capture only records launches). */
+static bool graph_capture(struct model_cuda *e, enum tail tail)
+{
+    unsigned slot = GRAPH_SLOTS;
+    for (unsigned i = 0; i < GRAPH_SLOTS && slot == GRAPH_SLOTS; i++)
+        if (!e->graphs[i].used)
+            slot = i;
+    if (slot == GRAPH_SLOTS) {
+        slot = e->graph_next++ % GRAPH_SLOTS;
+        cudaGraphExecDestroy(e->graphs[slot].exec);
+        e->graphs[slot].used = false;
+    }
+    CK(cudaStreamBeginCapture(e->stream, cudaStreamCaptureModeThreadLocal), "begin capture");
+    const bool ok = enqueue(e, tail);
+    cudaGraph_t graph = NULL;
+    cudaError_t ce = cudaStreamEndCapture(e->stream, &graph);
+    if (!ok) {
+        if (graph)
+            cudaGraphDestroy(graph);
+        return false;
+    }
+    CK(ce, "end capture");
+    cudaGraphExec_t exec;
+    ce = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    CK(ce, "instantiating a graph");
+    e->graphs[slot] = (struct graph_slot){.used = true, .nseq = e->nseq, .rows = e->rows,
+                                          .max_len = e->max_len, .tail = tail, .exec = exec};
+    return true;
+}
+
+static bool run(struct model_cuda *e, enum tail tail)
+{
+    const cudaStream_t s = e->stream;
+    CK(cudaSetDevice(e->opt.device), "selecting the device");
+    CK(cudaMemcpyAsync(e->d_seq_off, e->h_seq_off, (e->nseq + 1) * sizeof(uint32_t),
+                       cudaMemcpyHostToDevice, s), "copying the batch");
+    CK(cudaMemcpyAsync(e->d_tokens, e->h_tokens, e->rows * sizeof(uint32_t),
+                       cudaMemcpyHostToDevice, s), "copying the batch");
+    CK(cudaMemcpyAsync(e->d_pos, e->h_pos, e->rows * sizeof(uint32_t), cudaMemcpyHostToDevice, s),
+       "copying the batch");
+    if (!e->opt.graphs)
+        return enqueue(e, tail);
+    struct graph_slot *g = graph_find(e, tail);
+    if (g) {
+        CK(cudaGraphLaunch(g->exec, s), "launching a graph");
+        return true;
+    }
+    /* first call of this bucket: run it, then record it for the next calls */
+    if (!enqueue(e, tail))
+        return false;
+    CK(cudaStreamSynchronize(s), "running the model");
+    return graph_capture(e, tail);
+}
+
+bool model_cuda_classify(struct model_cuda *e, const uint32_t *ids, const uint32_t *lengths,
+                         uint32_t batch, uint32_t seq, float *pooled, float *scores)
+{
+    if (!e->has_cls) {
+        fail(e, "cuda: the model has no classification head");
+        return false;
+    }
+    if (!pack(e, ids, lengths, batch, seq) || !run(e, TAIL_CLASSIFY))
+        return false;
+    const cudaStream_t s = e->stream;
+    float *h_scores = e->h_out, *h_pooled = e->h_out + (size_t)batch * e->L;
+    CK(cudaMemcpyAsync(h_scores, e->scores, (size_t)batch * e->L * sizeof(float),
+                       cudaMemcpyDeviceToHost, s), "copying the scores");
+    if (pooled)
+        CK(cudaMemcpyAsync(h_pooled, e->pooled32, (size_t)batch * e->C * sizeof(float),
+                           cudaMemcpyDeviceToHost, s), "copying the pooled states");
+    CK(cudaStreamSynchronize(s), "running the model");
+    memcpy(scores, h_scores, (size_t)batch * e->L * sizeof(float));
+    if (pooled)
+        memcpy(pooled, h_pooled, (size_t)batch * e->C * sizeof(float));
+    return true;
+}
+
+bool model_cuda_last_logits(struct model_cuda *e, const uint32_t *ids, const uint32_t *lengths,
+                            uint32_t batch, uint32_t seq, float *logits)
+{
+    if (!e->opt.lm_head) {
+        fail(e, "cuda: the engine was created without room for the LM head (lm_head option)");
+        return false;
+    }
+    if (!pack(e, ids, lengths, batch, seq) || !run(e, TAIL_LAST_LOGITS))
+        return false;
+    const cudaStream_t s = e->stream;
+    CK(cudaMemcpy2DAsync(e->h_out, (size_t)e->V * sizeof(float), e->logits,
+                         (size_t)e->Vp * sizeof(float), (size_t)e->V * sizeof(float), batch,
+                         cudaMemcpyDeviceToHost, s), "copying the logits");
+    CK(cudaStreamSynchronize(s), "running the model");
+    memcpy(logits, e->h_out, (size_t)batch * e->V * sizeof(float));
+    return true;
+}

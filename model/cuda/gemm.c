@@ -1,0 +1,235 @@
+/* gemm.c — the projections on cuBLASLt: y = x·Wᵀ (+ bias) (+ y) (then GELU), row-major as the
+ * CPU's op_matmul, with a plan cache so a steady state makes no descriptor or heuristic calls.
+ *
+ * Row-major y[n, out] is column-major yᶜ[out, n]; x[n, in] is xᶜ[in, n]; W[out, in] is
+ * Wᶜ[in, out]. So yᶜ = Wᶜᵀ · xᶜ: A = W with op T (stored in × out, ld in), B = x with op N
+ * (in × n, ld ldx), C = D = y (out × n, ld ldy). The epilogue bias has D's row count (out), which
+ * is what nn.Linear's bias is. The residual add of the transformer is this GEMM with beta = 1 and
+ * C = D = the fp32 residual stream: no separate pass over it.
+ *
+ * Precision: CUBLAS_COMPUTE_32F in both modes. With fp32 operands that is true fp32 (TF32 only
+ * with _FAST_TF32, never asked for); with bf16 operands the products accumulate in fp32 and D is
+ * rounded once to its type. When cuBLASLt offers no algorithm with a bias or GELU epilogue for a
+ * shape, the plan runs without it and cu_bias_act applies it (same formula as the CPU). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/cuda/cuda_internal.h"
+
+#define CU_GEMM_PLANS 96
+
+enum { EPI_NONE = 0, EPI_BIAS = 1, EPI_GELU = 2 }; /* bit set */
+
+struct cu_gemm_plan {
+    bool used;
+    /* key */
+    enum cu_dtype abt, yt;
+    size_t n, in, out, ldx, ldy;
+    int epi;
+    /* value */
+    bool fallback; /* cuBLASLt had no algorithm with the epilogue: apply it with cu_bias_act */
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t a, b, c;
+    cublasLtMatmulAlgo_t algo;
+};
+
+struct cu_gemm {
+    cublasLtHandle_t lt;
+    void *workspace;
+    size_t workspace_bytes;
+    bool epilogues;
+    unsigned next; /* round-robin victim when the cache is full */
+    struct cu_gemm_plan plans[CU_GEMM_PLANS];
+};
+
+static cudaDataType_t lt_type(enum cu_dtype t) { return t == CU_BF16 ? CUDA_R_16BF : CUDA_R_32F; }
+
+struct cu_gemm *cu_gemm_create(size_t workspace_bytes, char *err, size_t errlen)
+{
+    struct cu_gemm *g = calloc(1, sizeof(*g));
+    if (!g) {
+        snprintf(err, errlen, "cuda: out of memory");
+        return NULL;
+    }
+    cublasStatus_t st = cublasLtCreate(&g->lt);
+    if (st != CUBLAS_STATUS_SUCCESS) {
+        snprintf(err, errlen, "cuda: cublasLtCreate failed (status %d)", (int)st);
+        free(g);
+        return NULL;
+    }
+    cudaError_t ce = cudaMalloc(&g->workspace, workspace_bytes);
+    if (ce != cudaSuccess) {
+        snprintf(err, errlen, "cuda: cannot allocate the %zu MiB cuBLASLt workspace: %s",
+                 workspace_bytes >> 20, cudaGetErrorString(ce));
+        cublasLtDestroy(g->lt);
+        free(g);
+        return NULL;
+    }
+    g->workspace_bytes = workspace_bytes;
+    const char *env = getenv("NETLM_CUDA_NO_EPILOGUE");
+    g->epilogues = !(env && env[0] == '1');
+    return g;
+}
+
+static void plan_release(struct cu_gemm_plan *p)
+{
+    if (!p->used)
+        return;
+    if (p->a)
+        cublasLtMatrixLayoutDestroy(p->a);
+    if (p->b)
+        cublasLtMatrixLayoutDestroy(p->b);
+    if (p->c)
+        cublasLtMatrixLayoutDestroy(p->c);
+    if (p->desc)
+        cublasLtMatmulDescDestroy(p->desc);
+    memset(p, 0, sizeof(*p));
+}
+
+void cu_gemm_free(struct cu_gemm *g)
+{
+    if (!g)
+        return;
+    for (unsigned i = 0; i < CU_GEMM_PLANS; i++)
+        plan_release(&g->plans[i]);
+    cudaFree(g->workspace);
+    cublasLtDestroy(g->lt);
+    free(g);
+}
+
+void cu_gemm_set_epilogues(struct cu_gemm *g, bool enabled)
+{
+    g->epilogues = enabled;
+    for (unsigned i = 0; i < CU_GEMM_PLANS; i++)
+        plan_release(&g->plans[i]);
+}
+
+/* Descriptors for epilogue epi; then the heuristic's first algorithm. */
+static cublasStatus_t plan_build(struct cu_gemm *g, struct cu_gemm_plan *p, int epi,
+                                 const void *bias)
+{
+    cublasStatus_t st;
+    const cublasOperation_t opa = CUBLAS_OP_T, opb = CUBLAS_OP_N;
+    if ((st = cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F)) ||
+        (st = cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa)) ||
+        (st = cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb)))
+        return st;
+    if (epi) {
+        cublasLtEpilogue_t e = epi == (EPI_BIAS | EPI_GELU) ? CUBLASLT_EPILOGUE_GELU_BIAS
+                             : epi == EPI_GELU            ? CUBLASLT_EPILOGUE_GELU
+                                                          : CUBLASLT_EPILOGUE_BIAS;
+        if ((st = cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &e, sizeof e)))
+            return st;
+        if (epi & EPI_BIAS) {
+            /* the heuristic reads the pointer's alignment; every bias the engine passes is
+             * 256-byte aligned, so the plan stays valid for the other layers' biases */
+            int32_t bt = (int32_t)lt_type(p->yt);
+            if ((st = cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt)) ||
+                (st = cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias)))
+                return st;
+        }
+    }
+    if ((st = cublasLtMatrixLayoutCreate(&p->a, lt_type(p->abt), p->in, p->out, (int64_t)p->in)) ||
+        (st = cublasLtMatrixLayoutCreate(&p->b, lt_type(p->abt), p->in, p->n, (int64_t)p->ldx)) ||
+        (st = cublasLtMatrixLayoutCreate(&p->c, lt_type(p->yt), p->out, p->n, (int64_t)p->ldy)))
+        return st;
+    cublasLtMatmulPreference_t pref;
+    if ((st = cublasLtMatmulPreferenceCreate(&pref)))
+        return st;
+    st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                              &g->workspace_bytes, sizeof g->workspace_bytes);
+    cublasLtMatmulHeuristicResult_t res;
+    int found = 0;
+    if (!st)
+        st = cublasLtMatmulAlgoGetHeuristic(g->lt, p->desc, p->a, p->b, p->c, p->c, pref, 1, &res, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (st)
+        return st;
+    if (found < 1 || res.state != CUBLAS_STATUS_SUCCESS)
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    p->algo = res.algo;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+static struct cu_gemm_plan *plan_get(struct cu_gemm *g, enum cu_dtype abt, enum cu_dtype yt,
+                                     size_t n, size_t in, size_t out, size_t ldx, size_t ldy,
+                                     int epi, const void *bias, cublasStatus_t *status)
+{
+    for (unsigned i = 0; i < CU_GEMM_PLANS; i++) {
+        struct cu_gemm_plan *p = &g->plans[i];
+        if (p->used && p->abt == abt && p->yt == yt && p->n == n && p->in == in && p->out == out &&
+            p->ldx == ldx && p->ldy == ldy && p->epi == epi)
+            return p;
+    }
+    unsigned slot = CU_GEMM_PLANS;
+    for (unsigned i = 0; i < CU_GEMM_PLANS && slot == CU_GEMM_PLANS; i++)
+        if (!g->plans[i].used)
+            slot = i;
+    if (slot == CU_GEMM_PLANS) {
+        slot = g->next++ % CU_GEMM_PLANS;
+        plan_release(&g->plans[slot]);
+    }
+    struct cu_gemm_plan *p = &g->plans[slot];
+    *p = (struct cu_gemm_plan){.used = true, .abt = abt, .yt = yt, .n = n, .in = in, .out = out,
+                               .ldx = ldx, .ldy = ldy, .epi = epi};
+    cublasStatus_t st = plan_build(g, p, g->epilogues ? epi : EPI_NONE, bias);
+    if (st == CUBLAS_STATUS_SUCCESS && epi && !g->epilogues)
+        p->fallback = true;
+    if (st != CUBLAS_STATUS_SUCCESS && epi && g->epilogues) {
+        /* no algorithm with this epilogue: the plain GEMM and the fallback kernel */
+        plan_release(p);
+        *p = (struct cu_gemm_plan){.used = true, .abt = abt, .yt = yt, .n = n, .in = in,
+                                   .out = out, .ldx = ldx, .ldy = ldy, .epi = epi, .fallback = true};
+        st = plan_build(g, p, EPI_NONE, NULL);
+    }
+    if (st != CUBLAS_STATUS_SUCCESS) {
+        plan_release(p);
+        *status = st;
+        return NULL;
+    }
+    return p;
+}
+
+bool cu_gemm_run(struct cu_gemm *g, cudaStream_t s, enum cu_dtype abt, enum cu_dtype yt, void *y,
+                 size_t ldy, const void *x, size_t ldx, const void *w, const void *bias, size_t n,
+                 size_t in, size_t out, bool accumulate, bool gelu, char *err, size_t errlen)
+{
+    if (n == 0 || out == 0)
+        return true;
+    if (gelu && accumulate) {
+        snprintf(err, errlen, "cuda: GEMM with GELU cannot accumulate");
+        return false;
+    }
+    const int epi = (bias ? EPI_BIAS : 0) | (gelu ? EPI_GELU : 0);
+    cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
+    struct cu_gemm_plan *p = plan_get(g, abt, yt, n, in, out, ldx, ldy, epi, bias, &st);
+    if (!p) {
+        snprintf(err, errlen, "cuda: no cuBLASLt algorithm for %zu×%zu×%zu (%s → %s): status %d",
+                 n, in, out, abt == CU_BF16 ? "bf16" : "fp32", yt == CU_BF16 ? "bf16" : "fp32",
+                 (int)st);
+        return false;
+    }
+    if ((epi & EPI_BIAS) && !p->fallback) {
+        st = cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
+        if (st) {
+            snprintf(err, errlen, "cuda: setting the GEMM bias failed: status %d", (int)st);
+            return false;
+        }
+    }
+    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    st = cublasLtMatmul(g->lt, p->desc, &alpha, w, p->a, x, p->b, &beta, y, p->c, y, p->c,
+                        &p->algo, g->workspace, g->workspace_bytes, s);
+    if (st) {
+        snprintf(err, errlen, "cuda: cublasLtMatmul %zu×%zu×%zu failed: status %d", n, in, out, (int)st);
+        return false;
+    }
+    if (p->fallback && epi) {
+        cudaError_t ce = cu_bias_act(y, yt, ldy, bias, (uint32_t)n, (uint32_t)out, gelu, s);
+        if (ce != cudaSuccess) {
+            snprintf(err, errlen, "cuda: bias/GELU kernel: %s", cudaGetErrorString(ce));
+            return false;
+        }
+    }
+    return true;
+}

@@ -1,0 +1,317 @@
+/* test_cuda_model.c — the CUDA engine against the CPU runner (itself checked against the PyTorch
+ * twin by test_model_reference) on random small models of both architectures: GPT-2 with the
+ * standard and the UER LayerNorm, tanh and erf GELU; Qwen2 tied and untied with grouped-query
+ * heads; every pooling; head dims that take the tensor-core and the SIMT attention; right-padded
+ * batches of uneven lengths (up to 300 tokens, several key tiles).
+ *
+ * Bounds:
+ * - fp32 engine: pooled states max |diff| ≤ 1e-4 × max |ref| (the bound the CPU path meets
+ *   against the twin; per-op errors are ~1e-6 and compound over layers), scores and last-position
+ *   logits the same (scores as absolute differences, they are probabilities).
+ * - bf16 engine (bf16 weights, activations rounded at every op, fp32 residual stream): 5e-2 ×
+ *   max |ref| for pooled states and logits, 5e-2 absolute for scores. Per op the rounding is
+ *   ≤ 2⁻⁹ relative (test_cuda_ops); a layer applies about ten such roundings to the residual
+ *   branch, on top of weights rounded to bf16 (2⁻⁹ each, averaging out over the K terms of a
+ *   dot product): a few 1e-3 per layer, 1e-2 to 3e-2 after the final norm for these depths —
+ *   half of llm.c's 0.079·|ref| per element. The classifier's out projection is scaled up
+ *   (×40) so that scores are decisive, and argmax classes must agree wherever the CPU's margin
+ *   between the two best classes exceeds twice the score bound.
+ * - graphs: a replayed graph gives bit for bit what the eager run of the same bucket gave. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+
+#ifndef NETLM_HAVE_CUDA
+#include "model/model.h"
+int main(void)
+{
+    int dev = 99;
+    if (!model_device_parse("cpu", &dev) || dev != -1 || model_cuda_device_count() != 0)
+        return 1;
+    printf("skipped: built without CUDA\n");
+    return 77;
+}
+#else
+
+#include "model/model_internal.h"
+#include "tests/unit/test_cuda_util.h"
+
+struct model_case {
+    const char *name;
+    enum model_arch arch;
+    uint32_t hidden, layers, heads, kv_heads, ffn, vocab;
+    enum model_norm norm;
+    enum model_act act;
+    bool tied;
+    enum model_pooling pooling;
+};
+
+static const struct model_case cases[] = {
+    /* d = 16: SIMT attention in both modes */
+    {"gpt2 ln tanh d16 mean", MODEL_ARCH_GPT2, 64, 2, 4, 4, 256, 300, MODEL_NORM_STANDARD, MODEL_ACT_GELU_TANH, true, MODEL_POOL_MEAN},
+    /* d = 64: tensor cores in bf16 */
+    {"gpt2 uer erf d64 first", MODEL_ARCH_GPT2, 128, 3, 2, 2, 384, 517, MODEL_NORM_UER, MODEL_ACT_GELU_ERF, true, MODEL_POOL_FIRST},
+    {"gpt2 ln tanh d64 max", MODEL_ARCH_GPT2, 256, 2, 4, 4, 1024, 1000, MODEL_NORM_STANDARD, MODEL_ACT_GELU_TANH, true, MODEL_POOL_MAX},
+    {"qwen2 tied gqa d32 last", MODEL_ARCH_QWEN2, 128, 3, 4, 2, 200, 300, MODEL_NORM_STANDARD, MODEL_ACT_SILU, true, MODEL_POOL_LAST},
+    {"qwen2 untied gqa d64 mean", MODEL_ARCH_QWEN2, 256, 2, 4, 1, 344, 777, MODEL_NORM_STANDARD, MODEL_ACT_SILU, false, MODEL_POOL_MEAN},
+    /* d = 20: SIMT attention with GQA */
+    {"qwen2 gqa d20 max", MODEL_ARCH_QWEN2, 120, 2, 6, 3, 160, 400, MODEL_NORM_STANDARD, MODEL_ACT_SILU, true, MODEL_POOL_MAX},
+};
+
+static const uint32_t num_labels = 7;
+
+static struct model *make_model(const struct model_case *mc, uint64_t seed)
+{
+    struct model_config c;
+    model_config_init(&c);
+    c.arch = mc->arch;
+    c.vocab_size = mc->vocab;
+    c.hidden = mc->hidden;
+    c.layers = mc->layers;
+    c.heads = mc->heads;
+    c.kv_heads = mc->kv_heads;
+    c.head_dim = mc->hidden / mc->heads;
+    c.ffn = mc->ffn;
+    c.max_positions = 512;
+    c.seq_length = 300;
+    c.rope_theta = 1e6;
+    c.norm_eps = mc->arch == MODEL_ARCH_GPT2 ? 1e-5f : 1e-6f;
+    c.norm = mc->norm;
+    c.act = mc->act;
+    c.tie_embeddings = mc->tied;
+    char err[512];
+    struct model *m = model_create(&c, seed, err, sizeof err);
+    model_config_release(&c);
+    if (!m)
+        fail_msg("%s", err);
+    if (!model_set_labels(m, num_labels, NULL, seed + 1, err, sizeof err))
+        fail_msg("%s", err);
+    model_config_mut(m)->pooling = mc->pooling;
+    /* decisive scores: logits of a few units instead of hundredths */
+    for (size_t i = 0; i < (size_t)num_labels * mc->hidden; i++)
+        m->w.cls_out_w[i] *= 40.0f;
+    return m;
+}
+
+/* A right-padded batch: lengths from 1 to seq (one full row), garbage in the padding. */
+static void make_batch(uint32_t *ids, uint32_t *lengths, uint32_t batch, uint32_t seq,
+                       uint32_t vocab, struct test_rng *r)
+{
+    for (uint32_t b = 0; b < batch; b++) {
+        lengths[b] = b == 0 ? seq : 1 + (uint32_t)(test_uniform(r) * seq);
+        if (lengths[b] > seq)
+            lengths[b] = seq;
+        for (uint32_t i = 0; i < seq; i++)
+            ids[(size_t)b * seq + i] = i < lengths[b] ? (uint32_t)(test_uniform(r) * vocab) % vocab : 0xdeadbeefu;
+    }
+}
+
+static uint32_t argmax(const float *x, uint32_t n, float *margin)
+{
+    uint32_t best = 0;
+    for (uint32_t i = 1; i < n; i++)
+        best = x[i] > x[best] ? i : best;
+    float second = -INFINITY;
+    for (uint32_t i = 0; i < n; i++)
+        if (i != best && x[i] > second)
+            second = x[i];
+    *margin = x[best] - second;
+    return best;
+}
+
+static void compare_case(const struct model_case *mc, enum model_precision prec, uint32_t seq,
+                         uint32_t batch)
+{
+    const enum cu_dtype t = prec == MODEL_PRECISION_BF16 ? CU_BF16 : CU_F32;
+    const double rel_bound = t == CU_BF16 ? 5e-2 : 1e-4, score_bound = t == CU_BF16 ? 5e-2 : 1e-4;
+    struct test_rng r = {0x5eed + mc->hidden + seq};
+    struct model *m = make_model(mc, 7 + mc->layers);
+    const uint32_t C = mc->hidden, V = mc->vocab, L = num_labels;
+    char err[512];
+    struct model_runner *cpu = model_runner_create(m, batch, seq, 0, 2, err, sizeof err);
+    if (!cpu)
+        fail_msg("%s", err);
+    struct model_cuda_options o = {.device = 0, .precision = prec, .max_batch = batch,
+                                   .max_seq = seq, .lm_head = true, .graphs = false};
+    struct model_cuda *gpu = model_cuda_create(m, &o, err, sizeof err);
+    if (!gpu)
+        fail_msg("%s", err);
+
+    uint32_t *ids = malloc((size_t)batch * seq * sizeof(uint32_t)), *lengths = malloc(batch * sizeof(uint32_t));
+    float *ref_scores = malloc((size_t)batch * L * sizeof(float)), *got_scores = malloc((size_t)batch * L * sizeof(float));
+    float *ref_pooled = malloc((size_t)batch * C * sizeof(float)), *got_pooled = malloc((size_t)batch * C * sizeof(float));
+    float *all_logits = malloc((size_t)batch * seq * V * sizeof(float));
+    float *ref_logits = malloc((size_t)batch * V * sizeof(float)), *got_logits = malloc((size_t)batch * V * sizeof(float));
+    make_batch(ids, lengths, batch, seq, V, &r);
+
+    assert_true(model_classify(cpu, ids, lengths, batch, seq, ref_pooled, ref_scores));
+    if (!model_cuda_classify(gpu, ids, lengths, batch, seq, got_pooled, got_scores))
+        fail_msg("%s", model_cuda_error(gpu));
+    char label[128];
+    snprintf(label, sizeof label, "%s T=%u pooled", mc->name, seq);
+    TEST_WITHIN(label, t, test_rel_err(got_pooled, ref_pooled, (size_t)batch * C), rel_bound);
+    snprintf(label, sizeof label, "%s T=%u scores", mc->name, seq);
+    TEST_WITHIN(label, t, test_abs_err(got_scores, ref_scores, (size_t)batch * L), score_bound);
+    uint32_t decided = 0;
+    for (uint32_t b = 0; b < batch; b++) {
+        float margin, unused;
+        uint32_t want = argmax(ref_scores + (size_t)b * L, L, &margin);
+        uint32_t got = argmax(got_scores + (size_t)b * L, L, &unused);
+        if (margin > 2 * score_bound) {
+            decided++;
+            if (want != got)
+                fail_msg("%s row %u: class %u on the GPU, %u on the CPU (margin %.3f)", mc->name, b, got, want, margin);
+        }
+    }
+    printf("  %-40s argmax equal on %u of %u rows with a margin above %.2f\n", "", decided, batch, 2 * score_bound);
+
+    assert_true(model_forward(cpu, ids, lengths, batch, seq, NULL, all_logits));
+    for (uint32_t b = 0; b < batch; b++)
+        memcpy(ref_logits + (size_t)b * V, all_logits + ((size_t)b * seq + lengths[b] - 1) * V, V * sizeof(float));
+    if (!model_cuda_last_logits(gpu, ids, lengths, batch, seq, got_logits))
+        fail_msg("%s", model_cuda_error(gpu));
+    snprintf(label, sizeof label, "%s T=%u last logits", mc->name, seq);
+    TEST_WITHIN(label, t, test_rel_err(got_logits, ref_logits, (size_t)batch * V), rel_bound);
+
+    /* padding is never read: other garbage, the same bits */
+    for (uint32_t b = 0; b < batch; b++)
+        for (uint32_t i = lengths[b]; i < seq; i++)
+            ids[(size_t)b * seq + i] = 12345678u + i;
+    float *again = malloc((size_t)batch * L * sizeof(float));
+    if (!model_cuda_classify(gpu, ids, lengths, batch, seq, NULL, again))
+        fail_msg("%s", model_cuda_error(gpu));
+    assert_memory_equal(again, got_scores, (size_t)batch * L * sizeof(float));
+
+    model_cuda_free(gpu);
+    model_runner_free(cpu);
+    model_free(m);
+    free(ids), free(lengths), free(ref_scores), free(got_scores), free(ref_pooled), free(got_pooled);
+    free(all_logits), free(ref_logits), free(got_logits), free(again);
+}
+
+static void test_fp32(void **state)
+{
+    (void)state;
+    for (unsigned i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        compare_case(&cases[i], MODEL_PRECISION_FP32, 40, 6);
+        if (!test_cuda_quick())
+            compare_case(&cases[i], MODEL_PRECISION_FP32, 300, 3);
+    }
+}
+
+static void test_bf16(void **state)
+{
+    (void)state;
+    for (unsigned i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        compare_case(&cases[i], MODEL_PRECISION_BF16, 40, 6);
+        if (!test_cuda_quick())
+            compare_case(&cases[i], MODEL_PRECISION_BF16, 300, 3);
+    }
+}
+
+/* CUDA graphs: bucketed shapes, the first call eager and captured, later calls replayed. */
+static void test_graphs(void **state)
+{
+    (void)state;
+    const struct model_case *mc = &cases[4];
+    struct model *m = make_model(mc, 99);
+    const uint32_t batch = 5, seq = 70, L = num_labels;
+    char err[512];
+    struct model_cuda_options o = {.device = 0, .precision = MODEL_PRECISION_BF16, .max_batch = 8,
+                                   .max_seq = 128, .lm_head = false, .graphs = true};
+    struct model_cuda *g = model_cuda_create(m, &o, err, sizeof err);
+    o.graphs = false;
+    struct model_cuda *plain = model_cuda_create(m, &o, err, sizeof err);
+    if (!g || !plain)
+        fail_msg("%s", err);
+    struct model_runner *cpu = model_runner_create(m, batch, seq, 0, 2, err, sizeof err);
+    struct test_rng r = {11};
+    uint32_t ids[5 * 70], lengths[5];
+    float first[5 * 7], replay[5 * 7], other[5 * 7], ref[5 * 7];
+    for (int round = 0; round < 3; round++) {
+        make_batch(ids, lengths, batch, seq, mc->vocab, &r);
+        if (!model_cuda_classify(g, ids, lengths, batch, seq, NULL, first) ||
+            !model_cuda_classify(g, ids, lengths, batch, seq, NULL, replay) ||
+            !model_cuda_classify(plain, ids, lengths, batch, seq, NULL, other))
+            fail_msg("%s / %s", model_cuda_error(g), model_cuda_error(plain));
+        assert_true(model_classify(cpu, ids, lengths, batch, seq, NULL, ref));
+        /* the first call of a new bucket ran eagerly; the second replayed its graph */
+        assert_memory_equal(first, replay, sizeof first);
+        TEST_WITHIN("graph vs cpu scores", CU_BF16, test_abs_err(replay, ref, (size_t)batch * L), 5e-2);
+        TEST_WITHIN("graph vs eager unpadded scores", CU_BF16, test_abs_err(replay, other, (size_t)batch * L), 5e-2);
+    }
+    /* a batch of 3 runs in a bucket of 4 sequences, the fourth empty; twice: eager, replay */
+    for (int i = 0; i < 2; i++) {
+        if (!model_cuda_classify(g, ids, lengths, 3, seq, NULL, replay))
+            fail_msg("%s", model_cuda_error(g));
+        assert_true(model_classify(cpu, ids, lengths, 3, seq, NULL, ref));
+        TEST_WITHIN("graph, 3 rows in a bucket of 4", CU_BF16, test_abs_err(replay, ref, 3 * L), 5e-2);
+    }
+    model_runner_free(cpu);
+    model_cuda_free(g);
+    model_cuda_free(plain);
+    model_free(m);
+}
+
+/* Bad input is refused with a reason, and the engine stays usable. */
+static void test_errors(void **state)
+{
+    (void)state;
+    struct model *m = make_model(&cases[0], 5);
+    char err[512];
+    struct model_cuda_options o = {.device = 0, .precision = MODEL_PRECISION_BF16, .max_batch = 2, .max_seq = 16};
+    struct model_cuda *e = model_cuda_create(m, &o, err, sizeof err);
+    if (!e)
+        fail_msg("%s", err);
+    uint32_t ids[32] = {0}, lengths[2] = {4, 16};
+    float scores[2 * 7], logits[8];
+    lengths[0] = 0;
+    assert_false(model_cuda_classify(e, ids, lengths, 2, 16, NULL, scores));
+    printf("  refused: %s\n", model_cuda_error(e));
+    lengths[0] = 4;
+    ids[1] = 300; /* the vocabulary has 300 ids */
+    assert_false(model_cuda_classify(e, ids, lengths, 2, 16, NULL, scores));
+    printf("  refused: %s\n", model_cuda_error(e));
+    ids[1] = 7;
+    assert_false(model_cuda_classify(e, ids, lengths, 3, 16, NULL, scores));
+    assert_false(model_cuda_last_logits(e, ids, lengths, 2, 16, logits)); /* no lm_head room */
+    assert_true(model_cuda_classify(e, ids, lengths, 2, 16, NULL, scores));
+    model_cuda_free(e);
+
+    o.device = 4096;
+    assert_null(model_cuda_create(m, &o, err, sizeof err));
+    printf("  refused: %s\n", err);
+    o.device = 0;
+    o.max_seq = 4096; /* more than the model's positions */
+    assert_null(model_cuda_create(m, &o, err, sizeof err));
+    printf("  refused: %s\n", err);
+    model_free(m);
+}
+
+int main(void)
+{
+    int dev = 99;
+    if (!model_device_parse("cuda:3", &dev) || dev != 3 || model_device_parse("cuda:03", &dev) ||
+        model_device_parse("gpu", &dev)) {
+        printf("model_device_parse is wrong\n");
+        return 1;
+    }
+    if (test_cuda_skip_without_gpu())
+        return TEST_CUDA_SKIP;
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_fp32),
+        cmocka_unit_test(test_bf16),
+        cmocka_unit_test(test_graphs),
+        cmocka_unit_test(test_errors),
+    };
+    /* NETLM_CUDA_TEST_FILTER=test_attention: one test alone (the racecheck run) */
+    if (getenv("NETLM_CUDA_TEST_FILTER"))
+        cmocka_set_test_filter(getenv("NETLM_CUDA_TEST_FILTER"));
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
+
+#endif

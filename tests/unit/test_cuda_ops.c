@@ -1,0 +1,438 @@
+/* test_cuda_ops.c — every CUDA forward op against its CPU op (model/ops.c) on fresh random
+ * inputs, in both element types, with outputs poisoned (NaN) before each run.
+ *
+ * Bounds, as max |got − ref| / max |ref| (test_cuda_util.h):
+ * - fp32: 1e-5 for every op. Both sides compute the same formula in fp32; what differs is the
+ *   order of sums (GEMM, norms, attention: relative error ~√K·2⁻²⁴ ≈ 1e-6 for K ≤ 1024) and the
+ *   exp (the CPU's polynomial, 2 ulp; CUDA's expf, 2 ulp).
+ * - bf16: inputs are rounded to bf16 on the host first and the CPU computes on those same
+ *   values, so a bound covers only the op's own rounding. One rounding of an output to bf16 is a
+ *   relative error ≤ 2⁻⁹ (1.95e-3) of that element; with headroom ×2: 4e-3 for the norms, GELU,
+ *   SwiGLU, RoPE, tanh, the SIMT attention and GEMMs with bf16 output. fp32 outputs from bf16
+ *   operands (the residual GEMMs, pooling, embeddings) carry only fp32 sum-order error: 1e-4 for
+ *   GEMMs (tensor-core accumulation order), 1e-6 for the others. Tensor-core attention rounds the
+ *   probabilities to bf16 before P·V (another ≤ 2⁻⁹ of max |v|, as FlashAttention-2 does) and the
+ *   output once: 2⁻⁸ ≈ 3.9e-3, bound 1e-2. cuBLASLt's GELU epilogue evaluates tanh its own way:
+ *   8e-3 in bf16; in fp32 it is reported against 1e-3 (which is why the fp32 engine applies GELU
+ *   with its own kernel instead).
+ * For comparison, llm.c's bf16 tests allow |ref|·0.079 per element. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+
+#ifndef NETLM_HAVE_CUDA
+int main(void)
+{
+    printf("skipped: built without CUDA\n");
+    return 77;
+}
+#else
+
+#include "model/model_internal.h"
+#include "tests/unit/test_cuda_util.h"
+
+static const enum cu_dtype modes[2] = {CU_F32, CU_BF16};
+static cudaStream_t stream;
+
+static double bound_for(enum cu_dtype t, double fp32, double bf16) { return t == CU_BF16 ? bf16 : fp32; }
+
+/* ---- GEMM (cuBLASLt) ---- */
+
+static void gemm_case(struct cu_gemm *g, enum cu_dtype t, enum cu_dtype yt, size_t n, size_t in,
+                      size_t out, bool bias, bool accumulate, bool gelu, struct test_rng *r)
+{
+    float *x = malloc(n * in * sizeof(float)), *w = malloc(out * in * sizeof(float));
+    float *b = malloc(out * sizeof(float)), *y0 = malloc(n * out * sizeof(float));
+    float *ref = malloc(n * out * sizeof(float)), *got = malloc(n * out * sizeof(float));
+    test_fill(x, n * in, 1.0f, r);
+    test_fill(w, out * in, 1.0f / sqrtf((float)in), r);
+    test_fill(b, out, 0.5f, r);
+    test_fill(y0, n * out, 1.0f, r);
+    test_round(x, n * in, t);
+    test_round(w, out * in, t);
+    test_round(b, out, yt);
+    test_round(y0, n * out, yt);
+    void *dx = test_upload(x, n * in, t), *dw = test_upload(w, out * in, t);
+    void *db = bias ? test_upload(b, out, yt) : NULL;
+    void *dy = accumulate ? test_upload(y0, n * out, yt) : test_poisoned(n * out, yt);
+    char err[256] = "";
+    if (!cu_gemm_run(g, stream, t, yt, dy, out, dx, in, dw, db, n, in, out, accumulate, gelu, err, sizeof err))
+        fail_msg("%s", err);
+    test_download(got, dy, n * out, yt);
+
+    memcpy(ref, y0, n * out * sizeof(float));
+    op_matmul(ref, out, x, in, w, bias ? b : NULL, n, in, out, accumulate, 1);
+    if (gelu)
+        op_gelu(ref, n * out, MODEL_ACT_GELU_TANH, 1);
+    char label[96];
+    snprintf(label, sizeof label, "gemm %zux%zux%zu%s%s%s → %s", n, in, out, bias ? " +bias" : "",
+             accumulate ? " +y" : "", gelu ? " gelu" : "", test_dtype_name(yt));
+    double bound = yt == CU_BF16 ? 4e-3 : t == CU_BF16 ? 1e-4 : 1e-5;
+    if (gelu)
+        bound = t == CU_BF16 ? 8e-3 : 1e-3;
+    TEST_WITHIN(label, t, test_rel_err(got, ref, n * out), bound);
+    cudaFree(dx), cudaFree(dw), cudaFree(db), cudaFree(dy);
+    free(x), free(w), free(b), free(y0), free(ref), free(got);
+}
+
+static void test_gemm(void **state)
+{
+    (void)state;
+    struct test_rng r = {1};
+    char err[256];
+    struct cu_gemm *g = cu_gemm_create((size_t)32 << 20, err, sizeof err);
+    if (!g)
+        fail_msg("%s", err);
+    for (int epilogues = 1; epilogues >= 0; epilogues--) {
+        cu_gemm_set_epilogues(g, epilogues);
+        printf(" epilogues %s\n", epilogues ? "on" : "off (fallback kernel)");
+        for (int mi = 0; mi < 2; mi++) {
+            const enum cu_dtype t = modes[mi];
+            gemm_case(g, t, t, 37, 80, 52, false, false, false, &r);
+            gemm_case(g, t, t, 256, 128, 384, true, false, false, &r);
+            gemm_case(g, t, t, 129, 64, 256, true, false, true, &r);
+            gemm_case(g, t, CU_F32, 200, 256, 64, true, true, false, &r);
+            gemm_case(g, t, CU_F32, 5, 64, 7, true, false, false, &r);
+            if (!test_cuda_quick())
+                gemm_case(g, t, t, 1024, 768, 2304, true, false, false, &r);
+        }
+    }
+    cu_gemm_free(g);
+}
+
+/* ---- embedding, norms, elementwise ---- */
+
+static void test_embed(void **state)
+{
+    (void)state;
+    struct test_rng r = {2};
+    const uint32_t V = 50, P = 40, C = 48, n = 70;
+    for (int mi = 0; mi < 2; mi++) {
+        const enum cu_dtype t = modes[mi];
+        float *wte = malloc(V * C * sizeof(float)), *wpe = malloc(P * C * sizeof(float));
+        float *ref = malloc(n * C * sizeof(float)), *got = malloc(n * C * sizeof(float));
+        uint32_t tokens[70], pos[70];
+        test_fill(wte, V * C, 0.02f, &r);
+        test_fill(wpe, P * C, 0.02f, &r);
+        test_round(wte, V * C, t);
+        test_round(wpe, P * C, t);
+        for (uint32_t i = 0; i < n; i++) {
+            tokens[i] = (uint32_t)(test_uniform(&r) * V);
+            pos[i] = (uint32_t)(test_uniform(&r) * P);
+        }
+        void *dwte = test_upload(wte, V * C, t), *dwpe = test_upload(wpe, P * C, t);
+        uint32_t *dtok, *dpos;
+        CUDA_OK(cudaMalloc((void **)&dtok, sizeof tokens));
+        CUDA_OK(cudaMalloc((void **)&dpos, sizeof pos));
+        CUDA_OK(cudaMemcpy(dtok, tokens, sizeof tokens, cudaMemcpyHostToDevice));
+        CUDA_OK(cudaMemcpy(dpos, pos, sizeof pos, cudaMemcpyHostToDevice));
+        for (int with_pos = 0; with_pos < 2; with_pos++) {
+            float *dx = test_poisoned(n * C, CU_F32);
+            CUDA_OK(cu_embed(dx, dwte, with_pos ? dwpe : NULL, t, dtok, dpos, n, C, stream));
+            test_download(got, dx, n * C, CU_F32);
+            for (uint32_t i = 0; i < n; i++)
+                for (uint32_t j = 0; j < C; j++)
+                    ref[i * C + j] = wte[tokens[i] * C + j] + (with_pos ? wpe[pos[i] * C + j] : 0.0f);
+            TEST_WITHIN(with_pos ? "embed wte + wpe" : "embed wte", t, test_rel_err(got, ref, n * C), 1e-6);
+            cudaFree(dx);
+        }
+        cudaFree(dwte), cudaFree(dwpe), cudaFree(dtok), cudaFree(dpos);
+        free(wte), free(wpe), free(ref), free(got);
+    }
+}
+
+static void test_norms(void **state)
+{
+    (void)state;
+    struct test_rng r = {3};
+    /* register paths (≤ 256, ≤ 1024) and the looping one (> 1024) */
+    const uint32_t cs[] = {64, 768, 37, 1000, 1500};
+    for (int mi = 0; mi < 2; mi++) {
+        const enum cu_dtype t = modes[mi];
+        for (unsigned ci = 0; ci < sizeof cs / sizeof cs[0]; ci++) {
+            const uint32_t n = 33, C = cs[ci];
+            float *x = malloc(n * C * sizeof(float)), *w = malloc(C * sizeof(float)), *b = malloc(C * sizeof(float));
+            float *ref = malloc(n * C * sizeof(float)), *got = malloc(n * C * sizeof(float));
+            test_fill(x, n * C, 2.0f, &r);
+            for (uint32_t i = 0; i < n * C; i++)
+                x[i] += 0.5f; /* a mean away from zero, as a residual stream has */
+            for (uint32_t j = 0; j < C; j++) {
+                w[j] = 1.0f + 0.1f * test_normal(&r);
+                b[j] = 0.1f * test_normal(&r);
+            }
+            float *dx = test_upload(x, n * C, CU_F32), *dw = test_upload(w, C, CU_F32), *db = test_upload(b, C, CU_F32);
+            const enum cu_norm_kind kinds[] = {CU_NORM_LAYER, CU_NORM_LAYER_UER, CU_NORM_RMS};
+            const char *names[] = {"layernorm", "layernorm uer", "rmsnorm"};
+            for (unsigned k = 0; k < 3; k++) {
+                void *dy = test_poisoned(n * C, t);
+                CUDA_OK(cu_norm(dy, t, dx, dw, db, n, C, 1e-5f, kinds[k], stream));
+                test_download(got, dy, n * C, t);
+                if (kinds[k] == CU_NORM_RMS)
+                    op_rmsnorm(ref, x, w, n, C, 1e-5f, 1);
+                else
+                    op_layernorm(ref, x, w, b, n, C, 1e-5f,
+                                 kinds[k] == CU_NORM_LAYER_UER ? MODEL_NORM_UER : MODEL_NORM_STANDARD, 1);
+                char label[64];
+                snprintf(label, sizeof label, "%s c=%u", names[k], C);
+                TEST_WITHIN(label, t, test_rel_err(got, ref, n * C), bound_for(t, 1e-5, 4e-3));
+                cudaFree(dy);
+            }
+            cudaFree(dx), cudaFree(dw), cudaFree(db);
+            free(x), free(w), free(b), free(ref), free(got);
+        }
+    }
+}
+
+static void test_elementwise(void **state)
+{
+    (void)state;
+    struct test_rng r = {4};
+    const uint32_t n = 45, f = 200;
+    const size_t count = (size_t)n * 2 * f;
+    for (int mi = 0; mi < 2; mi++) {
+        const enum cu_dtype t = modes[mi];
+        float *x = malloc(count * sizeof(float)), *ref = malloc(count * sizeof(float));
+        float *got = malloc(count * sizeof(float));
+        test_fill(x, count, 2.0f, &r);
+        test_round(x, count, t);
+        for (int erf = 0; erf < 2; erf++) {
+            void *d = test_upload(x, count, t);
+            CUDA_OK(cu_gelu(d, t, count, erf, stream));
+            test_download(got, d, count, t);
+            memcpy(ref, x, count * sizeof(float));
+            op_gelu(ref, count, erf ? MODEL_ACT_GELU_ERF : MODEL_ACT_GELU_TANH, 1);
+            TEST_WITHIN(erf ? "gelu erf" : "gelu tanh", t, test_rel_err(got, ref, count), bound_for(t, 1e-5, 4e-3));
+            cudaFree(d);
+        }
+        {
+            void *d = test_upload(x, count, t);
+            CUDA_OK(cu_swiglu(d, t, n, f, stream));
+            test_download(got, d, count, t);
+            memcpy(ref, x, count * sizeof(float));
+            op_swiglu(ref, n, f, 1);
+            /* only the gate halves are outputs; the up halves must be untouched */
+            TEST_WITHIN("swiglu (whole rows)", t, test_rel_err(got, ref, count), bound_for(t, 1e-5, 4e-3));
+            cudaFree(d);
+        }
+        {
+            float *dx = test_upload(x, count, CU_F32);
+            void *dy = test_poisoned(count, t);
+            CUDA_OK(cu_tanh(dy, t, dx, count, stream));
+            test_download(got, dy, count, t);
+            for (size_t i = 0; i < count; i++)
+                ref[i] = tanhf(x[i]);
+            TEST_WITHIN("tanh", t, test_rel_err(got, ref, count), bound_for(t, 1e-5, 4e-3));
+            cudaFree(dx), cudaFree(dy);
+        }
+        free(x), free(ref), free(got);
+    }
+}
+
+static void test_rope(void **state)
+{
+    (void)state;
+    struct test_rng r = {5};
+    const uint32_t n = 50, H = 6, KV = 2, d = 64, P = 300, ld = (H + 2 * KV) * d, half = d / 2;
+    float *cs = malloc(P * half * sizeof(float)), *sn = malloc(P * half * sizeof(float));
+    op_rope_tables(cs, sn, P, d, 1e6);
+    uint32_t pos[50];
+    for (uint32_t i = 0; i < n; i++)
+        pos[i] = i < 3 ? i : (uint32_t)(test_uniform(&r) * P);
+    float *dcos = test_upload(cs, P * half, CU_F32), *dsin = test_upload(sn, P * half, CU_F32);
+    uint32_t *dpos;
+    CUDA_OK(cudaMalloc((void **)&dpos, sizeof pos));
+    CUDA_OK(cudaMemcpy(dpos, pos, sizeof pos, cudaMemcpyHostToDevice));
+    for (int mi = 0; mi < 2; mi++) {
+        const enum cu_dtype t = modes[mi];
+        float *x = malloc((size_t)n * ld * sizeof(float)), *ref = malloc((size_t)n * ld * sizeof(float));
+        float *got = malloc((size_t)n * ld * sizeof(float));
+        test_fill(x, (size_t)n * ld, 1.0f, &r);
+        test_round(x, (size_t)n * ld, t);
+        void *dx = test_upload(x, (size_t)n * ld, t);
+        CUDA_OK(cu_rope(dx, t, n, ld, H + KV, d, dpos, dcos, dsin, stream));
+        test_download(got, dx, (size_t)n * ld, t);
+        memcpy(ref, x, (size_t)n * ld * sizeof(float));
+        for (uint32_t i = 0; i < n; i++) /* q and k heads rotate; v stays */
+            op_rope_apply(ref + (size_t)i * ld, H + KV, d, pos[i], cs, sn);
+        TEST_WITHIN("rope (q, k rotated, v kept)", t, test_rel_err(got, ref, (size_t)n * ld), bound_for(t, 1e-5, 4e-3));
+        cudaFree(dx);
+        free(x), free(ref), free(got);
+    }
+    cudaFree(dcos), cudaFree(dsin), cudaFree(dpos);
+    free(cs), free(sn);
+}
+
+/* ---- attention ---- */
+
+static void attention_case(enum cu_dtype t, enum cu_attn_impl impl, uint32_t H, uint32_t KV,
+                           uint32_t d, const uint32_t *lens, uint32_t nseq, struct test_rng *r)
+{
+    const uint32_t QKV = (H + 2 * KV) * d, Hd = H * d;
+    uint32_t *off = malloc((nseq + 1) * sizeof(uint32_t)), max_len = 0;
+    off[0] = 0;
+    for (uint32_t b = 0; b < nseq; b++) {
+        off[b + 1] = off[b] + lens[b];
+        max_len = lens[b] > max_len ? lens[b] : max_len;
+    }
+    const size_t N = off[nseq];
+    float *qkv = malloc(N * QKV * sizeof(float)), *ref = malloc(N * Hd * sizeof(float));
+    float *got = malloc(N * Hd * sizeof(float));
+    test_fill(qkv, N * QKV, 1.0f, r);
+    test_round(qkv, N * QKV, t);
+    void *dqkv = test_upload(qkv, N * QKV, t), *dout = test_poisoned(N * Hd, t);
+    uint32_t *doff;
+    CUDA_OK(cudaMalloc((void **)&doff, (nseq + 1) * sizeof(uint32_t)));
+    CUDA_OK(cudaMemcpy(doff, off, (nseq + 1) * sizeof(uint32_t), cudaMemcpyHostToDevice));
+    const float scale = 1.0f / sqrtf((float)d);
+    CUDA_OK(cu_attention(dout, Hd, dqkv, QKV, t, doff, nseq, max_len, H, KV, d, scale, impl, stream));
+    test_download(got, dout, N * Hd, t);
+
+    /* CPU: per sequence and head, contiguous K and V of the head's kv head, op_attend_block */
+    float *k = malloc((size_t)max_len * d * sizeof(float)), *v = malloc((size_t)max_len * d * sizeof(float));
+    float *scores = malloc((size_t)max_len * max_len * sizeof(float));
+    for (uint32_t b = 0; b < nseq; b++)
+        for (uint32_t h = 0; h < H; h++) {
+            const uint32_t kvh = h / (H / KV);
+            for (uint32_t i = 0; i < lens[b]; i++) {
+                const float *row = qkv + (size_t)(off[b] + i) * QKV;
+                memcpy(k + (size_t)i * d, row + (size_t)(H + kvh) * d, d * sizeof(float));
+                memcpy(v + (size_t)i * d, row + (size_t)(H + KV + kvh) * d, d * sizeof(float));
+            }
+            op_attend_block(ref + (size_t)off[b] * Hd + (size_t)h * d, Hd,
+                            qkv + (size_t)off[b] * QKV + (size_t)h * d, QKV, k, v, 0, lens[b], d,
+                            scale, scores, NULL);
+        }
+    const bool tc = impl == CU_ATTN_AUTO && cu_attention_uses_tensor_cores(t, d);
+    char label[96];
+    snprintf(label, sizeof label, "attention %s h%u/kv%u d%u max_len %u", tc ? "tc" : "simt", H, KV, d, max_len);
+    TEST_WITHIN(label, t, test_rel_err(got, ref, N * Hd), t == CU_F32 ? 1e-5 : tc ? 1e-2 : 4e-3);
+    cudaFree(dqkv), cudaFree(dout), cudaFree(doff);
+    free(off), free(qkv), free(ref), free(got), free(k), free(v), free(scores);
+}
+
+static void test_attention(void **state)
+{
+    (void)state;
+    struct test_rng r = {6};
+    const bool quick = test_cuda_quick();
+    /* lengths around the 16-, 32- and 64-row tiles, a single token, and long ones */
+    const uint32_t lens_short[] = {1, 15, 16, 17, 63, 64, 65, 130, 3};
+    const uint32_t lens_long[] = {1024, 700, 257};
+    const struct { uint32_t H, KV, d; } shapes[] = {
+        {4, 4, 64}, {6, 2, 64}, {4, 1, 32}, {2, 2, 128}, {3, 3, 48}, {4, 2, 20}, {14, 2, 64},
+    };
+    for (int mi = 0; mi < 2; mi++) {
+        const enum cu_dtype t = modes[mi];
+        for (unsigned s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+            attention_case(t, CU_ATTN_AUTO, shapes[s].H, shapes[s].KV, shapes[s].d, lens_short, 9, &r);
+            if (t == CU_BF16 && cu_attention_uses_tensor_cores(t, shapes[s].d))
+                attention_case(t, CU_ATTN_SIMT, shapes[s].H, shapes[s].KV, shapes[s].d, lens_short, 9, &r);
+        }
+        if (!quick) {
+            attention_case(t, CU_ATTN_AUTO, 12, 12, 64, lens_long, 3, &r);
+            attention_case(t, CU_ATTN_AUTO, 14, 2, 64, lens_long, 3, &r);
+        }
+    }
+}
+
+/* ---- pooling, head pieces ---- */
+
+static void test_pool_softmax(void **state)
+{
+    (void)state;
+    struct test_rng r = {7};
+    const uint32_t lens[] = {5, 1, 40, 17}, nseq = 4, C = 96, N = 63;
+    uint32_t off[6] = {0, 5, 6, 46, 63, 63}; /* and an empty padding sequence at the end */
+    uint32_t *doff;
+    CUDA_OK(cudaMalloc((void **)&doff, sizeof off));
+    CUDA_OK(cudaMemcpy(doff, off, sizeof off, cudaMemcpyHostToDevice));
+    for (int mi = 0; mi < 2; mi++) {
+        const enum cu_dtype t = modes[mi];
+        float *xn = malloc((size_t)N * C * sizeof(float)), *ref = malloc((nseq + 1) * C * sizeof(float));
+        float *got = malloc((nseq + 1) * C * sizeof(float));
+        test_fill(xn, (size_t)N * C, 1.0f, &r);
+        test_round(xn, (size_t)N * C, t);
+        void *dxn = test_upload(xn, (size_t)N * C, t);
+        const char *names[] = {"pool mean", "pool first", "pool last", "pool max"};
+        for (int k = 0; k < 4; k++) {
+            float *d32 = test_poisoned((nseq + 1) * C, CU_F32);
+            void *dt = test_poisoned((nseq + 1) * C, t);
+            CUDA_OK(cu_pool(d32, dt, dxn, t, C, doff, nseq + 1, (enum cu_pool_kind)k, stream));
+            for (uint32_t b = 0; b <= nseq; b++)
+                for (uint32_t j = 0; j < C; j++) {
+                    const uint32_t len = b < nseq ? lens[b] : 0;
+                    const float *rows = xn + (size_t)off[b] * C + j;
+                    double v = 0.0;
+                    if (len && k == 0) {
+                        for (uint32_t i = 0; i < len; i++)
+                            v += rows[(size_t)i * C];
+                        v /= len;
+                    } else if (len && k == 1) {
+                        v = rows[0];
+                    } else if (len && k == 2) {
+                        v = rows[(size_t)(len - 1) * C];
+                    } else if (len) {
+                        v = rows[0];
+                        for (uint32_t i = 1; i < len; i++)
+                            v = rows[(size_t)i * C] > v ? rows[(size_t)i * C] : v;
+                    }
+                    ref[b * C + j] = (float)v;
+                }
+            test_download(got, d32, (nseq + 1) * C, CU_F32);
+            TEST_WITHIN(names[k], t, test_rel_err(got, ref, (nseq + 1) * C), 1e-6);
+            test_download(got, dt, (nseq + 1) * C, t);
+            TEST_WITHIN("  (as T)", t, test_rel_err(got, ref, (nseq + 1) * C), bound_for(t, 1e-6, 4e-3));
+            cudaFree(d32), cudaFree(dt);
+        }
+        /* last rows for the LM head */
+        void *dl = test_poisoned((nseq + 1) * C, t);
+        CUDA_OK(cu_gather_last(dl, dxn, t, C, doff, nseq + 1, stream));
+        test_download(got, dl, (nseq + 1) * C, t);
+        for (uint32_t b = 0; b <= nseq; b++)
+            for (uint32_t j = 0; j < C; j++)
+                ref[b * C + j] = b < nseq ? xn[(size_t)(off[b + 1] - 1) * C + j] : 0.0f;
+        TEST_WITHIN("gather last rows", t, test_rel_err(got, ref, (nseq + 1) * C), 0.0);
+        cudaFree(dl), cudaFree(dxn);
+        free(xn), free(ref), free(got);
+    }
+    cudaFree(doff);
+
+    /* softmax rows, fp32 only (the scores always are) */
+    const uint32_t rows = 9, n = 1000;
+    float *x = malloc(rows * n * sizeof(float)), *ref = malloc(rows * n * sizeof(float));
+    float *got = malloc(rows * n * sizeof(float));
+    test_fill(x, rows * n, 5.0f, &r);
+    float *dx = test_upload(x, rows * n, CU_F32);
+    CUDA_OK(cu_softmax_rows(dx, rows, n, n, stream));
+    test_download(got, dx, rows * n, CU_F32);
+    memcpy(ref, x, rows * n * sizeof(float));
+    for (uint32_t i = 0; i < rows; i++)
+        op_softmax(ref + (size_t)i * n, n);
+    TEST_WITHIN("softmax rows", CU_F32, test_rel_err(got, ref, rows * n), 1e-5);
+    cudaFree(dx);
+    free(x), free(ref), free(got);
+}
+
+int main(void)
+{
+    if (test_cuda_skip_without_gpu())
+        return TEST_CUDA_SKIP;
+    /* the launchers take a stream; the legacy default stream keeps the host copies ordered */
+    stream = 0;
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_gemm),      cmocka_unit_test(test_embed),
+        cmocka_unit_test(test_norms),     cmocka_unit_test(test_elementwise),
+        cmocka_unit_test(test_rope),      cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_pool_softmax),
+    };
+    /* NETLM_CUDA_TEST_FILTER=test_attention: one test alone (the racecheck run) */
+    if (getenv("NETLM_CUDA_TEST_FILTER"))
+        cmocka_set_test_filter(getenv("NETLM_CUDA_TEST_FILTER"));
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
+
+#endif

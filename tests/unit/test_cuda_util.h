@@ -1,0 +1,145 @@
+/* test_cuda_util.h — what the CUDA tests share: the "skipped: no GPU" exit, random inputs,
+ * device buffers in either element type, poisoned outputs and the error measure.
+ *
+ * Error measure (the project's, as in test_model_reference): max |got − ref| over max |ref|,
+ * NaN counting as infinite. Every comparison prints its measured value next to its bound, so a
+ * GPU run's log says how much room each bound has. */
+#ifndef NETLM_TEST_CUDA_UTIL_H
+#define NETLM_TEST_CUDA_UTIL_H
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_runtime_api.h>
+
+#include "model/cuda/cuda_internal.h"
+
+/* ctest's SKIP_RETURN_CODE for the cuda label (tests/CMakeLists.txt) */
+#define TEST_CUDA_SKIP 77
+
+static inline int test_cuda_skip_without_gpu(void)
+{
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+        cudaGetLastError();
+        printf("skipped: no GPU\n");
+        return 1;
+    }
+    return 0;
+}
+
+/* NETLM_CUDA_TEST_QUICK=1: smaller shapes (compute-sanitizer runs, bench/gpu_check.sh) */
+static inline int test_cuda_quick(void)
+{
+    const char *q = getenv("NETLM_CUDA_TEST_QUICK");
+    return q && q[0] == '1';
+}
+
+#define CUDA_OK(call)                                                                              \
+    do {                                                                                          \
+        cudaError_t ce_ = (call);                                                                 \
+        if (ce_ != cudaSuccess)                                                                   \
+            fail_msg("%s:%d: %s: %s", __FILE__, __LINE__, #call, cudaGetErrorString(ce_));       \
+    } while (0)
+
+struct test_rng { uint64_t s; };
+
+static inline double test_uniform(struct test_rng *r)
+{
+    r->s = r->s * 6364136223846793005ull + 1442695040888963407ull;
+    return (double)(r->s >> 11) * (1.0 / 9007199254740992.0);
+}
+
+static inline float test_normal(struct test_rng *r)
+{
+    double u = test_uniform(r), v = test_uniform(r);
+    if (u < 1e-300)
+        u = 1e-300;
+    return (float)(sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v));
+}
+
+static inline void test_fill(float *x, size_t n, float scale, struct test_rng *r)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = scale * test_normal(r);
+}
+
+/* Rounds host values to what the device holds in type t, so the CPU reference computes on the
+ * same inputs and a bound measures only the op's own rounding. */
+static inline void test_round(float *x, size_t n, enum cu_dtype t)
+{
+    if (t == CU_BF16)
+        for (size_t i = 0; i < n; i++)
+            x[i] = cu_bf16_to_f32(cu_f32_to_bf16(x[i]));
+}
+
+static inline void *test_upload(const float *x, size_t n, enum cu_dtype t)
+{
+    void *host = malloc(n * cu_dtype_size(t) + 1), *dev = NULL;
+    cu_host_from_f32(host, t, x, n);
+    CUDA_OK(cudaMalloc(&dev, n * cu_dtype_size(t) + 1));
+    CUDA_OK(cudaMemcpy(dev, host, n * cu_dtype_size(t), cudaMemcpyHostToDevice));
+    free(host);
+    return dev;
+}
+
+/* A device buffer full of NaN (all bits set is a NaN in fp32 and in bf16): an element the op
+ * fails to write cannot pass. */
+static inline void *test_poisoned(size_t n, enum cu_dtype t)
+{
+    void *dev = NULL;
+    CUDA_OK(cudaMalloc(&dev, n * cu_dtype_size(t) + 1));
+    CUDA_OK(cudaMemset(dev, 0xff, n * cu_dtype_size(t)));
+    return dev;
+}
+
+static inline void test_download(float *x, const void *dev, size_t n, enum cu_dtype t)
+{
+    void *host = malloc(n * cu_dtype_size(t) + 1);
+    CUDA_OK(cudaDeviceSynchronize());
+    CUDA_OK(cudaMemcpy(host, dev, n * cu_dtype_size(t), cudaMemcpyDeviceToHost));
+    cu_host_to_f32(x, host, t, n);
+    free(host);
+}
+
+static inline double test_rel_err(const float *got, const float *ref, size_t n)
+{
+    double mx = 0.0, ref_max = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - (double)ref[i]);
+        if (isnan(got[i]) || isnan(d))
+            return INFINITY;
+        mx = d > mx ? d : mx;
+        ref_max = fabs(ref[i]) > ref_max ? fabs(ref[i]) : ref_max;
+    }
+    return mx / (ref_max > 1e-30 ? ref_max : 1e-30);
+}
+
+static inline double test_abs_err(const float *got, const float *ref, size_t n)
+{
+    double mx = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - (double)ref[i]);
+        if (isnan(got[i]) || isnan(d))
+            return INFINITY;
+        mx = d > mx ? d : mx;
+    }
+    return mx;
+}
+
+static inline const char *test_dtype_name(enum cu_dtype t) { return t == CU_BF16 ? "bf16" : "fp32"; }
+
+/* Prints and checks one comparison. */
+#define TEST_WITHIN(label, t, err, bound)                                                          \
+    do {                                                                                          \
+        double e_ = (err), b_ = (bound);                                                          \
+        printf("  %-40s %s  err %.3e  bound %.1e%s\n", (label), test_dtype_name(t), e_, b_,      \
+               e_ <= b_ ? "" : "  FAIL");                                                         \
+        if (!(e_ <= b_))                                                                          \
+            fail_msg("%s (%s): error %.3e above %.1e", (label), test_dtype_name(t), e_, b_);     \
+    } while (0)
+
+#endif
