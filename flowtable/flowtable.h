@@ -100,7 +100,8 @@ struct ft_config {
     uint32_t ready_packets;
     /* Memory pressure (Suricata's emergency mode). When a worker's live flows reach
      * emergency_enter_pct % of its share of max_flows, it switches to emergency_timeouts (shorter)
-     * until they fall below emergency_leave_pct %. 0 = never. */
+     * until they fall below emergency_leave_pct % (leave 0: until it has no flow left). Enter 0 =
+     * never; otherwise 1..100 and leave < enter. Emergency timeouts apply in merge mode too. */
     uint32_t emergency_enter_pct;
     uint32_t emergency_leave_pct;
     struct ft_timeouts emergency_timeouts;
@@ -108,7 +109,9 @@ struct ft_config {
 /* Defaults: max_flows 1 M (2^20), K 32, M 128, split, decode.innermost, 1 worker, random seed,
  * merge_timeouts false, cut_frames AUTO, and the timeouts of Suricata's shipped suricata.yaml:
  * TCP new 60 s, established 600 s, closed 60 s; UDP new 30 s, established 300 s; other 30 s /
- * 300 s.
+ * 300 s. ready_packets 0 (off), emergency mode off, emergency timeouts as suricata.yaml's
+ * emergency-* values: TCP new 5 s, established 100 s, closed 10 s; UDP 10 s / 100 s; other
+ * 10 s / 100 s.
  * With W workers each owns max_flows / W flows (the remainder is unused). */
 void ft_config_defaults(struct ft_config *cfg);
 
@@ -148,7 +151,7 @@ struct ft_session {
     int64_t first_ns, last_ns; /* timestamps of its first and last packet in arrival order */
     uint8_t tcp_flags[2];  /* OR of the flags seen each way */
     uint8_t tcp_state;     /* enum ft_tcp_state at the end */
-    uint8_t reason;        /* enum ft_end_reason */
+    uint8_t reason;        /* enum ft_end_reason (0 in the ready callback: not ended yet) */
     uint16_t linktype;
     uint32_t n_stored;
     const struct ft_stored_packet *stored; /* first n_stored packets in arrival order */
@@ -187,10 +190,10 @@ struct ft_assembler;
  * the worker threads. Idle timeouts run on packet time: a monotone clock made from the frames'
  * timestamps (steps back are ignored, a step back of more than 1 s starts a new clock segment),
  * so capture files that jump back and forth in time neither crash nor split sessions wrongly,
- * and 1 and N workers give the same sessions (unless max_flows forces evictions, which happen
- * per worker). feed, finish_input and destroy are called by one thread at a time (any thread);
- * with workers == 1 that thread is a liburcu QSBR reader only during each call, registered by
- * the call (or used as it is if it already is an online QSBR reader). */
+ * and 1 and N workers give the same sessions (unless max_flows forces evictions or emergency
+ * mode, which happen per worker). feed, finish_input and destroy are called by one thread at a
+ * time (any thread); with workers == 1 that thread is a liburcu QSBR reader only during each
+ * call, registered by the call (or used as it is if it already is an online QSBR reader). */
 struct ft_assembler *ft_assembler_create(const struct ft_config *cfg, ft_session_fn on_session,
                                          void *user, char *err, size_t errlen);
 /* Sets the callback of early verdicts (cfg.ready_packets); same threading rules as on_session

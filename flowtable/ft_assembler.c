@@ -1,6 +1,7 @@
 /* ft_assembler.c — drives the flow table from frames: configuration, the shared cds_lfht, the
- * input clock and frame numbering, and either the single-thread fast path or the dispatcher that
- * hands packet records to worker threads through bounded single-producer single-consumer rings.
+ * input clock (moved by frames, or by ticks when a live capture is idle) and frame numbering,
+ * and either the single-thread fast path or the dispatcher that hands packet records to worker
+ * threads through bounded single-producer single-consumer rings.
  *
  * workers == 1: the caller's thread does everything inside ft_assembler_feed; it is a QSBR
  * reader only for the duration of each call (registered on entry, unregistered on exit), so it
@@ -61,6 +62,21 @@ const char *ft_end_reason_name(enum ft_end_reason reason)
     return "unknown";
 }
 
+const char *ft_ready_trigger_name(enum ft_ready_trigger t)
+{
+    switch (t) {
+    case FT_READY_NOT_YET:
+        return "not_yet";
+    case FT_READY_PACKETS:
+        return "packets";
+    case FT_READY_FIN:
+        return "fin";
+    case FT_READY_RST:
+        return "rst";
+    }
+    return "unknown";
+}
+
 void ft_config_defaults(struct ft_config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
@@ -81,6 +97,16 @@ void ft_config_defaults(struct ft_config *cfg)
     cfg->hash_seed = 0;
     cfg->merge_timeouts = false;
     cfg->cut_frames = FT_CUT_FRAMES_AUTO;
+    cfg->ready_packets = 0; /* no early verdicts: sessions are handed over when they end */
+    cfg->emergency_enter_pct = 0;
+    cfg->emergency_leave_pct = 0;
+    /* Suricata's shipped suricata.yaml emergency-* values (flow-timeouts: tcp, udp, icmp for
+     * "other"); they only apply once emergency_enter_pct turns the mode on. */
+    cfg->emergency_timeouts = (struct ft_timeouts){
+        .tcp_new = 5, .tcp_established = 100, .tcp_closed = 10,
+        .udp_new = 10, .udp_established = 100,
+        .other_new = 10, .other_established = 100,
+    };
 }
 
 /* ---- SPSC ring ----
@@ -148,6 +174,7 @@ struct ft_assembler {
     int64_t seg_max;     /* newest timestamp of the segment */
     int64_t seg_clock0;  /* clock at the start of the segment */
     int64_t next_tick;
+    int64_t tick_sent;   /* clock of the last clock record sent to the workers */
     bool cut_attach;     /* FT_CUT_FRAMES_ATTACH in effect */
     bool cut_tshark;     /* FT_CUT_FRAMES_TSHARK in effect */
     struct ft_prev prev[FT_PREV_KEEP]; /* ring, newest at prev_next - 1 */
@@ -400,6 +427,7 @@ static void ft_clock_reset(struct ft_assembler *as)
     as->clock = INT64_MIN;
     as->seg_start = as->seg_max = as->seg_clock0 = 0;
     as->next_tick = INT64_MIN;
+    as->tick_sent = INT64_MIN;
 }
 
 static void ft_clock_advance(struct ft_assembler *as, int64_t ts)
@@ -439,8 +467,7 @@ static uint64_t ft_random_seed(void)
 static int ft_check_timeout(double v, const char *name, char *err, size_t errlen)
 {
     if (!isfinite(v) || v < 0 || v > 1e9) {
-        snprintf(err, errlen, "flowtable: timeout %s must be between 0 and 1e9 seconds, got %g",
-                 name, v);
+        snprintf(err, errlen, "flowtable: %s must be between 0 and 1e9 seconds, got %g", name, v);
         return -1;
     }
     return 0;
@@ -449,6 +476,39 @@ static int ft_check_timeout(double v, const char *name, char *err, size_t errlen
 static int64_t ft_seconds_to_ns(double v)
 {
     return (int64_t)llround(v * 1e9);
+}
+
+/* prefix names the struct in messages ("timeouts", "emergency_timeouts"). */
+static int ft_check_timeouts(const struct ft_timeouts *t, const char *prefix, char *err,
+                             size_t errlen)
+{
+    const struct {
+        double v;
+        const char *name;
+    } all[] = {
+        {t->tcp_new, "tcp_new"}, {t->tcp_established, "tcp_established"},
+        {t->tcp_closed, "tcp_closed"}, {t->udp_new, "udp_new"},
+        {t->udp_established, "udp_established"}, {t->other_new, "other_new"},
+        {t->other_established, "other_established"},
+    };
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "%s.%s", prefix, all[i].name);
+        if (ft_check_timeout(all[i].v, name, err, errlen) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static void ft_timeouts_to_ns(const struct ft_timeouts *t, int64_t ns[FT_TC_COUNT])
+{
+    ns[FT_TC_TCP_NEW] = ft_seconds_to_ns(t->tcp_new);
+    ns[FT_TC_TCP_ESTABLISHED] = ft_seconds_to_ns(t->tcp_established);
+    ns[FT_TC_TCP_CLOSED] = ft_seconds_to_ns(t->tcp_closed);
+    ns[FT_TC_UDP_NEW] = ft_seconds_to_ns(t->udp_new);
+    ns[FT_TC_UDP_ESTABLISHED] = ft_seconds_to_ns(t->udp_established);
+    ns[FT_TC_OTHER_NEW] = ft_seconds_to_ns(t->other_new);
+    ns[FT_TC_OTHER_ESTABLISHED] = ft_seconds_to_ns(t->other_established);
 }
 
 static int ft_validate(const struct ft_config *cfg, char *err, size_t errlen)
@@ -497,14 +557,28 @@ static int ft_validate(const struct ft_config *cfg, char *err, size_t errlen)
         snprintf(err, errlen, "flowtable: unknown port_reuse mode %d", (int)cfg->port_reuse);
         return -1;
     }
-    const struct ft_timeouts *t = &cfg->timeouts;
-    if (ft_check_timeout(t->tcp_new, "tcp_new", err, errlen) ||
-        ft_check_timeout(t->tcp_established, "tcp_established", err, errlen) ||
-        ft_check_timeout(t->tcp_closed, "tcp_closed", err, errlen) ||
-        ft_check_timeout(t->udp_new, "udp_new", err, errlen) ||
-        ft_check_timeout(t->udp_established, "udp_established", err, errlen) ||
-        ft_check_timeout(t->other_new, "other_new", err, errlen) ||
-        ft_check_timeout(t->other_established, "other_established", err, errlen))
+    if (ft_check_timeouts(&cfg->timeouts, "timeouts", err, errlen) != 0)
+        return -1;
+    /* The ready callback's view is the stored packets: they must all be there. */
+    if (cfg->ready_packets > cfg->packets_per_session) {
+        snprintf(err, errlen,
+                 "flowtable: ready_packets (%u) must be at most packets_per_session (%u)",
+                 cfg->ready_packets, cfg->packets_per_session);
+        return -1;
+    }
+    if (cfg->emergency_enter_pct > 100) {
+        snprintf(err, errlen,
+                 "flowtable: emergency_enter_pct must be 0 (off) or 1..100, got %u",
+                 cfg->emergency_enter_pct);
+        return -1;
+    }
+    if (cfg->emergency_enter_pct > 0 && cfg->emergency_leave_pct >= cfg->emergency_enter_pct) {
+        snprintf(err, errlen,
+                 "flowtable: emergency_leave_pct (%u) must be below emergency_enter_pct (%u)",
+                 cfg->emergency_leave_pct, cfg->emergency_enter_pct);
+        return -1;
+    }
+    if (ft_check_timeouts(&cfg->emergency_timeouts, "emergency_timeouts", err, errlen) != 0)
         return -1;
     return 0;
 }
@@ -556,16 +630,11 @@ struct ft_assembler *ft_assembler_create(const struct ft_config *cfg, ft_session
     sh->split = cfg->port_reuse == FT_PORT_REUSE_SPLIT;
     /* SplitCap has no timeouts: merge mode keeps one session per 5-tuple for the whole input
      * unless the user asks for timeouts with merge_timeouts. */
-    if (sh->split || cfg->merge_timeouts) {
-        const struct ft_timeouts *t = &cfg->timeouts;
-        sh->timeout_ns[FT_TC_TCP_NEW] = ft_seconds_to_ns(t->tcp_new);
-        sh->timeout_ns[FT_TC_TCP_ESTABLISHED] = ft_seconds_to_ns(t->tcp_established);
-        sh->timeout_ns[FT_TC_TCP_CLOSED] = ft_seconds_to_ns(t->tcp_closed);
-        sh->timeout_ns[FT_TC_UDP_NEW] = ft_seconds_to_ns(t->udp_new);
-        sh->timeout_ns[FT_TC_UDP_ESTABLISHED] = ft_seconds_to_ns(t->udp_established);
-        sh->timeout_ns[FT_TC_OTHER_NEW] = ft_seconds_to_ns(t->other_new);
-        sh->timeout_ns[FT_TC_OTHER_ESTABLISHED] = ft_seconds_to_ns(t->other_established);
-    }
+    if (sh->split || cfg->merge_timeouts)
+        ft_timeouts_to_ns(&cfg->timeouts, sh->timeout_ns);
+    /* Emergency timeouts apply in every mode: memory pressure outranks merge mode's one session
+     * per 5-tuple (and emergency mode is off unless asked for). */
+    ft_timeouts_to_ns(&cfg->emergency_timeouts, sh->emergency_timeout_ns);
     size_t k = cfg->packets_per_session;
     sh->flow_size = (sizeof(struct ft_flow) + k * sizeof(struct ft_stored_packet) +
                      k * cfg->bytes_per_packet + 63) & ~(size_t)63;
@@ -648,6 +717,8 @@ static void ft_broadcast(struct ft_assembler *as, enum ft_pkt_kind kind, bool pu
         if (publish)
             ft_ring_publish(&t->ring);
     }
+    if (kind == FT_PKT_TICK)
+        as->tick_sent = clock;
 }
 
 static void ft_stop_threads(struct ft_assembler *as)
@@ -921,6 +992,31 @@ void ft_assembler_feed_packets(struct ft_assembler *as, const struct cap_packet 
     ft_feed_end(as);
 }
 
+void ft_assembler_on_ready(struct ft_assembler *as, ft_session_fn on_ready, void *user)
+{
+    as->sh.on_ready = on_ready;
+    as->sh.ready_user = user;
+}
+
+/* What a frame with this timestamp would do to the clock, and the sweeps that follow, without a
+ * frame: a live capture that goes quiet still ends its idle flows. */
+void ft_assembler_tick(struct ft_assembler *as, int64_t now_ns)
+{
+    ft_clock_advance(as, now_ns);
+    if (as->nw == 1) {
+        ft_feed_begin(as);
+        ft_feed_end(as); /* moves the worker's clock, sweeps, retires */
+        return;
+    }
+    /* A clock record to every worker, even within a second of the last one (feed's rate limit):
+     * ticks come from a timer, seldom, and a quiet link gets nothing else. Only a clock that
+     * moved is worth sending. */
+    if (as->clock != INT64_MIN && as->clock > as->tick_sent) {
+        ft_broadcast(as, FT_PKT_TICK, true);
+        as->next_tick = ft_sat_add(as->clock, FT_TICK_NS);
+    }
+}
+
 void ft_assembler_finish_input(struct ft_assembler *as)
 {
     if (as->nw == 1) {
@@ -957,6 +1053,10 @@ void ft_assembler_stats(struct ft_assembler *as, struct ft_stats *out)
         out->flows_timed_out += ft_counter_get(&w->timed_out);
         out->port_reuse_splits += ft_counter_get(&w->splits);
         out->no_memory += ft_counter_get(&w->alloc_failed);
+        out->flows_ready += ft_counter_get(&w->readied);
+        out->emergency_entered += ft_counter_get(&w->emergency_entered);
+        out->emergency_active += ft_counter_get(&w->emergency_active);
+        out->memory_bytes += ft_counter_get(&w->memory);
     }
     out->decode.frames = out->frames;
     for (int r = 0; r < CAP_DECODE_REASON_COUNT; r++)

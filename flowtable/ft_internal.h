@@ -15,6 +15,7 @@
 
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -69,9 +70,14 @@ struct ft_pkt {
     struct cap_layers layers;
     uint8_t dir;       /* canonical direction: 0 = sent by key.addr_lo/port_lo */
     uint8_t tcp_flags; /* 0 unless tcp_ok */
-    uint8_t tcp_ok;    /* TCP flags and seq come from a frame holding FT_TCP_TRUSTED_LEN bytes */
-    uint8_t kind;      /* enum ft_pkt_kind */
+    /* Bits, not bytes: the record is exactly two cache lines, and one more byte would make every
+     * ring slot of a counters-only run a line longer. */
+    uint8_t tcp_ok : 1;      /* TCP flags and seq come from a frame holding
+                                FT_TCP_TRUSTED_LEN bytes */
+    uint8_t has_payload : 1; /* the decoder found L4 payload in the frame (payload_len > 0) */
+    uint8_t kind;            /* enum ft_pkt_kind */
 };
+_Static_assert(sizeof(struct ft_pkt) == 128, "a packet record is two cache lines");
 
 /* Builds the worker's record of a decoded packet (all but clock, frame, ordinal, bytes). Returns
  * false for a frame that carries no flow. */
@@ -84,14 +90,15 @@ uint32_t ft_l4_offset(const struct cap_packet *pkt);
 
 /* One flow. Line 0 is what a lookup touches (table node, key, hash); lines 1 and 2 what every
  * packet updates, and the record's owner. With K = 0 (counters only) a record is these three
- * lines: records are the bulk of the table's memory and of its cache misses. The session buffer
- * (K stored-packet entries, then K×M bytes) follows in the same record; the entries' byte
- * pointers are set once when the record is carved from its slab and stay valid while it is
- * recycled.
+ * lines: records are the bulk of the table's memory and of its cache misses, so a new field has
+ * to fit in them (line 2 has one byte to spare). The session buffer (K stored-packet entries, then
+ * K×M bytes) follows in the same record; the entries' byte pointers are set once when the record
+ * is carved from its slab and stay valid while it is recycled.
  *
  * A deleted record is still read by other workers' lookups during its grace period, but only
- * line 0 (node and key), so what reclamation needs (free list link, batch, rcu_head) overlays
- * the LRU links and times of line 1, which nobody reads once the flow has ended. */
+ * line 0 (node and key), so what reclamation needs (free list link, batch, rcu_head, the handoff
+ * flag) overlays line 1 (LRU links, times, counters), which nobody reads once the flow has
+ * ended. */
 struct ft_worker;
 struct ft_flow {
     struct cds_lfht_node node;
@@ -103,15 +110,17 @@ struct ft_flow {
             struct ft_flow *lru_prev, *lru_next;
             int64_t clock_last; /* the input clock at its last packet: idle time is measured on it */
             int64_t last_ns;
+            uint64_t pkts[2]; /* by canonical direction; initiator/responder on output */
+            uint64_t bytes[2];
         };
         struct { /* once deleted: free list, reclaimed list or retired batch */
             struct ft_flow *free_next;
             struct ft_flow *batch_tail; /* first record of a retired batch: its last record */
             struct rcu_head rcu;        /* first record of a retired batch */
+            atomic_int rcu_handoff;     /* first record of a retired batch: release/acquire edge
+                                           from the deleting worker to the RCU callback */
         };
     };
-    uint64_t pkts[2];   /* by canonical direction; turned to initiator/responder on output */
-    uint64_t bytes[2];
 
     uint32_t base_seq[2]; /* per canonical direction, as tshark's tcp.stream split uses it */
     uint32_t n_stored;
@@ -123,16 +132,19 @@ struct ft_flow {
     uint8_t fin_dirs;
     uint8_t base_set;
     uint8_t tclass; /* enum ft_tclass: which LRU list it is on */
+    uint8_t ready;  /* enum ft_ready_trigger: set once; from then on nothing more is stored */
     int64_t first_ns;
     uint64_t first_frame;
     uint64_t id;
+    uint64_t payload_pkts; /* packets with L4 payload, both directions */
 
     /* Fields below survive recycling (not cleared for a new flow). */
     struct ft_worker *owner;
-    atomic_int rcu_handoff; /* release/acquire edge from the deleting worker to the RCU callback */
 
     _Alignas(64) struct ft_stored_packet stored[]; /* K entries, then K×M bytes */
 };
+_Static_assert(offsetof(struct ft_flow, stored) == 192,
+               "a flow record without its session buffer is three cache lines");
 
 /* Records come from slabs of FT_SLAB_BYTES (more if one record is larger), carved on demand and
  * never given back before the worker's pool is released: no allocator call and no allocator
@@ -154,11 +166,16 @@ struct ft_shared {
     struct cds_lfht_node *(*bucket_at)(struct cds_lfht *ht, unsigned long index);
     unsigned long bucket_mask; /* buckets - 1 */
     struct ft_config cfg;
-    int64_t timeout_ns[FT_TC_COUNT]; /* 0 = never */
-    bool split;                      /* FT_PORT_REUSE_SPLIT */
-    size_t flow_size;                /* one record with its session buffer */
+    int64_t timeout_ns[FT_TC_COUNT];           /* 0 = never */
+    int64_t emergency_timeout_ns[FT_TC_COUNT]; /* in emergency mode; 0 = never */
+    bool split;                                /* FT_PORT_REUSE_SPLIT */
+    size_t flow_size;                          /* one record with its session buffer */
     ft_session_fn on_session;
     void *user;
+    /* Early verdicts: set by ft_assembler_on_ready before the first feed; workers see them
+     * through the ring (or the same thread), which orders the write before their reads. */
+    ft_session_fn on_ready;
+    void *ready_user;
 };
 
 /* A counter written by one thread and read by ft_assembler_stats from any thread: relaxed
@@ -191,6 +208,11 @@ struct ft_worker {
     int index;
     uint32_t cap;  /* live flows allowed: max_flows / workers */
     uint32_t live;
+    /* Emergency mode switches when live reaches enter_at or drops below leave_at; whichever
+     * switch cannot happen in the current mode holds a value live never meets (UINT32_MAX, 0),
+     * so inserting or ending a flow costs one compare. */
+    uint32_t enter_at;
+    uint32_t leave_at;
     struct ft_flow *free_list;
     struct ft_slab *slabs;        /* every slab of this worker, newest first */
     uint8_t *carve, *carve_end;   /* the part of the newest slab not handed out yet */
@@ -198,8 +220,12 @@ struct ft_worker {
      * whole list at once (exchange with NULL), so there is no ABA problem. */
     _Alignas(64) _Atomic(struct ft_flow *) reclaimed;
     _Alignas(64) struct ft_lru lru[FT_TC_COUNT];
+    int64_t timeout_ns[FT_TC_COUNT]; /* in effect now: the shared normal or emergency set */
     int64_t clock;
     uint32_t since_sweep;
+    bool emergency;
+    uint32_t emergency_enter; /* live flows that start emergency mode; UINT32_MAX = off */
+    uint32_t emergency_leave; /* live flows below which it ends */
     struct ft_session out; /* scratch for the callback */
     struct ft_front *front; /* 2^FT_FRONT_BITS entries */
     struct ft_flow *retired; /* deleted, waiting for one call_rcu for the batch */
@@ -207,6 +233,7 @@ struct ft_worker {
     uint32_t n_retired;
 
     ft_counter created, evicted, timed_out, splits, alloc_failed, active;
+    ft_counter readied, emergency_entered, emergency_active, memory;
 };
 
 /* Returns -1 when out of memory. */

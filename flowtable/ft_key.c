@@ -172,6 +172,7 @@ void ft_pkt_fill_frame(struct ft_pkt *rec, const struct cap_packet *pkt)
     rec->kind = FT_PKT_PACKET;
     rec->tcp_flags = 0;
     rec->tcp_ok = 0;
+    rec->has_payload = pkt->payload_len > 0;
     rec->tcp_seq = 0;
 }
 

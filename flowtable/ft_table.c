@@ -1,10 +1,12 @@
 /* ft_table.c — one worker's flows: get-or-create in the shared cds_lfht, per-direction counters,
- * TCP state, the session buffer, idle timeouts, the max_flows cap, and ending a session (callback,
- * table delete, record back to the pool after a grace period).
+ * TCP state, the session buffer, early verdicts (the ready callback), idle timeouts, the max_flows
+ * cap with emergency mode, and ending a session (callback, table delete, record back to the pool
+ * after a grace period).
  *
  * Every decision here depends only on the sequence of packet records a worker receives (key,
  * direction, TCP fields, input clock), never on wall time or on when sweeps run, so 1 worker and
- * N workers produce the same sessions as long as no flow is evicted for lack of room. */
+ * N workers produce the same sessions as long as no flow is evicted for lack of room and no
+ * worker enters emergency mode (both depend on how full each worker's share of the table is). */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -12,6 +14,9 @@
 #include "flowtable/ft_internal.h"
 
 #define FT_SWEEP_EVERY 256 /* packets between two looks at the LRU heads */
+/* In emergency mode: a sweep that finds nothing looks at one list head per timeout class, cheap
+ * next to what a full table costs, so flows are ended promptly under the shorter timeouts. */
+#define FT_SWEEP_EVERY_EMERGENCY 8
 #define FT_RETIRE_BATCH 256 /* deleted flows per call_rcu at most */
 #define FT_FLOW_AHEAD 2     /* packets between ft_worker_prefetch_flow and their turn */
 
@@ -43,6 +48,12 @@ static void ft_lru_append(struct ft_lru *l, struct ft_flow *f)
 
 /* ---- records ---- */
 
+/* Live flows at which pct % of cap is reached: the least n with n * 100 >= cap * pct. */
+static uint32_t ft_pct_of(uint32_t cap, uint32_t pct)
+{
+    return (uint32_t)(((uint64_t)cap * pct + 99) / 100);
+}
+
 int ft_worker_init(struct ft_worker *w, struct ft_shared *sh, int index, uint32_t cap)
 {
     memset(w, 0, sizeof *w);
@@ -50,6 +61,17 @@ int ft_worker_init(struct ft_worker *w, struct ft_shared *sh, int index, uint32_
     w->index = index;
     w->cap = cap;
     atomic_init(&w->reclaimed, NULL);
+    memcpy(w->timeout_ns, sh->timeout_ns, sizeof w->timeout_ns);
+    w->emergency_enter = UINT32_MAX;
+    if (sh->cfg.emergency_enter_pct > 0) {
+        w->emergency_enter = ft_pct_of(cap, sh->cfg.emergency_enter_pct);
+        /* leave_pct 0 would never be met: a worker leaves once it has no flow left instead. */
+        w->emergency_leave = ft_pct_of(cap, sh->cfg.emergency_leave_pct);
+        if (w->emergency_leave == 0)
+            w->emergency_leave = 1;
+    }
+    w->enter_at = w->emergency_enter;
+    w->leave_at = 0;
     w->clock = INT64_MIN;
     w->front = calloc((size_t)1 << FT_FRONT_BITS, sizeof *w->front);
     return w->front ? 0 : -1;
@@ -102,6 +124,7 @@ static bool ft_slab_add(struct ft_worker *w)
     s->next = w->slabs;
     s->size = size;
     w->slabs = s;
+    ft_count(&w->memory, size);
     w->carve = (uint8_t *)s + 64;
     w->carve_end = (uint8_t *)s + size;
     return true;
@@ -134,7 +157,6 @@ static struct ft_flow *ft_flow_alloc(struct ft_worker *w)
     for (uint32_t i = 0; i < k; i++)
         f->stored[i].bytes = data + (size_t)i * sh->cfg.bytes_per_packet;
     f->owner = w;
-    atomic_init(&f->rcu_handoff, 0);
     return f;
 }
 
@@ -155,7 +177,8 @@ void ft_worker_release_pool(struct ft_worker *w)
 
 /* ---- ending a session ---- */
 
-static void ft_emit(struct ft_worker *w, const struct ft_flow *f, enum ft_end_reason reason)
+/* The worker's scratch view of a flow, for either callback. */
+static struct ft_session *ft_view(struct ft_worker *w, const struct ft_flow *f)
 {
     struct ft_session *s = &w->out;
     const struct ft_key *k = &f->key;
@@ -178,11 +201,58 @@ static void ft_emit(struct ft_worker *w, const struct ft_flow *f, enum ft_end_re
     s->tcp_flags[0] = f->tcp_flags[a];
     s->tcp_flags[1] = f->tcp_flags[b];
     s->tcp_state = f->tcp_state;
-    s->reason = (uint8_t)reason;
     s->linktype = f->linktype;
     s->n_stored = f->n_stored;
     s->stored = f->stored;
+    s->payload_pkts = f->payload_pkts;
+    s->ready = f->ready;
+    return s;
+}
+
+static void ft_emit(struct ft_worker *w, const struct ft_flow *f, enum ft_end_reason reason)
+{
+    struct ft_session *s = ft_view(w, f);
+    s->reason = (uint8_t)reason;
     w->sh->on_session(s, w->index, w->sh->user);
+}
+
+/* An early verdict: from now on the flow stores nothing more, so the packets the ready callback
+ * saw are the ones the end callback reports. The session has not ended: reason is 0 there. */
+static void ft_make_ready(struct ft_worker *w, struct ft_flow *f, enum ft_ready_trigger why)
+{
+    f->ready = (uint8_t)why;
+    ft_count(&w->readied, 1);
+    const struct ft_shared *sh = w->sh;
+    if (sh->on_ready) {
+        struct ft_session *s = ft_view(w, f);
+        s->reason = 0;
+        sh->on_ready(s, w->index, sh->ready_user);
+    }
+}
+
+/* ---- emergency mode ---- */
+
+/* The worker's live flows reached emergency_enter_pct % of its cap: shorter timeouts, and a
+ * sweep at the end of the packet being handled (not inside the insertion: the new flow's times
+ * are set only after it). */
+static void ft_emergency_enter(struct ft_worker *w)
+{
+    w->emergency = true;
+    memcpy(w->timeout_ns, w->sh->emergency_timeout_ns, sizeof w->timeout_ns);
+    w->enter_at = UINT32_MAX;
+    w->leave_at = w->emergency_leave;
+    w->since_sweep = FT_SWEEP_EVERY - 1;
+    ft_count(&w->emergency_entered, 1);
+    ft_count(&w->emergency_active, 1);
+}
+
+static void ft_emergency_leave(struct ft_worker *w)
+{
+    w->emergency = false;
+    memcpy(w->timeout_ns, w->sh->timeout_ns, sizeof w->timeout_ns);
+    w->enter_at = w->emergency_enter;
+    w->leave_at = 0;
+    ft_count(&w->emergency_active, (uint64_t)-1);
 }
 
 /* why: what ended it (timeout, evicted, end of input, or closed for a port-reuse split). In
@@ -213,6 +283,8 @@ static void ft_end(struct ft_worker *w, struct ft_flow *f, enum ft_end_reason wh
         ft_worker_retire(w);
     w->live--;
     ft_count(&w->active, (uint64_t)-1);
+    if (w->live < w->leave_at)
+        ft_emergency_leave(w);
 }
 
 /* Loads ahead while flows are ended in LRU order (a sweep, the end of the input): what the
@@ -238,15 +310,17 @@ static inline void ft_end_prefetch(const struct ft_worker *w, const struct ft_fl
 
 static inline bool ft_expired(const struct ft_worker *w, const struct ft_flow *f, int64_t now)
 {
-    int64_t to = w->sh->timeout_ns[f->tclass];
+    int64_t to = w->timeout_ns[f->tclass];
     return to != 0 && now - f->clock_last > to;
 }
 
 void ft_worker_sweep(struct ft_worker *w)
 {
-    w->since_sweep = 0;
+    /* In emergency the packet counter restarts close to the limit rather than moving the limit:
+     * the packet path keeps comparing with a constant. */
+    w->since_sweep = w->emergency ? FT_SWEEP_EVERY - FT_SWEEP_EVERY_EMERGENCY : 0;
     for (int c = 0; c < FT_TC_COUNT; c++) {
-        if (w->sh->timeout_ns[c] == 0)
+        if (w->timeout_ns[c] == 0)
             continue;
         struct ft_lru *l = &w->lru[c];
         while (l->head && ft_expired(w, l->head, w->clock)) {
@@ -267,7 +341,7 @@ void ft_worker_flush(struct ft_worker *w, bool report)
     }
     ft_worker_retire(w);
     w->clock = INT64_MIN;
-    w->since_sweep = 0;
+    w->since_sweep = 0; /* no flow is left: emergency mode has ended */
 }
 
 void ft_worker_finish(struct ft_worker *w, int64_t final_clock)
@@ -357,6 +431,8 @@ static struct ft_flow *ft_flow_insert(struct ft_worker *w, struct ft_flow *f, bo
     w->live++;
     ft_count(&w->active, 1);
     ft_count(&w->created, 1);
+    if (w->live >= w->enter_at)
+        ft_emergency_enter(w);
     *fresh = true;
     return f;
 }
@@ -460,11 +536,12 @@ void ft_worker_packet(struct ft_worker *w, const struct ft_pkt *p)
     f->last_ns = p->ts_ns;
     f->clock_last = p->clock_ns;
     f->seen_dirs |= (uint8_t)(1u << d);
+    f->payload_pkts += p->has_payload;
     if (f->key.proto == 6)
         ft_tcp_track(f, p);
 
     uint32_t k = sh->cfg.packets_per_session;
-    if (f->n_stored < k) {
+    if (f->n_stored < k && !f->ready) {
         struct ft_stored_packet *sp = &f->stored[f->n_stored++];
         uint32_t m = sh->cfg.bytes_per_packet;
         uint32_t n = p->caplen < m ? p->caplen : m;
@@ -479,6 +556,19 @@ void ft_worker_packet(struct ft_worker *w, const struct ft_pkt *p)
         sp->layers = p->layers;
         sp->dir = (uint8_t)(d ^ f->init_dir);
         sp->tcp_flags = p->tcp_flags;
+    }
+
+    /* Early verdict, after the packet is stored. Until then every packet has been stored
+     * (ready_packets <= K), so the view holds the session's packets so far. A FIN or RST on the
+     * packet that also completes the count names the close: it says more about the session. */
+    uint32_t rp = sh->cfg.ready_packets;
+    if (rp && !f->ready) {
+        if (p->tcp_flags & FT_TCP_RST)
+            ft_make_ready(w, f, FT_READY_RST);
+        else if (p->tcp_flags & FT_TCP_FIN)
+            ft_make_ready(w, f, FT_READY_FIN);
+        else if (f->pkts[0] + f->pkts[1] >= rp)
+            ft_make_ready(w, f, FT_READY_PACKETS);
     }
 
     /* Most recently seen goes to the tail of its class's list; the clock never decreases, so
