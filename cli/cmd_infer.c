@@ -12,6 +12,7 @@
 
 #include "cli/cli.h"
 #include "model/model.h"
+#include "sensor/sensor.h"
 #include "tokenizer/tokenizer.h"
 #include "train/train.h"
 
@@ -25,6 +26,7 @@ struct infer {
     struct model_runner *runner;
     uint32_t batch, seq, threads, top_k;
     bool json;
+    bool emit_tokens; /* classify captures, JSON: the input ids as "token_ids" (compare with replay) */
     FILE *out;
     /* the current batch */
     uint32_t n;
@@ -280,7 +282,7 @@ static void on_session(const struct ft_session *s, int worker, void *user)
         inet_ntop(af, s->dst_addr, dst, sizeof dst);
     }
     const char *file = sr->files[sr->current_file];
-    char desc[8192];
+    char desc[8192 + 12 * 4096];
     if (in->json) {
         /* the file name is JSON-escaped by hand: it is the one free-form field */
         char esc[4200];
@@ -300,6 +302,13 @@ static void on_session(const struct ft_session *s, int worker, void *user)
                  "\"dest_ip\":\"%s\",\"dest_port\":%u,\"packets\":%" PRIu64 ",\"tokens\":%u",
                  esc, s->first_frame, proto_name(s->proto, pbuf), src, s->src_port, dst, s->dst_port,
                  s->pkts[0] + s->pkts[1], len);
+        if (in->emit_tokens) {
+            size_t k = strlen(desc);
+            k += (size_t)snprintf(desc + k, sizeof desc - k, ",\"token_ids\":[");
+            for (uint32_t i = 0; i < len && k + 16 < sizeof desc; i++)
+                k += (size_t)snprintf(desc + k, sizeof desc - k, i ? ",%u" : "%u", ids[i]);
+            snprintf(desc + k, sizeof desc - k, "]");
+        }
     } else {
         snprintf(desc, sizeof desc, "%s\t%" PRIu64 "\t%s\t%s\t%u\t%s\t%u\t%" PRIu64, file, s->first_frame,
                  proto_name(s->proto, pbuf), src, s->src_port, dst, s->dst_port, s->pkts[0] + s->pkts[1]);
@@ -332,20 +341,15 @@ static void on_session(const struct ft_session *s, int worker, void *user)
         free(ids);
 }
 
+/* The model's tokenizer settings: the sensor's mapping, so that `netlm classify` and the sensor
+ * tokenize a session identically by construction. */
 static bool model_tok_settings(struct infer *in, struct tok_settings *tok)
 {
-    const struct model_tokenizer *mt = &in->cfg->tokenizer;
-    tok_settings_defaults(tok);
-    if (!tok_header_mode_parse(mt->header_mode, &tok->header_mode)) {
-        cli_error(in->cmd, "model config: tokenizer.header_mode '%s' is not none|seed|full|strict|strip",
-                  mt->header_mode);
+    char err[512];
+    if (!sensor_tok_settings_from_model(in->cfg, in->seq, tok, err, sizeof err)) {
+        cli_error(in->cmd, "%s", err);
         return false;
     }
-    tok->stride = (int)mt->stride;
-    tok->tokens_per_packet = mt->tokens_per_packet;
-    tok->packets = mt->packets;
-    tok->sep_between_packets = mt->sep_between_packets;
-    tok->seq_length = in->seq;
     return true;
 }
 
@@ -360,10 +364,7 @@ static int classify_captures(struct infer *in, const struct cli_opt *opts, const
     if (!cli_flow_config(in->cmd, opts, &fcfg))
         return 2;
     fcfg.packets_per_session = tok.packets;
-    fcfg.bytes_per_packet = tok.tokens_per_packet * (uint32_t)tok.stride + 1 +
-                            (tok.header_mode == TOK_HDR_STRIP ? 256 : 0);
-    if (fcfg.bytes_per_packet > 4096)
-        fcfg.bytes_per_packet = 4096;
+    fcfg.bytes_per_packet = sensor_bytes_per_packet(&tok);
     char **files = NULL;
     uint64_t total_bytes = 0;
     int n_files = cli_collect_files(in->cmd, paths, n_paths, &files, &total_bytes);
@@ -493,6 +494,7 @@ int cmd_classify(int argc, char **argv)
     struct cli_opt opts[] = {
         INFER_OPTIONS,
         {"top-k", NULL, 'k', "N", "labels listed per row, best first (default 3, at most 16)", NULL},
+        {"emit-tokens", NULL, 0, NULL, "debug, captures with --format json: the model input ids as \"token_ids\"", NULL},
         CLI_FLOW_OPTIONS,
         {0},
     };
@@ -516,6 +518,7 @@ int cmd_classify(int argc, char **argv)
     }
     if (!infer_common(&in, opts) || !cli_u32(cmd, opts, "top-k", 3, 1, 16, &in.top_k))
         goto done;
+    in.emit_tokens = cli_flag(opts, "emit-tokens");
     status = 1;
     if (in.cfg->num_labels == 0) {
         cli_error(cmd, "%s: not a classification model (no labels; task %s)", cli_get(opts, "model"),

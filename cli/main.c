@@ -20,6 +20,8 @@ static const struct command commands[] = {
     {"pretrain", cmd_pretrain, "pretrain a causal language model on token shards"},
     {"finetune", cmd_finetune, "train a classifier on dataset TSVs (understanding)"},
     {"eval", cmd_eval, "accuracy, macro-F1 and per-class metrics of a model on a labelled TSV"},
+    {"sensor", cmd_sensor, "the live sensor: capture, classify sessions, JSON-line events (-c netlm.conf)"},
+    {"replay", cmd_replay, "the sensor's pipeline over capture files; events to stdout or -o"},
     {"convert", cmd_convert, "Hugging Face GPT-2/Qwen2 checkpoint (or a config) -> netlm model directory"},
 };
 

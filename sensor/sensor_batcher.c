@@ -1,0 +1,425 @@
+/* sensor_batcher.c — the model side of the sensor: the engine (model, vocabulary, tokenizer
+ * settings, runner and buffers, built and swapped as one unit so a reload can never mix two
+ * models) and the batcher thread that turns ready sessions into classification or generation
+ * events.
+ *
+ * A batch is up to batch_max sessions, or fewer once batch_timeout_us has passed since the first
+ * of them was queued. Reload: the manager builds a new engine and posts it; the batcher takes it
+ * between batches and frees the old one after its in-flight batch, so no batch ever runs on a
+ * model that is being freed. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "sensor/sensor_internal.h"
+
+/* ---- what `netlm classify` shares ---- */
+
+bool sensor_tok_settings_from_model(const struct model_config *mc, uint32_t seq_length,
+                                    struct tok_settings *tok, char *err, size_t errlen)
+{
+    const struct model_tokenizer *mt = &mc->tokenizer;
+    tok_settings_defaults(tok);
+    if (!tok_header_mode_parse(mt->header_mode, &tok->header_mode)) {
+        snprintf(err, errlen, "model config: tokenizer.header_mode '%s' is not none|seed|full|strict|strip",
+                 mt->header_mode);
+        return false;
+    }
+    if (mt->stride != 1 && mt->stride != 2) {
+        snprintf(err, errlen, "model config: tokenizer.stride %u is not 1 or 2", mt->stride);
+        return false;
+    }
+    tok->stride = (int)mt->stride;
+    tok->tokens_per_packet = mt->tokens_per_packet;
+    tok->packets = mt->packets;
+    tok->sep_between_packets = mt->sep_between_packets;
+    tok->seq_length = seq_length;
+    return true;
+}
+
+uint32_t sensor_bytes_per_packet(const struct tok_settings *tok)
+{
+    uint64_t n = (uint64_t)tok->tokens_per_packet * (uint32_t)tok->stride + 1 +
+                 (tok->header_mode == TOK_HDR_STRIP ? 256 : 0);
+    return n > 4096 ? 4096 : (uint32_t)n;
+}
+
+struct tok_vocab *sensor_load_vocab(const char *dir, const struct model_config *mc, char *err, size_t errlen)
+{
+    if (strcmp(mc->tokenizer.vocab, "builtin") == 0 || mc->tokenizer.vocab[0] == '\0')
+        return tok_vocab_builtin();
+    char path[CFG_PATH_MAX + 300];
+    snprintf(path, sizeof path, "%s/%s", dir, mc->tokenizer.vocab);
+    return tok_vocab_load(path, err, errlen);
+}
+
+/* ---- the engine ---- */
+
+void sensor_engine_free(struct sensor_engine *e)
+{
+    if (!e)
+        return;
+    if (e->labels_json)
+        for (uint32_t i = 0; i < e->mc->num_labels; i++)
+            free(e->labels_json[i]);
+    free(e->labels_json);
+    free(e->name_json);
+    free(e->ids);
+    free(e->lengths);
+    free(e->generated);
+    free(e->generated_len);
+    free(e->scores);
+    free(e->batch);
+    free(e->line);
+    free(e->text);
+    model_runner_free(e->runner);
+    tok_vocab_free(e->vocab);
+    model_free(e->model);
+    free(e);
+}
+
+struct sensor_engine *sensor_engine_load(const struct cfg_sensor *cfg, const char *dir, char *err, size_t errlen)
+{
+    struct sensor_engine *e = calloc(1, sizeof *e);
+    if (!e) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    if (cfg->model.device[0] && strcmp(cfg->model.device, "cpu") != 0) {
+        snprintf(err, errlen, "model.device '%s': this build runs the sensor's model on the CPU only",
+                 cfg->model.device);
+        goto fail;
+    }
+    e->model = model_load(dir, err, errlen);
+    if (!e->model)
+        goto fail;
+    e->mc = model_get_config(e->model);
+    enum cfg_task task = cfg->model.task;
+    if (task == CFG_TASK_AUTO) {
+        if (e->mc->task == MODEL_TASK_CLASSIFY)
+            task = CFG_TASK_CLASSIFY;
+        else if (e->mc->task == MODEL_TASK_GENERATE)
+            task = CFG_TASK_GENERATE;
+        else {
+            snprintf(err, errlen, "%s: a language model (task %s); the sensor needs a classify or generate model",
+                     dir, model_task_name(e->mc->task));
+            goto fail;
+        }
+    }
+    e->task = task;
+    if (task == CFG_TASK_CLASSIFY && e->mc->num_labels == 0) {
+        snprintf(err, errlen, "%s: not a classification model (no labels; task %s)", dir,
+                 model_task_name(e->mc->task));
+        goto fail;
+    }
+    e->seq = e->mc->seq_length;
+    if (e->seq < 2 || e->seq > e->mc->max_positions) {
+        snprintf(err, errlen, "%s: seq_length %u outside 2..%u", dir, e->seq, e->mc->max_positions);
+        goto fail;
+    }
+    if (!sensor_tok_settings_from_model(e->mc, e->seq, &e->tok, err, errlen))
+        goto fail;
+    e->vocab = sensor_load_vocab(dir, e->mc, err, errlen);
+    if (!e->vocab)
+        goto fail;
+    if (tok_vocab_size(e->vocab) > e->mc->vocab_size) {
+        snprintf(err, errlen, "%s: the vocabulary has %u tokens but the model only %u (vocab_size)", dir,
+                 tok_vocab_size(e->vocab), e->mc->vocab_size);
+        goto fail;
+    }
+    e->field = TOK_FIELD_IP_LENGTH;
+    e->batch_max = cfg->model.batch_max ? cfg->model.batch_max : 1;
+    e->batch_timeout_us = cfg->model.batch_timeout_us;
+    e->top_k = cfg->model.top_k ? cfg->model.top_k : 1;
+    if (task == CFG_TASK_CLASSIFY && e->top_k > e->mc->num_labels)
+        e->top_k = e->mc->num_labels;
+    if (e->top_k > 100)
+        e->top_k = 100;
+    e->max_new = cfg->model.max_new_tokens ? cfg->model.max_new_tokens
+                                           : (e->mc->tgt_seq_length > 1 ? e->mc->tgt_seq_length - 1 : 1);
+    uint32_t threads = cfg->model.threads;
+    if (threads == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = n > 0 ? (uint32_t)n : 1;
+    }
+    if (task == CFG_TASK_GENERATE && e->seq + e->max_new > e->mc->max_positions) {
+        /* the prompt is one packet: leave room for the generated tokens */
+        if (e->mc->max_positions < e->max_new + 2) {
+            snprintf(err, errlen, "%s: %u positions cannot hold a prompt and %u new tokens", dir,
+                     e->mc->max_positions, e->max_new);
+            goto fail;
+        }
+        e->seq = e->mc->max_positions - e->max_new;
+        e->tok.seq_length = e->seq;
+    }
+    uint32_t kv = task == CFG_TASK_GENERATE ? e->seq + e->max_new : 0;
+    e->runner = model_runner_create(e->model, e->batch_max, e->seq, kv, threads, err, errlen);
+    if (!e->runner)
+        goto fail;
+    size_t labels = e->mc->num_labels ? e->mc->num_labels : 1;
+    e->ids = calloc((size_t)e->batch_max * e->seq, sizeof *e->ids);
+    e->lengths = calloc(e->batch_max, sizeof *e->lengths);
+    e->scores = calloc((size_t)e->batch_max * labels, sizeof *e->scores);
+    e->generated = calloc((size_t)e->batch_max * e->max_new, sizeof *e->generated);
+    e->generated_len = calloc(e->batch_max, sizeof *e->generated_len);
+    e->batch = calloc(e->batch_max, sizeof *e->batch);
+    e->line_cap = 16384 + (size_t)e->seq * 12 + (size_t)e->max_new * 16;
+    e->line = malloc(e->line_cap);
+    e->text_cap = (size_t)e->tok.tokens_per_packet * 8 + 64;
+    e->text = malloc(e->text_cap);
+    /* the model's name in events: the directory's last component */
+    char name[CFG_PATH_MAX];
+    snprintf(name, sizeof name, "%s", dir);
+    size_t nl = strlen(name);
+    while (nl > 1 && name[nl - 1] == '/')
+        name[--nl] = '\0';
+    const char *base = strrchr(name, '/');
+    snprintf(e->name, sizeof e->name, "%s", base && base[1] ? base + 1 : name);
+    e->name_json = sj_quote_dup(e->name);
+    e->labels_json = calloc(labels, sizeof *e->labels_json);
+    bool ok = e->ids && e->lengths && e->scores && e->generated && e->generated_len && e->batch && e->line &&
+              e->text && e->name_json && e->labels_json;
+    for (uint32_t i = 0; ok && i < e->mc->num_labels; i++)
+        ok = (e->labels_json[i] = sj_quote_dup(e->mc->labels[i])) != NULL;
+    if (!ok) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    return e;
+fail:
+    sensor_engine_free(e);
+    return NULL;
+}
+
+/* ---- one batch ---- */
+
+/* The top k of one row's scores, best first (ties: lower id first), as `netlm classify` ranks. */
+static uint32_t top_labels(const float *scores, uint32_t n, uint32_t k, uint32_t *best)
+{
+    if (k > n)
+        k = n;
+    for (uint32_t i = 0; i < k; i++) {
+        uint32_t pick = UINT32_MAX;
+        for (uint32_t j = 0; j < n; j++) {
+            bool taken = false;
+            for (uint32_t t = 0; t < i; t++)
+                taken |= best[t] == j;
+            if (!taken && (pick == UINT32_MAX || scores[j] > scores[pick]))
+                pick = j;
+        }
+        best[i] = pick;
+    }
+    return k;
+}
+
+static void record_latency(struct sensor *sn, int64_t ns)
+{
+    uint64_t us = ns > 0 ? (uint64_t)ns / 1000 : 0;
+    int b = 0;
+    while (b < SN_LAT_BUCKETS - 1 && (us >> b) != 0)
+        b++;
+    atomic_fetch_add_explicit(&sn->lat_hist[b], 1, memory_order_relaxed);
+    uint64_t cur = atomic_load_explicit(&sn->lat_max, memory_order_relaxed);
+    while (us > cur && !atomic_compare_exchange_weak_explicit(&sn->lat_max, &cur, us, memory_order_relaxed,
+                                                              memory_order_relaxed)) {
+    }
+}
+
+static void append_tokens(struct sensor_json *j, const char *key, const uint32_t *ids, uint32_t n)
+{
+    sj_printf(j, ",\"%s\":[", key);
+    for (uint32_t i = 0; i < n; i++)
+        sj_printf(j, i ? ",%u" : "%u", ids[i]);
+    sj_raw(j, "]");
+}
+
+static void emit(struct sensor *sn, struct sensor_json *j)
+{
+    if (j->overflow) {
+        sensor_sink_count_dropped(sn->sink, 1);
+        return;
+    }
+    sensor_sink_put(sn->sink, j->buf, j->len, true); /* the batcher may wait for the writer */
+}
+
+static void classify_batch(struct sensor *sn, struct sensor_engine *e, uint32_t n)
+{
+    for (uint32_t b = 0; b < n; b++)
+        e->lengths[b] = tok_session_ids(e->vocab, &e->tok, &e->batch[b]->s, e->ids + (size_t)b * e->seq);
+    bool ok = model_classify(e->runner, e->ids, e->lengths, n, e->seq, NULL, e->scores);
+    int64_t now = sensor_mono_ns();
+    if (!ok) {
+        atomic_fetch_add(&sn->failed_batches, 1);
+        sensor_log("the model rejected a batch of %u sessions (token ids outside its vocabulary?)", n);
+        return;
+    }
+    uint32_t best[100];
+    for (uint32_t b = 0; b < n; b++) {
+        struct sensor_slot *slot = e->batch[b];
+        const float *s = e->scores + (size_t)b * e->mc->num_labels;
+        uint32_t k = top_labels(s, e->mc->num_labels, e->top_k, best);
+        int64_t lat = now - slot->enqueue_ns;
+        record_latency(sn, lat);
+        struct sensor_json j;
+        sj_init(&j, e->line, e->line_cap);
+        sensor_event_common(sn, &j, slot->event_ts_ns, &slot->s, "classification", slot->file_index);
+        sj_raw(&j, ",\"classification\":{\"label\":");
+        sj_raw(&j, e->labels_json[best[0]]);
+        sj_printf(&j, ",\"label_id\":%u,\"score\":%.6f,\"top_k\":[", best[0], s[best[0]]);
+        for (uint32_t i = 0; i < k; i++) {
+            sj_raw(&j, i ? ",{\"label\":" : "{\"label\":");
+            sj_raw(&j, e->labels_json[best[i]]);
+            sj_printf(&j, ",\"label_id\":%u,\"score\":%.6f}", best[i], s[best[i]]);
+        }
+        uint32_t used = slot->s.n_stored < e->tok.packets ? slot->s.n_stored : e->tok.packets;
+        sj_raw(&j, "],\"model\":");
+        sj_raw(&j, e->name_json);
+        sj_printf(&j, ",\"packets\":%u,\"trigger\":\"%s\",\"latency_us\":%" PRId64, used,
+                  sensor_trigger_name((enum sensor_trigger)slot->trigger), lat / 1000);
+        if (sn->opts->emit_tokens)
+            append_tokens(&j, "tokens", e->ids + (size_t)b * e->seq, e->lengths[b]);
+        sj_raw(&j, "}}\n");
+        emit(sn, &j);
+        atomic_fetch_add_explicit(&sn->classified, 1, memory_order_relaxed);
+    }
+}
+
+/* Generation: the seed's task on the session's first packet — the field zeroed in the input, the
+ * model writes its value as tokens. */
+static void generate_batch(struct sensor *sn, struct sensor_engine *e, uint32_t n)
+{
+    uint8_t bytes[4096];
+    for (uint32_t b = 0; b < n; b++) {
+        struct sensor_slot *slot = e->batch[b];
+        uint32_t *ids = e->ids + (size_t)b * e->seq;
+        if (slot->s.n_stored == 0) {
+            ids[0] = TOK_CLS, ids[1] = TOK_SEP;
+            e->lengths[b] = 2;
+            continue;
+        }
+        struct ft_stored_packet masked = slot->pkts[0];
+        uint32_t len = masked.stored_len < sizeof bytes ? masked.stored_len : (uint32_t)sizeof bytes;
+        memcpy(bytes, masked.bytes, len);
+        uint32_t value = 0;
+        tok_field_take(e->field, bytes, len, &masked.layers, &value);
+        masked.bytes = bytes;
+        masked.stored_len = len;
+        size_t needed = 0;
+        size_t tl = tok_packet_text(&e->tok, &masked, e->text, e->text_cap, &needed);
+        e->lengths[b] = tok_text_ids(e->vocab, e->text, tl, e->seq, ids);
+    }
+    struct model_sampling sampling = {.temperature = 0, .top_k = 0, .top_p = 1, .seed = 7};
+    bool ok = model_generate(e->runner, e->ids, e->lengths, n, e->seq, &sampling, e->max_new, e->generated,
+                             e->generated_len);
+    int64_t now = sensor_mono_ns();
+    if (!ok) {
+        atomic_fetch_add(&sn->failed_batches, 1);
+        sensor_log("the model rejected a batch of %u sessions (token ids outside its vocabulary?)", n);
+        return;
+    }
+    for (uint32_t b = 0; b < n; b++) {
+        struct sensor_slot *slot = e->batch[b];
+        int64_t lat = now - slot->enqueue_ns;
+        record_latency(sn, lat);
+        char text[1024] = "";
+        size_t tn = 0;
+        uint64_t value = 0;
+        bool parses = true;
+        int hex_digits = 0;
+        for (uint32_t i = 0; i < e->generated_len[b]; i++) {
+            uint32_t id = e->generated[(size_t)b * e->max_new + i];
+            if (id == TOK_SEP)
+                break;
+            const char *tok = tok_vocab_token(e->vocab, id);
+            if (!tok)
+                tok = "[UNK]";
+            if (tn + strlen(tok) + 2 >= sizeof text)
+                break;
+            tn += (size_t)snprintf(text + tn, sizeof text - tn, "%s%s", tn ? " " : "", tok);
+            /* "0000 003c" → 0x0000003c: every token four hex digits, 16 digits at most */
+            bool hex4 = strlen(tok) == 4;
+            for (int d = 0; hex4 && d < 4; d++) {
+                char c = tok[d];
+                int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+                if (v < 0)
+                    hex4 = false;
+                else
+                    value = value << 4 | (uint64_t)v;
+            }
+            hex_digits += 4;
+            parses = parses && hex4 && hex_digits <= 16;
+        }
+        parses = parses && hex_digits > 0;
+        struct sensor_json j;
+        sj_init(&j, e->line, e->line_cap);
+        sensor_event_common(sn, &j, slot->event_ts_ns, &slot->s, "generation", slot->file_index);
+        sj_printf(&j, ",\"generation\":{\"field\":\"%s\",\"tokens\":", tok_field_name(e->field));
+        sj_str(&j, text);
+        if (parses)
+            sj_printf(&j, ",\"value\":%" PRIu64, value);
+        sj_raw(&j, ",\"model\":");
+        sj_raw(&j, e->name_json);
+        sj_printf(&j, ",\"packets\":%u,\"trigger\":\"%s\",\"latency_us\":%" PRId64, slot->s.n_stored ? 1u : 0u,
+                  sensor_trigger_name((enum sensor_trigger)slot->trigger), lat / 1000);
+        if (sn->opts->emit_tokens)
+            append_tokens(&j, "input_tokens", e->ids + (size_t)b * e->seq, e->lengths[b]);
+        sj_raw(&j, "}}\n");
+        emit(sn, &j);
+        atomic_fetch_add_explicit(&sn->classified, 1, memory_order_relaxed);
+    }
+}
+
+const char *sensor_trigger_name(enum sensor_trigger t)
+{
+    static const char *const names[] = {"packets", "fin", "rst", "timeout", "forced", "shutdown"};
+    return (unsigned)t < sizeof names / sizeof names[0] ? names[t] : "packets";
+}
+
+void *sensor_batcher_main(void *arg)
+{
+    struct sensor *sn = arg;
+    for (;;) {
+        struct sensor_engine *next = atomic_exchange(&sn->pending, NULL);
+        if (next) {
+            sensor_engine_free(sn->engine); /* its last batch is done: nothing else uses it */
+            sn->engine = next;
+            sensor_log("model %s loaded (task %s, batch_max %u)", next->name, cfg_task_name(next->task),
+                       next->batch_max);
+        }
+        struct sensor_engine *e = sn->engine;
+        uint32_t n = sensor_queue_pop(&sn->q, e->batch, e->batch_max);
+        if (n == 0) {
+            /* input_done is set only after the last flow has ended, so an empty queue then is
+             * final; re-check after reading the flag to close the race with the last push */
+            if (atomic_load(&sn->input_done)) {
+                n = sensor_queue_pop(&sn->q, e->batch, e->batch_max);
+                if (n == 0)
+                    break;
+            } else {
+                sensor_queue_wait_items(&sn->q, sensor_mono_ns() + 100000000);
+                continue;
+            }
+        }
+        int64_t deadline = e->batch[0]->enqueue_ns + (int64_t)e->batch_timeout_us * 1000;
+        while (n < e->batch_max) {
+            n += sensor_queue_pop(&sn->q, e->batch + n, e->batch_max - n);
+            if (n == e->batch_max || atomic_load(&sn->input_done) || sensor_mono_ns() >= deadline)
+                break;
+            sensor_queue_wait_items(&sn->q, deadline);
+        }
+        if (e->task == CFG_TASK_CLASSIFY)
+            classify_batch(sn, e, n);
+        else
+            generate_batch(sn, e, n);
+        atomic_fetch_add_explicit(&sn->batches, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&sn->batch_items, n, memory_order_relaxed);
+        uint64_t m = atomic_load_explicit(&sn->batch_max_seen, memory_order_relaxed);
+        if (n > m)
+            atomic_store_explicit(&sn->batch_max_seen, n, memory_order_relaxed);
+        for (uint32_t b = 0; b < n; b++)
+            sensor_queue_release(&sn->q, e->batch[b]);
+    }
+    return NULL;
+}

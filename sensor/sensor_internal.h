@@ -1,0 +1,202 @@
+/* sensor_internal.h — private to sensor/: the ready queue, the model engine, the sink, the JSON
+ * line builder and the run's shared state, which the threads of sensor_run.c, sensor_batcher.c,
+ * sensor_sink.c and sensor_events.c all see. */
+#ifndef NETLM_SENSOR_INTERNAL_H
+#define NETLM_SENSOR_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "capture/capture.h"
+#include "flowtable/flowtable.h"
+#include "sensor/sensor.h"
+
+int64_t sensor_mono_ns(void);     /* CLOCK_MONOTONIC: latencies and intervals */
+int64_t sensor_realtime_ns(void); /* CLOCK_REALTIME: the clock of live packet timestamps */
+/* One line on stderr: "netlm <command>: ..." (the threads' only way to report). */
+void sensor_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void sensor_set_log_command(const char *command);
+
+/* ---- the ready queue: preallocated slots handed around by index through two lock-free
+ * bounded MPMC rings (Vyukov's sequence-number ring), so the flow workers' callbacks, which run
+ * concurrently, never allocate and never take a lock on the fast path ---- */
+
+enum sensor_trigger {
+    SN_TRIGGER_PACKETS = 0,
+    SN_TRIGGER_FIN,
+    SN_TRIGGER_RST,
+    SN_TRIGGER_TIMEOUT,
+    SN_TRIGGER_FORCED,
+    SN_TRIGGER_SHUTDOWN,
+};
+const char *sensor_trigger_name(enum sensor_trigger t);
+
+struct sensor_slot {
+    struct ft_session s;          /* s.stored points at pkts below */
+    struct ft_stored_packet *pkts; /* max_pkts entries */
+    uint8_t *bytes;               /* max_pkts × pkt_bytes */
+    int64_t enqueue_ns;           /* monotonic, for ready→verdict latency */
+    int64_t event_ts_ns;          /* packet time of the ready packet (or the last one) */
+    int32_t file_index;           /* replay: which input file, -1 live */
+    uint8_t trigger;              /* enum sensor_trigger */
+};
+
+struct sensor_ring_cell {
+    _Atomic size_t seq;
+    uint32_t value;
+};
+struct sensor_ring {
+    struct sensor_ring_cell *cells;
+    size_t mask;
+    _Alignas(64) _Atomic size_t head; /* next to pop */
+    _Alignas(64) _Atomic size_t tail; /* next to push */
+};
+
+struct sensor_queue {
+    uint32_t n_slots, max_pkts, pkt_bytes;
+    struct sensor_slot *slots;
+    uint8_t *bytes;
+    struct ft_stored_packet *pkts;
+    struct sensor_ring free_ring, ready_ring;
+    /* only for sleeping: the fast paths never touch it */
+    pthread_mutex_t lock;
+    pthread_cond_t items, space;
+    _Atomic int consumer_waiting, producers_waiting;
+};
+
+bool sensor_queue_init(struct sensor_queue *q, uint32_t n_slots, uint32_t max_pkts,
+                       uint32_t pkt_bytes);
+void sensor_queue_destroy(struct sensor_queue *q);
+/* A free slot, or NULL when none is free (wait = false) or when *give_up turns true while
+ * waiting. */
+struct sensor_slot *sensor_queue_reserve(struct sensor_queue *q, bool wait, const atomic_bool *give_up);
+/* Copies the session view (and its stored packets) into the slot. */
+void sensor_slot_fill(struct sensor_queue *q, struct sensor_slot *slot, const struct ft_session *s);
+void sensor_queue_push(struct sensor_queue *q, struct sensor_slot *slot);
+/* Up to max ready slots, without waiting. */
+uint32_t sensor_queue_pop(struct sensor_queue *q, struct sensor_slot **out, uint32_t max);
+/* Sleeps until a slot may be ready, deadline (monotonic ns) passes, or sensor_queue_kick. */
+void sensor_queue_wait_items(struct sensor_queue *q, int64_t deadline_ns);
+void sensor_queue_kick(struct sensor_queue *q);
+void sensor_queue_release(struct sensor_queue *q, struct sensor_slot *slot);
+size_t sensor_queue_depth(struct sensor_queue *q);
+
+/* ---- the model engine: everything a batch needs, swapped whole on reload ---- */
+
+struct sensor_engine {
+    struct model *model;
+    const struct model_config *mc;
+    struct tok_vocab *vocab;
+    struct tok_settings tok;
+    struct model_runner *runner;
+    enum cfg_task task;           /* CLASSIFY or GENERATE (never AUTO) */
+    enum tok_field field;         /* generation target (the seed's: ip_len) */
+    uint32_t seq, batch_max, batch_timeout_us, top_k, max_new;
+    char name[256];               /* the model directory's last component */
+    char *name_json;              /* name as a JSON string, quotes included */
+    char **labels_json;           /* each label as a JSON string */
+    uint32_t *ids, *lengths, *generated, *generated_len;
+    float *scores;
+    struct sensor_slot **batch;   /* batch_max slots being worked on */
+    char *line;                   /* one event line */
+    size_t line_cap;
+    char *text;                   /* generation: one packet's token text */
+    size_t text_cap;
+};
+/* Loads model_dir and builds its runner for cfg's batch and task settings. NULL + one line. */
+struct sensor_engine *sensor_engine_load(const struct cfg_sensor *cfg, const char *model_dir,
+                                         char *err, size_t errlen);
+void sensor_engine_free(struct sensor_engine *e);
+
+/* ---- JSON lines ---- */
+
+struct sensor_json {
+    char *buf;
+    size_t len, cap;
+    bool overflow; /* the line did not fit: it is dropped, never written cut */
+};
+void sj_init(struct sensor_json *j, char *buf, size_t cap);
+void sj_raw(struct sensor_json *j, const char *s);
+void sj_rawn(struct sensor_json *j, const char *s, size_t n);
+void sj_printf(struct sensor_json *j, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void sj_str(struct sensor_json *j, const char *s); /* quoted and escaped */
+void sj_time(struct sensor_json *j, int64_t ns);   /* "2026-11-26T20:23:13.123456+0000" */
+/* Escapes s into a new string, quotes included (labels, names, file names: done once). */
+char *sj_quote_dup(const char *s);
+
+/* ---- the sink: one writer thread, a double buffer of whole lines ---- */
+
+struct sensor_sink;
+/* kind FILE appends to path (O_APPEND; reopened on SIGHUP); with tmp_rename the file is written
+ * to "path.tmp.PID" and renamed by sensor_sink_close(commit). UNIX_STREAM connects to path and
+ * reconnects with backoff. Starts the writer thread. NULL + one line. */
+struct sensor_sink *sensor_sink_open(enum cfg_output_kind kind, const char *path, bool tmp_rename,
+                                     char *err, size_t errlen);
+/* line ends with '\n'. wait: sleep while the buffer is full; otherwise drop and count. */
+bool sensor_sink_put(struct sensor_sink *s, const char *line, size_t len, bool wait);
+void sensor_sink_count_dropped(struct sensor_sink *s, uint64_t n);
+void sensor_sink_reopen(struct sensor_sink *s); /* SIGHUP: at the next write */
+/* Writes everything pending, stops the writer; commit renames a tmp_rename file into place,
+ * otherwise it is removed. Returns false when a write failed (after one line). */
+bool sensor_sink_close(struct sensor_sink *s, bool commit);
+struct sensor_sink_stats {
+    uint64_t written, dropped, depth;
+};
+void sensor_sink_stats(struct sensor_sink *s, struct sensor_sink_stats *out);
+
+/* ---- the run ---- */
+
+#define SN_LAT_BUCKETS 40 /* bucket b holds latencies in [2^(b-1), 2^b) µs; b = 0: < 1 µs */
+
+struct sensor_skipset; /* per flow worker: ids of ready sessions the queue had no room for */
+
+struct sensor {
+    const struct sensor_options *opts;
+    struct cfg_sensor cfg;
+    struct ft_assembler *as;
+    struct sensor_queue q;
+    struct sensor_sink *sink;
+    struct sensor_engine *engine;                 /* the batcher's */
+    _Atomic(struct sensor_engine *) pending;      /* a reloaded engine waiting to be swapped in */
+    char **files;                                 /* replay */
+    char **files_json;                            /* each file name as a JSON string */
+    _Atomic int current_file;
+    bool replay, flow_events;
+    atomic_bool block_when_full; /* replay without --drop, and during the drain */
+    struct sensor_skipset **skipsets;
+    int n_workers;
+
+    atomic_bool stop;        /* SIGTERM/SIGINT: stop reading */
+    atomic_bool input_done;  /* every flow has ended: the batcher drains and leaves */
+    atomic_bool failed;      /* a thread hit an error that ends the run (exit 1) */
+    int64_t start_mono;
+    uint64_t progress_bytes, progress_frames; /* replay: read by the end (reader thread only) */
+
+    /* counters (relaxed atomics: read by the manager) */
+    _Atomic uint64_t cap_packets, cap_bytes, cap_kernel_drops, cap_iface_drops;
+    _Atomic uint64_t ready, skipped, classified, failed_batches;
+    _Atomic uint64_t batches, batch_items, batch_max_seen;
+    _Atomic uint64_t lat_hist[SN_LAT_BUCKETS];
+    _Atomic uint64_t lat_max;
+};
+
+/* ft callbacks (sensor_events.c) */
+void sensor_on_ready(const struct ft_session *s, int worker, void *user);
+void sensor_on_end(const struct ft_session *s, int worker, void *user);
+struct sensor_skipset *sensor_skipset_new(void);
+void sensor_skipset_free(struct sensor_skipset *set);
+
+/* Writes the common part ({"timestamp":...,"proto":...,) of an event. */
+void sensor_event_common(struct sensor *sn, struct sensor_json *j, int64_t ts_ns,
+                         const struct ft_session *s, const char *event_type, int file_index);
+/* One stats event (manager thread, and once at shutdown). interval_s: length of the interval the
+ * latency histogram covers. */
+void sensor_emit_stats(struct sensor *sn);
+
+/* The batcher thread (sensor_batcher.c). */
+void *sensor_batcher_main(void *arg);
+
+#endif

@@ -1,0 +1,577 @@
+/* sensor_run.c — the sensor's threads and their order of life: start-up (model, capture, output,
+ * privileges, flow table), the reader loop, the manager thread (stats, systemd, signals, reload)
+ * and the drain at the end.
+ *
+ * Threads: the calling thread reads the capture and feeds the flow table (its worker threads
+ * call back into sensor_events.c); the batcher runs the model; the sink's writer owns the output;
+ * the manager waits on a signalfd. Drain on SIGTERM/SIGINT or end of input: the reader stops,
+ * ft_assembler_finish_input ends every open flow (reason shutdown; unready payload sessions are
+ * queued, waiting for room now that no wire is being read), the batcher empties the queue and
+ * leaves, the final stats event is written, and the sink flushes and closes. */
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <systemd/sd-daemon.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "sensor/sensor_internal.h"
+
+static const char *log_command = "sensor";
+
+void sensor_set_log_command(const char *command)
+{
+    log_command = command;
+}
+
+void sensor_log(const char *fmt, ...)
+{
+    char line[1024];
+    int n = snprintf(line, sizeof line, "netlm %s: ", log_command);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "%s\n", line); /* one call: lines from several threads do not interleave */
+}
+
+int64_t sensor_mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int64_t sensor_realtime_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* ---- start-up pieces ---- */
+
+static const char *model_dir(const struct sensor_options *o, const struct cfg_sensor *cfg)
+{
+    if (o->model_override && o->model_override[0])
+        return o->model_override;
+    return cfg->model.path[0] ? cfg->model.path : NETLM_DEFAULT_MODEL;
+}
+
+static void flow_config(const struct cfg_sensor *c, const struct sensor_engine *e, struct ft_config *f)
+{
+    ft_config_defaults(f);
+    f->max_flows = c->flow.max_flows;
+    f->ready_packets = c->session.ready_packets;
+    f->packets_per_session = c->flow.packets_per_session;
+    if (f->packets_per_session < f->ready_packets)
+        f->packets_per_session = f->ready_packets;
+    /* never keep fewer bytes than the model's tokenizer reads of a packet: `netlm classify` keeps
+     * exactly this many, and the two must tokenize alike */
+    uint32_t need = sensor_bytes_per_packet(&e->tok);
+    f->bytes_per_packet = c->flow.bytes_per_packet > need ? c->flow.bytes_per_packet : need;
+    f->port_reuse = c->flow.port_reuse_merge ? FT_PORT_REUSE_MERGE : FT_PORT_REUSE_SPLIT;
+    f->decode.innermost = c->capture.tunnels_inner;
+    f->workers = c->flow.workers ? (int)c->flow.workers : 1;
+    const struct cfg_timeouts *t = &c->flow.timeouts, *et = &c->flow.emergency_timeouts;
+    f->timeouts = (struct ft_timeouts){t->tcp_new, t->tcp_established, t->tcp_closed, t->udp_new,
+                                       t->udp_established, t->other_new, t->other_established};
+    f->emergency_enter_pct = c->flow.emergency_enter_pct;
+    f->emergency_leave_pct = c->flow.emergency_leave_pct;
+    f->emergency_timeouts = (struct ft_timeouts){et->tcp_new, et->tcp_established, et->tcp_closed, et->udp_new,
+                                                 et->udp_established, et->other_new, et->other_established};
+}
+
+/* Started as root with service.user set: become that user (after the capture and the output are
+ * open, before any packet is processed). Anyone else stays who they are. */
+static bool drop_privileges(const struct cfg_sensor *c, char *err, size_t errlen)
+{
+    if (geteuid() != 0 || !c->service.user[0])
+        return true;
+    struct passwd pwbuf, *pw = NULL;
+    char buf[4096];
+    if (getpwnam_r(c->service.user, &pwbuf, buf, sizeof buf, &pw) != 0 || !pw) {
+        snprintf(err, errlen, "service.user '%s': no such user", c->service.user);
+        return false;
+    }
+    uid_t uid = pw->pw_uid;
+    gid_t gid = pw->pw_gid;
+    if (c->service.group[0]) {
+        struct group grbuf, *gr = NULL;
+        char gbuf[4096];
+        if (getgrnam_r(c->service.group, &grbuf, gbuf, sizeof gbuf, &gr) != 0 || !gr) {
+            snprintf(err, errlen, "service.group '%s': no such group", c->service.group);
+            return false;
+        }
+        gid = gr->gr_gid;
+    }
+    if (initgroups(c->service.user, gid) != 0 || setgid(gid) != 0 || setuid(uid) != 0) {
+        snprintf(err, errlen, "cannot become user '%s': %s", c->service.user, strerror(errno));
+        return false;
+    }
+    /* glibc applies setuid to every thread; check it took, and that it cannot be undone */
+    if (getuid() != uid || geteuid() != uid || getgid() != gid || getegid() != gid ||
+        (uid != 0 && setuid(0) == 0)) {
+        snprintf(err, errlen, "dropping privileges to '%s' did not take", c->service.user);
+        return false;
+    }
+    return true;
+}
+
+/* ---- the manager thread ---- */
+
+struct manager {
+    struct sensor *sn;
+    int sigfd, stopfd;
+};
+
+/* Signals arrive through a self-pipe: the handler only writes the signal number. (A signalfd
+ * would need the signals blocked in every thread, and libraries start threads of their own —
+ * OpenBLAS at load time — where they are not.) */
+static int signal_pipe[2] = {-1, -1};
+
+static void on_signal(int signo)
+{
+    int saved = errno;
+    unsigned char b = (unsigned char)signo;
+    if (write(signal_pipe[1], &b, 1) < 0) {
+        /* the pipe is full: signals are already pending, nothing is lost that matters */
+    }
+    errno = saved;
+}
+
+static void reload(struct sensor *sn)
+{
+    char err[CFG_PATH_MAX + 1024];
+    struct cfg_sensor *nc = malloc(sizeof *nc);
+    if (!nc) {
+        sensor_log("reload: out of memory (keeping the running model)");
+        return;
+    }
+    *nc = sn->cfg;
+    if (sn->opts->config_path) {
+        struct cfg_sensor *fresh = malloc(sizeof *fresh);
+        if (!fresh || cfg_load(sn->opts->config_path, fresh, err, sizeof err) != 0 ||
+            cfg_validate(fresh, err, sizeof err) != 0) {
+            sensor_log("reload: %s (keeping the running model)", fresh ? err : "out of memory");
+            free(fresh);
+            free(nc);
+            return;
+        }
+        /* only the [SIGUSR2] keys change; the rest waits for a restart */
+        memcpy(nc->model.path, fresh->model.path, sizeof nc->model.path);
+        nc->model.task = fresh->model.task;
+        nc->model.batch_max = fresh->model.batch_max;
+        nc->model.batch_timeout_us = fresh->model.batch_timeout_us;
+        nc->model.top_k = fresh->model.top_k;
+        nc->model.max_new_tokens = fresh->model.max_new_tokens;
+        free(fresh);
+    }
+    const char *dir = model_dir(sn->opts, nc);
+    struct sensor_engine *e = sensor_engine_load(nc, dir, err, sizeof err);
+    if (e && sensor_bytes_per_packet(&e->tok) > sn->q.pkt_bytes) {
+        snprintf(err, sizeof err, "%s: its tokenizer reads %u bytes of a packet, the flow table keeps %u (restart to apply)",
+                 dir, sensor_bytes_per_packet(&e->tok), sn->q.pkt_bytes);
+        sensor_engine_free(e);
+        e = NULL;
+    }
+    if (e) {
+        /* usable: one tiny batch through it, here, not in the batcher */
+        e->ids[0] = TOK_CLS, e->ids[1] = TOK_SEP;
+        e->lengths[0] = 2;
+        struct model_sampling greedy = {.temperature = 0, .top_p = 1};
+        bool ok = e->task == CFG_TASK_CLASSIFY
+                      ? model_classify(e->runner, e->ids, e->lengths, 1, e->seq, NULL, e->scores)
+                      : model_generate(e->runner, e->ids, e->lengths, 1, e->seq, &greedy, 1, e->generated,
+                                       e->generated_len);
+        if (!ok) {
+            snprintf(err, sizeof err, "%s: the model failed a test batch", dir);
+            sensor_engine_free(e);
+            e = NULL;
+        }
+    }
+    if (!e) {
+        sensor_log("reload: %s (keeping the running model)", err);
+        free(nc);
+        return;
+    }
+    sn->cfg.model = nc->model; /* the manager's copy; nothing else reads these keys */
+    free(nc);
+    sensor_engine_free(atomic_exchange(&sn->pending, e)); /* an earlier reload never taken */
+    sensor_queue_kick(&sn->q);
+}
+
+static void *manager_main(void *arg)
+{
+    struct manager *m = arg;
+    struct sensor *sn = m->sn;
+    int64_t now = sensor_mono_ns();
+    double interval = sn->cfg.output.stats_interval;
+    int64_t stats_every = interval > 0 ? (int64_t)(interval * 1e9) : 0;
+    int64_t status_every = stats_every ? stats_every : 10000000000LL;
+    uint64_t wd_usec = 0;
+    int64_t wd_every = sd_watchdog_enabled(0, &wd_usec) > 0 && wd_usec ? (int64_t)wd_usec * 500 : 0;
+    int64_t next_stats = stats_every ? now + stats_every : INT64_MAX;
+    int64_t next_status = now + status_every;
+    int64_t next_wd = wd_every ? now : INT64_MAX;
+    uint64_t last_pkts = 0, last_done = 0;
+    int64_t last_status = now;
+    for (;;) {
+        now = sensor_mono_ns();
+        int64_t next = next_stats < next_status ? next_stats : next_status;
+        if (next_wd < next)
+            next = next_wd;
+        int timeout = next <= now ? 0 : (int)((next - now) / 1000000 + 1);
+        struct pollfd fds[2] = {{.fd = m->sigfd, .events = POLLIN}, {.fd = m->stopfd, .events = POLLIN}};
+        int r = poll(fds, 2, timeout);
+        if (r < 0 && errno != EINTR)
+            break;
+        if (r > 0 && (fds[1].revents & POLLIN))
+            break;
+        if (r > 0 && (fds[0].revents & POLLIN)) {
+            unsigned char signo;
+            if (read(m->sigfd, &signo, 1) == 1) {
+                switch (signo) {
+                case SIGTERM:
+                case SIGINT:
+                    if (!atomic_exchange(&sn->stop, true)) {
+                        sensor_log("%s: draining (finishing flows, classifying ready sessions, flushing events)",
+                                   signo == SIGTERM ? "SIGTERM" : "SIGINT");
+                        sd_notify(0, "STOPPING=1");
+                    }
+                    break;
+                case SIGHUP:
+                    sensor_sink_reopen(sn->sink);
+                    break;
+                case SIGUSR2:
+                    sd_notify(0, "RELOADING=1");
+                    reload(sn);
+                    sd_notify(0, "READY=1");
+                    break;
+                default:
+                    break;
+                }
+            }
+        }
+        now = sensor_mono_ns();
+        if (now >= next_stats) {
+            sensor_emit_stats(sn);
+            next_stats += stats_every;
+            if (next_stats < now)
+                next_stats = now + stats_every;
+        }
+        if (now >= next_status) {
+            uint64_t pkts = atomic_load(&sn->cap_packets), done = atomic_load(&sn->classified);
+            double dt = (double)(now - last_status) / 1e9;
+            char status[256];
+            snprintf(status, sizeof status, "STATUS=%.0f packets/s, %.1f sessions/s classified, %" PRIu64
+                     " skipped, %zu queued",
+                     dt > 0 ? (double)(pkts - last_pkts) / dt : 0, dt > 0 ? (double)(done - last_done) / dt : 0,
+                     atomic_load(&sn->skipped), sensor_queue_depth(&sn->q));
+            sd_notify(0, status);
+            last_pkts = pkts, last_done = done, last_status = now;
+            next_status = now + status_every;
+        }
+        if (now >= next_wd) {
+            sd_notify(0, "WATCHDOG=1");
+            next_wd = now + wd_every;
+        }
+    }
+    return NULL;
+}
+
+/* ---- the reader ---- */
+
+enum { BURST = 64 };
+
+static void count_frames(struct sensor *sn, const struct cap_frame *fr, int n, uint64_t *bytes_out)
+{
+    uint64_t bytes = 0;
+    for (int i = 0; i < n; i++)
+        bytes += fr[i].caplen;
+    atomic_fetch_add_explicit(&sn->cap_packets, (uint64_t)n, memory_order_relaxed);
+    atomic_fetch_add_explicit(&sn->cap_bytes, bytes, memory_order_relaxed);
+    if (bytes_out)
+        *bytes_out += bytes + 16u * (uint64_t)n; /* record headers count toward the file size */
+}
+
+static void read_live(struct sensor *sn, struct cap_source *src)
+{
+    struct cap_frame frames[BURST];
+    int64_t next_stats = 0;
+    while (!atomic_load_explicit(&sn->stop, memory_order_relaxed)) {
+        int n = cap_next_burst(src, frames, BURST);
+        if (n > 0) {
+            count_frames(sn, frames, n, NULL);
+            ft_assembler_feed(sn->as, frames, n);
+        } else if (n == 0) {
+            ft_assembler_tick(sn->as, sensor_realtime_ns()); /* idle flows still time out */
+        } else {
+            if (n == CAP_BURST_ERROR) {
+                sensor_log("%s: %s", cap_source_name(src), cap_source_error(src));
+                atomic_store(&sn->failed, true);
+            }
+            break;
+        }
+        int64_t now = sensor_mono_ns();
+        if (now >= next_stats) { /* the kernel's counters, read here: the source is this thread's */
+            struct cap_source_stats st;
+            cap_source_stats(src, &st);
+            atomic_store_explicit(&sn->cap_kernel_drops, st.kernel_dropped, memory_order_relaxed);
+            atomic_store_explicit(&sn->cap_iface_drops, st.iface_dropped, memory_order_relaxed);
+            next_stats = now + 500000000;
+        }
+    }
+}
+
+static void read_files(struct sensor *sn)
+{
+    const struct sensor_options *o = sn->opts;
+    struct cap_frame frames[BURST];
+    uint64_t done_bytes = 0, frames_seen = 0;
+    for (int f = 0; f < o->n_files && !atomic_load(&sn->stop); f++) {
+        char err[1024];
+        struct cap_source *src = cap_open_file(o->files[f], err, sizeof err);
+        if (!src) {
+            sensor_log("%s", err);
+            atomic_store(&sn->failed, true);
+            break;
+        }
+        atomic_store(&sn->current_file, f);
+        while (!atomic_load_explicit(&sn->stop, memory_order_relaxed)) {
+            int n = cap_next_burst(src, frames, BURST);
+            if (n == CAP_BURST_END)
+                break;
+            if (n == CAP_BURST_ERROR) {
+                sensor_log("warning: %s", cap_source_error(src)); /* the readable part counts */
+                break;
+            }
+            count_frames(sn, frames, n, &done_bytes);
+            ft_assembler_feed(sn->as, frames, n);
+            frames_seen += (uint64_t)n;
+            if (o->progress && (frames_seen & 0x3fff) < (uint64_t)n)
+                o->progress(o->progress_user, done_bytes, frames_seen, false);
+        }
+        if (atomic_load(&sn->stop))
+            atomic_store(&sn->block_when_full, true); /* drain: every ready session is classified */
+        ft_assembler_finish_input(sn->as); /* sessions never span files */
+        cap_close(src);
+    }
+    sn->progress_bytes = done_bytes; /* the final progress line comes after the drain */
+    sn->progress_frames = frames_seen;
+}
+
+/* ---- the run ---- */
+
+static void release(struct sensor *sn)
+{
+    if (sn->as)
+        ft_assembler_destroy(sn->as);
+    for (int w = 0; sn->skipsets && w < sn->n_workers; w++)
+        sensor_skipset_free(sn->skipsets[w]);
+    free(sn->skipsets);
+    for (int f = 0; sn->files_json && f < sn->opts->n_files; f++)
+        free(sn->files_json[f]);
+    free(sn->files_json);
+    sensor_engine_free(atomic_exchange(&sn->pending, NULL));
+    sensor_engine_free(sn->engine);
+    sensor_queue_destroy(&sn->q);
+    free(sn);
+}
+
+int sensor_run(const struct sensor_options *o)
+{
+    sensor_set_log_command(o->command);
+    /* from here on a signal only writes to the pipe; the manager acts on it */
+    if (signal_pipe[0] < 0 && pipe2(signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
+        sensor_log("pipe: %s", strerror(errno));
+        return 1;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    const int handled[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR2};
+    for (size_t i = 0; i < sizeof handled / sizeof handled[0]; i++)
+        sigaction(handled[i], &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct sensor *sn = calloc(1, sizeof *sn);
+    if (!sn) {
+        sensor_log("out of memory");
+        return 1;
+    }
+    sn->opts = o;
+    sn->cfg = o->cfg;
+    sn->replay = o->replay;
+    sn->flow_events = o->cfg.output.flow_events;
+    atomic_init(&sn->block_when_full, o->replay && !o->drop);
+    sn->start_mono = sensor_mono_ns();
+    char err[1024];
+    int status = 1;
+    struct cap_source *live = NULL;
+    int sigfd = -1, stopfd = -1;
+
+    /* 1. the input */
+    if (o->replay) {
+        sn->files_json = calloc((size_t)o->n_files, sizeof *sn->files_json);
+        for (int f = 0; f < o->n_files; f++) {
+            struct cap_source *src = cap_open_file(o->files[f], err, sizeof err);
+            if (!src) {
+                sensor_log("%s", err);
+                release(sn);
+                return 1;
+            }
+            cap_close(src);
+            if (!sn->files_json || !(sn->files_json[f] = sj_quote_dup(o->files[f]))) {
+                sensor_log("out of memory");
+                release(sn);
+                return 1;
+            }
+        }
+    } else {
+        struct cap_live_opts lo = {
+            .iface = sn->cfg.capture.interface,
+            .snaplen = (int)sn->cfg.capture.snaplen,
+            .buffer_mb = (int)sn->cfg.capture.buffer_mb,
+            .bpf = sn->cfg.capture.bpf[0] ? sn->cfg.capture.bpf : NULL,
+            .promisc = sn->cfg.capture.promiscuous,
+        };
+        live = cap_open_live(&lo, err, sizeof err);
+        if (!live) {
+            sensor_log("%s", err);
+            release(sn);
+            return 1;
+        }
+    }
+
+    /* 2. the model (after the input, so a wrong interface or file is named first) */
+    const char *dir = model_dir(o, &sn->cfg);
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        /* the default is where `cmake --install` puts the bundled model; a build tree has none */
+        if (strcmp(dir, NETLM_DEFAULT_MODEL) == 0)
+            sensor_log("model %s not found (the bundled model is installed there by 'cmake --install'); "
+                       "pass -m DIR or set model.path", dir);
+        else
+            sensor_log("model %s: %s", dir, errno == ENOENT ? "no such directory" : "not a directory");
+        goto out;
+    }
+    sn->engine = sensor_engine_load(&sn->cfg, dir, err, sizeof err);
+    if (!sn->engine) {
+        sensor_log("%s", err);
+        goto out;
+    }
+    struct ft_config fcfg;
+    flow_config(&sn->cfg, sn->engine, &fcfg);
+
+    /* 3. the output */
+    if (o->output_path)
+        sn->sink = sensor_sink_open(CFG_OUTPUT_FILE, o->output_path, true, err, sizeof err);
+    else
+        sn->sink = sensor_sink_open(sn->cfg.output.kind,
+                                    sn->cfg.output.kind == CFG_OUTPUT_UNIX_STREAM ? sn->cfg.output.socket
+                                                                                  : sn->cfg.output.filename,
+                                    false, err, sizeof err);
+    if (!sn->sink) {
+        sensor_log("%s", err);
+        goto out;
+    }
+
+    /* 4. privileges: capture and output are open, no packet has been read */
+    if (!o->replay && !drop_privileges(&sn->cfg, err, sizeof err)) {
+        sensor_log("%s", err);
+        goto out;
+    }
+
+    /* 5. queue and flow table */
+    if (!sensor_queue_init(&sn->q, sn->cfg.session.queue_size ? sn->cfg.session.queue_size : 1,
+                           fcfg.packets_per_session, fcfg.bytes_per_packet)) {
+        sensor_log("out of memory for %u ready-queue slots", sn->cfg.session.queue_size);
+        goto out;
+    }
+    sn->n_workers = fcfg.workers;
+    sn->skipsets = calloc((size_t)sn->n_workers, sizeof *sn->skipsets);
+    for (int w = 0; sn->skipsets && w < sn->n_workers; w++)
+        if (!(sn->skipsets[w] = sensor_skipset_new()))
+            break;
+    if (!sn->skipsets || !sn->skipsets[sn->n_workers - 1]) {
+        sensor_log("out of memory");
+        goto out;
+    }
+    sn->as = ft_assembler_create(&fcfg, sensor_on_end, sn, err, sizeof err);
+    if (!sn->as) {
+        sensor_log("flow table: %s", err);
+        goto out;
+    }
+    ft_assembler_on_ready(sn->as, sensor_on_ready, sn);
+
+    /* 6. threads */
+    sigfd = signal_pipe[0];
+    stopfd = eventfd(0, EFD_CLOEXEC);
+    if (stopfd < 0) {
+        sensor_log("eventfd: %s", strerror(errno));
+        goto out;
+    }
+    pthread_t batcher, manager;
+    struct manager mg = {.sn = sn, .sigfd = sigfd, .stopfd = stopfd};
+    if (pthread_create(&batcher, NULL, sensor_batcher_main, sn) != 0) {
+        sensor_log("cannot start the batcher thread");
+        goto out;
+    }
+    if (pthread_create(&manager, NULL, manager_main, &mg) != 0) {
+        sensor_log("cannot start the manager thread");
+        atomic_store(&sn->input_done, true);
+        sensor_queue_kick(&sn->q);
+        pthread_join(batcher, NULL);
+        goto out;
+    }
+    sd_notify(0, "READY=1\nSTATUS=capturing");
+    if (!o->replay)
+        sensor_log("capturing on %s, model %s, %d flow workers", sn->cfg.capture.interface, sn->engine->name,
+                   fcfg.workers);
+
+    /* 7. read until the end of input or a stop signal */
+    if (o->replay) {
+        read_files(sn);
+    } else {
+        read_live(sn, live);
+        atomic_store(&sn->block_when_full, true); /* the wire is no longer read: waiting is fine */
+        ft_assembler_finish_input(sn->as);
+    }
+
+    /* 8. drain */
+    atomic_store(&sn->input_done, true);
+    sensor_queue_kick(&sn->q);
+    pthread_join(batcher, NULL);
+    uint64_t one = 1;
+    if (write(stopfd, &one, sizeof one) != (ssize_t)sizeof one)
+        sensor_log("cannot stop the manager thread");
+    pthread_join(manager, NULL);
+    sensor_emit_stats(sn);
+    if (o->replay && o->progress)
+        o->progress(o->progress_user, sn->progress_bytes, sn->progress_frames, true);
+    status = atomic_load(&sn->failed) ? 1 : 0;
+out:
+    if (sn->sink && !sensor_sink_close(sn->sink, status == 0))
+        status = 1;
+    sn->sink = NULL;
+    if (live)
+        cap_close(live);
+    (void)sigfd; /* the signal pipe stays: a signal during exit still has somewhere to go */
+    if (stopfd >= 0)
+        close(stopfd);
+    release(sn);
+    return status;
+}

@@ -1,0 +1,336 @@
+/* sensor_sink.c — where events go: one writer thread that owns the output (file, stdout or a
+ * unix stream socket) and writes whole lines in batches.
+ *
+ * Producers append complete lines to the active half of a double buffer under a mutex (a memcpy;
+ * the only lock an event producer takes); the writer swaps the halves and writes the full one
+ * with no lock held, at least every 100 ms (50 ms here) or as soon as 64 KiB are pending. A line
+ * is either copied whole or not at all, and write() is retried until the whole batch is out, so
+ * the output never ends with a partial line. A full buffer makes the batcher wait and drops (and
+ * counts) flow events, which come from the capture path and must never block it. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "sensor/sensor_internal.h"
+
+enum { SINK_BUF = 1 << 20, SINK_WAKE = 64 << 10, SINK_FLUSH_MS = 50 };
+
+struct sensor_sink {
+    enum cfg_output_kind kind;
+    char path[CFG_PATH_MAX];
+    char tmp_path[CFG_PATH_MAX + 32];
+    bool tmp_rename, created;
+    int fd;
+    pthread_t thread;
+    bool thread_started;
+
+    pthread_mutex_t lock;
+    pthread_cond_t wake, space;
+    char *active, *spare;
+    size_t active_len;
+    uint64_t active_lines;
+    bool stopping, reopen, write_failed;
+
+    /* unix socket reconnection */
+    int64_t next_connect_ns, backoff_ns;
+
+    _Atomic uint64_t written, dropped, depth;
+};
+
+static int open_file(const char *path, bool truncate)
+{
+    int flags = O_WRONLY | O_CREAT | O_CLOEXEC | (truncate ? O_TRUNC : O_APPEND);
+    return open(path, flags, 0640);
+}
+
+static int connect_socket(const char *path)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Writes all of buf; false on an error (the fd is then bad). */
+static bool write_all(struct sensor_sink *s, const char *buf, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = s->kind == CFG_OUTPUT_UNIX_STREAM ? send(s->fd, buf, n, MSG_NOSIGNAL)
+                                                      : write(s->fd, buf, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return false;
+        }
+        buf += w;
+        n -= (size_t)w;
+    }
+    return true;
+}
+
+static void socket_lost(struct sensor_sink *s)
+{
+    if (s->fd >= 0)
+        close(s->fd);
+    s->fd = -1;
+    s->backoff_ns = s->backoff_ns ? s->backoff_ns * 2 : 100000000;
+    if (s->backoff_ns > 5000000000LL)
+        s->backoff_ns = 5000000000LL;
+    s->next_connect_ns = sensor_mono_ns() + s->backoff_ns;
+}
+
+/* The writer's half of the buffer: out it goes (or is counted as dropped). */
+static void write_batch(struct sensor_sink *s, const char *buf, size_t n, uint64_t lines)
+{
+    if (s->kind == CFG_OUTPUT_UNIX_STREAM) {
+        if (s->fd < 0 && sensor_mono_ns() >= s->next_connect_ns) {
+            s->fd = connect_socket(s->path);
+            if (s->fd >= 0) {
+                s->backoff_ns = 0;
+                sensor_log("output: connected to %s", s->path);
+            } else {
+                socket_lost(s);
+            }
+        }
+        if (s->fd < 0) {
+            atomic_fetch_add(&s->dropped, lines);
+            return;
+        }
+        if (!write_all(s, buf, n)) {
+            /* the stream may now hold part of a line; the reader sees the connection end there,
+             * and the next connection starts on a line boundary */
+            sensor_log("output: %s: %s; reconnecting", s->path, strerror(errno));
+            atomic_fetch_add(&s->dropped, lines);
+            socket_lost(s);
+            return;
+        }
+        atomic_fetch_add(&s->written, lines);
+        return;
+    }
+    if (s->fd < 0 || !write_all(s, buf, n)) {
+        if (!s->write_failed)
+            sensor_log("output: %s: %s", s->kind == CFG_OUTPUT_STDOUT ? "stdout" : s->path,
+                       s->fd < 0 ? "not open" : strerror(errno));
+        s->write_failed = true;
+        atomic_fetch_add(&s->dropped, lines);
+        return;
+    }
+    atomic_fetch_add(&s->written, lines);
+}
+
+static void *writer_main(void *arg)
+{
+    struct sensor_sink *s = arg;
+    pthread_mutex_lock(&s->lock);
+    for (;;) {
+        if (s->active_len < SINK_WAKE && !s->stopping && !s->reopen) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += SINK_FLUSH_MS * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&s->wake, &s->lock, &ts);
+        }
+        bool reopen = s->reopen, stopping = s->stopping;
+        s->reopen = false;
+        char *buf = s->active;
+        size_t n = s->active_len;
+        uint64_t lines = s->active_lines;
+        s->active = s->spare;
+        s->spare = buf;
+        s->active_len = 0;
+        s->active_lines = 0;
+        atomic_store(&s->depth, 0);
+        pthread_cond_broadcast(&s->space);
+        pthread_mutex_unlock(&s->lock);
+
+        if (reopen && s->kind == CFG_OUTPUT_FILE && !s->tmp_rename) {
+            /* logrotate renamed the file: continue in a new one under the configured name */
+            int fd = open_file(s->path, false);
+            if (fd >= 0) {
+                close(s->fd);
+                s->fd = fd;
+                s->write_failed = false;
+            } else {
+                sensor_log("output: cannot reopen %s: %s (still writing the old file)", s->path,
+                           strerror(errno));
+            }
+        }
+        if (n > 0)
+            write_batch(s, buf, n, lines);
+
+        pthread_mutex_lock(&s->lock);
+        if (stopping && s->active_len == 0)
+            break;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return NULL;
+}
+
+struct sensor_sink *sensor_sink_open(enum cfg_output_kind kind, const char *path, bool tmp_rename,
+                                     char *err, size_t errlen)
+{
+    struct sensor_sink *s = calloc(1, sizeof *s);
+    if (!s || !(s->active = malloc(SINK_BUF)) || !(s->spare = malloc(SINK_BUF))) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    s->kind = kind;
+    s->fd = -1;
+    snprintf(s->path, sizeof s->path, "%s", path ? path : "");
+    if (kind == CFG_OUTPUT_FILE) {
+        if (tmp_rename) {
+            s->tmp_rename = true;
+            snprintf(s->tmp_path, sizeof s->tmp_path, "%s.tmp.%ld", s->path, (long)getpid());
+            s->fd = open_file(s->tmp_path, true);
+        } else {
+            s->created = access(s->path, F_OK) != 0;
+            s->fd = open_file(s->path, false);
+        }
+        if (s->fd < 0) {
+            snprintf(err, errlen, "%s: cannot open for writing: %s", s->path, strerror(errno));
+            goto fail;
+        }
+    } else if (kind == CFG_OUTPUT_STDOUT) {
+        s->fd = STDOUT_FILENO;
+    } else {
+        struct sockaddr_un a;
+        if (strlen(s->path) >= sizeof a.sun_path || !s->path[0]) {
+            snprintf(err, errlen, "output socket '%s': path empty or longer than %zu bytes", s->path,
+                     sizeof a.sun_path - 1);
+            goto fail;
+        }
+        /* not connecting yet is not an error: the collector may start later */
+        s->fd = connect_socket(s->path);
+        if (s->fd < 0) {
+            sensor_log("output: %s: %s; will retry", s->path, strerror(errno));
+            socket_lost(s);
+        }
+    }
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->wake, NULL);
+    pthread_cond_init(&s->space, NULL);
+    if (pthread_create(&s->thread, NULL, writer_main, s) != 0) {
+        snprintf(err, errlen, "cannot start the output thread");
+        pthread_mutex_destroy(&s->lock);
+        pthread_cond_destroy(&s->wake);
+        pthread_cond_destroy(&s->space);
+        goto fail;
+    }
+    s->thread_started = true;
+    return s;
+fail:
+    if (s) {
+        if (s->fd >= 0 && s->kind != CFG_OUTPUT_STDOUT) {
+            close(s->fd);
+            if (s->tmp_rename)
+                unlink(s->tmp_path);
+        }
+        free(s->active);
+        free(s->spare);
+        free(s);
+    }
+    return NULL;
+}
+
+bool sensor_sink_put(struct sensor_sink *s, const char *line, size_t len, bool wait)
+{
+    if (len > SINK_BUF) {
+        atomic_fetch_add(&s->dropped, 1);
+        return false;
+    }
+    pthread_mutex_lock(&s->lock);
+    while (s->active_len + len > SINK_BUF) {
+        if (!wait || s->stopping) {
+            pthread_mutex_unlock(&s->lock);
+            atomic_fetch_add(&s->dropped, 1);
+            return false;
+        }
+        pthread_cond_signal(&s->wake);
+        pthread_cond_wait(&s->space, &s->lock);
+    }
+    memcpy(s->active + s->active_len, line, len);
+    s->active_len += len;
+    s->active_lines++;
+    atomic_store_explicit(&s->depth, s->active_lines, memory_order_relaxed);
+    if (s->active_len >= SINK_WAKE && s->active_len - len < SINK_WAKE)
+        pthread_cond_signal(&s->wake);
+    pthread_mutex_unlock(&s->lock);
+    return true;
+}
+
+void sensor_sink_count_dropped(struct sensor_sink *s, uint64_t n)
+{
+    atomic_fetch_add(&s->dropped, n);
+}
+
+void sensor_sink_reopen(struct sensor_sink *s)
+{
+    pthread_mutex_lock(&s->lock);
+    s->reopen = true;
+    pthread_cond_signal(&s->wake);
+    pthread_mutex_unlock(&s->lock);
+}
+
+bool sensor_sink_close(struct sensor_sink *s, bool commit)
+{
+    if (!s)
+        return true;
+    pthread_mutex_lock(&s->lock);
+    s->stopping = true;
+    pthread_cond_signal(&s->wake);
+    pthread_mutex_unlock(&s->lock);
+    if (s->thread_started)
+        pthread_join(s->thread, NULL);
+    bool ok = !s->write_failed;
+    if (s->kind == CFG_OUTPUT_FILE) {
+        if (s->tmp_rename)
+            (void)fsync(s->fd); /* the rename must not publish a file whose data is not there */
+        if (close(s->fd) != 0)
+            ok = false;
+        if (s->tmp_rename) {
+            if (commit && ok) {
+                if (rename(s->tmp_path, s->path) != 0) {
+                    sensor_log("output: cannot rename %s to %s: %s", s->tmp_path, s->path, strerror(errno));
+                    unlink(s->tmp_path);
+                    ok = false;
+                }
+            } else {
+                unlink(s->tmp_path);
+            }
+        } else if (!commit && s->created && atomic_load(&s->written) == 0) {
+            unlink(s->path); /* created by a run that failed before writing anything */
+        }
+    } else if (s->kind == CFG_OUTPUT_UNIX_STREAM) {
+        if (s->fd >= 0)
+            close(s->fd);
+    }
+    pthread_mutex_destroy(&s->lock);
+    pthread_cond_destroy(&s->wake);
+    pthread_cond_destroy(&s->space);
+    free(s->active);
+    free(s->spare);
+    free(s);
+    return ok;
+}
+
+void sensor_sink_stats(struct sensor_sink *s, struct sensor_sink_stats *out)
+{
+    out->written = atomic_load_explicit(&s->written, memory_order_relaxed);
+    out->dropped = atomic_load_explicit(&s->dropped, memory_order_relaxed);
+    out->depth = atomic_load_explicit(&s->depth, memory_order_relaxed);
+}

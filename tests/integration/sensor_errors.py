@@ -1,0 +1,87 @@
+#!/usr/bin/python3
+"""sensor_errors.py — what `netlm sensor` and `netlm replay` do with bad input: a bad config
+(FILE:LINE in the message), --check-config, a missing model, an unknown interface, an unreadable
+or missing capture. Each ends with exactly one line on stderr naming the thing, a non-zero exit,
+and no output file left behind."""
+import os
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sensor_common import MODEL, NETLM, SRC, check, finish  # noqa: E402
+
+
+def run(*args):
+    return subprocess.run([NETLM, *args], capture_output=True, text=True, timeout=120)
+
+
+def one_line_error(name, res, must_contain, out_dir=None):
+    lines = res.stderr.strip().splitlines()
+    check(f"{name}: non-zero exit", res.returncode != 0, f"rc {res.returncode}")
+    check(f"{name}: exactly one stderr line", len(lines) == 1, repr(res.stderr))
+    for word in must_contain:
+        check(f"{name}: message names {word!r}", word in res.stderr, res.stderr.strip())
+    check(f"{name}: nothing on stdout", res.stdout == "", res.stdout[:200])
+    if out_dir is not None:
+        check(f"{name}: no output file left", os.listdir(out_dir) == [], str(os.listdir(out_dir)))
+
+
+def main():
+    demo = os.path.join(SRC, "data", "demo.pcap")
+    with tempfile.TemporaryDirectory() as tmp:
+        out_dir = os.path.join(tmp, "out")
+        os.mkdir(out_dir)
+        out = os.path.join(out_dir, "eve.json")
+
+        bad = os.path.join(tmp, "bad.conf")
+        with open(bad, "w") as f:
+            f.write("# a comment\nflow = {\n  workers = \"two\";\n};\n")
+        res = run("sensor", "-c", bad, "--check-config")
+        one_line_error("bad config (--check-config)", res, ["bad.conf:3", "workers"])
+        check("bad config: exit 2", res.returncode == 2, str(res.returncode))
+        res = run("sensor", "-c", bad, "-i", "lo", "-m", MODEL, "-o", out)
+        one_line_error("bad config (sensor)", res, ["bad.conf:3"], out_dir)
+        res = run("replay", "-c", bad, "-m", MODEL, "-o", out, demo)
+        one_line_error("bad config (replay)", res, ["bad.conf:3"], out_dir)
+
+        res = run("sensor", "-c", os.path.join(SRC, "config", "netlm.conf"), "--check-config")
+        check("--check-config on config/netlm.conf: exit 0", res.returncode == 0, res.stderr.strip())
+        check("--check-config prints 'FILE: ok'", res.stdout.strip().endswith("netlm.conf: ok"), res.stdout)
+
+        missing = os.path.join(tmp, "no-such-model")
+        one_line_error("missing model (replay)", run("replay", "-m", missing, "-o", out, demo), [missing], out_dir)
+        one_line_error("missing model (sensor)", run("sensor", "-i", "lo", "-m", missing, "-o", out), [missing], out_dir)
+        # no -m and no model.path: the installed bundled model, which a build tree does not have
+        res = run("replay", "-o", out, demo)
+        if res.returncode != 0:
+            one_line_error("default model not installed", res, ["-m"], out_dir)
+
+        one_line_error("unknown interface", run("sensor", "-i", "nosuchif0", "-m", MODEL, "-o", out),
+                       ["nosuchif0"], out_dir)
+        one_line_error("unknown interface, nothing else given", run("sensor", "-i", "nosuchif0"), ["nosuchif0"])
+
+        garbage = os.path.join(tmp, "garbage.pcap")
+        with open(garbage, "wb") as f:
+            f.write(b"this is not a capture file at all\n" * 10)
+        one_line_error("unreadable capture", run("replay", "-m", MODEL, "-o", out, garbage), ["garbage.pcap"], out_dir)
+        one_line_error("unreadable capture after a good one",
+                       run("replay", "-m", MODEL, "-o", out, demo, garbage), ["garbage.pcap"], out_dir)
+        nofile = os.path.join(tmp, "nosuch.pcap")
+        one_line_error("missing capture", run("replay", "-m", MODEL, "-o", out, nofile), ["nosuch.pcap"], out_dir)
+        if os.geteuid() != 0:  # root reads anything: permissions cannot make a file unreadable
+            noread = os.path.join(tmp, "noread.pcap")
+            with open(demo, "rb") as src, open(noread, "wb") as dst:
+                dst.write(src.read())
+            os.chmod(noread, 0)
+            one_line_error("capture without read permission", run("replay", "-m", MODEL, "-o", out, noread),
+                           ["noread.pcap"], out_dir)
+        res = run("replay", "-m", MODEL, "--ready-packets", "0", demo)
+        one_line_error("--ready-packets 0", res, ["--ready-packets"])
+        res = run("sensor", "-o", "unix:", "-m", MODEL)
+        one_line_error("-o unix: without a path", res, ["unix:"])
+    finish()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+#!/usr/bin/python3
+"""sensor_live.py — `netlm sensor` capturing live on the loopback interface (needs root, or
+CAP_NET_RAW; skipped otherwise). UDP datagrams from this script make sessions: one of 10 packets
+(ready by count), one of 2 packets (ready when it times out idle: the live clock ticks with
+wall-clock time when the wire is quiet). Then: SIGHUP after renaming the events file (logrotate)
+must continue in a new file; SIGUSR2 with a broken model path logs one line and keeps running;
+SIGUSR2 with a good config swaps the model; SIGTERM drains and exits 0. Every line of both files
+is valid against the schema. As root with service.user = nobody the sensor also drops privileges
+(checked through /proc)."""
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sensor_common import MODEL, NETLM, by_type, check, finish, read_events  # noqa: E402
+
+PORT = 39999
+
+
+def conf(path, out, model, user=""):
+    with open(path, "w") as f:
+        f.write(f"""capture = {{ interface = "lo"; bpf = "udp port {PORT}"; promiscuous = false; buffer_mb = 4; }};
+flow = {{ workers = 2; max_flows = 4096; timeouts = {{ udp_new = 1.0; udp_established = 1.0; }}; }};
+session = {{ ready_packets = 8; queue_size = 64; }};
+model = {{ path = "{model}"; threads = 1; batch_timeout_us = 1000; }};
+output = {{ type = "file"; filename = "{out}"; stats_interval = 0.5; flow_events = true; }};
+service = {{ user = "{user}"; }};
+""")
+
+
+def wait_for(pred, timeout=20.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def contents(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+def send(sport, n):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", sport))
+    for i in range(n):
+        s.sendto(bytes([i]) * 100, ("127.0.0.1", PORT))
+        time.sleep(0.01)
+    s.close()
+
+
+def main():
+    if os.geteuid() != 0 or not os.path.exists("/sys/class/net/lo"):
+        print("skipped: live capture on lo needs root")
+        sys.exit(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chmod(tmp, 0o777)  # the sensor writes here after dropping to nobody
+        out = os.path.join(tmp, "eve.json")
+        cfg = os.path.join(tmp, "netlm.conf")
+        user = "nobody" if any(p.pw_name == "nobody" for p in pwd.getpwall()) else ""
+        conf(cfg, out, MODEL, user)
+        proc = subprocess.Popen([NETLM, "sensor", "-c", cfg], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            check("sensor starts and writes stats", wait_for(lambda: '"stats"' in contents(out)),
+                  proc.stderr.read() if proc.poll() is not None else "no stats")
+            if user:
+                with open(f"/proc/{proc.pid}/status") as f:
+                    uid = [line.split()[1] for line in f if line.startswith("Uid:")][0]
+                check("dropped privileges to service.user", int(uid) == pwd.getpwnam(user).pw_uid, f"uid {uid}")
+            send(40001, 10)
+            send(40002, 2)
+            check("a classification for the 10-packet session (ready by count)",
+                  wait_for(lambda: '"src_port":40001' in contents(out) and '"classification"' in contents(out)))
+            check("a classification for the 2-packet session (ready at its idle timeout)",
+                  wait_for(lambda: contents(out).count('"classification"') >= 2))
+            # logrotate: rename, SIGHUP, the sensor continues in a new file
+            os.rename(out, out + ".1")
+            proc.send_signal(signal.SIGHUP)
+            check("SIGHUP: a new events file", wait_for(lambda: '"stats"' in contents(out)))
+            # a broken reload keeps the running model
+            conf(cfg, out, os.path.join(tmp, "no-model"), user)
+            proc.send_signal(signal.SIGUSR2)
+            time.sleep(1.0)
+            check("SIGUSR2 with a broken model: still running", proc.poll() is None)
+            conf(cfg, out, MODEL, user)
+            proc.send_signal(signal.SIGUSR2)
+            time.sleep(1.5)
+            send(40003, 9)
+            check("after a good reload it still classifies",
+                  wait_for(lambda: '"src_port":40003' in contents(out) and contents(out).count('"classification"') >= 1))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                _, err = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+        check("SIGTERM: exit 0", proc.returncode == 0, f"rc {proc.returncode}: {err}")
+        reload_lines = [l for l in err.splitlines() if "reload:" in l]
+        check("broken reload: one stderr line naming the model", len(reload_lines) == 1 and "no-model" in reload_lines[0],
+              err)
+        check("good reload: the model was swapped in", err.count("loaded") >= 1, err)
+        first = read_events(contents(out + ".1"), "live, rotated file")
+        second = read_events(contents(out), "live, new file")
+        events = first + second
+        cls = by_type(events, "classification")
+        ports = sorted(e["src_port"] for e in cls)
+        check("classified sessions 40001, 40002, 40003", ports == [40001, 40002, 40003], str(ports))
+        trig = {e["src_port"]: e["classification"]["trigger"] for e in cls}
+        check("triggers: packets, timeout, packets", trig == {40001: "packets", 40002: "timeout", 40003: "packets"},
+              str(trig))
+        flows = by_type(events, "flow")
+        check("a flow event for each session, with verdict", all(any(f["src_port"] == p and f["flow"]["verdict"]
+                                                                     for f in flows) for p in (40001, 40002)),
+              str([(f["src_port"], f["flow"]) for f in flows]))
+        stats = by_type(second, "stats")
+        check("the new file ends with the final stats", bool(stats) and second[-1] is stats[-1])
+        if stats:
+            c = stats[-1]["stats"]["capture"]
+            check("capture counted the packets", c["packets"] >= 21, str(c))
+    finish()
+
+
+if __name__ == "__main__":
+    main()

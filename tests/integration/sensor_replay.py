@@ -1,0 +1,196 @@
+#!/usr/bin/python3
+"""sensor_replay.py — `netlm replay` equals offline `netlm classify` on real captures.
+
+For every classification event of the replay, the same session from `netlm classify` (captures
+mode, --emit-tokens) is found by flow_id == first_frame (one file per run, so the run-wide ordinal
+of a session's first frame is its frame number) and the 5-tuple. The sensor classifies a session
+as soon as it is ready (session.ready_packets = 8 packets, or its first FIN/RST, or its end),
+while classify sees the session's first packets.packets (32) packets. The model reads seq_length
+128 ids = [CLS] + 126 tokens + [SEP]: 64 tokens per packet at most, so the first 2 full-size
+packets fill it, and 8 packets of even 54-byte frames (27 tokens each) do too. So:
+  - a session readied by its 8th packet must have exactly classify's ids, and the same label;
+  - a session readied earlier (first FIN/RST, or its end) with fewer tokens than 126 may differ
+    from classify only by classify's extra later packets: the sensor's ids minus the closing
+    [SEP] must then be a prefix of classify's, and whenever the ids are equal the labels are too.
+The differing sessions are counted and printed, so the comparison says what it proves.
+Every line of every run is validated against schema/events.schema.json."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sensor_common import (DATA, MODEL, NETLM, SRC, by_type, check, finish, read_events)  # noqa: E402
+
+SEP = 1
+
+
+def run(*args, **kw):
+    return subprocess.run([NETLM, *args], capture_output=True, text=True, **kw)
+
+
+def classify_rows(path):
+    res = run("classify", "-m", MODEL, "--format", "json", "--emit-tokens", "-q", "-t", "2", path)
+    if not check(f"classify {os.path.basename(path)} exits 0", res.returncode == 0, res.stderr.strip()):
+        return {}
+    rows = {}
+    for line in res.stdout.splitlines():
+        r = json.loads(line)
+        rows[r["first_frame"]] = r
+    return rows
+
+
+def compare(path, workers):
+    name = f"{os.path.basename(path)} (-w {workers})"
+    res = run("replay", "-m", MODEL, "--emit-tokens", "-q", "-w", str(workers), path)
+    if not check(f"replay {name} exits 0", res.returncode == 0, res.stderr.strip()):
+        return
+    events = read_events(res.stdout, f"replay {name}")
+    cls = by_type(events, "classification")
+    flows = by_type(events, "flow")
+    stats = by_type(events, "stats")
+    check(f"{name}: one final stats event", len(stats) == 1 and events[-1]["event_type"] == "stats",
+          f"{len(stats)} stats events")
+    check(f"{name}: classification events", len(cls) > 0, "none")
+    ids = [e["flow_id"] for e in cls]
+    check(f"{name}: at most one classification per flow", len(ids) == len(set(ids)), "duplicates")
+    if stats:
+        s = stats[-1]["stats"]["sessions"]
+        check(f"{name}: stats sessions.ready {s['ready']} == classified {s['classified']} == events {len(cls)}",
+              s["ready"] == s["classified"] == len(cls) and s["skipped"] == 0, str(s))
+    verdicts = {f["flow_id"] for f in flows if f["flow"]["verdict"]}
+    check(f"{name}: flow events with verdict true are exactly the classified flows", verdicts == set(ids),
+          f"{len(verdicts ^ set(ids))} differ")
+    check(f"{name}: every event names its pcap", all(e.get("pcap_filename") == path for e in cls + flows))
+
+    rows = classify_rows(path)
+    if not rows:
+        return
+    same = prefix = bad = 0
+    bad_detail = []
+    for e in cls:
+        r = rows.get(e["flow_id"])
+        tup = (e["proto"], e["src_ip"], e["src_port"], e["dest_ip"], e["dest_port"])
+        if not r or (r["proto"], r["src_ip"], r["src_port"], r["dest_ip"], r["dest_port"]) != tup:
+            bad += 1
+            bad_detail.append(f"flow {e['flow_id']}: no classify session with that first frame and 5-tuple")
+            continue
+        c = e["classification"]
+        mine, theirs = c["tokens"], r["token_ids"]
+        if mine == theirs:
+            same += 1
+            if c["label"] != r["label"] or c["label_id"] != r["label_id"]:
+                bad += 1
+                bad_detail.append(f"flow {e['flow_id']}: same ids, label {c['label']} vs classify {r['label']}")
+            continue
+        body = mine[:-1] if mine and mine[-1] == SEP else mine
+        if c["trigger"] != "packets" and len(mine) < 128 and theirs[:len(body)] == body:
+            prefix += 1  # readied before its later packets arrived: classify saw more of it
+        else:
+            bad += 1
+            bad_detail.append(f"flow {e['flow_id']} trigger {c['trigger']}: ids differ ({len(mine)} vs {len(theirs)})")
+    check(f"{name}: {same} sessions with classify's exact ids and label, {prefix} readied early "
+          f"(FIN/RST/end: a prefix of classify's ids), 0 unexplained", bad == 0 and same > 0,
+          f"{bad} unexplained: " + "; ".join(bad_detail[:5]))
+    # the sessions readied early too: their own ids as a TSV through `netlm classify` give the label
+    # the sensor gave (the same model on the same input, whatever the packets were)
+    with tempfile.TemporaryDirectory() as tmp:
+        tsv = os.path.join(tmp, "ids.tsv")
+        with open(tsv, "w") as f:
+            f.write("text_a\n")
+            for e in cls:
+                body = [i for i in e["classification"]["tokens"] if i >= 5]  # [CLS]/[SEP]/[PAD] are added back by classify
+                f.write(" ".join(f"{i - 5:04x}" for i in body) + "\n")
+        res = run("classify", "-m", MODEL, "--test_path", tsv, "--format", "json", "-q", "-t", "2")
+        if check(f"{name}: classify of the sensor's own ids exits 0", res.returncode == 0, res.stderr.strip()):
+            labels = [json.loads(line)["label"] for line in res.stdout.splitlines()]
+            diff = [e["flow_id"] for e, lab in zip(cls, labels) if e["classification"]["label"] != lab]
+            check(f"{name}: all {len(cls)} labels equal classify's on the same ids", len(labels) == len(cls) and not diff,
+                  f"{len(diff)} differ: {diff[:5]}")
+    readied_by_count = [e for e in cls if e["classification"]["trigger"] == "packets"]
+    check(f"{name}: every session readied by its 8th packet used 8 packets",
+          all(e["classification"]["packets"] == 8 for e in readied_by_count))
+    # every classify session with at least 8 packets got ready by its packet count, or earlier
+    missing = [ff for ff, r in rows.items() if r["packets"] >= 8 and ff not in set(ids)]
+    check(f"{name}: every session of 8+ packets was classified", not missing, f"{len(missing)} missing")
+
+
+def main():
+    demo = os.path.join(SRC, "data", "demo.pcap")
+    gmail = os.path.join(DATA, "labeled", "ustc-tfc2016", "sessions", "Gmail", "Gmail.pcap")
+    compare(demo, 1)
+    compare(demo, 2)
+    if os.path.exists(gmail):
+        compare(gmail, 2)
+    # output to a file: written whole, then renamed; --no-flow-events; --drop still classifies
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "events.json")
+        res = run("replay", "-m", MODEL, "-q", "--no-flow-events", "--drop", "-o", out, demo)
+        check("replay -o FILE exits 0", res.returncode == 0, res.stderr.strip())
+        check("replay -o FILE leaves only the file", os.listdir(tmp) == ["events.json"], str(os.listdir(tmp)))
+        if os.path.exists(out):
+            with open(out) as f:
+                ev = read_events(f.read(), "replay -o FILE")
+            check("--no-flow-events: no flow events", not by_type(ev, "flow"))
+            st = by_type(ev, "stats")[-1]["stats"]
+            check("--drop: every ready session is classified or counted skipped",
+                  st["sessions"]["ready"] == st["sessions"]["classified"] + st["sessions"]["skipped"], str(st["sessions"]))
+    # a unix stream socket: a listener collects the lines; then one that is not there (dropped, counted)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "eve.sock")
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind(path)
+        srv.listen(1)
+        got = []
+
+        def serve():
+            conn, _ = srv.accept()
+            with conn:
+                while True:
+                    b = conn.recv(65536)
+                    if not b:
+                        break
+                    got.append(b)
+
+        t = threading.Thread(target=serve)
+        t.start()
+        res = run("replay", "-m", MODEL, "-q", "-o", "unix:" + path, demo)
+        t.join(timeout=60)
+        srv.close()
+        check("replay -o unix:PATH exits 0", res.returncode == 0, res.stderr.strip())
+        ev = read_events(b"".join(got).decode(), "replay to a unix socket")
+        check("unix socket: every event arrived", len(by_type(ev, "classification")) == 29 and
+              ev and ev[-1]["event_type"] == "stats", f"{len(ev)} events")
+        res = run("replay", "-m", MODEL, "-q", "--no-flow-events", "-o", "unix:" + path, demo)
+        check("no listener: still exits 0, says so on stderr", res.returncode == 0 and "will retry" in res.stderr,
+              res.stderr.strip())
+    # generation: a fresh (random) 1-layer generate model of the bundled model's shape; the events
+    # must be well formed and one per ready session (what it generates is noise)
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(MODEL, "config.json")) as f:
+            c = json.load(f)
+        c["n_layer"] = 1
+        c["netlm"]["task"] = "generate"
+        c["netlm"].pop("labels", None)
+        c["netlm"].pop("num_labels", None)
+        with open(os.path.join(tmp, "gen.json"), "w") as f:
+            json.dump(c, f)
+        gen = os.path.join(tmp, "gen")
+        res = run("convert", "--config-path", os.path.join(tmp, "gen.json"), "--to", gen)
+        if check("a generate model for the test", res.returncode == 0, res.stderr.strip()):
+            res = run("replay", "-m", gen, "-q", "--emit-tokens", demo)
+            check("replay with a generate model exits 0", res.returncode == 0, res.stderr.strip())
+            ev = read_events(res.stdout, "replay generate")
+            gens = by_type(ev, "generation")
+            st = by_type(ev, "stats")[-1]["stats"]["sessions"]
+            check(f"one generation event per ready session ({len(gens)})", len(gens) == st["ready"] > 0, str(st))
+            check("generation events name the field ip_len",
+                  all(g["generation"]["field"] == "ip_len" for g in gens))
+    finish()
+
+
+if __name__ == "__main__":
+    main()
