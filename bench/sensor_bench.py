@@ -1,0 +1,324 @@
+#!/usr/bin/python3
+"""sensor_bench.py — `netlm replay` (the sensor's whole pipeline over a file) with the bundled
+model on the CPU, against ndpiReader on the same file in the same run.
+
+Input: the foundation benchmark's capture (bench/sessions_bench.py, built by
+netlm_make_capture: the labeled USTC-TFC2016 sessions replicated COPIES times with rewritten
+addresses, 10 µs a frame), cached in --work like sessions_bench.py does.
+
+Runs, each timed whole (wall clock, output to a file) with peak RSS from GNU time:
+  classify:     replay, every session classified (the reader waits when the ready queue is
+                full), --classify-copies copies (the model is the slow stage: the 30-copy file has
+                434 k sessions); sessions classified/s, packets/s, ready→verdict latency p50/p99
+                (exact, from the classification events' latency_us; in this mode it is mostly
+                time spent in the full 4096-deep queue), peak RSS;
+  live_like:    the same file with --drop and a 64-deep queue, as a live sensor runs: the reader
+                never waits, sessions the model has no time for are skipped (counted); latency is
+                then queue wait + batch, what a live verdict costs;
+  no_classify:  packets/s through capture → decode → flow table → session buffers → ready queue
+                with the model out of the way, 1 and 2 workers, on the --copies file, keeping
+                32 packets per session (flow.packets_per_session as shipped) and 8 (=
+                session.ready_packets, all a session ever stores). `netlm replay`
+                has no switch to turn the model off, so this is --drop with a 16-slot queue and one
+                model thread: nearly every ready session is skipped, but the model thread still
+                runs a batch now and then on one of the machine's cores;
+  live_veth:    `netlm sensor` on a veth pair fed by tcpreplay (root, ip netns, tcpreplay; else
+                left out) at --live-pps (1000) with the USTC-TFC2016 Zeus class (603 sessions,
+                5,158 frames, most readied on the wire by a FIN or RST): a rate the model keeps up
+                with, so the latency is a live verdict's own cost (batch_timeout_us + tokenizing
+                + one batch), not queueing. Only sessions readied on the wire count (8th packet,
+                FIN, RST); the rest are readied together by SIGTERM's drain. With 1 model thread
+                and with --threads (tcpreplay --timer=nano: its default timer spins on a core);
+  ndpiReader -q -i on each file (nDPI's own DPI classification of every flow), and
+  `netlm sessions` (counters only) on the big file, to compare the machine's load with the
+  foundation benchmark's run.
+Prints one JSON object: both sides and the ratios.
+
+usage: sensor_bench.py BUILD_DIR DATA_DIR [--work DIR] [--copies N] [--classify-copies N]
+                       [--model DIR] [--threads N] [--repeat N] [--skip-peers]
+                       [--live-pps N] [--live-capture FILE]
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def build_capture(make, data, work, copies):
+    """The capture sessions_bench.py builds (same cache folder and marker)."""
+    out = os.path.join(work, f"ustc-x{copies}")
+    marker = os.path.join(out, "done.json")
+    if not os.path.exists(marker):
+        res = subprocess.run([make, os.path.join(data, "labeled", "ustc-tfc2016", "sessions"), str(copies), out],
+                             check=True, capture_output=True, text=True)
+        with open(marker, "w") as f:
+            f.write(res.stdout)
+    with open(marker) as f:
+        info = json.loads(f.read())
+    info["file"] = os.path.join(out, "all.pcap")
+    info["bytes"] = os.path.getsize(info["file"])
+    info["copies"] = copies
+    return info
+
+
+def timed(cmd, stdout=subprocess.DEVNULL):
+    """(wall seconds, peak RSS MiB, stderr) of cmd under GNU time."""
+    with tempfile.NamedTemporaryFile(mode="r") as rss_file:
+        t0 = time.monotonic()
+        p = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss_file.name, *cmd], stdout=stdout,
+                           stderr=subprocess.PIPE)
+        wall = time.monotonic() - t0
+        if p.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} exited {p.returncode}: {p.stderr.decode(errors='replace')[-800:]}")
+        rss_kib = int(rss_file.read().split()[-1])
+    return wall, rss_kib / 1024.0, p.stderr.decode(errors="replace")
+
+
+def write_conf(path, model, threads, queue, workers, packets_per_session=32):
+    with open(path, "w") as f:
+        f.write(f"""flow = {{ workers = {workers}; packets_per_session = {packets_per_session}; }};
+session = {{ ready_packets = 8; queue_size = {queue}; }};
+model = {{ path = "{model}"; threads = {threads}; batch_max = 32; }};
+""")
+
+
+def replay(netlm, conf, pcap, workers, drop, work):
+    out = os.path.join(work, "events.json")
+    cmd = [netlm, "replay", "-c", conf, "-q", "--no-flow-events", "-w", str(workers), "-o", out]
+    if drop:
+        cmd.append("--drop")
+    wall, rss, _ = timed(cmd + [pcap])
+    stats, lat = read_events(out)
+    os.remove(out)
+    return wall, rss, stats, lat, cmd + [pcap]
+
+
+def read_events(path):
+    """The last stats event and the latency_us of every classification event."""
+    stats, lat = None, []
+    with open(path) as f:
+        for line in f:
+            if '"event_type":"classification"' in line:
+                lat.append(json.loads(line)["classification"]["latency_us"])
+            elif '"event_type":"stats"' in line:
+                stats = json.loads(line)["stats"]
+    return stats, lat
+
+
+def pct(values, p):
+    if not values:
+        return None
+    v = sorted(values)
+    return v[min(len(v) - 1, int(p * len(v)))]
+
+
+def row(frames, wall, rss, stats, lat, workers, cmd):
+    """One run. latency_us_*: exact, from the classification events' latency_us;
+    stats_latency_us: the final stats event's (power-of-two histogram buckets: a percentile is
+    its bucket's upper bound, capped at the maximum)."""
+    s = stats["sessions"]
+    return {"command": " ".join(cmd), "workers": workers, "seconds": round(wall, 2),
+            "packets_per_s": round(frames / wall), "packets_per_s_per_worker": round(frames / wall / workers),
+            "sessions_ready": s["ready"], "sessions_classified": s["classified"], "sessions_skipped": s["skipped"],
+            "classification_events": len(lat), "sessions_classified_per_s": round(s["classified"] / wall, 1),
+            "latency_us_p50": pct(lat, 0.50), "latency_us_p99": pct(lat, 0.99), "latency_us_max": max(lat or [0]),
+            "stats_latency_us": stats["latency_us"], "batches": stats["batches"],
+            "peak_rss_mib": round(rss, 1), "flows_created": stats["flow"]["created"]}
+
+
+def live_latency(netlm, model, pcap, pps, threads):
+    """`netlm sensor` on one end of a veth pair (the other end in a fresh network namespace gets
+    pcap from tcpreplay at pps packets/s, a rate the model keeps up with): the ready→verdict
+    latency of a live sensor that is not saturated. Needs root, ip netns and tcpreplay; None
+    otherwise."""
+    if os.geteuid() != 0 or not shutil.which("tcpreplay") or not shutil.which("ip"):
+        return None
+    tag = os.getpid() % 100000
+    ns, tx, rx = f"netlm-sb-{tag}", f"nlbtx{tag}", f"nlbrx{tag}"
+
+    def sh(*cmd):
+        subprocess.run(list(cmd), check=True, capture_output=True)
+
+    try:
+        sh("ip", "netns", "add", ns)
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return None
+    try:
+        sh("ip", "link", "add", rx, "type", "veth", "peer", "name", tx)
+        sh("ip", "link", "set", tx, "netns", ns)
+        for dev, inside in ((rx, False), (tx, True)):
+            knob = f"/proc/sys/net/ipv6/conf/{dev}/disable_ipv6"
+            sh(*(["ip", "netns", "exec", ns] if inside else []), "sh", "-c", f"[ ! -e {knob} ] || echo 1 > {knob}")
+        sh("ip", "netns", "exec", ns, "ip", "link", "set", tx, "up")
+        sh("ip", "link", "set", rx, "up")
+        time.sleep(0.5)
+        with tempfile.TemporaryDirectory(prefix="netlm-sensor-live-") as work:
+            out, conf, err = (os.path.join(work, n) for n in ("events.json", "live.conf", "err"))
+            with open(conf, "w") as f:
+                f.write(f"""capture = {{ interface = "{rx}"; promiscuous = true; buffer_mb = 16; }};
+flow = {{ workers = 2; }};
+session = {{ ready_packets = 8; queue_size = 4096; }};
+model = {{ path = "{model}"; threads = {threads}; batch_max = 32; batch_timeout_us = 2000; }};
+output = {{ type = "file"; filename = "{out}"; stats_interval = 0; flow_events = false; }};
+service = {{ user = ""; }};
+""")
+            with open(err, "w") as ef:
+                proc = subprocess.Popen([netlm, "sensor", "-c", conf], stdout=subprocess.DEVNULL, stderr=ef)
+            try:
+                end = time.time() + 60
+                while time.time() < end and proc.poll() is None:
+                    with open(err) as ef:
+                        if "capturing on" in ef.read():
+                            break
+                    time.sleep(0.05)
+                t0 = time.monotonic()
+                subprocess.run(["ip", "netns", "exec", ns, "tcpreplay", "-q", "--timer=nano", "-i", tx, f"--pps={pps}", pcap],
+                               check=True, capture_output=True)
+                wall = time.monotonic() - t0
+                time.sleep(1.0)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=300)
+            stats, _ = read_events(out)
+            # only sessions readied on the wire (8th packet, FIN, RST): the rest are readied by
+            # SIGTERM's drain at the end, all at once, and wait for each other
+            lat, n_drain = [], 0
+            with open(out) as f:
+                for line in f:
+                    if '"event_type":"classification"' in line:
+                        c = json.loads(line)["classification"]
+                        if c["trigger"] in ("packets", "fin", "rst"):
+                            lat.append(c["latency_us"])
+                        else:
+                            n_drain += 1
+        return {"command": f"tcpreplay --timer=nano -i VETH --pps={pps} {pcap}  ->  {netlm} sensor -c CONF (-i the peer VETH, "
+                           f"model threads {threads}, 2 flow workers)",
+                "pps": pps, "seconds_sending": round(wall, 2), "captured_packets": stats["capture"]["packets"],
+                "kernel_drops": stats["capture"]["kernel_drops"], "sessions_ready": stats["sessions"]["ready"],
+                "sessions_classified": stats["sessions"]["classified"], "sessions_skipped": stats["sessions"]["skipped"],
+                "latency_sessions": len(lat), "sessions_readied_by_the_drain": n_drain,
+                "latency_us_p50": pct(lat, 0.50), "latency_us_p90": pct(lat, 0.90), "latency_us_p99": pct(lat, 0.99),
+                "latency_us_max": max(lat or [0]), "stats_latency_us": stats["latency_us"],
+                "batches": stats["batches"]}
+    finally:
+        subprocess.run(["ip", "link", "del", rx], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("build")
+    ap.add_argument("data")
+    ap.add_argument("--work", default="/tmp/netlm-bench")
+    ap.add_argument("--copies", type=int, default=30, help="capture of the no-classify runs (the foundation's: 30)")
+    ap.add_argument("--classify-copies", type=int, default=3, help="capture of the classify runs")
+    ap.add_argument("--model", default=os.path.join(HERE, "..", "models", "ustc-tfc2016"))
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="model threads of the classify runs")
+    ap.add_argument("--repeat", type=int, default=1, help="no-classify runs: best of N")
+    ap.add_argument("--skip-peers", action="store_true")
+    ap.add_argument("--live-pps", type=int, default=1000, help="live run's tcpreplay rate; 0 = no live run")
+    ap.add_argument("--live-capture", default=None, help="live run's capture (default: the Zeus class file)")
+    a = ap.parse_args()
+    netlm = os.path.join(a.build, "netlm")
+    make = os.path.join(a.build, "netlm_make_capture")
+    model = os.path.abspath(a.model)
+    if a.live_capture is None:
+        a.live_capture = os.path.join(a.data, "labeled", "ustc-tfc2016", "sessions", "Zeus", "Zeus.pcap")
+    os.makedirs(a.work, exist_ok=True)
+    big = build_capture(make, a.data, a.work, a.copies)
+    small = build_capture(make, a.data, a.work, a.classify_copies)
+    with open("/proc/loadavg") as f:
+        load_before = f.read().split()[:3]
+    result = {"machine": {"cpus": os.cpu_count(), "loadavg_before": load_before}, "model": os.path.basename(model),
+              "captures": {}, "runs": {}}
+    for c in (small, big):
+        result["captures"][f"x{c['copies']}"] = {"file": c["file"], "frames": c["frames"], "bytes": c["bytes"]}
+
+    with tempfile.TemporaryDirectory(prefix="netlm-sensor-bench-") as work:
+        # 1. classification on: every session classified
+        conf = os.path.join(work, "classify.conf")
+        write_conf(conf, model, a.threads, 4096, 2)
+        wall, rss, st, n, cmd = replay(netlm, conf, small["file"], 2, False, work)
+        result["runs"]["classify"] = dict(row(small["frames"], wall, rss, st, n, 2, cmd), capture=f"x{small['copies']}",
+                                          model_threads=a.threads)
+        ours = result["runs"]["classify"]
+        print(f"classify x{small['copies']}: {wall:.1f} s, {st['sessions']['classified'] / wall:.0f} sessions/s, "
+              f"{small['frames'] / wall / 1e3:.0f} k packets/s, {rss:.0f} MiB, latency p50 {ours['latency_us_p50']} "
+              f"p99 {ours['latency_us_p99']} µs", file=sys.stderr)
+        # 2. live-like: --drop, a short queue
+        conf = os.path.join(work, "live.conf")
+        write_conf(conf, model, a.threads, 64, 2)
+        wall, rss, st, n, cmd = replay(netlm, conf, small["file"], 2, True, work)
+        result["runs"]["live_like"] = dict(row(small["frames"], wall, rss, st, n, 2, cmd), capture=f"x{small['copies']}",
+                                           model_threads=a.threads)
+        print(f"live-like x{small['copies']}: {wall:.1f} s, skipped {st['sessions']['skipped']}, "
+              f"p50 {st['latency_us']['p50']} µs p99 {st['latency_us']['p99']} µs", file=sys.stderr)
+        # 3. model out of the way; K = 32 packets kept per session (the shipped
+        # flow.packets_per_session) and K = 8 (= session.ready_packets: a session is handed over at
+        # its 8th packet and nothing is stored after, so 8 slots are all it ever uses)
+        conf = os.path.join(work, "off.conf")
+        for k in (32, 8):
+            for w in (1, 2):
+                write_conf(conf, model, 1, 16, w, k)
+                best = None
+                for _ in range(a.repeat):
+                    r = replay(netlm, conf, big["file"], w, True, work)
+                    if best is None or r[0] < best[0]:
+                        best = r
+                wall, rss, st, n, cmd = best
+                name = f"no_classify_w{w}" + ("" if k == 32 else f"_k{k}")
+                result["runs"][name] = dict(row(big["frames"], wall, rss, st, n, w, cmd), capture=f"x{big['copies']}",
+                                            model_threads=1, packets_per_session=k)
+                print(f"no-classify K={k} w{w} x{big['copies']}: {wall:.2f} s, {big['frames'] / wall / 1e6:.2f} M "
+                      f"packets/s, {rss:.0f} MiB", file=sys.stderr)
+        # the foundation's `netlm sessions` (counters only, no pipeline) on the same file, now: how
+        # busy the machine is compared with docs/benchmarks.md's 0.556 s
+        wall, rss, _ = timed([netlm, "sessions", "--quiet", "--workers", "1", big["file"]])
+        result["runs"]["reference_netlm_sessions_w1"] = {
+            "command": f"{netlm} sessions --quiet --workers 1 {big['file']}", "seconds": round(wall, 2),
+            "packets_per_s": round(big["frames"] / wall), "peak_rss_mib": round(rss, 1)}
+        print(f"reference netlm sessions w1: {wall:.2f} s", file=sys.stderr)
+    # 4. live, below the model's capacity: the latency a verdict costs when nothing queues
+    if a.live_pps:
+        for th in sorted({1, a.threads}):
+            live = live_latency(netlm, model, a.live_capture, a.live_pps, th)
+            if not live:
+                print("live on veth: skipped (needs root, ip netns, tcpreplay)", file=sys.stderr)
+                break
+            result["runs"][f"live_veth_model_threads_{th}"] = live
+            print(f"live on veth at {a.live_pps} pps, model threads {th}: {live['sessions_classified']} classified, "
+                  f"latency p50 {live['latency_us_p50']} p99 {live['latency_us_p99']} µs", file=sys.stderr)
+    # 5. the peer
+    if not a.skip_peers:
+        for c in (small, big):
+            wall, rss, _ = timed(["ndpiReader", "-q", "-i", c["file"]])
+            result["runs"][f"ndpiReader_x{c['copies']}"] = {
+                "command": f"ndpiReader -q -i {c['file']}", "seconds": round(wall, 2),
+                "packets_per_s": round(c["frames"] / wall), "peak_rss_mib": round(rss, 1)}
+            print(f"ndpiReader x{c['copies']}: {wall:.2f} s, {rss:.0f} MiB", file=sys.stderr)
+        r = result["runs"]
+        nd_small, nd_big = r[f"ndpiReader_x{small['copies']}"], r[f"ndpiReader_x{big['copies']}"]
+        best_off = max(r[k]["packets_per_s"] for k in r if k.startswith("no_classify"))
+        result["ratios"] = {
+            "classify_packets_per_s_vs_ndpiReader": round(r["classify"]["packets_per_s"] / nd_small["packets_per_s"], 2),
+            "classify_rss_vs_ndpiReader": round(r["classify"]["peak_rss_mib"] / nd_small["peak_rss_mib"], 2),
+            "no_classify_w1_packets_per_s_vs_ndpiReader": round(r["no_classify_w1"]["packets_per_s"]
+                                                                / nd_big["packets_per_s"], 2),
+            "no_classify_best_packets_per_s_vs_ndpiReader": round(best_off / nd_big["packets_per_s"], 2),
+        }
+    result["no_classify_packets_per_s_per_worker_w1"] = result["runs"]["no_classify_w1"]["packets_per_s_per_worker"]
+    result["target_packets_per_s_per_worker"] = 3_000_000
+    with open("/proc/loadavg") as f:
+        result["machine"]["loadavg_after"] = f.read().split()[:3]
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

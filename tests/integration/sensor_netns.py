@@ -1,0 +1,330 @@
+#!/usr/bin/python3
+"""sensor_netns.py — `netlm sensor` on a real interface fed by tcpreplay equals `netlm replay` of
+the same captures.
+
+A veth pair: one end (the sensor's) is moved into a fresh network namespace, the other stays here
+and tcpreplay sends real captures into it (data/demo.pcap: 30 sessions of Microsoft Teams TCP/TLS
+and UDP, 500 Ethernet frames of at most 1506 bytes; and, when ../shared/data is there, the
+USTC-TFC2016 MySQL sessions: 724 TCP sessions, 1502 frames of at most 630 bytes, none cut by a snap
+length — tcpreplay sends only the captured bytes, so a cut frame would arrive shorter on the wire
+than replay counts it). IPv6 is disabled on both ends before they come up and neither end has an
+address, so the kernel sends nothing of its own on the link: every frame the sensor sees is a
+frame of the captures, in their order. So no BPF filter is needed (one would also hide the
+captures' own non-IP frames from the sensor and shift its frame ordinals).
+
+What has to be equal, and why it can be: a session is ready after K packets (counted in arrival
+order), at its first FIN/RST, or at its end; which packets it holds depends only on the order of
+the frames, not on their times — except through the idle timeouts: live packets carry today's
+time at 2000 packets/s, not the captures' own times (demo.pcap spans 10 s, the MySQL sessions are
+concatenated samples whose clock jumps). So both sides run with every idle timeout off and
+emergency mode off (the same config file for both), and every flow still open at the end ends as
+"shutdown": the replay at the end of its input, the sensor at SIGTERM's drain. Then, strictly:
+  - the same sessions (5-tuples) get classification events, with the same label, label_id,
+    trigger and packet count, and a score equal within 1e-4 (the model's batches differ: the
+    sensor's are as small as the link is slow);
+  - the same flows get flow events, with the same packets/bytes each way, state, reason, verdict;
+  - the sensor counted exactly the frames tcpreplay sent, no kernel drops, and then every flow_id
+    (the run-wide ordinal of a session's first frame) equals replay's.
+Every line of both outputs is valid against schema/events.schema.json.
+
+Needs root, `ip netns` and tcpreplay; prints "skipped: ..." and exits 0 otherwise. The namespace
+and the veth pair are removed on every exit path."""
+import atexit
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sensor_common import DATA, MODEL, NETLM, SRC, by_type, check, finish, read_events  # noqa: E402
+
+TAG = f"{os.getpid() % 100000}"
+NS = f"netlm-st-{TAG}"
+VETH_TX = f"nlmtx{TAG}"  # stays here: tcpreplay sends into it
+VETH_RX = f"nlmrx{TAG}"  # moved into NS: the sensor captures on it
+PPS = 2000
+
+
+def skip(why):
+    print(f"skipped: {why}")
+    sys.exit(0)
+
+
+def sh(*cmd, ns=False, check_rc=True):
+    argv = (["ip", "netns", "exec", NS] if ns else []) + list(cmd)
+    res = subprocess.run(argv, capture_output=True, text=True)
+    if check_rc and res.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {res.stderr.strip() or res.returncode}")
+    return res
+
+
+def cleanup():
+    # deleting one end of a veth pair deletes both; deleting the namespace deletes what is in it
+    subprocess.run(["ip", "link", "del", VETH_TX], capture_output=True)
+    subprocess.run(["ip", "netns", "del", NS], capture_output=True)
+
+
+def setup():
+    sh("ip", "netns", "add", NS)
+    atexit.register(cleanup)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda s, f: sys.exit(1))  # atexit runs on sys.exit
+    sh("ip", "link", "add", VETH_TX, "type", "veth", "peer", "name", VETH_RX)
+    sh("ip", "link", "set", VETH_RX, "netns", NS)
+    # no router solicitations, MLD reports or DAD probes: IPv6 off before the links come up
+    # (written to /proc/sys directly: no sysctl binary needed; a kernel without IPv6 has no knob
+    # and sends no IPv6 either)
+    for dev, ns in ((VETH_TX, False), (VETH_RX, True)):
+        knob = f"/proc/sys/net/ipv6/conf/{dev}/disable_ipv6"
+        sh("sh", "-c", f"[ ! -e {knob} ] || echo 1 > {knob}", ns=ns)
+    sh("ip", "link", "set", VETH_RX, "up", ns=True)
+    sh("ip", "link", "set", VETH_TX, "up")
+    # veth comes up asynchronously (carrier): wait for it on both ends
+    end = time.time() + 10
+    while time.time() < end:
+        a = sh("cat", f"/sys/class/net/{VETH_TX}/operstate", check_rc=False).stdout.strip()
+        b = sh("cat", f"/sys/class/net/{VETH_RX}/operstate", ns=True, check_rc=False).stdout.strip()
+        if a == "up" and b == "up":
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"veth pair did not come up ({a}, {b})")
+
+
+def write_conf(path, out):
+    with open(path, "w") as f:
+        f.write(f"""capture = {{ interface = "{VETH_RX}"; promiscuous = true; buffer_mb = 8; bpf = ""; }};
+flow = {{
+  workers = 2; max_flows = 65536;
+  timeouts = {{ tcp_new = 0.0; tcp_established = 0.0; tcp_closed = 0.0; udp_new = 0.0;
+               udp_established = 0.0; other_new = 0.0; other_established = 0.0; }};
+  emergency = {{ enter_pct = 0; leave_pct = 0; }};
+}};
+session = {{ ready_packets = 8; queue_size = 4096; }};
+model = {{ path = "{MODEL}"; threads = 1; batch_timeout_us = 1000; }};
+output = {{ type = "file"; filename = "{out}"; stats_interval = 0.2; flow_events = true; }};
+service = {{ user = ""; }};
+""")
+
+
+def contents(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+def last_stats(path):
+    st = None
+    for line in contents(path).splitlines():
+        if '"event_type":"stats"' in line:
+            try:
+                st = json.loads(line)["stats"]
+            except json.JSONDecodeError:
+                pass  # the line being written
+    return st
+
+
+def wait_for(pred, timeout):
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def frame_count(path):
+    """Frames in a pcap or pcapng file (demo.pcap is pcapng), counted without libpcap."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:4] == b"\x0a\x0d\x0d\x0a":  # pcapng: count enhanced and simple packet blocks
+        n, off, order = 0, 0, "little"
+        while off + 12 <= len(data):
+            btype = int.from_bytes(data[off:off + 4], order)
+            if btype == 0x0A0D0D0A:
+                order = "little" if data[off + 8:off + 12] == b"\x4d\x3c\x2b\x1a" else "big"
+                btype = 0x0A0D0D0A
+            blen = int.from_bytes(data[off + 4:off + 8], order)
+            if blen < 12:
+                break
+            n += btype in (3, 6)
+            off += blen
+        return n
+    order = "little" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else "big"
+    n, off = 0, 24
+    while off + 16 <= len(data):
+        off += 16 + int.from_bytes(data[off + 8:off + 12], order)
+        n += 1
+    return n
+
+
+def tuple_of(e):
+    return (e["proto"], e["src_ip"], e["src_port"], e["dest_ip"], e["dest_port"])
+
+
+def keyed(events, name):
+    out = {}
+    dup = []
+    for e in events:
+        k = tuple_of(e)
+        if k in out:
+            dup.append(k)
+        out[k] = e
+    check(f"{name}: one event per 5-tuple", not dup, f"{len(dup)} repeated: {dup[:3]}")
+    return out
+
+
+def main():
+    if os.geteuid() != 0:
+        skip("needs root (network namespaces and live capture)")
+    if not shutil.which("ip") or subprocess.run(["ip", "netns", "list"], capture_output=True).returncode != 0:
+        skip("'ip netns' is not available")
+    if not shutil.which("tcpreplay"):
+        skip("tcpreplay is not installed")
+    captures = [os.path.join(SRC, "data", "demo.pcap")]
+    mysql = os.path.join(DATA, "labeled", "ustc-tfc2016", "sessions", "MySQL", "MySQL.pcap")
+    if DATA and os.path.exists(mysql):
+        captures.append(mysql)
+    try:
+        setup()
+    except RuntimeError as e:
+        skip(f"cannot make a network namespace with a veth pair here: {e}")
+    n_frames = sum(frame_count(c) for c in captures)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        live_out = os.path.join(tmp, "live.json")
+        conf = os.path.join(tmp, "netlm.conf")
+        write_conf(conf, live_out)
+
+        # the sensor inside the namespace; it tells "systemd" (this script) when it is ready
+        notify_path = os.path.join(tmp, "notify")
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(notify_path)
+        # like systemd, read every message: the kernel queues only net.unix.max_dgram_qlen (10)
+        # datagrams and a sender blocks when they are not read (the sensor's STATUS= lines come
+        # at each stats interval)
+        messages, got_ready, closing = [], threading.Event(), threading.Event()
+
+        def listen():
+            notify.settimeout(0.1)
+            while not closing.is_set():
+                try:
+                    msg = notify.recv(4096).decode(errors="replace")
+                except socket.timeout:
+                    continue
+                except OSError:
+                    return
+                messages.append(msg)
+                if "READY=1" in msg.split("\n"):
+                    got_ready.set()
+
+        listener = threading.Thread(target=listen, daemon=True)
+        listener.start()
+        env = dict(os.environ, NOTIFY_SOCKET=notify_path)
+        err_path = os.path.join(tmp, "sensor.err")
+        with open(err_path, "w") as err_f:
+            proc = subprocess.Popen(["ip", "netns", "exec", NS, NETLM, "sensor", "-c", conf],
+                                    stdout=subprocess.DEVNULL, stderr=err_f, env=env)
+        try:
+            end = time.time() + 60
+            while not got_ready.wait(0.1) and time.time() < end and proc.poll() is None:
+                pass
+            ready = got_ready.is_set()
+            check("sensor notifies READY=1 (sd_notify, NOTIFY_SOCKET)", ready, contents(err_path).strip())
+            if not ready:
+                finish()  # exits 1; the finally below still stops the sensor
+            res = subprocess.run(["tcpreplay", "-i", VETH_TX, f"--pps={PPS}", *captures],
+                                 capture_output=True, text=True, timeout=120)
+            sent = None
+            for line in res.stdout.splitlines():
+                if "Successful packets:" in line:
+                    sent = int(line.split(":")[1])
+            check(f"tcpreplay sent all {n_frames} frames at {PPS} packets/s", res.returncode == 0 and sent == n_frames,
+                  f"rc {res.returncode}, sent {sent}: {res.stdout[-400:]} {res.stderr[-400:]}")
+            # the last frames are on the wire; the sensor's stats event shows when it has them all
+            check("sensor counted every frame sent",
+                  wait_for(lambda: (last_stats(live_out) or {}).get("capture", {}).get("packets", 0) >= n_frames, 30),
+                  str((last_stats(live_out) or {}).get("capture")))
+        finally:
+            proc.send_signal(signal.SIGTERM)  # drain: flows end as shutdown, queued sessions classified
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            closing.set()
+            listener.join()
+            notify.close()
+        err = contents(err_path)
+        check("sensor: SIGTERM drains and exits 0", proc.returncode == 0, f"rc {proc.returncode}: {err.strip()}")
+
+        # the same captures through `netlm replay`, same config (its output section is not used)
+        replay_out = os.path.join(tmp, "replay.json")
+        res = subprocess.run([NETLM, "replay", "-c", conf, "-q", "-o", replay_out, *captures],
+                             capture_output=True, text=True, timeout=600)
+        check("replay exits 0", res.returncode == 0, res.stderr.strip())
+
+        live = read_events(contents(live_out), "sensor on veth")
+        rep = read_events(contents(replay_out), "replay")
+        lst, rst = by_type(live, "stats"), by_type(rep, "stats")
+        if not (lst and rst):
+            check("both outputs end with a stats event", False)
+            finish()
+        ls, rs = lst[-1]["stats"], rst[-1]["stats"]
+        check("sensor: exactly the frames sent, no kernel or interface drops",
+              ls["capture"]["packets"] == n_frames and ls["capture"]["kernel_drops"] == 0
+              and ls["capture"]["iface_drops"] == 0, str(ls["capture"]))
+        check("sensor: every ready session classified, none skipped",
+              ls["sessions"]["ready"] == ls["sessions"]["classified"] and ls["sessions"]["skipped"] == 0,
+              str(ls["sessions"]))
+        check("decoder counters equal replay's", ls["decoder"] == rs["decoder"], f"{ls['decoder']} vs {rs['decoder']}")
+
+        lc, rc = keyed(by_type(live, "classification"), "sensor"), keyed(by_type(rep, "classification"), "replay")
+        check(f"classification: the same {len(rc)} sessions (5-tuples)", set(lc) == set(rc) and rc,
+              f"only sensor: {sorted(set(lc) - set(rc))[:3]}, only replay: {sorted(set(rc) - set(lc))[:3]}")
+        diff = []
+        for k in set(lc) & set(rc):
+            a, b = lc[k]["classification"], rc[k]["classification"]
+            same = (a["label"], a["label_id"], a["trigger"], a["packets"]) == \
+                   (b["label"], b["label_id"], b["trigger"], b["packets"])
+            if not same or abs(a["score"] - b["score"]) > 1e-4:
+                diff.append(f"{k}: {a['label']}/{a['trigger']}/{a['packets']}/{a['score']:.6f} vs "
+                            f"{b['label']}/{b['trigger']}/{b['packets']}/{b['score']:.6f}")
+        check("classification: same label, label_id, trigger, packets; score within 1e-4", not diff,
+              f"{len(diff)} differ: {diff[:3]}")
+        labels = {}
+        for e in rc.values():
+            labels[e["classification"]["label"]] = labels.get(e["classification"]["label"], 0) + 1
+        print(f"     {len(rc)} sessions classified on both sides; labels: {labels}")
+
+        lf, rf = keyed(by_type(live, "flow"), "sensor flows"), keyed(by_type(rep, "flow"), "replay flows")
+        check(f"flow: the same {len(rf)} flows (5-tuples)", set(lf) == set(rf) and rf,
+              f"only sensor: {sorted(set(lf) - set(rf))[:3]}, only replay: {sorted(set(rf) - set(lf))[:3]}")
+        fields = ("pkts_toserver", "pkts_toclient", "bytes_toserver", "bytes_toclient", "state", "reason", "verdict")
+        fdiff = [f"{k}: {[lf[k]['flow'][x] for x in fields]} vs {[rf[k]['flow'][x] for x in fields]}"
+                 for k in set(lf) & set(rf) if any(lf[k]["flow"][x] != rf[k]["flow"][x] for x in fields)]
+        check("flow: same packets and bytes each way, state, reason and verdict", not fdiff,
+              f"{len(fdiff)} differ: {fdiff[:3]}")
+        reasons = {}
+        for e in lf.values():
+            reasons[e["flow"]["reason"]] = reasons.get(e["flow"]["reason"], 0) + 1
+        print(f"     flow end reasons on the sensor: {reasons}")
+        if ls["capture"]["packets"] == n_frames:
+            bad = [k for k in set(lc) & set(rc) if lc[k]["flow_id"] != rc[k]["flow_id"]]
+            bad += [k for k in set(lf) & set(rf) if lf[k]["flow_id"] != rf[k]["flow_id"]]
+            check("flow_id (ordinal of the first frame) equal to replay's for every session", not bad,
+                  f"{len(bad)} differ: {bad[:3]}")
+        check("sensor logged its drain", "SIGTERM: draining" in err, err.strip())
+        check("sensor notified STOPPING=1", any("STOPPING=1" in m.split("\n") for m in messages), str(messages[-3:]))
+    finish()
+
+
+if __name__ == "__main__":
+    main()
