@@ -31,7 +31,20 @@ def main():
             cmd = [NETLM, "replay", "-c", conf, "-m", MODEL, "-q", "-w", "2", "--stats-interval", "0.5", "-o", target, sessions]
             stdout = open(os.path.join(tmp, "stdout"), "w")
             proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True)
-            time.sleep(float(os.environ.get("SENSOR_DRAIN_DELAY", "2.0")))
+            # signal once the first verdicts are out (not after a fixed delay: under a sanitizer
+            # on a loaded machine loading the model alone can take longer than any fixed guess)
+            # (replay -o writes FILE.tmp.PID until the end)
+            out_path = f"{target}.tmp.{proc.pid}" if target != "-" else os.path.join(tmp, "stdout")
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    with open(out_path) as f:
+                        if '"event_type":"classification"' in f.read():
+                            break
+                except FileNotFoundError:
+                    pass
+                time.sleep(0.1)
+            time.sleep(float(os.environ.get("SENSOR_DRAIN_DELAY", "0.5")))
             proc.send_signal(signal.SIGTERM)
             try:
                 _, err = proc.communicate(timeout=300)
