@@ -53,6 +53,20 @@ static bool load_config(const char *cmd, const char *path, struct cfg_sensor *c)
     return true;
 }
 
+/* --no-model (or model.task = "none" in the file): classification off, a flow sensor. -m names a
+ * model that would not be used: said, rather than ignored. */
+static bool apply_no_model(const char *cmd, const struct cli_opt *opts, struct cfg_sensor *c)
+{
+    if (cli_flag(opts, "no-model"))
+        c->model.task = CFG_TASK_NONE;
+    if (c->model.task == CFG_TASK_NONE && cli_get(opts, "model")) {
+        cli_error(cmd, "-m %s: no model is used with %s", cli_get(opts, "model"),
+                  cli_flag(opts, "no-model") ? "--no-model" : "model.task = \"none\"");
+        return false;
+    }
+    return true;
+}
+
 static bool validate(const char *cmd, const struct cfg_sensor *c)
 {
     char err[1024];
@@ -71,6 +85,7 @@ int cmd_sensor(int argc, char **argv)
         {"check-config", NULL, 0, NULL, "load and validate the configuration, print 'FILE: ok', exit", NULL},
         {"interface", NULL, 'i', "IFACE", "capture interface (capture.interface)", NULL},
         {"model", NULL, 'm', "DIR", "model directory (model.path)", NULL},
+        {"no-model", NULL, 0, NULL, "classification off: no model, flow and stats events only (model.task = \"none\")", NULL},
         {"output", NULL, 'o', "OUT", "events to a file, '-' = stdout, 'unix:PATH' = a unix stream socket", NULL},
         {"workers", NULL, 'w', "N", "flow worker threads (flow.workers)", NULL},
         {"bpf", NULL, 0, "EXPR", "capture filter (capture.bpf)", NULL},
@@ -80,9 +95,10 @@ int cmd_sensor(int argc, char **argv)
     };
     const char **pos = NULL;
     int npos = 0;
-    int rc = cli_parse(cmd, "[-c FILE] [--check-config] [-i IFACE] [-m DIR] [-o OUT] [OPTIONS]",
+    int rc = cli_parse(cmd, "[-c FILE] [--check-config] [-i IFACE] [-m DIR | --no-model] [-o OUT] [OPTIONS]",
                        "Captures live traffic, classifies each session once it has its first packets and\n"
-                       "writes JSON-line events (classification, flow, stats; see docs/sensor.md). Runs in\n"
+                       "writes JSON-line events (classification, flow, stats; see docs/sensor.md); with\n"
+                       "--no-model, a flow sensor: flow and stats events only. Runs in\n"
                        "the foreground (systemd: Type=notify). SIGTERM/SIGINT drain and exit, SIGHUP reopens\n"
                        "the output file, SIGUSR2 reloads the model and the [SIGUSR2] keys.",
                        opts, argc, argv, &pos, &npos);
@@ -115,7 +131,8 @@ int cmd_sensor(int argc, char **argv)
     o->cfg.flow.workers = workers;
     o->cfg.output.stats_interval = interval;
     const char *file_path;
-    if (!apply_output(cmd, cli_get(opts, "output"), &o->cfg, false, &file_path) || !validate(cmd, &o->cfg))
+    if (!apply_no_model(cmd, opts, &o->cfg) || !apply_output(cmd, cli_get(opts, "output"), &o->cfg, false, &file_path) ||
+        !validate(cmd, &o->cfg))
         goto done;
     if (cli_flag(opts, "check-config")) {
         printf("%s: ok\n", config ? config : "(defaults)");
@@ -151,6 +168,7 @@ int cmd_replay(int argc, char **argv)
     struct cli_opt opts[] = {
         {"config", NULL, 'c', "FILE", "configuration (default: built-in defaults); its output section is not used", NULL},
         {"model", NULL, 'm', "DIR", "model directory (default: model.path, else the installed bundled model)", NULL},
+        {"no-model", NULL, 0, NULL, "classification off: no model, flow and stats events only (model.task = \"none\")", NULL},
         {"output", NULL, 'o', "OUT", "events to a file (written whole, then renamed), '-' = stdout (default), "
                                      "'unix:PATH' = a unix stream socket", NULL},
         {"workers", NULL, 'w', "N", "flow worker threads (default flow.workers)", NULL},
@@ -165,7 +183,7 @@ int cmd_replay(int argc, char **argv)
     };
     const char **pos = NULL;
     int npos = 0;
-    int rc = cli_parse(cmd, "FILE... [-c FILE] [-m DIR] [-o OUT] [-w N] [--drop] [OPTIONS]",
+    int rc = cli_parse(cmd, "FILE... [-c FILE] [-m DIR | --no-model] [-o OUT] [-w N] [--drop] [OPTIONS]",
                        "Runs the sensor's pipeline over pcap/pcapng files (or folders of them) as fast as the\n"
                        "machine allows; the flow table's clock is the packets' time. Events as `netlm sensor`\n"
                        "writes them, plus pcap_filename. SIGTERM/SIGINT stop reading and drain.",
@@ -200,7 +218,8 @@ int cmd_replay(int argc, char **argv)
     if (o->cfg.flow.packets_per_session < ready)
         o->cfg.flow.packets_per_session = ready;
     o->cfg.output.stats_interval = interval;
-    if (!apply_output(cmd, cli_get(opts, "output"), &o->cfg, true, &o->output_path) || !validate(cmd, &o->cfg))
+    if (!apply_no_model(cmd, opts, &o->cfg) || !apply_output(cmd, cli_get(opts, "output"), &o->cfg, true, &o->output_path) ||
+        !validate(cmd, &o->cfg))
         goto done;
     uint64_t total = 0;
     n_files = cli_collect_files(cmd, pos, npos, &files, &total);

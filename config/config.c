@@ -67,7 +67,7 @@ struct cfg_key {
 
 static const char *const cfg_tunnels_names[] = {"outer", "inner"};
 static const char *const cfg_port_reuse_names[] = {"split", "merge"};
-static const char *const cfg_task_names[] = {"auto", "classify", "generate"};
+static const char *const cfg_task_names[] = {"auto", "classify", "generate", "none"};
 static const char *const cfg_output_names[] = {"file", "stdout", "unix_stream"};
 
 #define CFG_COUNT(a) (sizeof(a) / sizeof((a)[0]))

@@ -27,6 +27,7 @@ enum cfg_task {
     CFG_TASK_AUTO = 0,  /* what the model was trained for (its config.json) */
     CFG_TASK_CLASSIFY = 1,
     CFG_TASK_GENERATE = 2,
+    CFG_TASK_NONE = 3,  /* no model: a flow sensor (flow and stats events only) */
 };
 
 /* Idle seconds of packet time; 0 = never. */
@@ -50,7 +51,8 @@ struct cfg_sensor {
 
     struct {                      /* all [restart] */
         uint32_t max_flows;       /* 1048576 */
-        uint32_t packets_per_session; /* 32: K packets stored per session */
+        uint32_t packets_per_session; /* 32: K packets stored per session (the sensor stores
+                                         at most session.ready_packets of them) */
         uint32_t bytes_per_packet;    /* 128: M bytes stored per packet */
         bool port_reuse_merge;    /* port_reuse = "split" (false) | "merge" (true) */
         uint32_t workers;         /* 2: flow worker threads */
@@ -69,8 +71,10 @@ struct cfg_sensor {
     struct {
         char path[CFG_PATH_MAX];  /* [SIGUSR2] model directory; default: the bundled model as
                                      installed (NETLM_DEFAULT_MODEL, a compile-time path) */
-        enum cfg_task task;       /* [SIGUSR2] "auto" | "classify" | "generate" */
-        uint32_t threads;         /* [restart] CPU threads of the model; 0 = all cores */
+        enum cfg_task task;       /* [SIGUSR2] "auto" | "classify" | "generate" | "none" (no
+                                     model; to or from "none" needs a restart) */
+        uint32_t threads;         /* [restart] CPU threads of the model; 0 = auto: the cores
+                                     the capture threads leave (the sensor resolves it) */
         char device[32];          /* [restart] "cpu" | "cuda" | "cuda:N" */
         uint32_t batch_max;       /* [SIGUSR2] 32 */
         uint32_t batch_timeout_us; /* [SIGUSR2] 2000 */
@@ -106,7 +110,7 @@ int cfg_load_buffer(const char *name, const char *text, struct cfg_sensor *out, 
  * c->path (when set) and names keys as the file does: "netlm.conf: flow.workers: ...". */
 int cfg_validate(const struct cfg_sensor *c, char *err, size_t errlen);
 
-const char *cfg_task_name(enum cfg_task t);           /* "auto", "classify", "generate" */
+const char *cfg_task_name(enum cfg_task t); /* "auto", "classify", "generate", "none" */
 const char *cfg_output_kind_name(enum cfg_output_kind k); /* "file", "stdout", "unix_stream" */
 
 #endif

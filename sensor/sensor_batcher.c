@@ -8,6 +8,7 @@
  * between batches and frees the old one after its in-flight batch, so no batch ever runs on a
  * model that is being freed. */
 #include <inttypes.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,6 +58,20 @@ struct tok_vocab *sensor_load_vocab(const char *dir, const struct model_config *
 
 /* ---- the engine ---- */
 
+uint32_t sensor_auto_model_threads(const struct cfg_sensor *cfg)
+{
+    long cores = 0;
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0)
+        cores = CPU_COUNT(&set); /* systemd's CPUAffinity=, taskset, a cpuset */
+    if (cores <= 0)
+        cores = sysconf(_SC_NPROCESSORS_ONLN);
+    long workers = cfg->flow.workers ? (long)cfg->flow.workers : 1;
+    long capture = workers > 1 ? workers + 1 : 1; /* one worker runs on the reader's thread */
+    long left = cores - capture;
+    return left >= 1 ? (uint32_t)left : 1;
+}
+
 void sensor_engine_free(struct sensor_engine *e)
 {
     if (!e)
@@ -97,6 +112,10 @@ struct sensor_engine *sensor_engine_load(const struct cfg_sensor *cfg, const cha
         goto fail;
     e->mc = model_get_config(e->model);
     enum cfg_task task = cfg->model.task;
+    if (task == CFG_TASK_NONE) {
+        snprintf(err, errlen, "model.task is \"none\": no model is loaded");
+        goto fail;
+    }
     if (task == CFG_TASK_AUTO) {
         if (e->mc->task == MODEL_TASK_CLASSIFY)
             task = CFG_TASK_CLASSIFY;
@@ -139,11 +158,8 @@ struct sensor_engine *sensor_engine_load(const struct cfg_sensor *cfg, const cha
         e->top_k = 100;
     e->max_new = cfg->model.max_new_tokens ? cfg->model.max_new_tokens
                                            : (e->mc->tgt_seq_length > 1 ? e->mc->tgt_seq_length - 1 : 1);
-    uint32_t threads = cfg->model.threads;
-    if (threads == 0) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        threads = n > 0 ? (uint32_t)n : 1;
-    }
+    uint32_t threads = cfg->model.threads ? cfg->model.threads : sensor_auto_model_threads(cfg);
+    e->threads = threads;
     if (task == CFG_TASK_GENERATE && e->seq + e->max_new > e->mc->max_positions) {
         /* the prompt is one packet: leave room for the generated tokens */
         if (e->mc->max_positions < e->max_new + 2) {
@@ -217,10 +233,7 @@ static uint32_t top_labels(const float *scores, uint32_t n, uint32_t k, uint32_t
 static void record_latency(struct sensor *sn, int64_t ns)
 {
     uint64_t us = ns > 0 ? (uint64_t)ns / 1000 : 0;
-    int b = 0;
-    while (b < SN_LAT_BUCKETS - 1 && (us >> b) != 0)
-        b++;
-    atomic_fetch_add_explicit(&sn->lat_hist[b], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&sn->lat_hist[sensor_lat_bucket(us)], 1, memory_order_relaxed);
     uint64_t cur = atomic_load_explicit(&sn->lat_max, memory_order_relaxed);
     while (us > cur && !atomic_compare_exchange_weak_explicit(&sn->lat_max, &cur, us, memory_order_relaxed,
                                                               memory_order_relaxed)) {

@@ -312,7 +312,9 @@ void sensor_on_end(const struct ft_session *s, int worker, void *user)
 {
     struct sensor *sn = user;
     bool verdict = false;
-    if (s->ready != FT_READY_NOT_YET) {
+    if (sn->no_model) {
+        /* a flow sensor: nothing is handed to a model */
+    } else if (s->ready != FT_READY_NOT_YET) {
         verdict = !(worker >= 0 && worker < sn->n_workers && skipset_take(sn->skipsets[worker], s->id));
     } else if (s->payload_pkts > 0) {
         verdict = enqueue(sn, s, trigger_of_end(s->reason));
@@ -340,15 +342,40 @@ void sensor_on_end(const struct ft_session *s, int worker, void *user)
 
 /* ---- stats ---- */
 
-static uint64_t lat_percentile(const uint64_t *h, uint64_t total, double p, uint64_t max)
+uint32_t sensor_lat_bucket(uint64_t us)
+{
+    if (us < SN_LAT_SUB)
+        return (uint32_t)us;
+    int e = 63 - __builtin_clzll(us); /* us in [2^e, 2^(e+1)), e >= SN_LAT_SUB_BITS */
+    if (e >= SN_LAT_MAX_EXP)
+        return SN_LAT_BUCKETS - 1;
+    uint32_t sub = (uint32_t)(us >> (e - SN_LAT_SUB_BITS)) & (SN_LAT_SUB - 1);
+    return SN_LAT_SUB + (uint32_t)(e - SN_LAT_SUB_BITS) * SN_LAT_SUB + sub;
+}
+
+uint64_t sensor_lat_upper(uint32_t b)
+{
+    if (b < SN_LAT_SUB)
+        return b;
+    if (b >= SN_LAT_BUCKETS - 1)
+        return UINT64_MAX;
+    uint32_t shift = (b - SN_LAT_SUB) / SN_LAT_SUB; /* e - SN_LAT_SUB_BITS */
+    uint64_t sub = (b - SN_LAT_SUB) % SN_LAT_SUB;
+    return ((SN_LAT_SUB + sub + 1) << shift) - 1;
+}
+
+/* The smallest bucket upper bound below which at least pct % of the interval's latencies lie
+ * (nearest rank: the ceil(pct/100 × total)-th smallest), capped by the interval's max: the exact
+ * percentile or at most 6.25 % above it. */
+static uint64_t lat_percentile(const uint64_t *h, uint64_t total, unsigned pct, uint64_t max)
 {
     if (total == 0)
         return 0;
-    uint64_t want = (uint64_t)(p * (double)total + 0.999999), sum = 0;
-    for (int b = 0; b < SN_LAT_BUCKETS; b++) {
+    uint64_t want = (total * pct + 99) / 100, sum = 0;
+    for (uint32_t b = 0; b < SN_LAT_BUCKETS; b++) {
         sum += h[b];
         if (sum >= want) {
-            uint64_t upper = b == 0 ? 1 : (1ull << b); /* bucket b: [2^(b-1), 2^b) µs */
+            uint64_t upper = sensor_lat_upper(b);
             return upper < max ? upper : max;
         }
     }
@@ -364,7 +391,7 @@ void sensor_emit_stats(struct sensor *sn)
     struct sensor_sink_stats ss;
     sensor_sink_stats(sn->sink, &ss);
     uint64_t h[SN_LAT_BUCKETS], total = 0;
-    for (int b = 0; b < SN_LAT_BUCKETS; b++) {
+    for (uint32_t b = 0; b < SN_LAT_BUCKETS; b++) {
         h[b] = atomic_exchange_explicit(&sn->lat_hist[b], 0, memory_order_relaxed);
         total += h[b];
     }
@@ -394,8 +421,8 @@ void sensor_emit_stats(struct sensor *sn)
     sj_printf(&j, "\"batches\":{\"count\":%" PRIu64 ",\"mean_size\":%.3f,\"max_size\":%" PRIu64 "},", batches,
               batches ? (double)items / (double)batches : 0.0, LD(batch_max_seen));
     sj_printf(&j, "\"latency_us\":{\"p50\":%" PRIu64 ",\"p90\":%" PRIu64 ",\"p99\":%" PRIu64 ",\"max\":%" PRIu64 "},",
-              lat_percentile(h, total, 0.50, lmax), lat_percentile(h, total, 0.90, lmax),
-              lat_percentile(h, total, 0.99, lmax), lmax);
+              lat_percentile(h, total, 50, lmax), lat_percentile(h, total, 90, lmax),
+              lat_percentile(h, total, 99, lmax), lmax);
     sj_printf(&j, "\"queues\":{\"ready_depth\":%zu,\"ready_capacity\":%u,\"sink_depth\":%" PRIu64 "},",
               sensor_queue_depth(&sn->q), sn->q.n_slots, ss.depth);
     sj_printf(&j, "\"events\":{\"written\":%" PRIu64 ",\"dropped\":%" PRIu64 "}}}\n", ss.written, ss.dropped);

@@ -92,7 +92,8 @@ struct sensor_engine {
     struct tok_vocab *vocab;
     struct tok_settings tok;
     struct model_runner *runner;
-    enum cfg_task task;           /* CLASSIFY or GENERATE (never AUTO) */
+    enum cfg_task task;           /* CLASSIFY or GENERATE (never AUTO or NONE) */
+    uint32_t threads;             /* the model's CPU threads (model.threads, 0 resolved) */
     enum tok_field field;         /* generation target (the seed's: ip_len) */
     uint32_t seq, batch_max, batch_timeout_us, top_k, max_new;
     char name[256];               /* the model directory's last component */
@@ -106,6 +107,10 @@ struct sensor_engine {
     char *text;                   /* generation: one packet's token text */
     size_t text_cap;
 };
+/* model.threads = 0 (auto): the cores this process may run on (its affinity mask) less the
+ * capture threads — the reader, and flow.workers worker threads when there are two or more —
+ * at least 1: model threads that share a core with capture make the latency tail much worse. */
+uint32_t sensor_auto_model_threads(const struct cfg_sensor *cfg);
 /* Loads model_dir and builds its runner for cfg's batch and task settings. NULL + one line. */
 struct sensor_engine *sensor_engine_load(const struct cfg_sensor *cfg, const char *model_dir,
                                          char *err, size_t errlen);
@@ -149,7 +154,17 @@ void sensor_sink_stats(struct sensor_sink *s, struct sensor_sink_stats *out);
 
 /* ---- the run ---- */
 
-#define SN_LAT_BUCKETS 40 /* bucket b holds latencies in [2^(b-1), 2^b) µs; b = 0: < 1 µs */
+/* Ready→verdict latency histogram, log-linear as HdrHistogram's: latencies below 16 µs have a
+ * bucket each; above, every power of two [2^e, 2^(e+1)) is cut into 16 equal sub-buckets, so a
+ * bucket is at most 1/16 (6.25 %) of its lower bound wide. Octaves up to 2^40 µs (12 days); a
+ * longer latency lands in the last bucket. */
+#define SN_LAT_SUB_BITS 4
+#define SN_LAT_SUB (1u << SN_LAT_SUB_BITS)
+#define SN_LAT_MAX_EXP 40
+#define SN_LAT_BUCKETS (SN_LAT_SUB + (SN_LAT_MAX_EXP - SN_LAT_SUB_BITS) * SN_LAT_SUB)
+/* The bucket of a latency of us µs, and the largest latency the bucket holds (its upper bound). */
+uint32_t sensor_lat_bucket(uint64_t us);
+uint64_t sensor_lat_upper(uint32_t bucket);
 
 struct sensor_skipset; /* per flow worker: ids of ready sessions the queue had no room for */
 
@@ -159,12 +174,14 @@ struct sensor {
     struct ft_assembler *as;
     struct sensor_queue q;
     struct sensor_sink *sink;
-    struct sensor_engine *engine;                 /* the batcher's */
+    struct sensor_engine *engine;                 /* the batcher's; NULL with no_model */
     _Atomic(struct sensor_engine *) pending;      /* a reloaded engine waiting to be swapped in */
     char **files;                                 /* replay */
     char **files_json;                            /* each file name as a JSON string */
     _Atomic int current_file;
     bool replay, flow_events;
+    bool no_model;               /* model.task = "none": a flow sensor; no engine, no queue, no
+                                    batcher, the flow table stores no packets */
     atomic_bool block_when_full; /* replay without --drop, and during the drain */
     struct sensor_skipset **skipsets;
     int n_workers;

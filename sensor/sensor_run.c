@@ -3,11 +3,12 @@
  * and the drain at the end.
  *
  * Threads: the calling thread reads the capture and feeds the flow table (its worker threads
- * call back into sensor_events.c); the batcher runs the model; the sink's writer owns the output;
- * the manager waits on a signalfd. Drain on SIGTERM/SIGINT or end of input: the reader stops,
- * ft_assembler_finish_input ends every open flow (reason shutdown; unready payload sessions are
- * queued, waiting for room now that no wire is being read), the batcher empties the queue and
- * leaves, the final stats event is written, and the sink flushes and closes. */
+ * call back into sensor_events.c); the batcher runs the model (none with model.task "none": a
+ * flow sensor); the sink's writer owns the output; the manager waits on the signal self-pipe.
+ * Drain on SIGTERM/SIGINT or end of input: the reader stops, ft_assembler_finish_input ends
+ * every open flow (reason shutdown; unready payload sessions are queued, waiting for room now
+ * that no wire is being read), the batcher empties the queue and leaves, the final stats event
+ * is written, and the sink flushes and closes. */
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -20,7 +21,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <stddef.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <systemd/sd-daemon.h>
 #include <time.h>
 #include <unistd.h>
@@ -68,18 +72,28 @@ static const char *model_dir(const struct sensor_options *o, const struct cfg_se
     return cfg->model.path[0] ? cfg->model.path : NETLM_DEFAULT_MODEL;
 }
 
+/* e = NULL: no model (model.task "none"), the table keeps counters only. */
 static void flow_config(const struct cfg_sensor *c, const struct sensor_engine *e, struct ft_config *f)
 {
     ft_config_defaults(f);
     f->max_flows = c->flow.max_flows;
-    f->ready_packets = c->session.ready_packets;
-    f->packets_per_session = c->flow.packets_per_session;
-    if (f->packets_per_session < f->ready_packets)
-        f->packets_per_session = f->ready_packets;
-    /* never keep fewer bytes than the model's tokenizer reads of a packet: `netlm classify` keeps
-     * exactly this many, and the two must tokenize alike */
-    uint32_t need = sensor_bytes_per_packet(&e->tok);
-    f->bytes_per_packet = c->flow.bytes_per_packet > need ? c->flow.bytes_per_packet : need;
+    if (e) {
+        /* Store only what is used: a session is handed over at its ready_packets-th packet (or
+         * earlier) and the table stores nothing after, so more slots would never be filled and
+         * would only make every flow record bigger (32 slots: ~6 KB a flow, 8: ~1.7 KB). */
+        f->ready_packets = c->session.ready_packets;
+        f->packets_per_session = c->flow.packets_per_session < c->session.ready_packets
+                                     ? c->flow.packets_per_session
+                                     : c->session.ready_packets;
+        /* never keep fewer bytes than the model's tokenizer reads of a packet: `netlm classify`
+         * keeps exactly this many, and the two must tokenize alike */
+        uint32_t need = sensor_bytes_per_packet(&e->tok);
+        f->bytes_per_packet = c->flow.bytes_per_packet > need ? c->flow.bytes_per_packet : need;
+    } else {
+        f->ready_packets = 0;       /* no ready callback */
+        f->packets_per_session = 0; /* counters only */
+        f->bytes_per_packet = c->flow.bytes_per_packet;
+    }
     f->port_reuse = c->flow.port_reuse_merge ? FT_PORT_REUSE_MERGE : FT_PORT_REUSE_SPLIT;
     f->decode.innermost = c->capture.tunnels_inner;
     f->workers = c->flow.workers ? (int)c->flow.workers : 1;
@@ -128,6 +142,64 @@ static bool drop_privileges(const struct cfg_sensor *c, char *err, size_t errlen
     return true;
 }
 
+/* ---- systemd notification that never blocks ----
+ * libsystemd's sd_notify sends with a blocking sendmsg: when the notify socket's reader is slow
+ * or gone, the kernel's queue of 10 datagrams (net.unix.max_dgram_qlen) fills and the call hangs,
+ * and with it the manager thread, which is also the one that handles SIGTERM. So the datagram is
+ * sent here, on a fresh non-blocking socket per message (as sd_notify opens a fresh one, so that
+ * a restarted systemd is found), and a message that finds the queue full is dropped: STATUS= and
+ * WATCHDOG=1 come again, and nothing may stop a drain. READY=1 at start waits up to 1 s for room.
+ * NOTIFY_SOCKET addresses other than a unix path or an abstract name (@...), such as vsock:, are
+ * left to sd_notify. */
+
+static char notify_path[sizeof(((struct sockaddr_un *)0)->sun_path) + 1];
+
+static void notify_init(void)
+{
+    const char *p = getenv("NOTIFY_SOCKET");
+    notify_path[0] = '\0';
+    if (p && strlen(p) < sizeof notify_path)
+        snprintf(notify_path, sizeof notify_path, "%s", p);
+}
+
+static void notify(const char *text, int wait_ms)
+{
+    if (!notify_path[0])
+        return;
+    if (notify_path[0] != '/' && notify_path[0] != '@') {
+        sd_notify(0, text);
+        return;
+    }
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    size_t n = strlen(notify_path);
+    if (n >= sizeof a.sun_path)
+        return;
+    memcpy(a.sun_path, notify_path, n);
+    if (a.sun_path[0] == '@')
+        a.sun_path[0] = '\0'; /* abstract namespace */
+    socklen_t alen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + (a.sun_path[0] ? 1 : 0));
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return;
+    /* connected, so that poll() reports room in the reader's queue */
+    if (connect(fd, (struct sockaddr *)&a, alen) == 0) {
+        size_t len = strlen(text);
+        for (;;) {
+            if (send(fd, text, len, MSG_NOSIGNAL | MSG_DONTWAIT) >= 0)
+                break;
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN || wait_ms <= 0)
+                break; /* dropped */
+            struct pollfd p = {.fd = fd, .events = POLLOUT};
+            if (poll(&p, 1, wait_ms) <= 0)
+                break;
+            wait_ms = 0;
+        }
+    }
+    close(fd);
+}
+
 /* ---- the manager thread ---- */
 
 struct manager {
@@ -153,6 +225,10 @@ static void on_signal(int signo)
 static void reload(struct sensor *sn)
 {
     char err[CFG_PATH_MAX + 1024];
+    if (sn->no_model) {
+        sensor_log("reload: model.task is \"none\" (no model); a restart applies a model");
+        return;
+    }
     struct cfg_sensor *nc = malloc(sizeof *nc);
     if (!nc) {
         sensor_log("reload: out of memory (keeping the running model)");
@@ -164,6 +240,12 @@ static void reload(struct sensor *sn)
         if (!fresh || cfg_load(sn->opts->config_path, fresh, err, sizeof err) != 0 ||
             cfg_validate(fresh, err, sizeof err) != 0) {
             sensor_log("reload: %s (keeping the running model)", fresh ? err : "out of memory");
+            free(fresh);
+            free(nc);
+            return;
+        }
+        if (fresh->model.task == CFG_TASK_NONE) {
+            sensor_log("reload: model.task \"none\" needs a restart (keeping the running model)");
             free(fresh);
             free(nc);
             return;
@@ -218,7 +300,8 @@ static void *manager_main(void *arg)
     int64_t now = sensor_mono_ns();
     double interval = sn->cfg.output.stats_interval;
     int64_t stats_every = interval > 0 ? (int64_t)(interval * 1e9) : 0;
-    int64_t status_every = stats_every ? stats_every : 10000000000LL;
+    /* STATUS= at most every 10 s: it is for `systemctl status`, not a metrics feed */
+    int64_t status_every = stats_every > 10000000000LL ? stats_every : 10000000000LL;
     uint64_t wd_usec = 0;
     int64_t wd_every = sd_watchdog_enabled(0, &wd_usec) > 0 && wd_usec ? (int64_t)wd_usec * 500 : 0;
     int64_t next_stats = stats_every ? now + stats_every : INT64_MAX;
@@ -247,16 +330,16 @@ static void *manager_main(void *arg)
                     if (!atomic_exchange(&sn->stop, true)) {
                         sensor_log("%s: draining (finishing flows, classifying ready sessions, flushing events)",
                                    signo == SIGTERM ? "SIGTERM" : "SIGINT");
-                        sd_notify(0, "STOPPING=1");
+                        notify("STOPPING=1", 0);
                     }
                     break;
                 case SIGHUP:
                     sensor_sink_reopen(sn->sink);
                     break;
                 case SIGUSR2:
-                    sd_notify(0, "RELOADING=1");
+                    notify("RELOADING=1", 0);
                     reload(sn);
-                    sd_notify(0, "READY=1");
+                    notify("READY=1", 0);
                     break;
                 default:
                     break;
@@ -274,16 +357,20 @@ static void *manager_main(void *arg)
             uint64_t pkts = atomic_load(&sn->cap_packets), done = atomic_load(&sn->classified);
             double dt = (double)(now - last_status) / 1e9;
             char status[256];
-            snprintf(status, sizeof status, "STATUS=%.0f packets/s, %.1f sessions/s classified, %" PRIu64
-                     " skipped, %zu queued",
-                     dt > 0 ? (double)(pkts - last_pkts) / dt : 0, dt > 0 ? (double)(done - last_done) / dt : 0,
-                     atomic_load(&sn->skipped), sensor_queue_depth(&sn->q));
-            sd_notify(0, status);
+            if (sn->no_model)
+                snprintf(status, sizeof status, "STATUS=%.0f packets/s (no model: flow events only)",
+                         dt > 0 ? (double)(pkts - last_pkts) / dt : 0);
+            else
+                snprintf(status, sizeof status, "STATUS=%.0f packets/s, %.1f sessions/s classified, %" PRIu64
+                         " skipped, %zu queued",
+                         dt > 0 ? (double)(pkts - last_pkts) / dt : 0, dt > 0 ? (double)(done - last_done) / dt : 0,
+                         atomic_load(&sn->skipped), sensor_queue_depth(&sn->q));
+            notify(status, 0);
             last_pkts = pkts, last_done = done, last_status = now;
             next_status = now + status_every;
         }
         if (now >= next_wd) {
-            sd_notify(0, "WATCHDOG=1");
+            notify("WATCHDOG=1", 0);
             next_wd = now + wd_every;
         }
     }
@@ -416,6 +503,8 @@ int sensor_run(const struct sensor_options *o)
     sn->cfg = o->cfg;
     sn->replay = o->replay;
     sn->flow_events = o->cfg.output.flow_events;
+    sn->no_model = o->cfg.model.task == CFG_TASK_NONE;
+    notify_init();
     atomic_init(&sn->block_when_full, o->replay && !o->drop);
     sn->start_mono = sensor_mono_ns();
     char err[1024];
@@ -456,10 +545,16 @@ int sensor_run(const struct sensor_options *o)
         }
     }
 
-    /* 2. the model (after the input, so a wrong interface or file is named first) */
+    /* 2. the model (after the input, so a wrong interface or file is named first); none for a
+     * flow sensor */
     const char *dir = model_dir(o, &sn->cfg);
     struct stat st;
-    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+    struct ft_config fcfg;
+    if (sn->cfg.model.threads == 0) /* auto; a reload keeps what it resolved to */
+        sn->cfg.model.threads = sensor_auto_model_threads(&sn->cfg);
+    if (sn->no_model) {
+        flow_config(&sn->cfg, NULL, &fcfg);
+    } else if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
         /* the default is where `cmake --install` puts the bundled model; a build tree has none */
         if (strcmp(dir, NETLM_DEFAULT_MODEL) == 0)
             sensor_log("model %s not found (the bundled model is installed there by 'cmake --install'); "
@@ -467,14 +562,14 @@ int sensor_run(const struct sensor_options *o)
         else
             sensor_log("model %s: %s", dir, errno == ENOENT ? "no such directory" : "not a directory");
         goto out;
+    } else {
+        sn->engine = sensor_engine_load(&sn->cfg, dir, err, sizeof err);
+        if (!sn->engine) {
+            sensor_log("%s", err);
+            goto out;
+        }
+        flow_config(&sn->cfg, sn->engine, &fcfg);
     }
-    sn->engine = sensor_engine_load(&sn->cfg, dir, err, sizeof err);
-    if (!sn->engine) {
-        sensor_log("%s", err);
-        goto out;
-    }
-    struct ft_config fcfg;
-    flow_config(&sn->cfg, sn->engine, &fcfg);
 
     /* 3. the output */
     if (o->output_path)
@@ -496,7 +591,8 @@ int sensor_run(const struct sensor_options *o)
     }
 
     /* 5. queue and flow table */
-    if (!sensor_queue_init(&sn->q, sn->cfg.session.queue_size ? sn->cfg.session.queue_size : 1,
+    if (!sn->no_model &&
+        !sensor_queue_init(&sn->q, sn->cfg.session.queue_size ? sn->cfg.session.queue_size : 1,
                            fcfg.packets_per_session, fcfg.bytes_per_packet)) {
         sensor_log("out of memory for %u ready-queue slots", sn->cfg.session.queue_size);
         goto out;
@@ -515,7 +611,8 @@ int sensor_run(const struct sensor_options *o)
         sensor_log("flow table: %s", err);
         goto out;
     }
-    ft_assembler_on_ready(sn->as, sensor_on_ready, sn);
+    if (!sn->no_model)
+        ft_assembler_on_ready(sn->as, sensor_on_ready, sn);
 
     /* 6. threads */
     sigfd = signal_pipe[0];
@@ -526,21 +623,26 @@ int sensor_run(const struct sensor_options *o)
     }
     pthread_t batcher, manager;
     struct manager mg = {.sn = sn, .sigfd = sigfd, .stopfd = stopfd};
-    if (pthread_create(&batcher, NULL, sensor_batcher_main, sn) != 0) {
+    if (!sn->no_model && pthread_create(&batcher, NULL, sensor_batcher_main, sn) != 0) {
         sensor_log("cannot start the batcher thread");
         goto out;
     }
     if (pthread_create(&manager, NULL, manager_main, &mg) != 0) {
         sensor_log("cannot start the manager thread");
         atomic_store(&sn->input_done, true);
-        sensor_queue_kick(&sn->q);
-        pthread_join(batcher, NULL);
+        if (!sn->no_model) {
+            sensor_queue_kick(&sn->q);
+            pthread_join(batcher, NULL);
+        }
         goto out;
     }
-    sd_notify(0, "READY=1\nSTATUS=capturing");
-    if (!o->replay)
-        sensor_log("capturing on %s, model %s, %d flow workers", sn->cfg.capture.interface, sn->engine->name,
-                   fcfg.workers);
+    notify("READY=1\nSTATUS=capturing", 1000);
+    if (!o->replay && sn->no_model)
+        sensor_log("capturing on %s, no model (flow and stats events only), %d flow workers",
+                   sn->cfg.capture.interface, fcfg.workers);
+    else if (!o->replay)
+        sensor_log("capturing on %s, model %s (%u threads), %d flow workers", sn->cfg.capture.interface,
+                   sn->engine->name, sn->engine->threads, fcfg.workers);
 
     /* 7. read until the end of input or a stop signal */
     if (o->replay) {
@@ -553,8 +655,10 @@ int sensor_run(const struct sensor_options *o)
 
     /* 8. drain */
     atomic_store(&sn->input_done, true);
-    sensor_queue_kick(&sn->q);
-    pthread_join(batcher, NULL);
+    if (!sn->no_model) {
+        sensor_queue_kick(&sn->q);
+        pthread_join(batcher, NULL);
+    }
     uint64_t one = 1;
     if (write(stopfd, &one, sizeof one) != (ssize_t)sizeof one)
         sensor_log("cannot stop the manager thread");

@@ -6,7 +6,8 @@ wall-clock time when the wire is quiet). Then: SIGHUP after renaming the events 
 must continue in a new file; SIGUSR2 with a broken model path logs one line and keeps running;
 SIGUSR2 with a good config swaps the model; SIGTERM drains and exits 0. Every line of both files
 is valid against the schema. As root with service.user = nobody the sensor also drops privileges
-(checked through /proc)."""
+(checked through /proc). Then a flow sensor (--no-model) whose NOTIFY_SOCKET is never read: its
+SIGTERM drain must not wait for systemd."""
 import os
 import pwd
 import signal
@@ -128,7 +129,67 @@ def main():
         if stats:
             c = stats[-1]["stats"]["capture"]
             check("capture counted the packets", c["packets"] >= 21, str(c))
+    no_model_and_stuck_notify()
     finish()
+
+
+def no_model_and_stuck_notify():
+    """--no-model live (a flow sensor) with a NOTIFY_SOCKET nobody reads and a 100 ms watchdog:
+    the kernel queues 10 datagrams, then a blocking send would hang the manager thread, which
+    handles SIGTERM. The sensor must still drain and exit at once, with flow events and no
+    classification."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "eve.json")
+        cfg = os.path.join(tmp, "netlm.conf")
+        conf(cfg, out, MODEL, "")
+        nsock = os.path.join(tmp, "notify")
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(nsock)  # never read until the sensor has exited
+        env = dict(os.environ, NOTIFY_SOCKET=nsock, WATCHDOG_USEC="100000")
+        env.pop("WATCHDOG_PID", None)
+        proc = subprocess.Popen([NETLM, "sensor", "-c", cfg, "--no-model", "--stats-interval", "0.2"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            check("--no-model sensor starts and writes stats", wait_for(lambda: '"stats"' in contents(out)),
+                  proc.stderr.read() if proc.poll() is not None else "no stats")
+            send(40011, 10)
+            send(40012, 2)
+            check("--no-model: flow events for both sessions (at their idle timeout)",
+                  wait_for(lambda: '"src_port":40011' in contents(out) and '"src_port":40012' in contents(out)))
+            time.sleep(1.0)  # ~20 watchdog pings and 5 stats intervals: the unread queue is long full
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            try:
+                _, err = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+            took = time.monotonic() - t0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        check(f"unread NOTIFY_SOCKET: SIGTERM still drains and exits 0 ({took:.2f} s)", proc.returncode == 0 and took < 5,
+              f"rc {proc.returncode} after {took:.1f} s: {err}")
+        notify.setblocking(False)
+        msgs = []
+        while True:
+            try:
+                msgs.append(notify.recv(4096).decode(errors="replace"))
+            except BlockingIOError:
+                break
+        notify.close()
+        check("the first notification was READY=1, then watchdog pings (the rest dropped, not waited for)",
+              msgs and "READY=1" in msgs[0].split("\n") and any(m == "WATCHDOG=1" for m in msgs), str(msgs[:4]))
+        ev = read_events(contents(out), "live --no-model")
+        check("--no-model: no classification events", not by_type(ev, "classification"))
+        flows = [f for f in by_type(ev, "flow") if f["src_port"] in (40011, 40012)]
+        check("--no-model: flow events with the packets sent, verdict false",
+              sorted((f["src_port"], f["flow"]["pkts_toserver"], f["flow"]["verdict"]) for f in flows)
+              == [(40011, 10, False), (40012, 2, False)], str([(f["src_port"], f["flow"]) for f in flows]))
+        st = by_type(ev, "stats")
+        check("--no-model: ends with stats, sessions counters 0", bool(st) and ev[-1] is st[-1]
+              and st[-1]["stats"]["sessions"] == {"ready": 0, "skipped": 0, "classified": 0})
 
 
 if __name__ == "__main__":

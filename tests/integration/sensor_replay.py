@@ -13,6 +13,9 @@ packets fill it, and 8 packets of even 54-byte frames (27 tokens each) do too. S
     from classify only by classify's extra later packets: the sensor's ids minus the closing
     [SEP] must then be a prefix of classify's, and whenever the ids are equal the labels are too.
 The differing sessions are counted and printed, so the comparison says what it proves.
+The stats event's latency percentiles are checked against the exact ones of the events. With
+classification off (--no-model, model.task = "none") the flow events must be those of a replay
+with the model (5-tuples, counts, times, state, reason), with no classification events.
 Every line of every run is validated against schema/events.schema.json."""
 import json
 import os
@@ -110,12 +113,79 @@ def compare(path, workers):
             diff = [e["flow_id"] for e, lab in zip(cls, labels) if e["classification"]["label"] != lab]
             check(f"{name}: all {len(cls)} labels equal classify's on the same ids", len(labels) == len(cls) and not diff,
                   f"{len(diff)} differ: {diff[:5]}")
+    # the stats event's latency percentiles (a log-linear histogram, 16 sub-buckets per power of
+    # two) against the exact ones of the events (nearest rank): never below, at most 6.25 % above
+    if stats and cls:
+        lat = sorted(e["classification"]["latency_us"] for e in cls)
+        sl = stats[-1]["stats"]["latency_us"]
+        bad = []
+        for p in (50, 90, 99):
+            exact = lat[(len(lat) * p + 99) // 100 - 1]
+            if not exact <= sl[f"p{p}"] <= max(exact * 1.0625 + 1, exact + 1):
+                bad.append(f"p{p}: stats {sl[f'p{p}']} vs exact {exact}")
+        check(f"{name}: stats latency p50/p90/p99 within 6.25 % above the exact percentiles", not bad and
+              sl["max"] == lat[-1], f"{bad}, max {sl['max']} vs {lat[-1]}")
     readied_by_count = [e for e in cls if e["classification"]["trigger"] == "packets"]
     check(f"{name}: every session readied by its 8th packet used 8 packets",
           all(e["classification"]["packets"] == 8 for e in readied_by_count))
     # every classify session with at least 8 packets got ready by its packet count, or earlier
     missing = [ff for ff, r in rows.items() if r["packets"] >= 8 and ff not in set(ids)]
     check(f"{name}: every session of 8+ packets was classified", not missing, f"{len(missing)} missing")
+
+
+FLOW_FIELDS = ("pkts_toserver", "pkts_toclient", "bytes_toserver", "bytes_toclient", "start", "end", "state", "reason")
+
+
+def flow_table(events):
+    """flow events keyed by flow_id and 5-tuple, with what classification off must not change."""
+    return {(e["flow_id"], e["proto"], e["src_ip"], e["src_port"], e["dest_ip"], e["dest_port"], e.get("vlan")):
+            tuple(e["flow"][k] for k in FLOW_FIELDS) for e in by_type(events, "flow")}
+
+
+def compare_no_model(path, workers):
+    """--no-model (classification off): the same flow events as a replay with the model, no
+    classification events, the sessions counters 0 — and the same with model.task = "none"."""
+    name = f"{os.path.basename(path)} --no-model (-w {workers})"
+    res = run("replay", "-m", MODEL, "-q", "-w", str(workers), path)
+    if not check(f"replay {os.path.basename(path)} (-w {workers}) exits 0", res.returncode == 0, res.stderr.strip()):
+        return
+    ref = read_events(res.stdout, f"replay {os.path.basename(path)}")
+    res = run("replay", "--no-model", "-q", "-w", str(workers), path)
+    if not check(f"replay {name} exits 0", res.returncode == 0, res.stderr.strip()):
+        return
+    ev = read_events(res.stdout, f"replay {name}")
+    check(f"{name}: no classification or generation events",
+          not by_type(ev, "classification") and not by_type(ev, "generation"))
+    check(f"{name}: only flow events and one final stats event",
+          {e["event_type"] for e in ev} <= {"flow", "stats"} and len(by_type(ev, "stats")) == 1
+          and ev[-1]["event_type"] == "stats")
+    mine, theirs = flow_table(ev), flow_table(ref)
+    diff = sorted(set(mine.items()) ^ set(theirs.items()))
+    check(f"{name}: the same {len(theirs)} flow events (5-tuples, packets/bytes each way, times, state, reason) "
+          "as with the model", mine == theirs and len(mine) == len(by_type(ev, "flow")) and mine,
+          f"{len(diff)} differ: {diff[:3]}")
+    check(f"{name}: every flow event says verdict false", all(not e["flow"]["verdict"] for e in by_type(ev, "flow")))
+    st, rst = ev[-1]["stats"], ref[-1]["stats"]
+    check(f"{name}: sessions counters 0, no batches", st["sessions"] == {"ready": 0, "skipped": 0, "classified": 0}
+          and st["batches"]["count"] == 0, str(st["sessions"]))
+    check(f"{name}: capture, decoder and flow counters equal the replay's with the model",
+          st["capture"] == rst["capture"] and st["decoder"] == rst["decoder"]
+          and st["flow"]["created"] == rst["flow"]["created"], f"{st['flow']} vs {rst['flow']}")
+    check(f"{name}: no packet stored (memory below the replay's with the model)",
+          st["flow"]["memory_bytes"] <= rst["flow"]["memory_bytes"], f"{st['flow']['memory_bytes']} vs "
+          f"{rst['flow']['memory_bytes']}")
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = os.path.join(tmp, "none.conf")
+        with open(conf, "w") as f:
+            f.write('model = { task = "none"; };\n')
+        res = run("replay", "-c", conf, "-q", "-w", str(workers), path)
+        if check(f"{name}: model.task = \"none\" in the config exits 0", res.returncode == 0, res.stderr.strip()):
+            ev2 = read_events(res.stdout, f"replay {os.path.basename(path)} task none")
+            check(f"{name}: model.task = \"none\" gives the same flow events as --no-model", flow_table(ev2) == mine)
+        res = run("replay", "-c", conf, "-m", MODEL, "-q", path)
+        check(f"{name}: model.task = \"none\" with -m is a usage error (exit 2, one line)",
+              res.returncode == 2 and "no model is used" in res.stderr and len(res.stderr.splitlines()) == 1
+              and not res.stdout, f"rc {res.returncode}: {res.stderr.strip()}")
 
 
 def main():
@@ -125,6 +195,9 @@ def main():
     compare(demo, 2)
     if os.path.exists(gmail):
         compare(gmail, 2)
+    compare_no_model(demo, 1)
+    if os.path.exists(gmail):
+        compare_no_model(gmail, 2)
     # output to a file: written whole, then renamed; --no-flow-events; --drop still classifies
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "events.json")

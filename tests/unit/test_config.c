@@ -317,6 +317,7 @@ static void test_names(void **state)
     assert_string_equal(cfg_task_name(CFG_TASK_AUTO), "auto");
     assert_string_equal(cfg_task_name(CFG_TASK_CLASSIFY), "classify");
     assert_string_equal(cfg_task_name(CFG_TASK_GENERATE), "generate");
+    assert_string_equal(cfg_task_name(CFG_TASK_NONE), "none");
     assert_string_equal(cfg_task_name((enum cfg_task)7), "unknown");
     assert_string_equal(cfg_output_kind_name(CFG_OUTPUT_FILE), "file");
     assert_string_equal(cfg_output_kind_name(CFG_OUTPUT_STDOUT), "stdout");
@@ -525,7 +526,7 @@ static void test_types(void **state)
         {"capture.tunnels", "true", "expected \"outer\" or \"inner\", got true"},
         {"flow.port_reuse", "\"splitcap\"", "expected \"split\" or \"merge\", got \"splitcap\""},
         {"model.task", "\"classification\"",
-         "expected \"auto\", \"classify\" or \"generate\", got \"classification\""},
+         "expected \"auto\", \"classify\", \"generate\" or \"none\", got \"classification\""},
         {"output.type", "\"eve\"",
          "expected \"file\", \"stdout\" or \"unix_stream\", got \"eve\""},
         {"output.type", "1", "expected \"file\", \"stdout\" or \"unix_stream\", got 1"},
@@ -561,6 +562,15 @@ static void test_choices_and_devices(void **state)
     assert_int_equal(c.model.task, CFG_TASK_CLASSIFY);
     expect_ok(nested("model.task", "\"generate\""), &c);
     assert_int_equal(c.model.task, CFG_TASK_GENERATE);
+    expect_ok(nested("model.task", "\"none\""), &c); /* a flow sensor: no model */
+    assert_int_equal(c.model.task, CFG_TASK_NONE);
+    expect_ok(nested("model.task", "\"auto\""), &c);
+    assert_int_equal(c.model.task, CFG_TASK_AUTO);
+    char want[256];
+    snprintf(want, sizeof(want),
+             NAME ":%u: model.task: expected \"auto\", \"classify\", \"generate\" or \"none\", got \"off\"",
+             key_line("model.task"));
+    expect_error(nested("model.task", "\"off\""), want);
     expect_ok("output = { type = \"stdout\"; };", &c);
     assert_int_equal(c.output.kind, CFG_OUTPUT_STDOUT);
     expect_ok("output = { type = \"unix_stream\"; socket = \"/run/netlm/eve.sock\"; };", &c);
