@@ -138,24 +138,6 @@ static void json_string(FILE *f, const char *s)
     fputc('"', f);
 }
 
-/* The top k of one row's scores, best first (ties: lower id first). */
-static uint32_t top_labels(const float *scores, uint32_t n, uint32_t k, uint32_t *best)
-{
-    if (k > n)
-        k = n;
-    for (uint32_t i = 0; i < k; i++) {
-        uint32_t pick = UINT32_MAX;
-        for (uint32_t j = 0; j < n; j++) {
-            bool taken = false;
-            for (uint32_t t = 0; t < i; t++)
-                taken |= best[t] == j;
-            if (!taken && (pick == UINT32_MAX || scores[j] > scores[pick]))
-                pick = j;
-        }
-        best[i] = pick;
-    }
-    return k;
-}
 
 /* One classification result; prefix is what the row is (already written, tab-ended for TSV,
  * "{...," for JSON). */
@@ -163,7 +145,7 @@ static void write_classification(struct infer *in, uint32_t b)
 {
     const float *s = in->scores + (size_t)b * in->cfg->num_labels;
     uint32_t best[16];
-    uint32_t k = top_labels(s, in->cfg->num_labels, in->top_k, best);
+    uint32_t k = model_top_labels(s, in->cfg->num_labels, in->top_k, best);
     const char *const *names = (const char *const *)in->cfg->labels;
     if (in->json) {
         fprintf(in->out, "\"label_id\":%u,\"label\":", best[0]);

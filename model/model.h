@@ -135,6 +135,9 @@ bool model_forward(struct model_runner *r, const uint32_t *ids, const uint32_t *
  * [batch, num_labels]. */
 bool model_classify(struct model_runner *r, const uint32_t *ids, const uint32_t *lengths,
                     uint32_t batch, uint32_t seq, float *pooled, float *scores);
+/* The min(k, n) best of one row's n scores into best, best first (ties: the lower id first), the
+ * one ranking `netlm classify` and the sensor report. Returns the count. */
+uint32_t model_top_labels(const float *scores, uint32_t n, uint32_t k, uint32_t *best);
 
 struct model_sampling {
     float temperature; /* 0 = greedy */

@@ -306,6 +306,24 @@ static void pool_rows(const struct model_runner *r, uint32_t b, float *out)
     }
 }
 
+uint32_t model_top_labels(const float *scores, uint32_t n, uint32_t k, uint32_t *best)
+{
+    if (k > n)
+        k = n;
+    for (uint32_t i = 0; i < k; i++) {
+        uint32_t pick = UINT32_MAX;
+        for (uint32_t j = 0; j < n; j++) {
+            bool taken = false;
+            for (uint32_t t = 0; t < i; t++)
+                taken |= best[t] == j;
+            if (!taken && (pick == UINT32_MAX || scores[j] > scores[pick]))
+                pick = j;
+        }
+        best[i] = pick;
+    }
+    return k;
+}
+
 bool model_classify(struct model_runner *r, const uint32_t *ids, const uint32_t *lengths,
                     uint32_t batch, uint32_t seq, float *pooled, float *scores)
 {

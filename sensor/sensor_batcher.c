@@ -211,24 +211,6 @@ fail:
 
 /* ---- one batch ---- */
 
-/* The top k of one row's scores, best first (ties: lower id first), as `netlm classify` ranks. */
-static uint32_t top_labels(const float *scores, uint32_t n, uint32_t k, uint32_t *best)
-{
-    if (k > n)
-        k = n;
-    for (uint32_t i = 0; i < k; i++) {
-        uint32_t pick = UINT32_MAX;
-        for (uint32_t j = 0; j < n; j++) {
-            bool taken = false;
-            for (uint32_t t = 0; t < i; t++)
-                taken |= best[t] == j;
-            if (!taken && (pick == UINT32_MAX || scores[j] > scores[pick]))
-                pick = j;
-        }
-        best[i] = pick;
-    }
-    return k;
-}
 
 static void record_latency(struct sensor *sn, int64_t ns)
 {
@@ -272,7 +254,7 @@ static void classify_batch(struct sensor *sn, struct sensor_engine *e, uint32_t 
     for (uint32_t b = 0; b < n; b++) {
         struct sensor_slot *slot = e->batch[b];
         const float *s = e->scores + (size_t)b * e->mc->num_labels;
-        uint32_t k = top_labels(s, e->mc->num_labels, e->top_k, best);
+        uint32_t k = model_top_labels(s, e->mc->num_labels, e->top_k, best);
         int64_t lat = now - slot->enqueue_ns;
         record_latency(sn, lat);
         struct sensor_json j;
