@@ -187,6 +187,7 @@ struct sensor {
     int n_workers;
 
     atomic_bool stop;        /* SIGTERM/SIGINT: stop reading */
+    atomic_bool ready_notified; /* READY=1 sent: the manager's STATUS and WATCHDOG come after it */
     atomic_bool input_done;  /* every flow has ended: the batcher drains and leaves */
     atomic_bool failed;      /* a thread hit an error that ends the run (exit 1) */
     int64_t start_mono;

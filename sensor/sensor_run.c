@@ -315,6 +315,8 @@ static void *manager_main(void *arg)
         if (next_wd < next)
             next = next_wd;
         int timeout = next <= now ? 0 : (int)((next - now) / 1000000 + 1);
+        if (timeout < 10 && !atomic_load(&sn->ready_notified))
+            timeout = 10; /* a ping due before READY=1 waits for it without spinning */
         struct pollfd fds[2] = {{.fd = m->sigfd, .events = POLLIN}, {.fd = m->stopfd, .events = POLLIN}};
         int r = poll(fds, 2, timeout);
         if (r < 0 && errno != EINTR)
@@ -353,7 +355,9 @@ static void *manager_main(void *arg)
             if (next_stats < now)
                 next_stats = now + stats_every;
         }
-        if (now >= next_status) {
+        /* nothing before READY=1: the service manager should see READY first */
+        const bool ready = atomic_load(&sn->ready_notified);
+        if (ready && now >= next_status) {
             uint64_t pkts = atomic_load(&sn->cap_packets), done = atomic_load(&sn->classified);
             double dt = (double)(now - last_status) / 1e9;
             char status[256];
@@ -369,7 +373,7 @@ static void *manager_main(void *arg)
             last_pkts = pkts, last_done = done, last_status = now;
             next_status = now + status_every;
         }
-        if (now >= next_wd) {
+        if (ready && now >= next_wd) {
             notify("WATCHDOG=1", 0);
             next_wd = now + wd_every;
         }
@@ -637,6 +641,7 @@ int sensor_run(const struct sensor_options *o)
         goto out;
     }
     notify("READY=1\nSTATUS=capturing", 1000);
+    atomic_store(&sn->ready_notified, true);
     if (!o->replay && sn->no_model)
         sensor_log("capturing on %s, no model (flow and stats events only), %d flow workers",
                    sn->cfg.capture.interface, fcfg.workers);
