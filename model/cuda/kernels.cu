@@ -10,33 +10,10 @@
 #include <cuda_bf16.h>
 #include <math.h>
 
+#include "model/cuda/cuda_device.cuh"
 #include "model/cuda/cuda_internal.h"
 
-typedef __nv_bfloat16 bf16;
-
 namespace {
-
-template <typename T> __device__ __forceinline__ float to_f(T v);
-template <> __device__ __forceinline__ float to_f<float>(float v) { return v; }
-template <> __device__ __forceinline__ float to_f<bf16>(bf16 v) { return __bfloat162float(v); }
-
-template <typename T> __device__ __forceinline__ T from_f(float v);
-template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
-template <> __device__ __forceinline__ bf16 from_f<bf16>(float v) { return __float2bfloat16_rn(v); }
-
-__device__ __forceinline__ float warp_sum(float v)
-{
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-__device__ __forceinline__ float warp_max(float v)
-{
-    for (int o = 16; o > 0; o >>= 1)
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
 
 /* Grid-stride launch shape for count elements: enough blocks to fill the GPU, never more than
  * the work. */
@@ -73,6 +50,15 @@ __global__ void embed_kernel(float *x, const T *wte, const T *wpe, const uint32_
     }
 }
 
+/* 1 / spread of a row from its summed squared deviations ss: UER's LayerNorm divides by the
+ * unbiased standard deviation plus eps, the standard one and RMSNorm by sqrt(variance + eps). */
+__device__ __forceinline__ float norm_scale(float ss, uint32_t c, float eps, int kind)
+{
+    if (kind == CU_NORM_LAYER_UER)
+        return 1.0f / (sqrtf(ss / (float)(c > 1 ? c - 1 : 1)) + eps);
+    return 1.0f / sqrtf(ss / (float)c + eps);
+}
+
 /* One warp per row; three passes over the row (mean, spread, output), the later ones from L1. */
 template <typename T>
 __global__ void norm_kernel(T *y, const float *x, const float *w, const float *b, uint32_t n,
@@ -95,12 +81,7 @@ __global__ void norm_kernel(T *y, const float *x, const float *w, const float *b
         const float d = xr[j] - mean;
         ss += d * d;
     }
-    ss = warp_sum(ss);
-    float scale;
-    if (kind == CU_NORM_LAYER_UER)
-        scale = 1.0f / (sqrtf(ss / (float)(c > 1 ? c - 1 : 1)) + eps);
-    else
-        scale = 1.0f / sqrtf(ss / (float)c + eps);
+    const float scale = norm_scale(warp_sum(ss), c, eps, kind);
     T *yr = y + (size_t)row * c;
     for (uint32_t j = lane; j < c; j += 32) {
         float v = (xr[j] - mean) * scale * w[j];
@@ -137,12 +118,7 @@ __global__ void norm_kernel_regs(T *y, const float *x, const float *w, const flo
         const float d = j < c ? v[k] - mean : 0.0f;
         ss += d * d;
     }
-    ss = warp_sum(ss);
-    float scale;
-    if (kind == CU_NORM_LAYER_UER)
-        scale = 1.0f / (sqrtf(ss / (float)(c > 1 ? c - 1 : 1)) + eps);
-    else
-        scale = 1.0f / sqrtf(ss / (float)c + eps);
+    const float scale = norm_scale(warp_sum(ss), c, eps, kind);
     T *yr = y + (size_t)row * c;
 #pragma unroll
     for (int k = 0; k < MAXV; k++) {
