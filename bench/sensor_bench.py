@@ -52,36 +52,8 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def build_capture(make, data, work, copies):
-    """The capture sessions_bench.py builds (same cache folder and marker)."""
-    out = os.path.join(work, f"ustc-x{copies}")
-    marker = os.path.join(out, "done.json")
-    if not os.path.exists(marker):
-        res = subprocess.run([make, os.path.join(data, "labeled", "ustc-tfc2016", "sessions"), str(copies), out],
-                             check=True, capture_output=True, text=True)
-        with open(marker, "w") as f:
-            f.write(res.stdout)
-    with open(marker) as f:
-        info = json.loads(f.read())
-    info["file"] = os.path.join(out, "all.pcap")
-    info["bytes"] = os.path.getsize(info["file"])
-    info["copies"] = copies
-    return info
-
-
-def timed(cmd, stdout=subprocess.DEVNULL):
-    """(wall seconds, peak RSS MiB, stderr) of cmd under GNU time."""
-    with tempfile.NamedTemporaryFile(mode="r") as rss_file:
-        t0 = time.monotonic()
-        p = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss_file.name, *cmd], stdout=stdout,
-                           stderr=subprocess.PIPE)
-        wall = time.monotonic() - t0
-        if p.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} exited {p.returncode}: {p.stderr.decode(errors='replace')[-800:]}")
-        rss_kib = int(rss_file.read().split()[-1])
-    return wall, rss_kib / 1024.0, p.stderr.decode(errors="replace")
+sys.path.insert(0, HERE)
+from sessions_bench import build_capture, run as timed  # noqa: E402  the same capture cache and GNU time
 
 
 def auto_threads(workers):
@@ -108,7 +80,7 @@ def replay(netlm, conf, pcap, workers, drop, work, no_model=False, flow_events=F
         cmd.append("--drop")
     if no_model:
         cmd.append("--no-model")
-    wall, rss, _ = timed(cmd + [pcap])
+    wall, rss = timed(cmd + [pcap])
     stats, lat = read_events(out)
     os.remove(out)
     return wall, rss, stats, lat, cmd + [pcap]
@@ -247,8 +219,8 @@ def main():
     if a.live_capture is None:
         a.live_capture = os.path.join(a.data, "labeled", "ustc-tfc2016", "sessions", "Zeus", "Zeus.pcap")
     os.makedirs(a.work, exist_ok=True)
-    big = build_capture(make, a.data, a.work, a.copies)
-    small = build_capture(make, a.data, a.work, a.classify_copies)
+    big = dict(build_capture(make, a.data, a.work, a.copies), copies=a.copies)
+    small = dict(build_capture(make, a.data, a.work, a.classify_copies), copies=a.classify_copies)
     with open("/proc/loadavg") as f:
         load_before = f.read().split()[:3]
     result = {"machine": {"cpus": os.cpu_count(), "loadavg_before": load_before}, "model": os.path.basename(model),
@@ -294,7 +266,7 @@ def main():
                       f"{rss:.0f} MiB", file=sys.stderr)
         # the foundation's `netlm sessions` (counters only, no pipeline) on the same file, now: how
         # busy the machine is compared with docs/benchmarks.md's 0.556 s
-        wall, rss, _ = timed([netlm, "sessions", "--quiet", "--workers", "1", big["file"]])
+        wall, rss = timed([netlm, "sessions", "--quiet", "--workers", "1", big["file"]])
         result["runs"]["reference_netlm_sessions_w1"] = {
             "command": f"{netlm} sessions --quiet --workers 1 {big['file']}", "seconds": round(wall, 2),
             "packets_per_s": round(big["frames"] / wall), "peak_rss_mib": round(rss, 1)}
@@ -312,7 +284,7 @@ def main():
     # 5. the peer
     if not a.skip_peers:
         for c in (small, big):
-            wall, rss, _ = timed(["ndpiReader", "-q", "-i", c["file"]])
+            wall, rss = timed(["ndpiReader", "-q", "-i", c["file"]])
             result["runs"][f"ndpiReader_x{c['copies']}"] = {
                 "command": f"ndpiReader -q -i {c['file']}", "seconds": round(wall, 2),
                 "packets_per_s": round(c["frames"] / wall), "peak_rss_mib": round(rss, 1)}
