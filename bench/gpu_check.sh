@@ -6,6 +6,8 @@
 # PyTorch + transformers on the same card (bench/gpu_bench.py), and a summary table.
 #
 #   bench/gpu_check.sh               on the GPU machine; results under $OUT (default ./gpu-out)
+#   bench/gpu_check.sh --quick       the same in under 4.5 minutes: PyTorch eager only, no racecheck
+#   NETLM_GPU_DEADLINE=S             end every stage by S seconds from the start (default 570)
 #   bench/gpu_check.sh --fetch-deps  here, before: the Debian packages of the C dependencies
 #                                    (libpcap, liburcu, json-c, OpenBLAS, libconfig, libsystemd,
 #                                    cmocka, pkgconf) into .gpu-deps/, for the GPU machine's image,
@@ -33,10 +35,13 @@ if [[ ${1:-} == --fetch-deps ]]; then
     exit 0
 fi
 
+quick=0
+[[ ${1:-} == --quick ]] && quick=1
 OUT=${OUT:-$root/gpu-out}
 mkdir -p "$OUT"
 jobs=$(nproc)
 build=$root/build-gpu
+rm -f "$build/CMakeCache.txt" # a warm machine keeps the last call's build: configure afresh
 status_file=$OUT/gpu_check.json
 declare -a stages=()
 failed=0
@@ -49,7 +54,8 @@ stage_done() { # name status seconds
 }
 
 # run_stage NAME LIMIT_SECONDS LOG COMMAND...: the command under `timeout`, output appended to LOG
-deadline=570 # seconds from the start: the device tool's limit is 600
+deadline=${NETLM_GPU_DEADLINE:-570} # seconds from the start: the device tool's limit is 600
+((quick == 0)) || deadline=${NETLM_GPU_DEADLINE:-270}
 run_stage() {
     local name=$1 limit=$2 log=$3 t0=$SECONDS rc=0
     shift 3
@@ -86,15 +92,15 @@ if [[ -d $deps_dir ]] && ls "$deps_dir"/*.deb >/dev/null 2>&1; then
     u=$p/usr
     lib=$u/lib/x86_64-linux-gnu
     have=$(ldconfig -p 2>/dev/null | awk 'NR > 1 {print $1}')
-    for so in "$lib"/*.so.* "$lib"/openblas-pthread/*.so.*; do
+    for so in "$lib"/*.so.* "$lib"/openblas-pthread/*.so.* "$p"/lib/x86_64-linux-gnu/*.so.*; do
         name=$(basename "$so")
         grep -qxF "$name" <<<"$have" || ln -sf "$so" "$p/missing/$name"
     done
     pc() { # name libs [cflags]
-        printf 'Name: %s\nDescription: carried Debian package\nVersion: 0\nCflags: -I%s/include %s\nLibs: %s\n' \
-            "$1" "$u" "${3:-}" "$2" >"$p/pc/$1.pc"
+        printf 'Name: %s\nDescription: carried Debian package\nVersion: 0\nCflags: -I%s/include -I%s/include/x86_64-linux-gnu %s\nLibs: %s\n' \
+            "$1" "$u" "$u" "${3:-}" "$2" >"$p/pc/$1.pc"
     }
-    pc libpcap "-L$lib -lpcap"
+    pc libpcap "-L$lib -Wl,-rpath-link,$p/lib/x86_64-linux-gnu -lpcap" # for libdbus, carried in /lib
     pc liburcu-qsbr "-L$lib -lurcu-common -lurcu-qsbr"
     pc liburcu-cds "-L$lib -lurcu-common -lurcu-cds"
     pc json-c "-L$lib -ljson-c" "-I$u/include/json-c"
@@ -133,14 +139,14 @@ san=compute-sanitizer
 command -v $san >/dev/null || san=/usr/local/cuda/bin/compute-sanitizer
 run_stage memcheck 80 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --leak-check full \
     --error-exitcode 9 "$build/tests/test_cuda_ops"
-run_stage racecheck 60 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_TEST_FILTER=test_attention $san \
+((quick)) || run_stage racecheck 60 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_TEST_FILTER=test_attention $san \
     --tool racecheck --racecheck-report all --error-exitcode 9 "$build/tests/test_cuda_ops"
 # PyTorch gets what is left but 60 s (the model engine's memcheck); compiled modes start only
 # while --budget-s has not passed (each compile takes 30-60 s)
 left=$((deadline - 60 - SECONDS))
 ((left > 60)) || left=60
 run_stage bench-torch "$left" "$OUT/summary.txt" env PYTHONUNBUFFERED=1 python3 "$root/bench/gpu_bench.py" \
-    --out "$OUT/torch.json" --runs 10 --budget-s $((left - 70 > 20 ? left - 70 : 20))
+    --out "$OUT/torch.json" --runs 10 $( ((quick)) && echo --no-compile) --budget-s $((left - 70 > 20 ? left - 70 : 20))
 run_stage memcheck-model 60 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_TEST_FILTER=test_bf16 $san \
     --tool memcheck --error-exitcode 9 "$build/tests/test_cuda_model"
 grep -E "FAIL|ERROR SUMMARY|RACECHECK SUMMARY|LEAK SUMMARY|\[  (PASSED|FAILED) \]" "$log" | head -30 || true

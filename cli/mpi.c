@@ -10,9 +10,9 @@
 
 #ifdef NETLM_HAVE_MPI
 #include <mpi.h>
-#endif
 
 static int world_size = 1;
+#endif
 
 static int launched_size(void)
 {

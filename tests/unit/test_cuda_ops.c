@@ -14,7 +14,8 @@
  *   probabilities to bf16 before P·V (another ≤ 2⁻⁹ of max |v|, as FlashAttention-2 does) and the
  *   output once: 2⁻⁸ ≈ 3.9e-3, bound 1e-2. cuBLASLt's GELU epilogue evaluates tanh its own way:
  *   8e-3 in bf16; in fp32 it is reported against 1e-3 (which is why the fp32 engine applies GELU
- *   with its own kernel instead).
+ *   with its own kernel instead). The epilogue fallback (no cuBLASLt epilogue) rounds a bf16
+ *   output twice, after the product and after the bias: 8e-3.
  * For comparison, llm.c's bf16 tests allow |ref|·0.079 per element. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -37,6 +38,7 @@ int main(void)
 
 static const enum cu_dtype modes[2] = {CU_F32, CU_BF16};
 static cudaStream_t stream;
+static bool gemm_epilogue_fallback; /* bias and GELU by netlm's kernel after the product */
 
 static double bound_for(enum cu_dtype t, double fp32, double bf16) { return t == CU_BF16 ? bf16 : fp32; }
 
@@ -72,6 +74,8 @@ static void gemm_case(struct cu_gemm *g, enum cu_dtype t, enum cu_dtype yt, size
     snprintf(label, sizeof label, "gemm %zux%zux%zu%s%s%s → %s", n, in, out, bias ? " +bias" : "",
              accumulate ? " +y" : "", gelu ? " gelu" : "", test_dtype_name(yt));
     double bound = yt == CU_BF16 ? 4e-3 : t == CU_BF16 ? 1e-4 : 1e-5;
+    if (yt == CU_BF16 && (bias || gelu) && gemm_epilogue_fallback)
+        bound = 8e-3;
     if (gelu)
         bound = t == CU_BF16 ? 8e-3 : 1e-3;
     TEST_WITHIN(label, t, test_rel_err(got, ref, n * out), bound);
@@ -89,6 +93,7 @@ static void test_gemm(void **state)
         fail_msg("%s", err);
     for (int epilogues = 1; epilogues >= 0; epilogues--) {
         cu_gemm_set_epilogues(g, epilogues);
+        gemm_epilogue_fallback = !epilogues;
         printf(" epilogues %s\n", epilogues ? "on" : "off (fallback kernel)");
         for (int mi = 0; mi < 2; mi++) {
             const enum cu_dtype t = modes[mi];
