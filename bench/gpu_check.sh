@@ -8,6 +8,7 @@
 #   bench/gpu_check.sh               on the GPU machine; results under $OUT (default ./gpu-out)
 #   bench/gpu_check.sh --quick       the same in under 4.5 minutes: PyTorch eager only, no racecheck
 #   NETLM_GPU_DEADLINE=S             end every stage by S seconds from the start (default 570)
+#   NETLM_GPU_TORCH=0                no PyTorch stage
 #   bench/gpu_check.sh --fetch-deps  here, before: the Debian packages of the C dependencies
 #                                    (libpcap, liburcu, json-c, OpenBLAS, libconfig, libsystemd,
 #                                    cmocka, pkgconf) into .gpu-deps/, for the GPU machine's image,
@@ -135,6 +136,18 @@ run_stage ctest-cuda 150 "$log" ctest --test-dir "$build" -L cuda --output-on-fa
 if grep -q "Skipped" "$log"; then stage_done cuda-tests-ran skipped 0; fi
 : >"$OUT/netlm.json"
 run_stage bench-netlm 120 "$OUT/netlm.json" "$build/netlm_model_bench" --device cuda --runs 10
+# Variants in the same run, tagged in netlm.json: the heuristic's first GEMM algorithm instead of
+# the fastest of its candidates; and the time per kind of step (no graphs)
+variant() { # name env... -- bench args...
+    local name=$1 tmp=$OUT/variant.tmp
+    shift
+    : >"$tmp"
+    run_stage "bench-$name" 90 "$tmp" "$@"
+    sed "s/^{\"side\":\"netlm\"/{\"side\":\"netlm\",\"variant\":\"$name\"/; s/^{\"cuda_profile\"/{\"variant\":\"$name\",\"cuda_profile\"/" "$tmp" >>"$OUT/netlm.json"
+    rm -f "$tmp"
+}
+variant gemm-heuristic env NETLM_CUDA_GEMM_TUNE=0 "$build/netlm_model_bench" --device cuda --runs 10
+variant profile "$build/netlm_model_bench" --device cuda --runs 5 --profile
 san=compute-sanitizer
 command -v $san >/dev/null || san=/usr/local/cuda/bin/compute-sanitizer
 run_stage memcheck 80 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --leak-check full \
@@ -145,7 +158,7 @@ run_stage memcheck 80 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --
 # while --budget-s has not passed (each compile takes 30-60 s)
 left=$((deadline - 60 - SECONDS))
 ((left > 60)) || left=60
-run_stage bench-torch "$left" "$OUT/summary.txt" env PYTHONUNBUFFERED=1 python3 "$root/bench/gpu_bench.py" \
+[[ ${NETLM_GPU_TORCH:-1} == 0 ]] || run_stage bench-torch "$left" "$OUT/summary.txt" env PYTHONUNBUFFERED=1 python3 "$root/bench/gpu_bench.py" \
     --out "$OUT/torch.json" --runs 10 $( ((quick)) && echo --no-compile) --budget-s $((left - 70 > 20 ? left - 70 : 20))
 run_stage memcheck-model 60 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_TEST_FILTER=test_bf16 $san \
     --tool memcheck --error-exitcode 9 "$build/tests/test_cuda_model"
@@ -156,12 +169,19 @@ python3 - "$OUT" <<'EOF' | tee -a "$OUT/summary.txt"
 import json, sys, os
 out = sys.argv[1]
 netlm, torch_r = {}, {}
+variants, profiles, last_case = {}, [], None
 for line in open(os.path.join(out, "netlm.json")):
     line = line.strip()
     if line.startswith("{"):
         r = json.loads(line)
-        if "case" in r:
-            netlm[r["case"]] = r
+        if "cuda_profile" in r:
+            profiles.append((last_case, r["cuda_profile"]))
+        elif "case" in r:
+            last_case = r["case"]
+            if "variant" in r:
+                variants.setdefault(r["variant"], {})[r["case"]] = r
+            else:
+                netlm[r["case"]] = r
 path = os.path.join(out, "torch.json")
 if os.path.exists(path):
     for r in json.load(open(path)):
@@ -190,6 +210,18 @@ for c in cases:
     print(f"{c:32} {cell(n, lat):>14} {n.get('mfu', 0) if n else 0:>6.3f} {cell(e, lat):>14} {cell(k, lat):>14} "
           f"{cell(g, lat):>14} {ratio(e):>8} {ratio(best):>9}")
 print("(x eager / x compile: PyTorch time over netlm time, > 1 = netlm faster; x compile uses the CUDA-graph figure where there is one)")
+for name, rows in variants.items():
+    if name == "profile":
+        continue
+    print(f"\nvariant {name}: ms (default ms)")
+    for c, r in rows.items():
+        base = netlm.get(c, {}).get("ms")
+        print(f"  {c:32} {r.get('ms', float('nan')):10.4f} ({base if base is not None else '-'})")
+if profiles:
+    print("\ntime per kind of step, ms per call (eager, no graphs):")
+    for c, p in profiles:
+        steps = ", ".join(f"{k} {v:.3f}" for k, v in sorted(p["steps"].items(), key=lambda kv: -kv[1]))
+        print(f"  {c}: {p['ms_per_call']:.3f} ms = {steps}")
 st = os.path.join(out, "gpu_check.json")
 if os.path.exists(st):
     print()

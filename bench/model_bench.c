@@ -5,7 +5,9 @@
  *   netlm_model_bench --arch gpt2|qwen2 [--threads N] [--runs N]
  *   netlm_model_bench --qwen05b-rss [--threads N]   (peak RSS of a Qwen2.5-0.5B-sized forward)
  *   netlm_model_bench --train --arch gpt2|qwen2 [--threads N]  (training steps, batch 32 x 128)
- *   netlm_model_bench --device cuda[:N] [--only NAME] [--precision bf16|fp32] [--runs N]
+ *   netlm_model_bench --device cuda[:N] [--only NAME] [--precision bf16|fp32] [--runs N] [--profile]
+ *     (--profile: no CUDA graphs, and the engine's time per kind of step as a JSON line
+ *      {"cuda_profile": ...} on stderr after each case)
  *       (the CUDA engine on the configs of bench/gpu_bench.py: one JSON line per measurement;
  *       bench/gpu_check.sh runs it next to PyTorch) */
 #include <math.h>
@@ -257,9 +259,11 @@ static struct model *bench_model(const struct model_config *c, char *err, size_t
     return m;
 }
 
-static int cuda_bench(int device, const char *only, enum model_precision prec, int runs)
+static int cuda_bench(int device, const char *only, enum model_precision prec, int runs, bool profile)
 {
     int status = 0;
+    if (profile)
+        setenv("NETLM_CUDA_PROFILE", "1", 1);
     if (model_cuda_device_count() <= device) {
         printf("{\"side\":\"netlm\",\"error\":\"no GPU cuda:%d visible\"}\n", device);
         return 1;
@@ -298,7 +302,7 @@ static int cuda_bench(int device, const char *only, enum model_precision prec, i
         char err[512];
         struct model *m = bench_model(&c, err, sizeof err);
         struct model_cuda_options o = {.device = device, .precision = prec, .max_batch = k->batch,
-                                       .max_seq = k->seq, .graphs = k->graphs};
+                                       .max_seq = k->seq, .graphs = k->graphs && !profile};
         struct model_cuda *e = m ? model_cuda_create(m, &o, err, sizeof err) : NULL;
         uint32_t *ids = malloc((size_t)k->batch * k->seq * sizeof(uint32_t));
         uint32_t *lengths = malloc(k->batch * sizeof(uint32_t));
@@ -344,7 +348,7 @@ int main(int argc, char **argv)
     const char *arch = "gpt2";
     uint32_t threads = 1;
     int runs = 7;
-    bool rss_mode = false, train_mode = false;
+    bool rss_mode = false, train_mode = false, profile = false;
     const char *device_name = "cpu", *only = NULL, *precision = "bf16";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--arch") && i + 1 < argc)
@@ -363,8 +367,10 @@ int main(int argc, char **argv)
             only = argv[++i];
         else if (!strcmp(argv[i], "--precision") && i + 1 < argc)
             precision = argv[++i];
+        else if (!strcmp(argv[i], "--profile"))
+            profile = true;
         else {
-            fprintf(stderr, "usage: %s [--arch gpt2|qwen2] [--threads N] [--runs N] [--qwen05b-rss | --train | --device cuda[:N] [--only NAME] [--precision bf16|fp32]]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--arch gpt2|qwen2] [--threads N] [--runs N] [--qwen05b-rss | --train | --device cuda[:N] [--only NAME] [--precision bf16|fp32] [--profile]]\n", argv[0]);
             return 2;
         }
     }
@@ -378,7 +384,8 @@ int main(int argc, char **argv)
         return 2;
     }
     if (device >= 0)
-        return cuda_bench(device, only, strcmp(precision, "fp32") ? MODEL_PRECISION_BF16 : MODEL_PRECISION_FP32, runs);
+        return cuda_bench(device, only, strcmp(precision, "fp32") ? MODEL_PRECISION_BF16 : MODEL_PRECISION_FP32, runs,
+                          profile);
     if (rss_mode)
         return qwen05b_rss(threads);
     if (train_mode)

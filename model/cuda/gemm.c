@@ -10,7 +10,13 @@
  * Precision: CUBLAS_COMPUTE_32F in both modes. With fp32 operands that is true fp32 (TF32 only
  * with _FAST_TF32, never asked for); with bf16 operands the products accumulate in fp32 and D is
  * rounded once to its type. When cuBLASLt offers no algorithm with a bias or GELU epilogue for a
- * shape, the plan runs without it and cu_bias_act applies it (same formula as the CPU). */
+ * shape, the plan runs without it and cu_bias_act applies it (same formula as the CPU).
+ *
+ * Algorithm choice: the heuristic's first answer is often not the fastest for the skinny shapes
+ * of small batches (few output tiles, one wave on part of the chip). When a plan is made outside
+ * a graph capture, its top few candidates are timed on the real operands, writing into a
+ * scratch output (a residual GEMM must not add twice), and the fastest is kept.
+ * NETLM_CUDA_GEMM_TUNE=0 keeps the heuristic's first. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +24,8 @@
 #include "model/cuda/cuda_internal.h"
 
 #define CU_GEMM_PLANS 96
+#define TUNE_CANDIDATES 8
+#define TUNE_RUNS 3
 
 enum { EPI_NONE = 0, EPI_BIAS = 1, EPI_GELU = 2 }; /* bit set */
 
@@ -39,6 +47,10 @@ struct cu_gemm {
     void *workspace;
     size_t workspace_bytes;
     bool epilogues;
+    bool tune;
+    void *tune_out; /* scratch output of the timed candidates */
+    size_t tune_bytes;
+    cudaEvent_t tune_ev[2];
     unsigned next; /* round-robin victim when the cache is full */
     struct cu_gemm_plan plans[CU_GEMM_PLANS];
 };
@@ -69,6 +81,12 @@ struct cu_gemm *cu_gemm_create(size_t workspace_bytes, char *err, size_t errlen)
     g->workspace_bytes = workspace_bytes;
     const char *env = getenv("NETLM_CUDA_NO_EPILOGUE");
     g->epilogues = !(env && env[0] == '1');
+    env = getenv("NETLM_CUDA_GEMM_TUNE");
+    g->tune = !(env && env[0] == '0');
+    if (g->tune && (cudaEventCreate(&g->tune_ev[0]) != cudaSuccess || cudaEventCreate(&g->tune_ev[1]) != cudaSuccess)) {
+        cudaGetLastError();
+        g->tune = false;
+    }
     return g;
 }
 
@@ -94,6 +112,11 @@ void cu_gemm_free(struct cu_gemm *g)
     for (unsigned i = 0; i < CU_GEMM_PLANS; i++)
         plan_release(&g->plans[i]);
     cudaFree(g->workspace);
+    cudaFree(g->tune_out);
+    if (g->tune_ev[0])
+        cudaEventDestroy(g->tune_ev[0]);
+    if (g->tune_ev[1])
+        cudaEventDestroy(g->tune_ev[1]);
     cublasLtDestroy(g->lt);
     free(g);
 }
@@ -105,9 +128,75 @@ void cu_gemm_set_epilogues(struct cu_gemm *g, bool enabled)
         plan_release(&g->plans[i]);
 }
 
-/* Descriptors for epilogue epi; then the heuristic's first algorithm. */
+/* The median time of TUNE_RUNS runs of candidate algo (after one untimed), or a negative value
+ * when it fails. Output into the scratch: D of the real call may be an input (the residual). */
+static float tune_time(struct cu_gemm *g, const struct cu_gemm_plan *p, const cublasLtMatmulAlgo_t *algo,
+                       const void *w, const void *x, cudaStream_t s)
+{
+    const float alpha = 1.0f, beta = 0.0f;
+    float ms[TUNE_RUNS];
+    for (int r = -1; r < TUNE_RUNS; r++) {
+        if (r >= 0 && cudaEventRecord(g->tune_ev[0], s) != cudaSuccess)
+            return -1.0f;
+        if (cublasLtMatmul(g->lt, p->desc, &alpha, w, p->a, x, p->b, &beta, g->tune_out, p->c,
+                           g->tune_out, p->c, algo, g->workspace, g->workspace_bytes, s))
+            return -1.0f;
+        if (r >= 0 && (cudaEventRecord(g->tune_ev[1], s) != cudaSuccess ||
+                       cudaEventSynchronize(g->tune_ev[1]) != cudaSuccess ||
+                       cudaEventElapsedTime(&ms[r], g->tune_ev[0], g->tune_ev[1]) != cudaSuccess))
+            return -1.0f;
+    }
+    for (int i = 1; i < TUNE_RUNS; i++) /* insertion sort of three */
+        for (int j = i; j > 0 && ms[j] < ms[j - 1]; j--) {
+            float t = ms[j];
+            ms[j] = ms[j - 1];
+            ms[j - 1] = t;
+        }
+    return ms[TUNE_RUNS / 2];
+}
+
+/* Of the heuristic's candidates res[0..found), the fastest on these operands (index). Any
+ * failure keeps the heuristic's first: tuning is an optimisation, never an error. */
+static int tune_pick(struct cu_gemm *g, const struct cu_gemm_plan *p,
+                     const cublasLtMatmulHeuristicResult_t *res, int found, const void *w,
+                     const void *x, cudaStream_t s)
+{
+    enum cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+    if (!g->tune || found < 2 || !w || !x || cudaStreamIsCapturing(s, &cap) != cudaSuccess ||
+        cap != cudaStreamCaptureStatusNone)
+        return 0;
+    const size_t bytes = p->n * p->ldy * cu_dtype_size(p->yt);
+    if (bytes > g->tune_bytes) {
+        cudaFree(g->tune_out);
+        g->tune_out = NULL;
+        g->tune_bytes = 0;
+        if (cudaMalloc(&g->tune_out, bytes) != cudaSuccess ||
+            cudaMemsetAsync(g->tune_out, 0, bytes, s) != cudaSuccess) {
+            cudaGetLastError();
+            cudaFree(g->tune_out);
+            g->tune_out = NULL;
+            return 0;
+        }
+        g->tune_bytes = bytes;
+    }
+    int best = 0;
+    float best_ms = -1.0f;
+    for (int i = 0; i < found; i++) {
+        if (res[i].state != CUBLAS_STATUS_SUCCESS)
+            continue;
+        float ms = tune_time(g, p, &res[i].algo, w, x, s);
+        if (ms >= 0.0f && (best_ms < 0.0f || ms < best_ms)) {
+            best = i;
+            best_ms = ms;
+        }
+    }
+    cudaGetLastError(); /* a failed candidate leaves nothing behind for the next launch */
+    return best;
+}
+
+/* Descriptors for epilogue epi; then the heuristic's candidates, the fastest kept. */
 static cublasStatus_t plan_build(struct cu_gemm *g, struct cu_gemm_plan *p, int epi,
-                                 const void *bias)
+                                 const void *bias, const void *w, const void *x, cudaStream_t s)
 {
     cublasStatus_t st;
     const cublasOperation_t opa = CUBLAS_OP_T, opb = CUBLAS_OP_N;
@@ -139,22 +228,24 @@ static cublasStatus_t plan_build(struct cu_gemm *g, struct cu_gemm_plan *p, int 
         return st;
     st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                               &g->workspace_bytes, sizeof g->workspace_bytes);
-    cublasLtMatmulHeuristicResult_t res;
+    cublasLtMatmulHeuristicResult_t res[TUNE_CANDIDATES];
     int found = 0;
     if (!st)
-        st = cublasLtMatmulAlgoGetHeuristic(g->lt, p->desc, p->a, p->b, p->c, p->c, pref, 1, &res, &found);
+        st = cublasLtMatmulAlgoGetHeuristic(g->lt, p->desc, p->a, p->b, p->c, p->c, pref,
+                                            g->tune ? TUNE_CANDIDATES : 1, res, &found);
     cublasLtMatmulPreferenceDestroy(pref);
     if (st)
         return st;
-    if (found < 1 || res.state != CUBLAS_STATUS_SUCCESS)
+    if (found < 1 || res[0].state != CUBLAS_STATUS_SUCCESS)
         return CUBLAS_STATUS_NOT_SUPPORTED;
-    p->algo = res.algo;
+    p->algo = res[tune_pick(g, p, res, found, w, x, s)].algo;
     return CUBLAS_STATUS_SUCCESS;
 }
 
 static struct cu_gemm_plan *plan_get(struct cu_gemm *g, enum cu_dtype abt, enum cu_dtype yt,
                                      size_t n, size_t in, size_t out, size_t ldx, size_t ldy,
-                                     int epi, const void *bias, cublasStatus_t *status)
+                                     int epi, const void *bias, const void *w, const void *x,
+                                     cudaStream_t s, cublasStatus_t *status)
 {
     for (unsigned i = 0; i < CU_GEMM_PLANS; i++) {
         struct cu_gemm_plan *p = &g->plans[i];
@@ -173,7 +264,7 @@ static struct cu_gemm_plan *plan_get(struct cu_gemm *g, enum cu_dtype abt, enum 
     struct cu_gemm_plan *p = &g->plans[slot];
     *p = (struct cu_gemm_plan){.used = true, .abt = abt, .yt = yt, .n = n, .in = in, .out = out,
                                .ldx = ldx, .ldy = ldy, .epi = epi};
-    cublasStatus_t st = plan_build(g, p, g->epilogues ? epi : EPI_NONE, bias);
+    cublasStatus_t st = plan_build(g, p, g->epilogues ? epi : EPI_NONE, bias, w, x, s);
     if (st == CUBLAS_STATUS_SUCCESS && epi && !g->epilogues)
         p->fallback = true;
     if (st != CUBLAS_STATUS_SUCCESS && epi && g->epilogues) {
@@ -181,7 +272,7 @@ static struct cu_gemm_plan *plan_get(struct cu_gemm *g, enum cu_dtype abt, enum 
         plan_release(p);
         *p = (struct cu_gemm_plan){.used = true, .abt = abt, .yt = yt, .n = n, .in = in,
                                    .out = out, .ldx = ldx, .ldy = ldy, .epi = epi, .fallback = true};
-        st = plan_build(g, p, EPI_NONE, NULL);
+        st = plan_build(g, p, EPI_NONE, NULL, w, x, s);
     }
     if (st != CUBLAS_STATUS_SUCCESS) {
         plan_release(p);
@@ -203,7 +294,7 @@ bool cu_gemm_run(struct cu_gemm *g, cudaStream_t s, enum cu_dtype abt, enum cu_d
     }
     const int epi = (bias ? EPI_BIAS : 0) | (gelu ? EPI_GELU : 0);
     cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
-    struct cu_gemm_plan *p = plan_get(g, abt, yt, n, in, out, ldx, ldy, epi, bias, &st);
+    struct cu_gemm_plan *p = plan_get(g, abt, yt, n, in, out, ldx, ldy, epi, bias, w, x, s, &st);
     if (!p) {
         snprintf(err, errlen, "cuda: no cuBLASLt algorithm for %zu×%zu×%zu (%s → %s): status %d",
                  n, in, out, abt == CU_BF16 ? "bf16" : "fp32", yt == CU_BF16 ? "bf16" : "fp32",
