@@ -14,7 +14,14 @@
  *   fp32 engine runs (1e-5 against the CPU) and the fallback for shapes attn_tc does not take.
  *
  * Masking: a query at position i sees keys 0..i. Right padding needs no mask of its own: every
- * real query's keys are real. Rows past a sequence's length are loaded as zeros and never stored. */
+ * real query's keys are real. Rows past a sequence's length are loaded as zeros and never stored.
+ *
+ * Training: both forward kernels can also store each query row's log-sum-exp (a branch on a
+ * kernel argument, after the walk), and the backward (FlashAttention-2's, in fp32 arithmetic)
+ * recomputes the probabilities from it tile by tile: attn_bwd_dq (one block per query tile, also
+ * computes D = rowsum(dout ⊙ out)) and then attn_bwd_dkv (one block per key tile and kv head,
+ * the group's query heads summed inside the block). Every gradient element is summed by one
+ * thread in a fixed order: no atomics, so a training step is bit-reproducible. */
 #include <cuda_bf16.h>
 #include <math.h>
 
@@ -39,7 +46,7 @@ inline size_t simt_smem_bytes(uint32_t d)
 
 template <typename T>
 __global__ void __launch_bounds__(SIMT_THREADS)
-attn_simt(T *out, uint32_t ldo, const T *qkv, uint32_t ldqkv, const uint32_t *seq_off,
+attn_simt(T *out, uint32_t ldo, float *lse, const T *qkv, uint32_t ldqkv, const uint32_t *seq_off,
           uint32_t heads, uint32_t kv_heads, uint32_t d, float scale)
 {
     extern __shared__ float smem[];
@@ -124,7 +131,9 @@ attn_simt(T *out, uint32_t ldo, const T *qkv, uint32_t ldqkv, const uint32_t *se
         const uint32_t i = q0 + warp * SIMT_QPW + qi;
         if (i >= len)
             continue;
-        const float inv = 1.0f / warp_sum(l[qi]);
+        const float sum = warp_sum(l[qi]), inv = 1.0f / sum;
+        if (lse && lane == 0)
+            lse[(size_t)(start + i) * heads + h] = m[qi] + logf(sum);
         T *o = out + (size_t)(start + i) * ldo + (size_t)h * d;
 #pragma unroll
         for (uint32_t r = 0; r < SIMT_DMAX / 32; r++) {
@@ -186,8 +195,8 @@ __device__ __forceinline__ void load_tile(bf16 *tile, const bf16 *base, uint32_t
 
 template <uint32_t D>
 __global__ void __launch_bounds__(TC_THREADS)
-attn_tc(bf16 *out, uint32_t ldo, const bf16 *qkv, uint32_t ldqkv, const uint32_t *seq_off,
-        uint32_t heads, uint32_t kv_heads, float scale_log2)
+attn_tc(bf16 *out, uint32_t ldo, float *lse, const bf16 *qkv, uint32_t ldqkv,
+        const uint32_t *seq_off, uint32_t heads, uint32_t kv_heads, float scale_log2)
 {
     constexpr uint32_t LD = D + 8, KD = D / 16, ND = D / 8, NK = TC_BK / 8;
     __shared__ __align__(16) bf16 ks[TC_BK * LD]; /* holds the Q tile first */
@@ -306,6 +315,12 @@ attn_tc(bf16 *out, uint32_t ldo, const bf16 *qkv, uint32_t ldqkv, const uint32_t
     l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
     l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
     const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
+    if (lse && t == 0) { /* m is in the log2 domain: ln Σ e^s = ln 2 · (m + log2 l) */
+        if (row0 < len)
+            lse[(size_t)(start + row0) * heads + h] = (m0 + log2f(l0)) * 0.6931471805599453f;
+        if (row1 < len)
+            lse[(size_t)(start + row1) * heads + h] = (m1 + log2f(l1)) * 0.6931471805599453f;
+    }
     bf16 *o0 = out + (size_t)(start + row0) * ldo + (size_t)h * D + 2 * t;
     bf16 *o1 = o0 + 8 * (size_t)ldo;
 #pragma unroll
@@ -318,13 +333,325 @@ attn_tc(bf16 *out, uint32_t ldo, const bf16 *qkv, uint32_t ldqkv, const uint32_t
 }
 
 template <uint32_t D>
-cudaError_t launch_tc(void *out, uint32_t ldo, const void *qkv, uint32_t ldqkv,
+cudaError_t launch_tc(void *out, uint32_t ldo, float *lse, const void *qkv, uint32_t ldqkv,
                       const uint32_t *seq_off, uint32_t nseq, uint32_t max_len, uint32_t heads,
                       uint32_t kv_heads, float scale, cudaStream_t s)
 {
     const dim3 grid((max_len + TC_BQ - 1) / TC_BQ, heads, nseq);
-    attn_tc<D><<<grid, TC_THREADS, 0, s>>>((bf16 *)out, ldo, (const bf16 *)qkv, ldqkv, seq_off,
-                                           heads, kv_heads, scale * 1.4426950408889634f);
+    attn_tc<D><<<grid, TC_THREADS, 0, s>>>((bf16 *)out, ldo, lse, (const bf16 *)qkv, ldqkv,
+                                           seq_off, heads, kv_heads, scale * 1.4426950408889634f);
+    return cudaGetLastError();
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Backward, SIMT (fp32 arithmetic, any head_dim ≤ 128, both element types). With P recomputed as
+ * exp(scale·q·kᵀ − lse) and D_i = Σ_e dout_ie · out_ie (= Σ_j P_ij · dP_ij):
+ *   dP = dout·vᵀ,  dS = P ⊙ (dP − D),  dQ = scale·dS·K,  dK = scale·dSᵀ·Q,  dV = Pᵀ·dout.
+ * Tiles: 16 queries × 32 keys, 4 warps. The score phase is the forward's: lane j scores key
+ * k0 + j against the warp's 4 queries (one pass over e for all four, so each key value loaded
+ * from shared memory serves 4 products). */
+
+constexpr uint32_t BWD_BQ = 16, BWD_BK = 32, BWD_THREADS = 128, BWD_QPW = 4;
+constexpr uint32_t BWD_KPW = BWD_BK / (BWD_THREADS / 32); /* keys per warp when summing dK, dV */
+constexpr uint32_t BWD_DR = SIMT_DMAX / 32;               /* head dims per lane: e = lane + 32·r */
+
+inline size_t bwd_dq_smem_bytes(uint32_t d)
+{
+    return (2 * (size_t)BWD_BQ * d + 2 * (size_t)BWD_BK * (d | 1u)) * sizeof(float);
+}
+
+inline size_t bwd_dkv_smem_bytes(uint32_t d)
+{
+    return (2 * (size_t)BWD_BK * (d | 1u) + 2 * (size_t)BWD_BQ * d + 2 * (size_t)BWD_BQ * BWD_BK +
+            2 * (size_t)BWD_BQ) * sizeof(float);
+}
+
+/* rows row0 .. row0 + nrows - 1 of one head (those ≥ limit as zeros) into fp32 rows of stride ld */
+template <typename T>
+__device__ __forceinline__ void stage_rows(float *dst, uint32_t ld, const T *src, uint32_t ldsrc,
+                                           uint32_t row0, uint32_t nrows, uint32_t limit, uint32_t d)
+{
+    for (uint32_t i = threadIdx.x; i < nrows * d; i += blockDim.x) {
+        const uint32_t r = i / d, e = i % d;
+        dst[r * ld + e] = row0 + r < limit ? to_f(src[(size_t)(row0 + r) * ldsrc + e]) : 0.0f;
+    }
+}
+
+/* For the warp's 4 query rows qrow[0..3] (rows of stride ldq in qs and dos) and key row `lane` of
+ * ks and vs (stride ldk): s = q·k and dp = dout·v. */
+__device__ __forceinline__ void bwd_scores(float s[BWD_QPW], float dp[BWD_QPW], const float *qs,
+                                           const float *dos, uint32_t ldq, uint32_t qrow0,
+                                           const float *ks, const float *vs, uint32_t ldk,
+                                           uint32_t lane, uint32_t d)
+{
+#pragma unroll
+    for (uint32_t qi = 0; qi < BWD_QPW; qi++)
+        s[qi] = dp[qi] = 0.0f;
+    const float *kr = ks + lane * ldk, *vr = vs + lane * ldk;
+    for (uint32_t e = 0; e < d; e++) {
+        const float kv = kr[e], vv = vr[e];
+#pragma unroll
+        for (uint32_t qi = 0; qi < BWD_QPW; qi++) {
+            s[qi] += qs[(qrow0 + qi) * ldq + e] * kv;
+            dp[qi] += dos[(qrow0 + qi) * ldq + e] * vv;
+        }
+    }
+}
+
+/* dQ of one query tile of one head, walking key tiles 0 .. the diagonal. Also computes and stores
+ * D (delta [rows, heads]) for its rows: attn_bwd_dkv, launched after, reads it. */
+template <typename T>
+__global__ void __launch_bounds__(BWD_THREADS)
+attn_bwd_dq(T *dqkv, uint32_t lddqkv, const T *dout, uint32_t lddout, const T *out, uint32_t ldout,
+            const T *qkv, uint32_t ldqkv, const float *lse, float *delta, const uint32_t *seq_off,
+            uint32_t heads, uint32_t kv_heads, uint32_t d, float scale)
+{
+    extern __shared__ float smem[];
+    const uint32_t b = blockIdx.z, h = blockIdx.y;
+    const uint32_t start = seq_off[b], len = seq_off[b + 1] - start;
+    const uint32_t q0 = (gridDim.x - 1 - blockIdx.x) * BWD_BQ; /* longest tiles first */
+    if (q0 >= len)
+        return;
+    const uint32_t kvh = h / (heads / kv_heads);
+    const uint32_t stride = d | 1u; /* key rows: lane j reads row j, 32 different banks */
+    float *qs = smem;                /* [BQ][d], read as broadcasts */
+    float *dos = qs + BWD_BQ * d;    /* [BQ][d] */
+    float *ks = dos + BWD_BQ * d;    /* [BK][stride] */
+    float *vs = ks + BWD_BK * stride;
+    const T *rows = qkv + (size_t)start * ldqkv;
+    const T *kbase = rows + (size_t)(heads + kvh) * d, *vbase = rows + (size_t)(heads + kv_heads + kvh) * d;
+    const uint32_t q_last = (q0 + BWD_BQ < len ? q0 + BWD_BQ : len) - 1;
+    stage_rows(qs, d, rows + (size_t)h * d, ldqkv, q0, BWD_BQ, len, d);
+    stage_rows(dos, d, dout + (size_t)start * lddout + (size_t)h * d, lddout, q0, BWD_BQ, len, d);
+    __syncthreads();
+
+    const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32, qrow0 = warp * BWD_QPW;
+    float row_lse[BWD_QPW], row_delta[BWD_QPW], acc[BWD_QPW][BWD_DR];
+#pragma unroll
+    for (uint32_t qi = 0; qi < BWD_QPW; qi++) {
+        const uint32_t i = q0 + qrow0 + qi;
+        const T *o = out + (size_t)(start + i) * ldout + (size_t)h * d;
+        float part = 0.0f;
+#pragma unroll
+        for (uint32_t r = 0; r < BWD_DR; r++) {
+            const uint32_t e = lane + 32 * r;
+            if (i < len && e < d)
+                part += dos[(qrow0 + qi) * d + e] * to_f(o[e]);
+        }
+        row_delta[qi] = warp_sum(part); /* every lane holds the sum */
+        row_lse[qi] = i < len ? lse[(size_t)(start + i) * heads + h] : 0.0f;
+        if (i < len && lane == 0)
+            delta[(size_t)(start + i) * heads + h] = row_delta[qi];
+#pragma unroll
+        for (uint32_t r = 0; r < BWD_DR; r++)
+            acc[qi][r] = 0.0f;
+    }
+
+    for (uint32_t k0 = 0; k0 <= q_last; k0 += BWD_BK) {
+        __syncthreads(); /* the previous key tile is consumed */
+        stage_rows(ks, stride, kbase, ldqkv, k0, BWD_BK, q_last + 1, d);
+        stage_rows(vs, stride, vbase, ldqkv, k0, BWD_BK, q_last + 1, d);
+        __syncthreads();
+        float s[BWD_QPW], dp[BWD_QPW];
+        bwd_scores(s, dp, qs, dos, d, qrow0, ks, vs, stride, lane, d);
+        const uint32_t j = k0 + lane;
+#pragma unroll
+        for (uint32_t qi = 0; qi < BWD_QPW; qi++) {
+            const uint32_t i = q0 + qrow0 + qi;
+            const bool seen = i < len && j <= i;
+            const float ds = seen ? expf(s[qi] * scale - row_lse[qi]) * (dp[qi] - row_delta[qi]) : 0.0f;
+            /* keys this query sees in the tile, the same for the whole warp (a count rather than
+             * a `continue` keeps ptxas from spilling) */
+            const uint32_t nk = i >= len || k0 > i ? 0 : i - k0 + 1 < BWD_BK ? i - k0 + 1 : BWD_BK;
+            for (uint32_t jj = 0; jj < nk; jj++) {
+                const float dsj = __shfl_sync(0xffffffffu, ds, jj);
+                const float *kr = ks + jj * stride;
+#pragma unroll
+                for (uint32_t r = 0; r < BWD_DR; r++) {
+                    const uint32_t e = lane + 32 * r;
+                    if (e < d)
+                        acc[qi][r] += dsj * kr[e];
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (uint32_t qi = 0; qi < BWD_QPW; qi++) {
+        const uint32_t i = q0 + qrow0 + qi;
+        if (i >= len)
+            continue;
+        T *dq = dqkv + (size_t)(start + i) * lddqkv + (size_t)h * d;
+#pragma unroll
+        for (uint32_t r = 0; r < BWD_DR; r++) {
+            const uint32_t e = lane + 32 * r;
+            if (e < d)
+                dq[e] = from_f<T>(acc[qi][r] * scale);
+        }
+    }
+}
+
+/* dK and dV of one key tile of one kv head: walks every query tile from the diagonal to the end
+ * of the sequence for each query head of the group, so the group's sum stays in registers. */
+template <typename T>
+__global__ void __launch_bounds__(BWD_THREADS)
+attn_bwd_dkv(T *dqkv, uint32_t lddqkv, const T *dout, uint32_t lddout, const T *qkv,
+             uint32_t ldqkv, const float *lse, const float *delta, const uint32_t *seq_off,
+             uint32_t heads, uint32_t kv_heads, uint32_t d, float scale)
+{
+    extern __shared__ float smem[];
+    const uint32_t b = blockIdx.z, kvh = blockIdx.y, k0 = blockIdx.x * BWD_BK; /* longest first */
+    const uint32_t start = seq_off[b], len = seq_off[b + 1] - start;
+    if (k0 >= len)
+        return;
+    const uint32_t group = heads / kv_heads, stride = d | 1u;
+    float *ks = smem;                    /* [BK][stride] */
+    float *vs = ks + BWD_BK * stride;    /* [BK][stride] */
+    float *qs = vs + BWD_BK * stride;    /* [BQ][d] */
+    float *dos = qs + BWD_BQ * d;        /* [BQ][d] */
+    float *ps = dos + BWD_BQ * d;        /* [BQ][BK]: P of the tile */
+    float *dss = ps + BWD_BQ * BWD_BK;   /* [BQ][BK]: dS of the tile */
+    float *lse_s = dss + BWD_BQ * BWD_BK; /* [BQ] */
+    float *delta_s = lse_s + BWD_BQ;      /* [BQ] */
+    const T *rows = qkv + (size_t)start * ldqkv;
+    stage_rows(ks, stride, rows + (size_t)(heads + kvh) * d, ldqkv, k0, BWD_BK, len, d);
+    stage_rows(vs, stride, rows + (size_t)(heads + kv_heads + kvh) * d, ldqkv, k0, BWD_BK, len, d);
+
+    const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32, qrow0 = warp * BWD_QPW;
+    const uint32_t krow0 = warp * BWD_KPW; /* this warp's keys when summing */
+    float dk[BWD_KPW][BWD_DR], dv[BWD_KPW][BWD_DR];
+#pragma unroll
+    for (uint32_t kk = 0; kk < BWD_KPW; kk++)
+#pragma unroll
+        for (uint32_t r = 0; r < BWD_DR; r++)
+            dk[kk][r] = dv[kk][r] = 0.0f;
+
+    for (uint32_t h = kvh * group; h < (kvh + 1) * group; h++) {
+        for (uint32_t q0 = k0; q0 < len; q0 += BWD_BQ) {
+            __syncthreads(); /* the previous query tile is consumed (and the key tile is staged) */
+            stage_rows(qs, d, rows + (size_t)h * d, ldqkv, q0, BWD_BQ, len, d);
+            stage_rows(dos, d, dout + (size_t)start * lddout + (size_t)h * d, lddout, q0, BWD_BQ, len, d);
+            if (threadIdx.x < BWD_BQ) {
+                const uint32_t i = q0 + threadIdx.x;
+                const size_t at = (size_t)(start + i) * heads + h;
+                lse_s[threadIdx.x] = i < len ? lse[at] : 0.0f;
+                delta_s[threadIdx.x] = i < len ? delta[at] : 0.0f;
+            }
+            __syncthreads();
+            float s[BWD_QPW], dp[BWD_QPW];
+            bwd_scores(s, dp, qs, dos, d, qrow0, ks, vs, stride, lane, d);
+            const uint32_t j = k0 + lane;
+#pragma unroll
+            for (uint32_t qi = 0; qi < BWD_QPW; qi++) {
+                const uint32_t r = qrow0 + qi, i = q0 + r;
+                const bool seen = i < len && j <= i; /* j ≤ i < len: a real key */
+                const float p = seen ? expf(s[qi] * scale - lse_s[r]) : 0.0f;
+                ps[r * BWD_BK + lane] = p;
+                dss[r * BWD_BK + lane] = seen ? p * (dp[qi] - delta_s[r]) : 0.0f;
+            }
+            __syncthreads();
+            /* lanes own head dims, the warp its 8 keys; sum over the tile's real queries */
+            const uint32_t nq = len - q0 < BWD_BQ ? len - q0 : BWD_BQ;
+            for (uint32_t r = 0; r < nq; r++) {
+                float qv[BWD_DR], dov[BWD_DR];
+#pragma unroll
+                for (uint32_t c = 0; c < BWD_DR; c++) {
+                    const uint32_t e = lane + 32 * c;
+                    qv[c] = e < d ? qs[r * d + e] : 0.0f;
+                    dov[c] = e < d ? dos[r * d + e] : 0.0f;
+                }
+#pragma unroll
+                for (uint32_t kk = 0; kk < BWD_KPW; kk++) {
+                    const float p = ps[r * BWD_BK + krow0 + kk], ds = dss[r * BWD_BK + krow0 + kk];
+#pragma unroll
+                    for (uint32_t c = 0; c < BWD_DR; c++) {
+                        dv[kk][c] += p * dov[c];
+                        dk[kk][c] += ds * qv[c];
+                    }
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (uint32_t kk = 0; kk < BWD_KPW; kk++) {
+        const uint32_t j = k0 + krow0 + kk;
+        if (j >= len)
+            continue;
+        T *dkr = dqkv + (size_t)(start + j) * lddqkv + (size_t)(heads + kvh) * d;
+        T *dvr = dqkv + (size_t)(start + j) * lddqkv + (size_t)(heads + kv_heads + kvh) * d;
+#pragma unroll
+        for (uint32_t c = 0; c < BWD_DR; c++) {
+            const uint32_t e = lane + 32 * c;
+            if (e < d) {
+                dkr[e] = from_f<T>(dk[kk][c] * scale);
+                dvr[e] = from_f<T>(dv[kk][c]);
+            }
+        }
+    }
+}
+
+/* Dynamic shared memory above the 48 KB default needs an opt-in per kernel; setting it on every
+ * launch keeps the launcher stateless (it is not a stream operation, so graph capture is fine). */
+template <typename K>
+cudaError_t allow_smem(K *kernel, size_t bytes)
+{
+    if (bytes <= 48 * 1024)
+        return cudaSuccess;
+    return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+}
+
+template <typename T>
+cudaError_t launch_backward(void *dqkv, uint32_t lddqkv, const void *dout, uint32_t lddout,
+                            const void *out, uint32_t ldout, const void *qkv, uint32_t ldqkv,
+                            const float *lse, float *delta, const uint32_t *seq_off, uint32_t nseq,
+                            uint32_t max_len, uint32_t heads, uint32_t kv_heads, uint32_t d,
+                            float scale, cudaStream_t s)
+{
+    const size_t dq_smem = bwd_dq_smem_bytes(d), dkv_smem = bwd_dkv_smem_bytes(d);
+    cudaError_t err = allow_smem(attn_bwd_dq<T>, dq_smem);
+    if (err == cudaSuccess)
+        err = allow_smem(attn_bwd_dkv<T>, dkv_smem);
+    if (err != cudaSuccess)
+        return err;
+    const dim3 dq_grid((max_len + BWD_BQ - 1) / BWD_BQ, heads, nseq);
+    attn_bwd_dq<T><<<dq_grid, BWD_THREADS, dq_smem, s>>>(
+        (T *)dqkv, lddqkv, (const T *)dout, lddout, (const T *)out, ldout, (const T *)qkv, ldqkv,
+        lse, delta, seq_off, heads, kv_heads, d, scale);
+    if ((err = cudaGetLastError()) != cudaSuccess)
+        return err;
+    const dim3 dkv_grid((max_len + BWD_BK - 1) / BWD_BK, kv_heads, nseq);
+    attn_bwd_dkv<T><<<dkv_grid, BWD_THREADS, dkv_smem, s>>>(
+        (T *)dqkv, lddqkv, (const T *)dout, lddout, (const T *)qkv, ldqkv, lse, delta, seq_off,
+        heads, kv_heads, d, scale);
+    return cudaGetLastError();
+}
+
+cudaError_t attention_forward(void *out, uint32_t ldo, float *lse, const void *qkv, uint32_t ldqkv,
+                              enum cu_dtype t, const uint32_t *seq_off, uint32_t nseq,
+                              uint32_t max_len, uint32_t heads, uint32_t kv_heads, uint32_t d,
+                              float scale, enum cu_attn_impl impl, cudaStream_t s)
+{
+    if (d == 0 || d > SIMT_DMAX || heads == 0 || kv_heads == 0 || heads % kv_heads)
+        return cudaErrorInvalidValue;
+    if (nseq == 0 || max_len == 0)
+        return cudaSuccess;
+    /* the tensor-core kernel copies 16-byte vectors: rows and head offsets must keep them aligned */
+    const bool aligned = ldqkv % 8 == 0 && ldo % 2 == 0 && ((uintptr_t)qkv % 16) == 0 &&
+                         ((uintptr_t)out % 4) == 0;
+    if (impl == CU_ATTN_AUTO && cu_attention_uses_tensor_cores(t, d) && aligned) {
+        if (d == 32)
+            return launch_tc<32>(out, ldo, lse, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, s);
+        if (d == 64)
+            return launch_tc<64>(out, ldo, lse, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, s);
+        return launch_tc<128>(out, ldo, lse, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, s);
+    }
+    const dim3 grid((max_len + SIMT_BQ - 1) / SIMT_BQ, heads, nseq);
+    const size_t smem = simt_smem_bytes(d); /* ≤ 41,216 bytes for d = 128: under the 48 KB default */
+    if (t == CU_BF16)
+        attn_simt<bf16><<<grid, SIMT_THREADS, smem, s>>>((bf16 *)out, ldo, lse, (const bf16 *)qkv,
+                                                         ldqkv, seq_off, heads, kv_heads, d, scale);
+    else
+        attn_simt<float><<<grid, SIMT_THREADS, smem, s>>>((float *)out, ldo, lse, (const float *)qkv,
+                                                          ldqkv, seq_off, heads, kv_heads, d, scale);
     return cudaGetLastError();
 }
 
@@ -341,27 +668,36 @@ extern "C" cudaError_t cu_attention(void *out, uint32_t ldo, const void *qkv, ui
                                     uint32_t d, float scale, enum cu_attn_impl impl,
                                     cudaStream_t s)
 {
+    return attention_forward(out, ldo, NULL, qkv, ldqkv, t, seq_off, nseq, max_len, heads,
+                             kv_heads, d, scale, impl, s);
+}
+
+extern "C" cudaError_t cu_attention_train(void *out, uint32_t ldo, float *lse, const void *qkv,
+                                          uint32_t ldqkv, enum cu_dtype t,
+                                          const uint32_t *seq_off, uint32_t nseq,
+                                          uint32_t max_len, uint32_t heads, uint32_t kv_heads,
+                                          uint32_t d, float scale, enum cu_attn_impl impl,
+                                          cudaStream_t s)
+{
+    return attention_forward(out, ldo, lse, qkv, ldqkv, t, seq_off, nseq, max_len, heads,
+                             kv_heads, d, scale, impl, s);
+}
+
+extern "C" cudaError_t cu_attention_backward(void *dqkv, uint32_t lddqkv, const void *dout,
+                                             uint32_t lddout, const void *out, uint32_t ldout,
+                                             const void *qkv, uint32_t ldqkv, const float *lse,
+                                             float *delta, enum cu_dtype t,
+                                             const uint32_t *seq_off, uint32_t nseq,
+                                             uint32_t max_len, uint32_t heads, uint32_t kv_heads,
+                                             uint32_t d, float scale, cudaStream_t s)
+{
     if (d == 0 || d > SIMT_DMAX || heads == 0 || kv_heads == 0 || heads % kv_heads)
         return cudaErrorInvalidValue;
     if (nseq == 0 || max_len == 0)
         return cudaSuccess;
-    /* the tensor-core kernel copies 16-byte vectors: rows and head offsets must keep them aligned */
-    const bool aligned = ldqkv % 8 == 0 && ldo % 2 == 0 && ((uintptr_t)qkv % 16) == 0 &&
-                         ((uintptr_t)out % 4) == 0;
-    if (impl == CU_ATTN_AUTO && cu_attention_uses_tensor_cores(t, d) && aligned) {
-        if (d == 32)
-            return launch_tc<32>(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, s);
-        if (d == 64)
-            return launch_tc<64>(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, s);
-        return launch_tc<128>(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, s);
-    }
-    const dim3 grid((max_len + SIMT_BQ - 1) / SIMT_BQ, heads, nseq);
-    const size_t smem = simt_smem_bytes(d); /* ≤ 41,216 bytes for d = 128: under the 48 KB default */
     if (t == CU_BF16)
-        attn_simt<bf16><<<grid, SIMT_THREADS, smem, s>>>((bf16 *)out, ldo, (const bf16 *)qkv, ldqkv,
-                                                         seq_off, heads, kv_heads, d, scale);
-    else
-        attn_simt<float><<<grid, SIMT_THREADS, smem, s>>>((float *)out, ldo, (const float *)qkv, ldqkv,
-                                                          seq_off, heads, kv_heads, d, scale);
-    return cudaGetLastError();
+        return launch_backward<bf16>(dqkv, lddqkv, dout, lddout, out, ldout, qkv, ldqkv, lse, delta,
+                                     seq_off, nseq, max_len, heads, kv_heads, d, scale, s);
+    return launch_backward<float>(dqkv, lddqkv, dout, lddout, out, ldout, qkv, ldqkv, lse, delta,
+                                  seq_off, nseq, max_len, heads, kv_heads, d, scale, s);
 }

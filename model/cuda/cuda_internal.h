@@ -111,6 +111,25 @@ cudaError_t cu_attention(void *out, uint32_t ldo, const void *qkv, uint32_t ldqk
                          float scale, enum cu_attn_impl impl, cudaStream_t s);
 /* Whether the tensor-core kernel serves (t, d) under CU_ATTN_AUTO. */
 bool cu_attention_uses_tensor_cores(enum cu_dtype t, uint32_t d);
+/* cu_attention for training: also writes lse [rows, heads] (fp32, row-major, the sequences' rows
+ * only), each query row's ln Σ_j exp(scale·q·k_j) over its visible keys, from which
+ * cu_attention_backward recomputes the probabilities. lse = NULL is cu_attention. */
+cudaError_t cu_attention_train(void *out, uint32_t ldo, float *lse, const void *qkv, uint32_t ldqkv,
+                               enum cu_dtype t, const uint32_t *seq_off, uint32_t nseq,
+                               uint32_t max_len, uint32_t heads, uint32_t kv_heads, uint32_t d,
+                               float scale, enum cu_attn_impl impl, cudaStream_t s);
+/* Gradient of cu_attention (FlashAttention-2's backward, fp32 arithmetic, any head_dim ≤ 128):
+ * from dout [rows, heads·d] (row stride lddout) and the forward's qkv, out (row stride ldout) and
+ * lse (cu_attention_train), writes dqkv rows [dq (heads·d) | dk (kv_heads·d) | dv (kv_heads·d)]
+ * (type t, row stride lddqkv; a kv head's dk, dv sum over its query heads). Every element of
+ * the sequences' rows is written (=, not +=), nothing else. delta: scratch of rows·heads floats
+ * (rowsum(dout ⊙ out), left there). Deterministic: no atomics, fixed summation order. */
+cudaError_t cu_attention_backward(void *dqkv, uint32_t lddqkv, const void *dout, uint32_t lddout,
+                                  const void *out, uint32_t ldout, const void *qkv, uint32_t ldqkv,
+                                  const float *lse, float *delta, enum cu_dtype t,
+                                  const uint32_t *seq_off, uint32_t nseq, uint32_t max_len,
+                                  uint32_t heads, uint32_t kv_heads, uint32_t d, float scale,
+                                  cudaStream_t s);
 
 /* ---- GEMMs through cuBLASLt (gemm.c) ---- */
 

@@ -1,0 +1,236 @@
+/* test_cuda_attention_backward.c — the training path of CUDA attention: the log-sum-exp that
+ * cu_attention_train keeps (against a host computation in double) and cu_attention_backward's
+ * dq, dk, dv (against the CPU's op_attend_block_backward, one head of one sequence at a time), on
+ * fresh random inputs, with outputs poisoned (NaN) before each run. The backward runs on the GPU
+ * forward's own out and lse, as training does; it must also be bit-identical when run twice.
+ *
+ * Bounds, as max |got − ref| / max |ref| (test_cuda_util.h), each of dq, dk, dv and lse alone:
+ * - lse, 1e-5 in both types: fp32 sums of d products (the tensor-core kernel's bf16 products are
+ *   exact, its sums fp32) and one log; relative to max |lse| (≥ log of the longest length) the
+ *   error is a few 2⁻²⁴ — the bound leaves an order of magnitude.
+ * - fp32 gradients, 1e-5: the same formulas as the CPU in fp32, summed in another order (≤ 1024
+ *   terms: ~√K·2⁻²⁴ ≈ 2e-6). Recomputing P as exp(s − lse) instead of a softmax adds an error of
+ *   ~|lse|·2⁻²⁴ ≈ 6e-7 relative (|lse| ≲ 10 here), and D = rowsum(dout ⊙ out) uses the
+ *   forward's out (itself within ~1e-6) where the CPU sums P ⊙ dP in double: both well inside.
+ * - bf16 gradients, 1e-2: inputs are rounded to bf16 on the host so the CPU computes on the same
+ *   values; the gradients are rounded once to bf16 (≤ 2⁻⁹ ≈ 2e-3 of an element), and D comes
+ *   from the forward's bf16 out (rounded once, 2⁻⁹; the tensor-core forward also rounds P for
+ *   P·V: 2⁻⁸), which enters dS = P ⊙ (dP − D) as ~2⁻⁸ of |dP − D| at worst: ≤ 6e-3 in all,
+ *   the tensor-core attention forward's bound. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+
+#ifndef NETLM_HAVE_CUDA
+int main(void)
+{
+    printf("skipped: built without CUDA\n");
+    return 77;
+}
+#else
+
+#include "model/model_internal.h"
+#include "tests/unit/test_cuda_util.h"
+
+static cudaStream_t stream;
+
+/* Columns col0 .. col0 + n - 1 of rows rows of stride ld, packed. */
+static void take_columns(float *dst, const float *src, size_t rows, size_t ld, size_t col0, size_t n)
+{
+    for (size_t i = 0; i < rows; i++)
+        memcpy(dst + i * n, src + i * ld + col0, n * sizeof(float));
+}
+
+/* ln Σ_{j ≤ i} exp(scale·q_i·k_j) in double, for every row and head: the forward's statistics */
+static void host_lse(float *lse, const float *qkv, const uint32_t *off, uint32_t nseq, uint32_t H,
+                     uint32_t KV, uint32_t d, float scale)
+{
+    const size_t QKV = (size_t)(H + 2 * KV) * d;
+    for (uint32_t b = 0; b < nseq; b++)
+        for (uint32_t h = 0; h < H; h++) {
+            const uint32_t kvh = h / (H / KV);
+            for (uint32_t i = off[b]; i < off[b + 1]; i++) {
+                const float *q = qkv + i * QKV + (size_t)h * d;
+                double mx = -INFINITY, sum = 0.0;
+                for (int pass = 0; pass < 2; pass++)
+                    for (uint32_t j = off[b]; j <= i; j++) {
+                        const float *k = qkv + j * QKV + (size_t)(H + kvh) * d;
+                        double s = 0.0;
+                        for (uint32_t e = 0; e < d; e++)
+                            s += (double)q[e] * k[e];
+                        s *= scale;
+                        if (pass == 0)
+                            mx = s > mx ? s : mx;
+                        else
+                            sum += exp(s - mx);
+                    }
+                lse[(size_t)i * H + h] = (float)(mx + log(sum));
+            }
+        }
+}
+
+static void backward_case(enum cu_dtype t, enum cu_attn_impl impl, uint32_t H, uint32_t KV,
+                          uint32_t d, const uint32_t *lens, uint32_t nseq, struct test_rng *r)
+{
+    const uint32_t QKV = (H + 2 * KV) * d, Hd = H * d;
+    uint32_t *off = malloc((nseq + 1) * sizeof(uint32_t)), max_len = 0;
+    off[0] = 0;
+    for (uint32_t b = 0; b < nseq; b++) {
+        off[b + 1] = off[b] + lens[b];
+        max_len = lens[b] > max_len ? lens[b] : max_len;
+    }
+    const size_t N = off[nseq];
+    float *qkv = malloc(N * QKV * sizeof(float)), *dout = malloc(N * Hd * sizeof(float));
+    test_fill(qkv, N * QKV, 1.0f, r);
+    test_fill(dout, N * Hd, 1.0f, r);
+    test_round(qkv, N * QKV, t);
+    test_round(dout, N * Hd, t);
+    void *d_qkv = test_upload(qkv, N * QKV, t), *d_dout = test_upload(dout, N * Hd, t);
+    void *d_out = test_poisoned(N * Hd, t), *d_out_plain = test_poisoned(N * Hd, t);
+    void *d_dqkv = test_poisoned(N * QKV, t), *d_dqkv_again = test_poisoned(N * QKV, t);
+    float *d_lse = test_poisoned(N * H, CU_F32), *d_delta = test_poisoned(N * H, CU_F32);
+    uint32_t *d_off;
+    CUDA_OK(cudaMalloc((void **)&d_off, (nseq + 1) * sizeof(uint32_t)));
+    CUDA_OK(cudaMemcpy(d_off, off, (nseq + 1) * sizeof(uint32_t), cudaMemcpyHostToDevice));
+    const float scale = 1.0f / sqrtf((float)d);
+
+    CUDA_OK(cu_attention_train(d_out, Hd, d_lse, d_qkv, QKV, t, d_off, nseq, max_len, H, KV, d,
+                               scale, impl, stream));
+    CUDA_OK(cu_attention(d_out_plain, Hd, d_qkv, QKV, t, d_off, nseq, max_len, H, KV, d, scale,
+                         impl, stream));
+    CUDA_OK(cu_attention_backward(d_dqkv, QKV, d_dout, Hd, d_out, Hd, d_qkv, QKV, d_lse, d_delta,
+                                  t, d_off, nseq, max_len, H, KV, d, scale, stream));
+    CUDA_OK(cu_attention_backward(d_dqkv_again, QKV, d_dout, Hd, d_out, Hd, d_qkv, QKV, d_lse,
+                                  d_delta, t, d_off, nseq, max_len, H, KV, d, scale, stream));
+    CUDA_OK(cudaDeviceSynchronize());
+
+    const bool tc = impl == CU_ATTN_AUTO && cu_attention_uses_tensor_cores(t, d);
+    char label[96];
+    const size_t bytes_out = N * Hd * cu_dtype_size(t), bytes_dqkv = N * QKV * cu_dtype_size(t);
+    uint8_t *bits_a = malloc(bytes_dqkv + 1), *bits_b = malloc(bytes_dqkv + 1);
+
+    /* keeping the statistics changes nothing in the output */
+    CUDA_OK(cudaMemcpy(bits_a, d_out, bytes_out, cudaMemcpyDeviceToHost));
+    CUDA_OK(cudaMemcpy(bits_b, d_out_plain, bytes_out, cudaMemcpyDeviceToHost));
+    snprintf(label, sizeof label, "out %s h%u/kv%u d%u: train = plain", tc ? "tc" : "simt", H, KV, d);
+    printf("  %-40s %s  %s\n", label, test_dtype_name(t), memcmp(bits_a, bits_b, bytes_out) ? "FAIL" : "identical");
+    assert_memory_equal(bits_a, bits_b, bytes_out);
+
+    /* the backward is deterministic: no atomics, a fixed order of sums */
+    CUDA_OK(cudaMemcpy(bits_a, d_dqkv, bytes_dqkv, cudaMemcpyDeviceToHost));
+    CUDA_OK(cudaMemcpy(bits_b, d_dqkv_again, bytes_dqkv, cudaMemcpyDeviceToHost));
+    snprintf(label, sizeof label, "backward h%u/kv%u d%u: run twice", H, KV, d);
+    printf("  %-40s %s  %s\n", label, test_dtype_name(t), memcmp(bits_a, bits_b, bytes_dqkv) ? "FAIL" : "bit-identical");
+    assert_memory_equal(bits_a, bits_b, bytes_dqkv);
+
+    float *lse = malloc(N * H * sizeof(float)), *lse_ref = malloc(N * H * sizeof(float));
+    test_download(lse, d_lse, N * H, CU_F32);
+    host_lse(lse_ref, qkv, off, nseq, H, KV, d, scale);
+    snprintf(label, sizeof label, "lse %s h%u/kv%u d%u max_len %u", tc ? "tc" : "simt", H, KV, d, max_len);
+    TEST_WITHIN(label, t, test_rel_err(lse, lse_ref, N * H), 1e-5);
+
+    /* CPU: per sequence and kv head, the group's query heads add into one contiguous dK, dV */
+    float *got = malloc(N * QKV * sizeof(float)), *ref = malloc(N * QKV * sizeof(float));
+    test_download(got, d_dqkv, N * QKV, t);
+    float *k = malloc((size_t)max_len * d * sizeof(float)), *v = malloc((size_t)max_len * d * sizeof(float));
+    float *dk = malloc((size_t)max_len * d * sizeof(float)), *dv = malloc((size_t)max_len * d * sizeof(float));
+    float *scratch = malloc(2 * (size_t)max_len * max_len * sizeof(float));
+    for (uint32_t b = 0; b < nseq; b++) {
+        if (lens[b] == 0)
+            continue;
+        for (uint32_t kvh = 0; kvh < KV; kvh++) {
+            for (uint32_t i = 0; i < lens[b]; i++) {
+                const float *row = qkv + (size_t)(off[b] + i) * QKV;
+                memcpy(k + (size_t)i * d, row + (size_t)(H + kvh) * d, d * sizeof(float));
+                memcpy(v + (size_t)i * d, row + (size_t)(H + KV + kvh) * d, d * sizeof(float));
+            }
+            memset(dk, 0, (size_t)lens[b] * d * sizeof(float));
+            memset(dv, 0, (size_t)lens[b] * d * sizeof(float));
+            for (uint32_t h = kvh * (H / KV); h < (kvh + 1) * (H / KV); h++)
+                op_attend_block_backward(ref + (size_t)off[b] * QKV + (size_t)h * d, QKV, dk, dv,
+                                         dout + (size_t)off[b] * Hd + (size_t)h * d, Hd,
+                                         qkv + (size_t)off[b] * QKV + (size_t)h * d, QKV, k, v,
+                                         lens[b], d, scale, scratch, NULL);
+            for (uint32_t i = 0; i < lens[b]; i++) {
+                float *row = ref + (size_t)(off[b] + i) * QKV;
+                memcpy(row + (size_t)(H + kvh) * d, dk + (size_t)i * d, d * sizeof(float));
+                memcpy(row + (size_t)(H + KV + kvh) * d, dv + (size_t)i * d, d * sizeof(float));
+            }
+        }
+    }
+    /* each part alone: dk and dv are smaller than dq, one joint maximum would hide their errors */
+    const struct { const char *name; size_t col0, n; } parts[] = {
+        {"dq", 0, Hd}, {"dk", Hd, (size_t)KV * d}, {"dv", Hd + (size_t)KV * d, (size_t)KV * d},
+    };
+    float *part_got = malloc(N * Hd * sizeof(float)), *part_ref = malloc(N * Hd * sizeof(float));
+    for (unsigned p = 0; p < 3; p++) {
+        take_columns(part_got, got, N, QKV, parts[p].col0, parts[p].n);
+        take_columns(part_ref, ref, N, QKV, parts[p].col0, parts[p].n);
+        snprintf(label, sizeof label, "backward %s (%s fwd) h%u/kv%u d%u max_len %u", parts[p].name,
+                 tc ? "tc" : "simt", H, KV, d, max_len);
+        TEST_WITHIN(label, t, test_rel_err(part_got, part_ref, N * parts[p].n), t == CU_F32 ? 1e-5 : 1e-2);
+    }
+
+    cudaFree(d_qkv), cudaFree(d_dout), cudaFree(d_out), cudaFree(d_out_plain), cudaFree(d_dqkv);
+    cudaFree(d_dqkv_again), cudaFree(d_lse), cudaFree(d_delta), cudaFree(d_off);
+    free(off), free(qkv), free(dout), free(bits_a), free(bits_b), free(lse), free(lse_ref);
+    free(got), free(ref), free(k), free(v), free(dk), free(dv), free(scratch), free(part_got);
+    free(part_ref);
+}
+
+static const struct { uint32_t H, KV, d; } shapes[] = {
+    {4, 4, 64}, {6, 2, 64}, {4, 1, 32}, {2, 2, 128}, {3, 3, 48}, {4, 2, 20},
+};
+
+static void test_attention_backward(void **state)
+{
+    (void)state;
+    struct test_rng r = {11};
+    /* lengths around the 16- and 32-row tiles (and the forward's 64), a single token, an empty
+     * padding slot */
+    const uint32_t lens[] = {1, 15, 16, 17, 0, 33, 63, 64, 65, 130, 3};
+    const uint32_t nseq = sizeof lens / sizeof lens[0];
+    for (unsigned s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        backward_case(CU_F32, CU_ATTN_AUTO, shapes[s].H, shapes[s].KV, shapes[s].d, lens, nseq, &r);
+        backward_case(CU_BF16, CU_ATTN_AUTO, shapes[s].H, shapes[s].KV, shapes[s].d, lens, nseq, &r);
+        /* where bf16 takes the tensor cores, the SIMT forward's statistics too */
+        if (cu_attention_uses_tensor_cores(CU_BF16, shapes[s].d))
+            backward_case(CU_BF16, CU_ATTN_SIMT, shapes[s].H, shapes[s].KV, shapes[s].d, lens, nseq, &r);
+    }
+}
+
+static void test_attention_backward_long(void **state)
+{
+    (void)state;
+    if (test_cuda_quick()) {
+        printf("  (NETLM_CUDA_TEST_QUICK: the 1024-token case is left out)\n");
+        return;
+    }
+    struct test_rng r = {12};
+    const uint32_t lens[] = {1024, 0, 700, 257};
+    backward_case(CU_F32, CU_ATTN_AUTO, 4, 2, 64, lens, 4, &r);
+    backward_case(CU_BF16, CU_ATTN_AUTO, 4, 2, 64, lens, 4, &r);
+    backward_case(CU_BF16, CU_ATTN_AUTO, 2, 2, 128, lens, 4, &r);
+}
+
+int main(void)
+{
+    if (test_cuda_skip_without_gpu())
+        return TEST_CUDA_SKIP;
+    /* the launchers take a stream; the legacy default stream keeps the host copies ordered */
+    stream = 0;
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_attention_backward),
+        cmocka_unit_test(test_attention_backward_long),
+    };
+    /* NETLM_CUDA_TEST_FILTER=test_attention_backward: one test alone */
+    if (getenv("NETLM_CUDA_TEST_FILTER"))
+        cmocka_set_test_filter(getenv("NETLM_CUDA_TEST_FILTER"));
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
+
+#endif
