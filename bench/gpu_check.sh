@@ -123,7 +123,8 @@ log=$OUT/build.log
 : >"$log"
 run_stage configure 120 "$log" env CC=/tmp/netlm-cc cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release \
     -DNETLM_CUDA=ON -DNETLM_DPDK=OFF -DNETLM_MPI=OFF "${cmake_extra[@]}"
-run_stage build-cuda 300 "$log" make -C "$build" -j"$jobs" test_cuda_ops test_cuda_model netlm_model_bench
+cuda_tests=$(cd "$root/tests/unit" && ls test_cuda_*.c | sed 's/\.c$//')
+run_stage build-cuda 300 "$log" make -C "$build" -j"$jobs" $cuda_tests netlm_model_bench
 run_stage build-netlm 90 "$log" make -C "$build" -j"$jobs" netlm
 grep -E "error|warning" "$log" | head -20 || true
 
@@ -152,8 +153,14 @@ san=compute-sanitizer
 command -v $san >/dev/null || san=/usr/local/cuda/bin/compute-sanitizer
 run_stage memcheck 80 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --leak-check full \
     --error-exitcode 9 "$build/tests/test_cuda_ops"
+run_stage memcheck-train 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
+    "$build/tests/test_cuda_backward"
+run_stage memcheck-attn-bwd 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
+    "$build/tests/test_cuda_attention_backward"
 ((quick)) || run_stage racecheck 60 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_TEST_FILTER=test_attention $san \
     --tool racecheck --racecheck-report all --error-exitcode 9 "$build/tests/test_cuda_ops"
+((quick)) || run_stage racecheck-attn-bwd 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san \
+    --tool racecheck --racecheck-report all --error-exitcode 9 "$build/tests/test_cuda_attention_backward"
 # PyTorch gets what is left but 60 s (the model engine's memcheck); compiled modes start only
 # while --budget-s has not passed (each compile takes 30-60 s)
 left=$((deadline - 60 - SECONDS))

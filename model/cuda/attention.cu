@@ -151,9 +151,12 @@ attn_simt(T *out, uint32_t ldo, float *lse, const T *qkv, uint32_t ldqkv, const 
  *                         reg3 = A[g+8][2t+8..]   (lower column in the lower 16 bits)
  *   B (16×8, k×n):        reg0 = B[2t..2t+1][g], reg1 = B[2t+8..2t+9][g]
  *   C (16×8, fp32):       c0, c1 = C[g][2t..2t+1], c2, c3 = C[g+8][2t..2t+1]
- * S = Q·Kᵀ: B[k][n] = K[n][k], two consecutive head dims of one key: one 32-bit shared load.
- * O += P·V: B[k][n] = V[k][n], the same dim of two consecutive keys: two 16-bit loads.
- * The C fragments of S tiles 2c and 2c+1 are exactly the A fragment of P for keys 16c..16c+15. */
+ * S = Q·Kᵀ: B[k][n] = K[n][k], two consecutive head dims of one key: ldmatrix of 8×8 blocks of
+ * K rows hands each thread exactly that (four blocks, two k-steps, per instruction).
+ * O += P·V: B[k][n] = V[k][n], the same dim of two consecutive keys: ldmatrix .trans of 8×8
+ * blocks of V rows transposes on the way (four blocks, two dim tiles, per instruction).
+ * The C fragments of S tiles 2c and 2c+1 are exactly the A fragment of P for keys 16c..16c+15.
+ * K and V tiles are double-buffered: cp.async fetches tile kt + 1 while tile kt is computed. */
 
 constexpr uint32_t TC_BQ = 64, TC_BK = 64, TC_THREADS = 128;
 
@@ -165,16 +168,38 @@ __device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], uint32
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+/* Four 8×8 bf16 blocks from shared memory; lane l gives the address of row l % 8 of block l / 8
+ * (16-byte aligned). Plain: reg i = block i's [g][2t..2t+1]; trans: block i's [2t..2t+1][g]. */
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const bf16 *row)
+{
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const bf16 *row)
+{
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem)
+{
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(gmem));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
 {
     const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* .x (lo) in the low half */
     return *reinterpret_cast<const uint32_t *>(&v);
-}
-
-__device__ __forceinline__ uint32_t pack_bf16_bits(const bf16 *lo, const bf16 *hi)
-{
-    return (uint32_t)*reinterpret_cast<const uint16_t *>(lo) |
-           ((uint32_t)*reinterpret_cast<const uint16_t *>(hi) << 16);
 }
 
 /* rows row0..row0+63 (of the sequence; those ≥ limit as zeros) of one head: 16-byte copies into
@@ -193,14 +218,31 @@ __device__ __forceinline__ void load_tile(bf16 *tile, const bf16 *base, uint32_t
     }
 }
 
+/* The same through cp.async (no registers, completes at cp_async_wait); rows ≥ limit are zeroed
+ * with plain stores, which the barrier after the wait orders like the copies. */
+template <uint32_t D>
+__device__ __forceinline__ void load_tile_async(bf16 *tile, const bf16 *base, uint32_t ld,
+                                                uint32_t row0, uint32_t limit)
+{
+    constexpr uint32_t LD = D + 8, VPR = D / 8;
+    for (uint32_t i = threadIdx.x; i < 64 * VPR; i += TC_THREADS) {
+        const uint32_t r = i / VPR, cv = i % VPR;
+        if (row0 + r < limit)
+            cp_async16(tile + r * LD + cv * 8, base + (size_t)(row0 + r) * ld + cv * 8);
+        else
+            *reinterpret_cast<uint4 *>(tile + r * LD + cv * 8) = make_uint4(0, 0, 0, 0);
+    }
+}
+
 template <uint32_t D>
 __global__ void __launch_bounds__(TC_THREADS)
 attn_tc(bf16 *out, uint32_t ldo, float *lse, const bf16 *qkv, uint32_t ldqkv,
         const uint32_t *seq_off, uint32_t heads, uint32_t kv_heads, float scale_log2)
 {
     constexpr uint32_t LD = D + 8, KD = D / 16, ND = D / 8, NK = TC_BK / 8;
-    __shared__ __align__(16) bf16 ks[TC_BK * LD]; /* holds the Q tile first */
-    __shared__ __align__(16) bf16 vs[TC_BK * LD];
+    extern __shared__ __align__(16) unsigned char tc_smem[];
+    bf16 *const kbuf = reinterpret_cast<bf16 *>(tc_smem); /* [2][TC_BK * LD]; Q first in [0] */
+    bf16 *const vbuf = kbuf + 2 * TC_BK * LD;             /* [2][TC_BK * LD] */
     const uint32_t b = blockIdx.z, h = blockIdx.y;
     const uint32_t start = seq_off[b], len = seq_off[b + 1] - start;
     const uint32_t qt = gridDim.x - 1 - blockIdx.x; /* longest tiles first */
@@ -214,12 +256,16 @@ attn_tc(bf16 *out, uint32_t ldo, float *lse, const bf16 *qkv, uint32_t ldqkv,
     const bf16 *vbase = rows + (size_t)(heads + kv_heads + kvh) * D;
     const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
 
-    load_tile<D>(ks, qbase, ldqkv, q0, len);
+    /* Q into the second K buffer; the first key tile starts on its way meanwhile */
+    load_tile_async<D>(kbuf, kbase, ldqkv, 0, len);
+    load_tile_async<D>(vbuf, vbase, ldqkv, 0, len);
+    cp_async_commit();
+    load_tile<D>(kbuf + TC_BK * LD, qbase, ldqkv, q0, len);
     __syncthreads();
     uint32_t qa[KD][4];
 #pragma unroll
     for (uint32_t kk = 0; kk < KD; kk++) {
-        const bf16 *r0 = ks + (warp * 16 + g) * LD + kk * 16 + 2 * t, *r1 = r0 + 8 * LD;
+        const bf16 *r0 = kbuf + TC_BK * LD + (warp * 16 + g) * LD + kk * 16 + 2 * t, *r1 = r0 + 8 * LD;
         qa[kk][0] = *reinterpret_cast<const uint32_t *>(r0);
         qa[kk][1] = *reinterpret_cast<const uint32_t *>(r1);
         qa[kk][2] = *reinterpret_cast<const uint32_t *>(r0 + 8);
@@ -233,22 +279,35 @@ attn_tc(bf16 *out, uint32_t ldo, float *lse, const bf16 *qkv, uint32_t ldqkv,
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
     const uint32_t row0 = q0 + warp * 16 + g, row1 = row0 + 8; /* this thread's two query rows */
 
+    /* ldmatrix row addresses of this lane: block lane / 8, row lane % 8 */
+    const uint32_t lrow = lane % 8, lblk = lane / 8;
     for (uint32_t kt = 0; kt <= qt; kt++) {
         const uint32_t k0 = kt * TC_BK;
-        __syncthreads(); /* the Q fragments / the previous tile are read */
-        load_tile<D>(ks, kbase, ldqkv, k0, len);
-        load_tile<D>(vs, vbase, ldqkv, k0, len);
+        const bf16 *ks = kbuf + (kt & 1) * TC_BK * LD, *vs = vbuf + (kt & 1) * TC_BK * LD;
+        __syncthreads(); /* the Q fragments / tile kt − 1 are read: its buffer may be refilled */
+        if (kt < qt) {
+            load_tile_async<D>(kbuf + ((kt + 1) & 1) * TC_BK * LD, kbase, ldqkv, k0 + TC_BK, len);
+            load_tile_async<D>(vbuf + ((kt + 1) & 1) * TC_BK * LD, vbase, ldqkv, k0 + TC_BK, len);
+            cp_async_commit();
+            cp_async_wait<1>(); /* tile kt has landed, kt + 1 may still be in flight */
+        } else {
+            cp_async_wait<0>();
+        }
         __syncthreads();
 
         float s[NK][4];
 #pragma unroll
         for (uint32_t nt = 0; nt < NK; nt++) {
             s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-            const bf16 *kr = ks + (nt * 8 + g) * LD + 2 * t;
+            /* blocks: dims kk·16 + {0, 8, 16, 24} of keys nt·8.. → b0, b1 of k-steps kk, kk + 1 */
+            const bf16 *kr = ks + (nt * 8 + lrow) * LD + lblk * 8;
 #pragma unroll
-            for (uint32_t kk = 0; kk < KD; kk++)
-                mma_bf16(s[nt], qa[kk], *reinterpret_cast<const uint32_t *>(kr + kk * 16),
-                         *reinterpret_cast<const uint32_t *>(kr + kk * 16 + 8));
+            for (uint32_t kk = 0; kk < KD; kk += 2) {
+                uint32_t kb[4];
+                ldmatrix_x4(kb, kr + kk * 16);
+                mma_bf16(s[nt], qa[kk], kb[0], kb[1]);
+                mma_bf16(s[nt], qa[kk + 1], kb[2], kb[3]);
+            }
         }
         /* scores in the log2 domain; the diagonal tile masks keys after the query */
         const bool diag = kt == qt;
@@ -301,11 +360,14 @@ attn_tc(bf16 *out, uint32_t ldo, float *lse, const bf16 *qkv, uint32_t ldqkv,
                                     pack_bf16(s[2 * kc][2], s[2 * kc][3]),
                                     pack_bf16(s[2 * kc + 1][0], s[2 * kc + 1][1]),
                                     pack_bf16(s[2 * kc + 1][2], s[2 * kc + 1][3])};
-            const bf16 *vr = vs + (kc * 16 + 2 * t) * LD + g;
+            /* blocks: keys kc·16 + {0, 8} × dims dt·8 + {0, 8} → b0, b1 of dim tiles dt, dt + 1 */
+            const bf16 *vr = vs + (kc * 16 + (lblk & 1) * 8 + lrow) * LD + (lblk >> 1) * 8;
 #pragma unroll
-            for (uint32_t dt = 0; dt < ND; dt++) {
-                const bf16 *v = vr + dt * 8;
-                mma_bf16(o[dt], pa, pack_bf16_bits(v, v + LD), pack_bf16_bits(v + 8 * LD, v + 9 * LD));
+            for (uint32_t dt = 0; dt < ND; dt += 2) {
+                uint32_t vb[4];
+                ldmatrix_x4_trans(vb, vr + dt * 8);
+                mma_bf16(o[dt], pa, vb[0], vb[1]);
+                mma_bf16(o[dt + 1], pa, vb[2], vb[3]);
             }
         }
     }
@@ -338,8 +400,16 @@ cudaError_t launch_tc(void *out, uint32_t ldo, float *lse, const void *qkv, uint
                       uint32_t kv_heads, float scale, cudaStream_t s)
 {
     const dim3 grid((max_len + TC_BQ - 1) / TC_BQ, heads, nseq);
-    attn_tc<D><<<grid, TC_THREADS, 0, s>>>((bf16 *)out, ldo, lse, (const bf16 *)qkv, ldqkv,
-                                           seq_off, heads, kv_heads, scale * 1.4426950408889634f);
+    const size_t smem = 4 * (size_t)TC_BK * (D + 8) * sizeof(bf16); /* K, V double-buffered */
+    static bool smem_raised; /* once, on the first (eager) call: never inside a graph capture */
+    if (smem > 48 * 1024 && !smem_raised) {
+        cudaError_t e = cudaFuncSetAttribute(attn_tc<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (e != cudaSuccess)
+            return e;
+        smem_raised = true;
+    }
+    attn_tc<D><<<grid, TC_THREADS, smem, s>>>((bf16 *)out, ldo, lse, (const bf16 *)qkv, ldqkv,
+                                              seq_off, heads, kv_heads, scale * 1.4426950408889634f);
     return cudaGetLastError();
 }
 

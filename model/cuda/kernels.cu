@@ -5,8 +5,11 @@
  * Each kernel is templated on the activation type T (float, or __nv_bfloat16 read and written
  * as such with fp32 arithmetic) and mirrors one CPU op of ops.c formula for formula, so the fp32
  * instantiation agrees with the CPU to rounding (1e-5 relative, tests/unit/test_cuda_ops.c).
- * The memory-bound ones are plain coalesced loops: one pass each, the fusion that matters (the
- * residual add) happens in the GEMM epilogue instead (engine.c). */
+ * The memory-bound ones are one pass each, the fusion that matters (the residual add) happens in
+ * the GEMM epilogue instead (engine.c). Row-shaped ones run on a (column blocks, rows) grid with
+ * 16-byte accesses where the row width allows, so no thread divides a 64-bit index (an emulated
+ * division per element made the first versions compute-bound) and every load is a full vector;
+ * other widths take the scalar instantiation of the same kernel. */
 #include <cuda_bf16.h>
 #include <math.h>
 
@@ -35,18 +38,76 @@ __device__ __forceinline__ float gelu_erf(float v)
     return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
 }
 
-template <typename T>
+/* VW consecutive elements of T as fp32: one 16-byte access when VW · sizeof(T) is 16 (the
+ * caller checks the alignment), else VW scalar accesses. */
+template <typename T, uint32_t VW> __device__ __forceinline__ void load_vec(float *v, const T *p)
+{
+    if constexpr (VW * sizeof(T) == 16) {
+        const uint4 raw = *reinterpret_cast<const uint4 *>(p);
+        const T *e = reinterpret_cast<const T *>(&raw);
+#pragma unroll
+        for (uint32_t i = 0; i < VW; i++)
+            v[i] = to_f(e[i]);
+    } else {
+#pragma unroll
+        for (uint32_t i = 0; i < VW; i++)
+            v[i] = to_f(p[i]);
+    }
+}
+
+template <typename T, uint32_t VW> __device__ __forceinline__ void store_vec(T *p, const float *v)
+{
+    if constexpr (VW * sizeof(T) == 16) {
+        uint4 raw;
+        T *e = reinterpret_cast<T *>(&raw);
+#pragma unroll
+        for (uint32_t i = 0; i < VW; i++)
+            e[i] = from_f<T>(v[i]);
+        *reinterpret_cast<uint4 *>(p) = raw;
+    } else {
+#pragma unroll
+        for (uint32_t i = 0; i < VW; i++)
+            p[i] = from_f<T>(v[i]);
+    }
+}
+
+/* Elements per 16-byte vector of T, when rows of `width` elements starting at `base` (and at
+ * multiples of `stride` elements from it) are all 16-byte aligned; else 1. */
+template <typename T> inline bool rows_vectorizable(const void *base, size_t width, size_t stride)
+{
+    const size_t vw = 16 / sizeof(T);
+    return (uintptr_t)base % 16 == 0 && width % vw == 0 && stride % vw == 0;
+}
+
+/* The (column blocks, rows) grid of a row-shaped kernel with `per_row` work items per row. */
+inline void row_grid(dim3 *grid, unsigned *threads, size_t per_row, uint32_t rows)
+{
+    *threads = per_row >= 256 ? 256 : (unsigned)((per_row + 31) / 32 * 32);
+    const size_t xb = (per_row + *threads - 1) / *threads;
+    grid->x = (unsigned)(xb < 1 ? 1 : xb);
+    grid->y = rows < 65535 ? rows : 65535;
+    grid->z = 1;
+}
+
+template <typename T, uint32_t VW>
 __global__ void embed_kernel(float *x, const T *wte, const T *wpe, const uint32_t *tokens,
                              const uint32_t *pos, uint32_t n, uint32_t c)
 {
-    const size_t total = (size_t)n * c;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
-         i += (size_t)gridDim.x * blockDim.x) {
-        const size_t row = i / c, j = i % c;
-        float v = to_f(wte[(size_t)tokens[row] * c + j]);
-        if (wpe)
-            v += to_f(wpe[(size_t)pos[row] * c + j]);
-        x[i] = v;
+    const uint32_t vecs = c / VW;
+    for (uint32_t row = blockIdx.y; row < n; row += gridDim.y) {
+        const T *e = wte + (size_t)tokens[row] * c, *p = wpe ? wpe + (size_t)pos[row] * c : NULL;
+        float *xr = x + (size_t)row * c;
+        for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < vecs; i += gridDim.x * blockDim.x) {
+            float v[VW], pv[VW];
+            load_vec<T, VW>(v, e + i * VW);
+            if (p) {
+                load_vec<T, VW>(pv, p + i * VW);
+#pragma unroll
+                for (uint32_t k = 0; k < VW; k++)
+                    v[k] += pv[k];
+            }
+            store_vec<float, VW>(xr + i * VW, v);
+        }
     }
 }
 
@@ -132,6 +193,62 @@ __global__ void norm_kernel_regs(T *y, const float *x, const float *w, const flo
     }
 }
 
+template <typename T> __device__ __forceinline__ void store4(T *p, float a, float b, float c, float d);
+template <> __device__ __forceinline__ void store4<float>(float *p, float a, float b, float c, float d)
+{
+    *reinterpret_cast<float4 *>(p) = make_float4(a, b, c, d);
+}
+template <> __device__ __forceinline__ void store4<bf16>(bf16 *p, float a, float b, float c, float d)
+{
+    const __nv_bfloat162 lo = __floats2bfloat162_rn(a, b), hi = __floats2bfloat162_rn(c, d);
+    uint2 raw;
+    raw.x = *reinterpret_cast<const uint32_t *>(&lo);
+    raw.y = *reinterpret_cast<const uint32_t *>(&hi);
+    *reinterpret_cast<uint2 *>(p) = raw;
+}
+
+/* norm_kernel_regs with 16-byte loads: rows of c values, c a multiple of 4 and at most
+ * 128 × MAXV4; lane l holds float4s l, l + 32, ... of its row. */
+template <typename T, int MAXV4>
+__global__ void norm_kernel_vec(T *y, const float *x, const float *w, const float *b, uint32_t n,
+                                uint32_t c, float eps, int kind)
+{
+    const uint32_t warps = blockDim.x / 32;
+    const uint32_t row = blockIdx.x * warps + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= n)
+        return;
+    const uint32_t c4 = c / 4;
+    const float4 *xr = reinterpret_cast<const float4 *>(x + (size_t)row * c);
+    float4 v[MAXV4];
+    float s = 0.0f;
+#pragma unroll
+    for (int k = 0; k < MAXV4; k++) {
+        const uint32_t j = lane + 32 * k;
+        v[k] = j < c4 ? xr[j] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        s += (v[k].x + v[k].y) + (v[k].z + v[k].w);
+    }
+    const float mean = kind == CU_NORM_RMS ? 0.0f : warp_sum(s) / (float)c;
+    float ss = 0.0f;
+#pragma unroll
+    for (int k = 0; k < MAXV4; k++)
+        if (lane + 32 * k < c4) {
+            const float d0 = v[k].x - mean, d1 = v[k].y - mean, d2 = v[k].z - mean, d3 = v[k].w - mean;
+            ss += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+        }
+    const float scale = norm_scale(warp_sum(ss), c, eps, kind);
+    T *yr = y + (size_t)row * c;
+#pragma unroll
+    for (int k = 0; k < MAXV4; k++) {
+        const uint32_t j = lane + 32 * k;
+        if (j < c4) {
+            const float4 w4 = reinterpret_cast<const float4 *>(w)[j];
+            const float4 b4 = b ? reinterpret_cast<const float4 *>(b)[j] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            store4<T>(yr + 4 * j, (v[k].x - mean) * scale * w4.x + b4.x, (v[k].y - mean) * scale * w4.y + b4.y,
+                      (v[k].z - mean) * scale * w4.z + b4.z, (v[k].w - mean) * scale * w4.w + b4.w);
+        }
+    }
+}
+
 template <typename T> __global__ void gelu_kernel(T *x, size_t count, bool erf)
 {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count;
@@ -141,34 +258,46 @@ template <typename T> __global__ void gelu_kernel(T *x, size_t count, bool erf)
     }
 }
 
-template <typename T> __global__ void swiglu_kernel(T *gate_up, uint32_t n, uint32_t f)
+template <typename T, uint32_t VW> __global__ void swiglu_kernel(T *gate_up, uint32_t n, uint32_t f)
 {
-    const size_t total = (size_t)n * f;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
-         i += (size_t)gridDim.x * blockDim.x) {
-        const size_t row = i / f, j = i % f;
-        T *g = gate_up + row * 2 * f + j;
-        const float gv = to_f(*g), uv = to_f(g[f]);
-        *g = from_f<T>(gv / (1.0f + expf(-gv)) * uv);
+    const uint32_t vecs = f / VW;
+    for (uint32_t row = blockIdx.y; row < n; row += gridDim.y) {
+        T *g = gate_up + (size_t)row * 2 * f;
+        for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < vecs; i += gridDim.x * blockDim.x) {
+            float gv[VW], uv[VW];
+            load_vec<T, VW>(gv, g + i * VW);
+            load_vec<T, VW>(uv, g + f + i * VW);
+#pragma unroll
+            for (uint32_t k = 0; k < VW; k++)
+                gv[k] = gv[k] / (1.0f + expf(-gv[k])) * uv[k];
+            store_vec<T, VW>(g + i * VW, gv);
+        }
     }
 }
 
-template <typename T>
+/* Per row: heads × (d/2 / VW) items, each rotating VW pairs (j, j + d/2). */
+template <typename T, uint32_t VW>
 __global__ void rope_kernel(T *x, uint32_t n, uint32_t ld, uint32_t heads, uint32_t d,
                             const uint32_t *pos, const float *cos_t, const float *sin_t)
 {
-    const uint32_t half = d / 2;
-    const size_t total = (size_t)n * heads * half;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
-         i += (size_t)gridDim.x * blockDim.x) {
-        const size_t row = i / ((size_t)heads * half);
-        const uint32_t rest = (uint32_t)(i % ((size_t)heads * half)), h = rest / half, j = rest % half;
-        const size_t p = (size_t)pos[row] * half + j;
-        const float cs = cos_t[p], sn = sin_t[p];
-        T *xh = x + row * ld + (size_t)h * d;
-        const float a = to_f(xh[j]), bb = to_f(xh[j + half]);
-        xh[j] = from_f<T>(a * cs - bb * sn);
-        xh[j + half] = from_f<T>(bb * cs + a * sn);
+    const uint32_t half = d / 2, per_head = half / VW, per_row = heads * per_head;
+    for (uint32_t row = blockIdx.y; row < n; row += gridDim.y) {
+        const float *cr = cos_t + (size_t)pos[row] * half, *sr = sin_t + (size_t)pos[row] * half;
+        for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < per_row; i += gridDim.x * blockDim.x) {
+            const uint32_t h = i / per_head, j = (i % per_head) * VW;
+            T *xh = x + (size_t)row * ld + (size_t)h * d;
+            float a[VW], bb[VW], ra[VW], rb[VW];
+            load_vec<T, VW>(a, xh + j);
+            load_vec<T, VW>(bb, xh + j + half);
+#pragma unroll
+            for (uint32_t k = 0; k < VW; k++) {
+                const float cs = cr[j + k], sn = sr[j + k];
+                ra[k] = a[k] * cs - bb[k] * sn;
+                rb[k] = bb[k] * cs + a[k] * sn;
+            }
+            store_vec<T, VW>(xh + j, ra);
+            store_vec<T, VW>(xh + j + half, rb);
+        }
     }
 }
 
@@ -284,11 +413,20 @@ extern "C" cudaError_t cu_embed(float *x, const void *wte, const void *wpe, enum
 {
     if (n == 0 || c == 0)
         return cudaSuccess;
-    const unsigned g = blocks_for((size_t)n * c, 256);
-    if (t == CU_BF16)
-        embed_kernel<bf16><<<g, 256, 0, s>>>(x, (const bf16 *)wte, (const bf16 *)wpe, tokens, pos, n, c);
+    /* 4 values per item: the fp32 row written as float4, the tables read 8 or 16 bytes */
+    const bool vec = c % 4 == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)wte % 16 == 0 &&
+                     (!wpe || (uintptr_t)wpe % 16 == 0);
+    dim3 g;
+    unsigned threads;
+    row_grid(&g, &threads, vec ? c / 4 : c, n);
+    if (t == CU_BF16 && vec)
+        embed_kernel<bf16, 4><<<g, threads, 0, s>>>(x, (const bf16 *)wte, (const bf16 *)wpe, tokens, pos, n, c);
+    else if (t == CU_BF16)
+        embed_kernel<bf16, 1><<<g, threads, 0, s>>>(x, (const bf16 *)wte, (const bf16 *)wpe, tokens, pos, n, c);
+    else if (vec)
+        embed_kernel<float, 4><<<g, threads, 0, s>>>(x, (const float *)wte, (const float *)wpe, tokens, pos, n, c);
     else
-        embed_kernel<float><<<g, 256, 0, s>>>(x, (const float *)wte, (const float *)wpe, tokens, pos, n, c);
+        embed_kernel<float, 1><<<g, threads, 0, s>>>(x, (const float *)wte, (const float *)wpe, tokens, pos, n, c);
     return cudaGetLastError();
 }
 
@@ -300,9 +438,22 @@ extern "C" cudaError_t cu_norm(void *y, enum cu_dtype t, const float *x, const f
         return cudaSuccess;
     const unsigned warps = 4, g = (n + warps - 1) / warps;
     const float *bias = kind == CU_NORM_RMS ? NULL : b;
-    /* rows up to 1024 values (GPT-2 base 768, Qwen2.5-0.5B 896) from registers, wider ones in
-     * three passes (the later two from L1) */
-    if (c <= 256) {
+    /* rows up to 1024 values (GPT-2 base 768, Qwen2.5-0.5B 896) from registers, as float4s
+     * when c is a multiple of 4; wider ones in three passes (the later two from L1) */
+    const bool vec = c % 4 == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)w % 16 == 0 &&
+                     (!bias || (uintptr_t)bias % 16 == 0) && (uintptr_t)y % 16 == 0;
+    if (vec && c <= 1024) {
+#define NORM_VEC(MAXV4)                                                                            \
+    (t == CU_BF16 ? (norm_kernel_vec<bf16, MAXV4><<<g, warps * 32, 0, s>>>((bf16 *)y, x, w, bias, n, c, eps, (int)kind)) \
+                  : (norm_kernel_vec<float, MAXV4><<<g, warps * 32, 0, s>>>((float *)y, x, w, bias, n, c, eps, (int)kind)))
+        if (c <= 256)
+            NORM_VEC(2);
+        else if (c <= 512)
+            NORM_VEC(4);
+        else
+            NORM_VEC(8);
+#undef NORM_VEC
+    } else if (c <= 256) {
         if (t == CU_BF16)
             norm_kernel_regs<bf16, 8><<<g, warps * 32, 0, s>>>((bf16 *)y, x, w, bias, n, c, eps, (int)kind);
         else
@@ -337,11 +488,21 @@ extern "C" cudaError_t cu_swiglu(void *gate_up, enum cu_dtype t, uint32_t n, uin
 {
     if (n == 0 || f == 0)
         return cudaSuccess;
-    const unsigned g = blocks_for((size_t)n * f, 256);
-    if (t == CU_BF16)
-        swiglu_kernel<bf16><<<g, 256, 0, s>>>((bf16 *)gate_up, n, f);
-    else
-        swiglu_kernel<float><<<g, 256, 0, s>>>((float *)gate_up, n, f);
+    dim3 g;
+    unsigned threads;
+    if (t == CU_BF16 && rows_vectorizable<bf16>(gate_up, f, 2 * (size_t)f)) {
+        row_grid(&g, &threads, f / 8, n);
+        swiglu_kernel<bf16, 8><<<g, threads, 0, s>>>((bf16 *)gate_up, n, f);
+    } else if (t == CU_BF16) {
+        row_grid(&g, &threads, f, n);
+        swiglu_kernel<bf16, 1><<<g, threads, 0, s>>>((bf16 *)gate_up, n, f);
+    } else if (rows_vectorizable<float>(gate_up, f, 2 * (size_t)f)) {
+        row_grid(&g, &threads, f / 4, n);
+        swiglu_kernel<float, 4><<<g, threads, 0, s>>>((float *)gate_up, n, f);
+    } else {
+        row_grid(&g, &threads, f, n);
+        swiglu_kernel<float, 1><<<g, threads, 0, s>>>((float *)gate_up, n, f);
+    }
     return cudaGetLastError();
 }
 
@@ -351,11 +512,23 @@ extern "C" cudaError_t cu_rope(void *x, enum cu_dtype t, uint32_t n, uint32_t ld
 {
     if (n == 0 || heads == 0 || d < 2)
         return cudaSuccess;
-    const unsigned g = blocks_for((size_t)n * heads * (d / 2), 256);
-    if (t == CU_BF16)
-        rope_kernel<bf16><<<g, 256, 0, s>>>((bf16 *)x, n, ld, heads, d, pos, cos_t, sin_t);
-    else
-        rope_kernel<float><<<g, 256, 0, s>>>((float *)x, n, ld, heads, d, pos, cos_t, sin_t);
+    /* vectors of half-rows: d/2 and the row stride multiples of the vector, rows aligned */
+    const uint32_t half = d / 2;
+    dim3 g;
+    unsigned threads;
+    if (t == CU_BF16 && rows_vectorizable<bf16>(x, half, ld) && d % 2 == 0) {
+        row_grid(&g, &threads, (size_t)heads * (half / 8), n);
+        rope_kernel<bf16, 8><<<g, threads, 0, s>>>((bf16 *)x, n, ld, heads, d, pos, cos_t, sin_t);
+    } else if (t == CU_BF16) {
+        row_grid(&g, &threads, (size_t)heads * half, n);
+        rope_kernel<bf16, 1><<<g, threads, 0, s>>>((bf16 *)x, n, ld, heads, d, pos, cos_t, sin_t);
+    } else if (rows_vectorizable<float>(x, half, ld) && d % 2 == 0) {
+        row_grid(&g, &threads, (size_t)heads * (half / 4), n);
+        rope_kernel<float, 4><<<g, threads, 0, s>>>((float *)x, n, ld, heads, d, pos, cos_t, sin_t);
+    } else {
+        row_grid(&g, &threads, (size_t)heads * half, n);
+        rope_kernel<float, 1><<<g, threads, 0, s>>>((float *)x, n, ld, heads, d, pos, cos_t, sin_t);
+    }
     return cudaGetLastError();
 }
 

@@ -115,9 +115,11 @@ static void test_embed(void **state)
 {
     (void)state;
     struct test_rng r = {2};
-    const uint32_t V = 50, P = 40, C = 48, n = 70;
-    for (int mi = 0; mi < 2; mi++) {
-        const enum cu_dtype t = modes[mi];
+    const uint32_t V = 50, P = 40, n = 70;
+    /* C = 48: the 4-wide kernel; C = 50: the scalar one */
+    for (int ci = 0; ci < 4; ci++) {
+        const uint32_t C = ci < 2 ? 48 : 50;
+        const enum cu_dtype t = modes[ci % 2];
         float *wte = malloc(V * C * sizeof(float)), *wpe = malloc(P * C * sizeof(float));
         float *ref = malloc(n * C * sizeof(float)), *got = malloc(n * C * sizeof(float));
         uint32_t tokens[70], pos[70];
@@ -154,8 +156,9 @@ static void test_norms(void **state)
 {
     (void)state;
     struct test_rng r = {3};
-    /* register paths (≤ 256, ≤ 1024) and the looping one (> 1024) */
-    const uint32_t cs[] = {64, 768, 37, 1000, 1500};
+    /* float4 register paths (≤ 256, ≤ 512, ≤ 1024), the scalar register one (37) and the
+     * looping one (> 1024) */
+    const uint32_t cs[] = {64, 768, 37, 1000, 1500, 300};
     for (int mi = 0; mi < 2; mi++) {
         const enum cu_dtype t = modes[mi];
         for (unsigned ci = 0; ci < sizeof cs / sizeof cs[0]; ci++) {
@@ -192,11 +195,11 @@ static void test_norms(void **state)
     }
 }
 
-static void test_elementwise(void **state)
+/* f = 200 takes the 16-byte vector kernels, an odd f the scalar ones */
+static void elementwise_case(uint32_t f, struct test_rng *rng)
 {
-    (void)state;
-    struct test_rng r = {4};
-    const uint32_t n = 45, f = 200;
+    struct test_rng r = *rng;
+    const uint32_t n = 45;
     const size_t count = (size_t)n * 2 * f;
     for (int mi = 0; mi < 2; mi++) {
         const enum cu_dtype t = modes[mi];
@@ -220,7 +223,8 @@ static void test_elementwise(void **state)
             memcpy(ref, x, count * sizeof(float));
             op_swiglu(ref, n, f, 1);
             /* only the gate halves are outputs; the up halves must be untouched */
-            TEST_WITHIN("swiglu (whole rows)", t, test_rel_err(got, ref, count), bound_for(t, 1e-5, 4e-3));
+            TEST_WITHIN(f % 8 ? "swiglu (whole rows), odd f" : "swiglu (whole rows)", t,
+                        test_rel_err(got, ref, count), bound_for(t, 1e-5, 4e-3));
             cudaFree(d);
         }
         {
@@ -235,13 +239,22 @@ static void test_elementwise(void **state)
         }
         free(x), free(ref), free(got);
     }
+    *rng = r;
 }
 
-static void test_rope(void **state)
+static void test_elementwise(void **state)
 {
     (void)state;
-    struct test_rng r = {5};
-    const uint32_t n = 50, H = 6, KV = 2, d = 64, P = 300, ld = (H + 2 * KV) * d, half = d / 2;
+    struct test_rng r = {4};
+    elementwise_case(200, &r);
+    elementwise_case(203, &r);
+}
+
+/* d = 64 takes the vector kernel, d = 20 (half 10) the scalar one */
+static void rope_case(uint32_t d, struct test_rng *rng)
+{
+    struct test_rng r = *rng;
+    const uint32_t n = 50, H = 6, KV = 2, P = 300, ld = (H + 2 * KV) * d, half = d / 2;
     float *cs = malloc(P * half * sizeof(float)), *sn = malloc(P * half * sizeof(float));
     op_rope_tables(cs, sn, P, d, 1e6);
     uint32_t pos[50];
@@ -263,12 +276,22 @@ static void test_rope(void **state)
         memcpy(ref, x, (size_t)n * ld * sizeof(float));
         for (uint32_t i = 0; i < n; i++) /* q and k heads rotate; v stays */
             op_rope_apply(ref + (size_t)i * ld, H + KV, d, pos[i], cs, sn);
-        TEST_WITHIN("rope (q, k rotated, v kept)", t, test_rel_err(got, ref, (size_t)n * ld), bound_for(t, 1e-5, 4e-3));
+        TEST_WITHIN(d % 16 ? "rope (q, k rotated, v kept), d 20" : "rope (q, k rotated, v kept)", t,
+                    test_rel_err(got, ref, (size_t)n * ld), bound_for(t, 1e-5, 4e-3));
         cudaFree(dx);
         free(x), free(ref), free(got);
     }
     cudaFree(dcos), cudaFree(dsin), cudaFree(dpos);
     free(cs), free(sn);
+    *rng = r;
+}
+
+static void test_rope(void **state)
+{
+    (void)state;
+    struct test_rng r = {5};
+    rope_case(64, &r);
+    rope_case(20, &r);
 }
 
 /* ---- attention ---- */
