@@ -153,6 +153,9 @@ san=compute-sanitizer
 command -v $san >/dev/null || san=/usr/local/cuda/bin/compute-sanitizer
 run_stage memcheck 80 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --leak-check full \
     --error-exitcode 9 "$build/tests/test_cuda_ops"
+# the engine as users run it: classify and replay on the GPU against the CPU
+run_stage e2e-classify-replay 60 "$log" python3 "$root/bench/gpu_e2e.py" "$build/netlm" \
+    "$root/models/ustc-tfc2016" "$root/data/demo.pcap"
 run_stage memcheck-train 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
     "$build/tests/test_cuda_backward"
 run_stage memcheck-attn-bwd 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
@@ -169,7 +172,7 @@ left=$((deadline - 60 - SECONDS))
     --out "$OUT/torch.json" --runs 10 $( ((quick)) && echo --no-compile) --budget-s $((left - 70 > 20 ? left - 70 : 20))
 run_stage memcheck-model 60 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_TEST_FILTER=test_bf16 $san \
     --tool memcheck --error-exitcode 9 "$build/tests/test_cuda_model"
-grep -E "FAIL|ERROR SUMMARY|RACECHECK SUMMARY|LEAK SUMMARY|\[  (PASSED|FAILED) \]" "$log" | head -30 || true
+grep -E "FAIL|ERROR SUMMARY|RACECHECK SUMMARY|LEAK SUMMARY|\[  (PASSED|FAILED) \]|\"e2e\"" "$log" | head -30 || true
 
 # ---- summary ----
 python3 - "$OUT" <<'EOF' | tee -a "$OUT/summary.txt"

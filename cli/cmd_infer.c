@@ -24,6 +24,7 @@ struct infer {
     const struct model_config *cfg;
     struct tok_vocab *vocab;
     struct model_runner *runner;
+    struct model_cuda *gpu; /* classify --device cuda[:N]: the model on a GPU instead */
     uint32_t batch, seq, threads, top_k;
     bool json;
     bool emit_tokens; /* classify captures, JSON: the input ids as "token_ids" (compare with replay) */
@@ -105,8 +106,37 @@ static bool alloc_batch(struct infer *in, uint32_t kv_tokens)
     return true;
 }
 
+/* --device cuda[:N] (classify): the CUDA engine for batches of up to in->batch × in->seq, one
+ * CUDA graph per batch bucket. */
+static bool open_gpu(struct infer *in, const struct cli_opt *opts)
+{
+    static const char *const precisions[] = {"bf16", "fp32", NULL};
+    const char *name = cli_get(opts, "device");
+    int device = -1;
+    if (name && !model_device_parse(name, &device)) {
+        cli_error(in->cmd, "--device: expected cpu, cuda or cuda:N, got '%s'", name);
+        return false;
+    }
+    int prec = cli_choice(in->cmd, opts, "precision", "bf16", precisions);
+    if (prec < 0)
+        return false;
+    if (device < 0)
+        return true;
+    struct model_cuda_options o = {.device = device,
+                                   .precision = prec == 1 ? MODEL_PRECISION_FP32 : MODEL_PRECISION_BF16,
+                                   .max_batch = in->batch, .max_seq = in->seq, .graphs = true};
+    char err[512];
+    in->gpu = model_cuda_create(in->model, &o, err, sizeof err);
+    if (!in->gpu) {
+        cli_error(in->cmd, "--device %s: %s", name, err);
+        return false;
+    }
+    return true;
+}
+
 static void infer_release(struct infer *in)
 {
+    model_cuda_free(in->gpu);
     for (uint32_t i = 0; in->targets && i < in->batch; i++)
         free(in->targets[i]);
     free(in->ids);
@@ -193,7 +223,12 @@ static bool classify_batch(struct infer *in, const char *const *row_prefix)
 {
     if (in->n == 0)
         return true;
-    if (!model_classify(in->runner, in->ids, in->lengths, in->n, in->seq, NULL, in->scores)) {
+    if (in->gpu) {
+        if (!model_cuda_classify(in->gpu, in->ids, in->lengths, in->n, in->seq, NULL, in->scores)) {
+            cli_error(in->cmd, "%s", model_cuda_error(in->gpu));
+            return false;
+        }
+    } else if (!model_classify(in->runner, in->ids, in->lengths, in->n, in->seq, NULL, in->scores)) {
         cli_error(in->cmd, "the model rejected a batch (token ids outside its vocabulary?)");
         return false;
     }
@@ -477,6 +512,8 @@ int cmd_classify(int argc, char **argv)
         INFER_OPTIONS,
         {"top-k", NULL, 'k', "N", "labels listed per row, best first (default 3, at most 16)", NULL},
         {"emit-tokens", NULL, 0, NULL, "debug, captures with --format json: the model input ids as \"token_ids\"", NULL},
+        {"device", NULL, 0, "cpu|cuda[:N]", "where the model runs (default cpu)", NULL},
+        {"precision", NULL, 0, "bf16|fp32", "GPU arithmetic: bf16 with fp32 accumulation, or fp32 (default bf16)", NULL},
         CLI_FLOW_OPTIONS,
         {0},
     };
@@ -507,7 +544,7 @@ int cmd_classify(int argc, char **argv)
                   model_task_name(in.cfg->task));
         goto done;
     }
-    if (!alloc_batch(&in, 0) || !cli_output_open(cmd, cli_get(opts, "output"), &out))
+    if (!alloc_batch(&in, 0) || !open_gpu(&in, opts) || !cli_output_open(cmd, cli_get(opts, "output"), &out))
         goto done;
     in.out = out.fp;
     if (!in.json)

@@ -90,6 +90,7 @@ void sensor_engine_free(struct sensor_engine *e)
     free(e->line);
     free(e->text);
     model_runner_free(e->runner);
+    model_cuda_free(e->gpu);
     tok_vocab_free(e->vocab);
     model_free(e->model);
     free(e);
@@ -102,9 +103,9 @@ struct sensor_engine *sensor_engine_load(const struct cfg_sensor *cfg, const cha
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    if (cfg->model.device[0] && strcmp(cfg->model.device, "cpu") != 0) {
-        snprintf(err, errlen, "model.device '%s': this build runs the sensor's model on the CPU only",
-                 cfg->model.device);
+    int device = -1;
+    if (cfg->model.device[0] && !model_device_parse(cfg->model.device, &device)) {
+        snprintf(err, errlen, "model.device '%s': expected cpu, cuda or cuda:N", cfg->model.device);
         goto fail;
     }
     e->model = model_load(dir, err, errlen);
@@ -171,9 +172,26 @@ struct sensor_engine *sensor_engine_load(const struct cfg_sensor *cfg, const cha
         e->tok.seq_length = e->seq;
     }
     uint32_t kv = task == CFG_TASK_GENERATE ? e->seq + e->max_new : 0;
-    e->runner = model_runner_create(e->model, e->batch_max, e->seq, kv, threads, err, errlen);
-    if (!e->runner)
+    if (device >= 0 && task != CFG_TASK_CLASSIFY) {
+        snprintf(err, errlen, "model.device '%s': generation runs on the CPU in this build (device cpu)",
+                 cfg->model.device);
         goto fail;
+    }
+    if (device >= 0) {
+        /* bf16, one CUDA graph per batch bucket: no allocation after the first batch of a size */
+        struct model_cuda_options o = {.device = device, .precision = MODEL_PRECISION_BF16,
+                                       .max_batch = e->batch_max, .max_seq = e->seq, .graphs = true};
+        char cerr[512];
+        e->gpu = model_cuda_create(e->model, &o, cerr, sizeof cerr);
+        if (!e->gpu) {
+            snprintf(err, errlen, "model.device '%s': %s", cfg->model.device, cerr);
+            goto fail;
+        }
+    } else {
+        e->runner = model_runner_create(e->model, e->batch_max, e->seq, kv, threads, err, errlen);
+        if (!e->runner)
+            goto fail;
+    }
     size_t labels = e->mc->num_labels ? e->mc->num_labels : 1;
     e->ids = calloc((size_t)e->batch_max * e->seq, sizeof *e->ids);
     e->lengths = calloc(e->batch_max, sizeof *e->lengths);
@@ -239,15 +257,30 @@ static void emit(struct sensor *sn, struct sensor_json *j)
     sensor_sink_put(sn->sink, j->buf, j->len, true); /* the batcher may wait for the writer */
 }
 
+bool sensor_engine_classify(struct sensor_engine *e, uint32_t n, char *err, size_t errlen)
+{
+    if (e->gpu) {
+        if (model_cuda_classify(e->gpu, e->ids, e->lengths, n, e->seq, NULL, e->scores))
+            return true;
+        snprintf(err, errlen, "%s", model_cuda_error(e->gpu));
+        return false;
+    }
+    if (model_classify(e->runner, e->ids, e->lengths, n, e->seq, NULL, e->scores))
+        return true;
+    snprintf(err, errlen, "token ids outside its vocabulary?");
+    return false;
+}
+
 static void classify_batch(struct sensor *sn, struct sensor_engine *e, uint32_t n)
 {
     for (uint32_t b = 0; b < n; b++)
         e->lengths[b] = tok_session_ids(e->vocab, &e->tok, &e->batch[b]->s, e->ids + (size_t)b * e->seq);
-    bool ok = model_classify(e->runner, e->ids, e->lengths, n, e->seq, NULL, e->scores);
+    char why[400];
+    bool ok = sensor_engine_classify(e, n, why, sizeof why);
     int64_t now = sensor_mono_ns();
     if (!ok) {
         atomic_fetch_add(&sn->failed_batches, 1);
-        sensor_log("the model rejected a batch of %u sessions (token ids outside its vocabulary?)", n);
+        sensor_log("the model rejected a batch of %u sessions (%s)", n, why);
         return;
     }
     uint32_t best[100];

@@ -91,7 +91,8 @@ struct sensor_engine {
     const struct model_config *mc;
     struct tok_vocab *vocab;
     struct tok_settings tok;
-    struct model_runner *runner;
+    struct model_runner *runner;  /* the CPU model (model.device cpu) */
+    struct model_cuda *gpu;       /* or the CUDA engine (model.device cuda[:N], classification) */
     enum cfg_task task;           /* CLASSIFY or GENERATE (never AUTO or NONE) */
     uint32_t threads;             /* the model's CPU threads (model.threads, 0 resolved) */
     enum tok_field field;         /* generation target (the seed's: ip_len) */
@@ -115,6 +116,9 @@ uint32_t sensor_auto_model_threads(const struct cfg_sensor *cfg);
 struct sensor_engine *sensor_engine_load(const struct cfg_sensor *cfg, const char *model_dir,
                                          char *err, size_t errlen);
 void sensor_engine_free(struct sensor_engine *e);
+/* Scores of e->ids / e->lengths [n] into e->scores, on the engine's device; false with a reason
+ * in err. */
+bool sensor_engine_classify(struct sensor_engine *e, uint32_t n, char *err, size_t errlen);
 
 /* ---- JSON lines ---- */
 
