@@ -89,6 +89,8 @@ cudaError_t cu_pool(float *pooled32, void *pooled_t, const void *xn, enum cu_dty
 cudaError_t cu_tanh(void *y, enum cu_dtype t, const float *x, size_t count, cudaStream_t s);
 /* Softmax of each of rows rows of n values (row stride ld), fp32, in place. */
 cudaError_t cu_softmax_rows(float *x, uint32_t rows, uint32_t n, size_t ld, cudaStream_t s);
+/* Keeps the stream busy for about `cycles` GPU clock cycles (the step profile's head start). */
+cudaError_t cu_spin(long long cycles, cudaStream_t s);
 /* dst[b, c] = src[last row of sequence b, c] (type t); zeros for an empty sequence. */
 cudaError_t cu_gather_last(void *dst, const void *src, enum cu_dtype t, uint32_t c,
                            const uint32_t *seq_off, uint32_t nseq, cudaStream_t s);

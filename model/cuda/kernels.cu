@@ -405,7 +405,23 @@ __global__ void gather_last_kernel(T *dst, const T *src, uint32_t c, const uint3
     dst[(size_t)b * c + j] = end > start ? src[(size_t)(end - 1) * c + j] : from_f<T>(0.0f);
 }
 
+/* Busy for `cycles` clock cycles of one multiprocessor: the step profile puts it ahead of a
+ * forward so the host has enqueued every step before the first one runs (the events then time
+ * the GPU's work, not the host's launches). */
+__global__ void spin_kernel(long long cycles)
+{
+    const long long start = clock64();
+    while (clock64() - start < cycles) {
+    }
+}
+
 } // namespace
+
+extern "C" cudaError_t cu_spin(long long cycles, cudaStream_t s)
+{
+    spin_kernel<<<1, 1, 0, s>>>(cycles);
+    return cudaGetLastError();
+}
 
 extern "C" cudaError_t cu_embed(float *x, const void *wte, const void *wpe, enum cu_dtype t,
                                 const uint32_t *tokens, const uint32_t *pos, uint32_t n,
