@@ -16,7 +16,12 @@ average, LM head not run); MFU against 989 TFLOP/s dense bf16 (H100 SXM).
 torch.compile takes tens of seconds per shape: compiled modes run in the order below until
 --budget-s seconds have passed since start, the rest are reported as skipped.
 
-usage: gpu_bench.py [--out FILE] [--runs N] [--budget-s S] [--only SUBSTRING] [--no-compile]
+Training (the issue's last two rows): causal-LM models (GPT2LMHeadModel, Qwen2ForCausalLM) with
+fp32 master weights, bf16 autocast and fused AdamW; one step = forward with the loss, backward,
+optimizer step; tokens per second over the median step (bench/model_bench.c --train-cuda runs
+the same cases on netlm).
+
+usage: gpu_bench.py [--out FILE] [--runs N] [--budget-s S] [--only SUBSTRING] [--no-compile] [--no-train]
 """
 import argparse
 import json
@@ -40,6 +45,12 @@ CASES = [
     ("qwen05b-v60005-b1-t256", "qwen2", 24, 896, 14, 2, 4864, 60005, 1, 256),
 ]
 
+# name, arch, layers, hidden, heads, kv_heads, ffn, vocab, batch, seq — model_bench.c's train cases
+TRAIN_CASES = [
+    ("train-gpt2-base-v60005-b32-t512", "gpt2", 12, 768, 12, 12, 3072, 60005, 32, 512),
+    ("train-qwen05b-v60005-b16-t512", "qwen2", 24, 896, 14, 2, 4864, 60005, 16, 512),
+]
+
 # The issue's figures (PyTorch 2.11 + transformers on one H100, 2026-11-26), for the summary.
 REFERENCE = {
     "gpt2-base-v60005-b256-t256": {"eager_seq_per_s": 4246, "compile_seq_per_s": 8456},
@@ -49,6 +60,8 @@ REFERENCE = {
     "gpt2-small-v65541-b1-t128": {"eager_ms": 2.09, "compile_ms": 0.91, "cudagraphs_ms": 0.185},
     "qwen05b-v60005-b256-t256": {"eager_seq_per_s": 1469},
     "qwen05b-v60005-b1-t256": {"eager_ms": 20.7},
+    "train-gpt2-base-v60005-b32-t512": {"eager_tok_per_s": 123900},
+    "train-qwen05b-v60005-b16-t512": {"eager_tok_per_s": 59700},
 }
 
 # Compiled measurements, most important first: (case, mode).
@@ -73,7 +86,7 @@ def flops(case, labels=20):
     return per_token * T + 2 * C * C + 2 * C * labels
 
 
-def backbone(case):
+def backbone(case, lm=False):
     import transformers
 
     _, arch, layers, C, heads, kv, ffn, vocab, _, _ = case
@@ -81,21 +94,42 @@ def backbone(case):
         cfg = transformers.GPT2Config(vocab_size=vocab, n_positions=1024, n_embd=C, n_layer=layers,
                                       n_head=heads, n_inner=ffn, activation_function="gelu_new",
                                       use_cache=False)
-        cls = transformers.GPT2Model
+        cls = transformers.GPT2LMHeadModel if lm else transformers.GPT2Model
     else:
         cfg = transformers.Qwen2Config(vocab_size=vocab, hidden_size=C, num_hidden_layers=layers,
                                        num_attention_heads=heads, num_key_value_heads=kv,
                                        intermediate_size=ffn, max_position_embeddings=32768,
                                        rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True,
                                        use_cache=False)
-        cls = transformers.Qwen2Model
+        cls = transformers.Qwen2ForCausalLM if lm else transformers.Qwen2Model
     with torch.device("cuda"):
         try:
             model = cls._from_config(cfg, attn_implementation="sdpa")
         except (TypeError, ValueError):
             cfg._attn_implementation = "sdpa"
             model = cls(cfg)
-    return model.to(torch.bfloat16).eval()
+    return model if lm else model.to(torch.bfloat16).eval()
+
+
+def train_tokens_per_s(case, runs):
+    """fp32 master weights, bf16 autocast, fused AdamW: the median step's tokens per second"""
+    torch.manual_seed(0)
+    model = backbone(case, lm=True).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    g = torch.Generator(device="cuda").manual_seed(2)
+    ids = torch.randint(5, case[7], (case[8], case[9]), device="cuda", generator=g)
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    ms = time_calls(step, runs, 3)
+    del model, opt
+    torch.cuda.empty_cache()
+    return ms
 
 
 class Classifier(nn.Module):
@@ -146,6 +180,7 @@ def main():
     ap.add_argument("--budget-s", type=float, default=300.0)
     ap.add_argument("--only")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--no-train", action="store_true")
     args = ap.parse_args()
     t0 = time.time()
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -192,6 +227,17 @@ def main():
             except Exception as exc:  # noqa: BLE001 (out of memory, missing kernels: report, go on)
                 r = {"side": "torch", "case": case[0], "mode": "eager", "error": repr(exc)[:300]}
             record(r)
+    models.clear()
+    torch.cuda.empty_cache()
+    for case in ([] if args.no_train else [c for c in TRAIN_CASES if not args.only or args.only in c[0]]):
+        try:
+            ms = train_tokens_per_s(case, max(3, args.runs // 2))
+            r = {"side": "torch", "case": case[0], "mode": "eager", "batch": case[8], "seq": case[9],
+                 "ms": round(ms, 4), "tok_per_s": round(case[8] * case[9] / ms * 1e3, 1)}
+        except Exception as exc:  # noqa: BLE001
+            r = {"side": "torch", "case": case[0], "mode": "eager", "error": repr(exc)[:300]}
+        record(r)
+    with torch.inference_mode():
         for name, mode in ([] if args.no_compile else COMPILED):
             case = next((c for c in cases if c[0] == name), None)
             if case is None:

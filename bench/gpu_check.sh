@@ -147,6 +147,9 @@ variant() { # name env... -- bench args...
     sed "s/^{\"side\":\"netlm\"/{\"side\":\"netlm\",\"variant\":\"$name\"/; s/^{\"cuda_profile\"/{\"variant\":\"$name\",\"cuda_profile\"/" "$tmp" >>"$OUT/netlm.json"
     rm -f "$tmp"
 }
+# training steps on the GPU (train_cuda_*), the PyTorch side in gpu_bench.py
+run_stage bench-train 90 "$OUT/netlm.json" "$build/netlm_model_bench" --device cuda --train --runs 5
+variant residual-bf16 "$build/netlm_model_bench" --device cuda --runs 10 --residual-bf16
 variant gemm-heuristic env NETLM_CUDA_GEMM_TUNE=0 "$build/netlm_model_bench" --device cuda --runs 10
 variant profile "$build/netlm_model_bench" --device cuda --runs 5 --profile
 san=compute-sanitizer
@@ -205,6 +208,8 @@ def cell(r, latency):
         return "error"
     if "skipped" in r:
         return "skipped"
+    if "seq_per_s" not in r:
+        return f"{r['tok_per_s']:,.0f} tok/s"
     return f"{r['ms']:.3f} ms" if latency else f"{r['seq_per_s']:,.0f}/s"
 print()
 print(f"{'case':32} {'netlm bf16':>14} {'mfu':>6} {'torch eager':>14} {'compile':>14} {'cudagraphs':>14} {'x eager':>8} {'x compile':>9}")

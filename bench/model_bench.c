@@ -5,9 +5,11 @@
  *   netlm_model_bench --arch gpt2|qwen2 [--threads N] [--runs N]
  *   netlm_model_bench --qwen05b-rss [--threads N]   (peak RSS of a Qwen2.5-0.5B-sized forward)
  *   netlm_model_bench --train --arch gpt2|qwen2 [--threads N]  (training steps, batch 32 x 128)
- *   netlm_model_bench --device cuda[:N] [--only NAME] [--precision bf16|fp32] [--runs N] [--profile]
+ *   netlm_model_bench --device cuda[:N] [--only NAME] [--precision bf16|fp32] [--residual-bf16]
+ *                     [--runs N] [--profile]
  *     (--profile: no CUDA graphs, and the engine's time per kind of step as a JSON line
- *      {"cuda_profile": ...} on stderr after each case)
+ *      {"cuda_profile": ...} on stderr after each case; --residual-bf16: the engine's
+ *      residual_bf16 option, the residual stream in bf16 too, bf16 precision only)
  *       (the CUDA engine on the configs of bench/gpu_bench.py: one JSON line per measurement;
  *       bench/gpu_check.sh runs it next to PyTorch) */
 #include <math.h>
@@ -259,7 +261,102 @@ static struct model *bench_model(const struct model_config *c, char *err, size_t
     return m;
 }
 
-static int cuda_bench(int device, const char *only, enum model_precision prec, int runs, bool profile)
+/* A case's model: 20 labels for the classification head, the seed architectures' constants. */
+static void cuda_case_config(const struct cuda_case *k, struct model_config *c)
+{
+    model_config_init(c);
+    c->arch = k->arch;
+    c->vocab_size = k->vocab;
+    c->hidden = k->hidden;
+    c->layers = k->layers;
+    c->heads = k->heads;
+    c->kv_heads = k->kv_heads;
+    c->head_dim = k->hidden / k->heads;
+    c->ffn = k->ffn;
+    c->max_positions = 1024;
+    c->task = MODEL_TASK_CLASSIFY;
+    c->num_labels = 20;
+    c->labels = calloc(20, sizeof(char *));
+    for (int i = 0; i < 20; i++) {
+        char name[8];
+        snprintf(name, sizeof name, "%d", i);
+        c->labels[i] = strdup(name);
+    }
+    if (k->arch == MODEL_ARCH_QWEN2) {
+        c->rope_theta = 1e6;
+        c->norm_eps = 1e-6f;
+        c->act = MODEL_ACT_SILU;
+        c->tie_embeddings = true;
+    } else {
+        c->norm_eps = 1e-5f;
+    }
+}
+
+/* Training on the GPU (train_cuda_*): causal-LM steps of full-length random sequences, each a
+ * forward + backward + AdamW step, as bench/gpu_bench.py's PyTorch training cases. */
+static const struct cuda_case cuda_train_cases[] = {
+    {"train-gpt2-base-v60005-b32-t512", MODEL_ARCH_GPT2, 12, 768, 12, 12, 3072, 60005, 32, 512, false},
+    {"train-qwen05b-v60005-b16-t512", MODEL_ARCH_QWEN2, 24, 896, 14, 2, 4864, 60005, 16, 512, false},
+};
+
+static int cuda_train_bench(int device, const char *only, enum model_precision prec, int runs)
+{
+    int status = 0;
+    for (size_t ci = 0; ci < sizeof cuda_train_cases / sizeof cuda_train_cases[0]; ci++) {
+        const struct cuda_case *k = &cuda_train_cases[ci];
+        if (only && !strstr(k->name, only))
+            continue;
+        struct model_config c;
+        cuda_case_config(k, &c);
+        c.task = MODEL_TASK_LM;
+        char err[512];
+        struct model *m = bench_model(&c, err, sizeof err);
+        struct train_cuda *t = m ? train_cuda_create(m, device, prec == MODEL_PRECISION_BF16, k->batch, k->seq, err,
+                                                     sizeof err)
+                                 : NULL;
+        uint32_t *ids = malloc((size_t)k->batch * k->seq * sizeof(uint32_t));
+        uint32_t *lengths = malloc(k->batch * sizeof(uint32_t));
+        if (!t || !ids || !lengths) {
+            printf("{\"side\":\"netlm\",\"case\":\"%s\",\"error\":\"%s\"}\n", k->name, t ? "out of memory" : err);
+            status = 1;
+        } else {
+            uint64_t st = 43;
+            random_ids(ids, (size_t)k->batch * k->seq, c.vocab_size, &st);
+            for (uint32_t b = 0; b < k->batch; b++)
+                lengths[b] = k->seq;
+            struct train_batch batch = {.ids = ids, .lengths = lengths, .batch = k->batch, .seq = k->seq};
+            struct train_adamw o;
+            train_adamw_defaults(&o);
+            uint64_t step = 0;
+            double secs = 0.0, loss = 0.0;
+            bool ok = true;
+            TIME_MEDIAN(runs, secs,
+                        ok = ok && train_cuda_zero_grads(t) && train_cuda_forward_backward(t, TRAIN_LM, &batch, &loss) &&
+                             train_cuda_adamw_step(t, ++step, 1e-4f, &o));
+            if (!ok) {
+                printf("{\"side\":\"netlm\",\"case\":\"%s\",\"error\":\"%s\"}\n", k->name, train_cuda_error(t));
+                status = 1;
+            } else {
+                /* 3× the forward's projections and attention, plus the LM head's 3 GEMMs */
+                const double flops = 3.0 * (cuda_case_flops(k, 0) + 2.0 * k->hidden * k->vocab * k->seq) * k->batch;
+                printf("{\"side\":\"netlm\",\"case\":\"%s\",\"precision\":\"%s\",\"batch\":%u,\"seq\":%u,"
+                       "\"ms\":%.4f,\"tok_per_s\":%.1f,\"tflops\":%.2f,\"mfu\":%.4f,\"loss\":%.4f}\n",
+                       k->name, prec == MODEL_PRECISION_FP32 ? "fp32" : "bf16", k->batch, k->seq, secs * 1e3,
+                       (double)k->batch * k->seq / secs, flops / secs / 1e12, flops / secs / 989e12, loss);
+            }
+        }
+        fflush(stdout);
+        free(ids);
+        free(lengths);
+        train_cuda_free(t);
+        model_free(m);
+        model_config_release(&c);
+    }
+    return status;
+}
+
+static int cuda_bench(int device, const char *only, enum model_precision prec, bool residual_bf16,
+                      int runs, bool profile)
 {
     int status = 0;
     if (profile)
@@ -273,36 +370,12 @@ static int cuda_bench(int device, const char *only, enum model_precision prec, i
         if (only && !strstr(k->name, only))
             continue;
         struct model_config c;
-        model_config_init(&c);
-        c.arch = k->arch;
-        c.vocab_size = k->vocab;
-        c.hidden = k->hidden;
-        c.layers = k->layers;
-        c.heads = k->heads;
-        c.kv_heads = k->kv_heads;
-        c.head_dim = k->hidden / k->heads;
-        c.ffn = k->ffn;
-        c.max_positions = 1024;
-        c.task = MODEL_TASK_CLASSIFY;
-        c.num_labels = 20;
-        c.labels = calloc(20, sizeof(char *));
-        for (int i = 0; i < 20; i++) {
-            char name[8];
-            snprintf(name, sizeof name, "%d", i);
-            c.labels[i] = strdup(name);
-        }
-        if (k->arch == MODEL_ARCH_QWEN2) {
-            c.rope_theta = 1e6;
-            c.norm_eps = 1e-6f;
-            c.act = MODEL_ACT_SILU;
-            c.tie_embeddings = true;
-        } else {
-            c.norm_eps = 1e-5f;
-        }
+        cuda_case_config(k, &c);
         char err[512];
         struct model *m = bench_model(&c, err, sizeof err);
         struct model_cuda_options o = {.device = device, .precision = prec, .max_batch = k->batch,
-                                       .max_seq = k->seq, .graphs = k->graphs && !profile};
+                                       .max_seq = k->seq, .graphs = k->graphs && !profile,
+                                       .residual_bf16 = residual_bf16};
         struct model_cuda *e = m ? model_cuda_create(m, &o, err, sizeof err) : NULL;
         uint32_t *ids = malloc((size_t)k->batch * k->seq * sizeof(uint32_t));
         uint32_t *lengths = malloc(k->batch * sizeof(uint32_t));
@@ -324,10 +397,11 @@ static int cuda_bench(int device, const char *only, enum model_precision prec, i
                 status = 1;
             } else {
                 const double flops = cuda_case_flops(k, c.num_labels) * k->batch;
-                printf("{\"side\":\"netlm\",\"case\":\"%s\",\"precision\":\"%s\",\"graphs\":%s,\"batch\":%u,"
+                printf("{\"side\":\"netlm\",\"case\":\"%s\",\"precision\":\"%s\",\"residual\":\"%s\",\"graphs\":%s,\"batch\":%u,"
                        "\"seq\":%u,\"ms\":%.4f,\"seq_per_s\":%.1f,\"tok_per_s\":%.1f,\"tflops\":%.2f,"
                        "\"mfu\":%.4f,\"device_mib\":%.1f}\n",
-                       k->name, prec == MODEL_PRECISION_FP32 ? "fp32" : "bf16", k->graphs ? "true" : "false",
+                       k->name, prec == MODEL_PRECISION_FP32 ? "fp32" : "bf16", residual_bf16 ? "bf16" : "fp32",
+                       k->graphs ? "true" : "false",
                        k->batch, k->seq, secs * 1e3, k->batch / secs, (double)k->batch * k->seq / secs,
                        flops / secs / 1e12, flops / secs / 989e12, model_cuda_bytes(e) / 1048576.0);
             }
@@ -348,7 +422,7 @@ int main(int argc, char **argv)
     const char *arch = "gpt2";
     uint32_t threads = 1;
     int runs = 7;
-    bool rss_mode = false, train_mode = false, profile = false;
+    bool rss_mode = false, train_mode = false, profile = false, residual_bf16 = false;
     const char *device_name = "cpu", *only = NULL, *precision = "bf16";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--arch") && i + 1 < argc)
@@ -369,8 +443,10 @@ int main(int argc, char **argv)
             precision = argv[++i];
         else if (!strcmp(argv[i], "--profile"))
             profile = true;
+        else if (!strcmp(argv[i], "--residual-bf16"))
+            residual_bf16 = true;
         else {
-            fprintf(stderr, "usage: %s [--arch gpt2|qwen2] [--threads N] [--runs N] [--qwen05b-rss | --train | --device cuda[:N] [--only NAME] [--precision bf16|fp32] [--profile]]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--arch gpt2|qwen2] [--threads N] [--runs N] [--qwen05b-rss | --train | --device cuda[:N] [--only NAME] [--precision bf16|fp32] [--residual-bf16] [--profile]]\n", argv[0]);
             return 2;
         }
     }
@@ -383,9 +459,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s: bad --device (cpu, cuda, cuda:N) or --precision (bf16, fp32)\n", argv[0]);
         return 2;
     }
+    if (residual_bf16 && (device < 0 || !strcmp(precision, "fp32"))) {
+        fprintf(stderr, "%s: --residual-bf16 is for --device cuda with --precision bf16\n", argv[0]);
+        return 2;
+    }
+    if (device >= 0 && train_mode)
+        return cuda_train_bench(device, only, strcmp(precision, "fp32") ? MODEL_PRECISION_BF16 : MODEL_PRECISION_FP32,
+                                runs);
     if (device >= 0)
-        return cuda_bench(device, only, strcmp(precision, "fp32") ? MODEL_PRECISION_BF16 : MODEL_PRECISION_FP32, runs,
-                          profile);
+        return cuda_bench(device, only, strcmp(precision, "fp32") ? MODEL_PRECISION_BF16 : MODEL_PRECISION_FP32,
+                          residual_bf16, runs, profile);
     if (rss_mode)
         return qwen05b_rss(threads);
     if (train_mode)

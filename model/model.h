@@ -170,6 +170,9 @@ struct model_cuda_options {
     uint32_t max_batch, max_seq;
     bool lm_head;                   /* room for model_cuda_last_logits ([max_batch, vocab]) */
     bool graphs;                    /* replay a CUDA graph per (batch, tokens, length) bucket */
+    bool residual_bf16; /* bf16 precision only (model_cuda_create refuses it with fp32): the
+                         * residual stream in bf16 too (less memory traffic, ~1e-2 relative
+                         * drift over the layers) */
 };
 
 /* "cpu" → -1, "cuda" → 0, "cuda:N" → N; false for anything else. */

@@ -75,6 +75,30 @@ void train_adamw_step(struct model *m, const float *grads, float *mom, float *ve
 double train_grad_norm(const float *grads, size_t n);
 void train_grad_scale(float *grads, size_t n, float scale);
 
+/* ---- training on a GPU (train_cuda.c) ----
+ * The same contract as the CPU's train_runner + train_adamw_step, on the CUDA backend: the
+ * model's parameters are copied to the device at creation (fp32 master copy, and a bf16 mirror
+ * the GEMMs read when bf16), stay there while training, and come back with train_cuda_download.
+ * Every call returns false with train_cuda_error set on failure; without the CUDA backend
+ * train_cuda_create fails with that reason. */
+struct train_cuda;
+struct train_cuda *train_cuda_create(struct model *m, int device, bool bf16, uint32_t max_batch,
+                                     uint32_t max_seq, char *err, size_t errlen);
+void train_cuda_free(struct train_cuda *t);
+/* As train_forward_backward: the mean loss (*loss, on the host) and its gradient added (+=). */
+bool train_cuda_forward_backward(struct train_cuda *t, enum train_objective objective,
+                                 const struct train_batch *batch, double *loss);
+bool train_cuda_zero_grads(struct train_cuda *t);
+bool train_cuda_grad_norm(struct train_cuda *t, double *norm);
+bool train_cuda_grad_scale(struct train_cuda *t, float scale);
+/* As train_adamw_step (moments kept on the device, zero at creation). */
+bool train_cuda_adamw_step(struct train_cuda *t, uint64_t step, float lr, const struct train_adamw *o);
+/* Blocks laid out as m->params (any may be NULL): parameters, gradients, moments. */
+bool train_cuda_download(struct train_cuda *t, float *params, float *grads, float *mom, float *vel);
+/* Back onto the device (resume): parameters and moments (any may be NULL). */
+bool train_cuda_upload(struct train_cuda *t, const float *params, const float *mom, const float *vel);
+const char *train_cuda_error(const struct train_cuda *t);
+
 enum train_schedule { TRAIN_SCHEDULE_CONSTANT = 0, TRAIN_SCHEDULE_LINEAR, TRAIN_SCHEDULE_COSINE };
 /* Learning rate for the optimizer step with 0-based index step: linear warmup over warmup steps
  * (from 0), then constant, linear to 0 at total, or cosine to 0 at total (Hugging Face's

@@ -1,5 +1,7 @@
 /* cuda_internal.h — what the CUDA backend's files (and its tests) share: the element types, the
- * kernel launchers of kernels.cu and attention.cu, the cuBLASLt wrapper of gemm.c.
+ * kernel launchers of kernels.cu and attention.cu, the cuBLASLt wrapper of gemm.c (forward and
+ * backward GEMMs; gemm_kernels.cu holds its bias-gradient kernel). The training kernels are in
+ * cuda_train.h.
  *
  * Only built when NETLM_HAVE_CUDA is defined. Kernels live in .cu files; everything that only
  * orders work on a stream is host C (engine.c, gemm.c). Every launcher enqueues on the stream it
@@ -11,7 +13,8 @@
  * seq_off[b] .. seq_off[b + 1] - 1 (seq_off is a device array of nseq + 1 entries; an empty
  * range is a padding slot of a batch bucket and yields zeros wherever a per-sequence output is
  * written). Activations are of the engine's element type T (fp32, or bf16 with fp32
- * arithmetic); the residual stream, norm weights and statistics are always fp32. */
+ * arithmetic); the residual stream is fp32 (bf16 with the engine's residual_bf16 option), norm
+ * weights and statistics always fp32. */
 #ifndef NETLM_MODEL_CUDA_INTERNAL_H
 #define NETLM_MODEL_CUDA_INTERNAL_H
 
@@ -60,14 +63,20 @@ void cu_host_to_f32(float *dst, const void *src, enum cu_dtype t, size_t n);
 enum cu_norm_kind { CU_NORM_LAYER = 0, CU_NORM_LAYER_UER, CU_NORM_RMS };
 enum cu_pool_kind { CU_POOL_MEAN = 0, CU_POOL_FIRST, CU_POOL_LAST, CU_POOL_MAX };
 
-/* x[row, C] (fp32) = wte[tokens[row]] (+ wpe[pos[row]] when wpe), tables of type t. */
-cudaError_t cu_embed(float *x, const void *wte, const void *wpe, enum cu_dtype t,
+/* The residual stream x of cu_embed and cu_norm is of type xt: fp32, or bf16 when the engine
+ * runs with residual_bf16 (half the traffic, one more rounding per residual add); the
+ * arithmetic is fp32 either way. */
+
+/* x[row, C] (type xt) = wte[tokens[row]] (+ wpe[pos[row]] when wpe), tables of type t; the sum
+ * in fp32, rounded once to xt. */
+cudaError_t cu_embed(void *x, enum cu_dtype xt, const void *wte, const void *wpe, enum cu_dtype t,
                      const uint32_t *tokens, const uint32_t *pos, uint32_t n, uint32_t c,
                      cudaStream_t s);
-/* y[n, c] (type t) = norm(x[n, c] fp32) · w (+ b): LayerNorm (biased variance, eps inside the
- * sqrt), UER's LayerNorm (unbiased std, eps added to it) or RMSNorm (b unused). */
-cudaError_t cu_norm(void *y, enum cu_dtype t, const float *x, const float *w, const float *b,
-                    uint32_t n, uint32_t c, float eps, enum cu_norm_kind kind, cudaStream_t s);
+/* y[n, c] (type t) = norm(x[n, c] of type xt) · w (+ b): LayerNorm (biased variance, eps inside
+ * the sqrt), UER's LayerNorm (unbiased std, eps added to it) or RMSNorm (b unused). */
+cudaError_t cu_norm(void *y, enum cu_dtype t, const void *x, enum cu_dtype xt, const float *w,
+                    const float *b, uint32_t n, uint32_t c, float eps, enum cu_norm_kind kind,
+                    cudaStream_t s);
 /* In place: GELU, tanh form (erf = false) or erf form. */
 cudaError_t cu_gelu(void *x, enum cu_dtype t, size_t count, bool erf, cudaStream_t s);
 /* gate_up rows [gate(f) | up(f)] → gate part = silu(gate) · up, in place (row stride 2f). */
@@ -144,6 +153,10 @@ void cu_gemm_free(struct cu_gemm *g);
 /* Disable the bias/GELU epilogues (always run the fallback kernel): for testing and for a
  * cuBLASLt that rejects them. Also set by the environment NETLM_CUDA_NO_EPILOGUE=1. */
 void cu_gemm_set_epilogues(struct cu_gemm *g, bool enabled);
+/* Time the heuristic's candidates (the default, unless NETLM_CUDA_GEMM_TUNE=0) or take its first.
+ * Training turns it off: the timed choice may differ between processes, and a resumed run must
+ * repeat the same algorithms to continue bit for bit. */
+void cu_gemm_set_tuning(struct cu_gemm *g, bool enabled);
 
 /* y[n, out] (type yt, row stride ldy) = x[n, in] (type abt, row stride ldx) · w[out, in]ᵀ
  * (type abt, packed) (+ bias, of type yt) (+ y when accumulate), then the tanh GELU when gelu
@@ -152,6 +165,28 @@ void cu_gemm_set_epilogues(struct cu_gemm *g, bool enabled);
 bool cu_gemm_run(struct cu_gemm *g, cudaStream_t s, enum cu_dtype abt, enum cu_dtype yt, void *y,
                  size_t ldy, const void *x, size_t ldx, const void *w, const void *bias, size_t n,
                  size_t in, size_t out, bool accumulate, bool gelu, char *err, size_t errlen);
+
+/* The backward GEMMs, as op_matmul_backward. fp32 operands compute in true fp32, bf16 operands
+ * accumulate in fp32. Pointers need only their element type's alignment (views into wider rows
+ * are fine). n, in or out = 0: nothing is written, true.
+ * dx[n, in] (type dxt, row stride lddx) = dy[n, out] (type abt, row stride ldy) · w[out, in]
+ * (type abt, packed), or += when accumulate. Only the n × in view of dx is written. */
+bool cu_gemm_dx(struct cu_gemm *g, cudaStream_t s, enum cu_dtype abt, enum cu_dtype dxt, void *dx,
+                size_t lddx, const void *dy, size_t ldy, const void *w, size_t n, size_t in,
+                size_t out, bool accumulate, char *err, size_t errlen);
+/* dw[out, in] (fp32, packed) += dy[n, out]ᵀ · x[n, in] (dy, x of type abt, row strides ldy, ldx);
+ * db[out] (fp32, NULL = none) += Σ over rows of dy. Deterministic: the same bits on every run
+ * of a process (the plan keeps its algorithm; across processes see NETLM_CUDA_GEMM_TUNE in
+ * gemm.c). Uses the cu_gemm's workspace as the bias gradient's scratch. */
+bool cu_gemm_dw(struct cu_gemm *g, cudaStream_t s, enum cu_dtype abt, float *dw, float *db,
+                const void *dy, size_t ldy, const void *x, size_t ldx, size_t n, size_t in,
+                size_t out, char *err, size_t errlen);
+/* (gemm_kernels.cu) db[out] (fp32) += Σ over the n rows of dy[n, out] (type t, row stride ldy),
+ * without atomics: per-chunk partials over fixed chunks of rows, then the partials in chunk
+ * order. The chunking depends on (n, out) alone whenever scratch holds 2²⁰ floats (fewer chunks
+ * when it holds less; one chunk, no scratch, when it cannot hold out floats). */
+cudaError_t cu_gemm_bias_grad(float *db, const void *dy, enum cu_dtype t, size_t ldy, size_t n,
+                              size_t out, float *scratch, size_t scratch_floats, cudaStream_t s);
 
 #ifdef __cplusplus
 }

@@ -92,6 +92,10 @@ cudaError_t cu_pool_backward(void *dxn, const float *dpooled, const void *xn, en
 cudaError_t cu_softmax_xent(float *z, size_t ld, float *loss, const uint32_t *target,
                             uint32_t rows, uint32_t v, float scale, cudaStream_t s);
 
+/* dst (type t) = src (fp32) over count values: the bf16 mirror of the parameters, and fp32
+ * gradients as the bf16 operand of a backward GEMM. */
+cudaError_t cu_convert_f32(void *dst, enum cu_dtype t, const float *src, size_t count, cudaStream_t s);
+
 /* ---- optimizer ---- */
 
 struct cu_adamw_step {

@@ -8,13 +8,17 @@
  * - weights: matrices and embeddings in the engine's type T (bf16, or fp32 for testing), the
  *   vocabulary padded to a multiple of 128 rows (zeros) so the LM head's GEMM has aligned tiles;
  *   norm weights/biases fp32; a projection's bias in the type of its GEMM's output (cuBLASLt's
- *   bias epilogue reads the output type): qkv and up biases T, o/down/classifier biases fp32.
+ *   bias epilogue reads the output type): qkv and up biases T, o/down biases of the residual's
+ *   type, classifier biases fp32.
  *   Qwen2's RoPE cos/sin tables (fp32, [max_seq, d/2]) are computed by the CPU's op_rope_tables,
  *   so both backends rotate by the same numbers.
  * - activations, packed real tokens as on the CPU (row r of sequence b at seq_off[b] + r): the
- *   residual stream x fp32 [tokens, C]; xn, qkv, att, ffn of type T; pooled/head/scores fp32.
- *   The residual adds are the o- and down-projection GEMMs accumulating into x (beta = 1), so
- *   the stream stays fp32 and no kernel passes over it only to add.
+ *   residual stream x [tokens, C] of type XT; xn, qkv, att, ffn of type T; pooled/head/scores
+ *   fp32. The residual adds are the o- and down-projection GEMMs accumulating into x (beta = 1),
+ *   so no kernel passes over it only to add. XT is fp32 by default (the stream sums 2 · layers
+ *   branch outputs at fp32 precision); with the residual_bf16 option it is bf16 as in
+ *   PyTorch's bf16 models: the norms read and those GEMMs read and write half the bytes, and
+ *   each add rounds the stream to bf16 once more.
  * - per call: the packed token ids, their positions and seq_off[batch + 1], copied from pinned
  *   host memory; scores (and pooled states, logits) copied back into pinned memory.
  *
@@ -63,11 +67,9 @@ void cu_host_to_f32(float *dst, const void *src, enum cu_dtype t, size_t n)
 struct cu_layer {
     float *ln1_w, *ln1_b, *ln2_w, *ln2_b;
     void *qkv_w, *qkv_b; /* bias T */
-    void *o_w;
-    float *o_b;
-    void *up_w, *up_b;   /* bias T */
-    void *down_w;
-    float *down_b;
+    void *o_w, *o_b;       /* bias XT */
+    void *up_w, *up_b;     /* bias T */
+    void *down_w, *down_b; /* bias XT */
 };
 
 enum tail { TAIL_CLASSIFY = 0, TAIL_LAST_LOGITS };
@@ -82,8 +84,8 @@ struct graph_slot {
 struct model_cuda {
     const struct model *m;
     struct model_cuda_options opt;
-    enum cu_dtype t;
-    size_t ts; /* sizeof T */
+    enum cu_dtype t, xt; /* activations and weights; the residual stream */
+    size_t ts, xs;       /* their sizes */
     uint32_t C, H, KV, d, QKV, F, FW, V, Vp, L;
     bool gpt2, has_cls;
     enum cu_norm_kind norm;
@@ -105,8 +107,7 @@ struct model_cuda {
     /* activations */
     void *ablock;
     size_t abytes;
-    float *x;
-    void *xn, *qkv, *att, *ffn;
+    void *x, *xn, *qkv, *att, *ffn;
     float *pooled32, *head32, *scores, *logits;
     void *pooled_t, *head_t;
     uint32_t *d_seq_off, *d_tokens, *d_pos;
@@ -246,7 +247,7 @@ static void place_weights(struct model_cuda *e, struct placer *p, const float *r
                           const float *rope_sin)
 {
     const struct model_weights *w = &e->m->w;
-    const enum cu_dtype T = e->t, F32 = CU_F32;
+    const enum cu_dtype T = e->t, XT = e->xt, F32 = CU_F32;
     const size_t C = e->C;
     e->wte = place(p, w->wte, (size_t)e->V * C, (size_t)e->Vp * C, T);
     if (e->gpt2)
@@ -259,13 +260,13 @@ static void place_weights(struct model_cuda *e, struct placer *p, const float *r
         cl->qkv_w = place(p, lw->qkv_w, (size_t)e->QKV * C, (size_t)e->QKV * C, T);
         cl->qkv_b = lw->qkv_b ? place(p, lw->qkv_b, e->QKV, e->QKV, T) : NULL;
         cl->o_w = place(p, lw->o_w, C * e->H * e->d, C * e->H * e->d, T);
-        cl->o_b = lw->o_b ? place(p, lw->o_b, C, C, F32) : NULL;
+        cl->o_b = lw->o_b ? place(p, lw->o_b, C, C, XT) : NULL;
         cl->ln2_w = place(p, lw->ln2_w, C, C, F32);
         cl->ln2_b = lw->ln2_b ? place(p, lw->ln2_b, C, C, F32) : NULL;
         cl->up_w = place(p, lw->up_w, (size_t)e->FW * C, (size_t)e->FW * C, T);
         cl->up_b = lw->up_b ? place(p, lw->up_b, e->FW, e->FW, T) : NULL;
         cl->down_w = place(p, lw->down_w, C * e->F, C * e->F, T);
-        cl->down_b = lw->down_b ? place(p, lw->down_b, C, C, F32) : NULL;
+        cl->down_b = lw->down_b ? place(p, lw->down_b, C, C, XT) : NULL;
     }
     e->lnf_w = place(p, w->lnf_w, C, C, F32);
     e->lnf_b = w->lnf_b ? place(p, w->lnf_b, C, C, F32) : NULL;
@@ -326,7 +327,7 @@ static void place_activations(struct model_cuda *e, char *base, size_t *total)
         const size_t bytes_ = (bytes);                                                            \
         off = align_up(off + (bytes_ > 0 ? bytes_ : 1), ALIGN_BYTES);                             \
     } while (0)
-    CARVE(x, float *, N * C * sizeof(float));
+    CARVE(x, void *, N * C * e->xs);
     CARVE(xn, void *, N * C * ts);
     CARVE(qkv, void *, N * e->QKV * ts);
     CARVE(att, void *, N * e->H * e->d * ts);
@@ -381,6 +382,12 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
                  o->max_seq, c->max_positions);
         return NULL;
     }
+    if (o->residual_bf16 && o->precision != MODEL_PRECISION_BF16) {
+        /* the fp32 engine is the reference the bf16 one is checked against: refused rather
+         * than silently ignored, so a caller asking for both learns which one it got */
+        snprintf(err, errlen, "cuda: residual_bf16 needs precision bf16");
+        return NULL;
+    }
     if (c->head_dim > 128) {
         snprintf(err, errlen, "cuda: head_dim %u is not supported (at most 128)", c->head_dim);
         return NULL;
@@ -403,6 +410,8 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
     e->opt = *o;
     e->t = o->precision == MODEL_PRECISION_FP32 ? CU_F32 : CU_BF16;
     e->ts = cu_dtype_size(e->t);
+    e->xt = o->residual_bf16 ? CU_BF16 : CU_F32;
+    e->xs = cu_dtype_size(e->xt);
     e->gpt2 = c->arch == MODEL_ARCH_GPT2;
     e->C = c->hidden;
     e->H = c->heads;
@@ -500,18 +509,18 @@ const char *model_cuda_error(const struct model_cuda *e) { return e->err; }
 static bool enqueue(struct model_cuda *e, enum tail tail)
 {
     const cudaStream_t s = e->stream;
-    const enum cu_dtype T = e->t;
+    const enum cu_dtype T = e->t, XT = e->xt;
     const uint32_t n = e->rows, C = e->C, Hd = e->H * e->d;
     const float eps = e->m->cfg.norm_eps;
 
     if (e->prof.on) /* ~5 ms at 2 GHz: the host enqueues the whole forward meanwhile */
         CK(cu_spin(10000000LL, s), "profile head start");
     profile_mark(e, "start");
-    CK(cu_embed(e->x, e->wte, e->gpt2 ? e->wpe : NULL, T, e->d_tokens, e->d_pos, n, C, s), "embedding");
+    CK(cu_embed(e->x, XT, e->wte, e->gpt2 ? e->wpe : NULL, T, e->d_tokens, e->d_pos, n, C, s), "embedding");
     profile_mark(e, "embedding");
     for (uint32_t l = 0; l < e->m->cfg.layers; l++) {
         const struct cu_layer *cl = &e->layers[l];
-        CK(cu_norm(e->xn, T, e->x, cl->ln1_w, cl->ln1_b, n, C, eps, e->norm, s), "norm 1");
+        CK(cu_norm(e->xn, T, e->x, XT, cl->ln1_w, cl->ln1_b, n, C, eps, e->norm, s), "norm 1");
         profile_mark(e, "norm");
         GEMM(T, T, e->qkv, e->QKV, e->xn, C, cl->qkv_w, cl->qkv_b, n, C, e->QKV, false, false);
         profile_mark(e, "gemm qkv");
@@ -523,9 +532,9 @@ static bool enqueue(struct model_cuda *e, enum tail tail)
         CK(cu_attention(e->att, Hd, e->qkv, e->QKV, T, e->d_seq_off, e->nseq, e->max_len, e->H,
                         e->KV, e->d, 1.0f / sqrtf((float)e->d), CU_ATTN_AUTO, s), "attention");
         profile_mark(e, "attention");
-        GEMM(T, CU_F32, e->x, C, e->att, Hd, cl->o_w, cl->o_b, n, Hd, C, true, false);
+        GEMM(T, XT, e->x, C, e->att, Hd, cl->o_w, cl->o_b, n, Hd, C, true, false);
         profile_mark(e, "gemm o +residual");
-        CK(cu_norm(e->xn, T, e->x, cl->ln2_w, cl->ln2_b, n, C, eps, e->norm, s), "norm 2");
+        CK(cu_norm(e->xn, T, e->x, XT, cl->ln2_w, cl->ln2_b, n, C, eps, e->norm, s), "norm 2");
         profile_mark(e, "norm");
         if (e->gpt2) {
             /* cuBLASLt's GELU epilogue is the tanh form but evaluates tanh its own way (~1e-3,
@@ -543,10 +552,10 @@ static bool enqueue(struct model_cuda *e, enum tail tail)
             CK(cu_swiglu(e->ffn, T, n, e->F, s), "swiglu");
             profile_mark(e, "swiglu");
         }
-        GEMM(T, CU_F32, e->x, C, e->ffn, e->FW, cl->down_w, cl->down_b, n, e->F, C, true, false);
+        GEMM(T, XT, e->x, C, e->ffn, e->FW, cl->down_w, cl->down_b, n, e->F, C, true, false);
         profile_mark(e, "gemm down +residual");
     }
-    CK(cu_norm(e->xn, T, e->x, e->lnf_w, e->lnf_b, n, C, eps, e->norm, s), "final norm");
+    CK(cu_norm(e->xn, T, e->x, XT, e->lnf_w, e->lnf_b, n, C, eps, e->norm, s), "final norm");
     profile_mark(e, "norm");
 
     if (tail == TAIL_CLASSIFY) {

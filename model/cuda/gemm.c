@@ -7,6 +7,19 @@
  * is what nn.Linear's bias is. The residual add of the transformer is this GEMM with beta = 1 and
  * C = D = the fp32 residual stream: no separate pass over it.
  *
+ * The backward GEMMs (cu_gemm_dx, cu_gemm_dw), in the same terms (dy[n, out] is dyᶜ[out, n], ld
+ * ldy; x[n, in] is xᶜ[in, n], ld ldx; W[out, in] is Wᶜ[in, out], ld in):
+ * - dx[n, in] = dy · W: dxᶜ[in, n] = Wᶜ · dyᶜ, i.e. dxᶜ[i, r] = Σ_o W[o, i]·dy[r, o]. A = W with
+ *   op N (in × out, ld in), B = dy with op N (out × n, ld ldy), C = D = dx (in × n, ld lddx);
+ *   m = in, n = n, k = out.
+ * - dW[out, in] += dyᵀ · x: dWᶜ[in, out] = xᶜ · dyᶜᵀ, i.e. dWᶜ[i, o] = Σ_r x[r, i]·dy[r, o].
+ *   A = x with op N (in × n, ld ldx), B = dy with op T (stored out × n, ld ldy), C = D = dW
+ *   (in × out, ld in), beta = 1; m = in, n = out, k = n (the rows).
+ * db += Σ_rows dy is not cuBLASLt's BGRADB epilogue (which stores rather than adds, so it would
+ * need a scratch vector and an add anyway, and says nothing of its summation order): it is
+ * cu_gemm_bias_grad (gemm_kernels.cu), fixed chunks of rows in a fixed order, its partials in the
+ * cuBLASLt workspace (free between GEMMs on the one stream).
+ *
  * Precision: CUBLAS_COMPUTE_32F in both modes. With fp32 operands that is true fp32 (TF32 only
  * with _FAST_TF32, never asked for); with bf16 operands the products accumulate in fp32 and D is
  * rounded once to its type. When cuBLASLt offers no algorithm with a bias or GELU epilogue for a
@@ -16,7 +29,10 @@
  * of small batches (few output tiles, one wave on part of the chip). When a plan is made outside
  * a graph capture, its top few candidates are timed on the real operands, writing into a
  * scratch output (a residual GEMM must not add twice), and the fastest is kept.
- * NETLM_CUDA_GEMM_TUNE=0 keeps the heuristic's first. */
+ * NETLM_CUDA_GEMM_TUNE=0 keeps the heuristic's first. Within a process a plan keeps its algorithm,
+ * so a GEMM repeats bit for bit (cuBLAS: same bits for the same algorithm on the same GPU model);
+ * across processes the timing may pick another algorithm: bit-for-bit repeatable training runs
+ * want NETLM_CUDA_GEMM_TUNE=0. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,12 +45,21 @@
 
 enum { EPI_NONE = 0, EPI_BIAS = 1, EPI_GELU = 2 }; /* bit set */
 
+/* Everything that shapes a plan's descriptors, in cuBLASLt's column-major terms: D[m, n] =
+ * op(A)[m, k] · op(B)[k, n] (+ C, C = D). The heuristic assumes 256-byte aligned A, B, C and D
+ * unless told less, so the pointers' alignments (bytes, at most 256) are part of the key; the
+ * forward passes 256 as it always has. */
+struct gemm_key {
+    cublasOperation_t opa, opb;
+    enum cu_dtype abt, dt; /* A and B; C and D */
+    size_t m, n, k, lda, ldb, ldd;
+    uint32_t align_a, align_b, align_d;
+    int epi;
+};
+
 struct cu_gemm_plan {
     bool used;
-    /* key */
-    enum cu_dtype abt, yt;
-    size_t n, in, out, ldx, ldy;
-    int epi;
+    struct gemm_key key;
     /* value */
     bool fallback; /* cuBLASLt had no algorithm with the epilogue: apply it with cu_bias_act */
     cublasLtMatmulDesc_t desc;
@@ -56,6 +81,24 @@ struct cu_gemm {
 };
 
 static cudaDataType_t lt_type(enum cu_dtype t) { return t == CU_BF16 ? CUDA_R_16BF : CUDA_R_32F; }
+
+static bool key_eq(const struct gemm_key *a, const struct gemm_key *b)
+{
+    return a->opa == b->opa && a->opb == b->opb && a->abt == b->abt && a->dt == b->dt &&
+           a->m == b->m && a->n == b->n && a->k == b->k && a->lda == b->lda && a->ldb == b->ldb &&
+           a->ldd == b->ldd && a->align_a == b->align_a && a->align_b == b->align_b &&
+           a->align_d == b->align_d && a->epi == b->epi;
+}
+
+/* The largest power of two ≤ 256 that divides the address (NULL: 256). */
+static uint32_t ptr_align(const void *p)
+{
+    const uintptr_t a = (uintptr_t)p;
+    uint32_t al = 256;
+    while (al > 1 && (a & (al - 1)))
+        al >>= 1;
+    return al;
+}
 
 struct cu_gemm *cu_gemm_create(size_t workspace_bytes, char *err, size_t errlen)
 {
@@ -128,17 +171,25 @@ void cu_gemm_set_epilogues(struct cu_gemm *g, bool enabled)
         plan_release(&g->plans[i]);
 }
 
+void cu_gemm_set_tuning(struct cu_gemm *g, bool enabled)
+{
+    g->tune = enabled && g->tune_ev[0] && g->tune_ev[1];
+    for (unsigned i = 0; i < CU_GEMM_PLANS; i++)
+        plan_release(&g->plans[i]);
+}
+
 /* The median time of TUNE_RUNS runs of candidate algo (after one untimed), or a negative value
- * when it fails. Output into the scratch: D of the real call may be an input (the residual). */
+ * when it fails. Output into the scratch with beta = 0: D of the real call may be an input (the
+ * residual, dx or dW accumulated onto), which a timed run must never change. */
 static float tune_time(struct cu_gemm *g, const struct cu_gemm_plan *p, const cublasLtMatmulAlgo_t *algo,
-                       const void *w, const void *x, cudaStream_t s)
+                       const void *a, const void *b, cudaStream_t s)
 {
     const float alpha = 1.0f, beta = 0.0f;
     float ms[TUNE_RUNS];
     for (int r = -1; r < TUNE_RUNS; r++) {
         if (r >= 0 && cudaEventRecord(g->tune_ev[0], s) != cudaSuccess)
             return -1.0f;
-        if (cublasLtMatmul(g->lt, p->desc, &alpha, w, p->a, x, p->b, &beta, g->tune_out, p->c,
+        if (cublasLtMatmul(g->lt, p->desc, &alpha, a, p->a, b, p->b, &beta, g->tune_out, p->c,
                            g->tune_out, p->c, algo, g->workspace, g->workspace_bytes, s))
             return -1.0f;
         if (r >= 0 && (cudaEventRecord(g->tune_ev[1], s) != cudaSuccess ||
@@ -158,14 +209,15 @@ static float tune_time(struct cu_gemm *g, const struct cu_gemm_plan *p, const cu
 /* Of the heuristic's candidates res[0..found), the fastest on these operands (index). Any
  * failure keeps the heuristic's first: tuning is an optimisation, never an error. */
 static int tune_pick(struct cu_gemm *g, const struct cu_gemm_plan *p,
-                     const cublasLtMatmulHeuristicResult_t *res, int found, const void *w,
-                     const void *x, cudaStream_t s)
+                     const cublasLtMatmulHeuristicResult_t *res, int found, const void *a,
+                     const void *b, cudaStream_t s)
 {
     enum cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
-    if (!g->tune || found < 2 || !w || !x || cudaStreamIsCapturing(s, &cap) != cudaSuccess ||
+    if (!g->tune || found < 2 || !a || !b || cudaStreamIsCapturing(s, &cap) != cudaSuccess ||
         cap != cudaStreamCaptureStatusNone)
         return 0;
-    const size_t bytes = p->n * p->ldy * cu_dtype_size(p->yt);
+    /* D's n columns of ldd elements: a cudaMalloc'd scratch is at least as aligned as D */
+    const size_t bytes = p->key.n * p->key.ldd * cu_dtype_size(p->key.dt);
     if (bytes > g->tune_bytes) {
         cudaFree(g->tune_out);
         g->tune_out = NULL;
@@ -184,7 +236,7 @@ static int tune_pick(struct cu_gemm *g, const struct cu_gemm_plan *p,
     for (int i = 0; i < found; i++) {
         if (res[i].state != CUBLAS_STATUS_SUCCESS)
             continue;
-        float ms = tune_time(g, p, &res[i].algo, w, x, s);
+        float ms = tune_time(g, p, &res[i].algo, a, b, s);
         if (ms >= 0.0f && (best_ms < 0.0f || ms < best_ms)) {
             best = i;
             best_ms = ms;
@@ -196,13 +248,13 @@ static int tune_pick(struct cu_gemm *g, const struct cu_gemm_plan *p,
 
 /* Descriptors for epilogue epi; then the heuristic's candidates, the fastest kept. */
 static cublasStatus_t plan_build(struct cu_gemm *g, struct cu_gemm_plan *p, int epi,
-                                 const void *bias, const void *w, const void *x, cudaStream_t s)
+                                 const void *bias, const void *a, const void *b, cudaStream_t s)
 {
     cublasStatus_t st;
-    const cublasOperation_t opa = CUBLAS_OP_T, opb = CUBLAS_OP_N;
+    const struct gemm_key *k = &p->key;
     if ((st = cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F)) ||
-        (st = cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa)) ||
-        (st = cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb)))
+        (st = cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &k->opa, sizeof k->opa)) ||
+        (st = cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &k->opb, sizeof k->opb)))
         return st;
     if (epi) {
         cublasLtEpilogue_t e = epi == (EPI_BIAS | EPI_GELU) ? CUBLASLT_EPILOGUE_GELU_BIAS
@@ -213,21 +265,34 @@ static cublasStatus_t plan_build(struct cu_gemm *g, struct cu_gemm_plan *p, int 
         if (epi & EPI_BIAS) {
             /* the heuristic reads the pointer's alignment; every bias the engine passes is
              * 256-byte aligned, so the plan stays valid for the other layers' biases */
-            int32_t bt = (int32_t)lt_type(p->yt);
+            int32_t bt = (int32_t)lt_type(k->dt);
             if ((st = cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt)) ||
                 (st = cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias)))
                 return st;
         }
     }
-    if ((st = cublasLtMatrixLayoutCreate(&p->a, lt_type(p->abt), p->in, p->out, (int64_t)p->in)) ||
-        (st = cublasLtMatrixLayoutCreate(&p->b, lt_type(p->abt), p->in, p->n, (int64_t)p->ldx)) ||
-        (st = cublasLtMatrixLayoutCreate(&p->c, lt_type(p->yt), p->out, p->n, (int64_t)p->ldy)))
+    /* stored shapes: op N keeps A as m × k and B as k × n; op T stores their transposes */
+    const bool na = k->opa == CUBLAS_OP_N, nb = k->opb == CUBLAS_OP_N;
+    if ((st = cublasLtMatrixLayoutCreate(&p->a, lt_type(k->abt), na ? k->m : k->k,
+                                         na ? k->k : k->m, (int64_t)k->lda)) ||
+        (st = cublasLtMatrixLayoutCreate(&p->b, lt_type(k->abt), nb ? k->k : k->n,
+                                         nb ? k->n : k->k, (int64_t)k->ldb)) ||
+        (st = cublasLtMatrixLayoutCreate(&p->c, lt_type(k->dt), k->m, k->n, (int64_t)k->ldd)))
         return st;
     cublasLtMatmulPreference_t pref;
     if ((st = cublasLtMatmulPreferenceCreate(&pref)))
         return st;
     st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                               &g->workspace_bytes, sizeof g->workspace_bytes);
+    /* less than the default 256-byte alignment: only algorithms that cope (C is D) */
+    if (!st && (k->align_a < 256 || k->align_b < 256 || k->align_d < 256)) {
+        const cublasLtMatmulPreferenceAttributes_t at[4] = {
+            CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+            CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+        const uint32_t *al[4] = {&k->align_a, &k->align_b, &k->align_d, &k->align_d};
+        for (int i = 0; i < 4 && !st; i++)
+            st = cublasLtMatmulPreferenceSetAttribute(pref, at[i], al[i], sizeof *al[i]);
+    }
     cublasLtMatmulHeuristicResult_t res[TUNE_CANDIDATES];
     int found = 0;
     if (!st)
@@ -238,19 +303,17 @@ static cublasStatus_t plan_build(struct cu_gemm *g, struct cu_gemm_plan *p, int 
         return st;
     if (found < 1 || res[0].state != CUBLAS_STATUS_SUCCESS)
         return CUBLAS_STATUS_NOT_SUPPORTED;
-    p->algo = res[tune_pick(g, p, res, found, w, x, s)].algo;
+    p->algo = res[tune_pick(g, p, res, found, a, b, s)].algo;
     return CUBLAS_STATUS_SUCCESS;
 }
 
-static struct cu_gemm_plan *plan_get(struct cu_gemm *g, enum cu_dtype abt, enum cu_dtype yt,
-                                     size_t n, size_t in, size_t out, size_t ldx, size_t ldy,
-                                     int epi, const void *bias, const void *w, const void *x,
+static struct cu_gemm_plan *plan_get(struct cu_gemm *g, const struct gemm_key *key,
+                                     const void *bias, const void *a, const void *b,
                                      cudaStream_t s, cublasStatus_t *status)
 {
     for (unsigned i = 0; i < CU_GEMM_PLANS; i++) {
         struct cu_gemm_plan *p = &g->plans[i];
-        if (p->used && p->abt == abt && p->yt == yt && p->n == n && p->in == in && p->out == out &&
-            p->ldx == ldx && p->ldy == ldy && p->epi == epi)
+        if (p->used && key_eq(&p->key, key))
             return p;
     }
     unsigned slot = CU_GEMM_PLANS;
@@ -262,17 +325,16 @@ static struct cu_gemm_plan *plan_get(struct cu_gemm *g, enum cu_dtype abt, enum 
         plan_release(&g->plans[slot]);
     }
     struct cu_gemm_plan *p = &g->plans[slot];
-    *p = (struct cu_gemm_plan){.used = true, .abt = abt, .yt = yt, .n = n, .in = in, .out = out,
-                               .ldx = ldx, .ldy = ldy, .epi = epi};
-    cublasStatus_t st = plan_build(g, p, g->epilogues ? epi : EPI_NONE, bias, w, x, s);
+    const int epi = key->epi;
+    *p = (struct cu_gemm_plan){.used = true, .key = *key};
+    cublasStatus_t st = plan_build(g, p, g->epilogues ? epi : EPI_NONE, bias, a, b, s);
     if (st == CUBLAS_STATUS_SUCCESS && epi && !g->epilogues)
         p->fallback = true;
     if (st != CUBLAS_STATUS_SUCCESS && epi && g->epilogues) {
         /* no algorithm with this epilogue: the plain GEMM and the fallback kernel */
         plan_release(p);
-        *p = (struct cu_gemm_plan){.used = true, .abt = abt, .yt = yt, .n = n, .in = in,
-                                   .out = out, .ldx = ldx, .ldy = ldy, .epi = epi, .fallback = true};
-        st = plan_build(g, p, EPI_NONE, NULL, w, x, s);
+        *p = (struct cu_gemm_plan){.used = true, .key = *key, .fallback = true};
+        st = plan_build(g, p, EPI_NONE, NULL, a, b, s);
     }
     if (st != CUBLAS_STATUS_SUCCESS) {
         plan_release(p);
@@ -293,8 +355,12 @@ bool cu_gemm_run(struct cu_gemm *g, cudaStream_t s, enum cu_dtype abt, enum cu_d
         return false;
     }
     const int epi = (bias ? EPI_BIAS : 0) | (gelu ? EPI_GELU : 0);
+    /* yᶜ[out, n] = Wᶜᵀ · xᶜ (the header comment) */
+    const struct gemm_key key = {.opa = CUBLAS_OP_T, .opb = CUBLAS_OP_N, .abt = abt, .dt = yt,
+                                 .m = out, .n = n, .k = in, .lda = in, .ldb = ldx, .ldd = ldy,
+                                 .align_a = 256, .align_b = 256, .align_d = 256, .epi = epi};
     cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
-    struct cu_gemm_plan *p = plan_get(g, abt, yt, n, in, out, ldx, ldy, epi, bias, w, x, s, &st);
+    struct cu_gemm_plan *p = plan_get(g, &key, bias, w, x, s, &st);
     if (!p) {
         snprintf(err, errlen, "cuda: no cuBLASLt algorithm for %zu×%zu×%zu (%s → %s): status %d",
                  n, in, out, abt == CU_BF16 ? "bf16" : "fp32", yt == CU_BF16 ? "bf16" : "fp32",
@@ -319,6 +385,71 @@ bool cu_gemm_run(struct cu_gemm *g, cudaStream_t s, enum cu_dtype abt, enum cu_d
         cudaError_t ce = cu_bias_act(y, yt, ldy, bias, (uint32_t)n, (uint32_t)out, gelu, s);
         if (ce != cudaSuccess) {
             snprintf(err, errlen, "cuda: bias/GELU kernel: %s", cudaGetErrorString(ce));
+            return false;
+        }
+    }
+    return true;
+}
+
+/* D = A·B (+ D when beta = 1) for a key without epilogue; what names it in errors. */
+static bool gemm_plain(struct cu_gemm *g, cudaStream_t s, const struct gemm_key *key,
+                       const void *a, const void *b, void *d, float beta, const char *what,
+                       char *err, size_t errlen)
+{
+    cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
+    struct cu_gemm_plan *p = plan_get(g, key, NULL, a, b, s, &st);
+    if (!p) {
+        snprintf(err, errlen,
+                 "cuda: no cuBLASLt algorithm for the %s GEMM m %zu n %zu k %zu (%s → %s): status %d",
+                 what, key->m, key->n, key->k, key->abt == CU_BF16 ? "bf16" : "fp32",
+                 key->dt == CU_BF16 ? "bf16" : "fp32", (int)st);
+        return false;
+    }
+    const float alpha = 1.0f;
+    st = cublasLtMatmul(g->lt, p->desc, &alpha, a, p->a, b, p->b, &beta, d, p->c, d, p->c,
+                        &p->algo, g->workspace, g->workspace_bytes, s);
+    if (st) {
+        snprintf(err, errlen, "cuda: cublasLtMatmul (%s) m %zu n %zu k %zu failed: status %d", what,
+                 key->m, key->n, key->k, (int)st);
+        return false;
+    }
+    return true;
+}
+
+bool cu_gemm_dx(struct cu_gemm *g, cudaStream_t s, enum cu_dtype abt, enum cu_dtype dxt, void *dx,
+                size_t lddx, const void *dy, size_t ldy, const void *w, size_t n, size_t in,
+                size_t out, bool accumulate, char *err, size_t errlen)
+{
+    if (n == 0 || in == 0 || out == 0)
+        return true;
+    /* dxᶜ[in, n] = Wᶜ[in, out] · dyᶜ[out, n] (the header comment) */
+    const struct gemm_key key = {.opa = CUBLAS_OP_N, .opb = CUBLAS_OP_N, .abt = abt, .dt = dxt,
+                                 .m = in, .n = n, .k = out, .lda = in, .ldb = ldy, .ldd = lddx,
+                                 .align_a = ptr_align(w), .align_b = ptr_align(dy),
+                                 .align_d = ptr_align(dx), .epi = EPI_NONE};
+    return gemm_plain(g, s, &key, w, dy, dx, accumulate ? 1.0f : 0.0f, "dx", err, errlen);
+}
+
+bool cu_gemm_dw(struct cu_gemm *g, cudaStream_t s, enum cu_dtype abt, float *dw, float *db,
+                const void *dy, size_t ldy, const void *x, size_t ldx, size_t n, size_t in,
+                size_t out, char *err, size_t errlen)
+{
+    if (n == 0 || in == 0 || out == 0)
+        return true;
+    /* dWᶜ[in, out] += xᶜ[in, n] · (dyᶜ[out, n])ᵀ (the header comment) */
+    const struct gemm_key key = {.opa = CUBLAS_OP_N, .opb = CUBLAS_OP_T, .abt = abt, .dt = CU_F32,
+                                 .m = in, .n = out, .k = n, .lda = ldx, .ldb = ldy, .ldd = in,
+                                 .align_a = ptr_align(x), .align_b = ptr_align(dy),
+                                 .align_d = ptr_align(dw), .epi = EPI_NONE};
+    if (!gemm_plain(g, s, &key, x, dy, dw, 1.0f, "dW", err, errlen))
+        return false;
+    if (db) {
+        /* after the GEMM on the same stream, so its workspace is free for the partials */
+        cudaError_t ce = cu_gemm_bias_grad(db, dy, abt, ldy, n, out, (float *)g->workspace,
+                                           g->workspace_bytes / sizeof(float), s);
+        if (ce != cudaSuccess) {
+            snprintf(err, errlen, "cuda: bias gradient kernel (%zu rows × %zu): %s", n, out,
+                     cudaGetErrorString(ce));
             return false;
         }
     }

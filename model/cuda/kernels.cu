@@ -5,6 +5,8 @@
  * Each kernel is templated on the activation type T (float, or __nv_bfloat16 read and written
  * as such with fp32 arithmetic) and mirrors one CPU op of ops.c formula for formula, so the fp32
  * instantiation agrees with the CPU to rounding (1e-5 relative, tests/unit/test_cuda_ops.c).
+ * The embedding and the norms, which write and read the residual stream, are also templated on
+ * its type XT (fp32, or bf16 with the engine's residual_bf16).
  * The memory-bound ones are one pass each, the fusion that matters (the residual add) happens in
  * the GEMM epilogue instead (engine.c). Row-shaped ones run on a (column blocks, rows) grid with
  * 16-byte accesses where the row width allows, so no thread divides a 64-bit index (an emulated
@@ -38,12 +40,24 @@ __device__ __forceinline__ float gelu_erf(float v)
     return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
 }
 
-/* VW consecutive elements of T as fp32: one 16-byte access when VW · sizeof(T) is 16 (the
- * caller checks the alignment), else VW scalar accesses. */
+/* The register type of one access of BYTES bytes. */
+template <size_t BYTES> struct raw_vec;
+template <> struct raw_vec<16> { typedef uint4 type; };
+template <> struct raw_vec<8> { typedef uint2 type; };
+
+template <typename T, uint32_t VW> __host__ __device__ constexpr bool is_vector_access()
+{
+    return VW * sizeof(T) == 16 || VW * sizeof(T) == 8;
+}
+
+/* VW consecutive elements of T as fp32: one 16- or 8-byte access when VW · sizeof(T) is 16 or 8
+ * (8: the 4 bf16 that go with a float4 elsewhere in the kernel; the caller checks the
+ * alignment), else VW scalar accesses. */
 template <typename T, uint32_t VW> __device__ __forceinline__ void load_vec(float *v, const T *p)
 {
-    if constexpr (VW * sizeof(T) == 16) {
-        const uint4 raw = *reinterpret_cast<const uint4 *>(p);
+    if constexpr (is_vector_access<T, VW>()) {
+        typedef typename raw_vec<VW * sizeof(T)>::type raw_t;
+        const raw_t raw = *reinterpret_cast<const raw_t *>(p);
         const T *e = reinterpret_cast<const T *>(&raw);
 #pragma unroll
         for (uint32_t i = 0; i < VW; i++)
@@ -57,13 +71,14 @@ template <typename T, uint32_t VW> __device__ __forceinline__ void load_vec(floa
 
 template <typename T, uint32_t VW> __device__ __forceinline__ void store_vec(T *p, const float *v)
 {
-    if constexpr (VW * sizeof(T) == 16) {
-        uint4 raw;
+    if constexpr (is_vector_access<T, VW>()) {
+        typedef typename raw_vec<VW * sizeof(T)>::type raw_t;
+        raw_t raw;
         T *e = reinterpret_cast<T *>(&raw);
 #pragma unroll
         for (uint32_t i = 0; i < VW; i++)
             e[i] = from_f<T>(v[i]);
-        *reinterpret_cast<uint4 *>(p) = raw;
+        *reinterpret_cast<raw_t *>(p) = raw;
     } else {
 #pragma unroll
         for (uint32_t i = 0; i < VW; i++)
@@ -89,14 +104,14 @@ inline void row_grid(dim3 *grid, unsigned *threads, size_t per_row, uint32_t row
     grid->z = 1;
 }
 
-template <typename T, uint32_t VW>
-__global__ void embed_kernel(float *x, const T *wte, const T *wpe, const uint32_t *tokens,
+template <typename T, typename XT, uint32_t VW>
+__global__ void embed_kernel(XT *x, const T *wte, const T *wpe, const uint32_t *tokens,
                              const uint32_t *pos, uint32_t n, uint32_t c)
 {
     const uint32_t vecs = c / VW;
     for (uint32_t row = blockIdx.y; row < n; row += gridDim.y) {
         const T *e = wte + (size_t)tokens[row] * c, *p = wpe ? wpe + (size_t)pos[row] * c : NULL;
-        float *xr = x + (size_t)row * c;
+        XT *xr = x + (size_t)row * c;
         for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < vecs; i += gridDim.x * blockDim.x) {
             float v[VW], pv[VW];
             load_vec<T, VW>(v, e + i * VW);
@@ -106,7 +121,7 @@ __global__ void embed_kernel(float *x, const T *wte, const T *wpe, const uint32_
                 for (uint32_t k = 0; k < VW; k++)
                     v[k] += pv[k];
             }
-            store_vec<float, VW>(xr + i * VW, v);
+            store_vec<XT, VW>(xr + i * VW, v);
         }
     }
 }
@@ -121,31 +136,31 @@ __device__ __forceinline__ float norm_scale(float ss, uint32_t c, float eps, int
 }
 
 /* One warp per row; three passes over the row (mean, spread, output), the later ones from L1. */
-template <typename T>
-__global__ void norm_kernel(T *y, const float *x, const float *w, const float *b, uint32_t n,
+template <typename T, typename XT>
+__global__ void norm_kernel(T *y, const XT *x, const float *w, const float *b, uint32_t n,
                             uint32_t c, float eps, int kind)
 {
     const uint32_t warps = blockDim.x / 32;
     const uint32_t row = blockIdx.x * warps + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= n)
         return;
-    const float *xr = x + (size_t)row * c;
+    const XT *xr = x + (size_t)row * c;
     float mean = 0.0f;
     if (kind != CU_NORM_RMS) {
         float s = 0.0f;
         for (uint32_t j = lane; j < c; j += 32)
-            s += xr[j];
+            s += to_f(xr[j]);
         mean = warp_sum(s) / (float)c;
     }
     float ss = 0.0f;
     for (uint32_t j = lane; j < c; j += 32) {
-        const float d = xr[j] - mean;
+        const float d = to_f(xr[j]) - mean;
         ss += d * d;
     }
     const float scale = norm_scale(warp_sum(ss), c, eps, kind);
     T *yr = y + (size_t)row * c;
     for (uint32_t j = lane; j < c; j += 32) {
-        float v = (xr[j] - mean) * scale * w[j];
+        float v = (to_f(xr[j]) - mean) * scale * w[j];
         if (b)
             v += b[j];
         yr[j] = from_f<T>(v);
@@ -154,21 +169,21 @@ __global__ void norm_kernel(T *y, const float *x, const float *w, const float *b
 
 /* The same for rows of at most 32 × MAXV values: the row is read from device memory once into
  * registers (fully unrolled, so the array stays in registers), then reduced twice and written. */
-template <typename T, int MAXV>
-__global__ void norm_kernel_regs(T *y, const float *x, const float *w, const float *b, uint32_t n,
+template <typename T, typename XT, int MAXV>
+__global__ void norm_kernel_regs(T *y, const XT *x, const float *w, const float *b, uint32_t n,
                                  uint32_t c, float eps, int kind)
 {
     const uint32_t warps = blockDim.x / 32;
     const uint32_t row = blockIdx.x * warps + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= n)
         return;
-    const float *xr = x + (size_t)row * c;
+    const XT *xr = x + (size_t)row * c;
     float v[MAXV];
     float s = 0.0f;
 #pragma unroll
     for (int k = 0; k < MAXV; k++) {
         const uint32_t j = lane + 32 * k;
-        v[k] = j < c ? xr[j] : 0.0f;
+        v[k] = j < c ? to_f(xr[j]) : 0.0f;
         s += v[k];
     }
     const float mean = kind == CU_NORM_RMS ? 0.0f : warp_sum(s) / (float)c;
@@ -207,10 +222,25 @@ template <> __device__ __forceinline__ void store4<bf16>(bf16 *p, float a, float
     *reinterpret_cast<uint2 *>(p) = raw;
 }
 
-/* norm_kernel_regs with 16-byte loads: rows of c values, c a multiple of 4 and at most
- * 128 × MAXV4; lane l holds float4s l, l + 32, ... of its row. */
-template <typename T, int MAXV4>
-__global__ void norm_kernel_vec(T *y, const float *x, const float *w, const float *b, uint32_t n,
+/* Four consecutive residual values as fp32: one 16-byte load of fp32, one 8-byte load of bf16
+ * (4-value aligned p). */
+template <typename XT> __device__ __forceinline__ float4 load4(const XT *p);
+template <> __device__ __forceinline__ float4 load4<float>(const float *p)
+{
+    return *reinterpret_cast<const float4 *>(p);
+}
+template <> __device__ __forceinline__ float4 load4<bf16>(const bf16 *p)
+{
+    const uint2 raw = *reinterpret_cast<const uint2 *>(p);
+    const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&raw.x));
+    const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&raw.y));
+    return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
+
+/* norm_kernel_regs with vector loads (16 bytes of fp32 x, 8 of bf16): rows of c values, c a
+ * multiple of 4 and at most 128 × MAXV4; lane l holds values 4l.., 4(l + 32).., ... of its row. */
+template <typename T, typename XT, int MAXV4>
+__global__ void norm_kernel_vec(T *y, const XT *x, const float *w, const float *b, uint32_t n,
                                 uint32_t c, float eps, int kind)
 {
     const uint32_t warps = blockDim.x / 32;
@@ -218,13 +248,13 @@ __global__ void norm_kernel_vec(T *y, const float *x, const float *w, const floa
     if (row >= n)
         return;
     const uint32_t c4 = c / 4;
-    const float4 *xr = reinterpret_cast<const float4 *>(x + (size_t)row * c);
+    const XT *xr = x + (size_t)row * c;
     float4 v[MAXV4];
     float s = 0.0f;
 #pragma unroll
     for (int k = 0; k < MAXV4; k++) {
         const uint32_t j = lane + 32 * k;
-        v[k] = j < c4 ? xr[j] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        v[k] = j < c4 ? load4<XT>(xr + 4 * j) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         s += (v[k].x + v[k].y) + (v[k].z + v[k].w);
     }
     const float mean = kind == CU_NORM_RMS ? 0.0f : warp_sum(s) / (float)c;
@@ -415,6 +445,42 @@ __global__ void spin_kernel(long long cycles)
     }
 }
 
+/* The embedding's launch for one (table, residual) type pair; vec: 4 values per item. */
+template <typename T, typename XT>
+void embed_launch(XT *x, const T *wte, const T *wpe, const uint32_t *tokens, const uint32_t *pos,
+                  uint32_t n, uint32_t c, bool vec, cudaStream_t s)
+{
+    dim3 g;
+    unsigned threads;
+    row_grid(&g, &threads, vec ? c / 4 : c, n);
+    if (vec)
+        embed_kernel<T, XT, 4><<<g, threads, 0, s>>>(x, wte, wpe, tokens, pos, n, c);
+    else
+        embed_kernel<T, XT, 1><<<g, threads, 0, s>>>(x, wte, wpe, tokens, pos, n, c);
+}
+
+/* The norm's launch for one (output, residual) type pair: rows up to 1024 values (GPT-2 base
+ * 768, Qwen2.5-0.5B 896) from registers, with vector loads when vec; wider ones in three passes
+ * (the later two from L1). */
+template <typename T, typename XT>
+void norm_launch(T *y, const XT *x, const float *w, const float *b, uint32_t n, uint32_t c,
+                 float eps, int kind, bool vec, cudaStream_t s)
+{
+    const unsigned warps = 4, g = (n + warps - 1) / warps, threads = warps * 32;
+    if (vec && c <= 256)
+        norm_kernel_vec<T, XT, 2><<<g, threads, 0, s>>>(y, x, w, b, n, c, eps, kind);
+    else if (vec && c <= 512)
+        norm_kernel_vec<T, XT, 4><<<g, threads, 0, s>>>(y, x, w, b, n, c, eps, kind);
+    else if (vec && c <= 1024)
+        norm_kernel_vec<T, XT, 8><<<g, threads, 0, s>>>(y, x, w, b, n, c, eps, kind);
+    else if (c <= 256)
+        norm_kernel_regs<T, XT, 8><<<g, threads, 0, s>>>(y, x, w, b, n, c, eps, kind);
+    else if (c <= 1024)
+        norm_kernel_regs<T, XT, 32><<<g, threads, 0, s>>>(y, x, w, b, n, c, eps, kind);
+    else
+        norm_kernel<T, XT><<<g, threads, 0, s>>>(y, x, w, b, n, c, eps, kind);
+}
+
 } // namespace
 
 extern "C" cudaError_t cu_spin(long long cycles, cudaStream_t s)
@@ -423,67 +489,46 @@ extern "C" cudaError_t cu_spin(long long cycles, cudaStream_t s)
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t cu_embed(float *x, const void *wte, const void *wpe, enum cu_dtype t,
-                                const uint32_t *tokens, const uint32_t *pos, uint32_t n,
-                                uint32_t c, cudaStream_t s)
+extern "C" cudaError_t cu_embed(void *x, enum cu_dtype xt, const void *wte, const void *wpe,
+                                enum cu_dtype t, const uint32_t *tokens, const uint32_t *pos,
+                                uint32_t n, uint32_t c, cudaStream_t s)
 {
     if (n == 0 || c == 0)
         return cudaSuccess;
-    /* 4 values per item: the fp32 row written as float4, the tables read 8 or 16 bytes */
+    /* 4 values per item: the tables read and the row written 16 bytes (fp32) or 8 (bf16) */
     const bool vec = c % 4 == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)wte % 16 == 0 &&
                      (!wpe || (uintptr_t)wpe % 16 == 0);
-    dim3 g;
-    unsigned threads;
-    row_grid(&g, &threads, vec ? c / 4 : c, n);
-    if (t == CU_BF16 && vec)
-        embed_kernel<bf16, 4><<<g, threads, 0, s>>>(x, (const bf16 *)wte, (const bf16 *)wpe, tokens, pos, n, c);
+    if (t == CU_BF16 && xt == CU_BF16)
+        embed_launch<bf16, bf16>((bf16 *)x, (const bf16 *)wte, (const bf16 *)wpe, tokens, pos, n, c, vec, s);
     else if (t == CU_BF16)
-        embed_kernel<bf16, 1><<<g, threads, 0, s>>>(x, (const bf16 *)wte, (const bf16 *)wpe, tokens, pos, n, c);
-    else if (vec)
-        embed_kernel<float, 4><<<g, threads, 0, s>>>(x, (const float *)wte, (const float *)wpe, tokens, pos, n, c);
+        embed_launch<bf16, float>((float *)x, (const bf16 *)wte, (const bf16 *)wpe, tokens, pos, n, c, vec, s);
+    else if (xt == CU_BF16)
+        embed_launch<float, bf16>((bf16 *)x, (const float *)wte, (const float *)wpe, tokens, pos, n, c, vec, s);
     else
-        embed_kernel<float, 1><<<g, threads, 0, s>>>(x, (const float *)wte, (const float *)wpe, tokens, pos, n, c);
+        embed_launch<float, float>((float *)x, (const float *)wte, (const float *)wpe, tokens, pos, n, c, vec, s);
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t cu_norm(void *y, enum cu_dtype t, const float *x, const float *w,
-                               const float *b, uint32_t n, uint32_t c, float eps,
+extern "C" cudaError_t cu_norm(void *y, enum cu_dtype t, const void *x, enum cu_dtype xt,
+                               const float *w, const float *b, uint32_t n, uint32_t c, float eps,
                                enum cu_norm_kind kind, cudaStream_t s)
 {
     if (n == 0)
         return cudaSuccess;
-    const unsigned warps = 4, g = (n + warps - 1) / warps;
     const float *bias = kind == CU_NORM_RMS ? NULL : b;
-    /* rows up to 1024 values (GPT-2 base 768, Qwen2.5-0.5B 896) from registers, as float4s
-     * when c is a multiple of 4; wider ones in three passes (the later two from L1) */
+    /* vector loads of 4 values need c a multiple of 4 and every pointer 16-byte aligned (more
+     * than a bf16 x's 8 bytes need: the engine's tensors are 256-byte aligned anyway) */
     const bool vec = c % 4 == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)w % 16 == 0 &&
                      (!bias || (uintptr_t)bias % 16 == 0) && (uintptr_t)y % 16 == 0;
-    if (vec && c <= 1024) {
-#define NORM_VEC(MAXV4)                                                                            \
-    (t == CU_BF16 ? (norm_kernel_vec<bf16, MAXV4><<<g, warps * 32, 0, s>>>((bf16 *)y, x, w, bias, n, c, eps, (int)kind)) \
-                  : (norm_kernel_vec<float, MAXV4><<<g, warps * 32, 0, s>>>((float *)y, x, w, bias, n, c, eps, (int)kind)))
-        if (c <= 256)
-            NORM_VEC(2);
-        else if (c <= 512)
-            NORM_VEC(4);
-        else
-            NORM_VEC(8);
-#undef NORM_VEC
-    } else if (c <= 256) {
-        if (t == CU_BF16)
-            norm_kernel_regs<bf16, 8><<<g, warps * 32, 0, s>>>((bf16 *)y, x, w, bias, n, c, eps, (int)kind);
-        else
-            norm_kernel_regs<float, 8><<<g, warps * 32, 0, s>>>((float *)y, x, w, bias, n, c, eps, (int)kind);
-    } else if (c <= 1024) {
-        if (t == CU_BF16)
-            norm_kernel_regs<bf16, 32><<<g, warps * 32, 0, s>>>((bf16 *)y, x, w, bias, n, c, eps, (int)kind);
-        else
-            norm_kernel_regs<float, 32><<<g, warps * 32, 0, s>>>((float *)y, x, w, bias, n, c, eps, (int)kind);
-    } else if (t == CU_BF16) {
-        norm_kernel<bf16><<<g, warps * 32, 0, s>>>((bf16 *)y, x, w, bias, n, c, eps, (int)kind);
-    } else {
-        norm_kernel<float><<<g, warps * 32, 0, s>>>((float *)y, x, w, bias, n, c, eps, (int)kind);
-    }
+    const int k = (int)kind;
+    if (t == CU_BF16 && xt == CU_BF16)
+        norm_launch<bf16, bf16>((bf16 *)y, (const bf16 *)x, w, bias, n, c, eps, k, vec, s);
+    else if (t == CU_BF16)
+        norm_launch<bf16, float>((bf16 *)y, (const float *)x, w, bias, n, c, eps, k, vec, s);
+    else if (xt == CU_BF16)
+        norm_launch<float, bf16>((float *)y, (const bf16 *)x, w, bias, n, c, eps, k, vec, s);
+    else
+        norm_launch<float, float>((float *)y, (const float *)x, w, bias, n, c, eps, k, vec, s);
     return cudaGetLastError();
 }
 

@@ -423,6 +423,12 @@ __global__ void grad_clip_kernel(float *g, size_t n, const double *norm, float m
         g[i] *= k;
 }
 
+template <typename T> __global__ void convert_kernel(T *dst, const float *src, size_t count)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = from_f<T>(src[i]);
+}
+
 } // namespace
 
 /* ---- launchers ---- */
@@ -630,5 +636,16 @@ extern "C" cudaError_t cu_grad_clip(float *g, size_t n, const double *norm, floa
     if (n == 0)
         return cudaSuccess;
     grad_clip_kernel<<<blocks_for(n, 256), 256, 0, s>>>(g, n, norm, max_norm);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t cu_convert_f32(void *dst, enum cu_dtype t, const float *src, size_t count, cudaStream_t s)
+{
+    if (count == 0)
+        return cudaSuccess;
+    if (t == CU_BF16)
+        convert_kernel<bf16><<<blocks_for(count, 256), 256, 0, s>>>((bf16 *)dst, src, count);
+    else
+        convert_kernel<float><<<blocks_for(count, 256), 256, 0, s>>>((float *)dst, src, count);
     return cudaGetLastError();
 }

@@ -16,6 +16,11 @@
  *   8e-3 in bf16; in fp32 it is reported against 1e-3 (which is why the fp32 engine applies GELU
  *   with its own kernel instead). The epilogue fallback (no cuBLASLt epilogue) rounds a bf16
  *   output twice, after the product and after the bias: 8e-3.
+ * - a bf16 residual stream (the engine's residual_bf16): as an input of the norms it is just
+ *   another input, rounded on the host first, so the norms keep the bounds of their output type.
+ *   As the output of the embedding (one rounding of the fp32 sum wte + wpe) and of the residual
+ *   GEMMs (one rounding of x·Wᵀ + bias + y in cuBLASLt's fp32 epilogue) it is one more bf16
+ *   output: 4e-3 (8e-3 with the epilogue fallback, which adds the bias after rounding).
  * For comparison, llm.c's bf16 tests allow |ref|·0.079 per element. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -101,6 +106,8 @@ static void test_gemm(void **state)
             gemm_case(g, t, t, 256, 128, 384, true, false, false, &r);
             gemm_case(g, t, t, 129, 64, 256, true, false, true, &r);
             gemm_case(g, t, CU_F32, 200, 256, 64, true, true, false, &r);
+            if (t == CU_BF16) /* a bf16 residual stream: C = D bf16 */
+                gemm_case(g, t, CU_BF16, 200, 256, 64, true, true, false, &r);
             gemm_case(g, t, CU_F32, 5, 64, 7, true, false, false, &r);
             if (!test_cuda_quick())
                 gemm_case(g, t, t, 1024, 768, 2304, true, false, false, &r);
@@ -137,16 +144,22 @@ static void test_embed(void **state)
         CUDA_OK(cudaMalloc((void **)&dpos, sizeof pos));
         CUDA_OK(cudaMemcpy(dtok, tokens, sizeof tokens, cudaMemcpyHostToDevice));
         CUDA_OK(cudaMemcpy(dpos, pos, sizeof pos, cudaMemcpyHostToDevice));
-        for (int with_pos = 0; with_pos < 2; with_pos++) {
-            float *dx = test_poisoned(n * C, CU_F32);
-            CUDA_OK(cu_embed(dx, dwte, with_pos ? dwpe : NULL, t, dtok, dpos, n, C, stream));
-            test_download(got, dx, n * C, CU_F32);
-            for (uint32_t i = 0; i < n; i++)
-                for (uint32_t j = 0; j < C; j++)
-                    ref[i * C + j] = wte[tokens[i] * C + j] + (with_pos ? wpe[pos[i] * C + j] : 0.0f);
-            TEST_WITHIN(with_pos ? "embed wte + wpe" : "embed wte", t, test_rel_err(got, ref, n * C), 1e-6);
-            cudaFree(dx);
-        }
+        /* the residual stream x in fp32, then in bf16 (residual_bf16) */
+        for (int xi = 0; xi < 2; xi++)
+            for (int with_pos = 0; with_pos < 2; with_pos++) {
+                const enum cu_dtype xt = modes[xi];
+                void *dx = test_poisoned(n * C, xt);
+                CUDA_OK(cu_embed(dx, xt, dwte, with_pos ? dwpe : NULL, t, dtok, dpos, n, C, stream));
+                test_download(got, dx, n * C, xt);
+                for (uint32_t i = 0; i < n; i++)
+                    for (uint32_t j = 0; j < C; j++)
+                        ref[i * C + j] = wte[tokens[i] * C + j] + (with_pos ? wpe[pos[i] * C + j] : 0.0f);
+                char label[64];
+                snprintf(label, sizeof label, "embed %s c=%u → x %s", with_pos ? "wte + wpe" : "wte", C,
+                         test_dtype_name(xt));
+                TEST_WITHIN(label, t, test_rel_err(got, ref, n * C), bound_for(xt, 1e-6, 4e-3));
+                cudaFree(dx);
+            }
         cudaFree(dwte), cudaFree(dwpe), cudaFree(dtok), cudaFree(dpos);
         free(wte), free(wpe), free(ref), free(got);
     }
@@ -164,6 +177,7 @@ static void test_norms(void **state)
         for (unsigned ci = 0; ci < sizeof cs / sizeof cs[0]; ci++) {
             const uint32_t n = 33, C = cs[ci];
             float *x = malloc(n * C * sizeof(float)), *w = malloc(C * sizeof(float)), *b = malloc(C * sizeof(float));
+            float *xin = malloc(n * C * sizeof(float));
             float *ref = malloc(n * C * sizeof(float)), *got = malloc(n * C * sizeof(float));
             test_fill(x, n * C, 2.0f, &r);
             for (uint32_t i = 0; i < n * C; i++)
@@ -172,25 +186,34 @@ static void test_norms(void **state)
                 w[j] = 1.0f + 0.1f * test_normal(&r);
                 b[j] = 0.1f * test_normal(&r);
             }
-            float *dx = test_upload(x, n * C, CU_F32), *dw = test_upload(w, C, CU_F32), *db = test_upload(b, C, CU_F32);
+            float *dw = test_upload(w, C, CU_F32), *db = test_upload(b, C, CU_F32);
             const enum cu_norm_kind kinds[] = {CU_NORM_LAYER, CU_NORM_LAYER_UER, CU_NORM_RMS};
             const char *names[] = {"layernorm", "layernorm uer", "rmsnorm"};
-            for (unsigned k = 0; k < 3; k++) {
-                void *dy = test_poisoned(n * C, t);
-                CUDA_OK(cu_norm(dy, t, dx, dw, db, n, C, 1e-5f, kinds[k], stream));
-                test_download(got, dy, n * C, t);
-                if (kinds[k] == CU_NORM_RMS)
-                    op_rmsnorm(ref, x, w, n, C, 1e-5f, 1);
-                else
-                    op_layernorm(ref, x, w, b, n, C, 1e-5f,
-                                 kinds[k] == CU_NORM_LAYER_UER ? MODEL_NORM_UER : MODEL_NORM_STANDARD, 1);
-                char label[64];
-                snprintf(label, sizeof label, "%s c=%u", names[k], C);
-                TEST_WITHIN(label, t, test_rel_err(got, ref, n * C), bound_for(t, 1e-5, 4e-3));
-                cudaFree(dy);
+            /* the residual stream x in fp32, then in bf16 (residual_bf16): a bf16 x is another
+             * input, rounded here first, so the bound stays that of the output type */
+            for (int xi = 0; xi < 2; xi++) {
+                const enum cu_dtype xt = modes[xi];
+                memcpy(xin, x, n * C * sizeof(float));
+                test_round(xin, n * C, xt);
+                void *dx = test_upload(xin, n * C, xt);
+                for (unsigned k = 0; k < 3; k++) {
+                    void *dy = test_poisoned(n * C, t);
+                    CUDA_OK(cu_norm(dy, t, dx, xt, dw, db, n, C, 1e-5f, kinds[k], stream));
+                    test_download(got, dy, n * C, t);
+                    if (kinds[k] == CU_NORM_RMS)
+                        op_rmsnorm(ref, xin, w, n, C, 1e-5f, 1);
+                    else
+                        op_layernorm(ref, xin, w, b, n, C, 1e-5f,
+                                     kinds[k] == CU_NORM_LAYER_UER ? MODEL_NORM_UER : MODEL_NORM_STANDARD, 1);
+                    char label[64];
+                    snprintf(label, sizeof label, "%s c=%u, x %s", names[k], C, test_dtype_name(xt));
+                    TEST_WITHIN(label, t, test_rel_err(got, ref, n * C), bound_for(t, 1e-5, 4e-3));
+                    cudaFree(dy);
+                }
+                cudaFree(dx);
             }
-            cudaFree(dx), cudaFree(dw), cudaFree(db);
-            free(x), free(w), free(b), free(ref), free(got);
+            cudaFree(dw), cudaFree(db);
+            free(x), free(xin), free(w), free(b), free(ref), free(got);
         }
     }
 }

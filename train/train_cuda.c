@@ -1,0 +1,750 @@
+/* train_cuda.c — training on a GPU: the train.h contract of train_forward_backward and
+ * train_adamw_step (same objectives, same batch format, same gradient and optimizer arithmetic)
+ * over the CUDA kernels of model/cuda/, so the CPU path stays the reference it is checked against
+ * (tests/unit/test_cuda_train.c).
+ *
+ * Device state: the parameters in fp32 (the master copy AdamW updates), their gradients and the
+ * two moments, each a block laid out like the model's parameter block but with every tensor
+ * 256-byte aligned (cuBLASLt's plans assume aligned operands); in bf16 mode a bf16 mirror of the
+ * parameters that the GEMMs read, rewritten by every AdamW step. Activations kept for the
+ * backward pass: per layer the residual stream before and after attention (fp32), both norm
+ * outputs, q/k/v after RoPE, the attention output and its log-sum-exp, the MLP's pre- and
+ * post-activation (type T). Gradients of weights are fp32 and accumulate (+=) across calls until
+ * train_cuda_zero_grads, as on the CPU; every sum runs in a fixed order, so a run repeats bit for
+ * bit and a resumed run continues exactly.
+ *
+ * Not yet: dropout (train_cuda_set_dropout rejects a nonzero rate), CUDA graphs, NCCL. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/model_internal.h"
+#include "train/train.h"
+
+#ifndef NETLM_HAVE_CUDA
+
+struct train_cuda {
+    char unused;
+};
+
+struct train_cuda *train_cuda_create(struct model *m, int device, bool bf16, uint32_t max_batch,
+                                     uint32_t max_seq, char *err, size_t errlen)
+{
+    (void)m, (void)device, (void)bf16, (void)max_batch, (void)max_seq;
+    snprintf(err, errlen, "cuda: this netlm was built without the CUDA backend (nvcc was not found at build time)");
+    return NULL;
+}
+void train_cuda_free(struct train_cuda *t) { (void)t; }
+bool train_cuda_forward_backward(struct train_cuda *t, enum train_objective objective,
+                                 const struct train_batch *batch, double *loss)
+{
+    (void)t, (void)objective, (void)batch, (void)loss;
+    return false;
+}
+bool train_cuda_zero_grads(struct train_cuda *t) { return (void)t, false; }
+bool train_cuda_grad_norm(struct train_cuda *t, double *norm) { return (void)t, (void)norm, false; }
+bool train_cuda_grad_scale(struct train_cuda *t, float scale) { return (void)t, (void)scale, false; }
+bool train_cuda_adamw_step(struct train_cuda *t, uint64_t step, float lr, const struct train_adamw *o)
+{
+    return (void)t, (void)step, (void)lr, (void)o, false;
+}
+bool train_cuda_download(struct train_cuda *t, float *params, float *grads, float *mom, float *vel)
+{
+    return (void)t, (void)params, (void)grads, (void)mom, (void)vel, false;
+}
+bool train_cuda_upload(struct train_cuda *t, const float *params, const float *mom, const float *vel)
+{
+    return (void)t, (void)params, (void)mom, (void)vel, false;
+}
+const char *train_cuda_error(const struct train_cuda *t) { return (void)t, "built without CUDA"; }
+
+#else
+
+#include "model/cuda/cuda_internal.h"
+#include "model/cuda/cuda_train.h"
+
+#define TENSOR_ALIGN 64 /* floats: 256 bytes */
+#define LM_CHUNK 4096u  /* rows of logits per GEMM + cross-entropy pass */
+#define WORKSPACE_BYTES ((size_t)32 << 20)
+
+struct layer_stash {
+    float *x_in, *x_mid, *lse;
+    void *ln1, *qkv, *att, *ln2, *ffn_pre, *ffn_act;
+};
+
+struct train_cuda {
+    struct model *m;
+    int device;
+    enum cu_dtype t;
+    size_t ts;
+    uint32_t max_batch, max_seq, C, H, KV, d, QKV, F, FW, V, NL;
+    size_t max_rows;
+    bool gpt2;
+    enum cu_norm_kind norm;
+    cudaStream_t stream;
+    struct cu_gemm *gemm;
+
+    /* parameters: fp32 master, gradients, moments, bf16 mirror; the aligned layout */
+    struct model_layout layout;
+    size_t *host_offset;  /* tensor i's offset in m->params */
+    float *p, *g, *mom, *vel;
+    uint16_t *p16;
+    struct model_weights w, gw; /* bound to p and g */
+    struct model_layer_weights *wl, *gl;
+    float *rope_cos, *rope_sin;
+
+    /* activations and their gradients */
+    void *ablock;
+    struct layer_stash *stash;
+    float *x_fin, *dx, *logits, *loss_rows, *norm_scratch, *delta;
+    void *xn, *dxn, *dy, *dln, *datt, *dqkv, *dffn_act, *dffn, *dlogits_t;
+    float *pooled32, *head32, *cls_logits, *dhead32, *dpooled;
+    void *pooled_t, *head_t, *dcls_t, *dh_t;
+    double *gnorm, *gnorm_scratch;
+    uint32_t *d_seq_off, *d_tokens, *d_pos, *d_targets;
+    uint32_t *d_rows_by_key, *d_seg_key, *d_seg_start; /* rows grouped by token (wte gradient) */
+    uint32_t *d_prows, *d_pseg_key, *d_pseg_start;     /* ... by position (wpe gradient) */
+
+    /* host staging (pinned) */
+    uint32_t *h_seq_off, *h_tokens, *h_pos, *h_targets;
+    uint32_t *h_rows_by_key, *h_seg_key, *h_seg_start, *h_prows, *h_pseg_key, *h_pseg_start;
+    float *h_loss;
+    char err[320];
+};
+
+static void fail(struct train_cuda *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void fail(struct train_cuda *t, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(t->err, sizeof t->err, fmt, ap);
+    va_end(ap);
+}
+
+#define CK(call, what)                                                                             \
+    do {                                                                                          \
+        cudaError_t ce_ = (call);                                                                 \
+        if (ce_ != cudaSuccess) {                                                                 \
+            fail(t, "cuda: %s: %s", (what), cudaGetErrorString(ce_));                             \
+            return false;                                                                         \
+        }                                                                                         \
+    } while (0)
+
+#define GEMM_OK(call)                                                                              \
+    do {                                                                                          \
+        if (!(call))                                                                              \
+            return false;                                                                         \
+    } while (0)
+
+static size_t align_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
+
+const char *train_cuda_error(const struct train_cuda *t) { return t->err; }
+
+/* The bf16 mirror of a parameter (in bf16 mode) or the fp32 parameter itself: what GEMMs read. */
+static const void *wt(const struct train_cuda *t, const float *p)
+{
+    return t->t == CU_BF16 ? (const void *)(t->p16 + (p - t->p)) : (const void *)p;
+}
+
+void train_cuda_free(struct train_cuda *t)
+{
+    if (!t)
+        return;
+    cudaSetDevice(t->device);
+    if (t->stream)
+        cudaStreamSynchronize(t->stream);
+    cu_gemm_free(t->gemm);
+    cudaFree(t->p);
+    cudaFree(t->ablock);
+    cudaFreeHost(t->h_seq_off);
+    if (t->stream)
+        cudaStreamDestroy(t->stream);
+    free(t->layout.tensors);
+    free(t->host_offset);
+    free(t->wl);
+    free(t->gl);
+    free(t->stash);
+    free(t);
+}
+
+/* Every device buffer, carved from two allocations (parameters, activations); with base NULL
+ * only the sizes are summed. */
+static void carve(struct train_cuda *t, char *pbase, size_t *pbytes, char *abase, size_t *abytes)
+{
+    const struct model_config *c = &t->m->cfg;
+    const size_t N = t->max_rows, B = t->max_batch, ts = t->ts;
+    size_t po = 0, ao = 0;
+#define PTAKE(field, type, bytes) ((field) = (type)(pbase ? pbase + po : NULL), po = align_up(po + (bytes), 256))
+#define ATAKE(field, type, bytes) ((field) = (type)(abase ? abase + ao : NULL), ao = align_up(ao + (bytes), 256))
+    const size_t P = t->layout.total;
+    PTAKE(t->p, float *, P * 4);
+    PTAKE(t->g, float *, P * 4);
+    PTAKE(t->mom, float *, P * 4);
+    PTAKE(t->vel, float *, P * 4);
+    PTAKE(t->p16, uint16_t *, t->t == CU_BF16 ? P * 2 : 0);
+    PTAKE(t->rope_cos, float *, (size_t)t->max_seq * (t->d / 2) * 4);
+    PTAKE(t->rope_sin, float *, (size_t)t->max_seq * (t->d / 2) * 4);
+    PTAKE(t->gnorm, double *, 8);
+    PTAKE(t->gnorm_scratch, double *, CU_GRAD_NORM_SCRATCH * 8);
+    for (uint32_t l = 0; l < c->layers; l++) {
+        struct layer_stash *s = &t->stash[l];
+        ATAKE(s->x_in, float *, N * t->C * 4);
+        ATAKE(s->x_mid, float *, N * t->C * 4);
+        ATAKE(s->lse, float *, N * t->H * 4);
+        ATAKE(s->ln1, void *, N * t->C * ts);
+        ATAKE(s->qkv, void *, N * t->QKV * ts);
+        ATAKE(s->att, void *, N * t->H * t->d * ts);
+        ATAKE(s->ln2, void *, N * t->C * ts);
+        ATAKE(s->ffn_pre, void *, N * t->FW * ts);
+        ATAKE(s->ffn_act, void *, N * t->FW * ts);
+    }
+    const size_t chunk = N < LM_CHUNK ? N : LM_CHUNK;
+    ATAKE(t->x_fin, float *, N * t->C * 4);
+    ATAKE(t->dx, float *, N * t->C * 4);
+    ATAKE(t->logits, float *, chunk * t->V * 4);
+    ATAKE(t->loss_rows, float *, (N > B ? N : B) * 4);
+    ATAKE(t->norm_scratch, float *, cu_norm_backward_scratch_floats((uint32_t)N, t->C) * 4);
+    ATAKE(t->delta, float *, N * t->H * 4);
+    ATAKE(t->xn, void *, N * t->C * ts);
+    ATAKE(t->dxn, void *, N * t->C * ts);
+    ATAKE(t->dy, void *, N * t->C * ts);
+    ATAKE(t->dln, void *, N * t->C * ts);
+    ATAKE(t->datt, void *, N * t->H * t->d * ts);
+    ATAKE(t->dqkv, void *, N * t->QKV * ts);
+    ATAKE(t->dffn_act, void *, N * t->F * ts);
+    ATAKE(t->dffn, void *, N * t->FW * ts);
+    ATAKE(t->dlogits_t, void *, t->t == CU_BF16 ? chunk * t->V * ts : 0);
+    const size_t NL = t->NL ? t->NL : 1;
+    ATAKE(t->pooled32, float *, B * t->C * 4);
+    ATAKE(t->head32, float *, B * t->C * 4);
+    ATAKE(t->cls_logits, float *, B * NL * 4);
+    ATAKE(t->dhead32, float *, B * t->C * 4);
+    ATAKE(t->dpooled, float *, B * t->C * 4);
+    ATAKE(t->pooled_t, void *, B * t->C * ts);
+    ATAKE(t->head_t, void *, B * t->C * ts);
+    ATAKE(t->dcls_t, void *, B * NL * ts);
+    ATAKE(t->dh_t, void *, B * t->C * ts);
+    ATAKE(t->d_seq_off, uint32_t *, (B + 1) * 4);
+    ATAKE(t->d_tokens, uint32_t *, N * 4);
+    ATAKE(t->d_pos, uint32_t *, N * 4);
+    ATAKE(t->d_targets, uint32_t *, (N > B ? N : B) * 4);
+    ATAKE(t->d_rows_by_key, uint32_t *, N * 4);
+    ATAKE(t->d_seg_key, uint32_t *, N * 4);
+    ATAKE(t->d_seg_start, uint32_t *, (N + 1) * 4);
+    ATAKE(t->d_prows, uint32_t *, N * 4);
+    ATAKE(t->d_pseg_key, uint32_t *, N * 4);
+    ATAKE(t->d_pseg_start, uint32_t *, (N + 1) * 4);
+#undef PTAKE
+#undef ATAKE
+    *pbytes = po;
+    *abytes = ao;
+}
+
+/* Host values of a block laid out as m->params into the aligned device block (or back). */
+static bool copy_block(struct train_cuda *t, float *dev, float *host, bool to_device)
+{
+    for (size_t i = 0; i < t->layout.count; i++) {
+        const size_t n = t->layout.tensors[i].numel * sizeof(float);
+        float *d = dev + t->layout.tensors[i].offset, *h = host + t->host_offset[i];
+        CK(to_device ? cudaMemcpyAsync(d, h, n, cudaMemcpyHostToDevice, t->stream)
+                     : cudaMemcpyAsync(h, d, n, cudaMemcpyDeviceToHost, t->stream),
+           "copying parameters");
+    }
+    CK(cudaStreamSynchronize(t->stream), "copying parameters");
+    return true;
+}
+
+/* The bf16 mirror from the fp32 parameters (after an upload; AdamW keeps it current after). */
+static bool refresh_mirror(struct train_cuda *t)
+{
+    if (t->t != CU_BF16)
+        return true;
+    CK(cu_convert_f32(t->p16, CU_BF16, t->p, t->layout.total, t->stream), "the bf16 parameters");
+    return true;
+}
+
+struct train_cuda *train_cuda_create(struct model *m, int device, bool bf16, uint32_t max_batch,
+                                     uint32_t max_seq, char *err, size_t errlen)
+{
+    const struct model_config *c = &m->cfg;
+    if (max_batch == 0 || max_seq == 0) {
+        snprintf(err, errlen, "cuda: batch and sequence length must be at least 1");
+        return NULL;
+    }
+    if (c->arch == MODEL_ARCH_GPT2 && max_seq > c->max_positions) {
+        snprintf(err, errlen, "cuda: sequences of %u tokens but the model has %u positions", max_seq,
+                 c->max_positions);
+        return NULL;
+    }
+    if (c->head_dim > 128) {
+        snprintf(err, errlen, "cuda: head_dim %u is not supported (at most 128)", c->head_dim);
+        return NULL;
+    }
+    int count = model_cuda_device_count();
+    if (device < 0 || device >= count) {
+        snprintf(err, errlen, count ? "cuda: device cuda:%d does not exist (%d visible)"
+                                    : "cuda: no GPU is visible (cuda:%d asked)", device, count);
+        return NULL;
+    }
+    struct train_cuda *t = calloc(1, sizeof(*t));
+    if (!t) {
+        snprintf(err, errlen, "cuda: out of memory");
+        return NULL;
+    }
+    t->m = m;
+    t->device = device;
+    t->t = bf16 ? CU_BF16 : CU_F32;
+    t->ts = cu_dtype_size(t->t);
+    t->max_batch = max_batch;
+    t->max_seq = max_seq;
+    t->max_rows = (size_t)max_batch * max_seq;
+    t->gpt2 = c->arch == MODEL_ARCH_GPT2;
+    t->C = c->hidden;
+    t->H = c->heads;
+    t->KV = c->kv_heads;
+    t->d = c->head_dim;
+    t->QKV = (c->heads + 2 * c->kv_heads) * c->head_dim;
+    t->F = c->ffn;
+    t->FW = t->gpt2 ? c->ffn : 2 * c->ffn;
+    t->V = c->vocab_size;
+    t->NL = m->w.cls_dense_w ? c->num_labels : 0;
+    t->norm = !t->gpt2 ? CU_NORM_RMS : c->norm == MODEL_NORM_UER ? CU_NORM_LAYER_UER : CU_NORM_LAYER;
+
+    /* the aligned layout */
+    t->layout.count = m->layout.count;
+    t->layout.tensors = malloc(m->layout.count * sizeof(struct model_tensor));
+    t->host_offset = malloc(m->layout.count * sizeof(size_t));
+    t->wl = calloc(c->layers ? c->layers : 1, sizeof(struct model_layer_weights));
+    t->gl = calloc(c->layers ? c->layers : 1, sizeof(struct model_layer_weights));
+    t->stash = calloc(c->layers ? c->layers : 1, sizeof(struct layer_stash));
+    bool ok = t->layout.tensors && t->host_offset && t->wl && t->gl && t->stash;
+    if (!ok) {
+        fail(t, "cuda: out of memory");
+    } else {
+        size_t off = 0;
+        for (size_t i = 0; i < m->layout.count; i++) {
+            t->layout.tensors[i] = m->layout.tensors[i];
+            t->host_offset[i] = m->layout.tensors[i].offset;
+            t->layout.tensors[i].offset = off;
+            off = align_up(off + m->layout.tensors[i].numel, TENSOR_ALIGN);
+        }
+        t->layout.total = off;
+    }
+    if (ok && (cudaSetDevice(device) != cudaSuccess ||
+               cudaStreamCreateWithFlags(&t->stream, cudaStreamNonBlocking) != cudaSuccess)) {
+        fail(t, "cuda: cannot open cuda:%d: %s", device, cudaGetErrorString(cudaGetLastError()));
+        ok = false;
+    }
+    if (ok && !(t->gemm = cu_gemm_create(WORKSPACE_BYTES, t->err, sizeof t->err)))
+        ok = false;
+    if (ok) /* the heuristic's first algorithm, the same in every process: resume is exact */
+        cu_gemm_set_tuning(t->gemm, false);
+    size_t pbytes = 0, abytes = 0;
+    if (ok) {
+        carve(t, NULL, &pbytes, NULL, &abytes);
+        void *pb = NULL, *ab = NULL;
+        cudaError_t ce = cudaMalloc(&pb, pbytes);
+        if (ce == cudaSuccess)
+            ce = cudaMalloc(&ab, abytes);
+        if (ce != cudaSuccess) {
+            fail(t, "cuda: cannot allocate %zu MiB for training %u × %u: %s", (pbytes + abytes) >> 20,
+                 max_batch, max_seq, cudaGetErrorString(ce));
+            cudaFree(pb);
+            ok = false;
+        } else {
+            carve(t, pb, &pbytes, ab, &abytes);
+            t->ablock = ab;
+            /* gaps between tensors and every gradient start at zero; finite activations in rows
+             * no sequence writes (they are never read, but a NaN there would hide nothing) */
+            ok = cudaMemsetAsync(pb, 0, pbytes, t->stream) == cudaSuccess &&
+                 cudaMemsetAsync(ab, 0, abytes, t->stream) == cudaSuccess;
+            if (!ok)
+                fail(t, "cuda: clearing the training buffers failed");
+        }
+    }
+    if (ok) {
+        const size_t N = t->max_rows, B = max_batch, NB = N > B ? N : B;
+        const size_t words = (B + 1) + 2 * N + 2 * (3 * N + 1) + NB + NB;
+        if (cudaMallocHost((void **)&t->h_seq_off, words * 4) != cudaSuccess) {
+            fail(t, "cuda: cannot allocate pinned host buffers");
+            ok = false;
+        } else {
+            t->h_tokens = t->h_seq_off + B + 1;
+            t->h_pos = t->h_tokens + N;
+            t->h_rows_by_key = t->h_pos + N;
+            t->h_seg_key = t->h_rows_by_key + N;
+            t->h_seg_start = t->h_seg_key + N;
+            t->h_prows = t->h_seg_start + N + 1;
+            t->h_pseg_key = t->h_prows + N;
+            t->h_pseg_start = t->h_pseg_key + N;
+            t->h_targets = t->h_pseg_start + N + 1;
+            t->h_loss = (float *)(t->h_targets + NB);
+        }
+    }
+    if (ok) {
+        model_weights_bind(c, &t->layout, t->p, &t->w, t->wl);
+        model_weights_bind(c, &t->layout, t->g, &t->gw, t->gl);
+        ok = copy_block(t, t->p, m->params, true) && refresh_mirror(t);
+    }
+    if (ok && !t->gpt2) {
+        const size_t n = (size_t)max_seq * (t->d / 2);
+        float *cs = malloc(2 * n * sizeof(float));
+        if (!cs) {
+            fail(t, "cuda: out of memory");
+            ok = false;
+        } else {
+            op_rope_tables(cs, cs + n, max_seq, t->d, c->rope_theta);
+            ok = cudaMemcpy(t->rope_cos, cs, n * 4, cudaMemcpyHostToDevice) == cudaSuccess &&
+                 cudaMemcpy(t->rope_sin, cs + n, n * 4, cudaMemcpyHostToDevice) == cudaSuccess;
+            free(cs);
+            if (!ok)
+                fail(t, "cuda: copying the RoPE tables failed");
+        }
+    }
+    if (ok && cudaStreamSynchronize(t->stream) != cudaSuccess) {
+        fail(t, "cuda: %s", cudaGetErrorString(cudaGetLastError()));
+        ok = false;
+    }
+    if (!ok) {
+        snprintf(err, errlen, "%s", t->err);
+        train_cuda_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+/* ---- the passes ---- */
+
+#define GEMM(...) GEMM_OK(cu_gemm_run(t->gemm, s, __VA_ARGS__, t->err, sizeof t->err))
+#define GEMM_DX(...) GEMM_OK(cu_gemm_dx(t->gemm, s, __VA_ARGS__, t->err, sizeof t->err))
+#define GEMM_DW(...) GEMM_OK(cu_gemm_dw(t->gemm, s, __VA_ARGS__, t->err, sizeof t->err))
+
+static bool forward(struct train_cuda *t, uint32_t nseq, uint32_t N, uint32_t max_len)
+{
+    const struct model_config *c = &t->m->cfg;
+    const cudaStream_t s = t->stream;
+    const enum cu_dtype T = t->t;
+    const uint32_t C = t->C, Hd = t->H * t->d;
+    const float eps = c->norm_eps;
+    CK(cu_embed(t->stash[0].x_in, CU_F32, wt(t, t->w.wte), t->gpt2 ? wt(t, t->w.wpe) : NULL, T,
+                t->d_tokens, t->d_pos, N, C, s), "embedding");
+    for (uint32_t l = 0; l < c->layers; l++) {
+        const struct model_layer_weights *lw = &t->wl[l];
+        struct layer_stash *st = &t->stash[l];
+        float *next = l + 1 < c->layers ? t->stash[l + 1].x_in : t->x_fin;
+        CK(cu_norm(st->ln1, T, st->x_in, CU_F32, lw->ln1_w, lw->ln1_b, N, C, eps, t->norm, s), "norm 1");
+        GEMM(T, T, st->qkv, t->QKV, st->ln1, C, wt(t, lw->qkv_w), lw->qkv_b ? wt(t, lw->qkv_b) : NULL, N, C,
+             t->QKV, false, false);
+        if (!t->gpt2)
+            CK(cu_rope(st->qkv, T, N, t->QKV, t->H + t->KV, t->d, t->d_pos, t->rope_cos, t->rope_sin, s),
+               "rope");
+        CK(cu_attention_train(st->att, Hd, st->lse, st->qkv, t->QKV, T, t->d_seq_off, nseq, max_len, t->H,
+                              t->KV, t->d, 1.0f / sqrtf((float)t->d), CU_ATTN_AUTO, s),
+           "attention");
+        CK(cudaMemcpyAsync(st->x_mid, st->x_in, (size_t)N * C * 4, cudaMemcpyDeviceToDevice, s), "residual");
+        /* the residual GEMMs' bias is fp32 like their output (cu_gemm_run: bias of y's type) */
+        GEMM(T, CU_F32, st->x_mid, C, st->att, Hd, wt(t, lw->o_w), lw->o_b, N, Hd, C, true, false);
+        CK(cu_norm(st->ln2, T, st->x_mid, CU_F32, lw->ln2_w, lw->ln2_b, N, C, eps, t->norm, s), "norm 2");
+        GEMM(T, T, st->ffn_pre, t->FW, st->ln2, C, wt(t, lw->up_w), lw->up_b ? wt(t, lw->up_b) : NULL, N, C,
+             t->FW, false, false);
+        CK(cudaMemcpyAsync(st->ffn_act, st->ffn_pre, (size_t)N * t->FW * t->ts, cudaMemcpyDeviceToDevice, s),
+           "activation");
+        if (t->gpt2)
+            CK(cu_gelu(st->ffn_act, T, (size_t)N * t->F, c->act == MODEL_ACT_GELU_ERF, s), "gelu");
+        else
+            CK(cu_swiglu(st->ffn_act, T, N, t->F, s), "swiglu");
+        CK(cudaMemcpyAsync(next, st->x_mid, (size_t)N * C * 4, cudaMemcpyDeviceToDevice, s), "residual");
+        GEMM(T, CU_F32, next, C, st->ffn_act, t->FW, wt(t, lw->down_w), lw->down_b, N, t->F, C, true, false);
+    }
+    CK(cu_norm(t->xn, T, t->x_fin, CU_F32, t->w.lnf_w, t->w.lnf_b, N, C, eps, t->norm, s), "final norm");
+    return true;
+}
+
+/* dy (type T) for a GEMM's backward from an fp32 gradient: itself in fp32 mode, else converted. */
+static const void *as_t(struct train_cuda *t, void *dst, const float *src, size_t count, bool *ok)
+{
+    if (t->t == CU_F32)
+        return src;
+    if (cu_convert_f32(dst, t->t, src, count, t->stream) != cudaSuccess) {
+        fail(t, "cuda: converting a gradient: %s", cudaGetErrorString(cudaGetLastError()));
+        *ok = false;
+    }
+    return dst;
+}
+
+/* The LM head over every row in chunks: logits, cross-entropy against d_targets (CU_XENT_IGNORE
+ * for rows without a target), dxn and the head's gradient. */
+static bool lm_head(struct train_cuda *t, uint32_t N, float scale)
+{
+    const cudaStream_t s = t->stream;
+    const enum cu_dtype T = t->t;
+    const float *head = t->w.lm_head ? t->w.lm_head : t->w.wte;
+    float *dhead = t->w.lm_head ? t->gw.lm_head : t->gw.wte;
+    const size_t C = t->C, V = t->V, ts = t->ts;
+    for (uint32_t r0 = 0; r0 < N; r0 += LM_CHUNK) {
+        const uint32_t n = N - r0 < LM_CHUNK ? N - r0 : LM_CHUNK;
+        const void *rows = (const char *)t->xn + (size_t)r0 * C * ts;
+        GEMM(T, CU_F32, t->logits, V, rows, C, wt(t, head), NULL, n, C, V, false, false);
+        CK(cu_softmax_xent(t->logits, V, t->loss_rows + r0, t->d_targets + r0, n, (uint32_t)V, scale, s),
+           "cross-entropy");
+        bool ok = true;
+        const void *dl = as_t(t, t->dlogits_t, t->logits, (size_t)n * V, &ok);
+        if (!ok)
+            return false;
+        GEMM_DX(T, T, (char *)t->dxn + (size_t)r0 * C * ts, C, dl, V, wt(t, head), n, C, V, false);
+        GEMM_DW(T, dhead, NULL, dl, V, rows, C, n, C, V);
+    }
+    return true;
+}
+
+/* Pooling → dense → tanh → out → cross-entropy against the labels (d_targets), and back to dxn. */
+static bool classify_head(struct train_cuda *t, uint32_t nseq, uint32_t N)
+{
+    const struct model_config *c = &t->m->cfg;
+    const cudaStream_t s = t->stream;
+    const enum cu_dtype T = t->t;
+    const uint32_t C = t->C, NL = t->NL;
+    bool ok = true;
+    CK(cu_pool(t->pooled32, t->pooled_t, t->xn, T, C, t->d_seq_off, nseq, (enum cu_pool_kind)c->pooling, s),
+       "pooling");
+    GEMM(T, CU_F32, t->head32, C, t->pooled_t, C, wt(t, t->w.cls_dense_w), t->w.cls_dense_b, nseq, C, C,
+         false, false);
+    CK(cu_tanh(t->head_t, T, t->head32, (size_t)nseq * C, s), "tanh");
+    GEMM(T, CU_F32, t->cls_logits, NL, t->head_t, C, wt(t, t->w.cls_out_w), t->w.cls_out_b, nseq, C, NL,
+         false, false);
+    CK(cu_softmax_xent(t->cls_logits, NL, t->loss_rows, t->d_targets, nseq, NL, 1.0f / (float)nseq, s),
+       "cross-entropy");
+    const void *dl = as_t(t, t->dcls_t, t->cls_logits, (size_t)nseq * NL, &ok);
+    if (!ok)
+        return false;
+    GEMM_DX(T, CU_F32, t->dhead32, C, dl, NL, wt(t, t->w.cls_out_w), nseq, C, NL, false);
+    GEMM_DW(T, t->gw.cls_out_w, t->gw.cls_out_b, dl, NL, t->head_t, C, nseq, C, NL);
+    CK(cu_tanh_backward(t->dhead32, t->head_t, T, (size_t)nseq * C, s), "tanh backward");
+    const void *dh = as_t(t, t->dh_t, t->dhead32, (size_t)nseq * C, &ok);
+    if (!ok)
+        return false;
+    GEMM_DX(T, CU_F32, t->dpooled, C, dh, C, wt(t, t->w.cls_dense_w), nseq, C, C, false);
+    GEMM_DW(T, t->gw.cls_dense_w, t->gw.cls_dense_b, dh, C, t->pooled_t, C, nseq, C, C);
+    CK(cu_pool_backward(t->dxn, t->dpooled, t->xn, T, C, t->d_seq_off, nseq, (enum cu_pool_kind)c->pooling, s),
+       "pooling backward");
+    (void)N;
+    return true;
+}
+
+static bool backward(struct train_cuda *t, uint32_t nseq, uint32_t N, uint32_t max_len, uint32_t nseg_tok,
+                     uint32_t nseg_pos)
+{
+    const struct model_config *c = &t->m->cfg;
+    const cudaStream_t s = t->stream;
+    const enum cu_dtype T = t->t;
+    const uint32_t C = t->C, Hd = t->H * t->d;
+    const float eps = c->norm_eps;
+    bool ok = true;
+    CK(cudaMemsetAsync(t->dx, 0, (size_t)N * C * 4, s), "gradients");
+    CK(cu_norm_backward(t->dx, t->gw.lnf_w, t->gw.lnf_b, t->dxn, T, t->x_fin, t->w.lnf_w, N, C, eps, t->norm,
+                        t->norm_scratch, s), "final norm backward");
+    for (uint32_t l = c->layers; l-- > 0;) {
+        const struct model_layer_weights *lw = &t->wl[l];
+        struct model_layer_weights *gl = &t->gl[l];
+        struct layer_stash *st = &t->stash[l];
+        /* MLP: dx = d(x_out); x_out = x_mid + down(act(up(ln2(x_mid)))) */
+        const void *dy = as_t(t, t->dy, t->dx, (size_t)N * C, &ok);
+        if (!ok)
+            return false;
+        GEMM_DX(T, T, t->dffn_act, t->F, dy, C, wt(t, lw->down_w), N, t->F, C, false);
+        GEMM_DW(T, gl->down_w, gl->down_b, dy, C, st->ffn_act, t->FW, N, t->F, C);
+        if (t->gpt2) {
+            CK(cudaMemcpyAsync(t->dffn, t->dffn_act, (size_t)N * t->F * t->ts, cudaMemcpyDeviceToDevice, s),
+               "gelu backward");
+            CK(cu_gelu_backward(t->dffn, st->ffn_pre, T, (size_t)N * t->F, c->act == MODEL_ACT_GELU_ERF, s),
+               "gelu backward");
+        } else {
+            CK(cu_swiglu_backward(t->dffn, t->dffn_act, t->F, st->ffn_pre, T, N, t->F, s), "swiglu backward");
+        }
+        GEMM_DX(T, T, t->dln, C, t->dffn, t->FW, wt(t, lw->up_w), N, C, t->FW, false);
+        GEMM_DW(T, gl->up_w, gl->up_b, t->dffn, t->FW, st->ln2, C, N, C, t->FW);
+        CK(cu_norm_backward(t->dx, gl->ln2_w, gl->ln2_b, t->dln, T, st->x_mid, lw->ln2_w, N, C, eps, t->norm,
+                            t->norm_scratch, s), "norm 2 backward");
+        /* attention: dx = d(x_mid); x_mid = x_in + o(attn(qkv(ln1(x_in)))) */
+        dy = as_t(t, t->dy, t->dx, (size_t)N * C, &ok);
+        if (!ok)
+            return false;
+        GEMM_DX(T, T, t->datt, Hd, dy, C, wt(t, lw->o_w), N, Hd, C, false);
+        GEMM_DW(T, gl->o_w, gl->o_b, dy, C, st->att, Hd, N, Hd, C);
+        CK(cu_attention_backward(t->dqkv, t->QKV, t->datt, Hd, st->att, Hd, st->qkv, t->QKV, st->lse, t->delta,
+                                 T, t->d_seq_off, nseq, max_len, t->H, t->KV, t->d, 1.0f / sqrtf((float)t->d), s),
+           "attention backward");
+        if (!t->gpt2)
+            CK(cu_rope_backward(t->dqkv, T, N, t->QKV, t->H + t->KV, t->d, t->d_pos, t->rope_cos, t->rope_sin, s),
+               "rope backward");
+        GEMM_DX(T, T, t->dln, C, t->dqkv, t->QKV, wt(t, lw->qkv_w), N, C, t->QKV, false);
+        GEMM_DW(T, gl->qkv_w, gl->qkv_b, t->dqkv, t->QKV, st->ln1, C, N, C, t->QKV);
+        if (t->gpt2 && gl->qkv_b) /* the key bias: exactly zero gradient (see train/grad.c) */
+            CK(cudaMemsetAsync(gl->qkv_b + Hd, 0, (size_t)t->KV * t->d * 4, s), "key bias");
+        CK(cu_norm_backward(t->dx, gl->ln1_w, gl->ln1_b, t->dln, T, st->x_in, lw->ln1_w, N, C, eps, t->norm,
+                            t->norm_scratch, s), "norm 1 backward");
+    }
+    CK(cu_embed_backward(t->gw.wte, t->dx, t->d_rows_by_key, t->d_seg_key, t->d_seg_start, nseg_tok, C, s),
+       "embedding backward");
+    if (t->gpt2)
+        CK(cu_embed_backward(t->gw.wpe, t->dx, t->d_prows, t->d_pseg_key, t->d_pseg_start, nseg_pos, C, s),
+           "position embedding backward");
+    return true;
+}
+
+/* Packs the batch (rows of real tokens only), its targets and the embedding indexes, and copies
+ * them in. Returns the number of loss terms, 0 for a batch outside the trainer. */
+static size_t pack(struct train_cuda *t, enum train_objective objective, const struct train_batch *batch,
+                   uint32_t *rows_out, uint32_t *max_len_out)
+{
+    const struct model_config *c = &t->m->cfg;
+    const uint32_t B = batch->batch, T = batch->seq;
+    if (B == 0 || B > t->max_batch || T == 0 || T > t->max_seq)
+        return 0;
+    if (objective == TRAIN_CLASSIFY && (!t->NL || !batch->labels))
+        return 0;
+    uint32_t N = 0, max_len = 0;
+    size_t terms = 0;
+    for (uint32_t b = 0; b < B; b++) {
+        const uint32_t len = batch->lengths[b];
+        if (len == 0 || len > T)
+            return 0;
+        if (objective == TRAIN_CLASSIFY && batch->labels[b] >= c->num_labels)
+            return 0;
+        t->h_seq_off[b] = N;
+        const uint32_t first = batch->target_start && batch->target_start[b] ? batch->target_start[b] : 1;
+        for (uint32_t i = 0; i < len; i++) {
+            const uint32_t id = batch->ids[(size_t)b * T + i];
+            if (id >= c->vocab_size)
+                return 0;
+            t->h_tokens[N + i] = id;
+            t->h_pos[N + i] = i;
+            /* row i predicts id i + 1 when i + 1 is a target */
+            uint32_t target = CU_XENT_IGNORE;
+            if (objective == TRAIN_LM && i + 1 < len && i + 1 >= first) {
+                target = batch->ids[(size_t)b * T + i + 1];
+                terms++;
+            }
+            if (objective == TRAIN_LM)
+                t->h_targets[N + i] = target;
+        }
+        if (objective == TRAIN_CLASSIFY) {
+            t->h_targets[b] = batch->labels[b];
+            terms++;
+        }
+        N += len;
+        max_len = len > max_len ? len : max_len;
+    }
+    t->h_seq_off[B] = N;
+    *rows_out = N;
+    *max_len_out = max_len;
+    return terms;
+}
+
+bool train_cuda_forward_backward(struct train_cuda *t, enum train_objective objective,
+                                 const struct train_batch *batch, double *loss)
+{
+    uint32_t N = 0, max_len = 0;
+    const size_t terms = pack(t, objective, batch, &N, &max_len);
+    if (terms == 0) {
+        fail(t, "cuda: a batch outside the trainer (sizes, vocabulary or labels) or without targets");
+        return false;
+    }
+    const uint32_t B = batch->batch;
+    const cudaStream_t s = t->stream;
+    CK(cudaSetDevice(t->device), "selecting the device");
+    /* the embedding gradients' indexes: rows by token, and (GPT-2) rows by position */
+    const uint32_t nseg_tok = cu_embed_backward_index(t->h_tokens, N, t->h_rows_by_key, t->h_seg_key, t->h_seg_start);
+    const uint32_t nseg_pos = t->gpt2 ? cu_embed_backward_index(t->h_pos, N, t->h_prows, t->h_pseg_key, t->h_pseg_start) : 0;
+    if (t->gpt2) {
+        CK(cudaMemcpyAsync(t->d_prows, t->h_prows, (size_t)N * 4, cudaMemcpyHostToDevice, s), "copying the batch");
+        CK(cudaMemcpyAsync(t->d_pseg_key, t->h_pseg_key, (size_t)nseg_pos * 4, cudaMemcpyHostToDevice, s),
+           "copying the batch");
+        CK(cudaMemcpyAsync(t->d_pseg_start, t->h_pseg_start, ((size_t)nseg_pos + 1) * 4, cudaMemcpyHostToDevice, s),
+           "copying the batch");
+    }
+    CK(cudaMemcpyAsync(t->d_seq_off, t->h_seq_off, (B + 1) * 4, cudaMemcpyHostToDevice, s), "copying the batch");
+    CK(cudaMemcpyAsync(t->d_tokens, t->h_tokens, (size_t)N * 4, cudaMemcpyHostToDevice, s), "copying the batch");
+    CK(cudaMemcpyAsync(t->d_pos, t->h_pos, (size_t)N * 4, cudaMemcpyHostToDevice, s), "copying the batch");
+    CK(cudaMemcpyAsync(t->d_targets, t->h_targets, (objective == TRAIN_LM ? N : B) * 4, cudaMemcpyHostToDevice, s),
+       "copying the batch");
+    CK(cudaMemcpyAsync(t->d_rows_by_key, t->h_rows_by_key, (size_t)N * 4, cudaMemcpyHostToDevice, s),
+       "copying the batch");
+    CK(cudaMemcpyAsync(t->d_seg_key, t->h_seg_key, (size_t)nseg_tok * 4, cudaMemcpyHostToDevice, s),
+       "copying the batch");
+    CK(cudaMemcpyAsync(t->d_seg_start, t->h_seg_start, ((size_t)nseg_tok + 1) * 4, cudaMemcpyHostToDevice, s),
+       "copying the batch");
+    if (!forward(t, B, N, max_len))
+        return false;
+    CK(cudaMemsetAsync(t->dxn, 0, (size_t)N * t->C * t->ts, s), "gradients");
+    if (objective == TRAIN_LM) {
+        if (!lm_head(t, N, 1.0f / (float)terms))
+            return false;
+    } else if (!classify_head(t, B, N)) {
+        return false;
+    }
+    const uint32_t loss_rows = objective == TRAIN_LM ? N : B;
+    CK(cudaMemcpyAsync(t->h_loss, t->loss_rows, (size_t)loss_rows * 4, cudaMemcpyDeviceToHost, s), "the loss");
+    if (!backward(t, B, N, max_len, nseg_tok, nseg_pos))
+        return false;
+    CK(cudaStreamSynchronize(s), "running the backward pass");
+    double sum = 0.0;
+    for (uint32_t i = 0; i < loss_rows; i++)
+        sum += t->h_loss[i];
+    *loss = sum / (double)terms;
+    return true;
+}
+
+bool train_cuda_zero_grads(struct train_cuda *t)
+{
+    CK(cudaMemsetAsync(t->g, 0, t->layout.total * 4, t->stream), "zeroing the gradients");
+    return true;
+}
+
+bool train_cuda_grad_norm(struct train_cuda *t, double *norm)
+{
+    CK(cu_grad_norm(t->gnorm, t->g, t->layout.total, t->gnorm_scratch, t->stream), "gradient norm");
+    CK(cudaMemcpyAsync(norm, t->gnorm, sizeof(double), cudaMemcpyDeviceToHost, t->stream), "gradient norm");
+    CK(cudaStreamSynchronize(t->stream), "gradient norm");
+    return true;
+}
+
+bool train_cuda_grad_scale(struct train_cuda *t, float scale)
+{
+    CK(cu_grad_scale(t->g, t->layout.total, scale, t->stream), "gradient scaling");
+    return true;
+}
+
+bool train_cuda_adamw_step(struct train_cuda *t, uint64_t step, float lr, const struct train_adamw *o)
+{
+    for (size_t i = 0; i < t->layout.count; i++) {
+        const struct model_tensor *tensor = &t->layout.tensors[i];
+        const bool decay = tensor->kind == MODEL_TENSOR_MATRIX || tensor->kind == MODEL_TENSOR_EMBEDDING;
+        const struct cu_adamw_step a = {.lr = lr, .beta1 = o->beta1, .beta2 = o->beta2, .eps = o->eps,
+                                        .weight_decay = decay ? o->weight_decay : 0.0f, .uer = o->uer,
+                                        .step = step};
+        const size_t off = tensor->offset;
+        CK(cu_adamw(t->p + off, t->p16 ? t->p16 + off : NULL, t->mom + off, t->vel + off, t->g + off,
+                    tensor->numel, &a, t->stream), "AdamW");
+    }
+    CK(cudaStreamSynchronize(t->stream), "AdamW");
+    return true;
+}
+
+bool train_cuda_download(struct train_cuda *t, float *params, float *grads, float *mom, float *vel)
+{
+    CK(cudaSetDevice(t->device), "selecting the device");
+    return (!params || copy_block(t, t->p, params, false)) && (!grads || copy_block(t, t->g, grads, false)) &&
+           (!mom || copy_block(t, t->mom, mom, false)) && (!vel || copy_block(t, t->vel, vel, false));
+}
+
+bool train_cuda_upload(struct train_cuda *t, const float *params, const float *mom, const float *vel)
+{
+    CK(cudaSetDevice(t->device), "selecting the device");
+    return (!params || (copy_block(t, t->p, (float *)params, true) && refresh_mirror(t))) &&
+           (!mom || copy_block(t, t->mom, (float *)mom, true)) && (!vel || copy_block(t, t->vel, (float *)vel, true));
+}
+
+#endif
