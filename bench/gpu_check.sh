@@ -6,7 +6,8 @@
 # PyTorch + transformers on the same card (bench/gpu_bench.py), and a summary table.
 #
 #   bench/gpu_check.sh               on the GPU machine; results under $OUT (default ./gpu-out)
-#   bench/gpu_check.sh --quick       the same in under 4.5 minutes: PyTorch eager only, no racecheck
+#   bench/gpu_check.sh --quick       the same in under 4.5 minutes: PyTorch eager only (inference and
+#                                    training), no racecheck, no heuristic-GEMM variant
 #   NETLM_GPU_DEADLINE=S             end every stage by S seconds from the start (default 570)
 #   NETLM_GPU_TORCH=0                no PyTorch stage
 #   bench/gpu_check.sh --fetch-deps  here, before: the Debian packages of the C dependencies
@@ -137,9 +138,34 @@ run_stage ctest-cuda 150 "$log" ctest --test-dir "$build" -L cuda --output-on-fa
 if grep -q "Skipped" "$log"; then stage_done cuda-tests-ran skipped 0; fi
 : >"$OUT/netlm.json"
 run_stage bench-netlm 120 "$OUT/netlm.json" "$build/netlm_model_bench" --device cuda --runs 10
-# Variants in the same run, tagged in netlm.json: the heuristic's first GEMM algorithm instead of
-# the fastest of its candidates; and the time per kind of step (no graphs)
-variant() { # name env... -- bench args...
+# training steps on the GPU (train_cuda_*); the PyTorch side is in gpu_bench.py
+run_stage bench-train 90 "$OUT/netlm.json" "$build/netlm_model_bench" --device cuda --train --runs 5
+# the engine as users run it: classify and replay on the GPU against the CPU
+run_stage e2e-classify-replay 60 "$log" python3 "$root/bench/gpu_e2e.py" "$build/netlm" \
+    "$root/models/ustc-tfc2016" "$root/data/demo.pcap"
+san=compute-sanitizer
+command -v $san >/dev/null || san=/usr/local/cuda/bin/compute-sanitizer
+run_stage memcheck 80 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --leak-check full \
+    --error-exitcode 9 "$build/tests/test_cuda_ops"
+run_stage memcheck-train 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
+    "$build/tests/test_cuda_backward"
+run_stage memcheck-attn-bwd 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
+    "$build/tests/test_cuda_attention_backward"
+run_stage memcheck-model 60 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_TEST_FILTER=test_bf16 $san \
+    --tool memcheck --error-exitcode 9 "$build/tests/test_cuda_model"
+((quick)) || run_stage racecheck 60 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_TEST_FILTER=test_attention $san \
+    --tool racecheck --racecheck-report all --error-exitcode 9 "$build/tests/test_cuda_ops"
+((quick)) || run_stage racecheck-attn-bwd 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san \
+    --tool racecheck --racecheck-report all --error-exitcode 9 "$build/tests/test_cuda_attention_backward"
+# PyTorch: eager inference and training, then compiled modes while --budget-s lasts (each
+# compile takes 30-60 s); it leaves 40 s for the variants below
+left=$((deadline - 40 - SECONDS))
+((left > 60)) || left=60
+[[ ${NETLM_GPU_TORCH:-1} == 0 ]] || run_stage bench-torch "$left" "$OUT/summary.txt" env PYTHONUNBUFFERED=1 python3 "$root/bench/gpu_bench.py" \
+    --out "$OUT/torch.json" --runs 10 $( ((quick)) && echo --no-compile) --budget-s $((left - 70 > 20 ? left - 70 : 20))
+# Variants in the same run, tagged in netlm.json: the residual stream in bf16; the time per kind
+# of step (no graphs); the heuristic's first GEMM algorithm instead of the fastest candidate
+variant() { # name command...
     local name=$1 tmp=$OUT/variant.tmp
     shift
     : >"$tmp"
@@ -147,34 +173,9 @@ variant() { # name env... -- bench args...
     sed "s/^{\"side\":\"netlm\"/{\"side\":\"netlm\",\"variant\":\"$name\"/; s/^{\"cuda_profile\"/{\"variant\":\"$name\",\"cuda_profile\"/" "$tmp" >>"$OUT/netlm.json"
     rm -f "$tmp"
 }
-# training steps on the GPU (train_cuda_*), the PyTorch side in gpu_bench.py
-run_stage bench-train 90 "$OUT/netlm.json" "$build/netlm_model_bench" --device cuda --train --runs 5
 variant residual-bf16 "$build/netlm_model_bench" --device cuda --runs 10 --residual-bf16
-variant gemm-heuristic env NETLM_CUDA_GEMM_TUNE=0 "$build/netlm_model_bench" --device cuda --runs 10
 variant profile "$build/netlm_model_bench" --device cuda --runs 5 --profile
-san=compute-sanitizer
-command -v $san >/dev/null || san=/usr/local/cuda/bin/compute-sanitizer
-run_stage memcheck 80 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --leak-check full \
-    --error-exitcode 9 "$build/tests/test_cuda_ops"
-# the engine as users run it: classify and replay on the GPU against the CPU
-run_stage e2e-classify-replay 60 "$log" python3 "$root/bench/gpu_e2e.py" "$build/netlm" \
-    "$root/models/ustc-tfc2016" "$root/data/demo.pcap"
-run_stage memcheck-train 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
-    "$build/tests/test_cuda_backward"
-run_stage memcheck-attn-bwd 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
-    "$build/tests/test_cuda_attention_backward"
-((quick)) || run_stage racecheck 60 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_TEST_FILTER=test_attention $san \
-    --tool racecheck --racecheck-report all --error-exitcode 9 "$build/tests/test_cuda_ops"
-((quick)) || run_stage racecheck-attn-bwd 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san \
-    --tool racecheck --racecheck-report all --error-exitcode 9 "$build/tests/test_cuda_attention_backward"
-# PyTorch gets what is left but 60 s (the model engine's memcheck); compiled modes start only
-# while --budget-s has not passed (each compile takes 30-60 s)
-left=$((deadline - 60 - SECONDS))
-((left > 60)) || left=60
-[[ ${NETLM_GPU_TORCH:-1} == 0 ]] || run_stage bench-torch "$left" "$OUT/summary.txt" env PYTHONUNBUFFERED=1 python3 "$root/bench/gpu_bench.py" \
-    --out "$OUT/torch.json" --runs 10 $( ((quick)) && echo --no-compile) --budget-s $((left - 70 > 20 ? left - 70 : 20))
-run_stage memcheck-model 60 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_TEST_FILTER=test_bf16 $san \
-    --tool memcheck --error-exitcode 9 "$build/tests/test_cuda_model"
+((quick)) || variant gemm-heuristic env NETLM_CUDA_GEMM_TUNE=0 "$build/netlm_model_bench" --device cuda --runs 10
 grep -E "FAIL|ERROR SUMMARY|RACECHECK SUMMARY|LEAK SUMMARY|\[  (PASSED|FAILED) \]|\"e2e\"" "$log" | head -30 || true
 
 # ---- summary ----
