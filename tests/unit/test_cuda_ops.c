@@ -19,8 +19,9 @@
  * - a bf16 residual stream (the engine's residual_bf16): as an input of the norms it is just
  *   another input, rounded on the host first, so the norms keep the bounds of their output type.
  *   As the output of the embedding (one rounding of the fp32 sum wte + wpe) and of the residual
- *   GEMMs (one rounding of x·Wᵀ + bias + y in cuBLASLt's fp32 epilogue) it is one more bf16
- *   output: 4e-3 (8e-3 with the epilogue fallback, which adds the bias after rounding).
+ *   GEMMs it is one more bf16 output: 4e-3 for the embedding; 8e-3 for a GEMM that adds into a
+ *   bf16 y (measured 4.2e-3 on an H200, above one rounding: consistent with the product rounded to bf16
+ *   before y is added) and with the epilogue fallback, which adds the bias after rounding.
  * For comparison, llm.c's bf16 tests allow |ref|·0.079 per element. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -79,7 +80,7 @@ static void gemm_case(struct cu_gemm *g, enum cu_dtype t, enum cu_dtype yt, size
     snprintf(label, sizeof label, "gemm %zux%zux%zu%s%s%s → %s", n, in, out, bias ? " +bias" : "",
              accumulate ? " +y" : "", gelu ? " gelu" : "", test_dtype_name(yt));
     double bound = yt == CU_BF16 ? 4e-3 : t == CU_BF16 ? 1e-4 : 1e-5;
-    if (yt == CU_BF16 && (bias || gelu) && gemm_epilogue_fallback)
+    if (yt == CU_BF16 && (((bias || gelu) && gemm_epilogue_fallback) || accumulate))
         bound = 8e-3;
     if (gelu)
         bound = t == CU_BF16 ? 8e-3 : 1e-3;
