@@ -19,8 +19,9 @@
  * - bf16 operands (inputs rounded to bf16 with test_round, the CPU computing on those values,
  *   so products are exact in fp32 on both sides): dx in bf16 4e-3 (one rounding of the output,
  *   ≤ 2⁻⁹ relative, ×2 headroom), 8e-3 when it adds into dx (measured 4.07e-3 on an H200 at
- *   4096 × 768 × 2304: consistent with the product rounded to bf16 before C is added); fp32 dx and fp32 dW (onto a nonzero start) 1e-4 (fp32 sum
- *   order of the tensor cores' accumulation, as the forward's bf16 → fp32 GEMMs); db 2e-5 (the
+ *   4096 × 768 × 2304: consistent with the product rounded to bf16 before C is added); fp32 dx
+ *   and fp32 dW (onto a nonzero start) 1e-4 (fp32 sum order of the tensor cores' accumulation,
+ *   as the forward's bf16 → fp32 GEMMs); db 2e-5 (the
  *   kernel's fp32 sums of exact bf16 values, order only, as in fp32).
  * - determinism: two runs of cu_gemm_dw from the same dW, db give identical bits. */
 #include <setjmp.h>

@@ -20,8 +20,9 @@
  *   another input, rounded on the host first, so the norms keep the bounds of their output type.
  *   As the output of the embedding (one rounding of the fp32 sum wte + wpe) and of the residual
  *   GEMMs it is one more bf16 output: 4e-3 for the embedding; 8e-3 for a GEMM that adds into a
- *   bf16 y (measured 4.2e-3 on an H200, above one rounding: consistent with the product rounded to bf16
- *   before y is added) and with the epilogue fallback, which adds the bias after rounding.
+ *   bf16 y (measured 4.2e-3 on an H200, above one rounding: consistent with the product
+ *   rounded to bf16 before y is added) and with the epilogue fallback, which adds the bias after
+ *   rounding.
  * For comparison, llm.c's bf16 tests allow |ref|·0.079 per element. */
 #include <setjmp.h>
 #include <stdarg.h>
