@@ -175,6 +175,7 @@ variant() { # name command...
 }
 variant residual-bf16 "$build/netlm_model_bench" --device cuda --runs 10 --residual-bf16
 variant profile "$build/netlm_model_bench" --device cuda --runs 5 --profile
+variant train-profile env NETLM_CUDA_PROFILE=1 "$build/netlm_model_bench" --device cuda --train --runs 3
 ((quick)) || variant gemm-heuristic env NETLM_CUDA_GEMM_TUNE=0 "$build/netlm_model_bench" --device cuda --runs 10
 grep -E "FAIL|ERROR SUMMARY|RACECHECK SUMMARY|LEAK SUMMARY|\[  (PASSED|FAILED) \]|\"e2e\"" "$log" | head -30 || true
 

@@ -85,6 +85,7 @@ struct train_cuda {
     enum cu_norm_kind norm;
     cudaStream_t stream;
     struct cu_gemm *gemm;
+    struct cu_profile *prof; /* NETLM_CUDA_PROFILE=1: time per kind of step (profile.c) */
 
     /* parameters: fp32 master, gradients, moments, bf16 mirror; the aligned layout */
     struct model_layout layout;
@@ -155,6 +156,7 @@ void train_cuda_free(struct train_cuda *t)
     cudaSetDevice(t->device);
     if (t->stream)
         cudaStreamSynchronize(t->stream);
+    cu_profile_free(t->prof);
     cu_gemm_free(t->gemm);
     cudaFree(t->p);
     cudaFree(t->ablock);
@@ -341,6 +343,8 @@ struct train_cuda *train_cuda_create(struct model *m, int device, bool bf16, uin
         ok = false;
     if (ok) /* the heuristic's first algorithm, the same in every process: resume is exact */
         cu_gemm_set_tuning(t->gemm, false);
+    if (ok)
+        t->prof = cu_profile_create();
     size_t pbytes = 0, abytes = 0;
     if (ok) {
         carve(t, NULL, &pbytes, NULL, &abytes);
@@ -417,6 +421,7 @@ struct train_cuda *train_cuda_create(struct model *m, int device, bool bf16, uin
 
 /* ---- the passes ---- */
 
+#define MARK(step) cu_profile_mark(t->prof, (step), t->stream)
 #define GEMM(...) GEMM_OK(cu_gemm_run(t->gemm, s, __VA_ARGS__, t->err, sizeof t->err))
 #define GEMM_DX(...) GEMM_OK(cu_gemm_dx(t->gemm, s, __VA_ARGS__, t->err, sizeof t->err))
 #define GEMM_DW(...) GEMM_OK(cu_gemm_dw(t->gemm, s, __VA_ARGS__, t->err, sizeof t->err))
@@ -430,35 +435,47 @@ static bool forward(struct train_cuda *t, uint32_t nseq, uint32_t N, uint32_t ma
     const float eps = c->norm_eps;
     CK(cu_embed(t->stash[0].x_in, CU_F32, wt(t, t->w.wte), t->gpt2 ? wt(t, t->w.wpe) : NULL, T,
                 t->d_tokens, t->d_pos, N, C, s), "embedding");
+    MARK("embedding");
     for (uint32_t l = 0; l < c->layers; l++) {
         const struct model_layer_weights *lw = &t->wl[l];
         struct layer_stash *st = &t->stash[l];
         float *next = l + 1 < c->layers ? t->stash[l + 1].x_in : t->x_fin;
         CK(cu_norm(st->ln1, T, st->x_in, CU_F32, lw->ln1_w, lw->ln1_b, N, C, eps, t->norm, s), "norm 1");
+        MARK("norm");
         GEMM(T, T, st->qkv, t->QKV, st->ln1, C, wt(t, lw->qkv_w), lw->qkv_b ? wt(t, lw->qkv_b) : NULL, N, C,
              t->QKV, false, false);
-        if (!t->gpt2)
+        MARK("gemm qkv");
+        if (!t->gpt2) {
             CK(cu_rope(st->qkv, T, N, t->QKV, t->H + t->KV, t->d, t->d_pos, t->rope_cos, t->rope_sin, s),
                "rope");
+            MARK("rope");
+        }
         CK(cu_attention_train(st->att, Hd, st->lse, st->qkv, t->QKV, T, t->d_seq_off, nseq, max_len, t->H,
                               t->KV, t->d, 1.0f / sqrtf((float)t->d), CU_ATTN_AUTO, s),
            "attention");
+        MARK("attention");
         CK(cudaMemcpyAsync(st->x_mid, st->x_in, (size_t)N * C * 4, cudaMemcpyDeviceToDevice, s), "residual");
         /* the residual GEMMs' bias is fp32 like their output (cu_gemm_run: bias of y's type) */
         GEMM(T, CU_F32, st->x_mid, C, st->att, Hd, wt(t, lw->o_w), lw->o_b, N, Hd, C, true, false);
+        MARK("gemm o");
         CK(cu_norm(st->ln2, T, st->x_mid, CU_F32, lw->ln2_w, lw->ln2_b, N, C, eps, t->norm, s), "norm 2");
+        MARK("norm");
         GEMM(T, T, st->ffn_pre, t->FW, st->ln2, C, wt(t, lw->up_w), lw->up_b ? wt(t, lw->up_b) : NULL, N, C,
              t->FW, false, false);
+        MARK("gemm up");
         CK(cudaMemcpyAsync(st->ffn_act, st->ffn_pre, (size_t)N * t->FW * t->ts, cudaMemcpyDeviceToDevice, s),
            "activation");
         if (t->gpt2)
             CK(cu_gelu(st->ffn_act, T, (size_t)N * t->F, c->act == MODEL_ACT_GELU_ERF, s), "gelu");
         else
             CK(cu_swiglu(st->ffn_act, T, N, t->F, s), "swiglu");
+        MARK("activation");
         CK(cudaMemcpyAsync(next, st->x_mid, (size_t)N * C * 4, cudaMemcpyDeviceToDevice, s), "residual");
         GEMM(T, CU_F32, next, C, st->ffn_act, t->FW, wt(t, lw->down_w), lw->down_b, N, t->F, C, true, false);
+        MARK("gemm down");
     }
     CK(cu_norm(t->xn, T, t->x_fin, CU_F32, t->w.lnf_w, t->w.lnf_b, N, C, eps, t->norm, s), "final norm");
+    MARK("norm");
     return true;
 }
 
@@ -487,14 +504,17 @@ static bool lm_head(struct train_cuda *t, uint32_t N, float scale)
         const uint32_t n = N - r0 < LM_CHUNK ? N - r0 : LM_CHUNK;
         const void *rows = (const char *)t->xn + (size_t)r0 * C * ts;
         GEMM(T, CU_F32, t->logits, V, rows, C, wt(t, head), NULL, n, C, V, false, false);
+        MARK("lm head gemm");
         CK(cu_softmax_xent(t->logits, V, t->loss_rows + r0, t->d_targets + r0, n, (uint32_t)V, scale, s),
            "cross-entropy");
+        MARK("cross-entropy");
         bool ok = true;
         const void *dl = as_t(t, t->dlogits_t, t->logits, (size_t)n * V, &ok);
         if (!ok)
             return false;
         GEMM_DX(T, T, (char *)t->dxn + (size_t)r0 * C * ts, C, dl, V, wt(t, head), n, C, V, false);
         GEMM_DW(T, dhead, NULL, dl, V, rows, C, n, C, V);
+        MARK("lm head gemm backward");
     }
     return true;
 }
@@ -545,6 +565,7 @@ static bool backward(struct train_cuda *t, uint32_t nseq, uint32_t N, uint32_t m
     CK(cudaMemsetAsync(t->dx, 0, (size_t)N * C * 4, s), "gradients");
     CK(cu_norm_backward(t->dx, t->gw.lnf_w, t->gw.lnf_b, t->dxn, T, t->x_fin, t->w.lnf_w, N, C, eps, t->norm,
                         t->norm_scratch, s), "final norm backward");
+    MARK("norm backward");
     for (uint32_t l = c->layers; l-- > 0;) {
         const struct model_layer_weights *lw = &t->wl[l];
         struct model_layer_weights *gl = &t->gl[l];
@@ -555,6 +576,7 @@ static bool backward(struct train_cuda *t, uint32_t nseq, uint32_t N, uint32_t m
             return false;
         GEMM_DX(T, T, t->dffn_act, t->F, dy, C, wt(t, lw->down_w), N, t->F, C, false);
         GEMM_DW(T, gl->down_w, gl->down_b, dy, C, st->ffn_act, t->FW, N, t->F, C);
+        MARK("gemm down backward");
         if (t->gpt2) {
             CK(cudaMemcpyAsync(t->dffn, t->dffn_act, (size_t)N * t->F * t->ts, cudaMemcpyDeviceToDevice, s),
                "gelu backward");
@@ -563,34 +585,44 @@ static bool backward(struct train_cuda *t, uint32_t nseq, uint32_t N, uint32_t m
         } else {
             CK(cu_swiglu_backward(t->dffn, t->dffn_act, t->F, st->ffn_pre, T, N, t->F, s), "swiglu backward");
         }
+        MARK("activation backward");
         GEMM_DX(T, T, t->dln, C, t->dffn, t->FW, wt(t, lw->up_w), N, C, t->FW, false);
         GEMM_DW(T, gl->up_w, gl->up_b, t->dffn, t->FW, st->ln2, C, N, C, t->FW);
+        MARK("gemm up backward");
         CK(cu_norm_backward(t->dx, gl->ln2_w, gl->ln2_b, t->dln, T, st->x_mid, lw->ln2_w, N, C, eps, t->norm,
                             t->norm_scratch, s), "norm 2 backward");
+        MARK("norm backward");
         /* attention: dx = d(x_mid); x_mid = x_in + o(attn(qkv(ln1(x_in)))) */
         dy = as_t(t, t->dy, t->dx, (size_t)N * C, &ok);
         if (!ok)
             return false;
         GEMM_DX(T, T, t->datt, Hd, dy, C, wt(t, lw->o_w), N, Hd, C, false);
         GEMM_DW(T, gl->o_w, gl->o_b, dy, C, st->att, Hd, N, Hd, C);
+        MARK("gemm o backward");
         CK(cu_attention_backward(t->dqkv, t->QKV, t->datt, Hd, st->att, Hd, st->qkv, t->QKV, st->lse, t->delta,
                                  T, t->d_seq_off, nseq, max_len, t->H, t->KV, t->d, 1.0f / sqrtf((float)t->d), s),
            "attention backward");
-        if (!t->gpt2)
+        MARK("attention backward");
+        if (!t->gpt2) {
             CK(cu_rope_backward(t->dqkv, T, N, t->QKV, t->H + t->KV, t->d, t->d_pos, t->rope_cos, t->rope_sin, s),
                "rope backward");
+            MARK("rope backward");
+        }
         GEMM_DX(T, T, t->dln, C, t->dqkv, t->QKV, wt(t, lw->qkv_w), N, C, t->QKV, false);
         GEMM_DW(T, gl->qkv_w, gl->qkv_b, t->dqkv, t->QKV, st->ln1, C, N, C, t->QKV);
         if (t->gpt2 && gl->qkv_b) /* the key bias: exactly zero gradient (see train/grad.c) */
             CK(cudaMemsetAsync(gl->qkv_b + Hd, 0, (size_t)t->KV * t->d * 4, s), "key bias");
+        MARK("gemm qkv backward");
         CK(cu_norm_backward(t->dx, gl->ln1_w, gl->ln1_b, t->dln, T, st->x_in, lw->ln1_w, N, C, eps, t->norm,
                             t->norm_scratch, s), "norm 1 backward");
+        MARK("norm backward");
     }
     CK(cu_embed_backward(t->gw.wte, t->dx, t->d_rows_by_key, t->d_seg_key, t->d_seg_start, nseg_tok, C, s),
        "embedding backward");
     if (t->gpt2)
         CK(cu_embed_backward(t->gw.wpe, t->dx, t->d_prows, t->d_pseg_key, t->d_pseg_start, nseg_pos, C, s),
            "position embedding backward");
+    MARK("embedding backward");
     return true;
 }
 
@@ -676,6 +708,7 @@ bool train_cuda_forward_backward(struct train_cuda *t, enum train_objective obje
        "copying the batch");
     CK(cudaMemcpyAsync(t->d_seg_start, t->h_seg_start, ((size_t)nseg_tok + 1) * 4, cudaMemcpyHostToDevice, s),
        "copying the batch");
+    cu_profile_start(t->prof, s);
     if (!forward(t, B, N, max_len))
         return false;
     CK(cudaMemsetAsync(t->dxn, 0, (size_t)N * t->C * t->ts, s), "gradients");
@@ -690,6 +723,7 @@ bool train_cuda_forward_backward(struct train_cuda *t, enum train_objective obje
     if (!backward(t, B, N, max_len, nseg_tok, nseg_pos))
         return false;
     CK(cudaStreamSynchronize(s), "running the backward pass");
+    cu_profile_collect(t->prof, false); /* a training step's call ends with its AdamW pass */
     double sum = 0.0;
     for (uint32_t i = 0; i < loss_rows; i++)
         sum += t->h_loss[i];
@@ -719,6 +753,7 @@ bool train_cuda_grad_scale(struct train_cuda *t, float scale)
 
 bool train_cuda_adamw_step(struct train_cuda *t, uint64_t step, float lr, const struct train_adamw *o)
 {
+    cu_profile_start(t->prof, t->stream);
     for (size_t i = 0; i < t->layout.count; i++) {
         const struct model_tensor *tensor = &t->layout.tensors[i];
         const bool decay = tensor->kind == MODEL_TENSOR_MATRIX || tensor->kind == MODEL_TENSOR_EMBEDDING;
@@ -729,7 +764,9 @@ bool train_cuda_adamw_step(struct train_cuda *t, uint64_t step, float lr, const 
         CK(cu_adamw(t->p + off, t->p16 ? t->p16 + off : NULL, t->mom + off, t->vel + off, t->g + off,
                     tensor->numel, &a, t->stream), "AdamW");
     }
+    MARK("adamw");
     CK(cudaStreamSynchronize(t->stream), "AdamW");
+    cu_profile_collect(t->prof, true);
     return true;
 }
 

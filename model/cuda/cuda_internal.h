@@ -188,6 +188,31 @@ bool cu_gemm_dw(struct cu_gemm *g, cudaStream_t s, enum cu_dtype abt, float *dw,
 cudaError_t cu_gemm_bias_grad(float *db, const void *dy, enum cu_dtype t, size_t ldy, size_t n,
                               size_t out, float *scratch, size_t scratch_floats, cudaStream_t s);
 
+/* ---- the step profile (profile.c) ---- */
+
+#define CU_PROFILE_EVENTS 2048 /* marks per pass: a forward has 7 per layer, a training step 20 */
+#define CU_PROFILE_KINDS 32
+struct cu_profile {
+    cudaEvent_t ev[CU_PROFILE_EVENTS];
+    const char *step[CU_PROFILE_EVENTS];
+    unsigned marks, calls;
+    bool warm;
+    const char *names[CU_PROFILE_KINDS];
+    double ms[CU_PROFILE_KINDS];
+    unsigned kinds;
+};
+/* NULL (every call below then does nothing) unless NETLM_CUDA_PROFILE=1. */
+struct cu_profile *cu_profile_create(void);
+/* A pass begins: the spin kernel's head start, then the first mark. */
+void cu_profile_start(struct cu_profile *p, cudaStream_t s);
+/* The step just enqueued on s ends here; step names a kind (a string that outlives p). */
+void cu_profile_mark(struct cu_profile *p, const char *step, cudaStream_t s);
+/* After the stream has finished the pass: each step's time into its kind's sum. ends_call: the
+ * pass completes one call of the profiled API (ms_per_call averages over those). */
+void cu_profile_collect(struct cu_profile *p, bool ends_call);
+/* Prints the JSON line {"cuda_profile": {...}} (when a pass was counted) and frees p. */
+void cu_profile_free(struct cu_profile *p);
+
 #ifdef __cplusplus
 }
 #endif

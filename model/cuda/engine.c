@@ -38,8 +38,6 @@
 
 #define ALIGN_BYTES 256
 #define GRAPH_SLOTS 48
-#define PROFILE_EVENTS 1024 /* 7 per layer: up to ~140 layers */
-#define PROFILE_KINDS 16
 #define WORKSPACE_BYTES ((size_t)32 << 20) /* cuBLASLt's recommendation for Hopper */
 
 void cu_host_from_f32(void *dst, enum cu_dtype t, const float *src, size_t n)
@@ -124,19 +122,7 @@ struct model_cuda {
     struct graph_slot graphs[GRAPH_SLOTS];
     unsigned graph_next;
 
-    /* NETLM_CUDA_PROFILE=1 (eager runs only): an event after every step of the forward, and
-     * the time between consecutive events summed per kind of step, printed as one JSON line
-     * on stderr when the engine is freed (bench/gpu_check.sh reads it) */
-    struct profile {
-        bool on;
-        cudaEvent_t ev[PROFILE_EVENTS];
-        const char *step[PROFILE_EVENTS];
-        unsigned marks, calls;
-        bool warm; /* the first call, with its plan creation between launches, is not counted */
-        const char *names[PROFILE_KINDS];
-        double ms[PROFILE_KINDS];
-        unsigned kinds;
-    } prof;
+    struct cu_profile *prof; /* NETLM_CUDA_PROFILE=1, eager runs only (profile.c) */
     char err[320];
 };
 
@@ -159,57 +145,6 @@ static void fail(struct model_cuda *e, const char *fmt, ...)
     } while (0)
 
 static size_t align_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
-
-/* ---- the step profile (NETLM_CUDA_PROFILE=1) ---- */
-
-static void profile_mark(struct model_cuda *e, const char *step)
-{
-    struct profile *p = &e->prof;
-    if (p->on && p->marks < PROFILE_EVENTS && cudaEventRecord(p->ev[p->marks], e->stream) == cudaSuccess)
-        p->step[p->marks++] = step;
-}
-
-/* After the stream has finished: each step's time into its kind's sum. */
-static void profile_collect(struct model_cuda *e)
-{
-    struct profile *p = &e->prof;
-    for (unsigned i = 1; p->warm && i < p->marks; i++) {
-        float ms = 0.0f;
-        if (cudaEventElapsedTime(&ms, p->ev[i - 1], p->ev[i]) != cudaSuccess)
-            continue;
-        unsigned k = 0;
-        while (k < p->kinds && strcmp(p->names[k], p->step[i]))
-            k++;
-        if (k == p->kinds && p->kinds < PROFILE_KINDS)
-            p->names[p->kinds++] = p->step[i];
-        if (k < p->kinds)
-            p->ms[k] += ms;
-    }
-    if (p->marks > 1 && p->warm)
-        p->calls++;
-    p->warm = true;
-    p->marks = 0;
-}
-
-static void profile_report(struct model_cuda *e)
-{
-    struct profile *p = &e->prof;
-    if (!p->on)
-        return;
-    if (p->calls) {
-        double total = 0.0;
-        for (unsigned k = 0; k < p->kinds; k++)
-            total += p->ms[k];
-        fprintf(stderr, "{\"cuda_profile\":{\"calls\":%u,\"ms_per_call\":%.4f,\"steps\":{", p->calls,
-                total / p->calls);
-        for (unsigned k = 0; k < p->kinds; k++)
-            fprintf(stderr, "%s\"%s\":%.4f", k ? "," : "", p->names[k], p->ms[k] / p->calls);
-        fprintf(stderr, "}}}\n");
-    }
-    for (unsigned i = 0; i < PROFILE_EVENTS; i++)
-        if (p->ev[i])
-            cudaEventDestroy(p->ev[i]);
-}
 
 int model_cuda_device_count(void)
 {
@@ -357,7 +292,7 @@ void model_cuda_free(struct model_cuda *e)
     for (unsigned i = 0; i < GRAPH_SLOTS; i++)
         if (e->graphs[i].used)
             cudaGraphExecDestroy(e->graphs[i].exec);
-    profile_report(e);
+    cu_profile_free(e->prof);
     cu_gemm_free(e->gemm);
     cudaFree(e->wblock);
     cudaFree(e->ablock);
@@ -435,15 +370,8 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
     }
     if (ok && !(e->gemm = cu_gemm_create(WORKSPACE_BYTES, e->err, sizeof e->err)))
         ok = false;
-    const char *prof = getenv("NETLM_CUDA_PROFILE");
-    if (ok && prof && prof[0] == '1' && !o->graphs) {
-        e->prof.on = true;
-        for (unsigned i = 0; ok && i < PROFILE_EVENTS; i++)
-            if (cudaEventCreate(&e->prof.ev[i]) != cudaSuccess) {
-                fail(e, "cuda: cannot create the profile's events");
-                ok = false;
-            }
-    }
+    if (ok && !o->graphs)
+        e->prof = cu_profile_create();
     ok = ok && upload_weights(e);
     if (ok) {
         place_activations(e, NULL, &e->abytes);
@@ -513,50 +441,48 @@ static bool enqueue(struct model_cuda *e, enum tail tail)
     const uint32_t n = e->rows, C = e->C, Hd = e->H * e->d;
     const float eps = e->m->cfg.norm_eps;
 
-    if (e->prof.on) /* ~5 ms at 2 GHz: the host enqueues the whole forward meanwhile */
-        CK(cu_spin(10000000LL, s), "profile head start");
-    profile_mark(e, "start");
+    cu_profile_start(e->prof, s);
     CK(cu_embed(e->x, XT, e->wte, e->gpt2 ? e->wpe : NULL, T, e->d_tokens, e->d_pos, n, C, s), "embedding");
-    profile_mark(e, "embedding");
+    cu_profile_mark(e->prof, "embedding", s);
     for (uint32_t l = 0; l < e->m->cfg.layers; l++) {
         const struct cu_layer *cl = &e->layers[l];
         CK(cu_norm(e->xn, T, e->x, XT, cl->ln1_w, cl->ln1_b, n, C, eps, e->norm, s), "norm 1");
-        profile_mark(e, "norm");
+        cu_profile_mark(e->prof, "norm", s);
         GEMM(T, T, e->qkv, e->QKV, e->xn, C, cl->qkv_w, cl->qkv_b, n, C, e->QKV, false, false);
-        profile_mark(e, "gemm qkv");
+        cu_profile_mark(e->prof, "gemm qkv", s);
         if (!e->gpt2) {
             CK(cu_rope(e->qkv, T, n, e->QKV, e->H + e->KV, e->d, e->d_pos, e->rope_cos,
                        e->rope_sin, s), "rope");
-            profile_mark(e, "rope");
+            cu_profile_mark(e->prof, "rope", s);
         }
         CK(cu_attention(e->att, Hd, e->qkv, e->QKV, T, e->d_seq_off, e->nseq, e->max_len, e->H,
                         e->KV, e->d, 1.0f / sqrtf((float)e->d), CU_ATTN_AUTO, s), "attention");
-        profile_mark(e, "attention");
+        cu_profile_mark(e->prof, "attention", s);
         GEMM(T, XT, e->x, C, e->att, Hd, cl->o_w, cl->o_b, n, Hd, C, true, false);
-        profile_mark(e, "gemm o +residual");
+        cu_profile_mark(e->prof, "gemm o +residual", s);
         CK(cu_norm(e->xn, T, e->x, XT, cl->ln2_w, cl->ln2_b, n, C, eps, e->norm, s), "norm 2");
-        profile_mark(e, "norm");
+        cu_profile_mark(e->prof, "norm", s);
         if (e->gpt2) {
             /* cuBLASLt's GELU epilogue is the tanh form but evaluates tanh its own way (~1e-3,
              * test_cuda_ops): bf16 rounds coarser than that; the fp32 engine uses the kernel */
             const bool erf = e->m->cfg.act == MODEL_ACT_GELU_ERF, fused = !erf && T == CU_BF16;
             GEMM(T, T, e->ffn, e->F, e->xn, C, cl->up_w, cl->up_b, n, C, e->F, false, fused);
-            profile_mark(e, "gemm up");
+            cu_profile_mark(e->prof, "gemm up", s);
             if (!fused) {
                 CK(cu_gelu(e->ffn, T, (size_t)n * e->F, erf, s), "gelu");
-                profile_mark(e, "gelu");
+                cu_profile_mark(e->prof, "gelu", s);
             }
         } else {
             GEMM(T, T, e->ffn, e->FW, e->xn, C, cl->up_w, NULL, n, C, e->FW, false, false);
-            profile_mark(e, "gemm up");
+            cu_profile_mark(e->prof, "gemm up", s);
             CK(cu_swiglu(e->ffn, T, n, e->F, s), "swiglu");
-            profile_mark(e, "swiglu");
+            cu_profile_mark(e->prof, "swiglu", s);
         }
         GEMM(T, XT, e->x, C, e->ffn, e->FW, cl->down_w, cl->down_b, n, e->F, C, true, false);
-        profile_mark(e, "gemm down +residual");
+        cu_profile_mark(e->prof, "gemm down +residual", s);
     }
     CK(cu_norm(e->xn, T, e->x, XT, e->lnf_w, e->lnf_b, n, C, eps, e->norm, s), "final norm");
-    profile_mark(e, "norm");
+    cu_profile_mark(e->prof, "norm", s);
 
     if (tail == TAIL_CLASSIFY) {
         const enum cu_pool_kind pk = (enum cu_pool_kind)e->m->cfg.pooling;
@@ -572,7 +498,7 @@ static bool enqueue(struct model_cuda *e, enum tail tail)
         GEMM(T, CU_F32, e->logits, e->Vp, e->head_t, C, e->head, NULL, e->nseq, C, e->Vp, false,
              false);
     }
-    profile_mark(e, "head");
+    cu_profile_mark(e->prof, "head", s);
     return true;
 }
 
@@ -729,7 +655,7 @@ bool model_cuda_classify(struct model_cuda *e, const uint32_t *ids, const uint32
         CK(cudaMemcpyAsync(h_pooled, e->pooled32, (size_t)batch * e->C * sizeof(float),
                            cudaMemcpyDeviceToHost, s), "copying the pooled states");
     CK(cudaStreamSynchronize(s), "running the model");
-    profile_collect(e);
+    cu_profile_collect(e->prof, true);
     memcpy(scores, h_scores, (size_t)batch * e->L * sizeof(float));
     if (pooled)
         memcpy(pooled, h_pooled, (size_t)batch * e->C * sizeof(float));
@@ -750,7 +676,7 @@ bool model_cuda_last_logits(struct model_cuda *e, const uint32_t *ids, const uin
                          (size_t)e->Vp * sizeof(float), (size_t)e->V * sizeof(float), batch,
                          cudaMemcpyDeviceToHost, s), "copying the logits");
     CK(cudaStreamSynchronize(s), "running the model");
-    profile_collect(e);
+    cu_profile_collect(e->prof, true);
     memcpy(logits, e->h_out, (size_t)batch * e->V * sizeof(float));
     return true;
 }
