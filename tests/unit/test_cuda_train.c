@@ -108,12 +108,15 @@ static struct train_cuda *gpu_trainer(struct model *m, bool bf16)
     return t;
 }
 
-/* One forward + backward on both sides: loss and every tensor's gradient. */
-static void one_step(enum model_arch arch, enum train_objective objective, const char *label)
+/* One forward + backward on both sides: loss and every tensor's gradient. The batch seed picks
+ * where the sequence of one token and the full-length one sit (every rotation is checked). */
+static void one_step(enum model_arch arch, enum train_objective objective, const char *name, uint32_t seed)
 {
+    char label[64];
+    snprintf(label, sizeof label, "%s seed %u", name, seed);
     struct model *m = small(arch, objective == TRAIN_CLASSIFY);
     struct batch_data d;
-    make_batch(&d, m->cfg.vocab_size, 3);
+    make_batch(&d, m->cfg.vocab_size, seed);
     char err[512];
     struct train_runner *r = train_runner_create(m, B, T, 1, err, sizeof err);
     assert_non_null(r);
@@ -162,10 +165,12 @@ static void one_step(enum model_arch arch, enum train_objective objective, const
 static void test_one_step(void **state)
 {
     (void)state;
-    one_step(MODEL_ARCH_GPT2, TRAIN_LM, "gpt2 lm");
-    one_step(MODEL_ARCH_QWEN2, TRAIN_LM, "qwen2 lm");
-    one_step(MODEL_ARCH_GPT2, TRAIN_CLASSIFY, "gpt2 classify");
-    one_step(MODEL_ARCH_QWEN2, TRAIN_CLASSIFY, "qwen2 classify");
+    for (uint32_t seed = 0; seed < B; seed++) {
+        one_step(MODEL_ARCH_GPT2, TRAIN_LM, "gpt2 lm", seed);
+        one_step(MODEL_ARCH_QWEN2, TRAIN_LM, "qwen2 lm", seed);
+        one_step(MODEL_ARCH_GPT2, TRAIN_CLASSIFY, "gpt2 classify", seed);
+        one_step(MODEL_ARCH_QWEN2, TRAIN_CLASSIFY, "qwen2 classify", seed);
+    }
 }
 
 /* 20 AdamW steps on both sides from the same weights: the loss curves. */
