@@ -245,7 +245,7 @@ static int parse_args(int argc, char **argv, struct pt_args *a, const char ***po
         {"resume", NULL, 0, NULL, "continue from OUT/checkpoint, exactly as if never stopped", NULL},
         {"stop-after", NULL, 0, "STEPS", "end this run after STEPS steps with a checkpoint (a time-limited job; --resume goes on)", NULL},
         {"quiet", NULL, 'q', NULL, "no status lines", NULL},
-        {"device", NULL, 0, "cpu|cuda", "where to train (default cpu; this build trains on the CPU only)", NULL},
+        {"device", NULL, 0, "cpu|cuda[:N]", "where to train (default cpu; the commands do not train on a GPU yet)", NULL},
         {"world-size", NULL, 0, "N", "accepted for the seed's command lines; one process trains", NULL},
         {"gpu-ranks", NULL, 0, "N...", "accepted for the seed's command lines", NULL},
         {"data-processor", NULL, 0, "lm", "accepted for the seed's command lines; only lm", NULL},
@@ -309,12 +309,14 @@ static int parse_args(int argc, char **argv, struct pt_args *a, const char ***po
         }
     }
     const char *device = cli_get(opts, "device");
-    if (device && strcmp(device, "cuda") == 0) {
-        cli_error(cmd, "--device cuda: built without CUDA (training runs on the CPU for now); use --device cpu");
+    int device_id = -1;
+    if (device && !model_device_parse(device, &device_id)) {
+        cli_error(cmd, "--device: expected cpu, cuda or cuda:N, got '%s'", device);
         return 2;
     }
-    if (device && strcmp(device, "cpu") != 0) {
-        cli_error(cmd, "--device: expected cpu or cuda, got '%s'", device);
+    if (device_id >= 0) {
+        cli_error(cmd, "--device %s: the training commands run on the CPU in this version (the GPU "
+                       "trainer, train_cuda, is not wired into them yet); use --device cpu", device);
         return 2;
     }
     a->out_dir = cli_get(opts, "output-model-path");

@@ -10,10 +10,13 @@
  * backward pass: per layer the residual stream before and after attention (fp32), both norm
  * outputs, q/k/v after RoPE, the attention output and its log-sum-exp, the MLP's pre- and
  * post-activation (type T). Gradients of weights are fp32 and accumulate (+=) across calls until
- * train_cuda_zero_grads, as on the CPU; every sum runs in a fixed order, so a run repeats bit for
- * bit and a resumed run continues exactly.
+ * train_cuda_zero_grads, as on the CPU; every sum runs in a fixed order (no atomics, the GEMM
+ * heuristic's first algorithm) so that a run repeats bit for bit and a resumed run continues
+ * exactly — which test_cuda_train checks, and which does not hold yet for the Qwen2 model
+ * (model/cuda/NOTES.md).
  *
- * Not yet: dropout (train_cuda_set_dropout rejects a nonzero rate), CUDA graphs, NCCL. */
+ * Not yet: dropout (the trainer has none: the CLI keeps training with dropout on the CPU), CUDA
+ * graphs, NCCL. */
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>

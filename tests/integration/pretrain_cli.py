@@ -123,7 +123,7 @@ def main():
             ("a shard with more ids than the model", ["--dataset_path", shard, "--config_path",
                                                       os.path.join(tmp, "small.json")], ["a.shard", "65541", "1000"]),
             ("--seq_length beyond the positions", ["--dataset_path", shard, "--seq_length", "64"], ["--seq_length", "64"]),
-            ("--device cuda", ["--dataset_path", shard, "--device", "cuda"], ["--device", "CUDA"]),
+            ("--device cuda", ["--dataset_path", shard, "--device", "cuda"], ["--device", "GPU"]),
             ("--resume without a checkpoint", ["--dataset_path", shard, "--resume"], ["checkpoint"]),
         ]
         for name, args, words in cases:
