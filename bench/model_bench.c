@@ -50,6 +50,19 @@ static void random_ids(uint32_t *ids, size_t n, uint32_t vocab, uint64_t *state)
     }
 }
 
+/* The classification task with the 20 labels "0".."19" (the benchmarks' head). */
+static void classify_labels(struct model_config *c)
+{
+    c->task = MODEL_TASK_CLASSIFY;
+    c->num_labels = 20;
+    c->labels = calloc(20, sizeof(char *));
+    for (int i = 0; i < 20; i++) {
+        char name[8];
+        snprintf(name, sizeof name, "%d", i);
+        c->labels[i] = strdup(name);
+    }
+}
+
 static void config_for(const char *arch, struct model_config *c)
 {
     model_config_init(c);
@@ -59,14 +72,7 @@ static void config_for(const char *arch, struct model_config *c)
     c->heads = 4;
     c->head_dim = 64;
     c->max_positions = 256;
-    c->task = MODEL_TASK_CLASSIFY;
-    c->num_labels = 20;
-    c->labels = calloc(20, sizeof(char *));
-    for (int i = 0; i < 20; i++) {
-        char name[8];
-        snprintf(name, sizeof name, "%d", i);
-        c->labels[i] = strdup(name);
-    }
+    classify_labels(c);
     if (!strcmp(arch, "gpt2")) {
         c->arch = MODEL_ARCH_GPT2;
         c->kv_heads = 4;
@@ -274,14 +280,7 @@ static void cuda_case_config(const struct cuda_case *k, struct model_config *c)
     c->head_dim = k->hidden / k->heads;
     c->ffn = k->ffn;
     c->max_positions = 1024;
-    c->task = MODEL_TASK_CLASSIFY;
-    c->num_labels = 20;
-    c->labels = calloc(20, sizeof(char *));
-    for (int i = 0; i < 20; i++) {
-        char name[8];
-        snprintf(name, sizeof name, "%d", i);
-        c->labels[i] = strdup(name);
-    }
+    classify_labels(c);
     if (k->arch == MODEL_ARCH_QWEN2) {
         c->rope_theta = 1e6;
         c->norm_eps = 1e-6f;

@@ -562,8 +562,6 @@ static void test_grad_norm(void **state)
 
 int main(void)
 {
-    if (test_cuda_skip_without_gpu())
-        return TEST_CUDA_SKIP;
     /* the launchers take a stream; the legacy default stream keeps the host copies ordered */
     stream = 0;
     const struct CMUnitTest tests[] = {
@@ -573,10 +571,7 @@ int main(void)
         cmocka_unit_test(test_softmax_xent),    cmocka_unit_test(test_adamw),
         cmocka_unit_test(test_grad_norm),
     };
-    /* NETLM_CUDA_TEST_FILTER=test_adamw: one test alone (the racecheck run) */
-    if (getenv("NETLM_CUDA_TEST_FILTER"))
-        cmocka_set_test_filter(getenv("NETLM_CUDA_TEST_FILTER"));
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return TEST_CUDA_RUN(tests);
 }
 
 #endif

@@ -254,18 +254,13 @@ static void test_gemm_dw_deterministic(void **state)
 
 int main(void)
 {
-    if (test_cuda_skip_without_gpu())
-        return TEST_CUDA_SKIP;
     /* the launchers take a stream; the legacy default stream keeps the host copies ordered */
     stream = 0;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gemm_backward),
         cmocka_unit_test(test_gemm_dw_deterministic),
     };
-    /* NETLM_CUDA_TEST_FILTER=test_gemm_dw_deterministic: one test alone */
-    if (getenv("NETLM_CUDA_TEST_FILTER"))
-        cmocka_set_test_filter(getenv("NETLM_CUDA_TEST_FILTER"));
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return TEST_CUDA_RUN(tests);
 }
 
 #endif

@@ -329,8 +329,6 @@ int main(void)
         printf("model_device_parse is wrong\n");
         return 1;
     }
-    if (test_cuda_skip_without_gpu())
-        return TEST_CUDA_SKIP;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fp32),
         cmocka_unit_test(test_bf16),
@@ -338,10 +336,7 @@ int main(void)
         cmocka_unit_test(test_graphs),
         cmocka_unit_test(test_errors),
     };
-    /* NETLM_CUDA_TEST_FILTER=test_attention: one test alone (the racecheck run) */
-    if (getenv("NETLM_CUDA_TEST_FILTER"))
-        cmocka_set_test_filter(getenv("NETLM_CUDA_TEST_FILTER"));
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return TEST_CUDA_RUN(tests);
 }
 
 #endif

@@ -325,12 +325,8 @@ static void attention_case(enum cu_dtype t, enum cu_attn_impl impl, uint32_t H, 
                            uint32_t d, const uint32_t *lens, uint32_t nseq, struct test_rng *r)
 {
     const uint32_t QKV = (H + 2 * KV) * d, Hd = H * d;
-    uint32_t *off = malloc((nseq + 1) * sizeof(uint32_t)), max_len = 0;
-    off[0] = 0;
-    for (uint32_t b = 0; b < nseq; b++) {
-        off[b + 1] = off[b] + lens[b];
-        max_len = lens[b] > max_len ? lens[b] : max_len;
-    }
+    uint32_t max_len;
+    uint32_t *off = test_seq_offsets(lens, nseq, &max_len);
     const size_t N = off[nseq];
     float *qkv = malloc(N * QKV * sizeof(float)), *ref = malloc(N * Hd * sizeof(float));
     float *got = malloc(N * Hd * sizeof(float));
@@ -472,8 +468,6 @@ static void test_pool_softmax(void **state)
 
 int main(void)
 {
-    if (test_cuda_skip_without_gpu())
-        return TEST_CUDA_SKIP;
     /* the launchers take a stream; the legacy default stream keeps the host copies ordered */
     stream = 0;
     const struct CMUnitTest tests[] = {
@@ -482,10 +476,7 @@ int main(void)
         cmocka_unit_test(test_rope),      cmocka_unit_test(test_attention),
         cmocka_unit_test(test_pool_softmax),
     };
-    /* NETLM_CUDA_TEST_FILTER=test_attention: one test alone (the racecheck run) */
-    if (getenv("NETLM_CUDA_TEST_FILTER"))
-        cmocka_set_test_filter(getenv("NETLM_CUDA_TEST_FILTER"));
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return TEST_CUDA_RUN(tests);
 }
 
 #endif

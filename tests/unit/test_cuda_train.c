@@ -349,8 +349,6 @@ static void test_bad_batch(void **state)
 
 int main(void)
 {
-    if (test_cuda_skip_without_gpu())
-        return TEST_CUDA_SKIP;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_one_step),
         cmocka_unit_test(test_deterministic_gradients),
@@ -358,9 +356,7 @@ int main(void)
         cmocka_unit_test(test_resume_bit_identical),
         cmocka_unit_test(test_bad_batch),
     };
-    if (getenv("NETLM_CUDA_TEST_FILTER"))
-        cmocka_set_test_filter(getenv("NETLM_CUDA_TEST_FILTER"));
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return TEST_CUDA_RUN(tests);
 }
 
 #endif

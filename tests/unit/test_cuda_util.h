@@ -31,6 +31,15 @@ static inline int test_cuda_skip_without_gpu(void)
     return 0;
 }
 
+/* Runs a CUDA test file's group (const struct CMUnitTest tests[]): exit 77 without a GPU;
+ * NETLM_CUDA_TEST_FILTER=test_x runs one test alone (a sanitizer run, a GPU session's rerun). */
+#define TEST_CUDA_RUN(tests)                                                                       \
+    (test_cuda_skip_without_gpu()                                                                 \
+         ? TEST_CUDA_SKIP                                                                         \
+         : (getenv("NETLM_CUDA_TEST_FILTER") ? cmocka_set_test_filter(getenv("NETLM_CUDA_TEST_FILTER")) \
+                                             : (void)0,                                           \
+            cmocka_run_group_tests(tests, NULL, NULL)))
+
 /* NETLM_CUDA_TEST_QUICK=1: smaller shapes (compute-sanitizer runs, bench/gpu_check.sh) */
 static inline int test_cuda_quick(void)
 {
@@ -128,6 +137,20 @@ static inline double test_abs_err(const float *got, const float *ref, size_t n)
         mx = d > mx ? d : mx;
     }
     return mx;
+}
+
+/* The packed rows of a right-padded batch: off[nseq + 1] (malloc'ed, sequence b owns rows
+ * off[b] .. off[b + 1] − 1) and the longest length. */
+static inline uint32_t *test_seq_offsets(const uint32_t *lens, uint32_t nseq, uint32_t *max_len)
+{
+    uint32_t *off = malloc((nseq + 1) * sizeof(uint32_t));
+    off[0] = 0;
+    *max_len = 0;
+    for (uint32_t b = 0; b < nseq; b++) {
+        off[b + 1] = off[b] + lens[b];
+        *max_len = lens[b] > *max_len ? lens[b] : *max_len;
+    }
+    return off;
 }
 
 static inline const char *test_dtype_name(enum cu_dtype t) { return t == CU_BF16 ? "bf16" : "fp32"; }
