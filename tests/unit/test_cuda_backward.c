@@ -49,10 +49,8 @@ int main(void)
 #include "tests/unit/test_cuda_util.h"
 #include "train/train.h"
 
-static const enum cu_dtype modes[2] = {CU_F32, CU_BF16};
 static cudaStream_t stream;
 
-static double bound_for(enum cu_dtype t, double fp32, double bf16) { return t == CU_BF16 ? bf16 : fp32; }
 
 static uint32_t *upload_u32(const uint32_t *x, size_t n)
 {
@@ -139,7 +137,7 @@ static void test_norm_backward(void **state)
     for (int mi = 0; mi < 2; mi++)
         for (unsigned ci = 0; ci < sizeof cs / sizeof cs[0]; ci++)
             for (int k = 0; k < 3; k++)
-                norm_backward_case(modes[mi], n, cs[ci], (enum cu_norm_kind)k, &r);
+                norm_backward_case(test_modes[mi], n, cs[ci], (enum cu_norm_kind)k, &r);
     /* a single row, and a row of one value (UER's c − 1 = 0 guard) */
     norm_backward_case(CU_F32, 1, 37, CU_NORM_LAYER, &r);
     norm_backward_case(CU_F32, 5, 1, CU_NORM_LAYER_UER, &r);
@@ -155,7 +153,7 @@ static void test_gelu_backward(void **state)
     float *pre = malloc(count * sizeof(float)), *d = malloc(count * sizeof(float));
     float *ref = malloc(count * sizeof(float)), *got = malloc(count * sizeof(float));
     for (int mi = 0; mi < 2; mi++) {
-        const enum cu_dtype t = modes[mi];
+        const enum cu_dtype t = test_modes[mi];
         test_fill(pre, count, 2.0f, &r);
         test_fill(d, count, 1.0f, &r);
         test_round(pre, count, t);
@@ -166,7 +164,7 @@ static void test_gelu_backward(void **state)
             test_download(got, dd, count, t);
             memcpy(ref, d, count * sizeof(float));
             op_gelu_backward(ref, pre, count, erf ? MODEL_ACT_GELU_ERF : MODEL_ACT_GELU_TANH, 1);
-            TEST_WITHIN(erf ? "gelu erf bwd" : "gelu tanh bwd", t, test_rel_err(got, ref, count), bound_for(t, 1e-5, 4e-3));
+            TEST_WITHIN(erf ? "gelu erf bwd" : "gelu tanh bwd", t, test_rel_err(got, ref, count), test_bound_for(t, 1e-5, 4e-3));
             cudaFree(dd), cudaFree(dpre);
         }
     }
@@ -179,7 +177,7 @@ static void test_swiglu_backward(void **state)
     struct test_rng r = {13};
     const uint32_t fs[] = {200, 37};
     for (int mi = 0; mi < 2; mi++) {
-        const enum cu_dtype t = modes[mi];
+        const enum cu_dtype t = test_modes[mi];
         for (unsigned fi = 0; fi < 2; fi++) {
             const uint32_t n = 45, f = fs[fi], ldh = f + 3; /* dh rows with a stride */
             const size_t ngu = (size_t)n * 2 * f, ndh = (size_t)n * ldh;
@@ -195,7 +193,7 @@ static void test_swiglu_backward(void **state)
             op_swiglu_backward(ref, dh, ldh, gu, n, f, 1);
             char label[64];
             snprintf(label, sizeof label, "swiglu bwd f=%u", f);
-            TEST_WITHIN(label, t, test_rel_err(got, ref, ngu), bound_for(t, 1e-5, 4e-3));
+            TEST_WITHIN(label, t, test_rel_err(got, ref, ngu), test_bound_for(t, 1e-5, 4e-3));
             cudaFree(dgu), cudaFree(ddh), cudaFree(dout);
             free(gu), free(dh), free(ref), free(got);
         }
@@ -215,7 +213,7 @@ static void test_rope_backward(void **state)
     float *dcos = test_upload(cs, P * half, CU_F32), *dsin = test_upload(sn, P * half, CU_F32);
     uint32_t *dpos = upload_u32(pos, n);
     for (int mi = 0; mi < 2; mi++) {
-        const enum cu_dtype t = modes[mi];
+        const enum cu_dtype t = test_modes[mi];
         const size_t total = (size_t)n * ld;
         float *x = malloc(total * sizeof(float)), *ref = malloc(total * sizeof(float));
         float *got = malloc(total * sizeof(float));
@@ -227,7 +225,7 @@ static void test_rope_backward(void **state)
         memcpy(ref, x, total * sizeof(float));
         for (uint32_t i = 0; i < n; i++) /* dq, dk rotate back; dv stays */
             op_rope_backward(ref + (size_t)i * ld, H + KV, d, pos[i], cs, sn);
-        TEST_WITHIN("rope bwd (dq, dk rotated, dv kept)", t, test_rel_err(got, ref, total), bound_for(t, 1e-5, 4e-3));
+        TEST_WITHIN("rope bwd (dq, dk rotated, dv kept)", t, test_rel_err(got, ref, total), test_bound_for(t, 1e-5, 4e-3));
         cudaFree(dx);
         free(x), free(ref), free(got);
     }
@@ -326,7 +324,7 @@ static void test_head_backward(void **state)
     uint32_t off[6] = {0, 5, 6, 46, 63, 63}; /* and an empty padding sequence at the end */
     uint32_t *doff = upload_u32(off, 6);
     for (int mi = 0; mi < 2; mi++) {
-        const enum cu_dtype t = modes[mi];
+        const enum cu_dtype t = test_modes[mi];
         /* tanh backward */
         {
             const size_t count = 45 * 37;
@@ -380,7 +378,7 @@ static void test_head_backward(void **state)
                         ref[(size_t)(off[b] + i) * C + j] =
                             k == 0 ? (float)(g / lens[b]) : i == take ? (float)g : 0.0f;
                 }
-            TEST_WITHIN(names[k], t, test_rel_err(got, ref, (size_t)N * C), bound_for(t, 1e-6, 4e-3));
+            TEST_WITHIN(names[k], t, test_rel_err(got, ref, (size_t)N * C), test_bound_for(t, 1e-6, 4e-3));
             cudaFree(dout);
         }
         cudaFree(dxn), cudaFree(ddp);

@@ -43,11 +43,9 @@ int main(void)
 #include "model/model_internal.h"
 #include "tests/unit/test_cuda_util.h"
 
-static const enum cu_dtype modes[2] = {CU_F32, CU_BF16};
 static cudaStream_t stream;
 static bool gemm_epilogue_fallback; /* bias and GELU by netlm's kernel after the product */
 
-static double bound_for(enum cu_dtype t, double fp32, double bf16) { return t == CU_BF16 ? bf16 : fp32; }
 
 /* ---- GEMM (cuBLASLt) ---- */
 
@@ -103,7 +101,7 @@ static void test_gemm(void **state)
         gemm_epilogue_fallback = !epilogues;
         printf(" epilogues %s\n", epilogues ? "on" : "off (fallback kernel)");
         for (int mi = 0; mi < 2; mi++) {
-            const enum cu_dtype t = modes[mi];
+            const enum cu_dtype t = test_modes[mi];
             gemm_case(g, t, t, 37, 80, 52, false, false, false, &r);
             gemm_case(g, t, t, 256, 128, 384, true, false, false, &r);
             gemm_case(g, t, t, 129, 64, 256, true, false, true, &r);
@@ -128,7 +126,7 @@ static void test_embed(void **state)
     /* C = 48: the 4-wide kernel; C = 50: the scalar one */
     for (int ci = 0; ci < 4; ci++) {
         const uint32_t C = ci < 2 ? 48 : 50;
-        const enum cu_dtype t = modes[ci % 2];
+        const enum cu_dtype t = test_modes[ci % 2];
         float *wte = malloc(V * C * sizeof(float)), *wpe = malloc(P * C * sizeof(float));
         float *ref = malloc(n * C * sizeof(float)), *got = malloc(n * C * sizeof(float));
         uint32_t tokens[70], pos[70];
@@ -149,7 +147,7 @@ static void test_embed(void **state)
         /* the residual stream x in fp32, then in bf16 (residual_bf16) */
         for (int xi = 0; xi < 2; xi++)
             for (int with_pos = 0; with_pos < 2; with_pos++) {
-                const enum cu_dtype xt = modes[xi];
+                const enum cu_dtype xt = test_modes[xi];
                 void *dx = test_poisoned(n * C, xt);
                 CUDA_OK(cu_embed(dx, xt, dwte, with_pos ? dwpe : NULL, t, dtok, dpos, n, C, stream));
                 test_download(got, dx, n * C, xt);
@@ -159,7 +157,7 @@ static void test_embed(void **state)
                 char label[64];
                 snprintf(label, sizeof label, "embed %s c=%u → x %s", with_pos ? "wte + wpe" : "wte", C,
                          test_dtype_name(xt));
-                TEST_WITHIN(label, t, test_rel_err(got, ref, n * C), bound_for(xt, 1e-6, 4e-3));
+                TEST_WITHIN(label, t, test_rel_err(got, ref, n * C), test_bound_for(xt, 1e-6, 4e-3));
                 cudaFree(dx);
             }
         cudaFree(dwte), cudaFree(dwpe), cudaFree(dtok), cudaFree(dpos);
@@ -175,7 +173,7 @@ static void test_norms(void **state)
      * looping one (> 1024) */
     const uint32_t cs[] = {64, 768, 37, 1000, 1500, 300};
     for (int mi = 0; mi < 2; mi++) {
-        const enum cu_dtype t = modes[mi];
+        const enum cu_dtype t = test_modes[mi];
         for (unsigned ci = 0; ci < sizeof cs / sizeof cs[0]; ci++) {
             const uint32_t n = 33, C = cs[ci];
             float *x = malloc(n * C * sizeof(float)), *w = malloc(C * sizeof(float)), *b = malloc(C * sizeof(float));
@@ -194,7 +192,7 @@ static void test_norms(void **state)
             /* the residual stream x in fp32, then in bf16 (residual_bf16): a bf16 x is another
              * input, rounded here first, so the bound stays that of the output type */
             for (int xi = 0; xi < 2; xi++) {
-                const enum cu_dtype xt = modes[xi];
+                const enum cu_dtype xt = test_modes[xi];
                 memcpy(xin, x, n * C * sizeof(float));
                 test_round(xin, n * C, xt);
                 void *dx = test_upload(xin, n * C, xt);
@@ -209,7 +207,7 @@ static void test_norms(void **state)
                                      kinds[k] == CU_NORM_LAYER_UER ? MODEL_NORM_UER : MODEL_NORM_STANDARD, 1);
                     char label[64];
                     snprintf(label, sizeof label, "%s c=%u, x %s", names[k], C, test_dtype_name(xt));
-                    TEST_WITHIN(label, t, test_rel_err(got, ref, n * C), bound_for(t, 1e-5, 4e-3));
+                    TEST_WITHIN(label, t, test_rel_err(got, ref, n * C), test_bound_for(t, 1e-5, 4e-3));
                     cudaFree(dy);
                 }
                 cudaFree(dx);
@@ -227,7 +225,7 @@ static void elementwise_case(uint32_t f, struct test_rng *rng)
     const uint32_t n = 45;
     const size_t count = (size_t)n * 2 * f;
     for (int mi = 0; mi < 2; mi++) {
-        const enum cu_dtype t = modes[mi];
+        const enum cu_dtype t = test_modes[mi];
         float *x = malloc(count * sizeof(float)), *ref = malloc(count * sizeof(float));
         float *got = malloc(count * sizeof(float));
         test_fill(x, count, 2.0f, &r);
@@ -238,7 +236,7 @@ static void elementwise_case(uint32_t f, struct test_rng *rng)
             test_download(got, d, count, t);
             memcpy(ref, x, count * sizeof(float));
             op_gelu(ref, count, erf ? MODEL_ACT_GELU_ERF : MODEL_ACT_GELU_TANH, 1);
-            TEST_WITHIN(erf ? "gelu erf" : "gelu tanh", t, test_rel_err(got, ref, count), bound_for(t, 1e-5, 4e-3));
+            TEST_WITHIN(erf ? "gelu erf" : "gelu tanh", t, test_rel_err(got, ref, count), test_bound_for(t, 1e-5, 4e-3));
             cudaFree(d);
         }
         {
@@ -249,7 +247,7 @@ static void elementwise_case(uint32_t f, struct test_rng *rng)
             op_swiglu(ref, n, f, 1);
             /* only the gate halves are outputs; the up halves must be untouched */
             TEST_WITHIN(f % 8 ? "swiglu (whole rows), odd f" : "swiglu (whole rows)", t,
-                        test_rel_err(got, ref, count), bound_for(t, 1e-5, 4e-3));
+                        test_rel_err(got, ref, count), test_bound_for(t, 1e-5, 4e-3));
             cudaFree(d);
         }
         {
@@ -259,7 +257,7 @@ static void elementwise_case(uint32_t f, struct test_rng *rng)
             test_download(got, dy, count, t);
             for (size_t i = 0; i < count; i++)
                 ref[i] = tanhf(x[i]);
-            TEST_WITHIN("tanh", t, test_rel_err(got, ref, count), bound_for(t, 1e-5, 4e-3));
+            TEST_WITHIN("tanh", t, test_rel_err(got, ref, count), test_bound_for(t, 1e-5, 4e-3));
             cudaFree(dx), cudaFree(dy);
         }
         free(x), free(ref), free(got);
@@ -290,7 +288,7 @@ static void rope_case(uint32_t d, struct test_rng *rng)
     CUDA_OK(cudaMalloc((void **)&dpos, sizeof pos));
     CUDA_OK(cudaMemcpy(dpos, pos, sizeof pos, cudaMemcpyHostToDevice));
     for (int mi = 0; mi < 2; mi++) {
-        const enum cu_dtype t = modes[mi];
+        const enum cu_dtype t = test_modes[mi];
         float *x = malloc((size_t)n * ld * sizeof(float)), *ref = malloc((size_t)n * ld * sizeof(float));
         float *got = malloc((size_t)n * ld * sizeof(float));
         test_fill(x, (size_t)n * ld, 1.0f, &r);
@@ -302,7 +300,7 @@ static void rope_case(uint32_t d, struct test_rng *rng)
         for (uint32_t i = 0; i < n; i++) /* q and k heads rotate; v stays */
             op_rope_apply(ref + (size_t)i * ld, H + KV, d, pos[i], cs, sn);
         TEST_WITHIN(d % 16 ? "rope (q, k rotated, v kept), d 20" : "rope (q, k rotated, v kept)", t,
-                    test_rel_err(got, ref, (size_t)n * ld), bound_for(t, 1e-5, 4e-3));
+                    test_rel_err(got, ref, (size_t)n * ld), test_bound_for(t, 1e-5, 4e-3));
         cudaFree(dx);
         free(x), free(ref), free(got);
     }
@@ -375,7 +373,7 @@ static void test_attention(void **state)
         {4, 4, 64}, {6, 2, 64}, {4, 1, 32}, {2, 2, 128}, {3, 3, 48}, {4, 2, 20}, {14, 2, 64},
     };
     for (int mi = 0; mi < 2; mi++) {
-        const enum cu_dtype t = modes[mi];
+        const enum cu_dtype t = test_modes[mi];
         for (unsigned s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
             attention_case(t, CU_ATTN_AUTO, shapes[s].H, shapes[s].KV, shapes[s].d, lens_short, 9, &r);
             if (t == CU_BF16 && cu_attention_uses_tensor_cores(t, shapes[s].d))
@@ -400,7 +398,7 @@ static void test_pool_softmax(void **state)
     CUDA_OK(cudaMalloc((void **)&doff, sizeof off));
     CUDA_OK(cudaMemcpy(doff, off, sizeof off, cudaMemcpyHostToDevice));
     for (int mi = 0; mi < 2; mi++) {
-        const enum cu_dtype t = modes[mi];
+        const enum cu_dtype t = test_modes[mi];
         float *xn = malloc((size_t)N * C * sizeof(float)), *ref = malloc((nseq + 1) * C * sizeof(float));
         float *got = malloc((nseq + 1) * C * sizeof(float));
         test_fill(xn, (size_t)N * C, 1.0f, &r);
@@ -434,7 +432,7 @@ static void test_pool_softmax(void **state)
             test_download(got, d32, (nseq + 1) * C, CU_F32);
             TEST_WITHIN(names[k], t, test_rel_err(got, ref, (nseq + 1) * C), 1e-6);
             test_download(got, dt, (nseq + 1) * C, t);
-            TEST_WITHIN("  (as T)", t, test_rel_err(got, ref, (nseq + 1) * C), bound_for(t, 1e-6, 4e-3));
+            TEST_WITHIN("  (as T)", t, test_rel_err(got, ref, (nseq + 1) * C), test_bound_for(t, 1e-6, 4e-3));
             cudaFree(d32), cudaFree(dt);
         }
         /* last rows for the LM head */

@@ -153,6 +153,12 @@ static inline uint32_t *test_seq_offsets(const uint32_t *lens, uint32_t nseq, ui
     return off;
 }
 
+/* Both element types, for the tests that run every op in each. */
+static const enum cu_dtype test_modes[2] = {CU_F32, CU_BF16};
+
+/* The bound of a comparison in element type t. */
+static inline double test_bound_for(enum cu_dtype t, double fp32, double bf16) { return t == CU_BF16 ? bf16 : fp32; }
+
 static inline const char *test_dtype_name(enum cu_dtype t) { return t == CU_BF16 ? "bf16" : "fp32"; }
 
 /* Prints and checks one comparison. */
