@@ -161,40 +161,57 @@ template <typename T> __global__ void gelu_backward_kernel(T *d, const T *pre, s
     }
 }
 
-template <typename T>
+/* Row-shaped, VW values per item (one vector access each where the launcher found the rows
+ * aligned, VW = 1 otherwise): no 64-bit index division per element. */
+template <typename T, uint32_t VW>
 __global__ void swiglu_backward_kernel(T *d_gate_up, const T *dh, size_t ldh, const T *gate_up,
                                        uint32_t n, uint32_t f)
 {
-    const size_t total = (size_t)n * f;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
-         i += (size_t)gridDim.x * blockDim.x) {
-        const size_t row = i / f, j = i % f;
-        const T *g = gate_up + row * 2 * f + j;
-        const float gv = to_f(g[0]), uv = to_f(g[f]), dv = to_f(dh[row * ldh + j]);
-        const float s = 1.0f / (1.0f + expf(-gv)), silu = gv * s;
-        T *out = d_gate_up + row * 2 * f + j;
-        out[0] = from_f<T>(dv * uv * s * (1.0f + gv * (1.0f - s)));
-        out[f] = from_f<T>(dv * silu);
+    const uint32_t vecs = f / VW;
+    for (uint32_t row = blockIdx.y; row < n; row += gridDim.y) {
+        const T *g = gate_up + (size_t)row * 2 * f, *dr = dh + (size_t)row * ldh;
+        T *out = d_gate_up + (size_t)row * 2 * f;
+        for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < vecs; i += gridDim.x * blockDim.x) {
+            float gv[VW], uv[VW], dv[VW], dg[VW], du[VW];
+            load_vec<T, VW>(gv, g + i * VW);
+            load_vec<T, VW>(uv, g + f + i * VW);
+            load_vec<T, VW>(dv, dr + i * VW);
+#pragma unroll
+            for (uint32_t k = 0; k < VW; k++) {
+                const float sg = 1.0f / (1.0f + expf(-gv[k])), silu = gv[k] * sg;
+                dg[k] = dv[k] * uv[k] * sg * (1.0f + gv[k] * (1.0f - sg));
+                du[k] = dv[k] * silu;
+            }
+            store_vec<T, VW>(out + i * VW, dg);
+            store_vec<T, VW>(out + f + i * VW, du);
+        }
     }
 }
 
-template <typename T>
+/* Per row: heads × (d/2 / VW) items, each rotating VW pairs (j, j + d/2) back. */
+template <typename T, uint32_t VW>
 __global__ void rope_backward_kernel(T *x, uint32_t n, uint32_t ld, uint32_t heads, uint32_t d,
                                      const uint32_t *pos, const float *cos_t, const float *sin_t)
 {
-    const uint32_t half = d / 2;
-    const size_t per_row = (size_t)heads * half, total = (size_t)n * per_row;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
-         i += (size_t)gridDim.x * blockDim.x) {
-        const size_t row = i / per_row;
-        const uint32_t rest = (uint32_t)(i % per_row), h = rest / half, j = rest % half;
-        const size_t p = (size_t)pos[row] * half + j;
-        const float cs = cos_t[p], sn = sin_t[p];
-        T *xh = x + row * ld + (size_t)h * d;
-        const float a = to_f(xh[j]), b = to_f(xh[j + half]);
-        /* the transpose of a rotation is the rotation by the opposite angle */
-        xh[j] = from_f<T>(a * cs + b * sn);
-        xh[j + half] = from_f<T>(b * cs - a * sn);
+    const uint32_t half = d / 2, per_head = half / VW, per_row = heads * per_head;
+    for (uint32_t row = blockIdx.y; row < n; row += gridDim.y) {
+        const float *cr = cos_t + (size_t)pos[row] * half, *sr = sin_t + (size_t)pos[row] * half;
+        for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < per_row; i += gridDim.x * blockDim.x) {
+            const uint32_t h = i / per_head, j = (i % per_head) * VW;
+            T *xh = x + (size_t)row * ld + (size_t)h * d;
+            float a[VW], b[VW], ra[VW], rb[VW];
+            load_vec<T, VW>(a, xh + j);
+            load_vec<T, VW>(b, xh + j + half);
+#pragma unroll
+            for (uint32_t k = 0; k < VW; k++) {
+                /* the transpose of a rotation is the rotation by the opposite angle */
+                const float cs = cr[j + k], sn = sr[j + k];
+                ra[k] = a[k] * cs + b[k] * sn;
+                rb[k] = b[k] * cs - a[k] * sn;
+            }
+            store_vec<T, VW>(xh + j, ra);
+            store_vec<T, VW>(xh + j + half, rb);
+        }
     }
 }
 
@@ -483,11 +500,25 @@ extern "C" cudaError_t cu_swiglu_backward(void *d_gate_up, const void *dh, size_
 {
     if (n == 0 || f == 0)
         return cudaSuccess;
-    const unsigned g = blocks_for((size_t)n * f, 256);
-    if (t == CU_BF16)
-        swiglu_backward_kernel<bf16><<<g, 256, 0, s>>>((bf16 *)d_gate_up, (const bf16 *)dh, ldh, (const bf16 *)gate_up, n, f);
-    else
-        swiglu_backward_kernel<float><<<g, 256, 0, s>>>((float *)d_gate_up, (const float *)dh, ldh, (const float *)gate_up, n, f);
+    dim3 g;
+    unsigned threads;
+#define SWIGLU_BWD(T_, VW_)                                                                        \
+    (row_grid(&g, &threads, f / (VW_), n),                                                        \
+     swiglu_backward_kernel<T_, VW_><<<g, threads, 0, s>>>((T_ *)d_gate_up, (const T_ *)dh, ldh, \
+                                                            (const T_ *)gate_up, n, f))
+    if (t == CU_BF16) {
+        if (rows_vectorizable<bf16>(gate_up, f, 2 * (size_t)f) && rows_vectorizable<bf16>(d_gate_up, f, 2 * (size_t)f) &&
+            rows_vectorizable<bf16>(dh, f, ldh))
+            SWIGLU_BWD(bf16, 8);
+        else
+            SWIGLU_BWD(bf16, 1);
+    } else if (rows_vectorizable<float>(gate_up, f, 2 * (size_t)f) && rows_vectorizable<float>(d_gate_up, f, 2 * (size_t)f) &&
+               rows_vectorizable<float>(dh, f, ldh)) {
+        SWIGLU_BWD(float, 4);
+    } else {
+        SWIGLU_BWD(float, 1);
+    }
+#undef SWIGLU_BWD
     return cudaGetLastError();
 }
 
@@ -497,11 +528,21 @@ extern "C" cudaError_t cu_rope_backward(void *dx, enum cu_dtype t, uint32_t n, u
 {
     if (n == 0 || heads == 0 || d < 2)
         return cudaSuccess;
-    const unsigned g = blocks_for((size_t)n * heads * (d / 2), 256);
-    if (t == CU_BF16)
-        rope_backward_kernel<bf16><<<g, 256, 0, s>>>((bf16 *)dx, n, ld, heads, d, pos, cos_t, sin_t);
+    const uint32_t half = d / 2;
+    dim3 g;
+    unsigned threads;
+#define ROPE_BWD(T_, VW_)                                                                          \
+    (row_grid(&g, &threads, (size_t)heads * (half / (VW_)), n),                                   \
+     rope_backward_kernel<T_, VW_><<<g, threads, 0, s>>>((T_ *)dx, n, ld, heads, d, pos, cos_t, sin_t))
+    if (t == CU_BF16 && rows_vectorizable<bf16>(dx, half, ld))
+        ROPE_BWD(bf16, 8);
+    else if (t == CU_BF16)
+        ROPE_BWD(bf16, 1);
+    else if (rows_vectorizable<float>(dx, half, ld))
+        ROPE_BWD(float, 4);
     else
-        rope_backward_kernel<float><<<g, 256, 0, s>>>((float *)dx, n, ld, heads, d, pos, cos_t, sin_t);
+        ROPE_BWD(float, 1);
+#undef ROPE_BWD
     return cudaGetLastError();
 }
 

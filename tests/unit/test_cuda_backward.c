@@ -175,11 +175,13 @@ static void test_swiglu_backward(void **state)
 {
     (void)state;
     struct test_rng r = {13};
-    const uint32_t fs[] = {200, 37};
+    /* f = 200 with packed dh rows: the 16-byte kernel; with dh rows of stride f + 3, and f = 37:
+     * the scalar one */
+    const uint32_t fs[] = {200, 200, 37}, pads[] = {0, 3, 3};
     for (int mi = 0; mi < 2; mi++) {
         const enum cu_dtype t = test_modes[mi];
-        for (unsigned fi = 0; fi < 2; fi++) {
-            const uint32_t n = 45, f = fs[fi], ldh = f + 3; /* dh rows with a stride */
+        for (unsigned fi = 0; fi < 3; fi++) {
+            const uint32_t n = 45, f = fs[fi], ldh = f + pads[fi];
             const size_t ngu = (size_t)n * 2 * f, ndh = (size_t)n * ldh;
             float *gu = malloc(ngu * sizeof(float)), *dh = malloc(ndh * sizeof(float));
             float *ref = malloc(ngu * sizeof(float)), *got = malloc(ngu * sizeof(float));
@@ -192,7 +194,7 @@ static void test_swiglu_backward(void **state)
             test_download(got, dout, ngu, t);
             op_swiglu_backward(ref, dh, ldh, gu, n, f, 1);
             char label[64];
-            snprintf(label, sizeof label, "swiglu bwd f=%u", f);
+            snprintf(label, sizeof label, "swiglu bwd f=%u ldh=%u", f, ldh);
             TEST_WITHIN(label, t, test_rel_err(got, ref, ngu), test_bound_for(t, 1e-5, 4e-3));
             cudaFree(dgu), cudaFree(ddh), cudaFree(dout);
             free(gu), free(dh), free(ref), free(got);
@@ -200,11 +202,11 @@ static void test_swiglu_backward(void **state)
     }
 }
 
-static void test_rope_backward(void **state)
+/* d = 64: the 16-byte kernel; d = 20 (half 10): the scalar one */
+static void rope_backward_case(uint32_t d, struct test_rng *rng)
 {
-    (void)state;
-    struct test_rng r = {14};
-    const uint32_t n = 50, H = 6, KV = 2, d = 64, P = 300, ld = (H + 2 * KV) * d, half = d / 2;
+    struct test_rng r = *rng;
+    const uint32_t n = 50, H = 6, KV = 2, P = 300, ld = (H + 2 * KV) * d, half = d / 2;
     float *cs = malloc(P * half * sizeof(float)), *sn = malloc(P * half * sizeof(float));
     op_rope_tables(cs, sn, P, d, 1e6);
     uint32_t pos[50];
@@ -225,12 +227,22 @@ static void test_rope_backward(void **state)
         memcpy(ref, x, total * sizeof(float));
         for (uint32_t i = 0; i < n; i++) /* dq, dk rotate back; dv stays */
             op_rope_backward(ref + (size_t)i * ld, H + KV, d, pos[i], cs, sn);
-        TEST_WITHIN("rope bwd (dq, dk rotated, dv kept)", t, test_rel_err(got, ref, total), test_bound_for(t, 1e-5, 4e-3));
+        TEST_WITHIN(d % 16 ? "rope bwd (dq, dk rotated, dv kept), d 20" : "rope bwd (dq, dk rotated, dv kept)", t,
+                    test_rel_err(got, ref, total), test_bound_for(t, 1e-5, 4e-3));
         cudaFree(dx);
         free(x), free(ref), free(got);
     }
     cudaFree(dcos), cudaFree(dsin), cudaFree(dpos);
     free(cs), free(sn);
+    *rng = r;
+}
+
+static void test_rope_backward(void **state)
+{
+    (void)state;
+    struct test_rng r = {14};
+    rope_backward_case(64, &r);
+    rope_backward_case(20, &r);
 }
 
 /* ---- embeddings ---- */
