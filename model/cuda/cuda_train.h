@@ -46,7 +46,8 @@ cudaError_t cu_gelu_backward(void *d, const void *pre, enum cu_dtype t, size_t c
 cudaError_t cu_swiglu_backward(void *d_gate_up, const void *dh, size_t ldh, const void *gate_up,
                                enum cu_dtype t, uint32_t n, uint32_t f, cudaStream_t s);
 /* In place, the transpose of cu_rope (rotation by the opposite angle) over the first `heads`
- * heads of d values of each row (row stride ld), as op_rope_backward. */
+ * heads of d values of each row (row stride ld), as op_rope_backward. (In kernels.cu: the
+ * forward's kernel.) */
 cudaError_t cu_rope_backward(void *dx, enum cu_dtype t, uint32_t n, uint32_t ld, uint32_t heads,
                              uint32_t d, const uint32_t *pos, const float *cos_t,
                              const float *sin_t, cudaStream_t s);

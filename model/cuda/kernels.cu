@@ -17,6 +17,7 @@
 
 #include "model/cuda/cuda_device.cuh"
 #include "model/cuda/cuda_internal.h"
+#include "model/cuda/cuda_train.h"
 
 namespace {
 
@@ -241,8 +242,9 @@ template <typename T, uint32_t VW> __global__ void swiglu_kernel(T *gate_up, uin
     }
 }
 
-/* Per row: heads × (d/2 / VW) items, each rotating VW pairs (j, j + d/2). */
-template <typename T, uint32_t VW>
+/* Per row: heads × (d/2 / VW) items, each rotating VW pairs (j, j + d/2) by the position's
+ * angle, or by its opposite (INVERSE: the backward pass, the transpose of a rotation). */
+template <typename T, uint32_t VW, bool INVERSE>
 __global__ void rope_kernel(T *x, uint32_t n, uint32_t ld, uint32_t heads, uint32_t d,
                             const uint32_t *pos, const float *cos_t, const float *sin_t)
 {
@@ -257,7 +259,7 @@ __global__ void rope_kernel(T *x, uint32_t n, uint32_t ld, uint32_t heads, uint3
             load_vec<T, VW>(bb, xh + j + half);
 #pragma unroll
             for (uint32_t k = 0; k < VW; k++) {
-                const float cs = cr[j + k], sn = sr[j + k];
+                const float cs = cr[j + k], sn = INVERSE ? -sr[j + k] : sr[j + k];
                 ra[k] = a[k] * cs - bb[k] * sn;
                 rb[k] = bb[k] * cs + a[k] * sn;
             }
@@ -503,30 +505,45 @@ extern "C" cudaError_t cu_swiglu(void *gate_up, enum cu_dtype t, uint32_t n, uin
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t cu_rope(void *x, enum cu_dtype t, uint32_t n, uint32_t ld, uint32_t heads,
-                               uint32_t d, const uint32_t *pos, const float *cos_t,
-                               const float *sin_t, cudaStream_t s)
+/* cu_rope and cu_rope_backward (cuda_train.h): vectors of half-rows when d/2 and the row stride
+ * are multiples of the vector and the rows aligned, else one pair per item. */
+template <bool INVERSE>
+static cudaError_t rope_launch(void *x, enum cu_dtype t, uint32_t n, uint32_t ld, uint32_t heads, uint32_t d,
+                               const uint32_t *pos, const float *cos_t, const float *sin_t, cudaStream_t s)
 {
     if (n == 0 || heads == 0 || d < 2)
         return cudaSuccess;
-    /* vectors of half-rows: d/2 and the row stride multiples of the vector, rows aligned */
     const uint32_t half = d / 2;
     dim3 g;
     unsigned threads;
     if (t == CU_BF16 && rows_vectorizable<bf16>(x, half, ld) && d % 2 == 0) {
         row_grid(&g, &threads, (size_t)heads * (half / 8), n);
-        rope_kernel<bf16, 8><<<g, threads, 0, s>>>((bf16 *)x, n, ld, heads, d, pos, cos_t, sin_t);
+        rope_kernel<bf16, 8, INVERSE><<<g, threads, 0, s>>>((bf16 *)x, n, ld, heads, d, pos, cos_t, sin_t);
     } else if (t == CU_BF16) {
         row_grid(&g, &threads, (size_t)heads * half, n);
-        rope_kernel<bf16, 1><<<g, threads, 0, s>>>((bf16 *)x, n, ld, heads, d, pos, cos_t, sin_t);
+        rope_kernel<bf16, 1, INVERSE><<<g, threads, 0, s>>>((bf16 *)x, n, ld, heads, d, pos, cos_t, sin_t);
     } else if (rows_vectorizable<float>(x, half, ld) && d % 2 == 0) {
         row_grid(&g, &threads, (size_t)heads * (half / 4), n);
-        rope_kernel<float, 4><<<g, threads, 0, s>>>((float *)x, n, ld, heads, d, pos, cos_t, sin_t);
+        rope_kernel<float, 4, INVERSE><<<g, threads, 0, s>>>((float *)x, n, ld, heads, d, pos, cos_t, sin_t);
     } else {
         row_grid(&g, &threads, (size_t)heads * half, n);
-        rope_kernel<float, 1><<<g, threads, 0, s>>>((float *)x, n, ld, heads, d, pos, cos_t, sin_t);
+        rope_kernel<float, 1, INVERSE><<<g, threads, 0, s>>>((float *)x, n, ld, heads, d, pos, cos_t, sin_t);
     }
     return cudaGetLastError();
+}
+
+extern "C" cudaError_t cu_rope(void *x, enum cu_dtype t, uint32_t n, uint32_t ld, uint32_t heads,
+                               uint32_t d, const uint32_t *pos, const float *cos_t,
+                               const float *sin_t, cudaStream_t s)
+{
+    return rope_launch<false>(x, t, n, ld, heads, d, pos, cos_t, sin_t, s);
+}
+
+extern "C" cudaError_t cu_rope_backward(void *dx, enum cu_dtype t, uint32_t n, uint32_t ld,
+                                        uint32_t heads, uint32_t d, const uint32_t *pos,
+                                        const float *cos_t, const float *sin_t, cudaStream_t s)
+{
+    return rope_launch<true>(dx, t, n, ld, heads, d, pos, cos_t, sin_t, s);
 }
 
 extern "C" cudaError_t cu_bias_act(void *y, enum cu_dtype t, size_t ld, const void *bias,

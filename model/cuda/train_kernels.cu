@@ -1,5 +1,6 @@
 /* train_kernels.cu — the CUDA training kernels other than attention and the GEMMs (launchers
- * declared in cuda_train.h): norm, GELU, SwiGLU and RoPE backward, the embedding gradient, the
+ * declared in cuda_train.h): norm, GELU and SwiGLU backward (RoPE's is the forward kernel with
+ * the opposite angle, in kernels.cu), the embedding gradient, the
  * classification head's tanh and pooling backward, fused softmax + cross-entropy, AdamW, the
  * gradient norm, scaling and clipping.
  *
@@ -184,33 +185,6 @@ __global__ void swiglu_backward_kernel(T *d_gate_up, const T *dh, size_t ldh, co
             }
             store_vec<T, VW>(out + i * VW, dg);
             store_vec<T, VW>(out + f + i * VW, du);
-        }
-    }
-}
-
-/* Per row: heads × (d/2 / VW) items, each rotating VW pairs (j, j + d/2) back. */
-template <typename T, uint32_t VW>
-__global__ void rope_backward_kernel(T *x, uint32_t n, uint32_t ld, uint32_t heads, uint32_t d,
-                                     const uint32_t *pos, const float *cos_t, const float *sin_t)
-{
-    const uint32_t half = d / 2, per_head = half / VW, per_row = heads * per_head;
-    for (uint32_t row = blockIdx.y; row < n; row += gridDim.y) {
-        const float *cr = cos_t + (size_t)pos[row] * half, *sr = sin_t + (size_t)pos[row] * half;
-        for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < per_row; i += gridDim.x * blockDim.x) {
-            const uint32_t h = i / per_head, j = (i % per_head) * VW;
-            T *xh = x + (size_t)row * ld + (size_t)h * d;
-            float a[VW], b[VW], ra[VW], rb[VW];
-            load_vec<T, VW>(a, xh + j);
-            load_vec<T, VW>(b, xh + j + half);
-#pragma unroll
-            for (uint32_t k = 0; k < VW; k++) {
-                /* the transpose of a rotation is the rotation by the opposite angle */
-                const float cs = cr[j + k], sn = sr[j + k];
-                ra[k] = a[k] * cs + b[k] * sn;
-                rb[k] = b[k] * cs - a[k] * sn;
-            }
-            store_vec<T, VW>(xh + j, ra);
-            store_vec<T, VW>(xh + j + half, rb);
         }
     }
 }
@@ -519,30 +493,6 @@ extern "C" cudaError_t cu_swiglu_backward(void *d_gate_up, const void *dh, size_
         SWIGLU_BWD(float, 1);
     }
 #undef SWIGLU_BWD
-    return cudaGetLastError();
-}
-
-extern "C" cudaError_t cu_rope_backward(void *dx, enum cu_dtype t, uint32_t n, uint32_t ld,
-                                        uint32_t heads, uint32_t d, const uint32_t *pos,
-                                        const float *cos_t, const float *sin_t, cudaStream_t s)
-{
-    if (n == 0 || heads == 0 || d < 2)
-        return cudaSuccess;
-    const uint32_t half = d / 2;
-    dim3 g;
-    unsigned threads;
-#define ROPE_BWD(T_, VW_)                                                                          \
-    (row_grid(&g, &threads, (size_t)heads * (half / (VW_)), n),                                   \
-     rope_backward_kernel<T_, VW_><<<g, threads, 0, s>>>((T_ *)dx, n, ld, heads, d, pos, cos_t, sin_t))
-    if (t == CU_BF16 && rows_vectorizable<bf16>(dx, half, ld))
-        ROPE_BWD(bf16, 8);
-    else if (t == CU_BF16)
-        ROPE_BWD(bf16, 1);
-    else if (rows_vectorizable<float>(dx, half, ld))
-        ROPE_BWD(float, 4);
-    else
-        ROPE_BWD(float, 1);
-#undef ROPE_BWD
     return cudaGetLastError();
 }
 
