@@ -1,8 +1,8 @@
 /* train_kernels.cu — the CUDA training kernels other than attention and the GEMMs (launchers
  * declared in cuda_train.h): norm, GELU and SwiGLU backward (RoPE's is the forward kernel with
- * the opposite angle, in kernels.cu), the embedding gradient, the
- * classification head's tanh and pooling backward, fused softmax + cross-entropy, AdamW, the
- * gradient norm, scaling and clipping.
+ * the opposite angle, in kernels.cu), the embedding gradient, the classification head's tanh and
+ * pooling backward, fused softmax + cross-entropy, AdamW, the gradient norm, scaling and
+ * clipping.
  *
  * Each kernel mirrors one CPU op (model/ops.c, train/grad.c, train/optim.c) formula for formula
  * in fp32, so tests/unit/test_cuda_backward.c can hold the fp32 instantiations to rounding.
