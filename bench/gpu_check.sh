@@ -155,7 +155,9 @@ run_stage memcheck-model 60 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_TEST_F
     --tool memcheck --error-exitcode 9 "$build/tests/test_cuda_model"
 ((quick)) || run_stage racecheck 60 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_TEST_FILTER=test_attention $san \
     --tool racecheck --racecheck-report all --error-exitcode 9 "$build/tests/test_cuda_ops"
-((quick)) || run_stage racecheck-attn-bwd 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san \
+# the attention backward's shared memory under racecheck even in --quick: the open GPU-training
+# defect (model/cuda/NOTES.md) shows only with grouped-query heads, where its kernels loop
+run_stage racecheck-attn-bwd 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san \
     --tool racecheck --racecheck-report all --error-exitcode 9 "$build/tests/test_cuda_attention_backward"
 # PyTorch: eager inference and training, then compiled modes while --budget-s lasts (each
 # compile takes 30-60 s); it leaves 40 s for the variants below
