@@ -104,47 +104,6 @@ __global__ void norm_kernel(T *y, const XT *x, const float *w, const float *b, u
     }
 }
 
-/* The same for rows of at most 32 × MAXV values: the row is read from device memory once into
- * registers (fully unrolled, so the array stays in registers), then reduced twice and written. */
-template <typename T, typename XT, int MAXV>
-__global__ void norm_kernel_regs(T *y, const XT *x, const float *w, const float *b, uint32_t n,
-                                 uint32_t c, float eps, int kind)
-{
-    const uint32_t warps = blockDim.x / 32;
-    const uint32_t row = blockIdx.x * warps + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (row >= n)
-        return;
-    const XT *xr = x + (size_t)row * c;
-    float v[MAXV];
-    float s = 0.0f;
-#pragma unroll
-    for (int k = 0; k < MAXV; k++) {
-        const uint32_t j = lane + 32 * k;
-        v[k] = j < c ? to_f(xr[j]) : 0.0f;
-        s += v[k];
-    }
-    const float mean = kind == CU_NORM_RMS ? 0.0f : warp_sum(s) / (float)c;
-    float ss = 0.0f;
-#pragma unroll
-    for (int k = 0; k < MAXV; k++) {
-        const uint32_t j = lane + 32 * k;
-        const float d = j < c ? v[k] - mean : 0.0f;
-        ss += d * d;
-    }
-    const float scale = norm_scale(warp_sum(ss), c, eps, kind);
-    T *yr = y + (size_t)row * c;
-#pragma unroll
-    for (int k = 0; k < MAXV; k++) {
-        const uint32_t j = lane + 32 * k;
-        if (j < c) {
-            float o = (v[k] - mean) * scale * w[j];
-            if (b)
-                o += b[j];
-            yr[j] = from_f<T>(o);
-        }
-    }
-}
-
 template <typename T> __device__ __forceinline__ void store4(T *p, float a, float b, float c, float d);
 template <> __device__ __forceinline__ void store4<float>(float *p, float a, float b, float c, float d)
 {
@@ -174,8 +133,10 @@ template <> __device__ __forceinline__ float4 load4<bf16>(const bf16 *p)
     return make_float4(lo.x, lo.y, hi.x, hi.y);
 }
 
-/* norm_kernel_regs with vector loads (16 bytes of fp32 x, 8 of bf16): rows of c values, c a
- * multiple of 4 and at most 128 × MAXV4; lane l holds values 4l.., 4(l + 32).., ... of its row. */
+/* The same for rows of c values, c a multiple of 4 and at most 128 × MAXV4: the row is read from
+ * device memory once into registers with vector loads (16 bytes of fp32 x, 8 of bf16; fully
+ * unrolled, so the array stays in registers), then reduced twice and written. Lane l holds
+ * values 4l.., 4(l + 32).., ... of its row. */
 template <typename T, typename XT, int MAXV4>
 __global__ void norm_kernel_vec(T *y, const XT *x, const float *w, const float *b, uint32_t n,
                                 uint32_t c, float eps, int kind)
@@ -397,9 +358,9 @@ void embed_launch(XT *x, const T *wte, const T *wpe, const uint32_t *tokens, con
         embed_kernel<T, XT, 1><<<g, threads, 0, s>>>(x, wte, wpe, tokens, pos, n, c);
 }
 
-/* The norm's launch for one (output, residual) type pair: rows up to 1024 values (GPT-2 base
- * 768, Qwen2.5-0.5B 896) from registers, with vector loads when vec; wider ones in three passes
- * (the later two from L1). */
+/* The norm's launch for one (output, residual) type pair: rows of up to 1024 values (GPT-2 base
+ * 768, Qwen2.5-0.5B 896) from registers with vector loads when vec; wider rows, and widths that
+ * are not a multiple of 4, in three passes (the later two from L1). */
 template <typename T, typename XT>
 void norm_launch(T *y, const XT *x, const float *w, const float *b, uint32_t n, uint32_t c,
                  float eps, int kind, bool vec, cudaStream_t s)
@@ -411,11 +372,7 @@ void norm_launch(T *y, const XT *x, const float *w, const float *b, uint32_t n, 
         norm_kernel_vec<T, XT, 4><<<g, threads, 0, s>>>(y, x, w, b, n, c, eps, kind);
     else if (vec && c <= 1024)
         norm_kernel_vec<T, XT, 8><<<g, threads, 0, s>>>(y, x, w, b, n, c, eps, kind);
-    else if (c <= 256)
-        norm_kernel_regs<T, XT, 8><<<g, threads, 0, s>>>(y, x, w, b, n, c, eps, kind);
-    else if (c <= 1024)
-        norm_kernel_regs<T, XT, 32><<<g, threads, 0, s>>>(y, x, w, b, n, c, eps, kind);
-    else
+    else /* wider rows, and widths no model has (not a multiple of 4) */
         norm_kernel<T, XT><<<g, threads, 0, s>>>(y, x, w, b, n, c, eps, kind);
 }
 

@@ -169,8 +169,8 @@ static void test_norms(void **state)
 {
     (void)state;
     struct test_rng r = {3};
-    /* float4 register paths (≤ 256, ≤ 512, ≤ 1024), the scalar register one (37) and the
-     * looping one (> 1024) */
+    /* the register paths with vector loads (≤ 256, ≤ 512, ≤ 1024) and the three-pass one (37:
+     * not a multiple of 4; > 1024) */
     const uint32_t cs[] = {64, 768, 37, 1000, 1500, 300};
     for (int mi = 0; mi < 2; mi++) {
         const enum cu_dtype t = test_modes[mi];
