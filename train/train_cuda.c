@@ -274,25 +274,8 @@ struct train_cuda *train_cuda_create(struct model *m, int device, bool bf16, uin
                                      uint32_t max_seq, char *err, size_t errlen)
 {
     const struct model_config *c = &m->cfg;
-    if (max_batch == 0 || max_seq == 0) {
-        snprintf(err, errlen, "cuda: batch and sequence length must be at least 1");
+    if (!cu_model_fits(c, device, max_batch, max_seq, err, errlen))
         return NULL;
-    }
-    if (c->arch == MODEL_ARCH_GPT2 && max_seq > c->max_positions) {
-        snprintf(err, errlen, "cuda: sequences of %u tokens but the model has %u positions", max_seq,
-                 c->max_positions);
-        return NULL;
-    }
-    if (c->head_dim > 128) {
-        snprintf(err, errlen, "cuda: head_dim %u is not supported (at most 128)", c->head_dim);
-        return NULL;
-    }
-    int count = model_cuda_device_count();
-    if (device < 0 || device >= count) {
-        snprintf(err, errlen, count ? "cuda: device cuda:%d does not exist (%d visible)"
-                                    : "cuda: no GPU is visible (cuda:%d asked)", device, count);
-        return NULL;
-    }
     struct train_cuda *t = calloc(1, sizeof(*t));
     if (!t) {
         snprintf(err, errlen, "cuda: out of memory");

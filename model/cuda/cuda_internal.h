@@ -188,6 +188,15 @@ bool cu_gemm_dw(struct cu_gemm *g, cudaStream_t s, enum cu_dtype abt, float *dw,
 cudaError_t cu_gemm_bias_grad(float *db, const void *dy, enum cu_dtype t, size_t ldy, size_t n,
                               size_t out, float *scratch, size_t scratch_floats, cudaStream_t s);
 
+/* ---- the engine and the trainer ---- */
+
+/* Whether cuda:device exists and can run c for up to max_batch sequences (the attention's grid
+ * holds at most 65,535) of max_seq tokens (GPT-2: within n_positions; head_dim ≤ 128); false
+ * with one line in err. (engine.c) */
+struct model_config;
+bool cu_model_fits(const struct model_config *c, int device, uint32_t max_batch, uint32_t max_seq,
+                   char *err, size_t errlen);
+
 /* ---- the step profile (profile.c) ---- */
 
 #define CU_PROFILE_EVENTS 2048 /* marks per pass: a forward has 7 per layer, a training step 20 */

@@ -146,6 +146,33 @@ static void fail(struct model_cuda *e, const char *fmt, ...)
 
 static size_t align_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
+bool cu_model_fits(const struct model_config *c, int device, uint32_t max_batch, uint32_t max_seq,
+                   char *err, size_t errlen)
+{
+    if (max_batch == 0 || max_batch > 65535 || max_seq == 0) {
+        snprintf(err, errlen, "cuda: max_batch must be 1..65535 and max_seq at least 1");
+        return false;
+    }
+    if (c->arch == MODEL_ARCH_GPT2 && max_seq > c->max_positions) {
+        snprintf(err, errlen, "cuda: %u positions asked but the model has %u (n_positions)", max_seq,
+                 c->max_positions);
+        return false;
+    }
+    if (c->head_dim > 128) {
+        snprintf(err, errlen, "cuda: head_dim %u is not supported (at most 128)", c->head_dim);
+        return false;
+    }
+    const int count = model_cuda_device_count();
+    if (device < 0 || device >= count) {
+        if (count == 0)
+            snprintf(err, errlen, "cuda: no GPU is visible (cuda:%d asked)", device);
+        else
+            snprintf(err, errlen, "cuda: device cuda:%d does not exist (%d visible)", device, count);
+        return false;
+    }
+    return true;
+}
+
 int model_cuda_device_count(void)
 {
     int n = 0;
@@ -308,33 +335,14 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
                                      char *err, size_t errlen)
 {
     const struct model_config *c = &m->cfg;
-    if (o->max_batch == 0 || o->max_batch > 65535 || o->max_seq == 0) {
-        snprintf(err, errlen, "cuda: max_batch must be 1..65535 and max_seq at least 1");
-        return NULL;
-    }
-    if (c->arch == MODEL_ARCH_GPT2 && o->max_seq > c->max_positions) {
-        snprintf(err, errlen, "cuda: %u positions asked but the model has %u (n_positions)",
-                 o->max_seq, c->max_positions);
-        return NULL;
-    }
     if (o->residual_bf16 && o->precision != MODEL_PRECISION_BF16) {
         /* the fp32 engine is the reference the bf16 one is checked against: refused rather
          * than silently ignored, so a caller asking for both learns which one it got */
         snprintf(err, errlen, "cuda: residual_bf16 needs precision bf16");
         return NULL;
     }
-    if (c->head_dim > 128) {
-        snprintf(err, errlen, "cuda: head_dim %u is not supported (at most 128)", c->head_dim);
+    if (!cu_model_fits(c, o->device, o->max_batch, o->max_seq, err, errlen))
         return NULL;
-    }
-    int count = model_cuda_device_count();
-    if (o->device < 0 || o->device >= count) {
-        if (count == 0)
-            snprintf(err, errlen, "cuda: no GPU is visible (cuda:%d asked)", o->device);
-        else
-            snprintf(err, errlen, "cuda: device cuda:%d does not exist (%d visible)", o->device, count);
-        return NULL;
-    }
     struct model_cuda *e = calloc(1, sizeof(*e));
     if (!e || !(e->layers = calloc(c->layers ? c->layers : 1, sizeof(struct cu_layer)))) {
         free(e);
