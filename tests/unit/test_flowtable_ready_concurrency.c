@@ -15,20 +15,6 @@
 /* ---- synthetic traffic: TCP sessions that close with FIN, RST or not at all, UDP of every
  * length, port reuse, idle pauses; packets of many flows interleaved ---- */
 
-static uint64_t rng_next(uint64_t *s)
-{
-    /* splitmix64 step */
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static uint32_t rng_below(uint64_t *s, uint32_t n)
-{
-    return (uint32_t)(rng_next(s) % n);
-}
-
 enum { GEN_SLOTS = 200 };
 
 struct gen_slot {

@@ -1,7 +1,8 @@
 /* test_flowtable_util.h — helpers shared by the flowtable unit tests: hand-built Ethernet/IPv4/
  * TCP|UDP frames with the cap_packet view the decoder would give, a thread-safe session
  * collector that deep-copies each session (stored bytes included), and a canonical text form of
- * a session so that runs can be compared as multisets. Header-only: each test is one file. */
+ * a session so that runs can be compared as multisets, and the random numbers of the synthetic
+ * traffic generators. Header-only: each test is one file. */
 #ifndef NETLM_TEST_FLOWTABLE_UTIL_H
 #define NETLM_TEST_FLOWTABLE_UTIL_H
 
@@ -32,6 +33,18 @@ const char *__tsan_default_suppressions(void)
     return "race:urcu_qsbr_barrier\n";
 }
 #endif
+
+/* ---- the synthetic traffic generators' random numbers (splitmix64) ---- */
+
+static inline uint64_t rng_next(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static inline uint32_t rng_below(uint64_t *s, uint32_t n) { return (uint32_t)(rng_next(s) % n); }
 
 /* ---- hand-built frames ---- */
 
