@@ -70,7 +70,6 @@ const char *train_cuda_error(const struct train_cuda *t) { return (void)t, "buil
 
 #define TENSOR_ALIGN 64 /* floats: 256 bytes */
 #define LM_CHUNK 4096u  /* rows of logits per GEMM + cross-entropy pass */
-#define WORKSPACE_BYTES ((size_t)32 << 20)
 
 struct layer_stash {
     float *x_in, *x_mid, *lse;
@@ -325,7 +324,7 @@ struct train_cuda *train_cuda_create(struct model *m, int device, bool bf16, uin
         fail(t, "cuda: cannot open cuda:%d: %s", device, cudaGetErrorString(cudaGetLastError()));
         ok = false;
     }
-    if (ok && !(t->gemm = cu_gemm_create(WORKSPACE_BYTES, t->err, sizeof t->err)))
+    if (ok && !(t->gemm = cu_gemm_create(CU_GEMM_WORKSPACE_BYTES, t->err, sizeof t->err)))
         ok = false;
     if (ok) /* the heuristic's first algorithm, the same in every process: resume is exact */
         cu_gemm_set_tuning(t->gemm, false);
@@ -506,7 +505,7 @@ static bool lm_head(struct train_cuda *t, uint32_t N, float scale)
 }
 
 /* Pooling → dense → tanh → out → cross-entropy against the labels (d_targets), and back to dxn. */
-static bool classify_head(struct train_cuda *t, uint32_t nseq, uint32_t N)
+static bool classify_head(struct train_cuda *t, uint32_t nseq)
 {
     const struct model_config *c = &t->m->cfg;
     const cudaStream_t s = t->stream;
@@ -535,7 +534,6 @@ static bool classify_head(struct train_cuda *t, uint32_t nseq, uint32_t N)
     GEMM_DW(T, t->gw.cls_dense_w, t->gw.cls_dense_b, dh, C, t->pooled_t, C, nseq, C, C);
     CK(cu_pool_backward(t->dxn, t->dpooled, t->xn, T, C, t->d_seq_off, nseq, (enum cu_pool_kind)c->pooling, s),
        "pooling backward");
-    (void)N;
     return true;
 }
 
@@ -701,7 +699,7 @@ bool train_cuda_forward_backward(struct train_cuda *t, enum train_objective obje
     if (objective == TRAIN_LM) {
         if (!lm_head(t, N, 1.0f / (float)terms))
             return false;
-    } else if (!classify_head(t, B, N)) {
+    } else if (!classify_head(t, B)) {
         return false;
     }
     const uint32_t loss_rows = objective == TRAIN_LM ? N : B;

@@ -148,6 +148,8 @@ cudaError_t cu_attention_backward(void *dqkv, uint32_t lddqkv, const void *dout,
  * types and epilogue, so a steady state (and a graph capture) only sets pointers and calls
  * cublasLtMatmul. One per engine (not thread-safe); owns the workspace. */
 struct cu_gemm;
+/* The workspace the engine and the trainer give it: cuBLASLt's recommendation for Hopper. */
+#define CU_GEMM_WORKSPACE_BYTES ((size_t)32 << 20)
 struct cu_gemm *cu_gemm_create(size_t workspace_bytes, char *err, size_t errlen);
 void cu_gemm_free(struct cu_gemm *g);
 /* Disable the bias/GELU epilogues (always run the fallback kernel): for testing and for a

@@ -38,7 +38,6 @@
 
 #define ALIGN_BYTES 256
 #define GRAPH_SLOTS 48
-#define WORKSPACE_BYTES ((size_t)32 << 20) /* cuBLASLt's recommendation for Hopper */
 
 void cu_host_from_f32(void *dst, enum cu_dtype t, const float *src, size_t n)
 {
@@ -376,7 +375,7 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
         fail(e, "cuda: cannot open cuda:%d: %s", o->device, cudaGetErrorString(cudaGetLastError()));
         ok = false;
     }
-    if (ok && !(e->gemm = cu_gemm_create(WORKSPACE_BYTES, e->err, sizeof e->err)))
+    if (ok && !(e->gemm = cu_gemm_create(CU_GEMM_WORKSPACE_BYTES, e->err, sizeof e->err)))
         ok = false;
     if (ok && !o->graphs)
         e->prof = cu_profile_create();
@@ -427,7 +426,7 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
 
 size_t model_cuda_bytes(const struct model_cuda *e)
 {
-    return e->wbytes + e->abytes + WORKSPACE_BYTES;
+    return e->wbytes + e->abytes + CU_GEMM_WORKSPACE_BYTES;
 }
 
 const char *model_cuda_error(const struct model_cuda *e) { return e->err; }
