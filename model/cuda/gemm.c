@@ -344,6 +344,40 @@ static struct cu_gemm_plan *plan_get(struct cu_gemm *g, const struct gemm_key *k
     return p;
 }
 
+/* D = A·B (+ D when beta = 1) for key, with its epilogue's bias (NULL without one): the plan,
+ * which says whether the caller still owes the epilogue (fallback), or NULL with err set; what
+ * names the GEMM in errors. */
+static struct cu_gemm_plan *gemm_exec(struct cu_gemm *g, cudaStream_t s, const struct gemm_key *key,
+                                      const void *bias, const void *a, const void *b, void *d,
+                                      float beta, const char *what, char *err, size_t errlen)
+{
+    cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
+    struct cu_gemm_plan *p = plan_get(g, key, bias, a, b, s, &st);
+    if (!p) {
+        snprintf(err, errlen,
+                 "cuda: no cuBLASLt algorithm for the %s GEMM m %zu n %zu k %zu (%s → %s): status %d",
+                 what, key->m, key->n, key->k, key->abt == CU_BF16 ? "bf16" : "fp32",
+                 key->dt == CU_BF16 ? "bf16" : "fp32", (int)st);
+        return NULL;
+    }
+    if ((key->epi & EPI_BIAS) && !p->fallback) {
+        st = cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
+        if (st) {
+            snprintf(err, errlen, "cuda: setting the %s GEMM's bias failed: status %d", what, (int)st);
+            return NULL;
+        }
+    }
+    const float alpha = 1.0f;
+    st = cublasLtMatmul(g->lt, p->desc, &alpha, a, p->a, b, p->b, &beta, d, p->c, d, p->c,
+                        &p->algo, g->workspace, g->workspace_bytes, s);
+    if (st) {
+        snprintf(err, errlen, "cuda: cublasLtMatmul (%s) m %zu n %zu k %zu failed: status %d", what,
+                 key->m, key->n, key->k, (int)st);
+        return NULL;
+    }
+    return p;
+}
+
 bool cu_gemm_run(struct cu_gemm *g, cudaStream_t s, enum cu_dtype abt, enum cu_dtype yt, void *y,
                  size_t ldy, const void *x, size_t ldx, const void *w, const void *bias, size_t n,
                  size_t in, size_t out, bool accumulate, bool gelu, char *err, size_t errlen)
@@ -359,59 +393,16 @@ bool cu_gemm_run(struct cu_gemm *g, cudaStream_t s, enum cu_dtype abt, enum cu_d
     const struct gemm_key key = {.opa = CUBLAS_OP_T, .opb = CUBLAS_OP_N, .abt = abt, .dt = yt,
                                  .m = out, .n = n, .k = in, .lda = in, .ldb = ldx, .ldd = ldy,
                                  .align_a = 256, .align_b = 256, .align_d = 256, .epi = epi};
-    cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
-    struct cu_gemm_plan *p = plan_get(g, &key, bias, w, x, s, &st);
-    if (!p) {
-        snprintf(err, errlen, "cuda: no cuBLASLt algorithm for %zu×%zu×%zu (%s → %s): status %d",
-                 n, in, out, abt == CU_BF16 ? "bf16" : "fp32", yt == CU_BF16 ? "bf16" : "fp32",
-                 (int)st);
+    const struct cu_gemm_plan *p = gemm_exec(g, s, &key, bias, w, x, y, accumulate ? 1.0f : 0.0f,
+                                             "forward", err, errlen);
+    if (!p)
         return false;
-    }
-    if ((epi & EPI_BIAS) && !p->fallback) {
-        st = cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
-        if (st) {
-            snprintf(err, errlen, "cuda: setting the GEMM bias failed: status %d", (int)st);
-            return false;
-        }
-    }
-    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-    st = cublasLtMatmul(g->lt, p->desc, &alpha, w, p->a, x, p->b, &beta, y, p->c, y, p->c,
-                        &p->algo, g->workspace, g->workspace_bytes, s);
-    if (st) {
-        snprintf(err, errlen, "cuda: cublasLtMatmul %zu×%zu×%zu failed: status %d", n, in, out, (int)st);
-        return false;
-    }
     if (p->fallback && epi) {
         cudaError_t ce = cu_bias_act(y, yt, ldy, bias, (uint32_t)n, (uint32_t)out, gelu, s);
         if (ce != cudaSuccess) {
             snprintf(err, errlen, "cuda: bias/GELU kernel: %s", cudaGetErrorString(ce));
             return false;
         }
-    }
-    return true;
-}
-
-/* D = A·B (+ D when beta = 1) for a key without epilogue; what names it in errors. */
-static bool gemm_plain(struct cu_gemm *g, cudaStream_t s, const struct gemm_key *key,
-                       const void *a, const void *b, void *d, float beta, const char *what,
-                       char *err, size_t errlen)
-{
-    cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
-    struct cu_gemm_plan *p = plan_get(g, key, NULL, a, b, s, &st);
-    if (!p) {
-        snprintf(err, errlen,
-                 "cuda: no cuBLASLt algorithm for the %s GEMM m %zu n %zu k %zu (%s → %s): status %d",
-                 what, key->m, key->n, key->k, key->abt == CU_BF16 ? "bf16" : "fp32",
-                 key->dt == CU_BF16 ? "bf16" : "fp32", (int)st);
-        return false;
-    }
-    const float alpha = 1.0f;
-    st = cublasLtMatmul(g->lt, p->desc, &alpha, a, p->a, b, p->b, &beta, d, p->c, d, p->c,
-                        &p->algo, g->workspace, g->workspace_bytes, s);
-    if (st) {
-        snprintf(err, errlen, "cuda: cublasLtMatmul (%s) m %zu n %zu k %zu failed: status %d", what,
-                 key->m, key->n, key->k, (int)st);
-        return false;
     }
     return true;
 }
@@ -427,7 +418,7 @@ bool cu_gemm_dx(struct cu_gemm *g, cudaStream_t s, enum cu_dtype abt, enum cu_dt
                                  .m = in, .n = n, .k = out, .lda = in, .ldb = ldy, .ldd = lddx,
                                  .align_a = ptr_align(w), .align_b = ptr_align(dy),
                                  .align_d = ptr_align(dx), .epi = EPI_NONE};
-    return gemm_plain(g, s, &key, w, dy, dx, accumulate ? 1.0f : 0.0f, "dx", err, errlen);
+    return gemm_exec(g, s, &key, NULL, w, dy, dx, accumulate ? 1.0f : 0.0f, "dx", err, errlen) != NULL;
 }
 
 bool cu_gemm_dw(struct cu_gemm *g, cudaStream_t s, enum cu_dtype abt, float *dw, float *db,
@@ -441,7 +432,7 @@ bool cu_gemm_dw(struct cu_gemm *g, cudaStream_t s, enum cu_dtype abt, float *dw,
                                  .m = in, .n = out, .k = n, .lda = ldx, .ldb = ldy, .ldd = in,
                                  .align_a = ptr_align(x), .align_b = ptr_align(dy),
                                  .align_d = ptr_align(dw), .epi = EPI_NONE};
-    if (!gemm_plain(g, s, &key, x, dy, dw, 1.0f, "dW", err, errlen))
+    if (!gemm_exec(g, s, &key, NULL, x, dy, dw, 1.0f, "dW", err, errlen))
         return false;
     if (db) {
         /* after the GEMM on the same stream, so its workspace is free for the partials */
