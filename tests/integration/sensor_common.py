@@ -6,6 +6,7 @@ import json
 import os
 import re
 import sys
+import time
 
 NETLM = os.environ.get("NETLM", "netlm")
 DATA = os.environ.get("NETLM_DATA_DIR", "")
@@ -149,3 +150,13 @@ def read_events(text, name):
 
 def by_type(events, t):
     return [e for e in events if e.get("event_type") == t]
+
+
+def wait_for(pred, timeout=20.0, interval=0.1):
+    """Polls pred until it holds (True) or timeout seconds pass (False)."""
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return True
+        time.sleep(interval)
+    return False

@@ -42,7 +42,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sensor_common import DATA, MODEL, NETLM, SRC, by_type, check, finish, read_events  # noqa: E402
+from sensor_common import DATA, MODEL, NETLM, SRC, by_type, check, finish, read_events, wait_for  # noqa: E402
 
 TAG = f"{os.getpid() % 100000}"
 NS = f"netlm-st-{TAG}"
@@ -129,15 +129,6 @@ def last_stats(path):
             except json.JSONDecodeError:
                 pass  # the line being written
     return st
-
-
-def wait_for(pred, timeout):
-    end = time.time() + timeout
-    while time.time() < end:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def frame_count(path):
@@ -250,7 +241,7 @@ def main():
                   f"rc {res.returncode}, sent {sent}: {res.stdout[-400:]} {res.stderr[-400:]}")
             # the last frames are on the wire; the sensor's stats event shows when it has them all
             check("sensor counted every frame sent",
-                  wait_for(lambda: (last_stats(live_out) or {}).get("capture", {}).get("packets", 0) >= n_frames, 30),
+                  wait_for(lambda: (last_stats(live_out) or {}).get("capture", {}).get("packets", 0) >= n_frames, 30, 0.05),
                   str((last_stats(live_out) or {}).get("capture")))
         finally:
             proc.send_signal(signal.SIGTERM)  # drain: flows end as shutdown, queued sessions classified
