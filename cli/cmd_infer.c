@@ -566,25 +566,6 @@ done:
 
 /* ---- generate ---- */
 
-/* Generated ids as the seed's target text ("0000 003c"): tokens joined by spaces, [SEP] left
- * out. */
-static void generated_text(const struct infer *in, uint32_t b, char *out, size_t cap)
-{
-    size_t n = 0;
-    out[0] = '\0';
-    for (uint32_t i = 0; i < in->generated_len[b]; i++) {
-        uint32_t id = in->generated[(size_t)b * in->max_new + i];
-        if (id == TOK_SEP)
-            break;
-        const char *tok = tok_vocab_token(in->vocab, id);
-        if (!tok)
-            tok = "[UNK]";
-        if (n + strlen(tok) + 2 >= cap)
-            break;
-        n += (size_t)snprintf(out + n, cap - n, "%s%s", n ? " " : "", tok);
-    }
-}
-
 /* Whitespace-insensitive comparison: "0000  003c" and "0000 003c" are the same target. */
 static bool same_tokens(const char *a, const char *b)
 {
@@ -614,7 +595,7 @@ static bool generate_batch(struct infer *in, const uint64_t *rows)
     }
     char text[4096];
     for (uint32_t b = 0; b < in->n; b++) {
-        generated_text(in, b, text, sizeof text);
+        tok_ids_text(in->vocab, in->generated + (size_t)b * in->max_new, in->generated_len[b], text, sizeof text);
         bool has_target = in->targets[b] != NULL;
         bool match = has_target && same_tokens(text, in->targets[b]);
         if (in->json) {

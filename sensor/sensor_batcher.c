@@ -351,35 +351,10 @@ static void generate_batch(struct sensor *sn, struct sensor_engine *e, uint32_t 
         struct sensor_slot *slot = e->batch[b];
         int64_t lat = now - slot->enqueue_ns;
         record_latency(sn, lat);
-        char text[1024] = "";
-        size_t tn = 0;
+        char text[1024];
+        tok_ids_text(e->vocab, e->generated + (size_t)b * e->max_new, e->generated_len[b], text, sizeof text);
         uint64_t value = 0;
-        bool parses = true;
-        int hex_digits = 0;
-        for (uint32_t i = 0; i < e->generated_len[b]; i++) {
-            uint32_t id = e->generated[(size_t)b * e->max_new + i];
-            if (id == TOK_SEP)
-                break;
-            const char *tok = tok_vocab_token(e->vocab, id);
-            if (!tok)
-                tok = "[UNK]";
-            if (tn + strlen(tok) + 2 >= sizeof text)
-                break;
-            tn += (size_t)snprintf(text + tn, sizeof text - tn, "%s%s", tn ? " " : "", tok);
-            /* "0000 003c" → 0x0000003c: every token four hex digits, 16 digits at most */
-            bool hex4 = strlen(tok) == 4;
-            for (int d = 0; hex4 && d < 4; d++) {
-                char c = tok[d];
-                int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-                if (v < 0)
-                    hex4 = false;
-                else
-                    value = value << 4 | (uint64_t)v;
-            }
-            hex_digits += 4;
-            parses = parses && hex4 && hex_digits <= 16;
-        }
-        parses = parses && hex_digits > 0;
+        const bool parses = tok_field_target_value(text, &value);
         struct sensor_json j;
         sj_init(&j, e->line, e->line_cap);
         sensor_event_common(sn, &j, slot->event_ts_ns, &slot->s, "generation", slot->file_index);

@@ -71,3 +71,28 @@ void tok_field_target_text(uint32_t value, char out[10])
     out[4] = ' ';
     tok_format_value((uint16_t)value, out + 5);
 }
+
+bool tok_field_target_value(const char *text, uint64_t *value)
+{
+    uint64_t v = 0;
+    int digits = 0;
+    const char *p = text;
+    for (;;) {
+        for (int d = 0; d < 4; d++, p++) {
+            const char c = *p;
+            const int x = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+            if (x < 0)
+                return false;
+            v = v << 4 | (uint64_t)x;
+        }
+        digits += 4;
+        if (digits > 16)
+            return false;
+        if (*p == '\0')
+            break;
+        if (*p++ != ' ')
+            return false;
+    }
+    *value = v;
+    return true;
+}

@@ -37,6 +37,10 @@ uint32_t tok_vocab_size(const struct tok_vocab *v);
 bool tok_vocab_is_builtin(const struct tok_vocab *v);
 /* The token text of an id ("[CLS]", "0a1b", "##f", ...); NULL when out of range. */
 const char *tok_vocab_token(const struct tok_vocab *v, uint32_t id);
+/* Generated ids as the seed's target text ("0000 003c"): tokens joined by single spaces up to
+ * the first [SEP] (left out), "[UNK]" for an id outside the vocabulary, whole tokens only while
+ * they fit in cap (NUL included). Returns the text's length. */
+size_t tok_ids_text(const struct tok_vocab *v, const uint32_t *ids, uint32_t n, char *out, size_t cap);
 /* The ids of the 4-hex token for value (1 id with the built-in vocab; WordPiece pieces, or
  * [UNK], with a file vocab). Returns the count, ≤ TOK_MAX_PIECES. */
 int tok_vocab_value_ids(const struct tok_vocab *v, uint16_t value, uint32_t ids[TOK_MAX_PIECES]);
@@ -138,6 +142,9 @@ bool tok_field_take(enum tok_field f, uint8_t *frame, size_t len, const struct c
                     uint32_t *value);
 /* The seed's target text for a value: four bytes big-endian as two tokens, 60 → "0000 003c". */
 void tok_field_target_text(uint32_t value, char out[10]);
+/* The inverse, for generated text: the value of tokens of four lowercase hex digits each, one
+ * space between them, 16 digits at most ("0000 003c" → 60); false for anything else. */
+bool tok_field_target_value(const char *text, uint64_t *value);
 
 /* ---- token shards ---- */
 

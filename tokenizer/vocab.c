@@ -360,6 +360,22 @@ const char *tok_vocab_token(const struct tok_vocab *v, uint32_t id)
     return v->text + v->tok_off[id];
 }
 
+size_t tok_ids_text(const struct tok_vocab *v, const uint32_t *ids, uint32_t n, char *out, size_t cap)
+{
+    size_t len = 0;
+    if (cap)
+        out[0] = '\0';
+    for (uint32_t i = 0; i < n && ids[i] != TOK_SEP; i++) {
+        const char *tok = tok_vocab_token(v, ids[i]);
+        if (!tok)
+            tok = "[UNK]";
+        if (len + strlen(tok) + 2 >= cap)
+            break;
+        len += (size_t)snprintf(out + len, cap - len, "%s%s", len ? " " : "", tok);
+    }
+    return len;
+}
+
 /* Python's str.isspace(), which is what str.split() splits on. */
 static bool tok_py_space(uint32_t cp)
 {

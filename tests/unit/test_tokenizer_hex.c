@@ -193,6 +193,23 @@ static void test_field_target_text(void **state)
     assert_string_equal(out, "0000 0000");
     tok_field_target_text(0x12345678u, out);
     assert_string_equal(out, "1234 5678");
+    /* and back, from generated text */
+    uint64_t v = 7;
+    assert_true(tok_field_target_value("0000 003c", &v));
+    assert_int_equal(v, 60);
+    assert_true(tok_field_target_value("1234 5678", &v));
+    assert_int_equal(v, 0x12345678u);
+    assert_true(tok_field_target_value("05dc", &v));
+    assert_int_equal(v, 1500);
+    assert_true(tok_field_target_value("ffff ffff ffff ffff", &v));
+    assert_true(v == UINT64_MAX);
+    const char *bad[] = {"", "003", "0000 003c ", "0000  003c", "0000 003C", "[UNK]", "0000 [UNK]",
+                         "0000 0000 0000 0000 0000", "00g0"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        v = 7;
+        assert_false(tok_field_target_value(bad[i], &v));
+        assert_int_equal(v, 7);
+    }
     const char *names[] = {"ip_len", "src_port", "dst_port", "ttl", "tcp_window"};
     for (int i = 0; i < TOK_FIELD_COUNT; i++) {
         enum tok_field f;

@@ -33,6 +33,19 @@ static void test_builtin(void **state)
     assert_string_equal(tok_vocab_token(v, 5 + 0x0a1b), "0a1b");
     assert_string_equal(tok_vocab_token(v, 65540), "ffff");
     assert_null(tok_vocab_token(v, 65541));
+    /* generated ids as text: up to the first [SEP], [UNK] outside the vocabulary, whole tokens
+     * while they fit */
+    const uint32_t gen[] = {5, 5 + 0x3c, TOK_SEP, 5 + 1};
+    char text[32];
+    assert_int_equal(tok_ids_text(v, gen, 4, text, sizeof text), 9);
+    assert_string_equal(text, "0000 003c");
+    const uint32_t odd[] = {5 + 0xffff, 70000, 5};
+    assert_int_equal(tok_ids_text(v, odd, 3, text, sizeof text), 15);
+    assert_string_equal(text, "ffff [UNK] 0000");
+    assert_int_equal(tok_ids_text(v, odd, 3, text, 12), 10);
+    assert_string_equal(text, "ffff [UNK]");
+    assert_int_equal(tok_ids_text(v, gen + 2, 2, text, sizeof text), 0);
+    assert_string_equal(text, "");
     for (uint32_t value = 0; value < 65536; value++) {
         uint32_t ids[TOK_MAX_PIECES], wid[4];
         assert_int_equal(tok_vocab_value_ids(v, (uint16_t)value, ids), 1);
