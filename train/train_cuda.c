@@ -180,8 +180,10 @@ static void carve(struct train_cuda *t, char *pbase, size_t *pbytes, char *abase
     const struct model_config *c = &t->m->cfg;
     const size_t N = t->max_rows, B = t->max_batch, ts = t->ts;
     size_t po = 0, ao = 0;
-#define PTAKE(field, type, bytes) ((field) = (type)(pbase ? pbase + po : NULL), po = align_up(po + (bytes), 256))
-#define ATAKE(field, type, bytes) ((field) = (type)(abase ? abase + ao : NULL), ao = align_up(ao + (bytes), 256))
+    /* a buffer of 0 bytes is NULL, not the next buffer's address: p16 in fp32 mode must stay NULL,
+     * or AdamW would write a bf16 mirror over the RoPE tables and past the block */
+#define PTAKE(field, type, bytes) ((field) = (type)(pbase && (bytes) != 0 ? pbase + po : NULL), po = align_up(po + (bytes), 256))
+#define ATAKE(field, type, bytes) ((field) = (type)(abase && (bytes) != 0 ? abase + ao : NULL), ao = align_up(ao + (bytes), 256))
     const size_t P = t->layout.total;
     PTAKE(t->p, float *, P * 4);
     PTAKE(t->g, float *, P * 4);
