@@ -115,6 +115,12 @@ if [[ -d $deps_dir ]] && ls "$deps_dir"/*.deb >/dev/null 2>&1; then
     command -v pkg-config >/dev/null || cmake_extra+=("-DPKG_CONFIG_EXECUTABLE=$u/bin/pkgconf")
     echo "carried dependencies: $(ls "$deps_dir" | wc -l) packages; missing sonames: $(ls "$p/missing" | tr '\n' ' ')" >>"$OUT/env.txt"
 fi
+# NCCL (data-parallel GPU training): the toolkit's, else the nvidia-nccl wheel PyTorch brings
+if [[ ! -e /usr/local/cuda/include/nccl.h ]]; then
+    nccl_root=$(python3 -c 'import nvidia.nccl as n; print(list(n.__path__)[0])' 2>/dev/null || true)
+    [[ -n $nccl_root && -e $nccl_root/include/nccl.h ]] && cmake_extra+=("-DNETLM_NCCL_ROOT=$nccl_root")
+    echo "nccl: ${nccl_root:-not found}" >>"$OUT/env.txt"
+fi
 # A newer gcc than CI's may warn where gcc 12 does not: the GPU check must not stop on that
 # (CI keeps -Werror); nvcc's own -Werror stays.
 printf '#!/bin/sh\nexec gcc "$@" -Wno-error\n' >/tmp/netlm-cc && chmod +x /tmp/netlm-cc
@@ -133,7 +139,8 @@ grep -E "error|warning" "$log" | head -20 || true
 # (in order of what a fix needs first; each stage is cut to what is left before the deadline)
 log=$OUT/tests.log
 : >"$log"
-run_stage ctest-cuda 150 "$log" ctest --test-dir "$build" -L cuda --output-on-failure --no-tests=error
+# (the unit tests against the CPU, then the training commands on the GPU: gpu_train_cli)
+run_stage ctest-cuda 240 "$log" ctest --test-dir "$build" -L cuda --output-on-failure --no-tests=error
 # ctest passes a skipped test too: the log must show that the tests ran
 if grep -q "Skipped" "$log"; then stage_done cuda-tests-ran skipped 0; fi
 : >"$OUT/netlm.json"

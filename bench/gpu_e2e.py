@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """gpu_e2e.py — the CUDA engine end to end, as users run it (bench/gpu_check.sh runs it on the
-GPU machine): `netlm classify --device cuda` (bf16 and fp32) and `netlm replay` with
-model.device = "cuda", each against the same command on the CPU, on the bundled model and
-capture.
+GPU machine): `netlm classify --device cuda` (bf16 and fp32), `netlm replay` with
+model.device = "cuda", and `netlm generate --device cuda`, each against the same command on the
+CPU, on the bundled model and capture. No generation model is bundled: the generation checks
+use a fresh random one of the bundled model's shape (`netlm convert --config-path`, task
+generate) on the seed's header-field task built from the capture (`netlm dataset generation`).
 
 Checks (exit 1 when one fails):
 - fp32 on the GPU: every session gets the CPU's label; scores within 1e-4 (absolute; the
@@ -10,9 +12,20 @@ Checks (exit 1 when one fails):
 - bf16: scores within 0.02 absolute (bf16 weights and activations: ~1e-2 relative on logits,
   test_cuda_model); a label may differ only where the CPU's best two scores are closer than that;
 - replay: the classification events name the same flows with the same labels (same rule).
+- generate, greedy, fp32 (8 new tokens a row, a KV cache on the GPU): each row's continuation
+  equals the CPU's; at most 1 % of rows may differ, because a random model's best two logits can
+  be closer than the engine's fp32 error (~1e-6 of the largest logit; over a vocabulary of 65,541
+  random logits the two best are ~0.05 σ apart, so about one step in 10⁴ is that close) — a
+  defect of the decode path changes most rows. bf16 (greedy) is reported, not checked (a random
+  model's near ties are far more common than bf16's error allows); sampled (temperature 0.8,
+  top-k 5, fixed seed): two GPU runs must give the same output, and the fp32 run's agreement
+  with the CPU's is reported.
+- replay with the generation model and model.device = "cuda" (bf16): one generation event per
+  flow, the same flows as on the CPU (agreement of the tokens reported).
 Prints one JSON line with the counts and the largest differences.
 
-usage: gpu_e2e.py NETLM MODEL_DIR CAPTURE
+usage: gpu_e2e.py [--only classify|generate] NETLM MODEL_DIR CAPTURE
+NETLM_E2E_DEVICE=cpu runs the script's own logic without a GPU (every "GPU" command on the CPU).
 """
 import json
 import os
@@ -22,6 +35,9 @@ import tempfile
 
 BF16_SCORE_BOUND = 0.02
 FP32_SCORE_BOUND = 1e-4
+GEN_FP32_ROW_MISMATCH = 0.01
+GEN_ARGS = ["--seq-length", "100", "--tgt-seq-length", "9"]  # [CLS] packet [SEP] + 8 new tokens
+DEVICE = os.environ.get("NETLM_E2E_DEVICE", "cuda")
 
 
 def run(cmd):
@@ -51,6 +67,70 @@ def replay(netlm, model, capture, conf=None):
     return events
 
 
+def generate(netlm, model, tsv, *extra):
+    """{row: generated text}"""
+    out = run([netlm, "generate", "-m", model, "--test-path", tsv, "--format", "json", "--quiet", *GEN_ARGS, *extra])
+    return {r["row"]: r["generated"] for r in map(json.loads, out.splitlines())}
+
+
+def replay_generation(netlm, model, capture, conf=None):
+    cmd = [netlm, "replay", "-m", model, capture]
+    if conf:
+        cmd += ["-c", conf]
+    return {r["flow_id"]: r["generation"]["tokens"] for r in map(json.loads, run(cmd).splitlines())
+            if r.get("event_type") == "generation"}
+
+
+def agreement(a, b):
+    """(rows, rows that differ); rows missing on either side count as different"""
+    keys = set(a) | set(b)
+    return len(keys), sum(1 for k in keys if a.get(k) != b.get(k))
+
+
+def generation_checks(netlm, model, capture, tmp):
+    """The generation model, its dataset, and the comparisons; (ok, report)"""
+    with open(os.path.join(model, "config.json")) as f:
+        c = json.load(f)
+    c["netlm"]["task"] = "generate"
+    c["netlm"].pop("labels", None)
+    c["netlm"].pop("num_labels", None)
+    cfg = os.path.join(tmp, "gen.json")
+    with open(cfg, "w") as f:
+        json.dump(c, f)
+    gen = os.path.join(tmp, "gen")
+    run([netlm, "convert", "--config-path", cfg, "--to", gen])
+    caps = os.path.join(tmp, "captures", "demo")
+    os.makedirs(caps)
+    os.symlink(os.path.abspath(capture), os.path.join(caps, os.path.basename(capture)))
+    ds = os.path.join(tmp, "dataset")
+    run([netlm, "dataset", "generation", "--pcap_path", os.path.dirname(caps), "--dataset_dir", ds, "-q"])
+    tsv = os.path.join(ds, "train_dataset.tsv")
+    gpu = ["--device", DEVICE]
+    cpu = generate(netlm, gen, tsv, "--device", "cpu")
+    fp32 = generate(netlm, gen, tsv, *gpu, "--precision", "fp32")
+    bf16 = generate(netlm, gen, tsv, *gpu)
+    sample = ["--temperature", "0.8", "--top-k", "5", "--seed", "3"]
+    s_cpu = generate(netlm, gen, tsv, "--device", "cpu", *sample)
+    s_gpu = generate(netlm, gen, tsv, *gpu, "--precision", "fp32", *sample)
+    s_gpu2 = generate(netlm, gen, tsv, *gpu, "--precision", "fp32", *sample)
+    rows, diff32 = agreement(cpu, fp32)
+    _, diff16 = agreement(cpu, bf16)
+    _, diff_s = agreement(s_cpu, s_gpu)
+    _, diff_rerun = agreement(s_gpu, s_gpu2)
+    conf = os.path.join(tmp, "gen-gpu.conf")
+    with open(conf, "w") as f:
+        f.write('model: { device = "%s"; batch_max = 64; };\n' % DEVICE)
+    ev_cpu = replay_generation(netlm, gen, capture)
+    ev_gpu = replay_generation(netlm, gen, capture, conf)
+    events, diff_ev = agreement(ev_cpu, ev_gpu)
+    ok = (rows > 0 and diff32 <= GEN_FP32_ROW_MISMATCH * rows and diff_rerun == 0 and events > 0
+          and set(ev_cpu) == set(ev_gpu))
+    return ok, {"rows": rows, "fp32_rows_differing": diff32, "bound": GEN_FP32_ROW_MISMATCH,
+                "bf16_rows_differing": diff16, "sampled_fp32_rows_differing": diff_s,
+                "sampled_rerun_rows_differing": diff_rerun, "replay_events": events,
+                "replay_same_flows": set(ev_cpu) == set(ev_gpu), "replay_bf16_events_differing": diff_ev}
+
+
 def compare(cpu, gpu, bound, key_label, key_scores):
     """(sessions, label mismatches not explained by a near tie, largest score difference)"""
     bad, worst = 0, 0.0
@@ -69,30 +149,48 @@ def compare(cpu, gpu, bound, key_label, key_scores):
     return len(cpu), bad, worst
 
 
-def main():
-    if len(sys.argv) != 4:
-        raise SystemExit(__doc__)
-    netlm, model, capture = sys.argv[1:]
+def classify_checks(netlm, model, capture, tmp):
+    """classify (fp32, bf16) and replay against the CPU; (ok, report)"""
     label = lambda r: r["label_id"]
     scores = lambda r: {t["label_id"]: t["score"] for t in r["top_k"]}
     cpu = classify(netlm, model, capture, "--device", "cpu", "--top-k", "16")
-    fp32 = classify(netlm, model, capture, "--device", "cuda", "--precision", "fp32", "--top-k", "16")
-    bf16 = classify(netlm, model, capture, "--device", "cuda", "--top-k", "16")
+    fp32 = classify(netlm, model, capture, "--device", DEVICE, "--precision", "fp32", "--top-k", "16")
+    bf16 = classify(netlm, model, capture, "--device", DEVICE, "--top-k", "16")
     n32, bad32, worst32 = compare(cpu, fp32, 0.0, label, scores)
     n16, bad16, worst16 = compare(cpu, bf16, BF16_SCORE_BOUND, label, scores)
-    with tempfile.TemporaryDirectory() as tmp:
-        conf = os.path.join(tmp, "gpu.conf")
-        with open(conf, "w") as f:
-            f.write('model: { device = "cuda"; batch_max = 64; };\n')
-        ev_cpu = replay(netlm, model, capture)
-        ev_gpu = replay(netlm, model, capture, conf)
+    conf = os.path.join(tmp, "gpu.conf")
+    with open(conf, "w") as f:
+        f.write('model: { device = "%s"; batch_max = 64; };\n' % DEVICE)
+    ev_cpu = replay(netlm, model, capture)
+    ev_gpu = replay(netlm, model, capture, conf)
     nr, badr, worstr = compare(ev_cpu, ev_gpu, BF16_SCORE_BOUND, label, scores)
     ok = (bad32 == 0 and worst32 <= FP32_SCORE_BOUND and bad16 == 0 and worst16 <= BF16_SCORE_BOUND
           and badr == 0 and worstr <= BF16_SCORE_BOUND and n32 > 0 and nr > 0)
-    print(json.dumps({"e2e": "ok" if ok else "FAIL", "sessions": n32,
-                      "fp32": {"label_mismatches": bad32, "max_score_diff": worst32, "bound": FP32_SCORE_BOUND},
-                      "bf16": {"label_mismatches": bad16, "max_score_diff": worst16, "bound": BF16_SCORE_BOUND},
-                      "replay": {"events": nr, "label_mismatches": badr, "max_score_diff": worstr}}))
+    return ok, {"sessions": n32,
+                "fp32": {"label_mismatches": bad32, "max_score_diff": worst32, "bound": FP32_SCORE_BOUND},
+                "bf16": {"label_mismatches": bad16, "max_score_diff": worst16, "bound": BF16_SCORE_BOUND},
+                "replay": {"events": nr, "label_mismatches": badr, "max_score_diff": worstr}}
+
+
+def main():
+    args = sys.argv[1:]
+    only = None
+    if len(args) >= 2 and args[0] == "--only" and args[1] in ("classify", "generate"):
+        only, args = args[1], args[2:]
+    if len(args) != 3:
+        raise SystemExit(__doc__)
+    netlm, model, capture = args
+    ok, report = True, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if only != "generate":
+            part_ok, part = classify_checks(netlm, model, capture, tmp)
+            ok = ok and part_ok
+            report.update(part)
+        if only != "classify":
+            part_ok, part = generation_checks(netlm, model, capture, tmp)
+            ok = ok and part_ok
+            report["generate"] = dict(part, ok=part_ok)
+    print(json.dumps(dict({"e2e": "ok" if ok else "FAIL"}, **report)))
     return 0 if ok else 1
 
 

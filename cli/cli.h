@@ -106,9 +106,22 @@ void cli_epoch_order(uint64_t seed, uint64_t epoch, size_t n, uint32_t *order);
      "dropout at the embeddings, attention probabilities and residual branches (default: the "     \
      "model config's embd/attn/resid_pdrop; 0 = off)", NULL}
 struct model;
-struct train_runner;
+struct trainer;
 bool cli_dropout_arg(const char *cmd, const struct cli_opt *opts, double *p); /* -1: absent */
-void cli_train_dropout(struct model *m, struct train_runner *tr, double p, uint64_t seed);
+
+/* --device cpu|cuda[:N] and --precision bf16|fp32 of the training commands. */
+#define CLI_TRAIN_DEVICE_OPTIONS                                                                        {"device", NULL, 0, "cpu|cuda[:N]", "where to train (default cpu)", NULL},                         {"precision", NULL, 0, "bf16|fp32",                                                                 "on a GPU: bf16 matrix products with fp32 master weights and sums (default), or fp32 throughout", NULL}
+struct cli_train_device {
+    const char *name; /* as given ("cpu" when absent) */
+    int device;       /* -1: the CPU */
+    bool bf16;
+};
+bool cli_train_device_arg(const char *cmd, const struct cli_opt *opts, struct cli_train_device *d);
+/* The trainer on device (the CPU when device < 0) for batches of batch × seq ids, with the run's
+ * dropout: p ≥ 0 sets the model's three probabilities first (saved with it), else the model's
+ * config decides; masks drawn from seed. NULL after one error line. */
+struct trainer *cli_trainer(const char *cmd, struct model *m, const struct cli_train_device *d, int device,
+                            uint32_t batch, uint32_t seq, uint32_t threads, double p, uint64_t seed);
 
 /* A checkpoint's state.json. */
 struct cli_train_state {
@@ -152,6 +165,9 @@ bool cli_mpi_start(const char *command, int *rank, int *world);
 /* Element-wise sums across the processes, in place (no-ops in one process). */
 void cli_mpi_sum_floats(float *x, size_t n);
 void cli_mpi_sum_doubles(double *x, size_t n);
+void cli_mpi_min_doubles(double *x, size_t n);
+/* Rank 0's n bytes into every process's (a no-op in one process). */
+void cli_mpi_broadcast(void *bytes, size_t n);
 /* Leaves MPI; failed aborts the other processes too. */
 void cli_mpi_stop(bool failed);
 

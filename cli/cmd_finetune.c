@@ -108,24 +108,39 @@ static char **class_names(const char *tsv_path, uint32_t n)
     return names;
 }
 
-/* Classifies every sample; fills the confusion matrix. */
+/* Classifies every sample, on the CPU or (dev → device ≥ 0) with the CUDA engine at dev's
+ * precision; fills the confusion matrix. */
 static bool evaluate(const char *cmd, struct model *m, const struct samples *s, uint32_t batch,
-                     uint32_t threads, struct train_confusion *cm)
+                     uint32_t threads, const struct cli_train_device *dev, struct train_confusion *cm)
 {
     char err[512];
     const uint32_t NL = model_get_config(m)->num_labels;
-    struct model_runner *r = model_runner_create(m, batch, s->seq, 0, threads, err, sizeof err);
+    struct model_runner *r = NULL;
+    struct model_cuda *gpu = NULL;
+    if (dev && dev->device >= 0) {
+        const struct model_cuda_options o = {.device = dev->device,
+                                             .precision = dev->bf16 ? MODEL_PRECISION_BF16 : MODEL_PRECISION_FP32,
+                                             .max_batch = batch, .max_seq = s->seq, .graphs = true};
+        gpu = model_cuda_create(m, &o, err, sizeof err);
+    } else {
+        r = model_runner_create(m, batch, s->seq, 0, threads, err, sizeof err);
+    }
     float *scores = malloc((size_t)batch * NL * sizeof(float));
-    if (!r || !scores || !train_confusion_init(cm, NL)) {
-        cli_error(cmd, "%s", r ? "out of memory" : err);
+    if ((!r && !gpu) || !scores || !train_confusion_init(cm, NL)) {
+        if (!r && !gpu && dev && dev->device >= 0)
+            cli_error(cmd, "--device %s: %s", dev->name, err);
+        else
+            cli_error(cmd, "%s", r || gpu ? "out of memory" : err);
         model_runner_free(r);
+        model_cuda_free(gpu);
         free(scores);
         return false;
     }
     bool ok = true;
     for (size_t i = 0; ok && i < s->n; i += batch) {
         uint32_t nb = (uint32_t)(s->n - i < batch ? s->n - i : batch);
-        ok = model_classify(r, s->ids + i * s->seq, s->lengths + i, nb, s->seq, NULL, scores);
+        ok = gpu ? model_cuda_classify(gpu, s->ids + i * s->seq, s->lengths + i, nb, s->seq, NULL, scores)
+                 : model_classify(r, s->ids + i * s->seq, s->lengths + i, nb, s->seq, NULL, scores);
         for (uint32_t b = 0; ok && b < nb; b++) {
             const float *sc = scores + (size_t)b * NL;
             uint32_t best = 0;
@@ -135,9 +150,12 @@ static bool evaluate(const char *cmd, struct model *m, const struct samples *s, 
             train_confusion_add(cm, s->labels[i + b], best);
         }
     }
-    if (!ok)
+    if (!ok && gpu)
+        cli_error(cmd, "evaluation failed: %s", model_cuda_error(gpu));
+    else if (!ok)
         cli_error(cmd, "evaluation failed (a label or token id outside the model)");
     model_runner_free(r);
+    model_cuda_free(gpu);
     free(scores);
     return ok;
 }
@@ -233,6 +251,7 @@ static int finetune_understanding(int argc, char **argv)
         {"weight-decay", NULL, 0, "WD", "decoupled weight decay, not on biases and norms (default 0.01)", NULL},
         {"clip", NULL, 0, "NORM", "clip the gradient's global norm (default 0 = off)", NULL},
         CLI_DROPOUT_OPTION,
+        CLI_TRAIN_DEVICE_OPTIONS,
         {"seed", "seed", 0, "N", "seed of the initialisation and the data order (default 7)", NULL},
         {"threads", NULL, 't', "N", "CPU threads (default: all online CPUs)", NULL},
         {"report-steps", NULL, 0, "N", "a status line every N steps (default 100)", NULL},
@@ -290,6 +309,9 @@ static int finetune_understanding(int argc, char **argv)
         !cli_double(cmd, opts, "clip", 0.0, 0.0, 1e9, &clip) ||
         !cli_u64(cmd, opts, "seed", 7, 0, UINT64_MAX, &seed) || !cli_dropout_arg(cmd, opts, &dropout))
         return 2;
+    struct cli_train_device where;
+    if (!cli_train_device_arg(cmd, opts, &where))
+        return 2;
     const bool quiet = cli_flag(opts, "quiet"), resume = cli_flag(opts, "resume");
 
     int status = 1;
@@ -297,7 +319,7 @@ static int finetune_understanding(int argc, char **argv)
     struct model *m = NULL;
     struct tok_vocab *vocab = NULL;
     struct samples train = {0}, dev = {0}, test = {0};
-    struct train_runner *tr = NULL;
+    struct trainer *tr = NULL;
     float *mom = NULL, *vel = NULL, *best_params = NULL;
     uint32_t *order = NULL;
     char **names = NULL;
@@ -376,23 +398,26 @@ static int finetune_understanding(int argc, char **argv)
     mut->seq_length = seq;
     snprintf(mut->tokenizer.vocab, sizeof mut->tokenizer.vocab, "%s", vocab_path ? "vocab.txt" : "builtin");
 
-    tr = train_runner_create(m, batch, seq, threads, err, sizeof err);
-    const size_t n_params = tr ? train_runner_grad_count(tr) : 0;
+    tr = cli_trainer(cmd, m, &where, where.device, batch, seq, threads, dropout, seed);
+    if (!tr)
+        goto done;
+    const size_t n_params = trainer_param_count(tr);
     size_t n_floats = 0;
-    mom = calloc(n_params ? n_params : 1, sizeof(float));
-    vel = calloc(n_params ? n_params : 1, sizeof(float));
+    if (!trainer_moments(tr, &mom, &vel)) {
+        cli_error(cmd, "%s", trainer_error(tr));
+        goto done;
+    }
     best_params = malloc((n_params ? n_params : 1) * sizeof(float));
     order = malloc(train.n * sizeof(uint32_t));
     uint32_t *b_ids = malloc((size_t)batch * seq * sizeof(uint32_t)), *b_len = malloc(batch * sizeof(uint32_t));
     uint32_t *b_lab = malloc(batch * sizeof(uint32_t));
-    if (!tr || !mom || !vel || !best_params || !order || !b_ids || !b_len || !b_lab) {
-        cli_error(cmd, "%s", tr ? "out of memory" : err);
+    if (!best_params || !order || !b_ids || !b_len || !b_lab) {
+        cli_error(cmd, "out of memory");
         free(b_ids);
         free(b_len);
         free(b_lab);
         goto done;
     }
-    cli_train_dropout(m, tr, dropout, seed);
     struct train_adamw adamw;
     if (optimizer == 1)
         train_adamw_uer(&adamw);
@@ -407,6 +432,10 @@ static int finetune_understanding(int argc, char **argv)
         struct cli_train_state st;
         if (!cli_load_optimizer(cmd, checkpoint, mom, vel, n_params, &st))
             goto done_batch;
+        if (!trainer_load_moments(tr)) {
+            cli_error(cmd, "%s", trainer_error(tr));
+            goto done_batch;
+        }
         if (isnan(st.best_dev)) {
             cli_error(cmd, "%s/state.json: no best_dev (not a finetune checkpoint)", checkpoint);
             goto done_batch;
@@ -456,21 +485,16 @@ static int finetune_understanding(int argc, char **argv)
             }
             struct train_batch tb = {.ids = b_ids, .lengths = b_len, .batch = nb, .seq = seq, .labels = b_lab,
                                      .sample_base = epoch * train.n + s * batch};
-            double loss;
-            train_zero_grads(tr);
-            if (!train_forward_backward(tr, TRAIN_CLASSIFY, &tb, &loss)) {
-                cli_error(cmd, "training step %" PRIu64 " failed (token ids outside the model?)", step + 1);
-                goto done_batch;
-            }
-            float *g = train_runner_grads(tr);
-            if (clip > 0) {
-                /* torch's clip_grad_norm_: scale by max/(norm + 1e-6) when that is below 1 */
-                const double coef = clip / (train_grad_norm(g, n_params) + 1e-6);
-                if (coef < 1.0)
-                    train_grad_scale(g, n_params, (float)coef);
-            }
+            double loss, norm;
+            if (!trainer_zero_grads(tr) || !trainer_forward_backward(tr, TRAIN_CLASSIFY, &tb, &loss))
+                goto step_failed;
+            /* torch's clip_grad_norm_: scale by max/(norm + 1e-6) when that is below 1 */
+            if (clip > 0 && (!trainer_grad_norm(tr, &norm) ||
+                             (clip / (norm + 1e-6) < 1.0 && !trainer_grad_scale(tr, (float)(clip / (norm + 1e-6))))))
+                goto step_failed;
             const float step_lr = train_schedule_lr((enum train_schedule)schedule, (float)lr, step, warmup_steps, total_steps);
-            train_adamw_step(m, g, mom, vel, step + 1, step_lr, &adamw, (int)threads);
+            if (!trainer_adamw_step(tr, step + 1, step_lr, &adamw, (int)threads))
+                goto step_failed;
             step++;
             loss_sum += loss;
             loss_count++;
@@ -487,7 +511,11 @@ static int finetune_understanding(int argc, char **argv)
             }
         }
         struct train_confusion cm = {0};
-        if (!evaluate(cmd, m, &dev, batch, threads, &cm))
+        if (!trainer_sync_model(tr) || !trainer_moments(tr, &mom, &vel)) {
+            cli_error(cmd, "%s", trainer_error(tr));
+            goto done_batch;
+        }
+        if (!evaluate(cmd, m, &dev, batch, threads, &where, &cm))
             goto done_batch;
         const double acc = train_accuracy(&cm), f1 = train_macro_f1(&cm, NULL);
         train_confusion_release(&cm);
@@ -522,7 +550,7 @@ static int finetune_understanding(int argc, char **argv)
     /* test with the best epoch */
     memcpy(model_params(m, &n_floats), best_params, n_params * sizeof(float));
     struct train_confusion cm = {0};
-    if (!evaluate(cmd, m, &test, batch, threads, &cm))
+    if (!evaluate(cmd, m, &test, batch, threads, &where, &cm))
         goto done_batch;
     if (vocab_path) {
         char dst[4096];
@@ -543,6 +571,9 @@ static int finetune_understanding(int argc, char **argv)
             cmd, train_accuracy(&cm), train_macro_f1(&cm, NULL), cm.total, best_dev, seconds);
     train_confusion_release(&cm);
     status = 0;
+    goto done_batch;
+step_failed:
+    cli_error(cmd, "training step %" PRIu64 ": %s", step + 1, trainer_error(tr));
 done_batch:
     free(b_ids);
     free(b_len);
@@ -554,10 +585,8 @@ done:
         free(names[i]);
     free(names);
     free(order);
-    free(mom);
-    free(vel);
     free(best_params);
-    train_runner_free(tr);
+    trainer_free(tr);
     samples_free(&train);
     samples_free(&dev);
     samples_free(&test);
@@ -576,6 +605,8 @@ int cmd_eval(int argc, char **argv)
         {"vocab-path", NULL, 0, "FILE", "vocabulary (default: the model's own)", NULL},
         {"batch-size", NULL, 'b', "N", "rows per forward pass (default 32)", NULL},
         {"threads", NULL, 't', "N", "CPU threads (default: all online CPUs)", NULL},
+        {"device", NULL, 0, "cpu|cuda[:N]", "where the model runs (default cpu)", NULL},
+        {"precision", NULL, 0, "bf16|fp32", "on a GPU: bf16 (default) or fp32", NULL},
         {0},
     };
     const char **pos = NULL;
@@ -595,8 +626,10 @@ int cmd_eval(int argc, char **argv)
         cli_error(cmd, "--model and --test_path are required");
         return 2;
     }
+    struct cli_train_device where;
     if (!cli_u32(cmd, opts, "batch-size", 32, 1, 4096, &batch) ||
-        !cli_u32(cmd, opts, "threads", ncpu > 0 ? (uint32_t)ncpu : 1, 1, 1024, &threads))
+        !cli_u32(cmd, opts, "threads", ncpu > 0 ? (uint32_t)ncpu : 1, 1, 1024, &threads) ||
+        !cli_train_device_arg(cmd, opts, &where))
         return 2;
     char err[1024], path[4200];
     int status = 1;
@@ -629,7 +662,7 @@ int cmd_eval(int argc, char **argv)
             cli_error(cmd, "%s: label %u but the model has %u labels", test_path, test.labels[i], mc->num_labels);
             goto done;
         }
-    if (!evaluate(cmd, m, &test, batch, threads, &cm))
+    if (!evaluate(cmd, m, &test, batch, threads, &where, &cm))
         goto done;
     struct train_class_metrics *pc = calloc(mc->num_labels, sizeof *pc);
     if (!pc)

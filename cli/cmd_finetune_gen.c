@@ -227,6 +227,7 @@ int finetune_generation(int argc, char **argv)
         {"warmup", NULL, 0, "FRACTION", "share of the steps with linear warmup (default 0.1)", NULL},
         {"optimizer", NULL, 0, "adamw|uer", "bias-corrected AdamW (default) or the seed's UER AdamW", NULL},
         CLI_DROPOUT_OPTION,
+        CLI_TRAIN_DEVICE_OPTIONS,
         {"seed", NULL, 0, "N", "seed of the initialisation and the data order (default 7)", NULL},
         {"threads", NULL, 't', "N", "CPU threads (default: all online CPUs)", NULL},
         {"report-steps", NULL, 0, "N", "a status line every N steps (default 100)", NULL},
@@ -284,6 +285,9 @@ int finetune_generation(int argc, char **argv)
         !cli_double(cmd, opts, "warmup", 0.1, 0.0, 1.0, &warmup) ||
         !cli_u64(cmd, opts, "seed", 7, 0, UINT64_MAX, &seed) || !cli_dropout_arg(cmd, opts, &dropout))
         return 2;
+    struct cli_train_device where;
+    if (!cli_train_device_arg(cmd, opts, &where))
+        return 2;
     if (2 * n_fields + 2 > tgt) {
         cli_error(cmd, "--tgt_seq_length %u cannot hold %u field(s): it needs [CLS] + 2 tokens per field + [SEP] = %u",
                   tgt, n_fields, 2 * n_fields + 2);
@@ -295,8 +299,8 @@ int finetune_generation(int argc, char **argv)
     struct model *m = NULL;
     struct tok_vocab *vocab = NULL;
     struct gen_samples train = {0}, dev = {0}, test = {0};
-    struct train_runner *tr = NULL;
-    float *mom = NULL, *vel = NULL, *best = NULL;
+    struct trainer *tr = NULL;
+    float *best = NULL;
     uint32_t *order = NULL, *b_ids = NULL, *b_len = NULL, *b_start = NULL;
     FILE *loss_csv = NULL;
     if (mkdir(out_dir, 0755) != 0 && errno != EEXIST) {
@@ -337,21 +341,20 @@ int finetune_generation(int argc, char **argv)
     mut->seq_length = seq;
     mut->tgt_seq_length = tgt;
     snprintf(mut->tokenizer.vocab, sizeof mut->tokenizer.vocab, "%s", vocab_path ? "vocab.txt" : "builtin");
-    tr = train_runner_create(m, batch, row, threads, err, sizeof err);
-    const size_t n = tr ? train_runner_grad_count(tr) : 0;
+    tr = cli_trainer(cmd, m, &where, where.device, batch, row, threads, dropout, seed);
+    if (!tr)
+        goto done;
+    const size_t n = trainer_param_count(tr);
     size_t n_floats;
-    mom = calloc(n ? n : 1, sizeof(float));
-    vel = calloc(n ? n : 1, sizeof(float));
     best = malloc((n ? n : 1) * sizeof(float));
     order = malloc(train.n * sizeof(uint32_t));
     b_ids = malloc((size_t)batch * row * sizeof(uint32_t));
     b_len = malloc(batch * sizeof(uint32_t));
     b_start = malloc(batch * sizeof(uint32_t));
-    if (!tr || !mom || !vel || !best || !order || !b_ids || !b_len || !b_start) {
-        cli_error(cmd, "%s", tr ? "out of memory" : err);
+    if (!best || !order || !b_ids || !b_len || !b_start) {
+        cli_error(cmd, "out of memory");
         goto done;
     }
-    cli_train_dropout(m, tr, dropout, seed);
     memcpy(best, model_params(m, &n_floats), n * sizeof(float));
     struct train_adamw adamw;
     if (optimizer == 1)
@@ -385,13 +388,12 @@ int finetune_generation(int argc, char **argv)
             struct train_batch tb = {.ids = b_ids, .lengths = b_len, .batch = nb, .seq = row, .target_start = b_start,
                                      .sample_base = epoch * train.n + s * batch};
             double loss;
-            train_zero_grads(tr);
-            if (!train_forward_backward(tr, TRAIN_LM, &tb, &loss)) {
-                cli_error(cmd, "training step %" PRIu64 " failed (token ids outside the model?)", step + 1);
+            const float step_lr = train_schedule_lr(TRAIN_SCHEDULE_LINEAR, (float)lr, step, warm, total);
+            if (!trainer_zero_grads(tr) || !trainer_forward_backward(tr, TRAIN_LM, &tb, &loss) ||
+                !trainer_adamw_step(tr, step + 1, step_lr, &adamw, (int)threads)) {
+                cli_error(cmd, "training step %" PRIu64 ": %s", step + 1, trainer_error(tr));
                 goto done;
             }
-            const float step_lr = train_schedule_lr(TRAIN_SCHEDULE_LINEAR, (float)lr, step, warm, total);
-            train_adamw_step(m, train_runner_grads(tr), mom, vel, step + 1, step_lr, &adamw, (int)threads);
             step++;
             loss_sum += loss;
             loss_count++;
@@ -406,6 +408,10 @@ int finetune_generation(int argc, char **argv)
             }
         }
         struct gen_score sc = {0};
+        if (!trainer_sync_model(tr)) {
+            cli_error(cmd, "%s", trainer_error(tr));
+            goto done;
+        }
         if (!gen_evaluate(cmd, m, vocab, &dev, seq, tgt, batch, threads, n_fields, &sc))
             goto done;
         fprintf(loss_csv, "%" PRIu64 ",,,%.6f\n", step, sc.exact);
@@ -459,10 +465,8 @@ done:
     free(b_ids);
     free(b_len);
     free(b_start);
-    free(mom);
-    free(vel);
     free(best);
-    train_runner_free(tr);
+    trainer_free(tr);
     gen_free(&train);
     gen_free(&dev);
     gen_free(&test);

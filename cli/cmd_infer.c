@@ -1,6 +1,7 @@
 /* cmd_infer.c — `netlm classify` and `netlm generate`: a model directory run over a dataset TSV
  * (the seed's label\ttext_a files) or, for classify, over the sessions of captures tokenized with
- * the model's own tokenizer settings. Rows stream through in batches; metrics go to stderr. */
+ * the model's own tokenizer settings. Rows stream through in batches, on the CPU or (--device
+ * cuda[:N]) on a GPU; metrics go to stderr. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -23,8 +24,8 @@ struct infer {
     struct model *model;
     const struct model_config *cfg;
     struct tok_vocab *vocab;
-    struct model_runner *runner;
-    struct model_cuda *gpu; /* classify --device cuda[:N]: the model on a GPU instead */
+    struct model_runner *runner; /* the CPU model, or NULL when gpu runs it */
+    struct model_cuda *gpu; /* --device cuda[:N]: the model on a GPU instead */
     uint32_t batch, seq, threads, top_k;
     bool json;
     bool emit_tokens; /* classify captures, JSON: the input ids as "token_ids" (compare with replay) */
@@ -79,14 +80,17 @@ static bool open_model(struct infer *in, const char *dir, const char *vocab_path
     return true;
 }
 
+/* The batch buffers, and the CPU runner unless open_gpu put the model on a GPU. */
 static bool alloc_batch(struct infer *in, uint32_t kv_tokens)
 {
     char err[512];
-    in->runner = model_runner_create(in->model, in->batch, in->seq, kv_tokens, in->threads, err,
-                                     sizeof err);
-    if (!in->runner) {
-        cli_error(in->cmd, "%s", err);
-        return false;
+    if (!in->gpu) {
+        in->runner = model_runner_create(in->model, in->batch, in->seq, kv_tokens, in->threads, err,
+                                         sizeof err);
+        if (!in->runner) {
+            cli_error(in->cmd, "%s", err);
+            return false;
+        }
     }
     size_t slots = (size_t)in->batch * in->seq;
     in->ids = calloc(slots, sizeof(uint32_t));
@@ -106,9 +110,9 @@ static bool alloc_batch(struct infer *in, uint32_t kv_tokens)
     return true;
 }
 
-/* --device cuda[:N] (classify): the CUDA engine for batches of up to in->batch × in->seq, one
- * CUDA graph per batch bucket. */
-static bool open_gpu(struct infer *in, const struct cli_opt *opts)
+/* --device cuda[:N]: the CUDA engine for batches of up to in->batch × in->seq, one CUDA graph per
+ * batch bucket; kv_tokens > 0 (generate): with a KV cache of that many positions per row. */
+static bool open_gpu(struct infer *in, const struct cli_opt *opts, uint32_t kv_tokens)
 {
     static const char *const precisions[] = {"bf16", "fp32", NULL};
     const char *name = cli_get(opts, "device");
@@ -124,7 +128,8 @@ static bool open_gpu(struct infer *in, const struct cli_opt *opts)
         return true;
     struct model_cuda_options o = {.device = device,
                                    .precision = prec == 1 ? MODEL_PRECISION_FP32 : MODEL_PRECISION_BF16,
-                                   .max_batch = in->batch, .max_seq = in->seq, .graphs = true};
+                                   .max_batch = in->batch, .max_seq = in->seq, .graphs = true,
+                                   .kv_tokens = kv_tokens};
     char err[512];
     in->gpu = model_cuda_create(in->model, &o, err, sizeof err);
     if (!in->gpu) {
@@ -544,7 +549,7 @@ int cmd_classify(int argc, char **argv)
                   model_task_name(in.cfg->task));
         goto done;
     }
-    if (!alloc_batch(&in, 0) || !open_gpu(&in, opts) || !cli_output_open(cmd, cli_get(opts, "output"), &out))
+    if (!open_gpu(&in, opts, 0) || !alloc_batch(&in, 0) || !cli_output_open(cmd, cli_get(opts, "output"), &out))
         goto done;
     in.out = out.fp;
     if (!in.json)
@@ -588,8 +593,14 @@ static bool generate_batch(struct infer *in, const uint64_t *rows)
 {
     if (in->n == 0)
         return true;
-    if (!model_generate(in->runner, in->ids, in->lengths, in->n, in->seq, &in->sampling, in->max_new,
-                        in->generated, in->generated_len)) {
+    if (in->gpu) {
+        if (!model_cuda_generate(in->gpu, in->ids, in->lengths, in->n, in->seq, &in->sampling,
+                                 in->max_new, in->generated, in->generated_len)) {
+            cli_error(in->cmd, "%s", model_cuda_error(in->gpu));
+            return false;
+        }
+    } else if (!model_generate(in->runner, in->ids, in->lengths, in->n, in->seq, &in->sampling,
+                               in->max_new, in->generated, in->generated_len)) {
         cli_error(in->cmd, "the model rejected a batch (token ids outside its vocabulary?)");
         return false;
     }
@@ -633,6 +644,8 @@ int cmd_generate(int argc, char **argv)
         {"top-k", NULL, 0, "N", "sample among the N most likely tokens (0 = all)", NULL},
         {"top-p", NULL, 0, "P", "sample within the smallest set of probability mass P (default 1)", NULL},
         {"seed", "random_seed", 0, "N", "sampling seed (default 7)", NULL},
+        {"device", NULL, 0, "cpu|cuda[:N]", "where the model runs (default cpu)", NULL},
+        {"precision", NULL, 0, "bf16|fp32", "GPU arithmetic: bf16 with fp32 accumulation, or fp32 (default bf16)", NULL},
         {"quiet", NULL, 'q', NULL, "no progress line", NULL},
         {0},
     };
@@ -640,7 +653,7 @@ int cmd_generate(int argc, char **argv)
     int npos = 0;
     int rc = cli_parse(cmd, "netlm generate --model DIR --test_path FILE.tsv [OPTIONS]",
                        "Continues each row's text_a ([CLS] tokens [SEP]) with the model's LM head and a KV cache,\n"
-                       "until [SEP] or the maximum. The seed's generation TSVs hold the target in the label\n"
+                       "until [SEP] or the maximum, on the CPU or a GPU (--device). The seed's generation TSVs hold the target in the label\n"
                        "column: then each row says whether the generation matches it exactly, and the\n"
                        "exact-match accuracy goes to stderr. TSV out: row, generated, target, exact.",
                        opts, argc, argv, &pos, &npos);
@@ -674,7 +687,8 @@ int cmd_generate(int argc, char **argv)
     in.sampling.seed = seed;
     in.max_new = tgt - 1;
     status = 1;
-    if (!alloc_batch(&in, in.seq + in.max_new) || !cli_output_open(cmd, cli_get(opts, "output"), &out))
+    if (!open_gpu(&in, opts, in.seq + in.max_new) || !alloc_batch(&in, in.seq + in.max_new) ||
+        !cli_output_open(cmd, cli_get(opts, "output"), &out))
         goto done;
     in.out = out.fp;
     if (!in.json)

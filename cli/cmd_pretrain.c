@@ -136,6 +136,9 @@ struct pt_args {
     double lr, warmup, wd, clip;
     int schedule, optimizer;
     bool quiet, resume, pad_targets;
+    struct cli_train_device dev;
+    uint32_t world_size;  /* --world_size: 0 when absent */
+    int *gpu_ranks, n_gpu_ranks;
 };
 
 /* cli_parse gives an option one value; the seed's command lines give some several
@@ -245,9 +248,9 @@ static int parse_args(int argc, char **argv, struct pt_args *a, const char ***po
         {"resume", NULL, 0, NULL, "continue from OUT/checkpoint, exactly as if never stopped", NULL},
         {"stop-after", NULL, 0, "STEPS", "end this run after STEPS steps with a checkpoint (a time-limited job; --resume goes on)", NULL},
         {"quiet", NULL, 'q', NULL, "no status lines", NULL},
-        {"device", NULL, 0, "cpu|cuda[:N]", "where to train (default cpu; the commands do not train on a GPU yet)", NULL},
-        {"world-size", NULL, 0, "N", "accepted for the seed's command lines; one process trains", NULL},
-        {"gpu-ranks", NULL, 0, "N...", "accepted for the seed's command lines", NULL},
+        CLI_TRAIN_DEVICE_OPTIONS,
+        {"world-size", NULL, 0, "N", "processes training together (start them with mpirun -np N; default: as many as mpirun started)", NULL},
+        {"gpu-ranks", NULL, 0, "N...", "with --device cuda: the GPU of each process, in rank order (default: cuda:D+rank for --device cuda:D)", NULL},
         {"data-processor", NULL, 0, "lm", "accepted for the seed's command lines; only lm", NULL},
         {"embedding", NULL, 0, "NAME...", "accepted for the seed's command lines; the config decides", NULL},
         {"encoder", NULL, 0, "NAME", "accepted for the seed's command lines; the config decides", NULL},
@@ -291,6 +294,19 @@ static int parse_args(int argc, char **argv, struct pt_args *a, const char ***po
         else if (strcmp(opt, "target") == 0 && strcmp(vals[i], "lm") != 0) {
             cli_error(cmd, "--target: only 'lm' (causal language modelling), got '%s'", vals[i]);
             return 2;
+        } else if (strcmp(opt, "gpu-ranks") == 0) {
+            char *end;
+            errno = 0;
+            const long r = strtol(vals[i], &end, 10);
+            if (end == vals[i] || *end || errno || r < 0 || r > 4096) {
+                cli_error(cmd, "--gpu_ranks: expected GPU numbers 0..4096, got '%s'", vals[i]);
+                return 2;
+            }
+            if (!a->gpu_ranks && !(a->gpu_ranks = calloc((size_t)n_vals, sizeof *a->gpu_ranks))) {
+                cli_error(cmd, "out of memory");
+                return 2;
+            }
+            a->gpu_ranks[a->n_gpu_ranks++] = (int)r;
         }
     }
     for (int i = 0; i < npos; i++)
@@ -308,17 +324,8 @@ static int parse_args(int argc, char **argv, struct pt_args *a, const char ***po
             return 2;
         }
     }
-    const char *device = cli_get(opts, "device");
-    int device_id = -1;
-    if (device && !model_device_parse(device, &device_id)) {
-        cli_error(cmd, "--device: expected cpu, cuda or cuda:N, got '%s'", device);
+    if (!cli_train_device_arg(cmd, opts, &a->dev))
         return 2;
-    }
-    if (device_id >= 0) {
-        cli_error(cmd, "--device %s: the training commands run on the CPU in this version (the GPU "
-                       "trainer, train_cuda, is not wired into them yet); use --device cpu", device);
-        return 2;
-    }
     a->out_dir = cli_get(opts, "output-model-path");
     a->config_path = cli_get(opts, "config-path");
     a->pretrained = cli_get(opts, "pretrained-model-path");
@@ -342,7 +349,6 @@ static int parse_args(int argc, char **argv, struct pt_args *a, const char ***po
     static const char *const sched_names[] = {"constant", "linear", "cosine", NULL};
     static const char *const opt_names[] = {"adamw", "uer", NULL};
     const long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    uint32_t world_size;
     a->schedule = cli_choice(cmd, opts, "schedule", "linear", sched_names);
     a->optimizer = cli_choice(cmd, opts, "optimizer", "adamw", opt_names);
     if (a->schedule < 0 || a->optimizer < 0 ||
@@ -354,7 +360,7 @@ static int parse_args(int argc, char **argv, struct pt_args *a, const char ***po
         !cli_u32(cmd, opts, "report-steps", 100, 1, UINT32_MAX, &a->report) ||
         !cli_u64(cmd, opts, "save-checkpoint-steps", 10000, 1, UINT64_MAX, &a->save_steps) ||
         !cli_u32(cmd, opts, "stop-after", 0, 0, UINT32_MAX, &a->stop_after) ||
-        !cli_u32(cmd, opts, "world-size", 1, 1, 65536, &world_size) ||
+        !cli_u32(cmd, opts, "world-size", 0, 1, 65536, &a->world_size) ||
         !cli_double(cmd, opts, "learning-rate", 1e-4, 0.0, 10.0, &a->lr) ||
         !cli_double(cmd, opts, "warmup", 0.1, 0.0, 1.0, &a->warmup) ||
         !cli_double(cmd, opts, "weight-decay", 0.01, 0.0, 10.0, &a->wd) ||
@@ -401,10 +407,16 @@ static FILE *open_loss_csv(const char *out_dir, bool resume, uint64_t step)
 
 /* OUT/checkpoint as a whole: written into OUT/checkpoint.new, then swapped into place, so it is
  * always one consistent step (see cli_replace_dir). */
-static bool save_checkpoint(const char *out_dir, const struct model *m, const char *vocab_file,
-                            const float *mom, const float *vel, size_t n, const struct cli_train_state *st)
+static bool save_checkpoint(const char *out_dir, struct trainer *t, const struct model *m, const char *vocab_file,
+                            const struct cli_train_state *st)
 {
     char staged[4000], dir[4000], path[4100], err[1024];
+    float *mom, *vel;
+    if (!trainer_sync_model(t) || !trainer_moments(t, &mom, &vel)) {
+        cli_error(cmd, "%s", trainer_error(t));
+        return false;
+    }
+    const size_t n = trainer_param_count(t);
     snprintf(staged, sizeof staged, "%s/checkpoint.new", out_dir);
     snprintf(dir, sizeof dir, "%s/checkpoint", out_dir);
     cli_remove_flat_dir(staged);
@@ -434,12 +446,22 @@ static int pretrain(const struct pt_args *a, int rank, int world)
     struct pt_data data = {0};
     struct model *m = NULL;
     struct tok_vocab *vocab = NULL;
-    struct train_runner *tr = NULL;
+    struct trainer *tr = NULL;
     float *mom = NULL, *vel = NULL;
     uint32_t *order = NULL, *b_ids = NULL, *b_len = NULL;
     FILE *loss_csv = NULL;
     if (strlen(a->out_dir) > 3800) {
         cli_error(cmd, "--output_model_path: longer than 3800 characters");
+        return 2;
+    }
+    if (a->world_size && a->world_size != (uint32_t)world) {
+        cli_error(cmd, "--world_size %u, but %d process%s running: start them with mpirun -np %u netlm %s ...",
+                  a->world_size, world, world == 1 ? " is" : "es are", a->world_size, cmd);
+        return 2;
+    }
+    if (a->dev.device >= 0 && a->n_gpu_ranks && a->n_gpu_ranks != world) {
+        cli_error(cmd, "--gpu_ranks names %d GPU%s for %d process%s: one per process, in rank order", a->n_gpu_ranks,
+                  a->n_gpu_ranks == 1 ? "" : "s", world, world == 1 ? "" : "es");
         return 2;
     }
     snprintf(checkpoint, sizeof checkpoint, "%s/checkpoint", a->out_dir);
@@ -536,18 +558,43 @@ static int pretrain(const struct pt_args *a, int rank, int world)
     snprintf(mut->tokenizer.vocab, sizeof mut->tokenizer.vocab, "%s", vocab_path ? "vocab.txt" : "builtin");
 
     const uint32_t row = seq + 1;
-    tr = train_runner_create(m, a->batch, row, a->threads, err, sizeof err);
-    const size_t n_params = tr ? train_runner_grad_count(tr) : 0;
-    mom = calloc(n_params ? n_params : 1, sizeof(float));
-    vel = calloc(n_params ? n_params : 1, sizeof(float));
+    /* this process's GPU: --gpu_ranks[rank], else the --device ordinal + rank */
+    const int device = a->dev.device < 0 ? -1 : a->n_gpu_ranks ? a->gpu_ranks[rank] : a->dev.device + rank;
+    tr = cli_trainer(cmd, m, &a->dev, device, a->batch, row, a->threads, a->dropout, a->seed);
+    if (!tr)
+        goto done;
+    if (world > 1 || (a->world_size && device >= 0)) {
+        /* rank 0 makes the communicator's id, every rank joins with it; with --world_size 1 on
+         * a GPU the one-rank communicator runs too, so the path is the same at every size */
+        struct trainer_comm_id id = {0};
+        bool have_id = rank != 0 || device < 0 || trainer_comm_id(&id, err, sizeof err);
+        if (!have_id)
+            cli_error(cmd, "%s", err);
+        if (world > 1) {
+            double ok = have_id ? 1.0 : 0.0; /* every rank learns whether rank 0 made one */
+            cli_mpi_min_doubles(&ok, 1);
+            cli_mpi_broadcast(id.bytes, sizeof id.bytes);
+            have_id = ok > 0.0;
+        }
+        if (!have_id)
+            goto done;
+        if (!trainer_join(tr, &id, rank, world)) {
+            cli_error(cmd, "%s", trainer_error(tr));
+            goto done;
+        }
+    }
+    const size_t n_params = trainer_param_count(tr);
+    if (!trainer_moments(tr, &mom, &vel)) {
+        cli_error(cmd, "%s", trainer_error(tr));
+        goto done;
+    }
     order = malloc(data.windows * sizeof(uint32_t));
     b_ids = malloc((size_t)a->batch * row * sizeof(uint32_t));
     b_len = malloc(a->batch * sizeof(uint32_t));
-    if (!tr || !mom || !vel || !order || !b_ids || !b_len) {
-        cli_error(cmd, "%s", tr ? "out of memory" : err);
+    if (!order || !b_ids || !b_len) {
+        cli_error(cmd, "out of memory");
         goto done;
     }
-    cli_train_dropout(m, tr, a->dropout, a->seed);
     struct train_adamw adamw;
     if (a->optimizer == 1)
         train_adamw_uer(&adamw);
@@ -564,6 +611,10 @@ static int pretrain(const struct pt_args *a, int rank, int world)
         struct cli_train_state saved;
         if (!cli_load_optimizer(cmd, checkpoint, mom, vel, n_params, &saved))
             goto done;
+        if (!trainer_load_moments(tr)) {
+            cli_error(cmd, "%s", trainer_error(tr));
+            goto done;
+        }
         if (!saved.data[0]) {
             cli_error(cmd, "%s: not a pretrain checkpoint (state.json has no data position)", checkpoint);
             goto done;
@@ -610,7 +661,6 @@ static int pretrain(const struct pt_args *a, int rank, int world)
                     st.step, st.epoch + 1, st.position);
     }
     cli_epoch_order(a->seed, st.epoch, data.windows, order);
-    float *g = train_runner_grads(tr);
     const double t0 = cli_now();
     double last_print = t0, loss_sum = 0.0, loss = 0.0, last_losses[16];
     uint64_t loss_count = 0, targets_run = 0, saved_step = a->resume ? st.step : UINT64_MAX;
@@ -619,7 +669,8 @@ static int pretrain(const struct pt_args *a, int rank, int world)
          * Σ (n_j / n_i) g_j after micro-batch i (each g_j the gradient of micro-batch j's mean
          * loss), rescaled when a micro-batch has a different count (only the one with the
          * stream's last window), and by n_k / N at the end. */
-        train_zero_grads(tr);
+        if (!trainer_zero_grads(tr))
+            goto step_failed;
         uint64_t n_prev = 0, n_all = 0;
         double loss_weighted = 0.0;
         for (uint32_t micro = 0; micro < a->accum; micro++) {
@@ -643,41 +694,46 @@ static int pretrain(const struct pt_args *a, int rank, int world)
                     b_len[b] = window_ids(&data, order[st.position++], b_ids + (size_t)b * row, a->pad_targets);
                     n_t += b_len[b] - 1;
                 }
-            if (micro > 0 && n_t != n_prev)
-                train_grad_scale(g, n_params, (float)((double)n_prev / (double)n_t));
+            if (micro > 0 && n_t != n_prev && !trainer_grad_scale(tr, (float)((double)n_prev / (double)n_t)))
+                goto step_failed;
             const struct train_batch tb = {.ids = b_ids, .lengths = b_len, .batch = a->batch, .seq = row,
                                            .sample_base = first_sample};
             double micro_loss;
-            if (!train_forward_backward(tr, TRAIN_LM, &tb, &micro_loss)) {
-                cli_error(cmd, "training step %" PRIu64 " failed (token ids outside the model?)", st.step + 1);
-                goto done;
-            }
+            if (!trainer_forward_backward(tr, TRAIN_LM, &tb, &micro_loss))
+                goto step_failed;
             loss_weighted += micro_loss * (double)n_t;
             n_all += n_t;
             n_prev = n_t;
         }
-        if (n_prev != n_all)
-            train_grad_scale(g, n_params, (float)((double)n_prev / (double)n_all));
+        if (n_prev != n_all && !trainer_grad_scale(tr, (float)((double)n_prev / (double)n_all)))
+            goto step_failed;
         if (world > 1) {
             /* each process holds the mean gradient of its targets: weight by their count, sum
-             * over the processes, divide by all targets — the gradient of the global batch */
+             * over the processes (MPI on CPUs, NCCL on GPUs), divide by all targets — the
+             * gradient of the global batch */
             double counts[2] = {loss_weighted, (double)n_all};
-            train_grad_scale(g, n_params, (float)n_all);
-            cli_mpi_sum_floats(g, n_params);
             cli_mpi_sum_doubles(counts, 2);
-            train_grad_scale(g, n_params, (float)(1.0 / counts[1]));
+            if (!trainer_grad_scale(tr, (float)n_all) || !trainer_sum_grads(tr, cli_mpi_sum_floats) ||
+                !trainer_grad_scale(tr, (float)(1.0 / counts[1])))
+                goto step_failed;
             loss_weighted = counts[0];
             n_all = (uint64_t)counts[1];
+        } else if (!trainer_sum_grads(tr, NULL)) { /* a one-rank communicator (--world_size 1) */
+            goto step_failed;
         }
         if (a->clip > 0) {
             /* torch's clip_grad_norm_: scale by max/(norm + 1e-6) when that is below 1 */
-            const double coef = a->clip / (train_grad_norm(g, n_params) + 1e-6);
-            if (coef < 1.0)
-                train_grad_scale(g, n_params, (float)coef);
+            double norm;
+            if (!trainer_grad_norm(tr, &norm))
+                goto step_failed;
+            const double coef = a->clip / (norm + 1e-6);
+            if (coef < 1.0 && !trainer_grad_scale(tr, (float)coef))
+                goto step_failed;
         }
         const float step_lr = train_schedule_lr((enum train_schedule)a->schedule, (float)a->lr, st.step,
                                                 warmup_steps, total);
-        train_adamw_step(m, g, mom, vel, st.step + 1, step_lr, &adamw, (int)a->threads);
+        if (!trainer_adamw_step(tr, st.step + 1, step_lr, &adamw, (int)a->threads))
+            goto step_failed;
         st.step++;
         loss = loss_weighted / (double)n_all;
         loss_sum += loss;
@@ -701,7 +757,7 @@ static int pretrain(const struct pt_args *a, int rank, int world)
                 cli_error(cmd, "%s/loss.csv: %s", a->out_dir, strerror(errno));
                 goto done;
             }
-            if (writer && !save_checkpoint(a->out_dir, m, vocab_path, mom, vel, n_params, &st))
+            if (writer && !save_checkpoint(a->out_dir, tr, m, vocab_path, &st))
                 goto done;
             saved_step = st.step;
         }
@@ -712,7 +768,7 @@ static int pretrain(const struct pt_args *a, int rank, int world)
             goto done;
         }
     }
-    if (writer && saved_step != st.step && !save_checkpoint(a->out_dir, m, vocab_path, mom, vel, n_params, &st))
+    if (writer && saved_step != st.step && !save_checkpoint(a->out_dir, tr, m, vocab_path, &st))
         goto done;
     const bool csv_ok = fclose(loss_csv) == 0;
     loss_csv = NULL;
@@ -722,6 +778,10 @@ static int pretrain(const struct pt_args *a, int rank, int world)
     }
     if (!writer) {
         status = 0;
+        goto done;
+    }
+    if (!trainer_sync_model(tr)) {
+        cli_error(cmd, "%s", trainer_error(tr));
         goto done;
     }
     if (!model_save(m, a->out_dir, err, sizeof err)) {
@@ -743,15 +803,16 @@ static int pretrain(const struct pt_args *a, int rank, int world)
     else
         fprintf(stderr, "netlm %s: already at step %" PRIu64 " -> %s\n", cmd, st.step, a->out_dir);
     status = 0;
+    goto done;
+step_failed:
+    cli_error(cmd, "training step %" PRIu64 ": %s", st.step + 1, trainer_error(tr));
 done:
     if (loss_csv)
         fclose(loss_csv);
     free(order);
     free(b_ids);
     free(b_len);
-    free(mom);
-    free(vel);
-    train_runner_free(tr);
+    trainer_free(tr);
     tok_vocab_free(vocab);
     model_free(m);
     data_close(&data);
@@ -775,6 +836,7 @@ int cmd_pretrain(int argc, char **argv)
     else if (rc == CLI_HELP_SHOWN)
         rc = 0;
     free(a.shards);
+    free(a.gpu_ranks);
     free(pos);
     free(rest);
     free(vals);

@@ -73,6 +73,28 @@ void cli_mpi_sum_doubles(double *x, size_t n)
 #endif
 }
 
+void cli_mpi_min_doubles(double *x, size_t n)
+{
+#ifdef NETLM_HAVE_MPI
+    if (world_size > 1)
+        MPI_Allreduce(MPI_IN_PLACE, x, (int)n, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD);
+#else
+    (void)x;
+    (void)n;
+#endif
+}
+
+void cli_mpi_broadcast(void *bytes, size_t n)
+{
+#ifdef NETLM_HAVE_MPI
+    if (world_size > 1)
+        MPI_Bcast(bytes, (int)n, MPI_BYTE, 0, MPI_COMM_WORLD);
+#else
+    (void)bytes;
+    (void)n;
+#endif
+}
+
 void cli_mpi_stop(bool failed)
 {
 #ifdef NETLM_HAVE_MPI

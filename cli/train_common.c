@@ -282,13 +282,46 @@ bool cli_dropout_arg(const char *cmd, const struct cli_opt *opts, double *p)
     return !cli_get(opts, "dropout") || cli_double(cmd, opts, "dropout", 0.0, 0.0, 0.95, p);
 }
 
-void cli_train_dropout(struct model *m, struct train_runner *tr, double p, uint64_t seed)
+bool cli_train_device_arg(const char *cmd, const struct cli_opt *opts, struct cli_train_device *d)
+{
+    static const char *const precisions[] = {"bf16", "fp32", NULL};
+    d->name = cli_get(opts, "device");
+    d->device = -1;
+    if (d->name && !model_device_parse(d->name, &d->device)) {
+        cli_error(cmd, "--device: expected cpu, cuda or cuda:N, got '%s'", d->name);
+        return false;
+    }
+    if (!d->name)
+        d->name = "cpu";
+    const int prec = cli_choice(cmd, opts, "precision", "bf16", precisions);
+    if (prec < 0)
+        return false;
+    if (d->device < 0 && cli_get(opts, "precision")) {
+        cli_error(cmd, "--precision: only with --device cuda (the CPU computes in fp32)");
+        return false;
+    }
+    d->bf16 = prec == 0;
+    return true;
+}
+
+struct trainer *cli_trainer(const char *cmd, struct model *m, const struct cli_train_device *d, int device,
+                            uint32_t batch, uint32_t seq, uint32_t threads, double p, uint64_t seed)
 {
     if (p >= 0.0) {
         struct model_config *mut = model_config_mut(m);
         mut->dropout_embed = mut->dropout_attn = mut->dropout_resid = (float)p;
     }
-    struct train_dropout d;
-    train_dropout_from_config(&d, model_get_config(m), seed);
-    train_runner_set_dropout(tr, &d);
+    struct train_dropout drop;
+    train_dropout_from_config(&drop, model_get_config(m), seed);
+    const struct trainer_options o = {.device = device, .bf16 = d->bf16, .max_batch = batch, .max_seq = seq,
+                                      .threads = threads, .dropout = &drop};
+    char err[1024];
+    struct trainer *t = trainer_create(m, &o, err, sizeof err);
+    if (!t) {
+        if (device >= 0)
+            cli_error(cmd, "--device %s: %s", d->name, err);
+        else
+            cli_error(cmd, "%s", err);
+    }
+    return t;
 }

@@ -1,23 +1,17 @@
 /* generate.c — continuing prompts with the LM head and the KV cache: one prefill of every
  * prompt, then one decode step per new token for the rows still running; greedy or sampled
  * (temperature, top-k, top-p) from a per-row seeded stream, so a row's output does not depend on
- * the rest of its batch. */
+ * the rest of its batch. The token choice (model_sample, model_sample_rng) is shared with the
+ * CUDA engine's model_cuda_generate, so both backends pick from their logits with one code. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "model/model_internal.h"
 
-#define TOKEN_SEP 1u /* [SEP] in both vocabularies */
-
-struct candidate {
-    float logit;
-    uint32_t id;
-};
-
 static int by_logit_desc(const void *a, const void *b)
 {
-    const struct candidate *x = a, *y = b;
+    const struct model_candidate *x = a, *y = b;
     if (x->logit != y->logit)
         return x->logit > y->logit ? -1 : 1;
     return x->id < y->id ? -1 : x->id > y->id;
@@ -33,12 +27,12 @@ static uint32_t argmax(const float *logits, uint32_t n)
 }
 
 /* a ranks below b: a smaller logit, or the same logit and a larger id */
-static bool ranks_below(const struct candidate *a, const struct candidate *b)
+static bool ranks_below(const struct model_candidate *a, const struct model_candidate *b)
 {
     return by_logit_desc(a, b) > 0;
 }
 
-static void sift_down(struct candidate *heap, uint32_t size, uint32_t j)
+static void sift_down(struct model_candidate *heap, uint32_t size, uint32_t j)
 {
     for (;;) {
         uint32_t l = 2 * j + 1, r = l + 1, m = j;
@@ -48,7 +42,7 @@ static void sift_down(struct candidate *heap, uint32_t size, uint32_t j)
             m = r;
         if (m == j)
             return;
-        struct candidate t = heap[j];
+        struct model_candidate t = heap[j];
         heap[j] = heap[m];
         heap[m] = t;
         j = m;
@@ -57,11 +51,11 @@ static void sift_down(struct candidate *heap, uint32_t size, uint32_t j)
 
 /* Keeps the k best-ranked logits in heap[0..k), a heap with the lowest-ranked at the root:
  * O(n log k) instead of sorting the whole vocabulary. */
-static uint32_t top_k_select(const float *logits, uint32_t n, uint32_t k, struct candidate *heap)
+static uint32_t top_k_select(const float *logits, uint32_t n, uint32_t k, struct model_candidate *heap)
 {
     uint32_t size = 0;
     for (uint32_t i = 0; i < n; i++) {
-        struct candidate c = {logits[i], i};
+        struct model_candidate c = {logits[i], i};
         if (size < k) {
             uint32_t j = size++;
             while (j > 0 && ranks_below(&c, &heap[(j - 1) / 2])) {
@@ -77,8 +71,13 @@ static uint32_t top_k_select(const float *logits, uint32_t n, uint32_t k, struct
     return size;
 }
 
-static uint32_t sample(const float *logits, uint32_t n, const struct model_sampling *s,
-                       struct model_rng *rng, struct candidate *cand)
+void model_sample_rng(struct model_rng *rng, const struct model_sampling *s, uint32_t row)
+{
+    model_rng_seed(rng, s->seed ^ (0x9e3779b97f4a7c15ull * (row + 1)));
+}
+
+uint32_t model_sample(const float *logits, uint32_t n, const struct model_sampling *s,
+                      struct model_rng *rng, struct model_candidate *cand)
 {
     if (s->temperature <= 0.0f)
         return argmax(logits, n);
@@ -87,7 +86,7 @@ static uint32_t sample(const float *logits, uint32_t n, const struct model_sampl
         count = top_k_select(logits, n, s->top_k, cand);
     } else {
         for (uint32_t i = 0; i < n; i++)
-            cand[i] = (struct candidate){logits[i], i};
+            cand[i] = (struct model_candidate){logits[i], i};
         count = n;
     }
     if (count < n || s->top_p < 1.0f)
@@ -140,12 +139,12 @@ bool model_generate(struct model_runner *r, const uint32_t *ids, const uint32_t 
     struct model_rng *rngs = malloc(batch * sizeof(*rngs));
     uint32_t *pos = malloc(batch * sizeof(uint32_t)), *active = malloc(batch * sizeof(uint32_t));
     uint32_t *rows = malloc(batch * sizeof(uint32_t));
-    struct candidate *cand = s->temperature > 0.0f ? malloc(c->vocab_size * sizeof(*cand)) : NULL;
+    struct model_candidate *cand = s->temperature > 0.0f ? malloc(c->vocab_size * sizeof(*cand)) : NULL;
     bool ok = rngs && pos && active && rows && (s->temperature <= 0.0f || cand);
     if (ok) {
         memset(out, 0, (size_t)batch * max_new * sizeof(uint32_t));
         for (uint32_t b = 0; b < batch; b++) {
-            model_rng_seed(&rngs[b], s->seed ^ (0x9e3779b97f4a7c15ull * (b + 1)));
+            model_sample_rng(&rngs[b], s, b);
             pos[b] = lengths[b];
             out_len[b] = 0;
             rows[b] = r->seq_offset[b] + r->seq_count[b] - 1;
@@ -160,10 +159,10 @@ bool model_generate(struct model_runner *r, const uint32_t *ids, const uint32_t 
             uint32_t still = 0;
             for (uint32_t k = 0; k < nactive; k++) {
                 uint32_t b = active[k];
-                uint32_t tok = sample(r->last_logits + (size_t)k * c->vocab_size, c->vocab_size, s,
+                uint32_t tok = model_sample(r->last_logits + (size_t)k * c->vocab_size, c->vocab_size, s,
                                       &rngs[b], cand);
                 out[(size_t)b * max_new + out_len[b]++] = tok;
-                if (out_len[b] < max_new && (s->ignore_sep || tok != TOKEN_SEP))
+                if (out_len[b] < max_new && (s->ignore_sep || tok != MODEL_TOKEN_SEP))
                     active[still++] = b;
             }
             nactive = still;

@@ -158,7 +158,8 @@ bool model_generate(struct model_runner *r, const uint32_t *ids, const uint32_t 
  * The inference engine: the model's weights copied to one GPU (bf16, or fp32 for testing),
  * activations for (max_batch, max_seq) allocated once, pinned host buffers and a stream; no
  * allocation after the first call of each shape bucket. Same contract as model_classify: a
- * right-padded batch with per-sequence lengths in, fp32 scores out. Built when nvcc is found
+ * right-padded batch with per-sequence lengths in, fp32 scores out; generation with a device KV
+ * cache (the kv_tokens option) as model_generate's. Built when nvcc is found
  * (NETLM_HAVE_CUDA); otherwise every call reports that CUDA is not built in. An engine is used
  * by one thread at a time and must not outlive its model. */
 
@@ -173,6 +174,9 @@ struct model_cuda_options {
     bool residual_bf16; /* bf16 precision only (model_cuda_create refuses it with fp32): the
                          * residual stream in bf16 too (less memory traffic, ~1e-2 relative
                          * drift over the layers) */
+    uint32_t kv_tokens; /* model_cuda_generate: positions per sequence of the device KV cache
+                         * (0 = none; at least seq + max_new of each call; GPT-2: within
+                         * n_positions), allocated at create with room for max_batch rows */
 };
 
 /* "cpu" → -1, "cuda" → 0, "cuda:N" → N; false for anything else. */
@@ -191,6 +195,11 @@ bool model_cuda_classify(struct model_cuda *e, const uint32_t *ids, const uint32
 /* LM head logits of each row's last real position: logits [batch, vocab]. */
 bool model_cuda_last_logits(struct model_cuda *e, const uint32_t *ids, const uint32_t *lengths,
                             uint32_t batch, uint32_t seq, float *logits);
+/* As model_generate (greedy, or sampled by the CPU's code from the same per-row streams), on the
+ * GPU with the engine's KV cache: needs kv_tokens ≥ seq + max_new. */
+bool model_cuda_generate(struct model_cuda *e, const uint32_t *ids, const uint32_t *lengths,
+                         uint32_t batch, uint32_t seq, const struct model_sampling *sampling,
+                         uint32_t max_new, uint32_t *out, uint32_t *out_len);
 /* Why the last call on e failed (bad input, or the CUDA error and where it happened). */
 const char *model_cuda_error(const struct model_cuda *e);
 

@@ -1,5 +1,5 @@
 /* model_internal.h — what the model folder's files (and train/, tests) share: the parameter
- * layout, the CPU ops, the runner's buffers.
+ * layout, the CPU ops, the runner's buffers, generation's token choice.
  *
  * All parameters live in one fp32 block laid out by model_layout: a table of tensors with their
  * offsets. Gradients and optimizer moments use the same layout, so one offset finds a tensor's
@@ -185,6 +185,23 @@ void op_attend_block_backward(float *dq, size_t lddq, float *dk, float *dv, cons
 /* Cross-entropy of logits z against target: returns −log softmax(z)[target] and leaves the
  * gradient scale·(softmax(z) − onehot(target)) in z. */
 double op_softmax_xent(float *z, size_t n, uint32_t target, float scale);
+
+/* ---- generation's token choice (generate.c), shared by the CPU and the CUDA engine ---- */
+
+#define MODEL_TOKEN_SEP 1u /* [SEP] in both vocabularies: a row stops after emitting it */
+
+struct model_candidate {
+    float logit;
+    uint32_t id;
+};
+/* Row `row`'s stream of a call with these settings: the same row number gives the same draws on
+ * every backend, whatever else is in the batch. */
+void model_sample_rng(struct model_rng *rng, const struct model_sampling *s, uint32_t row);
+/* The next token from one row's n logits: argmax (ties: the lower id) when s->temperature ≤ 0,
+ * else a draw from rng among the top_k / top_p candidates at the temperature. cand: scratch of n
+ * entries (unused when greedy). */
+uint32_t model_sample(const float *logits, uint32_t n, const struct model_sampling *s,
+                      struct model_rng *rng, struct model_candidate *cand);
 
 /* ---- runner ---- */
 

@@ -1,7 +1,7 @@
 /* sensor_batcher.c — the model side of the sensor: the engine (model, vocabulary, tokenizer
  * settings, runner and buffers, built and swapped as one unit so a reload can never mix two
  * models) and the batcher thread that turns ready sessions into classification or generation
- * events.
+ * events, on the CPU runner or the CUDA engine (model.device).
  *
  * A batch is up to batch_max sessions, or fewer once batch_timeout_us has passed since the first
  * of them was queued. Reload: the manager builds a new engine and posts it; the batcher takes it
@@ -172,15 +172,12 @@ struct sensor_engine *sensor_engine_load(const struct cfg_sensor *cfg, const cha
         e->tok.seq_length = e->seq;
     }
     uint32_t kv = task == CFG_TASK_GENERATE ? e->seq + e->max_new : 0;
-    if (device >= 0 && task != CFG_TASK_CLASSIFY) {
-        snprintf(err, errlen, "model.device '%s': generation runs on the CPU in this build (device cpu)",
-                 cfg->model.device);
-        goto fail;
-    }
     if (device >= 0) {
-        /* bf16, one CUDA graph per batch bucket: no allocation after the first batch of a size */
+        /* bf16, one CUDA graph per batch bucket (and per decode-step bucket): no allocation after
+         * the first batch of a size; generation with a device KV cache of kv positions a row */
         struct model_cuda_options o = {.device = device, .precision = MODEL_PRECISION_BF16,
-                                       .max_batch = e->batch_max, .max_seq = e->seq, .graphs = true};
+                                       .max_batch = e->batch_max, .max_seq = e->seq, .graphs = true,
+                                       .kv_tokens = kv};
         char cerr[512];
         e->gpu = model_cuda_create(e->model, &o, cerr, sizeof cerr);
         if (!e->gpu) {
@@ -339,12 +336,15 @@ static void generate_batch(struct sensor *sn, struct sensor_engine *e, uint32_t 
         e->lengths[b] = tok_text_ids(e->vocab, e->text, tl, e->seq, ids);
     }
     struct model_sampling sampling = {.temperature = 0, .top_k = 0, .top_p = 1, .seed = 7};
-    bool ok = model_generate(e->runner, e->ids, e->lengths, n, e->seq, &sampling, e->max_new, e->generated,
-                             e->generated_len);
+    bool ok = e->gpu ? model_cuda_generate(e->gpu, e->ids, e->lengths, n, e->seq, &sampling, e->max_new,
+                                           e->generated, e->generated_len)
+                     : model_generate(e->runner, e->ids, e->lengths, n, e->seq, &sampling, e->max_new,
+                                      e->generated, e->generated_len);
     int64_t now = sensor_mono_ns();
     if (!ok) {
         atomic_fetch_add(&sn->failed_batches, 1);
-        sensor_log("the model rejected a batch of %u sessions (token ids outside its vocabulary?)", n);
+        sensor_log("the model rejected a batch of %u sessions (%s)", n,
+                   e->gpu ? model_cuda_error(e->gpu) : "token ids outside its vocabulary?");
         return;
     }
     for (uint32_t b = 0; b < n; b++) {

@@ -88,6 +88,9 @@ void train_cuda_free(struct train_cuda *t);
 /* As train_forward_backward: the mean loss (*loss, on the host) and its gradient added (+=). */
 bool train_cuda_forward_backward(struct train_cuda *t, enum train_objective objective,
                                  const struct train_batch *batch, double *loss);
+/* As train_runner_set_dropout, for the following calls: the same masks as the CPU for the same
+ * seed and batch sample_base. False (and nothing changed) for a probability outside [0, 1). */
+bool train_cuda_set_dropout(struct train_cuda *t, const struct train_dropout *d);
 bool train_cuda_zero_grads(struct train_cuda *t);
 bool train_cuda_grad_norm(struct train_cuda *t, double *norm);
 bool train_cuda_grad_scale(struct train_cuda *t, float scale);
@@ -98,6 +101,51 @@ bool train_cuda_download(struct train_cuda *t, float *params, float *grads, floa
 /* Back onto the device (resume): parameters and moments (any may be NULL). */
 bool train_cuda_upload(struct train_cuda *t, const float *params, const float *mom, const float *vel);
 const char *train_cuda_error(const struct train_cuda *t);
+/* The device gradient block (aligned layout: *count floats, gaps zero) and the stream every call
+ * runs on (a cudaStream_t), for a collective over the gradients between calls (trainer.c). */
+bool train_cuda_grad_buffer(struct train_cuda *t, float **grads, size_t *count, void **stream);
+
+/* ---- one trainer on either device (trainer.c): what the training commands call ----
+ * The CPU runner + train_adamw_step, or train_cuda, behind one set of calls. The CPU trains the
+ * model's parameter block in place; the GPU keeps everything on the device, so m's parameters
+ * are current only after trainer_sync_model, and the moments after trainer_moments. Every call
+ * returns false with trainer_error set on failure. */
+struct trainer_options {
+    int device;            /* -1: the CPU; N: cuda:N */
+    bool bf16;             /* GPU: bf16 GEMM operands (fp32 master weights, fp32 sums) */
+    uint32_t max_batch, max_seq;
+    uint32_t threads;      /* CPU */
+    const struct train_dropout *dropout; /* NULL: none */
+};
+struct trainer;
+struct trainer *trainer_create(struct model *m, const struct trainer_options *o, char *err, size_t errlen);
+void trainer_free(struct trainer *t);
+const char *trainer_error(const struct trainer *t);
+size_t trainer_param_count(const struct trainer *t);
+bool trainer_on_gpu(const struct trainer *t);
+bool trainer_zero_grads(struct trainer *t);
+bool trainer_forward_backward(struct trainer *t, enum train_objective objective,
+                              const struct train_batch *batch, double *loss);
+bool trainer_grad_scale(struct trainer *t, float scale);
+bool trainer_grad_norm(struct trainer *t, double *norm);
+bool trainer_adamw_step(struct trainer *t, uint64_t step, float lr, const struct train_adamw *o, int threads);
+/* m's parameter block ← the trainer's (a no-op on the CPU), and the reverse after the caller
+ * changed m's parameters (e.g. back to the best epoch's). */
+bool trainer_sync_model(struct trainer *t);
+bool trainer_load_model(struct trainer *t);
+/* The host blocks of the two AdamW moments (laid out as the parameters), current; a resume
+ * fills them and calls trainer_load_moments. */
+bool trainer_moments(struct trainer *t, float **mom, float **vel);
+bool trainer_load_moments(struct trainer *t);
+/* Data parallel over processes: rank 0 makes an id (NCCL's, for GPUs), the caller gives it to
+ * every rank, each joins; trainer_sum_grads then sums the gradients over the world before a
+ * step — on GPUs with NCCL, on the CPU through host_sum (the caller's MPI all-reduce). */
+struct trainer_comm_id {
+    unsigned char bytes[128];
+};
+bool trainer_comm_id(struct trainer_comm_id *id, char *err, size_t errlen);
+bool trainer_join(struct trainer *t, const struct trainer_comm_id *id, int rank, int world);
+bool trainer_sum_grads(struct trainer *t, void (*host_sum)(float *grads, size_t n));
 
 enum train_schedule { TRAIN_SCHEDULE_CONSTANT = 0, TRAIN_SCHEDULE_LINEAR, TRAIN_SCHEDULE_COSINE };
 /* Learning rate for the optimizer step with 0-based index step: linear warmup over warmup steps

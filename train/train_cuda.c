@@ -12,11 +12,18 @@
  * post-activation (type T). Gradients of weights are fp32 and accumulate (+=) across calls until
  * train_cuda_zero_grads, as on the CPU; every sum runs in a fixed order (no atomics, the GEMM
  * heuristic's first algorithm) so that a run repeats bit for bit and a resumed run continues
- * exactly — which test_cuda_train checks, and which does not hold yet for the Qwen2 model
- * (model/cuda/NOTES.md).
+ * exactly, which test_cuda_train checks.
  *
- * Not yet: dropout (the trainer has none: the CLI keeps training with dropout on the CPU), CUDA
- * graphs, NCCL. */
+ * Dropout (train_cuda_set_dropout) draws train/grad.c's masks on the device from the same
+ * integer hash (cuda_device.cuh's twin of op_dropout_*), keyed per batch row by
+ * op_dropout_stream(seed, sample_base + b): a GPU step with dropout is the CPU's step to
+ * rounding, and the masks are recomputed in the backward pass rather than stored. With
+ * residual dropout the o- and down-projections write their branch to a scratch buffer and one
+ * kernel adds the masked branch to the stream; with every probability 0 the passes are the
+ * ones without dropout.
+ *
+ * The gradient sum across processes (NCCL) is train/trainer.c's, over train_cuda_grad_buffer.
+ * Not yet: CUDA graphs of the step. */
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -62,6 +69,14 @@ bool train_cuda_upload(struct train_cuda *t, const float *params, const float *m
     return (void)t, (void)params, (void)mom, (void)vel, false;
 }
 const char *train_cuda_error(const struct train_cuda *t) { return (void)t, "built without CUDA"; }
+bool train_cuda_set_dropout(struct train_cuda *t, const struct train_dropout *d)
+{
+    return (void)t, (void)d, false;
+}
+bool train_cuda_grad_buffer(struct train_cuda *t, float **grads, size_t *count, void **stream)
+{
+    return (void)t, (void)grads, (void)count, (void)stream, false;
+}
 
 #else
 
@@ -70,6 +85,10 @@ const char *train_cuda_error(const struct train_cuda *t) { return (void)t, "buil
 
 #define TENSOR_ALIGN 64 /* floats: 256 bytes */
 #define LM_CHUNK 4096u  /* rows of logits per GEMM + cross-entropy pass */
+
+/* train/grad.c's enum drop_place: each place of a layer draws its own stream (the attention
+ * probabilities' place, 1, is built into the attention kernels) */
+enum drop_place { DROP_EMBED = 0, DROP_ATTN_PROBS, DROP_ATTN_OUT, DROP_MLP_OUT };
 
 struct layer_stash {
     float *x_in, *x_mid, *lse;
@@ -109,6 +128,13 @@ struct train_cuda {
     uint32_t *d_seq_off, *d_tokens, *d_pos, *d_targets;
     uint32_t *d_rows_by_key, *d_seg_key, *d_seg_start; /* rows grouped by token (wte gradient) */
     uint32_t *d_prows, *d_pseg_key, *d_pseg_start;     /* ... by position (wpe gradient) */
+
+    /* dropout: probabilities, op_dropout's threshold and scale per kind, each row's stream */
+    struct train_dropout drop;
+    uint32_t embed_thr, attn_thr, resid_thr;
+    float embed_scale, attn_scale, resid_scale;
+    uint64_t *d_seq_key, *h_seq_key;
+    float *branch; /* [rows, C] fp32, with residual dropout only: a branch before its masked add */
 
     /* host staging (pinned) */
     uint32_t *h_seq_off, *h_tokens, *h_pos, *h_targets;
@@ -162,7 +188,8 @@ void train_cuda_free(struct train_cuda *t)
     cu_gemm_free(t->gemm);
     cudaFree(t->p);
     cudaFree(t->ablock);
-    cudaFreeHost(t->h_seq_off);
+    cudaFree(t->branch);
+    cudaFreeHost(t->h_seq_key);
     if (t->stream)
         cudaStreamDestroy(t->stream);
     free(t->layout.tensors);
@@ -233,6 +260,7 @@ static void carve(struct train_cuda *t, char *pbase, size_t *pbytes, char *abase
     ATAKE(t->dcls_t, void *, B * NL * ts);
     ATAKE(t->dh_t, void *, B * t->C * ts);
     ATAKE(t->d_seq_off, uint32_t *, (B + 1) * 4);
+    ATAKE(t->d_seq_key, uint64_t *, B * 8);
     ATAKE(t->d_tokens, uint32_t *, N * 4);
     ATAKE(t->d_pos, uint32_t *, N * 4);
     ATAKE(t->d_targets, uint32_t *, (N > B ? N : B) * 4);
@@ -358,10 +386,11 @@ struct train_cuda *train_cuda_create(struct model *m, int device, bool bf16, uin
     if (ok) {
         const size_t N = t->max_rows, B = max_batch, NB = N > B ? N : B;
         const size_t words = (B + 1) + 2 * N + 2 * (3 * N + 1) + NB + NB;
-        if (cudaMallocHost((void **)&t->h_seq_off, words * 4) != cudaSuccess) {
+        if (cudaMallocHost((void **)&t->h_seq_key, B * 8 + words * 4) != cudaSuccess) {
             fail(t, "cuda: cannot allocate pinned host buffers");
             ok = false;
         } else {
+            t->h_seq_off = (uint32_t *)(t->h_seq_key + B);
             t->h_tokens = t->h_seq_off + B + 1;
             t->h_pos = t->h_tokens + N;
             t->h_rows_by_key = t->h_pos + N;
@@ -420,13 +449,19 @@ static bool forward(struct train_cuda *t, uint32_t nseq, uint32_t N, uint32_t ma
     const enum cu_dtype T = t->t;
     const uint32_t C = t->C, Hd = t->H * t->d;
     const float eps = c->norm_eps;
+    const struct train_dropout *dr = &t->drop;
     CK(cu_embed(t->stash[0].x_in, CU_F32, wt(t, t->w.wte), t->gpt2 ? wt(t, t->w.wpe) : NULL, T,
                 t->d_tokens, t->d_pos, N, C, s), "embedding");
+    if (dr->embed > 0)
+        CK(cu_dropout_rows(t->stash[0].x_in, CU_F32, NULL, t->stash[0].x_in, C, t->d_seq_off, nseq, N,
+                           t->d_seq_key, 0, DROP_EMBED, t->embed_thr, t->embed_scale, s), "embedding dropout");
     MARK("embedding");
     for (uint32_t l = 0; l < c->layers; l++) {
         const struct model_layer_weights *lw = &t->wl[l];
         struct layer_stash *st = &t->stash[l];
         float *next = l + 1 < c->layers ? t->stash[l + 1].x_in : t->x_fin;
+        const struct cu_attn_dropout ad = {.seq_key = t->d_seq_key, .layer = l, .threshold = t->attn_thr,
+                                           .scale = t->attn_scale};
         CK(cu_norm(st->ln1, T, st->x_in, CU_F32, lw->ln1_w, lw->ln1_b, N, C, eps, t->norm, s), "norm 1");
         MARK("norm");
         GEMM(T, T, st->qkv, t->QKV, st->ln1, C, wt(t, lw->qkv_w), lw->qkv_b ? wt(t, lw->qkv_b) : NULL, N, C,
@@ -438,13 +473,21 @@ static bool forward(struct train_cuda *t, uint32_t nseq, uint32_t N, uint32_t ma
             MARK("rope");
         }
         CK(cu_attention_train(st->att, Hd, st->lse, st->qkv, t->QKV, T, t->d_seq_off, nseq, max_len, t->H,
-                              t->KV, t->d, 1.0f / sqrtf((float)t->d), CU_ATTN_AUTO, s),
+                              t->KV, t->d, 1.0f / sqrtf((float)t->d), CU_ATTN_AUTO, dr->attn > 0 ? &ad : NULL, s),
            "attention");
         MARK("attention");
-        CK(cudaMemcpyAsync(st->x_mid, st->x_in, (size_t)N * C * 4, cudaMemcpyDeviceToDevice, s), "residual");
         /* the residual GEMMs' bias is fp32 like their output (cu_gemm_run: bias of y's type) */
-        GEMM(T, CU_F32, st->x_mid, C, st->att, Hd, wt(t, lw->o_w), lw->o_b, N, Hd, C, true, false);
-        MARK("gemm o");
+        if (dr->resid > 0) {
+            GEMM(T, CU_F32, t->branch, C, st->att, Hd, wt(t, lw->o_w), lw->o_b, N, Hd, C, false, false);
+            MARK("gemm o");
+            CK(cu_dropout_rows(st->x_mid, CU_F32, st->x_in, t->branch, C, t->d_seq_off, nseq, N, t->d_seq_key, l,
+                               DROP_ATTN_OUT, t->resid_thr, t->resid_scale, s), "residual dropout");
+            MARK("dropout");
+        } else {
+            CK(cudaMemcpyAsync(st->x_mid, st->x_in, (size_t)N * C * 4, cudaMemcpyDeviceToDevice, s), "residual");
+            GEMM(T, CU_F32, st->x_mid, C, st->att, Hd, wt(t, lw->o_w), lw->o_b, N, Hd, C, true, false);
+            MARK("gemm o");
+        }
         CK(cu_norm(st->ln2, T, st->x_mid, CU_F32, lw->ln2_w, lw->ln2_b, N, C, eps, t->norm, s), "norm 2");
         MARK("norm");
         GEMM(T, T, st->ffn_pre, t->FW, st->ln2, C, wt(t, lw->up_w), lw->up_b ? wt(t, lw->up_b) : NULL, N, C,
@@ -457,9 +500,18 @@ static bool forward(struct train_cuda *t, uint32_t nseq, uint32_t N, uint32_t ma
         else
             CK(cu_swiglu(st->ffn_act, T, N, t->F, s), "swiglu");
         MARK("activation");
-        CK(cudaMemcpyAsync(next, st->x_mid, (size_t)N * C * 4, cudaMemcpyDeviceToDevice, s), "residual");
-        GEMM(T, CU_F32, next, C, st->ffn_act, t->FW, wt(t, lw->down_w), lw->down_b, N, t->F, C, true, false);
-        MARK("gemm down");
+        if (dr->resid > 0) {
+            GEMM(T, CU_F32, t->branch, C, st->ffn_act, t->FW, wt(t, lw->down_w), lw->down_b, N, t->F, C, false,
+                 false);
+            MARK("gemm down");
+            CK(cu_dropout_rows(next, CU_F32, st->x_mid, t->branch, C, t->d_seq_off, nseq, N, t->d_seq_key, l,
+                               DROP_MLP_OUT, t->resid_thr, t->resid_scale, s), "residual dropout");
+            MARK("dropout");
+        } else {
+            CK(cudaMemcpyAsync(next, st->x_mid, (size_t)N * C * 4, cudaMemcpyDeviceToDevice, s), "residual");
+            GEMM(T, CU_F32, next, C, st->ffn_act, t->FW, wt(t, lw->down_w), lw->down_b, N, t->F, C, true, false);
+            MARK("gemm down");
+        }
     }
     CK(cu_norm(t->xn, T, t->x_fin, CU_F32, t->w.lnf_w, t->w.lnf_b, N, C, eps, t->norm, s), "final norm");
     MARK("norm");
@@ -539,6 +591,22 @@ static bool classify_head(struct train_cuda *t, uint32_t nseq)
     return true;
 }
 
+/* The gradient of a residual branch (type T, for its GEMMs' backward) from dx = d(stream): dx
+ * itself without residual dropout, else M ⊙ dx (into dy in bf16, the fp32 scratch in fp32). */
+static const void *branch_grad(struct train_cuda *t, uint32_t nseq, uint32_t N, uint32_t layer,
+                               enum drop_place place, bool *ok)
+{
+    if (!(t->drop.resid > 0))
+        return as_t(t, t->dy, t->dx, (size_t)N * t->C, ok);
+    void *dst = t->t == CU_F32 ? (void *)t->branch : t->dy;
+    if (cu_dropout_rows(dst, t->t, NULL, t->dx, t->C, t->d_seq_off, nseq, N, t->d_seq_key, layer, place,
+                        t->resid_thr, t->resid_scale, t->stream) != cudaSuccess) {
+        fail(t, "cuda: residual dropout backward: %s", cudaGetErrorString(cudaGetLastError()));
+        *ok = false;
+    }
+    return dst;
+}
+
 static bool backward(struct train_cuda *t, uint32_t nseq, uint32_t N, uint32_t max_len, uint32_t nseg_tok,
                      uint32_t nseg_pos)
 {
@@ -556,8 +624,8 @@ static bool backward(struct train_cuda *t, uint32_t nseq, uint32_t N, uint32_t m
         const struct model_layer_weights *lw = &t->wl[l];
         struct model_layer_weights *gl = &t->gl[l];
         struct layer_stash *st = &t->stash[l];
-        /* MLP: dx = d(x_out); x_out = x_mid + down(act(up(ln2(x_mid)))) */
-        const void *dy = as_t(t, t->dy, t->dx, (size_t)N * C, &ok);
+        /* MLP: dx = d(x_out); x_out = x_mid + M ⊙ down(act(up(ln2(x_mid)))) */
+        const void *dy = branch_grad(t, nseq, N, l, DROP_MLP_OUT, &ok);
         if (!ok)
             return false;
         GEMM_DX(T, T, t->dffn_act, t->F, dy, C, wt(t, lw->down_w), N, t->F, C, false);
@@ -578,15 +646,18 @@ static bool backward(struct train_cuda *t, uint32_t nseq, uint32_t N, uint32_t m
         CK(cu_norm_backward(t->dx, gl->ln2_w, gl->ln2_b, t->dln, T, st->x_mid, lw->ln2_w, N, C, eps, t->norm,
                             t->norm_scratch, s), "norm 2 backward");
         MARK("norm backward");
-        /* attention: dx = d(x_mid); x_mid = x_in + o(attn(qkv(ln1(x_in)))) */
-        dy = as_t(t, t->dy, t->dx, (size_t)N * C, &ok);
+        /* attention: dx = d(x_mid); x_mid = x_in + M ⊙ o(attn(qkv(ln1(x_in)))) */
+        dy = branch_grad(t, nseq, N, l, DROP_ATTN_OUT, &ok);
         if (!ok)
             return false;
         GEMM_DX(T, T, t->datt, Hd, dy, C, wt(t, lw->o_w), N, Hd, C, false);
         GEMM_DW(T, gl->o_w, gl->o_b, dy, C, st->att, Hd, N, Hd, C);
         MARK("gemm o backward");
+        const struct cu_attn_dropout ad = {.seq_key = t->d_seq_key, .layer = l, .threshold = t->attn_thr,
+                                           .scale = t->attn_scale};
         CK(cu_attention_backward(t->dqkv, t->QKV, t->datt, Hd, st->att, Hd, st->qkv, t->QKV, st->lse, t->delta,
-                                 T, t->d_seq_off, nseq, max_len, t->H, t->KV, t->d, 1.0f / sqrtf((float)t->d), s),
+                                 T, t->d_seq_off, nseq, max_len, t->H, t->KV, t->d, 1.0f / sqrtf((float)t->d),
+                                 t->drop.attn > 0 ? &ad : NULL, s),
            "attention backward");
         MARK("attention backward");
         if (!t->gpt2) {
@@ -603,6 +674,9 @@ static bool backward(struct train_cuda *t, uint32_t nseq, uint32_t N, uint32_t m
                             t->norm_scratch, s), "norm 1 backward");
         MARK("norm backward");
     }
+    if (t->drop.embed > 0)
+        CK(cu_dropout_rows(t->dx, CU_F32, NULL, t->dx, C, t->d_seq_off, nseq, N, t->d_seq_key, 0, DROP_EMBED,
+                           t->embed_thr, t->embed_scale, s), "embedding dropout backward");
     CK(cu_embed_backward(t->gw.wte, t->dx, t->d_rows_by_key, t->d_seg_key, t->d_seg_start, nseg_tok, C, s),
        "embedding backward");
     if (t->gpt2)
@@ -632,6 +706,7 @@ static size_t pack(struct train_cuda *t, enum train_objective objective, const s
         if (objective == TRAIN_CLASSIFY && batch->labels[b] >= c->num_labels)
             return 0;
         t->h_seq_off[b] = N;
+        t->h_seq_key[b] = op_dropout_stream(t->drop.seed, batch->sample_base + b); /* grad.c's seq_key */
         const uint32_t first = batch->target_start && batch->target_start[b] ? batch->target_start[b] : 1;
         for (uint32_t i = 0; i < len; i++) {
             const uint32_t id = batch->ids[(size_t)b * T + i];
@@ -684,6 +759,8 @@ bool train_cuda_forward_backward(struct train_cuda *t, enum train_objective obje
            "copying the batch");
     }
     CK(cudaMemcpyAsync(t->d_seq_off, t->h_seq_off, (B + 1) * 4, cudaMemcpyHostToDevice, s), "copying the batch");
+    if (t->drop.embed > 0 || t->drop.attn > 0 || t->drop.resid > 0)
+        CK(cudaMemcpyAsync(t->d_seq_key, t->h_seq_key, (size_t)B * 8, cudaMemcpyHostToDevice, s), "copying the batch");
     CK(cudaMemcpyAsync(t->d_tokens, t->h_tokens, (size_t)N * 4, cudaMemcpyHostToDevice, s), "copying the batch");
     CK(cudaMemcpyAsync(t->d_pos, t->h_pos, (size_t)N * 4, cudaMemcpyHostToDevice, s), "copying the batch");
     CK(cudaMemcpyAsync(t->d_targets, t->h_targets, (objective == TRAIN_LM ? N : B) * 4, cudaMemcpyHostToDevice, s),
@@ -720,6 +797,32 @@ bool train_cuda_forward_backward(struct train_cuda *t, enum train_objective obje
 bool train_cuda_zero_grads(struct train_cuda *t)
 {
     CK(cudaMemsetAsync(t->g, 0, t->layout.total * 4, t->stream), "zeroing the gradients");
+    return true;
+}
+
+bool train_cuda_set_dropout(struct train_cuda *t, const struct train_dropout *d)
+{
+    if (!(d->embed >= 0 && d->embed < 1) || !(d->attn >= 0 && d->attn < 1) || !(d->resid >= 0 && d->resid < 1)) {
+        fail(t, "cuda: dropout probabilities must be in [0, 1) (embed %g, attn %g, resid %g)", d->embed, d->attn,
+             d->resid);
+        return false;
+    }
+    if (d->resid > 0 && !t->branch) {
+        CK(cudaSetDevice(t->device), "selecting the device");
+        CK(cudaMalloc((void **)&t->branch, t->max_rows * t->C * 4), "allocating the residual dropout buffer");
+    }
+    t->drop = *d;
+    cu_dropout_params(d->embed, &t->embed_thr, &t->embed_scale);
+    cu_dropout_params(d->attn, &t->attn_thr, &t->attn_scale);
+    cu_dropout_params(d->resid, &t->resid_thr, &t->resid_scale);
+    return true;
+}
+
+bool train_cuda_grad_buffer(struct train_cuda *t, float **grads, size_t *count, void **stream)
+{
+    *grads = t->g;
+    *count = t->layout.total;
+    *stream = t->stream;
     return true;
 }
 

@@ -21,7 +21,12 @@
  * recomputes the probabilities from it tile by tile: attn_bwd_dq (one block per query tile, also
  * computes D = rowsum(dout ⊙ out)) and then attn_bwd_dkv (one block per key tile and kv head,
  * the group's query heads summed inside the block). Every gradient element is summed by one
- * thread in a fixed order: no atomics, so a training step is bit-reproducible. */
+ * thread in a fixed order: no atomics, so a training step is bit-reproducible.
+ *
+ * Dropout of the probabilities (struct cu_attn_dropout, training only) is a template argument
+ * of every kernel: the instantiations without it, inference's included, are the code they were.
+ * With it, each probability's factor is a hash of its (sequence, head, query, key), so the
+ * backward redraws the forward's mask instead of storing it; the row sums stay unmasked. */
 #include <cuda_bf16.h>
 #include <math.h>
 
@@ -44,10 +49,10 @@ inline size_t simt_smem_bytes(uint32_t d)
     return ((size_t)SIMT_BQ * d + 2 * (size_t)SIMT_BK * stride) * sizeof(float);
 }
 
-template <typename T>
+template <typename T, bool DROP>
 __global__ void __launch_bounds__(SIMT_THREADS)
 attn_simt(T *out, uint32_t ldo, float *lse, const T *qkv, uint32_t ldqkv, const uint32_t *seq_off,
-          uint32_t heads, uint32_t kv_heads, uint32_t d, float scale)
+          uint32_t heads, uint32_t kv_heads, uint32_t d, float scale, cu_attn_dropout drop)
 {
     extern __shared__ float smem[];
     const uint32_t b = blockIdx.z, h = blockIdx.y;
@@ -65,6 +70,9 @@ attn_simt(T *out, uint32_t ldo, float *lse, const T *qkv, uint32_t ldqkv, const 
     const T *kbase = qkv + (size_t)start * ldqkv + (size_t)(heads + kvh) * d;
     const T *vbase = qkv + (size_t)start * ldqkv + (size_t)(heads + kv_heads + kvh) * d;
     const uint32_t q_last = (q0 + SIMT_BQ < len ? q0 + SIMT_BQ : len) - 1;
+    uint64_t drop_key = 0;
+    if constexpr (DROP)
+        drop_key = dev_drop_key(drop.seq_key[b], drop.layer, 1, h);
 
     for (uint32_t i = threadIdx.x; i < SIMT_BQ * d; i += blockDim.x) {
         const uint32_t r = i / d, e = i % d;
@@ -107,9 +115,12 @@ attn_simt(T *out, uint32_t ldo, float *lse, const T *qkv, uint32_t ldqkv, const 
             /* key k0 ≤ i is visible, so the maximum is finite */
             const float m_new = fmaxf(m[qi], warp_max(s));
             const float alpha = expf(m[qi] - m_new); /* 0 on the first tile (m = −inf) */
-            const float p = j <= i ? expf(s - m_new) : 0.0f;
+            float p = j <= i ? expf(s - m_new) : 0.0f;
             l[qi] = l[qi] * alpha + p; /* per-lane partial sums, reduced at the end */
             m[qi] = m_new;
+            if constexpr (DROP) /* P·V takes the masked probability, the row sum the plain one */
+                if (j <= i)
+                    p *= dev_dropout_factor(drop_key, drop.threshold, drop.scale, (uint64_t)i * len + j);
 #pragma unroll
             for (uint32_t r = 0; r < SIMT_DMAX / 32; r++)
                 acc[qi][r] *= alpha;
@@ -234,10 +245,11 @@ __device__ __forceinline__ void load_tile_async(bf16 *tile, const bf16 *base, ui
     }
 }
 
-template <uint32_t D>
+template <uint32_t D, bool DROP>
 __global__ void __launch_bounds__(TC_THREADS)
 attn_tc(bf16 *out, uint32_t ldo, float *lse, const bf16 *qkv, uint32_t ldqkv,
-        const uint32_t *seq_off, uint32_t heads, uint32_t kv_heads, float scale_log2)
+        const uint32_t *seq_off, uint32_t heads, uint32_t kv_heads, float scale_log2,
+        cu_attn_dropout drop)
 {
     constexpr uint32_t LD = D + 8, KD = D / 16, ND = D / 8, NK = TC_BK / 8;
     extern __shared__ __align__(16) unsigned char tc_smem[];
@@ -255,6 +267,9 @@ attn_tc(bf16 *out, uint32_t ldo, float *lse, const bf16 *qkv, uint32_t ldqkv,
     const bf16 *kbase = rows + (size_t)(heads + kvh) * D;
     const bf16 *vbase = rows + (size_t)(heads + kv_heads + kvh) * D;
     const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    uint64_t drop_key = 0;
+    if constexpr (DROP)
+        drop_key = dev_drop_key(drop.seq_key[b], drop.layer, 1, h);
 
     /* Q into the second K buffer; the first key tile starts on its way meanwhile */
     load_tile_async<D>(kbuf, kbase, ldqkv, 0, len);
@@ -347,6 +362,20 @@ attn_tc(bf16 *out, uint32_t ldo, float *lse, const bf16 *qkv, uint32_t ldqkv,
         }
         l0 = l0 * a0 + ls0; /* per-thread partial sums, reduced over the quad at the end */
         l1 = l1 * a1 + ls1;
+        if constexpr (DROP) {
+            /* the sums above are of the plain probabilities; P·V takes the masked ones (element
+             * e of tile nt: key k0 + nt·8 + 2t + (e & 1) of row0 for e < 2, else of row1) */
+#pragma unroll
+            for (uint32_t nt = 0; nt < NK; nt++) {
+#pragma unroll
+                for (uint32_t e = 0; e < 4; e++) {
+                    const uint32_t key = k0 + nt * 8 + 2 * t + (e & 1), qrow = e < 2 ? row0 : row1;
+                    if (qrow < len && key <= qrow)
+                        s[nt][e] *= dev_dropout_factor(drop_key, drop.threshold, drop.scale,
+                                                       (uint64_t)qrow * len + key);
+                }
+            }
+        }
 #pragma unroll
         for (uint32_t dt = 0; dt < ND; dt++) {
             o[dt][0] *= a0;
@@ -394,22 +423,22 @@ attn_tc(bf16 *out, uint32_t ldo, float *lse, const bf16 *qkv, uint32_t ldqkv,
     }
 }
 
-template <uint32_t D>
+template <uint32_t D, bool DROP>
 cudaError_t launch_tc(void *out, uint32_t ldo, float *lse, const void *qkv, uint32_t ldqkv,
                       const uint32_t *seq_off, uint32_t nseq, uint32_t max_len, uint32_t heads,
-                      uint32_t kv_heads, float scale, cudaStream_t s)
+                      uint32_t kv_heads, float scale, const cu_attn_dropout &drop, cudaStream_t s)
 {
     const dim3 grid((max_len + TC_BQ - 1) / TC_BQ, heads, nseq);
     const size_t smem = 4 * (size_t)TC_BK * (D + 8) * sizeof(bf16); /* K, V double-buffered */
     static bool smem_raised; /* once, on the first (eager) call: never inside a graph capture */
     if (smem > 48 * 1024 && !smem_raised) {
-        cudaError_t e = cudaFuncSetAttribute(attn_tc<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        cudaError_t e = cudaFuncSetAttribute(attn_tc<D, DROP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (e != cudaSuccess)
             return e;
         smem_raised = true;
     }
-    attn_tc<D><<<grid, TC_THREADS, smem, s>>>((bf16 *)out, ldo, lse, (const bf16 *)qkv, ldqkv,
-                                              seq_off, heads, kv_heads, scale * 1.4426950408889634f);
+    attn_tc<D, DROP><<<grid, TC_THREADS, smem, s>>>((bf16 *)out, ldo, lse, (const bf16 *)qkv, ldqkv, seq_off,
+                                                    heads, kv_heads, scale * 1.4426950408889634f, drop);
     return cudaGetLastError();
 }
 
@@ -417,6 +446,8 @@ cudaError_t launch_tc(void *out, uint32_t ldo, float *lse, const void *qkv, uint
  * Backward, SIMT (fp32 arithmetic, any head_dim ≤ 128, both element types). With P recomputed as
  * exp(scale·q·kᵀ − lse) and D_i = Σ_e dout_ie · out_ie (= Σ_j P_ij · dP_ij):
  *   dP = dout·vᵀ,  dS = P ⊙ (dP − D),  dQ = scale·dS·K,  dK = scale·dSᵀ·Q,  dV = Pᵀ·dout.
+ * With dropout (mask M, the forward's out = (P ⊙ M)·V): dP is M ⊙ dout·vᵀ and dV = (P ⊙ M)ᵀ·dout;
+ * D = rowsum(dout ⊙ out) = Σ_j P_ij · (M ⊙ dout·vᵀ)_ij still, so it needs no change.
  * Tiles: 16 queries × 32 keys, 4 warps. The score phase is the forward's: lane j scores key
  * k0 + j against the warp's 4 queries (one pass over e for all four, so each key value loaded
  * from shared memory serves 4 products). */
@@ -470,11 +501,11 @@ __device__ __forceinline__ void bwd_scores(float s[BWD_QPW], float dp[BWD_QPW], 
 
 /* dQ of one query tile of one head, walking key tiles 0 .. the diagonal. Also computes and stores
  * D (delta [rows, heads]) for its rows: attn_bwd_dkv, launched after, reads it. */
-template <typename T>
+template <typename T, bool DROP>
 __global__ void __launch_bounds__(BWD_THREADS)
 attn_bwd_dq(T *dqkv, uint32_t lddqkv, const T *dout, uint32_t lddout, const T *out, uint32_t ldout,
             const T *qkv, uint32_t ldqkv, const float *lse, float *delta, const uint32_t *seq_off,
-            uint32_t heads, uint32_t kv_heads, uint32_t d, float scale)
+            uint32_t heads, uint32_t kv_heads, uint32_t d, float scale, cu_attn_dropout drop)
 {
     extern __shared__ float smem[];
     const uint32_t b = blockIdx.z, h = blockIdx.y;
@@ -491,6 +522,9 @@ attn_bwd_dq(T *dqkv, uint32_t lddqkv, const T *dout, uint32_t lddout, const T *o
     const T *rows = qkv + (size_t)start * ldqkv;
     const T *kbase = rows + (size_t)(heads + kvh) * d, *vbase = rows + (size_t)(heads + kv_heads + kvh) * d;
     const uint32_t q_last = (q0 + BWD_BQ < len ? q0 + BWD_BQ : len) - 1;
+    uint64_t drop_key = 0;
+    if constexpr (DROP)
+        drop_key = dev_drop_key(drop.seq_key[b], drop.layer, 1, h);
     stage_rows(qs, d, rows + (size_t)h * d, ldqkv, q0, BWD_BQ, len, d);
     stage_rows(dos, d, dout + (size_t)start * lddout + (size_t)h * d, lddout, q0, BWD_BQ, len, d);
     __syncthreads();
@@ -529,7 +563,11 @@ attn_bwd_dq(T *dqkv, uint32_t lddqkv, const T *dout, uint32_t lddout, const T *o
         for (uint32_t qi = 0; qi < BWD_QPW; qi++) {
             const uint32_t i = q0 + qrow0 + qi;
             const bool seen = i < len && j <= i;
-            const float ds = seen ? expf(s[qi] * scale - row_lse[qi]) * (dp[qi] - row_delta[qi]) : 0.0f;
+            float dpm = dp[qi];
+            if constexpr (DROP)
+                if (seen)
+                    dpm *= dev_dropout_factor(drop_key, drop.threshold, drop.scale, (uint64_t)i * len + j);
+            const float ds = seen ? expf(s[qi] * scale - row_lse[qi]) * (dpm - row_delta[qi]) : 0.0f;
             /* keys this query sees in the tile, the same for the whole warp (a count rather than
              * a `continue` keeps ptxas from spilling) */
             const uint32_t nk = i >= len || k0 > i ? 0 : i - k0 + 1 < BWD_BK ? i - k0 + 1 : BWD_BK;
@@ -562,11 +600,11 @@ attn_bwd_dq(T *dqkv, uint32_t lddqkv, const T *dout, uint32_t lddout, const T *o
 
 /* dK and dV of one key tile of one kv head: walks every query tile from the diagonal to the end
  * of the sequence for each query head of the group, so the group's sum stays in registers. */
-template <typename T>
+template <typename T, bool DROP>
 __global__ void __launch_bounds__(BWD_THREADS)
 attn_bwd_dkv(T *dqkv, uint32_t lddqkv, const T *dout, uint32_t lddout, const T *qkv,
              uint32_t ldqkv, const float *lse, const float *delta, const uint32_t *seq_off,
-             uint32_t heads, uint32_t kv_heads, uint32_t d, float scale)
+             uint32_t heads, uint32_t kv_heads, uint32_t d, float scale, cu_attn_dropout drop)
 {
     extern __shared__ float smem[];
     const uint32_t b = blockIdx.z, kvh = blockIdx.y, k0 = blockIdx.x * BWD_BK; /* longest first */
@@ -596,6 +634,9 @@ attn_bwd_dkv(T *dqkv, uint32_t lddqkv, const T *dout, uint32_t lddout, const T *
             dk[kk][r] = dv[kk][r] = 0.0f;
 
     for (uint32_t h = kvh * group; h < (kvh + 1) * group; h++) {
+        uint64_t drop_key = 0;
+        if constexpr (DROP)
+            drop_key = dev_drop_key(drop.seq_key[b], drop.layer, 1, h);
         for (uint32_t q0 = k0; q0 < len; q0 += BWD_BQ) {
             __syncthreads(); /* the previous query tile is consumed (and the key tile is staged) */
             stage_rows(qs, d, rows + (size_t)h * d, ldqkv, q0, BWD_BQ, len, d);
@@ -615,8 +656,12 @@ attn_bwd_dkv(T *dqkv, uint32_t lddqkv, const T *dout, uint32_t lddout, const T *
                 const uint32_t r = qrow0 + qi, i = q0 + r;
                 const bool seen = i < len && j <= i; /* j ≤ i < len: a real key */
                 const float p = seen ? expf(s[qi] * scale - lse_s[r]) : 0.0f;
-                ps[r * BWD_BK + lane] = p;
-                dss[r * BWD_BK + lane] = seen ? p * (dp[qi] - delta_s[r]) : 0.0f;
+                float f = 1.0f; /* the mask's factor: dV takes M ⊙ P, dS sees M ⊙ dP */
+                if constexpr (DROP)
+                    if (seen)
+                        f = dev_dropout_factor(drop_key, drop.threshold, drop.scale, (uint64_t)i * len + j);
+                ps[r * BWD_BK + lane] = DROP ? p * f : p;
+                dss[r * BWD_BK + lane] = seen ? p * ((DROP ? dp[qi] * f : dp[qi]) - delta_s[r]) : 0.0f;
             }
             __syncthreads();
             /* lanes own head dims, the warp its 8 keys; sum over the tile's real queries */
@@ -669,36 +714,38 @@ cudaError_t allow_smem(K *kernel, size_t bytes)
     return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
 }
 
-template <typename T>
+template <typename T, bool DROP>
 cudaError_t launch_backward(void *dqkv, uint32_t lddqkv, const void *dout, uint32_t lddout,
                             const void *out, uint32_t ldout, const void *qkv, uint32_t ldqkv,
                             const float *lse, float *delta, const uint32_t *seq_off, uint32_t nseq,
                             uint32_t max_len, uint32_t heads, uint32_t kv_heads, uint32_t d,
-                            float scale, cudaStream_t s)
+                            float scale, const cu_attn_dropout &drop, cudaStream_t s)
 {
     const size_t dq_smem = bwd_dq_smem_bytes(d), dkv_smem = bwd_dkv_smem_bytes(d);
-    cudaError_t err = allow_smem(attn_bwd_dq<T>, dq_smem);
+    cudaError_t err = allow_smem(attn_bwd_dq<T, DROP>, dq_smem);
     if (err == cudaSuccess)
-        err = allow_smem(attn_bwd_dkv<T>, dkv_smem);
+        err = allow_smem(attn_bwd_dkv<T, DROP>, dkv_smem);
     if (err != cudaSuccess)
         return err;
     const dim3 dq_grid((max_len + BWD_BQ - 1) / BWD_BQ, heads, nseq);
-    attn_bwd_dq<T><<<dq_grid, BWD_THREADS, dq_smem, s>>>(
+    attn_bwd_dq<T, DROP><<<dq_grid, BWD_THREADS, dq_smem, s>>>(
         (T *)dqkv, lddqkv, (const T *)dout, lddout, (const T *)out, ldout, (const T *)qkv, ldqkv,
-        lse, delta, seq_off, heads, kv_heads, d, scale);
+        lse, delta, seq_off, heads, kv_heads, d, scale, drop);
     if ((err = cudaGetLastError()) != cudaSuccess)
         return err;
     const dim3 dkv_grid((max_len + BWD_BK - 1) / BWD_BK, kv_heads, nseq);
-    attn_bwd_dkv<T><<<dkv_grid, BWD_THREADS, dkv_smem, s>>>(
+    attn_bwd_dkv<T, DROP><<<dkv_grid, BWD_THREADS, dkv_smem, s>>>(
         (T *)dqkv, lddqkv, (const T *)dout, lddout, (const T *)qkv, ldqkv, lse, delta, seq_off,
-        heads, kv_heads, d, scale);
+        heads, kv_heads, d, scale, drop);
     return cudaGetLastError();
 }
 
+template <bool DROP>
 cudaError_t attention_forward(void *out, uint32_t ldo, float *lse, const void *qkv, uint32_t ldqkv,
                               enum cu_dtype t, const uint32_t *seq_off, uint32_t nseq,
                               uint32_t max_len, uint32_t heads, uint32_t kv_heads, uint32_t d,
-                              float scale, enum cu_attn_impl impl, cudaStream_t s)
+                              float scale, enum cu_attn_impl impl, const cu_attn_dropout &drop,
+                              cudaStream_t s)
 {
     if (d == 0 || d > SIMT_DMAX || heads == 0 || kv_heads == 0 || heads % kv_heads)
         return cudaErrorInvalidValue;
@@ -709,19 +756,19 @@ cudaError_t attention_forward(void *out, uint32_t ldo, float *lse, const void *q
                          ((uintptr_t)out % 4) == 0;
     if (impl == CU_ATTN_AUTO && cu_attention_uses_tensor_cores(t, d) && aligned) {
         if (d == 32)
-            return launch_tc<32>(out, ldo, lse, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, s);
+            return launch_tc<32, DROP>(out, ldo, lse, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, drop, s);
         if (d == 64)
-            return launch_tc<64>(out, ldo, lse, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, s);
-        return launch_tc<128>(out, ldo, lse, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, s);
+            return launch_tc<64, DROP>(out, ldo, lse, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, drop, s);
+        return launch_tc<128, DROP>(out, ldo, lse, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, drop, s);
     }
     const dim3 grid((max_len + SIMT_BQ - 1) / SIMT_BQ, heads, nseq);
     const size_t smem = simt_smem_bytes(d); /* ≤ 41,216 bytes for d = 128: under the 48 KB default */
     if (t == CU_BF16)
-        attn_simt<bf16><<<grid, SIMT_THREADS, smem, s>>>((bf16 *)out, ldo, lse, (const bf16 *)qkv,
-                                                         ldqkv, seq_off, heads, kv_heads, d, scale);
+        attn_simt<bf16, DROP><<<grid, SIMT_THREADS, smem, s>>>((bf16 *)out, ldo, lse, (const bf16 *)qkv, ldqkv,
+                                                               seq_off, heads, kv_heads, d, scale, drop);
     else
-        attn_simt<float><<<grid, SIMT_THREADS, smem, s>>>((float *)out, ldo, lse, (const float *)qkv,
-                                                          ldqkv, seq_off, heads, kv_heads, d, scale);
+        attn_simt<float, DROP><<<grid, SIMT_THREADS, smem, s>>>((float *)out, ldo, lse, (const float *)qkv, ldqkv,
+                                                                seq_off, heads, kv_heads, d, scale, drop);
     return cudaGetLastError();
 }
 
@@ -738,8 +785,9 @@ extern "C" cudaError_t cu_attention(void *out, uint32_t ldo, const void *qkv, ui
                                     uint32_t d, float scale, enum cu_attn_impl impl,
                                     cudaStream_t s)
 {
-    return attention_forward(out, ldo, NULL, qkv, ldqkv, t, seq_off, nseq, max_len, heads,
-                             kv_heads, d, scale, impl, s);
+    const cu_attn_dropout none = {};
+    return attention_forward<false>(out, ldo, NULL, qkv, ldqkv, t, seq_off, nseq, max_len, heads,
+                                    kv_heads, d, scale, impl, none, s);
 }
 
 extern "C" cudaError_t cu_attention_train(void *out, uint32_t ldo, float *lse, const void *qkv,
@@ -747,10 +795,14 @@ extern "C" cudaError_t cu_attention_train(void *out, uint32_t ldo, float *lse, c
                                           const uint32_t *seq_off, uint32_t nseq,
                                           uint32_t max_len, uint32_t heads, uint32_t kv_heads,
                                           uint32_t d, float scale, enum cu_attn_impl impl,
-                                          cudaStream_t s)
+                                          const struct cu_attn_dropout *drop, cudaStream_t s)
 {
-    return attention_forward(out, ldo, lse, qkv, ldqkv, t, seq_off, nseq, max_len, heads,
-                             kv_heads, d, scale, impl, s);
+    if (drop)
+        return attention_forward<true>(out, ldo, lse, qkv, ldqkv, t, seq_off, nseq, max_len, heads,
+                                       kv_heads, d, scale, impl, *drop, s);
+    const cu_attn_dropout none = {};
+    return attention_forward<false>(out, ldo, lse, qkv, ldqkv, t, seq_off, nseq, max_len, heads,
+                                    kv_heads, d, scale, impl, none, s);
 }
 
 extern "C" cudaError_t cu_attention_backward(void *dqkv, uint32_t lddqkv, const void *dout,
@@ -759,15 +811,18 @@ extern "C" cudaError_t cu_attention_backward(void *dqkv, uint32_t lddqkv, const 
                                              float *delta, enum cu_dtype t,
                                              const uint32_t *seq_off, uint32_t nseq,
                                              uint32_t max_len, uint32_t heads, uint32_t kv_heads,
-                                             uint32_t d, float scale, cudaStream_t s)
+                                             uint32_t d, float scale,
+                                             const struct cu_attn_dropout *drop, cudaStream_t s)
 {
     if (d == 0 || d > SIMT_DMAX || heads == 0 || kv_heads == 0 || heads % kv_heads)
         return cudaErrorInvalidValue;
     if (nseq == 0 || max_len == 0)
         return cudaSuccess;
+    const cu_attn_dropout none = {};
+#define BWD_ARGS dqkv, lddqkv, dout, lddout, out, ldout, qkv, ldqkv, lse, delta, seq_off, nseq, max_len, \
+                 heads, kv_heads, d, scale
     if (t == CU_BF16)
-        return launch_backward<bf16>(dqkv, lddqkv, dout, lddout, out, ldout, qkv, ldqkv, lse, delta,
-                                     seq_off, nseq, max_len, heads, kv_heads, d, scale, s);
-    return launch_backward<float>(dqkv, lddqkv, dout, lddout, out, ldout, qkv, ldqkv, lse, delta,
-                                  seq_off, nseq, max_len, heads, kv_heads, d, scale, s);
+        return drop ? launch_backward<bf16, true>(BWD_ARGS, *drop, s) : launch_backward<bf16, false>(BWD_ARGS, none, s);
+    return drop ? launch_backward<float, true>(BWD_ARGS, *drop, s) : launch_backward<float, false>(BWD_ARGS, none, s);
+#undef BWD_ARGS
 }

@@ -1,5 +1,6 @@
 /* cuda_internal.h — what the CUDA backend's files (and its tests) share: the element types, the
- * kernel launchers of kernels.cu and attention.cu, the cuBLASLt wrapper of gemm.c (forward and
+ * kernel launchers of kernels.cu, attention.cu and decode.cu (generation's KV cache, decode
+ * attention, argmax), the cuBLASLt wrapper of gemm.c (forward and
  * backward GEMMs; gemm_kernels.cu holds its bias-gradient kernel). The training kernels are in
  * cuda_train.h.
  *
@@ -122,25 +123,76 @@ cudaError_t cu_attention(void *out, uint32_t ldo, const void *qkv, uint32_t ldqk
                          float scale, enum cu_attn_impl impl, cudaStream_t s);
 /* Whether the tensor-core kernel serves (t, d) under CU_ATTN_AUTO. */
 bool cu_attention_uses_tensor_cores(enum cu_dtype t, uint32_t d);
+/* Dropout of the attention probabilities (training), train/grad.c's masks on the device: the
+ * probability of query i and key j (positions in a sequence of len tokens) of head h of
+ * sequence b is multiplied by op_dropout_factor of element i·len + j of the stream
+ * op_dropout_stream(op_dropout_stream(seq_key[b], layer·4 + 1), h) (place 1 of grad.c's
+ * drop_stream). The softmax's statistics (row sum, lse) stay those of the unmasked
+ * probabilities, as on the CPU. A NULL pointer to it is no dropout: the kernels without it. */
+struct cu_attn_dropout {
+    const uint64_t *seq_key; /* device, [nseq]: op_dropout_stream(seed, sample) per sequence */
+    uint32_t layer;
+    uint32_t threshold; /* op_dropout's: dropped when the 32-bit hash is below p·2³² */
+    float scale;        /* 1 / (1 − p) */
+};
 /* cu_attention for training: also writes lse [rows, heads] (fp32, row-major, the sequences' rows
  * only), each query row's ln Σ_j exp(scale·q·k_j) over its visible keys, from which
- * cu_attention_backward recomputes the probabilities. lse = NULL is cu_attention. */
+ * cu_attention_backward recomputes the probabilities. lse = NULL and drop = NULL is
+ * cu_attention. drop (NULL = none): the masks above, the same given to cu_attention_backward. */
 cudaError_t cu_attention_train(void *out, uint32_t ldo, float *lse, const void *qkv, uint32_t ldqkv,
                                enum cu_dtype t, const uint32_t *seq_off, uint32_t nseq,
                                uint32_t max_len, uint32_t heads, uint32_t kv_heads, uint32_t d,
-                               float scale, enum cu_attn_impl impl, cudaStream_t s);
+                               float scale, enum cu_attn_impl impl,
+                               const struct cu_attn_dropout *drop, cudaStream_t s);
 /* Gradient of cu_attention (FlashAttention-2's backward, fp32 arithmetic, any head_dim ≤ 128):
  * from dout [rows, heads·d] (row stride lddout) and the forward's qkv, out (row stride ldout) and
  * lse (cu_attention_train), writes dqkv rows [dq (heads·d) | dk (kv_heads·d) | dv (kv_heads·d)]
  * (type t, row stride lddqkv; a kv head's dk, dv sum over its query heads). Every element of
  * the sequences' rows is written (=, not +=), nothing else. delta: scratch of rows·heads floats
- * (rowsum(dout ⊙ out), left there). Deterministic: no atomics, fixed summation order. */
+ * (rowsum(dout ⊙ out), left there). Deterministic: no atomics, fixed summation order. drop: the
+ * forward's (NULL = none); then dP is masked, dV takes the masked P, as
+ * op_attend_block_backward. */
 cudaError_t cu_attention_backward(void *dqkv, uint32_t lddqkv, const void *dout, uint32_t lddout,
                                   const void *out, uint32_t ldout, const void *qkv, uint32_t ldqkv,
                                   const float *lse, float *delta, enum cu_dtype t,
                                   const uint32_t *seq_off, uint32_t nseq, uint32_t max_len,
                                   uint32_t heads, uint32_t kv_heads, uint32_t d, float scale,
-                                  cudaStream_t s);
+                                  const struct cu_attn_dropout *drop, cudaStream_t s);
+
+/* ---- generation (decode.cu) ---- */
+
+/* The KV cache of one layer: [max_batch][kv_tokens][kv_heads · d] of type t, the k (v) part of
+ * each token's qkv row at cache row kvrow = slot · kv_tokens + position. kvrow[row] = CU_KV_NONE:
+ * a padding row of a graph bucket (nothing stored, zeros out). */
+#define CU_KV_NONE UINT32_MAX
+/* kc/vc[kvrow[row]] = the k/v parts of qkv row `row` (width = kv_heads · d values each, k at
+ * element koff of the row, v right after it; row stride ldqkv), for rows 0..n-1. */
+cudaError_t cu_kv_store(void *kc, void *vc, const void *qkv, uint32_t ldqkv, uint32_t koff,
+                        uint32_t width, const uint32_t *kvrow, uint32_t n, enum cu_dtype t,
+                        cudaStream_t s);
+/* Attention of one new query per row over its cached keys: row `row` is at position pos[row] of
+ * the cache slot kvrow[row] − pos[row] (the slot's row 0) and sees cache positions 0..pos[row]
+ * (its own key included: store it first). q rows [heads · d] (row stride ldq, e.g. the qkv rows
+ * after RoPE); kc/vc one layer's cache; grouped-query heads as cu_attention; out rows [heads · d]
+ * (row stride ldo). fp32 softmax and accumulation for both types, any cache length, d ≤ 128
+ * (cudaErrorInvalidValue otherwise). */
+cudaError_t cu_decode_attention(void *out, uint32_t ldo, const void *q, uint32_t ldq,
+                                const void *kc, const void *vc, const uint32_t *kvrow,
+                                const uint32_t *pos, uint32_t n, uint32_t heads, uint32_t kv_heads,
+                                uint32_t d, float scale, enum cu_dtype t, cudaStream_t s);
+/* out[row] = the index of the largest of x[row, 0..n-1] (row stride ld), the lower index on a
+ * tie (model_sample's greedy choice); rows 0..rows-1. */
+cudaError_t cu_argmax_rows(uint32_t *out, const float *x, uint32_t rows, uint32_t n, size_t ld,
+                           cudaStream_t s);
+
+/* Test hook of model_cuda_generate (engine.c): after each pass (the prefill, then every decode
+ * step) fn gets the fp32 logits [n, vocab] of the n running rows, row k of them being the batch's
+ * row rows[k], before the tokens are chosen from them. The logits come to the host only while a
+ * hook is set. fn = NULL removes it. */
+typedef void (*cu_generate_hook)(void *user, const uint32_t *rows, uint32_t n, const float *logits,
+                                 uint32_t vocab);
+struct model_cuda;
+void cu_engine_set_generate_hook(struct model_cuda *e, cu_generate_hook fn, void *user);
 
 /* ---- GEMMs through cuBLASLt (gemm.c) ---- */
 

@@ -1,7 +1,7 @@
 /* cuda_train.h — launchers of the CUDA training kernels (train_kernels.cu) other than attention
  * and the GEMMs: norm, GELU, SwiGLU and RoPE backward, the embedding gradient, the
- * classification head's tanh and pooling backward, fused softmax + cross-entropy, AdamW and the
- * gradient norm.
+ * classification head's tanh and pooling backward, fused softmax + cross-entropy, the residual
+ * and embedding dropout, AdamW and the gradient norm.
  *
  * Conventions of cuda_internal.h (rows are tokens, T = fp32 or bf16 with fp32 arithmetic, every
  * launcher enqueues on its stream and returns cudaGetLastError()). Gradients: of weights always
@@ -92,6 +92,25 @@ cudaError_t cu_pool_backward(void *dxn, const float *dpooled, const void *xn, en
  * A target of CU_XENT_IGNORE (or any value ≥ v) gives loss 0 and a zero row. */
 cudaError_t cu_softmax_xent(float *z, size_t ld, float *loss, const uint32_t *target,
                             uint32_t rows, uint32_t v, float scale, cudaStream_t s);
+
+/* ---- dropout (train/grad.c's masks, drawn on the device) ---- */
+
+/* op_dropout's threshold and scale for probability p (train/grad.c's drop_stream). */
+static inline void cu_dropout_params(float p, uint32_t *threshold, float *scale)
+{
+    const double t = (double)p * 4294967296.0;
+    *threshold = t >= 4294967295.0 ? UINT32_MAX : (uint32_t)t;
+    *scale = 1.0f / (1.0f - p);
+}
+/* grad.c's drop_rows over the packed rows of nseq sequences (seq_off [nseq + 1], device; rows
+ * 0 .. seq_off[nseq] − 1, row stride c): dst (type t) = (base +) M ⊙ src, all fp32 but dst, where
+ * M of row i of sequence b, column j is op_dropout_factor of element i·c + j of the stream
+ * op_dropout_stream(op_dropout_stream(seq_key[b], layer·4 + place), 0). The product and the sum
+ * are rounded separately, as on the CPU. base may be NULL; dst may be src or base (fp32). */
+cudaError_t cu_dropout_rows(void *dst, enum cu_dtype t, const float *base, const float *src,
+                            uint32_t c, const uint32_t *seq_off, uint32_t nseq, uint32_t rows,
+                            const uint64_t *seq_key, uint32_t layer, uint32_t place,
+                            uint32_t threshold, float scale, cudaStream_t s);
 
 /* dst (type t) = src (fp32) over count values: the bf16 mirror of the parameters, and fp32
  * gradients as the bf16 operand of a backward GEMM. */

@@ -21,6 +21,18 @@
  *   each add rounds the stream to bf16 once more.
  * - per call: the packed token ids, their positions and seq_off[batch + 1], copied from pinned
  *   host memory; scores (and pooled states, logits) copied back into pinned memory.
+ * - generation (the kv_tokens option): a KV cache [layers][max_batch][kv_tokens][kv_heads · d]
+ *   of type T for K and V (its own allocation, made at create), the position tables (wpe, RoPE)
+ *   for kv_tokens positions, and per row its cache row kvrow = slot · kv_tokens + position.
+ *
+ * Generation (model_cuda_generate) runs model_generate's loop with the same passes as the other
+ * calls: the prefill is the packed forward over the prompts (TAIL_PREFILL: also stores each
+ * layer's K, after RoPE, and V in the cache; the last rows' logits), each decode step the same
+ * enqueue over one new token per running row (TAIL_DECODE: attention by cu_decode_attention over
+ * the row's cache instead of cu_attention, the LM head on every row). Greedy picks the tokens on
+ * the device (cu_argmax_rows: batch ids come back per step); sampling copies the rows' logits to
+ * pinned memory and draws with the CPU's model_sample from the same per-row streams. Decode steps
+ * are graph buckets too (rows rounded up to a power of two, padding rows store nothing).
  *
  * CUDA graphs: kernels read every per-call value from those fixed device buffers, so a graph
  * depends only on the launch shapes: (batch bucket, token bucket, length bucket, head). With
@@ -69,7 +81,9 @@ struct cu_layer {
     void *down_w, *down_b; /* bias XT */
 };
 
-enum tail { TAIL_CLASSIFY = 0, TAIL_LAST_LOGITS };
+/* What a pass computes after the stack; PREFILL and DECODE also store keys and values in the KV
+ * cache (generation). */
+enum tail { TAIL_CLASSIFY = 0, TAIL_LAST_LOGITS, TAIL_PREFILL, TAIL_DECODE };
 
 struct graph_slot {
     bool used;
@@ -108,10 +122,22 @@ struct model_cuda {
     float *pooled32, *head32, *scores, *logits;
     void *pooled_t, *head_t;
     uint32_t *d_seq_off, *d_tokens, *d_pos;
+    uint32_t *d_kvrow, *d_next; /* generation: [max_tokens] cache rows, [max_batch] chosen ids */
+
+    /* generation: the KV cache (kv_cap positions per slot, 0 = none) */
+    uint32_t kv_cap, positions; /* positions: rows of the wpe / RoPE tables */
+    void *kvblock, *kcache, *vcache;
+    size_t kvbytes, kv_layer; /* kv_layer: elements of one layer's K (or V) cache */
+    struct model_rng *gen_rng;  /* host, [max_batch]: each row's sampling stream */
+    uint32_t *gen_pos, *gen_active;        /* [max_batch] */
+    struct model_candidate *gen_cand;      /* [vocab]: model_sample's scratch */
+    cu_generate_hook gen_hook;             /* tests: each pass's logits */
+    void *gen_hook_user;
 
     /* pinned host memory */
-    uint32_t *h_in; /* seq_off [max_batch + 1], tokens [max_tokens], pos [max_tokens] */
-    uint32_t *h_seq_off, *h_tokens, *h_pos;
+    uint32_t *h_in; /* seq_off [max_batch + 1], tokens, pos [max_tokens]; generation: kvrow
+                     * [max_tokens], next [max_batch] */
+    uint32_t *h_seq_off, *h_tokens, *h_pos, *h_kvrow, *h_next;
     float *h_out;
     size_t h_out_floats;
 
@@ -212,7 +238,7 @@ static void place_weights(struct model_cuda *e, struct placer *p, const float *r
     const size_t C = e->C;
     e->wte = place(p, w->wte, (size_t)e->V * C, (size_t)e->Vp * C, T);
     if (e->gpt2)
-        e->wpe = place(p, w->wpe, (size_t)e->opt.max_seq * C, (size_t)e->opt.max_seq * C, T);
+        e->wpe = place(p, w->wpe, (size_t)e->positions * C, (size_t)e->positions * C, T);
     for (uint32_t l = 0; l < e->m->cfg.layers; l++) {
         const struct model_layer_weights *lw = &w->layers[l];
         struct cu_layer *cl = &e->layers[l];
@@ -239,7 +265,7 @@ static void place_weights(struct model_cuda *e, struct placer *p, const float *r
         e->cls_out_b = place(p, w->cls_out_b, e->L, e->L, F32);
     }
     if (!e->gpt2) {
-        const size_t n = (size_t)e->opt.max_seq * (e->d / 2);
+        const size_t n = (size_t)e->positions * (e->d / 2);
         e->rope_cos = place(p, rope_cos, n, n, F32);
         e->rope_sin = place(p, rope_sin, n, n, F32);
     }
@@ -253,7 +279,7 @@ static bool upload_weights(struct model_cuda *e)
     CK(cudaMalloc(&e->wblock, e->wbytes), "allocating the weights");
     char *image = malloc(e->wbytes);
     float *rope = NULL;
-    const size_t rope_n = e->gpt2 ? 0 : (size_t)e->opt.max_seq * (e->d / 2);
+    const size_t rope_n = e->gpt2 ? 0 : (size_t)e->positions * (e->d / 2);
     if (rope_n)
         rope = malloc(2 * rope_n * sizeof(float));
     if (!image || (rope_n && !rope)) {
@@ -263,7 +289,7 @@ static bool upload_weights(struct model_cuda *e)
         return false;
     }
     if (rope_n)
-        op_rope_tables(rope, rope + rope_n, e->opt.max_seq, e->d, e->m->cfg.rope_theta);
+        op_rope_tables(rope, rope + rope_n, e->positions, e->d, e->m->cfg.rope_theta);
     memset(image, 0, e->wbytes); /* alignment gaps: no uninitialised bytes on the device */
     struct placer fill = {.image = image, .dev = e->wblock};
     place_weights(e, &fill, rope, rope ? rope + rope_n : NULL);
@@ -298,11 +324,15 @@ static void place_activations(struct model_cuda *e, char *base, size_t *total)
     CARVE(head32, float *, B * C * sizeof(float));
     CARVE(head_t, void *, B * C * ts);
     CARVE(scores, float *, B * (e->L ? e->L : 1) * sizeof(float));
-    if (e->opt.lm_head)
+    if (e->opt.lm_head || e->kv_cap)
         CARVE(logits, float *, B * e->Vp * sizeof(float));
     CARVE(d_seq_off, uint32_t *, (B + 1) * sizeof(uint32_t));
     CARVE(d_tokens, uint32_t *, N * sizeof(uint32_t));
     CARVE(d_pos, uint32_t *, N * sizeof(uint32_t));
+    if (e->kv_cap) {
+        CARVE(d_kvrow, uint32_t *, N * sizeof(uint32_t));
+        CARVE(d_next, uint32_t *, B * sizeof(uint32_t));
+    }
 #undef CARVE
     *total = off;
 }
@@ -322,10 +352,15 @@ void model_cuda_free(struct model_cuda *e)
     cu_gemm_free(e->gemm);
     cudaFree(e->wblock);
     cudaFree(e->ablock);
+    cudaFree(e->kvblock);
     cudaFreeHost(e->h_in);
     cudaFreeHost(e->h_out);
     if (e->stream)
         cudaStreamDestroy(e->stream);
+    free(e->gen_rng);
+    free(e->gen_pos);
+    free(e->gen_active);
+    free(e->gen_cand);
     free(e->layers);
     free(e);
 }
@@ -342,6 +377,17 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
     }
     if (!cu_model_fits(c, o->device, o->max_batch, o->max_seq, err, errlen))
         return NULL;
+    /* as the CPU runner: a cache holds at least the longest prompt */
+    const uint32_t kv_cap = o->kv_tokens ? (o->kv_tokens > o->max_seq ? o->kv_tokens : o->max_seq) : 0;
+    if (kv_cap && c->arch == MODEL_ARCH_GPT2 && kv_cap > c->max_positions) {
+        snprintf(err, errlen, "cuda: a KV cache of %u positions asked but the model has %u (n_positions)",
+                 kv_cap, c->max_positions);
+        return NULL;
+    }
+    if (kv_cap && (uint64_t)o->max_batch * kv_cap >= CU_KV_NONE) {
+        snprintf(err, errlen, "cuda: a KV cache of %u × %u positions is too large", o->max_batch, kv_cap);
+        return NULL;
+    }
     struct model_cuda *e = calloc(1, sizeof(*e));
     if (!e || !(e->layers = calloc(c->layers ? c->layers : 1, sizeof(struct cu_layer)))) {
         free(e);
@@ -368,6 +414,8 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
     e->L = e->has_cls ? c->num_labels : 0;
     e->norm = !e->gpt2 ? CU_NORM_RMS : c->norm == MODEL_NORM_UER ? CU_NORM_LAYER_UER : CU_NORM_LAYER;
     e->max_tokens = (size_t)o->max_batch * o->max_seq;
+    e->kv_cap = kv_cap;
+    e->positions = kv_cap > o->max_seq ? kv_cap : o->max_seq;
 
     bool ok = true;
     if (cudaSetDevice(o->device) != cudaSuccess ||
@@ -401,10 +449,41 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
             }
         }
     }
+    if (ok && kv_cap) {
+        /* a decode step reads only positions its row has written; cleared anyway so that no
+         * byte of the cache is undefined */
+        e->kv_layer = (size_t)o->max_batch * kv_cap * e->KV * e->d;
+        e->kvbytes = 2 * (size_t)c->layers * e->kv_layer * e->ts;
+        cudaError_t ce = cudaMalloc(&e->kvblock, e->kvbytes ? e->kvbytes : 1);
+        if (ce != cudaSuccess) {
+            fail(e, "cuda: cannot allocate %zu MiB of KV cache for %u × %u positions: %s",
+                 e->kvbytes >> 20, o->max_batch, kv_cap, cudaGetErrorString(ce));
+            ok = false;
+        } else {
+            e->kcache = e->kvblock;
+            e->vcache = (char *)e->kvblock + e->kvbytes / 2;
+            ce = cudaMemsetAsync(e->kvblock, 0, e->kvbytes, e->stream);
+            if (ce == cudaSuccess)
+                ce = cudaStreamSynchronize(e->stream);
+            if (ce != cudaSuccess) {
+                fail(e, "cuda: clearing the KV cache: %s", cudaGetErrorString(ce));
+                ok = false;
+            }
+        }
+        e->gen_rng = malloc(o->max_batch * sizeof(*e->gen_rng));
+        e->gen_pos = malloc(o->max_batch * sizeof(uint32_t));
+        e->gen_active = malloc(o->max_batch * sizeof(uint32_t));
+        e->gen_cand = malloc((size_t)e->V * sizeof(*e->gen_cand));
+        if (ok && (!e->gen_rng || !e->gen_pos || !e->gen_active || !e->gen_cand)) {
+            fail(e, "cuda: out of host memory");
+            ok = false;
+        }
+    }
     if (ok) {
-        const size_t in_words = (size_t)o->max_batch + 1 + 2 * e->max_tokens;
+        const size_t in_words = (size_t)o->max_batch + 1 + 2 * e->max_tokens +
+                                (kv_cap ? e->max_tokens + o->max_batch : 0);
         e->h_out_floats = (size_t)o->max_batch * (e->L + e->C);
-        if (o->lm_head && (size_t)o->max_batch * e->V > e->h_out_floats)
+        if ((o->lm_head || kv_cap) && (size_t)o->max_batch * e->V > e->h_out_floats)
             e->h_out_floats = (size_t)o->max_batch * e->V;
         if (cudaMallocHost((void **)&e->h_in, in_words * sizeof(uint32_t)) != cudaSuccess ||
             cudaMallocHost((void **)&e->h_out, e->h_out_floats * sizeof(float)) != cudaSuccess) {
@@ -414,6 +493,10 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
             e->h_seq_off = e->h_in;
             e->h_tokens = e->h_in + o->max_batch + 1;
             e->h_pos = e->h_tokens + e->max_tokens;
+            if (kv_cap) {
+                e->h_kvrow = e->h_pos + e->max_tokens;
+                e->h_next = e->h_kvrow + e->max_tokens;
+            }
         }
     }
     if (!ok) {
@@ -426,7 +509,7 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
 
 size_t model_cuda_bytes(const struct model_cuda *e)
 {
-    return e->wbytes + e->abytes + CU_GEMM_WORKSPACE_BYTES;
+    return e->wbytes + e->abytes + e->kvbytes + CU_GEMM_WORKSPACE_BYTES;
 }
 
 const char *model_cuda_error(const struct model_cuda *e) { return e->err; }
@@ -440,13 +523,15 @@ const char *model_cuda_error(const struct model_cuda *e) { return e->err; }
     } while (0)
 
 /* Enqueues the stack and the head for the current launch shapes (e->nseq sequences, e->rows
- * rows, lengths ≤ e->max_len). No host synchronisation: this is what a graph captures. */
+ * rows, lengths ≤ e->max_len; a decode step: e->rows rows of one new token each, at the cache
+ * rows d_kvrow). No host synchronisation: this is what a graph captures. */
 static bool enqueue(struct model_cuda *e, enum tail tail)
 {
     const cudaStream_t s = e->stream;
     const enum cu_dtype T = e->t, XT = e->xt;
-    const uint32_t n = e->rows, C = e->C, Hd = e->H * e->d;
-    const float eps = e->m->cfg.norm_eps;
+    const uint32_t n = e->rows, C = e->C, Hd = e->H * e->d, KVd = e->KV * e->d;
+    const float eps = e->m->cfg.norm_eps, scale = 1.0f / sqrtf((float)e->d);
+    const bool store_kv = tail == TAIL_PREFILL || tail == TAIL_DECODE;
 
     cu_profile_start(e->prof, s);
     CK(cu_embed(e->x, XT, e->wte, e->gpt2 ? e->wpe : NULL, T, e->d_tokens, e->d_pos, n, C, s), "embedding");
@@ -462,8 +547,19 @@ static bool enqueue(struct model_cuda *e, enum tail tail)
                        e->rope_sin, s), "rope");
             cu_profile_mark(e->prof, "rope", s);
         }
-        CK(cu_attention(e->att, Hd, e->qkv, e->QKV, T, e->d_seq_off, e->nseq, e->max_len, e->H,
-                        e->KV, e->d, 1.0f / sqrtf((float)e->d), CU_ATTN_AUTO, s), "attention");
+        void *kc = NULL, *vc = NULL;
+        if (store_kv) {
+            kc = (char *)e->kcache + (size_t)l * e->kv_layer * e->ts;
+            vc = (char *)e->vcache + (size_t)l * e->kv_layer * e->ts;
+            CK(cu_kv_store(kc, vc, e->qkv, e->QKV, Hd, KVd, e->d_kvrow, n, T, s), "kv cache store");
+            cu_profile_mark(e->prof, "kv store", s);
+        }
+        if (tail == TAIL_DECODE)
+            CK(cu_decode_attention(e->att, Hd, e->qkv, e->QKV, kc, vc, e->d_kvrow, e->d_pos, n, e->H,
+                                   e->KV, e->d, scale, T, s), "decode attention");
+        else
+            CK(cu_attention(e->att, Hd, e->qkv, e->QKV, T, e->d_seq_off, e->nseq, e->max_len, e->H,
+                            e->KV, e->d, scale, CU_ATTN_AUTO, s), "attention");
         cu_profile_mark(e->prof, "attention", s);
         GEMM(T, XT, e->x, C, e->att, Hd, cl->o_w, cl->o_b, n, Hd, C, true, false);
         cu_profile_mark(e->prof, "gemm o +residual", s);
@@ -500,6 +596,9 @@ static bool enqueue(struct model_cuda *e, enum tail tail)
         GEMM(T, CU_F32, e->scores, e->L, e->head_t, C, e->cls_out_w, e->cls_out_b, e->nseq, C,
              e->L, false, false);
         CK(cu_softmax_rows(e->scores, e->nseq, e->L, e->L, s), "softmax");
+    } else if (tail == TAIL_DECODE) {
+        /* one row per running sequence: the head reads xn as it is */
+        GEMM(T, CU_F32, e->logits, e->Vp, e->xn, C, e->head, NULL, n, C, e->Vp, false, false);
     } else {
         CK(cu_gather_last(e->head_t, e->xn, T, C, e->d_seq_off, e->nseq, s), "last rows");
         GEMM(T, CU_F32, e->logits, e->Vp, e->head_t, C, e->head, NULL, e->nseq, C, e->Vp, false,
@@ -631,6 +730,9 @@ static bool run(struct model_cuda *e, enum tail tail)
                        cudaMemcpyHostToDevice, s), "copying the batch");
     CK(cudaMemcpyAsync(e->d_pos, e->h_pos, e->rows * sizeof(uint32_t), cudaMemcpyHostToDevice, s),
        "copying the batch");
+    if (tail == TAIL_PREFILL || tail == TAIL_DECODE)
+        CK(cudaMemcpyAsync(e->d_kvrow, e->h_kvrow, e->rows * sizeof(uint32_t),
+                           cudaMemcpyHostToDevice, s), "copying the batch");
     if (!e->opt.graphs)
         return enqueue(e, tail);
     struct graph_slot *g = graph_find(e, tail);
@@ -672,7 +774,7 @@ bool model_cuda_classify(struct model_cuda *e, const uint32_t *ids, const uint32
 bool model_cuda_last_logits(struct model_cuda *e, const uint32_t *ids, const uint32_t *lengths,
                             uint32_t batch, uint32_t seq, float *logits)
 {
-    if (!e->opt.lm_head) {
+    if (!e->logits) {
         fail(e, "cuda: the engine was created without room for the LM head (lm_head option)");
         return false;
     }
@@ -686,4 +788,121 @@ bool model_cuda_last_logits(struct model_cuda *e, const uint32_t *ids, const uin
     cu_profile_collect(e->prof, true);
     memcpy(logits, e->h_out, (size_t)batch * e->V * sizeof(float));
     return true;
+}
+
+/* ---- generation ---- */
+
+/* The launch shapes of a decode step over n rows whose tokens, positions and cache rows the
+ * caller has put in h_tokens, h_pos, h_kvrow [0, n): one sequence per row. With graphs the rows
+ * are rounded up to a power of two; padding rows take token 0 at position 0 and store nothing. */
+static void pack_decode(struct model_cuda *e, uint32_t n)
+{
+    e->batch = e->nseq = e->rows = n;
+    e->max_len = 1;
+    if (e->opt.graphs) {
+        const uint32_t bucket = pow2_at_least(n);
+        e->nseq = e->rows = bucket < e->opt.max_batch ? bucket : e->opt.max_batch;
+    }
+    for (uint32_t k = 0; k <= e->nseq; k++)
+        e->h_seq_off[k] = k < n ? k : n;
+    for (uint32_t r = n; r < e->rows; r++) {
+        e->h_tokens[r] = e->h_pos[r] = 0;
+        e->h_kvrow[r] = CU_KV_NONE;
+    }
+}
+
+void cu_engine_set_generate_hook(struct model_cuda *e, cu_generate_hook fn, void *user)
+{
+    e->gen_hook = fn;
+    e->gen_hook_user = user;
+}
+
+/* The next token of each of the first n rows of e->logits into e->h_next: greedy on the device
+ * (only the ids come back), else the rows' logits to pinned memory and model_sample from row
+ * gen_active[k]'s stream. Waits for the stream. */
+static bool choose_tokens(struct model_cuda *e, uint32_t n, const struct model_sampling *sp)
+{
+    const cudaStream_t s = e->stream;
+    const bool greedy = sp->temperature <= 0.0f;
+    if (greedy) {
+        CK(cu_argmax_rows(e->d_next, e->logits, n, e->V, e->Vp, s), "argmax");
+        cu_profile_mark(e->prof, "token choice", s);
+        CK(cudaMemcpyAsync(e->h_next, e->d_next, n * sizeof(uint32_t), cudaMemcpyDeviceToHost, s),
+           "copying the tokens");
+    }
+    if (!greedy || e->gen_hook)
+        CK(cudaMemcpy2DAsync(e->h_out, (size_t)e->V * sizeof(float), e->logits,
+                             (size_t)e->Vp * sizeof(float), (size_t)e->V * sizeof(float), n,
+                             cudaMemcpyDeviceToHost, s), "copying the logits");
+    CK(cudaStreamSynchronize(s), "running the model");
+    if (e->gen_hook)
+        e->gen_hook(e->gen_hook_user, e->gen_active, n, e->h_out, e->V);
+    for (uint32_t k = 0; !greedy && k < n; k++)
+        e->h_next[k] = model_sample(e->h_out + (size_t)k * e->V, e->V, sp,
+                                    &e->gen_rng[e->gen_active[k]], e->gen_cand);
+    return true;
+}
+
+bool model_cuda_generate(struct model_cuda *e, const uint32_t *ids, const uint32_t *lengths,
+                         uint32_t batch, uint32_t seq, const struct model_sampling *sampling,
+                         uint32_t max_new, uint32_t *out, uint32_t *out_len)
+{
+    const struct model_sampling greedy = {0};
+    const struct model_sampling *sp = sampling ? sampling : &greedy;
+    if (!e->kv_cap) {
+        fail(e, "cuda: the engine was created without a KV cache (kv_tokens option)");
+        return false;
+    }
+    if (!ids || !lengths || !out || !out_len) {
+        fail(e, "cuda: generate needs ids, lengths, out and out_len");
+        return false;
+    }
+    if (max_new == 0 || (uint64_t)seq + max_new > e->kv_cap) {
+        fail(e, "cuda: %u prompt positions and %u new tokens (at least 1) do not fit the KV "
+             "cache's %u positions (kv_tokens)", seq, max_new, e->kv_cap);
+        return false;
+    }
+    if (!pack(e, ids, lengths, batch, seq))
+        return false;
+    const uint32_t cap = e->kv_cap;
+    /* the prompts' cache rows: sequence b in slot b from position 0 */
+    for (uint32_t b = 0; b < batch; b++)
+        for (uint32_t i = 0; i < lengths[b]; i++)
+            e->h_kvrow[e->h_seq_off[b] + i] = b * cap + i;
+    for (uint32_t r = e->h_seq_off[batch]; r < e->rows; r++)
+        e->h_kvrow[r] = CU_KV_NONE;
+    memset(out, 0, (size_t)batch * max_new * sizeof(uint32_t));
+    for (uint32_t b = 0; b < batch; b++) {
+        model_sample_rng(&e->gen_rng[b], sp, b);
+        e->gen_pos[b] = lengths[b];
+        e->gen_active[b] = b;
+        out_len[b] = 0;
+    }
+    if (!run(e, TAIL_PREFILL) || !choose_tokens(e, batch, sp))
+        return false;
+    uint32_t nactive = batch;
+    for (;;) {
+        /* as model_generate: keep each row's token, drop the rows that are done */
+        uint32_t still = 0;
+        for (uint32_t k = 0; k < nactive; k++) {
+            const uint32_t b = e->gen_active[k], tok = e->h_next[k];
+            out[(size_t)b * max_new + out_len[b]++] = tok;
+            if (out_len[b] < max_new && (sp->ignore_sep || tok != MODEL_TOKEN_SEP))
+                e->gen_active[still++] = b;
+        }
+        nactive = still;
+        cu_profile_collect(e->prof, nactive == 0);
+        if (nactive == 0)
+            return true;
+        for (uint32_t k = 0; k < nactive; k++) {
+            const uint32_t b = e->gen_active[k];
+            e->h_tokens[k] = out[(size_t)b * max_new + out_len[b] - 1];
+            e->h_pos[k] = e->gen_pos[b];
+            e->h_kvrow[k] = b * cap + e->gen_pos[b];
+            e->gen_pos[b]++;
+        }
+        pack_decode(e, nactive);
+        if (!run(e, TAIL_DECODE) || !choose_tokens(e, nactive, sp))
+            return false;
+    }
 }

@@ -38,6 +38,15 @@ bool model_cuda_last_logits(struct model_cuda *e, const uint32_t *ids, const uin
     return false;
 }
 
+bool model_cuda_generate(struct model_cuda *e, const uint32_t *ids, const uint32_t *lengths,
+                         uint32_t batch, uint32_t seq, const struct model_sampling *sampling,
+                         uint32_t max_new, uint32_t *out, uint32_t *out_len)
+{
+    (void)e, (void)ids, (void)lengths, (void)batch, (void)seq, (void)sampling, (void)max_new;
+    (void)out, (void)out_len;
+    return false;
+}
+
 const char *model_cuda_error(const struct model_cuda *e)
 {
     (void)e;

@@ -1,8 +1,8 @@
 /* train_kernels.cu — the CUDA training kernels other than attention and the GEMMs (launchers
  * declared in cuda_train.h): norm, GELU and SwiGLU backward (RoPE's is the forward kernel with
  * the opposite angle, in kernels.cu), the embedding gradient, the classification head's tanh and
- * pooling backward, fused softmax + cross-entropy, AdamW, the gradient norm, scaling and
- * clipping.
+ * pooling backward, fused softmax + cross-entropy, residual and embedding dropout, AdamW, the
+ * gradient norm, scaling and clipping.
  *
  * Each kernel mirrors one CPU op (model/ops.c, train/grad.c, train/optim.c) formula for formula
  * in fp32, so tests/unit/test_cuda_backward.c can hold the fp32 instantiations to rounding.
@@ -420,6 +420,36 @@ template <typename T> __global__ void convert_kernel(T *dst, const float *src, s
         dst[i] = from_f<T>(src[i]);
 }
 
+/* ---- dropout ---- */
+
+/* grid (column blocks, rows): one row per blockIdx.y step; the row's sequence by a binary
+ * search of seq_off (it ends with seq_off[lo] ≤ r < seq_off[lo + 1]: never an empty sequence) */
+template <typename T>
+__global__ void dropout_rows_kernel(T *dst, const float *base, const float *src, uint32_t c,
+                                    const uint32_t *seq_off, uint32_t nseq, uint32_t rows,
+                                    const uint64_t *seq_key, uint32_t layer, uint32_t place,
+                                    uint32_t threshold, float scale)
+{
+    for (uint32_t r = blockIdx.y; r < rows; r += gridDim.y) {
+        uint32_t lo = 0, hi = nseq; /* seq_off[lo] ≤ r < seq_off[hi] */
+        while (hi - lo > 1) {
+            const uint32_t mid = (lo + hi) / 2;
+            if (seq_off[mid] <= r)
+                lo = mid;
+            else
+                hi = mid;
+        }
+        const uint64_t key = dev_drop_key(seq_key[lo], layer, place, 0);
+        const uint64_t first = (uint64_t)(r - seq_off[lo]) * c; /* element i·c of the row's stream */
+        const size_t row = (size_t)r * c;
+        for (uint32_t j = blockIdx.x * blockDim.x + threadIdx.x; j < c; j += gridDim.x * blockDim.x) {
+            /* rounded apart (no FMA), as the CPU's drop_rows computes it */
+            const float v = __fmul_rn(dev_dropout_factor(key, threshold, scale, first + j), src[row + j]);
+            dst[row + j] = from_f<T>(base ? __fadd_rn(base[row + j], v) : v);
+        }
+    }
+}
+
 } // namespace
 
 /* ---- launchers ---- */
@@ -627,6 +657,25 @@ extern "C" cudaError_t cu_grad_clip(float *g, size_t n, const double *norm, floa
     if (n == 0)
         return cudaSuccess;
     grad_clip_kernel<<<blocks_for(n, 256), 256, 0, s>>>(g, n, norm, max_norm);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t cu_dropout_rows(void *dst, enum cu_dtype t, const float *base, const float *src,
+                                       uint32_t c, const uint32_t *seq_off, uint32_t nseq, uint32_t rows,
+                                       const uint64_t *seq_key, uint32_t layer, uint32_t place,
+                                       uint32_t threshold, float scale, cudaStream_t s)
+{
+    if (rows == 0 || c == 0 || nseq == 0)
+        return cudaSuccess;
+    dim3 g;
+    unsigned threads;
+    row_grid(&g, &threads, c, rows);
+    if (t == CU_BF16)
+        dropout_rows_kernel<bf16><<<g, threads, 0, s>>>((bf16 *)dst, base, src, c, seq_off, nseq, rows, seq_key,
+                                                        layer, place, threshold, scale);
+    else
+        dropout_rows_kernel<float><<<g, threads, 0, s>>>((float *)dst, base, src, c, seq_off, nseq, rows,
+                                                         seq_key, layer, place, threshold, scale);
     return cudaGetLastError();
 }
 

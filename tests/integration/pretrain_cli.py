@@ -123,7 +123,10 @@ def main():
             ("a shard with more ids than the model", ["--dataset_path", shard, "--config_path",
                                                       os.path.join(tmp, "small.json")], ["a.shard", "65541", "1000"]),
             ("--seq_length beyond the positions", ["--dataset_path", shard, "--seq_length", "64"], ["--seq_length", "64"]),
-            ("--device cuda", ["--dataset_path", shard, "--device", "cuda"], ["--device", "GPU"]),
+            # (CI has no GPU: either no CUDA backend or no device, each said in one line)
+            ("--device cuda without a GPU", ["--dataset_path", shard, "--device", "cuda"], ["--device", "cuda"]),
+            ("--precision without a GPU", ["--dataset_path", shard, "--precision", "fp32"], ["--precision", "cuda"]),
+            ("--world_size 2 in one process", ["--dataset_path", shard, "--world_size", "2"], ["--world_size", "mpirun"]),
             ("--resume without a checkpoint", ["--dataset_path", shard, "--resume"], ["checkpoint"]),
         ]
         for name, args, words in cases:

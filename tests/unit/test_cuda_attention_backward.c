@@ -16,7 +16,15 @@
  *   values; the gradients are rounded once to bf16 (≤ 2⁻⁹ ≈ 2e-3 of an element), and D comes
  *   from the forward's bf16 out (rounded once, 2⁻⁹; the tensor-core forward also rounds P for
  *   P·V: 2⁻⁸), which enters dS = P ⊙ (dP − D) as ~2⁻⁸ of |dP − D| at worst: ≤ 6e-3 in all,
- *   the tensor-core attention forward's bound. */
+ *   the tensor-core attention forward's bound.
+ *
+ * Dropout of the probabilities (struct cu_attn_dropout, p = 0.2, random per-sequence keys): the
+ * forward's out against the CPU's op_attend_block with train/grad.c's op_dropout of each (sequence,
+ * head) — 1e-5 in fp32, 4e-3 (SIMT) and 1e-2 (tensor cores) in bf16, test_cuda_ops's attention
+ * bounds — and it must differ from the output without dropout (the mask did something); lse
+ * stays the unmasked statistics (the same 1e-5); the backward against op_attend_block_backward
+ * with the same masks, within the bounds above, and bit-identical when run twice. A mask drawn
+ * differently on one side moves an element by a whole probability: far outside every bound. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -33,8 +41,11 @@ int main(void)
 }
 #else
 
+#include "model/cuda/cuda_train.h"
 #include "model/model_internal.h"
 #include "tests/unit/test_cuda_util.h"
+
+#define DROP_LAYER 3u /* any layer: the stream of (b, h) is drawn from layer·4 + 1 */
 
 static cudaStream_t stream;
 
@@ -73,8 +84,22 @@ static void host_lse(float *lse, const float *qkv, const uint32_t *off, uint32_t
         }
 }
 
+/* train/grad.c's drop_stream for the attention probabilities (place 1), written out here so the
+ * device's derivation is checked against the CPU's formula rather than against itself */
+static struct op_dropout cpu_attn_drop(uint64_t seq_key, uint32_t head, float p)
+{
+    struct op_dropout dr;
+    dr.key = op_dropout_stream(op_dropout_stream(seq_key, (uint64_t)DROP_LAYER * 4 + 1), head);
+    const double t = (double)p * 4294967296.0;
+    dr.threshold = t >= 4294967295.0 ? UINT32_MAX : (uint32_t)t;
+    dr.scale = 1.0f / (1.0f - p);
+    return dr;
+}
+
+/* p_drop > 0: the probabilities' dropout on both sides */
 static void backward_case(enum cu_dtype t, enum cu_attn_impl impl, uint32_t H, uint32_t KV,
-                          uint32_t d, const uint32_t *lens, uint32_t nseq, struct test_rng *r)
+                          uint32_t d, const uint32_t *lens, uint32_t nseq, float p_drop,
+                          struct test_rng *r)
 {
     const uint32_t QKV = (H + 2 * KV) * d, Hd = H * d;
     uint32_t max_len;
@@ -93,40 +118,51 @@ static void backward_case(enum cu_dtype t, enum cu_attn_impl impl, uint32_t H, u
     CUDA_OK(cudaMalloc((void **)&d_off, (nseq + 1) * sizeof(uint32_t)));
     CUDA_OK(cudaMemcpy(d_off, off, (nseq + 1) * sizeof(uint32_t), cudaMemcpyHostToDevice));
     const float scale = 1.0f / sqrtf((float)d);
+    const bool dropping = p_drop > 0;
+    uint64_t *seq_key = malloc(nseq * sizeof(uint64_t)), *d_seq_key = NULL;
+    for (uint32_t b = 0; b < nseq; b++)
+        seq_key[b] = (uint64_t)(test_uniform(r) * 9007199254740992.0) * 2654435761u + b;
+    CUDA_OK(cudaMalloc((void **)&d_seq_key, nseq * sizeof(uint64_t)));
+    CUDA_OK(cudaMemcpy(d_seq_key, seq_key, nseq * sizeof(uint64_t), cudaMemcpyHostToDevice));
+    struct cu_attn_dropout drop = {.seq_key = d_seq_key, .layer = DROP_LAYER};
+    cu_dropout_params(p_drop, &drop.threshold, &drop.scale);
+    const struct cu_attn_dropout *dp = dropping ? &drop : NULL;
 
     CUDA_OK(cu_attention_train(d_out, Hd, d_lse, d_qkv, QKV, t, d_off, nseq, max_len, H, KV, d,
-                               scale, impl, stream));
+                               scale, impl, dp, stream));
     CUDA_OK(cu_attention(d_out_plain, Hd, d_qkv, QKV, t, d_off, nseq, max_len, H, KV, d, scale,
                          impl, stream));
     CUDA_OK(cu_attention_backward(d_dqkv, QKV, d_dout, Hd, d_out, Hd, d_qkv, QKV, d_lse, d_delta,
-                                  t, d_off, nseq, max_len, H, KV, d, scale, stream));
+                                  t, d_off, nseq, max_len, H, KV, d, scale, dp, stream));
     CUDA_OK(cu_attention_backward(d_dqkv_again, QKV, d_dout, Hd, d_out, Hd, d_qkv, QKV, d_lse,
-                                  d_delta, t, d_off, nseq, max_len, H, KV, d, scale, stream));
+                                  d_delta, t, d_off, nseq, max_len, H, KV, d, scale, dp, stream));
     CUDA_OK(cudaDeviceSynchronize());
 
     const bool tc = impl == CU_ATTN_AUTO && cu_attention_uses_tensor_cores(t, d);
+    const char *what = dropping ? (tc ? "tc drop" : "simt drop") : (tc ? "tc" : "simt");
     char label[96];
     const size_t bytes_out = N * Hd * cu_dtype_size(t), bytes_dqkv = N * QKV * cu_dtype_size(t);
     uint8_t *bits_a = malloc(bytes_dqkv + 1), *bits_b = malloc(bytes_dqkv + 1);
 
-    /* keeping the statistics changes nothing in the output */
+    /* keeping the statistics changes nothing in the output; dropout changes it */
     CUDA_OK(cudaMemcpy(bits_a, d_out, bytes_out, cudaMemcpyDeviceToHost));
     CUDA_OK(cudaMemcpy(bits_b, d_out_plain, bytes_out, cudaMemcpyDeviceToHost));
-    snprintf(label, sizeof label, "out %s h%u/kv%u d%u: train = plain", tc ? "tc" : "simt", H, KV, d);
-    printf("  %-40s %s  %s\n", label, test_dtype_name(t), memcmp(bits_a, bits_b, bytes_out) ? "FAIL" : "identical");
-    assert_memory_equal(bits_a, bits_b, bytes_out);
+    const bool same_out = memcmp(bits_a, bits_b, bytes_out) == 0;
+    snprintf(label, sizeof label, "out %s h%u/kv%u d%u: train %s plain", what, H, KV, d, dropping ? "!=" : "=");
+    printf("  %-40s %s  %s\n", label, test_dtype_name(t), same_out == !dropping ? "ok" : "FAIL");
+    assert_true(same_out == !dropping);
 
     /* the backward is deterministic: no atomics, a fixed order of sums */
     CUDA_OK(cudaMemcpy(bits_a, d_dqkv, bytes_dqkv, cudaMemcpyDeviceToHost));
     CUDA_OK(cudaMemcpy(bits_b, d_dqkv_again, bytes_dqkv, cudaMemcpyDeviceToHost));
-    snprintf(label, sizeof label, "backward h%u/kv%u d%u: run twice", H, KV, d);
+    snprintf(label, sizeof label, "backward %s h%u/kv%u d%u: run twice", what, H, KV, d);
     printf("  %-40s %s  %s\n", label, test_dtype_name(t), memcmp(bits_a, bits_b, bytes_dqkv) ? "FAIL" : "bit-identical");
     assert_memory_equal(bits_a, bits_b, bytes_dqkv);
 
     float *lse = malloc(N * H * sizeof(float)), *lse_ref = malloc(N * H * sizeof(float));
     test_download(lse, d_lse, N * H, CU_F32);
     host_lse(lse_ref, qkv, off, nseq, H, KV, d, scale);
-    snprintf(label, sizeof label, "lse %s h%u/kv%u d%u max_len %u", tc ? "tc" : "simt", H, KV, d, max_len);
+    snprintf(label, sizeof label, "lse %s h%u/kv%u d%u max_len %u", what, H, KV, d, max_len);
     TEST_WITHIN(label, t, test_rel_err(lse, lse_ref, N * H), 1e-5);
 
     /* CPU: per sequence and kv head, the group's query heads add into one contiguous dK, dV */
@@ -135,6 +171,7 @@ static void backward_case(enum cu_dtype t, enum cu_attn_impl impl, uint32_t H, u
     float *k = malloc((size_t)max_len * d * sizeof(float)), *v = malloc((size_t)max_len * d * sizeof(float));
     float *dk = malloc((size_t)max_len * d * sizeof(float)), *dv = malloc((size_t)max_len * d * sizeof(float));
     float *scratch = malloc(2 * (size_t)max_len * max_len * sizeof(float));
+    float *out_ref = dropping ? calloc(N * Hd, sizeof(float)) : NULL;
     for (uint32_t b = 0; b < nseq; b++) {
         if (lens[b] == 0)
             continue;
@@ -146,17 +183,30 @@ static void backward_case(enum cu_dtype t, enum cu_attn_impl impl, uint32_t H, u
             }
             memset(dk, 0, (size_t)lens[b] * d * sizeof(float));
             memset(dv, 0, (size_t)lens[b] * d * sizeof(float));
-            for (uint32_t h = kvh * (H / KV); h < (kvh + 1) * (H / KV); h++)
+            for (uint32_t h = kvh * (H / KV); h < (kvh + 1) * (H / KV); h++) {
+                const struct op_dropout pd = cpu_attn_drop(seq_key[b], h, p_drop);
+                if (dropping)
+                    op_attend_block(out_ref + (size_t)off[b] * Hd + (size_t)h * d, Hd,
+                                    qkv + (size_t)off[b] * QKV + (size_t)h * d, QKV, k, v, 0, lens[b], d,
+                                    scale, scratch, &pd);
                 op_attend_block_backward(ref + (size_t)off[b] * QKV + (size_t)h * d, QKV, dk, dv,
                                          dout + (size_t)off[b] * Hd + (size_t)h * d, Hd,
                                          qkv + (size_t)off[b] * QKV + (size_t)h * d, QKV, k, v,
-                                         lens[b], d, scale, scratch, NULL);
+                                         lens[b], d, scale, scratch, dropping ? &pd : NULL);
+            }
             for (uint32_t i = 0; i < lens[b]; i++) {
                 float *row = ref + (size_t)(off[b] + i) * QKV;
                 memcpy(row + (size_t)(H + kvh) * d, dk + (size_t)i * d, d * sizeof(float));
                 memcpy(row + (size_t)(H + KV + kvh) * d, dv + (size_t)i * d, d * sizeof(float));
             }
         }
+    }
+    if (dropping) {
+        float *out_got = malloc(N * Hd * sizeof(float));
+        test_download(out_got, d_out, N * Hd, t);
+        snprintf(label, sizeof label, "out %s h%u/kv%u d%u max_len %u", what, H, KV, d, max_len);
+        TEST_WITHIN(label, t, test_rel_err(out_got, out_ref, N * Hd), t == CU_F32 ? 1e-5 : tc ? 1e-2 : 4e-3);
+        free(out_got);
     }
     /* each part alone: dk and dv are smaller than dq, one joint maximum would hide their errors */
     const struct { const char *name; size_t col0, n; } parts[] = {
@@ -167,12 +217,13 @@ static void backward_case(enum cu_dtype t, enum cu_attn_impl impl, uint32_t H, u
         take_columns(part_got, got, N, QKV, parts[p].col0, parts[p].n);
         take_columns(part_ref, ref, N, QKV, parts[p].col0, parts[p].n);
         snprintf(label, sizeof label, "backward %s (%s fwd) h%u/kv%u d%u max_len %u", parts[p].name,
-                 tc ? "tc" : "simt", H, KV, d, max_len);
+                 what, H, KV, d, max_len);
         TEST_WITHIN(label, t, test_rel_err(part_got, part_ref, N * parts[p].n), t == CU_F32 ? 1e-5 : 1e-2);
     }
 
     cudaFree(d_qkv), cudaFree(d_dout), cudaFree(d_out), cudaFree(d_out_plain), cudaFree(d_dqkv);
-    cudaFree(d_dqkv_again), cudaFree(d_lse), cudaFree(d_delta), cudaFree(d_off);
+    cudaFree(d_dqkv_again), cudaFree(d_lse), cudaFree(d_delta), cudaFree(d_off), cudaFree(d_seq_key);
+    free(seq_key), free(out_ref);
     free(off), free(qkv), free(dout), free(bits_a), free(bits_b), free(lse), free(lse_ref);
     free(got), free(ref), free(k), free(v), free(dk), free(dv), free(scratch), free(part_got);
     free(part_ref);
@@ -191,11 +242,26 @@ static void test_attention_backward(void **state)
     const uint32_t lens[] = {1, 15, 16, 17, 0, 33, 63, 64, 65, 130, 3};
     const uint32_t nseq = sizeof lens / sizeof lens[0];
     for (unsigned s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
-        backward_case(CU_F32, CU_ATTN_AUTO, shapes[s].H, shapes[s].KV, shapes[s].d, lens, nseq, &r);
-        backward_case(CU_BF16, CU_ATTN_AUTO, shapes[s].H, shapes[s].KV, shapes[s].d, lens, nseq, &r);
+        backward_case(CU_F32, CU_ATTN_AUTO, shapes[s].H, shapes[s].KV, shapes[s].d, lens, nseq, 0.0f, &r);
+        backward_case(CU_BF16, CU_ATTN_AUTO, shapes[s].H, shapes[s].KV, shapes[s].d, lens, nseq, 0.0f, &r);
         /* where bf16 takes the tensor cores, the SIMT forward's statistics too */
         if (cu_attention_uses_tensor_cores(CU_BF16, shapes[s].d))
-            backward_case(CU_BF16, CU_ATTN_SIMT, shapes[s].H, shapes[s].KV, shapes[s].d, lens, nseq, &r);
+            backward_case(CU_BF16, CU_ATTN_SIMT, shapes[s].H, shapes[s].KV, shapes[s].d, lens, nseq, 0.0f, &r);
+    }
+}
+
+/* The same shapes and lengths with the probabilities' dropout: both forward kernels, both types. */
+static void test_attention_dropout(void **state)
+{
+    (void)state;
+    struct test_rng r = {13};
+    const uint32_t lens[] = {1, 15, 16, 17, 0, 33, 63, 64, 65, 130, 3};
+    const uint32_t nseq = sizeof lens / sizeof lens[0];
+    for (unsigned s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        backward_case(CU_F32, CU_ATTN_AUTO, shapes[s].H, shapes[s].KV, shapes[s].d, lens, nseq, 0.2f, &r);
+        backward_case(CU_BF16, CU_ATTN_AUTO, shapes[s].H, shapes[s].KV, shapes[s].d, lens, nseq, 0.2f, &r);
+        if (cu_attention_uses_tensor_cores(CU_BF16, shapes[s].d))
+            backward_case(CU_BF16, CU_ATTN_SIMT, shapes[s].H, shapes[s].KV, shapes[s].d, lens, nseq, 0.2f, &r);
     }
 }
 
@@ -208,9 +274,11 @@ static void test_attention_backward_long(void **state)
     }
     struct test_rng r = {12};
     const uint32_t lens[] = {1024, 0, 700, 257};
-    backward_case(CU_F32, CU_ATTN_AUTO, 4, 2, 64, lens, 4, &r);
-    backward_case(CU_BF16, CU_ATTN_AUTO, 4, 2, 64, lens, 4, &r);
-    backward_case(CU_BF16, CU_ATTN_AUTO, 2, 2, 128, lens, 4, &r);
+    backward_case(CU_F32, CU_ATTN_AUTO, 4, 2, 64, lens, 4, 0.0f, &r);
+    backward_case(CU_BF16, CU_ATTN_AUTO, 4, 2, 64, lens, 4, 0.0f, &r);
+    backward_case(CU_BF16, CU_ATTN_AUTO, 2, 2, 128, lens, 4, 0.0f, &r);
+    backward_case(CU_F32, CU_ATTN_AUTO, 4, 2, 64, lens, 4, 0.1f, &r); /* indexes i·len + j past 2¹⁹ */
+    backward_case(CU_BF16, CU_ATTN_AUTO, 4, 2, 64, lens, 4, 0.1f, &r);
 }
 
 int main(void)
@@ -219,6 +287,7 @@ int main(void)
     stream = 0;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_attention_backward),
+        cmocka_unit_test(test_attention_dropout),
         cmocka_unit_test(test_attention_backward_long),
     };
     return TEST_CUDA_RUN(tests);

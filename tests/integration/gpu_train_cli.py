@@ -1,0 +1,136 @@
+#!/usr/bin/python3
+"""gpu_train_cli.py — the training commands on a GPU (--device cuda) against the same commands on
+the CPU, on shards and a labelled set made from real captures: pretrain's per-step losses follow
+the CPU's within 1e-4 in fp32 (GPT-2 and Qwen2, with and without dropout, whose masks are the
+CPU's) and within 2 % in bf16; a GPU run stopped and resumed ends with the same bytes as the
+uninterrupted one; --world_size 1 (a one-rank NCCL communicator) changes nothing; finetune
+understanding and eval on the GPU report what the CPU reports. Exits 77 ("skipped: no GPU")
+where no GPU or no CUDA backend is there (CI); bench/gpu_check.sh runs it with ctest -L cuda."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+NETLM = os.environ["NETLM"]
+DATA = os.environ["NETLM_DATA_DIR"]
+results = {"passed": 0, "failed": 0}
+
+
+def check(name, ok, detail=""):
+    results["passed" if ok else "failed"] += 1
+    print(("ok   " if ok else "FAIL ") + name + ("" if ok else f": {detail}"), flush=True)
+
+
+def netlm(*args, ok=True):
+    res = subprocess.run([NETLM, *args], capture_output=True, text=True)
+    if ok and res.returncode != 0:
+        raise RuntimeError(f"netlm {' '.join(args)} exited {res.returncode}: {res.stderr.strip()}")
+    return res
+
+
+def losses(out):
+    rows = open(os.path.join(out, "loss.csv")).read().splitlines()[1:]
+    return [float(r.split(",")[1]) for r in rows if r.split(",")[1]]
+
+
+def worst(a, b, relative=False):
+    if len(a) != len(b) or not a:
+        return float("inf")
+    return max(abs(x - y) / (abs(y) if relative else 1.0) for x, y in zip(a, b))
+
+
+def main():
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = os.path.join(tmp, "corpus.txt")
+        netlm("corpus", os.path.join(DATA, "pcaps", "tcpdump-resp_1_benchmark.pcap"), "-o", corpus, "-q")
+        shard = os.path.join(tmp, "a.shard")
+        netlm("preprocess", "--corpus_path", corpus, "--dataset_path", shard, "--seq_length", "32", "-q")
+        configs = {
+            "gpt2": {"model_type": "gpt2", "vocab_size": 65541, "n_embd": 64, "n_layer": 2, "n_head": 2,
+                     "n_inner": 128, "n_positions": 64},
+            "qwen2": {"model_type": "qwen2", "vocab_size": 65541, "hidden_size": 64, "num_hidden_layers": 2,
+                      "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 96,
+                      "max_position_embeddings": 64, "rope_theta": 10000.0, "tie_word_embeddings": True},
+        }
+        for name, cfg in configs.items():
+            json.dump(cfg, open(os.path.join(tmp, name + ".json"), "w"))
+
+        def pretrain(out, arch, *extra, ok=True):
+            return netlm("pretrain", "--dataset_path", shard, "--config_path", os.path.join(tmp, arch + ".json"),
+                         "--output_model_path", os.path.join(tmp, out), "--batch_size", "8", "--total_steps", "20",
+                         "--learning_rate", "3e-3", "--save_checkpoint_steps", "100", "--threads", "2", "--seed", "3",
+                         "-q", *extra, ok=ok)
+
+        probe = pretrain("probe", "gpt2", "--device", "cuda", "--total_steps", "1", ok=False)
+        if probe.returncode != 0:
+            print(f"skipped: no GPU ({probe.stderr.strip()})")
+            sys.exit(77)
+
+        # the CUDA tests hold the kernels to the CPU; this holds the commands' loops to it
+        for arch in ("gpt2", "qwen2"):
+            for drop in ("0", "0.1"):
+                pretrain(f"cpu-{arch}-{drop}", arch, "--dropout", drop)
+                pretrain(f"gpu-{arch}-{drop}", arch, "--dropout", drop, "--device", "cuda", "--precision", "fp32")
+                e = worst(losses(os.path.join(tmp, f"gpu-{arch}-{drop}")), losses(os.path.join(tmp, f"cpu-{arch}-{drop}")))
+                check(f"pretrain {arch} --dropout {drop}: 20 fp32 GPU steps follow the CPU within 1e-4 (measured {e:.2e})",
+                      e <= 1e-4)
+        pretrain("gpu-bf16", "gpt2", "--dropout", "0.1", "--device", "cuda")
+        e = worst(losses(os.path.join(tmp, "gpu-bf16")), losses(os.path.join(tmp, "cpu-gpt2-0.1")), relative=True)
+        check(f"pretrain gpt2 bf16 on the GPU: every step's loss within 2 % of the CPU's (measured {e:.2e})", e <= 0.02)
+
+        # exact resume on the GPU, and the one-rank communicator
+        straight = os.path.join(tmp, "gpu-qwen2-0.1")
+        pretrain("resumed", "qwen2", "--dropout", "0.1", "--device", "cuda", "--precision", "fp32", "--stop-after", "7")
+        pretrain("resumed", "qwen2", "--dropout", "0.1", "--device", "cuda", "--precision", "fp32", "--resume")
+        resumed = os.path.join(tmp, "resumed")
+        differ = [f for f in ("model.safetensors", "loss.csv", os.path.join("checkpoint", "optimizer.safetensors"))
+                  if open(os.path.join(straight, f), "rb").read() != open(os.path.join(resumed, f), "rb").read()]
+        check("a GPU run stopped after 7 steps and resumed = the uninterrupted one, bit for bit", not differ,
+              f"{differ} differ")
+        res = pretrain("world1", "gpt2", "--dropout", "0.1", "--device", "cuda", "--world_size", "1", "--gpu_ranks", "0",
+                       ok=False)
+        check("--world_size 1 --gpu_ranks 0 (NCCL, one rank) trains exactly as without it",
+              res.returncode == 0 and losses(os.path.join(tmp, "world1")) == losses(os.path.join(tmp, "gpu-bf16")),
+              res.stderr.strip())
+        res = pretrain("bad", "gpt2", "--device", "cuda:99", ok=False)
+        lines = res.stderr.strip().splitlines()
+        check("--device cuda:99: one error line naming it, nothing written",
+              res.returncode != 0 and len(lines) == 1 and "cuda:99" in lines[0] and
+              not os.path.exists(os.path.join(tmp, "bad")), res.stderr)
+
+        # finetune understanding and eval
+        ds = os.path.join(tmp, "ds")
+        netlm("dataset", "understanding", "--pcap_path", os.path.join(DATA, "labeled", "ustc-tfc2016", "sessions"),
+              "--dataset_dir", ds, "--class_num", "20", "--random_seed", "1", "--samples-per-class", "40",
+              "--seq-length", "64", "-q")
+
+        def finetune(out, *extra):
+            return netlm("finetune", "understanding", "--config_path", os.path.join(tmp, "gpt2.json"),
+                         "--train_path", f"{ds}/train_dataset.tsv", "--dev_path", f"{ds}/valid_dataset.tsv",
+                         "--test_path", f"{ds}/test_dataset.tsv", "--output_model_path", os.path.join(tmp, out),
+                         "--epochs_num", "2", "--batch_size", "16", "--learning_rate", "3e-3", "--seq_length", "64",
+                         "--threads", "2", "--seed", "3", "-q", *extra)
+
+        finetune("ft-cpu")
+        finetune("ft-gpu", "--device", "cuda", "--precision", "fp32")
+        e = worst(losses(os.path.join(tmp, "ft-gpu")), losses(os.path.join(tmp, "ft-cpu")))
+        check(f"finetune on the GPU (fp32, dropout 0.1): every step's loss within 1e-4 of the CPU's (measured {e:.2e})",
+              e <= 1e-4)
+        mc = json.load(open(os.path.join(tmp, "ft-cpu", "metrics.json")))
+        mg = json.load(open(os.path.join(tmp, "ft-gpu", "metrics.json")))
+        # weights 1e-6 apart may flip a row on a class border: allow 1 % of the rows
+        check("finetune on the GPU: the CPU's test accuracy within 1 %", abs(mc["accuracy"] - mg["accuracy"]) <= 0.01,
+              f"{mc['accuracy']} vs {mg['accuracy']}")
+        ev = [netlm("eval", "--model", os.path.join(tmp, "ft-gpu"), "--test_path", f"{ds}/test_dataset.tsv", *extra)
+              for extra in ((), ("--device", "cuda", "--precision", "fp32"), ("--device", "cuda"))]
+        acc = [float(r.stderr.split("accuracy ")[1].split(",")[0]) for r in ev]
+        check("eval of one model: fp32 on the GPU gives the CPU's accuracy exactly, bf16 within 2 %",
+              acc[1] == acc[0] and abs(acc[2] - acc[0]) <= 0.02, acc)
+
+    print(f"{results['passed']} passed, {results['failed']} failed")
+    sys.exit(1 if results["failed"] else 0)
+
+
+if __name__ == "__main__":
+    main()

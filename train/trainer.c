@@ -1,0 +1,257 @@
+/* trainer.c — one trainer on either device: the CPU runner with train_adamw_step, or the GPU's
+ * train_cuda, behind the calls the training commands make (train.h, "one trainer"). The CPU
+ * trains the model's parameter block in place and keeps the AdamW moments in host blocks; the
+ * GPU keeps parameters, gradients and moments on the device, and the host blocks (the model's
+ * parameters, the moments) are brought up to date only when a command asks for them: a
+ * checkpoint, an evaluation, the end.
+ *
+ * Data parallel over processes: every process holds the whole model and sums its gradients with
+ * the others' before each step. On the CPU that sum is the caller's (MPI, cli/mpi.c); on GPUs it
+ * is an NCCL all-reduce on the device, on the trainer's stream, over a communicator the
+ * processes join with an id that rank 0 makes and the caller hands to the others. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/model_internal.h"
+#include "train/train.h"
+
+#ifdef NETLM_HAVE_NCCL
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+#endif
+
+struct trainer {
+    struct model *m;
+    int device;
+    size_t n; /* floats in the parameter block */
+    struct train_runner *cpu;
+    struct train_cuda *gpu;
+    float *mom, *vel; /* host moments: the CPU's own; the GPU's after trainer_moments */
+    int world;
+#ifdef NETLM_HAVE_NCCL
+    ncclComm_t comm;
+#endif
+    char err[512];
+};
+
+static bool gpu_failed(struct trainer *t)
+{
+    snprintf(t->err, sizeof t->err, "%s", train_cuda_error(t->gpu));
+    return false;
+}
+
+struct trainer *trainer_create(struct model *m, const struct trainer_options *o, char *err, size_t errlen)
+{
+    struct trainer *t = calloc(1, sizeof *t);
+    if (!t) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    t->m = m;
+    t->device = o->device;
+    t->world = 1;
+    model_params(m, &t->n);
+    t->mom = calloc(t->n ? t->n : 1, sizeof(float));
+    t->vel = calloc(t->n ? t->n : 1, sizeof(float));
+    if (!t->mom || !t->vel) {
+        snprintf(err, errlen, "out of memory for the optimizer's moments (%zu MiB)", 2 * t->n * sizeof(float) >> 20);
+        trainer_free(t);
+        return NULL;
+    }
+    const struct train_dropout none = {0};
+    const struct train_dropout *d = o->dropout ? o->dropout : &none;
+    if (o->device < 0) {
+        t->cpu = train_runner_create(m, o->max_batch, o->max_seq, o->threads ? o->threads : 1, err, errlen);
+        if (!t->cpu) {
+            trainer_free(t);
+            return NULL;
+        }
+        train_runner_set_dropout(t->cpu, d);
+        return t;
+    }
+    t->gpu = train_cuda_create(m, o->device, o->bf16, o->max_batch, o->max_seq, err, errlen);
+    if (!t->gpu) {
+        trainer_free(t);
+        return NULL;
+    }
+    if (!train_cuda_set_dropout(t->gpu, d)) {
+        snprintf(err, errlen, "%s", train_cuda_error(t->gpu));
+        trainer_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+void trainer_free(struct trainer *t)
+{
+    if (!t)
+        return;
+#ifdef NETLM_HAVE_NCCL
+    if (t->comm)
+        ncclCommDestroy(t->comm);
+#endif
+    train_runner_free(t->cpu);
+    train_cuda_free(t->gpu);
+    free(t->mom);
+    free(t->vel);
+    free(t);
+}
+
+const char *trainer_error(const struct trainer *t) { return t->err; }
+size_t trainer_param_count(const struct trainer *t) { return t->n; }
+bool trainer_on_gpu(const struct trainer *t) { return t->gpu != NULL; }
+
+bool trainer_zero_grads(struct trainer *t)
+{
+    if (t->cpu) {
+        train_zero_grads(t->cpu);
+        return true;
+    }
+    return train_cuda_zero_grads(t->gpu) || gpu_failed(t);
+}
+
+bool trainer_forward_backward(struct trainer *t, enum train_objective objective, const struct train_batch *batch,
+                              double *loss)
+{
+    if (t->cpu) {
+        if (train_forward_backward(t->cpu, objective, batch, loss))
+            return true;
+        snprintf(t->err, sizeof t->err, "a batch outside the model (token ids, labels or lengths)");
+        return false;
+    }
+    return train_cuda_forward_backward(t->gpu, objective, batch, loss) || gpu_failed(t);
+}
+
+bool trainer_grad_scale(struct trainer *t, float scale)
+{
+    if (t->cpu) {
+        train_grad_scale(train_runner_grads(t->cpu), t->n, scale);
+        return true;
+    }
+    return train_cuda_grad_scale(t->gpu, scale) || gpu_failed(t);
+}
+
+bool trainer_grad_norm(struct trainer *t, double *norm)
+{
+    if (t->cpu) {
+        *norm = train_grad_norm(train_runner_grads(t->cpu), t->n);
+        return true;
+    }
+    return train_cuda_grad_norm(t->gpu, norm) || gpu_failed(t);
+}
+
+bool trainer_adamw_step(struct trainer *t, uint64_t step, float lr, const struct train_adamw *o, int threads)
+{
+    if (t->cpu) {
+        train_adamw_step(t->m, train_runner_grads(t->cpu), t->mom, t->vel, step, lr, o, threads);
+        return true;
+    }
+    return train_cuda_adamw_step(t->gpu, step, lr, o) || gpu_failed(t);
+}
+
+bool trainer_sync_model(struct trainer *t)
+{
+    if (t->cpu)
+        return true;
+    return train_cuda_download(t->gpu, model_params(t->m, &(size_t){0}), NULL, NULL, NULL) || gpu_failed(t);
+}
+
+bool trainer_load_model(struct trainer *t)
+{
+    if (t->cpu)
+        return true;
+    return train_cuda_upload(t->gpu, model_params(t->m, &(size_t){0}), NULL, NULL) || gpu_failed(t);
+}
+
+bool trainer_moments(struct trainer *t, float **mom, float **vel)
+{
+    if (t->gpu && !train_cuda_download(t->gpu, NULL, NULL, t->mom, t->vel))
+        return gpu_failed(t);
+    *mom = t->mom;
+    *vel = t->vel;
+    return true;
+}
+
+bool trainer_load_moments(struct trainer *t)
+{
+    if (t->cpu)
+        return true;
+    return train_cuda_upload(t->gpu, NULL, t->mom, t->vel) || gpu_failed(t);
+}
+
+bool trainer_comm_id(struct trainer_comm_id *id, char *err, size_t errlen)
+{
+#ifdef NETLM_HAVE_NCCL
+    _Static_assert(sizeof(ncclUniqueId) <= sizeof id->bytes, "trainer_comm_id holds an ncclUniqueId");
+    ncclUniqueId u;
+    const ncclResult_t r = ncclGetUniqueId(&u);
+    if (r != ncclSuccess) {
+        snprintf(err, errlen, "nccl: cannot make a communicator id: %s", ncclGetErrorString(r));
+        return false;
+    }
+    memset(id->bytes, 0, sizeof id->bytes);
+    memcpy(id->bytes, &u, sizeof u);
+    return true;
+#else
+    (void)id;
+    snprintf(err, errlen, "this netlm was built without NCCL: training on several GPUs needs it (the CUDA "
+                          "toolkit's libnccl, found at build time)");
+    return false;
+#endif
+}
+
+bool trainer_join(struct trainer *t, const struct trainer_comm_id *id, int rank, int world)
+{
+    if (world < 1 || rank < 0 || rank >= world) {
+        snprintf(t->err, sizeof t->err, "rank %d outside a world of %d", rank, world);
+        return false;
+    }
+    t->world = world;
+    if (t->cpu)
+        return true; /* the caller sums with MPI */
+#ifdef NETLM_HAVE_NCCL
+    ncclUniqueId u;
+    memcpy(&u, id->bytes, sizeof u);
+    const ncclResult_t r = ncclCommInitRank(&t->comm, world, u, rank);
+    if (r != ncclSuccess) {
+        t->comm = NULL;
+        snprintf(t->err, sizeof t->err, "nccl: joining rank %d of %d failed: %s", rank, world, ncclGetErrorString(r));
+        return false;
+    }
+    return true;
+#else
+    (void)id;
+    snprintf(t->err, sizeof t->err, "this netlm was built without NCCL: training on several GPUs needs it");
+    return false;
+#endif
+}
+
+bool trainer_sum_grads(struct trainer *t, void (*host_sum)(float *grads, size_t n))
+{
+    if (t->cpu) {
+        if (t->world > 1 && host_sum)
+            host_sum(train_runner_grads(t->cpu), t->n);
+        return true;
+    }
+#ifdef NETLM_HAVE_NCCL
+    if (!t->comm)
+        return true; /* one process: nothing to sum */
+    float *g;
+    size_t count;
+    void *stream;
+    if (!train_cuda_grad_buffer(t->gpu, &g, &count, &stream))
+        return gpu_failed(t);
+    ncclResult_t r = ncclAllReduce(g, g, count, ncclFloat, ncclSum, t->comm, (cudaStream_t)stream);
+    if (r == ncclSuccess && cudaStreamSynchronize((cudaStream_t)stream) != cudaSuccess)
+        r = ncclUnhandledCudaError;
+    if (r != ncclSuccess) {
+        snprintf(t->err, sizeof t->err, "nccl: summing the gradients failed: %s", ncclGetErrorString(r));
+        return false;
+    }
+    return true;
+#else
+    (void)host_sum;
+    return true;
+#endif
+}
