@@ -148,7 +148,9 @@ run_stage bench-netlm 120 "$OUT/netlm.json" "$build/netlm_model_bench" --device 
 # training steps on the GPU (train_cuda_*); the PyTorch side is in gpu_bench.py
 run_stage bench-train 90 "$OUT/netlm.json" "$build/netlm_model_bench" --device cuda --train --runs 5
 # the engine as users run it: classify and replay on the GPU against the CPU
-run_stage e2e-classify-replay 60 "$log" python3 "$root/bench/gpu_e2e.py" "$build/netlm" \
+run_stage e2e-classify-replay 60 "$log" python3 "$root/bench/gpu_e2e.py" --only classify "$build/netlm" \
+    "$root/models/ustc-tfc2016" "$root/data/demo.pcap"
+run_stage e2e-generate 60 "$log" python3 "$root/bench/gpu_e2e.py" --only generate "$build/netlm" \
     "$root/models/ustc-tfc2016" "$root/data/demo.pcap"
 san=compute-sanitizer
 command -v $san >/dev/null || san=/usr/local/cuda/bin/compute-sanitizer
@@ -160,6 +162,8 @@ run_stage memcheck-train 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memch
 # is invisible to the kernel tests
 run_stage memcheck-trainer 90 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
     "$build/tests/test_cuda_train"
+run_stage memcheck-generate 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
+    "$build/tests/test_cuda_generate"
 run_stage memcheck-attn-bwd 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
     "$build/tests/test_cuda_attention_backward"
 run_stage memcheck-model 60 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_TEST_FILTER=test_bf16 $san \

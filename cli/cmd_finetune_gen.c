@@ -147,19 +147,35 @@ struct gen_score {
     uint64_t rows;
 };
 
-/* Greedy generation of every row's target from its prompt. */
+/* Greedy generation of every row's target from its prompt: on the CPU, or (where → a GPU) with
+ * the CUDA engine and its KV cache at the training precision. */
 static bool gen_evaluate(const char *cmd, struct model *m, const struct tok_vocab *vocab,
                          const struct gen_samples *s, uint32_t seq, uint32_t tgt, uint32_t batch,
-                         uint32_t threads, uint32_t n_fields, struct gen_score *score)
+                         uint32_t threads, const struct cli_train_device *where, uint32_t n_fields,
+                         struct gen_score *score)
 {
     char err[512];
     const uint32_t max_new = tgt - 1;
-    struct model_runner *r = model_runner_create(m, batch, s->row, s->row + max_new, threads, err, sizeof err);
+    struct model_runner *r = NULL;
+    struct model_cuda *gpu = NULL;
+    if (where->device >= 0) {
+        const struct model_cuda_options o = {.device = where->device,
+                                             .precision = where->bf16 ? MODEL_PRECISION_BF16 : MODEL_PRECISION_FP32,
+                                             .max_batch = batch, .max_seq = s->row, .kv_tokens = s->row + max_new,
+                                             .graphs = true};
+        gpu = model_cuda_create(m, &o, err, sizeof err);
+    } else {
+        r = model_runner_create(m, batch, s->row, s->row + max_new, threads, err, sizeof err);
+    }
     uint32_t *out = malloc((size_t)batch * max_new * sizeof(uint32_t)), *out_len = malloc(batch * sizeof(uint32_t));
     uint64_t *truth = malloc(s->n * n_fields * sizeof(uint64_t)), *got = malloc(s->n * n_fields * sizeof(uint64_t));
-    if (!r || !out || !out_len || !truth || !got) {
-        cli_error(cmd, "%s", r ? "out of memory" : err);
+    if ((!r && !gpu) || !out || !out_len || !truth || !got) {
+        if (!r && !gpu && where->device >= 0)
+            cli_error(cmd, "--device %s: %s", where->name, err);
+        else
+            cli_error(cmd, "%s", r || gpu ? "out of memory" : err);
         model_runner_free(r);
+        model_cuda_free(gpu);
         free(out);
         free(out_len);
         free(truth);
@@ -171,7 +187,8 @@ static bool gen_evaluate(const char *cmd, struct model *m, const struct tok_voca
     bool ok = true;
     for (size_t i = 0; ok && i < s->n; i += batch) {
         uint32_t nb = (uint32_t)(s->n - i < batch ? s->n - i : batch);
-        ok = model_generate(r, s->ids + i * s->row, s->prompt + i, nb, s->row, NULL, max_new, out, out_len);
+        ok = gpu ? model_cuda_generate(gpu, s->ids + i * s->row, s->prompt + i, nb, s->row, NULL, max_new, out, out_len)
+                 : model_generate(r, s->ids + i * s->row, s->prompt + i, nb, s->row, NULL, max_new, out, out_len);
         for (uint32_t b = 0; ok && b < nb; b++) {
             const uint32_t *want = s->ids + (i + b) * s->row + s->prompt[i + b];
             const uint32_t want_n = s->lengths[i + b] - s->prompt[i + b];
@@ -196,10 +213,13 @@ static bool gen_evaluate(const char *cmd, struct model *m, const struct tok_voca
         }
         free(p);
         free(q);
+    } else if (gpu) {
+        cli_error(cmd, "generation failed: %s", model_cuda_error(gpu));
     } else {
         cli_error(cmd, "generation failed (token ids outside the model?)");
     }
     model_runner_free(r);
+    model_cuda_free(gpu);
     free(out);
     free(out_len);
     free(truth);
@@ -412,7 +432,7 @@ int finetune_generation(int argc, char **argv)
             cli_error(cmd, "%s", trainer_error(tr));
             goto done;
         }
-        if (!gen_evaluate(cmd, m, vocab, &dev, seq, tgt, batch, threads, n_fields, &sc))
+        if (!gen_evaluate(cmd, m, vocab, &dev, seq, tgt, batch, threads, &where, n_fields, &sc))
             goto done;
         fprintf(loss_csv, "%" PRIu64 ",,,%.6f\n", step, sc.exact);
         fflush(loss_csv);
@@ -431,7 +451,7 @@ int finetune_generation(int argc, char **argv)
     const double seconds = cli_now() - t0;
     memcpy(model_params(m, &n_floats), best, n * sizeof(float));
     struct gen_score sc = {0};
-    if (!gen_evaluate(cmd, m, vocab, &test, seq, tgt, batch, threads, n_fields, &sc))
+    if (!gen_evaluate(cmd, m, vocab, &test, seq, tgt, batch, threads, &where, n_fields, &sc))
         goto done;
     fclose(loss_csv);
     loss_csv = NULL;

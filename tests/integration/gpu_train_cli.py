@@ -128,6 +128,25 @@ def main():
         check("eval of one model: fp32 on the GPU gives the CPU's accuracy exactly, bf16 within 2 %",
               acc[1] == acc[0] and abs(acc[2] - acc[0]) <= 0.02, acc)
 
+        # finetune generation: training on the GPU, dev and test generated with its KV cache
+        gds = os.path.join(tmp, "gen-ds")
+        netlm("dataset", "generation", "--pcap_path", os.path.join(DATA, "labeled", "ustc-tfc2016", "sessions"),
+              "--dataset_dir", gds, "--random_seed", "1", "--samples-per-class", "15", "-q")
+        json.dump({"model_type": "gpt2", "vocab_size": 65541, "n_embd": 32, "n_layer": 1, "n_head": 2,
+                   "n_inner": 64, "n_positions": 48}, open(os.path.join(tmp, "gen.json"), "w"))
+        for where in (("--device", "cpu"), ("--device", "cuda", "--precision", "fp32")):
+            netlm("finetune", "generation", "--config_path", os.path.join(tmp, "gen.json"),
+                  "--train_path", f"{gds}/train_dataset.tsv", "--dev_path", f"{gds}/valid_dataset.tsv",
+                  "--test_path", f"{gds}/test_dataset.tsv", "--output_model_path", os.path.join(tmp, "g-" + where[1]),
+                  "--seq_length", "40", "--epochs_num", "2", "--batch_size", "16", "--learning_rate", "3e-3",
+                  "--threads", "2", "-q", *where)
+        e = worst(losses(os.path.join(tmp, "g-cuda")), losses(os.path.join(tmp, "g-cpu")))
+        gc = json.load(open(os.path.join(tmp, "g-cpu", "metrics.json")))
+        gg = json.load(open(os.path.join(tmp, "g-cuda", "metrics.json")))
+        check(f"finetune generation on the GPU (fp32): losses within 1e-4 of the CPU's (measured {e:.2e}), "
+              f"test exact match within 1 % ({gg['exact_match']} vs {gc['exact_match']})",
+              e <= 1e-4 and abs(gg["exact_match"] - gc["exact_match"]) <= 0.01)
+
     print(f"{results['passed']} passed, {results['failed']} failed")
     sys.exit(1 if results["failed"] else 0)
 
