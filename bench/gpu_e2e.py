@@ -38,6 +38,8 @@ FP32_SCORE_BOUND = 1e-4
 GEN_FP32_ROW_MISMATCH = 0.01
 GEN_ARGS = ["--seq-length", "100", "--tgt-seq-length", "9"]  # [CLS] packet [SEP] + 8 new tokens
 DEVICE = os.environ.get("NETLM_E2E_DEVICE", "cuda")
+# --precision is refused without a GPU: the dry run (DEVICE cpu) leaves it out
+FP32 = ["--precision", "fp32"] if DEVICE != "cpu" else []
 
 
 def run(cmd):
@@ -107,12 +109,12 @@ def generation_checks(netlm, model, capture, tmp):
     tsv = os.path.join(ds, "train_dataset.tsv")
     gpu = ["--device", DEVICE]
     cpu = generate(netlm, gen, tsv, "--device", "cpu")
-    fp32 = generate(netlm, gen, tsv, *gpu, "--precision", "fp32")
+    fp32 = generate(netlm, gen, tsv, *gpu, *FP32)
     bf16 = generate(netlm, gen, tsv, *gpu)
     sample = ["--temperature", "0.8", "--top-k", "5", "--seed", "3"]
     s_cpu = generate(netlm, gen, tsv, "--device", "cpu", *sample)
-    s_gpu = generate(netlm, gen, tsv, *gpu, "--precision", "fp32", *sample)
-    s_gpu2 = generate(netlm, gen, tsv, *gpu, "--precision", "fp32", *sample)
+    s_gpu = generate(netlm, gen, tsv, *gpu, *FP32, *sample)
+    s_gpu2 = generate(netlm, gen, tsv, *gpu, *FP32, *sample)
     rows, diff32 = agreement(cpu, fp32)
     _, diff16 = agreement(cpu, bf16)
     _, diff_s = agreement(s_cpu, s_gpu)
@@ -154,7 +156,7 @@ def classify_checks(netlm, model, capture, tmp):
     label = lambda r: r["label_id"]
     scores = lambda r: {t["label_id"]: t["score"] for t in r["top_k"]}
     cpu = classify(netlm, model, capture, "--device", "cpu", "--top-k", "16")
-    fp32 = classify(netlm, model, capture, "--device", DEVICE, "--precision", "fp32", "--top-k", "16")
+    fp32 = classify(netlm, model, capture, "--device", DEVICE, *FP32, "--top-k", "16")
     bf16 = classify(netlm, model, capture, "--device", DEVICE, "--top-k", "16")
     n32, bad32, worst32 = compare(cpu, fp32, 0.0, label, scores)
     n16, bad16, worst16 = compare(cpu, bf16, BF16_SCORE_BOUND, label, scores)

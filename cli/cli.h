@@ -109,18 +109,19 @@ struct model;
 struct trainer;
 bool cli_dropout_arg(const char *cmd, const struct cli_opt *opts, double *p); /* -1: absent */
 
-/* --device cpu|cuda[:N] and --precision bf16|fp32 of the training commands. */
+/* --device cpu|cuda[:N] and --precision bf16|fp32 (training, evaluation, classify, generate;
+ * --precision without a GPU is refused: the CPU computes in fp32). */
 #define CLI_TRAIN_DEVICE_OPTIONS                                                                        {"device", NULL, 0, "cpu|cuda[:N]", "where to train (default cpu)", NULL},                         {"precision", NULL, 0, "bf16|fp32",                                                                 "on a GPU: bf16 matrix products with fp32 master weights and sums (default), or fp32 throughout", NULL}
-struct cli_train_device {
+struct cli_device {
     const char *name; /* as given ("cpu" when absent) */
     int device;       /* -1: the CPU */
     bool bf16;
 };
-bool cli_train_device_arg(const char *cmd, const struct cli_opt *opts, struct cli_train_device *d);
+bool cli_device_arg(const char *cmd, const struct cli_opt *opts, struct cli_device *d);
 /* The trainer on device (the CPU when device < 0) for batches of batch × seq ids, with the run's
  * dropout: p ≥ 0 sets the model's three probabilities first (saved with it), else the model's
  * config decides; masks drawn from seed. NULL after one error line. */
-struct trainer *cli_trainer(const char *cmd, struct model *m, const struct cli_train_device *d, int device,
+struct trainer *cli_trainer(const char *cmd, struct model *m, const struct cli_device *d, int device,
                             uint32_t batch, uint32_t seq, uint32_t threads, double p, uint64_t seed);
 
 /* A checkpoint's state.json. */

@@ -111,7 +111,7 @@ static char **class_names(const char *tsv_path, uint32_t n)
 /* Classifies every sample, on the CPU or (dev → device ≥ 0) with the CUDA engine at dev's
  * precision; fills the confusion matrix. */
 static bool evaluate(const char *cmd, struct model *m, const struct samples *s, uint32_t batch,
-                     uint32_t threads, const struct cli_train_device *dev, struct train_confusion *cm)
+                     uint32_t threads, const struct cli_device *dev, struct train_confusion *cm)
 {
     char err[512];
     const uint32_t NL = model_get_config(m)->num_labels;
@@ -309,8 +309,8 @@ static int finetune_understanding(int argc, char **argv)
         !cli_double(cmd, opts, "clip", 0.0, 0.0, 1e9, &clip) ||
         !cli_u64(cmd, opts, "seed", 7, 0, UINT64_MAX, &seed) || !cli_dropout_arg(cmd, opts, &dropout))
         return 2;
-    struct cli_train_device where;
-    if (!cli_train_device_arg(cmd, opts, &where))
+    struct cli_device where;
+    if (!cli_device_arg(cmd, opts, &where))
         return 2;
     const bool quiet = cli_flag(opts, "quiet"), resume = cli_flag(opts, "resume");
 
@@ -626,10 +626,10 @@ int cmd_eval(int argc, char **argv)
         cli_error(cmd, "--model and --test_path are required");
         return 2;
     }
-    struct cli_train_device where;
+    struct cli_device where;
     if (!cli_u32(cmd, opts, "batch-size", 32, 1, 4096, &batch) ||
         !cli_u32(cmd, opts, "threads", ncpu > 0 ? (uint32_t)ncpu : 1, 1, 1024, &threads) ||
-        !cli_train_device_arg(cmd, opts, &where))
+        !cli_device_arg(cmd, opts, &where))
         return 2;
     char err[1024], path[4200];
     int status = 1;

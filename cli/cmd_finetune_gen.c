@@ -151,7 +151,7 @@ struct gen_score {
  * the CUDA engine and its KV cache at the training precision. */
 static bool gen_evaluate(const char *cmd, struct model *m, const struct tok_vocab *vocab,
                          const struct gen_samples *s, uint32_t seq, uint32_t tgt, uint32_t batch,
-                         uint32_t threads, const struct cli_train_device *where, uint32_t n_fields,
+                         uint32_t threads, const struct cli_device *where, uint32_t n_fields,
                          struct gen_score *score)
 {
     char err[512];
@@ -305,8 +305,8 @@ int finetune_generation(int argc, char **argv)
         !cli_double(cmd, opts, "warmup", 0.1, 0.0, 1.0, &warmup) ||
         !cli_u64(cmd, opts, "seed", 7, 0, UINT64_MAX, &seed) || !cli_dropout_arg(cmd, opts, &dropout))
         return 2;
-    struct cli_train_device where;
-    if (!cli_train_device_arg(cmd, opts, &where))
+    struct cli_device where;
+    if (!cli_device_arg(cmd, opts, &where))
         return 2;
     if (2 * n_fields + 2 > tgt) {
         cli_error(cmd, "--tgt_seq_length %u cannot hold %u field(s): it needs [CLS] + 2 tokens per field + [SEP] = %u",

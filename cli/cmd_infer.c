@@ -114,26 +114,19 @@ static bool alloc_batch(struct infer *in, uint32_t kv_tokens)
  * batch bucket; kv_tokens > 0 (generate): with a KV cache of that many positions per row. */
 static bool open_gpu(struct infer *in, const struct cli_opt *opts, uint32_t kv_tokens)
 {
-    static const char *const precisions[] = {"bf16", "fp32", NULL};
-    const char *name = cli_get(opts, "device");
-    int device = -1;
-    if (name && !model_device_parse(name, &device)) {
-        cli_error(in->cmd, "--device: expected cpu, cuda or cuda:N, got '%s'", name);
+    struct cli_device where;
+    if (!cli_device_arg(in->cmd, opts, &where))
         return false;
-    }
-    int prec = cli_choice(in->cmd, opts, "precision", "bf16", precisions);
-    if (prec < 0)
-        return false;
-    if (device < 0)
+    if (where.device < 0)
         return true;
-    struct model_cuda_options o = {.device = device,
-                                   .precision = prec == 1 ? MODEL_PRECISION_FP32 : MODEL_PRECISION_BF16,
+    struct model_cuda_options o = {.device = where.device,
+                                   .precision = where.bf16 ? MODEL_PRECISION_BF16 : MODEL_PRECISION_FP32,
                                    .max_batch = in->batch, .max_seq = in->seq, .graphs = true,
                                    .kv_tokens = kv_tokens};
     char err[512];
     in->gpu = model_cuda_create(in->model, &o, err, sizeof err);
     if (!in->gpu) {
-        cli_error(in->cmd, "--device %s: %s", name, err);
+        cli_error(in->cmd, "--device %s: %s", where.name, err);
         return false;
     }
     return true;

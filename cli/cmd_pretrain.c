@@ -136,7 +136,7 @@ struct pt_args {
     double lr, warmup, wd, clip;
     int schedule, optimizer;
     bool quiet, resume, pad_targets;
-    struct cli_train_device dev;
+    struct cli_device dev;
     uint32_t world_size;  /* --world_size: 0 when absent */
     int *gpu_ranks, n_gpu_ranks;
 };
@@ -324,7 +324,7 @@ static int parse_args(int argc, char **argv, struct pt_args *a, const char ***po
             return 2;
         }
     }
-    if (!cli_train_device_arg(cmd, opts, &a->dev))
+    if (!cli_device_arg(cmd, opts, &a->dev))
         return 2;
     a->out_dir = cli_get(opts, "output-model-path");
     a->config_path = cli_get(opts, "config-path");

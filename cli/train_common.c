@@ -282,7 +282,7 @@ bool cli_dropout_arg(const char *cmd, const struct cli_opt *opts, double *p)
     return !cli_get(opts, "dropout") || cli_double(cmd, opts, "dropout", 0.0, 0.0, 0.95, p);
 }
 
-bool cli_train_device_arg(const char *cmd, const struct cli_opt *opts, struct cli_train_device *d)
+bool cli_device_arg(const char *cmd, const struct cli_opt *opts, struct cli_device *d)
 {
     static const char *const precisions[] = {"bf16", "fp32", NULL};
     d->name = cli_get(opts, "device");
@@ -304,7 +304,7 @@ bool cli_train_device_arg(const char *cmd, const struct cli_opt *opts, struct cl
     return true;
 }
 
-struct trainer *cli_trainer(const char *cmd, struct model *m, const struct cli_train_device *d, int device,
+struct trainer *cli_trainer(const char *cmd, struct model *m, const struct cli_device *d, int device,
                             uint32_t batch, uint32_t seq, uint32_t threads, double p, uint64_t seed)
 {
     if (p >= 0.0) {
