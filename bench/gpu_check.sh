@@ -164,6 +164,8 @@ run_stage memcheck-trainer 90 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool mem
     "$build/tests/test_cuda_train"
 run_stage memcheck-generate 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
     "$build/tests/test_cuda_generate"
+run_stage memcheck-pipeline 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
+    "$build/tests/test_cuda_pipeline"
 run_stage memcheck-attn-bwd 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
     "$build/tests/test_cuda_attention_backward"
 run_stage memcheck-model 60 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_TEST_FILTER=test_bf16 $san \
@@ -193,6 +195,8 @@ variant() { # name command...
 variant residual-bf16 "$build/netlm_model_bench" --device cuda --runs 10 --residual-bf16
 variant profile "$build/netlm_model_bench" --device cuda --runs 5 --profile
 variant train-profile env NETLM_CUDA_PROFILE=1 "$build/netlm_model_bench" --device cuda --train --runs 3
+variant train-tc-bwd env NETLM_CUDA_ATTN_BWD=tc "$build/netlm_model_bench" --device cuda --train --runs 5
+variant pipeline "$build/netlm_model_bench" --device cuda --pipeline --runs 10
 ((quick)) || variant gemm-heuristic env NETLM_CUDA_GEMM_TUNE=0 "$build/netlm_model_bench" --device cuda --runs 10
 grep -E "FAIL|ERROR SUMMARY|RACECHECK SUMMARY|LEAK SUMMARY|\[  (PASSED|FAILED) \]|\"e2e\"" "$log" | head -30 || true
 

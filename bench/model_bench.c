@@ -7,6 +7,9 @@
  *   netlm_model_bench --train --arch gpt2|qwen2 [--threads N]  (training steps, batch 32 x 128)
  *   netlm_model_bench --device cuda[:N] [--only NAME] [--precision bf16|fp32] [--residual-bf16]
  *                     [--runs N] [--profile]
+ *   netlm_model_bench --device cuda[:N] --pipeline [--precision bf16|fp32] [--runs N]
+ *     (classification of 32 batches, small GPT-2 B256 T128 with graphs, host packing included:
+ *      synchronous calls against submit/wait with one batch in flight, as the sensor runs it)
  *     (--profile: no CUDA graphs, and the engine's time per kind of step as a JSON line
  *      {"cuda_profile": ...} on stderr after each case; --residual-bf16: the engine's
  *      residual_bf16 option, the residual stream in bf16 too, bf16 precision only)
@@ -416,12 +419,119 @@ static int cuda_bench(int device, const char *only, enum model_precision prec, b
     return status;
 }
 
+/* ---- the classify pipeline (model_cuda_classify_submit / _wait) ---- */
+
+enum { PIPE_BATCHES = 32, PIPE_SHAPES = 4 };
+
+/* Batch i of the pipeline benchmark, written by the host as the sensor's batcher tokenizes: its
+ * lengths (uniform in [T/4, T], one of PIPE_SHAPES sets so that every graph bucket is warm) and
+ * its ids (the same for a given i in both modes). */
+static void pipe_batch(uint32_t i, uint32_t *ids, uint32_t *lengths, uint32_t B, uint32_t T, uint32_t vocab)
+{
+    uint64_t st = 1000 + i % PIPE_SHAPES;
+    for (uint32_t b = 0; b < B; b++) {
+        st = st * 6364136223846793005ull + 1442695040888963407ull;
+        lengths[b] = T / 4 + (uint32_t)((st >> 33) % (T - T / 4 + 1));
+    }
+    st = 77 + i;
+    random_ids(ids, (size_t)B * T, vocab, &st);
+}
+
+static bool pipe_sync(struct model_cuda *e, uint32_t *ids, uint32_t *lengths, uint32_t B, uint32_t T,
+                      uint32_t vocab, float *scores, size_t per_batch)
+{
+    for (uint32_t i = 0; i < PIPE_BATCHES; i++) {
+        pipe_batch(i, ids, lengths, B, T, vocab);
+        if (!model_cuda_classify(e, ids, lengths, B, T, NULL, scores + i * per_batch))
+            return false;
+    }
+    return true;
+}
+
+/* one batch in flight: batch i is packed and submitted before batch i - 1 is waited for */
+static bool pipe_overlapped(struct model_cuda *e, uint32_t *ids, uint32_t *lengths, uint32_t B, uint32_t T,
+                            uint32_t vocab, float *scores, size_t per_batch)
+{
+    for (uint32_t i = 0; i < PIPE_BATCHES; i++) {
+        pipe_batch(i, ids, lengths, B, T, vocab);
+        if (!model_cuda_classify_submit(e, ids, lengths, B, T, NULL, scores + i * per_batch))
+            return false;
+        if (i > 0 && !model_cuda_classify_wait(e))
+            return false;
+    }
+    return model_cuda_classify_wait(e);
+}
+
+static int cuda_pipeline_bench(int device, enum model_precision prec, int runs)
+{
+    const struct cuda_case k = {"gpt2-small-v65541-b256-t128", MODEL_ARCH_GPT2, 4, 256, 4, 4, 1024, 65541, 256, 128, true};
+    if (model_cuda_device_count() <= device) {
+        printf("{\"side\":\"netlm\",\"error\":\"no GPU cuda:%d visible\"}\n", device);
+        return 1;
+    }
+    struct model_config c;
+    cuda_case_config(&k, &c);
+    char err[512];
+    struct model *m = bench_model(&c, err, sizeof err);
+    struct model_cuda_options o = {.device = device, .precision = prec, .max_batch = k.batch, .max_seq = k.seq,
+                                   .graphs = true};
+    struct model_cuda *e = m ? model_cuda_create(m, &o, err, sizeof err) : NULL;
+    const size_t per_batch = (size_t)k.batch * c.num_labels;
+    uint32_t *ids = malloc((size_t)k.batch * k.seq * sizeof(uint32_t)), *lengths = malloc(k.batch * sizeof(uint32_t));
+    float *sync_scores = malloc(PIPE_BATCHES * per_batch * sizeof(float));
+    float *pipe_scores = malloc(PIPE_BATCHES * per_batch * sizeof(float));
+    int status = 0;
+    if (!e || !ids || !lengths || !sync_scores || !pipe_scores) {
+        printf("{\"side\":\"netlm\",\"case\":\"pipeline-%s\",\"error\":\"%s\"}\n", k.name, e ? "out of memory" : err);
+        status = 1;
+    } else {
+        uint64_t tokens = 0;
+        for (uint32_t i = 0; i < PIPE_BATCHES; i++) {
+            pipe_batch(i, ids, lengths, k.batch, k.seq, c.vocab_size);
+            for (uint32_t b = 0; b < k.batch; b++)
+                tokens += lengths[b];
+        }
+        double sync_s = 0.0, pipe_s = 0.0;
+        bool ok = true;
+        /* the warm-ups of TIME_MEDIAN capture every bucket's graph */
+        TIME_MEDIAN(runs, sync_s, ok = pipe_sync(e, ids, lengths, k.batch, k.seq, c.vocab_size, sync_scores, per_batch) && ok);
+        TIME_MEDIAN(runs, pipe_s, ok = pipe_overlapped(e, ids, lengths, k.batch, k.seq, c.vocab_size, pipe_scores, per_batch) && ok);
+        if (!ok) {
+            printf("{\"side\":\"netlm\",\"case\":\"pipeline-%s\",\"error\":\"%s\"}\n", k.name, model_cuda_error(e));
+            status = 1;
+        } else {
+            /* the same engine, kernels and buckets: the results must agree bit for bit */
+            const bool equal = !memcmp(sync_scores, pipe_scores, PIPE_BATCHES * per_batch * sizeof(float));
+            const char *modes[2] = {"sync", "pipelined"};
+            const double secs[2] = {sync_s, pipe_s};
+            for (int i = 0; i < 2; i++)
+                printf("{\"side\":\"netlm\",\"case\":\"pipeline-%s-%s\",\"precision\":\"%s\",\"graphs\":true,"
+                       "\"batch\":%u,\"seq\":%u,\"batches\":%d,\"ms\":%.4f,\"seq_per_s\":%.1f,\"tok_per_s\":%.1f,"
+                       "\"speedup\":%.3f,\"equal\":%s}\n",
+                       k.name, modes[i], prec == MODEL_PRECISION_FP32 ? "fp32" : "bf16", k.batch, k.seq, PIPE_BATCHES,
+                       secs[i] * 1e3 / PIPE_BATCHES, PIPE_BATCHES * k.batch / secs[i], tokens / secs[i],
+                       sync_s / secs[i], equal ? "true" : "false");
+            if (!equal)
+                status = 1;
+        }
+    }
+    fflush(stdout);
+    free(ids);
+    free(lengths);
+    free(sync_scores);
+    free(pipe_scores);
+    model_cuda_free(e);
+    model_free(m);
+    model_config_release(&c);
+    return status;
+}
+
 int main(int argc, char **argv)
 {
     const char *arch = "gpt2";
     uint32_t threads = 1;
     int runs = 7;
-    bool rss_mode = false, train_mode = false, profile = false, residual_bf16 = false;
+    bool rss_mode = false, train_mode = false, profile = false, residual_bf16 = false, pipeline = false;
     const char *device_name = "cpu", *only = NULL, *precision = "bf16";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--arch") && i + 1 < argc)
@@ -444,8 +554,10 @@ int main(int argc, char **argv)
             profile = true;
         else if (!strcmp(argv[i], "--residual-bf16"))
             residual_bf16 = true;
+        else if (!strcmp(argv[i], "--pipeline"))
+            pipeline = true;
         else {
-            fprintf(stderr, "usage: %s [--arch gpt2|qwen2] [--threads N] [--runs N] [--qwen05b-rss | --train | --device cuda[:N] [--only NAME] [--precision bf16|fp32] [--residual-bf16] [--profile]]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--arch gpt2|qwen2] [--threads N] [--runs N] [--qwen05b-rss | --train | --device cuda[:N] [--only NAME] [--precision bf16|fp32] [--residual-bf16] [--profile] [--pipeline]]\n", argv[0]);
             return 2;
         }
     }
@@ -462,6 +574,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s: --residual-bf16 is for --device cuda with --precision bf16\n", argv[0]);
         return 2;
     }
+    if (pipeline && (device < 0 || train_mode || residual_bf16 || profile)) {
+        fprintf(stderr, "%s: --pipeline is for --device cuda, without --train, --residual-bf16 or --profile\n", argv[0]);
+        return 2;
+    }
+    if (pipeline)
+        return cuda_pipeline_bench(device, strcmp(precision, "fp32") ? MODEL_PRECISION_BF16 : MODEL_PRECISION_FP32, runs);
     if (device >= 0 && train_mode)
         return cuda_train_bench(device, only, strcmp(precision, "fp32") ? MODEL_PRECISION_BF16 : MODEL_PRECISION_FP32,
                                 runs);

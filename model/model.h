@@ -156,8 +156,9 @@ bool model_generate(struct model_runner *r, const uint32_t *ids, const uint32_t 
 /* ---- running it on a GPU (model/cuda/) ----
  *
  * The inference engine: the model's weights copied to one GPU (bf16, or fp32 for testing),
- * activations for (max_batch, max_seq) allocated once, pinned host buffers and a stream; no
- * allocation after the first call of each shape bucket. Same contract as model_classify: a
+ * activations for (max_batch, max_seq) allocated once, pinned host buffers, a compute stream and
+ * (classification) an upload and a download stream; no allocation after the first call of each
+ * shape bucket. Same contract as model_classify: a
  * right-padded batch with per-sequence lengths in, fp32 scores out; generation with a device KV
  * cache (the kv_tokens option) as model_generate's. Built when nvcc is found
  * (NETLM_HAVE_CUDA); otherwise every call reports that CUDA is not built in. An engine is used
@@ -189,9 +190,26 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
                                      char *err, size_t errlen);
 void model_cuda_free(struct model_cuda *e);
 size_t model_cuda_bytes(const struct model_cuda *e); /* device memory held */
-/* As model_classify: pooled [batch, hidden] (optional) and softmax scores [batch, num_labels]. */
+/* As model_classify: pooled [batch, hidden] (optional) and softmax scores [batch, num_labels].
+ * The same as submit + wait of this batch alone (batches already in flight finish first; their
+ * waits then return at once). */
 bool model_cuda_classify(struct model_cuda *e, const uint32_t *ids, const uint32_t *lengths,
                          uint32_t batch, uint32_t seq, float *pooled, float *scores);
+/* model_cuda_classify in two halves, so that the caller prepares batch k + 1 while the GPU runs
+ * batch k. submit checks and packs the batch into one of two slots (pinned host and device
+ * buffers for inputs and outputs: ids and lengths may be reused as soon as it returns) and
+ * enqueues its upload, its pass and its download; pooled (may be NULL) and scores are where its
+ * results go, and must stay valid until its wait returns. wait finishes the oldest batch not yet
+ * waited for (batches complete in submit order, one wait per successful submit) and returns its
+ * status; without a batch to wait for it fails ("classify_wait without a batch in flight").
+ * Two batches at most are in flight: a third submit blocks on the oldest (which then writes its
+ * results, and its wait returns at once). Uploads, passes and downloads overlap across the two
+ * slots; the passes themselves run one after the other (one activation arena). A failed submit
+ * submits nothing. model_cuda_last_logits and model_cuda_generate may be called with batches in
+ * flight: they run after them on the compute stream and leave their results to their waits. */
+bool model_cuda_classify_submit(struct model_cuda *e, const uint32_t *ids, const uint32_t *lengths,
+                                uint32_t batch, uint32_t seq, float *pooled, float *scores);
+bool model_cuda_classify_wait(struct model_cuda *e);
 /* LM head logits of each row's last real position: logits [batch, vocab]. */
 bool model_cuda_last_logits(struct model_cuda *e, const uint32_t *ids, const uint32_t *lengths,
                             uint32_t batch, uint32_t seq, float *logits);

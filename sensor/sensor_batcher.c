@@ -6,7 +6,15 @@
  * A batch is up to batch_max sessions, or fewer once batch_timeout_us has passed since the first
  * of them was queued. Reload: the manager builds a new engine and posts it; the batcher takes it
  * between batches and frees the old one after its in-flight batch, so no batch ever runs on a
- * model that is being freed. */
+ * model that is being freed.
+ *
+ * Classification keeps one batch in flight (struct sensor_flight): batch k + 1 is tokenized and
+ * submitted (model_cuda_classify_submit) before the batcher waits for batch k and writes its
+ * events, so the GPU computes k while the host prepares k + 1. The batch in flight is finished
+ * before the batcher would sleep (an empty queue, or a batch still filling up), before an engine
+ * swap and at the end, so overlap never costs latency when sessions trickle in. The CPU runner
+ * goes through the same steps but finishes each batch right after computing it. Events keep their
+ * order within a batch and batches finish in order. */
 #include <inttypes.h>
 #include <sched.h>
 #include <stdio.h>
@@ -83,6 +91,10 @@ void sensor_engine_free(struct sensor_engine *e)
     free(e->name_json);
     free(e->ids);
     free(e->lengths);
+    free(e->flight.batch);
+    free(e->flight.ids);
+    free(e->flight.lengths);
+    free(e->flight.scores);
     free(e->generated);
     free(e->generated_len);
     free(e->scores);
@@ -212,6 +224,14 @@ struct sensor_engine *sensor_engine_load(const struct cfg_sensor *cfg, const cha
     e->labels_json = calloc(labels, sizeof *e->labels_json);
     bool ok = e->ids && e->lengths && e->scores && e->generated && e->generated_len && e->batch && e->line &&
               e->text && e->name_json && e->labels_json;
+    if (ok && task == CFG_TASK_CLASSIFY) {
+        struct sensor_flight *f = &e->flight;
+        f->ids = calloc((size_t)e->batch_max * e->seq, sizeof *f->ids);
+        f->lengths = calloc(e->batch_max, sizeof *f->lengths);
+        f->scores = calloc((size_t)e->batch_max * labels, sizeof *f->scores);
+        f->batch = calloc(e->batch_max, sizeof *f->batch);
+        ok = f->ids && f->lengths && f->scores && f->batch;
+    }
     for (uint32_t i = 0; ok && i < e->mc->num_labels; i++)
         ok = (e->labels_json[i] = sj_quote_dup(e->mc->labels[i])) != NULL;
     if (!ok) {
@@ -268,22 +288,42 @@ bool sensor_engine_classify(struct sensor_engine *e, uint32_t n, char *err, size
     return false;
 }
 
-static void classify_batch(struct sensor *sn, struct sensor_engine *e, uint32_t n)
+bool sensor_engine_generate(struct sensor_engine *e, uint32_t n, uint32_t max_new, char *err, size_t errlen)
 {
-    for (uint32_t b = 0; b < n; b++)
-        e->lengths[b] = tok_session_ids(e->vocab, &e->tok, &e->batch[b]->s, e->ids + (size_t)b * e->seq);
-    char why[400];
-    bool ok = sensor_engine_classify(e, n, why, sizeof why);
-    int64_t now = sensor_mono_ns();
-    if (!ok) {
-        atomic_fetch_add(&sn->failed_batches, 1);
-        sensor_log("the model rejected a batch of %u sessions (%s)", n, why);
-        return;
+    const struct model_sampling greedy = {.temperature = 0, .top_k = 0, .top_p = 1, .seed = 7};
+    if (e->gpu) {
+        if (model_cuda_generate(e->gpu, e->ids, e->lengths, n, e->seq, &greedy, max_new, e->generated,
+                                e->generated_len))
+            return true;
+        snprintf(err, errlen, "%s", model_cuda_error(e->gpu));
+        return false;
     }
+    if (model_generate(e->runner, e->ids, e->lengths, n, e->seq, &greedy, max_new, e->generated, e->generated_len))
+        return true;
+    snprintf(err, errlen, "token ids outside its vocabulary?");
+    return false;
+}
+
+/* A batch's counters, and its slots back to the queue. */
+static void batch_done(struct sensor *sn, struct sensor_slot **batch, uint32_t n)
+{
+    atomic_fetch_add_explicit(&sn->batches, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&sn->batch_items, n, memory_order_relaxed);
+    uint64_t m = atomic_load_explicit(&sn->batch_max_seen, memory_order_relaxed);
+    if (n > m)
+        atomic_store_explicit(&sn->batch_max_seen, n, memory_order_relaxed);
+    for (uint32_t b = 0; b < n; b++)
+        sensor_queue_release(&sn->q, batch[b]);
+}
+
+/* One classification event per session of a finished batch. */
+static void emit_classifications(struct sensor *sn, struct sensor_engine *e, const struct sensor_flight *f,
+                                 int64_t now)
+{
     uint32_t best[100];
-    for (uint32_t b = 0; b < n; b++) {
-        struct sensor_slot *slot = e->batch[b];
-        const float *s = e->scores + (size_t)b * e->mc->num_labels;
+    for (uint32_t b = 0; b < f->n; b++) {
+        struct sensor_slot *slot = f->batch[b];
+        const float *s = f->scores + (size_t)b * e->mc->num_labels;
         uint32_t k = model_top_labels(s, e->mc->num_labels, e->top_k, best);
         int64_t lat = now - slot->enqueue_ns;
         record_latency(sn, lat);
@@ -304,11 +344,63 @@ static void classify_batch(struct sensor *sn, struct sensor_engine *e, uint32_t 
         sj_printf(&j, ",\"packets\":%u,\"trigger\":\"%s\",\"latency_us\":%" PRId64, used,
                   sensor_trigger_name((enum sensor_trigger)slot->trigger), lat / 1000);
         if (sn->opts->emit_tokens)
-            append_tokens(&j, "tokens", e->ids + (size_t)b * e->seq, e->lengths[b]);
+            append_tokens(&j, "tokens", f->ids + (size_t)b * e->seq, f->lengths[b]);
         sj_raw(&j, "}}\n");
         emit(sn, &j);
         atomic_fetch_add_explicit(&sn->classified, 1, memory_order_relaxed);
     }
+}
+
+/* Waits for the batch in flight (GPU), writes its events and gives its slots back. */
+static void finish_flight(struct sensor *sn, struct sensor_engine *e)
+{
+    struct sensor_flight *f = &e->flight;
+    if (f->n == 0)
+        return;
+    const bool ok = !e->gpu || model_cuda_classify_wait(e->gpu);
+    int64_t now = sensor_mono_ns();
+    if (ok) {
+        emit_classifications(sn, e, f, now);
+    } else {
+        atomic_fetch_add(&sn->failed_batches, 1);
+        sensor_log("the model failed a batch of %u sessions (%s)", f->n, model_cuda_error(e->gpu));
+    }
+    batch_done(sn, f->batch, f->n);
+    f->n = 0;
+}
+
+/* Tokenizes the current batch (e->batch, n sessions) and starts it: submitted to the GPU, or
+ * computed by the CPU runner; then finishes the batch submitted before it, and leaves this one in
+ * flight (GPU) or finishes it too (CPU). */
+static void classify_batch(struct sensor *sn, struct sensor_engine *e, uint32_t n)
+{
+    for (uint32_t b = 0; b < n; b++)
+        e->lengths[b] = tok_session_ids(e->vocab, &e->tok, &e->batch[b]->s, e->ids + (size_t)b * e->seq);
+    char why[400] = "";
+    bool ok;
+    if (e->gpu) {
+        ok = model_cuda_classify_submit(e->gpu, e->ids, e->lengths, n, e->seq, NULL, e->scores);
+        if (!ok)
+            snprintf(why, sizeof why, "%s", model_cuda_error(e->gpu));
+    } else {
+        ok = sensor_engine_classify(e, n, why, sizeof why);
+    }
+    finish_flight(sn, e);
+    if (!ok) {
+        atomic_fetch_add(&sn->failed_batches, 1);
+        sensor_log("the model rejected a batch of %u sessions (%s)", n, why);
+        batch_done(sn, e->batch, n);
+        return;
+    }
+    /* this batch's arrays become the flight's; the finished flight's are free for the next */
+    struct sensor_flight *f = &e->flight;
+    struct sensor_slot **batch = f->batch;
+    uint32_t *ids = f->ids, *lengths = f->lengths;
+    float *scores = f->scores;
+    *f = (struct sensor_flight){.batch = e->batch, .ids = e->ids, .lengths = e->lengths, .scores = e->scores, .n = n};
+    e->batch = batch, e->ids = ids, e->lengths = lengths, e->scores = scores;
+    if (!e->gpu)
+        finish_flight(sn, e);
 }
 
 /* Generation: the seed's task on the session's first packet — the field zeroed in the input, the
@@ -335,16 +427,12 @@ static void generate_batch(struct sensor *sn, struct sensor_engine *e, uint32_t 
         size_t tl = tok_packet_text(&e->tok, &masked, e->text, e->text_cap, &needed);
         e->lengths[b] = tok_text_ids(e->vocab, e->text, tl, e->seq, ids);
     }
-    struct model_sampling sampling = {.temperature = 0, .top_k = 0, .top_p = 1, .seed = 7};
-    bool ok = e->gpu ? model_cuda_generate(e->gpu, e->ids, e->lengths, n, e->seq, &sampling, e->max_new,
-                                           e->generated, e->generated_len)
-                     : model_generate(e->runner, e->ids, e->lengths, n, e->seq, &sampling, e->max_new,
-                                      e->generated, e->generated_len);
+    char why[400] = "";
+    const bool ok = sensor_engine_generate(e, n, e->max_new, why, sizeof why);
     int64_t now = sensor_mono_ns();
     if (!ok) {
         atomic_fetch_add(&sn->failed_batches, 1);
-        sensor_log("the model rejected a batch of %u sessions (%s)", n,
-                   e->gpu ? model_cuda_error(e->gpu) : "token ids outside its vocabulary?");
+        sensor_log("the model rejected a batch of %u sessions (%s)", n, why);
         return;
     }
     for (uint32_t b = 0; b < n; b++) {
@@ -386,6 +474,7 @@ void *sensor_batcher_main(void *arg)
     for (;;) {
         struct sensor_engine *next = atomic_exchange(&sn->pending, NULL);
         if (next) {
+            finish_flight(sn, sn->engine);
             sensor_engine_free(sn->engine); /* its last batch is done: nothing else uses it */
             sn->engine = next;
             sensor_log("model %s loaded (task %s, batch_max %u)", next->name, cfg_task_name(next->task),
@@ -394,6 +483,10 @@ void *sensor_batcher_main(void *arg)
         struct sensor_engine *e = sn->engine;
         uint32_t n = sensor_queue_pop(&sn->q, e->batch, e->batch_max);
         if (n == 0) {
+            if (e->flight.n) { /* nothing to overlap it with: deliver it now */
+                finish_flight(sn, e);
+                continue;
+            }
             /* input_done is set only after the last flow has ended, so an empty queue then is
              * final; re-check after reading the flag to close the race with the last push */
             if (atomic_load(&sn->input_done)) {
@@ -410,19 +503,16 @@ void *sensor_batcher_main(void *arg)
             n += sensor_queue_pop(&sn->q, e->batch + n, e->batch_max - n);
             if (n == e->batch_max || atomic_load(&sn->input_done) || sensor_mono_ns() >= deadline)
                 break;
+            finish_flight(sn, e); /* never sleep on a finished batch's events */
             sensor_queue_wait_items(&sn->q, deadline);
         }
-        if (e->task == CFG_TASK_CLASSIFY)
-            classify_batch(sn, e, n);
-        else
+        if (e->task == CFG_TASK_CLASSIFY) {
+            classify_batch(sn, e, n); /* counts and releases its batches itself */
+        } else {
             generate_batch(sn, e, n);
-        atomic_fetch_add_explicit(&sn->batches, 1, memory_order_relaxed);
-        atomic_fetch_add_explicit(&sn->batch_items, n, memory_order_relaxed);
-        uint64_t m = atomic_load_explicit(&sn->batch_max_seen, memory_order_relaxed);
-        if (n > m)
-            atomic_store_explicit(&sn->batch_max_seen, n, memory_order_relaxed);
-        for (uint32_t b = 0; b < n; b++)
-            sensor_queue_release(&sn->q, e->batch[b]);
+            batch_done(sn, e->batch, n);
+        }
     }
+    finish_flight(sn, sn->engine);
     return NULL;
 }

@@ -86,13 +86,24 @@ size_t sensor_queue_depth(struct sensor_queue *q);
 
 /* ---- the model engine: everything a batch needs, swapped whole on reload ---- */
 
+/* Classification's batch in flight: the batcher submits batch k + 1 before it waits for batch k
+ * and writes k's events, so that on the GPU batch k runs while k + 1 is gathered and tokenized
+ * (on the CPU a batch is finished right after its submit). Its own per-batch arrays, exchanged
+ * with the engine's current ones at each submit. */
+struct sensor_flight {
+    struct sensor_slot **batch;
+    uint32_t *ids, *lengths;
+    float *scores;
+    uint32_t n; /* sessions in flight, 0 = none */
+};
+
 struct sensor_engine {
     struct model *model;
     const struct model_config *mc;
     struct tok_vocab *vocab;
     struct tok_settings tok;
     struct model_runner *runner;  /* the CPU model (model.device cpu) */
-    struct model_cuda *gpu;       /* or the CUDA engine (model.device cuda[:N], classification) */
+    struct model_cuda *gpu;       /* or the CUDA engine (model.device cuda[:N]) */
     enum cfg_task task;           /* CLASSIFY or GENERATE (never AUTO or NONE) */
     uint32_t threads;             /* the model's CPU threads (model.threads, 0 resolved) */
     enum tok_field field;         /* generation target (the seed's: ip_len) */
@@ -103,6 +114,7 @@ struct sensor_engine {
     uint32_t *ids, *lengths, *generated, *generated_len;
     float *scores;
     struct sensor_slot **batch;   /* batch_max slots being worked on */
+    struct sensor_flight flight;  /* classification: the batch submitted before this one */
     char *line;                   /* one event line */
     size_t line_cap;
     char *text;                   /* generation: one packet's token text */
@@ -119,6 +131,9 @@ void sensor_engine_free(struct sensor_engine *e);
 /* Scores of e->ids / e->lengths [n] into e->scores, on the engine's device; false with a reason
  * in err. */
 bool sensor_engine_classify(struct sensor_engine *e, uint32_t n, char *err, size_t errlen);
+/* Greedy continuations of the first n rows of e->ids (max_new tokens at most) into e->generated,
+ * on the GPU or the CPU, whichever holds the model; false with the reason in err. */
+bool sensor_engine_generate(struct sensor_engine *e, uint32_t n, uint32_t max_new, char *err, size_t errlen);
 
 /* ---- JSON lines ---- */
 

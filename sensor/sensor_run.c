@@ -271,12 +271,9 @@ static void reload(struct sensor *sn)
         /* usable: one tiny batch through it, here, not in the batcher */
         e->ids[0] = TOK_CLS, e->ids[1] = TOK_SEP;
         e->lengths[0] = 2;
-        struct model_sampling greedy = {.temperature = 0, .top_p = 1};
         char why[400] = "";
-        bool ok = e->task == CFG_TASK_CLASSIFY
-                      ? sensor_engine_classify(e, 1, why, sizeof why)
-                      : model_generate(e->runner, e->ids, e->lengths, 1, e->seq, &greedy, 1, e->generated,
-                                       e->generated_len);
+        bool ok = e->task == CFG_TASK_CLASSIFY ? sensor_engine_classify(e, 1, why, sizeof why)
+                                               : sensor_engine_generate(e, 1, 1, why, sizeof why);
         if (!ok) {
             snprintf(err, sizeof err, "%s: the model failed a test batch%s%s", dir, why[0] ? ": " : "", why);
             sensor_engine_free(e);

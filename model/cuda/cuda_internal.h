@@ -193,6 +193,10 @@ typedef void (*cu_generate_hook)(void *user, const uint32_t *rows, uint32_t n, c
                                  uint32_t vocab);
 struct model_cuda;
 void cu_engine_set_generate_hook(struct model_cuda *e, cu_generate_hook fn, void *user);
+/* Test hook: the engine's compute stream and the classify slots' upload and download streams, so
+ * that a test can hold one of them back (cu_spin) and check that the others wait for it. */
+void cu_engine_streams(struct model_cuda *e, cudaStream_t *compute, cudaStream_t *upload,
+                       cudaStream_t *download);
 
 /* ---- GEMMs through cuBLASLt (gemm.c) ---- */
 

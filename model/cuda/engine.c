@@ -21,6 +21,8 @@
  *   each add rounds the stream to bf16 once more.
  * - per call: the packed token ids, their positions and seq_off[batch + 1], copied from pinned
  *   host memory; scores (and pooled states, logits) copied back into pinned memory.
+ * - classification's two slots (model_cuda_classify_submit): each its own pinned input/output
+ *   buffers and device input/output buffers (carved from the activation block), see below.
  * - generation (the kv_tokens option): a KV cache [layers][max_batch][kv_tokens][kv_heads · d]
  *   of type T for K and V (its own allocation, made at create), the position tables (wpe, RoPE)
  *   for kv_tokens positions, and per row its cache row kvrow = slot · kv_tokens + position.
@@ -38,7 +40,23 @@
  * depends only on the launch shapes: (batch bucket, token bucket, length bucket, head). With
  * graphs on, a batch is padded to its buckets (padding rows use token 0 at position 0 and belong
  * to no sequence; padding sequences are empty and give zero rows); the first call of a bucket
- * runs eagerly (building the GEMM plans) and captures the graph for the next ones. */
+ * runs eagerly (building the GEMM plans) and captures the graph for the next ones.
+ *
+ * Classification is double-buffered over three streams: an upload stream copies slot k+1's
+ * packed inputs to the device while the compute stream runs slot k, and a download stream copies
+ * slot k's outputs back while the compute stream runs k+1. Events order them: the compute of a
+ * slot waits for its upload ("uploaded"); an upload into a slot waits for the compute that last
+ * read its device inputs ("consumed"); a download waits for its compute ("computed"); the compute
+ * writing a slot's device outputs waits for the previous download of them ("downloaded"). The host
+ * reuses a slot only after it waited for its "downloaded", which follows all the others, so the
+ * device-side waits restate what the host already guarantees. Uploads and downloads have a stream
+ * each so that an upload never queues behind a download that waits for a compute.
+ *   Graphs keep reading the fixed buffers (d_seq_off, d_tokens, d_pos; scores, pooled32): the
+ * compute stream copies a slot's inputs into them before the pass and the outputs out of them into
+ * the slot after it (device-to-device, a few hundred KiB at most). That keeps one graph per bucket
+ * (not one per bucket and slot) and keeps the copies out of the graphs. Only inputs and outputs
+ * are doubled: the activations stay single, which is correct because all passes are serialised on
+ * the compute stream. */
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -50,6 +68,7 @@
 
 #define ALIGN_BYTES 256
 #define GRAPH_SLOTS 48
+#define CU_SLOTS 2 /* classify batches in flight at most */
 
 void cu_host_from_f32(void *dst, enum cu_dtype t, const float *src, size_t n)
 {
@@ -92,6 +111,17 @@ struct graph_slot {
     cudaGraphExec_t exec;
 };
 
+/* One classify batch in flight (model_cuda_classify_submit): its inputs packed compactly as
+ * seq_off [nseq + 1] | tokens [rows] | pos [rows] (one upload), its outputs as scores [batch, L]
+ * | pooled [batch, C] (one download), and the caller's destinations for them. */
+struct cu_slot {
+    uint32_t *h_in, *d_in; /* pinned host, device: [max_batch + 1 + 2 · max_tokens] */
+    float *h_out, *d_out;  /* pinned host, device: [max_batch · (L + C)] */
+    cudaEvent_t uploaded, consumed, computed, downloaded;
+    uint32_t batch, nseq, rows, max_len;
+    float *pooled, *scores; /* the submit's (pooled may be NULL) */
+};
+
 struct model_cuda {
     const struct model *m;
     struct model_cuda_options opt;
@@ -102,7 +132,8 @@ struct model_cuda {
     enum cu_norm_kind norm;
     size_t max_tokens;
 
-    cudaStream_t stream;
+    cudaStream_t stream;     /* compute: every pass, in call order */
+    cudaStream_t up, down;   /* classify slots' uploads and downloads */
     struct cu_gemm *gemm;
 
     /* weights */
@@ -146,6 +177,14 @@ struct model_cuda {
 
     struct graph_slot graphs[GRAPH_SLOTS];
     unsigned graph_next;
+
+    /* classify in flight: slot[oldest] is the oldest of `inflight` (0..2); `unclaimed` batches
+     * (older than any in flight) were completed by a submit that found the pipeline full, or by
+     * model_cuda_classify, and their waits return at once */
+    struct cu_slot slot[CU_SLOTS];
+    void *h_slots; /* the slots' pinned buffers, one allocation */
+    unsigned oldest, inflight, unclaimed;
+    bool prof_pending; /* the profile holds marks of a pass not yet collected */
 
     struct cu_profile *prof; /* NETLM_CUDA_PROFILE=1, eager runs only (profile.c) */
     char err[320];
@@ -333,6 +372,10 @@ static void place_activations(struct model_cuda *e, char *base, size_t *total)
         CARVE(d_kvrow, uint32_t *, N * sizeof(uint32_t));
         CARVE(d_next, uint32_t *, B * sizeof(uint32_t));
     }
+    for (unsigned i = 0; e->has_cls && i < CU_SLOTS; i++) {
+        CARVE(slot[i].d_in, uint32_t *, (B + 1 + 2 * N) * sizeof(uint32_t));
+        CARVE(slot[i].d_out, float *, B * (e->L + C) * sizeof(float));
+    }
 #undef CARVE
     *total = off;
 }
@@ -345,6 +388,20 @@ void model_cuda_free(struct model_cuda *e)
         return;
     if (e->opt.device >= 0)
         cudaSetDevice(e->opt.device);
+    /* batches still in flight are dropped, but no copy may still touch the buffers freed below */
+    if (e->up)
+        cudaStreamSynchronize(e->up);
+    if (e->stream)
+        cudaStreamSynchronize(e->stream);
+    if (e->down)
+        cudaStreamSynchronize(e->down);
+    for (unsigned i = 0; i < CU_SLOTS; i++) {
+        struct cu_slot *sl = &e->slot[i];
+        cudaEvent_t *ev[4] = {&sl->uploaded, &sl->consumed, &sl->computed, &sl->downloaded};
+        for (unsigned k = 0; k < 4; k++)
+            if (*ev[k])
+                cudaEventDestroy(*ev[k]);
+    }
     for (unsigned i = 0; i < GRAPH_SLOTS; i++)
         if (e->graphs[i].used)
             cudaGraphExecDestroy(e->graphs[i].exec);
@@ -355,8 +412,13 @@ void model_cuda_free(struct model_cuda *e)
     cudaFree(e->kvblock);
     cudaFreeHost(e->h_in);
     cudaFreeHost(e->h_out);
+    cudaFreeHost(e->h_slots);
     if (e->stream)
         cudaStreamDestroy(e->stream);
+    if (e->up)
+        cudaStreamDestroy(e->up);
+    if (e->down)
+        cudaStreamDestroy(e->down);
     free(e->gen_rng);
     free(e->gen_pos);
     free(e->gen_active);
@@ -419,7 +481,9 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
 
     bool ok = true;
     if (cudaSetDevice(o->device) != cudaSuccess ||
-        cudaStreamCreateWithFlags(&e->stream, cudaStreamNonBlocking) != cudaSuccess) {
+        cudaStreamCreateWithFlags(&e->stream, cudaStreamNonBlocking) != cudaSuccess ||
+        cudaStreamCreateWithFlags(&e->up, cudaStreamNonBlocking) != cudaSuccess ||
+        cudaStreamCreateWithFlags(&e->down, cudaStreamNonBlocking) != cudaSuccess) {
         fail(e, "cuda: cannot open cuda:%d: %s", o->device, cudaGetErrorString(cudaGetLastError()));
         ok = false;
     }
@@ -499,12 +563,42 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
             }
         }
     }
+    if (ok && e->has_cls) {
+        /* the classify slots: pinned buffers and events, all made here so that no call after
+         * the first of a bucket allocates */
+        const size_t in_bytes = align_up(((size_t)o->max_batch + 1 + 2 * e->max_tokens) * sizeof(uint32_t), ALIGN_BYTES);
+        const size_t out_bytes = align_up((size_t)o->max_batch * (e->L + e->C) * sizeof(float), ALIGN_BYTES);
+        if (cudaMallocHost(&e->h_slots, CU_SLOTS * (in_bytes + out_bytes)) != cudaSuccess) {
+            fail(e, "cuda: cannot allocate pinned host buffers");
+            ok = false;
+        }
+        for (unsigned i = 0; ok && i < CU_SLOTS; i++) {
+            struct cu_slot *sl = &e->slot[i];
+            char *base = (char *)e->h_slots + i * (in_bytes + out_bytes);
+            sl->h_in = (uint32_t *)base;
+            sl->h_out = (float *)(base + in_bytes);
+            cudaEvent_t *ev[4] = {&sl->uploaded, &sl->consumed, &sl->computed, &sl->downloaded};
+            for (unsigned k = 0; ok && k < 4; k++)
+                if (cudaEventCreateWithFlags(ev[k], cudaEventDisableTiming) != cudaSuccess) {
+                    fail(e, "cuda: cannot create events: %s", cudaGetErrorString(cudaGetLastError()));
+                    ok = false;
+                }
+        }
+    }
     if (!ok) {
         snprintf(err, errlen, "%s", e->err);
         model_cuda_free(e);
         return NULL;
     }
     return e;
+}
+
+void cu_engine_streams(struct model_cuda *e, cudaStream_t *compute, cudaStream_t *upload,
+                       cudaStream_t *download)
+{
+    *compute = e->stream;
+    *upload = e->up;
+    *download = e->down;
 }
 
 size_t model_cuda_bytes(const struct model_cuda *e)
@@ -627,8 +721,15 @@ static size_t token_bucket(size_t n)
     return align_up(n, step);
 }
 
-static bool pack(struct model_cuda *e, const uint32_t *ids, const uint32_t *lengths,
-                 uint32_t batch, uint32_t seq)
+/* A batch's launch shapes: nseq sequences (batch, or its bucket with graphs), rows packed rows,
+ * lengths ≤ max_len. */
+struct cu_shape {
+    uint32_t batch, nseq, rows, max_len;
+};
+
+/* Checks a right-padded batch's size and lengths and gives its shapes. */
+static bool batch_shape(struct model_cuda *e, const uint32_t *lengths, uint32_t batch, uint32_t seq,
+                        struct cu_shape *sh)
 {
     if (batch == 0 || batch > e->opt.max_batch || seq == 0 || seq > e->opt.max_seq) {
         fail(e, "cuda: batch %u × %u outside the engine's %u × %u", batch, seq, e->opt.max_batch,
@@ -642,38 +743,69 @@ static bool pack(struct model_cuda *e, const uint32_t *ids, const uint32_t *leng
             fail(e, "cuda: row %u has length %u (1..%u)", b, len, seq);
             return false;
         }
-        e->h_seq_off[b] = off;
+        off += len;
+        max_len = len > max_len ? len : max_len;
+    }
+    *sh = (struct cu_shape){.batch = batch, .nseq = batch, .rows = off, .max_len = max_len};
+    if (e->opt.graphs) {
+        sh->nseq = pow2_at_least(batch);
+        if (sh->nseq > e->opt.max_batch)
+            sh->nseq = e->opt.max_batch;
+        size_t rows = token_bucket(off);
+        sh->rows = (uint32_t)(rows < e->max_tokens ? rows : e->max_tokens);
+        uint32_t len_cap = (uint32_t)align_up(e->opt.max_seq, 64);
+        sh->max_len = (uint32_t)align_up(max_len, 64);
+        if (sh->max_len > len_cap)
+            sh->max_len = len_cap;
+    }
+    return true;
+}
+
+/* Packs the batch into seq_off [nseq + 1], tokens and pos [rows] (host memory): sequence b's
+ * tokens at rows seq_off[b]..; padding sequences empty, padding rows token 0 at position 0. */
+static bool batch_fill(struct model_cuda *e, const uint32_t *ids, const uint32_t *lengths,
+                       uint32_t seq, const struct cu_shape *sh, uint32_t *seq_off, uint32_t *tokens,
+                       uint32_t *pos)
+{
+    uint32_t off = 0;
+    for (uint32_t b = 0; b < sh->batch; b++) {
+        const uint32_t len = lengths[b];
+        seq_off[b] = off;
         for (uint32_t i = 0; i < len; i++) {
             const uint32_t id = ids[(size_t)b * seq + i];
             if (id >= e->V) {
                 fail(e, "cuda: token id %u in row %u is outside the vocabulary (%u)", id, b, e->V);
                 return false;
             }
-            e->h_tokens[off + i] = id;
-            e->h_pos[off + i] = i;
+            tokens[off + i] = id;
+            pos[off + i] = i;
         }
         off += len;
-        max_len = len > max_len ? len : max_len;
     }
-    e->batch = batch;
-    e->nseq = batch;
-    e->rows = off;
-    e->max_len = max_len;
-    if (e->opt.graphs) {
-        e->nseq = pow2_at_least(batch);
-        if (e->nseq > e->opt.max_batch)
-            e->nseq = e->opt.max_batch;
-        size_t rows = token_bucket(off);
-        e->rows = (uint32_t)(rows < e->max_tokens ? rows : e->max_tokens);
-        uint32_t len_cap = (uint32_t)align_up(e->opt.max_seq, 64);
-        e->max_len = (uint32_t)align_up(max_len, 64);
-        if (e->max_len > len_cap)
-            e->max_len = len_cap;
-    }
-    for (uint32_t b = batch; b <= e->nseq; b++)
-        e->h_seq_off[b] = off;
-    for (uint32_t r = off; r < e->rows; r++)
-        e->h_tokens[r] = e->h_pos[r] = 0;
+    for (uint32_t b = sh->batch; b <= sh->nseq; b++)
+        seq_off[b] = off;
+    for (uint32_t r = off; r < sh->rows; r++)
+        tokens[r] = pos[r] = 0;
+    return true;
+}
+
+static void set_shape(struct model_cuda *e, const struct cu_shape *sh)
+{
+    e->batch = sh->batch;
+    e->nseq = sh->nseq;
+    e->rows = sh->rows;
+    e->max_len = sh->max_len;
+}
+
+/* The synchronous calls' packing: into h_seq_off, h_tokens, h_pos, shapes into e. */
+static bool pack(struct model_cuda *e, const uint32_t *ids, const uint32_t *lengths,
+                 uint32_t batch, uint32_t seq)
+{
+    struct cu_shape sh;
+    if (!batch_shape(e, lengths, batch, seq, &sh) ||
+        !batch_fill(e, ids, lengths, seq, &sh, e->h_seq_off, e->h_tokens, e->h_pos))
+        return false;
+    set_shape(e, &sh);
     return true;
 }
 
@@ -720,10 +852,42 @@ static bool graph_capture(struct model_cuda *e, enum tail tail)
     return true;
 }
 
+/* Collects the profile's marks of the last pass before a new pass starts over them. */
+static bool profile_flush(struct model_cuda *e)
+{
+    if (!e->prof_pending)
+        return true;
+    e->prof_pending = false;
+    CK(cudaStreamSynchronize(e->stream), "running the model");
+    cu_profile_collect(e->prof, true);
+    return true;
+}
+
+/* The current shapes' pass on the compute stream: a graph's replay, or an eager run (and, the
+ * first time a bucket is seen with graphs, *capture set: graph_capture once the run is done). */
+static bool launch(struct model_cuda *e, enum tail tail, bool *capture)
+{
+    *capture = false;
+    if (!e->opt.graphs)
+        return enqueue(e, tail);
+    struct graph_slot *g = graph_find(e, tail);
+    if (g) {
+        CK(cudaGraphLaunch(g->exec, e->stream), "launching a graph");
+        return true;
+    }
+    *capture = true;
+    return enqueue(e, tail);
+}
+
+/* The synchronous calls' pass: the packed batch from h_* into the fixed buffers, then the pass,
+ * on the compute stream behind any classify batch in flight (which left its outputs in its slot
+ * before this pass can overwrite the arena). */
 static bool run(struct model_cuda *e, enum tail tail)
 {
     const cudaStream_t s = e->stream;
     CK(cudaSetDevice(e->opt.device), "selecting the device");
+    if (!profile_flush(e))
+        return false;
     CK(cudaMemcpyAsync(e->d_seq_off, e->h_seq_off, (e->nseq + 1) * sizeof(uint32_t),
                        cudaMemcpyHostToDevice, s), "copying the batch");
     CK(cudaMemcpyAsync(e->d_tokens, e->h_tokens, e->rows * sizeof(uint32_t),
@@ -733,42 +897,167 @@ static bool run(struct model_cuda *e, enum tail tail)
     if (tail == TAIL_PREFILL || tail == TAIL_DECODE)
         CK(cudaMemcpyAsync(e->d_kvrow, e->h_kvrow, e->rows * sizeof(uint32_t),
                            cudaMemcpyHostToDevice, s), "copying the batch");
-    if (!e->opt.graphs)
-        return enqueue(e, tail);
-    struct graph_slot *g = graph_find(e, tail);
-    if (g) {
-        CK(cudaGraphLaunch(g->exec, s), "launching a graph");
-        return true;
-    }
-    /* first call of this bucket: run it, then record it for the next calls */
-    if (!enqueue(e, tail))
+    bool capture;
+    if (!launch(e, tail, &capture))
         return false;
+    if (!capture)
+        return true;
+    /* first call of this bucket: run it, then record it for the next calls */
     CK(cudaStreamSynchronize(s), "running the model");
     return graph_capture(e, tail);
 }
 
-bool model_cuda_classify(struct model_cuda *e, const uint32_t *ids, const uint32_t *lengths,
-                         uint32_t batch, uint32_t seq, float *pooled, float *scores)
+/* ---- classification, double-buffered ---- */
+
+/* Enqueues slot sl's batch (packed in sl->h_in, shapes in sl) on the three streams; see the
+ * file's comment for the events. */
+static bool slot_enqueue(struct model_cuda *e, struct cu_slot *sl)
+{
+    const cudaStream_t s = e->stream;
+    const size_t in_words = sl->nseq + 1 + 2 * (size_t)sl->rows;
+    const size_t scores_n = (size_t)sl->batch * e->L, pooled_n = sl->pooled ? (size_t)sl->batch * e->C : 0;
+    const uint32_t *d_tokens = sl->d_in + sl->nseq + 1, *d_pos = d_tokens + sl->rows;
+    CK(cudaSetDevice(e->opt.device), "selecting the device");
+    if (!profile_flush(e))
+        return false;
+    CK(cudaStreamWaitEvent(e->up, sl->consumed, 0), "ordering the upload");
+    CK(cudaMemcpyAsync(sl->d_in, sl->h_in, in_words * sizeof(uint32_t), cudaMemcpyHostToDevice, e->up),
+       "copying the batch");
+    CK(cudaEventRecord(sl->uploaded, e->up), "recording the upload");
+
+    CK(cudaStreamWaitEvent(s, sl->uploaded, 0), "ordering the pass");
+    CK(cudaMemcpyAsync(e->d_seq_off, sl->d_in, (sl->nseq + 1) * sizeof(uint32_t),
+                       cudaMemcpyDeviceToDevice, s), "copying the batch");
+    CK(cudaMemcpyAsync(e->d_tokens, d_tokens, sl->rows * sizeof(uint32_t), cudaMemcpyDeviceToDevice, s),
+       "copying the batch");
+    CK(cudaMemcpyAsync(e->d_pos, d_pos, sl->rows * sizeof(uint32_t), cudaMemcpyDeviceToDevice, s),
+       "copying the batch");
+    CK(cudaEventRecord(sl->consumed, s), "recording the pass");
+    e->batch = sl->batch;
+    e->nseq = sl->nseq;
+    e->rows = sl->rows;
+    e->max_len = sl->max_len;
+    bool capture;
+    if (!launch(e, TAIL_CLASSIFY, &capture))
+        return false;
+    e->prof_pending = e->prof != NULL;
+    CK(cudaStreamWaitEvent(s, sl->downloaded, 0), "ordering the pass");
+    CK(cudaMemcpyAsync(sl->d_out, e->scores, scores_n * sizeof(float), cudaMemcpyDeviceToDevice, s),
+       "copying the scores");
+    if (pooled_n)
+        CK(cudaMemcpyAsync(sl->d_out + scores_n, e->pooled32, pooled_n * sizeof(float),
+                           cudaMemcpyDeviceToDevice, s), "copying the pooled states");
+    CK(cudaEventRecord(sl->computed, s), "recording the pass");
+
+    CK(cudaStreamWaitEvent(e->down, sl->computed, 0), "ordering the download");
+    CK(cudaMemcpyAsync(sl->h_out, sl->d_out, (scores_n + pooled_n) * sizeof(float),
+                       cudaMemcpyDeviceToHost, e->down), "copying the scores");
+    CK(cudaEventRecord(sl->downloaded, e->down), "recording the download");
+    if (!capture)
+        return true;
+    /* first call of this bucket: the eager pass above gives this batch's results; the graph
+     * recorded now serves the next ones */
+    CK(cudaStreamSynchronize(s), "running the model");
+    return graph_capture(e, TAIL_CLASSIFY);
+}
+
+/* Waits for slot sl's batch and copies its results where its submit said. */
+static bool slot_finish(struct model_cuda *e, struct cu_slot *sl)
+{
+    CK(cudaEventSynchronize(sl->downloaded), "running the model");
+    if (e->prof_pending && e->inflight == 1) { /* the newest pass: nothing was enqueued after it */
+        e->prof_pending = false;
+        cu_profile_collect(e->prof, true);
+    }
+    const size_t scores_n = (size_t)sl->batch * e->L;
+    memcpy(sl->scores, sl->h_out, scores_n * sizeof(float));
+    if (sl->pooled)
+        memcpy(sl->pooled, sl->h_out + scores_n, (size_t)sl->batch * e->C * sizeof(float));
+    return true;
+}
+
+/* Finishes the oldest batch in flight and frees its slot (whether or not it succeeded: the batch
+ * is claimed either way). */
+static bool finish_oldest(struct model_cuda *e)
+{
+    const bool ok = slot_finish(e, &e->slot[e->oldest]);
+    e->oldest = (e->oldest + 1) % CU_SLOTS;
+    e->inflight--;
+    return ok;
+}
+
+/* Finishes every batch in flight for later waits (which then return at once). On a failure the
+ * failing batch stays in flight, to be reported again by its own wait. */
+static bool finish_for_later(struct model_cuda *e, unsigned keep)
+{
+    while (e->inflight > keep) {
+        if (!slot_finish(e, &e->slot[e->oldest]))
+            return false;
+        e->oldest = (e->oldest + 1) % CU_SLOTS;
+        e->inflight--;
+        e->unclaimed++;
+    }
+    return true;
+}
+
+bool model_cuda_classify_submit(struct model_cuda *e, const uint32_t *ids, const uint32_t *lengths,
+                                uint32_t batch, uint32_t seq, float *pooled, float *scores)
 {
     if (!e->has_cls) {
         fail(e, "cuda: the model has no classification head");
         return false;
     }
-    if (!pack(e, ids, lengths, batch, seq) || !run(e, TAIL_CLASSIFY))
+    if (!ids || !lengths || !scores) {
+        fail(e, "cuda: classify needs ids, lengths and scores");
         return false;
-    const cudaStream_t s = e->stream;
-    float *h_scores = e->h_out, *h_pooled = e->h_out + (size_t)batch * e->L;
-    CK(cudaMemcpyAsync(h_scores, e->scores, (size_t)batch * e->L * sizeof(float),
-                       cudaMemcpyDeviceToHost, s), "copying the scores");
-    if (pooled)
-        CK(cudaMemcpyAsync(h_pooled, e->pooled32, (size_t)batch * e->C * sizeof(float),
-                           cudaMemcpyDeviceToHost, s), "copying the pooled states");
-    CK(cudaStreamSynchronize(s), "running the model");
-    cu_profile_collect(e->prof, true);
-    memcpy(scores, h_scores, (size_t)batch * e->L * sizeof(float));
-    if (pooled)
-        memcpy(pooled, h_pooled, (size_t)batch * e->C * sizeof(float));
+    }
+    struct cu_shape sh;
+    if (!batch_shape(e, lengths, batch, seq, &sh))
+        return false;
+    /* a full pipeline: block on the oldest batch, whose results go where its submit said */
+    if (!finish_for_later(e, CU_SLOTS - 1))
+        return false;
+    /* free: never used, or its batch finished (its download done, hence everything before it) */
+    struct cu_slot *sl = &e->slot[(e->oldest + e->inflight) % CU_SLOTS];
+    uint32_t *seq_off = sl->h_in, *tokens = seq_off + sh.nseq + 1, *pos = tokens + sh.rows;
+    if (!batch_fill(e, ids, lengths, seq, &sh, seq_off, tokens, pos))
+        return false;
+    sl->batch = sh.batch;
+    sl->nseq = sh.nseq;
+    sl->rows = sh.rows;
+    sl->max_len = sh.max_len;
+    sl->pooled = pooled;
+    sl->scores = scores;
+    if (!slot_enqueue(e, sl)) {
+        /* not submitted: let whatever part of it was enqueued finish before the slot is refilled */
+        cudaStreamSynchronize(e->up);
+        cudaStreamSynchronize(e->stream);
+        cudaStreamSynchronize(e->down);
+        return false;
+    }
+    e->inflight++;
     return true;
+}
+
+bool model_cuda_classify_wait(struct model_cuda *e)
+{
+    if (e->unclaimed) {
+        e->unclaimed--;
+        return true;
+    }
+    if (!e->inflight) {
+        fail(e, "cuda: classify_wait without a batch in flight (one wait per successful submit)");
+        return false;
+    }
+    return finish_oldest(e);
+}
+
+/* submit + wait of this batch alone: batches submitted earlier finish first (for their waits). */
+bool model_cuda_classify(struct model_cuda *e, const uint32_t *ids, const uint32_t *lengths,
+                         uint32_t batch, uint32_t seq, float *pooled, float *scores)
+{
+    return finish_for_later(e, 0) && model_cuda_classify_submit(e, ids, lengths, batch, seq, pooled, scores) &&
+           finish_oldest(e);
 }
 
 bool model_cuda_last_logits(struct model_cuda *e, const uint32_t *ids, const uint32_t *lengths,

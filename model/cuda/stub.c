@@ -31,6 +31,19 @@ bool model_cuda_classify(struct model_cuda *e, const uint32_t *ids, const uint32
     return false;
 }
 
+bool model_cuda_classify_submit(struct model_cuda *e, const uint32_t *ids, const uint32_t *lengths,
+                                uint32_t batch, uint32_t seq, float *pooled, float *scores)
+{
+    (void)e, (void)ids, (void)lengths, (void)batch, (void)seq, (void)pooled, (void)scores;
+    return false;
+}
+
+bool model_cuda_classify_wait(struct model_cuda *e)
+{
+    (void)e;
+    return false;
+}
+
 bool model_cuda_last_logits(struct model_cuda *e, const uint32_t *ids, const uint32_t *lengths,
                             uint32_t batch, uint32_t seq, float *logits)
 {
