@@ -245,11 +245,7 @@ static void test_argmax(void **state)
 
 struct gen_case {
     const char *name;
-    enum model_arch arch;
-    uint32_t hidden, layers, heads, kv_heads, ffn, vocab;
-    enum model_norm norm;
-    enum model_act act;
-    bool tied;
+    struct test_model_shape shape;
     float sep_boost; /* the SEP row of the LM head × this: rows stop on [SEP] at varying steps */
     float attn_gain; /* qkv and o projections × this: attention that decides tokens (random
                       * N(0, 0.02) weights leave it near uniform, its output small next to the
@@ -263,15 +259,15 @@ static const struct gen_case cases[] = {
     /* d = 16 and 20: the SIMT prefill attention; d = 32, 64, 128 take tensor cores in bf16.
      * Seeds and boosts: chosen (on the CPU) so that every fp32 step is decided (margin > 1e-3)
      * and some rows stop on [SEP] while others run to max_new. */
-    {"gpt2 ln tanh d16", MODEL_ARCH_GPT2, 64, 2, 4, 4, 256, 300, MODEL_NORM_STANDARD, MODEL_ACT_GELU_TANH, true, 4.0f, 1.0f, 6, 40, 12, false, 9},
-    {"gpt2 uer erf d64", MODEL_ARCH_GPT2, 128, 2, 2, 2, 384, 517, MODEL_NORM_UER, MODEL_ACT_GELU_ERF, true, 6.0f, 4.0f, 6, 40, 12, false, 4},
-    {"qwen2 tied gqa d32", MODEL_ARCH_QWEN2, 128, 2, 4, 2, 200, 300, MODEL_NORM_STANDARD, MODEL_ACT_SILU, true, 2.0f, 1.0f, 6, 40, 12, false, 5},
-    {"qwen2 untied gqa d64", MODEL_ARCH_QWEN2, 256, 2, 4, 1, 344, 777, MODEL_NORM_STANDARD, MODEL_ACT_SILU, false, 2.0f, 4.0f, 6, 40, 12, false, 2},
-    {"qwen2 gqa d20", MODEL_ARCH_QWEN2, 120, 2, 6, 3, 160, 400, MODEL_NORM_STANDARD, MODEL_ACT_SILU, true, 4.0f, 1.0f, 6, 40, 12, false, 2},
-    {"qwen2 untied d128", MODEL_ARCH_QWEN2, 256, 2, 2, 1, 256, 200, MODEL_NORM_STANDARD, MODEL_ACT_SILU, false, 2.0f, 1.0f, 6, 40, 12, false, 3},
+    {"gpt2 ln tanh d16", {MODEL_ARCH_GPT2, 64, 2, 4, 4, 256, 300, MODEL_NORM_STANDARD, MODEL_ACT_GELU_TANH, true}, 4.0f, 1.0f, 6, 40, 12, false, 9},
+    {"gpt2 uer erf d64", {MODEL_ARCH_GPT2, 128, 2, 2, 2, 384, 517, MODEL_NORM_UER, MODEL_ACT_GELU_ERF, true}, 6.0f, 4.0f, 6, 40, 12, false, 4},
+    {"qwen2 tied gqa d32", {MODEL_ARCH_QWEN2, 128, 2, 4, 2, 200, 300, MODEL_NORM_STANDARD, MODEL_ACT_SILU, true}, 2.0f, 1.0f, 6, 40, 12, false, 5},
+    {"qwen2 untied gqa d64", {MODEL_ARCH_QWEN2, 256, 2, 4, 1, 344, 777, MODEL_NORM_STANDARD, MODEL_ACT_SILU, false}, 2.0f, 4.0f, 6, 40, 12, false, 2},
+    {"qwen2 gqa d20", {MODEL_ARCH_QWEN2, 120, 2, 6, 3, 160, 400, MODEL_NORM_STANDARD, MODEL_ACT_SILU, true}, 4.0f, 1.0f, 6, 40, 12, false, 2},
+    {"qwen2 untied d128", {MODEL_ARCH_QWEN2, 256, 2, 2, 1, 256, 200, MODEL_NORM_STANDARD, MODEL_ACT_SILU, false}, 2.0f, 1.0f, 6, 40, 12, false, 3},
     /* long caches (up to 260 keys, 9 tiles), every row to max_new */
-    {"qwen2 tied gqa d32 long", MODEL_ARCH_QWEN2, 128, 2, 4, 2, 200, 300, MODEL_NORM_STANDARD, MODEL_ACT_SILU, true, 1.0f, 1.0f, 3, 200, 60, true, 1},
-    {"gpt2 ln tanh d16 long", MODEL_ARCH_GPT2, 64, 2, 4, 4, 256, 300, MODEL_NORM_STANDARD, MODEL_ACT_GELU_TANH, true, 1.0f, 1.0f, 3, 200, 60, true, 5},
+    {"qwen2 tied gqa d32 long", {MODEL_ARCH_QWEN2, 128, 2, 4, 2, 200, 300, MODEL_NORM_STANDARD, MODEL_ACT_SILU, true}, 1.0f, 1.0f, 3, 200, 60, true, 1},
+    {"gpt2 ln tanh d16 long", {MODEL_ARCH_GPT2, 64, 2, 4, 4, 256, 300, MODEL_NORM_STANDARD, MODEL_ACT_GELU_TANH, true}, 1.0f, 1.0f, 3, 200, 60, true, 5},
 };
 #define LONG_CASES 2 /* the last ones: skipped with NETLM_CUDA_TEST_QUICK=1 */
 
@@ -284,22 +280,7 @@ static unsigned case_count(void)
 static struct model *make_model(const struct gen_case *gc)
 {
     struct model_config c;
-    model_config_init(&c);
-    c.arch = gc->arch;
-    c.vocab_size = gc->vocab;
-    c.hidden = gc->hidden;
-    c.layers = gc->layers;
-    c.heads = gc->heads;
-    c.kv_heads = gc->kv_heads;
-    c.head_dim = gc->hidden / gc->heads;
-    c.ffn = gc->ffn;
-    c.max_positions = 512;
-    c.seq_length = gc->seq;
-    c.rope_theta = 1e6;
-    c.norm_eps = gc->arch == MODEL_ARCH_GPT2 ? 1e-5f : 1e-6f;
-    c.norm = gc->norm;
-    c.act = gc->act;
-    c.tie_embeddings = gc->tied;
+    test_model_config(&c, &gc->shape, gc->seq);
     c.task = MODEL_TASK_GENERATE;
     char err[512];
     struct model *m = model_create(&c, gc->seed, err, sizeof err);
@@ -307,13 +288,13 @@ static struct model *make_model(const struct gen_case *gc)
     if (!m)
         fail_msg("%s", err);
     float *head = m->w.lm_head ? m->w.lm_head : m->w.wte;
-    for (uint32_t j = 0; j < gc->hidden; j++)
-        head[(size_t)MODEL_TOKEN_SEP * gc->hidden + j] *= gc->sep_boost;
-    const size_t qkv = (size_t)(gc->heads + 2 * gc->kv_heads) * (gc->hidden / gc->heads) * gc->hidden;
-    for (uint32_t l = 0; l < gc->layers; l++) {
+    for (uint32_t j = 0; j < gc->shape.hidden; j++)
+        head[(size_t)MODEL_TOKEN_SEP * gc->shape.hidden + j] *= gc->sep_boost;
+    const size_t qkv = (size_t)(gc->shape.heads + 2 * gc->shape.kv_heads) * (gc->shape.hidden / gc->shape.heads) * gc->shape.hidden;
+    for (uint32_t l = 0; l < gc->shape.layers; l++) {
         for (size_t i = 0; i < qkv; i++)
             m->w.layers[l].qkv_w[i] *= gc->attn_gain;
-        for (size_t i = 0; i < (size_t)gc->hidden * gc->hidden; i++)
+        for (size_t i = 0; i < (size_t)gc->shape.hidden * gc->shape.hidden; i++)
             m->w.layers[l].o_w[i] *= gc->attn_gain;
     }
     return m;
@@ -326,7 +307,7 @@ static void make_prompts(const struct gen_case *gc, uint32_t *ids, uint32_t *len
     for (uint32_t b = 0; b < gc->batch; b++) {
         lengths[b] = b == 0 ? gc->seq : 1 + (uint32_t)(test_uniform(&r) * gc->seq) % gc->seq;
         for (uint32_t i = 0; i < gc->seq; i++)
-            ids[(size_t)b * gc->seq + i] = i < lengths[b] ? 2 + (uint32_t)(test_uniform(&r) * (gc->vocab - 2)) % (gc->vocab - 2)
+            ids[(size_t)b * gc->seq + i] = i < lengths[b] ? 2 + (uint32_t)(test_uniform(&r) * (gc->shape.vocab - 2)) % (gc->shape.vocab - 2)
                                                           : 0xdeadbeefu;
     }
 }
@@ -345,7 +326,7 @@ struct cpu_ref {
 
 static void cpu_reference(const struct gen_case *gc, const struct model_sampling *sp, struct cpu_ref *ref)
 {
-    const uint32_t B = gc->batch, S = gc->seq, N = gc->max_new, V = gc->vocab;
+    const uint32_t B = gc->batch, S = gc->seq, N = gc->max_new, V = gc->shape.vocab;
     char err[512];
     ref->m = make_model(gc);
     ref->ids = malloc((size_t)B * S * sizeof(uint32_t));
@@ -454,7 +435,7 @@ static void gpu_generate(struct model_cuda *e, const struct gen_case *gc, const 
     memset(out_len, 0xab, gc->batch * sizeof(uint32_t));
     memset(steps->seen, 0, sizeof steps->seen);
     steps->max_new = gc->max_new;
-    steps->vocab = gc->vocab;
+    steps->vocab = gc->shape.vocab;
     steps->overflow = false;
     cu_engine_set_generate_hook(e, on_pass, steps);
     if (!model_cuda_generate(e, ref->ids, ref->lengths, gc->batch, gc->seq, sp, gc->max_new, out, out_len))
@@ -476,7 +457,7 @@ static void gpu_generate(struct model_cuda *e, const struct gen_case *gc, const 
 static double step_logits_error(const struct gen_case *gc, const struct cpu_ref *ref, const uint32_t *out,
                                 const uint32_t *out_len, const struct gpu_steps *steps, uint32_t *compared)
 {
-    const uint32_t N = gc->max_new, V = gc->vocab;
+    const uint32_t N = gc->max_new, V = gc->shape.vocab;
     double worst = 0.0;
     *compared = 0;
     for (uint32_t b = 0; b < gc->batch; b++) {
@@ -514,7 +495,7 @@ static void report_first_difference(const struct gen_case *gc, const struct cpu_
 static struct gpu_steps *steps_for(const struct gen_case *gc)
 {
     struct gpu_steps *g = calloc(1, sizeof *g);
-    g->logits = malloc((size_t)gc->batch * gc->max_new * gc->vocab * sizeof(float));
+    g->logits = malloc((size_t)gc->batch * gc->max_new * gc->shape.vocab * sizeof(float));
     return g;
 }
 

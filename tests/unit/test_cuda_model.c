@@ -51,24 +51,20 @@ int main(void)
 
 struct model_case {
     const char *name;
-    enum model_arch arch;
-    uint32_t hidden, layers, heads, kv_heads, ffn, vocab;
-    enum model_norm norm;
-    enum model_act act;
-    bool tied;
+    struct test_model_shape shape;
     enum model_pooling pooling;
 };
 
 static const struct model_case cases[] = {
     /* d = 16: SIMT attention in both modes */
-    {"gpt2 ln tanh d16 mean", MODEL_ARCH_GPT2, 64, 2, 4, 4, 256, 300, MODEL_NORM_STANDARD, MODEL_ACT_GELU_TANH, true, MODEL_POOL_MEAN},
+    {"gpt2 ln tanh d16 mean", {MODEL_ARCH_GPT2, 64, 2, 4, 4, 256, 300, MODEL_NORM_STANDARD, MODEL_ACT_GELU_TANH, true}, MODEL_POOL_MEAN},
     /* d = 64: tensor cores in bf16 */
-    {"gpt2 uer erf d64 first", MODEL_ARCH_GPT2, 128, 3, 2, 2, 384, 517, MODEL_NORM_UER, MODEL_ACT_GELU_ERF, true, MODEL_POOL_FIRST},
-    {"gpt2 ln tanh d64 max", MODEL_ARCH_GPT2, 256, 2, 4, 4, 1024, 1000, MODEL_NORM_STANDARD, MODEL_ACT_GELU_TANH, true, MODEL_POOL_MAX},
-    {"qwen2 tied gqa d32 last", MODEL_ARCH_QWEN2, 128, 3, 4, 2, 200, 300, MODEL_NORM_STANDARD, MODEL_ACT_SILU, true, MODEL_POOL_LAST},
-    {"qwen2 untied gqa d64 mean", MODEL_ARCH_QWEN2, 256, 2, 4, 1, 344, 777, MODEL_NORM_STANDARD, MODEL_ACT_SILU, false, MODEL_POOL_MEAN},
+    {"gpt2 uer erf d64 first", {MODEL_ARCH_GPT2, 128, 3, 2, 2, 384, 517, MODEL_NORM_UER, MODEL_ACT_GELU_ERF, true}, MODEL_POOL_FIRST},
+    {"gpt2 ln tanh d64 max", {MODEL_ARCH_GPT2, 256, 2, 4, 4, 1024, 1000, MODEL_NORM_STANDARD, MODEL_ACT_GELU_TANH, true}, MODEL_POOL_MAX},
+    {"qwen2 tied gqa d32 last", {MODEL_ARCH_QWEN2, 128, 3, 4, 2, 200, 300, MODEL_NORM_STANDARD, MODEL_ACT_SILU, true}, MODEL_POOL_LAST},
+    {"qwen2 untied gqa d64 mean", {MODEL_ARCH_QWEN2, 256, 2, 4, 1, 344, 777, MODEL_NORM_STANDARD, MODEL_ACT_SILU, false}, MODEL_POOL_MEAN},
     /* d = 20: SIMT attention with GQA */
-    {"qwen2 gqa d20 max", MODEL_ARCH_QWEN2, 120, 2, 6, 3, 160, 400, MODEL_NORM_STANDARD, MODEL_ACT_SILU, true, MODEL_POOL_MAX},
+    {"qwen2 gqa d20 max", {MODEL_ARCH_QWEN2, 120, 2, 6, 3, 160, 400, MODEL_NORM_STANDARD, MODEL_ACT_SILU, true}, MODEL_POOL_MAX},
 };
 
 static const uint32_t num_labels = 7;
@@ -76,22 +72,7 @@ static const uint32_t num_labels = 7;
 static struct model *make_model(const struct model_case *mc, uint64_t seed)
 {
     struct model_config c;
-    model_config_init(&c);
-    c.arch = mc->arch;
-    c.vocab_size = mc->vocab;
-    c.hidden = mc->hidden;
-    c.layers = mc->layers;
-    c.heads = mc->heads;
-    c.kv_heads = mc->kv_heads;
-    c.head_dim = mc->hidden / mc->heads;
-    c.ffn = mc->ffn;
-    c.max_positions = 512;
-    c.seq_length = 300;
-    c.rope_theta = 1e6;
-    c.norm_eps = mc->arch == MODEL_ARCH_GPT2 ? 1e-5f : 1e-6f;
-    c.norm = mc->norm;
-    c.act = mc->act;
-    c.tie_embeddings = mc->tied;
+    test_model_config(&c, &mc->shape, 300);
     char err[512];
     struct model *m = model_create(&c, seed, err, sizeof err);
     model_config_release(&c);
@@ -101,7 +82,7 @@ static struct model *make_model(const struct model_case *mc, uint64_t seed)
         fail_msg("%s", err);
     model_config_mut(m)->pooling = mc->pooling;
     /* decisive scores: logits of a few units instead of hundredths */
-    for (size_t i = 0; i < (size_t)num_labels * mc->hidden; i++)
+    for (size_t i = 0; i < (size_t)num_labels * mc->shape.hidden; i++)
         m->w.cls_out_w[i] *= 40.0f;
     return m;
 }
@@ -139,9 +120,9 @@ static void compare_case(const struct model_case *mc, enum model_precision prec,
     const double bound = residual_bf16 ? 8e-2 : t == CU_BF16 ? 5e-2 : 1e-4;
     const double rel_bound = bound, score_bound = bound;
     const char *stream_name = residual_bf16 ? " x bf16" : "";
-    struct test_rng r = {0x5eed + mc->hidden + seq};
-    struct model *m = make_model(mc, 7 + mc->layers);
-    const uint32_t C = mc->hidden, V = mc->vocab, L = num_labels;
+    struct test_rng r = {0x5eed + mc->shape.hidden + seq};
+    struct model *m = make_model(mc, 7 + mc->shape.layers);
+    const uint32_t C = mc->shape.hidden, V = mc->shape.vocab, L = num_labels;
     char err[512];
     struct model_runner *cpu = model_runner_create(m, batch, seq, 0, 2, err, sizeof err);
     if (!cpu)
@@ -257,7 +238,7 @@ static void test_graphs(void **state)
     uint32_t ids[5 * 70], lengths[5];
     float first[5 * 7], replay[5 * 7], other[5 * 7], ref[5 * 7];
     for (int round = 0; round < 3; round++) {
-        make_batch(ids, lengths, batch, seq, mc->vocab, &r);
+        make_batch(ids, lengths, batch, seq, mc->shape.vocab, &r);
         if (!model_cuda_classify(g, ids, lengths, batch, seq, NULL, first) ||
             !model_cuda_classify(g, ids, lengths, batch, seq, NULL, replay) ||
             !model_cuda_classify(plain, ids, lengths, batch, seq, NULL, other))

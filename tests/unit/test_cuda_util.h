@@ -16,6 +16,7 @@
 #include <cuda_runtime_api.h>
 
 #include "model/cuda/cuda_internal.h"
+#include "model/model.h"
 
 /* ctest's SKIP_RETURN_CODE for the cuda label (tests/CMakeLists.txt) */
 #define TEST_CUDA_SKIP 77
@@ -53,6 +54,38 @@ static inline int test_cuda_quick(void)
         if (ce_ != cudaSuccess)                                                                   \
             fail_msg("%s:%d: %s: %s", __FILE__, __LINE__, #call, cudaGetErrorString(ce_));       \
     } while (0)
+
+/* The shape of a small random model (the CUDA tests build many, each against the CPU). */
+struct test_model_shape {
+    enum model_arch arch;
+    uint32_t hidden, layers, heads, kv_heads, ffn, vocab;
+    enum model_norm norm;
+    enum model_act act;
+    bool tied;
+};
+
+/* A config of that shape: head_dim = hidden / heads, 512 positions, RoPE θ 1e6 (positions far
+ * apart still rotate differently), the architecture's usual eps. The caller sets the rest and
+ * releases it. */
+static inline void test_model_config(struct model_config *c, const struct test_model_shape *s, uint32_t seq_length)
+{
+    model_config_init(c);
+    c->arch = s->arch;
+    c->vocab_size = s->vocab;
+    c->hidden = s->hidden;
+    c->layers = s->layers;
+    c->heads = s->heads;
+    c->kv_heads = s->kv_heads;
+    c->head_dim = s->hidden / s->heads;
+    c->ffn = s->ffn;
+    c->max_positions = 512;
+    c->seq_length = seq_length;
+    c->rope_theta = 1e6;
+    c->norm_eps = s->arch == MODEL_ARCH_GPT2 ? 1e-5f : 1e-6f;
+    c->norm = s->norm;
+    c->act = s->act;
+    c->tie_embeddings = s->tied;
+}
 
 struct test_rng { uint64_t s; };
 
