@@ -136,6 +136,8 @@ struct train_cuda {
     uint64_t *d_seq_key, *h_seq_key;
     float *branch; /* [rows, C] fp32, with residual dropout only: a branch before its masked add */
 
+    enum cu_attn_impl attn_bwd; /* NETLM_CUDA_ATTN_BWD=tc: the tensor-core attention backward */
+
     /* host staging (pinned) */
     uint32_t *h_seq_off, *h_tokens, *h_pos, *h_targets;
     uint32_t *h_rows_by_key, *h_seg_key, *h_seg_start, *h_prows, *h_pseg_key, *h_pseg_start;
@@ -328,6 +330,10 @@ struct train_cuda *train_cuda_create(struct model *m, int device, bool bf16, uin
     t->V = c->vocab_size;
     t->NL = m->w.cls_dense_w ? c->num_labels : 0;
     t->norm = !t->gpt2 ? CU_NORM_RMS : c->norm == MODEL_NORM_UER ? CU_NORM_LAYER_UER : CU_NORM_LAYER;
+    /* the tensor-core backward was written without a GPU: opt-in until bench/gpu_check.sh has
+     * run its tests and its train-tc-bwd variant, then CU_ATTN_AUTO becomes the default */
+    const char *bwd = getenv("NETLM_CUDA_ATTN_BWD");
+    t->attn_bwd = bwd && strcmp(bwd, "tc") == 0 ? CU_ATTN_AUTO : CU_ATTN_SIMT;
 
     /* the aligned layout */
     t->layout.count = m->layout.count;
@@ -657,7 +663,7 @@ static bool backward(struct train_cuda *t, uint32_t nseq, uint32_t N, uint32_t m
                                            .scale = t->attn_scale};
         CK(cu_attention_backward(t->dqkv, t->QKV, t->datt, Hd, st->att, Hd, st->qkv, t->QKV, st->lse, t->delta,
                                  T, t->d_seq_off, nseq, max_len, t->H, t->KV, t->d, 1.0f / sqrtf((float)t->d),
-                                 t->drop.attn > 0 ? &ad : NULL, s),
+                                 t->attn_bwd, t->drop.attn > 0 ? &ad : NULL, s),
            "attention backward");
         MARK("attention backward");
         if (!t->gpt2) {

@@ -21,7 +21,10 @@
  * recomputes the probabilities from it tile by tile: attn_bwd_dq (one block per query tile, also
  * computes D = rowsum(dout ⊙ out)) and then attn_bwd_dkv (one block per key tile and kv head,
  * the group's query heads summed inside the block). Every gradient element is summed by one
- * thread in a fixed order: no atomics, so a training step is bit-reproducible.
+ * thread in a fixed order: no atomics, so a training step is bit-reproducible. The same two
+ * kernels exist on the tensor cores for bf16 with d ∈ {32, 64, 128} (attn_bwd_tc_dq,
+ * attn_bwd_tc_dkv: bf16 products, P and dS rounded to bf16 as FA2 does, fp32 sums), taken by
+ * CU_ATTN_AUTO.
  *
  * Dropout of the probabilities (struct cu_attn_dropout, training only) is a template argument
  * of every kernel: the instantiations without it, inference's included, are the code they were.
@@ -740,6 +743,438 @@ cudaError_t launch_backward(void *dqkv, uint32_t lddqkv, const void *dout, uint3
     return cudaGetLastError();
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Backward, tensor cores (bf16, d ∈ {32, 64, 128}): the SIMT backward's two kernels and
+ * decomposition (so the same determinism), with every product on mma.sync m16n8k16 and the
+ * fragment layouts of attn_tc's comment. 64 × 64 tiles, 4 warps × 16 rows; softmax arithmetic
+ * and accumulators fp32. As FlashAttention-2 does, P (for dV) and dS (for dK, dQ) are rounded to
+ * bf16 to become A operands; s = q·k and dP = dout·v are fp32 sums of exact bf16 products, as in
+ * the SIMT kernels.
+ *
+ * A operands from shared memory by ldmatrix (not trans): lane l points at row l % 8 + 8·((l / 8)
+ * & 1), column 8·(l / 16) of the 16×16 block, so blocks 0..3 are rows {0-7, 8-15} × columns
+ * {0-7, 8-15} in the order of A's reg0..reg3. That is the address attn_tc's P·V step gives
+ * ldmatrix .trans for V, so one address serves both: plain for A (rows as M), trans for B (rows
+ * as K). The C fragments of two 8-column tiles are the A fragment of their 16 columns, as in
+ * attn_tc (P and dS never leave registers). */
+
+constexpr float LOG2E = 1.4426950408889634f;
+
+/* A (or trans B) row address of this lane in a [rows][LD] bf16 tile, for the 16×16 block whose
+ * top-left element is (row0, col0) */
+template <uint32_t LD>
+__device__ __forceinline__ const bf16 *frag_row(const bf16 *tile, uint32_t row0, uint32_t col0,
+                                                uint32_t lane)
+{
+    return tile + (row0 + ((lane / 8) & 1) * 8 + lane % 8) * LD + col0 + (lane / 16) * 8;
+}
+
+/* cp.async of one 4-byte word (lse, delta), completing with the tiles of its commit group */
+__device__ __forceinline__ void cp_async4(void *smem, const void *gmem)
+{
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(a), "l"(gmem));
+}
+
+/* c (16×16 of keys or queries × D) += a (16×16, A fragment) · tile rows r0..r0+15 (K of the
+ * product) as B: ldmatrix .trans hands the B fragments of two 8-column tiles per instruction */
+template <uint32_t D>
+__device__ __forceinline__ void mma_a_by_rows(float c[][4], const uint32_t a[4], const bf16 *tile,
+                                              uint32_t r0, uint32_t lane)
+{
+    const bf16 *row = frag_row<D + 8>(tile, r0, 0, lane);
+#pragma unroll
+    for (uint32_t dt = 0; dt < D / 8; dt += 2) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, row + dt * 8);
+        mma_bf16(c[dt], a, b[0], b[1]);
+        mma_bf16(c[dt + 1], a, b[2], b[3]);
+    }
+}
+
+/* c[0..1] (16 × 16 columns) += a[KD] (16 × D, A fragments) · (tile rows r0..r0+15)ᵀ: the rows are
+ * the N columns of the product, as K's in attn_tc's S = Q·Kᵀ */
+template <uint32_t D>
+__device__ __forceinline__ void mma_a_by_rows_t(float c[2][4], const uint32_t a[][4], const bf16 *tile,
+                                                uint32_t r0, uint32_t lane)
+{
+    constexpr uint32_t LD = D + 8;
+#pragma unroll
+    for (uint32_t nt = 0; nt < 2; nt++) {
+        /* blocks: dims kk·16 + {0, 8, 16, 24} of rows r0 + nt·8.. → b0, b1 of k-steps kk, kk + 1 */
+        const bf16 *row = tile + (r0 + nt * 8 + lane % 8) * LD + (lane / 8) * 8;
+#pragma unroll
+        for (uint32_t kk = 0; kk < D / 16; kk += 2) {
+            uint32_t b[4];
+            ldmatrix_x4(b, row + kk * 16);
+            mma_bf16(c[nt], a[kk], b[0], b[1]);
+            mma_bf16(c[nt], a[kk + 1], b[2], b[3]);
+        }
+    }
+}
+
+/* The A fragments of a 16 × D block of a tile (rows r0..r0+15) */
+template <uint32_t D>
+__device__ __forceinline__ void load_a_frags(uint32_t a[][4], const bf16 *tile, uint32_t r0, uint32_t lane)
+{
+#pragma unroll
+    for (uint32_t kk = 0; kk < D / 16; kk++)
+        ldmatrix_x4(a[kk], frag_row<D + 8>(tile, r0, kk * 16, lane));
+}
+
+/* dQ of one 64-query tile of one head (and D = rowsum(dout ⊙ out) of its rows, which
+ * attn_bwd_tc_dkv reads), walking key tiles 0 .. the diagonal with attn_tc's cp.async double
+ * buffer. Warp w owns queries 16w..16w+15 of the tile; Q and dout fragments stay in registers.
+ * Per 16-key chunk: s, dP (2 × 8 keys), then dS = P ⊙ (M ⊙ dP − D) → bf16 → dQ += dS · K. */
+template <uint32_t D, bool DROP>
+__global__ void __launch_bounds__(TC_THREADS)
+attn_bwd_tc_dq(bf16 *dqkv, uint32_t lddqkv, const bf16 *dout, uint32_t lddout, const bf16 *out,
+               uint32_t ldout, const bf16 *qkv, uint32_t ldqkv, const float *lse, float *delta,
+               const uint32_t *seq_off, uint32_t heads, uint32_t kv_heads, float scale,
+               cu_attn_dropout drop)
+{
+    constexpr uint32_t LD = D + 8, KD = D / 16, ND = D / 8, TILE = TC_BK * LD;
+    extern __shared__ __align__(16) unsigned char tc_smem[];
+    bf16 *const kbuf = reinterpret_cast<bf16 *>(tc_smem); /* [2][TILE]; Q first in [1] */
+    bf16 *const vbuf = kbuf + 2 * TILE;                   /* [2][TILE]; dout first in [1] */
+    const uint32_t b = blockIdx.z, h = blockIdx.y;
+    const uint32_t start = seq_off[b], len = seq_off[b + 1] - start;
+    const uint32_t qt = gridDim.x - 1 - blockIdx.x; /* longest tiles first */
+    const uint32_t q0 = qt * TC_BQ;
+    if (q0 >= len)
+        return;
+    const uint32_t kvh = h / (heads / kv_heads);
+    const bf16 *rows = qkv + (size_t)start * ldqkv;
+    const bf16 *kbase = rows + (size_t)(heads + kvh) * D;
+    const bf16 *vbase = rows + (size_t)(heads + kv_heads + kvh) * D;
+    const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const float scale_log2 = scale * LOG2E;
+    uint64_t drop_key = 0;
+    if constexpr (DROP)
+        drop_key = dev_drop_key(drop.seq_key[b], drop.layer, 1, h);
+
+    load_tile_async<D>(kbuf, kbase, ldqkv, 0, len);
+    load_tile_async<D>(vbuf, vbase, ldqkv, 0, len);
+    cp_async_commit();
+    const bf16 *qs = kbuf + TILE, *dos = vbuf + TILE;
+    load_tile<D>(kbuf + TILE, rows + (size_t)h * D, ldqkv, q0, len);
+    load_tile<D>(vbuf + TILE, dout + (size_t)start * lddout + (size_t)h * D, lddout, q0, len);
+    __syncthreads();
+    uint32_t qa[KD][4], da[KD][4];
+    load_a_frags<D>(qa, qs, warp * 16, lane);
+    load_a_frags<D>(da, dos, warp * 16, lane);
+
+    /* this thread's query rows (tile rows r0, r0 + 8); D_i over a quarter of the dims per thread
+     * of the quad, then summed over the quad */
+    const uint32_t r0 = warp * 16 + g, row0 = q0 + r0, row1 = row0 + 8;
+    float dl0 = 0.0f, dl1 = 0.0f, lse0 = 0.0f, lse1 = 0.0f;
+    {
+        constexpr uint32_t PART = D / 4; /* 8, 16 or 32 elements: whole 16-byte vectors */
+#pragma unroll
+        for (uint32_t half = 0; half < 2; half++) {
+            const uint32_t row = half ? row1 : row0;
+            if (row >= len)
+                continue;
+            const bf16 *o = out + (size_t)(start + row) * ldout + (size_t)h * D + t * PART;
+            const bf16 *dr = dos + (r0 + half * 8) * LD + t * PART;
+            float part = 0.0f;
+#pragma unroll
+            for (uint32_t v = 0; v < PART / 8; v++) {
+                const uint4 ov = *reinterpret_cast<const uint4 *>(o + v * 8);
+                const uint4 dv = *reinterpret_cast<const uint4 *>(dr + v * 8);
+                const bf16 *oe = reinterpret_cast<const bf16 *>(&ov);
+                const bf16 *de = reinterpret_cast<const bf16 *>(&dv);
+#pragma unroll
+                for (uint32_t e = 0; e < 8; e++)
+                    part += to_f(oe[e]) * to_f(de[e]);
+            }
+            const float l = lse[(size_t)(start + row) * heads + h] * LOG2E;
+            if (half)
+                dl1 = part, lse1 = l;
+            else
+                dl0 = part, lse0 = l;
+        }
+    }
+    dl0 += __shfl_xor_sync(0xffffffffu, dl0, 1);
+    dl0 += __shfl_xor_sync(0xffffffffu, dl0, 2);
+    dl1 += __shfl_xor_sync(0xffffffffu, dl1, 1);
+    dl1 += __shfl_xor_sync(0xffffffffu, dl1, 2);
+    if (t == 0) {
+        if (row0 < len)
+            delta[(size_t)(start + row0) * heads + h] = dl0;
+        if (row1 < len)
+            delta[(size_t)(start + row1) * heads + h] = dl1;
+    }
+
+    float acc[ND][4];
+#pragma unroll
+    for (uint32_t dt = 0; dt < ND; dt++)
+        acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.0f;
+
+    for (uint32_t kt = 0; kt <= qt; kt++) {
+        const uint32_t k0 = kt * TC_BK;
+        const bf16 *ks = kbuf + (kt & 1) * TILE, *vs = vbuf + (kt & 1) * TILE;
+        __syncthreads(); /* Q, dout (buffers [1]) / tile kt − 1 are read: the buffer may be refilled */
+        if (kt < qt) {
+            load_tile_async<D>(kbuf + ((kt + 1) & 1) * TILE, kbase, ldqkv, k0 + TC_BK, len);
+            load_tile_async<D>(vbuf + ((kt + 1) & 1) * TILE, vbase, ldqkv, k0 + TC_BK, len);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        const bool diag = kt == qt;
+#pragma unroll
+        for (uint32_t kc = 0; kc < TC_BK / 16; kc++) {
+            if (diag && kc > warp) /* keys all after the warp's queries (uniform in the warp) */
+                continue;
+            float s[2][4] = {}, dp[2][4] = {};
+            mma_a_by_rows_t<D>(s, qa, ks, kc * 16, lane);
+            mma_a_by_rows_t<D>(dp, da, vs, kc * 16, lane);
+            /* element e of tile nt: key k0 + kc·16 + nt·8 + 2t + (e & 1), query row0 (e < 2) or row1 */
+            float ds[2][4];
+#pragma unroll
+            for (uint32_t nt = 0; nt < 2; nt++) {
+#pragma unroll
+                for (uint32_t e = 0; e < 4; e++) {
+                    const uint32_t key = k0 + kc * 16 + nt * 8 + 2 * t + (e & 1);
+                    const uint32_t qrow = e < 2 ? row0 : row1;
+                    float v = 0.0f; /* a select, not a product: 0 · (dP − D) of a padding row */
+                    if (qrow < len && key <= qrow) {
+                        const float p = exp2f(s[nt][e] * scale_log2 - (e < 2 ? lse0 : lse1));
+                        float dpm = dp[nt][e];
+                        if constexpr (DROP)
+                            dpm *= dev_dropout_factor(drop_key, drop.threshold, drop.scale,
+                                                      (uint64_t)qrow * len + key);
+                        v = p * (dpm - (e < 2 ? dl0 : dl1));
+                    }
+                    ds[nt][e] = v;
+                }
+            }
+            const uint32_t dsa[4] = {pack_bf16(ds[0][0], ds[0][1]), pack_bf16(ds[0][2], ds[0][3]),
+                                     pack_bf16(ds[1][0], ds[1][1]), pack_bf16(ds[1][2], ds[1][3])};
+            mma_a_by_rows<D>(acc, dsa, ks, kc * 16, lane);
+        }
+    }
+    bf16 *o0 = dqkv + (size_t)(start + row0) * lddqkv + (size_t)h * D + 2 * t;
+    bf16 *o1 = o0 + 8 * (size_t)lddqkv;
+#pragma unroll
+    for (uint32_t dt = 0; dt < ND; dt++) {
+        if (row0 < len)
+            *reinterpret_cast<uint32_t *>(o0 + dt * 8) = pack_bf16(acc[dt][0] * scale, acc[dt][1] * scale);
+        if (row1 < len)
+            *reinterpret_cast<uint32_t *>(o1 + dt * 8) = pack_bf16(acc[dt][2] * scale, acc[dt][3] * scale);
+    }
+}
+
+/* dK and dV of one 64-key tile of one kv head: walks, for each query head of the group in
+ * order, the query tiles from the diagonal to the end of the sequence, so the group's sum stays
+ * in registers (one thread sums each element, in a fixed order). Warp w owns keys 16w..16w+15 of
+ * the tile. Q, dout, lse and D of the next (head, query tile) come by cp.async while the current
+ * one is computed. Per 16-query chunk, transposed: sᵀ = K·Qᵀ and dPᵀ = V·doutᵀ (2 × 8 queries),
+ * then dV += (M ⊙ P)ᵀ·dout and dK += dSᵀ·Q, M ⊙ P and dS rounded to bf16. K and V fragments
+ * stay in registers for d ≤ 64; at d = 128 they would take 64 of the registers that dK and dV
+ * (128) need, so they are read from the tile (which stays in shared memory) at each use. */
+template <uint32_t D, bool DROP>
+__global__ void __launch_bounds__(TC_THREADS)
+attn_bwd_tc_dkv(bf16 *dqkv, uint32_t lddqkv, const bf16 *dout, uint32_t lddout, const bf16 *qkv,
+                uint32_t ldqkv, const float *lse, const float *delta, const uint32_t *seq_off,
+                uint32_t heads, uint32_t kv_heads, float scale, cu_attn_dropout drop)
+{
+    constexpr uint32_t LD = D + 8, KD = D / 16, ND = D / 8, TILE = TC_BK * LD;
+    constexpr bool KV_REGS = D <= 64;
+    extern __shared__ __align__(16) unsigned char tc_smem[];
+    bf16 *const ks = reinterpret_cast<bf16 *>(tc_smem);
+    bf16 *const vs = ks + TILE;
+    bf16 *const qbuf = vs + TILE;                                       /* [2][TILE] */
+    bf16 *const dobuf = qbuf + 2 * TILE;                                /* [2][TILE] */
+    float *const lse_s = reinterpret_cast<float *>(dobuf + 2 * TILE);   /* [2][TC_BQ] */
+    float *const delta_s = lse_s + 2 * TC_BQ;                           /* [2][TC_BQ] */
+    const uint32_t b = blockIdx.z, kvh = blockIdx.y, kt = blockIdx.x, k0 = kt * TC_BK; /* longest first */
+    const uint32_t start = seq_off[b], len = seq_off[b + 1] - start;
+    if (k0 >= len)
+        return;
+    const uint32_t group = heads / kv_heads;
+    const uint32_t nqt = (len + TC_BQ - 1) / TC_BQ - kt; /* query tiles from the diagonal on */
+    const uint32_t iters = group * nqt;                  /* (head, query tile), head-major */
+    const bf16 *rows = qkv + (size_t)start * ldqkv, *drows = dout + (size_t)start * lddout;
+    const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const float scale_log2 = scale * LOG2E;
+
+    /* iteration `it`'s Q, dout, lse, D into buffer `buf`: rows past the sequence as zeros (their
+     * lse, D are never used: every element of such a query is masked) */
+    auto stage = [&](uint32_t it, uint32_t buf) {
+        const uint32_t h = kvh * group + it / nqt, q0 = (kt + it % nqt) * TC_BQ;
+        load_tile_async<D>(qbuf + buf * TILE, rows + (size_t)h * D, ldqkv, q0, len);
+        load_tile_async<D>(dobuf + buf * TILE, drows + (size_t)h * D, lddout, q0, len);
+        const uint32_t r = threadIdx.x % TC_BQ, i = q0 + r;
+        float *dst = (threadIdx.x < TC_BQ ? lse_s : delta_s) + buf * TC_BQ + r;
+        if (i < len)
+            cp_async4(dst, (threadIdx.x < TC_BQ ? lse : delta) + (size_t)(start + i) * heads + h);
+        else
+            *dst = 0.0f;
+    };
+    static_assert(TC_THREADS == 2 * TC_BQ, "one thread per lse and per D of a query tile");
+
+    stage(0, 0);
+    cp_async_commit();
+    load_tile<D>(ks, rows + (size_t)(heads + kvh) * D, ldqkv, k0, len);
+    load_tile<D>(vs, rows + (size_t)(heads + kv_heads + kvh) * D, ldqkv, k0, len);
+    __syncthreads();
+    uint32_t ka[KV_REGS ? KD : 1][4], va[KV_REGS ? KD : 1][4];
+    if constexpr (KV_REGS) {
+        load_a_frags<D>(ka, ks, warp * 16, lane);
+        load_a_frags<D>(va, vs, warp * 16, lane);
+    }
+
+    float dk[ND][4], dv[ND][4];
+#pragma unroll
+    for (uint32_t dt = 0; dt < ND; dt++) {
+        dk[dt][0] = dk[dt][1] = dk[dt][2] = dk[dt][3] = 0.0f;
+        dv[dt][0] = dv[dt][1] = dv[dt][2] = dv[dt][3] = 0.0f;
+    }
+    const uint32_t key0 = k0 + warp * 16 + g, key1 = key0 + 8; /* this thread's two keys */
+
+    for (uint32_t it = 0; it < iters; it++) {
+        const uint32_t buf = it & 1;
+        __syncthreads(); /* iteration it − 1 has read buffer buf ^ 1: it may be refilled */
+        if (it + 1 < iters) {
+            stage(it + 1, buf ^ 1);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        const uint32_t h = kvh * group + it / nqt, qt = kt + it % nqt, q0 = qt * TC_BQ;
+        const bf16 *qs = qbuf + buf * TILE, *dos = dobuf + buf * TILE;
+        const float *lse_t = lse_s + buf * TC_BQ, *delta_t = delta_s + buf * TC_BQ;
+        uint64_t drop_key = 0;
+        if constexpr (DROP)
+            drop_key = dev_drop_key(drop.seq_key[b], drop.layer, 1, h);
+        const bool diag = qt == kt;
+#pragma unroll
+        for (uint32_t qc = 0; qc < TC_BQ / 16; qc++) {
+            /* queries all before the warp's keys, or all past the sequence (uniform in the warp) */
+            if ((diag && qc < warp) || q0 + qc * 16 >= len)
+                continue;
+            float st[2][4] = {}, dpt[2][4] = {};
+            if constexpr (KV_REGS) {
+                mma_a_by_rows_t<D>(st, ka, qs, qc * 16, lane);
+                mma_a_by_rows_t<D>(dpt, va, dos, qc * 16, lane);
+            } else {
+                uint32_t a[KD][4];
+                load_a_frags<D>(a, ks, warp * 16, lane);
+                mma_a_by_rows_t<D>(st, a, qs, qc * 16, lane);
+                load_a_frags<D>(a, vs, warp * 16, lane);
+                mma_a_by_rows_t<D>(dpt, a, dos, qc * 16, lane);
+            }
+            /* element e of tile nt: key key0 (e < 2) or key1, query q0 + qc·16 + nt·8 + 2t + (e & 1) */
+            float pm[2][4], ds[2][4];
+#pragma unroll
+            for (uint32_t nt = 0; nt < 2; nt++) {
+#pragma unroll
+                for (uint32_t e = 0; e < 4; e++) {
+                    const uint32_t r = qc * 16 + nt * 8 + 2 * t + (e & 1), query = q0 + r;
+                    const uint32_t key = e < 2 ? key0 : key1;
+                    float pv = 0.0f, dsv = 0.0f;
+                    if (query < len && key <= query) {
+                        const float p = exp2f(st[nt][e] * scale_log2 - lse_t[r] * LOG2E);
+                        float dpm = dpt[nt][e], f = 1.0f;
+                        if constexpr (DROP) {
+                            f = dev_dropout_factor(drop_key, drop.threshold, drop.scale,
+                                                   (uint64_t)query * len + key);
+                            dpm *= f;
+                        }
+                        pv = DROP ? p * f : p;
+                        dsv = p * (dpm - delta_t[r]);
+                    }
+                    pm[nt][e] = pv;
+                    ds[nt][e] = dsv;
+                }
+            }
+            const uint32_t pa[4] = {pack_bf16(pm[0][0], pm[0][1]), pack_bf16(pm[0][2], pm[0][3]),
+                                    pack_bf16(pm[1][0], pm[1][1]), pack_bf16(pm[1][2], pm[1][3])};
+            const uint32_t dsa[4] = {pack_bf16(ds[0][0], ds[0][1]), pack_bf16(ds[0][2], ds[0][3]),
+                                     pack_bf16(ds[1][0], ds[1][1]), pack_bf16(ds[1][2], ds[1][3])};
+            mma_a_by_rows<D>(dv, pa, dos, qc * 16, lane);
+            mma_a_by_rows<D>(dk, dsa, qs, qc * 16, lane);
+        }
+    }
+    bf16 *k0p = dqkv + (size_t)(start + key0) * lddqkv + (size_t)(heads + kvh) * D + 2 * t;
+    bf16 *v0p = dqkv + (size_t)(start + key0) * lddqkv + (size_t)(heads + kv_heads + kvh) * D + 2 * t;
+    const size_t down = 8 * (size_t)lddqkv; /* key1's row */
+#pragma unroll
+    for (uint32_t dt = 0; dt < ND; dt++) {
+        if (key0 < len) {
+            *reinterpret_cast<uint32_t *>(k0p + dt * 8) = pack_bf16(dk[dt][0] * scale, dk[dt][1] * scale);
+            *reinterpret_cast<uint32_t *>(v0p + dt * 8) = pack_bf16(dv[dt][0], dv[dt][1]);
+        }
+        if (key1 < len) {
+            *reinterpret_cast<uint32_t *>(k0p + down + dt * 8) =
+                pack_bf16(dk[dt][2] * scale, dk[dt][3] * scale);
+            *reinterpret_cast<uint32_t *>(v0p + down + dt * 8) = pack_bf16(dv[dt][2], dv[dt][3]);
+        }
+    }
+}
+
+/* dq: K, V double-buffered (Q, dout staged in the second buffers first); dkv: K, V, Q and dout
+ * double-buffered, lse and D of two query tiles */
+template <uint32_t D>
+constexpr size_t bwd_tc_dq_smem() { return 4 * (size_t)TC_BK * (D + 8) * sizeof(bf16); }
+
+template <uint32_t D>
+constexpr size_t bwd_tc_dkv_smem()
+{
+    return 6 * (size_t)TC_BK * (D + 8) * sizeof(bf16) + 4 * TC_BQ * sizeof(float);
+}
+
+template <uint32_t D, bool DROP>
+cudaError_t launch_backward_tc(void *dqkv, uint32_t lddqkv, const void *dout, uint32_t lddout,
+                               const void *out, uint32_t ldout, const void *qkv, uint32_t ldqkv,
+                               const float *lse, float *delta, const uint32_t *seq_off,
+                               uint32_t nseq, uint32_t max_len, uint32_t heads, uint32_t kv_heads,
+                               float scale, const cu_attn_dropout &drop, cudaStream_t s)
+{
+    /* d = 128: 69,632 and 105,472 bytes, two blocks of either per SM within Hopper's 227 KB */
+    constexpr size_t dq_smem = bwd_tc_dq_smem<D>(), dkv_smem = bwd_tc_dkv_smem<D>();
+    static_assert(dkv_smem <= 227 * 1024, "over the opt-in shared memory of an sm_90 block");
+    cudaError_t err = allow_smem(attn_bwd_tc_dq<D, DROP>, dq_smem);
+    if (err == cudaSuccess)
+        err = allow_smem(attn_bwd_tc_dkv<D, DROP>, dkv_smem);
+    if (err != cudaSuccess)
+        return err;
+    const dim3 grid((max_len + TC_BQ - 1) / TC_BQ, heads, nseq);
+    attn_bwd_tc_dq<D, DROP><<<grid, TC_THREADS, dq_smem, s>>>(
+        (bf16 *)dqkv, lddqkv, (const bf16 *)dout, lddout, (const bf16 *)out, ldout, (const bf16 *)qkv,
+        ldqkv, lse, delta, seq_off, heads, kv_heads, scale, drop);
+    if ((err = cudaGetLastError()) != cudaSuccess)
+        return err;
+    const dim3 dkv_grid((max_len + TC_BK - 1) / TC_BK, kv_heads, nseq);
+    attn_bwd_tc_dkv<D, DROP><<<dkv_grid, TC_THREADS, dkv_smem, s>>>(
+        (bf16 *)dqkv, lddqkv, (const bf16 *)dout, lddout, (const bf16 *)qkv, ldqkv, lse, delta,
+        seq_off, heads, kv_heads, scale, drop);
+    return cudaGetLastError();
+}
+
+template <bool DROP>
+cudaError_t backward_tc(uint32_t d, void *dqkv, uint32_t lddqkv, const void *dout, uint32_t lddout,
+                        const void *out, uint32_t ldout, const void *qkv, uint32_t ldqkv,
+                        const float *lse, float *delta, const uint32_t *seq_off, uint32_t nseq,
+                        uint32_t max_len, uint32_t heads, uint32_t kv_heads, float scale,
+                        const cu_attn_dropout &drop, cudaStream_t s)
+{
+#define TC_BWD_ARGS dqkv, lddqkv, dout, lddout, out, ldout, qkv, ldqkv, lse, delta, seq_off, nseq, \
+                    max_len, heads, kv_heads, scale, drop, s
+    if (d == 32)
+        return launch_backward_tc<32, DROP>(TC_BWD_ARGS);
+    if (d == 64)
+        return launch_backward_tc<64, DROP>(TC_BWD_ARGS);
+    return launch_backward_tc<128, DROP>(TC_BWD_ARGS);
+#undef TC_BWD_ARGS
+}
+
 template <bool DROP>
 cudaError_t attention_forward(void *out, uint32_t ldo, float *lse, const void *qkv, uint32_t ldqkv,
                               enum cu_dtype t, const uint32_t *seq_off, uint32_t nseq,
@@ -811,7 +1246,7 @@ extern "C" cudaError_t cu_attention_backward(void *dqkv, uint32_t lddqkv, const 
                                              float *delta, enum cu_dtype t,
                                              const uint32_t *seq_off, uint32_t nseq,
                                              uint32_t max_len, uint32_t heads, uint32_t kv_heads,
-                                             uint32_t d, float scale,
+                                             uint32_t d, float scale, enum cu_attn_impl impl,
                                              const struct cu_attn_dropout *drop, cudaStream_t s)
 {
     if (d == 0 || d > SIMT_DMAX || heads == 0 || kv_heads == 0 || heads % kv_heads)
@@ -819,6 +1254,17 @@ extern "C" cudaError_t cu_attention_backward(void *dqkv, uint32_t lddqkv, const 
     if (nseq == 0 || max_len == 0)
         return cudaSuccess;
     const cu_attn_dropout none = {};
+    /* the tensor-core kernels copy Q, K, V, dout rows and read out rows in 16-byte vectors and
+     * store dq, dk, dv as pairs */
+    const bool aligned = ldqkv % 8 == 0 && lddout % 8 == 0 && ldout % 8 == 0 && lddqkv % 2 == 0 &&
+                         (uintptr_t)qkv % 16 == 0 && (uintptr_t)dout % 16 == 0 &&
+                         (uintptr_t)out % 16 == 0 && (uintptr_t)dqkv % 4 == 0;
+    if (impl == CU_ATTN_AUTO && cu_attention_uses_tensor_cores(t, d) && aligned) {
+#define TC_ARGS d, dqkv, lddqkv, dout, lddout, out, ldout, qkv, ldqkv, lse, delta, seq_off, nseq, max_len, \
+                heads, kv_heads, scale
+        return drop ? backward_tc<true>(TC_ARGS, *drop, s) : backward_tc<false>(TC_ARGS, none, s);
+#undef TC_ARGS
+    }
 #define BWD_ARGS dqkv, lddqkv, dout, lddout, out, ldout, qkv, ldqkv, lse, delta, seq_off, nseq, max_len, \
                  heads, kv_heads, d, scale
     if (t == CU_BF16)

@@ -144,20 +144,24 @@ cudaError_t cu_attention_train(void *out, uint32_t ldo, float *lse, const void *
                                uint32_t max_len, uint32_t heads, uint32_t kv_heads, uint32_t d,
                                float scale, enum cu_attn_impl impl,
                                const struct cu_attn_dropout *drop, cudaStream_t s);
-/* Gradient of cu_attention (FlashAttention-2's backward, fp32 arithmetic, any head_dim ≤ 128):
- * from dout [rows, heads·d] (row stride lddout) and the forward's qkv, out (row stride ldout) and
- * lse (cu_attention_train), writes dqkv rows [dq (heads·d) | dk (kv_heads·d) | dv (kv_heads·d)]
+/* Gradient of cu_attention (FlashAttention-2's backward, any head_dim ≤ 128): from dout [rows,
+ * heads·d] (row stride lddout) and the forward's qkv, out (row stride ldout) and lse
+ * (cu_attention_train), writes dqkv rows [dq (heads·d) | dk (kv_heads·d) | dv (kv_heads·d)]
  * (type t, row stride lddqkv; a kv head's dk, dv sum over its query heads). Every element of
  * the sequences' rows is written (=, not +=), nothing else. delta: scratch of rows·heads floats
  * (rowsum(dout ⊙ out), left there). Deterministic: no atomics, fixed summation order. drop: the
  * forward's (NULL = none); then dP is masked, dV takes the masked P, as
- * op_attend_block_backward. */
+ * op_attend_block_backward. impl: CU_ATTN_AUTO takes the tensor cores (bf16 products, P and dS
+ * rounded to bf16, fp32 sums) where cu_attention_uses_tensor_cores(t, d) and qkv, dout, out are
+ * 16-byte aligned with row strides of multiples of 8 elements (dqkv: 4 bytes, an even stride);
+ * CU_ATTN_SIMT and every other case: fp32 arithmetic throughout. */
 cudaError_t cu_attention_backward(void *dqkv, uint32_t lddqkv, const void *dout, uint32_t lddout,
                                   const void *out, uint32_t ldout, const void *qkv, uint32_t ldqkv,
                                   const float *lse, float *delta, enum cu_dtype t,
                                   const uint32_t *seq_off, uint32_t nseq, uint32_t max_len,
                                   uint32_t heads, uint32_t kv_heads, uint32_t d, float scale,
-                                  const struct cu_attn_dropout *drop, cudaStream_t s);
+                                  enum cu_attn_impl impl, const struct cu_attn_dropout *drop,
+                                  cudaStream_t s);
 
 /* ---- generation (decode.cu) ---- */
 

@@ -2,7 +2,9 @@
  * cu_attention_train keeps (against a host computation in double) and cu_attention_backward's
  * dq, dk, dv (against the CPU's op_attend_block_backward, one head of one sequence at a time), on
  * fresh random inputs, with outputs poisoned (NaN) before each run. The backward runs on the GPU
- * forward's own out and lse, as training does; it must also be bit-identical when run twice.
+ * forward's own out and lse, as training does; it must also be bit-identical when run twice. Both
+ * backwards: SIMT, and the tensor-core one (CU_ATTN_AUTO; called directly, whatever
+ * NETLM_CUDA_ATTN_BWD says), which is also compared with the SIMT one on the same inputs.
  *
  * Bounds, as max |got − ref| / max |ref| (test_cuda_util.h), each of dq, dk, dv and lse alone:
  * - lse, 1e-5 in both types: fp32 sums of d products (the tensor-core kernel's bf16 products are
@@ -17,6 +19,18 @@
  *   from the forward's bf16 out (rounded once, 2⁻⁹; the tensor-core forward also rounds P for
  *   P·V: 2⁻⁸), which enters dS = P ⊙ (dP − D) as ~2⁻⁸ of |dP − D| at worst: ≤ 6e-3 in all,
  *   the tensor-core attention forward's bound.
+ * - bf16 gradients of the tensor-core backward (d = 32, 64, 128), 2e-2: derived, not measured (no
+ *   GPU when it was written). On top of the SIMT bf16 causes above, one factor of every summand
+ *   is rounded to bf16 before its product, as FlashAttention-2 does: P in dV = (M ⊙ P)ᵀ·dout, dS in
+ *   dK = dSᵀ·Q and dQ = dS·K (relative u = 2⁻⁸ each; the products and sums are otherwise exact
+ *   bf16 products in fp32). The error of such a sum is ~u of the sum, not of Σ|terms|: equal
+ *   probabilities round alike (an error proportional to the sum), distinct ones independently (a
+ *   random walk like the sum's own over the random-sign dout, Q, K). 1e-2 + 2⁻⁸ ≈ 1.4e-2; the
+ *   bound leaves ~40 %. A mask drawn wrong, a key off by one, a missing scale: O(1).
+ * - The tensor-core backward against the SIMT one on the same forward (out, lse), 1.5e-2: the
+ *   forward's errors (D) are common and cancel; left are the two roundings of each gradient to
+ *   bf16 (at most 1 ulp apart: 2⁻⁷ of the largest element, 7.8e-3) and the tensor cores' rounding
+ *   of P and dS (~2⁻⁸ = 3.9e-3): 1.2e-2.
  *
  * Dropout of the probabilities (struct cu_attn_dropout, p = 0.2, random per-sequence keys): the
  * forward's out against the CPU's op_attend_block with train/grad.c's op_dropout of each (sequence,
@@ -96,9 +110,11 @@ static struct op_dropout cpu_attn_drop(uint64_t seq_key, uint32_t head, float p)
     return dr;
 }
 
-/* p_drop > 0: the probabilities' dropout on both sides */
-static void backward_case(enum cu_dtype t, enum cu_attn_impl impl, uint32_t H, uint32_t KV,
-                          uint32_t d, const uint32_t *lens, uint32_t nseq, float p_drop,
+/* impl: the forward's, bwd: the backward's; p_drop > 0: the probabilities' dropout on both sides.
+ * Where bwd takes the tensor cores, the SIMT backward also runs on the same forward (out, lse)
+ * and the two are compared. */
+static void backward_case(enum cu_dtype t, enum cu_attn_impl impl, enum cu_attn_impl bwd, uint32_t H,
+                          uint32_t KV, uint32_t d, const uint32_t *lens, uint32_t nseq, float p_drop,
                           struct test_rng *r)
 {
     const uint32_t QKV = (H + 2 * KV) * d, Hd = H * d;
@@ -133,14 +149,25 @@ static void backward_case(enum cu_dtype t, enum cu_attn_impl impl, uint32_t H, u
     CUDA_OK(cu_attention(d_out_plain, Hd, d_qkv, QKV, t, d_off, nseq, max_len, H, KV, d, scale,
                          impl, stream));
     CUDA_OK(cu_attention_backward(d_dqkv, QKV, d_dout, Hd, d_out, Hd, d_qkv, QKV, d_lse, d_delta,
-                                  t, d_off, nseq, max_len, H, KV, d, scale, dp, stream));
+                                  t, d_off, nseq, max_len, H, KV, d, scale, bwd, dp, stream));
     CUDA_OK(cu_attention_backward(d_dqkv_again, QKV, d_dout, Hd, d_out, Hd, d_qkv, QKV, d_lse,
-                                  d_delta, t, d_off, nseq, max_len, H, KV, d, scale, dp, stream));
+                                  d_delta, t, d_off, nseq, max_len, H, KV, d, scale, bwd, dp, stream));
+    /* every buffer this case allocates is 256-byte aligned and its strides are multiples of 8
+     * elements at these d: the tensor-core backward's conditions hold */
+    const bool tc = impl == CU_ATTN_AUTO && cu_attention_uses_tensor_cores(t, d);
+    const bool bwd_tc = bwd == CU_ATTN_AUTO && cu_attention_uses_tensor_cores(t, d);
+    void *d_dqkv_simt = NULL;
+    if (bwd_tc) {
+        d_dqkv_simt = test_poisoned(N * QKV, t);
+        CUDA_OK(cu_attention_backward(d_dqkv_simt, QKV, d_dout, Hd, d_out, Hd, d_qkv, QKV, d_lse,
+                                      d_delta, t, d_off, nseq, max_len, H, KV, d, scale, CU_ATTN_SIMT,
+                                      dp, stream));
+    }
     CUDA_OK(cudaDeviceSynchronize());
 
-    const bool tc = impl == CU_ATTN_AUTO && cu_attention_uses_tensor_cores(t, d);
     const char *what = dropping ? (tc ? "tc drop" : "simt drop") : (tc ? "tc" : "simt");
-    char label[96];
+    const char *bwd_what = bwd_tc ? "tc" : "simt";
+    char label[112];
     const size_t bytes_out = N * Hd * cu_dtype_size(t), bytes_dqkv = N * QKV * cu_dtype_size(t);
     uint8_t *bits_a = malloc(bytes_dqkv + 1), *bits_b = malloc(bytes_dqkv + 1);
 
@@ -155,7 +182,7 @@ static void backward_case(enum cu_dtype t, enum cu_attn_impl impl, uint32_t H, u
     /* the backward is deterministic: no atomics, a fixed order of sums */
     CUDA_OK(cudaMemcpy(bits_a, d_dqkv, bytes_dqkv, cudaMemcpyDeviceToHost));
     CUDA_OK(cudaMemcpy(bits_b, d_dqkv_again, bytes_dqkv, cudaMemcpyDeviceToHost));
-    snprintf(label, sizeof label, "backward %s h%u/kv%u d%u: run twice", what, H, KV, d);
+    snprintf(label, sizeof label, "backward %s (%s fwd) h%u/kv%u d%u: run twice", bwd_what, what, H, KV, d);
     printf("  %-40s %s  %s\n", label, test_dtype_name(t), memcmp(bits_a, bits_b, bytes_dqkv) ? "FAIL" : "bit-identical");
     assert_memory_equal(bits_a, bits_b, bytes_dqkv);
 
@@ -216,9 +243,23 @@ static void backward_case(enum cu_dtype t, enum cu_attn_impl impl, uint32_t H, u
     for (unsigned p = 0; p < 3; p++) {
         take_columns(part_got, got, N, QKV, parts[p].col0, parts[p].n);
         take_columns(part_ref, ref, N, QKV, parts[p].col0, parts[p].n);
-        snprintf(label, sizeof label, "backward %s (%s fwd) h%u/kv%u d%u max_len %u", parts[p].name,
-                 what, H, KV, d, max_len);
-        TEST_WITHIN(label, t, test_rel_err(part_got, part_ref, N * parts[p].n), t == CU_F32 ? 1e-5 : 1e-2);
+        snprintf(label, sizeof label, "backward %s %s (%s fwd) h%u/kv%u d%u max_len %u", parts[p].name,
+                 bwd_what, what, H, KV, d, max_len);
+        TEST_WITHIN(label, t, test_rel_err(part_got, part_ref, N * parts[p].n),
+                    t == CU_F32 ? 1e-5 : bwd_tc ? 2e-2 : 1e-2);
+    }
+    if (bwd_tc) { /* the same forward's statistics on both sides: only the backwards' roundings */
+        float *simt = malloc(N * QKV * sizeof(float));
+        test_download(simt, d_dqkv_simt, N * QKV, t);
+        for (unsigned p = 0; p < 3; p++) {
+            take_columns(part_got, got, N, QKV, parts[p].col0, parts[p].n);
+            take_columns(part_ref, simt, N, QKV, parts[p].col0, parts[p].n);
+            snprintf(label, sizeof label, "backward %s tc vs simt (%s fwd) h%u/kv%u d%u max_len %u",
+                     parts[p].name, what, H, KV, d, max_len);
+            TEST_WITHIN(label, t, test_rel_err(part_got, part_ref, N * parts[p].n), 1.5e-2);
+        }
+        free(simt);
+        cudaFree(d_dqkv_simt);
     }
 
     cudaFree(d_qkv), cudaFree(d_dout), cudaFree(d_out), cudaFree(d_out_plain), cudaFree(d_dqkv);
@@ -229,40 +270,50 @@ static void backward_case(enum cu_dtype t, enum cu_attn_impl impl, uint32_t H, u
     free(part_ref);
 }
 
+/* {4, 2, 128}: a group of 2 at d = 128, where the tensor-core dK/dV kernel reads K and V
+ * fragments from shared memory instead of registers */
 static const struct { uint32_t H, KV, d; } shapes[] = {
-    {4, 4, 64}, {6, 2, 64}, {4, 1, 32}, {2, 2, 128}, {3, 3, 48}, {4, 2, 20},
+    {4, 4, 64}, {6, 2, 64}, {4, 1, 32}, {2, 2, 128}, {4, 2, 128}, {3, 3, 48}, {4, 2, 20},
 };
+
+/* Every shape in both types: fp32 (AUTO is SIMT there); bf16 with the SIMT backward on the
+ * tensor-core forward's statistics (what training runs by default) or, at the d the tensor cores
+ * do not take, with AUTO (its fallback); where they take it, also the tensor-core backward
+ * (against the CPU and against the SIMT backward) and, outside NETLM_CUDA_TEST_QUICK (the
+ * sanitizers' runs, where test_cuda_ops covers the SIMT forward), the SIMT forward's statistics. */
+static void backward_shapes(const uint32_t *lens, uint32_t nseq, float p_drop, struct test_rng *r)
+{
+    for (unsigned s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const uint32_t H = shapes[s].H, KV = shapes[s].KV, d = shapes[s].d;
+        const bool tc = cu_attention_uses_tensor_cores(CU_BF16, d);
+        backward_case(CU_F32, CU_ATTN_AUTO, CU_ATTN_AUTO, H, KV, d, lens, nseq, p_drop, r);
+        backward_case(CU_BF16, CU_ATTN_AUTO, tc ? CU_ATTN_SIMT : CU_ATTN_AUTO, H, KV, d, lens, nseq,
+                      p_drop, r);
+        if (tc) {
+            backward_case(CU_BF16, CU_ATTN_AUTO, CU_ATTN_AUTO, H, KV, d, lens, nseq, p_drop, r);
+            if (!test_cuda_quick())
+                backward_case(CU_BF16, CU_ATTN_SIMT, CU_ATTN_SIMT, H, KV, d, lens, nseq, p_drop, r);
+        }
+    }
+}
 
 static void test_attention_backward(void **state)
 {
     (void)state;
     struct test_rng r = {11};
-    /* lengths around the 16- and 32-row tiles (and the forward's 64), a single token, an empty
-     * padding slot */
+    /* lengths around the 16- and 32-row tiles of the SIMT kernels and the 64-row tiles of the
+     * tensor-core ones, a single token, an empty padding slot */
     const uint32_t lens[] = {1, 15, 16, 17, 0, 33, 63, 64, 65, 130, 3};
-    const uint32_t nseq = sizeof lens / sizeof lens[0];
-    for (unsigned s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
-        backward_case(CU_F32, CU_ATTN_AUTO, shapes[s].H, shapes[s].KV, shapes[s].d, lens, nseq, 0.0f, &r);
-        backward_case(CU_BF16, CU_ATTN_AUTO, shapes[s].H, shapes[s].KV, shapes[s].d, lens, nseq, 0.0f, &r);
-        /* where bf16 takes the tensor cores, the SIMT forward's statistics too */
-        if (cu_attention_uses_tensor_cores(CU_BF16, shapes[s].d))
-            backward_case(CU_BF16, CU_ATTN_SIMT, shapes[s].H, shapes[s].KV, shapes[s].d, lens, nseq, 0.0f, &r);
-    }
+    backward_shapes(lens, sizeof lens / sizeof lens[0], 0.0f, &r);
 }
 
-/* The same shapes and lengths with the probabilities' dropout: both forward kernels, both types. */
+/* The same shapes and lengths with the probabilities' dropout: every kernel, both types. */
 static void test_attention_dropout(void **state)
 {
     (void)state;
     struct test_rng r = {13};
     const uint32_t lens[] = {1, 15, 16, 17, 0, 33, 63, 64, 65, 130, 3};
-    const uint32_t nseq = sizeof lens / sizeof lens[0];
-    for (unsigned s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
-        backward_case(CU_F32, CU_ATTN_AUTO, shapes[s].H, shapes[s].KV, shapes[s].d, lens, nseq, 0.2f, &r);
-        backward_case(CU_BF16, CU_ATTN_AUTO, shapes[s].H, shapes[s].KV, shapes[s].d, lens, nseq, 0.2f, &r);
-        if (cu_attention_uses_tensor_cores(CU_BF16, shapes[s].d))
-            backward_case(CU_BF16, CU_ATTN_SIMT, shapes[s].H, shapes[s].KV, shapes[s].d, lens, nseq, 0.2f, &r);
-    }
+    backward_shapes(lens, sizeof lens / sizeof lens[0], 0.2f, &r);
 }
 
 static void test_attention_backward_long(void **state)
@@ -274,11 +325,17 @@ static void test_attention_backward_long(void **state)
     }
     struct test_rng r = {12};
     const uint32_t lens[] = {1024, 0, 700, 257};
-    backward_case(CU_F32, CU_ATTN_AUTO, 4, 2, 64, lens, 4, 0.0f, &r);
-    backward_case(CU_BF16, CU_ATTN_AUTO, 4, 2, 64, lens, 4, 0.0f, &r);
-    backward_case(CU_BF16, CU_ATTN_AUTO, 2, 2, 128, lens, 4, 0.0f, &r);
-    backward_case(CU_F32, CU_ATTN_AUTO, 4, 2, 64, lens, 4, 0.1f, &r); /* indexes i·len + j past 2¹⁹ */
-    backward_case(CU_BF16, CU_ATTN_AUTO, 4, 2, 64, lens, 4, 0.1f, &r);
+    backward_case(CU_F32, CU_ATTN_AUTO, CU_ATTN_AUTO, 4, 2, 64, lens, 4, 0.0f, &r);
+    backward_case(CU_BF16, CU_ATTN_AUTO, CU_ATTN_SIMT, 4, 2, 64, lens, 4, 0.0f, &r);
+    backward_case(CU_BF16, CU_ATTN_AUTO, CU_ATTN_SIMT, 2, 2, 128, lens, 4, 0.0f, &r);
+    /* indexes i·len + j past 2¹⁹ */
+    backward_case(CU_F32, CU_ATTN_AUTO, CU_ATTN_AUTO, 4, 2, 64, lens, 4, 0.1f, &r);
+    backward_case(CU_BF16, CU_ATTN_AUTO, CU_ATTN_SIMT, 4, 2, 64, lens, 4, 0.1f, &r);
+    /* the tensor-core backward over 16 query tiles per key tile: d = 32, 64, 128, groups 4, 2 */
+    backward_case(CU_BF16, CU_ATTN_AUTO, CU_ATTN_AUTO, 4, 1, 32, lens, 4, 0.0f, &r);
+    backward_case(CU_BF16, CU_ATTN_AUTO, CU_ATTN_AUTO, 4, 2, 64, lens, 4, 0.0f, &r);
+    backward_case(CU_BF16, CU_ATTN_AUTO, CU_ATTN_AUTO, 4, 2, 128, lens, 4, 0.0f, &r);
+    backward_case(CU_BF16, CU_ATTN_AUTO, CU_ATTN_AUTO, 4, 2, 64, lens, 4, 0.1f, &r);
 }
 
 int main(void)
