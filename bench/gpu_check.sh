@@ -8,6 +8,10 @@
 #   bench/gpu_check.sh               on the GPU machine; results under $OUT (default ./gpu-out)
 #   bench/gpu_check.sh --quick       the same in under 4.5 minutes: PyTorch eager only (inference and
 #                                    training), no racecheck, no heuristic-GEMM variant
+#   bench/gpu_check.sh --verify      correctness only: build, CUDA tests (units and the commands
+#                                    on the GPU), end to end against the CPU, memcheck, racecheck
+#   bench/gpu_check.sh --bench       speed only: build, netlm and PyTorch benchmarks, variants
+#                                    (two calls of ~5-9 minutes each when one would not fit)
 #   NETLM_GPU_DEADLINE=S             end every stage by S seconds from the start (default 570)
 #   NETLM_GPU_TORCH=0                no PyTorch stage
 #   bench/gpu_check.sh --fetch-deps  here, before: the Debian packages of the C dependencies
@@ -37,8 +41,12 @@ if [[ ${1:-} == --fetch-deps ]]; then
     exit 0
 fi
 
-quick=0
-[[ ${1:-} == --quick ]] && quick=1
+quick=0 do_verify=1 do_bench=1
+case ${1:-} in
+--quick) quick=1 ;;
+--verify) do_bench=0 ;;  # build, CUDA tests, end to end, sanitizers
+--bench) do_verify=0 ;;  # build, netlm and PyTorch benchmarks, variants
+esac
 OUT=${OUT:-$root/gpu-out}
 mkdir -p "$OUT"
 jobs=$(nproc)
@@ -70,6 +78,8 @@ run_stage() {
     else stage_done "$name" "rc=$rc" $((SECONDS - t0)); fi
     return 0
 }
+verify() { ((do_verify == 0)) || run_stage "$@"; }
+bench() { ((do_bench == 0)) || run_stage "$@"; }
 
 # ---- the machine ----
 {
@@ -140,53 +150,54 @@ grep -E "error|warning" "$log" | head -20 || true
 log=$OUT/tests.log
 : >"$log"
 # (the unit tests against the CPU, then the training commands on the GPU: gpu_train_cli)
-run_stage ctest-cuda 240 "$log" ctest --test-dir "$build" -L cuda --output-on-failure --no-tests=error
+verify ctest-cuda 240 "$log" ctest --test-dir "$build" -L cuda --output-on-failure --no-tests=error
 # ctest passes a skipped test too: the log must show that the tests ran
 if grep -q "Skipped" "$log"; then stage_done cuda-tests-ran skipped 0; fi
 : >"$OUT/netlm.json"
-run_stage bench-netlm 120 "$OUT/netlm.json" "$build/netlm_model_bench" --device cuda --runs 10
+bench bench-netlm 120 "$OUT/netlm.json" "$build/netlm_model_bench" --device cuda --runs 10
 # training steps on the GPU (train_cuda_*); the PyTorch side is in gpu_bench.py
-run_stage bench-train 90 "$OUT/netlm.json" "$build/netlm_model_bench" --device cuda --train --runs 5
+bench bench-train 90 "$OUT/netlm.json" "$build/netlm_model_bench" --device cuda --train --runs 5
 # the engine as users run it: classify and replay on the GPU against the CPU
-run_stage e2e-classify-replay 60 "$log" python3 "$root/bench/gpu_e2e.py" --only classify "$build/netlm" \
+verify e2e-classify-replay 60 "$log" python3 "$root/bench/gpu_e2e.py" --only classify "$build/netlm" \
     "$root/models/ustc-tfc2016" "$root/data/demo.pcap"
-run_stage e2e-generate 60 "$log" python3 "$root/bench/gpu_e2e.py" --only generate "$build/netlm" \
+verify e2e-generate 60 "$log" python3 "$root/bench/gpu_e2e.py" --only generate "$build/netlm" \
     "$root/models/ustc-tfc2016" "$root/data/demo.pcap"
 san=compute-sanitizer
 command -v $san >/dev/null || san=/usr/local/cuda/bin/compute-sanitizer
-run_stage memcheck 80 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --leak-check full \
+verify memcheck 80 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --leak-check full \
     --error-exitcode 9 "$build/tests/test_cuda_ops"
-run_stage memcheck-train 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
+verify memcheck-train 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
     "$build/tests/test_cuda_backward"
 # the trainer as a whole (its buffers carved from two allocations): an out-of-bounds write there
 # is invisible to the kernel tests
-run_stage memcheck-trainer 90 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
+verify memcheck-trainer 90 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
     "$build/tests/test_cuda_train"
-run_stage memcheck-generate 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
+verify memcheck-generate 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
     "$build/tests/test_cuda_generate"
-run_stage memcheck-pipeline 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
+verify memcheck-pipeline 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
     "$build/tests/test_cuda_pipeline"
-run_stage memcheck-attn-bwd 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
+verify memcheck-attn-bwd 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
     "$build/tests/test_cuda_attention_backward"
-run_stage memcheck-model 60 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_TEST_FILTER=test_bf16 $san \
+verify memcheck-model 60 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_TEST_FILTER=test_bf16 $san \
     --tool memcheck --error-exitcode 9 "$build/tests/test_cuda_model"
-((quick)) || run_stage racecheck 60 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_TEST_FILTER=test_attention $san \
+((quick)) || verify racecheck 60 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_TEST_FILTER=test_attention $san \
     --tool racecheck --racecheck-report all --error-exitcode 9 "$build/tests/test_cuda_ops"
 # the attention backward's shared memory under racecheck even in --quick (its dK/dV kernel loops
 # over the grouped-query heads of a block)
-run_stage racecheck-attn-bwd 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san \
+verify racecheck-attn-bwd 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san \
     --tool racecheck --racecheck-report all --error-exitcode 9 "$build/tests/test_cuda_attention_backward"
 # PyTorch: eager inference and training, then compiled modes while --budget-s lasts (each
 # compile takes 30-60 s); it leaves 40 s for the variants below
 left=$((deadline - 40 - SECONDS))
 ((left > 60)) || left=60
-[[ ${NETLM_GPU_TORCH:-1} == 0 ]] || run_stage bench-torch "$left" "$OUT/summary.txt" env PYTHONUNBUFFERED=1 python3 "$root/bench/gpu_bench.py" \
+[[ ${NETLM_GPU_TORCH:-1} == 0 ]] || bench bench-torch "$left" "$OUT/summary.txt" env PYTHONUNBUFFERED=1 python3 "$root/bench/gpu_bench.py" \
     --out "$OUT/torch.json" --runs 10 $( ((quick)) && echo --no-compile) --budget-s $((left - 70 > 20 ? left - 70 : 20))
 # Variants in the same run, tagged in netlm.json: the residual stream in bf16; the time per kind
 # of step (no graphs); the heuristic's first GEMM algorithm instead of the fastest candidate
 variant() { # name command...
     local name=$1 tmp=$OUT/variant.tmp
     shift
+    ((do_bench)) || return 0
     : >"$tmp"
     run_stage "bench-$name" 90 "$tmp" "$@"
     sed "s/^{\"side\":\"netlm\"/{\"side\":\"netlm\",\"variant\":\"$name\"/; s/^{\"cuda_profile\"/{\"variant\":\"$name\",\"cuda_profile\"/" "$tmp" >>"$OUT/netlm.json"
