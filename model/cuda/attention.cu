@@ -216,6 +216,22 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
     return *reinterpret_cast<const uint32_t *>(&v);
 }
 
+/* The ND accumulator tiles of a warp's 16 rows (C fragments: this thread's columns 2t, 2t+1 of
+ * each 8-column tile, of rows g and g + 8) as bf16 into p0 (row g, column 2t of tile 0) and the
+ * row 8 below (row stride ld): row g scaled by s0 and written when w0, row g + 8 by s1 when w1. */
+template <uint32_t ND>
+__device__ __forceinline__ void store_acc_rows(bf16 *p0, size_t ld, const float (*acc)[4], bool w0, bool w1,
+                                               float s0, float s1)
+{
+#pragma unroll
+    for (uint32_t dt = 0; dt < ND; dt++) {
+        if (w0)
+            *reinterpret_cast<uint32_t *>(p0 + dt * 8) = pack_bf16(acc[dt][0] * s0, acc[dt][1] * s0);
+        if (w1)
+            *reinterpret_cast<uint32_t *>(p0 + 8 * ld + dt * 8) = pack_bf16(acc[dt][2] * s1, acc[dt][3] * s1);
+    }
+}
+
 /* rows row0..row0+63 (of the sequence; those ≥ limit as zeros) of one head: 16-byte copies into
  * a [64][D + 8] tile (the 8-element pad keeps the fragment loads free of bank conflicts). */
 template <uint32_t D>
@@ -415,15 +431,8 @@ attn_tc(bf16 *out, uint32_t ldo, float *lse, const bf16 *qkv, uint32_t ldqkv,
         if (row1 < len)
             lse[(size_t)(start + row1) * heads + h] = (m1 + log2f(l1)) * 0.6931471805599453f;
     }
-    bf16 *o0 = out + (size_t)(start + row0) * ldo + (size_t)h * D + 2 * t;
-    bf16 *o1 = o0 + 8 * (size_t)ldo;
-#pragma unroll
-    for (uint32_t dt = 0; dt < ND; dt++) {
-        if (row0 < len)
-            *reinterpret_cast<uint32_t *>(o0 + dt * 8) = pack_bf16(o[dt][0] * inv0, o[dt][1] * inv0);
-        if (row1 < len)
-            *reinterpret_cast<uint32_t *>(o1 + dt * 8) = pack_bf16(o[dt][2] * inv1, o[dt][3] * inv1);
-    }
+    store_acc_rows<ND>(out + (size_t)(start + row0) * ldo + (size_t)h * D + 2 * t, ldo, o, row0 < len, row1 < len,
+                       inv0, inv1);
 }
 
 template <uint32_t D, bool DROP>
@@ -957,15 +966,8 @@ attn_bwd_tc_dq(bf16 *dqkv, uint32_t lddqkv, const bf16 *dout, uint32_t lddout, c
             mma_a_by_rows<D>(acc, dsa, ks, kc * 16, lane);
         }
     }
-    bf16 *o0 = dqkv + (size_t)(start + row0) * lddqkv + (size_t)h * D + 2 * t;
-    bf16 *o1 = o0 + 8 * (size_t)lddqkv;
-#pragma unroll
-    for (uint32_t dt = 0; dt < ND; dt++) {
-        if (row0 < len)
-            *reinterpret_cast<uint32_t *>(o0 + dt * 8) = pack_bf16(acc[dt][0] * scale, acc[dt][1] * scale);
-        if (row1 < len)
-            *reinterpret_cast<uint32_t *>(o1 + dt * 8) = pack_bf16(acc[dt][2] * scale, acc[dt][3] * scale);
-    }
+    store_acc_rows<ND>(dqkv + (size_t)(start + row0) * lddqkv + (size_t)h * D + 2 * t, lddqkv, acc, row0 < len,
+                       row1 < len, scale, scale);
 }
 
 /* dK and dV of one 64-key tile of one kv head: walks, for each query head of the group in
@@ -1104,19 +1106,8 @@ attn_bwd_tc_dkv(bf16 *dqkv, uint32_t lddqkv, const bf16 *dout, uint32_t lddout, 
     }
     bf16 *k0p = dqkv + (size_t)(start + key0) * lddqkv + (size_t)(heads + kvh) * D + 2 * t;
     bf16 *v0p = dqkv + (size_t)(start + key0) * lddqkv + (size_t)(heads + kv_heads + kvh) * D + 2 * t;
-    const size_t down = 8 * (size_t)lddqkv; /* key1's row */
-#pragma unroll
-    for (uint32_t dt = 0; dt < ND; dt++) {
-        if (key0 < len) {
-            *reinterpret_cast<uint32_t *>(k0p + dt * 8) = pack_bf16(dk[dt][0] * scale, dk[dt][1] * scale);
-            *reinterpret_cast<uint32_t *>(v0p + dt * 8) = pack_bf16(dv[dt][0], dv[dt][1]);
-        }
-        if (key1 < len) {
-            *reinterpret_cast<uint32_t *>(k0p + down + dt * 8) =
-                pack_bf16(dk[dt][2] * scale, dk[dt][3] * scale);
-            *reinterpret_cast<uint32_t *>(v0p + down + dt * 8) = pack_bf16(dv[dt][2], dv[dt][3]);
-        }
-    }
+    store_acc_rows<ND>(k0p, lddqkv, dk, key0 < len, key1 < len, scale, scale);
+    store_acc_rows<ND>(v0p, lddqkv, dv, key0 < len, key1 < len, 1.0f, 1.0f); /* × 1: exact */
 }
 
 /* dq: K, V double-buffered (Q, dout staged in the second buffers first); dkv: K, V, Q and dout
