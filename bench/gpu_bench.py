@@ -21,6 +21,13 @@ fp32 master weights, bf16 autocast and fused AdamW; one step = forward with the 
 optimizer step; tokens per second over the median step (bench/model_bench.c --train-cuda runs
 the same cases on netlm).
 
+Generation (model_bench.c --generate, the gen-* cases): the causal-LM model (GPT2LMHeadModel,
+Qwen2ForCausalLM) in bf16 continues full-length 128-token random prompts by exactly 16 tokens
+with HF generate (greedy, KV cache; min_new_tokens keeps EOS from ending a row, as netlm's
+ignore_sep): ms per generate call and new tokens per second. Eager uses the default dynamic
+cache; "compile" is cache_implementation="static", with which generate compiles the decode step
+itself (torch.compile, CUDA graphs), after the other compiled modes while --budget-s lasts.
+
 usage: gpu_bench.py [--out FILE] [--runs N] [--budget-s S] [--only SUBSTRING] [--no-compile] [--no-train]
 """
 import argparse
@@ -44,6 +51,17 @@ CASES = [
     ("qwen05b-v60005-b256-t256", "qwen2", 24, 896, 14, 2, 4864, 60005, 256, 256),
     ("qwen05b-v60005-b1-t256", "qwen2", 24, 896, 14, 2, 4864, 60005, 1, 256),
 ]
+
+# name, arch, layers, hidden, heads, kv_heads, ffn, vocab, batch, prompt — model_bench.c's gen_cases
+GEN_CASES = [
+    ("gen-gpt2-base-b1-p128-n16", "gpt2", 12, 768, 12, 12, 3072, 60005, 1, 128),
+    ("gen-gpt2-base-b64-p128-n16", "gpt2", 12, 768, 12, 12, 3072, 60005, 64, 128),
+    ("gen-gpt2-small-b1-p128-n16", "gpt2", 4, 256, 4, 4, 1024, 65541, 1, 128),
+    ("gen-gpt2-small-b256-p128-n16", "gpt2", 4, 256, 4, 4, 1024, 65541, 256, 128),
+    ("gen-qwen05b-b1-p128-n16", "qwen2", 24, 896, 14, 2, 4864, 60005, 1, 128),
+    ("gen-qwen05b-b64-p128-n16", "qwen2", 24, 896, 14, 2, 4864, 60005, 64, 128),
+]
+GEN_NEW = 16
 
 # name, arch, layers, hidden, heads, kv_heads, ffn, vocab, batch, seq — model_bench.c's train cases
 TRAIN_CASES = [
@@ -130,6 +148,47 @@ def train_tokens_per_s(case, runs):
     del model, opt
     torch.cuda.empty_cache()
     return ms
+
+
+def gen_ms(case, runs, static):
+    """median ms of one generate call continuing the batch's prompts by GEN_NEW tokens each, the
+    seconds of the first call (static: it compiles) and whether generate compiled the forward"""
+    torch.manual_seed(0)
+    model = backbone(case, lm=True).to(torch.bfloat16).eval()
+    model.config.use_cache = True
+    g = torch.Generator(device="cuda").manual_seed(3)
+    ids = torch.randint(5, case[7], (case[8], case[9]), device="cuda", generator=g)
+    mask = torch.ones_like(ids)
+    kw = {"attention_mask": mask, "max_new_tokens": GEN_NEW, "min_new_tokens": GEN_NEW, "do_sample": False,
+          "use_cache": True, "pad_token_id": 0}
+    if static:
+        kw["cache_implementation"] = "static"
+
+    def call():
+        return model.generate(ids, **kw)
+
+    c0 = time.time()
+    out = call()
+    torch.cuda.synchronize()
+    first_s = time.time() - c0
+    if out.shape != (case[8], case[9] + GEN_NEW):
+        raise RuntimeError(f"generate returned shape {tuple(out.shape)}, not {(case[8], case[9] + GEN_NEW)}")
+    ms = time_calls(call, runs, 2)
+    # a transformers that does not auto-compile leaves a static-cache eager run: say which it was
+    compiled = getattr(model, "_compiled_call", None) is not None
+    del model
+    torch.cuda.empty_cache()
+    return ms, first_s, compiled
+
+
+def gen_result(case, mode, ms, extra=None):
+    name, batch = case[0], case[8]
+    r = {"side": "torch", "case": name, "mode": mode, "batch": batch, "prompt": case[9], "new_tokens": GEN_NEW,
+         "ms": round(ms, 4), "ms_per_token": round(ms / GEN_NEW, 4),
+         "tok_per_s": round(batch * GEN_NEW / ms * 1e3, 1)}
+    if extra:
+        r.update(extra)
+    return r
 
 
 class Classifier(nn.Module):
@@ -237,6 +296,15 @@ def main():
         except Exception as exc:  # noqa: BLE001
             r = {"side": "torch", "case": case[0], "mode": "eager", "error": repr(exc)[:300]}
         record(r)
+    gen_cases = [c for c in GEN_CASES if not args.only or args.only in c[0]]
+    with torch.inference_mode():
+        for case in gen_cases:
+            try:
+                ms, _, _ = gen_ms(case, args.runs, static=False)
+                r = gen_result(case, "eager", ms)
+            except Exception as exc:  # noqa: BLE001
+                r = {"side": "torch", "case": case[0], "mode": "eager", "error": repr(exc)[:300]}
+            record(r)
     with torch.inference_mode():
         for name, mode in ([] if args.no_compile else COMPILED):
             case = next((c for c in cases if c[0] == name), None)
@@ -266,6 +334,21 @@ def main():
                 r = result(case, mode, ms, {"compile_s": round(compile_s, 1)})
             except Exception as exc:  # noqa: BLE001
                 r = {"side": "torch", "case": name, "mode": mode, "error": repr(exc)[:300]}
+            record(r)
+    models.clear()
+    torch.cuda.empty_cache()
+    with torch.inference_mode():
+        for case in ([] if args.no_compile else gen_cases):
+            if time.time() - t0 > args.budget_s:
+                record({"side": "torch", "case": case[0], "mode": "compile", "skipped": "time budget"})
+                continue
+            try:
+                torch._dynamo.reset()
+                ms, first_s, compiled = gen_ms(case, args.runs, static=True)
+                r = gen_result(case, "compile", ms, {"cache": "static", "compile_s": round(first_s, 1),
+                                                     "auto_compiled": compiled})
+            except Exception as exc:  # noqa: BLE001 (a transformers without static-cache compile)
+                r = {"side": "torch", "case": case[0], "mode": "compile", "error": repr(exc)[:300]}
             record(r)
     return 0
 

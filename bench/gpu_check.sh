@@ -157,6 +157,8 @@ if grep -q "Skipped" "$log"; then stage_done cuda-tests-ran skipped 0; fi
 bench bench-netlm 120 "$OUT/netlm.json" "$build/netlm_model_bench" --device cuda --runs 10
 # training steps on the GPU (train_cuda_*); the PyTorch side is in gpu_bench.py
 bench bench-train 90 "$OUT/netlm.json" "$build/netlm_model_bench" --device cuda --train --runs 5
+# generation with the device KV cache (model_cuda_generate), the gen-* cases of gpu_bench.py
+bench bench-generate 90 "$OUT/netlm.json" "$build/netlm_model_bench" --device cuda --generate --runs 10
 # the engine as users run it: classify and replay on the GPU against the CPU
 verify e2e-classify-replay 60 "$log" python3 "$root/bench/gpu_e2e.py" --only classify "$build/netlm" \
     "$root/models/ustc-tfc2016" "$root/data/demo.pcap"
@@ -244,6 +246,8 @@ def cell(r, latency):
         return "error"
     if "skipped" in r:
         return "skipped"
+    if r.get("case", "").startswith("gen-"):  # a generate call: one sequence's latency, else new tokens/s
+        return f"{r['ms']:.2f} ms" if latency else f"{r['tok_per_s']:,.0f} tok/s"
     if "seq_per_s" not in r:
         return f"{r['tok_per_s']:,.0f} tok/s"
     return f"{r['ms']:.3f} ms" if latency else f"{r['seq_per_s']:,.0f}/s"
@@ -261,6 +265,7 @@ for c in cases:
     print(f"{c:32} {cell(n, lat):>14} {n.get('mfu', 0) if n else 0:>6.3f} {cell(e, lat):>14} {cell(k, lat):>14} "
           f"{cell(g, lat):>14} {ratio(e):>8} {ratio(best):>9}")
 print("(x eager / x compile: PyTorch time over netlm time, > 1 = netlm faster; x compile uses the CUDA-graph figure where there is one)")
+print("(gen-*: one generate call, 16 new tokens per row: ms at batch 1, new tokens/s at larger batches; torch compile = static cache)")
 for name, rows in variants.items():
     if name == "profile":
         continue

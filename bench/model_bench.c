@@ -14,7 +14,12 @@
  *      {"cuda_profile": ...} on stderr after each case; --residual-bf16: the engine's
  *      residual_bf16 option, the residual stream in bf16 too, bf16 precision only)
  *       (the CUDA engine on the configs of bench/gpu_bench.py: one JSON line per measurement;
- *       bench/gpu_check.sh runs it next to PyTorch) */
+ *       bench/gpu_check.sh runs it next to PyTorch)
+ *   netlm_model_bench --device cpu|cuda[:N] --generate [--only NAME] [--precision bf16|fp32]
+ *                     [--residual-bf16] [--runs N] [--threads N] [--profile]
+ *     (greedy continuation of 128-token prompts by 16 tokens, the gen-* cases: ms per generate
+ *      call and new tokens/s, next to gpu_bench.py's HF generate; on the CPU, fp32 and the small
+ *      GPT-2 cases unless --only names others) */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -526,12 +531,109 @@ static int cuda_pipeline_bench(int device, enum model_precision prec, int runs)
     return status;
 }
 
+/* ---- generation (model_cuda_generate; model_generate on the CPU) ---- */
+
+/* Every row continues a full-length prompt by GEN_NEW tokens: greedy with ignore_sep, so no row
+ * stops early and each call does the same work on both sides (bench/gpu_bench.py's GEN_CASES:
+ * HF generate with min_new_tokens = max_new_tokens). Batch 1 is the latency of one sequence,
+ * the large batches the new tokens per second. */
+enum { GEN_NEW = 16 };
+static const struct cuda_case gen_cases[] = {
+    {"gen-gpt2-base-b1-p128-n16", MODEL_ARCH_GPT2, 12, 768, 12, 12, 3072, 60005, 1, 128, true},
+    {"gen-gpt2-base-b64-p128-n16", MODEL_ARCH_GPT2, 12, 768, 12, 12, 3072, 60005, 64, 128, true},
+    {"gen-gpt2-small-b1-p128-n16", MODEL_ARCH_GPT2, 4, 256, 4, 4, 1024, 65541, 1, 128, true},
+    {"gen-gpt2-small-b256-p128-n16", MODEL_ARCH_GPT2, 4, 256, 4, 4, 1024, 65541, 256, 128, true},
+    {"gen-qwen05b-b1-p128-n16", MODEL_ARCH_QWEN2, 24, 896, 14, 2, 4864, 60005, 1, 128, true},
+    {"gen-qwen05b-b64-p128-n16", MODEL_ARCH_QWEN2, 24, 896, 14, 2, 4864, 60005, 64, 128, true},
+};
+
+/* device < 0: the CPU runner with threads threads, and (without --only) the small GPT-2 cases
+ * alone, since the others take minutes per call on a few cores. */
+static int gen_bench(int device, const char *only, enum model_precision prec, bool residual_bf16, int runs,
+                     bool profile, uint32_t threads)
+{
+    int status = 0;
+    if (profile)
+        setenv("NETLM_CUDA_PROFILE", "1", 1);
+    if (device >= 0 && model_cuda_device_count() <= device) {
+        printf("{\"side\":\"netlm\",\"error\":\"no GPU cuda:%d visible\"}\n", device);
+        return 1;
+    }
+    for (size_t ci = 0; ci < sizeof gen_cases / sizeof gen_cases[0]; ci++) {
+        const struct cuda_case *k = &gen_cases[ci];
+        if (only ? !strstr(k->name, only) : device < 0 && k->hidden > 256)
+            continue;
+        struct model_config c;
+        cuda_case_config(k, &c);
+        c.task = MODEL_TASK_GENERATE;
+        char err[512];
+        struct model *m = bench_model(&c, err, sizeof err);
+        struct model_cuda_options o = {.device = device, .precision = prec, .max_batch = k->batch,
+                                       .max_seq = k->seq, .graphs = k->graphs && !profile,
+                                       .residual_bf16 = residual_bf16, .kv_tokens = k->seq + GEN_NEW};
+        struct model_cuda *e = NULL;
+        struct model_runner *r = NULL;
+        if (m && device >= 0)
+            e = model_cuda_create(m, &o, err, sizeof err);
+        else if (m)
+            r = model_runner_create(m, k->batch, k->seq, k->seq + GEN_NEW, threads, err, sizeof err);
+        uint32_t *ids = malloc((size_t)k->batch * k->seq * sizeof(uint32_t));
+        uint32_t *lengths = malloc(k->batch * sizeof(uint32_t)), *out_len = calloc(k->batch, sizeof(uint32_t));
+        uint32_t *out = malloc((size_t)k->batch * GEN_NEW * sizeof(uint32_t));
+        if ((!e && !r) || !ids || !lengths || !out_len || !out) {
+            printf("{\"side\":\"netlm\",\"case\":\"%s\",\"error\":\"%s\"}\n", k->name, e || r ? "out of memory" : err);
+            status = 1;
+        } else {
+            uint64_t st = 44;
+            random_ids(ids, (size_t)k->batch * k->seq, c.vocab_size, &st);
+            for (uint32_t b = 0; b < k->batch; b++)
+                lengths[b] = k->seq;
+            const struct model_sampling greedy = {.ignore_sep = true};
+            double secs = 0.0;
+            bool ok = true;
+            /* the warm-ups capture the prefill's and the decode step's graphs */
+            TIME_MEDIAN(runs, secs,
+                        ok = (e ? model_cuda_generate(e, ids, lengths, k->batch, k->seq, &greedy, GEN_NEW, out, out_len)
+                                : model_generate(r, ids, lengths, k->batch, k->seq, &greedy, GEN_NEW, out, out_len)) &&
+                             ok);
+            uint32_t short_rows = 0;
+            for (uint32_t b = 0; b < k->batch; b++)
+                short_rows += out_len[b] != GEN_NEW;
+            if (!ok || short_rows) {
+                printf("{\"side\":\"netlm\",\"case\":\"%s\",\"error\":\"%s\"}\n", k->name,
+                       !ok ? (e ? model_cuda_error(e) : "model_generate failed") : "a row stopped before 16 tokens");
+                status = 1;
+            } else {
+                const double new_tokens = (double)k->batch * GEN_NEW;
+                printf("{\"side\":\"netlm\",\"case\":\"%s\",\"device\":\"%s\",\"precision\":\"%s\",\"residual\":\"%s\","
+                       "\"graphs\":%s,\"threads\":%u,\"batch\":%u,\"prompt\":%u,\"new_tokens\":%d,\"ms\":%.4f,"
+                       "\"ms_per_token\":%.4f,\"tok_per_s\":%.1f,\"mib\":%.1f}\n",
+                       k->name, e ? "cuda" : "cpu", !e ? "fp32" : prec == MODEL_PRECISION_FP32 ? "fp32" : "bf16",
+                       e && residual_bf16 ? "bf16" : "fp32", e && o.graphs ? "true" : "false", e ? 0 : threads,
+                       k->batch, k->seq, GEN_NEW, secs * 1e3, secs * 1e3 / GEN_NEW, new_tokens / secs,
+                       (e ? model_cuda_bytes(e) : model_runner_bytes(r)) / 1048576.0);
+            }
+        }
+        fflush(stdout);
+        free(ids);
+        free(lengths);
+        free(out_len);
+        free(out);
+        model_cuda_free(e);
+        model_runner_free(r);
+        model_free(m);
+        model_config_release(&c);
+    }
+    return status;
+}
+
 int main(int argc, char **argv)
 {
     const char *arch = "gpt2";
     uint32_t threads = 1;
     int runs = 7;
     bool rss_mode = false, train_mode = false, profile = false, residual_bf16 = false, pipeline = false;
+    bool generate = false;
     const char *device_name = "cpu", *only = NULL, *precision = "bf16";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--arch") && i + 1 < argc)
@@ -556,8 +658,10 @@ int main(int argc, char **argv)
             residual_bf16 = true;
         else if (!strcmp(argv[i], "--pipeline"))
             pipeline = true;
+        else if (!strcmp(argv[i], "--generate"))
+            generate = true;
         else {
-            fprintf(stderr, "usage: %s [--arch gpt2|qwen2] [--threads N] [--runs N] [--qwen05b-rss | --train | --device cuda[:N] [--only NAME] [--precision bf16|fp32] [--residual-bf16] [--profile] [--pipeline]]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--arch gpt2|qwen2] [--threads N] [--runs N] [--qwen05b-rss | --train | --generate [--only NAME] | --device cuda[:N] [--only NAME] [--precision bf16|fp32] [--residual-bf16] [--profile] [--pipeline | --generate]]\n", argv[0]);
             return 2;
         }
     }
@@ -578,6 +682,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s: --pipeline is for --device cuda, without --train, --residual-bf16 or --profile\n", argv[0]);
         return 2;
     }
+    if (generate && (pipeline || train_mode || rss_mode)) {
+        fprintf(stderr, "%s: --generate is for --device cpu or cuda[:N], without --pipeline, --train or --qwen05b-rss\n",
+                argv[0]);
+        return 2;
+    }
+    if (generate)
+        return gen_bench(device, only, strcmp(precision, "fp32") ? MODEL_PRECISION_BF16 : MODEL_PRECISION_FP32,
+                         residual_bf16, runs, profile, threads);
     if (pipeline)
         return cuda_pipeline_bench(device, strcmp(precision, "fp32") ? MODEL_PRECISION_BF16 : MODEL_PRECISION_FP32, runs);
     if (device >= 0 && train_mode)
