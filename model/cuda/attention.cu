@@ -46,6 +46,20 @@ namespace {
 
 constexpr uint32_t SIMT_BQ = 16, SIMT_BK = 32, SIMT_THREADS = 128, SIMT_QPW = 4, SIMT_DMAX = 128;
 
+/* One row of d head dims held by a warp as the SIMT kernels hold it (lane owns dims lane,
+ * lane + 32, ...: v[r] is dim lane + 32·r), times scale, into row. */
+template <typename T>
+__device__ __forceinline__ void store_lane_dims(T *row, const float v[SIMT_DMAX / 32], float scale,
+                                                uint32_t lane, uint32_t d)
+{
+#pragma unroll
+    for (uint32_t r = 0; r < SIMT_DMAX / 32; r++) {
+        const uint32_t e = lane + 32 * r;
+        if (e < d)
+            row[e] = from_f<T>(v[r] * scale);
+    }
+}
+
 inline size_t simt_smem_bytes(uint32_t d)
 {
     const uint32_t stride = d | 1u;
@@ -148,13 +162,7 @@ attn_simt(T *out, uint32_t ldo, float *lse, const T *qkv, uint32_t ldqkv, const 
         const float sum = warp_sum(l[qi]), inv = 1.0f / sum;
         if (lse && lane == 0)
             lse[(size_t)(start + i) * heads + h] = m[qi] + logf(sum);
-        T *o = out + (size_t)(start + i) * ldo + (size_t)h * d;
-#pragma unroll
-        for (uint32_t r = 0; r < SIMT_DMAX / 32; r++) {
-            const uint32_t e = lane + 32 * r;
-            if (e < d)
-                o[e] = from_f<T>(acc[qi][r] * inv);
-        }
+        store_lane_dims(out + (size_t)(start + i) * ldo + (size_t)h * d, acc[qi], inv, lane, d);
     }
 }
 
@@ -600,13 +608,7 @@ attn_bwd_dq(T *dqkv, uint32_t lddqkv, const T *dout, uint32_t lddout, const T *o
         const uint32_t i = q0 + qrow0 + qi;
         if (i >= len)
             continue;
-        T *dq = dqkv + (size_t)(start + i) * lddqkv + (size_t)h * d;
-#pragma unroll
-        for (uint32_t r = 0; r < BWD_DR; r++) {
-            const uint32_t e = lane + 32 * r;
-            if (e < d)
-                dq[e] = from_f<T>(acc[qi][r] * scale);
-        }
+        store_lane_dims(dqkv + (size_t)(start + i) * lddqkv + (size_t)h * d, acc[qi], scale, lane, d);
     }
 }
 
@@ -703,16 +705,9 @@ attn_bwd_dkv(T *dqkv, uint32_t lddqkv, const T *dout, uint32_t lddout, const T *
         const uint32_t j = k0 + krow0 + kk;
         if (j >= len)
             continue;
-        T *dkr = dqkv + (size_t)(start + j) * lddqkv + (size_t)(heads + kvh) * d;
-        T *dvr = dqkv + (size_t)(start + j) * lddqkv + (size_t)(heads + kv_heads + kvh) * d;
-#pragma unroll
-        for (uint32_t c = 0; c < BWD_DR; c++) {
-            const uint32_t e = lane + 32 * c;
-            if (e < d) {
-                dkr[e] = from_f<T>(dk[kk][c] * scale);
-                dvr[e] = from_f<T>(dv[kk][c]);
-            }
-        }
+        T *row = dqkv + (size_t)(start + j) * lddqkv;
+        store_lane_dims(row + (size_t)(heads + kvh) * d, dk[kk], scale, lane, d);
+        store_lane_dims(row + (size_t)(heads + kv_heads + kvh) * d, dv[kk], 1.0f, lane, d); /* × 1: exact */
     }
 }
 
