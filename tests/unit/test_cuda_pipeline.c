@@ -59,22 +59,11 @@ struct result {
 
 static struct model *make_model(enum model_arch arch, bool classify, uint64_t seed)
 {
+    const bool gpt2 = arch == MODEL_ARCH_GPT2;
+    const struct test_model_shape shape = {arch, 128, 2, 2, gpt2 ? 2 : 1, gpt2 ? 512 : 344, 500, MODEL_NORM_STANDARD,
+                                           gpt2 ? MODEL_ACT_GELU_TANH : MODEL_ACT_SILU, true};
     struct model_config c;
-    model_config_init(&c);
-    c.arch = arch;
-    c.vocab_size = 500;
-    c.hidden = 128;
-    c.layers = 2;
-    c.heads = 2;
-    c.kv_heads = arch == MODEL_ARCH_GPT2 ? 2 : 1;
-    c.head_dim = 64;
-    c.ffn = arch == MODEL_ARCH_GPT2 ? 512 : 344;
-    c.max_positions = 512;
-    c.seq_length = MAX_SEQ;
-    c.rope_theta = 1e6;
-    c.norm_eps = arch == MODEL_ARCH_GPT2 ? 1e-5f : 1e-6f;
-    c.act = arch == MODEL_ARCH_GPT2 ? MODEL_ACT_GELU_TANH : MODEL_ACT_SILU;
-    c.tie_embeddings = true;
+    test_model_config(&c, &shape, MAX_SEQ);
     char err[512];
     struct model *m = model_create(&c, seed, err, sizeof err);
     model_config_release(&c);
