@@ -58,6 +58,15 @@ static void random_ids(uint32_t *ids, size_t n, uint32_t vocab, uint64_t *state)
     }
 }
 
+/* A batch of random ids, every row full length (seq ids), drawn from seed. */
+static void full_length_batch(uint32_t *ids, uint32_t *lengths, uint32_t batch, uint32_t seq, uint32_t vocab,
+                              uint64_t seed)
+{
+    random_ids(ids, (size_t)batch * seq, vocab, &seed);
+    for (uint32_t b = 0; b < batch; b++)
+        lengths[b] = seq;
+}
+
 /* The classification task with the 20 labels "0".."19" (the benchmarks' head). */
 static void classify_labels(struct model_config *c)
 {
@@ -148,10 +157,7 @@ static int qwen05b_rss(uint32_t threads)
     const uint32_t B = 32, T = 128;
     struct model_runner *r = model_runner_create(m, B, T, 0, threads, err, sizeof err);
     uint32_t *ids = malloc((size_t)B * T * sizeof(uint32_t)), lengths[32];
-    uint64_t st = 1;
-    random_ids(ids, (size_t)B * T, c.vocab_size, &st);
-    for (uint32_t b = 0; b < B; b++)
-        lengths[b] = T;
+    full_length_batch(ids, lengths, B, T, c.vocab_size, 1);
     float scores[64];
     double t0 = now();
     if (!r || !model_classify(r, ids, lengths, B, T, NULL, scores)) {
@@ -188,12 +194,9 @@ static int train_bench(const char *arch, uint32_t threads, int runs)
     size_t n = train_runner_grad_count(tr);
     float *mom = calloc(n, sizeof(float)), *vel = calloc(n, sizeof(float));
     uint32_t *ids = malloc((size_t)B * T * sizeof(uint32_t)), lengths[32], labels[32];
-    uint64_t st = 42;
-    random_ids(ids, (size_t)B * T, c.vocab_size, &st);
-    for (uint32_t b = 0; b < B; b++) {
-        lengths[b] = T;
+    full_length_batch(ids, lengths, B, T, c.vocab_size, 42);
+    for (uint32_t b = 0; b < B; b++)
         labels[b] = b % c.num_labels;
-    }
     struct train_batch batch = {.ids = ids, .lengths = lengths, .batch = B, .seq = T, .labels = labels};
     struct train_adamw opt;
     train_adamw_defaults(&opt);
@@ -327,10 +330,7 @@ static int cuda_train_bench(int device, const char *only, enum model_precision p
             printf("{\"side\":\"netlm\",\"case\":\"%s\",\"error\":\"%s\"}\n", k->name, t ? "out of memory" : err);
             status = 1;
         } else {
-            uint64_t st = 43;
-            random_ids(ids, (size_t)k->batch * k->seq, c.vocab_size, &st);
-            for (uint32_t b = 0; b < k->batch; b++)
-                lengths[b] = k->seq;
+            full_length_batch(ids, lengths, k->batch, k->seq, c.vocab_size, 43);
             struct train_batch batch = {.ids = ids, .lengths = lengths, .batch = k->batch, .seq = k->seq};
             struct train_adamw o;
             train_adamw_defaults(&o);
@@ -391,10 +391,7 @@ static int cuda_bench(int device, const char *only, enum model_precision prec, b
             printf("{\"side\":\"netlm\",\"case\":\"%s\",\"error\":\"%s\"}\n", k->name, e ? "out of memory" : err);
             status = 1;
         } else {
-            uint64_t st = 42;
-            random_ids(ids, (size_t)k->batch * k->seq, c.vocab_size, &st);
-            for (uint32_t b = 0; b < k->batch; b++)
-                lengths[b] = k->seq;
+            full_length_batch(ids, lengths, k->batch, k->seq, c.vocab_size, 42);
             double secs = 0.0;
             bool ok = true;
             /* warm-up inside TIME_MEDIAN: plans, and the graph capture of latency cases */
@@ -584,10 +581,7 @@ static int gen_bench(int device, const char *only, enum model_precision prec, bo
             printf("{\"side\":\"netlm\",\"case\":\"%s\",\"error\":\"%s\"}\n", k->name, e || r ? "out of memory" : err);
             status = 1;
         } else {
-            uint64_t st = 44;
-            random_ids(ids, (size_t)k->batch * k->seq, c.vocab_size, &st);
-            for (uint32_t b = 0; b < k->batch; b++)
-                lengths[b] = k->seq;
+            full_length_batch(ids, lengths, k->batch, k->seq, c.vocab_size, 44);
             const struct model_sampling greedy = {.ignore_sep = true};
             double secs = 0.0;
             bool ok = true;
@@ -722,10 +716,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "out of memory\n");
         return 1;
     }
-    uint64_t st = 42;
-    random_ids(ids, (size_t)B * T, c.vocab_size, &st);
-    for (uint32_t b = 0; b < B; b++)
-        lengths[b] = T;
+    full_length_batch(ids, lengths, B, T, c.vocab_size, 42);
     double classify_s, batch1_s, lm_s, gen_s, gen1_s;
     TIME_MEDIAN(runs, classify_s, model_classify(r, ids, lengths, B, T, NULL, scores));
     TIME_MEDIAN(runs, batch1_s, model_classify(r, ids, lengths, 1, T, NULL, scores));
