@@ -122,7 +122,6 @@ struct trainer *trainer_create(struct model *m, const struct trainer_options *o,
 void trainer_free(struct trainer *t);
 const char *trainer_error(const struct trainer *t);
 size_t trainer_param_count(const struct trainer *t);
-bool trainer_on_gpu(const struct trainer *t);
 bool trainer_zero_grads(struct trainer *t);
 bool trainer_forward_backward(struct trainer *t, enum train_objective objective,
                               const struct train_batch *batch, double *loss);

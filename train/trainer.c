@@ -23,7 +23,6 @@
 
 struct trainer {
     struct model *m;
-    int device;
     size_t n; /* floats in the parameter block */
     struct train_runner *cpu;
     struct train_cuda *gpu;
@@ -49,7 +48,6 @@ struct trainer *trainer_create(struct model *m, const struct trainer_options *o,
         return NULL;
     }
     t->m = m;
-    t->device = o->device;
     t->world = 1;
     model_params(m, &t->n);
     t->mom = calloc(t->n ? t->n : 1, sizeof(float));
@@ -100,7 +98,6 @@ void trainer_free(struct trainer *t)
 
 const char *trainer_error(const struct trainer *t) { return t->err; }
 size_t trainer_param_count(const struct trainer *t) { return t->n; }
-bool trainer_on_gpu(const struct trainer *t) { return t->gpu != NULL; }
 
 bool trainer_zero_grads(struct trainer *t)
 {

@@ -389,12 +389,10 @@ void model_cuda_free(struct model_cuda *e)
     if (e->opt.device >= 0)
         cudaSetDevice(e->opt.device);
     /* batches still in flight are dropped, but no copy may still touch the buffers freed below */
-    if (e->up)
-        cudaStreamSynchronize(e->up);
-    if (e->stream)
-        cudaStreamSynchronize(e->stream);
-    if (e->down)
-        cudaStreamSynchronize(e->down);
+    const cudaStream_t streams[3] = {e->up, e->stream, e->down};
+    for (unsigned i = 0; i < 3; i++)
+        if (streams[i])
+            cudaStreamSynchronize(streams[i]);
     for (unsigned i = 0; i < CU_SLOTS; i++) {
         struct cu_slot *sl = &e->slot[i];
         cudaEvent_t *ev[4] = {&sl->uploaded, &sl->consumed, &sl->computed, &sl->downloaded};
@@ -413,12 +411,9 @@ void model_cuda_free(struct model_cuda *e)
     cudaFreeHost(e->h_in);
     cudaFreeHost(e->h_out);
     cudaFreeHost(e->h_slots);
-    if (e->stream)
-        cudaStreamDestroy(e->stream);
-    if (e->up)
-        cudaStreamDestroy(e->up);
-    if (e->down)
-        cudaStreamDestroy(e->down);
+    for (unsigned i = 0; i < 3; i++)
+        if (streams[i])
+            cudaStreamDestroy(streams[i]);
     free(e->gen_rng);
     free(e->gen_pos);
     free(e->gen_active);
