@@ -14,11 +14,15 @@
 #                                    (two calls of ~5-9 minutes each when one would not fit)
 #   NETLM_GPU_DEADLINE=S             end every stage by S seconds from the start (default 570)
 #   NETLM_GPU_TORCH=0                no PyTorch stage
+#   NETLM_GPU_ONLY=a,b,...           only these stages (and the build), by the names the summary
+#                                    gives: a rerun of what failed, or of what a change touched
 #   bench/gpu_check.sh --fetch-deps  here, before: the Debian packages of the C dependencies
 #                                    (libpcap, liburcu, json-c, OpenBLAS, libconfig, libsystemd,
 #                                    cmocka, pkgconf) into .gpu-deps/, for the GPU machine's image,
 #                                    which has CUDA and PyTorch but not these and cannot download;
-#                                    carry .gpu-deps with the call
+#                                    carry .gpu-deps with the call; and the captures the CUDA
+#                                    tests read from ../shared/data (which does not travel) into
+#                                    .gpu-data/: carry it too
 #
 # Outputs ($OUT, 7 files): env.txt, build.log, tests.log (ctest and sanitizers), netlm.json
 # (JSON lines), torch.json, summary.txt, gpu_check.json (each stage's status and time). Each stage
@@ -28,6 +32,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 deps_dir=$root/.gpu-deps
+data_dir=$root/.gpu-data # what integration_gpu_train_cli reads of ../shared/data
 
 if [[ ${1:-} == --fetch-deps ]]; then
     mkdir -p "$deps_dir"
@@ -37,7 +42,13 @@ if [[ ${1:-} == --fetch-deps ]]; then
         libconfig-dev libconfig9 libsystemd-dev libsystemd0 libcmocka-dev libcmocka0 pkgconf-bin \
         libpkgconf3)
     du -sh "$deps_dir"
-    echo "now call the device tool with carry [\".gpu-deps\"]"
+    grep -qxF '/.gpu-data/' .git/info/exclude || echo '/.gpu-data/' >>.git/info/exclude
+    shared=$root/../shared/data
+    rm -rf "$data_dir" && mkdir -p "$data_dir/pcaps" "$data_dir/labeled/ustc-tfc2016"
+    cp "$shared/pcaps/tcpdump-resp_1_benchmark.pcap" "$data_dir/pcaps/"
+    cp -r "$shared/labeled/ustc-tfc2016/sessions" "$data_dir/labeled/ustc-tfc2016/"
+    du -sh "$data_dir"
+    echo "now call the device tool with carry [\".gpu-deps\", \".gpu-data\"]"
     exit 0
 fi
 
@@ -69,6 +80,9 @@ deadline=${NETLM_GPU_DEADLINE:-570} # seconds from the start: the device tool's 
 run_stage() {
     local name=$1 limit=$2 log=$3 t0=$SECONDS rc=0
     shift 3
+    if [[ -n ${NETLM_GPU_ONLY:-} && ,$NETLM_GPU_ONLY, != *,$name,* && $name != configure && $name != build-* ]]; then
+        return 0
+    fi
     ((limit <= deadline - SECONDS)) || limit=$((deadline - SECONDS))
     if ((limit < 10)); then stage_done "$name" no-time 0; return 0; fi
     echo "== $name (limit ${limit}s): $*" >>"$log"
@@ -97,6 +111,7 @@ bench() { ((do_bench == 0)) || run_stage "$@"; }
 # The carried libraries are used through generated .pc files; only sonames the system lacks are
 # put on LD_LIBRARY_PATH (never a second copy of one the system has, which python would load).
 cmake_extra=()
+[[ -d $data_dir ]] && cmake_extra+=("-DNETLM_DATA_DIR=$data_dir")
 if [[ -d $deps_dir ]] && ls "$deps_dir"/*.deb >/dev/null 2>&1; then
     p=/tmp/netlm-deps
     rm -rf "$p" && mkdir -p "$p/pc" "$p/missing"
@@ -186,7 +201,7 @@ verify memcheck-model 60 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_TEST_FILT
     --tool racecheck --racecheck-report all --error-exitcode 9 "$build/tests/test_cuda_ops"
 # the attention backward's shared memory under racecheck even in --quick (its dK/dV kernel loops
 # over the grouped-query heads of a block)
-verify racecheck-attn-bwd 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san \
+verify racecheck-attn-bwd 120 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_TEST_FILTER=test_attention_backward $san \
     --tool racecheck --racecheck-report all --error-exitcode 9 "$build/tests/test_cuda_attention_backward"
 # PyTorch: eager inference and training, then compiled modes while --budget-s lasts (each
 # compile takes 30-60 s); it leaves 40 s for the variants below
@@ -208,7 +223,7 @@ variant() { # name command...
 variant residual-bf16 "$build/netlm_model_bench" --device cuda --runs 10 --residual-bf16
 variant profile "$build/netlm_model_bench" --device cuda --runs 5 --profile
 variant train-profile env NETLM_CUDA_PROFILE=1 "$build/netlm_model_bench" --device cuda --train --runs 3
-variant train-tc-bwd env NETLM_CUDA_ATTN_BWD=tc "$build/netlm_model_bench" --device cuda --train --runs 5
+variant train-simt-bwd env NETLM_CUDA_ATTN_BWD=simt "$build/netlm_model_bench" --device cuda --train --runs 5
 variant pipeline "$build/netlm_model_bench" --device cuda --pipeline --runs 10
 ((quick)) || variant gemm-heuristic env NETLM_CUDA_GEMM_TUNE=0 "$build/netlm_model_bench" --device cuda --runs 10
 # the bias/GELU epilogue costs the up GEMM 620 vs 750 TFLOP/s (H200): against the separate kernel

@@ -85,6 +85,10 @@ bool train_cuda_grad_buffer(struct train_cuda *t, float **grads, size_t *count, 
 
 #define TENSOR_ALIGN 64 /* floats: 256 bytes */
 #define LM_CHUNK 4096u  /* rows of logits per GEMM + cross-entropy pass */
+/* The logits' row stride, in elements: V rounded up to this keeps every row 16-byte aligned (V
+ * is often odd: 60005), without which cuBLASLt has only its slow kernels for the LM head's three
+ * GEMMs (about 95 TFLOP/s instead of 600 on an H100). */
+#define LOGITS_ALIGN 64u
 
 /* train/grad.c's enum drop_place: each place of a layer draws its own stream (the attention
  * probabilities' place, 1, is built into the attention kernels) */
@@ -101,6 +105,7 @@ struct train_cuda {
     enum cu_dtype t;
     size_t ts;
     uint32_t max_batch, max_seq, C, H, KV, d, QKV, F, FW, V, NL;
+    size_t ldlogits; /* the logits' row stride (LOGITS_ALIGN) */
     size_t max_rows;
     bool gpt2;
     enum cu_norm_kind norm;
@@ -136,7 +141,7 @@ struct train_cuda {
     uint64_t *d_seq_key, *h_seq_key;
     float *branch; /* [rows, C] fp32, with residual dropout only: a branch before its masked add */
 
-    enum cu_attn_impl attn_bwd; /* NETLM_CUDA_ATTN_BWD=tc: the tensor-core attention backward */
+    enum cu_attn_impl attn_bwd; /* NETLM_CUDA_ATTN_BWD=simt: the fp32 attention backward in bf16 */
 
     /* host staging (pinned) */
     uint32_t *h_seq_off, *h_tokens, *h_pos, *h_targets;
@@ -238,7 +243,7 @@ static void carve(struct train_cuda *t, char *pbase, size_t *pbytes, char *abase
     const size_t chunk = N < LM_CHUNK ? N : LM_CHUNK;
     ATAKE(t->x_fin, float *, N * t->C * 4);
     ATAKE(t->dx, float *, N * t->C * 4);
-    ATAKE(t->logits, float *, chunk * t->V * 4);
+    ATAKE(t->logits, float *, chunk * t->ldlogits * 4);
     ATAKE(t->loss_rows, float *, (N > B ? N : B) * 4);
     ATAKE(t->norm_scratch, float *, cu_norm_backward_scratch_floats((uint32_t)N, t->C) * 4);
     ATAKE(t->delta, float *, N * t->H * 4);
@@ -250,7 +255,7 @@ static void carve(struct train_cuda *t, char *pbase, size_t *pbytes, char *abase
     ATAKE(t->dqkv, void *, N * t->QKV * ts);
     ATAKE(t->dffn_act, void *, N * t->F * ts);
     ATAKE(t->dffn, void *, N * t->FW * ts);
-    ATAKE(t->dlogits_t, void *, t->t == CU_BF16 ? chunk * t->V * ts : 0);
+    ATAKE(t->dlogits_t, void *, t->t == CU_BF16 ? chunk * t->ldlogits * ts : 0);
     const size_t NL = t->NL ? t->NL : 1;
     ATAKE(t->pooled32, float *, B * t->C * 4);
     ATAKE(t->head32, float *, B * t->C * 4);
@@ -328,12 +333,13 @@ struct train_cuda *train_cuda_create(struct model *m, int device, bool bf16, uin
     t->F = c->ffn;
     t->FW = t->gpt2 ? c->ffn : 2 * c->ffn;
     t->V = c->vocab_size;
+    t->ldlogits = align_up(t->V, LOGITS_ALIGN);
     t->NL = m->w.cls_dense_w ? c->num_labels : 0;
     t->norm = !t->gpt2 ? CU_NORM_RMS : c->norm == MODEL_NORM_UER ? CU_NORM_LAYER_UER : CU_NORM_LAYER;
-    /* the tensor-core backward was written without a GPU: opt-in until bench/gpu_check.sh has
-     * run its tests and its train-tc-bwd variant, then CU_ATTN_AUTO becomes the default */
+    /* bf16 takes the tensor-core attention backward (1.8x faster whole steps on an H100);
+     * NETLM_CUDA_ATTN_BWD=simt keeps the fp32 one, to compare */
     const char *bwd = getenv("NETLM_CUDA_ATTN_BWD");
-    t->attn_bwd = bwd && strcmp(bwd, "tc") == 0 ? CU_ATTN_AUTO : CU_ATTN_SIMT;
+    t->attn_bwd = bwd && strcmp(bwd, "simt") == 0 ? CU_ATTN_SIMT : CU_ATTN_AUTO;
 
     /* the aligned layout */
     t->layout.count = m->layout.count;
@@ -544,21 +550,19 @@ static bool lm_head(struct train_cuda *t, uint32_t N, float scale)
     const enum cu_dtype T = t->t;
     const float *head = t->w.lm_head ? t->w.lm_head : t->w.wte;
     float *dhead = t->w.lm_head ? t->gw.lm_head : t->gw.wte;
-    const size_t C = t->C, V = t->V, ts = t->ts;
+    const size_t C = t->C, V = t->V, ld = t->ldlogits, ts = t->ts;
+    /* the gradient over the logits: in place in fp32, else straight into the bf16 operand */
+    void *dl = T == CU_F32 ? (void *)t->logits : t->dlogits_t;
     for (uint32_t r0 = 0; r0 < N; r0 += LM_CHUNK) {
         const uint32_t n = N - r0 < LM_CHUNK ? N - r0 : LM_CHUNK;
         const void *rows = (const char *)t->xn + (size_t)r0 * C * ts;
-        GEMM(T, CU_F32, t->logits, V, rows, C, wt(t, head), NULL, n, C, V, false, false);
+        GEMM(T, CU_F32, t->logits, ld, rows, C, wt(t, head), NULL, n, C, V, false, false);
         MARK("lm head gemm");
-        CK(cu_softmax_xent(t->logits, V, t->loss_rows + r0, t->d_targets + r0, n, (uint32_t)V, scale, s),
+        CK(cu_softmax_xent(t->logits, ld, dl, T, t->loss_rows + r0, t->d_targets + r0, n, (uint32_t)V, scale, s),
            "cross-entropy");
         MARK("cross-entropy");
-        bool ok = true;
-        const void *dl = as_t(t, t->dlogits_t, t->logits, (size_t)n * V, &ok);
-        if (!ok)
-            return false;
-        GEMM_DX(T, T, (char *)t->dxn + (size_t)r0 * C * ts, C, dl, V, wt(t, head), n, C, V, false);
-        GEMM_DW(T, dhead, NULL, dl, V, rows, C, n, C, V);
+        GEMM_DX(T, T, (char *)t->dxn + (size_t)r0 * C * ts, C, dl, ld, wt(t, head), n, C, V, false);
+        GEMM_DW(T, dhead, NULL, dl, ld, rows, C, n, C, V);
         MARK("lm head gemm backward");
     }
     return true;
@@ -579,11 +583,9 @@ static bool classify_head(struct train_cuda *t, uint32_t nseq)
     CK(cu_tanh(t->head_t, T, t->head32, (size_t)nseq * C, s), "tanh");
     GEMM(T, CU_F32, t->cls_logits, NL, t->head_t, C, wt(t, t->w.cls_out_w), t->w.cls_out_b, nseq, C, NL,
          false, false);
-    CK(cu_softmax_xent(t->cls_logits, NL, t->loss_rows, t->d_targets, nseq, NL, 1.0f / (float)nseq, s),
+    void *dl = T == CU_F32 ? (void *)t->cls_logits : t->dcls_t;
+    CK(cu_softmax_xent(t->cls_logits, NL, dl, T, t->loss_rows, t->d_targets, nseq, NL, 1.0f / (float)nseq, s),
        "cross-entropy");
-    const void *dl = as_t(t, t->dcls_t, t->cls_logits, (size_t)nseq * NL, &ok);
-    if (!ok)
-        return false;
     GEMM_DX(T, CU_F32, t->dhead32, C, dl, NL, wt(t, t->w.cls_out_w), nseq, C, NL, false);
     GEMM_DW(T, t->gw.cls_out_w, t->gw.cls_out_b, dl, NL, t->head_t, C, nseq, C, NL);
     CK(cu_tanh_backward(t->dhead32, t->head_t, T, (size_t)nseq * C, s), "tanh backward");

@@ -87,11 +87,13 @@ cudaError_t cu_pool_backward(void *dxn, const float *dpooled, const void *xn, en
 /* A target that contributes nothing (padding, positions without a next token). */
 #define CU_XENT_IGNORE UINT32_MAX
 /* Per row of logits z [rows, v] (fp32, row stride ld), as op_softmax_xent: loss[row] =
- * −log softmax(z)[target[row]] and, in place, z ← scale·(softmax(z) − onehot(target)), in two
- * passes over the row (online max and sum, then the gradient; no probabilities stored).
- * A target of CU_XENT_IGNORE (or any value ≥ v) gives loss 0 and a zero row. */
-cudaError_t cu_softmax_xent(float *z, size_t ld, float *loss, const uint32_t *target,
-                            uint32_t rows, uint32_t v, float scale, cudaStream_t s);
+ * −log softmax(z)[target[row]] and grad ← scale·(softmax(z) − onehot(target)), in two passes
+ * over the row (online max and sum, then the gradient; no probabilities stored). grad has the
+ * row stride ld and type grad_t: fp32 with grad NULL or z is in place; bf16 is the backward
+ * GEMMs' operand. A target of CU_XENT_IGNORE (or any value ≥ v) gives loss 0 and a zero row. */
+cudaError_t cu_softmax_xent(float *z, size_t ld, void *grad, enum cu_dtype grad_t, float *loss,
+                            const uint32_t *target, uint32_t rows, uint32_t v, float scale,
+                            cudaStream_t s);
 
 /* ---- dropout (train/grad.c's masks, drawn on the device) ---- */
 

@@ -267,16 +267,20 @@ __device__ __forceinline__ void xent_merge(float &m, float &s, float mo, float s
     m = mx;
 }
 
-/* One block per row: pass 1 the online max and sum, pass 2 the gradient over the logits. */
-__global__ void softmax_xent_kernel(float *z, size_t ld, float *loss, const uint32_t *target,
+/* One block per row: pass 1 the online max and sum, pass 2 the gradient over the logits, into
+ * grad (G: fp32 in place over z, or the bf16 operand of the backward GEMMs, which then need no
+ * conversion pass over the logits). */
+template <typename G>
+__global__ void softmax_xent_kernel(const float *z, size_t ld, G *grad, float *loss, const uint32_t *target,
                                     uint32_t v, float scale)
 {
     __shared__ float red_m[XENT_THREADS / 32], red_s[XENT_THREADS / 32];
-    float *row = z + (size_t)blockIdx.x * ld;
+    const float *row = z + (size_t)blockIdx.x * ld;
+    G *grow = grad + (size_t)blockIdx.x * ld;
     const uint32_t tgt = target[blockIdx.x];
     if (tgt >= v) { /* the whole block takes this branch: no barrier is skipped by some only */
         for (uint32_t j = threadIdx.x; j < v; j += blockDim.x)
-            row[j] = 0.0f;
+            grow[j] = from_f<G>(0.0f);
         if (threadIdx.x == 0)
             loss[blockIdx.x] = 0.0f;
         return;
@@ -313,7 +317,7 @@ __global__ void softmax_xent_kernel(float *z, size_t ld, float *loss, const uint
         float g = expf(row[j] - mx) * k;
         if (j == tgt)
             g -= scale;
-        row[j] = g;
+        grow[j] = from_f<G>(g);
     }
 }
 
@@ -606,12 +610,17 @@ extern "C" cudaError_t cu_pool_backward(void *dxn, const float *dpooled, const v
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t cu_softmax_xent(float *z, size_t ld, float *loss, const uint32_t *target,
-                                       uint32_t rows, uint32_t v, float scale, cudaStream_t s)
+extern "C" cudaError_t cu_softmax_xent(float *z, size_t ld, void *grad, enum cu_dtype grad_t,
+                                       float *loss, const uint32_t *target, uint32_t rows, uint32_t v,
+                                       float scale, cudaStream_t s)
 {
     if (rows == 0 || v == 0)
         return cudaSuccess;
-    softmax_xent_kernel<<<rows, XENT_THREADS, 0, s>>>(z, ld, loss, target, v, scale);
+    if (grad_t == CU_BF16)
+        softmax_xent_kernel<bf16><<<rows, XENT_THREADS, 0, s>>>(z, ld, (bf16 *)grad, loss, target, v, scale);
+    else
+        softmax_xent_kernel<float><<<rows, XENT_THREADS, 0, s>>>(z, ld, grad ? (float *)grad : z, loss,
+                                                                 target, v, scale);
     return cudaGetLastError();
 }
 

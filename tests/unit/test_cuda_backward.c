@@ -426,7 +426,7 @@ static void xent_case(uint32_t rows, uint32_t V, struct test_rng *r)
     }
     float *dz = test_upload(z, total, CU_F32), *dloss = test_poisoned(rows, CU_F32);
     uint32_t *dtarget = upload_u32(target, rows);
-    CUDA_OK(cu_softmax_xent(dz, ld, dloss, dtarget, rows, V, scale, stream));
+    CUDA_OK(cu_softmax_xent(dz, ld, NULL, CU_F32, dloss, dtarget, rows, V, scale, stream));
     test_download(got, dz, total, CU_F32);
     test_download(loss, dloss, rows, CU_F32);
     char label[64];
@@ -434,7 +434,37 @@ static void xent_case(uint32_t rows, uint32_t V, struct test_rng *r)
     TEST_WITHIN(label, CU_F32, test_rel_err(got, ref, total), 1e-5);
     snprintf(label, sizeof label, "softmax xent loss v=%u", V);
     TEST_WITHIN(label, CU_F32, test_rel_err(loss, ref_loss, rows), 1e-5);
-    cudaFree(dz), cudaFree(dloss), cudaFree(dtarget);
+    /* the gradient into a bf16 operand, z left as it was: the same loss, the gradient rounded */
+    float *dz2 = test_upload(z, total, CU_F32);
+    void *dgrad = test_upload(z, total, CU_BF16); /* its pad columns must survive */
+    CUDA_OK(cu_softmax_xent(dz2, ld, dgrad, CU_BF16, dloss, dtarget, rows, V, scale, stream));
+    test_download(got, dgrad, total, CU_BF16);
+    /* the gradient columns on their own scale (the pad's values are far larger) */
+    double worst = 0.0, grad_max = 0.0;
+    for (uint32_t i = 0; i < rows; i++)
+        for (uint32_t j = 0; j < V; j++) {
+            const double d = fabs((double)got[i * ld + j] - (double)ref[i * ld + j]);
+            if (!(d <= worst)) /* a NaN too */
+                worst = isnan(d) ? INFINITY : d;
+            grad_max = fabs(ref[i * ld + j]) > grad_max ? fabs(ref[i * ld + j]) : grad_max;
+        }
+    snprintf(label, sizeof label, "softmax xent bf16 grad v=%u", V);
+    TEST_WITHIN(label, CU_BF16, worst / grad_max, 8e-3);
+    float *pad_ref = malloc(total * sizeof(float)); /* the bf16 upload's pad: z rounded */
+    memcpy(pad_ref, got, total * sizeof(float));
+    for (uint32_t i = 0; i < rows; i++)
+        for (uint32_t j = V; j < ld; j++)
+            pad_ref[i * ld + j] = cu_bf16_to_f32(cu_f32_to_bf16(z[i * ld + j]));
+    snprintf(label, sizeof label, "softmax xent bf16 grad v=%u: pad kept", V);
+    TEST_WITHIN(label, CU_BF16, test_rel_err(got, pad_ref, total), 0.0);
+    free(pad_ref);
+    test_download(got, dz2, total, CU_F32);
+    snprintf(label, sizeof label, "softmax xent bf16 grad v=%u: logits untouched", V);
+    TEST_WITHIN(label, CU_F32, test_rel_err(got, z, total), 0.0);
+    test_download(loss, dloss, rows, CU_F32);
+    snprintf(label, sizeof label, "softmax xent bf16 grad v=%u: loss", V);
+    TEST_WITHIN(label, CU_F32, test_rel_err(loss, ref_loss, rows), 1e-5);
+    cudaFree(dz), cudaFree(dz2), cudaFree(dgrad), cudaFree(dloss), cudaFree(dtarget);
     free(z), free(ref), free(got), free(loss), free(ref_loss), free(target);
 }
 
