@@ -85,9 +85,11 @@ bool train_cuda_grad_buffer(struct train_cuda *t, float **grads, size_t *count, 
 
 #define TENSOR_ALIGN 64 /* floats: 256 bytes */
 #define LM_CHUNK 4096u  /* rows of logits per GEMM + cross-entropy pass */
-/* The logits' row stride, in elements: V rounded up to this keeps every row 16-byte aligned (V
- * is often odd: 60005), without which cuBLASLt has only its slow kernels for the LM head's three
- * GEMMs (about 95 TFLOP/s instead of 600 on an H100). */
+/* The LM head's vocabulary dimension as its GEMMs see it: V rounded up to this. V is often odd
+ * (60005), and an odd extent in a GEMM operand's contiguous dimension (the logits' rows, the
+ * gradient's rows) leaves cuBLASLt only kernels without vector access (the head ran at ~95
+ * TFLOP/s on an H100 where the other GEMMs run at 600-750). The head's weight rows past V are
+ * zeros that nothing updates, so the logits and gradients past V are zeros too. */
 #define LOGITS_ALIGN 64u
 
 /* train/grad.c's enum drop_place: each place of a layer draws its own stream (the attention
@@ -105,7 +107,7 @@ struct train_cuda {
     enum cu_dtype t;
     size_t ts;
     uint32_t max_batch, max_seq, C, H, KV, d, QKV, F, FW, V, NL;
-    size_t ldlogits; /* the logits' row stride (LOGITS_ALIGN) */
+    size_t ldlogits; /* V rounded up to LOGITS_ALIGN: the logits' row stride, the head's rows */
     size_t max_rows;
     bool gpt2;
     enum cu_norm_kind norm;
@@ -353,11 +355,14 @@ struct train_cuda *train_cuda_create(struct model *m, int device, bool bf16, uin
         fail(t, "cuda: out of memory");
     } else {
         size_t off = 0;
+        const char *head = m->w.lm_head ? "lm_head" : "wte";
         for (size_t i = 0; i < m->layout.count; i++) {
-            t->layout.tensors[i] = m->layout.tensors[i];
-            t->host_offset[i] = m->layout.tensors[i].offset;
+            const struct model_tensor *mt = &m->layout.tensors[i];
+            t->layout.tensors[i] = *mt;
+            t->host_offset[i] = mt->offset;
             t->layout.tensors[i].offset = off;
-            off = align_up(off + m->layout.tensors[i].numel, TENSOR_ALIGN);
+            /* the LM head keeps room for its zero rows up to ldlogits (LOGITS_ALIGN) */
+            off = align_up(off + (strcmp(mt->name, head) ? mt->numel : t->ldlogits * mt->cols), TENSOR_ALIGN);
         }
         t->layout.total = off;
     }
@@ -543,7 +548,10 @@ static const void *as_t(struct train_cuda *t, void *dst, const float *src, size_
 }
 
 /* The LM head over every row in chunks: logits, cross-entropy against d_targets (CU_XENT_IGNORE
- * for rows without a target), dxn and the head's gradient. */
+ * for rows without a target), dxn and the head's gradient. The three GEMMs run over ldlogits
+ * vocabulary entries: the head's zero rows past V give zero logits there, the cross-entropy
+ * leaves those columns of the gradient zero (fp32: the GEMM's zeros; bf16: never written since
+ * the block was cleared), so dxn gains nothing from them and the head's zero rows stay zero. */
 static bool lm_head(struct train_cuda *t, uint32_t N, float scale)
 {
     const cudaStream_t s = t->stream;
@@ -556,13 +564,13 @@ static bool lm_head(struct train_cuda *t, uint32_t N, float scale)
     for (uint32_t r0 = 0; r0 < N; r0 += LM_CHUNK) {
         const uint32_t n = N - r0 < LM_CHUNK ? N - r0 : LM_CHUNK;
         const void *rows = (const char *)t->xn + (size_t)r0 * C * ts;
-        GEMM(T, CU_F32, t->logits, ld, rows, C, wt(t, head), NULL, n, C, V, false, false);
+        GEMM(T, CU_F32, t->logits, ld, rows, C, wt(t, head), NULL, n, C, ld, false, false);
         MARK("lm head gemm");
         CK(cu_softmax_xent(t->logits, ld, dl, T, t->loss_rows + r0, t->d_targets + r0, n, (uint32_t)V, scale, s),
            "cross-entropy");
         MARK("cross-entropy");
-        GEMM_DX(T, T, (char *)t->dxn + (size_t)r0 * C * ts, C, dl, ld, wt(t, head), n, C, V, false);
-        GEMM_DW(T, dhead, NULL, dl, ld, rows, C, n, C, V);
+        GEMM_DX(T, T, (char *)t->dxn + (size_t)r0 * C * ts, C, dl, ld, wt(t, head), n, C, ld, false);
+        GEMM_DW(T, dhead, NULL, dl, ld, rows, C, n, C, ld);
         MARK("lm head gemm backward");
     }
     return true;
