@@ -51,11 +51,16 @@ static int open_file(const char *path, bool truncate)
 
 static int connect_socket(const char *path)
 {
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    const size_t len = strlen(path);
+    if (len >= sizeof a.sun_path) { /* a shortened path would name another socket */
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    memcpy(a.sun_path, path, len + 1);
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
-    struct sockaddr_un a = {.sun_family = AF_UNIX};
-    snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
     if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
         close(fd);
         return -1;
