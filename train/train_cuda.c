@@ -89,8 +89,9 @@ bool train_cuda_grad_buffer(struct train_cuda *t, float **grads, size_t *count, 
  * (60005), and an odd extent in a GEMM operand's contiguous dimension (the logits' rows, the
  * gradient's rows) leaves cuBLASLt only kernels without vector access (the head ran at ~95
  * TFLOP/s on an H100 where the other GEMMs run at 600-750). The head's weight rows past V are
- * zeros that nothing updates, so the logits and gradients past V are zeros too. */
-#define LOGITS_ALIGN 64u
+ * zeros that nothing updates, so the logits and gradients past V are zeros too. 128 as the
+ * inference engine's padded vocabulary (whole tiles). */
+#define LOGITS_ALIGN 128u
 
 /* train/grad.c's enum drop_place: each place of a layer draws its own stream (the attention
  * probabilities' place, 1, is built into the attention kernels) */
