@@ -14,6 +14,7 @@
 #                                    (two calls of ~5-9 minutes each when one would not fit)
 #   NETLM_GPU_DEADLINE=S             end every stage by S seconds from the start (default 570)
 #   NETLM_GPU_TORCH=0                no PyTorch stage
+#   NETLM_GPU_TORCH_ONLY=train       PyTorch's cases whose name contains this (gpu_bench.py --only)
 #   NETLM_GPU_ONLY=a,b,...           only these stages (and the build), by the names the summary
 #                                    gives: a rerun of what failed, or of what a change touched
 #   bench/gpu_check.sh --fetch-deps  here, before: the Debian packages of the C dependencies
@@ -179,6 +180,9 @@ verify e2e-classify-replay 60 "$log" python3 "$root/bench/gpu_e2e.py" --only cla
     "$root/models/ustc-tfc2016" "$root/data/demo.pcap"
 verify e2e-generate 60 "$log" python3 "$root/bench/gpu_e2e.py" --only generate "$build/netlm" \
     "$root/models/ustc-tfc2016" "$root/data/demo.pcap"
+# the pretrain command's own loop against bench-train's trainer alone (steady step, bf16)
+bench bench-e2e-pretrain 90 "$log" python3 "$root/bench/gpu_e2e.py" --only pretrain "$build/netlm" \
+    "$root/models/ustc-tfc2016" "$root/data/demo.pcap"
 san=compute-sanitizer
 command -v $san >/dev/null || san=/usr/local/cuda/bin/compute-sanitizer
 verify memcheck 80 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --leak-check full \
@@ -208,7 +212,8 @@ verify racecheck-attn-bwd 120 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_TEST
 left=$((deadline - 40 - SECONDS))
 ((left > 60)) || left=60
 [[ ${NETLM_GPU_TORCH:-1} == 0 ]] || bench bench-torch "$left" "$OUT/summary.txt" env PYTHONUNBUFFERED=1 python3 "$root/bench/gpu_bench.py" \
-    --out "$OUT/torch.json" --runs 10 $( ((quick)) && echo --no-compile) --budget-s $((left - 70 > 20 ? left - 70 : 20))
+    --out "$OUT/torch.json" --runs 10 $( ((quick)) && echo --no-compile) --budget-s $((left - 70 > 20 ? left - 70 : 20)) \
+    ${NETLM_GPU_TORCH_ONLY:+--only "$NETLM_GPU_TORCH_ONLY"}
 # Variants in the same run, tagged in netlm.json: the residual stream in bf16; the time per kind
 # of step (no graphs); the heuristic's first GEMM algorithm instead of the fastest candidate
 variant() { # name command...

@@ -24,7 +24,15 @@ Checks (exit 1 when one fails):
   flow, the same flows as on the CPU (agreement of the tokens reported).
 Prints one JSON line with the counts and the largest differences.
 
-usage: gpu_e2e.py [--only classify|generate] NETLM MODEL_DIR CAPTURE
+--only pretrain measures instead: `netlm pretrain --device cuda` (bf16) on shards made from the
+capture, GPT-2 base at batch 32 and the Qwen2.5-0.5B architecture at batch 16, windows of 511
+inputs (512 positions with the last target; `netlm_model_bench --train`'s shapes, but with the
+tokenizer's vocabulary of 65,541 where that has 60,005);
+each is run for 5 and for 25 steps and the difference of the wall times gives the steady step,
+the command's whole loop included (batching, the loss read back, the status line), start-up and
+the final save excluded. Prints one JSON line; exit 1 only when a command fails.
+
+usage: gpu_e2e.py [--only classify|generate|pretrain] NETLM MODEL_DIR CAPTURE
 NETLM_E2E_DEVICE=cpu runs the script's own logic without a GPU (every "GPU" command on the CPU).
 """
 import json
@@ -32,6 +40,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 BF16_SCORE_BOUND = 0.02
 FP32_SCORE_BOUND = 1e-4
@@ -174,14 +183,58 @@ def classify_checks(netlm, model, capture, tmp):
                 "replay": {"events": nr, "label_mismatches": badr, "max_score_diff": worstr}}
 
 
+PRETRAIN_CONFIGS = {  # name: (config.json, batch)
+    "gpt2-base": ({"model_type": "gpt2", "vocab_size": 65541, "n_embd": 768, "n_layer": 12, "n_head": 12,
+                   "n_inner": 3072, "n_positions": 512}, 32),
+    "qwen05b": ({"model_type": "qwen2", "vocab_size": 65541, "hidden_size": 896, "num_hidden_layers": 24,
+                 "num_attention_heads": 14, "num_key_value_heads": 2, "intermediate_size": 4864,
+                 "max_position_embeddings": 512, "rope_theta": 1000000.0, "tie_word_embeddings": True}, 16),
+}
+# the dry run (NETLM_E2E_DEVICE=cpu) times a small model instead: only the script's logic
+PRETRAIN_DRY = ({"model_type": "gpt2", "vocab_size": 65541, "n_embd": 64, "n_layer": 2, "n_head": 2,
+                 "n_inner": 128, "n_positions": 512}, 2)
+PRETRAIN_STEPS = (5, 25)
+PRETRAIN_SEQ = 511  # inputs per window: with its next id, 512 positions
+
+
+def pretrain_throughput(netlm, capture, tmp):
+    corpus, shard = os.path.join(tmp, "corpus.txt"), os.path.join(tmp, "corpus.shard")
+    run([netlm, "corpus", capture, "-o", corpus, "-q"])
+    run([netlm, "preprocess", "--corpus_path", corpus, "--dataset_path", shard, "--seq_length",
+         str(PRETRAIN_SEQ), "-q"])
+    configs = PRETRAIN_CONFIGS if DEVICE != "cpu" else {"dry-small": PRETRAIN_DRY}
+    report = {}
+    for name, (cfg, batch) in configs.items():
+        path = os.path.join(tmp, name + ".json")
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        seconds = []
+        for steps in PRETRAIN_STEPS:
+            out = os.path.join(tmp, f"{name}-{steps}")
+            t0 = time.monotonic()
+            run([netlm, "pretrain", "--dataset_path", shard, "--config_path", path, "--output_model_path", out,
+                 "--batch_size", str(batch), "--total_steps", str(steps), "--save_checkpoint_steps", "1000000",
+                 "--device", DEVICE, "-q"])
+            seconds.append(time.monotonic() - t0)
+        step_s = (seconds[1] - seconds[0]) / (PRETRAIN_STEPS[1] - PRETRAIN_STEPS[0])
+        report[name] = {"batch": batch, "seq": PRETRAIN_SEQ, "ms_per_step": round(step_s * 1e3, 2),
+                        "tok_per_s": round(batch * PRETRAIN_SEQ / step_s, 1),
+                        "wall_s": [round(x, 2) for x in seconds]}
+    return report
+
+
 def main():
     args = sys.argv[1:]
     only = None
-    if len(args) >= 2 and args[0] == "--only" and args[1] in ("classify", "generate"):
+    if len(args) >= 2 and args[0] == "--only" and args[1] in ("classify", "generate", "pretrain"):
         only, args = args[1], args[2:]
     if len(args) != 3:
         raise SystemExit(__doc__)
     netlm, model, capture = args
+    if only == "pretrain":
+        with tempfile.TemporaryDirectory() as tmp:
+            print(json.dumps({"e2e": "ok", "device": DEVICE, "pretrain": pretrain_throughput(netlm, capture, tmp)}))
+        return 0
     ok, report = True, {}
     with tempfile.TemporaryDirectory() as tmp:
         if only != "generate":
