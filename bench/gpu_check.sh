@@ -157,7 +157,7 @@ log=$OUT/build.log
 run_stage configure 120 "$log" env CC=/tmp/netlm-cc cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release \
     -DNETLM_CUDA=ON -DNETLM_DPDK=OFF -DNETLM_MPI=OFF "${cmake_extra[@]}"
 cuda_tests=$(cd "$root/tests/unit" && ls test_cuda_*.c | sed 's/\.c$//')
-run_stage build-cuda 300 "$log" make -C "$build" -j"$jobs" $cuda_tests netlm_model_bench
+run_stage build-cuda 300 "$log" make -C "$build" -j"$jobs" $cuda_tests netlm_model_bench netlm_gemm_bench
 run_stage build-netlm 90 "$log" make -C "$build" -j"$jobs" netlm
 grep -E "error|warning" "$log" | head -20 || true
 
@@ -173,6 +173,8 @@ if grep -q "Skipped" "$log"; then stage_done cuda-tests-ran skipped 0; fi
 bench bench-netlm 120 "$OUT/netlm.json" "$build/netlm_model_bench" --device cuda --runs 10
 # training steps on the GPU (train_cuda_*); the PyTorch side is in gpu_bench.py
 bench bench-train 90 "$OUT/netlm.json" "$build/netlm_model_bench" --device cuda --train --runs 5
+# the GEMMs one by one: the LM head's (odd and padded vocabulary) against ordinary shapes
+bench bench-gemm 60 "$OUT/netlm.json" "$build/netlm_gemm_bench" --runs 10
 # generation with the device KV cache (model_cuda_generate), the gen-* cases of gpu_bench.py
 bench bench-generate 90 "$OUT/netlm.json" "$build/netlm_model_bench" --device cuda --generate --runs 10
 # the engine as users run it: classify and replay on the GPU against the CPU
@@ -240,12 +242,14 @@ python3 - "$OUT" <<'EOF' | tee -a "$OUT/summary.txt"
 import json, sys, os
 out = sys.argv[1]
 netlm, torch_r = {}, {}
-variants, profiles, last_case = {}, [], None
+variants, profiles, gemms, last_case = {}, [], [], None
 for line in open(os.path.join(out, "netlm.json")):
     line = line.strip()
     if line.startswith("{"):
         r = json.loads(line)
-        if "cuda_profile" in r:
+        if "gemm" in r:
+            gemms.append(r)
+        elif "cuda_profile" in r:
             profiles.append((last_case, r["cuda_profile"]))
         elif "case" in r:
             last_case = r["case"]
@@ -298,6 +302,11 @@ if profiles:
     for c, p in profiles:
         steps = ", ".join(f"{k} {v:.3f}" for k, v in sorted(p["steps"].items(), key=lambda kv: -kv[1]))
         print(f"  {c}: {p['ms_per_call']:.3f} ms = {steps}")
+if gemms:
+    print("\nGEMMs one by one (netlm_gemm_bench): ms, TFLOP/s")
+    for r in gemms:
+        extra = f"  max_rel_diff {r['max_rel_diff']:.2g}" if "max_rel_diff" in r else ""
+        print(f"  {r['gemm']:30} {r['algorithm']:16} {r['ms']:9.4f} {r['tflops']:7.1f}{extra}")
 st = os.path.join(out, "gpu_check.json")
 if os.path.exists(st):
     print()

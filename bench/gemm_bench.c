@@ -1,0 +1,205 @@
+/* gemm_bench.c — the cuBLASLt GEMMs of netlm's GPU paths timed one by one (model/cuda/gemm.c,
+ * the calls the engine and the trainer make), so a GEMM that runs far below the card's rate can
+ * be told apart from its neighbours: the LM head of training (bf16 × bf16 → fp32 logits, and its
+ * two backward GEMMs) with the vocabulary as it is (60,005: odd) and rounded up to 128 rows,
+ * each with the heuristic's first algorithm (what training runs) and with the fastest of its
+ * candidates (what the inference engine runs), next to GEMMs of ordinary shapes for the rate
+ * the card gives. One JSON line per case on stdout; bench/gpu_check.sh runs it (bench-gemm).
+ *
+ *   netlm_gemm_bench [--device N] [--runs N]
+ *
+ * Where a padded case has an unpadded twin, "max_rel_diff" compares the first V columns of the
+ * two forward outputs (the padded weight's extra rows are zeros, so they must agree to fp32
+ * accumulation-order rounding). */
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/cuda/cuda_internal.h"
+
+enum gemm_kind { GEMM_FWD, GEMM_DX, GEMM_DW };
+
+struct gemm_case {
+    const char *name;
+    enum gemm_kind kind;
+    enum cu_dtype yt;         /* the forward's output type (dx: bf16; dw: fp32) */
+    size_t n, in, out, ld;    /* rows, reduction / input width, output width, the wide side's stride */
+};
+
+static const struct gemm_case cases[] = {
+    /* training's LM head, one chunk of 4,096 rows, GPT-2 base width */
+    {"lm-head-fwd-v60005", GEMM_FWD, CU_F32, 4096, 768, 60005, 60005},
+    {"lm-head-fwd-v60005-ld60032", GEMM_FWD, CU_F32, 4096, 768, 60005, 60032},
+    {"lm-head-fwd-v60032", GEMM_FWD, CU_F32, 4096, 768, 60032, 60032},
+    {"lm-head-fwd-bf16out-v60005", GEMM_FWD, CU_BF16, 4096, 768, 60005, 60005},
+    {"lm-head-fwd-bf16out-v60032", GEMM_FWD, CU_BF16, 4096, 768, 60032, 60032},
+    {"lm-head-dx-v60005", GEMM_DX, CU_BF16, 4096, 768, 60005, 60005},
+    {"lm-head-dx-v60032", GEMM_DX, CU_BF16, 4096, 768, 60032, 60032},
+    {"lm-head-dw-v60005", GEMM_DW, CU_F32, 4096, 768, 60005, 60005},
+    {"lm-head-dw-v60032", GEMM_DW, CU_F32, 4096, 768, 60032, 60032},
+    /* ordinary shapes for the card's rate: GPT-2 base's up projection at B32 T512, Qwen2.5-0.5B's
+     * gate/up projection at B16 T512 */
+    {"gpt2-up-fwd", GEMM_FWD, CU_BF16, 16384, 768, 3072, 3072},
+    {"qwen-up-fwd", GEMM_FWD, CU_BF16, 8192, 896, 9728, 9728},
+    {"qwen-up-dx", GEMM_DX, CU_BF16, 8192, 896, 9728, 9728},
+    {"qwen-up-dw", GEMM_DW, CU_F32, 8192, 896, 9728, 9728},
+};
+
+#define CUDA_CHECK(call)                                                                          \
+    do {                                                                                          \
+        cudaError_t e_ = (call);                                                                  \
+        if (e_ != cudaSuccess) {                                                                  \
+            fprintf(stderr, "netlm_gemm_bench: %s: %s\n", #call, cudaGetErrorString(e_));       \
+            exit(1);                                                                              \
+        }                                                                                         \
+    } while (0)
+
+/* Uniform values in [-scale, scale) of type t: fixed, so runs compare. */
+static void *random_device(size_t count, enum cu_dtype t, float scale, unsigned seed)
+{
+    float *host = malloc(count * sizeof(float));
+    void *packed = malloc(count * cu_dtype_size(t)), *dev = NULL;
+    if (!host || !packed) {
+        fprintf(stderr, "netlm_gemm_bench: out of memory\n");
+        exit(1);
+    }
+    unsigned x = seed * 2654435761u + 1u;
+    for (size_t i = 0; i < count; i++) {
+        x = x * 1664525u + 1013904223u;
+        host[i] = scale * ((float)(x >> 8) / 8388608.0f - 1.0f);
+    }
+    cu_host_from_f32(packed, t, host, count);
+    CUDA_CHECK(cudaMalloc(&dev, count * cu_dtype_size(t)));
+    CUDA_CHECK(cudaMemcpy(dev, packed, count * cu_dtype_size(t), cudaMemcpyHostToDevice));
+    free(host);
+    free(packed);
+    return dev;
+}
+
+/* One call of the case; false with err set. */
+static bool call(struct cu_gemm *g, cudaStream_t s, const struct gemm_case *c, void *y, const void *x,
+                 const void *w, void *dy, float *dw, char *err, size_t errlen)
+{
+    switch (c->kind) {
+    case GEMM_FWD:
+        return cu_gemm_run(g, s, CU_BF16, c->yt, y, c->ld, x, c->in, w, NULL, c->n, c->in, c->out, false,
+                           false, err, errlen);
+    case GEMM_DX: /* dx[n, in] = dy[n, out] · w[out, in] */
+        return cu_gemm_dx(g, s, CU_BF16, CU_BF16, y, c->in, dy, c->ld, w, c->n, c->in, c->out, false, err,
+                          errlen);
+    case GEMM_DW: /* dw[out, in] += dy[n, out]ᵀ · x[n, in] */
+        return cu_gemm_dw(g, s, CU_BF16, dw, NULL, dy, c->ld, x, c->in, c->n, c->in, c->out, err, errlen);
+    }
+    return false;
+}
+
+int main(int argc, char **argv)
+{
+    int device = 0, runs = 10;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--device") && i + 1 < argc) {
+            device = atoi(argv[++i]);
+        } else if (!strcmp(argv[i], "--runs") && i + 1 < argc) {
+            runs = atoi(argv[++i]);
+            if (runs < 1) {
+                fprintf(stderr, "netlm_gemm_bench: --runs: expected a count of at least 1\n");
+                return 2;
+            }
+        } else {
+            fprintf(stderr, "usage: netlm_gemm_bench [--device N] [--runs N]\n");
+            return 2;
+        }
+    }
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || device < 0 || device >= count) {
+        fprintf(stderr, "netlm_gemm_bench: no cuda:%d (%d devices)\n", device, count);
+        return 1;
+    }
+    CUDA_CHECK(cudaSetDevice(device));
+    cudaStream_t s;
+    CUDA_CHECK(cudaStreamCreate(&s));
+    cudaEvent_t ev[2];
+    CUDA_CHECK(cudaEventCreate(&ev[0]));
+    CUDA_CHECK(cudaEventCreate(&ev[1]));
+    /* operands large enough for every case: x [n, in], w [out, in] (rows past 60,005 zero for
+     * the padded head), y / dy [n, ld] (4 bytes an element), dw [out, in] fp32 */
+    size_t x_max = 0, w_max = 0, y_max = 0, dw_max = 0;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const struct gemm_case *c = &cases[i];
+        x_max = c->n * c->in > x_max ? c->n * c->in : x_max;
+        w_max = c->out * c->in > w_max ? c->out * c->in : w_max;
+        y_max = c->n * (c->ld > c->in ? c->ld : c->in) > y_max ? c->n * (c->ld > c->in ? c->ld : c->in) : y_max;
+        dw_max = c->out * c->in > dw_max ? c->out * c->in : dw_max;
+    }
+    void *x = random_device(x_max, CU_BF16, 1.0f, 1), *w = random_device(w_max, CU_BF16, 0.05f, 2);
+    void *dy = random_device(y_max, CU_BF16, 1e-3f, 3), *y = NULL;
+    float *dw = NULL;
+    CUDA_CHECK(cudaMalloc(&y, y_max * 4));
+    CUDA_CHECK(cudaMalloc((void **)&dw, dw_max * 4));
+    /* the head's padding rows and the gradient's padding columns are zeros, as in the trainer */
+    CUDA_CHECK(cudaMemset((uint16_t *)w + (size_t)60005 * 768, 0, (size_t)(60032 - 60005) * 768 * 2));
+    for (size_t r = 0; r < 4096; r++)
+        CUDA_CHECK(cudaMemset((uint16_t *)dy + r * 60032 + 60005, 0, (60032 - 60005) * 2));
+    float *first = malloc((size_t)4096 * 60005 * sizeof(float)), *other = malloc((size_t)4096 * 60005 * sizeof(float));
+    if (!first || !other) {
+        fprintf(stderr, "netlm_gemm_bench: out of memory\n");
+        return 1;
+    }
+    char err[512];
+    for (int tuned = 0; tuned < 2; tuned++) {
+        struct cu_gemm *g = cu_gemm_create(CU_GEMM_WORKSPACE_BYTES, err, sizeof err);
+        if (!g) {
+            fprintf(stderr, "netlm_gemm_bench: %s\n", err);
+            return 1;
+        }
+        cu_gemm_set_tuning(g, tuned != 0);
+        bool have_first = false;
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+            const struct gemm_case *c = &cases[i];
+            for (int r = -2; r < runs; r++) { /* two untimed: the plan (and its tuning), a warm-up */
+                if (r == 0)
+                    CUDA_CHECK(cudaEventRecord(ev[0], s));
+                if (!call(g, s, c, y, x, w, dy, dw, err, sizeof err)) {
+                    fprintf(stderr, "netlm_gemm_bench: %s: %s\n", c->name, err);
+                    return 1;
+                }
+            }
+            CUDA_CHECK(cudaEventRecord(ev[1], s));
+            CUDA_CHECK(cudaEventSynchronize(ev[1]));
+            float ms = 0.0f;
+            CUDA_CHECK(cudaEventElapsedTime(&ms, ev[0], ev[1]));
+            ms /= (float)runs;
+            const double flops = 2.0 * (double)c->n * (double)c->in * (double)c->out;
+            printf("{\"side\":\"netlm\",\"gemm\":\"%s\",\"algorithm\":\"%s\",\"n\":%zu,\"in\":%zu,\"out\":%zu,"
+                   "\"ld\":%zu,\"ms\":%.4f,\"tflops\":%.1f",
+                   c->name, tuned ? "fastest" : "heuristic-first", c->n, c->in, c->out, c->ld, ms,
+                   flops / (ms * 1e-3) / 1e12);
+            /* the fp32-output forward cases: the first V columns against the first such case's */
+            if (c->kind == GEMM_FWD && c->yt == CU_F32) {
+                float *dst = have_first ? other : first;
+                CUDA_CHECK(cudaMemcpy2D(dst, 60005 * sizeof(float), y, c->ld * sizeof(float),
+                                        60005 * sizeof(float), c->n, cudaMemcpyDeviceToHost));
+                if (have_first) {
+                    double worst = 0.0, top = 0.0;
+                    for (size_t k = 0; k < (size_t)4096 * 60005; k++) {
+                        const double d = fabs((double)other[k] - (double)first[k]);
+                        worst = d > worst || isnan(d) ? d : worst;
+                        top = fabs(first[k]) > top ? fabs(first[k]) : top;
+                    }
+                    printf(",\"max_rel_diff\":%.3g", worst / (top > 0 ? top : 1.0));
+                }
+                have_first = true;
+            }
+            printf("}\n");
+            fflush(stdout);
+        }
+        cu_gemm_free(g);
+    }
+    free(first);
+    free(other);
+    cudaFree(x), cudaFree(w), cudaFree(dy), cudaFree(y), cudaFree(dw);
+    cudaStreamDestroy(s);
+    return 0;
+}
