@@ -159,6 +159,7 @@ run_stage configure 120 "$log" env CC=/tmp/netlm-cc cmake -S "$root" -B "$build"
 cuda_tests=$(cd "$root/tests/unit" && ls test_cuda_*.c | sed 's/\.c$//')
 run_stage build-cuda 300 "$log" make -C "$build" -j"$jobs" $cuda_tests netlm_model_bench netlm_gemm_bench
 run_stage build-netlm 90 "$log" make -C "$build" -j"$jobs" netlm
+"$build/netlm" --version >>"$OUT/env.txt" 2>&1 || true
 grep -E "error|warning" "$log" | head -20 || true
 
 # ---- tests, the engine's benchmark, sanitizers, PyTorch ----

@@ -1,8 +1,10 @@
 /* main.c — the netlm binary: dispatches git-style subcommands. */
+#include <pcap/pcap.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "cli/cli.h"
+#include "model/model.h"
 
 struct command {
     const char *name;
@@ -25,6 +27,37 @@ static const struct command commands[] = {
     {"convert", cmd_convert, "Hugging Face GPT-2/Qwen2 checkpoint (or a config) -> netlm model directory"},
 };
 
+/* The version, what this build can do and the GPUs it sees: what an operator checks first when
+ * --device cuda or mpirun does not behave as expected. */
+static void print_version(void)
+{
+    printf("netlm %s\n", NETLM_VERSION);
+    char cuda[128];
+    const bool have_cuda = model_cuda_versions(cuda, sizeof cuda);
+    printf("build: CUDA backend %s", have_cuda ? "yes (" : "no");
+    if (have_cuda)
+        printf("%s)", cuda);
+#ifdef NETLM_HAVE_NCCL
+    printf(", NCCL yes");
+#else
+    printf(", NCCL no");
+#endif
+#ifdef NETLM_HAVE_MPI
+    printf(", MPI yes");
+#else
+    printf(", MPI no");
+#endif
+    printf(", capture %s\n", pcap_lib_version());
+    const int gpus = model_cuda_device_count();
+    if (gpus == 0)
+        printf("GPUs: none visible\n");
+    for (int g = 0; g < gpus; g++) {
+        char line[384];
+        if (model_cuda_describe(g, line, sizeof line))
+            printf("GPU cuda:%d: %s\n", g, line);
+    }
+}
+
 static void usage(FILE *out)
 {
     fprintf(out, "usage: netlm [--version] [--help] COMMAND [OPTIONS] [ARGS]\n\n"
@@ -45,7 +78,7 @@ int main(int argc, char **argv)
         return 0;
     }
     if (strcmp(argv[1], "--version") == 0) {
-        printf("netlm %s\n", NETLM_VERSION);
+        print_version();
         return 0;
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)

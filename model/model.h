@@ -184,6 +184,12 @@ struct model_cuda_options {
 bool model_device_parse(const char *name, int *device);
 /* GPUs visible to this process; 0 when none or when built without CUDA. */
 int model_cuda_device_count(void);
+/* One line about cuda:device into out ("NVIDIA H100 80GB HBM3, 79.2 GiB, sm_90"); false when it
+ * is not visible or the build has no CUDA. */
+bool model_cuda_describe(int device, char *out, size_t len);
+/* The CUDA runtime and driver versions as "runtime 13.0, driver 13.0" (driver "none" without a
+ * driver); false when built without CUDA. */
+bool model_cuda_versions(char *out, size_t len);
 
 struct model_cuda;
 struct model_cuda *model_cuda_create(const struct model *m, const struct model_cuda_options *o,

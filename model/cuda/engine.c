@@ -247,6 +247,34 @@ int model_cuda_device_count(void)
     return n;
 }
 
+bool model_cuda_describe(int device, char *out, size_t len)
+{
+    struct cudaDeviceProp p;
+    if (device < 0 || device >= model_cuda_device_count() || cudaGetDeviceProperties(&p, device) != cudaSuccess) {
+        cudaGetLastError();
+        if (len)
+            out[0] = '\0';
+        return false;
+    }
+    snprintf(out, len, "%s, %.1f GiB, sm_%d%d", p.name, (double)p.totalGlobalMem / (1 << 30), p.major, p.minor);
+    return true;
+}
+
+bool model_cuda_versions(char *out, size_t len)
+{
+    int runtime = 0, driver = 0;
+    if (cudaRuntimeGetVersion(&runtime) != cudaSuccess)
+        runtime = 0;
+    if (cudaDriverGetVersion(&driver) != cudaSuccess)
+        driver = 0;
+    cudaGetLastError();
+    char d[32] = "none";
+    if (driver > 0)
+        snprintf(d, sizeof d, "%d.%d", driver / 1000, driver % 1000 / 10);
+    snprintf(out, len, "runtime %d.%d, driver %s", runtime / 1000, runtime % 1000 / 10, d);
+    return true;
+}
+
 /* ---- weights ---- */
 
 /* Places tensors one after the other (256-byte aligned); with image set, also writes them there

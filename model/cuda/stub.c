@@ -7,6 +7,21 @@
 
 int model_cuda_device_count(void) { return 0; }
 
+bool model_cuda_describe(int device, char *out, size_t len)
+{
+    (void)device;
+    if (len)
+        out[0] = '\0';
+    return false;
+}
+
+bool model_cuda_versions(char *out, size_t len)
+{
+    if (len)
+        out[0] = '\0';
+    return false;
+}
+
 struct model_cuda *model_cuda_create(const struct model *m, const struct model_cuda_options *o,
                                      char *err, size_t errlen)
 {

@@ -4,7 +4,7 @@ fixtures (tests/reference/twin.py): a TSV whose rows are the twin's inputs must 
 the twin's class scores and greedy continuations; accuracy and exact match on stderr must count
 what the labels say; captures are classified session by session; a converted checkpoint keeps
 (or, with --resize init, replaces) its embedding rows; bad input is one error line, a non-zero
-exit and no output file."""
+exit and no output file; --version reports the build and the GPUs that --device cuda finds."""
 import json
 import os
 import shutil
@@ -260,12 +260,35 @@ def test_bad_input(twin, tmp):
           res.stderr)
 
 
+def test_version(twin, tmp):
+    """--version: the version, what the build holds, and the GPUs, which must be what --device
+    cuda then finds."""
+    res = netlm("--version")
+    lines = res.stdout.splitlines()
+    check("--version: 'netlm X.Y.Z', a build line, the GPUs",
+          len(lines) >= 3 and lines[0].split(" ")[0] == "netlm" and lines[0].count(".") == 2 and
+          lines[1].startswith("build: CUDA backend ") and "libpcap" in lines[1] and
+          (lines[2] == "GPUs: none visible" or lines[2].startswith("GPU cuda:0: ")), res.stdout)
+    if lines[2:3] == ["GPUs: none visible"]:
+        good = os.path.join(tmp, "version.tsv")
+        with open(good, "w") as f:
+            f.write("label\ttext_a\n0\t0a0b 0c0d\n")
+        model = os.path.join(twin, "gpt2", "model")
+        out = os.path.join(tmp, "version-out.tsv")
+        dev = netlm("classify", "--model", model, "--test_path", good, "--device", "cuda", "--output", out, "-q",
+                    ok=False)
+        err = dev.stderr.strip().splitlines()
+        check("no GPU visible: --device cuda is one error line naming it, no output",
+              dev.returncode != 0 and len(err) == 1 and "cuda" in err[0] and not os.path.exists(out), dev.stderr)
+
+
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         twin = os.path.join(tmp, "twin")
         subprocess.run(["/usr/bin/python3", os.path.join(SOURCE, "tests", "reference", "twin.py"), "fixtures", twin],
                        check=True, stdout=subprocess.DEVNULL)
-        for test in (test_classify_tsv, test_generate, test_classify_captures, test_convert, test_bad_input):
+        for test in (test_classify_tsv, test_generate, test_classify_captures, test_convert, test_bad_input,
+                     test_version):
             try:
                 test(twin, tmp)
             except Exception as e:  # a crash of one part is a failure, the others still run
