@@ -643,9 +643,17 @@ int sensor_run(const struct sensor_options *o)
     if (!o->replay && sn->no_model)
         sensor_log("capturing on %s, no model (flow and stats events only), %d flow workers",
                    sn->cfg.capture.interface, fcfg.workers);
-    else if (!o->replay)
+    else if (!o->replay && sn->engine->gpu) {
+        int dev = 0;
+        char gpu[384] = "";
+        if (model_device_parse(sn->cfg.model.device, &dev))
+            model_cuda_describe(dev, gpu, sizeof gpu);
+        sensor_log("capturing on %s, model %s on %s (%s), %d flow workers", sn->cfg.capture.interface,
+                   sn->engine->name, sn->cfg.model.device, gpu, fcfg.workers);
+    } else if (!o->replay) {
         sensor_log("capturing on %s, model %s (%u threads), %d flow workers", sn->cfg.capture.interface,
                    sn->engine->name, sn->engine->threads, fcfg.workers);
+    }
 
     /* 7. read until the end of input or a stop signal */
     if (o->replay) {
