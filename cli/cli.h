@@ -123,6 +123,9 @@ bool cli_device_arg(const char *cmd, const struct cli_opt *opts, struct cli_devi
  * config decides; masks drawn from seed. NULL after one error line. */
 struct trainer *cli_trainer(const char *cmd, struct model *m, const struct cli_device *d, int device,
                             uint32_t batch, uint32_t seq, uint32_t threads, double p, uint64_t seed);
+/* One status line: where the trainer runs (the GPU's name and memory, the precision; or the CPU
+ * threads). */
+void cli_trainer_report(const char *cmd, int device, bool bf16, uint32_t threads);
 
 /* A checkpoint's state.json. */
 struct cli_train_state {

@@ -465,10 +465,12 @@ static int finetune_understanding(int argc, char **argv)
     }
     if (!resume)
         fprintf(loss_csv, "step,loss,learning_rate,dev_accuracy,dev_macro_f1\n");
-    if (!quiet)
+    if (!quiet) {
         fprintf(stderr, "netlm %s: %s %u x %u, %.2fM parameters, %zu train / %zu dev / %zu test rows, %u labels, "
                         "%" PRIu64 " steps\n", cmd, model_arch_name(mc->arch), mc->layers, mc->hidden,
                 model_parameter_count(m) / 1e6, train.n, dev.n, test.n, labels_num, total_steps);
+        cli_trainer_report(cmd, where.device, where.bf16, threads);
+    }
     const double t0 = cli_now();
     double last_print = t0, loss_sum = 0.0;
     uint64_t loss_count = 0, tokens = 0;

@@ -364,6 +364,8 @@ int finetune_generation(int argc, char **argv)
     tr = cli_trainer(cmd, m, &where, where.device, batch, row, threads, dropout, seed);
     if (!tr)
         goto done;
+    if (!quiet)
+        cli_trainer_report(cmd, where.device, where.bf16, threads);
     const size_t n = trainer_param_count(tr);
     size_t n_floats;
     best = malloc((n ? n : 1) * sizeof(float));

@@ -656,6 +656,7 @@ static int pretrain(const struct pt_args *a, int rank, int world)
                 cmd, model_arch_name(mc->arch), mc->layers, mc->hidden, model_parameter_count(m) / 1e6, data.n,
                 data.n == 1 ? "" : "s", data.tokens, data.windows, seq, total, a->batch, a->accum,
                 (double)total * (double)per_step / (double)data.windows);
+        cli_trainer_report(cmd, device, a->dev.bf16, a->threads);
         if (a->resume)
             fprintf(stderr, "netlm %s: resuming at step %" PRIu64 " (epoch %" PRIu64 ", window %" PRIu64 ")\n", cmd,
                     st.step, st.epoch + 1, st.position);

@@ -304,6 +304,18 @@ bool cli_device_arg(const char *cmd, const struct cli_opt *opts, struct cli_devi
     return true;
 }
 
+void cli_trainer_report(const char *cmd, int device, bool bf16, uint32_t threads)
+{
+    if (device < 0) {
+        fprintf(stderr, "netlm %s: training on the CPU, %u thread%s, fp32\n", cmd, threads, threads == 1 ? "" : "s");
+        return;
+    }
+    char gpu[384];
+    if (!model_cuda_describe(device, gpu, sizeof gpu))
+        snprintf(gpu, sizeof gpu, "?");
+    fprintf(stderr, "netlm %s: training on cuda:%d (%s), %s\n", cmd, device, gpu, bf16 ? "bf16" : "fp32");
+}
+
 struct trainer *cli_trainer(const char *cmd, struct model *m, const struct cli_device *d, int device,
                             uint32_t batch, uint32_t seq, uint32_t threads, double p, uint64_t seed)
 {
