@@ -172,7 +172,8 @@ verify ctest-cuda 240 "$log" ctest --test-dir "$build" -L cuda --output-on-failu
 if grep -q "Skipped" "$log"; then stage_done cuda-tests-ran skipped 0; fi
 : >"$OUT/netlm.json"
 bench bench-netlm 120 "$OUT/netlm.json" "$build/netlm_model_bench" --device cuda --runs 10
-# training steps on the GPU (train_cuda_*); the PyTorch side is in gpu_bench.py
+# training steps on the GPU (train_cuda_*), with the dropout PyTorch's models train with (GPT-2
+# 0.1, Qwen2 none); the PyTorch side is in gpu_bench.py
 bench bench-train 90 "$OUT/netlm.json" "$build/netlm_model_bench" --device cuda --train --runs 5
 # the GEMMs one by one: the LM head's (odd and padded vocabulary) against ordinary shapes
 bench bench-gemm 60 "$OUT/netlm.json" "$build/netlm_gemm_bench" --runs 10
@@ -232,6 +233,8 @@ variant residual-bf16 "$build/netlm_model_bench" --device cuda --runs 10 --resid
 variant profile "$build/netlm_model_bench" --device cuda --runs 5 --profile
 variant train-profile env NETLM_CUDA_PROFILE=1 "$build/netlm_model_bench" --device cuda --train --runs 3
 variant train-simt-bwd env NETLM_CUDA_ATTN_BWD=simt "$build/netlm_model_bench" --device cuda --train --runs 5
+# dropout's cost (and the figures of the runs before bench-train trained with it)
+variant train-no-dropout "$build/netlm_model_bench" --device cuda --train --runs 5 --dropout 0
 variant pipeline "$build/netlm_model_bench" --device cuda --pipeline --runs 10
 ((quick)) || variant gemm-heuristic env NETLM_CUDA_GEMM_TUNE=0 "$build/netlm_model_bench" --device cuda --runs 10
 # the bias/GELU epilogue costs the up GEMM 620 vs 750 TFLOP/s (H200): against the separate kernel

@@ -7,6 +7,9 @@
  *   netlm_model_bench --train --arch gpt2|qwen2 [--threads N]  (training steps, batch 32 x 128)
  *   netlm_model_bench --device cuda[:N] [--only NAME] [--precision bf16|fp32] [--residual-bf16]
  *                     [--runs N] [--profile]
+ *   netlm_model_bench --device cuda[:N] --train [--precision bf16|fp32] [--dropout P] [--runs N]
+ *     (training steps on the GPU; each case trains with the dropout PyTorch's model has in
+ *      bench/gpu_bench.py, 0.1 for GPT-2 and none for Qwen2, unless --dropout gives one)
  *   netlm_model_bench --device cuda[:N] --pipeline [--precision bf16|fp32] [--runs N]
  *     (classification of 32 batches, small GPT-2 B256 T128 with graphs, host packing included:
  *      synchronous calls against submit/wait with one batch in flight, as the sensor runs it)
@@ -308,8 +311,15 @@ static const struct cuda_case cuda_train_cases[] = {
     {"train-gpt2-base-v60005-b32-t512", MODEL_ARCH_GPT2, 12, 768, 12, 12, 3072, 60005, 32, 512, false},
     {"train-qwen05b-v60005-b16-t512", MODEL_ARCH_QWEN2, 24, 896, 14, 2, 4864, 60005, 16, 512, false},
 };
+/* Each case's dropout (embedding, attention, residual), what PyTorch's model trains with in
+ * gpu_bench.py: transformers' GPT2Config defaults to 0.1 for all three, Qwen2Config to none. */
+static const float cuda_train_dropout[] = {0.1f, 0.0f};
+_Static_assert(sizeof cuda_train_dropout / sizeof cuda_train_dropout[0] ==
+                   sizeof cuda_train_cases / sizeof cuda_train_cases[0],
+               "one dropout per training case");
 
-static int cuda_train_bench(int device, const char *only, enum model_precision prec, int runs)
+/* dropout < 0: each case's own (cuda_train_dropout); else this probability for all three. */
+static int cuda_train_bench(int device, const char *only, enum model_precision prec, int runs, float dropout)
 {
     int status = 0;
     for (size_t ci = 0; ci < sizeof cuda_train_cases / sizeof cuda_train_cases[0]; ci++) {
@@ -324,6 +334,13 @@ static int cuda_train_bench(int device, const char *only, enum model_precision p
         struct train_cuda *t = m ? train_cuda_create(m, device, prec == MODEL_PRECISION_BF16, k->batch, k->seq, err,
                                                      sizeof err)
                                  : NULL;
+        const float p = dropout >= 0.0f ? dropout : cuda_train_dropout[ci];
+        const struct train_dropout drop = {.embed = p, .attn = p, .resid = p, .seed = 7};
+        if (t && !train_cuda_set_dropout(t, &drop)) {
+            snprintf(err, sizeof err, "%s", train_cuda_error(t));
+            train_cuda_free(t);
+            t = NULL;
+        }
         uint32_t *ids = malloc((size_t)k->batch * k->seq * sizeof(uint32_t));
         uint32_t *lengths = malloc(k->batch * sizeof(uint32_t));
         if (!t || !ids || !lengths) {
@@ -347,8 +364,8 @@ static int cuda_train_bench(int device, const char *only, enum model_precision p
                 /* 3× the forward's projections and attention, plus the LM head's 3 GEMMs */
                 const double flops = 3.0 * (cuda_case_flops(k, 0) + 2.0 * k->hidden * k->vocab * k->seq) * k->batch;
                 printf("{\"side\":\"netlm\",\"case\":\"%s\",\"precision\":\"%s\",\"batch\":%u,\"seq\":%u,"
-                       "\"ms\":%.4f,\"tok_per_s\":%.1f,\"tflops\":%.2f,\"mfu\":%.4f,\"loss\":%.4f}\n",
-                       k->name, prec == MODEL_PRECISION_FP32 ? "fp32" : "bf16", k->batch, k->seq, secs * 1e3,
+                       "\"dropout\":%.2f,\"ms\":%.4f,\"tok_per_s\":%.1f,\"tflops\":%.2f,\"mfu\":%.4f,\"loss\":%.4f}\n",
+                       k->name, prec == MODEL_PRECISION_FP32 ? "fp32" : "bf16", k->batch, k->seq, p, secs * 1e3,
                        (double)k->batch * k->seq / secs, flops / secs / 1e12, flops / secs / 989e12, loss);
             }
         }
@@ -628,6 +645,7 @@ int main(int argc, char **argv)
     int runs = 7;
     bool rss_mode = false, train_mode = false, profile = false, residual_bf16 = false, pipeline = false;
     bool generate = false;
+    float dropout = -1.0f; /* --dropout: the GPU training cases' own unless given */
     const char *device_name = "cpu", *only = NULL, *precision = "bf16";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--arch") && i + 1 < argc)
@@ -654,8 +672,15 @@ int main(int argc, char **argv)
             pipeline = true;
         else if (!strcmp(argv[i], "--generate"))
             generate = true;
-        else {
-            fprintf(stderr, "usage: %s [--arch gpt2|qwen2] [--threads N] [--runs N] [--qwen05b-rss | --train | --generate [--only NAME] | --device cuda[:N] [--only NAME] [--precision bf16|fp32] [--residual-bf16] [--profile] [--pipeline | --generate]]\n", argv[0]);
+        else if (!strcmp(argv[i], "--dropout") && i + 1 < argc) {
+            char *end;
+            dropout = strtof(argv[++i], &end);
+            if (*end || !(dropout >= 0.0f && dropout < 1.0f)) {
+                fprintf(stderr, "%s: --dropout: expected a probability in [0, 1), not '%s'\n", argv[0], argv[i]);
+                return 2;
+            }
+        } else {
+            fprintf(stderr, "usage: %s [--arch gpt2|qwen2] [--threads N] [--runs N] [--qwen05b-rss | --train | --generate [--only NAME] | --device cuda[:N] [--only NAME] [--precision bf16|fp32] [--residual-bf16] [--profile] [--pipeline | --generate | --train [--dropout P]]]\n", argv[0]);
             return 2;
         }
     }
@@ -676,6 +701,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s: --pipeline is for --device cuda, without --train, --residual-bf16 or --profile\n", argv[0]);
         return 2;
     }
+    if (dropout >= 0.0f && !(device >= 0 && train_mode)) {
+        fprintf(stderr, "%s: --dropout is for --device cuda --train\n", argv[0]);
+        return 2;
+    }
     if (generate && (pipeline || train_mode || rss_mode)) {
         fprintf(stderr, "%s: --generate is for --device cpu or cuda[:N], without --pipeline, --train or --qwen05b-rss\n",
                 argv[0]);
@@ -688,7 +717,7 @@ int main(int argc, char **argv)
         return cuda_pipeline_bench(device, strcmp(precision, "fp32") ? MODEL_PRECISION_BF16 : MODEL_PRECISION_FP32, runs);
     if (device >= 0 && train_mode)
         return cuda_train_bench(device, only, strcmp(precision, "fp32") ? MODEL_PRECISION_BF16 : MODEL_PRECISION_FP32,
-                                runs);
+                                runs, dropout);
     if (device >= 0)
         return cuda_bench(device, only, strcmp(precision, "fp32") ? MODEL_PRECISION_BF16 : MODEL_PRECISION_FP32,
                           residual_bf16, runs, profile);
