@@ -183,16 +183,16 @@ def classify_checks(netlm, model, capture, tmp):
                 "replay": {"events": nr, "label_mismatches": badr, "max_score_diff": worstr}}
 
 
-PRETRAIN_CONFIGS = {  # name: (config.json, batch)
+PRETRAIN_CONFIGS = {  # name: (config.json, batch, dropout: bench-train's, PyTorch's defaults)
     "gpt2-base": ({"model_type": "gpt2", "vocab_size": 65541, "n_embd": 768, "n_layer": 12, "n_head": 12,
-                   "n_inner": 3072, "n_positions": 512}, 32),
+                   "n_inner": 3072, "n_positions": 512}, 32, "0.1"),
     "qwen05b": ({"model_type": "qwen2", "vocab_size": 65541, "hidden_size": 896, "num_hidden_layers": 24,
                  "num_attention_heads": 14, "num_key_value_heads": 2, "intermediate_size": 4864,
-                 "max_position_embeddings": 512, "rope_theta": 1000000.0, "tie_word_embeddings": True}, 16),
+                 "max_position_embeddings": 512, "rope_theta": 1000000.0, "tie_word_embeddings": True}, 16, "0"),
 }
 # the dry run (NETLM_E2E_DEVICE=cpu) times a small model instead: only the script's logic
 PRETRAIN_DRY = ({"model_type": "gpt2", "vocab_size": 65541, "n_embd": 64, "n_layer": 2, "n_head": 2,
-                 "n_inner": 128, "n_positions": 512}, 2)
+                 "n_inner": 128, "n_positions": 512}, 2, "0.1")
 PRETRAIN_STEPS = (5, 25)
 PRETRAIN_SEQ = 511  # inputs per window: with its next id, 512 positions
 
@@ -204,7 +204,7 @@ def pretrain_throughput(netlm, capture, tmp):
          str(PRETRAIN_SEQ), "-q"])
     configs = PRETRAIN_CONFIGS if DEVICE != "cpu" else {"dry-small": PRETRAIN_DRY}
     report = {}
-    for name, (cfg, batch) in configs.items():
+    for name, (cfg, batch, dropout) in configs.items():
         path = os.path.join(tmp, name + ".json")
         with open(path, "w") as f:
             json.dump(cfg, f)
@@ -214,10 +214,11 @@ def pretrain_throughput(netlm, capture, tmp):
             t0 = time.monotonic()
             run([netlm, "pretrain", "--dataset_path", shard, "--config_path", path, "--output_model_path", out,
                  "--batch_size", str(batch), "--total_steps", str(steps), "--save_checkpoint_steps", "1000000",
-                 "--device", DEVICE, "-q"])
+                 "--dropout", dropout, "--device", DEVICE, "-q"])
             seconds.append(time.monotonic() - t0)
         step_s = (seconds[1] - seconds[0]) / (PRETRAIN_STEPS[1] - PRETRAIN_STEPS[0])
-        report[name] = {"batch": batch, "seq": PRETRAIN_SEQ, "ms_per_step": round(step_s * 1e3, 2),
+        report[name] = {"batch": batch, "seq": PRETRAIN_SEQ, "dropout": float(dropout),
+                        "ms_per_step": round(step_s * 1e3, 2),
                         "tok_per_s": round(batch * PRETRAIN_SEQ / step_s, 1),
                         "wall_s": [round(x, 2) for x in seconds]}
     return report
