@@ -56,7 +56,7 @@ int main(void)
 #define B 4
 #define T 40
 
-static struct model *small(enum model_arch arch, bool labels)
+static struct model *small_model(enum model_arch arch, bool labels, bool tied_head)
 {
     struct model_config c;
     model_config_init(&c);
@@ -74,7 +74,7 @@ static struct model *small(enum model_arch arch, bool labels)
     c.norm_eps = arch == MODEL_ARCH_GPT2 ? 1e-5f : 1e-6f;
     c.act = arch == MODEL_ARCH_GPT2 ? MODEL_ACT_GELU_TANH : MODEL_ACT_SILU;
     c.pooling = MODEL_POOL_MEAN;
-    c.tie_embeddings = true;
+    c.tie_embeddings = tied_head;
     char err[256];
     struct model *m = model_create(&c, 11, err, sizeof err);
     assert_non_null(m);
@@ -95,6 +95,8 @@ static struct model *small(enum model_arch arch, bool labels)
     model_config_release(&c);
     return m;
 }
+
+static struct model *small(enum model_arch arch, bool labels) { return small_model(arch, labels, true); }
 
 struct batch_data {
     uint32_t ids[B * T], lengths[B], labels[B];
@@ -127,12 +129,11 @@ static struct train_cuda *gpu_trainer(struct model *m, bool bf16)
 
 /* One forward + backward on both sides: loss and every tensor's gradient. The batch seed picks
  * where the sequence of one token and the full-length one sit (every rotation is checked). */
-static void one_step(enum model_arch arch, enum train_objective objective, const char *name, uint32_t seed,
-                     const struct train_dropout *drop)
+static void step_on(struct model *m, enum train_objective objective, const char *name, uint32_t seed,
+                    const struct train_dropout *drop)
 {
     char label[64];
     snprintf(label, sizeof label, "%s seed %u%s", name, seed, drop ? " dropout" : "");
-    struct model *m = small(arch, objective == TRAIN_CLASSIFY);
     struct batch_data d;
     make_batch(&d, m->cfg.vocab_size, seed);
     d.batch.sample_base = 1000u * seed + 17u; /* masks of samples other than 0..B-1 */
@@ -190,6 +191,13 @@ static void one_step(enum model_arch arch, enum train_objective objective, const
     free(g);
     train_cuda_free(t);
     train_runner_free(r);
+}
+
+static void one_step(enum model_arch arch, enum train_objective objective, const char *name, uint32_t seed,
+                     const struct train_dropout *drop)
+{
+    struct model *m = small(arch, objective == TRAIN_CLASSIFY);
+    step_on(m, objective, name, seed, drop);
     model_free(m);
 }
 
@@ -202,6 +210,12 @@ static void test_one_step(void **state)
         one_step(MODEL_ARCH_GPT2, TRAIN_CLASSIFY, "gpt2 classify", seed, NULL);
         one_step(MODEL_ARCH_QWEN2, TRAIN_CLASSIFY, "qwen2 classify", seed, NULL);
     }
+    /* an untied LM head (larger Qwen2 models): its own tensor carries the trainer's padded
+     * vocabulary rows instead of the embedding */
+    struct model *m = small_model(MODEL_ARCH_QWEN2, false, false);
+    assert_non_null(m->w.lm_head);
+    step_on(m, TRAIN_LM, "qwen2 lm untied head", 0, NULL);
+    model_free(m);
 }
 
 /* 20 AdamW steps on both sides from the same weights: the loss curves. */
