@@ -8,25 +8,13 @@ understanding and eval on the GPU report what the CPU reports. Exits 77 ("skippe
 where no GPU or no CUDA backend is there (CI); bench/gpu_check.sh runs it with ctest -L cuda."""
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
-NETLM = os.environ["NETLM"]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import check, finish, netlm  # noqa: E402
+
 DATA = os.environ["NETLM_DATA_DIR"]
-results = {"passed": 0, "failed": 0}
-
-
-def check(name, ok, detail=""):
-    results["passed" if ok else "failed"] += 1
-    print(("ok   " if ok else "FAIL ") + name + ("" if ok else f": {detail}"), flush=True)
-
-
-def netlm(*args, ok=True):
-    res = subprocess.run([NETLM, *args], capture_output=True, text=True)
-    if ok and res.returncode != 0:
-        raise RuntimeError(f"netlm {' '.join(args)} exited {res.returncode}: {res.stderr.strip()}")
-    return res
 
 
 def losses(out):
@@ -167,8 +155,7 @@ def main():
               f"test exact match within 1 % ({gg['exact_match']} vs {gc['exact_match']})",
               e <= 1e-4 and abs(gg["exact_match"] - gc["exact_match"]) <= 0.01)
 
-    print(f"{results['passed']} passed, {results['failed']} failed")
-    sys.exit(1 if results["failed"] else 0)
+    finish()
 
 
 if __name__ == "__main__":

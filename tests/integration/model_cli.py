@@ -19,21 +19,10 @@ SOURCE = os.environ.get("NETLM_SOURCE_DIR", os.path.join(HERE, "..", ".."))
 sys.path.insert(0, os.path.join(SOURCE, "tests", "reference"))
 import st  # noqa: E402
 
-NETLM = os.environ["NETLM"]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import check, finish, netlm  # noqa: E402
+
 DATA = os.environ["NETLM_DATA_DIR"]
-results = {"passed": 0, "failed": 0}
-
-
-def check(name, ok, detail=""):
-    results["passed" if ok else "failed"] += 1
-    print(("ok   " if ok else "FAIL ") + name + ("" if ok else f": {detail}"))
-
-
-def netlm(*args, ok=True):
-    res = subprocess.run([NETLM, *args], capture_output=True, text=True)
-    if ok and res.returncode != 0:
-        raise RuntimeError(f"netlm {' '.join(args)} exited {res.returncode}: {res.stderr.strip()}")
-    return res
 
 
 def fixture(case_dir):
@@ -293,8 +282,7 @@ def main():
                 test(twin, tmp)
             except Exception as e:  # a crash of one part is a failure, the others still run
                 check(test.__name__, False, repr(e))
-    print(f"{results['passed']} passed, {results['failed']} failed")
-    sys.exit(1 if results["failed"] else 0)
+    finish()
 
 
 if __name__ == "__main__":

@@ -13,23 +13,11 @@ import xml.etree.ElementTree as ET
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pcapfile  # noqa: E402
 
-NETLM = os.environ["NETLM"]
+from common import check, netlm, summary  # noqa: E402
+
 DATA = os.environ["NETLM_DATA_DIR"]
 PCAPS = os.path.join(DATA, "pcaps")
 USTC = os.path.join(DATA, "labeled", "ustc-tfc2016", "sessions")
-results = {"passed": 0, "failed": 0}
-
-
-def check(name, ok, detail=""):
-    results["passed" if ok else "failed"] += 1
-    print(("ok   " if ok else "FAIL ") + name + ("" if ok else f": {detail}"))
-
-
-def netlm(*args):
-    res = subprocess.run([NETLM, *args], capture_output=True, text=True)
-    if res.returncode != 0:
-        raise RuntimeError(f"netlm {' '.join(args)} exited {res.returncode}: {res.stderr.strip()}")
-    return res
 
 
 def transport_offsets(path):
@@ -239,8 +227,7 @@ def main():
                 t(tmp)
             except Exception as e:
                 check(t.__name__, False, repr(e))
-    print(f"{results['passed']} passed, {results['failed']} failed")
-    return 1 if results["failed"] else 0
+    return summary()
 
 
 if __name__ == "__main__":

@@ -12,21 +12,11 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import check, finish, netlm  # noqa: E402
+
 NETLM = os.environ["NETLM"]
 DATA = os.environ["NETLM_DATA_DIR"]
-results = {"passed": 0, "failed": 0}
-
-
-def check(name, ok, detail=""):
-    results["passed" if ok else "failed"] += 1
-    print(("ok   " if ok else "FAIL ") + name + ("" if ok else f": {detail}"))
-
-
-def netlm(*args, ok=True):
-    res = subprocess.run([NETLM, *args], capture_output=True, text=True)
-    if ok and res.returncode != 0:
-        raise RuntimeError(f"netlm {' '.join(args)} exited {res.returncode}: {res.stderr.strip()}")
-    return res
 
 
 def pretrain(tmp, out, *extra, ok=True):
@@ -163,8 +153,7 @@ def main():
             worst = max(abs(x - y) / abs(x) for x, y in zip(l1, l2)) if ok else 1.0
         check("mpirun -np 2 (batch 4 each) = one process (batch 8): every step's loss within 1e-5",
               ok and worst <= 1e-5, f"rc {res.returncode}, worst {worst}: {res.stderr.strip()[-400:]}")
-    print(f"{results['passed']} passed, {results['failed']} failed")
-    sys.exit(1 if results["failed"] else 0)
+    finish()
 
 
 if __name__ == "__main__":

@@ -1,30 +1,21 @@
 #!/usr/bin/python3
 """sensor_common.py — shared by the sensor_*.py tests: a small JSON Schema validator (the subset
 schema/events.schema.json uses, so the tests need no python3-jsonschema), event-file readers and
-the check/report helpers."""
+the check/report helpers (common.py's)."""
 import json
 import os
 import re
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import check, finish  # noqa: E402,F401 (the sensor tests import them from here)
+
 NETLM = os.environ.get("NETLM", "netlm")
 DATA = os.environ.get("NETLM_DATA_DIR", "")
 SRC = os.environ.get("NETLM_SOURCE_DIR", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 MODEL = os.path.join(SRC, "models", "ustc-tfc2016")
 SCHEMA_PATH = os.path.join(SRC, "schema", "events.schema.json")
-results = {"passed": 0, "failed": 0}
-
-
-def check(name, ok, detail=""):
-    results["passed" if ok else "failed"] += 1
-    print(("ok   " if ok else "FAIL ") + name + ("" if ok else f": {detail}"), flush=True)
-    return ok
-
-
-def finish():
-    print(f"{results['passed']} passed, {results['failed']} failed")
-    sys.exit(1 if results["failed"] else 0)
 
 
 # ---- a JSON Schema (draft 2020-12 subset) validator ----

@@ -7,25 +7,13 @@ one epoch and resumed must end with the same bytes as the uninterrupted run."""
 import csv
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
-NETLM = os.environ["NETLM"]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import check, finish, netlm  # noqa: E402
+
 DATA = os.environ["NETLM_DATA_DIR"]
-results = {"passed": 0, "failed": 0}
-
-
-def check(name, ok, detail=""):
-    results["passed" if ok else "failed"] += 1
-    print(("ok   " if ok else "FAIL ") + name + ("" if ok else f": {detail}"))
-
-
-def netlm(*args, ok=True):
-    res = subprocess.run([NETLM, *args], capture_output=True, text=True)
-    if ok and res.returncode != 0:
-        raise RuntimeError(f"netlm {' '.join(args)} exited {res.returncode}: {res.stderr.strip()}")
-    return res
 
 
 def finetune(tmp, out, *extra):
@@ -110,8 +98,7 @@ def main():
         gen = netlm("generate", "--model", g, "--test_path", f"{gds}/test_dataset.tsv", "-q")
         check("generate with the saved model gives finetune's test exact match",
               f"exact-match accuracy {gm['exact_match']:.4f}" in gen.stderr, f"{gen.stderr.strip()} vs {gm}")
-    print(f"{results['passed']} passed, {results['failed']} failed")
-    sys.exit(1 if results["failed"] else 0)
+    finish()
 
 
 if __name__ == "__main__":
