@@ -11,6 +11,7 @@
 
 #include <stdio.h>
 
+#include "model/dropout_hash.h"
 #include "model/model.h"
 
 enum model_tensor_kind {
@@ -128,24 +129,10 @@ struct op_dropout {
     uint32_t threshold; /* dropped when the element's 32-bit hash is below p · 2³² */
     float scale;        /* 1 / (1 − p) */
 };
-static inline uint64_t op_mix64(uint64_t x)
-{
-    /* splitmix64's finaliser: every input bit reaches every output bit */
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ull;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
-static inline uint64_t op_dropout_stream(uint64_t parent, uint64_t part)
-{
-    return op_mix64(parent ^ op_mix64(part + 0x9e3779b97f4a7c15ull));
-}
-/* The factor of element index: 0 or scale. */
+/* The factor of element index: 0 or scale (op_dropout_hash, shared with the CUDA kernels). */
 static inline float op_dropout_factor(const struct op_dropout *dr, uint64_t index)
 {
-    uint32_t h = (uint32_t)(op_mix64(dr->key + index * 0x9e3779b97f4a7c15ull) >> 32);
-    return h >= dr->threshold ? dr->scale : 0.0f;
+    return op_dropout_hash(dr->key, index) >= dr->threshold ? dr->scale : 0.0f;
 }
 /* The same for n consecutive new tokens at positions start..start+n-1 of one head: q rows of
  * stride ldq, out rows of stride ldo; scores ≥ n × (start + n). drop (NULL = none) masks the

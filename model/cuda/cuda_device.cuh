@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "model/dropout_hash.h"
+
 typedef __nv_bfloat16 bf16;
 
 namespace {
@@ -101,38 +103,22 @@ inline void row_grid(dim3 *grid, unsigned *threads, size_t per_row, uint32_t row
     grid->z = 1;
 }
 
-/* ---- dropout: the device twin of model_internal.h's op_mix64 / op_dropout_stream /
- * op_dropout_factor. Integer arithmetic only, so a mask drawn here is the CPU's bit for bit;
- * any change there must be made here too (test_cuda_train's mask test compares them). ---- */
-
-__device__ __forceinline__ uint64_t dev_mix64(uint64_t x)
-{
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ull;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
-
-__device__ __forceinline__ uint64_t dev_dropout_stream(uint64_t parent, uint64_t part)
-{
-    return dev_mix64(parent ^ dev_mix64(part + 0x9e3779b97f4a7c15ull));
-}
+/* ---- dropout: model/dropout_hash.h's functions, the CPU's, so a mask drawn here is the CPU's
+ * bit for bit (test_cuda_train's mask test compares them) ---- */
 
 /* train/grad.c's drop_stream: place `place` (its enum drop_place) of layer `layer`, head `head`,
  * of the sequence whose stream is seq_key (op_dropout_stream(seed, sample)). */
 __device__ __forceinline__ uint64_t dev_drop_key(uint64_t seq_key, uint32_t layer, uint32_t place,
                                                  uint32_t head)
 {
-    return dev_dropout_stream(dev_dropout_stream(seq_key, (uint64_t)layer * 4 + place), head);
+    return op_dropout_stream(op_dropout_stream(seq_key, (uint64_t)layer * 4 + place), head);
 }
 
 /* 0 or scale for element `index` of stream `key`. */
 __device__ __forceinline__ float dev_dropout_factor(uint64_t key, uint32_t threshold, float scale,
                                                     uint64_t index)
 {
-    const uint32_t h = (uint32_t)(dev_mix64(key + index * 0x9e3779b97f4a7c15ull) >> 32);
-    return h >= threshold ? scale : 0.0f;
+    return op_dropout_hash(key, index) >= threshold ? scale : 0.0f;
 }
 
 } // namespace
