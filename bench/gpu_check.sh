@@ -17,6 +17,8 @@
 #   NETLM_GPU_TORCH_ONLY=train       PyTorch's cases whose name contains this (gpu_bench.py --only)
 #   NETLM_GPU_ONLY=a,b,...           only these stages (and the build), by the names the summary
 #                                    gives: a rerun of what failed, or of what a change touched
+#   NETLM_GPU_CASES=qwen05b          netlm_model_bench's cases whose name contains this (--only)
+#   NETLM_GPU_CTEST_EXCLUDE=regex    CUDA tests left out of ctest-cuda (ctest -E)
 #   bench/gpu_check.sh --fetch-deps  here, before: the Debian packages of the C dependencies
 #                                    (libpcap, liburcu, json-c, OpenBLAS, libconfig, libsystemd,
 #                                    cmocka, pkgconf) into .gpu-deps/, for the GPU machine's image,
@@ -166,19 +168,21 @@ grep -E "error|warning" "$log" | head -20 || true
 # (in order of what a fix needs first; each stage is cut to what is left before the deadline)
 log=$OUT/tests.log
 : >"$log"
+cases=(${NETLM_GPU_CASES:+--only "$NETLM_GPU_CASES"})
 # (the unit tests against the CPU, then the training commands on the GPU: gpu_train_cli)
-verify ctest-cuda 240 "$log" ctest --test-dir "$build" -L cuda --output-on-failure --no-tests=error
+verify ctest-cuda 240 "$log" ctest --test-dir "$build" -L cuda --output-on-failure --no-tests=error \
+    ${NETLM_GPU_CTEST_EXCLUDE:+-E "$NETLM_GPU_CTEST_EXCLUDE"}
 # ctest passes a skipped test too: the log must show that the tests ran
 if grep -q "Skipped" "$log"; then stage_done cuda-tests-ran skipped 0; fi
 : >"$OUT/netlm.json"
-bench bench-netlm 120 "$OUT/netlm.json" "$build/netlm_model_bench" --device cuda --runs 10
+bench bench-netlm 120 "$OUT/netlm.json" "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10
 # training steps on the GPU (train_cuda_*), with the dropout PyTorch's models train with (GPT-2
 # 0.1, Qwen2 none); the PyTorch side is in gpu_bench.py
-bench bench-train 90 "$OUT/netlm.json" "$build/netlm_model_bench" --device cuda --train --runs 5
+bench bench-train 90 "$OUT/netlm.json" "$build/netlm_model_bench" "${cases[@]}" --device cuda --train --runs 5
 # the GEMMs one by one: the LM head's (odd and padded vocabulary) against ordinary shapes
 bench bench-gemm 60 "$OUT/netlm.json" "$build/netlm_gemm_bench" --runs 10
 # generation with the device KV cache (model_cuda_generate), the gen-* cases of gpu_bench.py
-bench bench-generate 90 "$OUT/netlm.json" "$build/netlm_model_bench" --device cuda --generate --runs 10
+bench bench-generate 90 "$OUT/netlm.json" "$build/netlm_model_bench" "${cases[@]}" --device cuda --generate --runs 10
 # the engine as users run it: classify and replay on the GPU against the CPU
 verify e2e-classify-replay 60 "$log" python3 "$root/bench/gpu_e2e.py" --only classify "$build/netlm" \
     "$root/models/ustc-tfc2016" "$root/data/demo.pcap"
@@ -190,6 +194,9 @@ bench bench-e2e-pretrain 90 "$log" python3 "$root/bench/gpu_e2e.py" --only pretr
 san=compute-sanitizer
 command -v $san >/dev/null || san=/usr/local/cuda/bin/compute-sanitizer
 verify memcheck 80 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --leak-check full \
+    --error-exitcode 9 "$build/tests/test_cuda_ops"
+# the Hopper GEMM with the SwiGLU epilogue (TMA, mbarriers, wgmma): skipped off compute capability 9.0
+verify memcheck-swiglu 60 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_TEST_FILTER=test_gemm_swiglu $san --tool memcheck \
     --error-exitcode 9 "$build/tests/test_cuda_ops"
 verify memcheck-train 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
     "$build/tests/test_cuda_backward"
@@ -229,16 +236,18 @@ variant() { # name command...
     sed "s/^{\"side\":\"netlm\"/{\"side\":\"netlm\",\"variant\":\"$name\"/; s/^{\"cuda_profile\"/{\"variant\":\"$name\",\"cuda_profile\"/" "$tmp" >>"$OUT/netlm.json"
     rm -f "$tmp"
 }
-variant residual-bf16 "$build/netlm_model_bench" --device cuda --runs 10 --residual-bf16
-variant profile "$build/netlm_model_bench" --device cuda --runs 5 --profile
-variant train-profile env NETLM_CUDA_PROFILE=1 "$build/netlm_model_bench" --device cuda --train --runs 3
-variant train-simt-bwd env NETLM_CUDA_ATTN_BWD=simt "$build/netlm_model_bench" --device cuda --train --runs 5
+# Qwen2's up GEMM and SwiGLU as two steps (cuBLASLt, then the pass) instead of the fused kernel
+variant swiglu-unfused env NETLM_CUDA_SWIGLU_GEMM=0 "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10
+variant residual-bf16 "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10 --residual-bf16
+variant profile "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 5 --profile
+variant train-profile env NETLM_CUDA_PROFILE=1 "$build/netlm_model_bench" "${cases[@]}" --device cuda --train --runs 3
+variant train-simt-bwd env NETLM_CUDA_ATTN_BWD=simt "$build/netlm_model_bench" "${cases[@]}" --device cuda --train --runs 5
 # dropout's cost (and the figures of the runs before bench-train trained with it)
-variant train-no-dropout "$build/netlm_model_bench" --device cuda --train --runs 5 --dropout 0
-variant pipeline "$build/netlm_model_bench" --device cuda --pipeline --runs 10
-((quick)) || variant gemm-heuristic env NETLM_CUDA_GEMM_TUNE=0 "$build/netlm_model_bench" --device cuda --runs 10
+variant train-no-dropout "$build/netlm_model_bench" "${cases[@]}" --device cuda --train --runs 5 --dropout 0
+variant pipeline "$build/netlm_model_bench" "${cases[@]}" --device cuda --pipeline --runs 10
+((quick)) || variant gemm-heuristic env NETLM_CUDA_GEMM_TUNE=0 "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10
 # the bias/GELU epilogue costs the up GEMM 620 vs 750 TFLOP/s (H200): against the separate kernel
-((quick)) || variant no-epilogue env NETLM_CUDA_NO_EPILOGUE=1 "$build/netlm_model_bench" --device cuda --runs 10
+((quick)) || variant no-epilogue env NETLM_CUDA_NO_EPILOGUE=1 "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10
 grep -E "FAIL|ERROR SUMMARY|RACECHECK SUMMARY|LEAK SUMMARY|\[  (PASSED|FAILED) \]|\"e2e\"" "$log" | head -30 || true
 
 # ---- summary ----
@@ -309,6 +318,9 @@ if profiles:
 if gemms:
     print("\nGEMMs one by one (netlm_gemm_bench): ms, TFLOP/s")
     for r in gemms:
+        if "skipped" in r:
+            print(f"  {r['gemm']:30} skipped: {r['skipped']}")
+            continue
         extra = f"  max_rel_diff {r['max_rel_diff']:.2g}" if "max_rel_diff" in r else ""
         print(f"  {r['gemm']:30} {r['algorithm']:16} {r['ms']:9.4f} {r['tflops']:7.1f}{extra}")
 st = os.path.join(out, "gpu_check.json")

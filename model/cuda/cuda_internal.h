@@ -82,6 +82,14 @@ cudaError_t cu_norm(void *y, enum cu_dtype t, const void *x, enum cu_dtype xt, c
 cudaError_t cu_gelu(void *x, enum cu_dtype t, size_t count, bool erf, cudaStream_t s);
 /* gate_up rows [gate(f) | up(f)] → gate part = silu(gate) · up, in place (row stride 2f). */
 cudaError_t cu_swiglu(void *gate_up, enum cu_dtype t, uint32_t n, uint32_t f, cudaStream_t s);
+/* h[n, f] (bf16, row stride ldh) = silu(x·Wgᵀ) ⊙ (x·Wuᵀ) for bf16 x[n, k] (row stride ldx) and
+ * w[2f, k] (the gate rows, then the up rows: cu_swiglu's layout), the SwiGLU in the GEMM's
+ * epilogue from fp32 accumulators (gemm_swiglu.cu: wgmma, Hopper only). _supported says whether
+ * this device runs it for these sizes (compute capability 9.0, f a multiple of 128, k of 8) and
+ * prepares it; call it once before cu_gemm_swiglu. */
+bool cu_gemm_swiglu_supported(int device, uint32_t k, uint32_t f);
+cudaError_t cu_gemm_swiglu(void *h, uint32_t ldh, const void *x, uint32_t ldx, const void *w, uint32_t n,
+                           uint32_t k, uint32_t f, cudaStream_t s);
 /* Rotates, in place, the first `heads` heads of d values of each row (row stride ld elements):
  * half-split pairs (j, j + d/2) at position pos[row]; cos/sin tables [positions, d/2] fp32. */
 cudaError_t cu_rope(void *x, enum cu_dtype t, uint32_t n, uint32_t ld, uint32_t heads, uint32_t d,

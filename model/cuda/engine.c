@@ -129,6 +129,7 @@ struct model_cuda {
     size_t ts, xs;       /* their sizes */
     uint32_t C, H, KV, d, QKV, F, FW, V, Vp, L;
     bool gpt2, has_cls;
+    bool swiglu_gemm; /* Qwen2 bf16 on Hopper: the up GEMM with the SwiGLU in its epilogue */
     enum cu_norm_kind norm;
     size_t max_tokens;
 
@@ -514,6 +515,11 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
         ok = false;
     if (ok && !o->graphs)
         e->prof = cu_profile_create();
+    if (ok && !e->gpt2 && e->t == CU_BF16) {
+        /* NETLM_CUDA_SWIGLU_GEMM=0: cuBLASLt's GEMM, then the SwiGLU as a pass of its own */
+        const char *env = getenv("NETLM_CUDA_SWIGLU_GEMM");
+        e->swiglu_gemm = !(env && strcmp(env, "0") == 0) && cu_gemm_swiglu_supported(o->device, e->C, e->F);
+    }
     ok = ok && upload_weights(e);
     if (ok) {
         place_activations(e, NULL, &e->abytes);
@@ -692,13 +698,19 @@ static bool enqueue(struct model_cuda *e, enum tail tail)
                 CK(cu_gelu(e->ffn, T, (size_t)n * e->F, erf, s), "gelu");
                 cu_profile_mark(e->prof, "gelu", s);
             }
+        } else if (e->swiglu_gemm) {
+            CK(cu_gemm_swiglu(e->ffn, e->F, e->xn, C, cl->up_w, n, C, e->F, s), "gemm up + swiglu");
+            cu_profile_mark(e->prof, "gemm up +swiglu", s);
         } else {
             GEMM(T, T, e->ffn, e->FW, e->xn, C, cl->up_w, NULL, n, C, e->FW, false, false);
             cu_profile_mark(e->prof, "gemm up", s);
             CK(cu_swiglu(e->ffn, T, n, e->F, s), "swiglu");
             cu_profile_mark(e->prof, "swiglu", s);
         }
-        GEMM(T, XT, e->x, C, e->ffn, e->FW, cl->down_w, cl->down_b, n, e->F, C, true, false);
+        /* the hidden activations: [n, F] packed after the fused GEMM, the gate halves of
+         * [n, 2F] rows after the separate SwiGLU */
+        GEMM(T, XT, e->x, C, e->ffn, e->swiglu_gemm ? e->F : e->FW, cl->down_w, cl->down_b, n, e->F, C, true,
+             false);
         cu_profile_mark(e->prof, "gemm down +residual", s);
     }
     CK(cu_norm(e->xn, T, e->x, XT, e->lnf_w, e->lnf_b, n, C, eps, e->norm, s), "final norm");

@@ -63,6 +63,8 @@ static const struct model_case cases[] = {
     {"gpt2 ln tanh d64 max", {MODEL_ARCH_GPT2, 256, 2, 4, 4, 1024, 1000, MODEL_NORM_STANDARD, MODEL_ACT_GELU_TANH, true}, MODEL_POOL_MAX},
     {"qwen2 tied gqa d32 last", {MODEL_ARCH_QWEN2, 128, 3, 4, 2, 200, 300, MODEL_NORM_STANDARD, MODEL_ACT_SILU, true}, MODEL_POOL_LAST},
     {"qwen2 untied gqa d64 mean", {MODEL_ARCH_QWEN2, 256, 2, 4, 1, 344, 777, MODEL_NORM_STANDARD, MODEL_ACT_SILU, false}, MODEL_POOL_MEAN},
+    /* ffn a multiple of 128: bf16 on Hopper runs the up GEMM with the SwiGLU in its epilogue */
+    {"qwen2 tied gqa d64 ffn384 mean", {MODEL_ARCH_QWEN2, 256, 2, 4, 2, 384, 500, MODEL_NORM_STANDARD, MODEL_ACT_SILU, true}, MODEL_POOL_MEAN},
     /* d = 20: SIMT attention with GQA */
     {"qwen2 gqa d20 max", {MODEL_ARCH_QWEN2, 120, 2, 6, 3, 160, 400, MODEL_NORM_STANDARD, MODEL_ACT_SILU, true}, MODEL_POOL_MAX},
 };

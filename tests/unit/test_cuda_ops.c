@@ -116,6 +116,72 @@ static void test_gemm(void **state)
     cu_gemm_free(g);
 }
 
+/* ---- the GEMM with the SwiGLU in its epilogue (gemm_swiglu.cu, Hopper only) ---- */
+
+/* h = silu(x·Wgᵀ) ⊙ (x·Wuᵀ) against op_matmul + op_swiglu on the same bf16 inputs in fp32: the
+ * kernel rounds only its output (the unfused path also rounds the product), so 4e-3. Written
+ * into a poisoned buffer with rows and columns beyond h, which must stay NaN. */
+static void gemm_swiglu_case(uint32_t n, uint32_t k, uint32_t f, uint32_t ldx, struct test_rng *r)
+{
+    const uint32_t ldh = f + 64, rows_after = 130;
+    float *x = malloc((size_t)n * ldx * sizeof(float)), *w = malloc((size_t)2 * f * k * sizeof(float));
+    float *dense = malloc((size_t)n * k * sizeof(float)), *ref = malloc((size_t)n * 2 * f * sizeof(float));
+    const size_t out_count = (size_t)(n + rows_after) * ldh;
+    float *got = malloc(out_count * sizeof(float)), *got_h = malloc((size_t)n * f * sizeof(float));
+    float *ref_h = malloc((size_t)n * f * sizeof(float));
+    test_fill(x, (size_t)n * ldx, 1.0f, r);
+    test_fill(w, (size_t)2 * f * k, 1.0f / sqrtf((float)k), r);
+    test_round(x, (size_t)n * ldx, CU_BF16);
+    test_round(w, (size_t)2 * f * k, CU_BF16);
+    for (uint32_t i = 0; i < n; i++)
+        memcpy(dense + (size_t)i * k, x + (size_t)i * ldx, k * sizeof(float));
+    void *dx = test_upload(x, (size_t)n * ldx, CU_BF16), *dw = test_upload(w, (size_t)2 * f * k, CU_BF16);
+    void *dh = test_poisoned(out_count, CU_BF16);
+    CUDA_OK(cu_gemm_swiglu(dh, ldh, dx, ldx, dw, n, k, f, stream));
+    test_download(got, dh, out_count, CU_BF16);
+
+    op_matmul(ref, 2 * f, dense, k, w, NULL, n, k, 2 * f, false, 1);
+    op_swiglu(ref, n, f, 1);
+    size_t written_outside = 0;
+    for (size_t i = 0; i < (size_t)n + rows_after; i++)
+        for (size_t j = 0; j < ldh; j++) {
+            const float v = got[i * ldh + j];
+            if (i < n && j < f) {
+                got_h[i * f + j] = v;
+                ref_h[i * f + j] = ref[i * 2 * f + j];
+            } else if (!isnan(v)) {
+                written_outside++;
+            }
+        }
+    char label[96];
+    snprintf(label, sizeof label, "gemm+swiglu %ux%ux%u (ldx %u)", n, k, f, ldx);
+    TEST_WITHIN(label, CU_BF16, test_rel_err(got_h, ref_h, (size_t)n * f), 4e-3);
+    if (written_outside)
+        fail_msg("%s: %zu elements written outside h", label, written_outside);
+    cudaFree(dx), cudaFree(dw), cudaFree(dh);
+    free(x), free(w), free(dense), free(ref), free(got), free(got_h), free(ref_h);
+}
+
+static void test_gemm_swiglu(void **state)
+{
+    (void)state;
+    int device = 0;
+    CUDA_OK(cudaGetDevice(&device));
+    if (!cu_gemm_swiglu_supported(device, 64, 128)) {
+        printf(" gemm+swiglu: skipped (not a compute capability 9.0 GPU)\n");
+        return;
+    }
+    /* unsupported sizes are refused, not run */
+    assert_false(cu_gemm_swiglu_supported(device, 64, 100));
+    assert_false(cu_gemm_swiglu_supported(device, 60, 128));
+    struct test_rng r = {7};
+    gemm_swiglu_case(1, 64, 128, 64, &r);       /* one row: a tile of 127 zero-filled rows */
+    gemm_swiglu_case(300, 200, 256, 200, &r);   /* rows and K not multiples of the tile */
+    gemm_swiglu_case(129, 896, 384, 904, &r);   /* Qwen2's K, x with a wider row stride */
+    if (!test_cuda_quick())
+        gemm_swiglu_case(4096, 896, 1024, 896, &r); /* more tiles than multiprocessors */
+}
+
 /* ---- embedding, norms, elementwise ---- */
 
 static void test_embed(void **state)
@@ -472,7 +538,7 @@ int main(void)
         cmocka_unit_test(test_gemm),      cmocka_unit_test(test_embed),
         cmocka_unit_test(test_norms),     cmocka_unit_test(test_elementwise),
         cmocka_unit_test(test_rope),      cmocka_unit_test(test_attention),
-        cmocka_unit_test(test_pool_softmax),
+        cmocka_unit_test(test_pool_softmax), cmocka_unit_test(test_gemm_swiglu),
     };
     return TEST_CUDA_RUN(tests);
 }
