@@ -6,7 +6,7 @@
  * candidates (what the inference engine runs), next to GEMMs of ordinary shapes for the rate
  * the card gives. One JSON line per case on stdout; bench/gpu_check.sh runs it (bench-gemm).
  *
- *   netlm_gemm_bench [--device N] [--runs N]
+ *   netlm_gemm_bench [--device N] [--runs N] [--only NAME]   (the cases whose name contains NAME)
  *
  * Where a padded case has an unpadded twin, "max_rel_diff" compares the first V columns of the
  * two forward outputs (the padded weight's extra rows are zeros, so they must agree to fp32
@@ -103,7 +103,7 @@ static bool call(struct cu_gemm *g, cudaStream_t s, const struct gemm_case *c, v
 
 /* Qwen2.5-0.5B's MLP first half, h = silu(x·Wgᵀ) ⊙ (x·Wuᵀ), at 65,536 rows: the two-step path
  * against the fused kernel. */
-static void bench_swiglu(struct cu_gemm *g, cudaStream_t s, cudaEvent_t ev[2], int runs)
+static void bench_swiglu(struct cu_gemm *g, cudaStream_t s, cudaEvent_t ev[2], int runs, const char *only)
 {
     const size_t n = 65536, k = 896, f = 4864;
     int device = 0;
@@ -117,6 +117,9 @@ static void bench_swiglu(struct cu_gemm *g, cudaStream_t s, cudaEvent_t ev[2], i
     char err[512];
     for (int path = 0; path < 3; path++) {
         static const char *names[3] = {"qwen-mlp-up-cublaslt", "qwen-mlp-up+swiglu-cublaslt", "qwen-mlp-up+swiglu-fused"};
+        /* path 2 compares with path 1's output: --only keeps both when it keeps the fused one */
+        if (only && !strstr(names[path], only) && !(path == 1 && strstr(names[2], only)))
+            continue;
         if (path == 2 && !fused_ok) {
             printf("{\"side\":\"netlm\",\"gemm\":\"%s\",\"skipped\":\"not a compute capability 9.0 GPU\"}\n", names[path]);
             break;
@@ -170,8 +173,11 @@ static void bench_swiglu(struct cu_gemm *g, cudaStream_t s, cudaEvent_t ev[2], i
 int main(int argc, char **argv)
 {
     int device = 0, runs = 10;
+    const char *only = NULL;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--device") && i + 1 < argc) {
+        if (!strcmp(argv[i], "--only") && i + 1 < argc) {
+            only = argv[++i];
+        } else if (!strcmp(argv[i], "--device") && i + 1 < argc) {
             device = atoi(argv[++i]);
         } else if (!strcmp(argv[i], "--runs") && i + 1 < argc) {
             runs = atoi(argv[++i]);
@@ -180,7 +186,7 @@ int main(int argc, char **argv)
                 return 2;
             }
         } else {
-            fprintf(stderr, "usage: netlm_gemm_bench [--device N] [--runs N]\n");
+            fprintf(stderr, "usage: netlm_gemm_bench [--device N] [--runs N] [--only NAME]\n");
             return 2;
         }
     }
@@ -230,6 +236,8 @@ int main(int argc, char **argv)
         bool have_first = false;
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
             const struct gemm_case *c = &cases[i];
+            if (only && !strstr(c->name, only))
+                continue;
             for (int r = -2; r < runs; r++) { /* two untimed: the plan (and its tuning), a warm-up */
                 if (r == 0)
                     CUDA_CHECK(cudaEventRecord(ev[0], s));
@@ -268,7 +276,7 @@ int main(int argc, char **argv)
             fflush(stdout);
         }
         if (tuned)
-            bench_swiglu(g, s, ev, runs);
+            bench_swiglu(g, s, ev, runs, only);
         cu_gemm_free(g);
     }
     free(first);

@@ -19,6 +19,7 @@
 #                                    gives: a rerun of what failed, or of what a change touched
 #   NETLM_GPU_CASES=qwen05b          netlm_model_bench's cases whose name contains this (--only)
 #   NETLM_GPU_CTEST_EXCLUDE=regex    CUDA tests left out of ctest-cuda (ctest -E)
+#   NETLM_GPU_GEMMS=qwen-mlp         netlm_gemm_bench's cases whose name contains this (--only)
 #   bench/gpu_check.sh --fetch-deps  here, before: the Debian packages of the C dependencies
 #                                    (libpcap, liburcu, json-c, OpenBLAS, libconfig, libsystemd,
 #                                    cmocka, pkgconf) into .gpu-deps/, for the GPU machine's image,
@@ -180,7 +181,7 @@ bench bench-netlm 120 "$OUT/netlm.json" "$build/netlm_model_bench" "${cases[@]}"
 # 0.1, Qwen2 none); the PyTorch side is in gpu_bench.py
 bench bench-train 90 "$OUT/netlm.json" "$build/netlm_model_bench" "${cases[@]}" --device cuda --train --runs 5
 # the GEMMs one by one: the LM head's (odd and padded vocabulary) against ordinary shapes
-bench bench-gemm 60 "$OUT/netlm.json" "$build/netlm_gemm_bench" --runs 10
+bench bench-gemm 60 "$OUT/netlm.json" "$build/netlm_gemm_bench" --runs 10 ${NETLM_GPU_GEMMS:+--only "$NETLM_GPU_GEMMS"}
 # generation with the device KV cache (model_cuda_generate), the gen-* cases of gpu_bench.py
 bench bench-generate 90 "$OUT/netlm.json" "$build/netlm_model_bench" "${cases[@]}" --device cuda --generate --runs 10
 # the engine as users run it: classify and replay on the GPU against the CPU

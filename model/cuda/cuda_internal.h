@@ -86,7 +86,8 @@ cudaError_t cu_swiglu(void *gate_up, enum cu_dtype t, uint32_t n, uint32_t f, cu
  * w[2f, k] (the gate rows, then the up rows: cu_swiglu's layout), the SwiGLU in the GEMM's
  * epilogue from fp32 accumulators (gemm_swiglu.cu: wgmma, Hopper only). _supported says whether
  * this device runs it for these sizes (compute capability 9.0, f a multiple of 128, k of 8) and
- * prepares it; call it once before cu_gemm_swiglu. */
+ * prepares it there (device must be the current one); call it once per device before
+ * cu_gemm_swiglu. */
 bool cu_gemm_swiglu_supported(int device, uint32_t k, uint32_t f);
 cudaError_t cu_gemm_swiglu(void *h, uint32_t ldh, const void *x, uint32_t ldx, const void *w, uint32_t n,
                            uint32_t k, uint32_t f, cudaStream_t s);
