@@ -13,10 +13,11 @@
  * accumulation-order rounding).
  *
  * Then Qwen2.5-0.5B's MLP first half at the inference benchmark's size (65,536 rows, B256 T256):
- * cuBLASLt's gate/up GEMM alone, that GEMM followed by the SwiGLU pass (the engine's path off
- * Hopper), and the one kernel with the SwiGLU in its epilogue (gemm_swiglu.cu), whose output is
- * compared with the two-step one ("max_rel_diff": the two-step path rounds the product to bf16
- * before the SwiGLU, so ~4e-3 is expected). */
+ * cuBLASLt's gate/up GEMM alone, that GEMM followed by the SwiGLU pass (the engine's default
+ * path), and each variant of the one kernel with the SwiGLU in its epilogue (gemm_swiglu.cu;
+ * "algorithm" gives the CTAs it ran on), whose output is compared with the two-step one
+ * ("max_rel_diff": the two-step path rounds the product to bf16 before the SwiGLU, so ~4e-3 is
+ * expected). */
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdio.h>
@@ -101,58 +102,87 @@ static bool call(struct cu_gemm *g, cudaStream_t s, const struct gemm_case *c, v
     return false;
 }
 
-/* Qwen2.5-0.5B's MLP first half, h = silu(x·Wgᵀ) ⊙ (x·Wuᵀ), at 65,536 rows: the two-step path
- * against the fused kernel. */
+/* Times `runs` calls of one path after two untimed ones; ms per call. */
+static float time_path(int path, struct cu_gemm *g, cudaStream_t s, cudaEvent_t ev[2], int runs, void *gate_up,
+                       void *h, const void *x, const void *w, size_t n, size_t k, size_t f)
+{
+    char err[512];
+    for (int r = -2; r < runs; r++) {
+        if (r == 0)
+            CUDA_CHECK(cudaEventRecord(ev[0], s));
+        if (path < 2 && !cu_gemm_run(g, s, CU_BF16, CU_BF16, gate_up, (uint32_t)(2 * f), x, (uint32_t)k, w, NULL,
+                                     (uint32_t)n, (uint32_t)k, (uint32_t)(2 * f), false, false, err, sizeof err)) {
+            fprintf(stderr, "netlm_gemm_bench: qwen-mlp: %s\n", err);
+            exit(1);
+        }
+        if (path == 1)
+            CUDA_CHECK(cu_swiglu(gate_up, 2 * f, gate_up, CU_BF16, (uint32_t)n, (uint32_t)f, s));
+        if (path == 2)
+            CUDA_CHECK(cu_gemm_swiglu(h, (uint32_t)f, x, (uint32_t)k, w, (uint32_t)n, (uint32_t)k, (uint32_t)f, s));
+    }
+    CUDA_CHECK(cudaEventRecord(ev[1], s));
+    CUDA_CHECK(cudaEventSynchronize(ev[1]));
+    float ms = 0.0f;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, ev[0], ev[1]));
+    return ms / (float)runs;
+}
+
+/* Qwen2.5-0.5B's MLP first half, h = silu(x·Wgᵀ) ⊙ (x·Wuᵀ), at 65,536 rows: cuBLASLt's GEMM alone,
+ * with the SwiGLU pass after it, and each variant of the fused kernel (checked against the
+ * two-step output). */
 static void bench_swiglu(struct cu_gemm *g, cudaStream_t s, cudaEvent_t ev[2], int runs, const char *only)
 {
     const size_t n = 65536, k = 896, f = 4864;
+    const double flops = 2.0 * (double)n * (double)k * (double)(2 * f);
+    /* --only: the rows whose name contains it; the two-step path runs whenever a fused row does,
+     * as the reference */
+    char row[96];
+    bool any_fused = !only;
+    for (unsigned v = 0; !any_fused && cu_gemm_swiglu_variant(v); v++) {
+        snprintf(row, sizeof row, "qwen-mlp-up+swiglu-fused-%s", cu_gemm_swiglu_variant(v));
+        any_fused = strstr(row, only) != NULL;
+    }
+    const bool show[2] = {!only || strstr("qwen-mlp-up-cublaslt", only),
+                          !only || strstr("qwen-mlp-up+swiglu-cublaslt", only)};
+    if (!show[0] && !show[1] && !any_fused)
+        return;
     int device = 0;
     CUDA_CHECK(cudaGetDevice(&device));
     void *x = random_device(n * k, CU_BF16, 1.0f, 4), *w = random_device(2 * f * k, CU_BF16, 0.05f, 5);
     void *gate_up = NULL, *h = NULL;
     CUDA_CHECK(cudaMalloc(&gate_up, n * 2 * f * 2));
     CUDA_CHECK(cudaMalloc(&h, n * f * 2));
-    const bool fused_ok = cu_gemm_swiglu_supported(device, (uint32_t)k, (uint32_t)f);
-    const double flops = 2.0 * (double)n * (double)k * (double)(2 * f);
-    char err[512];
-    for (int path = 0; path < 3; path++) {
-        static const char *names[3] = {"qwen-mlp-up-cublaslt", "qwen-mlp-up+swiglu-cublaslt", "qwen-mlp-up+swiglu-fused"};
-        /* path 2 compares with path 1's output: --only keeps both when it keeps the fused one */
-        if (only && !strstr(names[path], only) && !(path == 1 && strstr(names[2], only)))
+    uint16_t *two_step = malloc(n * f * 2), *fused = malloc(n * f * 2);
+    if (!two_step || !fused) {
+        fprintf(stderr, "netlm_gemm_bench: out of memory\n");
+        exit(1);
+    }
+    for (int path = 0; path < 2; path++) {
+        if (!show[path] && !(path == 1 && any_fused))
             continue;
-        if (path == 2 && !fused_ok) {
-            printf("{\"side\":\"netlm\",\"gemm\":\"%s\",\"skipped\":\"not a compute capability 9.0 GPU\"}\n", names[path]);
-            break;
-        }
-        for (int r = -2; r < runs; r++) {
-            if (r == 0)
-                CUDA_CHECK(cudaEventRecord(ev[0], s));
-            if (path < 2 && !cu_gemm_run(g, s, CU_BF16, CU_BF16, gate_up, (uint32_t)(2 * f), x, (uint32_t)k, w, NULL,
-                                         (uint32_t)n, (uint32_t)k, (uint32_t)(2 * f), false, false, err, sizeof err)) {
-                fprintf(stderr, "netlm_gemm_bench: %s: %s\n", names[path], err);
-                exit(1);
-            }
-            if (path == 1)
-                CUDA_CHECK(cu_swiglu(gate_up, CU_BF16, (uint32_t)n, (uint32_t)f, s));
-            if (path == 2)
-                CUDA_CHECK(cu_gemm_swiglu(h, (uint32_t)f, x, (uint32_t)k, w, (uint32_t)n, (uint32_t)k, (uint32_t)f, s));
-        }
-        CUDA_CHECK(cudaEventRecord(ev[1], s));
-        CUDA_CHECK(cudaEventSynchronize(ev[1]));
-        float ms = 0.0f;
-        CUDA_CHECK(cudaEventElapsedTime(&ms, ev[0], ev[1]));
-        ms /= (float)runs;
+        const float ms = time_path(path, g, s, ev, runs, gate_up, h, x, w, n, k, f);
+        if (!show[path])
+            continue;
         printf("{\"side\":\"netlm\",\"gemm\":\"%s\",\"algorithm\":\"fastest\",\"n\":%zu,\"in\":%zu,\"out\":%zu,"
-               "\"ld\":%zu,\"ms\":%.4f,\"tflops\":%.1f",
-               names[path], n, k, 2 * f, path == 2 ? f : 2 * f, ms, flops / (ms * 1e-3) / 1e12);
-        if (path == 2) {
-            /* gate_up still holds path 1's result: h in the gate halves of its rows */
-            uint16_t *two_step = malloc(n * f * 2), *fused = malloc(n * f * 2);
-            if (!two_step || !fused) {
-                fprintf(stderr, "netlm_gemm_bench: out of memory\n");
-                exit(1);
-            }
-            CUDA_CHECK(cudaMemcpy2D(two_step, f * 2, gate_up, 2 * f * 2, f * 2, n, cudaMemcpyDeviceToHost));
+               "\"ld\":%zu,\"ms\":%.4f,\"tflops\":%.1f}\n",
+               path ? "qwen-mlp-up+swiglu-cublaslt" : "qwen-mlp-up-cublaslt", n, k, 2 * f, 2 * f, ms,
+               flops / (ms * 1e-3) / 1e12);
+    }
+    /* the reference for the fused variants: h in the gate halves of the two-step rows */
+    CUDA_CHECK(cudaMemcpy2D(two_step, f * 2, gate_up, 2 * f * 2, f * 2, n, cudaMemcpyDeviceToHost));
+    if (!any_fused) {
+        /* nothing more asked for */
+    } else if (!cu_gemm_swiglu_supported(device, (uint32_t)k, (uint32_t)f)) {
+        printf("{\"side\":\"netlm\",\"gemm\":\"qwen-mlp-up+swiglu-fused\",\"skipped\":\"not a compute capability "
+               "9.0 GPU\"}\n");
+    } else {
+        for (unsigned v = 0; cu_gemm_swiglu_variant(v); v++) {
+            snprintf(row, sizeof row, "qwen-mlp-up+swiglu-fused-%s", cu_gemm_swiglu_variant(v));
+            if (only && !strstr(row, only))
+                continue;
+            cu_gemm_swiglu_select(cu_gemm_swiglu_variant(v));
+            CUDA_CHECK(cudaMemset(h, 0xff, n * f * 2)); /* NaN: a tile left unwritten shows */
+            const float ms = time_path(2, g, s, ev, runs, gate_up, h, x, w, n, k, f);
             CUDA_CHECK(cudaMemcpy(fused, h, n * f * 2, cudaMemcpyDeviceToHost));
             double worst = 0.0, top = 0.0;
             for (size_t i = 0; i < n * f; i++) {
@@ -160,13 +190,16 @@ static void bench_swiglu(struct cu_gemm *g, cudaStream_t s, cudaEvent_t ev[2], i
                 worst = d > worst || isnan(d) ? d : worst;
                 top = fabs(a) > top ? fabs(a) : top;
             }
-            printf(",\"max_rel_diff\":%.3g", worst / (top > 0 ? top : 1.0));
-            free(two_step);
-            free(fused);
+            printf("{\"side\":\"netlm\",\"gemm\":\"%s\",\"algorithm\":\"%u CTAs\",\"n\":%zu,"
+                   "\"in\":%zu,\"out\":%zu,\"ld\":%zu,\"ms\":%.4f,\"tflops\":%.1f,\"max_rel_diff\":%.3g}\n",
+                   row, cu_gemm_swiglu_grid(device, (uint32_t)n, (uint32_t)f), n, k, 2 * f, f,
+                   ms, flops / (ms * 1e-3) / 1e12, worst / (top > 0 ? top : 1.0));
+            fflush(stdout);
         }
-        printf("}\n");
-        fflush(stdout);
+        cu_gemm_swiglu_select(cu_gemm_swiglu_variant(0));
     }
+    free(two_step);
+    free(fused);
     cudaFree(x), cudaFree(w), cudaFree(gate_up), cudaFree(h);
 }
 

@@ -20,6 +20,7 @@
 #   NETLM_GPU_CASES=qwen05b          netlm_model_bench's cases whose name contains this (--only)
 #   NETLM_GPU_CTEST_EXCLUDE=regex    CUDA tests left out of ctest-cuda (ctest -E)
 #   NETLM_GPU_GEMMS=qwen-mlp         netlm_gemm_bench's cases whose name contains this (--only)
+#   NETLM_GPU_SWIGLU_VARIANT=c2      the fused SwiGLU GEMM's variant in the swiglu-fused variant
 #   bench/gpu_check.sh --fetch-deps  here, before: the Debian packages of the C dependencies
 #                                    (libpcap, liburcu, json-c, OpenBLAS, libconfig, libsystemd,
 #                                    cmocka, pkgconf) into .gpu-deps/, for the GPU machine's image,
@@ -28,8 +29,9 @@
 #                                    tests read from ../shared/data (which does not travel) into
 #                                    .gpu-data/: carry it too
 #
-# Outputs ($OUT, 7 files): env.txt, build.log, tests.log (ctest and sanitizers), netlm.json
-# (JSON lines), torch.json, summary.txt, gpu_check.json (each stage's status and time). Each stage
+# Outputs ($OUT, 8 files): env.txt, build.log, tests.log (ctest and sanitizers), netlm.json
+# (JSON lines), torch.json, summary.txt, gpu_check.json (each stage's status and time), ncu.txt
+# (Nsight Compute on the fused SwiGLU GEMM). Each stage
 # has its own time limit so the whole stays under 9.5 minutes and a slow stage cannot starve the
 # others; the exit status is non-zero when any stage failed.
 set -euo pipefail
@@ -182,6 +184,13 @@ bench bench-netlm 120 "$OUT/netlm.json" "$build/netlm_model_bench" "${cases[@]}"
 bench bench-train 90 "$OUT/netlm.json" "$build/netlm_model_bench" "${cases[@]}" --device cuda --train --runs 5
 # the GEMMs one by one: the LM head's (odd and padded vocabulary) against ordinary shapes
 bench bench-gemm 60 "$OUT/netlm.json" "$build/netlm_gemm_bench" --runs 10 ${NETLM_GPU_GEMMS:+--only "$NETLM_GPU_GEMMS"}
+# where the fused SwiGLU GEMM's time goes: Nsight Compute's throughput sections for the three
+# launches of each variant (clocks left as they are)
+ncu=ncu
+command -v $ncu >/dev/null || ncu=/usr/local/cuda/bin/ncu
+bench ncu-swiglu 90 "$OUT/ncu.txt" $ncu --clock-control none -k regex:gemm_swiglu --launch-count 12 \
+    --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section Occupancy \
+    --section LaunchStats "$build/netlm_gemm_bench" --runs 1 --only fused
 # generation with the device KV cache (model_cuda_generate), the gen-* cases of gpu_bench.py
 bench bench-generate 90 "$OUT/netlm.json" "$build/netlm_model_bench" "${cases[@]}" --device cuda --generate --runs 10
 # the engine as users run it: classify and replay on the GPU against the CPU
@@ -237,8 +246,9 @@ variant() { # name command...
     sed "s/^{\"side\":\"netlm\"/{\"side\":\"netlm\",\"variant\":\"$name\"/; s/^{\"cuda_profile\"/{\"variant\":\"$name\",\"cuda_profile\"/" "$tmp" >>"$OUT/netlm.json"
     rm -f "$tmp"
 }
-# Qwen2's up GEMM and SwiGLU as two steps (cuBLASLt, then the pass) instead of the fused kernel
-variant swiglu-unfused env NETLM_CUDA_SWIGLU_GEMM=0 "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10
+# Qwen2's up GEMM with the SwiGLU in its epilogue (gemm_swiglu.cu) instead of cuBLASLt and the pass
+variant swiglu-fused env NETLM_CUDA_SWIGLU_GEMM=${NETLM_GPU_SWIGLU_VARIANT:-1} "$build/netlm_model_bench" "${cases[@]}" \
+    --device cuda --runs 10
 variant residual-bf16 "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10 --residual-bf16
 variant profile "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 5 --profile
 variant train-profile env NETLM_CUDA_PROFILE=1 "$build/netlm_model_bench" "${cases[@]}" --device cuda --train --runs 3

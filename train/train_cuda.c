@@ -241,7 +241,7 @@ static void carve(struct train_cuda *t, char *pbase, size_t *pbytes, char *abase
         ATAKE(s->att, void *, N * t->H * t->d * ts);
         ATAKE(s->ln2, void *, N * t->C * ts);
         ATAKE(s->ffn_pre, void *, N * t->FW * ts);
-        ATAKE(s->ffn_act, void *, N * t->FW * ts);
+        ATAKE(s->ffn_act, void *, N * t->F * ts);
     }
     const size_t chunk = N < LM_CHUNK ? N : LM_CHUNK;
     ATAKE(t->x_fin, float *, N * t->C * 4);
@@ -511,15 +511,14 @@ static bool forward(struct train_cuda *t, uint32_t nseq, uint32_t N, uint32_t ma
         GEMM(T, T, st->ffn_pre, t->FW, st->ln2, C, wt(t, lw->up_w), lw->up_b ? wt(t, lw->up_b) : NULL, N, C,
              t->FW, false, false);
         MARK("gemm up");
-        CK(cudaMemcpyAsync(st->ffn_act, st->ffn_pre, (size_t)N * t->FW * t->ts, cudaMemcpyDeviceToDevice, s),
-           "activation");
+        /* the pre-activations stay for the backward; the activations [N, F] are packed */
         if (t->gpt2)
-            CK(cu_gelu(st->ffn_act, T, (size_t)N * t->F, c->act == MODEL_ACT_GELU_ERF, s), "gelu");
+            CK(cu_gelu(st->ffn_act, st->ffn_pre, T, (size_t)N * t->F, c->act == MODEL_ACT_GELU_ERF, s), "gelu");
         else
-            CK(cu_swiglu(st->ffn_act, T, N, t->F, s), "swiglu");
+            CK(cu_swiglu(st->ffn_act, t->F, st->ffn_pre, T, N, t->F, s), "swiglu");
         MARK("activation");
         if (dr->resid > 0) {
-            GEMM(T, CU_F32, t->branch, C, st->ffn_act, t->FW, wt(t, lw->down_w), lw->down_b, N, t->F, C, false,
+            GEMM(T, CU_F32, t->branch, C, st->ffn_act, t->F, wt(t, lw->down_w), lw->down_b, N, t->F, C, false,
                  false);
             MARK("gemm down");
             CK(cu_dropout_rows(next, CU_F32, st->x_mid, t->branch, C, t->d_seq_off, nseq, N, t->d_seq_key, l,
@@ -527,7 +526,7 @@ static bool forward(struct train_cuda *t, uint32_t nseq, uint32_t N, uint32_t ma
             MARK("dropout");
         } else {
             CK(cudaMemcpyAsync(next, st->x_mid, (size_t)N * C * 4, cudaMemcpyDeviceToDevice, s), "residual");
-            GEMM(T, CU_F32, next, C, st->ffn_act, t->FW, wt(t, lw->down_w), lw->down_b, N, t->F, C, true, false);
+            GEMM(T, CU_F32, next, C, st->ffn_act, t->F, wt(t, lw->down_w), lw->down_b, N, t->F, C, true, false);
             MARK("gemm down");
         }
     }
@@ -646,13 +645,11 @@ static bool backward(struct train_cuda *t, uint32_t nseq, uint32_t N, uint32_t m
         if (!ok)
             return false;
         GEMM_DX(T, T, t->dffn_act, t->F, dy, C, wt(t, lw->down_w), N, t->F, C, false);
-        GEMM_DW(T, gl->down_w, gl->down_b, dy, C, st->ffn_act, t->FW, N, t->F, C);
+        GEMM_DW(T, gl->down_w, gl->down_b, dy, C, st->ffn_act, t->F, N, t->F, C);
         MARK("gemm down backward");
         if (t->gpt2) {
-            CK(cudaMemcpyAsync(t->dffn, t->dffn_act, (size_t)N * t->F * t->ts, cudaMemcpyDeviceToDevice, s),
-               "gelu backward");
-            CK(cu_gelu_backward(t->dffn, st->ffn_pre, T, (size_t)N * t->F, c->act == MODEL_ACT_GELU_ERF, s),
-               "gelu backward");
+            CK(cu_gelu_backward(t->dffn, t->dffn_act, st->ffn_pre, T, (size_t)N * t->F, c->act == MODEL_ACT_GELU_ERF,
+                                s), "gelu backward");
         } else {
             CK(cu_swiglu_backward(t->dffn, t->dffn_act, t->F, st->ffn_pre, T, N, t->F, s), "swiglu backward");
         }

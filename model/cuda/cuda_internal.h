@@ -78,10 +78,12 @@ cudaError_t cu_embed(void *x, enum cu_dtype xt, const void *wte, const void *wpe
 cudaError_t cu_norm(void *y, enum cu_dtype t, const void *x, enum cu_dtype xt, const float *w,
                     const float *b, uint32_t n, uint32_t c, float eps, enum cu_norm_kind kind,
                     cudaStream_t s);
-/* In place: GELU, tanh form (erf = false) or erf form. */
-cudaError_t cu_gelu(void *x, enum cu_dtype t, size_t count, bool erf, cudaStream_t s);
-/* gate_up rows [gate(f) | up(f)] → gate part = silu(gate) · up, in place (row stride 2f). */
-cudaError_t cu_swiglu(void *gate_up, enum cu_dtype t, uint32_t n, uint32_t f, cudaStream_t s);
+/* y = GELU(x) over count values, tanh form (erf = false) or erf form; y may be x. */
+cudaError_t cu_gelu(void *y, const void *x, enum cu_dtype t, size_t count, bool erf, cudaStream_t s);
+/* h[n, f] (row stride ldh) = silu(gate) · up of the rows gate_up[n] = [gate(f) | up(f)] (row
+ * stride 2f); h may be gate_up (ldh = 2f: the gate halves are overwritten). */
+cudaError_t cu_swiglu(void *h, size_t ldh, const void *gate_up, enum cu_dtype t, uint32_t n, uint32_t f,
+                      cudaStream_t s);
 /* h[n, f] (bf16, row stride ldh) = silu(x·Wgᵀ) ⊙ (x·Wuᵀ) for bf16 x[n, k] (row stride ldx) and
  * w[2f, k] (the gate rows, then the up rows: cu_swiglu's layout), the SwiGLU in the GEMM's
  * epilogue from fp32 accumulators (gemm_swiglu.cu: wgmma, Hopper only). _supported says whether
@@ -91,6 +93,12 @@ cudaError_t cu_swiglu(void *gate_up, enum cu_dtype t, uint32_t n, uint32_t f, cu
 bool cu_gemm_swiglu_supported(int device, uint32_t k, uint32_t f);
 cudaError_t cu_gemm_swiglu(void *h, uint32_t ldh, const void *x, uint32_t ldx, const void *w, uint32_t n,
                            uint32_t k, uint32_t f, cudaStream_t s);
+/* The kernel's variants by name (i = 0, 1, ... until NULL; the first is the default), the one
+ * that cu_gemm_swiglu runs from now on in this process (false: no such name), and the CTAs its
+ * launch for n rows would use on device. */
+const char *cu_gemm_swiglu_variant(unsigned i);
+bool cu_gemm_swiglu_select(const char *name);
+uint32_t cu_gemm_swiglu_grid(int device, uint32_t n, uint32_t f);
 /* Rotates, in place, the first `heads` heads of d values of each row (row stride ld elements):
  * half-split pairs (j, j + d/2) at position pos[row]; cos/sin tables [positions, d/2] fp32. */
 cudaError_t cu_rope(void *x, enum cu_dtype t, uint32_t n, uint32_t ld, uint32_t heads, uint32_t d,

@@ -36,9 +36,9 @@ cudaError_t cu_norm_backward(float *dx, float *dw, float *db, const void *dy, en
 
 /* ---- elementwise ---- */
 
-/* d ← d · gelu'(pre) over count values (type t), tanh form (erf = false) or erf form, as
- * op_gelu_backward. */
-cudaError_t cu_gelu_backward(void *d, const void *pre, enum cu_dtype t, size_t count, bool erf,
+/* dx = dy · gelu'(pre) over count values (type t), tanh form (erf = false) or erf form, as
+ * op_gelu_backward; dx may be dy. */
+cudaError_t cu_gelu_backward(void *dx, const void *dy, const void *pre, enum cu_dtype t, size_t count, bool erf,
                              cudaStream_t s);
 /* From dh [n, f] (row stride ldh) and the forward's input rows gate_up [gate | up] (row stride
  * 2f): d_gate_up [n, 2f] = [dh·up·silu'(gate) | dh·silu(gate)], as op_swiglu_backward. All of

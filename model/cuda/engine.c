@@ -515,11 +515,19 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
         ok = false;
     if (ok && !o->graphs)
         e->prof = cu_profile_create();
-    if (ok && !e->gpt2 && e->t == CU_BF16) {
-        /* NETLM_CUDA_SWIGLU_GEMM=0: cuBLASLt's GEMM, then the SwiGLU as a pass of its own */
-        const char *env = getenv("NETLM_CUDA_SWIGLU_GEMM");
-        e->swiglu_gemm = !(env && strcmp(env, "0") == 0) && cu_gemm_swiglu_supported(o->device, e->C, e->F);
+    /* NETLM_CUDA_SWIGLU_GEMM=1 (or a variant's name): Qwen2's up GEMM with the SwiGLU in its
+     * epilogue (gemm_swiglu.cu) where the GPU and sizes allow; by default, and with 0, cuBLASLt's
+     * GEMM then the SwiGLU as a pass of its own — faster so far (NOTES.md) */
+    const char *fused = getenv("NETLM_CUDA_SWIGLU_GEMM");
+    if (ok && fused && strcmp(fused, "0") != 0 && strcmp(fused, "1") != 0 && !cu_gemm_swiglu_select(fused)) {
+        char names[128] = "";
+        for (unsigned i = 0; cu_gemm_swiglu_variant(i); i++)
+            snprintf(names + strlen(names), sizeof names - strlen(names), ", %s", cu_gemm_swiglu_variant(i));
+        fail(e, "NETLM_CUDA_SWIGLU_GEMM: no kernel variant \"%s\" (0, 1%s)", fused, names);
+        ok = false;
     }
+    if (ok && fused && strcmp(fused, "0") != 0 && !e->gpt2 && e->t == CU_BF16)
+        e->swiglu_gemm = cu_gemm_swiglu_supported(o->device, e->C, e->F);
     ok = ok && upload_weights(e);
     if (ok) {
         place_activations(e, NULL, &e->abytes);
@@ -695,7 +703,7 @@ static bool enqueue(struct model_cuda *e, enum tail tail)
             GEMM(T, T, e->ffn, e->F, e->xn, C, cl->up_w, cl->up_b, n, C, e->F, false, fused);
             cu_profile_mark(e->prof, "gemm up", s);
             if (!fused) {
-                CK(cu_gelu(e->ffn, T, (size_t)n * e->F, erf, s), "gelu");
+                CK(cu_gelu(e->ffn, e->ffn, T, (size_t)n * e->F, erf, s), "gelu");
                 cu_profile_mark(e->prof, "gelu", s);
             }
         } else if (e->swiglu_gemm) {
@@ -704,7 +712,7 @@ static bool enqueue(struct model_cuda *e, enum tail tail)
         } else {
             GEMM(T, T, e->ffn, e->FW, e->xn, C, cl->up_w, NULL, n, C, e->FW, false, false);
             cu_profile_mark(e->prof, "gemm up", s);
-            CK(cu_swiglu(e->ffn, T, n, e->F, s), "swiglu");
+            CK(cu_swiglu(e->ffn, e->FW, e->ffn, T, n, e->F, s), "swiglu");
             cu_profile_mark(e->prof, "swiglu", s);
         }
         /* the hidden activations: [n, F] packed after the fused GEMM, the gate halves of

@@ -4,20 +4,21 @@
  * and writes 3 × rows × F bf16 values at bandwidth: 15 of 97 ms of Qwen2.5-0.5B at B256 T256 on
  * an H100).
  *
- * Compiled for sm_90a only (wgmma): a persistent grid of 2-CTA clusters, one CTA per
- * multiprocessor, each of 3 warpgroups. Warpgroup 0 is the producer: one thread loads the tiles
- * with the bulk tensor copy engine (TMA, 128-byte swizzle) into a 4-stage ring of shared memory,
- * completing on mbarriers. Warpgroups 1 and 2 consume: each multiplies 64 rows of a 128-row tile
- * of x by a 256-row tile of W made of 128 gate rows and the 128 up rows of the same outputs
- * (wgmma m64n256k16), so one thread holds a gate value and its up partner in registers r and
- * r + 64, and writes silu(g) · u as bf16 from the fp32 accumulators.
+ * Compiled for sm_90a only (wgmma): a persistent grid, one CTA per multiprocessor, each of 3
+ * warpgroups. Warpgroup 0 is the producer: one thread loads the tiles with the bulk tensor copy
+ * engine (TMA, 128-byte swizzle) into a 4-stage ring of shared memory, completing on mbarriers.
+ * Warpgroups 1 and 2 consume: each multiplies 64 rows of a 128-row tile of x by a 256-row tile
+ * of W made of 128 gate rows and the 128 up rows of the same outputs (wgmma m64n256k16), so one
+ * thread holds a gate value and its up partner in registers r and r + 64, and writes
+ * silu(g) · u as bf16 from the fp32 accumulators. Tiles run row block by row block (all of W,
+ * 2F × C, stays in L2).
  *
- * The two CTAs of a cluster take neighbouring row blocks of the same outputs and share the W
- * tile: each loads one half (gate or up rows) and multicasts it to both, so a CTA reads 32 of
- * the 48 KB a stage holds from L2 (without this the kernel ran at ~450 TFLOP/s on an H100, L2
- * bound, against cuBLASLt's ~730). A stage is free again when the consumers of both CTAs have
- * released it (its empty barrier counts the warps of both). Tiles run pair of row blocks by pair
- * (all of W, 2F × C, stays in L2). */
+ * Variants (cu_gemm_swiglu_select; model/cuda/NOTES.md has their timings): "c1", the plain
+ * kernel; "c2", clusters of 2 CTAs on neighbouring row blocks of the same outputs that share the
+ * W tile, each loading one half (gate or up rows) and multicasting it to both, so a CTA reads 32
+ * of a stage's 48 KB from L2 — a stage is free again when the consumers of both CTAs have
+ * released it (its empty barrier counts the warps of both); "-inflight", consumers that keep one
+ * chunk's wgmma group running while they release the stage before it. */
 #include <cuda.h>
 #include <cudaTypedefs.h>
 #include <cuda_bf16.h>
@@ -35,7 +36,6 @@ constexpr uint32_t W_BYTES = 2 * TILE_OUT * TILE_K * 2;
 constexpr uint32_t STAGE_BYTES = X_BYTES + W_BYTES;
 constexpr uint32_t THREADS = 384;
 constexpr uint32_t CONSUMER_WARPS = 8;
-constexpr uint32_t CLUSTER = 2; /* CTAs sharing a W tile */
 /* the ring, 1024-byte aligned as the 128-byte swizzle needs, then the barriers */
 constexpr size_t SMEM_BYTES = STAGES * STAGE_BYTES + 1024 + 2 * STAGES * sizeof(uint64_t);
 
@@ -87,6 +87,7 @@ __device__ __forceinline__ void cluster_sync()
 
 /* One box into the same place of the shared memory of every CTA of the cluster, each counting
  * it on its own barrier at bar's place. */
+template <uint32_t CLUSTER>
 __device__ __forceinline__ void tma_load_multicast(void *dst, const CUtensorMap *map, uint32_t inner, uint32_t outer,
                                                    uint64_t *bar)
 {
@@ -162,9 +163,16 @@ __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_
         : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
 
-__device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
+/* Two MUFU operations (ex2, rcp) and no Newton steps: ~1e-6 relative, far below the bf16 output
+ * rounding; for g < -88, e^-g is inf and the quotient 0, silu's limit. */
+__device__ __forceinline__ float silu(float g) { return __fdividef(g, 1.0f + __expf(-g)); }
 
-__global__ void __cluster_dims__(CLUSTER, 1, 1) __launch_bounds__(THREADS, 1)
+/* CLUSTER: CTAs sharing each W tile (1: none, every CTA loads all of it; 2: each loads half and
+ * multicasts it). IN_FLIGHT: wgmma groups a consumer leaves running when it moves to the next
+ * stage (0: it waits for each chunk's products before releasing the chunk's stage; 1: it keeps
+ * the last chunk's running and releases the stage before). */
+template <uint32_t CLUSTER, int IN_FLIGHT>
+__global__ void __launch_bounds__(THREADS, 1)
     gemm_swiglu_kernel(const __grid_constant__ CUtensorMap x_map, const __grid_constant__ CUtensorMap w_map,
                        __nv_bfloat16 *h, uint32_t ldh, uint32_t n, uint32_t k, uint32_t f)
 {
@@ -174,7 +182,7 @@ __global__ void __cluster_dims__(CLUSTER, 1, 1) __launch_bounds__(THREADS, 1)
     const uint32_t warpgroup = threadIdx.x / 128, lane = threadIdx.x % 32, warp = (threadIdx.x % 128) / 32;
     const uint32_t rank = blockIdx.x % CLUSTER, cluster = blockIdx.x / CLUSTER, clusters = gridDim.x / CLUSTER;
     const uint32_t out_tiles = f / TILE_OUT, row_blocks = (n + TILE_ROWS - 1) / TILE_ROWS;
-    const uint32_t pairs = (row_blocks + CLUSTER - 1) / CLUSTER * out_tiles;
+    const uint32_t groups = (row_blocks + CLUSTER - 1) / CLUSTER * out_tiles; /* of CLUSTER tiles */
     const uint32_t chunks = (k + TILE_K - 1) / TILE_K;
 
     if (threadIdx.x == 0) {
@@ -189,17 +197,23 @@ __global__ void __cluster_dims__(CLUSTER, 1, 1) __launch_bounds__(THREADS, 1)
     if (warpgroup == 0) {
         if (threadIdx.x == 0) {
             uint32_t it = 0;
-            for (uint32_t pair = cluster; pair < pairs; pair += clusters) {
-                const uint32_t row0 = (pair / out_tiles * CLUSTER + rank) * TILE_ROWS;
-                const uint32_t out0 = pair % out_tiles * TILE_OUT;
+            for (uint32_t group = cluster; group < groups; group += clusters) {
+                const uint32_t row0 = (group / out_tiles * CLUSTER + rank) * TILE_ROWS;
+                const uint32_t out0 = group % out_tiles * TILE_OUT;
                 for (uint32_t c = 0; c < chunks; c++, it++) {
                     const uint32_t s = it % STAGES;
                     barrier_wait(&empty[s], ((it / STAGES) & 1) ^ 1); /* the first pass finds it free */
                     uint8_t *xs = ring + s * STAGE_BYTES, *ws = xs + X_BYTES;
                     barrier_expect_bytes(&full[s], STAGE_BYTES);
                     tma_load(xs, &x_map, c * TILE_K, row0, &full[s]);
-                    /* this CTA's half of the W tile (gate rows, or up rows) to both CTAs */
-                    tma_load_multicast(ws + rank * (W_BYTES / 2), &w_map, c * TILE_K, rank * f + out0, &full[s]);
+                    if constexpr (CLUSTER == 1) {
+                        tma_load(ws, &w_map, c * TILE_K, out0, &full[s]);
+                        tma_load(ws + W_BYTES / 2, &w_map, c * TILE_K, f + out0, &full[s]);
+                    } else {
+                        /* this CTA's half of the W tile (gate rows, or up rows) to both CTAs */
+                        tma_load_multicast<CLUSTER>(ws + rank * (W_BYTES / 2), &w_map, c * TILE_K, rank * f + out0,
+                                                    &full[s]);
+                    }
                 }
             }
         }
@@ -207,9 +221,9 @@ __global__ void __cluster_dims__(CLUSTER, 1, 1) __launch_bounds__(THREADS, 1)
         const uint32_t half = warpgroup - 1; /* rows 64·half .. 64·half + 63 of each tile */
         float d[128];
         uint32_t it = 0;
-        for (uint32_t pair = cluster; pair < pairs; pair += clusters) {
-            const uint32_t row0 = (pair / out_tiles * CLUSTER + rank) * TILE_ROWS;
-            const uint32_t out0 = pair % out_tiles * TILE_OUT;
+        for (uint32_t group = cluster; group < groups; group += clusters) {
+            const uint32_t row0 = (group / out_tiles * CLUSTER + rank) * TILE_ROWS;
+            const uint32_t out0 = group % out_tiles * TILE_OUT;
             uint32_t previous = 0;
             for (uint32_t c = 0; c < chunks; c++, it++) {
                 const uint32_t s = it % STAGES;
@@ -221,21 +235,23 @@ __global__ void __cluster_dims__(CLUSTER, 1, 1) __launch_bounds__(THREADS, 1)
                 for (uint32_t kk = 0; kk < TILE_K / 16; kk++)
                     wgmma_m64n256k16(d, da + 2 * kk, db + 2 * kk, (c | kk) != 0);
                 wgmma_commit();
-                /* the chunk before this one is done with its stage: release it in both CTAs,
-                 * keeping this chunk's products in flight */
-                wgmma_wait<1>();
-                if (c > 0) {
+                /* with IN_FLIGHT = 1 the chunk before this one is done with its stage; else
+                 * this one is: release it in every CTA of the cluster */
+                wgmma_wait<IN_FLIGHT>();
+                if (IN_FLIGHT == 0 || c > 0) {
                     __syncwarp();
                     if (lane < CLUSTER)
-                        barrier_arrive_cluster(&empty[previous], lane);
+                        barrier_arrive_cluster(&empty[IN_FLIGHT ? previous : s], lane);
                 }
                 previous = s;
             }
             wgmma_wait<0>();
             accumulators_ready(d);
-            __syncwarp();
-            if (lane < CLUSTER)
-                barrier_arrive_cluster(&empty[previous], lane);
+            if (IN_FLIGHT > 0) {
+                __syncwarp();
+                if (lane < CLUSTER)
+                    barrier_arrive_cluster(&empty[previous], lane);
+            }
             /* accumulator layout: register 4i + {0,1} at row lane/4, columns 8i + 2·(lane%4) +
              * {0,1}; 4i + {2,3} eight rows lower. Columns 0..127 are gates, 128..255 their up
              * partners. */
@@ -259,10 +275,71 @@ __global__ void __cluster_dims__(CLUSTER, 1, 1) __launch_bounds__(THREADS, 1)
 }
 
 PFN_cuTensorMapEncodeTiled_v12000 encode_tiled;
-/* per device: how many clusters of the kernel fit on the GPU at once (a persistent grid larger
- * than that would run its last clusters after the others, doubling their time) */
+
+typedef void (*swiglu_kernel_fn)(CUtensorMap, CUtensorMap, __nv_bfloat16 *, uint32_t, uint32_t, uint32_t, uint32_t);
+
+struct variant {
+    const char *name;
+    swiglu_kernel_fn kernel;
+    uint32_t cluster;
+};
+
+const variant variants[] = {
+    {"c1", gemm_swiglu_kernel<1, 0>, 1},
+    {"c1-inflight", gemm_swiglu_kernel<1, 1>, 1},
+    {"c2", gemm_swiglu_kernel<2, 0>, 2},
+    {"c2-inflight", gemm_swiglu_kernel<2, 1>, 2},
+};
+constexpr int VARIANTS = sizeof variants / sizeof variants[0];
+int selected = 0;
+
+/* per device and variant: how many CTAs fit on the GPU at once, in whole clusters (a persistent
+ * grid larger than that would run its last clusters after the others, doubling their time) */
 constexpr int MAX_DEVICES = 64;
-uint32_t resident_clusters[MAX_DEVICES];
+uint32_t resident_ctas[MAX_DEVICES][VARIANTS];
+
+cudaLaunchConfig_t launch_config(const variant &v, uint32_t grid, cudaStream_t s, cudaLaunchAttribute *attr)
+{
+    cudaLaunchConfig_t launch = {};
+    launch.gridDim = dim3(grid);
+    launch.blockDim = dim3(THREADS);
+    launch.dynamicSmemBytes = SMEM_BYTES;
+    launch.stream = s;
+    if (v.cluster > 1) {
+        attr->id = cudaLaunchAttributeClusterDimension;
+        attr->val.clusterDim.x = v.cluster;
+        attr->val.clusterDim.y = 1;
+        attr->val.clusterDim.z = 1;
+        launch.attrs = attr;
+        launch.numAttrs = 1;
+    }
+    return launch;
+}
+
+/* Sets the variant's shared-memory limit on the current device and counts its resident CTAs. */
+bool prepare(int device, int which)
+{
+    const variant &v = variants[which];
+    int sms = 0, fit = 0;
+    cudaError_t e = cudaFuncSetAttribute(v.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)SMEM_BYTES);
+    if (e == cudaSuccess)
+        e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (e == cudaSuccess && v.cluster == 1) {
+        e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, v.kernel, THREADS, SMEM_BYTES);
+        fit *= sms;
+    } else if (e == cudaSuccess) {
+        cudaLaunchAttribute attr;
+        const cudaLaunchConfig_t launch = launch_config(v, (uint32_t)sms / v.cluster * v.cluster, 0, &attr);
+        e = cudaOccupancyMaxActiveClusters(&fit, v.kernel, &launch);
+        fit *= (int)v.cluster;
+    }
+    if (e != cudaSuccess || fit < 1) {
+        cudaGetLastError();
+        return false;
+    }
+    resident_ctas[device][which] = (uint32_t)fit;
+    return true;
+}
 
 /* A 2-D bf16 tensor map of rows × cols (row stride ld elements) in boxes of 128 rows × 64. */
 bool tensor_map(CUtensorMap *map, const void *base, uint32_t rows, uint32_t cols, uint32_t ld)
@@ -284,7 +361,8 @@ extern "C" bool cu_gemm_swiglu_supported(int device, uint32_t k, uint32_t f)
         cudaGetLastError();
         return false;
     }
-    if (major != 9 || minor != 0 || f == 0 || f % TILE_OUT != 0 || k == 0 || k % 8 != 0)
+    if (major != 9 || minor != 0 || f == 0 || f % TILE_OUT != 0 || k == 0 || k % 8 != 0 || device < 0 ||
+        device >= MAX_DEVICES)
         return false;
     if (!encode_tiled) {
         cudaDriverEntryPointQueryResult found;
@@ -297,26 +375,35 @@ extern "C" bool cu_gemm_swiglu_supported(int device, uint32_t k, uint32_t f)
         }
         encode_tiled = (PFN_cuTensorMapEncodeTiled_v12000)fn;
     }
-    if (device < 0 || device >= MAX_DEVICES)
-        return false;
-    int sms = 0, fit = 0;
-    cudaError_t e = cudaFuncSetAttribute(gemm_swiglu_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         (int)SMEM_BYTES);
-    if (e == cudaSuccess)
-        e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    if (e == cudaSuccess) {
-        cudaLaunchConfig_t launch = {};
-        launch.gridDim = dim3((unsigned)sms / CLUSTER * CLUSTER);
-        launch.blockDim = dim3(THREADS);
-        launch.dynamicSmemBytes = SMEM_BYTES;
-        e = cudaOccupancyMaxActiveClusters(&fit, gemm_swiglu_kernel, &launch);
-    }
-    if (e != cudaSuccess || fit < 1) {
-        cudaGetLastError();
-        return false;
-    }
-    resident_clusters[device] = (uint32_t)fit;
+    for (int i = 0; i < VARIANTS; i++)
+        if (!prepare(device, i))
+            return false;
     return true;
+}
+
+extern "C" const char *cu_gemm_swiglu_variant(unsigned i)
+{
+    return i < (unsigned)VARIANTS ? variants[i].name : NULL;
+}
+
+extern "C" bool cu_gemm_swiglu_select(const char *name)
+{
+    for (int i = 0; i < VARIANTS; i++)
+        if (strcmp(variants[i].name, name) == 0) {
+            selected = i;
+            return true;
+        }
+    return false;
+}
+
+extern "C" uint32_t cu_gemm_swiglu_grid(int device, uint32_t n, uint32_t f)
+{
+    if (device < 0 || device >= MAX_DEVICES || f < TILE_OUT)
+        return 0;
+    const variant &v = variants[selected];
+    const uint32_t groups = (n + v.cluster * TILE_ROWS - 1) / (v.cluster * TILE_ROWS) * (f / TILE_OUT);
+    const uint32_t fit = resident_ctas[device][selected] / v.cluster;
+    return (groups < fit ? groups : fit) * v.cluster;
 }
 
 extern "C" cudaError_t cu_gemm_swiglu(void *h, uint32_t ldh, const void *x, uint32_t ldx, const void *w, uint32_t n,
@@ -334,11 +421,13 @@ extern "C" cudaError_t cu_gemm_swiglu(void *h, uint32_t ldh, const void *x, uint
     cudaError_t e = cudaGetDevice(&device);
     if (e != cudaSuccess)
         return e;
-    if (device < 0 || device >= MAX_DEVICES || resident_clusters[device] == 0)
-        return cudaErrorInvalidValue; /* cu_gemm_swiglu_supported was not called for it */
-    const uint32_t pairs = (n + CLUSTER * TILE_ROWS - 1) / (CLUSTER * TILE_ROWS) * (f / TILE_OUT);
-    const uint32_t clusters = pairs < resident_clusters[device] ? pairs : resident_clusters[device];
-    const uint32_t grid = clusters * CLUSTER;
-    gemm_swiglu_kernel<<<grid, THREADS, SMEM_BYTES, s>>>(x_map, w_map, (__nv_bfloat16 *)h, ldh, n, k, f);
-    return cudaGetLastError();
+    const uint32_t grid = cu_gemm_swiglu_grid(device, n, f);
+    if (grid == 0)
+        return cudaErrorInvalidValue; /* cu_gemm_swiglu_supported was not called for this device */
+    const variant &v = variants[selected];
+    cudaLaunchAttribute attr;
+    const cudaLaunchConfig_t launch = launch_config(v, grid, s, &attr);
+    __nv_bfloat16 *out = (__nv_bfloat16 *)h;
+    e = cudaLaunchKernelEx(&launch, v.kernel, x_map, w_map, out, ldh, n, k, f);
+    return e != cudaSuccess ? e : cudaGetLastError();
 }

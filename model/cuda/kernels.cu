@@ -177,20 +177,29 @@ __global__ void norm_kernel_vec(T *y, const XT *x, const float *w, const float *
     }
 }
 
-template <typename T> __global__ void gelu_kernel(T *x, size_t count, bool erf)
+/* VW values per item (16-byte accesses when VW · sizeof(T) = 16); y may be x. */
+template <typename T, uint32_t VW> __global__ void gelu_kernel(T *y, const T *x, size_t items, bool erf)
 {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < items;
          i += (size_t)gridDim.x * blockDim.x) {
-        const float v = to_f(x[i]);
-        x[i] = from_f<T>(erf ? gelu_erf(v) : gelu_tanh(v));
+        float v[VW];
+        load_vec<T, VW>(v, x + i * VW);
+#pragma unroll
+        for (uint32_t k = 0; k < VW; k++)
+            v[k] = erf ? gelu_erf(v[k]) : gelu_tanh(v[k]);
+        store_vec<T, VW>(y + i * VW, v);
     }
 }
 
-template <typename T, uint32_t VW> __global__ void swiglu_kernel(T *gate_up, uint32_t n, uint32_t f)
+/* h[row] (row stride ldh) = silu(gate) ⊙ up of gate_up[row] = [gate | up] (row stride 2f); h may
+ * be gate_up itself (ldh = 2f: the gate halves are overwritten). */
+template <typename T, uint32_t VW>
+__global__ void swiglu_kernel(T *h, size_t ldh, const T *gate_up, uint32_t n, uint32_t f)
 {
     const uint32_t vecs = f / VW;
     for (uint32_t row = blockIdx.y; row < n; row += gridDim.y) {
-        T *g = gate_up + (size_t)row * 2 * f;
+        const T *g = gate_up + (size_t)row * 2 * f;
+        T *hr = h + (size_t)row * ldh;
         for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < vecs; i += gridDim.x * blockDim.x) {
             float gv[VW], uv[VW];
             load_vec<T, VW>(gv, g + i * VW);
@@ -198,7 +207,7 @@ template <typename T, uint32_t VW> __global__ void swiglu_kernel(T *gate_up, uin
 #pragma unroll
             for (uint32_t k = 0; k < VW; k++)
                 gv[k] = gv[k] / (1.0f + expf(-gv[k])) * uv[k];
-            store_vec<T, VW>(g + i * VW, gv);
+            store_vec<T, VW>(hr + i * VW, gv);
         }
     }
 }
@@ -427,38 +436,52 @@ extern "C" cudaError_t cu_norm(void *y, enum cu_dtype t, const void *x, enum cu_
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t cu_gelu(void *x, enum cu_dtype t, size_t count, bool erf, cudaStream_t s)
+/* 16-byte items when both buffers are aligned and count divides, else one value per item. */
+template <typename T>
+static void gelu_launch(T *y, const T *x, size_t count, bool erf, cudaStream_t s)
+{
+    constexpr uint32_t VW = 16 / sizeof(T);
+    if (((uintptr_t)y | (uintptr_t)x) % 16 == 0 && count % VW == 0)
+        gelu_kernel<T, VW><<<blocks_for(count / VW, 256), 256, 0, s>>>(y, x, count / VW, erf);
+    else
+        gelu_kernel<T, 1><<<blocks_for(count, 256), 256, 0, s>>>(y, x, count, erf);
+}
+
+extern "C" cudaError_t cu_gelu(void *y, const void *x, enum cu_dtype t, size_t count, bool erf, cudaStream_t s)
 {
     if (count == 0)
         return cudaSuccess;
-    const unsigned g = blocks_for(count, 256);
     if (t == CU_BF16)
-        gelu_kernel<bf16><<<g, 256, 0, s>>>((bf16 *)x, count, erf);
+        gelu_launch<bf16>((bf16 *)y, (const bf16 *)x, count, erf, s);
     else
-        gelu_kernel<float><<<g, 256, 0, s>>>((float *)x, count, erf);
+        gelu_launch<float>((float *)y, (const float *)x, count, erf, s);
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t cu_swiglu(void *gate_up, enum cu_dtype t, uint32_t n, uint32_t f,
+template <typename T>
+static void swiglu_launch(T *h, size_t ldh, const T *gate_up, uint32_t n, uint32_t f, cudaStream_t s)
+{
+    constexpr uint32_t VW = 16 / sizeof(T);
+    dim3 g;
+    unsigned threads;
+    if (rows_vectorizable<T>(gate_up, f, 2 * (size_t)f) && rows_vectorizable<T>(h, f, ldh)) {
+        row_grid(&g, &threads, f / VW, n);
+        swiglu_kernel<T, VW><<<g, threads, 0, s>>>(h, ldh, gate_up, n, f);
+    } else {
+        row_grid(&g, &threads, f, n);
+        swiglu_kernel<T, 1><<<g, threads, 0, s>>>(h, ldh, gate_up, n, f);
+    }
+}
+
+extern "C" cudaError_t cu_swiglu(void *h, size_t ldh, const void *gate_up, enum cu_dtype t, uint32_t n, uint32_t f,
                                  cudaStream_t s)
 {
     if (n == 0 || f == 0)
         return cudaSuccess;
-    dim3 g;
-    unsigned threads;
-    if (t == CU_BF16 && rows_vectorizable<bf16>(gate_up, f, 2 * (size_t)f)) {
-        row_grid(&g, &threads, f / 8, n);
-        swiglu_kernel<bf16, 8><<<g, threads, 0, s>>>((bf16 *)gate_up, n, f);
-    } else if (t == CU_BF16) {
-        row_grid(&g, &threads, f, n);
-        swiglu_kernel<bf16, 1><<<g, threads, 0, s>>>((bf16 *)gate_up, n, f);
-    } else if (rows_vectorizable<float>(gate_up, f, 2 * (size_t)f)) {
-        row_grid(&g, &threads, f / 4, n);
-        swiglu_kernel<float, 4><<<g, threads, 0, s>>>((float *)gate_up, n, f);
-    } else {
-        row_grid(&g, &threads, f, n);
-        swiglu_kernel<float, 1><<<g, threads, 0, s>>>((float *)gate_up, n, f);
-    }
+    if (t == CU_BF16)
+        swiglu_launch<bf16>((bf16 *)h, ldh, (const bf16 *)gate_up, n, f, s);
+    else
+        swiglu_launch<float>((float *)h, ldh, (const float *)gate_up, n, f, s);
     return cudaGetLastError();
 }
 

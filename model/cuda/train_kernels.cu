@@ -142,23 +142,33 @@ __global__ void norm_backward_reduce(float *dw, float *db, const float *partial,
 
 /* ---- elementwise ---- */
 
-template <typename T> __global__ void gelu_backward_kernel(T *d, const T *pre, size_t count, bool erf)
+/* dx = dy · gelu'(pre), VW values per item (16-byte accesses when VW · sizeof(T) = 16); dx may be
+ * dy. */
+template <typename T, uint32_t VW>
+__global__ void gelu_backward_kernel(T *dx, const T *dy, const T *pre, size_t items, bool erf)
 {
     const float k = 0.7978845608028654f;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < items;
          i += (size_t)gridDim.x * blockDim.x) {
-        const float x = to_f(pre[i]);
-        float slope;
-        if (erf) {
-            slope = 0.5f * (1.0f + erff(x * 0.70710678118654752f)) +
-                    x * 0.3989422804014327f * expf(-0.5f * x * x);
-        } else {
-            const float u = k * (x + 0.044715f * x * x * x);
-            /* tanh(u) = 1 − 2/(1 + e^(2u)), as the CPU evaluates it */
-            const float t = 1.0f - 2.0f / (1.0f + expf(2.0f * u));
-            slope = 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k * (1.0f + 3.0f * 0.044715f * x * x);
+        float x[VW], d[VW];
+        load_vec<T, VW>(x, pre + i * VW);
+        load_vec<T, VW>(d, dy + i * VW);
+#pragma unroll
+        for (uint32_t j = 0; j < VW; j++) {
+            float slope;
+            if (erf) {
+                slope = 0.5f * (1.0f + erff(x[j] * 0.70710678118654752f)) +
+                        x[j] * 0.3989422804014327f * expf(-0.5f * x[j] * x[j]);
+            } else {
+                const float u = k * (x[j] + 0.044715f * x[j] * x[j] * x[j]);
+                /* tanh(u) = 1 − 2/(1 + e^(2u)), as the CPU evaluates it */
+                const float t = 1.0f - 2.0f / (1.0f + expf(2.0f * u));
+                slope = 0.5f * (1.0f + t) +
+                        0.5f * x[j] * (1.0f - t * t) * k * (1.0f + 3.0f * 0.044715f * x[j] * x[j]);
+            }
+            d[j] *= slope;
         }
-        d[i] = from_f<T>(to_f(d[i]) * slope);
+        store_vec<T, VW>(dx + i * VW, d);
     }
 }
 
@@ -489,16 +499,26 @@ extern "C" cudaError_t cu_norm_backward(float *dx, float *dw, float *db, const v
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t cu_gelu_backward(void *d, const void *pre, enum cu_dtype t, size_t count,
+/* 16-byte items when the three buffers are aligned and count divides, else one value per item. */
+template <typename T>
+static void gelu_backward_launch(T *dx, const T *dy, const T *pre, size_t count, bool erf, cudaStream_t s)
+{
+    constexpr uint32_t VW = 16 / sizeof(T);
+    if (((uintptr_t)dx | (uintptr_t)dy | (uintptr_t)pre) % 16 == 0 && count % VW == 0)
+        gelu_backward_kernel<T, VW><<<blocks_for(count / VW, 256), 256, 0, s>>>(dx, dy, pre, count / VW, erf);
+    else
+        gelu_backward_kernel<T, 1><<<blocks_for(count, 256), 256, 0, s>>>(dx, dy, pre, count, erf);
+}
+
+extern "C" cudaError_t cu_gelu_backward(void *dx, const void *dy, const void *pre, enum cu_dtype t, size_t count,
                                         bool erf, cudaStream_t s)
 {
     if (count == 0)
         return cudaSuccess;
-    const unsigned g = blocks_for(count, 256);
     if (t == CU_BF16)
-        gelu_backward_kernel<bf16><<<g, 256, 0, s>>>((bf16 *)d, (const bf16 *)pre, count, erf);
+        gelu_backward_launch<bf16>((bf16 *)dx, (const bf16 *)dy, (const bf16 *)pre, count, erf, s);
     else
-        gelu_backward_kernel<float><<<g, 256, 0, s>>>((float *)d, (const float *)pre, count, erf);
+        gelu_backward_launch<float>((float *)dx, (const float *)dy, (const float *)pre, count, erf, s);
     return cudaGetLastError();
 }
 

@@ -149,23 +149,35 @@ static void test_gelu_backward(void **state)
 {
     (void)state;
     struct test_rng r = {12};
-    const size_t count = 45 * 400 + 7;
-    float *pre = malloc(count * sizeof(float)), *d = malloc(count * sizeof(float));
-    float *ref = malloc(count * sizeof(float)), *got = malloc(count * sizeof(float));
-    for (int mi = 0; mi < 2; mi++) {
-        const enum cu_dtype t = test_modes[mi];
-        test_fill(pre, count, 2.0f, &r);
-        test_fill(d, count, 1.0f, &r);
-        test_round(pre, count, t);
-        test_round(d, count, t);
-        for (int erf = 0; erf < 2; erf++) {
-            void *dd = test_upload(d, count, t), *dpre = test_upload(pre, count, t);
-            CUDA_OK(cu_gelu_backward(dd, dpre, t, count, erf, stream));
-            test_download(got, dd, count, t);
-            memcpy(ref, d, count * sizeof(float));
-            op_gelu_backward(ref, pre, count, erf ? MODEL_ACT_GELU_ERF : MODEL_ACT_GELU_TANH, 1);
-            TEST_WITHIN(erf ? "gelu erf bwd" : "gelu tanh bwd", t, test_rel_err(got, ref, count), test_bound_for(t, 1e-5, 4e-3));
-            cudaFree(dd), cudaFree(dpre);
+    /* an odd count: one value per item; a multiple of 8: 16-byte items; dx = dy and dx ≠ dy */
+    const size_t counts[2] = {45 * 400 + 7, 45 * 400}, most = counts[0];
+    float *pre = malloc(most * sizeof(float)), *d = malloc(most * sizeof(float));
+    float *ref = malloc(most * sizeof(float)), *got = malloc(most * sizeof(float));
+    for (int ci = 0; ci < 2; ci++) {
+        const size_t count = counts[ci];
+        for (int mi = 0; mi < 2; mi++) {
+            const enum cu_dtype t = test_modes[mi];
+            test_fill(pre, count, 2.0f, &r);
+            test_fill(d, count, 1.0f, &r);
+            test_round(pre, count, t);
+            test_round(d, count, t);
+            for (int erf = 0; erf < 2; erf++) {
+                memcpy(ref, d, count * sizeof(float));
+                op_gelu_backward(ref, pre, count, erf ? MODEL_ACT_GELU_ERF : MODEL_ACT_GELU_TANH, 1);
+                for (int in_place = 1; in_place >= 0; in_place--) {
+                    void *dd = test_upload(d, count, t), *dpre = test_upload(pre, count, t);
+                    void *dx = in_place ? dd : test_poisoned(count, t);
+                    CUDA_OK(cu_gelu_backward(dx, dd, dpre, t, count, erf, stream));
+                    test_download(got, dx, count, t);
+                    char label[64];
+                    snprintf(label, sizeof label, "gelu %s bwd, %zu values%s", erf ? "erf" : "tanh", count,
+                             in_place ? "" : ", dx ≠ dy");
+                    TEST_WITHIN(label, t, test_rel_err(got, ref, count), test_bound_for(t, 1e-5, 4e-3));
+                    if (!in_place)
+                        cudaFree(dx);
+                    cudaFree(dd), cudaFree(dpre);
+                }
+            }
         }
     }
     free(pre), free(d), free(ref), free(got);

@@ -301,6 +301,13 @@ static void test_errors(void **state)
     o.residual_bf16 = true; /* bf16 precision only */
     assert_null(model_cuda_create(m, &o, err, sizeof err));
     printf("  refused: %s\n", err);
+    o.precision = MODEL_PRECISION_BF16;
+    o.residual_bf16 = false;
+    setenv("NETLM_CUDA_SWIGLU_GEMM", "c9", 1); /* no such kernel variant */
+    assert_null(model_cuda_create(m, &o, err, sizeof err));
+    printf("  refused: %s\n", err);
+    assert_non_null(strstr(err, "NETLM_CUDA_SWIGLU_GEMM"));
+    setenv("NETLM_CUDA_SWIGLU_GEMM", "1", 1);
     model_free(m);
 }
 
@@ -312,6 +319,9 @@ int main(void)
         printf("model_device_parse is wrong\n");
         return 1;
     }
+    /* Qwen2 cases whose ffn is a multiple of 128 run the up GEMM with the SwiGLU in its epilogue
+     * (on Hopper), the others cuBLASLt's GEMM and the separate pass */
+    setenv("NETLM_CUDA_SWIGLU_GEMM", "1", 1);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fp32),
         cmocka_unit_test(test_bf16),

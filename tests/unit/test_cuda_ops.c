@@ -174,12 +174,18 @@ static void test_gemm_swiglu(void **state)
     /* unsupported sizes are refused, not run */
     assert_false(cu_gemm_swiglu_supported(device, 64, 100));
     assert_false(cu_gemm_swiglu_supported(device, 60, 128));
-    struct test_rng r = {7};
-    gemm_swiglu_case(1, 64, 128, 64, &r);       /* one row: a tile of 127 zero-filled rows */
-    gemm_swiglu_case(300, 200, 256, 200, &r);   /* rows and K not multiples of the tile */
-    gemm_swiglu_case(129, 896, 384, 904, &r);   /* Qwen2's K, x with a wider row stride */
-    if (!test_cuda_quick())
-        gemm_swiglu_case(4096, 896, 1024, 896, &r); /* more tiles than multiprocessors */
+    assert_false(cu_gemm_swiglu_select("no such variant"));
+    for (unsigned v = 0; cu_gemm_swiglu_variant(v); v++) {
+        assert_true(cu_gemm_swiglu_select(cu_gemm_swiglu_variant(v)));
+        printf(" variant %s\n", cu_gemm_swiglu_variant(v));
+        struct test_rng r = {7};
+        gemm_swiglu_case(1, 64, 128, 64, &r);     /* one row: a tile of 127 zero-filled rows */
+        gemm_swiglu_case(300, 200, 256, 200, &r); /* rows and K not multiples of the tile */
+        gemm_swiglu_case(129, 896, 384, 904, &r); /* Qwen2's K, x with a wider row stride */
+        if (!test_cuda_quick())
+            gemm_swiglu_case(4096, 896, 1024, 896, &r); /* more tiles than multiprocessors */
+    }
+    assert_true(cu_gemm_swiglu_select(cu_gemm_swiglu_variant(0)));
 }
 
 /* ---- embedding, norms, elementwise ---- */
@@ -297,24 +303,43 @@ static void elementwise_case(uint32_t f, struct test_rng *rng)
         test_fill(x, count, 2.0f, &r);
         test_round(x, count, t);
         for (int erf = 0; erf < 2; erf++) {
-            void *d = test_upload(x, count, t);
-            CUDA_OK(cu_gelu(d, t, count, erf, stream));
-            test_download(got, d, count, t);
             memcpy(ref, x, count * sizeof(float));
             op_gelu(ref, count, erf ? MODEL_ACT_GELU_ERF : MODEL_ACT_GELU_TANH, 1);
-            TEST_WITHIN(erf ? "gelu erf" : "gelu tanh", t, test_rel_err(got, ref, count), test_bound_for(t, 1e-5, 4e-3));
-            cudaFree(d);
+            for (int in_place = 1; in_place >= 0; in_place--) {
+                void *d = test_upload(x, count, t), *y = in_place ? d : test_poisoned(count, t);
+                CUDA_OK(cu_gelu(y, d, t, count, erf, stream));
+                test_download(got, y, count, t);
+                char label[64];
+                snprintf(label, sizeof label, "gelu %s%s", erf ? "erf" : "tanh", in_place ? "" : " (y ≠ x)");
+                TEST_WITHIN(label, t, test_rel_err(got, ref, count), test_bound_for(t, 1e-5, 4e-3));
+                if (!in_place)
+                    cudaFree(y);
+                cudaFree(d);
+            }
         }
+        memcpy(ref, x, count * sizeof(float));
+        op_swiglu(ref, n, f, 1);
         {
             void *d = test_upload(x, count, t);
-            CUDA_OK(cu_swiglu(d, t, n, f, stream));
+            CUDA_OK(cu_swiglu(d, 2 * (size_t)f, d, t, n, f, stream));
             test_download(got, d, count, t);
-            memcpy(ref, x, count * sizeof(float));
-            op_swiglu(ref, n, f, 1);
             /* only the gate halves are outputs; the up halves must be untouched */
             TEST_WITHIN(f % 8 ? "swiglu (whole rows), odd f" : "swiglu (whole rows)", t,
                         test_rel_err(got, ref, count), test_bound_for(t, 1e-5, 4e-3));
             cudaFree(d);
+        }
+        {
+            /* into packed [n, f] rows of another buffer */
+            void *d = test_upload(x, count, t), *h = test_poisoned((size_t)n * f, t);
+            CUDA_OK(cu_swiglu(h, f, d, t, n, f, stream));
+            test_download(got, h, (size_t)n * f, t);
+            float *packed = malloc((size_t)n * f * sizeof(float));
+            for (uint32_t i = 0; i < n; i++)
+                memcpy(packed + (size_t)i * f, ref + (size_t)i * 2 * f, f * sizeof(float));
+            TEST_WITHIN(f % 8 ? "swiglu (packed h), odd f" : "swiglu (packed h)", t,
+                        test_rel_err(got, packed, (size_t)n * f), test_bound_for(t, 1e-5, 4e-3));
+            free(packed);
+            cudaFree(d), cudaFree(h);
         }
         {
             float *dx = test_upload(x, count, CU_F32);
