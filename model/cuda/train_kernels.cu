@@ -279,15 +279,16 @@ __device__ __forceinline__ void xent_merge(float &m, float &s, float mo, float s
 
 /* One block per row: pass 1 the online max and sum, pass 2 the gradient over the logits, into
  * grad (G: fp32 in place over z, or the bf16 operand of the backward GEMMs, which then need no
- * conversion pass over the logits). */
-template <typename G>
+ * conversion pass over the logits). VW logits per access (4: 16-byte loads and 8- or 16-byte
+ * stores, where the launcher found the rows aligned), the last v % VW one by one. */
+template <typename G, uint32_t VW>
 __global__ void softmax_xent_kernel(const float *z, size_t ld, G *grad, float *loss, const uint32_t *target,
                                     uint32_t v, float scale)
 {
     __shared__ float red_m[XENT_THREADS / 32], red_s[XENT_THREADS / 32];
     const float *row = z + (size_t)blockIdx.x * ld;
     G *grow = grad + (size_t)blockIdx.x * ld;
-    const uint32_t tgt = target[blockIdx.x];
+    const uint32_t tgt = target[blockIdx.x], vecs = v / VW;
     if (tgt >= v) { /* the whole block takes this branch: no barrier is skipped by some only */
         for (uint32_t j = threadIdx.x; j < v; j += blockDim.x)
             grow[j] = from_f<G>(0.0f);
@@ -297,13 +298,27 @@ __global__ void softmax_xent_kernel(const float *z, size_t ld, G *grad, float *l
     }
     const float target_logit = row[tgt]; /* read before the barrier below, written after it */
     float m = -INFINITY, s = 0.0f;
-    for (uint32_t j = threadIdx.x; j < v; j += blockDim.x) {
-        const float x = row[j];
-        if (x > m) {
-            s = s * expf(m - x) + 1.0f;
-            m = x;
-        } else if (m > -INFINITY) {
-            s += expf(x - m);
+    for (uint32_t i = threadIdx.x; i < vecs + (v - vecs * VW); i += blockDim.x) {
+        float x[VW];
+        uint32_t count = VW;
+        if (i < vecs) {
+            load_vec<float, VW>(x, row + (size_t)i * VW);
+        } else {
+            x[0] = row[vecs * VW + (i - vecs)];
+            count = 1;
+        }
+        float top = x[0];
+#pragma unroll
+        for (uint32_t k = 1; k < VW; k++)
+            top = k < count ? fmaxf(top, x[k]) : top;
+        if (top > m) {
+            s = m == -INFINITY ? 0.0f : s * expf(m - top);
+            m = top;
+        }
+        if (m > -INFINITY) {
+#pragma unroll
+            for (uint32_t k = 0; k < VW; k++)
+                s += k < count ? expf(x[k] - m) : 0.0f;
         }
     }
     for (int o = 16; o > 0; o >>= 1) {
@@ -323,12 +338,16 @@ __global__ void softmax_xent_kernel(const float *z, size_t ld, G *grad, float *l
     if (threadIdx.x == 0)
         loss[blockIdx.x] = (float)(log((double)sum) + (double)mx - (double)target_logit);
     const float k = scale / sum;
-    for (uint32_t j = threadIdx.x; j < v; j += blockDim.x) {
-        float g = expf(row[j] - mx) * k;
-        if (j == tgt)
-            g -= scale;
-        grow[j] = from_f<G>(g);
+    for (uint32_t i = threadIdx.x; i < vecs; i += blockDim.x) {
+        float g[VW];
+        load_vec<float, VW>(g, row + (size_t)i * VW);
+#pragma unroll
+        for (uint32_t e = 0; e < VW; e++)
+            g[e] = expf(g[e] - mx) * k - (i * VW + e == tgt ? scale : 0.0f);
+        store_vec<G, VW>(grow + (size_t)i * VW, g);
     }
+    for (uint32_t j = vecs * VW + threadIdx.x; j < v; j += blockDim.x)
+        grow[j] = from_f<G>(expf(row[j] - mx) * k - (j == tgt ? scale : 0.0f));
 }
 
 /* ---- optimizer ---- */
@@ -636,11 +655,18 @@ extern "C" cudaError_t cu_softmax_xent(float *z, size_t ld, void *grad, enum cu_
 {
     if (rows == 0 || v == 0)
         return cudaSuccess;
-    if (grad_t == CU_BF16)
-        softmax_xent_kernel<bf16><<<rows, XENT_THREADS, 0, s>>>(z, ld, (bf16 *)grad, loss, target, v, scale);
+    /* 4 logits per access when every row starts 16-byte aligned (and its bf16 gradient 8-byte) */
+    const bool vec = ((uintptr_t)z | (uintptr_t)(grad ? grad : z)) % 16 == 0 && ld % 4 == 0;
+    if (grad_t == CU_BF16 && vec)
+        softmax_xent_kernel<bf16, 4><<<rows, XENT_THREADS, 0, s>>>(z, ld, (bf16 *)grad, loss, target, v, scale);
+    else if (grad_t == CU_BF16)
+        softmax_xent_kernel<bf16, 1><<<rows, XENT_THREADS, 0, s>>>(z, ld, (bf16 *)grad, loss, target, v, scale);
+    else if (vec)
+        softmax_xent_kernel<float, 4><<<rows, XENT_THREADS, 0, s>>>(z, ld, grad ? (float *)grad : z, loss,
+                                                                    target, v, scale);
     else
-        softmax_xent_kernel<float><<<rows, XENT_THREADS, 0, s>>>(z, ld, grad ? (float *)grad : z, loss,
-                                                                 target, v, scale);
+        softmax_xent_kernel<float, 1><<<rows, XENT_THREADS, 0, s>>>(z, ld, grad ? (float *)grad : z, loss,
+                                                                    target, v, scale);
     return cudaGetLastError();
 }
 

@@ -413,9 +413,11 @@ static void test_head_backward(void **state)
 
 /* ---- loss ---- */
 
-static void xent_case(uint32_t rows, uint32_t V, struct test_rng *r)
+/* aligned: rows on the trainer's stride (V rounded up to 128: 4 logits per access, the last V % 4
+ * one by one); else V + 5 (one logit per access). */
+static void xent_case(uint32_t rows, uint32_t V, bool aligned, struct test_rng *r)
 {
-    const size_t ld = (size_t)V + 5, total = rows * ld;
+    const size_t ld = aligned ? ((size_t)V + 127) / 128 * 128 : (size_t)V + 5, total = rows * ld;
     float *z = malloc(total * sizeof(float)), *ref = malloc(total * sizeof(float));
     float *got = malloc(total * sizeof(float)), *loss = malloc(rows * sizeof(float));
     float *ref_loss = malloc(rows * sizeof(float));
@@ -441,10 +443,10 @@ static void xent_case(uint32_t rows, uint32_t V, struct test_rng *r)
     CUDA_OK(cu_softmax_xent(dz, ld, NULL, CU_F32, dloss, dtarget, rows, V, scale, stream));
     test_download(got, dz, total, CU_F32);
     test_download(loss, dloss, rows, CU_F32);
-    char label[64];
-    snprintf(label, sizeof label, "softmax xent grad v=%u (pad kept)", V);
+    char label[96];
+    snprintf(label, sizeof label, "softmax xent grad v=%u ld %zu (pad kept)", V, ld);
     TEST_WITHIN(label, CU_F32, test_rel_err(got, ref, total), 1e-5);
-    snprintf(label, sizeof label, "softmax xent loss v=%u", V);
+    snprintf(label, sizeof label, "softmax xent loss v=%u ld %zu", V, ld);
     TEST_WITHIN(label, CU_F32, test_rel_err(loss, ref_loss, rows), 1e-5);
     /* the gradient into a bf16 operand, z left as it was: the same loss, the gradient rounded */
     float *dz2 = test_upload(z, total, CU_F32);
@@ -460,21 +462,21 @@ static void xent_case(uint32_t rows, uint32_t V, struct test_rng *r)
                 worst = isnan(d) ? INFINITY : d;
             grad_max = fabs(ref[i * ld + j]) > grad_max ? fabs(ref[i * ld + j]) : grad_max;
         }
-    snprintf(label, sizeof label, "softmax xent bf16 grad v=%u", V);
+    snprintf(label, sizeof label, "softmax xent bf16 grad v=%u ld %zu", V, ld);
     TEST_WITHIN(label, CU_BF16, worst / grad_max, 8e-3);
     float *pad_ref = malloc(total * sizeof(float)); /* the bf16 upload's pad: z rounded */
     memcpy(pad_ref, got, total * sizeof(float));
     for (uint32_t i = 0; i < rows; i++)
         for (uint32_t j = V; j < ld; j++)
             pad_ref[i * ld + j] = cu_bf16_to_f32(cu_f32_to_bf16(z[i * ld + j]));
-    snprintf(label, sizeof label, "softmax xent bf16 grad v=%u: pad kept", V);
+    snprintf(label, sizeof label, "softmax xent bf16 grad v=%u ld %zu: pad kept", V, ld);
     TEST_WITHIN(label, CU_BF16, test_rel_err(got, pad_ref, total), 0.0);
     free(pad_ref);
     test_download(got, dz2, total, CU_F32);
-    snprintf(label, sizeof label, "softmax xent bf16 grad v=%u: logits untouched", V);
+    snprintf(label, sizeof label, "softmax xent bf16 grad v=%u ld %zu: logits untouched", V, ld);
     TEST_WITHIN(label, CU_F32, test_rel_err(got, z, total), 0.0);
     test_download(loss, dloss, rows, CU_F32);
-    snprintf(label, sizeof label, "softmax xent bf16 grad v=%u: loss", V);
+    snprintf(label, sizeof label, "softmax xent bf16 grad v=%u ld %zu: loss", V, ld);
     TEST_WITHIN(label, CU_F32, test_rel_err(loss, ref_loss, rows), 1e-5);
     cudaFree(dz), cudaFree(dz2), cudaFree(dgrad), cudaFree(dloss), cudaFree(dtarget);
     free(z), free(ref), free(got), free(loss), free(ref_loss), free(target);
@@ -484,11 +486,14 @@ static void test_softmax_xent(void **state)
 {
     (void)state;
     struct test_rng r = {17};
-    xent_case(7, 37, &r);
-    xent_case(9, 1000, &r);
-    xent_case(5, 50021, &r);
+    xent_case(7, 37, false, &r);
+    xent_case(9, 1000, false, &r);
+    xent_case(5, 50021, false, &r);
+    xent_case(7, 37, true, &r);
+    xent_case(6, 1003, true, &r);
+    xent_case(5, 60005, true, &r);
     if (!test_cuda_quick())
-        xent_case(4, 151936, &r);
+        xent_case(4, 151936, false, &r);
 }
 
 /* ---- optimizer ---- */
