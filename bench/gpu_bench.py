@@ -28,7 +28,7 @@ ignore_sep): ms per generate call and new tokens per second. Eager uses the defa
 cache; "compile" is cache_implementation="static", with which generate compiles the decode step
 itself (torch.compile, CUDA graphs), after the other compiled modes while --budget-s lasts.
 
-usage: gpu_bench.py [--out FILE] [--runs N] [--budget-s S] [--only SUBSTRING] [--no-compile] [--no-train]
+usage: gpu_bench.py [--out FILE] [--runs N] [--budget-s S] [--only SUBSTRING[,SUBSTRING...]] [--no-compile] [--no-train]
 """
 import argparse
 import json
@@ -260,7 +260,12 @@ def main():
                 json.dump(results, f, indent=1)
 
     record(env)
-    cases = [c for c in CASES if not args.only or args.only in c[0]]
+    wanted = args.only.split(",") if args.only else None
+
+    def chosen(name):
+        return not wanted or any(w in name for w in wanted)
+
+    cases = [c for c in CASES if chosen(c[0])]
     models = {}
 
     def model_for(case):
@@ -288,7 +293,7 @@ def main():
             record(r)
     models.clear()
     torch.cuda.empty_cache()
-    for case in ([] if args.no_train else [c for c in TRAIN_CASES if not args.only or args.only in c[0]]):
+    for case in ([] if args.no_train else [c for c in TRAIN_CASES if chosen(c[0])]):
         try:
             ms = train_tokens_per_s(case, max(3, args.runs // 2))
             r = {"side": "torch", "case": case[0], "mode": "eager", "batch": case[8], "seq": case[9],
@@ -296,7 +301,7 @@ def main():
         except Exception as exc:  # noqa: BLE001
             r = {"side": "torch", "case": case[0], "mode": "eager", "error": repr(exc)[:300]}
         record(r)
-    gen_cases = [c for c in GEN_CASES if not args.only or args.only in c[0]]
+    gen_cases = [c for c in GEN_CASES if chosen(c[0])]
     with torch.inference_mode():
         for case in gen_cases:
             try:

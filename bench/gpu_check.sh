@@ -14,10 +14,10 @@
 #                                    (two calls of ~5-9 minutes each when one would not fit)
 #   NETLM_GPU_DEADLINE=S             end every stage by S seconds from the start (default 570)
 #   NETLM_GPU_TORCH=0                no PyTorch stage
-#   NETLM_GPU_TORCH_ONLY=train       PyTorch's cases whose name contains this (gpu_bench.py --only)
+#   NETLM_GPU_TORCH_ONLY=train,qwen  PyTorch's cases whose name contains one of these (gpu_bench.py --only)
 #   NETLM_GPU_ONLY=a,b,...           only these stages (and the build), by the names the summary
 #                                    gives: a rerun of what failed, or of what a change touched
-#   NETLM_GPU_CASES=qwen05b          netlm_model_bench's cases whose name contains this (--only)
+#   NETLM_GPU_CASES=qwen05b,train-   netlm_model_bench's cases whose name contains one of these (--only)
 #   NETLM_GPU_CTEST_EXCLUDE=regex    CUDA tests left out of ctest-cuda (ctest -E)
 #   NETLM_GPU_GEMMS=qwen-mlp         netlm_gemm_bench's cases whose name contains this (--only)
 #   NETLM_GPU_SWIGLU_VARIANT=c2      the fused SwiGLU GEMM's variant in the swiglu-fused variant

@@ -5,7 +5,7 @@
  *   netlm_model_bench --arch gpt2|qwen2 [--threads N] [--runs N]
  *   netlm_model_bench --qwen05b-rss [--threads N]   (peak RSS of a Qwen2.5-0.5B-sized forward)
  *   netlm_model_bench --train --arch gpt2|qwen2 [--threads N]  (training steps, batch 32 x 128)
- *   netlm_model_bench --device cuda[:N] [--only NAME] [--precision bf16|fp32] [--residual-bf16]
+ *   netlm_model_bench --device cuda[:N] [--only NAME[,NAME...]] [--precision bf16|fp32] [--residual-bf16]
  *                     [--runs N] [--profile]
  *   netlm_model_bench --device cuda[:N] --train [--precision bf16|fp32] [--dropout P] [--runs N]
  *     (training steps on the GPU; each case trains with the dropout PyTorch's model has in
@@ -318,13 +318,30 @@ _Static_assert(sizeof cuda_train_dropout / sizeof cuda_train_dropout[0] ==
                    sizeof cuda_train_cases / sizeof cuda_train_cases[0],
                "one dropout per training case");
 
+/* --only NAME[,NAME...]: whether a case's name contains one of the comma-separated parts (all
+ * cases without --only). */
+static bool case_chosen(const char *name, const char *only)
+{
+    if (!only)
+        return true;
+    for (const char *part = only; *part;) {
+        const char *comma = strchr(part, ',');
+        const size_t len = comma ? (size_t)(comma - part) : strlen(part);
+        for (const char *at = name; len && strlen(at) >= len; at++)
+            if (!strncmp(at, part, len))
+                return true;
+        part += len + (comma ? 1 : 0);
+    }
+    return false;
+}
+
 /* dropout < 0: each case's own (cuda_train_dropout); else this probability for all three. */
 static int cuda_train_bench(int device, const char *only, enum model_precision prec, int runs, float dropout)
 {
     int status = 0;
     for (size_t ci = 0; ci < sizeof cuda_train_cases / sizeof cuda_train_cases[0]; ci++) {
         const struct cuda_case *k = &cuda_train_cases[ci];
-        if (only && !strstr(k->name, only))
+        if (!case_chosen(k->name, only))
             continue;
         struct model_config c;
         cuda_case_config(k, &c);
@@ -391,7 +408,7 @@ static int cuda_bench(int device, const char *only, enum model_precision prec, b
     }
     for (size_t ci = 0; ci < sizeof cuda_cases / sizeof cuda_cases[0]; ci++) {
         const struct cuda_case *k = &cuda_cases[ci];
-        if (only && !strstr(k->name, only))
+        if (!case_chosen(k->name, only))
             continue;
         struct model_config c;
         cuda_case_config(k, &c);
@@ -575,7 +592,7 @@ static int gen_bench(int device, const char *only, enum model_precision prec, bo
     }
     for (size_t ci = 0; ci < sizeof gen_cases / sizeof gen_cases[0]; ci++) {
         const struct cuda_case *k = &gen_cases[ci];
-        if (only ? !strstr(k->name, only) : device < 0 && k->hidden > 256)
+        if (only ? !case_chosen(k->name, only) : device < 0 && k->hidden > 256)
             continue;
         struct model_config c;
         cuda_case_config(k, &c);

@@ -15,7 +15,7 @@
  * exactly, which test_cuda_train checks.
  *
  * Dropout (train_cuda_set_dropout) draws train/grad.c's masks on the device from the same
- * integer hash (cuda_device.cuh's twin of op_dropout_*), keyed per batch row by
+ * integer hash (model/dropout_hash.h, compiled for host and device), keyed per batch row by
  * op_dropout_stream(seed, sample_base + b): a GPU step with dropout is the CPU's step to
  * rounding, and the masks are recomputed in the backward pass rather than stored. With
  * residual dropout the o- and down-projections write their branch to a scratch buffer and one
