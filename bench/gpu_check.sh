@@ -172,8 +172,9 @@ grep -E "error|warning" "$log" | head -20 || true
 log=$OUT/tests.log
 : >"$log"
 cases=(${NETLM_GPU_CASES:+--only "$NETLM_GPU_CASES"})
-# (the unit tests against the CPU, then the training commands on the GPU: gpu_train_cli)
-verify ctest-cuda 240 "$log" ctest --test-dir "$build" -L cuda --output-on-failure --no-tests=error \
+# (the unit tests against the CPU, then the training commands on the GPU: gpu_train_cli; verbose:
+# the measured differences go into the log, not only the failures)
+verify ctest-cuda 240 "$log" ctest --test-dir "$build" -L cuda --verbose --no-tests=error \
     ${NETLM_GPU_CTEST_EXCLUDE:+-E "$NETLM_GPU_CTEST_EXCLUDE"}
 # ctest passes a skipped test too: the log must show that the tests ran
 if grep -q "Skipped" "$log"; then stage_done cuda-tests-ran skipped 0; fi
