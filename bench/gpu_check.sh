@@ -31,7 +31,7 @@
 #
 # Outputs ($OUT, 8 files): env.txt, build.log, tests.log (ctest and sanitizers), netlm.json
 # (JSON lines), torch.json, summary.txt, gpu_check.json (each stage's status and time), ncu.txt
-# (Nsight Compute on the fused SwiGLU GEMM). Each stage
+# (Nsight Compute on the fused SwiGLU GEMM and on Qwen2's attention, norms, RoPE and SwiGLU). Each stage
 # has its own time limit so the whole stays under 9.5 minutes and a slow stage cannot starve the
 # others; the exit status is non-zero when any stage failed.
 set -euo pipefail
@@ -192,6 +192,11 @@ command -v $ncu >/dev/null || ncu=/usr/local/cuda/bin/ncu
 bench ncu-swiglu 90 "$OUT/ncu.txt" $ncu --clock-control none -k regex:gemm_swiglu --launch-count 12 \
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section Occupancy \
     --section LaunchStats "$build/netlm_gemm_bench" --runs 1 --only fused
+# where Qwen2.5-0.5B's inference time goes apart from the GEMMs: one launch each of attention,
+# the norms, RoPE and the SwiGLU pass (first layer, inside the CUDA graph)
+bench ncu-qwen 90 "$OUT/ncu.txt" $ncu --clock-control none -k regex:'attn_tc|norm_kernel|rope_kernel|swiglu_kernel' \
+    --launch-count 5 --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+    --section Occupancy "$build/netlm_model_bench" --device cuda --only qwen05b-v60005-b256 --runs 1
 # generation with the device KV cache (model_cuda_generate), the gen-* cases of gpu_bench.py
 bench bench-generate 90 "$OUT/netlm.json" "$build/netlm_model_bench" "${cases[@]}" --device cuda --generate --runs 10
 # the engine as users run it: classify and replay on the GPU against the CPU
