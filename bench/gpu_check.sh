@@ -189,7 +189,7 @@ bench bench-gemm 60 "$OUT/netlm.json" "$build/netlm_gemm_bench" --runs 10 ${NETL
 # launches of each variant (clocks left as they are)
 ncu=ncu
 command -v $ncu >/dev/null || ncu=/usr/local/cuda/bin/ncu
-bench ncu-swiglu 90 "$OUT/ncu.txt" $ncu --clock-control none -k regex:gemm_swiglu --launch-count 12 \
+bench ncu-swiglu 90 "$OUT/ncu.txt" $ncu --clock-control none -k regex:gemm_swiglu --launch-count 18 \
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section Occupancy \
     --section LaunchStats "$build/netlm_gemm_bench" --runs 1 --only fused
 # where Qwen2.5-0.5B's inference time goes apart from the GEMMs: one launch each of attention,

@@ -16,9 +16,10 @@
  * Variants (cu_gemm_swiglu_select; model/cuda/NOTES.md has their timings): "c1", the plain
  * kernel; "c2", clusters of 2 CTAs on neighbouring row blocks of the same outputs that share the
  * W tile, each loading one half (gate or up rows) and multicasting it to both, so a CTA reads 32
- * of a stage's 48 KB from L2 — a stage is free again when the consumers of both CTAs have
- * released it (its empty barrier counts the warps of both); "-inflight", consumers that keep one
- * chunk's wgmma group running while they release the stage before it. */
+ * of a stage's 48 KB from L2; "c4", clusters of 2 × 2 CTAs that also share the x tile between
+ * neighbouring output tiles, 24 of 48 KB. A stage is free again when the consumers of every CTA
+ * of the cluster have released it (its empty barrier counts the warps of all). "-inflight":
+ * consumers that keep one chunk's wgmma group running while they release the stage before it. */
 #include <cuda.h>
 #include <cudaTypedefs.h>
 #include <cuda_bf16.h>
@@ -85,16 +86,14 @@ __device__ __forceinline__ void cluster_sync()
                  "barrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
 
-/* One box into the same place of the shared memory of every CTA of the cluster, each counting
- * it on its own barrier at bar's place. */
-template <uint32_t CLUSTER>
+/* One box into the same place of the shared memory of the cluster's CTAs in `ctas` (a bit per
+ * rank), each counting it on its own barrier at bar's place. */
 __device__ __forceinline__ void tma_load_multicast(void *dst, const CUtensorMap *map, uint32_t inner, uint32_t outer,
-                                                   uint64_t *bar)
+                                                   uint64_t *bar, uint16_t ctas)
 {
-    const uint16_t every_cta = (1u << CLUSTER) - 1;
     asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
                  " [%0], [%1, {%2, %3}], [%4], %5;" ::"r"(smem_addr(dst)),
-                 "l"((uint64_t)map), "r"(inner), "r"(outer), "r"(smem_addr(bar)), "h"(every_cta)
+                 "l"((uint64_t)map), "r"(inner), "r"(outer), "r"(smem_addr(bar)), "h"(ctas)
                  : "memory");
 }
 
@@ -167,23 +166,33 @@ __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_
  * rounding; for g < -88, e^-g is inf and the quotient 0, silu's limit. */
 __device__ __forceinline__ float silu(float g) { return __fdividef(g, 1.0f + __expf(-g)); }
 
-/* CLUSTER: CTAs sharing each W tile (1: none, every CTA loads all of it; 2: each loads half and
- * multicasts it). IN_FLIGHT: wgmma groups a consumer leaves running when it moves to the next
+/* A cluster is ROWS × OUTS CTAs: ROWS neighbouring row blocks of the same outputs share the W
+ * tile (each loads the gate or the up half, ROWS = 2, and multicasts it to the others), OUTS
+ * neighbouring output tiles of the same rows share the x tile (each loads 128 / OUTS of its rows
+ * and multicasts them). Rank r = row_sub + ROWS · out_sub. The x tensor map's box is
+ * 128 / OUTS rows. IN_FLIGHT: wgmma groups a consumer leaves running when it moves to the next
  * stage (0: it waits for each chunk's products before releasing the chunk's stage; 1: it keeps
- * the last chunk's running and releases the stage before). */
-template <uint32_t CLUSTER, int IN_FLIGHT>
+ * the last chunk's running and releases the stage before). Every consumer warp releases a stage
+ * in every CTA of the cluster, since up to three of them write into each CTA's stage. */
+template <uint32_t ROWS, uint32_t OUTS, int IN_FLIGHT>
 __global__ void __launch_bounds__(THREADS, 1)
     gemm_swiglu_kernel(const __grid_constant__ CUtensorMap x_map, const __grid_constant__ CUtensorMap w_map,
                        __nv_bfloat16 *h, uint32_t ldh, uint32_t n, uint32_t k, uint32_t f)
 {
+    static_assert((ROWS == 1 || ROWS == 2) && (OUTS == 1 || OUTS == 2), "clusters of 1, 2 or 2 × 2 CTAs");
+    constexpr uint32_t CLUSTER = ROWS * OUTS;
     extern __shared__ uint8_t smem_raw[];
     uint8_t *ring = (uint8_t *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
     uint64_t *full = (uint64_t *)(ring + STAGES * STAGE_BYTES), *empty = full + STAGES;
     const uint32_t warpgroup = threadIdx.x / 128, lane = threadIdx.x % 32, warp = (threadIdx.x % 128) / 32;
     const uint32_t rank = blockIdx.x % CLUSTER, cluster = blockIdx.x / CLUSTER, clusters = gridDim.x / CLUSTER;
-    const uint32_t out_tiles = f / TILE_OUT, row_blocks = (n + TILE_ROWS - 1) / TILE_ROWS;
-    const uint32_t groups = (row_blocks + CLUSTER - 1) / CLUSTER * out_tiles; /* of CLUSTER tiles */
+    const uint32_t row_sub = rank % ROWS, out_sub = rank / ROWS;
+    const uint32_t out_groups = (f / TILE_OUT + OUTS - 1) / OUTS;
+    const uint32_t groups = ((n + TILE_ROWS - 1) / TILE_ROWS + ROWS - 1) / ROWS * out_groups; /* of CLUSTER tiles */
     const uint32_t chunks = (k + TILE_K - 1) / TILE_K;
+    /* the CTAs that share this one's x tile (same row_sub), and its W tile (same out_sub) */
+    const uint16_t x_sharers = OUTS == 1 ? 0 : (uint16_t)((1u << row_sub) | (1u << (row_sub + ROWS)));
+    const uint16_t w_sharers = ROWS == 1 ? 0 : (uint16_t)(3u << (out_sub * ROWS));
 
     if (threadIdx.x == 0) {
         for (uint32_t s = 0; s < STAGES; s++) {
@@ -198,21 +207,29 @@ __global__ void __launch_bounds__(THREADS, 1)
         if (threadIdx.x == 0) {
             uint32_t it = 0;
             for (uint32_t group = cluster; group < groups; group += clusters) {
-                const uint32_t row0 = (group / out_tiles * CLUSTER + rank) * TILE_ROWS;
-                const uint32_t out0 = group % out_tiles * TILE_OUT;
+                const uint32_t row0 = (group / out_groups * ROWS + row_sub) * TILE_ROWS;
+                const uint32_t out0 = (group % out_groups * OUTS + out_sub) * TILE_OUT;
                 for (uint32_t c = 0; c < chunks; c++, it++) {
                     const uint32_t s = it % STAGES;
                     barrier_wait(&empty[s], ((it / STAGES) & 1) ^ 1); /* the first pass finds it free */
                     uint8_t *xs = ring + s * STAGE_BYTES, *ws = xs + X_BYTES;
                     barrier_expect_bytes(&full[s], STAGE_BYTES);
-                    tma_load(xs, &x_map, c * TILE_K, row0, &full[s]);
-                    if constexpr (CLUSTER == 1) {
+                    if constexpr (OUTS == 1) {
+                        tma_load(xs, &x_map, c * TILE_K, row0, &full[s]);
+                    } else {
+                        /* this CTA's share of the x tile's rows to the CTAs on the same rows */
+                        const uint32_t part = TILE_ROWS / OUTS;
+                        tma_load_multicast(xs + out_sub * (X_BYTES / OUTS), &x_map, c * TILE_K, row0 + out_sub * part,
+                                           &full[s], x_sharers);
+                    }
+                    if constexpr (ROWS == 1) {
                         tma_load(ws, &w_map, c * TILE_K, out0, &full[s]);
                         tma_load(ws + W_BYTES / 2, &w_map, c * TILE_K, f + out0, &full[s]);
                     } else {
-                        /* this CTA's half of the W tile (gate rows, or up rows) to both CTAs */
-                        tma_load_multicast<CLUSTER>(ws + rank * (W_BYTES / 2), &w_map, c * TILE_K, rank * f + out0,
-                                                    &full[s]);
+                        /* this CTA's half of the W tile (gate rows, or up rows) to the CTAs on
+                         * the same outputs */
+                        tma_load_multicast(ws + row_sub * (W_BYTES / 2), &w_map, c * TILE_K, row_sub * f + out0,
+                                           &full[s], w_sharers);
                     }
                 }
             }
@@ -222,8 +239,8 @@ __global__ void __launch_bounds__(THREADS, 1)
         float d[128];
         uint32_t it = 0;
         for (uint32_t group = cluster; group < groups; group += clusters) {
-            const uint32_t row0 = (group / out_tiles * CLUSTER + rank) * TILE_ROWS;
-            const uint32_t out0 = group % out_tiles * TILE_OUT;
+            const uint32_t row0 = (group / out_groups * ROWS + row_sub) * TILE_ROWS;
+            const uint32_t out0 = (group % out_groups * OUTS + out_sub) * TILE_OUT;
             uint32_t previous = 0;
             for (uint32_t c = 0; c < chunks; c++, it++) {
                 const uint32_t s = it % STAGES;
@@ -256,6 +273,8 @@ __global__ void __launch_bounds__(THREADS, 1)
              * {0,1}; 4i + {2,3} eight rows lower. Columns 0..127 are gates, 128..255 their up
              * partners. */
             const uint32_t row = row0 + half * 64 + warp * 16 + lane / 4, col = out0 + 2 * (lane % 4);
+            if (out0 >= f) /* the odd last output tile of a 2 × 2 cluster's group: none */
+                continue;
 #pragma unroll
             for (uint32_t i = 0; i < 16; i++) {
                 const uint32_t r = 4 * i;
@@ -281,14 +300,17 @@ typedef void (*swiglu_kernel_fn)(CUtensorMap, CUtensorMap, __nv_bfloat16 *, uint
 struct variant {
     const char *name;
     swiglu_kernel_fn kernel;
-    uint32_t cluster;
+    uint32_t cluster; /* CTAs */
+    uint32_t outs;    /* of them on neighbouring output tiles, sharing x: its box is 128 / outs rows */
 };
 
 const variant variants[] = {
-    {"c1", gemm_swiglu_kernel<1, 0>, 1},
-    {"c1-inflight", gemm_swiglu_kernel<1, 1>, 1},
-    {"c2", gemm_swiglu_kernel<2, 0>, 2},
-    {"c2-inflight", gemm_swiglu_kernel<2, 1>, 2},
+    {"c1", gemm_swiglu_kernel<1, 1, 0>, 1, 1},
+    {"c1-inflight", gemm_swiglu_kernel<1, 1, 1>, 1, 1},
+    {"c2", gemm_swiglu_kernel<2, 1, 0>, 2, 1},
+    {"c2-inflight", gemm_swiglu_kernel<2, 1, 1>, 2, 1},
+    {"c4", gemm_swiglu_kernel<2, 2, 0>, 4, 2},
+    {"c4-inflight", gemm_swiglu_kernel<2, 2, 1>, 4, 2},
 };
 constexpr int VARIANTS = sizeof variants / sizeof variants[0];
 int selected = 0;
@@ -341,11 +363,11 @@ bool prepare(int device, int which)
     return true;
 }
 
-/* A 2-D bf16 tensor map of rows × cols (row stride ld elements) in boxes of 128 rows × 64. */
-bool tensor_map(CUtensorMap *map, const void *base, uint32_t rows, uint32_t cols, uint32_t ld)
+/* A 2-D bf16 tensor map of rows × cols (row stride ld elements) in boxes of box_rows rows × 64. */
+bool tensor_map(CUtensorMap *map, const void *base, uint32_t rows, uint32_t cols, uint32_t ld, uint32_t box_rows)
 {
     const cuuint64_t dims[2] = {cols, rows}, strides[1] = {(cuuint64_t)ld * 2};
-    const cuuint32_t box[2] = {TILE_K, 128}, unit[2] = {1, 1};
+    const cuuint32_t box[2] = {TILE_K, box_rows}, unit[2] = {1, 1};
     return encode_tiled(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, (void *)base, dims, strides, box, unit,
                         CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                         CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
@@ -401,7 +423,9 @@ extern "C" uint32_t cu_gemm_swiglu_grid(int device, uint32_t n, uint32_t f)
     if (device < 0 || device >= MAX_DEVICES || f < TILE_OUT)
         return 0;
     const variant &v = variants[selected];
-    const uint32_t groups = (n + v.cluster * TILE_ROWS - 1) / (v.cluster * TILE_ROWS) * (f / TILE_OUT);
+    const uint32_t rows = v.cluster / v.outs; /* row blocks per group */
+    const uint32_t groups =
+        (n + rows * TILE_ROWS - 1) / (rows * TILE_ROWS) * ((f / TILE_OUT + v.outs - 1) / v.outs);
     const uint32_t fit = resident_ctas[device][selected] / v.cluster;
     return (groups < fit ? groups : fit) * v.cluster;
 }
@@ -415,7 +439,8 @@ extern "C" cudaError_t cu_gemm_swiglu(void *h, uint32_t ldh, const void *x, uint
         ((uintptr_t)x | (uintptr_t)w) % 16 != 0 || (uintptr_t)h % 4 != 0)
         return cudaErrorInvalidValue;
     CUtensorMap x_map, w_map;
-    if (!tensor_map(&x_map, x, n, k, ldx) || !tensor_map(&w_map, w, 2 * f, k, k))
+    const variant &v = variants[selected];
+    if (!tensor_map(&x_map, x, n, k, ldx, TILE_ROWS / v.outs) || !tensor_map(&w_map, w, 2 * f, k, k, TILE_OUT))
         return cudaErrorInvalidValue;
     int device = 0;
     cudaError_t e = cudaGetDevice(&device);
@@ -424,7 +449,6 @@ extern "C" cudaError_t cu_gemm_swiglu(void *h, uint32_t ldh, const void *x, uint
     const uint32_t grid = cu_gemm_swiglu_grid(device, n, f);
     if (grid == 0)
         return cudaErrorInvalidValue; /* cu_gemm_swiglu_supported was not called for this device */
-    const variant &v = variants[selected];
     cudaLaunchAttribute attr;
     const cudaLaunchConfig_t launch = launch_config(v, grid, s, &attr);
     __nv_bfloat16 *out = (__nv_bfloat16 *)h;
