@@ -255,6 +255,8 @@ variant() { # name command...
 # Qwen2's up GEMM with the SwiGLU in its epilogue (gemm_swiglu.cu) instead of cuBLASLt and the pass
 variant swiglu-fused env NETLM_CUDA_SWIGLU_GEMM=${NETLM_GPU_SWIGLU_VARIANT:-1} "$build/netlm_model_bench" "${cases[@]}" \
     --device cuda --runs 10
+# grouped-query attention with one block per kv head's group (CU_ATTN_TC_GROUP) instead of one per query head
+variant attn-group env NETLM_CUDA_ATTN=group "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10
 variant residual-bf16 "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10 --residual-bf16
 variant profile "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 5 --profile
 variant train-profile env NETLM_CUDA_PROFILE=1 "$build/netlm_model_bench" "${cases[@]}" --device cuda --train --runs 3

@@ -272,13 +272,159 @@ __device__ __forceinline__ void load_tile_async(bf16 *tile, const bf16 *base, ui
     }
 }
 
+/* The A fragments of a warp's 16 query rows (rows 16·warp .. of the [64][D + 8] tile q), for the
+ * whole key walk. */
+template <uint32_t D>
+__device__ __forceinline__ void tc_q_fragments(uint32_t (&qa)[D / 16][4], const bf16 *q, uint32_t warp,
+                                               uint32_t lane)
+{
+    constexpr uint32_t LD = D + 8;
+    const uint32_t g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (uint32_t kk = 0; kk < D / 16; kk++) {
+        const bf16 *r0 = q + (warp * 16 + g) * LD + kk * 16 + 2 * t, *r1 = r0 + 8 * LD;
+        qa[kk][0] = *reinterpret_cast<const uint32_t *>(r0);
+        qa[kk][1] = *reinterpret_cast<const uint32_t *>(r1);
+        qa[kk][2] = *reinterpret_cast<const uint32_t *>(r0 + 8);
+        qa[kk][3] = *reinterpret_cast<const uint32_t *>(r1 + 8);
+    }
+}
+
+/* After the walk: the row sums over the quad, the log-sum-exp when lse, the rows of head h
+ * divided by their sums into out (row0 and row1 of the sequence starting at packed row start,
+ * those < len). */
+template <uint32_t D>
+__device__ __forceinline__ void tc_finish(bf16 *out, uint32_t ldo, float *lse, uint32_t start, uint32_t len,
+                                          uint32_t h, uint32_t heads, uint32_t row0, uint32_t row1,
+                                          uint32_t lane, const float (&o)[D / 8][4], float m0, float m1,
+                                          float l0, float l1)
+{
+    const uint32_t t = lane % 4;
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
+    if (lse && t == 0) { /* m is in the log2 domain: ln Σ e^s = ln 2 · (m + log2 l) */
+        if (row0 < len)
+            lse[(size_t)(start + row0) * heads + h] = (m0 + log2f(l0)) * 0.6931471805599453f;
+        if (row1 < len)
+            lse[(size_t)(start + row1) * heads + h] = (m1 + log2f(l1)) * 0.6931471805599453f;
+    }
+    store_acc_rows<D / 8>(out + (size_t)(start + row0) * ldo + (size_t)h * D + 2 * t, ldo, o, row0 < len,
+                          row1 < len, inv0, inv1);
+}
+
+/* One key tile of attn_tc's walk for a warp's 16 query rows (this thread's rows row0 and
+ * row1 = row0 + 8): S = Q·Kᵀ from the Q fragments qa and the key tile ks, the causal mask on the
+ * diagonal tile (diag), the online softmax update of (m, l) and o, the dropout of the
+ * probabilities (DROP), then O += P·V from the value tile vs. Keys k0 .. k0 + 63. */
+template <uint32_t D, bool DROP>
+__device__ __forceinline__ void tc_key_tile(const uint32_t (&qa)[D / 16][4], const bf16 *ks, const bf16 *vs,
+                                            uint32_t k0, bool diag, uint32_t row0, uint32_t row1, uint32_t len,
+                                            uint32_t lane, float scale_log2, uint64_t drop_key,
+                                            const cu_attn_dropout &drop, float (&o)[D / 8][4], float &m0,
+                                            float &m1, float &l0, float &l1)
+{
+    constexpr uint32_t LD = D + 8, KD = D / 16, ND = D / 8, NK = TC_BK / 8;
+    const uint32_t t = lane % 4, lrow = lane % 8, lblk = lane / 8;
+    float s[NK][4];
+#pragma unroll
+    for (uint32_t nt = 0; nt < NK; nt++) {
+        s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+        /* blocks: dims kk·16 + {0, 8, 16, 24} of keys nt·8.. → b0, b1 of k-steps kk, kk + 1 */
+        const bf16 *kr = ks + (nt * 8 + lrow) * LD + lblk * 8;
+#pragma unroll
+        for (uint32_t kk = 0; kk < KD; kk += 2) {
+            uint32_t kb[4];
+            ldmatrix_x4(kb, kr + kk * 16);
+            mma_bf16(s[nt], qa[kk], kb[0], kb[1]);
+            mma_bf16(s[nt], qa[kk + 1], kb[2], kb[3]);
+        }
+    }
+    /* scores in the log2 domain; the diagonal tile masks keys after the query */
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (uint32_t nt = 0; nt < NK; nt++) {
+#pragma unroll
+        for (uint32_t e = 0; e < 4; e++) {
+            const uint32_t key = k0 + nt * 8 + 2 * t + (e & 1), qrow = e < 2 ? row0 : row1;
+            float v = s[nt][e] * scale_log2;
+            if (diag && key > qrow)
+                v = -INFINITY;
+            s[nt][e] = v;
+        }
+        mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
+        mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
+    }
+    /* a row's values are spread over the 4 threads of a quad */
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    /* key k0 ≤ query on every tile walked (key 0 on the first), so these are finite */
+    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+    const float a0 = exp2f(m0 - mn0), a1 = exp2f(m1 - mn1);
+    m0 = mn0;
+    m1 = mn1;
+    float ls0 = 0.0f, ls1 = 0.0f;
+#pragma unroll
+    for (uint32_t nt = 0; nt < NK; nt++) {
+        s[nt][0] = exp2f(s[nt][0] - mn0);
+        s[nt][1] = exp2f(s[nt][1] - mn0);
+        s[nt][2] = exp2f(s[nt][2] - mn1);
+        s[nt][3] = exp2f(s[nt][3] - mn1);
+        ls0 += s[nt][0] + s[nt][1];
+        ls1 += s[nt][2] + s[nt][3];
+    }
+    l0 = l0 * a0 + ls0; /* per-thread partial sums, reduced over the quad at the end */
+    l1 = l1 * a1 + ls1;
+    if constexpr (DROP) {
+        /* the sums above are of the plain probabilities; P·V takes the masked ones (element
+         * e of tile nt: key k0 + nt·8 + 2t + (e & 1) of row0 for e < 2, else of row1) */
+#pragma unroll
+        for (uint32_t nt = 0; nt < NK; nt++) {
+#pragma unroll
+            for (uint32_t e = 0; e < 4; e++) {
+                const uint32_t key = k0 + nt * 8 + 2 * t + (e & 1), qrow = e < 2 ? row0 : row1;
+                if (qrow < len && key <= qrow)
+                    s[nt][e] *= dev_dropout_factor(drop_key, drop.threshold, drop.scale,
+                                                   (uint64_t)qrow * len + key);
+            }
+        }
+    }
+#pragma unroll
+    for (uint32_t dt = 0; dt < ND; dt++) {
+        o[dt][0] *= a0;
+        o[dt][1] *= a0;
+        o[dt][2] *= a1;
+        o[dt][3] *= a1;
+    }
+#pragma unroll
+    for (uint32_t kc = 0; kc < TC_BK / 16; kc++) {
+        const uint32_t pa[4] = {pack_bf16(s[2 * kc][0], s[2 * kc][1]),
+                                pack_bf16(s[2 * kc][2], s[2 * kc][3]),
+                                pack_bf16(s[2 * kc + 1][0], s[2 * kc + 1][1]),
+                                pack_bf16(s[2 * kc + 1][2], s[2 * kc + 1][3])};
+        /* blocks: keys kc·16 + {0, 8} × dims dt·8 + {0, 8} → b0, b1 of dim tiles dt, dt + 1 */
+        const bf16 *vr = vs + (kc * 16 + (lblk & 1) * 8 + lrow) * LD + (lblk >> 1) * 8;
+#pragma unroll
+        for (uint32_t dt = 0; dt < ND; dt += 2) {
+            uint32_t vb[4];
+            ldmatrix_x4_trans(vb, vr + dt * 8);
+            mma_bf16(o[dt], pa, vb[0], vb[1]);
+            mma_bf16(o[dt + 1], pa, vb[2], vb[3]);
+        }
+    }
+}
+
 template <uint32_t D, bool DROP>
 __global__ void __launch_bounds__(TC_THREADS)
 attn_tc(bf16 *out, uint32_t ldo, float *lse, const bf16 *qkv, uint32_t ldqkv,
         const uint32_t *seq_off, uint32_t heads, uint32_t kv_heads, float scale_log2,
         cu_attn_dropout drop)
 {
-    constexpr uint32_t LD = D + 8, KD = D / 16, ND = D / 8, NK = TC_BK / 8;
+    constexpr uint32_t LD = D + 8, KD = D / 16, ND = D / 8;
     extern __shared__ __align__(16) unsigned char tc_smem[];
     bf16 *const kbuf = reinterpret_cast<bf16 *>(tc_smem); /* [2][TC_BK * LD]; Q first in [0] */
     bf16 *const vbuf = kbuf + 2 * TC_BK * LD;             /* [2][TC_BK * LD] */
@@ -293,7 +439,7 @@ attn_tc(bf16 *out, uint32_t ldo, float *lse, const bf16 *qkv, uint32_t ldqkv,
     const bf16 *qbase = rows + (size_t)h * D;
     const bf16 *kbase = rows + (size_t)(heads + kvh) * D;
     const bf16 *vbase = rows + (size_t)(heads + kv_heads + kvh) * D;
-    const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
     uint64_t drop_key = 0;
     if constexpr (DROP)
         drop_key = dev_drop_key(drop.seq_key[b], drop.layer, 1, h);
@@ -305,14 +451,7 @@ attn_tc(bf16 *out, uint32_t ldo, float *lse, const bf16 *qkv, uint32_t ldqkv,
     load_tile<D>(kbuf + TC_BK * LD, qbase, ldqkv, q0, len);
     __syncthreads();
     uint32_t qa[KD][4];
-#pragma unroll
-    for (uint32_t kk = 0; kk < KD; kk++) {
-        const bf16 *r0 = kbuf + TC_BK * LD + (warp * 16 + g) * LD + kk * 16 + 2 * t, *r1 = r0 + 8 * LD;
-        qa[kk][0] = *reinterpret_cast<const uint32_t *>(r0);
-        qa[kk][1] = *reinterpret_cast<const uint32_t *>(r1);
-        qa[kk][2] = *reinterpret_cast<const uint32_t *>(r0 + 8);
-        qa[kk][3] = *reinterpret_cast<const uint32_t *>(r1 + 8);
-    }
+    tc_q_fragments<D>(qa, kbuf + TC_BK * LD, warp, lane);
 
     float o[ND][4];
 #pragma unroll
@@ -321,8 +460,6 @@ attn_tc(bf16 *out, uint32_t ldo, float *lse, const bf16 *qkv, uint32_t ldqkv,
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
     const uint32_t row0 = q0 + warp * 16 + g, row1 = row0 + 8; /* this thread's two query rows */
 
-    /* ldmatrix row addresses of this lane: block lane / 8, row lane % 8 */
-    const uint32_t lrow = lane % 8, lblk = lane / 8;
     for (uint32_t kt = 0; kt <= qt; kt++) {
         const uint32_t k0 = kt * TC_BK;
         const bf16 *ks = kbuf + (kt & 1) * TC_BK * LD, *vs = vbuf + (kt & 1) * TC_BK * LD;
@@ -337,110 +474,11 @@ attn_tc(bf16 *out, uint32_t ldo, float *lse, const bf16 *qkv, uint32_t ldqkv,
         }
         __syncthreads();
 
-        float s[NK][4];
-#pragma unroll
-        for (uint32_t nt = 0; nt < NK; nt++) {
-            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-            /* blocks: dims kk·16 + {0, 8, 16, 24} of keys nt·8.. → b0, b1 of k-steps kk, kk + 1 */
-            const bf16 *kr = ks + (nt * 8 + lrow) * LD + lblk * 8;
-#pragma unroll
-            for (uint32_t kk = 0; kk < KD; kk += 2) {
-                uint32_t kb[4];
-                ldmatrix_x4(kb, kr + kk * 16);
-                mma_bf16(s[nt], qa[kk], kb[0], kb[1]);
-                mma_bf16(s[nt], qa[kk + 1], kb[2], kb[3]);
-            }
-        }
-        /* scores in the log2 domain; the diagonal tile masks keys after the query */
-        const bool diag = kt == qt;
-        float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-        for (uint32_t nt = 0; nt < NK; nt++) {
-#pragma unroll
-            for (uint32_t e = 0; e < 4; e++) {
-                const uint32_t key = k0 + nt * 8 + 2 * t + (e & 1), qrow = e < 2 ? row0 : row1;
-                float v = s[nt][e] * scale_log2;
-                if (diag && key > qrow)
-                    v = -INFINITY;
-                s[nt][e] = v;
-            }
-            mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
-            mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
-        }
-        /* a row's values are spread over the 4 threads of a quad */
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-        /* key k0 ≤ query on every tile walked (key 0 on the first), so these are finite */
-        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-        const float a0 = exp2f(m0 - mn0), a1 = exp2f(m1 - mn1);
-        m0 = mn0;
-        m1 = mn1;
-        float ls0 = 0.0f, ls1 = 0.0f;
-#pragma unroll
-        for (uint32_t nt = 0; nt < NK; nt++) {
-            s[nt][0] = exp2f(s[nt][0] - mn0);
-            s[nt][1] = exp2f(s[nt][1] - mn0);
-            s[nt][2] = exp2f(s[nt][2] - mn1);
-            s[nt][3] = exp2f(s[nt][3] - mn1);
-            ls0 += s[nt][0] + s[nt][1];
-            ls1 += s[nt][2] + s[nt][3];
-        }
-        l0 = l0 * a0 + ls0; /* per-thread partial sums, reduced over the quad at the end */
-        l1 = l1 * a1 + ls1;
-        if constexpr (DROP) {
-            /* the sums above are of the plain probabilities; P·V takes the masked ones (element
-             * e of tile nt: key k0 + nt·8 + 2t + (e & 1) of row0 for e < 2, else of row1) */
-#pragma unroll
-            for (uint32_t nt = 0; nt < NK; nt++) {
-#pragma unroll
-                for (uint32_t e = 0; e < 4; e++) {
-                    const uint32_t key = k0 + nt * 8 + 2 * t + (e & 1), qrow = e < 2 ? row0 : row1;
-                    if (qrow < len && key <= qrow)
-                        s[nt][e] *= dev_dropout_factor(drop_key, drop.threshold, drop.scale,
-                                                       (uint64_t)qrow * len + key);
-                }
-            }
-        }
-#pragma unroll
-        for (uint32_t dt = 0; dt < ND; dt++) {
-            o[dt][0] *= a0;
-            o[dt][1] *= a0;
-            o[dt][2] *= a1;
-            o[dt][3] *= a1;
-        }
-#pragma unroll
-        for (uint32_t kc = 0; kc < TC_BK / 16; kc++) {
-            const uint32_t pa[4] = {pack_bf16(s[2 * kc][0], s[2 * kc][1]),
-                                    pack_bf16(s[2 * kc][2], s[2 * kc][3]),
-                                    pack_bf16(s[2 * kc + 1][0], s[2 * kc + 1][1]),
-                                    pack_bf16(s[2 * kc + 1][2], s[2 * kc + 1][3])};
-            /* blocks: keys kc·16 + {0, 8} × dims dt·8 + {0, 8} → b0, b1 of dim tiles dt, dt + 1 */
-            const bf16 *vr = vs + (kc * 16 + (lblk & 1) * 8 + lrow) * LD + (lblk >> 1) * 8;
-#pragma unroll
-            for (uint32_t dt = 0; dt < ND; dt += 2) {
-                uint32_t vb[4];
-                ldmatrix_x4_trans(vb, vr + dt * 8);
-                mma_bf16(o[dt], pa, vb[0], vb[1]);
-                mma_bf16(o[dt + 1], pa, vb[2], vb[3]);
-            }
-        }
+        tc_key_tile<D, DROP>(qa, ks, vs, k0, kt == qt, row0, row1, len, lane, scale_log2, drop_key, drop, o, m0, m1,
+                             l0, l1);
     }
 
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
-    if (lse && t == 0) { /* m is in the log2 domain: ln Σ e^s = ln 2 · (m + log2 l) */
-        if (row0 < len)
-            lse[(size_t)(start + row0) * heads + h] = (m0 + log2f(l0)) * 0.6931471805599453f;
-        if (row1 < len)
-            lse[(size_t)(start + row1) * heads + h] = (m1 + log2f(l1)) * 0.6931471805599453f;
-    }
-    store_acc_rows<ND>(out + (size_t)(start + row0) * ldo + (size_t)h * D + 2 * t, ldo, o, row0 < len, row1 < len,
-                       inv0, inv1);
+    tc_finish<D>(out, ldo, lse, start, len, h, heads, row0, row1, lane, o, m0, m1, l0, l1);
 }
 
 template <uint32_t D, bool DROP>
@@ -459,6 +497,90 @@ cudaError_t launch_tc(void *out, uint32_t ldo, float *lse, const void *qkv, uint
     }
     attn_tc<D, DROP><<<grid, TC_THREADS, smem, s>>>((bf16 *)out, ldo, lse, (const bf16 *)qkv, ldqkv, seq_off,
                                                     heads, kv_heads, scale * 1.4426950408889634f, drop);
+    return cudaGetLastError();
+}
+
+/* attn_tc for short sequences with grouped-query heads (inference): one block per (query tile,
+ * kv head, sequence) walks the group's query heads one after the other over the same key/value
+ * tiles, which it loads into shared memory once — every tile up to the query tile, so
+ * max_len ≤ TC_GROUP_MAX_LEN — instead of each query head's block loading them again. The next
+ * head's queries are fetched (cp.async) while the current one is computed. No log-sum-exp, no
+ * dropout. Shared memory: 2 query tiles and 2 · tiles key/value tiles of [64][D + 8]. */
+constexpr uint32_t TC_GROUP_TILES = 4, TC_GROUP_MAX_LEN = TC_GROUP_TILES * TC_BK;
+
+template <uint32_t D>
+__global__ void __launch_bounds__(TC_THREADS)
+attn_tc_group(bf16 *out, uint32_t ldo, const bf16 *qkv, uint32_t ldqkv, const uint32_t *seq_off, uint32_t heads,
+              uint32_t kv_heads, float scale_log2)
+{
+    constexpr uint32_t LD = D + 8, KD = D / 16, ND = D / 8, TILE = TC_BK * LD;
+    extern __shared__ __align__(16) unsigned char group_smem[];
+    bf16 *const qbuf = reinterpret_cast<bf16 *>(group_smem); /* [2][TILE] */
+    bf16 *const kbuf = qbuf + 2 * TILE;                         /* [gridDim.x][TILE] */
+    bf16 *const vbuf = kbuf + gridDim.x * TILE;                 /* [gridDim.x][TILE] */
+    const uint32_t b = blockIdx.z, kvh = blockIdx.y, group = heads / kv_heads;
+    const uint32_t start = seq_off[b], len = seq_off[b + 1] - start;
+    const uint32_t qt = gridDim.x - 1 - blockIdx.x; /* longest tiles first */
+    const uint32_t q0 = qt * TC_BQ;
+    if (q0 >= len)
+        return;
+    const bf16 *rows = qkv + (size_t)start * ldqkv;
+    const bf16 *kbase = rows + (size_t)(heads + kvh) * D;
+    const bf16 *vbase = rows + (size_t)(heads + kv_heads + kvh) * D;
+    const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const uint32_t row0 = q0 + warp * 16 + lane / 4, row1 = row0 + 8; /* this thread's two query rows */
+    const cu_attn_dropout none = {};
+
+    /* every key/value tile the query tile sees, and the group's first query head */
+    for (uint32_t kt = 0; kt <= qt; kt++) {
+        load_tile_async<D>(kbuf + kt * TILE, kbase, ldqkv, kt * TC_BK, len);
+        load_tile_async<D>(vbuf + kt * TILE, vbase, ldqkv, kt * TC_BK, len);
+    }
+    load_tile_async<D>(qbuf, rows + (size_t)kvh * group * D, ldqkv, q0, len);
+    cp_async_commit();
+    for (uint32_t hi = 0; hi < group; hi++) {
+        const uint32_t h = kvh * group + hi;
+        /* this head's queries have landed (and on the first, every key/value tile); every warp is
+         * done with the other query buffer, read for the head before the last */
+        cp_async_wait<0>();
+        __syncthreads();
+        if (hi + 1 < group) {
+            load_tile_async<D>(qbuf + ((hi + 1) & 1) * TILE, rows + (size_t)(h + 1) * D, ldqkv, q0, len);
+            cp_async_commit();
+        }
+        uint32_t qa[KD][4];
+        tc_q_fragments<D>(qa, qbuf + (hi & 1) * TILE, warp, lane);
+        float o[ND][4];
+#pragma unroll
+        for (uint32_t dt = 0; dt < ND; dt++)
+            o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+        float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+        for (uint32_t kt = 0; kt <= qt; kt++)
+            tc_key_tile<D, false>(qa, kbuf + kt * TILE, vbuf + kt * TILE, kt * TC_BK, kt == qt, row0, row1, len,
+                                  lane, scale_log2, 0, none, o, m0, m1, l0, l1);
+        tc_finish<D>(out, ldo, NULL, start, len, h, heads, row0, row1, lane, o, m0, m1, l0, l1);
+    }
+}
+
+template <uint32_t D>
+cudaError_t launch_tc_group(void *out, uint32_t ldo, const void *qkv, uint32_t ldqkv, const uint32_t *seq_off,
+                            uint32_t nseq, uint32_t max_len, uint32_t heads, uint32_t kv_heads, float scale,
+                            cudaStream_t s)
+{
+    const uint32_t tiles = (max_len + TC_BK - 1) / TC_BK;
+    const dim3 grid(tiles, kv_heads, nseq);
+    const size_t tile_bytes = (size_t)TC_BK * (D + 8) * sizeof(bf16);
+    const size_t smem = (2 + 2 * (size_t)tiles) * tile_bytes;
+    static bool smem_raised; /* once, to the most any launch takes, on the first (eager) call */
+    if (!smem_raised) {
+        cudaError_t e = cudaFuncSetAttribute(attn_tc_group<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             (int)((2 + 2 * TC_GROUP_TILES) * tile_bytes));
+        if (e != cudaSuccess)
+            return e;
+        smem_raised = true;
+    }
+    attn_tc_group<D><<<grid, TC_THREADS, smem, s>>>((bf16 *)out, ldo, (const bf16 *)qkv, ldqkv, seq_off, heads,
+                                                    kv_heads, scale * 1.4426950408889634f);
     return cudaGetLastError();
 }
 
@@ -1175,7 +1297,16 @@ cudaError_t attention_forward(void *out, uint32_t ldo, float *lse, const void *q
     /* the tensor-core kernel copies 16-byte vectors: rows and head offsets must keep them aligned */
     const bool aligned = ldqkv % 8 == 0 && ldo % 2 == 0 && ((uintptr_t)qkv % 16) == 0 &&
                          ((uintptr_t)out % 4) == 0;
-    if (impl == CU_ATTN_AUTO && cu_attention_uses_tensor_cores(t, d) && aligned) {
+    const bool tc = (impl == CU_ATTN_AUTO || impl == CU_ATTN_TC_GROUP) && cu_attention_uses_tensor_cores(t, d) &&
+                    aligned;
+    if (tc && impl == CU_ATTN_TC_GROUP && !DROP && !lse && heads > kv_heads && max_len <= TC_GROUP_MAX_LEN) {
+        if (d == 32)
+            return launch_tc_group<32>(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, s);
+        if (d == 64)
+            return launch_tc_group<64>(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, s);
+        return launch_tc_group<128>(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, s);
+    }
+    if (tc) {
         if (d == 32)
             return launch_tc<32, DROP>(out, ldo, lse, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, drop, s);
         if (d == 64)

@@ -127,6 +127,10 @@ cudaError_t cu_gather_last(void *dst, const void *src, enum cu_dtype t, uint32_t
 enum cu_attn_impl {
     CU_ATTN_AUTO = 0, /* tensor cores for bf16 with head_dim 32, 64 or 128; else SIMT */
     CU_ATTN_SIMT,     /* fp32 arithmetic throughout, any head_dim up to 128 */
+    /* as AUTO, but with grouped-query heads and max_len ≤ 256 (inference: no log-sum-exp, no
+     * dropout) one block serves a kv head's whole group of query heads, loading its key/value
+     * tiles once */
+    CU_ATTN_TC_GROUP,
 };
 /* Causal attention of every sequence and head in the flash style: online softmax over key tiles
  * staged in shared memory, no score matrix in device memory. qkv rows hold [q (heads·d) | k

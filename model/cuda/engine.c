@@ -130,6 +130,7 @@ struct model_cuda {
     uint32_t C, H, KV, d, QKV, F, FW, V, Vp, L;
     bool gpt2, has_cls;
     bool swiglu_gemm; /* Qwen2 bf16 on Hopper: the up GEMM with the SwiGLU in its epilogue */
+    enum cu_attn_impl attn; /* the prefill / classify attention */
     enum cu_norm_kind norm;
     size_t max_tokens;
 
@@ -528,6 +529,17 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
     }
     if (ok && fused && strcmp(fused, "0") != 0 && !e->gpt2 && e->t == CU_BF16)
         e->swiglu_gemm = cu_gemm_swiglu_supported(o->device, e->C, e->F);
+    /* NETLM_CUDA_ATTN=group: with grouped-query heads and batches of sequences ≤ 256 tokens, one
+     * attention block per kv head's group (CU_ATTN_TC_GROUP); by default, and with auto, a
+     * block per query head */
+    const char *attn = getenv("NETLM_CUDA_ATTN");
+    e->attn = CU_ATTN_AUTO;
+    if (ok && attn && strcmp(attn, "group") == 0) {
+        e->attn = CU_ATTN_TC_GROUP;
+    } else if (ok && attn && strcmp(attn, "auto") != 0) {
+        fail(e, "NETLM_CUDA_ATTN: \"%s\" is not auto or group", attn);
+        ok = false;
+    }
     ok = ok && upload_weights(e);
     if (ok) {
         place_activations(e, NULL, &e->abytes);
@@ -690,7 +702,7 @@ static bool enqueue(struct model_cuda *e, enum tail tail)
                                    e->KV, e->d, scale, T, s), "decode attention");
         else
             CK(cu_attention(e->att, Hd, e->qkv, e->QKV, T, e->d_seq_off, e->nseq, e->max_len, e->H,
-                            e->KV, e->d, scale, CU_ATTN_AUTO, s), "attention");
+                            e->KV, e->d, scale, e->attn, s), "attention");
         cu_profile_mark(e->prof, "attention", s);
         GEMM(T, XT, e->x, C, e->att, Hd, cl->o_w, cl->o_b, n, Hd, C, true, false);
         cu_profile_mark(e->prof, "gemm o +residual", s);

@@ -444,9 +444,10 @@ static void attention_case(enum cu_dtype t, enum cu_attn_impl impl, uint32_t H, 
                             qkv + (size_t)off[b] * QKV + (size_t)h * d, QKV, k, v, 0, lens[b], d,
                             scale, scores, NULL);
         }
-    const bool tc = impl == CU_ATTN_AUTO && cu_attention_uses_tensor_cores(t, d);
+    const bool tc = impl != CU_ATTN_SIMT && cu_attention_uses_tensor_cores(t, d);
     char label[96];
-    snprintf(label, sizeof label, "attention %s h%u/kv%u d%u max_len %u", tc ? "tc" : "simt", H, KV, d, max_len);
+    snprintf(label, sizeof label, "attention %s h%u/kv%u d%u max_len %u",
+             !tc ? "simt" : impl == CU_ATTN_TC_GROUP ? "tc group" : "tc", H, KV, d, max_len);
     TEST_WITHIN(label, t, test_rel_err(got, ref, N * Hd), t == CU_F32 ? 1e-5 : tc ? 1e-2 : 4e-3);
     cudaFree(dqkv), cudaFree(dout), cudaFree(doff);
     free(off), free(qkv), free(ref), free(got), free(k), free(v), free(scores);
@@ -460,19 +461,27 @@ static void test_attention(void **state)
     /* lengths around the 16-, 32- and 64-row tiles, a single token, and long ones */
     const uint32_t lens_short[] = {1, 15, 16, 17, 63, 64, 65, 130, 3};
     const uint32_t lens_long[] = {1024, 700, 257};
+    const uint32_t lens_256[] = {256, 255, 193, 64, 1, 129};
     const struct { uint32_t H, KV, d; } shapes[] = {
         {4, 4, 64}, {6, 2, 64}, {4, 1, 32}, {2, 2, 128}, {3, 3, 48}, {4, 2, 20}, {14, 2, 64},
     };
     for (int mi = 0; mi < 2; mi++) {
         const enum cu_dtype t = test_modes[mi];
+        /* the grouped kernel's limit: 4 key tiles, Qwen2.5-0.5B's heads */
+        attention_case(t, CU_ATTN_TC_GROUP, 14, 2, 64, lens_256, 6, &r);
+        attention_case(t, CU_ATTN_TC_GROUP, 8, 1, 128, lens_256, 6, &r);
         for (unsigned s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
             attention_case(t, CU_ATTN_AUTO, shapes[s].H, shapes[s].KV, shapes[s].d, lens_short, 9, &r);
             if (t == CU_BF16 && cu_attention_uses_tensor_cores(t, shapes[s].d))
                 attention_case(t, CU_ATTN_SIMT, shapes[s].H, shapes[s].KV, shapes[s].d, lens_short, 9, &r);
+            /* one block per kv head's group of query heads (max_len ≤ 256 here); elsewhere the
+             * same as AUTO */
+            attention_case(t, CU_ATTN_TC_GROUP, shapes[s].H, shapes[s].KV, shapes[s].d, lens_short, 9, &r);
         }
         if (!quick) {
             attention_case(t, CU_ATTN_AUTO, 12, 12, 64, lens_long, 3, &r);
             attention_case(t, CU_ATTN_AUTO, 14, 2, 64, lens_long, 3, &r);
+            attention_case(t, CU_ATTN_TC_GROUP, 14, 2, 64, lens_long, 3, &r); /* over 256: AUTO's kernel */
         }
     }
 }
