@@ -5,11 +5,14 @@
  * grouped-query heads (query head h reads key/value head h / (heads / kv_heads)), any length up
  * to the buffers' (tested to 1024).
  *
- * Two kernels:
+ * Three kernels:
  * - attn_tc: bf16 on the tensor cores (mma.sync m16n8k16, fp32 accumulation), FlashAttention-2's
  *   layout: 4 warps × 16 query rows, 64-key tiles, Q fragments in registers for the whole walk,
  *   S = Q·Kᵀ accumulators turned into the A operand of P·V without leaving registers. Probabilities
  *   are rounded to bf16 for P·V (as FA2 does); the row sums use the fp32 values.
+ * - attn_tc_group (CU_ATTN_TC_GROUP, inference): attn_tc's arithmetic for sequences of at most
+ *   256 tokens with grouped-query heads, one block per kv head walking the group's query heads
+ *   over key/value tiles it loads once.
  * - attn_simt: fp32 arithmetic for both element types and any head_dim ≤ 128; the reference the
  *   fp32 engine runs (1e-5 against the CPU) and the fallback for shapes attn_tc does not take.
  *
