@@ -252,11 +252,19 @@ variant() { # name command...
     sed "s/^{\"side\":\"netlm\"/{\"side\":\"netlm\",\"variant\":\"$name\"/; s/^{\"cuda_profile\"/{\"variant\":\"$name\",\"cuda_profile\"/" "$tmp" >>"$OUT/netlm.json"
     rm -f "$tmp"
 }
-# Qwen2's up GEMM with the SwiGLU in its epilogue (gemm_swiglu.cu) instead of cuBLASLt and the pass
-variant swiglu-fused env NETLM_CUDA_SWIGLU_GEMM=${NETLM_GPU_SWIGLU_VARIANT:-1} "$build/netlm_model_bench" "${cases[@]}" \
+# Qwen2's up GEMM with the SwiGLU in its epilogue (gemm_swiglu.cu) instead of cuBLASLt and the
+# pass: NETLM_GPU_SWIGLU_VARIANT, else the variant bench-gemm timed fastest, else the default
+swiglu_variant=${NETLM_GPU_SWIGLU_VARIANT:-$(python3 "$root/bench/gpu_fastest_swiglu.py" "$OUT/netlm.json" || echo 1)}
+echo "fused SwiGLU GEMM variant for the engine: $swiglu_variant" >>"$OUT/env.txt"
+variant swiglu-fused env NETLM_CUDA_SWIGLU_GEMM="$swiglu_variant" "$build/netlm_model_bench" "${cases[@]}" \
     --device cuda --runs 10
 # grouped-query attention with one block per kv head's group (CU_ATTN_TC_GROUP) instead of one per query head
 variant attn-group env NETLM_CUDA_ATTN=group "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10
+# both opt-ins together, then with the residual stream in bf16 too
+variant opt-ins env NETLM_CUDA_SWIGLU_GEMM="$swiglu_variant" NETLM_CUDA_ATTN=group "$build/netlm_model_bench" \
+    "${cases[@]}" --device cuda --runs 10
+variant opt-ins-residual-bf16 env NETLM_CUDA_SWIGLU_GEMM="$swiglu_variant" NETLM_CUDA_ATTN=group \
+    "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10 --residual-bf16
 variant residual-bf16 "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10 --residual-bf16
 variant profile "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 5 --profile
 variant train-profile env NETLM_CUDA_PROFILE=1 "$build/netlm_model_bench" "${cases[@]}" --device cuda --train --runs 3
