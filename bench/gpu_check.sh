@@ -333,10 +333,12 @@ print("(gen-*: one generate call, 16 new tokens per row: ms at batch 1, new toke
 for name, rows in variants.items():
     if name == "profile":
         continue
-    print(f"\nvariant {name}: ms (default ms)")
+    print(f"\nvariant {name}: ms (default ms), x PyTorch eager where it ran")
     for c, r in rows.items():
         base = netlm.get(c, {}).get("ms")
-        print(f"  {c:32} {r.get('ms', float('nan')):10.4f} ({base if base is not None else '-'})")
+        e = torch_r.get((c, "eager"))
+        xe = f"  x eager {e['ms'] / r['ms']:.2f}" if e and "ms" in e and "ms" in r else ""
+        print(f"  {c:32} {r.get('ms', float('nan')):10.4f} ({base if base is not None else '-'}){xe}")
 if profiles:
     print("\ntime per kind of step, ms per call (eager, no graphs):")
     for c, p in profiles:
