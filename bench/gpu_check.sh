@@ -260,10 +260,13 @@ variant swiglu-fused env NETLM_CUDA_SWIGLU_GEMM="$swiglu_variant" "$build/netlm_
     --device cuda --runs 10
 # grouped-query attention with one block per kv head's group (CU_ATTN_TC_GROUP) instead of one per query head
 variant attn-group env NETLM_CUDA_ATTN=group "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10
+# and RoPE inside it (classify pass) instead of a pass of its own
+variant attn-group-rope env NETLM_CUDA_ATTN=group-rope "$build/netlm_model_bench" "${cases[@]}" --device cuda \
+    --runs 10
 # both opt-ins together, then with the residual stream in bf16 too
-variant opt-ins env NETLM_CUDA_SWIGLU_GEMM="$swiglu_variant" NETLM_CUDA_ATTN=group "$build/netlm_model_bench" \
+variant opt-ins env NETLM_CUDA_SWIGLU_GEMM="$swiglu_variant" NETLM_CUDA_ATTN=group-rope "$build/netlm_model_bench" \
     "${cases[@]}" --device cuda --runs 10
-variant opt-ins-residual-bf16 env NETLM_CUDA_SWIGLU_GEMM="$swiglu_variant" NETLM_CUDA_ATTN=group \
+variant opt-ins-residual-bf16 env NETLM_CUDA_SWIGLU_GEMM="$swiglu_variant" NETLM_CUDA_ATTN=group-rope \
     "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10 --residual-bf16
 variant residual-bf16 "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10 --residual-bf16
 variant profile "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 5 --profile

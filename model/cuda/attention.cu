@@ -12,7 +12,8 @@
  *   are rounded to bf16 for P·V (as FA2 does); the row sums use the fp32 values.
  * - attn_tc_group (CU_ATTN_TC_GROUP, inference): attn_tc's arithmetic for sequences of at most
  *   256 tokens with grouped-query heads, one block per kv head walking the group's query heads
- *   over key/value tiles it loads once.
+ *   over key/value tiles it loads once; optionally rotating q and k (RoPE) in shared memory
+ *   (cu_attention_rope).
  * - attn_simt: fp32 arithmetic for both element types and any head_dim ≤ 128; the reference the
  *   fp32 engine runs (1e-5 against the CPU) and the fallback for shapes attn_tc does not take.
  *
@@ -503,18 +504,41 @@ cudaError_t launch_tc(void *out, uint32_t ldo, float *lse, const void *qkv, uint
     return cudaGetLastError();
 }
 
+/* RoPE on a [64][D + 8] tile in shared memory, cu_rope's arithmetic (half-split pairs j, j + D/2
+ * rotated by the angle of the row's position): tile row r is position pos0 + r of its sequence,
+ * rows at or past len (zeros) are left alone. Every thread of the block takes part. */
+template <uint32_t D>
+__device__ __forceinline__ void rope_tile(bf16 *tile, uint32_t pos0, uint32_t len, const float *cos_t,
+                                          const float *sin_t)
+{
+    constexpr uint32_t LD = D + 8, HALF = D / 2;
+    for (uint32_t i = threadIdx.x; i < TC_BK * HALF; i += TC_THREADS) {
+        const uint32_t r = i / HALF, j = i % HALF, pos = pos0 + r;
+        if (pos >= len)
+            continue;
+        bf16 *row = tile + r * LD;
+        const float a = to_f(row[j]), b = to_f(row[j + HALF]);
+        const float cs = cos_t[(size_t)pos * HALF + j], sn = sin_t[(size_t)pos * HALF + j];
+        row[j] = from_f<bf16>(a * cs - b * sn);
+        row[j + HALF] = from_f<bf16>(b * cs + a * sn);
+    }
+}
+
 /* attn_tc for short sequences with grouped-query heads (inference): one block per (query tile,
  * kv head, sequence) walks the group's query heads one after the other over the same key/value
  * tiles, which it loads into shared memory once — every tile up to the query tile, so
  * max_len ≤ TC_GROUP_MAX_LEN — instead of each query head's block loading them again. The next
  * head's queries are fetched (cp.async) while the current one is computed. No log-sum-exp, no
- * dropout. Shared memory: 2 query tiles and 2 · tiles key/value tiles of [64][D + 8]. */
+ * dropout. Shared memory: 2 query tiles and 2 · tiles key/value tiles of [64][D + 8].
+ * ROPE: q and k in qkv are not rotated yet (positions = row index in the sequence, the classify
+ * path's): the block rotates its key tiles once and each head's query tile as they arrive, which
+ * costs less than cu_rope's pass over all of q and k since the tiles are in shared memory anyway. */
 constexpr uint32_t TC_GROUP_TILES = 4, TC_GROUP_MAX_LEN = TC_GROUP_TILES * TC_BK;
 
-template <uint32_t D>
+template <uint32_t D, bool ROPE>
 __global__ void __launch_bounds__(TC_THREADS)
 attn_tc_group(bf16 *out, uint32_t ldo, const bf16 *qkv, uint32_t ldqkv, const uint32_t *seq_off, uint32_t heads,
-              uint32_t kv_heads, float scale_log2)
+              uint32_t kv_heads, float scale_log2, const float *cos_t, const float *sin_t)
 {
     constexpr uint32_t LD = D + 8, KD = D / 16, ND = D / 8, TILE = TC_BK * LD;
     extern __shared__ __align__(16) unsigned char group_smem[];
@@ -551,6 +575,13 @@ attn_tc_group(bf16 *out, uint32_t ldo, const bf16 *qkv, uint32_t ldqkv, const ui
             load_tile_async<D>(qbuf + ((hi + 1) & 1) * TILE, rows + (size_t)(h + 1) * D, ldqkv, q0, len);
             cp_async_commit();
         }
+        if constexpr (ROPE) {
+            if (hi == 0)
+                for (uint32_t kt = 0; kt <= qt; kt++)
+                    rope_tile<D>(kbuf + kt * TILE, kt * TC_BK, len, cos_t, sin_t);
+            rope_tile<D>(qbuf + (hi & 1) * TILE, q0, len, cos_t, sin_t);
+            __syncthreads();
+        }
         uint32_t qa[KD][4];
         tc_q_fragments<D>(qa, qbuf + (hi & 1) * TILE, warp, lane);
         float o[ND][4];
@@ -565,10 +596,10 @@ attn_tc_group(bf16 *out, uint32_t ldo, const bf16 *qkv, uint32_t ldqkv, const ui
     }
 }
 
-template <uint32_t D>
+template <uint32_t D, bool ROPE>
 cudaError_t launch_tc_group(void *out, uint32_t ldo, const void *qkv, uint32_t ldqkv, const uint32_t *seq_off,
                             uint32_t nseq, uint32_t max_len, uint32_t heads, uint32_t kv_heads, float scale,
-                            cudaStream_t s)
+                            const float *cos_t, const float *sin_t, cudaStream_t s)
 {
     const uint32_t tiles = (max_len + TC_BK - 1) / TC_BK;
     const dim3 grid(tiles, kv_heads, nseq);
@@ -576,14 +607,14 @@ cudaError_t launch_tc_group(void *out, uint32_t ldo, const void *qkv, uint32_t l
     const size_t smem = (2 + 2 * (size_t)tiles) * tile_bytes;
     static bool smem_raised; /* once, to the most any launch takes, on the first (eager) call */
     if (!smem_raised) {
-        cudaError_t e = cudaFuncSetAttribute(attn_tc_group<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        cudaError_t e = cudaFuncSetAttribute(attn_tc_group<D, ROPE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              (int)((2 + 2 * TC_GROUP_TILES) * tile_bytes));
         if (e != cudaSuccess)
             return e;
         smem_raised = true;
     }
-    attn_tc_group<D><<<grid, TC_THREADS, smem, s>>>((bf16 *)out, ldo, (const bf16 *)qkv, ldqkv, seq_off, heads,
-                                                    kv_heads, scale * 1.4426950408889634f);
+    attn_tc_group<D, ROPE><<<grid, TC_THREADS, smem, s>>>((bf16 *)out, ldo, (const bf16 *)qkv, ldqkv, seq_off,
+                                                          heads, kv_heads, scale * 1.4426950408889634f, cos_t, sin_t);
     return cudaGetLastError();
 }
 
@@ -1286,6 +1317,20 @@ cudaError_t backward_tc(uint32_t d, void *dqkv, uint32_t lddqkv, const void *dou
 #undef TC_BWD_ARGS
 }
 
+/* attn_tc_group for head_dim d ∈ {32, 64, 128}, with RoPE inside when cos_t is given. */
+cudaError_t launch_group(void *out, uint32_t ldo, const void *qkv, uint32_t ldqkv, const uint32_t *seq_off,
+                         uint32_t nseq, uint32_t max_len, uint32_t heads, uint32_t kv_heads, uint32_t d,
+                         float scale, const float *cos_t, const float *sin_t, cudaStream_t s)
+{
+#define GROUP_ARGS out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, cos_t, sin_t, s
+    if (d == 32)
+        return cos_t ? launch_tc_group<32, true>(GROUP_ARGS) : launch_tc_group<32, false>(GROUP_ARGS);
+    if (d == 64)
+        return cos_t ? launch_tc_group<64, true>(GROUP_ARGS) : launch_tc_group<64, false>(GROUP_ARGS);
+    return cos_t ? launch_tc_group<128, true>(GROUP_ARGS) : launch_tc_group<128, false>(GROUP_ARGS);
+#undef GROUP_ARGS
+}
+
 template <bool DROP>
 cudaError_t attention_forward(void *out, uint32_t ldo, float *lse, const void *qkv, uint32_t ldqkv,
                               enum cu_dtype t, const uint32_t *seq_off, uint32_t nseq,
@@ -1302,13 +1347,9 @@ cudaError_t attention_forward(void *out, uint32_t ldo, float *lse, const void *q
                          ((uintptr_t)out % 4) == 0;
     const bool tc = (impl == CU_ATTN_AUTO || impl == CU_ATTN_TC_GROUP) && cu_attention_uses_tensor_cores(t, d) &&
                     aligned;
-    if (tc && impl == CU_ATTN_TC_GROUP && !DROP && !lse && heads > kv_heads && max_len <= TC_GROUP_MAX_LEN) {
-        if (d == 32)
-            return launch_tc_group<32>(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, s);
-        if (d == 64)
-            return launch_tc_group<64>(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, s);
-        return launch_tc_group<128>(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, s);
-    }
+    if (tc && impl == CU_ATTN_TC_GROUP && !DROP && !lse && heads > kv_heads && max_len <= TC_GROUP_MAX_LEN)
+        return launch_group(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, d, scale, NULL, NULL,
+                            s);
     if (tc) {
         if (d == 32)
             return launch_tc<32, DROP>(out, ldo, lse, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, drop, s);
@@ -1343,6 +1384,26 @@ extern "C" cudaError_t cu_attention(void *out, uint32_t ldo, const void *qkv, ui
     const cu_attn_dropout none = {};
     return attention_forward<false>(out, ldo, NULL, qkv, ldqkv, t, seq_off, nseq, max_len, heads,
                                     kv_heads, d, scale, impl, none, s);
+}
+
+extern "C" bool cu_attention_fuses_rope(enum cu_dtype t, uint32_t d, uint32_t heads, uint32_t kv_heads,
+                                        uint32_t max_len, uint32_t ldqkv, uint32_t ldo)
+{
+    return cu_attention_uses_tensor_cores(t, d) && kv_heads > 0 && heads > kv_heads && heads % kv_heads == 0 &&
+           max_len > 0 && max_len <= TC_GROUP_MAX_LEN && ldqkv % 8 == 0 && ldo % 2 == 0;
+}
+
+extern "C" cudaError_t cu_attention_rope(void *out, uint32_t ldo, const void *qkv, uint32_t ldqkv, enum cu_dtype t,
+                                         const uint32_t *seq_off, uint32_t nseq, uint32_t max_len, uint32_t heads,
+                                         uint32_t kv_heads, uint32_t d, float scale, const float *cos_t,
+                                         const float *sin_t, cudaStream_t s)
+{
+    if (!cu_attention_fuses_rope(t, d, heads, kv_heads, max_len, ldqkv, ldo) || !cos_t || !sin_t ||
+        (uintptr_t)qkv % 16 != 0 || (uintptr_t)out % 4 != 0)
+        return cudaErrorNotSupported;
+    if (nseq == 0)
+        return cudaSuccess;
+    return launch_group(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, d, scale, cos_t, sin_t, s);
 }
 
 extern "C" cudaError_t cu_attention_train(void *out, uint32_t ldo, float *lse, const void *qkv,

@@ -144,6 +144,17 @@ cudaError_t cu_attention(void *out, uint32_t ldo, const void *qkv, uint32_t ldqk
                          float scale, enum cu_attn_impl impl, cudaStream_t s);
 /* Whether the tensor-core kernel serves (t, d) under CU_ATTN_AUTO. */
 bool cu_attention_uses_tensor_cores(enum cu_dtype t, uint32_t d);
+/* cu_attention as CU_ATTN_TC_GROUP runs it, with RoPE (cu_rope's tables and arithmetic) applied
+ * to q and k as the kernel loads them: qkv holds them unrotated and keeps them so. Positions are
+ * the rows' places in their sequences (the classify path's packing). Only where
+ * cu_attention_fuses_rope says the grouped kernel serves the call (bf16, head_dim 32/64/128,
+ * grouped-query heads, max_len ≤ 256, ldqkv a multiple of 8); cudaErrorNotSupported elsewhere. */
+bool cu_attention_fuses_rope(enum cu_dtype t, uint32_t d, uint32_t heads, uint32_t kv_heads, uint32_t max_len,
+                             uint32_t ldqkv, uint32_t ldo);
+cudaError_t cu_attention_rope(void *out, uint32_t ldo, const void *qkv, uint32_t ldqkv, enum cu_dtype t,
+                              const uint32_t *seq_off, uint32_t nseq, uint32_t max_len, uint32_t heads,
+                              uint32_t kv_heads, uint32_t d, float scale, const float *cos_t, const float *sin_t,
+                              cudaStream_t s);
 /* Dropout of the attention probabilities (training), train/grad.c's masks on the device: the
  * probability of query i and key j (positions in a sequence of len tokens) of head h of
  * sequence b is multiplied by op_dropout_factor of element i·len + j of the stream

@@ -131,6 +131,7 @@ struct model_cuda {
     bool gpt2, has_cls;
     bool swiglu_gemm; /* Qwen2 bf16 on Hopper: the up GEMM with the SwiGLU in its epilogue */
     enum cu_attn_impl attn; /* the prefill / classify attention */
+    bool attn_rope;         /* Qwen2's classify pass: RoPE inside the grouped attention kernel */
     enum cu_norm_kind norm;
     size_t max_tokens;
 
@@ -530,14 +531,16 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
     if (ok && fused && strcmp(fused, "0") != 0 && !e->gpt2 && e->t == CU_BF16)
         e->swiglu_gemm = cu_gemm_swiglu_supported(o->device, e->C, e->F);
     /* NETLM_CUDA_ATTN=group: with grouped-query heads and batches of sequences ≤ 256 tokens, one
-     * attention block per kv head's group (CU_ATTN_TC_GROUP); by default, and with auto, a
-     * block per query head */
+     * attention block per kv head's group (CU_ATTN_TC_GROUP); group-rope: that, and in the
+     * classify pass RoPE applied inside it instead of as a pass of its own; by default, and with
+     * auto, a block per query head */
     const char *attn = getenv("NETLM_CUDA_ATTN");
     e->attn = CU_ATTN_AUTO;
-    if (ok && attn && strcmp(attn, "group") == 0) {
+    if (ok && attn && (strcmp(attn, "group") == 0 || strcmp(attn, "group-rope") == 0)) {
         e->attn = CU_ATTN_TC_GROUP;
+        e->attn_rope = strcmp(attn, "group-rope") == 0;
     } else if (ok && attn && strcmp(attn, "auto") != 0) {
-        fail(e, "NETLM_CUDA_ATTN: \"%s\" is not auto or group", attn);
+        fail(e, "NETLM_CUDA_ATTN: \"%s\" is not auto, group or group-rope", attn);
         ok = false;
     }
     ok = ok && upload_weights(e);
@@ -675,6 +678,9 @@ static bool enqueue(struct model_cuda *e, enum tail tail)
     const uint32_t n = e->rows, C = e->C, Hd = e->H * e->d, KVd = e->KV * e->d;
     const float eps = e->m->cfg.norm_eps, scale = 1.0f / sqrtf((float)e->d);
     const bool store_kv = tail == TAIL_PREFILL || tail == TAIL_DECODE;
+    /* the classify pass stores no KV cache: q and k may stay unrotated in qkv */
+    const bool rope_inside = !e->gpt2 && e->attn_rope && tail == TAIL_CLASSIFY &&
+                             cu_attention_fuses_rope(T, e->d, e->H, e->KV, e->max_len, e->QKV, Hd);
 
     cu_profile_start(e->prof, s);
     CK(cu_embed(e->x, XT, e->wte, e->gpt2 ? e->wpe : NULL, T, e->d_tokens, e->d_pos, n, C, s), "embedding");
@@ -685,7 +691,7 @@ static bool enqueue(struct model_cuda *e, enum tail tail)
         cu_profile_mark(e->prof, "norm", s);
         GEMM(T, T, e->qkv, e->QKV, e->xn, C, cl->qkv_w, cl->qkv_b, n, C, e->QKV, false, false);
         cu_profile_mark(e->prof, "gemm qkv", s);
-        if (!e->gpt2) {
+        if (!e->gpt2 && !rope_inside) {
             CK(cu_rope(e->qkv, T, n, e->QKV, e->H + e->KV, e->d, e->d_pos, e->rope_cos,
                        e->rope_sin, s), "rope");
             cu_profile_mark(e->prof, "rope", s);
@@ -700,6 +706,9 @@ static bool enqueue(struct model_cuda *e, enum tail tail)
         if (tail == TAIL_DECODE)
             CK(cu_decode_attention(e->att, Hd, e->qkv, e->QKV, kc, vc, e->d_kvrow, e->d_pos, n, e->H,
                                    e->KV, e->d, scale, T, s), "decode attention");
+        else if (rope_inside)
+            CK(cu_attention_rope(e->att, Hd, e->qkv, e->QKV, T, e->d_seq_off, e->nseq, e->max_len, e->H, e->KV,
+                                 e->d, scale, e->rope_cos, e->rope_sin, s), "attention with rope");
         else
             CK(cu_attention(e->att, Hd, e->qkv, e->QKV, T, e->d_seq_off, e->nseq, e->max_len, e->H,
                             e->KV, e->d, scale, e->attn, s), "attention");

@@ -308,11 +308,11 @@ static void test_errors(void **state)
     printf("  refused: %s\n", err);
     assert_non_null(strstr(err, "NETLM_CUDA_SWIGLU_GEMM"));
     setenv("NETLM_CUDA_SWIGLU_GEMM", "1", 1);
-    setenv("NETLM_CUDA_ATTN", "fast", 1); /* neither auto nor group */
+    setenv("NETLM_CUDA_ATTN", "fast", 1); /* none of auto, group, group-rope */
     assert_null(model_cuda_create(m, &o, err, sizeof err));
     printf("  refused: %s\n", err);
     assert_non_null(strstr(err, "NETLM_CUDA_ATTN"));
-    setenv("NETLM_CUDA_ATTN", "group", 1);
+    setenv("NETLM_CUDA_ATTN", "group-rope", 1);
     model_free(m);
 }
 
@@ -327,9 +327,10 @@ int main(void)
     /* the engine's opt-in kernels, so that the model's outputs check them too: Qwen2 cases whose
      * ffn is a multiple of 128 run the up GEMM with the SwiGLU in its epilogue (on Hopper), the
      * others cuBLASLt's GEMM and the separate pass; grouped-query attention one block per kv
-     * head (test_cuda_generate and test_cuda_pipeline keep the defaults) */
+     * head, with RoPE inside in the classify pass (test_cuda_generate and test_cuda_pipeline
+     * keep the defaults) */
     setenv("NETLM_CUDA_SWIGLU_GEMM", "1", 1);
-    setenv("NETLM_CUDA_ATTN", "group", 1);
+    setenv("NETLM_CUDA_ATTN", "group-rope", 1);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fp32),
         cmocka_unit_test(test_bf16),

@@ -410,15 +410,18 @@ static void test_rope(void **state)
 
 /* ---- attention ---- */
 
-static void attention_case(enum cu_dtype t, enum cu_attn_impl impl, uint32_t H, uint32_t KV,
-                           uint32_t d, const uint32_t *lens, uint32_t nseq, struct test_rng *r)
+/* rope: cu_attention_rope, q and k unrotated in qkv: the reference rotates them first (by each
+ * row's place in its sequence, rounded to t as the kernel keeps them) and qkv must come back
+ * unchanged. */
+static void attention_case_rope(enum cu_dtype t, enum cu_attn_impl impl, bool rope, uint32_t H, uint32_t KV,
+                                uint32_t d, const uint32_t *lens, uint32_t nseq, struct test_rng *r)
 {
     const uint32_t QKV = (H + 2 * KV) * d, Hd = H * d;
     uint32_t max_len;
     uint32_t *off = test_seq_offsets(lens, nseq, &max_len);
     const size_t N = off[nseq];
     float *qkv = malloc(N * QKV * sizeof(float)), *ref = malloc(N * Hd * sizeof(float));
-    float *got = malloc(N * Hd * sizeof(float));
+    float *got = malloc(N * QKV * sizeof(float));
     test_fill(qkv, N * QKV, 1.0f, r);
     test_round(qkv, N * QKV, t);
     void *dqkv = test_upload(qkv, N * QKV, t), *dout = test_poisoned(N * Hd, t);
@@ -426,7 +429,25 @@ static void attention_case(enum cu_dtype t, enum cu_attn_impl impl, uint32_t H, 
     CUDA_OK(cudaMalloc((void **)&doff, (nseq + 1) * sizeof(uint32_t)));
     CUDA_OK(cudaMemcpy(doff, off, (nseq + 1) * sizeof(uint32_t), cudaMemcpyHostToDevice));
     const float scale = 1.0f / sqrtf((float)d);
-    CUDA_OK(cu_attention(dout, Hd, dqkv, QKV, t, doff, nseq, max_len, H, KV, d, scale, impl, stream));
+    float *cs = NULL, *sn = NULL, *dcos = NULL, *dsin = NULL;
+    if (rope) {
+        cs = malloc((size_t)max_len * d / 2 * sizeof(float));
+        sn = malloc((size_t)max_len * d / 2 * sizeof(float));
+        op_rope_tables(cs, sn, max_len, d, 1e6);
+        dcos = test_upload(cs, (size_t)max_len * d / 2, CU_F32);
+        dsin = test_upload(sn, (size_t)max_len * d / 2, CU_F32);
+        assert_true(cu_attention_fuses_rope(t, d, H, KV, max_len, QKV, Hd));
+        CUDA_OK(cu_attention_rope(dout, Hd, dqkv, QKV, t, doff, nseq, max_len, H, KV, d, scale, dcos, dsin,
+                                  stream));
+        test_download(got, dqkv, N * QKV, t);
+        assert_int_equal(memcmp(got, qkv, N * QKV * sizeof(float)), 0); /* q, k left unrotated */
+        for (uint32_t b = 0; b < nseq; b++)
+            for (uint32_t i = 0; i < lens[b]; i++)
+                op_rope_apply(qkv + (size_t)(off[b] + i) * QKV, H + KV, d, i, cs, sn);
+        test_round(qkv, N * QKV, t);
+    } else {
+        CUDA_OK(cu_attention(dout, Hd, dqkv, QKV, t, doff, nseq, max_len, H, KV, d, scale, impl, stream));
+    }
     test_download(got, dout, N * Hd, t);
 
     /* CPU: per sequence and head, contiguous K and V of the head's kv head, op_attend_block */
@@ -444,13 +465,20 @@ static void attention_case(enum cu_dtype t, enum cu_attn_impl impl, uint32_t H, 
                             qkv + (size_t)off[b] * QKV + (size_t)h * d, QKV, k, v, 0, lens[b], d,
                             scale, scores, NULL);
         }
-    const bool tc = impl != CU_ATTN_SIMT && cu_attention_uses_tensor_cores(t, d);
+    const bool tc = (rope || impl != CU_ATTN_SIMT) && cu_attention_uses_tensor_cores(t, d);
     char label[96];
     snprintf(label, sizeof label, "attention %s h%u/kv%u d%u max_len %u",
-             !tc ? "simt" : impl == CU_ATTN_TC_GROUP ? "tc group" : "tc", H, KV, d, max_len);
+             !tc ? "simt" : rope ? "tc group + rope" : impl == CU_ATTN_TC_GROUP ? "tc group" : "tc", H, KV, d,
+             max_len);
     TEST_WITHIN(label, t, test_rel_err(got, ref, N * Hd), t == CU_F32 ? 1e-5 : tc ? 1e-2 : 4e-3);
-    cudaFree(dqkv), cudaFree(dout), cudaFree(doff);
-    free(off), free(qkv), free(ref), free(got), free(k), free(v), free(scores);
+    cudaFree(dqkv), cudaFree(dout), cudaFree(doff), cudaFree(dcos), cudaFree(dsin);
+    free(off), free(qkv), free(ref), free(got), free(k), free(v), free(scores), free(cs), free(sn);
+}
+
+static void attention_case(enum cu_dtype t, enum cu_attn_impl impl, uint32_t H, uint32_t KV, uint32_t d,
+                           const uint32_t *lens, uint32_t nseq, struct test_rng *r)
+{
+    attention_case_rope(t, impl, false, H, KV, d, lens, nseq, r);
 }
 
 static void test_attention(void **state)
@@ -467,9 +495,19 @@ static void test_attention(void **state)
     };
     for (int mi = 0; mi < 2; mi++) {
         const enum cu_dtype t = test_modes[mi];
-        /* the grouped kernel's limit: 4 key tiles, Qwen2.5-0.5B's heads */
+        /* the grouped kernel's limit: 4 key tiles, Qwen2.5-0.5B's heads; with RoPE inside (bf16) */
         attention_case(t, CU_ATTN_TC_GROUP, 14, 2, 64, lens_256, 6, &r);
         attention_case(t, CU_ATTN_TC_GROUP, 8, 1, 128, lens_256, 6, &r);
+        if (t == CU_BF16) {
+            attention_case_rope(t, CU_ATTN_TC_GROUP, true, 14, 2, 64, lens_256, 6, &r);
+            attention_case_rope(t, CU_ATTN_TC_GROUP, true, 6, 2, 32, lens_short, 9, &r);
+            attention_case_rope(t, CU_ATTN_TC_GROUP, true, 8, 1, 128, lens_short, 9, &r);
+            /* where the grouped kernel does not serve: refused */
+            assert_false(cu_attention_fuses_rope(t, 64, 4, 4, 128, 768, 256));  /* no grouped heads */
+            assert_false(cu_attention_fuses_rope(t, 64, 14, 2, 257, 1152, 896)); /* over 256 tokens */
+            assert_false(cu_attention_fuses_rope(t, 48, 6, 2, 128, 480, 288));  /* head_dim 48 */
+            assert_false(cu_attention_fuses_rope(CU_F32, 64, 14, 2, 128, 1152, 896));
+        }
         for (unsigned s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
             attention_case(t, CU_ATTN_AUTO, shapes[s].H, shapes[s].KV, shapes[s].d, lens_short, 9, &r);
             if (t == CU_BF16 && cu_attention_uses_tensor_cores(t, shapes[s].d))
