@@ -235,8 +235,8 @@ verify memcheck-model 60 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_TEST_FILT
 verify racecheck-attn-bwd 120 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_TEST_FILTER=test_attention_backward $san \
     --tool racecheck --racecheck-report all --error-exitcode 9 "$build/tests/test_cuda_attention_backward"
 # PyTorch: eager inference and training, then compiled modes while --budget-s lasts (each
-# compile takes 30-60 s); it leaves 40 s for the variants below
-left=$((deadline - 40 - SECONDS))
+# compile takes 30-60 s); it leaves 90 s for the variants below
+left=$((deadline - 90 - SECONDS))
 ((left > 60)) || left=60
 [[ ${NETLM_GPU_TORCH:-1} == 0 ]] || bench bench-torch "$left" "$OUT/summary.txt" env PYTHONUNBUFFERED=1 python3 "$root/bench/gpu_bench.py" \
     --out "$OUT/torch.json" --runs 10 $( ((quick)) && echo --no-compile) --budget-s $((left - 70 > 20 ? left - 70 : 20)) \
