@@ -209,6 +209,25 @@ static void test_bf16(void **state)
     }
 }
 
+/* The engine's opt-in kernels on the Qwen2 models: the up GEMM with the SwiGLU in its epilogue
+ * (Hopper; the case whose ffn is a multiple of 128), grouped-query attention one block per kv
+ * head with RoPE inside in the classify pass (the batches of at most 256 tokens). */
+static void test_bf16_opt_ins(void **state)
+{
+    (void)state;
+    setenv("NETLM_CUDA_SWIGLU_GEMM", "1", 1);
+    setenv("NETLM_CUDA_ATTN", "group-rope", 1);
+    for (unsigned i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        if (cases[i].shape.arch != MODEL_ARCH_QWEN2)
+            continue;
+        compare_case(&cases[i], MODEL_PRECISION_BF16, false, 40, 6);
+        if (!test_cuda_quick())
+            compare_case(&cases[i], MODEL_PRECISION_BF16, false, 200, 3);
+    }
+    unsetenv("NETLM_CUDA_SWIGLU_GEMM");
+    unsetenv("NETLM_CUDA_ATTN");
+}
+
 /* The bf16 engine with the residual stream in bf16 too, on the same models and batches. */
 static void test_bf16_residual(void **state)
 {
@@ -307,12 +326,12 @@ static void test_errors(void **state)
     assert_null(model_cuda_create(m, &o, err, sizeof err));
     printf("  refused: %s\n", err);
     assert_non_null(strstr(err, "NETLM_CUDA_SWIGLU_GEMM"));
-    setenv("NETLM_CUDA_SWIGLU_GEMM", "1", 1);
+    unsetenv("NETLM_CUDA_SWIGLU_GEMM");
     setenv("NETLM_CUDA_ATTN", "fast", 1); /* none of auto, group, group-rope */
     assert_null(model_cuda_create(m, &o, err, sizeof err));
     printf("  refused: %s\n", err);
     assert_non_null(strstr(err, "NETLM_CUDA_ATTN"));
-    setenv("NETLM_CUDA_ATTN", "group-rope", 1);
+    unsetenv("NETLM_CUDA_ATTN");
     model_free(m);
 }
 
@@ -324,16 +343,10 @@ int main(void)
         printf("model_device_parse is wrong\n");
         return 1;
     }
-    /* the engine's opt-in kernels, so that the model's outputs check them too: Qwen2 cases whose
-     * ffn is a multiple of 128 run the up GEMM with the SwiGLU in its epilogue (on Hopper), the
-     * others cuBLASLt's GEMM and the separate pass; grouped-query attention one block per kv
-     * head, with RoPE inside in the classify pass (test_cuda_generate and test_cuda_pipeline
-     * keep the defaults) */
-    setenv("NETLM_CUDA_SWIGLU_GEMM", "1", 1);
-    setenv("NETLM_CUDA_ATTN", "group-rope", 1);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fp32),
         cmocka_unit_test(test_bf16),
+        cmocka_unit_test(test_bf16_opt_ins),
         cmocka_unit_test(test_bf16_residual),
         cmocka_unit_test(test_graphs),
         cmocka_unit_test(test_errors),
