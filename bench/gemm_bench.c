@@ -63,6 +63,20 @@ static const struct gemm_case cases[] = {
         }                                                                                         \
     } while (0)
 
+/* "max_rel_diff": the largest |got − ref| over the largest |ref|, a NaN difference winning. */
+struct rel_diff {
+    double worst, top;
+};
+
+static inline void rel_diff_add(struct rel_diff *r, double ref, double got)
+{
+    const double d = fabs(got - ref);
+    r->worst = d > r->worst || isnan(d) ? d : r->worst;
+    r->top = fabs(ref) > r->top ? fabs(ref) : r->top;
+}
+
+static double rel_diff_value(const struct rel_diff *r) { return r->worst / (r->top > 0 ? r->top : 1.0); }
+
 /* Uniform values in [-scale, scale) of type t: fixed, so runs compare. */
 static void *random_device(size_t count, enum cu_dtype t, float scale, unsigned seed)
 {
@@ -152,11 +166,6 @@ static void bench_swiglu(struct cu_gemm *g, cudaStream_t s, cudaEvent_t ev[2], i
     void *gate_up = NULL, *h = NULL;
     CUDA_CHECK(cudaMalloc(&gate_up, n * 2 * f * 2));
     CUDA_CHECK(cudaMalloc(&h, n * f * 2));
-    uint16_t *two_step = malloc(n * f * 2), *fused = malloc(n * f * 2);
-    if (!two_step || !fused) {
-        fprintf(stderr, "netlm_gemm_bench: out of memory\n");
-        exit(1);
-    }
     for (int path = 0; path < 2; path++) {
         if (!show[path] && !(path == 1 && any_fused))
             continue;
@@ -168,14 +177,17 @@ static void bench_swiglu(struct cu_gemm *g, cudaStream_t s, cudaEvent_t ev[2], i
                path ? "qwen-mlp-up+swiglu-cublaslt" : "qwen-mlp-up-cublaslt", n, k, 2 * f, 2 * f, ms,
                flops / (ms * 1e-3) / 1e12);
     }
-    /* the reference for the fused variants: h in the gate halves of the two-step rows */
-    CUDA_CHECK(cudaMemcpy2D(two_step, f * 2, gate_up, 2 * f * 2, f * 2, n, cudaMemcpyDeviceToHost));
-    if (!any_fused) {
-        /* nothing more asked for */
-    } else if (!cu_gemm_swiglu_supported(device, (uint32_t)k, (uint32_t)f)) {
+    if (any_fused && !cu_gemm_swiglu_supported(device, (uint32_t)k, (uint32_t)f)) {
         printf("{\"side\":\"netlm\",\"gemm\":\"qwen-mlp-up+swiglu-fused\",\"skipped\":\"not a compute capability "
                "9.0 GPU\"}\n");
-    } else {
+    } else if (any_fused) {
+        /* the reference for the fused variants: h in the gate halves of the two-step rows */
+        uint16_t *two_step = malloc(n * f * 2), *fused = malloc(n * f * 2);
+        if (!two_step || !fused) {
+            fprintf(stderr, "netlm_gemm_bench: out of memory\n");
+            exit(1);
+        }
+        CUDA_CHECK(cudaMemcpy2D(two_step, f * 2, gate_up, 2 * f * 2, f * 2, n, cudaMemcpyDeviceToHost));
         for (unsigned v = 0; cu_gemm_swiglu_variant(v); v++) {
             snprintf(row, sizeof row, "qwen-mlp-up+swiglu-fused-%s", cu_gemm_swiglu_variant(v));
             if (only && !strstr(row, only))
@@ -184,22 +196,19 @@ static void bench_swiglu(struct cu_gemm *g, cudaStream_t s, cudaEvent_t ev[2], i
             CUDA_CHECK(cudaMemset(h, 0xff, n * f * 2)); /* NaN: a tile left unwritten shows */
             const float ms = time_path(2, g, s, ev, runs, gate_up, h, x, w, n, k, f);
             CUDA_CHECK(cudaMemcpy(fused, h, n * f * 2, cudaMemcpyDeviceToHost));
-            double worst = 0.0, top = 0.0;
-            for (size_t i = 0; i < n * f; i++) {
-                const double a = cu_bf16_to_f32(two_step[i]), b = cu_bf16_to_f32(fused[i]), d = fabs(a - b);
-                worst = d > worst || isnan(d) ? d : worst;
-                top = fabs(a) > top ? fabs(a) : top;
-            }
+            struct rel_diff diff = {0};
+            for (size_t i = 0; i < n * f; i++)
+                rel_diff_add(&diff, cu_bf16_to_f32(two_step[i]), cu_bf16_to_f32(fused[i]));
             printf("{\"side\":\"netlm\",\"gemm\":\"%s\",\"algorithm\":\"%u CTAs\",\"n\":%zu,"
                    "\"in\":%zu,\"out\":%zu,\"ld\":%zu,\"ms\":%.4f,\"tflops\":%.1f,\"max_rel_diff\":%.3g}\n",
                    row, cu_gemm_swiglu_grid(device, (uint32_t)n, (uint32_t)f), n, k, 2 * f, f,
-                   ms, flops / (ms * 1e-3) / 1e12, worst / (top > 0 ? top : 1.0));
+                   ms, flops / (ms * 1e-3) / 1e12, rel_diff_value(&diff));
             fflush(stdout);
         }
         cu_gemm_swiglu_select(cu_gemm_swiglu_variant(0));
+        free(two_step);
+        free(fused);
     }
-    free(two_step);
-    free(fused);
     cudaFree(x), cudaFree(w), cudaFree(gate_up), cudaFree(h);
 }
 
@@ -295,13 +304,10 @@ int main(int argc, char **argv)
                 CUDA_CHECK(cudaMemcpy2D(dst, 60005 * sizeof(float), y, c->ld * sizeof(float),
                                         60005 * sizeof(float), c->n, cudaMemcpyDeviceToHost));
                 if (have_first) {
-                    double worst = 0.0, top = 0.0;
-                    for (size_t k = 0; k < (size_t)4096 * 60005; k++) {
-                        const double d = fabs((double)other[k] - (double)first[k]);
-                        worst = d > worst || isnan(d) ? d : worst;
-                        top = fabs(first[k]) > top ? fabs(first[k]) : top;
-                    }
-                    printf(",\"max_rel_diff\":%.3g", worst / (top > 0 ? top : 1.0));
+                    struct rel_diff diff = {0};
+                    for (size_t k = 0; k < (size_t)4096 * 60005; k++)
+                        rel_diff_add(&diff, first[k], other[k]);
+                    printf(",\"max_rel_diff\":%.3g", rel_diff_value(&diff));
                 }
                 have_first = true;
             }

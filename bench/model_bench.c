@@ -325,12 +325,12 @@ static bool case_chosen(const char *name, const char *only)
     if (!only)
         return true;
     for (const char *part = only; *part;) {
-        const char *comma = strchr(part, ',');
-        const size_t len = comma ? (size_t)(comma - part) : strlen(part);
-        for (const char *at = name; len && strlen(at) >= len; at++)
-            if (!strncmp(at, part, len))
-                return true;
-        part += len + (comma ? 1 : 0);
+        const size_t len = strcspn(part, ",");
+        char want[128];
+        snprintf(want, sizeof want, "%.*s", (int)len, part);
+        if (len && strstr(name, want))
+            return true;
+        part += len + (part[len] == ',');
     }
     return false;
 }
