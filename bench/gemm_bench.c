@@ -17,7 +17,8 @@
  * path), and each variant of the one kernel with the SwiGLU in its epilogue (gemm_swiglu.cu;
  * "algorithm" gives the CTAs it ran on), whose output is compared with the two-step one
  * ("max_rel_diff": the two-step path rounds the product to bf16 before the SwiGLU, so ~4e-3 is
- * expected). */
+ * expected). Before them, one line per kernel cuBLASLt's heuristic offers for the gate/up GEMM
+ * ("gemm_candidate"): its time and its ids of tile, stages and cluster shape (cublasLt.h's enums). */
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdio.h>
@@ -166,6 +167,9 @@ static void bench_swiglu(struct cu_gemm *g, cudaStream_t s, cudaEvent_t ev[2], i
     void *gate_up = NULL, *h = NULL;
     CUDA_CHECK(cudaMalloc(&gate_up, n * 2 * f * 2));
     CUDA_CHECK(cudaMalloc(&h, n * f * 2));
+    /* the kernels cuBLASLt offers for the gate/up GEMM, each timed with its tile, stages and
+     * cluster shape: the recipe the fused kernel is measured against */
+    cu_gemm_set_candidate_log(g, stdout);
     for (int path = 0; path < 2; path++) {
         if (!show[path] && !(path == 1 && any_fused))
             continue;
@@ -177,6 +181,7 @@ static void bench_swiglu(struct cu_gemm *g, cudaStream_t s, cudaEvent_t ev[2], i
                path ? "qwen-mlp-up+swiglu-cublaslt" : "qwen-mlp-up-cublaslt", n, k, 2 * f, 2 * f, ms,
                flops / (ms * 1e-3) / 1e12);
     }
+    cu_gemm_set_candidate_log(g, NULL);
     if (any_fused && !cu_gemm_swiglu_supported(device, (uint32_t)k, (uint32_t)f)) {
         printf("{\"side\":\"netlm\",\"gemm\":\"qwen-mlp-up+swiglu-fused\",\"skipped\":\"not a compute capability "
                "9.0 GPU\"}\n");

@@ -31,7 +31,8 @@
 #
 # Outputs ($OUT, 8 files): env.txt, build.log, tests.log (ctest and sanitizers), netlm.json
 # (JSON lines), torch.json, summary.txt, gpu_check.json (each stage's status and time), ncu.txt
-# (Nsight Compute on the fused SwiGLU GEMM and on Qwen2's attention, norms, RoPE and SwiGLU). Each stage
+# (Nsight Compute on the fused SwiGLU GEMM, on cuBLASLt's GEMM of the same shape and on Qwen2's
+# attention, norms, RoPE and SwiGLU). Each stage
 # has its own time limit so the whole stays under 9.5 minutes and a slow stage cannot starve the
 # others; the exit status is non-zero when any stage failed.
 set -euo pipefail
@@ -192,6 +193,12 @@ command -v $ncu >/dev/null || ncu=/usr/local/cuda/bin/ncu
 bench ncu-swiglu 90 "$OUT/ncu.txt" $ncu --clock-control none -k regex:gemm_swiglu --launch-count 18 \
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section Occupancy \
     --section LaunchStats "$build/netlm_gemm_bench" --runs 1 --only fused
+# the same view of cuBLASLt's kernel for the gate/up GEMM (the heuristic's first; its name gives
+# the tile and cluster shape), the rate the fused kernel is measured against
+bench ncu-cublaslt 40 "$OUT/ncu.txt" env NETLM_CUDA_GEMM_TUNE=0 $ncu --clock-control none \
+    -k regex:'nvjet|xmma|cutlass|gemm' --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis \
+    --section ComputeWorkloadAnalysis --section Occupancy --section LaunchStats "$build/netlm_gemm_bench" --runs 1 \
+    --only qwen-mlp-up-cublaslt
 # where Qwen2.5-0.5B's inference time goes apart from the GEMMs: one launch each of attention,
 # the norms, RoPE and the SwiGLU pass (first layer, inside the CUDA graph)
 bench ncu-qwen 90 "$OUT/ncu.txt" $ncu --clock-control none -k regex:'attn_tc|norm_kernel|rope_kernel|swiglu_kernel' \

@@ -17,13 +17,15 @@ def main():
         sys.exit(__doc__.strip().splitlines()[-1])
     out = sys.argv[1]
     netlm, torch_r = {}, {}
-    variants, profiles, gemms, last_case = {}, [], [], None
+    variants, profiles, gemms, candidates, last_case = {}, [], [], [], None
     for line in open(os.path.join(out, "netlm.json")):
         line = line.strip()
         if line.startswith("{"):
             r = json.loads(line)
             if "gemm" in r:
                 gemms.append(r)
+            elif "gemm_candidate" in r:
+                candidates.append(r)
             elif "cuda_profile" in r:
                 profiles.append((last_case, r["cuda_profile"]))
             elif "case" in r:
@@ -91,6 +93,12 @@ def main():
                 continue
             extra = f"  max_rel_diff {r['max_rel_diff']:.2g}" if "max_rel_diff" in r else ""
             print(f"  {r['gemm']:30} {r['algorithm']:16} {r['ms']:9.4f} {r['tflops']:7.1f}{extra}")
+    if candidates:
+        print("\ncuBLASLt's candidates per GEMM shape (ids: cublasLt.h's tile, stages and cluster-shape enums)")
+        for r in sorted(candidates, key=lambda r: (r["m"], r["n"], r["k"], r["ms"] if r["ms"] >= 0 else 1e9)):
+            ids = " ".join(f"{k} {r[k]}" for k in ("algo_id", "tile_id", "stages_id", "cluster_id", "swizzle", "splitk")
+                           if k in r)
+            print(f"  m {r['m']} n {r['n']} k {r['k']}: #{r['gemm_candidate']} {r['ms']:.4f} ms  {ids}")
     st = os.path.join(out, "gpu_check.json")
     if os.path.exists(st):
         print()

@@ -22,6 +22,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <cublasLt.h>
@@ -251,6 +252,10 @@ void cu_gemm_set_epilogues(struct cu_gemm *g, bool enabled);
  * Training turns it off: the timed choice may differ between processes, and a resumed run must
  * repeat the same algorithms to continue bit for bit. */
 void cu_gemm_set_tuning(struct cu_gemm *g, bool enabled);
+/* While log is set, each candidate timed for a new plan is written to it as a JSON line (its
+ * time and cuBLASLt's ids of its tile, stages and cluster shape): netlm_gemm_bench's view of
+ * which kernels cuBLASLt runs fastest for a shape. */
+void cu_gemm_set_candidate_log(struct cu_gemm *g, FILE *log);
 
 /* y[n, out] (type yt, row stride ldy) = x[n, in] (type abt, row stride ldx) · w[out, in]ᵀ
  * (type abt, packed) (+ bias, of type yt) (+ y when accumulate), then the tanh GELU when gelu

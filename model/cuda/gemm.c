@@ -76,6 +76,7 @@ struct cu_gemm {
     void *tune_out; /* scratch output of the timed candidates */
     size_t tune_bytes;
     cudaEvent_t tune_ev[2];
+    FILE *candidate_log; /* each timed candidate as a JSON line (cu_gemm_set_candidate_log) */
     unsigned next; /* round-robin victim when the cache is full */
     struct cu_gemm_plan plans[CU_GEMM_PLANS];
 };
@@ -178,6 +179,8 @@ void cu_gemm_set_tuning(struct cu_gemm *g, bool enabled)
         plan_release(&g->plans[i]);
 }
 
+void cu_gemm_set_candidate_log(struct cu_gemm *g, FILE *log) { g->candidate_log = log; }
+
 /* The median time of TUNE_RUNS runs of candidate algo (after one untimed), or a negative value
  * when it fails. Output into the scratch with beta = 0: D of the real call may be an input (the
  * residual, dx or dW accumulated onto), which a timed run must never change. */
@@ -204,6 +207,36 @@ static float tune_time(struct cu_gemm *g, const struct cu_gemm_plan *p, const cu
             ms[j - 1] = t;
         }
     return ms[TUNE_RUNS / 2];
+}
+
+/* One JSON line: the candidate's time and what cuBLASLt says of its kernel (the enum values of
+ * cublasLt.h: cublasLtMatmulTile_t, cublasLtMatmulStages_t, cublasLtClusterShape_t, ...), so
+ * that the tile, pipeline depth and cluster shape of the fastest kernels for a shape are known. */
+static void log_candidate(FILE *f, const struct cu_gemm_plan *p, int index, const cublasLtMatmulAlgo_t *algo, float ms)
+{
+    static const struct {
+        const char *name;
+        cublasLtMatmulAlgoConfigAttributes_t attr;
+        size_t bytes;
+    } fields[] = {
+        {"algo_id", CUBLASLT_ALGO_CONFIG_ID, 4},           {"tile_id", CUBLASLT_ALGO_CONFIG_TILE_ID, 4},
+        {"stages_id", CUBLASLT_ALGO_CONFIG_STAGES_ID, 4},  {"cluster_id", CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, 2},
+        {"inner_id", CUBLASLT_ALGO_CONFIG_INNER_SHAPE_ID, 2}, {"swizzle", CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, 4},
+        {"splitk", CUBLASLT_ALGO_CONFIG_SPLITK_NUM, 4},
+    };
+    fprintf(f, "{\"side\":\"netlm\",\"gemm_candidate\":%d,\"m\":%zu,\"n\":%zu,\"k\":%zu,\"ms\":%.4f", index,
+            p->key.m, p->key.n, p->key.k, ms);
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+        uint32_t v32 = 0;
+        uint16_t v16 = 0;
+        size_t written = 0;
+        void *v = fields[i].bytes == 2 ? (void *)&v16 : (void *)&v32;
+        if (cublasLtMatmulAlgoConfigGetAttribute(algo, fields[i].attr, v, fields[i].bytes, &written) ==
+            CUBLAS_STATUS_SUCCESS)
+            fprintf(f, ",\"%s\":%u", fields[i].name, fields[i].bytes == 2 ? (unsigned)v16 : (unsigned)v32);
+    }
+    fprintf(f, "}\n");
+    fflush(f);
 }
 
 /* Of the heuristic's candidates res[0..found), the fastest on these operands (index). Any
@@ -237,6 +270,8 @@ static int tune_pick(struct cu_gemm *g, const struct cu_gemm_plan *p,
         if (res[i].state != CUBLAS_STATUS_SUCCESS)
             continue;
         float ms = tune_time(g, p, &res[i].algo, a, b, s);
+        if (g->candidate_log)
+            log_candidate(g->candidate_log, p, i, &res[i].algo, ms);
         if (ms >= 0.0f && (best_ms < 0.0f || ms < best_ms)) {
             best = i;
             best_ms = ms;

@@ -58,6 +58,10 @@ def main():
             {"side": "netlm", "gemm": "qwen-mlp-up+swiglu-fused-c4", "algorithm": "128 CTAs", "ms": 1.9,
              "tflops": 600.0, "max_rel_diff": 0.0039},
             {"side": "netlm", "gemm": "qwen-mlp-up+swiglu-fused", "skipped": "not a compute capability 9.0 GPU"},
+            {"side": "netlm", "gemm_candidate": 0, "m": 9728, "n": 65536, "k": 896, "ms": 1.62, "algo_id": 66,
+             "tile_id": 23, "stages_id": 35, "cluster_id": 2},
+            {"side": "netlm", "gemm_candidate": 1, "m": 9728, "n": 65536, "k": 896, "ms": 1.47, "algo_id": 66,
+             "tile_id": 23, "stages_id": 35, "cluster_id": 3},
         ])
         with open(os.path.join(out, "torch.json"), "w") as f:
             json.dump([{"side": "torch", "torch": "2.11"},
@@ -87,6 +91,9 @@ def main():
               "99.000 ms = gemm up 35.000, swiglu 15.000" in text, text)
         check("summary: GEMM rows, a skipped one as such",
               "skipped: not a compute capability 9.0 GPU" in text and "445.8" in text, text)
+        fastest = [line for line in text.splitlines() if "m 9728 n 65536 k 896" in line][:1]
+        check("summary: cuBLASLt's candidates, fastest first with their ids",
+              fastest and "#1 1.4700 ms" in fastest[0] and "cluster_id 3" in fastest[0], text)
         check("summary: each stage's status", "bench-netlm" in text and " ok " in text, text)
 
         r = run("/usr/bin/python3", os.path.join(BENCH, "gpu_fastest_swiglu.py"), os.path.join(out, "netlm.json"))
