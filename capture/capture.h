@@ -147,6 +147,26 @@ struct cap_live_opts {
     int timeout_ms;  /* how long a burst may wait for packets; 0 = 10 ms */
 };
 
+/* A DPDK port instead of a kernel interface (the sensor's capture.source = "dpdk"): the frames
+ * never pass through the kernel. One receive queue, read by the thread that calls
+ * cap_next_burst(); frames are copied out of their mbufs (up to snaplen), so the mbufs go back to
+ * the pool at once and a slow consumer can never starve the NIC of buffers. */
+struct cap_dpdk_opts {
+    /* A PCI address bound to a DPDK driver ("0000:3b:00.0", "3b:00.0"), or a virtual device's
+     * arguments ("net_pcap0,rx_pcap=/tmp/x.pcap", "net_af_packet0,iface=eth1"). */
+    const char *port;
+    /* EAL arguments, separated by blanks ("-l 2 -n 4 --huge-dir /mnt/huge"); NULL or "" for the
+     * defaults: the core the caller runs on, hugepages as the system provides them. */
+    const char *eal_args;
+    int snaplen;            /* bytes per frame kept; 0 = 262144 */
+    const char *bpf;        /* capture filter (libpcap syntax, run in user space), NULL = all */
+    bool promisc;
+    uint32_t rx_descriptors; /* receive ring; 0 = 4096 (rounded to what the NIC allows) */
+    uint32_t mbufs;          /* buffers in the pool; 0 = 4 × rx_descriptors */
+    bool busy_poll;          /* spin on an empty ring (one core at 100 %, the least latency);
+                                else sleep up to 1 ms once the ring has been empty a while */
+};
+
 struct cap_source;
 
 /* Results of cap_next_burst(). */
@@ -156,6 +176,13 @@ enum { CAP_BURST_END = -1, CAP_BURST_ERROR = -2 };
  * one line naming the file and the problem into err. */
 struct cap_source *cap_open_file(const char *path, char *err, size_t errlen);
 struct cap_source *cap_open_live(const struct cap_live_opts *opts, char *err, size_t errlen);
+/* Starts DPDK's environment (once per process: a second DPDK source is refused) and the port.
+ * Built without DPDK it fails with a message saying so. cap_source_stats(): kernel_dropped is
+ * the frames the NIC dropped for want of ring space (imissed), iface_dropped its receive errors
+ * and allocation failures. */
+struct cap_source *cap_open_dpdk(const struct cap_dpdk_opts *opts, char *err, size_t errlen);
+/* DPDK's version ("DPDK 22.11.11") when this build has the DPDK source, else NULL. */
+const char *cap_dpdk_version(void);
 
 /* Fills up to max frames. Returns the count (0: nothing yet on a live source), CAP_BURST_END at
  * the end of a file, CAP_BURST_ERROR on a read error (cap_source_error() says what; for a

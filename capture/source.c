@@ -1,10 +1,11 @@
-/* source.c — packet sources behind cap_open_file() / cap_open_live(): libpcap handles that hand
- * out frames in bursts.
+/* source.c — packet sources behind cap_open_file() / cap_open_live() / cap_open_dpdk(): libpcap
+ * handles (or a DPDK port, dpdk.c) that hand out frames in bursts.
  *
  * libpcap reuses one buffer for every frame it returns, so each burst copies its frames into a
  * per-source arena; the frames stay valid until the next burst on the same source. A source is
  * owned by one thread at a time; different sources share nothing. */
 #include "capture/capture.h"
+#include "capture/dpdk_port.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -47,6 +48,8 @@ struct cap_source {
     const struct pcap_pkthdr *held_hdr;
     const uint8_t *held_bytes;
 
+    struct cap_dpdk_port *dpdk; /* a DPDK port (live) instead of pcap */
+
     /* live: where the dispatch callback puts the current burst */
     struct cap_frame *cb_frames;
     int cb_count;
@@ -83,6 +86,7 @@ static void source_free(struct cap_source *src)
         return;
     if (src->pcap)
         pcap_close(src->pcap);
+    cap_dpdk_port_close(src->dpdk);
     free(src->stream_buf);
     free(src->arena);
     free(src->name);
@@ -278,6 +282,26 @@ struct cap_source *cap_open_live(const struct cap_live_opts *opts, char *err, si
     return src;
 }
 
+struct cap_source *cap_open_dpdk(const struct cap_dpdk_opts *opts, char *err, size_t errlen)
+{
+    uint32_t snaplen = 0;
+    struct cap_dpdk_port *port = cap_dpdk_port_open(opts, &snaplen, err, errlen);
+    if (!port)
+        return NULL;
+    char name[300];
+    snprintf(name, sizeof name, "dpdk:%s", opts->port);
+    struct cap_source *src = source_new(name, err, errlen);
+    if (!src) {
+        cap_dpdk_port_close(port);
+        return NULL;
+    }
+    src->dpdk = port;
+    src->live = true;
+    src->linktype = CAP_LINK_EN10MB;
+    src->snaplen = snaplen;
+    return src;
+}
+
 static inline int64_t ts_to_ns(const struct cap_source *src, const struct timeval *tv)
 {
     return (int64_t)tv->tv_sec * 1000000000 + (int64_t)tv->tv_usec * (src->ts_nano ? 1 : 1000);
@@ -402,7 +426,15 @@ int cap_next_burst(struct cap_source *src, struct cap_frame *frames, int max)
     if (max <= 0)
         return 0;
     src->arena_used = 0;
-    int n = src->live ? live_burst(src, frames, max) : file_burst(src, frames, max);
+    int n;
+    if (src->dpdk) {
+        n = cap_dpdk_port_burst(src->dpdk, frames, max, src->arena, src->arena_size, &src->arena_used, src->err,
+                                sizeof src->err);
+        src->failed = n < 0;
+        src->frames_read += n > 0 ? (uint64_t)n : 0;
+    } else {
+        n = src->live ? live_burst(src, frames, max) : file_burst(src, frames, max);
+    }
     if (n > 0) {
         src->frames += (uint64_t)n;
         src->bytes += src->arena_used;
@@ -433,7 +465,9 @@ uint16_t cap_source_linktype(const struct cap_source *src)
 void cap_source_stats(struct cap_source *src, struct cap_source_stats *out)
 {
     *out = (struct cap_source_stats){.frames = src->frames, .bytes = src->bytes};
-    if (src->live) {
+    if (src->dpdk) {
+        cap_dpdk_port_stats(src->dpdk, &out->kernel_dropped, &out->iface_dropped);
+    } else if (src->live) {
         struct pcap_stat ps;
         if (pcap_stats(src->pcap, &ps) == 0) {
             out->kernel_dropped = ps.ps_drop;

@@ -83,7 +83,8 @@ int cmd_sensor(int argc, char **argv)
     struct cli_opt opts[] = {
         {"config", NULL, 'c', "FILE", "configuration (libconfig; default: built-in defaults)", NULL},
         {"check-config", NULL, 0, NULL, "load and validate the configuration, print 'FILE: ok', exit", NULL},
-        {"interface", NULL, 'i', "IFACE", "capture interface (capture.interface)", NULL},
+        {"interface", NULL, 'i', "IFACE", "capture interface (capture.interface); dpdk:PORT captures with DPDK "
+                                          "(capture.source \"dpdk\", capture.dpdk.port = PORT)", NULL},
         {"model", NULL, 'm', "DIR", "model directory (model.path)", NULL},
         {"no-model", NULL, 0, NULL, "classification off: no model, flow and stats events only (model.task = \"none\")", NULL},
         {"output", NULL, 'o', "OUT", "events to a file, '-' = stdout, 'unix:PATH' = a unix stream socket", NULL},
@@ -117,8 +118,24 @@ int cmd_sensor(int argc, char **argv)
     const char *config = cli_get(opts, "config");
     if (!load_config(cmd, config, &o->cfg))
         goto done;
-    if (cli_get(opts, "interface"))
-        snprintf(o->cfg.capture.interface, sizeof o->cfg.capture.interface, "%s", cli_get(opts, "interface"));
+    const char *iface = cli_get(opts, "interface");
+    if (iface && strncmp(iface, "dpdk:", 5) == 0) {
+        if (!iface[5] || strlen(iface + 5) >= sizeof o->cfg.capture.dpdk_port.port) {
+            cli_error(cmd, "--interface: expected dpdk:PORT with a PORT of 1 to %zu bytes",
+                      sizeof o->cfg.capture.dpdk_port.port - 1);
+            goto done;
+        }
+        o->cfg.capture.dpdk = true;
+        snprintf(o->cfg.capture.dpdk_port.port, sizeof o->cfg.capture.dpdk_port.port, "%s", iface + 5);
+    } else if (iface) {
+        if (!*iface || strlen(iface) >= sizeof o->cfg.capture.interface) {
+            cli_error(cmd, "--interface: expected an interface name of 1 to %zu bytes, got '%s'",
+                      sizeof o->cfg.capture.interface - 1, iface);
+            goto done;
+        }
+        o->cfg.capture.dpdk = false;
+        snprintf(o->cfg.capture.interface, sizeof o->cfg.capture.interface, "%s", iface);
+    }
     if (cli_get(opts, "bpf"))
         snprintf(o->cfg.capture.bpf, sizeof o->cfg.capture.bpf, "%s", cli_get(opts, "bpf"));
     if (cli_get(opts, "user"))

@@ -47,7 +47,8 @@ static void print_version(void)
 #else
     printf(", MPI no");
 #endif
-    printf(", capture %s\n", pcap_lib_version());
+    const char *dpdk = cap_dpdk_version();
+    printf(", capture %s, %s%s\n", pcap_lib_version(), dpdk ? dpdk : "DPDK", dpdk ? "" : " no");
     const int gpus = model_cuda_device_count();
     if (gpus == 0)
         printf("GPUs: none visible\n");

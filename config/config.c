@@ -66,6 +66,7 @@ struct cfg_key {
 };
 
 static const char *const cfg_tunnels_names[] = {"outer", "inner"};
+static const char *const cfg_source_names[] = {"libpcap", "dpdk"};
 static const char *const cfg_port_reuse_names[] = {"split", "merge"};
 static const char *const cfg_task_names[] = {"auto", "classify", "generate", "none"};
 static const char *const cfg_output_names[] = {"file", "stdout", "unix_stream"};
@@ -108,13 +109,24 @@ static const struct cfg_key cfg_timeout_keys[] = {
     CFG_TIMEOUT("other_established", other_established),
 };
 
+/* capture.dpdk's keys sit in capture itself (the group adds nothing to the offset) */
+static const struct cfg_key cfg_dpdk_keys[] = {
+    CFG_STR("port", capture, dpdk_port.port, 0),
+    CFG_STR("eal", capture, dpdk_port.eal, 0),
+    CFG_U32("rx_descriptors", capture, dpdk_port.rx_descriptors, 64, 65536),
+    CFG_U32("mbufs", capture, dpdk_port.mbufs, 0, 16777216),
+    CFG_BOOLEAN("busy_poll", capture, dpdk_port.busy_poll),
+};
+
 static const struct cfg_key cfg_capture_keys[] = {
+    CFG_CHOICE("source", CFG_KIND_CHOICE_BOOL, capture, dpdk, cfg_source_names),
     CFG_STR("interface", capture, interface, 1),
     CFG_U32("snaplen", capture, snaplen, 64, 262144),
     CFG_U32("buffer_mb", capture, buffer_mb, 1, 4096),
     CFG_BOOLEAN("promiscuous", capture, promiscuous),
     CFG_STR("bpf", capture, bpf, 0),
     CFG_CHOICE("tunnels", CFG_KIND_CHOICE_BOOL, capture, tunnels_inner, cfg_tunnels_names),
+    CFG_GROUP("dpdk", 0, cfg_dpdk_keys),
 };
 
 static const struct cfg_key cfg_emergency_keys[] = {
@@ -196,6 +208,8 @@ void cfg_defaults(struct cfg_sensor *c)
     c->capture.buffer_mb = 64;
     c->capture.promiscuous = true;
     c->capture.tunnels_inner = false;
+    c->capture.dpdk = false;
+    c->capture.dpdk_port.rx_descriptors = 4096;
 
     c->flow.max_flows = 1048576;
     c->flow.packets_per_session = 32;
@@ -872,6 +886,19 @@ static int cfg_check_combinations(const struct cfg_sensor *c, char *msg, size_t 
         keys[0] = "flow.max_flows", keys[1] = "flow.workers";
         snprintf(msg, size, "flow.max_flows: expected at least 16 per worker (flow.workers = %u: "
                  "%u), got %u", c->flow.workers, 16 * c->flow.workers, c->flow.max_flows);
+        return -1;
+    }
+    if (c->capture.dpdk && c->capture.dpdk_port.port[0] == '\0') {
+        keys[0] = "capture.dpdk.port", keys[1] = "capture.source";
+        snprintf(msg, size, "capture.dpdk.port: expected a PCI address or a virtual device with "
+                 "capture.source \"dpdk\", got \"\"");
+        return -1;
+    }
+    if (c->capture.dpdk_port.mbufs != 0 && c->capture.dpdk_port.mbufs <= c->capture.dpdk_port.rx_descriptors) {
+        keys[0] = "capture.dpdk.mbufs", keys[1] = "capture.dpdk.rx_descriptors";
+        snprintf(msg, size, "capture.dpdk.mbufs: expected 0 (4 × rx_descriptors) or more than "
+                 "capture.dpdk.rx_descriptors (%u), got %u", c->capture.dpdk_port.rx_descriptors,
+                 c->capture.dpdk_port.mbufs);
         return -1;
     }
     if (c->output.kind == CFG_OUTPUT_FILE && c->output.filename[0] == '\0') {

@@ -47,6 +47,14 @@ struct cfg_sensor {
         bool promiscuous;         /* true */
         char bpf[1024];           /* "" = everything */
         bool tunnels_inner;       /* tunnels = "outer" (false) | "inner" (true) */
+        bool dpdk;                /* source = "libpcap" (false) | "dpdk" (true) */
+        struct {                  /* the DPDK port, with source = "dpdk" (capture.h: cap_dpdk_opts) */
+            char port[256];       /* PCI address or virtual device arguments */
+            char eal[512];        /* EAL arguments */
+            uint32_t rx_descriptors; /* 4096 */
+            uint32_t mbufs;       /* 0: 4 × rx_descriptors */
+            bool busy_poll;       /* false */
+        } dpdk_port;
     } capture;
 
     struct {                      /* all [restart] */

@@ -531,6 +531,23 @@ int sensor_run(const struct sensor_options *o)
                 return 1;
             }
         }
+    } else if (sn->cfg.capture.dpdk) {
+        const struct cap_dpdk_opts dopts = {
+            .port = sn->cfg.capture.dpdk_port.port,
+            .eal_args = sn->cfg.capture.dpdk_port.eal,
+            .snaplen = (int)sn->cfg.capture.snaplen,
+            .bpf = sn->cfg.capture.bpf[0] ? sn->cfg.capture.bpf : NULL,
+            .promisc = sn->cfg.capture.promiscuous,
+            .rx_descriptors = sn->cfg.capture.dpdk_port.rx_descriptors,
+            .mbufs = sn->cfg.capture.dpdk_port.mbufs,
+            .busy_poll = sn->cfg.capture.dpdk_port.busy_poll,
+        };
+        live = cap_open_dpdk(&dopts, err, sizeof err);
+        if (!live) {
+            sensor_log("%s", err);
+            release(sn);
+            return 1;
+        }
     } else {
         struct cap_live_opts lo = {
             .iface = sn->cfg.capture.interface,
@@ -642,16 +659,16 @@ int sensor_run(const struct sensor_options *o)
     atomic_store(&sn->ready_notified, true);
     if (!o->replay && sn->no_model)
         sensor_log("capturing on %s, no model (flow and stats events only), %d flow workers",
-                   sn->cfg.capture.interface, fcfg.workers);
+                   cap_source_name(live), fcfg.workers);
     else if (!o->replay && sn->engine->gpu) {
         int dev = 0;
         char gpu[384] = "";
         if (model_device_parse(sn->cfg.model.device, &dev))
             model_cuda_describe(dev, gpu, sizeof gpu);
-        sensor_log("capturing on %s, model %s on %s (%s), %d flow workers", sn->cfg.capture.interface,
+        sensor_log("capturing on %s, model %s on %s (%s), %d flow workers", cap_source_name(live),
                    sn->engine->name, sn->cfg.model.device, gpu, fcfg.workers);
     } else if (!o->replay) {
-        sensor_log("capturing on %s, model %s (%u threads), %d flow workers", sn->cfg.capture.interface,
+        sensor_log("capturing on %s, model %s (%u threads), %d flow workers", cap_source_name(live),
                    sn->engine->name, sn->engine->threads, fcfg.workers);
     }
 

@@ -256,7 +256,7 @@ def test_version(twin, tmp):
     lines = res.stdout.splitlines()
     check("--version: 'netlm X.Y.Z', a build line, the GPUs",
           len(lines) >= 3 and lines[0].split(" ")[0] == "netlm" and lines[0].count(".") == 2 and
-          lines[1].startswith("build: CUDA backend ") and "libpcap" in lines[1] and
+          lines[1].startswith("build: CUDA backend ") and "libpcap" in lines[1] and "DPDK" in lines[1] and
           (lines[2] == "GPUs: none visible" or lines[2].startswith("GPU cuda:0: ")), res.stdout)
     if lines[2:3] == ["GPUs: none visible"]:
         good = os.path.join(tmp, "version.tsv")

@@ -30,7 +30,6 @@ Every line of both outputs is valid against schema/events.schema.json.
 Needs root, `ip netns` and tcpreplay; prints "skipped: ..." and exits 0 otherwise. The namespace
 and the veth pair are removed on every exit path."""
 import atexit
-import json
 import os
 import shutil
 import signal
@@ -42,7 +41,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sensor_common import DATA, MODEL, NETLM, SRC, by_type, check, finish, read_events, wait_for  # noqa: E402
+from sensor_common import (DATA, MODEL, NETLM, SRC, check, compare_with_replay, contents, finish,  # noqa: E402
+                           frame_count, last_stats, read_events, wait_for)
 
 TAG = f"{os.getpid() % 100000}"
 NS = f"netlm-st-{TAG}"
@@ -110,66 +110,6 @@ model = {{ path = "{MODEL}"; threads = 1; batch_timeout_us = 1000; }};
 output = {{ type = "file"; filename = "{out}"; stats_interval = 0.2; flow_events = true; }};
 service = {{ user = ""; }};
 """)
-
-
-def contents(path):
-    try:
-        with open(path) as f:
-            return f.read()
-    except FileNotFoundError:
-        return ""
-
-
-def last_stats(path):
-    st = None
-    for line in contents(path).splitlines():
-        if '"event_type":"stats"' in line:
-            try:
-                st = json.loads(line)["stats"]
-            except json.JSONDecodeError:
-                pass  # the line being written
-    return st
-
-
-def frame_count(path):
-    """Frames in a pcap or pcapng file (demo.pcap is pcapng), counted without libpcap."""
-    with open(path, "rb") as f:
-        data = f.read()
-    if data[:4] == b"\x0a\x0d\x0d\x0a":  # pcapng: count enhanced and simple packet blocks
-        n, off, order = 0, 0, "little"
-        while off + 12 <= len(data):
-            btype = int.from_bytes(data[off:off + 4], order)
-            if btype == 0x0A0D0D0A:
-                order = "little" if data[off + 8:off + 12] == b"\x4d\x3c\x2b\x1a" else "big"
-                btype = 0x0A0D0D0A
-            blen = int.from_bytes(data[off + 4:off + 8], order)
-            if blen < 12:
-                break
-            n += btype in (3, 6)
-            off += blen
-        return n
-    order = "little" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else "big"
-    n, off = 0, 24
-    while off + 16 <= len(data):
-        off += 16 + int.from_bytes(data[off + 8:off + 12], order)
-        n += 1
-    return n
-
-
-def tuple_of(e):
-    return (e["proto"], e["src_ip"], e["src_port"], e["dest_ip"], e["dest_port"])
-
-
-def keyed(events, name):
-    out = {}
-    dup = []
-    for e in events:
-        k = tuple_of(e)
-        if k in out:
-            dup.append(k)
-        out[k] = e
-    check(f"{name}: one event per 5-tuple", not dup, f"{len(dup)} repeated: {dup[:3]}")
-    return out
 
 
 def main():
@@ -264,54 +204,7 @@ def main():
 
         live = read_events(contents(live_out), "sensor on veth")
         rep = read_events(contents(replay_out), "replay")
-        lst, rst = by_type(live, "stats"), by_type(rep, "stats")
-        if not (lst and rst):
-            check("both outputs end with a stats event", False)
-            finish()
-        ls, rs = lst[-1]["stats"], rst[-1]["stats"]
-        check("sensor: exactly the frames sent, no kernel or interface drops",
-              ls["capture"]["packets"] == n_frames and ls["capture"]["kernel_drops"] == 0
-              and ls["capture"]["iface_drops"] == 0, str(ls["capture"]))
-        check("sensor: every ready session classified, none skipped",
-              ls["sessions"]["ready"] == ls["sessions"]["classified"] and ls["sessions"]["skipped"] == 0,
-              str(ls["sessions"]))
-        check("decoder counters equal replay's", ls["decoder"] == rs["decoder"], f"{ls['decoder']} vs {rs['decoder']}")
-
-        lc, rc = keyed(by_type(live, "classification"), "sensor"), keyed(by_type(rep, "classification"), "replay")
-        check(f"classification: the same {len(rc)} sessions (5-tuples)", set(lc) == set(rc) and rc,
-              f"only sensor: {sorted(set(lc) - set(rc))[:3]}, only replay: {sorted(set(rc) - set(lc))[:3]}")
-        diff = []
-        for k in set(lc) & set(rc):
-            a, b = lc[k]["classification"], rc[k]["classification"]
-            same = (a["label"], a["label_id"], a["trigger"], a["packets"]) == \
-                   (b["label"], b["label_id"], b["trigger"], b["packets"])
-            if not same or abs(a["score"] - b["score"]) > 1e-4:
-                diff.append(f"{k}: {a['label']}/{a['trigger']}/{a['packets']}/{a['score']:.6f} vs "
-                            f"{b['label']}/{b['trigger']}/{b['packets']}/{b['score']:.6f}")
-        check("classification: same label, label_id, trigger, packets; score within 1e-4", not diff,
-              f"{len(diff)} differ: {diff[:3]}")
-        labels = {}
-        for e in rc.values():
-            labels[e["classification"]["label"]] = labels.get(e["classification"]["label"], 0) + 1
-        print(f"     {len(rc)} sessions classified on both sides; labels: {labels}")
-
-        lf, rf = keyed(by_type(live, "flow"), "sensor flows"), keyed(by_type(rep, "flow"), "replay flows")
-        check(f"flow: the same {len(rf)} flows (5-tuples)", set(lf) == set(rf) and rf,
-              f"only sensor: {sorted(set(lf) - set(rf))[:3]}, only replay: {sorted(set(rf) - set(lf))[:3]}")
-        fields = ("pkts_toserver", "pkts_toclient", "bytes_toserver", "bytes_toclient", "state", "reason", "verdict")
-        fdiff = [f"{k}: {[lf[k]['flow'][x] for x in fields]} vs {[rf[k]['flow'][x] for x in fields]}"
-                 for k in set(lf) & set(rf) if any(lf[k]["flow"][x] != rf[k]["flow"][x] for x in fields)]
-        check("flow: same packets and bytes each way, state, reason and verdict", not fdiff,
-              f"{len(fdiff)} differ: {fdiff[:3]}")
-        reasons = {}
-        for e in lf.values():
-            reasons[e["flow"]["reason"]] = reasons.get(e["flow"]["reason"], 0) + 1
-        print(f"     flow end reasons on the sensor: {reasons}")
-        if ls["capture"]["packets"] == n_frames:
-            bad = [k for k in set(lc) & set(rc) if lc[k]["flow_id"] != rc[k]["flow_id"]]
-            bad += [k for k in set(lf) & set(rf) if lf[k]["flow_id"] != rf[k]["flow_id"]]
-            check("flow_id (ordinal of the first frame) equal to replay's for every session", not bad,
-                  f"{len(bad)} differ: {bad[:3]}")
+        compare_with_replay(live, rep, n_frames)
         check("sensor logged its drain", "SIGTERM: draining" in err, err.strip())
         check("sensor notified STOPPING=1", any("STOPPING=1" in m.split("\n") for m in messages), str(messages[-3:]))
     finish()

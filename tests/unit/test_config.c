@@ -28,6 +28,8 @@ static const struct {
 } all_keys[] = {
     {"capture.interface", false}, {"capture.snaplen", false}, {"capture.buffer_mb", false},
     {"capture.promiscuous", false}, {"capture.bpf", false}, {"capture.tunnels", false},
+    {"capture.source", false}, {"capture.dpdk.port", false}, {"capture.dpdk.eal", false},
+    {"capture.dpdk.rx_descriptors", false}, {"capture.dpdk.mbufs", false}, {"capture.dpdk.busy_poll", false},
     {"flow.max_flows", false}, {"flow.packets_per_session", false},
     {"flow.bytes_per_packet", false}, {"flow.port_reuse", false}, {"flow.workers", false},
     {"flow.timeouts.tcp_new", false}, {"flow.timeouts.tcp_established", false},
@@ -273,6 +275,12 @@ static void test_defaults(void **state)
     assert_true(c.capture.promiscuous);
     assert_string_equal(c.capture.bpf, "");
     assert_false(c.capture.tunnels_inner);
+    assert_false(c.capture.dpdk);
+    assert_string_equal(c.capture.dpdk_port.port, "");
+    assert_string_equal(c.capture.dpdk_port.eal, "");
+    assert_int_equal(c.capture.dpdk_port.rx_descriptors, 4096);
+    assert_int_equal(c.capture.dpdk_port.mbufs, 0);
+    assert_false(c.capture.dpdk_port.busy_poll);
     assert_int_equal(c.flow.max_flows, 1048576);
     assert_int_equal(c.flow.packets_per_session, 32);
     assert_int_equal(c.flow.bytes_per_packet, 128);
@@ -558,6 +566,17 @@ static void test_choices_and_devices(void **state)
     assert_false(c.capture.tunnels_inner);
     expect_ok(nested("flow.port_reuse", "\"merge\""), &c);
     assert_true(c.flow.port_reuse_merge);
+    expect_ok("capture = { source = \"dpdk\"; dpdk = { port = \"0000:3b:00.0\"; eal = \"-l 2 -n 4\"; "
+              "rx_descriptors = 2048; mbufs = 16384; busy_poll = true; }; };", &c);
+    assert_true(c.capture.dpdk);
+    assert_string_equal(c.capture.dpdk_port.port, "0000:3b:00.0");
+    assert_string_equal(c.capture.dpdk_port.eal, "-l 2 -n 4");
+    assert_int_equal(c.capture.dpdk_port.rx_descriptors, 2048);
+    assert_int_equal(c.capture.dpdk_port.mbufs, 16384);
+    assert_true(c.capture.dpdk_port.busy_poll);
+    expect_ok(nested("capture.source", "\"libpcap\""), &c);
+    assert_false(c.capture.dpdk);
+    expect_error_at(nested("capture.source", "\"pf_ring\""), 2, "capture.source");
     expect_ok(nested("model.task", "\"classify\""), &c);
     assert_int_equal(c.model.task, CFG_TASK_CLASSIFY);
     expect_ok(nested("model.task", "\"generate\""), &c);
@@ -660,8 +679,11 @@ static void test_unknown_keys(void **state)
                  NAME ":3: snaplen: expected one of the groups (capture, flow, session, model, "
                  "output, service), got an unknown key");
     expect_error("capture = {\n  snaplen = 1500;\n  snaplenn = 1500;\n};",
-                 NAME ":3: capture.snaplenn: expected one of the keys of capture (interface, "
-                 "snaplen, buffer_mb, promiscuous, bpf, tunnels), got an unknown key");
+                 NAME ":3: capture.snaplenn: expected one of the keys of capture (source, interface, "
+                 "snaplen, buffer_mb, promiscuous, bpf, tunnels, dpdk), got an unknown key");
+    expect_error("capture = {\n  dpdk = {\n    ports = \"x\";\n  };\n};",
+                 NAME ":3: capture.dpdk.ports: expected one of the keys of capture.dpdk (port, eal, "
+                 "rx_descriptors, mbufs, busy_poll), got an unknown key");
     expect_error("flow = {\n  timeouts = {\n    tcp-new = 5;\n  };\n};",
                  NAME ":3: flow.timeouts.tcp-new: expected one of the keys of flow.timeouts "
                  "(tcp_new, tcp_established, tcp_closed, udp_new, udp_established, other_new, "
@@ -848,6 +870,14 @@ static void test_cross_key_rules(void **state)
                  NAME ":2: flow.max_flows: expected at least 16 per worker (flow.workers = 2: "
                  "32), got 16");
 
+    expect_error("capture = {\n  source = \"dpdk\";\n};",
+                 NAME ":2: capture.dpdk.port: expected a PCI address or a virtual device with "
+                 "capture.source \"dpdk\", got \"\"");
+    expect_error("capture = {\n  source = \"dpdk\";\n  dpdk = {\n    port = \"0000:3b:00.0\";\n"
+                 "    rx_descriptors = 1024;\n    mbufs = 1024;\n  };\n};",
+                 NAME ":6: capture.dpdk.mbufs: expected 0 (4 × rx_descriptors) or more than "
+                 "capture.dpdk.rx_descriptors (1024), got 1024");
+    expect_ok("capture = { source = \"dpdk\"; dpdk = { port = \"net_pcap0,rx_pcap=x.pcap\"; mbufs = 4097; }; };", &c);
     expect_error("output = {\n  filename = \"\";\n};",
                  NAME ":2: output.filename: expected a file name with output.type \"file\", got \"\"");
     expect_ok("output = { type = \"stdout\"; filename = \"\"; };", &c);

@@ -1,0 +1,133 @@
+#!/usr/bin/python3
+"""sensor_dpdk.py — `netlm sensor` capturing through DPDK (capture.source = "dpdk") equals
+`netlm replay` of the same captures.
+
+DPDK's pcap poll-mode driver (the virtual device net_pcap0,rx_pcap=FILE) plays a capture file
+into a DPDK port, so the whole DPDK path runs without a NIC bound to DPDK or hugepages (the EAL
+gets --no-huge -m 256 --no-pci): the EAL start, the port, its receive queue and mempool, the
+copy out of the mbufs, the user-space BPF filter, the port's counters. Frames arrive with today's
+time, so as in sensor_netns.py every idle timeout and emergency mode are off on both sides and
+the comparison is strict (sensor_common.compare_with_replay): the same frames, sessions, labels,
+triggers, flows and flow ids. Then:
+  - a capture filter (bpf = "udp") keeps exactly the frames tshark counts as UDP;
+  - a port that does not exist, EAL arguments the EAL rejects, and capture.source = "dpdk" with no
+    port are each one clear error line and a non-zero exit.
+Every event line is checked against schema/events.schema.json."""
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sensor_common import (DATA, MODEL, NETLM, SRC, by_type, check, compare_with_replay, contents,  # noqa: E402
+                           finish, frame_count, last_stats, read_events, wait_for)
+
+EAL = "--no-huge -m 256 --no-pci --no-shconf"
+
+
+def write_conf(path, out, port, bpf="", eal=EAL):
+    with open(path, "w") as f:
+        f.write(f"""capture = {{
+  source = "dpdk"; bpf = "{bpf}";
+  dpdk = {{ port = "{port}"; eal = "{eal}"; rx_descriptors = 1024; }};
+}};
+flow = {{
+  workers = 2; max_flows = 65536;
+  timeouts = {{ tcp_new = 0.0; tcp_established = 0.0; tcp_closed = 0.0; udp_new = 0.0;
+               udp_established = 0.0; other_new = 0.0; other_established = 0.0; }};
+  emergency = {{ enter_pct = 0; leave_pct = 0; }};
+}};
+session = {{ ready_packets = 8; queue_size = 4096; }};
+model = {{ path = "{MODEL}"; threads = 1; batch_timeout_us = 1000; }};
+output = {{ type = "file"; filename = "{out}"; stats_interval = 0.2; flow_events = true; }};
+service = {{ user = ""; }};
+""")
+
+
+def run_sensor(tmp, name, capture, n_expected, bpf=""):
+    """The sensor on a net_pcap port reading capture, until its stats count n_expected frames;
+    SIGTERM; returns (events, stderr, return code, config path)."""
+    out = os.path.join(tmp, f"{name}.json")
+    conf = os.path.join(tmp, f"{name}.conf")
+    write_conf(conf, out, f"net_pcap0,rx_pcap={capture}", bpf)
+    err_path = os.path.join(tmp, f"{name}.err")
+    with open(err_path, "w") as err_f:
+        proc = subprocess.Popen([NETLM, "sensor", "-c", conf], stdout=subprocess.DEVNULL, stderr=err_f)
+    try:
+        got = wait_for(lambda: (last_stats(out) or {}).get("capture", {}).get("packets", 0) >= n_expected
+                       or proc.poll() is not None, 60, 0.05)
+        check(f"{name}: the sensor counted {n_expected} frames", got and proc.poll() is None,
+              f"{(last_stats(out) or {}).get('capture')} {contents(err_path).strip()}")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    err = contents(err_path)
+    check(f"{name}: SIGTERM drains and exits 0", proc.returncode == 0, f"rc {proc.returncode}: {err.strip()}")
+    check(f"{name}: the log names the DPDK port", f"capturing on dpdk:net_pcap0,rx_pcap={capture}" in err, err)
+    return read_events(contents(out), f"sensor on DPDK ({name})"), err, conf
+
+
+def tshark_count(capture, display_filter):
+    res = subprocess.run(["tshark", "-r", capture, "-Y", display_filter, "-T", "fields", "-e", "frame.number"],
+                         capture_output=True, text=True, timeout=120)
+    return len(res.stdout.split()) if res.returncode == 0 else None
+
+
+def one_error(args, what, needle):
+    res = subprocess.run([NETLM, "sensor", *args], capture_output=True, text=True, timeout=60)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    check(f"{what}: exit status 1 or 2 and one error line naming it", res.returncode in (1, 2) and len(lines) == 1
+          and needle in lines[0], f"rc {res.returncode}: {res.stderr.strip()}")
+
+
+def main():
+    captures = [os.path.join(SRC, "data", "demo.pcap")]
+    mysql = os.path.join(DATA, "labeled", "ustc-tfc2016", "sessions", "MySQL", "MySQL.pcap")
+    if DATA and os.path.exists(mysql):
+        captures.append(mysql)
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, capture in enumerate(captures):
+            n_frames = frame_count(capture)
+            live, err, conf = run_sensor(tmp, f"capture{i}", capture, n_frames)
+            replay_out = os.path.join(tmp, f"replay{i}.json")
+            res = subprocess.run([NETLM, "replay", "-c", conf, "-q", "-o", replay_out, capture],
+                                 capture_output=True, text=True, timeout=600)
+            check(f"replay of {os.path.basename(capture)} exits 0", res.returncode == 0, res.stderr.strip())
+            print(f"  {os.path.basename(capture)}: {n_frames} frames through DPDK against replay")
+            compare_with_replay(live, read_events(contents(replay_out), "replay"), n_frames)
+
+        # a capture filter, run in user space on the copied frames: the frames tshark calls UDP
+        demo = captures[0]
+        n_udp = tshark_count(demo, "udp")
+        check("tshark counts the UDP frames of demo.pcap", bool(n_udp), str(n_udp))
+        if n_udp:
+            live, _, _ = run_sensor(tmp, "bpf-udp", demo, n_udp, bpf="udp")
+            stats = by_type(live, "stats")
+            packets = stats[-1]["stats"]["capture"]["packets"] if stats else None
+            check(f"bpf \"udp\": exactly the {n_udp} UDP frames", packets == n_udp, str(packets))
+            flows = by_type(live, "flow")
+            check("bpf \"udp\": UDP flows only", flows and all(f["proto"] == "UDP" for f in flows),
+                  str(sorted({f["proto"] for f in flows})))
+
+        # errors: one line each, non-zero exit
+        conf = os.path.join(tmp, "nosuch.conf")
+        write_conf(conf, os.path.join(tmp, "nosuch.json"), "net_pcap0,rx_pcap=/nonexistent/x.pcap")
+        one_error(["-c", conf], "a port whose device cannot start", "net_pcap0: no such port")
+        one_error(["-c", conf], "... and what DPDK said of it", "Couldn't open /nonexistent/x.pcap")
+        write_conf(conf, os.path.join(tmp, "nosuch.json"), "net_pcap0,rx_pcap=" + demo, eal="--no-such-eal-option")
+        one_error(["-c", conf], "EAL arguments the EAL rejects", "capture.dpdk.eal")
+        one_error(["-c", conf], "... and the one it rejects", "unrecognized option '--no-such-eal-option'")
+        write_conf(conf, os.path.join(tmp, "nosuch.json"), "")
+        one_error(["-c", conf, "--check-config"], "source dpdk without a port", "capture.dpdk.port")
+        one_error(["-c", os.path.join(tmp, "capture0.conf"), "-i", "dpdk:"], "-i dpdk: without a port",
+                  "--interface")
+    finish()
+
+
+if __name__ == "__main__":
+    main()
