@@ -4,6 +4,7 @@ schema/events.schema.json uses, so the tests need no python3-jsonschema), event-
 the check/report helpers (common.py's)."""
 import json
 import os
+from collections import Counter
 import re
 import sys
 import time
@@ -155,6 +156,25 @@ def wait_for(pred, timeout=20.0, interval=0.1):
 
 # ---- a live sensor against `netlm replay` of the same frames (sensor_netns.py, sensor_dpdk.py) ----
 
+def write_conf_no_timeouts(path, capture, out):
+    """A sensor config with the given capture section, every idle timeout and emergency mode off
+    (the clock of live frames is today's, not the capture's: see compare_with_replay), the
+    bundled model, events into out."""
+    with open(path, "w") as f:
+        f.write(f"""capture = {capture};
+flow = {{
+  workers = 2; max_flows = 65536;
+  timeouts = {{ tcp_new = 0.0; tcp_established = 0.0; tcp_closed = 0.0; udp_new = 0.0;
+               udp_established = 0.0; other_new = 0.0; other_established = 0.0; }};
+  emergency = {{ enter_pct = 0; leave_pct = 0; }};
+}};
+session = {{ ready_packets = 8; queue_size = 4096; }};
+model = {{ path = "{MODEL}"; threads = 1; batch_timeout_us = 1000; }};
+output = {{ type = "file"; filename = "{out}"; stats_interval = 0.2; flow_events = true; }};
+service = {{ user = ""; }};
+""")
+
+
 def contents(path):
     try:
         with open(path) as f:
@@ -247,9 +267,7 @@ def compare_with_replay(live, rep, n_frames):
                         f"{b['label']}/{b['trigger']}/{b['packets']}/{b['score']:.6f}")
     check("classification: same label, label_id, trigger, packets; score within 1e-4", not diff,
           f"{len(diff)} differ: {diff[:3]}")
-    labels = {}
-    for e in rc.values():
-        labels[e["classification"]["label"]] = labels.get(e["classification"]["label"], 0) + 1
+    labels = dict(Counter(e["classification"]["label"] for e in rc.values()))
     print(f"     {len(rc)} sessions classified on both sides; labels: {labels}")
 
     lf, rf = keyed(by_type(live, "flow"), "sensor flows"), keyed(by_type(rep, "flow"), "replay flows")
@@ -260,10 +278,7 @@ def compare_with_replay(live, rep, n_frames):
              for k in set(lf) & set(rf) if any(lf[k]["flow"][x] != rf[k]["flow"][x] for x in fields)]
     check("flow: same packets and bytes each way, state, reason and verdict", not fdiff,
           f"{len(fdiff)} differ: {fdiff[:3]}")
-    reasons = {}
-    for e in lf.values():
-        reasons[e["flow"]["reason"]] = reasons.get(e["flow"]["reason"], 0) + 1
-    print(f"     flow end reasons on the sensor: {reasons}")
+    print(f"     flow end reasons on the sensor: {dict(Counter(e['flow']['reason'] for e in lf.values()))}")
     if ls["capture"]["packets"] == n_frames:
         bad = [k for k in set(lc) & set(rc) if lc[k]["flow_id"] != rc[k]["flow_id"]]
         bad += [k for k in set(lf) & set(rf) if lf[k]["flow_id"] != rf[k]["flow_id"]]

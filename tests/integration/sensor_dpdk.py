@@ -20,29 +20,15 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sensor_common import (DATA, MODEL, NETLM, SRC, by_type, check, compare_with_replay, contents,  # noqa: E402
-                           finish, frame_count, last_stats, read_events, wait_for)
+from sensor_common import (DATA, NETLM, SRC, by_type, check, compare_with_replay, contents,  # noqa: E402
+                           finish, frame_count, last_stats, read_events, wait_for, write_conf_no_timeouts)
 
 EAL = "--no-huge -m 256 --no-pci --no-shconf"
 
 
 def write_conf(path, out, port, bpf="", eal=EAL):
-    with open(path, "w") as f:
-        f.write(f"""capture = {{
-  source = "dpdk"; bpf = "{bpf}";
-  dpdk = {{ port = "{port}"; eal = "{eal}"; rx_descriptors = 1024; }};
-}};
-flow = {{
-  workers = 2; max_flows = 65536;
-  timeouts = {{ tcp_new = 0.0; tcp_established = 0.0; tcp_closed = 0.0; udp_new = 0.0;
-               udp_established = 0.0; other_new = 0.0; other_established = 0.0; }};
-  emergency = {{ enter_pct = 0; leave_pct = 0; }};
-}};
-session = {{ ready_packets = 8; queue_size = 4096; }};
-model = {{ path = "{MODEL}"; threads = 1; batch_timeout_us = 1000; }};
-output = {{ type = "file"; filename = "{out}"; stats_interval = 0.2; flow_events = true; }};
-service = {{ user = ""; }};
-""")
+    write_conf_no_timeouts(path, f'{{ source = "dpdk"; bpf = "{bpf}"; '
+                                 f'dpdk = {{ port = "{port}"; eal = "{eal}"; rx_descriptors = 1024; }}; }}', out)
 
 
 def run_sensor(tmp, name, capture, n_expected, bpf=""):

@@ -18,7 +18,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sensor_common import MODEL, NETLM, by_type, check, finish, read_events, wait_for  # noqa: E402
+from sensor_common import MODEL, NETLM, by_type, check, contents, finish, read_events, wait_for  # noqa: E402
 
 PORT = 39999
 
@@ -32,14 +32,6 @@ model = {{ path = "{model}"; threads = 1; batch_timeout_us = 1000; }};
 output = {{ type = "file"; filename = "{out}"; stats_interval = 0.5; flow_events = true; }};
 service = {{ user = "{user}"; }};
 """)
-
-
-def contents(path):
-    try:
-        with open(path) as f:
-            return f.read()
-    except FileNotFoundError:
-        return ""
 
 
 def send(sport, n):

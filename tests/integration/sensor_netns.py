@@ -41,8 +41,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sensor_common import (DATA, MODEL, NETLM, SRC, check, compare_with_replay, contents, finish,  # noqa: E402
-                           frame_count, last_stats, read_events, wait_for)
+from sensor_common import (DATA, NETLM, SRC, check, compare_with_replay, contents, finish,  # noqa: E402
+                           frame_count, last_stats, read_events, wait_for, write_conf_no_timeouts)
 
 TAG = f"{os.getpid() % 100000}"
 NS = f"netlm-st-{TAG}"
@@ -97,19 +97,7 @@ def setup():
 
 
 def write_conf(path, out):
-    with open(path, "w") as f:
-        f.write(f"""capture = {{ interface = "{VETH_RX}"; promiscuous = true; buffer_mb = 8; bpf = ""; }};
-flow = {{
-  workers = 2; max_flows = 65536;
-  timeouts = {{ tcp_new = 0.0; tcp_established = 0.0; tcp_closed = 0.0; udp_new = 0.0;
-               udp_established = 0.0; other_new = 0.0; other_established = 0.0; }};
-  emergency = {{ enter_pct = 0; leave_pct = 0; }};
-}};
-session = {{ ready_packets = 8; queue_size = 4096; }};
-model = {{ path = "{MODEL}"; threads = 1; batch_timeout_us = 1000; }};
-output = {{ type = "file"; filename = "{out}"; stats_interval = 0.2; flow_events = true; }};
-service = {{ user = ""; }};
-""")
+    write_conf_no_timeouts(path, f'{{ interface = "{VETH_RX}"; promiscuous = true; buffer_mb = 8; bpf = ""; }}', out)
 
 
 def main():
