@@ -124,23 +124,70 @@ char *sj_quote_dup(const char *s)
     return out;
 }
 
+/* Digits of v, right-aligned in out[0 .. width) with leading zeros (width 0: as many as v has);
+ * the count written. */
+static size_t put_digits(char *out, uint64_t v, size_t width)
+{
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n < width)
+        tmp[n++] = '0';
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    return n;
+}
+
+void sj_u64(struct sensor_json *j, uint64_t v)
+{
+    char buf[20];
+    sj_rawn(j, buf, put_digits(buf, v, 0));
+}
+
+/* A flow sensor writes three timestamps per flow event, hundreds of thousands a second: the
+ * calendar part is computed once per second (per thread) and only the microseconds each time. */
 void sj_time(struct sensor_json *j, int64_t ns)
 {
+    static _Thread_local int64_t cached_sec = INT64_MIN;
+    static _Thread_local char cached[32]; /* "\"YYYY-MM-DDTHH:MM:SS" */
+    static _Thread_local size_t cached_len;
     int64_t sec = ns / 1000000000, rem = ns % 1000000000;
     if (rem < 0) {
         sec--;
         rem += 1000000000;
     }
-    time_t t = (time_t)sec;
-    struct tm tm;
-    char buf[64];
-    if (!gmtime_r(&t, &tm)) {
-        sj_raw(j, "\"1970-01-01T00:00:00.000000+0000\"");
-        return;
+    if (sec != cached_sec) {
+        time_t t = (time_t)sec;
+        struct tm tm;
+        if (!gmtime_r(&t, &tm) || tm.tm_year + 1900 < 0 || tm.tm_year + 1900 > 9999) {
+            sj_raw(j, "\"1970-01-01T00:00:00.000000+0000\"");
+            return;
+        }
+        char *p = cached;
+        *p++ = '"';
+        p += put_digits(p, (uint64_t)(tm.tm_year + 1900), 4);
+        *p++ = '-';
+        p += put_digits(p, (uint64_t)(tm.tm_mon + 1), 2);
+        *p++ = '-';
+        p += put_digits(p, (uint64_t)tm.tm_mday, 2);
+        *p++ = 'T';
+        p += put_digits(p, (uint64_t)tm.tm_hour, 2);
+        *p++ = ':';
+        p += put_digits(p, (uint64_t)tm.tm_min, 2);
+        *p++ = ':';
+        p += put_digits(p, (uint64_t)tm.tm_sec, 2);
+        cached_len = (size_t)(p - cached);
+        cached_sec = sec;
     }
-    size_t n = strftime(buf, sizeof buf, "\"%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(buf + n, sizeof buf - n, ".%06d+0000\"", (int)(rem / 1000));
-    sj_raw(j, buf);
+    char tail[16];
+    tail[0] = '.';
+    size_t n = 1 + put_digits(tail + 1, (uint64_t)(rem / 1000), 6);
+    memcpy(tail + n, "+0000\"", 6);
+    sj_rawn(j, cached, cached_len);
+    sj_rawn(j, tail, n + 6);
 }
 
 /* ---- the common fields ---- */
@@ -163,13 +210,29 @@ void sensor_event_common(struct sensor *sn, struct sensor_json *j, int64_t ts_ns
     int af = s->ip_version == 6 ? AF_INET6 : AF_INET;
     inet_ntop(af, s->src_addr, src, sizeof src);
     inet_ntop(af, s->dst_addr, dst, sizeof dst);
+    /* appended piece by piece: printf's format parsing was most of a flow event's cost */
     sj_raw(j, "{\"timestamp\":");
     sj_time(j, ts_ns);
-    sj_printf(j, ",\"flow_id\":%" PRIu64 ",\"event_type\":\"%s\",\"src_ip\":\"%s\",\"src_port\":%u,"
-                 "\"dest_ip\":\"%s\",\"dest_port\":%u,\"proto\":\"%s\"",
-              s->id, event_type, src, s->src_port, dst, s->dst_port, proto_name(s->proto, pbuf));
-    if (s->vlan)
-        sj_printf(j, ",\"vlan\":[%u]", s->vlan);
+    sj_raw(j, ",\"flow_id\":");
+    sj_u64(j, s->id);
+    sj_raw(j, ",\"event_type\":\"");
+    sj_raw(j, event_type);
+    sj_raw(j, "\",\"src_ip\":\"");
+    sj_raw(j, src);
+    sj_raw(j, "\",\"src_port\":");
+    sj_u64(j, s->src_port);
+    sj_raw(j, ",\"dest_ip\":\"");
+    sj_raw(j, dst);
+    sj_raw(j, "\",\"dest_port\":");
+    sj_u64(j, s->dst_port);
+    sj_raw(j, ",\"proto\":\"");
+    sj_raw(j, proto_name(s->proto, pbuf));
+    sj_raw(j, "\"");
+    if (s->vlan) {
+        sj_raw(j, ",\"vlan\":[");
+        sj_u64(j, s->vlan);
+        sj_raw(j, "]");
+    }
     if (sn->replay && file_index >= 0 && sn->files_json) {
         sj_raw(j, ",\"pcap_filename\":");
         sj_raw(j, sn->files_json[file_index]);
@@ -326,18 +389,29 @@ void sensor_on_end(const struct ft_session *s, int worker, void *user)
     sj_init(&j, buf, sizeof buf);
     int file = sn->replay ? atomic_load_explicit(&sn->current_file, memory_order_relaxed) : -1;
     sensor_event_common(sn, &j, s->last_ns, s, "flow", file);
-    sj_printf(&j, ",\"flow\":{\"pkts_toserver\":%" PRIu64 ",\"pkts_toclient\":%" PRIu64
-                  ",\"bytes_toserver\":%" PRIu64 ",\"bytes_toclient\":%" PRIu64 ",\"start\":",
-              s->pkts[0], s->pkts[1], s->bytes[0], s->bytes[1]);
+    sj_raw(&j, ",\"flow\":{\"pkts_toserver\":");
+    sj_u64(&j, s->pkts[0]);
+    sj_raw(&j, ",\"pkts_toclient\":");
+    sj_u64(&j, s->pkts[1]);
+    sj_raw(&j, ",\"bytes_toserver\":");
+    sj_u64(&j, s->bytes[0]);
+    sj_raw(&j, ",\"bytes_toclient\":");
+    sj_u64(&j, s->bytes[1]);
+    sj_raw(&j, ",\"start\":");
     sj_time(&j, s->first_ns);
     sj_raw(&j, ",\"end\":");
     sj_time(&j, s->last_ns);
-    sj_printf(&j, ",\"state\":\"%s\",\"reason\":\"%s\",\"verdict\":%s}}\n", state_name(s->tcp_state),
-              reason_name(s->reason), verdict ? "true" : "false");
+    sj_raw(&j, ",\"state\":\"");
+    sj_raw(&j, state_name(s->tcp_state));
+    sj_raw(&j, "\",\"reason\":\"");
+    sj_raw(&j, reason_name(s->reason));
+    sj_raw(&j, verdict ? "\",\"verdict\":true}}\n" : "\",\"verdict\":false}}\n");
     if (j.overflow)
         sensor_sink_count_dropped(sn->sink, 1);
     else
-        sensor_sink_put(sn->sink, j.buf, j.len, false); /* never block capture: dropped + counted */
+        /* live, never block capture: a full sink drops the line and counts it; a replay (or the
+         * drain after capture stopped) waits for the writer, since nothing is lost by waiting */
+        sensor_sink_put(sn->sink, j.buf, j.len, atomic_load_explicit(&sn->block_when_full, memory_order_relaxed));
 }
 
 /* ---- stats ---- */

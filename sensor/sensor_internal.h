@@ -148,6 +148,7 @@ void sj_rawn(struct sensor_json *j, const char *s, size_t n);
 void sj_printf(struct sensor_json *j, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void sj_str(struct sensor_json *j, const char *s); /* quoted and escaped */
 void sj_time(struct sensor_json *j, int64_t ns);   /* "2026-11-26T20:23:13.123456+0000" */
+void sj_u64(struct sensor_json *j, uint64_t v);    /* decimal */
 /* Escapes s into a new string, quotes included (labels, names, file names: done once). */
 char *sj_quote_dup(const char *s);
 

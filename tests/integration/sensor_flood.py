@@ -37,8 +37,11 @@ length), 0-2 % when emergency timeouts end the flows in batches. 64 MiB: the has
 from max_flows, and allocator noise. Without max_flows the same flood would hold
 1 M records, about 6 GB.
 
-Flow events are turned off (--no-flow-events): one per SYN would be a million lines (400 MB) that
-say nothing more than the counters; the classification and stats lines are all checked.
+Flow events are turned off (--no-flow-events) in those runs: one per SYN would be a million lines
+(400 MB) that say nothing more than the counters; the classification and stats lines are all
+checked. A third run replays a 200,000-SYN flood with flow events (and --no-model: the flow
+events come as fast as the table can end flows): a replay must wait for its writer rather than
+drop lines, so there is exactly one flow event per flow created and stats.events.dropped is 0.
 Peak RSS is GNU time's (/usr/bin/time -f %M) when installed, else the child's rusage."""
 import json
 import os
@@ -77,9 +80,9 @@ SHIPPED = {"tcp_new": 5.0, "tcp_established": 100.0, "tcp_closed": 10.0, "udp_ne
            "other_new": 10.0, "other_established": 100.0}
 
 
-def replay(conf, pcap, out):
+def replay(conf, pcap, out, extra=("--no-flow-events",)):
     """(exit status, stderr, seconds, peak RSS bytes)."""
-    cmd = [NETLM, "replay", "-c", conf, "-q", "--no-flow-events", "-o", out, pcap]
+    cmd = [NETLM, "replay", "-c", conf, "-q", *extra, "-o", out, pcap]
     t0 = time.monotonic()
     if os.path.exists("/usr/bin/time"):
         with tempfile.NamedTemporaryFile(mode="r") as rss:
@@ -141,6 +144,23 @@ def main():
               f"{mem_bound / MIB:.0f} MiB, peak RSS {rss_bound / MIB:.0f} MiB "
               f"(unbounded, {SYNS:,} flows would need {SYNS * record / MIB:,.0f} MiB of records)")
         os.remove(cal_pcap)
+
+        # flow events as fast as flows end: none may be dropped in a replay
+        ev_pcap, ev_out = os.path.join(tmp, "events.pcap"), os.path.join(tmp, "events.json")
+        ev_info = generate(ev_pcap, 200_000)
+        rc, err, secs, _ = replay(conf_short, ev_pcap, ev_out, extra=("--no-model",))
+        if check("flow events run (200,000 SYNs, --no-model) exits 0", rc == 0, err.strip()):
+            events = read(ev_out, "flow events run")
+            st = by_type(events, "stats")[-1]["stats"]
+            flows = by_type(events, "flow")
+            n_ev = 200_000 + len(ev_info["mixed_sessions"])
+            print(f"     flow events run: {secs:.1f} s, {len(flows):,} flow events, events {st['events']}")
+            check(f"flow events run: one flow event per flow ({n_ev:,}), none dropped",
+                  len(flows) == n_ev == st["flow"]["created"] and st["events"]["dropped"] == 0
+                  and len({f["flow_id"] for f in flows}) == n_ev,
+                  f"{len(flows)} events, {st['flow']['created']} flows, {st['events']}")
+        os.remove(ev_pcap)
+        os.remove(ev_out)
 
         pcap = os.path.join(tmp, "flood.pcap")
         t0 = time.monotonic()
