@@ -60,6 +60,10 @@ def main():
         one_line_error("unknown interface", run("sensor", "-i", "nosuchif0", "-m", MODEL, "-o", out),
                        ["nosuchif0"], out_dir)
         one_line_error("unknown interface, nothing else given", run("sensor", "-i", "nosuchif0"), ["nosuchif0"])
+        # capture.interface holds 63 bytes: a longer name is refused, not cut to another interface's
+        res = run("sensor", "-i", "x" * 64, "--check-config")
+        one_line_error("-i with a 64-byte name", res, ["--interface", "63 bytes"])
+        check("-i with a 64-byte name: exit 2", res.returncode == 2, str(res.returncode))
 
         garbage = os.path.join(tmp, "garbage.pcap")
         with open(garbage, "wb") as f:
