@@ -27,6 +27,10 @@ emergency mode off (the same config file for both), and every flow still open at
     (the run-wide ordinal of a session's first frame) equals replay's.
 Every line of both outputs is valid against schema/events.schema.json.
 
+All of it runs twice when the build has DPDK: the sensor capturing with libpcap, then through DPDK
+(capture.source = "dpdk", the net_af_packet poll-mode driver on the same veth end, no hugepages):
+the same equalities hold for both sources.
+
 Needs root, `ip netns` and tcpreplay; prints "skipped: ..." and exits 0 otherwise. The namespace
 and the veth pair are removed on every exit path."""
 import atexit
@@ -96,8 +100,96 @@ def setup():
     raise RuntimeError(f"veth pair did not come up ({a}, {b})")
 
 
-def write_conf(path, out):
-    write_conf_no_timeouts(path, f'{{ interface = "{VETH_RX}"; promiscuous = true; buffer_mb = 8; bpf = ""; }}', out)
+def write_conf(path, out, dpdk):
+    if dpdk:  # the same interface through DPDK's AF_PACKET poll-mode driver, without hugepages
+        capture = (f'{{ source = "dpdk"; promiscuous = true; bpf = ""; dpdk = {{ port = "net_af_packet0,iface={VETH_RX}"; '
+                   f'eal = "--no-huge -m 256 --no-pci --no-shconf"; }}; }}')
+    else:
+        capture = f'{{ interface = "{VETH_RX}"; promiscuous = true; buffer_mb = 8; bpf = ""; }}'
+    write_conf_no_timeouts(path, capture, out)
+
+
+def run_live(tmp, name, captures, n_frames, dpdk):
+    """The sensor in the namespace (libpcap, or DPDK's AF_PACKET driver on the same interface),
+    tcpreplay into the other end, SIGTERM, then the same captures through `netlm replay`:
+    compare_with_replay."""
+    live_out = os.path.join(tmp, f"{name}.json")
+    conf = os.path.join(tmp, f"{name}.conf")
+    write_conf(conf, live_out, dpdk)
+
+    # the sensor inside the namespace; it tells "systemd" (this script) when it is ready
+    notify_path = os.path.join(tmp, f"{name}.notify")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    # like systemd, read every message: the kernel queues only net.unix.max_dgram_qlen (10)
+    # datagrams and a sender blocks when they are not read (the sensor's STATUS= lines come
+    # at each stats interval)
+    messages, got_ready, closing = [], threading.Event(), threading.Event()
+
+    def listen():
+        notify.settimeout(0.1)
+        while not closing.is_set():
+            try:
+                msg = notify.recv(4096).decode(errors="replace")
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            messages.append(msg)
+            if "READY=1" in msg.split("\n"):
+                got_ready.set()
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    env = dict(os.environ, NOTIFY_SOCKET=notify_path)
+    err_path = os.path.join(tmp, f"{name}.err")
+    with open(err_path, "w") as err_f:
+        proc = subprocess.Popen(["ip", "netns", "exec", NS, NETLM, "sensor", "-c", conf],
+                                stdout=subprocess.DEVNULL, stderr=err_f, env=env)
+    try:
+        end = time.time() + 60
+        while not got_ready.wait(0.1) and time.time() < end and proc.poll() is None:
+            pass
+        ready = got_ready.is_set()
+        check(f"{name}: sensor notifies READY=1 (sd_notify, NOTIFY_SOCKET)", ready, contents(err_path).strip())
+        if not ready:
+            finish()  # exits 1; the finally below still stops the sensor
+        res = subprocess.run(["tcpreplay", "-i", VETH_TX, f"--pps={PPS}", *captures],
+                             capture_output=True, text=True, timeout=120)
+        sent = None
+        for line in res.stdout.splitlines():
+            if "Successful packets:" in line:
+                sent = int(line.split(":")[1])
+        check(f"{name}: tcpreplay sent all {n_frames} frames at {PPS} packets/s", res.returncode == 0 and sent == n_frames,
+              f"rc {res.returncode}, sent {sent}: {res.stdout[-400:]} {res.stderr[-400:]}")
+        # the last frames are on the wire; the sensor's stats event shows when it has them all
+        check(f"{name}: sensor counted every frame sent",
+              wait_for(lambda: (last_stats(live_out) or {}).get("capture", {}).get("packets", 0) >= n_frames, 30, 0.05),
+              str((last_stats(live_out) or {}).get("capture")))
+    finally:
+        proc.send_signal(signal.SIGTERM)  # drain: flows end as shutdown, queued sessions classified
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        closing.set()
+        listener.join()
+        notify.close()
+    err = contents(err_path)
+    check(f"{name}: sensor: SIGTERM drains and exits 0", proc.returncode == 0, f"rc {proc.returncode}: {err.strip()}")
+
+    # the same captures through `netlm replay`, same config (its output section is not used)
+    replay_out = os.path.join(tmp, f"{name}-replay.json")
+    res = subprocess.run([NETLM, "replay", "-c", conf, "-q", "-o", replay_out, *captures],
+                         capture_output=True, text=True, timeout=600)
+    check(f"{name}: replay exits 0", res.returncode == 0, res.stderr.strip())
+
+    live = read_events(contents(live_out), f"sensor on veth ({name})")
+    rep = read_events(contents(replay_out), "replay")
+    compare_with_replay(live, rep, n_frames)
+    check(f"{name}: sensor logged its drain", "SIGTERM: draining" in err, err.strip())
+    check(f"{name}: sensor notified STOPPING=1", any("STOPPING=1" in m.split("\n") for m in messages), str(messages[-3:]))
 
 
 def main():
@@ -118,83 +210,10 @@ def main():
     n_frames = sum(frame_count(c) for c in captures)
 
     with tempfile.TemporaryDirectory() as tmp:
-        live_out = os.path.join(tmp, "live.json")
-        conf = os.path.join(tmp, "netlm.conf")
-        write_conf(conf, live_out)
-
-        # the sensor inside the namespace; it tells "systemd" (this script) when it is ready
-        notify_path = os.path.join(tmp, "notify")
-        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        notify.bind(notify_path)
-        # like systemd, read every message: the kernel queues only net.unix.max_dgram_qlen (10)
-        # datagrams and a sender blocks when they are not read (the sensor's STATUS= lines come
-        # at each stats interval)
-        messages, got_ready, closing = [], threading.Event(), threading.Event()
-
-        def listen():
-            notify.settimeout(0.1)
-            while not closing.is_set():
-                try:
-                    msg = notify.recv(4096).decode(errors="replace")
-                except socket.timeout:
-                    continue
-                except OSError:
-                    return
-                messages.append(msg)
-                if "READY=1" in msg.split("\n"):
-                    got_ready.set()
-
-        listener = threading.Thread(target=listen, daemon=True)
-        listener.start()
-        env = dict(os.environ, NOTIFY_SOCKET=notify_path)
-        err_path = os.path.join(tmp, "sensor.err")
-        with open(err_path, "w") as err_f:
-            proc = subprocess.Popen(["ip", "netns", "exec", NS, NETLM, "sensor", "-c", conf],
-                                    stdout=subprocess.DEVNULL, stderr=err_f, env=env)
-        try:
-            end = time.time() + 60
-            while not got_ready.wait(0.1) and time.time() < end and proc.poll() is None:
-                pass
-            ready = got_ready.is_set()
-            check("sensor notifies READY=1 (sd_notify, NOTIFY_SOCKET)", ready, contents(err_path).strip())
-            if not ready:
-                finish()  # exits 1; the finally below still stops the sensor
-            res = subprocess.run(["tcpreplay", "-i", VETH_TX, f"--pps={PPS}", *captures],
-                                 capture_output=True, text=True, timeout=120)
-            sent = None
-            for line in res.stdout.splitlines():
-                if "Successful packets:" in line:
-                    sent = int(line.split(":")[1])
-            check(f"tcpreplay sent all {n_frames} frames at {PPS} packets/s", res.returncode == 0 and sent == n_frames,
-                  f"rc {res.returncode}, sent {sent}: {res.stdout[-400:]} {res.stderr[-400:]}")
-            # the last frames are on the wire; the sensor's stats event shows when it has them all
-            check("sensor counted every frame sent",
-                  wait_for(lambda: (last_stats(live_out) or {}).get("capture", {}).get("packets", 0) >= n_frames, 30, 0.05),
-                  str((last_stats(live_out) or {}).get("capture")))
-        finally:
-            proc.send_signal(signal.SIGTERM)  # drain: flows end as shutdown, queued sessions classified
-            try:
-                proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            closing.set()
-            listener.join()
-            notify.close()
-        err = contents(err_path)
-        check("sensor: SIGTERM drains and exits 0", proc.returncode == 0, f"rc {proc.returncode}: {err.strip()}")
-
-        # the same captures through `netlm replay`, same config (its output section is not used)
-        replay_out = os.path.join(tmp, "replay.json")
-        res = subprocess.run([NETLM, "replay", "-c", conf, "-q", "-o", replay_out, *captures],
-                             capture_output=True, text=True, timeout=600)
-        check("replay exits 0", res.returncode == 0, res.stderr.strip())
-
-        live = read_events(contents(live_out), "sensor on veth")
-        rep = read_events(contents(replay_out), "replay")
-        compare_with_replay(live, rep, n_frames)
-        check("sensor logged its drain", "SIGTERM: draining" in err, err.strip())
-        check("sensor notified STOPPING=1", any("STOPPING=1" in m.split("\n") for m in messages), str(messages[-3:]))
+        run_live(tmp, "libpcap", captures, n_frames, dpdk=False)
+        if "DPDK no" not in subprocess.run([NETLM, "--version"], capture_output=True, text=True).stdout:
+            print("  the same through DPDK (net_af_packet on the veth end)")
+            run_live(tmp, "dpdk", captures, n_frames, dpdk=True)
     finish()
 
 
