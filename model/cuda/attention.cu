@@ -1331,6 +1331,15 @@ cudaError_t launch_group(void *out, uint32_t ldo, const void *qkv, uint32_t ldqk
 #undef GROUP_ARGS
 }
 
+/* Whether attn_tc_group serves a call: bf16 with a tensor-core head_dim, grouped-query heads,
+ * sequences of at most TC_GROUP_MAX_LEN tokens, rows whose 16-byte vectors stay aligned. */
+bool group_serves(enum cu_dtype t, uint32_t d, uint32_t heads, uint32_t kv_heads, uint32_t max_len, uint32_t ldqkv,
+                  uint32_t ldo)
+{
+    return cu_attention_uses_tensor_cores(t, d) && kv_heads > 0 && heads > kv_heads && heads % kv_heads == 0 &&
+           max_len > 0 && max_len <= TC_GROUP_MAX_LEN && ldqkv % 8 == 0 && ldo % 2 == 0;
+}
+
 template <bool DROP>
 cudaError_t attention_forward(void *out, uint32_t ldo, float *lse, const void *qkv, uint32_t ldqkv,
                               enum cu_dtype t, const uint32_t *seq_off, uint32_t nseq,
@@ -1347,7 +1356,7 @@ cudaError_t attention_forward(void *out, uint32_t ldo, float *lse, const void *q
                          ((uintptr_t)out % 4) == 0;
     const bool tc = (impl == CU_ATTN_AUTO || impl == CU_ATTN_TC_GROUP) && cu_attention_uses_tensor_cores(t, d) &&
                     aligned;
-    if (tc && impl == CU_ATTN_TC_GROUP && !DROP && !lse && heads > kv_heads && max_len <= TC_GROUP_MAX_LEN)
+    if (tc && impl == CU_ATTN_TC_GROUP && !DROP && !lse && group_serves(t, d, heads, kv_heads, max_len, ldqkv, ldo))
         return launch_group(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, d, scale, NULL, NULL,
                             s);
     if (tc) {
@@ -1389,8 +1398,7 @@ extern "C" cudaError_t cu_attention(void *out, uint32_t ldo, const void *qkv, ui
 extern "C" bool cu_attention_fuses_rope(enum cu_dtype t, uint32_t d, uint32_t heads, uint32_t kv_heads,
                                         uint32_t max_len, uint32_t ldqkv, uint32_t ldo)
 {
-    return cu_attention_uses_tensor_cores(t, d) && kv_heads > 0 && heads > kv_heads && heads % kv_heads == 0 &&
-           max_len > 0 && max_len <= TC_GROUP_MAX_LEN && ldqkv % 8 == 0 && ldo % 2 == 0;
+    return group_serves(t, d, heads, kv_heads, max_len, ldqkv, ldo);
 }
 
 extern "C" cudaError_t cu_attention_rope(void *out, uint32_t ldo, const void *qkv, uint32_t ldqkv, enum cu_dtype t,
