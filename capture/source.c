@@ -428,10 +428,8 @@ int cap_next_burst(struct cap_source *src, struct cap_frame *frames, int max)
     src->arena_used = 0;
     int n;
     if (src->dpdk) {
-        n = cap_dpdk_port_burst(src->dpdk, frames, max, src->arena, src->arena_size, &src->arena_used, src->err,
-                                sizeof src->err);
-        src->failed = n < 0;
-        src->frames_read += n > 0 ? (uint64_t)n : 0;
+        n = cap_dpdk_port_burst(src->dpdk, frames, max, src->arena, src->arena_size, &src->arena_used);
+        src->frames_read += (uint64_t)n;
     } else {
         n = src->live ? live_burst(src, frames, max) : file_burst(src, frames, max);
     }
