@@ -248,38 +248,49 @@ static bool compile_filter(struct cap_dpdk_port *p, const char *bpf, const char 
     return ok;
 }
 
-/* DPDK and getopt explain a failed start on stderr, over several lines. While the port starts,
- * stderr goes to a temporary file: on failure the first line joins netlm's own one-line message;
- * on success whatever was said (warnings) is passed on. Nothing else runs yet (the capture opens
- * before the sensor starts any thread). */
-struct stderr_capture {
-    int saved;
+/* DPDK and getopt explain a failed start over many lines, on stderr, and the EAL prints its
+ * whole usage on stdout (which may be the sensor's event stream). While the port starts, both go
+ * to one temporary file: on failure its first line joins netlm's own one-line message; on
+ * success whatever was said (warnings) is passed on to stderr. Nothing else runs yet (the
+ * capture opens before the sensor starts any thread). */
+struct eal_output {
+    int saved[2]; /* stdout, stderr */
     FILE *file;
 };
 
-static void capture_stderr(struct stderr_capture *c)
+static void divert_output(struct eal_output *c)
 {
+    fflush(stdout);
     fflush(stderr);
+    c->saved[0] = c->saved[1] = -1;
     c->file = tmpfile();
-    c->saved = c->file ? dup(STDERR_FILENO) : -1;
-    if (c->saved < 0 || dup2(fileno(c->file), STDERR_FILENO) < 0) {
-        if (c->saved >= 0)
-            close(c->saved);
+    bool ok = c->file != NULL;
+    for (int fd = STDOUT_FILENO; ok && fd <= STDERR_FILENO; fd++)
+        ok = (c->saved[fd - STDOUT_FILENO] = dup(fd)) >= 0 && dup2(fileno(c->file), fd) >= 0;
+    if (!ok) { /* left as they were */
+        for (int fd = STDOUT_FILENO; fd <= STDERR_FILENO; fd++)
+            if (c->saved[fd - STDOUT_FILENO] >= 0) {
+                dup2(c->saved[fd - STDOUT_FILENO], fd);
+                close(c->saved[fd - STDOUT_FILENO]);
+            }
         if (c->file)
             fclose(c->file);
         c->file = NULL;
-        c->saved = -1;
     }
 }
 
-/* Restores stderr; with err, appends the first line said to it, else passes the text on. */
-static void release_stderr(struct stderr_capture *c, char *err, size_t errlen)
+/* Restores stdout and stderr; with err, appends the first line said to it, else passes the text
+ * on to stderr. */
+static void restore_output(struct eal_output *c, char *err, size_t errlen)
 {
     if (!c->file)
         return;
+    fflush(stdout);
     fflush(stderr);
-    dup2(c->saved, STDERR_FILENO);
-    close(c->saved);
+    for (int fd = STDOUT_FILENO; fd <= STDERR_FILENO; fd++) {
+        dup2(c->saved[fd - STDOUT_FILENO], fd);
+        close(c->saved[fd - STDOUT_FILENO]);
+    }
     char text[4096];
     rewind(c->file);
     const size_t n = fread(text, 1, sizeof text - 1, c->file);
@@ -323,21 +334,21 @@ struct cap_dpdk_port *cap_dpdk_port_open(const struct cap_dpdk_opts *o, uint32_t
         free(p);
         return NULL;
     }
-    struct stderr_capture said;
-    capture_stderr(&said);
+    struct eal_output said;
+    divert_output(&said);
     if (!start_eal(o, is_pci ? pci : NULL, err, errlen)) {
-        release_stderr(&said, err, errlen);
+        restore_output(&said, err, errlen);
         if (p->filter_on)
             pcap_freecode(&p->filter);
         free(p);
         return NULL;
     }
     if (!find_port(name, &p->port, err, errlen) || !setup_port(p, o, name, err, errlen)) {
-        release_stderr(&said, err, errlen);
+        restore_output(&said, err, errlen);
         cap_dpdk_port_close(p);
         return NULL;
     }
-    release_stderr(&said, NULL, 0);
+    restore_output(&said, NULL, 0);
     *snaplen_out = p->snaplen;
     return p;
 }
