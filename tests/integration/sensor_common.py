@@ -154,6 +154,21 @@ def wait_for(pred, timeout=20.0, interval=0.1):
     return False
 
 
+def one_line_error(name, res, must_contain, out_dir=None, exit_codes=None):
+    """A command that failed as bad input must: a non-zero exit (one of exit_codes when given),
+    exactly one stderr line naming each of must_contain, nothing on stdout, and no file left in
+    out_dir."""
+    lines = res.stderr.strip().splitlines()
+    check(f"{name}: exit status {'one of ' + str(exit_codes) if exit_codes else 'non-zero'}",
+          res.returncode in exit_codes if exit_codes else res.returncode != 0, f"rc {res.returncode}")
+    check(f"{name}: exactly one stderr line", len(lines) == 1, repr(res.stderr))
+    for word in must_contain:
+        check(f"{name}: message names {word!r}", word in res.stderr, res.stderr.strip())
+    check(f"{name}: nothing on stdout", res.stdout == "", res.stdout[:200])
+    if out_dir is not None:
+        check(f"{name}: no output file left", os.listdir(out_dir) == [], str(os.listdir(out_dir)))
+
+
 # ---- a live sensor against `netlm replay` of the same frames (sensor_netns.py, sensor_dpdk.py) ----
 
 def write_conf_no_timeouts(path, capture, out):

@@ -21,7 +21,8 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from sensor_common import (DATA, NETLM, SRC, by_type, check, compare_with_replay, contents,  # noqa: E402
-                           finish, frame_count, last_stats, read_events, wait_for, write_conf_no_timeouts)
+                           finish, frame_count, last_stats, one_line_error, read_events, wait_for,
+                           write_conf_no_timeouts)
 
 EAL = "--no-huge -m 256 --no-pci --no-shconf"
 
@@ -64,11 +65,8 @@ def tshark_count(capture, display_filter):
     return len(res.stdout.split()) if res.returncode == 0 else None
 
 
-def one_error(args, what, needle):
-    res = subprocess.run([NETLM, "sensor", *args], capture_output=True, text=True, timeout=60)
-    lines = [line for line in res.stderr.splitlines() if line.strip()]
-    check(f"{what}: exit status 1 or 2 and one error line naming it", res.returncode in (1, 2) and len(lines) == 1
-          and needle in lines[0], f"rc {res.returncode}: {res.stderr.strip()}")
+def sensor(*args):
+    return subprocess.run([NETLM, "sensor", *args], capture_output=True, text=True, timeout=60)
 
 
 def main():
@@ -100,18 +98,19 @@ def main():
             check("bpf \"udp\": UDP flows only", flows and all(f["proto"] == "UDP" for f in flows),
                   str(sorted({f["proto"] for f in flows})))
 
-        # errors: one line each, non-zero exit
+        # errors: one line each, naming what is wrong (and, where DPDK said why, that too)
         conf = os.path.join(tmp, "nosuch.conf")
         write_conf(conf, os.path.join(tmp, "nosuch.json"), "net_pcap0,rx_pcap=/nonexistent/x.pcap")
-        one_error(["-c", conf], "a port whose device cannot start", "net_pcap0: no such port")
-        one_error(["-c", conf], "... and what DPDK said of it", "Couldn't open /nonexistent/x.pcap")
+        one_line_error("a port whose device cannot start", sensor("-c", conf),
+                       ["net_pcap0: no such port", "Couldn't open /nonexistent/x.pcap"], exit_codes=(1, 2))
         write_conf(conf, os.path.join(tmp, "nosuch.json"), "net_pcap0,rx_pcap=" + demo, eal="--no-such-eal-option")
-        one_error(["-c", conf], "EAL arguments the EAL rejects", "capture.dpdk.eal")
-        one_error(["-c", conf], "... and the one it rejects", "unrecognized option '--no-such-eal-option'")
+        one_line_error("EAL arguments the EAL rejects", sensor("-c", conf),
+                       ["capture.dpdk.eal", "unrecognized option '--no-such-eal-option'"], exit_codes=(1, 2))
         write_conf(conf, os.path.join(tmp, "nosuch.json"), "")
-        one_error(["-c", conf, "--check-config"], "source dpdk without a port", "capture.dpdk.port")
-        one_error(["-c", os.path.join(tmp, "capture0.conf"), "-i", "dpdk:"], "-i dpdk: without a port",
-                  "--interface")
+        one_line_error("source dpdk without a port", sensor("-c", conf, "--check-config"), ["capture.dpdk.port"],
+                       exit_codes=(1, 2))
+        one_line_error("-i dpdk: without a port", sensor("-c", os.path.join(tmp, "capture0.conf"), "-i", "dpdk:"),
+                       ["--interface"], exit_codes=(1, 2))
     finish()
 
 

@@ -9,22 +9,11 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sensor_common import MODEL, NETLM, SRC, check, finish  # noqa: E402
+from sensor_common import MODEL, NETLM, SRC, check, finish, one_line_error  # noqa: E402
 
 
 def run(*args):
     return subprocess.run([NETLM, *args], capture_output=True, text=True, timeout=120)
-
-
-def one_line_error(name, res, must_contain, out_dir=None):
-    lines = res.stderr.strip().splitlines()
-    check(f"{name}: non-zero exit", res.returncode != 0, f"rc {res.returncode}")
-    check(f"{name}: exactly one stderr line", len(lines) == 1, repr(res.stderr))
-    for word in must_contain:
-        check(f"{name}: message names {word!r}", word in res.stderr, res.stderr.strip())
-    check(f"{name}: nothing on stdout", res.stdout == "", res.stdout[:200])
-    if out_dir is not None:
-        check(f"{name}: no output file left", os.listdir(out_dir) == [], str(os.listdir(out_dir)))
 
 
 def main():
