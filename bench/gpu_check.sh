@@ -190,20 +190,19 @@ bench bench-gemm 60 "$OUT/netlm.json" "$build/netlm_gemm_bench" --runs 10 ${NETL
 # launches of each variant (clocks left as they are)
 ncu=ncu
 command -v $ncu >/dev/null || ncu=/usr/local/cuda/bin/ncu
+ncu_sections=(--section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis
+              --section Occupancy)
 bench ncu-swiglu 90 "$OUT/ncu.txt" $ncu --clock-control none -k regex:gemm_swiglu --launch-count 18 \
-    --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section Occupancy \
-    --section LaunchStats "$build/netlm_gemm_bench" --runs 1 --only fused
+    "${ncu_sections[@]}" --section LaunchStats "$build/netlm_gemm_bench" --runs 1 --only fused
 # the same view of cuBLASLt's kernel for the gate/up GEMM (the heuristic's first; its name gives
 # the tile and cluster shape), the rate the fused kernel is measured against
 bench ncu-cublaslt 40 "$OUT/ncu.txt" env NETLM_CUDA_GEMM_TUNE=0 $ncu --clock-control none \
-    -k regex:'nvjet|xmma|cutlass|gemm' --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis \
-    --section ComputeWorkloadAnalysis --section Occupancy --section LaunchStats "$build/netlm_gemm_bench" --runs 1 \
-    --only qwen-mlp-up-cublaslt
+    -k regex:'nvjet|xmma|cutlass|gemm' --launch-count 1 "${ncu_sections[@]}" --section LaunchStats \
+    "$build/netlm_gemm_bench" --runs 1 --only qwen-mlp-up-cublaslt
 # where Qwen2.5-0.5B's inference time goes apart from the GEMMs: one launch each of attention,
 # the norms, RoPE and the SwiGLU pass (first layer, inside the CUDA graph)
 bench ncu-qwen 90 "$OUT/ncu.txt" $ncu --clock-control none -k regex:'attn_tc|norm_kernel|rope_kernel|swiglu_kernel' \
-    --launch-count 5 --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
-    --section Occupancy "$build/netlm_model_bench" --device cuda --only qwen05b-v60005-b256 --runs 1
+    --launch-count 5 "${ncu_sections[@]}" "$build/netlm_model_bench" --device cuda --only qwen05b-v60005-b256 --runs 1
 # generation with the device KV cache (model_cuda_generate), the gen-* cases of gpu_bench.py
 bench bench-generate 90 "$OUT/netlm.json" "$build/netlm_model_bench" "${cases[@]}" --device cuda --generate --runs 10
 # the engine as users run it: classify and replay on the GPU against the CPU
