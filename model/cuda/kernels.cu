@@ -436,12 +436,13 @@ extern "C" cudaError_t cu_norm(void *y, enum cu_dtype t, const void *x, enum cu_
     return cudaGetLastError();
 }
 
-/* 16-byte items when both buffers are aligned and count divides, else one value per item. */
+/* 16-byte items when both buffers are aligned and count divides (each one row of count
+ * values), else one value per item. */
 template <typename T>
 static void gelu_launch(T *y, const T *x, size_t count, bool erf, cudaStream_t s)
 {
     constexpr uint32_t VW = 16 / sizeof(T);
-    if (((uintptr_t)y | (uintptr_t)x) % 16 == 0 && count % VW == 0)
+    if (rows_vectorizable<T>(y, count, count) && rows_vectorizable<T>(x, count, count))
         gelu_kernel<T, VW><<<blocks_for(count / VW, 256), 256, 0, s>>>(y, x, count / VW, erf);
     else
         gelu_kernel<T, 1><<<blocks_for(count, 256), 256, 0, s>>>(y, x, count, erf);

@@ -518,12 +518,14 @@ extern "C" cudaError_t cu_norm_backward(float *dx, float *dw, float *db, const v
     return cudaGetLastError();
 }
 
-/* 16-byte items when the three buffers are aligned and count divides, else one value per item. */
+/* 16-byte items when the three buffers are aligned and count divides (each one row of count
+ * values), else one value per item. */
 template <typename T>
 static void gelu_backward_launch(T *dx, const T *dy, const T *pre, size_t count, bool erf, cudaStream_t s)
 {
     constexpr uint32_t VW = 16 / sizeof(T);
-    if (((uintptr_t)dx | (uintptr_t)dy | (uintptr_t)pre) % 16 == 0 && count % VW == 0)
+    if (rows_vectorizable<T>(dx, count, count) && rows_vectorizable<T>(dy, count, count) &&
+        rows_vectorizable<T>(pre, count, count))
         gelu_backward_kernel<T, VW><<<blocks_for(count / VW, 256), 256, 0, s>>>(dx, dy, pre, count / VW, erf);
     else
         gelu_backward_kernel<T, 1><<<blocks_for(count, 256), 256, 0, s>>>(dx, dy, pre, count, erf);
