@@ -136,6 +136,8 @@ struct cli_train_state {
     uint64_t position; /* pretrain: examples of the epoch already used */
     char data[512];    /* pretrain: what the position counts (corpus, window, batch); "": neither
                           this nor position is written */
+    uint64_t global_batch; /* finetune: sequences per optimizer step (processes × batch); 0: not
+                              written (pretrain, older checkpoints) */
 };
 /* optimizer.safetensors (the AdamW moments, n floats each) and state.json into dir, each written
  * to a temporary name and renamed. */
@@ -174,6 +176,23 @@ void cli_mpi_min_doubles(double *x, size_t n);
 void cli_mpi_broadcast(void *bytes, size_t n);
 /* Leaves MPI; failed aborts the other processes too. */
 void cli_mpi_stop(bool failed);
+void cli_mpi_sum_u64(uint64_t *x, size_t n);
+
+/* Data parallel training on top of them (train_common.c). A global batch is world × --batch_size
+ * sequences; each process trains on its slice and the gradients are summed before each step. */
+/* --world_size (0: absent) must match the processes running; false after one error line. */
+bool cli_world_size_check(const char *cmd, uint32_t world_size, int world);
+/* Joins the trainer to the other processes (NCCL on GPUs; on CPUs the sums go through MPI). Does
+ * nothing in one process, unless one_rank asks for a one-rank communicator on a GPU (so that
+ * --world_size 1 runs the same path). False after one error line. */
+bool cli_trainer_join(const char *cmd, struct trainer *tr, int rank, int world, int device, bool one_rank);
+/* After each process's forward/backward: its gradient is the mean over its count targets (the
+ * loss's terms; 0 for an empty slice, gradient zero). Weighted by count, summed over the
+ * processes and divided by all targets, it becomes the global batch's; loss_weighted (its loss
+ * × count) and count become the global sums. */
+bool cli_world_grads(struct trainer *tr, int world, double *loss_weighted, double *count);
+/* Process rank's contiguous share [lo, hi) of n items (evaluation splits its rows so). */
+void cli_world_share(size_t n, int rank, int world, size_t *lo, size_t *hi);
 
 int cmd_sessions(int argc, char **argv);
 int cmd_corpus(int argc, char **argv);

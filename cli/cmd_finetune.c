@@ -109,9 +109,11 @@ static char **class_names(const char *tsv_path, uint32_t n)
 }
 
 /* Classifies every sample, on the CPU or (dev → device ≥ 0) with the CUDA engine at dev's
- * precision; fills the confusion matrix. */
+ * precision; fills the confusion matrix. With several processes each classifies its share of
+ * the rows and every process gets the summed matrix. */
 static bool evaluate(const char *cmd, struct model *m, const struct samples *s, uint32_t batch,
-                     uint32_t threads, const struct cli_device *dev, struct train_confusion *cm)
+                     uint32_t threads, const struct cli_device *dev, int rank, int world,
+                     struct train_confusion *cm)
 {
     char err[512];
     const uint32_t NL = model_get_config(m)->num_labels;
@@ -137,8 +139,10 @@ static bool evaluate(const char *cmd, struct model *m, const struct samples *s, 
         return false;
     }
     bool ok = true;
-    for (size_t i = 0; ok && i < s->n; i += batch) {
-        uint32_t nb = (uint32_t)(s->n - i < batch ? s->n - i : batch);
+    size_t lo, hi;
+    cli_world_share(s->n, rank, world, &lo, &hi);
+    for (size_t i = lo; ok && i < hi; i += batch) {
+        uint32_t nb = (uint32_t)(hi - i < batch ? hi - i : batch);
         ok = gpu ? model_cuda_classify(gpu, s->ids + i * s->seq, s->lengths + i, nb, s->seq, NULL, scores)
                  : model_classify(r, s->ids + i * s->seq, s->lengths + i, nb, s->seq, NULL, scores);
         for (uint32_t b = 0; ok && b < nb; b++) {
@@ -154,6 +158,10 @@ static bool evaluate(const char *cmd, struct model *m, const struct samples *s, 
         cli_error(cmd, "evaluation failed: %s", model_cuda_error(gpu));
     else if (!ok)
         cli_error(cmd, "evaluation failed (a label or token id outside the model)");
+    if (ok && world > 1) {
+        cli_mpi_sum_u64(cm->counts, (size_t)NL * NL);
+        cli_mpi_sum_u64(&cm->total, 1);
+    }
     model_runner_free(r);
     model_cuda_free(gpu);
     free(scores);
@@ -252,6 +260,8 @@ static int finetune_understanding(int argc, char **argv)
         {"clip", NULL, 0, "NORM", "clip the gradient's global norm (default 0 = off)", NULL},
         CLI_DROPOUT_OPTION,
         CLI_TRAIN_DEVICE_OPTIONS,
+        {"world-size", NULL, 0, "N", "processes training together, each on its slice of every world × --batch_size "
+                                     "sequences (start them with mpirun -np N; default: as many as mpirun started)", NULL},
         {"seed", "seed", 0, "N", "seed of the initialisation and the data order (default 7)", NULL},
         {"threads", NULL, 't', "N", "CPU threads (default: all online CPUs)", NULL},
         {"report-steps", NULL, 0, "N", "a status line every N steps (default 100)", NULL},
@@ -284,7 +294,7 @@ static int finetune_understanding(int argc, char **argv)
         cli_error(cmd, "give --pretrained_model_path DIR or --config_path FILE (a fresh model)");
         return 2;
     }
-    uint32_t labels_num, seq, epochs, batch, threads, report, stop_after;
+    uint32_t labels_num, seq, epochs, batch, threads, report, stop_after, world_size;
     double lr, warmup, wd, clip;
     uint64_t seed;
     double dropout;
@@ -303,6 +313,7 @@ static int finetune_understanding(int argc, char **argv)
         !cli_u32(cmd, opts, "threads", ncpu > 0 ? (uint32_t)ncpu : 1, 1, 1024, &threads) ||
         !cli_u32(cmd, opts, "report-steps", 100, 1, UINT32_MAX, &report) ||
         !cli_u32(cmd, opts, "stop-after", 0, 0, UINT32_MAX, &stop_after) ||
+        !cli_u32(cmd, opts, "world-size", 0, 1, 65536, &world_size) ||
         !cli_double(cmd, opts, "learning-rate", 2e-5, 0.0, 10.0, &lr) ||
         !cli_double(cmd, opts, "warmup", 0.1, 0.0, 1.0, &warmup) ||
         !cli_double(cmd, opts, "weight-decay", 0.01, 0.0, 10.0, &wd) ||
@@ -312,7 +323,18 @@ static int finetune_understanding(int argc, char **argv)
     struct cli_device where;
     if (!cli_device_arg(cmd, opts, &where))
         return 2;
-    const bool quiet = cli_flag(opts, "quiet"), resume = cli_flag(opts, "resume");
+    int rank, world;
+    if (!cli_mpi_start(cmd, &rank, &world))
+        return 1;
+    if (!cli_world_size_check(cmd, world_size, world)) {
+        cli_mpi_stop(true);
+        return 2;
+    }
+    /* with several processes, rank 0 writes everything and speaks for all; each uses the GPU
+     * after the previous one's (--device cuda:D: cuda:D+rank) */
+    const bool writer = rank == 0, quiet = cli_flag(opts, "quiet") || !writer, resume = cli_flag(opts, "resume");
+    if (where.device >= 0)
+        where.device += rank;
 
     int status = 1;
     char err[1024], path[4096];
@@ -399,7 +421,7 @@ static int finetune_understanding(int argc, char **argv)
     snprintf(mut->tokenizer.vocab, sizeof mut->tokenizer.vocab, "%s", vocab_path ? "vocab.txt" : "builtin");
 
     tr = cli_trainer(cmd, m, &where, where.device, batch, seq, threads, dropout, seed);
-    if (!tr)
+    if (!tr || !cli_trainer_join(cmd, tr, rank, world, where.device, world_size != 0))
         goto done;
     const size_t n_params = trainer_param_count(tr);
     size_t n_floats = 0;
@@ -424,7 +446,9 @@ static int finetune_understanding(int argc, char **argv)
     else
         train_adamw_defaults(&adamw);
     adamw.weight_decay = (float)wd;
-    const uint64_t steps_per_epoch = (train.n + batch - 1) / batch, total_steps = steps_per_epoch * epochs;
+    /* a step trains on world × batch sequences of the epoch's order; process rank on its slice */
+    const uint64_t global_batch = (uint64_t)world * batch;
+    const uint64_t steps_per_epoch = (train.n + global_batch - 1) / global_batch, total_steps = steps_per_epoch * epochs;
     const uint64_t warmup_steps = (uint64_t)(warmup * (double)total_steps);
     uint64_t step = 0, start_epoch = 0, resumed_seed = seed;
     double best_dev = -1.0;
@@ -448,6 +472,12 @@ static int finetune_understanding(int argc, char **argv)
             cli_error(cmd, "%s: the checkpoint was trained with --seed %" PRIu64 ", not %" PRIu64, checkpoint, resumed_seed, seed);
             goto done_batch;
         }
+        /* another step size would change the steps per epoch, and with them the schedule */
+        if (st.global_batch && st.global_batch != global_batch) {
+            cli_error(cmd, "%s: the checkpoint was trained with %" PRIu64 " sequences per step (--batch_size × processes), "
+                           "not %" PRIu64, checkpoint, st.global_batch, global_batch);
+            goto done_batch;
+        }
         char best_dir[4096];
         snprintf(best_dir, sizeof best_dir, "%s/config.json", out_dir);
         struct model *best = access(best_dir, R_OK) == 0 ? model_load(out_dir, err, sizeof err) : NULL;
@@ -458,18 +488,20 @@ static int finetune_understanding(int argc, char **argv)
         memcpy(best_params, model_params(m, &n_floats), n_params * sizeof(float));
     }
     snprintf(path, sizeof path, "%s/loss.csv", out_dir);
-    loss_csv = fopen(path, resume ? "a" : "w");
-    if (!loss_csv) {
+    loss_csv = writer ? fopen(path, resume ? "a" : "w") : NULL;
+    if (writer && !loss_csv) {
         cli_error(cmd, "%s: %s", path, strerror(errno));
         goto done_batch;
     }
-    if (!resume)
+    if (loss_csv && !resume)
         fprintf(loss_csv, "step,loss,learning_rate,dev_accuracy,dev_macro_f1\n");
     if (!quiet) {
         fprintf(stderr, "netlm %s: %s %u x %u, %.2fM parameters, %zu train / %zu dev / %zu test rows, %u labels, "
                         "%" PRIu64 " steps\n", cmd, model_arch_name(mc->arch), mc->layers, mc->hidden,
                 model_parameter_count(m) / 1e6, train.n, dev.n, test.n, labels_num, total_steps);
         cli_trainer_report(cmd, where.device, where.bf16, threads);
+        if (world > 1)
+            fprintf(stderr, "netlm %s: %d processes, %" PRIu64 " sequences per step\n", cmd, world, global_batch);
     }
     const double t0 = cli_now();
     double last_print = t0, loss_sum = 0.0;
@@ -478,18 +510,27 @@ static int finetune_understanding(int argc, char **argv)
         cli_epoch_order(seed, epoch, train.n, order);
         for (uint64_t s = 0; s < steps_per_epoch; s++) {
             uint32_t nb = 0;
-            for (size_t i = s * batch; i < train.n && nb < batch; i++, nb++) {
+            /* a sequence's place in the epoch numbers its dropout masks, whichever process reads it */
+            const size_t first = s * global_batch + (size_t)rank * batch;
+            for (size_t i = s * global_batch; i < train.n && i < (s + 1) * global_batch; i++) {
                 const uint32_t k = order[i];
+                tokens += train.lengths[k]; /* the rate counts every process's */
+                if (i < first || nb == batch)
+                    continue;
                 memcpy(b_ids + (size_t)nb * seq, train.ids + (size_t)k * seq, seq * sizeof(uint32_t));
                 b_len[nb] = train.lengths[k];
-                b_lab[nb] = train.labels[k];
-                tokens += b_len[nb];
+                b_lab[nb++] = train.labels[k];
             }
             struct train_batch tb = {.ids = b_ids, .lengths = b_len, .batch = nb, .seq = seq, .labels = b_lab,
-                                     .sample_base = epoch * train.n + s * batch};
-            double loss, norm;
-            if (!trainer_zero_grads(tr) || !trainer_forward_backward(tr, TRAIN_CLASSIFY, &tb, &loss))
+                                     .sample_base = epoch * train.n + first};
+            double loss = 0.0, norm, count = nb;
+            /* the last step of an epoch may leave a process without sequences: its gradient is zero */
+            if (!trainer_zero_grads(tr) || (nb && !trainer_forward_backward(tr, TRAIN_CLASSIFY, &tb, &loss)))
                 goto step_failed;
+            loss *= count;
+            if (!cli_world_grads(tr, world, &loss, &count))
+                goto step_failed;
+            loss /= count;
             /* torch's clip_grad_norm_: scale by max/(norm + 1e-6) when that is below 1 */
             if (clip > 0 && (!trainer_grad_norm(tr, &norm) ||
                              (clip / (norm + 1e-6) < 1.0 && !trainer_grad_scale(tr, (float)(clip / (norm + 1e-6))))))
@@ -500,7 +541,8 @@ static int finetune_understanding(int argc, char **argv)
             step++;
             loss_sum += loss;
             loss_count++;
-            fprintf(loss_csv, "%" PRIu64 ",%.6f,%.6g,-1,-1\n", step, loss, step_lr);
+            if (loss_csv)
+                fprintf(loss_csv, "%" PRIu64 ",%.6f,%.6g,-1,-1\n", step, loss, step_lr);
             double now = cli_now();
             if (!quiet && (step % report == 0 || now - last_print > 30)) {
                 double rate = (double)step / (now - t0), eta = (double)(total_steps - step) / (rate > 0 ? rate : 1);
@@ -517,33 +559,37 @@ static int finetune_understanding(int argc, char **argv)
             cli_error(cmd, "%s", trainer_error(tr));
             goto done_batch;
         }
-        if (!evaluate(cmd, m, &dev, batch, threads, &where, &cm))
+        if (!evaluate(cmd, m, &dev, batch, threads, &where, rank, world, &cm))
             goto done_batch;
         const double acc = train_accuracy(&cm), f1 = train_macro_f1(&cm, NULL);
         train_confusion_release(&cm);
-        fprintf(loss_csv, "%" PRIu64 ",,,%.6f,%.6f\n", step, acc, f1);
-        fflush(loss_csv);
+        if (loss_csv) {
+            fprintf(loss_csv, "%" PRIu64 ",,,%.6f,%.6f\n", step, acc, f1);
+            fflush(loss_csv);
+        }
         if (!quiet)
             fprintf(stderr, "netlm %s: epoch %" PRIu64 "/%u dev accuracy %.4f macro-F1 %.4f%s\n", cmd, epoch + 1, epochs,
                     acc, f1, acc > best_dev ? " (best)" : "");
         if (acc > best_dev) {
             best_dev = acc;
             memcpy(best_params, model_params(m, &n_floats), n_params * sizeof(float));
-            if (!model_save(m, out_dir, err, sizeof err)) {
+            if (writer && !model_save(m, out_dir, err, sizeof err)) {
                 cli_error(cmd, "%s", err);
                 goto done_batch;
             }
         }
-        if (!model_save(m, checkpoint, err, sizeof err)) {
+        if (writer && !model_save(m, checkpoint, err, sizeof err)) {
             cli_error(cmd, "%s", err);
             goto done_batch;
         }
-        const struct cli_train_state st = {.step = step, .epoch = epoch + 1, .seed = seed, .best_dev = best_dev};
-        if (!cli_save_optimizer(cmd, checkpoint, mom, vel, n_params, &st))
+        const struct cli_train_state st = {.step = step, .epoch = epoch + 1, .seed = seed, .best_dev = best_dev,
+                                           .global_batch = global_batch};
+        if (writer && !cli_save_optimizer(cmd, checkpoint, mom, vel, n_params, &st))
             goto done_batch;
         if (stop_after && epoch + 1 - start_epoch == stop_after && epoch + 1 < epochs) {
-            fprintf(stderr, "netlm %s: stopped after epoch %" PRIu64 " (--stop-after); --resume continues\n", cmd,
-                    epoch + 1);
+            if (writer)
+                fprintf(stderr, "netlm %s: stopped after epoch %" PRIu64 " (--stop-after); --resume continues\n", cmd,
+                        epoch + 1);
             status = 0;
             goto done_batch;
         }
@@ -552,8 +598,13 @@ static int finetune_understanding(int argc, char **argv)
     /* test with the best epoch */
     memcpy(model_params(m, &n_floats), best_params, n_params * sizeof(float));
     struct train_confusion cm = {0};
-    if (!evaluate(cmd, m, &test, batch, threads, &where, &cm))
+    if (!evaluate(cmd, m, &test, batch, threads, &where, rank, world, &cm))
         goto done_batch;
+    if (!writer) {
+        train_confusion_release(&cm);
+        status = 0;
+        goto done_batch;
+    }
     if (vocab_path) {
         char dst[4096];
         snprintf(dst, sizeof dst, "%s/vocab.txt", out_dir);
@@ -594,6 +645,7 @@ done:
     samples_free(&test);
     tok_vocab_free(vocab);
     model_free(m);
+    cli_mpi_stop(status != 0);
     return status;
 }
 
@@ -664,7 +716,7 @@ int cmd_eval(int argc, char **argv)
             cli_error(cmd, "%s: label %u but the model has %u labels", test_path, test.labels[i], mc->num_labels);
             goto done;
         }
-    if (!evaluate(cmd, m, &test, batch, threads, &where, &cm))
+    if (!evaluate(cmd, m, &test, batch, threads, &where, 0, 1, &cm))
         goto done;
     struct train_class_metrics *pc = calloc(mc->num_labels, sizeof *pc);
     if (!pc)

@@ -148,10 +148,11 @@ struct gen_score {
 };
 
 /* Greedy generation of every row's target from its prompt: on the CPU, or (where → a GPU) with
- * the CUDA engine and its KV cache at the training precision. */
+ * the CUDA engine and its KV cache at the training precision. With several processes each
+ * generates its share of the rows and every process gets the whole score. */
 static bool gen_evaluate(const char *cmd, struct model *m, const struct tok_vocab *vocab,
-                         const struct gen_samples *s, uint32_t seq, uint32_t tgt, uint32_t batch,
-                         uint32_t threads, const struct cli_device *where, uint32_t n_fields,
+                         const struct gen_samples *s, uint32_t tgt, uint32_t batch, uint32_t threads,
+                         const struct cli_device *where, int rank, int world, uint32_t n_fields,
                          struct gen_score *score)
 {
     char err[512];
@@ -168,7 +169,7 @@ static bool gen_evaluate(const char *cmd, struct model *m, const struct tok_voca
         r = model_runner_create(m, batch, s->row, s->row + max_new, threads, err, sizeof err);
     }
     uint32_t *out = malloc((size_t)batch * max_new * sizeof(uint32_t)), *out_len = malloc(batch * sizeof(uint32_t));
-    uint64_t *truth = malloc(s->n * n_fields * sizeof(uint64_t)), *got = malloc(s->n * n_fields * sizeof(uint64_t));
+    uint64_t *truth = malloc(s->n * n_fields * sizeof(uint64_t)), *got = calloc(s->n * n_fields, sizeof(uint64_t));
     if ((!r && !gpu) || !out || !out_len || !truth || !got) {
         if (!r && !gpu && where->device >= 0)
             cli_error(cmd, "--device %s: %s", where->name, err);
@@ -182,11 +183,15 @@ static bool gen_evaluate(const char *cmd, struct model *m, const struct tok_voca
         free(got);
         return false;
     }
-    (void)seq;
+    for (size_t i = 0; i < s->n; i++)
+        for (uint32_t k = 0; k < n_fields; k++)
+            truth[i * n_fields + k] = field_value(vocab, s->ids + i * s->row + s->prompt[i], s->lengths[i] - s->prompt[i], k);
     uint64_t exact = 0;
     bool ok = true;
-    for (size_t i = 0; ok && i < s->n; i += batch) {
-        uint32_t nb = (uint32_t)(s->n - i < batch ? s->n - i : batch);
+    size_t lo, hi;
+    cli_world_share(s->n, rank, world, &lo, &hi);
+    for (size_t i = lo; ok && i < hi; i += batch) {
+        uint32_t nb = (uint32_t)(hi - i < batch ? hi - i : batch);
         ok = gpu ? model_cuda_generate(gpu, s->ids + i * s->row, s->prompt + i, nb, s->row, NULL, max_new, out, out_len)
                  : model_generate(r, s->ids + i * s->row, s->prompt + i, nb, s->row, NULL, max_new, out, out_len);
         for (uint32_t b = 0; ok && b < nb; b++) {
@@ -194,11 +199,13 @@ static bool gen_evaluate(const char *cmd, struct model *m, const struct tok_voca
             const uint32_t want_n = s->lengths[i + b] - s->prompt[i + b];
             const uint32_t *gen = out + (size_t)b * max_new;
             exact += out_len[b] == want_n && !memcmp(gen, want, want_n * sizeof(uint32_t));
-            for (uint32_t k = 0; k < n_fields; k++) {
-                truth[(i + b) * n_fields + k] = field_value(vocab, want, want_n, k);
+            for (uint32_t k = 0; k < n_fields; k++)
                 got[(i + b) * n_fields + k] = field_value(vocab, gen, out_len[b], k);
-            }
         }
+    }
+    if (ok && world > 1) { /* the other processes' rows are zero here */
+        cli_mpi_sum_u64(got, s->n * n_fields);
+        cli_mpi_sum_u64(&exact, 1);
     }
     if (ok) {
         score->rows = s->n;
@@ -248,6 +255,8 @@ int finetune_generation(int argc, char **argv)
         {"optimizer", NULL, 0, "adamw|uer", "bias-corrected AdamW (default) or the seed's UER AdamW", NULL},
         CLI_DROPOUT_OPTION,
         CLI_TRAIN_DEVICE_OPTIONS,
+        {"world-size", NULL, 0, "N", "processes training together, each on its slice of every world × --batch_size "
+                                     "sequences (start them with mpirun -np N; default: as many as mpirun started)", NULL},
         {"seed", NULL, 0, "N", "seed of the initialisation and the data order (default 7)", NULL},
         {"threads", NULL, 't', "N", "CPU threads (default: all online CPUs)", NULL},
         {"report-steps", NULL, 0, "N", "a status line every N steps (default 100)", NULL},
@@ -288,7 +297,7 @@ int finetune_generation(int argc, char **argv)
         }
         n_fields++;
     }
-    uint32_t seq, tgt, epochs, batch, threads, report;
+    uint32_t seq, tgt, epochs, batch, threads, report, world_size;
     double lr, warmup;
     uint64_t seed;
     double dropout;
@@ -301,6 +310,7 @@ int finetune_generation(int argc, char **argv)
         !cli_u32(cmd, opts, "batch-size", 16, 1, 65536, &batch) ||
         !cli_u32(cmd, opts, "threads", ncpu > 0 ? (uint32_t)ncpu : 1, 1, 1024, &threads) ||
         !cli_u32(cmd, opts, "report-steps", 100, 1, UINT32_MAX, &report) ||
+        !cli_u32(cmd, opts, "world-size", 0, 1, 65536, &world_size) ||
         !cli_double(cmd, opts, "learning-rate", 1e-5, 0.0, 10.0, &lr) ||
         !cli_double(cmd, opts, "warmup", 0.1, 0.0, 1.0, &warmup) ||
         !cli_u64(cmd, opts, "seed", 7, 0, UINT64_MAX, &seed) || !cli_dropout_arg(cmd, opts, &dropout))
@@ -313,7 +323,17 @@ int finetune_generation(int argc, char **argv)
                   tgt, n_fields, 2 * n_fields + 2);
         return 2;
     }
-    const bool quiet = cli_flag(opts, "quiet");
+    int rank, world;
+    if (!cli_mpi_start(cmd, &rank, &world))
+        return 1;
+    if (!cli_world_size_check(cmd, world_size, world)) {
+        cli_mpi_stop(true);
+        return 2;
+    }
+    /* as in finetune understanding: rank 0 writes and speaks, each process on its own GPU */
+    const bool writer = rank == 0, quiet = cli_flag(opts, "quiet") || !writer;
+    if (where.device >= 0)
+        where.device += rank;
     int status = 1;
     char err[1024];
     struct model *m = NULL;
@@ -325,6 +345,7 @@ int finetune_generation(int argc, char **argv)
     FILE *loss_csv = NULL;
     if (mkdir(out_dir, 0755) != 0 && errno != EEXIST) {
         cli_error(cmd, "%s: %s", out_dir, strerror(errno));
+        cli_mpi_stop(true);
         return 1;
     }
     if (pretrained) {
@@ -362,7 +383,7 @@ int finetune_generation(int argc, char **argv)
     mut->tgt_seq_length = tgt;
     snprintf(mut->tokenizer.vocab, sizeof mut->tokenizer.vocab, "%s", vocab_path ? "vocab.txt" : "builtin");
     tr = cli_trainer(cmd, m, &where, where.device, batch, row, threads, dropout, seed);
-    if (!tr)
+    if (!tr || !cli_trainer_join(cmd, tr, rank, world, where.device, world_size != 0))
         goto done;
     if (!quiet)
         cli_trainer_report(cmd, where.device, where.bf16, threads);
@@ -385,13 +406,16 @@ int finetune_generation(int argc, char **argv)
         train_adamw_defaults(&adamw);
     char path[4200];
     snprintf(path, sizeof path, "%s/loss.csv", out_dir);
-    loss_csv = fopen(path, "w");
-    if (!loss_csv) {
+    loss_csv = writer ? fopen(path, "w") : NULL;
+    if (writer && !loss_csv) {
         cli_error(cmd, "%s: %s", path, strerror(errno));
         goto done;
     }
-    fprintf(loss_csv, "step,loss,learning_rate,dev_accuracy\n");
-    const uint64_t steps_per_epoch = (train.n + batch - 1) / batch, total = steps_per_epoch * epochs;
+    if (loss_csv)
+        fprintf(loss_csv, "step,loss,learning_rate,dev_accuracy\n");
+    /* a step trains on world × batch rows of the epoch's order; process rank on its slice */
+    const uint64_t global_batch = (uint64_t)world * batch;
+    const uint64_t steps_per_epoch = (train.n + global_batch - 1) / global_batch, total = steps_per_epoch * epochs;
     const uint64_t warm = (uint64_t)(warmup * (double)total);
     uint64_t step = 0, tokens = 0;
     double best_dev = -1.0, loss_sum = 0.0, t0 = cli_now();
@@ -400,26 +424,38 @@ int finetune_generation(int argc, char **argv)
         cli_epoch_order(seed, epoch, train.n, order);
         for (uint64_t s = 0; s < steps_per_epoch; s++) {
             uint32_t nb = 0;
-            for (size_t i = s * batch; i < train.n && nb < batch; i++, nb++) {
+            double targets = 0.0; /* the loss's terms: the target ids of each row */
+            /* a row's place in the epoch numbers its dropout masks, whichever process reads it */
+            const size_t first = s * global_batch + (size_t)rank * batch;
+            for (size_t i = s * global_batch; i < train.n && i < (s + 1) * global_batch; i++) {
                 const uint32_t k = order[i];
+                tokens += train.lengths[k]; /* the rate counts every process's */
+                if (i < first || nb == batch)
+                    continue;
                 memcpy(b_ids + (size_t)nb * row, train.ids + (size_t)k * row, row * sizeof(uint32_t));
                 b_len[nb] = train.lengths[k];
                 b_start[nb] = train.prompt[k];
-                tokens += b_len[nb];
+                const uint32_t target_from = b_start[nb] ? b_start[nb] : 1;
+                targets += b_len[nb] > target_from ? b_len[nb] - target_from : 0;
+                nb++;
             }
             struct train_batch tb = {.ids = b_ids, .lengths = b_len, .batch = nb, .seq = row, .target_start = b_start,
-                                     .sample_base = epoch * train.n + s * batch};
-            double loss;
+                                     .sample_base = epoch * train.n + first};
+            double loss = 0.0;
             const float step_lr = train_schedule_lr(TRAIN_SCHEDULE_LINEAR, (float)lr, step, warm, total);
-            if (!trainer_zero_grads(tr) || !trainer_forward_backward(tr, TRAIN_LM, &tb, &loss) ||
-                !trainer_adamw_step(tr, step + 1, step_lr, &adamw, (int)threads)) {
+            bool stepped = trainer_zero_grads(tr) && (!nb || trainer_forward_backward(tr, TRAIN_LM, &tb, &loss));
+            loss *= targets;
+            stepped = stepped && cli_world_grads(tr, world, &loss, &targets);
+            loss /= targets > 0 ? targets : 1.0;
+            if (!stepped || !trainer_adamw_step(tr, step + 1, step_lr, &adamw, (int)threads)) {
                 cli_error(cmd, "training step %" PRIu64 ": %s", step + 1, trainer_error(tr));
                 goto done;
             }
             step++;
             loss_sum += loss;
             loss_count++;
-            fprintf(loss_csv, "%" PRIu64 ",%.6f,%.6g,-1\n", step, loss, step_lr);
+            if (loss_csv)
+                fprintf(loss_csv, "%" PRIu64 ",%.6f,%.6g,-1\n", step, loss, step_lr);
             if (!quiet && step % report == 0) {
                 double now = cli_now(), rate = step / (now - t0);
                 fprintf(stderr, "netlm %s: epoch %" PRIu64 "/%u step %" PRIu64 "/%" PRIu64 " loss %.4f lr %.3g %.0f tokens/s ETA %.0f s\n",
@@ -434,17 +470,19 @@ int finetune_generation(int argc, char **argv)
             cli_error(cmd, "%s", trainer_error(tr));
             goto done;
         }
-        if (!gen_evaluate(cmd, m, vocab, &dev, seq, tgt, batch, threads, &where, n_fields, &sc))
+        if (!gen_evaluate(cmd, m, vocab, &dev, tgt, batch, threads, &where, rank, world, n_fields, &sc))
             goto done;
-        fprintf(loss_csv, "%" PRIu64 ",,,%.6f\n", step, sc.exact);
-        fflush(loss_csv);
+        if (loss_csv) {
+            fprintf(loss_csv, "%" PRIu64 ",,,%.6f\n", step, sc.exact);
+            fflush(loss_csv);
+        }
         if (!quiet)
             fprintf(stderr, "netlm %s: epoch %" PRIu64 "/%u dev exact match %.4f%s\n", cmd, epoch + 1, epochs, sc.exact,
                     sc.exact > best_dev ? " (best)" : "");
         if (sc.exact > best_dev) {
             best_dev = sc.exact;
             memcpy(best, model_params(m, &n_floats), n * sizeof(float));
-            if (!model_save(m, out_dir, err, sizeof err)) {
+            if (writer && !model_save(m, out_dir, err, sizeof err)) {
                 cli_error(cmd, "%s", err);
                 goto done;
             }
@@ -453,8 +491,12 @@ int finetune_generation(int argc, char **argv)
     const double seconds = cli_now() - t0;
     memcpy(model_params(m, &n_floats), best, n * sizeof(float));
     struct gen_score sc = {0};
-    if (!gen_evaluate(cmd, m, vocab, &test, seq, tgt, batch, threads, &where, n_fields, &sc))
+    if (!gen_evaluate(cmd, m, vocab, &test, tgt, batch, threads, &where, rank, world, n_fields, &sc))
         goto done;
+    if (!writer) {
+        status = 0;
+        goto done;
+    }
     fclose(loss_csv);
     loss_csv = NULL;
     cli_plot_loss(out_dir, true);
@@ -494,5 +536,6 @@ done:
     gen_free(&test);
     tok_vocab_free(vocab);
     model_free(m);
+    cli_mpi_stop(status != 0);
     return status;
 }

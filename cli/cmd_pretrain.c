@@ -454,11 +454,8 @@ static int pretrain(const struct pt_args *a, int rank, int world)
         cli_error(cmd, "--output_model_path: longer than 3800 characters");
         return 2;
     }
-    if (a->world_size && a->world_size != (uint32_t)world) {
-        cli_error(cmd, "--world_size %u, but %d process%s running: start them with mpirun -np %u netlm %s ...",
-                  a->world_size, world, world == 1 ? " is" : "es are", a->world_size, cmd);
+    if (!cli_world_size_check(cmd, a->world_size, world))
         return 2;
-    }
     if (a->dev.device >= 0 && a->n_gpu_ranks && a->n_gpu_ranks != world) {
         cli_error(cmd, "--gpu_ranks names %d GPU%s for %d process%s: one per process, in rank order", a->n_gpu_ranks,
                   a->n_gpu_ranks == 1 ? "" : "s", world, world == 1 ? "" : "es");
@@ -563,26 +560,10 @@ static int pretrain(const struct pt_args *a, int rank, int world)
     tr = cli_trainer(cmd, m, &a->dev, device, a->batch, row, a->threads, a->dropout, a->seed);
     if (!tr)
         goto done;
-    if (world > 1 || (a->world_size && device >= 0)) {
-        /* rank 0 makes the communicator's id, every rank joins with it; with --world_size 1 on
-         * a GPU the one-rank communicator runs too, so the path is the same at every size */
-        struct trainer_comm_id id = {0};
-        bool have_id = rank != 0 || device < 0 || trainer_comm_id(&id, err, sizeof err);
-        if (!have_id)
-            cli_error(cmd, "%s", err);
-        if (world > 1) {
-            double ok = have_id ? 1.0 : 0.0; /* every rank learns whether rank 0 made one */
-            cli_mpi_min_doubles(&ok, 1);
-            cli_mpi_broadcast(id.bytes, sizeof id.bytes);
-            have_id = ok > 0.0;
-        }
-        if (!have_id)
-            goto done;
-        if (!trainer_join(tr, &id, rank, world)) {
-            cli_error(cmd, "%s", trainer_error(tr));
-            goto done;
-        }
-    }
+    /* with --world_size 1 on a GPU the one-rank communicator runs too, so that the path is the
+     * same at every size */
+    if (!cli_trainer_join(cmd, tr, rank, world, device, a->world_size != 0))
+        goto done;
     const size_t n_params = trainer_param_count(tr);
     if (!trainer_moments(tr, &mom, &vel)) {
         cli_error(cmd, "%s", trainer_error(tr));
@@ -708,20 +689,13 @@ static int pretrain(const struct pt_args *a, int rank, int world)
         }
         if (n_prev != n_all && !trainer_grad_scale(tr, (float)((double)n_prev / (double)n_all)))
             goto step_failed;
-        if (world > 1) {
-            /* each process holds the mean gradient of its targets: weight by their count, sum
-             * over the processes (MPI on CPUs, NCCL on GPUs), divide by all targets — the
-             * gradient of the global batch */
-            double counts[2] = {loss_weighted, (double)n_all};
-            cli_mpi_sum_doubles(counts, 2);
-            if (!trainer_grad_scale(tr, (float)n_all) || !trainer_sum_grads(tr, cli_mpi_sum_floats) ||
-                !trainer_grad_scale(tr, (float)(1.0 / counts[1])))
-                goto step_failed;
-            loss_weighted = counts[0];
-            n_all = (uint64_t)counts[1];
-        } else if (!trainer_sum_grads(tr, NULL)) { /* a one-rank communicator (--world_size 1) */
+        /* each process holds the mean gradient of its targets: weighted by their count and summed
+         * over the processes (MPI on CPUs, NCCL on GPUs), divided by all targets, it is the
+         * gradient of the global batch */
+        double n_global = (double)n_all;
+        if (!cli_world_grads(tr, world, &loss_weighted, &n_global))
             goto step_failed;
-        }
+        n_all = (uint64_t)n_global;
         if (a->clip > 0) {
             /* torch's clip_grad_norm_: scale by max/(norm + 1e-6) when that is below 1 */
             double norm;

@@ -73,6 +73,20 @@ void cli_mpi_sum_doubles(double *x, size_t n)
 #endif
 }
 
+void cli_mpi_sum_u64(uint64_t *x, size_t n)
+{
+#ifdef NETLM_HAVE_MPI
+    for (size_t done = 0; world_size > 1 && done < n;) {
+        int chunk = n - done > (size_t)INT_MAX ? INT_MAX : (int)(n - done);
+        MPI_Allreduce(MPI_IN_PLACE, x + done, chunk, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD);
+        done += (size_t)chunk;
+    }
+#else
+    (void)x;
+    (void)n;
+#endif
+}
+
 void cli_mpi_min_doubles(double *x, size_t n)
 {
 #ifdef NETLM_HAVE_MPI

@@ -1,6 +1,7 @@
 /* train_common.c — what the training commands (pretrain, finetune) share: the seeded order of an
  * epoch, the optimizer state and state.json of a checkpoint, swapping a finished checkpoint
- * directory into place, copying a vocabulary next to a model, and drawing plots with gnuplot.
+ * directory into place, copying a vocabulary next to a model, drawing plots with gnuplot, and
+ * training data parallel over the processes mpirun started.
  *
  * Resuming is exact because everything a run depends on is either a function of its flags (the
  * data order is one of (seed, epoch)) or stored in the checkpoint (weights, AdamW moments, step,
@@ -64,6 +65,8 @@ bool cli_save_optimizer(const char *cmd, const char *dir, const float *mom, cons
     fprintf(out.fp, "{\"step\": %" PRIu64 ", \"epoch\": %" PRIu64 ", \"seed\": %" PRIu64, st->step, st->epoch, st->seed);
     if (!isnan(st->best_dev))
         fprintf(out.fp, ", \"best_dev\": %.17g", st->best_dev);
+    if (st->global_batch)
+        fprintf(out.fp, ", \"global_batch\": %" PRIu64, st->global_batch);
     if (st->data[0]) {
         struct json_object *s = json_object_new_string(st->data);
         fprintf(out.fp, ", \"position\": %" PRIu64 ", \"data\": %s", st->position,
@@ -107,6 +110,8 @@ bool cli_load_optimizer(const char *cmd, const char *dir, float *mom, float *vel
     ok = o && get_u64(o, "step", &st->step) && get_u64(o, "epoch", &st->epoch) && get_u64(o, "seed", &st->seed);
     if (ok && json_object_object_get_ex(o, "best_dev", &v))
         st->best_dev = json_object_get_double(v);
+    if (ok && json_object_object_get_ex(o, "global_batch", &v))
+        ok = get_u64(o, "global_batch", &st->global_batch);
     if (ok && json_object_object_get_ex(o, "data", &v)) {
         ok = json_object_is_type(v, json_type_string) && get_u64(o, "position", &st->position) &&
              json_object_get_string_len(v) < (int)sizeof st->data;
@@ -336,4 +341,60 @@ struct trainer *cli_trainer(const char *cmd, struct model *m, const struct cli_d
             cli_error(cmd, "%s", err);
     }
     return t;
+}
+
+bool cli_world_size_check(const char *cmd, uint32_t world_size, int world)
+{
+    if (!world_size || world_size == (uint32_t)world)
+        return true;
+    cli_error(cmd, "--world_size %u, but %d process%s running: start them with mpirun -np %u netlm %s ...",
+              world_size, world, world == 1 ? " is" : "es are", world_size, cmd);
+    return false;
+}
+
+bool cli_trainer_join(const char *cmd, struct trainer *tr, int rank, int world, int device, bool one_rank)
+{
+    if (world == 1 && !(one_rank && device >= 0))
+        return true;
+    /* rank 0 makes the communicator's id, every rank joins with it */
+    char err[512];
+    struct trainer_comm_id id = {0};
+    bool have_id = rank != 0 || device < 0 || trainer_comm_id(&id, err, sizeof err);
+    if (!have_id)
+        cli_error(cmd, "%s", err);
+    if (world > 1) {
+        double ok = have_id ? 1.0 : 0.0; /* every rank learns whether rank 0 made one */
+        cli_mpi_min_doubles(&ok, 1);
+        cli_mpi_broadcast(id.bytes, sizeof id.bytes);
+        have_id = ok > 0.0;
+    }
+    if (!have_id)
+        return false;
+    if (!trainer_join(tr, &id, rank, world)) {
+        cli_error(cmd, "%s", trainer_error(tr));
+        return false;
+    }
+    return true;
+}
+
+bool cli_world_grads(struct trainer *tr, int world, double *loss_weighted, double *count)
+{
+    if (world == 1)
+        return trainer_sum_grads(tr, NULL); /* a no-op but for a one-rank GPU communicator */
+    double sums[2] = {*loss_weighted, *count};
+    cli_mpi_sum_doubles(sums, 2);
+    if (sums[1] <= 0.0)
+        return trainer_grad_scale(tr, 0.0f);
+    if (!trainer_grad_scale(tr, (float)*count) || !trainer_sum_grads(tr, cli_mpi_sum_floats) ||
+        !trainer_grad_scale(tr, (float)(1.0 / sums[1])))
+        return false;
+    *loss_weighted = sums[0];
+    *count = sums[1];
+    return true;
+}
+
+void cli_world_share(size_t n, int rank, int world, size_t *lo, size_t *hi)
+{
+    *lo = n * (size_t)rank / (size_t)world;
+    *hi = n * (size_t)(rank + 1) / (size_t)world;
 }

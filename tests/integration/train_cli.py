@@ -3,7 +3,9 @@
 small USTC-TFC2016 sample, a tiny model): it must learn (test accuracy far above chance), write
 its reports consistently with the model it keeps (eval of the saved model gives the metrics
 finetune reported; prf.csv and confusion.tsv agree with metrics.json), and a run stopped after
-one epoch and resumed must end with the same bytes as the uninterrupted run."""
+one epoch and resumed must end with the same bytes as the uninterrupted run. Both finetune tasks
+data parallel: 2 processes under mpirun with half the batch each train as one process does with
+the whole batch, step by step, and score dev and test as eval and generate score their model."""
 import csv
 import json
 import os
@@ -11,18 +13,67 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import check, finish, netlm  # noqa: E402
+from common import check, finish, loss_column, mpirun, netlm, worst_relative  # noqa: E402
 
 DATA = os.environ["NETLM_DATA_DIR"]
 
 
-def finetune(tmp, out, *extra):
+def understanding_args(tmp, out, *extra):
     ds = os.path.join(tmp, "ds")
-    return netlm("finetune", "understanding", "--config_path", os.path.join(tmp, "tiny.json"),
-                 "--train_path", f"{ds}/train_dataset.tsv", "--dev_path", f"{ds}/valid_dataset.tsv",
-                 "--test_path", f"{ds}/test_dataset.tsv", "--output_model_path", out, "--epochs_num", "4",
-                 "--batch_size", "16", "--learning_rate", "3e-3", "--seq_length", "64", "--threads", "2",
-                 "--seed", "3", "-q", *extra)
+    return ["finetune", "understanding", "--config_path", os.path.join(tmp, "tiny.json"),
+            "--train_path", f"{ds}/train_dataset.tsv", "--dev_path", f"{ds}/valid_dataset.tsv",
+            "--test_path", f"{ds}/test_dataset.tsv", "--output_model_path", out, "--epochs_num", "4",
+            "--batch_size", "16", "--learning_rate", "3e-3", "--seq_length", "64", "--threads", "2",
+            "--seed", "3", "-q", *extra]
+
+
+def finetune(tmp, out, *extra, ok=True):
+    return netlm(*understanding_args(tmp, out, *extra), ok=ok)
+
+
+def one_error_line(res, *words):
+    lines = res.stderr.strip().splitlines()
+    return res.returncode != 0 and len(lines) == 1 and all(w in lines[0] for w in words)
+
+
+def data_parallel_understanding(tmp):
+    """960 training rows in global batches of 34: the last step of each epoch has 8 rows, all in
+    the first process's slice, so the second trains on nothing there and must add a zero
+    gradient. Dropout (GPT-2's default 0.1) numbers its masks by the row's place in the epoch,
+    whichever process reads it."""
+    one, two = os.path.join(tmp, "dp1"), os.path.join(tmp, "dp2")
+    netlm(*understanding_args(tmp, one, "--epochs_num", "2", "--batch_size", "34", "--threads", "1"))
+    res = mpirun(2, *understanding_args(tmp, two, "--epochs_num", "2", "--batch_size", "17", "--threads", "1"))
+    ok = res.returncode == 0 and os.path.exists(os.path.join(two, "metrics.json"))
+    l1 = loss_column(os.path.join(one, "loss.csv"))
+    worst = worst_relative(l1, loss_column(os.path.join(two, "loss.csv"))) if ok else 1.0
+    check("finetune understanding, mpirun -np 2 (batch 17 each) = one process (batch 34): every step's loss "
+          "within 1e-5", ok and len(l1) == 2 * 29 and worst <= 1e-5,
+          f"rc {res.returncode}, {len(l1)} steps, worst {worst}: {res.stderr.strip()[-400:]}")
+    if not ok:
+        return
+    m = json.load(open(os.path.join(two, "metrics.json")))
+    ev = netlm("eval", "--model", two, "--test_path", os.path.join(tmp, "ds", "test_dataset.tsv"))
+    check("the 2 processes' test metrics (each classifies half the rows) are eval's of their model",
+          m["rows"] == 120 and f"accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}" in ev.stderr,
+          f"{m} vs {ev.stderr.strip()}")
+    # a checkpoint of 2 × 17 resumes in one process of 34, and not of 17
+    three = os.path.join(tmp, "dp3")
+    res = mpirun(2, *understanding_args(tmp, three, "--epochs_num", "2", "--batch_size", "17", "--threads", "1",
+                                        "--stop-after", "1"))
+    state = json.load(open(os.path.join(three, "checkpoint", "state.json")))
+    check("the checkpoint records 34 sequences per step", res.returncode == 0 and state.get("global_batch") == 34,
+          f"rc {res.returncode}, {state}: {res.stderr.strip()[-300:]}")
+    bad = finetune(tmp, three, "--epochs_num", "2", "--batch_size", "17", "--threads", "1", "--resume", ok=False)
+    check("resuming it with 17 sequences per step: one error line naming --batch_size",
+          one_error_line(bad, "--batch_size", "34", "17"), bad.stderr)
+    res = finetune(tmp, three, "--epochs_num", "2", "--batch_size", "34", "--threads", "1", "--resume", ok=False)
+    l3 = loss_column(os.path.join(three, "loss.csv"))
+    check("resumed in one process of 34: it finishes, each step's loss within 1e-5 of the one-process run",
+          res.returncode == 0 and worst_relative(l1, l3) <= 1e-5, f"rc {res.returncode}: {res.stderr.strip()}")
+    bad = finetune(tmp, os.path.join(tmp, "dp4"), "--world_size", "2", ok=False)
+    check("--world_size 2 in one process: one error line naming mpirun", one_error_line(bad, "--world_size", "mpirun"),
+          bad.stderr)
 
 
 def main():
@@ -81,6 +132,7 @@ def main():
                                 "--output_model_path", os.path.join(tmp, "c"), "--seq_length", "64", ok=False)
         check("finetune with a missing TSV: one error line", bad.returncode != 0 and
               len(bad.stderr.strip().splitlines()) == 1 and "missing.tsv" in bad.stderr, bad.stderr)
+        data_parallel_understanding(tmp)
         # generation: the seed's IPv4 total-length task, decoder-only
         gds = os.path.join(tmp, "gen-ds")
         netlm("dataset", "generation", "--pcap_path", os.path.join(DATA, "labeled", "ustc-tfc2016", "sessions"),
@@ -88,16 +140,34 @@ def main():
         json.dump({"model_type": "gpt2", "vocab_size": 65541, "n_embd": 32, "n_layer": 1, "n_head": 2,
                    "n_inner": 64, "n_positions": 48}, open(os.path.join(tmp, "gen.json"), "w"))
         g = os.path.join(tmp, "g")
-        res = netlm("finetune", "generation", "--config_path", os.path.join(tmp, "gen.json"),
+
+        def generation(out, batch, processes=1):
+            args = ["finetune", "generation", "--config_path", os.path.join(tmp, "gen.json"),
                     "--train_path", f"{gds}/train_dataset.tsv", "--dev_path", f"{gds}/valid_dataset.tsv",
-                    "--test_path", f"{gds}/test_dataset.tsv", "--output_model_path", g, "--seq_length", "40",
-                    "--epochs_num", "2", "--batch_size", "16", "--learning_rate", "3e-3", "--threads", "2", "-q")
+                    "--test_path", f"{gds}/test_dataset.tsv", "--output_model_path", out, "--seq_length", "40",
+                    "--epochs_num", "4", "--batch_size", str(batch), "--learning_rate", "1e-2", "--threads", "1", "-q"]
+            return netlm(*args) if processes == 1 else mpirun(processes, *args)
+
+        generation(g, 8)
         gm = json.load(open(os.path.join(g, "metrics.json")))
-        check("finetune generation: exact match and the ip_len JSD in metrics.json",
-              0.0 <= gm["exact_match"] <= 1.0 and 0.0 <= gm["jsd"]["ip_len"] <= 1.0 and gm["rows"] > 0, gm)
+        check("finetune generation learns: test exact match and the ip_len JSD in metrics.json",
+              0.1 <= gm["exact_match"] <= 1.0 and 0.0 <= gm["jsd"]["ip_len"] < 1.0 and gm["rows"] > 0, gm)
         gen = netlm("generate", "--model", g, "--test_path", f"{gds}/test_dataset.tsv", "-q")
         check("generate with the saved model gives finetune's test exact match",
               f"exact-match accuracy {gm['exact_match']:.4f}" in gen.stderr, f"{gen.stderr.strip()} vs {gm}")
+        g2 = os.path.join(tmp, "g2")
+        res = generation(g2, 4, processes=2)
+        ok = res.returncode == 0 and os.path.exists(os.path.join(g2, "metrics.json"))
+        worst = worst_relative(loss_column(os.path.join(g, "loss.csv")), loss_column(os.path.join(g2, "loss.csv")))
+        check("finetune generation, mpirun -np 2 (batch 4 each) = one process (batch 8): every step's loss "
+              "within 1e-5 (the loss weighted by each slice's target tokens)", ok and worst <= 1e-5,
+              f"rc {res.returncode}, worst {worst}: {res.stderr.strip()[-400:]}")
+        if ok:
+            gm2 = json.load(open(os.path.join(g2, "metrics.json")))
+            gen = netlm("generate", "--model", g2, "--test_path", f"{gds}/test_dataset.tsv", "-q")
+            check("the 2 processes' test exact match (each generates half the rows) is generate's of their model",
+                  gm2["rows"] == gm["rows"] and f"exact-match accuracy {gm2['exact_match']:.4f}" in gen.stderr,
+                  f"{gen.stderr.strip()} vs {gm2}")
     finish()
 
 
