@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "capture/capture.h"
 #include "cli/cli.h"
 #include "config/config.h"
 #include "sensor/sensor.h"
@@ -151,6 +152,11 @@ int cmd_sensor(int argc, char **argv)
     if (!apply_no_model(cmd, opts, &o->cfg) || !apply_output(cmd, cli_get(opts, "output"), &o->cfg, false, &file_path) ||
         !validate(cmd, &o->cfg))
         goto done;
+    /* a configuration this build cannot run is not "ok" (replay reads files, whatever the source) */
+    if (o->cfg.capture.dpdk && !cap_dpdk_version()) {
+        cli_error(cmd, "capture.source \"dpdk\": this netlm was built without DPDK (install libdpdk-dev and rebuild)");
+        goto done;
+    }
     if (cli_flag(opts, "check-config")) {
         printf("%s: ok\n", config ? config : "(defaults)");
         status = 0;

@@ -37,6 +37,14 @@ def main():
         res = run("sensor", "-c", os.path.join(SRC, "config", "netlm.conf"), "--check-config")
         check("--check-config on config/netlm.conf: exit 0", res.returncode == 0, res.stderr.strip())
         check("--check-config prints 'FILE: ok'", res.stdout.strip().endswith("netlm.conf: ok"), res.stdout)
+        # a DPDK source is only "ok" where this build can capture with DPDK
+        res = run("sensor", "-i", "dpdk:net_null0", "--check-config")
+        if "DPDK no" in run("--version").stdout:
+            one_line_error("--check-config of a DPDK source in a build without DPDK", res,
+                           ["capture.source", "without DPDK"])
+        else:
+            check("--check-config of a DPDK source in a build with DPDK: ok", res.returncode == 0 and
+                  res.stdout.strip().endswith(": ok"), res.stdout + res.stderr)
 
         missing = os.path.join(tmp, "no-such-model")
         one_line_error("missing model (replay)", run("replay", "-m", missing, "-o", out, demo), [missing], out_dir)
