@@ -147,6 +147,14 @@ bool cli_save_optimizer(const char *cmd, const char *dir, const float *mom, cons
  * (best_dev) and "" / 0 (data, position). */
 bool cli_load_optimizer(const char *cmd, const char *dir, float *mom, float *vel, size_t n,
                         struct cli_train_state *st);
+/* OUT/loss.csv opened for appending rows after header (a CSV header line, no newline); on
+ * resume it keeps the rows up to step. NULL after one error line. */
+FILE *cli_open_loss_csv(const char *cmd, const char *out_dir, const char *header, bool resume, uint64_t step);
+/* OUT/checkpoint as a whole — the model (and vocab_file, when given), the AdamW moments and st —
+ * written into OUT/checkpoint.new and swapped into place, so it always holds one consistent
+ * step. False after one error line. */
+bool cli_save_checkpoint(const char *cmd, const char *out_dir, struct trainer *t, const struct model *m,
+                         const char *vocab_file, const struct cli_train_state *st);
 /* Makes the finished directory staged take dir's place atomically (the old dir is removed).
  * False after one error line. */
 bool cli_replace_dir(const char *cmd, const char *staged, const char *dir);

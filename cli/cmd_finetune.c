@@ -12,7 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "cli/cli.h"
+#include "cli/finetune.h"
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
 #include "train/train.h"
@@ -253,20 +253,12 @@ static int finetune_understanding(int argc, char **argv)
         {"epochs-num", NULL, 0, "N", "epochs (default 10)", NULL},
         {"batch-size", NULL, 'b', "N", "sequences per step (default 32)", NULL},
         {"learning-rate", NULL, 0, "LR", "peak learning rate (default 2e-5, the seed's)", NULL},
-        {"warmup", NULL, 0, "FRACTION", "share of the steps with linear warmup (default 0.1)", NULL},
-        {"schedule", NULL, 0, "linear|cosine|constant", "after warmup (default linear to 0)", NULL},
-        {"optimizer", NULL, 0, "adamw|uer", "bias-corrected AdamW (default) or the seed's UER AdamW", NULL},
-        {"weight-decay", NULL, 0, "WD", "decoupled weight decay, not on biases and norms (default 0.01)", NULL},
-        {"clip", NULL, 0, "NORM", "clip the gradient's global norm (default 0 = off)", NULL},
+        CLI_FINETUNE_OPTIONS,
         CLI_DROPOUT_OPTION,
         CLI_TRAIN_DEVICE_OPTIONS,
-        {"world-size", NULL, 0, "N", "processes training together, each on its slice of every world × --batch_size "
-                                     "sequences (start them with mpirun -np N; default: as many as mpirun started)", NULL},
         {"seed", "seed", 0, "N", "seed of the initialisation and the data order (default 7)", NULL},
         {"threads", NULL, 't', "N", "CPU threads (default: all online CPUs)", NULL},
         {"report-steps", NULL, 0, "N", "a status line every N steps (default 100)", NULL},
-        {"resume", NULL, 0, NULL, "continue from OUTPUT/checkpoint, exactly as if never stopped", NULL},
-        {"stop-after", NULL, 0, "N", "end this run after N epochs, checkpoint kept (a time-limited job; --resume goes on)", NULL},
         {"quiet", NULL, 'q', NULL, "no status lines", NULL},
         {0},
     };
@@ -290,34 +282,26 @@ static int finetune_understanding(int argc, char **argv)
         return 2;
     }
     /* the seed passes --config_path with --pretrained_model_path too: the model's own config wins */
-    if (!pretrained && !config_path) {
-        cli_error(cmd, "give --pretrained_model_path DIR or --config_path FILE (a fresh model)");
+    if (!pretrained && !config_path && !cli_flag(opts, "resume")) {
+        cli_error(cmd, "give --pretrained_model_path DIR or --config_path FILE (a fresh model), or --resume");
         return 2;
     }
-    uint32_t labels_num, seq, epochs, batch, threads, report, stop_after, world_size;
-    double lr, warmup, wd, clip;
+    uint32_t labels_num, seq, epochs, batch, threads, report;
+    double lr;
     uint64_t seed;
     double dropout;
+    struct cli_finetune_args fa;
     static const char *const pool_names[] = {"mean", "first", "last", "max", NULL};
-    static const char *const sched_names[] = {"constant", "linear", "cosine", NULL};
-    static const char *const opt_names[] = {"adamw", "uer", NULL};
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     int pooling = cli_choice(cmd, opts, "pooling", "mean", pool_names);
-    int schedule = cli_choice(cmd, opts, "schedule", "linear", sched_names);
-    int optimizer = cli_choice(cmd, opts, "optimizer", "adamw", opt_names);
-    if (pooling < 0 || schedule < 0 || optimizer < 0 ||
+    if (pooling < 0 || !cli_finetune_args(cmd, opts, &fa) ||
         !cli_u32(cmd, opts, "labels-num", 0, 0, MODEL_MAX_LABELS, &labels_num) ||
         !cli_u32(cmd, opts, "seq-length", 128, 2, 65536, &seq) ||
         !cli_u32(cmd, opts, "epochs-num", 10, 1, 100000, &epochs) ||
         !cli_u32(cmd, opts, "batch-size", 32, 1, 65536, &batch) ||
         !cli_u32(cmd, opts, "threads", ncpu > 0 ? (uint32_t)ncpu : 1, 1, 1024, &threads) ||
         !cli_u32(cmd, opts, "report-steps", 100, 1, UINT32_MAX, &report) ||
-        !cli_u32(cmd, opts, "stop-after", 0, 0, UINT32_MAX, &stop_after) ||
-        !cli_u32(cmd, opts, "world-size", 0, 1, 65536, &world_size) ||
         !cli_double(cmd, opts, "learning-rate", 2e-5, 0.0, 10.0, &lr) ||
-        !cli_double(cmd, opts, "warmup", 0.1, 0.0, 1.0, &warmup) ||
-        !cli_double(cmd, opts, "weight-decay", 0.01, 0.0, 10.0, &wd) ||
-        !cli_double(cmd, opts, "clip", 0.0, 0.0, 1e9, &clip) ||
         !cli_u64(cmd, opts, "seed", 7, 0, UINT64_MAX, &seed) || !cli_dropout_arg(cmd, opts, &dropout))
         return 2;
     struct cli_device where;
@@ -326,23 +310,23 @@ static int finetune_understanding(int argc, char **argv)
     int rank, world;
     if (!cli_mpi_start(cmd, &rank, &world))
         return 1;
-    if (!cli_world_size_check(cmd, world_size, world)) {
+    if (!cli_world_size_check(cmd, fa.world_size, world)) {
         cli_mpi_stop(true);
         return 2;
     }
     /* with several processes, rank 0 writes everything and speaks for all; each uses the GPU
      * after the previous one's (--device cuda:D: cuda:D+rank) */
-    const bool writer = rank == 0, quiet = cli_flag(opts, "quiet") || !writer, resume = cli_flag(opts, "resume");
+    const bool writer = rank == 0, quiet = cli_flag(opts, "quiet") || !writer, resume = fa.resume;
     if (where.device >= 0)
         where.device += rank;
 
     int status = 1;
-    char err[1024], path[4096];
+    char err[1024], path[4400];
     struct model *m = NULL;
     struct tok_vocab *vocab = NULL;
     struct samples train = {0}, dev = {0}, test = {0};
     struct trainer *tr = NULL;
-    float *mom = NULL, *vel = NULL, *best_params = NULL;
+    float *best_params = NULL;
     uint32_t *order = NULL;
     char **names = NULL;
     FILE *loss_csv = NULL;
@@ -371,10 +355,7 @@ static int finetune_understanding(int argc, char **argv)
     }
     const struct model_config *mc = model_get_config(m);
     const char *vocab_path = cli_get(opts, "vocab-path");
-    if (!vocab_path && strcmp(mc->tokenizer.vocab, "builtin") != 0 && pretrained) {
-        snprintf(path, sizeof path, "%s/%s", pretrained, mc->tokenizer.vocab);
-        vocab_path = path;
-    }
+    vocab_path = cli_finetune_vocab(mc, vocab_path, resume ? checkpoint : NULL, pretrained, path, sizeof path);
     vocab = vocab_path ? tok_vocab_load(vocab_path, err, sizeof err) : tok_vocab_builtin();
     if (!vocab) {
         cli_error(cmd, "%s", err);
@@ -421,14 +402,10 @@ static int finetune_understanding(int argc, char **argv)
     snprintf(mut->tokenizer.vocab, sizeof mut->tokenizer.vocab, "%s", vocab_path ? "vocab.txt" : "builtin");
 
     tr = cli_trainer(cmd, m, &where, where.device, batch, seq, threads, dropout, seed);
-    if (!tr || !cli_trainer_join(cmd, tr, rank, world, where.device, world_size != 0))
+    if (!tr || !cli_trainer_join(cmd, tr, rank, world, where.device, fa.world_size != 0))
         goto done;
     const size_t n_params = trainer_param_count(tr);
     size_t n_floats = 0;
-    if (!trainer_moments(tr, &mom, &vel)) {
-        cli_error(cmd, "%s", trainer_error(tr));
-        goto done;
-    }
     best_params = malloc((n_params ? n_params : 1) * sizeof(float));
     order = malloc(train.n * sizeof(uint32_t));
     uint32_t *b_ids = malloc((size_t)batch * seq * sizeof(uint32_t)), *b_len = malloc(batch * sizeof(uint32_t));
@@ -440,61 +417,22 @@ static int finetune_understanding(int argc, char **argv)
         free(b_lab);
         goto done;
     }
-    struct train_adamw adamw;
-    if (optimizer == 1)
-        train_adamw_uer(&adamw);
-    else
-        train_adamw_defaults(&adamw);
-    adamw.weight_decay = (float)wd;
     /* a step trains on world × batch sequences of the epoch's order; process rank on its slice */
     const uint64_t global_batch = (uint64_t)world * batch;
     const uint64_t steps_per_epoch = (train.n + global_batch - 1) / global_batch, total_steps = steps_per_epoch * epochs;
-    const uint64_t warmup_steps = (uint64_t)(warmup * (double)total_steps);
-    uint64_t step = 0, start_epoch = 0, resumed_seed = seed;
-    double best_dev = -1.0;
-    if (resume) {
-        struct cli_train_state st;
-        if (!cli_load_optimizer(cmd, checkpoint, mom, vel, n_params, &st))
-            goto done_batch;
-        if (!trainer_load_moments(tr)) {
-            cli_error(cmd, "%s", trainer_error(tr));
-            goto done_batch;
-        }
-        if (isnan(st.best_dev)) {
-            cli_error(cmd, "%s/state.json: no best_dev (not a finetune checkpoint)", checkpoint);
-            goto done_batch;
-        }
-        step = st.step;
-        start_epoch = st.epoch;
-        resumed_seed = st.seed;
-        best_dev = st.best_dev;
-        if (resumed_seed != seed) {
-            cli_error(cmd, "%s: the checkpoint was trained with --seed %" PRIu64 ", not %" PRIu64, checkpoint, resumed_seed, seed);
-            goto done_batch;
-        }
-        /* another step size would change the steps per epoch, and with them the schedule */
-        if (st.global_batch && st.global_batch != global_batch) {
-            cli_error(cmd, "%s: the checkpoint was trained with %" PRIu64 " sequences per step (--batch_size × processes), "
-                           "not %" PRIu64, checkpoint, st.global_batch, global_batch);
-            goto done_batch;
-        }
-        char best_dir[4096];
-        snprintf(best_dir, sizeof best_dir, "%s/config.json", out_dir);
-        struct model *best = access(best_dir, R_OK) == 0 ? model_load(out_dir, err, sizeof err) : NULL;
-        size_t nb_floats;
-        memcpy(best_params, model_params(best ? best : m, &nb_floats), n_params * sizeof(float));
-        model_free(best);
-    } else {
-        memcpy(best_params, model_params(m, &n_floats), n_params * sizeof(float));
-    }
-    snprintf(path, sizeof path, "%s/loss.csv", out_dir);
-    loss_csv = writer ? fopen(path, resume ? "a" : "w") : NULL;
-    if (writer && !loss_csv) {
-        cli_error(cmd, "%s: %s", path, strerror(errno));
+    const uint64_t warmup_steps = (uint64_t)(fa.warmup * (double)total_steps);
+    struct cli_train_state st = {.best_dev = -1.0};
+    if (resume && !cli_finetune_resume(cmd, tr, m, out_dir, seed, global_batch, best_params, &st))
         goto done_batch;
-    }
-    if (loss_csv && !resume)
-        fprintf(loss_csv, "step,loss,learning_rate,dev_accuracy,dev_macro_f1\n");
+    if (!resume)
+        memcpy(best_params, model_params(m, &n_floats), n_params * sizeof(float));
+    uint64_t step = st.step;
+    const uint64_t start_epoch = st.epoch, start_step = st.step;
+    double best_dev = st.best_dev;
+    loss_csv = writer ? cli_open_loss_csv(cmd, out_dir, "step,loss,learning_rate,dev_accuracy,dev_macro_f1", resume, step)
+                      : NULL;
+    if (writer && !loss_csv)
+        goto done_batch;
     if (!quiet) {
         fprintf(stderr, "netlm %s: %s %u x %u, %.2fM parameters, %zu train / %zu dev / %zu test rows, %u labels, "
                         "%" PRIu64 " steps\n", cmd, model_arch_name(mc->arch), mc->layers, mc->hidden,
@@ -523,20 +461,9 @@ static int finetune_understanding(int argc, char **argv)
             }
             struct train_batch tb = {.ids = b_ids, .lengths = b_len, .batch = nb, .seq = seq, .labels = b_lab,
                                      .sample_base = epoch * train.n + first};
-            double loss = 0.0, norm, count = nb;
-            /* the last step of an epoch may leave a process without sequences: its gradient is zero */
-            if (!trainer_zero_grads(tr) || (nb && !trainer_forward_backward(tr, TRAIN_CLASSIFY, &tb, &loss)))
-                goto step_failed;
-            loss *= count;
-            if (!cli_world_grads(tr, world, &loss, &count))
-                goto step_failed;
-            loss /= count;
-            /* torch's clip_grad_norm_: scale by max/(norm + 1e-6) when that is below 1 */
-            if (clip > 0 && (!trainer_grad_norm(tr, &norm) ||
-                             (clip / (norm + 1e-6) < 1.0 && !trainer_grad_scale(tr, (float)(clip / (norm + 1e-6))))))
-                goto step_failed;
-            const float step_lr = train_schedule_lr((enum train_schedule)schedule, (float)lr, step, warmup_steps, total_steps);
-            if (!trainer_adamw_step(tr, step + 1, step_lr, &adamw, (int)threads))
+            double loss;
+            const float step_lr = train_schedule_lr(fa.schedule, (float)lr, step, warmup_steps, total_steps);
+            if (!cli_finetune_step(tr, TRAIN_CLASSIFY, &tb, nb, world, &fa, step, step_lr, threads, &loss))
                 goto step_failed;
             step++;
             loss_sum += loss;
@@ -545,7 +472,7 @@ static int finetune_understanding(int argc, char **argv)
                 fprintf(loss_csv, "%" PRIu64 ",%.6f,%.6g,-1,-1\n", step, loss, step_lr);
             double now = cli_now();
             if (!quiet && (step % report == 0 || now - last_print > 30)) {
-                double rate = (double)step / (now - t0), eta = (double)(total_steps - step) / (rate > 0 ? rate : 1);
+                double rate = (double)(step - start_step) / (now - t0), eta = (double)(total_steps - step) / (rate > 0 ? rate : 1);
                 fprintf(stderr, "netlm %s: epoch %" PRIu64 "/%u step %" PRIu64 "/%" PRIu64 " loss %.4f lr %.3g %.0f tokens/s ETA %.0f s\n",
                         cmd, epoch + 1, epochs, step, total_steps, loss_sum / loss_count, step_lr,
                         tokens / (now - t0), eta);
@@ -555,7 +482,7 @@ static int finetune_understanding(int argc, char **argv)
             }
         }
         struct train_confusion cm = {0};
-        if (!trainer_sync_model(tr) || !trainer_moments(tr, &mom, &vel)) {
+        if (!trainer_sync_model(tr)) {
             cli_error(cmd, "%s", trainer_error(tr));
             goto done_batch;
         }
@@ -578,15 +505,11 @@ static int finetune_understanding(int argc, char **argv)
                 goto done_batch;
             }
         }
-        if (writer && !model_save(m, checkpoint, err, sizeof err)) {
-            cli_error(cmd, "%s", err);
+        const struct cli_train_state now = {.step = step, .epoch = epoch + 1, .seed = seed, .best_dev = best_dev,
+                                            .global_batch = global_batch};
+        if (writer && !cli_save_checkpoint(cmd, out_dir, tr, m, vocab_path, &now))
             goto done_batch;
-        }
-        const struct cli_train_state st = {.step = step, .epoch = epoch + 1, .seed = seed, .best_dev = best_dev,
-                                           .global_batch = global_batch};
-        if (writer && !cli_save_optimizer(cmd, checkpoint, mom, vel, n_params, &st))
-            goto done_batch;
-        if (stop_after && epoch + 1 - start_epoch == stop_after && epoch + 1 < epochs) {
+        if (fa.stop_after && epoch + 1 - start_epoch == fa.stop_after && epoch + 1 < epochs) {
             if (writer)
                 fprintf(stderr, "netlm %s: stopped after epoch %" PRIu64 " (--stop-after); --resume continues\n", cmd,
                         epoch + 1);

@@ -11,7 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "cli/cli.h"
+#include "cli/finetune.h"
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
 #include "train/train.h"
@@ -251,12 +251,9 @@ int finetune_generation(int argc, char **argv)
         {"epochs-num", NULL, 0, "N", "epochs (default 10)", NULL},
         {"batch-size", NULL, 'b', "N", "sequences per step (default 16, the seed's)", NULL},
         {"learning-rate", NULL, 0, "LR", "peak learning rate (default 1e-5, the seed's)", NULL},
-        {"warmup", NULL, 0, "FRACTION", "share of the steps with linear warmup (default 0.1)", NULL},
-        {"optimizer", NULL, 0, "adamw|uer", "bias-corrected AdamW (default) or the seed's UER AdamW", NULL},
+        CLI_FINETUNE_OPTIONS,
         CLI_DROPOUT_OPTION,
         CLI_TRAIN_DEVICE_OPTIONS,
-        {"world-size", NULL, 0, "N", "processes training together, each on its slice of every world × --batch_size "
-                                     "sequences (start them with mpirun -np N; default: as many as mpirun started)", NULL},
         {"seed", NULL, 0, "N", "seed of the initialisation and the data order (default 7)", NULL},
         {"threads", NULL, 't', "N", "CPU threads (default: all online CPUs)", NULL},
         {"report-steps", NULL, 0, "N", "a status line every N steps (default 100)", NULL},
@@ -270,7 +267,8 @@ int finetune_generation(int argc, char **argv)
                        "Trains the LM head to produce the seed's header-field targets after each packet: a row is\n"
                        "[CLS] packet [SEP] target [SEP] and the loss counts the target only. Each epoch is scored on\n"
                        "dev by greedy generation (exact match); test gets exact match and, per field, the\n"
-                       "Jensen-Shannon divergence of generated against true values (metrics.json in OUT).",
+                       "Jensen-Shannon divergence of generated against true values (metrics.json in OUT).\n"
+                       "OUT/checkpoint holds the last epoch for --resume.",
                        opts, argc, argv, &pos, &npos);
     if (rc != CLI_PARSED)
         return rc == CLI_HELP_SHOWN ? 0 : 2;
@@ -282,8 +280,8 @@ int finetune_generation(int argc, char **argv)
         cli_error(cmd, "--train_path, --dev_path, --test_path and --output_model_path are required");
         return 2;
     }
-    if (!pretrained && !config_path) {
-        cli_error(cmd, "give --pretrained_model_path DIR or --config_path FILE (a fresh model)");
+    if (!pretrained && !config_path && !cli_flag(opts, "resume")) {
+        cli_error(cmd, "give --pretrained_model_path DIR or --config_path FILE (a fresh model), or --resume");
         return 2;
     }
     enum tok_field fields[TOK_FIELD_COUNT];
@@ -297,22 +295,19 @@ int finetune_generation(int argc, char **argv)
         }
         n_fields++;
     }
-    uint32_t seq, tgt, epochs, batch, threads, report, world_size;
-    double lr, warmup;
+    uint32_t seq, tgt, epochs, batch, threads, report;
+    double lr;
     uint64_t seed;
     double dropout;
-    static const char *const opt_names[] = {"adamw", "uer", NULL};
+    struct cli_finetune_args fa;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    int optimizer = cli_choice(cmd, opts, "optimizer", "adamw", opt_names);
-    if (optimizer < 0 || !cli_u32(cmd, opts, "seq-length", 256, 2, 65536, &seq) ||
+    if (!cli_finetune_args(cmd, opts, &fa) || !cli_u32(cmd, opts, "seq-length", 256, 2, 65536, &seq) ||
         !cli_u32(cmd, opts, "tgt-seq-length", 4, 2, 4096, &tgt) ||
         !cli_u32(cmd, opts, "epochs-num", 10, 1, 100000, &epochs) ||
         !cli_u32(cmd, opts, "batch-size", 16, 1, 65536, &batch) ||
         !cli_u32(cmd, opts, "threads", ncpu > 0 ? (uint32_t)ncpu : 1, 1, 1024, &threads) ||
         !cli_u32(cmd, opts, "report-steps", 100, 1, UINT32_MAX, &report) ||
-        !cli_u32(cmd, opts, "world-size", 0, 1, 65536, &world_size) ||
         !cli_double(cmd, opts, "learning-rate", 1e-5, 0.0, 10.0, &lr) ||
-        !cli_double(cmd, opts, "warmup", 0.1, 0.0, 1.0, &warmup) ||
         !cli_u64(cmd, opts, "seed", 7, 0, UINT64_MAX, &seed) || !cli_dropout_arg(cmd, opts, &dropout))
         return 2;
     struct cli_device where;
@@ -326,16 +321,16 @@ int finetune_generation(int argc, char **argv)
     int rank, world;
     if (!cli_mpi_start(cmd, &rank, &world))
         return 1;
-    if (!cli_world_size_check(cmd, world_size, world)) {
+    if (!cli_world_size_check(cmd, fa.world_size, world)) {
         cli_mpi_stop(true);
         return 2;
     }
     /* as in finetune understanding: rank 0 writes and speaks, each process on its own GPU */
-    const bool writer = rank == 0, quiet = cli_flag(opts, "quiet") || !writer;
+    const bool writer = rank == 0, quiet = cli_flag(opts, "quiet") || !writer, resume = fa.resume;
     if (where.device >= 0)
         where.device += rank;
     int status = 1;
-    char err[1024];
+    char err[1024], checkpoint[4000], vocab_buf[4400];
     struct model *m = NULL;
     struct tok_vocab *vocab = NULL;
     struct gen_samples train = {0}, dev = {0}, test = {0};
@@ -343,13 +338,15 @@ int finetune_generation(int argc, char **argv)
     float *best = NULL;
     uint32_t *order = NULL, *b_ids = NULL, *b_len = NULL, *b_start = NULL;
     FILE *loss_csv = NULL;
+    snprintf(checkpoint, sizeof checkpoint, "%s/checkpoint", out_dir);
     if (mkdir(out_dir, 0755) != 0 && errno != EEXIST) {
         cli_error(cmd, "%s: %s", out_dir, strerror(errno));
         cli_mpi_stop(true);
         return 1;
     }
-    if (pretrained) {
-        m = model_load(pretrained, err, sizeof err);
+    /* the model: a checkpoint to resume, a pretrained one, or a fresh one */
+    if (resume || pretrained) {
+        m = model_load(resume ? checkpoint : pretrained, err, sizeof err);
     } else {
         struct model_config cfg;
         model_config_init(&cfg);
@@ -357,7 +354,9 @@ int finetune_generation(int argc, char **argv)
             m = model_create(&cfg, seed, err, sizeof err);
         model_config_release(&cfg);
     }
-    const char *vocab_path = cli_get(opts, "vocab-path");
+    const char *vocab_path = !m ? NULL : cli_finetune_vocab(model_get_config(m), cli_get(opts, "vocab-path"),
+                                                            resume ? checkpoint : NULL, pretrained, vocab_buf,
+                                                            sizeof vocab_buf);
     vocab = !m ? NULL : vocab_path ? tok_vocab_load(vocab_path, err, sizeof err) : tok_vocab_builtin();
     if (!m || !vocab) {
         cli_error(cmd, "%s", err);
@@ -383,10 +382,13 @@ int finetune_generation(int argc, char **argv)
     mut->tgt_seq_length = tgt;
     snprintf(mut->tokenizer.vocab, sizeof mut->tokenizer.vocab, "%s", vocab_path ? "vocab.txt" : "builtin");
     tr = cli_trainer(cmd, m, &where, where.device, batch, row, threads, dropout, seed);
-    if (!tr || !cli_trainer_join(cmd, tr, rank, world, where.device, world_size != 0))
+    if (!tr || !cli_trainer_join(cmd, tr, rank, world, where.device, fa.world_size != 0))
         goto done;
-    if (!quiet)
+    if (!quiet) {
         cli_trainer_report(cmd, where.device, where.bf16, threads);
+        if (world > 1)
+            fprintf(stderr, "netlm %s: %d processes, %u sequences per step\n", cmd, world, world * batch);
+    }
     const size_t n = trainer_param_count(tr);
     size_t n_floats;
     best = malloc((n ? n : 1) * sizeof(float));
@@ -398,29 +400,25 @@ int finetune_generation(int argc, char **argv)
         cli_error(cmd, "out of memory");
         goto done;
     }
-    memcpy(best, model_params(m, &n_floats), n * sizeof(float));
-    struct train_adamw adamw;
-    if (optimizer == 1)
-        train_adamw_uer(&adamw);
-    else
-        train_adamw_defaults(&adamw);
-    char path[4200];
-    snprintf(path, sizeof path, "%s/loss.csv", out_dir);
-    loss_csv = writer ? fopen(path, "w") : NULL;
-    if (writer && !loss_csv) {
-        cli_error(cmd, "%s: %s", path, strerror(errno));
-        goto done;
-    }
-    if (loss_csv)
-        fprintf(loss_csv, "step,loss,learning_rate,dev_accuracy\n");
     /* a step trains on world × batch rows of the epoch's order; process rank on its slice */
     const uint64_t global_batch = (uint64_t)world * batch;
     const uint64_t steps_per_epoch = (train.n + global_batch - 1) / global_batch, total = steps_per_epoch * epochs;
-    const uint64_t warm = (uint64_t)(warmup * (double)total);
-    uint64_t step = 0, tokens = 0;
-    double best_dev = -1.0, loss_sum = 0.0, t0 = cli_now();
+    const uint64_t warm = (uint64_t)(fa.warmup * (double)total);
+    struct cli_train_state st = {.best_dev = -1.0};
+    if (resume && !cli_finetune_resume(cmd, tr, m, out_dir, seed, global_batch, best, &st))
+        goto done;
+    if (!resume)
+        memcpy(best, model_params(m, &n_floats), n * sizeof(float));
+    uint64_t step = st.step, tokens = 0;
+    const uint64_t start_epoch = st.epoch, start_step = st.step;
+    double best_dev = st.best_dev, loss_sum = 0.0, t0 = cli_now(), last_print = t0;
     uint64_t loss_count = 0;
-    for (uint64_t epoch = 0; epoch < epochs; epoch++) {
+    loss_csv = writer ? cli_open_loss_csv(cmd, out_dir, "step,loss,learning_rate,dev_accuracy", resume, step) : NULL;
+    if (writer && !loss_csv)
+        goto done;
+    if (resume && !quiet)
+        fprintf(stderr, "netlm %s: resuming at epoch %" PRIu64 " (step %" PRIu64 ")\n", cmd, start_epoch + 1, step);
+    for (uint64_t epoch = start_epoch; epoch < epochs; epoch++) {
         cli_epoch_order(seed, epoch, train.n, order);
         for (uint64_t s = 0; s < steps_per_epoch; s++) {
             uint32_t nb = 0;
@@ -441,13 +439,9 @@ int finetune_generation(int argc, char **argv)
             }
             struct train_batch tb = {.ids = b_ids, .lengths = b_len, .batch = nb, .seq = row, .target_start = b_start,
                                      .sample_base = epoch * train.n + first};
-            double loss = 0.0;
-            const float step_lr = train_schedule_lr(TRAIN_SCHEDULE_LINEAR, (float)lr, step, warm, total);
-            bool stepped = trainer_zero_grads(tr) && (!nb || trainer_forward_backward(tr, TRAIN_LM, &tb, &loss));
-            loss *= targets;
-            stepped = stepped && cli_world_grads(tr, world, &loss, &targets);
-            loss /= targets > 0 ? targets : 1.0;
-            if (!stepped || !trainer_adamw_step(tr, step + 1, step_lr, &adamw, (int)threads)) {
+            double loss;
+            const float step_lr = train_schedule_lr(fa.schedule, (float)lr, step, warm, total);
+            if (!cli_finetune_step(tr, TRAIN_LM, &tb, targets, world, &fa, step, step_lr, threads, &loss)) {
                 cli_error(cmd, "training step %" PRIu64 ": %s", step + 1, trainer_error(tr));
                 goto done;
             }
@@ -456,13 +450,15 @@ int finetune_generation(int argc, char **argv)
             loss_count++;
             if (loss_csv)
                 fprintf(loss_csv, "%" PRIu64 ",%.6f,%.6g,-1\n", step, loss, step_lr);
-            if (!quiet && step % report == 0) {
-                double now = cli_now(), rate = step / (now - t0);
+            const double now = cli_now();
+            if (!quiet && (step % report == 0 || now - last_print > 30)) {
+                const double rate = (double)(step - start_step) / (now - t0);
                 fprintf(stderr, "netlm %s: epoch %" PRIu64 "/%u step %" PRIu64 "/%" PRIu64 " loss %.4f lr %.3g %.0f tokens/s ETA %.0f s\n",
                         cmd, epoch + 1, epochs, step, total, loss_sum / loss_count, step_lr, tokens / (now - t0),
                         (double)(total - step) / (rate > 0 ? rate : 1));
                 loss_sum = 0.0;
                 loss_count = 0;
+                last_print = now;
             }
         }
         struct gen_score sc = {0};
@@ -487,6 +483,17 @@ int finetune_generation(int argc, char **argv)
                 goto done;
             }
         }
+        const struct cli_train_state now = {.step = step, .epoch = epoch + 1, .seed = seed, .best_dev = best_dev,
+                                            .global_batch = global_batch};
+        if (writer && !cli_save_checkpoint(cmd, out_dir, tr, m, vocab_path, &now))
+            goto done;
+        if (fa.stop_after && epoch + 1 - start_epoch == fa.stop_after && epoch + 1 < epochs) {
+            if (writer)
+                fprintf(stderr, "netlm %s: stopped after epoch %" PRIu64 " (--stop-after); --resume continues\n", cmd,
+                        epoch + 1);
+            status = 0;
+            goto done;
+        }
     }
     const double seconds = cli_now() - t0;
     memcpy(model_params(m, &n_floats), best, n * sizeof(float));
@@ -500,6 +507,7 @@ int finetune_generation(int argc, char **argv)
     fclose(loss_csv);
     loss_csv = NULL;
     cli_plot_loss(out_dir, true);
+    char path[4200];
     snprintf(path, sizeof path, "%s/metrics.json", out_dir);
     struct cli_output out;
     if (!cli_output_open(cmd, path, &out))
@@ -513,7 +521,7 @@ int finetune_generation(int argc, char **argv)
         goto done;
     if (vocab_path) {
         snprintf(path, sizeof path, "%s/vocab.txt", out_dir);
-        if (!cli_copy_file(cmd, vocab_path, path))
+        if (strcmp(vocab_path, path) != 0 && !cli_copy_file(cmd, vocab_path, path))
             goto done;
     }
     fprintf(stderr, "netlm %s: test exact match %.4f (%" PRIu64 " rows; best dev %.4f; %.0f s)", cmd, sc.exact,

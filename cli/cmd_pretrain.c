@@ -370,71 +370,6 @@ static int parse_args(int argc, char **argv, struct pt_args *a, const char ***po
     return 0;
 }
 
-/* ---- outputs ---- */
-
-/* loss.csv: on resume it keeps the rows up to the checkpoint's step (a run killed after its last
- * checkpoint wrote later ones, which the resumed run writes again). */
-static FILE *open_loss_csv(const char *out_dir, bool resume, uint64_t step)
-{
-    char path[4200];
-    snprintf(path, sizeof path, "%s/loss.csv", out_dir);
-    FILE *in = resume ? fopen(path, "r") : NULL;
-    struct cli_output out;
-    if (!cli_output_open(cmd, path, &out)) {
-        if (in)
-            fclose(in);
-        return NULL;
-    }
-    fputs("step,loss,learning_rate\n", out.fp);
-    char *line = NULL;
-    size_t cap = 0;
-    for (bool first = true; in && getline(&line, &cap, in) > 0; first = false) {
-        char *end;
-        unsigned long long s = strtoull(line, &end, 10);
-        if (!(first && strncmp(line, "step,", 5) == 0) && end != line && *end == ',' && s <= step)
-            fputs(line, out.fp);
-    }
-    free(line);
-    if (in)
-        fclose(in);
-    if (!cli_output_commit(cmd, &out))
-        return NULL;
-    FILE *f = fopen(path, "a");
-    if (!f)
-        cli_error(cmd, "%s: %s", path, strerror(errno));
-    return f;
-}
-
-/* OUT/checkpoint as a whole: written into OUT/checkpoint.new, then swapped into place, so it is
- * always one consistent step (see cli_replace_dir). */
-static bool save_checkpoint(const char *out_dir, struct trainer *t, const struct model *m, const char *vocab_file,
-                            const struct cli_train_state *st)
-{
-    char staged[4000], dir[4000], path[4100], err[1024];
-    float *mom, *vel;
-    if (!trainer_sync_model(t) || !trainer_moments(t, &mom, &vel)) {
-        cli_error(cmd, "%s", trainer_error(t));
-        return false;
-    }
-    const size_t n = trainer_param_count(t);
-    snprintf(staged, sizeof staged, "%s/checkpoint.new", out_dir);
-    snprintf(dir, sizeof dir, "%s/checkpoint", out_dir);
-    cli_remove_flat_dir(staged);
-    if (mkdir(staged, 0755) != 0) {
-        cli_error(cmd, "%s: %s", staged, strerror(errno));
-        return false;
-    }
-    bool ok = model_save(m, staged, err, sizeof err);
-    if (!ok)
-        cli_error(cmd, "%s", err);
-    snprintf(path, sizeof path, "%s/vocab.txt", staged);
-    ok = ok && (!vocab_file || cli_copy_file(cmd, vocab_file, path));
-    ok = ok && cli_save_optimizer(cmd, staged, mom, vel, n, st) && cli_replace_dir(cmd, staged, dir);
-    if (!ok)
-        cli_remove_flat_dir(staged);
-    return ok;
-}
-
 /* ---- the run ---- */
 
 static int pretrain(const struct pt_args *a, int rank, int world)
@@ -625,7 +560,7 @@ static int pretrain(const struct pt_args *a, int rank, int world)
         cli_error(cmd, "%s: %s", a->out_dir, strerror(errno));
         goto done;
     }
-    loss_csv = writer ? open_loss_csv(a->out_dir, a->resume, st.step) : fopen("/dev/null", "w");
+    loss_csv = writer ? cli_open_loss_csv(cmd, a->out_dir, "step,loss,learning_rate", a->resume, st.step) : fopen("/dev/null", "w");
     if (!loss_csv)
         goto done;
 
@@ -732,7 +667,7 @@ static int pretrain(const struct pt_args *a, int rank, int world)
                 cli_error(cmd, "%s/loss.csv: %s", a->out_dir, strerror(errno));
                 goto done;
             }
-            if (writer && !save_checkpoint(a->out_dir, tr, m, vocab_path, &st))
+            if (writer && !cli_save_checkpoint(cmd, a->out_dir, tr, m, vocab_path, &st))
                 goto done;
             saved_step = st.step;
         }
@@ -743,7 +678,7 @@ static int pretrain(const struct pt_args *a, int rank, int world)
             goto done;
         }
     }
-    if (writer && saved_step != st.step && !save_checkpoint(a->out_dir, tr, m, vocab_path, &st))
+    if (writer && saved_step != st.step && !cli_save_checkpoint(cmd, a->out_dir, tr, m, vocab_path, &st))
         goto done;
     const bool csv_ok = fclose(loss_csv) == 0;
     loss_csv = NULL;

@@ -124,6 +124,67 @@ bool cli_load_optimizer(const char *cmd, const char *dir, float *mom, float *vel
     return ok;
 }
 
+/* On resume the rows after the checkpoint's step go: a run killed after its last checkpoint
+ * wrote them, and the resumed run writes them again. */
+FILE *cli_open_loss_csv(const char *cmd, const char *out_dir, const char *header, bool resume, uint64_t step)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/loss.csv", out_dir);
+    FILE *in = resume ? fopen(path, "r") : NULL;
+    struct cli_output out;
+    if (!cli_output_open(cmd, path, &out)) {
+        if (in)
+            fclose(in);
+        return NULL;
+    }
+    fprintf(out.fp, "%s\n", header);
+    char *line = NULL;
+    size_t cap = 0;
+    for (bool first = true; in && getline(&line, &cap, in) > 0; first = false) {
+        char *end;
+        unsigned long long s = strtoull(line, &end, 10);
+        if (!(first && strncmp(line, "step,", 5) == 0) && end != line && *end == ',' && s <= step)
+            fputs(line, out.fp);
+    }
+    free(line);
+    if (in)
+        fclose(in);
+    if (!cli_output_commit(cmd, &out))
+        return NULL;
+    FILE *f = fopen(path, "a");
+    if (!f)
+        cli_error(cmd, "%s: %s", path, strerror(errno));
+    return f;
+}
+
+bool cli_save_checkpoint(const char *cmd, const char *out_dir, struct trainer *t, const struct model *m,
+                         const char *vocab_file, const struct cli_train_state *st)
+{
+    char staged[4000], dir[4000], path[4100], err[1024];
+    float *mom, *vel;
+    if (!trainer_sync_model(t) || !trainer_moments(t, &mom, &vel)) {
+        cli_error(cmd, "%s", trainer_error(t));
+        return false;
+    }
+    const size_t n = trainer_param_count(t);
+    snprintf(staged, sizeof staged, "%s/checkpoint.new", out_dir);
+    snprintf(dir, sizeof dir, "%s/checkpoint", out_dir);
+    cli_remove_flat_dir(staged);
+    if (mkdir(staged, 0755) != 0) {
+        cli_error(cmd, "%s: %s", staged, strerror(errno));
+        return false;
+    }
+    bool ok = model_save(m, staged, err, sizeof err);
+    if (!ok)
+        cli_error(cmd, "%s", err);
+    snprintf(path, sizeof path, "%s/vocab.txt", staged);
+    ok = ok && (!vocab_file || cli_copy_file(cmd, vocab_file, path));
+    ok = ok && cli_save_optimizer(cmd, staged, mom, vel, n, st) && cli_replace_dir(cmd, staged, dir);
+    if (!ok)
+        cli_remove_flat_dir(staged);
+    return ok;
+}
+
 /* Removes a directory that holds only files (a checkpoint). */
 bool cli_remove_flat_dir(const char *dir)
 {

@@ -31,6 +31,38 @@ def finetune(tmp, out, *extra, ok=True):
     return netlm(*understanding_args(tmp, out, *extra), ok=ok)
 
 
+def drop_seconds(out, name):
+    """metrics.json without its train_seconds, which no two runs share."""
+    m = json.load(open(os.path.join(out, name)))
+    m.pop("train_seconds", None)
+    return m
+
+
+def own_vocabulary(tmp):
+    """A pretrained model with its own vocabulary file (NetGPT's) passes it on: both finetune tasks
+    tokenize with it and write it next to the model they keep; a resume finds it in the checkpoint."""
+    vocab = os.path.join(DATA, "netgpt", "encryptd_vocab.txt")
+    pre = os.path.join(tmp, "pre-vocab")
+    netlm("convert", "--config_path", os.path.join(tmp, "tiny.json"), "--to", pre, "--vocab_path", vocab)
+    want = open(vocab, "rb").read()
+    out = os.path.join(tmp, "ft-vocab")
+    ds = os.path.join(tmp, "ds")
+    args = ["finetune", "understanding", "--pretrained_model_path", pre, "--train_path", f"{ds}/train_dataset.tsv",
+            "--dev_path", f"{ds}/valid_dataset.tsv", "--test_path", f"{ds}/test_dataset.tsv", "--output_model_path",
+            out, "--epochs_num", "2", "--seq_length", "64", "--threads", "2", "-q"]
+    netlm(*args, "--stop-after", "1")
+    check("a checkpoint of a model with its own vocabulary holds it",
+          open(os.path.join(out, "checkpoint", "vocab.txt"), "rb").read() == want)
+    # the resume is given no --pretrained_model_path: the vocabulary must come from the checkpoint
+    netlm(*[a for a in args if a != pre and a != "--pretrained_model_path"], "--resume")
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    check("finetune understanding of a model with its own vocabulary: OUT/vocab.txt is that vocabulary",
+          open(os.path.join(out, "vocab.txt"), "rb").read() == want and cfg["netlm"]["tokenizer"]["vocab"] == "vocab.txt",
+          cfg["netlm"]["tokenizer"])
+    ev = netlm("eval", "--model", out, "--test_path", f"{ds}/test_dataset.tsv", ok=False)
+    check("eval runs the model finetune kept", ev.returncode == 0, ev.stderr)
+
+
 def one_error_line(res, *words):
     lines = res.stderr.strip().splitlines()
     return res.returncode != 0 and len(lines) == 1 and all(w in lines[0] for w in words)
@@ -133,6 +165,7 @@ def main():
         check("finetune with a missing TSV: one error line", bad.returncode != 0 and
               len(bad.stderr.strip().splitlines()) == 1 and "missing.tsv" in bad.stderr, bad.stderr)
         data_parallel_understanding(tmp)
+        own_vocabulary(tmp)
         # generation: the seed's IPv4 total-length task, decoder-only
         gds = os.path.join(tmp, "gen-ds")
         netlm("dataset", "generation", "--pcap_path", os.path.join(DATA, "labeled", "ustc-tfc2016", "sessions"),
@@ -141,20 +174,32 @@ def main():
                    "n_inner": 64, "n_positions": 48}, open(os.path.join(tmp, "gen.json"), "w"))
         g = os.path.join(tmp, "g")
 
-        def generation(out, batch, processes=1):
+        def generation(out, batch, processes=1, extra=()):
             args = ["finetune", "generation", "--config_path", os.path.join(tmp, "gen.json"),
                     "--train_path", f"{gds}/train_dataset.tsv", "--dev_path", f"{gds}/valid_dataset.tsv",
                     "--test_path", f"{gds}/test_dataset.tsv", "--output_model_path", out, "--seq_length", "40",
-                    "--epochs_num", "4", "--batch_size", str(batch), "--learning_rate", "1e-2", "--threads", "1", "-q"]
+                    "--epochs_num", "4", "--batch_size", str(batch), "--learning_rate", "1e-2", "--threads", "1", "-q",
+                    *extra]
             return netlm(*args) if processes == 1 else mpirun(processes, *args)
 
-        generation(g, 8)
+        res = generation(g, 8)
         gm = json.load(open(os.path.join(g, "metrics.json")))
         check("finetune generation learns: test exact match and the ip_len JSD in metrics.json",
               0.1 <= gm["exact_match"] <= 1.0 and 0.0 <= gm["jsd"]["ip_len"] < 1.0 and gm["rows"] > 0, gm)
         gen = netlm("generate", "--model", g, "--test_path", f"{gds}/test_dataset.tsv", "-q")
         check("generate with the saved model gives finetune's test exact match",
               f"exact-match accuracy {gm['exact_match']:.4f}" in gen.stderr, f"{gen.stderr.strip()} vs {gm}")
+        gs = os.path.join(tmp, "gs")
+        stopped = generation(gs, 8, extra=("--stop-after", "2"))
+        check("finetune generation --stop-after 2 ends the run with a checkpoint",
+              "stopped after epoch 2" in stopped.stderr and not os.path.exists(os.path.join(gs, "metrics.json"))
+              and json.load(open(os.path.join(gs, "checkpoint", "state.json")))["epoch"] == 2, stopped.stderr)
+        generation(gs, 8, extra=("--resume",))
+        differ = [p for p in ("model.safetensors", "metrics.json", "loss.csv")
+                  if open(os.path.join(g, p), "rb").read() != open(os.path.join(gs, p), "rb").read()
+                  and not (p == "metrics.json" and drop_seconds(g, p) == drop_seconds(gs, p))]
+        check("finetune generation stopped + resumed = uninterrupted (model, metrics, loss.csv)", not differ,
+              f"{differ} differ")
         g2 = os.path.join(tmp, "g2")
         res = generation(g2, 4, processes=2)
         ok = res.returncode == 0 and os.path.exists(os.path.join(g2, "metrics.json"))
@@ -168,6 +213,16 @@ def main():
             check("the 2 processes' test exact match (each generates half the rows) is generate's of their model",
                   gm2["rows"] == gm["rows"] and f"exact-match accuracy {gm2['exact_match']:.4f}" in gen.stderr,
                   f"{gen.stderr.strip()} vs {gm2}")
+        gv = os.path.join(tmp, "gv")
+        netlm("finetune", "generation", "--pretrained_model_path", os.path.join(tmp, "pre-vocab"),
+              "--train_path", f"{gds}/train_dataset.tsv", "--dev_path", f"{gds}/valid_dataset.tsv",
+              "--test_path", f"{gds}/test_dataset.tsv", "--output_model_path", gv, "--seq_length", "40",
+              "--epochs_num", "1", "--threads", "2", "-q")
+        cfg = json.load(open(os.path.join(gv, "config.json")))
+        check("finetune generation of a model with its own vocabulary: OUT/vocab.txt is that vocabulary",
+              open(os.path.join(gv, "vocab.txt"), "rb").read() ==
+              open(os.path.join(DATA, "netgpt", "encryptd_vocab.txt"), "rb").read()
+              and cfg["netlm"]["tokenizer"]["vocab"] == "vocab.txt", cfg["netlm"]["tokenizer"])
     finish()
 
 

@@ -1,0 +1,54 @@
+/* finetune.h — what `netlm finetune understanding` and `netlm finetune generation` share: the
+ * optimizer, schedule and run options, resuming from OUT/checkpoint, and one data parallel
+ * optimizer step. */
+#ifndef NETLM_CLI_FINETUNE_H
+#define NETLM_CLI_FINETUNE_H
+
+#include "cli/cli.h"
+#include "train/train.h"
+
+#define CLI_FINETUNE_OPTIONS                                                                       \
+    {"warmup", NULL, 0, "FRACTION", "share of the steps with linear warmup (default 0.1)", NULL},   \
+    {"schedule", NULL, 0, "linear|cosine|constant", "after warmup (default linear to 0)", NULL},    \
+    {"optimizer", NULL, 0, "adamw|uer", "bias-corrected AdamW (default) or the seed's UER AdamW", NULL}, \
+    {"weight-decay", NULL, 0, "WD", "decoupled weight decay, not on biases and norms (default 0.01)", NULL}, \
+    {"clip", NULL, 0, "NORM", "clip the gradient's global norm (default 0 = off)", NULL},           \
+    {"world-size", NULL, 0, "N", "processes training together, each on its slice of every world × "  \
+                                 "--batch_size sequences (start them with mpirun -np N; default: as " \
+                                 "many as mpirun started)", NULL},                                    \
+    {"resume", NULL, 0, NULL, "continue from OUTPUT/checkpoint, exactly as if never stopped", NULL}, \
+    {"stop-after", NULL, 0, "N", "end this run after N epochs, checkpoint kept (a time-limited job; " \
+                                 "--resume goes on)", NULL}
+
+struct cli_finetune_args {
+    double warmup, clip;
+    enum train_schedule schedule;
+    struct train_adamw adamw; /* weight decay set; lr per step */
+    uint32_t world_size;      /* 0: not given */
+    uint32_t stop_after;      /* epochs; 0: run to the end */
+    bool resume;
+};
+/* CLI_FINETUNE_OPTIONS' values; false after one error line. */
+bool cli_finetune_args(const char *cmd, const struct cli_opt *opts, struct cli_finetune_args *f);
+
+/* The vocabulary a run tokenizes with: given (--vocab_path), else the model's own file next to
+ * it — in checkpoint when resuming (NULL otherwise), else in the pretrained model's directory —
+ * written into buf; NULL: the built-in one. */
+const char *cli_finetune_vocab(const struct model_config *mc, const char *given, const char *checkpoint,
+                               const char *pretrained, char *buf, size_t len);
+
+/* --resume (the model already loaded from OUT/checkpoint): the moments and state into the
+ * trainer and st, checked against this run's seed and sequences per step, and the best epoch's
+ * parameters so far into best. False after one error line. */
+bool cli_finetune_resume(const char *cmd, struct trainer *tr, struct model *m, const char *out_dir,
+                         uint64_t seed, uint64_t global_batch, float *best, struct cli_train_state *st);
+
+/* One optimizer step (index step, 0-based) on this process's slice tb (tb->batch may be 0: its
+ * gradient is zero) of terms loss terms (sequences, or target tokens): the gradient of the
+ * global batch (cli_world_grads), clipped, then AdamW at lr. loss gets the global batch's mean
+ * loss. False with the trainer's error. */
+bool cli_finetune_step(struct trainer *tr, enum train_objective objective, const struct train_batch *tb,
+                       double terms, int world, const struct cli_finetune_args *f, uint64_t step, float lr,
+                       uint32_t threads, double *loss);
+
+#endif

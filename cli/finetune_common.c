@@ -1,0 +1,115 @@
+/* finetune_common.c — the options, the resume and the optimizer step both finetune tasks share
+ * (cli/finetune.h). */
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli/finetune.h"
+#include "model/model.h"
+
+bool cli_finetune_args(const char *cmd, const struct cli_opt *opts, struct cli_finetune_args *f)
+{
+    static const char *const sched_names[] = {"constant", "linear", "cosine", NULL};
+    static const char *const opt_names[] = {"adamw", "uer", NULL};
+    memset(f, 0, sizeof *f);
+    const int schedule = cli_choice(cmd, opts, "schedule", "linear", sched_names);
+    const int optimizer = cli_choice(cmd, opts, "optimizer", "adamw", opt_names);
+    double wd;
+    if (schedule < 0 || optimizer < 0 || !cli_double(cmd, opts, "warmup", 0.1, 0.0, 1.0, &f->warmup) ||
+        !cli_double(cmd, opts, "weight-decay", 0.01, 0.0, 10.0, &wd) ||
+        !cli_double(cmd, opts, "clip", 0.0, 0.0, 1e9, &f->clip) ||
+        !cli_u32(cmd, opts, "world-size", 0, 1, 65536, &f->world_size) ||
+        !cli_u32(cmd, opts, "stop-after", 0, 0, UINT32_MAX, &f->stop_after))
+        return false;
+    f->schedule = (enum train_schedule)schedule;
+    if (optimizer == 1)
+        train_adamw_uer(&f->adamw);
+    else
+        train_adamw_defaults(&f->adamw);
+    f->adamw.weight_decay = (float)wd;
+    f->resume = cli_flag(opts, "resume");
+    return true;
+}
+
+const char *cli_finetune_vocab(const struct model_config *mc, const char *given, const char *checkpoint,
+                               const char *pretrained, char *buf, size_t len)
+{
+    if (given || strcmp(mc->tokenizer.vocab, "builtin") == 0)
+        return given;
+    /* a checkpoint written before checkpoints held the vocabulary: the pretrained model's */
+    if (checkpoint) {
+        snprintf(buf, len, "%s/%s", checkpoint, mc->tokenizer.vocab);
+        if (access(buf, R_OK) == 0 || !pretrained)
+            return buf;
+    }
+    if (!pretrained)
+        return NULL;
+    snprintf(buf, len, "%s/%s", pretrained, mc->tokenizer.vocab);
+    return buf;
+}
+
+bool cli_finetune_resume(const char *cmd, struct trainer *tr, struct model *m, const char *out_dir,
+                         uint64_t seed, uint64_t global_batch, float *best, struct cli_train_state *st)
+{
+    char checkpoint[4100], path[4200], err[1024];
+    snprintf(checkpoint, sizeof checkpoint, "%s/checkpoint", out_dir);
+    float *mom, *vel;
+    const size_t n = trainer_param_count(tr);
+    if (!trainer_moments(tr, &mom, &vel)) {
+        cli_error(cmd, "%s", trainer_error(tr));
+        return false;
+    }
+    if (!cli_load_optimizer(cmd, checkpoint, mom, vel, n, st))
+        return false;
+    if (!trainer_load_moments(tr)) {
+        cli_error(cmd, "%s", trainer_error(tr));
+        return false;
+    }
+    if (isnan(st->best_dev)) {
+        cli_error(cmd, "%s/state.json: no best_dev (not a finetune checkpoint)", checkpoint);
+        return false;
+    }
+    if (st->seed != seed) {
+        cli_error(cmd, "%s: the checkpoint was trained with --seed %" PRIu64 ", not %" PRIu64, checkpoint, st->seed, seed);
+        return false;
+    }
+    /* another step size would change the steps per epoch, and with them the schedule */
+    if (st->global_batch && st->global_batch != global_batch) {
+        cli_error(cmd, "%s: the checkpoint was trained with %" PRIu64 " sequences per step (--batch_size × processes), "
+                       "not %" PRIu64, checkpoint, st->global_batch, global_batch);
+        return false;
+    }
+    /* the best epoch so far is OUT's model; before any was kept, the checkpoint's */
+    snprintf(path, sizeof path, "%s/config.json", out_dir);
+    struct model *kept = access(path, R_OK) == 0 ? model_load(out_dir, err, sizeof err) : NULL;
+    size_t n_floats;
+    const float *from = kept ? model_params(kept, &n_floats) : model_params(m, &n_floats);
+    if (n_floats < n) {
+        cli_error(cmd, "%s: not the checkpoint's model", out_dir);
+        model_free(kept);
+        return false;
+    }
+    memcpy(best, from, n * sizeof(float));
+    model_free(kept);
+    return true;
+}
+
+bool cli_finetune_step(struct trainer *tr, enum train_objective objective, const struct train_batch *tb,
+                       double terms, int world, const struct cli_finetune_args *f, uint64_t step, float lr,
+                       uint32_t threads, double *loss)
+{
+    double slice_loss = 0.0, norm;
+    if (!trainer_zero_grads(tr) || (tb->batch && !trainer_forward_backward(tr, objective, tb, &slice_loss)))
+        return false;
+    double weighted = slice_loss * terms;
+    if (!cli_world_grads(tr, world, &weighted, &terms))
+        return false;
+    *loss = world == 1 ? slice_loss : weighted / (terms > 0 ? terms : 1.0);
+    /* torch's clip_grad_norm_: scale by max/(norm + 1e-6) when that is below 1 */
+    if (f->clip > 0 && (!trainer_grad_norm(tr, &norm) ||
+                        (f->clip / (norm + 1e-6) < 1.0 && !trainer_grad_scale(tr, (float)(f->clip / (norm + 1e-6))))))
+        return false;
+    return trainer_adamw_step(tr, step + 1, lr, &f->adamw, (int)threads);
+}
