@@ -308,18 +308,11 @@ static int finetune_understanding(int argc, char **argv)
     if (!cli_device_arg(cmd, opts, &where))
         return 2;
     int rank, world;
-    if (!cli_mpi_start(cmd, &rank, &world))
-        return 1;
-    if (!cli_world_size_check(cmd, fa.world_size, world)) {
-        cli_mpi_stop(true);
-        return 2;
-    }
-    /* with several processes, rank 0 writes everything and speaks for all; each uses the GPU
-     * after the previous one's (--device cuda:D: cuda:D+rank) */
+    const int started = cli_finetune_start(cmd, &fa, &where, &rank, &world);
+    if (started)
+        return started;
+    /* with several processes, rank 0 writes everything and speaks for all */
     const bool writer = rank == 0, quiet = cli_flag(opts, "quiet") || !writer, resume = fa.resume;
-    if (where.device >= 0)
-        where.device += rank;
-
     int status = 1;
     char err[1024], path[4400];
     struct model *m = NULL;
@@ -428,7 +421,9 @@ static int finetune_understanding(int argc, char **argv)
         memcpy(best_params, model_params(m, &n_floats), n_params * sizeof(float));
     uint64_t step = st.step;
     const uint64_t start_epoch = st.epoch, start_step = st.step;
-    double best_dev = st.best_dev;
+    struct cli_finetune_run run = {.cmd = cmd, .out_dir = out_dir, .vocab_path = vocab_path, .writer = writer,
+                                   .seed = seed, .global_batch = global_batch, .start_epoch = start_epoch,
+                                   .epochs = epochs, .best = best_params, .best_dev = st.best_dev};
     loss_csv = writer ? cli_open_loss_csv(cmd, out_dir, "step,loss,learning_rate,dev_accuracy,dev_macro_f1", resume, step)
                       : NULL;
     if (writer && !loss_csv)
@@ -496,23 +491,11 @@ static int finetune_understanding(int argc, char **argv)
         }
         if (!quiet)
             fprintf(stderr, "netlm %s: epoch %" PRIu64 "/%u dev accuracy %.4f macro-F1 %.4f%s\n", cmd, epoch + 1, epochs,
-                    acc, f1, acc > best_dev ? " (best)" : "");
-        if (acc > best_dev) {
-            best_dev = acc;
-            memcpy(best_params, model_params(m, &n_floats), n_params * sizeof(float));
-            if (writer && !model_save(m, out_dir, err, sizeof err)) {
-                cli_error(cmd, "%s", err);
-                goto done_batch;
-            }
-        }
-        const struct cli_train_state now = {.step = step, .epoch = epoch + 1, .seed = seed, .best_dev = best_dev,
-                                            .global_batch = global_batch};
-        if (writer && !cli_save_checkpoint(cmd, out_dir, tr, m, vocab_path, &now))
+                    acc, f1, acc > run.best_dev ? " (best)" : "");
+        bool stop;
+        if (!cli_finetune_epoch_end(&run, &fa, tr, m, step, epoch, acc, &stop))
             goto done_batch;
-        if (fa.stop_after && epoch + 1 - start_epoch == fa.stop_after && epoch + 1 < epochs) {
-            if (writer)
-                fprintf(stderr, "netlm %s: stopped after epoch %" PRIu64 " (--stop-after); --resume continues\n", cmd,
-                        epoch + 1);
+        if (stop) {
             status = 0;
             goto done_batch;
         }
@@ -544,7 +527,7 @@ static int finetune_understanding(int argc, char **argv)
     }
     draw_plots(out_dir, labels_num);
     fprintf(stderr, "netlm %s: test accuracy %.4f, macro-F1 %.4f (%" PRIu64 " rows; best dev accuracy %.4f; %.0f s)\n",
-            cmd, train_accuracy(&cm), train_macro_f1(&cm, NULL), cm.total, best_dev, seconds);
+            cmd, train_accuracy(&cm), train_macro_f1(&cm, NULL), cm.total, run.best_dev, seconds);
     train_confusion_release(&cm);
     status = 0;
     goto done_batch;

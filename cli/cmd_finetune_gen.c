@@ -319,16 +319,11 @@ int finetune_generation(int argc, char **argv)
         return 2;
     }
     int rank, world;
-    if (!cli_mpi_start(cmd, &rank, &world))
-        return 1;
-    if (!cli_world_size_check(cmd, fa.world_size, world)) {
-        cli_mpi_stop(true);
-        return 2;
-    }
-    /* as in finetune understanding: rank 0 writes and speaks, each process on its own GPU */
+    const int started = cli_finetune_start(cmd, &fa, &where, &rank, &world);
+    if (started)
+        return started;
+    /* with several processes, rank 0 writes everything and speaks for all */
     const bool writer = rank == 0, quiet = cli_flag(opts, "quiet") || !writer, resume = fa.resume;
-    if (where.device >= 0)
-        where.device += rank;
     int status = 1;
     char err[1024], checkpoint[4000], vocab_buf[4400];
     struct model *m = NULL;
@@ -411,7 +406,10 @@ int finetune_generation(int argc, char **argv)
         memcpy(best, model_params(m, &n_floats), n * sizeof(float));
     uint64_t step = st.step, tokens = 0;
     const uint64_t start_epoch = st.epoch, start_step = st.step;
-    double best_dev = st.best_dev, loss_sum = 0.0, t0 = cli_now(), last_print = t0;
+    struct cli_finetune_run run = {.cmd = cmd, .out_dir = out_dir, .vocab_path = vocab_path, .writer = writer,
+                                   .seed = seed, .global_batch = global_batch, .start_epoch = start_epoch,
+                                   .epochs = epochs, .best = best, .best_dev = st.best_dev};
+    double loss_sum = 0.0, t0 = cli_now(), last_print = t0;
     uint64_t loss_count = 0;
     loss_csv = writer ? cli_open_loss_csv(cmd, out_dir, "step,loss,learning_rate,dev_accuracy", resume, step) : NULL;
     if (writer && !loss_csv)
@@ -474,23 +472,11 @@ int finetune_generation(int argc, char **argv)
         }
         if (!quiet)
             fprintf(stderr, "netlm %s: epoch %" PRIu64 "/%u dev exact match %.4f%s\n", cmd, epoch + 1, epochs, sc.exact,
-                    sc.exact > best_dev ? " (best)" : "");
-        if (sc.exact > best_dev) {
-            best_dev = sc.exact;
-            memcpy(best, model_params(m, &n_floats), n * sizeof(float));
-            if (writer && !model_save(m, out_dir, err, sizeof err)) {
-                cli_error(cmd, "%s", err);
-                goto done;
-            }
-        }
-        const struct cli_train_state now = {.step = step, .epoch = epoch + 1, .seed = seed, .best_dev = best_dev,
-                                            .global_batch = global_batch};
-        if (writer && !cli_save_checkpoint(cmd, out_dir, tr, m, vocab_path, &now))
+                    sc.exact > run.best_dev ? " (best)" : "");
+        bool stop;
+        if (!cli_finetune_epoch_end(&run, &fa, tr, m, step, epoch, sc.exact, &stop))
             goto done;
-        if (fa.stop_after && epoch + 1 - start_epoch == fa.stop_after && epoch + 1 < epochs) {
-            if (writer)
-                fprintf(stderr, "netlm %s: stopped after epoch %" PRIu64 " (--stop-after); --resume continues\n", cmd,
-                        epoch + 1);
+        if (stop) {
             status = 0;
             goto done;
         }
@@ -525,7 +511,7 @@ int finetune_generation(int argc, char **argv)
             goto done;
     }
     fprintf(stderr, "netlm %s: test exact match %.4f (%" PRIu64 " rows; best dev %.4f; %.0f s)", cmd, sc.exact,
-            sc.rows, best_dev, seconds);
+            sc.rows, run.best_dev, seconds);
     for (uint32_t k = 0; k < n_fields; k++)
         fprintf(stderr, ", JSD %s %.4f", tok_field_name(fields[k]), sc.jsd[k]);
     fputc('\n', stderr);

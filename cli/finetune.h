@@ -31,6 +31,12 @@ struct cli_finetune_args {
 /* CLI_FINETUNE_OPTIONS' values; false after one error line. */
 bool cli_finetune_args(const char *cmd, const struct cli_opt *opts, struct cli_finetune_args *f);
 
+/* After the options: joins the processes mpirun started and checks --world_size against them;
+ * with several, rank r trains on the GPU after rank r − 1's (cuda:D+r), so where->device moves.
+ * 0, or the exit status after one error line. */
+int cli_finetune_start(const char *cmd, const struct cli_finetune_args *f, struct cli_device *where, int *rank,
+                       int *world);
+
 /* The vocabulary a run tokenizes with: given (--vocab_path), else the model's own file next to
  * it — in checkpoint when resuming (NULL otherwise), else in the pretrained model's directory —
  * written into buf; NULL: the built-in one. */
@@ -42,6 +48,22 @@ const char *cli_finetune_vocab(const struct model_config *mc, const char *given,
  * parameters so far into best. False after one error line. */
 bool cli_finetune_resume(const char *cmd, struct trainer *tr, struct model *m, const char *out_dir,
                          uint64_t seed, uint64_t global_batch, float *best, struct cli_train_state *st);
+
+/* What the end of each epoch needs to know of the run. */
+struct cli_finetune_run {
+    const char *cmd, *out_dir, *vocab_path; /* vocab_path: the model's vocabulary file, or NULL */
+    bool writer;                            /* rank 0: writes OUT */
+    uint64_t seed, global_batch, start_epoch;
+    uint32_t epochs;
+    float *best;     /* the best epoch's parameters so far */
+    double best_dev; /* its dev score; −1 before the first */
+};
+/* The end of epoch epoch (0-based; the trainer's model synced into m, dev scored dev_score, step
+ * steps done): a better score keeps the parameters in best and the model in OUT; OUT/checkpoint
+ * gets the epoch; *stop says whether --stop-after ends the run here (said on stderr). False after
+ * one error line. */
+bool cli_finetune_epoch_end(struct cli_finetune_run *run, const struct cli_finetune_args *f, struct trainer *tr,
+                            struct model *m, uint64_t step, uint64_t epoch, double dev_score, bool *stop);
 
 /* One optimizer step (index step, 0-based) on this process's slice tb (tb->batch may be 0: its
  * gradient is zero) of terms loss terms (sequences, or target tokens): the gradient of the

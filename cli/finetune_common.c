@@ -33,6 +33,20 @@ bool cli_finetune_args(const char *cmd, const struct cli_opt *opts, struct cli_f
     return true;
 }
 
+int cli_finetune_start(const char *cmd, const struct cli_finetune_args *f, struct cli_device *where, int *rank,
+                       int *world)
+{
+    if (!cli_mpi_start(cmd, rank, world))
+        return 1;
+    if (!cli_world_size_check(cmd, f->world_size, *world)) {
+        cli_mpi_stop(true);
+        return 2;
+    }
+    if (where->device >= 0)
+        where->device += *rank;
+    return 0;
+}
+
 const char *cli_finetune_vocab(const struct model_config *mc, const char *given, const char *checkpoint,
                                const char *pretrained, char *buf, size_t len)
 {
@@ -93,6 +107,30 @@ bool cli_finetune_resume(const char *cmd, struct trainer *tr, struct model *m, c
     }
     memcpy(best, from, n * sizeof(float));
     model_free(kept);
+    return true;
+}
+
+bool cli_finetune_epoch_end(struct cli_finetune_run *run, const struct cli_finetune_args *f, struct trainer *tr,
+                            struct model *m, uint64_t step, uint64_t epoch, double dev_score, bool *stop)
+{
+    char err[1024];
+    size_t n_floats;
+    if (dev_score > run->best_dev) {
+        run->best_dev = dev_score;
+        memcpy(run->best, model_params(m, &n_floats), trainer_param_count(tr) * sizeof(float));
+        if (run->writer && !model_save(m, run->out_dir, err, sizeof err)) {
+            cli_error(run->cmd, "%s", err);
+            return false;
+        }
+    }
+    const struct cli_train_state st = {.step = step, .epoch = epoch + 1, .seed = run->seed,
+                                       .best_dev = run->best_dev, .global_batch = run->global_batch};
+    if (run->writer && !cli_save_checkpoint(run->cmd, run->out_dir, tr, m, run->vocab_path, &st))
+        return false;
+    *stop = f->stop_after && epoch + 1 - run->start_epoch == f->stop_after && epoch + 1 < run->epochs;
+    if (*stop && run->writer)
+        fprintf(stderr, "netlm %s: stopped after epoch %" PRIu64 " (--stop-after); --resume continues\n", run->cmd,
+                epoch + 1);
     return true;
 }
 
