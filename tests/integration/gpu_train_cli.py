@@ -4,7 +4,8 @@ the CPU, on shards and a labelled set made from real captures: pretrain's per-st
 the CPU's within 1e-4 in fp32 (GPT-2 and Qwen2, with and without dropout, whose masks are the
 CPU's) and within 2 % in bf16; a GPU run stopped and resumed ends with the same bytes as the
 uninterrupted one; --world_size 1 (a one-rank NCCL communicator) changes nothing; finetune
-understanding and eval on the GPU report what the CPU reports. Exits 77 ("skipped: no GPU")
+understanding and eval on the GPU report what the CPU reports; finetune generation follows the
+CPU and resumes exactly. Exits 77 ("skipped: no GPU")
 where no GPU or no CUDA backend is there (CI); bench/gpu_check.sh runs it with ctest -L cuda."""
 import json
 import os
@@ -142,12 +143,21 @@ def main():
               "--dataset_dir", gds, "--random_seed", "1", "--samples-per-class", "15", "-q")
         json.dump({"model_type": "gpt2", "vocab_size": 65541, "n_embd": 32, "n_layer": 1, "n_head": 2,
                    "n_inner": 64, "n_positions": 48}, open(os.path.join(tmp, "gen.json"), "w"))
+        def generation(out, *extra):
+            return netlm("finetune", "generation", "--config_path", os.path.join(tmp, "gen.json"),
+                         "--train_path", f"{gds}/train_dataset.tsv", "--dev_path", f"{gds}/valid_dataset.tsv",
+                         "--test_path", f"{gds}/test_dataset.tsv", "--output_model_path", os.path.join(tmp, out),
+                         "--seq_length", "40", "--epochs_num", "2", "--batch_size", "16", "--learning_rate", "3e-3",
+                         "--threads", "2", "-q", *extra)
+
         for where in (("--device", "cpu"), ("--device", "cuda", "--precision", "fp32")):
-            netlm("finetune", "generation", "--config_path", os.path.join(tmp, "gen.json"),
-                  "--train_path", f"{gds}/train_dataset.tsv", "--dev_path", f"{gds}/valid_dataset.tsv",
-                  "--test_path", f"{gds}/test_dataset.tsv", "--output_model_path", os.path.join(tmp, "g-" + where[1]),
-                  "--seq_length", "40", "--epochs_num", "2", "--batch_size", "16", "--learning_rate", "3e-3",
-                  "--threads", "2", "-q", *where)
+            generation("g-" + where[1], *where)
+        generation("g-cuda-resumed", "--device", "cuda", "--precision", "fp32", "--stop-after", "1")
+        generation("g-cuda-resumed", "--device", "cuda", "--precision", "fp32", "--resume")
+        same = all(open(os.path.join(tmp, "g-cuda", f), "rb").read() ==
+                   open(os.path.join(tmp, "g-cuda-resumed", f), "rb").read()
+                   for f in ("model.safetensors", os.path.join("checkpoint", "optimizer.safetensors")))
+        check("finetune generation on the GPU stopped after epoch 1 and resumed = uninterrupted, bit for bit", same)
         e = worst(losses(os.path.join(tmp, "g-cuda")), losses(os.path.join(tmp, "g-cpu")))
         gc = json.load(open(os.path.join(tmp, "g-cpu", "metrics.json")))
         gg = json.load(open(os.path.join(tmp, "g-cuda", "metrics.json")))
