@@ -24,7 +24,7 @@ int cmd_convert(int argc, char **argv)
     };
     const char **pos = NULL;
     int npos = 0;
-    int rc = cli_parse(cmd, "netlm convert (--from HF_DIR | --config_path FILE) --to OUT_DIR [OPTIONS]",
+    int rc = cli_parse(cmd, "(--from HF_DIR | --config_path FILE) --to OUT_DIR [OPTIONS]",
                        "Imports a Hugging Face GPT-2 or Qwen2/Qwen2.5 checkpoint with the traffic vocabulary:\n"
                        "the embedding (and a tied LM head) is resized to the vocabulary, keeping the first rows\n"
                        "(the seed's resize_token_embeddings) or initialising them. With --config_path it writes a\n"

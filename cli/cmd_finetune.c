@@ -264,7 +264,7 @@ static int finetune_understanding(int argc, char **argv)
     };
     const char **pos = NULL;
     int npos = 0;
-    int rc = cli_parse("finetune understanding", "netlm finetune understanding --train_path T --dev_path D --test_path E "
+    int rc = cli_parse(cmd, "--train_path T --dev_path D --test_path E "
                        "--output_model_path OUT (--pretrained_model_path M | --config_path C) [OPTIONS]",
                        "Trains the classification head (and the whole model) on the seed's dataset TSVs. Each epoch\n"
                        "is evaluated on dev and the best is kept in OUT; test is evaluated with it. OUT also gets\n"
@@ -571,7 +571,7 @@ int cmd_eval(int argc, char **argv)
     };
     const char **pos = NULL;
     int npos = 0;
-    int rc = cli_parse(cmd, "netlm eval --model DIR --test_path FILE.tsv [--output-dir DIR]",
+    int rc = cli_parse(cmd, "--model DIR --test_path FILE.tsv [--output-dir DIR]",
                        "Accuracy, macro-F1 and the per-class precision, recall and F1 of a classification model\n"
                        "on a labelled TSV, as finetune reports them for its test set.",
                        opts, argc, argv, &pos, &npos);

@@ -262,7 +262,7 @@ int finetune_generation(int argc, char **argv)
     };
     const char **pos = NULL;
     int npos = 0;
-    int rc = cli_parse(cmd, "netlm finetune generation --train_path T --dev_path D --test_path E --output_model_path OUT "
+    int rc = cli_parse(cmd, "--train_path T --dev_path D --test_path E --output_model_path OUT "
                        "(--pretrained_model_path M | --config_path C) [OPTIONS]",
                        "Trains the LM head to produce the seed's header-field targets after each packet: a row is\n"
                        "[CLS] packet [SEP] target [SEP] and the loss counts the target only. Each epoch is scored on\n"

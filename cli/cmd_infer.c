@@ -517,7 +517,7 @@ int cmd_classify(int argc, char **argv)
     };
     const char **pos = NULL;
     int npos = 0;
-    int rc = cli_parse(cmd, "netlm classify --model DIR (--test_path FILE.tsv | CAPTURE...) [OPTIONS]",
+    int rc = cli_parse(cmd, "--model DIR (--test_path FILE.tsv | CAPTURE...) [OPTIONS]",
                        "Classifies the rows of a dataset TSV, or the sessions of captures (tokenized with the\n"
                        "model's own tokenizer settings), with a classification model. One line per row:\n"
                        "TSV: row (or file, first_frame, proto, src, sport, dst, dport, packets), label_id, label,\n"
@@ -644,7 +644,7 @@ int cmd_generate(int argc, char **argv)
     };
     const char **pos = NULL;
     int npos = 0;
-    int rc = cli_parse(cmd, "netlm generate --model DIR --test_path FILE.tsv [OPTIONS]",
+    int rc = cli_parse(cmd, "--model DIR --test_path FILE.tsv [OPTIONS]",
                        "Continues each row's text_a ([CLS] tokens [SEP]) with the model's LM head and a KV cache,\n"
                        "until [SEP] or the maximum, on the CPU or a GPU (--device). The seed's generation TSVs hold the target in the label\n"
                        "column: then each row says whether the generation matches it exactly, and the\n"

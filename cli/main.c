@@ -20,7 +20,7 @@ static const struct command commands[] = {
     {"classify", cmd_classify, "a classification model over a dataset TSV or the sessions of captures"},
     {"generate", cmd_generate, "continue each row of a dataset TSV with a model's LM head"},
     {"pretrain", cmd_pretrain, "pretrain a causal language model on token shards"},
-    {"finetune", cmd_finetune, "train a classifier on dataset TSVs (understanding)"},
+    {"finetune", cmd_finetune, "train a classifier (understanding) or a header-field generator (generation) on dataset TSVs"},
     {"eval", cmd_eval, "accuracy, macro-F1 and per-class metrics of a model on a labelled TSV"},
     {"sensor", cmd_sensor, "the live sensor: capture, classify sessions, JSON-line events (-c netlm.conf)"},
     {"replay", cmd_replay, "the sensor's pipeline over capture files; events to stdout or -o"},

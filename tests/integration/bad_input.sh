@@ -84,5 +84,17 @@ expect "preprocess: vocab without specials" 1 "vocab.txt" \
 expect "preprocess: missing input" 1 "absent.txt" \
   "$NETLM" preprocess --quiet --corpus_path "$T/absent.txt" --dataset_path "$T/out.bin"
 
+# --help: every command (and both finetune tasks) prints its usage once, exit 0
+for c in $("$NETLM" --help | awk '/^commands:/ {on = 1; next} on && !NF {exit} on {print $1}') \
+         "finetune understanding" "finetune generation"; do
+  first=$($NETLM $c --help 2>&1 | head -1)
+  if $NETLM $c --help >/dev/null 2>&1 && [ "${first#"usage: netlm $c "}" != "$first" ] &&
+     [ "$(grep -o netlm <<<"$first" | wc -l)" -eq 1 ]; then
+    pass=$((pass + 1)); echo "ok   $c --help: $first"
+  else
+    fail=$((fail + 1)); echo "FAIL $c --help: '$first'"
+  fi
+done
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
