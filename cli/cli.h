@@ -155,6 +155,30 @@ FILE *cli_open_loss_csv(const char *cmd, const char *out_dir, const char *header
  * step. False after one error line. */
 bool cli_save_checkpoint(const char *cmd, const char *out_dir, struct trainer *t, const struct model *m,
                          const char *vocab_file, const struct cli_train_state *st);
+/* The seed's Qwen flags (QwenNet's pretrain.py, run_understanding.py, run_generation.py). */
+#define CLI_SEED_QWEN_OPTIONS                                                                      \
+    {"use-qwen", NULL, 0, NULL, "the seed's flag: the model must be Qwen2 (its config, or --qwen_model_name's)", NULL}, \
+    {"qwen-model-name", NULL, 0, "HF_ID|DIR",                                                      \
+     "without --pretrained_model_path: start from this Hugging Face Qwen2/Qwen2.5 checkpoint (its "  \
+     "directory, or a hub id already in the Hugging Face cache; nothing is downloaded), embedding "  \
+     "resized to the traffic vocabulary keeping the first rows, as the seed's pretrain does", NULL}
+/* Where a training run's model comes from, in this order: the checkpoint (when resuming), a
+ * pretrained netlm model, a Hugging Face checkpoint (qwen_name), a fresh one (config_path). */
+struct cli_model_source {
+    const char *checkpoint; /* OUT/checkpoint when resuming, else NULL */
+    const char *pretrained, *qwen_name, *config_path;
+    const char *vocab_path; /* --vocab_path (sizes the Hugging Face checkpoint's embedding) */
+    bool use_qwen;          /* --use_qwen: the model must be Qwen2 */
+};
+/* The model; *from names where it came from (a directory or the config file). NULL after one
+ * error line. */
+struct model *cli_training_model(const char *cmd, const struct cli_model_source *src, uint64_t seed,
+                                 const char **from);
+/* A Hugging Face checkpoint directory for id: id itself when it is a directory, else the
+ * snapshot of the hub id in the Hugging Face cache ($HF_HUB_CACHE, $HF_HOME/hub or
+ * ~/.cache/huggingface/hub; refs/main's revision). False after one error line. */
+bool cli_hf_checkpoint(const char *cmd, const char *option, const char *id, char *dir, size_t len);
+
 /* Makes the finished directory staged take dir's place atomically (the old dir is removed).
  * False after one error line. */
 bool cli_replace_dir(const char *cmd, const char *staged, const char *dir);

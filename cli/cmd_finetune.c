@@ -282,8 +282,9 @@ static int finetune_understanding(int argc, char **argv)
         return 2;
     }
     /* the seed passes --config_path with --pretrained_model_path too: the model's own config wins */
-    if (!pretrained && !config_path && !cli_flag(opts, "resume")) {
-        cli_error(cmd, "give --pretrained_model_path DIR or --config_path FILE (a fresh model), or --resume");
+    if (!pretrained && !config_path && !cli_get(opts, "qwen-model-name") && !cli_flag(opts, "resume")) {
+        cli_error(cmd, "give --pretrained_model_path DIR, --config_path FILE (a fresh model) or --qwen_model_name "
+                       "(a Hugging Face checkpoint), or --resume");
         return 2;
     }
     uint32_t labels_num, seq, epochs, batch, threads, report;
@@ -327,25 +328,13 @@ static int finetune_understanding(int argc, char **argv)
     snprintf(checkpoint, sizeof checkpoint, "%s/checkpoint", out_dir);
 
     /* the model: a checkpoint to resume, a pretrained one, or a fresh one */
-    if (mkdir(out_dir, 0755) != 0 && errno != EEXIST) {
-        cli_error(cmd, "%s: %s", out_dir, strerror(errno));
+    const char *model_from;
+    const struct cli_model_source source = {.checkpoint = resume ? checkpoint : NULL, .pretrained = pretrained,
+                                            .qwen_name = cli_get(opts, "qwen-model-name"), .config_path = config_path,
+                                            .vocab_path = cli_get(opts, "vocab-path"),
+                                            .use_qwen = cli_flag(opts, "use-qwen")};
+    if (!(m = cli_training_model(cmd, &source, seed, &model_from)))
         goto done;
-    }
-    if (resume)
-        m = model_load(checkpoint, err, sizeof err);
-    else if (pretrained)
-        m = model_load(pretrained, err, sizeof err);
-    else {
-        struct model_config cfg;
-        model_config_init(&cfg);
-        if (model_config_load(config_path, &cfg, err, sizeof err))
-            m = model_create(&cfg, seed, err, sizeof err);
-        model_config_release(&cfg);
-    }
-    if (!m) {
-        cli_error(cmd, "%s", err);
-        goto done;
-    }
     const struct model_config *mc = model_get_config(m);
     const char *vocab_path = cli_get(opts, "vocab-path");
     vocab_path = cli_finetune_vocab(mc, vocab_path, resume ? checkpoint : NULL, pretrained, path, sizeof path);
@@ -424,6 +413,11 @@ static int finetune_understanding(int argc, char **argv)
     struct cli_finetune_run run = {.cmd = cmd, .out_dir = out_dir, .vocab_path = vocab_path, .writer = writer,
                                    .seed = seed, .global_batch = global_batch, .start_epoch = start_epoch,
                                    .epochs = epochs, .best = best_params, .best_dev = st.best_dev};
+    /* OUT is made once the inputs are known good: bad input leaves nothing behind */
+    if (writer && mkdir(out_dir, 0755) != 0 && errno != EEXIST) {
+        cli_error(cmd, "%s: %s", out_dir, strerror(errno));
+        goto done_batch;
+    }
     loss_csv = writer ? cli_open_loss_csv(cmd, out_dir, "step,loss,learning_rate,dev_accuracy,dev_macro_f1", resume, step)
                       : NULL;
     if (writer && !loss_csv)

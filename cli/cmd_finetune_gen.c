@@ -280,8 +280,9 @@ int finetune_generation(int argc, char **argv)
         cli_error(cmd, "--train_path, --dev_path, --test_path and --output_model_path are required");
         return 2;
     }
-    if (!pretrained && !config_path && !cli_flag(opts, "resume")) {
-        cli_error(cmd, "give --pretrained_model_path DIR or --config_path FILE (a fresh model), or --resume");
+    if (!pretrained && !config_path && !cli_get(opts, "qwen-model-name") && !cli_flag(opts, "resume")) {
+        cli_error(cmd, "give --pretrained_model_path DIR, --config_path FILE (a fresh model) or --qwen_model_name "
+                       "(a Hugging Face checkpoint), or --resume");
         return 2;
     }
     enum tok_field fields[TOK_FIELD_COUNT];
@@ -334,26 +335,18 @@ int finetune_generation(int argc, char **argv)
     uint32_t *order = NULL, *b_ids = NULL, *b_len = NULL, *b_start = NULL;
     FILE *loss_csv = NULL;
     snprintf(checkpoint, sizeof checkpoint, "%s/checkpoint", out_dir);
-    if (mkdir(out_dir, 0755) != 0 && errno != EEXIST) {
-        cli_error(cmd, "%s: %s", out_dir, strerror(errno));
-        cli_mpi_stop(true);
-        return 1;
-    }
     /* the model: a checkpoint to resume, a pretrained one, or a fresh one */
-    if (resume || pretrained) {
-        m = model_load(resume ? checkpoint : pretrained, err, sizeof err);
-    } else {
-        struct model_config cfg;
-        model_config_init(&cfg);
-        if (model_config_load(config_path, &cfg, err, sizeof err))
-            m = model_create(&cfg, seed, err, sizeof err);
-        model_config_release(&cfg);
-    }
-    const char *vocab_path = !m ? NULL : cli_finetune_vocab(model_get_config(m), cli_get(opts, "vocab-path"),
-                                                            resume ? checkpoint : NULL, pretrained, vocab_buf,
-                                                            sizeof vocab_buf);
-    vocab = !m ? NULL : vocab_path ? tok_vocab_load(vocab_path, err, sizeof err) : tok_vocab_builtin();
-    if (!m || !vocab) {
+    const char *model_from;
+    const struct cli_model_source source = {.checkpoint = resume ? checkpoint : NULL, .pretrained = pretrained,
+                                            .qwen_name = cli_get(opts, "qwen-model-name"), .config_path = config_path,
+                                            .vocab_path = cli_get(opts, "vocab-path"),
+                                            .use_qwen = cli_flag(opts, "use-qwen")};
+    if (!(m = cli_training_model(cmd, &source, seed, &model_from)))
+        goto done;
+    const char *vocab_path = cli_finetune_vocab(model_get_config(m), cli_get(opts, "vocab-path"),
+                                                resume ? checkpoint : NULL, pretrained, vocab_buf, sizeof vocab_buf);
+    vocab = vocab_path ? tok_vocab_load(vocab_path, err, sizeof err) : tok_vocab_builtin();
+    if (!vocab) {
         cli_error(cmd, "%s", err);
         goto done;
     }
@@ -411,6 +404,11 @@ int finetune_generation(int argc, char **argv)
                                    .epochs = epochs, .best = best, .best_dev = st.best_dev};
     double loss_sum = 0.0, t0 = cli_now(), last_print = t0;
     uint64_t loss_count = 0;
+    /* OUT is made once the inputs are known good: bad input leaves nothing behind */
+    if (writer && mkdir(out_dir, 0755) != 0 && errno != EEXIST) {
+        cli_error(cmd, "%s: %s", out_dir, strerror(errno));
+        goto done;
+    }
     loss_csv = writer ? cli_open_loss_csv(cmd, out_dir, "step,loss,learning_rate,dev_accuracy", resume, step) : NULL;
     if (writer && !loss_csv)
         goto done;

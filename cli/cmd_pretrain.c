@@ -128,7 +128,8 @@ static uint32_t window_ids(const struct pt_data *d, uint64_t w, uint32_t *out, b
 struct pt_args {
     const char **shards;
     int n_shards;
-    const char *out_dir, *config_path, *pretrained, *vocab_path;
+    const char *out_dir, *config_path, *pretrained, *vocab_path, *qwen_name;
+    bool use_qwen;
     uint32_t seq; /* 0: the shards' own */
     uint32_t batch, accum, threads, report, stop_after;
     double dropout; /* -1: the model config's */
@@ -209,7 +210,7 @@ static int split_variadic(struct cli_opt *opts, int argc, char **argv, char **re
 }
 
 #define PT_USAGE                                                                                    \
-    "--dataset_path SHARD [SHARD...] --output_model_path OUT (--config_path C | --pretrained_model_path M) [OPTIONS]"
+    "--dataset_path SHARD [SHARD...] --output_model_path OUT (--config_path C | --pretrained_model_path M | --qwen_model_name Q) [OPTIONS]"
 #define PT_DESCRIPTION                                                                              \
     "Pretrains a causal language model on token shards (netlm preprocess). The shards are one stream\n" \
     "of ids cut into windows of --seq_length inputs, each predicting the next id, in a seeded order\n" \
@@ -259,6 +260,7 @@ static int parse_args(int argc, char **argv, struct pt_args *a, const char ***po
         {"layernorm-positioning", NULL, 0, "pre", "accepted for the seed's command lines; the config decides", NULL},
         {"remove-embedding-layernorm", NULL, 0, NULL, "accepted for the seed's command lines", NULL},
         {"tie-weights", NULL, 0, NULL, "accepted for the seed's command lines", NULL},
+        CLI_SEED_QWEN_OPTIONS,
         {0},
     };
     char **rest = calloc((size_t)argc + 1, sizeof *rest);
@@ -330,6 +332,8 @@ static int parse_args(int argc, char **argv, struct pt_args *a, const char ***po
     a->config_path = cli_get(opts, "config-path");
     a->pretrained = cli_get(opts, "pretrained-model-path");
     a->vocab_path = cli_get(opts, "vocab-path");
+    a->qwen_name = cli_get(opts, "qwen-model-name");
+    a->use_qwen = cli_flag(opts, "use-qwen");
     a->quiet = cli_flag(opts, "quiet");
     a->resume = cli_flag(opts, "resume");
     a->pad_targets = cli_flag(opts, "count-pad-targets");
@@ -342,8 +346,9 @@ static int parse_args(int argc, char **argv, struct pt_args *a, const char ***po
         return 2;
     }
     /* the seed passes --config_path with --pretrained_model_path too: the model's own config wins */
-    if (!a->resume && !a->pretrained && !a->config_path) {
-        cli_error(cmd, "give --config_path FILE (a fresh model) or --pretrained_model_path DIR");
+    if (!a->resume && !a->pretrained && !a->config_path && !a->qwen_name) {
+        cli_error(cmd, "give --config_path FILE (a fresh model), --pretrained_model_path DIR or --qwen_model_name "
+                       "(a Hugging Face checkpoint)");
         return 2;
     }
     static const char *const sched_names[] = {"constant", "linear", "cosine", NULL};
@@ -438,23 +443,14 @@ static int pretrain(const struct pt_args *a, int rank, int world)
         goto done;
     }
 
-    /* the model: the checkpoint to resume, a pretrained one, or a fresh one */
-    const char *model_dir = a->resume ? checkpoint : a->pretrained;
-    if (model_dir)
-        m = model_load(model_dir, err, sizeof err);
-    else {
-        struct model_config cfg;
-        model_config_init(&cfg);
-        if (model_config_load(a->config_path, &cfg, err, sizeof err))
-            m = model_create(&cfg, a->seed, err, sizeof err);
-        model_config_release(&cfg);
-    }
-    if (!m) {
-        cli_error(cmd, "%s", err);
+    /* the model: the checkpoint to resume, a pretrained one, a Hugging Face one, or a fresh one */
+    const char *model_dir = a->resume ? checkpoint : a->pretrained, *model_name;
+    const struct cli_model_source source = {.checkpoint = a->resume ? checkpoint : NULL, .pretrained = a->pretrained,
+                                            .qwen_name = a->qwen_name, .config_path = a->config_path,
+                                            .vocab_path = a->vocab_path, .use_qwen = a->use_qwen};
+    if (!(m = cli_training_model(cmd, &source, a->seed, &model_name)))
         goto done;
-    }
     const struct model_config *mc = model_get_config(m);
-    const char *model_name = model_dir ? model_dir : a->config_path;
     for (int k = 0; k < data.n; k++)
         if (data.shards[k].header.vocab_size > mc->vocab_size) {
             cli_error(cmd, "%s: ids from a vocabulary of %u tokens, but the model (%s) has %u", a->shards[k],

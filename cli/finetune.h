@@ -18,7 +18,8 @@
                                  "many as mpirun started)", NULL},                                    \
     {"resume", NULL, 0, NULL, "continue from OUTPUT/checkpoint, exactly as if never stopped", NULL}, \
     {"stop-after", NULL, 0, "N", "end this run after N epochs, checkpoint kept (a time-limited job; " \
-                                 "--resume goes on)", NULL}
+                                 "--resume goes on)", NULL},                                          \
+    CLI_SEED_QWEN_OPTIONS
 
 struct cli_finetune_args {
     double warmup, clip;

@@ -23,6 +23,7 @@
 #include "cli/cli.h"
 #include "model/model.h"
 #include "model/safetensors.h"
+#include "tokenizer/tokenizer.h"
 #include "train/train.h"
 
 /* Position i of epoch e's order: a seeded Fisher–Yates permutation, recomputed from (seed, e). */
@@ -183,6 +184,100 @@ bool cli_save_checkpoint(const char *cmd, const char *out_dir, struct trainer *t
     if (!ok)
         cli_remove_flat_dir(staged);
     return ok;
+}
+
+static bool is_dir(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool cli_hf_checkpoint(const char *cmd, const char *option, const char *id, char *dir, size_t len)
+{
+    if (is_dir(id)) {
+        snprintf(dir, len, "%s", id);
+        return true;
+    }
+    /* the cache's layout: models--ORG--NAME/{refs/main, snapshots/REVISION/} */
+    char root[3000] = "";
+    const char *hub = getenv("HF_HUB_CACHE"), *home = getenv("HF_HOME"), *xdg = getenv("XDG_CACHE_HOME");
+    if (hub && *hub)
+        snprintf(root, sizeof root, "%s", hub);
+    else if (home && *home)
+        snprintf(root, sizeof root, "%s/hub", home);
+    else if (xdg && *xdg)
+        snprintf(root, sizeof root, "%s/huggingface/hub", xdg);
+    else if (getenv("HOME"))
+        snprintf(root, sizeof root, "%s/.cache/huggingface/hub", getenv("HOME"));
+    const char *slash = strchr(id, '/');
+    const bool hub_id = slash && slash != id && slash[1] && !strchr(slash + 1, '/') && id[0] != '.';
+    char repo[3400], ref_path[3500], revision[256] = "";
+    snprintf(repo, sizeof repo, "%s/models--%.*s--%s", root, hub_id ? (int)(slash - id) : 0, id,
+             hub_id ? slash + 1 : "");
+    snprintf(ref_path, sizeof ref_path, "%s/refs/main", repo);
+    FILE *ref = hub_id ? fopen(ref_path, "r") : NULL;
+    if (ref) {
+        if (!fgets(revision, sizeof revision, ref))
+            revision[0] = '\0';
+        revision[strcspn(revision, " \r\n")] = '\0';
+        fclose(ref);
+    }
+    if (revision[0] && !strchr(revision, '/')) {
+        snprintf(dir, len, "%s/snapshots/%s", repo, revision);
+        if (is_dir(dir))
+            return true;
+    }
+    if (hub_id)
+        cli_error(cmd, "--%s %s: not a directory, and not in the Hugging Face cache (%s); netlm downloads nothing: "
+                       "fetch it first (huggingface-cli download %s) or give its directory", option, id,
+                  root[0] ? root : "no HOME", id);
+    else
+        cli_error(cmd, "--%s %s: no such directory (a Hugging Face checkpoint: config.json and *.safetensors)",
+                  option, id);
+    return false;
+}
+
+struct model *cli_training_model(const char *cmd, const struct cli_model_source *src, uint64_t seed,
+                                 const char **from)
+{
+    char err[1024], hf_dir[4096];
+    struct model *m = NULL;
+    const char *dir = src->checkpoint ? src->checkpoint : src->pretrained;
+    *from = dir ? dir : src->config_path;
+    if (dir) {
+        m = model_load(dir, err, sizeof err);
+    } else if (src->qwen_name) {
+        if (!cli_hf_checkpoint(cmd, "qwen_model_name", src->qwen_name, hf_dir, sizeof hf_dir))
+            return NULL;
+        *from = src->qwen_name;
+        m = model_load(hf_dir, err, sizeof err);
+        /* the seed's resize_token_embeddings: the traffic vocabulary's size, the first rows kept */
+        struct tok_vocab *v = !m ? NULL : src->vocab_path ? tok_vocab_load(src->vocab_path, err, sizeof err)
+                                                          : tok_vocab_builtin();
+        if (m && (!v || !model_resize_vocab(m, tok_vocab_size(v), false, seed, err, sizeof err))) {
+            model_free(m);
+            m = NULL;
+        }
+        tok_vocab_free(v);
+        if (m)
+            snprintf(model_config_mut(m)->tokenizer.vocab, sizeof model_config_mut(m)->tokenizer.vocab, "builtin");
+    } else {
+        struct model_config cfg;
+        model_config_init(&cfg);
+        if (model_config_load(src->config_path, &cfg, err, sizeof err))
+            m = model_create(&cfg, seed, err, sizeof err);
+        model_config_release(&cfg);
+    }
+    if (!m) {
+        cli_error(cmd, "%s", err);
+        return NULL;
+    }
+    if (src->use_qwen && model_get_config(m)->arch != MODEL_ARCH_QWEN2) {
+        cli_error(cmd, "--use_qwen: %s is a %s model, not Qwen2", *from, model_arch_name(model_get_config(m)->arch));
+        model_free(m);
+        return NULL;
+    }
+    return m;
 }
 
 /* Removes a directory that holds only files (a checkpoint). */

@@ -4,12 +4,21 @@
 gradient accumulation across an epoch end. It must learn (the reported loss falls clearly),
 accept the seed's command-line flags silently, write a model that netlm generate runs, and a run
 stopped mid-epoch and resumed must end with the same bytes as the uninterrupted one. Bad inputs
-end with one error line and leave no output behind."""
+end with one error line and leave no output behind. QwenNet's command line (--use_qwen
+--qwen_model_name Qwen/...) starts from that Hugging Face checkpoint as found in the Hugging Face
+cache, its embedding cut to the traffic vocabulary's first rows as the seed's
+resize_token_embeddings does."""
 import json
 import os
 import re
 import sys
 import tempfile
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.environ.get("NETLM_SOURCE_DIR", os.path.join(HERE, "..", "..")), "tests", "reference"))
+import st  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import check, finish, loss_column, mpirun, netlm, worst_relative  # noqa: E402
@@ -34,6 +43,62 @@ def one_error_line(res, *words):
 def same_bytes(a, b, *paths):
     return [os.path.join(*p) for p in paths
             if open(os.path.join(a, *p), "rb").read() != open(os.path.join(b, *p), "rb").read()]
+
+
+def hf_cache_with_qwen(tmp):
+    """A Hugging Face cache ($HF_HOME/hub) holding a tiny Qwen2 checkpoint as the hub id
+    Qwen/Tiny-Qwen, with a 70,000-row embedding; returns (HF_HOME, its embedding)."""
+    json.dump({"model_type": "qwen2", "vocab_size": 65541, "hidden_size": 64, "intermediate_size": 128,
+               "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
+               "max_position_embeddings": 512, "rope_theta": 1e6, "rms_norm_eps": 1e-6, "tie_word_embeddings": True},
+              open(os.path.join(tmp, "qwen-tiny.json"), "w"))
+    base = os.path.join(tmp, "qwen-base")
+    netlm("convert", "--config_path", os.path.join(tmp, "qwen-tiny.json"), "--to", base)
+    tensors, _ = st.read(os.path.join(base, "model.safetensors"))
+    arrays = {k: v.to_numpy() for k, v in tensors.items()}
+    emb = arrays["model.embed_tokens.weight"]
+    emb = np.concatenate([emb, np.random.default_rng(2).normal(0, 0.02, (70000 - emb.shape[0], emb.shape[1]))
+                          .astype(np.float32)])
+    arrays["model.embed_tokens.weight"] = emb
+    home = os.path.join(tmp, "hf")
+    repo = os.path.join(home, "hub", "models--Qwen--Tiny-Qwen")
+    snap = os.path.join(repo, "snapshots", "0123abcd")
+    os.makedirs(snap)
+    os.makedirs(os.path.join(repo, "refs"))
+    open(os.path.join(repo, "refs", "main"), "w").write("0123abcd")
+    st.write(os.path.join(snap, "model.safetensors"), arrays, metadata={"format": "pt"})
+    cfg = json.load(open(os.path.join(base, "config.json")))
+    cfg.pop("netlm")
+    cfg["vocab_size"] = 70000
+    json.dump(cfg, open(os.path.join(snap, "config.json"), "w"))
+    return home, emb
+
+
+def qwennet_command_line(tmp):
+    """QwenNet's pretrain command (seed README 4.2, CPU form), as it is written."""
+    home, emb = hf_cache_with_qwen(tmp)
+    os.environ["HF_HOME"] = home
+    out = os.path.join(tmp, "qwennet")
+    seed_args = ["pretrain", "--dataset_path", os.path.join(tmp, "a.shard"), "--config_path",
+                 os.path.join(tmp, "tiny.json"), "--output_model_path", out, "--use_qwen", "--qwen_model_name",
+                 "Qwen/Tiny-Qwen", "--world_size", "1", "--gpu_ranks", "--learning_rate", "0", "--weight_decay", "0",
+                 "--data_processor", "lm", "--batch_size", "8", "--total_steps", "2", "-q"]
+    res = netlm(*seed_args, ok=False)
+    ok = res.returncode == 0
+    cfg = json.load(open(os.path.join(out, "config.json"))) if ok else {}
+    check("QwenNet's pretrain command line: a Qwen2 model from the cached Hugging Face checkpoint",
+          ok and cfg.get("model_type") == "qwen2" and cfg.get("vocab_size") == 65541, f"{res.stderr.strip()} {cfg}")
+    if ok:
+        got = st.read(os.path.join(out, "model.safetensors"))[0]["model.embed_tokens.weight"].to_numpy()
+        check("its embedding is the checkpoint's first 65,541 rows (learning rate 0: untouched)",
+              np.array_equal(got, emb[:65541]), "rows differ")
+    seed_args[seed_args.index(out)] = os.path.join(tmp, "qwennet-bad")
+    res = netlm(*[("Qwen/Not-There" if a == "Qwen/Tiny-Qwen" else a) for a in seed_args], ok=False)
+    check("a hub id not in the cache: one error line naming it and how to fetch it",
+          one_error_line(res, "--qwen_model_name Qwen/Not-There", "huggingface-cli download"), res.stderr)
+    res = netlm(*[a for a in seed_args if a not in ("--qwen_model_name", "Qwen/Tiny-Qwen")], ok=False)
+    check("--use_qwen with a GPT-2 config: one error line", one_error_line(res, "--use_qwen", "gpt2"), res.stderr)
+    del os.environ["HF_HOME"]
 
 
 def main():
@@ -144,6 +209,7 @@ def main():
         worst = worst_relative(l1, loss_column(os.path.join(two, "loss.csv"))) if ok and len(l1) == 12 else 1.0
         check("mpirun -np 2 (batch 4 each) = one process (batch 8): every step's loss within 1e-5",
               worst <= 1e-5, f"rc {res.returncode}, worst {worst}: {res.stderr.strip()[-400:]}")
+        qwennet_command_line(tmp)
     finish()
 
 

@@ -63,6 +63,29 @@ def own_vocabulary(tmp):
     check("eval runs the model finetune kept", ev.returncode == 0, ev.stderr)
 
 
+def seed_qwen(tmp):
+    """QwenNet's finetune flags: --use_qwen demands a Qwen2 model, --qwen_model_name (without
+    --pretrained_model_path) starts from that Hugging Face checkpoint."""
+    bad = finetune(tmp, os.path.join(tmp, "q-bad"), "--use_qwen", ok=False)
+    check("finetune --use_qwen with a GPT-2 config: one error line, no output directory",
+          one_error_line(bad, "--use_qwen", "gpt2") and not os.path.exists(os.path.join(tmp, "q-bad")), bad.stderr)
+    json.dump({"model_type": "qwen2", "vocab_size": 65541, "hidden_size": 32, "intermediate_size": 64,
+               "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+               "max_position_embeddings": 128, "rope_theta": 1e6, "rms_norm_eps": 1e-6, "tie_word_embeddings": True},
+              open(os.path.join(tmp, "qwen.json"), "w"))
+    hf = os.path.join(tmp, "hf-qwen")
+    netlm("convert", "--config_path", os.path.join(tmp, "qwen.json"), "--to", hf)
+    cfg = json.load(open(os.path.join(hf, "config.json")))
+    cfg.pop("netlm")  # a Hugging Face checkpoint: no netlm section
+    json.dump(cfg, open(os.path.join(hf, "config.json"), "w"))
+    out = os.path.join(tmp, "q")
+    args = understanding_args(tmp, out, "--use_qwen", "--qwen_model_name", hf, "--epochs_num", "1")
+    res = netlm(*[a for a in args if a not in ("--config_path", os.path.join(tmp, "tiny.json"))], ok=False)
+    got = json.load(open(os.path.join(out, "config.json"))) if res.returncode == 0 else {}
+    check("finetune --use_qwen --qwen_model_name DIR: a Qwen2 classifier from that checkpoint",
+          got.get("model_type") == "qwen2" and got.get("netlm", {}).get("task") == "classify", res.stderr)
+
+
 def one_error_line(res, *words):
     lines = res.stderr.strip().splitlines()
     return res.returncode != 0 and len(lines) == 1 and all(w in lines[0] for w in words)
@@ -162,8 +185,10 @@ def main():
         bad = netlm("finetune", "understanding", "--config_path", os.path.join(tmp, "tiny.json"),
                                 "--train_path", os.path.join(tmp, "missing.tsv"), "--dev_path", "x", "--test_path", "y",
                                 "--output_model_path", os.path.join(tmp, "c"), "--seq_length", "64", ok=False)
-        check("finetune with a missing TSV: one error line", bad.returncode != 0 and
-              len(bad.stderr.strip().splitlines()) == 1 and "missing.tsv" in bad.stderr, bad.stderr)
+        check("finetune with a missing TSV: one error line, no output directory", bad.returncode != 0 and
+              len(bad.stderr.strip().splitlines()) == 1 and "missing.tsv" in bad.stderr
+              and not os.path.exists(os.path.join(tmp, "c")), bad.stderr)
+        seed_qwen(tmp)
         data_parallel_understanding(tmp)
         own_vocabulary(tmp)
         # generation: the seed's IPv4 total-length task, decoder-only
