@@ -263,6 +263,14 @@ static bool fill_from_set(struct model *m, const struct st_set *set, const struc
 struct model *model_load(const char *dir, char *err, size_t errlen)
 {
     char path[4096];
+    struct stat st;
+    if (stat(dir, &st) == 0 && !S_ISDIR(st.st_mode)) {
+        /* the seed's models are single PyTorch files (pretrained_model.bin) */
+        snprintf(err, errlen, "%s: a file, not a model directory (config.json and *.safetensors); a PyTorch .bin "
+                              "or .pt checkpoint is not read: save it as a Hugging Face directory with "
+                              "safetensors (save_pretrained), which netlm loads", dir);
+        return NULL;
+    }
     snprintf(path, sizeof(path), "%s/config.json", dir);
     struct model_config cfg;
     model_config_init(&cfg);

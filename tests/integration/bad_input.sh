@@ -84,6 +84,11 @@ expect "preprocess: vocab without specials" 1 "vocab.txt" \
 expect "preprocess: missing input" 1 "absent.txt" \
   "$NETLM" preprocess --quiet --corpus_path "$T/absent.txt" --dataset_path "$T/out.bin"
 
+# a model given as a file (the seed's pretrained_model.bin) instead of a model directory
+printf 'PK' > "$T/pretrained_model.bin"
+expect "classify: a PyTorch file as the model" nonzero "pretrained_model.bin: a file, not a model directory" \
+  "$NETLM" classify --model "$T/pretrained_model.bin" --test_path "$T/empty.tsv"
+
 # --help: every command (and both finetune tasks) prints its usage once, exit 0
 for c in $("$NETLM" --help | awk '/^commands:/ {on = 1; next} on && !NF {exit} on {print $1}') \
          "finetune understanding" "finetune generation"; do
