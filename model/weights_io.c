@@ -12,7 +12,7 @@
 #include "model/safetensors.h"
 
 struct hf_entry {
-    char name[96];
+    char name[128];
     size_t offset;       /* floats into the parameter block */
     uint32_t ndim;       /* 1 or 2 */
     uint64_t shape[2];   /* the Hugging Face shape */
@@ -36,9 +36,45 @@ static void put(struct hf_map *map, const char *name, const float *base, const f
     e->transpose = transpose;
 }
 
-/* The Hugging Face tensors of m, in the order a Hugging Face checkpoint lists them. GPT-2 names
- * carry prefix ("transformer." or "" for the original gpt2 files). */
-static bool hf_map_build(const struct model *m, const char *prefix, struct hf_map *map)
+/* The Hugging Face tensors of m, in the order a Hugging Face checkpoint lists them. */
+/* The seed's UER GPT-2 (NetGPT's pretrain.py state dict, saved as safetensors): nn.Linear
+ * weights [out, in], q/k/v as three linears, LayerNorm gamma/beta; the tied
+ * target.lm.output_layer.weight is the word embedding again and is not read. */
+static void uer_map_build(const struct model *m, struct hf_map *map)
+{
+    const struct model_config *c = &m->cfg;
+    const struct model_weights *w = &m->w;
+    const float *base = m->params;
+    const uint64_t C = c->hidden, F = c->ffn;
+    char n[96];
+    put(map, "embedding.word.embedding.weight", base, w->wte, 2, c->vocab_size, C, false);
+    put(map, "embedding.pos.embedding.weight", base, w->wpe, 2, c->max_positions, C, false);
+    for (uint32_t i = 0; i < c->layers; i++) {
+        const struct model_layer_weights *l = &w->layers[i];
+#define U(fmt, ...) (snprintf(n, sizeof(n), "encoder.transformer.%u." fmt, i, __VA_ARGS__), n)
+        put(map, U("%s", "layer_norm_1.gamma"), base, l->ln1_w, 1, C, 0, false);
+        put(map, U("%s", "layer_norm_1.beta"), base, l->ln1_b, 1, C, 0, false);
+        for (uint32_t k = 0; k < 3; k++) {
+            put(map, U("self_attn.linear_layers.%u.weight", k), base, l->qkv_w + k * C * C, 2, C, C, false);
+            put(map, U("self_attn.linear_layers.%u.bias", k), base, l->qkv_b + k * C, 1, C, 0, false);
+        }
+        put(map, U("%s", "self_attn.final_linear.weight"), base, l->o_w, 2, C, C, false);
+        put(map, U("%s", "self_attn.final_linear.bias"), base, l->o_b, 1, C, 0, false);
+        put(map, U("%s", "layer_norm_2.gamma"), base, l->ln2_w, 1, C, 0, false);
+        put(map, U("%s", "layer_norm_2.beta"), base, l->ln2_b, 1, C, 0, false);
+        put(map, U("%s", "feed_forward.linear_1.weight"), base, l->up_w, 2, F, C, false);
+        put(map, U("%s", "feed_forward.linear_1.bias"), base, l->up_b, 1, F, 0, false);
+        put(map, U("%s", "feed_forward.linear_2.weight"), base, l->down_w, 2, C, F, false);
+        put(map, U("%s", "feed_forward.linear_2.bias"), base, l->down_b, 1, C, 0, false);
+#undef U
+    }
+    put(map, "encoder.layer_norm.gamma", base, w->lnf_w, 1, C, 0, false);
+    put(map, "encoder.layer_norm.beta", base, w->lnf_b, 1, C, 0, false);
+}
+
+/* prefix: "transformer." or "" before GPT-2's names; "" or "qwen_model." (QwenNet's wrapper)
+ * before Qwen2's. uer: the seed's UER names for GPT-2 (uer_map_build). */
+static bool hf_map_build(const struct model *m, const char *prefix, bool uer, struct hf_map *map)
 {
     const struct model_config *c = &m->cfg;
     const struct model_weights *w = &m->w;
@@ -49,8 +85,10 @@ static bool hf_map_build(const struct model *m, const char *prefix, struct hf_ma
         return false;
     const uint64_t C = c->hidden, F = c->ffn, Q = (uint64_t)c->heads * c->head_dim;
     const uint64_t KVd = (uint64_t)c->kv_heads * c->head_dim;
-    char n[96];
-    if (c->arch == MODEL_ARCH_GPT2) {
+    char n[128];
+    if (c->arch == MODEL_ARCH_GPT2 && uer) {
+        uer_map_build(m, map);
+    } else if (c->arch == MODEL_ARCH_GPT2) {
 #define G(fmt, ...) (snprintf(n, sizeof(n), "%s" fmt, prefix, __VA_ARGS__), n)
         put(map, G("%s", "wte.weight"), base, w->wte, 2, c->vocab_size, C, false);
         put(map, G("%s", "wpe.weight"), base, w->wpe, 2, c->max_positions, C, false);
@@ -73,10 +111,11 @@ static bool hf_map_build(const struct model *m, const char *prefix, struct hf_ma
         put(map, G("%s", "ln_f.bias"), base, w->lnf_b, 1, C, 0, false);
 #undef G
     } else {
-        put(map, "model.embed_tokens.weight", base, w->wte, 2, c->vocab_size, C, false);
+        put(map, (snprintf(n, sizeof(n), "%smodel.embed_tokens.weight", prefix), n), base, w->wte, 2, c->vocab_size,
+            C, false);
         for (uint32_t i = 0; i < c->layers; i++) {
             const struct model_layer_weights *l = &w->layers[i];
-#define L(suffix) (snprintf(n, sizeof(n), "model.layers.%u.%s", i, suffix), n)
+#define L(suffix) (snprintf(n, sizeof(n), "%smodel.layers.%u.%s", prefix, i, suffix), n)
             put(map, L("input_layernorm.weight"), base, l->ln1_w, 1, C, 0, false);
             put(map, L("self_attn.q_proj.weight"), base, l->qkv_w, 2, Q, C, false);
             put(map, L("self_attn.q_proj.bias"), base, l->qkv_b, 1, Q, 0, false);
@@ -91,9 +130,10 @@ static bool hf_map_build(const struct model *m, const char *prefix, struct hf_ma
             put(map, L("mlp.down_proj.weight"), base, l->down_w, 2, C, F, false);
 #undef L
         }
-        put(map, "model.norm.weight", base, w->lnf_w, 1, C, 0, false);
+        put(map, (snprintf(n, sizeof(n), "%smodel.norm.weight", prefix), n), base, w->lnf_w, 1, C, 0, false);
         if (w->lm_head)
-            put(map, "lm_head.weight", base, w->lm_head, 2, c->vocab_size, C, false);
+            put(map, (snprintf(n, sizeof(n), "%slm_head.weight", prefix), n), base, w->lm_head, 2, c->vocab_size, C,
+                false);
     }
     if (w->cls_dense_w) {
         put(map, "classifier.dense.weight", base, w->cls_dense_w, 2, C, C, false);
@@ -120,9 +160,11 @@ static bool ends_with(const char *s, const char *suffix)
 /* Tensors a Hugging Face checkpoint may carry that are not weights netlm needs. */
 static bool ignorable(const struct model_config *c, const char *name)
 {
+    /* a tied head saved again: Hugging Face's lm_head, QwenNet's, UER's output layer */
     return ends_with(name, ".attn.bias") || ends_with(name, ".attn.masked_bias") ||
            ends_with(name, "rotary_emb.inv_freq") ||
-           (c->tie_embeddings && !strcmp(name, "lm_head.weight"));
+           (c->tie_embeddings && (!strcmp(name, "lm_head.weight") || !strcmp(name, "qwen_model.lm_head.weight") ||
+                                  !strcmp(name, "target.lm.output_layer.weight")));
 }
 
 static void shape_text(const struct st_tensor *t, char *out, size_t cap)
@@ -267,8 +309,8 @@ struct model *model_load(const char *dir, char *err, size_t errlen)
     if (stat(dir, &st) == 0 && !S_ISDIR(st.st_mode)) {
         /* the seed's models are single PyTorch files (pretrained_model.bin) */
         snprintf(err, errlen, "%s: a file, not a model directory (config.json and *.safetensors); a PyTorch .bin "
-                              "or .pt checkpoint is not read: save it as a Hugging Face directory with "
-                              "safetensors (save_pretrained), which netlm loads", dir);
+                              "or .pt checkpoint is not read: save its state dict as model.safetensors beside its "
+                              "config.json (Hugging Face, UER and QwenNet names are read)", dir);
         return NULL;
     }
     snprintf(path, sizeof(path), "%s/config.json", dir);
@@ -286,12 +328,19 @@ struct model *model_load(const char *dir, char *err, size_t errlen)
         m = model_create_empty(&cfg, err, errlen);
     model_config_release(&cfg);
     if (m) {
-        const char *prefix = "transformer.";
-        if (m->cfg.arch == MODEL_ARCH_GPT2 && !st_set_find(set, "transformer.wte.weight") &&
-            st_set_find(set, "wte.weight"))
+        /* Hugging Face's names (GPT-2's with or without "transformer."), or the seed's own: UER's
+         * for GPT-2, QwenNet's "qwen_model." before Qwen2's */
+        const bool gpt2 = m->cfg.arch == MODEL_ARCH_GPT2;
+        const char *prefix = gpt2 ? "transformer." : "";
+        if (gpt2 && !st_set_find(set, "transformer.wte.weight") && st_set_find(set, "wte.weight"))
             prefix = "";
+        if (!gpt2 && !st_set_find(set, "model.embed_tokens.weight") &&
+            st_set_find(set, "qwen_model.model.embed_tokens.weight"))
+            prefix = "qwen_model.";
+        const bool uer = gpt2 && !st_set_find(set, "transformer.wte.weight") && !st_set_find(set, "wte.weight") &&
+                         st_set_find(set, "embedding.word.embedding.weight");
         struct hf_map map;
-        bool ok = hf_map_build(m, prefix, &map);
+        bool ok = hf_map_build(m, prefix, uer, &map);
         if (!ok)
             snprintf(err, errlen, "%s: out of memory", dir);
         ok = ok && fill_from_set(m, set, &map, dir, err, errlen);
@@ -308,7 +357,7 @@ struct model *model_load(const char *dir, char *err, size_t errlen)
 size_t model_hf_count(const struct model *m)
 {
     struct hf_map map;
-    if (!hf_map_build(m, "transformer.", &map))
+    if (!hf_map_build(m, m->cfg.arch == MODEL_ARCH_GPT2 ? "transformer." : "", false, &map))
         return 0;
     size_t n = map.count;
     free(map.e);
@@ -319,7 +368,7 @@ bool model_hf_tensor(const struct model *m, size_t i, const float *block, char *
                      size_t name_cap, uint32_t *ndim, uint64_t shape[2], float *out)
 {
     struct hf_map map;
-    if (!hf_map_build(m, "transformer.", &map))
+    if (!hf_map_build(m, m->cfg.arch == MODEL_ARCH_GPT2 ? "transformer." : "", false, &map))
         return false;
     bool ok = i < map.count;
     if (ok) {
@@ -370,7 +419,7 @@ static bool save_dir(const struct model *m, const char *dir, bool bf16, char *er
         return false;
     }
     struct hf_map map;
-    if (!hf_map_build(m, "transformer.", &map)) {
+    if (!hf_map_build(m, m->cfg.arch == MODEL_ARCH_GPT2 ? "transformer." : "", false, &map)) {
         snprintf(err, errlen, "%s: out of memory", dir);
         return false;
     }

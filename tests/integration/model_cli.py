@@ -202,6 +202,60 @@ def test_convert(twin, tmp):
           cfg4["model_type"] == "gpt2" and cfg4["n_layer"] == 2 and cfg4["netlm"]["layer_norm"] == "uer", cfg4)
 
 
+def test_seed_names(twin, tmp):
+    """The seed's own checkpoints, saved as safetensors: NetGPT's UER names for GPT-2 (nn.Linear
+    [out, in] weights, q/k/v as three linears, LayerNorm gamma/beta, the tied output layer again)
+    and QwenNet's "qwen_model." before Qwen2's names load as the same model: classify gives the
+    bytes it gives for the Hugging Face named original."""
+    for arch in ("gpt2", "qwen2"):
+        src = os.path.join(twin, arch, "model")
+        fx = fixture(os.path.join(twin, arch))
+        tsv = os.path.join(tmp, f"seed-{arch}.tsv")
+        with open(tsv, "w") as f:
+            f.write("text_a\n" + "".join(t + "\n" for t in rows_text(fx["input_ids"], fx["lengths"])))
+        base = netlm("classify", "--model", src, "--test_path", tsv, "-q").stdout
+        tensors, _ = st.read(os.path.join(src, "model.safetensors"))
+        hf = {k: v.to_numpy() for k, v in tensors.items()}
+        out = {}
+        for k, v in hf.items():
+            if k.startswith("classifier."):
+                out[k] = v
+            elif arch == "qwen2":
+                out["qwen_model." + k] = v
+            else:
+                name = k[len("transformer."):] if k.startswith("transformer.") else k
+                parts = name.split(".")
+                if name == "wte.weight":
+                    out["embedding.word.embedding.weight"] = v
+                    out["target.lm.output_layer.weight"] = v  # tied: saved again, not read
+                elif name == "wpe.weight":
+                    out["embedding.pos.embedding.weight"] = v
+                elif parts[0] == "ln_f":
+                    out["encoder.layer_norm." + {"weight": "gamma", "bias": "beta"}[parts[1]]] = v
+                else:
+                    layer, rest = f"encoder.transformer.{parts[1]}.", ".".join(parts[2:])
+                    ln = {"ln_1.weight": "layer_norm_1.gamma", "ln_1.bias": "layer_norm_1.beta",
+                          "ln_2.weight": "layer_norm_2.gamma", "ln_2.bias": "layer_norm_2.beta"}
+                    linear = {"attn.c_proj": "self_attn.final_linear", "mlp.c_fc": "feed_forward.linear_1",
+                              "mlp.c_proj": "feed_forward.linear_2"}
+                    if rest in ln:
+                        out[layer + ln[rest]] = v
+                    elif rest.startswith("attn.c_attn."):
+                        for j, piece in enumerate(np.split(v, 3, axis=-1)):
+                            out[layer + f"self_attn.linear_layers.{j}.{parts[-1]}"] = np.ascontiguousarray(
+                                piece.T if piece.ndim == 2 else piece)
+                    else:
+                        base_name = rest.rsplit(".", 1)[0]
+                        out[layer + linear[base_name] + "." + parts[-1]] = np.ascontiguousarray(v.T if v.ndim == 2 else v)
+        d = os.path.join(tmp, f"seed-names-{arch}")
+        os.makedirs(d)
+        shutil.copy(os.path.join(src, "config.json"), d)
+        st.write(os.path.join(d, "model.safetensors"), out, metadata={"format": "pt"})
+        res = netlm("classify", "--model", d, "--test_path", tsv, "-q", ok=False)
+        check(f"{'UER' if arch == 'gpt2' else 'QwenNet'}-named {arch} weights classify as the Hugging Face named "
+              f"original", res.returncode == 0 and res.stdout == base, res.stderr.strip()[-300:])
+
+
 def test_bad_input(twin, tmp):
     model = os.path.join(twin, "gpt2", "model")
     good = os.path.join(tmp, "good.tsv")
@@ -276,8 +330,8 @@ def main():
         twin = os.path.join(tmp, "twin")
         subprocess.run(["/usr/bin/python3", os.path.join(SOURCE, "tests", "reference", "twin.py"), "fixtures", twin],
                        check=True, stdout=subprocess.DEVNULL)
-        for test in (test_classify_tsv, test_generate, test_classify_captures, test_convert, test_bad_input,
-                     test_version):
+        for test in (test_classify_tsv, test_generate, test_classify_captures, test_convert, test_seed_names,
+                     test_bad_input, test_version):
             try:
                 test(twin, tmp)
             except Exception as e:  # a crash of one part is a failure, the others still run
