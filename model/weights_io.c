@@ -135,11 +135,13 @@ static bool hf_map_build(const struct model *m, const char *prefix, bool uer, st
             put(map, (snprintf(n, sizeof(n), "%slm_head.weight", prefix), n), base, w->lm_head, 2, c->vocab_size, C,
                 false);
     }
-    if (w->cls_dense_w) {
-        put(map, "classifier.dense.weight", base, w->cls_dense_w, 2, C, C, false);
-        put(map, "classifier.dense.bias", base, w->cls_dense_b, 1, C, 0, false);
-        put(map, "classifier.out_proj.weight", base, w->cls_out_w, 2, c->num_labels, C, false);
-        put(map, "classifier.out_proj.bias", base, w->cls_out_b, 1, c->num_labels, 0, false);
+    if (w->cls_dense_w) { /* the seed's run_understanding.py: output_layer_1, tanh, output_layer_2 */
+        put(map, uer ? "output_layer_1.weight" : "classifier.dense.weight", base, w->cls_dense_w, 2, C, C, false);
+        put(map, uer ? "output_layer_1.bias" : "classifier.dense.bias", base, w->cls_dense_b, 1, C, 0, false);
+        put(map, uer ? "output_layer_2.weight" : "classifier.out_proj.weight", base, w->cls_out_w, 2, c->num_labels,
+            C, false);
+        put(map, uer ? "output_layer_2.bias" : "classifier.out_proj.bias", base, w->cls_out_b, 1, c->num_labels, 0,
+            false);
     }
     return true;
 }
@@ -182,6 +184,8 @@ static bool reconcile_labels(struct model_config *cfg, const struct st_set *set,
                              char *err, size_t errlen)
 {
     const struct st_tensor *out = st_set_find(set, "classifier.out_proj.weight");
+    if (!out && st_set_find(set, "embedding.word.embedding.weight"))
+        out = st_set_find(set, "output_layer_2.weight"); /* a classifier of the seed's (UER) */
     if (!out) {
         if (cfg->num_labels > 0 && cfg->task == MODEL_TASK_CLASSIFY) {
             snprintf(err, errlen, "%s: config.json has %u labels but the weights have no classifier.* tensors",
@@ -197,7 +201,7 @@ static bool reconcile_labels(struct model_config *cfg, const struct st_set *set,
         return true;
     }
     if (out->ndim != 2 || out->shape[0] == 0 || out->shape[0] > MODEL_MAX_LABELS) {
-        snprintf(err, errlen, "%s: classifier.out_proj.weight has an invalid shape", dir);
+        snprintf(err, errlen, "%s: %s has an invalid shape", dir, out->name);
         return false;
     }
     uint32_t n = (uint32_t)out->shape[0];
@@ -217,8 +221,7 @@ static bool reconcile_labels(struct model_config *cfg, const struct st_set *set,
             }
         }
     } else if (cfg->num_labels != n) {
-        snprintf(err, errlen, "%s: config.json has %u labels but classifier.out_proj.weight has %u rows",
-                 dir, cfg->num_labels, n);
+        snprintf(err, errlen, "%s: config.json has %u labels but %s has %u rows", dir, cfg->num_labels, out->name, n);
         return false;
     }
     return true;

@@ -204,8 +204,8 @@ def test_convert(twin, tmp):
 
 def test_seed_names(twin, tmp):
     """The seed's own checkpoints, saved as safetensors: NetGPT's UER names for GPT-2 (nn.Linear
-    [out, in] weights, q/k/v as three linears, LayerNorm gamma/beta, the tied output layer again)
-    and QwenNet's "qwen_model." before Qwen2's names load as the same model: classify gives the
+    [out, in] weights, q/k/v as three linears, LayerNorm gamma/beta, the tied output layer again,
+    run_understanding.py's output_layer_1/2 head) and QwenNet's "qwen_model." before Qwen2's names load as the same model: classify gives the
     bytes it gives for the Hugging Face named original."""
     for arch in ("gpt2", "qwen2"):
         src = os.path.join(twin, arch, "model")
@@ -218,7 +218,9 @@ def test_seed_names(twin, tmp):
         hf = {k: v.to_numpy() for k, v in tensors.items()}
         out = {}
         for k, v in hf.items():
-            if k.startswith("classifier."):
+            if k.startswith("classifier.") and arch == "gpt2":  # run_understanding.py's head
+                out[k.replace("classifier.dense", "output_layer_1").replace("classifier.out_proj", "output_layer_2")] = v
+            elif k.startswith("classifier."):
                 out[k] = v
             elif arch == "qwen2":
                 out["qwen_model." + k] = v
