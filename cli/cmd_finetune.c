@@ -328,16 +328,10 @@ static int finetune_understanding(int argc, char **argv)
     snprintf(checkpoint, sizeof checkpoint, "%s/checkpoint", out_dir);
 
     /* the model: a checkpoint to resume, a pretrained one, or a fresh one */
-    const char *model_from;
-    const struct cli_model_source source = {.checkpoint = resume ? checkpoint : NULL, .pretrained = pretrained,
-                                            .qwen_name = cli_get(opts, "qwen-model-name"), .config_path = config_path,
-                                            .vocab_path = cli_get(opts, "vocab-path"),
-                                            .use_qwen = cli_flag(opts, "use-qwen")};
-    if (!(m = cli_training_model(cmd, &source, seed, &model_from)))
+    const char *vocab_path;
+    if (!(m = cli_finetune_model(cmd, opts, resume ? checkpoint : NULL, seed, path, sizeof path, &vocab_path)))
         goto done;
     const struct model_config *mc = model_get_config(m);
-    const char *vocab_path = cli_get(opts, "vocab-path");
-    vocab_path = cli_finetune_vocab(mc, vocab_path, resume ? checkpoint : NULL, pretrained, path, sizeof path);
     vocab = vocab_path ? tok_vocab_load(vocab_path, err, sizeof err) : tok_vocab_builtin();
     if (!vocab) {
         cli_error(cmd, "%s", err);
@@ -400,19 +394,14 @@ static int finetune_understanding(int argc, char **argv)
         goto done;
     }
     /* a step trains on world × batch sequences of the epoch's order; process rank on its slice */
-    const uint64_t global_batch = (uint64_t)world * batch;
-    const uint64_t steps_per_epoch = (train.n + global_batch - 1) / global_batch, total_steps = steps_per_epoch * epochs;
-    const uint64_t warmup_steps = (uint64_t)(fa.warmup * (double)total_steps);
-    struct cli_train_state st = {.best_dev = -1.0};
-    if (resume && !cli_finetune_resume(cmd, tr, m, out_dir, seed, global_batch, best_params, &st))
-        goto done_batch;
-    if (!resume)
-        memcpy(best_params, model_params(m, &n_floats), n_params * sizeof(float));
-    uint64_t step = st.step;
-    const uint64_t start_epoch = st.epoch, start_step = st.step;
     struct cli_finetune_run run = {.cmd = cmd, .out_dir = out_dir, .vocab_path = vocab_path, .writer = writer,
-                                   .seed = seed, .global_batch = global_batch, .start_epoch = start_epoch,
-                                   .epochs = epochs, .best = best_params, .best_dev = st.best_dev};
+                                   .seed = seed, .epochs = epochs, .best = best_params};
+    if (!cli_finetune_begin(&run, &fa, tr, m, train.n, batch, world))
+        goto done_batch;
+    const uint64_t global_batch = run.global_batch, steps_per_epoch = run.steps_per_epoch;
+    const uint64_t total_steps = run.total_steps, warmup_steps = run.warmup_steps;
+    const uint64_t start_epoch = run.start_epoch, start_step = run.start_step;
+    uint64_t step = start_step;
     /* OUT is made once the inputs are known good: bad input leaves nothing behind */
     if (writer && mkdir(out_dir, 0755) != 0 && errno != EEXIST) {
         cli_error(cmd, "%s: %s", out_dir, strerror(errno));

@@ -336,15 +336,9 @@ int finetune_generation(int argc, char **argv)
     FILE *loss_csv = NULL;
     snprintf(checkpoint, sizeof checkpoint, "%s/checkpoint", out_dir);
     /* the model: a checkpoint to resume, a pretrained one, or a fresh one */
-    const char *model_from;
-    const struct cli_model_source source = {.checkpoint = resume ? checkpoint : NULL, .pretrained = pretrained,
-                                            .qwen_name = cli_get(opts, "qwen-model-name"), .config_path = config_path,
-                                            .vocab_path = cli_get(opts, "vocab-path"),
-                                            .use_qwen = cli_flag(opts, "use-qwen")};
-    if (!(m = cli_training_model(cmd, &source, seed, &model_from)))
+    const char *vocab_path;
+    if (!(m = cli_finetune_model(cmd, opts, resume ? checkpoint : NULL, seed, vocab_buf, sizeof vocab_buf, &vocab_path)))
         goto done;
-    const char *vocab_path = cli_finetune_vocab(model_get_config(m), cli_get(opts, "vocab-path"),
-                                                resume ? checkpoint : NULL, pretrained, vocab_buf, sizeof vocab_buf);
     vocab = vocab_path ? tok_vocab_load(vocab_path, err, sizeof err) : tok_vocab_builtin();
     if (!vocab) {
         cli_error(cmd, "%s", err);
@@ -389,19 +383,13 @@ int finetune_generation(int argc, char **argv)
         goto done;
     }
     /* a step trains on world × batch rows of the epoch's order; process rank on its slice */
-    const uint64_t global_batch = (uint64_t)world * batch;
-    const uint64_t steps_per_epoch = (train.n + global_batch - 1) / global_batch, total = steps_per_epoch * epochs;
-    const uint64_t warm = (uint64_t)(fa.warmup * (double)total);
-    struct cli_train_state st = {.best_dev = -1.0};
-    if (resume && !cli_finetune_resume(cmd, tr, m, out_dir, seed, global_batch, best, &st))
-        goto done;
-    if (!resume)
-        memcpy(best, model_params(m, &n_floats), n * sizeof(float));
-    uint64_t step = st.step, tokens = 0;
-    const uint64_t start_epoch = st.epoch, start_step = st.step;
     struct cli_finetune_run run = {.cmd = cmd, .out_dir = out_dir, .vocab_path = vocab_path, .writer = writer,
-                                   .seed = seed, .global_batch = global_batch, .start_epoch = start_epoch,
-                                   .epochs = epochs, .best = best, .best_dev = st.best_dev};
+                                   .seed = seed, .epochs = epochs, .best = best};
+    if (!cli_finetune_begin(&run, &fa, tr, m, train.n, batch, world))
+        goto done;
+    const uint64_t global_batch = run.global_batch, steps_per_epoch = run.steps_per_epoch, total = run.total_steps;
+    const uint64_t warm = run.warmup_steps, start_epoch = run.start_epoch, start_step = run.start_step;
+    uint64_t step = start_step, tokens = 0;
     double loss_sum = 0.0, t0 = cli_now(), last_print = t0;
     uint64_t loss_count = 0;
     /* OUT is made once the inputs are known good: bad input leaves nothing behind */

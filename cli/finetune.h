@@ -50,15 +50,30 @@ const char *cli_finetune_vocab(const struct model_config *mc, const char *given,
 bool cli_finetune_resume(const char *cmd, struct trainer *tr, struct model *m, const char *out_dir,
                          uint64_t seed, uint64_t global_batch, float *best, struct cli_train_state *st);
 
-/* What the end of each epoch needs to know of the run. */
+/* The model a finetune run starts from (cli_training_model with the command's options) and the
+ * vocabulary file it tokenizes with (*vocab_path, in vocab_buf when it is the model's own; NULL:
+ * the built-in one). NULL after one error line. */
+struct model *cli_finetune_model(const char *cmd, const struct cli_opt *opts, const char *checkpoint, uint64_t seed,
+                                 char *vocab_buf, size_t vocab_len, const char **vocab_path);
+
+/* A run's shape and bookkeeping. The command fills the first block; cli_finetune_begin the rest. */
 struct cli_finetune_run {
     const char *cmd, *out_dir, *vocab_path; /* vocab_path: the model's vocabulary file, or NULL */
     bool writer;                            /* rank 0: writes OUT */
-    uint64_t seed, global_batch, start_epoch;
+    uint64_t seed;
     uint32_t epochs;
-    float *best;     /* the best epoch's parameters so far */
-    double best_dev; /* its dev score; −1 before the first */
+    float *best; /* the best epoch's parameters so far: trainer_param_count floats */
+
+    uint64_t global_batch;     /* sequences per step: world × batch */
+    uint64_t steps_per_epoch, total_steps, warmup_steps;
+    uint64_t start_epoch, start_step; /* where this run begins (0, or the checkpoint's) */
+    double best_dev;                  /* the best dev score; −1 before the first */
 };
+/* Steps of world × batch sequences over train_rows per epoch, the warmup, and with --resume the
+ * checkpoint's state (cli_finetune_resume); else best = the model's parameters. False after one
+ * error line. */
+bool cli_finetune_begin(struct cli_finetune_run *run, const struct cli_finetune_args *f, struct trainer *tr,
+                        struct model *m, size_t train_rows, uint32_t batch, int world);
 /* The end of epoch epoch (0-based; the trainer's model synced into m, dev scored dev_score, step
  * steps done): a better score keeps the parameters in best and the model in OUT; OUT/checkpoint
  * gets the epoch; *stop says whether --stop-after ends the run here (said on stderr). False after

@@ -110,6 +110,42 @@ bool cli_finetune_resume(const char *cmd, struct trainer *tr, struct model *m, c
     return true;
 }
 
+struct model *cli_finetune_model(const char *cmd, const struct cli_opt *opts, const char *checkpoint, uint64_t seed,
+                                 char *vocab_buf, size_t vocab_len, const char **vocab_path)
+{
+    const char *from, *pretrained = cli_get(opts, "pretrained-model-path");
+    const struct cli_model_source source = {.checkpoint = checkpoint, .pretrained = pretrained,
+                                            .qwen_name = cli_get(opts, "qwen-model-name"),
+                                            .config_path = cli_get(opts, "config-path"),
+                                            .vocab_path = cli_get(opts, "vocab-path"),
+                                            .use_qwen = cli_flag(opts, "use-qwen")};
+    struct model *m = cli_training_model(cmd, &source, seed, &from);
+    if (m)
+        *vocab_path = cli_finetune_vocab(model_get_config(m), source.vocab_path, checkpoint, pretrained, vocab_buf,
+                                         vocab_len);
+    return m;
+}
+
+bool cli_finetune_begin(struct cli_finetune_run *run, const struct cli_finetune_args *f, struct trainer *tr,
+                        struct model *m, size_t train_rows, uint32_t batch, int world)
+{
+    run->global_batch = (uint64_t)world * batch;
+    run->steps_per_epoch = (train_rows + run->global_batch - 1) / run->global_batch;
+    run->total_steps = run->steps_per_epoch * run->epochs;
+    run->warmup_steps = (uint64_t)(f->warmup * (double)run->total_steps);
+    struct cli_train_state st = {.best_dev = -1.0};
+    size_t n_floats;
+    if (f->resume &&
+        !cli_finetune_resume(run->cmd, tr, m, run->out_dir, run->seed, run->global_batch, run->best, &st))
+        return false;
+    if (!f->resume)
+        memcpy(run->best, model_params(m, &n_floats), trainer_param_count(tr) * sizeof(float));
+    run->start_epoch = st.epoch;
+    run->start_step = st.step;
+    run->best_dev = st.best_dev;
+    return true;
+}
+
 bool cli_finetune_epoch_end(struct cli_finetune_run *run, const struct cli_finetune_args *f, struct trainer *tr,
                             struct model *m, uint64_t step, uint64_t epoch, double dev_score, bool *stop)
 {

@@ -2,6 +2,7 @@
 """common.py — what every python integration test shares: the ok/FAIL report lines and their
 count, the final tally and exit status, and running netlm (the binary ctest names in $NETLM),
 alone or as several processes under mpirun."""
+import json
 import os
 import subprocess
 import sys
@@ -54,3 +55,25 @@ def worst_relative(a, b):
     if len(a) != len(b) or not a:
         return 1.0
     return max(abs(x - y) / max(abs(x), 1e-30) for x, y in zip(a, b))
+
+
+def one_error_line(res, *words):
+    """A non-zero exit with exactly one stderr line holding every word."""
+    lines = res.stderr.strip().splitlines()
+    return res.returncode != 0 and len(lines) == 1 and all(w in lines[0] for w in words)
+
+
+def hf_qwen_checkpoint(tmp, name, hidden=32):
+    """A tiny Qwen2 checkpoint as Hugging Face writes one (config.json without a netlm object,
+    model.safetensors), 65,541 tokens; returns its directory."""
+    config = os.path.join(tmp, name + ".json")
+    json.dump({"model_type": "qwen2", "vocab_size": 65541, "hidden_size": hidden, "intermediate_size": 2 * hidden,
+               "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
+               "max_position_embeddings": 512, "rope_theta": 1e6, "rms_norm_eps": 1e-6, "tie_word_embeddings": True},
+              open(config, "w"))
+    out = os.path.join(tmp, name)
+    netlm("convert", "--config_path", config, "--to", out)
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    cfg.pop("netlm")
+    json.dump(cfg, open(os.path.join(out, "config.json"), "w"))
+    return out

@@ -21,7 +21,8 @@ sys.path.insert(0, os.path.join(os.environ.get("NETLM_SOURCE_DIR", os.path.join(
 import st  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import check, finish, loss_column, mpirun, netlm, worst_relative  # noqa: E402
+from common import (check, finish, hf_qwen_checkpoint, loss_column, mpirun, netlm,  # noqa: E402
+                    one_error_line, worst_relative)
 
 NETLM = os.environ["NETLM"]
 DATA = os.environ["NETLM_DATA_DIR"]
@@ -35,11 +36,6 @@ def pretrain(tmp, out, *extra, ok=True):
                  "--report_steps", "5", "--save_checkpoint_steps", "10", "--threads", "2", "--seed", "3", *extra, ok=ok)
 
 
-def one_error_line(res, *words):
-    lines = res.stderr.strip().splitlines()
-    return res.returncode != 0 and len(lines) == 1 and all(w in lines[0] for w in words)
-
-
 def same_bytes(a, b, *paths):
     return [os.path.join(*p) for p in paths
             if open(os.path.join(a, *p), "rb").read() != open(os.path.join(b, *p), "rb").read()]
@@ -48,12 +44,7 @@ def same_bytes(a, b, *paths):
 def hf_cache_with_qwen(tmp):
     """A Hugging Face cache ($HF_HOME/hub) holding a tiny Qwen2 checkpoint as the hub id
     Qwen/Tiny-Qwen, with a 70,000-row embedding; returns (HF_HOME, its embedding)."""
-    json.dump({"model_type": "qwen2", "vocab_size": 65541, "hidden_size": 64, "intermediate_size": 128,
-               "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
-               "max_position_embeddings": 512, "rope_theta": 1e6, "rms_norm_eps": 1e-6, "tie_word_embeddings": True},
-              open(os.path.join(tmp, "qwen-tiny.json"), "w"))
-    base = os.path.join(tmp, "qwen-base")
-    netlm("convert", "--config_path", os.path.join(tmp, "qwen-tiny.json"), "--to", base)
+    base = hf_qwen_checkpoint(tmp, "qwen-base", hidden=64)
     tensors, _ = st.read(os.path.join(base, "model.safetensors"))
     arrays = {k: v.to_numpy() for k, v in tensors.items()}
     emb = arrays["model.embed_tokens.weight"]
@@ -68,7 +59,6 @@ def hf_cache_with_qwen(tmp):
     open(os.path.join(repo, "refs", "main"), "w").write("0123abcd")
     st.write(os.path.join(snap, "model.safetensors"), arrays, metadata={"format": "pt"})
     cfg = json.load(open(os.path.join(base, "config.json")))
-    cfg.pop("netlm")
     cfg["vocab_size"] = 70000
     json.dump(cfg, open(os.path.join(snap, "config.json"), "w"))
     return home, emb

@@ -13,7 +13,8 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import check, finish, loss_column, mpirun, netlm, worst_relative  # noqa: E402
+from common import (check, finish, hf_qwen_checkpoint, loss_column, mpirun, netlm,  # noqa: E402
+                    one_error_line, worst_relative)
 
 DATA = os.environ["NETLM_DATA_DIR"]
 
@@ -69,26 +70,13 @@ def seed_qwen(tmp):
     bad = finetune(tmp, os.path.join(tmp, "q-bad"), "--use_qwen", ok=False)
     check("finetune --use_qwen with a GPT-2 config: one error line, no output directory",
           one_error_line(bad, "--use_qwen", "gpt2") and not os.path.exists(os.path.join(tmp, "q-bad")), bad.stderr)
-    json.dump({"model_type": "qwen2", "vocab_size": 65541, "hidden_size": 32, "intermediate_size": 64,
-               "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
-               "max_position_embeddings": 128, "rope_theta": 1e6, "rms_norm_eps": 1e-6, "tie_word_embeddings": True},
-              open(os.path.join(tmp, "qwen.json"), "w"))
-    hf = os.path.join(tmp, "hf-qwen")
-    netlm("convert", "--config_path", os.path.join(tmp, "qwen.json"), "--to", hf)
-    cfg = json.load(open(os.path.join(hf, "config.json")))
-    cfg.pop("netlm")  # a Hugging Face checkpoint: no netlm section
-    json.dump(cfg, open(os.path.join(hf, "config.json"), "w"))
+    hf = hf_qwen_checkpoint(tmp, "hf-qwen")
     out = os.path.join(tmp, "q")
     args = understanding_args(tmp, out, "--use_qwen", "--qwen_model_name", hf, "--epochs_num", "1")
     res = netlm(*[a for a in args if a not in ("--config_path", os.path.join(tmp, "tiny.json"))], ok=False)
     got = json.load(open(os.path.join(out, "config.json"))) if res.returncode == 0 else {}
     check("finetune --use_qwen --qwen_model_name DIR: a Qwen2 classifier from that checkpoint",
           got.get("model_type") == "qwen2" and got.get("netlm", {}).get("task") == "classify", res.stderr)
-
-
-def one_error_line(res, *words):
-    lines = res.stderr.strip().splitlines()
-    return res.returncode != 0 and len(lines) == 1 and all(w in lines[0] for w in words)
 
 
 def data_parallel_understanding(tmp):
