@@ -265,7 +265,7 @@ static int finetune_understanding(int argc, char **argv)
     const char **pos = NULL;
     int npos = 0;
     int rc = cli_parse(cmd, "--train_path T --dev_path D --test_path E "
-                       "--output_model_path OUT (--pretrained_model_path M | --config_path C) [OPTIONS]",
+                       "--output_model_path OUT (--pretrained_model_path M | --config_path C | --qwen_model_name Q) [OPTIONS]",
                        "Trains the classification head (and the whole model) on the seed's dataset TSVs. Each epoch\n"
                        "is evaluated on dev and the best is kept in OUT; test is evaluated with it. OUT also gets\n"
                        "metrics.json, prf.csv (per-class precision/recall/F1), confusion.tsv, loss.csv and, with\n"
@@ -327,7 +327,7 @@ static int finetune_understanding(int argc, char **argv)
     char checkpoint[4000];
     snprintf(checkpoint, sizeof checkpoint, "%s/checkpoint", out_dir);
 
-    /* the model: a checkpoint to resume, a pretrained one, or a fresh one */
+    /* the model: a checkpoint to resume, a pretrained one, a Hugging Face one, or a fresh one */
     const char *vocab_path;
     if (!(m = cli_finetune_model(cmd, opts, resume ? checkpoint : NULL, seed, path, sizeof path, &vocab_path)))
         goto done;

@@ -263,7 +263,7 @@ int finetune_generation(int argc, char **argv)
     const char **pos = NULL;
     int npos = 0;
     int rc = cli_parse(cmd, "--train_path T --dev_path D --test_path E --output_model_path OUT "
-                       "(--pretrained_model_path M | --config_path C) [OPTIONS]",
+                       "(--pretrained_model_path M | --config_path C | --qwen_model_name Q) [OPTIONS]",
                        "Trains the LM head to produce the seed's header-field targets after each packet: a row is\n"
                        "[CLS] packet [SEP] target [SEP] and the loss counts the target only. Each epoch is scored on\n"
                        "dev by greedy generation (exact match); test gets exact match and, per field, the\n"
@@ -335,7 +335,7 @@ int finetune_generation(int argc, char **argv)
     uint32_t *order = NULL, *b_ids = NULL, *b_len = NULL, *b_start = NULL;
     FILE *loss_csv = NULL;
     snprintf(checkpoint, sizeof checkpoint, "%s/checkpoint", out_dir);
-    /* the model: a checkpoint to resume, a pretrained one, or a fresh one */
+    /* the model: a checkpoint to resume, a pretrained one, a Hugging Face one, or a fresh one */
     const char *vocab_path;
     if (!(m = cli_finetune_model(cmd, opts, resume ? checkpoint : NULL, seed, vocab_buf, sizeof vocab_buf, &vocab_path)))
         goto done;
