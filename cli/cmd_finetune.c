@@ -112,7 +112,7 @@ static char **class_names(const char *tsv_path, uint32_t n)
  * precision; fills the confusion matrix. With several processes each classifies its share of
  * the rows and every process gets the summed matrix. */
 static bool evaluate(const char *cmd, struct model *m, const struct samples *s, uint32_t batch,
-                     uint32_t threads, const struct cli_device *dev, int rank, int world,
+                     uint32_t threads, const struct cli_device *dev, const struct cli_scoring *sc,
                      struct train_confusion *cm)
 {
     char err[512];
@@ -140,8 +140,11 @@ static bool evaluate(const char *cmd, struct model *m, const struct samples *s, 
     }
     bool ok = true;
     size_t lo, hi;
-    cli_world_share(s->n, rank, world, &lo, &hi);
+    cli_world_share(s->n, sc->rank, sc->world, &lo, &hi);
+    const double start = cli_now();
+    double last_print = start;
     for (size_t i = lo; ok && i < hi; i += batch) {
+        cli_scoring_progress(cmd, sc, i - lo, hi - lo, start, &last_print);
         uint32_t nb = (uint32_t)(hi - i < batch ? hi - i : batch);
         ok = gpu ? model_cuda_classify(gpu, s->ids + i * s->seq, s->lengths + i, nb, s->seq, NULL, scores)
                  : model_classify(r, s->ids + i * s->seq, s->lengths + i, nb, s->seq, NULL, scores);
@@ -158,7 +161,7 @@ static bool evaluate(const char *cmd, struct model *m, const struct samples *s, 
         cli_error(cmd, "evaluation failed: %s", model_cuda_error(gpu));
     else if (!ok)
         cli_error(cmd, "evaluation failed (a label or token id outside the model)");
-    if (ok && world > 1) {
+    if (ok && sc->world > 1) {
         cli_mpi_sum_u64(cm->counts, (size_t)NL * NL);
         cli_mpi_sum_u64(&cm->total, 1);
     }
@@ -464,7 +467,8 @@ static int finetune_understanding(int argc, char **argv)
             cli_error(cmd, "%s", trainer_error(tr));
             goto done_batch;
         }
-        if (!evaluate(cmd, m, &dev, batch, threads, &where, rank, world, &cm))
+        const struct cli_scoring dev_scoring = {.rank = rank, .world = world, .what = "dev", .quiet = quiet};
+        if (!evaluate(cmd, m, &dev, batch, threads, &where, &dev_scoring, &cm))
             goto done_batch;
         const double acc = train_accuracy(&cm), f1 = train_macro_f1(&cm, NULL);
         train_confusion_release(&cm);
@@ -487,7 +491,8 @@ static int finetune_understanding(int argc, char **argv)
     /* test with the best epoch */
     memcpy(model_params(m, &n_floats), best_params, n_params * sizeof(float));
     struct train_confusion cm = {0};
-    if (!evaluate(cmd, m, &test, batch, threads, &where, rank, world, &cm))
+    const struct cli_scoring test_scoring = {.rank = rank, .world = world, .what = "test", .quiet = quiet};
+    if (!evaluate(cmd, m, &test, batch, threads, &where, &test_scoring, &cm))
         goto done_batch;
     if (!writer) {
         train_confusion_release(&cm);
@@ -605,7 +610,8 @@ int cmd_eval(int argc, char **argv)
             cli_error(cmd, "%s: label %u but the model has %u labels", test_path, test.labels[i], mc->num_labels);
             goto done;
         }
-    if (!evaluate(cmd, m, &test, batch, threads, &where, 0, 1, &cm))
+    const struct cli_scoring scoring = {.rank = 0, .world = 1, .what = test_path, .quiet = false};
+    if (!evaluate(cmd, m, &test, batch, threads, &where, &scoring, &cm))
         goto done;
     struct train_class_metrics *pc = calloc(mc->num_labels, sizeof *pc);
     if (!pc)

@@ -152,7 +152,7 @@ struct gen_score {
  * generates its share of the rows and every process gets the whole score. */
 static bool gen_evaluate(const char *cmd, struct model *m, const struct tok_vocab *vocab,
                          const struct gen_samples *s, uint32_t tgt, uint32_t batch, uint32_t threads,
-                         const struct cli_device *where, int rank, int world, uint32_t n_fields,
+                         const struct cli_device *where, const struct cli_scoring *sc, uint32_t n_fields,
                          struct gen_score *score)
 {
     char err[512];
@@ -189,8 +189,11 @@ static bool gen_evaluate(const char *cmd, struct model *m, const struct tok_voca
     uint64_t exact = 0;
     bool ok = true;
     size_t lo, hi;
-    cli_world_share(s->n, rank, world, &lo, &hi);
+    cli_world_share(s->n, sc->rank, sc->world, &lo, &hi);
+    const double start = cli_now();
+    double last_print = start;
     for (size_t i = lo; ok && i < hi; i += batch) {
+        cli_scoring_progress(cmd, sc, i - lo, hi - lo, start, &last_print);
         uint32_t nb = (uint32_t)(hi - i < batch ? hi - i : batch);
         ok = gpu ? model_cuda_generate(gpu, s->ids + i * s->row, s->prompt + i, nb, s->row, NULL, max_new, out, out_len)
                  : model_generate(r, s->ids + i * s->row, s->prompt + i, nb, s->row, NULL, max_new, out, out_len);
@@ -203,7 +206,7 @@ static bool gen_evaluate(const char *cmd, struct model *m, const struct tok_voca
                 got[(i + b) * n_fields + k] = field_value(vocab, gen, out_len[b], k);
         }
     }
-    if (ok && world > 1) { /* the other processes' rows are zero here */
+    if (ok && sc->world > 1) { /* the other processes' rows are zero here */
         cli_mpi_sum_u64(got, s->n * n_fields);
         cli_mpi_sum_u64(&exact, 1);
     }
@@ -450,7 +453,8 @@ int finetune_generation(int argc, char **argv)
             cli_error(cmd, "%s", trainer_error(tr));
             goto done;
         }
-        if (!gen_evaluate(cmd, m, vocab, &dev, tgt, batch, threads, &where, rank, world, n_fields, &sc))
+        const struct cli_scoring dev_scoring = {.rank = rank, .world = world, .what = "dev", .quiet = quiet};
+        if (!gen_evaluate(cmd, m, vocab, &dev, tgt, batch, threads, &where, &dev_scoring, n_fields, &sc))
             goto done;
         if (loss_csv) {
             fprintf(loss_csv, "%" PRIu64 ",,,%.6f\n", step, sc.exact);
@@ -470,7 +474,8 @@ int finetune_generation(int argc, char **argv)
     const double seconds = cli_now() - t0;
     memcpy(model_params(m, &n_floats), best, n * sizeof(float));
     struct gen_score sc = {0};
-    if (!gen_evaluate(cmd, m, vocab, &test, tgt, batch, threads, &where, rank, world, n_fields, &sc))
+    const struct cli_scoring test_scoring = {.rank = rank, .world = world, .what = "test", .quiet = quiet};
+    if (!gen_evaluate(cmd, m, vocab, &test, tgt, batch, threads, &where, &test_scoring, n_fields, &sc))
         goto done;
     if (!writer) {
         status = 0;

@@ -81,6 +81,18 @@ bool cli_finetune_begin(struct cli_finetune_run *run, const struct cli_finetune_
 bool cli_finetune_epoch_end(struct cli_finetune_run *run, const struct cli_finetune_args *f, struct trainer *tr,
                             struct model *m, uint64_t step, uint64_t epoch, double dev_score, bool *stop);
 
+/* Who scores which rows of dev or test: each of world processes its contiguous share
+ * (cli_world_share), and the status line while that runs. */
+struct cli_scoring {
+    int rank, world;
+    const char *what; /* "dev", "test" */
+    bool quiet;
+};
+/* After done of the share's rows (started at start, cli_now()): a status line every 30 s with
+ * the rate and the time left (*last_print: when the last one was, start before the first). */
+void cli_scoring_progress(const char *cmd, const struct cli_scoring *sc, size_t done, size_t share, double start,
+                          double *last_print);
+
 /* One optimizer step (index step, 0-based) on this process's slice tb (tb->batch may be 0: its
  * gradient is zero) of terms loss terms (sequences, or target tokens): the gradient of the
  * global batch (cli_world_grads), clipped, then AdamW at lr. loss gets the global batch's mean

@@ -170,6 +170,18 @@ bool cli_finetune_epoch_end(struct cli_finetune_run *run, const struct cli_finet
     return true;
 }
 
+void cli_scoring_progress(const char *cmd, const struct cli_scoring *sc, size_t done, size_t share, double start,
+                          double *last_print)
+{
+    const double now = cli_now();
+    if (sc->quiet || now - *last_print < 30.0 || done >= share)
+        return;
+    *last_print = now;
+    const double rate = (double)done / (now - start);
+    fprintf(stderr, "netlm %s: scoring %s: %zu of %zu rows%s, %.1f rows/s, ETA %.0f s\n", cmd, sc->what, done, share,
+            sc->world > 1 ? " (this process's share)" : "", rate, rate > 0 ? (double)(share - done) / rate : 0.0);
+}
+
 bool cli_finetune_step(struct trainer *tr, enum train_objective objective, const struct train_batch *tb,
                        double terms, int world, const struct cli_finetune_args *f, uint64_t step, float lr,
                        uint32_t threads, double *loss)
