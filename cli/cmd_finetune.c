@@ -139,13 +139,9 @@ static bool evaluate(const char *cmd, struct model *m, const struct samples *s, 
         return false;
     }
     bool ok = true;
-    size_t lo, hi;
-    cli_world_share(s->n, sc->rank, sc->world, &lo, &hi);
-    const double start = cli_now();
-    double last_print = start;
-    for (size_t i = lo; ok && i < hi; i += batch) {
-        cli_scoring_progress(cmd, sc, i - lo, hi - lo, start, &last_print);
-        uint32_t nb = (uint32_t)(hi - i < batch ? hi - i : batch);
+    for (struct cli_scoring_walk w = cli_scoring_begin(sc, s->n, batch); ok && cli_scoring_next(cmd, &w);) {
+        const size_t i = w.row;
+        const uint32_t nb = (uint32_t)w.count;
         ok = gpu ? model_cuda_classify(gpu, s->ids + i * s->seq, s->lengths + i, nb, s->seq, NULL, scores)
                  : model_classify(r, s->ids + i * s->seq, s->lengths + i, nb, s->seq, NULL, scores);
         for (uint32_t b = 0; ok && b < nb; b++) {

@@ -188,13 +188,9 @@ static bool gen_evaluate(const char *cmd, struct model *m, const struct tok_voca
             truth[i * n_fields + k] = field_value(vocab, s->ids + i * s->row + s->prompt[i], s->lengths[i] - s->prompt[i], k);
     uint64_t exact = 0;
     bool ok = true;
-    size_t lo, hi;
-    cli_world_share(s->n, sc->rank, sc->world, &lo, &hi);
-    const double start = cli_now();
-    double last_print = start;
-    for (size_t i = lo; ok && i < hi; i += batch) {
-        cli_scoring_progress(cmd, sc, i - lo, hi - lo, start, &last_print);
-        uint32_t nb = (uint32_t)(hi - i < batch ? hi - i : batch);
+    for (struct cli_scoring_walk w = cli_scoring_begin(sc, s->n, batch); ok && cli_scoring_next(cmd, &w);) {
+        const size_t i = w.row;
+        const uint32_t nb = (uint32_t)w.count;
         ok = gpu ? model_cuda_generate(gpu, s->ids + i * s->row, s->prompt + i, nb, s->row, NULL, max_new, out, out_len)
                  : model_generate(r, s->ids + i * s->row, s->prompt + i, nb, s->row, NULL, max_new, out, out_len);
         for (uint32_t b = 0; ok && b < nb; b++) {

@@ -88,10 +88,18 @@ struct cli_scoring {
     const char *what; /* "dev", "test" */
     bool quiet;
 };
-/* After done of the share's rows (started at start, cli_now()): a status line every 30 s with
- * the rate and the time left (*last_print: when the last one was, start before the first). */
-void cli_scoring_progress(const char *cmd, const struct cli_scoring *sc, size_t done, size_t share, double start,
-                          double *last_print);
+/* This process's share of n rows in batches of at most batch, with a status line every 30 s
+ * (rows done, rate, time left):
+ *     for (struct cli_scoring_walk w = cli_scoring_begin(&sc, n, batch); cli_scoring_next(cmd, &w);)
+ *         ... rows w.row .. w.row + w.count − 1 ... */
+struct cli_scoring_walk {
+    const struct cli_scoring *sc;
+    size_t lo, hi, row, count;
+    uint32_t batch;
+    double start, last_print;
+};
+struct cli_scoring_walk cli_scoring_begin(const struct cli_scoring *sc, size_t n, uint32_t batch);
+bool cli_scoring_next(const char *cmd, struct cli_scoring_walk *w);
 
 /* One optimizer step (index step, 0-based) on this process's slice tb (tb->batch may be 0: its
  * gradient is zero) of terms loss terms (sequences, or target tokens): the gradient of the

@@ -170,16 +170,31 @@ bool cli_finetune_epoch_end(struct cli_finetune_run *run, const struct cli_finet
     return true;
 }
 
-void cli_scoring_progress(const char *cmd, const struct cli_scoring *sc, size_t done, size_t share, double start,
-                          double *last_print)
+struct cli_scoring_walk cli_scoring_begin(const struct cli_scoring *sc, size_t n, uint32_t batch)
 {
+    struct cli_scoring_walk w = {.sc = sc, .batch = batch, .start = cli_now()};
+    cli_world_share(n, sc->rank, sc->world, &w.lo, &w.hi);
+    w.row = w.lo;
+    w.last_print = w.start;
+    return w;
+}
+
+bool cli_scoring_next(const char *cmd, struct cli_scoring_walk *w)
+{
+    w->row += w->count;
+    if (w->row >= w->hi)
+        return false;
+    w->count = w->hi - w->row < w->batch ? w->hi - w->row : w->batch;
     const double now = cli_now();
-    if (sc->quiet || now - *last_print < 30.0 || done >= share)
-        return;
-    *last_print = now;
-    const double rate = (double)done / (now - start);
-    fprintf(stderr, "netlm %s: scoring %s: %zu of %zu rows%s, %.1f rows/s, ETA %.0f s\n", cmd, sc->what, done, share,
-            sc->world > 1 ? " (this process's share)" : "", rate, rate > 0 ? (double)(share - done) / rate : 0.0);
+    const size_t done = w->row - w->lo, share = w->hi - w->lo;
+    if (!w->sc->quiet && now - w->last_print >= 30.0) {
+        w->last_print = now;
+        const double rate = (double)done / (now - w->start);
+        fprintf(stderr, "netlm %s: scoring %s: %zu of %zu rows%s, %.1f rows/s, ETA %.0f s\n", cmd, w->sc->what, done,
+                share, w->sc->world > 1 ? " (this process's share)" : "", rate,
+                rate > 0 ? (double)(share - done) / rate : 0.0);
+    }
+    return true;
 }
 
 bool cli_finetune_step(struct trainer *tr, enum train_objective objective, const struct train_batch *tb,
