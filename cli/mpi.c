@@ -48,55 +48,25 @@ bool cli_mpi_start(const char *cmd, int *rank, int *world)
 #endif
 }
 
-void cli_mpi_sum_floats(float *x, size_t n)
-{
 #ifdef NETLM_HAVE_MPI
+/* x[0 .. n) reduced in place across the processes, in chunks an int count can hold. */
+static void allreduce(void *x, size_t n, size_t size, MPI_Datatype type, MPI_Op op)
+{
     for (size_t done = 0; world_size > 1 && done < n;) {
         int chunk = n - done > (size_t)INT_MAX ? INT_MAX : (int)(n - done);
-        MPI_Allreduce(MPI_IN_PLACE, x + done, chunk, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+        MPI_Allreduce(MPI_IN_PLACE, (char *)x + done * size, chunk, type, op, MPI_COMM_WORLD);
         done += (size_t)chunk;
     }
-#else
-    (void)x;
-    (void)n;
-#endif
 }
+#define ALLREDUCE(x, n, type, op) allreduce((x), (n), sizeof *(x), (type), (op))
+#else
+#define ALLREDUCE(x, n, type, op) ((void)(x), (void)(n)) /* one process: nothing to reduce */
+#endif
 
-void cli_mpi_sum_doubles(double *x, size_t n)
-{
-#ifdef NETLM_HAVE_MPI
-    if (world_size > 1)
-        MPI_Allreduce(MPI_IN_PLACE, x, (int)n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
-#else
-    (void)x;
-    (void)n;
-#endif
-}
-
-void cli_mpi_sum_u64(uint64_t *x, size_t n)
-{
-#ifdef NETLM_HAVE_MPI
-    for (size_t done = 0; world_size > 1 && done < n;) {
-        int chunk = n - done > (size_t)INT_MAX ? INT_MAX : (int)(n - done);
-        MPI_Allreduce(MPI_IN_PLACE, x + done, chunk, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD);
-        done += (size_t)chunk;
-    }
-#else
-    (void)x;
-    (void)n;
-#endif
-}
-
-void cli_mpi_min_doubles(double *x, size_t n)
-{
-#ifdef NETLM_HAVE_MPI
-    if (world_size > 1)
-        MPI_Allreduce(MPI_IN_PLACE, x, (int)n, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD);
-#else
-    (void)x;
-    (void)n;
-#endif
-}
+void cli_mpi_sum_floats(float *x, size_t n) { ALLREDUCE(x, n, MPI_FLOAT, MPI_SUM); }
+void cli_mpi_sum_doubles(double *x, size_t n) { ALLREDUCE(x, n, MPI_DOUBLE, MPI_SUM); }
+void cli_mpi_sum_u64(uint64_t *x, size_t n) { ALLREDUCE(x, n, MPI_UINT64_T, MPI_SUM); }
+void cli_mpi_min_doubles(double *x, size_t n) { ALLREDUCE(x, n, MPI_DOUBLE, MPI_MIN); }
 
 void cli_mpi_broadcast(void *bytes, size_t n)
 {
