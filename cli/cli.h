@@ -106,7 +106,13 @@ void cli_epoch_order(uint64_t seed, uint64_t epoch, size_t n, uint32_t *order);
      "dropout at the embeddings, attention probabilities and residual branches (default: the "     \
      "model config's embd/attn/resid_pdrop; 0 = off)", NULL}
 struct model;
+struct model_config;
 struct trainer;
+/* The vocabulary file a model tokenizes with: given (--vocab_path), else the model's own
+ * (tokenizer.vocab) in its directory dir, written into buf; NULL: the built-in one (also when
+ * dir is NULL: a model with no directory yet). */
+const char *cli_model_vocab(const struct model_config *mc, const char *given, const char *dir, char *buf,
+                            size_t len);
 bool cli_dropout_arg(const char *cmd, const struct cli_opt *opts, double *p); /* -1: absent */
 
 /* --device cpu|cuda[:N] and --precision bf16|fp32 (training, evaluation, classify, generate;

@@ -67,11 +67,9 @@ int cmd_convert(int argc, char **argv)
     if (from && !m)
         goto fresh_done;
     /* the vocabulary: --vocab, else the converted model's own vocab.txt, else the built-in one */
-    char from_vocab[4096] = "";
-    if (!vocab_arg && m && strcmp(model_get_config(m)->tokenizer.vocab, "builtin") != 0) {
-        snprintf(from_vocab, sizeof from_vocab, "%s/%s", from, model_get_config(m)->tokenizer.vocab);
-        vocab_arg = from_vocab;
-    }
+    char from_vocab[4096];
+    if (m)
+        vocab_arg = cli_model_vocab(model_get_config(m), vocab_arg, from, from_vocab, sizeof from_vocab);
     bool builtin = !vocab_arg || !strcmp(vocab_arg, "builtin");
     vocab = builtin ? tok_vocab_builtin() : tok_vocab_load(vocab_arg, err, sizeof err);
     if (vocab && !m) {

@@ -590,10 +590,7 @@ int cmd_eval(int argc, char **argv)
         cli_error(cmd, "%s: not a classification model", dir);
         goto done;
     }
-    if (!vocab_path && strcmp(mc->tokenizer.vocab, "builtin") != 0) {
-        snprintf(path, sizeof path, "%s/%s", dir, mc->tokenizer.vocab);
-        vocab_path = path;
-    }
+    vocab_path = cli_model_vocab(mc, vocab_path, dir, path, sizeof path);
     vocab = vocab_path ? tok_vocab_load(vocab_path, err, sizeof err) : tok_vocab_builtin();
     if (!vocab) {
         cli_error(cmd, "%s", err);

@@ -62,10 +62,7 @@ static bool open_model(struct infer *in, const char *dir, const char *vocab_path
     }
     in->cfg = model_get_config(in->model);
     char path[4096];
-    if (!vocab_path && strcmp(in->cfg->tokenizer.vocab, "builtin") != 0) {
-        snprintf(path, sizeof path, "%s/%s", dir, in->cfg->tokenizer.vocab);
-        vocab_path = path;
-    }
+    vocab_path = cli_model_vocab(in->cfg, vocab_path, dir, path, sizeof path);
     in->vocab = vocab_path ? tok_vocab_load(vocab_path, err, sizeof err) : tok_vocab_builtin();
     if (!in->vocab) {
         cli_error(in->cmd, "%s", err);

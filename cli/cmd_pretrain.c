@@ -463,11 +463,7 @@ static int pretrain(const struct pt_args *a, int rank, int world)
                   mc->max_positions - 1);
         goto done;
     }
-    const char *vocab_path = a->vocab_path;
-    if (!vocab_path && model_dir && strcmp(mc->tokenizer.vocab, "builtin") != 0) {
-        snprintf(vocab_buf, sizeof vocab_buf, "%s/%s", model_dir, mc->tokenizer.vocab);
-        vocab_path = vocab_buf;
-    }
+    const char *vocab_path = cli_model_vocab(mc, a->vocab_path, model_dir, vocab_buf, sizeof vocab_buf);
     vocab = vocab_path ? tok_vocab_load(vocab_path, err, sizeof err) : tok_vocab_builtin();
     if (!vocab) {
         cli_error(cmd, "%s", err);

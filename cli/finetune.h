@@ -38,12 +38,6 @@ bool cli_finetune_args(const char *cmd, const struct cli_opt *opts, struct cli_f
 int cli_finetune_start(const char *cmd, const struct cli_finetune_args *f, struct cli_device *where, int *rank,
                        int *world);
 
-/* The vocabulary a run tokenizes with: given (--vocab_path), else the model's own file next to
- * it — in checkpoint when resuming (NULL otherwise), else in the pretrained model's directory —
- * written into buf; NULL: the built-in one. */
-const char *cli_finetune_vocab(const struct model_config *mc, const char *given, const char *checkpoint,
-                               const char *pretrained, char *buf, size_t len);
-
 /* --resume (the model already loaded from OUT/checkpoint): the moments and state into the
  * trainer and st, checked against this run's seed and sequences per step, and the best epoch's
  * parameters so far into best. False after one error line. */

@@ -47,21 +47,17 @@ int cli_finetune_start(const char *cmd, const struct cli_finetune_args *f, struc
     return 0;
 }
 
-const char *cli_finetune_vocab(const struct model_config *mc, const char *given, const char *checkpoint,
-                               const char *pretrained, char *buf, size_t len)
+/* The vocabulary a finetune run tokenizes with: --vocab_path, else the model's own, in the
+ * checkpoint when resuming (one written before checkpoints held it: beside the pretrained model). */
+static const char *finetune_vocab(const struct model_config *mc, const char *given, const char *checkpoint,
+                                  const char *pretrained, char *buf, size_t len)
 {
-    if (given || strcmp(mc->tokenizer.vocab, "builtin") == 0)
-        return given;
-    /* a checkpoint written before checkpoints held the vocabulary: the pretrained model's */
     if (checkpoint) {
-        snprintf(buf, len, "%s/%s", checkpoint, mc->tokenizer.vocab);
-        if (access(buf, R_OK) == 0 || !pretrained)
-            return buf;
+        const char *v = cli_model_vocab(mc, given, checkpoint, buf, len);
+        if (v == given || access(v, R_OK) == 0 || !pretrained)
+            return v;
     }
-    if (!pretrained)
-        return NULL;
-    snprintf(buf, len, "%s/%s", pretrained, mc->tokenizer.vocab);
-    return buf;
+    return cli_model_vocab(mc, given, pretrained, buf, len);
 }
 
 bool cli_finetune_resume(const char *cmd, struct trainer *tr, struct model *m, const char *out_dir,
@@ -121,8 +117,8 @@ struct model *cli_finetune_model(const char *cmd, const struct cli_opt *opts, co
                                             .use_qwen = cli_flag(opts, "use-qwen")};
     struct model *m = cli_training_model(cmd, &source, seed, &from);
     if (m)
-        *vocab_path = cli_finetune_vocab(model_get_config(m), source.vocab_path, checkpoint, pretrained, vocab_buf,
-                                         vocab_len);
+        *vocab_path = finetune_vocab(model_get_config(m), source.vocab_path, checkpoint, pretrained, vocab_buf,
+                                     vocab_len);
     return m;
 }
 

@@ -9,6 +9,16 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "model/model.h"
+
+const char *cli_model_vocab(const struct model_config *mc, const char *given, const char *dir, char *buf,
+                            size_t len)
+{
+    if (given || !dir || strcmp(mc->tokenizer.vocab, "builtin") == 0)
+        return given;
+    snprintf(buf, len, "%s/%s", dir, mc->tokenizer.vocab);
+    return buf;
+}
 
 double cli_now(void)
 {
