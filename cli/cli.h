@@ -158,9 +158,10 @@ bool cli_load_optimizer(const char *cmd, const char *dir, float *mom, float *vel
 FILE *cli_open_loss_csv(const char *cmd, const char *out_dir, const char *header, bool resume, uint64_t step);
 /* OUT/checkpoint as a whole — the model (and vocab_file, when given), the AdamW moments and st —
  * written into OUT/checkpoint.new and swapped into place, so it always holds one consistent
- * step. False after one error line. */
+ * step. synced: the trainer's parameters are in m already (trainer_sync_model since the last
+ * step), so a GPU's are not downloaded again. False after one error line. */
 bool cli_save_checkpoint(const char *cmd, const char *out_dir, struct trainer *t, const struct model *m,
-                         const char *vocab_file, const struct cli_train_state *st);
+                         const char *vocab_file, const struct cli_train_state *st, bool synced);
 /* The seed's Qwen flags (QwenNet's pretrain.py, run_understanding.py, run_generation.py). */
 #define CLI_SEED_QWEN_OPTIONS                                                                      \
     {"use-qwen", NULL, 0, NULL, "the seed's flag: the model must be Qwen2 (its config, or --qwen_model_name's)", NULL}, \

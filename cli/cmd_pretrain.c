@@ -659,7 +659,7 @@ static int pretrain(const struct pt_args *a, int rank, int world)
                 cli_error(cmd, "%s/loss.csv: %s", a->out_dir, strerror(errno));
                 goto done;
             }
-            if (writer && !cli_save_checkpoint(cmd, a->out_dir, tr, m, vocab_path, &st))
+            if (writer && !cli_save_checkpoint(cmd, a->out_dir, tr, m, vocab_path, &st, false))
                 goto done;
             saved_step = st.step;
         }
@@ -670,7 +670,7 @@ static int pretrain(const struct pt_args *a, int rank, int world)
             goto done;
         }
     }
-    if (writer && saved_step != st.step && !cli_save_checkpoint(cmd, a->out_dir, tr, m, vocab_path, &st))
+    if (writer && saved_step != st.step && !cli_save_checkpoint(cmd, a->out_dir, tr, m, vocab_path, &st, false))
         goto done;
     const bool csv_ok = fclose(loss_csv) == 0;
     loss_csv = NULL;

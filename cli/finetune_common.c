@@ -157,7 +157,7 @@ bool cli_finetune_epoch_end(struct cli_finetune_run *run, const struct cli_finet
     }
     const struct cli_train_state st = {.step = step, .epoch = epoch + 1, .seed = run->seed,
                                        .best_dev = run->best_dev, .global_batch = run->global_batch};
-    if (run->writer && !cli_save_checkpoint(run->cmd, run->out_dir, tr, m, run->vocab_path, &st))
+    if (run->writer && !cli_save_checkpoint(run->cmd, run->out_dir, tr, m, run->vocab_path, &st, true))
         return false;
     *stop = f->stop_after && epoch + 1 - run->start_epoch == f->stop_after && epoch + 1 < run->epochs;
     if (*stop && run->writer)

@@ -159,11 +159,11 @@ FILE *cli_open_loss_csv(const char *cmd, const char *out_dir, const char *header
 }
 
 bool cli_save_checkpoint(const char *cmd, const char *out_dir, struct trainer *t, const struct model *m,
-                         const char *vocab_file, const struct cli_train_state *st)
+                         const char *vocab_file, const struct cli_train_state *st, bool synced)
 {
     char staged[4000], dir[4000], path[4100], err[1024];
     float *mom, *vel;
-    if (!trainer_sync_model(t) || !trainer_moments(t, &mom, &vel)) {
+    if ((!synced && !trainer_sync_model(t)) || !trainer_moments(t, &mom, &vel)) {
         cli_error(cmd, "%s", trainer_error(t));
         return false;
     }
