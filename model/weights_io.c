@@ -73,7 +73,8 @@ static void uer_map_build(const struct model *m, struct hf_map *map)
 }
 
 /* prefix: "transformer." or "" before GPT-2's names; "" or "qwen_model." (QwenNet's wrapper)
- * before Qwen2's. uer: the seed's UER names for GPT-2 (uer_map_build). */
+ * before Qwen2's. uer: the seed's UER names for GPT-2 (uer_map_build). netlm writes
+ * hf_write_map's. */
 static bool hf_map_build(const struct model *m, const char *prefix, bool uer, struct hf_map *map)
 {
     const struct model_config *c = &m->cfg;
@@ -146,6 +147,12 @@ static bool hf_map_build(const struct model *m, const char *prefix, bool uer, st
     return true;
 }
 
+/* The names netlm writes: Hugging Face's, GPT-2's under "transformer.". */
+static bool hf_write_map(const struct model *m, struct hf_map *map)
+{
+    return hf_map_build(m, m->cfg.arch == MODEL_ARCH_GPT2 ? "transformer." : "", false, map);
+}
+
 static void transpose(float *dst, const float *src, uint64_t rows, uint64_t cols)
 {
     for (uint64_t i = 0; i < rows; i++)
@@ -179,13 +186,12 @@ static void shape_text(const struct st_tensor *t, char *out, size_t cap)
         snprintf(out + n, cap - n, "]");
 }
 
-/* The classifier's label count from the weights; reconciles it with config.json. */
-static bool reconcile_labels(struct model_config *cfg, const struct st_set *set, const char *dir,
+/* The classifier's label count from the weights; reconciles it with config.json. uer: the
+ * seed's names, whose head is output_layer_2. */
+static bool reconcile_labels(struct model_config *cfg, const struct st_set *set, bool uer, const char *dir,
                              char *err, size_t errlen)
 {
-    const struct st_tensor *out = st_set_find(set, "classifier.out_proj.weight");
-    if (!out && st_set_find(set, "embedding.word.embedding.weight"))
-        out = st_set_find(set, "output_layer_2.weight"); /* a classifier of the seed's (UER) */
+    const struct st_tensor *out = st_set_find(set, uer ? "output_layer_2.weight" : "classifier.out_proj.weight");
     if (!out) {
         if (cfg->num_labels > 0 && cfg->task == MODEL_TASK_CLASSIFY) {
             snprintf(err, errlen, "%s: config.json has %u labels but the weights have no classifier.* tensors",
@@ -326,22 +332,22 @@ struct model *model_load(const char *dir, char *err, size_t errlen)
         model_config_release(&cfg);
         return NULL;
     }
+    /* Hugging Face's names (GPT-2's with or without "transformer."), or the seed's own: UER's for
+     * GPT-2, QwenNet's "qwen_model." before Qwen2's */
+    const bool gpt2 = cfg.arch == MODEL_ARCH_GPT2;
+    const char *prefix = gpt2 ? "transformer." : "";
+    if (gpt2 && !st_set_find(set, "transformer.wte.weight") && st_set_find(set, "wte.weight"))
+        prefix = "";
+    if (!gpt2 && !st_set_find(set, "model.embed_tokens.weight") &&
+        st_set_find(set, "qwen_model.model.embed_tokens.weight"))
+        prefix = "qwen_model.";
+    const bool uer = gpt2 && !st_set_find(set, "transformer.wte.weight") && !st_set_find(set, "wte.weight") &&
+                     st_set_find(set, "embedding.word.embedding.weight");
     struct model *m = NULL;
-    if (reconcile_labels(&cfg, set, dir, err, errlen))
+    if (reconcile_labels(&cfg, set, uer, dir, err, errlen))
         m = model_create_empty(&cfg, err, errlen);
     model_config_release(&cfg);
     if (m) {
-        /* Hugging Face's names (GPT-2's with or without "transformer."), or the seed's own: UER's
-         * for GPT-2, QwenNet's "qwen_model." before Qwen2's */
-        const bool gpt2 = m->cfg.arch == MODEL_ARCH_GPT2;
-        const char *prefix = gpt2 ? "transformer." : "";
-        if (gpt2 && !st_set_find(set, "transformer.wte.weight") && st_set_find(set, "wte.weight"))
-            prefix = "";
-        if (!gpt2 && !st_set_find(set, "model.embed_tokens.weight") &&
-            st_set_find(set, "qwen_model.model.embed_tokens.weight"))
-            prefix = "qwen_model.";
-        const bool uer = gpt2 && !st_set_find(set, "transformer.wte.weight") && !st_set_find(set, "wte.weight") &&
-                         st_set_find(set, "embedding.word.embedding.weight");
         struct hf_map map;
         bool ok = hf_map_build(m, prefix, uer, &map);
         if (!ok)
@@ -360,7 +366,7 @@ struct model *model_load(const char *dir, char *err, size_t errlen)
 size_t model_hf_count(const struct model *m)
 {
     struct hf_map map;
-    if (!hf_map_build(m, m->cfg.arch == MODEL_ARCH_GPT2 ? "transformer." : "", false, &map))
+    if (!hf_write_map(m, &map))
         return 0;
     size_t n = map.count;
     free(map.e);
@@ -371,7 +377,7 @@ bool model_hf_tensor(const struct model *m, size_t i, const float *block, char *
                      size_t name_cap, uint32_t *ndim, uint64_t shape[2], float *out)
 {
     struct hf_map map;
-    if (!hf_map_build(m, m->cfg.arch == MODEL_ARCH_GPT2 ? "transformer." : "", false, &map))
+    if (!hf_write_map(m, &map))
         return false;
     bool ok = i < map.count;
     if (ok) {
@@ -422,7 +428,7 @@ static bool save_dir(const struct model *m, const char *dir, bool bf16, char *er
         return false;
     }
     struct hf_map map;
-    if (!hf_map_build(m, m->cfg.arch == MODEL_ARCH_GPT2 ? "transformer." : "", false, &map)) {
+    if (!hf_write_map(m, &map)) {
         snprintf(err, errlen, "%s: out of memory", dir);
         return false;
     }
