@@ -153,6 +153,10 @@ bool cli_save_optimizer(const char *cmd, const char *dir, const float *mom, cons
  * (best_dev) and "" / 0 (data, position). */
 bool cli_load_optimizer(const char *cmd, const char *dir, float *mom, float *vel, size_t n,
                         struct cli_train_state *st);
+/* --resume: the AdamW moments and state.json of the checkpoint in dir into the trainer and st,
+ * which must have been trained with seed. False after one error line. */
+bool cli_resume_optimizer(const char *cmd, struct trainer *t, const char *dir, uint64_t seed,
+                          struct cli_train_state *st);
 /* OUT/loss.csv opened for appending rows after header (a CSV header line, no newline); on
  * resume it keeps the rows up to step. NULL after one error line. */
 FILE *cli_open_loss_csv(const char *cmd, const char *out_dir, const char *header, bool resume, uint64_t step);

@@ -387,7 +387,6 @@ static int pretrain(const struct pt_args *a, int rank, int world)
     struct model *m = NULL;
     struct tok_vocab *vocab = NULL;
     struct trainer *tr = NULL;
-    float *mom = NULL, *vel = NULL;
     uint32_t *order = NULL, *b_ids = NULL, *b_len = NULL;
     FILE *loss_csv = NULL;
     if (strlen(a->out_dir) > 3800) {
@@ -491,11 +490,6 @@ static int pretrain(const struct pt_args *a, int rank, int world)
      * same at every size */
     if (!cli_trainer_join(cmd, tr, rank, world, device, a->world_size != 0))
         goto done;
-    const size_t n_params = trainer_param_count(tr);
-    if (!trainer_moments(tr, &mom, &vel)) {
-        cli_error(cmd, "%s", trainer_error(tr));
-        goto done;
-    }
     order = malloc(data.windows * sizeof(uint32_t));
     b_ids = malloc((size_t)a->batch * row * sizeof(uint32_t));
     b_len = malloc(a->batch * sizeof(uint32_t));
@@ -517,18 +511,10 @@ static int pretrain(const struct pt_args *a, int rank, int world)
              "count_pad_targets=%d", data.n, data.tokens, data.digest, seq, a->batch, a->accum, a->pad_targets);
     if (a->resume) {
         struct cli_train_state saved;
-        if (!cli_load_optimizer(cmd, checkpoint, mom, vel, n_params, &saved))
+        if (!cli_resume_optimizer(cmd, tr, checkpoint, a->seed, &saved))
             goto done;
-        if (!trainer_load_moments(tr)) {
-            cli_error(cmd, "%s", trainer_error(tr));
-            goto done;
-        }
         if (!saved.data[0]) {
             cli_error(cmd, "%s: not a pretrain checkpoint (state.json has no data position)", checkpoint);
-            goto done;
-        }
-        if (saved.seed != a->seed) {
-            cli_error(cmd, "%s: the checkpoint was trained with --seed %" PRIu64 ", not %" PRIu64, checkpoint, saved.seed, a->seed);
             goto done;
         }
         if (strcmp(saved.data, st.data) != 0) {

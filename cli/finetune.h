@@ -1,6 +1,6 @@
 /* finetune.h — what `netlm finetune understanding` and `netlm finetune generation` share: the
- * optimizer, schedule and run options, resuming from OUT/checkpoint, and one data parallel
- * optimizer step. */
+ * optimizer, schedule and run options, the model they start from, resuming from OUT/checkpoint,
+ * one data parallel optimizer step, the end of an epoch, and scoring dev and test. */
 #ifndef NETLM_CLI_FINETUNE_H
 #define NETLM_CLI_FINETUNE_H
 
@@ -38,12 +38,6 @@ bool cli_finetune_args(const char *cmd, const struct cli_opt *opts, struct cli_f
 int cli_finetune_start(const char *cmd, const struct cli_finetune_args *f, struct cli_device *where, int *rank,
                        int *world);
 
-/* --resume (the model already loaded from OUT/checkpoint): the moments and state into the
- * trainer and st, checked against this run's seed and sequences per step, and the best epoch's
- * parameters so far into best. False after one error line. */
-bool cli_finetune_resume(const char *cmd, struct trainer *tr, struct model *m, const char *out_dir,
-                         uint64_t seed, uint64_t global_batch, float *best, struct cli_train_state *st);
-
 /* The model a finetune run starts from (cli_training_model with the command's options) and the
  * vocabulary file it tokenizes with (*vocab_path, in vocab_buf when it is the model's own; NULL:
  * the built-in one). NULL after one error line. */
@@ -64,8 +58,9 @@ struct cli_finetune_run {
     double best_dev;                  /* the best dev score; −1 before the first */
 };
 /* Steps of world × batch sequences over train_rows per epoch, the warmup, and with --resume the
- * checkpoint's state (cli_finetune_resume); else best = the model's parameters. False after one
- * error line. */
+ * checkpoint's state: the AdamW moments, the step and epoch (checked against this run's seed and
+ * sequences per step) and the best epoch's parameters so far (OUT's model) into best; else best =
+ * the model's parameters. False after one error line. */
 bool cli_finetune_begin(struct cli_finetune_run *run, const struct cli_finetune_args *f, struct trainer *tr,
                         struct model *m, size_t train_rows, uint32_t batch, int world);
 /* The end of epoch epoch (0-based; the trainer's model synced into m, dev scored dev_score, step

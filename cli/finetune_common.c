@@ -60,29 +60,19 @@ static const char *finetune_vocab(const struct model_config *mc, const char *giv
     return cli_model_vocab(mc, given, pretrained, buf, len);
 }
 
-bool cli_finetune_resume(const char *cmd, struct trainer *tr, struct model *m, const char *out_dir,
-                         uint64_t seed, uint64_t global_batch, float *best, struct cli_train_state *st)
+/* --resume (the model already loaded from OUT/checkpoint): the moments and state into the
+ * trainer and st, checked against this run's seed and sequences per step, and the best epoch's
+ * parameters so far into best. */
+static bool finetune_resume(const char *cmd, struct trainer *tr, struct model *m, const char *out_dir,
+                            uint64_t seed, uint64_t global_batch, float *best, struct cli_train_state *st)
 {
     char checkpoint[4100], path[4200], err[1024];
     snprintf(checkpoint, sizeof checkpoint, "%s/checkpoint", out_dir);
-    float *mom, *vel;
     const size_t n = trainer_param_count(tr);
-    if (!trainer_moments(tr, &mom, &vel)) {
-        cli_error(cmd, "%s", trainer_error(tr));
+    if (!cli_resume_optimizer(cmd, tr, checkpoint, seed, st))
         return false;
-    }
-    if (!cli_load_optimizer(cmd, checkpoint, mom, vel, n, st))
-        return false;
-    if (!trainer_load_moments(tr)) {
-        cli_error(cmd, "%s", trainer_error(tr));
-        return false;
-    }
     if (isnan(st->best_dev)) {
         cli_error(cmd, "%s/state.json: no best_dev (not a finetune checkpoint)", checkpoint);
-        return false;
-    }
-    if (st->seed != seed) {
-        cli_error(cmd, "%s: the checkpoint was trained with --seed %" PRIu64 ", not %" PRIu64, checkpoint, st->seed, seed);
         return false;
     }
     /* another step size would change the steps per epoch, and with them the schedule */
@@ -132,7 +122,7 @@ bool cli_finetune_begin(struct cli_finetune_run *run, const struct cli_finetune_
     struct cli_train_state st = {.best_dev = -1.0};
     size_t n_floats;
     if (f->resume &&
-        !cli_finetune_resume(run->cmd, tr, m, run->out_dir, run->seed, run->global_batch, run->best, &st))
+        !finetune_resume(run->cmd, tr, m, run->out_dir, run->seed, run->global_batch, run->best, &st))
         return false;
     if (!f->resume)
         memcpy(run->best, model_params(m, &n_floats), trainer_param_count(tr) * sizeof(float));

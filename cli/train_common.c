@@ -125,6 +125,27 @@ bool cli_load_optimizer(const char *cmd, const char *dir, float *mom, float *vel
     return ok;
 }
 
+bool cli_resume_optimizer(const char *cmd, struct trainer *t, const char *dir, uint64_t seed,
+                          struct cli_train_state *st)
+{
+    float *mom, *vel;
+    if (!trainer_moments(t, &mom, &vel)) {
+        cli_error(cmd, "%s", trainer_error(t));
+        return false;
+    }
+    if (!cli_load_optimizer(cmd, dir, mom, vel, trainer_param_count(t), st))
+        return false;
+    if (!trainer_load_moments(t)) {
+        cli_error(cmd, "%s", trainer_error(t));
+        return false;
+    }
+    if (st->seed != seed) {
+        cli_error(cmd, "%s: the checkpoint was trained with --seed %" PRIu64 ", not %" PRIu64, dir, st->seed, seed);
+        return false;
+    }
+    return true;
+}
+
 /* On resume the rows after the checkpoint's step go: a run killed after its last checkpoint
  * wrote them, and the resumed run writes them again. */
 FILE *cli_open_loss_csv(const char *cmd, const char *out_dir, const char *header, bool resume, uint64_t step)
