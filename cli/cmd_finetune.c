@@ -394,13 +394,11 @@ static int finetune_understanding(int argc, char **argv)
     }
     /* a step trains on world × batch sequences of the epoch's order; process rank on its slice */
     struct cli_finetune_run run = {.cmd = cmd, .out_dir = out_dir, .vocab_path = vocab_path, .writer = writer,
-                                   .seed = seed, .epochs = epochs, .best = best_params};
+                                   .quiet = quiet, .rank = rank, .seed = seed, .epochs = epochs, .report = report,
+                                   .best = best_params};
     if (!cli_finetune_begin(&run, &fa, tr, m, train.n, batch, world))
         goto done_batch;
-    const uint64_t global_batch = run.global_batch, steps_per_epoch = run.steps_per_epoch;
-    const uint64_t total_steps = run.total_steps, warmup_steps = run.warmup_steps;
-    const uint64_t start_epoch = run.start_epoch, start_step = run.start_step;
-    uint64_t step = start_step;
+    uint64_t step = run.start_step;
     /* OUT is made once the inputs are known good: bad input leaves nothing behind */
     if (writer && mkdir(out_dir, 0755) != 0 && errno != EEXIST) {
         cli_error(cmd, "%s: %s", out_dir, strerror(errno));
@@ -413,50 +411,34 @@ static int finetune_understanding(int argc, char **argv)
     if (!quiet) {
         fprintf(stderr, "netlm %s: %s %u x %u, %.2fM parameters, %zu train / %zu dev / %zu test rows, %u labels, "
                         "%" PRIu64 " steps\n", cmd, model_arch_name(mc->arch), mc->layers, mc->hidden,
-                model_parameter_count(m) / 1e6, train.n, dev.n, test.n, labels_num, total_steps);
+                model_parameter_count(m) / 1e6, train.n, dev.n, test.n, labels_num, run.total_steps);
         cli_trainer_report(cmd, where.device, where.bf16, threads);
         if (world > 1)
-            fprintf(stderr, "netlm %s: %d processes, %" PRIu64 " sequences per step\n", cmd, world, global_batch);
+            fprintf(stderr, "netlm %s: %d processes, %" PRIu64 " sequences per step\n", cmd, world, run.global_batch);
     }
-    const double t0 = cli_now();
-    double last_print = t0, loss_sum = 0.0;
-    uint64_t loss_count = 0, tokens = 0;
-    for (uint64_t epoch = start_epoch; epoch < epochs; epoch++) {
+    for (uint64_t epoch = run.start_epoch; epoch < epochs; epoch++) {
         cli_epoch_order(seed, epoch, train.n, order);
-        for (uint64_t s = 0; s < steps_per_epoch; s++) {
+        for (uint64_t s = 0; s < run.steps_per_epoch; s++) {
+            size_t lo, hi;
+            cli_finetune_slice(&run, s, order, train.n, train.lengths, &lo, &hi);
             uint32_t nb = 0;
-            /* a sequence's place in the epoch numbers its dropout masks, whichever process reads it */
-            const size_t first = s * global_batch + (size_t)rank * batch;
-            for (size_t i = s * global_batch; i < train.n && i < (s + 1) * global_batch; i++) {
+            for (size_t i = lo; i < hi; i++, nb++) {
                 const uint32_t k = order[i];
-                tokens += train.lengths[k]; /* the rate counts every process's */
-                if (i < first || nb == batch)
-                    continue;
                 memcpy(b_ids + (size_t)nb * seq, train.ids + (size_t)k * seq, seq * sizeof(uint32_t));
                 b_len[nb] = train.lengths[k];
-                b_lab[nb++] = train.labels[k];
+                b_lab[nb] = train.labels[k];
             }
+            /* a sequence's place in the epoch numbers its dropout masks, whichever process reads it */
             struct train_batch tb = {.ids = b_ids, .lengths = b_len, .batch = nb, .seq = seq, .labels = b_lab,
-                                     .sample_base = epoch * train.n + first};
+                                     .sample_base = epoch * train.n + lo};
             double loss;
-            const float step_lr = train_schedule_lr(fa.schedule, (float)lr, step, warmup_steps, total_steps);
+            const float step_lr = train_schedule_lr(fa.schedule, (float)lr, step, run.warmup_steps, run.total_steps);
             if (!cli_finetune_step(tr, TRAIN_CLASSIFY, &tb, nb, world, &fa, step, step_lr, threads, &loss))
                 goto step_failed;
             step++;
-            loss_sum += loss;
-            loss_count++;
             if (loss_csv)
                 fprintf(loss_csv, "%" PRIu64 ",%.6f,%.6g,-1,-1\n", step, loss, step_lr);
-            double now = cli_now();
-            if (!quiet && (step % report == 0 || now - last_print > 30)) {
-                double rate = (double)(step - start_step) / (now - t0), eta = (double)(total_steps - step) / (rate > 0 ? rate : 1);
-                fprintf(stderr, "netlm %s: epoch %" PRIu64 "/%u step %" PRIu64 "/%" PRIu64 " loss %.4f lr %.3g %.0f tokens/s ETA %.0f s\n",
-                        cmd, epoch + 1, epochs, step, total_steps, loss_sum / loss_count, step_lr,
-                        tokens / (now - t0), eta);
-                loss_sum = 0.0;
-                loss_count = 0;
-                last_print = now;
-            }
+            cli_finetune_stepped(&run, epoch, step, loss, step_lr);
         }
         struct train_confusion cm = {0};
         if (!trainer_sync_model(tr)) {
@@ -483,7 +465,7 @@ static int finetune_understanding(int argc, char **argv)
             goto done_batch;
         }
     }
-    const double seconds = cli_now() - t0;
+    const double seconds = cli_now() - run.t0;
     /* test with the best epoch */
     memcpy(model_params(m, &n_floats), best_params, n_params * sizeof(float));
     struct train_confusion cm = {0};

@@ -383,14 +383,11 @@ int finetune_generation(int argc, char **argv)
     }
     /* a step trains on world × batch rows of the epoch's order; process rank on its slice */
     struct cli_finetune_run run = {.cmd = cmd, .out_dir = out_dir, .vocab_path = vocab_path, .writer = writer,
-                                   .seed = seed, .epochs = epochs, .best = best};
+                                   .quiet = quiet, .rank = rank, .seed = seed, .epochs = epochs, .report = report,
+                                   .best = best};
     if (!cli_finetune_begin(&run, &fa, tr, m, train.n, batch, world))
         goto done;
-    const uint64_t global_batch = run.global_batch, steps_per_epoch = run.steps_per_epoch, total = run.total_steps;
-    const uint64_t warm = run.warmup_steps, start_epoch = run.start_epoch, start_step = run.start_step;
-    uint64_t step = start_step, tokens = 0;
-    double loss_sum = 0.0, t0 = cli_now(), last_print = t0;
-    uint64_t loss_count = 0;
+    uint64_t step = run.start_step;
     /* OUT is made once the inputs are known good: bad input leaves nothing behind */
     if (writer && mkdir(out_dir, 0755) != 0 && errno != EEXIST) {
         cli_error(cmd, "%s: %s", out_dir, strerror(errno));
@@ -400,49 +397,35 @@ int finetune_generation(int argc, char **argv)
     if (writer && !loss_csv)
         goto done;
     if (resume && !quiet)
-        fprintf(stderr, "netlm %s: resuming at epoch %" PRIu64 " (step %" PRIu64 ")\n", cmd, start_epoch + 1, step);
-    for (uint64_t epoch = start_epoch; epoch < epochs; epoch++) {
+        fprintf(stderr, "netlm %s: resuming at epoch %" PRIu64 " (step %" PRIu64 ")\n", cmd, run.start_epoch + 1, step);
+    for (uint64_t epoch = run.start_epoch; epoch < epochs; epoch++) {
         cli_epoch_order(seed, epoch, train.n, order);
-        for (uint64_t s = 0; s < steps_per_epoch; s++) {
+        for (uint64_t s = 0; s < run.steps_per_epoch; s++) {
+            size_t lo, hi;
+            cli_finetune_slice(&run, s, order, train.n, train.lengths, &lo, &hi);
             uint32_t nb = 0;
             double targets = 0.0; /* the loss's terms: the target ids of each row */
-            /* a row's place in the epoch numbers its dropout masks, whichever process reads it */
-            const size_t first = s * global_batch + (size_t)rank * batch;
-            for (size_t i = s * global_batch; i < train.n && i < (s + 1) * global_batch; i++) {
+            for (size_t i = lo; i < hi; i++, nb++) {
                 const uint32_t k = order[i];
-                tokens += train.lengths[k]; /* the rate counts every process's */
-                if (i < first || nb == batch)
-                    continue;
                 memcpy(b_ids + (size_t)nb * row, train.ids + (size_t)k * row, row * sizeof(uint32_t));
                 b_len[nb] = train.lengths[k];
                 b_start[nb] = train.prompt[k];
                 const uint32_t target_from = b_start[nb] ? b_start[nb] : 1;
                 targets += b_len[nb] > target_from ? b_len[nb] - target_from : 0;
-                nb++;
             }
+            /* a row's place in the epoch numbers its dropout masks, whichever process reads it */
             struct train_batch tb = {.ids = b_ids, .lengths = b_len, .batch = nb, .seq = row, .target_start = b_start,
-                                     .sample_base = epoch * train.n + first};
+                                     .sample_base = epoch * train.n + lo};
             double loss;
-            const float step_lr = train_schedule_lr(fa.schedule, (float)lr, step, warm, total);
+            const float step_lr = train_schedule_lr(fa.schedule, (float)lr, step, run.warmup_steps, run.total_steps);
             if (!cli_finetune_step(tr, TRAIN_LM, &tb, targets, world, &fa, step, step_lr, threads, &loss)) {
                 cli_error(cmd, "training step %" PRIu64 ": %s", step + 1, trainer_error(tr));
                 goto done;
             }
             step++;
-            loss_sum += loss;
-            loss_count++;
             if (loss_csv)
                 fprintf(loss_csv, "%" PRIu64 ",%.6f,%.6g,-1\n", step, loss, step_lr);
-            const double now = cli_now();
-            if (!quiet && (step % report == 0 || now - last_print > 30)) {
-                const double rate = (double)(step - start_step) / (now - t0);
-                fprintf(stderr, "netlm %s: epoch %" PRIu64 "/%u step %" PRIu64 "/%" PRIu64 " loss %.4f lr %.3g %.0f tokens/s ETA %.0f s\n",
-                        cmd, epoch + 1, epochs, step, total, loss_sum / loss_count, step_lr, tokens / (now - t0),
-                        (double)(total - step) / (rate > 0 ? rate : 1));
-                loss_sum = 0.0;
-                loss_count = 0;
-                last_print = now;
-            }
+            cli_finetune_stepped(&run, epoch, step, loss, step_lr);
         }
         struct gen_score sc = {0};
         if (!trainer_sync_model(tr)) {
@@ -467,7 +450,7 @@ int finetune_generation(int argc, char **argv)
             goto done;
         }
     }
-    const double seconds = cli_now() - t0;
+    const double seconds = cli_now() - run.t0;
     memcpy(model_params(m, &n_floats), best, n * sizeof(float));
     struct gen_score sc = {0};
     const struct cli_scoring test_scoring = {.rank = rank, .world = world, .what = "test", .quiet = quiet};

@@ -47,15 +47,19 @@ struct model *cli_finetune_model(const char *cmd, const struct cli_opt *opts, co
 /* A run's shape and bookkeeping. The command fills the first block; cli_finetune_begin the rest. */
 struct cli_finetune_run {
     const char *cmd, *out_dir, *vocab_path; /* vocab_path: the model's vocabulary file, or NULL */
-    bool writer;                            /* rank 0: writes OUT */
+    bool writer, quiet;                     /* writer: rank 0, which writes OUT */
+    int rank;
     uint64_t seed;
-    uint32_t epochs;
+    uint32_t epochs, report; /* report: a status line every report steps */
     float *best; /* the best epoch's parameters so far: trainer_param_count floats */
 
+    uint32_t batch;            /* sequences per process and step */
     uint64_t global_batch;     /* sequences per step: world × batch */
     uint64_t steps_per_epoch, total_steps, warmup_steps;
     uint64_t start_epoch, start_step; /* where this run begins (0, or the checkpoint's) */
     double best_dev;                  /* the best dev score; −1 before the first */
+    double t0, last_print, loss_sum;  /* the status line: since t0 (the first step), the losses since */
+    uint64_t loss_count, tokens;      /* the last one, every process's tokens */
 };
 /* Steps of world × batch sequences over train_rows per epoch, the warmup, and with --resume the
  * checkpoint's state: the AdamW moments, the step and epoch (checked against this run's seed and
@@ -63,6 +67,13 @@ struct cli_finetune_run {
  * the model's parameters. False after one error line. */
 bool cli_finetune_begin(struct cli_finetune_run *run, const struct cli_finetune_args *f, struct trainer *tr,
                         struct model *m, size_t train_rows, uint32_t batch, int world);
+/* Step s (0-based) of an epoch in order: this process's rows order[*lo .. *hi), empty when the
+ * epoch ends before its slice; every process's tokens (lengths) count into the status line's rate. */
+void cli_finetune_slice(struct cli_finetune_run *run, uint64_t s, const uint32_t *order, size_t rows,
+                        const uint32_t *lengths, size_t *lo, size_t *hi);
+/* After optimizer step number step (1-based) of epoch epoch, its loss and learning rate: the
+ * status line (loss since the last one, tokens/s, ETA) every report steps and at least every 30 s. */
+void cli_finetune_stepped(struct cli_finetune_run *run, uint64_t epoch, uint64_t step, double loss, float lr);
 /* The end of epoch epoch (0-based; the trainer's model synced into m, dev scored dev_score, step
  * steps done): a better score keeps the parameters in best and the model in OUT; OUT/checkpoint
  * gets the epoch; *stop says whether --stop-after ends the run here (said on stderr). False after

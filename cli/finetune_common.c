@@ -128,8 +128,38 @@ bool cli_finetune_begin(struct cli_finetune_run *run, const struct cli_finetune_
         memcpy(run->best, model_params(m, &n_floats), trainer_param_count(tr) * sizeof(float));
     run->start_epoch = st.epoch;
     run->start_step = st.step;
+    run->batch = batch;
+    run->t0 = run->last_print = cli_now();
     run->best_dev = st.best_dev;
     return true;
+}
+
+void cli_finetune_slice(struct cli_finetune_run *run, uint64_t s, const uint32_t *order, size_t rows,
+                        const uint32_t *lengths, size_t *lo, size_t *hi)
+{
+    const size_t start = s * run->global_batch, end = start + run->global_batch < rows ? start + run->global_batch : rows;
+    for (size_t i = start; i < end; i++)
+        run->tokens += lengths[order[i]];
+    *lo = start + (size_t)run->rank * run->batch;
+    *lo = *lo < end ? *lo : end;
+    *hi = *lo + run->batch < end ? *lo + run->batch : end;
+}
+
+void cli_finetune_stepped(struct cli_finetune_run *run, uint64_t epoch, uint64_t step, double loss, float lr)
+{
+    run->loss_sum += loss;
+    run->loss_count++;
+    const double now = cli_now();
+    if (run->quiet || (step % run->report != 0 && now - run->last_print <= 30))
+        return;
+    const double rate = (double)(step - run->start_step) / (now - run->t0);
+    fprintf(stderr, "netlm %s: epoch %" PRIu64 "/%u step %" PRIu64 "/%" PRIu64 " loss %.4f lr %.3g %.0f tokens/s "
+                    "ETA %.0f s\n", run->cmd, epoch + 1, run->epochs, step, run->total_steps,
+            run->loss_sum / (double)run->loss_count, lr, (double)run->tokens / (now - run->t0),
+            (double)(run->total_steps - step) / (rate > 0 ? rate : 1));
+    run->loss_sum = 0.0;
+    run->loss_count = 0;
+    run->last_print = now;
 }
 
 bool cli_finetune_epoch_end(struct cli_finetune_run *run, const struct cli_finetune_args *f, struct trainer *tr,
