@@ -396,18 +396,10 @@ static int finetune_understanding(int argc, char **argv)
     struct cli_finetune_run run = {.cmd = cmd, .out_dir = out_dir, .vocab_path = vocab_path, .writer = writer,
                                    .quiet = quiet, .rank = rank, .seed = seed, .epochs = epochs, .report = report,
                                    .best = best_params};
-    if (!cli_finetune_begin(&run, &fa, tr, m, train.n, batch, world))
+    if (!cli_finetune_begin(&run, &fa, tr, m, train.n, batch, world,
+                            "step,loss,learning_rate,dev_accuracy,dev_macro_f1", &loss_csv))
         goto done_batch;
     uint64_t step = run.start_step;
-    /* OUT is made once the inputs are known good: bad input leaves nothing behind */
-    if (writer && mkdir(out_dir, 0755) != 0 && errno != EEXIST) {
-        cli_error(cmd, "%s: %s", out_dir, strerror(errno));
-        goto done_batch;
-    }
-    loss_csv = writer ? cli_open_loss_csv(cmd, out_dir, "step,loss,learning_rate,dev_accuracy,dev_macro_f1", resume, step)
-                      : NULL;
-    if (writer && !loss_csv)
-        goto done_batch;
     if (!quiet) {
         fprintf(stderr, "netlm %s: %s %u x %u, %.2fM parameters, %zu train / %zu dev / %zu test rows, %u labels, "
                         "%" PRIu64 " steps\n", cmd, model_arch_name(mc->arch), mc->layers, mc->hidden,

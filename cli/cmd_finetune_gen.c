@@ -3,12 +3,10 @@
  * the loss counts the target tokens (and the closing [SEP]) only. Dev and test are scored by
  * greedy generation with the KV cache: exact match, as the seed reports, and per field the
  * Jensen–Shannon divergence between the generated and the true value distributions. */
-#include <errno.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli/finetune.h"
@@ -385,17 +383,10 @@ int finetune_generation(int argc, char **argv)
     struct cli_finetune_run run = {.cmd = cmd, .out_dir = out_dir, .vocab_path = vocab_path, .writer = writer,
                                    .quiet = quiet, .rank = rank, .seed = seed, .epochs = epochs, .report = report,
                                    .best = best};
-    if (!cli_finetune_begin(&run, &fa, tr, m, train.n, batch, world))
+    if (!cli_finetune_begin(&run, &fa, tr, m, train.n, batch, world, "step,loss,learning_rate,dev_accuracy",
+                            &loss_csv))
         goto done;
     uint64_t step = run.start_step;
-    /* OUT is made once the inputs are known good: bad input leaves nothing behind */
-    if (writer && mkdir(out_dir, 0755) != 0 && errno != EEXIST) {
-        cli_error(cmd, "%s: %s", out_dir, strerror(errno));
-        goto done;
-    }
-    loss_csv = writer ? cli_open_loss_csv(cmd, out_dir, "step,loss,learning_rate,dev_accuracy", resume, step) : NULL;
-    if (writer && !loss_csv)
-        goto done;
     if (resume && !quiet)
         fprintf(stderr, "netlm %s: resuming at epoch %" PRIu64 " (step %" PRIu64 ")\n", cmd, run.start_epoch + 1, step);
     for (uint64_t epoch = run.start_epoch; epoch < epochs; epoch++) {

@@ -64,9 +64,12 @@ struct cli_finetune_run {
 /* Steps of world × batch sequences over train_rows per epoch, the warmup, and with --resume the
  * checkpoint's state: the AdamW moments, the step and epoch (checked against this run's seed and
  * sequences per step) and the best epoch's parameters so far (OUT's model) into best; else best =
- * the model's parameters. False after one error line. */
+ * the model's parameters. Then, the inputs known good (bad input leaves nothing behind), the
+ * writer makes OUT and opens its loss.csv (loss_header its first line; resumed: the rows up to the
+ * checkpoint kept) into *loss_csv, NULL in the other processes. False after one error line. */
 bool cli_finetune_begin(struct cli_finetune_run *run, const struct cli_finetune_args *f, struct trainer *tr,
-                        struct model *m, size_t train_rows, uint32_t batch, int world);
+                        struct model *m, size_t train_rows, uint32_t batch, int world, const char *loss_header,
+                        FILE **loss_csv);
 /* Step s (0-based) of an epoch in order: this process's rows order[*lo .. *hi), empty when the
  * epoch ends before its slice; every process's tokens (lengths) count into the status line's rate. */
 void cli_finetune_slice(struct cli_finetune_run *run, uint64_t s, const uint32_t *order, size_t rows,

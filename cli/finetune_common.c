@@ -1,9 +1,12 @@
-/* finetune_common.c — the options, the resume and the optimizer step both finetune tasks share
- * (cli/finetune.h). */
+/* finetune_common.c — what both finetune tasks share (cli/finetune.h): the options, the model they
+ * start from, the resume, the slices and steps of a data parallel run, its status lines, the end
+ * of an epoch and walking a share of dev or test. */
+#include <errno.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli/finetune.h"
@@ -113,7 +116,8 @@ struct model *cli_finetune_model(const char *cmd, const struct cli_opt *opts, co
 }
 
 bool cli_finetune_begin(struct cli_finetune_run *run, const struct cli_finetune_args *f, struct trainer *tr,
-                        struct model *m, size_t train_rows, uint32_t batch, int world)
+                        struct model *m, size_t train_rows, uint32_t batch, int world, const char *loss_header,
+                        FILE **loss_csv)
 {
     run->global_batch = (uint64_t)world * batch;
     run->steps_per_epoch = (train_rows + run->global_batch - 1) / run->global_batch;
@@ -129,6 +133,13 @@ bool cli_finetune_begin(struct cli_finetune_run *run, const struct cli_finetune_
     run->start_epoch = st.epoch;
     run->start_step = st.step;
     run->batch = batch;
+    *loss_csv = NULL;
+    if (run->writer && mkdir(run->out_dir, 0755) != 0 && errno != EEXIST) {
+        cli_error(run->cmd, "%s: %s", run->out_dir, strerror(errno));
+        return false;
+    }
+    if (run->writer && !(*loss_csv = cli_open_loss_csv(run->cmd, run->out_dir, loss_header, f->resume, st.step)))
+        return false;
     run->t0 = run->last_print = cli_now();
     run->best_dev = st.best_dev;
     return true;
