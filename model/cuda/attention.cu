@@ -186,6 +186,9 @@ attn_simt(T *out, uint32_t ldo, float *lse, const T *qkv, uint32_t ldqkv, const 
 
 constexpr uint32_t TC_BQ = 64, TC_BK = 64, TC_THREADS = 128;
 
+/* The PTX primitives. tests/emulate/ compiles this file on the host with NETLM_CUDA_EMULATE and
+ * its own versions of them (warps of threads, the fragment tables of the PTX manual). */
+#ifndef NETLM_CUDA_EMULATE
 __device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
 {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
@@ -221,6 +224,14 @@ __device__ __forceinline__ void cp_async16(void *smem, const void *gmem)
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+/* cp.async of one 4-byte word (lse, delta), completing with the tiles of its commit group */
+__device__ __forceinline__ void cp_async4(void *smem, const void *gmem)
+{
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(a), "l"(gmem));
+}
+#endif
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
 {
@@ -927,13 +938,6 @@ __device__ __forceinline__ const bf16 *frag_row(const bf16 *tile, uint32_t row0,
                                                 uint32_t lane)
 {
     return tile + (row0 + ((lane / 8) & 1) * 8 + lane % 8) * LD + col0 + (lane / 16) * 8;
-}
-
-/* cp.async of one 4-byte word (lse, delta), completing with the tiles of its commit group */
-__device__ __forceinline__ void cp_async4(void *smem, const void *gmem)
-{
-    const uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(a), "l"(gmem));
 }
 
 /* c (16×16 of keys or queries × D) += a (16×16, A fragment) · tile rows r0..r0+15 (K of the

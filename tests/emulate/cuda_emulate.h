@@ -1,0 +1,423 @@
+/* cuda_emulate.h — runs a kernel file's own CUDA C++ source on the host, so that machines without
+ * a GPU (CI's) still check the kernels' indexing, fragment layouts, masks, synchronisation and
+ * memory accesses (under ASan too). Forced-included (-include) before the kernel file, which is
+ * compiled with NETLM_CUDA_EMULATE (it then leaves its PTX primitives to this file) after its
+ * launches `k<<<grid, block, smem, stream>>>(args)` were rewritten to
+ * `emu_launch(k, grid, block, smem, stream)(args)` (tests/CMakeLists.txt).
+ *
+ * A block's threads are fibers (a stack each) on the calling thread; blocks run one after
+ * another. A thread runs until it waits at a barrier (__syncthreads, or a warp-wide exchange:
+ * shuffles, ldmatrix, mma), then the next one in index order runs (decreasing order with
+ * emu_reverse_order); a block whose threads do not all reach a barrier is reported as a
+ * deadlock. The warp-level tensor-core instructions follow the fragment tables of
+ * the PTX manual (mma.m16n8k16 .bf16, ldmatrix .x4 plain and .trans). Shared memory is one host
+ * array per extern __shared__ name, filled with NaNs before each block; under ASan the bytes past
+ * the launch's dynamic size are poisoned. cp.async copies either at issue (EMU_CP_EARLY: a buffer
+ * refilled while other warps still read it shows) or at the wait that covers them (EMU_CP_LATE:
+ * a read before that wait shows). */
+#ifndef NETLM_CUDA_EMULATE_H
+#define NETLM_CUDA_EMULATE_H
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include <setjmp.h>
+#include <ucontext.h>
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+
+struct emu_index {
+    unsigned x, y, z;
+};
+
+/* ---- the block's threads: fibers on one OS thread, switching only where a thread waits ---- */
+
+struct emu_copy {
+    void *dst;
+    const void *src;
+    unsigned bytes;
+};
+struct emu_thread {
+    emu_index idx;
+    ucontext_t context; /* its start */
+    jmp_buf resume;     /* where it waits */
+    bool started, done;
+    std::vector<std::vector<emu_copy>> copy_groups; /* cp.async: committed, oldest first */
+    std::vector<emu_copy> copy_open;
+};
+struct emu_barrier {
+    unsigned expected, arrived, generation;
+};
+
+constexpr unsigned EMU_MAX_WARPS = 32;
+constexpr size_t EMU_STACK_BYTES = 512 * 1024;
+inline std::vector<emu_thread> emu_team;
+inline std::vector<std::unique_ptr<char[]>> emu_stacks;
+inline emu_thread *emu_current;
+inline jmp_buf emu_main_resume;
+inline emu_barrier emu_block_barrier, emu_warp_barrier[EMU_MAX_WARPS];
+inline unsigned emu_live;                   /* threads of the block not exited yet */
+inline unsigned emu_waits_without_progress; /* a whole round of them: every live thread is stuck */
+inline bool emu_reverse_order;              /* threads resume in decreasing index order */
+inline emu_index emu_block_idx, emu_grid_dim, emu_block_dim;
+#define threadIdx (emu_current->idx)
+#define blockIdx emu_block_idx
+#define gridDim emu_grid_dim
+#define blockDim emu_block_dim
+#undef __global__
+#define __global__
+#undef __launch_bounds__
+#define __launch_bounds__(...)
+#undef __shared__
+#define __shared__
+
+#if defined(__SANITIZE_ADDRESS__)
+inline const void *emu_main_stack;
+inline size_t emu_main_stack_bytes;
+inline const void *emu_stack_of(const emu_thread *t)
+{
+    return t ? (const void *)emu_stacks[t - emu_team.data()].get() : emu_main_stack;
+}
+#endif
+
+/* into `to` where it waits (NULL: the launch), or at its start */
+[[noreturn]] inline void emu_enter(emu_thread *to)
+{
+    if (!to)
+        _longjmp(emu_main_resume, 1);
+    if (to->started)
+        _longjmp(to->resume, 1);
+    to->started = true;
+    setcontext(&to->context);
+    abort(); /* setcontext returns only on failure */
+}
+
+/* From the running thread (or the launch, from == NULL) to `to` (NULL: the launch); a finished
+ * thread (from->done) never comes back. A thread's first entry goes through its ucontext, every
+ * later switch through _setjmp/_longjmp (no signal-mask system call, unlike swapcontext). */
+/* not inlined: the _setjmp stays in a frame of its own, whose locals no later code reads */
+[[gnu::noinline]] inline void emu_switch(emu_thread *from, emu_thread *to)
+{
+    emu_current = to;
+#if defined(__SANITIZE_ADDRESS__)
+    void *fake_stack = NULL;
+    __sanitizer_start_switch_fiber(from && from->done ? NULL : &fake_stack, emu_stack_of(to),
+                                   to ? EMU_STACK_BYTES : emu_main_stack_bytes);
+#endif
+    if (from && from->done)
+        emu_enter(to);
+    struct __jmp_buf_tag *here = from ? from->resume : emu_main_resume;
+    if (_setjmp(here) == 0)
+        emu_enter(to);
+#if defined(__SANITIZE_ADDRESS__)
+    __sanitizer_finish_switch_fiber(fake_stack, NULL, NULL);
+#endif
+}
+
+/* the next live thread after the running one in resume order, or NULL */
+inline emu_thread *emu_next_live()
+{
+    const size_t n = emu_team.size(), at = (size_t)(emu_current - emu_team.data());
+    for (size_t k = 1; k <= n; k++) {
+        emu_thread *t = &emu_team[emu_reverse_order ? (at + n - k) % n : (at + k) % n];
+        if (!t->done)
+            return t;
+    }
+    return NULL;
+}
+
+inline void emu_barrier_release(emu_barrier &b)
+{
+    b.arrived = 0;
+    b.generation++;
+    emu_waits_without_progress = 0;
+}
+
+inline void emu_barrier_wait(emu_barrier &b)
+{
+    const unsigned generation = b.generation;
+    if (++b.arrived == b.expected) {
+        emu_barrier_release(b);
+        return;
+    }
+    while (b.generation == generation) {
+        if (++emu_waits_without_progress > 2 * emu_live) {
+            fprintf(stderr, "cuda_emulate: block (%u, %u, %u) deadlocks: every thread waits at a barrier the others "
+                            "never reach\n", emu_block_idx.x, emu_block_idx.y, emu_block_idx.z);
+            abort();
+        }
+        emu_switch(emu_current, emu_next_live());
+    }
+}
+
+/* an exited thread no longer counts at the barriers, as on the GPU */
+inline void emu_barrier_drop(emu_barrier &b)
+{
+    b.expected--;
+    if (b.expected > 0 && b.arrived == b.expected)
+        emu_barrier_release(b);
+}
+
+constexpr unsigned EMU_WARP = 32;
+struct emu_warp_exchange { /* what the lanes of one warp hand each other */
+    uint32_t a[32][4], b[32][2];
+    const void *ptr[32];
+    float f[32];
+};
+inline emu_warp_exchange emu_warps[EMU_MAX_WARPS];
+
+inline void emu_warp_sync() { emu_barrier_wait(emu_warp_barrier[threadIdx.x / EMU_WARP]); }
+inline void __syncthreads() { emu_barrier_wait(emu_block_barrier); }
+
+inline float emu_shuffle(float v, unsigned (*source)(unsigned lane, int arg), int arg)
+{
+    emu_warp_exchange &w = emu_warps[threadIdx.x / 32];
+    const unsigned lane = threadIdx.x % 32;
+    w.f[lane] = v;
+    emu_warp_sync();
+    const float r = w.f[source(lane, arg) % 32];
+    emu_warp_sync();
+    return r;
+}
+inline float __shfl_xor_sync(unsigned, float v, int mask)
+{
+    return emu_shuffle(v, [](unsigned lane, int m) { return lane ^ (unsigned)m; }, mask);
+}
+inline float __shfl_sync(unsigned, float v, int src)
+{
+    return emu_shuffle(v, [](unsigned, int s) { return (unsigned)s; }, src);
+}
+
+/* ---- tensor-core fragments (PTX manual: mma.m16n8k16 with .bf16, ldmatrix .m8n8.x4) ---- */
+
+inline float emu_bf16_bits(uint32_t v)
+{
+    const uint32_t x = (v & 0xffffu) << 16;
+    float f;
+    memcpy(&f, &x, 4);
+    return f;
+}
+inline uint32_t emu_pair(const __nv_bfloat16 *p) /* p[0] in the low half */
+{
+    uint16_t lo, hi;
+    memcpy(&lo, p, 2);
+    memcpy(&hi, p + 1, 2);
+    return lo | (uint32_t)hi << 16;
+}
+
+/* lane l gives the address of row l % 8 of 8×8 block l / 8; register i of lane (g = l / 4,
+ * t = l % 4) is block i's elements [g][2t], [g][2t + 1] — or with .trans [2t][g], [2t + 1][g] */
+inline void emu_ldmatrix(uint32_t r[4], const __nv_bfloat16 *row, bool trans)
+{
+    emu_warp_exchange &w = emu_warps[threadIdx.x / 32];
+    const unsigned lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    w.ptr[lane] = row;
+    emu_warp_sync();
+    for (unsigned i = 0; i < 4; i++) {
+        if (!trans) {
+            r[i] = emu_pair((const __nv_bfloat16 *)w.ptr[8 * i + g] + 2 * t);
+        } else {
+            uint16_t lo, hi;
+            memcpy(&lo, (const __nv_bfloat16 *)w.ptr[8 * i + 2 * t] + g, 2);
+            memcpy(&hi, (const __nv_bfloat16 *)w.ptr[8 * i + 2 * t + 1] + g, 2);
+            r[i] = lo | (uint32_t)hi << 16;
+        }
+    }
+    emu_warp_sync();
+}
+inline void ldmatrix_x4(uint32_t r[4], const __nv_bfloat16 *row) { emu_ldmatrix(r, row, false); }
+inline void ldmatrix_x4_trans(uint32_t r[4], const __nv_bfloat16 *row) { emu_ldmatrix(r, row, true); }
+
+/* D[16×8] += A[16×16] · B[16×8]: lane (g, t) holds A rows g, g + 8 (registers 0/2: columns 2t,
+ * 2t + 1; 1/3: the rows 8 lower ... see the PTX manual's figure), B column g rows 2t.., and C
+ * rows g, g + 8 at columns 2t, 2t + 1. Products summed in fp32, as the hardware's accumulation. */
+inline void mma_bf16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
+{
+    emu_warp_exchange &w = emu_warps[threadIdx.x / 32];
+    const unsigned lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    memcpy(w.a[lane], a, 16);
+    w.b[lane][0] = b0;
+    w.b[lane][1] = b1;
+    emu_warp_sync();
+    auto A = [&](unsigned r, unsigned k) {
+        return emu_bf16_bits(w.a[(r % 8) * 4 + (k % 8) / 2][r / 8 + 2 * (k / 8)] >> (16 * (k % 2)));
+    };
+    auto B = [&](unsigned k, unsigned n) { return emu_bf16_bits(w.b[n * 4 + (k % 8) / 2][k / 8] >> (16 * (k % 2))); };
+    const unsigned rows[4] = {g, g, g + 8, g + 8}, cols[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
+    float out[4];
+    for (unsigned e = 0; e < 4; e++) {
+        float acc = c[e];
+        for (unsigned k = 0; k < 16; k++)
+            acc += A(rows[e], k) * B(k, cols[e]);
+        out[e] = acc;
+    }
+    emu_warp_sync();
+    memcpy(c, out, 16);
+}
+
+/* ---- cp.async: per thread, groups of copies completed by cp.async.wait_group ---- */
+
+enum emu_copy_mode { EMU_CP_EARLY, EMU_CP_LATE };
+inline emu_copy_mode emu_copy_timing = EMU_CP_EARLY;
+
+inline void emu_cp_async(void *dst, const void *src, unsigned bytes)
+{
+    if (emu_copy_timing == EMU_CP_LATE)
+        emu_current->copy_open.push_back({dst, src, bytes});
+    else
+        memcpy(dst, src, bytes);
+}
+inline void cp_async16(void *dst, const void *src) { emu_cp_async(dst, src, 16); }
+inline void cp_async4(void *dst, const void *src) { emu_cp_async(dst, src, 4); }
+inline void cp_async_commit()
+{
+    emu_current->copy_groups.push_back(std::move(emu_current->copy_open));
+    emu_current->copy_open.clear();
+}
+/* copies not yet committed are not waited for (PTX): they stay pending */
+template <int N> inline void cp_async_wait()
+{
+    std::vector<std::vector<emu_copy>> &groups = emu_current->copy_groups;
+    while (groups.size() > (size_t)N) {
+        for (const emu_copy &c : groups.front())
+            memcpy(c.dst, c.src, c.bytes);
+        groups.erase(groups.begin());
+    }
+}
+
+/* ---- dynamic shared memory: the extern __shared__ names the kernel files use ---- */
+
+constexpr size_t EMU_SMEM_BYTES = 232448; /* Hopper's opt-in maximum per block (227 KB) */
+namespace {
+[[maybe_unused]] alignas(128) float smem[EMU_SMEM_BYTES / sizeof(float)];
+[[maybe_unused]] alignas(128) unsigned char tc_smem[EMU_SMEM_BYTES];
+[[maybe_unused]] alignas(128) unsigned char group_smem[EMU_SMEM_BYTES];
+} // namespace
+
+inline void emu_prepare_smem(size_t bytes)
+{
+    void *areas[] = {smem, tc_smem, group_smem};
+    for (void *a : areas) {
+#if defined(__SANITIZE_ADDRESS__)
+        ASAN_UNPOISON_MEMORY_REGION(a, EMU_SMEM_BYTES);
+#endif
+        memset(a, 0xff, bytes); /* NaN in bf16 and fp32: a read of bytes never written shows */
+#if defined(__SANITIZE_ADDRESS__)
+        ASAN_POISON_MEMORY_REGION((char *)a + bytes, EMU_SMEM_BYTES - bytes);
+#endif
+    }
+}
+
+/* ---- launches and the runtime calls the launchers make ---- */
+
+struct emu_launch_record {
+    unsigned launches;
+    emu_index grid, block;
+    size_t smem;
+};
+inline emu_launch_record emu_last_launch;
+inline cudaError_t emu_error = cudaSuccess;
+
+inline std::function<void()> emu_kernel_call;
+
+inline void emu_thread_main()
+{
+#if defined(__SANITIZE_ADDRESS__)
+    if (!emu_main_stack) /* the first switch in: learn main's stack */
+        __sanitizer_finish_switch_fiber(NULL, &emu_main_stack, &emu_main_stack_bytes);
+    else
+        __sanitizer_finish_switch_fiber(NULL, NULL, NULL);
+#endif
+    emu_kernel_call();
+    emu_thread *self = emu_current;
+    if (!self->copy_open.empty() || !self->copy_groups.empty()) {
+        fprintf(stderr, "cuda_emulate: block (%u, %u, %u) thread %u exits with cp.async copies never waited for\n",
+                emu_block_idx.x, emu_block_idx.y, emu_block_idx.z, self->idx.x);
+        abort();
+    }
+    self->done = true;
+    emu_live--;
+    emu_barrier_drop(emu_warp_barrier[self->idx.x / EMU_WARP]);
+    emu_barrier_drop(emu_block_barrier);
+    emu_switch(self, emu_next_live()); /* the last one back to the launch */
+}
+
+/* not inlined: getcontext returns twice, like _setjmp */
+[[gnu::noinline]] inline void emu_thread_prepare(unsigned i)
+{
+    emu_thread &t = emu_team[i];
+    t.idx = {i, 0, 0};
+    t.started = t.done = false;
+    t.copy_groups.clear();
+    t.copy_open.clear();
+    getcontext(&t.context);
+    t.context.uc_stack.ss_sp = emu_stacks[i].get();
+    t.context.uc_stack.ss_size = EMU_STACK_BYTES;
+    t.context.uc_link = NULL;
+    makecontext(&t.context, (void (*)())emu_thread_main, 0);
+}
+
+template <typename... P> inline void emu_run(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem_bytes,
+                                             const std::tuple<P...> &args)
+{
+    const unsigned threads = block.x * block.y * block.z;
+    if (block.y != 1 || block.z != 1 || threads == 0 || threads % EMU_WARP || threads / EMU_WARP > EMU_MAX_WARPS ||
+        smem_bytes > EMU_SMEM_BYTES) {
+        emu_error = cudaErrorInvalidConfiguration;
+        return;
+    }
+    emu_grid_dim = {grid.x, grid.y, grid.z};
+    emu_block_dim = {block.x, 1, 1};
+    emu_last_launch = {emu_last_launch.launches + 1, emu_grid_dim, emu_block_dim, smem_bytes};
+    emu_team.resize(threads);
+    while (emu_stacks.size() < threads)
+        emu_stacks.emplace_back(new char[EMU_STACK_BYTES]);
+    for (unsigned z = 0; z < grid.z; z++)
+        for (unsigned y = 0; y < grid.y; y++)
+            for (unsigned x = 0; x < grid.x; x++) {
+                emu_block_idx = {x, y, z};
+                emu_block_barrier = {threads, 0, 0};
+                for (unsigned w = 0; w < threads / EMU_WARP; w++)
+                    emu_warp_barrier[w] = {EMU_WARP, 0, 0};
+                emu_waits_without_progress = 0;
+                emu_live = threads;
+                emu_prepare_smem(smem_bytes);
+                for (unsigned i = 0; i < threads; i++)
+                    emu_thread_prepare(i);
+                emu_kernel_call = [&] { std::apply(kernel, args); };
+                emu_switch(NULL, &emu_team[emu_reverse_order ? threads - 1 : 0]);
+            }
+}
+
+/* k<<<grid, block, smem, stream>>>(args) becomes emu_launch(k, grid, block, smem, stream)(args) */
+template <typename... P> inline auto emu_launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem_bytes = 0,
+                                                cudaStream_t = 0)
+{
+    return [=](auto &&...args) { emu_run(kernel, grid, block, smem_bytes, std::tuple<P...>((P)args...)); };
+}
+
+template <typename F> inline cudaError_t cudaFuncSetAttribute(F *, enum cudaFuncAttribute, int value)
+{
+    return value >= 0 && (size_t)value <= EMU_SMEM_BYTES ? cudaSuccess : cudaErrorInvalidValue;
+}
+extern "C" inline cudaError_t cudaGetLastError(void)
+{
+    const cudaError_t e = emu_error;
+    emu_error = cudaSuccess;
+    return e;
+}
+
+#endif
