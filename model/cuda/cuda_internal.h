@@ -56,7 +56,7 @@ static inline float cu_bf16_to_f32(uint16_t h)
     return f;
 }
 
-/* Host conversions between fp32 and T (dst and src may not overlap). */
+/* Host conversions between fp32 and T (dst and src may not overlap); convert.c. */
 void cu_host_from_f32(void *dst, enum cu_dtype t, const float *src, size_t n);
 void cu_host_to_f32(float *dst, const void *src, enum cu_dtype t, size_t n);
 

@@ -70,28 +70,6 @@
 #define GRAPH_SLOTS 48
 #define CU_SLOTS 2 /* classify batches in flight at most */
 
-void cu_host_from_f32(void *dst, enum cu_dtype t, const float *src, size_t n)
-{
-    if (t == CU_F32) {
-        memcpy(dst, src, n * sizeof(float));
-        return;
-    }
-    uint16_t *h = dst;
-    for (size_t i = 0; i < n; i++)
-        h[i] = cu_f32_to_bf16(src[i]);
-}
-
-void cu_host_to_f32(float *dst, const void *src, enum cu_dtype t, size_t n)
-{
-    if (t == CU_F32) {
-        memcpy(dst, src, n * sizeof(float));
-        return;
-    }
-    const uint16_t *h = src;
-    for (size_t i = 0; i < n; i++)
-        dst[i] = cu_bf16_to_f32(h[i]);
-}
-
 struct cu_layer {
     float *ln1_w, *ln1_b, *ln2_w, *ln2_b;
     void *qkv_w, *qkv_b; /* bias T */

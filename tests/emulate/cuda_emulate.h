@@ -18,6 +18,8 @@
 #ifndef NETLM_CUDA_EMULATE_H
 #define NETLM_CUDA_EMULATE_H
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -52,6 +54,7 @@ struct emu_copy {
 };
 struct emu_thread {
     emu_index idx;
+    unsigned linear; /* x + bx·(y + by·z): its warp is linear / 32, its lane linear % 32 */
     ucontext_t context; /* its start */
     jmp_buf resume;     /* where it waits */
     bool started, done;
@@ -175,30 +178,44 @@ constexpr unsigned EMU_WARP = 32;
 struct emu_warp_exchange { /* what the lanes of one warp hand each other */
     uint32_t a[32][4], b[32][2];
     const void *ptr[32];
-    float f[32];
+    uint64_t raw[32];
 };
 inline emu_warp_exchange emu_warps[EMU_MAX_WARPS];
 
-inline void emu_warp_sync() { emu_barrier_wait(emu_warp_barrier[threadIdx.x / EMU_WARP]); }
+inline void emu_warp_sync() { emu_barrier_wait(emu_warp_barrier[emu_current->linear / EMU_WARP]); }
 inline void __syncthreads() { emu_barrier_wait(emu_block_barrier); }
 
-inline float emu_shuffle(float v, unsigned (*source)(unsigned lane, int arg), int arg)
+/* a lane's value of any type up to 8 bytes to the lane source(lane, arg) */
+template <typename T> inline T emu_shuffle(T v, unsigned (*source)(unsigned lane, int arg), int arg)
 {
-    emu_warp_exchange &w = emu_warps[threadIdx.x / 32];
-    const unsigned lane = threadIdx.x % 32;
-    w.f[lane] = v;
+    static_assert(sizeof(T) <= 8, "shuffles move at most 8 bytes");
+    emu_warp_exchange &w = emu_warps[emu_current->linear / 32];
+    const unsigned lane = emu_current->linear % 32;
+    memcpy(&w.raw[lane], &v, sizeof v);
     emu_warp_sync();
-    const float r = w.f[source(lane, arg) % 32];
+    T r;
+    memcpy(&r, &w.raw[source(lane, arg) % 32], sizeof r);
     emu_warp_sync();
     return r;
 }
-inline float __shfl_xor_sync(unsigned, float v, int mask)
+template <typename T> inline T __shfl_xor_sync(unsigned, T v, int mask)
 {
     return emu_shuffle(v, [](unsigned lane, int m) { return lane ^ (unsigned)m; }, mask);
 }
-inline float __shfl_sync(unsigned, float v, int src)
+template <typename T> inline T __shfl_sync(unsigned, T v, int src)
 {
     return emu_shuffle(v, [](unsigned, int s) { return (unsigned)s; }, src);
+}
+
+/* ---- arithmetic intrinsics (the host's IEEE operations, rounded to nearest) and the clock ---- */
+
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline long long clock64()
+{
+    return (long long)std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
 }
 
 /* ---- tensor-core fragments (PTX manual: mma.m16n8k16 with .bf16, ldmatrix .m8n8.x4) ---- */
@@ -222,8 +239,8 @@ inline uint32_t emu_pair(const __nv_bfloat16 *p) /* p[0] in the low half */
  * t = l % 4) is block i's elements [g][2t], [g][2t + 1] — or with .trans [2t][g], [2t + 1][g] */
 inline void emu_ldmatrix(uint32_t r[4], const __nv_bfloat16 *row, bool trans)
 {
-    emu_warp_exchange &w = emu_warps[threadIdx.x / 32];
-    const unsigned lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    emu_warp_exchange &w = emu_warps[emu_current->linear / 32];
+    const unsigned lane = emu_current->linear % 32, g = lane / 4, t = lane % 4;
     w.ptr[lane] = row;
     emu_warp_sync();
     for (unsigned i = 0; i < 4; i++) {
@@ -246,8 +263,8 @@ inline void ldmatrix_x4_trans(uint32_t r[4], const __nv_bfloat16 *row) { emu_ldm
  * rows g, g + 8 at columns 2t, 2t + 1. Products summed in fp32, as the hardware's accumulation. */
 inline void mma_bf16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
 {
-    emu_warp_exchange &w = emu_warps[threadIdx.x / 32];
-    const unsigned lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    emu_warp_exchange &w = emu_warps[emu_current->linear / 32];
+    const unsigned lane = emu_current->linear % 32, g = lane / 4, t = lane % 4;
     memcpy(w.a[lane], a, 16);
     w.b[lane][0] = b0;
     w.b[lane][1] = b1;
@@ -345,12 +362,12 @@ inline void emu_thread_main()
     emu_thread *self = emu_current;
     if (!self->copy_open.empty() || !self->copy_groups.empty()) {
         fprintf(stderr, "cuda_emulate: block (%u, %u, %u) thread %u exits with cp.async copies never waited for\n",
-                emu_block_idx.x, emu_block_idx.y, emu_block_idx.z, self->idx.x);
+                emu_block_idx.x, emu_block_idx.y, emu_block_idx.z, self->linear);
         abort();
     }
     self->done = true;
     emu_live--;
-    emu_barrier_drop(emu_warp_barrier[self->idx.x / EMU_WARP]);
+    emu_barrier_drop(emu_warp_barrier[self->linear / EMU_WARP]);
     emu_barrier_drop(emu_block_barrier);
     emu_switch(self, emu_next_live()); /* the last one back to the launch */
 }
@@ -359,7 +376,8 @@ inline void emu_thread_main()
 [[gnu::noinline]] inline void emu_thread_prepare(unsigned i)
 {
     emu_thread &t = emu_team[i];
-    t.idx = {i, 0, 0};
+    t.linear = i;
+    t.idx = {i % emu_block_dim.x, i / emu_block_dim.x % emu_block_dim.y, i / (emu_block_dim.x * emu_block_dim.y)};
     t.started = t.done = false;
     t.copy_groups.clear();
     t.copy_open.clear();
@@ -374,13 +392,12 @@ template <typename... P> inline void emu_run(void (*kernel)(P...), dim3 grid, di
                                              const std::tuple<P...> &args)
 {
     const unsigned threads = block.x * block.y * block.z;
-    if (block.y != 1 || block.z != 1 || threads == 0 || threads % EMU_WARP || threads / EMU_WARP > EMU_MAX_WARPS ||
-        smem_bytes > EMU_SMEM_BYTES) {
+    if (threads == 0 || threads > EMU_WARP * EMU_MAX_WARPS || smem_bytes > EMU_SMEM_BYTES) {
         emu_error = cudaErrorInvalidConfiguration;
         return;
     }
     emu_grid_dim = {grid.x, grid.y, grid.z};
-    emu_block_dim = {block.x, 1, 1};
+    emu_block_dim = {block.x, block.y, block.z};
     emu_last_launch = {emu_last_launch.launches + 1, emu_grid_dim, emu_block_dim, smem_bytes};
     emu_team.resize(threads);
     while (emu_stacks.size() < threads)
@@ -390,8 +407,8 @@ template <typename... P> inline void emu_run(void (*kernel)(P...), dim3 grid, di
             for (unsigned x = 0; x < grid.x; x++) {
                 emu_block_idx = {x, y, z};
                 emu_block_barrier = {threads, 0, 0};
-                for (unsigned w = 0; w < threads / EMU_WARP; w++)
-                    emu_warp_barrier[w] = {EMU_WARP, 0, 0};
+                for (unsigned w = 0; w * EMU_WARP < threads; w++) /* the last warp may be partial */
+                    emu_warp_barrier[w] = {std::min(EMU_WARP, threads - w * EMU_WARP), 0, 0};
                 emu_waits_without_progress = 0;
                 emu_live = threads;
                 emu_prepare_smem(smem_bytes);
@@ -412,12 +429,6 @@ template <typename... P> inline auto emu_launch(void (*kernel)(P...), dim3 grid,
 template <typename F> inline cudaError_t cudaFuncSetAttribute(F *, enum cudaFuncAttribute, int value)
 {
     return value >= 0 && (size_t)value <= EMU_SMEM_BYTES ? cudaSuccess : cudaErrorInvalidValue;
-}
-extern "C" inline cudaError_t cudaGetLastError(void)
-{
-    const cudaError_t e = emu_error;
-    emu_error = cudaSuccess;
-    return e;
 }
 
 #endif

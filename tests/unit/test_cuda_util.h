@@ -33,13 +33,42 @@ static inline int test_cuda_skip_without_gpu(void)
 }
 
 /* Runs a CUDA test file's group (const struct CMUnitTest tests[]): exit 77 without a GPU;
- * NETLM_CUDA_TEST_FILTER=test_x runs one test alone (a sanitizer run, a GPU session's rerun). */
-#define TEST_CUDA_RUN(tests)                                                                       \
-    (test_cuda_skip_without_gpu()                                                                 \
-         ? TEST_CUDA_SKIP                                                                         \
-         : (getenv("NETLM_CUDA_TEST_FILTER") ? cmocka_set_test_filter(getenv("NETLM_CUDA_TEST_FILTER")) \
-                                             : (void)0,                                           \
-            cmocka_run_group_tests(tests, NULL, NULL)))
+ * NETLM_CUDA_TEST_FILTER=test_x runs one test alone (a sanitizer run, a GPU session's rerun),
+ * NETLM_CUDA_TEST_SKIP=test_x,test_y leaves those out (the emulated builds: what needs cuBLASLt,
+ * what takes minutes there). */
+/* whether name is one of the comma-separated names of list (NULL: none) */
+static inline bool test_cuda_listed(const char *list, const char *name)
+{
+    const size_t len = strlen(name);
+    for (const char *p = list; p && *p;) {
+        const size_t n = strcspn(p, ",");
+        if (n == len && strncmp(p, name, len) == 0)
+            return true;
+        p += n + (p[n] == ',');
+    }
+    return false;
+}
+
+static inline int test_cuda_run(const char *group, const struct CMUnitTest *tests, size_t count)
+{
+    if (test_cuda_skip_without_gpu())
+        return TEST_CUDA_SKIP;
+    if (getenv("NETLM_CUDA_TEST_FILTER"))
+        cmocka_set_test_filter(getenv("NETLM_CUDA_TEST_FILTER"));
+    const char *skip = getenv("NETLM_CUDA_TEST_SKIP");
+    struct CMUnitTest *kept = malloc(count * sizeof *kept);
+    size_t n = 0;
+    for (size_t i = 0; kept && i < count; i++) {
+        if (test_cuda_listed(skip, tests[i].name))
+            printf("[  SKIPPED ] %s (NETLM_CUDA_TEST_SKIP)\n", tests[i].name);
+        else
+            kept[n++] = tests[i];
+    }
+    const int failed = kept ? _cmocka_run_group_tests(group, kept, n, NULL, NULL) : 1;
+    free(kept);
+    return failed;
+}
+#define TEST_CUDA_RUN(tests) test_cuda_run(#tests, tests, sizeof(tests) / sizeof((tests)[0]))
 
 /* NETLM_CUDA_TEST_QUICK=1: smaller shapes (compute-sanitizer runs, bench/gpu_check.sh) */
 static inline int test_cuda_quick(void)
