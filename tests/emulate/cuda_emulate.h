@@ -18,6 +18,9 @@
 #ifndef NETLM_CUDA_EMULATE_H
 #define NETLM_CUDA_EMULATE_H
 
+/* the fibers' _longjmp goes to another stack, which fortified longjmp would refuse */
+#undef _FORTIFY_SOURCE
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -110,8 +113,8 @@ inline const void *emu_stack_of(const emu_thread *t)
 
 /* From the running thread (or the launch, from == NULL) to `to` (NULL: the launch); a finished
  * thread (from->done) never comes back. A thread's first entry goes through its ucontext, every
- * later switch through _setjmp/_longjmp (no signal-mask system call, unlike swapcontext). */
-/* not inlined: the _setjmp stays in a frame of its own, whose locals no later code reads */
+ * later switch through _setjmp/_longjmp (no signal-mask system call, unlike swapcontext). Not
+ * inlined: the _setjmp stays in a frame of its own, whose locals no later code reads. */
 [[gnu::noinline]] inline void emu_switch(emu_thread *from, emu_thread *to)
 {
     emu_current = to;
