@@ -1,8 +1,9 @@
-/* test_emulated_attention.cc — model/cuda/attention.cu's kernels run on the host through
- * cuda_emulate.h, called through the file's own entry points (cu_attention, cu_attention_rope,
- * cu_attention_train, cu_attention_backward), against attention computed here in double
- * precision: the tensor-core forward (attn_tc) and its grouped-query form with and without RoPE
- * (attn_tc_group), the SIMT forward, and both backwards, with dropout. Every case runs under
+/* test_emulated_attention.cc — the attention kernels (attention.cu, decode.cu) run on the host
+ * through cuda_emulate.h, called through their own entry points (cu_attention, cu_attention_rope,
+ * cu_attention_train, cu_attention_backward, cu_kv_store, cu_decode_attention), against attention
+ * computed here in double precision: the tensor-core forward (attn_tc) and its grouped-query form
+ * with and without RoPE (attn_tc_group), the SIMT forward, both backwards with dropout, and
+ * generation's decode step over a KV cache with its greedy argmax. Every case runs under
  * three schedules (cp.async copying at issue or at the wait, threads resuming in either order). On a GPU the same kernels are checked by
  * test_cuda_ops / test_cuda_attention_backward; this test is what a machine without one (CI)
  * checks of them: indexing, fragment layouts, masks, barriers and, under ASan, every access. */
@@ -385,6 +386,73 @@ void test_simt_backward(void **)
     check_backward<float>(p, CU_F32, CU_ATTN_SIMT, &drop, 1e-5, 1e-4);
 }
 
+/* generation's kernels (decode.cu): every row of every sequence stored into its slot of a KV
+ * cache by cu_kv_store, then each row asked as a decode step at its own position — which is the
+ * causal attention of the whole sequence, row by row — plus a padding row (CU_KV_NONE: zeros) */
+template <typename T> void check_decode(const problem &p, enum cu_dtype t, double bound)
+{
+    const reference ref = attention_reference(p, p.qkv, NULL);
+    const std::vector<T> qkv = as_type<T>(p.qkv);
+    const uint32_t kv_tokens = p.max_len + 3, width = p.kv_heads * p.d, n = (uint32_t)p.rows() + 1;
+    std::vector<uint32_t> kvrow(n), pos(n);
+    for (uint32_t b = 0; b < p.nseq; b++)
+        for (uint32_t i = 0; i < p.seq_off[b + 1] - p.seq_off[b]; i++) {
+            kvrow[p.seq_off[b] + i] = b * kv_tokens + i;
+            pos[p.seq_off[b] + i] = i;
+        }
+    kvrow[n - 1] = CU_KV_NONE;
+    pos[n - 1] = 0;
+    std::vector<T> q_rows(qkv); /* one more row: the padding row's (never read) */
+    q_rows.resize((size_t)n * p.qkv_width);
+    for (const schedule &sched : schedules) {
+        set_schedule(sched);
+        std::vector<T> kc = nan_filled<T>((size_t)p.nseq * kv_tokens * width), vc = kc;
+        std::vector<T> out = nan_filled<T>((size_t)n * p.out_width);
+        assert_int_equal(cu_kv_store(kc.data(), vc.data(), qkv.data(), p.qkv_width, p.heads * p.d, width, kvrow.data(),
+                                     n - 1, t, 0),
+                         cudaSuccess);
+        assert_int_equal(cu_decode_attention(out.data(), p.out_width, q_rows.data(), p.qkv_width, kc.data(), vc.data(),
+                                             kvrow.data(), pos.data(), n, p.heads, p.kv_heads, p.d,
+                                             1.0f / sqrtf((float)p.d), t, 0),
+                         cudaSuccess);
+        const double err = relative_error(out, ref.out, p.rows(), p.out_width, p.out_width);
+        printf("  decode d=%u heads %u/%u, %s: %.2e (bound %.0e)\n", p.d, p.heads, p.kv_heads, sched.name, err, bound);
+        assert_true(err <= bound);
+        for (uint32_t c = 0; c < p.out_width; c++) /* the padding row */
+            assert_true(value(out[(size_t)(n - 1) * p.out_width + c]) == 0.0f);
+    }
+}
+
+void test_decode(void **)
+{
+    check_decode<float>(make_problem(6, 2, 64, {1, 40, 0, 33}), CU_F32, 1e-5);
+    check_decode<__nv_bfloat16>(make_problem(4, 4, 32, {70, 5}), CU_BF16, TC_BOUND);
+    check_decode<float>(make_problem(2, 1, 128, {3, 65}), CU_F32, 1e-5);
+}
+
+/* greedy choice: the largest logit, the lower index on a tie */
+void test_argmax(void **)
+{
+    const uint32_t rows = 5, n = 1000, ld = 1003;
+    std::vector<float> x(rows * ld);
+    for (float &v : x)
+        v = normal();
+    x[2 * ld + 7] = x[2 * ld + 500] = 9.0f;  /* a tie: 7 wins */
+    x[3 * ld + 999] = 9.0f;                  /* the last column */
+    x[4 * ld + 1000] = 99.0f;                /* past n: not seen */
+    std::vector<uint32_t> got(rows, UINT32_MAX);
+    assert_int_equal(cu_argmax_rows(got.data(), x.data(), rows, n, ld, 0), cudaSuccess);
+    for (uint32_t r = 0; r < rows; r++) {
+        uint32_t best = 0;
+        for (uint32_t c = 1; c < n; c++)
+            if (x[r * ld + c] > x[r * ld + best])
+                best = c;
+        assert_int_equal(got[r], best);
+    }
+    assert_int_equal(got[2], 7);
+    assert_int_equal(got[3], 999);
+}
+
 } // namespace
 
 int main(void)
@@ -393,6 +461,7 @@ int main(void)
         cmocka_unit_test(test_tc_forward),         cmocka_unit_test(test_group_forward),
         cmocka_unit_test(test_group_rope_forward), cmocka_unit_test(test_simt_forward),
         cmocka_unit_test(test_tc_backward),        cmocka_unit_test(test_simt_backward),
+        cmocka_unit_test(test_decode),             cmocka_unit_test(test_argmax),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
