@@ -1,8 +1,9 @@
 /* cuda_runtime_emulated.cc — the CUDA runtime calls the CUDA unit tests (tests/unit/test_cuda_*)
  * make, for their emulated builds (tests/CMakeLists.txt): one device whose memory is the host's,
- * every call synchronous, launches run by cuda_emulate.h (force-included here too). cuBLASLt and the Hopper-only SwiGLU
- * GEMM have no emulation: cu_gemm_create says so (the tests of it are skipped by name) and
- * cu_gemm_swiglu_supported is false, as on a GPU other than compute capability 9.0. */
+ * every call synchronous, launches run by cuda_emulate.h (force-included here too). cuBLASLt and
+ * the Hopper-only SwiGLU GEMM have no emulation: cu_gemm_create says so (the tests of it are
+ * skipped by name) and cu_gemm_swiglu_supported is false, as on a GPU other than compute
+ * capability 9.0. */
 #include "model/cuda/cuda_internal.h"
 
 extern "C" {

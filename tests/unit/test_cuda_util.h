@@ -32,10 +32,6 @@ static inline int test_cuda_skip_without_gpu(void)
     return 0;
 }
 
-/* Runs a CUDA test file's group (const struct CMUnitTest tests[]): exit 77 without a GPU;
- * NETLM_CUDA_TEST_FILTER=test_x runs one test alone (a sanitizer run, a GPU session's rerun),
- * NETLM_CUDA_TEST_SKIP=test_x,test_y leaves those out (the emulated builds: what needs cuBLASLt,
- * what takes minutes there). */
 /* whether name is one of the comma-separated names of list (NULL: none) */
 static inline bool test_cuda_listed(const char *list, const char *name)
 {
@@ -49,6 +45,10 @@ static inline bool test_cuda_listed(const char *list, const char *name)
     return false;
 }
 
+/* Runs a CUDA test file's group (const struct CMUnitTest tests[]): exit 77 without a GPU;
+ * NETLM_CUDA_TEST_FILTER=test_x runs one test alone (a sanitizer run, a GPU session's rerun),
+ * NETLM_CUDA_TEST_SKIP=test_x,test_y leaves those out (the emulated builds: what needs cuBLASLt,
+ * what takes minutes there). */
 static inline int test_cuda_run(const char *group, const struct CMUnitTest *tests, size_t count)
 {
     if (test_cuda_skip_without_gpu())
