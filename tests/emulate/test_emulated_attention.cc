@@ -20,21 +20,10 @@ extern "C" { /* cmocka.h declares no C linkage itself */
 
 #include "model/cuda/cuda_internal.h"
 #include "model/dropout_hash.h"
+#include "tests/emulate/emulate_test_util.h"
 
 namespace {
 
-uint64_t rng_state = 0x243f6a8885a308d3ull;
-double uniform()
-{
-    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
-    return (double)(rng_state >> 11) / 9007199254740992.0;
-}
-float normal()
-{
-    const double u = std::max(uniform(), 1e-300), v = uniform();
-    return (float)(sqrt(-2 * log(u)) * cos(6.283185307179586 * v));
-}
-float round_bf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
 
 /* One problem: packed sequences of qkv rows [q heads | k heads | v heads] (values already on the
  * bf16 grid, so both element types hold them exactly) and a random output gradient. */
@@ -174,47 +163,7 @@ reference attention_reference(const problem &p, const std::vector<float> &qkv, c
     return r;
 }
 
-template <typename T> std::vector<T> as_type(const std::vector<float> &x)
-{
-    std::vector<T> y(x.size());
-    for (size_t i = 0; i < x.size(); i++)
-        y[i] = (T)x[i];
-    return y;
-}
-template <> std::vector<__nv_bfloat16> as_type(const std::vector<float> &x)
-{
-    std::vector<__nv_bfloat16> y(x.size());
-    for (size_t i = 0; i < x.size(); i++)
-        y[i] = __float2bfloat16_rn(x[i]);
-    return y;
-}
-float value(float v) { return v; }
-float value(__nv_bfloat16 v) { return __bfloat162float(v); }
 
-/* max |got − ref| / max |ref| over the entries of the sequences' rows (cols columns of width);
- * got is pre-filled with NaN, so an entry never written fails */
-template <typename T>
-double relative_error(const std::vector<T> &got, const std::vector<double> &ref, size_t rows, size_t width,
-                      size_t cols)
-{
-    double err = 0, top = 0;
-    for (size_t r = 0; r < rows; r++)
-        for (size_t c = 0; c < cols; c++) {
-            const double g = value(got[r * width + c]), f = ref[r * width + c];
-            if (std::isnan(g))
-                return INFINITY;
-            err = std::max(err, fabs(g - f));
-            top = std::max(top, fabs(f));
-        }
-    return err / top;
-}
-
-template <typename T> std::vector<T> nan_filled(size_t n)
-{
-    std::vector<T> v(n);
-    memset((void *)v.data(), 0xff, n * sizeof(T));
-    return v;
-}
 
 /* three schedules: cp.async copying at issue with threads resuming in index order, then in
  * reverse order (a buffer overwritten while another warp still reads it shows in one of them);

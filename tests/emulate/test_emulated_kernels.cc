@@ -1,0 +1,180 @@
+/* test_emulated_kernels.cc — the row kernels that the emulated GPU unit tests do not reach (their
+ * tests need cuBLASLt or the trainer), run on the host through cuda_emulate.h and checked
+ * against their definitions computed here: the fallback GEMM epilogue (cu_bias_act: bias, tanh
+ * GELU), the bias gradient's deterministic column sums (cu_gemm_bias_grad), the residual and
+ * embedding dropout (cu_dropout_rows, masks from the dropout hash's definition) and the fp32 →
+ * bf16 mirror (cu_convert_f32). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+extern "C" { /* cmocka.h declares no C linkage itself */
+#include <cmocka.h>
+}
+
+#include "model/cuda/cuda_internal.h"
+#include "model/cuda/cuda_train.h"
+#include "model/dropout_hash.h"
+#include "tests/emulate/emulate_test_util.h"
+
+namespace {
+
+double gelu_tanh(double x) { return 0.5 * x * (1.0 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))); }
+
+/* y[n, out] (row stride ld, the columns past out untouched) += bias, then GELU when asked */
+template <typename T> void bias_act_case(enum cu_dtype t, uint32_t n, uint32_t out, uint32_t ld, bool bias, bool gelu,
+                                         double bound)
+{
+    std::vector<float> y(n * ld), b(out);
+    for (float &v : y)
+        v = round_bf16(2.0f * normal());
+    for (float &v : b)
+        v = round_bf16(normal());
+    std::vector<double> ref(n * ld);
+    for (uint32_t r = 0; r < n; r++)
+        for (uint32_t c = 0; c < ld; c++) {
+            double v = y[r * ld + c];
+            if (c < out) {
+                v += bias ? b[c] : 0.0;
+                v = gelu ? gelu_tanh(v) : v;
+            }
+            ref[r * ld + c] = v;
+        }
+    std::vector<T> dy = as_type<T>(y);
+    const std::vector<T> db = as_type<T>(b);
+    assert_int_equal(cu_bias_act(dy.data(), t, ld, bias ? db.data() : NULL, n, out, gelu, 0), cudaSuccess);
+    const double err = relative_error(dy, ref, n, ld, ld);
+    printf("  bias_act %s n=%u out=%u ld=%u%s%s: %.2e (bound %.0e)\n", t == CU_BF16 ? "bf16" : "fp32", n, out, ld,
+           bias ? " bias" : "", gelu ? " gelu" : "", err, bound);
+    assert_true(err <= bound);
+}
+
+void test_bias_act(void **)
+{
+    bias_act_case<float>(CU_F32, 37, 80, 80, true, false, 1e-6);
+    bias_act_case<float>(CU_F32, 5, 96, 100, true, true, 1e-5);
+    bias_act_case<float>(CU_F32, 9, 33, 33, false, true, 1e-5); /* odd width: scalar accesses */
+    bias_act_case<__nv_bfloat16>(CU_BF16, 37, 64, 72, true, true, 8e-3);
+}
+
+/* db (fp32) += column sums of dy (n × out, row stride ldy); chunked through scratch or not */
+template <typename T> void bias_grad_case(enum cu_dtype t, size_t n, size_t out, size_t ldy, size_t scratch_floats)
+{
+    std::vector<float> dy(n * ldy), db0(out);
+    for (float &v : dy)
+        v = round_bf16(normal());
+    for (float &v : db0)
+        v = normal();
+    std::vector<double> ref(out);
+    for (size_t c = 0; c < out; c++) {
+        ref[c] = db0[c];
+        for (size_t r = 0; r < n; r++)
+            ref[c] += dy[r * ldy + c];
+    }
+    const std::vector<T> d_dy = as_type<T>(dy);
+    std::vector<float> db = db0, db_again = db0, scratch(scratch_floats + 1);
+    float *sp = scratch_floats ? scratch.data() : NULL;
+    assert_int_equal(cu_gemm_bias_grad(db.data(), d_dy.data(), t, ldy, n, out, sp, scratch_floats, 0), cudaSuccess);
+    assert_int_equal(cu_gemm_bias_grad(db_again.data(), d_dy.data(), t, ldy, n, out, sp, scratch_floats, 0),
+                     cudaSuccess);
+    const double err = relative_error(db, ref, 1, out, out);
+    printf("  bias_grad %s n=%zu out=%zu scratch %zu: %.2e (bound 1e-5)\n", t == CU_BF16 ? "bf16" : "fp32", n, out,
+           scratch_floats, err);
+    assert_true(err <= 1e-5);
+    assert_memory_equal(db.data(), db_again.data(), out * sizeof(float)); /* deterministic */
+}
+
+void test_bias_grad(void **)
+{
+    bias_grad_case<float>(CU_F32, 1000, 70, 72, 1 << 20);
+    bias_grad_case<float>(CU_F32, 1000, 70, 70, 0); /* no scratch: one chunk */
+    bias_grad_case<__nv_bfloat16>(CU_BF16, 513, 40, 48, 4096);
+}
+
+/* dst = (base +) M ⊙ src over the rows of each sequence, M from the hash as grad.c draws it */
+template <typename T> void dropout_case(enum cu_dtype t, bool with_base, double bound)
+{
+    const uint32_t lens[] = {3, 0, 40, 17}, nseq = 4, c = 24, layer = 2, place = 3;
+    const float p = 0.3f, scale = 1.0f / (1.0f - p);
+    const uint32_t threshold = (uint32_t)((double)p * 4294967296.0);
+    std::vector<uint32_t> seq_off = {0};
+    for (uint32_t len : lens)
+        seq_off.push_back(seq_off.back() + len);
+    const uint32_t rows = seq_off.back();
+    std::vector<uint64_t> seq_key(nseq);
+    for (uint32_t b = 0; b < nseq; b++)
+        seq_key[b] = op_dropout_stream(99, b);
+    std::vector<float> src(rows * c), base(rows * c);
+    for (float &v : src)
+        v = normal();
+    for (float &v : base)
+        v = normal();
+    std::vector<double> ref(rows * c);
+    size_t dropped = 0;
+    for (uint32_t b = 0; b < nseq; b++) {
+        const uint64_t key = op_dropout_stream(op_dropout_stream(seq_key[b], (uint64_t)layer * 4 + place), 0);
+        for (uint32_t i = 0; i < lens[b]; i++)
+            for (uint32_t j = 0; j < c; j++) {
+                const bool drop = op_dropout_hash(key, (uint64_t)i * c + j) < threshold;
+                const size_t e = (size_t)(seq_off[b] + i) * c + j;
+                dropped += drop;
+                ref[e] = (with_base ? base[e] : 0.0) + (drop ? 0.0 : (double)(src[e] * scale));
+            }
+    }
+    std::vector<T> dst = nan_filled<T>(rows * c);
+    assert_int_equal(cu_dropout_rows(dst.data(), t, with_base ? base.data() : NULL, src.data(), c, seq_off.data(), nseq,
+                                     rows, seq_key.data(), layer, place, threshold, scale, 0),
+                     cudaSuccess);
+    const double err = relative_error(dst, ref, rows, c, c);
+    printf("  dropout %s%s: %zu of %u dropped, %.2e (bound %.0e)\n", t == CU_BF16 ? "bf16" : "fp32",
+           with_base ? " + base" : "", dropped, rows * c, err, bound);
+    assert_true(err <= bound);
+    assert_true(dropped > rows * c / 5 && dropped < rows * c * 2 / 5);
+}
+
+void test_dropout_rows(void **)
+{
+    dropout_case<float>(CU_F32, false, 1e-7);
+    dropout_case<float>(CU_F32, true, 1e-7);
+    dropout_case<__nv_bfloat16>(CU_BF16, true, 5e-3); /* bf16: half an ulp is up to 2⁻⁸ */
+}
+
+void test_convert(void **)
+{
+    std::vector<float> src(1001);
+    for (float &v : src)
+        v = normal() * 100.0f;
+    src[5] = NAN;
+    std::vector<__nv_bfloat16> got = nan_filled<__nv_bfloat16>(src.size() + 1);
+    memset((void *)&got.back(), 0x5a, sizeof got.back()); /* past count: stays */
+    assert_int_equal(cu_convert_f32(got.data(), CU_BF16, src.data(), src.size(), 0), cudaSuccess);
+    std::vector<uint16_t> want(src.size());
+    cu_host_from_f32(want.data(), CU_BF16, src.data(), src.size()); /* round to nearest even, NaN kept */
+    for (size_t i = 0; i < src.size(); i++) {
+        uint16_t g;
+        memcpy(&g, &got[i], 2);
+        if (i == 5)
+            assert_true(std::isnan(__bfloat162float(got[i])));
+        else
+            assert_int_equal(g, want[i]);
+    }
+    uint16_t tail;
+    memcpy(&tail, &got.back(), 2);
+    assert_int_equal(tail, 0x5a5a);
+    std::vector<float> same = nan_filled<float>(src.size());
+    assert_int_equal(cu_convert_f32(same.data(), CU_F32, src.data(), src.size(), 0), cudaSuccess);
+    assert_memory_equal(same.data() + 6, src.data() + 6, (src.size() - 6) * sizeof(float));
+}
+
+} // namespace
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_bias_act),
+        cmocka_unit_test(test_bias_grad),
+        cmocka_unit_test(test_dropout_rows),
+        cmocka_unit_test(test_convert),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
