@@ -30,7 +30,6 @@
 #include <cstring>
 #include <functional>
 #include <memory>
-#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -343,12 +342,7 @@ inline void emu_prepare_smem(size_t bytes)
 
 /* ---- launches and the runtime calls the launchers make ---- */
 
-struct emu_launch_record {
-    unsigned launches;
-    emu_index grid, block;
-    size_t smem;
-};
-inline emu_launch_record emu_last_launch;
+inline unsigned emu_launches; /* run so far (emu_grid_dim: the last one's grid) */
 inline cudaError_t emu_error = cudaSuccess;
 
 inline std::function<void()> emu_kernel_call;
@@ -401,7 +395,8 @@ template <typename... P> inline void emu_run(void (*kernel)(P...), dim3 grid, di
     }
     emu_grid_dim = {grid.x, grid.y, grid.z};
     emu_block_dim = {block.x, block.y, block.z};
-    emu_last_launch = {emu_last_launch.launches + 1, emu_grid_dim, emu_block_dim, smem_bytes};
+    emu_launches++;
+    emu_kernel_call = [&] { std::apply(kernel, args); };
     emu_team.resize(threads);
     while (emu_stacks.size() < threads)
         emu_stacks.emplace_back(new char[EMU_STACK_BYTES]);
@@ -417,7 +412,6 @@ template <typename... P> inline void emu_run(void (*kernel)(P...), dim3 grid, di
                 emu_prepare_smem(smem_bytes);
                 for (unsigned i = 0; i < threads; i++)
                     emu_thread_prepare(i);
-                emu_kernel_call = [&] { std::apply(kernel, args); };
                 emu_switch(NULL, &emu_team[emu_reverse_order ? threads - 1 : 0]);
             }
 }

@@ -200,8 +200,8 @@ void check_forward(const problem &p, enum cu_dtype t, enum cu_attn_impl impl, co
                   : cu_attention(out.data(), p.out_width, qkv_in.data(), p.qkv_width, t, p.seq_off.data(), p.nseq,
                                  p.max_len, p.heads, p.kv_heads, p.d, scale, impl, 0);
         assert_int_equal(e, cudaSuccess);
-        assert_int_equal(emu_last_launch.grid.x, expect_grid_x);
-        assert_int_equal(emu_last_launch.grid.y, expect_grid_y);
+        assert_int_equal(emu_grid_dim.x, expect_grid_x);
+        assert_int_equal(emu_grid_dim.y, expect_grid_y);
         const double err = relative_error(out, ref.out, p.rows(), p.out_width, p.out_width);
         printf("  forward d=%u heads %u/%u, %s: %.2e (bound %.0e)\n", p.d, p.heads, p.kv_heads,
                sched.name, err, bound);
@@ -250,11 +250,12 @@ void test_group_rope_forward(void **)
     }
     /* outside what the kernel serves (no grouping, or too long): refused, nothing launched */
     std::vector<__nv_bfloat16> buf(16);
-    const uint32_t off[2] = {0, 300};
+    const uint32_t off[2] = {0, 300}, launches = emu_launches;
     assert_false(cu_attention_fuses_rope(CU_BF16, 64, 4, 4, 256, 768, 256));
     assert_int_equal(cu_attention_rope(buf.data(), 256, buf.data(), 512, CU_BF16, off, 1, 300, 4, 2, 64, 0.125f,
                                        cos_t.data(), sin_t.data(), 0),
                      cudaErrorNotSupported);
+    assert_int_equal(emu_launches, launches);
 }
 
 /* the SIMT kernel: fp32 throughout against double (a head_dim the tensor cores do not take), and
