@@ -19,6 +19,7 @@ extern "C" { /* cmocka.h declares no C linkage itself */
 #include <vector>
 
 #include "model/cuda/cuda_internal.h"
+#include "model/cuda/cuda_train.h"
 #include "model/dropout_hash.h"
 #include "tests/emulate/emulate_test_util.h"
 
@@ -82,8 +83,8 @@ std::vector<float> rotated(const problem &p, const std::vector<float> &cos_t, co
 }
 
 struct dropout_spec {
-    float p;
-    uint32_t layer;
+    uint32_t layer, threshold; /* threshold and scale as the trainer sets them (cu_dropout_params) */
+    float scale;
     std::vector<uint64_t> seq_key;
 };
 
@@ -93,8 +94,7 @@ double drop_factor(const dropout_spec *drop, uint32_t b, uint32_t h, uint32_t i,
     if (!drop)
         return 1.0;
     const uint64_t key = op_dropout_stream(op_dropout_stream(drop->seq_key[b], (uint64_t)drop->layer * 4 + 1), h);
-    const uint32_t threshold = (uint32_t)((double)drop->p * 4294967296.0);
-    return op_dropout_hash(key, (uint64_t)i * len + j) >= threshold ? 1.0 / (1.0 - drop->p) : 0.0;
+    return op_dropout_hash(key, (uint64_t)i * len + j) >= drop->threshold ? drop->scale : 0.0;
 }
 
 struct reference {
@@ -278,8 +278,7 @@ void check_backward(const problem &p, enum cu_dtype t, enum cu_attn_impl impl, c
     const std::vector<T> qkv = as_type<T>(p.qkv), dout = as_type<T>(p.dout);
     cu_attn_dropout device_drop{};
     if (drop)
-        device_drop = {drop->seq_key.data(), drop->layer, (uint32_t)((double)drop->p * 4294967296.0),
-                       1.0f / (1.0f - drop->p)};
+        device_drop = {drop->seq_key.data(), drop->layer, drop->threshold, drop->scale};
     const float scale = 1.0f / sqrtf((float)p.d);
     for (const schedule &sched : schedules) {
         set_schedule(sched);
@@ -308,7 +307,8 @@ void check_backward(const problem &p, enum cu_dtype t, enum cu_attn_impl impl, c
 
 dropout_spec make_dropout(const problem &p, float prob)
 {
-    dropout_spec d{prob, 3, std::vector<uint64_t>(p.nseq)};
+    dropout_spec d{3, 0, 0.0f, std::vector<uint64_t>(p.nseq)};
+    cu_dropout_params(prob, &d.threshold, &d.scale);
     for (uint64_t &k : d.seq_key)
         k = op_dropout_stream(12345, (uint64_t)(&k - d.seq_key.data()));
     return d;

@@ -95,8 +95,9 @@ void test_bias_grad(void **)
 template <typename T> void dropout_case(enum cu_dtype t, bool with_base, double bound)
 {
     const uint32_t lens[] = {3, 0, 40, 17}, nseq = 4, c = 24, layer = 2, place = 3;
-    const float p = 0.3f, scale = 1.0f / (1.0f - p);
-    const uint32_t threshold = (uint32_t)((double)p * 4294967296.0);
+    uint32_t threshold;
+    float scale;
+    cu_dropout_params(0.3f, &threshold, &scale);
     std::vector<uint32_t> seq_off = {0};
     for (uint32_t len : lens)
         seq_off.push_back(seq_off.back() + len);
