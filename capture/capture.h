@@ -148,9 +148,10 @@ struct cap_live_opts {
 };
 
 /* A DPDK port instead of a kernel interface (the sensor's capture.source = "dpdk"): the frames
- * never pass through the kernel. One receive queue, read by the thread that calls
- * cap_next_burst(); frames are copied out of their mbufs (up to snaplen), so the mbufs go back to
- * the pool at once and a slow consumer can never starve the NIC of buffers. */
+ * never pass through the kernel. Each receive queue is read by one thread at a time through its
+ * own source (cap_open_dpdk: queue 0; cap_dpdk_queue: the others); frames are copied out of their
+ * mbufs (up to snaplen), so the mbufs go back to the pool at once and a slow consumer can never
+ * starve the NIC of buffers. */
 struct cap_dpdk_opts {
     /* A PCI address bound to a DPDK driver ("0000:3b:00.0", "3b:00.0"), or a virtual device's
      * arguments ("net_pcap0,rx_pcap=/tmp/x.pcap", "net_af_packet0,iface=eth1"). */
@@ -165,6 +166,11 @@ struct cap_dpdk_opts {
     uint32_t mbufs;          /* buffers in the pool; 0 = 4 × rx_descriptors */
     bool busy_poll;          /* spin on an empty ring (one core at 100 %, the least latency);
                                 else sleep up to 1 ms once the ring has been empty a while */
+    /* Receive queues, 0 or 1 = one. With more, a NIC that hashes (RSS) gets a symmetric Toeplitz
+     * key, so that both directions of a flow arrive on the same queue; a virtual device without
+     * RSS spreads frames its own way (net_af_packet's qpairs: the kernel's flow hash, symmetric;
+     * net_pcap: one rx_pcap file per queue). */
+    uint32_t queues;
 };
 
 struct cap_source;
@@ -181,6 +187,12 @@ struct cap_source *cap_open_live(const struct cap_live_opts *opts, char *err, si
  * the frames the NIC dropped for want of ring space (imissed), iface_dropped its receive errors
  * and allocation failures. */
 struct cap_source *cap_open_dpdk(const struct cap_dpdk_opts *opts, char *err, size_t errlen);
+/* Queue `queue` (1 .. queues - 1) of the DPDK port that cap_open_dpdk opened as `first`, as a
+ * source of its own for another thread. Close these before first, which closes the port. Its
+ * stats count its own frames; the port's drop counters are reported by first only. */
+struct cap_source *cap_dpdk_queue(struct cap_source *first, uint32_t queue, char *err, size_t errlen);
+/* Receive queues of a DPDK source's port; 1 for any other source. */
+uint32_t cap_source_queues(const struct cap_source *src);
 /* DPDK's version ("DPDK 22.11.11") when this build has the DPDK source, else NULL. */
 const char *cap_dpdk_version(void);
 

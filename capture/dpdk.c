@@ -1,7 +1,9 @@
-/* dpdk.c — the DPDK packet source behind cap_open_dpdk(): the EAL, one port, one receive queue.
+/* dpdk.c — the DPDK packet source behind cap_open_dpdk(): the EAL, one port, its receive queues.
  *
- * The thread that opens the source becomes DPDK's main lcore and is the only one that polls the
- * queue (the sensor's reader thread, as with libpcap). Frames are copied out of their mbufs into
+ * The thread that opens the source becomes DPDK's main lcore and polls queue 0 (the sensor's
+ * reader thread, as with libpcap); with several queues each further one is polled by a thread of
+ * its own, registered with the EAL on its first burst so that it gets a mempool cache of its
+ * own. Several queues spread by RSS with a symmetric key. Frames are copied out of their mbufs into
  * the source's arena and the mbufs freed in the same burst, so the pool never runs dry because a
  * consumer is slow: the NIC drops at its ring instead (imissed, reported as drops). Without DPDK
  * in the build, cap_open_dpdk() says so. */
@@ -36,17 +38,28 @@
 /* empty polls before the reader starts to sleep, and the longest sleep (µs) */
 #define DPDK_SPIN_POLLS 64
 #define DPDK_MAX_SLEEP_US 1000
+#define DPDK_MAX_QUEUES 64
+
+/* What one queue's thread keeps between bursts, a cache line per queue. */
+struct dpdk_queue_state {
+    _Alignas(64) uint32_t empty_polls;
+};
 
 struct cap_dpdk_port {
     uint16_t port;
     struct rte_mempool *pool;
     uint32_t snaplen;
     uint32_t frame_max; /* the longest frame the port can deliver, for sizing a burst */
+    uint32_t queues;
     bool busy_poll;
-    uint32_t empty_polls;
     bool filter_on;
-    struct bpf_program filter;
+    struct bpf_program filter; /* read-only once compiled: every queue's thread runs it */
+    struct dpdk_queue_state *queue_state; /* queues of them */
 };
+
+/* Microsoft's symmetric Toeplitz key (0x6d5a repeated): the hash of (src, dst) equals that of
+ * (dst, src), so both directions of a flow go to one queue. Long enough for any NIC's key. */
+static uint8_t symmetric_rss_key[64];
 
 /* DPDK's environment can be started once per process. */
 static bool eal_started;
@@ -182,11 +195,26 @@ static bool setup_port(struct cap_dpdk_port *p, const struct cap_dpdk_opts *o, c
         snprintf(err, errlen, "dpdk: %s: no device information (%s)", name, rte_strerror(-rc));
         return false;
     }
+    if (p->queues > info.max_rx_queues) {
+        snprintf(err, errlen, "dpdk: %s: capture.dpdk.queues is %u, the port has at most %u receive queue%s", name,
+                 p->queues, info.max_rx_queues, info.max_rx_queues == 1 ? "" : "s");
+        return false;
+    }
     struct rte_eth_conf conf;
     memset(&conf, 0, sizeof conf);
     conf.rxmode.mq_mode = RTE_ETH_MQ_RX_NONE;
-    if ((rc = rte_eth_dev_configure(p->port, 1, 1, &conf)) != 0) {
-        snprintf(err, errlen, "dpdk: %s: cannot configure the port (%s)", name, rte_strerror(-rc));
+    const uint64_t rss_types = (RTE_ETH_RSS_IP | RTE_ETH_RSS_TCP | RTE_ETH_RSS_UDP) & info.flow_type_rss_offloads;
+    if (p->queues > 1 && rss_types) {
+        for (size_t i = 0; i < sizeof symmetric_rss_key; i++)
+            symmetric_rss_key[i] = i % 2 ? 0x5a : 0x6d;
+        conf.rxmode.mq_mode = RTE_ETH_MQ_RX_RSS;
+        conf.rx_adv_conf.rss_conf.rss_key = info.hash_key_size ? symmetric_rss_key : NULL;
+        conf.rx_adv_conf.rss_conf.rss_key_len = info.hash_key_size;
+        conf.rx_adv_conf.rss_conf.rss_hf = rss_types;
+    }
+    if ((rc = rte_eth_dev_configure(p->port, (uint16_t)p->queues, 1, &conf)) != 0) {
+        snprintf(err, errlen, "dpdk: %s: cannot configure the port with %u receive queues (%s)", name, p->queues,
+                 rte_strerror(-rc));
         return false;
     }
     uint16_t rx_desc = (uint16_t)(o->rx_descriptors ? (o->rx_descriptors > 65535 ? 65535 : o->rx_descriptors)
@@ -196,9 +224,9 @@ static bool setup_port(struct cap_dpdk_port *p, const struct cap_dpdk_opts *o, c
         snprintf(err, errlen, "dpdk: %s: no ring size the port accepts (%s)", name, rte_strerror(-rc));
         return false;
     }
-    uint32_t mbufs = o->mbufs ? o->mbufs : 4u * rx_desc;
-    if (mbufs <= rx_desc)
-        mbufs = rx_desc + 1024; /* every descriptor holds one, and the burst in flight */
+    uint32_t mbufs = o->mbufs ? o->mbufs : 4u * rx_desc * p->queues;
+    if (mbufs <= rx_desc * p->queues)
+        mbufs = rx_desc * p->queues + 1024; /* every descriptor holds one, and the bursts in flight */
     const int socket = rte_eth_dev_socket_id(p->port);
     char pool_name[RTE_MEMPOOL_NAMESIZE];
     snprintf(pool_name, sizeof pool_name, "netlm_rx_%u", p->port);
@@ -209,9 +237,13 @@ static bool setup_port(struct cap_dpdk_port *p, const struct cap_dpdk_opts *o, c
                  "for the EAL (-m, hugepages)", name, mbufs, rte_strerror(rte_errno));
         return false;
     }
-    if ((rc = rte_eth_rx_queue_setup(p->port, 0, rx_desc, (unsigned)socket, NULL, p->pool)) != 0 ||
-        (rc = rte_eth_tx_queue_setup(p->port, 0, tx_desc, (unsigned)socket, NULL)) != 0) {
-        snprintf(err, errlen, "dpdk: %s: cannot set up its queues (%s)", name, rte_strerror(-rc));
+    for (uint16_t q = 0; q < p->queues; q++)
+        if ((rc = rte_eth_rx_queue_setup(p->port, q, rx_desc, (unsigned)socket, NULL, p->pool)) != 0) {
+            snprintf(err, errlen, "dpdk: %s: cannot set up receive queue %u (%s)", name, q, rte_strerror(-rc));
+            return false;
+        }
+    if ((rc = rte_eth_tx_queue_setup(p->port, 0, tx_desc, (unsigned)socket, NULL)) != 0) {
+        snprintf(err, errlen, "dpdk: %s: cannot set up its transmit queue (%s)", name, rte_strerror(-rc));
         return false;
     }
     uint16_t mtu = RTE_ETHER_MTU;
@@ -330,7 +362,21 @@ struct cap_dpdk_port *cap_dpdk_port_open(const struct cap_dpdk_opts *o, uint32_t
     }
     p->snaplen = o->snaplen > 0 && o->snaplen <= DPDK_SNAPLEN_MAX ? (uint32_t)o->snaplen : DPDK_SNAPLEN_MAX;
     p->busy_poll = o->busy_poll;
+    p->queues = o->queues > 1 ? o->queues : 1;
+    if (p->queues > DPDK_MAX_QUEUES) {
+        snprintf(err, errlen, "dpdk: %s: %u receive queues, at most %d", name, p->queues, DPDK_MAX_QUEUES);
+        free(p);
+        return NULL;
+    }
+    p->queue_state = aligned_alloc(64, p->queues * sizeof *p->queue_state);
+    if (!p->queue_state) {
+        snprintf(err, errlen, "dpdk: out of memory");
+        free(p);
+        return NULL;
+    }
+    memset(p->queue_state, 0, p->queues * sizeof *p->queue_state);
     if (o->bpf && *o->bpf && !compile_filter(p, o->bpf, name, err, errlen)) {
+        free(p->queue_state);
         free(p);
         return NULL;
     }
@@ -340,6 +386,7 @@ struct cap_dpdk_port *cap_dpdk_port_open(const struct cap_dpdk_opts *o, uint32_t
         restore_output(&said, err, errlen);
         if (p->filter_on)
             pcap_freecode(&p->filter);
+        free(p->queue_state);
         free(p);
         return NULL;
     }
@@ -353,12 +400,14 @@ struct cap_dpdk_port *cap_dpdk_port_open(const struct cap_dpdk_opts *o, uint32_t
     return p;
 }
 
-static void idle(struct cap_dpdk_port *p)
+uint32_t cap_dpdk_port_queues(const struct cap_dpdk_port *p) { return p->queues; }
+
+static void idle(struct cap_dpdk_port *p, struct dpdk_queue_state *q)
 {
-    if (p->busy_poll || ++p->empty_polls <= DPDK_SPIN_POLLS)
+    if (p->busy_poll || ++q->empty_polls <= DPDK_SPIN_POLLS)
         return;
     /* quiet: sleep 10 µs, doubling to 1 ms; the first frame resets it */
-    unsigned shift = (p->empty_polls - DPDK_SPIN_POLLS) / DPDK_SPIN_POLLS;
+    unsigned shift = (q->empty_polls - DPDK_SPIN_POLLS) / DPDK_SPIN_POLLS;
     long us = shift >= 7 ? DPDK_MAX_SLEEP_US : 10L << shift;
     if (us > DPDK_MAX_SLEEP_US)
         us = DPDK_MAX_SLEEP_US;
@@ -366,9 +415,24 @@ static void idle(struct cap_dpdk_port *p)
     nanosleep(&ts, NULL);
 }
 
-int cap_dpdk_port_burst(struct cap_dpdk_port *p, struct cap_frame *frames, int max, uint8_t *arena,
+/* A thread that is not an EAL lcore has no mempool cache: every buffer the driver takes or
+ * returns would go through the pool's shared ring. Registering gives it an lcore id of its own
+ * (once per thread; failing only costs that cache). */
+static void register_thread(void)
+{
+    static _Thread_local bool tried;
+    if (!tried && rte_lcore_id() == LCORE_ID_ANY)
+        rte_thread_register();
+    tried = true;
+}
+
+int cap_dpdk_port_burst(struct cap_dpdk_port *p, uint32_t queue, struct cap_frame *frames, int max, uint8_t *arena,
                         size_t arena_size, size_t *used)
 {
+    if (queue >= p->queues)
+        return 0;
+    register_thread();
+    struct dpdk_queue_state *q = &p->queue_state[queue];
     size_t room = arena_size - *used;
     size_t want = (size_t)(max < DPDK_BURST_MAX ? max : DPDK_BURST_MAX);
     if (want * p->frame_max > room)
@@ -376,12 +440,12 @@ int cap_dpdk_port_burst(struct cap_dpdk_port *p, struct cap_frame *frames, int m
     if (want == 0)
         return 0;
     struct rte_mbuf *mbufs[DPDK_BURST_MAX];
-    const uint16_t n = rte_eth_rx_burst(p->port, 0, mbufs, (uint16_t)want);
+    const uint16_t n = rte_eth_rx_burst(p->port, (uint16_t)queue, mbufs, (uint16_t)want);
     if (n == 0) {
-        idle(p);
+        idle(p, q);
         return 0;
     }
-    p->empty_polls = 0;
+    q->empty_polls = 0;
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     const int64_t ts = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
@@ -434,6 +498,7 @@ void cap_dpdk_port_close(struct cap_dpdk_port *p)
     }
     if (p->filter_on)
         pcap_freecode(&p->filter);
+    free(p->queue_state);
     free(p);
     rte_eal_cleanup();
 }
@@ -451,11 +516,17 @@ struct cap_dpdk_port *cap_dpdk_port_open(const struct cap_dpdk_opts *opts, uint3
     return NULL;
 }
 
-int cap_dpdk_port_burst(struct cap_dpdk_port *p, struct cap_frame *frames, int max, uint8_t *arena,
+int cap_dpdk_port_burst(struct cap_dpdk_port *p, uint32_t queue, struct cap_frame *frames, int max, uint8_t *arena,
                         size_t arena_size, size_t *used)
 {
-    (void)p, (void)frames, (void)max, (void)arena, (void)arena_size, (void)used;
+    (void)p, (void)queue, (void)frames, (void)max, (void)arena, (void)arena_size, (void)used;
     return 0; /* never called: no port opens */
+}
+
+uint32_t cap_dpdk_port_queues(const struct cap_dpdk_port *p)
+{
+    (void)p;
+    return 1;
 }
 
 void cap_dpdk_port_stats(struct cap_dpdk_port *p, uint64_t *missed, uint64_t *errors)

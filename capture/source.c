@@ -49,6 +49,8 @@ struct cap_source {
     const uint8_t *held_bytes;
 
     struct cap_dpdk_port *dpdk; /* a DPDK port (live) instead of pcap */
+    uint32_t dpdk_queue;        /* the receive queue this source reads */
+    bool dpdk_owner;            /* closes the port (cap_open_dpdk's source, not cap_dpdk_queue's) */
 
     /* live: where the dispatch callback puts the current burst */
     struct cap_frame *cb_frames;
@@ -86,7 +88,8 @@ static void source_free(struct cap_source *src)
         return;
     if (src->pcap)
         pcap_close(src->pcap);
-    cap_dpdk_port_close(src->dpdk);
+    if (src->dpdk_owner)
+        cap_dpdk_port_close(src->dpdk);
     free(src->stream_buf);
     free(src->arena);
     free(src->name);
@@ -296,10 +299,35 @@ struct cap_source *cap_open_dpdk(const struct cap_dpdk_opts *opts, char *err, si
         return NULL;
     }
     src->dpdk = port;
+    src->dpdk_owner = true;
     src->live = true;
     src->linktype = CAP_LINK_EN10MB;
     src->snaplen = snaplen;
     return src;
+}
+
+struct cap_source *cap_dpdk_queue(struct cap_source *first, uint32_t queue, char *err, size_t errlen)
+{
+    if (!first->dpdk || !first->dpdk_owner || queue == 0 || queue >= cap_dpdk_port_queues(first->dpdk)) {
+        snprintf(err, errlen, "%s: no receive queue %u to open", first->name, queue);
+        return NULL;
+    }
+    char name[320];
+    snprintf(name, sizeof name, "%s#%u", first->name, queue);
+    struct cap_source *src = source_new(name, err, errlen);
+    if (!src)
+        return NULL;
+    src->dpdk = first->dpdk;
+    src->dpdk_queue = queue;
+    src->live = true;
+    src->linktype = first->linktype;
+    src->snaplen = first->snaplen;
+    return src;
+}
+
+uint32_t cap_source_queues(const struct cap_source *src)
+{
+    return src->dpdk ? cap_dpdk_port_queues(src->dpdk) : 1;
 }
 
 static inline int64_t ts_to_ns(const struct cap_source *src, const struct timeval *tv)
@@ -428,7 +456,8 @@ int cap_next_burst(struct cap_source *src, struct cap_frame *frames, int max)
     src->arena_used = 0;
     int n;
     if (src->dpdk) {
-        n = cap_dpdk_port_burst(src->dpdk, frames, max, src->arena, src->arena_size, &src->arena_used);
+        n = cap_dpdk_port_burst(src->dpdk, src->dpdk_queue, frames, max, src->arena, src->arena_size,
+                                &src->arena_used);
         src->frames_read += (uint64_t)n;
     } else {
         n = src->live ? live_burst(src, frames, max) : file_burst(src, frames, max);
@@ -464,7 +493,8 @@ void cap_source_stats(struct cap_source *src, struct cap_source_stats *out)
 {
     *out = (struct cap_source_stats){.frames = src->frames, .bytes = src->bytes};
     if (src->dpdk) {
-        cap_dpdk_port_stats(src->dpdk, &out->kernel_dropped, &out->iface_dropped);
+        if (src->dpdk_owner) /* the port's counters, once */
+            cap_dpdk_port_stats(src->dpdk, &out->kernel_dropped, &out->iface_dropped);
     } else if (src->live) {
         struct pcap_stat ps;
         if (pcap_stats(src->pcap, &ps) == 0) {

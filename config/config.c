@@ -13,6 +13,7 @@
  * configuration, and the fuzzer's arbitrary bytes cannot make the parser read /dev/zero. */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
@@ -115,6 +116,7 @@ static const struct cfg_key cfg_dpdk_keys[] = {
     CFG_STR("eal", capture, dpdk_port.eal, 0),
     CFG_U32("rx_descriptors", capture, dpdk_port.rx_descriptors, 64, 65536),
     CFG_U32("mbufs", capture, dpdk_port.mbufs, 0, 16777216),
+    CFG_U32("queues", capture, dpdk_port.queues, 1, 64),
     CFG_BOOLEAN("busy_poll", capture, dpdk_port.busy_poll),
 };
 
@@ -210,6 +212,7 @@ void cfg_defaults(struct cfg_sensor *c)
     c->capture.tunnels_inner = false;
     c->capture.dpdk = false;
     c->capture.dpdk_port.rx_descriptors = 4096;
+    c->capture.dpdk_port.queues = 1;
 
     c->flow.max_flows = 1048576;
     c->flow.packets_per_session = 32;
@@ -881,11 +884,19 @@ static int cfg_check_combinations(const struct cfg_sensor *c, char *msg, size_t 
                  "(%u), got %u", c->flow.emergency_enter_pct, c->flow.emergency_leave_pct);
         return -1;
     }
-    /* Each worker owns max_flows / workers flows; a share this small would evict all the time. */
-    if ((uint64_t)c->flow.max_flows < 16 * (uint64_t)c->flow.workers) {
+    /* Each worker owns max_flows / workers flows (of its queue's table, with several DPDK queues);
+     * a share this small would evict all the time. */
+    const uint64_t flow_owners =
+        (uint64_t)c->flow.workers * (c->capture.dpdk ? c->capture.dpdk_port.queues : 1);
+    if ((uint64_t)c->flow.max_flows < 16 * flow_owners) {
         keys[0] = "flow.max_flows", keys[1] = "flow.workers";
-        snprintf(msg, size, "flow.max_flows: expected at least 16 per worker (flow.workers = %u: "
-                 "%u), got %u", c->flow.workers, 16 * c->flow.workers, c->flow.max_flows);
+        if (flow_owners > c->flow.workers)
+            snprintf(msg, size, "flow.max_flows: expected at least 16 per worker and queue (flow.workers = %u, "
+                     "capture.dpdk.queues = %u: %" PRIu64 "), got %u", c->flow.workers, c->capture.dpdk_port.queues,
+                     16 * flow_owners, c->flow.max_flows);
+        else
+            snprintf(msg, size, "flow.max_flows: expected at least 16 per worker (flow.workers = %u: "
+                     "%u), got %u", c->flow.workers, 16 * c->flow.workers, c->flow.max_flows);
         return -1;
     }
     if (c->capture.dpdk && c->capture.dpdk_port.port[0] == '\0') {
@@ -894,11 +905,17 @@ static int cfg_check_combinations(const struct cfg_sensor *c, char *msg, size_t 
                  "capture.source \"dpdk\", got \"\"");
         return -1;
     }
-    if (c->capture.dpdk_port.mbufs != 0 && c->capture.dpdk_port.mbufs <= c->capture.dpdk_port.rx_descriptors) {
+    const uint64_t descriptors = (uint64_t)c->capture.dpdk_port.rx_descriptors * c->capture.dpdk_port.queues;
+    if (c->capture.dpdk_port.mbufs != 0 && c->capture.dpdk_port.mbufs <= descriptors) {
         keys[0] = "capture.dpdk.mbufs", keys[1] = "capture.dpdk.rx_descriptors";
-        snprintf(msg, size, "capture.dpdk.mbufs: expected 0 (4 × rx_descriptors) or more than "
-                 "capture.dpdk.rx_descriptors (%u), got %u", c->capture.dpdk_port.rx_descriptors,
-                 c->capture.dpdk_port.mbufs);
+        if (c->capture.dpdk_port.queues > 1)
+            snprintf(msg, size, "capture.dpdk.mbufs: expected 0 (4 × rx_descriptors × queues) or more than "
+                     "capture.dpdk.rx_descriptors × capture.dpdk.queues (%" PRIu64 "), got %u", descriptors,
+                     c->capture.dpdk_port.mbufs);
+        else
+            snprintf(msg, size, "capture.dpdk.mbufs: expected 0 (4 × rx_descriptors) or more than "
+                     "capture.dpdk.rx_descriptors (%u), got %u", c->capture.dpdk_port.rx_descriptors,
+                     c->capture.dpdk_port.mbufs);
         return -1;
     }
     if (c->output.kind == CFG_OUTPUT_FILE && c->output.filename[0] == '\0') {

@@ -52,7 +52,8 @@ struct cfg_sensor {
             char port[256];       /* PCI address or virtual device arguments */
             char eal[512];        /* EAL arguments */
             uint32_t rx_descriptors; /* 4096 */
-            uint32_t mbufs;       /* 0: 4 × rx_descriptors */
+            uint32_t mbufs;       /* 0: 4 × rx_descriptors × queues */
+            uint32_t queues;      /* 1: receive queues, one reader thread and flow table each */
             bool busy_poll;       /* false */
         } dpdk_port;
     } capture;

@@ -105,6 +105,10 @@ struct ft_config {
     uint32_t emergency_enter_pct;
     uint32_t emergency_leave_pct;
     struct ft_timeouts emergency_timeouts;
+    /* One of id_shards assemblers of one run that see disjoint flows (the sensor's DPDK queues):
+     * session ids become (ordinal - 1) · id_shards + id_shard + 1, unique across them. 0 or 1
+     * shards: ids are the ordinals. */
+    uint32_t id_shard, id_shards;
 };
 /* Defaults: max_flows 1 M (2^20), K 32, M 128, split, decode.innermost, 1 worker, random seed,
  * merge_timeouts false, cut_frames AUTO, and the timeouts of Suricata's shipped suricata.yaml:
@@ -211,6 +215,8 @@ void ft_assembler_feed(struct ft_assembler *as, const struct cap_frame *frames, 
 void ft_assembler_finish_input(struct ft_assembler *as);
 /* Safe from any thread at any time (relaxed counters). */
 void ft_assembler_stats(struct ft_assembler *as, struct ft_stats *out);
+/* Adds part's counters to sum (several assemblers of one run). */
+void ft_stats_add(struct ft_stats *sum, const struct ft_stats *part);
 /* Stops the workers and frees everything. Sessions still open are dropped without a callback:
  * call ft_assembler_finish_input first to get them. NULL is accepted. */
 void ft_assembler_destroy(struct ft_assembler *as);

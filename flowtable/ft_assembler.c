@@ -181,6 +181,7 @@ struct ft_assembler {
     unsigned prev_next;
     uint64_t frame_no;
     uint64_t ordinal;
+    uint32_t id_shard, id_shards; /* ids: (ordinal - 1) · id_shards + id_shard + 1 */
     uint32_t since_qs;
 
     /* finish-input handshake with the workers */
@@ -524,6 +525,11 @@ static int ft_validate(const struct ft_config *cfg, char *err, size_t errlen)
                  cfg->max_flows, cfg->workers);
         return -1;
     }
+    if (cfg->id_shards > 1 && cfg->id_shard >= cfg->id_shards) {
+        snprintf(err, errlen, "flowtable: id_shard must be below id_shards (%u), got %u", cfg->id_shards,
+                 cfg->id_shard);
+        return -1;
+    }
     if (cfg->max_flows > (1u << 31)) {
         snprintf(err, errlen, "flowtable: max_flows must be at most 2^31, got %u", cfg->max_flows);
         return -1;
@@ -639,6 +645,8 @@ struct ft_assembler *ft_assembler_create(const struct ft_config *cfg, ft_session
     sh->flow_size = (sizeof(struct ft_flow) + k * sizeof(struct ft_stored_packet) +
                      k * cfg->bytes_per_packet + 63) & ~(size_t)63;
     as->nw = cfg->workers;
+    as->id_shards = cfg->id_shards > 1 ? cfg->id_shards : 1;
+    as->id_shard = as->id_shards > 1 ? cfg->id_shard : 0;
     as->seed = cfg->hash_seed ? cfg->hash_seed : ft_random_seed();
     as->copy_max = k ? cfg->bytes_per_packet : 0;
     as->cut_attach = cfg->cut_frames == FT_CUT_FRAMES_ATTACH ||
@@ -926,7 +934,7 @@ static bool ft_frame_in(struct ft_assembler *as, const struct cap_packet *pkt, s
     }
     rec->clock_ns = as->clock;
     rec->frame = as->frame_no;
-    rec->ordinal = as->ordinal;
+    rec->ordinal = (as->ordinal - 1) * as->id_shards + as->id_shard + 1;
     return true;
 }
 
@@ -1061,4 +1069,22 @@ void ft_assembler_stats(struct ft_assembler *as, struct ft_stats *out)
     out->decode.frames = out->frames;
     for (int r = 0; r < CAP_DECODE_REASON_COUNT; r++)
         out->decode.by_reason[r] = ft_counter_get(&as->by_reason[r]);
+}
+
+void ft_stats_add(struct ft_stats *sum, const struct ft_stats *part)
+{
+    sum->frames += part->frames;
+    sum->bytes += part->bytes;
+    sum->flowless += part->flowless;
+    sum->flows_created += part->flows_created;
+    sum->flows_active += part->flows_active;
+    sum->flows_evicted += part->flows_evicted;
+    sum->flows_timed_out += part->flows_timed_out;
+    sum->port_reuse_splits += part->port_reuse_splits;
+    sum->no_memory += part->no_memory;
+    sum->flows_ready += part->flows_ready;
+    sum->emergency_entered += part->emergency_entered;
+    sum->emergency_active += part->emergency_active;
+    sum->memory_bytes += part->memory_bytes;
+    cap_decode_stats_add(&sum->decode, &part->decode);
 }

@@ -343,7 +343,9 @@ static bool enqueue(struct sensor *sn, const struct ft_session *s, enum sensor_t
 
 void sensor_on_ready(const struct ft_session *s, int worker, void *user)
 {
-    struct sensor *sn = user;
+    const struct sensor_shard *shard = user;
+    struct sensor *sn = shard->sn;
+    worker += shard->first_worker;
     enum sensor_trigger t = s->ready == FT_READY_FIN   ? SN_TRIGGER_FIN
                             : s->ready == FT_READY_RST ? SN_TRIGGER_RST
                                                        : SN_TRIGGER_PACKETS;
@@ -373,7 +375,9 @@ static const char *reason_name(uint8_t r)
 
 void sensor_on_end(const struct ft_session *s, int worker, void *user)
 {
-    struct sensor *sn = user;
+    const struct sensor_shard *shard = user;
+    struct sensor *sn = shard->sn;
+    worker += shard->first_worker;
     bool verdict = false;
     if (sn->no_model) {
         /* a flow sensor: nothing is handed to a model */
@@ -460,8 +464,12 @@ void sensor_emit_stats(struct sensor *sn)
 {
     struct ft_stats fs;
     memset(&fs, 0, sizeof fs);
-    if (sn->as)
-        ft_assembler_stats(sn->as, &fs);
+    for (int i = 0; i < sn->n_shards; i++)
+        if (sn->shards[i].as) {
+            struct ft_stats part;
+            ft_assembler_stats(sn->shards[i].as, &part);
+            ft_stats_add(&fs, &part);
+        }
     struct sensor_sink_stats ss;
     sensor_sink_stats(sn->sink, &ss);
     uint64_t h[SN_LAT_BUCKETS], total = 0;

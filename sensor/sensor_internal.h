@@ -188,10 +188,24 @@ uint64_t sensor_lat_upper(uint32_t bucket);
 
 struct sensor_skipset; /* per flow worker: ids of ready sessions the queue had no room for */
 
+/* One flow table and what feeds it: the replay's files, the live interface, or one receive queue
+ * of a DPDK port (capture.dpdk.queues > 1: a reader thread and a table per queue, the NIC's
+ * symmetric RSS keeping each flow on one queue). The flow table's callbacks get the shard. */
+struct sensor_shard {
+    struct sensor *sn;
+    int index;
+    int first_worker;        /* its flow workers' first index into sn->skipsets */
+    struct ft_assembler *as;
+    struct cap_source *src;  /* live; shard 0's owns the port and is closed last */
+    pthread_t thread;        /* shards 1.. read on threads of their own */
+    bool started;
+};
+
 struct sensor {
     const struct sensor_options *opts;
     struct cfg_sensor cfg;
-    struct ft_assembler *as;
+    struct sensor_shard *shards;
+    int n_shards;
     struct sensor_queue q;
     struct sensor_sink *sink;
     struct sensor_engine *engine;                 /* the batcher's; NULL with no_model */
@@ -221,7 +235,7 @@ struct sensor {
     _Atomic uint64_t lat_max;
 };
 
-/* ft callbacks (sensor_events.c) */
+/* ft callbacks (sensor_events.c); user is the struct sensor_shard of the flow table */
 void sensor_on_ready(const struct ft_session *s, int worker, void *user);
 void sensor_on_end(const struct ft_session *s, int worker, void *user);
 struct sensor_skipset *sensor_skipset_new(void);

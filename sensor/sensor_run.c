@@ -3,7 +3,8 @@
  * and the drain at the end.
  *
  * Threads: the calling thread reads the capture and feeds the flow table (its worker threads
- * call back into sensor_events.c); the batcher runs the model (none with model.task "none": a
+ * call back into sensor_events.c); with several DPDK receive queues a reader thread per further
+ * queue feeds a flow table of its own (struct sensor_shard); the batcher runs the model (none with model.task "none": a
  * flow sensor); the sink's writer owns the output; the manager waits on the signal self-pipe.
  * Drain on SIGTERM/SIGINT or end of input: the reader stops, ft_assembler_finish_input ends
  * every open flow (reason shutdown; unready payload sessions are queued, waiting for room now
@@ -394,17 +395,19 @@ static void count_frames(struct sensor *sn, const struct cap_frame *fr, int n, u
         *bytes_out += bytes + 16u * (uint64_t)n; /* record headers count toward the file size */
 }
 
-static void read_live(struct sensor *sn, struct cap_source *src)
+static void read_live(struct sensor_shard *shard)
 {
+    struct sensor *sn = shard->sn;
+    struct cap_source *src = shard->src;
     struct cap_frame frames[BURST];
     int64_t next_stats = 0;
     while (!atomic_load_explicit(&sn->stop, memory_order_relaxed)) {
         int n = cap_next_burst(src, frames, BURST);
         if (n > 0) {
             count_frames(sn, frames, n, NULL);
-            ft_assembler_feed(sn->as, frames, n);
+            ft_assembler_feed(shard->as, frames, n);
         } else if (n == 0) {
-            ft_assembler_tick(sn->as, sensor_realtime_ns()); /* idle flows still time out */
+            ft_assembler_tick(shard->as, sensor_realtime_ns()); /* idle flows still time out */
         } else {
             if (n == CAP_BURST_ERROR) {
                 sensor_log("%s: %s", cap_source_name(src), cap_source_error(src));
@@ -413,7 +416,8 @@ static void read_live(struct sensor *sn, struct cap_source *src)
             break;
         }
         int64_t now = sensor_mono_ns();
-        if (now >= next_stats) { /* the kernel's counters, read here: the source is this thread's */
+        if (shard->index == 0 && now >= next_stats) {
+            /* the kernel's (or the port's) counters, read here: the source is this thread's */
             struct cap_source_stats st;
             cap_source_stats(src, &st);
             atomic_store_explicit(&sn->cap_kernel_drops, st.kernel_dropped, memory_order_relaxed);
@@ -421,6 +425,16 @@ static void read_live(struct sensor *sn, struct cap_source *src)
             next_stats = now + 500000000;
         }
     }
+    /* every reader stops together: the wire is no longer read, so waiting for room is fine */
+    atomic_store(&sn->stop, true);
+    atomic_store(&sn->block_when_full, true);
+    ft_assembler_finish_input(shard->as);
+}
+
+static void *read_live_main(void *arg)
+{
+    read_live(arg);
+    return NULL;
 }
 
 static void read_files(struct sensor *sn)
@@ -446,14 +460,14 @@ static void read_files(struct sensor *sn)
                 break;
             }
             count_frames(sn, frames, n, &done_bytes);
-            ft_assembler_feed(sn->as, frames, n);
+            ft_assembler_feed(sn->shards[0].as, frames, n);
             frames_seen += (uint64_t)n;
             if (o->progress && (frames_seen & 0x3fff) < (uint64_t)n)
                 o->progress(o->progress_user, done_bytes, frames_seen, false);
         }
         if (atomic_load(&sn->stop))
             atomic_store(&sn->block_when_full, true); /* drain: every ready session is classified */
-        ft_assembler_finish_input(sn->as); /* sessions never span files */
+        ft_assembler_finish_input(sn->shards[0].as); /* sessions never span files */
         cap_close(src);
     }
     sn->progress_bytes = done_bytes; /* the final progress line comes after the drain */
@@ -464,8 +478,13 @@ static void read_files(struct sensor *sn)
 
 static void release(struct sensor *sn)
 {
-    if (sn->as)
-        ft_assembler_destroy(sn->as);
+    /* the queues' sources before the first, which closes the port */
+    for (int i = sn->n_shards - 1; i >= 0; i--) {
+        ft_assembler_destroy(sn->shards[i].as);
+        if (sn->shards[i].src)
+            cap_close(sn->shards[i].src);
+    }
+    free(sn->shards);
     for (int w = 0; sn->skipsets && w < sn->n_workers; w++)
         sensor_skipset_free(sn->skipsets[w]);
     free(sn->skipsets);
@@ -541,6 +560,7 @@ int sensor_run(const struct sensor_options *o)
             .rx_descriptors = sn->cfg.capture.dpdk_port.rx_descriptors,
             .mbufs = sn->cfg.capture.dpdk_port.mbufs,
             .busy_poll = sn->cfg.capture.dpdk_port.busy_poll,
+            .queues = sn->cfg.capture.dpdk_port.queues,
         };
         live = cap_open_dpdk(&dopts, err, sizeof err);
         if (!live) {
@@ -563,6 +583,28 @@ int sensor_run(const struct sensor_options *o)
             return 1;
         }
     }
+
+    /* the flow tables' shards: one, or one per receive queue of a DPDK port */
+    sn->n_shards = live ? (int)cap_source_queues(live) : 1;
+    sn->shards = calloc((size_t)sn->n_shards, sizeof *sn->shards);
+    if (!sn->shards) {
+        sensor_log("out of memory");
+        if (live)
+            cap_close(live);
+        release(sn);
+        return 1;
+    }
+    for (int i = 0; i < sn->n_shards; i++) {
+        sn->shards[i].sn = sn;
+        sn->shards[i].index = i;
+    }
+    sn->shards[0].src = live; /* closed by release() from here on */
+    for (int i = 1; i < sn->n_shards; i++)
+        if (!(sn->shards[i].src = cap_dpdk_queue(live, (uint32_t)i, err, sizeof err))) {
+            sensor_log("%s", err);
+            release(sn);
+            return 1;
+        }
 
     /* 2. the model (after the input, so a wrong interface or file is named first); none for a
      * flow sensor */
@@ -616,7 +658,7 @@ int sensor_run(const struct sensor_options *o)
         sensor_log("out of memory for %u ready-queue slots", sn->cfg.session.queue_size);
         goto out;
     }
-    sn->n_workers = fcfg.workers;
+    sn->n_workers = fcfg.workers * sn->n_shards;
     sn->skipsets = calloc((size_t)sn->n_workers, sizeof *sn->skipsets);
     for (int w = 0; sn->skipsets && w < sn->n_workers; w++)
         if (!(sn->skipsets[w] = sensor_skipset_new()))
@@ -625,13 +667,21 @@ int sensor_run(const struct sensor_options *o)
         sensor_log("out of memory");
         goto out;
     }
-    sn->as = ft_assembler_create(&fcfg, sensor_on_end, sn, err, sizeof err);
-    if (!sn->as) {
-        sensor_log("flow table: %s", err);
-        goto out;
+    for (int i = 0; i < sn->n_shards; i++) {
+        struct sensor_shard *shard = &sn->shards[i];
+        struct ft_config shard_cfg = fcfg; /* each queue's table holds its share of the flows */
+        shard_cfg.max_flows = fcfg.max_flows / (uint32_t)sn->n_shards;
+        shard_cfg.id_shard = (uint32_t)i;
+        shard_cfg.id_shards = (uint32_t)sn->n_shards;
+        shard->first_worker = i * fcfg.workers;
+        shard->as = ft_assembler_create(&shard_cfg, sensor_on_end, shard, err, sizeof err);
+        if (!shard->as) {
+            sensor_log("flow table: %s", err);
+            goto out;
+        }
+        if (!sn->no_model)
+            ft_assembler_on_ready(shard->as, sensor_on_ready, shard);
     }
-    if (!sn->no_model)
-        ft_assembler_on_ready(sn->as, sensor_on_ready, sn);
 
     /* 6. threads */
     sigfd = signal_pipe[0];
@@ -657,28 +707,44 @@ int sensor_run(const struct sensor_options *o)
     }
     notify("READY=1\nSTATUS=capturing", 1000);
     atomic_store(&sn->ready_notified, true);
+    char input[400];
+    if (live && sn->n_shards > 1)
+        snprintf(input, sizeof input, "%s (%d receive queues, a reader each)", cap_source_name(live), sn->n_shards);
+    else if (live)
+        snprintf(input, sizeof input, "%s", cap_source_name(live));
     if (!o->replay && sn->no_model)
-        sensor_log("capturing on %s, no model (flow and stats events only), %d flow workers",
-                   cap_source_name(live), fcfg.workers);
+        sensor_log("capturing on %s, no model (flow and stats events only), %d flow workers", input,
+                   sn->n_workers);
     else if (!o->replay && sn->engine->gpu) {
         int dev = 0;
         char gpu[384] = "";
         if (model_device_parse(sn->cfg.model.device, &dev))
             model_cuda_describe(dev, gpu, sizeof gpu);
-        sensor_log("capturing on %s, model %s on %s (%s), %d flow workers", cap_source_name(live),
-                   sn->engine->name, sn->cfg.model.device, gpu, fcfg.workers);
+        sensor_log("capturing on %s, model %s on %s (%s), %d flow workers", input, sn->engine->name,
+                   sn->cfg.model.device, gpu, sn->n_workers);
     } else if (!o->replay) {
-        sensor_log("capturing on %s, model %s (%u threads), %d flow workers", cap_source_name(live),
-                   sn->engine->name, sn->engine->threads, fcfg.workers);
+        sensor_log("capturing on %s, model %s (%u threads), %d flow workers", input, sn->engine->name,
+                   sn->engine->threads, sn->n_workers);
     }
 
     /* 7. read until the end of input or a stop signal */
     if (o->replay) {
         read_files(sn);
     } else {
-        read_live(sn, live);
-        atomic_store(&sn->block_when_full, true); /* the wire is no longer read: waiting is fine */
-        ft_assembler_finish_input(sn->as);
+        for (int i = 1; i < sn->n_shards; i++) {
+            struct sensor_shard *shard = &sn->shards[i];
+            shard->started = pthread_create(&shard->thread, NULL, read_live_main, shard) == 0;
+            if (!shard->started) {
+                sensor_log("cannot start the reader thread of receive queue %d", i);
+                atomic_store(&sn->failed, true);
+                atomic_store(&sn->stop, true);
+                break;
+            }
+        }
+        read_live(&sn->shards[0]); /* ends its flows, and makes the other readers end theirs */
+        for (int i = 1; i < sn->n_shards; i++)
+            if (sn->shards[i].started)
+                pthread_join(sn->shards[i].thread, NULL);
     }
 
     /* 8. drain */
@@ -699,8 +765,6 @@ out:
     if (sn->sink && !sensor_sink_close(sn->sink, status == 0))
         status = 1;
     sn->sink = NULL;
-    if (live)
-        cap_close(live);
     (void)sigfd; /* the signal pipe stays: a signal during exit still has somewhere to go */
     if (stopfd >= 0)
         close(stopfd);

@@ -9,17 +9,22 @@ copy out of the mbufs, the user-space BPF filter, the port's counters. Frames ar
 time, so as in sensor_netns.py every idle timeout and emergency mode are off on both sides and
 the comparison is strict (sensor_common.compare_with_replay): the same frames, sessions, labels,
 triggers, flows and flow ids. Then:
+  - several receive queues (capture.dpdk.queues = 2): each capture split as a NIC's symmetric RSS
+    spreads frames (pcap_split.py: every frame of an IP pair on one queue), one rx_pcap file per
+    queue, gives replay's sessions and flows again, each flow numbered by its queue's table;
   - a capture filter (bpf = "udp") keeps exactly the frames tshark counts as UDP;
-  - a port that does not exist, EAL arguments the EAL rejects, and capture.source = "dpdk" with no
-    port are each one clear error line and a non-zero exit.
+  - a port that does not exist, EAL arguments the EAL rejects, capture.source = "dpdk" with no
+    port, and more queues than the port has are each one clear error line and a non-zero exit.
 Every event line is checked against schema/events.schema.json."""
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import pcap_split  # noqa: E402
 from sensor_common import (DATA, NETLM, SRC, by_type, check, compare_with_replay, contents,  # noqa: E402
                            finish, frame_count, last_stats, one_line_error, read_events, wait_for,
                            write_conf_no_timeouts)
@@ -27,17 +32,20 @@ from sensor_common import (DATA, NETLM, SRC, by_type, check, compare_with_replay
 EAL = "--no-huge -m 256 --no-pci --no-shconf"
 
 
-def write_conf(path, out, port, bpf="", eal=EAL):
+def write_conf(path, out, port, bpf="", eal=EAL, queues=1):
     write_conf_no_timeouts(path, f'{{ source = "dpdk"; bpf = "{bpf}"; '
-                                 f'dpdk = {{ port = "{port}"; eal = "{eal}"; rx_descriptors = 1024; }}; }}', out)
+                                 f'dpdk = {{ port = "{port}"; eal = "{eal}"; rx_descriptors = 1024; '
+                                 f'queues = {queues}; }}; }}', out)
 
 
-def run_sensor(tmp, name, capture, n_expected, bpf=""):
-    """The sensor on a net_pcap port reading capture, until its stats count n_expected frames;
-    SIGTERM; returns (events, stderr, return code, config path)."""
+def run_sensor(tmp, name, capture, n_expected, bpf="", queue_files=None):
+    """The sensor on a net_pcap port reading capture (or queue_files, one receive queue each),
+    until its stats count n_expected frames; SIGTERM; returns (events, stderr, config path)."""
     out = os.path.join(tmp, f"{name}.json")
     conf = os.path.join(tmp, f"{name}.conf")
-    write_conf(conf, out, f"net_pcap0,rx_pcap={capture}", bpf)
+    files = queue_files or [capture]
+    port = "net_pcap0," + ",".join(f"rx_pcap={f}" for f in files)
+    write_conf(conf, out, port, bpf, queues=len(files))
     err_path = os.path.join(tmp, f"{name}.err")
     with open(err_path, "w") as err_f:
         proc = subprocess.Popen([NETLM, "sensor", "-c", conf], stdout=subprocess.DEVNULL, stderr=err_f)
@@ -55,7 +63,7 @@ def run_sensor(tmp, name, capture, n_expected, bpf=""):
             proc.wait()
     err = contents(err_path)
     check(f"{name}: SIGTERM drains and exits 0", proc.returncode == 0, f"rc {proc.returncode}: {err.strip()}")
-    check(f"{name}: the log names the DPDK port", f"capturing on dpdk:net_pcap0,rx_pcap={capture}" in err, err)
+    check(f"{name}: the log names the DPDK port", f"capturing on dpdk:{port}" in err, err)
     return read_events(contents(out), f"sensor on DPDK ({name})"), err, conf
 
 
@@ -63,6 +71,13 @@ def tshark_count(capture, display_filter):
     res = subprocess.run(["tshark", "-r", capture, "-Y", display_filter, "-T", "fields", "-e", "frame.number"],
                          capture_output=True, text=True, timeout=120)
     return len(res.stdout.split()) if res.returncode == 0 else None
+
+
+def queue_of_flow(event, n):
+    """The queue pcap_split puts a flow event's frames on."""
+    family = socket.AF_INET6 if ":" in event["src_ip"] else socket.AF_INET
+    a, b = (socket.inet_pton(family, event[k]) for k in ("src_ip", "dest_ip"))
+    return pcap_split.zlib.crc32(min(a, b) + max(a, b)) % n
 
 
 def sensor(*args):
@@ -83,7 +98,23 @@ def main():
                                  capture_output=True, text=True, timeout=600)
             check(f"replay of {os.path.basename(capture)} exits 0", res.returncode == 0, res.stderr.strip())
             print(f"  {os.path.basename(capture)}: {n_frames} frames through DPDK against replay")
-            compare_with_replay(live, read_events(contents(replay_out), "replay"), n_frames)
+            replayed = read_events(contents(replay_out), "replay")
+            compare_with_replay(live, replayed, n_frames)
+
+            # two receive queues, fed as symmetric RSS would: a reader and a flow table each
+            queue_files, counts = pcap_split.split(capture, 2, os.path.join(tmp, f"queues{i}-"))
+            check(f"{os.path.basename(capture)} split over both queues", min(counts) > 0, str(counts))
+            live, err, _ = run_sensor(tmp, f"queues{i}", capture, n_frames, queue_files=queue_files)
+            check(f"queues{i}: the log says 2 receive queues", "(2 receive queues, a reader each)" in err, err)
+            print(f"  {os.path.basename(capture)}: {counts} frames on two receive queues against replay")
+            compare_with_replay(live, replayed, n_frames, same_ids=False)
+            flows = by_type(live, "flow")
+            ids = [f["flow_id"] for f in flows]
+            check(f"queues{i}: flow ids unique across the queues' tables", len(ids) == len(set(ids)),
+                  f"{len(ids) - len(set(ids))} repeated")
+            wrong = [f["flow_id"] for f in flows if (f["flow_id"] - 1) % 2 != queue_of_flow(f, 2)]
+            check(f"queues{i}: every flow numbered by the table of the queue its frames came on (odd ids: "
+                  f"queue 0, even: queue 1)", flows and not wrong, f"{len(wrong)} elsewhere: {wrong[:5]}")
 
         # a capture filter, run in user space on the copied frames: the frames tshark calls UDP
         demo = captures[0]
@@ -111,6 +142,12 @@ def main():
                        exit_codes=(1, 2))
         one_line_error("-i dpdk: without a port", sensor("-c", os.path.join(tmp, "capture0.conf"), "-i", "dpdk:"),
                        ["--interface"], exit_codes=(1, 2))
+        write_conf(conf, os.path.join(tmp, "nosuch.json"), "net_pcap0,rx_pcap=" + demo, queues=2)
+        one_line_error("more receive queues than the port has", sensor("-c", conf),
+                       ["capture.dpdk.queues is 2, the port has at most 1 receive queue"], exit_codes=(1,))
+        write_conf(conf, os.path.join(tmp, "nosuch.json"), "net_pcap0,rx_pcap=" + demo, queues=0)
+        one_line_error("capture.dpdk.queues = 0", sensor("-c", conf, "--check-config"), ["capture.dpdk.queues"],
+                       exit_codes=(2,))
     finish()
 
 

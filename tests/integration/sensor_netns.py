@@ -27,13 +27,18 @@ emergency mode off (the same config file for both), and every flow still open at
     (the run-wide ordinal of a session's first frame) equals replay's.
 Every line of both outputs is valid against schema/events.schema.json.
 
-All of it runs twice when the build has DPDK: the sensor capturing with libpcap, then through DPDK
-(capture.source = "dpdk", the net_af_packet poll-mode driver on the same veth end, no hugepages):
-the same equalities hold for both sources.
+All of it runs three times when the build has DPDK: the sensor capturing with libpcap, then
+through DPDK (capture.source = "dpdk", the net_af_packet poll-mode driver on the same veth end, no
+hugepages), then through DPDK with two receive queues (qpairs = 2: two AF_PACKET sockets in a
+fanout group, the kernel's symmetric flow hash choosing the socket, as a NIC's symmetric RSS
+chooses the queue; capture.dpdk.queues = 2: a reader and a flow table per queue): the same
+equalities hold for every source, except that with two queues each queue's table numbers its own
+flows (odd flow_ids on queue 0, even on queue 1, both seen).
 
 Needs root, `ip netns` and tcpreplay; prints "skipped: ..." and exits 0 otherwise. The namespace
 and the veth pair are removed on every exit path."""
 import atexit
+from collections import Counter
 import os
 import shutil
 import signal
@@ -100,22 +105,23 @@ def setup():
     raise RuntimeError(f"veth pair did not come up ({a}, {b})")
 
 
-def write_conf(path, out, dpdk):
+def write_conf(path, out, dpdk, queues=1):
     if dpdk:  # the same interface through DPDK's AF_PACKET poll-mode driver, without hugepages
-        capture = (f'{{ source = "dpdk"; promiscuous = true; bpf = ""; dpdk = {{ port = "net_af_packet0,iface={VETH_RX}"; '
+        capture = (f'{{ source = "dpdk"; promiscuous = true; bpf = ""; dpdk = {{ port = "net_af_packet0,iface={VETH_RX}'
+                   f'{f",qpairs={queues}" if queues > 1 else ""}"; queues = {queues}; '
                    f'eal = "--no-huge -m 256 --no-pci --no-shconf"; }}; }}')
     else:
         capture = f'{{ interface = "{VETH_RX}"; promiscuous = true; buffer_mb = 8; bpf = ""; }}'
     write_conf_no_timeouts(path, capture, out)
 
 
-def run_live(tmp, name, captures, n_frames, dpdk):
-    """The sensor in the namespace (libpcap, or DPDK's AF_PACKET driver on the same interface),
-    tcpreplay into the other end, SIGTERM, then the same captures through `netlm replay`:
-    compare_with_replay."""
+def run_live(tmp, name, captures, n_frames, dpdk, queues=1):
+    """The sensor in the namespace (libpcap, or DPDK's AF_PACKET driver on the same interface,
+    with `queues` receive queues), tcpreplay into the other end, SIGTERM, then the same captures
+    through `netlm replay`: compare_with_replay."""
     live_out = os.path.join(tmp, f"{name}.json")
     conf = os.path.join(tmp, f"{name}.conf")
-    write_conf(conf, live_out, dpdk)
+    write_conf(conf, live_out, dpdk, queues)
 
     # the sensor inside the namespace; it tells "systemd" (this script) when it is ready
     notify_path = os.path.join(tmp, f"{name}.notify")
@@ -187,7 +193,16 @@ def run_live(tmp, name, captures, n_frames, dpdk):
 
     live = read_events(contents(live_out), f"sensor on veth ({name})")
     rep = read_events(contents(replay_out), "replay")
-    compare_with_replay(live, rep, n_frames)
+    compare_with_replay(live, rep, n_frames, same_ids=queues == 1)
+    if queues > 1:
+        check(f"{name}: the log says {queues} receive queues", f"({queues} receive queues, a reader each)" in err, err)
+        ids = [e["flow_id"] for e in live if e.get("event_type") == "flow"]
+        check(f"{name}: flow ids unique across the queues' tables", len(ids) == len(set(ids)),
+              f"{len(ids) - len(set(ids))} repeated")
+        per_queue = Counter((i - 1) % queues for i in ids)
+        check(f"{name}: flows on every queue (the kernel's fanout hash spread them)", len(per_queue) == queues,
+              str(dict(per_queue)))
+        print(f"     flows per receive queue: {dict(sorted(per_queue.items()))}")
     check(f"{name}: sensor logged its drain", "SIGTERM: draining" in err, err.strip())
     check(f"{name}: sensor notified STOPPING=1", any("STOPPING=1" in m.split("\n") for m in messages), str(messages[-3:]))
 
@@ -214,6 +229,8 @@ def main():
         if "DPDK no" not in subprocess.run([NETLM, "--version"], capture_output=True, text=True).stdout:
             print("  the same through DPDK (net_af_packet on the veth end)")
             run_live(tmp, "dpdk", captures, n_frames, dpdk=True)
+            print("  through DPDK with two receive queues (net_af_packet qpairs = 2, kernel fanout by flow hash)")
+            run_live(tmp, "dpdk-2queues", captures, n_frames, dpdk=True, queues=2)
     finish()
 
 
