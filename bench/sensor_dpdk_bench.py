@@ -13,10 +13,14 @@ replicas of the labeled USTC-TFC2016 sessions). Runs, --workers flow workers eac
            is taken from the sensor's own stats events (every 0.2 s: packets and uptime) between
            the first that counts a packet and the first that counts them all, so the EAL's
            start and the drain are left out. Best of --repeat.
+  With --queues N (> 1) the DPDK port has N receive queues (capture.dpdk.queues = N), fed as a
+  NIC's symmetric RSS would feed them: the capture split by IP pair into N files
+  (tests/integration/pcap_split.py, cached in --work), one rx_pcap file per queue; each queue
+  has its reader thread and flow table, with one flow worker (the reader itself).
 Both must count every frame of the file and create the same flows (checked; idle timeouts
 off, as the sensor's clock is today's). Prints one JSON object with the ratio.
 
-usage: sensor_dpdk_bench.py BUILD_DIR DATA_DIR [--work DIR] [--copies N] [--workers N] [--repeat N]
+usage: sensor_dpdk_bench.py BUILD_DIR DATA_DIR [--work DIR] [--copies N] [--workers N] [--queues N] [--repeat N]
 """
 import argparse
 import json
@@ -29,7 +33,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
 from sessions_bench import build_capture, run as timed  # noqa: E402  the same capture cache and GNU time
+import pcap_split  # noqa: E402
+from sensor_common import frame_count  # noqa: E402
 
 TIMEOUTS_OFF = """timeouts = { tcp_new = 0.0; tcp_established = 0.0; tcp_closed = 0.0; udp_new = 0.0;
              udp_established = 0.0; other_new = 0.0; other_established = 0.0; };
@@ -100,6 +107,7 @@ def main():
     ap.add_argument("--work", default="/tmp/netlm-bench")
     ap.add_argument("--copies", type=int, default=30)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--queues", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3)
     a = ap.parse_args()
     netlm = os.path.join(a.build, "netlm")
@@ -108,7 +116,16 @@ def main():
     os.makedirs(a.work, exist_ok=True)
     cap = build_capture(os.path.join(a.build, "netlm_make_capture"), a.data, a.work, a.copies)
     frames = cap["frames"]
-    result = {"capture": {"file": cap["file"], "frames": frames, "copies": a.copies}, "workers": a.workers, "runs": {}}
+    result = {"capture": {"file": cap["file"], "frames": frames, "copies": a.copies}, "workers": a.workers,
+              "queues": a.queues, "runs": {}}
+    queue_files = [cap["file"]]
+    if a.queues > 1:
+        prefix = os.path.join(a.work, f"{os.path.basename(cap['file'])}.q{a.queues}-")
+        queue_files = [f"{prefix}{q}.pcap" for q in range(a.queues)]
+        if not all(os.path.exists(f) and os.path.getmtime(f) >= os.path.getmtime(cap["file"]) for f in queue_files):
+            print(f"splitting the capture over {a.queues} queues", file=sys.stderr)
+            queue_files, counts = pcap_split.split(cap["file"], a.queues, prefix)
+        result["capture"]["frames_per_queue"] = [frame_count(f) for f in queue_files]
     with tempfile.TemporaryDirectory(prefix="netlm-dpdk-bench-") as work:
         conf = os.path.join(work, "replay.conf")
         write_conf(conf, '{ source = "libpcap"; }', a.workers, os.path.join(work, "unused.json"))
@@ -120,12 +137,15 @@ def main():
         print(f"replay (libpcap) w{a.workers}: {frames / wall / 1e6:.2f} M packets/s", file=sys.stderr)
         out = os.path.join(work, "dpdk.json")
         conf = os.path.join(work, "dpdk.conf")
-        write_conf(conf, f'{{ source = "dpdk"; dpdk = {{ port = "net_pcap0,rx_pcap={cap["file"]}"; '
-                         f'eal = "--no-huge -m 1024 --no-pci --no-shconf"; }}; }}', a.workers, out)
+        port = "net_pcap0," + ",".join(f"rx_pcap={f}" for f in queue_files)
+        write_conf(conf, f'{{ source = "dpdk"; dpdk = {{ port = "{port}"; queues = {a.queues}; '
+                         f'eal = "--no-huge -m 1024 --no-pci --no-shconf"; }}; }}',
+                   a.workers if a.queues == 1 else 1, out)
         runs = [dpdk_run(netlm, conf, out, frames) for _ in range(a.repeat)]
         d = max(runs, key=lambda r: r["packets_per_s"])
         result["runs"]["sensor_dpdk_net_pcap"] = dict(d, best_of=a.repeat)
-        print(f"sensor (DPDK net_pcap) w{a.workers}: {d['packets_per_s'] / 1e6:.2f} M packets/s", file=sys.stderr)
+        what = f"w{a.workers}" if a.queues == 1 else f"{a.queues} queues, w1 each"
+        print(f"sensor (DPDK net_pcap) {what}: {d['packets_per_s'] / 1e6:.2f} M packets/s", file=sys.stderr)
     r = result["runs"]
     result["same_work"] = (r["sensor_dpdk_net_pcap"]["flows_created"] == r["replay_libpcap"]["flows_created"]
                            and r["sensor_dpdk_net_pcap"]["packets"] == r["replay_libpcap"]["packets"] == frames)

@@ -4,8 +4,9 @@
  *
  * Threads: the calling thread reads the capture and feeds the flow table (its worker threads
  * call back into sensor_events.c); with several DPDK receive queues a reader thread per further
- * queue feeds a flow table of its own (struct sensor_shard); the batcher runs the model (none with model.task "none": a
- * flow sensor); the sink's writer owns the output; the manager waits on the signal self-pipe.
+ * queue feeds a flow table of its own (struct sensor_shard); the batcher runs the model (none
+ * with model.task "none": a flow sensor); the sink's writer owns the output; the manager waits
+ * on the signal self-pipe.
  * Drain on SIGTERM/SIGINT or end of input: the reader stops, ft_assembler_finish_input ends
  * every open flow (reason shutdown; unready payload sessions are queued, waiting for room now
  * that no wire is being read), the batcher empties the queue and leaves, the final stats event
