@@ -735,6 +735,51 @@ static void test_inputs_and_accounting(void **state)
     tc_free(&c);
 }
 
+/* Assemblers that share a run (the sensor's DPDK queues) number their sessions apart: shard k of
+ * n gives the session whose first frame is its j-th frame the id (j - 1) · n + k + 1, with one
+ * worker or several; a shard index out of range is refused. */
+static void test_id_shards(void **state)
+{
+    (void)state;
+    for (int workers = 1; workers <= 2; workers++)
+        for (uint32_t shard = 0; shard < 3; shard++) {
+            struct tc_collect c;
+            tc_init(&c);
+            struct ft_config cfg;
+            base_cfg(&cfg);
+            cfg.workers = workers;
+            cfg.id_shard = shard;
+            cfg.id_shards = 3;
+            struct ft_assembler *as = mk(&cfg, &c);
+            /* sessions start at this input's frames 1, 2 and 4 (frame 3 continues the first) */
+            tp_udp(as, "10.0.0.1", 10, "10.0.0.2", 20, 5, sec(1));
+            tp_udp(as, "10.0.0.3", 10, "10.0.0.2", 20, 5, sec(2));
+            tp_udp(as, "10.0.0.2", 20, "10.0.0.1", 10, 5, sec(3));
+            tp_udp(as, "10.0.0.4", 10, "10.0.0.2", 20, 5, sec(4));
+            ft_assembler_finish_input(as);
+            assert_int_equal(c.n, 3);
+            uint64_t got = 0, want = 0;
+            for (int i = 0; i < 3; i++)
+                got |= 1ull << c.v[i].s.id;
+            const uint64_t first_frames[] = {1, 2, 4};
+            for (int i = 0; i < 3; i++)
+                want |= 1ull << ((first_frames[i] - 1) * 3 + shard + 1);
+            assert_int_equal(got, want);
+            ft_assembler_destroy(as);
+            tc_free(&c);
+        }
+    struct tc_collect c;
+    tc_init(&c);
+    struct ft_config cfg;
+    char err[256];
+    base_cfg(&cfg);
+    cfg.id_shard = 2;
+    cfg.id_shards = 2;
+    assert_null(ft_assembler_create(&cfg, tc_on_session, &c, err, sizeof err));
+    assert_non_null(strstr(err, "id_shard"));
+    tc_free(&c);
+}
+
 /* Destroy without finish_input drops the open flows quietly and frees everything (ASan). */
 static void test_destroy_with_open_flows(void **state)
 {
@@ -837,6 +882,7 @@ int main(void)
         cmocka_unit_test(test_session_buffer),
         cmocka_unit_test(test_cut_frames),
         cmocka_unit_test(test_inputs_and_accounting),
+        cmocka_unit_test(test_id_shards),
         cmocka_unit_test(test_destroy_with_open_flows),
         cmocka_unit_test(test_config_errors),
         cmocka_unit_test(test_names_and_defaults),
