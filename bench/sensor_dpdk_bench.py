@@ -13,7 +13,7 @@ replicas of the labeled USTC-TFC2016 sessions). Runs, --workers flow workers eac
            is taken from the sensor's own stats events (every 0.2 s: packets and uptime) between
            the first that counts a packet and the first that counts them all, so the EAL's
            start and the drain are left out. Best of --repeat.
-  With --queues N (> 1) the DPDK port has N receive queues (capture.dpdk.queues = N), fed as a
+  With --queues N (> 1) the DPDK port has N receive queues (capture.readers = N), fed as a
   NIC's symmetric RSS would feed them: the capture split by IP pair into N files
   (tests/integration/pcap_split.py, cached in --work), one rx_pcap file per queue; each queue
   has its reader thread and flow table, with one flow worker (the reader itself).
@@ -94,6 +94,9 @@ def dpdk_run(netlm, conf, out, frames, timeout_s=300):
     first = next(s for s in st if s["capture"]["packets"] > 0)
     done = next(s for s in st if s["capture"]["packets"] >= frames)
     seconds = done["uptime"] - first["uptime"]
+    if seconds <= 0:
+        raise RuntimeError("the sensor read the whole capture within one stats interval: too small to time "
+                           "(more --copies)")
     return {"packets_per_s": round((done["capture"]["packets"] - first["capture"]["packets"]) / seconds),
             "measured_seconds": round(seconds, 2), "kernel_drops": st[-1]["capture"]["kernel_drops"],
             "iface_drops": st[-1]["capture"]["iface_drops"], "flows_created": st[-1]["flow"]["created"],
@@ -138,7 +141,7 @@ def main():
         out = os.path.join(work, "dpdk.json")
         conf = os.path.join(work, "dpdk.conf")
         port = "net_pcap0," + ",".join(f"rx_pcap={f}" for f in queue_files)
-        write_conf(conf, f'{{ source = "dpdk"; dpdk = {{ port = "{port}"; queues = {a.queues}; '
+        write_conf(conf, f'{{ source = "dpdk"; readers = {a.queues}; dpdk = {{ port = "{port}"; '
                          f'eal = "--no-huge -m 1024 --no-pci --no-shconf"; }}; }}',
                    a.workers if a.queues == 1 else 1, out)
         runs = [dpdk_run(netlm, conf, out, frames) for _ in range(a.repeat)]

@@ -145,6 +145,11 @@ struct cap_live_opts {
     const char *bpf; /* capture filter, NULL = all */
     bool promisc;
     int timeout_ms;  /* how long a burst may wait for packets; 0 = 10 ms */
+    /* 0 or 1: one handle sees every frame. More: the handle's packet socket starts a PACKET_FANOUT
+     * group of its own (hash mode) that cap_open_reader's further handles join; the kernel gives
+     * each frame to one handle of the group by its flow hash, which is symmetric, so both
+     * directions of a flow reach the same handle. IP fragments are hashed by their addresses. */
+    uint32_t readers;
 };
 
 /* A DPDK port instead of a kernel interface (the sensor's capture.source = "dpdk"): the frames
@@ -187,12 +192,15 @@ struct cap_source *cap_open_live(const struct cap_live_opts *opts, char *err, si
  * the frames the NIC dropped for want of ring space (imissed), iface_dropped its receive errors
  * and allocation failures. */
 struct cap_source *cap_open_dpdk(const struct cap_dpdk_opts *opts, char *err, size_t errlen);
-/* Queue `queue` (1 .. queues - 1) of the DPDK port that cap_open_dpdk opened as `first`, as a
- * source of its own for another thread. Close these before first, which closes the port. Its
- * stats count its own frames; the port's drop counters are reported by first only. */
-struct cap_source *cap_dpdk_queue(struct cap_source *first, uint32_t queue, char *err, size_t errlen);
-/* Receive queues of a DPDK source's port; 1 for any other source. */
-uint32_t cap_source_queues(const struct cap_source *src);
+/* Reader `index` (1 .. readers - 1) of the input `first` was opened for (cap_live_opts.readers:
+ * another handle in its fanout group; cap_dpdk_opts.queues: receive queue `index` of its port),
+ * a source of its own for another thread. Close these before first (which closes a DPDK port).
+ * Its stats count its own frames and, for libpcap, its own socket's drops; a DPDK port's drop
+ * counters are reported by first only. */
+struct cap_source *cap_open_reader(struct cap_source *first, uint32_t index, char *err, size_t errlen);
+/* Readers the source's input was opened for: its fanout group's handles or its DPDK port's
+ * receive queues; 1 for a file or a single handle. */
+uint32_t cap_source_readers(const struct cap_source *src);
 /* DPDK's version ("DPDK 22.11.11") when this build has the DPDK source, else NULL. */
 const char *cap_dpdk_version(void);
 

@@ -196,7 +196,7 @@ static bool setup_port(struct cap_dpdk_port *p, const struct cap_dpdk_opts *o, c
         return false;
     }
     if (p->queues > info.max_rx_queues) {
-        snprintf(err, errlen, "dpdk: %s: capture.dpdk.queues is %u, the port has at most %u receive queue%s", name,
+        snprintf(err, errlen, "dpdk: %s: capture.readers is %u, the port has at most %u receive queue%s", name,
                  p->queues, info.max_rx_queues, info.max_rx_queues == 1 ? "" : "s");
         return false;
     }

@@ -9,12 +9,14 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/if_packet.h>
 #include <pcap/pcap.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdio_ext.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -50,7 +52,14 @@ struct cap_source {
 
     struct cap_dpdk_port *dpdk; /* a DPDK port (live) instead of pcap */
     uint32_t dpdk_queue;        /* the receive queue this source reads */
-    bool dpdk_owner;            /* closes the port (cap_open_dpdk's source, not cap_dpdk_queue's) */
+    bool dpdk_owner;            /* closes the port (cap_open_dpdk's source, not cap_open_reader's) */
+
+    /* live with several readers (cap_live_opts.readers): the first handle keeps what the others
+     * of its fanout group are opened with */
+    uint32_t readers;
+    uint16_t fanout_group;
+    struct cap_live_opts reader_opts; /* iface: name; bpf: reader_bpf */
+    char *reader_bpf;
 
     /* live: where the dispatch callback puts the current burst */
     struct cap_frame *cb_frames;
@@ -92,6 +101,7 @@ static void source_free(struct cap_source *src)
         cap_dpdk_port_close(src->dpdk);
     free(src->stream_buf);
     free(src->arena);
+    free(src->reader_bpf);
     free(src->name);
     free(src);
 }
@@ -212,14 +222,32 @@ static const char *activate_problem(int rc)
     }
 }
 
-struct cap_source *cap_open_live(const struct cap_live_opts *opts, char *err, size_t errlen)
+/* Joins (group != 0) or starts (group == 0: the kernel picks an unused id) a hash-mode fanout
+ * group with the handle's packet socket, which libpcap has bound to the interface; returns the
+ * group's id, 0 with err set on failure. */
+static uint16_t join_fanout(pcap_t *p, const char *iface, uint16_t group, char *err, size_t errlen)
+{
+    const int fd = pcap_fileno(p);
+    const int arg = group ? (int)group | (PACKET_FANOUT_HASH << 16)
+                          : (PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_UNIQUEID) << 16;
+    int got = 0;
+    socklen_t len = sizeof got;
+    if (setsockopt(fd, SOL_PACKET, PACKET_FANOUT, &arg, sizeof arg) != 0 ||
+        getsockopt(fd, SOL_PACKET, PACKET_FANOUT, &got, &len) != 0) {
+        snprintf(err, errlen, "%s: cannot %s a packet fanout group for capture.readers (%s)", iface,
+                 group ? "join" : "start", strerror(errno));
+        return 0;
+    }
+    return (uint16_t)(got & 0xffff);
+}
+
+/* One activated handle with its filter, in fanout group `group` when fanout is set (0: a new
+ * group, whose id goes to *group_out). */
+static struct cap_source *open_live_handle(const struct cap_live_opts *opts, bool fanout, uint16_t group,
+                                           uint16_t *group_out, char *err, size_t errlen)
 {
     char pcap_err[PCAP_ERRBUF_SIZE] = "";
-    const char *iface = opts && opts->iface ? opts->iface : NULL;
-    if (!iface || !*iface) {
-        snprintf(err, errlen, "live capture: no interface given");
-        return NULL;
-    }
+    const char *iface = opts->iface;
     int snaplen = opts->snaplen > 0 && opts->snaplen <= CAP_MAX_SNAPLEN ? opts->snaplen
                                                                          : CAP_MAX_SNAPLEN;
     int timeout = opts->timeout_ms > 0 ? opts->timeout_ms : CAP_DEFAULT_TIMEOUT_MS;
@@ -266,6 +294,10 @@ struct cap_source *cap_open_live(const struct cap_live_opts *opts, char *err, si
             return NULL;
         }
     }
+    if (fanout && !(*group_out = join_fanout(p, iface, group, err, errlen))) {
+        pcap_close(p);
+        return NULL;
+    }
     struct cap_source *src = source_new(iface, err, errlen);
     if (!src) {
         pcap_close(p);
@@ -282,6 +314,31 @@ struct cap_source *cap_open_live(const struct cap_live_opts *opts, char *err, si
     src->ts_nano = pcap_get_tstamp_precision(p) == PCAP_TSTAMP_PRECISION_NANO;
     src->linktype = (uint16_t)pcap_datalink(p);
     src->snaplen = (uint32_t)pcap_snapshot(p);
+    return src;
+}
+
+struct cap_source *cap_open_live(const struct cap_live_opts *opts, char *err, size_t errlen)
+{
+    const char *iface = opts && opts->iface ? opts->iface : NULL;
+    if (!iface || !*iface) {
+        snprintf(err, errlen, "live capture: no interface given");
+        return NULL;
+    }
+    const bool fanout = opts->readers > 1;
+    uint16_t group = 0;
+    struct cap_source *src = open_live_handle(opts, fanout, 0, &group, err, errlen);
+    if (!src || !fanout)
+        return src;
+    /* what the group's other handles are opened with */
+    src->readers = opts->readers;
+    src->fanout_group = group;
+    src->reader_opts = *opts;
+    src->reader_opts.iface = src->name;
+    if (opts->bpf && !(src->reader_opts.bpf = src->reader_bpf = strdup(opts->bpf))) {
+        snprintf(err, errlen, "%s: out of memory", iface);
+        source_free(src);
+        return NULL;
+    }
     return src;
 }
 
@@ -306,28 +363,34 @@ struct cap_source *cap_open_dpdk(const struct cap_dpdk_opts *opts, char *err, si
     return src;
 }
 
-struct cap_source *cap_dpdk_queue(struct cap_source *first, uint32_t queue, char *err, size_t errlen)
+struct cap_source *cap_open_reader(struct cap_source *first, uint32_t index, char *err, size_t errlen)
 {
-    if (!first->dpdk || !first->dpdk_owner || queue == 0 || queue >= cap_dpdk_port_queues(first->dpdk)) {
-        snprintf(err, errlen, "%s: no receive queue %u to open", first->name, queue);
+    if (index == 0 || index >= cap_source_readers(first) || (first->dpdk && !first->dpdk_owner)) {
+        snprintf(err, errlen, "%s: no reader %u to open", first->name, index);
         return NULL;
     }
+    if (!first->dpdk) {
+        uint16_t group = 0;
+        return open_live_handle(&first->reader_opts, true, first->fanout_group, &group, err, errlen);
+    }
     char name[320];
-    snprintf(name, sizeof name, "%s#%u", first->name, queue);
+    snprintf(name, sizeof name, "%s#%u", first->name, index);
     struct cap_source *src = source_new(name, err, errlen);
     if (!src)
         return NULL;
     src->dpdk = first->dpdk;
-    src->dpdk_queue = queue;
+    src->dpdk_queue = index;
     src->live = true;
     src->linktype = first->linktype;
     src->snaplen = first->snaplen;
     return src;
 }
 
-uint32_t cap_source_queues(const struct cap_source *src)
+uint32_t cap_source_readers(const struct cap_source *src)
 {
-    return src->dpdk ? cap_dpdk_port_queues(src->dpdk) : 1;
+    if (src->dpdk)
+        return cap_dpdk_port_queues(src->dpdk);
+    return src->readers > 1 ? src->readers : 1;
 }
 
 static inline int64_t ts_to_ns(const struct cap_source *src, const struct timeval *tv)

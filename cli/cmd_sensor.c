@@ -89,7 +89,9 @@ int cmd_sensor(int argc, char **argv)
         {"model", NULL, 'm', "DIR", "model directory (model.path)", NULL},
         {"no-model", NULL, 0, NULL, "classification off: no model, flow and stats events only (model.task = \"none\")", NULL},
         {"output", NULL, 'o', "OUT", "events to a file, '-' = stdout, 'unix:PATH' = a unix stream socket", NULL},
-        {"workers", NULL, 'w', "N", "flow worker threads (flow.workers)", NULL},
+        {"workers", NULL, 'w', "N", "flow worker threads (flow.workers; per reader)", NULL},
+        {"readers", NULL, 0, "N", "capture threads, a flow table each (capture.readers: a packet fanout group, "
+                                  "or DPDK receive queues)", NULL},
         {"bpf", NULL, 0, "EXPR", "capture filter (capture.bpf)", NULL},
         {"user", NULL, 0, "USER", "user to run as once capture is open, when started as root (service.user)", NULL},
         {"stats-interval", NULL, 0, "S", "seconds between stats events, 0 = only at exit (output.stats_interval)", NULL},
@@ -141,12 +143,14 @@ int cmd_sensor(int argc, char **argv)
         snprintf(o->cfg.capture.bpf, sizeof o->cfg.capture.bpf, "%s", cli_get(opts, "bpf"));
     if (cli_get(opts, "user"))
         snprintf(o->cfg.service.user, sizeof o->cfg.service.user, "%s", cli_get(opts, "user"));
-    uint32_t workers;
+    uint32_t workers, readers;
     double interval;
     if (!cli_u32(cmd, opts, "workers", o->cfg.flow.workers, 1, 64, &workers) ||
+        !cli_u32(cmd, opts, "readers", o->cfg.capture.readers, 1, 64, &readers) ||
         !cli_double(cmd, opts, "stats-interval", o->cfg.output.stats_interval, 0, 86400, &interval))
         goto done;
     o->cfg.flow.workers = workers;
+    o->cfg.capture.readers = readers;
     o->cfg.output.stats_interval = interval;
     const char *file_path;
     if (!apply_no_model(cmd, opts, &o->cfg) || !apply_output(cmd, cli_get(opts, "output"), &o->cfg, false, &file_path) ||

@@ -116,13 +116,13 @@ static const struct cfg_key cfg_dpdk_keys[] = {
     CFG_STR("eal", capture, dpdk_port.eal, 0),
     CFG_U32("rx_descriptors", capture, dpdk_port.rx_descriptors, 64, 65536),
     CFG_U32("mbufs", capture, dpdk_port.mbufs, 0, 16777216),
-    CFG_U32("queues", capture, dpdk_port.queues, 1, 64),
     CFG_BOOLEAN("busy_poll", capture, dpdk_port.busy_poll),
 };
 
 static const struct cfg_key cfg_capture_keys[] = {
     CFG_CHOICE("source", CFG_KIND_CHOICE_BOOL, capture, dpdk, cfg_source_names),
     CFG_STR("interface", capture, interface, 1),
+    CFG_U32("readers", capture, readers, 1, 64),
     CFG_U32("snaplen", capture, snaplen, 64, 262144),
     CFG_U32("buffer_mb", capture, buffer_mb, 1, 4096),
     CFG_BOOLEAN("promiscuous", capture, promiscuous),
@@ -212,7 +212,7 @@ void cfg_defaults(struct cfg_sensor *c)
     c->capture.tunnels_inner = false;
     c->capture.dpdk = false;
     c->capture.dpdk_port.rx_descriptors = 4096;
-    c->capture.dpdk_port.queues = 1;
+    c->capture.readers = 1;
 
     c->flow.max_flows = 1048576;
     c->flow.packets_per_session = 32;
@@ -884,15 +884,14 @@ static int cfg_check_combinations(const struct cfg_sensor *c, char *msg, size_t 
                  "(%u), got %u", c->flow.emergency_enter_pct, c->flow.emergency_leave_pct);
         return -1;
     }
-    /* Each worker owns max_flows / workers flows (of its queue's table, with several DPDK queues);
+    /* Each worker owns max_flows / workers flows (of its reader's table, with several readers);
      * a share this small would evict all the time. */
-    const uint64_t flow_owners =
-        (uint64_t)c->flow.workers * (c->capture.dpdk ? c->capture.dpdk_port.queues : 1);
+    const uint64_t flow_owners = (uint64_t)c->flow.workers * c->capture.readers;
     if ((uint64_t)c->flow.max_flows < 16 * flow_owners) {
         keys[0] = "flow.max_flows", keys[1] = "flow.workers";
         if (flow_owners > c->flow.workers)
-            snprintf(msg, size, "flow.max_flows: expected at least 16 per worker and queue (flow.workers = %u, "
-                     "capture.dpdk.queues = %u: %" PRIu64 "), got %u", c->flow.workers, c->capture.dpdk_port.queues,
+            snprintf(msg, size, "flow.max_flows: expected at least 16 per worker and reader (flow.workers = %u, "
+                     "capture.readers = %u: %" PRIu64 "), got %u", c->flow.workers, c->capture.readers,
                      16 * flow_owners, c->flow.max_flows);
         else
             snprintf(msg, size, "flow.max_flows: expected at least 16 per worker (flow.workers = %u: "
@@ -905,12 +904,13 @@ static int cfg_check_combinations(const struct cfg_sensor *c, char *msg, size_t 
                  "capture.source \"dpdk\", got \"\"");
         return -1;
     }
-    const uint64_t descriptors = (uint64_t)c->capture.dpdk_port.rx_descriptors * c->capture.dpdk_port.queues;
+    /* with several readers, a receive ring per reader */
+    const uint64_t descriptors = (uint64_t)c->capture.dpdk_port.rx_descriptors * c->capture.readers;
     if (c->capture.dpdk_port.mbufs != 0 && c->capture.dpdk_port.mbufs <= descriptors) {
         keys[0] = "capture.dpdk.mbufs", keys[1] = "capture.dpdk.rx_descriptors";
-        if (c->capture.dpdk_port.queues > 1)
-            snprintf(msg, size, "capture.dpdk.mbufs: expected 0 (4 × rx_descriptors × queues) or more than "
-                     "capture.dpdk.rx_descriptors × capture.dpdk.queues (%" PRIu64 "), got %u", descriptors,
+        if (c->capture.readers > 1)
+            snprintf(msg, size, "capture.dpdk.mbufs: expected 0 (4 × rx_descriptors × readers) or more than "
+                     "capture.dpdk.rx_descriptors × capture.readers (%" PRIu64 "), got %u", descriptors,
                      c->capture.dpdk_port.mbufs);
         else
             snprintf(msg, size, "capture.dpdk.mbufs: expected 0 (4 × rx_descriptors) or more than "

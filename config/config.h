@@ -48,12 +48,13 @@ struct cfg_sensor {
         char bpf[1024];           /* "" = everything */
         bool tunnels_inner;       /* tunnels = "outer" (false) | "inner" (true) */
         bool dpdk;                /* source = "libpcap" (false) | "dpdk" (true) */
+        uint32_t readers;         /* 1: capture threads, a flow table each (fanout sockets or
+                                     DPDK receive queues) */
         struct {                  /* the DPDK port, with source = "dpdk" (capture.h: cap_dpdk_opts) */
             char port[256];       /* PCI address or virtual device arguments */
             char eal[512];        /* EAL arguments */
             uint32_t rx_descriptors; /* 4096 */
             uint32_t mbufs;       /* 0: 4 × rx_descriptors × queues */
-            uint32_t queues;      /* 1: receive queues, one reader thread and flow table each */
             bool busy_poll;       /* false */
         } dpdk_port;
     } capture;

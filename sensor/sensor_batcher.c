@@ -75,7 +75,7 @@ uint32_t sensor_auto_model_threads(const struct cfg_sensor *cfg)
     if (cores <= 0)
         cores = sysconf(_SC_NPROCESSORS_ONLN);
     long workers = cfg->flow.workers ? (long)cfg->flow.workers : 1;
-    long readers = cfg->capture.dpdk ? (long)cfg->capture.dpdk_port.queues : 1; /* a flow table each */
+    long readers = cfg->capture.readers ? (long)cfg->capture.readers : 1; /* a flow table each */
     /* with one worker, the flows run on the reader's thread */
     long capture = readers * (workers > 1 ? workers + 1 : 1);
     long left = cores - capture;

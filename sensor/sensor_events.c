@@ -464,12 +464,16 @@ void sensor_emit_stats(struct sensor *sn)
 {
     struct ft_stats fs;
     memset(&fs, 0, sizeof fs);
-    for (int i = 0; i < sn->n_shards; i++)
+    uint64_t kernel_drops = 0, iface_drops = 0;
+    for (int i = 0; i < sn->n_shards; i++) {
         if (sn->shards[i].as) {
             struct ft_stats part;
             ft_assembler_stats(sn->shards[i].as, &part);
             ft_stats_add(&fs, &part);
         }
+        kernel_drops += atomic_load_explicit(&sn->shards[i].kernel_drops, memory_order_relaxed);
+        iface_drops += atomic_load_explicit(&sn->shards[i].iface_drops, memory_order_relaxed);
+    }
     struct sensor_sink_stats ss;
     sensor_sink_stats(sn->sink, &ss);
     uint64_t h[SN_LAT_BUCKETS], total = 0;
@@ -488,8 +492,8 @@ void sensor_emit_stats(struct sensor *sn)
     sj_printf(&j, ",\"event_type\":\"stats\",\"stats\":{\"uptime\":%.3f,"
                   "\"capture\":{\"packets\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"kernel_drops\":%" PRIu64
                   ",\"iface_drops\":%" PRIu64 "},\"decoder\":{",
-              (double)(sensor_mono_ns() - sn->start_mono) / 1e9, LD(cap_packets), LD(cap_bytes),
-              LD(cap_kernel_drops), LD(cap_iface_drops));
+              (double)(sensor_mono_ns() - sn->start_mono) / 1e9, LD(cap_packets), LD(cap_bytes), kernel_drops,
+              iface_drops);
     for (int r = 0; r < CAP_DECODE_REASON_COUNT; r++)
         sj_printf(&j, "%s\"%s\":%" PRIu64, r ? "," : "", cap_decode_reason_name((enum cap_decode_reason)r),
                   fs.decode.by_reason[r]);

@@ -188,15 +188,17 @@ uint64_t sensor_lat_upper(uint32_t bucket);
 
 struct sensor_skipset; /* per flow worker: ids of ready sessions the queue had no room for */
 
-/* One flow table and what feeds it: the replay's files, the live interface, or one receive queue
- * of a DPDK port (capture.dpdk.queues > 1: a reader thread and a table per queue, the NIC's
- * symmetric RSS keeping each flow on one queue). The flow table's callbacks get the shard. */
+/* One flow table and what feeds it: the replay's files, the live interface, or with
+ * capture.readers > 1 one of several readers of it (packet sockets in a fanout group, or receive
+ * queues of a DPDK port), each with its thread and its table: the kernel's flow hash or the NIC's
+ * symmetric RSS keeps each flow on one reader. The flow table's callbacks get the shard. */
 struct sensor_shard {
     struct sensor *sn;
     int index;
     int first_worker;        /* its flow workers' first index into sn->skipsets */
     struct ft_assembler *as;
-    struct cap_source *src;  /* live; shard 0's owns the port and is closed last */
+    struct cap_source *src;  /* live; shard 0's owns a DPDK port and is closed last */
+    _Atomic uint64_t kernel_drops, iface_drops; /* its source's counters, summed in stats */
     pthread_t thread;        /* shards 1.. read on threads of their own */
     bool started;
 };
@@ -228,7 +230,7 @@ struct sensor {
     uint64_t progress_bytes, progress_frames; /* replay: read by the end (reader thread only) */
 
     /* counters (relaxed atomics: read by the manager) */
-    _Atomic uint64_t cap_packets, cap_bytes, cap_kernel_drops, cap_iface_drops;
+    _Atomic uint64_t cap_packets, cap_bytes;
     _Atomic uint64_t ready, skipped, classified, failed_batches;
     _Atomic uint64_t batches, batch_items, batch_max_seen;
     _Atomic uint64_t lat_hist[SN_LAT_BUCKETS];

@@ -3,10 +3,10 @@
  * and the drain at the end.
  *
  * Threads: the calling thread reads the capture and feeds the flow table (its worker threads
- * call back into sensor_events.c); with several DPDK receive queues a reader thread per further
- * queue feeds a flow table of its own (struct sensor_shard); the batcher runs the model (none
- * with model.task "none": a flow sensor); the sink's writer owns the output; the manager waits
- * on the signal self-pipe.
+ * call back into sensor_events.c); with capture.readers > 1 a reader thread per further fanout
+ * socket or DPDK queue feeds a flow table of its own (struct sensor_shard); the batcher runs the
+ * model (none with model.task "none": a flow sensor); the sink's writer owns the output; the
+ * manager waits on the signal self-pipe.
  * Drain on SIGTERM/SIGINT or end of input: the reader stops, ft_assembler_finish_input ends
  * every open flow (reason shutdown; unready payload sessions are queued, waiting for room now
  * that no wire is being read), the batcher empties the queue and leaves, the final stats event
@@ -417,12 +417,11 @@ static void read_live(struct sensor_shard *shard)
             break;
         }
         int64_t now = sensor_mono_ns();
-        if (shard->index == 0 && now >= next_stats) {
-            /* the kernel's (or the port's) counters, read here: the source is this thread's */
+        if (now >= next_stats) { /* the kernel's (or the port's) counters: the source is this thread's */
             struct cap_source_stats st;
             cap_source_stats(src, &st);
-            atomic_store_explicit(&sn->cap_kernel_drops, st.kernel_dropped, memory_order_relaxed);
-            atomic_store_explicit(&sn->cap_iface_drops, st.iface_dropped, memory_order_relaxed);
+            atomic_store_explicit(&shard->kernel_drops, st.kernel_dropped, memory_order_relaxed);
+            atomic_store_explicit(&shard->iface_drops, st.iface_dropped, memory_order_relaxed);
             next_stats = now + 500000000;
         }
     }
@@ -561,7 +560,7 @@ int sensor_run(const struct sensor_options *o)
             .rx_descriptors = sn->cfg.capture.dpdk_port.rx_descriptors,
             .mbufs = sn->cfg.capture.dpdk_port.mbufs,
             .busy_poll = sn->cfg.capture.dpdk_port.busy_poll,
-            .queues = sn->cfg.capture.dpdk_port.queues,
+            .queues = sn->cfg.capture.readers,
         };
         live = cap_open_dpdk(&dopts, err, sizeof err);
         if (!live) {
@@ -576,6 +575,7 @@ int sensor_run(const struct sensor_options *o)
             .buffer_mb = (int)sn->cfg.capture.buffer_mb,
             .bpf = sn->cfg.capture.bpf[0] ? sn->cfg.capture.bpf : NULL,
             .promisc = sn->cfg.capture.promiscuous,
+            .readers = sn->cfg.capture.readers,
         };
         live = cap_open_live(&lo, err, sizeof err);
         if (!live) {
@@ -585,8 +585,8 @@ int sensor_run(const struct sensor_options *o)
         }
     }
 
-    /* the flow tables' shards: one, or one per receive queue of a DPDK port */
-    sn->n_shards = live ? (int)cap_source_queues(live) : 1;
+    /* the flow tables' shards: one, or one per reader of the live input */
+    sn->n_shards = live ? (int)cap_source_readers(live) : 1;
     sn->shards = calloc((size_t)sn->n_shards, sizeof *sn->shards);
     if (!sn->shards) {
         sensor_log("out of memory");
@@ -601,7 +601,7 @@ int sensor_run(const struct sensor_options *o)
     }
     sn->shards[0].src = live; /* closed by release() from here on */
     for (int i = 1; i < sn->n_shards; i++)
-        if (!(sn->shards[i].src = cap_dpdk_queue(live, (uint32_t)i, err, sizeof err))) {
+        if (!(sn->shards[i].src = cap_open_reader(live, (uint32_t)i, err, sizeof err))) {
             sensor_log("%s", err);
             release(sn);
             return 1;
@@ -710,7 +710,8 @@ int sensor_run(const struct sensor_options *o)
     atomic_store(&sn->ready_notified, true);
     char input[400];
     if (live && sn->n_shards > 1)
-        snprintf(input, sizeof input, "%s (%d receive queues, a reader each)", cap_source_name(live), sn->n_shards);
+        snprintf(input, sizeof input, "%s (%d readers, %s)", cap_source_name(live), sn->n_shards,
+                 sn->cfg.capture.dpdk ? "a receive queue each" : "a packet fanout group");
     else if (live)
         snprintf(input, sizeof input, "%s", cap_source_name(live));
     if (!o->replay && sn->no_model)
@@ -736,7 +737,7 @@ int sensor_run(const struct sensor_options *o)
             struct sensor_shard *shard = &sn->shards[i];
             shard->started = pthread_create(&shard->thread, NULL, read_live_main, shard) == 0;
             if (!shard->started) {
-                sensor_log("cannot start the reader thread of receive queue %d", i);
+                sensor_log("cannot start capture reader thread %d", i);
                 atomic_store(&sn->failed, true);
                 atomic_store(&sn->stop, true);
                 break;

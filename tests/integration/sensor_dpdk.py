@@ -9,7 +9,7 @@ copy out of the mbufs, the user-space BPF filter, the port's counters. Frames ar
 time, so as in sensor_netns.py every idle timeout and emergency mode are off on both sides and
 the comparison is strict (sensor_common.compare_with_replay): the same frames, sessions, labels,
 triggers, flows and flow ids. Then:
-  - several receive queues (capture.dpdk.queues = 2): each capture split as a NIC's symmetric RSS
+  - several receive queues (capture.readers = 2): each capture split as a NIC's symmetric RSS
     spreads frames (pcap_split.py: every frame of an IP pair on one queue), one rx_pcap file per
     queue, gives replay's sessions and flows again, each flow numbered by its queue's table;
   - a capture filter (bpf = "udp") keeps exactly the frames tshark counts as UDP;
@@ -33,9 +33,8 @@ EAL = "--no-huge -m 256 --no-pci --no-shconf"
 
 
 def write_conf(path, out, port, bpf="", eal=EAL, queues=1):
-    write_conf_no_timeouts(path, f'{{ source = "dpdk"; bpf = "{bpf}"; '
-                                 f'dpdk = {{ port = "{port}"; eal = "{eal}"; rx_descriptors = 1024; '
-                                 f'queues = {queues}; }}; }}', out)
+    write_conf_no_timeouts(path, f'{{ source = "dpdk"; bpf = "{bpf}"; readers = {queues}; '
+                                 f'dpdk = {{ port = "{port}"; eal = "{eal}"; rx_descriptors = 1024; }}; }}', out)
 
 
 def run_sensor(tmp, name, capture, n_expected, bpf="", queue_files=None):
@@ -105,7 +104,7 @@ def main():
             queue_files, counts = pcap_split.split(capture, 2, os.path.join(tmp, f"queues{i}-"))
             check(f"{os.path.basename(capture)} split over both queues", min(counts) > 0, str(counts))
             live, err, _ = run_sensor(tmp, f"queues{i}", capture, n_frames, queue_files=queue_files)
-            check(f"queues{i}: the log says 2 receive queues", "(2 receive queues, a reader each)" in err, err)
+            check(f"queues{i}: the log says 2 receive queues", "(2 readers, a receive queue each)" in err, err)
             print(f"  {os.path.basename(capture)}: {counts} frames on two receive queues against replay")
             compare_with_replay(live, replayed, n_frames, same_ids=False)
             flows = by_type(live, "flow")
@@ -144,9 +143,9 @@ def main():
                        ["--interface"], exit_codes=(1, 2))
         write_conf(conf, os.path.join(tmp, "nosuch.json"), "net_pcap0,rx_pcap=" + demo, queues=2)
         one_line_error("more receive queues than the port has", sensor("-c", conf),
-                       ["capture.dpdk.queues is 2, the port has at most 1 receive queue"], exit_codes=(1,))
+                       ["capture.readers is 2, the port has at most 1 receive queue"], exit_codes=(1,))
         write_conf(conf, os.path.join(tmp, "nosuch.json"), "net_pcap0,rx_pcap=" + demo, queues=0)
-        one_line_error("capture.dpdk.queues = 0", sensor("-c", conf, "--check-config"), ["capture.dpdk.queues"],
+        one_line_error("capture.readers = 0", sensor("-c", conf, "--check-config"), ["capture.readers"],
                        exit_codes=(2,))
     finish()
 

@@ -27,13 +27,14 @@ emergency mode off (the same config file for both), and every flow still open at
     (the run-wide ordinal of a session's first frame) equals replay's.
 Every line of both outputs is valid against schema/events.schema.json.
 
-All of it runs three times when the build has DPDK: the sensor capturing with libpcap, then
-through DPDK (capture.source = "dpdk", the net_af_packet poll-mode driver on the same veth end, no
-hugepages), then through DPDK with two receive queues (qpairs = 2: two AF_PACKET sockets in a
-fanout group, the kernel's symmetric flow hash choosing the socket, as a NIC's symmetric RSS
-chooses the queue; capture.dpdk.queues = 2: a reader and a flow table per queue): the same
-equalities hold for every source, except that with two queues each queue's table numbers its own
-flows (odd flow_ids on queue 0, even on queue 1, both seen).
+All of it runs with the sensor capturing with libpcap, then with two libpcap readers
+(capture.readers = 2: the interface opened twice in one packet fanout group, the kernel's
+symmetric flow hash choosing the socket; a reader thread and a flow table each), and when the
+build has DPDK through DPDK (capture.source = "dpdk", the net_af_packet poll-mode driver on the
+same veth end, no hugepages), with one receive queue and with two (qpairs = 2: two AF_PACKET
+sockets in a fanout group, as a NIC's symmetric RSS spreads frames over a port's queues): the
+same equalities hold for every source, except that with two readers each reader's table numbers
+its own flows (odd flow_ids on reader 0, even on reader 1, both seen).
 
 Needs root, `ip netns` and tcpreplay; prints "skipped: ..." and exits 0 otherwise. The namespace
 and the veth pair are removed on every exit path."""
@@ -105,23 +106,25 @@ def setup():
     raise RuntimeError(f"veth pair did not come up ({a}, {b})")
 
 
-def write_conf(path, out, dpdk, queues=1):
+def write_conf(path, out, dpdk, readers=1):
     if dpdk:  # the same interface through DPDK's AF_PACKET poll-mode driver, without hugepages
-        capture = (f'{{ source = "dpdk"; promiscuous = true; bpf = ""; dpdk = {{ port = "net_af_packet0,iface={VETH_RX}'
-                   f'{f",qpairs={queues}" if queues > 1 else ""}"; queues = {queues}; '
+        qpairs = f",qpairs={readers}" if readers > 1 else ""
+        capture = (f'{{ source = "dpdk"; promiscuous = true; bpf = ""; readers = {readers}; '
+                   f'dpdk = {{ port = "net_af_packet0,iface={VETH_RX}{qpairs}"; '
                    f'eal = "--no-huge -m 256 --no-pci --no-shconf"; }}; }}')
     else:
-        capture = f'{{ interface = "{VETH_RX}"; promiscuous = true; buffer_mb = 8; bpf = ""; }}'
+        capture = (f'{{ interface = "{VETH_RX}"; promiscuous = true; buffer_mb = 8; bpf = ""; '
+                   f'readers = {readers}; }}')
     write_conf_no_timeouts(path, capture, out)
 
 
-def run_live(tmp, name, captures, n_frames, dpdk, queues=1):
-    """The sensor in the namespace (libpcap, or DPDK's AF_PACKET driver on the same interface,
-    with `queues` receive queues), tcpreplay into the other end, SIGTERM, then the same captures
+def run_live(tmp, name, captures, n_frames, dpdk, readers=1):
+    """The sensor in the namespace (libpcap, or DPDK's AF_PACKET driver on the same interface;
+    `readers` capture threads), tcpreplay into the other end, SIGTERM, then the same captures
     through `netlm replay`: compare_with_replay."""
     live_out = os.path.join(tmp, f"{name}.json")
     conf = os.path.join(tmp, f"{name}.conf")
-    write_conf(conf, live_out, dpdk, queues)
+    write_conf(conf, live_out, dpdk, readers)
 
     # the sensor inside the namespace; it tells "systemd" (this script) when it is ready
     notify_path = os.path.join(tmp, f"{name}.notify")
@@ -193,16 +196,17 @@ def run_live(tmp, name, captures, n_frames, dpdk, queues=1):
 
     live = read_events(contents(live_out), f"sensor on veth ({name})")
     rep = read_events(contents(replay_out), "replay")
-    compare_with_replay(live, rep, n_frames, same_ids=queues == 1)
-    if queues > 1:
-        check(f"{name}: the log says {queues} receive queues", f"({queues} receive queues, a reader each)" in err, err)
+    compare_with_replay(live, rep, n_frames, same_ids=readers == 1)
+    if readers > 1:
+        how = "a receive queue each" if dpdk else "a packet fanout group"
+        check(f"{name}: the log says {readers} readers", f"({readers} readers, {how})" in err, err)
         ids = [e["flow_id"] for e in live if e.get("event_type") == "flow"]
-        check(f"{name}: flow ids unique across the queues' tables", len(ids) == len(set(ids)),
+        check(f"{name}: flow ids unique across the readers' tables", len(ids) == len(set(ids)),
               f"{len(ids) - len(set(ids))} repeated")
-        per_queue = Counter((i - 1) % queues for i in ids)
-        check(f"{name}: flows on every queue (the kernel's fanout hash spread them)", len(per_queue) == queues,
-              str(dict(per_queue)))
-        print(f"     flows per receive queue: {dict(sorted(per_queue.items()))}")
+        per_reader = Counter((i - 1) % readers for i in ids)
+        check(f"{name}: flows on every reader (the kernel's fanout hash spread them)", len(per_reader) == readers,
+              str(dict(per_reader)))
+        print(f"     flows per reader: {dict(sorted(per_reader.items()))}")
     check(f"{name}: sensor logged its drain", "SIGTERM: draining" in err, err.strip())
     check(f"{name}: sensor notified STOPPING=1", any("STOPPING=1" in m.split("\n") for m in messages), str(messages[-3:]))
 
@@ -226,11 +230,13 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         run_live(tmp, "libpcap", captures, n_frames, dpdk=False)
+        print("  the same with two libpcap readers (capture.readers = 2, a packet fanout group)")
+        run_live(tmp, "libpcap-2readers", captures, n_frames, dpdk=False, readers=2)
         if "DPDK no" not in subprocess.run([NETLM, "--version"], capture_output=True, text=True).stdout:
             print("  the same through DPDK (net_af_packet on the veth end)")
             run_live(tmp, "dpdk", captures, n_frames, dpdk=True)
             print("  through DPDK with two receive queues (net_af_packet qpairs = 2, kernel fanout by flow hash)")
-            run_live(tmp, "dpdk-2queues", captures, n_frames, dpdk=True, queues=2)
+            run_live(tmp, "dpdk-2queues", captures, n_frames, dpdk=True, readers=2)
     finish()
 
 

@@ -30,7 +30,7 @@ static const struct {
     {"capture.promiscuous", false}, {"capture.bpf", false}, {"capture.tunnels", false},
     {"capture.source", false}, {"capture.dpdk.port", false}, {"capture.dpdk.eal", false},
     {"capture.dpdk.rx_descriptors", false}, {"capture.dpdk.mbufs", false}, {"capture.dpdk.busy_poll", false},
-    {"capture.dpdk.queues", false},
+    {"capture.readers", false},
     {"flow.max_flows", false}, {"flow.packets_per_session", false},
     {"flow.bytes_per_packet", false}, {"flow.port_reuse", false}, {"flow.workers", false},
     {"flow.timeouts.tcp_new", false}, {"flow.timeouts.tcp_established", false},
@@ -568,9 +568,9 @@ static void test_choices_and_devices(void **state)
     expect_ok(nested("flow.port_reuse", "\"merge\""), &c);
     assert_true(c.flow.port_reuse_merge);
     expect_ok("capture = { source = \"dpdk\"; dpdk = { port = \"0000:3b:00.0\"; eal = \"-l 2 -n 4\"; "
-              "rx_descriptors = 2048; mbufs = 16384; busy_poll = true; queues = 4; }; };", &c);
+              "rx_descriptors = 2048; mbufs = 16384; busy_poll = true; }; readers = 4; };", &c);
     assert_true(c.capture.dpdk);
-    assert_int_equal(c.capture.dpdk_port.queues, 4);
+    assert_int_equal(c.capture.readers, 4);
     assert_string_equal(c.capture.dpdk_port.port, "0000:3b:00.0");
     assert_string_equal(c.capture.dpdk_port.eal, "-l 2 -n 4");
     assert_int_equal(c.capture.dpdk_port.rx_descriptors, 2048);
@@ -682,10 +682,10 @@ static void test_unknown_keys(void **state)
                  "output, service), got an unknown key");
     expect_error("capture = {\n  snaplen = 1500;\n  snaplenn = 1500;\n};",
                  NAME ":3: capture.snaplenn: expected one of the keys of capture (source, interface, "
-                 "snaplen, buffer_mb, promiscuous, bpf, tunnels, dpdk), got an unknown key");
+                 "readers, snaplen, buffer_mb, promiscuous, bpf, tunnels, dpdk), got an unknown key");
     expect_error("capture = {\n  dpdk = {\n    ports = \"x\";\n  };\n};",
                  NAME ":3: capture.dpdk.ports: expected one of the keys of capture.dpdk (port, eal, "
-                 "rx_descriptors, mbufs, queues, busy_poll), got an unknown key");
+                 "rx_descriptors, mbufs, busy_poll), got an unknown key");
     expect_error("flow = {\n  timeouts = {\n    tcp-new = 5;\n  };\n};",
                  NAME ":3: flow.timeouts.tcp-new: expected one of the keys of flow.timeouts "
                  "(tcp_new, tcp_established, tcp_closed, udp_new, udp_established, other_new, "
@@ -881,19 +881,18 @@ static void test_cross_key_rules(void **state)
                  "capture.dpdk.rx_descriptors (1024), got 1024");
     expect_ok("capture = { source = \"dpdk\"; dpdk = { port = \"net_pcap0,rx_pcap=x.pcap\"; mbufs = 4097; }; };", &c);
     /* every queue's ring holds buffers, and every queue's table its share of the flows */
-    expect_error("capture = {\n  source = \"dpdk\";\n  dpdk = {\n    port = \"0000:3b:00.0\";\n"
-                 "    rx_descriptors = 1024;\n    mbufs = 4096;\n    queues = 4;\n  };\n};",
-                 NAME ":6: capture.dpdk.mbufs: expected 0 (4 × rx_descriptors × queues) or more than "
-                 "capture.dpdk.rx_descriptors × capture.dpdk.queues (4096), got 4096");
-    expect_ok("capture = { source = \"dpdk\"; dpdk = { port = \"x\"; rx_descriptors = 1024; mbufs = 4097; "
-              "queues = 4; }; };", &c);
-    expect_error("capture = { source = \"dpdk\"; dpdk = { port = \"x\"; queues = 4; }; };\n"
-                 "flow = {\n  max_flows = 127;\n  workers = 2;\n};",
-                 NAME ":3: flow.max_flows: expected at least 16 per worker and queue (flow.workers = 2, "
-                 "capture.dpdk.queues = 4: 128), got 127");
-    /* the queues of a libpcap source are not a thing: they do not count */
-    expect_ok("capture = { dpdk = { queues = 4; }; };\nflow = { max_flows = 32; workers = 2; };", &c);
-    expect_error_at("capture = { dpdk = { queues = 65; }; };", 1, "capture.dpdk.queues");
+    expect_error("capture = {\n  source = \"dpdk\";\n  readers = 4;\n  dpdk = {\n    port = \"0000:3b:00.0\";\n"
+                 "    rx_descriptors = 1024;\n    mbufs = 4096;\n  };\n};",
+                 NAME ":7: capture.dpdk.mbufs: expected 0 (4 × rx_descriptors × readers) or more than "
+                 "capture.dpdk.rx_descriptors × capture.readers (4096), got 4096");
+    expect_ok("capture = { source = \"dpdk\"; readers = 4; dpdk = { port = \"x\"; rx_descriptors = 1024; "
+              "mbufs = 4097; }; };", &c);
+    expect_error("capture = { readers = 4; };\nflow = {\n  max_flows = 127;\n  workers = 2;\n};",
+                 NAME ":3: flow.max_flows: expected at least 16 per worker and reader (flow.workers = 2, "
+                 "capture.readers = 4: 128), got 127");
+    expect_ok("capture = { readers = 4; };\nflow = { max_flows = 128; workers = 2; };", &c);
+    expect_error_at("capture = { readers = 65; };", 1, "capture.readers");
+    expect_error_at("capture = { readers = 0; };", 1, "capture.readers");
     expect_error("output = {\n  filename = \"\";\n};",
                  NAME ":2: output.filename: expected a file name with output.type \"file\", got \"\"");
     expect_ok("output = { type = \"stdout\"; filename = \"\"; };", &c);
