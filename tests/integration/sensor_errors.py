@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """sensor_errors.py — what `netlm sensor` and `netlm replay` do with bad input: a bad config
-(FILE:LINE in the message), --check-config, a missing model, an unknown interface, an unreadable
-or missing capture. Each ends with exactly one line on stderr naming the thing, a non-zero exit,
+(FILE:LINE in the message), --check-config, a missing model, an unknown interface, a reader count
+out of range or too many readers for max_flows, an unreadable or missing capture. Each ends with exactly one line on stderr naming the thing, a non-zero exit,
 and no output file left behind."""
 import os
 import subprocess
@@ -61,6 +61,19 @@ def main():
         res = run("sensor", "-i", "x" * 64, "--check-config")
         one_line_error("-i with a 64-byte name", res, ["--interface", "63 bytes"])
         check("-i with a 64-byte name: exit 2", res.returncode == 2, str(res.returncode))
+        for readers in ("0", "65", "two"):
+            res = run("sensor", "-i", "lo", "--readers", readers, "--check-config")
+            one_line_error(f"--readers {readers}", res, ["--readers"])
+            check(f"--readers {readers}: exit 2", res.returncode == 2, str(res.returncode))
+        # readers share max_flows: each of 4 readers with 2 workers needs 16 flows a worker
+        res = run("sensor", "-i", "lo", "--readers", "4", "-w", "2", "-c", os.path.join(SRC, "config", "netlm.conf"),
+                  "--check-config")
+        check("--readers 4 -w 2 with the shipped config: ok", res.returncode == 0, res.stderr.strip())
+        small = os.path.join(tmp, "small.conf")
+        with open(small, "w") as f:
+            f.write("flow = { max_flows = 100; workers = 2; };\n")
+        one_line_error("--readers 4 with too few flows for 8 workers", run("sensor", "-c", small, "--readers", "4",
+                       "--check-config"), ["flow.max_flows", "capture.readers = 4", "128"])
 
         garbage = os.path.join(tmp, "garbage.pcap")
         with open(garbage, "wb") as f:
