@@ -484,16 +484,25 @@ void sensor_emit_stats(struct sensor *sn)
     uint64_t lmax = atomic_exchange_explicit(&sn->lat_max, 0, memory_order_relaxed);
     uint64_t batches = atomic_load(&sn->batches), items = atomic_load(&sn->batch_items);
 #define LD(x) atomic_load_explicit(&sn->x, memory_order_relaxed)
-    char buf[4096];
+    char buf[8192]; /* up to 64 readers' counters */
     struct sensor_json j;
     sj_init(&j, buf, sizeof buf);
     sj_raw(&j, "{\"timestamp\":");
     sj_time(&j, sensor_realtime_ns());
     sj_printf(&j, ",\"event_type\":\"stats\",\"stats\":{\"uptime\":%.3f,"
                   "\"capture\":{\"packets\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"kernel_drops\":%" PRIu64
-                  ",\"iface_drops\":%" PRIu64 "},\"decoder\":{",
+                  ",\"iface_drops\":%" PRIu64,
               (double)(sensor_mono_ns() - sn->start_mono) / 1e9, LD(cap_packets), LD(cap_bytes), kernel_drops,
               iface_drops);
+    if (sn->n_shards > 1) { /* how evenly the fanout hash or RSS spreads the load */
+        sj_raw(&j, ",\"readers\":[");
+        for (int i = 0; i < sn->n_shards; i++)
+            sj_printf(&j, "%s{\"packets\":%" PRIu64 ",\"kernel_drops\":%" PRIu64 "}", i ? "," : "",
+                      atomic_load_explicit(&sn->shards[i].packets, memory_order_relaxed),
+                      atomic_load_explicit(&sn->shards[i].kernel_drops, memory_order_relaxed));
+        sj_raw(&j, "]");
+    }
+    sj_raw(&j, "},\"decoder\":{");
     for (int r = 0; r < CAP_DECODE_REASON_COUNT; r++)
         sj_printf(&j, "%s\"%s\":%" PRIu64, r ? "," : "", cap_decode_reason_name((enum cap_decode_reason)r),
                   fs.decode.by_reason[r]);

@@ -198,6 +198,7 @@ struct sensor_shard {
     int first_worker;        /* its flow workers' first index into sn->skipsets */
     struct ft_assembler *as;
     struct cap_source *src;  /* live; shard 0's owns a DPDK port and is closed last */
+    _Atomic uint64_t packets;                   /* frames it read */
     _Atomic uint64_t kernel_drops, iface_drops; /* its source's counters, summed in stats */
     pthread_t thread;        /* shards 1.. read on threads of their own */
     bool started;

@@ -406,6 +406,7 @@ static void read_live(struct sensor_shard *shard)
         int n = cap_next_burst(src, frames, BURST);
         if (n > 0) {
             count_frames(sn, frames, n, NULL);
+            atomic_fetch_add_explicit(&shard->packets, (uint64_t)n, memory_order_relaxed);
             ft_assembler_feed(shard->as, frames, n);
         } else if (n == 0) {
             ft_assembler_tick(shard->as, sensor_realtime_ns()); /* idle flows still time out */

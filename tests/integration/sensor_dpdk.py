@@ -107,6 +107,9 @@ def main():
             check(f"queues{i}: the log says 2 receive queues", "(2 readers, a receive queue each)" in err, err)
             print(f"  {os.path.basename(capture)}: {counts} frames on two receive queues against replay")
             compare_with_replay(live, replayed, n_frames, same_ids=False)
+            per_reader = [r["packets"] for r in by_type(live, "stats")[-1]["stats"]["capture"].get("readers", [])]
+            check(f"queues{i}: stats count each reader's frames, as many as its queue's file holds",
+                  per_reader == counts, f"{per_reader} vs {counts}")
             flows = by_type(live, "flow")
             ids = [f["flow_id"] for f in flows]
             check(f"queues{i}: flow ids unique across the queues' tables", len(ids) == len(set(ids)),

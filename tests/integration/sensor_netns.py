@@ -207,6 +207,10 @@ def run_live(tmp, name, captures, n_frames, dpdk, readers=1):
         check(f"{name}: flows on every reader (the kernel's fanout hash spread them)", len(per_reader) == readers,
               str(dict(per_reader)))
         print(f"     flows per reader: {dict(sorted(per_reader.items()))}")
+        stats = [e for e in live if e.get("event_type") == "stats"][-1]["stats"]["capture"]
+        frames = [r["packets"] for r in stats.get("readers", [])]
+        check(f"{name}: stats count each reader's frames, every frame once, on both readers",
+              len(frames) == readers and sum(frames) == n_frames and min(frames) > 0, str(stats))
     check(f"{name}: sensor logged its drain", "SIGTERM: draining" in err, err.strip())
     check(f"{name}: sensor notified STOPPING=1", any("STOPPING=1" in m.split("\n") for m in messages), str(messages[-3:]))
 
