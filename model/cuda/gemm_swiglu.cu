@@ -40,6 +40,9 @@ constexpr uint32_t CONSUMER_WARPS = 8;
 /* the ring, 1024-byte aligned as the 128-byte swizzle needs, then the barriers */
 constexpr size_t SMEM_BYTES = STAGES * STAGE_BYTES + 1024 + 2 * STAGES * sizeof(uint64_t);
 
+/* The PTX primitives. Under NETLM_CUDA_EMULATE (tests/emulate/cuda_emulate.h) a host emulation
+ * of each stands in for them; smem_descriptor's encoding below is the kernel's own either way. */
+#ifndef NETLM_CUDA_EMULATE
 __device__ __forceinline__ uint32_t smem_addr(const void *p)
 {
     return (uint32_t)__cvta_generic_to_shared(p);
@@ -48,6 +51,12 @@ __device__ __forceinline__ uint32_t smem_addr(const void *p)
 __device__ __forceinline__ void barrier_init(uint64_t *bar, uint32_t count)
 {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+
+/* makes the barriers' initialisation visible to the cluster and the bulk copy engine */
+__device__ __forceinline__ void barrier_init_fence()
+{
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
 }
 
 __device__ __forceinline__ void barrier_expect_bytes(uint64_t *bar, uint32_t bytes)
@@ -107,15 +116,6 @@ __device__ __forceinline__ void tma_load(void *dst, const CUtensorMap *map, uint
                  : "memory");
 }
 
-/* A shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row groups 1024 bytes apart
- * (the layout the tensor map's SWIZZLE_128B boxes have). Adding 2 moves it 32 bytes: 16 bf16
- * further along K. */
-__device__ __forceinline__ uint64_t smem_descriptor(const void *p)
-{
-    const uint64_t addr = smem_addr(p);
-    return ((addr & 0x3FFFF) >> 4) | (1ull << 16) | ((1024ull >> 4) << 32) | (1ull << 62);
-}
-
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 template <int PENDING> __device__ __forceinline__ void wgmma_wait()
@@ -162,6 +162,17 @@ __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_
         : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
 
+#endif /* NETLM_CUDA_EMULATE */
+
+/* A shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row groups 1024 bytes apart
+ * (the layout the tensor map's SWIZZLE_128B boxes have). Adding 2 moves it 32 bytes: 16 bf16
+ * further along K. */
+__device__ __forceinline__ uint64_t smem_descriptor(const void *p)
+{
+    const uint64_t addr = smem_addr(p);
+    return ((addr & 0x3FFFF) >> 4) | (1ull << 16) | ((1024ull >> 4) << 32) | (1ull << 62);
+}
+
 /* Two MUFU operations (ex2, rcp) and no Newton steps: ~1e-6 relative, far below the bf16 output
  * rounding; for g < -88, e^-g is inf and the quotient 0, silu's limit. */
 __device__ __forceinline__ float silu(float g) { return __fdividef(g, 1.0f + __expf(-g)); }
@@ -199,7 +210,7 @@ __global__ void __launch_bounds__(THREADS, 1)
             barrier_init(&full[s], 1);
             barrier_init(&empty[s], CLUSTER * CONSUMER_WARPS);
         }
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        barrier_init_fence();
     }
     cluster_sync(); /* the peer's barriers exist before anything is multicast or arrived on */
 

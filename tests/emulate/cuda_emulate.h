@@ -14,7 +14,8 @@
  * array per extern __shared__ name, filled with NaNs before each block; under ASan the bytes past
  * the launch's dynamic size are poisoned. cp.async copies either at issue (EMU_CP_EARLY: a buffer
  * refilled while other warps still read it shows) or at the wait that covers them (EMU_CP_LATE:
- * a read before that wait shows). */
+ * a read before that wait shows). Hopper's mbarriers, bulk tensor copies and wgmma (gemm_swiglu.cu,
+ * clusters of one CTA) are emulated too: see their section below. */
 #ifndef NETLM_CUDA_EMULATE_H
 #define NETLM_CUDA_EMULATE_H
 
@@ -29,6 +30,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <memory>
 #include <tuple>
 #include <vector>
@@ -36,6 +38,7 @@
 #include <setjmp.h>
 #include <ucontext.h>
 
+#include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 #if defined(__SANITIZE_ADDRESS__)
@@ -62,12 +65,20 @@ struct emu_thread {
     bool started, done;
     std::vector<std::vector<emu_copy>> copy_groups; /* cp.async: committed, oldest first */
     std::vector<emu_copy> copy_open;
+    struct wgmma {
+        float *d;
+        uint64_t desc_a, desc_b;
+        bool accumulate;
+    };
+    std::vector<std::vector<wgmma>> wgmma_groups; /* committed, oldest first */
+    std::vector<wgmma> wgmma_open;
 };
 struct emu_barrier {
     unsigned expected, arrived, generation;
 };
 
 constexpr unsigned EMU_MAX_WARPS = 32;
+constexpr int EMU_MULTIPROCESSORS = 3; /* what the device reports: few, so persistent grids loop */
 constexpr size_t EMU_STACK_BYTES = 512 * 1024;
 inline std::vector<emu_thread> emu_team;
 inline std::vector<std::unique_ptr<char[]>> emu_stacks;
@@ -79,9 +90,8 @@ inline unsigned emu_waits_without_progress; /* a whole round of them: every live
 inline bool emu_reverse_order;              /* threads resume in decreasing index order */
 inline emu_index emu_block_idx, emu_grid_dim, emu_block_dim;
 #define threadIdx (emu_current->idx)
-#define blockIdx emu_block_idx
-#define gridDim emu_grid_dim
-#define blockDim emu_block_dim
+/* names, not macros: a launch configuration's members of the same names stay reachable */
+inline emu_index &blockIdx = emu_block_idx, &gridDim = emu_grid_dim, &blockDim = emu_block_dim;
 #undef __global__
 #define __global__
 #undef __launch_bounds__
@@ -291,6 +301,9 @@ inline void mma_bf16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
 
 enum emu_copy_mode { EMU_CP_EARLY, EMU_CP_LATE };
 inline emu_copy_mode emu_copy_timing = EMU_CP_EARLY;
+/* when wgmma's products are made: at issue, or at the wgmma.wait_group that covers them (late,
+ * a thread waiting for an mbarrier phase also runs as soon as that phase completes) */
+inline emu_copy_mode emu_product_timing = EMU_CP_EARLY;
 
 inline void emu_cp_async(void *dst, const void *src, unsigned bytes)
 {
@@ -324,11 +337,36 @@ namespace {
 [[maybe_unused]] alignas(128) float smem[EMU_SMEM_BYTES / sizeof(float)];
 [[maybe_unused]] alignas(128) unsigned char tc_smem[EMU_SMEM_BYTES];
 [[maybe_unused]] alignas(128) unsigned char group_smem[EMU_SMEM_BYTES];
+[[maybe_unused]] alignas(1024) unsigned char smem_raw[EMU_SMEM_BYTES]; /* 1024: the 128-byte swizzle's period */
 } // namespace
+
+/* what cuTensorMapEncodeTiled records in the 128 opaque bytes of a CUtensorMap */
+struct emu_tensor_map {
+    const unsigned char *base;
+    uint64_t dims[2];   /* elements: inner, outer */
+    uint64_t stride;    /* bytes between rows */
+    uint32_t box[2];    /* elements: inner, outer */
+};
+static_assert(sizeof(emu_tensor_map) <= sizeof(CUtensorMap), "a tensor map's record fits its opaque bytes");
+
+struct emu_tma_copy {
+    void *dst;
+    emu_tensor_map map;
+    uint32_t inner, outer;
+};
+struct emu_mbarrier {
+    unsigned count, pending, phase; /* phase: completed phases */
+    long long tx;                    /* bytes expected and not yet arrived */
+    std::vector<emu_tma_copy> late;  /* EMU_CP_LATE: copies not yet made */
+    std::vector<emu_thread *> waiters; /* threads polling it since its last phase */
+};
+
+inline std::map<const void *, emu_mbarrier> emu_mbarriers; /* by address; a block's are gone after it */
 
 inline void emu_prepare_smem(size_t bytes)
 {
-    void *areas[] = {smem, tc_smem, group_smem};
+    void *areas[] = {smem, tc_smem, group_smem, smem_raw};
+    emu_mbarriers.clear();
     for (void *a : areas) {
 #if defined(__SANITIZE_ADDRESS__)
         ASAN_UNPOISON_MEMORY_REGION(a, EMU_SMEM_BYTES);
@@ -362,6 +400,11 @@ inline void emu_thread_main()
                 emu_block_idx.x, emu_block_idx.y, emu_block_idx.z, self->linear);
         abort();
     }
+    if (!self->wgmma_open.empty() || !self->wgmma_groups.empty()) {
+        fprintf(stderr, "cuda_emulate: block (%u, %u, %u) thread %u exits with wgmma products never waited for\n",
+                emu_block_idx.x, emu_block_idx.y, emu_block_idx.z, self->linear);
+        abort();
+    }
     self->done = true;
     emu_live--;
     emu_barrier_drop(emu_warp_barrier[self->linear / EMU_WARP]);
@@ -378,6 +421,8 @@ inline void emu_thread_main()
     t.started = t.done = false;
     t.copy_groups.clear();
     t.copy_open.clear();
+    t.wgmma_groups.clear();
+    t.wgmma_open.clear();
     getcontext(&t.context);
     t.context.uc_stack.ss_sp = emu_stacks[i].get();
     t.context.uc_stack.ss_size = EMU_STACK_BYTES;
@@ -426,6 +471,264 @@ template <typename... P> inline auto emu_launch(void (*kernel)(P...), dim3 grid,
 template <typename F> inline cudaError_t cudaFuncSetAttribute(F *, enum cudaFuncAttribute, int value)
 {
     return value >= 0 && (size_t)value <= EMU_SMEM_BYTES ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+/* one block per multiprocessor at a time, and one cluster (whatever its size) on the device */
+template <typename F> inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *n, F *, int, size_t)
+{
+    *n = 1;
+    return cudaSuccess;
+}
+template <typename F> inline cudaError_t cudaOccupancyMaxActiveClusters(int *n, F *, const cudaLaunchConfig_t *)
+{
+    *n = 1;
+    return cudaSuccess;
+}
+
+
+/* ---- Hopper (gemm_swiglu.cu): mbarriers, the bulk tensor copy (TMA), wgmma; clusters of one CTA ----
+ *
+ * An mbarrier's state lives beside the block (emu_mbarriers), not in its 8 bytes of shared memory.
+ * A thread polling one (barrier_wait) lets the others run, as at a barrier. A bulk tensor copy
+ * writes its box with the 128-byte swizzle (16-byte chunk c of a 128-byte row goes to c XOR the
+ * row's address bits 7..9) and counts its bytes on the barrier: at issue (emu_copy_timing
+ * EMU_CP_EARLY) or when a thread first polls that barrier (EMU_CP_LATE: a read of the stage before
+ * the wait shows). wgmma reads both operands from shared memory through their descriptors and sums
+ * in fp32; it runs at issue or at the wgmma.wait_group that covers it (emu_product_timing
+ * EMU_CP_LATE, with copies at issue: a stage released and refilled before its products were
+ * waited for shows). */
+
+#undef __grid_constant__
+#define __grid_constant__
+inline float __expf(float x) { return expf(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline void __syncwarp(unsigned = 0xffffffffu) { emu_warp_sync(); }
+
+inline CUresult emu_tensor_map_encode(CUtensorMap *map, CUtensorMapDataType type, cuuint32_t rank, void *base,
+                                      const cuuint64_t *dims, const cuuint64_t *strides, const cuuint32_t *box,
+                                      const cuuint32_t *element_strides, CUtensorMapInterleave interleave,
+                                      CUtensorMapSwizzle swizzle, CUtensorMapL2promotion,
+                                      CUtensorMapFloatOOBfill oob)
+{
+    /* only what gemm_swiglu.cu asks for, with the checks the driver makes of it */
+    if (type != CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 || rank != 2 || interleave != CU_TENSOR_MAP_INTERLEAVE_NONE ||
+        swizzle != CU_TENSOR_MAP_SWIZZLE_128B || oob != CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE ||
+        element_strides[0] != 1 || element_strides[1] != 1 || (uintptr_t)base % 16 != 0 || strides[0] % 16 != 0 ||
+        box[0] * 2 > 128 || box[0] == 0 || box[1] == 0 || box[1] > 256 || dims[0] == 0 || dims[1] == 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    emu_tensor_map m = {(const unsigned char *)base, {dims[0], dims[1]}, strides[0], {box[0], box[1]}};
+    memset(map, 0, sizeof *map);
+    memcpy(map, &m, sizeof m);
+    return CUDA_SUCCESS;
+}
+
+inline size_t emu_smem_offset(const void *p)
+{
+    const unsigned char *c = (const unsigned char *)p;
+    if (c < smem_raw || c >= smem_raw + EMU_SMEM_BYTES) {
+        fprintf(stderr, "cuda_emulate: a shared-memory address outside the block's shared memory\n");
+        abort();
+    }
+    return (size_t)(c - smem_raw);
+}
+/* the 128-byte swizzle, on the address (the hardware's: 16-byte chunk XOR address bits 7..9) */
+inline size_t emu_swizzle128(size_t offset) { return offset ^ (((offset >> 7) & 7) << 4); }
+
+inline uint32_t smem_addr(const void *p) { return (uint32_t)emu_smem_offset(p); }
+
+inline emu_mbarrier &emu_mbarrier_at(const uint64_t *bar)
+{
+    auto it = emu_mbarriers.find(bar);
+    if (it == emu_mbarriers.end()) {
+        fprintf(stderr, "cuda_emulate: block (%u, %u, %u): an mbarrier used before mbarrier.init\n", emu_block_idx.x,
+                emu_block_idx.y, emu_block_idx.z);
+        abort();
+    }
+    return it->second;
+}
+inline void emu_mbarrier_settle(emu_mbarrier &b)
+{
+    emu_waits_without_progress = 0;
+    if (b.pending == 0 && b.tx == 0) {
+        b.phase++;
+        b.pending = b.count;
+    }
+}
+inline void barrier_init(uint64_t *bar, uint32_t count) { emu_mbarriers[bar] = {count, count, 0, 0, {}, {}}; }
+inline void barrier_init_fence() {}
+inline void emu_mbarrier_arrive(uint64_t *bar)
+{
+    emu_mbarrier &b = emu_mbarrier_at(bar);
+    if (b.pending == 0) {
+        fprintf(stderr, "cuda_emulate: block (%u, %u, %u): more arrivals on an mbarrier than its count\n",
+                emu_block_idx.x, emu_block_idx.y, emu_block_idx.z);
+        abort();
+    }
+    b.pending--;
+    const unsigned phase = b.phase;
+    emu_mbarrier_settle(b);
+    /* products late: a thread waiting for this phase (a producer waiting for its stage) runs at
+     * once, so that a stage released before its products were waited for is refilled under them */
+    if (emu_product_timing == EMU_CP_LATE && b.phase != phase && !b.waiters.empty()) {
+        emu_thread *waiter = b.waiters.front();
+        b.waiters.clear();
+        if (waiter != emu_current && !waiter->done)
+            emu_switch(emu_current, waiter);
+    }
+}
+inline void barrier_expect_bytes(uint64_t *bar, uint32_t bytes)
+{
+    emu_mbarrier_at(bar).tx += bytes;
+    emu_mbarrier_arrive(bar);
+}
+inline void barrier_arrive_cluster(uint64_t *bar, uint32_t rank)
+{
+    if (rank != 0) {
+        fprintf(stderr, "cuda_emulate: clusters of more than one CTA are not emulated\n");
+        abort();
+    }
+    emu_mbarrier_arrive(bar);
+}
+inline void cluster_sync() { __syncthreads(); } /* a cluster of one CTA */
+
+/* one box into shared memory at dst, with the 128-byte swizzle; rows and columns outside the
+ * tensor read as zeros */
+inline void emu_tma_run(const emu_tma_copy &c)
+{
+    const size_t dst = emu_smem_offset(c.dst);
+    for (uint32_t r = 0; r < c.map.box[1]; r++)
+        for (uint32_t e = 0; e < c.map.box[0]; e++) {
+            const uint64_t row = (uint64_t)c.outer + r, col = (uint64_t)c.inner + e;
+            uint16_t v = 0;
+            if (row < c.map.dims[1] && col < c.map.dims[0])
+                memcpy(&v, c.map.base + row * c.map.stride + col * 2, 2);
+            memcpy(smem_raw + emu_swizzle128(dst + (size_t)r * 128 + (size_t)e * 2), &v, 2);
+        }
+}
+inline void tma_load(void *dst, const CUtensorMap *map, uint32_t inner, uint32_t outer, uint64_t *bar)
+{
+    emu_tma_copy c = {dst, {}, inner, outer};
+    memcpy(&c.map, map, sizeof c.map);
+    emu_mbarrier &b = emu_mbarrier_at(bar);
+    if (emu_smem_offset(dst) % 1024 != 0) {
+        fprintf(stderr, "cuda_emulate: a 128-byte-swizzled box not 1024-byte aligned in shared memory\n");
+        abort();
+    }
+    if (emu_copy_timing == EMU_CP_LATE) {
+        b.late.push_back(c);
+        return;
+    }
+    emu_tma_run(c);
+    b.tx -= (long long)c.map.box[0] * c.map.box[1] * 2;
+    emu_mbarrier_settle(b);
+}
+inline void tma_load_multicast(void *, const CUtensorMap *, uint32_t, uint32_t, uint64_t *, uint16_t)
+{
+    fprintf(stderr, "cuda_emulate: multicast copies (clusters of more than one CTA) are not emulated\n");
+    abort();
+}
+
+/* Returns once the phase of this parity has completed; the other threads run meanwhile. */
+inline void barrier_wait(uint64_t *bar, uint32_t parity)
+{
+    for (;;) {
+        emu_mbarrier &b = emu_mbarrier_at(bar);
+        while (!b.late.empty()) { /* EMU_CP_LATE: the copies land when somebody looks */
+            const emu_tma_copy c = b.late.front();
+            b.late.erase(b.late.begin());
+            emu_tma_run(c);
+            b.tx -= (long long)c.map.box[0] * c.map.box[1] * 2;
+            emu_mbarrier_settle(b);
+        }
+        if ((b.phase & 1) != parity)
+            return;
+        if (std::find(b.waiters.begin(), b.waiters.end(), emu_current) == b.waiters.end())
+            b.waiters.push_back(emu_current);
+        if (++emu_waits_without_progress > 2 * emu_live) {
+            fprintf(stderr, "cuda_emulate: block (%u, %u, %u) deadlocks: every thread waits, on an mbarrier "
+                            "phase that never completes or at a barrier\n", emu_block_idx.x, emu_block_idx.y,
+                    emu_block_idx.z);
+            abort();
+        }
+        emu_switch(emu_current, emu_next_live());
+    }
+}
+
+/* D[64 × 256] (+)= A[64 × 16] · B[256 × 16]ᵀ of the thread's warpgroup, both K-major in shared
+ * memory with the 128-byte swizzle (descriptor: start address >> 4 in bits 0..13, stride between
+ * 8-row groups >> 4 in bits 32..45, swizzle mode in bits 62..63). The thread's registers hold
+ * rows 16·warp + lane/4 (+ 8 for 4i + 2, 4i + 3) at columns 8i + 2·(lane % 4) + {0, 1}. */
+inline void emu_wgmma_run(const emu_thread::wgmma &op)
+{
+    auto decode = [](uint64_t desc, size_t &start, size_t &group_stride) {
+        if (desc >> 62 != 1) {
+            fprintf(stderr, "cuda_emulate: a wgmma descriptor without the 128-byte swizzle is not emulated\n");
+            abort();
+        }
+        start = (size_t)(desc & 0x3FFF) << 4;
+        group_stride = (size_t)((desc >> 32) & 0x3FFF) << 4;
+    };
+    size_t a0, a_stride, b0, b_stride;
+    decode(op.desc_a, a0, a_stride);
+    decode(op.desc_b, b0, b_stride);
+    auto element = [](size_t start, size_t stride, unsigned row, unsigned k) {
+        const size_t at = emu_swizzle128(start + (row / 8) * stride + (row % 8) * 128 + (size_t)k * 2);
+        if (at + 2 > EMU_SMEM_BYTES) {
+            fprintf(stderr, "cuda_emulate: a wgmma operand outside shared memory\n");
+            abort();
+        }
+        uint16_t v;
+        memcpy(&v, smem_raw + at, 2);
+        return emu_bf16_bits(v);
+    };
+    const unsigned warp = emu_current->linear % 128 / 32, lane = emu_current->linear % 32;
+    for (unsigned i = 0; i < 32; i++)
+        for (unsigned e = 0; e < 4; e++) {
+            const unsigned row = 16 * warp + lane / 4 + (e >= 2 ? 8 : 0), col = 8 * i + 2 * (lane % 4) + (e & 1);
+            float acc = op.accumulate ? op.d[4 * i + e] : 0.0f;
+            for (unsigned k = 0; k < 16; k++)
+                acc += element(a0, a_stride, row, k) * element(b0, b_stride, col, k);
+            op.d[4 * i + e] = acc;
+        }
+}
+inline void wgmma_fence() {}
+inline void wgmma_m64n256k16(float (&d)[128], uint64_t desc_a, uint64_t desc_b, uint32_t accumulate)
+{
+    const emu_thread::wgmma op = {d, desc_a, desc_b, accumulate != 0};
+    if (emu_product_timing == EMU_CP_LATE)
+        emu_current->wgmma_open.push_back(op);
+    else
+        emu_wgmma_run(op);
+}
+inline void wgmma_commit()
+{
+    emu_current->wgmma_groups.push_back(std::move(emu_current->wgmma_open));
+    emu_current->wgmma_open.clear();
+}
+template <int PENDING> inline void wgmma_wait()
+{
+    auto &groups = emu_current->wgmma_groups;
+    while (groups.size() > (size_t)PENDING) {
+        for (const emu_thread::wgmma &op : groups.front())
+            emu_wgmma_run(op);
+        groups.erase(groups.begin());
+    }
+}
+inline void accumulators_ready(float (&)[128]) {}
+
+/* cudaLaunchKernelEx: the launch's configuration; a cluster of more than one CTA is refused */
+template <typename... P, typename... A>
+inline cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t *config, void (*kernel)(P...), A &&...args)
+{
+    for (unsigned i = 0; i < config->numAttrs; i++)
+        if (config->attrs[i].id == cudaLaunchAttributeClusterDimension) {
+            const auto &c = config->attrs[i].val.clusterDim;
+            if (c.x * c.y * c.z > 1)
+                return cudaErrorNotSupported;
+        }
+    emu_run(kernel, config->gridDim, config->blockDim, config->dynamicSmemBytes,
+            std::tuple<P...>((P)std::forward<A>(args)...));
+    return cudaSuccess;
 }
 
 #endif

@@ -1,9 +1,8 @@
 /* cuda_runtime_emulated.cc — the CUDA runtime calls the CUDA unit tests (tests/unit/test_cuda_*)
- * make, for their emulated builds (tests/CMakeLists.txt): one device whose memory is the host's,
- * every call synchronous, launches run by cuda_emulate.h (force-included here too). cuBLASLt and
- * the Hopper-only SwiGLU GEMM have no emulation: cu_gemm_create says so (the tests of it are
- * skipped by name) and cu_gemm_swiglu_supported is false, as on a GPU other than compute
- * capability 9.0. */
+ * and the kernel files' launchers make, for their emulated builds (tests/CMakeLists.txt): one
+ * compute capability 9.0 device whose memory is the host's, every call synchronous, launches run
+ * by cuda_emulate.h (force-included here too). cuBLASLt has no emulation: cu_gemm_create says so
+ * (the tests of it are skipped by name). */
 #include "model/cuda/cuda_internal.h"
 
 extern "C" {
@@ -86,13 +85,37 @@ bool cu_gemm_run(struct cu_gemm *, cudaStream_t, enum cu_dtype, enum cu_dtype, v
     snprintf(err, errlen, "cuBLASLt has no host emulation");
     return false;
 }
-bool cu_gemm_swiglu_supported(int, uint32_t, uint32_t) { return false; }
-cudaError_t cu_gemm_swiglu(void *, uint32_t, const void *, uint32_t, const void *, uint32_t, uint32_t, uint32_t,
-                           cudaStream_t)
+
+/* a Hopper (compute capability 9.0) with few multiprocessors, so that a persistent grid's blocks
+ * each take several tiles */
+cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int device)
 {
-    return cudaErrorNotSupported;
+    if (device != 0)
+        return cudaErrorInvalidDevice;
+    switch (attr) {
+    case cudaDevAttrComputeCapabilityMajor:
+        *value = 9;
+        return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMinor:
+        *value = 0;
+        return cudaSuccess;
+    case cudaDevAttrMultiProcessorCount:
+        *value = EMU_MULTIPROCESSORS;
+        return cudaSuccess;
+    default:
+        return cudaErrorInvalidValue;
+    }
 }
-const char *cu_gemm_swiglu_variant(unsigned) { return NULL; }
-bool cu_gemm_swiglu_select(const char *) { return false; }
+
+/* the driver's cuTensorMapEncodeTiled, as gemm_swiglu.cu looks it up */
+cudaError_t cudaGetDriverEntryPointByVersion(const char *symbol, void **fn, unsigned int, unsigned long long,
+                                             cudaDriverEntryPointQueryResult *status)
+{
+    const bool known = strcmp(symbol, "cuTensorMapEncodeTiled") == 0;
+    *fn = known ? (void *)emu_tensor_map_encode : NULL;
+    if (status)
+        *status = known ? cudaDriverEntryPointSuccess : cudaDriverEntryPointSymbolNotFound;
+    return cudaSuccess;
+}
 
 } // extern "C"

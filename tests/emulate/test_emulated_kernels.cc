@@ -1,9 +1,10 @@
-/* test_emulated_kernels.cc — the row kernels that the emulated GPU unit tests do not reach (their
- * tests need cuBLASLt or the trainer), run on the host through cuda_emulate.h and checked
- * against their definitions computed here: the fallback GEMM epilogue (cu_bias_act: bias, tanh
- * GELU), the bias gradient's deterministic column sums (cu_gemm_bias_grad), the residual and
- * embedding dropout (cu_dropout_rows, masks from the dropout hash's definition) and the fp32 →
- * bf16 mirror (cu_convert_f32). */
+/* test_emulated_kernels.cc — the kernels that the emulated GPU unit tests do not reach (their
+ * tests need cuBLASLt, the trainer or clusters), run on the host through cuda_emulate.h and
+ * checked against their definitions computed here: the fallback GEMM epilogue (cu_bias_act:
+ * bias, tanh GELU), the bias gradient's deterministic column sums (cu_gemm_bias_grad), the
+ * residual and embedding dropout (cu_dropout_rows, masks from the dropout hash's definition), the
+ * fp32 → bf16 mirror (cu_convert_f32), and Qwen2's up GEMM with the SwiGLU in its epilogue
+ * (cu_gemm_swiglu: TMA, mbarriers, wgmma; its variants without clusters). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -167,6 +168,75 @@ void test_convert(void **)
     assert_memory_equal(same.data() + 6, src.data() + 6, (src.size() - 6) * sizeof(float));
 }
 
+/* h = silu(x·Wgᵀ) ⊙ (x·Wuᵀ) for x [n × k] (row stride ldx) and w [2f × k] (gate rows, then up
+ * rows), into h [n × f] (row stride ldh: the columns past f stay as they were), against double
+ * precision on the same bf16 inputs. Bound: the bf16 rounding of h (2⁻⁹ relative) and fp32 sums. */
+void gemm_swiglu_case(uint32_t n, uint32_t k, uint32_t f, uint32_t ldx, uint32_t ldh)
+{
+    std::vector<float> x(n * ldx), w(2 * f * k);
+    for (float &v : x)
+        v = round_bf16(normal());
+    for (float &v : w)
+        v = round_bf16(normal() / 8);
+    std::vector<double> ref(n * ldh);
+    for (uint32_t r = 0; r < n; r++)
+        for (uint32_t c = 0; c < f; c++) {
+            double g = 0, u = 0;
+            for (uint32_t j = 0; j < k; j++) {
+                g += (double)x[r * ldx + j] * w[c * k + j];
+                u += (double)x[r * ldx + j] * w[(f + c) * k + j];
+            }
+            ref[r * ldh + c] = g / (1 + exp(-g)) * u;
+        }
+    const std::vector<__nv_bfloat16> dx = as_type<__nv_bfloat16>(x), dw = as_type<__nv_bfloat16>(w);
+    std::vector<__nv_bfloat16> h = nan_filled<__nv_bfloat16>(n * ldh);
+    const unsigned before = emu_launches;
+    assert_int_equal(cu_gemm_swiglu(h.data(), ldh, dx.data(), ldx, dw.data(), n, k, f, 0), cudaSuccess);
+    assert_int_equal(emu_launches, before + 1);
+    const double err = relative_error(h, ref, n, ldh, f);
+    bool untouched = true;
+    for (uint32_t r = 0; r < n; r++)
+        for (uint32_t c = f; c < ldh; c++)
+            untouched &= std::isnan(value(h[r * ldh + c]));
+    printf("    n=%u k=%u f=%u ldx=%u ldh=%u (%u CTAs): %.2e\n", n, k, f, ldx, ldh, emu_grid_dim.x, err);
+    assert_true(err <= 1e-2);
+    assert_true(untouched);
+}
+
+void test_gemm_swiglu(void **)
+{
+    assert_true(cu_gemm_swiglu_supported(0, 64, 128));
+    assert_false(cu_gemm_swiglu_supported(0, 64, 100)); /* f not a multiple of the 128-wide tile */
+    assert_false(cu_gemm_swiglu_supported(0, 60, 128)); /* rows of x not 16-byte aligned */
+    struct schedule {
+        emu_copy_mode copies, products;
+        bool reverse;
+        const char *name;
+    };
+    /* copies late: a read of a stage before its full barrier's wait shows; products late with
+     * copies early: a stage released (and so refilled) before its products were waited for shows */
+    const schedule schedules[] = {
+        {EMU_CP_EARLY, EMU_CP_EARLY, false, "copies and products at issue"},
+        {EMU_CP_EARLY, EMU_CP_EARLY, true, "at issue, threads in reverse order"},
+        {EMU_CP_LATE, EMU_CP_EARLY, false, "copies at their waits"},
+        {EMU_CP_EARLY, EMU_CP_LATE, false, "products at their waits"},
+    };
+    for (const char *variant : {"c1", "c1-inflight"})
+        for (const schedule &s : schedules) {
+            assert_true(cu_gemm_swiglu_select(variant));
+            emu_copy_timing = s.copies;
+            emu_product_timing = s.products;
+            emu_reverse_order = s.reverse;
+            printf("  %s, %s\n", variant, s.name);
+            gemm_swiglu_case(1, 64, 128, 64, 128);    /* one row: a tile of 127 rows outside x */
+            gemm_swiglu_case(300, 200, 256, 200, 264); /* rows and K not multiples of the tile */
+            gemm_swiglu_case(129, 136, 384, 144, 384); /* more tiles than CTAs, a wider row stride */
+        }
+    emu_copy_timing = emu_product_timing = EMU_CP_EARLY;
+    emu_reverse_order = false;
+    assert_true(cu_gemm_swiglu_select("c1"));
+}
+
 } // namespace
 
 int main(void)
@@ -176,6 +246,7 @@ int main(void)
         cmocka_unit_test(test_bias_grad),
         cmocka_unit_test(test_dropout_rows),
         cmocka_unit_test(test_convert),
+        cmocka_unit_test(test_gemm_swiglu),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
