@@ -222,29 +222,31 @@ static const char *activate_problem(int rc)
     }
 }
 
-/* Joins (group != 0) or starts (group == 0: the kernel picks an unused id) a hash-mode fanout
- * group with the handle's packet socket, which libpcap has bound to the interface; returns the
- * group's id, 0 with err set on failure. */
-static uint16_t join_fanout(pcap_t *p, const char *iface, uint16_t group, char *err, size_t errlen)
+enum fanout { FANOUT_NONE, FANOUT_START, FANOUT_JOIN };
+
+/* Starts a hash-mode fanout group with the handle's packet socket (which libpcap has bound to
+ * the interface), the kernel choosing an unused id (0 is one), or joins group *id. */
+static bool join_fanout(pcap_t *p, const char *iface, enum fanout how, uint16_t *id, char *err, size_t errlen)
 {
     const int fd = pcap_fileno(p);
-    const int arg = group ? (int)group | (PACKET_FANOUT_HASH << 16)
-                          : (PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_UNIQUEID) << 16;
+    const int arg = how == FANOUT_JOIN ? (int)*id | (PACKET_FANOUT_HASH << 16)
+                                       : (PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_UNIQUEID) << 16;
     int got = 0;
     socklen_t len = sizeof got;
     if (setsockopt(fd, SOL_PACKET, PACKET_FANOUT, &arg, sizeof arg) != 0 ||
         getsockopt(fd, SOL_PACKET, PACKET_FANOUT, &got, &len) != 0) {
         snprintf(err, errlen, "%s: cannot %s a packet fanout group for capture.readers (%s)", iface,
-                 group ? "join" : "start", strerror(errno));
-        return 0;
+                 how == FANOUT_JOIN ? "join" : "start", strerror(errno));
+        return false;
     }
-    return (uint16_t)(got & 0xffff);
+    *id = (uint16_t)(got & 0xffff);
+    return true;
 }
 
-/* One activated handle with its filter, in fanout group `group` when fanout is set (0: a new
- * group, whose id goes to *group_out). */
-static struct cap_source *open_live_handle(const struct cap_live_opts *opts, bool fanout, uint16_t group,
-                                           uint16_t *group_out, char *err, size_t errlen)
+/* One activated handle with its filter; with fanout, in a new fanout group (its id into *group)
+ * or in group *group. */
+static struct cap_source *open_live_handle(const struct cap_live_opts *opts, enum fanout fanout, uint16_t *group,
+                                           char *err, size_t errlen)
 {
     char pcap_err[PCAP_ERRBUF_SIZE] = "";
     const char *iface = opts->iface;
@@ -294,7 +296,7 @@ static struct cap_source *open_live_handle(const struct cap_live_opts *opts, boo
             return NULL;
         }
     }
-    if (fanout && !(*group_out = join_fanout(p, iface, group, err, errlen))) {
+    if (fanout != FANOUT_NONE && !join_fanout(p, iface, fanout, group, err, errlen)) {
         pcap_close(p);
         return NULL;
     }
@@ -326,7 +328,7 @@ struct cap_source *cap_open_live(const struct cap_live_opts *opts, char *err, si
     }
     const bool fanout = opts->readers > 1;
     uint16_t group = 0;
-    struct cap_source *src = open_live_handle(opts, fanout, 0, &group, err, errlen);
+    struct cap_source *src = open_live_handle(opts, fanout ? FANOUT_START : FANOUT_NONE, &group, err, errlen);
     if (!src || !fanout)
         return src;
     /* what the group's other handles are opened with */
@@ -370,8 +372,8 @@ struct cap_source *cap_open_reader(struct cap_source *first, uint32_t index, cha
         return NULL;
     }
     if (!first->dpdk) {
-        uint16_t group = 0;
-        return open_live_handle(&first->reader_opts, true, first->fanout_group, &group, err, errlen);
+        uint16_t group = first->fanout_group;
+        return open_live_handle(&first->reader_opts, FANOUT_JOIN, &group, err, errlen);
     }
     char name[320];
     snprintf(name, sizeof name, "%s#%u", first->name, index);
