@@ -524,6 +524,8 @@ int sensor_run(const struct sensor_options *o)
     sn->opts = o;
     sn->cfg = o->cfg;
     sn->replay = o->replay;
+    if (o->replay) /* one reader reads the files, whatever the live setting (model.threads = 0 counts it) */
+        sn->cfg.capture.readers = 1;
     sn->flow_events = o->cfg.output.flow_events;
     sn->no_model = o->cfg.model.task == CFG_TASK_NONE;
     notify_init();
