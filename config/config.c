@@ -11,6 +11,7 @@
  * finds such literals and the loader checks what was written instead of what libconfig made of
  * it. And `@include` would read any file the text names, so it is refused: one file is the whole
  * configuration, and the fuzzer's arbitrary bytes cannot make the parser read /dev/zero. */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -67,6 +68,8 @@ struct cfg_key {
 };
 
 static const char *const cfg_tunnels_names[] = {"outer", "inner"};
+#define CFG_MAX_CPUS 1024 /* CPU_SETSIZE */
+
 static const char *const cfg_source_names[] = {"libpcap", "dpdk"};
 static const char *const cfg_port_reuse_names[] = {"split", "merge"};
 static const char *const cfg_task_names[] = {"auto", "classify", "generate", "none"};
@@ -123,6 +126,7 @@ static const struct cfg_key cfg_capture_keys[] = {
     CFG_CHOICE("source", CFG_KIND_CHOICE_BOOL, capture, dpdk, cfg_source_names),
     CFG_STR("interface", capture, interface, 1),
     CFG_U32("readers", capture, readers, 1, 64),
+    CFG_STR("cpus", capture, cpus, 0),
     CFG_U32("snaplen", capture, snaplen, 64, 262144),
     CFG_U32("buffer_mb", capture, buffer_mb, 1, 4096),
     CFG_BOOLEAN("promiscuous", capture, promiscuous),
@@ -866,11 +870,47 @@ static int cfg_check_fields(const struct cfg_key *group, const char *path, const
     return 0;
 }
 
-/* The rules that involve several keys. On failure, msg says what is wrong and *keys names the
- * keys involved, the one the message starts with first (for the loader to find a line). */
+int cfg_cpu_list(const char *text, int *cpus, int max)
+{
+    int n = 0;
+    const char *p = text;
+    do {
+        char *end;
+        errno = 0;
+        long first = isdigit((unsigned char)*p) ? strtol(p, &end, 10) : -1, last = first;
+        if (first < 0 || errno)
+            return -1;
+        if (*end == '-') {
+            p = end + 1;
+            last = isdigit((unsigned char)*p) ? strtol(p, &end, 10) : -1;
+            if (last < first || errno)
+                return -1;
+        }
+        if (last >= CFG_MAX_CPUS || (*end != ',' && *end != '\0'))
+            return -1;
+        for (long cpu = first; cpu <= last; cpu++) {
+            if (n == max)
+                return -1;
+            cpus[n++] = (int)cpu;
+        }
+        p = end + (*end == ',');
+    } while (*p);
+    return n > 0 && p[-1] != ',' ? n : -1;
+}
+
+/* The rules that involve several keys (and the one key with a syntax of its own). On failure,
+ * msg says what is wrong and *keys names the keys involved, the one the message starts with
+ * first (for the loader to find a line). */
 static int cfg_check_combinations(const struct cfg_sensor *c, char *msg, size_t size,
                                   const char *keys[2])
 {
+    int cpus[CFG_MAX_CPUS];
+    if (c->capture.cpus[0] && cfg_cpu_list(c->capture.cpus, cpus, CFG_MAX_CPUS) < 0) {
+        keys[0] = keys[1] = "capture.cpus";
+        snprintf(msg, size, "capture.cpus: expected a list of CPUs 0 to %d such as \"2-5,8\", or \"\", got \"%.200s\"",
+                 CFG_MAX_CPUS - 1, c->capture.cpus);
+        return -1;
+    }
     if (c->session.ready_packets > c->flow.packets_per_session) {
         keys[0] = "session.ready_packets", keys[1] = "flow.packets_per_session";
         snprintf(msg, size, "session.ready_packets: expected at most flow.packets_per_session "

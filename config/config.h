@@ -50,6 +50,8 @@ struct cfg_sensor {
         bool dpdk;                /* source = "libpcap" (false) | "dpdk" (true) */
         uint32_t readers;         /* 1: capture threads, a flow table each (fanout sockets or
                                      DPDK receive queues) */
+        char cpus[256];           /* "": readers not pinned; else a CPU list, reader k on its
+                                     k-th CPU (cfg_cpu_list) */
         struct {                  /* the DPDK port, with source = "dpdk" (capture.h: cap_dpdk_opts) */
             char port[256];       /* PCI address or virtual device arguments */
             char eal[512];        /* EAL arguments */
@@ -119,6 +121,9 @@ int cfg_load_buffer(const char *name, const char *text, struct cfg_sensor *out, 
  * ≤ packets_per_session); call again after command-line overrides. The message starts with
  * c->path (when set) and names keys as the file does: "netlm.conf: flow.workers: ...". */
 int cfg_validate(const struct cfg_sensor *c, char *err, size_t errlen);
+/* The CPUs of a list such as "2-5,8" in its order, ranges expanded, into cpus (at most max);
+ * returns how many, or -1 when text is not such a list of CPUs 0..1023. */
+int cfg_cpu_list(const char *text, int *cpus, int max);
 
 const char *cfg_task_name(enum cfg_task t); /* "auto", "classify", "generate", "none" */
 const char *cfg_output_kind_name(enum cfg_output_kind k); /* "file", "stdout", "unix_stream" */

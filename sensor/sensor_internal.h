@@ -209,6 +209,8 @@ struct sensor {
     struct cfg_sensor cfg;
     struct sensor_shard *shards;
     int n_shards;
+    int reader_cpus[1024];   /* capture.cpus in order: reader k runs on reader_cpus[k % n] */
+    int n_reader_cpus;       /* 0: readers not pinned */
     struct sensor_queue q;
     struct sensor_sink *sink;
     struct sensor_engine *engine;                 /* the batcher's; NULL with no_model */

@@ -17,6 +17,8 @@
 #include <inttypes.h>
 #include <poll.h>
 #include <pwd.h>
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -396,12 +398,40 @@ static void count_frames(struct sensor *sn, const struct cap_frame *fr, int n, u
         *bytes_out += bytes + 16u * (uint64_t)n; /* record headers count toward the file size */
 }
 
+/* The reader's place (capture.cpus) and, for the readers on threads of their own, its name (top
+ * -H, /proc); the calling thread keeps the process's name. False with the reason logged. */
+static bool place_reader(struct sensor_shard *shard)
+{
+    struct sensor *sn = shard->sn;
+    if (shard->index > 0) {
+        char name[16]; /* the kernel's limit; readers are at most 64 */
+        snprintf(name, sizeof name, "netlm-reader%u", (unsigned)shard->index % 100u);
+        pthread_setname_np(pthread_self(), name);
+    }
+    if (sn->n_reader_cpus == 0)
+        return true;
+    const int cpu = sn->reader_cpus[shard->index % sn->n_reader_cpus];
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    const int rc = pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+    if (rc != 0) {
+        sensor_log("capture.cpus: cannot run reader %d on CPU %d (%s)", shard->index, cpu, strerror(rc));
+        return false;
+    }
+    return true;
+}
+
 static void read_live(struct sensor_shard *shard)
 {
     struct sensor *sn = shard->sn;
     struct cap_source *src = shard->src;
     struct cap_frame frames[BURST];
     int64_t next_stats = 0;
+    if (!place_reader(shard)) {
+        atomic_store(&sn->failed, true);
+        atomic_store(&sn->stop, true);
+    }
     while (!atomic_load_explicit(&sn->stop, memory_order_relaxed)) {
         int n = cap_next_burst(src, frames, BURST);
         if (n > 0) {
@@ -535,6 +565,25 @@ int sensor_run(const struct sensor_options *o)
     int status = 1;
     struct cap_source *live = NULL;
     int sigfd = -1, stopfd = -1;
+
+    /* the readers' CPUs: each one this process may run on (systemd's CPUAffinity=, taskset) */
+    if (!o->replay && sn->cfg.capture.cpus[0]) {
+        sn->n_reader_cpus = cfg_cpu_list(sn->cfg.capture.cpus, sn->reader_cpus, 1024);
+        cpu_set_t allowed;
+        CPU_ZERO(&allowed);
+        if (sn->n_reader_cpus <= 0 || sched_getaffinity(0, sizeof allowed, &allowed) != 0) {
+            sensor_log("capture.cpus: \"%s\" is not a list of CPUs", sn->cfg.capture.cpus);
+            release(sn);
+            return 1;
+        }
+        for (int i = 0; i < sn->n_reader_cpus; i++)
+            if (!CPU_ISSET(sn->reader_cpus[i], &allowed)) {
+                sensor_log("capture.cpus: CPU %d is not one this process may run on (%d allowed)",
+                           sn->reader_cpus[i], CPU_COUNT(&allowed));
+                release(sn);
+                return 1;
+            }
+    }
 
     /* 1. the input */
     if (o->replay) {

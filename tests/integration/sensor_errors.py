@@ -74,6 +74,18 @@ def main():
             f.write("flow = { max_flows = 100; workers = 2; };\n")
         one_line_error("--readers 4 with too few flows for 8 workers", run("sensor", "-c", small, "--readers", "4",
                        "--check-config"), ["flow.max_flows", "capture.readers = 4", "128"])
+        cpus = os.path.join(tmp, "cpus.conf")
+        with open(cpus, "w") as f:
+            f.write("capture = {\n  readers = 2;\n  cpus = \"0-\";\n};\n")
+        res = run("sensor", "-c", cpus, "--check-config")
+        one_line_error("capture.cpus not a list", res, ["cpus.conf:3", "capture.cpus", "2-5,8"])
+        check("capture.cpus not a list: exit 2", res.returncode == 2, str(res.returncode))
+        with open(cpus, "w") as f:
+            f.write("capture = { readers = 2; cpus = \"0,1023\"; };\nservice = { user = \"\"; };\n")
+        res = run("sensor", "-c", cpus, "-i", "lo", "--no-model", "-o", out)
+        one_line_error("capture.cpus with a CPU this process may not run on", res,
+                       ["capture.cpus", "CPU 1023", "may run on"], out_dir)
+        check("capture.cpus with a CPU this process may not run on: exit 1", res.returncode == 1, str(res.returncode))
 
         garbage = os.path.join(tmp, "garbage.pcap")
         with open(garbage, "wb") as f:

@@ -34,7 +34,9 @@ build has DPDK through DPDK (capture.source = "dpdk", the net_af_packet poll-mod
 same veth end, no hugepages), with one receive queue and with two (qpairs = 2: two AF_PACKET
 sockets in a fanout group, as a NIC's symmetric RSS spreads frames over a port's queues): the
 same equalities hold for every source, except that with two readers each reader's table numbers
-its own flows (odd flow_ids on reader 0, even on reader 1, both seen).
+its own flows (odd flow_ids on reader 0, even on reader 1, both seen). The two libpcap readers are
+pinned with capture.cpus = "1,0" (where the machine has both): /proc shows reader 0 (the main
+thread) on CPU 1, netlm-reader1 on CPU 0, and every other thread where it was.
 
 Needs root, `ip netns` and tcpreplay; prints "skipped: ..." and exits 0 otherwise. The namespace
 and the veth pair are removed on every exit path."""
@@ -59,6 +61,7 @@ NS = f"netlm-st-{TAG}"
 VETH_TX = f"nlmtx{TAG}"  # stays here: tcpreplay sends into it
 VETH_RX = f"nlmrx{TAG}"  # moved into NS: the sensor captures on it
 PPS = 2000
+ORIGINAL_CPUS = ""  # this process's Cpus_allowed_list, which the sensor's threads inherit
 
 
 def skip(why):
@@ -106,7 +109,7 @@ def setup():
     raise RuntimeError(f"veth pair did not come up ({a}, {b})")
 
 
-def write_conf(path, out, dpdk, readers=1):
+def write_conf(path, out, dpdk, readers=1, cpus=""):
     if dpdk:  # the same interface through DPDK's AF_PACKET poll-mode driver, without hugepages
         qpairs = f",qpairs={readers}" if readers > 1 else ""
         capture = (f'{{ source = "dpdk"; promiscuous = true; bpf = ""; readers = {readers}; '
@@ -114,17 +117,32 @@ def write_conf(path, out, dpdk, readers=1):
                    f'eal = "--no-huge -m 256 --no-pci --no-shconf"; }}; }}')
     else:
         capture = (f'{{ interface = "{VETH_RX}"; promiscuous = true; buffer_mb = 8; bpf = ""; '
-                   f'readers = {readers}; }}')
+                   f'readers = {readers}; cpus = "{cpus}"; }}')
     write_conf_no_timeouts(path, capture, out)
 
 
-def run_live(tmp, name, captures, n_frames, dpdk, readers=1):
+def thread_cpus(pid):
+    """{thread name: [CPUs it may run on]} of a process (the main thread under the name 'main')."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            comm = contents(f"/proc/{pid}/task/{tid}/comm").strip()
+            status = contents(f"/proc/{pid}/task/{tid}/status")
+        except OSError:
+            continue  # a thread that ended meanwhile
+        allowed = next((line.split(":")[1].strip() for line in status.splitlines()
+                        if line.startswith("Cpus_allowed_list:")), "")
+        out["main" if tid == str(pid) else comm] = allowed
+    return out
+
+
+def run_live(tmp, name, captures, n_frames, dpdk, readers=1, cpus=""):
     """The sensor in the namespace (libpcap, or DPDK's AF_PACKET driver on the same interface;
     `readers` capture threads), tcpreplay into the other end, SIGTERM, then the same captures
     through `netlm replay`: compare_with_replay."""
     live_out = os.path.join(tmp, f"{name}.json")
     conf = os.path.join(tmp, f"{name}.conf")
-    write_conf(conf, live_out, dpdk, readers)
+    write_conf(conf, live_out, dpdk, readers, cpus)
 
     # the sensor inside the namespace; it tells "systemd" (this script) when it is ready
     notify_path = os.path.join(tmp, f"{name}.notify")
@@ -175,6 +193,14 @@ def run_live(tmp, name, captures, n_frames, dpdk, readers=1):
         check(f"{name}: sensor counted every frame sent",
               wait_for(lambda: (last_stats(live_out) or {}).get("capture", {}).get("packets", 0) >= n_frames, 30, 0.05),
               str((last_stats(live_out) or {}).get("capture")))
+        if cpus:  # reader k on the k-th CPU of the list, the other threads where they were
+            placed = thread_cpus(proc.pid)
+            want = cpus.split(",")
+            others = {t: c for t, c in placed.items() if t != "main" and not t.startswith("netlm-reader")}
+            check(f"{name}: capture.cpus \"{cpus}\": reader 0 (the main thread) on CPU {want[0]}, reader 1 "
+                  f"(netlm-reader1) on CPU {want[1 % len(want)]}, no other thread pinned",
+                  placed.get("main") == want[0] and placed.get("netlm-reader1") == want[1 % len(want)]
+                  and others and all(c == ORIGINAL_CPUS for c in others.values()), f"{placed}, allowed {ORIGINAL_CPUS}")
     finally:
         proc.send_signal(signal.SIGTERM)  # drain: flows end as shutdown, queued sessions classified
         try:
@@ -216,6 +242,9 @@ def run_live(tmp, name, captures, n_frames, dpdk, readers=1):
 
 
 def main():
+    global ORIGINAL_CPUS
+    ORIGINAL_CPUS = next(line.split(":")[1].strip() for line in contents("/proc/self/status").splitlines()
+                         if line.startswith("Cpus_allowed_list:"))
     if os.geteuid() != 0:
         skip("needs root (network namespaces and live capture)")
     if not shutil.which("ip") or subprocess.run(["ip", "netns", "list"], capture_output=True).returncode != 0:
@@ -235,7 +264,9 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         run_live(tmp, "libpcap", captures, n_frames, dpdk=False)
         print("  the same with two libpcap readers (capture.readers = 2, a packet fanout group)")
-        run_live(tmp, "libpcap-2readers", captures, n_frames, dpdk=False, readers=2)
+        # with its readers pinned: the other way round from the CPUs' order where there are two
+        cpus = "1,0" if len(os.sched_getaffinity(0)) >= 2 and {0, 1} <= os.sched_getaffinity(0) else ""
+        run_live(tmp, "libpcap-2readers", captures, n_frames, dpdk=False, readers=2, cpus=cpus)
         if "DPDK no" not in subprocess.run([NETLM, "--version"], capture_output=True, text=True).stdout:
             print("  the same through DPDK (net_af_packet on the veth end)")
             run_live(tmp, "dpdk", captures, n_frames, dpdk=True)

@@ -30,7 +30,7 @@ static const struct {
     {"capture.promiscuous", false}, {"capture.bpf", false}, {"capture.tunnels", false},
     {"capture.source", false}, {"capture.dpdk.port", false}, {"capture.dpdk.eal", false},
     {"capture.dpdk.rx_descriptors", false}, {"capture.dpdk.mbufs", false}, {"capture.dpdk.busy_poll", false},
-    {"capture.readers", false},
+    {"capture.readers", false}, {"capture.cpus", false},
     {"flow.max_flows", false}, {"flow.packets_per_session", false},
     {"flow.bytes_per_packet", false}, {"flow.port_reuse", false}, {"flow.workers", false},
     {"flow.timeouts.tcp_new", false}, {"flow.timeouts.tcp_established", false},
@@ -682,7 +682,7 @@ static void test_unknown_keys(void **state)
                  "output, service), got an unknown key");
     expect_error("capture = {\n  snaplen = 1500;\n  snaplenn = 1500;\n};",
                  NAME ":3: capture.snaplenn: expected one of the keys of capture (source, interface, "
-                 "readers, snaplen, buffer_mb, promiscuous, bpf, tunnels, dpdk), got an unknown key");
+                 "readers, cpus, snaplen, buffer_mb, promiscuous, bpf, tunnels, dpdk), got an unknown key");
     expect_error("capture = {\n  dpdk = {\n    ports = \"x\";\n  };\n};",
                  NAME ":3: capture.dpdk.ports: expected one of the keys of capture.dpdk (port, eal, "
                  "rx_descriptors, mbufs, busy_poll), got an unknown key");
@@ -893,6 +893,7 @@ static void test_cross_key_rules(void **state)
     expect_ok("capture = { readers = 4; };\nflow = { max_flows = 128; workers = 2; };", &c);
     expect_error_at("capture = { readers = 65; };", 1, "capture.readers");
     expect_error_at("capture = { readers = 0; };", 1, "capture.readers");
+
     expect_error("output = {\n  filename = \"\";\n};",
                  NAME ":2: output.filename: expected a file name with output.type \"file\", got \"\"");
     expect_ok("output = { type = \"stdout\"; filename = \"\"; };", &c);
@@ -902,6 +903,29 @@ static void test_cross_key_rules(void **state)
 }
 
 /* cfg_validate on a struct changed after loading, as command-line overrides change it. */
+/* capture.cpus: the list's CPUs in its order, ranges expanded; anything else is one error line */
+static void test_cpu_lists(void **state)
+{
+    (void)state;
+    int cpus[8];
+    const int want[] = {2, 3, 4, 5, 8, 0};
+    assert_int_equal(cfg_cpu_list("2-5,8,0", cpus, 8), 6);
+    assert_memory_equal(cpus, want, sizeof want);
+    assert_int_equal(cfg_cpu_list("1023", cpus, 8), 1);
+    assert_int_equal(cpus[0], 1023);
+    assert_int_equal(cfg_cpu_list("0-8", cpus, 8), -1); /* more CPUs than room */
+    static const char *const bad[] = {"", "x", "1,", ",1", "5-2", "1 ,2", " 1", "-1", "+1", "1024",
+                                      "0-1024", "1-", "1--2", "1,,2", "99999999999999999999"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        if (cfg_cpu_list(bad[i], cpus, 8) != -1)
+            fail_msg("cfg_cpu_list(\"%s\") accepted", bad[i]);
+    struct cfg_sensor c;
+    expect_ok("capture = { cpus = \"2-5,8,0\"; readers = 3; };", &c);
+    assert_string_equal(c.capture.cpus, "2-5,8,0");
+    expect_error("capture = {\n  readers = 2;\n  cpus = \"1,\";\n};",
+                 NAME ":3: capture.cpus: expected a list of CPUs 0 to 1023 such as \"2-5,8\", or \"\", got \"1,\"");
+}
+
 static void test_validate_overrides(void **state)
 {
     (void)state;
@@ -1075,6 +1099,7 @@ int main(void)
         cmocka_unit_test(test_wide_integers),
         cmocka_unit_test(test_unreadable_files),
         cmocka_unit_test(test_cross_key_rules),
+        cmocka_unit_test(test_cpu_lists),
         cmocka_unit_test(test_validate_overrides),
         cmocka_unit_test(test_error_buffer),
         cmocka_unit_test(test_custom_file),
