@@ -161,6 +161,19 @@ inline void emu_barrier_release(emu_barrier &b)
     emu_waits_without_progress = 0;
 }
 
+/* The waiting thread gives the others a turn; when every live thread has waited twice in a row
+ * with nothing moving (no barrier released, no mbarrier arrival), the block deadlocks. */
+inline void emu_wait_turn()
+{
+    if (++emu_waits_without_progress > 2 * emu_live) {
+        fprintf(stderr, "cuda_emulate: block (%u, %u, %u) deadlocks: every thread waits, at a barrier the others "
+                        "never reach or on an mbarrier phase that never completes\n",
+                emu_block_idx.x, emu_block_idx.y, emu_block_idx.z);
+        abort();
+    }
+    emu_switch(emu_current, emu_next_live());
+}
+
 inline void emu_barrier_wait(emu_barrier &b)
 {
     const unsigned generation = b.generation;
@@ -168,14 +181,8 @@ inline void emu_barrier_wait(emu_barrier &b)
         emu_barrier_release(b);
         return;
     }
-    while (b.generation == generation) {
-        if (++emu_waits_without_progress > 2 * emu_live) {
-            fprintf(stderr, "cuda_emulate: block (%u, %u, %u) deadlocks: every thread waits at a barrier the others "
-                            "never reach\n", emu_block_idx.x, emu_block_idx.y, emu_block_idx.z);
-            abort();
-        }
-        emu_switch(emu_current, emu_next_live());
-    }
+    while (b.generation == generation)
+        emu_wait_turn();
 }
 
 /* an exited thread no longer counts at the barriers, as on the GPU */
@@ -605,6 +612,13 @@ inline void emu_tma_run(const emu_tma_copy &c)
             memcpy(smem_raw + emu_swizzle128(dst + (size_t)r * 128 + (size_t)e * 2), &v, 2);
         }
 }
+/* the copy made, its bytes counted on its barrier */
+inline void emu_tma_complete(emu_mbarrier &b, const emu_tma_copy &c)
+{
+    emu_tma_run(c);
+    b.tx -= (long long)c.map.box[0] * c.map.box[1] * 2;
+    emu_mbarrier_settle(b);
+}
 inline void tma_load(void *dst, const CUtensorMap *map, uint32_t inner, uint32_t outer, uint64_t *bar)
 {
     emu_tma_copy c = {dst, {}, inner, outer};
@@ -618,9 +632,7 @@ inline void tma_load(void *dst, const CUtensorMap *map, uint32_t inner, uint32_t
         b.late.push_back(c);
         return;
     }
-    emu_tma_run(c);
-    b.tx -= (long long)c.map.box[0] * c.map.box[1] * 2;
-    emu_mbarrier_settle(b);
+    emu_tma_complete(b, c);
 }
 inline void tma_load_multicast(void *, const CUtensorMap *, uint32_t, uint32_t, uint64_t *, uint16_t)
 {
@@ -636,21 +648,13 @@ inline void barrier_wait(uint64_t *bar, uint32_t parity)
         while (!b.late.empty()) { /* EMU_CP_LATE: the copies land when somebody looks */
             const emu_tma_copy c = b.late.front();
             b.late.erase(b.late.begin());
-            emu_tma_run(c);
-            b.tx -= (long long)c.map.box[0] * c.map.box[1] * 2;
-            emu_mbarrier_settle(b);
+            emu_tma_complete(b, c);
         }
         if ((b.phase & 1) != parity)
             return;
         if (std::find(b.waiters.begin(), b.waiters.end(), emu_current) == b.waiters.end())
             b.waiters.push_back(emu_current);
-        if (++emu_waits_without_progress > 2 * emu_live) {
-            fprintf(stderr, "cuda_emulate: block (%u, %u, %u) deadlocks: every thread waits, on an mbarrier "
-                            "phase that never completes or at a barrier\n", emu_block_idx.x, emu_block_idx.y,
-                    emu_block_idx.z);
-            abort();
-        }
-        emu_switch(emu_current, emu_next_live());
+        emu_wait_turn();
     }
 }
 

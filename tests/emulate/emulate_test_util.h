@@ -1,6 +1,7 @@
 /* emulate_test_util.h — what the emulated kernel tests share: a seeded generator of normal
  * values on the bf16 grid, element-type conversions of host vectors, NaN-filled outputs (an
- * entry never written shows), and the error measure max |got − ref| / max |ref|. */
+ * entry never written shows), the error measure max |got − ref| / max |ref|, and the emulation's
+ * schedules. */
 #ifndef NETLM_EMULATE_TEST_UTIL_H
 #define NETLM_EMULATE_TEST_UTIL_H
 
@@ -58,6 +59,20 @@ inline double relative_error(const std::vector<T> &got, const std::vector<double
             top = std::max(top, fabs(f));
         }
     return err / top;
+}
+
+/* When the emulation makes asynchronous copies (cp.async, bulk tensor copies) and wgmma's products,
+ * and in which order a block's threads resume (cuda_emulate.h) */
+struct schedule {
+    emu_copy_mode copies, products;
+    bool reverse;
+    const char *name;
+};
+inline void set_schedule(const schedule &s)
+{
+    emu_copy_timing = s.copies;
+    emu_product_timing = s.products;
+    emu_reverse_order = s.reverse;
 }
 
 template <typename T> inline std::vector<T> nan_filled(size_t n)

@@ -168,19 +168,9 @@ reference attention_reference(const problem &p, const std::vector<float> &qkv, c
 /* three schedules: cp.async copying at issue with threads resuming in index order, then in
  * reverse order (a buffer overwritten while another warp still reads it shows in one of them);
  * copying at the wait that covers them (a read before that wait shows) */
-struct schedule {
-    emu_copy_mode copies;
-    bool reverse;
-    const char *name;
-};
-const schedule schedules[] = {{EMU_CP_EARLY, false, "early copies"},
-                              {EMU_CP_EARLY, true, "early copies, reverse order"},
-                              {EMU_CP_LATE, false, "late copies"}};
-void set_schedule(const schedule &s)
-{
-    emu_copy_timing = s.copies;
-    emu_reverse_order = s.reverse;
-}
+const schedule schedules[] = {{EMU_CP_EARLY, EMU_CP_EARLY, false, "early copies"},
+                              {EMU_CP_EARLY, EMU_CP_EARLY, true, "early copies, reverse order"},
+                              {EMU_CP_LATE, EMU_CP_EARLY, false, "late copies"}};
 
 /* the forward through cu_attention (impl), or cu_attention_rope when cos_t is given; checks the
  * output against the reference and that the launch's grid is the expected kernel's */

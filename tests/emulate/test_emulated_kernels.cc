@@ -208,11 +208,6 @@ void test_gemm_swiglu(void **)
     assert_true(cu_gemm_swiglu_supported(0, 64, 128));
     assert_false(cu_gemm_swiglu_supported(0, 64, 100)); /* f not a multiple of the 128-wide tile */
     assert_false(cu_gemm_swiglu_supported(0, 60, 128)); /* rows of x not 16-byte aligned */
-    struct schedule {
-        emu_copy_mode copies, products;
-        bool reverse;
-        const char *name;
-    };
     /* copies late: a read of a stage before its full barrier's wait shows; products late with
      * copies early: a stage released (and so refilled) before its products were waited for shows */
     const schedule schedules[] = {
@@ -224,16 +219,13 @@ void test_gemm_swiglu(void **)
     for (const char *variant : {"c1", "c1-inflight"})
         for (const schedule &s : schedules) {
             assert_true(cu_gemm_swiglu_select(variant));
-            emu_copy_timing = s.copies;
-            emu_product_timing = s.products;
-            emu_reverse_order = s.reverse;
+            set_schedule(s);
             printf("  %s, %s\n", variant, s.name);
             gemm_swiglu_case(1, 64, 128, 64, 128);    /* one row: a tile of 127 rows outside x */
             gemm_swiglu_case(300, 200, 256, 200, 264); /* rows and K not multiples of the tile */
             gemm_swiglu_case(129, 136, 384, 144, 384); /* more tiles than CTAs, a wider row stride */
         }
-    emu_copy_timing = emu_product_timing = EMU_CP_EARLY;
-    emu_reverse_order = false;
+    set_schedule(schedules[0]);
     assert_true(cu_gemm_swiglu_select("c1"));
 }
 
