@@ -154,7 +154,7 @@ struct cap_live_opts {
 
 /* A DPDK port instead of a kernel interface (the sensor's capture.source = "dpdk"): the frames
  * never pass through the kernel. Each receive queue is read by one thread at a time through its
- * own source (cap_open_dpdk: queue 0; cap_dpdk_queue: the others); frames are copied out of their
+ * own source (cap_open_dpdk: queue 0; cap_open_reader: the others); frames are copied out of their
  * mbufs (up to snaplen), so the mbufs go back to the pool at once and a slow consumer can never
  * starve the NIC of buffers. */
 struct cap_dpdk_opts {

@@ -68,8 +68,6 @@ struct cfg_key {
 };
 
 static const char *const cfg_tunnels_names[] = {"outer", "inner"};
-#define CFG_MAX_CPUS 1024 /* CPU_SETSIZE */
-
 static const char *const cfg_source_names[] = {"libpcap", "dpdk"};
 static const char *const cfg_port_reuse_names[] = {"split", "merge"};
 static const char *const cfg_task_names[] = {"auto", "classify", "generate", "none"};

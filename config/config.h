@@ -56,7 +56,7 @@ struct cfg_sensor {
             char port[256];       /* PCI address or virtual device arguments */
             char eal[512];        /* EAL arguments */
             uint32_t rx_descriptors; /* 4096 */
-            uint32_t mbufs;       /* 0: 4 × rx_descriptors × queues */
+            uint32_t mbufs;       /* 0: 4 × rx_descriptors × readers */
             bool busy_poll;       /* false */
         } dpdk_port;
     } capture;
@@ -122,7 +122,8 @@ int cfg_load_buffer(const char *name, const char *text, struct cfg_sensor *out, 
  * c->path (when set) and names keys as the file does: "netlm.conf: flow.workers: ...". */
 int cfg_validate(const struct cfg_sensor *c, char *err, size_t errlen);
 /* The CPUs of a list such as "2-5,8" in its order, ranges expanded, into cpus (at most max);
- * returns how many, or -1 when text is not such a list of CPUs 0..1023. */
+ * returns how many, or -1 when text is not such a list of CPUs 0..CFG_MAX_CPUS - 1. */
+#define CFG_MAX_CPUS 1024 /* CPU_SETSIZE */
 int cfg_cpu_list(const char *text, int *cpus, int max);
 
 const char *cfg_task_name(enum cfg_task t); /* "auto", "classify", "generate", "none" */

@@ -105,7 +105,7 @@ struct ft_config {
     uint32_t emergency_enter_pct;
     uint32_t emergency_leave_pct;
     struct ft_timeouts emergency_timeouts;
-    /* One of id_shards assemblers of one run that see disjoint flows (the sensor's DPDK queues):
+    /* One of id_shards assemblers of one run that see disjoint flows (the sensor's readers):
      * session ids become (ordinal - 1) · id_shards + id_shard + 1, unique across them. 0 or 1
      * shards: ids are the ordinals. */
     uint32_t id_shard, id_shards;

@@ -460,20 +460,30 @@ static uint64_t lat_percentile(const uint64_t *h, uint64_t total, unsigned pct, 
     return max;
 }
 
+void sensor_capture_totals(struct sensor *sn, struct sensor_capture_totals *out)
+{
+    memset(out, 0, sizeof *out);
+    for (int i = 0; i < sn->n_shards; i++) {
+        struct sensor_shard *shard = &sn->shards[i];
+        out->packets += atomic_load_explicit(&shard->packets, memory_order_relaxed);
+        out->bytes += atomic_load_explicit(&shard->bytes, memory_order_relaxed);
+        out->kernel_drops += atomic_load_explicit(&shard->kernel_drops, memory_order_relaxed);
+        out->iface_drops += atomic_load_explicit(&shard->iface_drops, memory_order_relaxed);
+    }
+}
+
 void sensor_emit_stats(struct sensor *sn)
 {
     struct ft_stats fs;
     memset(&fs, 0, sizeof fs);
-    uint64_t kernel_drops = 0, iface_drops = 0;
-    for (int i = 0; i < sn->n_shards; i++) {
+    for (int i = 0; i < sn->n_shards; i++)
         if (sn->shards[i].as) {
             struct ft_stats part;
             ft_assembler_stats(sn->shards[i].as, &part);
             ft_stats_add(&fs, &part);
         }
-        kernel_drops += atomic_load_explicit(&sn->shards[i].kernel_drops, memory_order_relaxed);
-        iface_drops += atomic_load_explicit(&sn->shards[i].iface_drops, memory_order_relaxed);
-    }
+    struct sensor_capture_totals cap;
+    sensor_capture_totals(sn, &cap);
     struct sensor_sink_stats ss;
     sensor_sink_stats(sn->sink, &ss);
     uint64_t h[SN_LAT_BUCKETS], total = 0;
@@ -492,8 +502,8 @@ void sensor_emit_stats(struct sensor *sn)
     sj_printf(&j, ",\"event_type\":\"stats\",\"stats\":{\"uptime\":%.3f,"
                   "\"capture\":{\"packets\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"kernel_drops\":%" PRIu64
                   ",\"iface_drops\":%" PRIu64,
-              (double)(sensor_mono_ns() - sn->start_mono) / 1e9, LD(cap_packets), LD(cap_bytes), kernel_drops,
-              iface_drops);
+              (double)(sensor_mono_ns() - sn->start_mono) / 1e9, cap.packets, cap.bytes, cap.kernel_drops,
+              cap.iface_drops);
     if (sn->n_shards > 1) { /* how evenly the fanout hash or RSS spreads the load */
         sj_raw(&j, ",\"readers\":[");
         for (int i = 0; i < sn->n_shards; i++)

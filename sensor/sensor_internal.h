@@ -198,8 +198,8 @@ struct sensor_shard {
     int first_worker;        /* its flow workers' first index into sn->skipsets */
     struct ft_assembler *as;
     struct cap_source *src;  /* live; shard 0's owns a DPDK port and is closed last */
-    _Atomic uint64_t packets;                   /* frames it read */
-    _Atomic uint64_t kernel_drops, iface_drops; /* its source's counters, summed in stats */
+    _Atomic uint64_t packets, bytes;            /* frames it read, their captured lengths */
+    _Atomic uint64_t kernel_drops, iface_drops; /* its source's counters */
     pthread_t thread;        /* shards 1.. read on threads of their own */
     bool started;
 };
@@ -209,7 +209,7 @@ struct sensor {
     struct cfg_sensor cfg;
     struct sensor_shard *shards;
     int n_shards;
-    int reader_cpus[1024];   /* capture.cpus in order: reader k runs on reader_cpus[k % n] */
+    int reader_cpus[CFG_MAX_CPUS]; /* capture.cpus in order: reader k runs on reader_cpus[k % n] */
     int n_reader_cpus;       /* 0: readers not pinned */
     struct sensor_queue q;
     struct sensor_sink *sink;
@@ -232,13 +232,18 @@ struct sensor {
     int64_t start_mono;
     uint64_t progress_bytes, progress_frames; /* replay: read by the end (reader thread only) */
 
-    /* counters (relaxed atomics: read by the manager) */
-    _Atomic uint64_t cap_packets, cap_bytes;
+    /* counters (relaxed atomics: read by the manager); the capture's are the shards' */
     _Atomic uint64_t ready, skipped, classified, failed_batches;
     _Atomic uint64_t batches, batch_items, batch_max_seen;
     _Atomic uint64_t lat_hist[SN_LAT_BUCKETS];
     _Atomic uint64_t lat_max;
 };
+
+/* The capture counters summed over the shards (sensor_events.c; relaxed, read while they count) */
+struct sensor_capture_totals {
+    uint64_t packets, bytes, kernel_drops, iface_drops;
+};
+void sensor_capture_totals(struct sensor *sn, struct sensor_capture_totals *out);
 
 /* ft callbacks (sensor_events.c); user is the struct sensor_shard of the flow table */
 void sensor_on_ready(const struct ft_session *s, int worker, void *user);

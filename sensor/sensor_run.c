@@ -360,7 +360,9 @@ static void *manager_main(void *arg)
         /* nothing before READY=1: the service manager should see READY first */
         const bool ready = atomic_load(&sn->ready_notified);
         if (ready && now >= next_status) {
-            uint64_t pkts = atomic_load(&sn->cap_packets), done = atomic_load(&sn->classified);
+            struct sensor_capture_totals cap;
+            sensor_capture_totals(sn, &cap);
+            uint64_t pkts = cap.packets, done = atomic_load(&sn->classified);
             double dt = (double)(now - last_status) / 1e9;
             char status[256];
             if (sn->no_model)
@@ -387,13 +389,13 @@ static void *manager_main(void *arg)
 
 enum { BURST = 64 };
 
-static void count_frames(struct sensor *sn, const struct cap_frame *fr, int n, uint64_t *bytes_out)
+static void count_frames(struct sensor_shard *shard, const struct cap_frame *fr, int n, uint64_t *bytes_out)
 {
     uint64_t bytes = 0;
     for (int i = 0; i < n; i++)
         bytes += fr[i].caplen;
-    atomic_fetch_add_explicit(&sn->cap_packets, (uint64_t)n, memory_order_relaxed);
-    atomic_fetch_add_explicit(&sn->cap_bytes, bytes, memory_order_relaxed);
+    atomic_fetch_add_explicit(&shard->packets, (uint64_t)n, memory_order_relaxed);
+    atomic_fetch_add_explicit(&shard->bytes, bytes, memory_order_relaxed);
     if (bytes_out)
         *bytes_out += bytes + 16u * (uint64_t)n; /* record headers count toward the file size */
 }
@@ -435,8 +437,7 @@ static void read_live(struct sensor_shard *shard)
     while (!atomic_load_explicit(&sn->stop, memory_order_relaxed)) {
         int n = cap_next_burst(src, frames, BURST);
         if (n > 0) {
-            count_frames(sn, frames, n, NULL);
-            atomic_fetch_add_explicit(&shard->packets, (uint64_t)n, memory_order_relaxed);
+            count_frames(shard, frames, n, NULL);
             ft_assembler_feed(shard->as, frames, n);
         } else if (n == 0) {
             ft_assembler_tick(shard->as, sensor_realtime_ns()); /* idle flows still time out */
@@ -490,7 +491,7 @@ static void read_files(struct sensor *sn)
                 sensor_log("warning: %s", cap_source_error(src)); /* the readable part counts */
                 break;
             }
-            count_frames(sn, frames, n, &done_bytes);
+            count_frames(&sn->shards[0], frames, n, &done_bytes);
             ft_assembler_feed(sn->shards[0].as, frames, n);
             frames_seen += (uint64_t)n;
             if (o->progress && (frames_seen & 0x3fff) < (uint64_t)n)
@@ -509,7 +510,7 @@ static void read_files(struct sensor *sn)
 
 static void release(struct sensor *sn)
 {
-    /* the queues' sources before the first, which closes the port */
+    /* the other readers' sources before the first (which closes a DPDK port) */
     for (int i = sn->n_shards - 1; i >= 0; i--) {
         ft_assembler_destroy(sn->shards[i].as);
         if (sn->shards[i].src)
@@ -568,11 +569,16 @@ int sensor_run(const struct sensor_options *o)
 
     /* the readers' CPUs: each one this process may run on (systemd's CPUAffinity=, taskset) */
     if (!o->replay && sn->cfg.capture.cpus[0]) {
-        sn->n_reader_cpus = cfg_cpu_list(sn->cfg.capture.cpus, sn->reader_cpus, 1024);
+        sn->n_reader_cpus = cfg_cpu_list(sn->cfg.capture.cpus, sn->reader_cpus, CFG_MAX_CPUS);
+        if (sn->n_reader_cpus <= 0) { /* cfg_validate refuses such a list */
+            sensor_log("capture.cpus: \"%s\" is not a list of CPUs", sn->cfg.capture.cpus);
+            release(sn);
+            return 1;
+        }
         cpu_set_t allowed;
         CPU_ZERO(&allowed);
-        if (sn->n_reader_cpus <= 0 || sched_getaffinity(0, sizeof allowed, &allowed) != 0) {
-            sensor_log("capture.cpus: \"%s\" is not a list of CPUs", sn->cfg.capture.cpus);
+        if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) {
+            sensor_log("capture.cpus: cannot read the CPUs this process may run on (%s)", strerror(errno));
             release(sn);
             return 1;
         }
@@ -722,7 +728,7 @@ int sensor_run(const struct sensor_options *o)
     }
     for (int i = 0; i < sn->n_shards; i++) {
         struct sensor_shard *shard = &sn->shards[i];
-        struct ft_config shard_cfg = fcfg; /* each queue's table holds its share of the flows */
+        struct ft_config shard_cfg = fcfg; /* each reader's table holds its share of the flows */
         shard_cfg.max_flows = fcfg.max_flows / (uint32_t)sn->n_shards;
         shard_cfg.id_shard = (uint32_t)i;
         shard_cfg.id_shards = (uint32_t)sn->n_shards;
