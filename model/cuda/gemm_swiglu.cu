@@ -5,12 +5,13 @@
  * an H100).
  *
  * Compiled for sm_90a only (wgmma): a persistent grid, one CTA per multiprocessor, each of 3
- * warpgroups. Warpgroup 0 is the producer: one thread loads the tiles with the bulk tensor copy
- * engine (TMA, 128-byte swizzle) into a 4-stage ring of shared memory, completing on mbarriers.
- * Warpgroups 1 and 2 consume: each multiplies 64 rows of a 128-row tile of x by a 256-row tile
- * of W made of 128 gate rows and the 128 up rows of the same outputs (wgmma m64n256k16), so one
- * thread holds a gate value and its up partner in registers r and r + 64, and writes
- * silu(g) · u as bf16 from the fp32 accumulators. Tiles run row block by row block (all of W,
+ * warpgroups (4 in the "-w3" variants). Warpgroup 0 is the producer: one thread loads the tiles
+ * with the bulk tensor copy engine (TMA, 128-byte swizzle) into a 4-stage ring of shared memory,
+ * completing on mbarriers. Warpgroups 1 and 2 (and 3) consume: each multiplies 64 rows of a
+ * 128-row (192-row) tile of x by a 256-row tile of W made of 128 gate rows and the 128 up rows of
+ * the same outputs (wgmma m64n256k16, or two m64n128k16), so one thread holds a gate value and
+ * its up partner in registers r and r + 64, and writes silu(g) · u as bf16 from the fp32
+ * accumulators. Tiles run row block by row block (all of W,
  * 2F × C, stays in L2).
  *
  * Variants (cu_gemm_swiglu_select; model/cuda/NOTES.md has their timings): "c1", the plain
@@ -19,7 +20,10 @@
  * of a stage's 48 KB from L2; "c4", clusters of 2 × 2 CTAs that also share the x tile between
  * neighbouring output tiles, 24 of 48 KB. A stage is free again when the consumers of every CTA
  * of the cluster have released it (its empty barrier counts the warps of all). "-inflight":
- * consumers that keep one chunk's wgmma group running while they release the stage before it. */
+ * consumers that keep one chunk's wgmma group running while they release the stage before it.
+ * "-w3": three consumer warpgroups on tiles of 192 rows, which take a fifth less operand traffic
+ * from L2 per product; their 512 threads start with 128 registers each, so the producer
+ * warpgroup hands most of its own to the consumers (setmaxnreg). */
 #include <cuda.h>
 #include <cudaTypedefs.h>
 #include <cuda_bf16.h>
@@ -28,17 +32,27 @@
 
 namespace {
 
-constexpr uint32_t TILE_ROWS = 128;   /* rows of x (tokens) per tile */
 constexpr uint32_t TILE_OUT = 128;    /* outputs of h per tile: 128 gate + 128 up rows of W */
 constexpr uint32_t TILE_K = 64;       /* 64 bf16 = one 128-byte swizzle row */
 constexpr uint32_t STAGES = 4;
-constexpr uint32_t X_BYTES = TILE_ROWS * TILE_K * 2;
 constexpr uint32_t W_BYTES = 2 * TILE_OUT * TILE_K * 2;
-constexpr uint32_t STAGE_BYTES = X_BYTES + W_BYTES;
-constexpr uint32_t THREADS = 384;
-constexpr uint32_t CONSUMER_WARPS = 8;
-/* the ring, 1024-byte aligned as the 128-byte swizzle needs, then the barriers */
-constexpr size_t SMEM_BYTES = STAGES * STAGE_BYTES + 1024 + 2 * STAGES * sizeof(uint64_t);
+
+/* A CTA of CONSUMERS consumer warpgroups, 64 rows of x each, and the producer warpgroup. */
+template <uint32_t CONSUMERS> struct cta_shape {
+    static constexpr uint32_t rows = 64 * CONSUMERS; /* of x (tokens) per tile */
+    static constexpr uint32_t x_bytes = rows * TILE_K * 2;
+    static constexpr uint32_t stage_bytes = x_bytes + W_BYTES;
+    static constexpr uint32_t threads = 128 * (CONSUMERS + 1);
+    static constexpr uint32_t consumer_warps = 4 * CONSUMERS;
+    /* the ring, 1024-byte aligned as the 128-byte swizzle needs, then the barriers */
+    static constexpr size_t smem_bytes = STAGES * stage_bytes + 1024 + 2 * STAGES * sizeof(uint64_t);
+    static_assert(smem_bytes <= 232448, "Hopper's shared memory per block (227 KB)");
+};
+
+/* Three consumers hold 128 fp32 accumulators per thread each: their 512 threads start with
+ * 65,536 / 512 = 128 registers, so the producer warpgroup, whose one working thread needs few,
+ * gives most of its own to them (24 · 128 + 160 · 384 = 64,512 of 65,536). */
+constexpr uint32_t PRODUCER_REGISTERS = 24, CONSUMER_REGISTERS = 160;
 
 /* The PTX primitives. Under NETLM_CUDA_EMULATE (tests/emulate/cuda_emulate.h) a host emulation
  * of each stands in for them; smem_descriptor's encoding below is the kernel's own either way. */
@@ -131,6 +145,16 @@ __device__ __forceinline__ void accumulators_ready(float (&d)[128])
         asm volatile("" : "+f"(d[i])::"memory");
 }
 
+/* Changes the registers each thread of the warpgroup owns (the whole warpgroup executes it). */
+template <uint32_t REGISTERS> __device__ __forceinline__ void registers_release()
+{
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(REGISTERS));
+}
+template <uint32_t REGISTERS> __device__ __forceinline__ void registers_claim()
+{
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(REGISTERS));
+}
+
 /* D[64 × 256] (+)= A[64 × 16] · B[256 × 16]ᵀ, both from shared memory (128-byte swizzle, K
  * contiguous), the accumulators in 128 registers per thread of the warpgroup. */
 __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_a, uint64_t desc_b,
@@ -162,6 +186,28 @@ __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_
         : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
 
+/* D[64 × 128] (+)= A[64 × 16] · B[128 × 16]ᵀ into d[0..63], the layout of m64n256k16's first
+ * 64 registers. */
+__device__ __forceinline__ void wgmma_m64n128k16(float *d, uint64_t desc_a, uint64_t desc_b, uint32_t accumulate)
+{
+    asm volatile("{\n"
+                 ".reg .pred acc;\n"
+                 "setp.ne.b32 acc, %66, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+                 "%64, %65, acc, 1, 1, 0, 0;\n"
+                 "}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+
 #endif /* NETLM_CUDA_EMULATE */
 
 /* A shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row groups 1024 bytes apart
@@ -177,24 +223,35 @@ __device__ __forceinline__ uint64_t smem_descriptor(const void *p)
  * rounding; for g < -88, e^-g is inf and the quotient 0, silu's limit. */
 __device__ __forceinline__ float silu(float g) { return __fdividef(g, 1.0f + __expf(-g)); }
 
-/* A cluster is ROWS × OUTS CTAs: ROWS neighbouring row blocks of the same outputs share the W
- * tile (each loads the gate or the up half, ROWS = 2, and multicasts it to the others), OUTS
- * neighbouring output tiles of the same rows share the x tile (each loads 128 / OUTS of its rows
- * and multicasts them). Rank r = row_sub + ROWS · out_sub. The x tensor map's box is
- * 128 / OUTS rows. IN_FLIGHT: wgmma groups a consumer leaves running when it moves to the next
- * stage (0: it waits for each chunk's products before releasing the chunk's stage; 1: it keeps
- * the last chunk's running and releases the stage before). Every consumer warp releases a stage
+/* No CTA leaves while a peer may still arrive on its barriers (the warp reconverges first: the
+ * cluster barrier is a whole-warp instruction). */
+__device__ __forceinline__ void leave_cluster()
+{
+    __syncwarp();
+    cluster_sync();
+}
+
+/* A tile is 64 · CONSUMERS rows of x by 128 outputs. A cluster is ROWS × OUTS CTAs: ROWS
+ * neighbouring row blocks of the same outputs share the W tile (each loads the gate or the up
+ * half, ROWS = 2, and multicasts it to the others), OUTS neighbouring output tiles of the same
+ * rows share the x tile (each loads 1 / OUTS of its rows and multicasts them). Rank r = row_sub +
+ * ROWS · out_sub. The x tensor map's box is the tile's rows / OUTS. IN_FLIGHT: wgmma groups a
+ * consumer leaves running when it moves to the next stage (0: it waits for each chunk's products
+ * before releasing the chunk's stage; 1: it keeps the last chunk's running and releases the
+ * stage before). Every consumer warp releases a stage
  * in every CTA of the cluster, since up to three of them write into each CTA's stage. */
-template <uint32_t ROWS, uint32_t OUTS, int IN_FLIGHT>
-__global__ void __launch_bounds__(THREADS, 1)
+template <uint32_t ROWS, uint32_t OUTS, int IN_FLIGHT, uint32_t CONSUMERS>
+__global__ void __launch_bounds__(cta_shape<CONSUMERS>::threads, 1)
     gemm_swiglu_kernel(const __grid_constant__ CUtensorMap x_map, const __grid_constant__ CUtensorMap w_map,
                        __nv_bfloat16 *h, uint32_t ldh, uint32_t n, uint32_t k, uint32_t f)
 {
     static_assert((ROWS == 1 || ROWS == 2) && (OUTS == 1 || OUTS == 2), "clusters of 1, 2 or 2 × 2 CTAs");
-    constexpr uint32_t CLUSTER = ROWS * OUTS;
+    static_assert(CONSUMERS == 2 || CONSUMERS == 3, "two or three consumer warpgroups");
+    using shape = cta_shape<CONSUMERS>;
+    constexpr uint32_t CLUSTER = ROWS * OUTS, TILE_ROWS = shape::rows, X_BYTES = shape::x_bytes;
     extern __shared__ uint8_t smem_raw[];
     uint8_t *ring = (uint8_t *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
-    uint64_t *full = (uint64_t *)(ring + STAGES * STAGE_BYTES), *empty = full + STAGES;
+    uint64_t *full = (uint64_t *)(ring + STAGES * shape::stage_bytes), *empty = full + STAGES;
     const uint32_t warpgroup = threadIdx.x / 128, lane = threadIdx.x % 32, warp = (threadIdx.x % 128) / 32;
     const uint32_t rank = blockIdx.x % CLUSTER, cluster = blockIdx.x / CLUSTER, clusters = gridDim.x / CLUSTER;
     const uint32_t row_sub = rank % ROWS, out_sub = rank / ROWS;
@@ -208,13 +265,15 @@ __global__ void __launch_bounds__(THREADS, 1)
     if (threadIdx.x == 0) {
         for (uint32_t s = 0; s < STAGES; s++) {
             barrier_init(&full[s], 1);
-            barrier_init(&empty[s], CLUSTER * CONSUMER_WARPS);
+            barrier_init(&empty[s], CLUSTER * shape::consumer_warps);
         }
         barrier_init_fence();
     }
     cluster_sync(); /* the peer's barriers exist before anything is multicast or arrived on */
 
     if (warpgroup == 0) {
+        if constexpr (CONSUMERS == 3)
+            registers_release<PRODUCER_REGISTERS>();
         if (threadIdx.x == 0) {
             uint32_t it = 0;
             for (uint32_t group = cluster; group < groups; group += clusters) {
@@ -223,8 +282,8 @@ __global__ void __launch_bounds__(THREADS, 1)
                 for (uint32_t c = 0; c < chunks; c++, it++) {
                     const uint32_t s = it % STAGES;
                     barrier_wait(&empty[s], ((it / STAGES) & 1) ^ 1); /* the first pass finds it free */
-                    uint8_t *xs = ring + s * STAGE_BYTES, *ws = xs + X_BYTES;
-                    barrier_expect_bytes(&full[s], STAGE_BYTES);
+                    uint8_t *xs = ring + s * shape::stage_bytes, *ws = xs + X_BYTES;
+                    barrier_expect_bytes(&full[s], shape::stage_bytes);
                     if constexpr (OUTS == 1) {
                         tma_load(xs, &x_map, c * TILE_K, row0, &full[s]);
                     } else {
@@ -245,8 +304,13 @@ __global__ void __launch_bounds__(THREADS, 1)
                 }
             }
         }
+        leave_cluster(); /* each role leaves on its own: ptxas gives the consumers' code the
+                          * registers they claimed only where no producer code runs */
+        return;
     } else {
-        const uint32_t half = warpgroup - 1; /* rows 64·half .. 64·half + 63 of each tile */
+        if constexpr (CONSUMERS == 3)
+            registers_claim<CONSUMER_REGISTERS>();
+        const uint32_t part = warpgroup - 1; /* rows 64·part .. 64·part + 63 of each tile */
         float d[128];
         uint32_t it = 0;
         for (uint32_t group = cluster; group < groups; group += clusters) {
@@ -256,12 +320,26 @@ __global__ void __launch_bounds__(THREADS, 1)
             for (uint32_t c = 0; c < chunks; c++, it++) {
                 const uint32_t s = it % STAGES;
                 barrier_wait(&full[s], (it / STAGES) & 1);
-                const uint8_t *xs = ring + s * STAGE_BYTES;
-                const uint64_t da = smem_descriptor(xs + half * (X_BYTES / 2)), db = smem_descriptor(xs + X_BYTES);
+                const uint8_t *xs = ring + s * shape::stage_bytes;
+                const uint64_t da = smem_descriptor(xs + part * (X_BYTES / CONSUMERS)),
+                               db = smem_descriptor(xs + X_BYTES);
                 wgmma_fence();
+                if constexpr (CONSUMERS == 2) {
 #pragma unroll
-                for (uint32_t kk = 0; kk < TILE_K / 16; kk++)
-                    wgmma_m64n256k16(d, da + 2 * kk, db + 2 * kk, (c | kk) != 0);
+                    for (uint32_t kk = 0; kk < TILE_K / 16; kk++)
+                        wgmma_m64n256k16(d, da + 2 * kk, db + 2 * kk, (c | kk) != 0);
+                } else {
+                    /* ptxas checks each instruction against the registers a thread starts with,
+                     * 128 for 512 threads, and m64n256k16's 128 accumulators do not fit beside
+                     * its operands: the gate half and the up half as two m64n128k16 products
+                     * instead, whose registers together are laid out as m64n256k16's */
+                    const uint64_t db_up = smem_descriptor(xs + X_BYTES + W_BYTES / 2);
+#pragma unroll
+                    for (uint32_t kk = 0; kk < TILE_K / 16; kk++) {
+                        wgmma_m64n128k16(d, da + 2 * kk, db + 2 * kk, (c | kk) != 0);
+                        wgmma_m64n128k16(d + 64, da + 2 * kk, db_up + 2 * kk, (c | kk) != 0);
+                    }
+                }
                 wgmma_commit();
                 /* with IN_FLIGHT = 1 the chunk before this one is done with its stage; else
                  * this one is: release it in every CTA of the cluster */
@@ -283,7 +361,7 @@ __global__ void __launch_bounds__(THREADS, 1)
             /* accumulator layout: register 4i + {0,1} at row lane/4, columns 8i + 2·(lane%4) +
              * {0,1}; 4i + {2,3} eight rows lower. Columns 0..127 are gates, 128..255 their up
              * partners. */
-            const uint32_t row = row0 + half * 64 + warp * 16 + lane / 4, col = out0 + 2 * (lane % 4);
+            const uint32_t row = row0 + part * 64 + warp * 16 + lane / 4, col = out0 + 2 * (lane % 4);
             if (out0 >= f) /* the odd last output tile of a 2 × 2 cluster's group: none */
                 continue;
 #pragma unroll
@@ -297,11 +375,8 @@ __global__ void __launch_bounds__(THREADS, 1)
                         __floats2bfloat162_rn(silu(d[r + 2]) * d[r + 66], silu(d[r + 3]) * d[r + 67]);
             }
         }
+        leave_cluster();
     }
-    /* no CTA leaves while its peer may still arrive on its barriers (warp 0 reconverges first:
-     * the cluster barrier is a whole-warp instruction) */
-    __syncwarp();
-    cluster_sync();
 }
 
 PFN_cuTensorMapEncodeTiled_v12000 encode_tiled;
@@ -311,17 +386,35 @@ typedef void (*swiglu_kernel_fn)(CUtensorMap, CUtensorMap, __nv_bfloat16 *, uint
 struct variant {
     const char *name;
     swiglu_kernel_fn kernel;
-    uint32_t cluster; /* CTAs */
-    uint32_t outs;    /* of them on neighbouring output tiles, sharing x: its box is 128 / outs rows */
+    uint32_t cluster;   /* CTAs */
+    uint32_t outs;      /* of them on neighbouring output tiles, sharing x: its box is tile_rows / outs */
+    uint32_t tile_rows; /* of x per CTA tile */
+    uint32_t threads;
+    size_t smem_bytes;
+    uint32_t claimed_registers; /* per CTA by setmaxnreg (0: none) */
 };
 
+template <uint32_t ROWS, uint32_t OUTS, int IN_FLIGHT, uint32_t CONSUMERS>
+constexpr variant make_variant(const char *name)
+{
+    using shape = cta_shape<CONSUMERS>;
+    const uint32_t claimed = CONSUMERS == 3 ? 128 * (PRODUCER_REGISTERS + 3 * CONSUMER_REGISTERS) : 0;
+    return {name,        gemm_swiglu_kernel<ROWS, OUTS, IN_FLIGHT, CONSUMERS>,
+            ROWS * OUTS, OUTS,
+            shape::rows, shape::threads,
+            shape::smem_bytes, claimed};
+}
+
+/* "-w3": three consumer warpgroups, tiles of 192 rows: a stage's 56 KB feed 1.5 times the
+ * products of the 48 KB of a 128-row tile, so the operands' traffic from L2 per product falls by
+ * a fifth (c1-w3); with the W tile shared in 2-CTA clusters by 44 % (c2-w3: 40 KB per CTA and
+ * stage), and with x shared too by 61 % (c4-w3: 28 KB) */
 const variant variants[] = {
-    {"c1", gemm_swiglu_kernel<1, 1, 0>, 1, 1},
-    {"c1-inflight", gemm_swiglu_kernel<1, 1, 1>, 1, 1},
-    {"c2", gemm_swiglu_kernel<2, 1, 0>, 2, 1},
-    {"c2-inflight", gemm_swiglu_kernel<2, 1, 1>, 2, 1},
-    {"c4", gemm_swiglu_kernel<2, 2, 0>, 4, 2},
-    {"c4-inflight", gemm_swiglu_kernel<2, 2, 1>, 4, 2},
+    make_variant<1, 1, 0, 2>("c1"),    make_variant<1, 1, 1, 2>("c1-inflight"),
+    make_variant<2, 1, 0, 2>("c2"),    make_variant<2, 1, 1, 2>("c2-inflight"),
+    make_variant<2, 2, 0, 2>("c4"),    make_variant<2, 2, 1, 2>("c4-inflight"),
+    make_variant<1, 1, 0, 3>("c1-w3"), make_variant<2, 1, 0, 3>("c2-w3"),
+    make_variant<2, 2, 0, 3>("c4-w3"),
 };
 constexpr int VARIANTS = sizeof variants / sizeof variants[0];
 int selected = 0;
@@ -335,8 +428,8 @@ cudaLaunchConfig_t launch_config(const variant &v, uint32_t grid, cudaStream_t s
 {
     cudaLaunchConfig_t launch = {};
     launch.gridDim = dim3(grid);
-    launch.blockDim = dim3(THREADS);
-    launch.dynamicSmemBytes = SMEM_BYTES;
+    launch.blockDim = dim3(v.threads);
+    launch.dynamicSmemBytes = v.smem_bytes;
     launch.stream = s;
     if (v.cluster > 1) {
         attr->id = cudaLaunchAttributeClusterDimension;
@@ -354,11 +447,21 @@ bool prepare(int device, int which)
 {
     const variant &v = variants[which];
     int sms = 0, fit = 0;
-    cudaError_t e = cudaFuncSetAttribute(v.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)SMEM_BYTES);
+    cudaError_t e = cudaFuncSetAttribute(v.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)v.smem_bytes);
     if (e == cudaSuccess)
         e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+#ifndef NETLM_CUDA_EMULATE
+    /* setmaxnreg.inc waits until the CTA has the registers it asks for: with fewer per thread at
+     * launch than the roles claim on average, the consumers would wait forever */
+    cudaFuncAttributes compiled;
+    if (e == cudaSuccess && v.claimed_registers > 0) {
+        e = cudaFuncGetAttributes(&compiled, v.kernel);
+        if (e == cudaSuccess && (uint32_t)compiled.numRegs * v.threads < v.claimed_registers)
+            e = cudaErrorInvalidConfiguration;
+    }
+#endif
     if (e == cudaSuccess && v.cluster == 1) {
-        e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, v.kernel, THREADS, SMEM_BYTES);
+        e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, v.kernel, (int)v.threads, v.smem_bytes);
         fit *= sms;
     } else if (e == cudaSuccess) {
         cudaLaunchAttribute attr;
@@ -436,7 +539,7 @@ extern "C" uint32_t cu_gemm_swiglu_grid(int device, uint32_t n, uint32_t f)
     const variant &v = variants[selected];
     const uint32_t rows = v.cluster / v.outs; /* row blocks per group */
     const uint32_t groups =
-        (n + rows * TILE_ROWS - 1) / (rows * TILE_ROWS) * ((f / TILE_OUT + v.outs - 1) / v.outs);
+        (n + rows * v.tile_rows - 1) / (rows * v.tile_rows) * ((f / TILE_OUT + v.outs - 1) / v.outs);
     const uint32_t fit = resident_ctas[device][selected] / v.cluster;
     return (groups < fit ? groups : fit) * v.cluster;
 }
@@ -451,7 +554,7 @@ extern "C" cudaError_t cu_gemm_swiglu(void *h, uint32_t ldh, const void *x, uint
         return cudaErrorInvalidValue;
     CUtensorMap x_map, w_map;
     const variant &v = variants[selected];
-    if (!tensor_map(&x_map, x, n, k, ldx, TILE_ROWS / v.outs) || !tensor_map(&w_map, w, 2 * f, k, k, TILE_OUT))
+    if (!tensor_map(&x_map, x, n, k, ldx, v.tile_rows / v.outs) || !tensor_map(&w_map, w, 2 * f, k, k, TILE_OUT))
         return cudaErrorInvalidValue;
     int device = 0;
     cudaError_t e = cudaGetDevice(&device);

@@ -69,6 +69,7 @@ struct emu_thread {
         float *d;
         uint64_t desc_a, desc_b;
         bool accumulate;
+        unsigned n; /* 256 or 128 columns */
     };
     std::vector<std::vector<wgmma>> wgmma_groups; /* committed, oldest first */
     std::vector<wgmma> wgmma_open;
@@ -88,6 +89,7 @@ inline emu_barrier emu_block_barrier, emu_warp_barrier[EMU_MAX_WARPS];
 inline unsigned emu_live;                   /* threads of the block not exited yet */
 inline unsigned emu_waits_without_progress; /* a whole round of them: every live thread is stuck */
 inline bool emu_reverse_order;              /* threads resume in decreasing index order */
+inline bool emu_warp_leads;                 /* a warp released from __syncwarp goes on at its first lane */
 inline emu_index emu_block_idx, emu_grid_dim, emu_block_dim;
 #define threadIdx (emu_current->idx)
 /* names, not macros: a launch configuration's members of the same names stay reachable */
@@ -201,7 +203,19 @@ struct emu_warp_exchange { /* what the lanes of one warp hand each other */
 };
 inline emu_warp_exchange emu_warps[EMU_MAX_WARPS];
 
-inline void emu_warp_sync() { emu_barrier_wait(emu_warp_barrier[emu_current->linear / EMU_WARP]); }
+/* With emu_warp_leads the thread that completes a warp's barrier hands over to the warp's first
+ * lane, which then runs ahead of the other warps: what it does after the barrier (arriving on
+ * an mbarrier, say) happens before other warps read what that arrival gives away. */
+inline void emu_warp_sync()
+{
+    const unsigned warp = emu_current->linear / EMU_WARP;
+    emu_barrier &b = emu_warp_barrier[warp];
+    const bool completes = b.arrived + 1 == b.expected;
+    emu_barrier_wait(b);
+    emu_thread *first = &emu_team[warp * EMU_WARP];
+    if (emu_warp_leads && completes && first != emu_current && !first->done)
+        emu_switch(emu_current, first);
+}
 inline void __syncthreads() { emu_barrier_wait(emu_block_barrier); }
 
 /* a lane's value of any type up to 8 bytes to the lane source(lane, arg) */
@@ -658,8 +672,8 @@ inline void barrier_wait(uint64_t *bar, uint32_t parity)
     }
 }
 
-/* D[64 × 256] (+)= A[64 × 16] · B[256 × 16]ᵀ of the thread's warpgroup, both K-major in shared
- * memory with the 128-byte swizzle (descriptor: start address >> 4 in bits 0..13, stride between
+/* D[64 × N] (+)= A[64 × 16] · B[N × 16]ᵀ of the thread's warpgroup (N = 256 or 128), both K-major
+ * in shared memory with the 128-byte swizzle (descriptor: start address >> 4 in bits 0..13, stride between
  * 8-row groups >> 4 in bits 32..45, swizzle mode in bits 62..63). The thread's registers hold
  * rows 16·warp + lane/4 (+ 8 for 4i + 2, 4i + 3) at columns 8i + 2·(lane % 4) + {0, 1}. */
 inline void emu_wgmma_run(const emu_thread::wgmma &op)
@@ -686,7 +700,7 @@ inline void emu_wgmma_run(const emu_thread::wgmma &op)
         return emu_bf16_bits(v);
     };
     const unsigned warp = emu_current->linear % 128 / 32, lane = emu_current->linear % 32;
-    for (unsigned i = 0; i < 32; i++)
+    for (unsigned i = 0; i < op.n / 8; i++)
         for (unsigned e = 0; e < 4; e++) {
             const unsigned row = 16 * warp + lane / 4 + (e >= 2 ? 8 : 0), col = 8 * i + 2 * (lane % 4) + (e & 1);
             float acc = op.accumulate ? op.d[4 * i + e] : 0.0f;
@@ -696,13 +710,20 @@ inline void emu_wgmma_run(const emu_thread::wgmma &op)
         }
 }
 inline void wgmma_fence() {}
-inline void wgmma_m64n256k16(float (&d)[128], uint64_t desc_a, uint64_t desc_b, uint32_t accumulate)
+inline void emu_wgmma_issue(const emu_thread::wgmma &op)
 {
-    const emu_thread::wgmma op = {d, desc_a, desc_b, accumulate != 0};
     if (emu_product_timing == EMU_CP_LATE)
         emu_current->wgmma_open.push_back(op);
     else
         emu_wgmma_run(op);
+}
+inline void wgmma_m64n256k16(float (&d)[128], uint64_t desc_a, uint64_t desc_b, uint32_t accumulate)
+{
+    emu_wgmma_issue({d, desc_a, desc_b, accumulate != 0, 256});
+}
+inline void wgmma_m64n128k16(float *d, uint64_t desc_a, uint64_t desc_b, uint32_t accumulate)
+{
+    emu_wgmma_issue({d, desc_a, desc_b, accumulate != 0, 128});
 }
 inline void wgmma_commit()
 {
@@ -719,6 +740,9 @@ template <int PENDING> inline void wgmma_wait()
     }
 }
 inline void accumulators_ready(float (&)[128]) {}
+/* the registers a thread owns are the host's business here */
+template <uint32_t REGISTERS> inline void registers_release() {}
+template <uint32_t REGISTERS> inline void registers_claim() {}
 
 /* cudaLaunchKernelEx: the launch's configuration; a cluster of more than one CTA is refused */
 template <typename... P, typename... A>

@@ -67,12 +67,14 @@ struct schedule {
     emu_copy_mode copies, products;
     bool reverse;
     const char *name;
+    bool warp_leads = false;
 };
 inline void set_schedule(const schedule &s)
 {
     emu_copy_timing = s.copies;
     emu_product_timing = s.products;
     emu_reverse_order = s.reverse;
+    emu_warp_leads = s.warp_leads;
 }
 
 template <typename T> inline std::vector<T> nan_filled(size_t n)

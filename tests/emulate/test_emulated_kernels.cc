@@ -215,8 +215,9 @@ void test_gemm_swiglu(void **)
         {EMU_CP_EARLY, EMU_CP_EARLY, true, "at issue, threads in reverse order"},
         {EMU_CP_LATE, EMU_CP_EARLY, false, "copies at their waits"},
         {EMU_CP_EARLY, EMU_CP_LATE, false, "products at their waits"},
+        {EMU_CP_EARLY, EMU_CP_LATE, false, "products at their waits, warps running ahead", true},
     };
-    for (const char *variant : {"c1", "c1-inflight"})
+    for (const char *variant : {"c1", "c1-inflight", "c1-w3"})
         for (const schedule &s : schedules) {
             assert_true(cu_gemm_swiglu_select(variant));
             set_schedule(s);
@@ -224,6 +225,7 @@ void test_gemm_swiglu(void **)
             gemm_swiglu_case(1, 64, 128, 64, 128);    /* one row: a tile of 127 rows outside x */
             gemm_swiglu_case(300, 200, 256, 200, 264); /* rows and K not multiples of the tile */
             gemm_swiglu_case(129, 136, 384, 144, 384); /* more tiles than CTAs, a wider row stride */
+            gemm_swiglu_case(400, 72, 256, 72, 256);   /* and for 192-row tiles (-w3) */
         }
     set_schedule(schedules[0]);
     assert_true(cu_gemm_swiglu_select("c1"));
