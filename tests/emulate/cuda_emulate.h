@@ -10,12 +10,12 @@
  * shuffles, ldmatrix, mma), then the next one in index order runs (decreasing order with
  * emu_reverse_order); a block whose threads do not all reach a barrier is reported as a
  * deadlock. The warp-level tensor-core instructions follow the fragment tables of
- * the PTX manual (mma.m16n8k16 .bf16, ldmatrix .x4 plain and .trans). Shared memory is one host
- * array per extern __shared__ name, filled with NaNs before each block; under ASan the bytes past
- * the launch's dynamic size are poisoned. cp.async copies either at issue (EMU_CP_EARLY: a buffer
+ * the PTX manual (mma.m16n8k16 .bf16, ldmatrix .x4 plain and .trans). A block's dynamic shared
+ * memory is a host array (every extern __shared__ name of the kernel the same bytes), filled with
+ * NaNs before each block; under ASan the bytes past the launch's dynamic size are poisoned. cp.async copies either at issue (EMU_CP_EARLY: a buffer
  * refilled while other warps still read it shows) or at the wait that covers them (EMU_CP_LATE:
  * a read before that wait shows). Hopper's mbarriers, bulk tensor copies and wgmma (gemm_swiglu.cu,
- * clusters of one CTA) are emulated too: see their section below. */
+ * clusters) are emulated too: see their section below. */
 #ifndef NETLM_CUDA_EMULATE_H
 #define NETLM_CUDA_EMULATE_H
 
@@ -59,7 +59,9 @@ struct emu_copy {
 };
 struct emu_thread {
     emu_index idx;
-    unsigned linear; /* x + bx·(y + by·z): its warp is linear / 32, its lane linear % 32 */
+    unsigned linear; /* x + bx·(y + by·z) in its block: its lane is linear % 32 */
+    unsigned cta;    /* its block's rank in the cluster */
+    unsigned team;   /* its place among the cluster's threads: its warp is team / 32 */
     ucontext_t context; /* its start */
     jmp_buf resume;     /* where it waits */
     bool started, done;
@@ -78,14 +80,22 @@ struct emu_barrier {
     unsigned expected, arrived, generation;
 };
 
-constexpr unsigned EMU_MAX_WARPS = 32;
+constexpr unsigned EMU_MAX_WARPS = 32;  /* of a block */
+constexpr unsigned EMU_MAX_CLUSTER = 4; /* blocks of a cluster, which run together */
 constexpr int EMU_MULTIPROCESSORS = 3; /* what the device reports: few, so persistent grids loop */
 constexpr size_t EMU_STACK_BYTES = 512 * 1024;
 inline std::vector<emu_thread> emu_team;
 inline std::vector<std::unique_ptr<char[]>> emu_stacks;
 inline emu_thread *emu_current;
 inline jmp_buf emu_main_resume;
-inline emu_barrier emu_block_barrier, emu_warp_barrier[EMU_MAX_WARPS];
+inline emu_barrier emu_warp_barrier[EMU_MAX_CLUSTER * EMU_MAX_WARPS], emu_cluster_barrier;
+inline unsigned emu_cluster_size = 1;
+struct emu_cta { /* a block of the cluster that runs */
+    emu_index block_idx;
+    emu_barrier block_barrier;
+    unsigned live; /* threads not exited yet: at 0 its shared memory is gone */
+};
+inline emu_cta emu_ctas[EMU_MAX_CLUSTER];
 inline unsigned emu_live;                   /* threads of the block not exited yet */
 inline unsigned emu_waits_without_progress; /* a whole round of them: every live thread is stuck */
 inline bool emu_reverse_order;              /* threads resume in decreasing index order */
@@ -129,6 +139,8 @@ inline const void *emu_stack_of(const emu_thread *t)
 [[gnu::noinline]] inline void emu_switch(emu_thread *from, emu_thread *to)
 {
     emu_current = to;
+    if (to)
+        emu_block_idx = emu_ctas[to->cta].block_idx;
 #if defined(__SANITIZE_ADDRESS__)
     void *fake_stack = NULL;
     __sanitizer_start_switch_fiber(from && from->done ? NULL : &fake_stack, emu_stack_of(to),
@@ -201,14 +213,14 @@ struct emu_warp_exchange { /* what the lanes of one warp hand each other */
     const void *ptr[32];
     uint64_t raw[32];
 };
-inline emu_warp_exchange emu_warps[EMU_MAX_WARPS];
+inline emu_warp_exchange emu_warps[EMU_MAX_CLUSTER * EMU_MAX_WARPS];
 
 /* With emu_warp_leads the thread that completes a warp's barrier hands over to the warp's first
  * lane, which then runs ahead of the other warps: what it does after the barrier (arriving on
  * an mbarrier, say) happens before other warps read what that arrival gives away. */
 inline void emu_warp_sync()
 {
-    const unsigned warp = emu_current->linear / EMU_WARP;
+    const unsigned warp = emu_current->team / EMU_WARP;
     emu_barrier &b = emu_warp_barrier[warp];
     const bool completes = b.arrived + 1 == b.expected;
     emu_barrier_wait(b);
@@ -216,13 +228,13 @@ inline void emu_warp_sync()
     if (emu_warp_leads && completes && first != emu_current && !first->done)
         emu_switch(emu_current, first);
 }
-inline void __syncthreads() { emu_barrier_wait(emu_block_barrier); }
+inline void __syncthreads() { emu_barrier_wait(emu_ctas[emu_current->cta].block_barrier); }
 
 /* a lane's value of any type up to 8 bytes to the lane source(lane, arg) */
 template <typename T> inline T emu_shuffle(T v, unsigned (*source)(unsigned lane, int arg), int arg)
 {
     static_assert(sizeof(T) <= 8, "shuffles move at most 8 bytes");
-    emu_warp_exchange &w = emu_warps[emu_current->linear / 32];
+    emu_warp_exchange &w = emu_warps[emu_current->team / 32];
     const unsigned lane = emu_current->linear % 32;
     memcpy(&w.raw[lane], &v, sizeof v);
     emu_warp_sync();
@@ -272,7 +284,7 @@ inline uint32_t emu_pair(const __nv_bfloat16 *p) /* p[0] in the low half */
  * t = l % 4) is block i's elements [g][2t], [g][2t + 1] — or with .trans [2t][g], [2t + 1][g] */
 inline void emu_ldmatrix(uint32_t r[4], const __nv_bfloat16 *row, bool trans)
 {
-    emu_warp_exchange &w = emu_warps[emu_current->linear / 32];
+    emu_warp_exchange &w = emu_warps[emu_current->team / 32];
     const unsigned lane = emu_current->linear % 32, g = lane / 4, t = lane % 4;
     w.ptr[lane] = row;
     emu_warp_sync();
@@ -296,7 +308,7 @@ inline void ldmatrix_x4_trans(uint32_t r[4], const __nv_bfloat16 *row) { emu_ldm
  * rows g, g + 8 at columns 2t, 2t + 1. Products summed in fp32, as the hardware's accumulation. */
 inline void mma_bf16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
 {
-    emu_warp_exchange &w = emu_warps[emu_current->linear / 32];
+    emu_warp_exchange &w = emu_warps[emu_current->team / 32];
     const unsigned lane = emu_current->linear % 32, g = lane / 4, t = lane % 4;
     memcpy(w.a[lane], a, 16);
     w.b[lane][0] = b0;
@@ -351,15 +363,14 @@ template <int N> inline void cp_async_wait()
     }
 }
 
-/* ---- dynamic shared memory: the extern __shared__ names the kernel files use ---- */
+/* ---- dynamic shared memory: each block of the cluster has its own; the kernel files'
+ * `extern __shared__ T name[];` become `T *const name = (T *)emu_dynamic_smem();`
+ * (tests/CMakeLists.txt), every such name of a kernel the same bytes, as on the GPU ---- */
 
 constexpr size_t EMU_SMEM_BYTES = 232448; /* Hopper's opt-in maximum per block (227 KB) */
-namespace {
-[[maybe_unused]] alignas(128) float smem[EMU_SMEM_BYTES / sizeof(float)];
-[[maybe_unused]] alignas(128) unsigned char tc_smem[EMU_SMEM_BYTES];
-[[maybe_unused]] alignas(128) unsigned char group_smem[EMU_SMEM_BYTES];
-[[maybe_unused]] alignas(1024) unsigned char smem_raw[EMU_SMEM_BYTES]; /* 1024: the 128-byte swizzle's period */
-} // namespace
+/* 1024: the 128-byte swizzle's period */
+alignas(1024) inline unsigned char emu_smem_pool[EMU_MAX_CLUSTER][EMU_SMEM_BYTES];
+inline unsigned char *emu_dynamic_smem() { return emu_smem_pool[emu_current->cta]; }
 
 /* what cuTensorMapEncodeTiled records in the 128 opaque bytes of a CUtensorMap */
 struct emu_tensor_map {
@@ -371,7 +382,8 @@ struct emu_tensor_map {
 static_assert(sizeof(emu_tensor_map) <= sizeof(CUtensorMap), "a tensor map's record fits its opaque bytes");
 
 struct emu_tma_copy {
-    void *dst;
+    size_t dst; /* in the shared memory of the cluster's block `cta` */
+    unsigned cta;
     emu_tensor_map map;
     uint32_t inner, outer;
 };
@@ -382,19 +394,20 @@ struct emu_mbarrier {
     std::vector<emu_thread *> waiters; /* threads polling it since its last phase */
 };
 
-inline std::map<const void *, emu_mbarrier> emu_mbarriers; /* by address; a block's are gone after it */
+/* each block's, by offset in its shared memory; a cluster's are gone after it */
+inline std::map<size_t, emu_mbarrier> emu_mbarriers[EMU_MAX_CLUSTER];
 
 inline void emu_prepare_smem(size_t bytes)
 {
-    void *areas[] = {smem, tc_smem, group_smem, smem_raw};
-    emu_mbarriers.clear();
-    for (void *a : areas) {
+    for (unsigned r = 0; r < emu_cluster_size; r++) {
+        unsigned char *a = emu_smem_pool[r];
+        emu_mbarriers[r].clear();
 #if defined(__SANITIZE_ADDRESS__)
         ASAN_UNPOISON_MEMORY_REGION(a, EMU_SMEM_BYTES);
 #endif
         memset(a, 0xff, bytes); /* NaN in bf16 and fp32: a read of bytes never written shows */
 #if defined(__SANITIZE_ADDRESS__)
-        ASAN_POISON_MEMORY_REGION((char *)a + bytes, EMU_SMEM_BYTES - bytes);
+        ASAN_POISON_MEMORY_REGION(a + bytes, EMU_SMEM_BYTES - bytes);
 #endif
     }
 }
@@ -428,17 +441,23 @@ inline void emu_thread_main()
     }
     self->done = true;
     emu_live--;
-    emu_barrier_drop(emu_warp_barrier[self->linear / EMU_WARP]);
-    emu_barrier_drop(emu_block_barrier);
+    emu_ctas[self->cta].live--;
+    emu_barrier_drop(emu_warp_barrier[self->team / EMU_WARP]);
+    emu_barrier_drop(emu_ctas[self->cta].block_barrier);
+    emu_barrier_drop(emu_cluster_barrier);
     emu_switch(self, emu_next_live()); /* the last one back to the launch */
 }
 
-/* not inlined: getcontext returns twice, like _setjmp */
-[[gnu::noinline]] inline void emu_thread_prepare(unsigned i)
+/* not inlined: getcontext returns twice, like _setjmp; i: its place in the cluster's team */
+[[gnu::noinline]] inline void emu_thread_prepare(unsigned i, unsigned threads)
 {
     emu_thread &t = emu_team[i];
-    t.linear = i;
-    t.idx = {i % emu_block_dim.x, i / emu_block_dim.x % emu_block_dim.y, i / (emu_block_dim.x * emu_block_dim.y)};
+    const unsigned linear = i % threads;
+    t.linear = linear;
+    t.cta = i / threads;
+    t.team = i;
+    t.idx = {linear % emu_block_dim.x, linear / emu_block_dim.x % emu_block_dim.y,
+             linear / (emu_block_dim.x * emu_block_dim.y)};
     t.started = t.done = false;
     t.copy_groups.clear();
     t.copy_open.clear();
@@ -451,35 +470,43 @@ inline void emu_thread_main()
     makecontext(&t.context, (void (*)())emu_thread_main, 0);
 }
 
+/* The grid's clusters (of `cluster` neighbouring blocks along x) one after another, the blocks of
+ * a cluster together: their threads are one team of fibers, in block order. */
 template <typename... P> inline void emu_run(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem_bytes,
-                                             const std::tuple<P...> &args)
+                                             const std::tuple<P...> &args, unsigned cluster = 1)
 {
     const unsigned threads = block.x * block.y * block.z;
-    if (threads == 0 || threads > EMU_WARP * EMU_MAX_WARPS || smem_bytes > EMU_SMEM_BYTES) {
+    if (threads == 0 || threads > EMU_WARP * EMU_MAX_WARPS || smem_bytes > EMU_SMEM_BYTES || cluster == 0 ||
+        cluster > EMU_MAX_CLUSTER || grid.x % cluster != 0 || (cluster > 1 && threads % EMU_WARP != 0)) {
         emu_error = cudaErrorInvalidConfiguration;
         return;
     }
+    const unsigned team = cluster * threads;
     emu_grid_dim = {grid.x, grid.y, grid.z};
     emu_block_dim = {block.x, block.y, block.z};
+    emu_cluster_size = cluster;
     emu_launches++;
     emu_kernel_call = [&] { std::apply(kernel, args); };
-    emu_team.resize(threads);
-    while (emu_stacks.size() < threads)
+    emu_team.resize(team);
+    while (emu_stacks.size() < team)
         emu_stacks.emplace_back(new char[EMU_STACK_BYTES]);
     for (unsigned z = 0; z < grid.z; z++)
         for (unsigned y = 0; y < grid.y; y++)
-            for (unsigned x = 0; x < grid.x; x++) {
-                emu_block_idx = {x, y, z};
-                emu_block_barrier = {threads, 0, 0};
-                for (unsigned w = 0; w * EMU_WARP < threads; w++) /* the last warp may be partial */
-                    emu_warp_barrier[w] = {std::min(EMU_WARP, threads - w * EMU_WARP), 0, 0};
+            for (unsigned x = 0; x < grid.x; x += cluster) {
+                for (unsigned r = 0; r < cluster; r++)
+                    emu_ctas[r] = {{x + r, y, z}, {threads, 0, 0}, threads};
+                /* warps numbered through the team: with clusters every block's are whole */
+                for (unsigned w = 0; w * EMU_WARP < team; w++) /* a lone block's last may be partial */
+                    emu_warp_barrier[w] = {std::min(EMU_WARP, team - w * EMU_WARP), 0, 0};
+                emu_cluster_barrier = {team, 0, 0};
                 emu_waits_without_progress = 0;
-                emu_live = threads;
+                emu_live = team;
                 emu_prepare_smem(smem_bytes);
-                for (unsigned i = 0; i < threads; i++)
-                    emu_thread_prepare(i);
-                emu_switch(NULL, &emu_team[emu_reverse_order ? threads - 1 : 0]);
+                for (unsigned i = 0; i < team; i++)
+                    emu_thread_prepare(i, threads);
+                emu_switch(NULL, &emu_team[emu_reverse_order ? team - 1 : 0]);
             }
+    emu_cluster_size = 1;
 }
 
 /* k<<<grid, block, smem, stream>>>(args) becomes emu_launch(k, grid, block, smem, stream)(args) */
@@ -494,7 +521,8 @@ template <typename F> inline cudaError_t cudaFuncSetAttribute(F *, enum cudaFunc
     return value >= 0 && (size_t)value <= EMU_SMEM_BYTES ? cudaSuccess : cudaErrorInvalidValue;
 }
 
-/* one block per multiprocessor at a time, and one cluster (whatever its size) on the device */
+/* one block per multiprocessor at a time, and two clusters (whatever their size) on the device:
+ * a persistent grid of clusters has more than one */
 template <typename F> inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *n, F *, int, size_t)
 {
     *n = 1;
@@ -502,14 +530,15 @@ template <typename F> inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultipro
 }
 template <typename F> inline cudaError_t cudaOccupancyMaxActiveClusters(int *n, F *, const cudaLaunchConfig_t *)
 {
-    *n = 1;
+    *n = 2;
     return cudaSuccess;
 }
 
 
-/* ---- Hopper (gemm_swiglu.cu): mbarriers, the bulk tensor copy (TMA), wgmma; clusters of one CTA ----
+/* ---- Hopper (gemm_swiglu.cu): mbarriers, the bulk tensor copy (TMA), wgmma, clusters ----
  *
- * An mbarrier's state lives beside the block (emu_mbarriers), not in its 8 bytes of shared memory.
+ * An mbarrier's state lives beside the block (emu_mbarriers, by its offset in the block's shared
+ * memory), not in its 8 bytes of shared memory.
  * A thread polling one (barrier_wait) lets the others run, as at a barrier. A bulk tensor copy
  * writes its box with the 128-byte swizzle (16-byte chunk c of a 128-byte row goes to c XOR the
  * row's address bits 7..9) and counts its bytes on the barrier: at issue (emu_copy_timing
@@ -517,7 +546,10 @@ template <typename F> inline cudaError_t cudaOccupancyMaxActiveClusters(int *n, 
  * the wait shows). wgmma reads both operands from shared memory through their descriptors and sums
  * in fp32; it runs at issue or at the wgmma.wait_group that covers it (emu_product_timing
  * EMU_CP_LATE, with copies at issue: a stage released and refilled before its products were
- * waited for shows). */
+ * waited for shows). The blocks of a cluster run together (emu_run): a multicast copy writes its
+ * box at the same offset in each block it names and counts it on the barrier at the same offset in
+ * each; a remote arrival (mapa) arrives on the barrier at the same offset in the block of that
+ * rank; the cluster barrier waits for every thread of every block of it. */
 
 #undef __grid_constant__
 #define __grid_constant__
@@ -543,29 +575,41 @@ inline CUresult emu_tensor_map_encode(CUtensorMap *map, CUtensorMapDataType type
     return CUDA_SUCCESS;
 }
 
+/* p's offset in the running thread's block's shared memory */
 inline size_t emu_smem_offset(const void *p)
 {
-    const unsigned char *c = (const unsigned char *)p;
-    if (c < smem_raw || c >= smem_raw + EMU_SMEM_BYTES) {
+    const unsigned char *c = (const unsigned char *)p, *own = emu_dynamic_smem();
+    if (c < own || c >= own + EMU_SMEM_BYTES) {
         fprintf(stderr, "cuda_emulate: a shared-memory address outside the block's shared memory\n");
         abort();
     }
-    return (size_t)(c - smem_raw);
+    return (size_t)(c - own);
 }
 /* the 128-byte swizzle, on the address (the hardware's: 16-byte chunk XOR address bits 7..9) */
 inline size_t emu_swizzle128(size_t offset) { return offset ^ (((offset >> 7) & 7) << 4); }
 
 inline uint32_t smem_addr(const void *p) { return (uint32_t)emu_smem_offset(p); }
 
-inline emu_mbarrier &emu_mbarrier_at(const uint64_t *bar)
+/* the mbarrier at this offset of block `cta` of the cluster */
+inline emu_mbarrier &emu_mbarrier_in(unsigned cta, size_t offset)
 {
-    auto it = emu_mbarriers.find(bar);
-    if (it == emu_mbarriers.end()) {
-        fprintf(stderr, "cuda_emulate: block (%u, %u, %u): an mbarrier used before mbarrier.init\n", emu_block_idx.x,
-                emu_block_idx.y, emu_block_idx.z);
+    if (emu_ctas[cta].live == 0) { /* a block that leaves before its peers are done with it */
+        fprintf(stderr, "cuda_emulate: block (%u, %u, %u): an mbarrier of block (%u, %u, %u), which has exited\n",
+                emu_block_idx.x, emu_block_idx.y, emu_block_idx.z, emu_ctas[cta].block_idx.x,
+                emu_ctas[cta].block_idx.y, emu_ctas[cta].block_idx.z);
+        abort();
+    }
+    auto it = emu_mbarriers[cta].find(offset);
+    if (it == emu_mbarriers[cta].end()) {
+        fprintf(stderr, "cuda_emulate: block (%u, %u, %u): an mbarrier used before mbarrier.init\n",
+                emu_ctas[cta].block_idx.x, emu_ctas[cta].block_idx.y, emu_ctas[cta].block_idx.z);
         abort();
     }
     return it->second;
+}
+inline emu_mbarrier &emu_mbarrier_at(const uint64_t *bar)
+{
+    return emu_mbarrier_in(emu_current->cta, emu_smem_offset(bar));
 }
 inline void emu_mbarrier_settle(emu_mbarrier &b)
 {
@@ -575,11 +619,13 @@ inline void emu_mbarrier_settle(emu_mbarrier &b)
         b.pending = b.count;
     }
 }
-inline void barrier_init(uint64_t *bar, uint32_t count) { emu_mbarriers[bar] = {count, count, 0, 0, {}, {}}; }
-inline void barrier_init_fence() {}
-inline void emu_mbarrier_arrive(uint64_t *bar)
+inline void barrier_init(uint64_t *bar, uint32_t count)
 {
-    emu_mbarrier &b = emu_mbarrier_at(bar);
+    emu_mbarriers[emu_current->cta][emu_smem_offset(bar)] = {count, count, 0, 0, {}, {}};
+}
+inline void barrier_init_fence() {}
+inline void emu_mbarrier_arrive(emu_mbarrier &b)
+{
     if (b.pending == 0) {
         fprintf(stderr, "cuda_emulate: block (%u, %u, %u): more arrivals on an mbarrier than its count\n",
                 emu_block_idx.x, emu_block_idx.y, emu_block_idx.z);
@@ -599,31 +645,38 @@ inline void emu_mbarrier_arrive(uint64_t *bar)
 }
 inline void barrier_expect_bytes(uint64_t *bar, uint32_t bytes)
 {
-    emu_mbarrier_at(bar).tx += bytes;
-    emu_mbarrier_arrive(bar);
+    emu_mbarrier &b = emu_mbarrier_at(bar);
+    b.tx += bytes;
+    emu_mbarrier_arrive(b);
 }
-inline void barrier_arrive_cluster(uint64_t *bar, uint32_t rank)
+inline unsigned emu_cluster_rank(uint32_t rank)
 {
-    if (rank != 0) {
-        fprintf(stderr, "cuda_emulate: clusters of more than one CTA are not emulated\n");
+    if (rank >= emu_cluster_size) {
+        fprintf(stderr, "cuda_emulate: block (%u, %u, %u): rank %u of a cluster of %u\n", emu_block_idx.x,
+                emu_block_idx.y, emu_block_idx.z, rank, emu_cluster_size);
         abort();
     }
-    emu_mbarrier_arrive(bar);
+    return rank;
 }
-inline void cluster_sync() { __syncthreads(); } /* a cluster of one CTA */
+/* mapa + a remote arrive: the barrier at the same place in block `rank`'s shared memory */
+inline void barrier_arrive_cluster(uint64_t *bar, uint32_t rank)
+{
+    emu_mbarrier_arrive(emu_mbarrier_in(emu_cluster_rank(rank), emu_smem_offset(bar)));
+}
+inline void cluster_sync() { emu_barrier_wait(emu_cluster_barrier); }
 
-/* one box into shared memory at dst, with the 128-byte swizzle; rows and columns outside the
- * tensor read as zeros */
+/* one box into block c.cta's shared memory at c.dst, with the 128-byte swizzle; rows and columns
+ * outside the tensor read as zeros */
 inline void emu_tma_run(const emu_tma_copy &c)
 {
-    const size_t dst = emu_smem_offset(c.dst);
+    unsigned char *smem = emu_smem_pool[c.cta];
     for (uint32_t r = 0; r < c.map.box[1]; r++)
         for (uint32_t e = 0; e < c.map.box[0]; e++) {
             const uint64_t row = (uint64_t)c.outer + r, col = (uint64_t)c.inner + e;
             uint16_t v = 0;
             if (row < c.map.dims[1] && col < c.map.dims[0])
                 memcpy(&v, c.map.base + row * c.map.stride + col * 2, 2);
-            memcpy(smem_raw + emu_swizzle128(dst + (size_t)r * 128 + (size_t)e * 2), &v, 2);
+            memcpy(smem + emu_swizzle128(c.dst + (size_t)r * 128 + (size_t)e * 2), &v, 2);
         }
 }
 /* the copy made, its bytes counted on its barrier */
@@ -633,25 +686,36 @@ inline void emu_tma_complete(emu_mbarrier &b, const emu_tma_copy &c)
     b.tx -= (long long)c.map.box[0] * c.map.box[1] * 2;
     emu_mbarrier_settle(b);
 }
-inline void tma_load(void *dst, const CUtensorMap *map, uint32_t inner, uint32_t outer, uint64_t *bar)
+/* The box into the blocks of `ctas` (a bit per rank), at dst's offset in each and counted on the
+ * barrier at bar's offset in each: at issue, or (EMU_CP_LATE) when a thread of that block polls it. */
+inline void emu_tma_issue(void *dst, const CUtensorMap *map, uint32_t inner, uint32_t outer, uint64_t *bar,
+                          uint16_t ctas)
 {
-    emu_tma_copy c = {dst, {}, inner, outer};
-    memcpy(&c.map, map, sizeof c.map);
-    emu_mbarrier &b = emu_mbarrier_at(bar);
-    if (emu_smem_offset(dst) % 1024 != 0) {
+    const size_t at = emu_smem_offset(dst), bar_at = emu_smem_offset(bar);
+    if (at % 1024 != 0) {
         fprintf(stderr, "cuda_emulate: a 128-byte-swizzled box not 1024-byte aligned in shared memory\n");
         abort();
     }
-    if (emu_copy_timing == EMU_CP_LATE) {
-        b.late.push_back(c);
-        return;
+    for (unsigned r = 0; r < 16; r++) {
+        if (!(ctas >> r & 1))
+            continue;
+        emu_tma_copy c = {at, emu_cluster_rank(r), {}, inner, outer};
+        memcpy(&c.map, map, sizeof c.map);
+        emu_mbarrier &b = emu_mbarrier_in(r, bar_at);
+        if (emu_copy_timing == EMU_CP_LATE)
+            b.late.push_back(c);
+        else
+            emu_tma_complete(b, c);
     }
-    emu_tma_complete(b, c);
 }
-inline void tma_load_multicast(void *, const CUtensorMap *, uint32_t, uint32_t, uint64_t *, uint16_t)
+inline void tma_load(void *dst, const CUtensorMap *map, uint32_t inner, uint32_t outer, uint64_t *bar)
 {
-    fprintf(stderr, "cuda_emulate: multicast copies (clusters of more than one CTA) are not emulated\n");
-    abort();
+    emu_tma_issue(dst, map, inner, outer, bar, (uint16_t)(1u << emu_current->cta));
+}
+inline void tma_load_multicast(void *dst, const CUtensorMap *map, uint32_t inner, uint32_t outer, uint64_t *bar,
+                               uint16_t ctas)
+{
+    emu_tma_issue(dst, map, inner, outer, bar, ctas);
 }
 
 /* Returns once the phase of this parity has completed; the other threads run meanwhile. */
@@ -696,7 +760,7 @@ inline void emu_wgmma_run(const emu_thread::wgmma &op)
             abort();
         }
         uint16_t v;
-        memcpy(&v, smem_raw + at, 2);
+        memcpy(&v, emu_dynamic_smem() + at, 2);
         return emu_bf16_bits(v);
     };
     const unsigned warp = emu_current->linear % 128 / 32, lane = emu_current->linear % 32;
@@ -744,19 +808,27 @@ inline void accumulators_ready(float (&)[128]) {}
 template <uint32_t REGISTERS> inline void registers_release() {}
 template <uint32_t REGISTERS> inline void registers_claim() {}
 
-/* cudaLaunchKernelEx: the launch's configuration; a cluster of more than one CTA is refused */
+/* cudaLaunchKernelEx: the launch's configuration, with clusters along x */
 template <typename... P, typename... A>
 inline cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t *config, void (*kernel)(P...), A &&...args)
 {
+    unsigned cluster = 1;
     for (unsigned i = 0; i < config->numAttrs; i++)
         if (config->attrs[i].id == cudaLaunchAttributeClusterDimension) {
             const auto &c = config->attrs[i].val.clusterDim;
-            if (c.x * c.y * c.z > 1)
+            if (c.y != 1 || c.z != 1)
                 return cudaErrorNotSupported;
+            cluster = c.x;
         }
+    const cudaError_t before = emu_error; /* the last error until this launch fails */
+    emu_error = cudaSuccess;
     emu_run(kernel, config->gridDim, config->blockDim, config->dynamicSmemBytes,
-            std::tuple<P...>((P)std::forward<A>(args)...));
-    return cudaSuccess;
+            std::tuple<P...>((P)std::forward<A>(args)...), cluster);
+    if (emu_error == cudaSuccess) {
+        emu_error = before;
+        return cudaSuccess;
+    }
+    return emu_error;
 }
 
 #endif

@@ -4,7 +4,7 @@
  * bias, tanh GELU), the bias gradient's deterministic column sums (cu_gemm_bias_grad), the
  * residual and embedding dropout (cu_dropout_rows, masks from the dropout hash's definition), the
  * fp32 → bf16 mirror (cu_convert_f32), and Qwen2's up GEMM with the SwiGLU in its epilogue
- * (cu_gemm_swiglu: TMA, mbarriers, wgmma; its variants without clusters). */
+ * (cu_gemm_swiglu: TMA, mbarriers, wgmma, clusters; every variant, under five schedules). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -209,7 +209,9 @@ void test_gemm_swiglu(void **)
     assert_false(cu_gemm_swiglu_supported(0, 64, 100)); /* f not a multiple of the 128-wide tile */
     assert_false(cu_gemm_swiglu_supported(0, 60, 128)); /* rows of x not 16-byte aligned */
     /* copies late: a read of a stage before its full barrier's wait shows; products late with
-     * copies early: a stage released (and so refilled) before its products were waited for shows */
+     * copies early: a stage released (and so refilled) before its products were waited for shows;
+     * warps running ahead: a stage released before every warp read it shows; with clusters, a
+     * block that leaves while its peers may still arrive on its barriers shows too */
     const schedule schedules[] = {
         {EMU_CP_EARLY, EMU_CP_EARLY, false, "copies and products at issue"},
         {EMU_CP_EARLY, EMU_CP_EARLY, true, "at issue, threads in reverse order"},
@@ -217,8 +219,9 @@ void test_gemm_swiglu(void **)
         {EMU_CP_EARLY, EMU_CP_LATE, false, "products at their waits"},
         {EMU_CP_EARLY, EMU_CP_LATE, false, "products at their waits, warps running ahead", true},
     };
-    for (const char *variant : {"c1", "c1-inflight", "c1-w3"})
+    for (unsigned v = 0; cu_gemm_swiglu_variant(v); v++)
         for (const schedule &s : schedules) {
+            const char *variant = cu_gemm_swiglu_variant(v);
             assert_true(cu_gemm_swiglu_select(variant));
             set_schedule(s);
             printf("  %s, %s\n", variant, s.name);
@@ -226,6 +229,7 @@ void test_gemm_swiglu(void **)
             gemm_swiglu_case(300, 200, 256, 200, 264); /* rows and K not multiples of the tile */
             gemm_swiglu_case(129, 136, 384, 144, 384); /* more tiles than CTAs, a wider row stride */
             gemm_swiglu_case(400, 72, 256, 72, 256);   /* and for 192-row tiles (-w3) */
+            gemm_swiglu_case(520, 64, 512, 64, 512);   /* and for clusters of 2 × 2 */
         }
     set_schedule(schedules[0]);
     assert_true(cu_gemm_swiglu_select("c1"));
