@@ -6,7 +6,11 @@
  * candidates (what the inference engine runs), next to GEMMs of ordinary shapes for the rate
  * the card gives. One JSON line per case on stdout; bench/gpu_check.sh runs it (bench-gemm).
  *
- *   netlm_gemm_bench [--device N] [--runs N] [--only NAME]   (the cases whose name contains NAME)
+ *   netlm_gemm_bench [--device N] [--runs N] [--warmup N] [--only NAME]
+ *
+ * --only: the cases whose name contains NAME; --warmup: untimed calls before the timed ones
+ * (default 2: the plan with its tuning, then one more; 0 under a profiler, which replays every
+ * launch it measures anyway, so that each kernel is launched once per --runs).
  *
  * Where a padded case has an unpadded twin, "max_rel_diff" compares the first V columns of the
  * two forward outputs (the padded weight's extra rows are zeros, so they must agree to fp32
@@ -28,6 +32,8 @@
 #include "model/cuda/cuda_internal.h"
 
 enum gemm_kind { GEMM_FWD, GEMM_DX, GEMM_DW };
+
+static int untimed_calls = 2; /* --warmup */
 
 struct gemm_case {
     const char *name;
@@ -117,12 +123,12 @@ static bool call(struct cu_gemm *g, cudaStream_t s, const struct gemm_case *c, v
     return false;
 }
 
-/* Times `runs` calls of one path after two untimed ones; ms per call. */
+/* Times `runs` calls of one path after the untimed ones; ms per call. */
 static float time_path(int path, struct cu_gemm *g, cudaStream_t s, cudaEvent_t ev[2], int runs, void *gate_up,
                        void *h, const void *x, const void *w, size_t n, size_t k, size_t f)
 {
     char err[512];
-    for (int r = -2; r < runs; r++) {
+    for (int r = -untimed_calls; r < runs; r++) {
         if (r == 0)
             CUDA_CHECK(cudaEventRecord(ev[0], s));
         if (path < 2 && !cu_gemm_run(g, s, CU_BF16, CU_BF16, gate_up, (uint32_t)(2 * f), x, (uint32_t)k, w, NULL,
@@ -232,8 +238,16 @@ int main(int argc, char **argv)
                 fprintf(stderr, "netlm_gemm_bench: --runs: expected a count of at least 1\n");
                 return 2;
             }
+        } else if (!strcmp(argv[i], "--warmup") && i + 1 < argc) {
+            char *end;
+            const long n = strtol(argv[++i], &end, 10);
+            if (*argv[i] == '\0' || *end != '\0' || n < 0 || n > 100) {
+                fprintf(stderr, "netlm_gemm_bench: --warmup: expected a count from 0 to 100, not \"%s\"\n", argv[i]);
+                return 2;
+            }
+            untimed_calls = (int)n;
         } else {
-            fprintf(stderr, "usage: netlm_gemm_bench [--device N] [--runs N] [--only NAME]\n");
+            fprintf(stderr, "usage: netlm_gemm_bench [--device N] [--runs N] [--warmup N] [--only NAME]\n");
             return 2;
         }
     }
@@ -285,7 +299,7 @@ int main(int argc, char **argv)
             const struct gemm_case *c = &cases[i];
             if (only && !strstr(c->name, only))
                 continue;
-            for (int r = -2; r < runs; r++) { /* two untimed: the plan (and its tuning), a warm-up */
+            for (int r = -untimed_calls; r < runs; r++) {
                 if (r == 0)
                     CUDA_CHECK(cudaEventRecord(ev[0], s));
                 if (!call(g, s, c, y, x, w, dy, dw, err, sizeof err)) {

@@ -186,14 +186,14 @@ bench bench-netlm 120 "$OUT/netlm.json" "$build/netlm_model_bench" "${cases[@]}"
 bench bench-train 90 "$OUT/netlm.json" "$build/netlm_model_bench" "${cases[@]}" --device cuda --train --runs 5
 # the GEMMs one by one: the LM head's (odd and padded vocabulary) against ordinary shapes
 bench bench-gemm 60 "$OUT/netlm.json" "$build/netlm_gemm_bench" --runs 10 ${NETLM_GPU_GEMMS:+--only "$NETLM_GPU_GEMMS"}
-# where the fused SwiGLU GEMM's time goes: Nsight Compute's throughput sections for the three
-# launches of each variant (--runs 1: two untimed, one timed; clocks left as they are)
+# where the fused SwiGLU GEMM's time goes: Nsight Compute's throughput sections for one launch of
+# each variant (clocks left as they are)
 ncu=ncu
 command -v $ncu >/dev/null || ncu=/usr/local/cuda/bin/ncu
 ncu_sections=(--section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis
               --section Occupancy)
 bench ncu-swiglu 90 "$OUT/ncu.txt" $ncu --clock-control none -k regex:gemm_swiglu \
-    "${ncu_sections[@]}" --section LaunchStats "$build/netlm_gemm_bench" --runs 1 --only fused
+    "${ncu_sections[@]}" --section LaunchStats "$build/netlm_gemm_bench" --warmup 0 --runs 1 --only fused
 # the same view of cuBLASLt's kernel for the gate/up GEMM (the heuristic's first; its name gives
 # the tile and cluster shape), the rate the fused kernel is measured against
 bench ncu-cublaslt 40 "$OUT/ncu.txt" env NETLM_CUDA_GEMM_TUNE=0 $ncu --clock-control none \

@@ -23,7 +23,10 @@
  * consumers that keep one chunk's wgmma group running while they release the stage before it.
  * "-w3": three consumer warpgroups on tiles of 192 rows, which take a fifth less operand traffic
  * from L2 per product; their 512 threads start with 128 registers each, so the producer
- * warpgroup hands most of its own to the consumers (setmaxnreg). */
+ * warpgroup hands most of its own to the consumers (setmaxnreg). "-pingpong": the two consumers
+ * take turns on tiles of 64 rows (a 5-stage ring of 40 KB stages), one's SiLU and stores running
+ * while the other's products do; each 64-row tile loads its own W, 1.67 times the L2 traffic
+ * per product of the 128-row tiles (c2-pingpong shares W as c2 does). */
 #include <cuda.h>
 #include <cudaTypedefs.h>
 #include <cuda_bf16.h>
@@ -34,18 +37,20 @@ namespace {
 
 constexpr uint32_t TILE_OUT = 128;    /* outputs of h per tile: 128 gate + 128 up rows of W */
 constexpr uint32_t TILE_K = 64;       /* 64 bf16 = one 128-byte swizzle row */
-constexpr uint32_t STAGES = 4;
 constexpr uint32_t W_BYTES = 2 * TILE_OUT * TILE_K * 2;
 
-/* A CTA of CONSUMERS consumer warpgroups, 64 rows of x each, and the producer warpgroup. */
-template <uint32_t CONSUMERS> struct cta_shape {
-    static constexpr uint32_t rows = 64 * CONSUMERS; /* of x (tokens) per tile */
+/* A CTA of CONSUMERS consumer warpgroups and the producer warpgroup. Together (PINGPONG false)
+ * the consumers take 64 rows each of one tile; taking turns (PINGPONG) each takes whole tiles of
+ * 64 rows, every CONSUMERS-th of the CTA's, so that one's epilogue runs under the others' products. */
+template <uint32_t CONSUMERS, bool PINGPONG> struct cta_shape {
+    static constexpr uint32_t rows = PINGPONG ? 64 : 64 * CONSUMERS; /* of x (tokens) per tile */
     static constexpr uint32_t x_bytes = rows * TILE_K * 2;
     static constexpr uint32_t stage_bytes = x_bytes + W_BYTES;
+    static constexpr uint32_t stages = PINGPONG ? 5 : 4; /* as many as shared memory holds */
     static constexpr uint32_t threads = 128 * (CONSUMERS + 1);
-    static constexpr uint32_t consumer_warps = 4 * CONSUMERS;
+    static constexpr uint32_t warps_per_stage = PINGPONG ? 4 : 4 * CONSUMERS; /* that read a stage */
     /* the ring, 1024-byte aligned as the 128-byte swizzle needs, then the barriers */
-    static constexpr size_t smem_bytes = STAGES * stage_bytes + 1024 + 2 * STAGES * sizeof(uint64_t);
+    static constexpr size_t smem_bytes = stages * stage_bytes + 1024 + 2 * stages * sizeof(uint64_t);
     static_assert(smem_bytes <= 232448, "Hopper's shared memory per block (227 KB)");
 };
 
@@ -240,15 +245,17 @@ __device__ __forceinline__ void leave_cluster()
  * before releasing the chunk's stage; 1: it keeps the last chunk's running and releases the
  * stage before). Every consumer warp releases a stage
  * in every CTA of the cluster, since up to three of them write into each CTA's stage. */
-template <uint32_t ROWS, uint32_t OUTS, int IN_FLIGHT, uint32_t CONSUMERS>
-__global__ void __launch_bounds__(cta_shape<CONSUMERS>::threads, 1)
+template <uint32_t ROWS, uint32_t OUTS, int IN_FLIGHT, uint32_t CONSUMERS, bool PINGPONG>
+__global__ void __launch_bounds__(cta_shape<CONSUMERS, PINGPONG>::threads, 1)
     gemm_swiglu_kernel(const __grid_constant__ CUtensorMap x_map, const __grid_constant__ CUtensorMap w_map,
                        __nv_bfloat16 *h, uint32_t ldh, uint32_t n, uint32_t k, uint32_t f)
 {
     static_assert((ROWS == 1 || ROWS == 2) && (OUTS == 1 || OUTS == 2), "clusters of 1, 2 or 2 × 2 CTAs");
     static_assert(CONSUMERS == 2 || CONSUMERS == 3, "two or three consumer warpgroups");
-    using shape = cta_shape<CONSUMERS>;
+    static_assert(!PINGPONG || CONSUMERS == 2, "two consumers taking turns");
+    using shape = cta_shape<CONSUMERS, PINGPONG>;
     constexpr uint32_t CLUSTER = ROWS * OUTS, TILE_ROWS = shape::rows, X_BYTES = shape::x_bytes;
+    constexpr uint32_t STAGES = shape::stages;
     extern __shared__ uint8_t smem_raw[];
     uint8_t *ring = (uint8_t *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
     uint64_t *full = (uint64_t *)(ring + STAGES * shape::stage_bytes), *empty = full + STAGES;
@@ -265,7 +272,7 @@ __global__ void __launch_bounds__(cta_shape<CONSUMERS>::threads, 1)
     if (threadIdx.x == 0) {
         for (uint32_t s = 0; s < STAGES; s++) {
             barrier_init(&full[s], 1);
-            barrier_init(&empty[s], CLUSTER * shape::consumer_warps);
+            barrier_init(&empty[s], CLUSTER * shape::warps_per_stage);
         }
         barrier_init_fence();
     }
@@ -310,18 +317,22 @@ __global__ void __launch_bounds__(cta_shape<CONSUMERS>::threads, 1)
     } else {
         if constexpr (CONSUMERS == 3)
             registers_claim<CONSUMER_REGISTERS>();
-        const uint32_t part = warpgroup - 1; /* rows 64·part .. 64·part + 63 of each tile */
+        /* together: rows 64·part .. 64·part + 63 of each tile; taking turns: tiles part,
+         * part + CONSUMERS, ... of the CTA's */
+        const uint32_t part = warpgroup - 1, first_row = PINGPONG ? 0 : 64 * part;
         float d[128];
-        uint32_t it = 0;
-        for (uint32_t group = cluster; group < groups; group += clusters) {
+        uint32_t turn = 0; /* the CTA's tiles so far */
+        for (uint32_t group = cluster; group < groups; group += clusters, turn++) {
+            if (PINGPONG && turn % CONSUMERS != part)
+                continue;
             const uint32_t row0 = (group / out_groups * ROWS + row_sub) * TILE_ROWS;
             const uint32_t out0 = (group % out_groups * OUTS + out_sub) * TILE_OUT;
-            uint32_t previous = 0;
+            uint32_t previous = 0, it = turn * chunks; /* the producer's count of stages filled */
             for (uint32_t c = 0; c < chunks; c++, it++) {
                 const uint32_t s = it % STAGES;
                 barrier_wait(&full[s], (it / STAGES) & 1);
                 const uint8_t *xs = ring + s * shape::stage_bytes;
-                const uint64_t da = smem_descriptor(xs + part * (X_BYTES / CONSUMERS)),
+                const uint64_t da = smem_descriptor(xs + first_row * (TILE_K * 2)),
                                db = smem_descriptor(xs + X_BYTES);
                 wgmma_fence();
                 if constexpr (CONSUMERS == 2) {
@@ -361,7 +372,7 @@ __global__ void __launch_bounds__(cta_shape<CONSUMERS>::threads, 1)
             /* accumulator layout: register 4i + {0,1} at row lane/4, columns 8i + 2·(lane%4) +
              * {0,1}; 4i + {2,3} eight rows lower. Columns 0..127 are gates, 128..255 their up
              * partners. */
-            const uint32_t row = row0 + part * 64 + warp * 16 + lane / 4, col = out0 + 2 * (lane % 4);
+            const uint32_t row = row0 + first_row + warp * 16 + lane / 4, col = out0 + 2 * (lane % 4);
             if (out0 >= f) /* the odd last output tile of a 2 × 2 cluster's group: none */
                 continue;
 #pragma unroll
@@ -394,12 +405,12 @@ struct variant {
     uint32_t claimed_registers; /* per CTA by setmaxnreg (0: none) */
 };
 
-template <uint32_t ROWS, uint32_t OUTS, int IN_FLIGHT, uint32_t CONSUMERS>
+template <uint32_t ROWS, uint32_t OUTS, int IN_FLIGHT, uint32_t CONSUMERS, bool PINGPONG = false>
 constexpr variant make_variant(const char *name)
 {
-    using shape = cta_shape<CONSUMERS>;
+    using shape = cta_shape<CONSUMERS, PINGPONG>;
     const uint32_t claimed = CONSUMERS == 3 ? 128 * (PRODUCER_REGISTERS + 3 * CONSUMER_REGISTERS) : 0;
-    return {name,        gemm_swiglu_kernel<ROWS, OUTS, IN_FLIGHT, CONSUMERS>,
+    return {name,        gemm_swiglu_kernel<ROWS, OUTS, IN_FLIGHT, CONSUMERS, PINGPONG>,
             ROWS * OUTS, OUTS,
             shape::rows, shape::threads,
             shape::smem_bytes, claimed};
@@ -415,6 +426,7 @@ const variant variants[] = {
     make_variant<2, 2, 0, 2>("c4"),    make_variant<2, 2, 1, 2>("c4-inflight"),
     make_variant<1, 1, 0, 3>("c1-w3"), make_variant<2, 1, 0, 3>("c2-w3"),
     make_variant<2, 2, 0, 3>("c4-w3"),
+    make_variant<1, 1, 0, 2, true>("c1-pingpong"), make_variant<2, 1, 0, 2, true>("c2-pingpong"),
 };
 constexpr int VARIANTS = sizeof variants / sizeof variants[0];
 int selected = 0;
