@@ -49,8 +49,10 @@ template <uint32_t CONSUMERS, bool PINGPONG> struct cta_shape {
     static constexpr uint32_t stages = PINGPONG ? 5 : 4; /* as many as shared memory holds */
     static constexpr uint32_t threads = 128 * (CONSUMERS + 1);
     static constexpr uint32_t warps_per_stage = PINGPONG ? 4 : 4 * CONSUMERS; /* that read a stage */
-    /* the ring, 1024-byte aligned as the 128-byte swizzle needs, then the barriers */
-    static constexpr size_t smem_bytes = stages * stage_bytes + 1024 + 2 * stages * sizeof(uint64_t);
+    /* the ring, 1024-byte aligned as the 128-byte swizzle needs, then the barriers: full and
+     * empty per stage, and taking turns one per consumer */
+    static constexpr uint32_t barriers = 2 * stages + (PINGPONG ? CONSUMERS : 0);
+    static constexpr size_t smem_bytes = stages * stage_bytes + 1024 + barriers * sizeof(uint64_t);
     static_assert(smem_bytes <= 232448, "Hopper's shared memory per block (227 KB)");
 };
 
@@ -98,6 +100,11 @@ __device__ __forceinline__ void barrier_wait(uint64_t *bar, uint32_t parity)
                      : "r"(smem_addr(bar)), "r"(parity)
                      : "memory");
     } while (!done);
+}
+
+__device__ __forceinline__ void barrier_arrive(uint64_t *bar)
+{
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(bar)) : "memory");
 }
 
 /* Arrives on the barrier at the same place in the shared memory of CTA `rank` of the cluster. */
@@ -259,6 +266,9 @@ __global__ void __launch_bounds__(cta_shape<CONSUMERS, PINGPONG>::threads, 1)
     extern __shared__ uint8_t smem_raw[];
     uint8_t *ring = (uint8_t *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
     uint64_t *full = (uint64_t *)(ring + STAGES * shape::stage_bytes), *empty = full + STAGES;
+    /* taking turns: a consumer's turn_ready completes once the other has waited for the last
+     * stage of its tile before */
+    uint64_t *turn_ready = empty + STAGES;
     const uint32_t warpgroup = threadIdx.x / 128, lane = threadIdx.x % 32, warp = (threadIdx.x % 128) / 32;
     const uint32_t rank = blockIdx.x % CLUSTER, cluster = blockIdx.x / CLUSTER, clusters = gridDim.x / CLUSTER;
     const uint32_t row_sub = rank % ROWS, out_sub = rank / ROWS;
@@ -274,6 +284,8 @@ __global__ void __launch_bounds__(cta_shape<CONSUMERS, PINGPONG>::threads, 1)
             barrier_init(&full[s], 1);
             barrier_init(&empty[s], CLUSTER * shape::warps_per_stage);
         }
+        for (uint32_t w = 0; PINGPONG && w < CONSUMERS; w++)
+            barrier_init(&turn_ready[w], 4);
         barrier_init_fence();
     }
     cluster_sync(); /* the peer's barriers exist before anything is multicast or arrived on */
@@ -325,12 +337,24 @@ __global__ void __launch_bounds__(cta_shape<CONSUMERS, PINGPONG>::threads, 1)
         for (uint32_t group = cluster; group < groups; group += clusters, turn++) {
             if (PINGPONG && turn % CONSUMERS != part)
                 continue;
+            /* A stage's full barrier tells phases apart by parity alone, so a consumer may wait
+             * on it only once its previous phase has completed: taking turns, this tile's first
+             * stage was last filled for the other consumer's tile before, so wait until that
+             * consumer has taken its last stage (its (turn - 1) / 2-th arrival). This also keeps
+             * the two consumers' products mostly apart, the one's epilogue under the other's. */
+            if (PINGPONG && turn > 0)
+                barrier_wait(&turn_ready[part], (turn - 1) / CONSUMERS & 1);
             const uint32_t row0 = (group / out_groups * ROWS + row_sub) * TILE_ROWS;
             const uint32_t out0 = (group % out_groups * OUTS + out_sub) * TILE_OUT;
             uint32_t previous = 0, it = turn * chunks; /* the producer's count of stages filled */
             for (uint32_t c = 0; c < chunks; c++, it++) {
                 const uint32_t s = it % STAGES;
                 barrier_wait(&full[s], (it / STAGES) & 1);
+                if (PINGPONG && c + 1 == chunks) { /* the other consumer's turn may begin */
+                    __syncwarp();
+                    if (lane == 0)
+                        barrier_arrive(&turn_ready[(part + 1) % CONSUMERS]);
+                }
                 const uint8_t *xs = ring + s * shape::stage_bytes;
                 const uint64_t da = smem_descriptor(xs + first_row * (TILE_K * 2)),
                                db = smem_descriptor(xs + X_BYTES);

@@ -649,6 +649,7 @@ inline void barrier_expect_bytes(uint64_t *bar, uint32_t bytes)
     b.tx += bytes;
     emu_mbarrier_arrive(b);
 }
+inline void barrier_arrive(uint64_t *bar) { emu_mbarrier_arrive(emu_mbarrier_at(bar)); }
 inline unsigned emu_cluster_rank(uint32_t rank)
 {
     if (rank >= emu_cluster_size) {

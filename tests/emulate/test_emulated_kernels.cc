@@ -230,6 +230,7 @@ void test_gemm_swiglu(void **)
             gemm_swiglu_case(129, 136, 384, 144, 384); /* more tiles than CTAs, a wider row stride */
             gemm_swiglu_case(400, 72, 256, 72, 256);   /* and for 192-row tiles (-w3) */
             gemm_swiglu_case(520, 64, 512, 64, 512);   /* and for clusters of 2 × 2 */
+            gemm_swiglu_case(200, 640, 128, 640, 128); /* more chunks than stages, tiles in turns */
         }
     set_schedule(schedules[0]);
     assert_true(cu_gemm_swiglu_select("c1"));
