@@ -89,10 +89,10 @@ def main():
         print("\nGEMMs one by one (netlm_gemm_bench): ms, TFLOP/s")
         for r in gemms:
             if "skipped" in r:
-                print(f"  {r['gemm']:30} skipped: {r['skipped']}")
+                print(f"  {r['gemm']:38} skipped: {r['skipped']}")
                 continue
             extra = f"  max_rel_diff {r['max_rel_diff']:.2g}" if "max_rel_diff" in r else ""
-            print(f"  {r['gemm']:30} {r['algorithm']:16} {r['ms']:9.4f} {r['tflops']:7.1f}{extra}")
+            print(f"  {r['gemm']:38} {r['algorithm']:16} {r['ms']:9.4f} {r['tflops']:7.1f}{extra}")
     if candidates:
         print("\ncuBLASLt's candidates per GEMM shape (ids: cublasLt.h's tile, stages and cluster-shape enums)")
         for r in sorted(candidates, key=lambda r: (r["m"], r["n"], r["k"], r["ms"] if r["ms"] >= 0 else 1e9)):

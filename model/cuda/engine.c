@@ -500,7 +500,7 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
      * GEMM then the SwiGLU as a pass of its own — faster so far (NOTES.md) */
     const char *fused = getenv("NETLM_CUDA_SWIGLU_GEMM");
     if (ok && fused && strcmp(fused, "0") != 0 && strcmp(fused, "1") != 0 && !cu_gemm_swiglu_select(fused)) {
-        char names[128] = "";
+        char names[256] = "";
         for (unsigned i = 0; cu_gemm_swiglu_variant(i); i++)
             snprintf(names + strlen(names), sizeof names - strlen(names), ", %s", cu_gemm_swiglu_variant(i));
         fail(e, "NETLM_CUDA_SWIGLU_GEMM: no kernel variant \"%s\" (0, 1%s)", fused, names);
