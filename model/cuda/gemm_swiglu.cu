@@ -11,8 +11,7 @@
  * 128-row (192-row) tile of x by a 256-row tile of W made of 128 gate rows and the 128 up rows of
  * the same outputs (wgmma m64n256k16, or two m64n128k16), so one thread holds a gate value and
  * its up partner in registers r and r + 64, and writes silu(g) · u as bf16 from the fp32
- * accumulators. Tiles run row block by row block (all of W,
- * 2F × C, stays in L2).
+ * accumulators. Tiles run row block by row block (all of W, 2F × C, stays in L2).
  *
  * Variants (cu_gemm_swiglu_select; model/cuda/NOTES.md has their timings): "c1", the plain
  * kernel; "c2", clusters of 2 CTAs on neighbouring row blocks of the same outputs that share the
@@ -243,15 +242,15 @@ __device__ __forceinline__ void leave_cluster()
     cluster_sync();
 }
 
-/* A tile is 64 · CONSUMERS rows of x by 128 outputs. A cluster is ROWS × OUTS CTAs: ROWS
- * neighbouring row blocks of the same outputs share the W tile (each loads the gate or the up
- * half, ROWS = 2, and multicasts it to the others), OUTS neighbouring output tiles of the same
- * rows share the x tile (each loads 1 / OUTS of its rows and multicasts them). Rank r = row_sub +
- * ROWS · out_sub. The x tensor map's box is the tile's rows / OUTS. IN_FLIGHT: wgmma groups a
- * consumer leaves running when it moves to the next stage (0: it waits for each chunk's products
- * before releasing the chunk's stage; 1: it keeps the last chunk's running and releases the
- * stage before). Every consumer warp releases a stage
- * in every CTA of the cluster, since up to three of them write into each CTA's stage. */
+/* A tile is cta_shape's rows of x (64 per consumer together, 64 taking turns) by 128 outputs. A
+ * cluster is ROWS × OUTS CTAs: ROWS neighbouring row blocks of the same outputs share the W tile
+ * (each loads the gate or the up half, ROWS = 2, and multicasts it to the others), OUTS
+ * neighbouring output tiles of the same rows share the x tile (each loads 1 / OUTS of its rows
+ * and multicasts them). Rank r = row_sub + ROWS · out_sub. The x tensor map's box is the tile's
+ * rows / OUTS. IN_FLIGHT: wgmma groups a consumer leaves running when it moves to the next stage
+ * (0: it waits for each chunk's products before releasing the chunk's stage; 1: it keeps the last
+ * chunk's running and releases the stage before). Every consumer warp that reads a stage releases
+ * it in every CTA of the cluster, since up to three of them write into each CTA's stage. */
 template <uint32_t ROWS, uint32_t OUTS, int IN_FLIGHT, uint32_t CONSUMERS, bool PINGPONG>
 __global__ void __launch_bounds__(cta_shape<CONSUMERS, PINGPONG>::threads, 1)
     gemm_swiglu_kernel(const __grid_constant__ CUtensorMap x_map, const __grid_constant__ CUtensorMap w_map,

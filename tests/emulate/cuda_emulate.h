@@ -6,16 +6,17 @@
  * `emu_launch(k, grid, block, smem, stream)(args)` (tests/CMakeLists.txt).
  *
  * A block's threads are fibers (a stack each) on the calling thread; blocks run one after
- * another. A thread runs until it waits at a barrier (__syncthreads, or a warp-wide exchange:
- * shuffles, ldmatrix, mma), then the next one in index order runs (decreasing order with
- * emu_reverse_order); a block whose threads do not all reach a barrier is reported as a
- * deadlock. The warp-level tensor-core instructions follow the fragment tables of
- * the PTX manual (mma.m16n8k16 .bf16, ldmatrix .x4 plain and .trans). A block's dynamic shared
+ * another (the blocks of a cluster together, as one team). A thread runs until it waits at a
+ * barrier (__syncthreads, or a warp-wide exchange: shuffles, ldmatrix, mma), then the next one in
+ * index order runs (decreasing order with emu_reverse_order); a block whose threads do not all
+ * reach a barrier is reported as a deadlock. The warp-level tensor-core instructions follow the
+ * fragment tables of the PTX manual (mma.m16n8k16 .bf16, ldmatrix .x4 plain and .trans). A block's dynamic shared
  * memory is a host array (every extern __shared__ name of the kernel the same bytes), filled with
- * NaNs before each block; under ASan the bytes past the launch's dynamic size are poisoned. cp.async copies either at issue (EMU_CP_EARLY: a buffer
- * refilled while other warps still read it shows) or at the wait that covers them (EMU_CP_LATE:
- * a read before that wait shows). Hopper's mbarriers, bulk tensor copies and wgmma (gemm_swiglu.cu,
- * clusters) are emulated too: see their section below. */
+ * NaNs before each block; under ASan the bytes past the launch's dynamic size are poisoned.
+ * cp.async copies either at issue (EMU_CP_EARLY: a buffer refilled while other warps still read
+ * it shows) or at the wait that covers them (EMU_CP_LATE: a read before that wait shows).
+ * Hopper's mbarriers, bulk tensor copies, wgmma and clusters (gemm_swiglu.cu) are emulated too:
+ * see their section below. */
 #ifndef NETLM_CUDA_EMULATE_H
 #define NETLM_CUDA_EMULATE_H
 
@@ -96,7 +97,7 @@ struct emu_cta { /* a block of the cluster that runs */
     unsigned live; /* threads not exited yet: at 0 its shared memory is gone */
 };
 inline emu_cta emu_ctas[EMU_MAX_CLUSTER];
-inline unsigned emu_live;                   /* threads of the block not exited yet */
+inline unsigned emu_live;                   /* threads of the cluster not exited yet */
 inline unsigned emu_waits_without_progress; /* a whole round of them: every live thread is stuck */
 inline bool emu_reverse_order;              /* threads resume in decreasing index order */
 inline bool emu_warp_leads;                 /* a warp released from __syncwarp goes on at its first lane */
