@@ -27,15 +27,16 @@ counts those slabs. A calibration run on a 20,000-SYN flood (no emergency, no ev
   record   = its memory_bytes / flows created (an upper bound: slab rounding included)
   baseline = its peak RSS - its memory_bytes (model, ready queue, threads, buffers, libraries).
 The bound asserted is
-  stats.flow.memory_bytes <= 1.25 × max_flows × record + 2 slabs per worker
-  peak RSS                <= baseline + 1.25 × max_flows × record + 64 MiB
-25 %: a record of an ended flow is reused only after its RCU grace period (call_rcu), so while
+  stats.flow.memory_bytes <= 1.5 × max_flows × record + 2 slabs per worker
+  peak RSS                <= baseline + 1.5 × max_flows × record + 64 MiB
+50 %: a record of an ended flow is reused only after its RCU grace period (call_rcu), so while
 flows end at a rate R about R × (grace-period latency) records more than max_flows exist: on the
 project's 2-core VM at about 300 k evictions/s per worker that measured 14 % over max_flows with
-1 M SYNs and 17 % with 3 M (it depends on how soon the RCU thread runs, not on the flood's
-length), 0-2 % when emergency timeouts end the flows in batches. 64 MiB: the hash table, presized
-from max_flows, and allocator noise. Without max_flows the same flood would hold
-1 M records, about 6 GB.
+1 M SYNs and 17 % with 3 M when the machine was otherwise idle, and 25.5 % in CI, with other
+tests running beside it (it depends on how soon the RCU thread gets a core, not on the flood's
+length); 0-2 % when emergency timeouts end the flows in batches. The bound shows that memory
+follows max_flows and not the flood: without max_flows the same flood would hold 1 M records,
+about 6 GB. 64 MiB: the hash table, presized from max_flows, and allocator noise.
 
 Flow events are turned off (--no-flow-events) in those runs: one per SYN would be a million lines
 (400 MB) that say nothing more than the counters; the classification and stats lines are all
@@ -59,7 +60,7 @@ MAX_FLOWS = 100_000
 WORKERS = 2
 SYNS = int(os.environ.get("NETLM_FLOOD_SYNS", "1000000"))
 MIB = 1 << 20
-GRACE_SLACK = 1.25  # see the docstring: records waiting out a grace period
+GRACE_SLACK = 1.5  # see the docstring: records waiting out a grace period
 
 
 def write_conf(path, emergency_timeouts):
