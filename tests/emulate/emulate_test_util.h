@@ -68,6 +68,7 @@ struct schedule {
     bool reverse;
     const char *name;
     bool warp_leads = false;
+    uint64_t shuffle_seed = 0; /* not 0: threads resume in an order drawn from it */
 };
 inline void set_schedule(const schedule &s)
 {
@@ -75,6 +76,7 @@ inline void set_schedule(const schedule &s)
     emu_product_timing = s.products;
     emu_reverse_order = s.reverse;
     emu_warp_leads = s.warp_leads;
+    emu_shuffle_seed = s.shuffle_seed;
 }
 
 template <typename T> inline std::vector<T> nan_filled(size_t n)

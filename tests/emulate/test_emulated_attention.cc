@@ -3,9 +3,10 @@
  * cu_attention_train, cu_attention_backward, cu_kv_store, cu_decode_attention), against attention
  * computed here in double precision: the tensor-core forward (attn_tc) and its grouped-query form
  * with and without RoPE (attn_tc_group), the SIMT forward, both backwards with dropout, and
- * generation's decode step over a KV cache with its greedy argmax. Every case runs under
- * three schedules (cp.async copying at issue or at the wait, threads resuming in either order). On a GPU the same kernels are checked by
- * test_cuda_ops / test_cuda_attention_backward; this test is what a machine without one (CI)
+ * generation's decode step over a KV cache with its greedy argmax. Every case runs under four
+ * schedules (cp.async copying at issue or at the wait; threads resuming in index order, in
+ * reverse or shuffled). On a GPU the same kernels are checked by test_cuda_ops /
+ * test_cuda_attention_backward; this test is what a machine without one (CI)
  * checks of them: indexing, fragment layouts, masks, barriers and, under ASan, every access. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -165,12 +166,15 @@ reference attention_reference(const problem &p, const std::vector<float> &qkv, c
 
 
 
-/* three schedules: cp.async copying at issue with threads resuming in index order, then in
+/* four schedules: cp.async copying at issue with threads resuming in index order, then in
  * reverse order (a buffer overwritten while another warp still reads it shows in one of them);
- * copying at the wait that covers them (a read before that wait shows) */
+ * copying at the wait that covers them (a read before that wait shows), with threads resuming in
+ * index order and in a shuffled one */
 const schedule schedules[] = {{EMU_CP_EARLY, EMU_CP_EARLY, false, "early copies"},
                               {EMU_CP_EARLY, EMU_CP_EARLY, true, "early copies, reverse order"},
-                              {EMU_CP_LATE, EMU_CP_EARLY, false, "late copies"}};
+                              {EMU_CP_LATE, EMU_CP_EARLY, false, "late copies"},
+                              {EMU_CP_LATE, EMU_CP_EARLY, false, "late copies, threads shuffled", false,
+                               0x9e3779b97f4a7c15ull}};
 
 /* the forward through cu_attention (impl), or cu_attention_rope when cos_t is given; checks the
  * output against the reference and that the launch's grid is the expected kernel's */

@@ -4,7 +4,7 @@
  * bias, tanh GELU), the bias gradient's deterministic column sums (cu_gemm_bias_grad), the
  * residual and embedding dropout (cu_dropout_rows, masks from the dropout hash's definition), the
  * fp32 → bf16 mirror (cu_convert_f32), and Qwen2's up GEMM with the SwiGLU in its epilogue
- * (cu_gemm_swiglu: TMA, mbarriers, wgmma, clusters; every variant, under five schedules). */
+ * (cu_gemm_swiglu: TMA, mbarriers, wgmma, clusters; every variant, under seven schedules). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -210,14 +210,17 @@ void test_gemm_swiglu(void **)
     assert_false(cu_gemm_swiglu_supported(0, 60, 128)); /* rows of x not 16-byte aligned */
     /* copies late: a read of a stage before its full barrier's wait shows; products late with
      * copies early: a stage released (and so refilled) before its products were waited for shows;
-     * warps running ahead: a stage released before every warp read it shows; with clusters, a
-     * block that leaves while its peers may still arrive on its barriers shows too */
+     * warps running ahead: a stage released before every warp read it shows; threads shuffled:
+     * orders none of the fixed ones takes; with clusters, a block that leaves while its peers may
+     * still arrive on its barriers shows too */
     const schedule schedules[] = {
         {EMU_CP_EARLY, EMU_CP_EARLY, false, "copies and products at issue"},
         {EMU_CP_EARLY, EMU_CP_EARLY, true, "at issue, threads in reverse order"},
         {EMU_CP_LATE, EMU_CP_EARLY, false, "copies at their waits"},
         {EMU_CP_EARLY, EMU_CP_LATE, false, "products at their waits"},
         {EMU_CP_EARLY, EMU_CP_LATE, false, "products at their waits, warps running ahead", true},
+        {EMU_CP_LATE, EMU_CP_EARLY, false, "copies at their waits, threads shuffled", false, 0x9e3779b97f4a7c15ull},
+        {EMU_CP_EARLY, EMU_CP_LATE, false, "products at their waits, threads shuffled", true, 0x2545f4914f6cdd1dull},
     };
     for (unsigned v = 0; cu_gemm_swiglu_variant(v); v++)
         for (const schedule &s : schedules) {
