@@ -124,11 +124,12 @@ def main():
     queue_files = [cap["file"]]
     if a.queues > 1:
         prefix = os.path.join(a.work, f"{os.path.basename(cap['file'])}.q{a.queues}-")
-        queue_files = [f"{prefix}{q}.pcap" for q in range(a.queues)]
+        queue_files, counts = pcap_split.paths(prefix, a.queues), None
         if not all(os.path.exists(f) and os.path.getmtime(f) >= os.path.getmtime(cap["file"]) for f in queue_files):
             print(f"splitting the capture over {a.queues} queues", file=sys.stderr)
             queue_files, counts = pcap_split.split(cap["file"], a.queues, prefix)
-        result["capture"]["frames_per_queue"] = [frame_count(f) for f in queue_files]
+        # the split counts as it writes; files cached from an earlier run are counted here
+        result["capture"]["frames_per_queue"] = counts or [frame_count(f) for f in queue_files]
     with tempfile.TemporaryDirectory(prefix="netlm-dpdk-bench-") as work:
         conf = os.path.join(work, "replay.conf")
         write_conf(conf, '{ source = "libpcap"; }', a.workers, os.path.join(work, "unused.json"))

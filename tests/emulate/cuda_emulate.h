@@ -100,9 +100,10 @@ inline emu_cta emu_ctas[EMU_MAX_CLUSTER];
 inline unsigned emu_live;                   /* threads of the cluster not exited yet */
 inline unsigned emu_waits_without_progress; /* a whole round of them: every live thread is stuck */
 inline bool emu_reverse_order;              /* threads resume in decreasing index order */
-/* not 0: threads resume in an order drawn from this seed, a new one each round (every live thread
- * once per round, so a round where none moves is still a deadlock) */
-inline uint64_t emu_shuffle_seed;
+/* not 0: threads resume in an order drawn anew each round from this generator state (xorshift64,
+ * never 0 once started: every live thread once per round, so a round where none moves is still a
+ * deadlock) */
+inline uint64_t emu_shuffle_state;
 inline std::vector<unsigned> emu_round; /* this round's order of the team */
 inline size_t emu_round_at;
 inline bool emu_warp_leads;                 /* a warp released from __syncwarp goes on at its first lane */
@@ -170,10 +171,10 @@ inline unsigned emu_next_in_round()
         for (unsigned i = 0; i < emu_round.size(); i++)
             emu_round[i] = i;
         for (size_t i = emu_round.size(); i > 1; i--) { /* Fisher-Yates, xorshift64 */
-            emu_shuffle_seed ^= emu_shuffle_seed << 13;
-            emu_shuffle_seed ^= emu_shuffle_seed >> 7;
-            emu_shuffle_seed ^= emu_shuffle_seed << 17;
-            std::swap(emu_round[i - 1], emu_round[emu_shuffle_seed % i]);
+            emu_shuffle_state ^= emu_shuffle_state << 13;
+            emu_shuffle_state ^= emu_shuffle_state >> 7;
+            emu_shuffle_state ^= emu_shuffle_state << 17;
+            std::swap(emu_round[i - 1], emu_round[emu_shuffle_state % i]);
         }
         emu_round_at = 0;
     }
@@ -183,7 +184,7 @@ inline unsigned emu_next_in_round()
 /* the next live thread after the running one in resume order, or NULL */
 inline emu_thread *emu_next_live()
 {
-    if (emu_shuffle_seed != 0) {
+    if (emu_shuffle_state != 0) {
         for (size_t k = 0; k < 2 * emu_team.size(); k++) { /* the rest of this round, then the next */
             emu_thread *t = &emu_team[emu_next_in_round()];
             if (!t->done && t != emu_current)
@@ -537,7 +538,7 @@ template <typename... P> inline void emu_run(void (*kernel)(P...), dim3 grid, di
                 for (unsigned i = 0; i < team; i++)
                     emu_thread_prepare(i, threads);
                 emu_round_at = emu_round.size(); /* a shuffled order starts a round of its own */
-                emu_switch(NULL, &emu_team[emu_shuffle_seed ? emu_next_in_round()
+                emu_switch(NULL, &emu_team[emu_shuffle_state ? emu_next_in_round()
                                                              : emu_reverse_order ? team - 1 : 0]);
             }
     emu_cluster_size = 1;

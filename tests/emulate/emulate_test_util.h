@@ -76,7 +76,7 @@ inline void set_schedule(const schedule &s)
     emu_product_timing = s.products;
     emu_reverse_order = s.reverse;
     emu_warp_leads = s.warp_leads;
-    emu_shuffle_seed = s.shuffle_seed;
+    emu_shuffle_state = s.shuffle_seed;
 }
 
 template <typename T> inline std::vector<T> nan_filled(size_t n)

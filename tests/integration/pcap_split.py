@@ -49,16 +49,26 @@ def ip_pair(linktype, frame):
     return (a, b) if a <= b else (b, a)
 
 
+def queue_of_pair(a, b, n):
+    """The queue of the frames between addresses a and b (packed bytes), either direction."""
+    return zlib.crc32(min(a, b) + max(a, b)) % n
+
+
 def queue_of(linktype, frame, n):
     pair = ip_pair(linktype, frame)
-    return 0 if pair is None else zlib.crc32(pair[0] + pair[1]) % n
+    return 0 if pair is None else queue_of_pair(*pair, n)
+
+
+def paths(prefix, n):
+    """The n files split() writes."""
+    return [f"{prefix}{q}.pcap" for q in range(n)]
 
 
 def split(path, n, prefix):
     """Writes the n files; returns their paths and the frame count of each."""
-    paths = [f"{prefix}{q}.pcap" for q in range(n)]
+    paths_out = paths(prefix, n)
     counts = [0] * n
-    outs = [open(p, "wb") for p in paths]
+    outs = [open(p, "wb") for p in paths_out]
     try:
         for linktype, frame, _, raw in pcapfile.records(path):
             if frame is None:  # file header, interface descriptions, ...: every file needs them
@@ -71,14 +81,14 @@ def split(path, n, prefix):
     finally:
         for out in outs:
             out.close()
-    return paths, counts
+    return paths_out, counts
 
 
 def main():
     if len(sys.argv) != 4 or not sys.argv[2].isdigit() or int(sys.argv[2]) < 1:
         sys.exit("usage: pcap_split.py IN.pcap N OUT_PREFIX")
-    paths, counts = split(sys.argv[1], int(sys.argv[2]), sys.argv[3])
-    for p, c in zip(paths, counts):
+    written, counts = split(sys.argv[1], int(sys.argv[2]), sys.argv[3])
+    for p, c in zip(written, counts):
         print(f"{p}: {c} frames")
 
 

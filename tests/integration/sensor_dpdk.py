@@ -76,7 +76,7 @@ def queue_of_flow(event, n):
     """The queue pcap_split puts a flow event's frames on."""
     family = socket.AF_INET6 if ":" in event["src_ip"] else socket.AF_INET
     a, b = (socket.inet_pton(family, event[k]) for k in ("src_ip", "dest_ip"))
-    return pcap_split.zlib.crc32(min(a, b) + max(a, b)) % n
+    return pcap_split.queue_of_pair(a, b, n)
 
 
 def sensor(*args):

@@ -735,7 +735,7 @@ static void test_inputs_and_accounting(void **state)
     tc_free(&c);
 }
 
-/* Assemblers that share a run (the sensor's DPDK queues) number their sessions apart: shard k of
+/* Assemblers that share a run (the sensor's readers) number their sessions apart: shard k of
  * n gives the session whose first frame is its j-th frame the id (j - 1) · n + k + 1, with one
  * worker or several; a shard index out of range is refused. */
 static void test_id_shards(void **state)
