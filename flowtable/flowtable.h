@@ -82,7 +82,12 @@ enum ft_cut_frames {
 };
 
 struct ft_config {
-    uint32_t max_flows;           /* hard cap on live flows; when full the oldest idle is evicted */
+    /* Hard cap on live flows; when full the oldest idle is evicted. It bounds memory too: each
+     * worker carves at most its share plus half as many again (at least one 2 MiB slab's worth)
+     * of records, the rest holding ended flows until a grace period lets them be reused; a new
+     * flow that finds none free waits for one (up to 0.5 s: grace periods take milliseconds) and
+     * is then refused (refused_packets) instead of memory grown. */
+    uint32_t max_flows;
     uint32_t packets_per_session; /* K: packets kept per session (both directions); 0 = counters only */
     uint32_t bytes_per_packet;    /* M: bytes kept of each of those packets */
     enum ft_port_reuse port_reuse;
@@ -180,7 +185,9 @@ struct ft_stats {
     uint64_t flows_evicted;    /* pushed out by max_flows */
     uint64_t flows_timed_out;  /* sessions that ended with reason timeout */
     uint64_t port_reuse_splits;
-    uint64_t no_memory;        /* flow packets dropped: no memory for a new flow record */
+    uint64_t refused_packets;  /* packets of new flows dropped for want of a record: every one
+                                  the worker may have is live or waiting out a grace period
+                                  (see max_flows), or no memory for more */
     uint64_t flows_ready;      /* ready callbacks made */
     uint64_t emergency_entered; /* times a worker entered emergency mode */
     uint64_t emergency_active; /* workers in emergency mode now */

@@ -1060,7 +1060,7 @@ void ft_assembler_stats(struct ft_assembler *as, struct ft_stats *out)
         out->flows_evicted += ft_counter_get(&w->evicted);
         out->flows_timed_out += ft_counter_get(&w->timed_out);
         out->port_reuse_splits += ft_counter_get(&w->splits);
-        out->no_memory += ft_counter_get(&w->alloc_failed);
+        out->refused_packets += ft_counter_get(&w->refused);
         out->flows_ready += ft_counter_get(&w->readied);
         out->emergency_entered += ft_counter_get(&w->emergency_entered);
         out->emergency_active += ft_counter_get(&w->emergency_active);
@@ -1081,7 +1081,7 @@ void ft_stats_add(struct ft_stats *sum, const struct ft_stats *part)
     sum->flows_evicted += part->flows_evicted;
     sum->flows_timed_out += part->flows_timed_out;
     sum->port_reuse_splits += part->port_reuse_splits;
-    sum->no_memory += part->no_memory;
+    sum->refused_packets += part->refused_packets;
     sum->flows_ready += part->flows_ready;
     sum->emergency_entered += part->emergency_entered;
     sum->emergency_active += part->emergency_active;

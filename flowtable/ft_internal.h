@@ -216,6 +216,12 @@ struct ft_worker {
     struct ft_flow *free_list;
     struct ft_slab *slabs;        /* every slab of this worker, newest first */
     uint8_t *carve, *carve_end;   /* the part of the newest slab not handed out yet */
+    /* Records carved so far, and the most it may carve: cap plus room for the ended flows that
+     * wait out a grace period before they can be reused (ft_record_limit). Beyond it a new flow
+     * waits for a record to come back, and is refused rather than memory grown if none does
+     * (starved: one wait was in vain, none came back since). */
+    uint32_t records, record_limit;
+    bool starved;
     /* Records whose grace period has ended, pushed by the call_rcu thread; the owner takes the
      * whole list at once (exchange with NULL), so there is no ABA problem. */
     _Alignas(64) _Atomic(struct ft_flow *) reclaimed;
@@ -232,7 +238,7 @@ struct ft_worker {
     struct ft_flow *retired_tail;
     uint32_t n_retired;
 
-    ft_counter created, evicted, timed_out, splits, alloc_failed, active;
+    ft_counter created, evicted, timed_out, splits, refused, active;
     ft_counter readied, emergency_entered, emergency_active, memory;
 };
 

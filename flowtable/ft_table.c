@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 
 #include "flowtable/ft_internal.h"
 
@@ -19,6 +20,10 @@
 #define FT_SWEEP_EVERY_EMERGENCY 8
 #define FT_RETIRE_BATCH 256 /* deleted flows per call_rcu at most */
 #define FT_FLOW_AHEAD 2     /* packets between ft_worker_prefetch_flow and their turn */
+/* How long a worker whose records are all in use waits for ended flows' records to come back
+ * before it refuses a new flow: grace periods take milliseconds, far longer only when one
+ * stalls. */
+#define FT_RECLAIM_WAIT_NS 500000000LL
 
 /* ---- LRU lists ---- */
 
@@ -54,12 +59,26 @@ static uint32_t ft_pct_of(uint32_t cap, uint32_t pct)
     return (uint32_t)(((uint64_t)cap * pct + 99) / 100);
 }
 
+/* Records a worker may ever carve: its cap of live flows, plus half as many again (at least one
+ * slab's worth) for ended flows still waiting out their grace period. Those come back within
+ * milliseconds while every thread keeps reporting quiescent states (15-25 % of the cap under a
+ * flood of new flows on 2 cores); the limit keeps memory bounded when the call_rcu thread falls
+ * further behind (a small table churning faster than grace periods end), or one stalls. */
+static uint32_t ft_record_limit(uint32_t cap, size_t flow_size)
+{
+    size_t per_slab = flow_size + 64 <= FT_SLAB_BYTES ? (FT_SLAB_BYTES - 64) / flow_size : 1;
+    uint64_t slack = cap / 2 > per_slab ? cap / 2 : per_slab;
+    uint64_t limit = (uint64_t)cap + slack;
+    return limit < UINT32_MAX ? (uint32_t)limit : UINT32_MAX;
+}
+
 int ft_worker_init(struct ft_worker *w, struct ft_shared *sh, int index, uint32_t cap)
 {
     memset(w, 0, sizeof *w);
     w->sh = sh;
     w->index = index;
     w->cap = cap;
+    w->record_limit = ft_record_limit(cap, sh->flow_size);
     atomic_init(&w->reclaimed, NULL);
     memcpy(w->timeout_ns, sh->timeout_ns, sizeof w->timeout_ns);
     w->emergency_enter = UINT32_MAX;
@@ -130,12 +149,46 @@ static bool ft_slab_add(struct ft_worker *w)
     return true;
 }
 
+static int64_t ft_mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Every record the worker may carve is live or waiting out a grace period: queue the ended
+ * flows not yet queued and wait, QSBR-offline (so that the wait holds no grace period back; the
+ * worker holds no reference into the table between packets), for a batch to come back. A
+ * replay loses nothing while grace periods are merely slow. After a wait in vain the worker
+ * refuses new flows at once until records come back (ft_flow_alloc clears `starved`), so a
+ * stalled grace period costs one wait, not one per packet. */
+static struct ft_flow *ft_wait_reclaimed(struct ft_worker *w)
+{
+    if (w->starved)
+        return NULL;
+    ft_worker_retire(w);
+    rcu_thread_offline();
+    const int64_t start = ft_mono_ns();
+    struct ft_flow *got;
+    while ((got = atomic_exchange_explicit(&w->reclaimed, NULL, memory_order_acquire)) == NULL &&
+           ft_mono_ns() - start < FT_RECLAIM_WAIT_NS)
+        nanosleep(&(struct timespec){.tv_nsec = 20000}, NULL);
+    rcu_thread_online();
+    if (got == NULL) {
+        w->starved = true;
+        return NULL;
+    }
+    w->free_list = got->free_next;
+    return got;
+}
+
 static struct ft_flow *ft_flow_alloc(struct ft_worker *w)
 {
     if (w->free_list == NULL)
         w->free_list = atomic_exchange_explicit(&w->reclaimed, NULL, memory_order_acquire);
     struct ft_flow *f = w->free_list;
     if (f) {
+        w->starved = false;
         w->free_list = f->free_next;
         /* A recycled record has been cold for a grace period: start loading the next one. */
         if (w->free_list) {
@@ -147,11 +200,14 @@ static struct ft_flow *ft_flow_alloc(struct ft_worker *w)
         }
         return f;
     }
+    if (w->records >= w->record_limit)
+        return ft_wait_reclaimed(w);
     const struct ft_shared *sh = w->sh;
     if ((size_t)(w->carve_end - w->carve) < sh->flow_size && !ft_slab_add(w))
         return NULL;
     f = (struct ft_flow *)w->carve;
     w->carve += sh->flow_size;
+    w->records++;
     uint32_t k = sh->cfg.packets_per_session;
     uint8_t *data = (uint8_t *)&f->stored[k];
     for (uint32_t i = 0; i < k; i++)
@@ -437,16 +493,17 @@ static struct ft_flow *ft_flow_insert(struct ft_worker *w, struct ft_flow *f, bo
     return f;
 }
 
-/* A new flow for a packet whose key has none (any old one has just ended). */
+/* A new flow for a packet whose key has none (any old one has just ended). The record comes
+ * first: a packet refused for want of one must not evict a live flow too. */
 static struct ft_flow *ft_flow_new(struct ft_worker *w, const struct ft_pkt *p)
 {
-    if (w->live >= w->cap)
-        ft_make_room(w);
     struct ft_flow *f = ft_flow_prepare(w, p);
     if (f == NULL) {
-        ft_count(&w->alloc_failed, 1);
+        ft_count(&w->refused, 1);
         return NULL;
     }
+    if (w->live >= w->cap)
+        ft_make_room(w);
     bool fresh;
     return ft_flow_insert(w, f, &fresh); /* fresh: only this worker adds keys that hash to it */
 }
@@ -499,7 +556,7 @@ void ft_worker_packet(struct ft_worker *w, const struct ft_pkt *p)
              * are new flows. */
             f = ft_flow_insert(w, cand, &fresh);
         } else {
-            /* Full (or out of memory): look first, so that only a new flow evicts one. */
+            /* Full (or no record free): look first, so that only a new flow evicts one. */
             struct cds_lfht_iter it;
             cds_lfht_lookup(sh->ht, p->hash, ft_match, &p->key, &it);
             struct cds_lfht_node *node = cds_lfht_iter_get_node(&it);

@@ -617,6 +617,184 @@ static void test_memory_bytes(void **state)
     tc_free(&c);
 }
 
+/* A QSBR reader that stays online and never reports a quiescent state: while it waits, no grace
+ * period can end, so no ended flow's record comes back for reuse. */
+struct grace_stall {
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool online, release;
+    int64_t release_ms; /* > 0: the thread goes offline by itself that long after it started */
+};
+
+static void *grace_stall_main(void *arg)
+{
+    struct grace_stall *g = arg;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += g->release_ms / 1000;
+    until.tv_nsec += g->release_ms % 1000 * 1000000;
+    if (until.tv_nsec >= 1000000000) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000;
+    }
+    rcu_register_thread();
+    pthread_mutex_lock(&g->lock);
+    g->online = true;
+    pthread_cond_broadcast(&g->cond);
+    while (!g->release) {
+        if (g->release_ms == 0)
+            pthread_cond_wait(&g->cond, &g->lock);
+        else if (pthread_cond_timedwait(&g->cond, &g->lock, &until) != 0)
+            break;
+    }
+    pthread_mutex_unlock(&g->lock);
+    rcu_unregister_thread();
+    return NULL;
+}
+
+static void grace_stall_start(struct grace_stall *g, int64_t release_ms)
+{
+    memset(g, 0, sizeof *g);
+    g->release_ms = release_ms;
+    pthread_mutex_init(&g->lock, NULL);
+    pthread_cond_init(&g->cond, NULL);
+    assert_int_equal(pthread_create(&g->thread, NULL, grace_stall_main, g), 0);
+    pthread_mutex_lock(&g->lock);
+    while (!g->online)
+        pthread_cond_wait(&g->cond, &g->lock);
+    pthread_mutex_unlock(&g->lock);
+}
+
+static void grace_stall_end(struct grace_stall *g)
+{
+    pthread_mutex_lock(&g->lock);
+    g->release = true;
+    pthread_cond_broadcast(&g->cond);
+    pthread_mutex_unlock(&g->lock);
+    pthread_join(g->thread, NULL);
+    pthread_cond_destroy(&g->cond);
+    pthread_mutex_destroy(&g->lock);
+}
+
+/* The stall of the test below: its teardown ends it even when an assertion failed, or every
+ * later grace period (the next test's destroy) would wait forever. */
+static struct grace_stall the_stall;
+
+static int grace_stall_teardown(void **state)
+{
+    (void)state;
+    if (the_stall.online && !the_stall.release)
+        grace_stall_end(&the_stall);
+    return 0;
+}
+
+/* The i-th flow of a block: source address net.(i / 50000).1, source port 1000 + i % 50000. */
+static void udp_flow_packet(struct ft_assembler *as, const char *net, int i)
+{
+    char addr[32];
+    snprintf(addr, sizeof addr, "%s.%d.1", net, i / 50000);
+    tp_udp(as, addr, (uint16_t)(1000 + i % 50000), "10.0.0.2", 53, 10, 0);
+}
+
+/* One packet of each of the flows 0 .. n-1 of a block. */
+static void feed_new_flows(struct ft_assembler *as, const char *net, int n)
+{
+    for (int i = 0; i < n; i++)
+        udp_flow_packet(as, net, i);
+}
+
+/* What the records of a one-worker assembler may take: 1.5 × max_flows of them, in whole slabs
+ * (whose first 64 bytes are the slab's), plus one slab of rounding. */
+static uint64_t record_memory_bound(const struct ft_assembler *as, uint64_t max_flows)
+{
+    const uint64_t slab = 2u << 20, size = ft_assembler_flow_size(as);
+    /* half of max_flows in flight fits no single slab here, so that half is the slack */
+    assert_true(max_flows / 2 * size > slab);
+    return (max_flows * 3 / 2 * size + slab - 65) / (slab - 64) * slab + slab;
+}
+
+/* max_flows bounds memory even when grace periods stall: a worker carves at most its share and
+ * half as many again, then waits for ended flows' records to come back, and after half a second
+ * in vain refuses new flows (counted) rather than grow; packets of live flows go on, and so do
+ * new flows once the ended ones come back. */
+static void test_memory_bounded_while_grace_stalls(void **state)
+{
+    (void)state;
+    struct tc_collect c;
+    tc_init(&c);
+    struct ft_config cfg;
+    base_cfg(&cfg);
+    cfg.max_flows = 1u << 16;
+    cfg.packets_per_session = 0;
+    struct ft_assembler *as = mk(&cfg, &c, NULL);
+    const uint64_t cap = cfg.max_flows, limit = cap + cap / 2;
+    const uint64_t mem_bound = record_memory_bound(as, cap);
+
+    grace_stall_start(&the_stall, 0);
+    const int first = 150000;
+    feed_new_flows(as, "10.1", first);
+    struct ft_stats st;
+    ft_assembler_stats(as, &st);
+    assert_int_equal(st.flows_created, limit);
+    assert_int_equal(st.flows_active, cap);       /* refusals evict nothing */
+    assert_int_equal(st.flows_evicted, limit - cap);
+    assert_int_equal(st.refused_packets, first - limit);
+    assert_true(st.memory_bytes <= mem_bound);
+    const uint64_t mem_stalled = st.memory_bytes;
+
+    /* still stalled: more new flows are refused, memory stays; a live flow's packet is taken */
+    feed_new_flows(as, "10.2", 10000);
+    udp_flow_packet(as, "10.1", (int)limit - 1); /* the last flow created */
+    ft_assembler_stats(as, &st);
+    assert_int_equal(st.flows_created, limit);
+    assert_int_equal(st.refused_packets, first - limit + 10000);
+    assert_int_equal(st.frames, first + 10000 + 1);
+    assert_int_equal(st.memory_bytes, mem_stalled);
+
+    /* grace periods end: the ended flows' records serve new flows, without more memory */
+    grace_stall_end(&the_stall);
+    rcu_barrier();
+    feed_new_flows(as, "10.3", 20000);
+    ft_assembler_stats(as, &st);
+    assert_int_equal(st.flows_created, limit + 20000);
+    assert_int_equal(st.refused_packets, first - limit + 10000);
+    assert_int_equal(st.flows_active, cap);
+    assert_int_equal(st.memory_bytes, mem_stalled);
+    ft_assembler_destroy(as);
+    tc_free(&c);
+}
+
+/* A grace period that is merely slow (a thread online for 400 ms without a quiescent state):
+ * the worker at its record limit waits for the ended flows' records instead of refusing, so no
+ * flow is lost and no memory added. */
+static void test_records_waited_for_while_grace_is_slow(void **state)
+{
+    (void)state;
+    struct tc_collect c;
+    tc_init(&c);
+    struct ft_config cfg;
+    base_cfg(&cfg);
+    cfg.max_flows = 1u << 16;
+    cfg.packets_per_session = 0;
+    struct ft_assembler *as = mk(&cfg, &c, NULL);
+    const uint64_t cap = cfg.max_flows, limit = cap + cap / 2;
+    feed_new_flows(as, "10.4", (int)limit);
+    rcu_barrier(); /* the ended flows' records are back: the stall below holds back later ones */
+
+    grace_stall_start(&the_stall, 400);
+    feed_new_flows(as, "10.5", (int)limit); /* uses those, carves the rest, then has to wait */
+    struct ft_stats st;
+    ft_assembler_stats(as, &st);
+    assert_int_equal(st.flows_created, 2 * limit);
+    assert_int_equal(st.refused_packets, 0);
+    assert_int_equal(st.flows_active, cap);
+    assert_true(st.memory_bytes <= record_memory_bound(as, cap));
+    grace_stall_end(&the_stall);
+    ft_assembler_destroy(as);
+    tc_free(&c);
+}
+
 static void test_ready_config_errors(void **state)
 {
     (void)state;
@@ -702,6 +880,8 @@ int main(void)
         cmocka_unit_test(test_emergency_flood_evicts),
         cmocka_unit_test(test_emergency_sweeps_promptly),
         cmocka_unit_test(test_memory_bytes),
+        cmocka_unit_test_teardown(test_memory_bounded_while_grace_stalls, grace_stall_teardown),
+        cmocka_unit_test_teardown(test_records_waited_for_while_grace_is_slow, grace_stall_teardown),
         cmocka_unit_test(test_ready_config_errors),
         cmocka_unit_test(test_ready_names_and_defaults),
     };
