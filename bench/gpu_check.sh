@@ -87,7 +87,7 @@ deadline=${NETLM_GPU_DEADLINE:-570} # seconds from the start: the device tool's 
 run_stage() {
     local name=$1 limit=$2 log=$3 t0=$SECONDS rc=0
     shift 3
-    if [[ -n ${NETLM_GPU_ONLY:-} && ,$NETLM_GPU_ONLY, != *,$name,* && $name != configure && $name != build-* ]]; then
+    if ! selected "$name" && [[ $name != configure && $name != build-* ]]; then
         return 0
     fi
     ((limit <= deadline - SECONDS)) || limit=$((deadline - SECONDS))
@@ -101,6 +101,8 @@ run_stage() {
 }
 verify() { ((do_verify == 0)) || run_stage "$@"; }
 bench() { ((do_bench == 0)) || run_stage "$@"; }
+# selected NAME: whether NETLM_GPU_ONLY lets that stage run (to reserve its time ahead)
+selected() { [[ -z ${NETLM_GPU_ONLY:-} || ,$NETLM_GPU_ONLY, == *,$1,* ]]; }
 
 # ---- the machine ----
 {
@@ -168,8 +170,9 @@ run_stage build-netlm 90 "$log" make -C "$build" -j"$jobs" netlm
 "$build/netlm" --version >>"$OUT/env.txt" 2>&1 || true
 grep -E "error|warning" "$log" | head -20 || true
 
-# ---- tests, the engine's benchmark, sanitizers, PyTorch ----
-# (in order of what a fix needs first; each stage is cut to what is left before the deadline)
+# ---- tests, the benchmarks, PyTorch, the variants, Nsight Compute, sanitizers ----
+# (in order of what the next change needs first; each stage is cut to what is left before the
+# deadline, so a run that runs out of time loses the sanitizer stages first)
 log=$OUT/tests.log
 : >"$log"
 cases=(${NETLM_GPU_CASES:+--only "$NETLM_GPU_CASES"})
@@ -186,23 +189,6 @@ bench bench-netlm 120 "$OUT/netlm.json" "$build/netlm_model_bench" "${cases[@]}"
 bench bench-train 90 "$OUT/netlm.json" "$build/netlm_model_bench" "${cases[@]}" --device cuda --train --runs 5
 # the GEMMs one by one: the LM head's (odd and padded vocabulary) against ordinary shapes
 bench bench-gemm 60 "$OUT/netlm.json" "$build/netlm_gemm_bench" --runs 10 ${NETLM_GPU_GEMMS:+--only "$NETLM_GPU_GEMMS"}
-# where the fused SwiGLU GEMM's time goes: Nsight Compute's throughput sections for one launch of
-# each variant (clocks left as they are)
-ncu=ncu
-command -v $ncu >/dev/null || ncu=/usr/local/cuda/bin/ncu
-ncu_sections=(--section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis
-              --section Occupancy)
-bench ncu-swiglu 90 "$OUT/ncu.txt" $ncu --clock-control none -k regex:gemm_swiglu \
-    "${ncu_sections[@]}" --section LaunchStats "$build/netlm_gemm_bench" --warmup 0 --runs 1 --only fused
-# the same view of cuBLASLt's kernel for the gate/up GEMM (the heuristic's first; its name gives
-# the tile and cluster shape), the rate the fused kernel is measured against
-bench ncu-cublaslt 40 "$OUT/ncu.txt" env NETLM_CUDA_GEMM_TUNE=0 $ncu --clock-control none \
-    -k regex:'nvjet|xmma|cutlass|gemm' --launch-count 1 "${ncu_sections[@]}" --section LaunchStats \
-    "$build/netlm_gemm_bench" --runs 1 --only qwen-mlp-up-cublaslt
-# where Qwen2.5-0.5B's inference time goes apart from the GEMMs: one launch each of attention,
-# the norms, RoPE and the SwiGLU pass (first layer, inside the CUDA graph)
-bench ncu-qwen 90 "$OUT/ncu.txt" $ncu --clock-control none -k regex:'attn_tc|norm_kernel|rope_kernel|swiglu_kernel' \
-    --launch-count 5 "${ncu_sections[@]}" "$build/netlm_model_bench" --device cuda --only qwen05b-v60005-b256 --runs 1
 # generation with the device KV cache (model_cuda_generate), the gen-* cases of gpu_bench.py
 bench bench-generate 90 "$OUT/netlm.json" "$build/netlm_model_bench" "${cases[@]}" --device cuda --generate --runs 10
 # the engine as users run it: classify and replay on the GPU against the CPU
@@ -213,36 +199,19 @@ verify e2e-generate 60 "$log" python3 "$root/bench/gpu_e2e.py" --only generate "
 # the pretrain command's own loop against bench-train's trainer alone (steady step, bf16)
 bench bench-e2e-pretrain 90 "$log" python3 "$root/bench/gpu_e2e.py" --only pretrain "$build/netlm" \
     "$root/models/ustc-tfc2016" "$root/data/demo.pcap"
-san=compute-sanitizer
-command -v $san >/dev/null || san=/usr/local/cuda/bin/compute-sanitizer
-verify memcheck 80 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --leak-check full \
-    --error-exitcode 9 "$build/tests/test_cuda_ops"
-# the Hopper GEMM with the SwiGLU epilogue (TMA, mbarriers, wgmma): skipped off compute capability 9.0
-verify memcheck-swiglu 60 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_TEST_FILTER=test_gemm_swiglu $san --tool memcheck \
-    --error-exitcode 9 "$build/tests/test_cuda_ops"
-verify memcheck-train 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
-    "$build/tests/test_cuda_backward"
-# the trainer as a whole (its buffers carved from two allocations): an out-of-bounds write there
-# is invisible to the kernel tests
-verify memcheck-trainer 90 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
-    "$build/tests/test_cuda_train"
-verify memcheck-generate 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
-    "$build/tests/test_cuda_generate"
-verify memcheck-pipeline 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
-    "$build/tests/test_cuda_pipeline"
-verify memcheck-attn-bwd 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
-    "$build/tests/test_cuda_attention_backward"
-verify memcheck-model 60 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_TEST_FILTER=test_bf16 $san \
-    --tool memcheck --error-exitcode 9 "$build/tests/test_cuda_model"
-((quick)) || verify racecheck 60 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_TEST_FILTER=test_attention $san \
-    --tool racecheck --racecheck-report all --error-exitcode 9 "$build/tests/test_cuda_ops"
-# the attention backward's shared memory under racecheck even in --quick (its dK/dV kernel loops
-# over the grouped-query heads of a block)
-verify racecheck-attn-bwd 120 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_TEST_FILTER=test_attention_backward $san \
-    --tool racecheck --racecheck-report all --error-exitcode 9 "$build/tests/test_cuda_attention_backward"
 # PyTorch: eager inference and training, then compiled modes while --budget-s lasts (each
-# compile takes 30-60 s); it leaves 90 s for the variants below
-left=$((deadline - 90 - SECONDS))
+# compile takes 30-60 s). It leaves the later benchmark stages (the variants, then Nsight
+# Compute) the time they usually take; the sanitizer stages come last and take what is left.
+reserve=10
+for name in swiglu-fused attn-group attn-group-rope opt-ins opt-ins-residual-bf16 residual-bf16 profile \
+            train-profile train-simt-bwd train-no-dropout pipeline; do
+    selected "bench-$name" && reserve=$((reserve + 25))
+done
+((quick)) || { selected bench-gemm-heuristic && reserve=$((reserve + 25)); selected bench-no-epilogue && reserve=$((reserve + 25)); }
+selected ncu-swiglu && reserve=$((reserve + 60))
+selected ncu-cublaslt && reserve=$((reserve + 25))
+selected ncu-qwen && reserve=$((reserve + 50))
+left=$((deadline - reserve - SECONDS))
 ((left > 60)) || left=60
 [[ ${NETLM_GPU_TORCH:-1} == 0 ]] || bench bench-torch "$left" "$OUT/summary.txt" env PYTHONUNBUFFERED=1 python3 "$root/bench/gpu_bench.py" \
     --out "$OUT/torch.json" --runs 10 $( ((quick)) && echo --no-compile) --budget-s $((left - 70 > 20 ? left - 70 : 20)) \
@@ -284,6 +253,51 @@ variant pipeline "$build/netlm_model_bench" "${cases[@]}" --device cuda --pipeli
 ((quick)) || variant gemm-heuristic env NETLM_CUDA_GEMM_TUNE=0 "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10
 # the bias/GELU epilogue costs the up GEMM 620 vs 750 TFLOP/s (H200): against the separate kernel
 ((quick)) || variant no-epilogue env NETLM_CUDA_NO_EPILOGUE=1 "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10
+# Nsight Compute, after the timings it explains. Where the fused SwiGLU GEMM's time goes: its
+# throughput sections for one launch of each variant (clocks left as they are)
+ncu=ncu
+command -v $ncu >/dev/null || ncu=/usr/local/cuda/bin/ncu
+ncu_sections=(--section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis
+              --section Occupancy)
+bench ncu-swiglu 90 "$OUT/ncu.txt" $ncu --clock-control none -k regex:gemm_swiglu \
+    "${ncu_sections[@]}" --section LaunchStats "$build/netlm_gemm_bench" --warmup 0 --runs 1 --only fused
+# the same view of cuBLASLt's kernel for the gate/up GEMM (the heuristic's first; its name gives
+# the tile and cluster shape), the rate the fused kernel is measured against
+bench ncu-cublaslt 40 "$OUT/ncu.txt" env NETLM_CUDA_GEMM_TUNE=0 $ncu --clock-control none \
+    -k regex:'nvjet|xmma|cutlass|gemm' --launch-count 1 "${ncu_sections[@]}" --section LaunchStats \
+    "$build/netlm_gemm_bench" --runs 1 --only qwen-mlp-up-cublaslt
+# where Qwen2.5-0.5B's inference time goes apart from the GEMMs: one launch each of attention,
+# the norms, RoPE and the SwiGLU pass (first layer, inside the CUDA graph)
+bench ncu-qwen 90 "$OUT/ncu.txt" $ncu --clock-control none -k regex:'attn_tc|norm_kernel|rope_kernel|swiglu_kernel' \
+    --launch-count 5 "${ncu_sections[@]}" "$build/netlm_model_bench" --device cuda --only qwen05b-v60005-b256 --runs 1
+# compute-sanitizer last: the CUDA tests under memcheck and racecheck, in their quick versions
+san=compute-sanitizer
+command -v $san >/dev/null || san=/usr/local/cuda/bin/compute-sanitizer
+verify memcheck 80 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --leak-check full \
+    --error-exitcode 9 "$build/tests/test_cuda_ops"
+# the Hopper GEMM with the SwiGLU epilogue (TMA, mbarriers, wgmma): skipped off compute capability 9.0
+verify memcheck-swiglu 60 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_TEST_FILTER=test_gemm_swiglu $san --tool memcheck \
+    --error-exitcode 9 "$build/tests/test_cuda_ops"
+verify memcheck-train 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
+    "$build/tests/test_cuda_backward"
+# the trainer as a whole (its buffers carved from two allocations): an out-of-bounds write there
+# is invisible to the kernel tests
+verify memcheck-trainer 90 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
+    "$build/tests/test_cuda_train"
+verify memcheck-generate 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
+    "$build/tests/test_cuda_generate"
+verify memcheck-pipeline 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
+    "$build/tests/test_cuda_pipeline"
+verify memcheck-attn-bwd 60 "$log" env NETLM_CUDA_TEST_QUICK=1 $san --tool memcheck --error-exitcode 9 \
+    "$build/tests/test_cuda_attention_backward"
+verify memcheck-model 60 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_TEST_FILTER=test_bf16 $san \
+    --tool memcheck --error-exitcode 9 "$build/tests/test_cuda_model"
+((quick)) || verify racecheck 60 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_TEST_FILTER=test_attention $san \
+    --tool racecheck --racecheck-report all --error-exitcode 9 "$build/tests/test_cuda_ops"
+# the attention backward's shared memory under racecheck even in --quick (its dK/dV kernel loops
+# over the grouped-query heads of a block)
+verify racecheck-attn-bwd 120 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_TEST_FILTER=test_attention_backward $san \
+    --tool racecheck --racecheck-report all --error-exitcode 9 "$build/tests/test_cuda_attention_backward"
 grep -E "FAIL|ERROR SUMMARY|RACECHECK SUMMARY|LEAK SUMMARY|\[  (PASSED|FAILED) \]|\"e2e\"" "$log" | head -30 || true
 
 # ---- summary ----
