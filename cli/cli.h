@@ -215,6 +215,7 @@ bool cli_mpi_start(const char *command, int *rank, int *world);
 void cli_mpi_sum_floats(float *x, size_t n);
 void cli_mpi_sum_doubles(double *x, size_t n);
 void cli_mpi_min_doubles(double *x, size_t n);
+void cli_mpi_or_bytes(uint8_t *x, size_t n); /* bitwise OR */
 /* Rank 0's n bytes into every process's (a no-op in one process). */
 void cli_mpi_broadcast(void *bytes, size_t n);
 /* Leaves MPI; failed aborts the other processes too. */

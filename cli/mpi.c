@@ -67,6 +67,7 @@ void cli_mpi_sum_floats(float *x, size_t n) { ALLREDUCE(x, n, MPI_FLOAT, MPI_SUM
 void cli_mpi_sum_doubles(double *x, size_t n) { ALLREDUCE(x, n, MPI_DOUBLE, MPI_SUM); }
 void cli_mpi_sum_u64(uint64_t *x, size_t n) { ALLREDUCE(x, n, MPI_UINT64_T, MPI_SUM); }
 void cli_mpi_min_doubles(double *x, size_t n) { ALLREDUCE(x, n, MPI_DOUBLE, MPI_MIN); }
+void cli_mpi_or_bytes(uint8_t *x, size_t n) { ALLREDUCE(x, n, MPI_UINT8_T, MPI_BOR); }
 
 void cli_mpi_broadcast(void *bytes, size_t n)
 {

@@ -562,7 +562,8 @@ bool cli_world_grads(struct trainer *tr, int world, double *loss_weighted, doubl
     cli_mpi_sum_doubles(sums, 2);
     if (sums[1] <= 0.0)
         return trainer_grad_scale(tr, 0.0f);
-    if (!trainer_grad_scale(tr, (float)*count) || !trainer_sum_grads(tr, cli_mpi_sum_floats) ||
+    static const struct trainer_host_reduce mpi = {cli_mpi_sum_floats, cli_mpi_or_bytes};
+    if (!trainer_grad_scale(tr, (float)*count) || !trainer_sum_grads(tr, &mpi) ||
         !trainer_grad_scale(tr, (float)(1.0 / sums[1])))
         return false;
     *loss_weighted = sums[0];

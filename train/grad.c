@@ -44,6 +44,11 @@ struct train_runner {
     struct train_dropout drop;
     uint64_t *seq_key;       /* dropout stream of each row's sample in the current batch */
     float *branch, *dbranch; /* a residual branch before its masked add, and its gradient */
+    /* The word-embedding rows whose gradient may be nonzero since train_zero_grads (one bit per
+     * vocabulary id: the ids the batches held), or all of them once an LM head tied to the
+     * embedding has added its dense gradient. */
+    uint8_t *wte_rows;
+    bool wte_dense;
 };
 
 static uint32_t qkv_width(const struct model_config *c) { return (c->heads + 2 * c->kv_heads) * c->head_dim; }
@@ -59,6 +64,7 @@ void train_runner_free(struct train_runner *r)
     free(r->stash);
     free(r->tokens);
     free(r->seq_key);
+    free(r->wte_rows);
     free(r);
 }
 
@@ -102,7 +108,8 @@ struct train_runner *train_runner_create(struct model *m, uint32_t max_batch, ui
     r->stash = calloc(L, sizeof(*r->stash));
     r->tokens = malloc((4 * T + 2 * (size_t)max_batch) * sizeof(uint32_t));
     r->seq_key = calloc(max_batch, sizeof(uint64_t));
-    if (!r->grads || !r->glayers || !r->block || !r->stash || !r->tokens || !r->seq_key) {
+    r->wte_rows = calloc(V / 8 + 1, 1);
+    if (!r->grads || !r->glayers || !r->block || !r->stash || !r->tokens || !r->seq_key || !r->wte_rows) {
         snprintf(err, errlen, "train: cannot allocate %zu MiB of activations and gradients",
                  (total + m->layout.total) * 4 >> 20);
         train_runner_free(r);
@@ -159,7 +166,21 @@ struct train_runner *train_runner_create(struct model *m, uint32_t max_batch, ui
 
 float *train_runner_grads(struct train_runner *r) { return r->grads; }
 size_t train_runner_grad_count(const struct train_runner *r) { return r->m->layout.total; }
-void train_zero_grads(struct train_runner *r) { memset(r->grads, 0, r->m->layout.total * sizeof(float)); }
+void train_zero_grads(struct train_runner *r)
+{
+    memset(r->grads, 0, r->m->layout.total * sizeof(float));
+    memset(r->wte_rows, 0, r->m->cfg.vocab_size / 8 + 1);
+    r->wte_dense = false;
+}
+
+const uint8_t *train_runner_embedding_rows(const struct train_runner *r, size_t *offset, uint32_t *vocab,
+                                           uint32_t *width)
+{
+    *offset = (size_t)(r->gw.wte - r->grads);
+    *vocab = r->m->cfg.vocab_size;
+    *width = r->m->cfg.hidden;
+    return r->wte_dense ? NULL : r->wte_rows;
+}
 
 void train_runner_set_dropout(struct train_runner *r, const struct train_dropout *d)
 {
@@ -420,7 +441,9 @@ static bool backward(struct train_runner *r, uint32_t nseq, size_t N)
     for (uint32_t b = 0; b < nseq; b++)
         for (uint32_t i = 0; i < r->seq_count[b]; i++) {
             size_t row = r->seq_offset[b] + i;
-            float *g = gw->wte + (size_t)r->tokens[row] * C, *gp = gpt2 ? gw->wpe + (size_t)i * C : NULL;
+            const uint32_t id = r->tokens[row];
+            r->wte_rows[id >> 3] |= (uint8_t)(1u << (id & 7));
+            float *g = gw->wte + (size_t)id * C, *gp = gpt2 ? gw->wpe + (size_t)i * C : NULL;
             for (uint32_t j = 0; j < C; j++) {
                 g[j] += r->dx[row * C + j];
                 if (gp)
@@ -438,6 +461,7 @@ static double lm_loss(struct train_runner *r, size_t n_targets)
     const uint32_t C = c->hidden, V = c->vocab_size;
     const float *head = m->w.lm_head ? m->w.lm_head : m->w.wte;
     float *dhead = m->w.lm_head ? r->gw.lm_head : r->gw.wte;
+    r->wte_dense |= !m->w.lm_head; /* the head's gradient reaches every row */
     const int threads = (int)r->threads;
     const float inv = 1.0f / (float)n_targets;
     double loss = 0.0;

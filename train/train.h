@@ -51,6 +51,12 @@ void train_runner_free(struct train_runner *r);
 float *train_runner_grads(struct train_runner *r);
 size_t train_runner_grad_count(const struct train_runner *r);
 void train_zero_grads(struct train_runner *r);
+/* The word-embedding gradient (vocab × width floats from *offset in the block) is zero but in the
+ * rows of the ids the batches held since train_zero_grads: a bitmap of those rows (bit id & 7 of
+ * byte id >> 3), or NULL when every row may be nonzero (an LM head tied to the embedding). What a
+ * data-parallel sum can skip. */
+const uint8_t *train_runner_embedding_rows(const struct train_runner *r, size_t *offset, uint32_t *vocab,
+                                           uint32_t *width);
 void train_runner_set_dropout(struct train_runner *r, const struct train_dropout *d);
 /* Forward, the mean loss over the batch's targets (*loss), and its gradient added (+=) to the
  * gradient block. False for a batch outside the runner or the vocabulary. */
@@ -138,13 +144,20 @@ bool trainer_moments(struct trainer *t, float **mom, float **vel);
 bool trainer_load_moments(struct trainer *t);
 /* Data parallel over processes: rank 0 makes an id (NCCL's, for GPUs), the caller gives it to
  * every rank, each joins; trainer_sum_grads then sums the gradients over the world before a
- * step — on GPUs with NCCL, on the CPU through host_sum (the caller's MPI all-reduce). */
+ * step — on GPUs with NCCL, on the CPU through the caller's MPI all-reduces. */
 struct trainer_comm_id {
     unsigned char bytes[128];
 };
 bool trainer_comm_id(struct trainer_comm_id *id, char *err, size_t errlen);
 bool trainer_join(struct trainer *t, const struct trainer_comm_id *id, int rank, int world);
-bool trainer_sum_grads(struct trainer *t, void (*host_sum)(float *grads, size_t n));
+struct trainer_host_reduce {
+    void (*sum_floats)(float *x, size_t n); /* x ← the sum of every process's x */
+    void (*or_bytes)(uint8_t *x, size_t n); /* x ← the bitwise OR of every process's x */
+};
+/* On the CPU the word-embedding gradient is summed only in the rows some process's batches
+ * touched (the rest is zero everywhere), unless a tied LM head made it dense: with the
+ * vocabulary's 60-65 k rows it is most of a small model's gradient. */
+bool trainer_sum_grads(struct trainer *t, const struct trainer_host_reduce *host);
 
 enum train_schedule { TRAIN_SCHEDULE_CONSTANT = 0, TRAIN_SCHEDULE_LINEAR, TRAIN_SCHEDULE_COSINE };
 /* Learning rate for the optimizer step with 0-based index step: linear warmup over warmup steps

@@ -28,6 +28,11 @@ struct trainer {
     struct train_cuda *gpu;
     float *mom, *vel; /* host moments: the CPU's own; the GPU's after trainer_moments */
     int world;
+    /* The CPU's data-parallel sum: the processes' union of touched embedding rows, and the
+     * gradient packed without the untouched ones (grown as needed). */
+    uint8_t *row_union;
+    float *packed;
+    size_t packed_cap;
 #ifdef NETLM_HAVE_NCCL
     ncclComm_t comm;
 #endif
@@ -93,6 +98,8 @@ void trainer_free(struct trainer *t)
     train_cuda_free(t->gpu);
     free(t->mom);
     free(t->vel);
+    free(t->row_union);
+    free(t->packed);
     free(t);
 }
 
@@ -224,13 +231,77 @@ bool trainer_join(struct trainer *t, const struct trainer_comm_id *id, int rank,
 #endif
 }
 
-bool trainer_sum_grads(struct trainer *t, void (*host_sum)(float *grads, size_t n))
+/* The CPU gradient block summed over the processes, the word-embedding rows no process touched
+ * left out of the message (they are zero everywhere). */
+static bool cpu_sum_grads(struct trainer *t, const struct trainer_host_reduce *host)
 {
-    if (t->cpu) {
-        if (t->world > 1 && host_sum)
-            host_sum(train_runner_grads(t->cpu), t->n);
+    float *g = train_runner_grads(t->cpu);
+    size_t off;
+    uint32_t V, C;
+    const uint8_t *rows = train_runner_embedding_rows(t->cpu, &off, &V, &C);
+    const size_t bitmap = V / 8 + 1;
+    if (!host->or_bytes) {
+        host->sum_floats(g, t->n);
         return true;
     }
+    if (!t->row_union && !(t->row_union = malloc(bitmap + 1))) {
+        snprintf(t->err, sizeof t->err, "out of memory for the embedding rows' union");
+        return false;
+    }
+    /* The processes must agree on the message: the byte after the bitmap says that one of them
+     * has a dense embedding gradient (a tied LM head), and then they all send everything. A
+     * process with nothing to train this step (a short last batch) has no row set. */
+    if (rows)
+        memcpy(t->row_union, rows, bitmap);
+    else
+        memset(t->row_union, 0, bitmap);
+    t->row_union[bitmap] = rows == NULL;
+    host->or_bytes(t->row_union, bitmap + 1);
+    if (t->row_union[bitmap]) {
+        host->sum_floats(g, t->n);
+        return true;
+    }
+    size_t k = 0;
+    for (uint32_t id = 0; id < V; id++)
+        k += t->row_union[id >> 3] >> (id & 7) & 1;
+    const size_t rest = t->n - (size_t)V * C, need = rest + k * C;
+    if (need > t->packed_cap) {
+        float *p = realloc(t->packed, need * sizeof(float));
+        if (!p) {
+            snprintf(t->err, sizeof t->err, "out of memory for the packed gradient (%zu MiB)", need * 4 >> 20);
+            return false;
+        }
+        t->packed = p;
+        t->packed_cap = need;
+    }
+    /* the block before the embedding, the union's rows in id order, the block after it */
+    float *p = t->packed, *emb = g + off, *after = emb + (size_t)V * C;
+    const size_t tail = t->n - off - (size_t)V * C;
+    memcpy(p, g, off * sizeof(float));
+    p += off;
+    for (uint32_t id = 0; id < V; id++)
+        if (t->row_union[id >> 3] >> (id & 7) & 1) {
+            memcpy(p, emb + (size_t)id * C, C * sizeof(float));
+            p += C;
+        }
+    memcpy(p, after, tail * sizeof(float));
+    host->sum_floats(t->packed, need);
+    p = t->packed;
+    memcpy(g, p, off * sizeof(float));
+    p += off;
+    for (uint32_t id = 0; id < V; id++)
+        if (t->row_union[id >> 3] >> (id & 7) & 1) {
+            memcpy(emb + (size_t)id * C, p, C * sizeof(float));
+            p += C;
+        }
+    memcpy(after, p, tail * sizeof(float));
+    return true;
+}
+
+bool trainer_sum_grads(struct trainer *t, const struct trainer_host_reduce *host)
+{
+    if (t->cpu)
+        return t->world > 1 && host ? cpu_sum_grads(t, host) : true;
 #ifdef NETLM_HAVE_NCCL
     if (!t->comm)
         return true; /* one process: nothing to sum */
@@ -248,7 +319,7 @@ bool trainer_sum_grads(struct trainer *t, void (*host_sum)(float *grads, size_t 
     }
     return true;
 #else
-    (void)host_sum;
+    (void)host;
     return true;
 #endif
 }
