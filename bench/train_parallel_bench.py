@@ -11,7 +11,13 @@ prints the largest difference seen), so the ratio of their training seconds (met
 train_seconds: the epochs with dev scoring, without start-up and test) is the speed of one way
 of using P cores against the other. Prints one JSON object.
 
+Across machines the processes sum their gradients over the network. --tcp makes Open MPI use TCP
+over the loopback interface instead of shared memory, and --link-gbit R (root; implies --tcp)
+also limits the loopback to R Gbit/s with a token-bucket qdisc (tc) while mpirun runs, removed
+after: a stand-in for a cluster link, where what each step sends is what matters.
+
 usage: train_parallel_bench.py BUILD_DIR DATA_DIR [--processes P] [--batch B] [--samples-per-class N] [--epochs E]
+                               [--tcp] [--link-gbit R]
 """
 import argparse
 import json
@@ -43,12 +49,16 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--samples-per-class", type=int, default=100)
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--tcp", action="store_true")
+    ap.add_argument("--link-gbit", type=float)
     a = ap.parse_args()
     if a.batch % a.processes:
         sys.exit(f"--batch {a.batch} does not split into {a.processes} processes")
     netlm = os.path.join(a.build, "netlm")
     mpi_env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                    OMPI_MCA_rmaps_base_oversubscribe="1")
+    if a.tcp or a.link_gbit:
+        mpi_env.update(OMPI_MCA_btl="tcp,self", OMPI_MCA_btl_tcp_if_include="lo")
     with tempfile.TemporaryDirectory() as tmp:
         ds = os.path.join(tmp, "ds")
         run([netlm, "dataset", "understanding", "--pcap_path", os.path.join(a.data, "labeled", "ustc-tfc2016", "sessions"),
@@ -61,8 +71,15 @@ def main():
                   "--seed", "1", "-q"]
         one, many = os.path.join(tmp, "one"), os.path.join(tmp, "many")
         run([netlm, *common, "--output_model_path", one, "--threads", str(a.processes), "--batch_size", str(a.batch)])
-        run(["mpirun", "-np", str(a.processes), netlm, *common, "--output_model_path", many, "--threads", "1",
-             "--batch_size", str(a.batch // a.processes)], env=mpi_env)
+        if a.link_gbit:
+            run(["tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", f"{a.link_gbit}gbit", "burst", "256kb",
+                 "latency", "50ms"])
+        try:
+            run(["mpirun", "-np", str(a.processes), netlm, *common, "--output_model_path", many, "--threads", "1",
+                 "--batch_size", str(a.batch // a.processes)], env=mpi_env)
+        finally:
+            if a.link_gbit:
+                run(["tc", "qdisc", "del", "dev", "lo", "root"])
         m1 = json.load(open(os.path.join(one, "metrics.json")))
         mp = json.load(open(os.path.join(many, "metrics.json")))
         l1, lp = losses(one), losses(many)
@@ -73,7 +90,9 @@ def main():
         "one_process": {"threads": a.processes, "train_seconds": m1["train_seconds"],
                         "test_accuracy": m1["accuracy"]},
         "mpirun": {"processes": a.processes, "threads_each": 1, "train_seconds": mp["train_seconds"],
-                   "test_accuracy": mp["accuracy"]},
+                   "test_accuracy": mp["accuracy"],
+                   "transport": f"tcp over lo at {a.link_gbit} Gbit/s" if a.link_gbit else "tcp over lo" if a.tcp
+                   else "Open MPI's default (shared memory)"},
         "speedup_mpirun_vs_threads": round(m1["train_seconds"] / mp["train_seconds"], 3) if mp["train_seconds"] else None,
         "worst_step_loss_relative_difference": worst,
     }, indent=1))

@@ -714,6 +714,18 @@ static uint64_t record_memory_bound(const struct ft_assembler *as, uint64_t max_
     return (max_flows * 3 / 2 * size + slab - 65) / (slab - 64) * slab + slab;
 }
 
+/* One worker of 65,536 flows with records of 3 cache lines (K = 0), for the record limit's tests. */
+#define BOUNDED_FLOWS (1u << 16)
+static struct ft_assembler *mk_bounded(struct tc_collect *c)
+{
+    tc_init(c);
+    struct ft_config cfg;
+    base_cfg(&cfg);
+    cfg.max_flows = BOUNDED_FLOWS;
+    cfg.packets_per_session = 0;
+    return mk(&cfg, c, NULL);
+}
+
 /* max_flows bounds memory even when grace periods stall: a worker carves at most its share and
  * half as many again, then waits for ended flows' records to come back, and after half a second
  * in vain refuses new flows (counted) rather than grow; packets of live flows go on, and so do
@@ -722,13 +734,8 @@ static void test_memory_bounded_while_grace_stalls(void **state)
 {
     (void)state;
     struct tc_collect c;
-    tc_init(&c);
-    struct ft_config cfg;
-    base_cfg(&cfg);
-    cfg.max_flows = 1u << 16;
-    cfg.packets_per_session = 0;
-    struct ft_assembler *as = mk(&cfg, &c, NULL);
-    const uint64_t cap = cfg.max_flows, limit = cap + cap / 2;
+    struct ft_assembler *as = mk_bounded(&c);
+    const uint64_t cap = BOUNDED_FLOWS, limit = cap + cap / 2;
     const uint64_t mem_bound = record_memory_bound(as, cap);
 
     grace_stall_start(&the_stall, 0);
@@ -772,13 +779,8 @@ static void test_records_waited_for_while_grace_is_slow(void **state)
 {
     (void)state;
     struct tc_collect c;
-    tc_init(&c);
-    struct ft_config cfg;
-    base_cfg(&cfg);
-    cfg.max_flows = 1u << 16;
-    cfg.packets_per_session = 0;
-    struct ft_assembler *as = mk(&cfg, &c, NULL);
-    const uint64_t cap = cfg.max_flows, limit = cap + cap / 2;
+    struct ft_assembler *as = mk_bounded(&c);
+    const uint64_t cap = BOUNDED_FLOWS, limit = cap + cap / 2;
     feed_new_flows(as, "10.4", (int)limit);
     rcu_barrier(); /* the ended flows' records are back: the stall below holds back later ones */
 
