@@ -472,16 +472,21 @@ void sensor_capture_totals(struct sensor *sn, struct sensor_capture_totals *out)
     }
 }
 
-void sensor_emit_stats(struct sensor *sn)
+void sensor_flow_totals(struct sensor *sn, struct ft_stats *out)
 {
-    struct ft_stats fs;
-    memset(&fs, 0, sizeof fs);
+    memset(out, 0, sizeof *out);
     for (int i = 0; i < sn->n_shards; i++)
         if (sn->shards[i].as) {
             struct ft_stats part;
             ft_assembler_stats(sn->shards[i].as, &part);
-            ft_stats_add(&fs, &part);
+            ft_stats_add(out, &part);
         }
+}
+
+void sensor_emit_stats(struct sensor *sn)
+{
+    struct ft_stats fs;
+    sensor_flow_totals(sn, &fs);
     struct sensor_capture_totals cap;
     sensor_capture_totals(sn, &cap);
     struct sensor_sink_stats ss;

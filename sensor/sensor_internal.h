@@ -244,6 +244,21 @@ struct sensor_capture_totals {
     uint64_t packets, bytes, kernel_drops, iface_drops;
 };
 void sensor_capture_totals(struct sensor *sn, struct sensor_capture_totals *out);
+/* The flow tables' counters summed over the shards (sensor_events.c) */
+void sensor_flow_totals(struct sensor *sn, struct ft_stats *out);
+
+/* What `systemctl status` shows (sensor_run.c's STATUS= line): rates over the last interval and,
+ * when there were any, the frames and packets lost since start, so that an operator sees them
+ * without reading the stats events. */
+struct sensor_status {
+    bool no_model;
+    double packets_per_s, classified_per_s;
+    uint64_t skipped;
+    size_t queued;
+    uint64_t capture_drops;   /* the kernel's or the NIC's (capture.kernel_drops + iface_drops) */
+    uint64_t refused_packets; /* flow.refused_packets */
+};
+void sensor_status_line(char *buf, size_t size, const struct sensor_status *s);
 
 /* ft callbacks (sensor_events.c); user is the struct sensor_shard of the flow table */
 void sensor_on_ready(const struct ft_session *s, int worker, void *user);

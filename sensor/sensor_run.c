@@ -295,6 +295,24 @@ static void reload(struct sensor *sn)
     sensor_queue_kick(&sn->q);
 }
 
+void sensor_status_line(char *buf, size_t size, const struct sensor_status *s)
+{
+    int n;
+    if (s->no_model)
+        n = snprintf(buf, size, "STATUS=%.0f packets/s (no model: flow events only)", s->packets_per_s);
+    else
+        n = snprintf(buf, size, "STATUS=%.0f packets/s, %.1f sessions/s classified, %" PRIu64 " skipped, %zu queued",
+                     s->packets_per_s, s->classified_per_s, s->skipped, s->queued);
+    if (n < 0 || (size_t)n >= size || (s->capture_drops == 0 && s->refused_packets == 0))
+        return;
+    const char *sep = "; lost since start:";
+    if (s->capture_drops)
+        n += snprintf(buf + n, size - (size_t)n, "%s %" PRIu64 " frames dropped by the capture", sep, s->capture_drops);
+    if (s->refused_packets && (size_t)n < size)
+        snprintf(buf + n, size - (size_t)n, "%s %" PRIu64 " packets of new flows refused (no free flow record)",
+                 s->capture_drops ? "," : sep, s->refused_packets);
+}
+
 static void *manager_main(void *arg)
 {
     struct manager *m = arg;
@@ -362,17 +380,21 @@ static void *manager_main(void *arg)
         if (ready && now >= next_status) {
             struct sensor_capture_totals cap;
             sensor_capture_totals(sn, &cap);
+            struct ft_stats fs;
+            sensor_flow_totals(sn, &fs);
             uint64_t pkts = cap.packets, done = atomic_load(&sn->classified);
             double dt = (double)(now - last_status) / 1e9;
-            char status[256];
-            if (sn->no_model)
-                snprintf(status, sizeof status, "STATUS=%.0f packets/s (no model: flow events only)",
-                         dt > 0 ? (double)(pkts - last_pkts) / dt : 0);
-            else
-                snprintf(status, sizeof status, "STATUS=%.0f packets/s, %.1f sessions/s classified, %" PRIu64
-                         " skipped, %zu queued",
-                         dt > 0 ? (double)(pkts - last_pkts) / dt : 0, dt > 0 ? (double)(done - last_done) / dt : 0,
-                         atomic_load(&sn->skipped), sensor_queue_depth(&sn->q));
+            const struct sensor_status st = {
+                .no_model = sn->no_model,
+                .packets_per_s = dt > 0 ? (double)(pkts - last_pkts) / dt : 0,
+                .classified_per_s = dt > 0 ? (double)(done - last_done) / dt : 0,
+                .skipped = atomic_load(&sn->skipped),
+                .queued = sensor_queue_depth(&sn->q),
+                .capture_drops = cap.kernel_drops + cap.iface_drops,
+                .refused_packets = fs.refused_packets,
+            };
+            char status[320];
+            sensor_status_line(status, sizeof status, &st);
             notify(status, 0);
             last_pkts = pkts, last_done = done, last_status = now;
             next_status = now + status_every;
