@@ -231,6 +231,28 @@ bool trainer_join(struct trainer *t, const struct trainer_comm_id *id, int rank,
 #endif
 }
 
+static bool row_in(const uint8_t *bitmap, uint32_t id) { return bitmap[id >> 3] >> (id & 7) & 1; }
+
+/* n floats between the gradient block and the packed message, at *p, which moves past them:
+ * into the message when gather, back out of it otherwise. */
+static void move_span(float *block, float **p, size_t n, bool gather)
+{
+    memcpy(gather ? *p : block, gather ? block : *p, n * sizeof(float));
+    *p += n;
+}
+
+/* The gradient block without the embedding rows outside t->row_union, between g and t->packed:
+ * the part before the embedding, the union's rows in id order, the part after it. */
+static void move_packed(struct trainer *t, float *g, size_t off, uint32_t V, uint32_t C, bool gather)
+{
+    float *p = t->packed, *emb = g + off, *after = emb + (size_t)V * C;
+    move_span(g, &p, off, gather);
+    for (uint32_t id = 0; id < V; id++)
+        if (row_in(t->row_union, id))
+            move_span(emb + (size_t)id * C, &p, C, gather);
+    move_span(after, &p, t->n - off - (size_t)V * C, gather);
+}
+
 /* The CPU gradient block summed over the processes, the word-embedding rows no process touched
  * left out of the message (they are zero everywhere). */
 static bool cpu_sum_grads(struct trainer *t, const struct trainer_host_reduce *host)
@@ -263,8 +285,8 @@ static bool cpu_sum_grads(struct trainer *t, const struct trainer_host_reduce *h
     }
     size_t k = 0;
     for (uint32_t id = 0; id < V; id++)
-        k += t->row_union[id >> 3] >> (id & 7) & 1;
-    const size_t rest = t->n - (size_t)V * C, need = rest + k * C;
+        k += row_in(t->row_union, id);
+    const size_t need = t->n - (size_t)(V - k) * C;
     if (need > t->packed_cap) {
         float *p = realloc(t->packed, need * sizeof(float));
         if (!p) {
@@ -274,27 +296,9 @@ static bool cpu_sum_grads(struct trainer *t, const struct trainer_host_reduce *h
         t->packed = p;
         t->packed_cap = need;
     }
-    /* the block before the embedding, the union's rows in id order, the block after it */
-    float *p = t->packed, *emb = g + off, *after = emb + (size_t)V * C;
-    const size_t tail = t->n - off - (size_t)V * C;
-    memcpy(p, g, off * sizeof(float));
-    p += off;
-    for (uint32_t id = 0; id < V; id++)
-        if (t->row_union[id >> 3] >> (id & 7) & 1) {
-            memcpy(p, emb + (size_t)id * C, C * sizeof(float));
-            p += C;
-        }
-    memcpy(p, after, tail * sizeof(float));
+    move_packed(t, g, off, V, C, true);
     host->sum_floats(t->packed, need);
-    p = t->packed;
-    memcpy(g, p, off * sizeof(float));
-    p += off;
-    for (uint32_t id = 0; id < V; id++)
-        if (t->row_union[id >> 3] >> (id & 7) & 1) {
-            memcpy(emb + (size_t)id * C, p, C * sizeof(float));
-            p += C;
-        }
-    memcpy(after, p, tail * sizeof(float));
+    move_packed(t, g, off, V, C, false);
     return true;
 }
 
