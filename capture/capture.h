@@ -100,6 +100,10 @@ struct cap_packet {
     uint8_t dst_addr[16];
     uint16_t src_port; /* host order (TCP, UDP, UDP-Lite, SCTP, DCCP); ICMP/ICMPv6 and others: 0 */
     uint16_t dst_port;
+    /* Which datagram a fragment (frag FIRST or LATER) of the session layer belongs to, together
+     * with the addresses: IPv4 the protocol byte << 16 | the identification, IPv6 the fragment
+     * header's identification. 0 when frag is NONE. */
+    uint32_t frag_id;
 };
 
 struct cap_decode_opts {

@@ -514,6 +514,7 @@ CAP_HOT enum cap_decode_reason ip_decode(struct cap_win *w, uint32_t off, unsign
         l4 = off + ihl;
         uint16_t frag = rd16(d + off + 6);
         if (CAP_UNLIKELY(frag & 0x3fff)) {
+            out->frag_id = (uint32_t)d[off + 9] << 16 | rd16(d + off + 4);
             if (frag & 0x1fff) {
                 out->frag = CAP_FRAG_LATER;
                 out->layers.payload_off = l4;
@@ -567,6 +568,8 @@ CAP_HOT enum cap_decode_reason ip_decode(struct cap_win *w, uint32_t off, unsign
                 if (!has(w, l4, 8))
                     return past_lim(w, CAP_DECODE_TRUNCATED_IP, CAP_DECODE_BAD_IP_HEADER);
                 uint16_t fo = rd16(d + l4 + 2);
+                if (fo & 0xfff9)
+                    out->frag_id = rd32(d + l4 + 4);
                 proto = d[l4];
                 out->layers.l4_proto = proto;
                 l4 += 8;
@@ -688,6 +691,7 @@ static void reset_session_layer(struct cap_packet *out)
     out->layers.l4_proto = 0;
     out->payload_len = 0;
     out->frag = CAP_FRAG_NONE;
+    out->frag_id = 0;
     out->tcp_flags = 0;
     memset(out->src_addr, 0, sizeof out->src_addr);
     memset(out->dst_addr, 0, sizeof out->dst_addr);
@@ -920,6 +924,7 @@ enum cap_decode_reason cap_decode(const struct cap_decode_opts *opts, uint16_t l
     out->layers.l4_proto = 0;
     out->payload_len = 0;
     out->frag = CAP_FRAG_NONE;
+    out->frag_id = 0;
     out->tcp_flags = 0;
     out->tunnel_depth = 0;
     out->vlan_count = 0;

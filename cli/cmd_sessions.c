@@ -267,10 +267,10 @@ static void on_session(const struct ft_session *s, int worker, void *user)
 static void print_stats(const struct ft_stats *st, uint64_t sessions)
 {
     fprintf(stderr, "{\"frames\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"flowless\":%" PRIu64
-                    ",\"sessions\":%" PRIu64 ",\"flows_created\":%" PRIu64 ",\"flows_evicted\":%" PRIu64
+                    ",\"fragments_joined\":%" PRIu64 ",\"sessions\":%" PRIu64 ",\"flows_created\":%" PRIu64 ",\"flows_evicted\":%" PRIu64
                     ",\"flows_timed_out\":%" PRIu64 ",\"port_reuse_splits\":%" PRIu64
                     ",\"refused_packets\":%" PRIu64 ",\"decode\":{",
-            st->frames, st->bytes, st->flowless, sessions, st->flows_created, st->flows_evicted,
+            st->frames, st->bytes, st->flowless, st->fragments_joined, sessions, st->flows_created, st->flows_evicted,
             st->flows_timed_out, st->port_reuse_splits, st->refused_packets);
     for (int r = 1; r < CAP_DECODE_REASON_COUNT; r++)
         fprintf(stderr, "%s\"%s\":%" PRIu64, r > 1 ? "," : "", cap_decode_reason_name((enum cap_decode_reason)r),

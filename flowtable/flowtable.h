@@ -27,7 +27,8 @@ struct ft_key {
 };
 
 /* Fills key from a decoded packet; *dir_out = 0 if the packet goes lo→hi, 1 if hi→lo. Returns
- * false when the packet carries no flow (no IP layer, later fragment, truncated L4 header).
+ * false when the packet carries no flow (no IP layer, later fragment, truncated L4 header); the
+ * assembler gives a later fragment the flow of its datagram's first fragment when it saw it.
  * A TCP/UDP header cut by the snap length still has a key when its 4 port bytes are there
  * (whether the assembler counts the frame is cfg.cut_frames' business; TCP flags and sequence
  * numbers are used only when 16 TCP header bytes are there). */
@@ -179,6 +180,8 @@ struct ft_stats {
     uint64_t frames, bytes;    /* frames fed, and their lengths on the wire */
     uint64_t flowless;         /* frames that carry no flow (see ft_key_from_packet, cut_frames);
                                   session packets + flowless = frames */
+    uint64_t fragments_joined; /* later IP fragments counted into the session of their datagram's
+                                  first fragment (session packets, not flowless) */
     uint64_t flows_created;
     uint64_t flows_active;     /* at the time of the call (frames still queued to workers not
                                   yet counted) */

@@ -160,6 +160,25 @@ struct ft_prev {
     uint8_t bytes[FT_PREV_BYTES];
 };
 
+/* IP fragments. A datagram's later fragments carry no ports; they join the session of its first
+ * fragment, found by the datagram's identity (addresses, identification; IPv4 also the protocol)
+ * in a direct-mapped table of the first fragments seen lately. The identity is kept in the form
+ * of a key (addr_lo = source, addr_hi = destination, the identification in the two port fields,
+ * not sorted: a datagram has one direction), so it is hashed with the flow key's seeded hash. A
+ * later fragment that comes before its first, or more than FT_FRAG_TIMEOUT_NS after it (Linux's
+ * ipfrag_time), or whose entry a newer datagram took, stays without a flow. */
+#define FT_FRAG_SLOTS 4096
+#define FT_FRAG_TIMEOUT_NS (30 * 1000000000ll)
+struct ft_frag {
+    struct ft_key ident;
+    struct ft_key key; /* the session of the first fragment */
+    uint64_t hash;
+    int64_t until; /* input clock */
+    uint32_t input; /* ft_assembler.inputs when it was made: sessions never span inputs */
+    uint8_t dir;
+    bool used;
+};
+
 struct ft_assembler {
     struct ft_shared sh;
     int nw;
@@ -179,6 +198,8 @@ struct ft_assembler {
     bool cut_tshark;     /* FT_CUT_FRAMES_TSHARK in effect */
     struct ft_prev prev[FT_PREV_KEEP]; /* ring, newest at prev_next - 1 */
     unsigned prev_next;
+    struct ft_frag *frags; /* FT_FRAG_SLOTS */
+    uint32_t inputs;       /* ft_assembler_finish_input calls so far */
     uint64_t frame_no;
     uint64_t ordinal;
     uint32_t id_shard, id_shards; /* ids: (ordinal - 1) · id_shards + id_shard + 1 */
@@ -189,7 +210,7 @@ struct ft_assembler {
     pthread_cond_t done_cond;
     int done_count;
 
-    ft_counter frames, bytes, flowless;
+    ft_counter frames, bytes, flowless, fragments_joined;
     ft_counter by_reason[CAP_DECODE_REASON_COUNT];
 };
 
@@ -654,6 +675,7 @@ struct ft_assembler *ft_assembler_create(const struct ft_config *cfg, ft_session
     as->cut_tshark = cfg->cut_frames == FT_CUT_FRAMES_TSHARK ||
                      (cfg->cut_frames == FT_CUT_FRAMES_AUTO && sh->split);
     ft_clock_reset(as);
+    as->frags = calloc(FT_FRAG_SLOTS, sizeof *as->frags);
     pthread_mutex_init(&as->done_lock, NULL);
     pthread_cond_init(&as->done_cond, NULL);
 
@@ -664,7 +686,7 @@ struct ft_assembler *ft_assembler_create(const struct ft_config *cfg, ft_session
     as->workers = aligned_alloc(64, wsize);
     if (as->workers)
         memset(as->workers, 0, wsize);
-    if (sh->ht == NULL || as->workers == NULL) {
+    if (sh->ht == NULL || as->workers == NULL || as->frags == NULL) {
         snprintf(err, errlen, "flowtable: out of memory for a table of %lu buckets", buckets);
         goto fail;
     }
@@ -766,6 +788,7 @@ void ft_assembler_destroy(struct ft_assembler *as)
     if (as->sh.ht)
         (void)cds_lfht_destroy(as->sh.ht, NULL);
     free(as->workers);
+    free(as->frags);
     pthread_mutex_destroy(&as->done_lock);
     pthread_cond_destroy(&as->done_cond);
     free(as);
@@ -904,6 +927,59 @@ static bool ft_cut_continues(const struct ft_prev *pv, const struct cap_packet *
     return true;
 }
 
+/* ---- IP fragments (struct ft_frag) ---- */
+
+static struct ft_frag *ft_frag_slot(struct ft_assembler *as, const struct cap_packet *pkt,
+                                    struct ft_key *ident)
+{
+    memset(ident, 0, sizeof *ident);
+    size_t alen = pkt->layers.ip_version == 4 ? 4 : 16;
+    memcpy(ident->addr_lo, pkt->src_addr, alen);
+    memcpy(ident->addr_hi, pkt->dst_addr, alen);
+    ident->port_lo = (uint16_t)(pkt->frag_id >> 16);
+    ident->port_hi = (uint16_t)pkt->frag_id;
+    unsigned nv = pkt->vlan_count < CAP_MAX_VLANS ? pkt->vlan_count : CAP_MAX_VLANS;
+    ident->vlan = nv ? (uint16_t)(pkt->vlan_ids[nv - 1] & 0x0fff) : 0;
+    ident->ip_version = pkt->layers.ip_version;
+    uint64_t h = ft_key_hash(ident, as->seed);
+    return &as->frags[(h >> 20) & (FT_FRAG_SLOTS - 1)];
+}
+
+/* A first fragment that got its flow: the later ones will look for it. Out of line, as is the
+ * lookup: fragments are rare, and the frame path they would sit in is the hot one. */
+static __attribute__((noinline, cold)) void ft_frag_remember(struct ft_assembler *as, const struct cap_packet *pkt,
+                             const struct ft_pkt *rec)
+{
+    struct ft_key ident;
+    struct ft_frag *e = ft_frag_slot(as, pkt, &ident);
+    e->ident = ident;
+    e->key = rec->key;
+    e->hash = rec->hash;
+    e->dir = rec->dir;
+    e->until = ft_sat_add(as->clock, FT_FRAG_TIMEOUT_NS);
+    e->input = as->inputs;
+    e->used = true;
+}
+
+/* A later fragment: the flow and direction of its datagram's first fragment, if known. */
+static __attribute__((noinline, cold)) bool ft_frag_join(struct ft_assembler *as,
+                                                          const struct cap_packet *pkt,
+                                                          struct ft_pkt *rec)
+{
+    if (pkt->layers.l3_off == CAP_ABSENT)
+        return false;
+    struct ft_key ident;
+    const struct ft_frag *e = ft_frag_slot(as, pkt, &ident);
+    if (!e->used || e->input != as->inputs || as->clock > e->until ||
+        memcmp(&e->ident, &ident, sizeof ident) != 0)
+        return false;
+    rec->key = e->key;
+    rec->hash = e->hash;
+    rec->dir = e->dir;
+    ft_pkt_fill_frame(rec, pkt);
+    return true;
+}
+
 /* Frame counters, frame number and the clock for one frame; fills the worker's record when the
  * frame carries a flow. */
 static bool ft_frame_in(struct ft_assembler *as, const struct cap_packet *pkt, struct ft_pkt *rec)
@@ -923,6 +999,10 @@ static bool ft_frame_in(struct ft_assembler *as, const struct cap_packet *pkt, s
             ft_prev_remember(&as->prev[as->prev_next % FT_PREV_KEEP], pkt, rec);
             as->prev_next++;
         }
+        if (pkt->frag == CAP_FRAG_FIRST)
+            ft_frag_remember(as, pkt, rec);
+    } else if (pkt->frag == CAP_FRAG_LATER && ft_frag_join(as, pkt, rec)) {
+        ft_count(&as->fragments_joined, 1);
     } else {
         bool found = false;
         for (unsigned i = 1; as->cut_attach && !found && i <= FT_PREV_KEEP; i++)
@@ -1044,6 +1124,7 @@ void ft_assembler_finish_input(struct ft_assembler *as)
     as->frame_no = 0;
     for (int i = 0; i < FT_PREV_KEEP; i++)
         as->prev[i].valid = false;
+    as->inputs++;
     ft_clock_reset(as);
 }
 
@@ -1053,6 +1134,7 @@ void ft_assembler_stats(struct ft_assembler *as, struct ft_stats *out)
     out->frames = ft_counter_get(&as->frames);
     out->bytes = ft_counter_get(&as->bytes);
     out->flowless = ft_counter_get(&as->flowless);
+    out->fragments_joined = ft_counter_get(&as->fragments_joined);
     for (int i = 0; i < as->nw; i++) {
         struct ft_worker *w = &as->workers[i];
         out->flows_created += ft_counter_get(&w->created);
@@ -1076,6 +1158,7 @@ void ft_stats_add(struct ft_stats *sum, const struct ft_stats *part)
     sum->frames += part->frames;
     sum->bytes += part->bytes;
     sum->flowless += part->flowless;
+    sum->fragments_joined += part->fragments_joined;
     sum->flows_created += part->flows_created;
     sum->flows_active += part->flows_active;
     sum->flows_evicted += part->flows_evicted;

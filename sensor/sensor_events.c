@@ -523,9 +523,10 @@ void sensor_emit_stats(struct sensor *sn)
                   fs.decode.by_reason[r]);
     sj_printf(&j, "},\"flow\":{\"active\":%" PRIu64 ",\"created\":%" PRIu64 ",\"evicted\":%" PRIu64
                   ",\"timed_out\":%" PRIu64 ",\"emergency_entered\":%" PRIu64 ",\"emergency_active\":%" PRIu64
-                  ",\"memory_bytes\":%" PRIu64 ",\"refused_packets\":%" PRIu64 "},",
+                  ",\"memory_bytes\":%" PRIu64 ",\"refused_packets\":%" PRIu64
+                  ",\"fragments_joined\":%" PRIu64 "},",
               fs.flows_active, fs.flows_created, fs.flows_evicted, fs.flows_timed_out, fs.emergency_entered,
-              fs.emergency_active, fs.memory_bytes, fs.refused_packets);
+              fs.emergency_active, fs.memory_bytes, fs.refused_packets, fs.fragments_joined);
     sj_printf(&j, "\"sessions\":{\"ready\":%" PRIu64 ",\"skipped\":%" PRIu64 ",\"classified\":%" PRIu64 "},",
               LD(ready), LD(skipped), LD(classified));
     sj_printf(&j, "\"batches\":{\"count\":%" PRIu64 ",\"mean_size\":%.3f,\"max_size\":%" PRIu64 "},", batches,

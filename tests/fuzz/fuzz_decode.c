@@ -42,6 +42,7 @@ static void check(const struct cap_packet *p, const uint8_t *data, uint32_t capl
     CHECK(l->payload_off != CAP_ABSENT || p->payload_len == 0);
     CHECK(l->payload_off == CAP_ABSENT || (uint64_t)l->payload_off + p->payload_len <= caplen);
     CHECK((p->frag == CAP_FRAG_LATER) == (r == CAP_DECODE_FRAGMENT));
+    CHECK(p->frag != CAP_FRAG_NONE || p->frag_id == 0);
     CHECK(r != CAP_DECODE_OK || (l->l4_off != CAP_ABSENT && l->payload_off >= l->l4_off));
     CHECK(p->tunnel_depth == 0 || l->l3_off != CAP_ABSENT);
 }

@@ -188,6 +188,23 @@ def compare_no_model(path, workers):
               and not res.stdout, f"rc {res.returncode}: {res.stderr.strip()}")
 
 
+def fragments(workers):
+    """Later IP fragments join their datagram's session: every frame of a capture of fragmented
+    DNS answers (IPv4 and IPv6) is in some flow event, and the stats count the 7 joined."""
+    path = os.path.join(DATA, "pcaps", "ndpi-dns_fragmented.pcap")
+    name = f"{os.path.basename(path)} (-w {workers})"
+    res = run("replay", "--no-model", "-q", "-w", str(workers), path)
+    if not check(f"replay {name} exits 0", res.returncode == 0, res.stderr.strip()):
+        return
+    ev = read_events(res.stdout, f"replay {name}")
+    st = ev[-1]["stats"]
+    pkts = sum(e["flow"]["pkts_toserver"] + e["flow"]["pkts_toclient"] for e in by_type(ev, "flow"))
+    check(f"{name}: flow events hold every frame ({pkts} of {st['capture']['packets']}), "
+          f"the {st['decoder']['fragment']} later fragments joined",
+          pkts == st["capture"]["packets"] == 66 and st["flow"]["fragments_joined"] == st["decoder"]["fragment"] == 7,
+          str(st["flow"]))
+
+
 def main():
     demo = os.path.join(SRC, "data", "demo.pcap")
     gmail = os.path.join(DATA, "labeled", "ustc-tfc2016", "sessions", "Gmail", "Gmail.pcap")
@@ -198,6 +215,8 @@ def main():
     compare_no_model(demo, 1)
     if os.path.exists(gmail):
         compare_no_model(gmail, 2)
+    fragments(1)
+    fragments(2)
     # output to a file: written whole, then renamed; --no-flow-events; --drop still classifies
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "events.json")

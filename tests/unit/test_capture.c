@@ -140,6 +140,8 @@ static void check_invariants(const struct cap_packet *p, const uint8_t *data, ui
     else
         assert_true((uint64_t)l->payload_off + p->payload_len <= caplen);
     assert_true((p->frag == CAP_FRAG_LATER) == (p->reason == CAP_DECODE_FRAGMENT));
+    if (p->frag == CAP_FRAG_NONE)
+        assert_int_equal(p->frag_id, 0); /* nothing of an outer fragmented layer left behind */
     if (p->reason == CAP_DECODE_OK) {
         assert_true(l->l3_off != A && l->l4_off != A && l->payload_off != A);
         assert_true(l->l4_off <= l->payload_off);
@@ -571,6 +573,37 @@ static void test_decode_cut_frames(void **state)
     assert_addr(p.dst_addr, "10.128.0.2", "dst");
     assert_int_equal(p.src_port, 24102);
     assert_int_equal(p.dst_port, 10792);
+}
+
+/* Which datagram a fragment belongs to, against tshark's ip.id (with ip.proto) and
+ * ipv6.fraghdr.ident of the same frames (tshark -o ip.defragment:FALSE -e ip.id ...). */
+static void test_decode_fragment_ids(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *file;
+        size_t frame;
+        uint8_t frag;
+        uint32_t id;
+    } want[] = {
+        {"ndpi-dns_fragmented.pcap", 1, CAP_FRAG_NONE, 0},
+        {"ndpi-dns_fragmented.pcap", 2, CAP_FRAG_FIRST, 17u << 16 | 0xd0fe},
+        {"ndpi-dns_fragmented.pcap", 3, CAP_FRAG_LATER, 17u << 16 | 0xd0fe},
+        {"ndpi-dns_fragmented.pcap", 5, CAP_FRAG_FIRST, 0x28403c0b},
+        {"ndpi-dns_fragmented.pcap", 6, CAP_FRAG_LATER, 0x28403c0b},
+        {"ndpi-dns_fragmented.pcap", 38, CAP_FRAG_FIRST, 0x0000069a},
+        {"tcpdump-afs.pcap", 126, CAP_FRAG_LATER, 17u << 16 | 0x023d},
+        {"tcpdump-afs.pcap", 129, CAP_FRAG_FIRST, 17u << 16 | 0x023e},
+        {"ndpi-ip_fragmented_garbage.pcap", 2, CAP_FRAG_LATER, 6u << 16 | 0x00a0},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        const struct frame_copy *f = nth(capture_file(want[i].file), want[i].frame);
+        struct cap_packet p;
+        decode(f, false, &p);
+        if (p.frag != want[i].frag || p.frag_id != want[i].id)
+            fail_msg("%s #%zu: frag %u id 0x%x, expected frag %u id 0x%x", want[i].file,
+                     want[i].frame, p.frag, p.frag_id, want[i].frag, want[i].id);
+    }
 }
 
 /* The dataset README counts 1139 USTC-TFC2016 samples whose last record is cut before the L4
@@ -1237,6 +1270,7 @@ int main(void)
         cmocka_unit_test(test_decode_whole_captures),
         cmocka_unit_test(test_decode_all_captures_both_modes),
         cmocka_unit_test(test_decode_cut_frames),
+        cmocka_unit_test(test_decode_fragment_ids),
         cmocka_unit_test(test_decode_ustc_cut_samples),
         cmocka_unit_test(test_decode_every_prefix),
         cmocka_unit_test(test_decode_random_bytes),
