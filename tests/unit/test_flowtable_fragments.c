@@ -32,16 +32,33 @@ static void put_ether(uint8_t *b, uint16_t type)
     tp_put16(b + 12, type);
 }
 
-/* An IPv4 fragment: offset in 8-byte units; a first fragment (offset 0) starts with a UDP header
- * of ports sport → dport. data bytes follow. */
+/* What follows the IP layer of a fragment that ends at byte hdr_end: a first fragment (offset 0)
+ * starts with a UDP header of ports sport → dport; then data bytes (a pattern that differs by
+ * offset, so that stored bytes show which fragment they came from). */
+static void put_fragment_data(struct frag_frame *f, uint32_t hdr_end, uint16_t offset,
+                              uint16_t sport, uint16_t dport, uint32_t data, double t)
+{
+    uint8_t *l4 = f->bytes + hdr_end;
+    uint32_t l4len = offset == 0 ? 8 : 0;
+    if (l4len) {
+        tp_put16(l4, sport);
+        tp_put16(l4 + 2, dport);
+        tp_put16(l4 + 4, (uint16_t)(8 + data + 100)); /* the whole datagram's UDP length */
+    }
+    f->len = hdr_end + l4len + data;
+    for (uint32_t i = hdr_end + l4len; i < f->len; i++)
+        f->bytes[i] = (uint8_t)(i + offset);
+    f->ts_ns = sec(t);
+}
+
+/* An IPv4 fragment; offset in 8-byte units. */
 static void frag4(struct frag_frame *f, const char *src, const char *dst, uint8_t proto,
                   uint16_t id, uint16_t offset, bool more, uint16_t sport, uint16_t dport,
                   uint32_t data, double t)
 {
     memset(f, 0, sizeof *f);
-    uint8_t *b = f->bytes;
-    put_ether(b, 0x0800);
-    uint8_t *ip = b + 14;
+    put_ether(f->bytes, 0x0800);
+    uint8_t *ip = f->bytes + 14;
     uint32_t l4 = offset == 0 ? 8 : 0;
     ip[0] = 0x45;
     tp_put16(ip + 2, (uint16_t)(20 + l4 + data));
@@ -51,15 +68,7 @@ static void frag4(struct frag_frame *f, const char *src, const char *dst, uint8_
     ip[9] = proto;
     inet_pton(AF_INET, src, ip + 12);
     inet_pton(AF_INET, dst, ip + 16);
-    if (l4) {
-        tp_put16(ip + 20, sport);
-        tp_put16(ip + 22, dport);
-        tp_put16(ip + 24, (uint16_t)(8 + data + 100)); /* the whole datagram's UDP length */
-    }
-    f->len = 14 + 20 + l4 + data;
-    for (uint32_t i = 14 + 20 + l4; i < f->len; i++)
-        b[i] = (uint8_t)(i + offset);
-    f->ts_ns = sec(t);
+    put_fragment_data(f, 14 + 20, offset, sport, dport, data, t);
 }
 
 /* The same over IPv6, through a fragment header. */
@@ -68,9 +77,8 @@ static void frag6(struct frag_frame *f, const char *src, const char *dst, uint32
                   double t)
 {
     memset(f, 0, sizeof *f);
-    uint8_t *b = f->bytes;
-    put_ether(b, 0x86dd);
-    uint8_t *ip = b + 14;
+    put_ether(f->bytes, 0x86dd);
+    uint8_t *ip = f->bytes + 14;
     uint32_t l4 = offset == 0 ? 8 : 0;
     ip[0] = 0x60;
     tp_put16(ip + 4, (uint16_t)(8 + l4 + data));
@@ -82,13 +90,7 @@ static void frag6(struct frag_frame *f, const char *src, const char *dst, uint32
     fh[0] = 17;
     tp_put16(fh + 2, (uint16_t)(offset << 3 | (more ? 1 : 0)));
     tp_put32(fh + 4, ident);
-    if (l4) {
-        tp_put16(fh + 8, sport);
-        tp_put16(fh + 10, dport);
-        tp_put16(fh + 12, (uint16_t)(8 + data + 100));
-    }
-    f->len = 14 + 48 + l4 + data;
-    f->ts_ns = sec(t);
+    put_fragment_data(f, 14 + 48, offset, sport, dport, data, t);
 }
 
 static void feed(struct ft_assembler *as, const struct frag_frame *f)
