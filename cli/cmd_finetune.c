@@ -109,11 +109,11 @@ static char **class_names(const char *tsv_path, uint32_t n)
 }
 
 /* Classifies every sample, on the CPU or (dev → device ≥ 0) with the CUDA engine at dev's
- * precision; fills the confusion matrix. With several processes each classifies its share of
- * the rows and every process gets the summed matrix. */
+ * precision (keep's, when given: see struct cli_eval_gpu); fills the confusion matrix. With several
+ * processes each classifies its share of the rows and every process gets the summed matrix. */
 static bool evaluate(const char *cmd, struct model *m, const struct samples *s, uint32_t batch,
-                     uint32_t threads, const struct cli_device *dev, const struct cli_scoring *sc,
-                     struct train_confusion *cm)
+                     uint32_t threads, const struct cli_device *dev, struct cli_eval_gpu *keep,
+                     const struct cli_scoring *sc, struct train_confusion *cm)
 {
     char err[512];
     const uint32_t NL = model_get_config(m)->num_labels;
@@ -123,10 +123,11 @@ static bool evaluate(const char *cmd, struct model *m, const struct samples *s, 
         const struct model_cuda_options o = {.device = dev->device,
                                              .precision = dev->bf16 ? MODEL_PRECISION_BF16 : MODEL_PRECISION_FP32,
                                              .max_batch = batch, .max_seq = s->seq, .graphs = true};
-        gpu = model_cuda_create(m, &o, err, sizeof err);
-    } else {
+        gpu = cli_eval_engine(m, &o, keep, err, sizeof err);
+    } else
         r = model_runner_create(m, batch, s->seq, 0, threads, err, sizeof err);
-    }
+    /* an engine of keep's is keep's to free */
+    struct model_cuda *own_gpu = keep ? NULL : gpu;
     float *scores = malloc((size_t)batch * NL * sizeof(float));
     if ((!r && !gpu) || !scores || !train_confusion_init(cm, NL)) {
         if (!r && !gpu && dev && dev->device >= 0)
@@ -134,7 +135,7 @@ static bool evaluate(const char *cmd, struct model *m, const struct samples *s, 
         else
             cli_error(cmd, "%s", r || gpu ? "out of memory" : err);
         model_runner_free(r);
-        model_cuda_free(gpu);
+        model_cuda_free(own_gpu);
         free(scores);
         return false;
     }
@@ -162,7 +163,7 @@ static bool evaluate(const char *cmd, struct model *m, const struct samples *s, 
         cli_mpi_sum_u64(&cm->total, 1);
     }
     model_runner_free(r);
-    model_cuda_free(gpu);
+    model_cuda_free(own_gpu);
     free(scores);
     return ok;
 }
@@ -320,6 +321,7 @@ static int finetune_understanding(int argc, char **argv)
     struct samples train = {0}, dev = {0}, test = {0};
     struct trainer *tr = NULL;
     float *best_params = NULL;
+    struct cli_eval_gpu eval_gpu = {0};
     uint32_t *order = NULL;
     char **names = NULL;
     FILE *loss_csv = NULL;
@@ -438,7 +440,7 @@ static int finetune_understanding(int argc, char **argv)
             goto done_batch;
         }
         const struct cli_scoring dev_scoring = {.rank = rank, .world = world, .what = "dev", .quiet = quiet};
-        if (!evaluate(cmd, m, &dev, batch, threads, &where, &dev_scoring, &cm))
+        if (!evaluate(cmd, m, &dev, batch, threads, &where, &eval_gpu, &dev_scoring, &cm))
             goto done_batch;
         const double acc = train_accuracy(&cm), f1 = train_macro_f1(&cm, NULL);
         train_confusion_release(&cm);
@@ -462,7 +464,7 @@ static int finetune_understanding(int argc, char **argv)
     memcpy(model_params(m, &n_floats), best_params, n_params * sizeof(float));
     struct train_confusion cm = {0};
     const struct cli_scoring test_scoring = {.rank = rank, .world = world, .what = "test", .quiet = quiet};
-    if (!evaluate(cmd, m, &test, batch, threads, &where, &test_scoring, &cm))
+    if (!evaluate(cmd, m, &test, batch, threads, &where, &eval_gpu, &test_scoring, &cm))
         goto done_batch;
     if (!writer) {
         train_confusion_release(&cm);
@@ -503,6 +505,7 @@ done:
     free(names);
     free(order);
     free(best_params);
+    model_cuda_free(eval_gpu.engine);
     trainer_free(tr);
     samples_free(&train);
     samples_free(&dev);
@@ -578,7 +581,7 @@ int cmd_eval(int argc, char **argv)
             goto done;
         }
     const struct cli_scoring scoring = {.rank = 0, .world = 1, .what = test_path, .quiet = false};
-    if (!evaluate(cmd, m, &test, batch, threads, &where, &scoring, &cm))
+    if (!evaluate(cmd, m, &test, batch, threads, &where, NULL, &scoring, &cm))
         goto done;
     struct train_class_metrics *pc = calloc(mc->num_labels, sizeof *pc);
     if (!pc)

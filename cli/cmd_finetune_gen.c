@@ -146,12 +146,13 @@ struct gen_score {
 };
 
 /* Greedy generation of every row's target from its prompt: on the CPU, or (where → a GPU) with
- * the CUDA engine and its KV cache at the training precision. With several processes each
- * generates its share of the rows and every process gets the whole score. */
+ * the CUDA engine (keep's: struct cli_eval_gpu) and its KV cache at the training precision. With
+ * several processes each generates its share of the rows and every process gets the whole
+ * score. */
 static bool gen_evaluate(const char *cmd, struct model *m, const struct tok_vocab *vocab,
                          const struct gen_samples *s, uint32_t tgt, uint32_t batch, uint32_t threads,
-                         const struct cli_device *where, const struct cli_scoring *sc, uint32_t n_fields,
-                         struct gen_score *score)
+                         const struct cli_device *where, struct cli_eval_gpu *keep,
+                         const struct cli_scoring *sc, uint32_t n_fields, struct gen_score *score)
 {
     char err[512];
     const uint32_t max_new = tgt - 1;
@@ -162,10 +163,11 @@ static bool gen_evaluate(const char *cmd, struct model *m, const struct tok_voca
                                              .precision = where->bf16 ? MODEL_PRECISION_BF16 : MODEL_PRECISION_FP32,
                                              .max_batch = batch, .max_seq = s->row, .kv_tokens = s->row + max_new,
                                              .graphs = true};
-        gpu = model_cuda_create(m, &o, err, sizeof err);
+        gpu = cli_eval_engine(m, &o, keep, err, sizeof err);
     } else {
         r = model_runner_create(m, batch, s->row, s->row + max_new, threads, err, sizeof err);
     }
+    struct model_cuda *own_gpu = keep ? NULL : gpu; /* an engine of keep's is keep's to free */
     uint32_t *out = malloc((size_t)batch * max_new * sizeof(uint32_t)), *out_len = malloc(batch * sizeof(uint32_t));
     uint64_t *truth = malloc(s->n * n_fields * sizeof(uint64_t)), *got = calloc(s->n * n_fields, sizeof(uint64_t));
     if ((!r && !gpu) || !out || !out_len || !truth || !got) {
@@ -174,7 +176,7 @@ static bool gen_evaluate(const char *cmd, struct model *m, const struct tok_voca
         else
             cli_error(cmd, "%s", r || gpu ? "out of memory" : err);
         model_runner_free(r);
-        model_cuda_free(gpu);
+        model_cuda_free(own_gpu);
         free(out);
         free(out_len);
         free(truth);
@@ -223,7 +225,7 @@ static bool gen_evaluate(const char *cmd, struct model *m, const struct tok_voca
         cli_error(cmd, "generation failed (token ids outside the model?)");
     }
     model_runner_free(r);
-    model_cuda_free(gpu);
+    model_cuda_free(own_gpu);
     free(out);
     free(out_len);
     free(truth);
@@ -328,6 +330,7 @@ int finetune_generation(int argc, char **argv)
     struct tok_vocab *vocab = NULL;
     struct gen_samples train = {0}, dev = {0}, test = {0};
     struct trainer *tr = NULL;
+    struct cli_eval_gpu eval_gpu = {0};
     float *best = NULL;
     uint32_t *order = NULL, *b_ids = NULL, *b_len = NULL, *b_start = NULL;
     FILE *loss_csv = NULL;
@@ -424,7 +427,7 @@ int finetune_generation(int argc, char **argv)
             goto done;
         }
         const struct cli_scoring dev_scoring = {.rank = rank, .world = world, .what = "dev", .quiet = quiet};
-        if (!gen_evaluate(cmd, m, vocab, &dev, tgt, batch, threads, &where, &dev_scoring, n_fields, &sc))
+        if (!gen_evaluate(cmd, m, vocab, &dev, tgt, batch, threads, &where, &eval_gpu, &dev_scoring, n_fields, &sc))
             goto done;
         if (loss_csv) {
             fprintf(loss_csv, "%" PRIu64 ",,,%.6f\n", step, sc.exact);
@@ -445,7 +448,7 @@ int finetune_generation(int argc, char **argv)
     memcpy(model_params(m, &n_floats), best, n * sizeof(float));
     struct gen_score sc = {0};
     const struct cli_scoring test_scoring = {.rank = rank, .world = world, .what = "test", .quiet = quiet};
-    if (!gen_evaluate(cmd, m, vocab, &test, tgt, batch, threads, &where, &test_scoring, n_fields, &sc))
+    if (!gen_evaluate(cmd, m, vocab, &test, tgt, batch, threads, &where, &eval_gpu, &test_scoring, n_fields, &sc))
         goto done;
     if (!writer) {
         status = 0;
@@ -485,6 +488,7 @@ done:
     free(b_len);
     free(b_start);
     free(best);
+    model_cuda_free(eval_gpu.engine);
     trainer_free(tr);
     gen_free(&train);
     gen_free(&dev);

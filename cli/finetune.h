@@ -84,6 +84,19 @@ void cli_finetune_stepped(struct cli_finetune_run *run, uint64_t epoch, uint64_t
 bool cli_finetune_epoch_end(struct cli_finetune_run *run, const struct cli_finetune_args *f, struct trainer *tr,
                             struct model *m, uint64_t step, uint64_t epoch, double dev_score, bool *stop);
 
+/* The CUDA engine that a training run's evaluations share: made at the first, given the weights
+ * again at each later one (training changed them in between) instead of being made anew. Its
+ * owner frees it (model_cuda_free(keep.engine)) before the model. */
+struct cli_eval_gpu {
+    struct model_cuda *engine;
+    struct model_cuda_options opt;
+};
+/* An engine with options o for m: keep's when it has one made with the same options (its weights
+ * copied again), else a new one, which keep then holds. keep NULL: always a new one, the caller's
+ * to free. NULL with a message in err when it cannot be had. */
+struct model_cuda *cli_eval_engine(struct model *m, const struct model_cuda_options *o,
+                                   struct cli_eval_gpu *keep, char *err, size_t errlen);
+
 /* Who scores which rows of dev or test: each of world processes its contiguous share
  * (cli_world_share), and the status line while that runs. */
 struct cli_scoring {

@@ -241,3 +241,29 @@ bool cli_finetune_step(struct trainer *tr, enum train_objective objective, const
         return false;
     return trainer_adamw_step(tr, step + 1, lr, &f->adamw, (int)threads);
 }
+
+static bool same_engine_options(const struct model_cuda_options *a, const struct model_cuda_options *b)
+{
+    return a->device == b->device && a->precision == b->precision && a->max_batch == b->max_batch &&
+           a->max_seq == b->max_seq && a->lm_head == b->lm_head && a->graphs == b->graphs &&
+           a->residual_bf16 == b->residual_bf16 && a->kv_tokens == b->kv_tokens;
+}
+
+struct model_cuda *cli_eval_engine(struct model *m, const struct model_cuda_options *o,
+                                   struct cli_eval_gpu *keep, char *err, size_t errlen)
+{
+    if (keep && keep->engine && same_engine_options(&keep->opt, o)) {
+        if (model_cuda_reload_weights(keep->engine))
+            return keep->engine;
+        snprintf(err, errlen, "%s", model_cuda_error(keep->engine));
+        return NULL;
+    }
+    if (keep) {
+        model_cuda_free(keep->engine);
+        keep->engine = NULL;
+    }
+    struct model_cuda *e = model_cuda_create(m, o, err, errlen);
+    if (e && keep)
+        *keep = (struct cli_eval_gpu){.engine = e, .opt = *o};
+    return e;
+}

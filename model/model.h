@@ -196,6 +196,10 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
                                      char *err, size_t errlen);
 void model_cuda_free(struct model_cuda *e);
 size_t model_cuda_bytes(const struct model_cuda *e); /* device memory held */
+/* Copies the model's weights to the GPU again, after they changed on the host (training between
+ * evaluations): same model, same shapes, no allocation, captured graphs kept. Not while a
+ * classify batch is in flight. */
+bool model_cuda_reload_weights(struct model_cuda *e);
 /* As model_classify: pooled [batch, hidden] (optional) and softmax scores [batch, num_labels].
  * The same as submit + wait of this batch alone (batches already in flight finish first; their
  * waits then return at once). */

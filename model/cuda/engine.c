@@ -319,12 +319,11 @@ static void place_weights(struct model_cuda *e, struct placer *p, const float *r
     }
 }
 
-static bool upload_weights(struct model_cuda *e)
+/* Converts the host model's weights into a staging image and copies it into the device block,
+ * at the places place_weights gives (the same every time: CUDA graphs captured earlier stay
+ * valid). */
+static bool fill_weights(struct model_cuda *e)
 {
-    struct placer sizing = {0};
-    place_weights(e, &sizing, NULL, NULL);
-    e->wbytes = sizing.used;
-    CK(cudaMalloc(&e->wblock, e->wbytes), "allocating the weights");
     char *image = malloc(e->wbytes);
     float *rope = NULL;
     const size_t rope_n = e->gpt2 ? 0 : (size_t)e->positions * (e->d / 2);
@@ -346,6 +345,30 @@ static bool upload_weights(struct model_cuda *e)
     free(rope);
     CK(ce, "copying the weights");
     return true;
+}
+
+static bool upload_weights(struct model_cuda *e)
+{
+    struct placer sizing = {0};
+    place_weights(e, &sizing, NULL, NULL);
+    e->wbytes = sizing.used;
+    CK(cudaMalloc(&e->wblock, e->wbytes), "allocating the weights");
+    return fill_weights(e);
+}
+
+bool model_cuda_reload_weights(struct model_cuda *e)
+{
+    if (e->inflight) {
+        fail(e, "reload_weights with a batch in flight");
+        return false;
+    }
+    CK(cudaSetDevice(e->opt.device), "selecting the device");
+    /* cudaMemcpy orders only against the legacy default stream, which the engine's non-blocking
+     * streams do not wait for: whatever they still run reads the weights, so it ends first */
+    CK(cudaStreamSynchronize(e->stream), "waiting for the compute stream");
+    CK(cudaStreamSynchronize(e->up), "waiting for the upload stream");
+    CK(cudaStreamSynchronize(e->down), "waiting for the download stream");
+    return fill_weights(e);
 }
 
 /* ---- activations ---- */

@@ -283,6 +283,58 @@ static void test_graphs(void **state)
     model_free(m);
 }
 
+/* model_cuda_reload_weights: after the host weights change, an engine (with its captured graphs)
+ * gives bit for bit what a new engine made from the changed model gives, for both architectures;
+ * not with a batch in flight. */
+static void test_reload_weights(void **state)
+{
+    (void)state;
+    const int which[2] = {2, 4}; /* GPT-2 d64, Qwen2 untied */
+    for (int c = 0; c < 2; c++) {
+        const struct model_case *mc = &cases[which[c]];
+        struct model *m = make_model(mc, 123);
+        const uint32_t batch = 4, seq = 40, L = num_labels;
+        char err[512];
+        const struct model_cuda_options o = {.device = 0, .precision = MODEL_PRECISION_BF16, .max_batch = batch,
+                                             .max_seq = seq, .graphs = true};
+        struct model_cuda *kept = model_cuda_create(m, &o, err, sizeof err);
+        if (!kept)
+            fail_msg("%s", err);
+        struct test_rng r = {5};
+        uint32_t ids[4 * 40], lengths[4];
+        make_batch(ids, lengths, batch, seq, mc->shape.vocab, &r);
+        float before[4 * 7], after[4 * 7], fresh[4 * 7];
+        /* twice: the second call replays the bucket's graph, which the reload must not stale */
+        for (int i = 0; i < 2; i++)
+            if (!model_cuda_classify(kept, ids, lengths, batch, seq, NULL, before))
+                fail_msg("%s", model_cuda_error(kept));
+        size_t n;
+        float *p = model_params(m, &n);
+        struct test_rng pr = {77};
+        for (size_t i = 0; i < n; i++)
+            p[i] += 0.05f * (test_uniform(&pr) - 0.5f);
+        if (!model_cuda_reload_weights(kept) || !model_cuda_classify(kept, ids, lengths, batch, seq, NULL, after))
+            fail_msg("%s", model_cuda_error(kept));
+        struct model_cuda *made = model_cuda_create(m, &o, err, sizeof err);
+        if (!made)
+            fail_msg("%s", err);
+        for (int i = 0; i < 2; i++)
+            if (!model_cuda_classify(made, ids, lengths, batch, seq, NULL, fresh))
+                fail_msg("%s", model_cuda_error(made));
+        assert_memory_equal(after, fresh, sizeof after);
+        assert_true(test_abs_err(after, before, (size_t)batch * L) > 1e-3); /* the change shows */
+        /* a batch in flight reads the weights: no reload under it */
+        assert_true(model_cuda_classify_submit(kept, ids, lengths, batch, seq, NULL, after));
+        assert_false(model_cuda_reload_weights(kept));
+        printf("  refused: %s\n", model_cuda_error(kept));
+        assert_true(model_cuda_classify_wait(kept));
+        assert_memory_equal(after, fresh, sizeof after);
+        model_cuda_free(made);
+        model_cuda_free(kept);
+        model_free(m);
+    }
+}
+
 /* Bad input is refused with a reason, and the engine stays usable. */
 static void test_errors(void **state)
 {
@@ -349,6 +401,7 @@ int main(void)
         cmocka_unit_test(test_bf16_opt_ins),
         cmocka_unit_test(test_bf16_residual),
         cmocka_unit_test(test_graphs),
+        cmocka_unit_test(test_reload_weights),
         cmocka_unit_test(test_errors),
     };
     return TEST_CUDA_RUN(tests);
