@@ -295,7 +295,8 @@ int cmd_sessions(int argc, char **argv)
                        "Assembles the bidirectional sessions of pcap/pcapng captures and prints one line per\n"
                        "session: protocol, endpoints (src = the side that sent the first packet), packets and\n"
                        "bytes each way (frame lengths on the wire), start and end times, why it ended\n"
-                       "(closed, timeout, end-of-input, evicted), the number of its first frame and the file.",
+                       "(closed, timeout, end-of-input, evicted), the number of its first frame and the file.\n"
+                       "A datagram's later IP fragments count in the session of its first fragment.",
                        opts, argc, argv, &pos, &npos);
     if (rc != CLI_PARSED)
         return rc == CLI_HELP_SHOWN ? 0 : 2;
