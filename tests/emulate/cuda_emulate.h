@@ -544,11 +544,26 @@ template <typename... P> inline void emu_run(void (*kernel)(P...), dim3 grid, di
     emu_cluster_size = 1;
 }
 
+/* While a stream is being captured into a graph (cuda_runtime_emulated.cc), the launches, copies
+ * and matmuls issued are recorded instead of run; cudaGraphLaunch runs them in their order. Every
+ * stream is the one stream of a synchronous device. */
+inline std::vector<std::function<void()>> *emu_capture;
+inline void emu_submit(std::function<void()> op)
+{
+    if (emu_capture)
+        emu_capture->push_back(std::move(op));
+    else
+        op();
+}
+
 /* k<<<grid, block, smem, stream>>>(args) becomes emu_launch(k, grid, block, smem, stream)(args) */
 template <typename... P> inline auto emu_launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem_bytes = 0,
                                                 cudaStream_t = 0)
 {
-    return [=](auto &&...args) { emu_run(kernel, grid, block, smem_bytes, std::tuple<P...>((P)args...)); };
+    return [=](auto &&...args) {
+        const std::tuple<P...> a((P)args...);
+        emu_submit([=] { emu_run(kernel, grid, block, smem_bytes, a); });
+    };
 }
 
 template <typename F> inline cudaError_t cudaFuncSetAttribute(F *, enum cudaFuncAttribute, int value)
@@ -856,10 +871,16 @@ inline cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t *config, void (*k
                 return cudaErrorNotSupported;
             cluster = c.x;
         }
+    const std::tuple<P...> a((P)std::forward<A>(args)...);
+    const dim3 grid = config->gridDim, block = config->blockDim;
+    const size_t smem = config->dynamicSmemBytes;
+    if (emu_capture) { /* checked when the graph runs */
+        emu_submit([=] { emu_run(kernel, grid, block, smem, a, cluster); });
+        return cudaSuccess;
+    }
     const cudaError_t before = emu_error; /* the last error until this launch fails */
     emu_error = cudaSuccess;
-    emu_run(kernel, config->gridDim, config->blockDim, config->dynamicSmemBytes,
-            std::tuple<P...>((P)std::forward<A>(args)...), cluster);
+    emu_run(kernel, grid, block, smem, a, cluster);
     if (emu_error == cudaSuccess) {
         emu_error = before;
         return cudaSuccess;
