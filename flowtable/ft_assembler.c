@@ -867,6 +867,17 @@ static void ft_prev_remember(struct ft_prev *pv, const struct cap_packet *pkt,
         memcpy(pv->bytes, pkt->data, pv->len);
 }
 
+/* The record of a frame that carries no key of its own (cut before its ports, a later IP
+ * fragment) but belongs to a flow known from an earlier frame: that flow, in direction dir. */
+static void ft_pkt_of_flow(struct ft_pkt *rec, const struct ft_key *key, uint64_t hash, uint8_t dir,
+                           const struct cap_packet *pkt)
+{
+    rec->key = *key;
+    rec->hash = hash;
+    rec->dir = dir;
+    ft_pkt_fill_frame(rec, pkt);
+}
+
 /* Does a frame cut before its ports continue the flow of a recent flow frame? The bytes it has
  * left must name the same flow, in the same or the opposite direction: the link header past the
  * MAC addresses, IP version and protocol must be equal; when at least one whole IP address is
@@ -920,10 +931,7 @@ static bool ft_cut_continues(const struct ft_prev *pv, const struct cap_packet *
     }
     if (!same && !swapped)
         return false;
-    rec->key = pv->key;
-    rec->hash = pv->hash;
-    rec->dir = (uint8_t)(same ? pv->dir : pv->dir ^ 1);
-    ft_pkt_fill_frame(rec, pkt);
+    ft_pkt_of_flow(rec, &pv->key, pv->hash, (uint8_t)(same ? pv->dir : pv->dir ^ 1), pkt);
     return true;
 }
 
@@ -938,8 +946,7 @@ static struct ft_frag *ft_frag_slot(struct ft_assembler *as, const struct cap_pa
     memcpy(ident->addr_hi, pkt->dst_addr, alen);
     ident->port_lo = (uint16_t)(pkt->frag_id >> 16);
     ident->port_hi = (uint16_t)pkt->frag_id;
-    unsigned nv = pkt->vlan_count < CAP_MAX_VLANS ? pkt->vlan_count : CAP_MAX_VLANS;
-    ident->vlan = nv ? (uint16_t)(pkt->vlan_ids[nv - 1] & 0x0fff) : 0;
+    ident->vlan = ft_innermost_vlan(pkt);
     ident->ip_version = pkt->layers.ip_version;
     uint64_t h = ft_key_hash(ident, as->seed);
     return &as->frags[(h >> 20) & (FT_FRAG_SLOTS - 1)];
@@ -947,8 +954,9 @@ static struct ft_frag *ft_frag_slot(struct ft_assembler *as, const struct cap_pa
 
 /* A first fragment that got its flow: the later ones will look for it. Out of line, as is the
  * lookup: fragments are rare, and the frame path they would sit in is the hot one. */
-static __attribute__((noinline, cold)) void ft_frag_remember(struct ft_assembler *as, const struct cap_packet *pkt,
-                             const struct ft_pkt *rec)
+static __attribute__((noinline, cold)) void ft_frag_remember(struct ft_assembler *as,
+                                                             const struct cap_packet *pkt,
+                                                             const struct ft_pkt *rec)
 {
     struct ft_key ident;
     struct ft_frag *e = ft_frag_slot(as, pkt, &ident);
@@ -973,10 +981,7 @@ static __attribute__((noinline, cold)) bool ft_frag_join(struct ft_assembler *as
     if (!e->used || e->input != as->inputs || as->clock > e->until ||
         memcmp(&e->ident, &ident, sizeof ident) != 0)
         return false;
-    rec->key = e->key;
-    rec->hash = e->hash;
-    rec->dir = e->dir;
-    ft_pkt_fill_frame(rec, pkt);
+    ft_pkt_of_flow(rec, &e->key, e->hash, e->dir, pkt);
     return true;
 }
 

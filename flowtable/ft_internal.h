@@ -79,6 +79,15 @@ struct ft_pkt {
 };
 _Static_assert(sizeof(struct ft_pkt) == 128, "a packet record is two cache lines");
 
+/* The innermost VLAN tag's ID (0 untagged) names the network a session lives in; outer tags of a
+ * QinQ or provider network are the same for both directions anyway. Deeper stacks than the
+ * decoder remembers use the deepest remembered tag. */
+static inline uint16_t ft_innermost_vlan(const struct cap_packet *pkt)
+{
+    unsigned nv = pkt->vlan_count < CAP_MAX_VLANS ? pkt->vlan_count : CAP_MAX_VLANS;
+    return nv ? (uint16_t)(pkt->vlan_ids[nv - 1] & 0x0fff) : 0;
+}
+
 /* Builds the worker's record of a decoded packet (all but clock, frame, ordinal, bytes). Returns
  * false for a frame that carries no flow. */
 bool ft_pkt_from_packet(const struct cap_packet *pkt, uint64_t seed, struct ft_pkt *out);

@@ -118,11 +118,7 @@ bool ft_key_from_packet(const struct cap_packet *pkt, struct ft_key *key, int *d
         key->port_lo = dp;
         key->port_hi = sp;
     }
-    /* The innermost tag names the network the session lives in; outer tags of a QinQ or
-     * provider network are the same for both directions anyway. Deeper stacks than the decoder
-     * remembers use the deepest remembered tag. */
-    unsigned nv = pkt->vlan_count < CAP_MAX_VLANS ? pkt->vlan_count : CAP_MAX_VLANS;
-    key->vlan = nv ? (uint16_t)(pkt->vlan_ids[nv - 1] & 0x0fff) : 0;
+    key->vlan = ft_innermost_vlan(pkt);
     key->proto = ly->l4_proto;
     key->ip_version = ly->ip_version;
     if (dir_out)
