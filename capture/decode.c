@@ -681,8 +681,8 @@ ip_decode_inner(struct cap_win *w, uint32_t off, unsigned ver, struct cap_packet
 }
 
 /* Clears what an inner decode rewrites, so an inner layer that stops early leaves nothing of the
- * outer one behind. */
-static void reset_session_layer(struct cap_packet *out)
+ * outer one behind; cap_decode starts every frame from it too. */
+static inline void reset_session_layer(struct cap_packet *out)
 {
     out->layers.l3_off = CAP_ABSENT;
     out->layers.l4_off = CAP_ABSENT;
@@ -916,23 +916,11 @@ enum cap_decode_reason cap_decode(const struct cap_decode_opts *opts, uint16_t l
     out->wirelen = wirelen;
     out->ts_ns = ts_ns;
     out->layers.eth_off = CAP_ABSENT;
-    out->layers.l3_off = CAP_ABSENT;
-    out->layers.l4_off = CAP_ABSENT;
-    out->layers.payload_off = CAP_ABSENT;
     out->layers.linktype = linktype;
-    out->layers.ip_version = 0;
-    out->layers.l4_proto = 0;
-    out->payload_len = 0;
-    out->frag = CAP_FRAG_NONE;
-    out->frag_id = 0;
-    out->tcp_flags = 0;
     out->tunnel_depth = 0;
     out->vlan_count = 0;
     memset(out->vlan_ids, 0, sizeof out->vlan_ids);
-    memset(out->src_addr, 0, sizeof out->src_addr);
-    memset(out->dst_addr, 0, sizeof out->dst_addr);
-    out->src_port = 0;
-    out->dst_port = 0;
+    reset_session_layer(out);
     struct cap_win w = {.d = data, .lim = data ? caplen : 0, .cut = true};
     uint32_t off = 0;
     unsigned ver = 0;
