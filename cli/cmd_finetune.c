@@ -108,9 +108,9 @@ static char **class_names(const char *tsv_path, uint32_t n)
     return names;
 }
 
-/* Classifies every sample, on the CPU or (dev → device ≥ 0) with the CUDA engine at dev's
- * precision (keep's, when given: see struct cli_eval_gpu); fills the confusion matrix. With several
- * processes each classifies its share of the rows and every process gets the summed matrix. */
+/* Classifies every sample, on the CPU or (dev → device ≥ 0) with keep's CUDA engine at dev's
+ * precision (struct cli_eval_gpu); fills the confusion matrix. With several processes each
+ * classifies its share of the rows and every process gets the summed matrix. */
 static bool evaluate(const char *cmd, struct model *m, const struct samples *s, uint32_t batch,
                      uint32_t threads, const struct cli_device *dev, struct cli_eval_gpu *keep,
                      const struct cli_scoring *sc, struct train_confusion *cm)
@@ -124,10 +124,9 @@ static bool evaluate(const char *cmd, struct model *m, const struct samples *s, 
                                              .precision = dev->bf16 ? MODEL_PRECISION_BF16 : MODEL_PRECISION_FP32,
                                              .max_batch = batch, .max_seq = s->seq, .graphs = true};
         gpu = cli_eval_engine(m, &o, keep, err, sizeof err);
-    } else
+    } else {
         r = model_runner_create(m, batch, s->seq, 0, threads, err, sizeof err);
-    /* an engine of keep's is keep's to free */
-    struct model_cuda *own_gpu = keep ? NULL : gpu;
+    }
     float *scores = malloc((size_t)batch * NL * sizeof(float));
     if ((!r && !gpu) || !scores || !train_confusion_init(cm, NL)) {
         if (!r && !gpu && dev && dev->device >= 0)
@@ -135,7 +134,6 @@ static bool evaluate(const char *cmd, struct model *m, const struct samples *s, 
         else
             cli_error(cmd, "%s", r || gpu ? "out of memory" : err);
         model_runner_free(r);
-        model_cuda_free(own_gpu);
         free(scores);
         return false;
     }
@@ -163,7 +161,6 @@ static bool evaluate(const char *cmd, struct model *m, const struct samples *s, 
         cli_mpi_sum_u64(&cm->total, 1);
     }
     model_runner_free(r);
-    model_cuda_free(own_gpu);
     free(scores);
     return ok;
 }
@@ -557,6 +554,7 @@ int cmd_eval(int argc, char **argv)
     struct samples test = {0};
     struct tok_vocab *vocab = NULL;
     struct train_confusion cm = {0};
+    struct cli_eval_gpu eval_gpu = {0};
     struct model *m = model_load(dir, err, sizeof err);
     if (!m) {
         cli_error(cmd, "%s", err);
@@ -581,7 +579,7 @@ int cmd_eval(int argc, char **argv)
             goto done;
         }
     const struct cli_scoring scoring = {.rank = 0, .world = 1, .what = test_path, .quiet = false};
-    if (!evaluate(cmd, m, &test, batch, threads, &where, NULL, &scoring, &cm))
+    if (!evaluate(cmd, m, &test, batch, threads, &where, &eval_gpu, &scoring, &cm))
         goto done;
     struct train_class_metrics *pc = calloc(mc->num_labels, sizeof *pc);
     if (!pc)
@@ -608,6 +606,7 @@ done:
     train_confusion_release(&cm);
     samples_free(&test);
     tok_vocab_free(vocab);
+    model_cuda_free(eval_gpu.engine);
     model_free(m);
     return status;
 }

@@ -167,7 +167,6 @@ static bool gen_evaluate(const char *cmd, struct model *m, const struct tok_voca
     } else {
         r = model_runner_create(m, batch, s->row, s->row + max_new, threads, err, sizeof err);
     }
-    struct model_cuda *own_gpu = keep ? NULL : gpu; /* an engine of keep's is keep's to free */
     uint32_t *out = malloc((size_t)batch * max_new * sizeof(uint32_t)), *out_len = malloc(batch * sizeof(uint32_t));
     uint64_t *truth = malloc(s->n * n_fields * sizeof(uint64_t)), *got = calloc(s->n * n_fields, sizeof(uint64_t));
     if ((!r && !gpu) || !out || !out_len || !truth || !got) {
@@ -176,7 +175,6 @@ static bool gen_evaluate(const char *cmd, struct model *m, const struct tok_voca
         else
             cli_error(cmd, "%s", r || gpu ? "out of memory" : err);
         model_runner_free(r);
-        model_cuda_free(own_gpu);
         free(out);
         free(out_len);
         free(truth);
@@ -225,7 +223,6 @@ static bool gen_evaluate(const char *cmd, struct model *m, const struct tok_voca
         cli_error(cmd, "generation failed (token ids outside the model?)");
     }
     model_runner_free(r);
-    model_cuda_free(own_gpu);
     free(out);
     free(out_len);
     free(truth);

@@ -92,8 +92,8 @@ struct cli_eval_gpu {
     struct model_cuda_options opt;
 };
 /* An engine with options o for m: keep's when it has one made with the same options (its weights
- * copied again), else a new one, which keep then holds. keep NULL: always a new one, the caller's
- * to free. NULL with a message in err when it cannot be had. */
+ * copied again), else a new one, which keep then holds (and an older one is freed). NULL with a
+ * message in err when it cannot be had. */
 struct model_cuda *cli_eval_engine(struct model *m, const struct model_cuda_options *o,
                                    struct cli_eval_gpu *keep, char *err, size_t errlen);
 

@@ -252,18 +252,14 @@ static bool same_engine_options(const struct model_cuda_options *a, const struct
 struct model_cuda *cli_eval_engine(struct model *m, const struct model_cuda_options *o,
                                    struct cli_eval_gpu *keep, char *err, size_t errlen)
 {
-    if (keep && keep->engine && same_engine_options(&keep->opt, o)) {
+    if (keep->engine && same_engine_options(&keep->opt, o)) {
         if (model_cuda_reload_weights(keep->engine))
             return keep->engine;
         snprintf(err, errlen, "%s", model_cuda_error(keep->engine));
         return NULL;
     }
-    if (keep) {
-        model_cuda_free(keep->engine);
-        keep->engine = NULL;
-    }
-    struct model_cuda *e = model_cuda_create(m, o, err, errlen);
-    if (e && keep)
-        *keep = (struct cli_eval_gpu){.engine = e, .opt = *o};
-    return e;
+    model_cuda_free(keep->engine);
+    keep->engine = model_cuda_create(m, o, err, errlen);
+    keep->opt = *o;
+    return keep->engine;
 }

@@ -1,8 +1,8 @@
 /* cublaslt_emulated.cc — the cuBLASLt calls model/cuda/gemm.c makes, on the host, for the emulated
  * builds of the engine (tests/CMakeLists.txt): D = alpha·op(A)·op(B) + beta·C in cuBLASLt's
  * column-major terms, bf16 or fp32 operands, products summed in fp32 (OpenBLAS) and D rounded
- * once to its type after the BIAS / GELU / GELU_BIAS epilogue (GELU's tanh form). The heuristic offers one
- * algorithm. Descriptors live inside cuBLASLt's own opaque structs (their data words), so the
+ * once to its type after the BIAS / GELU / GELU_BIAS epilogue (GELU's tanh form). The heuristic
+ * offers one algorithm. Descriptors live inside cuBLASLt's own opaque structs (their data words), so the
  * header's types are used as they are. A matmul issued while a stream is being captured is
  * recorded into the graph like a kernel launch (cuda_emulate.h's emu_submit). */
 #include <cblas.h>
@@ -36,12 +36,7 @@ const layout *of(cublasLtMatrixLayout_t l) { return reinterpret_cast<const layou
 
 float load(cudaDataType_t t, const void *p, size_t i)
 {
-    if (t == CUDA_R_32F)
-        return static_cast<const float *>(p)[i];
-    uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t *>(p)[i]) << 16;
-    float v;
-    memcpy(&v, &bits, sizeof v);
-    return v;
+    return t == CUDA_R_32F ? static_cast<const float *>(p)[i] : cu_bf16_to_f32(static_cast<const uint16_t *>(p)[i]);
 }
 
 void store(cudaDataType_t t, void *p, size_t i, float v)
