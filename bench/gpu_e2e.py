@@ -37,6 +37,7 @@ fails.
 
 usage: gpu_e2e.py [--only classify|generate|pretrain] NETLM MODEL_DIR CAPTURE
 NETLM_E2E_DEVICE=cpu runs the script's own logic without a GPU (every "GPU" command on the CPU).
+NETLM_E2E_COMMAND_SECONDS: how long one command may take (120).
 """
 import json
 import os
@@ -51,12 +52,14 @@ FP32_SCORE_BOUND = 1e-4
 GEN_FP32_ROW_MISMATCH = 0.01
 GEN_ARGS = ["--seq-length", "100", "--tgt-seq-length", "9"]  # [CLS] packet [SEP] + 8 new tokens
 DEVICE = os.environ.get("NETLM_E2E_DEVICE", "cuda")
+# a command's limit: a GPU needs seconds; the emulated GPU under the sanitizers (ctest) minutes
+COMMAND_SECONDS = float(os.environ.get("NETLM_E2E_COMMAND_SECONDS", "120"))
 # --precision is refused without a GPU: the dry run (DEVICE cpu) leaves it out
 FP32 = ["--precision", "fp32"] if DEVICE != "cpu" else []
 
 
 def run(cmd):
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=COMMAND_SECONDS)
     if p.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)}: exit {p.returncode}: {p.stderr.strip()}")
     return p.stdout

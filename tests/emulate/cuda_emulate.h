@@ -43,6 +43,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 #if defined(__SANITIZE_ADDRESS__)
+#include <dlfcn.h>
 #include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
@@ -63,8 +64,7 @@ struct emu_thread {
     unsigned linear; /* x + bx·(y + by·z) in its block: its lane is linear % 32 */
     unsigned cta;    /* its block's rank in the cluster */
     unsigned team;   /* its place among the cluster's threads: its warp is team / 32 */
-    ucontext_t context; /* its start */
-    jmp_buf resume;     /* where it waits */
+    jmp_buf resume;  /* where it waits */
     bool started, done;
     std::vector<std::vector<emu_copy>> copy_groups; /* cp.async: committed, oldest first */
     std::vector<emu_copy> copy_open;
@@ -86,7 +86,17 @@ constexpr unsigned EMU_MAX_CLUSTER = 4; /* blocks of a cluster, which run togeth
 constexpr int EMU_MULTIPROCESSORS = 3; /* what the device reports: few, so persistent grids loop */
 constexpr size_t EMU_STACK_BYTES = 512 * 1024;
 inline std::vector<emu_thread> emu_team;
-inline std::vector<std::unique_ptr<char[]>> emu_stacks;
+/* One fiber per place in the team, made once and kept: when its thread ends, the fiber waits at
+ * `idle` for the thread of that place in the next block or launch, so starting a thread is one
+ * _longjmp, not the two signal-mask system calls of getcontext and setcontext (millions of them
+ * for the row kernels over a vocabulary-sized tensor). */
+struct emu_fiber {
+    std::unique_ptr<char[]> stack;
+    ucontext_t context; /* its first start */
+    jmp_buf idle;
+    bool made; /* entered once: later threads resume it at idle */
+};
+inline std::vector<std::unique_ptr<emu_fiber>> emu_fibers;
 inline emu_thread *emu_current;
 inline jmp_buf emu_main_resume;
 inline emu_barrier emu_warp_barrier[EMU_MAX_CLUSTER * EMU_MAX_WARPS], emu_cluster_barrier;
@@ -123,26 +133,53 @@ inline const void *emu_main_stack;
 inline size_t emu_main_stack_bytes;
 inline const void *emu_stack_of(const emu_thread *t)
 {
-    return t ? (const void *)emu_stacks[t - emu_team.data()].get() : emu_main_stack;
+    return t ? (const void *)emu_fibers[t->team]->stack.get() : emu_main_stack;
 }
 #endif
 
-/* into `to` where it waits (NULL: the launch), or at its start */
-[[noreturn]] inline void emu_enter(emu_thread *to)
+#if defined(__SANITIZE_ADDRESS__)
+/* ASan's _longjmp (an interceptor), like every call of a function the compiler knows as
+ * noreturn, first unpoisons the whole stack being left: a sigaltstack system call and a memset
+ * of a fiber stack's shadow at every switch, 95 % of an emulated run under ASan. A switch leaves
+ * no frame behind with poisoned locals (emu_enter's below, the one it abandons, has none; a
+ * finished thread's frames returned), so the switches call libc's own _longjmp, and emu_enter,
+ * which does not return either, is not declared noreturn. */
+inline void (*const emu_longjmp)(struct __jmp_buf_tag *, int) = [] {
+    void *libc = dlopen("libc.so.6", RTLD_NOW | RTLD_NOLOAD);
+    void *real = libc ? dlsym(libc, "_longjmp") : NULL;
+    return real ? (void (*)(struct __jmp_buf_tag *, int))real : _longjmp;
+}();
+#else
+#define emu_longjmp _longjmp
+#endif
+
+/* into `to` where it waits (NULL: the launch), or at its start: its place's fiber, waiting for
+ * its next thread, or made now. Never returns. */
+inline void emu_enter(emu_thread *to)
 {
-    if (!to)
-        _longjmp(emu_main_resume, 1);
-    if (to->started)
-        _longjmp(to->resume, 1);
-    to->started = true;
-    setcontext(&to->context);
-    abort(); /* setcontext returns only on failure */
+    struct __jmp_buf_tag *target;
+    if (!to) {
+        target = emu_main_resume;
+    } else if (to->started) {
+        target = to->resume;
+    } else {
+        to->started = true;
+        emu_fiber &fiber = *emu_fibers[to->team];
+        if (!fiber.made) {
+            fiber.made = true;
+            setcontext(&fiber.context);
+            abort(); /* setcontext returns only on failure */
+        }
+        target = fiber.idle;
+    }
+    emu_longjmp(target, 1);
 }
 
 /* From the running thread (or the launch, from == NULL) to `to` (NULL: the launch); a finished
- * thread (from->done) never comes back. A thread's first entry goes through its ucontext, every
- * later switch through _setjmp/_longjmp (no signal-mask system call, unlike swapcontext). Not
- * inlined: the _setjmp stays in a frame of its own, whose locals no later code reads. */
+ * thread (from->done) leaves its fiber waiting for the next thread of its place. Every switch but
+ * a fiber's first entry (its ucontext) goes through _setjmp/_longjmp: no signal-mask system call,
+ * unlike swapcontext. Not inlined: the _setjmp stays in a frame of its own, whose locals no later
+ * code reads. */
 [[gnu::noinline]] inline void emu_switch(emu_thread *from, emu_thread *to)
 {
     emu_current = to;
@@ -150,12 +187,9 @@ inline const void *emu_stack_of(const emu_thread *t)
         emu_block_idx = emu_ctas[to->cta].block_idx;
 #if defined(__SANITIZE_ADDRESS__)
     void *fake_stack = NULL;
-    __sanitizer_start_switch_fiber(from && from->done ? NULL : &fake_stack, emu_stack_of(to),
-                                   to ? EMU_STACK_BYTES : emu_main_stack_bytes);
+    __sanitizer_start_switch_fiber(&fake_stack, emu_stack_of(to), to ? EMU_STACK_BYTES : emu_main_stack_bytes);
 #endif
-    if (from && from->done)
-        emu_enter(to);
-    struct __jmp_buf_tag *here = from ? from->resume : emu_main_resume;
+    struct __jmp_buf_tag *here = !from ? emu_main_resume : from->done ? emu_fibers[from->team]->idle : from->resume;
     if (_setjmp(here) == 0)
         emu_enter(to);
 #if defined(__SANITIZE_ADDRESS__)
@@ -452,14 +486,9 @@ inline cudaError_t emu_error = cudaSuccess;
 
 inline std::function<void()> emu_kernel_call;
 
-inline void emu_thread_main()
+/* one thread of the team, from its start to its exit */
+inline void emu_thread_run()
 {
-#if defined(__SANITIZE_ADDRESS__)
-    if (!emu_main_stack) /* the first switch in: learn main's stack */
-        __sanitizer_finish_switch_fiber(NULL, &emu_main_stack, &emu_main_stack_bytes);
-    else
-        __sanitizer_finish_switch_fiber(NULL, NULL, NULL);
-#endif
     emu_kernel_call();
     emu_thread *self = emu_current;
     if (!self->copy_open.empty() || !self->copy_groups.empty()) {
@@ -478,11 +507,24 @@ inline void emu_thread_main()
     emu_barrier_drop(emu_warp_barrier[self->team / EMU_WARP]);
     emu_barrier_drop(emu_ctas[self->cta].block_barrier);
     emu_barrier_drop(emu_cluster_barrier);
-    emu_switch(self, emu_next_live()); /* the last one back to the launch */
+    emu_switch(self, emu_next_live()); /* the last one back to the launch; back here for the next thread */
 }
 
-/* not inlined: getcontext returns twice, like _setjmp; i: its place in the cluster's team */
-[[gnu::noinline]] inline void emu_thread_prepare(unsigned i, unsigned threads)
+/* a fiber: the threads of its place in the team, one after another */
+[[noreturn]] inline void emu_fiber_main()
+{
+#if defined(__SANITIZE_ADDRESS__)
+    if (!emu_main_stack) /* the first switch in: learn main's stack */
+        __sanitizer_finish_switch_fiber(NULL, &emu_main_stack, &emu_main_stack_bytes);
+    else
+        __sanitizer_finish_switch_fiber(NULL, NULL, NULL);
+#endif
+    for (;;)
+        emu_thread_run();
+}
+
+/* i: its place in the cluster's team */
+inline void emu_thread_prepare(unsigned i, unsigned threads)
 {
     emu_thread &t = emu_team[i];
     const unsigned linear = i % threads;
@@ -496,11 +538,20 @@ inline void emu_thread_main()
     t.copy_open.clear();
     t.wgmma_groups.clear();
     t.wgmma_open.clear();
-    getcontext(&t.context);
-    t.context.uc_stack.ss_sp = emu_stacks[i].get();
-    t.context.uc_stack.ss_size = EMU_STACK_BYTES;
-    t.context.uc_link = NULL;
-    makecontext(&t.context, (void (*)())emu_thread_main, 0);
+}
+
+/* not inlined: getcontext returns twice, like _setjmp */
+[[gnu::noinline]] inline void emu_make_fiber()
+{
+    auto fiber = std::make_unique<emu_fiber>();
+    fiber->stack.reset(new char[EMU_STACK_BYTES]);
+    getcontext(&fiber->context);
+    fiber->context.uc_stack.ss_sp = fiber->stack.get();
+    fiber->context.uc_stack.ss_size = EMU_STACK_BYTES;
+    fiber->context.uc_link = NULL;
+    makecontext(&fiber->context, (void (*)())emu_fiber_main, 0);
+    fiber->made = false;
+    emu_fibers.push_back(std::move(fiber));
 }
 
 /* The grid's clusters (of `cluster` neighbouring blocks along x) one after another, the blocks of
@@ -521,8 +572,8 @@ template <typename... P> inline void emu_run(void (*kernel)(P...), dim3 grid, di
     emu_launches++;
     emu_kernel_call = [&] { std::apply(kernel, args); };
     emu_team.resize(team);
-    while (emu_stacks.size() < team)
-        emu_stacks.emplace_back(new char[EMU_STACK_BYTES]);
+    while (emu_fibers.size() < team)
+        emu_make_fiber();
     for (unsigned z = 0; z < grid.z; z++)
         for (unsigned y = 0; y < grid.y; y++)
             for (unsigned x = 0; x < grid.x; x += cluster) {
