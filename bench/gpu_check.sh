@@ -20,7 +20,7 @@
 #   NETLM_GPU_CASES=qwen05b,train-   netlm_model_bench's cases whose name contains one of these (--only)
 #   NETLM_GPU_CTEST_EXCLUDE=regex    CUDA tests left out of ctest-cuda (ctest -E)
 #   NETLM_GPU_GEMMS=qwen-mlp         netlm_gemm_bench's cases whose name contains this (--only)
-#   NETLM_GPU_SWIGLU_VARIANT=c2      the fused SwiGLU GEMM's variant in the swiglu-fused variant
+#   NETLM_GPU_SWIGLU_VARIANT=c2      the fused SwiGLU GEMM's variant in the swiglu-fastest variant
 #   bench/gpu_check.sh --fetch-deps  here, before: the Debian packages of the C dependencies
 #                                    (libpcap, liburcu, json-c, OpenBLAS, libconfig, libsystemd,
 #                                    cmocka, pkgconf) into .gpu-deps/, for the GPU machine's image,
@@ -203,7 +203,7 @@ bench bench-e2e-pretrain 90 "$log" python3 "$root/bench/gpu_e2e.py" --only pretr
 # compile takes 30-60 s). It leaves the later benchmark stages (the variants, then Nsight
 # Compute) the time they usually take; the sanitizer stages come last and take what is left.
 reserve=10
-for name in swiglu-fused attn-group attn-group-rope opt-ins opt-ins-residual-bf16 residual-bf16 profile \
+for name in swiglu-fastest swiglu-pass attn-head attn-group-rope residual-bf16 profile \
             train-profile train-simt-bwd train-no-dropout pipeline; do
     selected "bench-$name" && reserve=$((reserve + 25))
 done
@@ -227,22 +227,19 @@ variant() { # name command...
     sed "s/^{\"side\":\"netlm\"/{\"side\":\"netlm\",\"variant\":\"$name\"/; s/^{\"cuda_profile\"/{\"variant\":\"$name\",\"cuda_profile\"/" "$tmp" >>"$OUT/netlm.json"
     rm -f "$tmp"
 }
-# Qwen2's up GEMM with the SwiGLU in its epilogue (gemm_swiglu.cu) instead of cuBLASLt and the
-# pass: NETLM_GPU_SWIGLU_VARIANT, else the variant bench-gemm timed fastest, else the default
+# The engine's kernel choices against its defaults (Qwen2 bf16 on Hopper: the up GEMM with the
+# SwiGLU in its epilogue, gemm_swiglu.cu's first variant; grouped-query attention one block per kv
+# head): the fused variant bench-gemm timed fastest (NETLM_GPU_SWIGLU_VARIANT, else
+# gpu_fastest_swiglu.py's pick, else the default); cuBLASLt's GEMM then the SwiGLU as a pass of its
+# own; attention one block per query head; RoPE inside the grouped attention (classify pass)
 swiglu_variant=${NETLM_GPU_SWIGLU_VARIANT:-$(python3 "$root/bench/gpu_fastest_swiglu.py" "$OUT/netlm.json" || echo 1)}
-echo "fused SwiGLU GEMM variant for the engine: $swiglu_variant" >>"$OUT/env.txt"
-variant swiglu-fused env NETLM_CUDA_SWIGLU_GEMM="$swiglu_variant" "$build/netlm_model_bench" "${cases[@]}" \
+echo "fastest fused SwiGLU GEMM variant: $swiglu_variant" >>"$OUT/env.txt"
+variant swiglu-fastest env NETLM_CUDA_SWIGLU_GEMM="$swiglu_variant" "$build/netlm_model_bench" "${cases[@]}" \
     --device cuda --runs 10
-# grouped-query attention with one block per kv head's group (CU_ATTN_TC_GROUP) instead of one per query head
-variant attn-group env NETLM_CUDA_ATTN=group "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10
-# and RoPE inside it (classify pass) instead of a pass of its own
+variant swiglu-pass env NETLM_CUDA_SWIGLU_GEMM=0 "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10
+variant attn-head env NETLM_CUDA_ATTN=head "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10
 variant attn-group-rope env NETLM_CUDA_ATTN=group-rope "$build/netlm_model_bench" "${cases[@]}" --device cuda \
     --runs 10
-# both opt-ins together, then with the residual stream in bf16 too
-variant opt-ins env NETLM_CUDA_SWIGLU_GEMM="$swiglu_variant" NETLM_CUDA_ATTN=group-rope "$build/netlm_model_bench" \
-    "${cases[@]}" --device cuda --runs 10
-variant opt-ins-residual-bf16 env NETLM_CUDA_SWIGLU_GEMM="$swiglu_variant" NETLM_CUDA_ATTN=group-rope \
-    "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10 --residual-bf16
 variant residual-bf16 "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10 --residual-bf16
 variant profile "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 5 --profile
 variant train-profile env NETLM_CUDA_PROFILE=1 "$build/netlm_model_bench" "${cases[@]}" --device cuda --train --runs 3

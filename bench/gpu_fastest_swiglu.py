@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """gpu_fastest_swiglu.py — the fused SwiGLU GEMM's variant that netlm_gemm_bench timed fastest.
 
-bench/gpu_check.sh runs it after the stage bench-gemm so that the engine's swiglu-fused variant
+bench/gpu_check.sh runs it after the stage bench-gemm so that the engine's swiglu-fastest variant
 uses the best kernel the same run found. Reads the JSON lines of netlm.json and prints the
 variant's name (c1, c2-inflight, ...), or 1 (the default variant) when no fused row was timed.
 

@@ -518,30 +518,34 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
         ok = false;
     if (ok && !o->graphs)
         e->prof = cu_profile_create();
-    /* NETLM_CUDA_SWIGLU_GEMM=1 (or a variant's name): Qwen2's up GEMM with the SwiGLU in its
-     * epilogue (gemm_swiglu.cu) where the GPU and sizes allow; by default, and with 0, cuBLASLt's
-     * GEMM then the SwiGLU as a pass of its own — faster so far (NOTES.md) */
+    /* Qwen2 bf16 on Hopper: the up GEMM with the SwiGLU in its epilogue (gemm_swiglu.cu), 2.4 %
+     * faster than cuBLASLt's GEMM then the SwiGLU as a pass of its own (B256 T256 on an H200,
+     * docs/benchmarks.md). NETLM_CUDA_SWIGLU_GEMM=0 takes that pair instead; a variant's name
+     * runs that variant (1: the default one). */
     const char *fused = getenv("NETLM_CUDA_SWIGLU_GEMM");
-    if (ok && fused && strcmp(fused, "0") != 0 && strcmp(fused, "1") != 0 && !cu_gemm_swiglu_select(fused)) {
+    const bool named = fused && strcmp(fused, "0") != 0 && strcmp(fused, "1") != 0;
+    if (ok && !cu_gemm_swiglu_select(named ? fused : cu_gemm_swiglu_variant(0))) {
         char names[256] = "";
         for (unsigned i = 0; cu_gemm_swiglu_variant(i); i++)
             snprintf(names + strlen(names), sizeof names - strlen(names), ", %s", cu_gemm_swiglu_variant(i));
         fail(e, "NETLM_CUDA_SWIGLU_GEMM: no kernel variant \"%s\" (0, 1%s)", fused, names);
         ok = false;
     }
-    if (ok && fused && strcmp(fused, "0") != 0 && !e->gpt2 && e->t == CU_BF16)
+    if (ok && !(fused && strcmp(fused, "0") == 0) && !e->gpt2 && e->t == CU_BF16)
         e->swiglu_gemm = cu_gemm_swiglu_supported(o->device, e->C, e->F);
-    /* NETLM_CUDA_ATTN=group: with grouped-query heads and batches of sequences ≤ 256 tokens, one
-     * attention block per kv head's group (CU_ATTN_TC_GROUP); group-rope: that, and in the
-     * classify pass RoPE applied inside it instead of as a pass of its own; by default, and with
-     * auto, a block per query head */
+    /* The prefill / classify attention: with grouped-query heads and batches of sequences ≤ 256
+     * tokens, one block per kv head's group (CU_ATTN_TC_GROUP; elsewhere the kernel falls back to
+     * a block per query head), 1 % faster on Qwen2.5-0.5B at B256 T256. NETLM_CUDA_ATTN=head: a
+     * block per query head always; group-rope: the grouped kernel with, in the classify pass,
+     * RoPE applied inside it instead of as a pass of its own (slower so far: NOTES.md). */
     const char *attn = getenv("NETLM_CUDA_ATTN");
-    e->attn = CU_ATTN_AUTO;
-    if (ok && attn && (strcmp(attn, "group") == 0 || strcmp(attn, "group-rope") == 0)) {
-        e->attn = CU_ATTN_TC_GROUP;
-        e->attn_rope = strcmp(attn, "group-rope") == 0;
-    } else if (ok && attn && strcmp(attn, "auto") != 0) {
-        fail(e, "NETLM_CUDA_ATTN: \"%s\" is not auto, group or group-rope", attn);
+    e->attn = CU_ATTN_TC_GROUP;
+    if (ok && attn && strcmp(attn, "head") == 0) {
+        e->attn = CU_ATTN_AUTO;
+    } else if (ok && attn && strcmp(attn, "group-rope") == 0) {
+        e->attn_rope = true;
+    } else if (ok && attn && strcmp(attn, "group") != 0 && strcmp(attn, "auto") != 0) {
+        fail(e, "NETLM_CUDA_ATTN: \"%s\" is not auto, group, head or group-rope", attn);
         ok = false;
     }
     ok = ok && upload_weights(e);

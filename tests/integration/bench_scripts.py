@@ -48,7 +48,7 @@ def main():
             {"side": "netlm", "case": "qwen05b-v60005-b256-t256", "ms": 100.0, "seq_per_s": 2560.0, "mfu": 0.49},
             {"side": "netlm", "case": "train-gpt2-base-v60005-b32-t512", "ms": 50.0, "tok_per_s": 327680.0,
              "mfu": 0.25},
-            {"side": "netlm", "variant": "opt-ins", "case": "qwen05b-v60005-b256-t256", "ms": 80.0,
+            {"side": "netlm", "variant": "attn-head", "case": "qwen05b-v60005-b256-t256", "ms": 80.0,
              "seq_per_s": 3200.0},
             {"side": "netlm", "variant": "profile", "case": "qwen05b-v60005-b256-t256", "ms": 99.0},
             {"variant": "profile", "cuda_profile": {"calls": 5, "ms_per_call": 99.0,
@@ -86,7 +86,7 @@ def main():
         check("summary: a training case's ratio (125 / 50) and its tokens/s", "2.50" in train.split() and
               "327,680" in train, train)
         check("summary: a variant's ratio to PyTorch eager (175 / 80)",
-              "variant opt-ins" in text and "x eager 2.19" in text, text)
+              "variant attn-head" in text and "x eager 2.19" in text, text)
         check("summary: the step profile, longest step first",
               "99.000 ms = gemm up 35.000, swiglu 15.000" in text, text)
         check("summary: GEMM rows, a skipped one as such",

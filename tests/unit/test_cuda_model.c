@@ -209,20 +209,25 @@ static void test_bf16(void **state)
     }
 }
 
-/* The engine's opt-in kernels on the Qwen2 models: the up GEMM with the SwiGLU in its epilogue
- * (Hopper; the case whose ffn is a multiple of 128), grouped-query attention one block per kv
- * head with RoPE inside in the classify pass (the batches of at most 256 tokens). */
-static void test_bf16_opt_ins(void **state)
+/* The engine's other kernel choices on the Qwen2 models (by default: the up GEMM with the SwiGLU
+ * in its epilogue on Hopper where the ffn is a multiple of 128, grouped-query attention one block
+ * per kv head on batches of at most 256 tokens): cuBLASLt's GEMM then the SwiGLU pass with
+ * attention one block per query head; and the plain fused kernel variant with RoPE inside the
+ * grouped attention in the classify pass. */
+static void test_bf16_kernel_choices(void **state)
 {
     (void)state;
-    setenv("NETLM_CUDA_SWIGLU_GEMM", "1", 1);
-    setenv("NETLM_CUDA_ATTN", "group-rope", 1);
-    for (unsigned i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        if (cases[i].shape.arch != MODEL_ARCH_QWEN2)
-            continue;
-        compare_case(&cases[i], MODEL_PRECISION_BF16, false, 40, 6);
-        if (!test_cuda_quick())
-            compare_case(&cases[i], MODEL_PRECISION_BF16, false, 200, 3);
+    static const char *const choices[][2] = {{"0", "head"}, {"c1", "group-rope"}};
+    for (unsigned c = 0; c < sizeof choices / sizeof choices[0]; c++) {
+        setenv("NETLM_CUDA_SWIGLU_GEMM", choices[c][0], 1);
+        setenv("NETLM_CUDA_ATTN", choices[c][1], 1);
+        for (unsigned i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+            if (cases[i].shape.arch != MODEL_ARCH_QWEN2)
+                continue;
+            compare_case(&cases[i], MODEL_PRECISION_BF16, false, 40, 6);
+            if (!test_cuda_quick())
+                compare_case(&cases[i], MODEL_PRECISION_BF16, false, 200, 3);
+        }
     }
     unsetenv("NETLM_CUDA_SWIGLU_GEMM");
     unsetenv("NETLM_CUDA_ATTN");
@@ -379,7 +384,7 @@ static void test_errors(void **state)
     printf("  refused: %s\n", err);
     assert_non_null(strstr(err, "NETLM_CUDA_SWIGLU_GEMM"));
     unsetenv("NETLM_CUDA_SWIGLU_GEMM");
-    setenv("NETLM_CUDA_ATTN", "fast", 1); /* none of auto, group, group-rope */
+    setenv("NETLM_CUDA_ATTN", "fast", 1); /* none of auto, group, head, group-rope */
     assert_null(model_cuda_create(m, &o, err, sizeof err));
     printf("  refused: %s\n", err);
     assert_non_null(strstr(err, "NETLM_CUDA_ATTN"));
@@ -398,7 +403,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fp32),
         cmocka_unit_test(test_bf16),
-        cmocka_unit_test(test_bf16_opt_ins),
+        cmocka_unit_test(test_bf16_kernel_choices),
         cmocka_unit_test(test_bf16_residual),
         cmocka_unit_test(test_graphs),
         cmocka_unit_test(test_reload_weights),
