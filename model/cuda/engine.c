@@ -107,9 +107,12 @@ struct model_cuda {
     size_t ts, xs;       /* their sizes */
     uint32_t C, H, KV, d, QKV, F, FW, V, Vp, L;
     bool gpt2, has_cls;
-    bool swiglu_gemm; /* Qwen2 bf16 on Hopper: the up GEMM with the SwiGLU in its epilogue */
+    bool swiglu_gemm;   /* Qwen2 bf16 on Hopper: the up GEMM with the SwiGLU in its epilogue */
+    bool swiglu_always; /* that on every batch, not only on the large ones (NETLM_CUDA_SWIGLU_GEMM) */
     enum cu_attn_impl attn; /* the prefill / classify attention */
+    bool attn_by_size;      /* grouped attention on the large batches only (NETLM_CUDA_ATTN unset) */
     bool attn_rope;         /* Qwen2's classify pass: RoPE inside the grouped attention kernel */
+    uint32_t sms;           /* the device's multiprocessors */
     enum cu_norm_kind norm;
     size_t max_tokens;
 
@@ -518,10 +521,10 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
         ok = false;
     if (ok && !o->graphs)
         e->prof = cu_profile_create();
-    /* Qwen2 bf16 on Hopper: the up GEMM with the SwiGLU in its epilogue (gemm_swiglu.cu), 2.4 %
-     * faster than cuBLASLt's GEMM then the SwiGLU as a pass of its own (B256 T256 on an H200,
-     * docs/benchmarks.md). NETLM_CUDA_SWIGLU_GEMM=0 takes that pair instead; a variant's name
-     * runs that variant (1: the default one). */
+    /* Qwen2 bf16 on Hopper: the up GEMM with the SwiGLU in its epilogue (gemm_swiglu.cu) on
+     * batches of at least SWIGLU_FUSED_MIN_ROWS rows, cuBLASLt's GEMM then the SwiGLU as a pass of
+     * its own on smaller ones (enqueue). NETLM_CUDA_SWIGLU_GEMM=0: that pair always; 1 or a
+     * variant's name: the fused kernel (that variant; 1: the default one) always. */
     const char *fused = getenv("NETLM_CUDA_SWIGLU_GEMM");
     const bool named = fused && strcmp(fused, "0") != 0 && strcmp(fused, "1") != 0;
     if (ok && !cu_gemm_swiglu_select(named ? fused : cu_gemm_swiglu_variant(0))) {
@@ -533,13 +536,16 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
     }
     if (ok && !(fused && strcmp(fused, "0") == 0) && !e->gpt2 && e->t == CU_BF16)
         e->swiglu_gemm = cu_gemm_swiglu_supported(o->device, e->C, e->F);
-    /* The prefill / classify attention: with grouped-query heads and batches of sequences ≤ 256
+    e->swiglu_always = fused != NULL;
+    /* The prefill / classify attention: with grouped-query heads and sequences of at most 256
      * tokens, one block per kv head's group (CU_ATTN_TC_GROUP; elsewhere the kernel falls back to
-     * a block per query head), 1 % faster on Qwen2.5-0.5B at B256 T256. NETLM_CUDA_ATTN=head: a
-     * block per query head always; group-rope: the grouped kernel with, in the classify pass,
-     * RoPE applied inside it instead of as a pass of its own (slower so far: NOTES.md). */
+     * a block per query head) when that still gives every multiprocessor several blocks
+     * (attention_impl), else a block per query head. NETLM_CUDA_ATTN=group: the grouped kernel
+     * always; head: a block per query head always; group-rope: the grouped kernel always, with
+     * RoPE inside it in the classify pass instead of as a pass of its own (slower so far). */
     const char *attn = getenv("NETLM_CUDA_ATTN");
     e->attn = CU_ATTN_TC_GROUP;
+    e->attn_by_size = !attn || strcmp(attn, "auto") == 0;
     if (ok && attn && strcmp(attn, "head") == 0) {
         e->attn = CU_ATTN_AUTO;
     } else if (ok && attn && strcmp(attn, "group-rope") == 0) {
@@ -548,6 +554,13 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
         fail(e, "NETLM_CUDA_ATTN: \"%s\" is not auto, group, head or group-rope", attn);
         ok = false;
     }
+    int sms = 0;
+    if (ok && cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, o->device) != cudaSuccess) {
+        fail(e, "cuda: cannot read cuda:%d's multiprocessor count: %s", o->device,
+             cudaGetErrorString(cudaGetLastError()));
+        ok = false;
+    }
+    e->sms = sms > 0 ? (uint32_t)sms : 1;
     ok = ok && upload_weights(e);
     if (ok) {
         place_activations(e, NULL, &e->abytes);
@@ -673,6 +686,24 @@ const char *model_cuda_error(const struct model_cuda *e) { return e->err; }
             return false;                                                                         \
     } while (0)
 
+/* The fused SwiGLU GEMM is a persistent grid of one CTA per multiprocessor walking 192 × 128
+ * output tiles. On an H200, against cuBLASLt plus the pass, it took Qwen2.5-0.5B's engine 3.0 ms
+ * of 93.7 less at 65,536 rows (256 sequences of 256 tokens) and 0.21 ms of 1.89 more at 256
+ * rows (one sequence: 76 tiles, too few to fill the grid). The bound between is not measured. */
+enum { SWIGLU_FUSED_MIN_ROWS = 8192 };
+
+/* The grouped attention kernel runs a 7th of the blocks of the per-query-head one on Qwen2.5's
+ * 14 / 2 heads: on an H200 1.2 ms faster at 256 sequences of 256 tokens (2,048 blocks, 16 per
+ * multiprocessor) and 0.5 ms slower on one (8 blocks). Grouped from 4 blocks per multiprocessor
+ * on, a bound between the two measured ends. */
+static enum cu_attn_impl attention_impl(const struct model_cuda *e)
+{
+    if (!e->attn_by_size)
+        return e->attn;
+    const uint64_t tiles = (e->max_len + 63) / 64;
+    return tiles * e->KV * e->nseq >= 4ull * e->sms ? CU_ATTN_TC_GROUP : CU_ATTN_AUTO;
+}
+
 /* Enqueues the stack and the head for the current launch shapes (e->nseq sequences, e->rows
  * rows, lengths ≤ e->max_len; a decode step: e->rows rows of one new token each, at the cache
  * rows d_kvrow). No host synchronisation: this is what a graph captures. */
@@ -686,6 +717,8 @@ static bool enqueue(struct model_cuda *e, enum tail tail)
     /* the classify pass stores no KV cache: q and k may stay unrotated in qkv */
     const bool rope_inside = !e->gpt2 && e->attn_rope && tail == TAIL_CLASSIFY &&
                              cu_attention_fuses_rope(T, e->d, e->H, e->KV, e->max_len, e->QKV, Hd);
+    const enum cu_attn_impl attn = attention_impl(e);
+    const bool swiglu_fused = e->swiglu_gemm && (e->swiglu_always || n >= SWIGLU_FUSED_MIN_ROWS);
 
     cu_profile_start(e->prof, s);
     CK(cu_embed(e->x, XT, e->wte, e->gpt2 ? e->wpe : NULL, T, e->d_tokens, e->d_pos, n, C, s), "embedding");
@@ -716,7 +749,7 @@ static bool enqueue(struct model_cuda *e, enum tail tail)
                                  e->d, scale, e->rope_cos, e->rope_sin, s), "attention with rope");
         else
             CK(cu_attention(e->att, Hd, e->qkv, e->QKV, T, e->d_seq_off, e->nseq, e->max_len, e->H,
-                            e->KV, e->d, scale, e->attn, s), "attention");
+                            e->KV, e->d, scale, attn, s), "attention");
         cu_profile_mark(e->prof, "attention", s);
         GEMM(T, XT, e->x, C, e->att, Hd, cl->o_w, cl->o_b, n, Hd, C, true, false);
         cu_profile_mark(e->prof, "gemm o +residual", s);
@@ -732,7 +765,7 @@ static bool enqueue(struct model_cuda *e, enum tail tail)
                 CK(cu_gelu(e->ffn, e->ffn, T, (size_t)n * e->F, erf, s), "gelu");
                 cu_profile_mark(e->prof, "gelu", s);
             }
-        } else if (e->swiglu_gemm) {
+        } else if (swiglu_fused) {
             CK(cu_gemm_swiglu(e->ffn, e->F, e->xn, C, cl->up_w, n, C, e->F, s), "gemm up + swiglu");
             cu_profile_mark(e->prof, "gemm up +swiglu", s);
         } else {
@@ -743,7 +776,7 @@ static bool enqueue(struct model_cuda *e, enum tail tail)
         }
         /* the hidden activations: [n, F] packed after the fused GEMM, the gate halves of
          * [n, 2F] rows after the separate SwiGLU */
-        GEMM(T, XT, e->x, C, e->ffn, e->swiglu_gemm ? e->F : e->FW, cl->down_w, cl->down_b, n, e->F, C, true,
+        GEMM(T, XT, e->x, C, e->ffn, swiglu_fused ? e->F : e->FW, cl->down_w, cl->down_b, n, e->F, C, true,
              false);
         cu_profile_mark(e->prof, "gemm down +residual", s);
     }

@@ -209,15 +209,15 @@ static void test_bf16(void **state)
     }
 }
 
-/* The engine's other kernel choices on the Qwen2 models (by default: the up GEMM with the SwiGLU
- * in its epilogue on Hopper where the ffn is a multiple of 128, grouped-query attention one block
- * per kv head on batches of at most 256 tokens): cuBLASLt's GEMM then the SwiGLU pass with
- * attention one block per query head; and the plain fused kernel variant with RoPE inside the
- * grouped attention in the classify pass. */
+/* The engine's kernel choices on the Qwen2 models, each forced whatever the batch's size (by
+ * default the large batches get the up GEMM with the SwiGLU in its epilogue — Hopper, an ffn
+ * that is a multiple of 128 — and grouped-query attention one block per kv head, the small ones
+ * cuBLASLt's GEMM then the SwiGLU pass and a block per query head): each of those, and the plain
+ * fused kernel variant with RoPE inside the grouped attention in the classify pass. */
 static void test_bf16_kernel_choices(void **state)
 {
     (void)state;
-    static const char *const choices[][2] = {{"0", "head"}, {"c1", "group-rope"}};
+    static const char *const choices[][2] = {{"0", "head"}, {"1", "group"}, {"c1", "group-rope"}};
     for (unsigned c = 0; c < sizeof choices / sizeof choices[0]; c++) {
         setenv("NETLM_CUDA_SWIGLU_GEMM", choices[c][0], 1);
         setenv("NETLM_CUDA_ATTN", choices[c][1], 1);
