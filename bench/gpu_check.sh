@@ -203,7 +203,7 @@ bench bench-e2e-pretrain 90 "$log" python3 "$root/bench/gpu_e2e.py" --only pretr
 # compile takes 30-60 s). It leaves the later benchmark stages (the variants, then Nsight
 # Compute) the time they usually take; the sanitizer stages come last and take what is left.
 reserve=10
-for name in swiglu-fastest swiglu-pass attn-head attn-group-rope residual-bf16 profile \
+for name in swiglu-fastest swiglu-pass attn-group attn-head attn-group-rope residual-bf16 profile \
             train-profile train-simt-bwd train-no-dropout pipeline; do
     selected "bench-$name" && reserve=$((reserve + 25))
 done
@@ -227,16 +227,18 @@ variant() { # name command...
     sed "s/^{\"side\":\"netlm\"/{\"side\":\"netlm\",\"variant\":\"$name\"/; s/^{\"cuda_profile\"/{\"variant\":\"$name\",\"cuda_profile\"/" "$tmp" >>"$OUT/netlm.json"
     rm -f "$tmp"
 }
-# The engine's kernel choices against its defaults (Qwen2 bf16 on Hopper: the up GEMM with the
-# SwiGLU in its epilogue, gemm_swiglu.cu's first variant; grouped-query attention one block per kv
-# head): the fused variant bench-gemm timed fastest (NETLM_GPU_SWIGLU_VARIANT, else
-# gpu_fastest_swiglu.py's pick, else the default); cuBLASLt's GEMM then the SwiGLU as a pass of its
-# own; attention one block per query head; RoPE inside the grouped attention (classify pass)
+# The engine's kernel choices against its defaults (Qwen2 bf16 on Hopper, on large batches: the
+# up GEMM with the SwiGLU in its epilogue, gemm_swiglu.cu's first variant; grouped-query attention
+# one block per kv head): the fused variant bench-gemm timed fastest (NETLM_GPU_SWIGLU_VARIANT,
+# else gpu_fastest_swiglu.py's pick, else the default) on every batch size; cuBLASLt's GEMM then
+# the SwiGLU as a pass of its own; grouped attention on every batch size; attention one block per
+# query head; RoPE inside the grouped attention (classify pass)
 swiglu_variant=${NETLM_GPU_SWIGLU_VARIANT:-$(python3 "$root/bench/gpu_fastest_swiglu.py" "$OUT/netlm.json" || echo 1)}
 echo "fastest fused SwiGLU GEMM variant: $swiglu_variant" >>"$OUT/env.txt"
 variant swiglu-fastest env NETLM_CUDA_SWIGLU_GEMM="$swiglu_variant" "$build/netlm_model_bench" "${cases[@]}" \
     --device cuda --runs 10
 variant swiglu-pass env NETLM_CUDA_SWIGLU_GEMM=0 "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10
+variant attn-group env NETLM_CUDA_ATTN=group "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10
 variant attn-head env NETLM_CUDA_ATTN=head "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10
 variant attn-group-rope env NETLM_CUDA_ATTN=group-rope "$build/netlm_model_bench" "${cases[@]}" --device cuda \
     --runs 10

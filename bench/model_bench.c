@@ -232,7 +232,7 @@ struct cuda_case {
 };
 
 /* The issue's table (PyTorch figures in bench/gpu_bench.py): throughput at large batches,
- * latency at batch 1. */
+ * latency at batch 1; and two Qwen2 batch sizes between (netlm alone). */
 static const struct cuda_case cuda_cases[] = {
     {"gpt2-base-v60005-b256-t256", MODEL_ARCH_GPT2, 12, 768, 12, 12, 3072, 60005, 256, 256, false},
     {"gpt2-base-v65541-b512-t128", MODEL_ARCH_GPT2, 12, 768, 12, 12, 3072, 65541, 512, 128, false},
@@ -241,6 +241,9 @@ static const struct cuda_case cuda_cases[] = {
     {"gpt2-small-v65541-b1-t128", MODEL_ARCH_GPT2, 4, 256, 4, 4, 1024, 65541, 1, 128, true},
     {"qwen05b-v60005-b256-t256", MODEL_ARCH_QWEN2, 24, 896, 14, 2, 4864, 60005, 256, 256, false},
     {"qwen05b-v60005-b1-t256", MODEL_ARCH_QWEN2, 24, 896, 14, 2, 4864, 60005, 1, 256, true},
+    /* between the two: where the engine's size-chosen kernels (engine.c) change over */
+    {"qwen05b-v60005-b16-t256", MODEL_ARCH_QWEN2, 24, 896, 14, 2, 4864, 60005, 16, 256, false},
+    {"qwen05b-v60005-b64-t256", MODEL_ARCH_QWEN2, 24, 896, 14, 2, 4864, 60005, 64, 256, false},
 };
 
 /* Forward FLOPs of one full-length sequence through the stack and the classifier (the LM head
