@@ -437,6 +437,8 @@ const variant variants[] = {
     make_variant<2, 1, 0, 2>("c2"),    make_variant<2, 1, 1, 2>("c2-inflight"),
     make_variant<2, 2, 0, 2>("c4"),    make_variant<2, 2, 1, 2>("c4-inflight"),
     make_variant<1, 1, 0, 3>("c1-w3"), make_variant<2, 2, 0, 3>("c4-w3"),
+    make_variant<1, 1, 1, 3>("c1-w3-inflight"), make_variant<2, 1, 1, 3>("c2-w3-inflight"),
+    make_variant<2, 2, 1, 3>("c4-w3-inflight"),
     make_variant<1, 1, 0, 2, true>("c1-pingpong"), make_variant<2, 1, 0, 2, true>("c2-pingpong"),
 };
 constexpr int VARIANTS = sizeof variants / sizeof variants[0];
