@@ -517,21 +517,36 @@ cudaError_t launch_tc(void *out, uint32_t ldo, float *lse, const void *qkv, uint
 
 /* RoPE on a [64][D + 8] tile in shared memory, cu_rope's arithmetic (half-split pairs j, j + D/2
  * rotated by the angle of the row's position): tile row r is position pos0 + r of its sequence,
- * rows at or past len (zeros) are left alone. Every thread of the block takes part. */
+ * rows at or past len (zeros) are left alone. Every thread of the block takes part, two
+ * neighbouring pairs at a time. The block does nothing else meanwhile, so each thread first
+ * loads all the table entries it needs (from L2), then rotates: one load latency per tile
+ * instead of one per step. */
 template <uint32_t D>
 __device__ __forceinline__ void rope_tile(bf16 *tile, uint32_t pos0, uint32_t len, const float *cos_t,
                                           const float *sin_t)
 {
-    constexpr uint32_t LD = D + 8, HALF = D / 2;
-    for (uint32_t i = threadIdx.x; i < TC_BK * HALF; i += TC_THREADS) {
-        const uint32_t r = i / HALF, j = i % HALF, pos = pos0 + r;
-        if (pos >= len)
+    constexpr uint32_t LD = D + 8, HALF = D / 2, PAIRS = HALF / 2, STEPS = TC_BK * PAIRS / TC_THREADS;
+    static_assert(TC_BK * PAIRS % TC_THREADS == 0, "whole steps of the block's threads");
+    float c0[STEPS], c1[STEPS], s0[STEPS], s1[STEPS];
+#pragma unroll
+    for (uint32_t st = 0; st < STEPS; st++) {
+        const uint32_t i = threadIdx.x + st * TC_THREADS, pos = pos0 + i / PAIRS, j = 2 * (i % PAIRS);
+        const size_t at = (size_t)(pos < len ? pos : 0) * HALF + j; /* rows past len: any entry */
+        c0[st] = cos_t[at];
+        c1[st] = cos_t[at + 1];
+        s0[st] = sin_t[at];
+        s1[st] = sin_t[at + 1];
+    }
+#pragma unroll
+    for (uint32_t st = 0; st < STEPS; st++) {
+        const uint32_t i = threadIdx.x + st * TC_THREADS, r = i / PAIRS, j = 2 * (i % PAIRS);
+        if (pos0 + r >= len)
             continue;
-        bf16 *row = tile + r * LD;
-        const float a = to_f(row[j]), b = to_f(row[j + HALF]);
-        const float cs = cos_t[(size_t)pos * HALF + j], sn = sin_t[(size_t)pos * HALF + j];
-        row[j] = from_f<bf16>(a * cs - b * sn);
-        row[j + HALF] = from_f<bf16>(b * cs + a * sn);
+        __nv_bfloat162 *lo = reinterpret_cast<__nv_bfloat162 *>(tile + r * LD + j);
+        __nv_bfloat162 *hi = reinterpret_cast<__nv_bfloat162 *>(tile + r * LD + j + HALF);
+        const float2 a = __bfloat1622float2(*lo), b = __bfloat1622float2(*hi);
+        *lo = __floats2bfloat162_rn(a.x * c0[st] - b.x * s0[st], a.y * c1[st] - b.y * s1[st]);
+        *hi = __floats2bfloat162_rn(b.x * c0[st] + a.x * s0[st], b.y * c1[st] + a.y * s1[st]);
     }
 }
 
