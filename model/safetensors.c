@@ -269,11 +269,12 @@ static bool st_check_keys(const char *name, const uint8_t *p, size_t n, size_t *
         size_t first_key;  /* this object's keys are keys[first_key ..] */
         uint32_t parent;   /* key that holds this object */
     } stack[ST_SCAN_MAX_DEPTH];
-    struct st_scan s = {0};
+    /* the text buffer exists from the start: empty keys point into it too */
+    struct st_scan s = {.text = malloc(4096), .text_cap = 4096};
     int depth = 0;
     uint32_t last_key = UINT32_MAX; /* the key whose value comes next, in the innermost object */
-    bool ok = true;
-    const char *oom = NULL;
+    bool ok = s.text != NULL;
+    const char *oom = ok ? NULL : "out of memory";
     if (err && errlen)
         err[0] = '\0';
     *top_keys = 0;

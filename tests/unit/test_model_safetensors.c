@@ -491,6 +491,21 @@ static void test_errors_duplicates_metadata(void **state)
         "m.safetensors: tensor 'a': duplicate key 'dtype'");
     assert_string_equal(refuse("{\"a\\u0000b\":{}}", 0),
                         "m.safetensors: key 'a?b' contains a NUL character");
+    /* an empty name is a name: first of all (nothing stored before it), and a duplicate of it */
+    size_t unnamed_size;
+    uint8_t four[4] = {0};
+    uint8_t *unnamed = build("{\"\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", four, 4,
+                             &unnamed_size);
+    char unnamed_err[256] = "";
+    struct st_file *unnamed_file =
+        st_open_buffer("m.safetensors", unnamed, unnamed_size, unnamed_err, sizeof(unnamed_err));
+    free(unnamed);
+    assert_non_null(unnamed_file);
+    assert_non_null(st_find(unnamed_file, ""));
+    st_close(unnamed_file);
+    snprintf(h, sizeof(h), "{\"\":%s,\"\":%s}", a, b);
+    assert_string_equal(refuse(h, 8), "m.safetensors: duplicate tensor name ''");
+    assert_string_equal(refuse("{\"\":{},\"\":{}}", 0), "m.safetensors: duplicate tensor name ''");
     /* nested objects of different tensors may reuse keys */
     snprintf(h, sizeof(h), "{\"x\":%s,\"y\":%s}", a, b);
     size_t size;
