@@ -561,6 +561,9 @@ __device__ __forceinline__ void rope_tile(bf16 *tile, uint32_t pos0, uint32_t le
  * costs less than cu_rope's pass over all of q and k since the tiles are in shared memory anyway. */
 constexpr uint32_t TC_GROUP_TILES = 4, TC_GROUP_MAX_LEN = TC_GROUP_TILES * TC_BK;
 
+/* attn_tc_group's query tiles per (kv head, sequence): its grid's x */
+constexpr uint32_t group_tiles(uint32_t max_len) { return (max_len + TC_BK - 1) / TC_BK; }
+
 template <uint32_t D, bool ROPE>
 __global__ void __launch_bounds__(TC_THREADS)
 attn_tc_group(bf16 *out, uint32_t ldo, const bf16 *qkv, uint32_t ldqkv, const uint32_t *seq_off, uint32_t heads,
@@ -627,7 +630,7 @@ cudaError_t launch_tc_group(void *out, uint32_t ldo, const void *qkv, uint32_t l
                             uint32_t nseq, uint32_t max_len, uint32_t heads, uint32_t kv_heads, float scale,
                             const float *cos_t, const float *sin_t, cudaStream_t s)
 {
-    const uint32_t tiles = (max_len + TC_BK - 1) / TC_BK;
+    const uint32_t tiles = group_tiles(max_len);
     const dim3 grid(tiles, kv_heads, nseq);
     const size_t tile_bytes = (size_t)TC_BK * (D + 8) * sizeof(bf16);
     const size_t smem = (2 + 2 * (size_t)tiles) * tile_bytes;
@@ -1418,6 +1421,11 @@ extern "C" bool cu_attention_fuses_rope(enum cu_dtype t, uint32_t d, uint32_t he
                                         uint32_t max_len, uint32_t ldqkv, uint32_t ldo)
 {
     return group_serves(t, d, heads, kv_heads, max_len, ldqkv, ldo);
+}
+
+extern "C" uint64_t cu_attention_group_blocks(uint32_t nseq, uint32_t max_len, uint32_t kv_heads)
+{
+    return (uint64_t)group_tiles(max_len) * kv_heads * nseq;
 }
 
 extern "C" cudaError_t cu_attention_rope(void *out, uint32_t ldo, const void *qkv, uint32_t ldqkv, enum cu_dtype t,

@@ -145,6 +145,10 @@ cudaError_t cu_attention(void *out, uint32_t ldo, const void *qkv, uint32_t ldqk
                          float scale, enum cu_attn_impl impl, cudaStream_t s);
 /* Whether the tensor-core kernel serves (t, d) under CU_ATTN_AUTO. */
 bool cu_attention_uses_tensor_cores(enum cu_dtype t, uint32_t d);
+/* The blocks CU_ATTN_TC_GROUP launches for nseq sequences of at most max_len tokens: one per
+ * query tile, kv head and sequence (a block per query head launches heads / kv_heads times as
+ * many). */
+uint64_t cu_attention_group_blocks(uint32_t nseq, uint32_t max_len, uint32_t kv_heads);
 /* cu_attention as CU_ATTN_TC_GROUP runs it, with RoPE (cu_rope's tables and arithmetic) applied
  * to q and k as the kernel loads them: qkv holds them unrotated and keeps them so. Positions are
  * the rows' places in their sequences (the classify path's packing). Only where

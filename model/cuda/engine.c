@@ -560,7 +560,7 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
              cudaGetErrorString(cudaGetLastError()));
         ok = false;
     }
-    e->sms = sms > 0 ? (uint32_t)sms : 1;
+    e->sms = (uint32_t)sms;
     ok = ok && upload_weights(e);
     if (ok) {
         place_activations(e, NULL, &e->abytes);
@@ -700,8 +700,7 @@ static enum cu_attn_impl attention_impl(const struct model_cuda *e)
 {
     if (!e->attn_by_size)
         return e->attn;
-    const uint64_t tiles = (e->max_len + 63) / 64;
-    return tiles * e->KV * e->nseq >= 4ull * e->sms ? CU_ATTN_TC_GROUP : CU_ATTN_AUTO;
+    return cu_attention_group_blocks(e->nseq, e->max_len, e->KV) >= 4ull * e->sms ? CU_ATTN_TC_GROUP : CU_ATTN_AUTO;
 }
 
 /* Enqueues the stack and the head for the current launch shapes (e->nseq sequences, e->rows
