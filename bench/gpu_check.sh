@@ -203,7 +203,7 @@ bench bench-e2e-pretrain 90 "$log" python3 "$root/bench/gpu_e2e.py" --only pretr
 # compile takes 30-60 s). It leaves the later benchmark stages (the variants, then Nsight
 # Compute) the time they usually take; the sanitizer stages come last and take what is left.
 reserve=10
-for name in swiglu-fastest swiglu-pass attn-group attn-head attn-group-rope residual-bf16 profile \
+for name in swiglu-fastest swiglu-pass attn-group attn-head attn-group-rope residual-fp32 profile \
             train-profile train-simt-bwd train-no-dropout pipeline; do
     selected "bench-$name" && reserve=$((reserve + 25))
 done
@@ -216,7 +216,7 @@ left=$((deadline - reserve - SECONDS))
 [[ ${NETLM_GPU_TORCH:-1} == 0 ]] || bench bench-torch "$left" "$OUT/summary.txt" env PYTHONUNBUFFERED=1 python3 "$root/bench/gpu_bench.py" \
     --out "$OUT/torch.json" --runs 10 $( ((quick)) && echo --no-compile) --budget-s $((left - 70 > 20 ? left - 70 : 20)) \
     ${NETLM_GPU_TORCH_ONLY:+--only "$NETLM_GPU_TORCH_ONLY"}
-# Variants in the same run, tagged in netlm.json: the residual stream in bf16; the time per kind
+# Variants in the same run, tagged in netlm.json: the residual stream in fp32; the time per kind
 # of step (no graphs); the heuristic's first GEMM algorithm instead of the fastest candidate
 variant() { # name command...
     local name=$1 tmp=$OUT/variant.tmp
@@ -242,7 +242,7 @@ variant attn-group env NETLM_CUDA_ATTN=group "$build/netlm_model_bench" "${cases
 variant attn-head env NETLM_CUDA_ATTN=head "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10
 variant attn-group-rope env NETLM_CUDA_ATTN=group-rope "$build/netlm_model_bench" "${cases[@]}" --device cuda \
     --runs 10
-variant residual-bf16 "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10 --residual-bf16
+variant residual-fp32 "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10 --residual fp32
 variant profile "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 5 --profile
 variant train-profile env NETLM_CUDA_PROFILE=1 "$build/netlm_model_bench" "${cases[@]}" --device cuda --train --runs 3
 variant train-simt-bwd env NETLM_CUDA_ATTN_BWD=simt "$build/netlm_model_bench" "${cases[@]}" --device cuda --train --runs 5

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """gpu_e2e.py — the CUDA engine end to end, as users run it (bench/gpu_check.sh runs it on the
-GPU machine): `netlm classify --device cuda` (bf16 and fp32), `netlm replay` with
+GPU machine): `netlm classify --device cuda` (bf16 with the residual stream in bf16, the
+default, and in fp32; fp32), `netlm replay` with
 model.device = "cuda", and `netlm generate --device cuda`, each against the same command on the
 CPU, on the bundled model and capture. No generation model is bundled: the generation checks
 use a fresh random one of the bundled model's shape (`netlm convert --config-path`, task
@@ -9,8 +10,9 @@ generate) on the seed's header-field task built from the capture (`netlm dataset
 Checks (exit 1 when one fails):
 - fp32 on the GPU: every session gets the CPU's label; scores within 1e-4 (absolute; the
   engine's fp32 logits agree with the CPU to ~1e-5 relative, test_cuda_model);
-- bf16: scores within 0.02 absolute (bf16 weights and activations: ~1e-2 relative on logits,
-  test_cuda_model); a label may differ only where the CPU's best two scores are closer than that;
+- bf16, with either residual stream (--residual bf16, the default, or fp32): scores within 0.02
+  absolute (bf16 weights and activations: ~1e-2 relative on logits, test_cuda_model); a label
+  may differ only where the CPU's best two scores are closer than that;
 - replay: the classification events name the same flows with the same labels (same rule).
 - generate, greedy, fp32 (8 new tokens a row, a KV cache on the GPU): each row's continuation
   equals the CPU's; at most 1 % of rows may differ, because a random model's best two logits can
@@ -54,8 +56,9 @@ GEN_ARGS = ["--seq-length", "100", "--tgt-seq-length", "9"]  # [CLS] packet [SEP
 DEVICE = os.environ.get("NETLM_E2E_DEVICE", "cuda")
 # a command's limit: a GPU needs seconds; the emulated GPU under the sanitizers (ctest) minutes
 COMMAND_SECONDS = float(os.environ.get("NETLM_E2E_COMMAND_SECONDS", "120"))
-# --precision is refused without a GPU: the dry run (DEVICE cpu) leaves it out
+# --precision and --residual are refused without a GPU: the dry run (DEVICE cpu) leaves them out
 FP32 = ["--precision", "fp32"] if DEVICE != "cpu" else []
+RESIDUAL_FP32 = ["--residual", "fp32"] if DEVICE != "cpu" else []
 
 
 def run(cmd):
@@ -174,8 +177,10 @@ def classify_checks(netlm, model, capture, tmp):
     cpu = classify(netlm, model, capture, "--device", "cpu", "--top-k", "16")
     fp32 = classify(netlm, model, capture, "--device", DEVICE, *FP32, "--top-k", "16")
     bf16 = classify(netlm, model, capture, "--device", DEVICE, "--top-k", "16")
+    bf16_x32 = classify(netlm, model, capture, "--device", DEVICE, *RESIDUAL_FP32, "--top-k", "16")
     n32, bad32, worst32 = compare(cpu, fp32, 0.0, label, scores)
     n16, bad16, worst16 = compare(cpu, bf16, BF16_SCORE_BOUND, label, scores)
+    _, bad16x, worst16x = compare(cpu, bf16_x32, BF16_SCORE_BOUND, label, scores)
     conf = os.path.join(tmp, "gpu.conf")
     with open(conf, "w") as f:
         f.write('model: { device = "%s"; batch_max = 64; };\n' % DEVICE)
@@ -183,10 +188,13 @@ def classify_checks(netlm, model, capture, tmp):
     ev_gpu = replay(netlm, model, capture, conf)
     nr, badr, worstr = compare(ev_cpu, ev_gpu, BF16_SCORE_BOUND, label, scores)
     ok = (bad32 == 0 and worst32 <= FP32_SCORE_BOUND and bad16 == 0 and worst16 <= BF16_SCORE_BOUND
-          and badr == 0 and worstr <= BF16_SCORE_BOUND and n32 > 0 and nr > 0)
+          and bad16x == 0 and worst16x <= BF16_SCORE_BOUND and badr == 0 and worstr <= BF16_SCORE_BOUND
+          and n32 > 0 and nr > 0)
     return ok, {"sessions": n32,
                 "fp32": {"label_mismatches": bad32, "max_score_diff": worst32, "bound": FP32_SCORE_BOUND},
                 "bf16": {"label_mismatches": bad16, "max_score_diff": worst16, "bound": BF16_SCORE_BOUND},
+                "bf16_fp32_residual": {"label_mismatches": bad16x, "max_score_diff": worst16x,
+                                       "bound": BF16_SCORE_BOUND},
                 "replay": {"events": nr, "label_mismatches": badr, "max_score_diff": worstr}}
 
 

@@ -5,7 +5,7 @@
  *   netlm_model_bench --arch gpt2|qwen2 [--threads N] [--runs N]
  *   netlm_model_bench --qwen05b-rss [--threads N]   (peak RSS of a Qwen2.5-0.5B-sized forward)
  *   netlm_model_bench --train --arch gpt2|qwen2 [--threads N]  (training steps, batch 32 x 128)
- *   netlm_model_bench --device cuda[:N] [--only NAME[,NAME...]] [--precision bf16|fp32] [--residual-bf16]
+ *   netlm_model_bench --device cuda[:N] [--only NAME[,NAME...]] [--precision bf16|fp32] [--residual bf16|fp32]
  *                     [--runs N] [--profile]
  *   netlm_model_bench --device cuda[:N] --train [--precision bf16|fp32] [--dropout P] [--runs N]
  *     (training steps on the GPU; each case trains with the dropout PyTorch's model has in
@@ -14,12 +14,13 @@
  *     (classification of 32 batches, small GPT-2 B256 T128 with graphs, host packing included:
  *      synchronous calls against submit/wait with one batch in flight, as the sensor runs it)
  *     (--profile: no CUDA graphs, and the engine's time per kind of step as a JSON line
- *      {"cuda_profile": ...} on stderr after each case; --residual-bf16: the engine's
- *      residual_bf16 option, the residual stream in bf16 too, bf16 precision only)
+ *      {"cuda_profile": ...} on stderr after each case; --residual: the residual stream's type
+ *      in bf16 precision, bf16 by default as in netlm's commands and the sensor, fp32 the
+ *      engine's other choice)
  *       (the CUDA engine on the configs of bench/gpu_bench.py: one JSON line per measurement;
  *       bench/gpu_check.sh runs it next to PyTorch)
  *   netlm_model_bench --device cpu|cuda[:N] --generate [--only NAME] [--precision bf16|fp32]
- *                     [--residual-bf16] [--runs N] [--threads N] [--profile]
+ *                     [--residual bf16|fp32] [--runs N] [--threads N] [--profile]
  *     (greedy continuation of 128-token prompts by 16 tokens, the gen-* cases: ms per generate
  *      call and new tokens/s, next to gpu_bench.py's HF generate; on the CPU, fp32 and the small
  *      GPT-2 cases unless --only names others) */
@@ -513,7 +514,7 @@ static int cuda_pipeline_bench(int device, enum model_precision prec, int runs)
     char err[512];
     struct model *m = bench_model(&c, err, sizeof err);
     struct model_cuda_options o = {.device = device, .precision = prec, .max_batch = k.batch, .max_seq = k.seq,
-                                   .graphs = true};
+                                   .graphs = true, .residual_bf16 = prec == MODEL_PRECISION_BF16};
     struct model_cuda *e = m ? model_cuda_create(m, &o, err, sizeof err) : NULL;
     const size_t per_batch = (size_t)k.batch * c.num_labels;
     uint32_t *ids = malloc((size_t)k.batch * k.seq * sizeof(uint32_t)), *lengths = malloc(k.batch * sizeof(uint32_t));
@@ -663,10 +664,10 @@ int main(int argc, char **argv)
     const char *arch = "gpt2";
     uint32_t threads = 1;
     int runs = 7;
-    bool rss_mode = false, train_mode = false, profile = false, residual_bf16 = false, pipeline = false;
+    bool rss_mode = false, train_mode = false, profile = false, pipeline = false;
     bool generate = false;
     float dropout = -1.0f; /* --dropout: the GPU training cases' own unless given */
-    const char *device_name = "cpu", *only = NULL, *precision = "bf16";
+    const char *device_name = "cpu", *only = NULL, *precision = "bf16", *residual = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--arch") && i + 1 < argc)
             arch = argv[++i];
@@ -686,8 +687,8 @@ int main(int argc, char **argv)
             precision = argv[++i];
         else if (!strcmp(argv[i], "--profile"))
             profile = true;
-        else if (!strcmp(argv[i], "--residual-bf16"))
-            residual_bf16 = true;
+        else if (!strcmp(argv[i], "--residual") && i + 1 < argc)
+            residual = argv[++i];
         else if (!strcmp(argv[i], "--pipeline"))
             pipeline = true;
         else if (!strcmp(argv[i], "--generate"))
@@ -700,7 +701,7 @@ int main(int argc, char **argv)
                 return 2;
             }
         } else {
-            fprintf(stderr, "usage: %s [--arch gpt2|qwen2] [--threads N] [--runs N] [--qwen05b-rss | --train | --generate [--only NAME] | --device cuda[:N] [--only NAME] [--precision bf16|fp32] [--residual-bf16] [--profile] [--pipeline | --generate | --train [--dropout P]]]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--arch gpt2|qwen2] [--threads N] [--runs N] [--qwen05b-rss | --train | --generate [--only NAME] | --device cuda[:N] [--only NAME] [--precision bf16|fp32] [--residual bf16|fp32] [--profile] [--pipeline | --generate | --train [--dropout P]]]\n", argv[0]);
             return 2;
         }
     }
@@ -713,12 +714,15 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s: bad --device (cpu, cuda, cuda:N) or --precision (bf16, fp32)\n", argv[0]);
         return 2;
     }
-    if (residual_bf16 && (device < 0 || !strcmp(precision, "fp32"))) {
-        fprintf(stderr, "%s: --residual-bf16 is for --device cuda with --precision bf16\n", argv[0]);
+    if (residual && ((strcmp(residual, "bf16") && strcmp(residual, "fp32")) || device < 0 ||
+                     !strcmp(precision, "fp32"))) {
+        fprintf(stderr, "%s: --residual is bf16 or fp32, for --device cuda with --precision bf16\n", argv[0]);
         return 2;
     }
-    if (pipeline && (device < 0 || train_mode || residual_bf16 || profile)) {
-        fprintf(stderr, "%s: --pipeline is for --device cuda, without --train, --residual-bf16 or --profile\n", argv[0]);
+    /* the residual stream as netlm's commands and the sensor keep it unless told */
+    const bool residual_bf16 = device >= 0 && strcmp(precision, "fp32") && (!residual || !strcmp(residual, "bf16"));
+    if (pipeline && (device < 0 || train_mode || residual || profile)) {
+        fprintf(stderr, "%s: --pipeline is for --device cuda, without --train, --residual or --profile\n", argv[0]);
         return 2;
     }
     if (dropout >= 0.0f && !(device >= 0 && train_mode)) {

@@ -119,11 +119,19 @@ bool cli_dropout_arg(const char *cmd, const struct cli_opt *opts, double *p); /*
  * --precision without a GPU is refused: the CPU computes in fp32). */
 #define CLI_TRAIN_DEVICE_OPTIONS                                                                        {"device", NULL, 0, "cpu|cuda[:N]", "where to train (default cpu)", NULL},                         {"precision", NULL, 0, "bf16|fp32",                                                                 "on a GPU: bf16 matrix products with fp32 master weights and sums (default), or fp32 throughout", NULL}
 struct cli_device {
-    const char *name; /* as given ("cpu" when absent) */
-    int device;       /* -1: the CPU */
+    const char *name;   /* as given ("cpu" when absent) */
+    int device;         /* -1: the CPU */
     bool bf16;
+    bool residual_bf16; /* inference engine: the residual stream in bf16 (cli_residual_arg) */
 };
 bool cli_device_arg(const char *cmd, const struct cli_opt *opts, struct cli_device *d);
+/* --residual bf16|fp32 (classify, generate, eval; after cli_device_arg): the residual stream of
+ * a bf16 GPU engine. bf16, the default, is what PyTorch's bf16 models keep (half the stream's
+ * memory traffic); fp32 rounds once less per layer. Refused on the CPU and with --precision fp32. */
+#define CLI_RESIDUAL_OPTION                                                                              \
+    {"residual", NULL, 0, "bf16|fp32",                                                                   \
+     "on a GPU in bf16: the residual stream in bf16 as PyTorch's bf16 models (default), or fp32", NULL}
+bool cli_residual_arg(const char *cmd, const struct cli_opt *opts, struct cli_device *d);
 /* The trainer on device (the CPU when device < 0) for batches of batch × seq ids, with the run's
  * dropout: p ≥ 0 sets the model's three probabilities first (saved with it), else the model's
  * config decides; masks drawn from seed. NULL after one error line. */

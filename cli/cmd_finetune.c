@@ -122,7 +122,8 @@ static bool evaluate(const char *cmd, struct model *m, const struct samples *s, 
     if (dev && dev->device >= 0) {
         const struct model_cuda_options o = {.device = dev->device,
                                              .precision = dev->bf16 ? MODEL_PRECISION_BF16 : MODEL_PRECISION_FP32,
-                                             .max_batch = batch, .max_seq = s->seq, .graphs = true};
+                                             .max_batch = batch, .max_seq = s->seq, .graphs = true,
+                                             .residual_bf16 = dev->residual_bf16};
         gpu = cli_eval_engine(m, &o, keep, err, sizeof err);
     } else {
         r = model_runner_create(m, batch, s->seq, 0, threads, err, sizeof err);
@@ -525,6 +526,7 @@ int cmd_eval(int argc, char **argv)
         {"threads", NULL, 't', "N", "CPU threads (default: all online CPUs)", NULL},
         {"device", NULL, 0, "cpu|cuda[:N]", "where the model runs (default cpu)", NULL},
         {"precision", NULL, 0, "bf16|fp32", "on a GPU: bf16 (default) or fp32", NULL},
+        CLI_RESIDUAL_OPTION,
         {0},
     };
     const char **pos = NULL;
@@ -547,7 +549,7 @@ int cmd_eval(int argc, char **argv)
     struct cli_device where;
     if (!cli_u32(cmd, opts, "batch-size", 32, 1, 4096, &batch) ||
         !cli_u32(cmd, opts, "threads", ncpu > 0 ? (uint32_t)ncpu : 1, 1, 1024, &threads) ||
-        !cli_device_arg(cmd, opts, &where))
+        !cli_device_arg(cmd, opts, &where) || !cli_residual_arg(cmd, opts, &where))
         return 2;
     char err[1024], path[4200];
     int status = 1;

@@ -112,14 +112,14 @@ static bool alloc_batch(struct infer *in, uint32_t kv_tokens)
 static bool open_gpu(struct infer *in, const struct cli_opt *opts, uint32_t kv_tokens)
 {
     struct cli_device where;
-    if (!cli_device_arg(in->cmd, opts, &where))
+    if (!cli_device_arg(in->cmd, opts, &where) || !cli_residual_arg(in->cmd, opts, &where))
         return false;
     if (where.device < 0)
         return true;
     struct model_cuda_options o = {.device = where.device,
                                    .precision = where.bf16 ? MODEL_PRECISION_BF16 : MODEL_PRECISION_FP32,
                                    .max_batch = in->batch, .max_seq = in->seq, .graphs = true,
-                                   .kv_tokens = kv_tokens};
+                                   .residual_bf16 = where.residual_bf16, .kv_tokens = kv_tokens};
     char err[512];
     in->gpu = model_cuda_create(in->model, &o, err, sizeof err);
     if (!in->gpu) {
@@ -509,6 +509,7 @@ int cmd_classify(int argc, char **argv)
         {"emit-tokens", NULL, 0, NULL, "debug, captures with --format json: the model input ids as \"token_ids\"", NULL},
         {"device", NULL, 0, "cpu|cuda[:N]", "where the model runs (default cpu)", NULL},
         {"precision", NULL, 0, "bf16|fp32", "GPU arithmetic: bf16 with fp32 accumulation, or fp32 (default bf16)", NULL},
+        CLI_RESIDUAL_OPTION,
         CLI_FLOW_OPTIONS,
         {0},
     };
@@ -636,6 +637,7 @@ int cmd_generate(int argc, char **argv)
         {"seed", "random_seed", 0, "N", "sampling seed (default 7)", NULL},
         {"device", NULL, 0, "cpu|cuda[:N]", "where the model runs (default cpu)", NULL},
         {"precision", NULL, 0, "bf16|fp32", "GPU arithmetic: bf16 with fp32 accumulation, or fp32 (default bf16)", NULL},
+        CLI_RESIDUAL_OPTION,
         {"quiet", NULL, 'q', NULL, "no progress line", NULL},
         {0},
     };

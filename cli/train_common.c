@@ -483,6 +483,22 @@ bool cli_device_arg(const char *cmd, const struct cli_opt *opts, struct cli_devi
         return false;
     }
     d->bf16 = prec == 0;
+    d->residual_bf16 = false;
+    return true;
+}
+
+bool cli_residual_arg(const char *cmd, const struct cli_opt *opts, struct cli_device *d)
+{
+    static const char *const streams[] = {"bf16", "fp32", NULL};
+    const int stream = cli_choice(cmd, opts, "residual", "bf16", streams);
+    if (stream < 0)
+        return false;
+    if (cli_get(opts, "residual") && (d->device < 0 || !d->bf16)) {
+        cli_error(cmd, "--residual: only with --device cuda in bf16 (%s)",
+                  d->device < 0 ? "the CPU computes in fp32" : "--precision fp32 keeps everything in fp32");
+        return false;
+    }
+    d->residual_bf16 = d->device >= 0 && d->bf16 && stream == 0;
     return true;
 }
 

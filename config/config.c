@@ -70,6 +70,7 @@ struct cfg_key {
 static const char *const cfg_tunnels_names[] = {"outer", "inner"};
 static const char *const cfg_source_names[] = {"libpcap", "dpdk"};
 static const char *const cfg_port_reuse_names[] = {"split", "merge"};
+static const char *const cfg_residual_names[] = {"fp32", "bf16"};
 static const char *const cfg_task_names[] = {"auto", "classify", "generate", "none"};
 static const char *const cfg_output_names[] = {"file", "stdout", "unix_stream"};
 
@@ -163,6 +164,7 @@ static const struct cfg_key cfg_model_keys[] = {
     CFG_U32("threads", model, threads, 0, 1024),
     {.name = "device", .kind = CFG_KIND_DEVICE, .offset = CFG_AT(model, device),
      .size = CFG_FIELD_SIZE(model, device), .lo = 1, .hi = (long long)CFG_FIELD_SIZE(model, device) - 1},
+    CFG_CHOICE("residual", CFG_KIND_CHOICE_BOOL, model, residual_bf16, cfg_residual_names),
     CFG_U32("batch_max", model, batch_max, 1, 4096),
     CFG_U32("batch_timeout_us", model, batch_timeout_us, 0, 10000000),
     CFG_U32("top_k", model, top_k, 1, 100),
@@ -243,6 +245,7 @@ void cfg_defaults(struct cfg_sensor *c)
     c->model.task = CFG_TASK_AUTO;
     c->model.threads = 0;
     cfg_copy_string(c->model.device, sizeof(c->model.device), "cpu");
+    c->model.residual_bf16 = true;
     c->model.batch_max = 32;
     c->model.batch_timeout_us = 2000;
     c->model.top_k = 3;

@@ -88,6 +88,8 @@ struct cfg_sensor {
         uint32_t threads;         /* [restart] CPU threads of the model; 0 = auto: the cores
                                      the capture threads leave (the sensor resolves it) */
         char device[32];          /* [restart] "cpu" | "cuda" | "cuda:N" */
+        bool residual_bf16;       /* [restart] on a GPU: residual = "bf16" (true, the default) |
+                                     "fp32" (false): the residual stream's type */
         uint32_t batch_max;       /* [SIGUSR2] 32 */
         uint32_t batch_timeout_us; /* [SIGUSR2] 2000 */
         uint32_t top_k;           /* [SIGUSR2] 3: scores in each classification event */

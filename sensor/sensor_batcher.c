@@ -191,7 +191,7 @@ struct sensor_engine *sensor_engine_load(const struct cfg_sensor *cfg, const cha
          * the first batch of a size; generation with a device KV cache of kv positions a row */
         struct model_cuda_options o = {.device = device, .precision = MODEL_PRECISION_BF16,
                                        .max_batch = e->batch_max, .max_seq = e->seq, .graphs = true,
-                                       .kv_tokens = kv};
+                                       .residual_bf16 = cfg->model.residual_bf16, .kv_tokens = kv};
         char cerr[512];
         e->gpu = model_cuda_create(e->model, &o, cerr, sizeof cerr);
         if (!e->gpu) {

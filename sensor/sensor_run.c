@@ -802,8 +802,9 @@ int sensor_run(const struct sensor_options *o)
         char gpu[384] = "";
         if (model_device_parse(sn->cfg.model.device, &dev))
             model_cuda_describe(dev, gpu, sizeof gpu);
-        sensor_log("capturing on %s, model %s on %s (%s), %d flow workers", input, sn->engine->name,
-                   sn->cfg.model.device, gpu, sn->n_workers);
+        sensor_log("capturing on %s, model %s on %s (%s, bf16, %s residual stream), %d flow workers", input,
+                   sn->engine->name, sn->cfg.model.device, gpu, sn->cfg.model.residual_bf16 ? "bf16" : "fp32",
+                   sn->n_workers);
     } else if (!o->replay) {
         sensor_log("capturing on %s, model %s (%u threads), %d flow workers", input, sn->engine->name,
                    sn->engine->threads, sn->n_workers);

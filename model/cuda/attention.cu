@@ -231,6 +231,16 @@ __device__ __forceinline__ void cp_async4(void *smem, const void *gmem)
     const uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(a), "l"(gmem));
 }
+
+/* 2^x in one MUFU.EX2, results below 2^-126 flushed to zero. exp2f is the same approximation
+ * (2 ulp) but keeps denormal results, at three more instructions per probability; a probability
+ * 2^-126 below its row's maximum vanishes in the bf16 P and in the fp32 row sum anyway. */
+__device__ __forceinline__ float exp2_ftz(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
 #endif
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
@@ -332,11 +342,14 @@ __device__ __forceinline__ void tc_finish(bf16 *out, uint32_t ldo, float *lse, u
 
 /* One key tile of attn_tc's walk for a warp's 16 query rows (this thread's rows row0 and
  * row1 = row0 + 8): S = Q·Kᵀ from the Q fragments qa and the key tile ks, the causal mask on the
- * diagonal tile (diag), the online softmax update of (m, l) and o, the dropout of the
- * probabilities (DROP), then O += P·V from the value tile vs. Keys k0 .. k0 + 63. */
-template <uint32_t D, bool DROP>
+ * diagonal tile (DIAG), the online softmax update of (m, l) and o, the dropout of the
+ * probabilities (DROP), then O += P·V from the value tile vs. Keys k0 .. k0 + 63.
+ * The running maxima m are in the log2 domain (scores times scale_log2); the scores stay
+ * unscaled until each probability's exponent, one FFMA: 2^(s·scale_log2 − m). At d = 64 the
+ * softmax's per-score instructions cost as much issue time as the products, so each one counts. */
+template <uint32_t D, bool DROP, bool DIAG>
 __device__ __forceinline__ void tc_key_tile(const uint32_t (&qa)[D / 16][4], const bf16 *ks, const bf16 *vs,
-                                            uint32_t k0, bool diag, uint32_t row0, uint32_t row1, uint32_t len,
+                                            uint32_t k0, uint32_t row0, uint32_t row1, uint32_t len,
                                             uint32_t lane, float scale_log2, uint64_t drop_key,
                                             const cu_attn_dropout &drop, float (&o)[D / 8][4], float &m0,
                                             float &m1, float &l0, float &l1)
@@ -357,18 +370,18 @@ __device__ __forceinline__ void tc_key_tile(const uint32_t (&qa)[D / 16][4], con
             mma_bf16(s[nt], qa[kk + 1], kb[2], kb[3]);
         }
     }
-    /* scores in the log2 domain; the diagonal tile masks keys after the query */
+    /* the diagonal tile masks keys after the query (k0 = the query tile's first row there) */
+    if constexpr (DIAG) {
+#pragma unroll
+        for (uint32_t nt = 0; nt < NK; nt++)
+#pragma unroll
+            for (uint32_t e = 0; e < 4; e++)
+                if (nt * 8 + 2 * t + (e & 1) > (e < 2 ? row0 : row1) - k0)
+                    s[nt][e] = -INFINITY;
+    }
     float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
     for (uint32_t nt = 0; nt < NK; nt++) {
-#pragma unroll
-        for (uint32_t e = 0; e < 4; e++) {
-            const uint32_t key = k0 + nt * 8 + 2 * t + (e & 1), qrow = e < 2 ? row0 : row1;
-            float v = s[nt][e] * scale_log2;
-            if (diag && key > qrow)
-                v = -INFINITY;
-            s[nt][e] = v;
-        }
         mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
         mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
     }
@@ -377,18 +390,19 @@ __device__ __forceinline__ void tc_key_tile(const uint32_t (&qa)[D / 16][4], con
     mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
     mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
     mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-    /* key k0 ≤ query on every tile walked (key 0 on the first), so these are finite */
-    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-    const float a0 = exp2f(m0 - mn0), a1 = exp2f(m1 - mn1);
+    /* key k0 ≤ query on every tile walked (key 0 on the first), so these are finite; scale_log2
+     * > 0, so the scaled maximum is the maximum of the scaled scores */
+    const float mn0 = fmaxf(m0, mx0 * scale_log2), mn1 = fmaxf(m1, mx1 * scale_log2);
+    const float a0 = exp2_ftz(m0 - mn0), a1 = exp2_ftz(m1 - mn1); /* 0 on the first tile */
     m0 = mn0;
     m1 = mn1;
     float ls0 = 0.0f, ls1 = 0.0f;
 #pragma unroll
     for (uint32_t nt = 0; nt < NK; nt++) {
-        s[nt][0] = exp2f(s[nt][0] - mn0);
-        s[nt][1] = exp2f(s[nt][1] - mn0);
-        s[nt][2] = exp2f(s[nt][2] - mn1);
-        s[nt][3] = exp2f(s[nt][3] - mn1);
+        s[nt][0] = exp2_ftz(fmaf(s[nt][0], scale_log2, -mn0)); /* masked: 2^−∞ = 0 */
+        s[nt][1] = exp2_ftz(fmaf(s[nt][1], scale_log2, -mn0));
+        s[nt][2] = exp2_ftz(fmaf(s[nt][2], scale_log2, -mn1));
+        s[nt][3] = exp2_ftz(fmaf(s[nt][3], scale_log2, -mn1));
         ls0 += s[nt][0] + s[nt][1];
         ls1 += s[nt][2] + s[nt][3];
     }
@@ -489,8 +503,12 @@ attn_tc(bf16 *out, uint32_t ldo, float *lse, const bf16 *qkv, uint32_t ldqkv,
         }
         __syncthreads();
 
-        tc_key_tile<D, DROP>(qa, ks, vs, k0, kt == qt, row0, row1, len, lane, scale_log2, drop_key, drop, o, m0, m1,
-                             l0, l1);
+        if (kt < qt)
+            tc_key_tile<D, DROP, false>(qa, ks, vs, k0, row0, row1, len, lane, scale_log2, drop_key, drop, o, m0,
+                                        m1, l0, l1);
+        else
+            tc_key_tile<D, DROP, true>(qa, ks, vs, k0, row0, row1, len, lane, scale_log2, drop_key, drop, o, m0, m1,
+                                       l0, l1);
     }
 
     tc_finish<D>(out, ldo, lse, start, len, h, heads, row0, row1, lane, o, m0, m1, l0, l1);
@@ -553,27 +571,76 @@ __device__ __forceinline__ void rope_tile(bf16 *tile, uint32_t pos0, uint32_t le
 /* attn_tc for short sequences with grouped-query heads (inference): one block per (query tile,
  * kv head, sequence) walks the group's query heads one after the other over the same key/value
  * tiles, which it loads into shared memory once — every tile up to the query tile, so
- * max_len ≤ TC_GROUP_MAX_LEN — instead of each query head's block loading them again. The next
- * head's queries are fetched (cp.async) while the current one is computed. No log-sum-exp, no
- * dropout. Shared memory: 2 query tiles and 2 · tiles key/value tiles of [64][D + 8].
+ * max_len ≤ TC_GROUP_MAX_LEN — instead of each query head's block loading them again. Each warp
+ * reads its query rows straight from qkv into the A fragments (no query tile in shared memory:
+ * at d = 64 the 2 · 4 key/value tiles are 72 KB, so 3 blocks fit a multiprocessor where 2 did
+ * with the query tiles beside them), the next head's while the current one is computed. No
+ * log-sum-exp, no dropout.
  * ROPE: q and k in qkv are not rotated yet (positions = row index in the sequence, the classify
- * path's): the block rotates its key tiles once and each head's query tile as they arrive, which
- * costs less than cu_rope's pass over all of q and k since the tiles are in shared memory anyway. */
+ * path's): the block rotates its key tiles once in shared memory, and each warp its query
+ * fragments in registers (a thread holds dims j and j + D/2 of its rows in the same place of
+ * fragments kk and kk + D/32), which costs less than cu_rope's pass over all of q and k. */
 constexpr uint32_t TC_GROUP_TILES = 4, TC_GROUP_MAX_LEN = TC_GROUP_TILES * TC_BK;
 
 /* attn_tc_group's query tiles per (kv head, sequence): its grid's x */
 constexpr uint32_t group_tiles(uint32_t max_len) { return (max_len + TC_BK - 1) / TC_BK; }
 
+/* The A fragments of one head's query rows row0 and row1 = row0 + 8 (rows at or past len as
+ * zeros) read from q, that head's first dim in row 0 of the sequence, row stride ld. */
+template <uint32_t D>
+__device__ __forceinline__ void tc_q_fragments_global(uint32_t (&qa)[D / 16][4], const bf16 *q, uint32_t ld,
+                                                      uint32_t row0, uint32_t row1, uint32_t len, uint32_t t)
+{
+    const bf16 *r0 = q + (size_t)row0 * ld + 2 * t, *r1 = q + (size_t)row1 * ld + 2 * t;
+#pragma unroll
+    for (uint32_t kk = 0; kk < D / 16; kk++) {
+        qa[kk][0] = row0 < len ? *reinterpret_cast<const uint32_t *>(r0 + kk * 16) : 0u;
+        qa[kk][1] = row1 < len ? *reinterpret_cast<const uint32_t *>(r1 + kk * 16) : 0u;
+        qa[kk][2] = row0 < len ? *reinterpret_cast<const uint32_t *>(r0 + kk * 16 + 8) : 0u;
+        qa[kk][3] = row1 < len ? *reinterpret_cast<const uint32_t *>(r1 + kk * 16 + 8) : 0u;
+    }
+}
+
+/* RoPE on the A fragments of rows row0 and row1 (cu_rope's arithmetic: half-split pairs j,
+ * j + D/2 rotated by the angle of the row's position, one bf16 rounding). Register e of
+ * fragment kk holds dims kk·16 + 2t (+ 8 for e ≥ 2), two of them, of row0 (e even) or row1. */
+template <uint32_t D>
+__device__ __forceinline__ void rope_fragments(uint32_t (&qa)[D / 16][4], uint32_t row0, uint32_t row1,
+                                               uint32_t len, uint32_t t, const float *cos_t, const float *sin_t)
+{
+    constexpr uint32_t HALF = D / 2, KH = D / 32; /* fragments of the lower half */
+    const size_t at0 = (size_t)(row0 < len ? row0 : 0) * HALF + 2 * t, at1 = (size_t)(row1 < len ? row1 : 0) * HALF + 2 * t;
+#pragma unroll
+    for (uint32_t kk = 0; kk < KH; kk++) {
+#pragma unroll
+        for (uint32_t e = 0; e < 4; e++) {
+            const size_t at = (e & 1 ? at1 : at0) + kk * 16 + (e & 2 ? 8 : 0);
+            const float2 c = *reinterpret_cast<const float2 *>(cos_t + at);
+            const float2 sn = *reinterpret_cast<const float2 *>(sin_t + at);
+            __nv_bfloat162 lo = *reinterpret_cast<const __nv_bfloat162 *>(&qa[kk][e]);
+            __nv_bfloat162 hi = *reinterpret_cast<const __nv_bfloat162 *>(&qa[kk + KH][e]);
+            const float2 a = __bfloat1622float2(lo), b = __bfloat1622float2(hi);
+            lo = __floats2bfloat162_rn(a.x * c.x - b.x * sn.x, a.y * c.y - b.y * sn.y);
+            hi = __floats2bfloat162_rn(b.x * c.x + a.x * sn.x, b.y * c.y + a.y * sn.y);
+            qa[kk][e] = *reinterpret_cast<const uint32_t *>(&lo);
+            qa[kk + KH][e] = *reinterpret_cast<const uint32_t *>(&hi);
+        }
+    }
+}
+
+/* 3 blocks a multiprocessor at d ≤ 64 (ptxas keeps each thread within 168 registers); d = 128
+ * needs more registers than that, and its tiles take the shared memory of one block anyway */
+template <uint32_t D> constexpr int group_min_blocks() { return D <= 64 ? 3 : 1; }
+
 template <uint32_t D, bool ROPE>
-__global__ void __launch_bounds__(TC_THREADS)
+__global__ void __launch_bounds__(TC_THREADS, group_min_blocks<D>())
 attn_tc_group(bf16 *out, uint32_t ldo, const bf16 *qkv, uint32_t ldqkv, const uint32_t *seq_off, uint32_t heads,
               uint32_t kv_heads, float scale_log2, const float *cos_t, const float *sin_t)
 {
-    constexpr uint32_t LD = D + 8, KD = D / 16, ND = D / 8, TILE = TC_BK * LD;
+    constexpr uint32_t KD = D / 16, ND = D / 8, TILE = TC_BK * (D + 8);
     extern __shared__ __align__(16) unsigned char group_smem[];
-    bf16 *const qbuf = reinterpret_cast<bf16 *>(group_smem); /* [2][TILE] */
-    bf16 *const kbuf = qbuf + 2 * TILE;                         /* [gridDim.x][TILE] */
-    bf16 *const vbuf = kbuf + gridDim.x * TILE;                 /* [gridDim.x][TILE] */
+    bf16 *const kbuf = reinterpret_cast<bf16 *>(group_smem); /* [gridDim.x][TILE] */
+    bf16 *const vbuf = kbuf + gridDim.x * TILE;               /* [gridDim.x][TILE] */
     const uint32_t b = blockIdx.z, kvh = blockIdx.y, group = heads / kv_heads;
     const uint32_t start = seq_off[b], len = seq_off[b + 1] - start;
     const uint32_t qt = gridDim.x - 1 - blockIdx.x; /* longest tiles first */
@@ -583,45 +650,55 @@ attn_tc_group(bf16 *out, uint32_t ldo, const bf16 *qkv, uint32_t ldqkv, const ui
     const bf16 *rows = qkv + (size_t)start * ldqkv;
     const bf16 *kbase = rows + (size_t)(heads + kvh) * D;
     const bf16 *vbase = rows + (size_t)(heads + kv_heads + kvh) * D;
-    const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32, t = lane % 4;
     const uint32_t row0 = q0 + warp * 16 + lane / 4, row1 = row0 + 8; /* this thread's two query rows */
     const cu_attn_dropout none = {};
 
-    /* every key/value tile the query tile sees, and the group's first query head */
+    /* every key/value tile the query tile sees; the group's first query head meanwhile */
     for (uint32_t kt = 0; kt <= qt; kt++) {
         load_tile_async<D>(kbuf + kt * TILE, kbase, ldqkv, kt * TC_BK, len);
         load_tile_async<D>(vbuf + kt * TILE, vbase, ldqkv, kt * TC_BK, len);
     }
-    load_tile_async<D>(qbuf, rows + (size_t)kvh * group * D, ldqkv, q0, len);
     cp_async_commit();
+    uint32_t qa[KD][4];
+    tc_q_fragments_global<D>(qa, rows + (size_t)kvh * group * D, ldqkv, row0, row1, len, t);
+    cp_async_wait<0>();
+    __syncthreads();
+    if constexpr (ROPE) {
+        for (uint32_t kt = 0; kt <= qt; kt++)
+            rope_tile<D>(kbuf + kt * TILE, kt * TC_BK, len, cos_t, sin_t);
+        __syncthreads();
+    }
     for (uint32_t hi = 0; hi < group; hi++) {
         const uint32_t h = kvh * group + hi;
-        /* this head's queries have landed (and on the first, every key/value tile); every warp is
-         * done with the other query buffer, read for the head before the last */
-        cp_async_wait<0>();
-        __syncthreads();
-        if (hi + 1 < group) {
-            load_tile_async<D>(qbuf + ((hi + 1) & 1) * TILE, rows + (size_t)(h + 1) * D, ldqkv, q0, len);
-            cp_async_commit();
-        }
-        if constexpr (ROPE) {
-            if (hi == 0)
-                for (uint32_t kt = 0; kt <= qt; kt++)
-                    rope_tile<D>(kbuf + kt * TILE, kt * TC_BK, len, cos_t, sin_t);
-            rope_tile<D>(qbuf + (hi & 1) * TILE, q0, len, cos_t, sin_t);
-            __syncthreads();
-        }
-        uint32_t qa[KD][4];
-        tc_q_fragments<D>(qa, qbuf + (hi & 1) * TILE, warp, lane);
+        /* the next head's rows are on their way while this one is computed */
+        uint32_t next[KD][4];
+        if (hi + 1 < group)
+            tc_q_fragments_global<D>(next, rows + (size_t)(h + 1) * D, ldqkv, row0, row1, len, t);
+        if constexpr (ROPE)
+            rope_fragments<D>(qa, row0, row1, len, t, cos_t, sin_t);
         float o[ND][4];
 #pragma unroll
         for (uint32_t dt = 0; dt < ND; dt++)
             o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
         float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
-        for (uint32_t kt = 0; kt <= qt; kt++)
-            tc_key_tile<D, false>(qa, kbuf + kt * TILE, vbuf + kt * TILE, kt * TC_BK, kt == qt, row0, row1, len,
-                                  lane, scale_log2, 0, none, o, m0, m1, l0, l1);
+        /* (the diagonal tile inside the loop: after it, ptxas spills the d = 32 kernel's registers) */
+        for (uint32_t kt = 0; kt <= qt; kt++) {
+            if (kt < qt)
+                tc_key_tile<D, false, false>(qa, kbuf + kt * TILE, vbuf + kt * TILE, kt * TC_BK, row0, row1, len,
+                                             lane, scale_log2, 0, none, o, m0, m1, l0, l1);
+            else
+                tc_key_tile<D, false, true>(qa, kbuf + kt * TILE, vbuf + kt * TILE, kt * TC_BK, row0, row1, len,
+                                            lane, scale_log2, 0, none, o, m0, m1, l0, l1);
+        }
         tc_finish<D>(out, ldo, NULL, start, len, h, heads, row0, row1, lane, o, m0, m1, l0, l1);
+        if (hi + 1 < group) {
+#pragma unroll
+            for (uint32_t kk = 0; kk < KD; kk++)
+#pragma unroll
+                for (uint32_t e = 0; e < 4; e++)
+                    qa[kk][e] = next[kk][e];
+        }
     }
 }
 
@@ -633,11 +710,11 @@ cudaError_t launch_tc_group(void *out, uint32_t ldo, const void *qkv, uint32_t l
     const uint32_t tiles = group_tiles(max_len);
     const dim3 grid(tiles, kv_heads, nseq);
     const size_t tile_bytes = (size_t)TC_BK * (D + 8) * sizeof(bf16);
-    const size_t smem = (2 + 2 * (size_t)tiles) * tile_bytes;
+    const size_t smem = 2 * (size_t)tiles * tile_bytes;
     static bool smem_raised; /* once, to the most any launch takes, on the first (eager) call */
     if (!smem_raised) {
         cudaError_t e = cudaFuncSetAttribute(attn_tc_group<D, ROPE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             (int)((2 + 2 * TC_GROUP_TILES) * tile_bytes));
+                                             (int)(2 * TC_GROUP_TILES * tile_bytes));
         if (e != cudaSuccess)
             return e;
         smem_raised = true;
@@ -1124,7 +1201,7 @@ attn_bwd_tc_dq(bf16 *dqkv, uint32_t lddqkv, const bf16 *dout, uint32_t lddout, c
                     const uint32_t qrow = e < 2 ? row0 : row1;
                     float v = 0.0f; /* a select, not a product: 0 · (dP − D) of a padding row */
                     if (qrow < len && key <= qrow) {
-                        const float p = exp2f(s[nt][e] * scale_log2 - (e < 2 ? lse0 : lse1));
+                        const float p = exp2_ftz(s[nt][e] * scale_log2 - (e < 2 ? lse0 : lse1));
                         float dpm = dp[nt][e];
                         if constexpr (DROP)
                             dpm *= dev_dropout_factor(drop_key, drop.threshold, drop.scale,
@@ -1255,7 +1332,7 @@ attn_bwd_tc_dkv(bf16 *dqkv, uint32_t lddqkv, const bf16 *dout, uint32_t lddout, 
                     const uint32_t key = e < 2 ? key0 : key1;
                     float pv = 0.0f, dsv = 0.0f;
                     if (query < len && key <= query) {
-                        const float p = exp2f(st[nt][e] * scale_log2 - lse_t[r] * LOG2E);
+                        const float p = exp2_ftz(st[nt][e] * scale_log2 - lse_t[r] * LOG2E);
                         float dpm = dpt[nt][e], f = 1.0f;
                         if constexpr (DROP) {
                             f = dev_dropout_factor(drop_key, drop.threshold, drop.scale,

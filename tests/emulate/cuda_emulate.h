@@ -323,6 +323,12 @@ template <typename T> inline T __shfl_sync(unsigned, T v, int src)
 
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
+/* ex2.approx.ftz.f32: a denormal argument counts as 0, a result below 2^-126 is 0 */
+inline float exp2_ftz(float x)
+{
+    const float y = exp2f(std::fpclassify(x) == FP_SUBNORMAL ? 0.0f : x);
+    return y < 0x1p-126f ? 0.0f : y;
+}
 inline long long clock64()
 {
     return (long long)std::chrono::duration_cast<std::chrono::nanoseconds>(

@@ -284,6 +284,11 @@ def test_bad_input(twin, tmp):
         (["classify", "--model", model, "--test_path", os.path.join(tmp, "missing.tsv")], "missing.tsv"),
         (["classify", "--model", model, "--test_path", good, "--format", "xml"], "--format"),
         (["generate", "--model", model, "--test_path", good, "--tgt_seq_length", "100"], "positions"),
+        (["classify", "--model", model, "--test_path", good, "--residual", "fp32"], "--residual"),
+        (["classify", "--model", model, "--test_path", good, "--device", "cuda", "--residual", "fp16"], "--residual"),
+        (["generate", "--model", model, "--test_path", good, "--device", "cuda", "--precision", "fp32",
+          "--residual", "bf16"], "--residual"),
+        (["eval", "--model", model, "--test_path", good, "--residual", "bf16"], "--residual"),
         (["convert", "--from", os.path.join(tmp, "nope"), "--to", os.path.join(tmp, "x")], "nope"),
         (["convert", "--to", os.path.join(tmp, "x")], "--from"),
     ):

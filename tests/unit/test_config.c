@@ -44,7 +44,7 @@ static const struct {
     {"flow.emergency.timeouts.other_new", false},
     {"flow.emergency.timeouts.other_established", false}, {"session.ready_packets", false},
     {"session.queue_size", false}, {"model.path", true}, {"model.task", true},
-    {"model.threads", false}, {"model.device", false}, {"model.batch_max", true},
+    {"model.threads", false}, {"model.device", false}, {"model.residual", false}, {"model.batch_max", true},
     {"model.batch_timeout_us", true}, {"model.top_k", true}, {"model.max_new_tokens", true},
     {"output.type", false}, {"output.filename", false}, {"output.socket", false},
     {"output.flow_events", false}, {"output.stats_interval", false}, {"service.user", false},
@@ -176,6 +176,7 @@ static void expect_same_config(const struct cfg_sensor *a, const struct cfg_sens
     EXPECT_FIELD(a, b, model.task);
     EXPECT_FIELD(a, b, model.threads);
     EXPECT_STRING(a, b, model.device);
+    EXPECT_FIELD(a, b, model.residual_bf16);
     EXPECT_FIELD(a, b, model.batch_max);
     EXPECT_FIELD(a, b, model.batch_timeout_us);
     EXPECT_FIELD(a, b, model.top_k);
@@ -231,10 +232,10 @@ static void write_config(const struct cfg_sensor *c, char *buf, size_t size)
     append(buf, size, "}; };\nsession = { ready_packets = %u; queue_size = %u; };\n",
            c->session.ready_packets, c->session.queue_size);
     append(buf, size,
-           "model = { path = \"%s\"; task = \"%s\"; threads = %u; device = \"%s\";\n"
+           "model = { path = \"%s\"; task = \"%s\"; threads = %u; device = \"%s\"; residual = \"%s\";\n"
            "batch_max = %u; batch_timeout_us = %u; top_k = %u; max_new_tokens = %u; };\n",
            c->model.path, cfg_task_name(c->model.task), c->model.threads, c->model.device,
-           c->model.batch_max, c->model.batch_timeout_us, c->model.top_k,
+           c->model.residual_bf16 ? "bf16" : "fp32", c->model.batch_max, c->model.batch_timeout_us, c->model.top_k,
            c->model.max_new_tokens);
     append(buf, size,
            "output = { type = \"%s\"; filename = \"%s\"; socket = \"%s\"; flow_events = %s;\n"
@@ -299,6 +300,7 @@ static void test_defaults(void **state)
     assert_int_equal(c.model.task, CFG_TASK_AUTO);
     assert_int_equal(c.model.threads, 0);
     assert_string_equal(c.model.device, "cpu");
+    assert_true(c.model.residual_bf16); /* on a GPU, as PyTorch's bf16 models */
     assert_int_equal(c.model.batch_max, 32);
     assert_int_equal(c.model.batch_timeout_us, 2000);
     assert_int_equal(c.model.top_k, 3);
@@ -587,6 +589,11 @@ static void test_choices_and_devices(void **state)
     assert_int_equal(c.model.task, CFG_TASK_NONE);
     expect_ok(nested("model.task", "\"auto\""), &c);
     assert_int_equal(c.model.task, CFG_TASK_AUTO);
+    expect_ok(nested("model.residual", "\"fp32\""), &c);
+    assert_false(c.model.residual_bf16);
+    expect_ok(nested("model.residual", "\"bf16\""), &c);
+    assert_true(c.model.residual_bf16);
+    expect_error_at(nested("model.residual", "\"fp16\""), 2, "model.residual");
     char want[256];
     snprintf(want, sizeof(want),
              NAME ":%u: model.task: expected \"auto\", \"classify\", \"generate\" or \"none\", got \"off\"",
@@ -710,7 +717,7 @@ static void test_unknown_keys(void **state)
                  NAME ":2: flow.emergency: expected a group { enter_pct, leave_pct, timeouts }, "
                  "got \"off\"");
     expect_error("model = ( );", NAME ":1: model: expected a group { path, task, threads, device, "
-                 "batch_max, batch_timeout_us, top_k, max_new_tokens }, got a list");
+                 "residual, batch_max, batch_timeout_us, top_k, max_new_tokens }, got a list");
     /* the first error in the file is the one reported */
     expect_error_at("capture = { snaplen = 1; };\nbogus = 1;", 1, "capture.snaplen");
 }
