@@ -671,10 +671,10 @@ attn_tc_group(bf16 *out, uint32_t ldo, const bf16 *qkv, uint32_t ldqkv, const ui
     }
     for (uint32_t hi = 0; hi < group; hi++) {
         const uint32_t h = kvh * group + hi;
-        /* the next head's rows are on their way while this one is computed */
+        /* the next head's rows are on their way while this one is computed (the last head
+         * fetches its own again: one branch fewer, no register left undefined) */
         uint32_t next[KD][4];
-        if (hi + 1 < group)
-            tc_q_fragments_global<D>(next, rows + (size_t)(h + 1) * D, ldqkv, row0, row1, len, t);
+        tc_q_fragments_global<D>(next, rows + (size_t)(hi + 1 < group ? h + 1 : h) * D, ldqkv, row0, row1, len, t);
         if constexpr (ROPE)
             rope_fragments<D>(qa, row0, row1, len, t, cos_t, sin_t);
         float o[ND][4];
@@ -692,13 +692,11 @@ attn_tc_group(bf16 *out, uint32_t ldo, const bf16 *qkv, uint32_t ldqkv, const ui
                                             lane, scale_log2, 0, none, o, m0, m1, l0, l1);
         }
         tc_finish<D>(out, ldo, NULL, start, len, h, heads, row0, row1, lane, o, m0, m1, l0, l1);
-        if (hi + 1 < group) {
 #pragma unroll
-            for (uint32_t kk = 0; kk < KD; kk++)
+        for (uint32_t kk = 0; kk < KD; kk++)
 #pragma unroll
-                for (uint32_t e = 0; e < 4; e++)
-                    qa[kk][e] = next[kk][e];
-        }
+            for (uint32_t e = 0; e < 4; e++)
+                qa[kk][e] = next[kk][e];
     }
 }
 
