@@ -12,8 +12,8 @@
  *   are rounded to bf16 for P·V (as FA2 does); the row sums use the fp32 values.
  * - attn_tc_group (CU_ATTN_TC_GROUP, inference): attn_tc's arithmetic for sequences of at most
  *   256 tokens with grouped-query heads, one block per kv head walking the group's query heads
- *   over key/value tiles it loads once; optionally rotating q and k (RoPE) in shared memory
- *   (cu_attention_rope).
+ *   over key/value tiles it loads once; optionally rotating k (RoPE) in shared memory and q in
+ *   registers (cu_attention_rope).
  * - attn_simt: fp32 arithmetic for both element types and any head_dim ≤ 128; the reference the
  *   fp32 engine runs (1e-5 against the CPU) and the fallback for shapes attn_tc does not take.
  *
