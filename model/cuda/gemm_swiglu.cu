@@ -148,6 +148,20 @@ template <int PENDING> __device__ __forceinline__ void wgmma_wait()
     asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(PENDING) : "memory");
 }
 
+/* 2^x and 1/x in one MUFU operation each (denormals flushed to zero) */
+__device__ __forceinline__ float exp2_ftz(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+__device__ __forceinline__ float rcp_approx(float x)
+{
+    float y;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
 /* Keeps the compiler from moving reads of the accumulators above the wait. */
 __device__ __forceinline__ void accumulators_ready(float (&d)[128])
 {
@@ -216,9 +230,22 @@ __device__ __forceinline__ uint64_t smem_descriptor(const void *p)
     return ((addr & 0x3FFFF) >> 4) | (1ull << 16) | ((1024ull >> 4) << 32) | (1ull << 62);
 }
 
-/* Two MUFU operations (ex2, rcp) and no Newton steps: ~1e-6 relative, far below the bf16 output
- * rounding; for g < -88, e^-g is inf and the quotient 0, silu's limit. */
-__device__ __forceinline__ float silu(float g) { return __fdividef(g, 1.0f + __expf(-g)); }
+/* silu(g0) · u0 and silu(g1) · u1 as a bf16 pair. The epilogue runs with the tensor cores idle
+ * (all consumers finish a tile together), and the multiprocessor's 16 MUFU lanes a clock, not
+ * its arithmetic, bound it: at 2 MUFU operations per output (e^-g, then 1/(1 + e^-g)) they are
+ * ~3,000 of a tile's ~33,000 clocks. Here two outputs share one reciprocal: with a = e^-|g| ∈
+ * (0, 1] and y = 1 + a ∈ (1, 2], sigmoid(g) is 1/y for g ≥ 0 and a/y below, and 1/y0, 1/y1 are
+ * y1 / (y0·y1) and y0 / (y0·y1) (the product at most 4: no overflow, no special case for large
+ * |g|): 1.5 MUFU operations per output. Four outputs per reciprocal would be 1.25, but the
+ * three-consumer variants' 160 registers (128 of them accumulators) then spill. Error: a few
+ * fp32 roundings more than one division (~1e-6 relative), far below the bf16 rounding. */
+__device__ __forceinline__ __nv_bfloat162 silu_times2(float g0, float g1, float u0, float u1)
+{
+    const float a0 = exp2_ftz(fabsf(g0) * -1.4426950408889634f), a1 = exp2_ftz(fabsf(g1) * -1.4426950408889634f);
+    const float y0 = 1.0f + a0, y1 = 1.0f + a1, r = rcp_approx(y0 * y1);
+    const float s0 = (g0 >= 0.0f ? 1.0f : a0) * (r * y1), s1 = (g1 >= 0.0f ? 1.0f : a1) * (r * y0);
+    return __floats2bfloat162_rn(g0 * s0 * u0, g1 * s1 * u1);
+}
 
 /* No CTA leaves while a peer may still arrive on its barriers (the warp reconverges first: the
  * cluster barrier is a whole-warp instruction). */
@@ -389,10 +416,10 @@ __global__ void __launch_bounds__(cta_shape<CONSUMERS, PINGPONG>::threads, 1)
                 const uint32_t r = 4 * i;
                 if (row < n)
                     *(__nv_bfloat162 *)(h + (size_t)row * ldh + col + 8 * i) =
-                        __floats2bfloat162_rn(silu(d[r]) * d[r + 64], silu(d[r + 1]) * d[r + 65]);
+                        silu_times2(d[r], d[r + 1], d[r + 64], d[r + 65]);
                 if (row + 8 < n)
                     *(__nv_bfloat162 *)(h + (size_t)(row + 8) * ldh + col + 8 * i) =
-                        __floats2bfloat162_rn(silu(d[r + 2]) * d[r + 66], silu(d[r + 3]) * d[r + 67]);
+                        silu_times2(d[r + 2], d[r + 3], d[r + 66], d[r + 67]);
             }
         }
         leave_cluster();

@@ -323,6 +323,8 @@ template <typename T> inline T __shfl_sync(unsigned, T v, int src)
 
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
+/* rcp.approx.ftz.f32 (the emulation rounds the quotient correctly) */
+inline float rcp_approx(float x) { return 1.0f / x; }
 /* ex2.approx.ftz.f32: a denormal argument counts as 0, a result below 2^-126 is 0 */
 inline float exp2_ftz(float x)
 {
