@@ -346,7 +346,10 @@ __device__ __forceinline__ void tc_finish(bf16 *out, uint32_t ldo, float *lse, u
  * probabilities (DROP), then O += P·V from the value tile vs. Keys k0 .. k0 + 63.
  * The running maxima m are in the log2 domain (scores times scale_log2); the scores stay
  * unscaled until each probability's exponent, one FFMA: 2^(s·scale_log2 − m). At d = 64 the
- * softmax's per-score instructions cost as much issue time as the products, so each one counts. */
+ * softmax's per-score instructions cost as much issue time as the products, so each one counts.
+ * On the diagonal tile a warp skips the 8-key blocks after its last query row (the products,
+ * the exponents, and P·V's 16-key blocks): warp w needs 2w + 2 of the 8, 5 on average, and
+ * warps go on independently where nothing waits for them (attn_tc_group's head walk). */
 template <uint32_t D, bool DROP, bool DIAG>
 __device__ __forceinline__ void tc_key_tile(const uint32_t (&qa)[D / 16][4], const bf16 *ks, const bf16 *vs,
                                             uint32_t k0, uint32_t row0, uint32_t row1, uint32_t len,
@@ -356,10 +359,14 @@ __device__ __forceinline__ void tc_key_tile(const uint32_t (&qa)[D / 16][4], con
 {
     constexpr uint32_t LD = D + 8, KD = D / 16, ND = D / 8, NK = TC_BK / 8;
     const uint32_t t = lane % 4, lrow = lane % 8, lblk = lane / 8;
+    /* on the diagonal tile: the warp's last query row within it (16w + 15; uniform in the warp) */
+    const uint32_t warp_last = DIAG ? (row0 - k0) | 15u : TC_BK - 1;
     float s[NK][4];
 #pragma unroll
     for (uint32_t nt = 0; nt < NK; nt++) {
         s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+        if (DIAG && nt * 8 > warp_last) /* every key after every row: masked below */
+            continue;
         /* blocks: dims kk·16 + {0, 8, 16, 24} of keys nt·8.. → b0, b1 of k-steps kk, kk + 1 */
         const bf16 *kr = ks + (nt * 8 + lrow) * LD + lblk * 8;
 #pragma unroll
@@ -399,6 +406,10 @@ __device__ __forceinline__ void tc_key_tile(const uint32_t (&qa)[D / 16][4], con
     float ls0 = 0.0f, ls1 = 0.0f;
 #pragma unroll
     for (uint32_t nt = 0; nt < NK; nt++) {
+        if (DIAG && nt * 8 > warp_last) {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+            continue;
+        }
         s[nt][0] = exp2_ftz(fmaf(s[nt][0], scale_log2, -mn0)); /* masked: 2^−∞ = 0 */
         s[nt][1] = exp2_ftz(fmaf(s[nt][1], scale_log2, -mn0));
         s[nt][2] = exp2_ftz(fmaf(s[nt][2], scale_log2, -mn1));
@@ -431,6 +442,8 @@ __device__ __forceinline__ void tc_key_tile(const uint32_t (&qa)[D / 16][4], con
     }
 #pragma unroll
     for (uint32_t kc = 0; kc < TC_BK / 16; kc++) {
+        if (DIAG && kc * 16 > warp_last) /* P is 0 there */
+            continue;
         const uint32_t pa[4] = {pack_bf16(s[2 * kc][0], s[2 * kc][1]),
                                 pack_bf16(s[2 * kc][2], s[2 * kc][3]),
                                 pack_bf16(s[2 * kc + 1][0], s[2 * kc + 1][1]),
