@@ -1521,8 +1521,10 @@ extern "C" cudaError_t cu_attention_rope(void *out, uint32_t ldo, const void *qk
                                          uint32_t kv_heads, uint32_t d, float scale, const float *cos_t,
                                          const float *sin_t, cudaStream_t s)
 {
+    /* (the query fragments read the tables' entries in pairs) */
     if (!cu_attention_fuses_rope(t, d, heads, kv_heads, max_len, ldqkv, ldo) || !cos_t || !sin_t ||
-        (uintptr_t)qkv % 16 != 0 || (uintptr_t)out % 4 != 0)
+        (uintptr_t)qkv % 16 != 0 || (uintptr_t)out % 4 != 0 || (uintptr_t)cos_t % 8 != 0 ||
+        (uintptr_t)sin_t % 8 != 0)
         return cudaErrorNotSupported;
     if (nseq == 0)
         return cudaSuccess;

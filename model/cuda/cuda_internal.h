@@ -153,7 +153,8 @@ uint64_t cu_attention_group_blocks(uint32_t nseq, uint32_t max_len, uint32_t kv_
  * to q and k as the kernel loads them: qkv holds them unrotated and keeps them so. Positions are
  * the rows' places in their sequences (the classify path's packing). Only where
  * cu_attention_fuses_rope says the grouped kernel serves the call (bf16, head_dim 32/64/128,
- * grouped-query heads, max_len ≤ 256, ldqkv a multiple of 8); cudaErrorNotSupported elsewhere. */
+ * grouped-query heads, max_len ≤ 256, ldqkv a multiple of 8; qkv 16-byte and the tables 8-byte
+ * aligned); cudaErrorNotSupported elsewhere. */
 bool cu_attention_fuses_rope(enum cu_dtype t, uint32_t d, uint32_t heads, uint32_t kv_heads, uint32_t max_len,
                              uint32_t ldqkv, uint32_t ldo);
 cudaError_t cu_attention_rope(void *out, uint32_t ldo, const void *qkv, uint32_t ldqkv, enum cu_dtype t,

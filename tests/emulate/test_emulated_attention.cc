@@ -242,12 +242,17 @@ void test_group_rope_forward(void **)
         check_forward<__nv_bfloat16>(p, CU_BF16, CU_ATTN_TC_GROUP, &cos_t, &sin_t, tiles(p.max_len, 64), p.kv_heads,
                                      TC_BOUND);
     }
-    /* outside what the kernel serves (no grouping, or too long): refused, nothing launched */
+    /* outside what the kernel serves (no grouping, too long, tables whose entry pairs are not
+     * 8-byte aligned): refused, nothing launched */
     std::vector<__nv_bfloat16> buf(16);
-    const uint32_t off[2] = {0, 300}, launches = emu_launches;
+    alignas(16) __nv_bfloat16 qkv16[16] = {};
+    const uint32_t off[2] = {0, 300}, short_off[2] = {0, 2}, launches = emu_launches;
     assert_false(cu_attention_fuses_rope(CU_BF16, 64, 4, 4, 256, 768, 256));
     assert_int_equal(cu_attention_rope(buf.data(), 256, buf.data(), 512, CU_BF16, off, 1, 300, 4, 2, 64, 0.125f,
                                        cos_t.data(), sin_t.data(), 0),
+                     cudaErrorNotSupported);
+    assert_int_equal(cu_attention_rope(buf.data(), 256, qkv16, 512, CU_BF16, short_off, 1, 2, 4, 2, 64, 0.125f,
+                                       cos_t.data() + 1, sin_t.data(), 0),
                      cudaErrorNotSupported);
     assert_int_equal(emu_launches, launches);
 }
