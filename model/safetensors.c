@@ -116,9 +116,12 @@ struct st_key {
     uint32_t off, len; /* decoded bytes in st_scan.text */
 };
 
+/* st_scan.text's first size: st_check_keys allocates it before the first key */
+#define ST_SCAN_TEXT_START 4096
+
 struct st_scan {
     char *text;
-    size_t text_len, text_cap;
+    size_t text_len, text_cap; /* text_cap ≥ ST_SCAN_TEXT_START */
     struct st_key *keys;
     size_t n_keys, keys_cap;
 };
@@ -126,7 +129,7 @@ struct st_scan {
 static bool st_scan_put(struct st_scan *s, const void *bytes, size_t n)
 {
     if (s->text_len + n > s->text_cap) {
-        size_t cap = s->text_cap ? s->text_cap : 4096;
+        size_t cap = s->text_cap;
         while (cap < s->text_len + n)
             cap *= 2;
         char *t = realloc(s->text, cap);
@@ -270,7 +273,7 @@ static bool st_check_keys(const char *name, const uint8_t *p, size_t n, size_t *
         uint32_t parent;   /* key that holds this object */
     } stack[ST_SCAN_MAX_DEPTH];
     /* the text buffer exists from the start: empty keys point into it too */
-    struct st_scan s = {.text = malloc(4096), .text_cap = 4096};
+    struct st_scan s = {.text = malloc(ST_SCAN_TEXT_START), .text_cap = ST_SCAN_TEXT_START};
     int depth = 0;
     uint32_t last_key = UINT32_MAX; /* the key whose value comes next, in the innermost object */
     bool ok = s.text != NULL;
