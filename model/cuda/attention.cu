@@ -231,16 +231,6 @@ __device__ __forceinline__ void cp_async4(void *smem, const void *gmem)
     const uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(a), "l"(gmem));
 }
-
-/* 2^x in one MUFU.EX2, results below 2^-126 flushed to zero. exp2f is the same approximation
- * (2 ulp) but keeps denormal results, at three more instructions per probability; a probability
- * 2^-126 below its row's maximum vanishes in the bf16 P and in the fp32 row sum anyway. */
-__device__ __forceinline__ float exp2_ftz(float x)
-{
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-}
 #endif
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
@@ -297,21 +287,20 @@ __device__ __forceinline__ void load_tile_async(bf16 *tile, const bf16 *base, ui
     }
 }
 
-/* The A fragments of a warp's 16 query rows (rows 16·warp .. of the [64][D + 8] tile q), for the
- * whole key walk. */
+/* The A fragments of a warp's query rows row0 and row1 = row0 + 8 (rows at or past len as zeros)
+ * for the whole key walk, read from q (row 0 of the head's dims, row stride ld): a [64][D + 8]
+ * tile in shared memory, or qkv itself. */
 template <uint32_t D>
-__device__ __forceinline__ void tc_q_fragments(uint32_t (&qa)[D / 16][4], const bf16 *q, uint32_t warp,
-                                               uint32_t lane)
+__device__ __forceinline__ void tc_q_fragments(uint32_t (&qa)[D / 16][4], const bf16 *q, uint32_t ld, uint32_t row0,
+                                               uint32_t row1, uint32_t len, uint32_t t)
 {
-    constexpr uint32_t LD = D + 8;
-    const uint32_t g = lane / 4, t = lane % 4;
+    const bf16 *r0 = q + (size_t)row0 * ld + 2 * t, *r1 = q + (size_t)row1 * ld + 2 * t;
 #pragma unroll
     for (uint32_t kk = 0; kk < D / 16; kk++) {
-        const bf16 *r0 = q + (warp * 16 + g) * LD + kk * 16 + 2 * t, *r1 = r0 + 8 * LD;
-        qa[kk][0] = *reinterpret_cast<const uint32_t *>(r0);
-        qa[kk][1] = *reinterpret_cast<const uint32_t *>(r1);
-        qa[kk][2] = *reinterpret_cast<const uint32_t *>(r0 + 8);
-        qa[kk][3] = *reinterpret_cast<const uint32_t *>(r1 + 8);
+        qa[kk][0] = row0 < len ? *reinterpret_cast<const uint32_t *>(r0 + kk * 16) : 0u;
+        qa[kk][1] = row1 < len ? *reinterpret_cast<const uint32_t *>(r1 + kk * 16) : 0u;
+        qa[kk][2] = row0 < len ? *reinterpret_cast<const uint32_t *>(r0 + kk * 16 + 8) : 0u;
+        qa[kk][3] = row1 < len ? *reinterpret_cast<const uint32_t *>(r1 + kk * 16 + 8) : 0u;
     }
 }
 
@@ -493,7 +482,7 @@ attn_tc(bf16 *out, uint32_t ldo, float *lse, const bf16 *qkv, uint32_t ldqkv,
     load_tile<D>(kbuf + TC_BK * LD, qbase, ldqkv, q0, len);
     __syncthreads();
     uint32_t qa[KD][4];
-    tc_q_fragments<D>(qa, kbuf + TC_BK * LD, warp, lane);
+    tc_q_fragments<D>(qa, kbuf + TC_BK * LD, LD, warp * 16 + g, warp * 16 + g + 8, TC_BQ, lane % 4);
 
     float o[ND][4];
 #pragma unroll
@@ -598,22 +587,6 @@ constexpr uint32_t TC_GROUP_TILES = 4, TC_GROUP_MAX_LEN = TC_GROUP_TILES * TC_BK
 /* attn_tc_group's query tiles per (kv head, sequence): its grid's x */
 constexpr uint32_t group_tiles(uint32_t max_len) { return (max_len + TC_BK - 1) / TC_BK; }
 
-/* The A fragments of one head's query rows row0 and row1 = row0 + 8 (rows at or past len as
- * zeros) read from q, that head's first dim in row 0 of the sequence, row stride ld. */
-template <uint32_t D>
-__device__ __forceinline__ void tc_q_fragments_global(uint32_t (&qa)[D / 16][4], const bf16 *q, uint32_t ld,
-                                                      uint32_t row0, uint32_t row1, uint32_t len, uint32_t t)
-{
-    const bf16 *r0 = q + (size_t)row0 * ld + 2 * t, *r1 = q + (size_t)row1 * ld + 2 * t;
-#pragma unroll
-    for (uint32_t kk = 0; kk < D / 16; kk++) {
-        qa[kk][0] = row0 < len ? *reinterpret_cast<const uint32_t *>(r0 + kk * 16) : 0u;
-        qa[kk][1] = row1 < len ? *reinterpret_cast<const uint32_t *>(r1 + kk * 16) : 0u;
-        qa[kk][2] = row0 < len ? *reinterpret_cast<const uint32_t *>(r0 + kk * 16 + 8) : 0u;
-        qa[kk][3] = row1 < len ? *reinterpret_cast<const uint32_t *>(r1 + kk * 16 + 8) : 0u;
-    }
-}
-
 /* RoPE on the A fragments of rows row0 and row1 (cu_rope's arithmetic: half-split pairs j,
  * j + D/2 rotated by the angle of the row's position, one bf16 rounding). Register e of
  * fragment kk holds dims kk·16 + 2t (+ 8 for e ≥ 2), two of them, of row0 (e even) or row1. */
@@ -674,7 +647,7 @@ attn_tc_group(bf16 *out, uint32_t ldo, const bf16 *qkv, uint32_t ldqkv, const ui
     }
     cp_async_commit();
     uint32_t qa[KD][4];
-    tc_q_fragments_global<D>(qa, rows + (size_t)kvh * group * D, ldqkv, row0, row1, len, t);
+    tc_q_fragments<D>(qa, rows + (size_t)kvh * group * D, ldqkv, row0, row1, len, t);
     cp_async_wait<0>();
     __syncthreads();
     if constexpr (ROPE) {
@@ -687,7 +660,7 @@ attn_tc_group(bf16 *out, uint32_t ldo, const bf16 *qkv, uint32_t ldqkv, const ui
         /* the next head's rows are on their way while this one is computed (the last head
          * fetches its own again: one branch fewer, no register left undefined) */
         uint32_t next[KD][4];
-        tc_q_fragments_global<D>(next, rows + (size_t)(hi + 1 < group ? h + 1 : h) * D, ldqkv, row0, row1, len, t);
+        tc_q_fragments<D>(next, rows + (size_t)(hi + 1 < group ? h + 1 : h) * D, ldqkv, row0, row1, len, t);
         if constexpr (ROPE)
             rope_fragments<D>(qa, row0, row1, len, t, cos_t, sin_t);
         float o[ND][4];

@@ -23,6 +23,19 @@ template <typename T> __device__ __forceinline__ T from_f(float v);
 template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
 template <> __device__ __forceinline__ bf16 from_f<bf16>(float v) { return __float2bfloat16_rn(v); }
 
+/* 2^x in one MUFU.EX2, results below 2^-126 flushed to zero. exp2f is the same approximation
+ * (2 ulp) but keeps denormal results, at three more instructions each; the softmax's
+ * probabilities and the SiLU's e^-|g| that small vanish in their sums and bf16 results anyway.
+ * (tests/emulate/cuda_emulate.h has the host's version.) */
+#ifndef NETLM_CUDA_EMULATE
+__device__ __forceinline__ float exp2_ftz(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+#endif
+
 __device__ __forceinline__ float warp_sum(float v)
 {
     for (int o = 16; o > 0; o >>= 1)

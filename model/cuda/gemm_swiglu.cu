@@ -30,6 +30,7 @@
 #include <cudaTypedefs.h>
 #include <cuda_bf16.h>
 
+#include "model/cuda/cuda_device.cuh"
 #include "model/cuda/cuda_internal.h"
 
 namespace {
@@ -148,13 +149,7 @@ template <int PENDING> __device__ __forceinline__ void wgmma_wait()
     asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(PENDING) : "memory");
 }
 
-/* 2^x and 1/x in one MUFU operation each (denormals flushed to zero) */
-__device__ __forceinline__ float exp2_ftz(float x)
-{
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
+/* 1/x in one MUFU operation (denormals flushed to zero) */
 __device__ __forceinline__ float rcp_approx(float x)
 {
     float y;

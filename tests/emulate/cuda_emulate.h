@@ -662,8 +662,6 @@ template <typename F> inline cudaError_t cudaOccupancyMaxActiveClusters(int *n, 
 
 #undef __grid_constant__
 #define __grid_constant__
-inline float __expf(float x) { return expf(x); }
-inline float __fdividef(float a, float b) { return a / b; }
 inline void __syncwarp(unsigned = 0xffffffffu) { emu_warp_sync(); }
 
 inline CUresult emu_tensor_map_encode(CUtensorMap *map, CUtensorMapDataType type, cuuint32_t rank, void *base,
