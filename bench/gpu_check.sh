@@ -33,7 +33,7 @@
 # Outputs ($OUT, 8 files): env.txt, build.log, tests.log (ctest and sanitizers), netlm.json
 # (JSON lines), torch.json, summary.txt, gpu_check.json (each stage's status and time), ncu.txt
 # (Nsight Compute on the fused SwiGLU GEMM, on cuBLASLt's GEMM of the same shape and on Qwen2's
-# attention, norms, RoPE and SwiGLU). Each stage
+# attention, both kernels, norms, RoPE and SwiGLU). Each stage
 # has its own time limit so the whole stays under 9.5 minutes and a slow stage cannot starve the
 # others; the exit status is non-zero when any stage failed.
 set -euo pipefail
@@ -204,7 +204,7 @@ bench bench-e2e-pretrain 90 "$log" python3 "$root/bench/gpu_e2e.py" --only pretr
 # compile takes 30-60 s). It leaves the later benchmark stages (the variants, then Nsight
 # Compute) the time they usually take; the sanitizer stages come last and take what is left.
 reserve=10
-for name in swiglu-fastest swiglu-pass attn-group attn-head attn-group-rope residual-fp32 profile \
+for name in swiglu-fastest swiglu-pass attn-group attn-head attn-group-rope attn-wgmma residual-fp32 profile \
             train-profile train-simt-bwd train-no-dropout pipeline; do
     selected "bench-$name" && reserve=$((reserve + 25))
 done
@@ -212,6 +212,7 @@ done
 selected ncu-swiglu && reserve=$((reserve + 60))
 selected ncu-cublaslt && reserve=$((reserve + 25))
 selected ncu-qwen && reserve=$((reserve + 50))
+selected ncu-wgmma && reserve=$((reserve + 20))
 left=$((deadline - reserve - SECONDS))
 ((left > 60)) || left=60
 [[ ${NETLM_GPU_TORCH:-1} == 0 ]] || bench bench-torch "$left" "$OUT/summary.txt" env PYTHONUNBUFFERED=1 python3 "$root/bench/gpu_bench.py" \
@@ -233,7 +234,8 @@ variant() { # name command...
 # one block per kv head): the fused variant bench-gemm timed fastest (NETLM_GPU_SWIGLU_VARIANT,
 # else gpu_fastest_swiglu.py's pick, else the default) on every batch size; cuBLASLt's GEMM then
 # the SwiGLU as a pass of its own; grouped attention on every batch size; attention one block per
-# query head; RoPE inside the grouped attention (classify pass)
+# query head; RoPE inside the grouped attention (classify pass); the grouped attention on Hopper's
+# warpgroup products (attention_wgmma.cu)
 swiglu_variant=${NETLM_GPU_SWIGLU_VARIANT:-$(python3 "$root/bench/gpu_fastest_swiglu.py" "$OUT/netlm.json" || echo 1)}
 echo "fastest fused SwiGLU GEMM variant: $swiglu_variant" >>"$OUT/env.txt"
 variant swiglu-fastest env NETLM_CUDA_SWIGLU_GEMM="$swiglu_variant" "$build/netlm_model_bench" "${cases[@]}" \
@@ -243,6 +245,7 @@ variant attn-group env NETLM_CUDA_ATTN=group "$build/netlm_model_bench" "${cases
 variant attn-head env NETLM_CUDA_ATTN=head "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10
 variant attn-group-rope env NETLM_CUDA_ATTN=group-rope "$build/netlm_model_bench" "${cases[@]}" --device cuda \
     --runs 10
+variant attn-wgmma env NETLM_CUDA_ATTN=wgmma "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10
 variant residual-fp32 "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10 --residual fp32
 variant profile "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 5 --profile
 variant train-profile env NETLM_CUDA_PROFILE=1 "$build/netlm_model_bench" "${cases[@]}" --device cuda --train --runs 3
@@ -270,6 +273,9 @@ bench ncu-cublaslt 40 "$OUT/ncu.txt" env NETLM_CUDA_GEMM_TUNE=0 $ncu --clock-con
 # the norms, RoPE and the SwiGLU pass (first layer, inside the CUDA graph)
 bench ncu-qwen 90 "$OUT/ncu.txt" $ncu --clock-control none -k regex:'attn_tc|norm_kernel|rope_kernel|swiglu_kernel' \
     --launch-count 5 "${ncu_sections[@]}" "$build/netlm_model_bench" --device cuda --only qwen05b-v60005-b256 --runs 1
+# the same view of the attention on Hopper's warpgroup products (attention_wgmma.cu), one launch
+bench ncu-wgmma 40 "$OUT/ncu.txt" env NETLM_CUDA_ATTN=wgmma $ncu --clock-control none -k regex:attn_wg \
+    --launch-count 1 "${ncu_sections[@]}" "$build/netlm_model_bench" --device cuda --only qwen05b-v60005-b256 --runs 1
 # compute-sanitizer last: the CUDA tests under memcheck and racecheck, in their quick versions
 san=compute-sanitizer
 command -v $san >/dev/null || san=/usr/local/cuda/bin/compute-sanitizer

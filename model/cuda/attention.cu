@@ -16,6 +16,7 @@
  *   registers (cu_attention_rope).
  * - attn_simt: fp32 arithmetic for both element types and any head_dim ≤ 128; the reference the
  *   fp32 engine runs (1e-5 against the CPU) and the fallback for shapes attn_tc does not take.
+ * (attention_wgmma.cu has attn_tc_group's work on Hopper's warpgroup products, CU_ATTN_WG_GROUP.)
  *
  * Masking: a query at position i sees keys 0..i. Right padding needs no mask of its own: every
  * real query's keys are real. Rows past a sequence's length are loaded as zeros and never stored.
@@ -37,6 +38,7 @@
 #include <cuda_bf16.h>
 #include <math.h>
 
+#include "model/cuda/attention_tc.cuh"
 #include "model/cuda/cuda_device.cuh"
 #include "model/cuda/cuda_internal.h"
 
@@ -182,9 +184,8 @@ attn_simt(T *out, uint32_t ldo, float *lse, const T *qkv, uint32_t ldqkv, const 
  * O += P·V: B[k][n] = V[k][n], the same dim of two consecutive keys: ldmatrix .trans of 8×8
  * blocks of V rows transposes on the way (four blocks, two dim tiles, per instruction).
  * The C fragments of S tiles 2c and 2c+1 are exactly the A fragment of P for keys 16c..16c+15.
- * K and V tiles are double-buffered: cp.async fetches tile kt + 1 while tile kt is computed. */
-
-constexpr uint32_t TC_BQ = 64, TC_BK = 64, TC_THREADS = 128;
+ * K and V tiles are double-buffered: cp.async fetches tile kt + 1 while tile kt is computed.
+ * (attention_tc.cuh: the tile shape and what attn_wg_group shares with these kernels.) */
 
 /* The PTX primitives. tests/emulate/ compiles this file on the host with NETLM_CUDA_EMULATE and
  * its own versions of them (warps of threads, the fragment tables of the PTX manual). */
@@ -215,16 +216,6 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const bf16 *row
                  : "r"(a));
 }
 
-__device__ __forceinline__ void cp_async16(void *smem, const void *gmem)
-{
-    const uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(gmem));
-}
-
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-
-template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
 /* cp.async of one 4-byte word (lse, delta), completing with the tiles of its commit group */
 __device__ __forceinline__ void cp_async4(void *smem, const void *gmem)
 {
@@ -233,27 +224,6 @@ __device__ __forceinline__ void cp_async4(void *smem, const void *gmem)
 }
 #endif
 
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
-{
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* .x (lo) in the low half */
-    return *reinterpret_cast<const uint32_t *>(&v);
-}
-
-/* The ND accumulator tiles of a warp's 16 rows (C fragments: this thread's columns 2t, 2t+1 of
- * each 8-column tile, of rows g and g + 8) as bf16 into p0 (row g, column 2t of tile 0) and the
- * row 8 below (row stride ld): row g scaled by s0 and written when w0, row g + 8 by s1 when w1. */
-template <uint32_t ND>
-__device__ __forceinline__ void store_acc_rows(bf16 *p0, size_t ld, const float (*acc)[4], bool w0, bool w1,
-                                               float s0, float s1)
-{
-#pragma unroll
-    for (uint32_t dt = 0; dt < ND; dt++) {
-        if (w0)
-            *reinterpret_cast<uint32_t *>(p0 + dt * 8) = pack_bf16(acc[dt][0] * s0, acc[dt][1] * s0);
-        if (w1)
-            *reinterpret_cast<uint32_t *>(p0 + 8 * ld + dt * 8) = pack_bf16(acc[dt][2] * s1, acc[dt][3] * s1);
-    }
-}
 
 /* rows row0..row0+63 (of the sequence; those ≥ limit as zeros) of one head: 16-byte copies into
  * a [64][D + 8] tile (the 8-element pad keeps the fragment loads free of bank conflicts). */
@@ -287,58 +257,13 @@ __device__ __forceinline__ void load_tile_async(bf16 *tile, const bf16 *base, ui
     }
 }
 
-/* The A fragments of a warp's query rows row0 and row1 = row0 + 8 (rows at or past len as zeros)
- * for the whole key walk, read from q (row 0 of the head's dims, row stride ld): a [64][D + 8]
- * tile in shared memory, or qkv itself. */
-template <uint32_t D>
-__device__ __forceinline__ void tc_q_fragments(uint32_t (&qa)[D / 16][4], const bf16 *q, uint32_t ld, uint32_t row0,
-                                               uint32_t row1, uint32_t len, uint32_t t)
-{
-    const bf16 *r0 = q + (size_t)row0 * ld + 2 * t, *r1 = q + (size_t)row1 * ld + 2 * t;
-#pragma unroll
-    for (uint32_t kk = 0; kk < D / 16; kk++) {
-        qa[kk][0] = row0 < len ? *reinterpret_cast<const uint32_t *>(r0 + kk * 16) : 0u;
-        qa[kk][1] = row1 < len ? *reinterpret_cast<const uint32_t *>(r1 + kk * 16) : 0u;
-        qa[kk][2] = row0 < len ? *reinterpret_cast<const uint32_t *>(r0 + kk * 16 + 8) : 0u;
-        qa[kk][3] = row1 < len ? *reinterpret_cast<const uint32_t *>(r1 + kk * 16 + 8) : 0u;
-    }
-}
-
-/* After the walk: the row sums over the quad, the log-sum-exp when lse, the rows of head h
- * divided by their sums into out (row0 and row1 of the sequence starting at packed row start,
- * those < len). */
-template <uint32_t D>
-__device__ __forceinline__ void tc_finish(bf16 *out, uint32_t ldo, float *lse, uint32_t start, uint32_t len,
-                                          uint32_t h, uint32_t heads, uint32_t row0, uint32_t row1,
-                                          uint32_t lane, const float (&o)[D / 8][4], float m0, float m1,
-                                          float l0, float l1)
-{
-    const uint32_t t = lane % 4;
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
-    if (lse && t == 0) { /* m is in the log2 domain: ln Σ e^s = ln 2 · (m + log2 l) */
-        if (row0 < len)
-            lse[(size_t)(start + row0) * heads + h] = (m0 + log2f(l0)) * 0.6931471805599453f;
-        if (row1 < len)
-            lse[(size_t)(start + row1) * heads + h] = (m1 + log2f(l1)) * 0.6931471805599453f;
-    }
-    store_acc_rows<D / 8>(out + (size_t)(start + row0) * ldo + (size_t)h * D + 2 * t, ldo, o, row0 < len,
-                          row1 < len, inv0, inv1);
-}
-
 /* One key tile of attn_tc's walk for a warp's 16 query rows (this thread's rows row0 and
- * row1 = row0 + 8): S = Q·Kᵀ from the Q fragments qa and the key tile ks, the causal mask on the
- * diagonal tile (DIAG), the online softmax update of (m, l) and o, the dropout of the
- * probabilities (DROP), then O += P·V from the value tile vs. Keys k0 .. k0 + 63.
- * The running maxima m are in the log2 domain (scores times scale_log2); the scores stay
- * unscaled until each probability's exponent, one FFMA: 2^(s·scale_log2 − m). At d = 64 the
- * softmax's per-score instructions cost as much issue time as the products, so each one counts.
- * On the diagonal tile a warp skips the 8-key blocks after its last query row (the products,
- * the exponents, and P·V's 16-key blocks): warp w needs 2w + 2 of the 8, 5 on average, and
- * warps go on independently where nothing waits for them (attn_tc_group's head walk). */
+ * row1 = row0 + 8): S = Q·Kᵀ from the Q fragments qa and the key tile ks, the online softmax
+ * (tc_softmax: the mask on the diagonal tile, DIAG; the dropout, DROP), then O += P·V from the
+ * value tile vs. Keys k0 .. k0 + 63. On the diagonal tile a warp also skips the products of the
+ * 8-key blocks after its last query row and P·V's 16-key blocks there: warp w needs 2w + 2 of
+ * the 8, 5 on average, and warps go on independently where nothing waits for them
+ * (attn_tc_group's head walk). */
 template <uint32_t D, bool DROP, bool DIAG>
 __device__ __forceinline__ void tc_key_tile(const uint32_t (&qa)[D / 16][4], const bf16 *ks, const bf16 *vs,
                                             uint32_t k0, uint32_t row0, uint32_t row1, uint32_t len,
@@ -347,9 +272,7 @@ __device__ __forceinline__ void tc_key_tile(const uint32_t (&qa)[D / 16][4], con
                                             float &m1, float &l0, float &l1)
 {
     constexpr uint32_t LD = D + 8, KD = D / 16, ND = D / 8, NK = TC_BK / 8;
-    const uint32_t t = lane % 4, lrow = lane % 8, lblk = lane / 8;
-    /* on the diagonal tile: the warp's last query row within it (16w + 15; uniform in the warp) */
-    const uint32_t warp_last = DIAG ? (row0 - k0) | 15u : TC_BK - 1;
+    const uint32_t lrow = lane % 8, lblk = lane / 8, warp_last = tc_warp_last<DIAG>(row0, k0);
     float s[NK][4];
 #pragma unroll
     for (uint32_t nt = 0; nt < NK; nt++) {
@@ -366,69 +289,7 @@ __device__ __forceinline__ void tc_key_tile(const uint32_t (&qa)[D / 16][4], con
             mma_bf16(s[nt], qa[kk + 1], kb[2], kb[3]);
         }
     }
-    /* the diagonal tile masks keys after the query (k0 = the query tile's first row there) */
-    if constexpr (DIAG) {
-#pragma unroll
-        for (uint32_t nt = 0; nt < NK; nt++)
-#pragma unroll
-            for (uint32_t e = 0; e < 4; e++)
-                if (nt * 8 + 2 * t + (e & 1) > (e < 2 ? row0 : row1) - k0)
-                    s[nt][e] = -INFINITY;
-    }
-    float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-    for (uint32_t nt = 0; nt < NK; nt++) {
-        mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
-        mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
-    }
-    /* a row's values are spread over the 4 threads of a quad */
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-    /* key k0 ≤ query on every tile walked (key 0 on the first), so these are finite; scale_log2
-     * > 0, so the scaled maximum is the maximum of the scaled scores */
-    const float mn0 = fmaxf(m0, mx0 * scale_log2), mn1 = fmaxf(m1, mx1 * scale_log2);
-    const float a0 = exp2_ftz(m0 - mn0), a1 = exp2_ftz(m1 - mn1); /* 0 on the first tile */
-    m0 = mn0;
-    m1 = mn1;
-    float ls0 = 0.0f, ls1 = 0.0f;
-#pragma unroll
-    for (uint32_t nt = 0; nt < NK; nt++) {
-        if (DIAG && nt * 8 > warp_last) {
-            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-            continue;
-        }
-        s[nt][0] = exp2_ftz(fmaf(s[nt][0], scale_log2, -mn0)); /* masked: 2^−∞ = 0 */
-        s[nt][1] = exp2_ftz(fmaf(s[nt][1], scale_log2, -mn0));
-        s[nt][2] = exp2_ftz(fmaf(s[nt][2], scale_log2, -mn1));
-        s[nt][3] = exp2_ftz(fmaf(s[nt][3], scale_log2, -mn1));
-        ls0 += s[nt][0] + s[nt][1];
-        ls1 += s[nt][2] + s[nt][3];
-    }
-    l0 = l0 * a0 + ls0; /* per-thread partial sums, reduced over the quad at the end */
-    l1 = l1 * a1 + ls1;
-    if constexpr (DROP) {
-        /* the sums above are of the plain probabilities; P·V takes the masked ones (element
-         * e of tile nt: key k0 + nt·8 + 2t + (e & 1) of row0 for e < 2, else of row1) */
-#pragma unroll
-        for (uint32_t nt = 0; nt < NK; nt++) {
-#pragma unroll
-            for (uint32_t e = 0; e < 4; e++) {
-                const uint32_t key = k0 + nt * 8 + 2 * t + (e & 1), qrow = e < 2 ? row0 : row1;
-                if (qrow < len && key <= qrow)
-                    s[nt][e] *= dev_dropout_factor(drop_key, drop.threshold, drop.scale,
-                                                   (uint64_t)qrow * len + key);
-            }
-        }
-    }
-#pragma unroll
-    for (uint32_t dt = 0; dt < ND; dt++) {
-        o[dt][0] *= a0;
-        o[dt][1] *= a0;
-        o[dt][2] *= a1;
-        o[dt][3] *= a1;
-    }
+    tc_softmax<D, DROP, DIAG>(s, k0, row0, row1, len, lane, scale_log2, drop_key, drop, o, m0, m1, l0, l1);
 #pragma unroll
     for (uint32_t kc = 0; kc < TC_BK / 16; kc++) {
         if (DIAG && kc * 16 > warp_last) /* P is 0 there */
@@ -582,10 +443,7 @@ __device__ __forceinline__ void rope_tile(bf16 *tile, uint32_t pos0, uint32_t le
  * path's): the block rotates its key tiles once in shared memory, and each warp its query
  * fragments in registers (a thread holds dims j and j + D/2 of its rows in the same place of
  * fragments kk and kk + D/32), which costs less than cu_rope's pass over all of q and k. */
-constexpr uint32_t TC_GROUP_TILES = 4, TC_GROUP_MAX_LEN = TC_GROUP_TILES * TC_BK;
 
-/* attn_tc_group's query tiles per (kv head, sequence): its grid's x */
-constexpr uint32_t group_tiles(uint32_t max_len) { return (max_len + TC_BK - 1) / TC_BK; }
 
 /* RoPE on the A fragments of rows row0 and row1 (cu_rope's arithmetic: half-split pairs j,
  * j + D/2 rotated by the angle of the row's position, one bf16 rounding). Register e of
@@ -1437,11 +1295,14 @@ cudaError_t attention_forward(void *out, uint32_t ldo, float *lse, const void *q
     /* the tensor-core kernel copies 16-byte vectors: rows and head offsets must keep them aligned */
     const bool aligned = ldqkv % 8 == 0 && ldo % 2 == 0 && ((uintptr_t)qkv % 16) == 0 &&
                          ((uintptr_t)out % 4) == 0;
-    const bool tc = (impl == CU_ATTN_AUTO || impl == CU_ATTN_TC_GROUP) && cu_attention_uses_tensor_cores(t, d) &&
-                    aligned;
-    if (tc && impl == CU_ATTN_TC_GROUP && !DROP && !lse && group_serves(t, d, heads, kv_heads, max_len, ldqkv, ldo))
+    const bool grouped = impl == CU_ATTN_TC_GROUP || impl == CU_ATTN_WG_GROUP;
+    const bool tc = (impl == CU_ATTN_AUTO || grouped) && cu_attention_uses_tensor_cores(t, d) && aligned;
+    if (tc && grouped && !DROP && !lse && group_serves(t, d, heads, kv_heads, max_len, ldqkv, ldo)) {
+        if (impl == CU_ATTN_WG_GROUP && cu_attention_wg_serves(d, qkv))
+            return cu_attention_wg(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, s);
         return launch_group(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, d, scale, NULL, NULL,
                             s);
+    }
     if (tc) {
         if (d == 32)
             return launch_tc<32, DROP>(out, ldo, lse, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, drop, s);

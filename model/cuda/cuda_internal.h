@@ -132,6 +132,9 @@ enum cu_attn_impl {
      * dropout) one block serves a kv head's whole group of query heads, loading its key/value
      * tiles once */
     CU_ATTN_TC_GROUP,
+    /* as CU_ATTN_TC_GROUP, on Hopper's warpgroup products (attention_wgmma.cu) where they serve
+     * (compute capability 9.0, head_dim 64), else the same as CU_ATTN_TC_GROUP */
+    CU_ATTN_WG_GROUP,
 };
 /* Causal attention of every sequence and head in the flash style: online softmax over key tiles
  * staged in shared memory, no score matrix in device memory. qkv rows hold [q (heads·d) | k
@@ -145,6 +148,13 @@ cudaError_t cu_attention(void *out, uint32_t ldo, const void *qkv, uint32_t ldqk
                          float scale, enum cu_attn_impl impl, cudaStream_t s);
 /* Whether the tensor-core kernel serves (t, d) under CU_ATTN_AUTO. */
 bool cu_attention_uses_tensor_cores(enum cu_dtype t, uint32_t d);
+/* attention_wgmma.cu: whether its kernel serves head_dim d on the current device (qkv 16-byte
+ * aligned), and the launch (the conditions of CU_ATTN_TC_GROUP's kernel hold: cu_attention
+ * checks them). */
+bool cu_attention_wg_serves(uint32_t d, const void *qkv);
+cudaError_t cu_attention_wg(void *out, uint32_t ldo, const void *qkv, uint32_t ldqkv, const uint32_t *seq_off,
+                            uint32_t nseq, uint32_t max_len, uint32_t heads, uint32_t kv_heads, float scale,
+                            cudaStream_t s);
 /* The blocks CU_ATTN_TC_GROUP launches for nseq sequences of at most max_len tokens: one per
  * query tile, kv head and sequence (a block per query head launches heads / kv_heads times as
  * many). */

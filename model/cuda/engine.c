@@ -542,7 +542,9 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
      * a block per query head) when that still gives every multiprocessor several blocks
      * (attention_impl), else a block per query head. NETLM_CUDA_ATTN=group: the grouped kernel
      * always; head: a block per query head always; group-rope: the grouped kernel always, with
-     * RoPE inside it in the classify pass instead of as a pass of its own (slower so far). */
+     * RoPE inside it in the classify pass instead of as a pass of its own (slower so far);
+     * wgmma: the grouped kernel on Hopper's warpgroup products always (CU_ATTN_WG_GROUP: head_dim
+     * 64 on compute capability 9.0; the grouped kernel elsewhere). */
     const char *attn = getenv("NETLM_CUDA_ATTN");
     e->attn = CU_ATTN_TC_GROUP;
     e->attn_by_size = !attn || strcmp(attn, "auto") == 0;
@@ -550,8 +552,10 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
         e->attn = CU_ATTN_AUTO;
     } else if (ok && attn && strcmp(attn, "group-rope") == 0) {
         e->attn_rope = true;
+    } else if (ok && attn && strcmp(attn, "wgmma") == 0) {
+        e->attn = CU_ATTN_WG_GROUP;
     } else if (ok && attn && strcmp(attn, "group") != 0 && strcmp(attn, "auto") != 0) {
-        fail(e, "NETLM_CUDA_ATTN: \"%s\" is not auto, group, head or group-rope", attn);
+        fail(e, "NETLM_CUDA_ATTN: \"%s\" is not auto, group, head, group-rope or wgmma", attn);
         ok = false;
     }
     int sms = 0;

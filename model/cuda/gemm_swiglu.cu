@@ -32,6 +32,7 @@
 
 #include "model/cuda/cuda_device.cuh"
 #include "model/cuda/cuda_internal.h"
+#include "model/cuda/hopper.cuh"
 
 namespace {
 
@@ -61,14 +62,9 @@ template <uint32_t CONSUMERS, bool PINGPONG> struct cta_shape {
  * gives most of its own to them (24 · 128 + 160 · 384 = 64,512 of 65,536). */
 constexpr uint32_t PRODUCER_REGISTERS = 24, CONSUMER_REGISTERS = 160;
 
-/* The PTX primitives. Under NETLM_CUDA_EMULATE (tests/emulate/cuda_emulate.h) a host emulation
- * of each stands in for them; smem_descriptor's encoding below is the kernel's own either way. */
+/* The PTX primitives (hopper.cuh has the wgmma fence, commit and wait and the descriptor). Under
+ * NETLM_CUDA_EMULATE (tests/emulate/cuda_emulate.h) a host emulation of each stands in for them. */
 #ifndef NETLM_CUDA_EMULATE
-__device__ __forceinline__ uint32_t smem_addr(const void *p)
-{
-    return (uint32_t)__cvta_generic_to_shared(p);
-}
-
 __device__ __forceinline__ void barrier_init(uint64_t *bar, uint32_t count)
 {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count) : "memory");
@@ -142,13 +138,6 @@ __device__ __forceinline__ void tma_load(void *dst, const CUtensorMap *map, uint
                  : "memory");
 }
 
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
-template <int PENDING> __device__ __forceinline__ void wgmma_wait()
-{
-    asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(PENDING) : "memory");
-}
-
 /* 1/x in one MUFU operation (denormals flushed to zero) */
 __device__ __forceinline__ float rcp_approx(float x)
 {
@@ -215,15 +204,6 @@ __device__ __forceinline__ void wgmma_m64n128k16(float *d, uint64_t desc_a, uint
 }
 
 #endif /* NETLM_CUDA_EMULATE */
-
-/* A shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row groups 1024 bytes apart
- * (the layout the tensor map's SWIZZLE_128B boxes have). Adding 2 moves it 32 bytes: 16 bf16
- * further along K. */
-__device__ __forceinline__ uint64_t smem_descriptor(const void *p)
-{
-    const uint64_t addr = smem_addr(p);
-    return ((addr & 0x3FFFF) >> 4) | (1ull << 16) | ((1024ull >> 4) << 32) | (1ull << 62);
-}
 
 /* silu(g0) · u0 and silu(g1) · u1 as a bf16 pair. The epilogue runs with the tensor cores idle
  * (all consumers finish a tile together), and the multiprocessor's 16 MUFU lanes a clock, not

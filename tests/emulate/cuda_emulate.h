@@ -72,7 +72,9 @@ struct emu_thread {
         float *d;
         uint64_t desc_a, desc_b;
         bool accumulate;
-        unsigned n; /* 256 or 128 columns */
+        unsigned n;               /* 256, 128 or 64 columns */
+        bool a_in_registers;      /* A from the warp's registers (a_warp), not through desc_a */
+        uint32_t a_warp[32][4];   /* then: each lane's A fragment, as the warp held it at issue */
     };
     std::vector<std::vector<wgmma>> wgmma_groups; /* committed, oldest first */
     std::vector<wgmma> wgmma_open;
@@ -844,9 +846,11 @@ inline void barrier_wait(uint64_t *bar, uint32_t parity)
     }
 }
 
-/* D[64 × N] (+)= A[64 × 16] · B[N × 16]ᵀ of the thread's warpgroup (N = 256 or 128), both K-major
+/* D[64 × N] (+)= A[64 × 16] · B[N × 16]ᵀ of the thread's warpgroup (N = 256, 128 or 64), both K-major
  * in shared memory with the 128-byte swizzle (descriptor: start address >> 4 in bits 0..13, stride between
- * 8-row groups >> 4 in bits 32..45, swizzle mode in bits 62..63). The thread's registers hold
+ * 8-row groups >> 4 in bits 32..45, swizzle mode in bits 62..63), or A from registers: each warp's 16
+ * rows in the A fragment of mma.m16n8k16 (lane 4g + t: reg 0 = row g, columns 2t, 2t + 1, the lower
+ * column in the lower half; reg 1 row g + 8; regs 2, 3 columns 8 further). The thread's registers hold
  * rows 16·warp + lane/4 (+ 8 for 4i + 2, 4i + 3) at columns 8i + 2·(lane % 4) + {0, 1}. */
 inline void emu_wgmma_run(const emu_thread::wgmma &op)
 {
@@ -858,8 +862,9 @@ inline void emu_wgmma_run(const emu_thread::wgmma &op)
         start = (size_t)(desc & 0x3FFF) << 4;
         group_stride = (size_t)((desc >> 32) & 0x3FFF) << 4;
     };
-    size_t a0, a_stride, b0, b_stride;
-    decode(op.desc_a, a0, a_stride);
+    size_t a0 = 0, a_stride = 0, b0, b_stride;
+    if (!op.a_in_registers)
+        decode(op.desc_a, a0, a_stride);
     decode(op.desc_b, b0, b_stride);
     auto element = [](size_t start, size_t stride, unsigned row, unsigned k) {
         const size_t at = emu_swizzle128(start + (row / 8) * stride + (row % 8) * 128 + (size_t)k * 2);
@@ -871,13 +876,19 @@ inline void emu_wgmma_run(const emu_thread::wgmma &op)
         memcpy(&v, emu_dynamic_smem() + at, 2);
         return emu_bf16_bits(v);
     };
+    /* row r (of the warp's 16) and column k of A held in registers */
+    auto a_register = [&op](unsigned r, unsigned k) {
+        const uint32_t word = op.a_warp[4 * (r % 8) + k % 8 / 2][(r >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)];
+        return emu_bf16_bits((uint16_t)(k % 2 ? word >> 16 : word & 0xFFFF));
+    };
     const unsigned warp = emu_current->linear % 128 / 32, lane = emu_current->linear % 32;
     for (unsigned i = 0; i < op.n / 8; i++)
         for (unsigned e = 0; e < 4; e++) {
-            const unsigned row = 16 * warp + lane / 4 + (e >= 2 ? 8 : 0), col = 8 * i + 2 * (lane % 4) + (e & 1);
+            const unsigned r = lane / 4 + (e >= 2 ? 8 : 0), row = 16 * warp + r, col = 8 * i + 2 * (lane % 4) + (e & 1);
             float acc = op.accumulate ? op.d[4 * i + e] : 0.0f;
             for (unsigned k = 0; k < 16; k++)
-                acc += element(a0, a_stride, row, k) * element(b0, b_stride, col, k);
+                acc += (op.a_in_registers ? a_register(r, k) : element(a0, a_stride, row, k)) *
+                       element(b0, b_stride, col, k);
             op.d[4 * i + e] = acc;
         }
 }
@@ -891,12 +902,26 @@ inline void emu_wgmma_issue(const emu_thread::wgmma &op)
 }
 inline void wgmma_m64n256k16(float (&d)[128], uint64_t desc_a, uint64_t desc_b, uint32_t accumulate)
 {
-    emu_wgmma_issue({d, desc_a, desc_b, accumulate != 0, 256});
+    emu_wgmma_issue({d, desc_a, desc_b, accumulate != 0, 256, false, {}});
 }
 inline void wgmma_m64n128k16(float *d, uint64_t desc_a, uint64_t desc_b, uint32_t accumulate)
 {
-    emu_wgmma_issue({d, desc_a, desc_b, accumulate != 0, 128});
+    emu_wgmma_issue({d, desc_a, desc_b, accumulate != 0, 128, false, {}});
 }
+/* A from registers: the warp's lanes hand each other their fragments at issue (the instruction
+ * is warpgroup-wide), and the product reads that copy whenever it runs, as the hardware reads
+ * the registers the program must leave alone until the wait. */
+inline void wgmma_m64n64k16_rs(float (&d)[8][4], const uint32_t (&a)[4], uint64_t desc_b, uint32_t accumulate)
+{
+    emu_thread::wgmma op{&d[0][0], 0, desc_b, accumulate != 0, 64, true, {}};
+    emu_warp_exchange &w = emu_warps[emu_current->team / 32];
+    memcpy(w.a[emu_current->linear % 32], a, sizeof a);
+    emu_warp_sync();
+    memcpy(op.a_warp, w.a, sizeof op.a_warp);
+    emu_warp_sync();
+    emu_wgmma_issue(op);
+}
+inline void fence_view_async_shared() {}
 inline void wgmma_commit()
 {
     emu_current->wgmma_groups.push_back(std::move(emu_current->wgmma_open));

@@ -1,11 +1,12 @@
-/* test_emulated_attention.cc — the attention kernels (attention.cu, decode.cu) run on the host
- * through cuda_emulate.h, called through their own entry points (cu_attention, cu_attention_rope,
- * cu_attention_train, cu_attention_backward, cu_kv_store, cu_decode_attention), against attention
- * computed here in double precision: the tensor-core forward (attn_tc) and its grouped-query form
- * with and without RoPE (attn_tc_group), the SIMT forward, both backwards with dropout, and
- * generation's decode step over a KV cache with its greedy argmax. Every case runs under four
- * schedules (cp.async copying at issue or at the wait; threads resuming in index order, in
- * reverse or shuffled). On a GPU the same kernels are checked by test_cuda_ops /
+/* test_emulated_attention.cc — the attention kernels (attention.cu, attention_wgmma.cu, decode.cu)
+ * run on the host through cuda_emulate.h, called through their own entry points (cu_attention,
+ * cu_attention_rope, cu_attention_train, cu_attention_backward, cu_kv_store, cu_decode_attention),
+ * against attention computed here in double precision: the tensor-core forward (attn_tc) and its
+ * grouped-query form with and without RoPE (attn_tc_group) and on wgmma (attn_wg_group), the SIMT
+ * forward, both backwards with dropout, and generation's decode step over a KV cache with its
+ * greedy argmax. Every case runs under four schedules (cp.async copying at issue or at the wait;
+ * threads resuming in index order, in reverse or shuffled; wgmma's products at issue or at the
+ * wait). On a GPU the same kernels are checked by test_cuda_ops /
  * test_cuda_attention_backward; this test is what a machine without one (CI)
  * checks of them: indexing, fragment layouts, masks, barriers and, under ASan, every access. */
 #include <setjmp.h>
@@ -169,11 +170,12 @@ reference attention_reference(const problem &p, const std::vector<float> &qkv, c
 /* four schedules: cp.async copying at issue with threads resuming in index order, then in
  * reverse order (a buffer overwritten while another warp still reads it shows in one of them);
  * copying at the wait that covers them (a read before that wait shows), with threads resuming in
- * index order and in a shuffled one */
+ * index order and in a shuffled one, the last also with wgmma's products made at their waits (an
+ * accumulator read before its wait shows) */
 const schedule schedules[] = {{EMU_CP_EARLY, EMU_CP_EARLY, false, "early copies"},
                               {EMU_CP_EARLY, EMU_CP_EARLY, true, "early copies, reverse order"},
                               {EMU_CP_LATE, EMU_CP_EARLY, false, "late copies"},
-                              {EMU_CP_LATE, EMU_CP_EARLY, false, "late copies, threads shuffled", false,
+                              {EMU_CP_LATE, EMU_CP_LATE, false, "late copies and products, threads shuffled", false,
                                0x9e3779b97f4a7c15ull}};
 
 /* the forward through cu_attention (impl), or cu_attention_rope when cos_t is given; checks the
@@ -229,6 +231,22 @@ void test_group_forward(void **)
     check_forward<__nv_bfloat16>(make_problem(4, 1, 32, {17, 100}), CU_BF16, CU_ATTN_TC_GROUP, NULL, NULL, 2, 1,
                                  TC_BOUND);
     check_forward<__nv_bfloat16>(make_problem(6, 2, 128, {63, 129}), CU_BF16, CU_ATTN_TC_GROUP, NULL, NULL, 3, 2,
+                                 TC_BOUND);
+}
+
+/* the warpgroup kernel (attention_wgmma.cu: head_dim 64 on compute capability 9.0, which the
+ * emulated device is) on the grouped kernel's cases, and where it does not serve (d = 32, 128)
+ * the grouped kernel in its place; the last schedule also makes each product late, at the wait
+ * that covers it */
+void test_wg_group_forward(void **)
+{
+    check_forward<__nv_bfloat16>(make_problem(14, 2, 64, {256, 1, 0, 65, 130, 64}), CU_BF16, CU_ATTN_WG_GROUP, NULL,
+                                 NULL, 4, 2, TC_BOUND);
+    check_forward<__nv_bfloat16>(make_problem(8, 1, 64, {200, 63, 129}), CU_BF16, CU_ATTN_WG_GROUP, NULL, NULL, 4, 1,
+                                 TC_BOUND);
+    check_forward<__nv_bfloat16>(make_problem(4, 1, 32, {17, 100}), CU_BF16, CU_ATTN_WG_GROUP, NULL, NULL, 2, 1,
+                                 TC_BOUND);
+    check_forward<__nv_bfloat16>(make_problem(6, 2, 128, {63, 129}), CU_BF16, CU_ATTN_WG_GROUP, NULL, NULL, 3, 2,
                                  TC_BOUND);
 }
 
@@ -408,6 +426,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tc_forward),         cmocka_unit_test(test_group_forward),
+        cmocka_unit_test(test_wg_group_forward),
         cmocka_unit_test(test_group_rope_forward), cmocka_unit_test(test_simt_forward),
         cmocka_unit_test(test_tc_backward),        cmocka_unit_test(test_simt_backward),
         cmocka_unit_test(test_decode),             cmocka_unit_test(test_argmax),

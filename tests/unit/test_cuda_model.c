@@ -212,12 +212,15 @@ static void test_bf16(void **state)
 /* The engine's kernel choices on the Qwen2 models, each forced whatever the batch's size (by
  * default the large batches get the up GEMM with the SwiGLU in its epilogue — Hopper, an ffn
  * that is a multiple of 128 — and grouped-query attention one block per kv head, the small ones
- * cuBLASLt's GEMM then the SwiGLU pass and a block per query head): each of those, and the plain
- * fused kernel variant with RoPE inside the grouped attention in the classify pass. */
+ * cuBLASLt's GEMM then the SwiGLU pass and a block per query head): each of those, the plain
+ * fused kernel variant with RoPE inside the grouped attention in the classify pass, and the
+ * grouped attention on Hopper's warpgroup products beside a fused variant that keeps a product
+ * group in flight. */
 static void test_bf16_kernel_choices(void **state)
 {
     (void)state;
-    static const char *const choices[][2] = {{"0", "head"}, {"1", "group"}, {"c1", "group-rope"}};
+    static const char *const choices[][2] = {
+        {"0", "head"}, {"1", "group"}, {"c1", "group-rope"}, {"c2-w3-inflight", "wgmma"}};
     for (unsigned c = 0; c < sizeof choices / sizeof choices[0]; c++) {
         setenv("NETLM_CUDA_SWIGLU_GEMM", choices[c][0], 1);
         setenv("NETLM_CUDA_ATTN", choices[c][1], 1);
@@ -384,7 +387,7 @@ static void test_errors(void **state)
     printf("  refused: %s\n", err);
     assert_non_null(strstr(err, "NETLM_CUDA_SWIGLU_GEMM"));
     unsetenv("NETLM_CUDA_SWIGLU_GEMM");
-    setenv("NETLM_CUDA_ATTN", "fast", 1); /* none of auto, group, head, group-rope */
+    setenv("NETLM_CUDA_ATTN", "fast", 1); /* none of auto, group, head, group-rope, wgmma */
     assert_null(model_cuda_create(m, &o, err, sizeof err));
     printf("  refused: %s\n", err);
     assert_non_null(strstr(err, "NETLM_CUDA_ATTN"));

@@ -468,7 +468,12 @@ static void attention_case_rope(enum cu_dtype t, enum cu_attn_impl impl, bool ro
     const bool tc = (rope || impl != CU_ATTN_SIMT) && cu_attention_uses_tensor_cores(t, d);
     char label[96];
     snprintf(label, sizeof label, "attention %s h%u/kv%u d%u max_len %u",
-             !tc ? "simt" : rope ? "tc group + rope" : impl == CU_ATTN_TC_GROUP ? "tc group" : "tc", H, KV, d,
+             !tc                         ? "simt"
+             : rope                      ? "tc group + rope"
+             : impl == CU_ATTN_TC_GROUP  ? "tc group"
+             : impl == CU_ATTN_WG_GROUP  ? (cu_attention_wg_serves(d, dqkv) ? "wgmma group" : "tc group (no wgmma)")
+                                         : "tc",
+             H, KV, d,
              max_len);
     TEST_WITHIN(label, t, test_rel_err(got, ref, N * Hd), t == CU_F32 ? 1e-5 : tc ? 1e-2 : 4e-3);
     cudaFree(dqkv), cudaFree(dout), cudaFree(doff), cudaFree(dcos), cudaFree(dsin);
@@ -498,6 +503,11 @@ static void test_attention(void **state)
         /* the grouped kernel's limit: 4 key tiles, Qwen2.5-0.5B's heads; with RoPE inside (bf16) */
         attention_case(t, CU_ATTN_TC_GROUP, 14, 2, 64, lens_256, 6, &r);
         attention_case(t, CU_ATTN_TC_GROUP, 8, 1, 128, lens_256, 6, &r);
+        /* Hopper's warpgroup products (head_dim 64 on compute capability 9.0), the grouped
+         * kernel elsewhere */
+        attention_case(t, CU_ATTN_WG_GROUP, 14, 2, 64, lens_256, 6, &r);
+        attention_case(t, CU_ATTN_WG_GROUP, 6, 2, 64, lens_short, 9, &r);
+        attention_case(t, CU_ATTN_WG_GROUP, 8, 1, 128, lens_256, 6, &r);
         if (t == CU_BF16) {
             attention_case_rope(t, CU_ATTN_TC_GROUP, true, 14, 2, 64, lens_256, 6, &r);
             attention_case_rope(t, CU_ATTN_TC_GROUP, true, 6, 2, 32, lens_short, 9, &r);

@@ -1,0 +1,197 @@
+/* attention_tc.cuh — what the two tensor-core forward kernels share: attention.cu's attn_tc and
+ * attn_tc_group (mma.sync) and attention_wgmma.cu's attn_wg_group (Hopper's wgmma). A warp owns
+ * 16 query rows of a 64-row tile; a thread holds rows row0 = g and row1 = g + 8 of them (g =
+ * lane / 4) in the C-fragment layout of mma.m16n8k16, which is also the layout of a wgmma
+ * m64nNk16 accumulator's rows of that warp: the query fragments, the online softmax over one
+ * 64-key tile of scores, and the end of the walk are the same code for both. Private to
+ * model/cuda/. */
+#ifndef NETLM_ATTENTION_TC_CUH
+#define NETLM_ATTENTION_TC_CUH
+
+#include <cuda_bf16.h>
+#include <math.h>
+
+#include "model/cuda/cuda_device.cuh"
+#include "model/cuda/cuda_internal.h"
+
+namespace {
+
+constexpr uint32_t TC_BQ = 64, TC_BK = 64, TC_THREADS = 128;
+/* the grouped kernels hold every key/value tile of a sequence: at most this many */
+constexpr uint32_t TC_GROUP_TILES = 4, TC_GROUP_MAX_LEN = TC_GROUP_TILES * TC_BK;
+
+/* 16 bytes from device memory into shared memory without passing through registers (cp.async),
+ * completing at a wait for its commit group. (tests/emulate/cuda_emulate.h has the host's.) */
+#ifndef NETLM_CUDA_EMULATE
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem)
+{
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(gmem));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+#endif
+
+/* attn_tc_group's and attn_wg_group's query tiles per (kv head, sequence): their grid's x */
+constexpr uint32_t group_tiles(uint32_t max_len) { return (max_len + TC_BK - 1) / TC_BK; }
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
+{
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* .x (lo) in the low half */
+    return *reinterpret_cast<const uint32_t *>(&v);
+}
+
+/* The ND accumulator tiles of a warp's 16 rows (C fragments: this thread's columns 2t, 2t+1 of
+ * each 8-column tile, of rows g and g + 8) as bf16 into p0 (row g, column 2t of tile 0) and the
+ * row 8 below (row stride ld): row g scaled by s0 and written when w0, row g + 8 by s1 when w1. */
+template <uint32_t ND>
+__device__ __forceinline__ void store_acc_rows(bf16 *p0, size_t ld, const float (*acc)[4], bool w0, bool w1,
+                                               float s0, float s1)
+{
+#pragma unroll
+    for (uint32_t dt = 0; dt < ND; dt++) {
+        if (w0)
+            *reinterpret_cast<uint32_t *>(p0 + dt * 8) = pack_bf16(acc[dt][0] * s0, acc[dt][1] * s0);
+        if (w1)
+            *reinterpret_cast<uint32_t *>(p0 + 8 * ld + dt * 8) = pack_bf16(acc[dt][2] * s1, acc[dt][3] * s1);
+    }
+}
+
+
+/* The A fragments of a warp's query rows row0 and row1 = row0 + 8 (rows at or past len as zeros)
+ * for the whole key walk, read from q (row 0 of the head's dims, row stride ld): a [64][D + 8]
+ * tile in shared memory, or qkv itself. */
+template <uint32_t D>
+__device__ __forceinline__ void tc_q_fragments(uint32_t (&qa)[D / 16][4], const bf16 *q, uint32_t ld, uint32_t row0,
+                                               uint32_t row1, uint32_t len, uint32_t t)
+{
+    const bf16 *r0 = q + (size_t)row0 * ld + 2 * t, *r1 = q + (size_t)row1 * ld + 2 * t;
+#pragma unroll
+    for (uint32_t kk = 0; kk < D / 16; kk++) {
+        qa[kk][0] = row0 < len ? *reinterpret_cast<const uint32_t *>(r0 + kk * 16) : 0u;
+        qa[kk][1] = row1 < len ? *reinterpret_cast<const uint32_t *>(r1 + kk * 16) : 0u;
+        qa[kk][2] = row0 < len ? *reinterpret_cast<const uint32_t *>(r0 + kk * 16 + 8) : 0u;
+        qa[kk][3] = row1 < len ? *reinterpret_cast<const uint32_t *>(r1 + kk * 16 + 8) : 0u;
+    }
+}
+
+/* After the walk: the row sums over the quad, the log-sum-exp when lse, the rows of head h
+ * divided by their sums into out (row0 and row1 of the sequence starting at packed row start,
+ * those < len). */
+template <uint32_t D>
+__device__ __forceinline__ void tc_finish(bf16 *out, uint32_t ldo, float *lse, uint32_t start, uint32_t len,
+                                          uint32_t h, uint32_t heads, uint32_t row0, uint32_t row1,
+                                          uint32_t lane, const float (&o)[D / 8][4], float m0, float m1,
+                                          float l0, float l1)
+{
+    const uint32_t t = lane % 4;
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
+    if (lse && t == 0) { /* m is in the log2 domain: ln Σ e^s = ln 2 · (m + log2 l) */
+        if (row0 < len)
+            lse[(size_t)(start + row0) * heads + h] = (m0 + log2f(l0)) * 0.6931471805599453f;
+        if (row1 < len)
+            lse[(size_t)(start + row1) * heads + h] = (m1 + log2f(l1)) * 0.6931471805599453f;
+    }
+    store_acc_rows<D / 8>(out + (size_t)(start + row0) * ldo + (size_t)h * D + 2 * t, ldo, o, row0 < len,
+                          row1 < len, inv0, inv1);
+}
+
+
+/* On the diagonal key tile (k0 = the query tile's first row): the warp's last query row within
+ * it, 16w + 15, uniform in the warp; the whole tile elsewhere. */
+template <bool DIAG> __device__ __forceinline__ uint32_t tc_warp_last(uint32_t row0, uint32_t k0)
+{
+    return DIAG ? (row0 - k0) | 15u : TC_BK - 1;
+}
+
+/* The online softmax over one key tile of a warp's scores s (C fragments: s[nt][e] is key
+ * k0 + nt·8 + 2t + (e & 1) of row0 for e < 2, of row1 else), unscaled: the causal mask on the
+ * diagonal tile (DIAG), the update of the running maxima m (log2 domain: scores times
+ * scale_log2) and partial row sums l, o rescaled to the new maxima, and s turned into the
+ * probabilities 2^(s·scale_log2 − m) (one FFMA in each exponent), dropped out by DROP's mask for
+ * P·V while the sums take the plain ones. On the diagonal tile the 8-key blocks after the warp's
+ * last row are left as zeros without an exponent each. At d = 64 the softmax's instructions per
+ * score cost as much issue time as the products, so each one counts. */
+template <uint32_t D, bool DROP, bool DIAG>
+__device__ __forceinline__ void tc_softmax(float (&s)[TC_BK / 8][4], uint32_t k0, uint32_t row0, uint32_t row1,
+                                           uint32_t len, uint32_t lane, float scale_log2, uint64_t drop_key,
+                                           const cu_attn_dropout &drop, float (&o)[D / 8][4], float &m0, float &m1,
+                                           float &l0, float &l1)
+{
+    constexpr uint32_t ND = D / 8, NK = TC_BK / 8;
+    const uint32_t t = lane % 4, warp_last = tc_warp_last<DIAG>(row0, k0);
+    /* the diagonal tile masks keys after the query (k0 = the query tile's first row there) */
+    if constexpr (DIAG) {
+#pragma unroll
+        for (uint32_t nt = 0; nt < NK; nt++)
+#pragma unroll
+            for (uint32_t e = 0; e < 4; e++)
+                if (nt * 8 + 2 * t + (e & 1) > (e < 2 ? row0 : row1) - k0)
+                    s[nt][e] = -INFINITY;
+    }
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (uint32_t nt = 0; nt < NK; nt++) {
+        mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
+        mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
+    }
+    /* a row's values are spread over the 4 threads of a quad */
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    /* key k0 ≤ query on every tile walked (key 0 on the first), so these are finite; scale_log2
+     * > 0, so the scaled maximum is the maximum of the scaled scores */
+    const float mn0 = fmaxf(m0, mx0 * scale_log2), mn1 = fmaxf(m1, mx1 * scale_log2);
+    const float a0 = exp2_ftz(m0 - mn0), a1 = exp2_ftz(m1 - mn1); /* 0 on the first tile */
+    m0 = mn0;
+    m1 = mn1;
+    float ls0 = 0.0f, ls1 = 0.0f;
+#pragma unroll
+    for (uint32_t nt = 0; nt < NK; nt++) {
+        if (DIAG && nt * 8 > warp_last) {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+            continue;
+        }
+        s[nt][0] = exp2_ftz(fmaf(s[nt][0], scale_log2, -mn0)); /* masked: 2^−∞ = 0 */
+        s[nt][1] = exp2_ftz(fmaf(s[nt][1], scale_log2, -mn0));
+        s[nt][2] = exp2_ftz(fmaf(s[nt][2], scale_log2, -mn1));
+        s[nt][3] = exp2_ftz(fmaf(s[nt][3], scale_log2, -mn1));
+        ls0 += s[nt][0] + s[nt][1];
+        ls1 += s[nt][2] + s[nt][3];
+    }
+    l0 = l0 * a0 + ls0; /* per-thread partial sums, reduced over the quad at the end */
+    l1 = l1 * a1 + ls1;
+    if constexpr (DROP) {
+        /* the sums above are of the plain probabilities; P·V takes the masked ones (element
+         * e of tile nt: key k0 + nt·8 + 2t + (e & 1) of row0 for e < 2, else of row1) */
+#pragma unroll
+        for (uint32_t nt = 0; nt < NK; nt++) {
+#pragma unroll
+            for (uint32_t e = 0; e < 4; e++) {
+                const uint32_t key = k0 + nt * 8 + 2 * t + (e & 1), qrow = e < 2 ? row0 : row1;
+                if (qrow < len && key <= qrow)
+                    s[nt][e] *= dev_dropout_factor(drop_key, drop.threshold, drop.scale,
+                                                   (uint64_t)qrow * len + key);
+            }
+        }
+    }
+#pragma unroll
+    for (uint32_t dt = 0; dt < ND; dt++) {
+        o[dt][0] *= a0;
+        o[dt][1] *= a0;
+        o[dt][2] *= a1;
+        o[dt][3] *= a1;
+    }
+}
+
+} // namespace
+
+#endif

@@ -1,0 +1,214 @@
+/* attention_wgmma.cu — the grouped-query attention of the classify pass (attn_tc_group's work:
+ * one block per query tile, kv head and sequence, sequences of at most 256 tokens, the group's
+ * query heads walked over key/value tiles loaded once) on Hopper's warpgroup products. The block
+ * is one warpgroup; per key tile it issues S = Q·Kᵀ as 4 wgmma m64n64k16 and O += P·V as 4 more,
+ * where attn_tc_group's warps issue 64 mma.sync and 32 ldmatrix each: at head_dim 64 the softmax
+ * and the instructions that feed the tensor cores are what bound the mma.sync kernel, and the
+ * products, asynchronous here, run while the warps issue other work.
+ *
+ * Both products take A from registers (the query fragments of tc_q_fragments; the probabilities
+ * packed from S's accumulators, whose layout is the A fragment's) and B from shared memory in
+ * the K-major 128-byte-swizzled layout wgmma reads: K tiles as they are (a row of 64 dims is
+ * one 128-byte row), V tiles transposed on the way in (a row per dim, the tile's 64 keys along
+ * it), so that no operand needs wgmma's transposition. The online softmax, the masks and the
+ * end of the walk are tc_softmax and tc_finish, the mma.sync kernels' own (attention_tc.cuh).
+ *
+ * Compiled for sm_90a only (CMakeLists.txt); cu_attention runs it for CU_ATTN_WG_GROUP on
+ * compute capability 9.0 and head_dim 64, and attn_tc_group elsewhere. */
+#include <cuda_bf16.h>
+#include <math.h>
+
+#include "model/cuda/attention_tc.cuh"
+#include "model/cuda/cuda_device.cuh"
+#include "model/cuda/cuda_internal.h"
+#include "model/cuda/hopper.cuh"
+
+namespace {
+
+constexpr uint32_t WG_D = 64;                   /* a key's or a Vᵀ row's 64 bf16: one swizzle row */
+constexpr uint32_t WG_TILE_BYTES = TC_BK * 128; /* a 64-row tile, swizzled */
+
+/* Key rows row0..row0+63 of one kv head into a swizzled tile (row r's 16-byte chunk c at
+ * r·128 + (c XOR r % 8)·16; rows ≥ len zeros) through cp.async. */
+__device__ __forceinline__ void wg_load_keys(uint8_t *tile, const bf16 *base, uint32_t ld, uint32_t row0,
+                                             uint32_t len)
+{
+    for (uint32_t i = threadIdx.x; i < TC_BK * 8; i += TC_THREADS) {
+        const uint32_t r = i / 8, c = i % 8;
+        uint8_t *dst = tile + r * 128 + ((c ^ (r % 8)) * 16);
+        if (row0 + r < len)
+            cp_async16(dst, base + (size_t)(row0 + r) * ld + c * 8);
+        else
+            *reinterpret_cast<uint4 *>(dst) = make_uint4(0, 0, 0, 0);
+    }
+}
+
+/* Value tiles 0..tiles-1 of one kv head, transposed into swizzled tiles: Vᵀ row n (dim n) holds
+ * the tile's 64 keys. A work item is 2 neighbouring keys × 8 dims: two 16-byte loads, then eight
+ * 4-byte stores of (key 2p, key 2p + 1) pairs. A warp's lanes take 32 neighbouring key pairs of
+ * the same dims, so each store of the warp falls in 32 different banks. Every load is issued
+ * before the first store: one load latency for the block, not one per item. */
+__device__ __forceinline__ void wg_load_values_transposed(uint8_t *vt, const bf16 *base, uint32_t ld,
+                                                          uint32_t tiles, uint32_t len)
+{
+    constexpr uint32_t ITEMS = TC_BK / 2 * (WG_D / 8); /* per tile */
+    constexpr uint32_t STEPS = TC_GROUP_TILES * ITEMS / TC_THREADS;
+    static_assert(ITEMS % TC_THREADS == 0, "a step of the block's threads stays within one tile");
+    uint4 even[STEPS], odd[STEPS];
+#pragma unroll
+    for (uint32_t st = 0; st < STEPS; st++) {
+        const uint32_t i = threadIdx.x + st * TC_THREADS, kt = i / ITEMS, p = i % 32, c = i % ITEMS / 32;
+        const uint32_t key = kt * TC_BK + 2 * p;
+        even[st] = odd[st] = make_uint4(0, 0, 0, 0);
+        if (kt < tiles && key < len)
+            even[st] = *reinterpret_cast<const uint4 *>(base + (size_t)key * ld + c * 8);
+        if (kt < tiles && key + 1 < len)
+            odd[st] = *reinterpret_cast<const uint4 *>(base + (size_t)(key + 1) * ld + c * 8);
+    }
+#pragma unroll
+    for (uint32_t st = 0; st < STEPS; st++) {
+        const uint32_t i = threadIdx.x + st * TC_THREADS, kt = i / ITEMS, p = i % 32, c = i % ITEMS / 32;
+        if (kt >= tiles)
+            continue;
+        const uint16_t *a = reinterpret_cast<const uint16_t *>(&even[st]);
+        const uint16_t *b = reinterpret_cast<const uint16_t *>(&odd[st]);
+        uint8_t *tile = vt + kt * WG_TILE_BYTES;
+#pragma unroll
+        for (uint32_t e = 0; e < 8; e++) /* row 8c + e: its row % 8 is e */
+            *reinterpret_cast<uint32_t *>(tile + (8 * c + e) * 128 + ((p / 4) ^ e) * 16 + (p % 4) * 4) =
+                (uint32_t)a[e] | (uint32_t)b[e] << 16;
+    }
+}
+
+/* 3 blocks a multiprocessor: 65 KB of shared memory each (4 key and 4 Vᵀ tiles), ≤ 168
+ * registers a thread */
+__global__ void __launch_bounds__(TC_THREADS, 3)
+    attn_wg_group(bf16 *out, uint32_t ldo, const bf16 *qkv, uint32_t ldqkv, const uint32_t *seq_off, uint32_t heads,
+                  uint32_t kv_heads, float scale_log2)
+{
+    constexpr uint32_t D = WG_D, KD = D / 16, ND = D / 8, NK = TC_BK / 8;
+    extern __shared__ __align__(1024) unsigned char wg_smem[];
+    /* the swizzle is a function of the address: tiles start on 1024-byte boundaries */
+    uint8_t *const kbuf = (uint8_t *)(((uintptr_t)wg_smem + 1023) & ~(uintptr_t)1023); /* [gridDim.x] */
+    uint8_t *const vtbuf = kbuf + gridDim.x * WG_TILE_BYTES;                             /* [gridDim.x] */
+    const uint32_t b = blockIdx.z, kvh = blockIdx.y, group = heads / kv_heads;
+    const uint32_t start = seq_off[b], len = seq_off[b + 1] - start;
+    const uint32_t qt = gridDim.x - 1 - blockIdx.x; /* longest tiles first */
+    const uint32_t q0 = qt * TC_BQ;
+    if (q0 >= len)
+        return;
+    const bf16 *rows = qkv + (size_t)start * ldqkv;
+    const bf16 *kbase = rows + (size_t)(heads + kvh) * D;
+    const bf16 *vbase = rows + (size_t)(heads + kv_heads + kvh) * D;
+    const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32, t = lane % 4;
+    const uint32_t row0 = q0 + warp * 16 + lane / 4, row1 = row0 + 8; /* this thread's two query rows */
+    const cu_attn_dropout none = {};
+
+    for (uint32_t kt = 0; kt <= qt; kt++)
+        wg_load_keys(kbuf + kt * WG_TILE_BYTES, kbase, ldqkv, kt * TC_BK, len);
+    cp_async_commit();
+    uint32_t qa[KD][4];
+    tc_q_fragments<D>(qa, rows + (size_t)kvh * group * D, ldqkv, row0, row1, len, t);
+    wg_load_values_transposed(vtbuf, vbase, ldqkv, qt + 1, len);
+    cp_async_wait<0>();
+    fence_view_async_shared();
+    __syncthreads();
+
+    for (uint32_t hi = 0; hi < group; hi++) {
+        const uint32_t h = kvh * group + hi;
+        /* the next head's rows are on their way while this one is computed */
+        uint32_t next[KD][4];
+        tc_q_fragments<D>(next, rows + (size_t)(hi + 1 < group ? h + 1 : h) * D, ldqkv, row0, row1, len, t);
+        float o[ND][4];
+#pragma unroll
+        for (uint32_t dt = 0; dt < ND; dt++)
+            o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+        float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+        for (uint32_t kt = 0; kt <= qt; kt++) {
+            float s[NK][4];
+            const uint64_t keys = smem_descriptor(kbuf + kt * WG_TILE_BYTES);
+            wgmma_fence(); /* o was rescaled, the query fragments loaded: before the products read them */
+#pragma unroll
+            for (uint32_t kk = 0; kk < KD; kk++)
+                wgmma_m64n64k16_rs(s, qa[kk], keys + 2 * kk, kk > 0);
+            wgmma_commit();
+            wgmma_wait<0>(); /* S, and the tile before's P·V, whose o the softmax rescales */
+            if (kt < qt)
+                tc_softmax<D, false, false>(s, kt * TC_BK, row0, row1, len, lane, scale_log2, 0, none, o, m0, m1, l0,
+                                            l1);
+            else
+                tc_softmax<D, false, true>(s, kt * TC_BK, row0, row1, len, lane, scale_log2, 0, none, o, m0, m1, l0,
+                                           l1);
+            /* P as the A fragments of keys 16kc..16kc+15: S's accumulators 2kc and 2kc + 1 */
+            uint32_t pa[TC_BK / 16][4];
+#pragma unroll
+            for (uint32_t kc = 0; kc < TC_BK / 16; kc++) {
+                pa[kc][0] = pack_bf16(s[2 * kc][0], s[2 * kc][1]);
+                pa[kc][1] = pack_bf16(s[2 * kc][2], s[2 * kc][3]);
+                pa[kc][2] = pack_bf16(s[2 * kc + 1][0], s[2 * kc + 1][1]);
+                pa[kc][3] = pack_bf16(s[2 * kc + 1][2], s[2 * kc + 1][3]);
+            }
+            const uint64_t values = smem_descriptor(vtbuf + kt * WG_TILE_BYTES);
+            wgmma_fence();
+#pragma unroll
+            for (uint32_t kc = 0; kc < TC_BK / 16; kc++)
+                wgmma_m64n64k16_rs(o, pa[kc], values + 2 * kc, 1);
+            wgmma_commit();
+        }
+        wgmma_wait<0>();
+        tc_finish<D>(out, ldo, NULL, start, len, h, heads, row0, row1, lane, o, m0, m1, l0, l1);
+#pragma unroll
+        for (uint32_t kk = 0; kk < KD; kk++)
+#pragma unroll
+            for (uint32_t e = 0; e < 4; e++)
+                qa[kk][e] = next[kk][e];
+    }
+}
+
+constexpr int MAX_DEVICES = 64;
+signed char hopper[MAX_DEVICES]; /* per device: 0 unknown, 1 compute capability 9.0, -1 not */
+
+bool device_is_hopper()
+{
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= MAX_DEVICES) {
+        cudaGetLastError();
+        return false;
+    }
+    if (hopper[device] == 0) {
+        int major = 0, minor = 0;
+        const bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+                        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess;
+        if (!ok)
+            cudaGetLastError();
+        hopper[device] = ok && major == 9 && minor == 0 ? 1 : -1;
+    }
+    return hopper[device] > 0;
+}
+
+} // namespace
+
+extern "C" bool cu_attention_wg_serves(uint32_t d, const void *qkv)
+{
+    return d == WG_D && (uintptr_t)qkv % 16 == 0 && device_is_hopper();
+}
+
+extern "C" cudaError_t cu_attention_wg(void *out, uint32_t ldo, const void *qkv, uint32_t ldqkv,
+                                       const uint32_t *seq_off, uint32_t nseq, uint32_t max_len, uint32_t heads,
+                                       uint32_t kv_heads, float scale, cudaStream_t s)
+{
+    const uint32_t tiles = group_tiles(max_len);
+    const dim3 grid(tiles, kv_heads, nseq);
+    const size_t smem = 2 * (size_t)tiles * WG_TILE_BYTES + 1024;
+    static bool smem_raised; /* once, to the most any launch takes, on the first (eager) call */
+    if (!smem_raised) {
+        cudaError_t e = cudaFuncSetAttribute(attn_wg_group, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             (int)(2 * TC_GROUP_TILES * WG_TILE_BYTES + 1024));
+        if (e != cudaSuccess)
+            return e;
+        smem_raised = true;
+    }
+    attn_wg_group<<<grid, TC_THREADS, smem, s>>>((bf16 *)out, ldo, (const bf16 *)qkv, ldqkv, seq_off, heads,
+                                                 kv_heads, scale * 1.4426950408889634f);
+    return cudaGetLastError();
+}
