@@ -136,8 +136,8 @@ static float time_path(int path, struct cu_gemm *g, cudaStream_t s, cudaEvent_t 
             fprintf(stderr, "netlm_gemm_bench: qwen-mlp: %s\n", err);
             exit(1);
         }
-        if (path == 1)
-            CUDA_CHECK(cu_swiglu(gate_up, 2 * f, gate_up, CU_BF16, (uint32_t)n, (uint32_t)f, s));
+        if (path == 1) /* w in the fused kernel's row order, as the engine keeps it for both */
+            CUDA_CHECK(cu_swiglu_fused_order(gate_up, 2 * f, gate_up, CU_BF16, (uint32_t)n, (uint32_t)f, s));
         if (path == 2)
             CUDA_CHECK(cu_gemm_swiglu(h, (uint32_t)f, x, (uint32_t)k, w, (uint32_t)n, (uint32_t)k, (uint32_t)f, s));
     }

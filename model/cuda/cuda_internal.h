@@ -85,12 +85,29 @@ cudaError_t cu_gelu(void *y, const void *x, enum cu_dtype t, size_t count, bool 
  * stride 2f); h may be gate_up (ldh = 2f: the gate halves are overwritten). */
 cudaError_t cu_swiglu(void *h, size_t ldh, const void *gate_up, enum cu_dtype t, uint32_t n, uint32_t f,
                       cudaStream_t s);
+/* The same for gate and up columns in cu_gemm_swiglu_row's order (a product with the fused
+ * kernel's weights, f a multiple of 32): h in the columns' own order. */
+cudaError_t cu_swiglu_fused_order(void *h, size_t ldh, const void *gate_up, enum cu_dtype t, uint32_t n, uint32_t f,
+                                  cudaStream_t s);
+/* The order of W's rows, in each of its gate and up halves, that cu_gemm_swiglu takes: row r holds
+ * what is row cu_gemm_swiglu_row(r) in the model's order. Within each block of 32 rows r = 8a +
+ * 2b + e (a, b < 4, e < 2) it swaps a and b: a thread of the kernel's epilogue then holds the 8
+ * neighbouring outputs 8b .. 8b + 7 of each block of 32 in its accumulators (the wgmma layout
+ * gives it columns 8a + 2b + e, a = 0..3) and writes them with one 16-byte store instead of four
+ * 4-byte ones. Its own inverse. */
+#ifdef __CUDACC__
+__host__ __device__
+#endif
+static inline uint32_t cu_gemm_swiglu_row(uint32_t r)
+{
+    return (r & ~31u) | (r >> 3 & 3u) << 1 | (r >> 1 & 3u) << 3 | (r & 1u);
+}
 /* h[n, f] (bf16, row stride ldh) = silu(x·Wgᵀ) ⊙ (x·Wuᵀ) for bf16 x[n, k] (row stride ldx) and
- * w[2f, k] (the gate rows, then the up rows: cu_swiglu's layout), the SwiGLU in the GEMM's
- * epilogue from fp32 accumulators (gemm_swiglu.cu: wgmma, Hopper only). _supported says whether
- * this device runs it for these sizes (compute capability 9.0, f a multiple of 128, k of 8) and
- * prepares it there (device must be the current one); call it once per device before
- * cu_gemm_swiglu. */
+ * w[2f, k] (the gate rows, then the up rows, each half in cu_gemm_swiglu_row's order), the SwiGLU
+ * in the GEMM's epilogue from fp32 accumulators (gemm_swiglu.cu: wgmma, Hopper only). h 16-byte
+ * aligned, ldh a multiple of 8. _supported says whether this device runs it for these sizes
+ * (compute capability 9.0, f a multiple of 128, k of 8) and prepares it there (device must be the
+ * current one); call it once per device before cu_gemm_swiglu. */
 bool cu_gemm_swiglu_supported(int device, uint32_t k, uint32_t f);
 cudaError_t cu_gemm_swiglu(void *h, uint32_t ldh, const void *x, uint32_t ldx, const void *w, uint32_t n,
                            uint32_t k, uint32_t f, cudaStream_t s);

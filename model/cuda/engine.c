@@ -107,7 +107,8 @@ struct model_cuda {
     size_t ts, xs;       /* their sizes */
     uint32_t C, H, KV, d, QKV, F, FW, V, Vp, L;
     bool gpt2, has_cls;
-    bool swiglu_gemm;   /* Qwen2 bf16 on Hopper: the up GEMM with the SwiGLU in its epilogue */
+    bool swiglu_gemm;   /* Qwen2 bf16 on Hopper: the up GEMM with the SwiGLU in its epilogue
+                         * (and the gate/up weights in its row order, for the SwiGLU pass too) */
     bool swiglu_always; /* that on every batch, not only on the large ones (NETLM_CUDA_SWIGLU_GEMM) */
     enum cu_attn_impl attn; /* the prefill / classify attention */
     bool attn_by_size;      /* grouped attention on the large batches only (NETLM_CUDA_ATTN unset) */
@@ -281,6 +282,26 @@ static void *place(struct placer *p, const float *src, size_t numel, size_t allo
     return p->dev + off;
 }
 
+/* The gate/up rows of a placed weight (f gate rows, then f up rows, of row_bytes each) into the
+ * order cu_gemm_swiglu takes (cu_gemm_swiglu_row, its own inverse: a swap per pair of rows). */
+static void order_for_fused_swiglu(char *rows, size_t row_bytes, uint32_t f)
+{
+    char tmp[8192];
+    for (uint32_t half = 0; half < 2; half++)
+        for (uint32_t r = 0; r < f; r++) {
+            const uint32_t other = cu_gemm_swiglu_row(r);
+            if (other <= r)
+                continue;
+            char *a = rows + ((size_t)half * f + r) * row_bytes, *b = rows + ((size_t)half * f + other) * row_bytes;
+            for (size_t at = 0; at < row_bytes; at += sizeof tmp) {
+                const size_t len = row_bytes - at < sizeof tmp ? row_bytes - at : sizeof tmp;
+                memcpy(tmp, a + at, len);
+                memcpy(a + at, b + at, len);
+                memcpy(b + at, tmp, len);
+            }
+        }
+}
+
 static void place_weights(struct model_cuda *e, struct placer *p, const float *rope_cos,
                           const float *rope_sin)
 {
@@ -302,6 +323,10 @@ static void place_weights(struct model_cuda *e, struct placer *p, const float *r
         cl->ln2_w = place(p, lw->ln2_w, C, C, F32);
         cl->ln2_b = lw->ln2_b ? place(p, lw->ln2_b, C, C, F32) : NULL;
         cl->up_w = place(p, lw->up_w, (size_t)e->FW * C, (size_t)e->FW * C, T);
+        /* the fused GEMM's row order, which the SwiGLU pass then also reads (no bias in Qwen2's
+         * MLP) */
+        if (p->image && e->swiglu_gemm)
+            order_for_fused_swiglu(p->image + ((char *)cl->up_w - p->dev), C * cu_dtype_size(T), e->F);
         cl->up_b = lw->up_b ? place(p, lw->up_b, e->FW, e->FW, T) : NULL;
         cl->down_w = place(p, lw->down_w, C * e->F, C * e->F, T);
         cl->down_b = lw->down_b ? place(p, lw->down_b, C, C, XT) : NULL;
@@ -774,7 +799,9 @@ static bool enqueue(struct model_cuda *e, enum tail tail)
         } else {
             GEMM(T, T, e->ffn, e->FW, e->xn, C, cl->up_w, NULL, n, C, e->FW, false, false);
             cu_profile_mark(e->prof, "gemm up", s);
-            CK(cu_swiglu(e->ffn, e->FW, e->ffn, T, n, e->F, s), "swiglu");
+            CK(e->swiglu_gemm ? cu_swiglu_fused_order(e->ffn, e->FW, e->ffn, T, n, e->F, s)
+                              : cu_swiglu(e->ffn, e->FW, e->ffn, T, n, e->F, s),
+               "swiglu");
             cu_profile_mark(e->prof, "swiglu", s);
         }
         /* the hidden activations: [n, F] packed after the fused GEMM, the gate halves of

@@ -11,7 +11,8 @@
  * 128-row (192-row) tile of x by a 256-row tile of W made of 128 gate rows and the 128 up rows of
  * the same outputs (wgmma m64n256k16, or two m64n128k16), so one thread holds a gate value and
  * its up partner in registers r and r + 64, and writes silu(g) · u as bf16 from the fp32
- * accumulators. Tiles run row block by row block (all of W, 2F × C, stays in L2).
+ * accumulators, 8 neighbouring outputs per 16-byte store (W's rows come in cu_gemm_swiglu_row's
+ * order, which puts them in one thread's registers). Tiles run row block by row block (all of W, 2F × C, stays in L2).
  *
  * Variants (cu_gemm_swiglu_select; model/cuda/NOTES.md has their timings): "c1", the plain
  * kernel; "c2", clusters of 2 CTAs on neighbouring row blocks of the same outputs that share the
@@ -211,8 +212,8 @@ __device__ __forceinline__ void wgmma_m64n128k16(float *d, uint64_t desc_a, uint
  * ~3,000 of a tile's ~33,000 clocks. Here two outputs share one reciprocal: with a = e^-|g| ∈
  * (0, 1] and y = 1 + a ∈ (1, 2], sigmoid(g) is 1/y for g ≥ 0 and a/y below, and 1/y0, 1/y1 are
  * y1 / (y0·y1) and y0 / (y0·y1) (the product at most 4: no overflow, no special case for large
- * |g|): 1.5 MUFU operations per output. Four outputs per reciprocal would be 1.25, but the
- * three-consumer variants' 160 registers (128 of them accumulators) then spill. Error: a few
+ * |g|): 1.5 MUFU operations per output. Four outputs per reciprocal would be 1.25, but every
+ * variant then spills registers, the two-consumer ones' 168 too. Error: a few
  * fp32 roundings more than one division (~1e-6 relative), far below the bf16 rounding. */
 __device__ __forceinline__ __nv_bfloat162 silu_times2(float g0, float g1, float u0, float u1)
 {
@@ -334,6 +335,14 @@ __global__ void __launch_bounds__(cta_shape<CONSUMERS, PINGPONG>::threads, 1)
             const uint32_t row0 = (group / out_groups * ROWS + row_sub) * TILE_ROWS;
             const uint32_t out0 = (group % out_groups * OUTS + out_sub) * TILE_OUT;
             uint32_t previous = 0, it = turn * chunks; /* the producer's count of stages filled */
+            /* The first products overwrite the accumulators (scale-d 0), but an asm operand
+             * "+f" reads them, so without this the register allocator would keep every
+             * accumulator live from one tile's epilogue into the next tile's first chunk; zeroed
+             * here, each one is free once the epilogue has used it (the three-consumer variants'
+             * 160 registers hold the 16-byte stores' operands only then). */
+#pragma unroll
+            for (uint32_t i = 0; i < 128; i++)
+                d[i] = 0.0f;
             for (uint32_t c = 0; c < chunks; c++, it++) {
                 const uint32_t s = it % STAGES;
                 barrier_wait(&full[s], (it / STAGES) & 1);
@@ -382,19 +391,27 @@ __global__ void __launch_bounds__(cta_shape<CONSUMERS, PINGPONG>::threads, 1)
             }
             /* accumulator layout: register 4i + {0,1} at row lane/4, columns 8i + 2·(lane%4) +
              * {0,1}; 4i + {2,3} eight rows lower. Columns 0..127 are gates, 128..255 their up
-             * partners. */
-            const uint32_t row = row0 + first_row + warp * 16 + lane / 4, col = out0 + 2 * (lane % 4);
+             * partners. With W's rows in cu_gemm_swiglu_row's order, columns 32j + 8a + 2q + e
+             * (q = lane % 4; a = 0..3) are outputs 32j + 8q + 2a + e: 8 neighbours, one store. */
+            const uint32_t row = row0 + first_row + warp * 16 + lane / 4, col = out0 + 8 * (lane % 4);
             if (out0 >= f) /* the odd last output tile of a 2 × 2 cluster's group: none */
                 continue;
 #pragma unroll
-            for (uint32_t i = 0; i < 16; i++) {
-                const uint32_t r = 4 * i;
+            for (uint32_t j = 0; j < 4; j++) {
+                uint4 upper, lower; /* rows row and row + 8 */
+                uint32_t *u = &upper.x, *l = &lower.x;
+#pragma unroll
+                for (uint32_t a = 0; a < 4; a++) {
+                    const uint32_t r = 4 * (4 * j + a);
+                    const __nv_bfloat162 hu = silu_times2(d[r], d[r + 1], d[r + 64], d[r + 65]);
+                    const __nv_bfloat162 hl = silu_times2(d[r + 2], d[r + 3], d[r + 66], d[r + 67]);
+                    u[a] = *reinterpret_cast<const uint32_t *>(&hu);
+                    l[a] = *reinterpret_cast<const uint32_t *>(&hl);
+                }
                 if (row < n)
-                    *(__nv_bfloat162 *)(h + (size_t)row * ldh + col + 8 * i) =
-                        silu_times2(d[r], d[r + 1], d[r + 64], d[r + 65]);
+                    *reinterpret_cast<uint4 *>(h + (size_t)row * ldh + col + 32 * j) = upper;
                 if (row + 8 < n)
-                    *(__nv_bfloat162 *)(h + (size_t)(row + 8) * ldh + col + 8 * i) =
-                        silu_times2(d[r + 2], d[r + 3], d[r + 66], d[r + 67]);
+                    *reinterpret_cast<uint4 *>(h + (size_t)(row + 8) * ldh + col + 32 * j) = lower;
             }
         }
         leave_cluster();
@@ -576,8 +593,8 @@ extern "C" cudaError_t cu_gemm_swiglu(void *h, uint32_t ldh, const void *x, uint
 {
     if (n == 0)
         return cudaSuccess;
-    if (!encode_tiled || f % TILE_OUT != 0 || k % 8 != 0 || ldx % 8 != 0 || ldh % 2 != 0 ||
-        ((uintptr_t)x | (uintptr_t)w) % 16 != 0 || (uintptr_t)h % 4 != 0)
+    if (!encode_tiled || f % TILE_OUT != 0 || k % 8 != 0 || ldx % 8 != 0 || ldh % 8 != 0 ||
+        ((uintptr_t)x | (uintptr_t)w | (uintptr_t)h) % 16 != 0)
         return cudaErrorInvalidValue;
     CUtensorMap x_map, w_map;
     const variant &v = variants[selected];

@@ -192,22 +192,30 @@ template <typename T, uint32_t VW> __global__ void gelu_kernel(T *y, const T *x,
 }
 
 /* h[row] (row stride ldh) = silu(gate) ⊙ up of gate_up[row] = [gate | up] (row stride 2f); h may
- * be gate_up itself (ldh = 2f: the gate halves are overwritten). */
-template <typename T, uint32_t VW>
+ * be gate_up itself (ldh = 2f: the gate halves are overwritten). FUSED_ORDER: gate and up columns
+ * in cu_gemm_swiglu_row's order, each block of 32 reordered on its way to h by one thread, which
+ * reads the whole block before it writes any of it (in place too). */
+template <typename T, uint32_t VW, bool FUSED_ORDER>
 __global__ void swiglu_kernel(T *h, size_t ldh, const T *gate_up, uint32_t n, uint32_t f)
 {
-    const uint32_t vecs = f / VW;
+    constexpr uint32_t W = FUSED_ORDER ? 32 : VW; /* columns per item */
+    const uint32_t items = f / W;
     for (uint32_t row = blockIdx.y; row < n; row += gridDim.y) {
         const T *g = gate_up + (size_t)row * 2 * f;
         T *hr = h + (size_t)row * ldh;
-        for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < vecs; i += gridDim.x * blockDim.x) {
-            float gv[VW], uv[VW];
-            load_vec<T, VW>(gv, g + i * VW);
-            load_vec<T, VW>(uv, g + f + i * VW);
+        for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < items; i += gridDim.x * blockDim.x) {
+            float gv[W], uv[W], hv[W];
 #pragma unroll
-            for (uint32_t k = 0; k < VW; k++)
-                gv[k] = gv[k] / (1.0f + expf(-gv[k])) * uv[k];
-            store_vec<T, VW>(hr + i * VW, gv);
+            for (uint32_t v = 0; v < W; v += VW) {
+                load_vec<T, VW>(gv + v, g + i * W + v);
+                load_vec<T, VW>(uv + v, g + f + i * W + v);
+            }
+#pragma unroll
+            for (uint32_t k = 0; k < W; k++)
+                hv[FUSED_ORDER ? cu_gemm_swiglu_row(k) : k] = gv[k] / (1.0f + expf(-gv[k])) * uv[k];
+#pragma unroll
+            for (uint32_t v = 0; v < W; v += VW)
+                store_vec<T, VW>(hr + i * W + v, hv + v);
         }
     }
 }
@@ -459,31 +467,46 @@ extern "C" cudaError_t cu_gelu(void *y, const void *x, enum cu_dtype t, size_t c
     return cudaGetLastError();
 }
 
-template <typename T>
+template <typename T, bool FUSED_ORDER>
 static void swiglu_launch(T *h, size_t ldh, const T *gate_up, uint32_t n, uint32_t f, cudaStream_t s)
 {
     constexpr uint32_t VW = 16 / sizeof(T);
     dim3 g;
     unsigned threads;
     if (rows_vectorizable<T>(gate_up, f, 2 * (size_t)f) && rows_vectorizable<T>(h, f, ldh)) {
-        row_grid(&g, &threads, f / VW, n);
-        swiglu_kernel<T, VW><<<g, threads, 0, s>>>(h, ldh, gate_up, n, f);
+        row_grid(&g, &threads, f / (FUSED_ORDER ? 32 : VW), n);
+        swiglu_kernel<T, VW, FUSED_ORDER><<<g, threads, 0, s>>>(h, ldh, gate_up, n, f);
     } else {
-        row_grid(&g, &threads, f, n);
-        swiglu_kernel<T, 1><<<g, threads, 0, s>>>(h, ldh, gate_up, n, f);
+        row_grid(&g, &threads, f / (FUSED_ORDER ? 32 : 1), n);
+        swiglu_kernel<T, 1, FUSED_ORDER><<<g, threads, 0, s>>>(h, ldh, gate_up, n, f);
     }
+}
+
+template <bool FUSED_ORDER>
+static cudaError_t swiglu(void *h, size_t ldh, const void *gate_up, enum cu_dtype t, uint32_t n, uint32_t f,
+                          cudaStream_t s)
+{
+    if (n == 0 || f == 0)
+        return cudaSuccess;
+    if (FUSED_ORDER && f % 32 != 0)
+        return cudaErrorInvalidValue;
+    if (t == CU_BF16)
+        swiglu_launch<bf16, FUSED_ORDER>((bf16 *)h, ldh, (const bf16 *)gate_up, n, f, s);
+    else
+        swiglu_launch<float, FUSED_ORDER>((float *)h, ldh, (const float *)gate_up, n, f, s);
+    return cudaGetLastError();
 }
 
 extern "C" cudaError_t cu_swiglu(void *h, size_t ldh, const void *gate_up, enum cu_dtype t, uint32_t n, uint32_t f,
                                  cudaStream_t s)
 {
-    if (n == 0 || f == 0)
-        return cudaSuccess;
-    if (t == CU_BF16)
-        swiglu_launch<bf16>((bf16 *)h, ldh, (const bf16 *)gate_up, n, f, s);
-    else
-        swiglu_launch<float>((float *)h, ldh, (const float *)gate_up, n, f, s);
-    return cudaGetLastError();
+    return swiglu<false>(h, ldh, gate_up, t, n, f, s);
+}
+
+extern "C" cudaError_t cu_swiglu_fused_order(void *h, size_t ldh, const void *gate_up, enum cu_dtype t, uint32_t n,
+                                             uint32_t f, cudaStream_t s)
+{
+    return swiglu<true>(h, ldh, gate_up, t, n, f, s);
 }
 
 /* cu_rope and cu_rope_backward (cuda_train.h): vectors of half-rows when d/2 and the row stride

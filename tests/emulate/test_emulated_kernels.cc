@@ -188,7 +188,12 @@ void gemm_swiglu_case(uint32_t n, uint32_t k, uint32_t f, uint32_t ldx, uint32_t
             }
             ref[r * ldh + c] = g / (1 + exp(-g)) * u;
         }
-    const std::vector<__nv_bfloat16> dx = as_type<__nv_bfloat16>(x), dw = as_type<__nv_bfloat16>(w);
+    /* the kernel takes each half's rows in cu_gemm_swiglu_row's order and writes h in the
+     * model's order */
+    std::vector<float> w_kernel(w.size());
+    for (uint32_t r = 0; r < 2 * f; r++)
+        std::copy_n(&w[(r / f * f + cu_gemm_swiglu_row(r % f)) * k], k, &w_kernel[r * k]);
+    const std::vector<__nv_bfloat16> dx = as_type<__nv_bfloat16>(x), dw = as_type<__nv_bfloat16>(w_kernel);
     std::vector<__nv_bfloat16> h = nan_filled<__nv_bfloat16>(n * ldh);
     const unsigned before = emu_launches;
     assert_int_equal(cu_gemm_swiglu(h.data(), ldh, dx.data(), ldx, dw.data(), n, k, f, 0), cudaSuccess);

@@ -135,7 +135,13 @@ static void gemm_swiglu_case(uint32_t n, uint32_t k, uint32_t f, uint32_t ldx, s
     test_round(w, (size_t)2 * f * k, CU_BF16);
     for (uint32_t i = 0; i < n; i++)
         memcpy(dense + (size_t)i * k, x + (size_t)i * ldx, k * sizeof(float));
-    void *dx = test_upload(x, (size_t)n * ldx, CU_BF16), *dw = test_upload(w, (size_t)2 * f * k, CU_BF16);
+    /* the kernel takes each half's rows in cu_gemm_swiglu_row's order, h in the model's */
+    float *w_kernel = malloc((size_t)2 * f * k * sizeof(float));
+    for (uint32_t row = 0; row < 2 * f; row++)
+        memcpy(w_kernel + (size_t)row * k, w + ((size_t)row / f * f + cu_gemm_swiglu_row(row % f)) * k,
+               k * sizeof(float));
+    void *dx = test_upload(x, (size_t)n * ldx, CU_BF16), *dw = test_upload(w_kernel, (size_t)2 * f * k, CU_BF16);
+    free(w_kernel);
     void *dh = test_poisoned(out_count, CU_BF16);
     CUDA_OK(cu_gemm_swiglu(dh, ldh, dx, ldx, dw, n, k, f, stream));
     test_download(got, dh, out_count, CU_BF16);
@@ -290,7 +296,8 @@ static void test_norms(void **state)
     }
 }
 
-/* f = 200 takes the 16-byte vector kernels, an odd f the scalar ones */
+/* f = 200 takes the 16-byte vector kernels, an odd f the scalar ones, f = 224 (7 blocks of 32)
+ * the SwiGLU pass in the fused GEMM's column order too */
 static void elementwise_case(uint32_t f, struct test_rng *rng)
 {
     struct test_rng r = *rng;
@@ -328,6 +335,30 @@ static void elementwise_case(uint32_t f, struct test_rng *rng)
                         test_rel_err(got, ref, count), test_bound_for(t, 1e-5, 4e-3));
             cudaFree(d);
         }
+        if (f % 32 == 0) {
+            /* gate and up columns in the fused GEMM's order (cu_gemm_swiglu_row), h in the
+             * model's, in place and into packed rows */
+            float *ordered = malloc(count * sizeof(float));
+            for (uint32_t i = 0; i < n; i++)
+                for (uint32_t c = 0; c < 2 * f; c++)
+                    ordered[(size_t)i * 2 * f + c] = x[(size_t)i * 2 * f + c / f * f + cu_gemm_swiglu_row(c % f)];
+            void *d = test_upload(ordered, count, t), *h = test_poisoned((size_t)n * f, t);
+            CUDA_OK(cu_swiglu_fused_order(h, f, d, t, n, f, stream));
+            test_download(got, h, (size_t)n * f, t);
+            float *packed = malloc((size_t)n * f * sizeof(float));
+            for (uint32_t i = 0; i < n; i++)
+                memcpy(packed + (size_t)i * f, ref + (size_t)i * 2 * f, f * sizeof(float));
+            TEST_WITHIN("swiglu (fused order, packed h)", t, test_rel_err(got, packed, (size_t)n * f),
+                        test_bound_for(t, 1e-5, 4e-3));
+            CUDA_OK(cu_swiglu_fused_order(d, 2 * (size_t)f, d, t, n, f, stream));
+            test_download(got, d, count, t);
+            for (uint32_t i = 0; i < n; i++) /* the gate halves: h; the up halves as they were */
+                memcpy(got + (size_t)i * 2 * f + f, ref + (size_t)i * 2 * f + f, f * sizeof(float));
+            TEST_WITHIN("swiglu (fused order, in place)", t, test_rel_err(got, ref, count),
+                        test_bound_for(t, 1e-5, 4e-3));
+            free(packed), free(ordered);
+            cudaFree(d), cudaFree(h);
+        }
         {
             /* into packed [n, f] rows of another buffer */
             void *d = test_upload(x, count, t), *h = test_poisoned((size_t)n * f, t);
@@ -362,6 +393,7 @@ static void test_elementwise(void **state)
     struct test_rng r = {4};
     elementwise_case(200, &r);
     elementwise_case(203, &r);
+    elementwise_case(224, &r);
 }
 
 /* d = 64 takes the vector kernel, d = 20 (half 10) the scalar one */
