@@ -345,11 +345,8 @@ attn_tc(bf16 *out, uint32_t ldo, float *lse, const bf16 *qkv, uint32_t ldqkv,
     uint32_t qa[KD][4];
     tc_q_fragments<D>(qa, kbuf + TC_BK * LD, LD, warp * 16 + g, warp * 16 + g + 8, TC_BQ, lane % 4);
 
-    float o[ND][4];
-#pragma unroll
-    for (uint32_t dt = 0; dt < ND; dt++)
-        o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
-    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+    float o[ND][4], m0, m1, l0, l1;
+    tc_walk_start(o, m0, m1, l0, l1);
     const uint32_t row0 = q0 + warp * 16 + g, row1 = row0 + 8; /* this thread's two query rows */
 
     for (uint32_t kt = 0; kt <= qt; kt++) {
@@ -485,17 +482,12 @@ attn_tc_group(bf16 *out, uint32_t ldo, const bf16 *qkv, uint32_t ldqkv, const ui
     extern __shared__ __align__(16) unsigned char group_smem[];
     bf16 *const kbuf = reinterpret_cast<bf16 *>(group_smem); /* [gridDim.x][TILE] */
     bf16 *const vbuf = kbuf + gridDim.x * TILE;               /* [gridDim.x][TILE] */
-    const uint32_t b = blockIdx.z, kvh = blockIdx.y, group = heads / kv_heads;
-    const uint32_t start = seq_off[b], len = seq_off[b + 1] - start;
-    const uint32_t qt = gridDim.x - 1 - blockIdx.x; /* longest tiles first */
-    const uint32_t q0 = qt * TC_BQ;
-    if (q0 >= len)
+    const group_block gb = group_block_here<D>(qkv, ldqkv, seq_off, heads, kv_heads);
+    if (gb.q0 >= gb.len)
         return;
-    const bf16 *rows = qkv + (size_t)start * ldqkv;
-    const bf16 *kbase = rows + (size_t)(heads + kvh) * D;
-    const bf16 *vbase = rows + (size_t)(heads + kv_heads + kvh) * D;
-    const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32, t = lane % 4;
-    const uint32_t row0 = q0 + warp * 16 + lane / 4, row1 = row0 + 8; /* this thread's two query rows */
+    const uint32_t kvh = gb.kvh, group = gb.group, start = gb.start, len = gb.len, qt = gb.qt, lane = gb.lane;
+    const uint32_t t = gb.t, row0 = gb.row0, row1 = gb.row1;
+    const bf16 *rows = gb.rows, *kbase = gb.kbase, *vbase = gb.vbase;
     const cu_attn_dropout none = {};
 
     /* every key/value tile the query tile sees; the group's first query head meanwhile */
@@ -521,11 +513,8 @@ attn_tc_group(bf16 *out, uint32_t ldo, const bf16 *qkv, uint32_t ldqkv, const ui
         tc_q_fragments<D>(next, rows + (size_t)(hi + 1 < group ? h + 1 : h) * D, ldqkv, row0, row1, len, t);
         if constexpr (ROPE)
             rope_fragments<D>(qa, row0, row1, len, t, cos_t, sin_t);
-        float o[ND][4];
-#pragma unroll
-        for (uint32_t dt = 0; dt < ND; dt++)
-            o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
-        float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+        float o[ND][4], m0, m1, l0, l1;
+        tc_walk_start(o, m0, m1, l0, l1);
         /* (the diagonal tile inside the loop: after it, ptxas spills the d = 32 kernel's registers) */
         for (uint32_t kt = 0; kt <= qt; kt++) {
             if (kt < qt)
@@ -536,11 +525,7 @@ attn_tc_group(bf16 *out, uint32_t ldo, const bf16 *qkv, uint32_t ldqkv, const ui
                                             lane, scale_log2, 0, none, o, m0, m1, l0, l1);
         }
         tc_finish<D>(out, ldo, NULL, start, len, h, heads, row0, row1, lane, o, m0, m1, l0, l1);
-#pragma unroll
-        for (uint32_t kk = 0; kk < KD; kk++)
-#pragma unroll
-            for (uint32_t e = 0; e < 4; e++)
-                qa[kk][e] = next[kk][e];
+        tc_next_head(qa, next);
     }
 }
 

@@ -104,6 +104,57 @@ __device__ __forceinline__ void tc_finish(bf16 *out, uint32_t ldo, float *lse, u
 }
 
 
+/* Where a block of the grouped kernels stands (attn_tc_group, attn_wg_group): sequence
+ * blockIdx.z, kv head blockIdx.y, query tile qt (blockIdx.x from the last: the longest tiles
+ * first), rows from q0; the thread's two query rows; the sequence's qkv rows and its kv head's
+ * keys and values in them. */
+struct group_block {
+    uint32_t kvh, group, start, len, qt, q0, lane, t, row0, row1;
+    const bf16 *rows, *kbase, *vbase;
+};
+template <uint32_t D>
+__device__ __forceinline__ group_block group_block_here(const bf16 *qkv, uint32_t ldqkv, const uint32_t *seq_off,
+                                                        uint32_t heads, uint32_t kv_heads)
+{
+    group_block g;
+    g.kvh = blockIdx.y;
+    g.group = heads / kv_heads;
+    g.start = seq_off[blockIdx.z];
+    g.len = seq_off[blockIdx.z + 1] - g.start;
+    g.qt = gridDim.x - 1 - blockIdx.x;
+    g.q0 = g.qt * TC_BQ;
+    g.lane = threadIdx.x % 32;
+    g.t = g.lane % 4;
+    g.row0 = g.q0 + threadIdx.x / 32 * 16 + g.lane / 4;
+    g.row1 = g.row0 + 8;
+    g.rows = qkv + (size_t)g.start * ldqkv;
+    g.kbase = g.rows + (size_t)(heads + g.kvh) * D;
+    g.vbase = g.rows + (size_t)(heads + kv_heads + g.kvh) * D;
+    return g;
+}
+
+/* The next head's query fragments, fetched during this head's walk, become the current ones. */
+template <uint32_t KD>
+__device__ __forceinline__ void tc_next_head(uint32_t (&qa)[KD][4], const uint32_t (&next)[KD][4])
+{
+#pragma unroll
+    for (uint32_t kk = 0; kk < KD; kk++)
+#pragma unroll
+        for (uint32_t e = 0; e < 4; e++)
+            qa[kk][e] = next[kk][e];
+}
+
+/* A head's walk starts from o = 0, no maximum yet, empty sums. */
+template <uint32_t ND>
+__device__ __forceinline__ void tc_walk_start(float (&o)[ND][4], float &m0, float &m1, float &l0, float &l1)
+{
+#pragma unroll
+    for (uint32_t dt = 0; dt < ND; dt++)
+        o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+    m0 = m1 = -INFINITY;
+    l0 = l1 = 0.0f;
+}
+
 /* On the diagonal key tile (k0 = the query tile's first row): the warp's last query row within
  * it, 16w + 15, uniform in the warp; the whole tile elsewhere. */
 template <bool DIAG> __device__ __forceinline__ uint32_t tc_warp_last(uint32_t row0, uint32_t k0)

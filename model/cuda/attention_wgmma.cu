@@ -91,25 +91,20 @@ __global__ void __launch_bounds__(TC_THREADS, 3)
     /* the swizzle is a function of the address: tiles start on 1024-byte boundaries */
     uint8_t *const kbuf = (uint8_t *)(((uintptr_t)wg_smem + 1023) & ~(uintptr_t)1023); /* [gridDim.x] */
     uint8_t *const vtbuf = kbuf + gridDim.x * WG_TILE_BYTES;                             /* [gridDim.x] */
-    const uint32_t b = blockIdx.z, kvh = blockIdx.y, group = heads / kv_heads;
-    const uint32_t start = seq_off[b], len = seq_off[b + 1] - start;
-    const uint32_t qt = gridDim.x - 1 - blockIdx.x; /* longest tiles first */
-    const uint32_t q0 = qt * TC_BQ;
-    if (q0 >= len)
+    const group_block gb = group_block_here<D>(qkv, ldqkv, seq_off, heads, kv_heads);
+    if (gb.q0 >= gb.len)
         return;
-    const bf16 *rows = qkv + (size_t)start * ldqkv;
-    const bf16 *kbase = rows + (size_t)(heads + kvh) * D;
-    const bf16 *vbase = rows + (size_t)(heads + kv_heads + kvh) * D;
-    const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32, t = lane % 4;
-    const uint32_t row0 = q0 + warp * 16 + lane / 4, row1 = row0 + 8; /* this thread's two query rows */
+    const uint32_t kvh = gb.kvh, group = gb.group, start = gb.start, len = gb.len, qt = gb.qt, lane = gb.lane;
+    const uint32_t t = gb.t, row0 = gb.row0, row1 = gb.row1;
+    const bf16 *rows = gb.rows;
     const cu_attn_dropout none = {};
 
     for (uint32_t kt = 0; kt <= qt; kt++)
-        wg_load_keys(kbuf + kt * WG_TILE_BYTES, kbase, ldqkv, kt * TC_BK, len);
+        wg_load_keys(kbuf + kt * WG_TILE_BYTES, gb.kbase, ldqkv, kt * TC_BK, len);
     cp_async_commit();
     uint32_t qa[KD][4];
     tc_q_fragments<D>(qa, rows + (size_t)kvh * group * D, ldqkv, row0, row1, len, t);
-    wg_load_values_transposed(vtbuf, vbase, ldqkv, qt + 1, len);
+    wg_load_values_transposed(vtbuf, gb.vbase, ldqkv, qt + 1, len);
     cp_async_wait<0>();
     fence_view_async_shared();
     __syncthreads();
@@ -119,11 +114,8 @@ __global__ void __launch_bounds__(TC_THREADS, 3)
         /* the next head's rows are on their way while this one is computed */
         uint32_t next[KD][4];
         tc_q_fragments<D>(next, rows + (size_t)(hi + 1 < group ? h + 1 : h) * D, ldqkv, row0, row1, len, t);
-        float o[ND][4];
-#pragma unroll
-        for (uint32_t dt = 0; dt < ND; dt++)
-            o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
-        float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+        float o[ND][4], m0, m1, l0, l1;
+        tc_walk_start(o, m0, m1, l0, l1);
         for (uint32_t kt = 0; kt <= qt; kt++) {
             float s[NK][4];
             const uint64_t keys = smem_descriptor(kbuf + kt * WG_TILE_BYTES);
@@ -157,11 +149,7 @@ __global__ void __launch_bounds__(TC_THREADS, 3)
         }
         wgmma_wait<0>();
         tc_finish<D>(out, ldo, NULL, start, len, h, heads, row0, row1, lane, o, m0, m1, l0, l1);
-#pragma unroll
-        for (uint32_t kk = 0; kk < KD; kk++)
-#pragma unroll
-            for (uint32_t e = 0; e < 4; e++)
-                qa[kk][e] = next[kk][e];
+        tc_next_head(qa, next);
     }
 }
 

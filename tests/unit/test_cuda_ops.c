@@ -296,6 +296,15 @@ static void test_norms(void **state)
     }
 }
 
+/* the first f of each of n rows of 2f values, as packed [n, f] rows (malloc'd) */
+static float *gate_halves(const float *rows, uint32_t n, uint32_t f)
+{
+    float *packed = malloc((size_t)n * f * sizeof(float));
+    for (uint32_t i = 0; i < n; i++)
+        memcpy(packed + (size_t)i * f, rows + (size_t)i * 2 * f, f * sizeof(float));
+    return packed;
+}
+
 /* f = 200 takes the 16-byte vector kernels, an odd f the scalar ones, f = 224 (7 blocks of 32)
  * the SwiGLU pass in the fused GEMM's column order too */
 static void elementwise_case(uint32_t f, struct test_rng *rng)
@@ -335,9 +344,10 @@ static void elementwise_case(uint32_t f, struct test_rng *rng)
                         test_rel_err(got, ref, count), test_bound_for(t, 1e-5, 4e-3));
             cudaFree(d);
         }
+        float *ref_h = gate_halves(ref, n, f);
         if (f % 32 == 0) {
             /* gate and up columns in the fused GEMM's order (cu_gemm_swiglu_row), h in the
-             * model's, in place and into packed rows */
+             * model's: into packed rows, and in place (the up halves left as they were) */
             float *ordered = malloc(count * sizeof(float));
             for (uint32_t i = 0; i < n; i++)
                 for (uint32_t c = 0; c < 2 * f; c++)
@@ -345,18 +355,16 @@ static void elementwise_case(uint32_t f, struct test_rng *rng)
             void *d = test_upload(ordered, count, t), *h = test_poisoned((size_t)n * f, t);
             CUDA_OK(cu_swiglu_fused_order(h, f, d, t, n, f, stream));
             test_download(got, h, (size_t)n * f, t);
-            float *packed = malloc((size_t)n * f * sizeof(float));
-            for (uint32_t i = 0; i < n; i++)
-                memcpy(packed + (size_t)i * f, ref + (size_t)i * 2 * f, f * sizeof(float));
-            TEST_WITHIN("swiglu (fused order, packed h)", t, test_rel_err(got, packed, (size_t)n * f),
+            TEST_WITHIN("swiglu (fused order, packed h)", t, test_rel_err(got, ref_h, (size_t)n * f),
                         test_bound_for(t, 1e-5, 4e-3));
             CUDA_OK(cu_swiglu_fused_order(d, 2 * (size_t)f, d, t, n, f, stream));
             test_download(got, d, count, t);
-            for (uint32_t i = 0; i < n; i++) /* the gate halves: h; the up halves as they were */
-                memcpy(got + (size_t)i * 2 * f + f, ref + (size_t)i * 2 * f + f, f * sizeof(float));
-            TEST_WITHIN("swiglu (fused order, in place)", t, test_rel_err(got, ref, count),
+            for (uint32_t i = 0; i < n; i++)
+                assert_memory_equal(got + (size_t)i * 2 * f + f, ordered + (size_t)i * 2 * f + f, f * sizeof(float));
+            float *got_h = gate_halves(got, n, f);
+            TEST_WITHIN("swiglu (fused order, in place)", t, test_rel_err(got_h, ref_h, (size_t)n * f),
                         test_bound_for(t, 1e-5, 4e-3));
-            free(packed), free(ordered);
+            free(got_h), free(ordered);
             cudaFree(d), cudaFree(h);
         }
         {
@@ -364,14 +372,11 @@ static void elementwise_case(uint32_t f, struct test_rng *rng)
             void *d = test_upload(x, count, t), *h = test_poisoned((size_t)n * f, t);
             CUDA_OK(cu_swiglu(h, f, d, t, n, f, stream));
             test_download(got, h, (size_t)n * f, t);
-            float *packed = malloc((size_t)n * f * sizeof(float));
-            for (uint32_t i = 0; i < n; i++)
-                memcpy(packed + (size_t)i * f, ref + (size_t)i * 2 * f, f * sizeof(float));
             TEST_WITHIN(f % 8 ? "swiglu (packed h), odd f" : "swiglu (packed h)", t,
-                        test_rel_err(got, packed, (size_t)n * f), test_bound_for(t, 1e-5, 4e-3));
-            free(packed);
+                        test_rel_err(got, ref_h, (size_t)n * f), test_bound_for(t, 1e-5, 4e-3));
             cudaFree(d), cudaFree(h);
         }
+        free(ref_h);
         {
             float *dx = test_upload(x, count, CU_F32);
             void *dy = test_poisoned(count, t);
