@@ -15,8 +15,8 @@
  * NaNs before each block; under ASan the bytes past the launch's dynamic size are poisoned.
  * cp.async copies either at issue (EMU_CP_EARLY: a buffer refilled while other warps still read
  * it shows) or at the wait that covers them (EMU_CP_LATE: a read before that wait shows).
- * Hopper's mbarriers, bulk tensor copies, wgmma and clusters (gemm_swiglu.cu) are emulated too:
- * see their section below. */
+ * Hopper's mbarriers, bulk tensor copies, wgmma and clusters (gemm_swiglu.cu, attention_wgmma.cu)
+ * are emulated too: see their section below. */
 #ifndef NETLM_CUDA_EMULATE_H
 #define NETLM_CUDA_EMULATE_H
 
@@ -646,7 +646,8 @@ template <typename F> inline cudaError_t cudaOccupancyMaxActiveClusters(int *n, 
 }
 
 
-/* ---- Hopper (gemm_swiglu.cu): mbarriers, the bulk tensor copy (TMA), wgmma, clusters ----
+/* ---- Hopper (gemm_swiglu.cu, attention_wgmma.cu): mbarriers, the bulk tensor copy (TMA), wgmma,
+ * clusters ----
  *
  * An mbarrier's state lives beside the block (emu_mbarriers, by its offset in the block's shared
  * memory), not in its 8 bytes of shared memory.
@@ -654,8 +655,8 @@ template <typename F> inline cudaError_t cudaOccupancyMaxActiveClusters(int *n, 
  * writes its box with the 128-byte swizzle (16-byte chunk c of a 128-byte row goes to c XOR the
  * row's address bits 7..9) and counts its bytes on the barrier: at issue (emu_copy_timing
  * EMU_CP_EARLY) or when a thread first polls that barrier (EMU_CP_LATE: a read of the stage before
- * the wait shows). wgmma reads both operands from shared memory through their descriptors and sums
- * in fp32; it runs at issue or at the wgmma.wait_group that covers it (emu_product_timing
+ * the wait shows). wgmma reads its operands from shared memory through their descriptors (or A
+ * from the warp's registers, as they were at issue) and sums in fp32; it runs at issue or at the wgmma.wait_group that covers it (emu_product_timing
  * EMU_CP_LATE, with copies at issue: a stage released and refilled before its products were
  * waited for shows). The blocks of a cluster run together (emu_run): a multicast copy writes its
  * box at the same offset in each block it names and counts it on the barrier at the same offset in
