@@ -224,7 +224,6 @@ __device__ __forceinline__ void cp_async4(void *smem, const void *gmem)
 }
 #endif
 
-
 /* rows row0..row0+63 (of the sequence; those ≥ limit as zeros) of one head: 16-byte copies into
  * a [64][D + 8] tile (the 8-element pad keeps the fragment loads free of bank conflicts). */
 template <uint32_t D>
@@ -428,20 +427,6 @@ __device__ __forceinline__ void rope_tile(bf16 *tile, uint32_t pos0, uint32_t le
     }
 }
 
-/* attn_tc for short sequences with grouped-query heads (inference): one block per (query tile,
- * kv head, sequence) walks the group's query heads one after the other over the same key/value
- * tiles, which it loads into shared memory once — every tile up to the query tile, so
- * max_len ≤ TC_GROUP_MAX_LEN — instead of each query head's block loading them again. Each warp
- * reads its query rows straight from qkv into the A fragments (no query tile in shared memory:
- * at d = 64 the 2 · 4 key/value tiles are 72 KB, so 3 blocks fit a multiprocessor where 2 did
- * with the query tiles beside them), the next head's while the current one is computed. No
- * log-sum-exp, no dropout.
- * ROPE: q and k in qkv are not rotated yet (positions = row index in the sequence, the classify
- * path's): the block rotates its key tiles once in shared memory, and each warp its query
- * fragments in registers (a thread holds dims j and j + D/2 of its rows in the same place of
- * fragments kk and kk + D/32), which costs less than cu_rope's pass over all of q and k. */
-
-
 /* RoPE on the A fragments of rows row0 and row1 (cu_rope's arithmetic: half-split pairs j,
  * j + D/2 rotated by the angle of the row's position, one bf16 rounding). Register e of
  * fragment kk holds dims kk·16 + 2t (+ 8 for e ≥ 2), two of them, of row0 (e even) or row1. */
@@ -473,6 +458,18 @@ __device__ __forceinline__ void rope_fragments(uint32_t (&qa)[D / 16][4], uint32
  * needs more registers than that, and its tiles take the shared memory of one block anyway */
 template <uint32_t D> constexpr int group_min_blocks() { return D <= 64 ? 3 : 1; }
 
+/* attn_tc for short sequences with grouped-query heads (inference): one block per (query tile,
+ * kv head, sequence) walks the group's query heads one after the other over the same key/value
+ * tiles, which it loads into shared memory once — every tile up to the query tile, so
+ * max_len ≤ TC_GROUP_MAX_LEN — instead of each query head's block loading them again. Each warp
+ * reads its query rows straight from qkv into the A fragments (no query tile in shared memory:
+ * at d = 64 the 2 · 4 key/value tiles are 72 KB, so 3 blocks fit a multiprocessor where 2 did
+ * with the query tiles beside them), the next head's while the current one is computed. No
+ * log-sum-exp, no dropout.
+ * ROPE: q and k in qkv are not rotated yet (positions = row index in the sequence, the classify
+ * path's): the block rotates its key tiles once in shared memory, and each warp its query
+ * fragments in registers (a thread holds dims j and j + D/2 of its rows in the same place of
+ * fragments kk and kk + D/32), which costs less than cu_rope's pass over all of q and k. */
 template <uint32_t D, bool ROPE>
 __global__ void __launch_bounds__(TC_THREADS, group_min_blocks<D>())
 attn_tc_group(bf16 *out, uint32_t ldo, const bf16 *qkv, uint32_t ldqkv, const uint32_t *seq_off, uint32_t heads,
