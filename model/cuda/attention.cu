@@ -1280,7 +1280,7 @@ cudaError_t attention_forward(void *out, uint32_t ldo, float *lse, const void *q
     const bool grouped = impl == CU_ATTN_TC_GROUP || impl == CU_ATTN_WG_GROUP;
     const bool tc = (impl == CU_ATTN_AUTO || grouped) && cu_attention_uses_tensor_cores(t, d) && aligned;
     if (tc && grouped && !DROP && !lse && group_serves(t, d, heads, kv_heads, max_len, ldqkv, ldo)) {
-        if (impl == CU_ATTN_WG_GROUP && cu_attention_wg_serves(d, qkv))
+        if (impl == CU_ATTN_WG_GROUP && cu_attention_wg_serves(d))
             return cu_attention_wg(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, s);
         return launch_group(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, d, scale, NULL, NULL,
                             s);

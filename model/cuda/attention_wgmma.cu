@@ -154,31 +154,22 @@ __global__ void __launch_bounds__(TC_THREADS, 3)
 }
 
 constexpr int MAX_DEVICES = 64;
-signed char hopper[MAX_DEVICES]; /* per device: 0 unknown, 1 compute capability 9.0, -1 not */
+signed char hopper[MAX_DEVICES]; /* per device: 0 not asked yet, 1 runs sm_90a code, -1 not */
 
-bool device_is_hopper()
+} // namespace
+
+extern "C" bool cu_attention_wg_serves(uint32_t d)
 {
     int device = 0;
+    if (d != WG_D)
+        return false;
     if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= MAX_DEVICES) {
         cudaGetLastError();
         return false;
     }
-    if (hopper[device] == 0) {
-        int major = 0, minor = 0;
-        const bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
-                        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess;
-        if (!ok)
-            cudaGetLastError();
-        hopper[device] = ok && major == 9 && minor == 0 ? 1 : -1;
-    }
+    if (hopper[device] == 0)
+        hopper[device] = device_runs_sm90a(device) ? 1 : -1;
     return hopper[device] > 0;
-}
-
-} // namespace
-
-extern "C" bool cu_attention_wg_serves(uint32_t d, const void *qkv)
-{
-    return d == WG_D && (uintptr_t)qkv % 16 == 0 && device_is_hopper();
 }
 
 extern "C" cudaError_t cu_attention_wg(void *out, uint32_t ldo, const void *qkv, uint32_t ldqkv,

@@ -165,10 +165,10 @@ cudaError_t cu_attention(void *out, uint32_t ldo, const void *qkv, uint32_t ldqk
                          float scale, enum cu_attn_impl impl, cudaStream_t s);
 /* Whether the tensor-core kernel serves (t, d) under CU_ATTN_AUTO. */
 bool cu_attention_uses_tensor_cores(enum cu_dtype t, uint32_t d);
-/* attention_wgmma.cu: whether its kernel serves head_dim d on the current device (qkv 16-byte
- * aligned), and the launch (the conditions of CU_ATTN_TC_GROUP's kernel hold: cu_attention
+/* attention_wgmma.cu: whether its kernel serves head_dim d on the current device, and the launch
+ * (the conditions of CU_ATTN_TC_GROUP's kernel hold, qkv's alignment included: cu_attention
  * checks them). */
-bool cu_attention_wg_serves(uint32_t d, const void *qkv);
+bool cu_attention_wg_serves(uint32_t d);
 cudaError_t cu_attention_wg(void *out, uint32_t ldo, const void *qkv, uint32_t ldqkv, const uint32_t *seq_off,
                             uint32_t nseq, uint32_t max_len, uint32_t heads, uint32_t kv_heads, float scale,
                             cudaStream_t s);

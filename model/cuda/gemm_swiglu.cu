@@ -535,13 +535,7 @@ bool tensor_map(CUtensorMap *map, const void *base, uint32_t rows, uint32_t cols
 
 extern "C" bool cu_gemm_swiglu_supported(int device, uint32_t k, uint32_t f)
 {
-    int major = 0, minor = 0;
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
-        cudaGetLastError();
-        return false;
-    }
-    if (major != 9 || minor != 0 || f == 0 || f % TILE_OUT != 0 || k == 0 || k % 8 != 0 || device < 0 ||
+    if (!device_runs_sm90a(device) || f == 0 || f % TILE_OUT != 0 || k == 0 || k % 8 != 0 || device < 0 ||
         device >= MAX_DEVICES)
         return false;
     if (!encode_tiled) {

@@ -1,13 +1,15 @@
 /* hopper.cuh — the warpgroup matrix products of sm_90a (wgmma) that more than one kernel file
  * issues: gemm_swiglu.cu (both operands from shared memory) and attention_wgmma.cu (A from
- * registers), with the shared-memory descriptor both build. Only files compiled for sm_90a
- * include it. Under NETLM_CUDA_EMULATE (tests/emulate/cuda_emulate.h) a host emulation of each
+ * registers), with the shared-memory descriptor both build, and the device check both make.
+ * Only files compiled for sm_90a include it. Under NETLM_CUDA_EMULATE (tests/emulate/cuda_emulate.h) a host emulation of each
  * instruction stands in; the descriptor's encoding is the kernels' own either way. Private to
  * model/cuda/. */
 #ifndef NETLM_HOPPER_CUH
 #define NETLM_HOPPER_CUH
 
 #include <stdint.h>
+
+#include <cuda_runtime_api.h>
 
 namespace {
 
@@ -58,6 +60,19 @@ __device__ __forceinline__ void wgmma_m64n64k16_rs(float (&d)[8][4], const uint3
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate));
 }
 #endif /* NETLM_CUDA_EMULATE */
+
+/* Whether device runs sm_90a code: compute capability 9.0 exactly (the "a" features exist on no
+ * other). */
+inline bool device_runs_sm90a(int device)
+{
+    int major = 0, minor = 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    return major == 9 && minor == 0;
+}
 
 /* A shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row groups 1024 bytes apart
  * (the layout the tensor map's SWIZZLE_128B boxes have: row r's 16-byte chunk c at r·128 +

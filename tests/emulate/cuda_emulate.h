@@ -383,6 +383,14 @@ inline void ldmatrix_x4_trans(uint32_t r[4], const __nv_bfloat16 *row) { emu_ldm
 /* D[16×8] += A[16×16] · B[16×8]: lane (g, t) holds A rows g, g + 8 (registers 0/2: columns 2t,
  * 2t + 1; 1/3: the rows 8 lower ... see the PTX manual's figure), B column g rows 2t.., and C
  * rows g, g + 8 at columns 2t, 2t + 1. Products summed in fp32, as the hardware's accumulation. */
+/* Element (r, k) of a 16 × 16 A operand from the A fragments of a warp's 32 lanes (mma.m16n8k16's
+ * table, which wgmma's register A follows per warp): lane 4·(r % 8) + (k % 8) / 2, register
+ * r / 8 + 2·(k / 8), the lower column in the lower half. */
+inline float emu_a_fragment(const uint32_t (&a)[32][4], unsigned r, unsigned k)
+{
+    return emu_bf16_bits(a[(r % 8) * 4 + (k % 8) / 2][r / 8 + 2 * (k / 8)] >> (16 * (k % 2)));
+}
+
 inline void mma_bf16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
 {
     emu_warp_exchange &w = emu_warps[emu_current->team / 32];
@@ -391,9 +399,7 @@ inline void mma_bf16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
     w.b[lane][0] = b0;
     w.b[lane][1] = b1;
     emu_warp_sync();
-    auto A = [&](unsigned r, unsigned k) {
-        return emu_bf16_bits(w.a[(r % 8) * 4 + (k % 8) / 2][r / 8 + 2 * (k / 8)] >> (16 * (k % 2)));
-    };
+    auto A = [&](unsigned r, unsigned k) { return emu_a_fragment(w.a, r, k); };
     auto B = [&](unsigned k, unsigned n) { return emu_bf16_bits(w.b[n * 4 + (k % 8) / 2][k / 8] >> (16 * (k % 2))); };
     const unsigned rows[4] = {g, g, g + 8, g + 8}, cols[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
     float out[4];
@@ -656,9 +662,9 @@ template <typename F> inline cudaError_t cudaOccupancyMaxActiveClusters(int *n, 
  * row's address bits 7..9) and counts its bytes on the barrier: at issue (emu_copy_timing
  * EMU_CP_EARLY) or when a thread first polls that barrier (EMU_CP_LATE: a read of the stage before
  * the wait shows). wgmma reads its operands from shared memory through their descriptors (or A
- * from the warp's registers, as they were at issue) and sums in fp32; it runs at issue or at the wgmma.wait_group that covers it (emu_product_timing
- * EMU_CP_LATE, with copies at issue: a stage released and refilled before its products were
- * waited for shows). The blocks of a cluster run together (emu_run): a multicast copy writes its
+ * from the warp's registers, as they were at issue) and sums in fp32; it runs at issue or at the
+ * wgmma.wait_group that covers it (emu_product_timing EMU_CP_LATE, with copies at issue: a stage
+ * released and refilled before its products were waited for shows). The blocks of a cluster run together (emu_run): a multicast copy writes its
  * box at the same offset in each block it names and counts it on the barrier at the same offset in
  * each; a remote arrival (mapa) arrives on the barrier at the same offset in the block of that
  * rank; the cluster barrier waits for every thread of every block of it. */
@@ -877,18 +883,13 @@ inline void emu_wgmma_run(const emu_thread::wgmma &op)
         memcpy(&v, emu_dynamic_smem() + at, 2);
         return emu_bf16_bits(v);
     };
-    /* row r (of the warp's 16) and column k of A held in registers */
-    auto a_register = [&op](unsigned r, unsigned k) {
-        const uint32_t word = op.a_warp[4 * (r % 8) + k % 8 / 2][(r >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)];
-        return emu_bf16_bits((uint16_t)(k % 2 ? word >> 16 : word & 0xFFFF));
-    };
     const unsigned warp = emu_current->linear % 128 / 32, lane = emu_current->linear % 32;
     for (unsigned i = 0; i < op.n / 8; i++)
         for (unsigned e = 0; e < 4; e++) {
             const unsigned r = lane / 4 + (e >= 2 ? 8 : 0), row = 16 * warp + r, col = 8 * i + 2 * (lane % 4) + (e & 1);
             float acc = op.accumulate ? op.d[4 * i + e] : 0.0f;
             for (unsigned k = 0; k < 16; k++)
-                acc += (op.a_in_registers ? a_register(r, k) : element(a0, a_stride, row, k)) *
+                acc += (op.a_in_registers ? emu_a_fragment(op.a_warp, r, k) : element(a0, a_stride, row, k)) *
                        element(b0, b_stride, col, k);
             op.d[4 * i + e] = acc;
         }

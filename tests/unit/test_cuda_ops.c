@@ -508,7 +508,7 @@ static void attention_case_rope(enum cu_dtype t, enum cu_attn_impl impl, bool ro
              !tc                         ? "simt"
              : rope                      ? "tc group + rope"
              : impl == CU_ATTN_TC_GROUP  ? "tc group"
-             : impl == CU_ATTN_WG_GROUP  ? (cu_attention_wg_serves(d, dqkv) ? "wgmma group" : "tc group (no wgmma)")
+             : impl == CU_ATTN_WG_GROUP  ? (cu_attention_wg_serves(d) ? "wgmma group" : "tc group (no wgmma)")
                                          : "tc",
              H, KV, d,
              max_len);
