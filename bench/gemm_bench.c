@@ -123,9 +123,10 @@ static bool call(struct cu_gemm *g, cudaStream_t s, const struct gemm_case *c, v
     return false;
 }
 
-/* Times `runs` calls of one path after the untimed ones; ms per call. */
-static float time_path(int path, struct cu_gemm *g, cudaStream_t s, cudaEvent_t ev[2], int runs, void *gate_up,
-                       void *h, const void *x, const void *w, size_t n, size_t k, size_t f)
+/* Times `runs` calls of one path (2: the fused kernel's variant) after the untimed ones; ms per
+ * call. */
+static float time_path(int path, unsigned variant, struct cu_gemm *g, cudaStream_t s, cudaEvent_t ev[2], int runs,
+                       void *gate_up, void *h, const void *x, const void *w, size_t n, size_t k, size_t f)
 {
     char err[512];
     for (int r = -untimed_calls; r < runs; r++) {
@@ -139,7 +140,7 @@ static float time_path(int path, struct cu_gemm *g, cudaStream_t s, cudaEvent_t 
         if (path == 1) /* w in the fused kernel's row order, as the engine keeps it for both */
             CUDA_CHECK(cu_swiglu_fused_order(gate_up, 2 * f, gate_up, CU_BF16, (uint32_t)n, (uint32_t)f, s));
         if (path == 2)
-            CUDA_CHECK(cu_gemm_swiglu(h, (uint32_t)f, x, (uint32_t)k, w, (uint32_t)n, (uint32_t)k, (uint32_t)f, s));
+            CUDA_CHECK(cu_gemm_swiglu(h, (uint32_t)f, x, (uint32_t)k, w, (uint32_t)n, (uint32_t)k, (uint32_t)f, variant, s));
     }
     CUDA_CHECK(cudaEventRecord(ev[1], s));
     CUDA_CHECK(cudaEventSynchronize(ev[1]));
@@ -179,7 +180,7 @@ static void bench_swiglu(struct cu_gemm *g, cudaStream_t s, cudaEvent_t ev[2], i
     for (int path = 0; path < 2; path++) {
         if (!show[path] && !(path == 1 && any_fused))
             continue;
-        const float ms = time_path(path, g, s, ev, runs, gate_up, h, x, w, n, k, f);
+        const float ms = time_path(path, 0, g, s, ev, runs, gate_up, h, x, w, n, k, f);
         if (!show[path])
             continue;
         printf("{\"side\":\"netlm\",\"gemm\":\"%s\",\"algorithm\":\"fastest\",\"n\":%zu,\"in\":%zu,\"out\":%zu,"
@@ -203,20 +204,18 @@ static void bench_swiglu(struct cu_gemm *g, cudaStream_t s, cudaEvent_t ev[2], i
             snprintf(row, sizeof row, "qwen-mlp-up+swiglu-fused-%s", cu_gemm_swiglu_variant(v));
             if (only && !strstr(row, only))
                 continue;
-            cu_gemm_swiglu_select(cu_gemm_swiglu_variant(v));
             CUDA_CHECK(cudaMemset(h, 0xff, n * f * 2)); /* NaN: a tile left unwritten shows */
-            const float ms = time_path(2, g, s, ev, runs, gate_up, h, x, w, n, k, f);
+            const float ms = time_path(2, v, g, s, ev, runs, gate_up, h, x, w, n, k, f);
             CUDA_CHECK(cudaMemcpy(fused, h, n * f * 2, cudaMemcpyDeviceToHost));
             struct rel_diff diff = {0};
             for (size_t i = 0; i < n * f; i++)
                 rel_diff_add(&diff, cu_bf16_to_f32(two_step[i]), cu_bf16_to_f32(fused[i]));
             printf("{\"side\":\"netlm\",\"gemm\":\"%s\",\"algorithm\":\"%u CTAs\",\"n\":%zu,"
                    "\"in\":%zu,\"out\":%zu,\"ld\":%zu,\"ms\":%.4f,\"tflops\":%.1f,\"max_rel_diff\":%.3g}\n",
-                   row, cu_gemm_swiglu_grid(device, (uint32_t)n, (uint32_t)f), n, k, 2 * f, f,
+                   row, cu_gemm_swiglu_grid(device, v, (uint32_t)n, (uint32_t)f), n, k, 2 * f, f,
                    ms, flops / (ms * 1e-3) / 1e12, rel_diff_value(&diff));
             fflush(stdout);
         }
-        cu_gemm_swiglu_select(cu_gemm_swiglu_variant(0));
         free(two_step);
         free(fused);
     }

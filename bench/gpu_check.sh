@@ -204,7 +204,7 @@ bench bench-e2e-pretrain 90 "$log" python3 "$root/bench/gpu_e2e.py" --only pretr
 # compile takes 30-60 s). It leaves the later benchmark stages (the variants, then Nsight
 # Compute) the time they usually take; the sanitizer stages come last and take what is left.
 reserve=10
-for name in swiglu-fastest swiglu-pass attn-group attn-head attn-group-rope attn-wgmma residual-fp32 profile \
+for name in untuned swiglu-fastest swiglu-pass attn-group attn-head attn-group-rope attn-wgmma residual-fp32 profile \
             train-profile train-simt-bwd train-no-dropout pipeline; do
     selected "bench-$name" && reserve=$((reserve + 25))
 done
@@ -229,15 +229,16 @@ variant() { # name command...
     sed "s/^{\"side\":\"netlm\"/{\"side\":\"netlm\",\"variant\":\"$name\"/; s/^{\"cuda_profile\"/{\"variant\":\"$name\",\"cuda_profile\"/" "$tmp" >>"$OUT/netlm.json"
     rm -f "$tmp"
 }
-# The engine's kernel choices against its defaults (Qwen2 bf16 on Hopper, on large batches: the
-# up GEMM with the SwiGLU in its epilogue, gemm_swiglu.cu's first variant; grouped-query attention
-# one block per kv head): the fused variant bench-gemm timed fastest (NETLM_GPU_SWIGLU_VARIANT,
-# else gpu_fastest_swiglu.py's pick, else the default) on every batch size; cuBLASLt's GEMM then
-# the SwiGLU as a pass of its own; grouped attention on every batch size; attention one block per
-# query head; RoPE inside the grouped attention (classify pass); the grouped attention on Hopper's
-# warpgroup products (attention_wgmma.cu)
+# The engine's kernel choices against its default (Qwen2 bf16: the up projection and the attention
+# each timed on a shape's first pass, the fastest candidate kept; "kernels" in bench-netlm's lines):
+# the size rules that decide without timing (untuned); the fused variant bench-gemm timed fastest
+# (NETLM_GPU_SWIGLU_VARIANT, else gpu_fastest_swiglu.py's pick, else the default) on every batch
+# size; cuBLASLt's GEMM then the SwiGLU as a pass of its own; grouped attention on every batch
+# size; attention one block per query head; RoPE inside the grouped attention (classify pass); the
+# grouped attention on Hopper's warpgroup products (attention_wgmma.cu)
 swiglu_variant=${NETLM_GPU_SWIGLU_VARIANT:-$(python3 "$root/bench/gpu_fastest_swiglu.py" "$OUT/netlm.json" || echo 1)}
 echo "fastest fused SwiGLU GEMM variant: $swiglu_variant" >>"$OUT/env.txt"
+variant untuned env NETLM_CUDA_KERNEL_TUNE=0 "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10
 variant swiglu-fastest env NETLM_CUDA_SWIGLU_GEMM="$swiglu_variant" "$build/netlm_model_bench" "${cases[@]}" \
     --device cuda --runs 10
 variant swiglu-pass env NETLM_CUDA_SWIGLU_GEMM=0 "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10
@@ -270,11 +271,12 @@ bench ncu-cublaslt 40 "$OUT/ncu.txt" env NETLM_CUDA_GEMM_TUNE=0 $ncu --clock-con
     -k regex:'nvjet|xmma|cutlass|gemm' --launch-count 1 "${ncu_sections[@]}" --section LaunchStats \
     "$build/netlm_gemm_bench" --runs 1 --only qwen-mlp-up-cublaslt
 # where Qwen2.5-0.5B's inference time goes apart from the GEMMs: one launch each of attention,
-# the norms, RoPE and the SwiGLU pass (first layer, inside the CUDA graph)
-bench ncu-qwen 90 "$OUT/ncu.txt" $ncu --clock-control none -k regex:'attn_tc|norm_kernel|rope_kernel|swiglu_kernel' \
+# the norms, RoPE and the SwiGLU pass (first layer, inside the CUDA graph;
+# the size rules' kernels, so that no timed candidates come first)
+bench ncu-qwen 90 "$OUT/ncu.txt" env NETLM_CUDA_KERNEL_TUNE=0 $ncu --clock-control none -k regex:'attn_tc|norm_kernel|rope_kernel|swiglu_kernel' \
     --launch-count 5 "${ncu_sections[@]}" "$build/netlm_model_bench" --device cuda --only qwen05b-v60005-b256 --runs 1
 # the same view of the attention on Hopper's warpgroup products (attention_wgmma.cu), one launch
-bench ncu-wgmma 40 "$OUT/ncu.txt" env NETLM_CUDA_ATTN=wgmma $ncu --clock-control none -k regex:attn_wg \
+bench ncu-wgmma 40 "$OUT/ncu.txt" env NETLM_CUDA_ATTN=wgmma NETLM_CUDA_KERNEL_TUNE=0 $ncu --clock-control none -k regex:attn_wg \
     --launch-count 1 "${ncu_sections[@]}" "$build/netlm_model_bench" --device cuda --only qwen05b-v60005-b256 --runs 1
 # compute-sanitizer last: the CUDA tests under memcheck and racecheck, in their quick versions
 san=compute-sanitizer

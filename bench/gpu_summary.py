@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """gpu_summary.py — the table bench/gpu_check.sh prints last: netlm against PyTorch per case, the
-variants, the step profiles and the GEMMs one by one, then each stage's status.
+variants, the kernels the engine chose (and their candidates' times), the step profiles and the
+GEMMs one by one, then each stage's status.
 
 Reads OUT_DIR/netlm.json (JSON lines between the stages' headers), OUT_DIR/torch.json (from
 gpu_bench.py, when PyTorch ran) and OUT_DIR/gpu_check.json.
@@ -80,6 +81,15 @@ def main():
             e = torch_r.get((c, "eager"))
             xe = f"  x eager {e['ms'] / r['ms']:.2f}" if e and "ms" in e and "ms" in r else ""
             print(f"  {c:32} {r.get('ms', float('nan')):10.4f} ({base if base is not None else '-'}){xe}")
+    chosen = [(c, r["kernels"]) for c, r in netlm.items() if r.get("kernels")]
+    if chosen:
+        print("\nkernels the engine chose per class of shapes (first pass of each; ms per candidate, layer 0):")
+        for c, k in chosen:
+            for step in ("mlp_up", "attention"):
+                for choice in k.get(step, []):
+                    shape = " ".join(f"{key} {v}" for key, v in choice.items() if key.endswith("_up_to"))
+                    times = ", ".join(f"{name} {ms:.4f}" for name, ms in sorted(choice["ms"].items(), key=lambda kv: kv[1]))
+                    print(f"  {c:32} {step:9} {shape:34} {choice['pick']:16} {times or '(not timed)'}")
     if profiles:
         print("\ntime per kind of step, ms per call (eager, no graphs):")
         for c, p in profiles:

@@ -439,13 +439,17 @@ static int cuda_bench(int device, const char *only, enum model_precision prec, b
                 status = 1;
             } else {
                 const double flops = cuda_case_flops(k, c.num_labels) * k->batch;
+                /* the kernels the engine chose for this batch, and their candidates' times */
+                char kernels[4096];
+                if (!model_cuda_kernel_choices(e, kernels, sizeof kernels))
+                    snprintf(kernels, sizeof kernels, "null");
                 printf("{\"side\":\"netlm\",\"case\":\"%s\",\"precision\":\"%s\",\"residual\":\"%s\",\"graphs\":%s,\"batch\":%u,"
                        "\"seq\":%u,\"ms\":%.4f,\"seq_per_s\":%.1f,\"tok_per_s\":%.1f,\"tflops\":%.2f,"
-                       "\"mfu\":%.4f,\"device_mib\":%.1f}\n",
+                       "\"mfu\":%.4f,\"device_mib\":%.1f,\"kernels\":%s}\n",
                        k->name, prec == MODEL_PRECISION_FP32 ? "fp32" : "bf16", residual_bf16 ? "bf16" : "fp32",
                        k->graphs ? "true" : "false",
                        k->batch, k->seq, secs * 1e3, k->batch / secs, (double)k->batch * k->seq / secs,
-                       flops / secs / 1e12, flops / secs / 989e12, model_cuda_bytes(e) / 1048576.0);
+                       flops / secs / 1e12, flops / secs / 989e12, model_cuda_bytes(e) / 1048576.0, kernels);
             }
         }
         fflush(stdout);

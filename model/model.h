@@ -230,5 +230,9 @@ bool model_cuda_generate(struct model_cuda *e, const uint32_t *ids, const uint32
                          uint32_t max_new, uint32_t *out, uint32_t *out_len);
 /* Why the last call on e failed (bad input, or the CUDA error and where it happened). */
 const char *model_cuda_error(const struct model_cuda *e);
+/* The kernels the engine chose so far for its steps with several (Qwen2's up projection with the
+ * SwiGLU, the attention), per class of shapes, and what each candidate took when they were timed,
+ * as one JSON object into out; false when out is too small (truncated) or without CUDA. */
+bool model_cuda_kernel_choices(const struct model_cuda *e, char *out, size_t len);
 
 #endif

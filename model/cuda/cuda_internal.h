@@ -110,13 +110,12 @@ static inline uint32_t cu_gemm_swiglu_row(uint32_t r)
  * current one); call it once per device before cu_gemm_swiglu. */
 bool cu_gemm_swiglu_supported(int device, uint32_t k, uint32_t f);
 cudaError_t cu_gemm_swiglu(void *h, uint32_t ldh, const void *x, uint32_t ldx, const void *w, uint32_t n,
-                           uint32_t k, uint32_t f, cudaStream_t s);
-/* The kernel's variants by name (i = 0, 1, ... until NULL; the first is the default), the one
- * that cu_gemm_swiglu runs from now on in this process (false: no such name), and the CTAs its
- * launch for n rows would use on device. */
+                           uint32_t k, uint32_t f, unsigned variant, cudaStream_t s);
+/* The kernel's variants: their names (i = 0, 1, ... until NULL; the first is the default), the
+ * index of a name (-1: none), and the CTAs the variant's launch for n rows uses on device. */
 const char *cu_gemm_swiglu_variant(unsigned i);
-bool cu_gemm_swiglu_select(const char *name);
-uint32_t cu_gemm_swiglu_grid(int device, uint32_t n, uint32_t f);
+int cu_gemm_swiglu_find(const char *name);
+uint32_t cu_gemm_swiglu_grid(int device, unsigned variant, uint32_t n, uint32_t f);
 /* Rotates, in place, the first `heads` heads of d values of each row (row stride ld elements):
  * half-split pairs (j, j + d/2) at position pos[row]; cos/sin tables [positions, d/2] fp32. */
 cudaError_t cu_rope(void *x, enum cu_dtype t, uint32_t n, uint32_t ld, uint32_t heads, uint32_t d,
@@ -327,6 +326,12 @@ cudaError_t cu_gemm_bias_grad(float *db, const void *dy, enum cu_dtype t, size_t
 struct model_config;
 bool cu_model_fits(const struct model_config *c, int device, uint32_t max_batch, uint32_t max_seq,
                    char *err, size_t errlen);
+
+/* ---- timing interchangeable launches (tune.c) ---- */
+
+/* The median time in ms of three calls of run(ctx) on s, timed with the two events ev after one
+ * untimed call; negative when a call or the timing fails (run leaves its own error behind). */
+float cu_time_median(cudaEvent_t ev[2], cudaStream_t s, bool (*run)(void *ctx), void *ctx);
 
 /* ---- the step profile (profile.c) ---- */
 

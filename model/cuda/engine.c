@@ -69,6 +69,8 @@
 #define ALIGN_BYTES 256
 #define GRAPH_SLOTS 48
 #define CU_SLOTS 2 /* classify batches in flight at most */
+#define CHOICE_SLOTS 64
+#define CHOICE_CANDIDATES 16
 
 struct cu_layer {
     float *ln1_w, *ln1_b, *ln2_w, *ln2_b;
@@ -81,6 +83,17 @@ struct cu_layer {
 /* What a pass computes after the stack; PREFILL and DECODE also store keys and values in the KV
  * cache (generation). */
 enum tail { TAIL_CLASSIFY = 0, TAIL_LAST_LOGITS, TAIL_PREFILL, TAIL_DECODE };
+
+/* The steps with interchangeable kernels (see "kernel choices" below). */
+enum choice_step { STEP_MLP_UP = 0, STEP_ATTENTION };
+
+/* One step's kernel for a class of shapes, and what each candidate took. */
+struct kernel_choice {
+    enum choice_step step;
+    uint64_t key; /* kernel_choice_key */
+    int pick;
+    float ms[CHOICE_CANDIDATES]; /* negative: not timed (tuning off, does not serve, or failed) */
+};
 
 struct graph_slot {
     bool used;
@@ -110,10 +123,15 @@ struct model_cuda {
     bool swiglu_gemm;   /* Qwen2 bf16 on Hopper: the up GEMM with the SwiGLU in its epilogue
                          * (and the gate/up weights in its row order, for the SwiGLU pass too) */
     bool swiglu_always; /* that on every batch, not only on the large ones (NETLM_CUDA_SWIGLU_GEMM) */
+    unsigned swiglu_variant; /* its variant then, or the size rule's */
     enum cu_attn_impl attn; /* the prefill / classify attention */
     bool attn_by_size;      /* grouped attention on the large batches only (NETLM_CUDA_ATTN unset) */
     bool attn_rope;         /* Qwen2's classify pass: RoPE inside the grouped attention kernel */
     uint32_t sms;           /* the device's multiprocessors */
+    bool tune_kernels;      /* time the candidates of a step on its first pass (NETLM_CUDA_KERNEL_TUNE) */
+    cudaEvent_t tune_ev[2];
+    struct kernel_choice choices[CHOICE_SLOTS];
+    unsigned nchoices;
     enum cu_norm_kind norm;
     size_t max_tokens;
 
@@ -463,6 +481,9 @@ void model_cuda_free(struct model_cuda *e)
     for (unsigned i = 0; i < GRAPH_SLOTS; i++)
         if (e->graphs[i].used)
             cudaGraphExecDestroy(e->graphs[i].exec);
+    for (unsigned i = 0; i < 2; i++)
+        if (e->tune_ev[i])
+            cudaEventDestroy(e->tune_ev[i]);
     cu_profile_free(e->prof);
     cu_gemm_free(e->gemm);
     cudaFree(e->wblock);
@@ -546,26 +567,37 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
         ok = false;
     if (ok && !o->graphs)
         e->prof = cu_profile_create();
-    /* Qwen2 bf16 on Hopper: the up GEMM with the SwiGLU in its epilogue (gemm_swiglu.cu) on
-     * batches of at least SWIGLU_FUSED_MIN_ROWS rows, cuBLASLt's GEMM then the SwiGLU as a pass of
-     * its own on smaller ones (enqueue). NETLM_CUDA_SWIGLU_GEMM=0: that pair always; 1 or a
-     * variant's name: the fused kernel (that variant; 1: the default one) always. */
+    /* The kernel choices (below, before enqueue): timed on a shape's first pass unless
+     * NETLM_CUDA_KERNEL_TUNE=0. */
+    const char *tune = getenv("NETLM_CUDA_KERNEL_TUNE");
+    e->tune_kernels = !(tune && strcmp(tune, "0") == 0);
+    if (ok && e->tune_kernels &&
+        (cudaEventCreate(&e->tune_ev[0]) != cudaSuccess || cudaEventCreate(&e->tune_ev[1]) != cudaSuccess)) {
+        fail(e, "cuda: cannot create events: %s", cudaGetErrorString(cudaGetLastError()));
+        ok = false;
+    }
+    /* Qwen2 bf16 on Hopper: the up GEMM with the SwiGLU in its epilogue (gemm_swiglu.cu) or
+     * cuBLASLt's GEMM then the SwiGLU as a pass of its own, whichever is faster
+     * (STEP_MLP_UP). NETLM_CUDA_SWIGLU_GEMM=0: that pair always; 1 or a variant's name: the fused
+     * kernel (that variant; 1: the default one) always. */
     const char *fused = getenv("NETLM_CUDA_SWIGLU_GEMM");
     const bool named = fused && strcmp(fused, "0") != 0 && strcmp(fused, "1") != 0;
-    if (ok && !cu_gemm_swiglu_select(named ? fused : cu_gemm_swiglu_variant(0))) {
+    const int variant = named ? cu_gemm_swiglu_find(fused) : 0;
+    if (ok && variant < 0) {
         char names[256] = "";
         for (unsigned i = 0; cu_gemm_swiglu_variant(i); i++)
             snprintf(names + strlen(names), sizeof names - strlen(names), ", %s", cu_gemm_swiglu_variant(i));
         fail(e, "NETLM_CUDA_SWIGLU_GEMM: no kernel variant \"%s\" (0, 1%s)", fused, names);
         ok = false;
     }
+    e->swiglu_variant = variant > 0 ? (unsigned)variant : 0;
     if (ok && !(fused && strcmp(fused, "0") == 0) && !e->gpt2 && e->t == CU_BF16)
         e->swiglu_gemm = cu_gemm_swiglu_supported(o->device, e->C, e->F);
     e->swiglu_always = fused != NULL;
-    /* The prefill / classify attention: with grouped-query heads and sequences of at most 256
-     * tokens, one block per kv head's group (CU_ATTN_TC_GROUP; elsewhere the kernel falls back to
-     * a block per query head) when that still gives every multiprocessor several blocks
-     * (attention_impl), else a block per query head. NETLM_CUDA_ATTN=group: the grouped kernel
+    /* The prefill / classify attention: a block per query head, or with grouped-query heads and
+     * sequences of at most 256 tokens one block per kv head's group (CU_ATTN_TC_GROUP), on
+     * Hopper's warpgroup products too (CU_ATTN_WG_GROUP), whichever is faster (STEP_ATTENTION).
+     * NETLM_CUDA_ATTN=group: the grouped kernel
      * always; head: a block per query head always; group-rope: the grouped kernel always, with
      * RoPE inside it in the classify pass instead of as a pass of its own (slower so far);
      * wgmma: the grouped kernel on Hopper's warpgroup products always (CU_ATTN_WG_GROUP: head_dim
@@ -715,26 +747,226 @@ const char *model_cuda_error(const struct model_cuda *e) { return e->err; }
             return false;                                                                         \
     } while (0)
 
-/* The fused SwiGLU GEMM is a persistent grid of one CTA per multiprocessor walking 192 × 128
- * output tiles. On an H200, against cuBLASLt plus the pass, it took Qwen2.5-0.5B's engine 3.0 ms
- * of 93.7 less at 65,536 rows (256 sequences of 256 tokens) and 0.21 ms of 1.89 more at 256
- * rows (one sequence: 76 tiles, too few to fill the grid). The bound between is not measured. */
+/* ---- kernel choices ----
+ *
+ * Two steps have interchangeable kernels whose order of speed depends on the card and on the
+ * batch: Qwen2's up projection with its SwiGLU (STEP_MLP_UP: cuBLASLt's GEMM and the SwiGLU pass,
+ * or one of the fused kernel's variants) and the prefill / classify attention (STEP_ATTENTION: a
+ * block per query head, a block per kv head's group, the group on warpgroup products). The first
+ * pass of a class of shapes times each candidate that serves it on layer 0's real operands
+ * (cu_time_median: the candidates only write the step's output, which the chosen one then
+ * writes again) and keeps the fastest for every later pass of that class, graphs captured after it
+ * included. A class: rows (sequences, for attention) within the same power of two; for attention
+ * also the longest sequence's 64-token query tiles. Ties and failures go to the size rules below,
+ * which also decide with NETLM_CUDA_KERNEL_TUNE=0 and within a graph capture; a kernel that the
+ * environment names is never timed against others. A process may so pick other kernels than
+ * another one (results differ in the last bf16 bits, as cuBLASLt's own timing makes them:
+ * gemm.c); within a process a class keeps its kernel. */
+
+enum { MLP_PASS = 0 }; /* STEP_MLP_UP's candidates: MLP_PASS, then 1 + the fused kernel's variants */
+static const enum cu_attn_impl attention_candidates[] = {CU_ATTN_AUTO, CU_ATTN_TC_GROUP, CU_ATTN_WG_GROUP};
+static const char *const attention_names[] = {"head", "group", "wgmma"};
+#define ATTENTION_CANDIDATES (sizeof attention_candidates / sizeof attention_candidates[0])
+
+/* The size rule of the up projection. The fused kernel is a persistent grid of one CTA per
+ * multiprocessor walking 192 × 128 output tiles: on an H200, against cuBLASLt plus the pass, it
+ * took Qwen2.5-0.5B's engine 3.0 ms of 93.7 less at 65,536 rows (256 sequences of 256 tokens) and
+ * 0.21 ms of 1.89 more at 256 rows (one sequence: 76 tiles, too few to fill the grid). */
 enum { SWIGLU_FUSED_MIN_ROWS = 8192 };
 
-/* The grouped attention kernel runs a 7th of the blocks of the per-query-head one on Qwen2.5's
- * 14 / 2 heads: on an H200 1.2 ms faster at 256 sequences of 256 tokens (2,048 blocks, 16 per
- * multiprocessor) and 0.5 ms slower on one (8 blocks). Grouped from 4 blocks per multiprocessor
- * on, a bound between the two measured ends. */
-static enum cu_attn_impl attention_impl(const struct model_cuda *e)
+/* The size rule of attention. The grouped kernel runs a 7th of the blocks of the per-query-head
+ * one on Qwen2.5's 14 / 2 heads: on an H200 1.2 ms faster at 256 sequences of 256 tokens (2,048
+ * blocks, 16 per multiprocessor) and 0.5 ms slower on one (8 blocks). Grouped from 4 blocks per
+ * multiprocessor on. */
+static int attention_by_size(const struct model_cuda *e)
+{
+    return cu_attention_group_blocks(e->nseq, e->max_len, e->KV) >= 4ull * e->sms ? 1 : 0;
+}
+
+static const char *candidate_name(enum choice_step step, int c)
+{
+    if (step == STEP_ATTENTION)
+        return attention_names[c];
+    return c == MLP_PASS ? "cublaslt+pass" : cu_gemm_swiglu_variant((unsigned)c - 1);
+}
+
+static uint32_t pow2_at_least(uint32_t v)
+{
+    uint32_t p = 1;
+    while (p < v)
+        p <<= 1;
+    return p;
+}
+
+static uint64_t kernel_choice_key(const struct model_cuda *e, enum choice_step step)
+{
+    if (step == STEP_MLP_UP)
+        return pow2_at_least(e->rows);
+    return (uint64_t)pow2_at_least(e->nseq) << 32 | (e->max_len + 63) / 64;
+}
+
+/* Does candidate c serve the step for the current shapes? (Unserved ones fall back to another
+ * candidate's kernel: timing them would time that one twice.) */
+static bool candidate_serves(const struct model_cuda *e, enum choice_step step, int c)
+{
+    if (step == STEP_MLP_UP)
+        return true;
+    const bool grouped = cu_attention_fuses_rope(e->t, e->d, e->H, e->KV, e->max_len, e->QKV, e->H * e->d);
+    return c == 0 || (grouped && (c == 1 || cu_attention_wg_serves(e->d)));
+}
+
+static bool enqueue_mlp_up(struct model_cuda *e, const struct cu_layer *cl, int c, struct cu_profile *prof);
+static bool enqueue_attention(struct model_cuda *e, enum cu_attn_impl impl);
+
+struct timed_candidate {
+    struct model_cuda *e;
+    const struct cu_layer *layer;
+    enum choice_step step;
+    int c;
+};
+
+static bool run_candidate(void *ctx)
+{
+    const struct timed_candidate *t = ctx;
+    return t->step == STEP_MLP_UP ? enqueue_mlp_up(t->e, t->layer, t->c, NULL)
+                                  : enqueue_attention(t->e, attention_candidates[t->c]);
+}
+
+/* The step's candidate for the current shapes: the class's choice, or one made now (timed when
+ * allowed: outside a capture, with tuning on, more than one candidate serving). by_size: the
+ * size rule's candidate. */
+static int kernel_choice(struct model_cuda *e, enum choice_step step, const struct cu_layer *layer,
+                         unsigned count, int by_size)
+{
+    const uint64_t key = kernel_choice_key(e, step);
+    if (count > CHOICE_CANDIDATES)
+        count = CHOICE_CANDIDATES; /* (test_timed_kernel_choices counts them all) */
+    for (unsigned i = 0; i < e->nchoices; i++)
+        if (e->choices[i].step == step && e->choices[i].key == key)
+            return e->choices[i].pick;
+    enum cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+    if (e->nchoices == CHOICE_SLOTS || cudaStreamIsCapturing(e->stream, &cap) != cudaSuccess ||
+        cap != cudaStreamCaptureStatusNone) {
+        cudaGetLastError();
+        return by_size; /* made on the eager pass before the capture; the table full: by size */
+    }
+    struct kernel_choice *k = &e->choices[e->nchoices++];
+    *k = (struct kernel_choice){.step = step, .key = key, .pick = by_size};
+    for (unsigned c = 0; c < CHOICE_CANDIDATES; c++)
+        k->ms[c] = -1.0f;
+    unsigned serving = 0;
+    for (unsigned c = 0; c < count; c++)
+        serving += candidate_serves(e, step, (int)c);
+    if (!e->tune_kernels || serving < 2)
+        return by_size;
+    for (unsigned c = 0; c < count; c++) {
+        if (!candidate_serves(e, step, (int)c))
+            continue;
+        struct timed_candidate t = {e, layer, step, (int)c};
+        k->ms[c] = cu_time_median(e->tune_ev, e->stream, run_candidate, &t);
+        cudaGetLastError(); /* a failed candidate leaves nothing behind: it is just not chosen */
+    }
+    for (unsigned c = 0; c < count; c++)
+        if (k->ms[c] >= 0.0f && (k->ms[k->pick] < 0.0f || k->ms[c] < k->ms[k->pick]))
+            k->pick = (int)c;
+    return k->pick;
+}
+
+bool model_cuda_kernel_choices(const struct model_cuda *e, char *out, size_t len)
+{
+    size_t at = 0;
+#define PUT(...)                                                                                   \
+    do {                                                                                          \
+        int n_ = snprintf(at < len ? out + at : NULL, at < len ? len - at : 0, __VA_ARGS__);      \
+        at += n_ > 0 ? (size_t)n_ : 0;                                                           \
+    } while (0)
+    PUT("{\"tuned\":%s", e->tune_kernels ? "true" : "false");
+    for (int step = STEP_MLP_UP; step <= STEP_ATTENTION; step++) {
+        PUT(",\"%s\":[", step == STEP_MLP_UP ? "mlp_up" : "attention");
+        bool first = true;
+        for (unsigned i = 0; i < e->nchoices; i++) {
+            const struct kernel_choice *k = &e->choices[i];
+            if (k->step != (enum choice_step)step)
+                continue;
+            if (step == STEP_MLP_UP)
+                PUT("%s{\"rows_up_to\":%llu", first ? "" : ",", (unsigned long long)k->key);
+            else
+                PUT("%s{\"sequences_up_to\":%llu,\"length_up_to\":%llu", first ? "" : ",",
+                    (unsigned long long)(k->key >> 32), (unsigned long long)(k->key & 0xffffffffu) * 64);
+            PUT(",\"pick\":\"%s\",\"ms\":{", candidate_name(k->step, k->pick));
+            bool first_ms = true;
+            for (int c = 0; c < CHOICE_CANDIDATES; c++)
+                if (k->ms[c] >= 0.0f) {
+                    PUT("%s\"%s\":%.4f", first_ms ? "" : ",", candidate_name(k->step, c), k->ms[c]);
+                    first_ms = false;
+                }
+            PUT("}}");
+            first = false;
+        }
+        PUT("]");
+    }
+    PUT("}");
+#undef PUT
+    if (at >= len && len)
+        out[len - 1] = '\0';
+    return at < len;
+}
+
+/* Qwen2's up projection and SwiGLU into ffn by candidate c (MLP_PASS or 1 + a fused variant). */
+static bool enqueue_mlp_up(struct model_cuda *e, const struct cu_layer *cl, int c, struct cu_profile *prof)
+{
+    const cudaStream_t s = e->stream;
+    const enum cu_dtype T = e->t;
+    const uint32_t n = e->rows, C = e->C;
+    if (c != MLP_PASS) {
+        CK(cu_gemm_swiglu(e->ffn, e->F, e->xn, C, cl->up_w, n, C, e->F, (unsigned)c - 1, s), "gemm up + swiglu");
+        cu_profile_mark(prof, "gemm up +swiglu", s);
+        return true;
+    }
+    GEMM(T, T, e->ffn, e->FW, e->xn, C, cl->up_w, NULL, n, C, e->FW, false, false);
+    cu_profile_mark(prof, "gemm up", s);
+    CK(e->swiglu_gemm ? cu_swiglu_fused_order(e->ffn, e->FW, e->ffn, T, n, e->F, s)
+                      : cu_swiglu(e->ffn, e->FW, e->ffn, T, n, e->F, s),
+       "swiglu");
+    cu_profile_mark(prof, "swiglu", s);
+    return true;
+}
+
+/* The prefill / classify attention of qkv (RoPE applied) into att. */
+static bool enqueue_attention(struct model_cuda *e, enum cu_attn_impl impl)
+{
+    CK(cu_attention(e->att, e->H * e->d, e->qkv, e->QKV, e->t, e->d_seq_off, e->nseq, e->max_len, e->H, e->KV,
+                    e->d, 1.0f / sqrtf((float)e->d), impl, e->stream),
+       "attention");
+    return true;
+}
+
+/* This pass's up projection (layer 0's operands time the candidates) and attention. */
+static int mlp_up_for_pass(struct model_cuda *e, const struct cu_layer *layer0)
+{
+    if (!e->swiglu_gemm)
+        return MLP_PASS;
+    if (e->swiglu_always)
+        return 1 + (int)e->swiglu_variant;
+    unsigned count = 1;
+    while (cu_gemm_swiglu_variant(count - 1))
+        count++;
+    return kernel_choice(e, STEP_MLP_UP, layer0, count,
+                         e->rows >= SWIGLU_FUSED_MIN_ROWS ? 1 + (int)e->swiglu_variant : MLP_PASS);
+}
+
+static enum cu_attn_impl attention_for_pass(struct model_cuda *e)
 {
     if (!e->attn_by_size)
         return e->attn;
-    return cu_attention_group_blocks(e->nseq, e->max_len, e->KV) >= 4ull * e->sms ? CU_ATTN_TC_GROUP : CU_ATTN_AUTO;
+    const int by_size = attention_by_size(e) && candidate_serves(e, STEP_ATTENTION, 1) ? 1 : 0;
+    return attention_candidates[kernel_choice(e, STEP_ATTENTION, NULL, ATTENTION_CANDIDATES, by_size)];
 }
 
 /* Enqueues the stack and the head for the current launch shapes (e->nseq sequences, e->rows
  * rows, lengths ≤ e->max_len; a decode step: e->rows rows of one new token each, at the cache
- * rows d_kvrow). No host synchronisation: this is what a graph captures. */
+ * rows d_kvrow). This is what a graph captures; the host waits for the stream only on the first
+ * pass of a class of shapes, while it times the kernel choices' candidates. */
 static bool enqueue(struct model_cuda *e, enum tail tail)
 {
     const cudaStream_t s = e->stream;
@@ -745,8 +977,8 @@ static bool enqueue(struct model_cuda *e, enum tail tail)
     /* the classify pass stores no KV cache: q and k may stay unrotated in qkv */
     const bool rope_inside = !e->gpt2 && e->attn_rope && tail == TAIL_CLASSIFY &&
                              cu_attention_fuses_rope(T, e->d, e->H, e->KV, e->max_len, e->QKV, Hd);
-    const enum cu_attn_impl attn = attention_impl(e);
-    const bool swiglu_fused = e->swiglu_gemm && (e->swiglu_always || n >= SWIGLU_FUSED_MIN_ROWS);
+    enum cu_attn_impl attn = CU_ATTN_AUTO;
+    int mlp_up = MLP_PASS;
 
     cu_profile_start(e->prof, s);
     CK(cu_embed(e->x, XT, e->wte, e->gpt2 ? e->wpe : NULL, T, e->d_tokens, e->d_pos, n, C, s), "embedding");
@@ -775,9 +1007,12 @@ static bool enqueue(struct model_cuda *e, enum tail tail)
         else if (rope_inside)
             CK(cu_attention_rope(e->att, Hd, e->qkv, e->QKV, T, e->d_seq_off, e->nseq, e->max_len, e->H, e->KV,
                                  e->d, scale, e->rope_cos, e->rope_sin, s), "attention with rope");
-        else
-            CK(cu_attention(e->att, Hd, e->qkv, e->QKV, T, e->d_seq_off, e->nseq, e->max_len, e->H,
-                            e->KV, e->d, scale, attn, s), "attention");
+        else {
+            if (l == 0)
+                attn = attention_for_pass(e);
+            if (!enqueue_attention(e, attn))
+                return false;
+        }
         cu_profile_mark(e->prof, "attention", s);
         GEMM(T, XT, e->x, C, e->att, Hd, cl->o_w, cl->o_b, n, Hd, C, true, false);
         cu_profile_mark(e->prof, "gemm o +residual", s);
@@ -793,20 +1028,15 @@ static bool enqueue(struct model_cuda *e, enum tail tail)
                 CK(cu_gelu(e->ffn, e->ffn, T, (size_t)n * e->F, erf, s), "gelu");
                 cu_profile_mark(e->prof, "gelu", s);
             }
-        } else if (swiglu_fused) {
-            CK(cu_gemm_swiglu(e->ffn, e->F, e->xn, C, cl->up_w, n, C, e->F, s), "gemm up + swiglu");
-            cu_profile_mark(e->prof, "gemm up +swiglu", s);
         } else {
-            GEMM(T, T, e->ffn, e->FW, e->xn, C, cl->up_w, NULL, n, C, e->FW, false, false);
-            cu_profile_mark(e->prof, "gemm up", s);
-            CK(e->swiglu_gemm ? cu_swiglu_fused_order(e->ffn, e->FW, e->ffn, T, n, e->F, s)
-                              : cu_swiglu(e->ffn, e->FW, e->ffn, T, n, e->F, s),
-               "swiglu");
-            cu_profile_mark(e->prof, "swiglu", s);
+            if (l == 0)
+                mlp_up = mlp_up_for_pass(e, cl);
+            if (!enqueue_mlp_up(e, cl, mlp_up, e->prof))
+                return false;
         }
         /* the hidden activations: [n, F] packed after the fused GEMM, the gate halves of
          * [n, 2F] rows after the separate SwiGLU */
-        GEMM(T, XT, e->x, C, e->ffn, swiglu_fused ? e->F : e->FW, cl->down_w, cl->down_b, n, e->F, C, true,
+        GEMM(T, XT, e->x, C, e->ffn, mlp_up != MLP_PASS ? e->F : e->FW, cl->down_w, cl->down_b, n, e->F, C, true,
              false);
         cu_profile_mark(e->prof, "gemm down +residual", s);
     }
@@ -835,14 +1065,6 @@ static bool enqueue(struct model_cuda *e, enum tail tail)
 }
 
 /* ---- one call: pack, copy in, run (eager or graph) ---- */
-
-static uint32_t pow2_at_least(uint32_t v)
-{
-    uint32_t p = 1;
-    while (p < v)
-        p <<= 1;
-    return p;
-}
 
 /* Token bucket: at most 1/8 of padding above 128 rows, multiples of 16 below. */
 static size_t token_bucket(size_t n)

@@ -41,7 +41,6 @@
 
 #define CU_GEMM_PLANS 96
 #define TUNE_CANDIDATES 8
-#define TUNE_RUNS 3
 
 enum { EPI_NONE = 0, EPI_BIAS = 1, EPI_GELU = 2 }; /* bit set */
 
@@ -181,32 +180,23 @@ void cu_gemm_set_tuning(struct cu_gemm *g, bool enabled)
 
 void cu_gemm_set_candidate_log(struct cu_gemm *g, FILE *log) { g->candidate_log = log; }
 
-/* The median time of TUNE_RUNS runs of candidate algo (after one untimed), or a negative value
- * when it fails. Output into the scratch with beta = 0: D of the real call may be an input (the
- * residual, dx or dW accumulated onto), which a timed run must never change. */
-static float tune_time(struct cu_gemm *g, const struct cu_gemm_plan *p, const cublasLtMatmulAlgo_t *algo,
-                       const void *a, const void *b, cudaStream_t s)
+/* One timed candidate: algo writing the scratch with beta = 0, since D of the real call may be
+ * an input (the residual, dx or dW accumulated onto), which a timed run must never change. */
+struct tune_call {
+    struct cu_gemm *g;
+    const struct cu_gemm_plan *p;
+    const cublasLtMatmulAlgo_t *algo;
+    const void *a, *b;
+    cudaStream_t s;
+};
+
+static bool tune_run(void *ctx)
 {
+    const struct tune_call *c = ctx;
     const float alpha = 1.0f, beta = 0.0f;
-    float ms[TUNE_RUNS];
-    for (int r = -1; r < TUNE_RUNS; r++) {
-        if (r >= 0 && cudaEventRecord(g->tune_ev[0], s) != cudaSuccess)
-            return -1.0f;
-        if (cublasLtMatmul(g->lt, p->desc, &alpha, a, p->a, b, p->b, &beta, g->tune_out, p->c,
-                           g->tune_out, p->c, algo, g->workspace, g->workspace_bytes, s))
-            return -1.0f;
-        if (r >= 0 && (cudaEventRecord(g->tune_ev[1], s) != cudaSuccess ||
-                       cudaEventSynchronize(g->tune_ev[1]) != cudaSuccess ||
-                       cudaEventElapsedTime(&ms[r], g->tune_ev[0], g->tune_ev[1]) != cudaSuccess))
-            return -1.0f;
-    }
-    for (int i = 1; i < TUNE_RUNS; i++) /* insertion sort of three */
-        for (int j = i; j > 0 && ms[j] < ms[j - 1]; j--) {
-            float t = ms[j];
-            ms[j] = ms[j - 1];
-            ms[j - 1] = t;
-        }
-    return ms[TUNE_RUNS / 2];
+    return cublasLtMatmul(c->g->lt, c->p->desc, &alpha, c->a, c->p->a, c->b, c->p->b, &beta, c->g->tune_out,
+                          c->p->c, c->g->tune_out, c->p->c, c->algo, c->g->workspace, c->g->workspace_bytes,
+                          c->s) == CUBLAS_STATUS_SUCCESS;
 }
 
 /* One JSON line: the candidate's time and what cuBLASLt says of its kernel (the enum values of
@@ -269,7 +259,8 @@ static int tune_pick(struct cu_gemm *g, const struct cu_gemm_plan *p,
     for (int i = 0; i < found; i++) {
         if (res[i].state != CUBLAS_STATUS_SUCCESS)
             continue;
-        float ms = tune_time(g, p, &res[i].algo, a, b, s);
+        struct tune_call call = {g, p, &res[i].algo, a, b, s};
+        float ms = cu_time_median(g->tune_ev, s, tune_run, &call);
         if (g->candidate_log)
             log_candidate(g->candidate_log, p, i, &res[i].algo, ms);
         if (ms >= 0.0f && (best_ms < 0.0f || ms < best_ms)) {

@@ -14,7 +14,7 @@
  * accumulators, 8 neighbouring outputs per 16-byte store (W's rows come in cu_gemm_swiglu_row's
  * order, which puts them in one thread's registers). Tiles run row block by row block (all of W, 2F × C, stays in L2).
  *
- * Variants (cu_gemm_swiglu_select; model/cuda/NOTES.md has their timings): "c1", the plain
+ * Variants (cu_gemm_swiglu_variant; model/cuda/NOTES.md has their timings): "c1", the plain
  * kernel; "c2", clusters of 2 CTAs on neighbouring row blocks of the same outputs that share the
  * W tile, each loading one half (gate or up rows) and multicasting it to both, so a CTA reads 32
  * of a stage's 48 KB from L2; "c4", clusters of 2 × 2 CTAs that also share the x tile between
@@ -461,7 +461,6 @@ const variant variants[] = {
     make_variant<1, 1, 0, 2, true>("c1-pingpong"), make_variant<2, 1, 0, 2, true>("c2-pingpong"),
 };
 constexpr int VARIANTS = sizeof variants / sizeof variants[0];
-int selected = 0;
 
 /* per device and variant: how many CTAs fit on the GPU at once, in whole clusters (a persistent
  * grid larger than that would run its last clusters after the others, doubling their time) */
@@ -560,45 +559,45 @@ extern "C" const char *cu_gemm_swiglu_variant(unsigned i)
     return i < (unsigned)VARIANTS ? variants[i].name : NULL;
 }
 
-extern "C" bool cu_gemm_swiglu_select(const char *name)
+extern "C" int cu_gemm_swiglu_find(const char *name)
 {
     for (int i = 0; i < VARIANTS; i++)
-        if (strcmp(variants[i].name, name) == 0) {
-            selected = i;
-            return true;
-        }
-    return false;
+        if (strcmp(variants[i].name, name) == 0)
+            return i;
+    return -1;
 }
 
-extern "C" uint32_t cu_gemm_swiglu_grid(int device, uint32_t n, uint32_t f)
+extern "C" uint32_t cu_gemm_swiglu_grid(int device, unsigned which, uint32_t n, uint32_t f)
 {
-    if (device < 0 || device >= MAX_DEVICES || f < TILE_OUT)
+    if (device < 0 || device >= MAX_DEVICES || which >= (unsigned)VARIANTS || f < TILE_OUT)
         return 0;
-    const variant &v = variants[selected];
+    const variant &v = variants[which];
     const uint32_t rows = v.cluster / v.outs; /* row blocks per group */
     const uint32_t groups =
         (n + rows * v.tile_rows - 1) / (rows * v.tile_rows) * ((f / TILE_OUT + v.outs - 1) / v.outs);
-    const uint32_t fit = resident_ctas[device][selected] / v.cluster;
+    const uint32_t fit = resident_ctas[device][which] / v.cluster;
     return (groups < fit ? groups : fit) * v.cluster;
 }
 
 extern "C" cudaError_t cu_gemm_swiglu(void *h, uint32_t ldh, const void *x, uint32_t ldx, const void *w, uint32_t n,
-                                      uint32_t k, uint32_t f, cudaStream_t s)
+                                      uint32_t k, uint32_t f, unsigned which, cudaStream_t s)
 {
+    if (which >= (unsigned)VARIANTS)
+        return cudaErrorInvalidValue;
     if (n == 0)
         return cudaSuccess;
     if (!encode_tiled || f % TILE_OUT != 0 || k % 8 != 0 || ldx % 8 != 0 || ldh % 8 != 0 ||
         ((uintptr_t)x | (uintptr_t)w | (uintptr_t)h) % 16 != 0)
         return cudaErrorInvalidValue;
     CUtensorMap x_map, w_map;
-    const variant &v = variants[selected];
+    const variant &v = variants[which];
     if (!tensor_map(&x_map, x, n, k, ldx, v.tile_rows / v.outs) || !tensor_map(&w_map, w, 2 * f, k, k, TILE_OUT))
         return cudaErrorInvalidValue;
     int device = 0;
     cudaError_t e = cudaGetDevice(&device);
     if (e != cudaSuccess)
         return e;
-    const uint32_t grid = cu_gemm_swiglu_grid(device, n, f);
+    const uint32_t grid = cu_gemm_swiglu_grid(device, which, n, f);
     if (grid == 0)
         return cudaErrorInvalidValue; /* cu_gemm_swiglu_supported was not called for this device */
     cudaLaunchAttribute attr;

@@ -86,3 +86,11 @@ const char *model_cuda_error(const struct model_cuda *e)
     (void)e;
     return "this netlm was built without CUDA";
 }
+
+bool model_cuda_kernel_choices(const struct model_cuda *e, char *out, size_t len)
+{
+    (void)e;
+    if (len)
+        out[0] = '\0';
+    return false;
+}

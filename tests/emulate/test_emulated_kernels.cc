@@ -171,7 +171,7 @@ void test_convert(void **)
 /* h = silu(x·Wgᵀ) ⊙ (x·Wuᵀ) for x [n × k] (row stride ldx) and w [2f × k] (gate rows, then up
  * rows), into h [n × f] (row stride ldh: the columns past f stay as they were), against double
  * precision on the same bf16 inputs. Bound: the bf16 rounding of h (2⁻⁹ relative) and fp32 sums. */
-void gemm_swiglu_case(uint32_t n, uint32_t k, uint32_t f, uint32_t ldx, uint32_t ldh)
+void gemm_swiglu_case(unsigned variant, uint32_t n, uint32_t k, uint32_t f, uint32_t ldx, uint32_t ldh)
 {
     std::vector<float> x(n * ldx), w(2 * f * k);
     for (float &v : x)
@@ -196,7 +196,7 @@ void gemm_swiglu_case(uint32_t n, uint32_t k, uint32_t f, uint32_t ldx, uint32_t
     const std::vector<__nv_bfloat16> dx = as_type<__nv_bfloat16>(x), dw = as_type<__nv_bfloat16>(w_kernel);
     std::vector<__nv_bfloat16> h = nan_filled<__nv_bfloat16>(n * ldh);
     const unsigned before = emu_launches;
-    assert_int_equal(cu_gemm_swiglu(h.data(), ldh, dx.data(), ldx, dw.data(), n, k, f, 0), cudaSuccess);
+    assert_int_equal(cu_gemm_swiglu(h.data(), ldh, dx.data(), ldx, dw.data(), n, k, f, variant, 0), cudaSuccess);
     assert_int_equal(emu_launches, before + 1);
     const double err = relative_error(h, ref, n, ldh, f);
     bool untouched = true;
@@ -230,18 +230,16 @@ void test_gemm_swiglu(void **)
     for (unsigned v = 0; cu_gemm_swiglu_variant(v); v++)
         for (const schedule &s : schedules) {
             const char *variant = cu_gemm_swiglu_variant(v);
-            assert_true(cu_gemm_swiglu_select(variant));
             set_schedule(s);
             printf("  %s, %s\n", variant, s.name);
-            gemm_swiglu_case(1, 64, 128, 64, 128);    /* one row: a tile of 127 rows outside x */
-            gemm_swiglu_case(300, 200, 256, 200, 264); /* rows and K not multiples of the tile */
-            gemm_swiglu_case(129, 136, 384, 144, 384); /* more tiles than CTAs, a wider row stride */
-            gemm_swiglu_case(400, 72, 256, 72, 256);   /* and for 192-row tiles (-w3) */
-            gemm_swiglu_case(520, 64, 512, 64, 512);   /* and for clusters of 2 × 2 */
-            gemm_swiglu_case(200, 640, 128, 640, 128); /* more chunks than stages, tiles in turns */
+            gemm_swiglu_case(v, 1, 64, 128, 64, 128);    /* one row: a tile of 127 rows outside x */
+            gemm_swiglu_case(v, 300, 200, 256, 200, 264); /* rows and K not multiples of the tile */
+            gemm_swiglu_case(v, 129, 136, 384, 144, 384); /* more tiles than CTAs, a wider row stride */
+            gemm_swiglu_case(v, 400, 72, 256, 72, 256);   /* and for 192-row tiles (-w3) */
+            gemm_swiglu_case(v, 520, 64, 512, 64, 512);   /* and for clusters of 2 × 2 */
+            gemm_swiglu_case(v, 200, 640, 128, 640, 128); /* more chunks than stages, tiles in turns */
         }
     set_schedule(schedules[0]);
-    assert_true(cu_gemm_swiglu_select("c1"));
 }
 
 } // namespace

@@ -46,6 +46,8 @@ int main(void)
 }
 #else
 
+#include <json-c/json.h>
+
 #include "model/model_internal.h"
 #include "tests/unit/test_cuda_util.h"
 
@@ -236,6 +238,129 @@ static void test_bf16_kernel_choices(void **state)
     unsetenv("NETLM_CUDA_ATTN");
 }
 
+/* The step's choices in model_cuda_kernel_choices' report (an array; NULL when absent). */
+static json_object *choices_of(json_object *report, const char *step)
+{
+    json_object *a = NULL;
+    if (!json_object_object_get_ex(report, step, &a) || !json_object_is_type(a, json_type_array))
+        return NULL;
+    return a;
+}
+
+/* One class's choice: the pick, and whether it is the fastest of the times reported (timed) or
+ * no time was reported at all (not timed). Returns the number of candidates timed. */
+static size_t check_choice(json_object *choice, const char *step, const char **pick)
+{
+    json_object *p = NULL, *ms = NULL;
+    assert_true(json_object_object_get_ex(choice, "pick", &p));
+    assert_true(json_object_object_get_ex(choice, "ms", &ms));
+    *pick = json_object_get_string(p);
+    const char *fastest = NULL;
+    double best = INFINITY;
+    size_t timed = 0;
+    json_object_object_foreach(ms, name, t)
+    {
+        const double v = json_object_get_double(t);
+        assert_true(v >= 0.0);
+        if (v < best) {
+            best = v;
+            fastest = name;
+        }
+        timed++;
+    }
+    printf("  %s: %s of %zu timed (%s)\n", step, *pick, timed, json_object_to_json_string(ms));
+    if (timed)
+        assert_string_equal(*pick, fastest);
+    return timed;
+}
+
+/* Kernel choices timed on a shape's first pass (NETLM_CUDA_KERNEL_TUNE): on the emulated GPU
+ * with the host's time between events (so that the candidates' times differ), each step of the
+ * Qwen2 model whose up projection the fused kernel serves is timed with every candidate, the
+ * fastest is picked and the results still match the CPU; the graph captured after that pass
+ * replays the same kernels bit for bit. With tuning off, or a kernel named by the environment,
+ * nothing is timed and the size rules pick (these batches are small: cuBLASLt and the pass, a
+ * block per query head). */
+static void test_timed_kernel_choices(void **state)
+{
+    (void)state;
+    setenv("NETLM_CUDA_EMULATE_TIMING", "host", 1);
+    const char *tune = getenv("NETLM_CUDA_KERNEL_TUNE");
+    char *tune_before = tune ? strdup(tune) : NULL;
+    const struct model_case *mc = &cases[5];
+    struct model *m = make_model(mc, 21);
+    const uint32_t batch = 4, seq = 40, L = num_labels;
+    char err[512], report[4096];
+    struct model_runner *cpu = model_runner_create(m, batch, seq, 0, 2, err, sizeof err);
+    if (!cpu)
+        fail_msg("%s", err);
+    uint32_t ids[4 * 40], lengths[4];
+    float first[4 * 7], replay[4 * 7], ref[4 * 7];
+    struct test_rng r = {5};
+    make_batch(ids, lengths, batch, seq, mc->shape.vocab, &r);
+    assert_true(model_classify(cpu, ids, lengths, batch, seq, NULL, ref));
+    for (int mode = 0; mode < 3; mode++) {
+        /* 0: timed; 1: tuning off; 2: the up projection's kernel named, attention timed */
+        setenv("NETLM_CUDA_KERNEL_TUNE", mode == 1 ? "0" : "1", 1);
+        if (mode == 2)
+            setenv("NETLM_CUDA_SWIGLU_GEMM", "c1", 1);
+        struct model_cuda_options o = {.device = 0, .precision = MODEL_PRECISION_BF16, .max_batch = batch,
+                                       .max_seq = seq, .graphs = true};
+        struct model_cuda *e = model_cuda_create(m, &o, err, sizeof err);
+        if (!e)
+            fail_msg("%s", err);
+        if (!model_cuda_classify(e, ids, lengths, batch, seq, NULL, first) ||
+            !model_cuda_classify(e, ids, lengths, batch, seq, NULL, replay))
+            fail_msg("%s", model_cuda_error(e));
+        TEST_WITHIN("chosen kernels vs cpu scores", CU_BF16, test_abs_err(first, ref, (size_t)batch * L), 5e-2);
+        assert_memory_equal(first, replay, sizeof first);
+        assert_true(model_cuda_kernel_choices(e, report, sizeof report));
+        json_object *j = json_tokener_parse(report);
+        assert_non_null(j);
+        json_object *tuned = NULL, *mlp = choices_of(j, "mlp_up"), *attn = choices_of(j, "attention");
+        assert_true(json_object_object_get_ex(j, "tuned", &tuned));
+        assert_int_equal(json_object_get_boolean(tuned), mode != 1);
+        assert_non_null(mlp);
+        assert_non_null(attn);
+        /* one class each: the eager pass made it, the capture and the replay kept it */
+        assert_int_equal(json_object_array_length(attn), 1);
+        const char *pick = NULL;
+        const size_t attn_timed = check_choice(json_object_array_get_idx(attn, 0), "attention", &pick);
+        /* d = 64, 4 query heads on 2 kv heads, 40 tokens: all three kernels serve on Hopper */
+        int device_is_hopper = 0;
+        cudaDeviceGetAttribute(&device_is_hopper, cudaDevAttrComputeCapabilityMajor, 0);
+        assert_int_equal(attn_timed, mode == 1 ? 0 : device_is_hopper == 9 ? 3 : 2);
+        if (mode == 1)
+            assert_string_equal(pick, "head");
+        if (mode == 2 || device_is_hopper != 9) {
+            assert_int_equal(json_object_array_length(mlp), 0); /* named, or no fused kernel */
+        } else {
+            assert_int_equal(json_object_array_length(mlp), 1);
+            unsigned variants = 0;
+            while (cu_gemm_swiglu_variant(variants))
+                variants++;
+            const size_t mlp_timed = check_choice(json_object_array_get_idx(mlp, 0), "mlp_up", &pick);
+            assert_int_equal(mlp_timed, mode == 1 ? 0 : 1 + variants);
+            if (mode == 1)
+                assert_string_equal(pick, "cublaslt+pass");
+        }
+        json_object_put(j);
+        /* too small a buffer: false, still a terminated string */
+        assert_false(model_cuda_kernel_choices(e, report, 8));
+        assert_int_equal(strlen(report), 7);
+        model_cuda_free(e);
+    }
+    unsetenv("NETLM_CUDA_SWIGLU_GEMM");
+    unsetenv("NETLM_CUDA_EMULATE_TIMING");
+    if (tune_before)
+        setenv("NETLM_CUDA_KERNEL_TUNE", tune_before, 1);
+    else
+        unsetenv("NETLM_CUDA_KERNEL_TUNE");
+    free(tune_before);
+    model_runner_free(cpu);
+    model_free(m);
+}
+
 /* The bf16 engine with the residual stream in bf16 too, on the same models and batches. */
 static void test_bf16_residual(void **state)
 {
@@ -407,6 +532,7 @@ int main(void)
         cmocka_unit_test(test_fp32),
         cmocka_unit_test(test_bf16),
         cmocka_unit_test(test_bf16_kernel_choices),
+        cmocka_unit_test(test_timed_kernel_choices),
         cmocka_unit_test(test_bf16_residual),
         cmocka_unit_test(test_graphs),
         cmocka_unit_test(test_reload_weights),

@@ -121,7 +121,7 @@ static void test_gemm(void **state)
 /* h = silu(x·Wgᵀ) ⊙ (x·Wuᵀ) against op_matmul + op_swiglu on the same bf16 inputs in fp32: the
  * kernel rounds only its output (the unfused path also rounds the product), so 4e-3. Written
  * into a poisoned buffer with rows and columns beyond h, which must stay NaN. */
-static void gemm_swiglu_case(uint32_t n, uint32_t k, uint32_t f, uint32_t ldx, struct test_rng *r)
+static void gemm_swiglu_case(uint32_t n, uint32_t k, uint32_t f, uint32_t ldx, unsigned variant, struct test_rng *r)
 {
     const uint32_t ldh = f + 64, rows_after = 130;
     float *x = malloc((size_t)n * ldx * sizeof(float)), *w = malloc((size_t)2 * f * k * sizeof(float));
@@ -143,7 +143,7 @@ static void gemm_swiglu_case(uint32_t n, uint32_t k, uint32_t f, uint32_t ldx, s
     void *dx = test_upload(x, (size_t)n * ldx, CU_BF16), *dw = test_upload(w_kernel, (size_t)2 * f * k, CU_BF16);
     free(w_kernel);
     void *dh = test_poisoned(out_count, CU_BF16);
-    CUDA_OK(cu_gemm_swiglu(dh, ldh, dx, ldx, dw, n, k, f, stream));
+    CUDA_OK(cu_gemm_swiglu(dh, ldh, dx, ldx, dw, n, k, f, variant, stream));
     test_download(got, dh, out_count, CU_BF16);
 
     op_matmul(ref, 2 * f, dense, k, w, NULL, n, k, 2 * f, false, 1);
@@ -180,18 +180,22 @@ static void test_gemm_swiglu(void **state)
     /* unsupported sizes are refused, not run */
     assert_false(cu_gemm_swiglu_supported(device, 64, 100));
     assert_false(cu_gemm_swiglu_supported(device, 60, 128));
-    assert_false(cu_gemm_swiglu_select("no such variant"));
+    assert_int_equal(cu_gemm_swiglu_find("no such variant"), -1);
     for (unsigned v = 0; cu_gemm_swiglu_variant(v); v++) {
-        assert_true(cu_gemm_swiglu_select(cu_gemm_swiglu_variant(v)));
+        assert_int_equal(cu_gemm_swiglu_find(cu_gemm_swiglu_variant(v)), (int)v);
         printf(" variant %s\n", cu_gemm_swiglu_variant(v));
         struct test_rng r = {7};
-        gemm_swiglu_case(1, 64, 128, 64, &r);     /* one row: a tile of 127 zero-filled rows */
-        gemm_swiglu_case(300, 200, 256, 200, &r); /* rows and K not multiples of the tile */
-        gemm_swiglu_case(129, 896, 384, 904, &r); /* Qwen2's K, x with a wider row stride */
+        gemm_swiglu_case(1, 64, 128, 64, v, &r);     /* one row: a tile of 127 zero-filled rows */
+        gemm_swiglu_case(300, 200, 256, 200, v, &r); /* rows and K not multiples of the tile */
+        gemm_swiglu_case(129, 896, 384, 904, v, &r); /* Qwen2's K, x with a wider row stride */
         if (!test_cuda_quick())
-            gemm_swiglu_case(4096, 896, 1024, 896, &r); /* more tiles than multiprocessors */
+            gemm_swiglu_case(4096, 896, 1024, 896, v, &r); /* more tiles than multiprocessors */
     }
-    assert_true(cu_gemm_swiglu_select(cu_gemm_swiglu_variant(0)));
+    /* a variant that does not exist is refused, not launched */
+    unsigned variants = 0;
+    while (cu_gemm_swiglu_variant(variants))
+        variants++;
+    assert_int_equal(cu_gemm_swiglu(NULL, 128, NULL, 64, NULL, 1, 64, 128, variants, stream), cudaErrorInvalidValue);
 }
 
 /* ---- embedding, norms, elementwise ---- */
