@@ -104,11 +104,18 @@ def main():
             extra = f"  max_rel_diff {r['max_rel_diff']:.2g}" if "max_rel_diff" in r else ""
             print(f"  {r['gemm']:38} {r['algorithm']:16} {r['ms']:9.4f} {r['tflops']:7.1f}{extra}")
     if candidates:
-        print("\ncuBLASLt's candidates per GEMM shape (ids: cublasLt.h's tile, stages and cluster-shape enums)")
-        for r in sorted(candidates, key=lambda r: (r["m"], r["n"], r["k"], r["ms"] if r["ms"] >= 0 else 1e9)):
-            ids = " ".join(f"{k} {r[k]}" for k in ("algo_id", "tile_id", "stages_id", "cluster_id", "swizzle", "splitk")
-                           if k in r)
-            print(f"  m {r['m']} n {r['n']} k {r['k']}: #{r['gemm_candidate']} {r['ms']:.4f} ms  {ids}")
+        print("\ncuBLASLt's candidates per GEMM shape, the 3 fastest and the heuristic's first "
+              "(ids: cublasLt.h's tile, stages and cluster-shape enums)")
+        shapes = {}
+        for r in candidates:
+            shapes.setdefault((r["m"], r["n"], r["k"]), {})[r["gemm_candidate"]] = r  # the last timing of a rank
+        for (m, n, k), ranks in sorted(shapes.items()):
+            timed = sorted((r for r in ranks.values() if r["ms"] >= 0), key=lambda r: r["ms"])
+            shown = timed[:3] + [r for r in timed[3:] if r["gemm_candidate"] == 0]
+            for r in shown:
+                ids = " ".join(f"{key} {r[key]}" for key in ("algo_id", "tile_id", "stages_id", "cluster_id", "swizzle",
+                                                          "splitk") if key in r)
+                print(f"  m {m} n {n} k {k}: #{r['gemm_candidate']} {r['ms']:.4f} ms ({len(ranks)} candidates)  {ids}")
     st = os.path.join(out, "gpu_check.json")
     if os.path.exists(st):
         print()
