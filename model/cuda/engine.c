@@ -127,6 +127,7 @@ struct model_cuda {
     enum cu_attn_impl attn; /* the prefill / classify attention */
     bool attn_by_size;      /* grouped attention on the large batches only (NETLM_CUDA_ATTN unset) */
     bool attn_rope;         /* Qwen2's classify pass: RoPE inside the grouped attention kernel */
+    enum tail tail;         /* the pass being enqueued */
     uint32_t sms;           /* the device's multiprocessors */
     bool tune_kernels;      /* time the candidates of a step on its first pass (NETLM_CUDA_KERNEL_TUNE) */
     cudaEvent_t tune_ev[2];
@@ -599,7 +600,7 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
      * Hopper's warpgroup products too (CU_ATTN_WG_GROUP), whichever is faster (STEP_ATTENTION).
      * NETLM_CUDA_ATTN=group: the grouped kernel
      * always; head: a block per query head always; group-rope: the grouped kernel always, with
-     * RoPE inside it in the classify pass instead of as a pass of its own (slower so far);
+     * RoPE inside it in the classify pass instead of as a pass of its own;
      * wgmma: the grouped kernel on Hopper's warpgroup products always (CU_ATTN_WG_GROUP: head_dim
      * 64 on compute capability 9.0; the grouped kernel elsewhere). */
     const char *attn = getenv("NETLM_CUDA_ATTN");
@@ -752,7 +753,8 @@ const char *model_cuda_error(const struct model_cuda *e) { return e->err; }
  * Two steps have interchangeable kernels whose order of speed depends on the card and on the
  * batch: Qwen2's up projection with its SwiGLU (STEP_MLP_UP: cuBLASLt's GEMM and the SwiGLU pass,
  * or one of the fused kernel's variants) and the prefill / classify attention (STEP_ATTENTION: a
- * block per query head, a block per kv head's group, the group on warpgroup products). The first
+ * block per query head, a block per kv head's group, the group on warpgroup products; in the
+ * classify pass also the group rotating q and k itself, without the RoPE pass). The first
  * pass of a class of shapes times each candidate that serves it on layer 0's real operands
  * (cu_time_median: the candidates only write the step's output, which the chosen one then
  * writes again) and keeps the fastest for every later pass of that class, graphs captured after it
@@ -764,9 +766,18 @@ const char *model_cuda_error(const struct model_cuda *e) { return e->err; }
  * gemm.c); within a process a class keeps its kernel. */
 
 enum { MLP_PASS = 0 }; /* STEP_MLP_UP's candidates: MLP_PASS, then 1 + the fused kernel's variants */
-static const enum cu_attn_impl attention_candidates[] = {CU_ATTN_AUTO, CU_ATTN_TC_GROUP, CU_ATTN_WG_GROUP};
-static const char *const attention_names[] = {"head", "group", "wgmma"};
-#define ATTENTION_CANDIDATES (sizeof attention_candidates / sizeof attention_candidates[0])
+/* STEP_ATTENTION's candidates; with rope_inside (Qwen2's classify pass only: the prefill stores
+ * rotated keys in the KV cache) the kernel rotates q and k as it loads them, in place of the RoPE
+ * pass, which the others' times therefore include */
+enum { ATTN_HEAD, ATTN_GROUP, ATTN_WGMMA, ATTN_GROUP_ROPE, ATTENTION_CANDIDATES };
+static const struct {
+    enum cu_attn_impl impl;
+    bool rope_inside;
+    const char *name;
+} attention_candidates[ATTENTION_CANDIDATES] = {[ATTN_HEAD] = {CU_ATTN_AUTO, false, "head"},
+                                                [ATTN_GROUP] = {CU_ATTN_TC_GROUP, false, "group"},
+                                                [ATTN_WGMMA] = {CU_ATTN_WG_GROUP, false, "wgmma"},
+                                                [ATTN_GROUP_ROPE] = {CU_ATTN_TC_GROUP, true, "group+rope"}};
 
 /* The size rule of the up projection. The fused kernel is a persistent grid of one CTA per
  * multiprocessor walking 192 × 128 output tiles: on an H200, against cuBLASLt plus the pass, it
@@ -780,13 +791,13 @@ enum { SWIGLU_FUSED_MIN_ROWS = 8192 };
  * multiprocessor on. */
 static int attention_by_size(const struct model_cuda *e)
 {
-    return cu_attention_group_blocks(e->nseq, e->max_len, e->KV) >= 4ull * e->sms ? 1 : 0;
+    return cu_attention_group_blocks(e->nseq, e->max_len, e->KV) >= 4ull * e->sms ? ATTN_GROUP : ATTN_HEAD;
 }
 
 static const char *candidate_name(enum choice_step step, int c)
 {
     if (step == STEP_ATTENTION)
-        return attention_names[c];
+        return attention_candidates[c].name;
     return c == MLP_PASS ? "cublaslt+pass" : cu_gemm_swiglu_variant((unsigned)c - 1);
 }
 
@@ -802,7 +813,7 @@ static uint64_t kernel_choice_key(const struct model_cuda *e, enum choice_step s
 {
     if (step == STEP_MLP_UP)
         return pow2_at_least(e->rows);
-    return (uint64_t)pow2_at_least(e->nseq) << 32 | (e->max_len + 63) / 64;
+    return (uint64_t)pow2_at_least(e->nseq) << 32 | (e->max_len + 63) / 64 << 1 | (e->tail == TAIL_CLASSIFY);
 }
 
 /* Does candidate c serve the step for the current shapes? (Unserved ones fall back to another
@@ -812,11 +823,20 @@ static bool candidate_serves(const struct model_cuda *e, enum choice_step step, 
     if (step == STEP_MLP_UP)
         return true;
     const bool grouped = cu_attention_fuses_rope(e->t, e->d, e->H, e->KV, e->max_len, e->QKV, e->H * e->d);
-    return c == 0 || (grouped && (c == 1 || cu_attention_wg_serves(e->d)));
+    switch (c) {
+    case ATTN_HEAD:
+        return true;
+    case ATTN_GROUP:
+        return grouped;
+    case ATTN_WGMMA:
+        return grouped && cu_attention_wg_serves(e->d);
+    default: /* (its rivals' RoPE pass is timed in ffn, not in use yet) */
+        return grouped && !e->gpt2 && e->tail == TAIL_CLASSIFY && e->FW >= e->QKV;
+    }
 }
 
 static bool enqueue_mlp_up(struct model_cuda *e, const struct cu_layer *cl, int c, struct cu_profile *prof);
-static bool enqueue_attention(struct model_cuda *e, enum cu_attn_impl impl);
+static bool enqueue_attention(struct model_cuda *e, enum cu_attn_impl impl, bool rope_inside);
 
 struct timed_candidate {
     struct model_cuda *e;
@@ -828,8 +848,16 @@ struct timed_candidate {
 static bool run_candidate(void *ctx)
 {
     const struct timed_candidate *t = ctx;
-    return t->step == STEP_MLP_UP ? enqueue_mlp_up(t->e, t->layer, t->c, NULL)
-                                  : enqueue_attention(t->e, attention_candidates[t->c]);
+    struct model_cuda *e = t->e;
+    if (t->step == STEP_MLP_UP)
+        return enqueue_mlp_up(e, t->layer, t->c, NULL);
+    if (!attention_candidates[t->c].rope_inside && candidate_serves(e, STEP_ATTENTION, ATTN_GROUP_ROPE)) {
+        /* the RoPE pass this candidate needs, on a scratch copy's worth of ffn (qkv itself is
+         * rotated once, by the pass that follows the choice) */
+        CK(cu_rope(e->ffn, e->t, e->rows, e->QKV, e->H + e->KV, e->d, e->d_pos, e->rope_cos, e->rope_sin, e->stream),
+           "rope");
+    }
+    return enqueue_attention(e, attention_candidates[t->c].impl, attention_candidates[t->c].rope_inside);
 }
 
 /* The step's candidate for the current shapes: the class's choice, or one made now (timed when
@@ -932,12 +960,19 @@ static bool enqueue_mlp_up(struct model_cuda *e, const struct cu_layer *cl, int 
     return true;
 }
 
-/* The prefill / classify attention of qkv (RoPE applied) into att. */
-static bool enqueue_attention(struct model_cuda *e, enum cu_attn_impl impl)
+/* The prefill / classify attention of qkv into att: RoPE applied before, or by the grouped
+ * kernel as it loads q and k (rope_inside). */
+static bool enqueue_attention(struct model_cuda *e, enum cu_attn_impl impl, bool rope_inside)
 {
-    CK(cu_attention(e->att, e->H * e->d, e->qkv, e->QKV, e->t, e->d_seq_off, e->nseq, e->max_len, e->H, e->KV,
-                    e->d, 1.0f / sqrtf((float)e->d), impl, e->stream),
-       "attention");
+    const float scale = 1.0f / sqrtf((float)e->d);
+    if (rope_inside)
+        CK(cu_attention_rope(e->att, e->H * e->d, e->qkv, e->QKV, e->t, e->d_seq_off, e->nseq, e->max_len, e->H,
+                             e->KV, e->d, scale, e->rope_cos, e->rope_sin, e->stream),
+           "attention with rope");
+    else
+        CK(cu_attention(e->att, e->H * e->d, e->qkv, e->QKV, e->t, e->d_seq_off, e->nseq, e->max_len, e->H, e->KV,
+                        e->d, scale, impl, e->stream),
+           "attention");
     return true;
 }
 
@@ -955,12 +990,11 @@ static int mlp_up_for_pass(struct model_cuda *e, const struct cu_layer *layer0)
                          e->rows >= SWIGLU_FUSED_MIN_ROWS ? 1 + (int)e->swiglu_variant : MLP_PASS);
 }
 
-static enum cu_attn_impl attention_for_pass(struct model_cuda *e)
+/* (before layer 0's RoPE pass, which the choice may leave out) */
+static int attention_for_pass(struct model_cuda *e)
 {
-    if (!e->attn_by_size)
-        return e->attn;
-    const int by_size = attention_by_size(e) && candidate_serves(e, STEP_ATTENTION, 1) ? 1 : 0;
-    return attention_candidates[kernel_choice(e, STEP_ATTENTION, NULL, ATTENTION_CANDIDATES, by_size)];
+    const int by_size = candidate_serves(e, STEP_ATTENTION, ATTN_GROUP) ? attention_by_size(e) : ATTN_HEAD;
+    return kernel_choice(e, STEP_ATTENTION, NULL, ATTENTION_CANDIDATES, by_size);
 }
 
 /* Enqueues the stack and the head for the current launch shapes (e->nseq sequences, e->rows
@@ -975,10 +1009,11 @@ static bool enqueue(struct model_cuda *e, enum tail tail)
     const float eps = e->m->cfg.norm_eps, scale = 1.0f / sqrtf((float)e->d);
     const bool store_kv = tail == TAIL_PREFILL || tail == TAIL_DECODE;
     /* the classify pass stores no KV cache: q and k may stay unrotated in qkv */
-    const bool rope_inside = !e->gpt2 && e->attn_rope && tail == TAIL_CLASSIFY &&
-                             cu_attention_fuses_rope(T, e->d, e->H, e->KV, e->max_len, e->QKV, Hd);
-    enum cu_attn_impl attn = CU_ATTN_AUTO;
+    bool rope_inside = !e->gpt2 && e->attn_rope && tail == TAIL_CLASSIFY &&
+                       cu_attention_fuses_rope(T, e->d, e->H, e->KV, e->max_len, e->QKV, Hd);
+    enum cu_attn_impl attn = e->attn;
     int mlp_up = MLP_PASS;
+    e->tail = tail;
 
     cu_profile_start(e->prof, s);
     CK(cu_embed(e->x, XT, e->wte, e->gpt2 ? e->wpe : NULL, T, e->d_tokens, e->d_pos, n, C, s), "embedding");
@@ -989,6 +1024,11 @@ static bool enqueue(struct model_cuda *e, enum tail tail)
         cu_profile_mark(e->prof, "norm", s);
         GEMM(T, T, e->qkv, e->QKV, e->xn, C, cl->qkv_w, cl->qkv_b, n, C, e->QKV, false, false);
         cu_profile_mark(e->prof, "gemm qkv", s);
+        if (l == 0 && tail != TAIL_DECODE && e->attn_by_size) {
+            const int c = attention_for_pass(e);
+            attn = attention_candidates[c].impl;
+            rope_inside = attention_candidates[c].rope_inside;
+        }
         if (!e->gpt2 && !rope_inside) {
             CK(cu_rope(e->qkv, T, n, e->QKV, e->H + e->KV, e->d, e->d_pos, e->rope_cos,
                        e->rope_sin, s), "rope");
@@ -1004,15 +1044,8 @@ static bool enqueue(struct model_cuda *e, enum tail tail)
         if (tail == TAIL_DECODE)
             CK(cu_decode_attention(e->att, Hd, e->qkv, e->QKV, kc, vc, e->d_kvrow, e->d_pos, n, e->H,
                                    e->KV, e->d, scale, T, s), "decode attention");
-        else if (rope_inside)
-            CK(cu_attention_rope(e->att, Hd, e->qkv, e->QKV, T, e->d_seq_off, e->nseq, e->max_len, e->H, e->KV,
-                                 e->d, scale, e->rope_cos, e->rope_sin, s), "attention with rope");
-        else {
-            if (l == 0)
-                attn = attention_for_pass(e);
-            if (!enqueue_attention(e, attn))
-                return false;
-        }
+        else if (!enqueue_attention(e, attn, rope_inside))
+            return false;
         cu_profile_mark(e->prof, "attention", s);
         GEMM(T, XT, e->x, C, e->att, Hd, cl->o_w, cl->o_b, n, Hd, C, true, false);
         cu_profile_mark(e->prof, "gemm o +residual", s);
