@@ -5,7 +5,8 @@
  * cublaslt_emulated.cc. Every stream is one synchronous queue: an operation runs when it is
  * issued, so events and stream waits order nothing that is not already in order, and timings are
  * a constant (with NETLM_CUDA_EMULATE_TIMING=host: the host's time between two events, the
- * emulated work between them included). Graph capture records the operations issued meanwhile (emu_submit) and a graph
+ * emulated work between them included; =launches: the kernel launches between them, one ms
+ * each, an order the tests can predict). Graph capture records the operations issued meanwhile (emu_submit) and a graph
  * launch runs them again, in order, as a real graph replays its nodes. */
 #include <chrono>
 #include <cstdlib>
@@ -22,6 +23,7 @@ struct CUstream_st {
 struct CUevent_st {
     bool recorded;
     std::chrono::steady_clock::time_point at;
+    unsigned launches; /* emu_launches then */
 };
 struct CUgraph_st {
     std::vector<std::function<void()>> ops;
@@ -234,7 +236,10 @@ cudaError_t cudaEventDestroy(cudaEvent_t e)
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t)
 {
     e->recorded = true;
-    emu_submit([=] { e->at = std::chrono::steady_clock::now(); });
+    emu_submit([=] {
+        e->at = std::chrono::steady_clock::now();
+        e->launches = emu_launches;
+    });
     return cudaSuccess;
 }
 
@@ -247,9 +252,12 @@ cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end)
     if (!start->recorded || !end->recorded)
         return cudaErrorInvalidResourceHandle;
     const char *timing = getenv("NETLM_CUDA_EMULATE_TIMING");
-    *ms = timing && strcmp(timing, "host") == 0
-              ? std::chrono::duration<float, std::milli>(end->at - start->at).count()
-              : 0.001f;
+    if (timing && strcmp(timing, "host") == 0)
+        *ms = std::chrono::duration<float, std::milli>(end->at - start->at).count();
+    else if (timing && strcmp(timing, "launches") == 0)
+        *ms = (float)(end->launches - start->launches);
+    else
+        *ms = 0.001f;
     return cudaSuccess;
 }
 
