@@ -206,7 +206,7 @@ bench bench-e2e-pretrain 90 "$log" python3 "$root/bench/gpu_e2e.py" --only pretr
 # compile takes 30-60 s). It leaves the later benchmark stages (the variants, then Nsight
 # Compute) the time they usually take; the sanitizer stages come last and take what is left.
 reserve=10
-for name in untuned swiglu-fastest swiglu-pass attn-group attn-head attn-group-rope attn-wgmma residual-fp32 profile \
+for name in untuned swiglu-fastest swiglu-pass attn-group attn-head attn-group-rope attn-wgmma attn-wgmma-rope residual-fp32 profile \
             train-profile train-simt-bwd train-no-dropout pipeline; do
     selected "bench-$name" && reserve=$((reserve + 25))
 done
@@ -237,7 +237,7 @@ variant() { # name command...
 # (NETLM_GPU_SWIGLU_VARIANT, else gpu_fastest_swiglu.py's pick, else the default) on every batch
 # size; cuBLASLt's GEMM then the SwiGLU as a pass of its own; grouped attention on every batch
 # size; attention one block per query head; RoPE inside the grouped attention (classify pass); the
-# grouped attention on Hopper's warpgroup products (attention_wgmma.cu)
+# grouped attention on Hopper's warpgroup products (attention_wgmma.cu), without and with RoPE inside
 swiglu_variant=${NETLM_GPU_SWIGLU_VARIANT:-$(python3 "$root/bench/gpu_fastest_swiglu.py" "$OUT/netlm.json" || echo 1)}
 echo "fastest fused SwiGLU GEMM variant: $swiglu_variant" >>"$OUT/env.txt"
 variant untuned env NETLM_CUDA_KERNEL_TUNE=0 "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10
@@ -249,6 +249,8 @@ variant attn-head env NETLM_CUDA_ATTN=head "$build/netlm_model_bench" "${cases[@
 variant attn-group-rope env NETLM_CUDA_ATTN=group-rope "$build/netlm_model_bench" "${cases[@]}" --device cuda \
     --runs 10
 variant attn-wgmma env NETLM_CUDA_ATTN=wgmma "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10
+variant attn-wgmma-rope env NETLM_CUDA_ATTN=wgmma-rope "$build/netlm_model_bench" "${cases[@]}" --device cuda \
+    --runs 10
 variant residual-fp32 "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10 --residual fp32
 variant profile "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 5 --profile
 variant train-profile env NETLM_CUDA_PROFILE=1 "$build/netlm_model_bench" "${cases[@]}" --device cuda --train --runs 3

@@ -392,68 +392,6 @@ cudaError_t launch_tc(void *out, uint32_t ldo, float *lse, const void *qkv, uint
     return cudaGetLastError();
 }
 
-/* RoPE on a [64][D + 8] tile in shared memory, cu_rope's arithmetic (half-split pairs j, j + D/2
- * rotated by the angle of the row's position): tile row r is position pos0 + r of its sequence,
- * rows at or past len (zeros) are left alone. Every thread of the block takes part, two
- * neighbouring pairs at a time. The block does nothing else meanwhile, so each thread first
- * loads all the table entries it needs (from L2), then rotates: one load latency per tile
- * instead of one per step. */
-template <uint32_t D>
-__device__ __forceinline__ void rope_tile(bf16 *tile, uint32_t pos0, uint32_t len, const float *cos_t,
-                                          const float *sin_t)
-{
-    constexpr uint32_t LD = D + 8, HALF = D / 2, PAIRS = HALF / 2, STEPS = TC_BK * PAIRS / TC_THREADS;
-    static_assert(TC_BK * PAIRS % TC_THREADS == 0, "whole steps of the block's threads");
-    float c0[STEPS], c1[STEPS], s0[STEPS], s1[STEPS];
-#pragma unroll
-    for (uint32_t st = 0; st < STEPS; st++) {
-        const uint32_t i = threadIdx.x + st * TC_THREADS, pos = pos0 + i / PAIRS, j = 2 * (i % PAIRS);
-        const size_t at = (size_t)(pos < len ? pos : 0) * HALF + j; /* rows past len: any entry */
-        c0[st] = cos_t[at];
-        c1[st] = cos_t[at + 1];
-        s0[st] = sin_t[at];
-        s1[st] = sin_t[at + 1];
-    }
-#pragma unroll
-    for (uint32_t st = 0; st < STEPS; st++) {
-        const uint32_t i = threadIdx.x + st * TC_THREADS, r = i / PAIRS, j = 2 * (i % PAIRS);
-        if (pos0 + r >= len)
-            continue;
-        __nv_bfloat162 *lo = reinterpret_cast<__nv_bfloat162 *>(tile + r * LD + j);
-        __nv_bfloat162 *hi = reinterpret_cast<__nv_bfloat162 *>(tile + r * LD + j + HALF);
-        const float2 a = __bfloat1622float2(*lo), b = __bfloat1622float2(*hi);
-        *lo = __floats2bfloat162_rn(a.x * c0[st] - b.x * s0[st], a.y * c1[st] - b.y * s1[st]);
-        *hi = __floats2bfloat162_rn(b.x * c0[st] + a.x * s0[st], b.y * c1[st] + a.y * s1[st]);
-    }
-}
-
-/* RoPE on the A fragments of rows row0 and row1 (cu_rope's arithmetic: half-split pairs j,
- * j + D/2 rotated by the angle of the row's position, one bf16 rounding). Register e of
- * fragment kk holds dims kk·16 + 2t (+ 8 for e ≥ 2), two of them, of row0 (e even) or row1. */
-template <uint32_t D>
-__device__ __forceinline__ void rope_fragments(uint32_t (&qa)[D / 16][4], uint32_t row0, uint32_t row1,
-                                               uint32_t len, uint32_t t, const float *cos_t, const float *sin_t)
-{
-    constexpr uint32_t HALF = D / 2, KH = D / 32; /* fragments of the lower half */
-    const size_t at0 = (size_t)(row0 < len ? row0 : 0) * HALF + 2 * t, at1 = (size_t)(row1 < len ? row1 : 0) * HALF + 2 * t;
-#pragma unroll
-    for (uint32_t kk = 0; kk < KH; kk++) {
-#pragma unroll
-        for (uint32_t e = 0; e < 4; e++) {
-            const size_t at = (e & 1 ? at1 : at0) + kk * 16 + (e & 2 ? 8 : 0);
-            const float2 c = *reinterpret_cast<const float2 *>(cos_t + at);
-            const float2 sn = *reinterpret_cast<const float2 *>(sin_t + at);
-            __nv_bfloat162 lo = *reinterpret_cast<const __nv_bfloat162 *>(&qa[kk][e]);
-            __nv_bfloat162 hi = *reinterpret_cast<const __nv_bfloat162 *>(&qa[kk + KH][e]);
-            const float2 a = __bfloat1622float2(lo), b = __bfloat1622float2(hi);
-            lo = __floats2bfloat162_rn(a.x * c.x - b.x * sn.x, a.y * c.y - b.y * sn.y);
-            hi = __floats2bfloat162_rn(b.x * c.x + a.x * sn.x, b.y * c.y + a.y * sn.y);
-            qa[kk][e] = *reinterpret_cast<const uint32_t *>(&lo);
-            qa[kk + KH][e] = *reinterpret_cast<const uint32_t *>(&hi);
-        }
-    }
-}
-
 /* 3 blocks a multiprocessor at d ≤ 64 (ptxas keeps each thread within 168 registers); d = 128
  * needs more registers than that, and its tiles take the shared memory of one block anyway */
 template <uint32_t D> constexpr int group_min_blocks() { return D <= 64 ? 3 : 1; }
@@ -499,7 +437,7 @@ attn_tc_group(bf16 *out, uint32_t ldo, const bf16 *qkv, uint32_t ldqkv, const ui
     __syncthreads();
     if constexpr (ROPE) {
         for (uint32_t kt = 0; kt <= qt; kt++)
-            rope_tile<D>(kbuf + kt * TILE, kt * TC_BK, len, cos_t, sin_t);
+            rope_tile<D, padded_rows<D>>(kbuf + kt * TILE, kt * TC_BK, len, cos_t, sin_t);
         __syncthreads();
     }
     for (uint32_t hi = 0; hi < group; hi++) {
@@ -1281,7 +1219,8 @@ cudaError_t attention_forward(void *out, uint32_t ldo, float *lse, const void *q
     const bool tc = (impl == CU_ATTN_AUTO || grouped) && cu_attention_uses_tensor_cores(t, d) && aligned;
     if (tc && grouped && !DROP && !lse && group_serves(t, d, heads, kv_heads, max_len, ldqkv, ldo)) {
         if (impl == CU_ATTN_WG_GROUP && cu_attention_wg_serves(d))
-            return cu_attention_wg(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, s);
+            return cu_attention_wg(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, NULL, NULL,
+                                   s);
         return launch_group(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, d, scale, NULL, NULL,
                             s);
     }
@@ -1335,7 +1274,7 @@ extern "C" uint64_t cu_attention_group_blocks(uint32_t nseq, uint32_t max_len, u
 extern "C" cudaError_t cu_attention_rope(void *out, uint32_t ldo, const void *qkv, uint32_t ldqkv, enum cu_dtype t,
                                          const uint32_t *seq_off, uint32_t nseq, uint32_t max_len, uint32_t heads,
                                          uint32_t kv_heads, uint32_t d, float scale, const float *cos_t,
-                                         const float *sin_t, cudaStream_t s)
+                                         const float *sin_t, enum cu_attn_impl impl, cudaStream_t s)
 {
     /* (the query fragments read the tables' entries in pairs) */
     if (!cu_attention_fuses_rope(t, d, heads, kv_heads, max_len, ldqkv, ldo) || !cos_t || !sin_t ||
@@ -1344,6 +1283,8 @@ extern "C" cudaError_t cu_attention_rope(void *out, uint32_t ldo, const void *qk
         return cudaErrorNotSupported;
     if (nseq == 0)
         return cudaSuccess;
+    if (impl == CU_ATTN_WG_GROUP && cu_attention_wg_serves(d))
+        return cu_attention_wg(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, cos_t, sin_t, s);
     return launch_group(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, d, scale, cos_t, sin_t, s);
 }
 

@@ -243,6 +243,74 @@ __device__ __forceinline__ void tc_softmax(float (&s)[TC_BK / 8][4], uint32_t k0
     }
 }
 
+/* RoPE (cu_rope's arithmetic: half-split pairs j, j + D/2 rotated by the angle of the row's
+ * position) on a 64-row tile of keys in shared memory: tile row r is position pos0 + r of its
+ * sequence, rows at or past len (zeros) are left alone. Rows::at(tile, r, j) is where dim j of
+ * row r is (two neighbouring dims, j even, are always neighbours there): attn_tc_group's padded
+ * tiles (padded_rows) or attn_wg_group's swizzled ones. Every thread of the block takes part,
+ * two neighbouring pairs at a time. The block does nothing else meanwhile, so each thread first
+ * loads all the table entries it needs (from L2), then rotates: one load latency per tile
+ * instead of one per step. */
+template <uint32_t D> struct padded_rows {
+    __device__ static bf16 *at(void *tile, uint32_t r, uint32_t j) { return (bf16 *)tile + r * (D + 8) + j; }
+};
+
+template <uint32_t D, typename Rows>
+__device__ __forceinline__ void rope_tile(void *tile, uint32_t pos0, uint32_t len, const float *cos_t,
+                                          const float *sin_t)
+{
+    constexpr uint32_t HALF = D / 2, PAIRS = HALF / 2, STEPS = TC_BK * PAIRS / TC_THREADS;
+    static_assert(TC_BK * PAIRS % TC_THREADS == 0, "whole steps of the block's threads");
+    float c0[STEPS], c1[STEPS], s0[STEPS], s1[STEPS];
+#pragma unroll
+    for (uint32_t st = 0; st < STEPS; st++) {
+        const uint32_t i = threadIdx.x + st * TC_THREADS, pos = pos0 + i / PAIRS, j = 2 * (i % PAIRS);
+        const size_t at = (size_t)(pos < len ? pos : 0) * HALF + j; /* rows past len: any entry */
+        c0[st] = cos_t[at];
+        c1[st] = cos_t[at + 1];
+        s0[st] = sin_t[at];
+        s1[st] = sin_t[at + 1];
+    }
+#pragma unroll
+    for (uint32_t st = 0; st < STEPS; st++) {
+        const uint32_t i = threadIdx.x + st * TC_THREADS, r = i / PAIRS, j = 2 * (i % PAIRS);
+        if (pos0 + r >= len)
+            continue;
+        __nv_bfloat162 *lo = reinterpret_cast<__nv_bfloat162 *>(Rows::at(tile, r, j));
+        __nv_bfloat162 *hi = reinterpret_cast<__nv_bfloat162 *>(Rows::at(tile, r, j + HALF));
+        const float2 a = __bfloat1622float2(*lo), b = __bfloat1622float2(*hi);
+        *lo = __floats2bfloat162_rn(a.x * c0[st] - b.x * s0[st], a.y * c1[st] - b.y * s1[st]);
+        *hi = __floats2bfloat162_rn(b.x * c0[st] + a.x * s0[st], b.y * c1[st] + a.y * s1[st]);
+    }
+}
+
+/* RoPE on the A fragments of rows row0 and row1 (cu_rope's arithmetic: half-split pairs j,
+ * j + D/2 rotated by the angle of the row's position, one bf16 rounding). Register e of
+ * fragment kk holds dims kk·16 + 2t (+ 8 for e ≥ 2), two of them, of row0 (e even) or row1. */
+template <uint32_t D>
+__device__ __forceinline__ void rope_fragments(uint32_t (&qa)[D / 16][4], uint32_t row0, uint32_t row1,
+                                               uint32_t len, uint32_t t, const float *cos_t, const float *sin_t)
+{
+    constexpr uint32_t HALF = D / 2, KH = D / 32; /* fragments of the lower half */
+    const size_t at0 = (size_t)(row0 < len ? row0 : 0) * HALF + 2 * t, at1 = (size_t)(row1 < len ? row1 : 0) * HALF + 2 * t;
+#pragma unroll
+    for (uint32_t kk = 0; kk < KH; kk++) {
+#pragma unroll
+        for (uint32_t e = 0; e < 4; e++) {
+            const size_t at = (e & 1 ? at1 : at0) + kk * 16 + (e & 2 ? 8 : 0);
+            const float2 c = *reinterpret_cast<const float2 *>(cos_t + at);
+            const float2 sn = *reinterpret_cast<const float2 *>(sin_t + at);
+            __nv_bfloat162 lo = *reinterpret_cast<const __nv_bfloat162 *>(&qa[kk][e]);
+            __nv_bfloat162 hi = *reinterpret_cast<const __nv_bfloat162 *>(&qa[kk + KH][e]);
+            const float2 a = __bfloat1622float2(lo), b = __bfloat1622float2(hi);
+            lo = __floats2bfloat162_rn(a.x * c.x - b.x * sn.x, a.y * c.y - b.y * sn.y);
+            hi = __floats2bfloat162_rn(b.x * c.x + a.x * sn.x, b.y * c.y + a.y * sn.y);
+            qa[kk][e] = *reinterpret_cast<const uint32_t *>(&lo);
+            qa[kk + KH][e] = *reinterpret_cast<const uint32_t *>(&hi);
+        }
+    }
+}
+
 } // namespace
 
 #endif

@@ -13,8 +13,12 @@
  * it), so that no operand needs wgmma's transposition. The online softmax, the masks and the
  * end of the walk are tc_softmax and tc_finish, the mma.sync kernels' own (attention_tc.cuh).
  *
- * Compiled for sm_90a only (CMakeLists.txt); cu_attention runs it for CU_ATTN_WG_GROUP on
- * compute capability 9.0 and head_dim 64, and attn_tc_group elsewhere. */
+ * With ROPE (cu_attention_rope's classify pass: q and k in qkv not rotated yet), the block
+ * rotates its key tiles once in shared memory and each warp its query fragments in registers,
+ * as attn_tc_group does (attention_tc.cuh's rope_tile and rope_fragments).
+ *
+ * Compiled for sm_90a only (CMakeLists.txt); cu_attention (and cu_attention_rope) run it for
+ * CU_ATTN_WG_GROUP on compute capability 9.0 and head_dim 64, and attn_tc_group elsewhere. */
 #include <cuda_bf16.h>
 #include <math.h>
 
@@ -27,6 +31,14 @@ namespace {
 
 constexpr uint32_t WG_D = 64;                   /* a key's or a Vᵀ row's 64 bf16: one swizzle row */
 constexpr uint32_t WG_TILE_BYTES = TC_BK * 128; /* a 64-row tile, swizzled */
+
+/* where dim j of row r of a swizzled tile is (rope_tile's Rows) */
+struct swizzled_rows {
+    __device__ static bf16 *at(void *tile, uint32_t r, uint32_t j)
+    {
+        return (bf16 *)((uint8_t *)tile + r * 128 + ((j / 8) ^ (r % 8)) * 16 + (j % 8) * 2);
+    }
+};
 
 /* Key rows row0..row0+63 of one kv head into a swizzled tile (row r's 16-byte chunk c at
  * r·128 + (c XOR r % 8)·16; rows ≥ len zeros) through cp.async. */
@@ -82,9 +94,10 @@ __device__ __forceinline__ void wg_load_values_transposed(uint8_t *vt, const bf1
 
 /* 3 blocks a multiprocessor: 65 KB of shared memory each (4 key and 4 Vᵀ tiles), ≤ 168
  * registers a thread */
+template <bool ROPE>
 __global__ void __launch_bounds__(TC_THREADS, 3)
     attn_wg_group(bf16 *out, uint32_t ldo, const bf16 *qkv, uint32_t ldqkv, const uint32_t *seq_off, uint32_t heads,
-                  uint32_t kv_heads, float scale_log2)
+                  uint32_t kv_heads, float scale_log2, const float *cos_t, const float *sin_t)
 {
     constexpr uint32_t D = WG_D, KD = D / 16, ND = D / 8, NK = TC_BK / 8;
     extern __shared__ __align__(1024) unsigned char wg_smem[];
@@ -106,7 +119,12 @@ __global__ void __launch_bounds__(TC_THREADS, 3)
     tc_q_fragments<D>(qa, rows + (size_t)kvh * group * D, ldqkv, row0, row1, len, t);
     wg_load_values_transposed(vtbuf, gb.vbase, ldqkv, qt + 1, len);
     cp_async_wait<0>();
-    fence_view_async_shared();
+    if constexpr (ROPE) {
+        __syncthreads(); /* every key row in place before any thread rotates one */
+        for (uint32_t kt = 0; kt <= qt; kt++)
+            rope_tile<D, swizzled_rows>(kbuf + kt * WG_TILE_BYTES, kt * TC_BK, len, cos_t, sin_t);
+    }
+    fence_view_async_shared(); /* the rotated keys and the stored Vᵀ, for the products' reads */
     __syncthreads();
 
     for (uint32_t hi = 0; hi < group; hi++) {
@@ -114,6 +132,8 @@ __global__ void __launch_bounds__(TC_THREADS, 3)
         /* the next head's rows are on their way while this one is computed */
         uint32_t next[KD][4];
         tc_q_fragments<D>(next, rows + (size_t)(hi + 1 < group ? h + 1 : h) * D, ldqkv, row0, row1, len, t);
+        if constexpr (ROPE)
+            rope_fragments<D>(qa, row0, row1, len, t, cos_t, sin_t);
         float o[ND][4], m0, m1, l0, l1;
         tc_walk_start(o, m0, m1, l0, l1);
         for (uint32_t kt = 0; kt <= qt; kt++) {
@@ -153,6 +173,27 @@ __global__ void __launch_bounds__(TC_THREADS, 3)
     }
 }
 
+template <bool ROPE>
+cudaError_t launch_wg_group(void *out, uint32_t ldo, const void *qkv, uint32_t ldqkv, const uint32_t *seq_off,
+                            uint32_t nseq, uint32_t max_len, uint32_t heads, uint32_t kv_heads, float scale,
+                            const float *cos_t, const float *sin_t, cudaStream_t s)
+{
+    const uint32_t tiles = group_tiles(max_len);
+    const dim3 grid(tiles, kv_heads, nseq);
+    const size_t smem = 2 * (size_t)tiles * WG_TILE_BYTES + 1024;
+    static bool smem_raised; /* once, to the most any launch takes, on the first (eager) call */
+    if (!smem_raised) {
+        cudaError_t e = cudaFuncSetAttribute(attn_wg_group<ROPE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             (int)(2 * TC_GROUP_TILES * WG_TILE_BYTES + 1024));
+        if (e != cudaSuccess)
+            return e;
+        smem_raised = true;
+    }
+    attn_wg_group<ROPE><<<grid, TC_THREADS, smem, s>>>((bf16 *)out, ldo, (const bf16 *)qkv, ldqkv, seq_off, heads,
+                                                       kv_heads, scale * 1.4426950408889634f, cos_t, sin_t);
+    return cudaGetLastError();
+}
+
 constexpr int MAX_DEVICES = 64;
 signed char hopper[MAX_DEVICES]; /* per device: 0 not asked yet, 1 runs sm_90a code, -1 not */
 
@@ -174,20 +215,11 @@ extern "C" bool cu_attention_wg_serves(uint32_t d)
 
 extern "C" cudaError_t cu_attention_wg(void *out, uint32_t ldo, const void *qkv, uint32_t ldqkv,
                                        const uint32_t *seq_off, uint32_t nseq, uint32_t max_len, uint32_t heads,
-                                       uint32_t kv_heads, float scale, cudaStream_t s)
+                                       uint32_t kv_heads, float scale, const float *cos_t, const float *sin_t,
+                                       cudaStream_t s)
 {
-    const uint32_t tiles = group_tiles(max_len);
-    const dim3 grid(tiles, kv_heads, nseq);
-    const size_t smem = 2 * (size_t)tiles * WG_TILE_BYTES + 1024;
-    static bool smem_raised; /* once, to the most any launch takes, on the first (eager) call */
-    if (!smem_raised) {
-        cudaError_t e = cudaFuncSetAttribute(attn_wg_group, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             (int)(2 * TC_GROUP_TILES * WG_TILE_BYTES + 1024));
-        if (e != cudaSuccess)
-            return e;
-        smem_raised = true;
-    }
-    attn_wg_group<<<grid, TC_THREADS, smem, s>>>((bf16 *)out, ldo, (const bf16 *)qkv, ldqkv, seq_off, heads,
-                                                 kv_heads, scale * 1.4426950408889634f);
-    return cudaGetLastError();
+    return cos_t ? launch_wg_group<true>(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, cos_t,
+                                         sin_t, s)
+                 : launch_wg_group<false>(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, NULL,
+                                          NULL, s);
 }

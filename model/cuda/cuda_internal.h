@@ -166,18 +166,19 @@ cudaError_t cu_attention(void *out, uint32_t ldo, const void *qkv, uint32_t ldqk
 bool cu_attention_uses_tensor_cores(enum cu_dtype t, uint32_t d);
 /* attention_wgmma.cu: whether its kernel serves head_dim d on the current device, and the launch
  * (the conditions of CU_ATTN_TC_GROUP's kernel hold, qkv's alignment included: cu_attention
- * checks them). */
+ * checks them; with cos_t and sin_t, cu_attention_rope's RoPE, which it checks too). */
 bool cu_attention_wg_serves(uint32_t d);
 cudaError_t cu_attention_wg(void *out, uint32_t ldo, const void *qkv, uint32_t ldqkv, const uint32_t *seq_off,
                             uint32_t nseq, uint32_t max_len, uint32_t heads, uint32_t kv_heads, float scale,
-                            cudaStream_t s);
+                            const float *cos_t, const float *sin_t, cudaStream_t s);
 /* The blocks CU_ATTN_TC_GROUP launches for nseq sequences of at most max_len tokens: one per
  * query tile, kv head and sequence (a block per query head launches heads / kv_heads times as
  * many). */
 uint64_t cu_attention_group_blocks(uint32_t nseq, uint32_t max_len, uint32_t kv_heads);
-/* cu_attention as CU_ATTN_TC_GROUP runs it, with RoPE (cu_rope's tables and arithmetic) applied
- * to q and k as the kernel loads them: qkv holds them unrotated and keeps them so. Positions are
- * the rows' places in their sequences (the classify path's packing). Only where
+/* cu_attention as CU_ATTN_TC_GROUP (or, for impl CU_ATTN_WG_GROUP, CU_ATTN_WG_GROUP) runs it,
+ * with RoPE (cu_rope's tables and arithmetic) applied to q and k as the kernel loads them: qkv
+ * holds them unrotated and keeps them so. Positions are the rows' places in their sequences (the
+ * classify path's packing). Only where
  * cu_attention_fuses_rope says the grouped kernel serves the call (bf16, head_dim 32/64/128,
  * grouped-query heads, max_len ≤ 256, ldqkv a multiple of 8; qkv 16-byte and the tables 8-byte
  * aligned); cudaErrorNotSupported elsewhere. */
@@ -186,7 +187,7 @@ bool cu_attention_fuses_rope(enum cu_dtype t, uint32_t d, uint32_t heads, uint32
 cudaError_t cu_attention_rope(void *out, uint32_t ldo, const void *qkv, uint32_t ldqkv, enum cu_dtype t,
                               const uint32_t *seq_off, uint32_t nseq, uint32_t max_len, uint32_t heads,
                               uint32_t kv_heads, uint32_t d, float scale, const float *cos_t, const float *sin_t,
-                              cudaStream_t s);
+                              enum cu_attn_impl impl, cudaStream_t s);
 /* Dropout of the attention probabilities (training), train/grad.c's masks on the device: the
  * probability of query i and key j (positions in a sequence of len tokens) of head h of
  * sequence b is multiplied by op_dropout_factor of element i·len + j of the stream

@@ -597,12 +597,12 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
     e->swiglu_always = fused != NULL;
     /* The prefill / classify attention: a block per query head, or with grouped-query heads and
      * sequences of at most 256 tokens one block per kv head's group (CU_ATTN_TC_GROUP), on
-     * Hopper's warpgroup products too (CU_ATTN_WG_GROUP), whichever is faster (STEP_ATTENTION).
-     * NETLM_CUDA_ATTN=group: the grouped kernel
-     * always; head: a block per query head always; group-rope: the grouped kernel always, with
-     * RoPE inside it in the classify pass instead of as a pass of its own;
-     * wgmma: the grouped kernel on Hopper's warpgroup products always (CU_ATTN_WG_GROUP: head_dim
-     * 64 on compute capability 9.0; the grouped kernel elsewhere). */
+     * Hopper's warpgroup products too (CU_ATTN_WG_GROUP), either grouped one with RoPE inside it
+     * in the classify pass, whichever is faster (STEP_ATTENTION). NETLM_CUDA_ATTN=group: the
+     * grouped kernel always; head: a block per query head always; wgmma: the grouped kernel on
+     * Hopper's warpgroup products always (CU_ATTN_WG_GROUP: head_dim 64 on compute capability
+     * 9.0; the grouped kernel elsewhere); group-rope, wgmma-rope: those, with RoPE inside them in
+     * the classify pass instead of as a pass of its own. */
     const char *attn = getenv("NETLM_CUDA_ATTN");
     e->attn = CU_ATTN_TC_GROUP;
     e->attn_by_size = !attn || strcmp(attn, "auto") == 0;
@@ -610,10 +610,11 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
         e->attn = CU_ATTN_AUTO;
     } else if (ok && attn && strcmp(attn, "group-rope") == 0) {
         e->attn_rope = true;
-    } else if (ok && attn && strcmp(attn, "wgmma") == 0) {
+    } else if (ok && attn && (strcmp(attn, "wgmma") == 0 || strcmp(attn, "wgmma-rope") == 0)) {
         e->attn = CU_ATTN_WG_GROUP;
+        e->attn_rope = strcmp(attn, "wgmma-rope") == 0;
     } else if (ok && attn && strcmp(attn, "group") != 0 && strcmp(attn, "auto") != 0) {
-        fail(e, "NETLM_CUDA_ATTN: \"%s\" is not auto, group, head, group-rope or wgmma", attn);
+        fail(e, "NETLM_CUDA_ATTN: \"%s\" is not auto, group, head, wgmma, group-rope or wgmma-rope", attn);
         ok = false;
     }
     int sms = 0;
@@ -769,7 +770,7 @@ enum { MLP_PASS = 0 }; /* STEP_MLP_UP's candidates: MLP_PASS, then 1 + the fused
 /* STEP_ATTENTION's candidates; with rope_inside (Qwen2's classify pass only: the prefill stores
  * rotated keys in the KV cache) the kernel rotates q and k as it loads them, in place of the RoPE
  * pass, which the others' times therefore include */
-enum { ATTN_HEAD, ATTN_GROUP, ATTN_WGMMA, ATTN_GROUP_ROPE, ATTENTION_CANDIDATES };
+enum { ATTN_HEAD, ATTN_GROUP, ATTN_WGMMA, ATTN_GROUP_ROPE, ATTN_WGMMA_ROPE, ATTENTION_CANDIDATES };
 static const struct {
     enum cu_attn_impl impl;
     bool rope_inside;
@@ -777,7 +778,8 @@ static const struct {
 } attention_candidates[ATTENTION_CANDIDATES] = {[ATTN_HEAD] = {CU_ATTN_AUTO, false, "head"},
                                                 [ATTN_GROUP] = {CU_ATTN_TC_GROUP, false, "group"},
                                                 [ATTN_WGMMA] = {CU_ATTN_WG_GROUP, false, "wgmma"},
-                                                [ATTN_GROUP_ROPE] = {CU_ATTN_TC_GROUP, true, "group+rope"}};
+                                                [ATTN_GROUP_ROPE] = {CU_ATTN_TC_GROUP, true, "group+rope"},
+                                                [ATTN_WGMMA_ROPE] = {CU_ATTN_WG_GROUP, true, "wgmma+rope"}};
 
 /* The size rule of the up projection. The fused kernel is a persistent grid of one CTA per
  * multiprocessor walking 192 × 128 output tiles: on an H200, against cuBLASLt plus the pass, it
@@ -830,8 +832,10 @@ static bool candidate_serves(const struct model_cuda *e, enum choice_step step, 
         return grouped;
     case ATTN_WGMMA:
         return grouped && cu_attention_wg_serves(e->d);
-    default: /* (its rivals' RoPE pass is timed in ffn, not in use yet) */
+    case ATTN_GROUP_ROPE: /* (its rivals' RoPE pass is timed in ffn, not in use yet) */
         return grouped && !e->gpt2 && e->tail == TAIL_CLASSIFY && e->FW >= e->QKV;
+    default:
+        return candidate_serves(e, step, ATTN_GROUP_ROPE) && cu_attention_wg_serves(e->d);
     }
 }
 
@@ -967,7 +971,7 @@ static bool enqueue_attention(struct model_cuda *e, enum cu_attn_impl impl, bool
     const float scale = 1.0f / sqrtf((float)e->d);
     if (rope_inside)
         CK(cu_attention_rope(e->att, e->H * e->d, e->qkv, e->QKV, e->t, e->d_seq_off, e->nseq, e->max_len, e->H,
-                             e->KV, e->d, scale, e->rope_cos, e->rope_sin, e->stream),
+                             e->KV, e->d, scale, e->rope_cos, e->rope_sin, impl, e->stream),
            "attention with rope");
     else
         CK(cu_attention(e->att, e->H * e->d, e->qkv, e->QKV, e->t, e->d_seq_off, e->nseq, e->max_len, e->H, e->KV,

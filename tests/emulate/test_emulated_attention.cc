@@ -192,7 +192,8 @@ void check_forward(const problem &p, enum cu_dtype t, enum cu_attn_impl impl, co
         const float scale = 1.0f / sqrtf((float)p.d);
         const cudaError_t e =
             cos_t ? cu_attention_rope(out.data(), p.out_width, qkv_in.data(), p.qkv_width, t, p.seq_off.data(), p.nseq,
-                                      p.max_len, p.heads, p.kv_heads, p.d, scale, cos_t->data(), sin_t->data(), 0)
+                                      p.max_len, p.heads, p.kv_heads, p.d, scale, cos_t->data(), sin_t->data(), impl,
+                                      0)
                   : cu_attention(out.data(), p.out_width, qkv_in.data(), p.qkv_width, t, p.seq_off.data(), p.nseq,
                                  p.max_len, p.heads, p.kv_heads, p.d, scale, impl, 0);
         assert_int_equal(e, cudaSuccess);
@@ -250,16 +251,19 @@ void test_wg_group_forward(void **)
                                  TC_BOUND);
 }
 
+/* RoPE inside the grouped kernel, and inside the warpgroup one (head_dim 64; the grouped kernel
+ * in its place elsewhere): its keys rotated in their swizzled tiles */
 void test_group_rope_forward(void **)
 {
     std::vector<float> cos_t, sin_t;
-    for (uint32_t d : {64u, 32u, 128u}) {
-        rope_tables(256, d, cos_t, sin_t);
-        const problem p = d == 64 ? make_problem(14, 2, 64, {256, 1, 0, 65, 130})
-                                  : make_problem(d == 32 ? 4 : 6, d == 32 ? 1 : 2, d, {17, 129});
-        check_forward<__nv_bfloat16>(p, CU_BF16, CU_ATTN_TC_GROUP, &cos_t, &sin_t, tiles(p.max_len, 64), p.kv_heads,
-                                     TC_BOUND);
-    }
+    for (enum cu_attn_impl impl : {CU_ATTN_TC_GROUP, CU_ATTN_WG_GROUP})
+        for (uint32_t d : {64u, 32u, 128u}) {
+            rope_tables(256, d, cos_t, sin_t);
+            const problem p = d == 64 ? make_problem(14, 2, 64, {256, 1, 0, 65, 130})
+                                      : make_problem(d == 32 ? 4 : 6, d == 32 ? 1 : 2, d, {17, 129});
+            printf("  %s\n", impl == CU_ATTN_WG_GROUP ? "wgmma" : "mma.sync");
+            check_forward<__nv_bfloat16>(p, CU_BF16, impl, &cos_t, &sin_t, tiles(p.max_len, 64), p.kv_heads, TC_BOUND);
+        }
     /* outside what the kernel serves (no grouping, too long, tables whose entry pairs are not
      * 8-byte aligned): refused, nothing launched */
     std::vector<__nv_bfloat16> buf(16);
@@ -267,10 +271,10 @@ void test_group_rope_forward(void **)
     const uint32_t off[2] = {0, 300}, short_off[2] = {0, 2}, launches = emu_launches;
     assert_false(cu_attention_fuses_rope(CU_BF16, 64, 4, 4, 256, 768, 256));
     assert_int_equal(cu_attention_rope(buf.data(), 256, buf.data(), 512, CU_BF16, off, 1, 300, 4, 2, 64, 0.125f,
-                                       cos_t.data(), sin_t.data(), 0),
+                                       cos_t.data(), sin_t.data(), CU_ATTN_WG_GROUP, 0),
                      cudaErrorNotSupported);
     assert_int_equal(cu_attention_rope(buf.data(), 256, qkv16, 512, CU_BF16, short_off, 1, 2, 4, 2, 64, 0.125f,
-                                       cos_t.data() + 1, sin_t.data(), 0),
+                                       cos_t.data() + 1, sin_t.data(), CU_ATTN_TC_GROUP, 0),
                      cudaErrorNotSupported);
     assert_int_equal(emu_launches, launches);
 }

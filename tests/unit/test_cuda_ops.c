@@ -478,7 +478,7 @@ static void attention_case_rope(enum cu_dtype t, enum cu_attn_impl impl, bool ro
         dcos = test_upload(cs, (size_t)max_len * d / 2, CU_F32);
         dsin = test_upload(sn, (size_t)max_len * d / 2, CU_F32);
         assert_true(cu_attention_fuses_rope(t, d, H, KV, max_len, QKV, Hd));
-        CUDA_OK(cu_attention_rope(dout, Hd, dqkv, QKV, t, doff, nseq, max_len, H, KV, d, scale, dcos, dsin,
+        CUDA_OK(cu_attention_rope(dout, Hd, dqkv, QKV, t, doff, nseq, max_len, H, KV, d, scale, dcos, dsin, impl,
                                   stream));
         test_download(got, dqkv, N * QKV, t);
         assert_int_equal(memcmp(got, qkv, N * QKV * sizeof(float)), 0); /* q, k left unrotated */
@@ -509,8 +509,9 @@ static void attention_case_rope(enum cu_dtype t, enum cu_attn_impl impl, bool ro
     const bool tc = (rope || impl != CU_ATTN_SIMT) && cu_attention_uses_tensor_cores(t, d);
     char label[96];
     snprintf(label, sizeof label, "attention %s h%u/kv%u d%u max_len %u",
-             !tc                         ? "simt"
-             : rope                      ? "tc group + rope"
+             !tc                                                            ? "simt"
+             : rope && impl == CU_ATTN_WG_GROUP && cu_attention_wg_serves(d) ? "wgmma group + rope"
+             : rope                                                         ? "tc group + rope"
              : impl == CU_ATTN_TC_GROUP  ? "tc group"
              : impl == CU_ATTN_WG_GROUP  ? (cu_attention_wg_serves(d) ? "wgmma group" : "tc group (no wgmma)")
                                          : "tc",
@@ -553,6 +554,8 @@ static void test_attention(void **state)
             attention_case_rope(t, CU_ATTN_TC_GROUP, true, 14, 2, 64, lens_256, 6, &r);
             attention_case_rope(t, CU_ATTN_TC_GROUP, true, 6, 2, 32, lens_short, 9, &r);
             attention_case_rope(t, CU_ATTN_TC_GROUP, true, 8, 1, 128, lens_short, 9, &r);
+            attention_case_rope(t, CU_ATTN_WG_GROUP, true, 14, 2, 64, lens_256, 6, &r);
+            attention_case_rope(t, CU_ATTN_WG_GROUP, true, 6, 2, 64, lens_short, 9, &r);
             /* where the grouped kernel does not serve: refused */
             assert_false(cu_attention_fuses_rope(t, 64, 4, 4, 128, 768, 256));  /* no grouped heads */
             assert_false(cu_attention_fuses_rope(t, 64, 14, 2, 257, 1152, 896)); /* over 256 tokens */
