@@ -88,6 +88,7 @@ def main():
             for step in ("mlp_up", "attention"):
                 for choice in k.get(step, []):
                     shape = " ".join(f"{key} {v}" for key, v in choice.items() if key.endswith("_up_to"))
+                    shape += " (classify)" if choice.get("classify") else ""
                     times = ", ".join(f"{name} {ms:.4f}" for name, ms in sorted(choice["ms"].items(), key=lambda kv: kv[1]))
                     print(f"  {c:32} {step:9} {shape:34} {choice['pick']:16} {times or '(not timed)'}")
     if profiles:

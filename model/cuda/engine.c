@@ -122,11 +122,11 @@ struct model_cuda {
     bool gpt2, has_cls;
     bool swiglu_gemm;   /* Qwen2 bf16 on Hopper: the up GEMM with the SwiGLU in its epilogue
                          * (and the gate/up weights in its row order, for the SwiGLU pass too) */
-    bool swiglu_always; /* that on every batch, not only on the large ones (NETLM_CUDA_SWIGLU_GEMM) */
-    unsigned swiglu_variant; /* its variant then, or the size rule's */
-    enum cu_attn_impl attn; /* the prefill / classify attention */
-    bool attn_by_size;      /* grouped attention on the large batches only (NETLM_CUDA_ATTN unset) */
-    bool attn_rope;         /* Qwen2's classify pass: RoPE inside the grouped attention kernel */
+    bool swiglu_always; /* that on every batch, never timed against others (NETLM_CUDA_SWIGLU_GEMM) */
+    unsigned swiglu_variant; /* its variant then; otherwise the size rule's (the first) */
+    enum cu_attn_impl attn; /* the prefill / classify attention NETLM_CUDA_ATTN names */
+    bool attn_by_size;      /* none named: a kernel chosen per class of shapes (timed, or by size) */
+    bool attn_rope;         /* named: Qwen2's classify pass with RoPE inside the grouped kernel */
     enum tail tail;         /* the pass being enqueued */
     uint32_t sms;           /* the device's multiprocessors */
     bool tune_kernels;      /* time the candidates of a step on its first pass (NETLM_CUDA_KERNEL_TUNE) */
@@ -760,7 +760,7 @@ const char *model_cuda_error(const struct model_cuda *e) { return e->err; }
  * (cu_time_median: the candidates only write the step's output, which the chosen one then
  * writes again) and keeps the fastest for every later pass of that class, graphs captured after it
  * included. A class: rows (sequences, for attention) within the same power of two; for attention
- * also the longest sequence's 64-token query tiles. Ties and failures go to the size rules below,
+ * also the longest sequence's 64-token query tiles and whether the pass classifies. Ties and failures go to the size rules below,
  * which also decide with NETLM_CUDA_KERNEL_TUNE=0 and within a graph capture; a kernel that the
  * environment names is never timed against others. A process may so pick other kernels than
  * another one (results differ in the last bf16 bits, as cuBLASLt's own timing makes them:
@@ -923,8 +923,9 @@ bool model_cuda_kernel_choices(const struct model_cuda *e, char *out, size_t len
             if (step == STEP_MLP_UP)
                 PUT("%s{\"rows_up_to\":%llu", first ? "" : ",", (unsigned long long)k->key);
             else
-                PUT("%s{\"sequences_up_to\":%llu,\"length_up_to\":%llu", first ? "" : ",",
-                    (unsigned long long)(k->key >> 32), (unsigned long long)(k->key & 0xffffffffu) * 64);
+                PUT("%s{\"sequences_up_to\":%llu,\"length_up_to\":%llu,\"classify\":%s", first ? "" : ",",
+                    (unsigned long long)(k->key >> 32), (unsigned long long)(k->key & 0xffffffffu) / 2 * 64,
+                    k->key & 1 ? "true" : "false");
             PUT(",\"pick\":\"%s\",\"ms\":{", candidate_name(k->step, k->pick));
             bool first_ms = true;
             for (int c = 0; c < CHOICE_CANDIDATES; c++)

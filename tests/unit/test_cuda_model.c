@@ -335,7 +335,15 @@ static void test_timed_kernel_choices(void **state)
         /* one class each: the eager pass made it, the capture and the replay kept it */
         assert_int_equal(json_object_array_length(attn), 1);
         const char *pick = NULL;
-        const size_t attn_timed = check_choice(json_object_array_get_idx(attn, 0), "attention", &pick);
+        json_object *attn0 = json_object_array_get_idx(attn, 0), *field = NULL;
+        const size_t attn_timed = check_choice(attn0, "attention", &pick);
+        /* its class: 4 sequences, the longest of 40 tokens (one 64-token tile), classifying */
+        assert_true(json_object_object_get_ex(attn0, "sequences_up_to", &field));
+        assert_int_equal(json_object_get_int(field), 4);
+        assert_true(json_object_object_get_ex(attn0, "length_up_to", &field));
+        assert_int_equal(json_object_get_int(field), 64);
+        assert_true(json_object_object_get_ex(attn0, "classify", &field));
+        assert_true(json_object_get_boolean(field));
         /* d = 64, 4 query heads on 2 kv heads, 40 tokens, a classify pass: a block per query head,
          * per kv head's group, that group with RoPE inside, and on Hopper the group on wgmma,
          * with RoPE inside too */
@@ -353,7 +361,15 @@ static void test_timed_kernel_choices(void **state)
             unsigned variants = 0;
             while (cu_gemm_swiglu_variant(variants))
                 variants++;
-            const size_t mlp_timed = check_choice(json_object_array_get_idx(mlp, 0), "mlp_up", &pick);
+            json_object *mlp0 = json_object_array_get_idx(mlp, 0);
+            const size_t mlp_timed = check_choice(mlp0, "mlp_up", &pick);
+            /* its class: the batch's rows (its token bucket) within a power of two */
+            uint32_t tokens = 0;
+            for (uint32_t b = 0; b < batch; b++)
+                tokens += lengths[b];
+            assert_true(json_object_object_get_ex(mlp0, "rows_up_to", &field));
+            const int64_t rows_up_to = json_object_get_int64(field);
+            assert_true(rows_up_to >= tokens && rows_up_to < 4 * tokens && (rows_up_to & (rows_up_to - 1)) == 0);
             assert_int_equal(mlp_timed, mode == 1 ? 0 : 1 + variants);
             if (mode == 1)
                 assert_string_equal(pick, "cublaslt+pass");
