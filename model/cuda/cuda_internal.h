@@ -331,8 +331,10 @@ bool cu_model_fits(const struct model_config *c, int device, uint32_t max_batch,
 /* ---- timing interchangeable launches (tune.c) ---- */
 
 /* The median time in ms of three calls of run(ctx) on s, timed with the two events ev after one
- * untimed call; negative when a call or the timing fails (run leaves its own error behind). */
-float cu_time_median(cudaEvent_t ev[2], cudaStream_t s, bool (*run)(void *ctx), void *ctx);
+ * untimed call. cudaErrorInvalidValue when run fails (it leaves its own error behind), the
+ * timing's error when that fails, cudaErrorLaunchTimeout when a call has not finished after 20 s
+ * (a kernel that deadlocks: the stream will not finish anything after it either). */
+cudaError_t cu_time_median(cudaEvent_t ev[2], cudaStream_t s, bool (*run)(void *ctx), void *ctx, float *median_ms);
 
 /* ---- the step profile (profile.c) ---- */
 

@@ -866,7 +866,7 @@ static bool run_candidate(void *ctx)
 
 /* The step's candidate for the current shapes: the class's choice, or one made now (timed when
  * allowed: outside a capture, with tuning on, more than one candidate serving). by_size: the
- * size rule's candidate. */
+ * size rule's candidate. -1 (e->err set) when a candidate hung. */
 static int kernel_choice(struct model_cuda *e, enum choice_step step, const struct cu_layer *layer,
                          unsigned count, int by_size)
 {
@@ -895,7 +895,16 @@ static int kernel_choice(struct model_cuda *e, enum choice_step step, const stru
         if (!candidate_serves(e, step, (int)c))
             continue;
         struct timed_candidate t = {e, layer, step, (int)c};
-        k->ms[c] = cu_time_median(e->tune_ev, e->stream, run_candidate, &t);
+        const cudaError_t ce = cu_time_median(e->tune_ev, e->stream, run_candidate, &t, &k->ms[c]);
+        if (ce == cudaErrorLaunchTimeout) {
+            fail(e, "cuda: the %s kernel candidate %s did not finish within 20 s (NETLM_CUDA_KERNEL_TUNE=0 "
+                    "or a kernel named in the environment avoids it)",
+                 step == STEP_MLP_UP ? "up projection" : "attention", candidate_name(step, (int)c));
+            e->nchoices--; /* nothing chosen */
+            return -1;
+        }
+        if (ce != cudaSuccess)
+            k->ms[c] = -1.0f;
         cudaGetLastError(); /* a failed candidate leaves nothing behind: it is just not chosen */
     }
     for (unsigned c = 0; c < count; c++)
@@ -1031,6 +1040,8 @@ static bool enqueue(struct model_cuda *e, enum tail tail)
         cu_profile_mark(e->prof, "gemm qkv", s);
         if (l == 0 && tail != TAIL_DECODE && e->attn_by_size) {
             const int c = attention_for_pass(e);
+            if (c < 0)
+                return false;
             attn = attention_candidates[c].impl;
             rope_inside = attention_candidates[c].rope_inside;
         }
@@ -1067,8 +1078,8 @@ static bool enqueue(struct model_cuda *e, enum tail tail)
                 cu_profile_mark(e->prof, "gelu", s);
             }
         } else {
-            if (l == 0)
-                mlp_up = mlp_up_for_pass(e, cl);
+            if (l == 0 && (mlp_up = mlp_up_for_pass(e, cl)) < 0)
+                return false;
             if (!enqueue_mlp_up(e, cl, mlp_up, e->prof))
                 return false;
         }

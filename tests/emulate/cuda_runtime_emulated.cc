@@ -6,7 +6,8 @@
  * issued, so events and stream waits order nothing that is not already in order, and timings are
  * a constant (with NETLM_CUDA_EMULATE_TIMING=host: the host's time between two events, the
  * emulated work between them included; =launches: the kernel launches between them, one ms
- * each, an order the tests can predict). Graph capture records the operations issued meanwhile (emu_submit) and a graph
+ * each, an order the tests can predict; =hang: events polled never complete, as behind a kernel
+ * that deadlocks). Graph capture records the operations issued meanwhile (emu_submit) and a graph
  * launch runs them again, in order, as a real graph replays its nodes. */
 #include <chrono>
 #include <cstdlib>
@@ -244,6 +245,13 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t)
 }
 
 cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+
+/* all issued work is done, unless the test plays a kernel that never finishes */
+cudaError_t cudaEventQuery(cudaEvent_t)
+{
+    const char *timing = getenv("NETLM_CUDA_EMULATE_TIMING");
+    return timing && strcmp(timing, "hang") == 0 ? cudaErrorNotReady : cudaSuccess;
+}
 
 /* nothing runs concurrently to time: every interval is the same, so timing picks the first
  * candidate, unless the test asks for the host's time */

@@ -282,7 +282,8 @@ static size_t check_choice(json_object *choice, const char *step, const char **p
  * nothing is timed and the size rules pick (these batches are small: cuBLASLt and the pass, a
  * block per query head). Timed by launch count instead (an order known in advance), the
  * attention that rotates q and k itself wins (one launch against the others' two, their RoPE
- * pass included), so the pass that leaves RoPE out is checked as the engine chooses it. */
+ * pass included), so the pass that leaves RoPE out is checked as the engine chooses it. A
+ * candidate that never finishes (emulated) fails the pass with an error instead of hanging. */
 static void test_timed_kernel_choices(void **state)
 {
     (void)state;
@@ -381,6 +382,23 @@ static void test_timed_kernel_choices(void **state)
         model_cuda_free(e);
     }
     unsetenv("NETLM_CUDA_SWIGLU_GEMM");
+    if (emulated) {
+        /* a candidate that never finishes: the pass fails with an error naming it, in 20 s,
+         * instead of hanging, and nothing is chosen */
+        setenv("NETLM_CUDA_KERNEL_TUNE", "1", 1);
+        setenv("NETLM_CUDA_EMULATE_TIMING", "hang", 1);
+        struct model_cuda_options o = {.device = 0, .precision = MODEL_PRECISION_BF16, .max_batch = batch,
+                                       .max_seq = seq, .graphs = true};
+        struct model_cuda *e = model_cuda_create(m, &o, err, sizeof err);
+        if (!e)
+            fail_msg("%s", err);
+        assert_false(model_cuda_classify(e, ids, lengths, batch, seq, NULL, first));
+        printf("  refused: %s\n", model_cuda_error(e));
+        assert_non_null(strstr(model_cuda_error(e), "attention kernel candidate head did not finish"));
+        assert_true(model_cuda_kernel_choices(e, report, sizeof report));
+        assert_non_null(strstr(report, "\"attention\":[]"));
+        model_cuda_free(e);
+    }
     unsetenv("NETLM_CUDA_EMULATE_TIMING");
     if (tune_before)
         setenv("NETLM_CUDA_KERNEL_TUNE", tune_before, 1);
