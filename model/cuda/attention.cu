@@ -1178,11 +1178,14 @@ cudaError_t backward_tc(uint32_t d, void *dqkv, uint32_t lddqkv, const void *dou
 #undef TC_BWD_ARGS
 }
 
-/* attn_tc_group for head_dim d ∈ {32, 64, 128}, with RoPE inside when cos_t is given. */
+/* attn_tc_group for head_dim d ∈ {32, 64, 128}, with RoPE inside when cos_t is given; attn_wg_group
+ * (attention_wgmma.cu) in its place for CU_ATTN_WG_GROUP where that serves d. */
 cudaError_t launch_group(void *out, uint32_t ldo, const void *qkv, uint32_t ldqkv, const uint32_t *seq_off,
                          uint32_t nseq, uint32_t max_len, uint32_t heads, uint32_t kv_heads, uint32_t d,
-                         float scale, const float *cos_t, const float *sin_t, cudaStream_t s)
+                         float scale, const float *cos_t, const float *sin_t, enum cu_attn_impl impl, cudaStream_t s)
 {
+    if (impl == CU_ATTN_WG_GROUP && cu_attention_wg_serves(d))
+        return cu_attention_wg(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, cos_t, sin_t, s);
 #define GROUP_ARGS out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, cos_t, sin_t, s
     if (d == 32)
         return cos_t ? launch_tc_group<32, true>(GROUP_ARGS) : launch_tc_group<32, false>(GROUP_ARGS);
@@ -1218,11 +1221,8 @@ cudaError_t attention_forward(void *out, uint32_t ldo, float *lse, const void *q
     const bool grouped = impl == CU_ATTN_TC_GROUP || impl == CU_ATTN_WG_GROUP;
     const bool tc = (impl == CU_ATTN_AUTO || grouped) && cu_attention_uses_tensor_cores(t, d) && aligned;
     if (tc && grouped && !DROP && !lse && group_serves(t, d, heads, kv_heads, max_len, ldqkv, ldo)) {
-        if (impl == CU_ATTN_WG_GROUP && cu_attention_wg_serves(d))
-            return cu_attention_wg(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, NULL, NULL,
-                                   s);
         return launch_group(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, d, scale, NULL, NULL,
-                            s);
+                            impl, s);
     }
     if (tc) {
         if (d == 32)
@@ -1283,9 +1283,8 @@ extern "C" cudaError_t cu_attention_rope(void *out, uint32_t ldo, const void *qk
         return cudaErrorNotSupported;
     if (nseq == 0)
         return cudaSuccess;
-    if (impl == CU_ATTN_WG_GROUP && cu_attention_wg_serves(d))
-        return cu_attention_wg(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, cos_t, sin_t, s);
-    return launch_group(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, d, scale, cos_t, sin_t, s);
+    return launch_group(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, d, scale, cos_t, sin_t, impl,
+                        s);
 }
 
 extern "C" cudaError_t cu_attention_train(void *out, uint32_t ldo, float *lse, const void *qkv,

@@ -103,7 +103,6 @@ __device__ __forceinline__ void tc_finish(bf16 *out, uint32_t ldo, float *lse, u
                           row1 < len, inv0, inv1);
 }
 
-
 /* Where a block of the grouped kernels stands (attn_tc_group, attn_wg_group): sequence
  * blockIdx.z, kv head blockIdx.y, query tile qt (blockIdx.x from the last: the longest tiles
  * first), rows from q0; the thread's two query rows; the sequence's qkv rows and its kv head's

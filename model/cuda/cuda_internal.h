@@ -111,8 +111,10 @@ static inline uint32_t cu_gemm_swiglu_row(uint32_t r)
 bool cu_gemm_swiglu_supported(int device, uint32_t k, uint32_t f);
 cudaError_t cu_gemm_swiglu(void *h, uint32_t ldh, const void *x, uint32_t ldx, const void *w, uint32_t n,
                            uint32_t k, uint32_t f, unsigned variant, cudaStream_t s);
-/* The kernel's variants: their names (i = 0, 1, ... until NULL; the first is the default), the
- * index of a name (-1: none), and the CTAs the variant's launch for n rows uses on device. */
+/* The kernel's variants: how many, their names (i = 0, 1, ... until NULL; the first is the
+ * default), the index of a name (-1: none), and the CTAs the variant's launch for n rows uses on
+ * device. */
+unsigned cu_gemm_swiglu_variants(void);
 const char *cu_gemm_swiglu_variant(unsigned i);
 int cu_gemm_swiglu_find(const char *name);
 uint32_t cu_gemm_swiglu_grid(int device, unsigned variant, uint32_t n, uint32_t f);
@@ -178,10 +180,9 @@ uint64_t cu_attention_group_blocks(uint32_t nseq, uint32_t max_len, uint32_t kv_
 /* cu_attention as CU_ATTN_TC_GROUP (or, for impl CU_ATTN_WG_GROUP, CU_ATTN_WG_GROUP) runs it,
  * with RoPE (cu_rope's tables and arithmetic) applied to q and k as the kernel loads them: qkv
  * holds them unrotated and keeps them so. Positions are the rows' places in their sequences (the
- * classify path's packing). Only where
- * cu_attention_fuses_rope says the grouped kernel serves the call (bf16, head_dim 32/64/128,
- * grouped-query heads, max_len ≤ 256, ldqkv a multiple of 8; qkv 16-byte and the tables 8-byte
- * aligned); cudaErrorNotSupported elsewhere. */
+ * classify path's packing). Only where cu_attention_fuses_rope says the grouped kernel serves
+ * the call (bf16, head_dim 32/64/128, grouped-query heads, max_len ≤ 256, ldqkv a multiple of 8;
+ * qkv 16-byte and the tables 8-byte aligned); cudaErrorNotSupported elsewhere. */
 bool cu_attention_fuses_rope(enum cu_dtype t, uint32_t d, uint32_t heads, uint32_t kv_heads, uint32_t max_len,
                              uint32_t ldqkv, uint32_t ldo);
 cudaError_t cu_attention_rope(void *out, uint32_t ldo, const void *qkv, uint32_t ldqkv, enum cu_dtype t,
@@ -331,9 +332,10 @@ bool cu_model_fits(const struct model_config *c, int device, uint32_t max_batch,
 /* ---- timing interchangeable launches (tune.c) ---- */
 
 /* The median time in ms of three calls of run(ctx) on s, timed with the two events ev after one
- * untimed call. cudaErrorInvalidValue when run fails (it leaves its own error behind), the
- * timing's error when that fails, cudaErrorLaunchTimeout when a call has not finished after 20 s
- * (a kernel that deadlocks: the stream will not finish anything after it either). */
+ * untimed call (*median_ms is left as it was unless cudaSuccess). cudaErrorInvalidValue when
+ * run fails (it leaves its own error behind), the timing's error when that fails,
+ * cudaErrorLaunchTimeout when a call has not finished after 20 s (a kernel that deadlocks: the
+ * stream will not finish anything after it either). */
 cudaError_t cu_time_median(cudaEvent_t ev[2], cudaStream_t s, bool (*run)(void *ctx), void *ctx, float *median_ms);
 
 /* ---- the step profile (profile.c) ---- */

@@ -125,7 +125,7 @@ struct model_cuda {
     bool swiglu_always; /* that on every batch, never timed against others (NETLM_CUDA_SWIGLU_GEMM) */
     unsigned swiglu_variant; /* its variant then; otherwise the size rule's (the first) */
     enum cu_attn_impl attn; /* the prefill / classify attention NETLM_CUDA_ATTN names */
-    bool attn_by_size;      /* none named: a kernel chosen per class of shapes (timed, or by size) */
+    bool attn_chosen;       /* none named: a kernel chosen per class of shapes (timed, or by size) */
     bool attn_rope;         /* named: Qwen2's classify pass with RoPE inside the grouped kernel */
     enum tail tail;         /* the pass being enqueued */
     uint32_t sms;           /* the device's multiprocessors */
@@ -605,7 +605,7 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
      * the classify pass instead of as a pass of its own. */
     const char *attn = getenv("NETLM_CUDA_ATTN");
     e->attn = CU_ATTN_TC_GROUP;
-    e->attn_by_size = !attn || strcmp(attn, "auto") == 0;
+    e->attn_chosen = !attn || strcmp(attn, "auto") == 0;
     if (ok && attn && strcmp(attn, "head") == 0) {
         e->attn = CU_ATTN_AUTO;
     } else if (ok && attn && strcmp(attn, "group-rope") == 0) {
@@ -758,13 +758,13 @@ const char *model_cuda_error(const struct model_cuda *e) { return e->err; }
  * classify pass also the group rotating q and k itself, without the RoPE pass). The first
  * pass of a class of shapes times each candidate that serves it on layer 0's real operands
  * (cu_time_median: the candidates only write the step's output, which the chosen one then
- * writes again) and keeps the fastest for every later pass of that class, graphs captured after it
- * included. A class: rows (sequences, for attention) within the same power of two; for attention
- * also the longest sequence's 64-token query tiles and whether the pass classifies. Ties and failures go to the size rules below,
- * which also decide with NETLM_CUDA_KERNEL_TUNE=0 and within a graph capture; a kernel that the
- * environment names is never timed against others. A process may so pick other kernels than
- * another one (results differ in the last bf16 bits, as cuBLASLt's own timing makes them:
- * gemm.c); within a process a class keeps its kernel. */
+ * writes again) and keeps the fastest for every later pass of that class, graphs captured after
+ * it included. A class: rows (sequences, for attention) within the same power of two; for
+ * attention also the longest sequence's 64-token query tiles and whether the pass classifies.
+ * Ties and failures go to the size rules below, which also decide with NETLM_CUDA_KERNEL_TUNE=0
+ * and within a graph capture; a kernel that the environment names is never timed against others.
+ * A process may so pick other kernels than another one (results differ in the last bf16 bits,
+ * as cuBLASLt's own timing makes them: gemm.c); within a process a class keeps its kernel. */
 
 enum { MLP_PASS = 0 }; /* STEP_MLP_UP's candidates: MLP_PASS, then 1 + the fused kernel's variants */
 /* STEP_ATTENTION's candidates; with rope_inside (Qwen2's classify pass only: the prefill stores
@@ -895,6 +895,7 @@ static int kernel_choice(struct model_cuda *e, enum choice_step step, const stru
         if (!candidate_serves(e, step, (int)c))
             continue;
         struct timed_candidate t = {e, layer, step, (int)c};
+        /* (k->ms[c] stays -1 when the timing fails) */
         const cudaError_t ce = cu_time_median(e->tune_ev, e->stream, run_candidate, &t, &k->ms[c]);
         if (ce == cudaErrorLaunchTimeout) {
             fail(e, "cuda: the %s kernel candidate %s did not finish within 20 s (NETLM_CUDA_KERNEL_TUNE=0 "
@@ -903,8 +904,6 @@ static int kernel_choice(struct model_cuda *e, enum choice_step step, const stru
             e->nchoices--; /* nothing chosen */
             return -1;
         }
-        if (ce != cudaSuccess)
-            k->ms[c] = -1.0f;
         cudaGetLastError(); /* a failed candidate leaves nothing behind: it is just not chosen */
     }
     for (unsigned c = 0; c < count; c++)
@@ -997,10 +996,7 @@ static int mlp_up_for_pass(struct model_cuda *e, const struct cu_layer *layer0)
         return MLP_PASS;
     if (e->swiglu_always)
         return 1 + (int)e->swiglu_variant;
-    unsigned count = 1;
-    while (cu_gemm_swiglu_variant(count - 1))
-        count++;
-    return kernel_choice(e, STEP_MLP_UP, layer0, count,
+    return kernel_choice(e, STEP_MLP_UP, layer0, 1 + cu_gemm_swiglu_variants(),
                          e->rows >= SWIGLU_FUSED_MIN_ROWS ? 1 + (int)e->swiglu_variant : MLP_PASS);
 }
 
@@ -1038,7 +1034,7 @@ static bool enqueue(struct model_cuda *e, enum tail tail)
         cu_profile_mark(e->prof, "norm", s);
         GEMM(T, T, e->qkv, e->QKV, e->xn, C, cl->qkv_w, cl->qkv_b, n, C, e->QKV, false, false);
         cu_profile_mark(e->prof, "gemm qkv", s);
-        if (l == 0 && tail != TAIL_DECODE && e->attn_by_size) {
+        if (l == 0 && tail != TAIL_DECODE && e->attn_chosen) {
             const int c = attention_for_pass(e);
             if (c < 0)
                 return false;

@@ -12,7 +12,8 @@
  * the same outputs (wgmma m64n256k16, or two m64n128k16), so one thread holds a gate value and
  * its up partner in registers r and r + 64, and writes silu(g) · u as bf16 from the fp32
  * accumulators, 8 neighbouring outputs per 16-byte store (W's rows come in cu_gemm_swiglu_row's
- * order, which puts them in one thread's registers). Tiles run row block by row block (all of W, 2F × C, stays in L2).
+ * order, which puts them in one thread's registers). Tiles run row block by row block (all of W,
+ * 2F × C, stays in L2).
  *
  * Variants (cu_gemm_swiglu_variant; model/cuda/NOTES.md has their timings): "c1", the plain
  * kernel; "c2", clusters of 2 CTAs on neighbouring row blocks of the same outputs that share the
@@ -553,6 +554,8 @@ extern "C" bool cu_gemm_swiglu_supported(int device, uint32_t k, uint32_t f)
             return false;
     return true;
 }
+
+extern "C" unsigned cu_gemm_swiglu_variants(void) { return VARIANTS; }
 
 extern "C" const char *cu_gemm_swiglu_variant(unsigned i)
 {

@@ -1,9 +1,9 @@
 /* hopper.cuh — the warpgroup matrix products of sm_90a (wgmma) that more than one kernel file
  * issues: gemm_swiglu.cu (both operands from shared memory) and attention_wgmma.cu (A from
  * registers), with the shared-memory descriptor both build, and the device check both make.
- * Only files compiled for sm_90a include it. Under NETLM_CUDA_EMULATE (tests/emulate/cuda_emulate.h) a host emulation of each
- * instruction stands in; the descriptor's encoding is the kernels' own either way. Private to
- * model/cuda/. */
+ * Only files compiled for sm_90a include it. Under NETLM_CUDA_EMULATE
+ * (tests/emulate/cuda_emulate.h) a host emulation of each instruction stands in; the
+ * descriptor's encoding is the kernels' own either way. Private to model/cuda/. */
 #ifndef NETLM_HOPPER_CUH
 #define NETLM_HOPPER_CUH
 

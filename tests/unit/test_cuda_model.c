@@ -359,7 +359,7 @@ static void test_timed_kernel_choices(void **state)
             assert_int_equal(json_object_array_length(mlp), 0); /* named, or no fused kernel */
         } else {
             assert_int_equal(json_object_array_length(mlp), 1);
-            unsigned variants = 0;
+            unsigned variants = 0; /* counted by their names */
             while (cu_gemm_swiglu_variant(variants))
                 variants++;
             json_object *mlp0 = json_object_array_get_idx(mlp, 0);

@@ -192,10 +192,10 @@ static void test_gemm_swiglu(void **state)
             gemm_swiglu_case(4096, 896, 1024, 896, v, &r); /* more tiles than multiprocessors */
     }
     /* a variant that does not exist is refused, not launched */
-    unsigned variants = 0;
-    while (cu_gemm_swiglu_variant(variants))
-        variants++;
-    assert_int_equal(cu_gemm_swiglu(NULL, 128, NULL, 64, NULL, 1, 64, 128, variants, stream), cudaErrorInvalidValue);
+    assert_non_null(cu_gemm_swiglu_variant(cu_gemm_swiglu_variants() - 1)); /* the count is the names' */
+    assert_null(cu_gemm_swiglu_variant(cu_gemm_swiglu_variants()));
+    assert_int_equal(cu_gemm_swiglu(NULL, 128, NULL, 64, NULL, 1, 64, 128, cu_gemm_swiglu_variants(), stream),
+                     cudaErrorInvalidValue);
 }
 
 /* ---- embedding, norms, elementwise ---- */
