@@ -440,7 +440,7 @@ static int cuda_bench(int device, const char *only, enum model_precision prec, b
             } else {
                 const double flops = cuda_case_flops(k, c.num_labels) * k->batch;
                 /* the kernels the engine chose for this batch, and their candidates' times */
-                char kernels[4096];
+                char kernels[16384];
                 if (!model_cuda_kernel_choices(e, kernels, sizeof kernels))
                     snprintf(kernels, sizeof kernels, "null");
                 printf("{\"side\":\"netlm\",\"case\":\"%s\",\"precision\":\"%s\",\"residual\":\"%s\",\"graphs\":%s,\"batch\":%u,"

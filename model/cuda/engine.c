@@ -70,7 +70,7 @@
 #define GRAPH_SLOTS 48
 #define CU_SLOTS 2 /* classify batches in flight at most */
 #define CHOICE_SLOTS 64
-#define CHOICE_CANDIDATES 16
+#define CHOICE_CANDIDATES 24 /* the up projection: cuBLASLt + the pass and each fused variant */
 
 struct cu_layer {
     float *ln1_w, *ln1_b, *ln2_w, *ln2_b;

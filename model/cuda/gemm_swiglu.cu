@@ -27,7 +27,11 @@
  * warpgroup hands most of its own to the consumers (setmaxnreg). "-pingpong": the two consumers
  * take turns on tiles of 64 rows (a 5-stage ring of 40 KB stages), one's SiLU and stores running
  * while the other's products do; each 64-row tile loads its own W, 1.67 times the L2 traffic
- * per product of the 128-row tiles (c2-pingpong shares W as c2 does). */
+ * per product of the 128-row tiles (c2-pingpong shares W as c2 does). "-stagger": the consumers
+ * share every tile as in c2, but each starts a tile 1 (-w3) or 2 chunks after the one before
+ * it, so that their epilogues come one after another, each beside the others' products; the
+ * leader then runs up to 2 stages ahead of the last consumer, which leaves it 2 of the 4 to
+ * prefetch into. */
 #include <cuda.h>
 #include <cudaTypedefs.h>
 #include <cuda_bf16.h>
@@ -45,7 +49,7 @@ constexpr uint32_t W_BYTES = 2 * TILE_OUT * TILE_K * 2;
 /* A CTA of CONSUMERS consumer warpgroups and the producer warpgroup. Together (PINGPONG false)
  * the consumers take 64 rows each of one tile; taking turns (PINGPONG) each takes whole tiles of
  * 64 rows, every CONSUMERS-th of the CTA's, so that one's epilogue runs under the others' products. */
-template <uint32_t CONSUMERS, bool PINGPONG> struct cta_shape {
+template <uint32_t CONSUMERS, bool PINGPONG, uint32_t STAGGER = 0> struct cta_shape {
     static constexpr uint32_t rows = PINGPONG ? 64 : 64 * CONSUMERS; /* of x (tokens) per tile */
     static constexpr uint32_t x_bytes = rows * TILE_K * 2;
     static constexpr uint32_t stage_bytes = x_bytes + W_BYTES;
@@ -53,8 +57,8 @@ template <uint32_t CONSUMERS, bool PINGPONG> struct cta_shape {
     static constexpr uint32_t threads = 128 * (CONSUMERS + 1);
     static constexpr uint32_t warps_per_stage = PINGPONG ? 4 : 4 * CONSUMERS; /* that read a stage */
     /* the ring, 1024-byte aligned as the 128-byte swizzle needs, then the barriers: full and
-     * empty per stage, and taking turns one per consumer */
-    static constexpr uint32_t barriers = 2 * stages + (PINGPONG ? CONSUMERS : 0);
+     * empty per stage, and one per consumer taking turns or staggered */
+    static constexpr uint32_t barriers = 2 * stages + (PINGPONG || STAGGER ? CONSUMERS : 0);
     static constexpr size_t smem_bytes = stages * stage_bytes + 1024 + barriers * sizeof(uint64_t);
     static_assert(smem_bytes <= 232448, "Hopper's shared memory per block (227 KB)");
 };
@@ -239,24 +243,29 @@ __device__ __forceinline__ void leave_cluster()
  * and multicasts them). Rank r = row_sub + ROWS · out_sub. The x tensor map's box is the tile's
  * rows / OUTS. IN_FLIGHT: wgmma groups a consumer leaves running when it moves to the next stage
  * (0: it waits for each chunk's products before releasing the chunk's stage; 1: it keeps the last
- * chunk's running and releases the stage before). Every consumer warp that reads a stage releases
+ * chunk's running and releases the stage before). STAGGER (0: none): consumer p starts each tile
+ * only once consumer p - 1 has the products of the tile's first STAGGER chunks, so the consumers
+ * reach their epilogues one after another and each one's SiLU and stores run beside the others'
+ * products instead of with the tensor cores idle. Every consumer warp that reads a stage releases
  * it in every CTA of the cluster, since up to three of them write into each CTA's stage. */
-template <uint32_t ROWS, uint32_t OUTS, int IN_FLIGHT, uint32_t CONSUMERS, bool PINGPONG>
-__global__ void __launch_bounds__(cta_shape<CONSUMERS, PINGPONG>::threads, 1)
+template <uint32_t ROWS, uint32_t OUTS, int IN_FLIGHT, uint32_t CONSUMERS, bool PINGPONG, uint32_t STAGGER>
+__global__ void __launch_bounds__(cta_shape<CONSUMERS, PINGPONG, STAGGER>::threads, 1)
     gemm_swiglu_kernel(const __grid_constant__ CUtensorMap x_map, const __grid_constant__ CUtensorMap w_map,
                        __nv_bfloat16 *h, uint32_t ldh, uint32_t n, uint32_t k, uint32_t f)
 {
     static_assert((ROWS == 1 || ROWS == 2) && (OUTS == 1 || OUTS == 2), "clusters of 1, 2 or 2 × 2 CTAs");
     static_assert(CONSUMERS == 2 || CONSUMERS == 3, "two or three consumer warpgroups");
     static_assert(!PINGPONG || CONSUMERS == 2, "two consumers taking turns");
-    using shape = cta_shape<CONSUMERS, PINGPONG>;
+    static_assert(!PINGPONG || STAGGER == 0, "consumers taking turns are not staggered");
+    using shape = cta_shape<CONSUMERS, PINGPONG, STAGGER>;
     constexpr uint32_t CLUSTER = ROWS * OUTS, TILE_ROWS = shape::rows, X_BYTES = shape::x_bytes;
     constexpr uint32_t STAGES = shape::stages;
     extern __shared__ uint8_t smem_raw[];
     uint8_t *ring = (uint8_t *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
     uint64_t *full = (uint64_t *)(ring + STAGES * shape::stage_bytes), *empty = full + STAGES;
     /* taking turns: a consumer's turn_ready completes once the other has waited for the last
-     * stage of its tile before */
+     * stage of its tile before; staggered: once the consumer before it has the products of the
+     * tile's first STAGGER chunks */
     uint64_t *turn_ready = empty + STAGES;
     const uint32_t warpgroup = threadIdx.x / 128, lane = threadIdx.x % 32, warp = (threadIdx.x % 128) / 32;
     const uint32_t rank = blockIdx.x % CLUSTER, cluster = blockIdx.x / CLUSTER, clusters = gridDim.x / CLUSTER;
@@ -273,7 +282,7 @@ __global__ void __launch_bounds__(cta_shape<CONSUMERS, PINGPONG>::threads, 1)
             barrier_init(&full[s], 1);
             barrier_init(&empty[s], CLUSTER * shape::warps_per_stage);
         }
-        for (uint32_t w = 0; PINGPONG && w < CONSUMERS; w++)
+        for (uint32_t w = 0; (PINGPONG || STAGGER) && w < CONSUMERS; w++)
             barrier_init(&turn_ready[w], 4);
         barrier_init_fence();
     }
@@ -321,6 +330,11 @@ __global__ void __launch_bounds__(cta_shape<CONSUMERS, PINGPONG>::threads, 1)
         /* together: rows 64·part .. 64·part + 63 of each tile; taking turns: tiles part,
          * part + CONSUMERS, ... of the CTA's */
         const uint32_t part = warpgroup - 1, first_row = PINGPONG ? 0 : 64 * part;
+        /* A barrier's phases are told apart by parity alone, so consumer p - 1 must not complete
+         * tile t + 1's phase of p's barrier before p has waited for tile t's: it cannot when
+         * reaching chunk STAGGER - 1 of tile t + 1 needs a stage that p released in tile t,
+         * that is when chunks + STAGGER - 1 >= STAGES. Shorter products run unstaggered. */
+        const bool staggered = STAGGER > 0 && chunks >= STAGGER && chunks + STAGGER - 1 >= STAGES;
         float d[128];
         uint32_t turn = 0; /* the CTA's tiles so far */
         for (uint32_t group = cluster; group < groups; group += clusters, turn++) {
@@ -333,6 +347,8 @@ __global__ void __launch_bounds__(cta_shape<CONSUMERS, PINGPONG>::threads, 1)
              * the two consumers' products mostly apart, the one's epilogue under the other's. */
             if (PINGPONG && turn > 0)
                 barrier_wait(&turn_ready[part], (turn - 1) / CONSUMERS & 1);
+            if (staggered && part > 0)
+                barrier_wait(&turn_ready[part], turn & 1);
             const uint32_t row0 = (group / out_groups * ROWS + row_sub) * TILE_ROWS;
             const uint32_t out0 = (group % out_groups * OUTS + out_sub) * TILE_OUT;
             uint32_t previous = 0, it = turn * chunks; /* the producer's count of stages filled */
@@ -380,6 +396,12 @@ __global__ void __launch_bounds__(cta_shape<CONSUMERS, PINGPONG>::threads, 1)
                     __syncwarp();
                     if (lane < CLUSTER)
                         barrier_arrive_cluster(&empty[IN_FLIGHT ? previous : s], lane);
+                }
+                if (staggered && part + 1 < CONSUMERS && c + 1 == STAGGER) { /* the next consumer may begin */
+                    wgmma_wait<0>();
+                    __syncwarp();
+                    if (lane == 0)
+                        barrier_arrive(&turn_ready[part + 1]);
                 }
                 previous = s;
             }
@@ -434,12 +456,13 @@ struct variant {
     uint32_t claimed_registers; /* per CTA by setmaxnreg (0: none) */
 };
 
-template <uint32_t ROWS, uint32_t OUTS, int IN_FLIGHT, uint32_t CONSUMERS, bool PINGPONG = false>
+template <uint32_t ROWS, uint32_t OUTS, int IN_FLIGHT, uint32_t CONSUMERS, bool PINGPONG = false,
+          uint32_t STAGGER = 0>
 constexpr variant make_variant(const char *name)
 {
-    using shape = cta_shape<CONSUMERS, PINGPONG>;
+    using shape = cta_shape<CONSUMERS, PINGPONG, STAGGER>;
     const uint32_t claimed = CONSUMERS == 3 ? 128 * (PRODUCER_REGISTERS + 3 * CONSUMER_REGISTERS) : 0;
-    return {name,        gemm_swiglu_kernel<ROWS, OUTS, IN_FLIGHT, CONSUMERS, PINGPONG>,
+    return {name,        gemm_swiglu_kernel<ROWS, OUTS, IN_FLIGHT, CONSUMERS, PINGPONG, STAGGER>,
             ROWS * OUTS, OUTS,
             shape::rows, shape::threads,
             shape::smem_bytes, claimed};
@@ -460,6 +483,7 @@ const variant variants[] = {
     make_variant<1, 1, 1, 3>("c1-w3-inflight"), make_variant<2, 1, 1, 3>("c2-w3-inflight"),
     make_variant<2, 2, 1, 3>("c4-w3-inflight"),
     make_variant<1, 1, 0, 2, true>("c1-pingpong"), make_variant<2, 1, 0, 2, true>("c2-pingpong"),
+    make_variant<2, 1, 0, 3, false, 1>("c2-w3-stagger"), make_variant<2, 1, 0, 2, false, 2>("c2-stagger"),
 };
 constexpr int VARIANTS = sizeof variants / sizeof variants[0];
 
