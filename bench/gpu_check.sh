@@ -206,7 +206,8 @@ bench bench-e2e-pretrain 90 "$log" python3 "$root/bench/gpu_e2e.py" --only pretr
 # compile takes 30-60 s). It leaves the later benchmark stages (the variants, then Nsight
 # Compute) the time they usually take; the sanitizer stages come last and take what is left.
 reserve=10
-for name in untuned swiglu-fastest swiglu-pass attn-group attn-head attn-group-rope attn-wgmma attn-wgmma-rope residual-fp32 profile \
+for name in untuned swiglu-fastest swiglu-pass attn-group attn-head attn-group-rope attn-wgmma attn-wgmma-rope \
+            attn-wgmma-overlap attn-wgmma-overlap-rope residual-fp32 profile \
             train-profile train-simt-bwd train-no-dropout pipeline; do
     selected "bench-$name" && reserve=$((reserve + 25))
 done
@@ -215,6 +216,7 @@ selected ncu-swiglu && reserve=$((reserve + 60))
 selected ncu-cublaslt && reserve=$((reserve + 25))
 selected ncu-qwen && reserve=$((reserve + 50))
 selected ncu-wgmma && reserve=$((reserve + 20))
+selected ncu-wgmma-overlap && reserve=$((reserve + 20))
 left=$((deadline - reserve - SECONDS))
 ((left > 60)) || left=60
 [[ ${NETLM_GPU_TORCH:-1} == 0 ]] || bench bench-torch "$left" "$OUT/summary.txt" env PYTHONUNBUFFERED=1 python3 "$root/bench/gpu_bench.py" \
@@ -237,7 +239,8 @@ variant() { # name command...
 # (NETLM_GPU_SWIGLU_VARIANT, else gpu_fastest_swiglu.py's pick, else the default) on every batch
 # size; cuBLASLt's GEMM then the SwiGLU as a pass of its own; grouped attention on every batch
 # size; attention one block per query head; RoPE inside the grouped attention (classify pass); the
-# grouped attention on Hopper's warpgroup products (attention_wgmma.cu), without and with RoPE inside
+# grouped attention on Hopper's warpgroup products (attention_wgmma.cu), without and with RoPE inside,
+# and the same with each key tile's softmax beside the tile before's P·V (wgmma-overlap)
 swiglu_variant=${NETLM_GPU_SWIGLU_VARIANT:-$(python3 "$root/bench/gpu_fastest_swiglu.py" "$OUT/netlm.json" || echo 1)}
 echo "fastest fused SwiGLU GEMM variant: $swiglu_variant" >>"$OUT/env.txt"
 variant untuned env NETLM_CUDA_KERNEL_TUNE=0 "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10
@@ -251,6 +254,10 @@ variant attn-group-rope env NETLM_CUDA_ATTN=group-rope "$build/netlm_model_bench
 variant attn-wgmma env NETLM_CUDA_ATTN=wgmma "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10
 variant attn-wgmma-rope env NETLM_CUDA_ATTN=wgmma-rope "$build/netlm_model_bench" "${cases[@]}" --device cuda \
     --runs 10
+variant attn-wgmma-overlap env NETLM_CUDA_ATTN=wgmma-overlap "$build/netlm_model_bench" "${cases[@]}" --device cuda \
+    --runs 10
+variant attn-wgmma-overlap-rope env NETLM_CUDA_ATTN=wgmma-overlap-rope "$build/netlm_model_bench" "${cases[@]}" \
+    --device cuda --runs 10
 variant residual-fp32 "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10 --residual fp32
 variant profile "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 5 --profile
 variant train-profile env NETLM_CUDA_PROFILE=1 "$build/netlm_model_bench" "${cases[@]}" --device cuda --train --runs 3
@@ -282,6 +289,10 @@ bench ncu-qwen 90 "$OUT/ncu.txt" env NETLM_CUDA_KERNEL_TUNE=0 $ncu --clock-contr
 # the same view of the attention on Hopper's warpgroup products (attention_wgmma.cu), one launch
 bench ncu-wgmma 40 "$OUT/ncu.txt" env NETLM_CUDA_ATTN=wgmma NETLM_CUDA_KERNEL_TUNE=0 $ncu --clock-control none -k regex:attn_wg \
     --launch-count 1 "${ncu_sections[@]}" "$build/netlm_model_bench" --device cuda --only qwen05b-v60005-b256 --runs 1
+# and of its variant with the softmax beside the products (2 blocks a multiprocessor, not 3)
+bench ncu-wgmma-overlap 40 "$OUT/ncu.txt" env NETLM_CUDA_ATTN=wgmma-overlap NETLM_CUDA_KERNEL_TUNE=0 $ncu \
+    --clock-control none -k regex:attn_wg --launch-count 1 "${ncu_sections[@]}" "$build/netlm_model_bench" \
+    --device cuda --only qwen05b-v60005-b256 --runs 1
 # compute-sanitizer last: the CUDA tests under memcheck and racecheck, in their quick versions
 # (the engines' kernels by the size rules: timing every candidate four times under the sanitizer
 # would take the stages' time; ctest-cuda runs them all)

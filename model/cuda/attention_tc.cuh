@@ -164,18 +164,19 @@ template <bool DIAG> __device__ __forceinline__ uint32_t tc_warp_last(uint32_t r
 /* The online softmax over one key tile of a warp's scores s (C fragments: s[nt][e] is key
  * k0 + nt·8 + 2t + (e & 1) of row0 for e < 2, of row1 else), unscaled: the causal mask on the
  * diagonal tile (DIAG), the update of the running maxima m (log2 domain: scores times
- * scale_log2) and partial row sums l, o rescaled to the new maxima, and s turned into the
- * probabilities 2^(s·scale_log2 − m) (one FFMA in each exponent), dropped out by DROP's mask for
- * P·V while the sums take the plain ones. On the diagonal tile the 8-key blocks after the warp's
- * last row are left as zeros without an exponent each. At d = 64 the softmax's instructions per
- * score cost as much issue time as the products, so each one counts. */
-template <uint32_t D, bool DROP, bool DIAG>
-__device__ __forceinline__ void tc_softmax(float (&s)[TC_BK / 8][4], uint32_t k0, uint32_t row0, uint32_t row1,
-                                           uint32_t len, uint32_t lane, float scale_log2, uint64_t drop_key,
-                                           const cu_attn_dropout &drop, float (&o)[D / 8][4], float &m0, float &m1,
-                                           float &l0, float &l1)
+ * scale_log2) and partial row sums l, and s turned into the probabilities 2^(s·scale_log2 − m)
+ * (one FFMA in each exponent), dropped out by DROP's mask for P·V while the sums take the plain
+ * ones; a0 and a1 are the factors that bring o (rows row0 and row1) to the new maxima
+ * (tc_rescale). On the diagonal tile the 8-key blocks after the warp's last row are left as
+ * zeros without an exponent each. At d = 64 the softmax's instructions per score cost as much
+ * issue time as the products, so each one counts. */
+template <bool DROP, bool DIAG>
+__device__ __forceinline__ void tc_probabilities(float (&s)[TC_BK / 8][4], uint32_t k0, uint32_t row0, uint32_t row1,
+                                                 uint32_t len, uint32_t lane, float scale_log2, uint64_t drop_key,
+                                                 const cu_attn_dropout &drop, float &m0, float &m1, float &l0,
+                                                 float &l1, float &a0, float &a1)
 {
-    constexpr uint32_t ND = D / 8, NK = TC_BK / 8;
+    constexpr uint32_t NK = TC_BK / 8;
     const uint32_t t = lane % 4, warp_last = tc_warp_last<DIAG>(row0, k0);
     /* the diagonal tile masks keys after the query (k0 = the query tile's first row there) */
     if constexpr (DIAG) {
@@ -200,7 +201,8 @@ __device__ __forceinline__ void tc_softmax(float (&s)[TC_BK / 8][4], uint32_t k0
     /* key k0 ≤ query on every tile walked (key 0 on the first), so these are finite; scale_log2
      * > 0, so the scaled maximum is the maximum of the scaled scores */
     const float mn0 = fmaxf(m0, mx0 * scale_log2), mn1 = fmaxf(m1, mx1 * scale_log2);
-    const float a0 = exp2_ftz(m0 - mn0), a1 = exp2_ftz(m1 - mn1); /* 0 on the first tile */
+    a0 = exp2_ftz(m0 - mn0); /* 0 on the first tile */
+    a1 = exp2_ftz(m1 - mn1);
     m0 = mn0;
     m1 = mn1;
     float ls0 = 0.0f, ls1 = 0.0f;
@@ -233,6 +235,11 @@ __device__ __forceinline__ void tc_softmax(float (&s)[TC_BK / 8][4], uint32_t k0
             }
         }
     }
+}
+
+/* o's rows row0 and row1 brought to the maxima of tc_probabilities' a0 and a1 */
+template <uint32_t ND> __device__ __forceinline__ void tc_rescale(float (&o)[ND][4], float a0, float a1)
+{
 #pragma unroll
     for (uint32_t dt = 0; dt < ND; dt++) {
         o[dt][0] *= a0;
@@ -240,6 +247,18 @@ __device__ __forceinline__ void tc_softmax(float (&s)[TC_BK / 8][4], uint32_t k0
         o[dt][2] *= a1;
         o[dt][3] *= a1;
     }
+}
+
+/* tc_probabilities, then o rescaled to the new maxima */
+template <uint32_t D, bool DROP, bool DIAG>
+__device__ __forceinline__ void tc_softmax(float (&s)[TC_BK / 8][4], uint32_t k0, uint32_t row0, uint32_t row1,
+                                           uint32_t len, uint32_t lane, float scale_log2, uint64_t drop_key,
+                                           const cu_attn_dropout &drop, float (&o)[D / 8][4], float &m0, float &m1,
+                                           float &l0, float &l1)
+{
+    float a0, a1;
+    tc_probabilities<DROP, DIAG>(s, k0, row0, row1, len, lane, scale_log2, drop_key, drop, m0, m1, l0, l1, a0, a1);
+    tc_rescale(o, a0, a1);
 }
 
 /* RoPE (cu_rope's arithmetic: half-split pairs j, j + D/2 rotated by the angle of the row's

@@ -92,10 +92,93 @@ __device__ __forceinline__ void wg_load_values_transposed(uint8_t *vt, const bf1
     }
 }
 
+/* S = Q·K_ktᵀ for one warpgroup's 64 query rows, issued as one wgmma group (not waited for) */
+template <uint32_t KD>
+__device__ __forceinline__ void wg_scores_issue(float (&s)[TC_BK / 8][4], const uint32_t (&qa)[KD][4], uint64_t keys)
+{
+    wgmma_fence(); /* o was rescaled, the query fragments loaded: before the products read them */
+    wgmma_m64n64k16_rs_overwrite(s, qa[0], keys);
+#pragma unroll
+    for (uint32_t kk = 1; kk < KD; kk++)
+        wgmma_m64n64k16_rs(s, qa[kk], keys + 2 * kk, 1);
+    wgmma_commit();
+}
+
+/* O += P·V_kt issued as one wgmma group (not waited for), P from the probabilities s (the A
+ * fragments of keys 16kc..16kc+15 are S's accumulators 2kc and 2kc + 1) */
+template <uint32_t D>
+__device__ __forceinline__ void wg_values_issue(const float (&s)[TC_BK / 8][4], float (&o)[D / 8][4], uint32_t kt,
+                                                const uint8_t *vtbuf)
+{
+    uint32_t pa[TC_BK / 16][4];
+#pragma unroll
+    for (uint32_t kc = 0; kc < TC_BK / 16; kc++) {
+        pa[kc][0] = pack_bf16(s[2 * kc][0], s[2 * kc][1]);
+        pa[kc][1] = pack_bf16(s[2 * kc][2], s[2 * kc][3]);
+        pa[kc][2] = pack_bf16(s[2 * kc + 1][0], s[2 * kc + 1][1]);
+        pa[kc][3] = pack_bf16(s[2 * kc + 1][2], s[2 * kc + 1][3]);
+    }
+    const uint64_t values = smem_descriptor(vtbuf + kt * WG_TILE_BYTES);
+    wgmma_fence();
+#pragma unroll
+    for (uint32_t kc = 0; kc < TC_BK / 16; kc++)
+        wgmma_m64n64k16_rs(o, pa[kc], values + 2 * kc, 1);
+    wgmma_commit();
+}
+
+/* The probabilities of key tile kt's scores s (the causal mask on the last, diagonal one) and the
+ * factors a0, a1 that bring o to the new maxima */
+__device__ __forceinline__ void wg_probabilities(float (&s)[TC_BK / 8][4], uint32_t kt, uint32_t qt, uint32_t row0,
+                                                 uint32_t row1, uint32_t len, uint32_t lane, float scale_log2,
+                                                 float &m0, float &m1, float &l0, float &l1, float &a0, float &a1)
+{
+    const cu_attn_dropout none = {};
+    if (kt < qt)
+        tc_probabilities<false, false>(s, kt * TC_BK, row0, row1, len, lane, scale_log2, 0, none, m0, m1, l0, l1, a0,
+                                       a1);
+    else
+        tc_probabilities<false, true>(s, kt * TC_BK, row0, row1, len, lane, scale_log2, 0, none, m0, m1, l0, l1, a0,
+                                      a1);
+}
+
+/* A head's walk over its TILES key tiles with the softmax of each tile after the first running
+ * while the tensor cores compute the tile before's P·V (FlashAttention-3's overlap within a
+ * warpgroup): tile kt + 1's S = Q·Kᵀ and tile kt's P·V are issued together, the first wait
+ * leaves only P·V running, and o is rescaled once that is done too. Every tile ends with no
+ * product running, so ptxas can tell which registers each one holds; unrolled for a tile count
+ * known at compile time, the two tiles of scores that take turns are named statically. */
+template <uint32_t D, uint32_t TILES>
+__device__ __forceinline__ void wg_walk_overlapped(float (&o)[D / 8][4], const uint32_t (&qa)[D / 16][4],
+                                                   const uint8_t *kbuf, const uint8_t *vtbuf, uint32_t row0,
+                                                   uint32_t row1, uint32_t len, uint32_t lane, float scale_log2,
+                                                   float &m0, float &m1, float &l0, float &l1)
+{
+    float s[2][TC_BK / 8][4], a0, a1;
+    wg_scores_issue<D / 16>(s[0], qa, smem_descriptor(kbuf));
+    wgmma_wait<0>();
+    wg_probabilities(s[0], 0, TILES - 1, row0, row1, len, lane, scale_log2, m0, m1, l0, l1, a0, a1); /* o = 0 */
+#pragma unroll
+    for (uint32_t kt = 0; kt < TILES; kt++) {
+        if (kt + 1 < TILES)
+            wg_scores_issue<D / 16>(s[(kt + 1) % 2], qa, smem_descriptor(kbuf + (kt + 1) * WG_TILE_BYTES));
+        wg_values_issue<D>(s[kt % 2], o, kt, vtbuf);
+        if (kt + 1 < TILES) {
+            wgmma_wait<1>(); /* the scores, issued first */
+            wg_probabilities(s[(kt + 1) % 2], kt + 1, TILES - 1, row0, row1, len, lane, scale_log2, m0, m1, l0, l1, a0,
+                             a1);
+            wgmma_wait<0>(); /* P·V, into the o that is rescaled now */
+            tc_rescale(o, a0, a1);
+        } else {
+            wgmma_wait<0>();
+        }
+    }
+}
+
 /* 3 blocks a multiprocessor: 65 KB of shared memory each (4 key and 4 Vᵀ tiles), ≤ 168
- * registers a thread */
-template <bool ROPE>
-__global__ void __launch_bounds__(TC_THREADS, 3)
+ * registers a thread. OVERLAP: each key tile's S = Q·Kᵀ runs during the softmax of the tile
+ * before (wg_overlapped_tile), at the cost of a second tile of scores in registers. */
+template <bool ROPE, bool OVERLAP>
+__global__ void __launch_bounds__(TC_THREADS, OVERLAP ? 2 : 3)
     attn_wg_group(bf16 *out, uint32_t ldo, const bf16 *qkv, uint32_t ldqkv, const uint32_t *seq_off, uint32_t heads,
                   uint32_t kv_heads, float scale_log2, const float *cos_t, const float *sin_t)
 {
@@ -110,7 +193,6 @@ __global__ void __launch_bounds__(TC_THREADS, 3)
     const uint32_t kvh = gb.kvh, group = gb.group, start = gb.start, len = gb.len, qt = gb.qt, lane = gb.lane;
     const uint32_t t = gb.t, row0 = gb.row0, row1 = gb.row1;
     const bf16 *rows = gb.rows;
-    const cu_attn_dropout none = {};
 
     for (uint32_t kt = 0; kt <= qt; kt++)
         wg_load_keys(kbuf + kt * WG_TILE_BYTES, gb.kbase, ldqkv, kt * TC_BK, len);
@@ -136,36 +218,27 @@ __global__ void __launch_bounds__(TC_THREADS, 3)
             rope_fragments<D>(qa, row0, row1, len, t, cos_t, sin_t);
         float o[ND][4], m0, m1, l0, l1;
         tc_walk_start(o, m0, m1, l0, l1);
-        for (uint32_t kt = 0; kt <= qt; kt++) {
-            float s[NK][4];
-            const uint64_t keys = smem_descriptor(kbuf + kt * WG_TILE_BYTES);
-            wgmma_fence(); /* o was rescaled, the query fragments loaded: before the products read them */
-#pragma unroll
-            for (uint32_t kk = 0; kk < KD; kk++)
-                wgmma_m64n64k16_rs(s, qa[kk], keys + 2 * kk, kk > 0);
-            wgmma_commit();
-            wgmma_wait<0>(); /* S, and the tile before's P·V, whose o the softmax rescales */
-            if (kt < qt)
-                tc_softmax<D, false, false>(s, kt * TC_BK, row0, row1, len, lane, scale_log2, 0, none, o, m0, m1, l0,
-                                            l1);
+        if constexpr (OVERLAP) {
+            static_assert(TC_GROUP_TILES == 4, "a walk of 1 to 4 key tiles");
+#define WG_WALK_ARGS o, qa, kbuf, vtbuf, row0, row1, len, lane, scale_log2, m0, m1, l0, l1
+            if (qt == 0)
+                wg_walk_overlapped<D, 1>(WG_WALK_ARGS);
+            else if (qt == 1)
+                wg_walk_overlapped<D, 2>(WG_WALK_ARGS);
+            else if (qt == 2)
+                wg_walk_overlapped<D, 3>(WG_WALK_ARGS);
             else
-                tc_softmax<D, false, true>(s, kt * TC_BK, row0, row1, len, lane, scale_log2, 0, none, o, m0, m1, l0,
-                                           l1);
-            /* P as the A fragments of keys 16kc..16kc+15: S's accumulators 2kc and 2kc + 1 */
-            uint32_t pa[TC_BK / 16][4];
-#pragma unroll
-            for (uint32_t kc = 0; kc < TC_BK / 16; kc++) {
-                pa[kc][0] = pack_bf16(s[2 * kc][0], s[2 * kc][1]);
-                pa[kc][1] = pack_bf16(s[2 * kc][2], s[2 * kc][3]);
-                pa[kc][2] = pack_bf16(s[2 * kc + 1][0], s[2 * kc + 1][1]);
-                pa[kc][3] = pack_bf16(s[2 * kc + 1][2], s[2 * kc + 1][3]);
+                wg_walk_overlapped<D, 4>(WG_WALK_ARGS);
+#undef WG_WALK_ARGS
+        } else {
+            for (uint32_t kt = 0; kt <= qt; kt++) {
+                float s[NK][4], a0, a1;
+                wg_scores_issue<KD>(s, qa, smem_descriptor(kbuf + kt * WG_TILE_BYTES));
+                wgmma_wait<0>(); /* S, and the tile before's P·V, whose o the softmax rescales */
+                wg_probabilities(s, kt, qt, row0, row1, len, lane, scale_log2, m0, m1, l0, l1, a0, a1);
+                tc_rescale(o, a0, a1);
+                wg_values_issue<D>(s, o, kt, vtbuf);
             }
-            const uint64_t values = smem_descriptor(vtbuf + kt * WG_TILE_BYTES);
-            wgmma_fence();
-#pragma unroll
-            for (uint32_t kc = 0; kc < TC_BK / 16; kc++)
-                wgmma_m64n64k16_rs(o, pa[kc], values + 2 * kc, 1);
-            wgmma_commit();
         }
         wgmma_wait<0>();
         tc_finish<D>(out, ldo, NULL, start, len, h, heads, row0, row1, lane, o, m0, m1, l0, l1);
@@ -173,7 +246,7 @@ __global__ void __launch_bounds__(TC_THREADS, 3)
     }
 }
 
-template <bool ROPE>
+template <bool ROPE, bool OVERLAP>
 cudaError_t launch_wg_group(void *out, uint32_t ldo, const void *qkv, uint32_t ldqkv, const uint32_t *seq_off,
                             uint32_t nseq, uint32_t max_len, uint32_t heads, uint32_t kv_heads, float scale,
                             const float *cos_t, const float *sin_t, cudaStream_t s)
@@ -183,14 +256,15 @@ cudaError_t launch_wg_group(void *out, uint32_t ldo, const void *qkv, uint32_t l
     const size_t smem = 2 * (size_t)tiles * WG_TILE_BYTES + 1024;
     static bool smem_raised; /* once, to the most any launch takes, on the first (eager) call */
     if (!smem_raised) {
-        cudaError_t e = cudaFuncSetAttribute(attn_wg_group<ROPE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        cudaError_t e = cudaFuncSetAttribute(attn_wg_group<ROPE, OVERLAP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              (int)(2 * TC_GROUP_TILES * WG_TILE_BYTES + 1024));
         if (e != cudaSuccess)
             return e;
         smem_raised = true;
     }
-    attn_wg_group<ROPE><<<grid, TC_THREADS, smem, s>>>((bf16 *)out, ldo, (const bf16 *)qkv, ldqkv, seq_off, heads,
-                                                       kv_heads, scale * 1.4426950408889634f, cos_t, sin_t);
+    attn_wg_group<ROPE, OVERLAP><<<grid, TC_THREADS, smem, s>>>((bf16 *)out, ldo, (const bf16 *)qkv, ldqkv, seq_off,
+                                                                heads, kv_heads, scale * 1.4426950408889634f, cos_t,
+                                                                sin_t);
     return cudaGetLastError();
 }
 
@@ -216,10 +290,13 @@ extern "C" bool cu_attention_wg_serves(uint32_t d)
 extern "C" cudaError_t cu_attention_wg(void *out, uint32_t ldo, const void *qkv, uint32_t ldqkv,
                                        const uint32_t *seq_off, uint32_t nseq, uint32_t max_len, uint32_t heads,
                                        uint32_t kv_heads, float scale, const float *cos_t, const float *sin_t,
-                                       cudaStream_t s)
+                                       bool overlap, cudaStream_t s)
 {
-    return cos_t ? launch_wg_group<true>(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, cos_t,
-                                         sin_t, s)
-                 : launch_wg_group<false>(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, NULL,
-                                          NULL, s);
+#define WG_ARGS out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale
+    if (overlap)
+        return cos_t ? launch_wg_group<true, true>(WG_ARGS, cos_t, sin_t, s)
+                     : launch_wg_group<false, true>(WG_ARGS, NULL, NULL, s);
+    return cos_t ? launch_wg_group<true, false>(WG_ARGS, cos_t, sin_t, s)
+                 : launch_wg_group<false, false>(WG_ARGS, NULL, NULL, s);
+#undef WG_ARGS
 }

@@ -601,8 +601,10 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
      * in the classify pass, whichever is faster (STEP_ATTENTION). NETLM_CUDA_ATTN=group: the
      * grouped kernel always; head: a block per query head always; wgmma: the grouped kernel on
      * Hopper's warpgroup products always (CU_ATTN_WG_GROUP: head_dim 64 on compute capability
-     * 9.0; the grouped kernel elsewhere); group-rope, wgmma-rope: those, with RoPE inside them in
-     * the classify pass instead of as a pass of its own. */
+     * 9.0; the grouped kernel elsewhere); wgmma-overlap: that kernel with each tile's softmax
+     * beside the tile before's P·V (CU_ATTN_WG_OVERLAP); group-rope, wgmma-rope,
+     * wgmma-overlap-rope: those, with RoPE inside them in the classify pass instead of as a pass
+     * of its own. */
     const char *attn = getenv("NETLM_CUDA_ATTN");
     e->attn = CU_ATTN_TC_GROUP;
     e->attn_chosen = !attn || strcmp(attn, "auto") == 0;
@@ -613,8 +615,14 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
     } else if (ok && attn && (strcmp(attn, "wgmma") == 0 || strcmp(attn, "wgmma-rope") == 0)) {
         e->attn = CU_ATTN_WG_GROUP;
         e->attn_rope = strcmp(attn, "wgmma-rope") == 0;
+    } else if (ok && attn && (strcmp(attn, "wgmma-overlap") == 0 || strcmp(attn, "wgmma-overlap-rope") == 0)) {
+        e->attn = CU_ATTN_WG_OVERLAP;
+        e->attn_rope = strcmp(attn, "wgmma-overlap-rope") == 0;
     } else if (ok && attn && strcmp(attn, "group") != 0 && strcmp(attn, "auto") != 0) {
-        fail(e, "NETLM_CUDA_ATTN: \"%s\" is not auto, group, head, wgmma, group-rope or wgmma-rope", attn);
+        fail(e,
+             "NETLM_CUDA_ATTN: \"%s\" is not auto, group, head, wgmma, wgmma-overlap, group-rope, wgmma-rope or "
+             "wgmma-overlap-rope",
+             attn);
         ok = false;
     }
     int sms = 0;
@@ -770,7 +778,16 @@ enum { MLP_PASS = 0 }; /* STEP_MLP_UP's candidates: MLP_PASS, then 1 + the fused
 /* STEP_ATTENTION's candidates; with rope_inside (Qwen2's classify pass only: the prefill stores
  * rotated keys in the KV cache) the kernel rotates q and k as it loads them, in place of the RoPE
  * pass, which the others' times therefore include */
-enum { ATTN_HEAD, ATTN_GROUP, ATTN_WGMMA, ATTN_GROUP_ROPE, ATTN_WGMMA_ROPE, ATTENTION_CANDIDATES };
+enum {
+    ATTN_HEAD,
+    ATTN_GROUP,
+    ATTN_WGMMA,
+    ATTN_WGMMA_OVERLAP,
+    ATTN_GROUP_ROPE,
+    ATTN_WGMMA_ROPE,
+    ATTN_WGMMA_OVERLAP_ROPE,
+    ATTENTION_CANDIDATES
+};
 static const struct {
     enum cu_attn_impl impl;
     bool rope_inside;
@@ -778,8 +795,11 @@ static const struct {
 } attention_candidates[ATTENTION_CANDIDATES] = {[ATTN_HEAD] = {CU_ATTN_AUTO, false, "head"},
                                                 [ATTN_GROUP] = {CU_ATTN_TC_GROUP, false, "group"},
                                                 [ATTN_WGMMA] = {CU_ATTN_WG_GROUP, false, "wgmma"},
+                                                [ATTN_WGMMA_OVERLAP] = {CU_ATTN_WG_OVERLAP, false, "wgmma-overlap"},
                                                 [ATTN_GROUP_ROPE] = {CU_ATTN_TC_GROUP, true, "group+rope"},
-                                                [ATTN_WGMMA_ROPE] = {CU_ATTN_WG_GROUP, true, "wgmma+rope"}};
+                                                [ATTN_WGMMA_ROPE] = {CU_ATTN_WG_GROUP, true, "wgmma+rope"},
+                                                [ATTN_WGMMA_OVERLAP_ROPE] = {CU_ATTN_WG_OVERLAP, true,
+                                                                             "wgmma-overlap+rope"}};
 
 /* The size rule of the up projection. The fused kernel is a persistent grid of one CTA per
  * multiprocessor walking 192 × 128 output tiles: on an H200, against cuBLASLt plus the pass, it
@@ -831,6 +851,7 @@ static bool candidate_serves(const struct model_cuda *e, enum choice_step step, 
     case ATTN_GROUP:
         return grouped;
     case ATTN_WGMMA:
+    case ATTN_WGMMA_OVERLAP:
         return grouped && cu_attention_wg_serves(e->d);
     case ATTN_GROUP_ROPE: /* (its rivals' RoPE pass is timed in ffn, not in use yet) */
         return grouped && !e->gpt2 && e->tail == TAIL_CLASSIFY && e->FW >= e->QKV;

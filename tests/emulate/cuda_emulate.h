@@ -923,6 +923,10 @@ inline void wgmma_m64n64k16_rs(float (&d)[8][4], const uint32_t (&a)[4], uint64_
     emu_warp_sync();
     emu_wgmma_issue(op);
 }
+inline void wgmma_m64n64k16_rs_overwrite(float (&d)[8][4], const uint32_t (&a)[4], uint64_t desc_b)
+{
+    wgmma_m64n64k16_rs(d, a, desc_b, 0);
+}
 inline void fence_view_async_shared() {}
 inline void wgmma_commit()
 {

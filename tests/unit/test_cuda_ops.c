@@ -507,15 +507,14 @@ static void attention_case_rope(enum cu_dtype t, enum cu_attn_impl impl, bool ro
                             scale, scores, NULL);
         }
     const bool tc = (rope || impl != CU_ATTN_SIMT) && cu_attention_uses_tensor_cores(t, d);
+    const bool wgmma = (impl == CU_ATTN_WG_GROUP || impl == CU_ATTN_WG_OVERLAP) && cu_attention_wg_serves(d);
+    const char *kernel = !tc                                ? "simt"
+                         : wgmma                            ? (impl == CU_ATTN_WG_OVERLAP ? "wgmma overlap" : "wgmma group")
+                         : impl == CU_ATTN_TC_GROUP || rope ? "tc group"
+                         : impl != CU_ATTN_AUTO             ? "tc group (no wgmma)"
+                                                            : "tc";
     char label[96];
-    snprintf(label, sizeof label, "attention %s h%u/kv%u d%u max_len %u",
-             !tc                                                            ? "simt"
-             : rope && impl == CU_ATTN_WG_GROUP && cu_attention_wg_serves(d) ? "wgmma group + rope"
-             : rope                                                         ? "tc group + rope"
-             : impl == CU_ATTN_TC_GROUP  ? "tc group"
-             : impl == CU_ATTN_WG_GROUP  ? (cu_attention_wg_serves(d) ? "wgmma group" : "tc group (no wgmma)")
-                                         : "tc",
-             H, KV, d,
+    snprintf(label, sizeof label, "attention %s%s h%u/kv%u d%u max_len %u", kernel, rope ? " + rope" : "", H, KV, d,
              max_len);
     TEST_WITHIN(label, t, test_rel_err(got, ref, N * Hd), t == CU_F32 ? 1e-5 : tc ? 1e-2 : 4e-3);
     cudaFree(dqkv), cudaFree(dout), cudaFree(doff), cudaFree(dcos), cudaFree(dsin);
@@ -550,12 +549,17 @@ static void test_attention(void **state)
         attention_case(t, CU_ATTN_WG_GROUP, 14, 2, 64, lens_256, 6, &r);
         attention_case(t, CU_ATTN_WG_GROUP, 6, 2, 64, lens_short, 9, &r);
         attention_case(t, CU_ATTN_WG_GROUP, 8, 1, 128, lens_256, 6, &r);
+        /* and with each tile's softmax beside the tile before's P·V: 1 to 4 key tiles */
+        attention_case(t, CU_ATTN_WG_OVERLAP, 14, 2, 64, lens_256, 6, &r);
+        attention_case(t, CU_ATTN_WG_OVERLAP, 6, 2, 64, lens_short, 9, &r);
         if (t == CU_BF16) {
             attention_case_rope(t, CU_ATTN_TC_GROUP, true, 14, 2, 64, lens_256, 6, &r);
             attention_case_rope(t, CU_ATTN_TC_GROUP, true, 6, 2, 32, lens_short, 9, &r);
             attention_case_rope(t, CU_ATTN_TC_GROUP, true, 8, 1, 128, lens_short, 9, &r);
             attention_case_rope(t, CU_ATTN_WG_GROUP, true, 14, 2, 64, lens_256, 6, &r);
             attention_case_rope(t, CU_ATTN_WG_GROUP, true, 6, 2, 64, lens_short, 9, &r);
+            attention_case_rope(t, CU_ATTN_WG_OVERLAP, true, 14, 2, 64, lens_256, 6, &r);
+            attention_case_rope(t, CU_ATTN_WG_OVERLAP, true, 6, 2, 64, lens_short, 9, &r);
             /* where the grouped kernel does not serve: refused */
             assert_false(cu_attention_fuses_rope(t, 64, 4, 4, 128, 768, 256));  /* no grouped heads */
             assert_false(cu_attention_fuses_rope(t, 64, 14, 2, 257, 1152, 896)); /* over 256 tokens */
