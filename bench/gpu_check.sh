@@ -298,32 +298,33 @@ bench ncu-wgmma-overlap 40 "$OUT/ncu.txt" env NETLM_CUDA_ATTN=wgmma-overlap NETL
 # would take the stages' time; ctest-cuda runs them all)
 san=compute-sanitizer
 command -v $san >/dev/null || san=/usr/local/cuda/bin/compute-sanitizer
-verify memcheck 80 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_KERNEL_TUNE=0 $san --tool memcheck --leak-check full \
+quick_tests=(env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_KERNEL_TUNE=0)
+verify memcheck 80 "$log" "${quick_tests[@]}" $san --tool memcheck --leak-check full \
     --error-exitcode 9 "$build/tests/test_cuda_ops"
 # the Hopper GEMM with the SwiGLU epilogue (TMA, mbarriers, wgmma): skipped off compute capability 9.0
-verify memcheck-swiglu 60 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_KERNEL_TUNE=0 NETLM_CUDA_TEST_FILTER=test_gemm_swiglu $san --tool memcheck \
+verify memcheck-swiglu 60 "$log" "${quick_tests[@]}" NETLM_CUDA_TEST_FILTER=test_gemm_swiglu $san --tool memcheck \
     --error-exitcode 9 "$build/tests/test_cuda_ops"
-verify memcheck-train 60 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_KERNEL_TUNE=0 $san --tool memcheck --error-exitcode 9 \
+verify memcheck-train 60 "$log" "${quick_tests[@]}" $san --tool memcheck --error-exitcode 9 \
     "$build/tests/test_cuda_backward"
 # the trainer as a whole (its buffers carved from two allocations): an out-of-bounds write there
 # is invisible to the kernel tests
-verify memcheck-trainer 90 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_KERNEL_TUNE=0 $san --tool memcheck --error-exitcode 9 \
+verify memcheck-trainer 90 "$log" "${quick_tests[@]}" $san --tool memcheck --error-exitcode 9 \
     "$build/tests/test_cuda_train"
-verify memcheck-generate 60 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_KERNEL_TUNE=0 $san --tool memcheck --error-exitcode 9 \
+verify memcheck-generate 60 "$log" "${quick_tests[@]}" $san --tool memcheck --error-exitcode 9 \
     "$build/tests/test_cuda_generate"
-verify memcheck-pipeline 60 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_KERNEL_TUNE=0 $san --tool memcheck --error-exitcode 9 \
+verify memcheck-pipeline 60 "$log" "${quick_tests[@]}" $san --tool memcheck --error-exitcode 9 \
     "$build/tests/test_cuda_pipeline"
-verify memcheck-attn-bwd 60 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_KERNEL_TUNE=0 $san --tool memcheck --error-exitcode 9 \
+verify memcheck-attn-bwd 60 "$log" "${quick_tests[@]}" $san --tool memcheck --error-exitcode 9 \
     "$build/tests/test_cuda_attention_backward"
-verify memcheck-model 60 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_KERNEL_TUNE=0 NETLM_CUDA_TEST_FILTER=test_bf16 $san \
+verify memcheck-model 60 "$log" "${quick_tests[@]}" NETLM_CUDA_TEST_FILTER=test_bf16 $san \
     --tool memcheck --error-exitcode 9 "$build/tests/test_cuda_model"
 # (in --quick too when NETLM_GPU_ONLY names it: after a change to the forward kernels)
 { ((quick)) && [[ ,${NETLM_GPU_ONLY:-}, != *,racecheck,* ]]; } ||
-    verify racecheck 60 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_KERNEL_TUNE=0 NETLM_CUDA_TEST_FILTER=test_attention $san \
+    verify racecheck 60 "$log" "${quick_tests[@]}" NETLM_CUDA_TEST_FILTER=test_attention $san \
         --tool racecheck --racecheck-report all --error-exitcode 9 "$build/tests/test_cuda_ops"
 # the attention backward's shared memory under racecheck even in --quick (its dK/dV kernel loops
 # over the grouped-query heads of a block)
-verify racecheck-attn-bwd 120 "$log" env NETLM_CUDA_TEST_QUICK=1 NETLM_CUDA_KERNEL_TUNE=0 NETLM_CUDA_TEST_FILTER=test_attention_backward $san \
+verify racecheck-attn-bwd 120 "$log" "${quick_tests[@]}" NETLM_CUDA_TEST_FILTER=test_attention_backward $san \
     --tool racecheck --racecheck-report all --error-exitcode 9 "$build/tests/test_cuda_attention_backward"
 grep -E "FAIL|ERROR SUMMARY|RACECHECK SUMMARY|LEAK SUMMARY|\[  (PASSED|FAILED) \]|\"e2e\"" "$log" | head -30 || true
 
