@@ -11,14 +11,20 @@
  * the K-major 128-byte-swizzled layout wgmma reads: K tiles as they are (a row of 64 dims is
  * one 128-byte row), V tiles transposed on the way in (a row per dim, the tile's 64 keys along
  * it), so that no operand needs wgmma's transposition. The online softmax, the masks and the
- * end of the walk are tc_softmax and tc_finish, the mma.sync kernels' own (attention_tc.cuh).
+ * end of the walk are tc_probabilities, tc_rescale and tc_finish, the mma.sync kernels' own
+ * (attention_tc.cuh).
+ *
+ * With OVERLAP (CU_ATTN_WG_OVERLAP) a head's walk issues the next tile's S with this tile's
+ * P·V and runs the next tile's softmax while P·V runs (wg_walk_overlapped), where the plain walk
+ * leaves the tensor cores to other blocks through each softmax.
  *
  * With ROPE (cu_attention_rope's classify pass: q and k in qkv not rotated yet), the block
  * rotates its key tiles once in shared memory and each warp its query fragments in registers,
  * as attn_tc_group does (attention_tc.cuh's rope_tile and rope_fragments).
  *
  * Compiled for sm_90a only (CMakeLists.txt); cu_attention (and cu_attention_rope) run it for
- * CU_ATTN_WG_GROUP on compute capability 9.0 and head_dim 64, and attn_tc_group elsewhere. */
+ * CU_ATTN_WG_GROUP and CU_ATTN_WG_OVERLAP on compute capability 9.0 and head_dim 64, and
+ * attn_tc_group elsewhere. */
 #include <cuda_bf16.h>
 #include <math.h>
 
