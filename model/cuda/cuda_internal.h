@@ -137,6 +137,12 @@ cudaError_t cu_tanh(void *y, enum cu_dtype t, const float *x, size_t count, cuda
 cudaError_t cu_softmax_rows(float *x, uint32_t rows, uint32_t n, size_t ld, cudaStream_t s);
 /* Keeps the stream busy for about `cycles` GPU clock cycles (the step profile's head start). */
 cudaError_t cu_spin(long long cycles, cudaStream_t s);
+/* A fingerprint of a [rows, cols] matrix (row stride ld, type t) that tells apart two results of
+ * the same computation by different kernels (rounding: equal to ~1e-3) from a wrong one: Σ x² and
+ * Σ ±x (a sign per element from its place), partial sums of `blocks` blocks into partial[2·blocks]
+ * (device) in an order fixed by the shapes; the caller adds them up. */
+cudaError_t cu_fingerprint(double *partial, uint32_t blocks, const void *x, enum cu_dtype t, uint32_t rows,
+                           uint32_t cols, size_t ld, cudaStream_t s);
 /* dst[b, c] = src[last row of sequence b, c] (type t); zeros for an empty sequence. */
 cudaError_t cu_gather_last(void *dst, const void *src, enum cu_dtype t, uint32_t c,
                            const uint32_t *seq_off, uint32_t nseq, cudaStream_t s);

@@ -71,6 +71,7 @@
 #define CU_SLOTS 2 /* classify batches in flight at most */
 #define CHOICE_SLOTS 64
 #define CHOICE_CANDIDATES 24 /* the up projection: cuBLASLt + the pass and each fused variant */
+#define FINGERPRINT_BLOCKS 264 /* cu_fingerprint's: two waves of 132 multiprocessors */
 
 struct cu_layer {
     float *ln1_w, *ln1_b, *ln2_w, *ln2_b;
@@ -93,7 +94,9 @@ struct kernel_choice {
     uint64_t key; /* kernel_choice_key */
     int pick;
     float ms[CHOICE_CANDIDATES]; /* negative: not timed (tuning off, does not serve, or failed) */
+    uint32_t rejected;           /* candidates (a bit each) whose result disagreed with the reference's */
 };
+_Static_assert(CHOICE_CANDIDATES <= 32, "a bit of kernel_choice.rejected per candidate");
 
 struct graph_slot {
     bool used;
@@ -131,6 +134,8 @@ struct model_cuda {
     uint32_t sms;           /* the device's multiprocessors */
     bool tune_kernels;      /* time the candidates of a step on its first pass (NETLM_CUDA_KERNEL_TUNE) */
     cudaEvent_t tune_ev[2];
+    double *d_fingerprint; /* cu_fingerprint's partial sums, [2 · FINGERPRINT_BLOCKS] */
+    char tune_fault[128];  /* NETLM_CUDA_TUNE_FAULT: candidates (a,b,...) whose results are wiped after their timing */
     struct kernel_choice choices[CHOICE_SLOTS];
     unsigned nchoices;
     enum cu_norm_kind norm;
@@ -487,6 +492,7 @@ void model_cuda_free(struct model_cuda *e)
             cudaEventDestroy(e->tune_ev[i]);
     cu_profile_free(e->prof);
     cu_gemm_free(e->gemm);
+    cudaFree(e->d_fingerprint);
     cudaFree(e->wblock);
     cudaFree(e->ablock);
     cudaFree(e->kvblock);
@@ -573,10 +579,17 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
     const char *tune = getenv("NETLM_CUDA_KERNEL_TUNE");
     e->tune_kernels = !(tune && strcmp(tune, "0") == 0);
     if (ok && e->tune_kernels &&
-        (cudaEventCreate(&e->tune_ev[0]) != cudaSuccess || cudaEventCreate(&e->tune_ev[1]) != cudaSuccess)) {
-        fail(e, "cuda: cannot create events: %s", cudaGetErrorString(cudaGetLastError()));
+        (cudaEventCreate(&e->tune_ev[0]) != cudaSuccess || cudaEventCreate(&e->tune_ev[1]) != cudaSuccess ||
+         cudaMalloc((void **)&e->d_fingerprint, 2 * FINGERPRINT_BLOCKS * sizeof(double)) != cudaSuccess)) {
+        fail(e, "cuda: cannot create the kernel timing's events and buffer: %s",
+             cudaGetErrorString(cudaGetLastError()));
         ok = false;
     }
+    /* A check of the check of each candidate's result (kernel_choice): the named candidates'
+     * results wiped after their timing, as a kernel that computes nothing would leave them
+     * (tests/unit/test_cuda_model.c). */
+    const char *fault = getenv("NETLM_CUDA_TUNE_FAULT");
+    snprintf(e->tune_fault, sizeof e->tune_fault, "%s", fault ? fault : "");
     /* Qwen2 bf16 on Hopper: the up GEMM with the SwiGLU in its epilogue (gemm_swiglu.cu) or
      * cuBLASLt's GEMM then the SwiGLU as a pass of its own, whichever is faster
      * (STEP_MLP_UP). NETLM_CUDA_SWIGLU_GEMM=0: that pair always; 1 or a variant's name: the fused
@@ -885,6 +898,59 @@ static bool run_candidate(void *ctx)
     return enqueue_attention(e, attention_candidates[t->c].impl, attention_candidates[t->c].rope_inside);
 }
 
+/* Whether name is one of list's comma-separated names. */
+static bool named_in(const char *list, const char *name)
+{
+    const size_t n = strlen(name);
+    for (const char *at = list; *at;) {
+        const size_t len = strcspn(at, ",");
+        if (len == n && strncmp(at, name, n) == 0)
+            return true;
+        at += len + (at[len] == ',');
+    }
+    return false;
+}
+
+/* The fingerprint (cu_fingerprint's two sums) of candidate c's result, where its timing left it:
+ * the step's output (ffn: h, with the row stride each path writes; att). False when it cannot be
+ * taken. */
+static bool candidate_fingerprint(struct model_cuda *e, enum choice_step step, int c, double sums[2])
+{
+    void *x = step == STEP_MLP_UP ? e->ffn : e->att;
+    const uint32_t cols = step == STEP_MLP_UP ? e->F : e->H * e->d;
+    const size_t ld = step != STEP_MLP_UP ? cols : c == MLP_PASS ? e->FW : e->F;
+    double partial[2 * FINGERPRINT_BLOCKS];
+    cudaError_t ce = cudaSuccess;
+    if (named_in(e->tune_fault, candidate_name(step, c)))
+        ce = cudaMemset2DAsync(x, ld * e->ts, 0, cols * e->ts, e->rows, e->stream);
+    if (ce == cudaSuccess)
+        ce = cu_fingerprint(e->d_fingerprint, FINGERPRINT_BLOCKS, x, e->t, e->rows, cols, ld, e->stream);
+    if (ce == cudaSuccess)
+        ce = cudaMemcpyAsync(partial, e->d_fingerprint, sizeof partial, cudaMemcpyDeviceToHost, e->stream);
+    if (ce == cudaSuccess)
+        ce = cudaStreamSynchronize(e->stream);
+    if (ce != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    sums[0] = sums[1] = 0.0;
+    for (unsigned b = 0; b < FINGERPRINT_BLOCKS; b++) {
+        sums[0] += partial[2 * b];
+        sums[1] += partial[2 * b + 1];
+    }
+    return true;
+}
+
+/* Two candidates' results agree when their sums of squares are within 5 % and their signed sums
+ * within 5 % of the root of that: kernels that compute the same thing differ by their roundings
+ * (~1e-3 of each), one that computes nothing, garbage or a permutation by far more (NaN never
+ * agrees). */
+static bool fingerprints_agree(const double reference[2], const double sums[2])
+{
+    const double tol = 0.05;
+    return fabs(sums[0] - reference[0]) <= tol * reference[0] && fabs(sums[1] - reference[1]) <= tol * sqrt(reference[0]);
+}
+
 /* The step's candidate for the current shapes: the class's choice, or one made now (timed when
  * allowed: outside a capture, with tuning on, more than one candidate serving). by_size: the
  * size rule's candidate. -1 (e->err set) when a candidate hung. */
@@ -912,6 +978,12 @@ static int kernel_choice(struct model_cuda *e, enum choice_step step, const stru
         serving += candidate_serves(e, step, (int)c);
     if (!e->tune_kernels || serving < 2)
         return by_size;
+    /* Each result is checked against the first of its group's: a kernel that is fast because it
+     * computes something else (wrong on this card, say) is not chosen. The attention candidates
+     * with RoPE inside rotate q and k as they load them, the others read them unrotated while
+     * they are timed (their RoPE pass goes to scratch): two groups. */
+    double reference[2][2];
+    bool have_reference[2] = {false, false};
     for (unsigned c = 0; c < count; c++) {
         if (!candidate_serves(e, step, (int)c))
             continue;
@@ -926,10 +998,24 @@ static int kernel_choice(struct model_cuda *e, enum choice_step step, const stru
             return -1;
         }
         cudaGetLastError(); /* a failed candidate leaves nothing behind: it is just not chosen */
+        const int group = step == STEP_ATTENTION && attention_candidates[c].rope_inside;
+        double sums[2];
+        if (k->ms[c] < 0.0f) {
+            continue;
+        } else if (!candidate_fingerprint(e, step, (int)c, sums)) {
+            k->ms[c] = -1.0f;
+        } else if (!have_reference[group]) {
+            memcpy(reference[group], sums, sizeof sums);
+            have_reference[group] = true;
+        } else if (!fingerprints_agree(reference[group], sums)) {
+            k->rejected |= 1u << c;
+        }
     }
-    for (unsigned c = 0; c < count; c++)
-        if (k->ms[c] >= 0.0f && (k->ms[k->pick] < 0.0f || k->ms[c] < k->ms[k->pick]))
+    for (unsigned c = 0; c < count; c++) {
+        const bool pick_usable = k->ms[k->pick] >= 0.0f && !(k->rejected >> k->pick & 1);
+        if (k->ms[c] >= 0.0f && !(k->rejected >> c & 1) && (!pick_usable || k->ms[c] < k->ms[k->pick]))
             k->pick = (int)c;
+    }
     return k->pick;
 }
 
@@ -962,7 +1048,18 @@ bool model_cuda_kernel_choices(const struct model_cuda *e, char *out, size_t len
                     PUT("%s\"%s\":%.4f", first_ms ? "" : ",", candidate_name(k->step, c), k->ms[c]);
                     first_ms = false;
                 }
-            PUT("}}");
+            PUT("}");
+            if (k->rejected) { /* timed, but their results disagreed with the reference's */
+                PUT(",\"rejected\":[");
+                bool first_rejected = true;
+                for (int c = 0; c < CHOICE_CANDIDATES; c++)
+                    if (k->rejected >> c & 1) {
+                        PUT("%s\"%s\"", first_rejected ? "" : ",", candidate_name(k->step, c));
+                        first_rejected = false;
+                    }
+                PUT("]");
+            }
+            PUT("}");
             first = false;
         }
         PUT("]");

@@ -1,6 +1,6 @@
 /* kernels.cu — the CUDA forward ops other than attention and the GEMMs: embedding gather, the
- * norms, GELU, SwiGLU, RoPE, the fallback bias/GELU epilogue, pooling, tanh, softmax and the
- * last-row gather of the LM head.
+ * norms, GELU, SwiGLU, RoPE, the fallback bias/GELU epilogue, pooling, tanh, softmax, the
+ * last-row gather of the LM head, and the fingerprint the engine compares kernel candidates by.
  *
  * Each kernel is templated on the activation type T (float, or __nv_bfloat16 read and written
  * as such with fp32 arithmetic) and mirrors one CPU op of ops.c formula for formula, so the fp32
@@ -351,6 +351,42 @@ __global__ void gather_last_kernel(T *dst, const T *src, uint32_t c, const uint3
     dst[(size_t)b * c + j] = end > start ? src[(size_t)(end - 1) * c + j] : from_f<T>(0.0f);
 }
 
+/* Per block: Σ x² and Σ ±x over its rows (blockIdx.x, + gridDim.x, ...) of a [rows, cols] matrix
+ * (row stride ld), the sign a hash of the element's place, in double and in an order fixed by the
+ * shapes; partial[2b], partial[2b + 1] (cu_fingerprint). */
+constexpr unsigned FINGERPRINT_THREADS = 256;
+template <typename T>
+__global__ void fingerprint_kernel(double *partial, const T *x, uint32_t rows, uint32_t cols, size_t ld)
+{
+    __shared__ double red[2][FINGERPRINT_THREADS / 32];
+    double squares = 0.0, signed_sum = 0.0;
+    for (uint32_t r = blockIdx.x; r < rows; r += gridDim.x)
+        for (uint32_t c = threadIdx.x; c < cols; c += blockDim.x) {
+            const double v = to_f(x[(size_t)r * ld + c]);
+            squares += v * v;
+            signed_sum += (((uint64_t)r * cols + c) * 0x9E3779B97F4A7C15ull) >> 63 ? v : -v;
+        }
+    for (int lanes = 16; lanes > 0; lanes >>= 1) {
+        squares += __shfl_xor_sync(0xffffffffu, squares, lanes);
+        signed_sum += __shfl_xor_sync(0xffffffffu, signed_sum, lanes);
+    }
+    const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) {
+        red[0][warp] = squares;
+        red[1][warp] = signed_sum;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        squares = signed_sum = 0.0;
+        for (uint32_t w = 0; w < FINGERPRINT_THREADS / 32; w++) {
+            squares += red[0][w];
+            signed_sum += red[1][w];
+        }
+        partial[2 * blockIdx.x] = squares;
+        partial[2 * blockIdx.x + 1] = signed_sum;
+    }
+}
+
 /* Busy for `cycles` clock cycles of one multiprocessor: the step profile puts it ahead of a
  * forward so the host has enqueued every step before the first one runs (the events then time
  * the GPU's work, not the host's launches). */
@@ -596,6 +632,18 @@ extern "C" cudaError_t cu_softmax_rows(float *x, uint32_t rows, uint32_t n, size
     if (rows == 0 || n == 0)
         return cudaSuccess;
     softmax_kernel<<<rows, 256, 0, s>>>(x, n, ld);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t cu_fingerprint(double *partial, uint32_t blocks, const void *x, enum cu_dtype t,
+                                      uint32_t rows, uint32_t cols, size_t ld, cudaStream_t s)
+{
+    if (blocks == 0)
+        return cudaErrorInvalidValue;
+    if (t == CU_BF16)
+        fingerprint_kernel<bf16><<<blocks, FINGERPRINT_THREADS, 0, s>>>(partial, (const bf16 *)x, rows, cols, ld);
+    else
+        fingerprint_kernel<float><<<blocks, FINGERPRINT_THREADS, 0, s>>>(partial, (const float *)x, rows, cols, ld);
     return cudaGetLastError();
 }
 

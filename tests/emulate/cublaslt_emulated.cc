@@ -191,6 +191,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t computeDesc
         return CUBLAS_STATUS_INVALID_VALUE;
     const float al = *static_cast<const float *>(alpha), be = *static_cast<const float *>(beta);
     emu_submit([=] {
+        emu_launches++; /* a kernel on the GPU too (NETLM_CUDA_EMULATE_TIMING=launches counts it) */
         /* op(A) as rows of k, op(B) as columns of k, in fp32; their products summed in fp32 by
          * OpenBLAS (prod[j][i] = Σ_t op(A)[i][t]·op(B)[t][j]), then alpha, beta·C and the epilogue */
         std::vector<float> ar(m * k), bc(n * k), prod(n * m), col(m);

@@ -201,6 +201,17 @@ cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t)
     return cudaSuccess;
 }
 
+cudaError_t cudaMemset2DAsync(void *p, size_t pitch, int value, size_t width, size_t height, cudaStream_t)
+{
+    if (width > pitch)
+        return cudaErrorInvalidPitchValue;
+    emu_submit([=] {
+        for (size_t r = 0; r < height; r++)
+            memset((char *)p + r * pitch, value, width);
+    });
+    return cudaSuccess;
+}
+
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned int)
 {
     *s = new CUstream_st{};

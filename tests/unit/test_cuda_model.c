@@ -249,14 +249,21 @@ static json_object *choices_of(json_object *report, const char *step)
     return a;
 }
 
-/* One class's choice: the pick, and whether it is the fastest of the times reported (timed) or
- * no time was reported at all (not timed). Returns the number of candidates timed. */
-static size_t check_choice(json_object *choice, const char *step, const char **pick)
+/* One class's choice: the pick, and whether it is the fastest of the times reported whose result
+ * agreed with the reference's (timed) or no time was reported at all (not timed); the candidates
+ * rejected for their results: exactly `rejected` (NULL: none). Returns the number timed. */
+static size_t check_choice(json_object *choice, const char *step, const char **pick, const char *rejected)
 {
-    json_object *p = NULL, *ms = NULL;
+    json_object *p = NULL, *ms = NULL, *out = NULL;
     assert_true(json_object_object_get_ex(choice, "pick", &p));
     assert_true(json_object_object_get_ex(choice, "ms", &ms));
     *pick = json_object_get_string(p);
+    const bool any_rejected = json_object_object_get_ex(choice, "rejected", &out);
+    assert_int_equal(any_rejected, rejected != NULL);
+    if (rejected) {
+        assert_int_equal(json_object_array_length(out), 1);
+        assert_string_equal(json_object_get_string(json_object_array_get_idx(out, 0)), rejected);
+    }
     const char *fastest = NULL;
     double best = INFINITY;
     size_t timed = 0;
@@ -264,13 +271,14 @@ static size_t check_choice(json_object *choice, const char *step, const char **p
     {
         const double v = json_object_get_double(t);
         assert_true(v >= 0.0);
-        if (v < best) {
+        if (v < best && !(rejected && strcmp(name, rejected) == 0)) {
             best = v;
             fastest = name;
         }
         timed++;
     }
-    printf("  %s: %s of %zu timed (%s)\n", step, *pick, timed, json_object_to_json_string(ms));
+    printf("  %s: %s of %zu timed (%s)%s%s\n", step, *pick, timed, json_object_to_json_string(ms),
+           rejected ? ", rejected " : "", rejected ? rejected : "");
     if (timed)
         assert_string_equal(*pick, fastest);
     return timed;
@@ -285,7 +293,10 @@ static size_t check_choice(json_object *choice, const char *step, const char **p
  * block per query head). Timed by launch count instead (an order known in advance), the
  * attention that rotates q and k itself wins (one launch against the others' two, their RoPE
  * pass included), so the pass that leaves RoPE out is checked as the engine chooses it. A
- * candidate that never finishes (emulated) fails the pass with an error instead of hanging. */
+ * candidate whose result disagrees with the reference's (here: wiped after its timing,
+ * NETLM_CUDA_TUNE_FAULT) is reported and not chosen, however fast, and no legitimate candidate
+ * is rejected. A candidate that never finishes (emulated) fails the pass with an error instead
+ * of hanging. */
 static void test_timed_kernel_choices(void **state)
 {
     (void)state;
@@ -306,17 +317,24 @@ static void test_timed_kernel_choices(void **state)
     assert_true(model_classify(cpu, ids, lengths, batch, seq, NULL, ref));
     int driver = 0; /* the emulated GPU has none (tests/emulate/cuda_runtime_emulated.cc) */
     const bool emulated = cudaDriverGetVersion(&driver) == cudaSuccess && driver == 0;
-    for (int mode = 0; mode < 4; mode++) {
+    for (int mode = 0; mode < 5; mode++) {
         /* 0: timed; 1: tuning off; 2: the up projection's kernel named, attention timed; 3:
-         * timed by launch count (the emulated GPU only) */
+         * timed by launch count (the emulated GPU only); 4: timed (by launch count where
+         * emulated: the fused variants, one launch against cuBLASLt's and the pass's two, tie,
+         * so the first would be chosen), the results of the grouped attention and of the first
+         * fused variant wiped after their timing */
         if (mode == 3 && !emulated)
-            break;
+            continue;
         setenv("NETLM_CUDA_KERNEL_TUNE", mode == 1 ? "0" : "1", 1);
-        setenv("NETLM_CUDA_EMULATE_TIMING", mode == 3 ? "launches" : "host", 1);
+        setenv("NETLM_CUDA_EMULATE_TIMING", mode == 3 || mode == 4 ? "launches" : "host", 1);
         if (mode == 2)
             setenv("NETLM_CUDA_SWIGLU_GEMM", "c1", 1);
         if (mode == 3)
             unsetenv("NETLM_CUDA_SWIGLU_GEMM");
+        char fault[64];
+        snprintf(fault, sizeof fault, "group,%s", cu_gemm_swiglu_variant(0));
+        if (mode == 4)
+            setenv("NETLM_CUDA_TUNE_FAULT", fault, 1);
         struct model_cuda_options o = {.device = 0, .precision = MODEL_PRECISION_BF16, .max_batch = batch,
                                        .max_seq = seq, .graphs = true};
         struct model_cuda *e = model_cuda_create(m, &o, err, sizeof err);
@@ -339,7 +357,7 @@ static void test_timed_kernel_choices(void **state)
         assert_int_equal(json_object_array_length(attn), 1);
         const char *pick = NULL;
         json_object *attn0 = json_object_array_get_idx(attn, 0), *field = NULL;
-        const size_t attn_timed = check_choice(attn0, "attention", &pick);
+        const size_t attn_timed = check_choice(attn0, "attention", &pick, mode == 4 ? "group" : NULL);
         /* its class: 4 sequences, the longest of 40 tokens (one 64-token tile), classifying */
         assert_true(json_object_object_get_ex(attn0, "sequences_up_to", &field));
         assert_int_equal(json_object_get_int(field), 4);
@@ -365,7 +383,9 @@ static void test_timed_kernel_choices(void **state)
             while (cu_gemm_swiglu_variant(variants))
                 variants++;
             json_object *mlp0 = json_object_array_get_idx(mlp, 0);
-            const size_t mlp_timed = check_choice(mlp0, "mlp_up", &pick);
+            const size_t mlp_timed = check_choice(mlp0, "mlp_up", &pick, mode == 4 ? fault + 6 : NULL);
+            if (mode == 4 && emulated) /* the fastest, rejected: the next of the tie */
+                assert_string_equal(pick, cu_gemm_swiglu_variant(1));
             /* its class: the batch's rows (its token bucket) within a power of two */
             uint32_t tokens = 0;
             for (uint32_t b = 0; b < batch; b++)
@@ -384,6 +404,7 @@ static void test_timed_kernel_choices(void **state)
         model_cuda_free(e);
     }
     unsetenv("NETLM_CUDA_SWIGLU_GEMM");
+    unsetenv("NETLM_CUDA_TUNE_FAULT");
     if (emulated) {
         /* a candidate that never finishes: the pass fails with an error naming it, in 20 s,
          * instead of hanging, and nothing is chosen */
