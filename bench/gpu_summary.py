@@ -90,7 +90,9 @@ def main():
                     shape = " ".join(f"{key} {v}" for key, v in choice.items() if key.endswith("_up_to"))
                     shape += " (classify)" if choice.get("classify") else ""
                     times = ", ".join(f"{name} {ms:.4f}" for name, ms in sorted(choice["ms"].items(), key=lambda kv: kv[1]))
-                    print(f"  {c:32} {step:9} {shape:34} {choice['pick']:16} {times or '(not timed)'}")
+                    rejected = choice.get("rejected")
+                    rejected = f"  REJECTED (result disagrees): {', '.join(rejected)}" if rejected else ""
+                    print(f"  {c:32} {step:9} {shape:34} {choice['pick']:16} {times or '(not timed)'}{rejected}")
     if profiles:
         print("\ntime per kind of step, ms per call (eager, no graphs):")
         for c, p in profiles:
