@@ -948,7 +948,8 @@ static bool candidate_fingerprint(struct model_cuda *e, enum choice_step step, i
 static bool fingerprints_agree(const double reference[2], const double sums[2])
 {
     const double tol = 0.05;
-    return fabs(sums[0] - reference[0]) <= tol * reference[0] && fabs(sums[1] - reference[1]) <= tol * sqrt(reference[0]);
+    return fabs(sums[0] - reference[0]) <= tol * reference[0] &&
+           fabs(sums[1] - reference[1]) <= tol * sqrt(reference[0]);
 }
 
 /* The step's candidate for the current shapes: the class's choice, or one made now (timed when
