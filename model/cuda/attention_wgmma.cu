@@ -181,8 +181,9 @@ __device__ __forceinline__ void wg_walk_overlapped(float (&o)[D / 8][4], const u
 }
 
 /* 3 blocks a multiprocessor: 65 KB of shared memory each (4 key and 4 Vᵀ tiles), ≤ 168
- * registers a thread. OVERLAP: each key tile's S = Q·Kᵀ runs during the softmax of the tile
- * before (wg_overlapped_tile), at the cost of a second tile of scores in registers. */
+ * registers a thread. OVERLAP: each key tile's softmax runs while the tile before's P·V does
+ * (wg_walk_overlapped), at the cost of a second tile of scores in registers: 2 blocks a
+ * multiprocessor then. */
 template <bool ROPE, bool OVERLAP>
 __global__ void __launch_bounds__(TC_THREADS, OVERLAP ? 2 : 3)
     attn_wg_group(bf16 *out, uint32_t ldo, const bf16 *qkv, uint32_t ldqkv, const uint32_t *seq_off, uint32_t heads,
