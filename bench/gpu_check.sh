@@ -206,7 +206,7 @@ bench bench-e2e-pretrain 90 "$log" python3 "$root/bench/gpu_e2e.py" --only pretr
 # compile takes 30-60 s). It leaves the later benchmark stages (the variants, then Nsight
 # Compute) the time they usually take; the sanitizer stages come last and take what is left.
 reserve=10
-for name in untuned swiglu-fastest swiglu-pass attn-group attn-head attn-group-rope attn-wgmma attn-wgmma-rope \
+for name in untuned graphs swiglu-fastest swiglu-pass attn-group attn-head attn-group-rope attn-wgmma attn-wgmma-rope \
             attn-wgmma-overlap attn-wgmma-overlap-rope residual-fp32 profile \
             train-profile train-simt-bwd train-no-dropout pipeline; do
     selected "bench-$name" && reserve=$((reserve + 25))
@@ -235,7 +235,8 @@ variant() { # name command...
 }
 # The engine's kernel choices against its default (Qwen2 bf16: the up projection and the attention
 # each timed on a shape's first pass, the fastest candidate kept; "kernels" in bench-netlm's lines):
-# the size rules that decide without timing (untuned); the fused variant bench-gemm timed fastest
+# the size rules that decide without timing (untuned); CUDA graphs at every batch size, not only
+# the latency cases' (graphs); the fused variant bench-gemm timed fastest
 # (NETLM_GPU_SWIGLU_VARIANT, else gpu_fastest_swiglu.py's pick, else the default) on every batch
 # size; cuBLASLt's GEMM then the SwiGLU as a pass of its own; grouped attention on every batch
 # size; attention one block per query head; RoPE inside the grouped attention (classify pass); the
@@ -244,6 +245,7 @@ variant() { # name command...
 swiglu_variant=${NETLM_GPU_SWIGLU_VARIANT:-$(python3 "$root/bench/gpu_fastest_swiglu.py" "$OUT/netlm.json" || echo 1)}
 echo "fastest fused SwiGLU GEMM variant: $swiglu_variant" >>"$OUT/env.txt"
 variant untuned env NETLM_CUDA_KERNEL_TUNE=0 "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10
+variant graphs "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10 --graphs
 variant swiglu-fastest env NETLM_CUDA_SWIGLU_GEMM="$swiglu_variant" "$build/netlm_model_bench" "${cases[@]}" \
     --device cuda --runs 10
 variant swiglu-pass env NETLM_CUDA_SWIGLU_GEMM=0 "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10

@@ -6,7 +6,7 @@
  *   netlm_model_bench --qwen05b-rss [--threads N]   (peak RSS of a Qwen2.5-0.5B-sized forward)
  *   netlm_model_bench --train --arch gpt2|qwen2 [--threads N]  (training steps, batch 32 x 128)
  *   netlm_model_bench --device cuda[:N] [--only NAME[,NAME...]] [--precision bf16|fp32] [--residual bf16|fp32]
- *                     [--runs N] [--profile]
+ *                     [--runs N] [--profile | --graphs]
  *   netlm_model_bench --device cuda[:N] --train [--precision bf16|fp32] [--dropout P] [--runs N]
  *     (training steps on the GPU; each case trains with the dropout PyTorch's model has in
  *      bench/gpu_bench.py, 0.1 for GPT-2 and none for Qwen2, unless --dropout gives one)
@@ -16,7 +16,8 @@
  *     (--profile: no CUDA graphs, and the engine's time per kind of step as a JSON line
  *      {"cuda_profile": ...} on stderr after each case; --residual: the residual stream's type
  *      in bf16 precision, bf16 by default as in netlm's commands and the sensor, fp32 the
- *      engine's other choice)
+ *      engine's other choice; --graphs: CUDA graphs in the throughput cases too, which the
+ *      latency cases always replay)
  *       (the CUDA engine on the configs of bench/gpu_bench.py: one JSON line per measurement;
  *       bench/gpu_check.sh runs it next to PyTorch)
  *   netlm_model_bench --device cpu|cuda[:N] --generate [--only NAME] [--precision bf16|fp32]
@@ -401,7 +402,7 @@ static int cuda_train_bench(int device, const char *only, enum model_precision p
 }
 
 static int cuda_bench(int device, const char *only, enum model_precision prec, bool residual_bf16,
-                      int runs, bool profile)
+                      int runs, bool profile, bool all_graphs)
 {
     int status = 0;
     if (profile)
@@ -419,7 +420,7 @@ static int cuda_bench(int device, const char *only, enum model_precision prec, b
         char err[512];
         struct model *m = bench_model(&c, err, sizeof err);
         struct model_cuda_options o = {.device = device, .precision = prec, .max_batch = k->batch,
-                                       .max_seq = k->seq, .graphs = k->graphs && !profile,
+                                       .max_seq = k->seq, .graphs = (k->graphs || all_graphs) && !profile,
                                        .residual_bf16 = residual_bf16};
         struct model_cuda *e = m ? model_cuda_create(m, &o, err, sizeof err) : NULL;
         uint32_t *ids = malloc((size_t)k->batch * k->seq * sizeof(uint32_t));
@@ -447,7 +448,7 @@ static int cuda_bench(int device, const char *only, enum model_precision prec, b
                        "\"seq\":%u,\"ms\":%.4f,\"seq_per_s\":%.1f,\"tok_per_s\":%.1f,\"tflops\":%.2f,"
                        "\"mfu\":%.4f,\"device_mib\":%.1f,\"kernels\":%s}\n",
                        k->name, prec == MODEL_PRECISION_FP32 ? "fp32" : "bf16", residual_bf16 ? "bf16" : "fp32",
-                       k->graphs ? "true" : "false",
+                       o.graphs ? "true" : "false",
                        k->batch, k->seq, secs * 1e3, k->batch / secs, (double)k->batch * k->seq / secs,
                        flops / secs / 1e12, flops / secs / 989e12, model_cuda_bytes(e) / 1048576.0, kernels);
             }
@@ -669,7 +670,7 @@ int main(int argc, char **argv)
     uint32_t threads = 1;
     int runs = 7;
     bool rss_mode = false, train_mode = false, profile = false, pipeline = false;
-    bool generate = false;
+    bool generate = false, all_graphs = false;
     float dropout = -1.0f; /* --dropout: the GPU training cases' own unless given */
     const char *device_name = "cpu", *only = NULL, *precision = "bf16", *residual = NULL;
     for (int i = 1; i < argc; i++) {
@@ -691,6 +692,8 @@ int main(int argc, char **argv)
             precision = argv[++i];
         else if (!strcmp(argv[i], "--profile"))
             profile = true;
+        else if (!strcmp(argv[i], "--graphs"))
+            all_graphs = true;
         else if (!strcmp(argv[i], "--residual") && i + 1 < argc)
             residual = argv[++i];
         else if (!strcmp(argv[i], "--pipeline"))
@@ -705,7 +708,7 @@ int main(int argc, char **argv)
                 return 2;
             }
         } else {
-            fprintf(stderr, "usage: %s [--arch gpt2|qwen2] [--threads N] [--runs N] [--qwen05b-rss | --train | --generate [--only NAME] | --device cuda[:N] [--only NAME] [--precision bf16|fp32] [--residual bf16|fp32] [--profile] [--pipeline | --generate | --train [--dropout P]]]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--arch gpt2|qwen2] [--threads N] [--runs N] [--qwen05b-rss | --train | --generate [--only NAME] | --device cuda[:N] [--only NAME] [--precision bf16|fp32] [--residual bf16|fp32] [--profile | --graphs] [--pipeline | --generate | --train [--dropout P]]]\n", argv[0]);
             return 2;
         }
     }
@@ -729,6 +732,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s: --pipeline is for --device cuda, without --train, --residual or --profile\n", argv[0]);
         return 2;
     }
+    if (all_graphs && (device < 0 || train_mode || pipeline || generate || profile)) {
+        fprintf(stderr, "%s: --graphs is for --device cuda classification, without --profile\n", argv[0]);
+        return 2;
+    }
     if (dropout >= 0.0f && !(device >= 0 && train_mode)) {
         fprintf(stderr, "%s: --dropout is for --device cuda --train\n", argv[0]);
         return 2;
@@ -748,7 +755,7 @@ int main(int argc, char **argv)
                                 runs, dropout);
     if (device >= 0)
         return cuda_bench(device, only, strcmp(precision, "fp32") ? MODEL_PRECISION_BF16 : MODEL_PRECISION_FP32,
-                          residual_bf16, runs, profile);
+                          residual_bf16, runs, profile, all_graphs);
     if (rss_mode)
         return qwen05b_rss(threads);
     if (train_mode)

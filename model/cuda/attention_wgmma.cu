@@ -100,9 +100,10 @@ __device__ __forceinline__ void wg_load_values_transposed(uint8_t *vt, const bf1
 
 /* S = Q·K_ktᵀ for one warpgroup's 64 query rows, issued as one wgmma group (not waited for) */
 template <uint32_t KD>
-__device__ __forceinline__ void wg_scores_issue(float (&s)[TC_BK / 8][4], const uint32_t (&qa)[KD][4], uint64_t keys)
+__device__ __forceinline__ void wg_scores_issue(float (&s)[TC_BK / 8][4], uint32_t (&qa)[KD][4], uint64_t keys)
 {
-    wgmma_fence(); /* o was rescaled, the query fragments loaded: before the products read them */
+    wgmma_pin(qa); /* loaded (and rotated) before the fence */
+    wgmma_fence(); /* the query fragments in place: before the products read them */
     wgmma_m64n64k16_rs_overwrite(s, qa[0], keys);
 #pragma unroll
     for (uint32_t kk = 1; kk < KD; kk++)
@@ -125,6 +126,8 @@ __device__ __forceinline__ void wg_values_issue(const float (&s)[TC_BK / 8][4], 
         pa[kc][3] = pack_bf16(s[2 * kc + 1][2], s[2 * kc + 1][3]);
     }
     const uint64_t values = smem_descriptor(vtbuf + kt * WG_TILE_BYTES);
+    wgmma_pin(pa);
+    wgmma_pin(o); /* rescaled before the fence, not between it and the products */
     wgmma_fence();
 #pragma unroll
     for (uint32_t kc = 0; kc < TC_BK / 16; kc++)
@@ -154,7 +157,7 @@ __device__ __forceinline__ void wg_probabilities(float (&s)[TC_BK / 8][4], uint3
  * product running, so ptxas can tell which registers each one holds; unrolled for a tile count
  * known at compile time, the two tiles of scores that take turns are named statically. */
 template <uint32_t D, uint32_t TILES>
-__device__ __forceinline__ void wg_walk_overlapped(float (&o)[D / 8][4], const uint32_t (&qa)[D / 16][4],
+__device__ __forceinline__ void wg_walk_overlapped(float (&o)[D / 8][4], uint32_t (&qa)[D / 16][4],
                                                    const uint8_t *kbuf, const uint8_t *vtbuf, uint32_t row0,
                                                    uint32_t row1, uint32_t len, uint32_t lane, float scale_log2,
                                                    float &m0, float &m1, float &l0, float &l1)
@@ -162,6 +165,7 @@ __device__ __forceinline__ void wg_walk_overlapped(float (&o)[D / 8][4], const u
     float s[2][TC_BK / 8][4], a0, a1;
     wg_scores_issue<D / 16>(s[0], qa, smem_descriptor(kbuf));
     wgmma_wait<0>();
+    wgmma_pin(s[0]);
     wg_probabilities(s[0], 0, TILES - 1, row0, row1, len, lane, scale_log2, m0, m1, l0, l1, a0, a1); /* o = 0 */
 #pragma unroll
     for (uint32_t kt = 0; kt < TILES; kt++) {
@@ -170,12 +174,15 @@ __device__ __forceinline__ void wg_walk_overlapped(float (&o)[D / 8][4], const u
         wg_values_issue<D>(s[kt % 2], o, kt, vtbuf);
         if (kt + 1 < TILES) {
             wgmma_wait<1>(); /* the scores, issued first */
+            wgmma_pin(s[(kt + 1) % 2]);
             wg_probabilities(s[(kt + 1) % 2], kt + 1, TILES - 1, row0, row1, len, lane, scale_log2, m0, m1, l0, l1, a0,
                              a1);
             wgmma_wait<0>(); /* P·V, into the o that is rescaled now */
+            wgmma_pin(o);
             tc_rescale(o, a0, a1);
         } else {
             wgmma_wait<0>();
+            wgmma_pin(o);
         }
     }
 }
@@ -242,12 +249,15 @@ __global__ void __launch_bounds__(TC_THREADS, OVERLAP ? 2 : 3)
                 float s[NK][4], a0, a1;
                 wg_scores_issue<KD>(s, qa, smem_descriptor(kbuf + kt * WG_TILE_BYTES));
                 wgmma_wait<0>(); /* S, and the tile before's P·V, whose o the softmax rescales */
+                wgmma_pin(s);
+                wgmma_pin(o);
                 wg_probabilities(s, kt, qt, row0, row1, len, lane, scale_log2, m0, m1, l0, l1, a0, a1);
                 tc_rescale(o, a0, a1);
                 wg_values_issue<D>(s, o, kt, vtbuf);
             }
         }
         wgmma_wait<0>();
+        wgmma_pin(o);
         tc_finish<D>(out, ldo, NULL, start, len, h, heads, row0, row1, lane, o, m0, m1, l0, l1);
         tc_next_head(qa, next);
     }

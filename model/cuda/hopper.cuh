@@ -80,6 +80,37 @@ __device__ __forceinline__ void wgmma_m64n64k16_rs_overwrite(float (&d)[8][4], c
 }
 #endif /* NETLM_CUDA_EMULATE */
 
+/* Pins registers that a wgmma reads or writes (accumulators, A fragments) to this point of the
+ * program. wgmma_fence and wgmma_wait order instructions, not the register arithmetic around
+ * them: without a pin the compiler may move a rescale of the accumulators below the fence that
+ * must follow it, or a read of the products above the wait that must precede it. Pinned before
+ * wgmma_fence, the registers are written before it; pinned after wgmma_wait, read after it. No
+ * instruction is emitted. */
+template <uint32_t N> __device__ __forceinline__ void wgmma_pin(float (&r)[N][4])
+{
+#ifndef NETLM_CUDA_EMULATE
+#pragma unroll
+    for (uint32_t i = 0; i < N; i++)
+#pragma unroll
+        for (uint32_t j = 0; j < 4; j++)
+            asm volatile("" : "+f"(r[i][j])::"memory");
+#else
+    (void)r; /* the emulated products keep r's address: no access to it moves across a call */
+#endif
+}
+template <uint32_t N> __device__ __forceinline__ void wgmma_pin(uint32_t (&r)[N][4])
+{
+#ifndef NETLM_CUDA_EMULATE
+#pragma unroll
+    for (uint32_t i = 0; i < N; i++)
+#pragma unroll
+        for (uint32_t j = 0; j < 4; j++)
+            asm volatile("" : "+r"(r[i][j])::"memory");
+#else
+    (void)r; /* the emulated products keep r's address: no access to it moves across a call */
+#endif
+}
+
 /* Whether device runs sm_90a code: compute capability 9.0 exactly (the "a" features exist on no
  * other). */
 inline bool device_runs_sm90a(int device)

@@ -329,7 +329,7 @@ static void test_timed_kernel_choices(void **state)
         setenv("NETLM_CUDA_EMULATE_TIMING", mode == 3 || mode == 4 ? "launches" : "host", 1);
         if (mode == 2)
             setenv("NETLM_CUDA_SWIGLU_GEMM", "c1", 1);
-        if (mode == 3)
+        else /* (mode 3 runs on the emulated GPU alone: mode 4 comes straight after 2 on a real one) */
             unsetenv("NETLM_CUDA_SWIGLU_GEMM");
         char fault[64];
         snprintf(fault, sizeof fault, "group,%s", cu_gemm_swiglu_variant(0));
