@@ -8,6 +8,8 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
 
 extern "C" { /* cmocka.h declares no C linkage itself */
 #include <cmocka.h>
@@ -208,6 +210,11 @@ void gemm_swiglu_case(unsigned variant, uint32_t n, uint32_t k, uint32_t f, uint
     assert_true(untouched);
 }
 
+/* NETLM_EMULATE_SWIGLU_SHARD=i/n: the SwiGLU GEMM's variants v with v mod n = i only, and for
+ * i > 0 that test alone (tests/CMakeLists.txt runs the variants as several ctest tests, each
+ * within its time limit under the sanitizers) */
+unsigned shard_index = 0, shard_count = 1;
+
 void test_gemm_swiglu(void **)
 {
     assert_true(cu_gemm_swiglu_supported(0, 64, 128));
@@ -227,7 +234,11 @@ void test_gemm_swiglu(void **)
         {EMU_CP_LATE, EMU_CP_EARLY, false, "copies at their waits, threads shuffled", false, 0x9e3779b97f4a7c15ull},
         {EMU_CP_EARLY, EMU_CP_LATE, false, "products at their waits, threads shuffled", true, 0x2545f4914f6cdd1dull},
     };
-    for (unsigned v = 0; cu_gemm_swiglu_variant(v); v++)
+    unsigned ran = 0;
+    for (unsigned v = 0; cu_gemm_swiglu_variant(v); v++) {
+        if (v % shard_count != shard_index)
+            continue;
+        ran++;
         for (const schedule &s : schedules) {
             const char *variant = cu_gemm_swiglu_variant(v);
             set_schedule(s);
@@ -239,6 +250,8 @@ void test_gemm_swiglu(void **)
             gemm_swiglu_case(v, 520, 64, 512, 64, 512);   /* and for clusters of 2 × 2 */
             gemm_swiglu_case(v, 200, 640, 128, 640, 128); /* more chunks than stages, tiles in turns */
         }
+    }
+    assert_true(ran > 0); /* a shard past the variants checks nothing */
     set_schedule(schedules[0]);
 }
 
@@ -246,12 +259,23 @@ void test_gemm_swiglu(void **)
 
 int main(void)
 {
+    const char *shard = getenv("NETLM_EMULATE_SWIGLU_SHARD");
+    if (shard) {
+        char *end = NULL;
+        shard_index = (unsigned)strtoul(shard, &end, 10);
+        if (*end == '/')
+            shard_count = (unsigned)strtoul(end + 1, &end, 10);
+        if (*end || shard_count == 0 || shard_index >= shard_count) {
+            fprintf(stderr, "test_emulated_kernels: NETLM_EMULATE_SWIGLU_SHARD: expected i/n with i < n, not '%s'\n",
+                    shard);
+            return 2;
+        }
+    }
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_bias_act),
-        cmocka_unit_test(test_bias_grad),
-        cmocka_unit_test(test_dropout_rows),
-        cmocka_unit_test(test_convert),
-        cmocka_unit_test(test_gemm_swiglu),
+        cmocka_unit_test(test_gemm_swiglu), cmocka_unit_test(test_bias_act),  cmocka_unit_test(test_bias_grad),
+        cmocka_unit_test(test_dropout_rows), cmocka_unit_test(test_convert),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    /* shards after the first: the SwiGLU GEMM's share of variants alone */
+    return _cmocka_run_group_tests("test_emulated_kernels", tests, shard_index == 0 ? sizeof tests / sizeof tests[0] : 1,
+                                   NULL, NULL);
 }
