@@ -33,7 +33,8 @@
 # Outputs ($OUT, 8 files): env.txt, build.log, tests.log (ctest and sanitizers), netlm.json
 # (JSON lines), torch.json, summary.txt, gpu_check.json (each stage's status and time), ncu.txt
 # (Nsight Compute on the fused SwiGLU GEMM, on cuBLASLt's GEMM of the same shape and on Qwen2's
-# attention, both kernels, norms, RoPE and SwiGLU). Each stage
+# attention, both kernels, norms, RoPE and SwiGLU; the warps' stall reasons in the fused GEMM and
+# the grouped attention: ncu-stalls-swiglu, ncu-stalls-attn). Each stage
 # has its own time limit so the whole stays under 9.5 minutes and a slow stage cannot starve the
 # others; the exit status is non-zero when any stage failed.
 set -euo pipefail
@@ -217,6 +218,8 @@ selected ncu-cublaslt && reserve=$((reserve + 25))
 selected ncu-qwen && reserve=$((reserve + 50))
 selected ncu-wgmma && reserve=$((reserve + 20))
 selected ncu-wgmma-overlap && reserve=$((reserve + 20))
+selected ncu-stalls-swiglu && reserve=$((reserve + 30))
+selected ncu-stalls-attn && reserve=$((reserve + 25))
 left=$((deadline - reserve - SECONDS))
 ((left > 60)) || left=60
 [[ ${NETLM_GPU_TORCH:-1} == 0 ]] || bench bench-torch "$left" "$OUT/summary.txt" env PYTHONUNBUFFERED=1 python3 "$root/bench/gpu_bench.py" \
@@ -295,6 +298,13 @@ bench ncu-wgmma 40 "$OUT/ncu.txt" env NETLM_CUDA_ATTN=wgmma NETLM_CUDA_KERNEL_TU
 bench ncu-wgmma-overlap 40 "$OUT/ncu.txt" env NETLM_CUDA_ATTN=wgmma-overlap NETLM_CUDA_KERNEL_TUNE=0 $ncu \
     --clock-control none -k regex:attn_wg --launch-count 1 "${ncu_sections[@]}" "$build/netlm_model_bench" \
     --device cuda --only qwen05b-v60005-b256 --runs 1
+# why the warps wait: stall reasons, issue slots and the hottest instructions of the fused GEMM
+# (c2-w3, one launch) and of the grouped attention (the size rules' pick at B256, one launch)
+stall_sections=(--section WarpStateStats --section SchedulerStats --section InstructionStats --section SourceCounters)
+bench ncu-stalls-swiglu 60 "$OUT/ncu.txt" $ncu --clock-control none -k regex:gemm_swiglu --launch-count 1 \
+    "${stall_sections[@]}" "$build/netlm_gemm_bench" --warmup 0 --runs 1 --only fused-c2-w3
+bench ncu-stalls-attn 60 "$OUT/ncu.txt" env NETLM_CUDA_KERNEL_TUNE=0 $ncu --clock-control none -k regex:attn_tc_group \
+    --launch-count 1 "${stall_sections[@]}" "$build/netlm_model_bench" --device cuda --only qwen05b-v60005-b256 --runs 1
 # compute-sanitizer last: the CUDA tests under memcheck and racecheck, in their quick versions
 # (the engines' kernels by the size rules: timing every candidate four times under the sanitizer
 # would take the stages' time; ctest-cuda runs them all)
