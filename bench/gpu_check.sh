@@ -208,7 +208,7 @@ bench bench-e2e-pretrain 90 "$log" python3 "$root/bench/gpu_e2e.py" --only pretr
 # Compute) the time they usually take; the sanitizer stages come last and take what is left.
 reserve=10
 for name in untuned graphs swiglu-fastest swiglu-pass attn-group attn-head attn-group-rope attn-wgmma attn-wgmma-rope \
-            attn-wgmma-overlap attn-wgmma-overlap-rope residual-fp32 profile \
+            attn-wgmma-overlap attn-wgmma-overlap-rope attn-wgmma-pair attn-wgmma-pair-rope residual-fp32 profile \
             train-profile train-simt-bwd train-no-dropout pipeline; do
     selected "bench-$name" && reserve=$((reserve + 25))
 done
@@ -244,7 +244,8 @@ variant() { # name command...
 # size; cuBLASLt's GEMM then the SwiGLU as a pass of its own; grouped attention on every batch
 # size; attention one block per query head; RoPE inside the grouped attention (classify pass); the
 # grouped attention on Hopper's warpgroup products (attention_wgmma.cu), without and with RoPE inside,
-# and the same with each key tile's softmax beside the tile before's P·V (wgmma-overlap)
+# and the same with each key tile's softmax beside the tile before's P·V (wgmma-overlap), and with
+# two query tiles a block (wgmma-pair)
 swiglu_variant=${NETLM_GPU_SWIGLU_VARIANT:-$(python3 "$root/bench/gpu_fastest_swiglu.py" "$OUT/netlm.json" || echo 1)}
 echo "fastest fused SwiGLU GEMM variant: $swiglu_variant" >>"$OUT/env.txt"
 variant untuned env NETLM_CUDA_KERNEL_TUNE=0 "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10
@@ -262,6 +263,9 @@ variant attn-wgmma-rope env NETLM_CUDA_ATTN=wgmma-rope "$build/netlm_model_bench
 variant attn-wgmma-overlap env NETLM_CUDA_ATTN=wgmma-overlap "$build/netlm_model_bench" "${cases[@]}" --device cuda \
     --runs 10
 variant attn-wgmma-overlap-rope env NETLM_CUDA_ATTN=wgmma-overlap-rope "$build/netlm_model_bench" "${cases[@]}" \
+    --device cuda --runs 10
+variant attn-wgmma-pair env NETLM_CUDA_ATTN=wgmma-pair "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10
+variant attn-wgmma-pair-rope env NETLM_CUDA_ATTN=wgmma-pair-rope "$build/netlm_model_bench" "${cases[@]}" \
     --device cuda --runs 10
 variant residual-fp32 "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10 --residual fp32
 variant profile "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 5 --profile

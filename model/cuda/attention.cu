@@ -16,8 +16,8 @@
  *   registers (cu_attention_rope).
  * - attn_simt: fp32 arithmetic for both element types and any head_dim ≤ 128; the reference the
  *   fp32 engine runs (1e-5 against the CPU) and the fallback for shapes attn_tc does not take.
- * (attention_wgmma.cu has attn_tc_group's work on Hopper's warpgroup products, CU_ATTN_WG_GROUP and
- * CU_ATTN_WG_OVERLAP.)
+ * (attention_wgmma.cu has attn_tc_group's work on Hopper's warpgroup products, CU_ATTN_WG_GROUP,
+ * CU_ATTN_WG_OVERLAP and CU_ATTN_WG_PAIR.)
  *
  * Masking: a query at position i sees keys 0..i. Right padding needs no mask of its own: every
  * real query's keys are real. Rows past a sequence's length are loaded as zeros and never stored.
@@ -1180,14 +1180,15 @@ cudaError_t backward_tc(uint32_t d, void *dqkv, uint32_t lddqkv, const void *dou
 }
 
 /* attn_tc_group for head_dim d ∈ {32, 64, 128}, with RoPE inside when cos_t is given; attn_wg_group
- * (attention_wgmma.cu) in its place for CU_ATTN_WG_GROUP and CU_ATTN_WG_OVERLAP where that serves d. */
+ * (attention_wgmma.cu) in its place for CU_ATTN_WG_GROUP, _OVERLAP and _PAIR where that serves d. */
 cudaError_t launch_group(void *out, uint32_t ldo, const void *qkv, uint32_t ldqkv, const uint32_t *seq_off,
                          uint32_t nseq, uint32_t max_len, uint32_t heads, uint32_t kv_heads, uint32_t d,
                          float scale, const float *cos_t, const float *sin_t, enum cu_attn_impl impl, cudaStream_t s)
 {
-    if ((impl == CU_ATTN_WG_GROUP || impl == CU_ATTN_WG_OVERLAP) && cu_attention_wg_serves(d))
+    if ((impl == CU_ATTN_WG_GROUP || impl == CU_ATTN_WG_OVERLAP || impl == CU_ATTN_WG_PAIR) &&
+        cu_attention_wg_serves(d))
         return cu_attention_wg(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, cos_t, sin_t,
-                               impl == CU_ATTN_WG_OVERLAP, s);
+                               impl, s);
 #define GROUP_ARGS out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, cos_t, sin_t, s
     if (d == 32)
         return cos_t ? launch_tc_group<32, true>(GROUP_ARGS) : launch_tc_group<32, false>(GROUP_ARGS);
@@ -1220,7 +1221,8 @@ cudaError_t attention_forward(void *out, uint32_t ldo, float *lse, const void *q
     /* the tensor-core kernel copies 16-byte vectors: rows and head offsets must keep them aligned */
     const bool aligned = ldqkv % 8 == 0 && ldo % 2 == 0 && ((uintptr_t)qkv % 16) == 0 &&
                          ((uintptr_t)out % 4) == 0;
-    const bool grouped = impl == CU_ATTN_TC_GROUP || impl == CU_ATTN_WG_GROUP || impl == CU_ATTN_WG_OVERLAP;
+    const bool grouped = impl == CU_ATTN_TC_GROUP || impl == CU_ATTN_WG_GROUP || impl == CU_ATTN_WG_OVERLAP ||
+                         impl == CU_ATTN_WG_PAIR;
     const bool tc = (impl == CU_ATTN_AUTO || grouped) && cu_attention_uses_tensor_cores(t, d) && aligned;
     if (tc && grouped && !DROP && !lse && group_serves(t, d, heads, kv_heads, max_len, ldqkv, ldo)) {
         return launch_group(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, d, scale, NULL, NULL,

@@ -265,7 +265,7 @@ __device__ __forceinline__ void tc_softmax(float (&s)[TC_BK / 8][4], uint32_t k0
  * position) on a 64-row tile of keys in shared memory: tile row r is position pos0 + r of its
  * sequence, rows at or past len (zeros) are left alone. Rows::at(tile, r, j) is where dim j of
  * row r is (two neighbouring dims, j even, are always neighbours there): attn_tc_group's padded
- * tiles (padded_rows) or attn_wg_group's swizzled ones. Every thread of the block takes part,
+ * tiles (padded_rows) or attn_wg_group's swizzled ones. Every thread of the block (THREADS) takes part,
  * two neighbouring pairs at a time. The block does nothing else meanwhile, so each thread first
  * loads all the table entries it needs (from L2), then rotates: one load latency per tile
  * instead of one per step. */
@@ -273,16 +273,16 @@ template <uint32_t D> struct padded_rows {
     __device__ static bf16 *at(void *tile, uint32_t r, uint32_t j) { return (bf16 *)tile + r * (D + 8) + j; }
 };
 
-template <uint32_t D, typename Rows>
+template <uint32_t D, typename Rows, uint32_t THREADS = TC_THREADS>
 __device__ __forceinline__ void rope_tile(void *tile, uint32_t pos0, uint32_t len, const float *cos_t,
                                           const float *sin_t)
 {
-    constexpr uint32_t HALF = D / 2, PAIRS = HALF / 2, STEPS = TC_BK * PAIRS / TC_THREADS;
-    static_assert(TC_BK * PAIRS % TC_THREADS == 0, "whole steps of the block's threads");
+    constexpr uint32_t HALF = D / 2, PAIRS = HALF / 2, STEPS = TC_BK * PAIRS / THREADS;
+    static_assert(TC_BK * PAIRS % THREADS == 0, "whole steps of the block's threads");
     float c0[STEPS], c1[STEPS], s0[STEPS], s1[STEPS];
 #pragma unroll
     for (uint32_t st = 0; st < STEPS; st++) {
-        const uint32_t i = threadIdx.x + st * TC_THREADS, pos = pos0 + i / PAIRS, j = 2 * (i % PAIRS);
+        const uint32_t i = threadIdx.x + st * THREADS, pos = pos0 + i / PAIRS, j = 2 * (i % PAIRS);
         const size_t at = (size_t)(pos < len ? pos : 0) * HALF + j; /* rows past len: any entry */
         c0[st] = cos_t[at];
         c1[st] = cos_t[at + 1];
@@ -291,7 +291,7 @@ __device__ __forceinline__ void rope_tile(void *tile, uint32_t pos0, uint32_t le
     }
 #pragma unroll
     for (uint32_t st = 0; st < STEPS; st++) {
-        const uint32_t i = threadIdx.x + st * TC_THREADS, r = i / PAIRS, j = 2 * (i % PAIRS);
+        const uint32_t i = threadIdx.x + st * THREADS, r = i / PAIRS, j = 2 * (i % PAIRS);
         if (pos0 + r >= len)
             continue;
         __nv_bfloat162 *lo = reinterpret_cast<__nv_bfloat162 *>(Rows::at(tile, r, j));

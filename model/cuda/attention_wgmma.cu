@@ -18,13 +18,18 @@
  * P·V and runs the next tile's softmax while P·V runs (wg_walk_overlapped), where the plain walk
  * leaves the tensor cores to other blocks through each softmax.
  *
+ * With WGS = 2 (CU_ATTN_WG_PAIR) a block is two warpgroups, each walking the group's heads for
+ * one of two neighbouring query tiles over the key/value tiles loaded once for both: the shared
+ * memory that bounds the single-warpgroup kernel at 3 blocks (12 warps) a multiprocessor then
+ * serves 16 warps in 2 blocks.
+ *
  * With ROPE (cu_attention_rope's classify pass: q and k in qkv not rotated yet), the block
  * rotates its key tiles once in shared memory and each warp its query fragments in registers,
  * as attn_tc_group does (attention_tc.cuh's rope_tile and rope_fragments).
  *
  * Compiled for sm_90a only (CMakeLists.txt); cu_attention (and cu_attention_rope) run it for
- * CU_ATTN_WG_GROUP and CU_ATTN_WG_OVERLAP on compute capability 9.0 and head_dim 64, and
- * attn_tc_group elsewhere. */
+ * CU_ATTN_WG_GROUP, CU_ATTN_WG_OVERLAP and CU_ATTN_WG_PAIR on compute capability 9.0 and
+ * head_dim 64, and attn_tc_group elsewhere. */
 #include <cuda_bf16.h>
 #include <math.h>
 
@@ -47,11 +52,12 @@ struct swizzled_rows {
 };
 
 /* Key rows row0..row0+63 of one kv head into a swizzled tile (row r's 16-byte chunk c at
- * r·128 + (c XOR r % 8)·16; rows ≥ len zeros) through cp.async. */
+ * r·128 + (c XOR r % 8)·16; rows ≥ len zeros) through cp.async, by the block's THREADS. */
+template <uint32_t THREADS>
 __device__ __forceinline__ void wg_load_keys(uint8_t *tile, const bf16 *base, uint32_t ld, uint32_t row0,
                                              uint32_t len)
 {
-    for (uint32_t i = threadIdx.x; i < TC_BK * 8; i += TC_THREADS) {
+    for (uint32_t i = threadIdx.x; i < TC_BK * 8; i += THREADS) {
         const uint32_t r = i / 8, c = i % 8;
         uint8_t *dst = tile + r * 128 + ((c ^ (r % 8)) * 16);
         if (row0 + r < len)
@@ -66,16 +72,17 @@ __device__ __forceinline__ void wg_load_keys(uint8_t *tile, const bf16 *base, ui
  * 4-byte stores of (key 2p, key 2p + 1) pairs. A warp's lanes take 32 neighbouring key pairs of
  * the same dims, so each store of the warp falls in 32 different banks. Every load is issued
  * before the first store: one load latency for the block, not one per item. */
+template <uint32_t THREADS>
 __device__ __forceinline__ void wg_load_values_transposed(uint8_t *vt, const bf16 *base, uint32_t ld,
                                                           uint32_t tiles, uint32_t len)
 {
     constexpr uint32_t ITEMS = TC_BK / 2 * (WG_D / 8); /* per tile */
-    constexpr uint32_t STEPS = TC_GROUP_TILES * ITEMS / TC_THREADS;
-    static_assert(ITEMS % TC_THREADS == 0, "a step of the block's threads stays within one tile");
+    constexpr uint32_t STEPS = TC_GROUP_TILES * ITEMS / THREADS;
+    static_assert(ITEMS % THREADS == 0, "a step of the block's threads stays within one tile");
     uint4 even[STEPS], odd[STEPS];
 #pragma unroll
     for (uint32_t st = 0; st < STEPS; st++) {
-        const uint32_t i = threadIdx.x + st * TC_THREADS, kt = i / ITEMS, p = i % 32, c = i % ITEMS / 32;
+        const uint32_t i = threadIdx.x + st * THREADS, kt = i / ITEMS, p = i % 32, c = i % ITEMS / 32;
         const uint32_t key = kt * TC_BK + 2 * p;
         even[st] = odd[st] = make_uint4(0, 0, 0, 0);
         if (kt < tiles && key < len)
@@ -85,7 +92,7 @@ __device__ __forceinline__ void wg_load_values_transposed(uint8_t *vt, const bf1
     }
 #pragma unroll
     for (uint32_t st = 0; st < STEPS; st++) {
-        const uint32_t i = threadIdx.x + st * TC_THREADS, kt = i / ITEMS, p = i % 32, c = i % ITEMS / 32;
+        const uint32_t i = threadIdx.x + st * THREADS, kt = i / ITEMS, p = i % 32, c = i % ITEMS / 32;
         if (kt >= tiles)
             continue;
         const uint16_t *a = reinterpret_cast<const uint16_t *>(&even[st]);
@@ -190,38 +197,53 @@ __device__ __forceinline__ void wg_walk_overlapped(float (&o)[D / 8][4], uint32_
 /* 3 blocks a multiprocessor: 65 KB of shared memory each (4 key and 4 Vᵀ tiles), ≤ 168
  * registers a thread. OVERLAP: each key tile's softmax runs while the tile before's P·V does
  * (wg_walk_overlapped), at the cost of a second tile of scores in registers: 2 blocks a
- * multiprocessor then. */
-template <bool ROPE, bool OVERLAP>
-__global__ void __launch_bounds__(TC_THREADS, OVERLAP ? 2 : 3)
+ * multiprocessor then. WGS = 2 (CU_ATTN_WG_PAIR): two warpgroups, each its own query tile of
+ * a pair (2p, 2p + 1), over the key and value tiles the block loads once for both: the same 65
+ * KB then serve 8 warps, and 2 blocks of ≤ 128 registers a thread make 16 warps a
+ * multiprocessor where 3 single blocks make 12. */
+template <bool ROPE, bool OVERLAP, uint32_t WGS>
+__global__ void __launch_bounds__(TC_THREADS *WGS, OVERLAP || WGS == 2 ? 2 : 3)
     attn_wg_group(bf16 *out, uint32_t ldo, const bf16 *qkv, uint32_t ldqkv, const uint32_t *seq_off, uint32_t heads,
                   uint32_t kv_heads, float scale_log2, const float *cos_t, const float *sin_t)
 {
-    constexpr uint32_t D = WG_D, KD = D / 16, ND = D / 8, NK = TC_BK / 8;
+    static_assert(WGS == 1 || (WGS == 2 && !OVERLAP), "pairs of query tiles walk in turn");
+    constexpr uint32_t D = WG_D, KD = D / 16, ND = D / 8, NK = TC_BK / 8, THREADS = TC_THREADS * WGS;
     extern __shared__ __align__(1024) unsigned char wg_smem[];
     /* the swizzle is a function of the address: tiles start on 1024-byte boundaries */
-    uint8_t *const kbuf = (uint8_t *)(((uintptr_t)wg_smem + 1023) & ~(uintptr_t)1023); /* [gridDim.x] */
-    uint8_t *const vtbuf = kbuf + gridDim.x * WG_TILE_BYTES;                             /* [gridDim.x] */
-    const group_block gb = group_block_here<D>(qkv, ldqkv, seq_off, heads, kv_heads);
+    uint8_t *const kbuf = (uint8_t *)(((uintptr_t)wg_smem + 1023) & ~(uintptr_t)1023); /* [gridDim.x · WGS] */
+    uint8_t *const vtbuf = kbuf + gridDim.x * WGS * WG_TILE_BYTES;                       /* [gridDim.x · WGS] */
+    group_block gb = group_block_here<D>(qkv, ldqkv, seq_off, heads, kv_heads);
+    if constexpr (WGS > 1) { /* gb.qt counted pairs: the block's first tile, and this thread's rows in its own */
+        gb.q0 = gb.qt * WGS * TC_BQ;
+        gb.row0 = gb.q0 + threadIdx.x / 32 * 16 + gb.lane / 4;
+        gb.row1 = gb.row0 + 8;
+    }
     if (gb.q0 >= gb.len)
         return;
-    const uint32_t kvh = gb.kvh, group = gb.group, start = gb.start, len = gb.len, qt = gb.qt, lane = gb.lane;
+    const uint32_t kvh = gb.kvh, group = gb.group, start = gb.start, len = gb.len, lane = gb.lane;
     const uint32_t t = gb.t, row0 = gb.row0, row1 = gb.row1;
+    /* this warpgroup's query tile, and the last key tile any of the block's walks reaches */
+    const uint32_t qt = WGS == 1 ? gb.qt : gb.qt * WGS + threadIdx.x / TC_THREADS;
+    const uint32_t last_in_len = (len - 1) / TC_BK;
+    const uint32_t last = WGS == 1 ? qt : (qt | 1u) < last_in_len ? qt | 1u : last_in_len;
     const bf16 *rows = gb.rows;
 
-    for (uint32_t kt = 0; kt <= qt; kt++)
-        wg_load_keys(kbuf + kt * WG_TILE_BYTES, gb.kbase, ldqkv, kt * TC_BK, len);
+    for (uint32_t kt = 0; kt <= last; kt++)
+        wg_load_keys<THREADS>(kbuf + kt * WG_TILE_BYTES, gb.kbase, ldqkv, kt * TC_BK, len);
     cp_async_commit();
     uint32_t qa[KD][4];
     tc_q_fragments<D>(qa, rows + (size_t)kvh * group * D, ldqkv, row0, row1, len, t);
-    wg_load_values_transposed(vtbuf, gb.vbase, ldqkv, qt + 1, len);
+    wg_load_values_transposed<THREADS>(vtbuf, gb.vbase, ldqkv, last + 1, len);
     cp_async_wait<0>();
     if constexpr (ROPE) {
         __syncthreads(); /* every key row in place before any thread rotates one */
-        for (uint32_t kt = 0; kt <= qt; kt++)
-            rope_tile<D, swizzled_rows>(kbuf + kt * WG_TILE_BYTES, kt * TC_BK, len, cos_t, sin_t);
+        for (uint32_t kt = 0; kt <= last; kt++)
+            rope_tile<D, swizzled_rows, THREADS>(kbuf + kt * WG_TILE_BYTES, kt * TC_BK, len, cos_t, sin_t);
     }
     fence_view_async_shared(); /* the rotated keys and the stored Vᵀ, for the products' reads */
     __syncthreads();
+    if (WGS > 1 && qt * TC_BQ >= len)
+        return; /* the pair's second tile lies past the sequence (no barrier follows) */
 
     for (uint32_t hi = 0; hi < group; hi++) {
         const uint32_t h = kvh * group + hi;
@@ -263,25 +285,26 @@ __global__ void __launch_bounds__(TC_THREADS, OVERLAP ? 2 : 3)
     }
 }
 
-template <bool ROPE, bool OVERLAP>
+template <bool ROPE, bool OVERLAP, uint32_t WGS>
 cudaError_t launch_wg_group(void *out, uint32_t ldo, const void *qkv, uint32_t ldqkv, const uint32_t *seq_off,
                             uint32_t nseq, uint32_t max_len, uint32_t heads, uint32_t kv_heads, float scale,
                             const float *cos_t, const float *sin_t, cudaStream_t s)
 {
-    const uint32_t tiles = group_tiles(max_len);
-    const dim3 grid(tiles, kv_heads, nseq);
-    const size_t smem = 2 * (size_t)tiles * WG_TILE_BYTES + 1024;
+    const uint32_t blocks = (group_tiles(max_len) + WGS - 1) / WGS; /* per kv head and sequence */
+    const dim3 grid(blocks, kv_heads, nseq);
+    const size_t smem = 2 * (size_t)blocks * WGS * WG_TILE_BYTES + 1024;
     static bool smem_raised; /* once, to the most any launch takes, on the first (eager) call */
     if (!smem_raised) {
-        cudaError_t e = cudaFuncSetAttribute(attn_wg_group<ROPE, OVERLAP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        cudaError_t e = cudaFuncSetAttribute(attn_wg_group<ROPE, OVERLAP, WGS>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              (int)(2 * TC_GROUP_TILES * WG_TILE_BYTES + 1024));
         if (e != cudaSuccess)
             return e;
         smem_raised = true;
     }
-    attn_wg_group<ROPE, OVERLAP><<<grid, TC_THREADS, smem, s>>>((bf16 *)out, ldo, (const bf16 *)qkv, ldqkv, seq_off,
-                                                                heads, kv_heads, scale * 1.4426950408889634f, cos_t,
-                                                                sin_t);
+    attn_wg_group<ROPE, OVERLAP, WGS><<<grid, TC_THREADS * WGS, smem, s>>>(
+        (bf16 *)out, ldo, (const bf16 *)qkv, ldqkv, seq_off, heads, kv_heads, scale * 1.4426950408889634f, cos_t,
+        sin_t);
     return cudaGetLastError();
 }
 
@@ -307,13 +330,16 @@ extern "C" bool cu_attention_wg_serves(uint32_t d)
 extern "C" cudaError_t cu_attention_wg(void *out, uint32_t ldo, const void *qkv, uint32_t ldqkv,
                                        const uint32_t *seq_off, uint32_t nseq, uint32_t max_len, uint32_t heads,
                                        uint32_t kv_heads, float scale, const float *cos_t, const float *sin_t,
-                                       bool overlap, cudaStream_t s)
+                                       enum cu_attn_impl impl, cudaStream_t s)
 {
 #define WG_ARGS out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale
-    if (overlap)
-        return cos_t ? launch_wg_group<true, true>(WG_ARGS, cos_t, sin_t, s)
-                     : launch_wg_group<false, true>(WG_ARGS, NULL, NULL, s);
-    return cos_t ? launch_wg_group<true, false>(WG_ARGS, cos_t, sin_t, s)
-                 : launch_wg_group<false, false>(WG_ARGS, NULL, NULL, s);
+    if (impl == CU_ATTN_WG_OVERLAP)
+        return cos_t ? launch_wg_group<true, true, 1>(WG_ARGS, cos_t, sin_t, s)
+                     : launch_wg_group<false, true, 1>(WG_ARGS, NULL, NULL, s);
+    if (impl == CU_ATTN_WG_PAIR)
+        return cos_t ? launch_wg_group<true, false, 2>(WG_ARGS, cos_t, sin_t, s)
+                     : launch_wg_group<false, false, 2>(WG_ARGS, NULL, NULL, s);
+    return cos_t ? launch_wg_group<true, false, 1>(WG_ARGS, cos_t, sin_t, s)
+                 : launch_wg_group<false, false, 1>(WG_ARGS, NULL, NULL, s);
 #undef WG_ARGS
 }

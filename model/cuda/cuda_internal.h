@@ -162,6 +162,9 @@ enum cu_attn_impl {
     /* as CU_ATTN_WG_GROUP, each key tile's softmax running beside the tile before's P·V product
      * (2 blocks a multiprocessor instead of 3: its registers) */
     CU_ATTN_WG_OVERLAP,
+    /* as CU_ATTN_WG_GROUP, a block of two warpgroups taking two neighbouring query tiles over the
+     * key/value tiles it loads once for both (16 warps a multiprocessor instead of 12) */
+    CU_ATTN_WG_PAIR,
 };
 /* Causal attention of every sequence and head in the flash style: online softmax over key tiles
  * staged in shared memory, no score matrix in device memory. qkv rows hold [q (heads·d) | k
@@ -181,12 +184,12 @@ bool cu_attention_uses_tensor_cores(enum cu_dtype t, uint32_t d);
 bool cu_attention_wg_serves(uint32_t d);
 cudaError_t cu_attention_wg(void *out, uint32_t ldo, const void *qkv, uint32_t ldqkv, const uint32_t *seq_off,
                             uint32_t nseq, uint32_t max_len, uint32_t heads, uint32_t kv_heads, float scale,
-                            const float *cos_t, const float *sin_t, bool overlap, cudaStream_t s);
+                            const float *cos_t, const float *sin_t, enum cu_attn_impl impl, cudaStream_t s);
 /* The blocks CU_ATTN_TC_GROUP launches for nseq sequences of at most max_len tokens: one per
  * query tile, kv head and sequence (a block per query head launches heads / kv_heads times as
  * many). */
 uint64_t cu_attention_group_blocks(uint32_t nseq, uint32_t max_len, uint32_t kv_heads);
-/* cu_attention as CU_ATTN_TC_GROUP (or, for impl CU_ATTN_WG_GROUP / CU_ATTN_WG_OVERLAP, that one) runs it,
+/* cu_attention as CU_ATTN_TC_GROUP (or, for impl CU_ATTN_WG_GROUP / _OVERLAP / _PAIR, that one) runs it,
  * with RoPE (cu_rope's tables and arithmetic) applied to q and k as the kernel loads them: qkv
  * holds them unrotated and keeps them so. Positions are the rows' places in their sequences (the
  * classify path's packing). Only where cu_attention_fuses_rope says the grouped kernel serves

@@ -70,7 +70,7 @@
 #define GRAPH_SLOTS 48
 #define CU_SLOTS 2 /* classify batches in flight at most */
 #define CHOICE_SLOTS 64
-#define CHOICE_CANDIDATES 24 /* the up projection: cuBLASLt + the pass and each fused variant */
+#define CHOICE_CANDIDATES 26 /* the up projection: cuBLASLt + the pass and each fused variant */
 #define FINGERPRINT_BLOCKS 264 /* cu_fingerprint's: two waves of 132 multiprocessors */
 
 struct cu_layer {
@@ -615,9 +615,9 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
      * grouped kernel always; head: a block per query head always; wgmma: the grouped kernel on
      * Hopper's warpgroup products always (CU_ATTN_WG_GROUP: head_dim 64 on compute capability
      * 9.0; the grouped kernel elsewhere); wgmma-overlap: that kernel with each tile's softmax
-     * beside the tile before's P·V (CU_ATTN_WG_OVERLAP); group-rope, wgmma-rope,
-     * wgmma-overlap-rope: those, with RoPE inside them in the classify pass instead of as a pass
-     * of its own. */
+     * beside the tile before's P·V (CU_ATTN_WG_OVERLAP); wgmma-pair: two query tiles a block
+     * (CU_ATTN_WG_PAIR); group-rope, wgmma-rope, wgmma-overlap-rope, wgmma-pair-rope: those,
+     * with RoPE inside them in the classify pass instead of as a pass of its own. */
     const char *attn = getenv("NETLM_CUDA_ATTN");
     e->attn = CU_ATTN_TC_GROUP;
     e->attn_chosen = !attn || strcmp(attn, "auto") == 0;
@@ -631,10 +631,13 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
     } else if (ok && attn && (strcmp(attn, "wgmma-overlap") == 0 || strcmp(attn, "wgmma-overlap-rope") == 0)) {
         e->attn = CU_ATTN_WG_OVERLAP;
         e->attn_rope = strcmp(attn, "wgmma-overlap-rope") == 0;
+    } else if (ok && attn && (strcmp(attn, "wgmma-pair") == 0 || strcmp(attn, "wgmma-pair-rope") == 0)) {
+        e->attn = CU_ATTN_WG_PAIR;
+        e->attn_rope = strcmp(attn, "wgmma-pair-rope") == 0;
     } else if (ok && attn && strcmp(attn, "group") != 0 && strcmp(attn, "auto") != 0) {
         fail(e,
-             "NETLM_CUDA_ATTN: \"%s\" is not auto, group, head, wgmma, wgmma-overlap, group-rope, wgmma-rope or "
-             "wgmma-overlap-rope",
+             "NETLM_CUDA_ATTN: \"%s\" is not auto, group, head, wgmma, wgmma-overlap, wgmma-pair, group-rope, "
+             "wgmma-rope, wgmma-overlap-rope or wgmma-pair-rope",
              attn);
         ok = false;
     }
@@ -796,9 +799,11 @@ enum {
     ATTN_GROUP,
     ATTN_WGMMA,
     ATTN_WGMMA_OVERLAP,
+    ATTN_WGMMA_PAIR,
     ATTN_GROUP_ROPE,
     ATTN_WGMMA_ROPE,
     ATTN_WGMMA_OVERLAP_ROPE,
+    ATTN_WGMMA_PAIR_ROPE,
     ATTENTION_CANDIDATES
 };
 static const struct {
@@ -809,10 +814,12 @@ static const struct {
                                                 [ATTN_GROUP] = {CU_ATTN_TC_GROUP, false, "group"},
                                                 [ATTN_WGMMA] = {CU_ATTN_WG_GROUP, false, "wgmma"},
                                                 [ATTN_WGMMA_OVERLAP] = {CU_ATTN_WG_OVERLAP, false, "wgmma-overlap"},
+                                                [ATTN_WGMMA_PAIR] = {CU_ATTN_WG_PAIR, false, "wgmma-pair"},
                                                 [ATTN_GROUP_ROPE] = {CU_ATTN_TC_GROUP, true, "group+rope"},
                                                 [ATTN_WGMMA_ROPE] = {CU_ATTN_WG_GROUP, true, "wgmma+rope"},
                                                 [ATTN_WGMMA_OVERLAP_ROPE] = {CU_ATTN_WG_OVERLAP, true,
-                                                                             "wgmma-overlap+rope"}};
+                                                                             "wgmma-overlap+rope"},
+                                                [ATTN_WGMMA_PAIR_ROPE] = {CU_ATTN_WG_PAIR, true, "wgmma-pair+rope"}};
 
 /* The size rule of the up projection. The fused kernel is a persistent grid of one CTA per
  * multiprocessor walking 192 × 128 output tiles: on an H200, against cuBLASLt plus the pass, it
@@ -865,6 +872,7 @@ static bool candidate_serves(const struct model_cuda *e, enum choice_step step, 
         return grouped;
     case ATTN_WGMMA:
     case ATTN_WGMMA_OVERLAP:
+    case ATTN_WGMMA_PAIR:
         return grouped && cu_attention_wg_serves(e->d);
     case ATTN_GROUP_ROPE: /* (its rivals' RoPE pass is timed in ffn, not in use yet) */
         return grouped && !e->gpt2 && e->tail == TAIL_CLASSIFY && e->FW >= e->QKV;

@@ -237,18 +237,22 @@ void test_group_forward(void **)
 
 /* the warpgroup kernel (attention_wgmma.cu: head_dim 64 on compute capability 9.0, which the
  * emulated device is) on the grouped kernel's cases, also with each tile's softmax beside the
- * tile before's P·V (walks of 1 to 4 key tiles), and where it does not serve (d = 32, 128) the
- * grouped kernel in its place; the last schedule also makes each product late, at the wait that
- * covers it */
+ * tile before's P·V (walks of 1 to 4 key tiles) and with two query tiles a block (a block per
+ * pair of tiles: a pair's second tile past short sequences, 3 tiles for 130 tokens), and where it
+ * does not serve (d = 32, 128) the grouped kernel in its place; the last schedule also makes
+ * each product late, at the wait that covers it */
 void test_wg_group_forward(void **)
 {
-    for (enum cu_attn_impl impl : {CU_ATTN_WG_GROUP, CU_ATTN_WG_OVERLAP}) {
-        printf("  %s\n", impl == CU_ATTN_WG_OVERLAP ? "overlapped" : "in turn");
-        check_forward<__nv_bfloat16>(make_problem(14, 2, 64, {256, 1, 0, 65, 130, 64}), CU_BF16, impl, NULL, NULL, 4,
-                                     2, TC_BOUND);
-        check_forward<__nv_bfloat16>(make_problem(8, 1, 64, {200, 63, 129}), CU_BF16, impl, NULL, NULL, 4, 1,
-                                     TC_BOUND);
+    for (enum cu_attn_impl impl : {CU_ATTN_WG_GROUP, CU_ATTN_WG_OVERLAP, CU_ATTN_WG_PAIR}) {
+        const uint32_t per_block = impl == CU_ATTN_WG_PAIR ? 2 : 1;
+        printf("  %s\n", impl == CU_ATTN_WG_OVERLAP ? "overlapped" : impl == CU_ATTN_WG_PAIR ? "pairs" : "in turn");
+        check_forward<__nv_bfloat16>(make_problem(14, 2, 64, {256, 1, 0, 65, 130, 64}), CU_BF16, impl, NULL, NULL,
+                                     4 / per_block, 2, TC_BOUND);
+        check_forward<__nv_bfloat16>(make_problem(8, 1, 64, {200, 63, 129}), CU_BF16, impl, NULL, NULL, 4 / per_block,
+                                     1, TC_BOUND);
     }
+    check_forward<__nv_bfloat16>(make_problem(6, 2, 64, {130, 2, 70}), CU_BF16, CU_ATTN_WG_PAIR, NULL, NULL, 2, 2,
+                                 TC_BOUND);
     check_forward<__nv_bfloat16>(make_problem(4, 1, 32, {17, 100}), CU_BF16, CU_ATTN_WG_GROUP, NULL, NULL, 2, 1,
                                  TC_BOUND);
     check_forward<__nv_bfloat16>(make_problem(6, 2, 128, {63, 129}), CU_BF16, CU_ATTN_WG_GROUP, NULL, NULL, 3, 2,
@@ -260,15 +264,19 @@ void test_wg_group_forward(void **)
 void test_group_rope_forward(void **)
 {
     std::vector<float> cos_t, sin_t;
-    for (enum cu_attn_impl impl : {CU_ATTN_TC_GROUP, CU_ATTN_WG_GROUP, CU_ATTN_WG_OVERLAP})
+    for (enum cu_attn_impl impl : {CU_ATTN_TC_GROUP, CU_ATTN_WG_GROUP, CU_ATTN_WG_OVERLAP, CU_ATTN_WG_PAIR})
         for (uint32_t d : {64u, 32u, 128u}) {
             rope_tables(256, d, cos_t, sin_t);
             const problem p = d == 64 ? make_problem(14, 2, 64, {256, 1, 0, 65, 130})
                                       : make_problem(d == 32 ? 4 : 6, d == 32 ? 1 : 2, d, {17, 129});
             printf("  %s\n", impl == CU_ATTN_WG_OVERLAP ? "wgmma overlapped"
+                             : impl == CU_ATTN_WG_PAIR   ? "wgmma pairs"
                              : impl == CU_ATTN_WG_GROUP  ? "wgmma"
                                                          : "mma.sync");
-            check_forward<__nv_bfloat16>(p, CU_BF16, impl, &cos_t, &sin_t, tiles(p.max_len, 64), p.kv_heads, TC_BOUND);
+            /* (pairs of query tiles where the warpgroup kernel serves, d = 64) */
+            const uint32_t per_block = impl == CU_ATTN_WG_PAIR && d == 64 ? 2 : 1;
+            check_forward<__nv_bfloat16>(p, CU_BF16, impl, &cos_t, &sin_t, tiles(tiles(p.max_len, 64), per_block),
+                                         p.kv_heads, TC_BOUND);
         }
     /* outside what the kernel serves (no grouping, too long, tables whose entry pairs are not
      * 8-byte aligned): refused, nothing launched */

@@ -507,9 +507,12 @@ static void attention_case_rope(enum cu_dtype t, enum cu_attn_impl impl, bool ro
                             scale, scores, NULL);
         }
     const bool tc = (rope || impl != CU_ATTN_SIMT) && cu_attention_uses_tensor_cores(t, d);
-    const bool wgmma = (impl == CU_ATTN_WG_GROUP || impl == CU_ATTN_WG_OVERLAP) && cu_attention_wg_serves(d);
+    const bool wgmma = (impl == CU_ATTN_WG_GROUP || impl == CU_ATTN_WG_OVERLAP || impl == CU_ATTN_WG_PAIR) &&
+                       cu_attention_wg_serves(d);
     const char *kernel = !tc                                ? "simt"
-                         : wgmma                            ? (impl == CU_ATTN_WG_OVERLAP ? "wgmma overlap" : "wgmma group")
+                         : wgmma                            ? (impl == CU_ATTN_WG_OVERLAP ? "wgmma overlap"
+                                                               : impl == CU_ATTN_WG_PAIR  ? "wgmma pair"
+                                                                                          : "wgmma group")
                          : impl == CU_ATTN_TC_GROUP || rope ? "tc group"
                          : impl != CU_ATTN_AUTO             ? "tc group (no wgmma)"
                                                             : "tc";
@@ -552,6 +555,9 @@ static void test_attention(void **state)
         /* and with each tile's softmax beside the tile before's P·V: 1 to 4 key tiles */
         attention_case(t, CU_ATTN_WG_OVERLAP, 14, 2, 64, lens_256, 6, &r);
         attention_case(t, CU_ATTN_WG_OVERLAP, 6, 2, 64, lens_short, 9, &r);
+        /* and two query tiles a block: pairs whose second tile lies past a sequence, odd tile counts */
+        attention_case(t, CU_ATTN_WG_PAIR, 14, 2, 64, lens_256, 6, &r);
+        attention_case(t, CU_ATTN_WG_PAIR, 6, 2, 64, lens_short, 9, &r);
         if (t == CU_BF16) {
             attention_case_rope(t, CU_ATTN_TC_GROUP, true, 14, 2, 64, lens_256, 6, &r);
             attention_case_rope(t, CU_ATTN_TC_GROUP, true, 6, 2, 32, lens_short, 9, &r);
@@ -560,6 +566,8 @@ static void test_attention(void **state)
             attention_case_rope(t, CU_ATTN_WG_GROUP, true, 6, 2, 64, lens_short, 9, &r);
             attention_case_rope(t, CU_ATTN_WG_OVERLAP, true, 14, 2, 64, lens_256, 6, &r);
             attention_case_rope(t, CU_ATTN_WG_OVERLAP, true, 6, 2, 64, lens_short, 9, &r);
+            attention_case_rope(t, CU_ATTN_WG_PAIR, true, 14, 2, 64, lens_256, 6, &r);
+            attention_case_rope(t, CU_ATTN_WG_PAIR, true, 6, 2, 64, lens_short, 9, &r);
             /* where the grouped kernel does not serve: refused */
             assert_false(cu_attention_fuses_rope(t, 64, 4, 4, 128, 768, 256));  /* no grouped heads */
             assert_false(cu_attention_fuses_rope(t, 64, 14, 2, 257, 1152, 896)); /* over 256 tokens */
