@@ -9,6 +9,8 @@
 
 #include <stdint.h>
 
+#include <type_traits>
+
 #include <cuda_runtime_api.h>
 
 namespace {
@@ -86,26 +88,19 @@ __device__ __forceinline__ void wgmma_m64n64k16_rs_overwrite(float (&d)[8][4], c
  * must follow it, or a read of the products above the wait that must precede it. Pinned before
  * wgmma_fence, the registers are written before it; pinned after wgmma_wait, read after it. No
  * instruction is emitted. */
-template <uint32_t N> __device__ __forceinline__ void wgmma_pin(float (&r)[N][4])
+template <typename T, uint32_t N> __device__ __forceinline__ void wgmma_pin(T (&r)[N][4])
 {
+    static_assert(std::is_same<T, float>::value || std::is_same<T, uint32_t>::value, "32-bit registers");
 #ifndef NETLM_CUDA_EMULATE
 #pragma unroll
     for (uint32_t i = 0; i < N; i++)
 #pragma unroll
-        for (uint32_t j = 0; j < 4; j++)
-            asm volatile("" : "+f"(r[i][j])::"memory");
-#else
-    (void)r; /* the emulated products keep r's address: no access to it moves across a call */
-#endif
-}
-template <uint32_t N> __device__ __forceinline__ void wgmma_pin(uint32_t (&r)[N][4])
-{
-#ifndef NETLM_CUDA_EMULATE
-#pragma unroll
-    for (uint32_t i = 0; i < N; i++)
-#pragma unroll
-        for (uint32_t j = 0; j < 4; j++)
-            asm volatile("" : "+r"(r[i][j])::"memory");
+        for (uint32_t j = 0; j < 4; j++) {
+            if constexpr (std::is_same<T, float>::value)
+                asm volatile("" : "+f"(r[i][j])::"memory");
+            else
+                asm volatile("" : "+r"(r[i][j])::"memory");
+        }
 #else
     (void)r; /* the emulated products keep r's address: no access to it moves across a call */
 #endif
