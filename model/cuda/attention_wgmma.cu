@@ -202,7 +202,7 @@ __device__ __forceinline__ void wg_walk_overlapped(float (&o)[D / 8][4], uint32_
  * KB then serve 8 warps, and 2 blocks of ≤ 128 registers a thread make 16 warps a
  * multiprocessor where 3 single blocks make 12. */
 template <bool ROPE, bool OVERLAP, uint32_t WGS>
-__global__ void __launch_bounds__(TC_THREADS *WGS, OVERLAP || WGS == 2 ? 2 : 3)
+__global__ void __launch_bounds__(TC_THREADS * WGS, OVERLAP || WGS == 2 ? 2 : 3)
     attn_wg_group(bf16 *out, uint32_t ldo, const bf16 *qkv, uint32_t ldqkv, const uint32_t *seq_off, uint32_t heads,
                   uint32_t kv_heads, float scale_log2, const float *cos_t, const float *sin_t)
 {
