@@ -152,14 +152,6 @@ __device__ __forceinline__ float rcp_approx(float x)
     return y;
 }
 
-/* Keeps the compiler from moving reads of the accumulators above the wait. */
-__device__ __forceinline__ void accumulators_ready(float (&d)[128])
-{
-#pragma unroll
-    for (int i = 0; i < 128; i++)
-        asm volatile("" : "+f"(d[i])::"memory");
-}
-
 /* Changes the registers each thread of the warpgroup owns (the whole warpgroup executes it). */
 template <uint32_t REGISTERS> __device__ __forceinline__ void registers_release()
 {
@@ -406,7 +398,7 @@ __global__ void __launch_bounds__(cta_shape<CONSUMERS, PINGPONG, STAGGER>::threa
                 previous = s;
             }
             wgmma_wait<0>();
-            accumulators_ready(d);
+            wgmma_pin(d); /* the epilogue's reads of the accumulators stay after the wait */
             if (IN_FLIGHT > 0) {
                 __syncwarp();
                 if (lane < CLUSTER)

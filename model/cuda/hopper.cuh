@@ -87,23 +87,25 @@ __device__ __forceinline__ void wgmma_m64n64k16_rs_overwrite(float (&d)[8][4], c
  * them: without a pin the compiler may move a rescale of the accumulators below the fence that
  * must follow it, or a read of the products above the wait that must precede it. Pinned before
  * wgmma_fence, the registers are written before it; pinned after wgmma_wait, read after it. No
- * instruction is emitted. */
-template <typename T, uint32_t N> __device__ __forceinline__ void wgmma_pin(T (&r)[N][4])
+ * instruction is emitted. For a flat array of registers, or one of fragments of 4. */
+template <typename T, uint32_t N> __device__ __forceinline__ void wgmma_pin(T (&r)[N])
 {
     static_assert(std::is_same<T, float>::value || std::is_same<T, uint32_t>::value, "32-bit registers");
 #ifndef NETLM_CUDA_EMULATE
 #pragma unroll
-    for (uint32_t i = 0; i < N; i++)
-#pragma unroll
-        for (uint32_t j = 0; j < 4; j++) {
-            if constexpr (std::is_same<T, float>::value)
-                asm volatile("" : "+f"(r[i][j])::"memory");
-            else
-                asm volatile("" : "+r"(r[i][j])::"memory");
-        }
+    for (uint32_t i = 0; i < N; i++) {
+        if constexpr (std::is_same<T, float>::value)
+            asm volatile("" : "+f"(r[i])::"memory");
+        else
+            asm volatile("" : "+r"(r[i])::"memory");
+    }
 #else
     (void)r; /* the emulated products keep r's address: no access to it moves across a call */
 #endif
+}
+template <typename T, uint32_t N> __device__ __forceinline__ void wgmma_pin(T (&r)[N][4])
+{
+    wgmma_pin(reinterpret_cast<T(&)[N * 4]>(r));
 }
 
 /* Whether device runs sm_90a code: compute capability 9.0 exactly (the "a" features exist on no

@@ -942,7 +942,6 @@ template <int PENDING> inline void wgmma_wait()
         groups.erase(groups.begin());
     }
 }
-inline void accumulators_ready(float (&)[128]) {}
 /* the registers a thread owns are the host's business here */
 template <uint32_t REGISTERS> inline void registers_release() {}
 template <uint32_t REGISTERS> inline void registers_claim() {}
