@@ -1185,8 +1185,7 @@ cudaError_t launch_group(void *out, uint32_t ldo, const void *qkv, uint32_t ldqk
                          uint32_t nseq, uint32_t max_len, uint32_t heads, uint32_t kv_heads, uint32_t d,
                          float scale, const float *cos_t, const float *sin_t, enum cu_attn_impl impl, cudaStream_t s)
 {
-    if ((impl == CU_ATTN_WG_GROUP || impl == CU_ATTN_WG_OVERLAP || impl == CU_ATTN_WG_PAIR) &&
-        cu_attention_wg_serves(d))
+    if (cu_attn_impl_wgmma(impl) && cu_attention_wg_serves(d))
         return cu_attention_wg(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, cos_t, sin_t,
                                impl, s);
 #define GROUP_ARGS out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, scale, cos_t, sin_t, s
@@ -1221,8 +1220,7 @@ cudaError_t attention_forward(void *out, uint32_t ldo, float *lse, const void *q
     /* the tensor-core kernel copies 16-byte vectors: rows and head offsets must keep them aligned */
     const bool aligned = ldqkv % 8 == 0 && ldo % 2 == 0 && ((uintptr_t)qkv % 16) == 0 &&
                          ((uintptr_t)out % 4) == 0;
-    const bool grouped = impl == CU_ATTN_TC_GROUP || impl == CU_ATTN_WG_GROUP || impl == CU_ATTN_WG_OVERLAP ||
-                         impl == CU_ATTN_WG_PAIR;
+    const bool grouped = impl == CU_ATTN_TC_GROUP || cu_attn_impl_wgmma(impl);
     const bool tc = (impl == CU_ATTN_AUTO || grouped) && cu_attention_uses_tensor_cores(t, d) && aligned;
     if (tc && grouped && !DROP && !lse && group_serves(t, d, heads, kv_heads, max_len, ldqkv, ldo)) {
         return launch_group(out, ldo, qkv, ldqkv, seq_off, nseq, max_len, heads, kv_heads, d, scale, NULL, NULL,

@@ -166,6 +166,11 @@ enum cu_attn_impl {
      * key/value tiles it loads once for both (16 warps a multiprocessor instead of 12) */
     CU_ATTN_WG_PAIR,
 };
+/* Whether impl names one of attention_wgmma.cu's kernels (the grouped kernel where they do not serve) */
+static inline bool cu_attn_impl_wgmma(enum cu_attn_impl impl)
+{
+    return impl == CU_ATTN_WG_GROUP || impl == CU_ATTN_WG_OVERLAP || impl == CU_ATTN_WG_PAIR;
+}
 /* Causal attention of every sequence and head in the flash style: online softmax over key tiles
  * staged in shared memory, no score matrix in device memory. qkv rows hold [q (heads·d) | k
  * (kv_heads·d) | v (kv_heads·d)] (row stride ldqkv, RoPE already applied); query head h reads

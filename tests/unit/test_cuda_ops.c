@@ -507,8 +507,7 @@ static void attention_case_rope(enum cu_dtype t, enum cu_attn_impl impl, bool ro
                             scale, scores, NULL);
         }
     const bool tc = (rope || impl != CU_ATTN_SIMT) && cu_attention_uses_tensor_cores(t, d);
-    const bool wgmma = (impl == CU_ATTN_WG_GROUP || impl == CU_ATTN_WG_OVERLAP || impl == CU_ATTN_WG_PAIR) &&
-                       cu_attention_wg_serves(d);
+    const bool wgmma = cu_attn_impl_wgmma(impl) && cu_attention_wg_serves(d);
     const char *kernel = !tc                                ? "simt"
                          : wgmma                            ? (impl == CU_ATTN_WG_OVERLAP ? "wgmma overlap"
                                                                : impl == CU_ATTN_WG_PAIR  ? "wgmma pair"
