@@ -104,14 +104,15 @@ __device__ __forceinline__ void tc_finish(bf16 *out, uint32_t ldo, float *lse, u
 }
 
 /* Where a block of the grouped kernels stands (attn_tc_group, attn_wg_group): sequence
- * blockIdx.z, kv head blockIdx.y, query tile qt (blockIdx.x from the last: the longest tiles
- * first), rows from q0; the thread's two query rows; the sequence's qkv rows and its kv head's
- * keys and values in them. */
+ * blockIdx.z, kv head blockIdx.y, its first query tile qt (blockIdx.x from the last: the longest
+ * tiles first; TILES neighbouring query tiles a block, a warpgroup each), rows from q0; the
+ * thread's two query rows (warp w's in the block's tiles from row 16w); the sequence's qkv rows
+ * and its kv head's keys and values in them. */
 struct group_block {
     uint32_t kvh, group, start, len, qt, q0, lane, t, row0, row1;
     const bf16 *rows, *kbase, *vbase;
 };
-template <uint32_t D>
+template <uint32_t D, uint32_t TILES = 1>
 __device__ __forceinline__ group_block group_block_here(const bf16 *qkv, uint32_t ldqkv, const uint32_t *seq_off,
                                                         uint32_t heads, uint32_t kv_heads)
 {
@@ -120,7 +121,7 @@ __device__ __forceinline__ group_block group_block_here(const bf16 *qkv, uint32_
     g.group = heads / kv_heads;
     g.start = seq_off[blockIdx.z];
     g.len = seq_off[blockIdx.z + 1] - g.start;
-    g.qt = gridDim.x - 1 - blockIdx.x;
+    g.qt = (gridDim.x - 1 - blockIdx.x) * TILES;
     g.q0 = g.qt * TC_BQ;
     g.lane = threadIdx.x % 32;
     g.t = g.lane % 4;

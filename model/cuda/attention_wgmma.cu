@@ -212,20 +212,16 @@ __global__ void __launch_bounds__(TC_THREADS * WGS, OVERLAP || WGS == 2 ? 2 : 3)
     /* the swizzle is a function of the address: tiles start on 1024-byte boundaries */
     uint8_t *const kbuf = (uint8_t *)(((uintptr_t)wg_smem + 1023) & ~(uintptr_t)1023); /* [gridDim.x · WGS] */
     uint8_t *const vtbuf = kbuf + gridDim.x * WGS * WG_TILE_BYTES;                       /* [gridDim.x · WGS] */
-    group_block gb = group_block_here<D>(qkv, ldqkv, seq_off, heads, kv_heads);
-    if constexpr (WGS > 1) { /* gb.qt counted pairs: the block's first tile, and this thread's rows in its own */
-        gb.q0 = gb.qt * WGS * TC_BQ;
-        gb.row0 = gb.q0 + threadIdx.x / 32 * 16 + gb.lane / 4;
-        gb.row1 = gb.row0 + 8;
-    }
+    const group_block gb = group_block_here<D, WGS>(qkv, ldqkv, seq_off, heads, kv_heads);
     if (gb.q0 >= gb.len)
         return;
     const uint32_t kvh = gb.kvh, group = gb.group, start = gb.start, len = gb.len, lane = gb.lane;
     const uint32_t t = gb.t, row0 = gb.row0, row1 = gb.row1;
-    /* this warpgroup's query tile, and the last key tile any of the block's walks reaches */
-    const uint32_t qt = WGS == 1 ? gb.qt : gb.qt * WGS + threadIdx.x / TC_THREADS;
-    const uint32_t last_in_len = (len - 1) / TC_BK;
-    const uint32_t last = WGS == 1 ? qt : (qt | 1u) < last_in_len ? qt | 1u : last_in_len;
+    /* this warpgroup's query tile, and the last key tile any of the block's walks reaches (with
+     * one warpgroup, its own: threadIdx.x < TC_THREADS, which the compiler cannot tell) */
+    const uint32_t qt = WGS == 1 ? gb.qt : gb.qt + threadIdx.x / TC_THREADS;
+    const uint32_t last_in_len = (len - 1) / TC_BK, block_last = gb.qt + WGS - 1;
+    const uint32_t last = WGS == 1 ? qt : block_last < last_in_len ? block_last : last_in_len;
     const bf16 *rows = gb.rows;
 
     for (uint32_t kt = 0; kt <= last; kt++)
