@@ -510,6 +510,8 @@ void model_cuda_free(struct model_cuda *e)
     free(e);
 }
 
+static bool attention_named(struct model_cuda *e, const char *name);
+
 struct model_cuda *model_cuda_create(const struct model *m, const struct model_cuda_options *o,
                                      char *err, size_t errlen)
 {
@@ -621,26 +623,8 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
     const char *attn = getenv("NETLM_CUDA_ATTN");
     e->attn = CU_ATTN_TC_GROUP;
     e->attn_chosen = !attn || strcmp(attn, "auto") == 0;
-    if (ok && attn && strcmp(attn, "head") == 0) {
-        e->attn = CU_ATTN_AUTO;
-    } else if (ok && attn && strcmp(attn, "group-rope") == 0) {
-        e->attn_rope = true;
-    } else if (ok && attn && (strcmp(attn, "wgmma") == 0 || strcmp(attn, "wgmma-rope") == 0)) {
-        e->attn = CU_ATTN_WG_GROUP;
-        e->attn_rope = strcmp(attn, "wgmma-rope") == 0;
-    } else if (ok && attn && (strcmp(attn, "wgmma-overlap") == 0 || strcmp(attn, "wgmma-overlap-rope") == 0)) {
-        e->attn = CU_ATTN_WG_OVERLAP;
-        e->attn_rope = strcmp(attn, "wgmma-overlap-rope") == 0;
-    } else if (ok && attn && (strcmp(attn, "wgmma-pair") == 0 || strcmp(attn, "wgmma-pair-rope") == 0)) {
-        e->attn = CU_ATTN_WG_PAIR;
-        e->attn_rope = strcmp(attn, "wgmma-pair-rope") == 0;
-    } else if (ok && attn && strcmp(attn, "group") != 0 && strcmp(attn, "auto") != 0) {
-        fail(e,
-             "NETLM_CUDA_ATTN: \"%s\" is not auto, group, head, wgmma, wgmma-overlap, wgmma-pair, group-rope, "
-             "wgmma-rope, wgmma-overlap-rope or wgmma-pair-rope",
-             attn);
-        ok = false;
-    }
+    if (ok && !e->attn_chosen)
+        ok = attention_named(e, attn);
     int sms = 0;
     if (ok && cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, o->device) != cudaSuccess) {
         fail(e, "cuda: cannot read cuda:%d's multiprocessor count: %s", o->device,
@@ -820,6 +804,26 @@ static const struct {
                                                 [ATTN_WGMMA_OVERLAP_ROPE] = {CU_ATTN_WG_OVERLAP, true,
                                                                              "wgmma-overlap+rope"},
                                                 [ATTN_WGMMA_PAIR_ROPE] = {CU_ATTN_WG_PAIR, true, "wgmma-pair+rope"}};
+
+/* NETLM_CUDA_ATTN=name: the candidate of that name (its "+rope" spelled "-rope") always, timing
+ * none; false with the error set when there is none. */
+static bool attention_named(struct model_cuda *e, const char *name)
+{
+    char names[256] = "";
+    for (int c = 0; c < ATTENTION_CANDIDATES; c++) {
+        const char *candidate = attention_candidates[c].name, *plus = strchr(candidate, '+');
+        const size_t stem = plus ? (size_t)(plus - candidate) : strlen(candidate);
+        if (strncmp(name, candidate, stem) == 0 && strcmp(name + stem, plus ? "-rope" : "") == 0) {
+            e->attn = attention_candidates[c].impl;
+            e->attn_rope = attention_candidates[c].rope_inside;
+            return true;
+        }
+        snprintf(names + strlen(names), sizeof names - strlen(names), ", %.*s%s", (int)stem, candidate,
+                 plus ? "-rope" : "");
+    }
+    fail(e, "NETLM_CUDA_ATTN: \"%s\" is not auto%s", name, names);
+    return false;
+}
 
 /* The size rule of the up projection. The fused kernel is a persistent grid of one CTA per
  * multiprocessor walking 192 × 128 output tiles: on an H200, against cuBLASLt plus the pass, it
