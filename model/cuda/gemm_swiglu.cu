@@ -31,7 +31,10 @@
  * share every tile as in c2, but each starts a tile 1 (-w3) or 2 chunks after the one before
  * it, so that their epilogues come one after another, each beside the others' products; the
  * leader then runs up to 2 stages ahead of the last consumer, which leaves it 2 of the 4 to
- * prefetch into. */
+ * prefetch into. "-early" (three consumers): a consumer starts the next tile's first chunk of
+ * products for half of the outputs as soon as it has stored that half of the current tile's, so
+ * that they run beside the SiLU of the other half (W's tile then holds each half's gate rows
+ * next to its up rows, and the accumulators of a half are one m64n128k16's). */
 #include <cuda.h>
 #include <cudaTypedefs.h>
 #include <cuda_bf16.h>
@@ -162,13 +165,12 @@ template <uint32_t REGISTERS> __device__ __forceinline__ void registers_claim()
     asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(REGISTERS));
 }
 
-/* The accumulators d[i .. i+63] as read-write operands of a wgmma's inline asm, in order. */
+/* The accumulators d[i .. i+31] (d[i .. i+63]) as read-write operands of a wgmma's inline asm, in order. */
 #define WGMMA_ACC8(d, i)                                                                           \
     "+f"(d[(i) + 0]), "+f"(d[(i) + 1]), "+f"(d[(i) + 2]), "+f"(d[(i) + 3]), "+f"(d[(i) + 4]),       \
         "+f"(d[(i) + 5]), "+f"(d[(i) + 6]), "+f"(d[(i) + 7])
-#define WGMMA_ACC64(d, i)                                                                          \
-    WGMMA_ACC8(d, (i) + 0), WGMMA_ACC8(d, (i) + 8), WGMMA_ACC8(d, (i) + 16), WGMMA_ACC8(d, (i) + 24), \
-        WGMMA_ACC8(d, (i) + 32), WGMMA_ACC8(d, (i) + 40), WGMMA_ACC8(d, (i) + 48), WGMMA_ACC8(d, (i) + 56)
+#define WGMMA_ACC32(d, i) WGMMA_ACC8(d, (i) + 0), WGMMA_ACC8(d, (i) + 8), WGMMA_ACC8(d, (i) + 16), WGMMA_ACC8(d, (i) + 24)
+#define WGMMA_ACC64(d, i) WGMMA_ACC32(d, i), WGMMA_ACC32(d, (i) + 32)
 
 /* D[64 × 256] (+)= A[64 × 16] · B[256 × 16]ᵀ, both from shared memory (128-byte swizzle, K
  * contiguous), the accumulators in 128 registers per thread of the warpgroup. */
@@ -186,9 +188,10 @@ __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_
         : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
 
-/* D[64 × 128] (+)= A[64 × 16] · B[128 × 16]ᵀ into d[0..63], the layout of m64n256k16's first
- * 64 registers. */
-__device__ __forceinline__ void wgmma_m64n128k16(float *d, uint64_t desc_a, uint64_t desc_b, uint32_t accumulate)
+/* D[64 × 128] (+)= A[64 × 16] · B[128 × 16]ᵀ into d[LO .. LO + 31] and d[HI .. HI + 31], laid out
+ * as m64n256k16's first 64 registers (a gate or an up half: acc_set below). */
+template <uint32_t LO, uint32_t HI>
+__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[128], uint64_t desc_a, uint64_t desc_b, uint32_t accumulate)
 {
     asm volatile("{\n"
                  ".reg .pred acc;\n"
@@ -197,11 +200,18 @@ __device__ __forceinline__ void wgmma_m64n128k16(float *d, uint64_t desc_a, uint
                  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
                  "%64, %65, acc, 1, 1, 0, 0;\n"
                  "}\n"
-        : WGMMA_ACC64(d, 0)
+        : WGMMA_ACC32(d, LO), WGMMA_ACC32(d, HI)
         : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
 
 #endif /* NETLM_CUDA_EMULATE */
+
+/* wgmma_pin for one half of the accumulators, d[64·H .. 64·H + 63] (products running into the
+ * other are left alone). */
+template <uint32_t H> __device__ __forceinline__ void pin_half(float (&d)[128])
+{
+    wgmma_pin(reinterpret_cast<float(&)[64]>(d[64 * H]));
+}
 
 /* silu(g0) · u0 and silu(g1) · u1 as a bf16 pair. The epilogue runs with the tensor cores idle
  * (all consumers finish a tile together), and the multiprocessor's 16 MUFU lanes a clock, not
@@ -240,7 +250,7 @@ __device__ __forceinline__ void leave_cluster()
  * reach their epilogues one after another and each one's SiLU and stores run beside the others'
  * products instead of with the tensor cores idle. Every consumer warp that reads a stage releases
  * it in every CTA of the cluster, since up to three of them write into each CTA's stage. */
-template <uint32_t ROWS, uint32_t OUTS, int IN_FLIGHT, uint32_t CONSUMERS, bool PINGPONG, uint32_t STAGGER>
+template <uint32_t ROWS, uint32_t OUTS, int IN_FLIGHT, uint32_t CONSUMERS, bool PINGPONG, uint32_t STAGGER, bool EARLY>
 __global__ void __launch_bounds__(cta_shape<CONSUMERS, PINGPONG, STAGGER>::threads, 1)
     gemm_swiglu_kernel(const __grid_constant__ CUtensorMap x_map, const __grid_constant__ CUtensorMap w_map,
                        __nv_bfloat16 *h, uint32_t ldh, uint32_t n, uint32_t k, uint32_t f)
@@ -249,6 +259,8 @@ __global__ void __launch_bounds__(cta_shape<CONSUMERS, PINGPONG, STAGGER>::threa
     static_assert(CONSUMERS == 2 || CONSUMERS == 3, "two or three consumer warpgroups");
     static_assert(!PINGPONG || CONSUMERS == 2, "two consumers taking turns");
     static_assert(!PINGPONG || STAGGER == 0, "consumers taking turns are not staggered");
+    static_assert(!EARLY || (CONSUMERS == 3 && !PINGPONG && STAGGER == 0),
+                  "an early start splits the three consumers' two m64n128k16 products");
     using shape = cta_shape<CONSUMERS, PINGPONG, STAGGER>;
     constexpr uint32_t CLUSTER = ROWS * OUTS, TILE_ROWS = shape::rows, X_BYTES = shape::x_bytes;
     constexpr uint32_t STAGES = shape::stages;
@@ -301,7 +313,21 @@ __global__ void __launch_bounds__(cta_shape<CONSUMERS, PINGPONG, STAGGER>::threa
                         tma_load_multicast(xs + out_sub * (X_BYTES / OUTS), &x_map, c * TILE_K, row0 + out_sub * part,
                                            &full[s], x_sharers);
                     }
-                    if constexpr (ROWS == 1) {
+                    if constexpr (EARLY) {
+                        /* in halves of the outputs, each half's 64 gate rows then their 64 up
+                         * rows (w_map's box: 64 rows); sharing W, this CTA loads the gate (or up)
+                         * rows of both halves */
+#pragma unroll
+                        for (uint32_t b = 0; b < 4; b++) {
+                            const uint32_t up = b % 2, half = b / 2;
+                            uint8_t *dst = ws + (2 * half + up) * (W_BYTES / 4);
+                            const uint32_t src = up * f + out0 + half * (TILE_OUT / 2);
+                            if (ROWS == 1)
+                                tma_load(dst, &w_map, c * TILE_K, src, &full[s]);
+                            else if (up == row_sub)
+                                tma_load_multicast(dst, &w_map, c * TILE_K, src, &full[s], w_sharers);
+                        }
+                    } else if constexpr (ROWS == 1) {
                         tma_load(ws, &w_map, c * TILE_K, out0, &full[s]);
                         tma_load(ws + W_BYTES / 2, &w_map, c * TILE_K, f + out0, &full[s]);
                     } else {
@@ -328,105 +354,201 @@ __global__ void __launch_bounds__(cta_shape<CONSUMERS, PINGPONG, STAGGER>::threa
          * that is when chunks + STAGGER - 1 >= STAGES. Shorter products run unstaggered. */
         const bool staggered = STAGGER > 0 && chunks >= STAGGER && chunks + STAGGER - 1 >= STAGES;
         float d[128];
-        uint32_t turn = 0; /* the CTA's tiles so far */
-        for (uint32_t group = cluster; group < groups; group += clusters, turn++) {
-            if (PINGPONG && turn % CONSUMERS != part)
-                continue;
-            /* A stage's full barrier tells phases apart by parity alone, so a consumer may wait
-             * on it only once its previous phase has completed: taking turns, this tile's first
-             * stage was last filled for the other consumer's tile before, so wait until that
-             * consumer has taken its last stage (its (turn - 1) / 2-th arrival). This also keeps
-             * the two consumers' products mostly apart, the one's epilogue under the other's. */
-            if (PINGPONG && turn > 0)
-                barrier_wait(&turn_ready[part], (turn - 1) / CONSUMERS & 1);
-            if (staggered && part > 0)
-                barrier_wait(&turn_ready[part], turn & 1);
-            const uint32_t row0 = (group / out_groups * ROWS + row_sub) * TILE_ROWS;
-            const uint32_t out0 = (group % out_groups * OUTS + out_sub) * TILE_OUT;
-            uint32_t previous = 0, it = turn * chunks; /* the producer's count of stages filled */
-            /* The first products overwrite the accumulators (scale-d 0), but an asm operand
-             * "+f" reads them, so without this the register allocator would keep every
-             * accumulator live from one tile's epilogue into the next tile's first chunk; zeroed
-             * here, each one is free once the epilogue has used it (the three-consumer variants'
-             * 160 registers hold the 16-byte stores' operands only then). */
+        /* accumulator layout: register 4i + {0,1} at row lane/4, columns 8i + 2·(lane%4) +
+         * {0,1}; 4i + {2,3} eight rows lower. Columns 0..127 are gates, 128..255 their up
+         * partners (EARLY: columns 0..63 the first 64 outputs' gates, 64..127 their ups, 128..255
+         * the same for the other 64). With W's rows in cu_gemm_swiglu_row's order, columns 32j +
+         * 8a + 2q + e of the gates (q = lane % 4; a = 0..3) are outputs 32j + 8q + 2a + e: 8
+         * neighbours, one store. */
+        struct tile_rows {
+            __nv_bfloat16 *out; /* the thread's first row and column of the tile in h */
+            bool upper, lower;  /* whether its rows (8 apart) are rows of h */
+        };
+        auto rows_of = [&](uint32_t row0, uint32_t out0) {
+            const uint32_t row = row0 + first_row + warp * 16 + lane / 4;
+            /* none for the odd last output tile of a 2 × 2 cluster's group */
+            const bool stores = OUTS == 1 || out0 < f;
+            return tile_rows{h + (size_t)row * ldh + out0 + 8 * (lane % 4), stores && row < n, stores && row + 8 < n};
+        };
+        auto store_outputs = [&](const tile_rows &t, uint32_t j) {
 #pragma unroll
-            for (uint32_t i = 0; i < 128; i++)
-                d[i] = 0.0f;
-            for (uint32_t c = 0; c < chunks; c++, it++) {
-                const uint32_t s = it % STAGES;
-                barrier_wait(&full[s], (it / STAGES) & 1);
-                if (PINGPONG && c + 1 == chunks) { /* the other consumer's turn may begin */
-                    __syncwarp();
-                    if (lane == 0)
-                        barrier_arrive(&turn_ready[(part + 1) % CONSUMERS]);
-                }
-                const uint8_t *xs = ring + s * shape::stage_bytes;
-                const uint64_t da = smem_descriptor(xs + first_row * (TILE_K * 2)),
-                               db = smem_descriptor(xs + X_BYTES);
-                wgmma_fence();
-                if constexpr (CONSUMERS == 2) {
-#pragma unroll
-                    for (uint32_t kk = 0; kk < TILE_K / 16; kk++)
-                        wgmma_m64n256k16(d, da + 2 * kk, db + 2 * kk, (c | kk) != 0);
-                } else {
-                    /* ptxas checks each instruction against the registers a thread starts with,
-                     * 128 for 512 threads, and m64n256k16's 128 accumulators do not fit beside
-                     * its operands: the gate half and the up half as two m64n128k16 products
-                     * instead, whose registers together are laid out as m64n256k16's */
-                    const uint64_t db_up = smem_descriptor(xs + X_BYTES + W_BYTES / 2);
-#pragma unroll
-                    for (uint32_t kk = 0; kk < TILE_K / 16; kk++) {
-                        wgmma_m64n128k16(d, da + 2 * kk, db + 2 * kk, (c | kk) != 0);
-                        wgmma_m64n128k16(d + 64, da + 2 * kk, db_up + 2 * kk, (c | kk) != 0);
-                    }
-                }
-                wgmma_commit();
-                /* with IN_FLIGHT = 1 the chunk before this one is done with its stage; else
-                 * this one is: release it in every CTA of the cluster */
-                wgmma_wait<IN_FLIGHT>();
-                if (IN_FLIGHT == 0 || c > 0) {
-                    __syncwarp();
-                    if (lane < CLUSTER)
-                        barrier_arrive_cluster(&empty[IN_FLIGHT ? previous : s], lane);
-                }
-                if (staggered && part + 1 < CONSUMERS && c + 1 == STAGGER) { /* the next consumer may begin */
-                    wgmma_wait<0>();
-                    __syncwarp();
-                    if (lane == 0)
-                        barrier_arrive(&turn_ready[part + 1]);
-                }
-                previous = s;
-            }
-            wgmma_wait<0>();
-            wgmma_pin(d); /* the epilogue's reads of the accumulators stay after the wait */
-            if (IN_FLIGHT > 0) {
-                __syncwarp();
-                if (lane < CLUSTER)
-                    barrier_arrive_cluster(&empty[previous], lane);
-            }
-            /* accumulator layout: register 4i + {0,1} at row lane/4, columns 8i + 2·(lane%4) +
-             * {0,1}; 4i + {2,3} eight rows lower. Columns 0..127 are gates, 128..255 their up
-             * partners. With W's rows in cu_gemm_swiglu_row's order, columns 32j + 8a + 2q + e
-             * (q = lane % 4; a = 0..3) are outputs 32j + 8q + 2a + e: 8 neighbours, one store. */
-            const uint32_t row = row0 + first_row + warp * 16 + lane / 4, col = out0 + 8 * (lane % 4);
-            if (out0 >= f) /* the odd last output tile of a 2 × 2 cluster's group: none */
-                continue;
-#pragma unroll
-            for (uint32_t j = 0; j < 4; j++) {
-                uint4 upper, lower; /* rows row and row + 8 */
-                uint32_t *u = &upper.x, *l = &lower.x;
+            for (uint32_t lower = 0; lower < 2; lower++) {
+                uint4 packed;
+                uint32_t *words = &packed.x;
 #pragma unroll
                 for (uint32_t a = 0; a < 4; a++) {
-                    const uint32_t r = 4 * (4 * j + a);
-                    const __nv_bfloat162 hu = silu_times2(d[r], d[r + 1], d[r + 64], d[r + 65]);
-                    const __nv_bfloat162 hl = silu_times2(d[r + 2], d[r + 3], d[r + 66], d[r + 67]);
-                    u[a] = *reinterpret_cast<const uint32_t *>(&hu);
-                    l[a] = *reinterpret_cast<const uint32_t *>(&hl);
+                    const uint32_t r = 4 * (4 * j + a), g = (EARLY && r >= 32 ? r + 32 : r) + 2 * lower;
+                    const uint32_t u = g + (EARLY ? 32 : 64);
+                    const __nv_bfloat162 hv = silu_times2(d[g], d[g + 1], d[u], d[u + 1]);
+                    words[a] = *reinterpret_cast<const uint32_t *>(&hv);
                 }
-                if (row < n)
-                    *reinterpret_cast<uint4 *>(h + (size_t)row * ldh + col + 32 * j) = upper;
-                if (row + 8 < n)
-                    *reinterpret_cast<uint4 *>(h + (size_t)(row + 8) * ldh + col + 32 * j) = lower;
+                if (lower ? t.lower : t.upper)
+                    *reinterpret_cast<uint4 *>(t.out + (lower ? 8 * (size_t)ldh : 0) + 32 * j) = packed;
+            }
+        };
+        /* waits for stage `it`'s copies and describes its x rows (this consumer's) and W tile; a
+         * descriptor moves in 16-byte steps */
+        constexpr uint64_t W_SECOND_HALF = W_BYTES / 2 / 16;
+        auto stage_operands = [&](uint32_t it, uint64_t &da, uint64_t &db) {
+            const uint32_t s = it % STAGES;
+            barrier_wait(&full[s], (it / STAGES) & 1);
+            const uint8_t *xs = ring + s * shape::stage_bytes;
+            da = smem_descriptor(xs + first_row * (TILE_K * 2));
+            db = smem_descriptor(xs + X_BYTES);
+        };
+        /* a stage's products are done: free it in every CTA of the cluster */
+        auto release = [&](uint32_t s) {
+            __syncwarp();
+            if (lane < CLUSTER)
+                barrier_arrive_cluster(&empty[s], lane);
+        };
+        if constexpr (EARLY) {
+            /* Each tile's first chunk of products for its first 64 outputs (d[0..63]) starts
+             * before the tile: in the tile before's epilogue, once that tile's first 64 outputs
+             * are stored, so that they run beside the SiLU of its other 64 (the tensor cores
+             * otherwise idle through the epilogue); the CTA's first tile's, here. */
+            uint64_t da, db;
+            auto start_next = [&](uint32_t it) {
+#pragma unroll
+                for (uint32_t i = 0; i < 64; i++)
+                    d[i] = 0.0f;
+                pin_half<0>(d); /* zeroed before the fence */
+                stage_operands(it, da, db);
+                wgmma_fence();
+#pragma unroll
+                for (uint32_t kk = 0; kk < TILE_K / 16; kk++)
+                    wgmma_m64n128k16<0, 32>(d, da + 2 * kk, db + 2 * kk, kk != 0);
+                wgmma_commit();
+            };
+            uint32_t it = 0; /* the producer's count of stages filled */
+            if (cluster < groups)
+                start_next(it);
+            for (uint32_t group = cluster; group < groups; group += clusters) {
+                const uint32_t row0 = (group / out_groups * ROWS + row_sub) * TILE_ROWS;
+                const uint32_t out0 = (group % out_groups * OUTS + out_sub) * TILE_OUT;
+#pragma unroll
+                for (uint32_t i = 64; i < 128; i++)
+                    d[i] = 0.0f;
+                pin_half<1>(d);
+                /* chunk 0: the other 64 outputs' products (the first 64's are running) */
+                uint32_t previous = it % STAGES;
+                stage_operands(it++, da, db); /* (waited for already: at once) */
+                wgmma_fence();
+#pragma unroll
+                for (uint32_t kk = 0; kk < TILE_K / 16; kk++)
+                    wgmma_m64n128k16<64, 96>(d, da + 2 * kk, db + W_SECOND_HALF + 2 * kk, kk != 0);
+                wgmma_commit();
+                wgmma_wait<IN_FLIGHT>();
+                if (IN_FLIGHT == 0)
+                    release(previous);
+                for (uint32_t c = 1; c < chunks; c++, it++) {
+                    const uint32_t s = it % STAGES;
+                    stage_operands(it, da, db);
+                    wgmma_fence();
+#pragma unroll
+                    for (uint32_t kk = 0; kk < TILE_K / 16; kk++) {
+                        wgmma_m64n128k16<0, 32>(d, da + 2 * kk, db + 2 * kk, 1);
+                        wgmma_m64n128k16<64, 96>(d, da + 2 * kk, db + W_SECOND_HALF + 2 * kk, 1);
+                    }
+                    wgmma_commit();
+                    wgmma_wait<IN_FLIGHT>();
+                    release(IN_FLIGHT ? previous : s);
+                    previous = s;
+                }
+                wgmma_wait<0>();
+                wgmma_pin(d); /* the epilogue's reads of the accumulators stay after the wait */
+                if (IN_FLIGHT > 0)
+                    release(previous);
+                const tile_rows t = rows_of(row0, out0);
+                store_outputs(t, 0);
+                store_outputs(t, 1);
+                if (group + clusters < groups) {
+                    start_next(it);
+                    pin_half<1>(d); /* the other half's SiLU after the products' issue, not above it */
+                }
+                store_outputs(t, 2);
+                store_outputs(t, 3);
+                wgmma_wait<0>();
+                pin_half<0>(d);
+            }
+        } else {
+            uint32_t turn = 0; /* the CTA's tiles so far */
+            for (uint32_t group = cluster; group < groups; group += clusters, turn++) {
+                if (PINGPONG && turn % CONSUMERS != part)
+                    continue;
+                /* A stage's full barrier tells phases apart by parity alone, so a consumer may
+                 * wait on it only once its previous phase has completed: taking turns, this
+                 * tile's first stage was last filled for the other consumer's tile before, so
+                 * wait until that consumer has taken its last stage (its (turn - 1) / 2-th
+                 * arrival). This also keeps the two consumers' products mostly apart, the one's
+                 * epilogue under the other's. */
+                if (PINGPONG && turn > 0)
+                    barrier_wait(&turn_ready[part], (turn - 1) / CONSUMERS & 1);
+                if (staggered && part > 0)
+                    barrier_wait(&turn_ready[part], turn & 1);
+                const uint32_t row0 = (group / out_groups * ROWS + row_sub) * TILE_ROWS;
+                const uint32_t out0 = (group % out_groups * OUTS + out_sub) * TILE_OUT;
+                uint32_t previous = 0, it = turn * chunks; /* the producer's count of stages filled */
+                /* The first products overwrite the accumulators (scale-d 0), but an asm operand
+                 * "+f" reads them, so without this the register allocator would keep every
+                 * accumulator live from one tile's epilogue into the next tile's first chunk;
+                 * zeroed here, each one is free once the epilogue has used it (the
+                 * three-consumer variants' 160 registers hold the 16-byte stores' operands only
+                 * then). */
+#pragma unroll
+                for (uint32_t i = 0; i < 128; i++)
+                    d[i] = 0.0f;
+                for (uint32_t c = 0; c < chunks; c++, it++) {
+                    const uint32_t s = it % STAGES;
+                    uint64_t da, db;
+                    stage_operands(it, da, db);
+                    if (PINGPONG && c + 1 == chunks) { /* the other consumer's turn may begin */
+                        __syncwarp();
+                        if (lane == 0)
+                            barrier_arrive(&turn_ready[(part + 1) % CONSUMERS]);
+                    }
+                    wgmma_fence();
+                    if constexpr (CONSUMERS == 2) {
+#pragma unroll
+                        for (uint32_t kk = 0; kk < TILE_K / 16; kk++)
+                            wgmma_m64n256k16(d, da + 2 * kk, db + 2 * kk, (c | kk) != 0);
+                    } else {
+                        /* ptxas checks each instruction against the registers a thread starts
+                         * with, 128 for 512 threads, and m64n256k16's 128 accumulators do not
+                         * fit beside its operands: the gate half and the up half as two
+                         * m64n128k16 products instead, whose registers together are laid out as
+                         * m64n256k16's */
+                        const uint64_t db_up = db + W_SECOND_HALF;
+#pragma unroll
+                        for (uint32_t kk = 0; kk < TILE_K / 16; kk++) {
+                            wgmma_m64n128k16<0, 32>(d, da + 2 * kk, db + 2 * kk, (c | kk) != 0);
+                            wgmma_m64n128k16<64, 96>(d, da + 2 * kk, db_up + 2 * kk, (c | kk) != 0);
+                        }
+                    }
+                    wgmma_commit();
+                    /* with IN_FLIGHT = 1 the chunk before this one is done with its stage; else
+                     * this one is: release it in every CTA of the cluster */
+                    wgmma_wait<IN_FLIGHT>();
+                    if (IN_FLIGHT == 0 || c > 0)
+                        release(IN_FLIGHT ? previous : s);
+                    if (staggered && part + 1 < CONSUMERS && c + 1 == STAGGER) { /* the next consumer may begin */
+                        wgmma_wait<0>();
+                        __syncwarp();
+                        if (lane == 0)
+                            barrier_arrive(&turn_ready[part + 1]);
+                    }
+                    previous = s;
+                }
+                wgmma_wait<0>();
+                wgmma_pin(d); /* the epilogue's reads of the accumulators stay after the wait */
+                if (IN_FLIGHT > 0)
+                    release(previous);
+                if (OUTS > 1 && out0 >= f) /* the odd last output tile of a 2 × 2 cluster's group: none */
+                    continue;
+                const tile_rows t = rows_of(row0, out0);
+#pragma unroll
+                for (uint32_t j = 0; j < 4; j++)
+                    store_outputs(t, j);
             }
         }
         leave_cluster();
@@ -443,21 +565,23 @@ struct variant {
     uint32_t cluster;   /* CTAs */
     uint32_t outs;      /* of them on neighbouring output tiles, sharing x: its box is tile_rows / outs */
     uint32_t tile_rows; /* of x per CTA tile */
+    uint32_t w_box;     /* rows of W per copy: 128 (a tile's gates or ups), 64 for -early's halves */
     uint32_t threads;
     size_t smem_bytes;
     uint32_t claimed_registers; /* per CTA by setmaxnreg (0: none) */
 };
 
 template <uint32_t ROWS, uint32_t OUTS, int IN_FLIGHT, uint32_t CONSUMERS, bool PINGPONG = false,
-          uint32_t STAGGER = 0>
+          uint32_t STAGGER = 0, bool EARLY = false>
 constexpr variant make_variant(const char *name)
 {
     using shape = cta_shape<CONSUMERS, PINGPONG, STAGGER>;
     const uint32_t claimed = CONSUMERS == 3 ? 128 * (PRODUCER_REGISTERS + 3 * CONSUMER_REGISTERS) : 0;
-    return {name,        gemm_swiglu_kernel<ROWS, OUTS, IN_FLIGHT, CONSUMERS, PINGPONG, STAGGER>,
+    return {name,        gemm_swiglu_kernel<ROWS, OUTS, IN_FLIGHT, CONSUMERS, PINGPONG, STAGGER, EARLY>,
             ROWS * OUTS, OUTS,
-            shape::rows, shape::threads,
-            shape::smem_bytes, claimed};
+            shape::rows, EARLY ? TILE_OUT / 2 : TILE_OUT,
+            shape::threads, shape::smem_bytes,
+            claimed};
 }
 
 /* "-w3": three consumer warpgroups, tiles of 192 rows: a stage's 56 KB feed 1.5 times the
@@ -476,6 +600,9 @@ const variant variants[] = {
     make_variant<2, 2, 1, 3>("c4-w3-inflight"),
     make_variant<1, 1, 0, 2, true>("c1-pingpong"), make_variant<2, 1, 0, 2, true>("c2-pingpong"),
     make_variant<2, 1, 0, 3, false, 1>("c2-w3-stagger"), make_variant<2, 1, 0, 2, false, 2>("c2-stagger"),
+    make_variant<2, 1, 0, 3, false, 0, true>("c2-w3-early"),
+    make_variant<2, 1, 1, 3, false, 0, true>("c2-w3-inflight-early"),
+    make_variant<2, 2, 1, 3, false, 0, true>("c4-w3-inflight-early"),
 };
 constexpr int VARIANTS = sizeof variants / sizeof variants[0];
 
@@ -610,7 +737,7 @@ extern "C" cudaError_t cu_gemm_swiglu(void *h, uint32_t ldh, const void *x, uint
         return cudaErrorInvalidValue;
     CUtensorMap x_map, w_map;
     const variant &v = variants[which];
-    if (!tensor_map(&x_map, x, n, k, ldx, v.tile_rows / v.outs) || !tensor_map(&w_map, w, 2 * f, k, k, TILE_OUT))
+    if (!tensor_map(&x_map, x, n, k, ldx, v.tile_rows / v.outs) || !tensor_map(&w_map, w, 2 * f, k, k, v.w_box))
         return cudaErrorInvalidValue;
     int device = 0;
     cudaError_t e = cudaGetDevice(&device);

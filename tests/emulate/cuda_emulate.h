@@ -75,6 +75,7 @@ struct emu_thread {
         unsigned n;               /* 256, 128 or 64 columns */
         bool a_in_registers;      /* A from the warp's registers (a_warp), not through desc_a */
         uint32_t a_warp[32][4];   /* then: each lane's A fragment, as the warp held it at issue */
+        float *d_upper = nullptr; /* registers 32.. of d at their own place (else d + 32) */
     };
     std::vector<std::vector<wgmma>> wgmma_groups; /* committed, oldest first */
     std::vector<wgmma> wgmma_open;
@@ -887,11 +888,13 @@ inline void emu_wgmma_run(const emu_thread::wgmma &op)
     for (unsigned i = 0; i < op.n / 8; i++)
         for (unsigned e = 0; e < 4; e++) {
             const unsigned r = lane / 4 + (e >= 2 ? 8 : 0), row = 16 * warp + r, col = 8 * i + 2 * (lane % 4) + (e & 1);
-            float acc = op.accumulate ? op.d[4 * i + e] : 0.0f;
+            const unsigned reg = 4 * i + e;
+            float &d = op.d_upper && reg >= 32 ? op.d_upper[reg - 32] : op.d[reg];
+            float acc = op.accumulate ? d : 0.0f;
             for (unsigned k = 0; k < 16; k++)
                 acc += (op.a_in_registers ? emu_a_fragment(op.a_warp, r, k) : element(a0, a_stride, row, k)) *
                        element(b0, b_stride, col, k);
-            op.d[4 * i + e] = acc;
+            d = acc;
         }
 }
 inline void wgmma_fence() {}
@@ -906,9 +909,11 @@ inline void wgmma_m64n256k16(float (&d)[128], uint64_t desc_a, uint64_t desc_b, 
 {
     emu_wgmma_issue({d, desc_a, desc_b, accumulate != 0, 256, false, {}});
 }
-inline void wgmma_m64n128k16(float *d, uint64_t desc_a, uint64_t desc_b, uint32_t accumulate)
+/* into d[LO .. LO + 31] and d[HI .. HI + 31] */
+template <uint32_t LO, uint32_t HI>
+inline void wgmma_m64n128k16(float (&d)[128], uint64_t desc_a, uint64_t desc_b, uint32_t accumulate)
 {
-    emu_wgmma_issue({d, desc_a, desc_b, accumulate != 0, 128, false, {}});
+    emu_wgmma_issue({d + LO, desc_a, desc_b, accumulate != 0, 128, false, {}, d + HI});
 }
 /* A from registers: the warp's lanes hand each other their fragments at issue (the instruction
  * is warpgroup-wide), and the product reads that copy whenever it runs, as the hardware reads
