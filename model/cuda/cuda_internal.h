@@ -355,6 +355,20 @@ bool cu_model_fits(const struct model_config *c, int device, uint32_t max_batch,
  * stream will not finish anything after it either). */
 cudaError_t cu_time_median(cudaEvent_t ev[2], cudaStream_t s, bool (*run)(void *ctx), void *ctx, float *median_ms);
 
+/* Candidate c's run(ctx, c) once on s, untimed, and the wait for it (what a first call costs once
+ * stays out of the timings; a failing or hanging candidate shows before them): the same errors
+ * as cu_time_median. */
+cudaError_t cu_run_once(cudaEvent_t ev, cudaStream_t s, bool (*run)(void *ctx, int c), void *ctx, int c);
+
+/* The candidates c < n with ms[c] >= 0 timed in CU_TIMED_ROUNDS rounds, each round running every
+ * one of them once in turn (from another one each round), so that what changes over the rounds
+ * (the card's clocks as it warms, L2 contents) reaches them all alike, where timing one candidate
+ * after another would favour the early ones; ms[c] becomes the median of its rounds, -1 when a
+ * run fails (the others' go on). ev: n + 1 events. cudaErrorLaunchTimeout as cu_time_median. */
+#define CU_TIMED_ROUNDS 5
+cudaError_t cu_time_rounds(cudaEvent_t *ev, cudaStream_t s, bool (*run)(void *ctx, int c), void *ctx, int n,
+                           float *ms);
+
 /* ---- the step profile (profile.c) ---- */
 
 #define CU_PROFILE_EVENTS 2048 /* marks per pass: a forward has 7 per layer, a training step 20 */

@@ -133,7 +133,7 @@ struct model_cuda {
     enum tail tail;         /* the pass being enqueued */
     uint32_t sms;           /* the device's multiprocessors */
     bool tune_kernels;      /* time the candidates of a step on its first pass (NETLM_CUDA_KERNEL_TUNE) */
-    cudaEvent_t tune_ev[2];
+    cudaEvent_t tune_ev[CHOICE_CANDIDATES + 1]; /* cu_time_rounds' */
     double *d_fingerprint; /* cu_fingerprint's partial sums, [2 · FINGERPRINT_BLOCKS] */
     char tune_fault[128];  /* NETLM_CUDA_TUNE_FAULT: candidates (a,b,...) whose results are wiped after their timing */
     struct kernel_choice choices[CHOICE_SLOTS];
@@ -487,7 +487,7 @@ void model_cuda_free(struct model_cuda *e)
     for (unsigned i = 0; i < GRAPH_SLOTS; i++)
         if (e->graphs[i].used)
             cudaGraphExecDestroy(e->graphs[i].exec);
-    for (unsigned i = 0; i < 2; i++)
+    for (unsigned i = 0; i <= CHOICE_CANDIDATES; i++)
         if (e->tune_ev[i])
             cudaEventDestroy(e->tune_ev[i]);
     cu_profile_free(e->prof);
@@ -580,9 +580,10 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
      * NETLM_CUDA_KERNEL_TUNE=0. */
     const char *tune = getenv("NETLM_CUDA_KERNEL_TUNE");
     e->tune_kernels = !(tune && strcmp(tune, "0") == 0);
-    if (ok && e->tune_kernels &&
-        (cudaEventCreate(&e->tune_ev[0]) != cudaSuccess || cudaEventCreate(&e->tune_ev[1]) != cudaSuccess ||
-         cudaMalloc((void **)&e->d_fingerprint, 2 * FINGERPRINT_BLOCKS * sizeof(double)) != cudaSuccess)) {
+    for (unsigned i = 0; ok && e->tune_kernels && i <= CHOICE_CANDIDATES; i++)
+        ok = cudaEventCreate(&e->tune_ev[i]) == cudaSuccess;
+    if (e->tune_kernels &&
+        (!ok || cudaMalloc((void **)&e->d_fingerprint, 2 * FINGERPRINT_BLOCKS * sizeof(double)) != cudaSuccess)) {
         fail(e, "cuda: cannot create the kernel timing's events and buffer: %s",
              cudaGetErrorString(cudaGetLastError()));
         ok = false;
@@ -765,9 +766,9 @@ const char *model_cuda_error(const struct model_cuda *e) { return e->err; }
  * block per query head, a block per kv head's group, the group on warpgroup products; in the
  * classify pass also the group rotating q and k itself, without the RoPE pass). The first
  * pass of a class of shapes times each candidate that serves it on layer 0's real operands
- * (cu_time_median: the candidates only write the step's output, which the chosen one then
- * writes again) and keeps the fastest for every later pass of that class, graphs captured after
- * it included. A class: rows (sequences, for attention) within the same power of two; for
+ * (each once untimed, then in rounds over all of them: cu_time_rounds; the candidates only write
+ * the step's output, which the chosen one then writes again) and keeps the fastest for every
+ * later pass of that class, graphs captured after it included. A class: rows (sequences, for attention) within the same power of two; for
  * attention also the longest sequence's 64-token query tiles and whether the pass classifies.
  * Ties and failures go to the size rules below, which also decide with NETLM_CUDA_KERNEL_TUNE=0
  * and within a graph capture; a kernel that the environment names is never timed against others.
@@ -892,22 +893,21 @@ struct timed_candidate {
     struct model_cuda *e;
     const struct cu_layer *layer;
     enum choice_step step;
-    int c;
 };
 
-static bool run_candidate(void *ctx)
+static bool run_candidate(void *ctx, int c)
 {
     const struct timed_candidate *t = ctx;
     struct model_cuda *e = t->e;
     if (t->step == STEP_MLP_UP)
-        return enqueue_mlp_up(e, t->layer, t->c, NULL);
-    if (!attention_candidates[t->c].rope_inside && candidate_serves(e, STEP_ATTENTION, ATTN_GROUP_ROPE)) {
+        return enqueue_mlp_up(e, t->layer, c, NULL);
+    if (!attention_candidates[c].rope_inside && candidate_serves(e, STEP_ATTENTION, ATTN_GROUP_ROPE)) {
         /* the RoPE pass this candidate needs, on a scratch copy's worth of ffn (qkv itself is
          * rotated once, by the pass that follows the choice) */
         CK(cu_rope(e->ffn, e->t, e->rows, e->QKV, e->H + e->KV, e->d, e->d_pos, e->rope_cos, e->rope_sin, e->stream),
            "rope");
     }
-    return enqueue_attention(e, attention_candidates[t->c].impl, attention_candidates[t->c].rope_inside);
+    return enqueue_attention(e, attention_candidates[c].impl, attention_candidates[c].rope_inside);
 }
 
 /* Whether name is one of list's comma-separated names. */
@@ -964,6 +964,18 @@ static bool fingerprints_agree(const double reference[2], const double sums[2])
            fabs(sums[1] - reference[1]) <= tol * sqrt(reference[0]);
 }
 
+/* A candidate that has not finished after 20 s (c < 0: one of a round's, after each had run once):
+ * the pass fails naming it, and nothing is chosen for its class. */
+static int hung_candidate(struct model_cuda *e, enum choice_step step, int c)
+{
+    fail(e, "cuda: the %s kernel candidate%s%s did not finish within 20 s (NETLM_CUDA_KERNEL_TUNE=0 or a kernel "
+            "named in the environment avoids it)",
+         step == STEP_MLP_UP ? "up projection" : "attention", c >= 0 ? " " : "s timed in turn",
+         c >= 0 ? candidate_name(step, c) : "");
+    e->nchoices--;
+    return -1;
+}
+
 /* The step's candidate for the current shapes: the class's choice, or one made now (timed when
  * allowed: outside a capture, with tuning on, more than one candidate serving). by_size: the
  * size rule's candidate. -1 (e->err set) when a candidate hung. */
@@ -997,32 +1009,34 @@ static int kernel_choice(struct model_cuda *e, enum choice_step step, const stru
      * they are timed (their RoPE pass goes to scratch): two groups. */
     double reference[2][2];
     bool have_reference[2] = {false, false};
+    struct timed_candidate t = {e, layer, step};
     for (unsigned c = 0; c < count; c++) {
         if (!candidate_serves(e, step, (int)c))
             continue;
-        struct timed_candidate t = {e, layer, step, (int)c};
-        /* (k->ms[c] stays -1 when the timing fails) */
-        const cudaError_t ce = cu_time_median(e->tune_ev, e->stream, run_candidate, &t, &k->ms[c]);
-        if (ce == cudaErrorLaunchTimeout) {
-            fail(e, "cuda: the %s kernel candidate %s did not finish within 20 s (NETLM_CUDA_KERNEL_TUNE=0 "
-                    "or a kernel named in the environment avoids it)",
-                 step == STEP_MLP_UP ? "up projection" : "attention", candidate_name(step, (int)c));
-            e->nchoices--; /* nothing chosen */
-            return -1;
-        }
+        const cudaError_t ce = cu_run_once(e->tune_ev[0], e->stream, run_candidate, &t, (int)c);
+        if (ce == cudaErrorLaunchTimeout)
+            return hung_candidate(e, step, (int)c);
         cudaGetLastError(); /* a failed candidate leaves nothing behind: it is just not chosen */
         const int group = step == STEP_ATTENTION && attention_candidates[c].rope_inside;
         double sums[2];
-        if (k->ms[c] < 0.0f) {
-            continue;
-        } else if (!candidate_fingerprint(e, step, (int)c, sums)) {
-            k->ms[c] = -1.0f;
-        } else if (!have_reference[group]) {
+        if (ce != cudaSuccess || !candidate_fingerprint(e, step, (int)c, sums))
+            continue; /* (k->ms[c] stays -1: not timed) */
+        k->ms[c] = 0.0f; /* to be timed */
+        if (!have_reference[group]) {
             memcpy(reference[group], sums, sizeof sums);
             have_reference[group] = true;
         } else if (!fingerprints_agree(reference[group], sums)) {
             k->rejected |= 1u << c;
         }
+    }
+    /* the rejected ones too: their times are reported beside the reason they were not chosen */
+    const cudaError_t ce = cu_time_rounds(e->tune_ev, e->stream, run_candidate, &t, (int)count, k->ms);
+    if (ce == cudaErrorLaunchTimeout)
+        return hung_candidate(e, step, -1);
+    if (ce != cudaSuccess) {
+        cudaGetLastError();
+        for (unsigned c = 0; c < count; c++)
+            k->ms[c] = -1.0f; /* nothing timed: the size rule's */
     }
     for (unsigned c = 0; c < count; c++) {
         const bool pick_usable = k->ms[k->pick] >= 0.0f && !(k->rejected >> k->pick & 1);

@@ -1,6 +1,8 @@
 /* tune.c — timing interchangeable launches on the operands they are about to run on: the
  * median of a few timed calls after an untimed one, on the caller's stream. cuBLASLt's algorithm
- * for a GEMM (gemm.c) and the engine's own kernel choices (engine.c) are both made from it. */
+ * for a GEMM (gemm.c) and the engine's own kernel choices (engine.c, in rounds over all the
+ * candidates) are both made from it. */
+#include <stdlib.h>
 #include <time.h>
 
 #include "model/cuda/cuda_internal.h"
@@ -47,5 +49,53 @@ cudaError_t cu_time_median(cudaEvent_t ev[2], cudaStream_t s, bool (*run)(void *
             ms[j - 1] = t;
         }
     *median_ms = ms[TIMED_CALLS / 2];
+    return cudaSuccess;
+}
+
+cudaError_t cu_run_once(cudaEvent_t ev, cudaStream_t s, bool (*run)(void *ctx, int c), void *ctx, int c)
+{
+    if (!run(ctx, c))
+        return cudaErrorInvalidValue;
+    const cudaError_t e = cudaEventRecord(ev, s);
+    return e != cudaSuccess ? e : wait_event(ev);
+}
+
+static int compare_floats(const void *a, const void *b)
+{
+    const float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+cudaError_t cu_time_rounds(cudaEvent_t *ev, cudaStream_t s, bool (*run)(void *ctx, int c), void *ctx, int n,
+                           float *ms)
+{
+    int order[64], timed = 0;
+    if (n > 64)
+        return cudaErrorInvalidValue;
+    for (int c = 0; c < n; c++)
+        if (ms[c] >= 0.0f)
+            order[timed++] = c;
+    float samples[64][CU_TIMED_ROUNDS];
+    bool failed[64] = {false};
+    for (int r = 0; r < CU_TIMED_ROUNDS && timed > 0; r++) {
+        cudaError_t e = cudaEventRecord(ev[0], s);
+        for (int i = 0; i < timed && e == cudaSuccess; i++) {
+            const int c = order[(i + r) % timed];
+            if (!failed[c] && !run(ctx, c))
+                failed[c] = true;
+            e = cudaEventRecord(ev[i + 1], s);
+        }
+        if (e == cudaSuccess)
+            e = wait_event(ev[timed]);
+        for (int i = 0; i < timed && e == cudaSuccess; i++)
+            e = cudaEventElapsedTime(&samples[order[(i + r) % timed]][r], ev[i], ev[i + 1]);
+        if (e != cudaSuccess)
+            return e;
+    }
+    for (int i = 0; i < timed; i++) {
+        const int c = order[i];
+        qsort(samples[c], CU_TIMED_ROUNDS, sizeof(float), compare_floats);
+        ms[c] = failed[c] ? -1.0f : samples[c][CU_TIMED_ROUNDS / 2];
+    }
     return cudaSuccess;
 }
