@@ -126,7 +126,8 @@ static bool call(struct cu_gemm *g, cudaStream_t s, const struct gemm_case *c, v
 /* Times `runs` calls of one path (2: the fused kernel's variant) after the untimed ones; ms per
  * call. */
 static float time_path(int path, unsigned variant, struct cu_gemm *g, cudaStream_t s, cudaEvent_t ev[2], int runs,
-                       void *gate_up, void *h, const void *x, const void *w, size_t n, size_t k, size_t f)
+                       void *gate_up, void *h, const void *x, const void *w, const float *row_scale, size_t n,
+                       size_t k, size_t f)
 {
     char err[512];
     for (int r = -untimed_calls; r < runs; r++) {
@@ -138,9 +139,10 @@ static float time_path(int path, unsigned variant, struct cu_gemm *g, cudaStream
             exit(1);
         }
         if (path == 1) /* w in the fused kernel's row order, as the engine keeps it for both */
-            CUDA_CHECK(cu_swiglu_fused_order(gate_up, 2 * f, gate_up, CU_BF16, (uint32_t)n, (uint32_t)f, s));
+            CUDA_CHECK(cu_swiglu_fused_order(gate_up, 2 * f, gate_up, CU_BF16, row_scale, (uint32_t)n, (uint32_t)f, s));
         if (path == 2)
-            CUDA_CHECK(cu_gemm_swiglu(h, (uint32_t)f, x, (uint32_t)k, w, (uint32_t)n, (uint32_t)k, (uint32_t)f, variant, s));
+            CUDA_CHECK(cu_gemm_swiglu(h, (uint32_t)f, x, (uint32_t)k, w, row_scale, (uint32_t)n, (uint32_t)k,
+                                      (uint32_t)f, variant, s));
     }
     CUDA_CHECK(cudaEventRecord(ev[1], s));
     CUDA_CHECK(cudaEventSynchronize(ev[1]));
@@ -149,9 +151,9 @@ static float time_path(int path, unsigned variant, struct cu_gemm *g, cudaStream
     return ms / (float)runs;
 }
 
-/* Qwen2.5-0.5B's MLP first half, h = silu(x·Wgᵀ) ⊙ (x·Wuᵀ), at 65,536 rows: cuBLASLt's GEMM alone,
- * with the SwiGLU pass after it, and each variant of the fused kernel (checked against the
- * two-step output). */
+/* Qwen2.5-0.5B's MLP first half, h = silu(s·x·Wgᵀ) ⊙ (s·x·Wuᵀ), at 65,536 rows, s each row's
+ * 1/rms as the engine applies its norm there: cuBLASLt's GEMM alone, with the SwiGLU pass after
+ * it, and each variant of the fused kernel (checked against the two-step output). */
 static void bench_swiglu(struct cu_gemm *g, cudaStream_t s, cudaEvent_t ev[2], int runs, const char *only)
 {
     const size_t n = 65536, k = 896, f = 4864;
@@ -172,6 +174,16 @@ static void bench_swiglu(struct cu_gemm *g, cudaStream_t s, cudaEvent_t ev[2], i
     CUDA_CHECK(cudaGetDevice(&device));
     void *x = random_device(n * k, CU_BF16, 1.0f, 4), *w = random_device(2 * f * k, CU_BF16, 0.05f, 5);
     void *gate_up = NULL, *h = NULL;
+    float *row_scale = NULL, *scales = malloc(n * sizeof(float));
+    if (!scales) {
+        fprintf(stderr, "netlm_gemm_bench: out of memory\n");
+        exit(1);
+    }
+    for (size_t i = 0; i < n; i++)
+        scales[i] = 0.5f + 0.25f * (float)(i % 7);
+    CUDA_CHECK(cudaMalloc((void **)&row_scale, n * sizeof(float)));
+    CUDA_CHECK(cudaMemcpy(row_scale, scales, n * sizeof(float), cudaMemcpyHostToDevice));
+    free(scales);
     CUDA_CHECK(cudaMalloc(&gate_up, n * 2 * f * 2));
     CUDA_CHECK(cudaMalloc(&h, n * f * 2));
     /* the kernels cuBLASLt offers for the gate/up GEMM, each timed with its tile, stages and
@@ -180,7 +192,7 @@ static void bench_swiglu(struct cu_gemm *g, cudaStream_t s, cudaEvent_t ev[2], i
     for (int path = 0; path < 2; path++) {
         if (!show[path] && !(path == 1 && any_fused))
             continue;
-        const float ms = time_path(path, 0, g, s, ev, runs, gate_up, h, x, w, n, k, f);
+        const float ms = time_path(path, 0, g, s, ev, runs, gate_up, h, x, w, row_scale, n, k, f);
         if (!show[path])
             continue;
         printf("{\"side\":\"netlm\",\"gemm\":\"%s\",\"algorithm\":\"fastest\",\"n\":%zu,\"in\":%zu,\"out\":%zu,"
@@ -205,7 +217,7 @@ static void bench_swiglu(struct cu_gemm *g, cudaStream_t s, cudaEvent_t ev[2], i
             if (only && !strstr(row, only))
                 continue;
             CUDA_CHECK(cudaMemset(h, 0xff, n * f * 2)); /* NaN: a tile left unwritten shows */
-            const float ms = time_path(2, v, g, s, ev, runs, gate_up, h, x, w, n, k, f);
+            const float ms = time_path(2, v, g, s, ev, runs, gate_up, h, x, w, row_scale, n, k, f);
             CUDA_CHECK(cudaMemcpy(fused, h, n * f * 2, cudaMemcpyDeviceToHost));
             struct rel_diff diff = {0};
             for (size_t i = 0; i < n * f; i++)
@@ -219,7 +231,7 @@ static void bench_swiglu(struct cu_gemm *g, cudaStream_t s, cudaEvent_t ev[2], i
         free(two_step);
         free(fused);
     }
-    cudaFree(x), cudaFree(w), cudaFree(gate_up), cudaFree(h);
+    cudaFree(x), cudaFree(w), cudaFree(gate_up), cudaFree(h), cudaFree(row_scale);
 }
 
 int main(int argc, char **argv)

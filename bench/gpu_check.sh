@@ -207,7 +207,7 @@ bench bench-e2e-pretrain 90 "$log" python3 "$root/bench/gpu_e2e.py" --only pretr
 # compile takes 30-60 s). It leaves the later benchmark stages (the variants, then Nsight
 # Compute) the time they usually take; the sanitizer stages come last and take what is left.
 reserve=10
-for name in untuned graphs swiglu-fastest swiglu-pass attn-group attn-head attn-group-rope attn-wgmma attn-wgmma-rope \
+for name in untuned graphs swiglu-fastest swiglu-pass norm-pass attn-group attn-head attn-group-rope attn-wgmma attn-wgmma-rope \
             attn-wgmma-overlap attn-wgmma-overlap-rope attn-wgmma-pair attn-wgmma-pair-rope residual-fp32 profile \
             train-profile train-simt-bwd train-no-dropout pipeline; do
     selected "bench-$name" && reserve=$((reserve + 25))
@@ -253,6 +253,8 @@ variant graphs "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10 
 variant swiglu-fastest env NETLM_CUDA_SWIGLU_GEMM="$swiglu_variant" "$build/netlm_model_bench" "${cases[@]}" \
     --device cuda --runs 10
 variant swiglu-pass env NETLM_CUDA_SWIGLU_GEMM=0 "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10
+# Qwen2's norm before the MLP as a pass of its own (xn written and read), not in the up product
+variant norm-pass env NETLM_CUDA_NORM_IN_UP=0 "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10
 variant attn-group env NETLM_CUDA_ATTN=group "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10
 variant attn-head env NETLM_CUDA_ATTN=head "$build/netlm_model_bench" "${cases[@]}" --device cuda --runs 10
 variant attn-group-rope env NETLM_CUDA_ATTN=group-rope "$build/netlm_model_bench" "${cases[@]}" --device cuda \

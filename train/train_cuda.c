@@ -515,7 +515,7 @@ static bool forward(struct train_cuda *t, uint32_t nseq, uint32_t N, uint32_t ma
         if (t->gpt2)
             CK(cu_gelu(st->ffn_act, st->ffn_pre, T, (size_t)N * t->F, c->act == MODEL_ACT_GELU_ERF, s), "gelu");
         else
-            CK(cu_swiglu(st->ffn_act, t->F, st->ffn_pre, T, N, t->F, s), "swiglu");
+            CK(cu_swiglu(st->ffn_act, t->F, st->ffn_pre, T, NULL, N, t->F, s), "swiglu");
         MARK("activation");
         if (dr->resid > 0) {
             GEMM(T, CU_F32, t->branch, C, st->ffn_act, t->F, wt(t, lw->down_w), lw->down_b, N, t->F, C, false,

@@ -79,16 +79,22 @@ cudaError_t cu_embed(void *x, enum cu_dtype xt, const void *wte, const void *wpe
 cudaError_t cu_norm(void *y, enum cu_dtype t, const void *x, enum cu_dtype xt, const float *w,
                     const float *b, uint32_t n, uint32_t c, float eps, enum cu_norm_kind kind,
                     cudaStream_t s);
+/* RMSNorm's factor of each row alone, r[n] = 1 / sqrt(mean(x²) + eps) (x of type xt), for a
+ * product that applies it (and the norm's weight, folded into its own) in its epilogue:
+ * cu_gemm_swiglu, cu_swiglu's row_scale. */
+cudaError_t cu_rms_scale(float *r, const void *x, enum cu_dtype xt, uint32_t n, uint32_t c, float eps,
+                         cudaStream_t s);
 /* y = GELU(x) over count values, tanh form (erf = false) or erf form; y may be x. */
 cudaError_t cu_gelu(void *y, const void *x, enum cu_dtype t, size_t count, bool erf, cudaStream_t s);
 /* h[n, f] (row stride ldh) = silu(gate) · up of the rows gate_up[n] = [gate(f) | up(f)] (row
- * stride 2f); h may be gate_up (ldh = 2f: the gate halves are overwritten). */
-cudaError_t cu_swiglu(void *h, size_t ldh, const void *gate_up, enum cu_dtype t, uint32_t n, uint32_t f,
-                      cudaStream_t s);
+ * stride 2f), gate and up first scaled by row_scale[row] when row_scale (cu_rms_scale); h may be
+ * gate_up (ldh = 2f: the gate halves are overwritten). */
+cudaError_t cu_swiglu(void *h, size_t ldh, const void *gate_up, enum cu_dtype t, const float *row_scale, uint32_t n,
+                      uint32_t f, cudaStream_t s);
 /* The same for gate and up columns in cu_gemm_swiglu_row's order (a product with the fused
  * kernel's weights, f a multiple of 32): h in the columns' own order. */
-cudaError_t cu_swiglu_fused_order(void *h, size_t ldh, const void *gate_up, enum cu_dtype t, uint32_t n, uint32_t f,
-                                  cudaStream_t s);
+cudaError_t cu_swiglu_fused_order(void *h, size_t ldh, const void *gate_up, enum cu_dtype t, const float *row_scale,
+                                  uint32_t n, uint32_t f, cudaStream_t s);
 /* The order of W's rows, in each of its gate and up halves, that cu_gemm_swiglu takes: row r holds
  * what is row cu_gemm_swiglu_row(r) in the model's order. Within each block of 32 rows r = 8a +
  * 2b + e (a, b < 4, e < 2) it swaps a and b: a thread of the kernel's epilogue then holds the 8
@@ -102,15 +108,16 @@ static inline uint32_t cu_gemm_swiglu_row(uint32_t r)
 {
     return (r & ~31u) | (r >> 3 & 3u) << 1 | (r >> 1 & 3u) << 3 | (r & 1u);
 }
-/* h[n, f] (bf16, row stride ldh) = silu(x·Wgᵀ) ⊙ (x·Wuᵀ) for bf16 x[n, k] (row stride ldx) and
- * w[2f, k] (the gate rows, then the up rows, each half in cu_gemm_swiglu_row's order), the SwiGLU
- * in the GEMM's epilogue from fp32 accumulators (gemm_swiglu.cu: wgmma, Hopper only). h 16-byte
+/* h[n, f] (bf16, row stride ldh) = silu(s·x·Wgᵀ) ⊙ (s·x·Wuᵀ) for bf16 x[n, k] (row stride ldx),
+ * w[2f, k] (the gate rows, then the up rows, each half in cu_gemm_swiglu_row's order) and s =
+ * row_scale[row] (1 when row_scale is NULL), the SwiGLU in the GEMM's epilogue from fp32
+ * accumulators (gemm_swiglu.cu: wgmma, Hopper only). h 16-byte
  * aligned, ldh a multiple of 8. _supported says whether this device runs it for these sizes
  * (compute capability 9.0, f a multiple of 128, k of 8) and prepares it there (device must be the
  * current one); call it once per device before cu_gemm_swiglu. */
 bool cu_gemm_swiglu_supported(int device, uint32_t k, uint32_t f);
-cudaError_t cu_gemm_swiglu(void *h, uint32_t ldh, const void *x, uint32_t ldx, const void *w, uint32_t n,
-                           uint32_t k, uint32_t f, unsigned variant, cudaStream_t s);
+cudaError_t cu_gemm_swiglu(void *h, uint32_t ldh, const void *x, uint32_t ldx, const void *w, const float *row_scale,
+                           uint32_t n, uint32_t k, uint32_t f, unsigned variant, cudaStream_t s);
 /* The kernel's variants: how many, their names (i = 0, 1, ... until NULL; the first is the
  * default), the index of a name (-1: none), and the CTAs the variant's launch for n rows uses on
  * device. */

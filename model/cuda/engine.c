@@ -127,6 +127,8 @@ struct model_cuda {
                          * (and the gate/up weights in its row order, for the SwiGLU pass too) */
     bool swiglu_always; /* that on every batch, never timed against others (NETLM_CUDA_SWIGLU_GEMM) */
     unsigned swiglu_variant; /* its variant then; otherwise the size rule's (the first) */
+    bool norm_in_up; /* Qwen2 with x of the compute type: the norm before the MLP inside its up product
+                      * (the norm's weight folded into up_w, 1/rms per row: rowscale) */
     enum cu_attn_impl attn; /* the prefill / classify attention NETLM_CUDA_ATTN names */
     bool attn_chosen;       /* none named: a kernel chosen per class of shapes (timed, or by size) */
     bool attn_rope;         /* named: Qwen2's classify pass with RoPE inside the grouped kernel */
@@ -158,6 +160,7 @@ struct model_cuda {
     /* activations */
     void *ablock;
     size_t abytes;
+    float *rowscale; /* [tokens]: the MLP norm's 1/rms per row (norm_in_up) */
     void *x, *xn, *qkv, *att, *ffn;
     float *pooled32, *head32, *scores, *logits;
     void *pooled_t, *head_t;
@@ -326,8 +329,20 @@ static void order_for_fused_swiglu(char *rows, size_t row_bytes, uint32_t f)
         }
 }
 
+/* up_w [rows, c] with column j scaled by norm_w[j], into folded: the norm before the MLP then
+ * needs only its 1/rms per row, which the up product's epilogue applies (norm_in_up). */
+static const float *fold_norm_weight(float *folded, const float *up_w, const float *norm_w, size_t rows, size_t c)
+{
+    for (size_t r = 0; r < rows; r++)
+        for (size_t j = 0; j < c; j++)
+            folded[r * c + j] = up_w[r * c + j] * norm_w[j];
+    return folded;
+}
+
+/* fold: scratch for one layer's folded up weights (norm_in_up, while filling; NULL while
+ * sizing) */
 static void place_weights(struct model_cuda *e, struct placer *p, const float *rope_cos,
-                          const float *rope_sin)
+                          const float *rope_sin, float *fold)
 {
     const struct model_weights *w = &e->m->w;
     const enum cu_dtype T = e->t, XT = e->xt, F32 = CU_F32;
@@ -346,7 +361,10 @@ static void place_weights(struct model_cuda *e, struct placer *p, const float *r
         cl->o_b = lw->o_b ? place(p, lw->o_b, C, C, XT) : NULL;
         cl->ln2_w = place(p, lw->ln2_w, C, C, F32);
         cl->ln2_b = lw->ln2_b ? place(p, lw->ln2_b, C, C, F32) : NULL;
-        cl->up_w = place(p, lw->up_w, (size_t)e->FW * C, (size_t)e->FW * C, T);
+        const float *up_w = lw->up_w;
+        if (p->image && e->norm_in_up)
+            up_w = fold_norm_weight(fold, lw->up_w, lw->ln2_w, e->FW, C);
+        cl->up_w = place(p, up_w, (size_t)e->FW * C, (size_t)e->FW * C, T);
         /* the fused GEMM's row order, which the SwiGLU pass then also reads (no bias in Qwen2's
          * MLP) */
         if (p->image && e->swiglu_gemm)
@@ -377,13 +395,16 @@ static void place_weights(struct model_cuda *e, struct placer *p, const float *r
 static bool fill_weights(struct model_cuda *e)
 {
     char *image = malloc(e->wbytes);
-    float *rope = NULL;
+    float *rope = NULL, *fold = NULL;
     const size_t rope_n = e->gpt2 ? 0 : (size_t)e->positions * (e->d / 2);
     if (rope_n)
         rope = malloc(2 * rope_n * sizeof(float));
-    if (!image || (rope_n && !rope)) {
+    if (e->norm_in_up)
+        fold = malloc((size_t)e->FW * e->C * sizeof(float));
+    if (!image || (rope_n && !rope) || (e->norm_in_up && !fold)) {
         free(image);
         free(rope);
+        free(fold);
         fail(e, "cuda: out of host memory staging %zu MiB of weights", e->wbytes >> 20);
         return false;
     }
@@ -391,10 +412,11 @@ static bool fill_weights(struct model_cuda *e)
         op_rope_tables(rope, rope + rope_n, e->positions, e->d, e->m->cfg.rope_theta);
     memset(image, 0, e->wbytes); /* alignment gaps: no uninitialised bytes on the device */
     struct placer fill = {.image = image, .dev = e->wblock};
-    place_weights(e, &fill, rope, rope ? rope + rope_n : NULL);
+    place_weights(e, &fill, rope, rope ? rope + rope_n : NULL, fold);
     cudaError_t ce = cudaMemcpy(e->wblock, image, e->wbytes, cudaMemcpyHostToDevice);
     free(image);
     free(rope);
+    free(fold);
     CK(ce, "copying the weights");
     return true;
 }
@@ -402,7 +424,7 @@ static bool fill_weights(struct model_cuda *e)
 static bool upload_weights(struct model_cuda *e)
 {
     struct placer sizing = {0};
-    place_weights(e, &sizing, NULL, NULL);
+    place_weights(e, &sizing, NULL, NULL, NULL);
     e->wbytes = sizing.used;
     CK(cudaMalloc(&e->wblock, e->wbytes), "allocating the weights");
     return fill_weights(e);
@@ -439,6 +461,7 @@ static void place_activations(struct model_cuda *e, char *base, size_t *total)
     } while (0)
     CARVE(x, void *, N * C * e->xs);
     CARVE(xn, void *, N * C * ts);
+    CARVE(rowscale, float *, N * sizeof(float));
     CARVE(qkv, void *, N * e->QKV * ts);
     CARVE(att, void *, N * e->H * e->d * ts);
     CARVE(ffn, void *, N * e->FW * ts);
@@ -611,6 +634,12 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
     if (ok && !(fused && strcmp(fused, "0") == 0) && !e->gpt2 && e->t == CU_BF16)
         e->swiglu_gemm = cu_gemm_swiglu_supported(o->device, e->C, e->F);
     e->swiglu_always = fused != NULL;
+    /* Qwen2's norm before the MLP folded into the up product (its weight into up_w, 1/rms per
+     * row applied in the SwiGLU): a pass that reads x and writes 4 bytes a row instead of
+     * writing xn. The product reads x, so x must be of the compute type (bf16 with
+     * residual_bf16). NETLM_CUDA_NORM_IN_UP=0: the norm as a pass of its own, as GPT-2's. */
+    const char *norm_in_up = getenv("NETLM_CUDA_NORM_IN_UP");
+    e->norm_in_up = !e->gpt2 && e->t == e->xt && !(norm_in_up && strcmp(norm_in_up, "0") == 0);
     /* The prefill / classify attention: a block per query head, or with grouped-query heads and
      * sequences of at most 256 tokens one block per kv head's group (CU_ATTN_TC_GROUP), on
      * Hopper's warpgroup products too (CU_ATTN_WG_GROUP), either grouped one with RoPE inside it
@@ -1104,15 +1133,19 @@ static bool enqueue_mlp_up(struct model_cuda *e, const struct cu_layer *cl, int 
     const cudaStream_t s = e->stream;
     const enum cu_dtype T = e->t;
     const uint32_t n = e->rows, C = e->C;
+    /* (norm_in_up: x itself, the norm's 1/rms applied to the products) */
+    const void *in = e->norm_in_up ? e->x : e->xn;
+    const float *row_scale = e->norm_in_up ? e->rowscale : NULL;
     if (c != MLP_PASS) {
-        CK(cu_gemm_swiglu(e->ffn, e->F, e->xn, C, cl->up_w, n, C, e->F, (unsigned)c - 1, s), "gemm up + swiglu");
+        CK(cu_gemm_swiglu(e->ffn, e->F, in, C, cl->up_w, row_scale, n, C, e->F, (unsigned)c - 1, s),
+           "gemm up + swiglu");
         cu_profile_mark(prof, "gemm up +swiglu", s);
         return true;
     }
-    GEMM(T, T, e->ffn, e->FW, e->xn, C, cl->up_w, NULL, n, C, e->FW, false, false);
+    GEMM(T, T, e->ffn, e->FW, in, C, cl->up_w, NULL, n, C, e->FW, false, false);
     cu_profile_mark(prof, "gemm up", s);
-    CK(e->swiglu_gemm ? cu_swiglu_fused_order(e->ffn, e->FW, e->ffn, T, n, e->F, s)
-                      : cu_swiglu(e->ffn, e->FW, e->ffn, T, n, e->F, s),
+    CK(e->swiglu_gemm ? cu_swiglu_fused_order(e->ffn, e->FW, e->ffn, T, row_scale, n, e->F, s)
+                      : cu_swiglu(e->ffn, e->FW, e->ffn, T, row_scale, n, e->F, s),
        "swiglu");
     cu_profile_mark(prof, "swiglu", s);
     return true;
@@ -1206,7 +1239,10 @@ static bool enqueue(struct model_cuda *e, enum tail tail)
         cu_profile_mark(e->prof, "attention", s);
         GEMM(T, XT, e->x, C, e->att, Hd, cl->o_w, cl->o_b, n, Hd, C, true, false);
         cu_profile_mark(e->prof, "gemm o +residual", s);
-        CK(cu_norm(e->xn, T, e->x, XT, cl->ln2_w, cl->ln2_b, n, C, eps, e->norm, s), "norm 2");
+        if (e->norm_in_up)
+            CK(cu_rms_scale(e->rowscale, e->x, XT, n, C, eps, s), "norm 2");
+        else
+            CK(cu_norm(e->xn, T, e->x, XT, cl->ln2_w, cl->ln2_b, n, C, eps, e->norm, s), "norm 2");
         cu_profile_mark(e->prof, "norm", s);
         if (e->gpt2) {
             /* cuBLASLt's GELU epilogue is the tanh form but evaluates tanh its own way (~1e-3,

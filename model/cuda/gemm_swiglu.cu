@@ -253,7 +253,7 @@ __device__ __forceinline__ void leave_cluster()
 template <uint32_t ROWS, uint32_t OUTS, int IN_FLIGHT, uint32_t CONSUMERS, bool PINGPONG, uint32_t STAGGER, bool EARLY>
 __global__ void __launch_bounds__(cta_shape<CONSUMERS, PINGPONG, STAGGER>::threads, 1)
     gemm_swiglu_kernel(const __grid_constant__ CUtensorMap x_map, const __grid_constant__ CUtensorMap w_map,
-                       __nv_bfloat16 *h, uint32_t ldh, uint32_t n, uint32_t k, uint32_t f)
+                       __nv_bfloat16 *h, uint32_t ldh, const float *row_scale, uint32_t n, uint32_t k, uint32_t f)
 {
     static_assert((ROWS == 1 || ROWS == 2) && (OUTS == 1 || OUTS == 2), "clusters of 1, 2 or 2 × 2 CTAs");
     static_assert(CONSUMERS == 2 || CONSUMERS == 3, "two or three consumer warpgroups");
@@ -362,24 +362,27 @@ __global__ void __launch_bounds__(cta_shape<CONSUMERS, PINGPONG, STAGGER>::threa
          * neighbours, one store. */
         struct tile_rows {
             __nv_bfloat16 *out; /* the thread's first row and column of the tile in h */
+            uint32_t row;       /* the first of its rows */
             bool upper, lower;  /* whether its rows (8 apart) are rows of h */
         };
         auto rows_of = [&](uint32_t row0, uint32_t out0) {
             const uint32_t row = row0 + first_row + warp * 16 + lane / 4;
             /* none for the odd last output tile of a 2 × 2 cluster's group */
-            const bool stores = OUTS == 1 || out0 < f;
-            return tile_rows{h + (size_t)row * ldh + out0 + 8 * (lane % 4), stores && row < n, stores && row + 8 < n};
+            const bool stores = OUTS == 1 || out0 < f, upper = stores && row < n, lower = stores && row + 8 < n;
+            return tile_rows{h + (size_t)row * ldh + out0 + 8 * (lane % 4), row, upper, lower};
         };
         auto store_outputs = [&](const tile_rows &t, uint32_t j) {
 #pragma unroll
             for (uint32_t lower = 0; lower < 2; lower++) {
                 uint4 packed;
                 uint32_t *words = &packed.x;
+                /* read where it is used: two values held through the epilogue spill registers */
+                const float rs = row_scale && (lower ? t.lower : t.upper) ? row_scale[t.row + 8 * lower] : 1.0f;
 #pragma unroll
                 for (uint32_t a = 0; a < 4; a++) {
                     const uint32_t r = 4 * (4 * j + a), g = (EARLY && r >= 32 ? r + 32 : r) + 2 * lower;
                     const uint32_t u = g + (EARLY ? 32 : 64);
-                    const __nv_bfloat162 hv = silu_times2(d[g], d[g + 1], d[u], d[u + 1]);
+                    const __nv_bfloat162 hv = silu_times2(d[g] * rs, d[g + 1] * rs, d[u] * rs, d[u + 1] * rs);
                     words[a] = *reinterpret_cast<const uint32_t *>(&hv);
                 }
                 if (lower ? t.lower : t.upper)
@@ -557,7 +560,8 @@ __global__ void __launch_bounds__(cta_shape<CONSUMERS, PINGPONG, STAGGER>::threa
 
 PFN_cuTensorMapEncodeTiled_v12000 encode_tiled;
 
-typedef void (*swiglu_kernel_fn)(CUtensorMap, CUtensorMap, __nv_bfloat16 *, uint32_t, uint32_t, uint32_t, uint32_t);
+typedef void (*swiglu_kernel_fn)(CUtensorMap, CUtensorMap, __nv_bfloat16 *, uint32_t, const float *, uint32_t,
+                                 uint32_t, uint32_t);
 
 struct variant {
     const char *name;
@@ -725,8 +729,9 @@ extern "C" uint32_t cu_gemm_swiglu_grid(int device, unsigned which, uint32_t n, 
     return (groups < fit ? groups : fit) * v.cluster;
 }
 
-extern "C" cudaError_t cu_gemm_swiglu(void *h, uint32_t ldh, const void *x, uint32_t ldx, const void *w, uint32_t n,
-                                      uint32_t k, uint32_t f, unsigned which, cudaStream_t s)
+extern "C" cudaError_t cu_gemm_swiglu(void *h, uint32_t ldh, const void *x, uint32_t ldx, const void *w,
+                                      const float *row_scale, uint32_t n, uint32_t k, uint32_t f, unsigned which,
+                                      cudaStream_t s)
 {
     if (which >= (unsigned)VARIANTS)
         return cudaErrorInvalidValue;
@@ -749,6 +754,6 @@ extern "C" cudaError_t cu_gemm_swiglu(void *h, uint32_t ldh, const void *x, uint
     cudaLaunchAttribute attr;
     const cudaLaunchConfig_t launch = launch_config(v, grid, s, &attr);
     __nv_bfloat16 *out = (__nv_bfloat16 *)h;
-    e = cudaLaunchKernelEx(&launch, v.kernel, x_map, w_map, out, ldh, n, k, f);
+    e = cudaLaunchKernelEx(&launch, v.kernel, x_map, w_map, out, ldh, row_scale, n, k, f);
     return e != cudaSuccess ? e : cudaGetLastError();
 }

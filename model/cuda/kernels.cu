@@ -177,6 +177,33 @@ __global__ void norm_kernel_vec(T *y, const XT *x, const float *w, const float *
     }
 }
 
+/* RMSNorm's factor alone, one warp per row: r[row] = 1 / sqrt(mean(x²) + eps), summed as
+ * norm_kernel_vec sums (VEC: 4 values per load, c a multiple of 4) or norm_kernel (one). */
+template <typename XT, bool VEC>
+__global__ void rms_scale_kernel(float *r, const XT *x, uint32_t n, uint32_t c, float eps)
+{
+    const uint32_t warps = blockDim.x / 32;
+    const uint32_t row = blockIdx.x * warps + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= n)
+        return;
+    const XT *xr = x + (size_t)row * c;
+    float ss = 0.0f;
+    if (VEC) {
+        for (uint32_t j = lane; j < c / 4; j += 32) {
+            const float4 v = load4<XT>(xr + 4 * j);
+            ss += (v.x * v.x + v.y * v.y) + (v.z * v.z + v.w * v.w);
+        }
+    } else {
+        for (uint32_t j = lane; j < c; j += 32) {
+            const float v = to_f(xr[j]);
+            ss += v * v;
+        }
+    }
+    ss = warp_sum(ss);
+    if (lane == 0)
+        r[row] = norm_scale(ss, c, eps, CU_NORM_RMS);
+}
+
 /* VW values per item (16-byte accesses when VW · sizeof(T) = 16); y may be x. */
 template <typename T, uint32_t VW> __global__ void gelu_kernel(T *y, const T *x, size_t items, bool erf)
 {
@@ -196,13 +223,14 @@ template <typename T, uint32_t VW> __global__ void gelu_kernel(T *y, const T *x,
  * in cu_gemm_swiglu_row's order, each block of 32 reordered on its way to h by one thread, which
  * reads the whole block before it writes any of it (in place too). */
 template <typename T, uint32_t VW, bool FUSED_ORDER>
-__global__ void swiglu_kernel(T *h, size_t ldh, const T *gate_up, uint32_t n, uint32_t f)
+__global__ void swiglu_kernel(T *h, size_t ldh, const T *gate_up, const float *row_scale, uint32_t n, uint32_t f)
 {
     constexpr uint32_t W = FUSED_ORDER ? 32 : VW; /* columns per item */
     const uint32_t items = f / W;
     for (uint32_t row = blockIdx.y; row < n; row += gridDim.y) {
         const T *g = gate_up + (size_t)row * 2 * f;
         T *hr = h + (size_t)row * ldh;
+        const float rs = row_scale ? row_scale[row] : 1.0f;
         for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < items; i += gridDim.x * blockDim.x) {
             float gv[W], uv[W], hv[W];
 #pragma unroll
@@ -211,8 +239,10 @@ __global__ void swiglu_kernel(T *h, size_t ldh, const T *gate_up, uint32_t n, ui
                 load_vec<T, VW>(uv + v, g + f + i * W + v);
             }
 #pragma unroll
-            for (uint32_t k = 0; k < W; k++)
-                hv[FUSED_ORDER ? cu_gemm_swiglu_row(k) : k] = gv[k] / (1.0f + expf(-gv[k])) * uv[k];
+            for (uint32_t k = 0; k < W; k++) {
+                const float gk = gv[k] * rs;
+                hv[FUSED_ORDER ? cu_gemm_swiglu_row(k) : k] = gk / (1.0f + expf(-gk)) * (uv[k] * rs);
+            }
 #pragma unroll
             for (uint32_t v = 0; v < W; v += VW)
                 store_vec<T, VW>(hr + i * W + v, hv + v);
@@ -480,6 +510,24 @@ extern "C" cudaError_t cu_norm(void *y, enum cu_dtype t, const void *x, enum cu_
     return cudaGetLastError();
 }
 
+extern "C" cudaError_t cu_rms_scale(float *r, const void *x, enum cu_dtype xt, uint32_t n, uint32_t c, float eps,
+                                    cudaStream_t s)
+{
+    if (n == 0)
+        return cudaSuccess;
+    const unsigned warps = 4, g = (n + warps - 1) / warps, threads = warps * 32;
+    const bool vec = c % 4 == 0 && (uintptr_t)x % 16 == 0;
+    if (xt == CU_BF16 && vec)
+        rms_scale_kernel<bf16, true><<<g, threads, 0, s>>>(r, (const bf16 *)x, n, c, eps);
+    else if (xt == CU_BF16)
+        rms_scale_kernel<bf16, false><<<g, threads, 0, s>>>(r, (const bf16 *)x, n, c, eps);
+    else if (vec)
+        rms_scale_kernel<float, true><<<g, threads, 0, s>>>(r, (const float *)x, n, c, eps);
+    else
+        rms_scale_kernel<float, false><<<g, threads, 0, s>>>(r, (const float *)x, n, c, eps);
+    return cudaGetLastError();
+}
+
 /* 16-byte items when both buffers are aligned and count divides (each one row of count
  * values), else one value per item. */
 template <typename T>
@@ -504,45 +552,46 @@ extern "C" cudaError_t cu_gelu(void *y, const void *x, enum cu_dtype t, size_t c
 }
 
 template <typename T, bool FUSED_ORDER>
-static void swiglu_launch(T *h, size_t ldh, const T *gate_up, uint32_t n, uint32_t f, cudaStream_t s)
+static void swiglu_launch(T *h, size_t ldh, const T *gate_up, const float *row_scale, uint32_t n, uint32_t f,
+                          cudaStream_t s)
 {
     constexpr uint32_t VW = 16 / sizeof(T);
     dim3 g;
     unsigned threads;
     if (rows_vectorizable<T>(gate_up, f, 2 * (size_t)f) && rows_vectorizable<T>(h, f, ldh)) {
         row_grid(&g, &threads, f / (FUSED_ORDER ? 32 : VW), n);
-        swiglu_kernel<T, VW, FUSED_ORDER><<<g, threads, 0, s>>>(h, ldh, gate_up, n, f);
+        swiglu_kernel<T, VW, FUSED_ORDER><<<g, threads, 0, s>>>(h, ldh, gate_up, row_scale, n, f);
     } else {
         row_grid(&g, &threads, f / (FUSED_ORDER ? 32 : 1), n);
-        swiglu_kernel<T, 1, FUSED_ORDER><<<g, threads, 0, s>>>(h, ldh, gate_up, n, f);
+        swiglu_kernel<T, 1, FUSED_ORDER><<<g, threads, 0, s>>>(h, ldh, gate_up, row_scale, n, f);
     }
 }
 
 template <bool FUSED_ORDER>
-static cudaError_t swiglu(void *h, size_t ldh, const void *gate_up, enum cu_dtype t, uint32_t n, uint32_t f,
-                          cudaStream_t s)
+static cudaError_t swiglu(void *h, size_t ldh, const void *gate_up, enum cu_dtype t, const float *row_scale, uint32_t n,
+                          uint32_t f, cudaStream_t s)
 {
     if (n == 0 || f == 0)
         return cudaSuccess;
     if (FUSED_ORDER && f % 32 != 0)
         return cudaErrorInvalidValue;
     if (t == CU_BF16)
-        swiglu_launch<bf16, FUSED_ORDER>((bf16 *)h, ldh, (const bf16 *)gate_up, n, f, s);
+        swiglu_launch<bf16, FUSED_ORDER>((bf16 *)h, ldh, (const bf16 *)gate_up, row_scale, n, f, s);
     else
-        swiglu_launch<float, FUSED_ORDER>((float *)h, ldh, (const float *)gate_up, n, f, s);
+        swiglu_launch<float, FUSED_ORDER>((float *)h, ldh, (const float *)gate_up, row_scale, n, f, s);
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t cu_swiglu(void *h, size_t ldh, const void *gate_up, enum cu_dtype t, uint32_t n, uint32_t f,
-                                 cudaStream_t s)
+extern "C" cudaError_t cu_swiglu(void *h, size_t ldh, const void *gate_up, enum cu_dtype t, const float *row_scale,
+                                 uint32_t n, uint32_t f, cudaStream_t s)
 {
-    return swiglu<false>(h, ldh, gate_up, t, n, f, s);
+    return swiglu<false>(h, ldh, gate_up, t, row_scale, n, f, s);
 }
 
-extern "C" cudaError_t cu_swiglu_fused_order(void *h, size_t ldh, const void *gate_up, enum cu_dtype t, uint32_t n,
-                                             uint32_t f, cudaStream_t s)
+extern "C" cudaError_t cu_swiglu_fused_order(void *h, size_t ldh, const void *gate_up, enum cu_dtype t,
+                                             const float *row_scale, uint32_t n, uint32_t f, cudaStream_t s)
 {
-    return swiglu<true>(h, ldh, gate_up, t, n, f, s);
+    return swiglu<true>(h, ldh, gate_up, t, row_scale, n, f, s);
 }
 
 /* cu_rope and cu_rope_backward (cuda_train.h): vectors of half-rows when d/2 and the row stride

@@ -170,8 +170,9 @@ void test_convert(void **)
     assert_memory_equal(same.data() + 6, src.data() + 6, (src.size() - 6) * sizeof(float));
 }
 
-/* h = silu(x·Wgᵀ) ⊙ (x·Wuᵀ) for x [n × k] (row stride ldx) and w [2f × k] (gate rows, then up
- * rows), into h [n × f] (row stride ldh: the columns past f stay as they were), against double
+/* h = silu(s·x·Wgᵀ) ⊙ (s·x·Wuᵀ) for x [n × k] (row stride ldx), w [2f × k] (gate rows, then up
+ * rows) and s a factor per row in [0.5, 2) (row_scale; the kernel's 1 without it for one row),
+ * into h [n × f] (row stride ldh: the columns past f stay as they were), against double
  * precision on the same bf16 inputs. Bound: the bf16 rounding of h (2⁻⁹ relative) and fp32 sums. */
 void gemm_swiglu_case(unsigned variant, uint32_t n, uint32_t k, uint32_t f, uint32_t ldx, uint32_t ldh)
 {
@@ -180,6 +181,9 @@ void gemm_swiglu_case(unsigned variant, uint32_t n, uint32_t k, uint32_t f, uint
         v = round_bf16(normal());
     for (float &v : w)
         v = round_bf16(normal() / 8);
+    std::vector<float> row_scale(n);
+    for (float &v : row_scale)
+        v = n > 1 ? 0.5f + 1.5f * (float)uniform() : 1.0f;
     std::vector<double> ref(n * ldh);
     for (uint32_t r = 0; r < n; r++)
         for (uint32_t c = 0; c < f; c++) {
@@ -188,6 +192,8 @@ void gemm_swiglu_case(unsigned variant, uint32_t n, uint32_t k, uint32_t f, uint
                 g += (double)x[r * ldx + j] * w[c * k + j];
                 u += (double)x[r * ldx + j] * w[(f + c) * k + j];
             }
+            g *= row_scale[r];
+            u *= row_scale[r];
             ref[r * ldh + c] = g / (1 + exp(-g)) * u;
         }
     /* the kernel takes each half's rows in cu_gemm_swiglu_row's order and writes h in the
@@ -198,7 +204,9 @@ void gemm_swiglu_case(unsigned variant, uint32_t n, uint32_t k, uint32_t f, uint
     const std::vector<__nv_bfloat16> dx = as_type<__nv_bfloat16>(x), dw = as_type<__nv_bfloat16>(w_kernel);
     std::vector<__nv_bfloat16> h = nan_filled<__nv_bfloat16>(n * ldh);
     const unsigned before = emu_launches;
-    assert_int_equal(cu_gemm_swiglu(h.data(), ldh, dx.data(), ldx, dw.data(), n, k, f, variant, 0), cudaSuccess);
+    assert_int_equal(cu_gemm_swiglu(h.data(), ldh, dx.data(), ldx, dw.data(), n > 1 ? row_scale.data() : nullptr, n, k,
+                                    f, variant, 0),
+                     cudaSuccess);
     assert_int_equal(emu_launches, before + 1);
     const double err = relative_error(h, ref, n, ldh, f);
     bool untouched = true;

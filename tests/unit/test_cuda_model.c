@@ -88,6 +88,16 @@ static struct model *make_model(const struct model_case *mc, uint64_t seed)
     /* decisive scores: logits of a few units instead of hundredths */
     for (size_t i = 0; i < (size_t)num_labels * mc->shape.hidden; i++)
         m->w.cls_out_w[i] *= 40.0f;
+    /* norm weights of a trained model, not model_create's ones: where the engine folds a norm's
+     * weight into the product after it (Qwen2's MLP), a fold left out shows */
+    struct test_rng r = {seed + 2};
+    for (uint32_t l = 0; l <= mc->shape.layers; l++) {
+        float *norm_w[2] = {l < mc->shape.layers ? m->w.layers[l].ln1_w : m->w.lnf_w,
+                            l < mc->shape.layers ? m->w.layers[l].ln2_w : NULL};
+        for (int k = 0; k < 2; k++)
+            for (uint32_t j = 0; norm_w[k] && j < mc->shape.hidden; j++)
+                norm_w[k][j] *= (float)(0.5 + test_uniform(&r));
+    }
     return m;
 }
 

@@ -118,10 +118,12 @@ static void test_gemm(void **state)
 
 /* ---- the GEMM with the SwiGLU in its epilogue (gemm_swiglu.cu, Hopper only) ---- */
 
-/* h = silu(x·Wgᵀ) ⊙ (x·Wuᵀ) against op_matmul + op_swiglu on the same bf16 inputs in fp32: the
- * kernel rounds only its output (the unfused path also rounds the product), so 4e-3. Written
- * into a poisoned buffer with rows and columns beyond h, which must stay NaN. */
-static void gemm_swiglu_case(uint32_t n, uint32_t k, uint32_t f, uint32_t ldx, unsigned variant, struct test_rng *r)
+/* h = silu(s·x·Wgᵀ) ⊙ (s·x·Wuᵀ) against op_matmul + op_swiglu on the same bf16 inputs in fp32,
+ * s a factor per row in [0.5, 2) (scaled) or 1 (the kernel without row_scale): the kernel rounds
+ * only its output (the unfused path also rounds the product), so 4e-3. Written into a poisoned
+ * buffer with rows and columns beyond h, which must stay NaN. */
+static void gemm_swiglu_case(uint32_t n, uint32_t k, uint32_t f, uint32_t ldx, bool scaled, unsigned variant,
+                             struct test_rng *r)
 {
     const uint32_t ldh = f + 64, rows_after = 130;
     float *x = malloc((size_t)n * ldx * sizeof(float)), *w = malloc((size_t)2 * f * k * sizeof(float));
@@ -133,8 +135,13 @@ static void gemm_swiglu_case(uint32_t n, uint32_t k, uint32_t f, uint32_t ldx, u
     test_fill(w, (size_t)2 * f * k, 1.0f / sqrtf((float)k), r);
     test_round(x, (size_t)n * ldx, CU_BF16);
     test_round(w, (size_t)2 * f * k, CU_BF16);
-    for (uint32_t i = 0; i < n; i++)
-        memcpy(dense + (size_t)i * k, x + (size_t)i * ldx, k * sizeof(float));
+    float *row_scale = malloc((size_t)n * sizeof(float));
+    for (uint32_t i = 0; i < n; i++) {
+        row_scale[i] = scaled ? 0.5f + 1.5f * test_uniform(r) : 1.0f;
+        for (uint32_t j = 0; j < k; j++)
+            dense[(size_t)i * k + j] = x[(size_t)i * ldx + j] * row_scale[i];
+    }
+    float *d_row_scale = scaled ? test_upload(row_scale, n, CU_F32) : NULL;
     /* the kernel takes each half's rows in cu_gemm_swiglu_row's order, h in the model's */
     float *w_kernel = malloc((size_t)2 * f * k * sizeof(float));
     for (uint32_t row = 0; row < 2 * f; row++)
@@ -143,7 +150,7 @@ static void gemm_swiglu_case(uint32_t n, uint32_t k, uint32_t f, uint32_t ldx, u
     void *dx = test_upload(x, (size_t)n * ldx, CU_BF16), *dw = test_upload(w_kernel, (size_t)2 * f * k, CU_BF16);
     free(w_kernel);
     void *dh = test_poisoned(out_count, CU_BF16);
-    CUDA_OK(cu_gemm_swiglu(dh, ldh, dx, ldx, dw, n, k, f, variant, stream));
+    CUDA_OK(cu_gemm_swiglu(dh, ldh, dx, ldx, dw, d_row_scale, n, k, f, variant, stream));
     test_download(got, dh, out_count, CU_BF16);
 
     op_matmul(ref, 2 * f, dense, k, w, NULL, n, k, 2 * f, false, 1);
@@ -160,12 +167,12 @@ static void gemm_swiglu_case(uint32_t n, uint32_t k, uint32_t f, uint32_t ldx, u
             }
         }
     char label[96];
-    snprintf(label, sizeof label, "gemm+swiglu %ux%ux%u (ldx %u)", n, k, f, ldx);
+    snprintf(label, sizeof label, "gemm+swiglu %ux%ux%u (ldx %u)%s", n, k, f, ldx, scaled ? ", rows scaled" : "");
     TEST_WITHIN(label, CU_BF16, test_rel_err(got_h, ref_h, (size_t)n * f), 4e-3);
     if (written_outside)
         fail_msg("%s: %zu elements written outside h", label, written_outside);
-    cudaFree(dx), cudaFree(dw), cudaFree(dh);
-    free(x), free(w), free(dense), free(ref), free(got), free(got_h), free(ref_h);
+    cudaFree(dx), cudaFree(dw), cudaFree(dh), cudaFree(d_row_scale);
+    free(x), free(w), free(dense), free(ref), free(got), free(got_h), free(ref_h), free(row_scale);
 }
 
 static void test_gemm_swiglu(void **state)
@@ -185,16 +192,16 @@ static void test_gemm_swiglu(void **state)
         assert_int_equal(cu_gemm_swiglu_find(cu_gemm_swiglu_variant(v)), (int)v);
         printf(" variant %s\n", cu_gemm_swiglu_variant(v));
         struct test_rng r = {7};
-        gemm_swiglu_case(1, 64, 128, 64, v, &r);     /* one row: a tile of 127 zero-filled rows */
-        gemm_swiglu_case(300, 200, 256, 200, v, &r); /* rows and K not multiples of the tile */
-        gemm_swiglu_case(129, 896, 384, 904, v, &r); /* Qwen2's K, x with a wider row stride */
+        gemm_swiglu_case(1, 64, 128, 64, false, v, &r);     /* one row: a tile of 127 zero-filled rows */
+        gemm_swiglu_case(300, 200, 256, 200, true, v, &r);  /* rows and K not multiples of the tile */
+        gemm_swiglu_case(129, 896, 384, 904, false, v, &r); /* Qwen2's K, x with a wider row stride */
         if (!test_cuda_quick())
-            gemm_swiglu_case(4096, 896, 1024, 896, v, &r); /* more tiles than multiprocessors */
+            gemm_swiglu_case(4096, 896, 1024, 896, true, v, &r); /* more tiles than multiprocessors */
     }
     /* a variant that does not exist is refused, not launched */
     assert_non_null(cu_gemm_swiglu_variant(cu_gemm_swiglu_variants() - 1)); /* the count is the names' */
     assert_null(cu_gemm_swiglu_variant(cu_gemm_swiglu_variants()));
-    assert_int_equal(cu_gemm_swiglu(NULL, 128, NULL, 64, NULL, 1, 64, 128, cu_gemm_swiglu_variants(), stream),
+    assert_int_equal(cu_gemm_swiglu(NULL, 128, NULL, 64, NULL, NULL, 1, 64, 128, cu_gemm_swiglu_variants(), stream),
                      cudaErrorInvalidValue);
 }
 
@@ -292,6 +299,25 @@ static void test_norms(void **state)
                     TEST_WITHIN(label, t, test_rel_err(got, ref, n * C), test_bound_for(t, 1e-5, 4e-3));
                     cudaFree(dy);
                 }
+                /* RMSNorm's factor alone (the norm folded into the product after it), fp32 out
+                 * whatever t, against double precision */
+                if (mi > 0) {
+                    cudaFree(dx);
+                    continue;
+                }
+                float *d_scale = test_poisoned(n, CU_F32), scale[33], scale_ref[33];
+                CUDA_OK(cu_rms_scale(d_scale, dx, xt, n, C, 1e-5f, stream));
+                test_download(scale, d_scale, n, CU_F32);
+                for (uint32_t i = 0; i < n; i++) {
+                    double ss = 0.0;
+                    for (uint32_t j = 0; j < C; j++)
+                        ss += (double)xin[i * C + j] * xin[i * C + j];
+                    scale_ref[i] = (float)(1.0 / sqrt(ss / C + 1e-5));
+                }
+                char label[64];
+                snprintf(label, sizeof label, "rms scale c=%u, x %s", C, test_dtype_name(xt));
+                TEST_WITHIN(label, CU_F32, test_rel_err(scale, scale_ref, n), 1e-5);
+                cudaFree(d_scale);
                 cudaFree(dx);
             }
             cudaFree(dw), cudaFree(db);
@@ -341,7 +367,7 @@ static void elementwise_case(uint32_t f, struct test_rng *rng)
         op_swiglu(ref, n, f, 1);
         {
             void *d = test_upload(x, count, t);
-            CUDA_OK(cu_swiglu(d, 2 * (size_t)f, d, t, n, f, stream));
+            CUDA_OK(cu_swiglu(d, 2 * (size_t)f, d, t, NULL, n, f, stream));
             test_download(got, d, count, t);
             /* only the gate halves are outputs; the up halves must be untouched */
             TEST_WITHIN(f % 8 ? "swiglu (whole rows), odd f" : "swiglu (whole rows)", t,
@@ -357,11 +383,11 @@ static void elementwise_case(uint32_t f, struct test_rng *rng)
                 for (uint32_t c = 0; c < 2 * f; c++)
                     ordered[(size_t)i * 2 * f + c] = x[(size_t)i * 2 * f + c / f * f + cu_gemm_swiglu_row(c % f)];
             void *d = test_upload(ordered, count, t), *h = test_poisoned((size_t)n * f, t);
-            CUDA_OK(cu_swiglu_fused_order(h, f, d, t, n, f, stream));
+            CUDA_OK(cu_swiglu_fused_order(h, f, d, t, NULL, n, f, stream));
             test_download(got, h, (size_t)n * f, t);
             TEST_WITHIN("swiglu (fused order, packed h)", t, test_rel_err(got, ref_h, (size_t)n * f),
                         test_bound_for(t, 1e-5, 4e-3));
-            CUDA_OK(cu_swiglu_fused_order(d, 2 * (size_t)f, d, t, n, f, stream));
+            CUDA_OK(cu_swiglu_fused_order(d, 2 * (size_t)f, d, t, NULL, n, f, stream));
             test_download(got, d, count, t);
             for (uint32_t i = 0; i < n; i++)
                 assert_memory_equal(got + (size_t)i * 2 * f + f, ordered + (size_t)i * 2 * f + f, f * sizeof(float));
@@ -374,11 +400,26 @@ static void elementwise_case(uint32_t f, struct test_rng *rng)
         {
             /* into packed [n, f] rows of another buffer */
             void *d = test_upload(x, count, t), *h = test_poisoned((size_t)n * f, t);
-            CUDA_OK(cu_swiglu(h, f, d, t, n, f, stream));
+            CUDA_OK(cu_swiglu(h, f, d, t, NULL, n, f, stream));
             test_download(got, h, (size_t)n * f, t);
             TEST_WITHIN(f % 8 ? "swiglu (packed h), odd f" : "swiglu (packed h)", t,
                         test_rel_err(got, ref_h, (size_t)n * f), test_bound_for(t, 1e-5, 4e-3));
-            cudaFree(d), cudaFree(h);
+            /* gate and up of each row first scaled by its row_scale (the norm folded into the
+             * product before) */
+            float *row_scale = malloc(n * sizeof(float)), *scaled = malloc(count * sizeof(float));
+            for (uint32_t i = 0; i < n; i++) {
+                row_scale[i] = 0.5f + 1.5f * test_uniform(&r);
+                for (uint32_t c = 0; c < 2 * f; c++)
+                    scaled[(size_t)i * 2 * f + c] = x[(size_t)i * 2 * f + c] * row_scale[i];
+            }
+            op_swiglu(scaled, n, f, 1);
+            float *scaled_h = gate_halves(scaled, n, f), *d_row_scale = test_upload(row_scale, n, CU_F32);
+            CUDA_OK(cu_swiglu(h, f, d, t, d_row_scale, n, f, stream));
+            test_download(got, h, (size_t)n * f, t);
+            TEST_WITHIN("swiglu (packed h, rows scaled)", t, test_rel_err(got, scaled_h, (size_t)n * f),
+                        test_bound_for(t, 1e-5, 4e-3));
+            free(row_scale), free(scaled), free(scaled_h);
+            cudaFree(d), cudaFree(h), cudaFree(d_row_scale);
         }
         free(ref_h);
         {
