@@ -31,10 +31,11 @@
  * share every tile as in c2, but each starts a tile 1 (-w3) or 2 chunks after the one before
  * it, so that their epilogues come one after another, each beside the others' products; the
  * leader then runs up to 2 stages ahead of the last consumer, which leaves it 2 of the 4 to
- * prefetch into. "-early" (three consumers): a consumer starts the next tile's first chunk of
- * products for half of the outputs as soon as it has stored that half of the current tile's, so
- * that they run beside the SiLU of the other half (W's tile then holds each half's gate rows
- * next to its up rows, and the accumulators of a half are one m64n128k16's). */
+ * prefetch into. "-early" (three consumers): the epilogue runs beside the consumer's own
+ * products, the first half of the outputs' SiLU beside the tile's last products for the second
+ * half, the second half's beside the next tile's first products for the first half (W's tile
+ * then holds each half's gate rows next to its up rows, and the accumulators of a half are one
+ * m64n128k16's). */
 #include <cuda.h>
 #include <cudaTypedefs.h>
 #include <cuda_bf16.h>
@@ -406,11 +407,23 @@ __global__ void __launch_bounds__(cta_shape<CONSUMERS, PINGPONG, STAGGER>::threa
                 barrier_arrive_cluster(&empty[s], lane);
         };
         if constexpr (EARLY) {
-            /* Each tile's first chunk of products for its first 64 outputs (d[0..63]) starts
-             * before the tile: in the tile before's epilogue, once that tile's first 64 outputs
-             * are stored, so that they run beside the SiLU of its other 64 (the tensor cores
-             * otherwise idle through the epilogue); the CTA's first tile's, here. */
+            /* The tensor cores run products beside the whole epilogue: the tile's last chunk
+             * commits the products of its first 64 outputs (d[0..63]) apart from the other 64's,
+             * whose run the first half's SiLU and stores then go beside; once those are stored,
+             * their registers take the next tile's first chunk of products for the same outputs,
+             * which run beside the second half's. A tile's first chunk so multiplies only the
+             * second half (the CTA's first tile's first half starts here). */
             uint64_t da, db;
+            /* one chunk's products of one half (H: d[64·H .. 64·H + 63]); first: the tile's */
+            auto half_products = [&](auto half, uint64_t a, uint64_t b, bool first) {
+                constexpr uint32_t H = decltype(half)::value;
+#pragma unroll
+                for (uint32_t kk = 0; kk < TILE_K / 16; kk++)
+                    wgmma_m64n128k16<64 * H, 64 * H + 32>(d, a + 2 * kk, b + H * W_SECOND_HALF + 2 * kk,
+                                                          !first || kk != 0);
+            };
+            const std::integral_constant<uint32_t, 0> first_half;
+            const std::integral_constant<uint32_t, 1> second_half;
             auto start_next = [&](uint32_t it) {
 #pragma unroll
                 for (uint32_t i = 0; i < 64; i++)
@@ -418,9 +431,7 @@ __global__ void __launch_bounds__(cta_shape<CONSUMERS, PINGPONG, STAGGER>::threa
                 pin_half<0>(d); /* zeroed before the fence */
                 stage_operands(it, da, db);
                 wgmma_fence();
-#pragma unroll
-                for (uint32_t kk = 0; kk < TILE_K / 16; kk++)
-                    wgmma_m64n128k16<0, 32>(d, da + 2 * kk, db + 2 * kk, kk != 0);
+                half_products(first_half, da, db, true);
                 wgmma_commit();
             };
             uint32_t it = 0; /* the producer's count of stages filled */
@@ -433,41 +444,55 @@ __global__ void __launch_bounds__(cta_shape<CONSUMERS, PINGPONG, STAGGER>::threa
                 for (uint32_t i = 64; i < 128; i++)
                     d[i] = 0.0f;
                 pin_half<1>(d);
-                /* chunk 0: the other 64 outputs' products (the first 64's are running) */
-                uint32_t previous = it % STAGES;
+                /* chunk 0: the second half's products (the first's are running) */
+                uint32_t s = it % STAGES;
                 stage_operands(it++, da, db); /* (waited for already: at once) */
                 wgmma_fence();
-#pragma unroll
-                for (uint32_t kk = 0; kk < TILE_K / 16; kk++)
-                    wgmma_m64n128k16<64, 96>(d, da + 2 * kk, db + W_SECOND_HALF + 2 * kk, kk != 0);
+                half_products(second_half, da, db, true);
                 wgmma_commit();
-                wgmma_wait<IN_FLIGHT>();
-                if (IN_FLIGHT == 0)
-                    release(previous);
-                for (uint32_t c = 1; c < chunks; c++, it++) {
-                    const uint32_t s = it % STAGES;
-                    stage_operands(it, da, db);
-                    wgmma_fence();
-#pragma unroll
-                    for (uint32_t kk = 0; kk < TILE_K / 16; kk++) {
-                        wgmma_m64n128k16<0, 32>(d, da + 2 * kk, db + 2 * kk, 1);
-                        wgmma_m64n128k16<64, 96>(d, da + 2 * kk, db + W_SECOND_HALF + 2 * kk, 1);
-                    }
-                    wgmma_commit();
+                if (chunks > 1) {
                     wgmma_wait<IN_FLIGHT>();
-                    release(IN_FLIGHT ? previous : s);
-                    previous = s;
+                    if (IN_FLIGHT == 0)
+                        release(s);
+                    uint32_t previous = s; /* (IN_FLIGHT: not yet released) */
+                    for (uint32_t c = 1; c + 1 < chunks; c++, it++) {
+                        s = it % STAGES;
+                        stage_operands(it, da, db);
+                        wgmma_fence();
+#pragma unroll
+                        for (uint32_t kk = 0; kk < TILE_K / 16; kk++) {
+                            wgmma_m64n128k16<0, 32>(d, da + 2 * kk, db + 2 * kk, 1);
+                            wgmma_m64n128k16<64, 96>(d, da + 2 * kk, db + W_SECOND_HALF + 2 * kk, 1);
+                        }
+                        wgmma_commit();
+                        wgmma_wait<IN_FLIGHT>();
+                        release(IN_FLIGHT ? previous : s);
+                        previous = s;
+                    }
+                    /* the last chunk: each half's products a group of its own */
+                    s = it % STAGES;
+                    stage_operands(it++, da, db);
+                    wgmma_fence();
+                    half_products(first_half, da, db, false);
+                    wgmma_commit();
+                    half_products(second_half, da, db, false);
+                    wgmma_commit();
+                    wgmma_wait<1>(); /* all but the second half's last */
+                    if (IN_FLIGHT > 0)
+                        release(previous);
+                } else {
+                    wgmma_wait<1>(); /* the first half's, started before the tile */
                 }
-                wgmma_wait<0>();
-                wgmma_pin(d); /* the epilogue's reads of the accumulators stay after the wait */
-                if (IN_FLIGHT > 0)
-                    release(previous);
+                pin_half<0>(d); /* the first half's reads after the wait */
                 const tile_rows t = rows_of(row0, out0);
                 store_outputs(t, 0);
                 store_outputs(t, 1);
+                wgmma_wait<0>();
+                pin_half<1>(d);
+                release(s);
                 if (group + clusters < groups) {
                     start_next(it);
-                    pin_half<1>(d); /* the other half's SiLU after the products' issue, not above it */
+                    pin_half<1>(d); /* the second half's SiLU after the products' issue, not above it */
                 }
                 store_outputs(t, 2);
                 store_outputs(t, 3);
