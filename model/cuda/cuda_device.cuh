@@ -36,6 +36,9 @@ __device__ __forceinline__ float exp2_ftz(float x)
 }
 #endif
 
+/* The row of this warp in a kernel of one warp per row (blocks of whole warps along x). */
+__device__ __forceinline__ uint32_t warp_row() { return blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; }
+
 __device__ __forceinline__ float warp_sum(float v)
 {
     for (int o = 16; o > 0; o >>= 1)

@@ -77,8 +77,7 @@ template <typename T, typename XT>
 __global__ void norm_kernel(T *y, const XT *x, const float *w, const float *b, uint32_t n,
                             uint32_t c, float eps, int kind)
 {
-    const uint32_t warps = blockDim.x / 32;
-    const uint32_t row = blockIdx.x * warps + threadIdx.x / 32, lane = threadIdx.x % 32;
+    const uint32_t row = warp_row(), lane = threadIdx.x % 32;
     if (row >= n)
         return;
     const XT *xr = x + (size_t)row * c;
@@ -141,8 +140,7 @@ template <typename T, typename XT, int MAXV4>
 __global__ void norm_kernel_vec(T *y, const XT *x, const float *w, const float *b, uint32_t n,
                                 uint32_t c, float eps, int kind)
 {
-    const uint32_t warps = blockDim.x / 32;
-    const uint32_t row = blockIdx.x * warps + threadIdx.x / 32, lane = threadIdx.x % 32;
+    const uint32_t row = warp_row(), lane = threadIdx.x % 32;
     if (row >= n)
         return;
     const uint32_t c4 = c / 4;
@@ -182,8 +180,7 @@ __global__ void norm_kernel_vec(T *y, const XT *x, const float *w, const float *
 template <typename XT, bool VEC>
 __global__ void rms_scale_kernel(float *r, const XT *x, uint32_t n, uint32_t c, float eps)
 {
-    const uint32_t warps = blockDim.x / 32;
-    const uint32_t row = blockIdx.x * warps + threadIdx.x / 32, lane = threadIdx.x % 32;
+    const uint32_t row = warp_row(), lane = threadIdx.x % 32;
     if (row >= n)
         return;
     const XT *xr = x + (size_t)row * c;

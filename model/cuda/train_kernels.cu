@@ -36,8 +36,7 @@ template <typename T>
 __global__ void norm_backward_rows(float *dx, float *stats, const T *dy, const float *x,
                                    const float *w, uint32_t n, uint32_t c, float eps, int kind)
 {
-    const uint32_t warps = blockDim.x / 32;
-    const uint32_t row = blockIdx.x * warps + threadIdx.x / 32, lane = threadIdx.x % 32;
+    const uint32_t row = warp_row(), lane = threadIdx.x % 32;
     if (row >= n)
         return;
     const float *xr = x + (size_t)row * c;
