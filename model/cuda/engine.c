@@ -603,10 +603,11 @@ struct model_cuda *model_cuda_create(const struct model *m, const struct model_c
      * NETLM_CUDA_KERNEL_TUNE=0. */
     const char *tune = getenv("NETLM_CUDA_KERNEL_TUNE");
     e->tune_kernels = !(tune && strcmp(tune, "0") == 0);
-    for (unsigned i = 0; ok && e->tune_kernels && i <= CHOICE_CANDIDATES; i++)
-        ok = cudaEventCreate(&e->tune_ev[i]) == cudaSuccess;
-    if (e->tune_kernels &&
-        (!ok || cudaMalloc((void **)&e->d_fingerprint, 2 * FINGERPRINT_BLOCKS * sizeof(double)) != cudaSuccess)) {
+    bool timing = true;
+    for (unsigned i = 0; ok && e->tune_kernels && timing && i <= CHOICE_CANDIDATES; i++)
+        timing = cudaEventCreate(&e->tune_ev[i]) == cudaSuccess;
+    if (ok && e->tune_kernels &&
+        (!timing || cudaMalloc((void **)&e->d_fingerprint, 2 * FINGERPRINT_BLOCKS * sizeof(double)) != cudaSuccess)) {
         fail(e, "cuda: cannot create the kernel timing's events and buffer: %s",
              cudaGetErrorString(cudaGetLastError()));
         ok = false;
@@ -797,8 +798,9 @@ const char *model_cuda_error(const struct model_cuda *e) { return e->err; }
  * pass of a class of shapes times each candidate that serves it on layer 0's real operands
  * (each once untimed, then in rounds over all of them: cu_time_rounds; the candidates only write
  * the step's output, which the chosen one then writes again) and keeps the fastest for every
- * later pass of that class, graphs captured after it included. A class: rows (sequences, for attention) within the same power of two; for
- * attention also the longest sequence's 64-token query tiles and whether the pass classifies.
+ * later pass of that class, graphs captured after it included. A class: rows (sequences, for
+ * attention) within the same power of two; for attention also the longest sequence's 64-token
+ * query tiles and whether the pass classifies.
  * Ties and failures go to the size rules below, which also decide with NETLM_CUDA_KERNEL_TUNE=0
  * and within a graph capture; a kernel that the environment names is never timed against others.
  * A process may so pick other kernels than another one (results differ in the last bf16 bits,

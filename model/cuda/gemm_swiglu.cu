@@ -170,7 +170,8 @@ template <uint32_t REGISTERS> __device__ __forceinline__ void registers_claim()
 #define WGMMA_ACC8(d, i)                                                                           \
     "+f"(d[(i) + 0]), "+f"(d[(i) + 1]), "+f"(d[(i) + 2]), "+f"(d[(i) + 3]), "+f"(d[(i) + 4]),       \
         "+f"(d[(i) + 5]), "+f"(d[(i) + 6]), "+f"(d[(i) + 7])
-#define WGMMA_ACC32(d, i) WGMMA_ACC8(d, (i) + 0), WGMMA_ACC8(d, (i) + 8), WGMMA_ACC8(d, (i) + 16), WGMMA_ACC8(d, (i) + 24)
+#define WGMMA_ACC32(d, i)                                                                          \
+    WGMMA_ACC8(d, (i) + 0), WGMMA_ACC8(d, (i) + 8), WGMMA_ACC8(d, (i) + 16), WGMMA_ACC8(d, (i) + 24)
 #define WGMMA_ACC64(d, i) WGMMA_ACC32(d, i), WGMMA_ACC32(d, (i) + 32)
 
 /* D[64 × 256] (+)= A[64 × 16] · B[256 × 16]ᵀ, both from shared memory (128-byte swizzle, K
