@@ -166,7 +166,7 @@ template <uint32_t REGISTERS> __device__ __forceinline__ void registers_claim()
     asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(REGISTERS));
 }
 
-/* The accumulators d[i .. i+31] (d[i .. i+63]) as read-write operands of a wgmma's inline asm, in order. */
+/* 8, 32 or 64 accumulators from d[i] on as read-write operands of a wgmma's inline asm, in order. */
 #define WGMMA_ACC8(d, i)                                                                           \
     "+f"(d[(i) + 0]), "+f"(d[(i) + 1]), "+f"(d[(i) + 2]), "+f"(d[(i) + 3]), "+f"(d[(i) + 4]),       \
         "+f"(d[(i) + 5]), "+f"(d[(i) + 6]), "+f"(d[(i) + 7])
@@ -191,7 +191,7 @@ __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_
 }
 
 /* D[64 × 128] (+)= A[64 × 16] · B[128 × 16]ᵀ into d[LO .. LO + 31] and d[HI .. HI + 31], laid out
- * as m64n256k16's first 64 registers (a gate or an up half: acc_set below). */
+ * as m64n256k16's first 64 registers (in the kernel, LO + 32 = HI: one half of d). */
 template <uint32_t LO, uint32_t HI>
 __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[128], uint64_t desc_a, uint64_t desc_b, uint32_t accumulate)
 {
