@@ -8,7 +8,8 @@
 #include "model/cuda/cuda_internal.h"
 
 #define TIMED_CALLS 3
-#define HANG_SECONDS 20 /* a call that has not finished by then never will (a deadlocked kernel) */
+#define HANG_SECONDS 20
+#define MAX_CANDIDATES 64 /* cu_time_rounds' */ /* a call that has not finished by then never will (a deadlocked kernel) */
 
 /* cudaEventSynchronize(ev), but cudaErrorLaunchTimeout once HANG_SECONDS have passed: a candidate
  * that deadlocks makes the first pass fail with an error rather than hang the caller. */
@@ -28,6 +29,19 @@ static cudaError_t wait_event(cudaEvent_t ev)
     }
 }
 
+static int compare_floats(const void *a, const void *b)
+{
+    const float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+/* The median of v[n] (n odd), v sorted in place. */
+static float median(float *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, compare_floats);
+    return v[n / 2];
+}
+
 cudaError_t cu_time_median(cudaEvent_t ev[2], cudaStream_t s, bool (*run)(void *ctx), void *ctx, float *median_ms)
 {
     float ms[TIMED_CALLS];
@@ -42,13 +56,7 @@ cudaError_t cu_time_median(cudaEvent_t ev[2], cudaStream_t s, bool (*run)(void *
                        (e = cudaEventElapsedTime(&ms[r], ev[0], ev[1])) != cudaSuccess))
             return e;
     }
-    for (int i = 1; i < TIMED_CALLS; i++) /* insertion sort of three */
-        for (int j = i; j > 0 && ms[j] < ms[j - 1]; j--) {
-            const float t = ms[j];
-            ms[j] = ms[j - 1];
-            ms[j - 1] = t;
-        }
-    *median_ms = ms[TIMED_CALLS / 2];
+    *median_ms = median(ms, TIMED_CALLS);
     return cudaSuccess;
 }
 
@@ -60,23 +68,17 @@ cudaError_t cu_run_once(cudaEvent_t ev, cudaStream_t s, bool (*run)(void *ctx, i
     return e != cudaSuccess ? e : wait_event(ev);
 }
 
-static int compare_floats(const void *a, const void *b)
-{
-    const float x = *(const float *)a, y = *(const float *)b;
-    return (x > y) - (x < y);
-}
-
 cudaError_t cu_time_rounds(cudaEvent_t *ev, cudaStream_t s, bool (*run)(void *ctx, int c), void *ctx, int n,
                            float *ms)
 {
-    int order[64], timed = 0;
-    if (n > 64)
+    int order[MAX_CANDIDATES], timed = 0;
+    if (n > MAX_CANDIDATES)
         return cudaErrorInvalidValue;
     for (int c = 0; c < n; c++)
         if (ms[c] >= 0.0f)
             order[timed++] = c;
-    float samples[64][CU_TIMED_ROUNDS];
-    bool failed[64] = {false};
+    float samples[MAX_CANDIDATES][CU_TIMED_ROUNDS];
+    bool failed[MAX_CANDIDATES] = {false};
     for (int r = 0; r < CU_TIMED_ROUNDS && timed > 0; r++) {
         cudaError_t e = cudaEventRecord(ev[0], s);
         for (int i = 0; i < timed && e == cudaSuccess; i++) {
@@ -92,10 +94,7 @@ cudaError_t cu_time_rounds(cudaEvent_t *ev, cudaStream_t s, bool (*run)(void *ct
         if (e != cudaSuccess)
             return e;
     }
-    for (int i = 0; i < timed; i++) {
-        const int c = order[i];
-        qsort(samples[c], CU_TIMED_ROUNDS, sizeof(float), compare_floats);
-        ms[c] = failed[c] ? -1.0f : samples[c][CU_TIMED_ROUNDS / 2];
-    }
+    for (int i = 0; i < timed; i++)
+        ms[order[i]] = failed[order[i]] ? -1.0f : median(samples[order[i]], CU_TIMED_ROUNDS);
     return cudaSuccess;
 }
