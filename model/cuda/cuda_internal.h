@@ -355,23 +355,18 @@ bool cu_model_fits(const struct model_config *c, int device, uint32_t max_batch,
 
 /* ---- timing interchangeable launches (tune.c) ---- */
 
-/* The median time in ms of three calls of run(ctx) on s, timed with the two events ev after one
- * untimed call (*median_ms is left as it was unless cudaSuccess). cudaErrorInvalidValue when
- * run fails (it leaves its own error behind), the timing's error when that fails,
- * cudaErrorLaunchTimeout when a call has not finished after 20 s (a kernel that deadlocks: the
- * stream will not finish anything after it either). */
-cudaError_t cu_time_median(cudaEvent_t ev[2], cudaStream_t s, bool (*run)(void *ctx), void *ctx, float *median_ms);
-
 /* Candidate c's run(ctx, c) once on s, untimed, and the wait for it (what a first call costs once
- * stays out of the timings; a failing or hanging candidate shows before them): the same errors
- * as cu_time_median. */
+ * (plans, caches, clocks) stays out of the timings; a failing or hanging candidate shows before
+ * them). cudaErrorInvalidValue when run fails (it leaves its own error behind), the wait's error
+ * when that fails, cudaErrorLaunchTimeout when the call has not finished after 20 s (a kernel
+ * that deadlocks: the stream will not finish anything after it either). */
 cudaError_t cu_run_once(cudaEvent_t ev, cudaStream_t s, bool (*run)(void *ctx, int c), void *ctx, int c);
 
 /* The candidates c < n with ms[c] >= 0 timed in CU_TIMED_ROUNDS rounds, each round running every
  * one of them once in turn (from another one each round), so that what changes over the rounds
  * (the card's clocks as it warms, L2 contents) reaches them all alike, where timing one candidate
  * after another would favour the early ones; ms[c] becomes the median of its rounds, -1 when a
- * run fails (the others' go on). ev: n + 1 events. cudaErrorLaunchTimeout as cu_time_median. */
+ * run fails (the others' go on). ev: n + 1 events. Errors as cu_run_once's. */
 #define CU_TIMED_ROUNDS 5
 cudaError_t cu_time_rounds(cudaEvent_t *ev, cudaStream_t s, bool (*run)(void *ctx, int c), void *ctx, int n,
                            float *ms);

@@ -76,7 +76,7 @@ struct cu_gemm {
     bool tune;
     void *tune_out; /* scratch output of the timed candidates */
     size_t tune_bytes;
-    cudaEvent_t tune_ev[2];
+    cudaEvent_t tune_ev[TUNE_CANDIDATES + 1]; /* cu_time_rounds' */
     FILE *candidate_log; /* each timed candidate as a JSON line (cu_gemm_set_candidate_log) */
     unsigned next; /* round-robin victim when the cache is full */
     struct cu_gemm_plan plans[CU_GEMM_PLANS];
@@ -133,10 +133,11 @@ struct cu_gemm *cu_gemm_create(size_t workspace_bytes, char *err, size_t errlen)
     env = getenv("NETLM_CUDA_GEMM_CANDIDATES");
     if (env && env[0] == '1')
         g->candidate_log = stderr;
-    if (g->tune && (cudaEventCreate(&g->tune_ev[0]) != cudaSuccess || cudaEventCreate(&g->tune_ev[1]) != cudaSuccess)) {
-        cudaGetLastError();
-        g->tune = false;
-    }
+    for (int i = 0; i <= TUNE_CANDIDATES && g->tune; i++)
+        if (cudaEventCreate(&g->tune_ev[i]) != cudaSuccess) {
+            cudaGetLastError();
+            g->tune = false;
+        }
     return g;
 }
 
@@ -163,10 +164,9 @@ void cu_gemm_free(struct cu_gemm *g)
         plan_release(&g->plans[i]);
     cudaFree(g->workspace);
     cudaFree(g->tune_out);
-    if (g->tune_ev[0])
-        cudaEventDestroy(g->tune_ev[0]);
-    if (g->tune_ev[1])
-        cudaEventDestroy(g->tune_ev[1]);
+    for (int i = 0; i <= TUNE_CANDIDATES; i++)
+        if (g->tune_ev[i])
+            cudaEventDestroy(g->tune_ev[i]);
     cublasLtDestroy(g->lt);
     free(g);
 }
@@ -180,30 +180,30 @@ void cu_gemm_set_epilogues(struct cu_gemm *g, bool enabled)
 
 void cu_gemm_set_tuning(struct cu_gemm *g, bool enabled)
 {
-    g->tune = enabled && g->tune_ev[0] && g->tune_ev[1];
+    g->tune = enabled && g->tune_ev[TUNE_CANDIDATES]; /* all made, or tuning was off from the start */
     for (unsigned i = 0; i < CU_GEMM_PLANS; i++)
         plan_release(&g->plans[i]);
 }
 
 void cu_gemm_set_candidate_log(struct cu_gemm *g, FILE *log) { g->candidate_log = log; }
 
-/* One timed candidate: algo writing the scratch with beta = 0, since D of the real call may be
- * an input (the residual, dx or dW accumulated onto), which a timed run must never change. */
+/* The timed candidates: res[c].algo writing the scratch with beta = 0, since D of the real call
+ * may be an input (the residual, dx or dW accumulated onto), which a timed run must never change. */
 struct tune_call {
     struct cu_gemm *g;
     const struct cu_gemm_plan *p;
-    const cublasLtMatmulAlgo_t *algo;
+    const cublasLtMatmulHeuristicResult_t *res;
     const void *a, *b;
     cudaStream_t s;
 };
 
-static bool tune_run(void *ctx)
+static bool tune_run(void *ctx, int candidate)
 {
     const struct tune_call *c = ctx;
     const float alpha = 1.0f, beta = 0.0f;
     return cublasLtMatmul(c->g->lt, c->p->desc, &alpha, c->a, c->p->a, c->b, c->p->b, &beta, c->g->tune_out,
-                          c->p->c, c->g->tune_out, c->p->c, c->algo, c->g->workspace, c->g->workspace_bytes,
-                          c->s) == CUBLAS_STATUS_SUCCESS;
+                          c->p->c, c->g->tune_out, c->p->c, &c->res[candidate].algo, c->g->workspace,
+                          c->g->workspace_bytes, c->s) == CUBLAS_STATUS_SUCCESS;
 }
 
 /* One JSON line: the candidate's time and what cuBLASLt says of its kernel (the enum values of
@@ -261,19 +261,26 @@ static int tune_pick(struct cu_gemm *g, const struct cu_gemm_plan *p,
         }
         g->tune_bytes = bytes;
     }
+    /* each once untimed (a failing one drops out), then all of them in rounds (cu_time_rounds) */
+    struct tune_call call = {g, p, res, a, b, s};
+    float ms[TUNE_CANDIDATES];
+    for (int i = 0; i < found; i++) {
+        ms[i] = -1.0f; /* kept when the timing fails */
+        if (res[i].state == CUBLAS_STATUS_SUCCESS && cu_run_once(g->tune_ev[0], s, tune_run, &call, i) == cudaSuccess)
+            ms[i] = 0.0f;
+        cudaGetLastError();
+    }
+    if (cu_time_rounds(g->tune_ev, s, tune_run, &call, found, ms) != cudaSuccess)
+        for (int i = 0; i < found; i++)
+            ms[i] = -1.0f;
     int best = 0;
     float best_ms = -1.0f;
     for (int i = 0; i < found; i++) {
-        if (res[i].state != CUBLAS_STATUS_SUCCESS)
-            continue;
-        struct tune_call call = {g, p, &res[i].algo, a, b, s};
-        float ms = -1.0f; /* kept when the timing fails */
-        cu_time_median(g->tune_ev, s, tune_run, &call, &ms);
-        if (g->candidate_log)
-            log_candidate(g->candidate_log, p, i, &res[i].algo, ms);
-        if (ms >= 0.0f && (best_ms < 0.0f || ms < best_ms)) {
+        if (g->candidate_log && res[i].state == CUBLAS_STATUS_SUCCESS)
+            log_candidate(g->candidate_log, p, i, &res[i].algo, ms[i]);
+        if (ms[i] >= 0.0f && (best_ms < 0.0f || ms[i] < best_ms)) {
             best = i;
-            best_ms = ms;
+            best_ms = ms[i];
         }
     }
     cudaGetLastError(); /* a failed candidate leaves nothing behind for the next launch */

@@ -1,15 +1,15 @@
-/* tune.c — timing interchangeable launches on the operands they are about to run on: the
- * median of a few timed calls after an untimed one, on the caller's stream. cuBLASLt's algorithm
- * for a GEMM (gemm.c) and the engine's own kernel choices (engine.c, in rounds over all the
- * candidates) are both made from it. */
+/* tune.c — timing interchangeable launches on the operands they are about to run on, on the
+ * caller's stream: each once untimed, then all of them in rounds, the median of each one's rounds.
+ * cuBLASLt's algorithm for a GEMM (gemm.c) and the engine's own kernel choices (engine.c) are
+ * both made from it. */
 #include <stdlib.h>
 #include <time.h>
 
 #include "model/cuda/cuda_internal.h"
 
-#define TIMED_CALLS 3
+/* a call that has not finished by then never will (a deadlocked kernel) */
 #define HANG_SECONDS 20
-#define MAX_CANDIDATES 64 /* cu_time_rounds' */ /* a call that has not finished by then never will (a deadlocked kernel) */
+#define MAX_CANDIDATES 64
 
 /* cudaEventSynchronize(ev), but cudaErrorLaunchTimeout once HANG_SECONDS have passed: a candidate
  * that deadlocks makes the first pass fail with an error rather than hang the caller. */
@@ -40,24 +40,6 @@ static float median(float *v, int n)
 {
     qsort(v, (size_t)n, sizeof *v, compare_floats);
     return v[n / 2];
-}
-
-cudaError_t cu_time_median(cudaEvent_t ev[2], cudaStream_t s, bool (*run)(void *ctx), void *ctx, float *median_ms)
-{
-    float ms[TIMED_CALLS];
-    for (int r = -1; r < TIMED_CALLS; r++) {
-        /* the untimed call takes what a first call costs once (plans, caches, clocks) */
-        cudaError_t e = r >= 0 ? cudaEventRecord(ev[0], s) : cudaSuccess;
-        if (e != cudaSuccess)
-            return e;
-        if (!run(ctx))
-            return cudaErrorInvalidValue;
-        if (r >= 0 && ((e = cudaEventRecord(ev[1], s)) != cudaSuccess || (e = wait_event(ev[1])) != cudaSuccess ||
-                       (e = cudaEventElapsedTime(&ms[r], ev[0], ev[1])) != cudaSuccess))
-            return e;
-    }
-    *median_ms = median(ms, TIMED_CALLS);
-    return cudaSuccess;
 }
 
 cudaError_t cu_run_once(cudaEvent_t ev, cudaStream_t s, bool (*run)(void *ctx, int c), void *ctx, int c)

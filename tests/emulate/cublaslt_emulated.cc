@@ -2,13 +2,16 @@
  * builds of the engine (tests/CMakeLists.txt): D = alpha·op(A)·op(B) + beta·C in cuBLASLt's
  * column-major terms, bf16 or fp32 operands, products summed in fp32 (OpenBLAS) and D rounded
  * once to its type after the BIAS / GELU / GELU_BIAS epilogue (GELU's tanh form). The heuristic
- * offers one algorithm. Descriptors live inside cuBLASLt's own opaque structs (their data words), so the
+ * offers one algorithm, or NETLM_CUDA_EMULATE_ALGOS of them, which compute the same and differ
+ * in what they cost under NETLM_CUDA_EMULATE_TIMING=launches (emulated_algo_launches): gemm.c's
+ * tuning then has a known fastest to find. Descriptors live inside cuBLASLt's own opaque structs (their data words), so the
  * header's types are used as they are. A matmul issued while a stream is being captured is
  * recorded into the graph like a kernel launch (cuda_emulate.h's emu_submit). */
 #include <cblas.h>
 #include <cublasLt.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -154,7 +157,8 @@ cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t, 
     return CUBLAS_STATUS_SUCCESS;
 }
 
-/* one algorithm, whatever was asked: tuning then has nothing to choose from */
+/* one algorithm, whatever was asked (tuning then has nothing to choose from), or as many as
+ * NETLM_CUDA_EMULATE_ALGOS says, each with its rank in its first data word */
 cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDesc_t, cublasLtMatrixLayout_t,
                                               cublasLtMatrixLayout_t, cublasLtMatrixLayout_t, cublasLtMatrixLayout_t,
                                               cublasLtMatmulPreference_t, int requested,
@@ -163,11 +167,27 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDe
     *found = 0;
     if (requested < 1)
         return CUBLAS_STATUS_INVALID_VALUE;
-    results[0] = cublasLtMatmulHeuristicResult_t{};
-    results[0].state = CUBLAS_STATUS_SUCCESS;
-    results[0].wavesCount = 1.0f;
-    *found = 1;
+    const char *env = getenv("NETLM_CUDA_EMULATE_ALGOS");
+    const int offered = env && atoi(env) > 1 ? atoi(env) : 1;
+    for (int i = 0; i < offered && i < requested; i++) {
+        results[i] = cublasLtMatmulHeuristicResult_t{};
+        results[i].algo.data[0] = (uint64_t)i;
+        results[i].state = CUBLAS_STATUS_SUCCESS;
+        results[i].wavesCount = 1.0f;
+        *found = i + 1;
+    }
     return CUBLAS_STATUS_SUCCESS;
+}
+
+/* What algorithm `rank` of the NETLM_CUDA_EMULATE_ALGOS offered costs, as kernel launches: one
+ * more for each rank it lies from the next to last, the one the tuning should find (neither the
+ * heuristic's first nor where a loop over them ends). */
+extern "C" unsigned emulated_algo_launches(uint64_t rank)
+{
+    const char *env = getenv("NETLM_CUDA_EMULATE_ALGOS");
+    const int offered = env && atoi(env) > 1 ? atoi(env) : 1, fastest = offered > 1 ? offered - 2 : 0;
+    const int from = (int)rank - fastest;
+    return 1u + (unsigned)(from < 0 ? -from : from);
 }
 
 cublasStatus_t cublasLtMatmulAlgoConfigGetAttribute(const cublasLtMatmulAlgo_t *, cublasLtMatmulAlgoConfigAttributes_t,
@@ -179,7 +199,7 @@ cublasStatus_t cublasLtMatmulAlgoConfigGetAttribute(const cublasLtMatmulAlgo_t *
 cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t computeDesc, const void *alpha, const void *A,
                               cublasLtMatrixLayout_t Adesc, const void *B, cublasLtMatrixLayout_t Bdesc,
                               const void *beta, const void *C, cublasLtMatrixLayout_t Cdesc, void *D,
-                              cublasLtMatrixLayout_t Ddesc, const cublasLtMatmulAlgo_t *, void *, size_t,
+                              cublasLtMatrixLayout_t Ddesc, const cublasLtMatmulAlgo_t *algo, void *, size_t,
                               cudaStream_t)
 {
     const desc d = *of(computeDesc);
@@ -190,8 +210,9 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t computeDesc
         (d.opb == CUBLAS_OP_N ? b.cols : b.rows) != n || c.rows != m || c.cols != n)
         return CUBLAS_STATUS_INVALID_VALUE;
     const float al = *static_cast<const float *>(alpha), be = *static_cast<const float *>(beta);
+    const unsigned launches = emulated_algo_launches(algo ? algo->data[0] : 0);
     emu_submit([=] {
-        emu_launches++; /* a kernel on the GPU too (NETLM_CUDA_EMULATE_TIMING=launches counts it) */
+        emu_launches += launches; /* a kernel on the GPU too (NETLM_CUDA_EMULATE_TIMING=launches counts it) */
         /* op(A) as rows of k, op(B) as columns of k, in fp32; their products summed in fp32 by
          * OpenBLAS (prod[j][i] = Σ_t op(A)[i][t]·op(B)[t][j]), then alpha, beta·C and the epilogue */
         std::vector<float> ar(m * k), bc(n * k), prod(n * m), col(m);

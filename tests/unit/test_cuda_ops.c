@@ -116,6 +116,103 @@ static void test_gemm(void **state)
     cu_gemm_free(g);
 }
 
+/* A saved environment variable, put back by env_restore (NULL: it was unset). */
+static char *env_save(const char *name)
+{
+    const char *v = getenv(name);
+    return v ? strdup(v) : NULL;
+}
+
+static void env_restore(const char *name, char *saved)
+{
+    if (saved)
+        setenv(name, saved, 1);
+    else
+        unsetenv(name);
+    free(saved);
+}
+
+/* cuBLASLt's algorithm chosen by timing the heuristic's candidates on the operands (gemm.c):
+ * every usable candidate is timed once (the candidate log has one line per rank, a time each),
+ * the timed runs leave D alone (a GEMM that adds into y adds once), and the plan then runs the
+ * fastest. On the emulated GPU the heuristic offers four algorithms whose costs, timed by launch
+ * count, are known (tests/emulate/cublaslt_emulated.cc: 3, 2, 1, 2 launches): the times logged
+ * must be exactly those, each credited to its own rank, and the call after the plan was made must
+ * cost one launch. On a GPU the candidates are cuBLASLt's own. */
+static void test_gemm_tuning(void **state)
+{
+    (void)state;
+    int driver = 0;
+    const bool emulated = cudaDriverGetVersion(&driver) == cudaSuccess && driver == 0;
+    static const char *vars[] = {"NETLM_CUDA_EMULATE_ALGOS", "NETLM_CUDA_EMULATE_TIMING", "NETLM_CUDA_GEMM_TUNE"};
+    char *saved[3];
+    for (int i = 0; i < 3; i++)
+        saved[i] = env_save(vars[i]);
+    setenv("NETLM_CUDA_EMULATE_ALGOS", "4", 1);
+    setenv("NETLM_CUDA_EMULATE_TIMING", "launches", 1);
+    setenv("NETLM_CUDA_GEMM_TUNE", "1", 1);
+    char err[256];
+    struct cu_gemm *g = cu_gemm_create((size_t)32 << 20, err, sizeof err);
+    if (!g)
+        fail_msg("%s", err);
+    FILE *log = tmpfile();
+    assert_non_null(log);
+    cu_gemm_set_candidate_log(g, log);
+    struct test_rng r = {3};
+    const size_t n = 96, in = 64, out = 80;
+    gemm_epilogue_fallback = false;
+    gemm_case(g, CU_F32, CU_F32, n, in, out, true, true, false, &r); /* the plan: timed here */
+
+    rewind(log);
+    char line[1024];
+    float logged[16];
+    int lines = 0, max_rank = -1;
+    while (fgets(line, sizeof line, log)) {
+        int rank = -1;
+        float ms = -2.0f;
+        const char *c = strstr(line, "\"gemm_candidate\":"), *t = strstr(line, "\"ms\":");
+        assert_true(c && t && sscanf(c, "\"gemm_candidate\":%d", &rank) == 1 && sscanf(t, "\"ms\":%f", &ms) == 1);
+        assert_true(rank == lines && rank < 16); /* each rank once, in order */
+        assert_true(ms >= 0.0f || ms == -1.0f);
+        logged[rank] = ms;
+        max_rank = rank;
+        lines++;
+    }
+    printf("  %d candidates timed\n", lines);
+    if (emulated) {
+        static const float expect[4] = {3.0f, 2.0f, 1.0f, 2.0f};
+        assert_int_equal(lines, 4);
+        for (int i = 0; i < 4; i++)
+            assert_float_equal(logged[i], expect[i], 0.0f);
+
+        /* the same GEMM again: the plan's algorithm, the fastest */
+        float *x = malloc(n * in * sizeof(float)), *w = malloc(out * in * sizeof(float));
+        test_fill(x, n * in, 1.0f, &r);
+        test_fill(w, out * in, 0.1f, &r);
+        void *dx = test_upload(x, n * in, CU_F32), *dw = test_upload(w, out * in, CU_F32);
+        void *dy = test_poisoned(n * out, CU_F32), *db = test_upload(w, out, CU_F32);
+        cudaEvent_t ev[2];
+        assert_int_equal(cudaEventCreate(&ev[0]), cudaSuccess);
+        assert_int_equal(cudaEventCreate(&ev[1]), cudaSuccess);
+        assert_int_equal(cudaEventRecord(ev[0], stream), cudaSuccess);
+        if (!cu_gemm_run(g, stream, CU_F32, CU_F32, dy, out, dx, in, dw, db, n, in, out, true, false, err, sizeof err))
+            fail_msg("%s", err);
+        assert_int_equal(cudaEventRecord(ev[1], stream), cudaSuccess);
+        float launches = 0.0f;
+        assert_int_equal(cudaEventElapsedTime(&launches, ev[0], ev[1]), cudaSuccess);
+        assert_float_equal(launches, 1.0f, 0.0f);
+        cudaEventDestroy(ev[0]), cudaEventDestroy(ev[1]);
+        cudaFree(dx), cudaFree(dw), cudaFree(dy), cudaFree(db);
+        free(x), free(w);
+    } else {
+        assert_true(max_rank >= 0);
+    }
+    fclose(log);
+    cu_gemm_free(g);
+    for (int i = 0; i < 3; i++)
+        env_restore(vars[i], saved[i]);
+}
+
 /* ---- the GEMM with the SwiGLU in its epilogue (gemm_swiglu.cu, Hopper only) ---- */
 
 /* h = silu(s·x·Wgᵀ) ⊙ (s·x·Wuᵀ) against op_matmul + op_swiglu on the same bf16 inputs in fp32,
@@ -711,7 +808,7 @@ int main(void)
     /* the launchers take a stream; the legacy default stream keeps the host copies ordered */
     stream = 0;
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_gemm),      cmocka_unit_test(test_embed),
+        cmocka_unit_test(test_gemm),      cmocka_unit_test(test_gemm_tuning), cmocka_unit_test(test_embed),
         cmocka_unit_test(test_norms),     cmocka_unit_test(test_elementwise),
         cmocka_unit_test(test_rope),      cmocka_unit_test(test_attention),
         cmocka_unit_test(test_pool_softmax), cmocka_unit_test(test_gemm_swiglu),
