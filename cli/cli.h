@@ -46,11 +46,15 @@ void cli_error(const char *command, const char *fmt, ...) __attribute__((format(
 void cli_warn(const char *command, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* An output written under a temporary name and renamed on success, so no reader ever sees a
- * half-written file. path "-" or NULL writes to stdout. */
+ * half-written file. path "-" or NULL writes to stdout; a device or pipe (/dev/null, a FIFO) is
+ * written in place, a symbolic link is followed (model_output_target). An output that is one of
+ * the files cli_collect_files listed is refused: the run would replace its own input. A run ended
+ * by SIGINT, SIGTERM or SIGHUP removes the temporary files of the outputs it had open. */
 struct cli_output {
     FILE *fp;
-    char *path;
-    char *tmp_path;
+    char *path;     /* as given, for messages */
+    char *target;   /* the file renamed over, or written in place */
+    char *tmp_path; /* NULL when written in place */
 };
 bool cli_output_open(const char *command, const char *path, struct cli_output *out);
 bool cli_output_commit(const char *command, struct cli_output *out);
@@ -69,8 +73,10 @@ void cli_progress_update(struct cli_progress *p, uint64_t done_bytes, uint64_t i
 void cli_progress_end(struct cli_progress *p, uint64_t done_bytes, uint64_t items, const char *unit);
 double cli_now(void);
 
-/* Expands files and folders (recursively, sorted) into capture paths. Folders contribute every
- * regular file; a missing path is an error. Returns the count or -1. */
+/* Expands files and folders (recursively, sorted) into capture paths. A file named on the
+ * command line is taken as it is; a folder contributes every regular file that starts as a pcap
+ * or pcapng capture does, and the others (a README, notes) are skipped with one warning line that
+ * counts them. A missing path is an error. Returns the count or -1. */
 int cli_collect_files(const char *command, const char *const *paths, int n, char ***files_out,
                       uint64_t *total_bytes);
 void cli_free_files(char **files, int n);

@@ -2,6 +2,10 @@
  * files and folders given on the command line into a sorted list of captures. */
 #include <dirent.h>
 #include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -27,6 +31,86 @@ double cli_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* The files cli_collect_files listed, by device and inode: no output may replace one of them. */
+static struct input_identity {
+    dev_t dev;
+    ino_t ino;
+} *inputs;
+static size_t n_inputs, inputs_cap;
+
+static void remember_input(const struct stat *st)
+{
+    if (n_inputs == inputs_cap) {
+        size_t cap = inputs_cap ? inputs_cap * 2 : 64;
+        struct input_identity *p = realloc(inputs, cap * sizeof *p);
+        if (!p)
+            return; /* the check is a safeguard: without memory for it the run goes on */
+        inputs = p;
+        inputs_cap = cap;
+    }
+    inputs[n_inputs++] = (struct input_identity){st->st_dev, st->st_ino};
+}
+
+static bool is_input(const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return false;
+    for (size_t i = 0; i < n_inputs; i++)
+        if (inputs[i].dev == st.st_dev && inputs[i].ino == st.st_ino)
+            return true;
+    return false;
+}
+
+/* The temporary files of outputs being written, removed when SIGINT, SIGTERM or SIGHUP ends the
+ * run (^C, systemctl stop, a closed terminal), so that no PATH.tmp.PID is left behind. Fixed slots
+ * rather than allocated strings: the handler may run on any thread, while a slot is released. */
+#define TEMP_SLOTS 16
+static char temp_paths[TEMP_SLOTS][PATH_MAX];
+static _Atomic bool temp_used[TEMP_SLOTS];
+static const int temp_signals[] = {SIGINT, SIGTERM, SIGHUP};
+
+static void remove_temps_and_die(int signo)
+{
+    for (int i = 0; i < TEMP_SLOTS; i++)
+        if (atomic_load(&temp_used[i]))
+            unlink(temp_paths[i]);
+    signal(signo, SIG_DFL);
+    raise(signo); /* the status a caller expects of a run ended by signo */
+}
+
+static void temp_track(const char *path)
+{
+    static bool handlers_installed;
+    if (!handlers_installed) {
+        handlers_installed = true;
+        for (size_t i = 0; i < sizeof temp_signals / sizeof temp_signals[0]; i++) {
+            struct sigaction sa = {.sa_handler = remove_temps_and_die}, old;
+            sigemptyset(&sa.sa_mask);
+            /* a disposition someone else chose (ignored under nohup) stays theirs */
+            if (sigaction(temp_signals[i], NULL, &old) == 0 && old.sa_handler == SIG_DFL)
+                sigaction(temp_signals[i], &sa, NULL);
+        }
+    }
+    if (strlen(path) >= PATH_MAX)
+        return;
+    for (int i = 0; i < TEMP_SLOTS; i++)
+        if (!atomic_load(&temp_used[i])) {
+            memcpy(temp_paths[i], path, strlen(path) + 1);
+            atomic_store(&temp_used[i], true);
+            return;
+        }
+}
+
+static void temp_untrack(const char *path)
+{
+    for (int i = 0; i < TEMP_SLOTS; i++)
+        if (atomic_load(&temp_used[i]) && strcmp(temp_paths[i], path) == 0) {
+            atomic_store(&temp_used[i], false);
+            return;
+        }
+}
+
 bool cli_output_open(const char *command, const char *path, struct cli_output *out)
 {
     memset(out, 0, sizeof *out);
@@ -34,16 +118,31 @@ bool cli_output_open(const char *command, const char *path, struct cli_output *o
         out->fp = stdout;
         return true;
     }
-    size_t n = strlen(path) + 32;
+    char err[512];
+    bool in_place = false;
+    if (!model_output_target(path, &out->target, &in_place, err, sizeof err)) {
+        cli_error(command, "%s", err);
+        return false;
+    }
+    if (is_input(out->target)) {
+        cli_error(command, "%s: is one of the input files; refusing to overwrite it", path);
+        cli_output_abort(out);
+        return false;
+    }
     out->path = strdup(path);
-    out->tmp_path = malloc(n);
-    if (!out->path || !out->tmp_path) {
+    size_t n = strlen(out->target) + 32;
+    if (!in_place)
+        out->tmp_path = malloc(n);
+    if (!out->path || (!in_place && !out->tmp_path)) {
         cli_error(command, "out of memory");
         cli_output_abort(out);
         return false;
     }
-    snprintf(out->tmp_path, n, "%s.tmp.%ld", path, (long)getpid());
-    out->fp = fopen(out->tmp_path, "w");
+    if (!in_place)
+        snprintf(out->tmp_path, n, "%s.tmp.%ld", out->target, (long)getpid());
+    if (!in_place)
+        temp_track(out->tmp_path);
+    out->fp = fopen(in_place ? out->target : out->tmp_path, "w");
     if (!out->fp) {
         cli_error(command, "%s: cannot create: %s", path, strerror(errno));
         cli_output_abort(out);
@@ -63,7 +162,8 @@ bool cli_output_commit(const char *command, struct cli_output *out)
         return true;
     }
     bool ok = !ferror(out->fp);
-    if (fflush(out->fp) != 0 || fsync(fileno(out->fp)) != 0)
+    /* a device or pipe written in place has nothing to sync (fsync would fail on a pipe) */
+    if (fflush(out->fp) != 0 || (out->tmp_path && fsync(fileno(out->fp)) != 0))
         ok = false;
     int saved = errno;
     if (fclose(out->fp) != 0)
@@ -74,13 +174,16 @@ bool cli_output_commit(const char *command, struct cli_output *out)
         cli_output_abort(out);
         return false;
     }
-    if (rename(out->tmp_path, out->path) != 0) {
+    if (out->tmp_path && rename(out->tmp_path, out->target) != 0) {
         cli_error(command, "%s: cannot rename the finished output into place: %s", out->path,
                   strerror(errno));
         cli_output_abort(out);
         return false;
     }
+    if (out->tmp_path)
+        temp_untrack(out->tmp_path);
     free(out->path);
+    free(out->target);
     free(out->tmp_path);
     memset(out, 0, sizeof *out);
     return true;
@@ -90,9 +193,12 @@ void cli_output_abort(struct cli_output *out)
 {
     if (out->fp && out->fp != stdout)
         fclose(out->fp);
-    if (out->tmp_path)
+    if (out->tmp_path) {
         unlink(out->tmp_path);
+        temp_untrack(out->tmp_path);
+    }
     free(out->path);
+    free(out->target);
     free(out->tmp_path);
     memset(out, 0, sizeof *out);
 }
@@ -151,7 +257,31 @@ struct file_list {
     char **paths;
     int n, cap;
     uint64_t bytes;
+    uint64_t skipped;      /* files in folders that are not captures */
+    char first_skipped[512];
 };
+
+/* Whether a file in a folder starts as a capture does: the pcap magic in either byte order
+ * (microsecond, nanosecond and the modified format libpcap reads), or a pcapng section header.
+ * A file that cannot be opened is kept, so that its reader names the error. */
+static bool looks_like_capture(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return true;
+    unsigned char m[4];
+    const bool whole = fread(m, 1, 4, f) == 4;
+    fclose(f);
+    if (!whole)
+        return false;
+    const uint32_t be = (uint32_t)m[0] << 24 | (uint32_t)m[1] << 16 | (uint32_t)m[2] << 8 | m[3];
+    const uint32_t le = (uint32_t)m[3] << 24 | (uint32_t)m[2] << 16 | (uint32_t)m[1] << 8 | m[0];
+    static const uint32_t magics[] = {0xa1b2c3d4u, 0xa1b23c4du, 0xa1b2cd34u};
+    for (size_t i = 0; i < sizeof magics / sizeof magics[0]; i++)
+        if (be == magics[i] || le == magics[i])
+            return true;
+    return be == 0x0a0d0d0au;
+}
 
 static bool list_push(struct file_list *l, const char *path, uint64_t size)
 {
@@ -183,8 +313,15 @@ static bool walk(const char *command, const char *path, struct file_list *l, int
         cli_error(command, "%s: %s", path, strerror(errno));
         return false;
     }
-    if (S_ISREG(st.st_mode))
+    if (S_ISREG(st.st_mode)) {
+        remember_input(&st);
+        if (depth > 0 && !looks_like_capture(path)) {
+            if (l->skipped++ == 0)
+                snprintf(l->first_skipped, sizeof l->first_skipped, "%s", path);
+            return true;
+        }
         return list_push(l, path, (uint64_t)st.st_size);
+    }
     if (!S_ISDIR(st.st_mode)) {
         cli_error(command, "%s: not a regular file or folder", path);
         return false;
@@ -251,6 +388,9 @@ int cli_collect_files(const char *command, const char *const *paths, int n, char
             return -1;
         }
     }
+    if (l.skipped)
+        cli_warn(command, "skipped %" PRIu64 " file%s of the folders given, not pcap or pcapng: %s%s", l.skipped,
+                 l.skipped == 1 ? "" : "s", l.first_skipped, l.skipped > 1 ? ", ..." : "");
     *files_out = l.paths;
     if (total_bytes)
         *total_bytes = l.bytes;

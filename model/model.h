@@ -61,6 +61,9 @@ struct model_config {
     uint32_t seq_length;    /* input ids per sequence, [CLS] and [SEP] included (128) */
     uint32_t tgt_seq_length; /* generate: [CLS] t1 .. [SEP] as the seed counts it (4) */
     struct model_tokenizer tokenizer;
+    /* Read, never written: which sizes were used and why, when they are not the ones the file
+     * states (the seed's UER config with use_qwen), for the command to say; "" otherwise. */
+    char sizes_note[320];
 };
 
 /* Defaults for everything optional; arch and sizes zero. */
@@ -114,6 +117,14 @@ bool model_set_labels(struct model *m, uint32_t num_labels, char **labels, uint6
  * init_all every row is reinitialised. */
 bool model_resize_vocab(struct model *m, uint32_t vocab_size, bool init_all, uint64_t seed,
                         char *err, size_t errlen);
+
+/* Where an output named path is written (the commands' outputs and model files alike). A FIFO,
+ * character device or socket (/dev/null, /dev/stdout, a named pipe) is written in place
+ * (*in_place): a file renamed over it would take its place. A symbolic link to a file is followed,
+ * so that the renamed file replaces the file it names and the link stays. Anything else, existing
+ * or not, is to be written under a temporary name beside *target and renamed over it. A folder is
+ * an error. *target: malloc'd. */
+bool model_output_target(const char *path, char **target, bool *in_place, char *err, size_t errlen);
 
 /* ---- running it ---- */
 

@@ -1,10 +1,12 @@
 /* outfile.c — model files written under a temporary name, synced and renamed, so a crash or a
- * full disk never leaves a half-written config.json or model.safetensors behind. */
+ * full disk never leaves a half-written config.json or model.safetensors behind; and where any
+ * output named by a path really goes (model_output_target), for the commands' outputs too. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "model/model_internal.h"
@@ -61,4 +63,27 @@ void model_outfile_abort(struct model_outfile *o)
         free(o->tmp);
     }
     memset(o, 0, sizeof(*o));
+}
+
+bool model_output_target(const char *path, char **target, bool *in_place, char *err, size_t errlen)
+{
+    *target = NULL;
+    *in_place = false;
+    struct stat st, link;
+    if (stat(path, &st) == 0) { /* what path names, through any links */
+        if (S_ISDIR(st.st_mode)) {
+            snprintf(err, errlen, "%s: is a folder, not a file", path);
+            return false;
+        }
+        *in_place = !S_ISREG(st.st_mode);
+        if (!*in_place && lstat(path, &link) == 0 && S_ISLNK(link.st_mode))
+            *target = realpath(path, NULL);
+    }
+    if (!*target)
+        *target = strdup(path);
+    if (!*target) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        return false;
+    }
+    return true;
 }

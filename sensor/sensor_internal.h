@@ -155,17 +155,21 @@ char *sj_quote_dup(const char *s);
 /* ---- the sink: one writer thread, a double buffer of whole lines ---- */
 
 struct sensor_sink;
-/* kind FILE appends to path (O_APPEND; reopened on SIGHUP); with tmp_rename the file is written
- * to "path.tmp.PID" and renamed by sensor_sink_close(commit). UNIX_STREAM connects to path and
- * reconnects with backoff. Starts the writer thread. NULL + one line. */
-struct sensor_sink *sensor_sink_open(enum cfg_output_kind kind, const char *path, bool tmp_rename,
+/* A live sensor's output (batch false): kind FILE appends to path (O_APPEND; reopened on SIGHUP),
+ * UNIX_STREAM connects to path and reconnects with backoff, counting what it could not send. A
+ * replay's (batch true) must hold every event: a FILE is written to "TARGET.tmp.PID" and renamed
+ * over its target by sensor_sink_close(commit) (model_output_target: a device or pipe is written
+ * in place), a UNIX_STREAM must connect now and an event it cannot send fails the run. Starts
+ * the writer thread. NULL + one line. */
+struct sensor_sink *sensor_sink_open(enum cfg_output_kind kind, const char *path, bool batch,
                                      char *err, size_t errlen);
 /* line ends with '\n'. wait: sleep while the buffer is full; otherwise drop and count. */
 bool sensor_sink_put(struct sensor_sink *s, const char *line, size_t len, bool wait);
 void sensor_sink_count_dropped(struct sensor_sink *s, uint64_t n);
 void sensor_sink_reopen(struct sensor_sink *s); /* SIGHUP: at the next write */
-/* Writes everything pending, stops the writer; commit renames a tmp_rename file into place,
- * otherwise it is removed. Returns false when a write failed (after one line). */
+/* Writes everything pending, stops the writer; commit renames a replay's file into place,
+ * otherwise it is removed. Returns false when a write failed or, in a replay, an event was not
+ * delivered (after one line). */
 bool sensor_sink_close(struct sensor_sink *s, bool commit);
 struct sensor_sink_stats {
     uint64_t written, dropped, depth;

@@ -4,28 +4,35 @@
  * Producers append complete lines to the active half of a double buffer under a mutex (a memcpy;
  * the only lock an event producer takes); the writer swaps the halves and writes the full one
  * with no lock held, at least every 100 ms (50 ms here) or as soon as 64 KiB are pending. A line
- * is either copied whole or not at all, and write() is retried until the whole batch is out, so
- * the output never ends with a partial line. A full buffer makes the batcher wait and drops (and
- * counts) flow events, which come from the capture path and must never block it. */
+ * is either copied whole or not at all, and write() is retried until the whole batch is out; when
+ * a write into a regular file fails part way (a full disk), the file is cut back to the last whole
+ * line written, so a file output never holds a partial line and the lines after the failure
+ * start on a line of their own. A full buffer makes the batcher wait and drops (and counts) flow
+ * events, which come from the capture path and must never block it. */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "model/model.h"
 #include "sensor/sensor_internal.h"
 
 enum { SINK_BUF = 1 << 20, SINK_WAKE = 64 << 10, SINK_FLUSH_MS = 50 };
 
 struct sensor_sink {
     enum cfg_output_kind kind;
-    char path[CFG_PATH_MAX];
-    char tmp_path[CFG_PATH_MAX + 32];
-    bool tmp_rename, created;
+    char path[CFG_PATH_MAX]; /* as configured: messages, and the live file's reopen */
+    char *target;            /* a replay's file: what the finished one is renamed over */
+    char *tmp_path;
+    bool batch, tmp_rename, created;
+    bool regular; /* a regular file: a failed write can be cut back to whole lines */
     int fd;
     pthread_t thread;
     bool thread_started;
@@ -39,6 +46,9 @@ struct sensor_sink {
 
     /* unix socket reconnection */
     int64_t next_connect_ns, backoff_ns;
+    int connect_errno; /* the last failure logged: a new reason is logged again */
+
+    uint64_t lost_since_failure; /* lines a failing file output could not take, until it recovers */
 
     _Atomic uint64_t written, dropped, depth;
 };
@@ -68,21 +78,29 @@ static int connect_socket(const char *path)
     return fd;
 }
 
-/* Writes all of buf; false on an error (the fd is then bad). */
-static bool write_all(struct sensor_sink *s, const char *buf, size_t n)
+/* Writes all of buf; false on an error, with *done the bytes that went out before it. */
+static bool write_all(struct sensor_sink *s, const char *buf, size_t n, size_t *done)
 {
-    while (n > 0) {
-        ssize_t w = s->kind == CFG_OUTPUT_UNIX_STREAM ? send(s->fd, buf, n, MSG_NOSIGNAL)
-                                                      : write(s->fd, buf, n);
+    *done = 0;
+    while (*done < n) {
+        ssize_t w = s->kind == CFG_OUTPUT_UNIX_STREAM ? send(s->fd, buf + *done, n - *done, MSG_NOSIGNAL)
+                                                      : write(s->fd, buf + *done, n - *done);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
             return false;
         }
-        buf += w;
-        n -= (size_t)w;
+        *done += (size_t)w;
     }
     return true;
+}
+
+static uint64_t count_lines(const char *buf, size_t n)
+{
+    uint64_t lines = 0;
+    for (const char *p = buf; (p = memchr(p, '\n', n - (size_t)(p - buf))) != NULL; p++)
+        lines++;
+    return lines;
 }
 
 static void socket_lost(struct sensor_sink *s)
@@ -96,43 +114,86 @@ static void socket_lost(struct sensor_sink *s)
     s->next_connect_ns = sensor_mono_ns() + s->backoff_ns;
 }
 
+/* The socket's lines of one batch that could not be sent. A replay's output must hold every
+ * event: the run fails (after one line); a live sensor counts them and goes on. */
+static void socket_dropped(struct sensor_sink *s, uint64_t lines, const char *why)
+{
+    atomic_fetch_add(&s->dropped, lines);
+    if (s->batch && !s->write_failed)
+        sensor_log("output: %s: %s; events are being lost", s->path, why);
+    if (s->batch)
+        s->write_failed = true;
+}
+
+static void write_socket_batch(struct sensor_sink *s, const char *buf, size_t n, uint64_t lines)
+{
+    if (s->fd < 0 && sensor_mono_ns() >= s->next_connect_ns) {
+        s->fd = connect_socket(s->path);
+        if (s->fd >= 0) {
+            s->backoff_ns = 0;
+            s->connect_errno = 0;
+            sensor_log("output: connected to %s", s->path);
+        } else {
+            if (errno != s->connect_errno) /* each new reason once (the collector's socket moved, lost its permissions) */
+                sensor_log("output: %s: %s; will retry", s->path, strerror(errno));
+            s->connect_errno = errno;
+            socket_lost(s);
+        }
+    }
+    if (s->fd < 0) {
+        socket_dropped(s, lines, "not connected");
+        return;
+    }
+    size_t done;
+    if (!write_all(s, buf, n, &done)) {
+        /* the stream may now hold part of a line; the reader sees the connection end there,
+         * and the next connection starts on a line boundary */
+        const int e = errno;
+        sensor_log("output: %s: %s; reconnecting", s->path, strerror(e));
+        socket_dropped(s, lines - count_lines(buf, done), strerror(e));
+        atomic_fetch_add(&s->written, count_lines(buf, done));
+        socket_lost(s);
+        return;
+    }
+    atomic_fetch_add(&s->written, lines);
+}
+
 /* The writer's half of the buffer: out it goes (or is counted as dropped). */
 static void write_batch(struct sensor_sink *s, const char *buf, size_t n, uint64_t lines)
 {
     if (s->kind == CFG_OUTPUT_UNIX_STREAM) {
-        if (s->fd < 0 && sensor_mono_ns() >= s->next_connect_ns) {
-            s->fd = connect_socket(s->path);
-            if (s->fd >= 0) {
-                s->backoff_ns = 0;
-                sensor_log("output: connected to %s", s->path);
-            } else {
-                socket_lost(s);
-            }
-        }
-        if (s->fd < 0) {
-            atomic_fetch_add(&s->dropped, lines);
-            return;
-        }
-        if (!write_all(s, buf, n)) {
-            /* the stream may now hold part of a line; the reader sees the connection end there,
-             * and the next connection starts on a line boundary */
-            sensor_log("output: %s: %s; reconnecting", s->path, strerror(errno));
-            atomic_fetch_add(&s->dropped, lines);
-            socket_lost(s);
-            return;
-        }
+        write_socket_batch(s, buf, n, lines);
+        return;
+    }
+    const char *name = s->kind == CFG_OUTPUT_STDOUT ? "stdout" : s->path;
+    off_t start = s->regular && s->fd >= 0 ? lseek(s->fd, 0, SEEK_END) : -1;
+    size_t done = 0;
+    if (s->fd >= 0 && write_all(s, buf, n, &done)) {
         atomic_fetch_add(&s->written, lines);
+        if (s->lost_since_failure) {
+            sensor_log("output: %s: writing again (%" PRIu64 " events lost meanwhile)", name, s->lost_since_failure);
+            s->lost_since_failure = 0;
+        }
         return;
     }
-    if (s->fd < 0 || !write_all(s, buf, n)) {
-        if (!s->write_failed)
-            sensor_log("output: %s: %s", s->kind == CFG_OUTPUT_STDOUT ? "stdout" : s->path,
-                       s->fd < 0 ? "not open" : strerror(errno));
-        s->write_failed = true;
-        atomic_fetch_add(&s->dropped, lines);
-        return;
+    const int e = s->fd < 0 ? EBADF : errno;
+    size_t kept = done; /* whole lines only: the partial one is cut off again */
+    while (kept > 0 && buf[kept - 1] != '\n')
+        kept--;
+    if (kept < done && start >= 0) {
+        if (ftruncate(s->fd, start + (off_t)kept) != 0 || lseek(s->fd, start + (off_t)kept, SEEK_SET) < 0)
+            sensor_log("output: %s: cannot cut back a partial line: %s", name, strerror(errno));
+    } else if (kept < done) {
+        kept = done; /* a pipe or terminal took them: nothing to cut back */
     }
-    atomic_fetch_add(&s->written, lines);
+    const uint64_t whole = count_lines(buf, kept);
+    atomic_fetch_add(&s->written, whole);
+    atomic_fetch_add(&s->dropped, lines - whole);
+    if (!s->lost_since_failure)
+        sensor_log("output: %s: %s; events are lost until it can write again", name,
+                   s->fd < 0 ? "not open" : strerror(e));
+    s->lost_since_failure += lines - whole;
+    s->write_failed = true;
 }
 
 static void *writer_main(void *arg)
@@ -163,7 +224,7 @@ static void *writer_main(void *arg)
         pthread_cond_broadcast(&s->space);
         pthread_mutex_unlock(&s->lock);
 
-        if (reopen && s->kind == CFG_OUTPUT_FILE && !s->tmp_rename) {
+        if (reopen && s->kind == CFG_OUTPUT_FILE && !s->batch) {
             /* logrotate renamed the file: continue in a new one under the configured name */
             int fd = open_file(s->path, false);
             if (fd >= 0) {
@@ -186,7 +247,7 @@ static void *writer_main(void *arg)
     return NULL;
 }
 
-struct sensor_sink *sensor_sink_open(enum cfg_output_kind kind, const char *path, bool tmp_rename,
+struct sensor_sink *sensor_sink_open(enum cfg_output_kind kind, const char *path, bool batch,
                                      char *err, size_t errlen)
 {
     struct sensor_sink *s = calloc(1, sizeof *s);
@@ -195,16 +256,25 @@ struct sensor_sink *sensor_sink_open(enum cfg_output_kind kind, const char *path
         goto fail;
     }
     s->kind = kind;
+    s->batch = batch;
     s->fd = -1;
     snprintf(s->path, sizeof s->path, "%s", path ? path : "");
     if (kind == CFG_OUTPUT_FILE) {
-        if (tmp_rename) {
+        bool in_place = false;
+        if (batch && !model_output_target(s->path, &s->target, &in_place, err, errlen))
+            goto fail;
+        if (batch && !in_place) {
+            const size_t len = strlen(s->target) + 32;
             s->tmp_rename = true;
-            snprintf(s->tmp_path, sizeof s->tmp_path, "%s.tmp.%ld", s->path, (long)getpid());
+            if (!(s->tmp_path = malloc(len))) {
+                snprintf(err, errlen, "out of memory");
+                goto fail;
+            }
+            snprintf(s->tmp_path, len, "%s.tmp.%ld", s->target, (long)getpid());
             s->fd = open_file(s->tmp_path, true);
         } else {
             s->created = access(s->path, F_OK) != 0;
-            s->fd = open_file(s->path, false);
+            s->fd = open_file(s->path, false); /* a device or pipe too: written in place */
         }
         if (s->fd < 0) {
             snprintf(err, errlen, "%s: cannot open for writing: %s", s->path, strerror(errno));
@@ -219,13 +289,19 @@ struct sensor_sink *sensor_sink_open(enum cfg_output_kind kind, const char *path
                      sizeof a.sun_path - 1);
             goto fail;
         }
-        /* not connecting yet is not an error: the collector may start later */
         s->fd = connect_socket(s->path);
-        if (s->fd < 0) {
+        if (s->fd < 0 && batch) { /* a replay's events would all be lost */
+            snprintf(err, errlen, "output socket %s: cannot connect: %s", s->path, strerror(errno));
+            goto fail;
+        }
+        if (s->fd < 0) { /* a live sensor's collector may start later */
+            s->connect_errno = errno;
             sensor_log("output: %s: %s; will retry", s->path, strerror(errno));
             socket_lost(s);
         }
     }
+    struct stat st;
+    s->regular = kind != CFG_OUTPUT_UNIX_STREAM && fstat(s->fd, &st) == 0 && S_ISREG(st.st_mode);
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->wake, NULL);
     pthread_cond_init(&s->space, NULL);
@@ -245,6 +321,8 @@ fail:
             if (s->tmp_rename)
                 unlink(s->tmp_path);
         }
+        free(s->target);
+        free(s->tmp_path);
         free(s->active);
         free(s->spare);
         free(s);
@@ -309,8 +387,8 @@ bool sensor_sink_close(struct sensor_sink *s, bool commit)
             ok = false;
         if (s->tmp_rename) {
             if (commit && ok) {
-                if (rename(s->tmp_path, s->path) != 0) {
-                    sensor_log("output: cannot rename %s to %s: %s", s->tmp_path, s->path, strerror(errno));
+                if (rename(s->tmp_path, s->target) != 0) {
+                    sensor_log("output: cannot rename %s to %s: %s", s->tmp_path, s->target, strerror(errno));
                     unlink(s->tmp_path);
                     ok = false;
                 }
@@ -327,6 +405,8 @@ bool sensor_sink_close(struct sensor_sink *s, bool commit)
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->wake);
     pthread_cond_destroy(&s->space);
+    free(s->target);
+    free(s->tmp_path);
     free(s->active);
     free(s->spare);
     free(s);

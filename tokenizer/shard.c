@@ -141,7 +141,7 @@ struct tok_shard_writer *tok_shard_create(const char *path, uint32_t vocab_size,
     snprintf(w->tmp, tmp_len, "%s.tmp.%ld", path, (long)getpid());
     w->fd = open(w->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (w->fd < 0) {
-        tok_set_err(err, errlen, "%s: cannot create: %s", w->tmp, strerror(errno));
+        tok_set_err(err, errlen, "%s: cannot create %s: %s", path, w->tmp, strerror(errno));
         tok_writer_free(w);
         return NULL;
     }
