@@ -208,6 +208,15 @@ uint32_t cap_source_readers(const struct cap_source *src);
 /* DPDK's version ("DPDK 22.11.11") when this build has the DPDK source, else NULL. */
 const char *cap_dpdk_version(void);
 
+/* Whether bpf (pcap-filter(7)) compiles for Ethernet frames, the link type of a live interface
+ * or a DPDK port, without opening anything: a configuration check. False with one line in err
+ * (the expression and libpcap's reason, for the caller to prefix with what set it). */
+bool cap_filter_check(const char *bpf, char *err, size_t errlen);
+/* A file source from now on hands out only the frames bpf matches, compiled for the file's link
+ * type (as pcap_setfilter would; a live source takes its filter at open). False with one line
+ * naming the file in err: not a file, or the filter does not compile for its link type. */
+bool cap_source_set_filter(struct cap_source *src, const char *bpf, char *err, size_t errlen);
+
 /* Fills up to max frames. Returns the count (0: nothing yet on a live source), CAP_BURST_END at
  * the end of a file, CAP_BURST_ERROR on a read error (cap_source_error() says what; for a
  * truncated or corrupted file the frames before the damage have been handed out already). */

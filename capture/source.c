@@ -3,7 +3,9 @@
  *
  * libpcap reuses one buffer for every frame it returns, so each burst copies its frames into a
  * per-source arena; the frames stay valid until the next burst on the same source. A source is
- * owned by one thread at a time; different sources share nothing. */
+ * owned by one thread at a time; different sources share nothing. A file's capture filter
+ * (cap_source_set_filter) runs in user space on each frame read, as libpcap runs one on a
+ * savefile; a live handle's runs in the kernel. */
 #include "capture/capture.h"
 #include "capture/dpdk_port.h"
 
@@ -50,6 +52,11 @@ struct cap_source {
     const struct pcap_pkthdr *held_hdr;
     const uint8_t *held_bytes;
 
+    /* file: cap_source_set_filter's program, run on each frame read (a frame it rejects is
+     * still counted in frames_read, so "after frame N" keeps naming the file's frame) */
+    struct bpf_program filter;
+    bool filtered;
+
     struct cap_dpdk_port *dpdk; /* a DPDK port (live) instead of pcap */
     uint32_t dpdk_queue;        /* the receive queue this source reads */
     bool dpdk_owner;            /* closes the port (cap_open_dpdk's source, not cap_open_reader's) */
@@ -95,6 +102,8 @@ static void source_free(struct cap_source *src)
 {
     if (!src)
         return;
+    if (src->filtered)
+        pcap_freecode(&src->filter);
     if (src->pcap)
         pcap_close(src->pcap);
     if (src->dpdk_owner)
@@ -427,6 +436,58 @@ static bool arena_fit(struct cap_source *src, uint32_t caplen)
     return true;
 }
 
+/* One line however the expression is written: a newline in it is only blank space to libpcap. */
+static void filter_message(char *err, size_t errlen, const char *before, const char *bpf, const char *after,
+                           const char *why)
+{
+    snprintf(err, errlen, "%s\"%.200s%s\"%s (libpcap: %s)", before, bpf, strlen(bpf) > 200 ? "..." : "", after, why);
+    for (char *p = err; *p; p++)
+        if ((unsigned char)*p < 0x20)
+            *p = ' ';
+}
+
+bool cap_filter_check(const char *bpf, char *err, size_t errlen)
+{
+    if (!bpf || !*bpf)
+        return true;
+    pcap_t *dead = pcap_open_dead(DLT_EN10MB, CAP_MAX_SNAPLEN);
+    if (!dead) {
+        snprintf(err, errlen, "out of memory");
+        return false;
+    }
+    struct bpf_program prog;
+    const bool ok = pcap_compile(dead, &prog, bpf, 1, PCAP_NETMASK_UNKNOWN) == 0;
+    if (ok)
+        pcap_freecode(&prog);
+    else
+        filter_message(err, errlen, "bad capture filter ", bpf, "", pcap_geterr(dead));
+    pcap_close(dead);
+    return ok;
+}
+
+bool cap_source_set_filter(struct cap_source *src, const char *bpf, char *err, size_t errlen)
+{
+    if (src->live || src->dpdk || !src->pcap) {
+        snprintf(err, errlen, "%s: a filter is set here for capture files only", src->name);
+        return false;
+    }
+    if (src->filtered) {
+        pcap_freecode(&src->filter);
+        src->filtered = false;
+    }
+    if (!bpf || !*bpf)
+        return true;
+    if (pcap_compile(src->pcap, &src->filter, bpf, 1, PCAP_NETMASK_UNKNOWN) != 0) {
+        char before[300], after[80];
+        snprintf(before, sizeof before, "%.200s: the capture filter ", src->name);
+        snprintf(after, sizeof after, " does not apply to its link type %u", src->linktype);
+        filter_message(err, errlen, before, bpf, after, pcap_geterr(src->pcap));
+        return false;
+    }
+    src->filtered = true;
+    return true;
+}
+
 static int file_burst(struct cap_source *src, struct cap_frame *frames, int max)
 {
     int n = 0;
@@ -449,6 +510,8 @@ static int file_burst(struct cap_source *src, struct cap_frame *frames, int max)
         int rc = pcap_next_ex(src->pcap, &h, &bytes);
         if (__builtin_expect(rc == 1, 1)) {
             src->frames_read++;
+            if (src->filtered && !pcap_offline_filter(&src->filter, h, bytes))
+                continue;
             if (h->caplen > src->arena_size - src->arena_used) {
                 if (n > 0) {
                     src->held_hdr = h;

@@ -57,6 +57,9 @@ struct cli_output {
     char *tmp_path; /* NULL when written in place */
 };
 bool cli_output_open(const char *command, const char *path, struct cli_output *out);
+/* False after an error line when path names one of the files cli_collect_files listed (for
+ * outputs that are not a cli_output: replay's). */
+bool cli_output_not_input(const char *command, const char *path);
 bool cli_output_commit(const char *command, struct cli_output *out);
 void cli_output_abort(struct cli_output *out);
 

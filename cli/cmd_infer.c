@@ -1,7 +1,10 @@
 /* cmd_infer.c — `netlm classify` and `netlm generate`: a model directory run over a dataset TSV
  * (the seed's label\ttext_a files) or, for classify, over the sessions of captures tokenized with
  * the model's own tokenizer settings. Rows stream through in batches, on the CPU or (--device
- * cuda[:N]) on a GPU; metrics go to stderr. */
+ * cuda[:N]) on a GPU; metrics go to stderr. classify also takes the seed's inference command
+ * (run_classifier_infer.py: --load_model_path, --prediction_path, --labels_num, --config_path,
+ * --output_logits, --output_prob) and then writes the seed's prediction file. Inputs and the
+ * output are checked before the model is loaded and before anything is written. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -26,8 +29,11 @@ struct infer {
     struct tok_vocab *vocab;
     struct model_runner *runner; /* the CPU model, or NULL when gpu runs it */
     struct model_cuda *gpu; /* --device cuda[:N]: the model on a GPU instead */
+    struct cli_device where; /* --device, --precision, --residual */
     uint32_t batch, seq, threads, top_k;
     bool json;
+    bool seed_format;             /* run_classifier_infer.py's file: label id (+ logits, prob) */
+    bool output_logits, output_prob;
     bool emit_tokens; /* classify captures, JSON: the input ids as "token_ids" (compare with replay) */
     FILE *out;
     /* the current batch */
@@ -109,21 +115,19 @@ static bool alloc_batch(struct infer *in, uint32_t kv_tokens)
 
 /* --device cuda[:N]: the CUDA engine for batches of up to in->batch × in->seq, one CUDA graph per
  * batch bucket; kv_tokens > 0 (generate): with a KV cache of that many positions per row. */
-static bool open_gpu(struct infer *in, const struct cli_opt *opts, uint32_t kv_tokens)
+static bool open_gpu(struct infer *in, uint32_t kv_tokens)
 {
-    struct cli_device where;
-    if (!cli_device_arg(in->cmd, opts, &where) || !cli_residual_arg(in->cmd, opts, &where))
-        return false;
-    if (where.device < 0)
+    const struct cli_device *where = &in->where;
+    if (where->device < 0)
         return true;
-    struct model_cuda_options o = {.device = where.device,
-                                   .precision = where.bf16 ? MODEL_PRECISION_BF16 : MODEL_PRECISION_FP32,
+    struct model_cuda_options o = {.device = where->device,
+                                   .precision = where->bf16 ? MODEL_PRECISION_BF16 : MODEL_PRECISION_FP32,
                                    .max_batch = in->batch, .max_seq = in->seq, .graphs = true,
-                                   .residual_bf16 = where.residual_bf16, .kv_tokens = kv_tokens};
+                                   .residual_bf16 = where->residual_bf16, .kv_tokens = kv_tokens};
     char err[512];
     in->gpu = model_cuda_create(in->model, &o, err, sizeof err);
     if (!in->gpu) {
-        cli_error(in->cmd, "--device %s: %s", where.name, err);
+        cli_error(in->cmd, "--device %s: %s", where->name, err);
         return false;
     }
     return true;
@@ -164,6 +168,22 @@ static void json_string(FILE *f, const char *s)
 }
 
 
+/* The seed's prediction row: the label id, then (as asked) the logits and the probabilities,
+ * each a space-separated list. The engine returns probabilities; their logarithm is the
+ * seed's logits less the row's log-sum-exp, which is the same ranking and the same softmax. */
+static void write_seed_row(struct infer *in, const float *prob, uint32_t best)
+{
+    const uint32_t n = in->cfg->num_labels;
+    fprintf(in->out, "%u", best);
+    if (in->output_logits)
+        for (uint32_t i = 0; i < n; i++)
+            fprintf(in->out, "%c%.9g", i ? ' ' : '\t', (double)logf(prob[i]));
+    if (in->output_prob)
+        for (uint32_t i = 0; i < n; i++)
+            fprintf(in->out, "%c%.9g", i ? ' ' : '\t', (double)prob[i]);
+    fputc('\n', in->out);
+}
+
 /* One classification result; prefix is what the row is (already written, tab-ended for TSV,
  * "{...," for JSON). */
 static void write_classification(struct infer *in, uint32_t b)
@@ -172,7 +192,9 @@ static void write_classification(struct infer *in, uint32_t b)
     uint32_t best[16];
     uint32_t k = model_top_labels(s, in->cfg->num_labels, in->top_k, best);
     const char *const *names = (const char *const *)in->cfg->labels;
-    if (in->json) {
+    if (in->seed_format) {
+        write_seed_row(in, s, best[0]);
+    } else if (in->json) {
         fprintf(in->out, "\"label_id\":%u,\"label\":", best[0]);
         json_string(in->out, names[best[0]]);
         fprintf(in->out, ",\"score\":%.6f,\"top_k\":[", s[best[0]]);
@@ -230,7 +252,7 @@ static bool classify_batch(struct infer *in, const char *const *row_prefix)
     for (uint32_t b = 0; b < in->n; b++) {
         if (in->json)
             fprintf(in->out, "{%s,", row_prefix[b]);
-        else
+        else if (!in->seed_format)
             fprintf(in->out, "%s\t", row_prefix[b]);
         write_classification(in, b);
     }
@@ -365,27 +387,20 @@ static bool model_tok_settings(struct infer *in, struct tok_settings *tok)
     return true;
 }
 
-static int classify_captures(struct infer *in, const struct cli_opt *opts, const char **paths,
-                             int n_paths)
+/* The sessions of the captures in files (collected, and their names checked, before the model
+ * was loaded), tokenized as the model was trained; fcfg holds the flow options. */
+static int classify_captures(struct infer *in, const struct cli_opt *opts, struct ft_config *fcfg,
+                             char **files, int n_files, uint64_t total_bytes)
 {
     struct tok_settings tok;
     if (!model_tok_settings(in, &tok))
         return 1;
-    struct ft_config fcfg;
-    ft_config_defaults(&fcfg);
-    if (!cli_flow_config(in->cmd, opts, &fcfg))
-        return 2;
-    fcfg.packets_per_session = tok.packets;
-    fcfg.bytes_per_packet = sensor_bytes_per_packet(&tok);
-    char **files = NULL;
-    uint64_t total_bytes = 0;
-    int n_files = cli_collect_files(in->cmd, paths, n_paths, &files, &total_bytes);
-    if (n_files < 0)
-        return 1;
+    fcfg->packets_per_session = tok.packets;
+    fcfg->bytes_per_packet = sensor_bytes_per_packet(&tok);
     struct session_rows sr = {.in = in, .tok = &tok, .files = files};
     pthread_mutex_init(&sr.lock, NULL);
     char err[512];
-    struct ft_assembler *as = ft_assembler_create(&fcfg, on_session, &sr, err, sizeof err);
+    struct ft_assembler *as = ft_assembler_create(fcfg, on_session, &sr, err, sizeof err);
     int status = 1;
     if (!as) {
         cli_error(in->cmd, "%s", err);
@@ -420,13 +435,13 @@ static int classify_captures(struct infer *in, const struct cli_opt *opts, const
     free(sr.ids);
     free(sr.lengths);
     pthread_mutex_destroy(&sr.lock);
-    cli_free_files(files, n_files);
     return status;
 }
 
-static int classify_tsv(struct infer *in, const char *path, bool quiet)
+/* The rows of t (opened, its header read, before the model was loaded). */
+static int classify_tsv(struct infer *in, struct cli_tsv *t, bool quiet)
 {
-    struct cli_tsv t = {0};
+    const char *path = t->path;
     int status = 1;
     char (*prefixes)[32] = malloc((size_t)in->batch * sizeof *prefixes);
     const char **prefix_ptr = malloc((size_t)in->batch * sizeof *prefix_ptr);
@@ -434,82 +449,158 @@ static int classify_tsv(struct infer *in, const char *path, bool quiet)
         cli_error(in->cmd, "out of memory");
         goto done;
     }
-    if (!cli_tsv_open(in->cmd, path, &t))
-        goto done;
     struct cli_progress progress;
-    cli_progress_start(&progress, in->cmd, t.size, quiet);
+    cli_progress_start(&progress, in->cmd, t->size, quiet);
     char *label, *text;
     int r;
-    while ((r = cli_tsv_next(in->cmd, &t, &label, &text)) > 0) {
+    while ((r = cli_tsv_next(in->cmd, t, &label, &text)) > 0) {
         uint32_t b = in->n;
         in->truth[b] = -1;
         if (label && *label && !label_id(in->cfg, label, &in->truth[b])) {
             cli_error(in->cmd, "%s:%" PRIu64 ": label '%s' is neither a label id below %u nor a label name of the model",
-                      path, t.line_no, label, in->cfg->num_labels);
+                      path, t->line_no, label, in->cfg->num_labels);
             goto done;
         }
         in->lengths[b] = tok_text_ids(in->vocab, text, strlen(text), in->seq, in->ids + (size_t)b * in->seq);
-        snprintf(prefixes[b], sizeof prefixes[b], in->json ? "\"row\":%" PRIu64 : "%" PRIu64, t.line_no - 1);
+        snprintf(prefixes[b], sizeof prefixes[b], in->json ? "\"row\":%" PRIu64 : "%" PRIu64, t->line_no - 1);
         prefix_ptr[b] = prefixes[b];
         if (++in->n == in->batch) {
             if (!classify_batch(in, prefix_ptr))
                 goto done;
-            cli_progress_update(&progress, t.done, in->rows, "rows");
+            cli_progress_update(&progress, t->done, in->rows, "rows");
         }
     }
     if (r < 0 || !classify_batch(in, prefix_ptr))
         goto done;
-    cli_progress_end(&progress, t.done, in->rows, "rows");
+    cli_progress_end(&progress, t->done, in->rows, "rows");
     status = 0;
 done:
-    cli_tsv_close(&t);
     free(prefixes);
     free(prefix_ptr);
     return status;
 }
 
-static const char *const format_choices[] = {"tsv", "json", NULL};
-
 /* Options both commands take. */
 #define INFER_OPTIONS                                                                                        \
     {"model", "load_model_path", 'm', "DIR", "model directory (config.json + model.safetensors)", NULL},     \
     {"test-path", NULL, 'i', "FILE", "dataset TSV with a text_a column (label\\ttext_a, or text_a)", NULL},    \
-    {"output", "prediction_path", 'o', "FILE", "results (default: stdout)", NULL},                           \
-    {"format", NULL, 0, "tsv|json", "one TSV line or one JSON object per row (default tsv)", NULL},          \
     {"vocab-path", NULL, 0, "FILE", "vocabulary (default: the model's own)", NULL},                          \
     {"seq-length", NULL, 0, "N", "ids per input, [CLS] and [SEP] included (default: the model's)", NULL},    \
     {"batch-size", NULL, 'b', "N", "rows per forward pass (default 32)", NULL},                               \
-    {"threads", NULL, 't', "N", "CPU threads (default: all online CPUs)", NULL}
+    {"threads", NULL, 't', "N", "CPU threads (default: all online CPUs)", NULL},                             \
+    {"device", NULL, 0, "cpu|cuda[:N]", "where the model runs (default cpu)", NULL},                          \
+    {"precision", NULL, 0, "bf16|fp32", "GPU arithmetic: bf16 with fp32 accumulation, or fp32 (default bf16)", NULL}, \
+    CLI_RESIDUAL_OPTION
 
-static bool infer_common(struct infer *in, const struct cli_opt *opts)
+/* The options that name no file: a bad one is a usage error, reported before anything is opened. */
+static bool infer_options(struct infer *in, const struct cli_opt *opts)
 {
-    const char *dir = cli_get(opts, "model");
-    if (!dir) {
+    if (!cli_get(opts, "model")) {
         cli_error(in->cmd, "--model DIR is required");
         return false;
     }
-    int fmt = cli_choice(in->cmd, opts, "format", "tsv", format_choices);
-    if (fmt < 0)
-        return false;
-    in->json = fmt == 1;
-    if (!cli_u32(in->cmd, opts, "batch-size", 32, 1, 4096, &in->batch) ||
-        !cli_u32(in->cmd, opts, "threads", default_threads(), 1, 1024, &in->threads))
-        return false;
-    if (!open_model(in, dir, cli_get(opts, "vocab-path")))
-        return false;
-    return cli_u32(in->cmd, opts, "seq-length", in->cfg->seq_length, 2, 65536, &in->seq);
+    return cli_u32(in->cmd, opts, "batch-size", 32, 1, 4096, &in->batch) &&
+           cli_u32(in->cmd, opts, "threads", default_threads(), 1, 1024, &in->threads) &&
+           cli_device_arg(in->cmd, opts, &in->where) && cli_residual_arg(in->cmd, opts, &in->where);
 }
+
+/* The model, its vocabulary, and the sequence length (the model's unless --seq_length). */
+static bool infer_model(struct infer *in, const struct cli_opt *opts)
+{
+    return open_model(in, cli_get(opts, "model"), cli_get(opts, "vocab-path")) &&
+           cli_u32(in->cmd, opts, "seq-length", in->cfg->seq_length, 2, 65536, &in->seq);
+}
+
+/* --config_path FILE: the seed builds its model from this file and then loads the weights into
+ * it; netlm reads the model directory's own config.json. A file that describes the same network
+ * is therefore accepted and changes nothing; one that does not would have failed in the seed and
+ * is refused here rather than silently ignored. */
+static bool check_seed_config(struct infer *in, const char *dir, const char *path)
+{
+    struct model_config c;
+    char err[1024];
+    model_config_init(&c);
+    bool ok = model_config_load(path, &c, err, sizeof err);
+    if (!ok) {
+        cli_error(in->cmd, "--config_path: %s", err);
+    } else if (c.arch != in->cfg->arch) {
+        cli_error(in->cmd, "--config_path %s: a %s model, but the model in %s is %s", path, model_arch_name(c.arch),
+                  dir, model_arch_name(in->cfg->arch));
+        ok = false;
+    } else {
+        const struct {
+            const char *what;
+            uint32_t given, model;
+        } sizes[] = {
+            {"layers", c.layers, in->cfg->layers},          {"hidden size", c.hidden, in->cfg->hidden},
+            {"attention heads", c.heads, in->cfg->heads},   {"key/value heads", c.kv_heads, in->cfg->kv_heads},
+            {"feed-forward size", c.ffn, in->cfg->ffn},
+        };
+        for (size_t i = 0; ok && i < sizeof sizes / sizeof sizes[0]; i++)
+            if (sizes[i].given != sizes[i].model) {
+                cli_error(in->cmd, "--config_path %s: %s %u, but the model in %s has %u (netlm reads the model's own "
+                                   "config.json: leave --config_path out)",
+                          path, sizes[i].what, sizes[i].given, dir, sizes[i].model);
+                ok = false;
+            }
+    }
+    model_config_release(&c);
+    return ok;
+}
+
+/* The seed's flags that restate what the model directory already says (--labels_num,
+ * --config_path, --pooling): accepted when they agree with it, so that the seed's command line
+ * runs unchanged, and refused when they do not. */
+static bool check_seed_flags(struct infer *in, const struct cli_opt *opts)
+{
+    const char *dir = cli_get(opts, "model"), *pooling = cli_get(opts, "pooling");
+    const char *config_path = cli_get(opts, "config-path");
+    uint32_t labels_num;
+    if (!cli_u32(in->cmd, opts, "labels-num", in->cfg->num_labels, 1, MODEL_MAX_LABELS, &labels_num))
+        return false;
+    if (labels_num != in->cfg->num_labels) {
+        cli_error(in->cmd, "--labels_num %u: the model in %s has %u labels", labels_num, dir, in->cfg->num_labels);
+        return false;
+    }
+    if (pooling) {
+        enum model_pooling p;
+        if (!model_pooling_parse(pooling, &p)) {
+            cli_error(in->cmd, "--pooling: expected mean, first, last or max, got '%s'", pooling);
+            return false;
+        }
+        if (p != in->cfg->pooling) {
+            cli_error(in->cmd, "--pooling %s: the model in %s pools with %s", pooling, dir,
+                      model_pooling_name(in->cfg->pooling));
+            return false;
+        }
+    }
+    return !config_path || check_seed_config(in, dir, config_path);
+}
+
+static const char *const classify_formats[] = {"tsv", "json", "seed", NULL};
+enum { FORMAT_TSV, FORMAT_JSON, FORMAT_SEED };
 
 int cmd_classify(int argc, char **argv)
 {
     static const char *const cmd = "classify";
     struct cli_opt opts[] = {
         INFER_OPTIONS,
+        {"output", NULL, 'o', "FILE", "results (default: stdout)", NULL},
+        {"format", NULL, 0, "tsv|json|seed",
+         "one TSV line or one JSON object per row, or the seed's prediction file: a 'label' header line, then "
+         "each row's label id (default tsv; seed with --prediction_path)", NULL},
+        {"prediction-path", NULL, 0, "FILE", "the seed's flag: --output FILE, in the seed's format unless --format says otherwise", NULL},
+        {"output-logits", NULL, 0, NULL,
+         "seed format: a logits column, the scores' logarithms (the seed's logits less their log-sum-exp: the "
+         "same ranking and softmax), space-separated", NULL},
+        {"output-prob", NULL, 0, NULL, "seed format: a prob column, the class probabilities, space-separated", NULL},
+        {"labels-num", NULL, 0, "N", "the seed's flag: checked, must be the model's number of labels", NULL},
+        {"config-path", NULL, 0, "FILE",
+         "the seed's flag: checked, must describe the model's network (architecture and sizes); its own "
+         "config.json is what netlm reads", NULL},
+        {"pooling", NULL, 0, "mean|first|last|max", "the seed's flag: checked, must be the model's pooling", NULL},
         {"top-k", NULL, 'k', "N", "labels listed per row, best first (default 3, at most 16)", NULL},
         {"emit-tokens", NULL, 0, NULL, "debug, captures with --format json: the model input ids as \"token_ids\"", NULL},
-        {"device", NULL, 0, "cpu|cuda[:N]", "where the model runs (default cpu)", NULL},
-        {"precision", NULL, 0, "bf16|fp32", "GPU arithmetic: bf16 with fp32 accumulation, or fp32 (default bf16)", NULL},
-        CLI_RESIDUAL_OPTION,
         CLI_FLOW_OPTIONS,
         {0},
     };
@@ -519,35 +610,83 @@ int cmd_classify(int argc, char **argv)
                        "Classifies the rows of a dataset TSV, or the sessions of captures (tokenized with the\n"
                        "model's own tokenizer settings), with a classification model. One line per row:\n"
                        "TSV: row (or file, first_frame, proto, src, sport, dst, dport, packets), label_id, label,\n"
-                       "score, top-k as label:score,... With labels in the TSV, accuracy and macro-F1 go to stderr.",
+                       "score, top-k as label:score,... With labels in the TSV, accuracy and macro-F1 go to stderr.\n"
+                       "The seed's inference command (run_classifier_infer.py --load_model_path M --test_path T\n"
+                       "--prediction_path P [--labels_num N] [--output_logits] [--output_prob] ...) runs as it is\n"
+                       "and writes the seed's prediction file: 'label' [\\tlogits] [\\tprob], then one row per input.",
                        opts, argc, argv, &pos, &npos);
     if (rc != CLI_PARSED)
         return rc == CLI_HELP_SHOWN ? 0 : 2;
     struct infer in = {.cmd = cmd};
     struct cli_output out = {0};
-    int status = 2;
-    const char *test_path = cli_get(opts, "test-path");
+    struct cli_tsv tsv = {0};
+    struct ft_config fcfg;
+    char **files = NULL;
+    int n_files = 0, status = 2;
+    uint64_t total_bytes = 0;
+    const char *test_path = cli_get(opts, "test-path"), *output = cli_get(opts, "output");
+    const char *prediction_path = cli_get(opts, "prediction-path");
     if ((test_path != NULL) == (npos > 0)) {
         cli_error(cmd, "give either --test_path FILE.tsv or capture files, not %s", test_path ? "both" : "neither");
         goto done;
     }
-    if (!infer_common(&in, opts) || !cli_u32(cmd, opts, "top-k", 3, 1, 16, &in.top_k))
+    if (output && prediction_path) {
+        cli_error(cmd, "--output and --prediction_path name the same file: give one");
+        goto done;
+    }
+    const int format = cli_choice(cmd, opts, "format", prediction_path ? "seed" : "tsv", classify_formats);
+    if (format < 0)
+        goto done;
+    in.json = format == FORMAT_JSON;
+    in.seed_format = format == FORMAT_SEED;
+    in.output_logits = cli_flag(opts, "output-logits");
+    in.output_prob = cli_flag(opts, "output-prob");
+    if ((in.output_logits || in.output_prob) && !in.seed_format) {
+        cli_error(cmd, "--%s: only in the seed's format (--prediction_path FILE, or --format seed)",
+                  in.output_logits ? "output_logits" : "output_prob");
+        goto done;
+    }
+    if (in.seed_format && !test_path) {
+        cli_error(cmd, "--format seed: only with --test_path (the seed's prediction file has no session columns)");
+        goto done;
+    }
+    ft_config_defaults(&fcfg);
+    if (!infer_options(&in, opts) || !cli_u32(cmd, opts, "top-k", 3, 1, 16, &in.top_k) ||
+        !cli_flow_config(cmd, opts, &fcfg))
         goto done;
     in.emit_tokens = cli_flag(opts, "emit-tokens");
+    /* The inputs and the output before the model: a missing capture or an output that cannot be
+     * written is reported at once, and before a header line reaches stdout. The captures come
+     * first so that the output may be checked against them (it must not replace one). */
     status = 1;
+    if (!test_path && (n_files = cli_collect_files(cmd, pos, npos, &files, &total_bytes)) < 0) {
+        n_files = 0;
+        goto done;
+    }
+    if (!cli_output_open(cmd, prediction_path ? prediction_path : output, &out) ||
+        (test_path && !cli_tsv_open(cmd, test_path, &tsv)))
+        goto done;
+    status = 2;
+    if (!infer_model(&in, opts))
+        goto done;
     if (in.cfg->num_labels == 0) {
         cli_error(cmd, "%s: not a classification model (no labels; task %s)", cli_get(opts, "model"),
                   model_task_name(in.cfg->task));
         goto done;
     }
-    if (!open_gpu(&in, opts, 0) || !alloc_batch(&in, 0) || !cli_output_open(cmd, cli_get(opts, "output"), &out))
+    if (!check_seed_flags(&in, opts))
+        goto done;
+    status = 1;
+    if (!open_gpu(&in, 0) || !alloc_batch(&in, 0))
         goto done;
     in.out = out.fp;
-    if (!in.json)
+    if (in.seed_format)
+        fprintf(in.out, "label%s%s\n", in.output_logits ? "\tlogits" : "", in.output_prob ? "\tprob" : "");
+    else if (!in.json)
         fprintf(in.out, "%slabel_id\tlabel\tscore\ttop_k\n",
                 test_path ? "row\t" : "file\tfirst_frame\tproto\tsrc\tsport\tdst\tdport\tpackets\t");
-    status = test_path ? classify_tsv(&in, test_path, cli_flag(opts, "quiet"))
-                       : classify_captures(&in, opts, pos, npos);
+    status = test_path ? classify_tsv(&in, &tsv, cli_flag(opts, "quiet"))
+                       : classify_captures(&in, opts, &fcfg, files, n_files, total_bytes);
     if (status == 0 && !cli_output_commit(cmd, &out))
         status = 1;
     if (status == 0)
@@ -555,6 +694,8 @@ int cmd_classify(int argc, char **argv)
 done:
     if (status != 0 && out.fp)
         cli_output_abort(&out);
+    cli_tsv_close(&tsv);
+    cli_free_files(files, n_files);
     free(pos);
     infer_release(&in);
     return status;
@@ -625,6 +766,8 @@ static bool generate_batch(struct infer *in, const uint64_t *rows)
     return true;
 }
 
+static const char *const generate_formats[] = {"tsv", "json", NULL};
+
 int cmd_generate(int argc, char **argv)
 {
     static const char *const cmd = "generate";
@@ -635,9 +778,8 @@ int cmd_generate(int argc, char **argv)
         {"top-k", NULL, 0, "N", "sample among the N most likely tokens (0 = all)", NULL},
         {"top-p", NULL, 0, "P", "sample within the smallest set of probability mass P (default 1)", NULL},
         {"seed", "random_seed", 0, "N", "sampling seed (default 7)", NULL},
-        {"device", NULL, 0, "cpu|cuda[:N]", "where the model runs (default cpu)", NULL},
-        {"precision", NULL, 0, "bf16|fp32", "GPU arithmetic: bf16 with fp32 accumulation, or fp32 (default bf16)", NULL},
-        CLI_RESIDUAL_OPTION,
+        {"output", "prediction_path", 'o', "FILE", "results (default: stdout)", NULL},
+        {"format", NULL, 0, "tsv|json", "one TSV line or one JSON object per row (default tsv)", NULL},
         {"quiet", NULL, 'q', NULL, "no progress line", NULL},
         {0},
     };
@@ -647,7 +789,9 @@ int cmd_generate(int argc, char **argv)
                        "Continues each row's text_a ([CLS] tokens [SEP]) with the model's LM head and a KV cache,\n"
                        "until [SEP] or the maximum, on the CPU or a GPU (--device). The seed's generation TSVs hold the target in the label\n"
                        "column: then each row says whether the generation matches it exactly, and the\n"
-                       "exact-match accuracy goes to stderr. TSV out: row, generated, target, exact.",
+                       "exact-match accuracy goes to stderr. TSV out: row, generated, target, exact.\n"
+                       "The model must be a language model (task lm or generate): a classifier's LM head was\n"
+                       "never trained.",
                        opts, argc, argv, &pos, &npos);
     if (rc != CLI_PARSED)
         return rc == CLI_HELP_SHOWN ? 0 : 2;
@@ -667,26 +811,39 @@ int cmd_generate(int argc, char **argv)
         cli_error(cmd, "--test_path FILE.tsv is required");
         goto done;
     }
-    if (!infer_common(&in, opts) ||
-        !cli_u32(cmd, opts, "tgt-seq-length", in.cfg->tgt_seq_length, 2, 4096, &tgt) ||
+    const int format = cli_choice(cmd, opts, "format", "tsv", generate_formats);
+    if (format < 0 || !infer_options(&in, opts) ||
         !cli_double(cmd, opts, "temperature", 0.0, 0.0, 100.0, &temperature) ||
         !cli_u32(cmd, opts, "top-k", 0, 0, UINT32_MAX, &in.sampling.top_k) ||
         !cli_double(cmd, opts, "top-p", 1.0, 1e-6, 1.0, &top_p) ||
         !cli_u64(cmd, opts, "seed", 7, 0, UINT64_MAX, &seed))
+        goto done;
+    in.json = format == 1;
+    /* the output and the input before the model: see cmd_classify */
+    status = 1;
+    if (!cli_output_open(cmd, cli_get(opts, "output"), &out) || !cli_tsv_open(cmd, test_path, &t))
+        goto done;
+    status = 2;
+    if (!infer_model(&in, opts))
+        goto done;
+    if (in.cfg->task == MODEL_TASK_CLASSIFY) {
+        cli_error(cmd, "%s: a classification model (%u labels), whose LM head was never trained: generate needs a "
+                       "language model (task lm or generate: netlm pretrain, netlm finetune generation)",
+                  cli_get(opts, "model"), in.cfg->num_labels);
+        goto done;
+    }
+    if (!cli_u32(cmd, opts, "tgt-seq-length", in.cfg->tgt_seq_length, 2, 4096, &tgt))
         goto done;
     in.sampling.temperature = (float)temperature;
     in.sampling.top_p = (float)top_p;
     in.sampling.seed = seed;
     in.max_new = tgt - 1;
     status = 1;
-    if (!open_gpu(&in, opts, in.seq + in.max_new) || !alloc_batch(&in, in.seq + in.max_new) ||
-        !cli_output_open(cmd, cli_get(opts, "output"), &out))
+    if (!open_gpu(&in, in.seq + in.max_new) || !alloc_batch(&in, in.seq + in.max_new))
         goto done;
     in.out = out.fp;
     if (!in.json)
         fputs("row\tgenerated\ttarget\texact\n", in.out);
-    if (!cli_tsv_open(cmd, test_path, &t))
-        goto done;
     uint64_t rows[4096];
     struct cli_progress progress;
     cli_progress_start(&progress, cmd, t.size, cli_flag(opts, "quiet"));

@@ -295,8 +295,13 @@ int cmd_sessions(int argc, char **argv)
                        "Assembles the bidirectional sessions of pcap/pcapng captures and prints one line per\n"
                        "session: protocol, endpoints (src = the side that sent the first packet), packets and\n"
                        "bytes each way (frame lengths on the wire), start and end times, why it ended\n"
-                       "(closed, timeout, end-of-input, evicted), the number of its first frame and the file.\n"
-                       "A datagram's later IP fragments count in the session of its first fragment.",
+                       "(closed, timeout, end-of-input, evicted), the number of its first frame, its VLAN and\n"
+                       "the file. vlan is the innermost 802.1Q/802.1ad VLAN ID of its frames (0: untagged): it is\n"
+                       "part of the session's key, so the same 5-tuple on two VLANs is two sessions.\n"
+                       "A datagram's later IP fragments count in the session of its first fragment.\n"
+                       "TSV columns (--header prints them): proto src_ip src_port dest_ip dest_port\n"
+                       "pkts_toserver pkts_toclient bytes_toserver bytes_toclient start end reason first_frame\n"
+                       "vlan file; JSON: the same fields, flow_id and ip_v added, pcap_filename for file.",
                        opts, argc, argv, &pos, &npos);
     if (rc != CLI_PARSED)
         return rc == CLI_HELP_SHOWN ? 0 : 2;

@@ -175,7 +175,7 @@ FILE *cli_open_loss_csv(const char *cmd, const char *out_dir, const char *header
         return NULL;
     FILE *f = fopen(path, "a");
     if (!f)
-        cli_error(cmd, "%s: %s", path, strerror(errno));
+        cli_error(cmd, "cannot open %s for appending: %s", path, strerror(errno));
     return f;
 }
 
@@ -193,7 +193,7 @@ bool cli_save_checkpoint(const char *cmd, const char *out_dir, struct trainer *t
     snprintf(dir, sizeof dir, "%s/checkpoint", out_dir);
     cli_remove_flat_dir(staged);
     if (mkdir(staged, 0755) != 0) {
-        cli_error(cmd, "%s: %s", staged, strerror(errno));
+        cli_error(cmd, "cannot create the checkpoint directory %s: %s", staged, strerror(errno));
         return false;
     }
     bool ok = model_save(m, staged, err, sizeof err);
@@ -363,7 +363,7 @@ bool cli_copy_file(const char *cmd, const char *from, const char *to)
 {
     FILE *in = fopen(from, "rb");
     if (!in) {
-        cli_error(cmd, "%s: %s", from, strerror(errno));
+        cli_error(cmd, "cannot copy %s: %s", from, strerror(errno));
         return false;
     }
     struct cli_output out;
@@ -373,7 +373,7 @@ bool cli_copy_file(const char *cmd, const char *from, const char *to)
     while (ok && (n = fread(buf, 1, sizeof buf, in)) > 0)
         ok = fwrite(buf, 1, n, out.fp) == n;
     if (ok && ferror(in)) {
-        cli_error(cmd, "%s: read error", from);
+        cli_error(cmd, "cannot copy %s: read error", from);
         ok = false;
     }
     fclose(in);
@@ -423,6 +423,12 @@ bool cli_gnuplot(const char *dir, const char *png, const char *size, const char 
     fprintf(gp, "set terminal pngcairo size %s noenhanced\nset output ", size);
     put_quoted(gp, dir, tmp_name);
     fputc('\n', gp);
+    /* gnuplot centres a rotated tic label on its tic, so half of it lies inside the graph, under
+     * what is plotted there (a confusion matrix's image leaves two letters of each class name
+     * visible): right-justified, it hangs below the axis whole. A justification the script
+     * gives itself still wins. */
+    if (strstr(script, "xtics rotate"))
+        fputs("set xtics right\n", gp);
     for (const char *p = script; *p; p++) {
         if (p[0] == '@' && p[1] == 'F') {
             put_quoted(gp, dir, file);

@@ -111,6 +111,14 @@ static void temp_untrack(const char *path)
         }
 }
 
+bool cli_output_not_input(const char *command, const char *path)
+{
+    if (!is_input(path))
+        return true;
+    cli_error(command, "%s: is one of the input files; refusing to overwrite it", path);
+    return false;
+}
+
 bool cli_output_open(const char *command, const char *path, struct cli_output *out)
 {
     memset(out, 0, sizeof *out);
@@ -124,8 +132,7 @@ bool cli_output_open(const char *command, const char *path, struct cli_output *o
         cli_error(command, "%s", err);
         return false;
     }
-    if (is_input(out->target)) {
-        cli_error(command, "%s: is one of the input files; refusing to overwrite it", path);
+    if (!cli_output_not_input(command, path)) {
         cli_output_abort(out);
         return false;
     }

@@ -17,6 +17,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <math.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -142,7 +143,7 @@ static const struct cfg_key cfg_emergency_keys[] = {
 
 static const struct cfg_key cfg_flow_keys[] = {
     CFG_U32("max_flows", flow, max_flows, 16, 1 << 30),
-    CFG_U32("packets_per_session", flow, packets_per_session, 1, 1024),
+    CFG_U32("packets_per_session", flow, packets_per_session, 1, CFG_SESSION_PACKETS_MAX),
     CFG_U32("bytes_per_packet", flow, bytes_per_packet, 16, 65535),
     CFG_CHOICE("port_reuse", CFG_KIND_CHOICE_BOOL, flow, port_reuse_merge, cfg_port_reuse_names),
     CFG_U32("workers", flow, workers, 1, 64),
@@ -152,7 +153,7 @@ static const struct cfg_key cfg_flow_keys[] = {
 };
 
 static const struct cfg_key cfg_session_keys[] = {
-    CFG_U32("ready_packets", session, ready_packets, 1, 1024),
+    CFG_U32("ready_packets", session, ready_packets, 1, CFG_SESSION_PACKETS_MAX),
     CFG_U32("queue_size", session, queue_size, 16, 1048576),
 };
 
@@ -899,10 +900,38 @@ int cfg_cpu_list(const char *text, int *cpus, int max)
     return n > 0 && p[-1] != ',' ? n : -1;
 }
 
-/* The rules that involve several keys (and the one key with a syntax of its own). On failure,
- * msg says what is wrong and *keys names the keys involved, the one the message starts with
- * first (for the loader to find a line). */
-static int cfg_check_combinations(const struct cfg_sensor *c, char *msg, size_t size,
+int cfg_check_cpus_allowed(const struct cfg_sensor *c, char *err, size_t errlen)
+{
+    char prefix[CFG_PATH_MAX + 8] = "";
+    if (memchr(c->path, '\0', sizeof(c->path)) && c->path[0])
+        snprintf(prefix, sizeof(prefix), "%s: ", c->path);
+    if (!c->capture.cpus[0])
+        return 0;
+    int cpus[CFG_MAX_CPUS];
+    const int n = cfg_cpu_list(c->capture.cpus, cpus, CFG_MAX_CPUS);
+    cpu_set_t allowed;
+    CPU_ZERO(&allowed);
+    int rc = -1;
+    if (n <= 0) /* cfg_validate refuses such a list */
+        cfg_message(err, errlen, prefix, "capture.cpus: \"%.200s\" is not a list of CPUs", c->capture.cpus);
+    else if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0)
+        cfg_message(err, errlen, prefix, "capture.cpus: cannot read the CPUs this process may run on (%s)",
+                    strerror(errno));
+    else
+        rc = 0;
+    for (int i = 0; rc == 0 && i < n; i++)
+        if (!CPU_ISSET(cpus[i], &allowed)) {
+            cfg_message(err, errlen, prefix, "capture.cpus: CPU %d is not one this process may run on (%d allowed)",
+                        cpus[i], CPU_COUNT(&allowed));
+            rc = -1;
+        }
+    return rc;
+}
+
+/* The rules that involve several keys (and the one key with a syntax of its own); the output's
+ * only when output_used. On failure, msg says what is wrong and *keys names the keys involved,
+ * the one the message starts with first (for the loader to find a line). */
+static int cfg_check_combinations(const struct cfg_sensor *c, bool output_used, char *msg, size_t size,
                                   const char *keys[2])
 {
     int cpus[CFG_MAX_CPUS];
@@ -959,6 +988,8 @@ static int cfg_check_combinations(const struct cfg_sensor *c, char *msg, size_t 
                      c->capture.dpdk_port.mbufs);
         return -1;
     }
+    if (!output_used)
+        return 0;
     if (c->output.kind == CFG_OUTPUT_FILE && c->output.filename[0] == '\0') {
         keys[0] = "output.filename", keys[1] = "output.type";
         snprintf(msg, size, "output.filename: expected a file name with output.type \"file\", got \"\"");
@@ -981,7 +1012,7 @@ int cfg_validate(const struct cfg_sensor *c, char *err, size_t errlen)
     if (path_end && c->path[0])
         snprintf(prefix, sizeof(prefix), "%s: ", c->path);
     if (cfg_check_fields(&cfg_root, "", (const char *)c, msg, sizeof(msg)) < 0 ||
-        cfg_check_combinations(c, msg, sizeof(msg), keys) < 0) {
+        cfg_check_combinations(c, true, msg, sizeof(msg), keys) < 0) {
         cfg_message(err, errlen, prefix, "%s", msg);
         return -1;
     }
@@ -1020,8 +1051,8 @@ static void cfg_describe_line(const char *text, unsigned line, char *buf, size_t
     snprintf(buf, size, "near %s", shown);
 }
 
-int cfg_load_buffer(const char *name, const char *text, struct cfg_sensor *out, char *err,
-                    size_t errlen)
+static int cfg_load_text(const char *name, const char *text, bool output_used, struct cfg_sensor *out,
+                         char *err, size_t errlen)
 {
     if (!name)
         name = "config";
@@ -1063,7 +1094,7 @@ int cfg_load_buffer(const char *name, const char *text, struct cfg_sensor *out, 
     } else if (cfg_load_group(&ld, &cfg_root, "", config_root_setting(&lc), (char *)c) == 0) {
         char msg[CFG_MSG_MAX];
         const char *keys[2];
-        if (cfg_check_combinations(c, msg, sizeof(msg), keys) < 0) {
+        if (cfg_check_combinations(c, output_used, msg, sizeof(msg), keys) < 0) {
             /* The line of whichever of the keys the file sets (a default may be the other). */
             const config_setting_t *s = config_lookup(&lc, keys[0]);
             if (!s)
@@ -1084,7 +1115,13 @@ int cfg_load_buffer(const char *name, const char *text, struct cfg_sensor *out, 
     return rc;
 }
 
-int cfg_load(const char *path, struct cfg_sensor *out, char *err, size_t errlen)
+int cfg_load_buffer(const char *name, const char *text, struct cfg_sensor *out, char *err,
+                    size_t errlen)
+{
+    return cfg_load_text(name, text, true, out, err, errlen);
+}
+
+static int cfg_load_file(const char *path, bool output_used, struct cfg_sensor *out, char *err, size_t errlen)
 {
     char prefix[CFG_PATH_MAX + 32];
     if (!path) {
@@ -1129,7 +1166,17 @@ int cfg_load(const char *path, struct cfg_sensor *out, char *err, size_t errlen)
         free(text);
         return -1;
     }
-    int rc = cfg_load_buffer(path, text, out, err, errlen);
+    int rc = cfg_load_text(path, text, output_used, out, err, errlen);
     free(text);
     return rc;
+}
+
+int cfg_load(const char *path, struct cfg_sensor *out, char *err, size_t errlen)
+{
+    return cfg_load_file(path, true, out, err, errlen);
+}
+
+int cfg_load_unused_output(const char *path, struct cfg_sensor *out, char *err, size_t errlen)
+{
+    return cfg_load_file(path, false, out, err, errlen);
 }

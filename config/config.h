@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #define CFG_PATH_MAX 4096
+#define CFG_SESSION_PACKETS_MAX 1024 /* flow.packets_per_session and session.ready_packets */
 
 enum cfg_output_kind {
     CFG_OUTPUT_FILE = 0,        /* append to output.filename; reopened on SIGHUP (logrotate) */
@@ -101,7 +102,7 @@ struct cfg_sensor {
         char filename[CFG_PATH_MAX]; /* [restart] "/var/log/netlm/eve.json" */
         char socket[108];         /* [restart] unix socket path (sun_path is 108 bytes) */
         bool flow_events;         /* [restart] true: a `flow` event at each flow's end */
-        double stats_interval;    /* [restart] 10 seconds; 0 = no `stats` events */
+        double stats_interval;    /* [restart] 10 seconds; 0 = only the final `stats` event */
     } output;
 
     struct {
@@ -116,6 +117,10 @@ void cfg_defaults(struct cfg_sensor *c);
 /* Defaults, then the file, then cfg_validate's rules. 0, or -1 with one line in err and out
  * untouched (a SIGUSR2 reload that fails keeps what runs). */
 int cfg_load(const char *path, struct cfg_sensor *out, char *err, size_t errlen);
+/* cfg_load for a command that writes where its own options say (`netlm replay`): the output
+ * section's keys are still read and checked one by one, but not whether together they make an
+ * output (type "unix_stream" without a socket is fine). */
+int cfg_load_unused_output(const char *path, struct cfg_sensor *out, char *err, size_t errlen);
 /* The same from text in memory; name stands for the file in messages. */
 int cfg_load_buffer(const char *name, const char *text, struct cfg_sensor *out, char *err,
                     size_t errlen);
@@ -127,6 +132,10 @@ int cfg_validate(const struct cfg_sensor *c, char *err, size_t errlen);
  * returns how many, or -1 when text is not such a list of CPUs 0..CFG_MAX_CPUS - 1. */
 #define CFG_MAX_CPUS 1024 /* CPU_SETSIZE */
 int cfg_cpu_list(const char *text, int *cpus, int max);
+/* Whether each CPU of capture.cpus is one this process may run on (its affinity mask: systemd's
+ * CPUAffinity=, taskset, a cpuset), a question for the running system that cfg_validate does not
+ * ask. 0 (also for ""), or -1 with one line in err, starting as cfg_validate's do. */
+int cfg_check_cpus_allowed(const struct cfg_sensor *c, char *err, size_t errlen);
 
 const char *cfg_task_name(enum cfg_task t); /* "auto", "classify", "generate", "none" */
 const char *cfg_output_kind_name(enum cfg_output_kind k); /* "file", "stdout", "unix_stream" */

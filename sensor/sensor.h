@@ -53,7 +53,7 @@ struct sensor_options {
 
 /* Runs until the input ends (replay) or SIGTERM/SIGINT (then drains: every session that got ready
  * is classified, every event written). Returns the exit status: 0, or 1 after one error line on
- * stderr (nothing half-written is left behind). Blocks SIGTERM, SIGINT, SIGHUP, SIGUSR2 and
+ * stderr (nothing half-written is left behind). Blocks SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2 and
  * ignores SIGPIPE in the calling thread before it starts any other. */
 int sensor_run(const struct sensor_options *opts);
 

@@ -110,9 +110,39 @@ static void flow_config(const struct cfg_sensor *c, const struct sensor_engine *
                                                  et->udp_established, et->other_new, et->other_established};
 }
 
+/* The events file given to the user the sensor is about to become, as Suricata does with its
+ * logs: created (or left by a previous run) as root, it could not be opened again by SIGHUP's
+ * reopen, nor truncated in place by logrotate's copytruncate. Only a regular file with one name
+ * is touched: the name is not followed if it is a symbolic link, so a link planted where the
+ * output goes cannot make root give away another file. A failure only costs later reopens, so it
+ * is one warning line and the start goes on. */
+static void give_output_file(const char *path, const char *user, uid_t uid, gid_t gid)
+{
+    /* O_PATH: a device under that name is not opened (a tape would rewind) */
+    int fd = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    struct stat st;
+    const char *problem = NULL;
+    if (fd < 0 || fstat(fd, &st) != 0)
+        problem = strerror(errno);
+    else if (S_ISLNK(st.st_mode))
+        problem = "it is a symbolic link";
+    else if (!S_ISREG(st.st_mode))
+        problem = NULL; /* /dev/null, a FIFO: not ours to give away, and nothing to reopen */
+    else if (st.st_nlink > 1)
+        problem = "it has other names (hard links)";
+    else if ((st.st_uid != uid || st.st_gid != gid) && fchownat(fd, "", uid, gid, AT_EMPTY_PATH) != 0)
+        problem = strerror(errno);
+    if (problem)
+        sensor_log("warning: output.filename %s: cannot give it to user '%s' (%s); a SIGHUP reopen as '%s' may fail",
+                   path, user, problem, user);
+    if (fd >= 0)
+        close(fd);
+}
+
 /* Started as root with service.user set: become that user (after the capture and the output are
- * open, before any packet is processed). Anyone else stays who they are. */
-static bool drop_privileges(const struct cfg_sensor *c, char *err, size_t errlen)
+ * open, before any packet is processed), giving it the events file (output_file, or NULL for
+ * other outputs). Anyone else stays who they are. */
+static bool drop_privileges(const struct cfg_sensor *c, const char *output_file, char *err, size_t errlen)
 {
     if (geteuid() != 0 || !c->service.user[0])
         return true;
@@ -133,6 +163,8 @@ static bool drop_privileges(const struct cfg_sensor *c, char *err, size_t errlen
         }
         gid = gr->gr_gid;
     }
+    if (output_file)
+        give_output_file(output_file, c->service.user, uid, gid);
     if (initgroups(c->service.user, gid) != 0 || setgid(gid) != 0 || setuid(uid) != 0) {
         snprintf(err, errlen, "cannot become user '%s': %s", c->service.user, strerror(errno));
         return false;
@@ -241,8 +273,13 @@ static void reload(struct sensor *sn)
     *nc = sn->cfg;
     if (sn->opts->config_path) {
         struct cfg_sensor *fresh = malloc(sizeof *fresh);
-        if (!fresh || cfg_load(sn->opts->config_path, fresh, err, sizeof err) != 0 ||
-            cfg_validate(fresh, err, sizeof err) != 0) {
+        /* replay writes where its command line says, whatever the file's output section */
+        const int loaded = !fresh ? -1
+                           : sn->replay ? cfg_load_unused_output(sn->opts->config_path, fresh, err, sizeof err)
+                                        : cfg_load(sn->opts->config_path, fresh, err, sizeof err);
+        if (loaded == 0 && sn->replay)
+            fresh->output = nc->output;
+        if (loaded != 0 || cfg_validate(fresh, err, sizeof err) != 0) {
             sensor_log("reload: %s (keeping the running model)", fresh ? err : "out of memory");
             free(fresh);
             free(nc);
@@ -358,6 +395,13 @@ static void *manager_main(void *arg)
                 case SIGHUP:
                     sensor_sink_reopen(sn->sink);
                     break;
+                case SIGUSR1: /* its default action would kill the process, and with it every pending event */
+                    if (sn->replay)
+                        sensor_log("SIGUSR1: ignored (SIGTERM or SIGINT stops reading and drains, SIGUSR2 reloads the model)");
+                    else
+                        sensor_log("SIGUSR1: ignored (SIGHUP reopens the output file, SIGUSR2 reloads the model and the "
+                                   "[SIGUSR2] keys)");
+                    break;
                 case SIGUSR2:
                     notify("RELOADING=1", 0);
                     reload(sn);
@@ -465,7 +509,7 @@ static void read_live(struct sensor_shard *shard)
             ft_assembler_tick(shard->as, sensor_realtime_ns()); /* idle flows still time out */
         } else {
             if (n == CAP_BURST_ERROR) {
-                sensor_log("%s: %s", cap_source_name(src), cap_source_error(src));
+                sensor_log("%s", cap_source_error(src)); /* which names the source */
                 atomic_store(&sn->failed, true);
             }
             break;
@@ -491,6 +535,18 @@ static void *read_live_main(void *arg)
     return NULL;
 }
 
+/* A capture file with capture.bpf applied, compiled for the file's own link type (a live
+ * interface gets it at open); NULL with one line in err. */
+static struct cap_source *open_replay_file(const struct sensor *sn, const char *path, char *err, size_t errlen)
+{
+    struct cap_source *src = cap_open_file(path, err, errlen);
+    if (src && !cap_source_set_filter(src, sn->cfg.capture.bpf, err, errlen)) {
+        cap_close(src);
+        return NULL;
+    }
+    return src;
+}
+
 static void read_files(struct sensor *sn)
 {
     const struct sensor_options *o = sn->opts;
@@ -498,7 +554,7 @@ static void read_files(struct sensor *sn)
     uint64_t done_bytes = 0, frames_seen = 0;
     for (int f = 0; f < o->n_files && !atomic_load(&sn->stop); f++) {
         char err[1024];
-        struct cap_source *src = cap_open_file(o->files[f], err, sizeof err);
+        struct cap_source *src = open_replay_file(sn, o->files[f], err, sizeof err);
         if (!src) {
             sensor_log("%s", err);
             atomic_store(&sn->failed, true);
@@ -564,7 +620,7 @@ int sensor_run(const struct sensor_options *o)
     sa.sa_handler = on_signal;
     sa.sa_flags = SA_RESTART;
     sigemptyset(&sa.sa_mask);
-    const int handled[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR2};
+    const int handled[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2};
     for (size_t i = 0; i < sizeof handled / sizeof handled[0]; i++)
         sigaction(handled[i], &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
@@ -591,33 +647,19 @@ int sensor_run(const struct sensor_options *o)
 
     /* the readers' CPUs: each one this process may run on (systemd's CPUAffinity=, taskset) */
     if (!o->replay && sn->cfg.capture.cpus[0]) {
+        if (cfg_check_cpus_allowed(&sn->cfg, err, sizeof err) != 0) { /* as `netlm sensor` checked before */
+            sensor_log("%s", err);
+            release(sn);
+            return 1;
+        }
         sn->n_reader_cpus = cfg_cpu_list(sn->cfg.capture.cpus, sn->reader_cpus, CFG_MAX_CPUS);
-        if (sn->n_reader_cpus <= 0) { /* cfg_validate refuses such a list */
-            sensor_log("capture.cpus: \"%s\" is not a list of CPUs", sn->cfg.capture.cpus);
-            release(sn);
-            return 1;
-        }
-        cpu_set_t allowed;
-        CPU_ZERO(&allowed);
-        if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) {
-            sensor_log("capture.cpus: cannot read the CPUs this process may run on (%s)", strerror(errno));
-            release(sn);
-            return 1;
-        }
-        for (int i = 0; i < sn->n_reader_cpus; i++)
-            if (!CPU_ISSET(sn->reader_cpus[i], &allowed)) {
-                sensor_log("capture.cpus: CPU %d is not one this process may run on (%d allowed)",
-                           sn->reader_cpus[i], CPU_COUNT(&allowed));
-                release(sn);
-                return 1;
-            }
     }
 
     /* 1. the input */
     if (o->replay) {
         sn->files_json = calloc((size_t)o->n_files, sizeof *sn->files_json);
         for (int f = 0; f < o->n_files; f++) {
-            struct cap_source *src = cap_open_file(o->files[f], err, sizeof err);
+            struct cap_source *src = open_replay_file(sn, o->files[f], err, sizeof err);
             if (!src) {
                 sensor_log("%s", err);
                 release(sn);
@@ -720,14 +762,15 @@ int sensor_run(const struct sensor_options *o)
         sn->sink = sensor_sink_open(sn->cfg.output.kind,
                                     sn->cfg.output.kind == CFG_OUTPUT_UNIX_STREAM ? sn->cfg.output.socket
                                                                                   : sn->cfg.output.filename,
-                                    false, err, sizeof err);
+                                    o->replay, err, sizeof err);
     if (!sn->sink) {
         sensor_log("%s", err);
         goto out;
     }
 
     /* 4. privileges: capture and output are open, no packet has been read */
-    if (!o->replay && !drop_privileges(&sn->cfg, err, sizeof err)) {
+    if (!o->replay && !drop_privileges(&sn->cfg, sn->cfg.output.kind == CFG_OUTPUT_FILE ? sn->cfg.output.filename : NULL,
+                                       err, sizeof err)) {
         sensor_log("%s", err);
         goto out;
     }

@@ -4,7 +4,12 @@ fixtures (tests/reference/twin.py): a TSV whose rows are the twin's inputs must 
 the twin's class scores and greedy continuations; accuracy and exact match on stderr must count
 what the labels say; captures are classified session by session; a converted checkpoint keeps
 (or, with --resize init, replaces) its embedding rows; bad input is one error line, a non-zero
-exit and no output file; --version reports the build and the GPUs that --device cuda finds."""
+exit and no output file, found before the model is loaded and before anything reaches stdout;
+the seed's inference command (run_classifier_infer.py's flags) writes the seed's prediction file;
+generate refuses a classifier; TSV content a model would misread is warned about; the confusion
+plot's class names are whole; --version reports the build and the GPUs that --device cuda finds."""
+import struct
+import zlib
 import json
 import os
 import shutil
@@ -20,7 +25,7 @@ sys.path.insert(0, os.path.join(SOURCE, "tests", "reference"))
 import st  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import check, finish, netlm  # noqa: E402
+from common import check, finish, netlm, one_error_line  # noqa: E402
 
 DATA = os.environ["NETLM_DATA_DIR"]
 
@@ -43,6 +48,22 @@ def rows_text(ids, lengths):
 
 def token_text(i):
     return f"{int(i) - 5:04x}" if i >= 5 else ["[PAD]", "[SEP]", "[CLS]", "[UNK]", "[MASK]"][i]
+
+
+def lm_copy(model, dest):
+    """The twin's model as a language model (task lm, no labels, no classifier head; its
+    sequence lengths kept): generate refuses a classifier, whose LM head was never trained."""
+    if not os.path.exists(dest):
+        shutil.copytree(model, dest)
+        cfg = json.load(open(os.path.join(dest, "config.json")))
+        cfg["netlm"]["task"] = "lm"
+        cfg["netlm"].pop("labels", None)
+        cfg["netlm"].pop("num_labels", None)
+        json.dump(cfg, open(os.path.join(dest, "config.json"), "w"))
+        tensors, _ = st.read(os.path.join(dest, "model.safetensors"))
+        st.write(os.path.join(dest, "model.safetensors"),
+                 {k: v.to_numpy() for k, v in tensors.items() if not k.startswith("classifier.")})
+    return dest
 
 
 def test_classify_tsv(twin, tmp):
@@ -88,7 +109,7 @@ def test_classify_tsv(twin, tmp):
 def test_generate(twin, tmp):
     for case in ("gpt2", "qwen2"):
         fx = fixture(os.path.join(twin, case))
-        model = os.path.join(twin, case, "model")
+        model = lm_copy(os.path.join(twin, case, "model"), os.path.join(tmp, f"lm-{case}"))
         texts = rows_text(fx["input_ids"], fx["lengths"])
         greedy, glen = fx["greedy"], fx["greedy_len"]
         targets = []
@@ -283,7 +304,8 @@ def test_bad_input(twin, tmp):
         (["classify", "--model", os.path.join(tmp, "nope"), "--test_path", good], "nope"),
         (["classify", "--model", model, "--test_path", os.path.join(tmp, "missing.tsv")], "missing.tsv"),
         (["classify", "--model", model, "--test_path", good, "--format", "xml"], "--format"),
-        (["generate", "--model", model, "--test_path", good, "--tgt_seq_length", "100"], "positions"),
+        (["generate", "--model", lm_copy(model, os.path.join(tmp, "lm-gpt2")), "--test_path", good,
+          "--tgt_seq_length", "100"], "positions"),
         (["classify", "--model", model, "--test_path", good, "--residual", "fp32"], "--residual"),
         (["classify", "--model", model, "--test_path", good, "--device", "cuda", "--residual", "fp16"], "--residual"),
         (["generate", "--model", model, "--test_path", good, "--device", "cuda", "--precision", "fp32",
@@ -297,17 +319,202 @@ def test_bad_input(twin, tmp):
         check(f"bad usage {' '.join(a for a in args if a.startswith('--'))}: one error line",
               res.returncode != 0 and len(err) == 1 and needle in err[0], res.stderr)
     # a classify model is required for classify
-    lm = os.path.join(tmp, "lm-only")
-    shutil.copytree(model, lm)
-    cfg = json.load(open(os.path.join(lm, "config.json")))
-    del cfg["netlm"]
-    json.dump(cfg, open(os.path.join(lm, "config.json"), "w"))
-    tensors, _ = st.read(os.path.join(lm, "model.safetensors"))
-    st.write(os.path.join(lm, "model.safetensors"),
-             {k: v.to_numpy() for k, v in tensors.items() if not k.startswith("classifier.")})
+    lm = lm_copy(model, os.path.join(tmp, "lm-gpt2"))
     res = netlm("classify", "--model", lm, "--test_path", good, ok=False)
     check("classify on a language model: a clear error", res.returncode != 0 and "not a classification model" in res.stderr,
           res.stderr)
+
+
+def test_seed_inference(twin, tmp):
+    """run_classifier_infer.py's command line, as the seed's users type it: its flags accepted
+    (the ones that restate the model checked against it), the seed's prediction file written
+    (a 'label' header, [logits], [prob]; one row per input with its label id), nothing on
+    stdout."""
+    fx = fixture(os.path.join(twin, "gpt2"))
+    model = os.path.join(twin, "gpt2", "model")
+    want = fx["scores_mean"]
+    tsv = os.path.join(tmp, "nolabel_test_dataset.tsv")
+    with open(tsv, "w", newline="") as f:  # the seed's nolabel file: a text_a column only
+        f.write("text_a\r\n" + "".join(t + "\r\n" for t in rows_text(fx["input_ids"], fx["lengths"])))
+    seq = str(json.load(open(os.path.join(model, "config.json")))["netlm"]["seq_length"])
+    pred = os.path.join(tmp, "prediction.tsv")
+    seed_args = ["--load_model_path", model, "--test_path", tsv, "--prediction_path", pred, "--labels_num", "5",
+                 "--config_path", os.path.join(model, "config.json"), "--pooling", "mean", "--seq_length", seq,
+                 "--batch_size", "3"]
+    res = netlm("classify", *seed_args, "--output_logits", "--output_prob", ok=False)
+    lines = open(pred).read().splitlines() if os.path.exists(pred) else []
+    check("seed inference: accepted, nothing on stdout, the seed's header",
+          res.returncode == 0 and res.stdout == "" and lines[:1] == ["label\tlogits\tprob"], res.stderr.strip())
+    rows = [l.split("\t") for l in lines[1:]]
+    ids_ok = len(rows) == 4 and all(len(r) == 3 and r[0] == str(int(np.argmax(w))) for r, w in zip(rows, want))
+    worst = 1.0
+    if ids_ok:
+        prob = np.array([[float(v) for v in r[2].split(" ")] for r in rows])
+        logits = np.array([[float(v) for v in r[1].split(" ")] for r in rows])
+        soft = np.exp(logits - logits.max(axis=1, keepdims=True))
+        soft /= soft.sum(axis=1, keepdims=True)
+        worst = max(float(np.max(np.abs(prob - want))), float(np.max(np.abs(soft - want))))
+    check("seed inference: label ids, the twin's probabilities, logits whose softmax they are",
+          ids_ok and worst <= 2e-6, f"{lines[:2]} worst {worst}")
+    netlm("classify", *seed_args)
+    lines = open(pred).read().splitlines()
+    check("seed inference: without --output_logits/--output_prob, 'label' and the ids only",
+          lines[0] == "label" and [l for l in lines[1:]] == [str(int(np.argmax(w))) for w in want], lines)
+    res = netlm("classify", *seed_args[:4], "--prediction_path", pred, "--format", "tsv", "-q")
+    check("seed inference: --format tsv keeps netlm's columns (label names) at --prediction_path",
+          open(pred).read().splitlines()[0] == "row\tlabel_id\tlabel\tscore\ttop_k", res.stderr.strip())
+    # a flag that disagrees with the model: the seed would have built another model; refused
+    other = os.path.join(tmp, "other-config.json")
+    cfg = json.load(open(os.path.join(model, "config.json")))
+    cfg["n_layer"] = cfg["n_layer"] + 1
+    json.dump(cfg, open(other, "w"))
+    os.remove(pred)
+    for extra, needle in ((["--labels_num", "17"], "--labels_num"), (["--config_path", other], "--config_path"),
+                          (["--pooling", "first"], "--pooling")):
+        res = netlm("classify", *seed_args, *extra, ok=False)
+        check(f"seed inference: {' '.join(extra[:1])} against the model: one error line, exit 2, no file",
+              one_error_line(res, needle) and res.returncode == 2 and not os.path.exists(pred), res.stderr)
+    res = netlm("classify", "--model", model, "--test_path", tsv, "--output_logits", ok=False)
+    check("--output_logits outside the seed's format: a usage error",
+          one_error_line(res, "--output_logits") and res.returncode == 2 and res.stdout == "", res.stderr)
+
+
+def test_checks_before_work(twin, tmp):
+    """Inputs and outputs are checked before the model is loaded: their error comes first (here
+    the model is missing too) and nothing reaches stdout."""
+    model = os.path.join(twin, "gpt2", "model")
+    good = os.path.join(tmp, "early.tsv")
+    with open(good, "w") as f:
+        f.write("label\ttext_a\n0\t0a0b 0c0d\n")
+    folder = os.path.join(tmp, "an-existing-folder")
+    os.makedirs(folder, exist_ok=True)
+    nope = os.path.join(tmp, "no-model")
+    missing = os.path.join(tmp, "nonexist.pcap")
+    res = netlm("classify", "--model", model, missing, ok=False)
+    check("classify a missing capture: the error only, no header on stdout",
+          one_error_line(res, "nonexist.pcap") and res.stdout == "", f"{res.stdout!r} {res.stderr}")
+    for args, needle in ((["classify", "--model", nope, "--test_path", good, "-o", folder], "an-existing-folder"),
+                         (["classify", "--model", nope, "--test_path", good, "--prediction_path", folder],
+                          "an-existing-folder"),
+                         (["classify", "--model", nope, missing], "nonexist.pcap"),
+                         (["classify", "--model", nope, "--test_path", os.path.join(tmp, "gone.tsv")], "gone.tsv"),
+                         (["generate", "--model", nope, "--test_path", good, "-o", folder], "an-existing-folder")):
+        res = netlm(*args, ok=False)
+        check(f"{args[0]} {' '.join(a for a in args if a.startswith('-'))}: the input/output error before the model's",
+              one_error_line(res, needle) and res.stdout == "", res.stderr)
+
+
+def test_generate_refuses_classifier(twin, tmp):
+    model = os.path.join(twin, "gpt2", "model")
+    good = os.path.join(tmp, "gen-refuse.tsv")
+    with open(good, "w") as f:
+        f.write("label\ttext_a\n0000 003c\t0a0b 0c0d\n")
+    out = os.path.join(tmp, "gen-refuse.out")
+    res = netlm("generate", "--model", model, "--test_path", good, "-o", out, ok=False)
+    check("generate with a classification model: one error line, exit 2, no output",
+          one_error_line(res, "classification model") and res.returncode == 2 and not os.path.exists(out), res.stderr)
+
+
+def test_tsv_warnings(twin, tmp):
+    """Rows a model would misread are warned about in one line per kind, naming the file and
+    counting them; the seed's own files (4-hex tokens, \r\n) get no warning."""
+    model = os.path.join(twin, "gpt2", "model")
+    fx = fixture(os.path.join(twin, "gpt2"))
+    texts = rows_text(fx["input_ids"], fx["lengths"])
+    clean = os.path.join(tmp, "clean.tsv")
+    with open(clean, "w", newline="") as f:
+        f.write("label\ttext_a\r\n" + "".join(f"{i % 5}\t{t}\r\n" for i, t in enumerate(texts)))
+    res = netlm("classify", "--model", model, "--test_path", clean, "-q", "-o", os.path.join(tmp, "clean.out"))
+    check("a seed-style TSV: no warning", "warning" not in res.stderr, res.stderr)
+    odd = os.path.join(tmp, "odd-tokens.tsv")
+    with open(odd, "w") as f:
+        f.write(f"label\ttext_a\n0\t{texts[0]} zzzz\n1\t{texts[1]}\n2\tzzzz {texts[2]} qq\n")
+    res = netlm("classify", "--model", model, "--test_path", odd, "-q", "-o", os.path.join(tmp, "odd.out"))
+    warn = [l for l in res.stderr.splitlines() if "warning" in l]
+    check("non-hex tokens: one warning naming the file, 3 tokens in 2 rows",
+          len(warn) == 1 and "odd-tokens.tsv" in warn[0] and "3 tokens in 2 rows" in warn[0] and "zzzz" in warn[0],
+          res.stderr)
+    cut = os.path.join(tmp, "cut.tsv")
+    with open(cut, "w") as f:
+        f.write(f"label\ttext_a\n0\t{texts[0]}\n1\t{texts[1][:7]}")  # cut inside a token, no line end
+    res = netlm("classify", "--model", model, "--test_path", cut, "-q", "-o", os.path.join(tmp, "cut.out"))
+    warn = [l for l in res.stderr.splitlines() if "warning" in l]
+    check("a file cut short: a warning naming the file and its last line",
+          any("cut.tsv" in l and "line 3" in l and "cut short" in l for l in warn), res.stderr)
+
+
+def png_gray(path):
+    """An 8-bit RGB/RGBA PNG (what gnuplot's pngcairo writes) as a 2-D array of the mean of its
+    colour channels."""
+    data = open(path, "rb").read()
+    pos, idat, width = 8, b"", 0
+    while pos < len(data):
+        n, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + n]
+        if kind == b"IHDR":
+            width, height, depth, ctype = struct.unpack(">IIBB", body[:10])
+            assert depth == 8 and ctype in (2, 6), (depth, ctype)
+            bpp = 3 if ctype == 2 else 4
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + n
+    raw = zlib.decompress(idat)
+    stride = width * bpp
+    prev = bytearray(stride)
+    rows = []
+    for y in range(height):
+        ftype, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        for i in range(stride):
+            a = line[i - bpp] if i >= bpp else 0
+            b, c = prev[i], prev[i - bpp] if i >= bpp else 0
+            if ftype == 1:
+                line[i] = (line[i] + a) & 255
+            elif ftype == 2:
+                line[i] = (line[i] + b) & 255
+            elif ftype == 3:
+                line[i] = (line[i] + (a + b) // 2) & 255
+            elif ftype == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        rows.append(np.frombuffer(bytes(line), dtype=np.uint8).reshape(width, bpp)[:, :3].mean(axis=1))
+        prev = line
+    return np.array(rows)
+
+
+def test_confusion_labels(twin, tmp):
+    """confusion.png (netlm eval --output-dir) names the predicted classes below the x axis in
+    full: the dark pixels under the plot reach as far down as the longest class name needs
+    (a cut label is two letters, about 12 pixels)."""
+    if not os.path.exists("/usr/bin/gnuplot"):
+        check("confusion.png: skipped, no gnuplot", True)
+        return
+    model = os.path.join(SOURCE, "models", "ustc-tfc2016")
+    labels = json.load(open(os.path.join(model, "config.json")))["netlm"]["labels"]
+    rng = np.random.default_rng(2)
+    tsv = os.path.join(tmp, "confusion.tsv")
+    with open(tsv, "w") as f:
+        f.write("label\ttext_a\n")
+        for i in range(2 * len(labels)):
+            f.write(f"{i % len(labels)}\t" + " ".join(f"{v:04x}" for v in rng.integers(0, 65536, 40)) + "\n")
+    out = os.path.join(tmp, "eval-out")
+    netlm("eval", "--model", model, "--test_path", tsv, "--output-dir", out, "--threads", "1")
+    img = png_gray(os.path.join(out, "confusion.png"))
+    dark = img < 128
+    axis = max(y for y in range(dark.shape[0]) if dark[y].sum() > dark.shape[1] // 3)  # the plot's bottom border
+    below = [y for y in range(axis + 1, dark.shape[0]) if dark[y].any()]
+    reach = (max(below) - axis) if below else 0
+    longest = max(len(l) for l in labels)
+    check(f"confusion.png: the x-axis class names are whole ({longest} characters need about {4 * longest} pixels)",
+          reach >= 4 * longest, f"the labels reach {reach} pixels below the axis")
+
+
+def test_sessions_vlan_documented(twin, tmp):
+    res = netlm("sessions", "--help")
+    readme = open(os.path.join(SOURCE, "README.md")).read()
+    row = next((l for l in readme.splitlines() if l.startswith("| `netlm sessions")), "")
+    check("sessions: --help and README's command table explain the vlan column",
+          "vlan" in res.stdout and "VLAN ID" in res.stdout and "`vlan`" in row, row)
 
 
 def test_version(twin, tmp):
@@ -338,7 +545,8 @@ def main():
         subprocess.run(["/usr/bin/python3", os.path.join(SOURCE, "tests", "reference", "twin.py"), "fixtures", twin],
                        check=True, stdout=subprocess.DEVNULL)
         for test in (test_classify_tsv, test_generate, test_classify_captures, test_convert, test_seed_names,
-                     test_bad_input, test_version):
+                     test_bad_input, test_seed_inference, test_checks_before_work, test_generate_refuses_classifier,
+                     test_tsv_warnings, test_confusion_labels, test_sessions_vlan_documented, test_version):
             try:
                 test(twin, tmp)
             except Exception as e:  # a crash of one part is a failure, the others still run
