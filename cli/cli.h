@@ -57,6 +57,10 @@ struct cli_output {
     char *tmp_path; /* NULL when written in place */
 };
 bool cli_output_open(const char *command, const char *path, struct cli_output *out);
+/* A temporary file that is not a cli_output's (a token shard), removed too when a signal ends the
+ * run; untracked once it is renamed or removed. */
+void cli_temp_track(const char *path);
+void cli_temp_untrack(const char *path);
 /* False after an error line when path names one of the files cli_collect_files listed (for
  * outputs that are not a cli_output: replay's). */
 bool cli_output_not_input(const char *command, const char *path);

@@ -2,6 +2,7 @@
  * pretraining. Every non-empty line is one document, [CLS] + its tokens + [SEP]; the seed's
  * blank-line [CLS][SEP] instances are not written. Streams line by line. */
 #include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,6 +33,7 @@ int cmd_preprocess(int argc, char **argv)
     int status = 2;
     struct tok_vocab *vocab = NULL;
     struct tok_shard_writer *w = NULL;
+    char temp_path[PATH_MAX] = ""; /* w's, removed if a signal ends the run */
     FILE *in = NULL;
     char *line = NULL;
     uint32_t *ids = NULL;
@@ -72,6 +74,8 @@ int cmd_preprocess(int argc, char **argv)
         cli_error(cmd, "%s", err);
         goto done;
     }
+    snprintf(temp_path, sizeof temp_path, "%s", tok_shard_temp_path(w));
+    cli_temp_track(temp_path);
     size_t cap = 0, ids_cap = 4096;
     ids = malloc(ids_cap * sizeof *ids);
     if (!ids)
@@ -159,6 +163,8 @@ int cmd_preprocess(int argc, char **argv)
 done:
     if (w)
         tok_shard_abort(w);
+    if (temp_path[0])
+        cli_temp_untrack(temp_path);
     if (in)
         fclose(in);
     free(line);

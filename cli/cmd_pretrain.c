@@ -535,7 +535,7 @@ static int pretrain(const struct pt_args *a, int rank, int world)
         st.epoch = saved.epoch;
         st.position = saved.position;
     } else if (mkdir(a->out_dir, 0755) != 0 && errno != EEXIST) {
-        cli_error(cmd, "%s: %s", a->out_dir, strerror(errno));
+        cli_error(cmd, "--output_model_path %s: cannot create the folder: %s", a->out_dir, strerror(errno));
         goto done;
     }
     loss_csv = writer ? cli_open_loss_csv(cmd, a->out_dir, "step,loss,learning_rate", a->resume, st.step) : fopen("/dev/null", "w");

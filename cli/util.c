@@ -79,7 +79,7 @@ static void remove_temps_and_die(int signo)
     raise(signo); /* the status a caller expects of a run ended by signo */
 }
 
-static void temp_track(const char *path)
+void cli_temp_track(const char *path)
 {
     static bool handlers_installed;
     if (!handlers_installed) {
@@ -102,7 +102,7 @@ static void temp_track(const char *path)
         }
 }
 
-static void temp_untrack(const char *path)
+void cli_temp_untrack(const char *path)
 {
     for (int i = 0; i < TEMP_SLOTS; i++)
         if (atomic_load(&temp_used[i]) && strcmp(temp_paths[i], path) == 0) {
@@ -148,7 +148,7 @@ bool cli_output_open(const char *command, const char *path, struct cli_output *o
     if (!in_place)
         snprintf(out->tmp_path, n, "%s.tmp.%ld", out->target, (long)getpid());
     if (!in_place)
-        temp_track(out->tmp_path);
+        cli_temp_track(out->tmp_path);
     out->fp = fopen(in_place ? out->target : out->tmp_path, "w");
     if (!out->fp) {
         cli_error(command, "%s: cannot create: %s", path, strerror(errno));
@@ -188,7 +188,7 @@ bool cli_output_commit(const char *command, struct cli_output *out)
         return false;
     }
     if (out->tmp_path)
-        temp_untrack(out->tmp_path);
+        cli_temp_untrack(out->tmp_path);
     free(out->path);
     free(out->target);
     free(out->tmp_path);
@@ -202,7 +202,7 @@ void cli_output_abort(struct cli_output *out)
         fclose(out->fp);
     if (out->tmp_path) {
         unlink(out->tmp_path);
-        temp_untrack(out->tmp_path);
+        cli_temp_untrack(out->tmp_path);
     }
     free(out->path);
     free(out->target);

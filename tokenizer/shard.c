@@ -157,6 +157,8 @@ struct tok_shard_writer *tok_shard_create(const char *path, uint32_t vocab_size,
     return w;
 }
 
+const char *tok_shard_temp_path(const struct tok_shard_writer *w) { return w->tmp; }
+
 static int tok_writer_flush(struct tok_shard_writer *w)
 {
     if (w->buf_ids == 0)

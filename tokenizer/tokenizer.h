@@ -172,6 +172,8 @@ int tok_shard_append(struct tok_shard_writer *w, const uint32_t *ids, size_t n);
  * (a write error, or an id ≥ vocab_size) and reports that failure. */
 int tok_shard_commit(struct tok_shard_writer *w, char *err, size_t errlen);
 void tok_shard_abort(struct tok_shard_writer *w);
+/* "<path>.tmp.<pid>", for a caller that removes it when a signal ends the run. */
+const char *tok_shard_temp_path(const struct tok_shard_writer *w);
 
 struct tok_shard {
     struct tok_shard_header header;

@@ -117,20 +117,23 @@ def folders(tmp):
 
 
 def interrupted(tmp):
-    """classify -o ended by a signal while its output is being written"""
+    """classify -o and preprocess ended by a signal while their output is being written"""
     pcaps = os.path.join(DATA, "pcaps")
+    corpus = os.path.join(tmp, "big-corpus.txt")
+    run("corpus", "-q", "-o", corpus, *([pcaps] * 6))
     for sig in (signal.SIGINT, signal.SIGTERM):
-        out_dir = os.path.join(tmp, f"interrupted-{sig.name}")
-        os.mkdir(out_dir)
-        proc = subprocess.Popen([NETLM, "classify", "--model", MODEL, "-q", "-o", os.path.join(out_dir, "out.tsv"),
-                                 pcaps, pcaps, pcaps, pcaps], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        started = wait_for(lambda: any(".tmp." in f for f in os.listdir(out_dir)) or proc.poll() is not None)
-        proc.send_signal(sig)
-        proc.communicate(timeout=120)
-        check(f"classify ended by {sig.name} while writing: ended by it", started and proc.returncode == -sig,
-              str(proc.returncode))
-        check(f"classify ended by {sig.name}: no temporary file, no output", os.listdir(out_dir) == [],
-              str(os.listdir(out_dir)))
+        for name, argv in (("classify", ["classify", "--model", MODEL, "-q", "-o", "out.tsv", *([pcaps] * 8)]),
+                           ("preprocess", ["preprocess", "--corpus_path", corpus, "--dataset_path", "out.bin", "-q"])):
+            out_dir = os.path.join(tmp, f"interrupted-{name}-{sig.name}")
+            os.mkdir(out_dir)
+            proc = subprocess.Popen([NETLM, *argv], cwd=out_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            started = wait_for(lambda: any(".tmp." in f for f in os.listdir(out_dir)) or proc.poll() is not None)
+            proc.send_signal(sig)
+            proc.communicate(timeout=120)
+            check(f"{name} ended by {sig.name} while writing: ended by it", started and proc.returncode == -sig,
+                  str(proc.returncode))
+            check(f"{name} ended by {sig.name}: no temporary file, no output", os.listdir(out_dir) == [],
+                  str(os.listdir(out_dir)))
 
 
 def sockets(tmp):
