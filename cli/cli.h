@@ -57,6 +57,10 @@ struct cli_output {
     char *tmp_path; /* NULL when written in place */
 };
 bool cli_output_open(const char *command, const char *path, struct cli_output *out);
+/* dir and the folders above it that do not exist yet (mkdir -p), as the seed's scripts make
+ * their output folders; with parent_only, the folders above the file dir names. False after one
+ * line naming flag. */
+bool cli_make_folders(const char *command, const char *flag, const char *dir, bool parent_only);
 /* A temporary file that is not a cli_output's (a token shard), removed too when a signal ends the
  * run; untracked once it is renamed or removed. */
 void cli_temp_track(const char *path);

@@ -64,6 +64,8 @@ int cmd_convert(int argc, char **argv)
         m = model_load(from, err, sizeof err);
     else if (!model_config_load(config_path, &fresh, err, sizeof err))
         goto fresh_done;
+    if (!from && fresh.sizes_note[0]) /* a model larger or other than its file says must not go unnoticed */
+        fprintf(stderr, "netlm %s: %s\n", cmd, fresh.sizes_note);
     if (from && !m)
         goto fresh_done;
     /* the vocabulary: --vocab, else the converted model's own vocab.txt, else the built-in one */

@@ -26,7 +26,7 @@ int cmd_corpus(int argc, char **argv)
     static const char *const cmd = "corpus";
     struct cli_opt opts[] = {
         {"pcap-path", NULL, 'i', "PATH", "a capture, or a folder searched recursively (also as arguments)", NULL},
-        {"output", "corpus_path", 'o', "FILE", "corpus text to write (default standard output)", NULL},
+        {"output", "corpus_path", 'o', "FILE", "corpus text to write, missing folders created (default standard output)", NULL},
         {"header-mode", NULL, 0, "MODE",
          "without it: the seed's corpus (bytes after the port fields); with none|seed|full|strict|strip: "
          "the whole frame masked by that mode (strip: the payload)", NULL},
@@ -77,7 +77,11 @@ int cmd_corpus(int argc, char **argv)
         n_files = 0;
         goto done;
     }
-    if (!cli_output_open(cmd, cli_get(opts, "output"), &out))
+    const char *output = cli_get(opts, "output");
+    /* as the seed's scripts make corpora/ */
+    if (output && strcmp(output, "-") != 0 && !cli_make_folders(cmd, "-o", output, true))
+        goto done;
+    if (!cli_output_open(cmd, output, &out))
         goto done;
     struct cap_decode_opts dopts = {.innermost = t == 1};
     struct cli_progress progress;

@@ -1,6 +1,8 @@
 /* cmd_dataset.c — `netlm dataset understanding|generation`: class-per-folder captures to the
  * seed's train/valid/test TSVs. Sessions are assembled here (no SplitCap step), sampled with a
- * seeded order that does not depend on thread timing, and split by session, stratified by class. */
+ * seeded order that does not depend on thread timing, and split by session, stratified by class.
+ * Beside the TSVs, dataset.json records how the rows were tokenized, which finetune hands on to
+ * the model so that captures are tokenized for it as its training rows were. */
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
@@ -339,24 +341,24 @@ static bool list_classes(const char *cmd, const char *dir, struct class_list *ou
 }
 
 struct outputs {
-    struct cli_output split[3], nolabel, classes, index;
+    struct cli_output split[3], nolabel, classes, index, settings;
 };
 
-/* Created only once there is something to write, so a failed run leaves nothing behind. */
-static bool make_output_dir(const char *cmd, const char *dir)
+/* dataset.json: what finetune needs to know of the rows that the TSVs do not say. */
+static void write_settings(FILE *f, const struct dataset_run *run, int classes)
 {
-    struct stat st;
-    if (stat(dir, &st) == 0) {
-        if (S_ISDIR(st.st_mode))
-            return true;
-        cli_error(cmd, "%s: exists and is not a folder", dir);
-        return false;
+    fprintf(f, "{\"task\": \"%s\", \"tokenizer\": {\"header_mode\": \"%s\", \"stride\": %d, "
+               "\"tokens_per_packet\": %u, \"packets\": %u, \"sep_between_packets\": %s}",
+            run->task == TASK_UNDERSTANDING ? "understanding" : "generation", tok_header_mode_name(run->tok.header_mode),
+            run->tok.stride, run->tok.tokens_per_packet, run->tok.packets, run->tok.sep_between_packets ? "true" : "false");
+    if (run->task == TASK_GENERATION) {
+        fprintf(f, ", \"fields\": [");
+        for (int k = 0; k < run->n_fields; k++)
+            fprintf(f, "%s\"%s\"", k ? ", " : "", tok_field_name(run->fields[k]));
+        fputc(']', f);
     }
-    if (mkdir(dir, 0755) != 0) {
-        cli_error(cmd, "%s: cannot create: %s", dir, strerror(errno));
-        return false;
-    }
-    return true;
+    fprintf(f, ", \"seq_length\": %u, \"random_seed\": %" PRIu64 ", \"classes\": %d}\n", run->seq_length, run->seed,
+            classes);
 }
 
 static bool open_outputs(const char *cmd, const char *dir, struct outputs *o)
@@ -381,7 +383,8 @@ static bool open_outputs(const char *cmd, const char *dir, struct outputs *o)
         return false;
     fputs("split\tlabel\tclass\tfile\tfirst_frame\tpacket\tproto\tsrc_ip\tsrc_port\tdest_ip\tdest_port\tpackets\n",
           o->index.fp);
-    return true;
+    snprintf(path, sizeof path, "%s/dataset.json", dir);
+    return cli_output_open(cmd, path, &o->settings);
 }
 
 static void abort_outputs(struct outputs *o)
@@ -391,6 +394,7 @@ static void abort_outputs(struct outputs *o)
     cli_output_abort(&o->nolabel);
     cli_output_abort(&o->classes);
     cli_output_abort(&o->index);
+    cli_output_abort(&o->settings);
 }
 
 static bool commit_outputs(const char *cmd, struct outputs *o)
@@ -399,7 +403,7 @@ static bool commit_outputs(const char *cmd, struct outputs *o)
     for (int i = 0; i < 3 && ok; i++)
         ok = cli_output_commit(cmd, &o->split[i]);
     ok = ok && cli_output_commit(cmd, &o->nolabel) && cli_output_commit(cmd, &o->classes) &&
-         cli_output_commit(cmd, &o->index);
+         cli_output_commit(cmd, &o->index) && cli_output_commit(cmd, &o->settings);
     return ok;
 }
 
@@ -408,7 +412,8 @@ int cmd_dataset(int argc, char **argv)
     static const char *const cmd = "dataset";
     struct cli_opt opts[] = {
         {"pcap-path", NULL, 'i', "DIR", "one sub-folder per class; label = index in the sorted folder names", NULL},
-        {"dataset-dir", NULL, 'o', "DIR", "where the TSVs, classes.txt and dataset_index.tsv go", NULL},
+        {"dataset-dir", NULL, 'o', "DIR", "where the TSVs, classes.txt, dataset_index.tsv and dataset.json go "
+                                          "(created with its parents)", NULL},
         {"class-num", NULL, 0, "N", "number of classes (at least the number of class folders)", NULL},
         {"random-seed", NULL, 0, "S", "seed of sampling and split (default 1)", NULL},
         {"samples-per-class", NULL, 0, "N", "samples kept per class at most (default 5000)", NULL},
@@ -601,9 +606,10 @@ int cmd_dataset(int argc, char **argv)
         file_base += (uint32_t)nf;
     }
     if (ok) {
-        /* Rows in sample_key order: a seeded interleaving of the classes. */
+        /* Rows in sample_key order: a seeded interleaving of the classes. The folder (and its
+         * missing parents) only now that there is something to write: a failed run leaves none. */
         struct sample **order = malloc(n_all * sizeof *order);
-        ok = order != NULL && make_output_dir(cmd, out_dir) && open_outputs(cmd, out_dir, &outs);
+        ok = order != NULL && cli_make_folders(cmd, "--dataset_dir", out_dir, false) && open_outputs(cmd, out_dir, &outs);
         if (ok) {
             for (size_t i = 0; i < n_all; i++)
                 order[i] = &all[i];
@@ -631,6 +637,7 @@ int cmd_dataset(int argc, char **argv)
             }
             for (int c = 0; c < classes.n; c++)
                 fprintf(outs.classes.fp, "%s\n", classes.names[c]);
+            write_settings(outs.settings.fp, &run, classes.n);
             ok = commit_outputs(cmd, &outs);
             if (ok && !cli_flag(opts, "quiet"))
                 fprintf(stderr, "netlm dataset: %d classes, %zu samples: train %zu, valid %zu, test %zu -> %s\n",

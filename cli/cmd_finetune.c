@@ -21,6 +21,7 @@ struct samples {
     uint32_t *ids, *lengths, *labels;
     size_t n, cap;
     uint32_t seq;
+    uint64_t digest; /* of the rows as read: a resume checks the training set by it */
 };
 
 static void samples_free(struct samples *s)
@@ -37,6 +38,7 @@ static bool samples_load(const char *cmd, const char *path, const struct tok_voc
 {
     struct cli_tsv t = {0};
     s->seq = seq;
+    s->digest = CLI_DIGEST_START;
     bool ok = cli_tsv_open(cmd, path, &t);
     if (ok && t.label_col < 0) {
         cli_error(cmd, "%s: no label column (the header must be label\\ttext_a)", path);
@@ -71,7 +73,9 @@ static bool samples_load(const char *cmd, const char *path, const struct tok_voc
             }
             s->cap = ncap;
         }
-        s->lengths[s->n] = tok_text_ids(vocab, text, strlen(text), seq, s->ids + s->n * seq);
+        const size_t text_len = strlen(text);
+        s->digest = cli_digest(cli_digest(cli_digest(s->digest, label, strlen(label)), "\t", 1), text, text_len + 1);
+        s->lengths[s->n] = tok_text_ids(vocab, text, text_len, seq, s->ids + s->n * seq);
         s->labels[s->n++] = (uint32_t)id;
     }
     if (r < 0)
@@ -227,7 +231,7 @@ static void draw_plots(const char *dir, uint32_t classes)
         return;
     snprintf(script, sizeof script,
              "set datafile separator tab; set title 'test confusion (rows: truth, columns: predicted)';"
-             " set bmargin 9; set lmargin 18; set xrange [-0.5:%u-0.5]; set yrange [%u-0.5:-0.5]; set xtics rotate by 90 font ',8'; set ytics font ',8';"
+             " set bmargin 9; set lmargin 18; set xrange [-0.5:%u-0.5]; set yrange [%u-0.5:-0.5]; set xtics rotate by 90 right font ',8'; set ytics font ',8';"
              " set palette defined (0 'white', 1 'dark-blue'); set cblabel 'rows';"
              " plot @F matrix rowheaders columnheaders using 1:2:3 with image notitle",
              classes, classes);
@@ -254,9 +258,9 @@ static int finetune_understanding(int argc, char **argv)
         CLI_FINETUNE_OPTIONS,
         CLI_DROPOUT_OPTION,
         CLI_TRAIN_DEVICE_OPTIONS,
-        {"seed", "seed", 0, "N", "seed of the initialisation and the data order (default 7)", NULL},
+        {"seed", NULL, 0, "N", "seed of the initialisation and the data order (default 7)", NULL},
         {"threads", NULL, 't', "N", "CPU threads (default: all online CPUs)", NULL},
-        {"report-steps", NULL, 0, "N", "a status line every N steps (default 100)", NULL},
+        {"report-steps", NULL, 0, "N", "a status line every N steps (default 100) and at least every 30 s", NULL},
         {"quiet", NULL, 'q', NULL, "no status lines", NULL},
         {0},
     };
@@ -267,7 +271,9 @@ static int finetune_understanding(int argc, char **argv)
                        "Trains the classification head (and the whole model) on the seed's dataset TSVs. Each epoch\n"
                        "is evaluated on dev and the best is kept in OUT; test is evaluated with it. OUT also gets\n"
                        "metrics.json, prf.csv (per-class precision/recall/F1), confusion.tsv, loss.csv and, with\n"
-                       "gnuplot, loss.png and confusion.png. OUT/checkpoint holds the last epoch for --resume.",
+                       "gnuplot, loss.png and confusion.png. OUT/checkpoint holds the last epoch for --resume.\n"
+                       "With the dataset.json netlm dataset writes beside the TSVs, the model records how its rows\n"
+                       "were tokenized (header mode, stride, packets), so classify and the sensor tokenize alike.",
                        opts, argc, argv, &pos, &npos);
     if (rc != CLI_PARSED)
         return rc == CLI_HELP_SHOWN ? 0 : 2;
@@ -326,6 +332,10 @@ static int finetune_understanding(int argc, char **argv)
     char checkpoint[4000];
     snprintf(checkpoint, sizeof checkpoint, "%s/checkpoint", out_dir);
 
+    /* how the rows were tokenized, when netlm dataset recorded it: the model keeps it */
+    struct cli_dataset_settings dataset;
+    if (!cli_dataset_settings_read(cmd, "understanding", train_path, dev_path, test_path, &dataset))
+        goto done;
     /* the model: a checkpoint to resume, a pretrained one, a Hugging Face one, or a fresh one */
     const char *vocab_path;
     if (!(m = cli_finetune_model(cmd, opts, resume ? checkpoint : NULL, seed, path, sizeof path, &vocab_path)))
@@ -375,6 +385,7 @@ static int finetune_understanding(int argc, char **argv)
                                                     : pooling == 2 ? MODEL_POOL_LAST : MODEL_POOL_MAX);
     mut->seq_length = seq;
     snprintf(mut->tokenizer.vocab, sizeof mut->tokenizer.vocab, "%s", vocab_path ? "vocab.txt" : "builtin");
+    cli_dataset_settings_apply(&dataset, mut);
 
     tr = cli_trainer(cmd, m, &where, where.device, batch, seq, threads, dropout, seed);
     if (!tr || !cli_trainer_join(cmd, tr, rank, world, where.device, fa.world_size != 0))
@@ -395,10 +406,15 @@ static int finetune_understanding(int argc, char **argv)
     /* a step trains on world × batch sequences of the epoch's order; process rank on its slice */
     struct cli_finetune_run run = {.cmd = cmd, .out_dir = out_dir, .vocab_path = vocab_path, .writer = writer,
                                    .quiet = quiet, .rank = rank, .seed = seed, .epochs = epochs, .report = report,
-                                   .best = best_params};
+                                   .lr = lr, .best = best_params};
+    snprintf(run.task_settings, sizeof run.task_settings,
+             "task=understanding train=%zu:%016" PRIx64 " seq_length=%u labels_num=%u pooling=%s", train.n,
+             train.digest, seq, labels_num, model_pooling_name(mc->pooling));
     if (!cli_finetune_begin(&run, &fa, tr, m, train.n, batch, world,
-                            "step,loss,learning_rate,dev_accuracy,dev_macro_f1", &loss_csv))
+                            "step,loss,learning_rate,dev_accuracy,dev_macro_f1", &loss_csv)) {
+        status = run.refused ? 2 : 1;
         goto done_batch;
+    }
     uint64_t step = run.start_step;
     if (!quiet) {
         fprintf(stderr, "netlm %s: %s %u x %u, %.2fM parameters, %zu train / %zu dev / %zu test rows, %u labels, "
@@ -557,6 +573,11 @@ int cmd_eval(int argc, char **argv)
     struct tok_vocab *vocab = NULL;
     struct train_confusion cm = {0};
     struct cli_eval_gpu eval_gpu = {0};
+    struct stat out_st;
+    if (out_dir && stat(out_dir, &out_st) == 0 && !S_ISDIR(out_st.st_mode)) { /* known before the work */
+        cli_error(cmd, "--output-dir %s: exists and is not a folder", out_dir);
+        return 2;
+    }
     struct model *m = model_load(dir, err, sizeof err);
     if (!m) {
         cli_error(cmd, "%s", err);
@@ -595,10 +616,8 @@ int cmd_eval(int argc, char **argv)
     fprintf(stderr, "netlm %s: %" PRIu64 " rows, accuracy %.4f, macro-F1 %.4f\n", cmd, cm.total,
             train_accuracy(&cm), f1);
     if (out_dir) {
-        if (mkdir(out_dir, 0755) != 0 && errno != EEXIST) {
-            cli_error(cmd, "%s: %s", out_dir, strerror(errno));
+        if (!cli_make_folders(cmd, "--output-dir", out_dir, false))
             goto done;
-        }
         if (!write_test_report(cmd, out_dir, &cm, mc->labels, 0.0))
             goto done;
         draw_plots(out_dir, mc->num_labels);

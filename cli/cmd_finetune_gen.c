@@ -2,7 +2,9 @@
  * decoder-only conditional generation. A row is [CLS] packet tokens [SEP] target tokens [SEP];
  * the loss counts the target tokens (and the closing [SEP]) only. Dev and test are scored by
  * greedy generation with the KV cache: exact match, as the seed reports, and per field the
- * Jensen–Shannon divergence between the generated and the true value distributions. */
+ * Jensen–Shannon divergence between the generated and the true value distributions. Every target
+ * is checked against the fields (the dataset's dataset.json, or --fields): a class id or a target
+ * of other fields is refused, not trained on. */
 #include <inttypes.h>
 #include <math.h>
 #include <stdlib.h>
@@ -20,6 +22,7 @@ struct gen_samples {
     uint32_t *prompt;  /* ids before the first target token */
     size_t n, cap;
     uint32_t row;      /* seq + tgt_seq_length − 1 */
+    uint64_t digest;   /* of the rows as read: a resume checks the training set by it */
 };
 
 static void gen_free(struct gen_samples *s)
@@ -30,12 +33,44 @@ static void gen_free(struct gen_samples *s)
     memset(s, 0, sizeof *s);
 }
 
+/* A target must be the fields' values, two 4-hex tokens each ("0000 003c"): a class id (an
+ * understanding TSV) or another number of fields would train on something else without a word.
+ * False after one error line. */
+static bool gen_target_ok(const char *cmd, const char *path, uint64_t line_no, const char *label, uint32_t n_fields,
+                          const char *field_list)
+{
+    uint32_t words = 0;
+    for (const char *p = label; *p;) {
+        while (*p == ' ')
+            p++;
+        const size_t len = strcspn(p, " ");
+        if (len == 0)
+            break;
+        if (len != 4 || strspn(p, "0123456789abcdef") < 4) {
+            cli_error(cmd, "%s:%" PRIu64 ": label '%.40s' is not a generation target (4-hex tokens, 2 per field, as "
+                           "'0000 003c'); an understanding TSV? netlm dataset generation writes generation TSVs",
+                      path, line_no, label);
+            return false;
+        }
+        words++;
+        p += len;
+    }
+    if (words != 2 * n_fields) {
+        cli_error(cmd, "%s:%" PRIu64 ": the target '%.60s' has %u tokens, but --fields %s takes %u (2 per field): "
+                       "give the --fields the dataset was made with", path, line_no, label, words, field_list,
+                  2 * n_fields);
+        return false;
+    }
+    return true;
+}
+
 /* Rows of a generation TSV: label = the target tokens ("0000 003c"), text_a = the packet. */
 static bool gen_load(const char *cmd, const char *path, const struct tok_vocab *vocab, uint32_t seq,
-                     uint32_t tgt, struct gen_samples *s)
+                     uint32_t tgt, uint32_t n_fields, const char *field_list, struct gen_samples *s)
 {
     struct cli_tsv t = {0};
     s->row = seq + tgt - 1;
+    s->digest = CLI_DIGEST_START;
     bool ok = cli_tsv_open(cmd, path, &t);
     if (ok && t.label_col < 0) {
         cli_error(cmd, "%s: no label column (a generation TSV holds the target in label)", path);
@@ -44,6 +79,12 @@ static bool gen_load(const char *cmd, const char *path, const struct tok_vocab *
     char *label, *text;
     int r = 0;
     while (ok && (r = cli_tsv_next(cmd, &t, &label, &text)) > 0) {
+        if (!gen_target_ok(cmd, path, t.line_no, label, n_fields, field_list)) {
+            ok = false;
+            break;
+        }
+        const size_t text_len = strlen(text);
+        s->digest = cli_digest(cli_digest(cli_digest(s->digest, label, strlen(label)), "\t", 1), text, text_len + 1);
         if (s->n == s->cap) {
             size_t ncap = s->cap ? s->cap * 2 : 1024;
             uint32_t *ids = realloc(s->ids, ncap * s->row * sizeof(uint32_t));
@@ -64,7 +105,7 @@ static bool gen_load(const char *cmd, const char *path, const struct tok_vocab *
         }
         uint32_t *row = s->ids + s->n * s->row;
         memset(row, 0, s->row * sizeof(uint32_t));
-        uint32_t n = tok_text_ids(vocab, text, strlen(text), seq, row);
+        uint32_t n = tok_text_ids(vocab, text, text_len, seq, row);
         s->prompt[s->n] = n;
         /* the target's words, then [SEP]; at most tgt − 1 ids as the seed's [CLS] t1 .. [SEP] */
         uint32_t room = tgt - 1, used = 0;
@@ -236,14 +277,18 @@ int finetune_generation(int argc, char **argv)
     struct cli_opt opts[] = {
         {"pretrained-model-path", NULL, 0, "DIR", "start from this model (default: a fresh one from --config_path)", NULL},
         {"config-path", NULL, 0, "FILE", "config.json of a fresh model (Hugging Face or UER form)", NULL},
-        {"vocab-path", NULL, 0, "FILE", "vocabulary (default: the built-in one)", NULL},
+        {"vocab-path", NULL, 0, "FILE", "vocabulary (default: the model's, or the built-in one)", NULL},
         {"train-path", NULL, 0, "FILE", "training TSV (label = target tokens, text_a = packet)", NULL},
         {"dev-path", NULL, 0, "FILE", "validation TSV: the best epoch on it is kept", NULL},
         {"test-path", NULL, 0, "FILE", "test TSV, evaluated with the best epoch", NULL},
         {"output-model-path", NULL, 'o', "DIR", "where the model, metrics and loss curve go", NULL},
-        {"fields", NULL, 0, "LIST", "the fields the targets hold, in order (as netlm dataset generation --fields; default ip_len)", NULL},
+        {"fields", NULL, 0, "LIST", "the fields the targets hold, in order (as netlm dataset generation --fields; "
+                                    "default: those the dataset.json beside --train_path names, else ip_len)", NULL},
         {"seq-length", NULL, 0, "N", "prompt ids, [CLS] and [SEP] included (default 256, the seed's)", NULL},
-        {"tgt-seq-length", NULL, 0, "N", "target as the seed counts it, [CLS] t1 .. [SEP] (default 4)", NULL},
+        {"tgt-seq-length", NULL, 0, "N", "target as the seed counts it, [CLS] t1 .. [SEP] (default 2 per field + 2: "
+                                         "4 for ip_len)", NULL},
+        {"pooling", NULL, 0, "mean|first|last|max", "accepted for the seed's command lines; no effect (a generation "
+                                                    "model does not pool)", NULL},
         {"epochs-num", NULL, 0, "N", "epochs (default 10)", NULL},
         {"batch-size", NULL, 'b', "N", "sequences per step (default 16, the seed's)", NULL},
         {"learning-rate", NULL, 0, "LR", "peak learning rate (default 1e-5, the seed's)", NULL},
@@ -252,7 +297,7 @@ int finetune_generation(int argc, char **argv)
         CLI_TRAIN_DEVICE_OPTIONS,
         {"seed", NULL, 0, "N", "seed of the initialisation and the data order (default 7)", NULL},
         {"threads", NULL, 't', "N", "CPU threads (default: all online CPUs)", NULL},
-        {"report-steps", NULL, 0, "N", "a status line every N steps (default 100)", NULL},
+        {"report-steps", NULL, 0, "N", "a status line every N steps (default 100) and at least every 30 s", NULL},
         {"quiet", NULL, 'q', NULL, "no status lines", NULL},
         {0},
     };
@@ -264,7 +309,9 @@ int finetune_generation(int argc, char **argv)
                        "[CLS] packet [SEP] target [SEP] and the loss counts the target only. Each epoch is scored on\n"
                        "dev by greedy generation (exact match); test gets exact match and, per field, the\n"
                        "Jensen-Shannon divergence of generated against true values (metrics.json in OUT).\n"
-                       "OUT/checkpoint holds the last epoch for --resume.",
+                       "OUT/checkpoint holds the last epoch for --resume. With the dataset.json netlm dataset\n"
+                       "writes beside the TSVs, the fields come from it and the model records how the packets\n"
+                       "were tokenized.",
                        opts, argc, argv, &pos, &npos);
     if (rc != CLI_PARSED)
         return rc == CLI_HELP_SHOWN ? 0 : 2;
@@ -281,9 +328,13 @@ int finetune_generation(int argc, char **argv)
                        "(a Hugging Face checkpoint), or --resume");
         return 2;
     }
+    /* how the rows were made, when netlm dataset recorded it: the fields and the tokenization */
+    struct cli_dataset_settings dataset;
+    if (!cli_dataset_settings_read(cmd, "generation", train_path, dev_path, test_path, &dataset))
+        return 1;
     enum tok_field fields[TOK_FIELD_COUNT];
     uint32_t n_fields = 0;
-    char list[256];
+    char list[256], field_list[256] = "";
     snprintf(list, sizeof list, "%s", cli_get(opts, "fields") ? cli_get(opts, "fields") : "ip_len");
     for (char *save = NULL, *f = strtok_r(list, ",", &save); f; f = strtok_r(NULL, ",", &save)) {
         if (n_fields == TOK_FIELD_COUNT || !tok_field_parse(f, &fields[n_fields])) {
@@ -292,6 +343,26 @@ int finetune_generation(int argc, char **argv)
         }
         n_fields++;
     }
+    for (uint32_t k = 0; k < dataset.n_fields; k++)
+        snprintf(field_list + strlen(field_list), sizeof field_list - strlen(field_list), "%s%s", k ? "," : "",
+                 tok_field_name(dataset.fields[k]));
+    if (dataset.present && cli_get(opts, "fields") &&
+        (n_fields != dataset.n_fields || memcmp(fields, dataset.fields, n_fields * sizeof *fields) != 0)) {
+        cli_error(cmd, "--fields %s, but %s says the targets hold %s: leave --fields out", cli_get(opts, "fields"),
+                  dataset.path, field_list);
+        return 2;
+    }
+    if (dataset.present) {
+        n_fields = dataset.n_fields;
+        memcpy(fields, dataset.fields, n_fields * sizeof *fields);
+    }
+    field_list[0] = '\0';
+    for (uint32_t k = 0; k < n_fields; k++)
+        snprintf(field_list + strlen(field_list), sizeof field_list - strlen(field_list), "%s%s", k ? "," : "",
+                 tok_field_name(fields[k]));
+    static const char *const pool_names[] = {"mean", "first", "last", "max", NULL};
+    if (cli_choice(cmd, opts, "pooling", "mean", pool_names) < 0)
+        return 2;
     uint32_t seq, tgt, epochs, batch, threads, report;
     double lr;
     uint64_t seed;
@@ -299,7 +370,7 @@ int finetune_generation(int argc, char **argv)
     struct cli_finetune_args fa;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     if (!cli_finetune_args(cmd, opts, &fa) || !cli_u32(cmd, opts, "seq-length", 256, 2, 65536, &seq) ||
-        !cli_u32(cmd, opts, "tgt-seq-length", 4, 2, 4096, &tgt) ||
+        !cli_u32(cmd, opts, "tgt-seq-length", 2 * n_fields + 2, 2, 4096, &tgt) ||
         !cli_u32(cmd, opts, "epochs-num", 10, 1, 100000, &epochs) ||
         !cli_u32(cmd, opts, "batch-size", 16, 1, 65536, &batch) ||
         !cli_u32(cmd, opts, "threads", ncpu > 0 ? (uint32_t)ncpu : 1, 1, 1024, &threads) ||
@@ -352,14 +423,16 @@ int finetune_generation(int argc, char **argv)
         cli_error(cmd, "the vocabulary has %u tokens but the model only %u", tok_vocab_size(vocab), mc->vocab_size);
         goto done;
     }
-    if (!gen_load(cmd, train_path, vocab, seq, tgt, &train) || !gen_load(cmd, dev_path, vocab, seq, tgt, &dev) ||
-        !gen_load(cmd, test_path, vocab, seq, tgt, &test))
+    if (!gen_load(cmd, train_path, vocab, seq, tgt, n_fields, field_list, &train) ||
+        !gen_load(cmd, dev_path, vocab, seq, tgt, n_fields, field_list, &dev) ||
+        !gen_load(cmd, test_path, vocab, seq, tgt, n_fields, field_list, &test))
         goto done;
     struct model_config *mut = model_config_mut(m);
     mut->task = MODEL_TASK_GENERATE;
     mut->seq_length = seq;
     mut->tgt_seq_length = tgt;
     snprintf(mut->tokenizer.vocab, sizeof mut->tokenizer.vocab, "%s", vocab_path ? "vocab.txt" : "builtin");
+    cli_dataset_settings_apply(&dataset, mut);
     tr = cli_trainer(cmd, m, &where, where.device, batch, row, threads, dropout, seed);
     if (!tr || !cli_trainer_join(cmd, tr, rank, world, where.device, fa.world_size != 0))
         goto done;
@@ -382,10 +455,15 @@ int finetune_generation(int argc, char **argv)
     /* a step trains on world × batch rows of the epoch's order; process rank on its slice */
     struct cli_finetune_run run = {.cmd = cmd, .out_dir = out_dir, .vocab_path = vocab_path, .writer = writer,
                                    .quiet = quiet, .rank = rank, .seed = seed, .epochs = epochs, .report = report,
-                                   .best = best};
+                                   .lr = lr, .best = best};
+    snprintf(run.task_settings, sizeof run.task_settings,
+             "task=generation train=%zu:%016" PRIx64 " seq_length=%u tgt_seq_length=%u fields=%s", train.n,
+             train.digest, seq, tgt, field_list);
     if (!cli_finetune_begin(&run, &fa, tr, m, train.n, batch, world, "step,loss,learning_rate,dev_accuracy",
-                            &loss_csv))
+                            &loss_csv)) {
+        status = run.refused ? 2 : 1;
         goto done;
+    }
     uint64_t step = run.start_step;
     if (resume && !quiet)
         fprintf(stderr, "netlm %s: resuming at epoch %" PRIu64 " (step %" PRIu64 ")\n", cmd, run.start_epoch + 1, step);

@@ -1,22 +1,27 @@
 /* finetune.h — what `netlm finetune understanding` and `netlm finetune generation` share: the
- * optimizer, schedule and run options, the model they start from, resuming from OUT/checkpoint,
- * one data parallel optimizer step, the end of an epoch, and scoring dev and test. */
+ * optimizer, schedule and run options, the model they start from, the tokenization a dataset
+ * recorded beside its TSVs, resuming from OUT/checkpoint (only with the training set and settings
+ * the checkpoint was trained with), one data parallel optimizer step, the end of an epoch, and
+ * scoring dev and test. */
 #ifndef NETLM_CLI_FINETUNE_H
 #define NETLM_CLI_FINETUNE_H
 
 #include "cli/cli.h"
+#include "model/model.h"
+#include "tokenizer/tokenizer.h"
 #include "train/train.h"
 
 #define CLI_FINETUNE_OPTIONS                                                                       \
     {"warmup", NULL, 0, "FRACTION", "share of the steps with linear warmup (default 0.1)", NULL},   \
-    {"schedule", NULL, 0, "linear|cosine|constant", "after warmup (default linear to 0)", NULL},    \
+    {"schedule", "scheduler", 0, "linear|cosine|constant", "after warmup (default linear to 0)", NULL}, \
     {"optimizer", NULL, 0, "adamw|uer", "bias-corrected AdamW (default) or the seed's UER AdamW", NULL}, \
     {"weight-decay", NULL, 0, "WD", "decoupled weight decay, not on biases and norms (default 0.01)", NULL}, \
     {"clip", NULL, 0, "NORM", "clip the gradient's global norm (default 0 = off)", NULL},           \
     {"world-size", NULL, 0, "N", "processes training together, each on its slice of every world × "  \
                                  "--batch_size sequences (start them with mpirun -np N; default: as " \
                                  "many as mpirun started)", NULL},                                    \
-    {"resume", NULL, 0, NULL, "continue from OUTPUT/checkpoint, exactly as if never stopped", NULL}, \
+    {"resume", NULL, 0, NULL, "continue from OUTPUT/checkpoint, exactly as if never stopped (the "    \
+                              "same training set and settings: a change is refused)", NULL},          \
     {"stop-after", NULL, 0, "N", "end this run after N epochs, checkpoint kept (a time-limited job; " \
                                  "--resume goes on)", NULL},                                          \
     CLI_SEED_QWEN_OPTIONS
@@ -24,6 +29,7 @@
 struct cli_finetune_args {
     double warmup, clip;
     enum train_schedule schedule;
+    const char *optimizer;    /* its name, for the checkpoint's record of the settings */
     struct train_adamw adamw; /* weight decay set; lr per step */
     uint32_t world_size;      /* 0: not given */
     uint32_t stop_after;      /* epochs; 0: run to the end */
@@ -44,6 +50,31 @@ int cli_finetune_start(const char *cmd, const struct cli_finetune_args *f, struc
 struct model *cli_finetune_model(const char *cmd, const struct cli_opt *opts, const char *checkpoint, uint64_t seed,
                                  char *vocab_buf, size_t vocab_len, const char **vocab_path);
 
+/* dataset.json: what `netlm dataset` records beside the TSVs it writes — the task, how the rows
+ * were tokenized and (generation) which fields the targets hold — so that the model finetune
+ * keeps tokenizes captures as its training rows were. */
+#define CLI_DATASET_SETTINGS "dataset.json"
+struct cli_dataset_settings {
+    bool present;                  /* false: no dataset.json beside the training TSV */
+    char path[4200];               /* the file read */
+    char task[16];                 /* "understanding" | "generation" */
+    struct model_tokenizer tokenizer; /* vocab unused */
+    enum tok_field fields[TOK_FIELD_COUNT];
+    uint32_t n_fields;             /* generation */
+};
+/* The dataset.json beside train (none: present false, not an error), checked against the one
+ * beside dev and test where they lie elsewhere and have one, and against task. False after one
+ * error line naming the file. */
+bool cli_dataset_settings_read(const char *cmd, const char *task, const char *train, const char *dev,
+                               const char *test, struct cli_dataset_settings *ds);
+/* The recorded tokenization into the model's config (when there is one): `netlm classify` and the
+ * sensor read it there. */
+void cli_dataset_settings_apply(const struct cli_dataset_settings *ds, struct model_config *mc);
+
+/* FNV-1a over n bytes from h (start with CLI_DIGEST_START): the training rows' fingerprint. */
+#define CLI_DIGEST_START 0xcbf29ce484222325ull
+uint64_t cli_digest(uint64_t h, const void *bytes, size_t n);
+
 /* A run's shape and bookkeeping. The command fills the first block; cli_finetune_begin the rest. */
 struct cli_finetune_run {
     const char *cmd, *out_dir, *vocab_path; /* vocab_path: the model's vocabulary file, or NULL */
@@ -51,7 +82,14 @@ struct cli_finetune_run {
     int rank;
     uint64_t seed;
     uint32_t epochs, report; /* report: a status line every report steps */
+    double lr;               /* the peak learning rate */
     float *best; /* the best epoch's parameters so far: trainer_param_count floats */
+    /* What training depends on that the command alone knows, as space-separated words NAME=VALUE
+     * (NAME an option's seed spelling, or "task", or "train" = ROWS:DIGEST of the training rows):
+     * with the shared options it makes the checkpoint's record, which --resume must match. */
+    char task_settings[320];
+    char settings[512]; /* cli_finetune_begin: the whole record */
+    bool refused;       /* cli_finetune_begin failed because --resume met other settings: exit 2 */
 
     uint32_t batch;            /* sequences per process and step */
     uint64_t global_batch;     /* sequences per step: world × batch */
@@ -62,8 +100,9 @@ struct cli_finetune_run {
     uint64_t loss_count, tokens;      /* the last one, every process's tokens */
 };
 /* Steps of world × batch sequences over train_rows per epoch, the warmup, and with --resume the
- * checkpoint's state: the AdamW moments, the step and epoch (checked against this run's seed and
- * sequences per step) and the best epoch's parameters so far (OUT's model) into best; else best =
+ * checkpoint's state: the AdamW moments, the step and epoch (checked against this run's seed,
+ * sequences per step, training set and settings: a difference is one error line naming it) and
+ * the best epoch's parameters so far (OUT's model) into best; else best =
  * the model's parameters. Then, the inputs known good (bad input leaves nothing behind), the
  * writer makes OUT and opens its loss.csv (loss_header its first line; resumed: the rows up to the
  * checkpoint kept) into *loss_csv, NULL in the other processes. False after one error line. */

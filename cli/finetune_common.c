@@ -1,6 +1,7 @@
 /* finetune_common.c — what both finetune tasks share (cli/finetune.h): the options, the model they
- * start from, the resume, the slices and steps of a data parallel run, its status lines, the end
- * of an epoch and walking a share of dev or test. */
+ * start from, the dataset's recorded tokenization, the resume and its check of the settings, the
+ * slices and steps of a data parallel run, its status lines, the end of an epoch and walking a
+ * share of dev or test. */
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -8,6 +9,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <json-c/json.h>
 
 #include "cli/finetune.h"
 #include "model/model.h"
@@ -27,6 +30,7 @@ bool cli_finetune_args(const char *cmd, const struct cli_opt *opts, struct cli_f
         !cli_u32(cmd, opts, "stop-after", 0, 0, UINT32_MAX, &f->stop_after))
         return false;
     f->schedule = (enum train_schedule)schedule;
+    f->optimizer = opt_names[optimizer];
     if (optimizer == 1)
         train_adamw_uer(&f->adamw);
     else
@@ -63,11 +67,109 @@ static const char *finetune_vocab(const struct model_config *mc, const char *giv
     return cli_model_vocab(mc, given, pretrained, buf, len);
 }
 
+/* A settings record's words NAME=VALUE (cli_finetune_run.settings), split in place. */
+struct setting {
+    const char *name, *value;
+};
+static int settings_split(char *record, struct setting *out, int max)
+{
+    int n = 0;
+    for (char *save = NULL, *w = strtok_r(record, " ", &save); w && n < max; w = strtok_r(NULL, " ", &save)) {
+        char *eq = strchr(w, '=');
+        if (!eq)
+            continue;
+        *eq = '\0';
+        out[n++] = (struct setting){w, eq + 1};
+    }
+    return n;
+}
+
+static const char *setting_value(const struct setting *s, int n, const char *name)
+{
+    for (int i = 0; i < n; i++)
+        if (strcmp(s[i].name, name) == 0)
+            return s[i].value;
+    return NULL;
+}
+
+/* The checkpoint's record of the settings (was) against this run's (now): false after one error
+ * line naming every difference, since another training set, schedule or data order would make
+ * the resumed run neither the old run continued nor a new one. */
+static bool settings_match(const char *cmd, const char *checkpoint, const char *was, const char *now)
+{
+    char was_buf[512], now_buf[512], changes[1024] = "";
+    struct setting w[48], n[48];
+    snprintf(was_buf, sizeof was_buf, "%s", was);
+    snprintf(now_buf, sizeof now_buf, "%s", now);
+    const int nw = settings_split(was_buf, w, 48), nn = settings_split(now_buf, n, 48);
+    const char *task_was = setting_value(w, nw, "task"), *task_now = setting_value(n, nn, "task");
+    if (!task_was || !task_now || strcmp(task_was, task_now) != 0) {
+        cli_error(cmd, "%s: a checkpoint of finetune %s, not of this task", checkpoint, task_was ? task_was : "(unknown)");
+        return false;
+    }
+    size_t used = 0;
+    for (int pass = 0; pass < 2; pass++) /* the checkpoint's settings, then any it lacks */
+        for (int i = 0; i < (pass ? nn : nw); i++) {
+            const struct setting *s = pass ? &n[i] : &w[i];
+            const char *other = setting_value(pass ? w : n, pass ? nw : nn, s->name);
+            if ((pass && other) || (!pass && other && strcmp(other, s->value) == 0))
+                continue;
+            const char *before = pass ? "(not recorded)" : s->value, *after = pass ? s->value : other ? other : "none";
+            int k;
+            if (strcmp(s->name, "train") == 0)
+                k = snprintf(changes + used, sizeof changes - used, "%sthe training rows (rows:digest %s, now %s)",
+                             used ? ", " : "", before, after);
+            else
+                k = snprintf(changes + used, sizeof changes - used, "%s--%s %s (now %s)", used ? ", " : "", s->name,
+                             before, after);
+            used = k > 0 && used + (size_t)k < sizeof changes ? used + (size_t)k : used;
+        }
+    if (!changes[0])
+        return true;
+    cli_error(cmd, "%s: trained with other data or settings: %s; --resume needs the same (another "
+                   "--output_model_path starts a new run)", checkpoint, changes);
+    return false;
+}
+
+/* What OUT/checkpoint/state.json says of the run that wrote it, before anything is loaded: another
+ * seed, step size or setting is the command line's mistake, refused with one line. A state.json
+ * that cannot be read is left to cli_resume_optimizer to report. */
+static bool resume_allowed(const char *cmd, const char *checkpoint, uint64_t seed, uint64_t global_batch,
+                           const char *settings)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/state.json", checkpoint);
+    struct json_object *o = json_object_from_file(path), *v;
+    if (!o || !json_object_is_type(o, json_type_object)) {
+        json_object_put(o);
+        return true;
+    }
+    bool ok = true;
+    if (json_object_object_get_ex(o, "seed", &v) && json_object_is_type(v, json_type_int) &&
+        (uint64_t)json_object_get_int64(v) != seed) {
+        cli_error(cmd, "%s: the checkpoint was trained with --seed %" PRIu64 ", not %" PRIu64, checkpoint,
+                  (uint64_t)json_object_get_int64(v), seed);
+        ok = false;
+    } else if (json_object_object_get_ex(o, "global_batch", &v) && json_object_is_type(v, json_type_int) &&
+               (uint64_t)json_object_get_int64(v) != global_batch) {
+        /* another step size would change the steps per epoch, and with them the schedule */
+        cli_error(cmd, "%s: the checkpoint was trained with %" PRIu64 " sequences per step (--batch_size × "
+                       "processes), not %" PRIu64, checkpoint, (uint64_t)json_object_get_int64(v), global_batch);
+        ok = false;
+    } else if (json_object_object_get_ex(o, "data", &v) && json_object_is_type(v, json_type_string)) {
+        ok = settings_match(cmd, checkpoint, json_object_get_string(v), settings);
+    } else if (json_object_object_get_ex(o, "best_dev", NULL)) {
+        cli_warn(cmd, "%s: the checkpoint records no training settings (an older netlm): they are not checked",
+                 checkpoint);
+    }
+    json_object_put(o);
+    return ok;
+}
+
 /* --resume (the model already loaded from OUT/checkpoint): the moments and state into the
- * trainer and st, checked against this run's seed and sequences per step, and the best epoch's
- * parameters so far into best. */
+ * trainer and st, and the best epoch's parameters so far into best. */
 static bool finetune_resume(const char *cmd, struct trainer *tr, struct model *m, const char *out_dir,
-                            uint64_t seed, uint64_t global_batch, float *best, struct cli_train_state *st)
+                            uint64_t seed, float *best, struct cli_train_state *st)
 {
     char checkpoint[4100], path[4200], err[1024];
     snprintf(checkpoint, sizeof checkpoint, "%s/checkpoint", out_dir);
@@ -76,12 +178,6 @@ static bool finetune_resume(const char *cmd, struct trainer *tr, struct model *m
         return false;
     if (isnan(st->best_dev)) {
         cli_error(cmd, "%s/state.json: no best_dev (not a finetune checkpoint)", checkpoint);
-        return false;
-    }
-    /* another step size would change the steps per epoch, and with them the schedule */
-    if (st->global_batch && st->global_batch != global_batch) {
-        cli_error(cmd, "%s: the checkpoint was trained with %" PRIu64 " sequences per step (--batch_size × processes), "
-                       "not %" PRIu64, checkpoint, st->global_batch, global_batch);
         return false;
     }
     /* the best epoch so far is OUT's model; before any was kept, the checkpoint's */
@@ -115,6 +211,161 @@ struct model *cli_finetune_model(const char *cmd, const struct cli_opt *opts, co
     return m;
 }
 
+uint64_t cli_digest(uint64_t h, const void *bytes, size_t n)
+{
+    const unsigned char *b = bytes;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+
+/* dataset.json in the folder of the TSV at tsv_path. */
+static void settings_path(const char *tsv_path, char *out, size_t len)
+{
+    const char *slash = strrchr(tsv_path, '/');
+    snprintf(out, len, "%.*s%s", slash ? (int)(slash - tsv_path + 1) : 0, tsv_path, CLI_DATASET_SETTINGS);
+}
+
+static bool json_uint(struct json_object *o, const char *key, uint32_t min, uint32_t max, uint32_t *out)
+{
+    struct json_object *v;
+    if (!json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_int))
+        return false;
+    const int64_t x = json_object_get_int64(v);
+    if (x < min || x > max)
+        return false;
+    *out = (uint32_t)x;
+    return true;
+}
+
+static const char *json_string(struct json_object *o, const char *key)
+{
+    struct json_object *v;
+    return json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_string)
+               ? json_object_get_string(v) : NULL;
+}
+
+/* What is wrong with a dataset.json's object o (NULL: nothing), read into ds. */
+static const char *settings_parse(struct json_object *o, struct cli_dataset_settings *ds)
+{
+    struct json_object *t, *v, *fields;
+    const char *task = json_string(o, "task"), *mode = NULL;
+    enum tok_header_mode header_mode;
+    if (!task || (strcmp(task, "understanding") != 0 && strcmp(task, "generation") != 0))
+        return "task (understanding or generation)";
+    snprintf(ds->task, sizeof ds->task, "%s", task);
+    if (!json_object_object_get_ex(o, "tokenizer", &t) || !json_object_is_type(t, json_type_object))
+        return "tokenizer (an object)";
+    if (!(mode = json_string(t, "header_mode")) || !tok_header_mode_parse(mode, &header_mode))
+        return "tokenizer.header_mode (none, seed, full, strict or strip)";
+    snprintf(ds->tokenizer.header_mode, sizeof ds->tokenizer.header_mode, "%s", tok_header_mode_name(header_mode));
+    if (!json_uint(t, "stride", 1, 2, &ds->tokenizer.stride))
+        return "tokenizer.stride (1 or 2)";
+    if (!json_uint(t, "tokens_per_packet", 1, 65536, &ds->tokenizer.tokens_per_packet))
+        return "tokenizer.tokens_per_packet (a count)";
+    if (!json_uint(t, "packets", 1, 100000, &ds->tokenizer.packets))
+        return "tokenizer.packets (a count)";
+    if (!json_object_object_get_ex(t, "sep_between_packets", &v) || !json_object_is_type(v, json_type_boolean))
+        return "tokenizer.sep_between_packets (true or false)";
+    ds->tokenizer.sep_between_packets = json_object_get_boolean(v);
+    if (!json_object_object_get_ex(o, "fields", &fields))
+        return strcmp(task, "generation") == 0 ? "fields (what a generation dataset's targets hold)" : NULL;
+    if (!json_object_is_type(fields, json_type_array) || json_object_array_length(fields) == 0 ||
+        json_object_array_length(fields) > TOK_FIELD_COUNT)
+        return "fields (an array of field names)";
+    for (size_t i = 0; i < json_object_array_length(fields); i++) {
+        struct json_object *f = json_object_array_get_idx(fields, i);
+        if (!json_object_is_type(f, json_type_string) ||
+            !tok_field_parse(json_object_get_string(f), &ds->fields[ds->n_fields++]))
+            return "fields (ip_len, src_port, dst_port, ttl, tcp_window)";
+    }
+    return NULL;
+}
+
+/* One dataset.json; absent: ds->present false. False after one error line naming the file and
+ * the key. */
+static bool settings_load(const char *cmd, const char *path, struct cli_dataset_settings *ds)
+{
+    memset(ds, 0, sizeof *ds);
+    snprintf(ds->path, sizeof ds->path, "%s", path);
+    if (access(path, F_OK) != 0)
+        return true;
+    struct json_object *o = json_object_from_file(path);
+    const char *bad = !o || !json_object_is_type(o, json_type_object) ? "content (not a JSON object)"
+                                                                        : settings_parse(o, ds);
+    json_object_put(o);
+    if (bad) {
+        cli_error(cmd, "%s: bad or missing %s; netlm dataset writes this file beside its TSVs", path, bad);
+        return false;
+    }
+    ds->present = true;
+    return true;
+}
+
+/* What differs between two datasets' settings: NULL when they agree. */
+static const char *settings_difference(const struct cli_dataset_settings *a, const struct cli_dataset_settings *b)
+{
+    if (strcmp(a->task, b->task) != 0)
+        return "task";
+    if (strcmp(a->tokenizer.header_mode, b->tokenizer.header_mode) != 0)
+        return "tokenizer.header_mode";
+    if (a->tokenizer.stride != b->tokenizer.stride)
+        return "tokenizer.stride";
+    if (a->tokenizer.tokens_per_packet != b->tokenizer.tokens_per_packet)
+        return "tokenizer.tokens_per_packet";
+    if (a->tokenizer.packets != b->tokenizer.packets)
+        return "tokenizer.packets";
+    if (a->tokenizer.sep_between_packets != b->tokenizer.sep_between_packets)
+        return "tokenizer.sep_between_packets";
+    if (a->n_fields != b->n_fields || memcmp(a->fields, b->fields, a->n_fields * sizeof *a->fields) != 0)
+        return "fields";
+    return NULL;
+}
+
+bool cli_dataset_settings_read(const char *cmd, const char *task, const char *train, const char *dev,
+                               const char *test, struct cli_dataset_settings *ds)
+{
+    char path[4200];
+    settings_path(train, path, sizeof path);
+    if (!settings_load(cmd, path, ds))
+        return false;
+    if (!ds->present)
+        return true;
+    if (strcmp(ds->task, task) != 0) {
+        cli_error(cmd, "%s: --train_path was made by netlm dataset %s, not %s", ds->path, ds->task, task);
+        return false;
+    }
+    const char *others[] = {dev, test};
+    for (int k = 0; k < 2; k++) {
+        struct cli_dataset_settings other;
+        settings_path(others[k], path, sizeof path);
+        if (strcmp(path, ds->path) == 0)
+            continue;
+        if (!settings_load(cmd, path, &other))
+            return false;
+        const char *differs = other.present ? settings_difference(ds, &other) : NULL;
+        if (differs) {
+            cli_error(cmd, "%s and %s differ in %s: --%s_path was not made as --train_path was", ds->path, other.path,
+                      differs, k ? "test" : "dev");
+            return false;
+        }
+    }
+    return true;
+}
+
+void cli_dataset_settings_apply(const struct cli_dataset_settings *ds, struct model_config *mc)
+{
+    if (!ds->present)
+        return;
+    struct model_tokenizer *t = &mc->tokenizer;
+    snprintf(t->header_mode, sizeof t->header_mode, "%s", ds->tokenizer.header_mode);
+    t->stride = ds->tokenizer.stride;
+    t->tokens_per_packet = ds->tokenizer.tokens_per_packet;
+    /* a generation row is one packet, whatever number of a session's packets gave rows */
+    t->packets = strcmp(ds->task, "generation") == 0 ? 1 : ds->tokenizer.packets;
+    t->sep_between_packets = ds->tokenizer.sep_between_packets;
+}
+
 bool cli_finetune_begin(struct cli_finetune_run *run, const struct cli_finetune_args *f, struct trainer *tr,
                         struct model *m, size_t train_rows, uint32_t batch, int world, const char *loss_header,
                         FILE **loss_csv)
@@ -123,10 +374,23 @@ bool cli_finetune_begin(struct cli_finetune_run *run, const struct cli_finetune_
     run->steps_per_epoch = (train_rows + run->global_batch - 1) / run->global_batch;
     run->total_steps = run->steps_per_epoch * run->epochs;
     run->warmup_steps = (uint64_t)(f->warmup * (double)run->total_steps);
+    static const char *const schedules[] = {"constant", "linear", "cosine"};
+    const struct model_config *mc = model_get_config(m);
+    const int len = snprintf(run->settings, sizeof run->settings,
+                             "%s epochs_num=%u learning_rate=%.9g warmup=%.9g schedule=%s optimizer=%s weight_decay=%.7g "
+                             "clip=%.9g dropout=%.7g,%.7g,%.7g", run->task_settings, run->epochs, run->lr, f->warmup,
+                             schedules[f->schedule], f->optimizer, (double)f->adamw.weight_decay, f->clip,
+                             (double)mc->dropout_embed, (double)mc->dropout_attn, (double)mc->dropout_resid);
+    if (len < 0 || (size_t)len >= sizeof run->settings) {
+        cli_error(run->cmd, "the run's settings do not fit the checkpoint's record (%d bytes)", len);
+        return false;
+    }
     struct cli_train_state st = {.best_dev = -1.0};
     size_t n_floats;
-    if (f->resume &&
-        !finetune_resume(run->cmd, tr, m, run->out_dir, run->seed, run->global_batch, run->best, &st))
+    char checkpoint[4100];
+    snprintf(checkpoint, sizeof checkpoint, "%s/checkpoint", run->out_dir);
+    run->refused = f->resume && !resume_allowed(run->cmd, checkpoint, run->seed, run->global_batch, run->settings);
+    if (run->refused || (f->resume && !finetune_resume(run->cmd, tr, m, run->out_dir, run->seed, run->best, &st)))
         return false;
     if (!f->resume)
         memcpy(run->best, model_params(m, &n_floats), trainer_param_count(tr) * sizeof(float));
@@ -135,7 +399,7 @@ bool cli_finetune_begin(struct cli_finetune_run *run, const struct cli_finetune_
     run->batch = batch;
     *loss_csv = NULL;
     if (run->writer && mkdir(run->out_dir, 0755) != 0 && errno != EEXIST) {
-        cli_error(run->cmd, "%s: %s", run->out_dir, strerror(errno));
+        cli_error(run->cmd, "--output_model_path %s: cannot create the folder: %s", run->out_dir, strerror(errno));
         return false;
     }
     if (run->writer && !(*loss_csv = cli_open_loss_csv(run->cmd, run->out_dir, loss_header, f->resume, st.step)))
@@ -186,8 +450,9 @@ bool cli_finetune_epoch_end(struct cli_finetune_run *run, const struct cli_finet
             return false;
         }
     }
-    const struct cli_train_state st = {.step = step, .epoch = epoch + 1, .seed = run->seed,
-                                       .best_dev = run->best_dev, .global_batch = run->global_batch};
+    struct cli_train_state st = {.step = step, .epoch = epoch + 1, .seed = run->seed,
+                                 .best_dev = run->best_dev, .global_batch = run->global_batch};
+    snprintf(st.data, sizeof st.data, "%s", run->settings);
     if (run->writer && !cli_save_checkpoint(run->cmd, run->out_dir, tr, m, run->vocab_path, &st, true))
         return false;
     *stop = f->stop_after && epoch + 1 - run->start_epoch == f->stop_after && epoch + 1 < run->epochs;

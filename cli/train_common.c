@@ -298,6 +298,9 @@ struct model *cli_training_model(const char *cmd, const struct cli_model_source 
         model_free(m);
         return NULL;
     }
+    /* a model larger or other than its file says must not go unnoticed, -q or not */
+    if (model_get_config(m)->sizes_note[0])
+        fprintf(stderr, "netlm %s: %s\n", cmd, model_get_config(m)->sizes_note);
     return m;
 }
 

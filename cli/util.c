@@ -62,6 +62,39 @@ static bool is_input(const char *path)
     return false;
 }
 
+bool cli_make_folders(const char *command, const char *flag, const char *dir, bool parent_only)
+{
+    char path[PATH_MAX];
+    if (!dir[0] || snprintf(path, sizeof path, "%s", dir) >= (int)sizeof path) {
+        cli_error(command, "%s '%.64s': %s", flag, dir, dir[0] ? "too long a path" : "empty");
+        return false;
+    }
+    if (parent_only) {
+        char *slash = strrchr(path, '/');
+        if (!slash || slash == path)
+            return true; /* in the current folder, or in / */
+        *slash = '\0';
+    }
+    for (char *p = path + 1;; p++) {
+        if (*p != '/' && *p != '\0')
+            continue;
+        const char was = *p;
+        *p = '\0';
+        struct stat st;
+        if (stat(path, &st) == 0 && !S_ISDIR(st.st_mode)) {
+            cli_error(command, "%s %s: %s exists and is not a folder", flag, dir, path);
+            return false;
+        }
+        if (stat(path, &st) != 0 && mkdir(path, 0755) != 0 && errno != EEXIST) {
+            cli_error(command, "%s %s: cannot create the folder %s: %s", flag, dir, path, strerror(errno));
+            return false;
+        }
+        *p = was;
+        if (was == '\0')
+            return true;
+    }
+}
+
 /* The temporary files of outputs being written, removed when SIGINT, SIGTERM or SIGHUP ends the
  * run (^C, systemctl stop, a closed terminal), so that no PATH.tmp.PID is left behind. Fixed slots
  * rather than allocated strings: the handler may run on any thread, while a slot is released. */

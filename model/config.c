@@ -589,8 +589,45 @@ static bool cfg_parse_qwen2(const struct cfg_ctx *c, struct json_object *o,
     return true;
 }
 
+/* The seed's UER config with use_qwen (QwenNet's models/qwen/config.json) describes no model of
+ * its own: QwenNet's pretrain.py loads the Hugging Face checkpoint qwen_model_name names
+ * (Qwen/Qwen2.5-0.5B by default) and its sizes, and the file's UER sizes (FFN 3584, no GQA) match
+ * no Qwen2.5. So the model is Qwen2.5-0.5B's shape, the one QwenNet's pretrained checkpoints
+ * have; another qwen_model_name is refused rather than guessed. */
+static bool cfg_parse_uer_qwen(const struct cfg_ctx *c, struct json_object *o,
+                               struct model_config *cfg)
+{
+    const char *name;
+    if (!cfg_string(c, o, "qwen_model_name", "qwen_model_name", &name))
+        return false;
+    const char *base = name ? strrchr(name, '/') : NULL;
+    base = base ? base + 1 : name;
+    if (base && strcmp(base, "Qwen2.5-0.5B") != 0 && strcmp(base, "Qwen2.5-0.5B-Instruct") != 0) {
+        cfg_err(c, "use_qwen with qwen_model_name '%s': from a UER config netlm builds Qwen2.5-0.5B's "
+                "shape only; give that model's Hugging Face config.json, or its checkpoint with "
+                "--qwen_model_name", cfg_quote(name).s);
+        return false;
+    }
+    /* the sizes the file states, only to say that they are not used */
+    uint32_t layers = 0, hidden = 0, ffn = 0;
+    struct cfg_ctx quiet = {.name = c->name};
+    cfg_uint(&quiet, o, "layers_num", "", false, 0, &layers);
+    if (!cfg_uint(&quiet, o, "hidden_size", "", false, 0, &hidden) || !hidden)
+        cfg_uint(&quiet, o, "emb_size", "", false, 0, &hidden);
+    cfg_uint(&quiet, o, "feedforward_size", "", false, 0, &ffn);
+    char stated[96] = "";
+    if (layers || hidden || ffn)
+        snprintf(stated, sizeof stated, "; the UER sizes in the file (%u layers x %u, FFN %u) are not used",
+                 layers, hidden, ffn);
+    snprintf(cfg->sizes_note, sizeof cfg->sizes_note,
+             "%s: use_qwen: Qwen2.5-0.5B's shape (24 layers x 896, 14 query / 2 key-value heads, FFN 4864), "
+             "the checkpoint QwenNet loads for it (%s)%s", c->name,
+             name ? "its qwen_model_name" : "Qwen/Qwen2.5-0.5B, its default", stated);
+    return true;
+}
+
 /* The seed's UER config (models/transformer/config.json): always a pre-LN GPT-2 with UER's
- * LayerNorm, or with use_qwen the Qwen2.5-0.5B shape its pretrain.py builds. */
+ * LayerNorm, or with use_qwen the Qwen2.5-0.5B shape (cfg_parse_uer_qwen). */
 static bool cfg_parse_uer(const struct cfg_ctx *c, struct json_object *o,
                           struct model_config *cfg)
 {
@@ -601,6 +638,8 @@ static bool cfg_parse_uer(const struct cfg_ctx *c, struct json_object *o,
         return false;
     cfg->dropout_embed = cfg->dropout_attn = cfg->dropout_resid = dropout;
     if (use_qwen) {
+        if (!cfg_parse_uer_qwen(c, o, cfg))
+            return false;
         cfg->arch = MODEL_ARCH_QWEN2;
         cfg->vocab_size = CFG_UER_VOCAB;
         cfg->hidden = 896;

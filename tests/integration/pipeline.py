@@ -3,6 +3,7 @@
 against an expectation computed here independently: tshark's layer offsets plus the seed's
 algorithms restated in Python, tshark's field values, and the files' own counts."""
 import collections
+import json
 import os
 import struct
 import subprocess
@@ -78,7 +79,7 @@ def test_understanding(tmp):
     netlm("dataset", "understanding", "--quiet", "--pcap_path", USTC, "--dataset_dir", out2, "--class_num", "20",
           "--random_seed", "1", "--workers", "2")
     names = ["train_dataset.tsv", "valid_dataset.tsv", "test_dataset.tsv", "nolabel_test_dataset.tsv",
-             "classes.txt", "dataset_index.tsv"]
+             "classes.txt", "dataset_index.tsv", "dataset.json"]
     same = all(open(os.path.join(out1, n), "rb").read() == open(os.path.join(out2, n), "rb").read() for n in names)
     check("dataset understanding: 2 workers give byte-identical files", same)
     with open(os.path.join(out1, "classes.txt")) as f:
@@ -86,6 +87,11 @@ def test_understanding(tmp):
     check("dataset understanding: classes.txt = sorted class folders", classes == sorted(os.listdir(USTC)))
     header, rows = read_tsv(os.path.join(out1, "train_dataset.tsv"))
     check("dataset understanding: header label\\ttext_a", header == "label\ttext_a")
+    settings = json.load(open(os.path.join(out1, "dataset.json")))
+    check("dataset understanding: dataset.json records the task and the default tokenization",
+          settings == {"task": "understanding", "tokenizer": {"header_mode": "full", "stride": 2, "tokens_per_packet": 64,
+                                                               "packets": 32, "sep_between_packets": False},
+                       "seq_length": 0, "random_seed": 1, "classes": 20}, settings)
     # split by session, stratified: per class 10 % / 10 % / 80 % of sessions, nothing shared
     idx_header, index = read_tsv(os.path.join(out1, "dataset_index.tsv"))
     per_class = collections.defaultdict(collections.Counter)
@@ -199,11 +205,22 @@ def test_generation(tmp):
     check(f"dataset generation: {len(targets)} targets = tshark's ip.len of every frame", sorted(targets) == expected,
           f"{len(targets)} vs {len(expected)}")
     check("dataset generation: total length zeroed in every input", zeroed)
+    settings = json.load(open(os.path.join(out, "dataset.json")))
+    check("dataset generation: dataset.json records the fields and the header mode",
+          settings["task"] == "generation" and settings["fields"] == ["ip_len"]
+          and settings["tokenizer"]["header_mode"] == "seed" and settings["tokenizer"]["packets"] == 101, settings)
 
 
 def test_preprocess(tmp):
-    corpus = os.path.join(tmp, "c.txt")
-    netlm("corpus", "--quiet", "--pcap_path", os.path.join(PCAPS, "tcpdump-ssh.pcap"), "-o", corpus)
+    # the seed's scripts write corpora/traffic.txt without making corpora/ first
+    corpus = os.path.join(tmp, "corpora", "new", "c.txt")
+    made = netlm("corpus", "--quiet", "--pcap_path", os.path.join(PCAPS, "tcpdump-ssh.pcap"), "-o", corpus, ok=False)
+    check("corpus -o into folders that do not exist yet: created", made.returncode == 0 and os.path.isfile(corpus),
+          made.stderr)
+    blocked = os.path.join(tmp, "corpora", "new", "c.txt", "x.txt")  # a file where a folder would go
+    bad = netlm("corpus", "--quiet", "--pcap_path", os.path.join(PCAPS, "tcpdump-ssh.pcap"), "-o", blocked, ok=False)
+    check("corpus -o under a file: one error line naming it", bad.returncode != 0
+          and len(bad.stderr.strip().splitlines()) == 1 and "c.txt" in bad.stderr, bad.stderr)
     shard = os.path.join(tmp, "c.bin")
     netlm("preprocess", "--quiet", "--corpus_path", corpus, "--dataset_path", shard, "--seq_length", "128")
     lines = [ln.split() for ln in open(corpus).read().split("\n") if ln.strip()]

@@ -5,10 +5,14 @@ its reports consistently with the model it keeps (eval of the saved model gives 
 finetune reported; prf.csv and confusion.tsv agree with metrics.json), and a run stopped after
 one epoch and resumed must end with the same bytes as the uninterrupted run. Both finetune tasks
 data parallel: 2 processes under mpirun with half the batch each train as one process does with
-the whole batch, step by step, and score dev and test as eval and generate score their model."""
+the whole batch, step by step, and score dev and test as eval and generate score their model.
+A resume with other training rows or settings is refused; the tokenization a dataset recorded
+(dataset.json) reaches the model's config; generation checks its targets and takes the seed's
+README command line."""
 import csv
 import json
 import os
+import shutil
 import sys
 import tempfile
 
@@ -119,6 +123,106 @@ def data_parallel_understanding(tmp):
           bad.stderr)
 
 
+def refused(res, *words):
+    """A refused resume: exit status 2 and one error line holding every word."""
+    return res.returncode == 2 and one_error_line(res, *words)
+
+
+def recorded_tokenization(tmp):
+    """netlm dataset records how it tokenized (dataset.json, in a --dataset_dir whose parents it
+    creates); finetune puts that into the model's config, which classify and the sensor read."""
+    pcaps = os.path.join(tmp, "three-classes")
+    os.makedirs(pcaps, exist_ok=True)
+    for c in ("BitTorrent", "Cridex", "FTP"):
+        if not os.path.exists(os.path.join(pcaps, c)):
+            os.symlink(os.path.join(DATA, "labeled", "ustc-tfc2016", "sessions", c), os.path.join(pcaps, c))
+    ds = os.path.join(tmp, "data", "understanding", "datasets")
+    made = netlm("dataset", "understanding", "--pcap_path", pcaps, "--dataset_dir", ds + "/", "--header-mode", "seed",
+                 "--stride", "1", "--packets", "5", "--samples-per-class", "30", "--seq-length", "64", "-q", ok=False)
+    settings = json.load(open(os.path.join(ds, "dataset.json"))) if made.returncode == 0 else {}
+    want = {"header_mode": "seed", "stride": 1, "tokens_per_packet": 64, "packets": 5, "sep_between_packets": False}
+    check("dataset --dataset_dir with missing parents: created, and dataset.json records the tokenization",
+          settings.get("task") == "understanding" and settings.get("tokenizer") == want, made.stderr + str(settings))
+    if made.returncode != 0:
+        return
+    out = os.path.join(tmp, "tok")
+    args = ["finetune", "understanding", "--config_path", os.path.join(tmp, "tiny.json"),
+            "--train_path", f"{ds}/train_dataset.tsv", "--dev_path", f"{ds}/valid_dataset.tsv",
+            "--test_path", f"{ds}/test_dataset.tsv", "--output_model_path", out, "--epochs_num", "1",
+            "--seq_length", "64", "--threads", "2", "-q"]
+    res = netlm(*args, ok=False)
+    tok = json.load(open(os.path.join(out, "config.json")))["netlm"]["tokenizer"] if res.returncode == 0 else {}
+    check("finetune understanding: the model's config.json has the dataset's tokenization",
+          {k: tok.get(k) for k in want} == want, res.stderr + str(tok))
+    other = os.path.join(tmp, "ds")  # made with the defaults: header mode full, stride 2
+    bad = netlm(*[f"{other}/valid_dataset.tsv" if a == f"{ds}/valid_dataset.tsv" else a for a in args], ok=False)
+    check("a --dev_path whose dataset.json says another tokenization: one error line naming both files",
+          one_error_line(bad, "dataset.json", "header_mode", "--dev_path"), bad.stderr)
+
+
+def seed_generation(tmp, gds):
+    """The seed README's generation command (§2.2) as it is written, --pooling included."""
+    out = os.path.join(tmp, "g-seed")
+    res = netlm("finetune", "generation", "--pretrained_model_path", os.path.join(tmp, "hf-qwen"),
+                "--output_model_path", out, "--vocab_path", os.path.join(DATA, "netgpt", "encryptd_vocab.txt"),
+                "--config_path", os.path.join(tmp, "gen.json"), "--use_qwen", "--qwen_model_name", "Qwen/Qwen2.5-0.5B",
+                "--train_path", f"{gds}/train_dataset.tsv", "--dev_path", f"{gds}/valid_dataset.tsv",
+                "--test_path", f"{gds}/test_dataset.tsv", "--learning_rate", "1e-5", "--epochs_num", "1",
+                "--batch_size", "16", "--pooling", "mean", "--seq_length", "40", "--tgt_seq_length", "4",
+                "--threads", "2", "-q", ok=False)
+    check("the seed README's finetune generation command (--pooling mean ...) trains",
+          res.returncode == 0 and os.path.exists(os.path.join(out, "metrics.json")), res.stderr)
+    help_text = netlm("finetune", "generation", "--help").stdout
+    check("finetune generation --help: --pooling has no effect, --vocab_path defaults to the model's",
+          "does not pool" in help_text and "vocabulary (default: the model's" in help_text, help_text)
+
+
+def generation_targets(tmp, gen_args):
+    """finetune generation refuses targets that are not its fields': an understanding dataset (with
+    or without its dataset.json), or a two-field dataset read as one field; with its dataset.json
+    the two fields are taken from it."""
+    ds = os.path.join(tmp, "ds")
+    bad = netlm(*gen_args(ds, os.path.join(tmp, "g-u1")), ok=False)
+    check("finetune generation on an understanding dataset: one error line naming its dataset.json",
+          one_error_line(bad, "dataset.json", "understanding") and not os.path.exists(os.path.join(tmp, "g-u1")),
+          bad.stderr)
+    bare = os.path.join(tmp, "bare-understanding")
+    os.makedirs(bare, exist_ok=True)
+    for split in ("train", "valid", "test"):
+        shutil.copy(os.path.join(ds, f"{split}_dataset.tsv"), bare)
+    bad = netlm(*gen_args(bare, os.path.join(tmp, "g-u2")), ok=False)
+    check("finetune generation on understanding TSVs (class ids as labels): one error line naming the row",
+          one_error_line(bad, "train_dataset.tsv:2", "not a generation target"), bad.stderr)
+    two = os.path.join(tmp, "gen-two")
+    netlm("dataset", "generation", "--pcap_path", os.path.join(DATA, "labeled", "ustc-tfc2016", "sessions"),
+          "--dataset_dir", two, "--fields", "ip_len,src_port", "--samples-per-class", "5", "-q")
+    out = os.path.join(tmp, "g-two")
+    res = netlm(*gen_args(two, out, "--seq_length", "36"), ok=False)
+    got = json.load(open(os.path.join(out, "metrics.json"))) if res.returncode == 0 else {}
+    check("finetune generation takes the dataset's fields (ip_len,src_port) from its dataset.json",
+          sorted(got.get("jsd", {})) == ["ip_len", "src_port"], res.stderr + str(got))
+    bad = netlm(*gen_args(two, os.path.join(tmp, "g-two-b"), "--fields", "ip_len"), ok=False)
+    check("--fields ip_len for a dataset of ip_len,src_port: one error line", one_error_line(bad, "--fields", "src_port"),
+          bad.stderr)
+    if os.path.exists(os.path.join(two, "dataset.json")):
+        os.remove(os.path.join(two, "dataset.json"))
+    bad = netlm(*gen_args(two, os.path.join(tmp, "g-two-c")), ok=False)
+    check("without dataset.json, 4-token targets under the default --fields ip_len: one error line",
+          one_error_line(bad, "4 tokens", "--fields ip_len"), bad.stderr)
+
+
+def uer_qwen_config(tmp):
+    """A UER config with use_qwen builds Qwen2.5-0.5B's shape, the checkpoint QwenNet loads; one that
+    names another Qwen checkpoint is refused rather than built with sizes it does not state."""
+    cfg = os.path.join(tmp, "qwen-7b-uer.json")
+    json.dump({"use_qwen": True, "qwen_model_name": "Qwen/Qwen2.5-7B", "emb_size": 64, "hidden_size": 64,
+               "feedforward_size": 128, "heads_num": 2, "layers_num": 2}, open(cfg, "w"))
+    bad = netlm("convert", "--config_path", cfg, "--to", os.path.join(tmp, "q7"), ok=False)
+    check("convert of a UER use_qwen config naming Qwen2.5-7B: one error line, nothing written",
+          one_error_line(bad, "qwen_model_name", "Qwen2.5-7B") and not os.path.exists(os.path.join(tmp, "q7")),
+          bad.stderr)
+
+
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         ds = os.path.join(tmp, "ds")
@@ -165,6 +269,12 @@ def main():
         stopped = finetune(tmp, b, "--stop-after", "1")
         check("--stop-after 1 ends the run with a checkpoint", "stopped after epoch 1" in stopped.stderr
               and not os.path.exists(os.path.join(b, "metrics.json")), stopped.stderr)
+        for change, words in ((("--learning_rate", "6e-3"), ("--learning_rate", "0.003", "0.006")),
+                              (("--epochs_num", "5"), ("--epochs_num", "4", "5")),
+                              (("--train_path", os.path.join(ds, "valid_dataset.tsv")), ("training rows",))):
+            bad = finetune(tmp, b, "--resume", *change, ok=False)
+            check(f"resume with {' '.join(change[:1])} changed: refused, exit 2, one line naming it",
+                  refused(bad, *words), f"rc {bad.returncode}: {bad.stderr}")
         finetune(tmp, b, "--resume")
         differ = [os.path.join(*p) for p in (("model.safetensors",), ("checkpoint", "model.safetensors"),
                                              ("checkpoint", "optimizer.safetensors"), ("prf.csv",), ("confusion.tsv",))
@@ -193,9 +303,10 @@ def main():
                     "--test_path", f"{gds}/test_dataset.tsv", "--output_model_path", out, "--seq_length", "40",
                     "--epochs_num", "4", "--batch_size", str(batch), "--learning_rate", "1e-2", "--threads", "1", "-q",
                     *extra]
-            return netlm(*args) if processes == 1 else mpirun(processes, *args)
+            return netlm(*args, ok=False) if processes == 1 else mpirun(processes, *args)
 
         res = generation(g, 8)
+        check("finetune generation runs", res.returncode == 0, res.stderr)
         gm = json.load(open(os.path.join(g, "metrics.json")))
         check("finetune generation learns: test exact match and the ip_len JSD in metrics.json",
               0.1 <= gm["exact_match"] <= 1.0 and 0.0 <= gm["jsd"]["ip_len"] < 1.0 and gm["rows"] > 0, gm)
@@ -207,6 +318,9 @@ def main():
         check("finetune generation --stop-after 2 ends the run with a checkpoint",
               "stopped after epoch 2" in stopped.stderr and not os.path.exists(os.path.join(gs, "metrics.json"))
               and json.load(open(os.path.join(gs, "checkpoint", "state.json")))["epoch"] == 2, stopped.stderr)
+        bad = generation(gs, 8, extra=("--resume", "--epochs_num", "6"))
+        check("finetune generation: resume with --epochs_num changed: refused, exit 2, one line naming it",
+              refused(bad, "--epochs_num", "4", "6"), f"rc {bad.returncode}: {bad.stderr}")
         generation(gs, 8, extra=("--resume",))
         differ = [p for p in ("model.safetensors", "metrics.json", "loss.csv")
                   if open(os.path.join(g, p), "rb").read() != open(os.path.join(gs, p), "rb").read()
@@ -236,6 +350,19 @@ def main():
               open(os.path.join(gv, "vocab.txt"), "rb").read() ==
               open(os.path.join(DATA, "netgpt", "encryptd_vocab.txt"), "rb").read()
               and cfg["netlm"]["tokenizer"]["vocab"] == "vocab.txt", cfg["netlm"]["tokenizer"])
+        seed_generation(tmp, gds)
+
+        def gen_args(dataset, out, *extra):
+            return ["finetune", "generation", "--config_path", os.path.join(tmp, "gen.json"),
+                    "--train_path", f"{dataset}/train_dataset.tsv", "--dev_path", f"{dataset}/valid_dataset.tsv",
+                    "--test_path", f"{dataset}/test_dataset.tsv", "--output_model_path", out, "--seq_length", "40",
+                    "--epochs_num", "1", "--threads", "2", "-q", *extra]
+        generation_targets(tmp, gen_args)
+        recorded_tokenization(tmp)
+        uer_qwen_config(tmp)
+        help_text = netlm("finetune", "understanding", "--help").stdout
+        check("finetune understanding --help: no alias equal to --seed; --report_steps says 'at least every 30 s'",
+              "(alias --seed)" not in help_text and "at least every 30 s" in help_text, help_text)
     finish()
 
 
