@@ -26,7 +26,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sensor_common import DATA, MODEL, NETLM, SRC, check, contents, finish, one_line_error, wait_for  # noqa: E402
+from sensor_common import DATA, MODEL, NETLM, SRC, check, contents, finish, one_line_error, stop, wait_for  # noqa: E402
 
 DEMO = os.path.join(SRC, "data", "demo.pcap")
 PORT = 39997
@@ -190,8 +190,7 @@ service = {{ user = ""; }};
             grew = wait_for(lambda: json_lines(out) > before + 5, timeout=30)
             check("full disk: events written again once there is room", grew)
         finally:
-            proc.terminate()
-            _, err = proc.communicate(timeout=60)
+            err = stop(proc)
         check("full disk: every line valid JSON at the end", json_lines(out) > before)
         check("full disk: the sensor said the disk was full and that it writes again",
               "No space left on device" in err and "writing again" in err, err.strip())

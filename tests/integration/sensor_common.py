@@ -6,6 +6,8 @@ import json
 import os
 from collections import Counter
 import re
+import signal
+import subprocess
 import sys
 import time
 
@@ -153,6 +155,18 @@ def wait_for(pred, timeout=20.0, interval=0.1):
             return True
         time.sleep(interval)
     return False
+
+
+def stop(proc, timeout=60):
+    """SIGTERM to a running sensor, then its stderr once it has drained (killed after timeout
+    seconds: a drain that hangs fails the caller's exit-status check instead of the whole test)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return err
 
 
 def one_line_error(name, res, must_contain, out_dir=None, exit_codes=None):

@@ -5,14 +5,13 @@ session that got ready, writes the final stats event and exits 0. Checked: the o
 complete line, every line is valid, the final stats' sessions.ready equals the classification
 events (one per flow), and input was really cut short."""
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sensor_common import DATA, MODEL, NETLM, by_type, check, finish, read_events  # noqa: E402
+from sensor_common import DATA, MODEL, NETLM, by_type, check, finish, read_events, stop  # noqa: E402
 
 
 def main():
@@ -45,12 +44,7 @@ def main():
                     pass
                 time.sleep(0.1)
             time.sleep(float(os.environ.get("SENSOR_DRAIN_DELAY", "0.5")))
-            proc.send_signal(signal.SIGTERM)
-            try:
-                _, err = proc.communicate(timeout=300)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                _, err = proc.communicate()
+            err = stop(proc, 300)
             stdout.close()
             check(f"{label}: exit 0 after SIGTERM", proc.returncode == 0, f"rc {proc.returncode}: {err.strip()}")
             check(f"{label}: stderr says it drained", "draining" in err, err.strip())

@@ -21,7 +21,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sensor_common import MODEL, NETLM, SRC, check, contents, finish, one_line_error, wait_for  # noqa: E402
+from sensor_common import MODEL, NETLM, SRC, check, contents, finish, one_line_error, stop, wait_for  # noqa: E402
 
 ROOT = os.geteuid() == 0
 NOBODY = ROOT and any(p.pw_name == "nobody" for p in pwd.getpwall())
@@ -193,12 +193,7 @@ def signals(tmp, demo):
         time.sleep(0.5)
         check("sensor: still running after SIGUSR1", proc.poll() is None, f"rc {proc.returncode}")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
+        err = stop(proc)
     check("sensor after SIGUSR1: SIGTERM drains, exit 0", proc.returncode == 0, f"rc {proc.returncode}: {err}")
     ignored = [line for line in err.splitlines() if "SIGUSR1" in line]
     check("sensor: one line says SIGUSR1 is ignored and what SIGHUP and SIGUSR2 do",
@@ -229,12 +224,7 @@ def output_given_to_service_user():
             time.sleep(0.3)
             check("--user nobody: after SIGHUP the sensor writes on", wait_for(lambda: '"stats"' in contents(out)))
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                _, err = proc.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                _, err = proc.communicate()
+            err = stop(proc)
         check("--user nobody: exit 0", proc.returncode == 0, f"rc {proc.returncode}: {err}")
         check("--user nobody: SIGHUP reopened the file (no error, no warning)",
               "cannot" not in err and "warning" not in err, err)

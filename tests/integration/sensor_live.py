@@ -18,7 +18,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sensor_common import MODEL, NETLM, by_type, check, contents, finish, read_events, wait_for  # noqa: E402
+from sensor_common import MODEL, NETLM, by_type, check, contents, finish, read_events, stop, wait_for  # noqa: E402
 
 PORT = 39999
 
@@ -83,12 +83,7 @@ def main():
             check("after a good reload it still classifies",
                   wait_for(lambda: '"src_port":40003' in contents(out) and contents(out).count('"classification"') >= 1))
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                _, err = proc.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                _, err = proc.communicate()
+            err = stop(proc)
         check("SIGTERM: exit 0", proc.returncode == 0, f"rc {proc.returncode}: {err}")
         reload_lines = [l for l in err.splitlines() if "reload:" in l]
         check("broken reload: one stderr line naming the model", len(reload_lines) == 1 and "no-model" in reload_lines[0],
@@ -141,12 +136,7 @@ def no_model_and_stuck_notify():
                   wait_for(lambda: '"src_port":40011' in contents(out) and '"src_port":40012' in contents(out)))
             time.sleep(1.0)  # ~20 watchdog pings and 5 stats intervals: the unread queue is long full
             t0 = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            try:
-                _, err = proc.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                _, err = proc.communicate()
+            err = stop(proc, 10)
             took = time.monotonic() - t0
         finally:
             if proc.poll() is None:
