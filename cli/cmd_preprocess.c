@@ -74,6 +74,7 @@ int cmd_preprocess(int argc, char **argv)
         cli_error(cmd, "%s", err);
         goto done;
     }
+    tok_shard_set_vocab_digest(w, tok_vocab_digest(vocab));
     snprintf(temp_path, sizeof temp_path, "%s", tok_shard_temp_path(w));
     cli_temp_track(temp_path);
     size_t cap = 0, ids_cap = 4096;

@@ -468,13 +468,22 @@ static int pretrain(const struct pt_args *a, int rank, int world)
         cli_error(cmd, "%s", err);
         goto done;
     }
-    for (int k = 0; k < data.n; k++)
-        if (data.shards[k].header.vocab_size != tok_vocab_size(vocab)) {
+    const uint64_t vocab_digest = tok_vocab_digest(vocab);
+    for (int k = 0; k < data.n; k++) {
+        const struct tok_shard_header *h = &data.shards[k].header;
+        if (h->vocab_size != tok_vocab_size(vocab)) {
             cli_error(cmd, "%s: written with a vocabulary of %u tokens, but %s has %u (give the shards' --vocab_path)",
-                      a->shards[k], data.shards[k].header.vocab_size, vocab_path ? vocab_path : "the built-in vocabulary",
+                      a->shards[k], h->vocab_size, vocab_path ? vocab_path : "the built-in vocabulary",
                       tok_vocab_size(vocab));
             goto done;
         }
+        /* the same size, other ids (the seed's encryptd_vocab.txt beside the built-in one) */
+        if (h->vocab_digest && h->vocab_digest != vocab_digest) {
+            cli_error(cmd, "%s: written with another vocabulary than %s (the same size, other tokens: give the "
+                           "shards' --vocab_path)", a->shards[k], vocab_path ? vocab_path : "the built-in one");
+            goto done;
+        }
+    }
     struct model_config *mut = model_config_mut(m);
     mut->task = MODEL_TASK_LM;
     mut->seq_length = seq;

@@ -788,6 +788,7 @@ static bool cfg_parse_tokenizer(const struct cfg_ctx *c, struct json_object *t,
             return false;
         }
         strcpy(tk->vocab, vocab);
+        tk->vocab_recorded = true;
     }
     return true;
 }

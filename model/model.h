@@ -31,6 +31,7 @@ struct model_tokenizer {
     uint32_t packets;           /* 32 */
     bool sep_between_packets;   /* false */
     char vocab[256];            /* "builtin", or a file name inside the model directory */
+    bool vocab_recorded;        /* config.json names it (a netlm model): the ids are certain */
 };
 
 struct model_config {

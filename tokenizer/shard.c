@@ -64,7 +64,8 @@ static void tok_header_encode(const struct tok_shard_header *h, uint8_t out[64])
     tok_put_le64(out + 24, h->n_documents);
     tok_put_le32(out + 32, h->vocab_size);
     tok_put_le32(out + 36, h->seq_length);
-    memcpy(out + 40, h->reserved, sizeof(h->reserved));
+    tok_put_le64(out + 40, h->vocab_digest);
+    memcpy(out + 48, h->reserved, sizeof(h->reserved));
 }
 
 static void tok_header_decode(const uint8_t in[64], struct tok_shard_header *h)
@@ -76,7 +77,8 @@ static void tok_header_decode(const uint8_t in[64], struct tok_shard_header *h)
     h->n_documents = tok_get_le64(in + 24);
     h->vocab_size = tok_get_le32(in + 32);
     h->seq_length = tok_get_le32(in + 36);
-    memcpy(h->reserved, in + 40, sizeof(h->reserved));
+    h->vocab_digest = tok_get_le64(in + 40);
+    memcpy(h->reserved, in + 48, sizeof(h->reserved));
 }
 
 static int tok_write_all(int fd, const void *data, size_t n, off_t at)
@@ -102,6 +104,7 @@ struct tok_shard_writer {
     int fd;
     char *path, *tmp;
     uint32_t vocab_size, seq_length;
+    uint64_t vocab_digest;
     uint64_t n_tokens, n_documents;
     uint8_t *buf;
     size_t buf_ids;
@@ -158,6 +161,8 @@ struct tok_shard_writer *tok_shard_create(const char *path, uint32_t vocab_size,
 }
 
 const char *tok_shard_temp_path(const struct tok_shard_writer *w) { return w->tmp; }
+
+void tok_shard_set_vocab_digest(struct tok_shard_writer *w, uint64_t digest) { w->vocab_digest = digest; }
 
 static int tok_writer_flush(struct tok_shard_writer *w)
 {
@@ -224,7 +229,8 @@ int tok_shard_commit(struct tok_shard_writer *w, char *err, size_t errlen)
                                      .n_tokens = w->n_tokens,
                                      .n_documents = w->n_documents,
                                      .vocab_size = w->vocab_size,
-                                     .seq_length = w->seq_length};
+                                     .seq_length = w->seq_length,
+                                     .vocab_digest = w->vocab_digest};
         memcpy(h.magic, TOK_SHARD_MAGIC, 8);
         uint8_t raw[TOK_SHARD_HEADER_SIZE];
         tok_header_encode(&h, raw);

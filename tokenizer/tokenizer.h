@@ -35,6 +35,11 @@ struct tok_vocab *tok_vocab_load_buffer(const char *name, const void *data, size
 void tok_vocab_free(struct tok_vocab *v);
 uint32_t tok_vocab_size(const struct tok_vocab *v);
 bool tok_vocab_is_builtin(const struct tok_vocab *v);
+/* A 64-bit digest of the token list (FNV-1a over the tokens in id order), never 0: two
+ * vocabularies that map every id to the same token have the same digest, a file that lists
+ * the built-in tokens the built-in's. The seed's encryptd_vocab.txt has the built-in's size but
+ * other ids, which the sizes alone cannot tell. */
+uint64_t tok_vocab_digest(const struct tok_vocab *v);
 /* The token text of an id ("[CLS]", "0a1b", "##f", ...); NULL when out of range. */
 const char *tok_vocab_token(const struct tok_vocab *v, uint32_t id);
 /* Generated ids as the seed's target text ("0000 003c"): tokens joined by single spaces up to
@@ -159,7 +164,8 @@ struct tok_shard_header {
     uint64_t n_documents;
     uint32_t vocab_size;
     uint32_t seq_length;
-    uint8_t reserved[24];
+    uint64_t vocab_digest; /* tok_vocab_digest of the vocabulary written with; 0: not recorded */
+    uint8_t reserved[16];
 };
 
 struct tok_shard_writer;
@@ -172,6 +178,9 @@ int tok_shard_append(struct tok_shard_writer *w, const uint32_t *ids, size_t n);
  * (a write error, or an id ≥ vocab_size) and reports that failure. */
 int tok_shard_commit(struct tok_shard_writer *w, char *err, size_t errlen);
 void tok_shard_abort(struct tok_shard_writer *w);
+/* Records the vocabulary's tok_vocab_digest in the header (before commit), so that a trainer
+ * given another vocabulary of the same size can tell. */
+void tok_shard_set_vocab_digest(struct tok_shard_writer *w, uint64_t digest);
 /* "<path>.tmp.<pid>", for a caller that removes it when a signal ends the run. */
 const char *tok_shard_temp_path(const struct tok_shard_writer *w);
 

@@ -360,6 +360,17 @@ const char *tok_vocab_token(const struct tok_vocab *v, uint32_t id)
     return v->text + v->tok_off[id];
 }
 
+uint64_t tok_vocab_digest(const struct tok_vocab *v)
+{
+    uint64_t h = 14695981039346656037ull;
+    for (uint32_t id = 0; id < v->size; id++) {
+        for (const char *p = tok_vocab_token(v, id); *p; p++)
+            h = (h ^ (uint8_t)*p) * 1099511628211ull;
+        h = (h ^ '\n') * 1099511628211ull; /* "ab" "c" differs from "a" "bc" */
+    }
+    return h ? h : 1;
+}
+
 size_t tok_ids_text(const struct tok_vocab *v, const uint32_t *ids, uint32_t n, char *out, size_t cap)
 {
     size_t len = 0;

@@ -172,6 +172,10 @@ def main():
             ("--precision without a GPU", ["--dataset_path", shard, "--precision", "fp32"], ["--precision", "cuda"]),
             ("--world_size 2 in one process", ["--dataset_path", shard, "--world_size", "2"], ["--world_size", "mpirun"]),
             ("--resume without a checkpoint", ["--dataset_path", shard, "--resume"], ["checkpoint"]),
+            # the same size as the built-in vocabulary the shards were written with, other ids
+            ("NetGPT's vocabulary for shards of the built-in one",
+             ["--dataset_path", shard, "--vocab_path", os.path.join(DATA, "netgpt", "encryptd_vocab.txt")],
+             ["a.shard", "another vocabulary"]),
         ]
         for name, args, words in cases:
             res = netlm(*base, *args, ok=False)

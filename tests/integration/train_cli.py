@@ -67,6 +67,22 @@ def own_vocabulary(tmp):
     ev = netlm("eval", "--model", out, "--test_path", f"{ds}/test_dataset.tsv", ok=False)
     check("eval runs the model finetune kept", ev.returncode == 0, ev.stderr)
 
+    # --vocab_path naming the vocabulary the model was made with is the seed's habit, and fine;
+    # another one of the same size (NetGPT's for a built-in model) would scramble every id
+    rest = ["--train_path", f"{ds}/train_dataset.tsv", "--dev_path", f"{ds}/valid_dataset.tsv", "--test_path",
+            f"{ds}/test_dataset.tsv", "--epochs_num", "1", "--seq_length", "64", "--threads", "2", "-q"]
+    res = netlm("finetune", "understanding", "--pretrained_model_path", pre, "--vocab_path", vocab, *rest,
+                "--output_model_path", os.path.join(tmp, "ft-vocab-same"), ok=False)
+    check("--vocab_path the model's own vocabulary: accepted", res.returncode == 0, res.stderr.strip())
+    builtin_pre = os.path.join(tmp, "pre-builtin")
+    netlm("convert", "--config_path", os.path.join(tmp, "tiny.json"), "--to", builtin_pre)
+    other = os.path.join(tmp, "ft-vocab-other")
+    res = netlm("finetune", "understanding", "--pretrained_model_path", builtin_pre, "--vocab_path", vocab, *rest,
+                "--output_model_path", other, ok=False)
+    check("--vocab_path NetGPT's for a built-in model: one error line, no output",
+          one_error_line(res, "--vocab_path", "encryptd_vocab.txt", "built-in") and not os.path.exists(other),
+          f"rc {res.returncode}: {res.stderr.strip()}")
+
 
 def seed_qwen(tmp):
     """QwenNet's finetune flags: --use_qwen demands a Qwen2 model, --qwen_model_name (without

@@ -53,6 +53,7 @@ static void test_layout(void **state)
     char *path = path_of("small.tok");
     struct tok_shard_writer *w = tok_shard_create(path, 65541, 128, err, sizeof(err));
     assert_non_null(w);
+    tok_shard_set_vocab_digest(w, 0x0102030405060708ull);
     /* written under the temporary name until commit */
     assert_true(exists(tmp_of(path)));
     assert_false(exists(path));
@@ -72,7 +73,8 @@ static void test_layout(void **state)
         2, 0, 0, 0, 0, 0, 0, 0,                 /* documents */
         0x05, 0x00, 0x01, 0x00,                 /* vocab size 65541 */
         128, 0, 0, 0,                           /* seq length */
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* reserved */
+        8, 7, 6, 5, 4, 3, 2, 1,                 /* vocab digest */
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* reserved */
         2, 0, 0, 0, 5, 0, 0, 0, 0x04, 0x00, 0x01, 0x00, 1, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0,
     };
     uint8_t got[256];
@@ -92,6 +94,7 @@ static void test_layout(void **state)
     assert_int_equal(s.header.n_documents, 2);
     assert_int_equal(s.header.vocab_size, 65541);
     assert_int_equal(s.header.seq_length, 128);
+    assert_true(s.header.vocab_digest == 0x0102030405060708ull);
     const uint32_t all[] = {2, 5, 65540, 1, 2, 1};
     assert_memory_equal(s.ids, all, sizeof(all));
     assert_int_equal(tok_shard_check_ids(&s, err, sizeof(err)), 0);

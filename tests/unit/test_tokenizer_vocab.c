@@ -226,6 +226,47 @@ static void test_netgpt_vocab(void **state)
     tok_vocab_free(v);
 }
 
+/* The digest tells vocabularies apart by what each id means, not by their size: the seed's
+ * file has the built-in's 65,541 entries under other ids, and a file that lists the built-in
+ * tokens in order is the built-in vocabulary. */
+static void test_digest(void **state)
+{
+    (void)state;
+    char err[256] = "", path[] = "/tmp/netlm_vocab_XXXXXX";
+    struct tok_vocab *builtin = tok_vocab_builtin(), *seed = tok_vocab_load(TT_VOCAB, err, sizeof(err));
+    assert_non_null(builtin);
+    assert_non_null(seed);
+    assert_int_equal(tok_vocab_size(builtin), tok_vocab_size(seed));
+    assert_true(tok_vocab_digest(builtin) != tok_vocab_digest(seed));
+    assert_true(tok_vocab_digest(builtin) != 0);
+
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    FILE *f = fdopen(fd, "w");
+    fputs("[PAD]\n[SEP]\n[CLS]\n[UNK]\n[MASK]\n", f);
+    for (unsigned v = 0; v < 65536; v++)
+        fprintf(f, "%04x\n", v);
+    fclose(f);
+    struct tok_vocab *listed = tok_vocab_load(path, err, sizeof(err));
+    assert_non_null(listed);
+    assert_int_equal(tok_vocab_digest(listed), tok_vocab_digest(builtin));
+    tok_vocab_free(listed);
+
+    /* two tokens swapped: the same size and token set, another vocabulary */
+    f = fopen(path, "w");
+    fputs("[PAD]\n[SEP]\n[CLS]\n[UNK]\n[MASK]\n0001\n0000\n", f);
+    for (unsigned v = 2; v < 65536; v++)
+        fprintf(f, "%04x\n", v);
+    fclose(f);
+    listed = tok_vocab_load(path, err, sizeof(err));
+    assert_non_null(listed);
+    assert_true(tok_vocab_digest(listed) != tok_vocab_digest(builtin));
+    tok_vocab_free(listed);
+    unlink(path);
+    tok_vocab_free(builtin);
+    tok_vocab_free(seed);
+}
+
 static void test_netgpt_words(void **state)
 {
     (void)state;
@@ -391,7 +432,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_builtin),
-        cmocka_unit_test(test_netgpt_vocab),
+        cmocka_unit_test(test_netgpt_vocab), cmocka_unit_test(test_digest),
         cmocka_unit_test(test_netgpt_words),
         cmocka_unit_test(test_line_rules),
         cmocka_unit_test(test_load_errors),
