@@ -81,11 +81,12 @@ bool cli_make_folders(const char *command, const char *flag, const char *dir, bo
         const char was = *p;
         *p = '\0';
         struct stat st;
-        if (stat(path, &st) == 0 && !S_ISDIR(st.st_mode)) {
+        const bool exists = stat(path, &st) == 0;
+        if (exists && !S_ISDIR(st.st_mode)) {
             cli_error(command, "%s %s: %s exists and is not a folder", flag, dir, path);
             return false;
         }
-        if (stat(path, &st) != 0 && mkdir(path, 0755) != 0 && errno != EEXIST) {
+        if (!exists && mkdir(path, 0755) != 0 && errno != EEXIST) {
             cli_error(command, "%s %s: cannot create the folder %s: %s", flag, dir, path, strerror(errno));
             return false;
         }
@@ -178,10 +179,10 @@ bool cli_output_open(const char *command, const char *path, struct cli_output *o
         cli_output_abort(out);
         return false;
     }
-    if (!in_place)
+    if (!in_place) {
         snprintf(out->tmp_path, n, "%s.tmp.%ld", out->target, (long)getpid());
-    if (!in_place)
         cli_temp_track(out->tmp_path);
+    }
     out->fp = fopen(in_place ? out->target : out->tmp_path, "w");
     if (!out->fp) {
         cli_error(command, "%s: cannot create: %s", path, strerror(errno));

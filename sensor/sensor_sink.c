@@ -30,8 +30,8 @@ struct sensor_sink {
     enum cfg_output_kind kind;
     char path[CFG_PATH_MAX]; /* as configured: messages, and the live file's reopen */
     char *target;            /* a replay's file: what the finished one is renamed over */
-    char *tmp_path;
-    bool batch, tmp_rename, created;
+    char *tmp_path;          /* a replay's file is written here, then renamed; NULL otherwise */
+    bool batch, created;
     bool regular; /* a regular file: a failed write can be cut back to whole lines */
     int fd;
     pthread_t thread;
@@ -149,9 +149,10 @@ static void write_socket_batch(struct sensor_sink *s, const char *buf, size_t n,
         /* the stream may now hold part of a line; the reader sees the connection end there,
          * and the next connection starts on a line boundary */
         const int e = errno;
+        const uint64_t sent = count_lines(buf, done);
         sensor_log("output: %s: %s; reconnecting", s->path, strerror(e));
-        socket_dropped(s, lines - count_lines(buf, done), strerror(e));
-        atomic_fetch_add(&s->written, count_lines(buf, done));
+        socket_dropped(s, lines - sent, strerror(e));
+        atomic_fetch_add(&s->written, sent);
         socket_lost(s);
         return;
     }
@@ -166,7 +167,6 @@ static void write_batch(struct sensor_sink *s, const char *buf, size_t n, uint64
         return;
     }
     const char *name = s->kind == CFG_OUTPUT_STDOUT ? "stdout" : s->path;
-    off_t start = s->regular && s->fd >= 0 ? lseek(s->fd, 0, SEEK_END) : -1;
     size_t done = 0;
     if (s->fd >= 0 && write_all(s, buf, n, &done)) {
         atomic_fetch_add(&s->written, lines);
@@ -180,6 +180,9 @@ static void write_batch(struct sensor_sink *s, const char *buf, size_t n, uint64
     size_t kept = done; /* whole lines only: the partial one is cut off again */
     while (kept > 0 && buf[kept - 1] != '\n')
         kept--;
+    /* the batch began done bytes before where the writes left the offset (also under O_APPEND,
+     * which moves it to the end each write): found only when a write failed, not for every batch */
+    const off_t start = s->regular && kept < done ? lseek(s->fd, 0, SEEK_CUR) - (off_t)done : -1;
     if (kept < done && start >= 0) {
         if (ftruncate(s->fd, start + (off_t)kept) != 0 || lseek(s->fd, start + (off_t)kept, SEEK_SET) < 0)
             sensor_log("output: %s: cannot cut back a partial line: %s", name, strerror(errno));
@@ -265,7 +268,6 @@ struct sensor_sink *sensor_sink_open(enum cfg_output_kind kind, const char *path
             goto fail;
         if (batch && !in_place) {
             const size_t len = strlen(s->target) + 32;
-            s->tmp_rename = true;
             if (!(s->tmp_path = malloc(len))) {
                 snprintf(err, errlen, "out of memory");
                 goto fail;
@@ -318,7 +320,7 @@ fail:
     if (s) {
         if (s->fd >= 0 && s->kind != CFG_OUTPUT_STDOUT) {
             close(s->fd);
-            if (s->tmp_rename)
+            if (s->tmp_path)
                 unlink(s->tmp_path);
         }
         free(s->target);
@@ -381,11 +383,11 @@ bool sensor_sink_close(struct sensor_sink *s, bool commit)
         pthread_join(s->thread, NULL);
     bool ok = !s->write_failed;
     if (s->kind == CFG_OUTPUT_FILE) {
-        if (s->tmp_rename)
+        if (s->tmp_path)
             (void)fsync(s->fd); /* the rename must not publish a file whose data is not there */
         if (close(s->fd) != 0)
             ok = false;
-        if (s->tmp_rename) {
+        if (s->tmp_path) {
             if (commit && ok) {
                 if (rename(s->tmp_path, s->target) != 0) {
                     sensor_log("output: cannot rename %s to %s: %s", s->tmp_path, s->target, strerror(errno));
