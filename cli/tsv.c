@@ -82,6 +82,34 @@ static void scan_text(const char *text, uint64_t line_no, struct tsv_findings *f
     f->odd_rows += odd > 0;
 }
 
+enum { TSV_MAX_COLUMNS = 64 };
+
+/* Cuts a line (its end already removed) at its tabs: fields[] gets the first TSV_MAX_COLUMNS
+ * fields, the return value counts all of them, so a row with too many columns still reads as one
+ * with the wrong count. The header and the rows are cut alike: an empty field is a column. */
+static int split_fields(char *line, char **fields)
+{
+    int n = 0;
+    for (char *p = line;; p++) {
+        if (n < TSV_MAX_COLUMNS)
+            fields[n] = p;
+        n++;
+        p = strchr(p, '\t');
+        if (!p)
+            return n;
+        if (n < TSV_MAX_COLUMNS)
+            *p = '\0';
+    }
+}
+
+/* Removes the line end (\n, and the \r of csv.writer's \r\n); returns the new length. */
+static ssize_t chop_line_end(char *line, ssize_t len)
+{
+    while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+        line[--len] = '\0';
+    return len;
+}
+
 /* Reads the rows once before they are used, so that one warning can count everything affected.
  * A line that cli_tsv_next will refuse (a NUL byte, the wrong number of columns) ends the scan
  * without a warning: its error is what matters. Only a regular file is scanned (a pipe can be
@@ -103,23 +131,14 @@ static void scan_rows(const char *cmd, struct cli_tsv *t)
             break;
         }
         const bool terminated = len > 0 && line[len - 1] == '\n';
-        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
-            line[--len] = '\0';
-        if (len == 0)
+        if (chop_line_end(line, len) == 0)
             continue;
-        char *text = NULL;
-        int col = 0;
-        for (char *p = line, *end; p; p = end ? end + 1 : NULL, col++) {
-            end = strchr(p, '\t');
-            if (end)
-                *end = '\0';
-            if (col == t->text_col)
-                text = p;
-        }
-        if (col != t->columns || !text) {
+        char *fields[TSV_MAX_COLUMNS];
+        if (split_fields(line, fields) != t->columns) {
             refused = true;
             break;
         }
+        const char *text = fields[t->text_col];
         const char *last;
         size_t last_len;
         scan_text(text, line_no, &f, &last, &last_len);
@@ -164,19 +183,21 @@ bool cli_tsv_open(const char *cmd, const char *path, struct cli_tsv *t)
         return false;
     }
     t->done = (uint64_t)len;
-    while (len > 0 && (t->line[len - 1] == '\n' || t->line[len - 1] == '\r'))
-        t->line[--len] = '\0';
+    chop_line_end(t->line, len);
     /* columns by header name, as the seed's scripts find them */
     t->label_col = t->text_col = -1;
-    char *save = NULL;
-    int col = 0;
-    for (char *tok = strtok_r(t->line, "\t", &save); tok; tok = strtok_r(NULL, "\t", &save), col++) {
-        if (!strcmp(tok, "label"))
+    char *fields[TSV_MAX_COLUMNS];
+    t->columns = split_fields(t->line, fields);
+    if (t->columns > TSV_MAX_COLUMNS) {
+        cli_error(cmd, "%s: line 1: %d columns (at most %d)", path, t->columns, TSV_MAX_COLUMNS);
+        return false;
+    }
+    for (int col = 0; col < t->columns; col++) {
+        if (!strcmp(fields[col], "label") && t->label_col < 0)
             t->label_col = col;
-        else if (!strcmp(tok, "text_a"))
+        else if (!strcmp(fields[col], "text_a") && t->text_col < 0)
             t->text_col = col;
     }
-    t->columns = col;
     if (t->text_col < 0) {
         cli_error(cmd, "%s: line 1: the header has no text_a column (expected label\\ttext_a or text_a)", path);
         return false;
@@ -197,18 +218,10 @@ int cli_tsv_next(const char *cmd, struct cli_tsv *t, char **label, char **text)
             cli_error(cmd, "%s:%" PRIu64 ": binary data (NUL byte): not a TSV", t->path, t->line_no);
             return -1;
         }
-        while (len > 0 && (t->line[len - 1] == '\n' || t->line[len - 1] == '\r'))
-            t->line[--len] = '\0';
-        if (len == 0)
+        if (chop_line_end(t->line, len) == 0)
             continue;
-        char *fields[64];
-        int n = 0;
-        char *p = t->line;
-        fields[n++] = p;
-        while ((p = strchr(p, '\t')) && n < 64) {
-            *p++ = '\0';
-            fields[n++] = p;
-        }
+        char *fields[TSV_MAX_COLUMNS];
+        const int n = split_fields(t->line, fields);
         if (n != t->columns) {
             cli_error(cmd, "%s:%" PRIu64 ": %d columns, the header has %d", t->path, t->line_no, n,
                       t->columns);

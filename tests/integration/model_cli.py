@@ -289,6 +289,8 @@ def test_bad_input(twin, tmp):
         "wrong column count": "label\ttext_a\n0\t0a0b\textra\n",
         "unknown label": "label\ttext_a\nnot-a-label\t0a0b\n",
         "binary data": "label\ttext_a\n0\t0a\x000b\n",
+        "more columns than read": "label\ttext_a" + "\tx" * 70 + "\n0\t0a0b" + "\ty" * 70 + "\n",
+        "row with 70 columns": "label\ttext_a\n0\t0a0b" + "\ty" * 68 + "\n",
     }
     for name, content in cases.items():
         path = os.path.join(tmp, "bad.tsv")
@@ -318,6 +320,13 @@ def test_bad_input(twin, tmp):
         err = res.stderr.strip().splitlines()
         check(f"bad usage {' '.join(a for a in args if a.startswith('--'))}: one error line",
               res.returncode != 0 and len(err) == 1 and needle in err[0], res.stderr)
+    # an empty header field is a column as it is in the rows (csv.reader's reading)
+    path = os.path.join(tmp, "empty-column.tsv")
+    with open(path, "w") as f:
+        f.write("label\t\ttext_a\n0\tnote\t0a0b 0c0d\n")
+    res = netlm("classify", "--model", model, "--test_path", path, "-q", ok=False)
+    check("classify: an empty header column is a column (3 fields a row read)",
+          res.returncode == 0 and len(res.stdout.strip().splitlines()) == 2, res.stderr)
     # a classify model is required for classify
     lm = lm_copy(model, os.path.join(tmp, "lm-gpt2"))
     res = netlm("classify", "--model", lm, "--test_path", good, ok=False)
