@@ -187,8 +187,11 @@ struct cap_source;
 /* Results of cap_next_burst(). */
 enum { CAP_BURST_END = -1, CAP_BURST_ERROR = -2 };
 
-/* Opens a pcap or pcapng file (either byte order, µs or ns). On failure returns NULL and writes
- * one line naming the file and the problem into err. */
+/* Opens a pcap or pcapng file (either byte order, µs or ns). pcap goes through libpcap; pcapng
+ * through netlm's own reader (capture/pcapng.c), which takes every section and interface: each
+ * frame carries its own interface's link type (cap_frame.linktype) and time resolution, where
+ * libpcap refuses a file whose interfaces differ. On failure returns NULL and writes one line
+ * naming the file and the problem into err. */
 struct cap_source *cap_open_file(const char *path, char *err, size_t errlen);
 struct cap_source *cap_open_live(const struct cap_live_opts *opts, char *err, size_t errlen);
 /* Starts DPDK's environment (once per process: a second DPDK source is refused) and the port.
@@ -213,8 +216,10 @@ const char *cap_dpdk_version(void);
  * (the expression and libpcap's reason, for the caller to prefix with what set it). */
 bool cap_filter_check(const char *bpf, char *err, size_t errlen);
 /* A file source from now on hands out only the frames bpf matches, compiled for the file's link
- * type (as pcap_setfilter would; a live source takes its filter at open). False with one line
- * naming the file in err: not a file, or the filter does not compile for its link type. */
+ * type (as pcap_setfilter would; a live source takes its filter at open); in a pcapng file, for
+ * each interface's link type. False with one line naming the file in err: not a file, or the
+ * filter does not compile for its link type (a pcapng interface described further on whose link
+ * type it does not compile for stops that file's bursts with CAP_BURST_ERROR). */
 bool cap_source_set_filter(struct cap_source *src, const char *bpf, char *err, size_t errlen);
 
 /* Fills up to max frames. Returns the count (0: nothing yet on a live source), CAP_BURST_END at
@@ -223,7 +228,13 @@ bool cap_source_set_filter(struct cap_source *src, const char *bpf, char *err, s
 int cap_next_burst(struct cap_source *src, struct cap_frame *frames, int max);
 const char *cap_source_error(const struct cap_source *src);
 const char *cap_source_name(const struct cap_source *src);
+/* A pcapng file's: its first interface's (frames carry their own). */
 uint16_t cap_source_linktype(const struct cap_source *src);
+/* A file source: how far into the file it has read, in bytes from where it was opened (the end
+ * of the last frame handed out or of a record after it); what progress is measured in, since
+ * frame bytes leave out the file's own headers (16 per pcap record, 28 to 32 and options per
+ * pcapng block). -1 where unknown: a pipe read by libpcap, a live source. */
+int64_t cap_source_offset(const struct cap_source *src);
 void cap_source_stats(struct cap_source *src, struct cap_source_stats *out);
 void cap_close(struct cap_source *src);
 

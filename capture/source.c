@@ -1,13 +1,16 @@
 /* source.c — packet sources behind cap_open_file() / cap_open_live() / cap_open_dpdk(): libpcap
- * handles (or a DPDK port, dpdk.c) that hand out frames in bursts.
+ * handles (or a DPDK port, dpdk.c, or netlm's pcapng reader, pcapng.c) that hand out frames in
+ * bursts.
  *
  * libpcap reuses one buffer for every frame it returns, so each burst copies its frames into a
- * per-source arena; the frames stay valid until the next burst on the same source. A source is
- * owned by one thread at a time; different sources share nothing. A file's capture filter
- * (cap_source_set_filter) runs in user space on each frame read, as libpcap runs one on a
+ * per-source arena; the frames stay valid until the next burst on the same source. The pcapng
+ * reader's frames point into its own block buffer, which only moves at the start of a burst. A
+ * source is owned by one thread at a time; different sources share nothing. A file's capture
+ * filter (cap_source_set_filter) runs in user space on each frame read, as libpcap runs one on a
  * savefile; a live handle's runs in the kernel. */
 #include "capture/capture.h"
 #include "capture/dpdk_port.h"
+#include "capture/pcapng.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -32,6 +35,8 @@
 
 struct cap_source {
     pcap_t *pcap;
+    struct cap_pcapng *ng; /* a pcapng file: netlm's reader instead of pcap */
+    int64_t start_offset;  /* libpcap file: where in its stream the capture starts */
     char *name; /* the path or the interface */
     bool live;
     bool ended;      /* file: end reached, every later call says so */
@@ -106,6 +111,7 @@ static void source_free(struct cap_source *src)
         pcap_freecode(&src->filter);
     if (src->pcap)
         pcap_close(src->pcap);
+    cap_pcapng_close(src->ng);
     if (src->dpdk_owner)
         cap_dpdk_port_close(src->dpdk);
     free(src->stream_buf);
@@ -129,41 +135,85 @@ static bool has_pcap_magic(const uint8_t m[4])
     return false;
 }
 
+/* A capture that could not be opened (open's errno). */
+static void explain_open_errno(const char *path, int open_errno, char *err, size_t errlen)
+{
+    if (open_errno == ENOENT || open_errno == ENOTDIR)
+        snprintf(err, errlen, "%s: no such file", path);
+    else if (open_errno == EACCES || open_errno == EPERM)
+        snprintf(err, errlen, "%s: permission denied", path);
+    else
+        snprintf(err, errlen, "%s: %s", path, strerror(open_errno));
+}
+
 /* libpcap's open error ("truncated dump file; tried to read 4 file header bytes...", "unknown
- * file format") rarely says what the user needs to hear, so look at the file ourselves. */
-static void explain_open_failure(const char *path, const char *pcap_err, char *err, size_t errlen)
+ * file format") rarely says what the user needs to hear, so look at the input ourselves: head
+ * holds the got bytes already read from its start. Nothing is opened again: a pipe reopened
+ * after its writer left would wait forever. */
+static void explain_open_failure(const char *path, int fd, const char *pcap_err, const uint8_t *head, size_t got,
+                                 char *err, size_t errlen)
 {
     struct stat st;
-    if (stat(path, &st) != 0) {
-        if (errno == ENOENT || errno == ENOTDIR)
-            snprintf(err, errlen, "%s: no such file", path);
-        else if (errno == EACCES)
-            snprintf(err, errlen, "%s: permission denied", path);
-        else
-            snprintf(err, errlen, "%s: %s", path, strerror(errno));
-        return;
-    }
-    if (S_ISDIR(st.st_mode)) {
+    const bool stat_ok = fstat(fd, &st) == 0;
+    if (stat_ok && S_ISDIR(st.st_mode))
         snprintf(err, errlen, "%s: is a directory, not a pcap or pcapng file", path);
-        return;
-    }
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        if (errno == EACCES || errno == EPERM)
-            snprintf(err, errlen, "%s: permission denied", path);
-        else
-            snprintf(err, errlen, "%s: %s", path, strerror(errno));
-        return;
-    }
-    uint8_t magic[4];
-    ssize_t n = read(fd, magic, sizeof magic);
-    close(fd);
-    if (n == 0 && S_ISREG(st.st_mode))
+    else if (got == 0 && stat_ok && S_ISREG(st.st_mode))
         snprintf(err, errlen, "%s: empty file", path);
-    else if (n == 4 && has_pcap_magic(magic))
+    else if (got == 0)
+        snprintf(err, errlen, "%s: empty input", path);
+    else if (got == 4 && has_pcap_magic(head))
         snprintf(err, errlen, "%s: damaged pcap or pcapng header (libpcap: %s)", path, pcap_err);
     else
         snprintf(err, errlen, "%s: not a pcap or pcapng file (libpcap: %s)", path, pcap_err);
+}
+
+/* What libpcap reads from a stream that cannot seek back (a pipe): the bytes taken to look at the
+ * magic, then the rest. */
+struct prefixed_stream {
+    int fd;
+    uint8_t head[4];
+    size_t n, at;
+};
+
+static ssize_t prefixed_read(void *cookie, char *buf, size_t size)
+{
+    struct prefixed_stream *p = cookie;
+    if (p->at < p->n) {
+        size_t k = p->n - p->at < size ? p->n - p->at : size;
+        memcpy(buf, p->head + p->at, k);
+        p->at += k;
+        return (ssize_t)k;
+    }
+    ssize_t got;
+    do
+        got = read(p->fd, buf, size);
+    while (got < 0 && errno == EINTR);
+    return got;
+}
+
+static int prefixed_close(void *cookie)
+{
+    struct prefixed_stream *p = cookie;
+    int rc = p->fd > STDIN_FILENO ? close(p->fd) : 0;
+    free(p);
+    return rc;
+}
+
+/* The stream libpcap reads fd from, positioned where the capture starts (start; -1: fd cannot
+ * seek, and head holds the n bytes already taken). NULL on failure, fd left open. */
+static FILE *libpcap_stream(int fd, bool is_stdin, off_t start, const uint8_t *head, size_t n)
+{
+    if (start >= 0 && lseek(fd, start, SEEK_SET) == start)
+        return is_stdin ? stdin : fdopen(fd, "rb");
+    struct prefixed_stream *p = malloc(sizeof *p);
+    if (!p)
+        return NULL;
+    *p = (struct prefixed_stream){.fd = fd, .n = n};
+    memcpy(p->head, head, n);
+    FILE *fp = fopencookie(p, "rb", (cookie_io_functions_t){.read = prefixed_read, .close = prefixed_close});
+    if (!fp)
+        free(p);
+    return fp;
 }
 
 struct cap_source *cap_open_file(const char *path, char *err, size_t errlen)
@@ -173,20 +223,66 @@ struct cap_source *cap_open_file(const char *path, char *err, size_t errlen)
         snprintf(err, errlen, "(empty path): no such file");
         return NULL;
     }
-    /* Opened here rather than by pcap_open_offline() so that the stream gets its buffer before
-     * the first read: libpcap freads record by record, and with stdio's default 4 KiB buffer
-     * every full-size frame was a read() system call of its own (a third slower on 1500-byte
-     * frames). "-" is stdin, as for tcpdump -r, left as it is. */
-    bool is_stdin = strcmp(path, "-") == 0;
-    FILE *fp = is_stdin ? stdin : fopen(path, "rb");
-    if (!fp) {
-        explain_open_failure(path, strerror(errno), err, errlen);
+    /* "-" is stdin, as for tcpdump -r. */
+    const bool is_stdin = strcmp(path, "-") == 0;
+    const int fd = is_stdin ? STDIN_FILENO : open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        explain_open_errno(path, errno, err, errlen);
         return NULL;
     }
     struct cap_source *src = source_new(path, err, errlen);
     if (!src) {
         if (!is_stdin)
-            fclose(fp);
+            close(fd);
+        return NULL;
+    }
+    /* The magic decides the reader: pcapng goes to netlm's own, which reads files whose
+     * interfaces differ (libpcap refuses them) and hands out frames without copying them. A
+     * redirected standard input may start anywhere in its file: progress counts from there. */
+    const off_t start = lseek(fd, 0, SEEK_CUR);
+    static const uint8_t pcapng_magic[4] = {0x0a, 0x0d, 0x0d, 0x0a};
+    uint8_t head[4];
+    size_t got = 0;
+    while (got < sizeof head) {
+        ssize_t k = read(fd, head + got, sizeof head - got);
+        if (k > 0)
+            got += (size_t)k;
+        else if (k == 0 || errno != EINTR)
+            break; /* a directory, say: libpcap fails on it below and the failure is explained */
+    }
+    src->start_offset = start > 0 ? start : 0;
+    if (got == sizeof head && memcmp(head, pcapng_magic, sizeof head) == 0) {
+        bool damaged;
+        char why[PCAP_ERRBUF_SIZE + 256];
+        src->ng = cap_pcapng_open(fd, head, got, &damaged, why, sizeof why);
+        if (!src->ng) {
+            if (!is_stdin)
+                close(fd);
+            source_free(src);
+            if (damaged)
+                snprintf(err, errlen, "%s: damaged pcap or pcapng header (pcapng: %s)", path, why);
+            else
+                snprintf(err, errlen, "%s: %s", path, why);
+            return NULL;
+        }
+        /* frames point into the reader's buffer: the arena stays unused */
+        free(src->arena);
+        src->arena = NULL;
+        src->arena_size = 0;
+        src->ts_nano = true;
+        src->linktype = cap_pcapng_linktype(src->ng);
+        return src;
+    }
+    /* Opened here rather than by pcap_open_offline() so that the stream gets its buffer before
+     * the first read: libpcap freads record by record, and with stdio's default 4 KiB buffer
+     * every full-size frame was a read() system call of its own (a third slower on 1500-byte
+     * frames). */
+    FILE *fp = libpcap_stream(fd, is_stdin, start, head, got);
+    if (!fp) {
+        if (!is_stdin)
+            close(fd);
+        source_free(src);
+        snprintf(err, errlen, "%s: out of memory", path);
         return NULL;
     }
     if (!is_stdin) {
@@ -199,10 +295,10 @@ struct cap_source *cap_open_file(const char *path, char *err, size_t errlen)
     }
     pcap_t *p = pcap_fopen_offline_with_tstamp_precision(fp, PCAP_TSTAMP_PRECISION_NANO, pcap_err);
     if (!p) {
-        if (!is_stdin)
+        explain_open_failure(path, fd, pcap_err, head, got, err, errlen);
+        if (fp != stdin)
             fclose(fp);
         source_free(src);
-        explain_open_failure(path, pcap_err, err, errlen);
         return NULL;
     }
     src->pcap = p;
@@ -467,8 +563,19 @@ bool cap_filter_check(const char *bpf, char *err, size_t errlen)
 
 bool cap_source_set_filter(struct cap_source *src, const char *bpf, char *err, size_t errlen)
 {
-    if (src->live || src->dpdk || !src->pcap) {
+    if (src->live || src->dpdk || (!src->pcap && !src->ng)) {
         snprintf(err, errlen, "%s: a filter is set here for capture files only", src->name);
+        return false;
+    }
+    if (src->ng) {
+        uint16_t linktype = 0;
+        char why[PCAP_ERRBUF_SIZE];
+        if (cap_pcapng_set_filter(src->ng, bpf, &linktype, why, sizeof why))
+            return true;
+        char before[300], after[80];
+        snprintf(before, sizeof before, "%.200s: the capture filter ", src->name);
+        snprintf(after, sizeof after, " does not apply to its link type %u", linktype);
+        filter_message(err, errlen, before, bpf, after, why);
         return false;
     }
     if (src->filtered) {
@@ -540,6 +647,40 @@ static int file_burst(struct cap_source *src, struct cap_frame *frames, int max)
     return n;
 }
 
+/* No copy: the frames point into the reader's buffer, which only the burst's first read may move
+ * (the previous burst's frames are no longer valid by then). */
+static int pcapng_burst(struct cap_source *src, struct cap_frame *frames, int max)
+{
+    int n = 0;
+    uint64_t bytes = 0;
+    while (n < max) {
+        struct cap_pcapng_frame f;
+        const int rc = cap_pcapng_next(src->ng, n == 0, &f);
+        if (__builtin_expect(rc == CAP_PCAPNG_FRAME, 1)) {
+            frames[n++] = (struct cap_frame){
+                .data = f.data, .caplen = f.caplen, .wirelen = f.wirelen, .ts_ns = f.ts_ns, .linktype = f.linktype};
+            bytes += f.caplen;
+        } else if (rc == CAP_PCAPNG_HOLD) {
+            break;
+        } else if (rc == CAP_PCAPNG_END) {
+            src->ended = true;
+            break;
+        } else {
+            bool damaged;
+            const char *why = cap_pcapng_error(src->ng, &damaged);
+            if (damaged)
+                snprintf(src->err, sizeof src->err, "%s: truncated or corrupted after frame %llu (pcapng: %s)",
+                         src->name, (unsigned long long)cap_pcapng_frames_read(src->ng), why);
+            else
+                snprintf(src->err, sizeof src->err, "%s: %s", src->name, why);
+            src->failed = true;
+            break;
+        }
+    }
+    src->bytes += bytes;
+    return n;
+}
+
 static void live_frame(u_char *user, const struct pcap_pkthdr *h, const u_char *bytes)
 {
     struct cap_source *src = (struct cap_source *)user;
@@ -588,7 +729,9 @@ int cap_next_burst(struct cap_source *src, struct cap_frame *frames, int max)
                                 &src->arena_used);
         src->frames_read += (uint64_t)n;
     } else {
-        n = src->live ? live_burst(src, frames, max) : file_burst(src, frames, max);
+        n = src->live ? live_burst(src, frames, max)
+            : src->ng ? pcapng_burst(src, frames, max)
+                      : file_burst(src, frames, max);
     }
     if (n > 0) {
         src->frames += (uint64_t)n;
@@ -614,7 +757,17 @@ const char *cap_source_name(const struct cap_source *src)
 
 uint16_t cap_source_linktype(const struct cap_source *src)
 {
-    return src->linktype;
+    return src->ng ? cap_pcapng_linktype(src->ng) : src->linktype;
+}
+
+int64_t cap_source_offset(const struct cap_source *src)
+{
+    if (src->ng)
+        return (int64_t)cap_pcapng_offset(src->ng);
+    if (src->live || src->dpdk || !src->pcap)
+        return -1;
+    const off_t at = ftello(pcap_file(src->pcap)); /* -1 on a pipe */
+    return at >= src->start_offset ? at - src->start_offset : -1;
 }
 
 void cap_source_stats(struct cap_source *src, struct cap_source_stats *out)

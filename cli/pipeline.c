@@ -20,6 +20,20 @@ bool cli_header_mode(const char *command, const struct cli_opt *opts, enum tok_h
     return true;
 }
 
+/* A timeout flag holds for its protocol's sessions in every state, as its help says: 0 (none)
+ * turns off the new and closed states' timeouts too, and a value below their defaults lowers
+ * them (a larger value leaves them, Suricata's shorter timeouts for flows not yet answered).
+ * Otherwise a one-way UDP flow, which never leaves the new state, still ended after udp_new's
+ * 30 s under --udp-timeout 0. */
+static void flag_timeout(double given, double *established, double *new_state, double *closed)
+{
+    *established = given;
+    double *others[] = {new_state, closed};
+    for (size_t i = 0; i < sizeof others / sizeof others[0]; i++)
+        if (others[i] && (given == 0 || *others[i] > given))
+            *others[i] = given;
+}
+
 bool cli_flow_config(const char *command, const struct cli_opt *opts, struct ft_config *cfg)
 {
     uint32_t workers, max_flows;
@@ -42,8 +56,10 @@ bool cli_flow_config(const char *command, const struct cli_opt *opts, struct ft_
     if (!cli_double(command, opts, "tcp-timeout", cfg->timeouts.tcp_established, 0, 1e9, &tcp) ||
         !cli_double(command, opts, "udp-timeout", cfg->timeouts.udp_established, 0, 1e9, &udp))
         return false;
-    cfg->timeouts.tcp_established = tcp;
-    cfg->timeouts.udp_established = udp;
+    if (cli_get(opts, "tcp-timeout"))
+        flag_timeout(tcp, &cfg->timeouts.tcp_established, &cfg->timeouts.tcp_new, &cfg->timeouts.tcp_closed);
+    if (cli_get(opts, "udp-timeout"))
+        flag_timeout(udp, &cfg->timeouts.udp_established, &cfg->timeouts.udp_new, NULL);
     if (cli_flag(opts, "no-timeouts"))
         memset(&cfg->timeouts, 0, sizeof cfg->timeouts);
     return true;
@@ -55,7 +71,7 @@ int cli_assemble_files(const char *command, struct ft_assembler *as, char **file
     enum { BURST = 64 };
     struct cap_frame frames[BURST];
     struct cli_progress progress;
-    uint64_t done_bytes = 0, frames_seen = 0;
+    uint64_t done_bytes = 0, frames_seen = 0; /* done_bytes: of the files finished */
     cli_progress_start(&progress, command, total_bytes, quiet);
     for (int f = 0; f < n_files; f++) {
         char err[512];
@@ -65,6 +81,10 @@ int cli_assemble_files(const char *command, struct ft_assembler *as, char **file
             return 1;
         }
         *current_file = f;
+        /* Progress is the position in the file: frame bytes leave out the file's own headers
+         * (a pcapng block's are 28 bytes and up, more than a pcap record's 16). Only where the
+         * source cannot say (a pipe read by libpcap) are the records counted. */
+        uint64_t guessed = 0;
         for (;;) {
             int n = cap_next_burst(src, frames, BURST);
             if (n == CAP_BURST_END)
@@ -76,10 +96,15 @@ int cli_assemble_files(const char *command, struct ft_assembler *as, char **file
             ft_assembler_feed(as, frames, n);
             frames_seen += (uint64_t)n;
             for (int i = 0; i < n; i++)
-                done_bytes += frames[i].caplen + 16u; /* record headers count toward file size */
-            if ((frames_seen & 0x3fff) < (uint64_t)n)
-                cli_progress_update(&progress, done_bytes, frames_seen, "frames");
+                guessed += frames[i].caplen + 16u;
+            if ((frames_seen & 0x3fff) < (uint64_t)n) {
+                const int64_t at = cap_source_offset(src);
+                cli_progress_update(&progress, done_bytes + (at >= 0 ? (uint64_t)at : guessed), frames_seen,
+                                    "frames");
+            }
         }
+        const int64_t at = cap_source_offset(src);
+        done_bytes += at >= 0 ? (uint64_t)at : guessed;
         ft_assembler_finish_input(as);
         cap_close(src);
     }

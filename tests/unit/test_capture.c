@@ -5,7 +5,8 @@
  * protocol), lengths and flags written below were read with TShark 4.0.17 from the captures in
  * shared/data (e.g. `tshark -r F -T pdml`, `tshark -r F -T fields -e ip.src -e tcp.srcport ...`)
  * and checked by hand; payload_len is the L4 length (udp.length - 8, tcp.len, icmp size - 8,
- * ip.len - ip.hdr_len for headerless protocols) bounded by the bytes captured. */
+ * ip.len - ip.hdr_len for headerless protocols) bounded by the bytes captured. pcapng files for
+ * netlm's own reader are built block by block from frames libpcap read (see "pcapng" below). */
 #include <setjmp.h> /* cmocka needs these first */
 #include <stdarg.h>
 #include <stddef.h>
@@ -21,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "capture/capture.h"
@@ -1177,6 +1179,784 @@ static void test_file_arena_full(void **state)
     cap_close(src);
 }
 
+/* ---- pcapng: netlm's own reader ----
+ *
+ * Files are built here block by block from frames that libpcap read out of the shared pcap files,
+ * so what each frame must come back as (bytes, lengths, time, link type) is known by
+ * construction: the time stamps are written in each interface's resolution and expected in ns
+ * computed apart from the reader, NFLOG frames are written in the section's byte order as a host
+ * of that order captures them. The shared pcapng files are checked against libpcap itself. */
+
+struct ng_want {
+    const uint8_t *data; /* the original frame (host order) */
+    uint32_t caplen, wirelen;
+    int64_t ts_ns;
+    uint16_t linktype; /* as libpcap names it */
+    bool tcp, udp, dns; /* for the filter tests, from the decoder */
+};
+
+struct ng_file {
+    uint8_t *buf;
+    size_t len, cap;
+    bool be;            /* the section being written is big-endian */
+    size_t shb_len;     /* the first Section Header Block's length */
+    struct ng_want want[64];
+    size_t n_want;
+    size_t ends[160];   /* where each block ends, and how many packet blocks end there or before */
+    size_t frames_at[160];
+    size_t n_ends;
+    size_t packet_start[64]; /* where each packet block starts */
+    bool untracked;          /* more blocks than the above hold: none recorded */
+    int first_linktype;      /* the file's first interface's, as libpcap names it; -1 none yet */
+};
+
+static void ng_init(struct ng_file *w)
+{
+    memset(w, 0, sizeof *w);
+    w->first_linktype = -1;
+}
+
+static void ng_raw(struct ng_file *w, const void *p, size_t n)
+{
+    if (w->len + n > w->cap) {
+        w->cap = (w->len + n) * 2 + 4096;
+        w->buf = realloc(w->buf, w->cap);
+        assert_non_null(w->buf);
+    }
+    memcpy(w->buf + w->len, p, n);
+    w->len += n;
+}
+
+static void ng_16(struct ng_file *w, uint16_t v)
+{
+    uint8_t b[2] = {(uint8_t)(v & 0xff), (uint8_t)(v >> 8)};
+    if (w->be) {
+        b[0] = (uint8_t)(v >> 8);
+        b[1] = (uint8_t)(v & 0xff);
+    }
+    ng_raw(w, b, 2);
+}
+
+static void ng_32(struct ng_file *w, uint32_t v)
+{
+    if (w->be) {
+        ng_16(w, (uint16_t)(v >> 16));
+        ng_16(w, (uint16_t)v);
+    } else {
+        ng_16(w, (uint16_t)v);
+        ng_16(w, (uint16_t)(v >> 16));
+    }
+}
+
+static void ng_64(struct ng_file *w, uint64_t v)
+{
+    if (w->be) {
+        ng_32(w, (uint32_t)(v >> 32));
+        ng_32(w, (uint32_t)v);
+    } else {
+        ng_32(w, (uint32_t)v);
+        ng_32(w, (uint32_t)(v >> 32));
+    }
+}
+
+static void ng_pad(struct ng_file *w)
+{
+    static const uint8_t zero[4];
+    ng_raw(w, zero, (4 - w->len % 4) % 4);
+}
+
+static size_t ng_begin(struct ng_file *w, uint32_t type)
+{
+    size_t at = w->len;
+    ng_32(w, type);
+    ng_32(w, 0); /* the length, once known */
+    return at;
+}
+
+static void ng_option(struct ng_file *w, uint16_t code, const void *value, uint16_t len)
+{
+    ng_16(w, code);
+    ng_16(w, len);
+    ng_raw(w, value, len);
+    ng_pad(w);
+}
+
+static void ng_end(struct ng_file *w, size_t at, bool packet)
+{
+    ng_pad(w);
+    const uint32_t len = (uint32_t)(w->len - at + 4);
+    ng_32(w, len);
+    const size_t keep = w->len;
+    w->len = at + 4;
+    ng_32(w, len);
+    w->len = keep;
+    if (w->untracked)
+        return;
+    if (packet)
+        w->packet_start[w->n_want - 1] = at;
+    assert_true(w->n_ends < sizeof w->ends / sizeof w->ends[0]);
+    w->ends[w->n_ends] = w->len;
+    w->frames_at[w->n_ends++] = w->n_want;
+}
+
+static void ng_section(struct ng_file *w, bool be)
+{
+    w->be = be;
+    size_t at = ng_begin(w, 0x0A0D0D0A);
+    ng_32(w, 0x1A2B3C4D);
+    ng_16(w, 1);
+    ng_16(w, 0);
+    ng_64(w, UINT64_MAX); /* section length not given */
+    ng_option(w, 4, "netlm test_capture", 18); /* shb_userappl */
+    ng_16(w, 0);
+    ng_16(w, 0);
+    ng_end(w, at, false);
+    if (!w->shb_len)
+        w->shb_len = w->len;
+}
+
+/* tsresol < 0: none (µs); tsoffset written when non-zero */
+static void ng_interface(struct ng_file *w, uint16_t linktype, uint32_t snaplen, int tsresol, int64_t tsoffset)
+{
+    if (w->first_linktype < 0)
+        w->first_linktype = linktype == 101 ? DLT_RAW : linktype;
+    size_t at = ng_begin(w, 1);
+    ng_16(w, linktype);
+    ng_16(w, 0);
+    ng_32(w, snaplen);
+    ng_option(w, 2, "eth7", 4); /* if_name */
+    if (tsresol >= 0) {
+        uint8_t v = (uint8_t)tsresol;
+        ng_option(w, 9, &v, 1);
+    }
+    if (tsoffset) {
+        ng_16(w, 14);
+        ng_16(w, 8);
+        ng_64(w, (uint64_t)tsoffset);
+    }
+    ng_16(w, 0);
+    ng_16(w, 0);
+    ng_end(w, at, false);
+}
+
+static void ng_other(struct ng_file *w, uint32_t type, size_t body)
+{
+    size_t at = ng_begin(w, type);
+    uint8_t *b = malloc(body);
+    assert_non_null(b);
+    for (size_t i = 0; i < body; i++)
+        b[i] = (uint8_t)(i * 37 + 11);
+    ng_raw(w, b, body);
+    free(b);
+    ng_end(w, at, false);
+}
+
+/* NFLOG's TLV lengths and types as a host of the other byte order writes them. */
+static void swap_nflog_tlvs(uint8_t *d, uint32_t caplen)
+{
+    uint32_t off = 4;
+    while (off + 4 <= caplen) {
+        uint16_t len, type;
+        memcpy(&len, d + off, 2);
+        memcpy(&type, d + off + 2, 2);
+        uint32_t size = ((uint32_t)len + 3) & ~3u; /* the host's own order: read before swapping */
+        len = (uint16_t)(len >> 8 | len << 8);
+        type = (uint16_t)(type >> 8 | type << 8);
+        memcpy(d + off, &len, 2);
+        memcpy(d + off + 2, &type, 2);
+        if (size < 4)
+            return;
+        off += size;
+    }
+}
+
+static bool host_be(void)
+{
+    const uint16_t one = 1;
+    return *(const uint8_t *)&one == 0;
+}
+
+static void want_frame(struct ng_file *w, const struct frame_copy *f, uint32_t caplen, int64_t ts_ns)
+{
+    assert_true(w->n_want < sizeof w->want / sizeof w->want[0]);
+    struct cap_packet p;
+    cap_decode(NULL, f->linktype, f->data, f->caplen, f->wirelen, 0, &p);
+    w->want[w->n_want++] = (struct ng_want){
+        .data = f->data, .caplen = caplen, .wirelen = f->wirelen, .ts_ns = ts_ns, .linktype = f->linktype,
+        .tcp = p.layers.l4_proto == 6, .udp = p.layers.l4_proto == 17,
+        .dns = p.layers.l4_proto == 17 && (p.src_port == 53 || p.dst_port == 53)};
+}
+
+/* An Enhanced (or, pb, obsolete) Packet Block with the frame's bytes as the section would hold
+ * them; t is the time in the interface's units, ts_ns what it must come back as. */
+static void ng_packet(struct ng_file *w, bool pb, uint32_t iface, const struct frame_copy *f, uint64_t t,
+                      int64_t ts_ns, bool comment)
+{
+    want_frame(w, f, f->caplen, ts_ns);
+    size_t at = ng_begin(w, pb ? 2 : 6);
+    if (pb) {
+        ng_16(w, (uint16_t)iface);
+        ng_16(w, 0); /* drops */
+    } else {
+        ng_32(w, iface);
+    }
+    ng_32(w, (uint32_t)(t >> 32));
+    ng_32(w, (uint32_t)t);
+    ng_32(w, f->caplen);
+    ng_32(w, f->wirelen);
+    size_t data = w->len;
+    ng_raw(w, f->data, f->caplen);
+    if (f->linktype == 239 && w->be != host_be())
+        swap_nflog_tlvs(w->buf + data, f->caplen);
+    ng_pad(w);
+    if (comment) {
+        ng_option(w, 1, "a frame with options", 20);
+        ng_16(w, 0);
+        ng_16(w, 0);
+    }
+    ng_end(w, at, true);
+}
+
+/* A Simple Packet Block keeps no captured length: the frame cut to the interface's snap length,
+ * and no time either (the reader gives it its predecessor's) */
+static void ng_simple(struct ng_file *w, const struct frame_copy *f, uint32_t snaplen)
+{
+    assert_int_equal(f->caplen, f->wirelen);
+    const uint32_t stored = snaplen && snaplen < f->wirelen ? snaplen : f->wirelen;
+    want_frame(w, f, stored, w->want[w->n_want - 1].ts_ns);
+    size_t at = ng_begin(w, 3);
+    ng_32(w, f->wirelen);
+    ng_raw(w, f->data, stored);
+    ng_end(w, at, true);
+}
+
+#define NS 1000000000LL
+
+/* Three sections: little-endian, big-endian, little-endian again; eight interfaces of five link
+ * types, four time resolutions, a time offset; every packet block type; blocks that are not
+ * packets before, between and after them; an interface described after packets. */
+static void ng_build(struct ng_file *w)
+{
+    ng_init(w);
+    const struct frames *ssh = capture_file("tcpdump-ssh.pcap");
+    const struct frames *raw = capture_file("tcpdump-LINKTYPE_RAW_ipv4.pcap");
+    const struct frames *nflog = capture_file("tcpdump-nflog.pcap");
+    const struct frames *sll = capture_file("tcpdump-tcp-handshake-nano.pcap");
+    const struct frames *quic = capture_file("tcpdump-quic_handshake.pcap");
+    assert_int_equal(raw->f[0].linktype, DLT_RAW); /* libpcap's name for LINKTYPE_RAW (101) */
+
+    ng_section(w, false);
+    ng_interface(w, 1, 262144, -1, 0);         /* 0: Ethernet, µs */
+    ng_interface(w, 101, 65535, 9, 0);         /* 1: raw IP, ns */
+    ng_other(w, 4, 16);                        /* name resolution */
+    ng_packet(w, false, 0, nth(ssh, 1), 1545562209891237ULL, 1545562209891237000LL, false);
+    ng_packet(w, false, 1, nth(raw, 1), 1700000000123456789ULL, 1700000000123456789LL, true);
+    ng_interface(w, 239, 0, 0x94, 1000);       /* 2: NFLOG, 2^-20 s, +1000 s */
+    /* 1.5e9 s and 0x54321 / 2^20 s: 344865 * 1e9 / 2^20 = 328888893.13 ns */
+    ng_packet(w, false, 2, nth(nflog, 1), (1500000000ULL << 20) | 0x54321, 1500001000LL * NS + 328888893LL,
+              false);
+    ng_packet(w, true, 0, nth(ssh, 2), 1545562209891300ULL, 1545562209891300000LL, false);
+    ng_other(w, 5, 28);                        /* interface statistics */
+    ng_simple(w, nth(ssh, 3), 262144);
+    ng_other(w, 0x40000BAD, 13);               /* a custom block, padded */
+    ng_packet(w, false, 0, nth(ssh, 4), 1545562210000001ULL, 1545562210000001000LL, true);
+
+    ng_section(w, true);
+    /* 0: Linux SLL, ns, a snap length of 70 that its 76-byte frames exceed: Enhanced Packet
+     * Blocks say their own captured length and are taken as they are (as Wireshark does; libpcap
+     * refuses them), a Simple Packet Block is cut to it */
+    ng_interface(w, 113, 70, 9, 0);
+    ng_interface(w, 239, 65535, -1, -20);      /* 1: NFLOG, µs, -20 s */
+    ng_interface(w, 0, 65535, 3, 0);           /* 2: BSD loopback, ms */
+    for (size_t i = 1; i <= 3; i++)
+        ng_packet(w, false, 0, nth(sll, i), 1600000000000000000ULL + i, 1600000000000000000LL + (int64_t)i, false);
+    for (size_t i = 2; i <= 4; i++)
+        ng_packet(w, false, 1, nth(nflog, i), 1400000000000000ULL + i, (1400000000LL - 20) * NS + (int64_t)i * 1000,
+                  i == 3);
+    ng_packet(w, false, 2, nth(quic, 1), 1234567890123ULL, 1234567890123000000LL, false);
+    ng_packet(w, true, 2, nth(quic, 2), 1234567890124ULL, 1234567890124000000LL, false);
+    ng_other(w, 0x0A, 40);                     /* decryption secrets */
+    ng_simple(w, nth(sll, 2), 70);
+
+    ng_section(w, false);
+    ng_interface(w, 1, 1500, 6, 0);            /* 0: Ethernet again, µs said explicitly */
+    ng_packet(w, false, 0, nth(ssh, 5), 1545562211000000ULL, 1545562211000000000LL, false);
+}
+
+static void ng_write(const struct ng_file *w, const char *name, char *path, size_t pathlen)
+{
+    snprintf(path, pathlen, "%s/%s", tmpdir, name);
+    write_file(path, w->buf, w->len);
+}
+
+/* Reads path in bursts of max; checks every frame against want[], which the filter selects from
+ * (filter: 0 all, 1 TCP only, 2 DNS only, 3 UDP only). Returns the last burst result. */
+static int ng_check_frames(const char *path, const struct ng_file *w, int max, int filter, const char *bpf,
+                           size_t *got)
+{
+    char err[512];
+    struct cap_source *src = cap_open_file(path, err, sizeof err);
+    if (!src)
+        fail_msg("%s", err);
+    if (bpf && !cap_source_set_filter(src, bpf, err, sizeof err))
+        fail_msg("%s", err);
+    assert_int_equal(cap_source_linktype(src), w->first_linktype);
+    struct cap_frame b[64];
+    size_t i = 0, n = 0;
+    uint64_t bytes = 0;
+    int k;
+    while ((k = cap_next_burst(src, b, max)) > 0) {
+        assert_true(k <= max);
+        for (int j = 0; j < k; j++) {
+            while (i < w->n_want && ((filter == 1 && !w->want[i].tcp) || (filter == 2 && !w->want[i].dns) ||
+                                     (filter == 3 && !w->want[i].udp)))
+                i++;
+            assert_true(i < w->n_want);
+            const struct ng_want *e = &w->want[i++];
+            if (b[j].caplen != e->caplen || b[j].wirelen != e->wirelen || b[j].ts_ns != e->ts_ns ||
+                b[j].linktype != e->linktype || memcmp(b[j].data, e->data, e->caplen) != 0)
+                fail_msg("%s frame %zu: caplen %u/%u wirelen %u/%u ts %lld/%lld linktype %u/%u%s", path, i,
+                         b[j].caplen, e->caplen, b[j].wirelen, e->wirelen, (long long)b[j].ts_ns,
+                         (long long)e->ts_ns, b[j].linktype, e->linktype,
+                         memcmp(b[j].data, e->data, e->caplen) ? ", bytes differ" : "");
+            bytes += b[j].caplen;
+        }
+        n += (size_t)k;
+    }
+    struct cap_source_stats st;
+    cap_source_stats(src, &st);
+    assert_int_equal(st.frames, n);
+    assert_int_equal(st.bytes, bytes);
+    if (k == CAP_BURST_END && !filter)
+        assert_int_equal(n, w->n_want);
+    if (k == CAP_BURST_END && cap_source_offset(src) >= 0)
+        assert_int_equal(cap_source_offset(src), (int64_t)w->len);
+    *got = n;
+    cap_close(src);
+    return k;
+}
+
+static void test_pcapng_sections(void **state)
+{
+    (void)state;
+    struct ng_file w;
+    ng_build(&w);
+    char path[512];
+    ng_write(&w, "sections.pcapng", path, sizeof path);
+    assert_int_equal(w.n_want, 16);
+    assert_int_equal(w.want[6].caplen, 76);  /* over the snap length, in an Enhanced Packet Block */
+    assert_int_equal(w.want[14].caplen, 70); /* cut to it, in a Simple Packet Block */
+    static const int maxes[] = {1, 3, 64};
+    for (size_t i = 0; i < sizeof maxes / sizeof maxes[0]; i++) {
+        size_t n;
+        assert_int_equal(ng_check_frames(path, &w, maxes[i], 0, NULL, &n), CAP_BURST_END);
+        assert_int_equal(n, 16);
+    }
+    free(w.buf);
+
+    /* Several MiB: reading goes on in the reader's second buffer in the middle of bursts, and the
+     * bursts stay full, as libpcap's are (the order sessions end in follows them) */
+    const struct frames *ssh = capture_file("tcpdump-ssh.pcap");
+    ng_init(&w);
+    w.untracked = true;
+    ng_section(&w, false);
+    ng_interface(&w, 1, 0, 9, 0);
+    enum { LONG = 30000 };
+    for (size_t i = 0; i < LONG; i++) {
+        const struct frame_copy *f = nth(ssh, 1 + i % ssh->n);
+        size_t at = ng_begin(&w, 6);
+        ng_32(&w, 0);
+        ng_32(&w, 0);
+        ng_32(&w, (uint32_t)i);
+        ng_32(&w, f->caplen);
+        ng_32(&w, f->wirelen);
+        ng_raw(&w, f->data, f->caplen);
+        ng_end(&w, at, false);
+    }
+    assert_true(w.len > (4u << 20));
+    ng_write(&w, "long.pcapng", path, sizeof path);
+    char err[512];
+    struct cap_source *src = cap_open_file(path, err, sizeof err);
+    assert_non_null(src);
+    struct cap_frame b[64];
+    size_t seen = 0;
+    int k;
+    while ((k = cap_next_burst(src, b, 64)) > 0) {
+        if (k < 64)
+            assert_int_equal(seen + (size_t)k, LONG);
+        for (int j = 0; j < k; j++) {
+            const struct frame_copy *f = nth(ssh, 1 + (seen + (size_t)j) % ssh->n);
+            assert_int_equal(b[j].ts_ns, (int64_t)(seen + (size_t)j));
+            assert_int_equal(b[j].caplen, f->caplen);
+            assert_memory_equal(b[j].data, f->data, f->caplen);
+        }
+        seen += (size_t)k;
+    }
+    assert_int_equal(k, CAP_BURST_END);
+    assert_int_equal(seen, LONG);
+    assert_int_equal(cap_source_offset(src), (int64_t)w.len);
+    cap_close(src);
+    free(w.buf);
+}
+
+/* Every shared pcapng file that libpcap reads gives the frames libpcap gives. */
+static void test_pcapng_as_libpcap(void **state)
+{
+    (void)state;
+    static const char *const files[] = {
+        "ndpi-sites.pcapng", "ndpi-gre.pcapng", "ndpi-openwire.pcapng", "ndpi-quic_interop_V.pcapng",
+        "ndpi-reasm_segv_anon.pcapng", "tcpdump-ahcp.pcapng", "tcpdump-of13_ericsson.pcapng"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        char path[512], perr[PCAP_ERRBUF_SIZE], err[512];
+        snprintf(path, sizeof path, "%s%s", PCAPS, files[i]);
+        pcap_t *p = pcap_open_offline_with_tstamp_precision(path, PCAP_TSTAMP_PRECISION_NANO, perr);
+        assert_non_null(p);
+        struct cap_source *src = cap_open_file(path, err, sizeof err);
+        assert_non_null(src);
+        struct cap_frame b[64];
+        int k, n = 0;
+        while ((k = cap_next_burst(src, b, 64)) > 0) {
+            for (int j = 0; j < k; j++, n++) {
+                struct pcap_pkthdr *h;
+                const u_char *d;
+                assert_int_equal(pcap_next_ex(p, &h, &d), 1);
+                assert_int_equal(b[j].caplen, h->caplen);
+                assert_int_equal(b[j].wirelen, h->len);
+                assert_int_equal(b[j].ts_ns, (int64_t)h->ts.tv_sec * NS + h->ts.tv_usec);
+                assert_int_equal(b[j].linktype, pcap_datalink(p));
+                assert_memory_equal(b[j].data, d, h->caplen);
+            }
+        }
+        assert_int_equal(k, CAP_BURST_END);
+        struct pcap_pkthdr *h;
+        const u_char *d;
+        assert_int_equal(pcap_next_ex(p, &h, &d), PCAP_ERROR_BREAK);
+        struct stat st;
+        assert_int_equal(stat(path, &st), 0);
+        assert_int_equal(cap_source_offset(src), st.st_size);
+        print_message("  %s: %d frames as libpcap's\n", files[i], n);
+        cap_close(src);
+        pcap_close(p);
+    }
+}
+
+/* Through a named pipe, written in small pieces, as bash's <(...) gives one: reads return what
+ * is there, which moves the reader's buffer at other places than a file's reads do. */
+static void feed_fifo(const char *fifo, const uint8_t *data, size_t len, size_t piece)
+{
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int fd = open(fifo, O_WRONLY);
+        for (size_t at = 0; fd >= 0 && at < len; at += piece) {
+            size_t n = len - at < piece ? len - at : piece;
+            if (write(fd, data + at, n) != (ssize_t)n)
+                _exit(1);
+            usleep(200);
+        }
+        _exit(0);
+    }
+}
+
+static void test_pcapng_pipe(void **state)
+{
+    (void)state;
+    struct ng_file w;
+    ng_build(&w);
+    char fifo[512];
+    snprintf(fifo, sizeof fifo, "%s/capture.fifo", tmpdir);
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    static const size_t pieces[] = {7, 100, 4096};
+    for (size_t i = 0; i < sizeof pieces / sizeof pieces[0]; i++) {
+        feed_fifo(fifo, w.buf, w.len, pieces[i]);
+        size_t n;
+        assert_int_equal(ng_check_frames(fifo, &w, 4, 0, NULL, &n), CAP_BURST_END);
+        assert_int_equal(n, 16);
+        int status;
+        assert_true(wait(&status) > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    }
+    /* a pcap file through the pipe goes to libpcap, its magic handed back to it; its offset is
+     * unknown there */
+    size_t len;
+    uint8_t *ssh = read_file(PCAPS "tcpdump-ssh.pcap", &len);
+    feed_fifo(fifo, ssh, len, 333);
+    char err[512];
+    struct cap_source *src = cap_open_file(fifo, err, sizeof err);
+    assert_non_null(src);
+    int last;
+    uint64_t bytes;
+    assert_int_equal(drain(src, 64, &last, &bytes), 54);
+    assert_int_equal(last, CAP_BURST_END);
+    assert_int_equal(bytes, 11960);
+    assert_int_equal(cap_source_offset(src), -1);
+    cap_close(src);
+    int status;
+    assert_true(wait(&status) > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    /* the same file on disk: the offset is the file's size at the end */
+    src = cap_open_file(PCAPS "tcpdump-ssh.pcap", err, sizeof err);
+    assert_non_null(src);
+    assert_int_equal(drain(src, 64, &last, &bytes), 54);
+    assert_int_equal(cap_source_offset(src), (int64_t)len);
+    cap_close(src);
+    free(ssh);
+    unlink(fifo);
+    free(w.buf);
+}
+
+/* Reads a damaged copy; the frames before the damage come out, then one error naming the file,
+ * the frame count and what is wrong. */
+static void expect_ng_damage(const char *name, const uint8_t *data, size_t len, size_t frames, const char *what)
+{
+    char path[512], err[512];
+    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+    write_file(path, data, len);
+    struct cap_source *src = cap_open_file(path, err, sizeof err);
+    if (!src)
+        fail_msg("%s: %s", name, err);
+    int last;
+    uint64_t bytes;
+    size_t n = drain(src, 5, &last, &bytes);
+    const char *msg = cap_source_error(src);
+    if (last != CAP_BURST_ERROR || n != frames || !strstr(msg, path) || !strstr(msg, what))
+        fail_msg("%s: %zu frames (want %zu), result %d, \"%s\" (want \"%s\")", name, n, frames, last, msg, what);
+    char after[64];
+    snprintf(after, sizeof after, "truncated or corrupted after frame %zu (pcapng: ", frames);
+    if (!strstr(msg, after))
+        fail_msg("%s: \"%s\" lacks \"%s\"", name, msg, after);
+    assert_null(strchr(msg, '\n'));
+    print_message("  %s\n", msg);
+    struct cap_frame b[4];
+    assert_int_equal(cap_next_burst(src, b, 4), CAP_BURST_ERROR); /* and stays there */
+    cap_close(src);
+}
+
+static void put32(uint8_t *p, uint32_t v, bool be)
+{
+    for (int i = 0; i < 4; i++)
+        p[be ? 3 - i : i] = (uint8_t)(v >> (8 * i));
+}
+
+static void test_pcapng_damage(void **state)
+{
+    (void)state;
+    struct ng_file w;
+    ng_build(&w);
+    char path[512], err[512];
+    uint8_t *c = malloc(w.len);
+    assert_non_null(c);
+
+    /* every cut: at a block's end a clean shorter file; elsewhere the frames of the blocks before
+     * it, then the error; inside the first Section Header Block no file at all */
+    size_t block = 0;
+    for (size_t cut = 1; cut < w.len; cut++) {
+        while (block < w.n_ends && w.ends[block] <= cut)
+            block++;
+        const size_t frames = block ? w.frames_at[block - 1] : 0;
+        snprintf(path, sizeof path, "%s/cut.pcapng", tmpdir);
+        write_file(path, w.buf, cut);
+        struct cap_source *src = cap_open_file(path, err, sizeof err);
+        if (cut < w.shb_len) {
+            assert_null(src);
+            assert_non_null(strstr(err, path));
+            assert_non_null(strstr(err, cut < 4 ? "not a pcap or pcapng file" : "damaged pcap or pcapng header"));
+            continue;
+        }
+        if (!src)
+            fail_msg("cut at %zu: %s", cut, err);
+        int last;
+        uint64_t bytes;
+        const size_t n = drain(src, 3, &last, &bytes);
+        const bool boundary = block > 0 && w.ends[block - 1] == cut;
+        if (n != frames || last != (boundary ? CAP_BURST_END : CAP_BURST_ERROR))
+            fail_msg("cut at %zu: %zu frames (want %zu), result %d: %s", cut, n, frames, last, cap_source_error(src));
+        if (!boundary) {
+            char after[64];
+            snprintf(after, sizeof after, "truncated or corrupted after frame %zu (pcapng: ", frames);
+            assert_non_null(strstr(cap_source_error(src), after));
+        }
+        cap_close(src);
+    }
+
+    /* where the damage is: the k-th packet block (counting from 0) of the first section */
+    const size_t p1 = w.packet_start[1], p2 = w.packet_start[2];
+    const uint32_t p1_len = (uint32_t)w.buf[p1 + 4] | (uint32_t)w.buf[p1 + 5] << 8;
+#define COPY() memcpy(c, w.buf, w.len)
+    COPY();
+    put32(c + p1 + p1_len - 4, p1_len + 4, false);
+    expect_ng_damage("trailer.pcapng", c, w.len, 1, "whose two lengths differ");
+    COPY();
+    put32(c + p1 + 4, p1_len + 2, false);
+    expect_ng_damage("odd-length.pcapng", c, w.len, 1, "claims a length of");
+    COPY();
+    put32(c + p1 + 4, 8, false);
+    expect_ng_damage("short-length.pcapng", c, w.len, 1, "claims a length of 8 bytes");
+    COPY();
+    put32(c + p1 + 4, 0x7ffffff0, false);
+    expect_ng_damage("huge-packet.pcapng", c, w.len, 1, "more than");
+    COPY();
+    put32(c + p1 + 20, p1_len, false); /* captured length */
+    expect_ng_damage("caplen.pcapng", c, w.len, 1, "runs past its end");
+    COPY();
+    put32(c + p2 + 8, 7, false); /* interface */
+    expect_ng_damage("iface.pcapng", c, w.len, 2, "interface 7");
+    /* the third section has one interface: the second section's three are gone */
+    const size_t last_packet = w.packet_start[w.n_want - 1];
+    COPY();
+    put32(c + last_packet + 8, 1, false);
+    expect_ng_damage("old-iface.pcapng", c, w.len, w.n_want - 1, "interface 1, which its section has not described");
+    /* the second section's header: its byte-order magic, its version */
+    size_t shb2 = 0;
+    for (size_t i = 0; i < w.n_ends; i++)
+        if (w.ends[i] < w.len && memcmp(w.buf + w.ends[i], "\x0a\x0d\x0d\x0a", 4) == 0 && !shb2)
+            shb2 = w.ends[i];
+    assert_true(shb2 > 0);
+    const size_t frames1 = 6;
+    COPY();
+    c[shb2 + 8] ^= 0xff;
+    expect_ng_damage("bom.pcapng", c, w.len, frames1, "byte-order magic");
+    COPY();
+    c[shb2 + 13] = 2; /* major version, big-endian */
+    expect_ng_damage("version.pcapng", c, w.len, frames1, "version 2.0");
+    /* the second section's first interface: an option longer than the block, a resolution of
+     * 2^-64 */
+    const size_t idb2 = shb2 + ((size_t)w.buf[shb2 + 6] << 8 | w.buf[shb2 + 7]); /* after the header */
+    COPY();
+    c[idb2 + 16 + 3] = 200; /* if_name's length (big-endian) */
+    expect_ng_damage("option.pcapng", c, w.len, frames1, "runs past the block");
+    COPY();
+    assert_int_equal(c[idb2 + 24 + 1], 9); /* if_tsresol, after if_name's 4 + 4 bytes */
+    c[idb2 + 24 + 4] = 0xc0;
+    expect_ng_damage("tsresol.pcapng", c, w.len, frames1, "2^-64");
+
+    /* a valid block of another type larger than the reader holds whole: skipped as it streams
+     * by, the frames after it read */
+    struct ng_file big;
+    ng_init(&big);
+    ng_section(&big, false);
+    ng_interface(&big, 1, 0, -1, 0);
+    ng_packet(&big, false, 0, nth(capture_file("tcpdump-ssh.pcap"), 1), 1, 1000, false);
+    ng_other(&big, 0x80000001, 17u << 20);
+    ng_packet(&big, false, 0, nth(capture_file("tcpdump-ssh.pcap"), 2), 2, 2000, false);
+    snprintf(path, sizeof path, "%s/long-block.pcapng", tmpdir);
+    write_file(path, big.buf, big.len);
+    size_t n;
+    assert_int_equal(ng_check_frames(path, &big, 64, 0, NULL, &n), CAP_BURST_END);
+    assert_int_equal(n, 2);
+    /* ... and the same cut inside it */
+    expect_ng_damage("long-block-cut.pcapng", big.buf, big.len - 1000, 1, "ends inside a block of");
+    free(big.buf);
+
+    /* random damage: never a crash, never a frame outside the file, always an end */
+    srand(7);
+    for (int round = 0; round < 3000; round++) {
+        COPY();
+        const int flips = 1 + rand() % 4;
+        for (int f = 0; f < flips; f++)
+            c[(size_t)rand() % w.len] ^= (uint8_t)(1 + rand() % 255);
+        snprintf(path, sizeof path, "%s/mutated.pcapng", tmpdir);
+        write_file(path, c, w.len);
+        struct cap_source *src = cap_open_file(path, err, sizeof err);
+        if (!src)
+            continue;
+        struct cap_frame b[8];
+        int k;
+        size_t frames = 0;
+        while ((k = cap_next_burst(src, b, 8)) > 0) {
+            for (int j = 0; j < k; j++)
+                assert_true(b[j].caplen <= w.len);
+            frames += (size_t)k;
+        }
+        assert_true(k == CAP_BURST_END || k == CAP_BURST_ERROR);
+        assert_true(frames <= w.len / 16);
+        cap_close(src);
+    }
+#undef COPY
+    free(c);
+    free(w.buf);
+}
+
+/* A filter is compiled for each interface's link type: "tcp" keeps the TCP frames of Ethernet,
+ * raw IP, Linux SLL and BSD loopback interfaces, which the decoder names apart from libpcap. The
+ * loopback frames are a macOS capture's IPv6 (address family 30), which libpcap matches in a
+ * savefile but not in what it compiles for a live capture. */
+static void test_pcapng_filter(void **state)
+{
+    (void)state;
+    const struct frames *ssh = capture_file("tcpdump-ssh.pcap");
+    const struct frames *raw = capture_file("tcpdump-LINKTYPE_RAW_ipv4.pcap");
+    const struct frames *sll = capture_file("tcpdump-tcp-handshake-nano.pcap");
+    const struct frames *dns = capture_file("ndpi-dns_fragmented.pcap");
+    const struct frames *quic = capture_file("tcpdump-quic_handshake.pcap");
+    struct ng_file w;
+    ng_init(&w);
+    ng_section(&w, false);
+    ng_interface(&w, 1, 0, -1, 0);
+    ng_interface(&w, 101, 0, 9, 0);
+    ng_interface(&w, 113, 0, 9, 0);
+    ng_interface(&w, 0, 0, 9, 0);
+    ng_packet(&w, false, 3, nth(quic, 3), 0, 0, false);
+    ng_packet(&w, false, 0, nth(ssh, 1), 1, 1000, false);
+    ng_packet(&w, false, 1, nth(raw, 1), 2, 2, false);
+    ng_packet(&w, false, 2, nth(sll, 1), 3, 3, false);
+    ng_packet(&w, false, 0, nth(dns, 1), 4, 4000, false);
+    ng_packet(&w, false, 0, nth(dns, 2), 5, 5000, false); /* a first fragment: it has the ports */
+    ng_packet(&w, false, 2, nth(sll, 2), 6, 6, false);
+    ng_packet(&w, false, 3, nth(quic, 1), 7, 7, false);
+    ng_section(&w, true);
+    ng_interface(&w, 1, 0, -1, 0);
+    ng_interface(&w, 1, 0, 3, 0);
+    ng_packet(&w, true, 1, nth(ssh, 2), 8, 8000000, false);
+    ng_packet(&w, false, 0, nth(dns, 4), 9, 9000, false);
+    char path[512], err[512];
+    ng_write(&w, "filter.pcapng", path, sizeof path);
+    size_t n, tcp = 0, udp = 0, dns53 = 0;
+    for (size_t i = 0; i < w.n_want; i++) {
+        tcp += w.want[i].tcp;
+        udp += w.want[i].udp;
+        dns53 += w.want[i].dns;
+    }
+    assert_int_equal(tcp, 4);   /* SSH twice, the SLL handshake twice */
+    assert_int_equal(udp, 6);   /* the DNS frames and QUIC twice */
+    assert_int_equal(dns53, 4); /* raw IP, Ethernet IPv4 twice (a query, an answer's first fragment),
+                                 * Ethernet IPv6 */
+    assert_int_equal(ng_check_frames(path, &w, 64, 1, "tcp", &n), CAP_BURST_END);
+    assert_int_equal(n, tcp);
+    assert_int_equal(ng_check_frames(path, &w, 2, 2, "udp port 53", &n), CAP_BURST_END);
+    assert_int_equal(n, dns53);
+    assert_int_equal(ng_check_frames(path, &w, 64, 3, "udp", &n), CAP_BURST_END);
+    assert_int_equal(n, udp);
+    assert_int_equal(ng_check_frames(path, &w, 64, 0, "", &n), CAP_BURST_END); /* none */
+    assert_int_equal(n, w.n_want);
+
+    /* the leading interfaces include raw IP, which has no Ethernet addresses */
+    struct cap_source *src = cap_open_file(path, err, sizeof err);
+    assert_non_null(src);
+    assert_false(cap_source_set_filter(src, "ether host 00:01:02:03:04:05", err, sizeof err));
+    print_message("  %s\n", err);
+    assert_non_null(strstr(err, path));
+    assert_non_null(strstr(err, "does not apply to its link type 12"));
+    cap_close(src);
+    free(w.buf);
+
+    /* libpcap filters nothing but link[...] on NFLOG; ng_build's file describes an NFLOG
+     * interface after two frames: the one of them that is TCP, then the error */
+    ng_build(&w);
+    ng_write(&w, "nflog-filter.pcapng", path, sizeof path);
+    src = cap_open_file(path, err, sizeof err);
+    assert_non_null(src);
+    assert_true(cap_source_set_filter(src, "tcp", err, sizeof err));
+    int last;
+    uint64_t bytes;
+    assert_int_equal(drain(src, 64, &last, &bytes), 1);
+    assert_int_equal(bytes, nth(ssh, 1)->caplen);
+    assert_int_equal(last, CAP_BURST_ERROR);
+    print_message("  %s\n", cap_source_error(src));
+    assert_non_null(strstr(cap_source_error(src), "does not apply to link type 239 of interface 2"));
+    assert_null(strstr(cap_source_error(src), "corrupted"));
+    cap_close(src);
+    free(w.buf);
+}
+
 /* ---- live capture on the loopback interface (skipped where capturing is not allowed) ---- */
 
 #include <netinet/in.h>
@@ -1282,6 +2062,11 @@ int main(void)
         cmocka_unit_test(test_file_bursts_and_stats),
         cmocka_unit_test(test_file_cut_mid_record),
         cmocka_unit_test(test_file_arena_full),
+        cmocka_unit_test(test_pcapng_sections),
+        cmocka_unit_test(test_pcapng_as_libpcap),
+        cmocka_unit_test(test_pcapng_pipe),
+        cmocka_unit_test(test_pcapng_damage),
+        cmocka_unit_test(test_pcapng_filter),
         cmocka_unit_test(test_live_errors),
         cmocka_unit_test(test_live_loopback),
     };
