@@ -65,6 +65,10 @@ bool cli_make_folders(const char *command, const char *flag, const char *dir, bo
  * run; untracked once it is renamed or removed. */
 void cli_temp_track(const char *path);
 void cli_temp_untrack(const char *path);
+/* A directory being filled, such as a checkpoint staged as OUT/checkpoint.new: SIGINT, SIGTERM or
+ * SIGHUP empties and removes it (one at a time). */
+void cli_temp_track_dir(const char *dir);
+void cli_temp_untrack_dir(void);
 /* False after an error line when path names one of the files cli_collect_files listed (for
  * outputs that are not a cli_output: replay's). */
 bool cli_output_not_input(const char *command, const char *path);
@@ -87,10 +91,27 @@ double cli_now(void);
 /* Expands files and folders (recursively, sorted) into capture paths. A file named on the
  * command line is taken as it is; a folder contributes every regular file that starts as a pcap
  * or pcapng capture does, and the others (a README, notes) are skipped with one warning line that
- * counts them. A missing path is an error. Returns the count or -1. */
+ * counts them. A file reached twice (named twice, a folder and a file in it, a link: the same
+ * device and inode) is listed once, where it first appears, with one warning line. A missing
+ * path is an error. Returns the count or -1, and the sum of the sizes in *total_bytes. */
 int cli_collect_files(const char *command, const char *const *paths, int n, char ***files_out,
                       uint64_t *total_bytes);
+/* The same, and with streams also "-" (standard input, at most once) and a pipe or character
+ * device named on the command line (bash's <(...), /dev/stdin), as cap_open_file reads them. For
+ * commands that open each input once: a stream cannot be read a second time. *total_bytes is 0
+ * when a stream's size is unknown (the progress line then shows no share or ETA). */
+int cli_collect_inputs(const char *command, const char *const *paths, int n, bool streams, char ***files_out,
+                       uint64_t *total_bytes);
 void cli_free_files(char **files, int n);
+
+/* A TSV field that holds outside text (a file or class name, a label): tab, newline, carriage
+ * return and backslash become \t, \n, \r and \\, so a row keeps its columns whatever the
+ * name (docs/sessions.md). cli_tsv_escape writes into out (cap bytes with the terminator; at most
+ * CLI_TSV_ESCAPED_MAX(len) needed), stops before an escape that does not fit, and returns the
+ * length; cli_tsv_put writes to f. */
+#define CLI_TSV_ESCAPED_MAX(len) ((len) * 2 + 1)
+size_t cli_tsv_escape(const char *s, char *out, size_t cap);
+void cli_tsv_put(FILE *f, const char *s);
 
 /* A dataset TSV: columns found by the header's names (label, text_a). */
 struct cli_tsv {
@@ -289,8 +310,8 @@ int cmd_replay(int argc, char **argv);
      "split: a new SYN on a 5-tuple starts a new session, as tshark's tcp.stream (default); "   \
      "merge: one session per 5-tuple (SplitCap)", NULL},                                                     \
     {"max-flows", NULL, 0, "N", "live flows kept at most; the oldest idle is evicted (default 1048576; dataset: 262144)", NULL}, \
-    {"tcp-timeout", NULL, 0, "SEC", "idle timeout of established TCP sessions (default 600; 0 = none)", NULL}, \
-    {"udp-timeout", NULL, 0, "SEC", "idle timeout of UDP sessions (default 300; 0 = none)", NULL}, \
+    {"tcp-timeout", NULL, 0, "SEC", "idle timeout of TCP sessions (default 600 once established; a smaller value or 0 = none holds in every state)", NULL}, \
+    {"udp-timeout", NULL, 0, "SEC", "idle timeout of UDP sessions (default 300 once answered; a smaller value or 0 = none holds in every state)", NULL}, \
     {"no-timeouts", NULL, 0, NULL, "never end a session for being idle", NULL},                  \
     {"tunnels", NULL, 0, "outer|inner", "session of a tunnelled packet: the outer one (default) or the innermost", NULL}, \
     {"quiet", NULL, 'q', NULL, "no progress line", NULL}

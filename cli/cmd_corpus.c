@@ -70,7 +70,7 @@ int cmd_corpus(int argc, char **argv)
     }
     status = 1;
     uint64_t total = 0;
-    n_files = cli_collect_files(cmd, inputs, n_inputs, &files, &total);
+    n_files = cli_collect_inputs(cmd, inputs, n_inputs, true, &files, &total);
     if (n_files <= 0) {
         if (n_files == 0)
             cli_error(cmd, "no capture files found in %s", inputs[0]);

@@ -323,6 +323,16 @@ static bool list_classes(const char *cmd, const char *dir, struct class_list *ou
             cli_warn(cmd, "%s: not a class folder, ignored", path);
             continue;
         }
+        if (strpbrk(e->d_name, "\n\r")) {
+            /* classes.txt names label n on line n: a line break would shift every label after it.
+             * The name is shown escaped, so that the error stays one line. */
+            char shown[CLI_TSV_ESCAPED_MAX(sizeof e->d_name)];
+            cli_tsv_escape(e->d_name, shown, sizeof shown);
+            cli_error(cmd, "%s/%s: a class folder name with a line break in it cannot be a label; rename it", dir,
+                      shown);
+            closedir(d);
+            return false;
+        }
         if (out->n == cap) {
             cap = cap ? 2 * cap : 32;
             char **p = realloc(out->names, (size_t)cap * sizeof *p);
@@ -630,8 +640,11 @@ int cmd_dataset(int argc, char **argv)
                 }
                 counts[s->split]++;
                 const char *fname = class_files[s->label][s->file_index - class_file_base[s->label]];
-                fprintf(outs.index.fp, "%s\t%u\t%s\t%s\t%" PRIu64 "\t%u\t", split_names[s->split], s->label,
-                        classes.names[s->label], fname, s->first_frame, s->packet_index + 1);
+                fprintf(outs.index.fp, "%s\t%u\t", split_names[s->split], s->label);
+                cli_tsv_put(outs.index.fp, classes.names[s->label]);
+                fputc('\t', outs.index.fp);
+                cli_tsv_put(outs.index.fp, fname);
+                fprintf(outs.index.fp, "\t%" PRIu64 "\t%u\t", s->first_frame, s->packet_index + 1);
                 write_origin(outs.index.fp, &s->origin);
                 fputc('\n', outs.index.fp);
             }

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "common/json_escape.h"
 #include "model/model.h"
 #include "sensor/sensor.h"
 #include "tokenizer/tokenizer.h"
@@ -152,19 +153,22 @@ static void infer_release(struct infer *in)
     model_free(in->model);
 }
 
+/* Labels and TSV fields are outside text (class folder names, a dataset's bytes): the shared
+ * escaper keeps the line valid JSON in valid UTF-8 whatever they hold. */
 static void json_string(FILE *f, const char *s)
 {
-    fputc('"', f);
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\')
-            fprintf(f, "\\%c", ch);
-        else if (ch < 0x20)
-            fprintf(f, "\\u%04x", ch);
-        else
-            fputc(ch, f);
+    char stack[1024];
+    size_t cap = JSON_ESCAPED_MAX(strlen(s));
+    char *buf = cap <= sizeof stack ? stack : malloc(cap);
+    if (!buf) { /* without memory a cut string, still valid JSON, rather than none */
+        buf = stack;
+        cap = sizeof stack;
     }
     fputc('"', f);
+    fwrite(buf, 1, json_escape(s, buf, cap), f);
+    fputc('"', f);
+    if (buf != stack)
+        free(buf);
 }
 
 
@@ -205,9 +209,15 @@ static void write_classification(struct infer *in, uint32_t b)
         }
         fputs("]}\n", in->out);
     } else {
-        fprintf(in->out, "%u\t%s\t%.6f\t", best[0], names[best[0]], s[best[0]]);
-        for (uint32_t i = 0; i < k; i++)
-            fprintf(in->out, "%s%s:%.6f", i ? "," : "", names[best[i]], s[best[i]]);
+        fprintf(in->out, "%u\t", best[0]);
+        cli_tsv_put(in->out, names[best[0]]);
+        fprintf(in->out, "\t%.6f\t", s[best[0]]);
+        for (uint32_t i = 0; i < k; i++) {
+            if (i)
+                fputc(',', in->out);
+            cli_tsv_put(in->out, names[best[i]]);
+            fprintf(in->out, ":%.6f", s[best[i]]);
+        }
         fputc('\n', in->out);
     }
     if (in->truth[b] >= 0) {
@@ -277,7 +287,7 @@ struct session_rows {
     pthread_mutex_t lock;
     struct infer *in;
     const struct tok_settings *tok;
-    char **files;
+    char **names; /* the file column of each input, escaped for the format (JSON or TSV) */
     volatile int current_file;
     uint32_t *ids, *lengths;
     char **desc;
@@ -315,26 +325,13 @@ static void on_session(const struct ft_session *s, int worker, void *user)
         inet_ntop(af, s->src_addr, src, sizeof src);
         inet_ntop(af, s->dst_addr, dst, sizeof dst);
     }
-    const char *file = sr->files[sr->current_file];
+    const char *file = sr->names[sr->current_file];
     char desc[8192 + 12 * 4096];
     if (in->json) {
-        /* the file name is JSON-escaped by hand: it is the one free-form field */
-        char esc[4200];
-        size_t k = 0;
-        for (const char *p = file; *p && k + 7 < sizeof esc; p++) {
-            unsigned char ch = (unsigned char)*p;
-            if (ch == '"' || ch == '\\')
-                k += (size_t)snprintf(esc + k, sizeof esc - k, "\\%c", ch);
-            else if (ch < 0x20)
-                k += (size_t)snprintf(esc + k, sizeof esc - k, "\\u%04x", ch);
-            else
-                esc[k++] = (char)ch;
-        }
-        esc[k] = '\0';
         snprintf(desc, sizeof desc,
                  "\"file\":\"%s\",\"first_frame\":%" PRIu64 ",\"proto\":\"%s\",\"src_ip\":\"%s\",\"src_port\":%u,"
                  "\"dest_ip\":\"%s\",\"dest_port\":%u,\"packets\":%" PRIu64 ",\"tokens\":%u",
-                 esc, s->first_frame, proto_name(s->proto, pbuf), src, s->src_port, dst, s->dst_port,
+                 file, s->first_frame, proto_name(s->proto, pbuf), src, s->src_port, dst, s->dst_port,
                  s->pkts[0] + s->pkts[1], len);
         if (in->emit_tokens) {
             size_t k = strlen(desc);
@@ -397,12 +394,27 @@ static int classify_captures(struct infer *in, const struct cli_opt *opts, struc
         return 1;
     fcfg->packets_per_session = tok.packets;
     fcfg->bytes_per_packet = sensor_bytes_per_packet(&tok);
-    struct session_rows sr = {.in = in, .tok = &tok, .files = files};
+    struct session_rows sr = {.in = in, .tok = &tok};
     pthread_mutex_init(&sr.lock, NULL);
     char err[512];
-    struct ft_assembler *as = ft_assembler_create(fcfg, on_session, &sr, err, sizeof err);
+    struct ft_assembler *as = NULL;
     int status = 1;
-    if (!as) {
+    /* The file names are the one free-form field of a row: escaped once, not per session. */
+    sr.names = calloc((size_t)n_files, sizeof *sr.names);
+    bool named = sr.names != NULL;
+    for (int i = 0; named && i < n_files; i++) {
+        const size_t len = strlen(files[i]);
+        const size_t cap = in->json ? JSON_ESCAPED_MAX(len) : CLI_TSV_ESCAPED_MAX(len);
+        if (!(sr.names[i] = malloc(cap)))
+            named = false;
+        else if (in->json)
+            json_escape(files[i], sr.names[i], cap);
+        else
+            cli_tsv_escape(files[i], sr.names[i], cap);
+    }
+    if (!named)
+        cli_error(in->cmd, "out of memory");
+    else if (!(as = ft_assembler_create(fcfg, on_session, &sr, err, sizeof err))) {
         cli_error(in->cmd, "%s", err);
     } else if (cli_assemble_files(in->cmd, as, files, n_files, total_bytes, cli_flag(opts, "quiet"),
                                   &sr.current_file) == 0) {
@@ -432,6 +444,8 @@ static int classify_captures(struct infer *in, const struct cli_opt *opts, struc
     for (size_t i = 0; i < sr.n; i++)
         free(sr.desc[i]);
     free(sr.desc);
+    if (sr.names)
+        cli_free_files(sr.names, n_files);
     free(sr.ids);
     free(sr.lengths);
     pthread_mutex_destroy(&sr.lock);
@@ -659,7 +673,7 @@ int cmd_classify(int argc, char **argv)
      * written is reported at once, and before a header line reaches stdout. The captures come
      * first so that the output may be checked against them (it must not replace one). */
     status = 1;
-    if (!test_path && (n_files = cli_collect_files(cmd, pos, npos, &files, &total_bytes)) < 0) {
+    if (!test_path && (n_files = cli_collect_inputs(cmd, pos, npos, true, &files, &total_bytes)) < 0) {
         n_files = 0;
         goto done;
     }

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "common/json_escape.h"
 
 /* Lines are built straight into a block buffer of the worker that ended the session, and a full
  * block is written with one fwrite under the lock: one lock and one stdio call per block instead
@@ -26,11 +27,10 @@ struct sessions_block {
 struct sessions_run {
     FILE *out;
     bool json;
-    char **files;
-    size_t *file_lens;
     volatile int current_file;
-    char **escaped_files; /* JSON-escaped file names, made before the workers start */
-    size_t *escaped_lens;
+    char **names; /* the file column of each input, escaped for the format (JSON or TSV), made
+                     before the workers start */
+    size_t *name_lens;
     pthread_mutex_t lock;
     struct sessions_block *blocks; /* one per worker */
     int n_blocks;
@@ -154,24 +154,6 @@ static void put_addr(struct line *l, uint8_t version, const uint8_t addr[16])
     }
 }
 
-/* JSON string body for a file name: quotes, backslashes and control bytes escaped. */
-static void json_escape(const char *s, char *out, size_t cap)
-{
-    size_t o = 0;
-    for (; *s && o + 7 < cap; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') {
-            out[o++] = '\\';
-            out[o++] = (char)c;
-        } else if (c < 0x20) {
-            o += (size_t)snprintf(out + o, cap - o, "\\u%04x", c);
-        } else {
-            out[o++] = (char)c;
-        }
-    }
-    out[o] = '\0';
-}
-
 /* Writes a worker's block out; the caller owns the block (its worker, or any thread once the
  * workers are idle). */
 static void block_flush(struct sessions_run *run, struct sessions_block *b)
@@ -228,7 +210,7 @@ static void on_session(const struct ft_session *s, int worker, void *user)
         PUT_LIT(&l, "\",\"first_frame\":");
         put_u64(&l, s->first_frame);
         PUT_LIT(&l, ",\"pcap_filename\":\"");
-        put_mem(&l, run->escaped_files[file], run->escaped_lens[file]);
+        put_mem(&l, run->names[file], run->name_lens[file]);
         PUT_LIT(&l, "\"}\n");
     } else {
         put_str(&l, proto);
@@ -255,7 +237,7 @@ static void on_session(const struct ft_session *s, int worker, void *user)
         PUT_LIT(&l, "\t");
         put_u64(&l, s->vlan);
         PUT_LIT(&l, "\t");
-        put_mem(&l, run->files[file], run->file_lens[file]);
+        put_mem(&l, run->names[file], run->name_lens[file]);
         PUT_LIT(&l, "\n");
     }
     if (l.n == OUT_LINE_MAX - 1 || l.buf[l.n - 1] != '\n')
@@ -294,14 +276,16 @@ int cmd_sessions(int argc, char **argv)
     int rc = cli_parse(cmd, "[OPTIONS] FILE|FOLDER...",
                        "Assembles the bidirectional sessions of pcap/pcapng captures and prints one line per\n"
                        "session: protocol, endpoints (src = the side that sent the first packet), packets and\n"
-                       "bytes each way (frame lengths on the wire), start and end times, why it ended\n"
-                       "(closed, timeout, end-of-input, evicted), the number of its first frame, its VLAN and\n"
-                       "the file. vlan is the innermost 802.1Q/802.1ad VLAN ID of its frames (0: untagged): it is\n"
-                       "part of the session's key, so the same 5-tuple on two VLANs is two sessions.\n"
+                       "bytes each way (frame lengths on the wire), start and end (its earliest and latest\n"
+                       "packet times), why it ended (closed, timeout, end-of-input, evicted), the number of its\n"
+                       "first frame, its VLAN and the file. vlan is the innermost 802.1Q/802.1ad VLAN ID of its\n"
+                       "frames (0: untagged): it is part of the session's key, so the same 5-tuple on two VLANs\n"
+                       "is two sessions.\n"
                        "A datagram's later IP fragments count in the session of its first fragment.\n"
                        "TSV columns (--header prints them): proto src_ip src_port dest_ip dest_port\n"
                        "pkts_toserver pkts_toclient bytes_toserver bytes_toclient start end reason first_frame\n"
-                       "vlan file; JSON: the same fields, flow_id and ip_v added, pcap_filename for file.",
+                       "vlan file (a tab, newline, CR or backslash in it written \\t \\n \\r \\\\); JSON: the same\n"
+                       "fields, flow_id and ip_v added, pcap_filename for file. FILE '-' is standard input.",
                        opts, argc, argv, &pos, &npos);
     if (rc != CLI_PARSED)
         return rc == CLI_HELP_SHOWN ? 0 : 2;
@@ -323,7 +307,7 @@ int cmd_sessions(int argc, char **argv)
         goto done;
     }
     uint64_t total = 0;
-    n_files = cli_collect_files(cmd, pos, npos, &files, &total);
+    n_files = cli_collect_inputs(cmd, pos, npos, true, &files, &total);
     status = 1;
     if (n_files < 0) {
         n_files = 0;
@@ -337,27 +321,22 @@ int cmd_sessions(int argc, char **argv)
         goto done;
     run.out = out.fp;
     run.json = format == 1;
-    run.files = files;
-    run.escaped_files = calloc((size_t)n_files, sizeof *run.escaped_files);
-    for (int i = 0; run.escaped_files && i < n_files; i++) {
-        size_t cap = strlen(files[i]) * 6 + 1;
-        if ((run.escaped_files[i] = malloc(cap)))
-            json_escape(files[i], run.escaped_files[i], cap);
-        else
-            goto done;
-    }
-    if (!run.escaped_files)
-        goto done;
-    run.file_lens = calloc((size_t)n_files, sizeof *run.file_lens);
-    run.escaped_lens = calloc((size_t)n_files, sizeof *run.escaped_lens);
+    run.names = calloc((size_t)n_files, sizeof *run.names);
+    run.name_lens = calloc((size_t)n_files, sizeof *run.name_lens);
     run.blocks = calloc((size_t)cfg.workers, sizeof *run.blocks);
-    if (!run.file_lens || !run.escaped_lens || !run.blocks) {
+    if (!run.names || !run.name_lens || !run.blocks) {
         cli_error(cmd, "out of memory");
         goto done;
     }
     for (int i = 0; i < n_files; i++) {
-        run.file_lens[i] = strlen(files[i]);
-        run.escaped_lens[i] = strlen(run.escaped_files[i]);
+        const size_t len = strlen(files[i]);
+        const size_t cap = run.json ? JSON_ESCAPED_MAX(len) : CLI_TSV_ESCAPED_MAX(len);
+        if (!(run.names[i] = malloc(cap))) {
+            cli_error(cmd, "out of memory");
+            goto done;
+        }
+        run.name_lens[i] = run.json ? json_escape(files[i], run.names[i], cap)
+                                    : cli_tsv_escape(files[i], run.names[i], cap);
     }
     for (run.n_blocks = 0; run.n_blocks < cfg.workers; run.n_blocks++) {
         if (!(run.blocks[run.n_blocks].buf = malloc(OUT_BLOCK_BYTES))) {
@@ -397,13 +376,12 @@ done:
         cli_output_abort(&out);
     if (as)
         ft_assembler_destroy(as);
-    if (run.escaped_files)
-        cli_free_files(run.escaped_files, n_files);
+    if (run.names)
+        cli_free_files(run.names, n_files);
     for (int i = 0; i < run.n_blocks; i++)
         free(run.blocks[i].buf);
     free(run.blocks);
-    free(run.file_lens);
-    free(run.escaped_lens);
+    free(run.name_lens);
     cli_free_files(files, n_files);
     free(pos);
     return status;

@@ -2,6 +2,7 @@
  * files and folders given on the command line into a sorted list of captures. */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -9,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -104,16 +106,74 @@ static char temp_paths[TEMP_SLOTS][PATH_MAX];
 static _Atomic bool temp_used[TEMP_SLOTS];
 static const int temp_signals[] = {SIGINT, SIGTERM, SIGHUP};
 
+/* A directory being filled (a checkpoint staged as OUT/checkpoint.new): the handler empties and
+ * removes it with raw system calls only (no opendir: it allocates), so the PATH.tmp.PID files that
+ * model_save writes inside go with it. */
+static char temp_dir[PATH_MAX];
+static _Atomic bool temp_dir_used;
+
+static void remove_temp_dir(void)
+{
+    static _Alignas(8) char entries[4096];
+    const int fd = open(temp_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    for (long n; (n = syscall(SYS_getdents64, fd, entries, sizeof entries)) > 0;)
+        for (long at = 0; at < n;) {
+            /* struct linux_dirent64: ino (8), off (8), reclen (2), type (1), name */
+            unsigned short reclen;
+            memcpy(&reclen, entries + at + 16, sizeof reclen);
+            const char *name = entries + at + 19;
+            if (!(name[0] == '.' && (!name[1] || (name[1] == '.' && !name[2]))))
+                unlinkat(fd, name, 0);
+            at += reclen;
+        }
+    close(fd);
+    rmdir(temp_dir);
+}
+
 static void remove_temps_and_die(int signo)
 {
     for (int i = 0; i < TEMP_SLOTS; i++)
         if (atomic_load(&temp_used[i]))
             unlink(temp_paths[i]);
+    if (atomic_load(&temp_dir_used))
+        remove_temp_dir();
     signal(signo, SIG_DFL);
     raise(signo); /* the status a caller expects of a run ended by signo */
 }
 
+static void install_temp_handlers(void);
+
+void cli_temp_track_dir(const char *dir)
+{
+    install_temp_handlers();
+    if (strlen(dir) >= PATH_MAX)
+        return;
+    atomic_store(&temp_dir_used, false);
+    memcpy(temp_dir, dir, strlen(dir) + 1);
+    atomic_store(&temp_dir_used, true);
+}
+
+void cli_temp_untrack_dir(void)
+{
+    atomic_store(&temp_dir_used, false);
+}
+
 void cli_temp_track(const char *path)
+{
+    install_temp_handlers();
+    if (strlen(path) >= PATH_MAX)
+        return;
+    for (int i = 0; i < TEMP_SLOTS; i++)
+        if (!atomic_load(&temp_used[i])) {
+            memcpy(temp_paths[i], path, strlen(path) + 1);
+            atomic_store(&temp_used[i], true);
+            return;
+        }
+}
+
+static void install_temp_handlers(void)
 {
     static bool handlers_installed;
     if (!handlers_installed) {
@@ -126,14 +186,6 @@ void cli_temp_track(const char *path)
                 sigaction(temp_signals[i], &sa, NULL);
         }
     }
-    if (strlen(path) >= PATH_MAX)
-        return;
-    for (int i = 0; i < TEMP_SLOTS; i++)
-        if (!atomic_load(&temp_used[i])) {
-            memcpy(temp_paths[i], path, strlen(path) + 1);
-            atomic_store(&temp_used[i], true);
-            return;
-        }
 }
 
 void cli_temp_untrack(const char *path)
@@ -266,8 +318,11 @@ static void progress_print(struct cli_progress *p, double now, uint64_t done, ui
         double left = elapsed * (double)(p->total_bytes - done) / (double)done;
         snprintf(eta, sizeof eta, ", ETA %.0f s", left);
     }
-    double pct = p->total_bytes ? 100.0 * (double)done / (double)p->total_bytes : 0;
-    fprintf(stderr, "%s%s: %.1f MB (%.0f%%), %llu %s, %.1f MB/s, %.0f %s/s%s%s%s", p->tty ? "\r" : "",
+    /* total 0: the size is unknown (a capture read from a pipe), so neither share nor ETA */
+    char pct[16] = "";
+    if (p->total_bytes)
+        snprintf(pct, sizeof pct, " (%.0f%%)", 100.0 * (double)done / (double)p->total_bytes);
+    fprintf(stderr, "%s%s: %.1f MB%s, %llu %s, %.1f MB/s, %.0f %s/s%s%s%s", p->tty ? "\r" : "",
             p->what, mb, pct, (unsigned long long)items, unit, rate, irate, unit, eta,
             final ? ", done" : "", p->tty && !final ? "\033[K" : "\n");
     if (p->tty && final)
@@ -294,10 +349,50 @@ void cli_progress_end(struct cli_progress *p, uint64_t done_bytes, uint64_t item
     progress_print(p, cli_now(), done_bytes, items, unit, true);
 }
 
+size_t cli_tsv_escape(const char *s, char *out, size_t cap)
+{
+    size_t k = 0;
+    if (cap == 0)
+        return 0;
+    for (; *s; s++) {
+        char esc = *s == '\t' ? 't' : *s == '\n' ? 'n' : *s == '\r' ? 'r' : *s == '\\' ? '\\' : 0;
+        size_t n = esc ? 2 : 1;
+        if (k + n + 1 > cap)
+            break;
+        if (esc) {
+            out[k++] = '\\';
+            out[k++] = esc;
+        } else {
+            out[k++] = *s;
+        }
+    }
+    out[k] = '\0';
+    return k;
+}
+
+void cli_tsv_put(FILE *f, const char *s)
+{
+    for (const char *p = s;; p++) {
+        const size_t plain = strcspn(p, "\t\n\r\\");
+        fwrite(p, 1, plain, f);
+        p += plain;
+        if (!*p)
+            return;
+        fputc('\\', f);
+        fputc(*p == '\t' ? 't' : *p == '\n' ? 'n' : *p == '\r' ? 'r' : '\\', f);
+    }
+}
+
 struct file_list {
     char **paths;
+    struct listed_file {
+        dev_t dev;
+        ino_t ino;
+        uint64_t size;
+    } *ids;                /* beside each path: what it names, and its size (0: unknown) */
     int n, cap;
-    uint64_t bytes;
+    bool streams;          /* standard input, pipes and devices named on the command line are taken */
+    bool size_unknown;     /* a stream is among them */
     uint64_t skipped;      /* files in folders that are not captures */
     char first_skipped[512];
 };
@@ -324,7 +419,7 @@ static bool looks_like_capture(const char *path)
     return be == 0x0a0d0d0au;
 }
 
-static bool list_push(struct file_list *l, const char *path, uint64_t size)
+static bool list_push(struct file_list *l, const char *path, const struct stat *st, uint64_t size)
 {
     if (l->n == l->cap) {
         int cap = l->cap ? l->cap * 2 : 64;
@@ -332,13 +427,17 @@ static bool list_push(struct file_list *l, const char *path, uint64_t size)
         if (!p)
             return false;
         l->paths = p;
+        struct listed_file *ids = realloc(l->ids, (size_t)cap * sizeof *ids);
+        if (!ids)
+            return false;
+        l->ids = ids;
         l->cap = cap;
     }
     l->paths[l->n] = strdup(path);
     if (!l->paths[l->n])
         return false;
+    l->ids[l->n] = (struct listed_file){st->st_dev, st->st_ino, size};
     l->n++;
-    l->bytes += size;
     return true;
 }
 
@@ -347,13 +446,47 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* A capture named on the command line that is read as a stream, as tcpdump -r reads one: "-"
+ * (standard input: a pipe, a socket, or a redirected file), or a named pipe or character device
+ * (bash's <(...), /dev/stdin). Nothing may read ahead in it (looks_like_capture would eat its
+ * header), and its size is unknown unless it is a file. Inside a folder only regular files count:
+ * opening a stray pipe there would wait for a writer forever. */
+static bool walk_stream(const char *command, const char *path, const struct stat *st, struct file_list *l)
+{
+    const bool is_stdin = strcmp(path, "-") == 0;
+    if (is_stdin && isatty(STDIN_FILENO)) {
+        cli_error(command, "-: standard input is a terminal, not a capture (pipe one in: ... | netlm %s -)", command);
+        return false;
+    }
+    uint64_t size = 0;
+    if (S_ISREG(st->st_mode)) { /* only standard input gets here as a file */
+        const off_t at = lseek(STDIN_FILENO, 0, SEEK_CUR); /* what is left of a redirected file */
+        size = at >= 0 && at <= st->st_size ? (uint64_t)(st->st_size - at) : 0;
+    } else if (S_ISFIFO(st->st_mode) || S_ISCHR(st->st_mode) || (is_stdin && S_ISSOCK(st->st_mode))) {
+        l->size_unknown = true;
+    } else {
+        cli_error(command, "%s: %s", path,
+                  is_stdin ? "standard input is neither a pipe nor a file" : "not a regular file, folder, pipe or device");
+        return false;
+    }
+    remember_input(st);
+    return list_push(l, path, st, size);
+}
+
 static bool walk(const char *command, const char *path, struct file_list *l, int depth)
 {
     struct stat st;
-    if (stat(path, &st) != 0) {
+    const bool is_stdin = depth == 0 && strcmp(path, "-") == 0;
+    if (is_stdin && !l->streams) {
+        cli_error(command, "-: this command reads capture files, not standard input");
+        return false;
+    }
+    if (is_stdin ? fstat(STDIN_FILENO, &st) != 0 : stat(path, &st) != 0) {
         cli_error(command, "%s: %s", path, strerror(errno));
         return false;
     }
+    if (is_stdin)
+        return walk_stream(command, path, &st, l);
     if (S_ISREG(st.st_mode)) {
         remember_input(&st);
         if (depth > 0 && !looks_like_capture(path)) {
@@ -361,8 +494,10 @@ static bool walk(const char *command, const char *path, struct file_list *l, int
                 snprintf(l->first_skipped, sizeof l->first_skipped, "%s", path);
             return true;
         }
-        return list_push(l, path, (uint64_t)st.st_size);
+        return list_push(l, path, &st, (uint64_t)st.st_size);
     }
+    if (depth == 0 && l->streams && !S_ISDIR(st.st_mode))
+        return walk_stream(command, path, &st, l);
     if (!S_ISDIR(st.st_mode)) {
         cli_error(command, "%s: not a regular file or folder", path);
         return false;
@@ -419,22 +554,118 @@ static bool walk(const char *command, const char *path, struct file_list *l, int
     return ok;
 }
 
+/* Orders entries by what they name, then by position: the first of equal ones is the one given
+ * first. */
+static int cmp_listed(const void *a, const void *b, void *ids)
+{
+    const int x = *(const int *)a, y = *(const int *)b;
+    const struct listed_file *p = (const struct listed_file *)ids + x, *q = (const struct listed_file *)ids + y;
+    if (p->dev != q->dev)
+        return p->dev < q->dev ? -1 : 1;
+    if (p->ino != q->ino)
+        return p->ino < q->ino ? -1 : 1;
+    return (x > y) - (x < y);
+}
+
+/* A file given twice (twice by name, a folder and a file in it, a hard or symbolic link) would be
+ * read twice and its sessions counted twice: each file named by the same device and inode is
+ * kept where it first appears, the others are dropped with one warning line. Sorting keeps this
+ * O(n log n) for the tens of thousands of files of a session-per-file dataset. False when out of
+ * memory. */
+static bool drop_repeated(const char *command, struct file_list *l)
+{
+    if (l->n < 2)
+        return true;
+    int *order = malloc((size_t)l->n * sizeof *order);
+    bool *dropped = calloc((size_t)l->n, sizeof *dropped);
+    if (!order || !dropped) {
+        free(order);
+        free(dropped);
+        return false;
+    }
+    for (int i = 0; i < l->n; i++)
+        order[i] = i;
+    qsort_r(order, (size_t)l->n, sizeof *order, cmp_listed, l->ids);
+    int repeats = 0, first_dup = -1, first_orig = -1;
+    for (int i = 1, run_start = 0; i < l->n; i++) {
+        const struct listed_file *a = &l->ids[order[run_start]], *b = &l->ids[order[i]];
+        if (a->dev != b->dev || a->ino != b->ino) {
+            run_start = i;
+            continue;
+        }
+        dropped[order[i]] = true;
+        repeats++;
+        if (first_dup < 0 || order[i] < first_dup) {
+            first_dup = order[i];
+            first_orig = order[run_start];
+        }
+    }
+    if (repeats) {
+        char more[64] = "";
+        if (repeats > 1)
+            snprintf(more, sizeof more, " (%d more input%s given before)", repeats - 1,
+                     repeats == 2 ? " repeats one" : "s repeat ones");
+        if (strcmp(l->paths[first_dup], l->paths[first_orig]) == 0)
+            cli_warn(command, "%s: given more than once, read once%s", l->paths[first_dup], more);
+        else
+            cli_warn(command, "%s: the same file as %s, read once%s", l->paths[first_dup], l->paths[first_orig], more);
+        int k = 0;
+        for (int i = 0; i < l->n; i++) {
+            if (dropped[i]) {
+                free(l->paths[i]);
+                continue;
+            }
+            l->paths[k] = l->paths[i];
+            l->ids[k++] = l->ids[i];
+        }
+        l->n = k;
+    }
+    free(order);
+    free(dropped);
+    return true;
+}
+
 int cli_collect_files(const char *command, const char *const *paths, int n, char ***files_out,
                       uint64_t *total_bytes)
 {
-    struct file_list l = {0};
+    return cli_collect_inputs(command, paths, n, false, files_out, total_bytes);
+}
+
+int cli_collect_inputs(const char *command, const char *const *paths, int n, bool streams, char ***files_out,
+                       uint64_t *total_bytes)
+{
+    struct file_list l = {.streams = streams};
+    int stdin_given = 0;
+    for (int i = 0; i < n; i++)
+        stdin_given += strcmp(paths[i], "-") == 0;
+    if (stdin_given > 1) {
+        /* a second read of standard input would find it at its end, not the capture again */
+        cli_error(command, "-: standard input given %d times; it can be read once", stdin_given);
+        return -1;
+    }
     for (int i = 0; i < n; i++) {
         if (!walk(command, paths[i], &l, 0)) {
             cli_free_files(l.paths, l.n);
+            free(l.ids);
             return -1;
         }
     }
     if (l.skipped)
         cli_warn(command, "skipped %" PRIu64 " file%s of the folders given, not pcap or pcapng: %s%s", l.skipped,
                  l.skipped == 1 ? "" : "s", l.first_skipped, l.skipped > 1 ? ", ..." : "");
+    if (!drop_repeated(command, &l)) {
+        cli_error(command, "out of memory");
+        cli_free_files(l.paths, l.n);
+        free(l.ids);
+        return -1;
+    }
+    uint64_t bytes = 0;
+    for (int i = 0; i < l.n; i++)
+        bytes += l.ids[i].size;
+    free(l.ids);
     *files_out = l.paths;
     if (total_bytes)
-        *total_bytes = l.bytes;
+        *total_bytes = l.size_unknown ? 0 : bytes;
     return l.n;
 }
 

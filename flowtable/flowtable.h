@@ -158,7 +158,8 @@ struct ft_session {
     uint16_t src_port, dst_port;
     uint64_t pkts[2];      /* [0] = to server (from src), [1] = to client */
     uint64_t bytes[2];     /* frame lengths on the wire */
-    int64_t first_ns, last_ns; /* timestamps of its first and last packet in arrival order */
+    int64_t first_ns, last_ns; /* its earliest and latest packet timestamps (not the first and
+                                  last to arrive: time may step back within a capture) */
     uint8_t tcp_flags[2];  /* OR of the flags seen each way */
     uint8_t tcp_state;     /* enum ft_tcp_state at the end */
     uint8_t reason;        /* enum ft_end_reason (0 in the ready callback: not ended yet) */

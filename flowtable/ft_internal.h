@@ -118,7 +118,7 @@ struct ft_flow {
         struct { /* while live */
             struct ft_flow *lru_prev, *lru_next;
             int64_t clock_last; /* the input clock at its last packet: idle time is measured on it */
-            int64_t last_ns;
+            int64_t last_ns;    /* its latest packet time (first_ns: its earliest) */
             uint64_t pkts[2]; /* by canonical direction; initiator/responder on output */
             uint64_t bytes[2];
         };

@@ -461,7 +461,7 @@ static struct ft_flow *ft_flow_prepare(struct ft_worker *w, const struct ft_pkt 
     memset(f, 0, offsetof(struct ft_flow, owner));
     f->key = p->key;
     f->hash = p->hash;
-    f->first_ns = p->ts_ns;
+    f->first_ns = f->last_ns = p->ts_ns;
     f->first_frame = p->frame;
     f->id = p->ordinal;
     f->linktype = p->layers.linktype;
@@ -590,7 +590,13 @@ void ft_worker_packet(struct ft_worker *w, const struct ft_pkt *p)
     int d = p->dir;
     f->pkts[d]++;
     f->bytes[d] += p->wirelen;
-    f->last_ns = p->ts_ns;
+    /* A session's start and end are its earliest and latest packet times, as tshark's
+     * conversations give them: a capture merged from several sources steps back in time, and
+     * arrival order would then make end < start. Idleness is measured on clock_last, not here. */
+    if (p->ts_ns > f->last_ns)
+        f->last_ns = p->ts_ns;
+    else if (p->ts_ns < f->first_ns)
+        f->first_ns = p->ts_ns;
     f->clock_last = p->clock_ns;
     f->seen_dirs |= (uint8_t)(1u << d);
     f->payload_pkts += p->has_payload;

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/json_escape.h"
 #include "sensor/sensor_internal.h"
 
 /* ---- JSON lines ---- */
@@ -56,69 +57,22 @@ void sj_printf(struct sensor_json *j, const char *fmt, ...)
     j->len += (size_t)n;
 }
 
-/* Escapes for JSON: quotes, backslashes and control characters; bytes ≥ 0x80 pass through (file
- * names and labels are expected to be UTF-8; invalid UTF-8 is replaced so the line stays valid). */
-static size_t escape(const char *s, char *out, size_t cap)
-{
-    static const char hex[] = "0123456789abcdef";
-    size_t k = 0;
-    const unsigned char *p = (const unsigned char *)s;
-    while (*p) {
-        unsigned char ch = *p;
-        char tmp[8];
-        size_t n = 0;
-        size_t adv = 1;
-        if (ch == '"' || ch == '\\') {
-            tmp[0] = '\\', tmp[1] = (char)ch, n = 2;
-        } else if (ch == '\n') {
-            tmp[0] = '\\', tmp[1] = 'n', n = 2;
-        } else if (ch == '\t') {
-            tmp[0] = '\\', tmp[1] = 't', n = 2;
-        } else if (ch < 0x20 || ch == 0x7f) {
-            memcpy(tmp, "\\u00", 4);
-            tmp[4] = hex[ch >> 4], tmp[5] = hex[ch & 15], n = 6;
-        } else if (ch < 0x80) {
-            tmp[0] = (char)ch, n = 1;
-        } else {
-            /* a UTF-8 sequence: copy it when well formed, else U+FFFD */
-            size_t want = ch >= 0xf0 && ch < 0xf5 ? 4 : ch >= 0xe0 ? 3 : ch >= 0xc2 && ch < 0xe0 ? 2 : 0;
-            bool ok = want > 0;
-            for (size_t i = 1; ok && i < want; i++)
-                ok = (p[i] & 0xc0) == 0x80;
-            if (ok) {
-                memcpy(tmp, p, want);
-                n = adv = want;
-            } else {
-                memcpy(tmp, "\\ufffd", 6);
-                n = 6;
-            }
-        }
-        if (k + n + 1 > cap)
-            break;
-        memcpy(out + k, tmp, n);
-        k += n;
-        p += adv;
-    }
-    out[k] = '\0';
-    return k;
-}
-
 void sj_str(struct sensor_json *j, const char *s)
 {
     char tmp[2048];
     sj_rawn(j, "\"", 1);
-    sj_rawn(j, tmp, escape(s, tmp, sizeof tmp));
+    sj_rawn(j, tmp, json_escape(s, tmp, sizeof tmp));
     sj_rawn(j, "\"", 1);
 }
 
 char *sj_quote_dup(const char *s)
 {
-    size_t cap = strlen(s) * 6 + 3;
+    size_t cap = JSON_ESCAPED_MAX(strlen(s)) + 2;
     char *out = malloc(cap);
     if (!out)
         return NULL;
     out[0] = '"';
-    size_t k = escape(s, out + 1, cap - 2);
+    size_t k = json_escape(s, out + 1, cap - 2);
     out[1 + k] = '"';
     out[2 + k] = '\0';
     return out;
