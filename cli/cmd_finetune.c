@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "cli/finetune.h"
+#include "common/json_escape.h"
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
 #include "train/train.h"
@@ -88,13 +89,15 @@ static bool samples_load(const char *cmd, const char *path, const struct tok_voc
     return ok;
 }
 
-/* classes.txt next to the TSV (what netlm dataset writes): line n names label n. */
-static char **class_names(const char *tsv_path, uint32_t n)
+/* classes.txt next to the TSV (what netlm dataset writes): line n names label n. *from_file:
+ * whether there was one. */
+static char **class_names(const char *tsv_path, uint32_t n, bool *from_file)
 {
     char path[4096];
     const char *slash = strrchr(tsv_path, '/');
     snprintf(path, sizeof path, "%.*sclasses.txt", slash ? (int)(slash - tsv_path + 1) : 0, tsv_path);
     FILE *f = fopen(path, "r");
+    *from_file = f != NULL;
     char **names = calloc(n, sizeof(char *));
     char line[1024];
     for (uint32_t i = 0; names && f && i < n && fgets(line, sizeof line, f); i++) {
@@ -170,6 +173,36 @@ static bool evaluate(const char *cmd, struct model *m, const struct samples *s, 
     return ok;
 }
 
+/* A CSV field per RFC 4180: quoted, its quotes doubled, when it holds a comma, quote or line end
+ * (a class name is outside text). */
+static void csv_put(FILE *f, const char *s)
+{
+    if (!s[strcspn(s, ",\"\r\n")]) {
+        fputs(s, f);
+        return;
+    }
+    fputc('"', f);
+    for (const char *p = s; *p; p++) {
+        if (*p == '"')
+            fputc('"', f);
+        fputc(*p, f);
+    }
+    fputc('"', f);
+}
+
+/* A JSON string's contents (json_escape: quotes, controls, bytes that are not UTF-8). */
+static bool json_put(FILE *f, const char *s)
+{
+    const size_t cap = JSON_ESCAPED_MAX(strlen(s));
+    char *out = malloc(cap);
+    if (!out)
+        return false;
+    json_escape(s, out, cap);
+    fputs(out, f);
+    free(out);
+    return true;
+}
+
 /* prf.csv (per class), confusion.tsv, metrics.json and the confusion plot for the test set. */
 static bool write_test_report(const char *cmd, const char *dir, const struct train_confusion *cm,
                               char **names, double seconds)
@@ -184,19 +217,23 @@ static bool write_test_report(const char *cmd, const char *dir, const struct tra
     snprintf(path, sizeof path, "%s/prf.csv", dir);
     if ((ok = cli_output_open(cmd, path, &out))) {
         fprintf(out.fp, "label_id,label,precision,recall,f1,support\n");
-        for (uint32_t k = 0; k < cm->classes; k++)
-            fprintf(out.fp, "%u,%s,%.4f,%.4f,%.4f,%" PRIu64 "\n", k, names[k], pc[k].precision,
-                    pc[k].recall, pc[k].f1, pc[k].support);
+        for (uint32_t k = 0; k < cm->classes; k++) {
+            fprintf(out.fp, "%u,", k);
+            csv_put(out.fp, names[k]);
+            fprintf(out.fp, ",%.4f,%.4f,%.4f,%" PRIu64 "\n", pc[k].precision, pc[k].recall, pc[k].f1, pc[k].support);
+        }
         ok = cli_output_commit(cmd, &out);
     }
     snprintf(path, sizeof path, "%s/confusion.tsv", dir);
     if (ok && (ok = cli_output_open(cmd, path, &out))) {
         fprintf(out.fp, "truth\\predicted");
-        for (uint32_t k = 0; k < cm->classes; k++)
-            fprintf(out.fp, "\t%s", names[k]);
+        for (uint32_t k = 0; k < cm->classes; k++) {
+            fputc('\t', out.fp);
+            cli_tsv_put(out.fp, names[k]);
+        }
         fputc('\n', out.fp);
         for (uint32_t i = 0; i < cm->classes; i++) {
-            fprintf(out.fp, "%s", names[i]);
+            cli_tsv_put(out.fp, names[i]);
             for (uint32_t k = 0; k < cm->classes; k++)
                 fprintf(out.fp, "\t%" PRIu64, cm->counts[(size_t)i * cm->classes + k]);
             fputc('\n', out.fp);
@@ -208,11 +245,19 @@ static bool write_test_report(const char *cmd, const char *dir, const struct tra
         fprintf(out.fp, "{\"split\": \"test\", \"rows\": %" PRIu64 ", \"accuracy\": %.6f, \"macro_f1\": %.6f, "
                         "\"train_seconds\": %.1f, \"per_class\": [",
                 cm->total, acc, f1, seconds);
-        for (uint32_t k = 0; k < cm->classes; k++)
-            fprintf(out.fp, "%s{\"label\": \"%s\", \"precision\": %.4f, \"recall\": %.4f, \"f1\": %.4f, \"support\": %" PRIu64 "}",
-                    k ? ", " : "", names[k], pc[k].precision, pc[k].recall, pc[k].f1, pc[k].support);
+        for (uint32_t k = 0; ok && k < cm->classes; k++) {
+            fprintf(out.fp, "%s{\"label\": \"", k ? ", " : "");
+            ok = json_put(out.fp, names[k]);
+            fprintf(out.fp, "\", \"precision\": %.4f, \"recall\": %.4f, \"f1\": %.4f, \"support\": %" PRIu64 "}",
+                    pc[k].precision, pc[k].recall, pc[k].f1, pc[k].support);
+        }
         fprintf(out.fp, "]}\n");
-        ok = cli_output_commit(cmd, &out);
+        if (ok) {
+            ok = cli_output_commit(cmd, &out);
+        } else {
+            cli_output_abort(&out);
+            cli_error(cmd, "out of memory writing %s", path);
+        }
     }
     free(pc);
     return ok;
@@ -250,7 +295,7 @@ static int finetune_understanding(int argc, char **argv)
         {"test-path", NULL, 0, "FILE", "test TSV, evaluated with the best epoch", NULL},
         {"output-model-path", NULL, 'o', "DIR", "where the model, checkpoint, metrics and plots go", NULL},
         {"labels-num", NULL, 0, "N", "classes (default: the largest label in train + 1)", NULL},
-        {"pooling", NULL, 0, "mean|first|last|max", "pooling of the final states (default mean)", NULL},
+        {"pooling", NULL, 0, "mean|first|last|max", "pooling of the final states (default mean; a kept pretrained head's own)", NULL},
         {"seq-length", NULL, 0, "N", "ids per input (default 128)", NULL},
         {"epochs-num", NULL, 0, "N", "epochs (default 10)", NULL},
         {"batch-size", NULL, 'b', "N", "sequences per step (default 32)", NULL},
@@ -300,7 +345,7 @@ static int finetune_understanding(int argc, char **argv)
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     int pooling = cli_choice(cmd, opts, "pooling", "mean", pool_names);
     if (pooling < 0 || !cli_finetune_args(cmd, opts, &fa) ||
-        !cli_u32(cmd, opts, "labels-num", 0, 0, MODEL_MAX_LABELS, &labels_num) ||
+        !cli_u32(cmd, opts, "labels-num", 0, 1, MODEL_MAX_LABELS, &labels_num) ||
         !cli_u32(cmd, opts, "seq-length", 128, 2, 65536, &seq) ||
         !cli_u32(cmd, opts, "epochs-num", 10, 1, 100000, &epochs) ||
         !cli_u32(cmd, opts, "batch-size", 32, 1, 65536, &batch) ||
@@ -370,19 +415,48 @@ static int finetune_understanding(int argc, char **argv)
                 cli_error(cmd, "%s: label %u but --labels_num is %u", set_paths[k], sets[k]->labels[i], labels_num);
                 goto done;
             }
-    names = class_names(train_path, labels_num);
+    bool names_from_file;
+    names = class_names(train_path, labels_num, &names_from_file);
     if (!names)
         goto done;
-    if (!resume && (mc->num_labels != labels_num || !pretrained) &&
-        !model_set_labels(m, labels_num, names, seed + 1, err, sizeof err)) {
+    /* a pretrained classifier with as many labels keeps its head (and, resumed, the checkpoint's) */
+    const bool head_kept = resume || (pretrained && mc->num_labels == labels_num);
+    const enum model_pooling head_pooling = mc->pooling;
+    if (!head_kept && !model_set_labels(m, labels_num, names, seed + 1, err, sizeof err)) {
         cli_error(cmd, "%s", err);
         goto done;
     }
     mc = model_get_config(m);
     struct model_config *mut = model_config_mut(m);
+    uint32_t first_differing = labels_num;
+    for (uint32_t k = 0; head_kept && names_from_file && k < labels_num && first_differing == labels_num; k++)
+        if (strcmp(mc->labels[k], names[k]) != 0)
+            first_differing = k;
+    const bool names_differ = first_differing < labels_num;
+    if (names_differ && !resume)
+        cli_warn(cmd, "the classes.txt beside %s names the labels otherwise than %s (label %u: '%s', was '%s'): its "
+                      "classification head is kept, label ids as trained, under classes.txt's names", train_path,
+                 pretrained, first_differing, names[first_differing], mc->labels[first_differing]);
+    /* the dataset's names are the ones prf.csv reports: classify and the sensor must print the same */
+    for (uint32_t k = 0; names_differ && k < labels_num; k++) {
+        char *copy = strdup(names[k]);
+        if (!copy) {
+            cli_error(cmd, "out of memory");
+            goto done;
+        }
+        free(mut->labels[k]);
+        mut->labels[k] = copy;
+    }
     mut->task = MODEL_TASK_CLASSIFY;
-    mut->pooling = (enum model_pooling)(pooling == 0 ? MODEL_POOL_MEAN : pooling == 1 ? MODEL_POOL_FIRST
-                                                    : pooling == 2 ? MODEL_POOL_LAST : MODEL_POOL_MAX);
+    const enum model_pooling asked = (enum model_pooling)(pooling == 0 ? MODEL_POOL_MEAN : pooling == 1
+                                                          ? MODEL_POOL_FIRST : pooling == 2 ? MODEL_POOL_LAST
+                                                          : MODEL_POOL_MAX);
+    /* a kept head was trained on one pooling's states: without --pooling it keeps that one */
+    if (!head_kept || cli_get(opts, "pooling"))
+        mut->pooling = asked;
+    if (head_kept && !resume && cli_get(opts, "pooling") && asked != head_pooling)
+        cli_warn(cmd, "--pooling %s: %s's head, which is kept, was trained with --pooling %s", model_pooling_name(asked),
+                 pretrained, model_pooling_name(head_pooling));
     mut->seq_length = seq;
     snprintf(mut->tokenizer.vocab, sizeof mut->tokenizer.vocab, "%s", vocab_path ? "vocab.txt" : "builtin");
     cli_dataset_settings_apply(&dataset, mut);
@@ -441,8 +515,8 @@ static int finetune_understanding(int argc, char **argv)
                                      .sample_base = epoch * train.n + lo};
             double loss;
             const float step_lr = train_schedule_lr(fa.schedule, (float)lr, step, run.warmup_steps, run.total_steps);
-            if (!cli_finetune_step(tr, TRAIN_CLASSIFY, &tb, nb, world, &fa, step, step_lr, threads, &loss))
-                goto step_failed;
+            if (!cli_finetune_step(&run, tr, TRAIN_CLASSIFY, &tb, nb, world, &fa, step, step_lr, threads, &loss))
+                goto done_batch;
             step++;
             if (loss_csv)
                 fprintf(loss_csv, "%" PRIu64 ",%.6f,%.6g,-1,-1\n", step, loss, step_lr);
@@ -504,9 +578,6 @@ static int finetune_understanding(int argc, char **argv)
             cmd, train_accuracy(&cm), train_macro_f1(&cm, NULL), cm.total, run.best_dev, seconds);
     train_confusion_release(&cm);
     status = 0;
-    goto done_batch;
-step_failed:
-    cli_error(cmd, "training step %" PRIu64 ": %s", step + 1, trainer_error(tr));
 done_batch:
     free(b_ids);
     free(b_len);

@@ -487,10 +487,8 @@ int finetune_generation(int argc, char **argv)
                                      .sample_base = epoch * train.n + lo};
             double loss;
             const float step_lr = train_schedule_lr(fa.schedule, (float)lr, step, run.warmup_steps, run.total_steps);
-            if (!cli_finetune_step(tr, TRAIN_LM, &tb, targets, world, &fa, step, step_lr, threads, &loss)) {
-                cli_error(cmd, "training step %" PRIu64 ": %s", step + 1, trainer_error(tr));
+            if (!cli_finetune_step(&run, tr, TRAIN_LM, &tb, targets, world, &fa, step, step_lr, threads, &loss))
                 goto done;
-            }
             step++;
             if (loss_csv)
                 fprintf(loss_csv, "%" PRIu64 ",%.6f,%.6g,-1\n", step, loss, step_lr);

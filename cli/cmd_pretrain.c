@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "cli/finetune.h"
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
 #include "train/train.h"
@@ -515,9 +516,17 @@ static int pretrain(const struct pt_args *a, int rank, int world)
 
     /* what the data position counts: a resumed run must cut and batch the same stream */
     struct cli_train_state st = {.seed = a->seed, .best_dev = NAN};
-    snprintf(st.data, sizeof st.data,
+    const int data_len = snprintf(st.data, sizeof st.data,
              "shards=%d tokens=%" PRIu64 " digest=%016" PRIx64 " seq_length=%u batch_size=%u accumulation_steps=%u "
              "count_pad_targets=%d", data.n, data.tokens, data.digest, seq, a->batch, a->accum, a->pad_targets);
+    /* then what the schedule and the updates depend on: finetune's record, which --resume checks
+     * alike (a checkpoint of an older netlm lacks these words: they go unchecked) */
+    static const char *const schedules[] = {"constant", "linear", "cosine"}, *const optimizers[] = {"adamw", "uer"};
+    snprintf(st.data + data_len, sizeof st.data - (size_t)data_len,
+             " task=pretrain total_steps=%" PRIu64 " learning_rate=%.9g warmup=%.9g schedule=%s optimizer=%s "
+             "weight_decay=%.7g clip=%.9g dropout=%.7g,%.7g,%.7g", a->total_steps, a->lr, a->warmup,
+             schedules[a->schedule], optimizers[a->optimizer], a->wd, a->clip, (double)mc->dropout_embed,
+             (double)mc->dropout_attn, (double)mc->dropout_resid);
     if (a->resume) {
         struct cli_train_state saved;
         if (!cli_resume_optimizer(cmd, tr, checkpoint, a->seed, &saved))
@@ -526,9 +535,17 @@ static int pretrain(const struct pt_args *a, int rank, int world)
             cli_error(cmd, "%s: not a pretrain checkpoint (state.json has no data position)", checkpoint);
             goto done;
         }
-        if (strcmp(saved.data, st.data) != 0) {
-            cli_error(cmd, "%s: trained on '%s', this run has '%s': --resume needs the same shards, --seq_length, "
-                           "--batch_size, --accumulation_steps and --count-pad-targets", checkpoint, saved.data, st.data);
+        if (strncmp(saved.data, st.data, (size_t)data_len) != 0 || (saved.data[data_len] && saved.data[data_len] != ' ')) {
+            const char *saved_task = strstr(saved.data, " task=");
+            const int saved_len = saved_task ? (int)(saved_task - saved.data) : (int)strlen(saved.data);
+            cli_error(cmd, "%s: trained on '%.*s', this run has '%.*s': --resume needs the same shards, --seq_length, "
+                           "--batch_size, --accumulation_steps and --count-pad-targets", checkpoint, saved_len,
+                      saved.data, data_len, st.data);
+            status = 2;
+            goto done;
+        }
+        if (!cli_settings_match(cmd, checkpoint, saved.data, st.data, true)) {
+            status = 2;
             goto done;
         }
         if (saved.position > data.windows) {
@@ -618,21 +635,21 @@ static int pretrain(const struct pt_args *a, int rank, int world)
         if (!cli_world_grads(tr, world, &loss_weighted, &n_global))
             goto step_failed;
         n_all = (uint64_t)n_global;
-        if (a->clip > 0) {
-            /* torch's clip_grad_norm_: scale by max/(norm + 1e-6) when that is below 1 */
-            double norm;
-            if (!trainer_grad_norm(tr, &norm))
-                goto step_failed;
-            const double coef = a->clip / (norm + 1e-6);
-            if (coef < 1.0 && !trainer_grad_scale(tr, (float)coef))
-                goto step_failed;
-        }
         const float step_lr = train_schedule_lr((enum train_schedule)a->schedule, (float)a->lr, st.step,
                                                 warmup_steps, total);
+        double norm = 0.0;
+        if (a->clip > 0 && !trainer_grad_norm(tr, &norm))
+            goto step_failed;
+        /* loss and norm are of the all-reduced batch: every process stops at the same step */
+        loss = loss_weighted / (double)n_all;
+        if (!cli_step_finite(cmd, st.step + 1, loss, norm, step_lr, saved_step))
+            goto done;
+        /* torch's clip_grad_norm_: scale by max/(norm + 1e-6) when that is below 1 */
+        if (a->clip > 0 && a->clip / (norm + 1e-6) < 1.0 && !trainer_grad_scale(tr, (float)(a->clip / (norm + 1e-6))))
+            goto step_failed;
         if (!trainer_adamw_step(tr, st.step + 1, step_lr, &adamw, (int)a->threads))
             goto step_failed;
         st.step++;
-        loss = loss_weighted / (double)n_all;
         loss_sum += loss;
         loss_count++;
         targets_run += n_all;

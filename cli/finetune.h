@@ -98,6 +98,7 @@ struct cli_finetune_run {
     double best_dev;                  /* the best dev score; −1 before the first */
     double t0, last_print, loss_sum;  /* the status line: since t0 (the first step), the losses since */
     uint64_t loss_count, tokens;      /* the last one, every process's tokens */
+    uint64_t checkpoint_step;         /* the step OUT/checkpoint holds; UINT64_MAX: none yet */
 };
 /* Steps of world × batch sequences over train_rows per epoch, the warmup, and with --resume the
  * checkpoint's state: the AdamW moments, the step and epoch (checked against this run's seed,
@@ -159,9 +160,22 @@ bool cli_scoring_next(const char *cmd, struct cli_scoring_walk *w);
 /* One optimizer step (index step, 0-based) on this process's slice tb (tb->batch may be 0: its
  * gradient is zero) of terms loss terms (sequences, or target tokens): the gradient of the
  * global batch (cli_world_grads), clipped, then AdamW at lr. loss gets the global batch's mean
- * loss. False with the trainer's error. */
-bool cli_finetune_step(struct trainer *tr, enum train_objective objective, const struct train_batch *tb,
-                       double terms, int world, const struct cli_finetune_args *f, uint64_t step, float lr,
-                       uint32_t threads, double *loss);
+ * loss. False after one error line (run->cmd's): the trainer's error, or a loss or gradient norm
+ * that is not finite (cli_step_finite; the weights are left as they were). */
+bool cli_finetune_step(const struct cli_finetune_run *run, struct trainer *tr, enum train_objective objective,
+                       const struct train_batch *tb, double terms, int world, const struct cli_finetune_args *f,
+                       uint64_t step, float lr, uint32_t threads, double *loss);
+
+/* Step step's (1-based) loss and gradient norm (0 when not computed) before the optimizer uses
+ * them: true when both are finite, else one error line naming the step, the value, the learning
+ * rate and the checkpoint that stays (checkpoint_step; UINT64_MAX: none). Both values are of the
+ * all-reduced global batch, so every process decides alike and they stop at the same step. */
+bool cli_step_finite(const char *cmd, uint64_t step, double loss, double norm, double lr, uint64_t checkpoint_step);
+
+/* A checkpoint's record of the settings (was) against this run's (now), both space-separated
+ * NAME=VALUE words: false after one error line naming every difference. unrecorded_ok: a setting
+ * the record lacks (a checkpoint of an older netlm) is not checked rather than refused. */
+bool cli_settings_match(const char *cmd, const char *checkpoint, const char *was, const char *now,
+                        bool unrecorded_ok);
 
 #endif

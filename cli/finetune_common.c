@@ -95,7 +95,8 @@ static const char *setting_value(const struct setting *s, int n, const char *nam
 /* The checkpoint's record of the settings (was) against this run's (now): false after one error
  * line naming every difference, since another training set, schedule or data order would make
  * the resumed run neither the old run continued nor a new one. */
-static bool settings_match(const char *cmd, const char *checkpoint, const char *was, const char *now)
+bool cli_settings_match(const char *cmd, const char *checkpoint, const char *was, const char *now,
+                        bool unrecorded_ok)
 {
     char was_buf[512], now_buf[512], changes[1024] = "";
     struct setting w[48], n[48];
@@ -103,7 +104,7 @@ static bool settings_match(const char *cmd, const char *checkpoint, const char *
     snprintf(now_buf, sizeof now_buf, "%s", now);
     const int nw = settings_split(was_buf, w, 48), nn = settings_split(now_buf, n, 48);
     const char *task_was = setting_value(w, nw, "task"), *task_now = setting_value(n, nn, "task");
-    if (!task_was || !task_now || strcmp(task_was, task_now) != 0) {
+    if ((task_was || !unrecorded_ok) && (!task_was || !task_now || strcmp(task_was, task_now) != 0)) {
         cli_error(cmd, "%s: a checkpoint of finetune %s, not of this task", checkpoint, task_was ? task_was : "(unknown)");
         return false;
     }
@@ -112,7 +113,7 @@ static bool settings_match(const char *cmd, const char *checkpoint, const char *
         for (int i = 0; i < (pass ? nn : nw); i++) {
             const struct setting *s = pass ? &n[i] : &w[i];
             const char *other = setting_value(pass ? w : n, pass ? nw : nn, s->name);
-            if ((pass && other) || (!pass && other && strcmp(other, s->value) == 0))
+            if ((pass && (other || unrecorded_ok)) || (!pass && other && strcmp(other, s->value) == 0))
                 continue;
             const char *before = pass ? "(not recorded)" : s->value, *after = pass ? s->value : other ? other : "none";
             int k;
@@ -157,7 +158,7 @@ static bool resume_allowed(const char *cmd, const char *checkpoint, uint64_t see
                        "processes), not %" PRIu64, checkpoint, (uint64_t)json_object_get_int64(v), global_batch);
         ok = false;
     } else if (json_object_object_get_ex(o, "data", &v) && json_object_is_type(v, json_type_string)) {
-        ok = settings_match(cmd, checkpoint, json_object_get_string(v), settings);
+        ok = cli_settings_match(cmd, checkpoint, json_object_get_string(v), settings, false);
     } else if (json_object_object_get_ex(o, "best_dev", NULL)) {
         cli_warn(cmd, "%s: the checkpoint records no training settings (an older netlm): they are not checked",
                  checkpoint);
@@ -421,6 +422,7 @@ bool cli_finetune_begin(struct cli_finetune_run *run, const struct cli_finetune_
         memcpy(run->best, model_params(m, &n_floats), trainer_param_count(tr) * sizeof(float));
     run->start_epoch = st.epoch;
     run->start_step = st.step;
+    run->checkpoint_step = f->resume ? st.step : UINT64_MAX;
     run->batch = batch;
     *loss_csv = NULL;
     if (run->writer && mkdir(run->out_dir, 0755) != 0 && errno != EEXIST) {
@@ -480,6 +482,7 @@ bool cli_finetune_epoch_end(struct cli_finetune_run *run, const struct cli_finet
     snprintf(st.data, sizeof st.data, "%s", run->settings);
     if (run->writer && !cli_save_checkpoint(run->cmd, run->out_dir, tr, m, run->vocab_path, &st, true))
         return false;
+    run->checkpoint_step = step;
     *stop = f->stop_after && epoch + 1 - run->start_epoch == f->stop_after && epoch + 1 < run->epochs;
     if (*stop && run->writer)
         fprintf(stderr, "netlm %s: stopped after epoch %" PRIu64 " (--stop-after); --resume continues\n", run->cmd,
@@ -514,22 +517,29 @@ bool cli_scoring_next(const char *cmd, struct cli_scoring_walk *w)
     return true;
 }
 
-bool cli_finetune_step(struct trainer *tr, enum train_objective objective, const struct train_batch *tb,
-                       double terms, int world, const struct cli_finetune_args *f, uint64_t step, float lr,
-                       uint32_t threads, double *loss)
+bool cli_finetune_step(const struct cli_finetune_run *run, struct trainer *tr, enum train_objective objective,
+                       const struct train_batch *tb, double terms, int world, const struct cli_finetune_args *f,
+                       uint64_t step, float lr, uint32_t threads, double *loss)
 {
-    double slice_loss = 0.0, norm;
+    double slice_loss = 0.0, norm = 0.0;
     if (!trainer_zero_grads(tr) || (tb->batch && !trainer_forward_backward(tr, objective, tb, &slice_loss)))
-        return false;
+        goto failed;
     double weighted = slice_loss * terms;
     if (!cli_world_grads(tr, world, &weighted, &terms))
-        return false;
+        goto failed;
     *loss = world == 1 ? slice_loss : weighted / (terms > 0 ? terms : 1.0);
-    /* torch's clip_grad_norm_: scale by max/(norm + 1e-6) when that is below 1 */
-    if (f->clip > 0 && (!trainer_grad_norm(tr, &norm) ||
-                        (f->clip / (norm + 1e-6) < 1.0 && !trainer_grad_scale(tr, (float)(f->clip / (norm + 1e-6))))))
+    if (f->clip > 0 && !trainer_grad_norm(tr, &norm))
+        goto failed;
+    if (!cli_step_finite(run->cmd, step + 1, *loss, norm, lr, run->checkpoint_step))
         return false;
-    return trainer_adamw_step(tr, step + 1, lr, &f->adamw, (int)threads);
+    /* torch's clip_grad_norm_: scale by max/(norm + 1e-6) when that is below 1 */
+    if (f->clip > 0 && f->clip / (norm + 1e-6) < 1.0 && !trainer_grad_scale(tr, (float)(f->clip / (norm + 1e-6))))
+        goto failed;
+    if (trainer_adamw_step(tr, step + 1, lr, &f->adamw, (int)threads))
+        return true;
+failed:
+    cli_error(run->cmd, "training step %" PRIu64 ": %s", step + 1, trainer_error(tr));
+    return false;
 }
 
 static bool same_engine_options(const struct model_cuda_options *a, const struct model_cuda_options *b)

@@ -21,6 +21,7 @@
 #include <json-c/json.h>
 
 #include "cli/cli.h"
+#include "cli/finetune.h"
 #include "model/model.h"
 #include "model/safetensors.h"
 #include "tokenizer/tokenizer.h"
@@ -196,6 +197,8 @@ bool cli_save_checkpoint(const char *cmd, const char *out_dir, struct trainer *t
         cli_error(cmd, "cannot create the checkpoint directory %s: %s", staged, strerror(errno));
         return false;
     }
+    /* a signal while it fills must not leave a half checkpoint (and its .tmp.PID files) behind */
+    cli_temp_track_dir(staged);
     bool ok = model_save(m, staged, err, sizeof err);
     if (!ok)
         cli_error(cmd, "%s", err);
@@ -204,6 +207,7 @@ bool cli_save_checkpoint(const char *cmd, const char *out_dir, struct trainer *t
     ok = ok && cli_save_optimizer(cmd, staged, mom, vel, n, st) && cli_replace_dir(cmd, staged, dir);
     if (!ok)
         cli_remove_flat_dir(staged);
+    cli_temp_untrack_dir();
     return ok;
 }
 
@@ -577,6 +581,22 @@ bool cli_trainer_join(const char *cmd, struct trainer *tr, int rank, int world, 
         return false;
     }
     return true;
+}
+
+bool cli_step_finite(const char *cmd, uint64_t step, double loss, double norm, double lr, uint64_t checkpoint_step)
+{
+    if (isfinite(loss) && isfinite(norm))
+        return true;
+    char kept[96];
+    if (checkpoint_step == UINT64_MAX)
+        snprintf(kept, sizeof kept, "no checkpoint was written");
+    else
+        snprintf(kept, sizeof kept, "the last checkpoint (step %" PRIu64 ") is kept", checkpoint_step);
+    /* NaN weights saved over a good model would be worse than stopping: nothing is written */
+    cli_error(cmd, "step %" PRIu64 ": the %s is %g (learning rate %g; a lower --learning_rate, a longer --warmup "
+                   "or --clip may help): stopped; %s", step, isfinite(loss) ? "gradient norm" : "loss",
+              isfinite(loss) ? norm : loss, lr, kept);
+    return false;
 }
 
 bool cli_world_grads(struct trainer *tr, int world, double *loss_weighted, double *count)

@@ -11,6 +11,7 @@ resize_token_embeddings does."""
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 
@@ -89,6 +90,27 @@ def qwennet_command_line(tmp):
     res = netlm(*[a for a in seed_args if a not in ("--qwen_model_name", "Qwen/Tiny-Qwen")], ok=False)
     check("--use_qwen with a GPT-2 config: one error line", one_error_line(res, "--use_qwen", "gpt2"), res.stderr)
     del os.environ["HF_HOME"]
+
+
+def nan_run(tmp):
+    """A learning rate that blows the weights up: the first step whose loss is not finite ends the run
+    with one error line and a non-zero exit, the checkpoint written before it kept and no model."""
+    out = os.path.join(tmp, "nan")
+    res = netlm("pretrain", "--dataset_path", os.path.join(tmp, "a.shard"), "--config_path",
+                os.path.join(tmp, "tiny.json"), "--output_model_path", out, "--total_steps", "30", "--learning_rate",
+                "10", "--warmup", "0", "--weight_decay", "10", "--schedule", "constant", "--batch_size", "2",
+                "--seq_length", "8", "--save_checkpoint_steps", "5", "--threads", "2", "-q", ok=False)
+    rows = [r.split(",") for r in open(os.path.join(out, "loss.csv")).read().splitlines()[1:]]
+    finite = len(rows) < 30 and all(np.isfinite(float(r[1])) for r in rows)
+    ckpt = json.load(open(os.path.join(out, "checkpoint", "state.json")))["step"]
+    check("a NaN loss: one error line naming the step after the last finite one and the checkpoint kept",
+          finite and one_error_line(res, f"step {len(rows) + 1}:", "the loss is", "nan", "learning rate 10",
+                                    f"last checkpoint (step {ckpt}) is kept") and ckpt == len(rows) // 5 * 5,
+          f"rc {res.returncode}, {len(rows)} rows, checkpoint {ckpt}: {res.stderr}")
+    weights = st.read(os.path.join(out, "checkpoint", "model.safetensors"))[0]
+    check("... no model written, and the checkpoint's weights are finite",
+          not os.path.exists(os.path.join(out, "model.safetensors")) and
+          all(np.isfinite(t.to_numpy()).all() for t in weights.values()), os.listdir(out))
 
 
 def main():
@@ -188,6 +210,21 @@ def main():
         check("a resume with another --batch_size: one error line, checkpoint kept",
               one_error_line(res, "--batch_size") and
               open(os.path.join(b, "checkpoint", "optimizer.safetensors"), "rb").read() == before, res.stderr)
+        res = pretrain(tmp, b, "-q", "--resume", "--learning_rate", "2e-2", "--warmup", "0.2", ok=False)
+        check("a resume with another --learning_rate and --warmup: refused, one line naming both, checkpoint kept",
+              res.returncode == 2 and one_error_line(res, "--learning_rate 0.01 (now 0.02)", "--warmup 0.1 (now 0.2)")
+              and open(os.path.join(b, "checkpoint", "optimizer.safetensors"), "rb").read() == before, res.stderr)
+        # a checkpoint of an older netlm records only the data position: its settings are unknown
+        old = os.path.join(tmp, "old")
+        os.makedirs(old)
+        shutil.copytree(os.path.join(b, "checkpoint"), os.path.join(old, "checkpoint"))
+        state = json.load(open(os.path.join(old, "checkpoint", "state.json")))
+        state["data"] = state["data"].split(" task=")[0]
+        json.dump(state, open(os.path.join(old, "checkpoint", "state.json"), "w"))
+        res = pretrain(tmp, old, "-q", "--resume", "--learning_rate", "2e-2", ok=False)
+        check("an older checkpoint without the settings still resumes", res.returncode == 0 and
+              os.path.exists(os.path.join(old, "model.safetensors")), res.stderr)
+        nan_run(tmp)
         # data parallel: 2 processes of 4 windows = 1 process of 8 windows, step by step; tiny.json
         # names no dropout, so GPT-2's 0.1 applies and each window's masks must follow it to
         # whichever process reads it

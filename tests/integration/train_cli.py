@@ -239,6 +239,50 @@ def uer_qwen_config(tmp):
           bad.stderr)
 
 
+def from_a_classifier(tmp):
+    """Finetuning a pretrained classifier with as many labels keeps its head and its pooling, but the
+    names are the dataset's (classes.txt, which prf.csv reports too), said in one warning; names
+    with a quote, comma and tab keep metrics.json, prf.csv and confusion.tsv well-formed."""
+    ds, ds2 = os.path.join(tmp, "ds"), os.path.join(tmp, "ds-renamed")
+    shutil.copytree(ds, ds2)
+    old_names = open(os.path.join(ds, "classes.txt")).read().split("\n")[:20]
+    new_names = [f'{n} "x",\ty' if i % 2 else f"renamed-{n}" for i, n in enumerate(old_names)]
+    open(os.path.join(ds2, "classes.txt"), "w").write("\n".join(new_names) + "\n")
+    pre = os.path.join(tmp, "pre-first")
+    finetune(tmp, pre, "--pooling", "first", "--epochs_num", "1")
+
+    def again(out, *extra):
+        return netlm("finetune", "understanding", "--pretrained_model_path", pre, "--train_path",
+                     f"{ds2}/train_dataset.tsv", "--dev_path", f"{ds2}/valid_dataset.tsv", "--test_path",
+                     f"{ds2}/test_dataset.tsv", "--output_model_path", out, "--epochs_num", "1", "--seq_length", "64",
+                     "--batch_size", "16", "--threads", "2", "-q", *extra, ok=False)
+
+    out = os.path.join(tmp, "renamed")
+    res = again(out)
+    cfg = json.load(open(os.path.join(out, "config.json"))) if res.returncode == 0 else {"netlm": {}}
+    check("a kept head: config.json takes classes.txt's names and the pretrained pooling, one warning",
+          cfg["netlm"].get("labels") == new_names and cfg["netlm"].get("pooling") == "first" and
+          sum("warning" in l for l in res.stderr.splitlines()) == 1 and "head is kept" in res.stderr and
+          "renamed-" in res.stderr, f"{res.stderr} {cfg['netlm']}")
+    if res.returncode == 0:
+        metrics = json.load(open(os.path.join(out, "metrics.json")))
+        with open(os.path.join(out, "prf.csv"), newline="") as f:
+            prf = list(csv.DictReader(f))
+        with open(os.path.join(out, "confusion.tsv")) as f:
+            cm = [line.rstrip("\n").split("\t") for line in f]
+        head = [c.replace("\\t", "\t") for c in cm[0][1:]]
+        check("label names with quotes, commas and tabs: metrics.json parses, prf.csv and confusion.tsv keep "
+              "their columns", [c["label"] for c in metrics["per_class"]] == new_names and
+              [r["label"] for r in prf] == new_names and all(len(r) == 21 for r in cm) and head == new_names,
+              f"{cm[0][:3]} {prf[:2]}")
+    res = again(os.path.join(tmp, "repooled"), "--pooling", "mean")
+    check("--pooling other than the kept head's: a warning naming both",
+          res.returncode == 0 and "--pooling mean" in res.stderr and "--pooling first" in res.stderr, res.stderr)
+    res = again(os.path.join(tmp, "zero"), "--labels_num", "0")
+    check("--labels_num 0: refused with one error line", res.returncode == 2 and one_error_line(res, "--labels"),
+          res.stderr)
+
+
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         ds = os.path.join(tmp, "ds")
@@ -302,6 +346,7 @@ def main():
         check("finetune with a missing TSV: one error line, no output directory", bad.returncode != 0 and
               len(bad.stderr.strip().splitlines()) == 1 and "missing.tsv" in bad.stderr
               and not os.path.exists(os.path.join(tmp, "c")), bad.stderr)
+        from_a_classifier(tmp)
         seed_qwen(tmp)
         data_parallel_understanding(tmp)
         own_vocabulary(tmp)
