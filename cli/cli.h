@@ -329,3 +329,7 @@ bool cli_flow_config(const char *command, const struct cli_opt *opts, struct ft_
  * warning. */
 int cli_assemble_files(const char *command, struct ft_assembler *as, char **files, int n_files,
                        uint64_t total_bytes, bool quiet, volatile int *current_file);
+/* How far into src reading has come, for a progress line: its position in the file, or where
+ * the source cannot say (a pipe read by libpcap) guessed, the frames' bytes with a pcap record
+ * header each (which a caller sums as it reads). */
+uint64_t cli_source_progress(const struct cap_source *src, uint64_t guessed);

@@ -86,7 +86,7 @@ int cmd_corpus(int argc, char **argv)
     struct cap_decode_opts dopts = {.innermost = t == 1};
     struct cli_progress progress;
     cli_progress_start(&progress, cmd, total, cli_flag(opts, "quiet"));
-    uint64_t done_bytes = 0, frames = 0, documents = 0;
+    uint64_t done_bytes = 0, frames = 0, documents = 0; /* done_bytes: of the files finished */
     static uint16_t half1[TOK_CORPUS_MAX_HALF], half2[TOK_CORPUS_MAX_HALF];
     for (int f = 0; f < n_files; f++) {
         char err[512];
@@ -97,6 +97,7 @@ int cmd_corpus(int argc, char **argv)
         }
         struct cap_frame fr[64];
         int n;
+        uint64_t guessed = 0;
         while ((n = cap_next_burst(src, fr, 64)) > 0) {
             for (int i = 0; i < n; i++) {
                 struct cap_packet pkt;
@@ -109,11 +110,12 @@ int cmd_corpus(int argc, char **argv)
                     fputc('\n', out.fp);
                     documents++;
                 }
-                done_bytes += fr[i].caplen + 16u;
+                guessed += fr[i].caplen + 16u;
             }
             frames += (uint64_t)n;
-            cli_progress_update(&progress, done_bytes, frames, "frames");
+            cli_progress_update(&progress, done_bytes + cli_source_progress(src, guessed), frames, "frames");
         }
+        done_bytes += cli_source_progress(src, guessed);
         if (n == CAP_BURST_ERROR)
             cli_warn(cmd, "%s", cap_source_error(src));
         cap_close(src);

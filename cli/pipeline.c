@@ -65,6 +65,14 @@ bool cli_flow_config(const char *command, const struct cli_opt *opts, struct ft_
     return true;
 }
 
+/* Progress is the position in the file: frame bytes leave out the file's own headers (a pcapng
+ * block's are 28 bytes and up, more than a pcap record's 16). */
+uint64_t cli_source_progress(const struct cap_source *src, uint64_t guessed)
+{
+    const int64_t at = cap_source_offset(src);
+    return at >= 0 ? (uint64_t)at : guessed;
+}
+
 int cli_assemble_files(const char *command, struct ft_assembler *as, char **files, int n_files,
                        uint64_t total_bytes, bool quiet, volatile int *current_file)
 {
@@ -81,9 +89,6 @@ int cli_assemble_files(const char *command, struct ft_assembler *as, char **file
             return 1;
         }
         *current_file = f;
-        /* Progress is the position in the file: frame bytes leave out the file's own headers
-         * (a pcapng block's are 28 bytes and up, more than a pcap record's 16). Only where the
-         * source cannot say (a pipe read by libpcap) are the records counted. */
         uint64_t guessed = 0;
         for (;;) {
             int n = cap_next_burst(src, frames, BURST);
@@ -97,14 +102,11 @@ int cli_assemble_files(const char *command, struct ft_assembler *as, char **file
             frames_seen += (uint64_t)n;
             for (int i = 0; i < n; i++)
                 guessed += frames[i].caplen + 16u;
-            if ((frames_seen & 0x3fff) < (uint64_t)n) {
-                const int64_t at = cap_source_offset(src);
-                cli_progress_update(&progress, done_bytes + (at >= 0 ? (uint64_t)at : guessed), frames_seen,
+            if ((frames_seen & 0x3fff) < (uint64_t)n)
+                cli_progress_update(&progress, done_bytes + cli_source_progress(src, guessed), frames_seen,
                                     "frames");
-            }
         }
-        const int64_t at = cap_source_offset(src);
-        done_bytes += at >= 0 ? (uint64_t)at : guessed;
+        done_bytes += cli_source_progress(src, guessed);
         ft_assembler_finish_input(as);
         cap_close(src);
     }
