@@ -59,6 +59,14 @@ static void print_version(void)
     }
 }
 
+static void observe_model_temp(const char *tmp_path, bool live)
+{
+    if (live)
+        cli_temp_track(tmp_path);
+    else
+        cli_temp_untrack(tmp_path);
+}
+
 static void usage(FILE *out)
 {
     fprintf(out, "usage: netlm [--version] [--help] COMMAND [OPTIONS] [ARGS]\n\n"
@@ -82,6 +90,9 @@ int main(int argc, char **argv)
         print_version();
         return 0;
     }
+    /* model files written by pretrain, finetune and convert (and their checkpoints) are removed
+     * as the commands' own outputs are when a signal ends the run */
+    model_set_temp_observer(observe_model_temp);
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (strcmp(argv[1], commands[i].name) == 0)
             return commands[i].run(argc - 1, argv + 1);

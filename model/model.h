@@ -126,6 +126,10 @@ bool model_resize_vocab(struct model *m, uint32_t vocab_size, bool init_all, uin
  * or not, is to be written under a temporary name beside *target and renamed over it. A folder is
  * an error. *target: malloc'd. */
 bool model_output_target(const char *path, char **target, bool *in_place, char *err, size_t errlen);
+/* observer(tmp, true) as a model file starts under its temporary name, observer(tmp, false) once
+ * it is renamed or removed: a program that removes what a signal leaves behind learns of them
+ * (netlm's commands: cli_temp_track). NULL: none. */
+void model_set_temp_observer(void (*observer)(const char *tmp_path, bool live));
 
 /* ---- running it ---- */
 

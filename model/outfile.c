@@ -11,6 +11,19 @@
 
 #include "model/model_internal.h"
 
+static void (*temp_observer)(const char *tmp_path, bool live);
+
+void model_set_temp_observer(void (*observer)(const char *tmp_path, bool live))
+{
+    temp_observer = observer;
+}
+
+static void temp_gone(const char *tmp)
+{
+    if (temp_observer)
+        temp_observer(tmp, false);
+}
+
 bool model_outfile_open(struct model_outfile *o, const char *path, char *err, size_t errlen)
 {
     memset(o, 0, sizeof(*o));
@@ -22,6 +35,8 @@ bool model_outfile_open(struct model_outfile *o, const char *path, char *err, si
         return false;
     }
     snprintf(o->tmp, cap, "%s.tmp.%ld", path, (long)getpid());
+    if (temp_observer) /* before the file exists: a signal in between finds nothing to remove */
+        temp_observer(o->tmp, true);
     int fd = open(o->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
     if (fd >= 0 && !(o->fp = fdopen(fd, "wb")))
         close(fd);
@@ -29,6 +44,7 @@ bool model_outfile_open(struct model_outfile *o, const char *path, char *err, si
         snprintf(err, errlen, "%s: cannot create %s: %s", path, o->tmp, strerror(errno));
         if (fd >= 0)
             unlink(o->tmp);
+        temp_gone(o->tmp);
         free(o->tmp);
         o->tmp = NULL;
         return false;
@@ -49,6 +65,7 @@ bool model_outfile_commit(struct model_outfile *o, char *err, size_t errlen)
     }
     if (!ok)
         unlink(o->tmp);
+    temp_gone(o->tmp);
     free(o->tmp);
     o->tmp = NULL;
     return ok;
@@ -60,6 +77,7 @@ void model_outfile_abort(struct model_outfile *o)
         fclose(o->fp);
     if (o->tmp) {
         unlink(o->tmp);
+        temp_gone(o->tmp);
         free(o->tmp);
     }
     memset(o, 0, sizeof(*o));

@@ -244,6 +244,66 @@ static void test_create_save_load(void **state)
     }
 }
 
+/* What the temp observer saw: each temporary announced before it exists, released once gone. */
+static struct {
+    char live[8][600];
+    int n_live, announced, released;
+    bool existed_when_announced, left_when_released;
+} temps;
+
+static void watch_temp(const char *tmp_path, bool live)
+{
+    struct stat st;
+    const bool exists = stat(tmp_path, &st) == 0;
+    if (live) {
+        temps.announced++;
+        temps.existed_when_announced |= exists;
+        if (temps.n_live < 8)
+            snprintf(temps.live[temps.n_live++], sizeof temps.live[0], "%s", tmp_path);
+        return;
+    }
+    temps.released++;
+    temps.left_when_released |= exists;
+    for (int i = 0; i < temps.n_live; i++)
+        if (strcmp(temps.live[i], tmp_path) == 0) {
+            memmove(temps.live[i], temps.live[i + 1], (size_t)(temps.n_live - i - 1) * sizeof temps.live[0]);
+            temps.n_live--;
+            return;
+        }
+    fail_msg("released a temporary never announced: %s", tmp_path);
+}
+
+/* A program that removes what a signal leaves (netlm's commands) learns of every temporary file
+ * of a model save: announced before it is created, released once renamed, and also on failure. */
+static void test_temp_observer(void **state)
+{
+    (void)state;
+    struct model *m = small_model(MODEL_ARCH_QWEN2, 3);
+    memset(&temps, 0, sizeof temps);
+    model_set_temp_observer(watch_temp);
+    save_as(m, "observed");
+    assert_true(temps.announced >= 2); /* config.json and model.safetensors at least */
+    assert_int_equal(temps.released, temps.announced);
+    assert_int_equal(temps.n_live, 0);
+    assert_false(temps.existed_when_announced);
+    assert_false(temps.left_when_released);
+    /* a save that fails once its temporaries exist (a folder where the weights file goes: the
+     * rename fails) releases what it announced too, and leaves none of them */
+    char blocked[512], in_the_way[600], err[512];
+    snprintf(blocked, sizeof blocked, "%s/blocked", base_dir);
+    snprintf(in_the_way, sizeof in_the_way, "%s/model.safetensors", blocked);
+    assert_int_equal(mkdir(blocked, 0755), 0);
+    assert_int_equal(mkdir(in_the_way, 0755), 0);
+    memset(&temps, 0, sizeof temps);
+    assert_false(model_save(m, blocked, err, sizeof err));
+    assert_true(temps.announced >= 1);
+    assert_int_equal(temps.released, temps.announced);
+    assert_false(temps.left_when_released);
+    assert_int_equal(temps.n_live, 0);
+    model_set_temp_observer(NULL);
+    model_free(m);
+}
+
 static void test_labels_and_resize(void **state)
 {
     (void)state;
@@ -361,7 +421,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_malformed_models), cmocka_unit_test(test_create_save_load),
         cmocka_unit_test(test_labels_and_resize), cmocka_unit_test(test_sampling),
-        cmocka_unit_test(test_seed_uer_config),
+        cmocka_unit_test(test_seed_uer_config), cmocka_unit_test(test_temp_observer),
     };
     return cmocka_run_group_tests(tests, make_base, remove_base);
 }
