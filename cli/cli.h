@@ -69,6 +69,11 @@ void cli_temp_untrack(const char *path);
  * SIGHUP empties and removes it (one at a time). */
 void cli_temp_track_dir(const char *dir);
 void cli_temp_untrack_dir(void);
+/* A long loop's clean stop: armed, the first SIGINT, SIGTERM or SIGHUP is only recorded
+ * (cli_stop_requested: its number, 0 before) for the loop to end at its next step boundary; a
+ * second one ends the run at once, temporaries removed. Disarmed, every signal does that. */
+void cli_stop_arm(bool armed);
+int cli_stop_requested(void);
 /* False after an error line when path names one of the files cli_collect_files listed (for
  * outputs that are not a cli_output: replay's). */
 bool cli_output_not_input(const char *command, const char *path);

@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -217,7 +218,8 @@ static int split_variadic(struct cli_opt *opts, int argc, char **argv, char **re
     "of ids cut into windows of --seq_length inputs, each predicting the next id, in a seeded order\n" \
     "per epoch. OUT gets the model (config.json with task lm, model.safetensors, vocab.txt),\n"    \
     "loss.csv and, with gnuplot, loss.png; OUT/checkpoint is written every --save_checkpoint_steps\n" \
-    "and at the end, and --resume continues from it exactly as if the run had never stopped.\n"   \
+    "and at the end, and --resume continues from it exactly as if the run had never stopped;\n"   \
+    "SIGINT or SIGTERM ends the step under way and writes it too (a second one stops at once).\n" \
     "Options after --dataset_path, --gpu_ranks, --embedding and --target take every following\n"   \
     "word up to the next option."
 
@@ -585,6 +587,10 @@ static int pretrain(const struct pt_args *a, int rank, int world)
     const double t0 = cli_now();
     double last_print = t0, loss_sum = 0.0, loss = 0.0, last_losses[16];
     uint64_t loss_count = 0, targets_run = 0, saved_step = a->resume ? st.step : UINT64_MAX;
+    /* ^C, systemctl stop or a batch scheduler's SIGTERM: the step under way ends, a checkpoint is
+     * written and --resume goes on from it, rather than the run losing every step since the last
+     * --save_checkpoint_steps */
+    cli_stop_arm(true);
     while (st.step < total) {
         /* k micro-batches weighted by their targets, as one batch of all of them: the block holds
          * Σ (n_j / n_i) g_j after micro-batch i (each g_j the gradient of micro-batch j's mean
@@ -681,7 +687,26 @@ static int pretrain(const struct pt_args *a, int rank, int world)
             status = 0;
             goto done;
         }
+        /* every process stops at the same step, whichever of them the signal reached */
+        const int signo = cli_stop_requested();
+        uint8_t interrupted = signo != 0;
+        if (world > 1)
+            cli_mpi_or_bytes(&interrupted, 1);
+        if (interrupted && st.step < total) {
+            if (fflush(loss_csv) != 0) {
+                cli_error(cmd, "%s/loss.csv: %s", a->out_dir, strerror(errno));
+                goto done;
+            }
+            if (writer && saved_step != st.step && !cli_save_checkpoint(cmd, a->out_dir, tr, m, vocab_path, &st, false))
+                goto done;
+            if (writer)
+                fprintf(stderr, "netlm %s: interrupted (%s) after step %" PRIu64 ": checkpoint written; --resume continues\n",
+                        cmd, strsignal(signo ? signo : SIGTERM), st.step);
+            status = 128 + (signo ? signo : SIGTERM); /* as a shell reports a run the signal ended */
+            goto done;
+        }
     }
+    cli_stop_arm(false);
     if (writer && saved_step != st.step && !cli_save_checkpoint(cmd, a->out_dir, tr, m, vocab_path, &st, false))
         goto done;
     const bool csv_ok = fclose(loss_csv) == 0;
@@ -721,6 +746,7 @@ static int pretrain(const struct pt_args *a, int rank, int world)
 step_failed:
     cli_error(cmd, "training step %" PRIu64 ": %s", st.step + 1, trainer_error(tr));
 done:
+    cli_stop_arm(false);
     if (loss_csv)
         fclose(loss_csv);
     free(order);

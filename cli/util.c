@@ -143,6 +143,38 @@ static void remove_temps_and_die(int signo)
     raise(signo); /* the status a caller expects of a run ended by signo */
 }
 
+/* A training loop that stops at a step boundary (cli_stop_arm): while armed, the first signal
+ * only asks for the stop; a second one, or any while disarmed, ends the run at once. */
+static volatile sig_atomic_t stop_armed, stop_signal;
+
+static void stop_or_die(int signo)
+{
+    if (stop_armed && !stop_signal) {
+        stop_signal = signo;
+        return;
+    }
+    remove_temps_and_die(signo);
+}
+
+void cli_stop_arm(bool armed)
+{
+    if (armed) {
+        for (size_t i = 0; i < sizeof temp_signals / sizeof temp_signals[0]; i++) {
+            struct sigaction sa = {.sa_handler = stop_or_die, .sa_flags = SA_RESTART}, old;
+            sigemptyset(&sa.sa_mask);
+            /* as for the temporaries' handler: an ignored signal (nohup) stays ignored */
+            if (sigaction(temp_signals[i], NULL, &old) == 0 && old.sa_handler != SIG_IGN)
+                sigaction(temp_signals[i], &sa, NULL);
+        }
+    }
+    stop_armed = armed;
+}
+
+int cli_stop_requested(void)
+{
+    return stop_signal;
+}
+
 static void install_temp_handlers(void);
 
 void cli_temp_track_dir(const char *dir)
@@ -184,6 +216,7 @@ static void install_temp_handlers(void)
             /* a disposition someone else chose (ignored under nohup) stays theirs */
             if (sigaction(temp_signals[i], NULL, &old) == 0 && old.sa_handler == SIG_DFL)
                 sigaction(temp_signals[i], &sa, NULL);
+            /* stop_or_die, once installed, removes the temporaries itself when it ends the run */
         }
     }
 }

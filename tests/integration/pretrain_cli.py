@@ -12,8 +12,11 @@ import json
 import os
 import re
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -29,12 +32,43 @@ NETLM = os.environ["NETLM"]
 DATA = os.environ["NETLM_DATA_DIR"]
 
 
-def pretrain(tmp, out, *extra, ok=True):
+def pretrain_args(tmp, out, *extra):
     # 238 windows of 32 ids; 30 steps of 2 x 4 windows read 240: the last step crosses into epoch 2
-    return netlm("pretrain", "--dataset_path", os.path.join(tmp, "a.shard"), os.path.join(tmp, "b.shard"),
-                 "--config_path", os.path.join(tmp, "tiny.json"), "--output_model_path", out,
-                 "--batch_size", "4", "--accumulation_steps", "2", "--total_steps", "30", "--learning_rate", "1e-2",
-                 "--report_steps", "5", "--save_checkpoint_steps", "10", "--threads", "2", "--seed", "3", *extra, ok=ok)
+    return ["pretrain", "--dataset_path", os.path.join(tmp, "a.shard"), os.path.join(tmp, "b.shard"),
+            "--config_path", os.path.join(tmp, "tiny.json"), "--output_model_path", out,
+            "--batch_size", "4", "--accumulation_steps", "2", "--total_steps", "30", "--learning_rate", "1e-2",
+            "--report_steps", "5", "--save_checkpoint_steps", "10", "--threads", "2", "--seed", "3", *extra]
+
+
+def pretrain(tmp, out, *extra, ok=True):
+    return netlm(*pretrain_args(tmp, out, *extra), ok=ok)
+
+
+def interrupted_run(tmp, uninterrupted):
+    """SIGTERM (systemctl stop, a batch scheduler's time limit) while training: the step under way
+    ends, a checkpoint of it is written, the exit status is a terminated run's, and --resume then
+    ends where the uninterrupted run ended, bit for bit."""
+    out = os.path.join(tmp, "term")
+    run = subprocess.Popen([NETLM, *pretrain_args(tmp, out, "-q")], stderr=subprocess.PIPE, text=True)
+    state_path = os.path.join(out, "checkpoint", "state.json")
+    deadline = time.time() + 300
+    while not os.path.exists(state_path) and run.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    run.send_signal(signal.SIGTERM)  # the first checkpoint (step 10) is there: 20 steps to go
+    err = run.communicate()[1]
+    state = json.load(open(state_path))
+    rows = open(os.path.join(out, "loss.csv")).read().splitlines()[1:]
+    check("SIGTERM: the step under way ends with a checkpoint of it, exit status 143, one line saying so",
+          run.returncode == 128 + signal.SIGTERM and 10 <= state["step"] < 30 and len(rows) == state["step"]
+          and err.strip() == f"netlm pretrain: interrupted (Terminated) after step {state['step']}: checkpoint "
+          "written; --resume continues", f"rc {run.returncode}, step {state['step']}, {len(rows)} rows: {err}")
+    check("... no temporary files, no model", not [f for d in (out, os.path.join(out, "checkpoint"))
+                                                   for f in os.listdir(d) if ".tmp" in f or f.endswith(".new")]
+          and not os.path.exists(os.path.join(out, "model.safetensors")), os.listdir(out))
+    pretrain(tmp, out, "-q", "--resume")
+    differ = same_bytes(uninterrupted, out, ("model.safetensors",), ("loss.csv",), ("checkpoint", "state.json"),
+                        ("checkpoint", "optimizer.safetensors"))
+    check("interrupted + resumed = uninterrupted, bit for bit", not differ, f"{differ} differ")
 
 
 def same_bytes(a, b, *paths):
@@ -172,6 +206,7 @@ def main():
                             ("checkpoint", "model.safetensors"), ("checkpoint", "optimizer.safetensors"),
                             ("checkpoint", "state.json"))
         check("stopped + resumed = uninterrupted, bit for bit", not differ, f"{differ} differ")
+        interrupted_run(tmp, a)
 
         # bad inputs: one line naming the culprit, non-zero, nothing written
         c = os.path.join(tmp, "c")
