@@ -355,6 +355,58 @@ struct outputs {
 };
 
 /* dataset.json: what finetune needs to know of the rows that the TSVs do not say. */
+struct class_file {
+    dev_t dev;
+    ino_t ino;
+    int class_index, file_index;
+};
+
+static int cmp_class_file(const void *a, const void *b)
+{
+    const struct class_file *x = a, *y = b;
+    if (x->dev != y->dev)
+        return x->dev < y->dev ? -1 : 1;
+    if (x->ino != y->ino)
+        return x->ino < y->ino ? -1 : 1;
+    return (x->class_index > y->class_index) - (x->class_index < y->class_index);
+}
+
+/* The same capture in two class folders (a copy made as a hard or symbolic link) would give its
+ * sessions two labels, and a split could put one in train and the other in test: false after
+ * one error line naming both places. */
+static bool no_file_in_two_classes(const char *cmd, const struct class_list *classes, char ***files,
+                                   const int *nfiles)
+{
+    size_t n = 0;
+    for (int c = 0; c < classes->n; c++)
+        n += (size_t)nfiles[c];
+    struct class_file *all = malloc((n ? n : 1) * sizeof *all);
+    if (!all) {
+        cli_error(cmd, "out of memory");
+        return false;
+    }
+    size_t k = 0;
+    for (int c = 0; c < classes->n; c++)
+        for (int i = 0; i < nfiles[c]; i++) {
+            struct stat st;
+            if (stat(files[c][i], &st) == 0)
+                all[k++] = (struct class_file){st.st_dev, st.st_ino, c, i};
+        }
+    qsort(all, k, sizeof *all, cmp_class_file);
+    bool ok = true;
+    for (size_t i = 1; i < k && ok; i++) {
+        const struct class_file *a = &all[i - 1], *b = &all[i];
+        if (a->dev == b->dev && a->ino == b->ino && a->class_index != b->class_index) {
+            cli_error(cmd, "%s and %s are the same file, in classes %s and %s: its sessions can have one label",
+                      files[a->class_index][a->file_index], files[b->class_index][b->file_index],
+                      classes->names[a->class_index], classes->names[b->class_index]);
+            ok = false;
+        }
+    }
+    free(all);
+    return ok;
+}
+
 static void write_settings(FILE *f, const struct dataset_run *run, int classes)
 {
     fprintf(f, "{\"task\": \"%s\", \"tokenizer\": {\"header_mode\": \"%s\", \"stride\": %d, "
@@ -548,24 +600,29 @@ int cmd_dataset(int argc, char **argv)
         free(class_file_base);
         goto done;
     }
-    bool ok = true;
-    uint32_t file_base = 0;
+    uint64_t *class_bytes = calloc((size_t)classes.n, sizeof *class_bytes);
+    bool ok = class_bytes != NULL;
+    /* every class's files before any is read: a capture in two classes is refused up front */
     for (int c = 0; c < classes.n && ok; c++) {
         char path[4096];
         snprintf(path, sizeof path, "%s/%s", pcap_dir, classes.names[c]);
         const char *one[] = {path};
-        uint64_t bytes = 0;
-        int nf = cli_collect_files(cmd, one, 1, &class_files[c], &bytes);
-        if (nf < 0) {
+        class_nfiles[c] = cli_collect_files(cmd, one, 1, &class_files[c], &class_bytes[c]);
+        if (class_nfiles[c] < 0) {
+            class_nfiles[c] = 0;
             ok = false;
-            break;
-        }
-        class_nfiles[c] = nf;
-        if (nf == 0) {
+        } else if (class_nfiles[c] == 0) {
             cli_error(cmd, "%s: class folder has no capture files", path);
             ok = false;
-            break;
         }
+    }
+    ok = ok && no_file_in_two_classes(cmd, &classes, class_files, class_nfiles);
+    uint32_t file_base = 0;
+    for (int c = 0; c < classes.n && ok; c++) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", pcap_dir, classes.names[c]);
+        const int nf = class_nfiles[c];
+        const uint64_t bytes = class_bytes[c];
         run.label = (uint32_t)c;
         run.file_base = file_base;
         class_file_base[c] = file_base;
@@ -664,6 +721,7 @@ int cmd_dataset(int argc, char **argv)
     free(class_files);
     free(class_nfiles);
     free(class_file_base);
+    free(class_bytes);
     status = ok ? 0 : 1;
 done:
     for (size_t i = 0; i < n_all; i++)

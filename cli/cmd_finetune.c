@@ -680,9 +680,11 @@ int cmd_eval(int argc, char **argv)
         goto done;
     double f1 = train_macro_f1(&cm, pc);
     printf("label_id\tlabel\tprecision\trecall\tf1\tsupport\n");
-    for (uint32_t k = 0; k < mc->num_labels; k++)
-        printf("%u\t%s\t%.4f\t%.4f\t%.4f\t%" PRIu64 "\n", k, mc->labels[k], pc[k].precision, pc[k].recall,
-               pc[k].f1, pc[k].support);
+    for (uint32_t k = 0; k < mc->num_labels; k++) {
+        printf("%u\t", k);
+        cli_tsv_put(stdout, mc->labels[k]);
+        printf("\t%.4f\t%.4f\t%.4f\t%" PRIu64 "\n", pc[k].precision, pc[k].recall, pc[k].f1, pc[k].support);
+    }
     free(pc);
     fprintf(stderr, "netlm %s: %" PRIu64 " rows, accuracy %.4f, macro-F1 %.4f\n", cmd, cm.total,
             train_accuracy(&cm), f1);

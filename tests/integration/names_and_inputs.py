@@ -21,6 +21,7 @@ import datetime
 import decimal
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -318,6 +319,20 @@ def test_repeated(tmp):
                                if e["event_type"] == "flow")
     check("replay of a file named twice: the flow events of one reading",
           res.returncode == 0 and flows(res.stdout) == flows(ref.stdout) and flows(ref.stdout), stderr_lines(res))
+
+    # the same capture in two class folders: its sessions would get two labels
+    classes = os.path.join(tmp, "one-capture-two-classes")
+    for c in ("A", "B"):
+        os.makedirs(os.path.join(classes, c))
+    shutil.copy(MANY, os.path.join(classes, "A", "many.pcap"))
+    shutil.copy(ONE, os.path.join(classes, "B", "one.pcap"))
+    os.link(os.path.join(classes, "A", "many.pcap"), os.path.join(classes, "B", "also-many.pcap"))
+    out = os.path.join(tmp, "two-labels")
+    res = run("dataset", "understanding", "--pcap_path", classes, "--dataset_dir", out, "-q")
+    lines = stderr_lines(res)
+    check("dataset: a capture in two class folders is refused in one line naming both",
+          res.returncode != 0 and len(lines) == 1 and "many.pcap" in lines[0] and "also-many.pcap" in lines[0]
+          and "classes A and B" in lines[0] and not os.path.exists(out), lines)
 
 
 def write_pcap(path, records):
