@@ -396,7 +396,7 @@ int cmd_replay(int argc, char **argv)
         !validate(cmd, &o->cfg) || !check_host(cmd, &o->cfg, &from))
         goto done;
     uint64_t total = 0;
-    n_files = cli_collect_files(cmd, pos, npos, &files, &total);
+    n_files = cli_collect_inputs(cmd, pos, npos, true, &files, &total);
     if (n_files < 0) {
         n_files = 0;
         status = 1;

@@ -221,6 +221,8 @@ struct sensor {
     _Atomic(struct sensor_engine *) pending;      /* a reloaded engine waiting to be swapped in */
     char **files;                                 /* replay */
     char **files_json;                            /* each file name as a JSON string */
+    struct cap_source **streams;                  /* inputs read once (stdin, a pipe): kept open from
+                                                     the check at start until they are read */
     _Atomic int current_file;
     bool replay, flow_events;
     bool no_model;               /* model.task = "none": a flow sensor; no engine, no queue, no

@@ -554,7 +554,9 @@ static void read_files(struct sensor *sn)
     uint64_t done_bytes = 0, frames_seen = 0;
     for (int f = 0; f < o->n_files && !atomic_load(&sn->stop); f++) {
         char err[1024];
-        struct cap_source *src = open_replay_file(sn, o->files[f], err, sizeof err);
+        struct cap_source *src = sn->streams && sn->streams[f] ? sn->streams[f] : open_replay_file(sn, o->files[f], err, sizeof err);
+        if (sn->streams)
+            sn->streams[f] = NULL;
         if (!src) {
             sensor_log("%s", err);
             atomic_store(&sn->failed, true);
@@ -601,6 +603,10 @@ static void release(struct sensor *sn)
     for (int f = 0; sn->files_json && f < sn->opts->n_files; f++)
         free(sn->files_json[f]);
     free(sn->files_json);
+    for (int f = 0; sn->streams && f < sn->opts->n_files; f++)
+        if (sn->streams[f])
+            cap_close(sn->streams[f]);
+    free(sn->streams);
     sensor_engine_free(atomic_exchange(&sn->pending, NULL));
     sensor_engine_free(sn->engine);
     sensor_queue_destroy(&sn->q);
@@ -658,6 +664,7 @@ int sensor_run(const struct sensor_options *o)
     /* 1. the input */
     if (o->replay) {
         sn->files_json = calloc((size_t)o->n_files, sizeof *sn->files_json);
+        sn->streams = calloc((size_t)o->n_files, sizeof *sn->streams);
         for (int f = 0; f < o->n_files; f++) {
             struct cap_source *src = open_replay_file(sn, o->files[f], err, sizeof err);
             if (!src) {
@@ -665,8 +672,16 @@ int sensor_run(const struct sensor_options *o)
                 release(sn);
                 return 1;
             }
-            cap_close(src);
-            if (!sn->files_json || !(sn->files_json[f] = sj_quote_dup(o->files[f]))) {
+            /* every input is opened here so that a bad one stops the run before any event; a
+             * file is opened again when its turn comes (a folder may hold more files than a
+             * process may keep open), a stream cannot be: it stays open until then */
+            struct stat st;
+            const bool is_file = strcmp(o->files[f], "-") != 0 && stat(o->files[f], &st) == 0 && S_ISREG(st.st_mode);
+            if (!is_file && sn->streams)
+                sn->streams[f] = src;
+            else
+                cap_close(src);
+            if (!sn->files_json || !sn->streams || !(sn->files_json[f] = sj_quote_dup(o->files[f]))) {
                 sensor_log("out of memory");
                 release(sn);
                 return 1;
