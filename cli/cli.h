@@ -217,6 +217,17 @@ FILE *cli_open_loss_csv(const char *cmd, const char *out_dir, const char *header
  * step), so a GPU's are not downloaded again. False after one error line. */
 bool cli_save_checkpoint(const char *cmd, const char *out_dir, struct trainer *t, const struct model *m,
                          const char *vocab_file, const struct cli_train_state *st, bool synced);
+/* Step step's (1-based) loss and gradient norm (0 when not computed) before the optimizer uses
+ * them: true when both are finite, else one error line naming the step, the value, the learning
+ * rate and the checkpoint that stays (checkpoint_step; UINT64_MAX: none). Both values are of the
+ * all-reduced global batch, so every process decides alike and they stop at the same step. */
+bool cli_step_finite(const char *cmd, uint64_t step, double loss, double norm, double lr, uint64_t checkpoint_step);
+
+/* A checkpoint's record of the settings (was) against this run's (now), both space-separated
+ * NAME=VALUE words: false after one error line naming every difference. unrecorded_ok: a setting
+ * the record lacks (a checkpoint of an older netlm) is not checked rather than refused. */
+bool cli_settings_match(const char *cmd, const char *checkpoint, const char *was, const char *now,
+                        bool unrecorded_ok);
 /* The seed's Qwen flags (QwenNet's pretrain.py, run_understanding.py, run_generation.py). */
 #define CLI_SEED_QWEN_OPTIONS                                                                      \
     {"use-qwen", NULL, 0, NULL, "the seed's flag: the model must be Qwen2 (its config, or --qwen_model_name's)", NULL}, \

@@ -23,7 +23,6 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
-#include "cli/finetune.h"
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
 #include "train/train.h"

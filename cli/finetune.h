@@ -166,16 +166,4 @@ bool cli_finetune_step(const struct cli_finetune_run *run, struct trainer *tr, e
                        const struct train_batch *tb, double terms, int world, const struct cli_finetune_args *f,
                        uint64_t step, float lr, uint32_t threads, double *loss);
 
-/* Step step's (1-based) loss and gradient norm (0 when not computed) before the optimizer uses
- * them: true when both are finite, else one error line naming the step, the value, the learning
- * rate and the checkpoint that stays (checkpoint_step; UINT64_MAX: none). Both values are of the
- * all-reduced global batch, so every process decides alike and they stop at the same step. */
-bool cli_step_finite(const char *cmd, uint64_t step, double loss, double norm, double lr, uint64_t checkpoint_step);
-
-/* A checkpoint's record of the settings (was) against this run's (now), both space-separated
- * NAME=VALUE words: false after one error line naming every difference. unrecorded_ok: a setting
- * the record lacks (a checkpoint of an older netlm) is not checked rather than refused. */
-bool cli_settings_match(const char *cmd, const char *checkpoint, const char *was, const char *now,
-                        bool unrecorded_ok);
-
 #endif

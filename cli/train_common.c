@@ -21,7 +21,6 @@
 #include <json-c/json.h>
 
 #include "cli/cli.h"
-#include "cli/finetune.h"
 #include "model/model.h"
 #include "model/safetensors.h"
 #include "tokenizer/tokenizer.h"
