@@ -156,6 +156,12 @@ struct trainer;
  * dir is NULL: a model with no directory yet). */
 const char *cli_model_vocab(const struct model_config *mc, const char *given, const char *dir, char *buf,
                             size_t len);
+/* --vocab_path (given) against the vocabulary the model in dir was trained with, where its
+ * config records which (netlm's models do): another one of the same size, such as the seed's
+ * encryptd_vocab.txt beside the built-in one, would give every token an id the model learnt as
+ * another token's, silently. False after one error line; a vocabulary that cannot be read is
+ * left to the load that follows. */
+bool cli_vocab_fits_model(const char *cmd, const struct model_config *mc, const char *given, const char *dir);
 bool cli_dropout_arg(const char *cmd, const struct cli_opt *opts, double *p); /* -1: absent */
 
 /* --device cpu|cuda[:N] and --precision bf16|fp32 (training, evaluation, classify, generate;

@@ -659,6 +659,10 @@ int cmd_eval(int argc, char **argv)
         cli_error(cmd, "%s: not a classification model", dir);
         goto done;
     }
+    if (!cli_vocab_fits_model(cmd, mc, vocab_path, dir)) {
+        status = 2; /* a usage error, as classify's */
+        goto done;
+    }
     vocab_path = cli_model_vocab(mc, vocab_path, dir, path, sizeof path);
     vocab = vocab_path ? tok_vocab_load(vocab_path, err, sizeof err) : tok_vocab_builtin();
     if (!vocab) {

@@ -68,6 +68,8 @@ static bool open_model(struct infer *in, const char *dir, const char *vocab_path
         return false;
     }
     in->cfg = model_get_config(in->model);
+    if (!cli_vocab_fits_model(in->cmd, in->cfg, vocab_path, dir))
+        return false;
     char path[4096];
     vocab_path = cli_model_vocab(in->cfg, vocab_path, dir, path, sizeof path);
     in->vocab = vocab_path ? tok_vocab_load(vocab_path, err, sizeof err) : tok_vocab_builtin();

@@ -196,27 +196,6 @@ static bool finetune_resume(const char *cmd, struct trainer *tr, struct model *m
     return true;
 }
 
-/* --vocab_path against the vocabulary the starting model in dir was trained with, where the
- * model says which (netlm records it): another one of the same size, such as the seed's
- * encryptd_vocab.txt beside the built-in one, would give every token an id the model learnt as
- * another token's, silently. A vocabulary that cannot be read is left to the load that follows. */
-static bool vocab_fits_model(const char *cmd, const struct model_config *mc, const char *given, const char *dir)
-{
-    if (!given || !dir || !mc->tokenizer.vocab_recorded)
-        return true;
-    char own_buf[4400], err[1024];
-    const char *own = cli_model_vocab(mc, NULL, dir, own_buf, sizeof own_buf);
-    struct tok_vocab *trained = own ? tok_vocab_load(own, err, sizeof err) : tok_vocab_builtin();
-    struct tok_vocab *asked = tok_vocab_load(given, err, sizeof err);
-    const bool fits = !trained || !asked || tok_vocab_digest(trained) == tok_vocab_digest(asked);
-    if (!fits)
-        cli_error(cmd, "--vocab_path %s: not the vocabulary %s was trained with (%s: the same tokens under other "
-                       "ids); leave --vocab_path out to use the model's", given, dir, own ? own : "the built-in one");
-    tok_vocab_free(trained);
-    tok_vocab_free(asked);
-    return fits;
-}
-
 struct model *cli_finetune_model(const char *cmd, const struct cli_opt *opts, const char *checkpoint, uint64_t seed,
                                  char *vocab_buf, size_t vocab_len, const char **vocab_path)
 {
@@ -227,7 +206,7 @@ struct model *cli_finetune_model(const char *cmd, const struct cli_opt *opts, co
                                             .vocab_path = cli_get(opts, "vocab-path"),
                                             .use_qwen = cli_flag(opts, "use-qwen")};
     struct model *m = cli_training_model(cmd, &source, seed, &from);
-    if (m && !vocab_fits_model(cmd, model_get_config(m), source.vocab_path, checkpoint ? checkpoint : pretrained)) {
+    if (m && !cli_vocab_fits_model(cmd, model_get_config(m), source.vocab_path, checkpoint ? checkpoint : pretrained)) {
         model_free(m);
         return NULL;
     }

@@ -26,6 +26,23 @@ const char *cli_model_vocab(const struct model_config *mc, const char *given, co
     return buf;
 }
 
+bool cli_vocab_fits_model(const char *cmd, const struct model_config *mc, const char *given, const char *dir)
+{
+    if (!given || !dir || !mc->tokenizer.vocab_recorded)
+        return true;
+    char own_buf[4400], err[1024];
+    const char *own = cli_model_vocab(mc, NULL, dir, own_buf, sizeof own_buf);
+    struct tok_vocab *trained = own ? tok_vocab_load(own, err, sizeof err) : tok_vocab_builtin();
+    struct tok_vocab *asked = tok_vocab_load(given, err, sizeof err);
+    const bool fits = !trained || !asked || tok_vocab_digest(trained) == tok_vocab_digest(asked);
+    if (!fits)
+        cli_error(cmd, "--vocab_path %s: not the vocabulary %s was trained with (%s: the same tokens under other "
+                       "ids); leave --vocab_path out to use the model's", given, dir, own ? own : "the built-in one");
+    tok_vocab_free(trained);
+    tok_vocab_free(asked);
+    return fits;
+}
+
 double cli_now(void)
 {
     struct timespec ts;

@@ -386,6 +386,15 @@ def test_seed_inference(twin, tmp):
     res = netlm("classify", "--model", model, "--test_path", tsv, "--output_logits", ok=False)
     check("--output_logits outside the seed's format: a usage error",
           one_error_line(res, "--output_logits") and res.returncode == 2 and res.stdout == "", res.stderr)
+    # NetGPT's encryptd_vocab.txt has the built-in vocabulary's size and other ids: a model trained
+    # with the built-in one (the bundled model) would read every token as another, without a sound
+    bundled = os.path.join(SOURCE, "models", "ustc-tfc2016")
+    netgpt_vocab = os.path.join(DATA, "netgpt", "encryptd_vocab.txt")
+    for command in ("classify", "eval", "generate"):
+        res = netlm(command, "--model", bundled, "--vocab_path", netgpt_vocab, "--test_path", tsv, ok=False)
+        check(f"{command} --vocab_path another vocabulary of the model's size: one error line naming it, exit 2",
+              one_error_line(res, "--vocab_path", "encryptd_vocab.txt", "built-in") and res.returncode == 2
+              and res.stdout == "", res.stderr)
 
 
 def test_checks_before_work(twin, tmp):
