@@ -316,9 +316,10 @@ static int finetune_understanding(int argc, char **argv)
                        "Trains the classification head (and the whole model) on the seed's dataset TSVs. Each epoch\n"
                        "is evaluated on dev and the best is kept in OUT; test is evaluated with it. OUT also gets\n"
                        "metrics.json, prf.csv (per-class precision/recall/F1), confusion.tsv, loss.csv and, with\n"
-                       "gnuplot, loss.png and confusion.png. OUT/checkpoint holds the last epoch for --resume.\n"
-                       "With the dataset.json netlm dataset writes beside the TSVs, the model records how its rows\n"
-                       "were tokenized (header mode, stride, packets), so classify and the sensor tokenize alike.",
+                       "gnuplot, loss.png and confusion.png. OUT/checkpoint holds the last epoch (or the step a\n"
+                       "signal stopped the run at) for --resume. With the dataset.json netlm dataset writes beside\n"
+                       "the TSVs, the model records how its rows were tokenized (header mode, stride, packets), so\n"
+                       "classify and the sensor tokenize alike.",
                        opts, argc, argv, &pos, &npos);
     if (rc != CLI_PARSED)
         return rc == CLI_HELP_SHOWN ? 0 : 2;
@@ -498,9 +499,12 @@ static int finetune_understanding(int argc, char **argv)
         if (world > 1)
             fprintf(stderr, "netlm %s: %d processes, %" PRIu64 " sequences per step\n", cmd, world, run.global_batch);
     }
+    /* ^C, systemctl stop or a batch scheduler's SIGTERM: the step under way ends, a checkpoint of
+     * it is written and --resume goes on from it mid-epoch */
+    cli_stop_arm(true);
     for (uint64_t epoch = run.start_epoch; epoch < epochs; epoch++) {
         cli_epoch_order(seed, epoch, train.n, order);
-        for (uint64_t s = 0; s < run.steps_per_epoch; s++) {
+        for (uint64_t s = epoch == run.start_epoch ? run.start_in_epoch : 0; s < run.steps_per_epoch; s++) {
             size_t lo, hi;
             cli_finetune_slice(&run, s, order, train.n, train.lengths, &lo, &hi);
             uint32_t nb = 0;
@@ -521,6 +525,8 @@ static int finetune_understanding(int argc, char **argv)
             if (loss_csv)
                 fprintf(loss_csv, "%" PRIu64 ",%.6f,%.6g,-1,-1\n", step, loss, step_lr);
             cli_finetune_stepped(&run, epoch, step, loss, step_lr);
+            if (cli_finetune_interrupted(&run, tr, m, step, epoch, false, loss_csv, &status))
+                goto done_batch;
         }
         struct train_confusion cm = {0};
         if (!trainer_sync_model(tr)) {
@@ -546,7 +552,10 @@ static int finetune_understanding(int argc, char **argv)
             status = 0;
             goto done_batch;
         }
+        if (cli_finetune_interrupted(&run, tr, m, step, epoch, true, loss_csv, &status))
+            goto done_batch;
     }
+    cli_stop_arm(false);
     const double seconds = cli_now() - run.t0;
     /* test with the best epoch */
     memcpy(model_params(m, &n_floats), best_params, n_params * sizeof(float));
@@ -579,6 +588,7 @@ static int finetune_understanding(int argc, char **argv)
     train_confusion_release(&cm);
     status = 0;
 done_batch:
+    cli_stop_arm(false);
     free(b_ids);
     free(b_len);
     free(b_lab);

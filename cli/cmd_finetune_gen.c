@@ -309,9 +309,9 @@ int finetune_generation(int argc, char **argv)
                        "[CLS] packet [SEP] target [SEP] and the loss counts the target only. Each epoch is scored on\n"
                        "dev by greedy generation (exact match); test gets exact match and, per field, the\n"
                        "Jensen-Shannon divergence of generated against true values (metrics.json in OUT).\n"
-                       "OUT/checkpoint holds the last epoch for --resume. With the dataset.json netlm dataset\n"
-                       "writes beside the TSVs, the fields come from it and the model records how the packets\n"
-                       "were tokenized.",
+                       "OUT/checkpoint holds the last epoch (or the step a signal stopped the run at) for --resume.\n"
+                       "With the dataset.json netlm dataset writes beside the TSVs, the fields come from it and the\n"
+                       "model records how the packets were tokenized.",
                        opts, argc, argv, &pos, &npos);
     if (rc != CLI_PARSED)
         return rc == CLI_HELP_SHOWN ? 0 : 2;
@@ -467,9 +467,12 @@ int finetune_generation(int argc, char **argv)
     uint64_t step = run.start_step;
     if (resume && !quiet)
         fprintf(stderr, "netlm %s: resuming at epoch %" PRIu64 " (step %" PRIu64 ")\n", cmd, run.start_epoch + 1, step);
+    /* ^C, systemctl stop or a batch scheduler's SIGTERM: the step under way ends, a checkpoint of
+     * it is written and --resume goes on from it mid-epoch */
+    cli_stop_arm(true);
     for (uint64_t epoch = run.start_epoch; epoch < epochs; epoch++) {
         cli_epoch_order(seed, epoch, train.n, order);
-        for (uint64_t s = 0; s < run.steps_per_epoch; s++) {
+        for (uint64_t s = epoch == run.start_epoch ? run.start_in_epoch : 0; s < run.steps_per_epoch; s++) {
             size_t lo, hi;
             cli_finetune_slice(&run, s, order, train.n, train.lengths, &lo, &hi);
             uint32_t nb = 0;
@@ -493,6 +496,8 @@ int finetune_generation(int argc, char **argv)
             if (loss_csv)
                 fprintf(loss_csv, "%" PRIu64 ",%.6f,%.6g,-1\n", step, loss, step_lr);
             cli_finetune_stepped(&run, epoch, step, loss, step_lr);
+            if (cli_finetune_interrupted(&run, tr, m, step, epoch, false, loss_csv, &status))
+                goto done;
         }
         struct gen_score sc = {0};
         if (!trainer_sync_model(tr)) {
@@ -516,7 +521,10 @@ int finetune_generation(int argc, char **argv)
             status = 0;
             goto done;
         }
+        if (cli_finetune_interrupted(&run, tr, m, step, epoch, true, loss_csv, &status))
+            goto done;
     }
+    cli_stop_arm(false);
     const double seconds = cli_now() - run.t0;
     memcpy(model_params(m, &n_floats), best, n * sizeof(float));
     struct gen_score sc = {0};
@@ -554,6 +562,7 @@ int finetune_generation(int argc, char **argv)
     fputc('\n', stderr);
     status = 0;
 done:
+    cli_stop_arm(false);
     if (loss_csv)
         fclose(loss_csv);
     free(order);

@@ -21,7 +21,8 @@
                                  "--batch_size sequences (start them with mpirun -np N; default: as " \
                                  "many as mpirun started)", NULL},                                    \
     {"resume", NULL, 0, NULL, "continue from OUTPUT/checkpoint, exactly as if never stopped (the "    \
-                              "same training set and settings: a change is refused)", NULL},          \
+                              "same training set and settings: a change is refused); SIGINT or "      \
+                              "SIGTERM ends a run at its next step with a checkpoint", NULL},          \
     {"stop-after", NULL, 0, "N", "end this run after N epochs, checkpoint kept (a time-limited job; " \
                                  "--resume goes on)", NULL},                                          \
     CLI_SEED_QWEN_OPTIONS
@@ -95,6 +96,7 @@ struct cli_finetune_run {
     uint64_t global_batch;     /* sequences per step: world × batch */
     uint64_t steps_per_epoch, total_steps, warmup_steps;
     uint64_t start_epoch, start_step; /* where this run begins (0, or the checkpoint's) */
+    uint64_t start_in_epoch;          /* steps of start_epoch done already (an interrupted run's checkpoint) */
     double best_dev;                  /* the best dev score; −1 before the first */
     double t0, last_print, loss_sum;  /* the status line: since t0 (the first step), the losses since */
     uint64_t loss_count, tokens;      /* the last one, every process's tokens */
@@ -162,6 +164,12 @@ bool cli_scoring_next(const char *cmd, struct cli_scoring_walk *w);
  * global batch (cli_world_grads), clipped, then AdamW at lr. loss gets the global batch's mean
  * loss. False after one error line (run->cmd's): the trainer's error, or a loss or gradient norm
  * that is not finite (cli_step_finite; the weights are left as they were). */
+/* After a step (epoch_done false) or an epoch's end (its checkpoint written): true when SIGINT,
+ * SIGTERM or SIGHUP asked the run to stop (cli_stop_arm; on any process: every process stops
+ * here), with OUT/checkpoint holding this step and one line saying so; *status is then the exit
+ * status, 128 + the signal, or 1 after an error line when the checkpoint could not be written. */
+bool cli_finetune_interrupted(struct cli_finetune_run *run, struct trainer *tr, struct model *m, uint64_t step,
+                              uint64_t epoch, bool epoch_done, FILE *loss_csv, int *status);
 bool cli_finetune_step(const struct cli_finetune_run *run, struct trainer *tr, enum train_objective objective,
                        const struct train_batch *tb, double terms, int world, const struct cli_finetune_args *f,
                        uint64_t step, float lr, uint32_t threads, double *loss);

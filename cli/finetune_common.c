@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -401,6 +402,13 @@ bool cli_finetune_begin(struct cli_finetune_run *run, const struct cli_finetune_
         memcpy(run->best, model_params(m, &n_floats), trainer_param_count(tr) * sizeof(float));
     run->start_epoch = st.epoch;
     run->start_step = st.step;
+    /* a checkpoint an interrupted run wrote mid-epoch: the steps of its epoch done already */
+    if (st.step < st.epoch * run->steps_per_epoch || st.step - st.epoch * run->steps_per_epoch > run->steps_per_epoch) {
+        cli_error(run->cmd, "%s/state.json: step %" PRIu64 " is not in epoch %" PRIu64 " of %" PRIu64 " steps",
+                  checkpoint, st.step, st.epoch + 1, run->steps_per_epoch);
+        return false;
+    }
+    run->start_in_epoch = st.step - st.epoch * run->steps_per_epoch;
     run->checkpoint_step = f->resume ? st.step : UINT64_MAX;
     run->batch = batch;
     *loss_csv = NULL;
@@ -466,6 +474,35 @@ bool cli_finetune_epoch_end(struct cli_finetune_run *run, const struct cli_finet
     if (*stop && run->writer)
         fprintf(stderr, "netlm %s: stopped after epoch %" PRIu64 " (--stop-after); --resume continues\n", run->cmd,
                 epoch + 1);
+    return true;
+}
+
+bool cli_finetune_interrupted(struct cli_finetune_run *run, struct trainer *tr, struct model *m, uint64_t step,
+                              uint64_t epoch, bool epoch_done, FILE *loss_csv, int *status)
+{
+    const int signo = cli_stop_requested();
+    uint8_t asked = signo != 0;
+    if (run->global_batch > run->batch) /* several processes: whichever the signal reached */
+        cli_mpi_or_bytes(&asked, 1);
+    if (!asked)
+        return false;
+    *status = 1;
+    if (loss_csv && fflush(loss_csv) != 0) {
+        cli_error(run->cmd, "%s/loss.csv: %s", run->out_dir, strerror(errno));
+        return true;
+    }
+    if (run->checkpoint_step != step) {
+        struct cli_train_state st = {.step = step, .epoch = epoch_done ? epoch + 1 : epoch, .seed = run->seed,
+                                     .best_dev = run->best_dev, .global_batch = run->global_batch};
+        snprintf(st.data, sizeof st.data, "%s", run->settings);
+        if (run->writer && !cli_save_checkpoint(run->cmd, run->out_dir, tr, m, run->vocab_path, &st, false))
+            return true;
+        run->checkpoint_step = step;
+    }
+    if (run->writer)
+        fprintf(stderr, "netlm %s: interrupted (%s) at step %" PRIu64 " of epoch %" PRIu64 ": checkpoint written; "
+                        "--resume continues\n", run->cmd, strsignal(signo ? signo : SIGTERM), step, epoch + 1);
+    *status = 128 + (signo ? signo : SIGTERM);
     return true;
 }
 

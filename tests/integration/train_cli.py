@@ -13,14 +13,18 @@ import csv
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (check, finish, hf_qwen_checkpoint, loss_column, mpirun, netlm,  # noqa: E402
                     one_error_line, worst_relative)
 
 DATA = os.environ["NETLM_DATA_DIR"]
+NETLM = os.environ["NETLM"]
 
 
 def understanding_args(tmp, out, *extra):
@@ -34,6 +38,34 @@ def understanding_args(tmp, out, *extra):
 
 def finetune(tmp, out, *extra, ok=True):
     return netlm(*understanding_args(tmp, out, *extra), ok=ok)
+
+
+def interrupted_run(tmp, uninterrupted):
+    """SIGTERM (systemctl stop, a batch scheduler's time limit) during the second epoch: the step
+    under way ends with a checkpoint of it, the exit status is a terminated run's, and --resume
+    goes on mid-epoch to end where the uninterrupted run ended, bit for bit."""
+    out = os.path.join(tmp, "term")
+    run = subprocess.Popen([NETLM, *understanding_args(tmp, out)], stderr=subprocess.PIPE, text=True)
+    state_path = os.path.join(out, "checkpoint", "state.json")
+    deadline = time.time() + 600
+    while not os.path.exists(state_path) and run.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    run.send_signal(signal.SIGTERM)  # the first epoch's checkpoint is there: three to go
+    err = run.communicate()[1]
+    state = json.load(open(state_path))
+    steps = [l for l in open(os.path.join(out, "loss.csv")).read().splitlines()[1:] if l.split(",")[3] == "-1"]
+    want = (f"netlm finetune understanding: interrupted (Terminated) at step {state['step']} of epoch {state['epoch'] + 1}: "
+            "checkpoint written; --resume continues")
+    check("finetune, SIGTERM: the step under way ends with a checkpoint of it, exit status 143, one line",
+          run.returncode == 128 + signal.SIGTERM and err.strip() == want and len(steps) == state["step"]
+          and not os.path.exists(os.path.join(out, "metrics.json")), f"rc {run.returncode}, {state}: {err}")
+    res = finetune(tmp, out, "--resume")
+    differ = [os.path.join(*p) for p in (("model.safetensors",), ("checkpoint", "model.safetensors"),
+                                         ("checkpoint", "optimizer.safetensors"), ("prf.csv",), ("confusion.tsv",),
+                                         ("loss.csv",))
+              if open(os.path.join(uninterrupted, *p), "rb").read() != open(os.path.join(out, *p), "rb").read()]
+    check("finetune interrupted + resumed (mid-epoch) = uninterrupted, bit for bit", not differ,
+          f"{differ} differ: {res.stderr}")
 
 
 def drop_seconds(out, name):
@@ -340,6 +372,7 @@ def main():
                                              ("checkpoint", "optimizer.safetensors"), ("prf.csv",), ("confusion.tsv",))
                   if open(os.path.join(a, *p), "rb").read() != open(os.path.join(b, *p), "rb").read()]
         check("stopped + resumed = uninterrupted, bit for bit", not differ, f"{differ} differ")
+        interrupted_run(tmp, a)
         bad = netlm("finetune", "understanding", "--config_path", os.path.join(tmp, "tiny.json"),
                                 "--train_path", os.path.join(tmp, "missing.tsv"), "--dev_path", "x", "--test_path", "y",
                                 "--output_model_path", os.path.join(tmp, "c"), "--seq_length", "64", ok=False)
