@@ -22,6 +22,10 @@
  * x = n·ln2 + r with |r| ≤ ln2/2, e^r by a degree-6 polynomial, 2^n put in the exponent. */
 static inline float exp_approx(float x)
 {
+    /* a NaN comes out as NaN (a diverged run's loss must show it), without reaching the integer
+     * conversion below, whose result would be undefined; selects, so the loops still vectorise */
+    const float nan_through = x != x ? x : 0.0f;
+    x = x != x ? 0.0f : x;
     x = x < -87.3f ? -87.3f : x;
     x = x > 88.7f ? 88.7f : x;
     /* round to nearest by adding and removing 1.5·2^23 (no floorf call in the loop) */
@@ -35,7 +39,7 @@ static inline float exp_approx(float x)
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
     union { int32_t i; float f; } scale = {.i = ((int32_t)n + 127) << 23};
-    return p * scale.f;
+    return p * scale.f + nan_through;
 }
 
 /* One sgemm on a block of rows or columns; OpenBLAS itself runs single-threaded (see
