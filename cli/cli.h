@@ -117,6 +117,13 @@ void cli_free_files(char **files, int n);
 #define CLI_TSV_ESCAPED_MAX(len) ((len) * 2 + 1)
 size_t cli_tsv_escape(const char *s, char *out, size_t cap);
 void cli_tsv_put(FILE *f, const char *s);
+/* Each of n file names as a format writes it, escaped once before the rows (a JSON string's body
+ * with json, else a TSV field); lens (optional) gets their lengths. NULL when out of memory; free
+ * with cli_free_files. */
+char **cli_escape_names(char *const *files, int n, bool json, size_t *lens);
+/* s as a JSON string, quotes included, escaped by common/json_escape.h (valid UTF-8 whatever s
+ * holds). False when memory was short and the string was written cut. */
+bool cli_json_string(FILE *f, const char *s);
 
 /* A dataset TSV: columns found by the header's names (label, text_a). */
 struct cli_tsv {

@@ -13,7 +13,6 @@
 #include <unistd.h>
 
 #include "cli/finetune.h"
-#include "common/json_escape.h"
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
 #include "train/train.h"
@@ -190,19 +189,6 @@ static void csv_put(FILE *f, const char *s)
     fputc('"', f);
 }
 
-/* A JSON string's contents (json_escape: quotes, controls, bytes that are not UTF-8). */
-static bool json_put(FILE *f, const char *s)
-{
-    const size_t cap = JSON_ESCAPED_MAX(strlen(s));
-    char *out = malloc(cap);
-    if (!out)
-        return false;
-    json_escape(s, out, cap);
-    fputs(out, f);
-    free(out);
-    return true;
-}
-
 /* prf.csv (per class), confusion.tsv, metrics.json and the confusion plot for the test set. */
 static bool write_test_report(const char *cmd, const char *dir, const struct train_confusion *cm,
                               char **names, double seconds)
@@ -246,9 +232,9 @@ static bool write_test_report(const char *cmd, const char *dir, const struct tra
                         "\"train_seconds\": %.1f, \"per_class\": [",
                 cm->total, acc, f1, seconds);
         for (uint32_t k = 0; ok && k < cm->classes; k++) {
-            fprintf(out.fp, "%s{\"label\": \"", k ? ", " : "");
-            ok = json_put(out.fp, names[k]);
-            fprintf(out.fp, "\", \"precision\": %.4f, \"recall\": %.4f, \"f1\": %.4f, \"support\": %" PRIu64 "}",
+            fprintf(out.fp, "%s{\"label\": ", k ? ", " : "");
+            ok = cli_json_string(out.fp, names[k]);
+            fprintf(out.fp, ", \"precision\": %.4f, \"recall\": %.4f, \"f1\": %.4f, \"support\": %" PRIu64 "}",
                     pc[k].precision, pc[k].recall, pc[k].f1, pc[k].support);
         }
         fprintf(out.fp, "]}\n");

@@ -15,7 +15,6 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
-#include "common/json_escape.h"
 #include "model/model.h"
 #include "sensor/sensor.h"
 #include "tokenizer/tokenizer.h"
@@ -155,24 +154,6 @@ static void infer_release(struct infer *in)
     model_free(in->model);
 }
 
-/* Labels and TSV fields are outside text (class folder names, a dataset's bytes): the shared
- * escaper keeps the line valid JSON in valid UTF-8 whatever they hold. */
-static void json_string(FILE *f, const char *s)
-{
-    char stack[1024];
-    size_t cap = JSON_ESCAPED_MAX(strlen(s));
-    char *buf = cap <= sizeof stack ? stack : malloc(cap);
-    if (!buf) { /* without memory a cut string, still valid JSON, rather than none */
-        buf = stack;
-        cap = sizeof stack;
-    }
-    fputc('"', f);
-    fwrite(buf, 1, json_escape(s, buf, cap), f);
-    fputc('"', f);
-    if (buf != stack)
-        free(buf);
-}
-
 
 /* The seed's prediction row: the label id, then (as asked) the logits and the probabilities,
  * each a space-separated list. The engine returns probabilities; their logarithm is the
@@ -202,11 +183,11 @@ static void write_classification(struct infer *in, uint32_t b)
         write_seed_row(in, s, best[0]);
     } else if (in->json) {
         fprintf(in->out, "\"label_id\":%u,\"label\":", best[0]);
-        json_string(in->out, names[best[0]]);
+        cli_json_string(in->out, names[best[0]]);
         fprintf(in->out, ",\"score\":%.6f,\"top_k\":[", s[best[0]]);
         for (uint32_t i = 0; i < k; i++) {
             fprintf(in->out, "%s{\"label_id\":%u,\"label\":", i ? "," : "", best[i]);
-            json_string(in->out, names[best[i]]);
+            cli_json_string(in->out, names[best[i]]);
             fprintf(in->out, ",\"score\":%.6f}", s[best[i]]);
         }
         fputs("]}\n", in->out);
@@ -402,19 +383,8 @@ static int classify_captures(struct infer *in, const struct cli_opt *opts, struc
     struct ft_assembler *as = NULL;
     int status = 1;
     /* The file names are the one free-form field of a row: escaped once, not per session. */
-    sr.names = calloc((size_t)n_files, sizeof *sr.names);
-    bool named = sr.names != NULL;
-    for (int i = 0; named && i < n_files; i++) {
-        const size_t len = strlen(files[i]);
-        const size_t cap = in->json ? JSON_ESCAPED_MAX(len) : CLI_TSV_ESCAPED_MAX(len);
-        if (!(sr.names[i] = malloc(cap)))
-            named = false;
-        else if (in->json)
-            json_escape(files[i], sr.names[i], cap);
-        else
-            cli_tsv_escape(files[i], sr.names[i], cap);
-    }
-    if (!named)
+    sr.names = cli_escape_names(files, n_files, in->json, NULL);
+    if (!sr.names)
         cli_error(in->cmd, "out of memory");
     else if (!(as = ft_assembler_create(fcfg, on_session, &sr, err, sizeof err))) {
         cli_error(in->cmd, "%s", err);
@@ -759,10 +729,10 @@ static bool generate_batch(struct infer *in, const uint64_t *rows)
         bool match = has_target && same_tokens(text, in->targets[b]);
         if (in->json) {
             fprintf(in->out, "{\"row\":%" PRIu64 ",\"generated\":", rows[b]);
-            json_string(in->out, text);
+            cli_json_string(in->out, text);
             if (has_target) {
                 fputs(",\"target\":", in->out);
-                json_string(in->out, in->targets[b]);
+                cli_json_string(in->out, in->targets[b]);
                 fprintf(in->out, ",\"exact\":%s", match ? "true" : "false");
             }
             fputs("}\n", in->out);

@@ -8,7 +8,6 @@
 #include <string.h>
 
 #include "cli/cli.h"
-#include "common/json_escape.h"
 
 /* Lines are built straight into a block buffer of the worker that ended the session, and a full
  * block is written with one fwrite under the lock: one lock and one stdio call per block instead
@@ -321,22 +320,12 @@ int cmd_sessions(int argc, char **argv)
         goto done;
     run.out = out.fp;
     run.json = format == 1;
-    run.names = calloc((size_t)n_files, sizeof *run.names);
     run.name_lens = calloc((size_t)n_files, sizeof *run.name_lens);
+    run.names = run.name_lens ? cli_escape_names(files, n_files, run.json, run.name_lens) : NULL;
     run.blocks = calloc((size_t)cfg.workers, sizeof *run.blocks);
     if (!run.names || !run.name_lens || !run.blocks) {
         cli_error(cmd, "out of memory");
         goto done;
-    }
-    for (int i = 0; i < n_files; i++) {
-        const size_t len = strlen(files[i]);
-        const size_t cap = run.json ? JSON_ESCAPED_MAX(len) : CLI_TSV_ESCAPED_MAX(len);
-        if (!(run.names[i] = malloc(cap))) {
-            cli_error(cmd, "out of memory");
-            goto done;
-        }
-        run.name_lens[i] = run.json ? json_escape(files[i], run.names[i], cap)
-                                    : cli_tsv_escape(files[i], run.names[i], cap);
     }
     for (run.n_blocks = 0; run.n_blocks < cfg.workers; run.n_blocks++) {
         if (!(run.blocks[run.n_blocks].buf = malloc(OUT_BLOCK_BYTES))) {

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "common/json_escape.h"
 #include "model/model.h"
 
 const char *cli_model_vocab(const struct model_config *mc, const char *given, const char *dir, char *buf,
@@ -717,6 +718,41 @@ int cli_collect_inputs(const char *command, const char *const *paths, int n, boo
     if (total_bytes)
         *total_bytes = l.size_unknown ? 0 : bytes;
     return l.n;
+}
+
+char **cli_escape_names(char *const *files, int n, bool json, size_t *lens)
+{
+    char **names = calloc(n > 0 ? (size_t)n : 1, sizeof *names);
+    for (int i = 0; names && i < n; i++) {
+        const size_t len = strlen(files[i]);
+        const size_t cap = json ? JSON_ESCAPED_MAX(len) : CLI_TSV_ESCAPED_MAX(len);
+        if (!(names[i] = malloc(cap))) {
+            cli_free_files(names, i);
+            return NULL;
+        }
+        const size_t k = json ? json_escape(files[i], names[i], cap) : cli_tsv_escape(files[i], names[i], cap);
+        if (lens)
+            lens[i] = k;
+    }
+    return names;
+}
+
+bool cli_json_string(FILE *f, const char *s)
+{
+    char stack[1024];
+    size_t cap = JSON_ESCAPED_MAX(strlen(s));
+    char *buf = cap <= sizeof stack ? stack : malloc(cap);
+    const bool whole = buf != NULL;
+    if (!whole) { /* without memory a cut string, still valid JSON, rather than none */
+        buf = stack;
+        cap = sizeof stack;
+    }
+    fputc('"', f);
+    fwrite(buf, 1, json_escape(s, buf, cap), f);
+    fputc('"', f);
+    if (buf != stack)
+        free(buf);
+    return whole;
 }
 
 void cli_free_files(char **files, int n)
